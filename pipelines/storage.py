@@ -1,0 +1,155 @@
+"""Storage URIs: a local path or `s3://bucket/key`, through pyarrow filesystems.
+
+S3 endpoints, region and credentials come from the standard AWS environment variables
+(AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY), so the same code talks to AWS, MinIO or a local moto server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    """True for `s3://` URIs."""
+    return str(uri).startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the AWS environment variables (custom endpoint included)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs: dict[str, Any] = {"region": region}
+    if endpoint:
+        scheme = "https" if endpoint.startswith("https") else "http"
+        kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
+        kwargs["scheme"] = scheme
+        kwargs["allow_bucket_creation"] = True
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def get_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3:// URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or s3:// URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/")] + [p.strip("/") for p in parts])
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    """Whether a file or directory exists at `uri`."""
+    fs, path = get_fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    """Whether `uri` is a directory (or an S3 prefix holding objects)."""
+    fs, path = get_fs(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def listdir(uri: str) -> list[str]:
+    """Names (not paths) of the entries directly under `uri`; empty when it does not exist."""
+    fs, path = get_fs(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Whole content of the file at `uri`."""
+    fs, path = get_fs(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write `data` to `uri`; local writes are atomic (temp file + rename)."""
+    if is_s3(uri):
+        fs, path = get_fs(uri)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    path = Path(uri).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(uri: str) -> Any:
+    """Parse the JSON file at `uri`."""
+    return json.loads(read_bytes(uri).decode("utf-8"))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    """Write `obj` as indented JSON to `uri` (atomic locally)."""
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def makedirs(uri: str) -> None:
+    """Create a directory (no-op on S3, where prefixes need no creation)."""
+    if not is_s3(uri):
+        Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a directory tree if it exists."""
+    fs, path = get_fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local directory tree to `uri` (local or s3://)."""
+    if not is_s3(uri):
+        dst = Path(uri).expanduser()
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(local_dir, dst)
+        return
+    fs, path = get_fs(uri)
+    pafs.copy_files(os.path.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_dir(uri: str, local_dir: str) -> str:
+    """Copy the tree at `uri` into `local_dir` (created); returns `local_dir`."""
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    fs, path = get_fs(uri)
+    pafs.copy_files(path, os.path.abspath(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local_dir
+
+
+def local_copy(uri: str, cache_root: str | None = None) -> str:
+    """A local directory with the content of `uri`: the path itself when local, else a fresh download."""
+    if not is_s3(uri):
+        return os.path.abspath(os.path.expanduser(uri))
+    root = cache_root or tempfile.mkdtemp(prefix="ditscale-")
+    return download_dir(uri, os.path.join(root, uri.rstrip("/").rsplit("/", 1)[-1]))
