@@ -46,7 +46,10 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
 @pytest.fixture(scope="session")
 def moto_s3():
     """A real S3-compatible HTTP server (moto_server) on 127.0.0.1; AWS_* env points at it."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    # Prefer the virtualenv's own server (its moto version is pinned) over any on PATH.
+    exe = str(Path(sys.executable).with_name("moto_server"))
+    if not Path(exe).exists():
+        exe = shutil.which("moto_server") or exe
     port = free_port()
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")}

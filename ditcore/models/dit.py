@@ -1,0 +1,209 @@
+"""DiT: class-conditional Diffusion Transformer with adaLN-Zero blocks (Peebles & Xie 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditcore.models import mup as mup_lib
+from ditcore.models.layers import (
+    AdaLNModulation,
+    Attention,
+    FinalLayer,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    gated_residual,
+    grid_positions,
+    layer_norm,
+    modulate,
+    rope_2d_freqs,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+
+POS_EMBEDS = ("sincos", "rope")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """DiT architecture. input_size is the latent height = width; y == num_classes is the null class."""
+
+    arch: str = "dit"
+    depth: int = 12
+    hidden_size: int = 384
+    num_heads: int = 6
+    patch_size: int = 2
+    input_size: int = 32
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = False
+    mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    pos_embed: str = "sincos"
+    mup: bool = False
+    mup_base_width: int = 256
+
+    def __post_init__(self) -> None:
+        _validate_common(self)
+        if self.arch != "dit":
+            raise ValueError(f"DiTConfig.arch must be 'dit', got {self.arch!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels: 2C with learned sigma (prediction first, then the variance interpolation)."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        """Image tokens N = (input_size / patch_size)^2."""
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLP."""
+        return int(self.hidden_size * self.mlp_ratio)
+
+
+def _validate_common(cfg) -> None:
+    """Checks shared by DiTConfig and MMDiTConfig; errors name the field."""
+    name = type(cfg).__name__
+    for key in ("hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "mup_base_width"):
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}.{key} must be a positive int, got {v!r}")
+    if isinstance(cfg.depth, bool) or not isinstance(cfg.depth, int) or cfg.depth < 0:
+        raise ValueError(f"{name}.depth must be an int >= 0, got {cfg.depth!r}")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"{name}.hidden_size={cfg.hidden_size} is not divisible by num_heads={cfg.num_heads}")
+    if cfg.input_size % cfg.patch_size:
+        raise ValueError(f"{name}.input_size={cfg.input_size} is not divisible by patch_size={cfg.patch_size}")
+    if cfg.pos_embed not in POS_EMBEDS:
+        raise ValueError(f"{name}.pos_embed must be one of {POS_EMBEDS}, got {cfg.pos_embed!r}")
+    if cfg.pos_embed == "sincos" and cfg.hidden_size % 4:
+        raise ValueError(f"{name}.hidden_size={cfg.hidden_size} must be divisible by 4 for sincos pos_embed")
+    if cfg.pos_embed == "rope" and (cfg.hidden_size // cfg.num_heads) % 4:
+        raise ValueError(f"{name}: head dim {cfg.hidden_size // cfg.num_heads} must be divisible by 4 for rope")
+    if not cfg.mlp_ratio > 0:
+        raise ValueError(f"{name}.mlp_ratio must be > 0, got {cfg.mlp_ratio!r}")
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block (DiT Figure 3): gates start at zero, so the block starts as the identity."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale: float | None):
+        super().__init__()
+        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, scale=attn_scale)
+        self.mlp = Mlp(hidden_size, mlp_hidden)
+        self.adaLN_modulation = AdaLNModulation(hidden_size, 6)
+
+    def forward(self, x: torch.Tensor, c_act: torch.Tensor, rope=None) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c_act)  # 6 x [B, D]
+        x = gated_residual(x, gate_msa, self.attn(modulate(layer_norm(x), shift_msa, scale_msa), rope))  # [B, N, D]
+        x = gated_residual(x, gate_mlp, self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp)))  # [B, N, D]
+        return x
+
+
+class DiT(nn.Module):
+    """Class-conditional DiT: forward(x [B,C,H,W], t [B] in [0,1], y [B] long) -> [B, C_out, H, W]."""
+
+    cond_keys = ("y",)
+    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "y_embedder")
+    _output_prefixes = ("final_layer.linear",)
+    _keep_prefixes = ("y_embedder", "t_embedder.mlp.0")  # DiT's N(0, 0.02) init is width independent already
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        self.patch_size = config.patch_size
+        self.num_heads = config.num_heads
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.y_embedder = LabelEmbedder(config.num_classes, d)
+        grid = config.input_size // config.patch_size
+        self.grid_size = grid
+        if config.pos_embed == "sincos":
+            # Fixed, recomputed from the config, so not part of the checkpoint.
+            self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
+            self.rope = None
+        else:
+            self.pos_embed = None
+            cos, sin = rope_2d_freqs(d // config.num_heads, *grid_positions(grid, grid))
+            self.register_buffer("rope_cos", cos, persistent=False)  # [N, d]
+            self.register_buffer("rope_sin", sin, persistent=False)  # [N, d]
+        attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.num_heads, config.mlp_hidden, config.qk_norm, attn_scale) for _ in range(config.depth)
+        )
+        self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
+        self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DiT reference init (xavier linears, N(0, .02) embeddings), muP scales if configured, adaLN-Zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.config.mup:
+            mup_lib.init_mup_(self, self._input_prefixes, self._output_prefixes, keep_prefixes=self._keep_prefixes)
+        # adaLN-Zero: every modulation (hence every gate) and the final projection start at exactly zero.
+        for m in self.modules():
+            if isinstance(m, AdaLNModulation):
+                nn.init.zeros_(m.linear.weight)
+                nn.init.zeros_(m.linear.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"DiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
+        tokens = self.x_embedder(x)  # [B, N, D]
+        rope = None
+        if self.pos_embed is not None:
+            tokens = tokens + self._pos_embed_for(h, w)  # [B, N, D]
+        else:
+            rope = self._rope_for(h, w)  # ([N, d], [N, d])
+        c_act = F.silu(self.t_embedder(t) + self.y_embedder(y))  # [B, D]; SiLU shared by every adaLN
+        for block in self.blocks:
+            tokens = block(tokens, c_act, rope)  # [B, N, D]
+        out = self.final_layer(tokens, c_act, self.output_mult)  # [B, N, p*p*C_out]
+        return unpatchify(out, self.patch_size, self.out_channels, h, w)  # [B, C_out, H, W]
+
+    def _pos_embed_for(self, h: int, w: int) -> torch.Tensor:
+        p = self.patch_size
+        if h == w == self.config.input_size:
+            return self.pos_embed
+        # Other latent sizes (e.g. sampling at another resolution): recompute the fixed table.
+        return sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=self.pos_embed.device)[None].to(
+            self.pos_embed.dtype
+        )
+
+    def _rope_for(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.patch_size
+        if h == w == self.config.input_size:
+            return self.rope_cos, self.rope_sin
+        cos, sin = rope_2d_freqs(self.config.hidden_size // self.num_heads,
+                                 *grid_positions(h // p, w // p, device=self.rope_cos.device))
+        return cos.to(self.rope_cos.dtype), sin.to(self.rope_sin.dtype)
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
+        return mup_lib.param_groups(
+            self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
+            base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes, vector_prefixes=("y_embedder",),
+        )
