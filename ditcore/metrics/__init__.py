@@ -1,0 +1,1 @@
+"""Evaluation metrics: FID feature networks (`features`) and the Frechet distance (`fid`)."""

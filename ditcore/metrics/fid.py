@@ -1,0 +1,190 @@
+"""Fréchet distance between Gaussians fitted to feature sets (FID; Heusel et al. 2017, Eq. 6).
+
+    d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})
+
+`frechet_distance` equals the scipy `sqrtm` formulation of pytorch-fid / clean-fid / the ADM
+evaluator (kept here as `frechet_distance_sqrtm`, the named baseline) without forming the matrix
+square root: only its trace is needed, and tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(S1 S2)).
+
+* Non-singular product (the usual case, N >> F samples): S1 = L L^T (Cholesky), and
+  L^T S2 L is symmetric PSD and similar to S2 S1, so its eigenvalues are those of S1 S2
+  (one Cholesky, two triangular products and one symmetric eigenvalue solve, all float64).
+* Numerically singular product (N <= F samples, dead features): the true zero eigenvalues come
+  out of any solver as rounding noise ~1e-16 ||S1 S2||, and sqrt of that noise (~1e-8 each, over
+  hundreds of eigenvalues) is part of the reference value. We take the eigenvalues of the same
+  product `sigma1 @ sigma2` with LAPACK's nonsymmetric solver, which shares the Schur (QR)
+  iteration with `sqrtm` and reproduces its rounding-level eigenvalues closely, summing
+  Re sqrt(lambda) exactly as the reference's real trace does.
+The reference's eps-offset fallback (add eps*I to both covariances when the square root is not
+finite) and its imaginary-component check are applied the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+# Eigenvalues of the symmetric product below this fraction of the largest one are treated as a
+# (numerically) singular product and routed to the nonsymmetric solver (see module docstring).
+_SINGULAR_RTOL = 1e-10
+# The reference rejects a square root whose diagonal has an imaginary part above this.
+_IMAG_ATOL = 1e-3
+
+
+def _as_float64(x: Any, name: str, ndim: int) -> np.ndarray:
+    """x (numpy / torch / list) as a float64 numpy array of `ndim` dims, finite, or a ValueError naming it."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().double().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    arr = np.atleast_1d(arr) if ndim == 1 else np.atleast_2d(arr)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _check_stats(mu1, sigma1, mu2, sigma2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated float64 copies of the two (mean, covariance) pairs with matching shapes."""
+    mu1, mu2 = _as_float64(mu1, "mu1", 1), _as_float64(mu2, "mu2", 1)
+    sigma1, sigma2 = _as_float64(sigma1, "sigma1", 2), _as_float64(sigma2, "sigma2", 2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"mean vectors have different lengths: mu1 {mu1.shape}, mu2 {mu2.shape}")
+    f = mu1.shape[0]
+    for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
+        if s.shape != (f, f):
+            raise ValueError(f"{name} has shape {s.shape}, expected ({f}, {f}) to match the means")
+    return mu1, sigma1, mu2, sigma2
+
+
+def _sqrt_trace_from_eigs(lam: np.ndarray) -> float:
+    """sum Re sqrt(lambda) with the reference's imaginary-part check; nan if any lambda is not finite."""
+    if not np.isfinite(lam).all():
+        return float("nan")
+    roots = np.sqrt(lam.astype(np.complex128))
+    if not np.allclose(roots.imag, 0, atol=_IMAG_ATOL):
+        raise ValueError(f"Imaginary component {np.max(np.abs(roots.imag))}: covariances are not positive semi-definite")
+    return float(roots.real.sum())
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((sigma1 sigma2)^{1/2}) as the scipy-sqrtm formulation computes it (real part), or nan."""
+    try:
+        chol = scipy.linalg.cholesky(sigma1, lower=True, check_finite=False)  # S1 = L L^T
+    except np.linalg.LinAlgError:
+        chol = None  # S1 not positive definite: the product is singular (or S1 is not a covariance)
+    if chol is not None:
+        # L^T S2 L ~ S2 L L^T = S2 S1 ~ S1 S2 (similar matrices share eigenvalues).
+        m = chol.T @ sigma2 @ chol  # [F, F]
+        lam = scipy.linalg.eigvalsh((m + m.T) / 2, check_finite=False)  # symmetrize away matmul rounding
+        if lam[-1] > 0 and lam[0] > _SINGULAR_RTOL * lam[-1]:
+            return float(np.sqrt(lam).sum())
+    # Singular (or indefinite) product: the eigenvalues of the reference's own product matrix.
+    lam = scipy.linalg.eigvals(sigma1.dot(sigma2), check_finite=False)
+    return _sqrt_trace_from_eigs(lam)
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
+    """Fréchet distance of N(mu1, sigma1) and N(mu2, sigma2); equals the pytorch-fid/ADM sqrtm formula, fast."""
+    mu1, sigma1, mu2, sigma2 = _check_stats(mu1, sigma1, mu2, sigma2)
+    diff = mu1 - mu2
+    tr_covmean = _trace_sqrt_product(sigma1, sigma2)
+    if not np.isfinite(tr_covmean):
+        # Same fallback as the reference: regularize both covariances by eps on the diagonal.
+        offset = np.eye(sigma1.shape[0]) * eps
+        tr_covmean = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def frechet_distance_sqrtm(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
+    """Reference formulation (pytorch-fid `calculate_frechet_distance`, clean-fid, ADM) via scipy sqrtm; slow."""
+    import warnings
+
+    mu1, sigma1, mu2, sigma2 = _check_stats(mu1, sigma1, mu2, sigma2)
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # sqrtm warns on singular input; the fallback below handles it
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=_IMAG_ATOL):
+            raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def feature_stats(features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], covariance [F, F]) in float64 of features [N, F]; covariance with ddof=1 like np.cov."""
+    x = _as_float64(features, "features", 2)
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {x.shape[0]}")
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+class FeatureStats:
+    """Streaming, mergeable float64 mean/covariance of feature batches (Chan et al. parallel update).
+
+    Keeps (count, mean, M2 = sum of centred outer products), so batches can arrive in any split and
+    accumulators from different workers merge exactly (up to float64 rounding) into the batch result.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+        self.count = 0
+        self.mean: np.ndarray | None = None if dim is None else np.zeros(dim, dtype=np.float64)
+        self.m2: np.ndarray | None = None if dim is None else np.zeros((dim, dim), dtype=np.float64)
+
+    def _combine(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        """Fold in another (count, mean, M2) triple."""
+        if n_b == 0:
+            return
+        if self.dim is None:
+            self.dim = mean_b.shape[0]
+        if mean_b.shape[0] != self.dim:
+            raise ValueError(f"feature dimension {mean_b.shape[0]} does not match accumulator dimension {self.dim}")
+        if self.count == 0 or self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n_b, mean_b.copy(), m2_b.copy()
+            return
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean  # [F]
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + np.outer(delta, delta) * (n_a * n_b / n)
+        self.count = n
+
+    def update(self, features: Any) -> "FeatureStats":
+        """Add a batch of features [B, F] (numpy or torch); returns self."""
+        x = _as_float64(features, "features", 2)
+        if x.shape[0] == 0:
+            return self
+        mean_b = x.mean(axis=0)
+        xc = x - mean_b  # [B, F]
+        self._combine(x.shape[0], mean_b, xc.T @ xc)
+        return self
+
+    def merge(self, other: "FeatureStats") -> "FeatureStats":
+        """Fold another accumulator (e.g. from another worker) into this one; returns self."""
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+        return self
+
+    def compute(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [F], covariance [F, F], ddof=1) of everything seen so far."""
+        if self.count < 2 or self.mean is None or self.m2 is None:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, have {self.count}")
+        sigma = self.m2 / (self.count - 1)
+        return self.mean.copy(), (sigma + sigma.T) / 2
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data state (count, mean, m2) for shipping between processes or saving."""
+        return {"count": self.count, "dim": self.dim, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "FeatureStats":
+        """Rebuild an accumulator from `state_dict()` output."""
+        acc = cls(state.get("dim"))
+        if state["count"]:
+            acc._combine(int(state["count"]), np.asarray(state["mean"], np.float64), np.asarray(state["m2"], np.float64))
+        return acc

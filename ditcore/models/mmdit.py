@@ -1,0 +1,303 @@
+"""MM-DiT: text-conditional Diffusion Transformer with joint image-text attention (SD3, Esser et al. 2024).
+
+Options of the same model (no copies of it):
+  * `num_single_blocks`: FLUX-style single-stream parallel blocks after the dual-stream (joint) blocks;
+  * `pos_embed="rope"`: axial 2D RoPE on image tokens (text tokens sit at position (0, 0), as in FLUX)
+    instead of the fixed sin-cos table added to the image tokens.
+Text padding (text_mask False) is masked out as attention keys everywhere and zeroed at the input, so
+padded positions can never change the image output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditcore.models import mup as mup_lib
+from ditcore.models.dit import _validate_common
+from ditcore.models.layers import (
+    AdaLNModulation,
+    FinalLayer,
+    Mlp,
+    PatchEmbed,
+    PooledTextEmbedder,
+    QKNorm,
+    TimestepEmbedder,
+    attention,
+    gated_residual,
+    grid_positions,
+    layer_norm,
+    modulate,
+    apply_rope,
+    rope_2d_freqs,
+    sincos_pos_embed_2d,
+    split_heads,
+    unpatchify,
+)
+
+
+@dataclass(frozen=True)
+class MMDiTConfig:
+    """MM-DiT architecture: `depth` joint (dual-stream) blocks, then `num_single_blocks` single-stream blocks."""
+
+    arch: str = "mmdit"
+    depth: int = 2
+    hidden_size: int = 128
+    num_heads: int = 2
+    patch_size: int = 2
+    input_size: int = 32
+    in_channels: int = 4
+    text_dim: int = 384
+    pooled_dim: int = 384
+    max_text_len: int = 77
+    num_single_blocks: int = 0
+    pos_embed: str = "sincos"
+    qk_norm: bool = True
+    mlp_ratio: float = 4.0
+    mup: bool = False
+    mup_base_width: int = 256
+
+    def __post_init__(self) -> None:
+        _validate_common(self)
+        if self.arch != "mmdit":
+            raise ValueError(f"MMDiTConfig.arch must be 'mmdit', got {self.arch!r}")
+        for key in ("text_dim", "pooled_dim", "max_text_len"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"MMDiTConfig.{key} must be a positive int, got {v!r}")
+        if not isinstance(self.num_single_blocks, int) or self.num_single_blocks < 0:
+            raise ValueError(f"MMDiTConfig.num_single_blocks must be an int >= 0, got {self.num_single_blocks!r}")
+        if self.depth + self.num_single_blocks < 1:
+            raise ValueError("MMDiTConfig: depth + num_single_blocks must be >= 1")
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels (= in_channels; MM-DiT has no learned sigma)."""
+        return self.in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        """Image tokens N = (input_size / patch_size)^2."""
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLPs."""
+        return int(self.hidden_size * self.mlp_ratio)
+
+
+class JointQKNorm(nn.Module):
+    """Per-modality RMSNorm gains applied to the concatenated [image; text] q and k in one kernel each."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.img = QKNorm(head_dim, eps)
+        self.txt = QKNorm(head_dim, eps)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, n_img: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d = q.shape[-1]
+        n_txt = q.shape[-2] - n_img
+
+        def gains(a: nn.RMSNorm, b: nn.RMSNorm) -> torch.Tensor:
+            return torch.cat([a.weight.expand(n_img, d), b.weight.expand(n_txt, d)])  # [N+L, d]
+
+        q = F.rms_norm(q, (d,), eps=self.eps) * gains(self.img.q_norm, self.txt.q_norm)  # [B, H, N+L, d]
+        k = F.rms_norm(k, (d,), eps=self.eps) * gains(self.img.k_norm, self.txt.k_norm)  # [B, H, N+L, d]
+        return q, k
+
+
+class JointBlock(nn.Module):
+    """SD3 dual-stream block: per-modality adaLN-Zero, qkv, out-proj and MLP; one attention over both.
+
+    `pre_only` (SD3's last block, `context_pre_only`) keeps only the text keys/values: its text output would
+    never be used, so the text out-proj and MLP are not built.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, pre_only: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = attn_scale
+        self.pre_only = pre_only
+        d = hidden_size
+        self.img_mod = AdaLNModulation(d, 6)
+        self.img_qkv = nn.Linear(d, 3 * d)
+        self.img_proj = nn.Linear(d, d)
+        self.img_mlp = Mlp(d, mlp_hidden)
+        self.txt_mod = AdaLNModulation(d, 2 if pre_only else 6)
+        self.txt_qkv = nn.Linear(d, 3 * d)
+        if not pre_only:
+            self.txt_proj = nn.Linear(d, d)
+            self.txt_mlp = Mlp(d, mlp_hidden)
+        self.qk_norm = JointQKNorm(d // num_heads) if qk_norm else None
+
+    def forward(self, img, txt, c_act, rope=None, attn_mask=None):
+        n = img.shape[1]
+        i_shift, i_scale, i_gate, i_shift2, i_scale2, i_gate2 = self.img_mod(c_act)  # 6 x [B, D]
+        t_mods = self.txt_mod(c_act)  # 2 or 6 x [B, D]
+        img_qkv = self.img_qkv(modulate(layer_norm(img), i_shift, i_scale))  # [B, N, 3D]
+        txt_qkv = self.txt_qkv(modulate(layer_norm(txt), t_mods[0], t_mods[1]))  # [B, L, 3D]
+        # One copy of qkv for the joint sequence; heads are views of it.
+        q, k, v = split_heads(torch.cat([img_qkv, txt_qkv], dim=1), self.num_heads)  # [B, H, N+L, d] x 3
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k, n)  # [B, H, N+L, d]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # [B, H, N+L, d]
+        out = attention(q, k, v, attn_mask, self.scale)  # [B, N+L, D]
+        img = gated_residual(img, i_gate, self.img_proj(out[:, :n]))  # [B, N, D]
+        img = gated_residual(img, i_gate2, self.img_mlp(modulate(layer_norm(img), i_shift2, i_scale2)))  # [B, N, D]
+        if self.pre_only:
+            return img, None
+        _, _, t_gate, t_shift2, t_scale2, t_gate2 = t_mods
+        txt = gated_residual(txt, t_gate, self.txt_proj(out[:, n:]))  # [B, L, D]
+        txt = gated_residual(txt, t_gate2, self.txt_mlp(modulate(layer_norm(txt), t_shift2, t_scale2)))  # [B, L, D]
+        return img, txt
+
+
+class SingleBlock(nn.Module):
+    """FLUX single-stream parallel block: one Linear makes qkv and the MLP input, one Linear merges both."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale):
+        super().__init__()
+        self.num_heads = num_heads
+        self.hidden_size = hidden_size
+        self.scale = attn_scale
+        self.mod = AdaLNModulation(hidden_size, 3)
+        self.linear1 = nn.Linear(hidden_size, 3 * hidden_size + mlp_hidden)
+        self.linear2 = nn.Linear(hidden_size + mlp_hidden, hidden_size)
+        self.qk_norm = QKNorm(hidden_size // num_heads) if qk_norm else None
+
+    def forward(self, x, c_act, rope=None, attn_mask=None):
+        shift, scale, gate = self.mod(c_act)  # 3 x [B, D]
+        h = self.linear1(modulate(layer_norm(x), shift, scale))  # [B, N+L, 3D+M]
+        qkv, mlp_in = h.split([3 * self.hidden_size, h.shape[-1] - 3 * self.hidden_size], dim=-1)
+        q, k, v = split_heads(qkv, self.num_heads)  # [B, H, N+L, d] x 3 (views)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)  # [B, H, N+L, d]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # [B, H, N+L, d]
+        attn = attention(q, k, v, attn_mask, self.scale)  # [B, N+L, D]
+        out = self.linear2(torch.cat([attn, F.gelu(mlp_in, approximate="tanh")], dim=-1))  # [B, N+L, D]
+        return gated_residual(x, gate, out)  # [B, N+L, D]
+
+
+class MMDiT(nn.Module):
+    """forward(x [B,C,H,W], t [B], text_emb [B,L,Dt], text_mask [B,L] bool (True=real), text_pooled [B,Dp])."""
+
+    cond_keys = ("text_emb", "text_mask", "text_pooled")
+    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "context_embedder", "pooled_embedder.mlp.0")
+    _output_prefixes = ("final_layer.linear",)
+    _keep_prefixes = ("t_embedder.mlp.0",)
+
+    def __init__(self, config: MMDiTConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        self.patch_size = config.patch_size
+        self.num_heads = config.num_heads
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
+        self.context_embedder = nn.Linear(config.text_dim, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.pooled_embedder = PooledTextEmbedder(config.pooled_dim, d)
+        grid = config.input_size // config.patch_size
+        if config.pos_embed == "sincos":
+            self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
+        else:
+            self.pos_embed = None
+        attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
+        m = config.mlp_hidden
+        self.joint_blocks = nn.ModuleList(
+            JointBlock(d, config.num_heads, m, config.qk_norm, attn_scale,
+                       pre_only=(i == config.depth - 1 and config.num_single_blocks == 0))
+            for i in range(config.depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleBlock(d, config.num_heads, m, config.qk_norm, attn_scale) for _ in range(config.num_single_blocks)
+        )
+        self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
+        self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Xavier linears, N(0, .02) timestep MLP, muP scales if configured, adaLN-Zero gates and output."""
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.xavier_uniform_(mod.weight)
+                nn.init.zeros_(mod.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.config.mup:
+            mup_lib.init_mup_(self, self._input_prefixes, self._output_prefixes, keep_prefixes=self._keep_prefixes)
+        for mod in self.modules():
+            if isinstance(mod, AdaLNModulation):
+                nn.init.zeros_(mod.linear.weight)
+                nn.init.zeros_(mod.linear.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def _rope(self, gh: int, gw: int, n_txt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for [image tokens (row, col); text tokens at (0, 0)] -> ([N+L, d], [N+L, d])."""
+        ys, xs = grid_positions(gh, gw, device=device)
+        zeros = torch.zeros(n_txt, dtype=ys.dtype, device=device)
+        return rope_2d_freqs(self.config.hidden_size // self.num_heads, torch.cat([ys, zeros]), torch.cat([xs, zeros]))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        text_pooled: torch.Tensor,
+    ) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"MMDiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
+        if text_emb.ndim != 3 or text_emb.shape[0] != b or text_emb.shape[-1] != self.config.text_dim:
+            raise ValueError(f"MMDiT: text_emb must be [B={b}, L, {self.config.text_dim}], got {tuple(text_emb.shape)}")
+        p = self.patch_size
+        img = self.x_embedder(x)  # [B, N, D]
+        n, n_txt = img.shape[1], text_emb.shape[1]
+        attn_mask = None
+        if text_mask is not None:
+            if text_mask.shape != text_emb.shape[:2]:
+                raise ValueError(f"MMDiT: text_mask must be {tuple(text_emb.shape[:2])}, got {tuple(text_mask.shape)}")
+            text_mask = text_mask.bool()
+            # Zero padded embeddings so even non-finite padding cannot leak (0 * inf) through the masked keys.
+            text_emb = torch.where(text_mask[..., None], text_emb, torch.zeros((), dtype=text_emb.dtype,
+                                                                                device=text_emb.device))
+            # An all-real mask is dropped so SDPA can take its unmasked fast path (meta tensors cannot be inspected).
+            if text_mask.device.type == "meta" or not bool(text_mask.all()):
+                keep = torch.cat([text_mask.new_ones(b, n), text_mask], dim=1)  # [B, N+L]
+                attn_mask = keep[:, None, None, :]  # [B, 1, 1, N+L]: padded text is never a key
+        txt = self.context_embedder(text_emb)  # [B, L, D]
+        rope = None
+        if self.pos_embed is not None:
+            if h == w == self.config.input_size:
+                img = img + self.pos_embed  # [B, N, D]
+            else:
+                img = img + sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=img.device).to(img.dtype)
+        else:
+            rope = tuple(r.to(img.dtype) for r in self._rope(h // p, w // p, n_txt, img.device))  # ([N+L, d],) x 2
+        c_act = F.silu(self.t_embedder(t) + self.pooled_embedder(text_pooled))  # [B, D]
+        for block in self.joint_blocks:
+            img, txt = block(img, txt, c_act, rope, attn_mask)  # [B, N, D], [B, L, D] | None
+        if len(self.single_blocks):
+            joint = torch.cat([img, txt], dim=1)  # [B, N+L, D]
+            for block in self.single_blocks:
+                joint = block(joint, c_act, rope, attn_mask)  # [B, N+L, D]
+            img = joint[:, :n]  # [B, N, D]
+        out = self.final_layer(img, c_act, self.output_mult)  # [B, N, p*p*C]
+        return unpatchify(out, p, self.out_channels, h, w)  # [B, C, H, W]
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
+        return mup_lib.param_groups(
+            self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
+            base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes,
+        )

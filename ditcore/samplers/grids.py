@@ -1,0 +1,109 @@
+"""Sampling time grids: uniform-t, uniform-lambda (log-SNR), EDM rho-grid and the SD3 shifted grid.
+
+A grid for `steps` steps is a float64 tensor of steps + 1 strictly decreasing times that starts at the
+start time (pure noise, normally process.t_max) and ends at process.t_clean (sigma = 0). Samplers evaluate
+the model at the first `steps` points; the last interval always ends on clean data, which every solver
+takes as the x0 prediction ("denoise to zero", as ADM's DDIM and EDM's sampler do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ditcore.processes import Process
+
+TIME_GRIDS = ("default", "uniform-t", "uniform-lambda", "edm", "sd3-shift")
+EDM_SIGMA_MIN = 0.002  # EDM (Karras et al. 2022) noise-to-signal range sigma/alpha
+EDM_SIGMA_MAX = 80.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    """Process coefficients at one grid time (python floats, float64)."""
+
+    t: float
+    alpha: float
+    sigma: float
+    d_alpha: float
+    d_sigma: float
+    log_snr: float  # -inf at pure noise (alpha = 0), +inf at clean (sigma = 0)
+
+
+def grid_point(process: Process, t: float) -> GridPoint:
+    """Coefficients of `process` at time t."""
+    a, s, da, ds = process.coefficients(t)
+    a, s = max(a, 0.0), max(s, 0.0)  # -0.0 from sqrt at the clean end
+    lam = math.inf if s == 0 else (-math.inf if a == 0 else math.log(a) - math.log(s))
+    return GridPoint(t=float(t), alpha=a, sigma=s, d_alpha=da, d_sigma=ds, log_snr=lam)
+
+
+def time_shift(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3 shift u' = s u / (1 + (s - 1) u) (s > 1 spends more steps at high noise)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def _sigma_edm(process: Process, t: float) -> float:
+    """EDM noise level sigma_t / alpha_t = exp(-lambda_t)."""
+    lam = float(process.log_snr(torch.tensor(t, dtype=torch.float64)))
+    return math.exp(-lam) if lam > -math.inf else math.inf
+
+
+def time_grid(
+    process: Process,
+    steps: int,
+    kind: str = "default",
+    *,
+    t_start: float | None = None,
+    shift: float = 3.0,
+    rho: float = 7.0,
+    sigma_min: float = EDM_SIGMA_MIN,
+    sigma_max: float = EDM_SIGMA_MAX,
+) -> torch.Tensor:
+    """Decreasing float64 times [steps + 1] from t_start (default process.t_max) to process.t_clean.
+
+    kinds: "uniform-t" (= "default"), "sd3-shift" (uniform then SD3 shift `shift`), "uniform-lambda"
+    (uniform in log-SNR, DPM-Solver), "edm" (Karras rho-spacing of sigma/alpha, `rho`). The log-SNR grids
+    span sigma/alpha in [max(sigma_min, level at t_min), min(sigma_max, level at t_start)]; when the start
+    is noisier than sigma_max (e.g. pure noise, lambda = -inf) the start time is kept as an extra first point.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if kind not in TIME_GRIDS:
+        raise ValueError(f"unknown time_grid {kind!r}; expected one of {', '.join(TIME_GRIDS)}")
+    t_hi = float(process.t_max if t_start is None else t_start)
+    t_end = float(process.t_clean)
+    if not t_end < t_hi <= process.t_max:
+        raise ValueError(f"t_start must be in ({t_end}, {process.t_max}], got {t_hi}")
+    if kind in ("default", "uniform-t"):
+        return torch.linspace(t_hi, t_end, steps + 1, dtype=torch.float64)
+    if kind == "sd3-shift":
+        if shift <= 0:
+            raise ValueError(f"grid shift must be > 0, got {shift}")
+        u = time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+        return t_end + u * (t_hi - t_end)
+    # log-SNR based grids ("uniform-lambda", "edm")
+    s_hi = _sigma_edm(process, t_hi)
+    s_lo = max(sigma_min, _sigma_edm(process, process.t_min))
+    lead: list[float] = []
+    count = steps  # noisy points placed by the spacing rule
+    if s_hi > sigma_max:
+        lead, s_hi, count = [t_hi], sigma_max, steps - 1
+    if count == 0:
+        return torch.tensor(lead + [t_end], dtype=torch.float64)
+    if not s_lo < s_hi:
+        raise ValueError(f"empty noise range: sigma_min={s_lo} >= sigma_max={s_hi} for process {process.name!r}")
+    if kind == "uniform-lambda":
+        lam = torch.linspace(-math.log(s_hi), -math.log(s_lo), count, dtype=torch.float64)
+    else:
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        ramp = torch.linspace(0.0, 1.0, count, dtype=torch.float64)
+        sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
+        lam = -torch.log(sig)
+    ts = process.t_from_log_snr(lam)
+    if not lead and count >= 1:
+        ts[0] = t_hi  # exact start time (the inverse is only accurate to ~1e-10 for vp-linear)
+    return torch.cat([torch.tensor(lead, dtype=torch.float64), ts, torch.tensor([t_end], dtype=torch.float64)])

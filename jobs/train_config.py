@@ -1,0 +1,192 @@
+"""Typed configuration of one training run (`ditscale train`): model, objective, data, optimiser, budget, eval,
+checkpoints, Ray resources and MLflow, composed from the components' own config dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from ditcore.config import ConfigError, from_dict, to_dict
+from ditcore.objectives import ObjectiveConfig
+
+
+@dataclass
+class ModelSpec:
+    """Which model: a named preset (ditcore.models.PRESETS) plus field overrides, or a full config dict."""
+
+    preset: Optional[str] = "MMDiT-T"  # None: `overrides` is a complete config dict with "arch"
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2, hidden_size: 128, num_heads: 2}
+    # Fill data-derived fields (input_size, in_channels, text_dim, pooled_dim, max_text_len, num_classes) from the
+    # dataset manifest unless given in `overrides`; explicit values that disagree with the data are errors.
+    adapt_to_data: bool = True
+    name: Optional[str] = None  # display name in MLflow; default: the preset or "<arch>-d<depth>-w<hidden>"
+
+
+@dataclass
+class DataConfig:
+    """The latent dataset and how batches are drawn from it."""
+
+    manifest: str = ""  # latent dataset directory (local or s3://) holding manifest.json
+    batch_size: int = 32  # GLOBAL batch (split evenly over workers)
+    cond_dropout: Optional[float] = None  # classifier-free-guidance dropout; None: objective.cond_dropout
+    val_samples: int = 64  # rows held out (first rows of the set) for the deterministic validation loss
+    shuffle_buffer: int = 256  # local shuffle buffer (rows) per worker; 0 disables shuffling
+    materialize: bool = True  # read the (compact) latent set into the object store once instead of per epoch
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and a constant / cosine / warmup-stable-decay schedule, clipping and EMA."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    decay_fraction: float = 0.2  # wsd: last fraction of the steps decays linearly to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0  # cosine / wsd floor
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.999
+    mup: bool = False  # muP parameter groups (sets the model's `mup` flag; lr multipliers from param_groups)
+
+
+@dataclass
+class EvalConfig:
+    """FID evaluation of the checkpoints at the budget points (run after training, on Ray actors)."""
+
+    num_samples: int = 0  # 0 disables FID
+    sampler: str = "euler"
+    steps: int = 10
+    guidance: float = 1.0
+    budgets: list[float] = field(default_factory=list)  # extra budget points (FLOPs) <= budget_flops; end always
+    seed: int = 0
+    num_actors: int = 1
+    val_every: int = 0  # validation loss every N steps (0: only at checkpoints and the end)
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often checkpoints are written (<storage>/<run name>/checkpoints/step_XXXXXXXX)."""
+
+    storage: str = "runs"  # local directory or s3://bucket/prefix
+    every_n_steps: int = 0  # 0: only at budget points and the end
+    keep: int = 2  # periodic checkpoints kept (budget points are always kept)
+    init_from: Optional[str] = None  # start from this checkpoint's full state when the run has none of its own
+
+
+@dataclass
+class RunConfig:
+    """Ray resources and execution switches."""
+
+    name: Optional[str] = None  # run name (storage dir + MLflow run name); default derived from the config hash
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    compile: bool = False  # torch.compile the model
+    bf16: bool = True  # bf16 autocast (GPU only; CPU runs stay fp32)
+    deterministic: bool = False  # bit-reproducible CPU mode: per-sample RNG keyed by sample id, ordered data
+    seed: int = 0
+    fsdp: bool = False  # FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP
+    max_failures: int = 1  # worker failures Ray Train recovers from (restart from the latest checkpoint)
+    peak_flops: Optional[float] = None  # per-worker peak FLOP/s for MFU; None: table (GPU) or measured (CPU)
+    num_threads: Optional[int] = None  # torch threads per worker; default int(cpus_per_worker) (>= 1)
+    # Fault injection for tests: {"step": k, "mode": "raise"|"exit", "rank": 0}; fires once per run.
+    inject_failure: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class MlflowConfig:
+    """Experiment tracking."""
+
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite ./mlflow.db
+    experiment: str = "ditscale-train"
+    log_every: int = 10  # steps between metric logs (rank 0)
+    enabled: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One training run: a model trained to a FLOPs budget on a latent dataset."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    budget_flops: float = 1e12  # training FLOPs (3 x forward, multiply-add = 2 FLOPs)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """Build a TrainConfig; unknown keys / wrong types raise ConfigError naming the dotted key."""
+    return from_dict(TrainConfig, data)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Short stable hash of the config parts that define the run (not where it is stored or logged)."""
+    d = to_dict(cfg)
+    for volatile in ("mlflow", "checkpoint"):
+        d.pop(volatile, None)
+    d["run"] = {k: v for k, v in d["run"].items() if k in ("num_workers", "deterministic", "seed", "fsdp")}
+    d["eval"] = {}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """The run's name: run.name, else "<model>-<hash>"."""
+    if cfg.run.name:
+        return cfg.run.name
+    return f"{model_display_name(cfg.model).replace('/', '_')}-{config_hash(cfg)}"
+
+
+def model_display_name(spec: ModelSpec) -> str:
+    """Human name of a model spec (preset name, or arch/depth/width)."""
+    if spec.name:
+        return spec.name
+    o = spec.overrides
+    if spec.preset and not any(k in o for k in ("depth", "hidden_size", "num_heads", "patch_size")):
+        return spec.preset
+    base = dict(o)
+    if spec.preset:
+        from ditcore.models import PRESETS, config_to_dict
+
+        base = {**config_to_dict(PRESETS[spec.preset]), **o} if spec.preset in PRESETS else base
+    arch = "MMDiT" if base.get("arch") == "mmdit" else "DiT"
+    return f"{arch}-d{base.get('depth', '?')}-w{base.get('hidden_size', '?')}-p{base.get('patch_size', '?')}"
+
+
+def lr_factor(step: int, total_steps: int, o: OptimConfig) -> float:
+    """LR multiplier at `step` (0-based, the step about to be taken): warmup then constant / cosine / WSD."""
+    if o.warmup_steps > 0 and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "cosine":
+        span = max(1, total_steps - o.warmup_steps)
+        progress = min(1.0, (step - o.warmup_steps) / span)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    # WSD (Hägele et al. 2024): stable until the last `decay_fraction` of the steps, then linear decay.
+    decay_steps = max(1, int(round(o.decay_fraction * total_steps)))
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / decay_steps)
+    return 1.0 - (1.0 - o.min_lr_ratio) * progress
+
+
+def wsd_decay_start(total_steps: int, o: OptimConfig) -> int:
+    """First step of the WSD decay phase for a run of `total_steps` (the branch point of a WSD sweep)."""
+    return total_steps - max(1, int(round(o.decay_fraction * total_steps)))
+
+
+__all__ = [
+    "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "MlflowConfig", "ModelSpec", "OptimConfig",
+    "RunConfig", "TrainConfig", "config_hash", "lr_factor", "model_display_name", "run_name",
+    "train_config_from_dict", "wsd_decay_start", "dataclasses",
+]

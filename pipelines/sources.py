@@ -1,0 +1,461 @@
+"""Input sources for precompute: image folders, parquet with image bytes, WebDataset tars, the built-in set.
+
+Every source is split on the driver into a deterministic list of *shards* (index ranges, sorted file
+chunks, parquet row groups, one tar each) before any work starts. A shard is the unit of resumption:
+the same config always yields the same shards with the same ids in the same order, so a rerun can
+skip shards that are already committed and a killed run restarts to exactly the same result.
+
+`read_shard(desc)` runs inside Ray tasks and turns one shard descriptor into rows. It never raises
+for bad data: an unreadable file becomes a row whose `error` column says why, so that
+`input == written + failed` holds for every run. Files are read through pyarrow filesystems
+(`pipelines.storage.get_fs`), so local paths and s3:// behave the same; the filesystem object is
+pickled into the Ray tasks, which therefore do not depend on the workers' environment.
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines import storage
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+# Sidecar files that describe an image rather than being one; never counted as inputs of a folder.
+SIDECAR_EXTENSIONS = ("txt", "json", "cls", "md5")
+
+SourceKind = Literal["builtin", "folder", "parquet", "webdataset"]
+
+
+@dataclass
+class SourceConfig:
+    """Where the images (and captions/labels) come from; fields not used by `kind` are ignored."""
+
+    kind: SourceKind = "builtin"
+    path: str | None = None  # folder / parquet / webdataset root: local path or s3:// URI
+    shard_size: int = 256  # items per shard (builtin, folder, parquet); a WebDataset shard is one tar
+    limit: int | None = None  # keep only the first `limit` items (builtin: count; others: first shards' items)
+    # built-in synthetic set
+    count: int = 1024
+    max_objects: int = 2
+    seed: int = 0
+    # image folders: `root/<class>/<name>.<ext>`, caption in `<name>.txt` beside the image
+    caption_extension: str = "txt"
+    labels_from_dirs: bool = True
+    extensions: list[str] | None = None  # None: every non-sidecar file is an input (non-images -> failures)
+    # parquet with image bytes
+    image_column: str = "image"
+    caption_column: str | None = "caption"
+    label_column: str | None = "label"
+    id_column: str | None = None
+    # WebDataset tars: samples grouped by key, one member per extension
+    image_keys: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    caption_key: str = "txt"
+    label_key: str = "cls"
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0:
+            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+        if self.kind == "builtin" and self.count < 0:
+            raise ValueError(f"count must be >= 0, got {self.count}")
+        if self.kind != "builtin" and not self.path:
+            raise ValueError(f"source.path is required for source.kind={self.kind!r}")
+
+
+class SourceError(ValueError):
+    """The source configuration points at something that does not exist or cannot be read."""
+
+
+@dataclass
+class SourcePlan:
+    """The deterministic shard list of a source plus what the manifest needs to know about it."""
+
+    shards: list[dict[str, Any]]
+    description: dict[str, Any]
+    classes: list[str] | None = None
+    num_classes: int | None = None
+    has_labels: bool = False
+
+    @property
+    def num_items(self) -> int | None:
+        """Total items when known before reading (all kinds but WebDataset)."""
+        counts = [s.get("count") for s in self.shards]
+        return None if any(c is None for c in counts) else int(sum(counts))
+
+
+def _ext(name: str) -> str:
+    base = posixpath.basename(name)
+    return base.rsplit(".", 1)[-1].lower() if "." in base else ""
+
+
+def _list_files(uri: str) -> list[str]:
+    """Sorted paths (relative to `uri`, '/'-separated) of all regular files below `uri`, hidden ones excluded."""
+    fs, root = storage.get_fs(uri)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"source path does not exist: {uri}")
+    if info.type == pafs.FileType.File:
+        return [""]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    rels = []
+    for i in infos:
+        if i.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(i.path.replace("\\", "/"), root.replace("\\", "/"))
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        rels.append(rel)
+    return sorted(rels)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _apply_limit(shards: list[dict[str, Any]], limit: int | None, key: str) -> list[dict[str, Any]]:
+    """Cut a shard list after `limit` items (shards keep their ids, so a smaller limit is a prefix)."""
+    if limit is None:
+        return shards
+    out, left = [], limit
+    for s in shards:
+        if left <= 0:
+            break
+        if s["count"] > left:
+            s = dict(s)
+            s[key] = s[key][:left] if isinstance(s[key], list) else s[key]
+            s["count"] = left
+        out.append(s)
+        left -= s["count"]
+    return out
+
+
+def plan_source(cfg: SourceConfig, image_size: int) -> SourcePlan:
+    """Enumerate the input of `cfg` into deterministic shards (driver side; lists files, reads no images)."""
+    if cfg.kind == "builtin":
+        return _plan_builtin(cfg, image_size)
+    if cfg.kind == "folder":
+        return _plan_folder(cfg)
+    if cfg.kind == "parquet":
+        return _plan_parquet(cfg)
+    if cfg.kind == "webdataset":
+        return _plan_webdataset(cfg)
+    raise SourceError(f"unknown source.kind {cfg.kind!r}")
+
+
+def _plan_builtin(cfg: SourceConfig, image_size: int) -> SourcePlan:
+    from ditcore.data import builtin
+
+    count = cfg.count if cfg.limit is None else min(cfg.count, cfg.limit)
+    # Validate the spec once here so a bad size fails before any Ray work.
+    if not builtin.MIN_IMAGE_SIZE <= image_size <= builtin.MAX_IMAGE_SIZE:
+        raise SourceError(
+            f"image_size={image_size}: the built-in set renders {builtin.MIN_IMAGE_SIZE}..{builtin.MAX_IMAGE_SIZE} px")
+    spec = {"image_size": image_size, "max_objects": cfg.max_objects, "seed": cfg.seed}
+    shards = [
+        {"shard": i, "kind": "builtin", "start": start, "stop": min(start + cfg.shard_size, count),
+         "count": min(start + cfg.shard_size, count) - start, "spec": spec}
+        for i, start in enumerate(range(0, count, cfg.shard_size))
+    ]
+    return SourcePlan(
+        shards=shards,
+        description={"kind": "builtin", "count": count, **spec},
+        classes=list(builtin.CLASS_NAMES),
+        num_classes=builtin.NUM_CLASSES,
+        has_labels=True,
+    )
+
+
+def _plan_folder(cfg: SourceConfig) -> SourcePlan:
+    assert cfg.path
+    rels = _list_files(cfg.path)
+    cap_ext = cfg.caption_extension.lower().lstrip(".")
+    allowed = [e.lower().lstrip(".") for e in cfg.extensions] if cfg.extensions else None
+    inputs = []
+    for rel in rels:
+        ext = _ext(rel)
+        if ext == cap_ext or ext in SIDECAR_EXTENSIONS:
+            continue
+        if allowed is not None and ext not in allowed:
+            continue
+        inputs.append(rel)
+    classes = None
+    if cfg.labels_from_dirs:
+        dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r})
+        classes = dirs or None
+    shards = [
+        {"shard": i, "kind": "folder", "root": cfg.path, "files": chunk, "count": len(chunk)}
+        for i, chunk in enumerate(_chunks(inputs, cfg.shard_size))
+    ]
+    shards = _apply_limit(shards, cfg.limit, "files")
+    return SourcePlan(
+        shards=shards,
+        description={"kind": "folder", "path": cfg.path, "files": sum(s["count"] for s in shards),
+                     "caption_extension": cap_ext},
+        classes=classes,
+        num_classes=len(classes) if classes else None,
+        has_labels=bool(classes),
+    )
+
+
+def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
+    assert cfg.path
+    rels = [r for r in _list_files(cfg.path) if r == "" or _ext(r) == "parquet"]
+    if not rels:
+        raise SourceError(f"no .parquet files under {cfg.path}")
+    fs, root = storage.get_fs(cfg.path)
+    shards: list[dict[str, Any]] = []
+    has_labels = False
+    for rel in rels:
+        path = root if rel == "" else posixpath.join(root, rel)
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(path))
+            meta, schema = pf.metadata, pf.schema_arrow
+        except Exception as exc:  # a broken file is a configuration problem: the planner cannot count its rows
+            raise SourceError(f"cannot read parquet metadata of {path}: {exc}") from exc
+        # Image and id columns must exist; caption/label columns are optional per file (absent -> no caption/label).
+        has_labels = has_labels or (cfg.label_column is not None and cfg.label_column in schema.names)
+        for col in [cfg.image_column, cfg.id_column]:
+            if col is not None and col not in schema.names:
+                raise SourceError(f"{path}: column {col!r} not found (columns: {', '.join(schema.names)})")
+        # Group whole row groups into shards of about shard_size rows: each shard reads only its row groups.
+        group, rows, first_row = [], 0, 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            group.append(rg)
+            rows += n
+            if rows >= cfg.shard_size:
+                shards.append({"shard": len(shards), "kind": "parquet", "root": cfg.path, "file": rel,
+                               "row_groups": group, "first_row": first_row, "count": rows})
+                first_row += rows
+                group, rows = [], 0
+        if group:
+            shards.append({"shard": len(shards), "kind": "parquet", "root": cfg.path, "file": rel,
+                           "row_groups": group, "first_row": first_row, "count": rows})
+    if cfg.limit is not None:
+        out, left = [], cfg.limit
+        for s in shards:
+            if left <= 0:
+                break
+            s = dict(s, take=min(s["count"], left))
+            s["count"] = s["take"]
+            left -= s["count"]
+            out.append(s)
+        shards = out
+    return SourcePlan(
+        shards=shards,
+        description={"kind": "parquet", "path": cfg.path, "files": len(rels), "image_column": cfg.image_column,
+                     "caption_column": cfg.caption_column, "label_column": cfg.label_column},
+        has_labels=has_labels,
+    )
+
+
+def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
+    assert cfg.path
+    rels = [r for r in _list_files(cfg.path) if r == "" or _ext(r) == "tar"]
+    if not rels:
+        raise SourceError(f"no .tar files under {cfg.path}")
+    # The sample count of a tar is only known once it is read, so a WebDataset shard is one tar file.
+    shards = [{"shard": i, "kind": "webdataset", "root": cfg.path, "file": rel, "count": None}
+              for i, rel in enumerate(rels)]
+    return SourcePlan(
+        shards=shards,
+        description={"kind": "webdataset", "path": cfg.path, "tars": len(rels)},
+        has_labels=True,
+    )
+
+
+# ----------------------------------------------------------------------------- reading (inside Ray tasks)
+
+def _rows(desc: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Column batch for one shard; `shard_total` lets the driver know when a shard is complete."""
+    n = len(records)
+    return {
+        "id": np.array([r["id"] for r in records], dtype=object),
+        "shard": np.full(n, desc["shard"], dtype=np.int64),
+        "order": np.arange(n, dtype=np.int64),
+        "shard_total": np.full(n, n, dtype=np.int64),
+        "source": np.array([r["source"] for r in records], dtype=object),
+        "data": np.array([r.get("data", b"") for r in records], dtype=object),
+        "caption": np.array([r.get("caption") or "" for r in records], dtype=object),
+        "has_caption": np.array([r.get("caption") is not None for r in records], dtype=bool),
+        "label": np.array([-1 if r.get("label") is None else int(r["label"]) for r in records], dtype=np.int64),
+        "error": np.array([r.get("error", "") for r in records], dtype=object),
+    }
+
+
+def read_shard(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
+               filesystem: pafs.FileSystem | None = None) -> dict[str, np.ndarray]:
+    """All rows of one shard: raw image bytes (or rendered pixels for builtin) plus caption/label/error.
+
+    `filesystem` is the driver's pyarrow filesystem for the source root (pickled into the task), so S3
+    endpoint and credentials need not be configured on the workers; None resolves it here.
+    """
+    kind = desc["kind"]
+    if kind == "builtin":
+        return _read_builtin(desc)
+    if kind == "folder":
+        records = _read_folder(desc, cfg, classes, filesystem)
+    elif kind == "parquet":
+        records = _read_parquet(desc, cfg, filesystem)
+    elif kind == "webdataset":
+        records = _read_webdataset(desc, cfg, filesystem)
+    else:
+        raise SourceError(f"unknown shard kind {kind!r}")
+    return _rows(desc, records)
+
+
+def _read_builtin(desc: dict[str, Any]) -> dict[str, np.ndarray]:
+    from ditcore.data.builtin import BuiltinSpec, render_batch
+
+    spec = BuiltinSpec(**desc["spec"])
+    batch = render_batch(desc["start"], desc["stop"], spec)
+    n = len(batch["id"])
+    records = [{"id": str(batch["id"][i]), "source": f"builtin:{desc['start'] + i}", "caption": str(batch["caption"][i]),
+                "label": int(batch["label"][i])} for i in range(n)]
+    out = _rows(desc, records)
+    out["image"] = batch["image"]  # already [N,S,S,3] uint8 at the target size: no decode needed
+    return out
+
+
+def _read_file(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _fs(root_uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is None:
+        return storage.get_fs(root_uri)
+    if storage.is_s3(root_uri):
+        return filesystem, root_uri[len("s3://"):].rstrip("/")
+    return filesystem, storage.get_fs(root_uri)[1]
+
+
+def _read_folder(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
+                 filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+    fs, root = _fs(desc["root"], filesystem)
+    class_index = {c: i for i, c in enumerate(classes or [])}
+    cap_ext = cfg.caption_extension.lower().lstrip(".")
+    records = []
+    for rel in desc["files"]:
+        path = posixpath.join(root, rel) if rel else root
+        rec: dict[str, Any] = {"id": rel or posixpath.basename(root), "source": storage.join(desc["root"], rel) if rel else desc["root"]}
+        if "/" in rel and class_index:
+            rec["label"] = class_index.get(rel.split("/", 1)[0])
+        try:
+            rec["data"] = _read_file(fs, path)
+        except Exception as exc:  # a vanished or unreadable file is a per-item failure, not a crash
+            rec["error"] = f"unreadable file: {exc}"
+            records.append(rec)
+            continue
+        stem = path.rsplit(".", 1)[0] if "." in posixpath.basename(path) else path
+        try:
+            rec["caption"] = _read_file(fs, f"{stem}.{cap_ext}").decode("utf-8", errors="replace").strip()
+        except (FileNotFoundError, OSError):
+            rec["caption"] = None
+        records.append(rec)
+    return records
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    """Image bytes from a parquet cell: binary, or a Hugging Face `{"bytes": ..., "path": ...}` struct."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, dict):
+        b = value.get("bytes")
+        return bytes(b) if b is not None else None
+    raise TypeError(f"image cell of type {type(value).__name__} is not bytes")
+
+
+def _read_parquet(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+    fs, root = _fs(desc["root"], filesystem)
+    rel = desc["file"]
+    path = root if rel == "" else posixpath.join(root, rel)
+    pf = pq.ParquetFile(fs.open_input_file(path))
+    names = pf.schema_arrow.names
+    columns = [c for c in (cfg.image_column, cfg.caption_column, cfg.label_column, cfg.id_column) if c and c in names]
+    table = pf.read_row_groups(desc["row_groups"], columns=columns)
+    if "take" in desc:
+        table = table.slice(0, desc["take"])
+    data = table.to_pydict()
+    n = table.num_rows
+    src = storage.join(desc["root"], rel) if rel else desc["root"]
+    records = []
+    for i in range(n):
+        row = desc["first_row"] + i
+        rid = str(data[cfg.id_column][i]) if cfg.id_column and cfg.id_column in data else f"{rel or posixpath.basename(root)}:{row}"
+        rec: dict[str, Any] = {"id": rid, "source": f"{src}#row={row}"}
+        try:
+            b = _image_bytes(data[cfg.image_column][i]) if cfg.image_column in data else None
+            if b is None:
+                rec["error"] = f"missing image bytes in column {cfg.image_column!r}"
+            else:
+                rec["data"] = b
+        except TypeError as exc:
+            rec["error"] = str(exc)
+        if cfg.caption_column and cfg.caption_column in data:
+            cap = data[cfg.caption_column][i]
+            rec["caption"] = None if cap is None else str(cap)
+        if cfg.label_column and cfg.label_column in data:
+            lab = data[cfg.label_column][i]
+            rec["label"] = None if lab is None else int(lab)
+        records.append(rec)
+    return records
+
+
+def _read_webdataset(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+    fs, root = _fs(desc["root"], filesystem)
+    rel = desc["file"]
+    path = root if rel == "" else posixpath.join(root, rel)
+    src = storage.join(desc["root"], rel) if rel else desc["root"]
+    tar_id = rel or posixpath.basename(root)
+    image_keys = [k.lower() for k in cfg.image_keys]
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    tar_error = None
+    try:
+        raw = _read_file(fs, path)
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                name = member.name
+                base = posixpath.basename(name)
+                if base.startswith(".") or "." not in base:
+                    continue
+                # WebDataset convention: the key is the path up to the first dot of the file name.
+                key = posixpath.join(posixpath.dirname(name), base.split(".", 1)[0])
+                ext = base.split(".", 1)[1].lower()
+                f = tf.extractfile(member)
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                samples[key][ext] = f.read() if f is not None else b""
+    except Exception as exc:  # truncated/corrupt tar: keep the samples read so far, record the rest as one failure
+        tar_error = f"unreadable or truncated tar: {exc}"
+    records = []
+    for key in order:
+        parts = samples[key]
+        rec: dict[str, Any] = {"id": f"{tar_id}/{key}", "source": f"{src}#{key}"}
+        img_ext = next((e for e in image_keys if e in parts), None)
+        if img_ext is None:
+            rec["error"] = f"sample has no image member (looked for {', '.join(image_keys)}; found {', '.join(sorted(parts))})"
+        else:
+            rec["data"] = parts[img_ext]
+        if cfg.caption_key in parts:
+            rec["caption"] = parts[cfg.caption_key].decode("utf-8", errors="replace").strip()
+        if cfg.label_key in parts:
+            try:
+                rec["label"] = int(parts[cfg.label_key].decode().strip())
+            except ValueError:
+                rec["error"] = rec.get("error") or f"label {parts[cfg.label_key][:20]!r} is not an integer"
+        records.append(rec)
+    if tar_error is not None:
+        records.append({"id": f"{tar_id}/<tar>", "source": src, "error": tar_error})
+    return records

@@ -1,0 +1,73 @@
+"""Dynamic batching of generation requests: sampler settings, jobs, and grouping of compatible jobs.
+
+`@serve.batch` (in serve/app.py) hands the sampler deployment whatever requests arrived together;
+only requests that share (steps, sampler, guidance) can run as one batched sampler call, so a
+batch is split into such groups here. Every image owns a `torch.Generator` seeded from its own
+seed, so the noise and any sampler stochasticity never depend on which other requests shared the
+batch: a request returns the same image alone or batched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ditcore.config import ConfigError, from_dict
+from ditcore.samplers import SAMPLERS
+
+
+@dataclass
+class SamplerSettings:
+    """Run-time settings of the sampler deployment (Serve `user_config`, applied in `reconfigure`)."""
+
+    default_steps: int = 20
+    default_sampler: str = "dpmpp-2m"
+    default_guidance: float = 4.0
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.default_sampler not in SAMPLERS:
+            raise ConfigError(f"default_sampler: {self.default_sampler!r} is not one of {list(SAMPLERS)}")
+        if not 1 <= self.default_steps <= 1000:
+            raise ConfigError(f"default_steps: {self.default_steps} is outside [1, 1000]")
+        if not 0.0 <= self.default_guidance <= 100.0:
+            raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, 100]")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: {self.max_batch_size} must be >= 1")
+        if self.batch_wait_timeout_s < 0:
+            raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be >= 0")
+
+    @classmethod
+    def from_user_config(cls, data: dict | None) -> "SamplerSettings":
+        """Settings from a user_config mapping; unknown keys or wrong types raise ConfigError naming the key."""
+        return from_dict(cls, dict(data or {}), where="user_config")
+
+
+@dataclass
+class SampleJob:
+    """One request with every default resolved: the unit `@serve.batch` collects."""
+
+    steps: int
+    sampler: str
+    guidance: float
+    seeds: list[int]
+    label: int | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        """Images this job asks for."""
+        return len(self.seeds)
+
+    def batch_key(self) -> tuple[int, str, float]:
+        """Jobs with equal keys can share one sampler call (same time grid, solver and CFG scale)."""
+        return (self.steps, self.sampler, float(self.guidance))
+
+
+def group_compatible(jobs: list[SampleJob]) -> list[list[int]]:
+    """Indices of `jobs` grouped by batch key, groups in order of first arrival."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.batch_key(), []).append(i)
+    return list(groups.values())

@@ -1,0 +1,93 @@
+"""Tiny latent datasets written per the latent-dataset contract (parquet + manifest.json), for the train/sweep tests.
+
+The shards use pyarrow FixedShapeTensor columns (the contract's first option); the real reader
+(pipelines.dataset) reads them back, so the jobs are tested through the same code a cluster run uses.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _tensor_col(arr: np.ndarray) -> pa.Array:
+    arr = np.ascontiguousarray(arr)
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
+
+
+def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int = 8, num_classes: Optional[int] = 10,
+                        text: Optional[tuple[int, int, int]] = None, seed: int = 0, shards: int = 2,
+                        vae_path: Optional[str] = None, feature_net: Optional[str] = None,
+                        fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None) -> str:
+    """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional. Returns its directory."""
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    # Structured latents (per-class / per-row means) so a model can actually reduce the loss.
+    base = rng.normal(size=(max(num_classes or 4, 4), channels, size, size)).astype(np.float32)
+    labels = (np.arange(n) % (num_classes or 4)).astype(np.int32)
+    mean = base[labels] + 0.1 * rng.normal(size=(n, channels, size, size)).astype(np.float32)
+    std = np.full((n, channels, size, size), 0.05, np.float32)
+    cols: dict[str, list] = {}
+    ids = [f"row-{i:05d}" for i in range(n)]
+    for s in range(shards):
+        sl = slice(s * n // shards, (s + 1) * n // shards)
+        table = {
+            "id": pa.array(ids[sl]),
+            "latent_mean": _tensor_col(mean[sl].astype(np.float16)),
+            "latent_std": _tensor_col(std[sl].astype(np.float16)),
+            "latent_mean_flip": _tensor_col(mean[sl, :, :, ::-1].astype(np.float16)),
+            "latent_std_flip": _tensor_col(std[sl, :, :, ::-1].astype(np.float16)),
+        }
+        if num_classes is not None:
+            table["label"] = pa.array(labels[sl], pa.int32())
+        if text is not None:
+            L, D, Dp = text
+            emb = rng.normal(size=(n, L, D)).astype(np.float16)
+            mask = np.zeros((n, L), bool)
+            mask[:, : L // 2] = True
+            pooled = rng.normal(size=(n, Dp)).astype(np.float16)
+            table["caption"] = pa.array([f"caption {i}" for i in range(n)][sl])
+            table["text_emb"] = _tensor_col(emb[sl])
+            # bool is not a valid FixedShapeTensor value type: a fixed-size list of bool, as precompute writes it.
+            table["text_mask"] = pa.FixedSizeListArray.from_arrays(pa.array(mask[sl].reshape(-1)), L)
+            table["text_pooled"] = _tensor_col(pooled[sl])
+        pq.write_table(pa.table(table), root / "data" / f"part-{s:05d}.parquet")
+        cols.setdefault("n", []).append(sl.stop - sl.start)
+    text_meta = None
+    if text is not None:
+        L, D, Dp = text
+        from safetensors.numpy import save_file
+
+        save_file({"text_emb": np.zeros((L, D), np.float16), "text_mask": np.eye(1, L, dtype=bool)[0],
+                   "text_pooled": np.zeros((Dp,), np.float16)}, str(root / "null_text.safetensors"))
+        text_meta = {"encoder": "test", "max_length": L, "dim": D, "pooled_dim": Dp, "null": "null_text.safetensors"}
+    fid_meta = None
+    if fid_stats is not None:
+        import torch
+        from safetensors.torch import save_file as save_t
+
+        mu, sigma = fid_stats
+        save_t({"mu": torch.from_numpy(np.asarray(mu, np.float64)), "sigma": torch.from_numpy(np.asarray(sigma, np.float64))},
+               str(root / "fid_stats.safetensors"))
+        fid_meta = {"feature_net": feature_net, "feature_dim": int(len(mu)), "stats": "fid_stats.safetensors"}
+    manifest = {
+        "schema_version": 1,
+        "source": {"kind": "synthetic-test"},
+        "image_size": size * 4,
+        "num_classes": num_classes,
+        "counts": {"input": n, "written": n, "failed": 0},
+        "vae": {"path": vae_path, "revision": None, "scaling_factor": 0.5, "shift_factor": 0.1,
+                "latent_channels": channels, "downsample": 4, "latent_size": size},
+        "text": text_meta,
+        "latent_stats": {"mean": [0.0] * channels, "std": [1.0] * channels},
+        "fid": fid_meta,
+        "config": {},
+        "code_version": "test",
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return str(root)
