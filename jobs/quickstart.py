@@ -19,7 +19,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -105,8 +107,7 @@ class Context:
         self.results: dict[str, dict] = {}
         self.hashes: dict[str, str] = {}
         self.ray_started = False
-        self.serve_started = False
-        self.http_port: int | None = None
+        self.serve_pid: int | None = None
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -129,6 +130,14 @@ class Context:
                  configure_logging=True, logging_level="WARNING",
                  runtime_env={"env_vars": {k: os.environ[k] for k in _CHILD_ENV if k in os.environ}})
         self.ray_started = True
+
+    def stop_ray(self) -> None:
+        """Shut down the local Ray this quickstart started (no-op when it started none)."""
+        if self.ray_started:
+            import ray
+
+            ray.shutdown()
+            self.ray_started = False
 
 
 # Environment that every Ray worker of the quickstart inherits.
@@ -176,8 +185,417 @@ def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
 # The stages.
 
 
+def _cfg_from(cls: type, data: dict, overrides: list[str] = (), yaml_path: str | None = None) -> Any:
+    """A component config from an optional YAML file, a dict and `k=v` overrides (errors name the key)."""
+    from ditcore.config import apply_overrides, from_dict
+    from pipelines.configfile import read_yaml
+
+    base = read_yaml(yaml_path) if yaml_path else {}
+    merged = _deep_merge(base, data)
+    return from_dict(cls, apply_overrides(merged, list(overrides)))
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = json.loads(json.dumps(a or {}))
+    for k, v in (b or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --- 1. VAE --------------------------------------------------------------------------------------------
+
+
+def _vae_config(ctx: Context) -> dict:
+    return {"output": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
+
+
+def _vae_run(ctx: Context) -> dict:
+    from pipelines.train_vae import TrainVAEConfig, train_vae
+
+    cfg = _cfg_from(TrainVAEConfig, _vae_config(ctx))
+    result = train_vae(cfg)
+    return {"path": str(ctx.path("vae")), "summary": _jsonable(result)}
+
+
+# --- 2. FID feature network ----------------------------------------------------------------------------
+
+
+def _features_config(ctx: Context) -> dict:
+    return {"output": str(ctx.path("features")), "image_size": ctx.mode.image_size, **ctx.mode.features}
+
+
+def _features_run(ctx: Context) -> dict:
+    from pipelines.train_features import TrainFeaturesConfig, train_feature_net
+
+    cfg = _cfg_from(TrainFeaturesConfig, _features_config(ctx))
+    result = train_feature_net(cfg)
+    return {"path": str(ctx.path("features")), "summary": _jsonable(result)}
+
+
+# --- 3. precompute -------------------------------------------------------------------------------------
+
+PRECOMPUTE_YAML = REPO_ROOT / "configs" / "precompute" / "builtin.yaml"
+
+
+def _precompute_overrides(ctx: Context) -> list[str]:
+    return [
+        f"output={ctx.path('latents')}",
+        f"image_size={ctx.mode.image_size}",
+        f"vae.path={ctx.results['vae']['path']}",
+        f"fid.feature_net={ctx.results['features']['path']}",
+        "text.encoder=minilm",
+        "source.kind=builtin",
+        f"source.count={ctx.mode.num_images}",
+        *ctx.mode.precompute,
+    ]
+
+
+def _precompute_config(ctx: Context) -> dict:
+    return {"yaml": PRECOMPUTE_YAML.read_text() if PRECOMPUTE_YAML.is_file() else None,
+            "overrides": _precompute_overrides(ctx)}
+
+
+def _precompute_run(ctx: Context) -> dict:
+    from pipelines.precompute import PrecomputeConfig, format_summary, run_precompute
+
+    out = ctx.path("latents")
+    if out.exists():
+        shutil.rmtree(out)  # a stale or different data set: this stage's marker did not match
+    cfg = _cfg_from(PrecomputeConfig, {}, _precompute_overrides(ctx),
+                    str(PRECOMPUTE_YAML) if PRECOMPUTE_YAML.is_file() else None)
+    ctx.ensure_ray()
+    summary = run_precompute(cfg)
+    ctx.log(format_summary(summary))
+    return {"path": str(out), "manifest": str(out / "manifest.json"), "summary": _jsonable(summary)}
+
+
+# --- 4. sweep ------------------------------------------------------------------------------------------
+
+SWEEP_YAML = REPO_ROOT / "configs" / "sweep" / "tiny.yaml"
+EXPERIMENT = "ditscale-quickstart"
+
+
+def _sweep_overrides(ctx: Context) -> list[str]:
+    return [
+        f"name={ctx.mode.name}",
+        f"output={ctx.path('sweeps')}",
+        f"base.data.manifest={ctx.results['precompute']['path']}",
+        f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}",
+        *ctx.mode.sweep,
+    ]
+
+
+def _sweep_config(ctx: Context) -> dict:
+    return {"yaml": SWEEP_YAML.read_text() if SWEEP_YAML.is_file() else None, "overrides": _sweep_overrides(ctx)}
+
+
+def _sweep_run(ctx: Context) -> dict:
+    from jobs.sweep import format_table, load_sweep_config, run_sweep
+
+    sweep_root = ctx.path("sweeps", ctx.mode.name)
+    if sweep_root.exists():
+        shutil.rmtree(sweep_root)  # results of another config: start this sweep clean
+    cfg = load_sweep_config(str(SWEEP_YAML) if SWEEP_YAML.is_file() else None, _sweep_overrides(ctx))
+    n_models, n_budgets = len(cfg.models), len(cfg.budgets)
+    ctx.log(f"{n_models} models x {n_budgets} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))} FLOPs), "
+            f"mode={cfg.mode}, MLflow experiment {cfg.mlflow.experiment!r}")
+    ctx.ensure_ray()
+    out = run_sweep(cfg)
+    print(format_table(out), flush=True)
+    if not out["complete"]:
+        missing = [r["name"] for r in out["trials"] if r["status"] == "missing"]
+        raise RuntimeError(f"sweep incomplete: trials without a result: {missing} (see the Ray Tune errors above)")
+    points = [p for r in out["trials"] for p in r["points"]]
+    return {"experiment": out["experiment"], "parent_run_id": out["parent_run_id"], "sweep_dir": out["sweep_dir"],
+            "num_points": len(points), "wall_s": out["wall_s"]}
+
+
+# --- 5. fit --------------------------------------------------------------------------------------------
+
+
+def _fit_config(ctx: Context) -> dict:
+    return {"n_boot": ctx.mode.notes.get("n_boot", 200)}
+
+
+def _fit_run(ctx: Context) -> dict:
+    from jobs.fit import REPORT_NAME, format_laws, run_fit
+
+    ctx.stop_ray()  # training is over: give the cores back before fitting and serving
+    report, out = run_fit(parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")),
+                          n_boot=_fit_config(ctx)["n_boot"])
+    laws = format_laws(report)
+    print(laws, flush=True)
+    return {"dir": str(out), "report": str(out / REPORT_NAME), "laws": laws,
+            "plots": sorted(str(p) for p in out.glob("*.png"))}
+
+
+# --- 6. promote ----------------------------------------------------------------------------------------
+
+
+def _promote_run(ctx: Context) -> dict:
+    from jobs.mlflow_utils import get_client, sweep_points
+    from jobs.promote import promote
+
+    client = get_client()
+    parent, points = sweep_points(client, parent_run_id=ctx.results["sweep"]["parent_run_id"])
+    res = promote(client, points, extra_tags={"experiment": ctx.results["sweep"]["experiment"],
+                                              "parent_run_id": parent.info.run_id})
+    ctx.log(f"{'registered' if res['created'] else 'reused'} {res['model_name']} version {res['version']} -> "
+            f"alias '{res['alias']}': {res['model']}, FID {res['fid']:.3f}, checkpoint {res['checkpoint']}")
+    return _jsonable({k: v for k, v in res.items() if k != "point"})
+
+
+# --- 7. serve + HTTP -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_config(ctx: Context) -> dict:
+    return {"prompts": PROMPTS, "steps": ctx.mode.serve_steps, "version": ctx.results["promote"]["version"]}
+
+
+def _serve_run(ctx: Context) -> dict:
+    """Deploy the champion with `ditscale serve --champion --detach`, POST /v1/generate, stop the service."""
+    import requests
+
+    out = ctx.path("served")
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    log_file = ctx.path("logs", "serve.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--champion", "--host", "127.0.0.1", "--port", str(port),
+           "--detach", "--log-file", str(log_file), "--ready-timeout", "240",
+           # A laptop: one small CPU replica of each deployment, no GPU.
+           "--num-gpus", "0", "--set", "Sampler.ray_actor_options.num_cpus=1",
+           "--set", "Sampler.autoscaling_config.min_replicas=1", "--set", "Sampler.autoscaling_config.max_replicas=1",
+           "--set", "Ingress.autoscaling_config.max_replicas=1",
+           "--set", f"Sampler.user_config.default_steps={ctx.mode.serve_steps}"]
+    ctx.log(f"deploying the champion on Ray Serve at http://127.0.0.1:{port} (log: {log_file})")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
+        raise RuntimeError(f"`ditscale serve --champion` failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n{tail}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    ctx.serve_pid = int(info["pid"])
+    url = info["url"]
+    try:
+        model = requests.get(f"{url}/v1/model", timeout=60).json()
+        ctx.log(f"serving {model.get('checkpoint', '?')}")
+        images = []
+        for i, prompt in enumerate(PROMPTS):
+            body = {"prompt": prompt, "seed": i, "steps": ctx.mode.serve_steps}
+            r = requests.post(f"{url}/v1/generate", json=body, timeout=300)
+            if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != "image/png":
+                raise RuntimeError(f"POST /v1/generate {body} -> HTTP {r.status_code}: {r.text[:500]}")
+            path = out / f"{i}.png"
+            path.write_bytes(r.content)
+            images.append({"prompt": prompt, "seed": i, "path": str(path)})
+            ctx.log(f"POST /v1/generate {json.dumps(body)} -> {path.name} ({len(r.content)} bytes)")
+        # Several images in one request come back as base64 PNGs in JSON with the settings used.
+        r = requests.post(f"{url}/v1/generate", json={"prompt": PROMPTS[0], "num_images": 4, "seed": 100,
+                                                       "format": "json"}, timeout=300)
+        r.raise_for_status()
+        multi = r.json()
+        import base64
+
+        for j, img in enumerate(multi["images"]):
+            path = out / f"multi_{j}.png"
+            path.write_bytes(base64.b64decode(img["png_base64"]))
+            images.append({"prompt": PROMPTS[0], "seed": img["seed"], "path": str(path)})
+        ctx.log(f"POST /v1/generate num_images=4 format=json -> seeds {[i['seed'] for i in multi['images']]}")
+    finally:
+        _stop_serve(ctx)
+    return {"url": url, "model": _jsonable(model), "images": images}
+
+
+def _stop_serve(ctx: Context) -> None:
+    """SIGTERM the detached `ditscale serve` (it shuts Serve and its local Ray down), SIGKILL if it hangs."""
+    pid = getattr(ctx, "serve_pid", None)
+    if not pid:
+        return
+    ctx.serve_pid = None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the detached server leads its own session/process group
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- 8. a sample grid per model ------------------------------------------------------------------------
+
+
+def _samples_config(ctx: Context) -> dict:
+    return {"prompts": PROMPTS, "n": ctx.mode.grid_images, "steps": ctx.mode.serve_steps}
+
+
+def _samples_run(ctx: Context) -> dict:
+    from jobs.cmd_sample import main as sample_main
+    from jobs.mlflow_utils import get_client, sweep_points
+
+    client = get_client()
+    _, points = sweep_points(client, parent_run_id=ctx.results["sweep"]["parent_run_id"])
+    out = ctx.path("samples")
+    out.mkdir(parents=True, exist_ok=True)
+    grids = []
+    # Per model: its checkpoint at the largest budget (the best-trained version of that size).
+    best: dict[str, dict] = {}
+    for p in points:
+        if p.get("checkpoint") and (p["model"] not in best or p["budget_flops"] > best[p["model"]]["budget_flops"]):
+            best[p["model"]] = p
+    for model, p in sorted(best.items(), key=lambda kv: kv[1].get("params") or 0):
+        path = out / f"{model.replace('/', '_')}.png"
+        argv = ["--checkpoint", str(p["checkpoint"]), "--steps", str(ctx.mode.serve_steps), "--seed", "0",
+                "--num-images", str(ctx.mode.grid_images), "--prompt", PROMPTS[0], "--out", str(path)]
+        rc = sample_main(argv)
+        if rc not in (0, None) or not path.is_file():
+            raise RuntimeError(f"ditscale sample {' '.join(argv)} failed (rc={rc})")
+        grids.append({"model": model, "params": p.get("params"), "budget_flops": p.get("budget_flops"),
+                      "fid": p.get("fid"), "checkpoint": str(p["checkpoint"]), "path": str(path)})
+        ctx.log(f"{model}: {path.name}")
+    return {"grids": grids}
+
+
+# --- 9. report -----------------------------------------------------------------------------------------
+
+
+def _report_run(ctx: Context) -> dict:
+    from jobs.mlflow_utils import get_client, sweep_points
+    from jobs.report import trial_table
+
+    client = get_client()
+    _, points = sweep_points(client, parent_run_id=ctx.results["sweep"]["parent_run_id"])
+    report = json.loads(Path(ctx.results["fit"]["report"]).read_text())
+    path = ctx.path("report.md")
+    path.write_text(render_report(ctx, report, points, trial_table(points)))
+    _log_quickstart_run(ctx, path)
+    ctx.log(f"wrote {path}")
+    return {"path": str(path)}
+
+
+def render_report(ctx: Context, fit: dict, points: list[dict], table: str) -> str:
+    """The Markdown report: scaling plot, fitted law with intervals, sample grids, trial table."""
+    rel = lambda p: os.path.relpath(p, ctx.out)  # noqa: E731 - links relative to the report
+    law = fit.get("fid_law", {})
+    lines = [f"# ditscale quickstart report ({ctx.mode.name})", ""]
+    lines += [f"{len(points)} points: {len(fit.get('models', []))} MM-DiT sizes x {len(fit.get('budgets', []))} "
+              f"compute budgets on the built-in shapes data, FID at every point. "
+              f"Compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward).", ""]
+    lines += ["## Scaling law", ""]
+    if "error" in law:
+        lines += [f"FID law not fitted: {law['error']}", ""]
+    else:
+        lines += [f"**{law_sentence(law)}**", ""]
+    plots = ctx.results["fit"]["plots"]
+    for p in plots:
+        lines.append(f"![{Path(p).stem}]({rel(p)})")
+    lines += ["", "All fitted laws (bootstrap intervals, held-out check without the largest budget):", "", "```",
+              ctx.results["fit"]["laws"], "```", ""]
+    lines += ["## Samples per model", ""]
+    for g in ctx.results["samples"]["grids"]:
+        fid = f"FID {g['fid']:.2f}, " if g.get("fid") is not None else ""
+        lines += [f"### {g['model']}", "", f"{fid}{_g(g.get('params'))} parameters, trained to "
+                  f"{_g(g.get('budget_flops'))} FLOPs; prompt \"{PROMPTS[0]}\"", "", f"![{g['model']}]({rel(g['path'])})", ""]
+    served = ctx.results["serve"]
+    promo = ctx.results["promote"]
+    lines += ["## Served champion", "",
+              f"Registered model `{promo['model_name']}` version {promo['version']} (alias `{promo['alias']}`): "
+              f"{promo.get('model')}, FID {_g(promo.get('fid'))}, checkpoint `{promo['checkpoint']}`.", "",
+              "Images returned by `POST /v1/generate` on the Ray Serve deployment:", "", "| prompt | seed | image |",
+              "|---|---|---|"]
+    for img in served["images"]:
+        lines.append(f"| {img['prompt']} | {img['seed']} | ![]({rel(img['path'])}) |")
+    lines += ["", "## Trials", "", "```", table, "```", "",
+              "## Reproduce / explore", "", "```bash",
+              f"ditscale report --parent-run {ctx.results['sweep']['parent_run_id']} --tracking-uri {_tracking_uri()}",
+              f"mlflow ui --backend-store-uri {_tracking_uri()}", "```", ""]
+    return "\n".join(lines)
+
+
+def law_sentence(law: dict) -> str:
+    """'FID(C) = A * C^-beta + FID_inf with A = .. [lo, hi], ...' from a fitted law dict."""
+    parts = []
+    for name, v in law["params"].items():
+        ci = law.get("ci", {}).get(name)
+        parts.append(f"{name} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))
+    level = int(round(law.get("ci_level", 0.95) * 100))
+    return f"{law['form']}, " + ", ".join(parts) + f" ({level}% bootstrap intervals)"
+
+
+def _g(v: Any) -> str:
+    try:
+        return f"{float(v):.3g}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _tracking_uri() -> str:
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _log_quickstart_run(ctx: Context, report: Path) -> None:
+    """One MLflow run for the quickstart itself: stage timings, the report and everything it shows."""
+    from jobs.mlflow_utils import ensure_experiment, get_client
+
+    client = get_client()
+    exp = ensure_experiment(client, "ditscale-quickstart-runs")
+    run = client.create_run(exp, run_name=f"quickstart-{ctx.mode.name}",
+                            tags={"ditscale.role": "quickstart", "ditscale.sweep_parent_run": ctx.results["sweep"]["parent_run_id"]})
+    rid = run.info.run_id
+    client.log_param(rid, "mode", ctx.mode.name)
+    for name, res in ctx.results.items():
+        marker = ctx.path("stages", f"{name}.json")
+        if marker.is_file():
+            client.log_metric(rid, f"stage_s.{name}", float(json.loads(marker.read_text())["seconds"]))
+    client.log_artifact(rid, str(report))
+    for sub in ("fit", "samples", "served"):
+        if ctx.path(sub).is_dir():
+            client.log_artifacts(rid, str(ctx.path(sub)), artifact_path=sub)
+    client.set_terminated(rid, "FINISHED")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
 def _stage_list() -> list[Stage]:
-    return []
+    return [
+        Stage("vae", "train a small VAE on the built-in data", _vae_config, _vae_run,
+              lambda r: [r["path"]]),
+        Stage("features", "train the FID feature network", _features_config, _features_run,
+              lambda r: [r["path"]]),
+        Stage("precompute", "precompute VAE latents + MiniLM text embeddings (Ray Data)", _precompute_config,
+              _precompute_run, lambda r: [r["manifest"]]),
+        Stage("sweep", "3x3 sweep: 3 MM-DiT sizes x 3 budgets, FID at every point (Ray Tune + Train)",
+              _sweep_config, _sweep_run, lambda r: [r["sweep_dir"]]),
+        Stage("fit", "fit the scaling law FID(C) = A * C^-beta + FID_inf", _fit_config, _fit_run,
+              lambda r: [r["report"], *r["plots"]]),
+        Stage("promote", "promote the champion in the MLflow registry", lambda ctx: {}, _promote_run,
+              lambda r: [r["checkpoint"]] if "://" not in r["checkpoint"] else []),
+        Stage("serve", "deploy on Ray Serve and generate over HTTP", _serve_config, _serve_run,
+              lambda r: [i["path"] for i in r["images"]]),
+        Stage("samples", "a sample grid per model", _samples_config, _samples_run,
+              lambda r: [g["path"] for g in r["grids"]]),
+        Stage("report", "write the report", lambda ctx: {"v": 1}, _report_run, lambda r: [r["path"]]),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,19 +662,28 @@ def main(argv: list[str] | None = None) -> int:
 def _shutdown(ctx: Context) -> None:
     """Stop the Serve app and the local Ray this run started (nothing else)."""
     with contextlib.suppress(Exception):
-        if ctx.serve_started:
-            from ray import serve
-
-            serve.shutdown()
+        _stop_serve(ctx)
     with contextlib.suppress(Exception):
-        if ctx.ray_started:
-            import ray
-
-            ray.shutdown()
+        ctx.stop_ray()
 
 
 def _print_summary(ctx: Context, seconds: float) -> None:
-    print(f"\nquickstart finished in {_fmt_s(seconds)}")
+    """Where everything is, the fitted law, and the MLflow UI command."""
+    fit = json.loads(Path(ctx.results["fit"]["report"]).read_text())
+    law = fit.get("fid_law", {})
+    print(f"\n{'=' * 100}\nquickstart ({ctx.mode.name}) finished in {_fmt_s(seconds)}")
+    if "error" not in law:
+        print(f"fitted law: {law_sentence(law)}")
+        ho = law.get("held_out") or {}
+        if "rel_error" in ho:
+            print(f"held-out check (fit without C={ho['compute']:.3g}): predicted FID {ho['predicted']:.3f}, "
+                  f"observed {ho['observed']:.3f} ({100 * ho['rel_error']:.1f}% error)")
+    p = ctx.results["promote"]
+    print(f"champion: {p['model_name']} v{p['version']} ({p.get('model')}, FID {_g(p.get('fid'))})")
+    print(f"report:   {ctx.results['report']['path']}")
+    print(f"plots:    {ctx.results['fit']['dir']}")
+    print(f"served:   {len(ctx.results['serve']['images'])} images in {ctx.path('served')}")
+    print(f"\nopen the MLflow UI:\n  mlflow ui --backend-store-uri {_tracking_uri()}")
 
 
 if __name__ == "__main__":

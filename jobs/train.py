@@ -378,7 +378,8 @@ def evaluate_points(cfg: TrainConfig, points: list[dict], run_id: Optional[str],
         else:
             ev = evaluate_checkpoint(p["checkpoint"], cfg.data.manifest, num_samples=cfg.eval.num_samples,
                                      sampler=cfg.eval.sampler, steps=cfg.eval.steps, guidance=cfg.eval.guidance,
-                                     seed=cfg.eval.seed, num_actors=cfg.eval.num_actors)
+                                     seed=cfg.eval.seed, num_actors=cfg.eval.num_actors,
+                                     cpus_per_actor=cfg.run.cpus_per_worker)
             storage.write_json(cache, ev)
         p = {**p, "fid": ev["fid"]}
         if ev.get("attr_acc") is not None:
@@ -434,6 +435,25 @@ def _fit(res: Resolved, rdir: str, run_id: Optional[str], callbacks: Optional[li
             "params": res.flops["params"], "loss": metrics.get("loss"), "val_loss": metrics.get("val_loss"),
             "images_per_s": metrics.get("images_per_s"), "mfu": metrics.get("mfu"),
             "last_checkpoint": (storage.join("s3://", last) if storage.is_s3(root) and last else last)}
+
+
+def run_local(cfg: TrainConfig, checkpoint_root: str, *, resolved: Optional[Resolved] = None) -> dict:
+    """The same loop in this process on in-memory rows, no Ray (baseline for the bench; reference in tests)."""
+    from jobs.train_loop import LocalEnv, run_loop
+    from pipelines.dataset import load_latents_numpy
+
+    res = resolved or validate_config(cfg, check_mlflow=False)
+    plan = make_plan(res)
+    plan["mlflow_run_id"] = None
+    rows = load_latents_numpy(cfg.data.manifest)
+    rows.pop("caption", None)
+    if plan.get("val") is not None:
+        keep = ~np.isin(rows["id"].astype(str), plan["val"]["id"].astype(str))
+        rows = {k: v[keep] for k, v in rows.items()}
+    env = LocalEnv(rows=rows, checkpoint_root=checkpoint_root)
+    out = run_loop(plan, env)
+    out["reports"] = env.reports
+    return out
 
 
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -264,6 +264,8 @@ def _batch_to_torch(batch: dict[str, np.ndarray], keys: tuple[str, ...], device:
         v = np.asarray(batch[k])
         if v.dtype == object:  # ragged/list columns arrive as arrays of arrays: stack to the real shape
             v = np.stack([np.asarray(x) for x in v])
+        if not v.flags.writeable:
+            v = v.copy()
         t = torch.from_numpy(np.ascontiguousarray(v))
         if t.dtype in (torch.float16, torch.bfloat16, torch.float64):
             t = t.float()
@@ -447,9 +449,14 @@ def run_loop(plan: dict, env: Any) -> dict:
                 continue  # data position restore: fast-forward within the epoch
             if step >= total_steps:
                 break
-            if inject and int(inject.get("step", -1)) == step and rank == int(inject.get("rank", 0)):
+            if (inject and inject.get("mode", "raise") in ("raise", "exit") and int(inject.get("step", -1)) == step
+                    and rank == int(inject.get("rank", 0))):
                 _maybe_inject(inject, env, plan)
             t0 = time.perf_counter()
+            if cfg.run.deterministic:
+                # Canonical row order inside the batch: the result then depends only on WHICH rows a step sees.
+                order = np.argsort(np.asarray([str(i) for i in batch["id"]]), kind="stable")
+                batch = {k: np.asarray(v)[order] for k, v in batch.items()}
             b = _batch_to_torch(batch, data_keys, device)
             cond = {k: b["label" if k == "y" else k] for k in cond_keys}
             for g in optimizer.param_groups:
@@ -463,6 +470,8 @@ def run_loop(plan: dict, env: Any) -> dict:
                     flip = torch.rand(local_batch, generator=gen, device=device) < 0.5
                     x0 = latents_to_model_space(b, gen, scale, shift, flip)
                     loss = objectives.loss(model, x0, cond, gen, obj_cfg, null_cond)
+            if inject and inject.get("mode") == "nan" and step >= int(inject.get("step", -1)):
+                loss = loss * float("nan")  # test hook: a diverged step
             loss_avg = loss.detach().float().clone()
             if world > 1:
                 torch.distributed.all_reduce(loss_avg, op=torch.distributed.ReduceOp.AVG)

@@ -9,7 +9,7 @@ the import path is `serve.app:build_app` and the application arguments are `AppA
 Weights load only through safetensors (ditcore.checkpoint, diffusers `use_safetensors`); no request
 field is ever used as a path.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see real types on the ingress methods (Serve rewraps them).
 
 import asyncio
 import base64

@@ -231,8 +231,10 @@ def split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.
     """Fused qkv [B, N, 3D] -> q, k, v [B, H, N, d] as strided views (no copy; SDPA takes strides)."""
     b, n, three_d = qkv.shape
     d = three_d // (3 * num_heads)
-    qkv = qkv.view(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # [3, B, H, N, d] view
-    return qkv[0], qkv[1], qkv[2]
+    # unbind on the (3) axis + transpose: the backward is a single stack straight into the qkv layout
+    # (indexing a permuted [3, B, H, N, d] view would zero-fill and copy 3 full-size grads instead).
+    q, k, v = qkv.view(b, n, 3, num_heads, d).unbind(2)  # [B, N, H, d] x 3 (views)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, d] x 3 (views)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

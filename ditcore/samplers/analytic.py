@@ -95,29 +95,52 @@ def analytic_model_fn(data, process: str | Process, prediction: str) -> Callable
 
 
 def reference_pf_ode(
-    data, x_start: torch.Tensor, process: str | Process, t_start: float, rtol: float = 1e-11
+    data, x_start: torch.Tensor, process: str | Process, t_start: float, rtol: float = 1e-10
 ) -> torch.Tensor:
-    """High-accuracy clean end point of the PF-ODE dx/dt = alpha' x0_hat + sigma' eps_hat (scipy DOP853 in t).
+    """High-accuracy clean end point of the PF-ODE started at x_start at t_start (scipy DOP853).
 
-    Integrates to where sigma/alpha = 1e-6 and takes x0_hat there; that last jump is O((sigma/alpha)^2) ~ 1e-12.
+    Phase 1 integrates dx/dt = alpha' x0_hat + sigma' eps_hat in t down to log-SNR 0; phase 2 integrates the
+    EDM form dz/dlambda = x0_hat - z for z = x/alpha (smooth and well scaled near clean data, where
+    eps_hat = (x - alpha x0_hat)/sigma loses digits) up to sigma/alpha = e^-16, then takes x0_hat
+    there (that last jump is O((sigma/alpha)^2)).
     """
     from scipy.integrate import solve_ivp  # scipy is a ditcore dependency; imported lazily (slow import)
 
     proc = build_process(process)
     shape = x_start.shape
-    t_stop = float(proc.t_from_log_snr(torch.tensor(-math.log(1e-6), dtype=torch.float64)))
+    x = x_start.to(torch.float64)
+    lam_start = float(proc.log_snr(torch.tensor(float(t_start), dtype=torch.float64)))
+    if lam_start < 0.0:
+        t_mid = float(proc.t_from_log_snr(torch.tensor(0.0, dtype=torch.float64)))
 
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(y).reshape(shape)
-        a, s, da, ds = proc.coefficients(t)
-        x0 = data.x0_hat(x, torch.tensor(a), torch.tensor(s))
-        eps = (x - a * x0) / s
-        return (da * x0 + ds * eps).reshape(-1).numpy()
+        def rhs_t(t: float, y: np.ndarray) -> np.ndarray:
+            xt = torch.from_numpy(y).reshape(shape)
+            a, s, da, ds = proc.coefficients(t)
+            x0 = data.x0_hat(xt, torch.tensor(a), torch.tensor(s))
+            return (da * x0 + ds * (xt - a * x0) / s).reshape(-1).numpy()
 
-    y0 = x_start.to(torch.float64).reshape(-1).numpy()
-    sol = solve_ivp(rhs, (float(t_start), t_stop), y0, method="DOP853", rtol=rtol, atol=rtol)
+        sol = solve_ivp(rhs_t, (float(t_start), t_mid), x.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=rtol)
+        if not sol.success:
+            raise RuntimeError(f"reference integration (t phase) failed: {sol.message}")
+        a, s = proc.coefficients(t_mid)[:2]
+        x = torch.from_numpy(sol.y[:, -1]).reshape(shape)
+        lam_start = math.log(a / s)
+    else:
+        a, s = proc.coefficients(float(t_start))[:2]
+    z0 = (x / a).reshape(-1).numpy()  # EDM variable z = x / alpha; the end point depends on the path only via lambda
+
+    def vp(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sig = 1.0 / math.sqrt(1.0 + math.exp(2.0 * lam))  # any (alpha, sigma) with this lambda gives the same x0_hat
+        return torch.tensor(math.exp(lam) * sig), torch.tensor(sig)
+
+    def rhs_lam(lam: float, z: np.ndarray) -> np.ndarray:
+        a_l, s_l = vp(lam)
+        zt = torch.from_numpy(z).reshape(shape)
+        return (data.x0_hat(zt * a_l, a_l, s_l) - zt).reshape(-1).numpy()  # dz/dlambda = x0_hat - z
+
+    lam_end = 16.0
+    sol = solve_ivp(rhs_lam, (lam_start, lam_end), z0, method="DOP853", rtol=rtol, atol=rtol)
     if not sol.success:
-        raise RuntimeError(f"reference integration failed: {sol.message}")
-    x_end = torch.from_numpy(sol.y[:, -1]).reshape(shape)
-    a, s = proc.coefficients(t_stop)[:2]
-    return data.x0_hat(x_end, torch.tensor(a), torch.tensor(s))
+        raise RuntimeError(f"reference integration (log-SNR phase) failed: {sol.message}")
+    a_l, s_l = vp(lam_end)
+    return data.x0_hat(torch.from_numpy(sol.y[:, -1]).reshape(shape) * a_l, a_l, s_l)

@@ -1,7 +1,8 @@
 """Tiny latent datasets written per the latent-dataset contract (parquet + manifest.json), for the train/sweep tests.
 
-The shards use pyarrow FixedShapeTensor columns (the contract's first option); the real reader
-(pipelines.dataset) reads them back, so the jobs are tested through the same code a cluster run uses.
+Tensor columns are flat fixed-size lists with their shapes in manifest["columns"], as pipelines.precompute
+writes them; the real reader (pipelines.dataset) reads them back, so the jobs are tested through the same
+code a cluster run uses, without the cost of a VAE/text-encoder precompute.
 """
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _tensor_col(arr: np.ndarray) -> pa.Array:
+_COLUMNS: dict[str, dict] = {}
+
+
+def _tensor_col(arr: np.ndarray, name: str = "") -> pa.Array:
     arr = np.ascontiguousarray(arr)
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
+    if name:
+        _COLUMNS[name] = {"dtype": str(arr.dtype), "shape": list(arr.shape[1:])}
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), int(np.prod(arr.shape[1:])))
 
 
 def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int = 8, num_classes: Optional[int] = 10,
@@ -25,6 +31,7 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
                         fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None) -> str:
     """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional. Returns its directory."""
     root = Path(root)
+    _COLUMNS.clear()
     (root / "data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     # Structured latents (per-class / per-row means) so a model can actually reduce the loss.
@@ -38,10 +45,10 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
         sl = slice(s * n // shards, (s + 1) * n // shards)
         table = {
             "id": pa.array(ids[sl]),
-            "latent_mean": _tensor_col(mean[sl].astype(np.float16)),
-            "latent_std": _tensor_col(std[sl].astype(np.float16)),
-            "latent_mean_flip": _tensor_col(mean[sl, :, :, ::-1].astype(np.float16)),
-            "latent_std_flip": _tensor_col(std[sl, :, :, ::-1].astype(np.float16)),
+            "latent_mean": _tensor_col(name="latent_mean", arr=mean[sl].astype(np.float16)),
+            "latent_std": _tensor_col(name="latent_std", arr=std[sl].astype(np.float16)),
+            "latent_mean_flip": _tensor_col(name="latent_mean_flip", arr=mean[sl, :, :, ::-1].astype(np.float16)),
+            "latent_std_flip": _tensor_col(name="latent_std_flip", arr=std[sl, :, :, ::-1].astype(np.float16)),
         }
         if num_classes is not None:
             table["label"] = pa.array(labels[sl], pa.int32())
@@ -52,10 +59,9 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
             mask[:, : L // 2] = True
             pooled = rng.normal(size=(n, Dp)).astype(np.float16)
             table["caption"] = pa.array([f"caption {i}" for i in range(n)][sl])
-            table["text_emb"] = _tensor_col(emb[sl])
-            # bool is not a valid FixedShapeTensor value type: a fixed-size list of bool, as precompute writes it.
-            table["text_mask"] = pa.FixedSizeListArray.from_arrays(pa.array(mask[sl].reshape(-1)), L)
-            table["text_pooled"] = _tensor_col(pooled[sl])
+            table["text_emb"] = _tensor_col(name="text_emb", arr=emb[sl])
+            table["text_mask"] = _tensor_col(name="text_mask", arr=mask[sl])
+            table["text_pooled"] = _tensor_col(name="text_pooled", arr=pooled[sl])
         pq.write_table(pa.table(table), root / "data" / f"part-{s:05d}.parquet")
         cols.setdefault("n", []).append(sl.stop - sl.start)
     text_meta = None
@@ -86,6 +92,8 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
         "text": text_meta,
         "latent_stats": {"mean": [0.0] * channels, "std": [1.0] * channels},
         "fid": fid_meta,
+        "columns": dict(_COLUMNS),
+        "data": "data",
         "config": {},
         "code_version": "test",
     }

@@ -167,7 +167,7 @@ def make_bad_folder(root: Path, size: int = 32) -> dict[str, str]:
     (modes / "alpha.png").write_bytes(png_bytes(np.dstack([arr, np.full(arr.shape[:2], 128, np.uint8)])))
     (modes / "cmyk.jpg").write_bytes(png_bytes(arr, "CMYK", "JPEG"))
     (modes / "gray.png").write_bytes(png_bytes(arr[..., 0]))
-    img16 = Image.fromarray((arr[..., 0].astype(np.uint16) * 257), mode="I;16")
+    img16 = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)  # uint16 -> mode I;16
     buf = io.BytesIO()
     img16.save(buf, format="PNG")
     (modes / "gray16.png").write_bytes(buf.getvalue())

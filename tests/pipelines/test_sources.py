@@ -46,7 +46,7 @@ def test_image_folder_labels_from_dirs_and_caption_files(tmp_path):
     by_id = {r["id"]: r for r in rows}
     assert sorted(by_id) == [f"{c}/{i:03d}.png" for c in ("cat", "dog") for i in range(3)]
     assert by_id["dog/002.png"]["label"] == 1 and by_id["cat/000.png"]["label"] == 0
-    assert by_id["dog/002.png"]["caption"] == "a photo of a dog 5"
+    assert by_id["dog/002.png"]["caption"] == "a photo of a dog 2"
     assert by_id["cat/001.png"]["error"] == "missing caption"  # captions are required with a text encoder
     assert by_id["cat/000.png"]["image"].shape == (S, S, 3)
     # Without a text encoder the same image is fine.
@@ -75,7 +75,7 @@ def test_webdataset_tars_one_shard_each_and_truncated_tar(tmp_path):
     make_tar(tmp_path / "wds" / "shard-000.tar", 0, 3)
     make_tar(tmp_path / "wds" / "shard-001.tar", 3, 2)
     good = (tmp_path / "wds" / "shard-001.tar").read_bytes()
-    (tmp_path / "wds" / "shard-002.tar").write_bytes(good[: len(good) - 1500])  # cut inside the last member
+    (tmp_path / "wds" / "shard-002.tar").write_bytes(good[:3000])  # cut inside the last member
     rows, plan = _read({"kind": "webdataset", "path": str(tmp_path / "wds")})
     assert len(plan.shards) == 3
     ok = [r for r in rows if not r["error"]]

@@ -1,9 +1,10 @@
 """Sampler service end to end: a local Ray + Serve instance, real HTTP requests, tiny checkpoints.
 
-One Serve instance for the module, three applications on one port:
-  /text   MMDiT + MiniLM + tiny AutoencoderKL, checkpoint loaded from s3:// (local moto server)
-  /class  pixel-space DiT, checkpoint resolved as the MLflow 'champion' from a sqlite store
-  /auth   the same DiT by local path, bearer auth on and tiny queues (overload -> 503)
+One Serve instance for the module, two applications on one port:
+  /class  pixel-space DiT, checkpoint resolved as the MLflow 'champion' from a sqlite store;
+          no auth, dynamic batching
+  /text   MMDiT + MiniLM + tiny AutoencoderKL, checkpoint loaded from s3:// (local moto server);
+          bearer auth on, one request in flight and one queued (overload -> 503)
 """
 from __future__ import annotations
 
@@ -126,35 +127,39 @@ def server(tmp_path_factory, moto_s3):
 
     tmp = tmp_path_factory.mktemp("serve")
     class_ckpt = make_class_checkpoint(tmp / "class" / "step_00000100")
-    text_ckpt = make_text_checkpoint(tmp / "text")
-    boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket="ckpts")
-    text_uri = "s3://ckpts/runs/text/step_00000010"
-    storage.upload_dir(str(text_ckpt), text_uri)
     tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    register_champion(tracking_uri, class_ckpt)
-
-    # Replicas inherit the driver's environment (AWS_* of the moto server, the API token).
-    os.environ[TOKEN_ENV] = TOKEN
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    # Creating the MLflow sqlite schema is slow: overlap it with building the text checkpoint and ray.init.
+    with ThreadPoolExecutor(1) as pool:
+        registered = pool.submit(register_champion, tracking_uri, class_ckpt)
+        text_ckpt = make_text_checkpoint(tmp / "text")
+        boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket="ckpts")
+        text_uri = "s3://ckpts/runs/text/step_00000010"
+        storage.upload_dir(str(text_ckpt), text_uri)
+        # Replicas inherit the driver's environment (AWS_* of the moto server, the API token).
+        os.environ[TOKEN_ENV] = TOKEN
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        registered.result()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     fast = {"default_steps": 4, "default_sampler": "dpmpp-2m", "default_guidance": 2.0,
             "max_batch_size": 8, "batch_wait_timeout_s": 0.25}
-    ingress = {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}}
     apps = {
-        "text": build_app({"checkpoint": text_uri}, {"Sampler": _sampler_opts(fast), "Ingress": ingress}),
-        "class": build_app({"champion": True, "tracking_uri": tracking_uri},
-                           {"Sampler": _sampler_opts(fast), "Ingress": ingress}),
-        "auth": build_app(
-            {"checkpoint": str(class_ckpt)},
+        # Class model by MLflow champion alias; no auth; dynamic batching up to 8 requests.
+        "class": build_app(
+            {"champion": True, "tracking_uri": tracking_uri},
+            {"Sampler": _sampler_opts(fast),
+             "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}}},
+        ),
+        # Text model from s3://; bearer auth on; one request in flight + one queued (overload -> 503).
+        "text": build_app(
+            {"checkpoint": text_uri},
             {"Sampler": _sampler_opts({**fast, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                                       max_ongoing_requests=1, max_queued_requests=1),
              "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": TOKEN_ENV}}},
         ),
     }
     try:
-        for name, app in apps.items():
-            serve.run(app, name=name, route_prefix=f"/{name}")
+        serve.run_many([serve.RunTarget(target=app, name=name, route_prefix=f"/{name}") for name, app in apps.items()])
         yield {"base": f"http://127.0.0.1:{port}", "class_ckpt": class_ckpt, "text_uri": text_uri}
     finally:
         serve.shutdown()
@@ -162,7 +167,12 @@ def server(tmp_path_factory, moto_s3):
         os.environ.pop(TOKEN_ENV, None)
 
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def _post(url: str, body, **kw) -> requests.Response:
+    if "/text/" in url:
+        kw.setdefault("headers", AUTH)
     return requests.post(url, json=body, timeout=120, **kw)
 
 
@@ -233,7 +243,7 @@ def test_model_info_and_openapi(server):
     assert info["config"]["model"]["arch"] == "dit" and info["state"]["step"] == 100
     assert info["defaults"]["steps"] == 4 and info["defaults"]["max_batch_size"] == 8
 
-    text = requests.get(f"{server['base']}/text/v1/model", timeout=60).json()
+    text = requests.get(f"{server['base']}/text/v1/model", headers=AUTH, timeout=60).json()
     assert text["checkpoint"] == server["text_uri"] and text["conditioning"] == "text"
     assert text["registry"] is None and text["config"]["model"]["arch"] == "mmdit"
 
@@ -325,33 +335,32 @@ def test_invalid_inputs_get_4xx_naming_the_field(server):
     # Wrong method / unknown path are 4xx too.
     assert requests.get(url, timeout=60).status_code == 405
     assert requests.get(f"{base}/class/v1/nothing", timeout=60).status_code == 404
-    for app in ("class", "text", "auth"):
+    for app in ("class", "text"):
         assert requests.get(f"{base}/{app}/healthz", timeout=60).status_code == 200
     assert _post(url, {"label": 1, "steps": 2}).status_code == 200  # still serving
 
 
 def test_bearer_auth(server):
     base = server["base"]
-    ok = {"Authorization": f"Bearer {TOKEN}"}
-    assert requests.get(f"{base}/auth/healthz", timeout=60).status_code == 200  # open
+    body = {"prompt": "a cat", "steps": 2}
+    assert requests.get(f"{base}/text/healthz", timeout=60).status_code == 200  # open
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}):
-        r = _post(f"{base}/auth/v1/generate", {"label": 1, "steps": 2}, headers=headers)
+        r = _post(f"{base}/text/v1/generate", body, headers=headers)
         assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer", (headers, r.text)
         assert r.json()["detail"][0]["field"] == "Authorization"
-        assert requests.get(f"{base}/auth/v1/model", headers=headers, timeout=60).status_code == 401
-    r = _post(f"{base}/auth/v1/generate", {"label": 1, "steps": 2, "seed": 3}, headers=ok)
+        assert requests.get(f"{base}/text/v1/model", headers=headers, timeout=60).status_code == 401
+    r = _post(f"{base}/text/v1/generate", {**body, "seed": 3}, headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert requests.get(f"{base}/auth/v1/model", headers=ok, timeout=60).status_code == 200
-    # Auth off on the other apps: no token needed.
+    assert requests.get(f"{base}/text/v1/model", headers=AUTH, timeout=60).status_code == 200
+    # Auth off on the class app: no token needed.
     assert _post(f"{base}/class/v1/generate", {"label": 1, "steps": 2}).status_code == 200
 
 
 def test_overload_gets_fast_503(server):
     """Sampler with max_ongoing_requests=1, max_queued_requests=1: a burst is shed with 503, not queued."""
-    url = f"{server['base']}/auth/v1/generate"
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{server['base']}/text/v1/generate"
     with ThreadPoolExecutor(12) as pool:
-        rs = list(pool.map(lambda i: _post(url, {"label": 1, "steps": 40, "seed": i}, headers=headers), range(12)))
+        rs = list(pool.map(lambda i: _post(url, {"prompt": "a dog", "steps": 30, "seed": i}), range(12)))
     statuses = sorted(r.status_code for r in rs)
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses and 503 in statuses, statuses

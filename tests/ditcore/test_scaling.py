@@ -1,0 +1,128 @@
+"""Scaling-law fits: power-law recovery within bootstrap intervals, held-out check, frontier, isoFLOP exponent."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ditcore.scaling import (
+    FitError,
+    compute_frontier,
+    fit_fid_law,
+    fit_loss_law,
+    fit_parabola,
+    held_out_check,
+    isoflop_analysis,
+)
+
+A_TRUE, BETA_TRUE, FLOOR_TRUE = 5.0e5, 0.35, 4.0
+
+
+def _noisy_fid(seed: int, n: int = 16, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """FID = A C^-beta + FID_inf on 1e14..1e18 FLOPs with multiplicative log-normal noise."""
+    rng = np.random.default_rng(seed)
+    c = np.logspace(14, 18, n)
+    y = (A_TRUE * c ** -BETA_TRUE + FLOOR_TRUE) * np.exp(rng.normal(0.0, noise, n))
+    return c, y
+
+
+def test_fid_law_recovers_known_parameters_within_bootstrap_intervals():
+    # Percentile-bootstrap 95% intervals of this set-up covered the truth in 90-97% of 30 data seeds
+    # (measured while writing the test); data seed 0 is one of the misses (FID_inf just outside), seed 1 is not.
+    c, y = _noisy_fid(seed=1)
+    fit = fit_fid_law(c, y, n_boot=150, seed=0)
+    truth = {"A": A_TRUE, "beta": BETA_TRUE, "FID_inf": FLOOR_TRUE}
+    assert set(fit.ci) == set(truth)
+    for name, value in truth.items():
+        lo, hi = fit.ci[name]
+        assert lo <= value <= hi, (name, value, (lo, hi), fit.params)
+        assert lo <= fit.params[name] <= hi
+    assert fit.exponent == pytest.approx(BETA_TRUE, abs=0.1)
+    assert fit.floor == pytest.approx(FLOOR_TRUE, rel=0.25)
+    assert fit.n_boot_ok >= 140
+    # the fitted curve tracks the truth over the sampled range
+    np.testing.assert_allclose(fit.predict(c), A_TRUE * c ** -BETA_TRUE + FLOOR_TRUE, rtol=0.05)
+    lo, hi = fit.band(c)
+    assert np.all(lo <= fit.predict(c) + 1e-9) and np.all(fit.predict(c) <= hi + 1e-9)
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    c, y = _noisy_fid(seed=1, n=10)
+    a = fit_fid_law(c, y, n_boot=30, seed=7).to_dict()
+    b = fit_fid_law(c, y, n_boot=30, seed=7).to_dict()
+    assert a == b
+
+
+def test_held_out_error_is_reported():
+    c, y = _noisy_fid(seed=2, n=8, noise=0.01)
+    fit = fit_fid_law(c, y, n_boot=20)
+    ho = fit.held_out
+    assert ho["compute"] == c.max() and ho["n_fit"] == 7
+    assert ho["observed"] == pytest.approx(y[-1])
+    assert ho["abs_error"] == pytest.approx(abs(ho["predicted"] - ho["observed"]))
+    assert ho["rel_error"] < 0.1  # low noise: the extrapolation one budget out is close
+    assert "held_out" in fit.to_dict() and fit.to_dict()["dof"] == 5
+    # too few budgets for a held-out fit: reported, not raised
+    assert "skipped" in held_out_check(c[:3], y[:3])
+
+
+def test_loss_law_names_and_noise_free_recovery():
+    c = np.logspace(15, 19, 9)
+    loss = 2.0 * (c / 1e15) ** -0.2 + 0.5
+    fit = fit_loss_law(c, loss, n_boot=10)
+    assert set(fit.params) == {"A", "alpha", "L_inf"}
+    assert fit.params["alpha"] == pytest.approx(0.2, rel=1e-4)
+    assert fit.params["L_inf"] == pytest.approx(0.5, rel=1e-4)
+    assert fit.params["A"] == pytest.approx(2.0 * 1e15 ** 0.2, rel=1e-3)
+
+
+@pytest.mark.parametrize("c, y, msg", [
+    ([1e15, 1e16], [10.0, 8.0], "at least 3 points"),
+    ([1e15, 1e15, 1e15, 1e15], [10.0, 9.0, 8.0, 7.0], "at least 3 points"),
+    ([1e15, 1e16, 1e17], [10.0, -1.0, 8.0], "must be > 0"),
+    ([1e15, 1e16], [10.0], "2 compute values but 1 metric"),
+])
+def test_too_few_or_bad_points_raise_clear_errors(c, y, msg):
+    with pytest.raises(FitError, match=msg):
+        fit_fid_law(c, y)
+
+
+def test_frontier_is_min_over_models_per_budget_with_tie_to_less_compute():
+    pts = [
+        {"model": "S", "params": 1e6, "budget_flops": 1e15, "flops": 1.0e15, "fid": 50.0},
+        {"model": "M", "params": 4e6, "budget_flops": 1e15, "flops": 1.1e15, "fid": 50.0},
+        {"model": "S", "params": 1e6, "budget_flops": 1e16, "flops": 1e16, "fid": 40.0},
+        {"model": "M", "params": 4e6, "budget_flops": 1e16, "flops": 1e16, "fid": 30.0},
+        {"model": "L", "params": 9e6, "budget_flops": 1e16, "flops": 1e16, "fid": None},
+    ]
+    front = compute_frontier(pts, "fid")
+    assert [(p["model"], p["fid"]) for p in front] == [("S", 50.0), ("M", 30.0)]
+
+
+def test_parabola_minimum_and_edge_flag():
+    x = np.log(np.array([1e6, 2e6, 4e6, 8e6, 16e6]))
+    y = (x - np.log(4e6)) ** 2 + 3.0
+    par = fit_parabola(x, y)
+    assert par["interior"] and par["n_opt"] == pytest.approx(4e6, rel=1e-6) and par["metric_opt"] == pytest.approx(3.0)
+    par = fit_parabola(x, -x)  # monotone: optimum at the largest sampled size, flagged
+    assert not par["interior"] and par["n_opt"] == pytest.approx(16e6)
+
+
+def test_isoflop_recovers_known_optimal_size_exponent():
+    # metric(N, C) = m0(C) + k2 (log N - log N*(C))^2 with N*(C) = k C^a, plus small noise
+    a_true, k_true = 0.5, 2e-2
+    rng = np.random.default_rng(0)
+    pts = []
+    for c in np.logspace(15, 19, 5):
+        n_star = k_true * c ** a_true
+        for n in n_star * np.exp(np.linspace(-1.5, 1.5, 7)):
+            val = 20.0 * c ** -0.05 + 4.0 * (np.log(n) - np.log(n_star)) ** 2 + rng.normal(0, 0.05)
+            pts.append({"budget_flops": c, "flops": c, "params": n, "model": f"N{n:.3g}", "fid": val})
+    res = isoflop_analysis(pts, "fid", n_boot=100, seed=0)
+    law = res["n_opt_law"]
+    assert len(res["budgets"]) == 5 and law["all_interior"]
+    assert law["params"]["a"] == pytest.approx(a_true, abs=0.02)
+    lo, hi = law["ci"]["a"]
+    assert lo <= a_true <= hi
+    assert law["n_boot_ok"] >= 90
+    with pytest.raises(FitError, match=">= 2 budgets"):
+        isoflop_analysis([p for p in pts if p["budget_flops"] == pts[0]["budget_flops"]], "fid")
