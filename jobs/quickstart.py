@@ -206,30 +206,35 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 
 def _vae_config(ctx: Context) -> dict:
-    return {"output": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
+    return {"out": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
 
 
 def _vae_run(ctx: Context) -> dict:
     from pipelines.train_vae import TrainVAEConfig, train_vae
 
-    cfg = _cfg_from(TrainVAEConfig, _vae_config(ctx))
-    result = train_vae(cfg)
-    return {"path": str(ctx.path("vae")), "summary": _jsonable(result)}
+    cfg = _cfg_from(TrainVAEConfig, {**_vae_config(ctx), "threads": _threads()})
+    path = train_vae(cfg)
+    return {"path": str(path)}
 
 
 # --- 2. FID feature network ----------------------------------------------------------------------------
 
 
 def _features_config(ctx: Context) -> dict:
-    return {"output": str(ctx.path("features")), "image_size": ctx.mode.image_size, **ctx.mode.features}
+    return {"out": str(ctx.path("features")), "image_size": ctx.mode.image_size, **ctx.mode.features}
 
 
 def _features_run(ctx: Context) -> dict:
     from pipelines.train_features import TrainFeaturesConfig, train_feature_net
 
-    cfg = _cfg_from(TrainFeaturesConfig, _features_config(ctx))
-    result = train_feature_net(cfg)
-    return {"path": str(ctx.path("features")), "summary": _jsonable(result)}
+    cfg = _cfg_from(TrainFeaturesConfig, {**_features_config(ctx), "threads": _threads()})
+    path = train_feature_net(cfg)
+    return {"path": str(path)}
+
+
+def _threads() -> int:
+    """torch threads for the in-process trainers: every core of the machine (they run alone)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 # --- 3. precompute -------------------------------------------------------------------------------------

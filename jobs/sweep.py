@@ -300,10 +300,15 @@ def _tune_trainable(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    rec = run_trial(config, callbacks=[TuneReportCallback()])
+    rec = run_trial(config["trial"], callbacks=[TuneReportCallback()])
     fids = [p["fid"] for p in rec["points"] if p.get("fid") is not None]
     tune.report({"done": 1, "status": rec["status"], "num_points": len(rec["points"]),
                  "best_fid": min(fids) if fids else float("nan")})
+
+
+def _tune_trial_name(tune_trial) -> str:
+    """Tune trial (dir) name = our deterministic trial id."""
+    return str(tune_trial.config["trial"]["trial"]["trial_id"])
 
 
 def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, trials: list[Trial]) -> str:
@@ -372,7 +377,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(configs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, trial_name_creator=_tune_trial_name,
+                                        trial_dirname_creator=_tune_trial_name),
             run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=fs_path, storage_filesystem=fs,
                                       verbose=0),
         )

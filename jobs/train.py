@@ -26,7 +26,7 @@ import numpy as np
 from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
-from jobs.train_config import TrainConfig, model_display_name, run_name, train_config_from_dict, wsd_decay_start
+from jobs.train_config import TrainConfig, model_display_name, run_name
 from pipelines import storage
 
 ROLE_TRAIN = "train"
@@ -220,24 +220,52 @@ def make_plan(res: Resolved, *, mlflow_run_id: Optional[str] = None, branch_step
     }
 
 
+def _row_bytes(manifest: dict) -> int:
+    cols = manifest.get("columns") or {}
+    total = 0
+    for spec in cols.values():
+        total += int(np.prod(spec.get("shape") or [1])) * np.dtype(spec.get("dtype", "float16")).itemsize
+    return max(total, 1)
+
+
 def _train_dataset(res: Resolved, val_ids: Optional[np.ndarray]):
-    """Ray Dataset of training rows (validation rows held out), only the columns the model needs."""
+    """Ray Dataset of training rows (validation rows held out), only the columns the model needs.
+
+    Small sets (data.loader auto, < 512 MiB) are read once on the driver and handed to Ray Data as one Arrow
+    table (no read tasks to schedule, which dominate for tiny sets); large ones stream through
+    pipelines.dataset.read_latents.
+    """
     import ray.data
 
-    from pipelines.dataset import read_latents
+    from pipelines.dataset import load_latents_numpy, read_latents
 
+    cfg = res.cfg
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    if res.cfg.run.deterministic:
+    if cfg.run.deterministic:
         ctx.execution_options.preserve_order = True  # reproducible row order for bit-exact resume
-    ds = read_latents(res.cfg.data.manifest)
     cols = ["id", "latent_mean", "latent_std", "latent_mean_flip", "latent_std_flip"]
     cols += ["text_emb", "text_mask", "text_pooled"] if res.model_config["arch"] == "mmdit" else ["label"]
-    ds = ds.select_columns(cols)
-    if val_ids is not None and len(val_ids):
-        held = set(str(i) for i in val_ids)
+    held = set(str(i) for i in val_ids) if val_ids is not None and len(val_ids) else set()
+    n_rows = int((res.manifest.get("counts") or {}).get("written") or 0)
+    loader = cfg.data.loader
+    if loader == "auto":
+        loader = "driver" if n_rows * _row_bytes(res.manifest) < (512 << 20) else "ray"
+    if loader == "driver":
+        import pyarrow as pa
+        from ray.data.extensions import ArrowTensorArray
+
+        rows = load_latents_numpy(cfg.data.manifest, columns=cols)
+        if held:
+            keep = ~np.isin(rows["id"].astype(str), np.asarray(sorted(held)))
+            rows = {k: v[keep] for k, v in rows.items()}
+        table = pa.table({k: (ArrowTensorArray.from_numpy(np.ascontiguousarray(v)) if v.ndim > 1
+                              else pa.array(v.astype(str) if k == "id" else v)) for k, v in rows.items()})
+        return ray.data.from_arrow(table)
+    ds = read_latents(cfg.data.manifest).select_columns(cols)
+    if held:
         ds = ds.filter(lambda row: str(row["id"]) not in held)
-    if res.cfg.data.materialize:
+    if cfg.data.materialize:
         # Latent sets are compact: read + filter once into the object store instead of re-reading every epoch.
         ds = ds.materialize()
     return ds

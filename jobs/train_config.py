@@ -2,7 +2,6 @@
 checkpoints, Ray resources and MLflow, composed from the components' own config dataclasses."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +33,8 @@ class DataConfig:
     cond_dropout: Optional[float] = None  # classifier-free-guidance dropout; None: objective.cond_dropout
     val_samples: int = 64  # rows held out (first rows of the set) for the deterministic validation loss
     shuffle_buffer: int = 256  # local shuffle buffer (rows) per worker; 0 disables shuffling
-    materialize: bool = True  # read the (compact) latent set into the object store once instead of per epoch
+    loader: Literal["auto", "driver", "ray"] = "auto"  # auto: driver-side read for sets < 512 MiB, else streaming
+    materialize: bool = True  # streaming reader: read once into the object store instead of per epoch
 
 
 @dataclass
@@ -188,5 +188,5 @@ def wsd_decay_start(total_steps: int, o: OptimConfig) -> int:
 __all__ = [
     "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "MlflowConfig", "ModelSpec", "OptimConfig",
     "RunConfig", "TrainConfig", "config_hash", "lr_factor", "model_display_name", "run_name",
-    "train_config_from_dict", "wsd_decay_start", "dataclasses",
+    "train_config_from_dict", "wsd_decay_start",
 ]

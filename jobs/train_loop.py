@@ -23,7 +23,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -101,6 +101,23 @@ class RayEnv:
         self.world_size = ctx.get_world_size()
         self._storage = ctx.get_storage()
         self._restore_tmp: Optional[str] = None
+        self._record_placement()
+
+    def _record_placement(self) -> None:
+        """<experiment>/workers/rank<r>.json: node id, host, pid of this worker (placement diagnostics)."""
+        import socket
+
+        import ray
+
+        fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path.rstrip("/")
+        rec = {"rank": self.rank, "world_size": self.world_size, "node_id": ray.get_runtime_context().get_node_id(),
+               "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        try:
+            fs.create_dir(f"{base}/workers", recursive=True)
+            with fs.open_output_stream(f"{base}/workers/rank{self.rank}.json") as f:
+                f.write(json.dumps(rec).encode())
+        except OSError:
+            pass  # diagnostics only
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -430,13 +447,13 @@ def run_loop(plan: dict, env: Any) -> dict:
 
     # ---- loop
     model.train()
-    last_log_t = time.perf_counter()
     train_time = 0.0
     images_since = 0
     status, reason, last_loss = "finished", None, float("nan")
     last_ckpt = None
     step = start_step
     logged: dict[str, float] = {}
+    t_mark = time.perf_counter()
     while step < total_steps:
         epoch = state["epoch"]
         shuffle_seed = _mix(cfg.run.seed, epoch, rank) & 0x7FFFFFFF
@@ -452,7 +469,6 @@ def run_loop(plan: dict, env: Any) -> dict:
             if (inject and inject.get("mode", "raise") in ("raise", "exit") and int(inject.get("step", -1)) == step
                     and rank == int(inject.get("rank", 0))):
                 _maybe_inject(inject, env, plan)
-            t0 = time.perf_counter()
             if cfg.run.deterministic:
                 # Canonical row order inside the batch: the result then depends only on WHICH rows a step sees.
                 order = np.argsort(np.asarray([str(i) for i in batch["id"]]), kind="stable")
@@ -497,7 +513,8 @@ def run_loop(plan: dict, env: Any) -> dict:
                          train_flops=state["train_flops"] + fpi * global_batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - t0
+            # Wall time since the end of the previous step's bookkeeping: data fetch + step (not ckpt/val/logging).
+            train_time += time.perf_counter() - t_mark
             images_since += global_batch
             is_log = step % max(1, cfg.mlflow.log_every) == 0 or step == total_steps
             is_val = cfg.eval.val_every > 0 and step % cfg.eval.val_every == 0
@@ -517,6 +534,7 @@ def run_loop(plan: dict, env: Any) -> dict:
                 tracker.metrics(validation(), step)
             if is_ckpt:
                 last_ckpt = save(step, logged, step in keep_steps)
+            t_mark = time.perf_counter()
         else:
             if produced == 0:
                 raise RuntimeError(

@@ -88,13 +88,15 @@ class Encoder:
     """Ray Data actor: images -> VAE posterior mean/std (+ flip), captions -> text states, images -> FID features."""
 
     def __init__(self, *, vae: dict[str, Any], text: dict[str, Any] | None, feature_net: str | None,
-                 image_size: int, device: str = "auto", dtype: str = "auto", num_threads: int = 1) -> None:
+                 image_size: int, device: str = "auto", dtype: str = "auto", num_threads: int = 1,
+                 batch_size: int = 32) -> None:
         from pipelines import vae as vae_lib
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)  # one actor per CPU share: oversubscription slows every actor
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.image_size = image_size
+        self.batch_size = batch_size
         self.vae = vae_lib.load_vae(vae["path"], device=self.device, dtype=self.dtype, **_vae_kwargs(vae))
         self.text = None
         if text is not None:
@@ -139,10 +141,14 @@ class Encoder:
         good = np.array([not e for e in errors], dtype=bool)
         out = {k: v for k, v in batch.items() if k != "image"}
         cols = {k: np.zeros((n, *self.shapes[k]), self.dtypes[k]) for k in self.shapes}
-        if good.any():
-            captions = [str(c) for c in np.asarray(batch["caption"], dtype=object)[good]]
-            enc = self._encode(np.asarray(batch["image"])[good], captions)
-            idx = np.flatnonzero(good)
+        all_idx = np.flatnonzero(good)
+        captions_all = np.asarray(batch["caption"], dtype=object)
+        images_all = np.asarray(batch["image"])
+        # Ray hands over whole shards (batch_size=None keeps one shard per call, see build_dataset);
+        # the models see `batch_size` images at a time.
+        for start in range(0, len(all_idx), self.batch_size):
+            idx = all_idx[start:start + self.batch_size]
+            enc = self._encode(images_all[idx], [str(c) for c in captions_all[idx]])
             for k, v in enc.items():
                 cols[k][idx] = v
             # fp16 storage of an overflowing posterior would silently poison training: fail those rows.

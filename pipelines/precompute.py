@@ -47,6 +47,8 @@ from pipelines.text import TextEncoderError, TextSpec, resolve_spec
 SCHEMA_VERSION = 1
 DATA_DIR = "data"
 PROGRESS_DIR = "_progress"
+NULL_SHARD = -1  # pseudo shard carrying the empty prompt through the encoder
+NULL_ID = "<null-text>"
 TENSOR_COLUMNS = ("latent_mean", "latent_std", "latent_mean_flip", "latent_std_flip",
                   "text_emb", "text_mask", "text_pooled")
 RAY_ENV = {
@@ -196,7 +198,6 @@ def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
         "shards": [[s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
                    for s in plan.shards],
     }
-    content["source"].pop("limit", None)  # a larger limit only appends shards; finished ones stay valid
     content["shards"] = hashlib.sha256(json.dumps(content.pop("shards")).encode()).hexdigest()
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -207,22 +208,22 @@ def _read_and_decode(batch: dict[str, np.ndarray], source: SourceConfig, classes
                      image_size: int, require_captions: bool, filesystem: Any = None) -> dict[str, np.ndarray]:
     """Ray task: shard descriptors -> decoded rows (uint8 crops + metadata + error)."""
     from pipelines.encode import decode_batch
-    from pipelines.sources import read_shard
+    from pipelines.sources import _rows, read_shard
 
-    parts = [decode_batch(read_shard(json.loads(d), source, classes, filesystem), image_size, require_captions) for d in batch["desc"]]
+    parts = []
+    for d in batch["desc"]:
+        desc = json.loads(d)
+        if desc["kind"] == "null":
+            # The empty prompt rides through the encoder actors as one extra row, so the null text
+            # embedding costs no separate model load; the driver takes it out and never counts it.
+            rows = _rows(desc, [{"id": NULL_ID, "source": "null-text", "caption": ""}])
+            rows["image"] = np.zeros((1, image_size, image_size, 3), np.uint8)
+            parts.append(decode_batch(rows, image_size, require_captions))
+        else:
+            parts.append(decode_batch(read_shard(desc, source, classes, filesystem), image_size, require_captions))
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _null_text(text: dict, device: str, dtype: str) -> dict[str, np.ndarray]:
-    """Encode the empty prompt (the classifier-free guidance null condition)."""
-    from pipelines.encode import resolve_device_dtype
-    from pipelines.text import load_text_encoder
-
-    dev, _ = resolve_device_dtype(device, dtype)
-    enc = load_text_encoder(text, device=dev, dtype=dtype)
-    return {k: v[0] for k, v in enc.encode([""]).items()}
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -273,10 +274,19 @@ class ShardWriter:
         self.totals: dict[int, int] = {}
         self.markers: dict[int, dict] = {}
         self.rows_done = 0
+        self.null_text: dict[str, np.ndarray] | None = None
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         """Buffer a batch; commit every shard it completes."""
         shards = np.asarray(batch["shard"])
+        if (shards == NULL_SHARD).any():
+            i = int(np.flatnonzero(shards == NULL_SHARD)[0])
+            if batch["error"][i]:
+                raise RuntimeError(f"encoding the empty prompt failed: {batch['error'][i]}")
+            self.null_text = {k: np.ascontiguousarray(batch[k][i]) for k in ("text_emb", "text_mask", "text_pooled")}
+            keep = shards != NULL_SHARD
+            batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
+            shards = shards[keep]
         for s in np.unique(shards):
             sel = shards == s
             part = {k: np.asarray(v)[sel] for k, v in batch.items()}
@@ -533,16 +543,19 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         markers = _done_markers(out, shard_ids)
         todo = [s for s in plan.shards if s["shard"] not in markers]
         skipped = len(markers)
-        text_dict = to_dict(cfg.text) if cfg.text is not None else None
-        null_ref = None
-        if text_dict is not None:
-            null_ref = ray.remote(num_cpus=min(1.0, cfg.compute.cpus_per_actor), num_gpus=cfg.compute.gpus_per_actor)(
-                _null_text).remote(text_dict, cfg.compute.device, cfg.compute.dtype)
+        null_uri = storage.join(out, "null_text.safetensors")
+        need_null = cfg.text is not None and not storage.exists(null_uri)
+        work = ([{"shard": NULL_SHARD, "kind": "null"}] if need_null and todo else []) + todo
+        if need_null and not todo:
+            work = [{"shard": NULL_SHARD, "kind": "null"}]
         writer = ShardWriter(out, plan.has_labels, cfg.text is not None, cfg.fid is not None)
         t_run = time.monotonic()
-        if todo:
-            ds = build_dataset(cfg, plan, todo)
+        t_first, rows_first = None, 0
+        if work:
+            ds = build_dataset(cfg, plan, work)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                if t_first is None:  # actors are up: what follows is the steady-state rate
+                    t_first, rows_first = time.monotonic(), len(batch["id"])
                 writer.add(batch)
             # Shards that produced no rows at all (e.g. an empty tar) are complete too.
             for s in todo:
@@ -551,9 +564,14 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
                     if writer.pending.get(sid):
                         raise RuntimeError(f"shard {sid}: saw {writer.seen.get(sid)} of {writer.totals.get(sid)} rows")
                     writer.commit(sid, [])
-        run_s = time.monotonic() - t_run
+        t_end = time.monotonic()
+        run_s = t_end - t_run
         markers.update(writer.markers)
-        null_text = ray.get(null_ref) if null_ref is not None else None
+        null_text = writer.null_text
+        if cfg.text is not None and null_text is None:
+            from safetensors.numpy import load as st_load
+
+            null_text = st_load(storage.read_bytes(null_uri))
         text_identity = None
         if cfg.text is not None:
             text_identity = _text_identity(cfg, null_text)
@@ -567,6 +585,9 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         "output": out, **counts, "shards": len(plan.shards), "shards_skipped": skipped,
         "rows_this_run": writer.rows_done, "run_seconds": round(run_s, 3), "total_seconds": round(total_s, 3),
         "rows_per_s": round(writer.rows_done / run_s, 2) if run_s > 0 and writer.rows_done else 0.0,
+        # After the first batch arrived (actor start-up and model loading excluded).
+        "steady_rows_per_s": round((writer.rows_done - rows_first) / (t_end - t_first), 2)
+        if t_first is not None and t_end > t_first and writer.rows_done > rows_first else None,
         "manifest": storage.join(out, "manifest.json"),
     }
     return summary
@@ -617,14 +638,17 @@ def build_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
     from pipelines.encode import Encoder, default_num_threads
 
     c = cfg.compute
+    # batch_size=None: one call per input block = one shard (fused: one shard descriptor), so shards
+    # spread over the actors and stream out one by one; a batch_size here would make Ray bundle that
+    # many *descriptors* into one task. The Encoder cuts each shard into model batches itself.
     return read_dataset(cfg, plan, shards).map_batches(
-        Encoder, batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.actors),
+        Encoder, batch_size=None, compute=ray.data.ActorPoolStrategy(size=c.actors),
         num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor,
         fn_constructor_kwargs={
             "vae": to_dict(cfg.vae), "text": to_dict(cfg.text) if cfg.text is not None else None,
             "feature_net": cfg.fid.feature_net if cfg.fid is not None else None, "image_size": cfg.image_size,
             "device": c.device if c.gpus_per_actor > 0 or c.device != "auto" else "cpu", "dtype": c.dtype,
-            "num_threads": default_num_threads(c.cpus_per_actor),
+            "num_threads": default_num_threads(c.cpus_per_actor), "batch_size": c.batch_size,
         },
     )
 

@@ -41,6 +41,7 @@ class TrainFeaturesConfig:
     """Attribute net on the built-in data; defaults finish in well under two minutes on 2 CPU cores."""
 
     out: str = "outputs/feature_net"  # local directory or s3:// prefix
+    output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
     image_size: int = 32
     max_objects: int = 2
     background: str = "white"
@@ -61,6 +62,8 @@ class TrainFeaturesConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.output is not None:
+            self.out, self.output = self.output, None
         if self.steps < 0:
             raise ConfigError(f"steps: must be >= 0, got {self.steps}")
         for name in ("batch_size", "eval_images", "width", "feature_dim"):

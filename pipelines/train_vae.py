@@ -40,6 +40,7 @@ class TrainVAEConfig:
     """Small KL autoencoder on the built-in data; defaults finish in about two minutes on 2 CPU cores."""
 
     out: str = "outputs/vae"  # local directory or s3:// prefix
+    output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
     image_size: int = 32
     max_objects: int = 2
     background: str = "white"
@@ -68,6 +69,8 @@ class TrainVAEConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.output is not None:
+            self.out, self.output = self.output, None
         if self.steps < 0:
             raise ConfigError(f"steps: must be >= 0, got {self.steps}")
         for name in ("batch_size", "scale_images", "eval_images", "latent_channels", "layers_per_block"):

@@ -103,8 +103,15 @@ def prepare_deployment(ns: argparse.Namespace) -> dict:
         args["model_name"] = ns.model_name
     if ns.tracking_uri:
         args["tracking_uri"] = ns.tracking_uri
-    if args.get("champion") and not args.get("tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"):
-        args["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]  # replicas may not share the driver's env
+    if args.get("champion") and not args.get("tracking_uri"):
+        # Resolve here: replicas run in another working directory and may not share the driver's env.
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            args["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+        elif Path("mlflow.db").is_file():
+            args["tracking_uri"] = f"sqlite:///{Path('mlflow.db').resolve()}"
+    uri = args.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not os.path.isabs(uri[len("sqlite:///"):]):
+        args["tracking_uri"] = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in copy.deepcopy(app.get("deployments") or [])}
     for item in ns.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:

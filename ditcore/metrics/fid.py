@@ -164,6 +164,11 @@ class FeatureStats:
         self._combine(x.shape[0], mean_b, xc.T @ xc)
         return self
 
+    def merge_moments(self, count: int, mean: Any, m2: Any) -> "FeatureStats":
+        """Fold in raw moments (count, mean [F], M2 [F, F]) saved from another accumulator; returns self."""
+        self._combine(int(count), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
+        return self
+
     def merge(self, other: "FeatureStats") -> "FeatureStats":
         """Fold another accumulator (e.g. from another worker) into this one; returns self."""
         if other.count:

@@ -21,15 +21,17 @@ from torch import nn
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, (H/p)(W/p), C*p*p] tokens in row-major patch order, features ordered (C, p, p)."""
+    """[B, C, H, W] -> [B, (H/p)(W/p), p*p*C] tokens in row-major patch order, features ordered (p, p, C).
+
+    The same feature order as `unpatchify` (the DiT reference output layout), so the two are exact inverses.
+    """
     b, c, h, w = x.shape
     p = patch_size
     if h % p or w % p:
         raise ValueError(f"patchify: spatial size {h}x{w} is not divisible by patch_size={p}")
     x = x.reshape(b, c, h // p, p, w // p, p)  # [B, C, h, p, w, p]
-    # (C, p, p) feature order matches a Conv2d(kernel=p, stride=p) weight layout.
-    x = x.permute(0, 2, 4, 1, 3, 5)  # [B, h, w, C, p, p]
-    return x.reshape(b, (h // p) * (w // p), c * p * p)  # [B, N, C*p*p]
+    x = x.permute(0, 2, 4, 3, 5, 1)  # [B, h, w, p, p, C]
+    return x.reshape(b, (h // p) * (w // p), p * p * c)  # [B, N, p*p*C]
 
 
 def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int, height: int, width: int) -> torch.Tensor:

@@ -116,7 +116,7 @@ def reference_pf_ode(
         def rhs_t(t: float, y: np.ndarray) -> np.ndarray:
             xt = torch.from_numpy(y).reshape(shape)
             a, s, da, ds = proc.coefficients(t)
-            x0 = data.x0_hat(xt, torch.tensor(a), torch.tensor(s))
+            x0 = data.x0_hat(xt, torch.tensor(a, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
             return (da * x0 + ds * (xt - a * x0) / s).reshape(-1).numpy()
 
         sol = solve_ivp(rhs_t, (float(t_start), t_mid), x.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=rtol)
@@ -131,7 +131,7 @@ def reference_pf_ode(
 
     def vp(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
         sig = 1.0 / math.sqrt(1.0 + math.exp(2.0 * lam))  # any (alpha, sigma) with this lambda gives the same x0_hat
-        return torch.tensor(math.exp(lam) * sig), torch.tensor(sig)
+        return torch.tensor(math.exp(lam) * sig, dtype=torch.float64), torch.tensor(sig, dtype=torch.float64)
 
     def rhs_lam(lam: float, z: np.ndarray) -> np.ndarray:
         a_l, s_l = vp(lam)

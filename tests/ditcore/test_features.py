@@ -52,9 +52,9 @@ def test_inception_matches_pytorch_fid_shapes(inception):
 
 
 def test_inception_features_and_preprocessing(inception):
-    images = np.random.default_rng(0).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (1, 40, 48, 3), dtype=np.uint8)
     feats = inception.features(images)
-    assert feats.shape == (2, 2048) and feats.dtype == torch.float32 and torch.isfinite(feats).all()
+    assert feats.shape == (1, 2048) and feats.dtype == torch.float32 and torch.isfinite(feats).all()
     assert (feats >= 0).all()  # average of ReLU outputs
     # Same result from [-1,1] float input and from uint8 channels-first (as pytorch-fid feeds x/255).
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -72,16 +72,18 @@ def test_inception_loads_pytorch_fid_pth_and_safetensors(inception, tmp_path):
 
     st = tmp_path / "inception.safetensors"
     save_file(state, str(st))
-    images = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-    ref = inception.features(images)
+    ref = inception.state_dict()
     for path in (pth, st):
         net = load_feature_net(path)
         assert isinstance(net, FIDInceptionV3) and not net.training
-        torch.testing.assert_close(net.features(images), ref)
-    # Directory form written by save_feature_net.
+        loaded = net.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    # Directory form written by save_feature_net; one forward pass to check the loaded net end to end.
     save_feature_net(inception, tmp_path / "inc")
     assert json.loads((tmp_path / "inc" / "config.json").read_text())["arch"] == INCEPTION_ARCH
-    torch.testing.assert_close(load_feature_net(tmp_path / "inc").features(images), ref)
+    images = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    torch.testing.assert_close(load_feature_net(tmp_path / "inc").features(images), inception.features(images))
+    assert set(ref) == set(load_feature_net(tmp_path / "inc").state_dict())
     # Wrong key names -> error naming the file and the missing keys.
     bad = dict(state)
     bad["Mixed_5b.extra"] = bad.pop("Mixed_5b.branch1x1.conv.weight")
@@ -146,7 +148,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_feature_net(tmp_path / "nope")
     (tmp_path / "d").mkdir()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match="config.json"):
         load_feature_net(tmp_path / "d")
     save_feature_net(BuiltinAttributeNet(width=8, feature_dim=16), tmp_path / "e")
     (tmp_path / "e" / "config.json").write_text(json.dumps({"arch": "resnet-9000"}))

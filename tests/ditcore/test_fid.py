@@ -125,6 +125,9 @@ def test_streaming_equals_batch_and_merges_across_workers():
     np.testing.assert_allclose(m_m, mu, rtol=0, atol=1e-10)
     np.testing.assert_allclose(s_m, sigma, rtol=0, atol=1e-10)
     assert frechet_distance(m_m, s_m, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+    # raw moments saved by a worker (e.g. precompute shards) merge the same way
+    raw = FeatureStats().merge_moments(w1.count, w1.mean, w1.m2).merge_moments(w2.count, w2.mean, w2.m2)
+    np.testing.assert_allclose(raw.compute()[1], sigma, rtol=0, atol=1e-10)
 
 
 def test_streaming_dimension_mismatch_is_named():

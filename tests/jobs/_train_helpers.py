@@ -28,7 +28,7 @@ def _tensor_col(arr: np.ndarray, name: str = "") -> pa.Array:
 def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int = 8, num_classes: Optional[int] = 10,
                         text: Optional[tuple[int, int, int]] = None, seed: int = 0, shards: int = 2,
                         vae_path: Optional[str] = None, feature_net: Optional[str] = None,
-                        fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None) -> str:
+                        fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None, builtin: bool = False) -> str:
     """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional. Returns its directory."""
     root = Path(root)
     _COLUMNS.clear()
@@ -40,7 +40,8 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
     mean = base[labels] + 0.1 * rng.normal(size=(n, channels, size, size)).astype(np.float32)
     std = np.full((n, channels, size, size), 0.05, np.float32)
     cols: dict[str, list] = {}
-    ids = [f"row-{i:05d}" for i in range(n)]
+    # builtin=True: ids/source as pipelines.sources writes them for the built-in set (caption-attribute accuracy).
+    ids = [f"builtin-0-{i:08d}" if builtin else f"row-{i:05d}" for i in range(n)]
     for s in range(shards):
         sl = slice(s * n // shards, (s + 1) * n // shards)
         table = {
@@ -83,7 +84,8 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
         fid_meta = {"feature_net": feature_net, "feature_dim": int(len(mu)), "stats": "fid_stats.safetensors"}
     manifest = {
         "schema_version": 1,
-        "source": {"kind": "synthetic-test"},
+        "source": ({"kind": "builtin", "count": n, "image_size": size * 4, "max_objects": 2, "seed": 0} if builtin
+                   else {"kind": "synthetic-test"}),
         "image_size": size * 4,
         "num_classes": num_classes,
         "counts": {"input": n, "written": n, "failed": 0},
@@ -99,3 +101,24 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return str(root)
+
+
+def make_eval_assets(root: Path) -> dict:
+    """A random tiny diffusers VAE (downsample 4), a small built-in attribute net (16-d features) and FID
+    reference stats of its features on built-in images: what a precomputed data set's manifest points at."""
+    import torch
+
+    from ditcore.data.builtin import BuiltinSpec, render_batch
+    from ditcore.metrics.features import BuiltinAttributeNet, save_feature_net
+    from ditcore.metrics.fid import feature_stats
+    from tests.pipelines._precompute_helpers import tiny_vae
+
+    root = Path(root)
+    vae = tiny_vae(root / "vae")
+    torch.manual_seed(0)
+    net = BuiltinAttributeNet(image_size=32, width=8, feature_dim=16)
+    fnet = save_feature_net(net, root / "features")
+    images = render_batch(0, 64, BuiltinSpec(image_size=32))["image"]
+    with torch.no_grad():
+        mu, sigma = feature_stats(net.features(images).double().numpy())
+    return {"vae_path": str(vae), "feature_net": str(fnet), "fid_stats": (mu, sigma)}
