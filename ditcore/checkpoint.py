@@ -14,6 +14,7 @@ leaves a loadable half-checkpoint. Local paths only; jobs/serve copy directories
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -92,9 +93,23 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         os.fsync(f.fileno())
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The ditcore model inside DDP / Ray Train / AveragedModel (.module) or torch.compile (._orig_mod) wrappers."""
+    for _ in range(8):
+        if hasattr(model, "config") and hasattr(model, "cond_keys"):
+            break
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    return model
+
+
 def _weights(obj: nn.Module | dict) -> dict[str, torch.Tensor]:
-    sd = obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
-    # EMA wrappers (e.g. torch.optim.swa_utils.AveragedModel) prefix "module." and add n_averaged.
+    if isinstance(obj, nn.Module):
+        return unwrap_model(obj).state_dict()
+    sd = dict(obj)
+    # A raw AveragedModel state dict prefixes "module." and adds n_averaged.
     if "n_averaged" in sd and any(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
     return sd
@@ -128,12 +143,16 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory atomically (tmp dir + rename) and return its path."""
     directory = Path(directory)
+    model = unwrap_model(model)
     config = dict(config)
-    model_cfg = config.get("model")
-    if model_cfg is None:
-        config["model"] = config_to_dict(model.config)
-    elif not isinstance(model_cfg, dict):
-        config["model"] = config_to_dict(model_cfg)
+    # config.json must rebuild exactly these weights: the model's own config is authoritative.
+    true_cfg = config_to_dict(model.config)
+    given = config.get("model")
+    if dataclasses.is_dataclass(given) and not isinstance(given, type):
+        given = config_to_dict(given)
+    if given is not None and given != true_cfg:
+        config["model_requested"] = given if isinstance(given, (dict, str)) else str(given)
+    config["model"] = true_cfg
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -148,7 +148,11 @@ def evaluate_checkpoint(ckpt: str, manifest_uri: str, num_samples: int = 256, sa
                 sub = {k: v[idx] for k, v in c.items()}
                 return generate_features(ck, uri, idx, sub, **kwargs)
 
-        actors = [SampleActor.remote() for _ in range(num_actors)]
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # Outside any enclosing placement group (a Tune trial's holds only the trial driver's fractional CPU).
+        free = PlacementGroupSchedulingStrategy(placement_group=None)
+        actors = [SampleActor.options(scheduling_strategy=free).remote() for _ in range(num_actors)]
         parts = ray.get([a.run.remote(ckpt, manifest_uri, idx, cond, kw) for a, idx in zip(actors, parts_idx)])
         for a in actors:
             ray.kill(a)

@@ -176,8 +176,10 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
         if fit is not None:
             lo, hi = fit.compute_range
             cs = np.logspace(np.log10(lo) - 0.2, np.log10(hi) + 0.5, 200)
-            blo, bhi = fit.band(cs)
-            ax.fill_between(cs, blo, bhi, color="tab:red", alpha=0.2, label=f"{int(fit.ci_level * 100)}% bootstrap band")
+            if fit.ci:  # a band only where the bootstrap gave intervals
+                blo, bhi = fit.band(cs)
+                ax.fill_between(cs, blo, bhi, color="tab:red", alpha=0.2,
+                                label=f"{int(fit.ci_level * 100)}% bootstrap band")
             ax.plot(cs, fit.predict(cs), "r--", label=fit.formula().split("  with")[0] + "\n" + fit.formula().split("with  ")[1])
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -225,7 +227,7 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
         grid = np.logspace(np.log10(cs.min()) - 0.2, np.log10(cs.max()) + 0.5, 100)
         k, a = law["params"]["k"], law["params"]["a"]
         ax.plot(grid, k * grid ** a, "r--", label=f"N* = {k:.3g} * C^{a:.3f}")
-        if len(law.get("samples", [])) >= 2:
+        if law.get("ci"):
             s = np.array(law["samples"])
             preds = s[:, :1] * grid[None, :] ** s[:, 1:2]
             lo, hi = np.percentile(preds, [100 * (1 - law["ci_level"]) / 2, 100 * (1 + law["ci_level"]) / 2], axis=0)

@@ -63,13 +63,24 @@ class Mode:
 def make_mode(tiny: bool) -> Mode:
     """The settings of the tiny or the full quickstart."""
     if tiny:
+        # A smoke run of every stage: numbers are noisy, the plumbing is the same as the full run.
         return Mode(
             name="tiny", image_size=32, num_images=256,
-            vae={}, features={}, precompute=[], sweep=[], serve_steps=8, grid_images=4,
+            vae={"steps": 60, "batch_size": 16, "block_out_channels": [16, 16, 32], "scale_images": 128,
+                 "eval_images": 64},
+            features={"steps": 100, "batch_size": 32, "eval_images": 200},
+            precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
+            sweep=["budgets=[1e10,3e10,1e11]", "base.eval.num_samples=64", "base.eval.steps=8",
+                   "base.data.val_samples=32", "base.optim.warmup_steps=5"],
+            serve_steps=8, grid_images=4, notes={"n_boot": 50},
         )
     return Mode(
         name="full", image_size=32, num_images=2048,
-        vae={}, features={}, precompute=[], sweep=[], serve_steps=20, grid_images=8,
+        vae={"steps": 600, "scale_images": 256, "eval_images": 128},
+        features={"steps": 400, "eval_images": 500},
+        precompute=["source.count=2048"],
+        sweep=[],
+        serve_steps=20, grid_images=8, notes={"n_boot": 200},
     )
 
 
@@ -250,7 +261,6 @@ def _precompute_overrides(ctx: Context) -> list[str]:
         f"fid.feature_net={ctx.results['features']['path']}",
         "text.encoder=minilm",
         "source.kind=builtin",
-        f"source.count={ctx.mode.num_images}",
         *ctx.mode.precompute,
     ]
 
@@ -286,6 +296,7 @@ def _sweep_overrides(ctx: Context) -> list[str]:
         f"output={ctx.path('sweeps')}",
         f"base.data.manifest={ctx.results['precompute']['path']}",
         f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}",
+        f"base_config={REPO_ROOT / 'configs' / 'train' / 'tiny.yaml'}",
         *ctx.mode.sweep,
     ]
 

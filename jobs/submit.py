@@ -28,7 +28,7 @@ from typing import Any
 ENTRYPOINTS: dict[str, list[str]] = {
     "precompute": ["python", "-m", "pipelines.precompute"],
     "sweep": ["python", "-m", "jobs.sweep"],
-    "fit": ["python", "-m", "jobs.fit"],
+    "fit": ["python", "-m", "jobs.fit"],  # takes --experiment NAME (passed through), not --config
     # serve.cli serves two commands and takes the command name first; the CLI dispatcher passes it on.
     "serve": ["python", "-m", "jobs.cli", "serve"],
 }
@@ -205,6 +205,7 @@ def _add_conn_args(p: argparse.ArgumentParser) -> None:
 def _submit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ditscale submit",
+        allow_abbrev=False,  # unknown flags pass through to the job, so never guess an abbreviation
         description="Submit a ditscale job to a Ray cluster through the Ray Jobs API; the repository is "
                     "uploaded as the job's working_dir (without data/, outputs/, .venv/, mlruns/).",
         epilog="Example: ditscale submit precompute --address http://127.0.0.1:8265 "

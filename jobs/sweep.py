@@ -105,7 +105,12 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
     if cfg.base_config:
         from pipelines.configfile import read_yaml
 
-        base = read_yaml(cfg.base_config)
+        path = cfg.base_config
+        if not os.path.exists(path):  # relative to the repository (configs/...) when not found from the cwd
+            repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            if os.path.exists(os.path.join(repo, path)):
+                path = os.path.join(repo, path)
+        base = read_yaml(path)
     base = _merge(base, cfg.base)
     from_dict(TrainConfig, base, where="base")  # unknown keys in the base -> error naming base.<key>
     budgets = sorted(float(b) for b in cfg.budgets)

@@ -196,10 +196,6 @@ def _id_key(sample_id: Any) -> int:
     return zlib.crc32(str(sample_id).encode("utf-8"))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 def _to_cpu_full(t: torch.Tensor) -> torch.Tensor:
     if hasattr(t, "full_tensor"):  # FSDP2 DTensor -> gathered full tensor
         t = t.full_tensor()
@@ -347,10 +343,10 @@ def run_loop(plan: dict, env: Any) -> dict:
         state["train_flops"] = state["step"] * global_batch * fpi
     start_step = state["step"]
 
+    raw = model  # the plain module: parameters, cond_keys, checkpoints (DDP/compile wrap it, FSDP2 shards in place)
     if cfg.run.compile:
         model = torch.compile(model)
     model = env.wrap_model(model, cfg.run.fsdp)
-    raw = _unwrap(model)
     if cfg.run.fsdp:
         ema_params = {n: p.detach().clone() for n, p in raw.named_parameters()}  # sharded like the model
     else:

@@ -519,10 +519,10 @@ def _init_ray(cfg: PrecomputeConfig) -> bool:
 def run_precompute(cfg: PrecomputeConfig) -> dict:
     """Run (or resume) a precompute job; returns the summary dict (counts, rows/s, output, manifest)."""
     t0 = time.monotonic()
-    if cfg.overwrite and storage.exists(cfg.output):
-        storage.delete(cfg.output)
-    plan, vae = validate(cfg)
+    plan, vae = validate(cfg)  # before anything is written or deleted
     out = cfg.output
+    if cfg.overwrite and storage.exists(out):
+        storage.delete(out)
     fp = fingerprint(cfg, plan)
     plan_uri = storage.join(out, PROGRESS_DIR, "plan.json")
     if storage.exists(plan_uri):
@@ -535,8 +535,6 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         storage.write_json(plan_uri, {"fingerprint": fp, "shards": len(plan.shards), "config": to_dict(cfg)})
     _clean_stale(out)
 
-    import ray
-
     started = _init_ray(cfg)
     try:
         shard_ids = [s["shard"] for s in plan.shards]
@@ -545,9 +543,7 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         skipped = len(markers)
         null_uri = storage.join(out, "null_text.safetensors")
         need_null = cfg.text is not None and not storage.exists(null_uri)
-        work = ([{"shard": NULL_SHARD, "kind": "null"}] if need_null and todo else []) + todo
-        if need_null and not todo:
-            work = [{"shard": NULL_SHARD, "kind": "null"}]
+        work = ([{"shard": NULL_SHARD, "kind": "null"}] if need_null else []) + todo
         writer = ShardWriter(out, plan.has_labels, cfg.text is not None, cfg.fid is not None)
         t_run = time.monotonic()
         t_first, rows_first = None, 0
@@ -578,6 +574,8 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         manifest = _finalize(cfg, plan, vae, markers, null_text, text_identity)
     finally:
         if started:
+            import ray
+
             ray.shutdown()
     counts = manifest["counts"]
     total_s = time.monotonic() - t0

@@ -6,8 +6,8 @@
 
 Deploy with `serve run serve/config.yaml`, `serve deploy serve/config.yaml` or `ditscale serve`;
 the import path is `serve.app:build_app` and the application arguments are `AppArgs`.
-Weights load only through safetensors (ditcore.checkpoint, diffusers `use_safetensors`); no request
-field is ever used as a path.
+Weights load only through safetensors (ditcore.checkpoint; local VAE and text-encoder directories
+must hold *.safetensors); no request field is ever used as a path.
 """
 # No `from __future__ import annotations`: FastAPI must see real types on the ingress methods (Serve rewraps them).
 
@@ -17,10 +17,9 @@ import inspect
 import io
 import json
 import logging
-import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -223,6 +223,8 @@ class GenerationEngine:
 
             encoder = str(text_spec.get("encoder") or "minilm")
             encoder = _local(encoder) if encoder.startswith("s3://") else encoder
+            if encoder != "minilm":  # the bundled MiniLM ships model.safetensors
+                _require_safetensors(encoder, text_spec.get("subfolder"))
             spec = {"encoder": encoder, "max_length": text_spec.get("max_length")}
             for key in ("subfolder", "tokenizer_subfolder", "revision"):
                 if text_spec.get(key):
@@ -359,16 +361,18 @@ class GenerationEngine:
 
     def _decode(self, x0: Any) -> np.ndarray:
         """Model-space samples -> uint8 [B,H,W,3]."""
+        import torch
+
         if self.vae is not None:
             from pipelines.vae import decode_to_images
 
             return np.asarray(decode_to_images(self.vae, x0, self.scaling_factor, self.shift_factor))
-        img = ((x0.float().clamp(-1, 1) + 1.0) * 127.5).round().to(dtype=__import__("torch").uint8)  # [B,3,H,W]
+        img = ((x0.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)  # [B,3,H,W] pixel space in [-1, 1]
         return img.permute(0, 2, 3, 1).cpu().numpy()  # [B,H,W,3]
 
 
 def _align_text(cond: dict) -> dict:
-    """Identity hook kept separate so text shapes are checked in one place: [B,L,D], [B,L], [B,Dp]."""
+    """Check the stacked text condition is consistent: text_emb [B,L,D], text_mask [B,L], text_pooled [B,Dp]."""
     emb, mask = cond.get("text_emb"), cond.get("text_mask")
     if emb is not None and mask is not None and emb.shape[:2] != mask.shape[:2]:
         raise RuntimeError(f"text_emb {tuple(emb.shape)} and text_mask {tuple(mask.shape)} disagree")
@@ -609,7 +613,7 @@ class Ingress:
             return denied
         try:
             info = await self.sampler.info.remote()
-        except (BackPressureError, DeploymentUnavailableError, RayServeException) as exc:
+        except (RayServeException, RayActorError, ActorUnavailableError) as exc:
             return _error(503, f"sampler unavailable: {type(exc).__name__}", headers={"Retry-After": "1"})
         return JSONResponse(ModelInfo(**info).model_dump(mode="json"))
 
@@ -634,12 +638,9 @@ class Ingress:
         except BackPressureError:
             # Bounded queue is full: fail fast so clients back off instead of memory growing without bound.
             return _error(503, "overloaded: sampler queue is full, retry later", headers={"Retry-After": "1"})
-        except (DeploymentUnavailableError, RayServeException) as exc:
+        except (DeploymentUnavailableError, RayServeException, RayActorError, ActorUnavailableError) as exc:
+            # No replica, or the one serving this request died mid-way: transient while Serve replaces it.
             return _error(503, f"sampler unavailable: {type(exc).__name__}", headers={"Retry-After": "1"})
-        except Exception as exc:  # a replica died mid-request (RayActorError etc.): transient, retryable
-            if type(exc).__name__ in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ReplicaUnavailableError"):
-                return _error(503, f"sampler replica restarting: {type(exc).__name__}", headers={"Retry-After": "1"})
-            raise
         if "error" in result:
             return _error(422, "invalid request", [FieldError(**result["error"])])
         if "internal_error" in result:
@@ -687,6 +688,9 @@ def build_app(args: dict | None = None, deployments: dict[str, dict] | None = No
     overrides (the same keys as a config file's `deployments:` entries), used by `ditscale serve`.
     """
     args = dict(args or {})
+    for key in ("champion", "use_ema"):  # `serve run serve.app:build_app champion=true` passes strings
+        if isinstance(args.get(key), str) and args[key].lower() in ("true", "false", "1", "0"):
+            args[key] = args[key].lower() in ("true", "1")
     app_args = from_dict(AppArgs, args, where="args")  # fail here, in the driver, with the bad key named
     opts = {k: dict(v) for k, v in (deployments or {}).items()}
     unknown = sorted(set(opts) - {INGRESS_NAME, SAMPLER_NAME})

@@ -263,19 +263,21 @@ def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     local = threading.local()
 
-    def one(i: int) -> tuple[float, int]:
+    def one(i: int) -> tuple[float, int, int]:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
         payload = {**body, "seed": i}  # distinct seeds: every request is real work
         t0 = time.perf_counter()
+        batch = 0
         try:
             r = session.post(endpoint, json=payload, headers=headers, timeout=timeout)
             status = r.status_code
             _ = r.content
+            batch = int(r.headers.get("X-Ditscale-Batch-Images", 0) or 0)
         except requests.RequestException:
             status = -1
-        return time.perf_counter() - t0, status
+        return time.perf_counter() - t0, status, batch
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         n_warm = concurrency if warmup is None else warmup
@@ -284,9 +286,10 @@ def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: 
         t0 = time.perf_counter()
         results = list(pool.map(one, range(requests_n)))
         wall = time.perf_counter() - t0
-    lat = np.array([d for d, s in results if s == 200], dtype=np.float64)
+    lat = np.array([d for d, s, _ in results if s == 200], dtype=np.float64)
+    batches = [b for _, s, b in results if s == 200 and b > 0]
     statuses: dict[str, int] = {}
-    for _, s in results:
+    for _, s, _ in results:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     ok = int(lat.size)
     pct = (lambda q: float(np.percentile(lat, q))) if ok else (lambda q: float("nan"))
@@ -294,16 +297,19 @@ def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: 
         "concurrency": concurrency, "requests": requests_n, "ok": ok, "statuses": statuses, "wall_s": wall,
         "throughput_rps": ok / wall if wall > 0 else float("nan"),
         "p50_s": pct(50), "p95_s": pct(95), "p99_s": pct(99), "mean_s": float(lat.mean()) if ok else float("nan"),
+        # Images in the forward batch each request ran in (X-Ditscale-Batch-Images; PNG responses only).
+        "mean_batch_images": float(np.mean(batches)) if batches else float("nan"),
     }
 
 
 def format_table(rows: list[dict], title: str | None = None) -> str:
     """Plain-text table of run_load results."""
     lines = [title] if title else []
-    lines.append(f"{'conc':>5} {'reqs':>5} {'ok':>5} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}  statuses")
+    lines.append(f"{'conc':>5} {'reqs':>5} {'ok':>5} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'batch':>6}  statuses")
     for r in rows:
         lines.append(f"{r['concurrency']:>5} {r['requests']:>5} {r['ok']:>5} {r['throughput_rps']:>8.2f} "
-                     f"{r['p50_s'] * 1e3:>9.1f} {r['p95_s'] * 1e3:>9.1f} {r['p99_s'] * 1e3:>9.1f}  {r['statuses']}")
+                     f"{r['p50_s'] * 1e3:>9.1f} {r['p95_s'] * 1e3:>9.1f} {r['p99_s'] * 1e3:>9.1f} "
+                     f"{r.get('mean_batch_images', float('nan')):>6.1f}  {r['statuses']}")
     return "\n".join(lines)
 
 

@@ -171,6 +171,9 @@ class DiT(nn.Module):
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"DiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
+        if t.ndim == 0:
+            t = t.expand(b)  # one shared time for the batch
+        x = x.to(self.x_embedder.proj.weight.dtype)  # latents may arrive as float16 from the dataset
         tokens = self.x_embedder(x)  # [B, N, D]
         rope = None
         if self.pos_embed is not None:

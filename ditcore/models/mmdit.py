@@ -260,6 +260,11 @@ class MMDiT(nn.Module):
         if text_emb.ndim != 3 or text_emb.shape[0] != b or text_emb.shape[-1] != self.config.text_dim:
             raise ValueError(f"MMDiT: text_emb must be [B={b}, L, {self.config.text_dim}], got {tuple(text_emb.shape)}")
         p = self.patch_size
+        if t.ndim == 0:
+            t = t.expand(b)  # one shared time for the batch
+        # Latents / text features may arrive as float16 from the dataset; compute in the parameter dtype.
+        dtype = self.x_embedder.proj.weight.dtype
+        x, text_emb, text_pooled = x.to(dtype), text_emb.to(dtype), text_pooled.to(dtype)
         img = self.x_embedder(x)  # [B, N, D]
         n, n_txt = img.shape[1], text_emb.shape[1]
         attn_mask = None

@@ -66,8 +66,9 @@ def time_grid(
 
     kinds: "uniform-t" (= "default"), "sd3-shift" (uniform then SD3 shift `shift`), "uniform-lambda"
     (uniform in log-SNR, DPM-Solver), "edm" (Karras rho-spacing of sigma/alpha, `rho`). The log-SNR grids
-    span sigma/alpha in [max(sigma_min, level at t_min), min(sigma_max, level at t_start)]; when the start
-    is noisier than sigma_max (e.g. pure noise, lambda = -inf) the start time is kept as an extra first point.
+    span sigma/alpha from the level at t_start down to max(sigma_min, level at t_min); when the start is pure
+    noise (alpha = 0, lambda = -inf) the start time is kept as an extra first point and the ramp starts at
+    sigma_max.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -89,7 +90,7 @@ def time_grid(
     s_lo = max(sigma_min, _sigma_edm(process, process.t_min))
     lead: list[float] = []
     count = steps  # noisy points placed by the spacing rule
-    if s_hi > sigma_max:
+    if math.isinf(s_hi):  # pure noise (alpha = 0): keep the exact start, then the sigma_max..sigma_min ramp
         lead, s_hi, count = [t_hi], sigma_max, steps - 1
     if count == 0:
         return torch.tensor(lead + [t_end], dtype=torch.float64)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ditcore.scaling.powerlaw import FitError
+from ditcore.scaling.powerlaw import MIN_BOOT_OK, FitError
 
 
 def _num(p: dict, key: str) -> float | None:
@@ -84,7 +84,8 @@ def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 2
     """Per-budget parabola of `metric` vs log N, its minimum N*, and N*(C) = k * C^a with bootstrap CIs.
 
     Bootstrap: within each budget, resample that budget's points with replacement, refit the
-    parabolas and the line (resamples with < 3 distinct sizes in some budget are skipped).
+    parabolas and the line (resamples with < 3 distinct sizes in some budget are skipped; with only
+    3 sizes per budget few survive, and below MIN_BOOT_OK refits no interval is given).
     Raises FitError when fewer than 2 budgets have >= 3 model sizes. `return_samples` adds the
     bootstrap (k, a) rows as n_opt_law["samples"] (for plotting a band; not needed in reports).
     """
@@ -122,7 +123,7 @@ def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 2
         else:
             samples.append(_loglog_line(c, np.array(nb)))
     ci: dict[str, list[float]] = {}
-    if len(samples) >= 2:
+    if len(samples) >= MIN_BOOT_OK:
         arr = np.array(samples)
         q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
         ci = {"k": [float(v) for v in np.percentile(arr[:, 0], q)], "a": [float(v) for v in np.percentile(arr[:, 1], q)]}

@@ -15,6 +15,8 @@ from scipy.optimize import least_squares
 # Grid of floor fractions (y_inf / min y) tried for the robust initialisation.
 _FLOOR_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 _MAX_EXPONENT = 5.0
+# Fewer successful bootstrap refits than this give no interval (percentiles of a handful are noise).
+MIN_BOOT_OK = 10
 
 
 class FitError(ValueError):
@@ -52,7 +54,7 @@ class PowerLawFit:
     def band(self, compute: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise bootstrap interval (lo, hi) of the prediction at compute C; the fit itself if no samples."""
         c = np.asarray(compute, dtype=np.float64)
-        if self.samples is None or len(self.samples) < 2:
+        if self.samples is None or len(self.samples) < MIN_BOOT_OK:
             y = self.predict(c)
             return y, y
         level = self.ci_level if level is None else level
@@ -146,7 +148,8 @@ def fit_power_law(compute: Any, values: Any, *, names: tuple[str, str, str] = ("
     """Fit y = A * C^-exponent + floor (log-space least squares, robust init) with bootstrap CIs.
 
     Bootstrap: resample the points with replacement (numpy Generator seeded by `seed`), refit, and
-    take percentile intervals; resamples with fewer than 3 distinct computes are skipped. With
+    take percentile intervals; resamples with fewer than 3 distinct computes are skipped, and no
+    interval is given when fewer than MIN_BOOT_OK refits succeeded. With
     `held_out`, also fit without the largest compute and report the prediction error there.
     """
     c, y = _validate(compute, values, 3, f"fit of {names[0]} * C^-{names[1]} + {names[2]}")
@@ -171,7 +174,7 @@ def fit_power_law(compute: Any, values: Any, *, names: tuple[str, str, str] = ("
         except (ValueError, np.linalg.LinAlgError):
             continue
     ci: dict[str, tuple[float, float]] = {}
-    if len(samples) >= 2:
+    if len(samples) >= MIN_BOOT_OK:
         arr = np.array(samples)
         q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
         for i, name in enumerate(names):

@@ -22,6 +22,14 @@ from ditcore.flops import example_inputs
 from ditcore.models import build_model, config_to_dict
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _trained(name="DiT-T/2", steps=2):
     torch.manual_seed(0)
     model = build_model(name)
@@ -173,3 +181,18 @@ def test_optimizer_mismatch_is_an_error(tmp_path):
     other = build_model("DiT-T/2", depth=3)
     with pytest.raises(CheckpointError, match=r"optimizer\.json"):
         load_optimizer_state(path, torch.optim.AdamW(other.param_groups(1e-3)))
+
+
+def test_wrapped_models_and_config_dataclass(tmp_path):
+    from torch.optim.swa_utils import AveragedModel
+
+    model, _, _, inputs = _trained()
+    ema = AveragedModel(model)
+    wrapped = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    torch.nn.Module.__init__(wrapped)
+    wrapped.module = model  # what Ray Train's prepare_model returns on several workers
+    path = save_checkpoint(tmp_path / "c", model=wrapped, ema=ema, config={"model": model.config}, state={})
+    ck = load_checkpoint(path)
+    assert ck.config["model"] == config_to_dict(model.config) and "model_requested" not in ck.config
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(**inputs), model.eval()(**inputs), rtol=0, atol=0)

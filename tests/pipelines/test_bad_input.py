@@ -8,6 +8,9 @@ from pipelines.dataset import load_latents_numpy, read_failures, read_manifest
 from pipelines.precompute import main
 from tests.pipelines._precompute_helpers import make_bad_folder, ray_module, tiny_clip, tiny_vae
 
+# End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 S = 32
 
 

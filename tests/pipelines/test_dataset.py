@@ -14,6 +14,9 @@ from pipelines.dataset import (LatentDatasetError, load_fid_stats, load_latents_
 from pipelines.precompute import PrecomputeConfig, run_precompute
 from tests.pipelines._precompute_helpers import ray_module, tiny_feature_net, tiny_t5, tiny_vae
 
+# End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 S = 32
 
 
@@ -88,3 +91,17 @@ def test_to_model_space():
     assert torch.allclose(to_model_space(mean, std, 0.5, 0.1), torch.full_like(mean, 0.45))
     eps = torch.ones_like(mean)
     assert torch.allclose(to_model_space(mean, std, 2.0, 0.0, eps), torch.full_like(mean, 3.0))
+
+
+def test_data_inspect_cli_prints_summary_and_writes_preview(dataset, tmp_path, capsys):
+    from PIL import Image
+
+    from pipelines.data_cli import main as data_main
+
+    preview = tmp_path / "grid.png"
+    assert data_main(["inspect", str(dataset), "--preview", str(preview), "--rows", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "12 written, 0 failed, 12 input" in out and "latents 4x8x8" in out and "latent_mean" in out
+    img = Image.open(preview)
+    assert img.size == (6 * (S + 2) + 2, S + 4)  # one row of 6 decoded 32 px images
+    assert data_main(["inspect", str(tmp_path / "nothing")]) == 2

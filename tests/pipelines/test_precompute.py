@@ -16,6 +16,9 @@ from pipelines.dataset import load_fid_stats, load_latents_numpy, load_null_text
 from pipelines.precompute import PrecomputeConfig, main, run_precompute
 from tests.pipelines._precompute_helpers import make_folder, ray_module, tiny_clip, tiny_feature_net, tiny_vae
 
+# End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 S = 32
 
 

@@ -15,6 +15,9 @@ from pipelines.precompute import PrecomputeConfig, SourceConfig, read_dataset, r
 from pipelines.sources import plan_source
 from tests.pipelines._precompute_helpers import make_parquet, make_tar, ray_module, tiny_feature_net, tiny_vae
 
+# End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 S = 32
 
 

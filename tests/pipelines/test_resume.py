@@ -18,6 +18,9 @@ from pipelines.precompute import PrecomputeConfig, run_precompute
 from tests.conftest import REPO_ROOT
 from tests.pipelines._precompute_helpers import ray_module, tiny_feature_net, tiny_vae
 
+# End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
+pytestmark = pytest.mark.slow
+
 S = 32
 COUNT, SHARD = 240, 4
 
@@ -38,7 +41,6 @@ def _cfg(overrides: list[str]) -> PrecomputeConfig:
     return from_dict(PrecomputeConfig, apply_overrides({}, overrides))
 
 
-@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     import ray
 
