@@ -97,7 +97,8 @@ def _nonzero_init(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
 
 
-def run_pair(ours: Stepper, theirs: Stepper | None, warmup: int, iters: int) -> None:
+def run_pair(ours: Stepper, theirs: Stepper | None, warmup: int, iters: int, probe) -> list[float]:
+    """Alternate ours / theirs; before each pair take a short matmul-peak probe (load on a shared box drifts)."""
     for _ in range(warmup):
         ours.step()
         if theirs is not None:
@@ -105,17 +106,22 @@ def run_pair(ours: Stepper, theirs: Stepper | None, warmup: int, iters: int) -> 
     ours.times.clear()
     if theirs is not None:
         theirs.times.clear()
+    probes = []
     for _ in range(iters):
+        probes.append(probe())
         ours.step()
         if theirs is not None:
             theirs.step()
+    return probes
 
 
-def report(label: str, s: Stepper, batch: int, train_flops: int, peak: float) -> tuple[float, float]:
+def report(label: str, s: Stepper, batch: int, train_flops: int, peak: float, probes: list[float]) -> tuple[float, float]:
     best, med = min(s.times), statistics.median(s.times)
     rate = train_flops * batch / best
-    print(f"  {label:<44} step {best * 1e3:8.1f} ms (median {med * 1e3:8.1f})  {batch / best:8.2f} img/s  "
-          f"{rate / 1e9:8.1f} GFLOP/s  {rate / peak:6.3f} of peak")
+    # Per-iteration fraction against the peak probed right before that step (robust to drifting load).
+    local = max(train_flops * batch / t / p for t, p in zip(s.times, probes))
+    print(f"  {label:<34} step {best * 1e3:8.1f} ms (median {med * 1e3:8.1f})  {batch / best:7.2f} img/s  "
+          f"{rate / 1e9:7.1f} GFLOP/s  {rate / peak:6.3f} of peak  ({local:5.3f} of the adjacent probe)")
     return best, med
 
 
@@ -146,12 +152,12 @@ def bench_dit(args, device, dtype, peak) -> None:
         p_theirs = sum(p.numel() for p in dm.parameters())
         print(f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M "
               "(diffusers repeats the timestep/label embedder in every block)")
-    run_pair(ours, theirs, args.warmup, args.iters)
+    probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
     tf = flops_summary(cfg)["train_flops_per_image"]
     print(f"  train FLOPs/img (analytic, 6 x fwd MACs): {tf / 1e9:.2f} GFLOP, batch {b}")
-    o_best, o_med = report(ours.name, ours, b, tf, peak)
+    o_best, o_med = report(ours.name, ours, b, tf, peak, probes)
     if theirs is not None:
-        d_best, d_med = report(theirs.name, theirs, b, tf, peak)
+        d_best, d_med = report(theirs.name, theirs, b, tf, peak, probes)
         print(f"  step-time ratio ours/diffusers: {o_best / d_best:.3f} (best)  {o_med / d_med:.3f} (median)")
 
 
@@ -187,12 +193,12 @@ def bench_mmdit(args, device, dtype, peak) -> None:
         p_ours = sum(p.numel() for p in ours_model.parameters())
         p_theirs = sum(p.numel() for p in dm.parameters())
         print(f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M")
-    run_pair(ours, theirs, args.warmup, args.iters)
+    probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
     tf = flops_summary(cfg, L)["train_flops_per_image"]
     print(f"  train FLOPs/img (analytic, {L} text tokens): {tf / 1e9:.2f} GFLOP, batch {b}")
-    o_best, o_med = report(ours.name, ours, b, tf, peak)
+    o_best, o_med = report(ours.name, ours, b, tf, peak, probes)
     if theirs is not None:
-        d_best, d_med = report(theirs.name, theirs, b, tf, peak)
+        d_best, d_med = report(theirs.name, theirs, b, tf, peak, probes)
         print(f"  step-time ratio ours/diffusers: {o_best / d_best:.3f} (best)  {o_med / d_med:.3f} (median)")
 
 
@@ -219,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = args.device, DTYPES[args.dtype]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
+    sizes = tuple(int(s) for s in args.peak_sizes.split(","))
+    args.probe = (lambda: args.peak_tflops * 1e12) if args.peak_tflops else (
+        lambda: matmul_peak(device, dtype, sizes[:1], min_seconds=0.3))
     if args.peak_tflops:
         peak = args.peak_tflops * 1e12
         print(f"(a) matmul peak (given): {peak / 1e9:.1f} GFLOP/s")
@@ -230,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_mmdit:
         print(f"(d) {args.mmdit} at latent {args.latent_size}, {args.text_tokens} text tokens of dim {args.text_dim}")
         bench_mmdit(args, device, dtype, peak)
+    if not args.peak_tflops:
+        # Re-measure: on a shared machine the peak seen at the start may have been depressed by other load.
+        again = matmul_peak(device, dtype, tuple(int(s) for s in args.peak_sizes.split(",")))
+        print(f"(a') matmul peak re-measured after the runs: {again / 1e9:.1f} GFLOP/s "
+              f"(fractions above use the first, {peak / 1e9:.1f})")
     return 0
 
 

@@ -111,7 +111,7 @@ def main() -> int:
     print(f"  plain loop (1 process, 1 thread) : {base['end_to_end']:7.1f} img/s end-to-end, "
           f"{base['steady']:7.1f} img/s steady  ({base['seconds']:.1f} s)")
     results = {"plain": base}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for actors in (1, 2):
             s = run_precompute(_config(tmp / f"ray{actors}", vae, fn, args, actors))

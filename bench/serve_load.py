@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import make_app
     from serve.cli import format_table, run_load
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {}
     try:
         for mode, max_batch in (("unbatched", 1), ("batched", 16)):
-            app = build_app(
+            app = make_app(
                 {"checkpoint": str(ckpt), "device": device},
                 {
                     "Sampler": {

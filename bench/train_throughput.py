@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     local_ips = _ips(local["reports"])
 
     # Ray Train: TorchTrainer, 1 worker, Ray Data shard, ray.train.report per interval.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     reports: list = []
     from ray.train import UserCallback
 

@@ -281,7 +281,10 @@ def load_checkpoint(directory: str | os.PathLike, *, use_ema: bool = True, devic
 def load_model_weights(directory: str | os.PathLike, model: nn.Module, *, which: str = "model") -> None:
     """Load model.safetensors (which="model") or ema.safetensors (which="ema") into an existing module."""
     directory = _check_directory(directory)
+    if which not in ("model", "ema"):
+        raise ValueError(f"load_model_weights: which must be 'model' or 'ema', got {which!r}")
     path = directory / f"{which}.safetensors"
+    model = unwrap_model(model)
     _load_into(model, _load_tensors(path, next(model.parameters()).device), path)
 
 

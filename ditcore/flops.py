@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from ditcore.models.dit import DiTConfig
-from ditcore.models.mmdit import MMDiTConfig
 from ditcore.models.presets import ModelConfig, resolve_config
 
 #: width of the sinusoidal timestep features fed to the timestep MLP

@@ -28,7 +28,7 @@ def _flops_parser() -> argparse.ArgumentParser:
         description="Print params, forward_macs, forward_flops (= 2 MACs) and train_flops_per_image "
         "(= 3 x forward FLOPs) of a preset as JSON.",
     )
-    p.add_argument("model", help=f"preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
+    p.add_argument("model", help="preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
     p.add_argument("--latent-size", type=int, default=None, help="latent height = width (default: the preset's)")
     p.add_argument("--text-tokens", type=int, default=None, help="text tokens for MM-DiT (default: max_text_len)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -369,7 +369,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {}
             if cfg.num_cpus and not os.environ.get("RAY_ADDRESS"):
-                kwargs["num_cpus"] = cfg.num_cpus
+                kwargs.update(address="local", num_cpus=cfg.num_cpus)  # a fresh local instance of that size
             ray.init(**kwargs)
         first = from_dict(TrainConfig, pending[0].train)
         per_trial = first.run.num_workers * first.run.cpus_per_worker

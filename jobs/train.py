@@ -334,7 +334,7 @@ def ensure_ray(num_cpus: Optional[int] = None) -> None:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"log_to_driver": True}
         if num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
-            kwargs["num_cpus"] = num_cpus
+            kwargs.update(address="local", num_cpus=num_cpus)
         ray.init(**kwargs)
 
 
@@ -453,10 +453,16 @@ def _fit(res: Resolved, rdir: str, run_id: Optional[str], callbacks: Optional[li
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks),
         datasets={"train": ds},
     )
+    status_uri = storage.join(rdir, "status.json")
+    if storage.exists(status_uri):
+        storage.delete(status_uri)  # a previous attempt's record; this attempt writes its own
     result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    status = metrics.get("status", "finished")
-    steps = int(metrics.get("step", res.total_steps))
+    metrics = dict(result.metrics or {})  # metrics of the latest checkpoint
+    status, steps = "finished", int(metrics.get("step", res.total_steps))
+    if storage.exists(status_uri):  # the loop stopped early (non-finite loss): rank 0 recorded why
+        rec = storage.read_json(status_uri)
+        status, steps = rec["status"], int(rec["step"])
+        metrics["failure_reason"] = rec["reason"]
     last = result.checkpoint.path if result.checkpoint is not None else None
     return {"status": status, "reason": metrics.get("failure_reason"), "steps": steps, "total_steps": res.total_steps,
             "run_name": res.run_name, "train_flops": steps * cfg.data.batch_size * res.flops["train_flops_per_image"],

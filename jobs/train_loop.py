@@ -85,6 +85,11 @@ class LocalEnv:
     def restore_dir(self) -> Optional[str]:
         return self.resume_from
 
+    def write_status(self, record: dict) -> None:
+        os.makedirs(self.checkpoint_root, exist_ok=True)
+        with open(os.path.join(self.checkpoint_root, "status.json"), "w") as f:
+            json.dump(record, f)
+
     def barrier(self) -> None:
         pass
 
@@ -160,6 +165,12 @@ class RayEnv:
         self._restore_tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
         ckpt.to_directory(self._restore_tmp)
         return self._restore_tmp
+
+    def write_status(self, record: dict) -> None:
+        """<experiment>/status.json: how the run ended when it did not finish (read by the driver)."""
+        fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path.rstrip("/")
+        with fs.open_output_stream(f"{base}/status.json") as f:
+            f.write(json.dumps(record).encode())
 
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -546,6 +557,7 @@ def run_loop(plan: dict, env: Any) -> dict:
         tracker.fail(reason)
         if rank == 0:
             print(f"[ditscale] stopping: {reason}; last good checkpoint kept", flush=True)
+            env.write_status({"status": status, "reason": reason, "step": step, "last_checkpoint": last_ckpt})
         env.report({"status": status, "failure_reason": reason, "step": step}, None)
     return {"status": status, "reason": reason, "step": step, "loss": last_loss, "checkpoint": last_ckpt,
             "train_flops": state["train_flops"], "metrics": logged}

@@ -511,7 +511,8 @@ def _init_ray(cfg: PrecomputeConfig) -> bool:
     if address:
         kwargs["address"] = address
     elif cfg.compute.num_cpus:
-        kwargs["num_cpus"] = cfg.compute.num_cpus
+        # A sized local Ray must be a new one (ray.init would otherwise join a `ray start` cluster and refuse num_cpus).
+        kwargs.update(address="local", num_cpus=cfg.compute.num_cpus)
     ray.init(**kwargs)
     return True
 

@@ -47,7 +47,7 @@ class TrainFeaturesConfig:
     background: str = "white"
     data_seed: int = 0
     width: int = 32
-    feature_dim: int = 256
+    cell_dim: int = 32  # per-cell feature size; FID features are 9 * cell_dim = 288-d
     steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3
@@ -55,7 +55,7 @@ class TrainFeaturesConfig:
     warmup_steps: int = 30
     noise_std: float = 0.03  # augmentation: Gaussian pixel noise (in [0,1] units), random per image up to this
     shift_px: int = 1  # augmentation: random translation of up to this many pixels
-    blur_prob: float = 0.25  # augmentation: fraction of images slightly blurred
+    blur_prob: float = 0.1  # augmentation: fraction of images slightly blurred
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_images: int = 1000
@@ -66,7 +66,7 @@ class TrainFeaturesConfig:
             self.out, self.output = self.output, None
         if self.steps < 0:
             raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        for name in ("batch_size", "eval_images", "width", "feature_dim"):
+        for name in ("batch_size", "eval_images", "width", "cell_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.blur_prob <= 1.0:
@@ -106,7 +106,7 @@ def train_feature_net(cfg: TrainFeaturesConfig) -> str:
     torch.manual_seed(cfg.seed)
     spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
     net = BuiltinAttributeNet(
-        image_size=cfg.image_size, width=cfg.width, feature_dim=cfg.feature_dim,
+        image_size=cfg.image_size, width=cfg.width, cell_dim=cfg.cell_dim,
         num_shapes=len(SHAPES), num_colours=len(COLOURS), num_sizes=len(SIZES),
     ).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

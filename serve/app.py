@@ -5,7 +5,8 @@
     Sampler  (GPU when given) checkpoint + VAE decoder + text encoder; @serve.batch dynamic batching
 
 Deploy with `serve run serve/config.yaml`, `serve deploy serve/config.yaml` or `ditscale serve`;
-the import path is `serve.app:build_app` and the application arguments are `AppArgs`.
+the import path is `serve.app:build_app` and the application arguments are `AppArgs`
+(`make_app(args, deployments)` also applies per-deployment options, for `ditscale serve`).
 Weights load only through safetensors (ditcore.checkpoint; local VAE and text-encoder directories
 must hold *.safetensors); no request field is ever used as a path.
 """
@@ -681,12 +682,14 @@ _DEPLOYMENT_OPTION_KEYS = {
 }
 
 
-def build_app(args: dict | None = None, deployments: dict[str, dict] | None = None) -> serve.Application:
-    """Serve application builder (`import_path: serve.app:build_app`).
+def build_app(args: dict) -> serve.Application:
+    """Serve application builder (`import_path: serve.app:build_app`; `args` are the AppArgs keys)."""
+    return make_app(args)
 
-    `args` are the AppArgs keys; `deployments` maps "Ingress"/"Sampler" to Deployment.options()
-    overrides (the same keys as a config file's `deployments:` entries), used by `ditscale serve`.
-    """
+
+def make_app(args: dict | None = None, deployments: dict[str, dict] | None = None) -> serve.Application:
+    """The application with `deployments` ("Ingress"/"Sampler" -> Deployment.options() overrides, the same
+    keys as a config file's `deployments:` entries) applied; used by `ditscale serve`, tests and bench."""
     args = dict(args or {})
     for key in ("champion", "use_ema"):  # `serve run serve.app:build_app champion=true` passes strings
         if isinstance(args.get(key), str) and args[key].lower() in ("true", "false", "1", "0"):

@@ -186,9 +186,9 @@ def serve_main(argv: list[str]) -> int:
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     plan = prepare_deployment(ns)
-    from serve.app import build_app  # validates args before anything starts
+    from serve.app import make_app  # validates args before anything starts
 
-    build_app(plan["args"], {k: v for k, v in plan["deployments"].items()})
+    make_app(plan["args"], {k: v for k, v in plan["deployments"].items()})
     if ns.detach:
         return _detach(argv, ns, plan)
 
@@ -206,7 +206,7 @@ def serve_main(argv: list[str]) -> int:
     try:
         _fit_resources(plan["deployments"], ns.num_gpus)
         serve.start(http_options=plan["http_options"])
-        serve.run(build_app(plan["args"], plan["deployments"]), name=plan["name"], route_prefix=plan["route_prefix"])
+        serve.run(make_app(plan["args"], plan["deployments"]), name=plan["name"], route_prefix=plan["route_prefix"])
         url = _url(ns.host, ns.port, plan["route_prefix"])
         _wait_healthy(url, ns.ready_timeout)
         print(f"ditscale serve: ready at {url}  (POST {url}/v1/generate, GET {url}/v1/model, docs {url}/docs); Ctrl-C to stop",

@@ -249,44 +249,44 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class BuiltinAttributeNet(nn.Module):
-    """Small CNN for the built-in shapes: trunk -> `feature_dim` features -> per-cell shape/colour/size heads."""
+    """Small CNN for the built-in shapes: conv trunk -> 3x3 cell pooling -> per-cell features -> shared heads.
+
+    The penultimate per-cell features, flattened, are the FID features ([B, 9 * cell_dim]); the same
+    shape / colour / size heads read every cell, so each object in an image is a training example for them.
+    """
 
     def __init__(
         self,
         image_size: int = 32,
         width: int = 32,
-        feature_dim: int = 256,
+        cell_dim: int = 32,
         num_shapes: int = 5,
         num_colours: int = 6,
         num_sizes: int = 2,
     ) -> None:
         super().__init__()
-        self.image_size, self.width, self.feature_dim = image_size, width, feature_dim
+        self.image_size, self.width, self.cell_dim = image_size, width, cell_dim
         self.num_shapes, self.num_colours, self.num_sizes = num_shapes, num_colours, num_sizes
+        self.feature_dim = NUM_CELLS * cell_dim
         w = width
-        # Three stride-2 stages take 32 px to 4x4; the flatten keeps *where* things are, which the
-        # position-dependent heads need (a global average pool would throw it away).
+        # One stride-2 stage only: a small object is ~6 px at 32 px and must survive to the cell pooling.
         self.trunk = nn.Sequential(
             _conv_bn(3, w), _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w),
-            _conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w),
-            _conv_bn(4 * w, 4 * w, 2),
-            nn.AdaptiveAvgPool2d(4),  # identity at 32 px; fixes the grid for other sizes
-            nn.Flatten(),
-            nn.Linear(4 * w * 16, feature_dim),
-            nn.ReLU(),
+            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 4 * w),
         )
-        self.shape_head = nn.Linear(feature_dim, NUM_CELLS * (num_shapes + 1))  # last class = no object in cell
-        self.colour_head = nn.Linear(feature_dim, NUM_CELLS * num_colours)
-        self.size_head = nn.Linear(feature_dim, NUM_CELLS * num_sizes)
+        self.cell = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(), nn.Linear(4 * w, cell_dim), nn.ReLU())
+        self.shape_head = nn.Linear(cell_dim, num_shapes + 1)  # last class = no object in the cell
+        self.colour_head = nn.Linear(cell_dim, num_colours)
+        self.size_head = nn.Linear(cell_dim, num_sizes)
         self.eval()
 
     @property
     def config(self) -> dict:
         """The config.json content that rebuilds this network."""
         return {
-            "arch": ATTR_ARCH, "image_size": self.image_size, "width": self.width, "feature_dim": self.feature_dim,
-            "num_shapes": self.num_shapes, "num_colours": self.num_colours, "num_sizes": self.num_sizes,
+            "arch": ATTR_ARCH, "image_size": self.image_size, "width": self.width, "cell_dim": self.cell_dim,
+            "feature_dim": self.feature_dim, "num_shapes": self.num_shapes, "num_colours": self.num_colours,
+            "num_sizes": self.num_sizes,
         }
 
     @property
@@ -300,16 +300,17 @@ class BuiltinAttributeNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: float [B,3,H,W] in [0,1] -> (features [B,F], {"shape": [B,9,S+1], "colour": [B,9,C], "size": [B,9,Z]})."""
+        """x: float [B,3,H,W] in [0,1] -> (features [B,9*cell_dim], {"shape": [B,9,S+1], "colour": [B,9,C], "size": [B,9,Z]})."""
         x = self._resize(x) * 2 - 1  # [B,3,s,s] centred inputs
-        h = self.trunk(x)  # [B,F]
-        b = h.shape[0]
+        h = self.trunk(x)  # [B,4w,s/2,s/2]
+        h = F.adaptive_avg_pool2d(h, 3)  # [B,4w,3,3] one vector per grid cell (bins overlap by a pixel)
+        h = self.cell(h.flatten(2).transpose(1, 2))  # [B,9,cell_dim], cells in reading order
         logits = {
-            "shape": self.shape_head(h).view(b, NUM_CELLS, self.num_shapes + 1),  # [B,9,S+1]
-            "colour": self.colour_head(h).view(b, NUM_CELLS, self.num_colours),  # [B,9,C]
-            "size": self.size_head(h).view(b, NUM_CELLS, self.num_sizes),  # [B,9,Z]
+            "shape": self.shape_head(h),  # [B,9,S+1]
+            "colour": self.colour_head(h),  # [B,9,C]
+            "size": self.size_head(h),  # [B,9,Z]
         }
-        return h, logits
+        return h.flatten(1), logits  # features [B,9*cell_dim]
 
     @torch.no_grad()
     def features(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -434,8 +435,8 @@ def _build(config: dict, where: str) -> nn.Module:
     if arch == INCEPTION_ARCH:
         return FIDInceptionV3()
     if arch == ATTR_ARCH:
-        keys = ("image_size", "width", "feature_dim", "num_shapes", "num_colours", "num_sizes")
-        unknown = sorted(set(config) - set(keys) - {"arch"})
+        keys = ("image_size", "width", "cell_dim", "num_shapes", "num_colours", "num_sizes")
+        unknown = sorted(set(config) - set(keys) - {"arch", "feature_dim"})
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown} for arch {ATTR_ARCH!r}")
         return BuiltinAttributeNet(**{k: int(config[k]) for k in keys if k in config})

@@ -125,18 +125,18 @@ def test_cell_targets_and_loss():
 
 def test_attribute_net_shapes_save_load(tmp_path):
     torch.manual_seed(0)
-    net = BuiltinAttributeNet(image_size=32, width=8, feature_dim=64).eval()
+    net = BuiltinAttributeNet(image_size=32, width=8, cell_dim=8).eval()
     batch = render_batch(0, 6, BuiltinSpec(image_size=32))
     feats = net.features(batch["image"])
-    assert feats.shape == (6, 64)
+    assert feats.shape == (6, 72)
     logits = net.attributes(batch["image"])
     assert logits["shape"].shape == (6, 9, 6) and logits["colour"].shape == (6, 9, 6) and logits["size"].shape == (6, 9, 2)
     # Larger images are resized to the net's input size.
     big = render_batch(0, 2, BuiltinSpec(image_size=64))["image"]
-    assert net.features(big).shape == (2, 64)
+    assert net.features(big).shape == (2, 72)
     path = save_feature_net(net, tmp_path / "fn", metadata={"accuracy": {"shape": 0.5}})
     cfg = json.loads((path / "config.json").read_text())
-    assert cfg["arch"] == ATTR_ARCH and cfg["feature_dim"] == 64 and cfg["meta"]["accuracy"]["shape"] == 0.5
+    assert cfg["arch"] == ATTR_ARCH and cfg["feature_dim"] == 72 and cfg["meta"]["accuracy"]["shape"] == 0.5
     loaded = load_feature_net(path)
     assert isinstance(loaded, BuiltinAttributeNet) and not loaded.training
     torch.testing.assert_close(loaded.features(batch["image"]), feats)
@@ -150,7 +150,7 @@ def test_load_errors(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_feature_net(tmp_path / "d")
-    save_feature_net(BuiltinAttributeNet(width=8, feature_dim=16), tmp_path / "e")
+    save_feature_net(BuiltinAttributeNet(width=8, cell_dim=2), tmp_path / "e")
     (tmp_path / "e" / "config.json").write_text(json.dumps({"arch": "resnet-9000"}))
     with pytest.raises(ValueError, match="resnet-9000"):
         load_feature_net(tmp_path / "e")
@@ -160,7 +160,7 @@ class _Oracle(BuiltinAttributeNet):
     """An 'attribute net' that returns the true cells, to test the scoring arithmetic."""
 
     def __init__(self, objects):
-        super().__init__(width=8, feature_dim=16)
+        super().__init__(width=8, cell_dim=2)
         self._t = cell_targets(objects, 5)
 
     def attributes(self, images):

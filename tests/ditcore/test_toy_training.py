@@ -1,5 +1,6 @@
 """A tiny DiT trained a few hundred steps on toy latents lowers its loss and samples onto the data support."""
 
+import pytest
 import torch
 
 from ditcore.models import build_model
@@ -16,7 +17,16 @@ def toy_data(n, generator, patterns):
     return x0, labels
 
 
-def test_tiny_dit_learns_toy_latents():
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add spin-wait overhead (and CPU time on a shared CI box)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_tiny_dit_learns_toy_latents(one_thread):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     patterns = torch.sign(torch.randn(2, *SHAPE, generator=g))  # +-1 entries, far apart

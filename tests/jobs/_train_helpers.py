@@ -104,7 +104,7 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
 
 
 def make_eval_assets(root: Path) -> dict:
-    """A random tiny diffusers VAE (downsample 4), a small built-in attribute net (16-d features) and FID
+    """A random tiny diffusers VAE (downsample 4), a small built-in attribute net (~16-d features) and FID
     reference stats of its features on built-in images: what a precomputed data set's manifest points at."""
     import torch
 
@@ -116,7 +116,11 @@ def make_eval_assets(root: Path) -> dict:
     root = Path(root)
     vae = tiny_vae(root / "vae")
     torch.manual_seed(0)
-    net = BuiltinAttributeNet(image_size=32, width=8, feature_dim=16)
+    import inspect
+
+    params = inspect.signature(BuiltinAttributeNet).parameters
+    small = {"cell_dim": 2} if "cell_dim" in params else {"feature_dim": 16}  # ~16-d features either way
+    net = BuiltinAttributeNet(image_size=32, width=8, **small)
     fnet = save_feature_net(net, root / "features")
     images = render_batch(0, 64, BuiltinSpec(image_size=32))["image"]
     with torch.no_grad():

@@ -38,7 +38,7 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
                               num_actors=1)
     assert math.isfinite(one["fid"]) and one["fid"] >= 0
     assert 0.0 <= one["attr_acc"] <= 1.0
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         two = evaluate_checkpoint(setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=1,
                                   num_actors=2)

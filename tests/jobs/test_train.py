@@ -22,7 +22,7 @@ TEXT = (8, 16, 16)  # (L, D, Dp) of the tiny text set
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -97,7 +97,7 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
 
 def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(data8, tmp_path, _budget(cfg, 5), "run.name=nan", "checkpoint.every_n_steps=1",
+    cfg = _cfg(data8, tmp_path, _budget(cfg, 5), "run.name=nanrun", "checkpoint.every_n_steps=1",
                'run.inject_failure={"step": 2, "mode": "nan"}')
     out = run_training(cfg)
     assert out["status"] == "failed" and "non-finite loss" in out["reason"]

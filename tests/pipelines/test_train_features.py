@@ -11,20 +11,20 @@ from ditcore.data.builtin import BuiltinSpec, render_batch
 from ditcore.metrics.features import BuiltinAttributeNet, load_feature_net
 from pipelines.train_features import TrainFeaturesConfig, _augment, main, train_feature_net
 
-TINY = {"steps": 3, "batch_size": 8, "width": 8, "feature_dim": 16, "eval_images": 16, "progress": False, "threads": 1}
+TINY = {"steps": 3, "batch_size": 8, "width": 8, "cell_dim": 2, "eval_images": 16, "progress": False, "threads": 1}
 
 
 def test_train_save_load(tmp_path, capsys):
     out = train_feature_net(from_dict(TrainFeaturesConfig, {**TINY, "out": str(tmp_path / "fn")}))
     assert "held-out accuracy" in capsys.readouterr().out
     net = load_feature_net(out)
-    assert isinstance(net, BuiltinAttributeNet) and net.feature_dim == 16
+    assert isinstance(net, BuiltinAttributeNet) and net.feature_dim == 18
     meta = json.loads((tmp_path / "fn" / "config.json").read_text())["meta"]
     assert set(meta["accuracy"]) >= {"shape", "colour", "size", "position", "object", "scene", "caption"}
     assert all(0.0 <= v <= 1.0 for v in meta["accuracy"].values())
     assert meta["data"]["image_size"] == 32
     images = render_batch(0, 3, BuiltinSpec())["image"]
-    assert net.features(images).shape == (3, 16)
+    assert net.features(images).shape == (3, 18)
 
 
 def test_cli_overrides_and_errors(tmp_path, capsys):

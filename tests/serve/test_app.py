@@ -123,7 +123,7 @@ def server(tmp_path_factory, moto_s3):
     from ray import serve
 
     from pipelines import storage
-    from serve.app import build_app
+    from serve.app import make_app
 
     tmp = tmp_path_factory.mktemp("serve")
     class_ckpt = make_class_checkpoint(tmp / "class" / "step_00000100")
@@ -145,13 +145,13 @@ def server(tmp_path_factory, moto_s3):
             "max_batch_size": 8, "batch_wait_timeout_s": 0.25}
     apps = {
         # Class model by MLflow champion alias; no auth; dynamic batching up to 8 requests.
-        "class": build_app(
+        "class": make_app(
             {"champion": True, "tracking_uri": tracking_uri},
             {"Sampler": _sampler_opts(fast),
              "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}}},
         ),
         # Text model from s3://; bearer auth on; one request in flight + one queued (overload -> 503).
-        "text": build_app(
+        "text": make_app(
             {"checkpoint": text_uri},
             {"Sampler": _sampler_opts({**fast, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                                       max_ongoing_requests=1, max_queued_requests=1),
@@ -417,7 +417,7 @@ def test_config_yaml_loads_through_serve_schema():
     from ray.serve.schema import ServeDeploySchema
 
     from ditcore.config import ConfigError
-    from serve.app import IngressSettings, build_app
+    from serve.app import IngressSettings, build_app, make_app
     from serve.batching import SamplerSettings
     from serve.cli import load_app_config
 
@@ -439,13 +439,17 @@ def test_config_yaml_loads_through_serve_schema():
     # The same file drives `ditscale serve`: builds an Application with the file's deployment options.
     _, app_raw = load_app_config(str(REPO_ROOT / "serve" / "config.yaml"))
     opts = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app_raw["deployments"]}
-    build_app({"checkpoint": "/nonexistent/is/not/read/here"}, opts)
+    make_app({"checkpoint": "/nonexistent/is/not/read/here"}, opts)
+    # Serve calls an application builder with exactly one argument, the `args` mapping.
+    import inspect
+    assert len(inspect.signature(build_app).parameters) == 1
+    build_app(app_raw["args"])
     # Typos fail early and name the key.
     with pytest.raises(ConfigError, match="default_stepz"):
         SamplerSettings.from_user_config({"default_stepz": 3})
     with pytest.raises(ConfigError, match="default_sampler"):
         SamplerSettings.from_user_config({"default_sampler": "nope"})
     with pytest.raises(ConfigError, match="checkpoint"):
-        build_app({})
+        make_app({})
     with pytest.raises(ConfigError, match="Samplr"):
-        build_app({"champion": True}, {"Samplr": {}})
+        make_app({"champion": True}, {"Samplr": {}})

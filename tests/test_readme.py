@@ -1,0 +1,168 @@
+"""The README's commands, run or checked, so the README cannot drift from the code.
+
+Fenced blocks preceded by `<!-- test: NAME -->` are the ones checked here:
+  setup       `make quickstart` / `make test` exist as Makefile targets
+  quickstart  `ditscale quickstart --tiny --out DIR` really runs (in a temp dir) and leaves the report,
+              the scaling plot, the registered champion and images generated over HTTP; then the
+              `mlflow ui` line names the store the run printed
+  overrides   every command exits 0
+  submit      every `ditscale submit ...` line resolves (with --dry-run) to the entrypoint it promises
+  http        every curl body is a valid `POST /v1/generate` request for the service's own schema
+Every relative link of the README must point at a file of the repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+BIN = Path(sys.executable).parent
+
+
+def tagged_blocks(text: str) -> dict[str, list[str]]:
+    """{tag: [command, ...]} for each fenced block right after `<!-- test: tag -->` (continuation lines joined)."""
+    blocks: dict[str, list[str]] = {}
+    for m in re.finditer(r"<!-- test: ([\w-]+) -->\s*\n```[\w-]*\n(.*?)\n```", text, re.S):
+        commands, current = [], ""
+        for line in m.group(2).splitlines():
+            line = line.rstrip()
+            if line.endswith("\\"):
+                current += line[:-1] + " "
+                continue
+            current += line
+            # Drop trailing comments (`# ...` outside quotes is enough for the README's lines).
+            cmd = shlex.join(shlex.split(current, comments=True))
+            if cmd:
+                commands.append(cmd)
+            current = ""
+        blocks.setdefault(m.group(1), []).extend(commands)
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def blocks() -> dict[str, list[str]]:
+    found = tagged_blocks(README.read_text())
+    for tag in ("setup", "quickstart", "overrides", "submit", "http"):
+        assert found.get(tag), f"README has no commands in a block marked <!-- test: {tag} -->"
+    return found
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_relative_links_resolve():
+    text = README.read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    missing = [l for l in links if "://" not in l and not (REPO / l).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+def test_setup_commands_are_make_targets(blocks):
+    makefile = (REPO / "Makefile").read_text()
+    for cmd in blocks["setup"]:
+        argv = shlex.split(cmd)
+        assert argv[0] == "make", cmd
+        assert re.search(rf"^{re.escape(argv[1])}:", makefile, re.M), f"Makefile has no target {argv[1]!r}"
+
+
+def test_override_commands_run(blocks):
+    for cmd in blocks["overrides"]:
+        proc = subprocess.run(cmd, shell=True, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+
+
+def test_submit_lines_resolve_to_their_entrypoints(blocks, monkeypatch, capsys):
+    from jobs import submit
+
+    monkeypatch.chdir(REPO)
+    modules = {"precompute": "pipelines.precompute", "sweep": "jobs.sweep", "fit": "jobs.fit", "serve": "jobs.cli serve"}
+    for cmd in blocks["submit"]:
+        argv = shlex.split(cmd)
+        assert argv[:2] == ["ditscale", "submit"], cmd
+        assert submit.main(argv[1:] + ["--dry-run"]) == 0, cmd
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["entrypoint"].startswith(f"python -m {modules[argv[2]]}"), (cmd, plan["entrypoint"])
+        for arg in argv[3:]:
+            if "=" in arg and not arg.startswith("-"):
+                assert shlex.quote(arg) in plan["entrypoint"], (cmd, arg)
+
+
+def test_curl_bodies_are_valid_generate_requests(blocks):
+    from serve.schema import GenerateRequest
+
+    bodies = []
+    for cmd in blocks["http"]:
+        argv = shlex.split(cmd)
+        assert argv[0] == "curl", cmd
+        url = next(a for a in argv if "localhost:" in a or "127.0.0.1:" in a)
+        if "-d" in argv:
+            assert url.endswith("/v1/generate") and "POST" in argv, cmd
+            bodies.append(json.loads(argv[argv.index("-d") + 1]))
+        else:
+            assert url.endswith(("/v1/model", "/healthz")), cmd
+    assert bodies
+    for body in bodies:
+        GenerateRequest.model_validate(body)
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
+    """The README's `ditscale quickstart --tiny` end to end, in a temp output dir, within 3 minutes."""
+    qs = [c for c in blocks["quickstart"] if c.startswith("ditscale quickstart")]
+    assert len(qs) == 1 and "--tiny" in qs[0]
+    argv = shlex.split(qs[0])
+    out = tmp_path / "qs"
+    argv[argv.index("--out") + 1] = str(out)
+    t0 = time.monotonic()
+    proc = subprocess.run([str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    wall = time.monotonic() - t0
+    log = proc.stdout + proc.stderr
+    (tmp_path / "quickstart.log").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+    print(f"quickstart --tiny took {wall:.0f}s")
+
+    report = (out / "report.md").read_text()
+    for section in ("## Scaling law", "## Samples per model", "## Served champion", "## Trials"):
+        assert section in report
+    assert re.search(r"FID.*=.*A \* C\^-beta|A = .*beta = .*\[", report), "the fitted law with intervals"
+    # Every image the report shows exists (the scaling plot, one grid per model, the served images).
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) >= 1 + 3 + 1
+    for rel in images:
+        assert (out / rel).is_file(), rel
+    assert (out / "fit" / "fit_report.json").is_file()
+    served = list((out / "served").glob("*.png"))
+    assert served and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in served)
+
+    # The champion is registered in the run's own MLflow store.
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("ditscale", "champion")
+    assert Path(mv.tags["checkpoint"]).is_dir()
+
+    # It ends with the command to open the MLflow UI on that store, in the README's form.
+    ui = [c for c in blocks["quickstart"] if c.startswith("mlflow ui")]
+    assert ui and "--backend-store-uri sqlite:///" in ui[0]
+    assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
+
+    # A second run reuses every finished stage.
+    proc2 = subprocess.run([str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert proc2.returncode == 0, (proc2.stdout + proc2.stderr)[-4000:]
+    banners = [l for l in proc2.stdout.splitlines() if l.startswith("==> [")]
+    assert banners and all("reused" in l for l in banners), banners
