@@ -38,6 +38,7 @@ PROMPTS = [
     "a green triangle at the bottom right",
     "a large yellow square and a small red circle",
 ]
+GUIDANCE = 2.0  # classifier-free guidance of the served requests and the grids
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -371,7 +372,8 @@ def _free_port() -> int:
 
 
 def _serve_config(ctx: Context) -> dict:
-    return {"prompts": PROMPTS, "steps": ctx.mode.serve_steps, "version": ctx.results["promote"]["version"]}
+    return {"prompts": PROMPTS, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE,
+            "version": ctx.results["promote"]["version"]}
 
 
 def _serve_run(ctx: Context) -> dict:
@@ -403,7 +405,7 @@ def _serve_run(ctx: Context) -> dict:
         ctx.log(f"serving {model.get('checkpoint', '?')}")
         images = []
         for i, prompt in enumerate(PROMPTS):
-            body = {"prompt": prompt, "seed": i, "steps": ctx.mode.serve_steps}
+            body = {"prompt": prompt, "seed": i, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE}
             r = requests.post(f"{url}/v1/generate", json=body, timeout=300)
             if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != "image/png":
                 raise RuntimeError(f"POST /v1/generate {body} -> HTTP {r.status_code}: {r.text[:500]}")
@@ -460,7 +462,7 @@ def _alive(pid: int) -> bool:
 
 
 def _samples_config(ctx: Context) -> dict:
-    return {"prompts": PROMPTS, "n": ctx.mode.grid_images, "steps": ctx.mode.serve_steps}
+    return {"prompts": PROMPTS, "n": ctx.mode.grid_images, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE}
 
 
 def _samples_run(ctx: Context) -> dict:
@@ -480,7 +482,9 @@ def _samples_run(ctx: Context) -> dict:
     for model, p in sorted(best.items(), key=lambda kv: kv[1].get("params") or 0):
         path = out / f"{model.replace('/', '_')}.png"
         argv = ["--checkpoint", str(p["checkpoint"]), "--steps", str(ctx.mode.serve_steps), "--seed", "0",
-                "--num-images", str(ctx.mode.grid_images), "--prompt", PROMPTS[0], "--out", str(path)]
+                "--num", str(ctx.mode.grid_images), "--guidance", str(GUIDANCE), "--out", str(path)]
+        for prompt in PROMPTS:  # image i uses prompt i % len(PROMPTS)
+            argv += ["--prompt", prompt]
         rc = sample_main(argv)
         if rc not in (0, None) or not path.is_file():
             raise RuntimeError(f"ditscale sample {' '.join(argv)} failed (rc={rc})")
@@ -529,7 +533,7 @@ def render_report(ctx: Context, fit: dict, points: list[dict], table: str) -> st
     for g in ctx.results["samples"]["grids"]:
         fid = f"FID {g['fid']:.2f}, " if g.get("fid") is not None else ""
         lines += [f"### {g['model']}", "", f"{fid}{_g(g.get('params'))} parameters, trained to "
-                  f"{_g(g.get('budget_flops'))} FLOPs; prompt \"{PROMPTS[0]}\"", "", f"![{g['model']}]({rel(g['path'])})", ""]
+                  f"{_g(g.get('budget_flops'))} FLOPs; prompts, left to right: " + "; ".join(f'\"{p}\"' for p in PROMPTS), "", f"![{g['model']}]({rel(g['path'])})", ""]
     served = ctx.results["serve"]
     promo = ctx.results["promote"]
     lines += ["## Served champion", "",

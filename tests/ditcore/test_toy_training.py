@@ -26,6 +26,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.mark.slow
 def test_tiny_dit_learns_toy_latents(one_thread):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

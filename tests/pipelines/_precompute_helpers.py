@@ -96,7 +96,12 @@ def tiny_feature_net(path: Path) -> Path:
     from ditcore.metrics.features import BuiltinAttributeNet, save_feature_net
 
     torch.manual_seed(0)
-    return save_feature_net(BuiltinAttributeNet(image_size=32, width=4, feature_dim=16), path)
+    return save_feature_net(BuiltinAttributeNet(image_size=32, width=4, cell_dim=2), path)
+
+
+def feature_dim(path: Path) -> int:
+    """FID feature dimension of a saved feature net (from its config.json)."""
+    return int(json.loads((Path(path) / "config.json").read_text())["feature_dim"])
 
 
 def png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:

@@ -14,7 +14,7 @@ from ditcore.config import from_dict
 from ditcore.data.builtin import BuiltinSpec, render_batch
 from pipelines.dataset import load_fid_stats, load_latents_numpy, load_null_text, read_manifest
 from pipelines.precompute import PrecomputeConfig, main, run_precompute
-from tests.pipelines._precompute_helpers import make_folder, ray_module, tiny_clip, tiny_feature_net, tiny_vae
+from tests.pipelines._precompute_helpers import feature_dim, make_folder, ray_module, tiny_clip, tiny_feature_net, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_builtin_counts_manifest_and_files(builtin_run, art):
     assert m["vae"] == {"path": art["vae"], "revision": None, "scaling_factor": 0.5, "shift_factor": 0.1,
                         "latent_channels": 4, "downsample": 4, "latent_size": 8}
     assert m["text"]["encoder"] == "minilm" and (m["text"]["max_length"], m["text"]["dim"], m["text"]["pooled_dim"]) == (32, 384, 384)
-    assert m["fid"]["feature_dim"] == 16 and m["fid"]["stats"] == "fid_stats.safetensors"
+    assert m["fid"]["feature_dim"] == feature_dim(art["fn"]) and m["fid"]["stats"] == "fid_stats.safetensors"
     assert len(m["latent_stats"]["mean"]) == 4 and all(s > 0 for s in m["latent_stats"]["std"])
     assert m["config"]["source"]["count"] == 20 and m["code_version"]
     for name in ("failures.parquet", "null_text.safetensors", "fid_stats.safetensors", "manifest.json"):
@@ -114,7 +114,8 @@ def test_fid_stats_and_null_text(builtin_run, art):
     mu, sigma = load_fid_stats(str(out))
     feats = load_feature_net(art["fn"]).features(render_batch(0, 20, BuiltinSpec(image_size=S))["image"])
     mu_ref, sigma_ref = feature_stats(feats.numpy())
-    assert mu.dtype == np.float64 and sigma.shape == (16, 16)
+    f = feature_dim(art["fn"])
+    assert mu.dtype == np.float64 and sigma.shape == (f, f)
     np.testing.assert_allclose(mu, mu_ref, atol=1e-4)
     np.testing.assert_allclose(sigma, sigma_ref, atol=1e-4)
     null = load_null_text(str(out))
