@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     ckpt = tiny_checkpoint(tmp / "step_00000000", ns.input_size, ns.preset)
-    ray.init(num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, logging_level="WARNING")
+    # address="local": always a fresh cluster, never one a `ray start` on this machine left behind.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, logging_level="WARNING")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     device = "cuda" if ns.num_gpus > 0 else "cpu"

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"data.manifest={data}", f"data.batch_size={args.batch}", "data.val_samples=0",
                  f"model.preset={args.model}", f"checkpoint.storage={tmp / 'runs'}", "mlflow.enabled=false",
                  f"checkpoint.every_n_steps={args.interval}", f"mlflow.log_every={args.interval}",
-                 f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=1"]
+                 f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=100000"]
     cfg = load_train_config(None, overrides)
     res = validate_config(cfg, check_mlflow=False)
     fpi = res.flops["train_flops_per_image"]
@@ -75,21 +75,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ray Train: TorchTrainer, 1 worker, Ray Data shard, ray.train.report per interval.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    reports: list = []
-    from ray.train import UserCallback
-
-    class Collect(UserCallback):
-        """Driver-side copy of every report (metrics of rank 0)."""
-
-        def after_report(self, run_context, metrics, checkpoint):
-            reports.append((dict(metrics[0]), None))
-
     t0 = time.perf_counter()
     out = run_training(load_train_config(None, overrides + [f"budget_flops={fpi * args.batch * args.steps}",
-                                                            "run.name=bench-ray"]),
-                       callbacks=[Collect()], evaluate=False)
+                                                            "run.name=bench-ray"]), evaluate=False)
     ray_wall = time.perf_counter() - t0
     ray.shutdown()
+    # Per-interval metrics as reported with each checkpoint (state.json "metrics"; all checkpoints are kept).
+    import json
+
+    ckpts = sorted((Path(out["run_dir"]) / "checkpoints").glob("step_*"))
+    reports = [(json.loads((c / "state.json").read_text())["metrics"], None) for c in ckpts]
     ray_ips = _ips(reports)
     overhead = 1.0 - ray_ips / local_ips
     print(f"model {args.model}: {res.flops['params']:,} params, {fpi:.3g} train FLOPs/image (3 x fwd, MAC = 2 FLOPs); "

@@ -557,7 +557,8 @@ def law_sentence(law: dict) -> str:
         ci = law.get("ci", {}).get(name)
         parts.append(f"{name} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))
     level = int(round(law.get("ci_level", 0.95) * 100))
-    return f"{law['form']}, " + ", ".join(parts) + f" ({level}% bootstrap intervals)"
+    form = law["form"] if "=" in law["form"] else f"FID(C) = {law['form']}"
+    return f"{form} with " + ", ".join(parts) + f" ({level}% bootstrap intervals; C in training FLOPs)"
 
 
 def _g(v: Any) -> str:
@@ -628,6 +629,9 @@ def _set_env(out: Path) -> None:
         "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
         "RAY_DEDUP_LOGS": "0",
+        # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning torch threads
+        # starve the other processes of the pipeline (measured: ~10x slower VAE steps under load).
+        "OMP_WAIT_POLICY": "PASSIVE",
     }.items():
         os.environ.setdefault(key, value)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(out / 'mlflow.db').resolve()}"

@@ -468,7 +468,7 @@ def _fit(res: Resolved, rdir: str, run_id: Optional[str], callbacks: Optional[li
             "run_name": res.run_name, "train_flops": steps * cfg.data.batch_size * res.flops["train_flops_per_image"],
             "params": res.flops["params"], "loss": metrics.get("loss"), "val_loss": metrics.get("val_loss"),
             "images_per_s": metrics.get("images_per_s"), "mfu": metrics.get("mfu"),
-            "last_checkpoint": (storage.join("s3://", last) if storage.is_s3(root) and last else last)}
+            "last_checkpoint": ("s3://" + last.lstrip("/") if storage.is_s3(root) and last else last)}
 
 
 def run_local(cfg: TrainConfig, checkpoint_root: str, *, resolved: Optional[Resolved] = None) -> dict:

@@ -197,7 +197,9 @@ def serve_main(argv: list[str]) -> int:
 
     init_kwargs: dict[str, Any] = {"runtime_env": plan["runtime_env"] or None}
     if not os.environ.get("RAY_ADDRESS"):
-        # Local cluster: logical CPUs may exceed cores so replica num_cpus from a GPU-box config still schedule.
+        # A fresh local cluster (never silently one a `ray start` left running); logical CPUs may exceed
+        # cores so replica num_cpus from a GPU-box config still schedule.
+        init_kwargs["address"] = "local"
         init_kwargs["num_cpus"] = max(os.cpu_count() or 1, 8)
         init_kwargs["include_dashboard"] = False
     ray.init(**init_kwargs)

@@ -137,7 +137,7 @@ def server(tmp_path_factory, moto_s3):
         storage.upload_dir(str(text_ckpt), text_uri)
         # Replicas inherit the driver's environment (AWS_* of the moto server, the API token).
         os.environ[TOKEN_ENV] = TOKEN
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
         registered.result()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
