@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--interval", type=int, default=25, help="steps per throughput interval (= report interval)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data", default=None, help="latent data set (default: a synthetic 8x8 text set, 512 rows)")
+    p.add_argument("--data", default=None, help="latent data set (default: a synthetic 8x8 text set, --rows rows)")
+    p.add_argument("--rows", type=int, default=4096, help="rows of the synthetic set (epochs long enough that the "
+                   "per-epoch data-pipeline start is amortised, as in real runs)")
     args = p.parse_args(argv)
 
     import ray
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         from tests.jobs._train_helpers import make_latent_dataset
 
-        data = make_latent_dataset(tmp / "lat", n=512, num_classes=None, text=(32, 384, 384), shards=4)
+        data = make_latent_dataset(tmp / "lat", n=args.rows, num_classes=None, text=(32, 384, 384), shards=4)
     overrides = [f"data.manifest={data}", f"data.batch_size={args.batch}", "data.val_samples=0",
                  f"model.preset={args.model}", f"checkpoint.storage={tmp / 'runs'}", "mlflow.enabled=false",
                  f"checkpoint.every_n_steps={args.interval}", f"mlflow.log_every={args.interval}",
