@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--interval", type=int, default=25, help="steps per throughput interval (= report interval)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shuffle-buffer", type=int, default=256, help="data.shuffle_buffer (0: no shuffling)")
     p.add_argument("--data", default=None, help="latent data set (default: a synthetic 8x8 text set, --rows rows)")
     p.add_argument("--rows", type=int, default=4096, help="rows of the synthetic set (epochs long enough that the "
                    "per-epoch data-pipeline start is amortised, as in real runs)")
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"data.manifest={data}", f"data.batch_size={args.batch}", "data.val_samples=0",
                  f"model.preset={args.model}", f"checkpoint.storage={tmp / 'runs'}", "mlflow.enabled=false",
                  f"checkpoint.every_n_steps={args.interval}", f"mlflow.log_every={args.interval}",
-                 f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=100000"]
+                 f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=100000",
+                 f"data.shuffle_buffer={args.shuffle_buffer}"]
     cfg = load_train_config(None, overrides)
     res = validate_config(cfg, check_mlflow=False)
     fpi = res.flops["train_flops_per_image"]

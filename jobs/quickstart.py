@@ -71,14 +71,15 @@ def make_mode(tiny: bool) -> Mode:
                  "eval_images": 64},
             features={"steps": 100, "batch_size": 32, "eval_images": 200},
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
-            sweep=["budgets=[1e10,3e10,1e11]", "base.eval.num_samples=64", "base.eval.steps=8",
-                   "base.data.val_samples=32", "base.optim.warmup_steps=5"],
+            # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
+            sweep=["budgets=[2e10,5e10,1.2e11]", "base.data.batch_size=16", "base.eval.num_samples=64",
+                   "base.eval.steps=8", "base.data.val_samples=32", "base.optim.warmup_steps=5"],
             serve_steps=8, grid_images=4, notes={"n_boot": 50},
         )
     return Mode(
         name="full", image_size=32, num_images=2048,
         vae={"steps": 600, "scale_images": 256, "eval_images": 128},
-        features={"steps": 400, "eval_images": 500},
+        features={"steps": 600, "eval_images": 500},
         precompute=["source.count=2048"],
         sweep=[],
         serve_steps=20, grid_images=8, notes={"n_boot": 200},

@@ -52,7 +52,7 @@ class TrainVAEConfig:
     norm_num_groups: int = 16
     mid_block_add_attention: bool = True
     # Optimisation.
-    steps: int = 1200
+    steps: int = 600
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50

@@ -55,7 +55,8 @@ def load_vae(
             vae = AutoencoderKL.from_pretrained(spec, subfolder=subfolder, revision=revision, torch_dtype=dtype)
         except Exception as exc:
             raise VAELoadError(
-                f"could not load VAE {spec!r} from the Hugging Face hub (revision={revision}, subfolder={subfolder}); "
+                f"VAE {spec!r} is not a local directory and could not be loaded from the Hugging Face hub "
+                f"(revision={revision}, subfolder={subfolder}); "
                 f"offline mode is HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}: {exc}"
             ) from exc
     vae._ditscale_source = {"path": str(path_or_id), "revision": revision, "subfolder": subfolder}

@@ -64,16 +64,12 @@ class BuiltinSpec:
     background: str = "white"
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not (
-            MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE
-        ):
-            raise ValueError(f"image_size must be an integer in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {self.image_size!r}")
-        if isinstance(self.max_objects, bool) or not isinstance(self.max_objects, int) or not (
-            1 <= self.max_objects <= MAX_OBJECTS_LIMIT
-        ):
-            raise ValueError(f"max_objects must be an integer in [1, {MAX_OBJECTS_LIMIT}], got {self.max_objects!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name, lo, hi in (("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), ("max_objects", 1, MAX_OBJECTS_LIMIT),
+                             ("seed", 0, _MASK64)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+            setattr(self, name, int(value))  # numpy integers -> int, so ids and hashes never depend on the type
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {sorted(BACKGROUNDS)}, got {self.background!r}")
 
