@@ -72,7 +72,10 @@ def make_mode(tiny: bool) -> Mode:
             features={"steps": 100, "batch_size": 32, "eval_images": 200},
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
-            sweep=["budgets=[2e10,5e10,1.2e11]", "base.data.batch_size=16", "base.eval.num_samples=64",
+            # One extra FID point at half the smallest budget in every run: a 4th compute on the frontier, so
+            # the 3-parameter law keeps a degree of freedom for its bootstrap intervals and a held-out check.
+            sweep=["budgets=[2e10,5e10,1.2e11]", "base.eval.budgets=[1e10]", "base.data.batch_size=16",
+                   "base.eval.num_samples=64",
                    "base.eval.steps=8", "base.data.val_samples=32", "base.optim.warmup_steps=5"],
             serve_steps=8, grid_images=4, notes={"n_boot": 50},
         )
@@ -81,7 +84,7 @@ def make_mode(tiny: bool) -> Mode:
         vae={"steps": 600, "scale_images": 256, "eval_images": 128},
         features={"steps": 600, "eval_images": 500},
         precompute=["source.count=2048"],
-        sweep=[],
+        sweep=["base.eval.budgets=[5e10]"],  # a 4th frontier compute (see the tiny mode)
         serve_steps=20, grid_images=8, notes={"n_boot": 200},
     )
 
@@ -119,7 +122,7 @@ class Context:
         self.t0 = t0
         self.results: dict[str, dict] = {}
         self.hashes: dict[str, str] = {}
-        self.ray_started = False
+        self.ray: LocalRay | None = None
         self.serve_pid: int | None = None
 
     def path(self, *parts: str) -> Path:
@@ -132,30 +135,115 @@ class Context:
         return _fmt_s(time.monotonic() - self.t0)
 
     def ensure_ray(self) -> None:
-        """Start the local Ray this quickstart owns (once), sized for the machine."""
-        import ray
-
-        if ray.is_initialized():
-            return
-        num_cpus = max(2, os.cpu_count() or 2)
-        self.log(f"starting a local Ray ({num_cpus} CPUs)")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING",
-                 runtime_env={"env_vars": {k: os.environ[k] for k in _CHILD_ENV if k in os.environ}})
-        self.ray_started = True
+        """Start (once) the local Ray head this quickstart owns and connect to it."""
+        if self.ray is None:
+            self.ray = LocalRay(self.path("logs"))
+            self.log(f"starting a local Ray head ({self.ray.num_cpus} CPUs); dashboard {self.ray.dashboard_url}")
+            self.ray.start()
 
     def stop_ray(self) -> None:
-        """Shut down the local Ray this quickstart started (no-op when it started none)."""
-        if self.ray_started:
-            import ray
+        """Disconnect from and stop the Ray head this quickstart started (nothing else)."""
+        if self.ray is not None:
+            self.ray.stop()
+            self.ray = None
 
+
+class LocalRay:
+    """A Ray head on this machine, owned by the quickstart: `ray start --head --block` in its own session.
+
+    Unlike a bare `ray.init()`, every process of this cluster (workers, Train/Tune internals, the Serve
+    process of the serve stage) gets RAY_ADDRESS in its environment, so nothing has to guess which of
+    several local Ray instances is meant; every port is chosen free; and it is stopped by signalling
+    exactly its own processes, never with a global `ray stop`.
+    """
+
+    def __init__(self, log_dir: Path, num_cpus: int | None = None):
+        self.num_cpus = num_cpus or max(2, _cores())
+        self.log_dir = log_dir
+        self.gcs_port = _free_port()
+        self.dashboard_port = _free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.proc: subprocess.Popen | None = None
+        self.temp_dir: str | None = None
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start the head, connect this process to it, and export RAY_ADDRESS for everything started later."""
+        import tempfile
+
+        import ray
+
+        # Ray's unix socket paths must stay short: /tmp/rayXXXX rather than a deep output directory.
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        os.environ["RAY_ADDRESS"] = self.address
+        ray_bin = Path(sys.executable).with_name("ray")
+        cmd = [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+               f"--port={self.gcs_port}", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+               f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+               f"--runtime-env-agent-port={_free_port()}"]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PATH=f"{ray_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        with open(self.log_dir / "ray-head.log", "w") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {self.proc.returncode}; see {self.log_dir / 'ray-head.log'}")
+            try:
+                ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
+                return
+            except (ConnectionError, TimeoutError, RuntimeError) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc}")
+                time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Disconnect, SIGTERM `ray start --block` (it tears its processes down), SIGKILL whatever is left."""
+        import ray
+
+        with contextlib.suppress(Exception):
             ray.shutdown()
-            self.ray_started = False
+        if os.environ.get("RAY_ADDRESS") == self.address:
+            del os.environ["RAY_ADDRESS"]
+        if self.proc is None:
+            return
+        sid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _session_pids(sid):
+            time.sleep(0.2)
+        for pid in _session_pids(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-# Environment that every Ray worker of the quickstart inherits.
-_CHILD_ENV = ("MLFLOW_TRACKING_URI", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-              "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "TQDM_DISABLE")
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid` (a `ray start --block` leader and everything it spawned)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 
 
 def _marker(ctx: Context, stage: Stage) -> Path:
@@ -247,7 +335,7 @@ def _features_run(ctx: Context) -> dict:
 
 def _threads() -> int:
     """torch threads for the in-process trainers: every core of the machine (they run alone)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return max(1, _cores())
 
 
 # --- 3. precompute -------------------------------------------------------------------------------------
@@ -338,7 +426,6 @@ def _fit_config(ctx: Context) -> dict:
 def _fit_run(ctx: Context) -> dict:
     from jobs.fit import REPORT_NAME, format_laws, run_fit
 
-    ctx.stop_ray()  # training is over: give the cores back before fitting and serving
     report, out = run_fit(parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")),
                           n_boot=_fit_config(ctx)["n_boot"])
     laws = format_laws(report)
@@ -393,6 +480,7 @@ def _serve_run(ctx: Context) -> dict:
            "--set", "Sampler.autoscaling_config.min_replicas=1", "--set", "Sampler.autoscaling_config.max_replicas=1",
            "--set", "Ingress.autoscaling_config.max_replicas=1",
            "--set", f"Sampler.user_config.default_steps={ctx.mode.serve_steps}"]
+    ctx.ensure_ray()  # the serve process joins this quickstart's Ray (RAY_ADDRESS is exported)
     ctx.log(f"deploying the champion on Ray Serve at http://127.0.0.1:{port} (log: {log_file})")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -428,6 +516,7 @@ def _serve_run(ctx: Context) -> dict:
         ctx.log(f"POST /v1/generate num_images=4 format=json -> seeds {[i['seed'] for i in multi['images']]}")
     finally:
         _stop_serve(ctx)
+        ctx.stop_ray()  # nothing after this stage needs Ray: give the cores back
     return {"url": url, "model": _jsonable(model), "images": images}
 
 

@@ -55,7 +55,8 @@ class TrainFeaturesConfig:
     warmup_steps: int = 30
     noise_std: float = 0.03  # augmentation: Gaussian pixel noise (in [0,1] units), random per image up to this
     shift_px: int = 1  # augmentation: random translation of up to this many pixels
-    blur_prob: float = 0.1  # augmentation: fraction of images slightly blurred
+    blur_prob: float = 0.5  # augmentation: fraction of images blurred (half of them twice)
+    colour_jitter: float = 0.04  # augmentation: max per-channel gain/offset change
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     eval_images: int = 1000
@@ -78,7 +79,7 @@ class TrainFeaturesConfig:
 
 
 def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) -> torch.Tensor:
-    """x: [B,3,H,W] in [0,1] -> augmented copy (shift, blur, noise), still in [0,1]."""
+    """x: [B,3,H,W] in [0,1] -> augmented copy (shift, blur, colour jitter, noise), still in [0,1]."""
     b, _, h, w = x.shape
     if cfg.shift_px > 0:
         s = cfg.shift_px
@@ -86,11 +87,19 @@ def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) ->
         dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,), generator=gen))
         x = padded[:, :, dy:dy + h, dx:dx + w]  # one shift per batch is enough variety per step
     if cfg.blur_prob > 0:
+        # Generated / VAE-decoded images are soft: blur once or twice (a 3x3 binomial each time).
         kernel = torch.tensor([0.25, 0.5, 0.25])
         k2 = (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3)
         blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k2, groups=3)  # [B,3,H,W]
-        pick = (torch.rand(b, generator=gen) < cfg.blur_prob).view(b, 1, 1, 1)
-        x = torch.where(pick, blurred, x)
+        blurred2 = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), k2, groups=3)  # [B,3,H,W]
+        u = torch.rand(b, generator=gen).view(b, 1, 1, 1)
+        x = torch.where(u < cfg.blur_prob / 2, blurred2, torch.where(u < cfg.blur_prob, blurred, x))
+    if cfg.colour_jitter > 0:
+        # Small per-channel gain and offset: decoded colours are never exact.
+        j = cfg.colour_jitter
+        gain = 1 + (torch.rand(b, 3, 1, 1, generator=gen) * 2 - 1) * j
+        offset = (torch.rand(b, 3, 1, 1, generator=gen) * 2 - 1) * j
+        x = x * gain + offset
     if cfg.noise_std > 0:
         sigma = torch.rand(b, 1, 1, 1, generator=gen) * cfg.noise_std
         x = x + sigma * torch.randn(x.shape, generator=gen)
