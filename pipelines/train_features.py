@@ -48,14 +48,14 @@ class TrainFeaturesConfig:
     data_seed: int = 0
     width: int = 32
     cell_dim: int = 32  # per-cell feature size; FID features are 9 * cell_dim = 288-d
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 30
     noise_std: float = 0.03  # augmentation: Gaussian pixel noise (in [0,1] units), random per image up to this
     shift_px: int = 1  # augmentation: random translation of up to this many pixels
-    blur_prob: float = 0.5  # augmentation: fraction of images blurred (half of them twice)
+    blur_prob: float = 0.3  # augmentation: fraction of images blurred (half of them twice)
     colour_jitter: float = 0.04  # augmentation: max per-channel gain/offset change
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
