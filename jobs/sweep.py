@@ -176,7 +176,11 @@ def _trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, dict]]:
     main_cfg = from_dict(TrainConfig, _merge(trial.train, {"run": {"name": f"{trial.trial_id}-main"}}))
     runs.append((main_cfg, {"budget": trial.budgets[-1], "role": "main"}))
     for i, b in enumerate(trial.budgets[:-1]):
-        c = from_dict(TrainConfig, _merge(trial.train, {"budget_flops": b, "run": {"name": f"{trial.trial_id}-b{i}"}}))
+        extra = {"budget_flops": b, "run": {"name": f"{trial.trial_id}-b{i}"}}
+        if mode == "wsd":
+            # A branch only trains its decay phase: learning-curve points before it would not exist.
+            extra["eval"] = {"fractions": []}
+        c = from_dict(TrainConfig, _merge(trial.train, extra))
         runs.append((c, {"budget": b, "role": "branch" if mode == "wsd" else "separate"}))
     del main, validate_config
     return runs

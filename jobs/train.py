@@ -159,6 +159,14 @@ def validate_config(cfg: TrainConfig, *, check_mlflow: bool = True) -> Resolved:
         if b < one_step:
             raise ConfigError(f"eval.budgets: {b:.4g} is smaller than one training step ({one_step:.4g} FLOPs)")
         points[steps_for_budget(b, fpi, cfg.data.batch_size)] = float(b)
+    for i, fr in enumerate(cfg.eval.fractions):
+        if not 0.0 < fr < 1.0:
+            raise ConfigError(f"eval.fractions[{i}]: {fr} must be strictly between 0 and 1")
+        b = fr * cfg.budget_flops
+        if b < one_step:
+            raise ConfigError(f"eval.fractions[{i}]: {fr} x budget_flops = {b:.4g} FLOPs is less than one training step "
+                              f"({one_step:.4g} FLOPs)")
+        points.setdefault(steps_for_budget(b, fpi, cfg.data.batch_size), float(b))
     if cfg.eval.num_samples > 0:
         from ditcore.samplers import SAMPLERS
 

@@ -63,6 +63,9 @@ class EvalConfig:
     steps: int = 10
     guidance: float = 1.0
     budgets: list[float] = field(default_factory=list)  # extra budget points (FLOPs) <= budget_flops; end always
+    # Extra points at these fractions of budget_flops (learning-curve points, Kaplan et al. 2020 §6): they give
+    # the compute frontier more than one point per budget, so small grids still support intervals and a held-out check.
+    fractions: list[float] = field(default_factory=list)
     seed: int = 0
     num_actors: int = 1
     val_every: int = 0  # validation loss every N steps (0: only at checkpoints and the end)

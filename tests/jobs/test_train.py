@@ -149,3 +149,17 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
     assert main([f"data.manifest={data8}", "budget_flops=10", f"checkpoint.storage={tmp_path}",
                  f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}"]) == 2
     assert main([f"data.manifest={tmp_path / 'nope'}"]) == 2
+
+
+def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
+    cfg = _cfg(data8, tmp_path)
+    res = validate_config(load_train_config(None, [f"data.manifest={data8}", "data.batch_size=8", "model.preset=MMDiT-T",
+                                                   _budget(cfg, 10), "eval.fractions=[0.5, 0.2]",
+                                                   f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]),
+                          check_mlflow=False)
+    budget = res.cfg.budget_flops
+    assert res.point_steps == {10: budget, 5: pytest.approx(0.5 * budget), 2: pytest.approx(0.2 * budget)}
+    with pytest.raises(ConfigError, match=r"eval.fractions\[0\]"):
+        validate_config(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
+    with pytest.raises(ConfigError, match=r"eval.fractions\[0\].*less than one training step"):
+        validate_config(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
