@@ -645,6 +645,10 @@ def law_sentence(law: dict) -> str:
         parts.append(f"{name} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))
     level = int(round(law.get("ci_level", 0.95) * 100))
     form = law["form"] if "=" in law["form"] else f"FID(C) = {law['form']}"
+    if law.get("dof", 1) <= 0:
+        # 3 frontier points for 3 parameters: the fit is exact and a bootstrap has nothing to resample.
+        return (f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
+                "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)")
     return f"{form} with " + ", ".join(parts) + f" ({level}% bootstrap intervals; C in training FLOPs)"
 
 

@@ -138,7 +138,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     report = (out / "report.md").read_text()
     for section in ("## Scaling law", "## Samples per model", "## Served champion", "## Trials"):
         assert section in report
-    assert re.search(r"FID\(C\) = .*C\^-.* with .* = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\]", report), "the law with intervals"
+    # The law with its intervals (or, for an exact 3-point fit, the statement that it has none).
+    assert re.search(r"FID\(C\) = .*C\^-.* with .* = [-+.\de]+ (\[[-+.\de]+, [-+.\de]+\]|.*exact fit.*no interval)",
+                     report), "the fitted law with intervals"
     # Every image the report shows exists (the scaling plot, one grid per model, the served images).
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(images) >= 1 + 3 + 1

@@ -118,7 +118,7 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _stop_session(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _stop_session(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """Stop the head we started: SIGTERM to `ray start --block` (it tears its processes down), then SIGKILL leftovers."""
     sid = proc.pid
     if proc.poll() is None:
