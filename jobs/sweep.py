@@ -276,9 +276,12 @@ def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
         out = run_training(cfg, resolved=res, callbacks=callbacks, **kwargs)
         statuses.append(out["status"])
         for p in out.get("points", []):
-            if abs(p["budget_flops"] - role["budget"]) <= 1e-6 * role["budget"]:
-                points.append({**p, "run": out.get("run_name"), "mode": mode})
+            # wsd: the main run's points at smaller budgets are undecayed; the branch of each budget replaces them.
+            # separate: every point of a run counts, learning-curve points (eval.fractions) included.
+            if mode == "separate" or abs(p["budget_flops"] - role["budget"]) <= 1e-6 * role["budget"]:
+                points.append({**p, "run": out.get("run_name"), "mode": mode, "main": i == 0})
     points.sort(key=lambda p: p["budget_flops"])
+    from_main = [p.pop("main") for p in points]
     status = "finished" if all(s == "finished" for s in statuses) else "failed"
     if child is not None:
         from mlflow.entities import Metric
@@ -288,7 +291,9 @@ def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
         client = get_client(res_main.tracking_uri, check=False)
         ts = int(time.time() * 1000)
         ms = []
-        for p in points[:-1]:  # the main run logged its own point into the child already
+        for p, own in zip(points, from_main):
+            if own:  # the main run logged its own points into the child already
+                continue
             if p.get("fid") is not None:
                 ms.append(Metric("fid", float(p["fid"]), ts, int(p["step"])))
             if p.get("val_loss") is not None:

@@ -138,9 +138,10 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     report = (out / "report.md").read_text()
     for section in ("## Scaling law", "## Samples per model", "## Served champion", "## Trials"):
         assert section in report
-    # The law with its intervals (or, for an exact 3-point fit, the statement that it has none).
-    assert re.search(r"FID\(C\) = .*C\^-.* with .* = [-+.\de]+ (\[[-+.\de]+, [-+.\de]+\]|.*exact fit.*no interval)",
+    # The law with its bootstrap intervals, and the held-out check.
+    assert re.search(r"FID\(C\) = .*C\^-.* with A = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\], beta = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\]",
                      report), "the fitted law with intervals"
+    assert re.search(r"held-out \(fit without C=[-+.\de]+\): predicted [-+.\de]+, observed [-+.\de]+", report), "held-out check"
     # Every image the report shows exists (the scaling plot, one grid per model, the served images).
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(images) >= 1 + 3 + 1
