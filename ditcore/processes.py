@@ -1,6 +1,6 @@
 """Forward noising processes x_t = alpha_t * x_0 + sigma_t * eps on continuous time t in [0, 1].
 
-t = 0 is data, t = 1 is noise (see CONTRACTS "Time convention"). Every process exposes the same small
+t = 0 is data, t = 1 is noise, the one time convention of models, losses and samplers. Every process exposes the same small
 interface used by the objectives (training targets) and the samplers (ODE/SDE coefficients):
 
     alpha(t), sigma(t), d_alpha(t), d_sigma(t), log_snr(t) = log(alpha_t / sigma_t), t_from_log_snr(lam),
@@ -123,7 +123,7 @@ class VPLinearProcess(Process):
         self.beta_start = beta_start
         self.beta_end = beta_end
         self.num_steps = num_steps
-        self.scale = float(num_steps - 1)  # tau = t * 999 (CONTRACTS time convention)
+        self.scale = float(num_steps - 1)  # tau = t * 999: the discrete DiT index of continuous t
         self._d = (beta_end - beta_start) / (num_steps - 1)
         self._a = (1.0 - beta_start) / self._d
         self._log_d = math.log(self._d)

@@ -18,7 +18,7 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-# Experiment-record vocabulary (CONTRACTS.md "Experiment record"); import these instead of retyping them.
+# Experiment-record vocabulary (DESIGN §3 "Experiment record"); import these instead of retyping them.
 ROLE_TAG = "ditscale.role"
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"

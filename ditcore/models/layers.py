@@ -132,7 +132,7 @@ def grid_positions(grid_h: int, grid_w: int, device: torch.device | str | None =
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of 1000*t (continuous t in [0, 1], see CONTRACTS time convention): [B] -> [B, dim]."""
+    """Sinusoidal embedding of 1000*t (continuous t in [0, 1]: t = 0 data, t = 1 noise): [B] -> [B, dim]."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = (1000.0 * t.float())[:, None] * freqs[None]  # [B, dim/2]

@@ -86,3 +86,42 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert "--prompt given" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cmd_sample.main(["--checkpoint", str(ckpt), "--sampler", "plms"])
+
+
+def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
+    """--prompt end to end: MiniLM from the manifest, null text for guidance, decoding through a real tiny VAE."""
+    from safetensors.numpy import save_file
+
+    from pipelines.text import load_text_encoder
+    from tests.pipelines._precompute_helpers import tiny_vae
+
+    vae_dir = tiny_vae(tmp_path / "vae")
+    encoder = load_text_encoder("minilm")
+    null = {k: np.asarray(v) for k, v in encoder.encode([""]).items()}
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    save_file({k: v[0] for k, v in null.items()}, str(latents / "null_text.safetensors"))
+    ident = encoder.identity()
+    (latents / "manifest.json").write_text(json.dumps({
+        "schema_version": 1,
+        "vae": {"path": str(vae_dir), "scaling_factor": 0.5, "shift_factor": 0.1, "latent_channels": 4, "downsample": 4},
+        "text": {**ident, "encoder": "minilm", "null": "null_text.safetensors"},
+    }))
+    torch.manual_seed(0)
+    model = build_model("MMDiT-T", input_size=8, text_dim=int(ident["dim"]), pooled_dim=int(ident["pooled_dim"]),
+                        max_text_len=int(ident["max_length"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, ema=model, state={"step": 0},
+                           config={"objective": {"process": "flow", "prediction": "velocity"},
+                                   "data": {"manifest": str(latents), "scaling_factor": 0.5, "shift_factor": 0.1}})
+    out = tmp_path / "text.png"
+    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--guidance", "3.0", "--num", "2",
+                            "--prompt", "a large red circle at the top left", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (32, 64, 3) and grid.std() > 0
+    other = tmp_path / "other.png"
+    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--guidance", "3.0", "--num", "2",
+                            "--prompt", "a small blue square", "--out", str(other)]) == 0
+    assert not np.array_equal(np.asarray(Image.open(other)), grid)  # the prompt reaches the model
