@@ -133,9 +133,12 @@ def evaluate_checkpoint(ckpt: str, manifest_uri: str, num_samples: int = 256, sa
     objects = _builtin_objects(manifest, cond["id"]) if "id" in cond else None
     want_images = objects is not None
     kw = dict(sampler=sampler, steps=steps, guidance=guidance, seed=seed, want_images=want_images)
+    if num_actors < 0:
+        raise ValueError(f"num_actors must be >= 0 (0 samples in this process), got {num_actors}")
+    in_process = num_actors == 0  # no actor start-up: worth it for tiny models (the quickstart's --tiny mode)
     num_actors = max(1, min(num_actors, num_samples))
     parts_idx = [list(range(num_samples))[a::num_actors] for a in range(num_actors)]
-    if num_actors == 1 and not _ray_running():
+    if in_process or (num_actors == 1 and not _ray_running()):
         parts = [generate_features(local, manifest_uri, parts_idx[0], cond, **kw)]
     else:
         import ray
@@ -195,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-actors", type=int, default=1)
+    p.add_argument("--num-actors", type=int, default=1,
+                   help="Ray actors that sample in parallel (0: sample in this process, no Ray)")
     return p
 
 

@@ -72,7 +72,7 @@ def make_mode(tiny: bool) -> Mode:
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
             sweep=["budgets=[2e10,5e10,1.2e11]", "base.data.batch_size=16",
-                   "base.eval.num_samples=64",
+                   "base.eval.num_samples=64", "base.eval.num_actors=0",
                    "base.eval.steps=8", "base.data.val_samples=32", "base.optim.warmup_steps=5"],
             serve_steps=8, grid_images=4, notes={"n_boot": 50},
         )

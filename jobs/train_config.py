@@ -67,7 +67,7 @@ class EvalConfig:
     # the compute frontier more than one point per budget, so small grids still support intervals and a held-out check.
     fractions: list[float] = field(default_factory=list)
     seed: int = 0
-    num_actors: int = 1
+    num_actors: int = 1  # Ray actors sampling in parallel; 0 samples inside the trial process (tiny models)
     val_every: int = 0  # validation loss every N steps (0: only at checkpoints and the end)
 
 

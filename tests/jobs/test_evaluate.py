@@ -42,10 +42,14 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
     try:
         two = evaluate_checkpoint(setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=1,
                                   num_actors=2)
+        # num_actors=0 samples in this process even with Ray running (no actor start-up) and agrees too.
+        here = evaluate_checkpoint(setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=1,
+                                   num_actors=0)
     finally:
         ray.shutdown()
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
     assert two["attr_acc"] == pytest.approx(one["attr_acc"])
+    assert here["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
     # FID is the Fréchet distance of the sample features against the manifest's reference stats.
     from ditcore.metrics.fid import feature_stats, frechet_distance_sqrtm
     from jobs.evaluate import _conditions
@@ -66,3 +70,5 @@ def test_cli_errors(setup, capsys):
     assert "unknown 'nope'" in capsys.readouterr().err
     assert main([setup["ckpt"], "--num-samples", "1"]) == 2
     assert main(["/does/not/exist"]) == 2
+    assert main([setup["ckpt"], "--num-actors", "-1", "--num-samples", "4"]) == 2
+    assert "num_actors must be >= 0" in capsys.readouterr().err
