@@ -723,6 +723,9 @@ def _set_env(out: Path) -> None:
         # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning torch threads
         # starve the other processes of the pipeline (measured: ~10x slower VAE steps under load).
         "OMP_WAIT_POLICY": "PASSIVE",
+        # On 2 cores a trial's worker can wait minutes for a CPU held by another trial's FID actor; Ray Train's
+        # 60 s default start timeout would log a (retried) controller error for what is only queueing.
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900",
     }.items():
         os.environ.setdefault(key, value)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(out / 'mlflow.db').resolve()}"
