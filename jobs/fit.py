@@ -19,6 +19,7 @@ import numpy as np
 
 from ditcore.scaling import FitError, PowerLawFit, compute_frontier, fit_fid_law, fit_loss_law, isoflop_analysis
 from ditcore.scaling.frontier import budget_of, compute_of
+from jobs.mlflow_utils import add_sweep_source_arguments
 
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
@@ -329,11 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale fit`."""
     p = argparse.ArgumentParser(prog="ditscale fit", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="MLflow experiment of the sweep (its newest sweep run is used)")
-    src.add_argument("--parent-run", dest="parent_run", help="id of the sweep's parent run")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    add_sweep_source_arguments(p)
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
     p.add_argument("--metric", default="fid", help="point metric to fit (points.json key)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")

@@ -237,3 +237,12 @@ def sweep_points(client, *, experiment: str | None = None, parent_run_id: str | 
         for p in load_points(client, run.info.run_id):
             points.append({**p, "run_id": run.info.run_id})
     return parent, points
+
+
+def add_sweep_source_arguments(parser) -> None:
+    """The options naming a sweep's MLflow record, shared by `ditscale fit`, `report` and `promote`."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", help="MLflow experiment of the sweep (its newest sweep run is used)")
+    src.add_argument("--parent-run", dest="parent_run", help="id of the sweep's parent run")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")

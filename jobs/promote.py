@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from pipelines.registry import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from jobs.mlflow_utils import add_sweep_source_arguments
 
 
 class PromoteError(ValueError):
@@ -89,14 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale promote`."""
     p = argparse.ArgumentParser(prog="ditscale promote", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="MLflow experiment of the sweep (its newest sweep run is used)")
-    src.add_argument("--parent-run", dest="parent_run", help="id of the sweep's parent run")
+    add_sweep_source_arguments(p)
     p.add_argument("--metric", default="fid", help="point metric to minimise")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--alias", default=CHAMPION_ALIAS, help="alias to point at the new version")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     return p
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ditcore.scaling import FitError
+from jobs.mlflow_utils import add_sweep_source_arguments
 
 COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")
 
@@ -54,11 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale report`."""
     p = argparse.ArgumentParser(prog="ditscale report", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="MLflow experiment of the sweep (its newest sweep run is used)")
-    src.add_argument("--parent-run", dest="parent_run", help="id of the sweep's parent run")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    add_sweep_source_arguments(p)
     p.add_argument("--metric", default="fid", help="point metric of the laws and the table")
     p.add_argument("--refit", action="store_true", help="fit now even if `ditscale fit` stored a report")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples when fitting here")
