@@ -115,9 +115,9 @@ def _weights(obj: nn.Module | dict) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state_dict -> (tensors for safetensors, JSON-able rest)."""
-    sd = optimizer.state_dict()
+def _optimizer_split(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer (or its index-keyed state_dict) -> (tensors for safetensors, JSON-able rest)."""
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     state_json: dict[str, dict] = {}
     for idx, pstate in sd["state"].items():
@@ -139,9 +139,13 @@ def save_checkpoint(
     ema: nn.Module | dict | None = None,
     config: dict,
     state: dict,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (tmp dir + rename) and return its path."""
+    """Write a checkpoint directory atomically (tmp dir + rename) and return its path.
+
+    `optimizer` is an optimizer or a state dict in torch's index-keyed layout (e.g. an FSDP2 optimizer's
+    gathered full state, re-keyed by parameter index), so sharded and unsharded runs write the same files.
+    """
     directory = Path(directory)
     model = unwrap_model(model)
     config = dict(config)
@@ -288,8 +292,8 @@ def load_model_weights(directory: str | os.PathLike, model: nn.Module, *, which:
     _load_into(model, _load_tensors(path, next(model.parameters()).device), path)
 
 
-def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    """Restore optimizer state saved by save_checkpoint (safetensors + JSON, no pickle)."""
+def read_optimizer_state(directory: str | os.PathLike) -> dict:
+    """The optimizer state dict saved by save_checkpoint, in torch's index-keyed layout (no pickle)."""
     directory = _check_directory(directory)
     tpath, jpath = directory / "optimizer.safetensors", directory / "optimizer.json"
     rest = _read_json(jpath)
@@ -308,7 +312,14 @@ def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Op
             else:
                 pstate[key] = val
         state[int(idx)] = pstate
-    groups = rest["param_groups"]
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
+    """Restore optimizer state saved by save_checkpoint (safetensors + JSON, no pickle)."""
+    sd = read_optimizer_state(directory)
+    jpath = Path(directory) / "optimizer.json"
+    state, groups = sd["state"], sd["param_groups"]
     current = optimizer.param_groups
     if len(groups) != len(current) or any(len(g["params"]) != len(c["params"]) for g, c in zip(groups, current)):
         raise CheckpointError(

@@ -2,8 +2,10 @@
 
 Each trial is one (model, hyper-parameters) cell; it measures FID at every budget point and is one MLflow
 child run under the sweep's parent run (tags ditscale.role=trial / mlflow.parentRunId), logging `points.json`.
-Tune runs a FUNCTION trainable (Ray Train V2 cannot be passed to Tuner directly) that launches the trial's
-Ray Train runs through jobs.train.run_training and forwards their reports with TuneReportCallback.
+Tune runs a FUNCTION trainable (Ray Train V2 cannot be passed to Tuner directly) that launches ONE Ray Train
+run per trial (jobs.train.train_runs): its worker group trains the trial's training runs (one per budget, or a
+WSD main run and its branches) one after the other, each in its own directory <sweep>/runs/<trial id>/<run>
+with its own MLflow run, and the trial's reports reach Tune through TuneReportCallback.
 
 Budget modes:
   separate  one training run per budget (each with its own full LR schedule).
@@ -15,7 +17,7 @@ Budget modes:
 
 Restart: trial ids are deterministic (hash of the trial's resolved config); a finished trial writes
 <sweep dir>/trials/<id>/done.json; the parent/child MLflow run ids are kept in the sweep dir; a trial that
-was interrupted resumes its Ray Train runs from their latest checkpoints (same storage dir + run name).
+was interrupted skips its runs that wrote result.json and resumes the others from their latest checkpoints.
 Running the same command again therefore finishes only what is missing.
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ class SweepConfig:
     """A scaling grid: models x budgets x optional hyper-parameters over a shared base TrainConfig."""
 
     name: str = "sweep"  # sweep directory name under `output`; also the default MLflow parent run name
-    output: str = "outputs/sweeps"  # local dir or s3:// prefix; trials' checkpoints go to <output>/<name>/runs
+    output: str = "outputs/sweeps"  # local dir or s3:// prefix; checkpoints go to <output>/<name>/runs/<trial>/<run>
     base_config: Optional[str] = None  # a TrainConfig YAML the `base` dict is applied on top of
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig keys shared by every trial
     models: list[Any] = field(default_factory=list)  # preset names, or dicts of model fields (depth, hidden_size...)
@@ -167,22 +169,24 @@ def sweep_dir(cfg: SweepConfig) -> str:
     return storage.join(root, cfg.name)
 
 
+def trial_storage(trial: Trial) -> str:
+    """<sweep>/runs/<trial id>: the trial's Ray Train run directory; its training runs are subdirectories."""
+    return storage.join(trial.train["checkpoint"]["storage"], trial.trial_id)
+
+
 def _trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, dict]]:
     """(TrainConfig, role) per training run of a trial; the first is the main (largest-budget) run."""
-    from jobs.train import validate_config
-
-    main = from_dict(TrainConfig, trial.train)
+    base = _merge(trial.train, {"checkpoint": {"storage": trial_storage(trial)}})
     runs = []
-    main_cfg = from_dict(TrainConfig, _merge(trial.train, {"run": {"name": f"{trial.trial_id}-main"}}))
+    main_cfg = from_dict(TrainConfig, _merge(base, {"run": {"name": f"{trial.trial_id}-main"}}))
     runs.append((main_cfg, {"budget": trial.budgets[-1], "role": "main"}))
     for i, b in enumerate(trial.budgets[:-1]):
         extra = {"budget_flops": b, "run": {"name": f"{trial.trial_id}-b{i}"}}
         if mode == "wsd":
             # A branch only trains its decay phase: learning-curve points before it would not exist.
             extra["eval"] = {"fractions": []}
-        c = from_dict(TrainConfig, _merge(trial.train, extra))
+        c = from_dict(TrainConfig, _merge(base, extra))
         runs.append((c, {"budget": b, "role": "branch" if mode == "wsd" else "separate"}))
-    del main, validate_config
     return runs
 
 
@@ -241,8 +245,12 @@ def _child_run(trial: Trial, tdir: str, parent_run_id: Optional[str], tracking_u
 
 
 def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
-    """Train + evaluate one trial at every budget (inside a Tune trial, or directly); idempotent via done.json."""
-    from jobs.train import run_dir, run_training, steps_for_budget, validate_config
+    """Train + evaluate one trial at every budget (inside a Tune trial, or directly); idempotent via done.json.
+
+    All training runs of the trial (one per budget, or the WSD main run and its decay branches) are trained in
+    order by ONE Ray Train run named after the trial, so the worker group starts once per trial.
+    """
+    from jobs.train import finish_run, prepare_run, run_dir, steps_for_budget, train_runs, validate_config
 
     t = Trial(**trial["trial"])
     tdir = storage.join(trial["sweep_dir"], "trials", t.trial_id)
@@ -261,6 +269,7 @@ def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
         branch_steps = [wsd_decay_start(steps_for_budget(r.cfg.budget_flops, fpi, gb), r.cfg.optim) for r, _ in runs[1:]]
     points, statuses = [], []
     t0 = time.time()
+    prepared = []
     for i, (res, role) in enumerate(runs):
         cfg = res.cfg
         kwargs: dict[str, Any] = {"tags": {"ditscale.trial_id": t.trial_id, "ditscale.budget_role": role["role"]}}
@@ -273,7 +282,10 @@ def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
                                     f"step_{branch_steps[i - 1]:08d}")
                 cfg = from_dict(TrainConfig, _merge(to_dict(cfg), {"checkpoint": {"init_from": init}}))
                 res = validate_config(cfg, check_mlflow=False)
-        out = run_training(cfg, resolved=res, callbacks=callbacks, **kwargs)
+        prepared.append(prepare_run(cfg, resolved=res, **kwargs))
+    train_runs(prepared, trial_storage(t), callbacks=callbacks)
+    for i, ((_, role), run) in enumerate(zip(runs, prepared)):
+        out = finish_run(run)
         statuses.append(out["status"])
         for p in out.get("points", []):
             # wsd: the main run's points at smaller budgets are undecayed; the branch of each budget replaces them.

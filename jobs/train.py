@@ -27,6 +27,7 @@ from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
 from jobs.train_config import TrainConfig, model_display_name, run_name
+from jobs.train_loop import RESULT_NAME
 from pipelines import storage
 
 ROLE_TRAIN = "train"
@@ -196,7 +197,8 @@ def _storage_root(uri: str) -> str:
     return uri if storage.is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
-def make_plan(res: Resolved, *, mlflow_run_id: Optional[str] = None, branch_steps: Sequence[int] = ()) -> dict:
+def make_plan(res: Resolved, *, mlflow_run_id: Optional[str] = None, branch_steps: Sequence[int] = (),
+              rdir: Optional[str] = None) -> dict:
     """The dict every worker receives (train_loop_config): config, model, steps, data facts, val rows."""
     from pipelines.dataset import load_latents_numpy, load_null_text
 
@@ -224,6 +226,8 @@ def make_plan(res: Resolved, *, mlflow_run_id: Optional[str] = None, branch_step
         "mlflow_run_id": mlflow_run_id,
         "tracking_uri": res.tracking_uri,
         "run_name": res.run_name,
+        "run_dir": rdir,
+        "params": int(res.flops["params"]),
         "init_from": cfg.checkpoint.init_from,
     }
 
@@ -346,45 +350,112 @@ def ensure_ray(num_cpus: Optional[int] = None) -> None:
         ray.init(**kwargs)
 
 
-def run_training(cfg: TrainConfig, *, mlflow_run_id: Optional[str] = None, parent_run_id: Optional[str] = None,
-                 tags: Optional[dict] = None, extra_params: Optional[dict] = None, callbacks: Optional[list] = None,
-                 branch_steps: Sequence[int] = (), evaluate: bool = True, resolved: Optional[Resolved] = None) -> dict:
-    """Validate, train on Ray Train, evaluate the budget points; returns a result dict (status, points, ...)."""
+@dataclass
+class PreparedRun:
+    """A validated run with its storage directory and MLflow run, ready to be trained by `train_runs`."""
+
+    res: Resolved
+    rdir: str
+    run_id: Optional[str]
+    owned: bool  # the MLflow run was created here (not the caller's), so finishing it is ours
+    branch_steps: Sequence[int] = ()
+    t_start: float = 0.0
+
+    @property
+    def result_uri(self) -> str:
+        return storage.join(self.rdir, RESULT_NAME)
+
+
+def prepare_run(cfg: TrainConfig, *, mlflow_run_id: Optional[str] = None, parent_run_id: Optional[str] = None,
+                tags: Optional[dict] = None, extra_params: Optional[dict] = None, branch_steps: Sequence[int] = (),
+                resolved: Optional[Resolved] = None) -> PreparedRun:
+    """Validate (unless `resolved`), create or reattach the MLflow run; no cluster work."""
     res = resolved or validate_config(cfg)
     rdir = run_dir(cfg, res.run_name)
     t_start = time.time()
     run_id, owned = _mlflow_run(res, rdir, mlflow_run_id=mlflow_run_id, parent_run_id=parent_run_id, tags=tags,
                                 extra_params=extra_params)
-    result_uri = storage.join(rdir, "result.json")
-    if storage.exists(result_uri):
-        summary = storage.read_json(result_uri)  # training already complete (restarted driver): skip to eval
-    else:
-        summary = _fit(res, rdir, run_id, callbacks, branch_steps)
-        storage.write_json(result_uri, summary)
-    summary["run_dir"] = rdir
-    summary["mlflow_run_id"] = run_id
+    return PreparedRun(res=res, rdir=rdir, run_id=run_id, owned=owned, branch_steps=tuple(branch_steps),
+                       t_start=t_start)
+
+
+def run_training(cfg: TrainConfig, *, mlflow_run_id: Optional[str] = None, parent_run_id: Optional[str] = None,
+                 tags: Optional[dict] = None, extra_params: Optional[dict] = None, callbacks: Optional[list] = None,
+                 branch_steps: Sequence[int] = (), evaluate: bool = True, resolved: Optional[Resolved] = None) -> dict:
+    """Validate, train on Ray Train, evaluate the budget points; returns a result dict (status, points, ...)."""
+    run = prepare_run(cfg, mlflow_run_id=mlflow_run_id, parent_run_id=parent_run_id, tags=tags,
+                      extra_params=extra_params, branch_steps=branch_steps, resolved=resolved)
+    train_runs([run], callbacks=callbacks)
+    return finish_run(run, evaluate=evaluate)
+
+
+def train_runs(runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None, *,
+               callbacks: Optional[list] = None) -> None:
+    """Train, in order, every run that has no result yet, in ONE Ray Train run (one worker group).
+
+    `experiment_dir` is the Ray Train run's directory and must contain every run's directory; None for a
+    single run, whose own directory it then is. A sweep trial trains all its budgets this way: the worker
+    group, its process group and the data set's split start once per trial instead of once per budget.
+    Runs must share data and Ray resources.
+    """
+    if experiment_dir is None:
+        if len(runs) != 1:
+            raise ValueError("train_runs: several runs need an experiment_dir that contains their directories")
+        experiment_dir = runs[0].rdir
+    for r in runs:
+        if r.rdir != experiment_dir and not r.rdir.startswith(experiment_dir.rstrip("/") + "/"):
+            raise ValueError(f"run directory {r.rdir} is not inside the experiment directory {experiment_dir}")
+    todo = [r for r in runs if not storage.exists(r.result_uri)]  # done before a driver restart: skip
+    if not todo:
+        return
+    first = todo[0].res.cfg
+    for r in todo[1:]:
+        c = r.res.cfg
+        for key in ("data", "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.max_failures",
+                    "checkpoint.storage"):
+            a, b = _dotted(first, key), _dotted(c, key)
+            if a != b:
+                raise ConfigError(f"{key}: runs trained together must agree ({r.res.run_name}: {b!r} vs "
+                                  f"{todo[0].res.run_name}: {a!r})")
+    _fit(todo, experiment_dir, callbacks)
+    for r in todo:
+        if not storage.exists(r.result_uri):
+            raise RuntimeError(f"run {r.res.run_name}: training ended without a result ({r.result_uri})")
+
+
+def _dotted(cfg: TrainConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return to_dict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+
+
+def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
+    """After training: the run's result, FID at its budget points (cached), points.json, MLflow status."""
+    res, cfg = run.res, run.res.cfg
+    summary = storage.read_json(run.result_uri)
+    summary["run_dir"] = run.rdir
+    summary["mlflow_run_id"] = run.run_id
     if summary["status"] != "finished":
-        if run_id and owned:
-            pass  # the worker already marked the run FAILED with the reason tag
-        return summary
+        return summary  # the worker already marked the MLflow run FAILED with the reason tag
     points = []
     for step, budget in sorted(res.point_steps.items()):
-        ck = storage.join(rdir, "checkpoints", f"step_{step:08d}")
+        ck = storage.join(run.rdir, "checkpoints", f"step_{step:08d}")
         points.append({"budget_flops": budget, "flops": step * cfg.data.batch_size * res.flops["train_flops_per_image"],
                        "step": step, "params": res.flops["params"], "model": model_display_name(cfg.model),
                        "checkpoint": ck, "fid": None, "val_loss": _val_loss_of(ck)})
     if evaluate and cfg.eval.num_samples > 0:
-        points = evaluate_points(cfg, points, run_id, res.tracking_uri, rdir)
+        points = evaluate_points(cfg, points, run.run_id, res.tracking_uri, run.rdir)
     summary["points"] = points
-    summary["wall_s"] = time.time() - t_start
-    storage.write_json(storage.join(rdir, "points.json"), points)
-    if run_id:
+    summary["wall_s"] = time.time() - run.t_start
+    storage.write_json(storage.join(run.rdir, "points.json"), points)
+    if run.run_id:
         from jobs.mlflow_utils import POINTS_ARTIFACT, get_client
 
         client = get_client(res.tracking_uri, check=False)
-        client.log_text(run_id, json.dumps(points, indent=2), POINTS_ARTIFACT)
-        if owned:
-            client.set_terminated(run_id, status="FINISHED")
+        client.log_text(run.run_id, json.dumps(points, indent=2), POINTS_ARTIFACT)
+        if run.owned:
+            client.set_terminated(run.run_id, status="FINISHED")
     return summary
 
 
@@ -432,20 +503,20 @@ def evaluate_points(cfg: TrainConfig, points: list[dict], run_id: Optional[str],
     return out
 
 
-def _fit(res: Resolved, rdir: str, run_id: Optional[str], callbacks: Optional[list], branch_steps: Sequence[int]) -> dict:
-    """Build and run the TorchTrainer; returns {"status", "reason", "steps", ...}."""
-    import ray.train
+def _fit(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: Optional[list]) -> None:
+    """One TorchTrainer (run directory `experiment_dir`) that trains `runs` in order; each writes its result.json."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from jobs.train_loop import train_loop_per_worker
 
-    cfg = res.cfg
+    cfg = runs[0].res.cfg
     ensure_ray()
-    plan = make_plan(res, mlflow_run_id=run_id, branch_steps=branch_steps)
-    val_ids = plan["val"]["id"] if plan.get("val") else None
-    ds = _train_dataset(res, val_ids)
-    root = _storage_root(cfg.checkpoint.storage)
+    plans = [{**make_plan(r.res, mlflow_run_id=r.run_id, branch_steps=r.branch_steps, rdir=r.rdir),
+              "run_subdir": r.rdir[len(experiment_dir):].strip("/")} for r in runs]
+    val_ids = plans[0]["val"]["id"] if plans[0].get("val") else None
+    ds = _train_dataset(runs[0].res, val_ids)
+    root, name = experiment_dir.rstrip("/").rsplit("/", 1)
     fs, fs_path = storage.get_fs(root)
     if not storage.is_s3(root):
         os.makedirs(fs_path, exist_ok=True)
@@ -454,29 +525,14 @@ def _fit(res: Resolved, rdir: str, run_id: Optional[str], callbacks: Optional[li
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=plan,
+        train_loop_config={"runs": plans},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=res.run_name, storage_path=fs_path, storage_filesystem=fs,
+        run_config=RunConfig(name=name, storage_path=fs_path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks),
         datasets={"train": ds},
     )
-    status_uri = storage.join(rdir, "status.json")
-    if storage.exists(status_uri):
-        storage.delete(status_uri)  # a previous attempt's record; this attempt writes its own
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})  # metrics of the latest checkpoint
-    status, steps = "finished", int(metrics.get("step", res.total_steps))
-    if storage.exists(status_uri):  # the loop stopped early (non-finite loss): rank 0 recorded why
-        rec = storage.read_json(status_uri)
-        status, steps = rec["status"], int(rec["step"])
-        metrics["failure_reason"] = rec["reason"]
-    last = result.checkpoint.path if result.checkpoint is not None else None
-    return {"status": status, "reason": metrics.get("failure_reason"), "steps": steps, "total_steps": res.total_steps,
-            "run_name": res.run_name, "train_flops": steps * cfg.data.batch_size * res.flops["train_flops_per_image"],
-            "params": res.flops["params"], "loss": metrics.get("loss"), "val_loss": metrics.get("val_loss"),
-            "images_per_s": metrics.get("images_per_s"), "mfu": metrics.get("mfu"),
-            "last_checkpoint": ("s3://" + last.lstrip("/") if storage.is_s3(root) and last else last)}
+    trainer.fit()
 
 
 def run_local(cfg: TrainConfig, checkpoint_root: str, *, resolved: Optional[Resolved] = None) -> dict:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ditcore import objectives
-from ditcore.checkpoint import load_model_weights, load_optimizer_state, save_checkpoint
+from ditcore.checkpoint import load_model_weights, load_optimizer_state, read_optimizer_state, save_checkpoint
 from ditcore.config import from_dict
 from ditcore.models import build_model, config_from_dict
 from jobs.train_config import TrainConfig, lr_factor
@@ -41,6 +41,7 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
 
 FAILURE_REASON_TAG = "ditscale.failure_reason"
 STATUS_TAG = "ditscale.status"
+RESULT_NAME = "result.json"  # <run dir>/result.json: how a training run ended (written by rank 0 at its end)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,9 +86,9 @@ class LocalEnv:
     def restore_dir(self) -> Optional[str]:
         return self.resume_from
 
-    def write_status(self, record: dict) -> None:
+    def write_result(self, record: dict) -> None:
         os.makedirs(self.checkpoint_root, exist_ok=True)
-        with open(os.path.join(self.checkpoint_root, "status.json"), "w") as f:
+        with open(os.path.join(self.checkpoint_root, RESULT_NAME), "w") as f:
             json.dump(record, f)
 
     def barrier(self) -> None:
@@ -95,7 +96,12 @@ class LocalEnv:
 
 
 class RayEnv:
-    """The Ray Train environment: the only place the loop touches Ray."""
+    """The Ray Train environment: the only place the loop touches Ray.
+
+    One TorchTrainer may train several runs in sequence (a sweep trial's budgets): `set_run(subdir)` points
+    checkpoints and the result record at <experiment dir>/<subdir>, the run's own directory (Ray Train keeps
+    reported checkpoints inside its experiment directory).
+    """
 
     def __init__(self) -> None:
         import ray.train
@@ -105,8 +111,24 @@ class RayEnv:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self._storage = ctx.get_storage()
-        self._restore_tmp: Optional[str] = None
+        self._restore: Optional[tuple[Optional[str]]] = None  # cached restore_dir() of the current run
+        self._base = self._storage.experiment_fs_path.rstrip("/")  # the current run's directory
         self._record_placement()
+
+    @property
+    def fs(self) -> Any:
+        return self._storage.storage_filesystem
+
+    def set_run(self, subdir: str) -> None:
+        """Write the next run's checkpoints and result to <experiment dir>/<subdir> ("" : the experiment dir)."""
+        self._base = "/".join(x for x in (self._storage.experiment_fs_path.rstrip("/"), subdir.strip("/")) if x)
+        self._restore = None
+
+    def run_finished(self) -> bool:
+        """Did the current run already write its result (before a worker or driver restart)?"""
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(f"{self._base}/{RESULT_NAME}").type != pafs.FileType.NotFound
 
     def _record_placement(self) -> None:
         """<experiment>/workers/rank<r>.json: node id, host, pid of this worker (placement diagnostics)."""
@@ -144,8 +166,7 @@ class RayEnv:
         yield from shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True, **kwargs)
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:
-        base = self._storage.experiment_fs_path.rstrip("/")
-        return self._storage.storage_filesystem, f"{base}/checkpoints/step_{step:08d}"
+        return self.fs, f"{self._base}/checkpoints/step_{step:08d}"
 
     def report(self, metrics: dict, checkpoint_path: Optional[str]) -> None:
         from ray.train import Checkpoint, CheckpointUploadMode
@@ -155,22 +176,30 @@ class RayEnv:
         self._train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     def restore_dir(self) -> Optional[str]:
+        """Local directory of the current run's latest checkpoint after a worker/driver restart, else None."""
+        if self._restore is None:
+            self._restore = (self._find_restore(),)
+        return self._restore[0]
+
+    def _find_restore(self) -> Optional[str]:
         ckpt = self._train.get_checkpoint()  # RAY: latest checkpoint after a worker/driver restart
-        if ckpt is None:
-            return None
+        if ckpt is None or not ckpt.path.startswith(f"{self._base}/checkpoints/"):
+            return None  # none yet, or the last checkpoint of an earlier run of this trainer: start fresh
         import pyarrow.fs as pafs
 
         if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
             return ckpt.path
-        self._restore_tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
-        ckpt.to_directory(self._restore_tmp)
-        return self._restore_tmp
+        tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
+        ckpt.to_directory(tmp)
+        return tmp
 
-    def write_status(self, record: dict) -> None:
-        """<experiment>/status.json: how the run ended when it did not finish (read by the driver)."""
-        fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path.rstrip("/")
-        with fs.open_output_stream(f"{base}/status.json") as f:
+    def write_result(self, record: dict) -> None:
+        """<run dir>/result.json: how the run ended (read by the driver; marks the run done on a restart)."""
+        self.fs.create_dir(self._base, recursive=True)
+        tmp = f"{self._base}/.{RESULT_NAME}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
             f.write(json.dumps(record).encode())
+        self.fs.move(tmp, f"{self._base}/{RESULT_NAME}")
 
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -205,6 +234,25 @@ def _mix(*xs: int) -> int:
 
 def _id_key(sample_id: Any) -> int:
     return zlib.crc32(str(sample_id).encode("utf-8"))
+
+
+def _optimizer_param_names(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[str]:
+    """Parameter names in the order torch's optimizer state_dict numbers them (0, 1, ... across groups)."""
+    name_of = {id(p): n for n, p in module.named_parameters()}
+    return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _by_index(sd: dict, names: list[str]) -> dict:
+    """Name-keyed optimizer state (torch.distributed.checkpoint) -> torch's index-keyed layout."""
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+
+
+def _by_name(sd: dict, names: list[str]) -> dict:
+    """Index-keyed optimizer state (checkpoint files) -> name-keyed (torch.distributed.checkpoint)."""
+    return {"state": {names[int(i)]: v for i, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in sd["param_groups"]]}
 
 
 def _to_cpu_full(t: torch.Tensor) -> torch.Tensor:
@@ -312,6 +360,7 @@ def run_loop(plan: dict, env: Any) -> dict:
     """Train per `plan` (built by jobs.train.make_plan) in `env`; returns a summary dict (rank 0 meaningful)."""
     cfg: TrainConfig = from_dict(TrainConfig, plan["train"])
     rank, world = env.rank, env.world_size
+    fsdp = bool(cfg.run.fsdp)
     threads = cfg.run.num_threads or max(1, int(cfg.run.cpus_per_worker))
     torch.set_num_threads(threads)
     if cfg.run.deterministic:
@@ -322,11 +371,6 @@ def run_loop(plan: dict, env: Any) -> dict:
     model_cfg = config_from_dict(plan["model_config"])
     model = build_model(model_cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    groups = model.param_groups(cfg.optim.lr, cfg.optim.weight_decay)
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
 
     total_steps = int(plan["total_steps"])
     global_batch = cfg.data.batch_size
@@ -337,32 +381,58 @@ def run_loop(plan: dict, env: Any) -> dict:
     keep_steps = set(point_steps) | branch_steps
 
     # ---- resume: own checkpoint (worker/driver restart) first, else the configured init checkpoint.
+    # Weights load into the full (unsharded) modules, before DDP/FSDP wrapping.
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "train_flops": 0.0}
-    restore = env.restore_dir() or plan.get("init_from_local")
+    own = env.restore_dir()
+    restore = own or plan.get("init_from_local")
+    logged: dict[str, float] = {}
     if restore:
         load_model_weights(restore, model, which="model")
         if (Path(restore) / "ema.safetensors").exists():
             load_model_weights(restore, ema, which="ema")
         else:
             ema.load_state_dict(model.state_dict())
-        if (Path(restore) / "optimizer.json").exists():
-            load_optimizer_state(restore, optimizer)
         saved = json.loads((Path(restore) / "state.json").read_text())
         state.update({k: saved[k] for k in state if k in saved})
+        if own:
+            logged = dict(saved.get("metrics") or {})  # what the run last logged, until it logs again
         # FLOPs/images follow the step count (a branch may change nothing else).
         state["images_seen"] = state["step"] * global_batch
         state["train_flops"] = state["step"] * global_batch * fpi
     start_step = state["step"]
 
-    raw = model  # the plain module: parameters, cond_keys, checkpoints (DDP/compile wrap it, FSDP2 shards in place)
+    # raw: the plain module (parameters, cond_keys, checkpoints). FSDP2 shards it in place (its parameters become
+    # DTensors); DDP wraps it. The optimizer is built afterwards so it holds the parameters that are trained.
+    raw = model
+    model = env.wrap_model(raw, fsdp)
     if cfg.run.compile:
         model = torch.compile(model)
-    model = env.wrap_model(model, cfg.run.fsdp)
-    if cfg.run.fsdp:
-        ema_params = {n: p.detach().clone() for n, p in raw.named_parameters()}  # sharded like the model
+    groups = raw.param_groups(cfg.optim.lr, cfg.optim.weight_decay)
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                  weight_decay=cfg.optim.weight_decay)
+    param_names = _optimizer_param_names(optimizer, raw)
+    if restore and (Path(restore) / "optimizer.json").exists():
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            # Every rank holds the full (index-keyed) state; each keeps its own shard of it.
+            full = _by_name(read_optimizer_state(restore), param_names)
+            set_optimizer_state_dict(raw, optimizer, optim_state_dict=full,
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            load_optimizer_state(restore, optimizer)
+    model_params = dict(raw.named_parameters())
+    if fsdp:
+        from torch.distributed.tensor import distribute_tensor
+
+        # EMA weights sharded exactly like the model's, so the update stays a local foreach on each rank.
+        full_ema = dict(ema.named_parameters())
+        ema_params = {n: distribute_tensor(full_ema[n].detach(), p.device_mesh, p.placements)
+                      for n, p in model_params.items()}
     else:
         ema_params = dict(ema.named_parameters())
-    model_params = dict(raw.named_parameters())
 
     obj_cfg = cfg.objective
     if cfg.data.cond_dropout is not None:
@@ -380,7 +450,7 @@ def run_loop(plan: dict, env: Any) -> dict:
     scale, shift = float(plan["scaling_factor"]), float(plan["shift_factor"])
 
     val = None
-    if rank == 0 and plan.get("val"):
+    if plan.get("val") and (rank == 0 or fsdp):  # a sharded model's forward needs every rank
         val_rows = {k: np.asarray(v) for k, v in plan["val"].items()}
         vb = _batch_to_torch(val_rows, data_keys, device)
         val_x0 = (vb["latent_mean"] - shift) * scale  # deterministic: posterior mean, no flip
@@ -396,6 +466,10 @@ def run_loop(plan: dict, env: Any) -> dict:
     def validation() -> dict[str, float]:
         if val is None:
             return {}
+        if fsdp:  # gather the sharded EMA into the full EMA module (all ranks)
+            with torch.no_grad():
+                for n, p in ema.named_parameters():
+                    p.copy_(_to_cpu_full(ema_params[n]).to(p.device))
         out = {}
         for name, net in (("val_loss", raw), ("val_loss_ema", ema)):
             was_training = net.training
@@ -406,12 +480,19 @@ def run_loop(plan: dict, env: Any) -> dict:
         return out
 
     def save(step: int, metrics: dict, point: bool) -> Optional[str]:
-        """All ranks call (FSDP gathers); rank 0 writes <experiment>/checkpoints/step_X; everyone reports."""
-        if cfg.run.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        """All ranks call (FSDP gathers); rank 0 writes <run dir>/checkpoints/step_X; everyone reports."""
+        m_src: Any = raw
+        e_src: Any = ema
+        opt: Any = optimizer
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
 
-            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            ema_full = {n: _to_cpu_full(p) for n, p in ema_params.items()}
+            full_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
+            m_src = _Dict(get_model_state_dict(raw, options=full_opts), raw)
+            e_src = {n: _to_cpu_full(p) for n, p in ema_params.items()}
+            opt = get_optimizer_state_dict(raw, optimizer, options=full_opts)
+            opt = _by_index(opt, param_names) if rank == 0 else None
         path = None
         if rank == 0:
             fs, path = env.checkpoint_location(step)
@@ -433,20 +514,14 @@ def run_loop(plan: dict, env: Any) -> dict:
             ck_config = {"model": plan["model_config"], "objective": plan["train"]["objective"],
                          "data": {"manifest": cfg.data.manifest, "scaling_factor": scale, "shift_factor": shift},
                          "train": plan["train"], "run_name": plan.get("run_name")}
-            if cfg.run.fsdp:
-                m_src, e_src, opt = full, ema_full, None  # optimizer state is sharded: not saved in FSDP mode
-            else:
-                m_src, e_src, opt = raw, ema, optimizer
             import pyarrow.fs as pafs
 
             if isinstance(fs, pafs.LocalFileSystem):
-                save_checkpoint(path, model=m_src if isinstance(m_src, nn.Module) else _Dict(m_src, raw),
-                                ema=e_src, config=ck_config, state=ck_state, optimizer=opt)
+                save_checkpoint(path, model=m_src, ema=e_src, config=ck_config, state=ck_state, optimizer=opt)
             else:
                 with tempfile.TemporaryDirectory() as tmp:
-                    local = save_checkpoint(os.path.join(tmp, "ckpt"), model=m_src if isinstance(m_src, nn.Module)
-                                            else _Dict(m_src, raw), ema=e_src, config=ck_config, state=ck_state,
-                                            optimizer=opt)
+                    local = save_checkpoint(os.path.join(tmp, "ckpt"), model=m_src, ema=e_src, config=ck_config,
+                                            state=ck_state, optimizer=opt)
                     _upload_committed(local, fs, path)
             _prune(fs, path, cfg.checkpoint.keep, keep_steps)
         env.report({**metrics, "step": step}, path)
@@ -457,9 +532,8 @@ def run_loop(plan: dict, env: Any) -> dict:
     train_time = 0.0
     images_since = 0
     status, reason, last_loss = "finished", None, float("nan")
-    last_ckpt = None
+    last_ckpt = env.checkpoint_location(start_step)[1] if own else None
     step = start_step
-    logged: dict[str, float] = {}
     t_mark = time.perf_counter()
     while step < total_steps:
         epoch = state["epoch"]
@@ -505,7 +579,9 @@ def run_loop(plan: dict, env: Any) -> dict:
             loss.backward()
             grad_norm = None
             if cfg.optim.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.grad_clip)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                    grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             # EMA with the usual warm-up (decay <= (1+n)/(10+n)) so short runs are not dominated by the init.
@@ -557,10 +633,25 @@ def run_loop(plan: dict, env: Any) -> dict:
         tracker.fail(reason)
         if rank == 0:
             print(f"[ditscale] stopping: {reason}; last good checkpoint kept", flush=True)
-            env.write_status({"status": status, "reason": reason, "step": step, "last_checkpoint": last_ckpt})
         env.report({"status": status, "failure_reason": reason, "step": step}, None)
+    if rank == 0:
+        env.write_result(run_result(plan, status, reason, step, total_steps, state["train_flops"], last_loss, logged,
+                                    last_ckpt))
+    env.barrier()
     return {"status": status, "reason": reason, "step": step, "loss": last_loss, "checkpoint": last_ckpt,
             "train_flops": state["train_flops"], "metrics": logged}
+
+
+def run_result(plan: dict, status: str, reason: Optional[str], steps: int, total_steps: int, train_flops: float,
+               loss: float, metrics: dict, last_checkpoint: Optional[str]) -> dict:
+    """The record of how a run ended (<run dir>/result.json), as the driver and the sweep read it."""
+    if last_checkpoint and plan.get("run_dir"):  # storage path -> URI (s3://...) under the run's directory
+        last_checkpoint = f"{plan['run_dir'].rstrip('/')}/checkpoints/{last_checkpoint.rstrip('/').rsplit('/', 1)[-1]}"
+    return {"status": status, "reason": reason, "steps": int(steps), "total_steps": int(total_steps),
+            "run_name": plan.get("run_name"), "train_flops": float(train_flops), "params": plan.get("params"),
+            "loss": loss if math.isfinite(loss) else None, "val_loss": metrics.get("val_loss"),
+            "images_per_s": metrics.get("images_per_s"), "mfu": metrics.get("mfu"),
+            "last_checkpoint": last_checkpoint}
 
 
 class _Dict(nn.Module):
@@ -635,11 +726,28 @@ def _prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point (runs on every worker)."""
-    env = RayEnv()
-    init = config.get("init_from")
-    if init:
-        from pipelines import storage
+    """Ray Train entry point (runs on every worker): train config["runs"] in order in this worker group.
 
-        config = {**config, "init_from_local": storage.local_copy(init)}
-    run_loop(config, env)
+    A run that already wrote its result (before a restart) is skipped; the others resume from their own latest
+    checkpoint or start from `init_from` (a WSD branch starts from its main run's checkpoint, written earlier
+    in this same sequence).
+    """
+    from pipelines import storage
+
+    env = RayEnv()
+    for plan in config["runs"]:
+        env.set_run(plan.get("run_subdir") or "")
+        if env.run_finished():
+            continue
+        init = plan.get("init_from")
+        if init and env.restore_dir() is None:
+            if not storage.exists(storage.join(init, "checkpoint.json")):
+                if env.rank == 0:
+                    reason = f"checkpoint.init_from {init} does not exist (the run that writes it did not reach it)"
+                    print(f"[ditscale] run {plan['run_name']} not started: {reason}", flush=True)
+                    env.write_result(run_result(plan, "failed", reason, 0, int(plan["total_steps"]), 0.0,
+                                                float("nan"), {}, None))
+                env.barrier()
+                continue
+            plan = {**plan, "init_from_local": storage.local_copy(init)}
+        run_loop(plan, env)

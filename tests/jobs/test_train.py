@@ -163,3 +163,61 @@ def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
         validate_config(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\].*less than one training step"):
         validate_config(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
+
+
+def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
+    """FSDP2 over 2 workers (gloo, CPU) with a worker killed mid-run: the resumed run (model, EMA and the
+    sharded AdamW state restored) ends where one unsharded worker does with the same global batch."""
+    from ditcore.checkpoint import read_optimizer_state
+
+    cfg = _cfg(data8, tmp_path)
+    steps = _budget(cfg, 6)
+    fsdp = _cfg(data8, tmp_path, steps, "run.name=fsdp2", "run.fsdp=true", "run.num_workers=2", "run.cpus_per_worker=1",
+                "checkpoint.every_n_steps=2", "run.max_failures=1", 'run.inject_failure={"step": 3, "mode": "exit", "rank": 1}')
+    out = run_training(fsdp)
+    assert out["status"] == "finished" and out["steps"] == 6
+    run_dir = Path(out["run_dir"])
+    assert (run_dir / "_injected_failure_step3").exists()  # rank 1 really died once and the group restarted
+    ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
+    a_dir, b_dir = run_dir / "checkpoints" / "step_00000006", tmp_path / "local" / "checkpoints" / "step_00000006"
+    for name in ("model", "ema"):
+        a, b = load_file(str(a_dir / f"{name}.safetensors")), load_file(str(b_dir / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"{name} {k} differs")
+    # The optimizer state is written unsharded in the same layout as a DDP run's, and matches it.
+    oa, ob = read_optimizer_state(a_dir), read_optimizer_state(b_dir)
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["param_groups"]) == len(ob["param_groups"])
+    for i, st in ob["state"].items():
+        assert float(oa["state"][i]["step"]) == float(st["step"]) == 6.0
+        torch.testing.assert_close(oa["state"][i]["exp_avg_sq"], st["exp_avg_sq"], atol=1e-9, rtol=1e-4)
+    assert ref["step"] == 6
+
+
+def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, tmp_path):
+    """Two runs trained by one TorchTrainer, one after the other (how a sweep trial trains its budgets); a worker
+    killed in the second run: after the restart the first run is skipped (its result is kept) and the second
+    resumes from its own checkpoint, ending exactly where an uninterrupted run does."""
+    from jobs.train import finish_run, prepare_run, train_runs
+
+    group = tmp_path / "group"
+    cfg = _cfg(data8, tmp_path)
+    common = [f"checkpoint.storage={group}", "checkpoint.every_n_steps=2", "run.max_failures=1"]
+    first = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common))
+    second = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=second", *common,
+                              'run.inject_failure={"step": 3, "mode": "exit"}'))
+    train_runs([first, second], str(group))
+    a, b = finish_run(first, evaluate=False), finish_run(second, evaluate=False)
+    assert (a["status"], a["steps"], b["status"], b["steps"]) == ("finished", 2, "finished", 6)
+    assert b["last_checkpoint"] == str(group / "second" / "checkpoints" / "step_00000006")
+    assert (group / "second" / "_injected_failure_step3").exists()  # the worker died inside the second run
+    # One Ray Train run for both: its snapshot and worker records sit in the group directory, not in the runs'.
+    assert (group / "workers" / "rank0.json").exists() and not (group / "first" / "workers").exists()
+    ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=ref"), str(tmp_path / "local"))
+    got = _weights(group / "second" / "checkpoints" / "step_00000006")
+    want = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
+    assert ref["step"] == 6 and all(torch.equal(got[k], want[k]) for k in want)
+    # A second call finds both results and trains nothing (a restarted sweep driver).
+    before = (group / "first" / "result.json").read_text()
+    train_runs([first, second], str(group))
+    assert (group / "first" / "result.json").read_text() == before
