@@ -387,11 +387,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
     print(f"[ditscale] sweep {cfg.name}: {len(trials)} trials, {len(trials) - len(pending)} already done, "
           f"{len(pending)} to run (mode={cfg.mode})", flush=True)
     if pending:
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {}
-            if cfg.num_cpus and not os.environ.get("RAY_ADDRESS"):
-                kwargs.update(address="local", num_cpus=cfg.num_cpus)  # a fresh local instance of that size
-            ray.init(**kwargs)
+        from jobs.train import ensure_ray
+
+        ensure_ray(cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
         first = from_dict(TrainConfig, pending[0].train)
         per_trial = first.run.num_workers * first.run.cpus_per_worker
         max_conc = cfg.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))

@@ -133,6 +133,10 @@ def validate_config(cfg: TrainConfig, *, check_mlflow: bool = True) -> Resolved:
         raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    import logging
+
+    if not isinstance(logging.getLevelName(str(cfg.run.log_level).upper()), int):
+        raise ConfigError(f"run.log_level: {cfg.run.log_level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
     if cfg.run.num_workers < 1:
         raise ConfigError(f"run.num_workers must be >= 1, got {cfg.run.num_workers}")
     if cfg.data.batch_size % cfg.run.num_workers:
@@ -344,8 +348,11 @@ def ensure_ray(num_cpus: Optional[int] = None) -> None:
     import ray
 
     if not ray.is_initialized():
+        from pipelines.ray_env import apply_ray_env
+
+        apply_ray_env()
         kwargs: dict[str, Any] = {"log_to_driver": True}
-        if num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
+        if num_cpus and not os.environ.get("RAY_ADDRESS"):
             kwargs.update(address="local", num_cpus=num_cpus)
         ray.init(**kwargs)
 
@@ -505,7 +512,7 @@ def evaluate_points(cfg: TrainConfig, points: list[dict], run_id: Optional[str],
 
 def _fit(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: Optional[list]) -> None:
     """One TorchTrainer (run directory `experiment_dir`) that trains `runs` in order; each writes its result.json."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from jobs.train_loop import train_loop_per_worker
@@ -529,7 +536,8 @@ def _fit(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: Optional[l
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=fs_path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks,
+                             logging_config=LoggingConfig(log_level=cfg.run.log_level)),
         datasets={"train": ds},
     )
     trainer.fit()

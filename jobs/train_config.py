@@ -97,6 +97,7 @@ class RunConfig:
     max_failures: int = 1  # worker failures Ray Train recovers from (restart from the latest checkpoint)
     peak_flops: Optional[float] = None  # per-worker peak FLOP/s for MFU; None: table (GPU) or measured (CPU)
     num_threads: Optional[int] = None  # torch threads per worker; default int(cpus_per_worker) (>= 1)
+    log_level: str = "INFO"  # Ray Train's own console logs (worker group start, each report); WARNING in sweeps
     # Fault injection for tests: {"step": k, "mode": "raise"|"exit", "rank": 0}; fires once per run.
     inject_failure: Optional[dict[str, Any]] = None
 

@@ -51,14 +51,6 @@ NULL_SHARD = -1  # pseudo shard carrying the empty prompt through the encoder
 NULL_ID = "<null-text>"
 TENSOR_COLUMNS = ("latent_mean", "latent_std", "latent_mean_flip", "latent_std_flip",
                   "text_emb", "text_mask", "text_pooled")
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-    "TRANSFORMERS_OFFLINE": os.environ.get("TRANSFORMERS_OFFLINE", "1"),
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 @dataclass
 class VAEConfig:
@@ -504,8 +496,9 @@ def _init_ray(cfg: PrecomputeConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
+    from pipelines.ray_env import apply_ray_env
+
+    apply_ray_env()
     address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address:
