@@ -211,17 +211,29 @@ def child_runs(client, parent_run_id: str, experiment_id: str | None = None) -> 
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
+def read_json_artifact(client, run_id: str, artifact_path: str) -> Any:
+    """One small JSON artifact of a run, parsed; read without MLflow's "Downloading artifacts" progress bar
+    (a bar per small file is noise; setting MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR yourself still wins)."""
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    if quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, artifact_path, dst_path=tmp)).read_text())
+    finally:
+        if quiet:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+
+
 def load_points(client, run_id: str, artifact_path: str = POINTS_ARTIFACT) -> list[dict[str, Any]]:
     """The `points.json` list of one trial run ([] when the run has not logged it yet)."""
     names = {a.path for a in client.list_artifacts(run_id)}
     if artifact_path not in names:
         return []
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, artifact_path, dst_path=tmp)
-        try:
-            data = json.loads(Path(local).read_text())
-        except json.JSONDecodeError as e:
-            raise ExperimentRecordError(f"run {run_id}: artifact {artifact_path} is not valid JSON: {e}") from e
+    try:
+        data = read_json_artifact(client, run_id, artifact_path)
+    except json.JSONDecodeError as e:
+        raise ExperimentRecordError(f"run {run_id}: artifact {artifact_path} is not valid JSON: {e}") from e
     if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
         raise ExperimentRecordError(f"run {run_id}: artifact {artifact_path} must be a JSON list of objects")
     return data

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -27,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ class Context:
         self.results: dict[str, dict] = {}
         self.hashes: dict[str, str] = {}
         self.ray: LocalRay | None = None
-        self.serve_pid: int | None = None
+        self.serve_app: str | None = None  # the Serve application the serve stage runs on self.ray
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -148,8 +149,8 @@ class Context:
 class LocalRay:
     """A Ray head on this machine, owned by the quickstart: `ray start --head --block` in its own session.
 
-    Unlike a bare `ray.init()`, every process of this cluster (workers, Train/Tune internals, the Serve
-    process of the serve stage) gets RAY_ADDRESS in its environment, so nothing has to guess which of
+    Unlike a bare `ray.init()`, every process of this cluster (workers, Train/Tune internals, Serve's
+    controller and replicas) gets RAY_ADDRESS in its environment, so nothing has to guess which of
     several local Ray instances is meant; every port is chosen free; and it is stopped by signalling
     exactly its own processes, never with a global `ray stop`.
     """
@@ -197,8 +198,13 @@ class LocalRay:
                     raise RuntimeError(f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc}")
                 time.sleep(1.0)
 
-    def stop(self) -> None:
-        """Disconnect, SIGTERM `ray start --block` (it tears its processes down), SIGKILL whatever is left."""
+    def stop(self, grace: float = 2.0) -> None:
+        """Disconnect, SIGTERM `ray start --block`, and SIGKILL what is left of its session after `grace` s.
+
+        The quickstart stops Ray only once everything it needs is on disk (results, MLflow, logs), so nothing
+        is worth waiting for: an idle head is gone about 2-3 s after SIGTERM, but at the end of a measured tiny
+        quickstart (after the sweep) waiting for every process of the session took about 30 s.
+        """
         import ray
 
         with contextlib.suppress(Exception):
@@ -210,12 +216,15 @@ class LocalRay:
         sid = self.proc.pid
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _session_pids(sid):
-            time.sleep(0.2)
+            time.sleep(0.1)
         for pid in _session_pids(sid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _session_pids(sid):
+            time.sleep(0.05)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self.proc = None
@@ -461,32 +470,38 @@ def _serve_config(ctx: Context) -> dict:
             "version": ctx.results["promote"]["version"]}
 
 
+def _serve_args(ctx: Context, port: int) -> list[str]:
+    """The `ditscale serve` options of the quickstart's deployment: the champion, on a laptop."""
+    return ["--champion", "--host", "127.0.0.1", "--port", str(port),
+            # One small CPU replica of each deployment, no GPU.
+            "--num-gpus", "0", "--set", "Sampler.ray_actor_options.num_cpus=1",
+            "--set", "Sampler.autoscaling_config.min_replicas=1", "--set", "Sampler.autoscaling_config.max_replicas=1",
+            "--set", "Ingress.autoscaling_config.max_replicas=1",
+            "--set", f"Sampler.user_config.default_steps={ctx.mode.serve_steps}",
+            # Nothing is in flight at shutdown: stop each replica after 0.1 s instead of Serve's 2 s drain loop.
+            "--set", "Sampler.graceful_shutdown_wait_loop_s=0.1", "--set", "Ingress.graceful_shutdown_wait_loop_s=0.1"]
+
+
 def _serve_run(ctx: Context) -> dict:
-    """Deploy the champion with `ditscale serve --champion --detach`, POST /v1/generate, stop the service."""
+    """Deploy the champion on this quickstart's Ray (as `ditscale serve --champion` does), call it over HTTP, stop it."""
     import requests
+
+    from serve.cli import deploy, serve_plan
 
     out = ctx.path("served")
     out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    log_file = ctx.path("logs", "serve.log")
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--champion", "--host", "127.0.0.1", "--port", str(port),
-           "--detach", "--log-file", str(log_file), "--ready-timeout", "240",
-           # A laptop: one small CPU replica of each deployment, no GPU.
-           "--num-gpus", "0", "--set", "Sampler.ray_actor_options.num_cpus=1",
-           "--set", "Sampler.autoscaling_config.min_replicas=1", "--set", "Sampler.autoscaling_config.max_replicas=1",
-           "--set", "Ingress.autoscaling_config.max_replicas=1",
-           "--set", f"Sampler.user_config.default_steps={ctx.mode.serve_steps}"]
-    ctx.ensure_ray()  # the serve process joins this quickstart's Ray (RAY_ADDRESS is exported)
-    ctx.log(f"deploying the champion on Ray Serve at http://127.0.0.1:{port} (log: {log_file})")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = log_file.read_text()[-3000:] if log_file.is_file() else ""
-        raise RuntimeError(f"`ditscale serve --champion` failed ({proc.returncode}):\n{proc.stderr[-3000:]}\n{tail}")
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    ctx.serve_pid = int(info["pid"])
-    url = info["url"]
+    logs = ctx.path("logs", "serve")
+    ns, plan = serve_plan(_serve_args(ctx, port))
+    ctx.ensure_ray()
+    ctx.log(f"deploying the champion on Ray Serve at http://127.0.0.1:{port} (Serve logs: {logs})")
+    ctx.serve_app = plan["name"]
     try:
+        try:
+            with _serve_driver_logs(logging.WARNING):  # the stage prints its own lines; Serve's go to `logs`
+                url = deploy(plan, num_gpus=ns.num_gpus, ready_timeout=240, logging_config={"logs_dir": str(logs)})
+        except Exception as exc:
+            raise RuntimeError(f"deploying the champion on Ray Serve failed: {exc}\n{_serve_log_tail(logs)}") from exc
         model = requests.get(f"{url}/v1/model", timeout=60).json()
         ctx.log(f"serving {model.get('checkpoint', '?')}")
         images = []
@@ -517,32 +532,42 @@ def _serve_run(ctx: Context) -> dict:
     return {"url": url, "model": _jsonable(model), "images": images}
 
 
-def _stop_serve(ctx: Context) -> None:
-    """SIGTERM the detached `ditscale serve` (it shuts Serve and its local Ray down), SIGKILL if it hangs."""
-    pid = getattr(ctx, "serve_pid", None)
-    if not pid:
-        return
-    ctx.serve_pid = None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)  # the detached server leads its own session/process group
+def _serve_log_tail(logs: Path, chars: int = 3000) -> str:
+    """The end of the Serve replica logs (where a Sampler that failed to load says why)."""
+    files = sorted(logs.glob("replica_*.log"), key=lambda p: p.stat().st_mtime) if logs.is_dir() else []
+    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-chars:]}" for p in files[-2:])
 
 
-def _alive(pid: int) -> bool:
+@contextlib.contextmanager
+def _serve_driver_logs(level: int) -> Iterator[None]:
+    """Serve's driver-side logger ("Started Serve ...", "Application ... is ready") at `level` for a while."""
+    import ray.serve  # noqa: F401 - its import configures the logger (at INFO)
+
+    logger = logging.getLogger("ray.serve")
+    before = logger.level
+    logger.setLevel(level)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _stop_serve(ctx: Context) -> None:
+    """Delete the Serve application of the serve stage (waits until its replicas have stopped).
+
+    Serve's controller and proxy stay until the quickstart's Ray is stopped right after; `serve.shutdown()`
+    would also stop them, at the price of a spurious raylet error about its own shutdown task.
+    """
+    name, ctx.serve_app = ctx.serve_app, None
+    if not name:
+        return
+    from ray import serve
+
+    try:
+        with _serve_driver_logs(logging.WARNING):
+            serve.delete(name)
+    except Exception as exc:  # Ray is stopped next anyway, which ends the replicas too
+        ctx.log(f"could not delete the Serve application {name!r}: {exc}")
 
 
 # --- 8. a sample grid per model ------------------------------------------------------------------------
@@ -720,6 +745,9 @@ def _set_env(out: Path) -> None:
         "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
         "RAY_DEDUP_LOGS": "0",
+        # Ray Serve's controller, proxy and replicas log to their files only (<out>/logs/serve, see the serve
+        # stage), not to the console through the driver.
+        "RAY_SERVE_LOG_TO_STDERR": "0",
         # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning torch threads
         # starve the other processes of the pipeline (measured: ~10x slower VAE steps under load).
         "OMP_WAIT_POLICY": "PASSIVE",

@@ -5,12 +5,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from ditcore.scaling import FitError
-from jobs.mlflow_utils import add_sweep_source_arguments
+from jobs.mlflow_utils import add_sweep_source_arguments, read_json_artifact
 
 COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")
 
@@ -47,8 +45,7 @@ def stored_report(client, parent_run_id: str) -> dict | None:
     path = f"{ARTIFACT_DIR}/{REPORT_NAME}"
     if path not in names:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(parent_run_id, path, dst_path=tmp)).read_text())
+    return read_json_artifact(client, parent_run_id, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,6 +158,19 @@ def _auto_dtype(device: torch.device, kind: str) -> torch.dtype:
     return torch.float16
 
 
+def _load_model(cls: Any, path: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained(path, **kwargs)` without transformers' per-load "Loading weights" progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device = "cpu",
                       dtype: torch.dtype | str | None = None) -> TextEncoder:
     """Load a text encoder from "minilm", a local directory or a hub id (see module docstring)."""
@@ -195,7 +208,7 @@ def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device
         archs = set(getattr(cfg, "architectures", None) or [])
         has_projection = bool(archs & {"CLIPModel", "CLIPTextModelWithProjection"})
         cls = CLIPTextModelWithProjection if has_projection else CLIPTextModel
-        model = cls.from_pretrained(path, **load_kw)
+        model = _load_model(cls, path, **load_kw)
         text_cfg = getattr(cfg, "text_config", cfg)
         dim = text_cfg.hidden_size
         pooled_dim = getattr(text_cfg, "projection_dim", dim) if has_projection else dim
@@ -204,10 +217,10 @@ def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device
     elif kind == "t5":
         from transformers import T5EncoderModel
 
-        model = T5EncoderModel.from_pretrained(path, **load_kw)
+        model = _load_model(T5EncoderModel, path, **load_kw)
         dim = pooled_dim = cfg.d_model
     else:
-        model = AutoModel.from_pretrained(path, **load_kw)
+        model = _load_model(AutoModel, path, **load_kw)
         dim = pooled_dim = cfg.hidden_size
     model = model.to(device).eval().requires_grad_(False)
     max_length = spec.max_length or DEFAULT_MAX_LENGTH[kind]

@@ -35,7 +35,11 @@ def load_vae(
 ):
     """Load a diffusers AutoencoderKL (local dir, s3:// prefix or hub id) in eval mode on `device`/`dtype`."""
     from diffusers import AutoencoderKL
+    from diffusers.utils import is_accelerate_available
 
+    # Without `accelerate` diffusers falls back to low_cpu_mem_usage=False anyway, but only after printing an
+    # install hint at every load; asking for it outright loads the same way without the hint.
+    load_kw = {} if is_accelerate_available() else {"low_cpu_mem_usage": False}
     spec = str(path_or_id)
     if storage.is_s3(spec):
         spec = storage.local_copy(spec)
@@ -45,14 +49,15 @@ def load_vae(
         if not (folder / "config.json").is_file():
             raise VAELoadError(f"VAE directory {folder} has no config.json (expected a diffusers save_pretrained directory)")
         try:
-            vae = AutoencoderKL.from_pretrained(str(local), subfolder=subfolder, torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(str(local), subfolder=subfolder, torch_dtype=dtype, **load_kw)
         except Exception as exc:  # diffusers raises many types; re-raise with the path in the message
             raise VAELoadError(f"could not load VAE from {folder}: {exc}") from exc
     elif _looks_local(spec):
         raise FileNotFoundError(f"VAE directory not found: {spec}")
     else:
         try:
-            vae = AutoencoderKL.from_pretrained(spec, subfolder=subfolder, revision=revision, torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(spec, subfolder=subfolder, revision=revision, torch_dtype=dtype,
+                                                **load_kw)
         except Exception as exc:
             raise VAELoadError(
                 f"VAE {spec!r} is not a local directory and could not be loaded from the Hugging Face hub "

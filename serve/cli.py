@@ -148,6 +148,10 @@ def _url(host: str, port: int, prefix: str) -> str:
     return f"http://{h}:{port}{prefix.rstrip('/')}"
 
 
+class NotReadyError(RuntimeError):
+    """The service did not answer on /healthz in time (or its background process died first)."""
+
+
 def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     import requests
 
@@ -155,7 +159,7 @@ def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"ditscale serve: background process exited with {proc.returncode} before {url}/healthz answered")
+            raise NotReadyError(f"ditscale serve: background process exited with {proc.returncode} before {url}/healthz answered")
         try:
             r = requests.get(f"{url}/healthz", timeout=5)
             if r.status_code == 200:
@@ -164,7 +168,7 @@ def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None
         except requests.RequestException as exc:
             last = type(exc).__name__
         time.sleep(0.5)
-    raise SystemExit(f"ditscale serve: {url}/healthz did not answer within {timeout:.0f}s ({last})")
+    raise NotReadyError(f"ditscale serve: {url}/healthz did not answer within {timeout:.0f}s ({last})")
 
 
 def _detach(argv: list[str], ns: argparse.Namespace, plan: dict) -> int:
@@ -175,17 +179,47 @@ def _detach(argv: list[str], ns: argparse.Namespace, plan: dict) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "serve.cli", "serve", *rest], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     url = _url(ns.host, ns.port, plan["route_prefix"])
-    _wait_healthy(url, ns.ready_timeout, proc)
+    try:
+        _wait_healthy(url, ns.ready_timeout, proc)
+    except NotReadyError as exc:
+        raise SystemExit(str(exc)) from None
     print(json.dumps({"url": url, "pid": proc.pid, "log": log_path, "stop": f"kill {proc.pid}"}))
     return 0
 
 
+def serve_plan(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    """The options of `ditscale serve ARGV` and its resolved deployment plan (see `prepare_deployment`)."""
+    ns = _serve_parser().parse_args(argv)
+    return ns, prepare_deployment(ns)
+
+
+def deploy(plan: dict, *, num_gpus: float | None = None, ready_timeout: float = 300.0,
+           logging_config: dict | None = None) -> str:
+    """Run the planned app on the Ray cluster this process is connected to; its URL once /healthz answers.
+
+    Starts Serve with the plan's HTTP options (a Serve already running keeps its own). `logging_config`
+    (Serve's LoggingConfig keys, e.g. `logs_dir`) applies to the Serve controller, proxy and replicas.
+    The plan's `runtime_env` is the job's: the caller passes it to `ray.init` (or its Ray has that
+    environment already). Raises NotReadyError if the service does not answer within `ready_timeout` s.
+    """
+    from ray import serve
+
+    from serve.app import make_app
+
+    _fit_resources(plan["deployments"], num_gpus)
+    serve.start(http_options=plan["http_options"], logging_config=logging_config)
+    serve.run(make_app(plan["args"], plan["deployments"]), name=plan["name"], route_prefix=plan["route_prefix"],
+              logging_config=logging_config)
+    url = _url(plan["http_options"]["host"], plan["http_options"]["port"], plan["route_prefix"])
+    _wait_healthy(url, ready_timeout)
+    return url
+
+
 def serve_main(argv: list[str]) -> int:
     """`ditscale serve`: start Ray (local unless RAY_ADDRESS), deploy the app, block until Ctrl-C/SIGTERM."""
-    ns = _serve_parser().parse_args(argv)
     for k, v in ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
-    plan = prepare_deployment(ns)
+    ns, plan = serve_plan(argv)
     from serve.app import make_app  # validates args before anything starts
 
     make_app(plan["args"], {k: v for k, v in plan["deployments"].items()})
@@ -206,11 +240,10 @@ def serve_main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        _fit_resources(plan["deployments"], ns.num_gpus)
-        serve.start(http_options=plan["http_options"])
-        serve.run(make_app(plan["args"], plan["deployments"]), name=plan["name"], route_prefix=plan["route_prefix"])
-        url = _url(ns.host, ns.port, plan["route_prefix"])
-        _wait_healthy(url, ns.ready_timeout)
+        try:
+            url = deploy(plan, num_gpus=ns.num_gpus, ready_timeout=ns.ready_timeout)
+        except NotReadyError as exc:
+            raise SystemExit(str(exc)) from None
         print(f"ditscale serve: ready at {url}  (POST {url}/v1/generate, GET {url}/v1/model, docs {url}/docs); Ctrl-C to stop",
               flush=True)
         while not stop.wait(1.0):

@@ -35,6 +35,20 @@ def test_minilm_default_encoder():
     assert np.allclose(solo["text_emb"][0].astype(np.float32), out["text_emb"][0].astype(np.float32), atol=2e-3)
 
 
+def test_loading_shows_no_progress_bar_and_keeps_the_setting(capfd):
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        load_text_encoder("minilm")
+        out, err = capfd.readouterr()
+        assert "Loading weights" not in out + err
+        assert hf_logging.is_progress_bar_enabled()  # the caller's setting is back
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 @pytest.mark.parametrize("projection", [True, False])
 def test_tiny_clip_from_directory(tmp_path, projection):
     path = tiny_clip(tmp_path / "clip", with_projection=projection)

@@ -85,3 +85,10 @@ def test_load_from_s3(tiny_vae_dir, s3_bucket):
     assert vae_identity(vae)["path"] == uri
     mean, _ = encode_images(vae, _images(1))
     assert mean.shape == (1, 4, 4, 4)
+
+
+def test_load_prints_no_accelerate_hint(tiny_vae_dir, capfd):
+    """Without `accelerate` diffusers would print an install hint at every load; load_vae loads the same way, quietly."""
+    load_vae(tiny_vae_dir)
+    out, err = capfd.readouterr()
+    assert "accelerate" not in out + err
