@@ -10,6 +10,7 @@ heads also score whether the objects of each caption are visible (caption-attrib
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -45,15 +46,41 @@ def _conditions(manifest_uri: str, manifest: dict, arch: str, num_samples: int, 
             "text_pooled": rows["text_pooled"][idx].astype(np.float32), "id": rows["id"][idx]}
 
 
+@functools.lru_cache(maxsize=4)
+def _vae(path: str):
+    """The data set's VAE, loaded once per process (evaluation of many checkpoints against one data set)."""
+    from pipelines.vae import load_vae
+
+    return load_vae(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _feature_net(uri: str):
+    """The data set's feature network, loaded once per process."""
+    from ditcore.metrics.features import load_feature_net
+
+    return load_feature_net(storage.local_copy(uri))
+
+
+def preload(manifest_uri: str) -> None:
+    """Load the data set's VAE and feature net (and their libraries) into this process ahead of evaluate_checkpoint."""
+    from pipelines.dataset import read_manifest
+
+    manifest = read_manifest(manifest_uri)
+    if (manifest.get("vae") or {}).get("path"):
+        _vae(str(manifest["vae"]["path"]))
+    if (manifest.get("fid") or {}).get("feature_net"):
+        _feature_net(str(manifest["fid"]["feature_net"]))
+
+
 def generate_features(ckpt_dir: str, manifest_uri: str, indices: Sequence[int], cond: dict[str, np.ndarray], *,
                       sampler: str, steps: int, guidance: float, seed: int, batch_size: int = 64,
                       want_images: bool = False) -> dict[str, np.ndarray]:
     """Sample `indices` from a checkpoint, decode, featurise: {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
     from ditcore.checkpoint import load_checkpoint
-    from ditcore.metrics.features import load_feature_net
     from ditcore.samplers import make_generators, model_fn_from_model, noise_from_seeds, sample
     from pipelines.dataset import load_null_text, read_manifest
-    from pipelines.vae import decode_to_images, load_vae
+    from pipelines.vae import decode_to_images
 
     torch.set_num_threads(max(1, int(os.environ.get("DITSCALE_EVAL_THREADS", "1"))))
     local = storage.local_copy(ckpt_dir)
@@ -65,9 +92,8 @@ def generate_features(ckpt_dir: str, manifest_uri: str, indices: Sequence[int], 
     vae_cfg = manifest.get("vae") or {}
     if not vae_cfg.get("path"):
         raise ValueError(f"{manifest_uri}: manifest vae.path is empty; cannot decode samples")
-    vae = load_vae(vae_cfg["path"])
-    fid_cfg = manifest.get("fid") or {}
-    net = load_feature_net(storage.local_copy(fid_cfg["feature_net"]))
+    vae = _vae(str(vae_cfg["path"]))
+    net = _feature_net(str((manifest.get("fid") or {})["feature_net"]))
     C, S = model.in_channels, model.config.input_size
     uncond = None
     if guidance != 1.0:
@@ -171,9 +197,9 @@ def evaluate_checkpoint(ckpt: str, manifest_uri: str, num_samples: int = 256, sa
     out: dict[str, Any] = {"fid": float(frechet_distance(mu, sigma, mu_ref, sigma_ref)), "num_samples": num_samples,
                            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed}
     if objects is not None and images is not None:
-        from ditcore.metrics.features import caption_attribute_accuracy, load_feature_net
+        from ditcore.metrics.features import caption_attribute_accuracy
 
-        net = load_feature_net(storage.local_copy(manifest["fid"]["feature_net"]))
+        net = _feature_net(str(manifest["fid"]["feature_net"]))
         if hasattr(net, "attributes"):
             out["attr_acc"] = float(caption_attribute_accuracy(net, images, objects))
     return out

@@ -73,7 +73,7 @@ def make_mode(tiny: bool) -> Mode:
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
             sweep=["budgets=[2e10,5e10,1.2e11]", "base.data.batch_size=16",
-                   "base.eval.num_samples=64", "base.eval.num_actors=0",
+                   "base.eval.num_samples=64",
                    "base.eval.steps=8", "base.data.val_samples=32", "base.optim.warmup_steps=5"],
             serve_steps=8, grid_images=4, notes={"n_boot": 50},
         )
@@ -741,9 +741,11 @@ def _stage_list() -> list[Stage]:
 
 def _set_env(out: Path) -> None:
     """Quiet/offline env, the local MLflow store, and a Ray auth token of this run's own."""
+    from pipelines.ray_env import apply_ray_env
+
+    apply_ray_env()  # offline, no telemetry, Ray Data INFO lines to the session log (inherited by the Ray head)
     for key, value in {
-        "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
         "RAY_DEDUP_LOGS": "0",
         # Ray Serve's controller, proxy and replicas log to their files only (<out>/logs/serve, see the serve
         # stage), not to the console through the driver.

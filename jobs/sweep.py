@@ -283,6 +283,21 @@ def run_trial(trial: dict, callbacks: Optional[list] = None) -> dict:
                 cfg = from_dict(TrainConfig, _merge(to_dict(cfg), {"checkpoint": {"init_from": init}}))
                 res = validate_config(cfg, check_mlflow=False)
         prepared.append(prepare_run(cfg, resolved=res, **kwargs))
+    ev = res_main.cfg.eval
+    if ev.num_samples > 0 and ev.num_actors == 0:
+        # This process evaluates the points itself once training is done; it idles while the workers train,
+        # so it loads the VAE and feature net (and imports diffusers) meanwhile.
+        import threading
+
+        from jobs.evaluate import preload
+
+        def _preload(uri: str) -> None:
+            try:
+                preload(uri)
+            except Exception:  # noqa: BLE001 - evaluation loads them again and reports the error with context
+                pass
+
+        threading.Thread(target=_preload, args=(res_main.cfg.data.manifest,), name="eval-preload", daemon=True).start()
     train_runs(prepared, trial_storage(t), callbacks=callbacks)
     for i, ((_, role), run) in enumerate(zip(runs, prepared)):
         out = finish_run(run)

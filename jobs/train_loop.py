@@ -725,6 +725,21 @@ def _prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
             pass
 
 
+def _console_log_level(level: str) -> None:
+    """run.log_level on this worker's console (the files keep everything).
+
+    Ray Train filters its `ray.train.*` loggers by RunConfig.logging_config, but logs each report ("Reporting
+    training result ...") through a logger named after its source file, which only the root logger's console
+    handler sees; this sets that handler's level too.
+    """
+    import logging
+
+    lvl = logging.getLevelName(str(level).upper())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, lvl))
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (runs on every worker): train config["runs"] in order in this worker group.
 
@@ -735,6 +750,7 @@ def train_loop_per_worker(config: dict) -> None:
     from pipelines import storage
 
     env = RayEnv()
+    _console_log_level(config["runs"][0]["train"]["run"].get("log_level", "INFO"))
     for plan in config["runs"]:
         env.set_run(plan.get("run_subdir") or "")
         if env.run_finished():
