@@ -419,7 +419,7 @@ def train_runs(runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None
     for r in todo[1:]:
         c = r.res.cfg
         for key in ("data", "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.max_failures",
-                    "checkpoint.storage"):
+                    "run.deterministic", "run.log_level", "checkpoint.storage"):
             a, b = _dotted(first, key), _dotted(c, key)
             if a != b:
                 raise ConfigError(f"{key}: runs trained together must agree ({r.res.run_name}: {b!r} vs "

@@ -37,7 +37,7 @@ HELDOUT_START = 2_000_000_000
 
 @dataclass
 class TrainVAEConfig:
-    """Small KL autoencoder on the built-in data; defaults finish in about two minutes on 2 CPU cores."""
+    """Small KL autoencoder on the built-in data; defaults take about four minutes on 2 CPU cores."""
 
     out: str = "outputs/vae"  # local directory or s3:// prefix
     output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
