@@ -20,13 +20,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
-ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +210,9 @@ def deploy(plan: dict, *, num_gpus: float | None = None, ready_timeout: float = 
 
 def serve_main(argv: list[str]) -> int:
     """`ditscale serve`: start Ray (local unless RAY_ADDRESS), deploy the app, block until Ctrl-C/SIGTERM."""
-    for k, v in ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
+    from pipelines.ray_env import apply_ray_env
+
+    apply_ray_env()
     ns, plan = serve_plan(argv)
     from serve.app import make_app  # validates args before anything starts
 
