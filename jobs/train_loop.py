@@ -136,7 +136,7 @@ class RayEnv:
 
         import ray
 
-        fs, base = self._storage.storage_filesystem, self._storage.experiment_fs_path.rstrip("/")
+        fs, base = self.fs, self._storage.experiment_fs_path.rstrip("/")
         rec = {"rank": self.rank, "world_size": self.world_size, "node_id": ray.get_runtime_context().get_node_id(),
                "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         try:
@@ -171,7 +171,7 @@ class RayEnv:
     def report(self, metrics: dict, checkpoint_path: Optional[str]) -> None:
         from ray.train import Checkpoint, CheckpointUploadMode
 
-        ckpt = Checkpoint(path=checkpoint_path, filesystem=self._storage.storage_filesystem) if checkpoint_path else None
+        ckpt = Checkpoint(path=checkpoint_path, filesystem=self.fs) if checkpoint_path else None
         # RAY: register metrics (+ the already-persisted checkpoint, so no second upload) with the controller.
         self._train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
