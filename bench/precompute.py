@@ -37,7 +37,7 @@ def _encoders(tmp: Path) -> tuple[str, str]:
     if not (vae / "config.json").is_file():
         from diffusers import AutoencoderKL
 
-        from pipelines.train_vae import TrainVAEConfig
+        from pipelines.encoders.train_vae import TrainVAEConfig
 
         c = TrainVAEConfig()
         torch.manual_seed(0)
@@ -57,7 +57,7 @@ def _encoders(tmp: Path) -> tuple[str, str]:
 
 def _config(out: Path, vae: str, fn: str, args, actors: int):
     from ditcore.config import from_dict
-    from pipelines.precompute import PrecomputeConfig
+    from pipelines.precompute.job import PrecomputeConfig
 
     return from_dict(PrecomputeConfig, {
         "output": str(out), "image_size": args.image_size, "progress": False,
@@ -72,8 +72,8 @@ def plain_loop(cfg) -> dict:
     import torch
 
     from ditcore.config import to_dict
-    from pipelines.encode import Encoder, decode_batch
-    from pipelines.precompute import ShardWriter, validate
+    from pipelines.precompute.encode import Encoder, decode_batch
+    from pipelines.precompute.job import ShardWriter, validate
     from pipelines.sources import read_shard
 
     torch.set_num_threads(1)
@@ -101,7 +101,7 @@ def main() -> int:
     args = p.parse_args()
     import ray
 
-    from pipelines.precompute import run_precompute
+    from pipelines.precompute.job import run_precompute
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
     vae, fn = _encoders(tmp)

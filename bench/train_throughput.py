@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from jobs.train import load_train_config, run_training, validate_config
-    from jobs.train_loop import peak_flops_per_worker
+    from jobs.train.driver import load_train_config, run_training, validate_config
+    from jobs.train.loop import peak_flops_per_worker
 
     tmp = Path(tempfile.mkdtemp(prefix="ditscale-bench-"))
     data = args.data
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_flops_per_worker(cfg, torch.device("cpu"))
 
     # Baseline: the same loop, no Ray.
-    from jobs.train import run_local
+    from jobs.train.driver import run_local
 
     t0 = time.perf_counter()
     local = run_local(cfg, str(tmp / "local"))

@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines import storage
-
+from pipelines.infra import storage
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 # Sidecar files that describe an image rather than being one; never counted as inputs of a folder.
 SIDECAR_EXTENSIONS = ("txt", "json", "cls", "md5")

@@ -105,7 +105,7 @@ def resolve_checkpoint(args: AppArgs) -> tuple[str, dict | None]:
     """(checkpoint URI, registry record or None) for a path/URI or the MLflow 'champion' alias."""
     if not args.champion:
         return str(args.checkpoint), None
-    from pipelines.registry import resolve_champion
+    from pipelines.infra.tracking import resolve_champion
 
     record = dict(resolve_champion(model_name=args.model_name, tracking_uri=args.tracking_uri))
     if not record.get("checkpoint"):
@@ -115,7 +115,7 @@ def resolve_checkpoint(args: AppArgs) -> tuple[str, dict | None]:
 
 def _local(uri: str) -> str:
     """A local path for a local path or s3:// URI (downloaded once into a temp dir)."""
-    from pipelines.storage import local_copy
+    from pipelines.infra.storage import local_copy
 
     return local_copy(uri)
 
@@ -190,13 +190,13 @@ class GenerationEngine:
         self.manifest: dict = {}
         manifest_uri = (self.config.get("data") or {}).get("manifest")
         if manifest_uri:
-            from pipelines.dataset import read_manifest
+            from pipelines.latents.reader import read_manifest
 
             self.manifest = read_manifest(_dataset_uri(manifest_uri)) or {}
         self.vae = None
         vae_spec = self.manifest.get("vae") or {}
         if vae_spec.get("path"):
-            from pipelines.vae import load_vae
+            from pipelines.encoders.vae import load_vae
 
             vae_path = str(vae_spec["path"])
             vae_path = _local(vae_path) if vae_path.startswith("s3://") else vae_path
@@ -219,8 +219,8 @@ class GenerationEngine:
             text_spec = self.manifest.get("text") or {}
             if not text_spec:
                 raise RuntimeError(f"{self.checkpoint_uri}: text-conditioned model but the data manifest has no 'text' entry")
-            from pipelines.dataset import load_null_text
-            from pipelines.text import load_text_encoder
+            from pipelines.latents.reader import load_null_text
+            from pipelines.encoders.text import load_text_encoder
 
             encoder = str(text_spec.get("encoder") or "minilm")
             encoder = _local(encoder) if encoder.startswith("s3://") else encoder
@@ -365,7 +365,7 @@ class GenerationEngine:
         import torch
 
         if self.vae is not None:
-            from pipelines.vae import decode_to_images
+            from pipelines.encoders.vae import decode_to_images
 
             return np.asarray(decode_to_images(self.vae, x0, self.scaling_factor, self.shift_factor))
         img = ((x0.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)  # [B,3,H,W] pixel space in [-1, 1]

@@ -85,10 +85,9 @@ def test_override_commands_run(blocks):
 
 
 def test_submit_lines_resolve_to_their_entrypoints(blocks, monkeypatch, capsys):
-    from jobs import submit
-
+    from jobs.cluster import submit
     monkeypatch.chdir(REPO)
-    modules = {"precompute": "pipelines.precompute", "sweep": "jobs.sweep", "fit": "jobs.fit", "serve": "jobs.cli serve"}
+    modules = {"precompute": "pipelines.precompute", "sweep": "jobs.sweep", "fit": "jobs.cli fit", "serve": "jobs.cli serve"}
     for cmd in blocks["submit"]:
         argv = shlex.split(cmd)
         assert argv[:2] == ["ditscale", "submit"], cmd

@@ -79,7 +79,7 @@ def test_flops_summary_conventions():
 
 
 def test_cli_flops_and_models(capsys):
-    from jobs.cmd_models import main
+    from pipelines.cli.models import main
 
     assert main(["flops", "DiT-XL/2", "--latent-size", "32"]) == 0
     out = json.loads(capsys.readouterr().out)

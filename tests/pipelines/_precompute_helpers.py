@@ -77,7 +77,7 @@ def tiny_t5(path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-    from pipelines.text import minilm_path
+    from pipelines.encoders.text import minilm_path
 
     path.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ditcore.config import from_dict
-from pipelines.precompute import PrecomputeConfig, read_dataset
+from pipelines.precompute.job import PrecomputeConfig, read_dataset
 from pipelines.sources import SourceConfig, SourceError, plan_source
 from tests.pipelines._precompute_helpers import make_folder, make_parquet, make_tar, ray_module
 
@@ -94,7 +94,7 @@ def test_missing_source_path_is_a_source_error(tmp_path):
 
 def test_export_builtin_round_trips_through_folder_and_parquet_sources(tmp_path, capsys):
     from ditcore.data.builtin import BuiltinSpec, render_batch
-    from pipelines.data_cli import main as data_main
+    from pipelines.cli.data import main as data_main
 
     assert data_main(["export-builtin", "--out", str(tmp_path / "f"), "--count", "6", "--image-size", str(S)]) == 0
     assert data_main(["export-builtin", "--out", str(tmp_path / "p"), "--format", "parquet", "--count", "6",

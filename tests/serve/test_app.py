@@ -62,7 +62,7 @@ def make_text_checkpoint(root: Path) -> Path:
 
     from ditcore.checkpoint import save_checkpoint
     from ditcore.models import build_model, config_to_dict
-    from pipelines.text import load_text_encoder
+    from pipelines.encoders.text import load_text_encoder
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
@@ -122,7 +122,7 @@ def server(tmp_path_factory, moto_s3):
     import ray
     from ray import serve
 
-    from pipelines import storage
+    from pipelines.infra import storage
     from serve.app import make_app
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -399,7 +399,7 @@ def test_killed_replica_is_replaced(server):
 
 
 def test_loadtest_cli_against_running_app(server, capsys):
-    from serve.cli import main
+    from serve.cli.main import main
 
     rc = main(["loadtest", "--url", f"{server['base']}/class", "--concurrency", "1,3", "--requests", "3",
                "--steps", "2", "--warmup", "0"])
@@ -419,7 +419,7 @@ def test_config_yaml_loads_through_serve_schema():
     from ditcore.config import ConfigError
     from serve.app import IngressSettings, build_app, make_app
     from serve.batching import SamplerSettings
-    from serve.cli import load_app_config
+    from serve.cli.main import load_app_config
 
     raw = yaml.safe_load((REPO_ROOT / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)

@@ -1,0 +1,3 @@
+from jobs.sweep.driver import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from jobs.train.driver import main
+
+raise SystemExit(main())

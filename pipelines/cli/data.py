@@ -1,0 +1,199 @@
+"""`ditscale data ...`: export the built-in set, inspect a latent data set, train the offline VAE / feature net.
+
+    ditscale data export-builtin --out DIR [--format folder|parquet] [--count N] [--image-size S]
+    ditscale data inspect DIR [--preview PNG] [--rows N]
+    ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.train_vae)
+    ditscale data train-features [--config FILE] [k=v ...]   (pipelines.train_features)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipelines.infra import storage
+ROWS_PER_PARQUET = 1000
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def export_builtin(out: str, fmt: str = "folder", count: int = 256, image_size: int = 64, seed: int = 0,
+                   max_objects: int = 2) -> dict:
+    """Write the built-in set as an image folder (DIR/<label>_<class>/<id>.png + .txt) or parquet shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditcore.data.builtin import CLASS_NAMES, BuiltinSpec, render_batch
+
+    spec = BuiltinSpec(image_size=image_size, max_objects=max_objects, seed=seed)
+    written = 0
+    for part, start in enumerate(range(0, count, ROWS_PER_PARQUET)):
+        batch = render_batch(start, min(start + ROWS_PER_PARQUET, count), spec)
+        n = len(batch["id"])
+        if fmt == "folder":
+            for i in range(n):
+                label = int(batch["label"][i])
+                # "07_green square": sorted directory names keep the built-in label order when re-ingested.
+                cls = f"{label:02d}_{CLASS_NAMES[label].replace(' ', '_')}"
+                base = storage.join(out, cls, str(batch["id"][i]))
+                storage.write_bytes(base + ".png", _png(batch["image"][i]))
+                storage.write_bytes(base + ".txt", (str(batch["caption"][i]) + "\n").encode())
+        elif fmt == "parquet":
+            table = pa.table({
+                "id": pa.array([str(x) for x in batch["id"]], pa.string()),
+                "image": pa.array([_png(im) for im in batch["image"]], pa.binary()),
+                "caption": pa.array([str(x) for x in batch["caption"]], pa.string()),
+                "label": pa.array(batch["label"].astype(np.int32), pa.int32()),
+            })
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            storage.write_bytes(storage.join(out, f"part-{part:05d}.parquet"), buf.getvalue())
+        else:
+            raise ValueError(f"--format must be folder or parquet, got {fmt!r}")
+        written += n
+    return {"out": out, "format": fmt, "count": written, "image_size": image_size, "seed": seed}
+
+
+def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+    """uint8 [N,H,W,3] -> one uint8 grid image with a 2 px gap."""
+    n, h, w, _ = images.shape
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = images[i]
+    return grid
+
+
+def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dict:
+    """Schema, counts, latent stats and failure reasons of a latent data set; writes a VAE-decoded preview grid."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from pipelines.latents.reader import data_files, load_latents_numpy, read_failures, read_manifest
+
+    m = read_manifest(uri)
+    files = data_files(uri, m)
+    info: dict = {"uri": uri, "counts": m["counts"], "shards": len(files), "image_size": m["image_size"],
+                  "num_classes": m.get("num_classes"), "vae": m["vae"], "text": m.get("text"), "fid": m.get("fid"),
+                  "latent_stats": m.get("latent_stats"), "columns": m.get("columns")}
+    if files:
+        fs, path = storage.get_fs(files[0])
+        with fs.open_input_file(path) as fh:
+            info["schema"] = str(pq.read_schema(fh))
+    fails = read_failures(uri)
+    reasons = collections.Counter(r.split(":")[0] for r in fails.column("reason").to_pylist())
+    info["failure_reasons"] = dict(reasons.most_common(10))
+    if preview and m["counts"]["written"]:
+        import torch
+
+        from pipelines.latents.reader import to_model_space
+        from pipelines.encoders.vae import decode_to_images, load_vae
+
+        data = load_latents_numpy(uri, limit=rows, columns=["id", "latent_mean"])
+        vae_rec = m["vae"]
+        vae = load_vae(vae_rec["path"], revision=vae_rec.get("revision"), subfolder=vae_rec.get("subfolder"))
+        z_model = to_model_space(torch.from_numpy(data["latent_mean"].astype(np.float32)), None,
+                                 vae_rec["scaling_factor"], vae_rec["shift_factor"])
+        images = decode_to_images(vae, z_model, vae_rec["scaling_factor"], vae_rec["shift_factor"])
+        storage.write_bytes(preview, _png(_grid(images)))
+        info["preview"] = preview
+        info["preview_ids"] = [str(x) for x in data["id"]]
+    return info
+
+
+def _print_inspect(info: dict) -> None:
+    c = info["counts"]
+    print(f"latent data set {info['uri']}")
+    print(f"  rows: {c['written']} written, {c['failed']} failed, {c['input']} input; {info['shards']} parquet shards")
+    v = info["vae"]
+    print(f"  image {info['image_size']} px -> latents {v['latent_channels']}x{v['latent_size']}x{v['latent_size']} "
+          f"(VAE {v['path']}, scale {v['scaling_factor']:.5g}, shift {v['shift_factor']:.5g})")
+    t = info.get("text")
+    print(f"  text: {t['encoder']} L={t['max_length']} D={t['dim']} pooled={t['pooled_dim']}" if t else "  text: none")
+    f = info.get("fid")
+    print(f"  fid: {f['feature_net']} F={f['feature_dim']}" if f else "  fid: none")
+    print(f"  classes: {info['num_classes']}")
+    ls = info.get("latent_stats") or {}
+    if ls:
+        print("  latent mean per channel: " + ", ".join(f"{x:+.3f}" for x in ls["mean"]))
+        print("  latent std  per channel: " + ", ".join(f"{x:.3f}" for x in ls["std"]))
+    if info.get("failure_reasons"):
+        print("  failures: " + "; ".join(f"{k} x{v}" for k, v in info["failure_reasons"].items()))
+    if info.get("schema"):
+        print("  schema:")
+        for line in info["schema"].splitlines():
+            if not line.startswith(("  child", "  --", "    ")):
+                print(f"    {line}")
+    if info.get("preview"):
+        print(f"  preview grid ({len(info['preview_ids'])} rows decoded through the VAE): {info['preview']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ditscale data` parser with its subcommands."""
+    p = argparse.ArgumentParser(prog="ditscale data", description="Built-in data set, offline encoders, latent data set inspection.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export-builtin", help="write the built-in shapes set as an image folder or parquet")
+    e.add_argument("--out", required=True, help="output directory (local or s3://)")
+    e.add_argument("--format", choices=["folder", "parquet"], default="folder")
+    e.add_argument("--count", type=int, default=256)
+    e.add_argument("--image-size", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-objects", type=int, default=2)
+    i = sub.add_parser("inspect", help="schema, counts, latent stats and a VAE-decoded preview grid of a latent data set")
+    i.add_argument("dir", help="latent data set directory (local or s3://)")
+    i.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
+    i.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
+    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
+    for name, help_ in (("train-vae", "train the small AutoencoderKL on the built-in data (pipelines.train_vae)"),
+                        ("train-features", "train the built-in FID feature net (pipelines.train_features)")):
+        s = sub.add_parser(name, help=help_, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`ditscale data` entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # train-* take their own arguments (including --help): hand everything after the subcommand over untouched.
+    if argv and argv[0] in ("train-vae", "train-features"):
+        if argv[0] == "train-vae":
+            from pipelines.encoders.train_vae import main as sub_main
+        else:
+            from pipelines.encoders.train_features import main as sub_main
+        return int(sub_main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "export-builtin":
+            res = export_builtin(args.out, args.format, args.count, args.image_size, args.seed, args.max_objects)
+            print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
+            return 0
+        if args.cmd == "inspect":
+            preview = None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
+            info = inspect_dataset(args.dir, preview, args.rows)
+            if args.json:
+                print(json.dumps(info, indent=2, default=str))
+            else:
+                _print_inspect(info)
+            return 0
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ditscale data {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,290 @@
+"""Train the offline default VAE: a small diffusers `AutoencoderKL` on the built-in shapes, saved with `save_pretrained`.
+
+    ditscale data train-vae [--config FILE] [key=value ...]      (or: python -m pipelines.train_vae ...)
+
+Images are generated on the fly from `ditcore.data.builtin` (no files). The loss is the usual KL-VAE one
+without the perceptual and GAN terms: L1 + MSE reconstruction plus a small KL to N(0, I). After training the
+latent `scaling_factor` (1 / std of posterior samples over a batch of training images, as Rombach et al. 2022
+Sec. 4.3 / the SD VAE do) and optionally a `shift_factor` (their mean) are written into the diffusers config,
+so the precompute and the samplers read them like those of any pretrained VAE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ditcore.config import ConfigError, to_dict
+from ditcore.data.builtin import BACKGROUNDS, BuiltinSpec, render_batch
+from ditcore.preprocess import images_to_tensor
+from pipelines.infra import storage
+# Index ranges of the built-in set used here: training draws from [0, TRAIN_RANGE), held-out
+# evaluation images come from HELDOUT_START onwards, so the two never overlap.
+TRAIN_RANGE = 1_000_000_000
+HELDOUT_START = 2_000_000_000
+
+
+@dataclass
+class TrainVAEConfig:
+    """Small KL autoencoder on the built-in data; defaults take about four minutes on 2 CPU cores."""
+
+    out: str = "outputs/vae"  # local directory or s3:// prefix
+    output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
+    image_size: int = 32
+    max_objects: int = 2
+    background: str = "white"
+    data_seed: int = 0  # BuiltinSpec.seed of the images
+    # Architecture: len(block_out_channels) - 1 stride-2 stages -> downsample 4 and 8x8x4 latents at 32 px.
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 32, 64])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+    mid_block_add_attention: bool = True
+    # Optimisation.
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    foreground_weight: float = 10.0  # extra reconstruction weight on object pixels (non-background)
+    kl_weight: float = 1e-6  # per-sample KL summed over latent elements; small, as in the SD VAE
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # Latent statistics and evaluation.
+    scale_images: int = 512  # images used to measure the latent std (-> scaling_factor)
+    compute_shift: bool = False  # also store shift_factor = latent mean (else 0)
+    eval_images: int = 256  # held-out images for the final PSNR
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.output is not None:
+            self.out, self.output = self.output, None
+        if self.steps < 0:
+            raise ConfigError(f"steps: must be >= 0, got {self.steps}")
+        for name in ("batch_size", "scale_images", "eval_images", "latent_channels", "layers_per_block"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError(
+                f"block_out_channels: {self.block_out_channels} must be non-empty and divisible by "
+                f"norm_num_groups={self.norm_num_groups}"
+            )
+        downsample = 2 ** (len(self.block_out_channels) - 1)
+        if self.image_size % downsample:
+            raise ConfigError(f"image_size: {self.image_size} is not divisible by the VAE downsample factor {downsample}")
+        try:
+            BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def build_vae(cfg: TrainVAEConfig):
+    """A freshly initialised diffusers AutoencoderKL with the configured shape."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.image_size,
+        mid_block_add_attention=cfg.mid_block_add_attention,
+        force_upcast=False,  # trained in fp32 on well-scaled data; fp16/bf16 inference is fine
+    )
+
+
+def _batch(spec: BuiltinSpec, indices: np.ndarray) -> torch.Tensor:
+    """Images of the given built-in indices as float [B,3,H,W] in [-1,1]."""
+    images = np.stack([render_batch(int(i), int(i) + 1, spec)["image"][0] for i in indices])
+    return images_to_tensor(images)
+
+
+def _range_batches(spec: BuiltinSpec, start: int, count: int, batch_size: int):
+    for s in range(start, start + count, batch_size):
+        yield images_to_tensor(render_batch(s, min(s + batch_size, start + count), spec)["image"])
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1,1] over the [0,1] range (uint8-rounded, as a saved image would be)."""
+    a = ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    b = ((y.float().clamp(-1, 1) + 1) * 127.5).round()
+    mse = ((a - b) / 255.0).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(vae, spec: BuiltinSpec, count: int, batch_size: int = 64) -> dict[str, float]:
+    """Held-out reconstruction quality (posterior mean -> decode): PSNR over all pixels and over object pixels only."""
+    vae.eval()
+    background = torch.tensor(BACKGROUNDS[spec.background], dtype=torch.float32).view(1, 3, 1, 1)
+    sq, n, fg_sq, fg_n = 0.0, 0, 0.0, 0
+    for x in _range_batches(spec, HELDOUT_START, count, batch_size):
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        a = ((x.clamp(-1, 1) + 1) * 127.5).round()  # [B,3,H,W] in 0..255
+        b = ((rec.float().clamp(-1, 1) + 1) * 127.5).round()
+        err = ((a - b) / 255.0).pow(2)
+        fg = ((a - background).abs().amax(1, keepdim=True) > 2).expand_as(err)  # object pixels
+        sq, n = sq + err.sum().item(), n + err.numel()
+        fg_sq, fg_n = fg_sq + err[fg].sum().item(), fg_n + int(fg.sum())
+
+    def to_db(total: float, count_: int) -> float:
+        mse = total / max(count_, 1)
+        return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+    return {"psnr_db": to_db(sq, n), "foreground_psnr_db": to_db(fg_sq, fg_n)}
+
+
+def evaluate_psnr(vae, spec: BuiltinSpec, count: int, batch_size: int = 64) -> float:
+    """Reconstruction PSNR (posterior mean -> decode) on `count` held-out built-in images."""
+    return evaluate_reconstruction(vae, spec, count, batch_size)["psnr_db"]
+
+
+@torch.no_grad()
+def latent_statistics(vae, spec: BuiltinSpec, count: int, batch_size: int = 64, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) over all elements of posterior samples z of `count` training images."""
+    vae.eval()
+    gen = torch.Generator().manual_seed(seed)
+    zs = []
+    for x in _range_batches(spec, 0, count, batch_size):
+        post = vae.encode(x).latent_dist
+        zs.append(post.mean + post.std * torch.randn(post.mean.shape, generator=gen))  # [B,C,h,w]
+    z = torch.cat(zs)
+    return float(z.mean()), float(z.std())
+
+
+def train_vae(cfg: TrainVAEConfig) -> str:
+    """Train, measure the latent scale, save with `save_pretrained` to `cfg.out`; returns the output path/URI."""
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
+    vae = build_vae(cfg).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(cfg.warmup_steps, 1)
+
+    def lr_at(step: int) -> float:
+        # Linear warm-up then cosine decay to 5% (short runs benefit from annealing the lr).
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(cfg.steps - warm, 1)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    background = torch.tensor(BACKGROUNDS[cfg.background], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
+    t0 = time.monotonic()
+    bar = tqdm(range(cfg.steps), desc="train-vae", disable=not cfg.progress or None, dynamic_ncols=True)
+    ema_loss = None
+    for step in bar:
+        x = _batch(spec, rng.integers(0, TRAIN_RANGE, cfg.batch_size))  # [B,3,H,W]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # reparameterised sample
+        rec = vae.decode(z).sample  # [B,3,H,W]
+        # Objects cover ~10% of the pixels; up-weighting them keeps the background from dominating the
+        # loss, which otherwise leaves colours (red / orange / yellow) merged long after PSNR looks good.
+        weight = 1.0 + cfg.foreground_weight * ((x - background).abs().amax(1, keepdim=True) > 0.02).float()  # [B,1,H,W]
+        norm = weight.sum() * x.shape[1]
+        l1 = (weight * (rec - x).abs()).sum() / norm
+        mse = (weight * (rec - x).pow(2)).sum() / norm
+        kl = post.kl().mean()  # per-sample KL summed over latent elements
+        loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        if step % 10 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{psnr(x, rec.detach()):.1f}", kl=f"{kl.item():.0f}")
+    bar.close()
+    train_s = time.monotonic() - t0
+
+    vae.eval()
+    mean, std = latent_statistics(vae, spec, cfg.scale_images, seed=cfg.seed)
+    shift = mean if cfg.compute_shift else 0.0
+    # Scale so that (z - shift) has unit std, the input scale diffusion noise schedules assume.
+    centred_std = std if cfg.compute_shift else math.sqrt(std ** 2 + mean ** 2)
+    scaling = 1.0 / max(centred_std, 1e-8)
+    vae.register_to_config(scaling_factor=float(scaling), shift_factor=float(shift))
+    quality = evaluate_reconstruction(vae, spec, cfg.eval_images)
+    value = quality["psnr_db"]
+
+    summary = {
+        **quality, "steps": cfg.steps, "train_seconds": round(train_s, 2), "latent_mean": mean,
+        "latent_std": std, "scaling_factor": scaling, "shift_factor": shift, "final_loss": ema_loss,
+        "params": sum(p.numel() for p in vae.parameters()), "config": to_dict(cfg),
+    }
+    out = _save(vae, cfg.out, summary)
+    print(f"train-vae: {cfg.steps} steps in {train_s:.1f}s; scaling_factor={scaling:.4f} shift_factor={shift:.4f}; "
+          f"held-out reconstruction PSNR {value:.2f} dB (object pixels {quality['foreground_psnr_db']:.2f} dB) "
+          f"on {cfg.eval_images} images -> {out}", flush=True)
+    return out
+
+
+def _save(vae, out: str, summary: dict) -> str:
+    """save_pretrained into a temp dir, then move (local) or upload (s3://) it to `out` in one step."""
+    if storage.is_s3(out):
+        with tempfile.TemporaryDirectory(prefix="ditscale-vae-") as tmp:
+            vae.save_pretrained(tmp, safe_serialization=True)
+            Path(tmp, "train_summary.json").write_text(json.dumps(summary, indent=2))
+            storage.upload_dir(tmp, out)
+        return out
+    dst = Path(out).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    vae.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return str(dst)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser: --config FILE plus key=value overrides of TrainVAEConfig."""
+    p = argparse.ArgumentParser(
+        prog="ditscale data train-vae",
+        description="Train the small default AutoencoderKL on the built-in shapes and save it in diffusers format.",
+        epilog="Overrides: any TrainVAEConfig field, e.g. steps=200 out=outputs/vae block_out_channels=[32,32,64]",
+    )
+    p.add_argument("--config", help="YAML file with TrainVAEConfig fields")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    from pipelines.infra.config_files import load_config
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(TrainVAEConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"ditscale data train-vae: config error: {exc}", flush=True)
+        return 2
+    train_vae(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

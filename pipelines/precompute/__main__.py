@@ -1,0 +1,3 @@
+from pipelines.precompute.job import main
+
+raise SystemExit(main())

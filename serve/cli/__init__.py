@@ -1,0 +1,1 @@
+"""Command-line entry points of the sampler service (`ditscale serve`, `ditscale loadtest`)."""

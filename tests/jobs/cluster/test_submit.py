@@ -1,0 +1,298 @@
+"""`ditscale submit` / `ditscale jobs` against a real Ray head node with the job server on loopback.
+
+The head is started by this module with `ray start --head --block` in its own session, with token auth
+on (a token of its own in RAY_AUTH_TOKEN, so ~/.ray/auth_token is never touched) and every port chosen
+free, and is stopped by signalling exactly the processes of that session: never `ray stop`, which would
+stop every Ray instance on the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from jobs.cluster import submit
+from tests.conftest import REPO_ROOT, free_port
+
+VENV_BIN = Path(sys.executable).parent
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure parts: entrypoint, runtime env, token lookup, argument errors (no cluster).
+
+
+def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
+    """The job runs `python -m <module> --config <repo-relative path> k=v ...` with the repo minus data/outputs."""
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = "pyproject.toml"  # any file inside the repo stands in for a config here
+    rc = submit.main(["submit", "sweep", "--address", "http://127.0.0.1:1", "--config", cfg,
+                      "train.lr=0.001", "models=[\"MMDiT-d1\"]", "--env", "FOO=bar", "--dry-run"])
+    assert rc == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["entrypoint"] == "python -m jobs.sweep --config pyproject.toml train.lr=0.001 'models=[\"MMDiT-d1\"]'"
+    env = plan["runtime_env"]
+    assert Path(env["working_dir"]) == REPO_ROOT
+    for excluded in ("data/", "outputs/", ".venv/", "mlruns/"):
+        assert excluded in env["excludes"]
+    assert env["env_vars"]["FOO"] == "bar" and env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+@pytest.mark.parametrize("kind,module", [("precompute", "pipelines.precompute"), ("fit", "jobs.cli fit"),
+                                         ("serve", "jobs.cli serve")])
+def test_entrypoint_per_kind(kind, module):
+    """Each kind runs its module; unknown flags after the overrides pass through to the job."""
+    assert submit.build_entrypoint(kind, "configs/x.yaml", ["a=1", "--experiment", "e"]) == \
+        f"python -m {module} --config configs/x.yaml a=1 --experiment e"
+
+
+def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    """A config that is not uploaded with the working dir would fail on the cluster: refuse it up front."""
+    monkeypatch.chdir(REPO_ROOT)
+    outside = tmp_path / "c.yaml"
+    outside.write_text("a: 1\n")
+    assert submit.main(["submit", "precompute", "--config", str(outside), "--dry-run"]) == 2
+    assert "must be inside the working dir" in capsys.readouterr().err
+    assert submit.main(["submit", "precompute", "--config", "configs/nope.yaml", "--dry-run"]) == 2
+    assert "configs/nope.yaml: file not found" in capsys.readouterr().err
+
+
+def test_token_lookup_follows_rays_order(monkeypatch, tmp_path):
+    """--token > RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token; nothing when auth is disabled."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    assert submit.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert submit.auth_headers() == {"Authorization": "Bearer from-home"}
+    path = tmp_path / "tok"
+    path.write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    assert submit.resolve_auth_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert submit.resolve_auth_token() == "from-env"
+    assert submit.resolve_auth_token("explicit") == "explicit"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert submit.auth_headers() == {}
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    path.write_text("")
+    with pytest.raises(submit.SubmitError, match="RAY_AUTH_TOKEN_PATH"):
+        submit.resolve_auth_token()
+
+
+def test_unreachable_job_server_is_a_clear_error(capsys):
+    port = free_port()
+    assert submit.main(["jobs", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
+    assert f"cannot reach the Ray job server at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A real head node on loopback.
+
+
+def _session_pids(sid: int) -> list[int]:
+    """PIDs of all live processes in session `sid` (the `ray start --block` leader and everything it spawned)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the ")" closing the command name: state ppid pgrp session ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop_session(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop the head we started: SIGTERM to `ray start --block` (it tears its processes down), then SIGKILL leftovers."""
+    sid = proc.pid
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _session_pids(sid):
+        time.sleep(0.2)
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait_for_job_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    """Poll until the job API answers (401 without a token counts: the server is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"Ray job server at {url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head node (2 CPUs, token auth, job server on 127.0.0.1) owned by this module; yields its address + env."""
+    # Ray's unix socket paths must stay short: a /tmp/rayXXXX temp dir, not pytest's deep tmp_path.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    token = secrets.token_hex(16)
+    dash_port = free_port()
+    env = dict(os.environ)
+    env.update({
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # The job's `python` must be this venv's interpreter (it has the project's dependencies).
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+        "--num-cpus=2", f"--temp-dir={temp_dir}",
+        # Every fixed default port moved to a free one, so other Ray instances on this machine never clash.
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+    log = Path(temp_dir) / "ray-start.log"
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        _wait_for_job_server(address, proc, log)
+        yield {"address": address, "token": token, "env": env, "temp_dir": temp_dir}
+    finally:
+        _stop_session(proc)
+
+
+@pytest.fixture
+def head_env(ray_head, monkeypatch):
+    """The client side of the head's auth: the token in RAY_AUTH_TOKEN, as a user would export it."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head["token"])
+    monkeypatch.chdir(REPO_ROOT)
+    return ray_head
+
+
+def _wait_status(address: str, job_id: str, statuses: set[str], timeout: float) -> str:
+    """Poll `ditscale jobs status --json` until the job reaches one of `statuses` (deadline, not sleeps)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address, headers=submit.auth_headers())
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in statuses:
+            return status
+        if status in submit.TERMINAL:
+            break
+        time.sleep(0.5)
+    logs = client.get_job_logs(job_id)
+    raise AssertionError(f"job {job_id} is {status}, expected {statuses}; logs:\n{logs[-4000:]}")
+
+
+def _submitted_id(out: str) -> str:
+    line = next(l for l in out.splitlines() if l.startswith("submitted "))
+    return line.split()[3]
+
+
+@pytest.mark.slow
+def test_wrong_or_missing_token_is_rejected_with_a_clear_error(head_env, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert submit.main(["jobs", "list", "--address", head_env["address"]]) == 2
+    assert "Invalid authentication token" in capsys.readouterr().err
+    assert submit.main(["jobs", "list", "--address", head_env["address"], "--token", head_env["token"]]) == 0
+
+
+PRECOMPUTE_CONFIG = "configs/precompute/builtin.yaml"
+
+
+def _tiny_vae(path: Path) -> Path:
+    """A randomly initialised 3-level AutoencoderKL (4 latent channels, downsample 4) in diffusers format."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 8, 8), sample_size=32,
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_submitted_precompute_job_runs_and_is_listed(head_env, capsys, tmp_path):
+    """A real precompute (built-in data, tiny random VAE, class labels only) runs as a Ray job to SUCCEEDED."""
+    address = head_env["address"]
+    out_dir = tmp_path / "latents"
+    vae_dir = _tiny_vae(tmp_path / "vae")
+    overrides = [
+        f"output={out_dir}", f"vae.path={vae_dir}", "image_size=32", "text=null", "fid=null", "progress=false",
+        "source.kind=builtin", "source.count=12", "source.shard_size=6",
+        "compute.actors=1", "compute.batch_size=6", "compute.cpus_per_actor=0.5", "compute.decode_cpus=0.5",
+    ]
+    config = ["--config", PRECOMPUTE_CONFIG] if (REPO_ROOT / PRECOMPUTE_CONFIG).is_file() else []
+    rc = submit.main(["submit", "precompute", "--address", address, *config, *overrides])
+    assert rc == 0
+    job_id = _submitted_id(capsys.readouterr().out)
+
+    assert _wait_status(address, job_id, {"SUCCEEDED"}, timeout=180) == "SUCCEEDED"
+
+    assert submit.main(["jobs", "status", job_id, "--address", address, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["status"] == "SUCCEEDED" and "pipelines.precompute" in info["entrypoint"]
+
+    assert submit.main(["jobs", "list", "--address", address, "--json"]) == 0
+    assert job_id in {row["submission_id"] for row in json.loads(capsys.readouterr().out)}
+
+    assert submit.main(["jobs", "logs", job_id, "--address", address]) == 0
+    logs = capsys.readouterr().out
+    assert "written" in logs
+
+    # The job really wrote the latent dataset the contract describes.
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == counts["written"] + counts["failed"] and counts["written"] > 0
+
+
+@pytest.mark.slow
+def test_stop_a_running_job(head_env, capsys):
+    """`ditscale jobs stop` ends a running job: its status becomes STOPPED."""
+    address = head_env["address"]
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address, headers=submit.auth_headers())
+    job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(600)'",
+                               runtime_env={"env_vars": submit.JOB_ENV})
+    _wait_status(address, job_id, {"RUNNING"}, timeout=60)
+    assert submit.main(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
+    assert "STOPPED" in capsys.readouterr().out

@@ -1,0 +1,227 @@
+"""fit / report / promote against real MLflow records: a sqlite store, and a `mlflow server` on loopback (REST)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.scaling import fit as fit_job
+from jobs.scaling import promote as promote_job
+from jobs.scaling import report as report_job
+from pipelines.infra.tracking import (
+    PARENT_TAG,
+    POINTS_ARTIFACT,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    TrackingURIError,
+    check_tracking_uri,
+    ensure_experiment,
+    get_client,
+    resolve_tracking_uri,
+    sweep_points,
+)
+from pipelines.infra.tracking import RegistryError, resolve_champion
+from tests.conftest import free_port
+
+MODELS = {"DiT-T/2": 1.0e6, "DiT-S/2": 4.0e6, "DiT-B/2": 1.6e7}
+BUDGETS = [1e14, 1e15, 1e16, 1e17]
+N_BOOT = "25"
+
+
+def _fid(n: float, c: float) -> float:
+    """A synthetic, noise-free scaling surface: bigger models win at larger budgets."""
+    d = c / (6 * n)
+    return 3.0 + 4.0e2 * n ** -0.3 + 3.0e3 * d ** -0.3
+
+
+def _log_sweep(client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS) -> tuple[str, dict]:
+    """Parent run + one child run per model with points.json (one point per budget) and metrics; (parent id, best point)."""
+    exp_id = ensure_experiment(client, exp_name)
+    parent = client.create_run(exp_id, run_name="sweep", tags={ROLE_TAG: ROLE_SWEEP})
+    best = None
+    for model, n in models.items():
+        child = client.create_run(exp_id, run_name=model, tags={ROLE_TAG: ROLE_TRIAL, PARENT_TAG: parent.info.run_id})
+        rid = child.info.run_id
+        client.log_param(rid, "model", model)
+        client.log_param(rid, "params", int(n))
+        points = []
+        for step, c in enumerate(budgets, start=1):
+            if ckpt_root is None or ckpt_root.startswith("s3://"):
+                ck = f"{ckpt_root or 's3://bucket/sweep'}/{model.replace('/', '_')}/step_{step:08d}"
+            else:
+                ck_dir = Path(ckpt_root) / model.replace("/", "_") / f"step_{step:08d}"
+                ck_dir.mkdir(parents=True)
+                (ck_dir / "model.safetensors").write_bytes(b"\0" * 8)
+                (ck_dir / "config.json").write_text("{}")
+                ck = str(ck_dir)
+            p = {"budget_flops": c, "flops": c * 1.01, "step": step * 100, "fid": _fid(n, c),
+                 "val_loss": 0.3 + 2.0 * c ** -0.1, "params": n, "model": model, "checkpoint": ck}
+            points.append(p)
+            client.log_metric(rid, "fid", p["fid"], step=p["step"])
+            if best is None or p["fid"] < best["fid"]:
+                best = {**p, "run_id": rid}
+        client.log_text(rid, json.dumps(points), POINTS_ARTIFACT)
+        client.set_terminated(rid)
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id, best
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything defaulting to the cwd stays in tmp_path
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
+    client = get_client(sqlite_uri)
+    parent_id, best = _log_sweep(client, "grid", str(tmp_path / "ckpt"))
+    # artifacts land next to the database, not in the process cwd of whoever created the experiment
+    assert client.get_experiment_by_name("grid").artifact_location.startswith((tmp_path / "mlruns").as_uri())
+
+    _, points = sweep_points(client, experiment="grid")
+    assert len(points) == len(MODELS) * len(BUDGETS) and all(p["run_id"] for p in points)
+
+    out = tmp_path / "fit_out"
+    rc = fit_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--out", str(out), "--n-boot", N_BOOT])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "FID frontier: A * C^-beta + FID_inf" in printed and "held-out" in printed
+    report = json.loads((out / "fit_report.json").read_text())
+    law = report["fid_law"]
+    assert set(law["params"]) == {"A", "beta", "FID_inf"} and set(law["ci"]) == {"A", "beta", "FID_inf"}
+    assert law["held_out"]["compute"] == pytest.approx(max(BUDGETS) * 1.01)
+    assert report["isoflop"]["fid"]["n_opt_law"]["n_budgets"] == len(BUDGETS)
+    assert set(report["per_model"]) == set(MODELS)
+    for name in fit_job.PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # logged to the parent run, and readable back through the client
+    logged = {a.path for a in client.list_artifacts(parent_id, "fit")}
+    assert {f"fit/{n}" for n in (*fit_job.PLOTS, "fit_report.json")} <= logged
+    assert client.get_run(parent_id).data.metrics["fit.fid.beta"] == pytest.approx(law["params"]["beta"])
+
+    rc = report_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "beta = " in printed and "checkpoint" in printed.splitlines()[-len(points) - 2]
+    assert sum(1 for line in printed.splitlines() if line.startswith("DiT-")) == len(points)
+
+    rc = promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri])
+    assert rc == 0, capsys.readouterr()
+    champ = resolve_champion("ditscale", tracking_uri=sqlite_uri)
+    assert champ["checkpoint"] == best["checkpoint"] and champ["run_id"] == best["run_id"]
+    assert champ["fid"] == pytest.approx(best["fid"]) and champ["train_flops"] == pytest.approx(best["flops"])
+    assert champ["version"] == "1" and champ["experiment"] == "grid"
+    mv = client.get_model_version_by_alias("ditscale", "champion")
+    assert mv.source == best["checkpoint"] and mv.tags["checkpoint"] == best["checkpoint"]
+    # promoting again reuses the version of the same checkpoint
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri]) == 0
+    assert "reused ditscale version 1" in capsys.readouterr().out
+    assert len(client.search_model_versions("name='ditscale'")) == 1
+
+
+def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys):
+    pts = [{"model": m, "params": n, "budget_flops": c, "flops": c, "fid": _fid(n, c), "val_loss": 1.0 + 1 / np.log(c)}
+           for m, n in MODELS.items() for c in BUDGETS]
+    rep = fit_job.fit_points(pts, n_boot=10)
+    assert {"convention", "frontier", "fid_law", "loss_law", "per_model", "isoflop", "models", "budgets"} <= set(rep)
+    json.dumps(rep)  # JSON-ready
+    with pytest.raises(fit_job.FitError, match=r"need 'fid' at >= 3 distinct compute budgets"):
+        fit_job.fit_points(pts[:2])
+    with pytest.raises(fit_job.FitError, match="point 0: needs a positive 'flops' or 'budget_flops'"):
+        fit_job.fit_points([{"model": "x", "fid": 3.0}])
+
+    client = get_client(sqlite_uri)
+    _log_sweep(client, "tiny", str(tmp_path / "ck"), models={"DiT-T/2": 1e6}, budgets=BUDGETS[:2])
+    assert fit_job.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "o")]) == 2
+    assert "need 'fid' at >= 3 distinct compute budgets" in capsys.readouterr().err
+    assert fit_job.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
+    assert "experiment 'nope' not found" in capsys.readouterr().err
+    with pytest.raises(RegistryError, match="ditscale"):
+        resolve_champion("ditscale", tracking_uri=sqlite_uri)
+
+
+def test_tracking_uri_resolution_and_fail_fast(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sub/x.db") == f"sqlite:///{tmp_path / 'sub' / 'x.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert resolve_tracking_uri(None) == "http://127.0.0.1:1"
+    t0 = time.monotonic()
+    with pytest.raises(TrackingURIError, match=r"http://127.0.0.1:\d+' is unreachable"):
+        check_tracking_uri(f"http://127.0.0.1:{free_port()}", timeout=2.0)
+    assert time.monotonic() - t0 < 30  # fails fast, no retry loop
+    with pytest.raises(TrackingURIError, match="does not exist"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    assert fit_job.main(["--experiment", "e", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+
+
+# --- a real tracking server on loopback -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1:<free port>, sqlite backend, proxied artifacts in a temp dir; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # poll /health until the server answers (no fixed sleep)
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mlflow server not healthy: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        # stop the server (and its uvicorn/gunicorn workers) by our own process group id
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.slow
+def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_tracking_uri(mlflow_server) == mlflow_server
+    client = get_client(mlflow_server)
+    parent_id, best = _log_sweep(client, "rest-grid", "s3://ckpt-bucket/sweep")
+
+    _, points = sweep_points(client, parent_run_id=parent_id)  # search_runs + download_artifacts over REST
+    assert len(points) == len(MODELS) * len(BUDGETS)
+    assert fit_job.main(["--parent-run", parent_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "f"),
+                         "--n-boot", N_BOOT]) == 0
+    assert {a.path for a in client.list_artifacts(parent_id, "fit")} >= {"fit/fit_report.json", "fit/isoflop.png"}
+    assert report_job.main(["--experiment", "rest-grid", "--tracking-uri", mlflow_server]) == 0
+    assert "beta = " in capsys.readouterr().out
+    assert promote_job.main(["--experiment", "rest-grid", "--tracking-uri", mlflow_server,
+                             "--model-name", "ditscale-rest"]) == 0, capsys.readouterr()
+    champ = resolve_champion("ditscale-rest", tracking_uri=mlflow_server)
+    assert champ["checkpoint"] == best["checkpoint"] and champ["fid"] == pytest.approx(best["fid"])

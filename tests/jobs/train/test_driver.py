@@ -1,0 +1,222 @@
+"""Ray Train job: DDP equivalence, deterministic resume after an injected worker failure, NaN stop, bad config,
+checkpoints on S3. One local Ray instance per module; tiny MM-DiT on an 8x8 latent set, a handful of steps."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ditcore.config import ConfigError
+from jobs.train.driver import load_train_config, main, run_local, run_training, validate_config
+from tests.conftest import free_port
+from tests.jobs._train_helpers import make_latent_dataset
+
+TEXT = (8, 16, 16)  # (L, D, Dp) of the tiny text set
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data8(tmp_path_factory) -> str:
+    """8 rows = one global batch per epoch, so every step sees the same rows whatever the worker split."""
+    return make_latent_dataset(tmp_path_factory.mktemp("lat8"), n=8, num_classes=None, text=TEXT)
+
+
+def _cfg(manifest: str, tmp: Path, *extra: str):
+    base = [f"data.manifest={manifest}", "data.batch_size=8", "data.val_samples=0", "model.preset=MMDiT-T",
+            f"checkpoint.storage={tmp / 'runs'}", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+            "mlflow.experiment=test-train", "optim.warmup_steps=1", "optim.lr=0.003", "run.deterministic=true",
+            "mlflow.log_every=1"]
+    return load_train_config(None, base + list(extra))
+
+
+def _budget(cfg, steps: int) -> str:
+    fpi = validate_config(cfg, check_mlflow=False).flops["train_flops_per_image"]
+    return f"budget_flops={fpi * cfg.data.batch_size * steps}"
+
+
+def _weights(ckpt_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(ckpt_dir) / "model.safetensors"))
+
+
+def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
+    cfg = _cfg(data8, tmp_path)
+    cfg = _cfg(data8, tmp_path, _budget(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
+    out = run_training(cfg)
+    assert out["status"] == "finished" and out["steps"] == 3
+    ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
+    a = _weights(Path(out["run_dir"]) / "checkpoints" / "step_00000003")
+    b = _weights(tmp_path / "local" / "checkpoints" / "step_00000003")
+    moved = any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())
+    assert moved  # the update is not trivially zero (adaLN-Zero init)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"param {k} differs")
+
+
+def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
+    cfg = _cfg(data8, tmp_path)
+    steps = _budget(cfg, 6)
+    faulty = _cfg(data8, tmp_path, steps, "run.name=faulty", "checkpoint.every_n_steps=2", "run.max_failures=1",
+                  'run.inject_failure={"step": 3, "mode": "exit"}')
+    out = run_training(faulty)
+    assert out["status"] == "finished" and out["steps"] == 6
+    run_dir = Path(out["run_dir"])
+    assert (run_dir / "_injected_failure_step3").exists()  # the worker really died once (os._exit) and was replaced
+    ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
+    assert ref["step"] == 6
+    a = _weights(run_dir / "checkpoints" / "step_00000006")
+    b = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"param {k} differs after resume"
+    ema_a = load_file(str(run_dir / "checkpoints" / "step_00000006" / "ema.safetensors"))
+    ema_b = load_file(str(tmp_path / "local" / "checkpoints" / "step_00000006" / "ema.safetensors"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # No jump back in the loss curve: the logged loss at each step equals the uninterrupted run's.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    hist = {m.step: m.value for m in client.get_metric_history(out["mlflow_run_id"], "loss")}
+    ref_loss = {r[0]["step"]: r[0]["loss"] for r in ref["reports"]}
+    for step, value in ref_loss.items():
+        assert hist[step] == pytest.approx(value, rel=1e-6)
+    state = json.loads((run_dir / "checkpoints" / "step_00000006" / "state.json").read_text())
+    assert state["step"] == 6 and state["images_seen"] == 48
+    assert state["data_position"] == {"epoch": 5, "batch_in_epoch": 1}  # 8 rows = 1 batch per epoch
+
+
+def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
+    cfg = _cfg(data8, tmp_path)
+    cfg = _cfg(data8, tmp_path, _budget(cfg, 5), "run.name=nanrun", "checkpoint.every_n_steps=1",
+               'run.inject_failure={"step": 2, "mode": "nan"}')
+    out = run_training(cfg)
+    assert out["status"] == "failed" and "non-finite loss" in out["reason"]
+    ckpts = sorted(p.name for p in (Path(out["run_dir"]) / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert ckpts[-1] == "step_00000002"  # steps 0,1 done; the NaN at step index 2 is never applied
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert "non-finite loss" in run.data.tags["ditscale.failure_reason"]
+
+
+def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
+    from ditcore.checkpoint import load_checkpoint
+    from pipelines.infra import storage
+    cfg = _cfg(data8, tmp_path)
+    cfg = _cfg(data8, tmp_path, _budget(cfg, 2), "run.name=s3run", f"checkpoint.storage={s3_bucket}/runs",
+               "mlflow.enabled=false")
+    out = run_training(cfg)
+    assert out["status"] == "finished"
+    ck = f"{s3_bucket}/runs/s3run/checkpoints/step_00000002"
+    assert out["points"][0]["checkpoint"] == ck
+    assert "checkpoint.json" in storage.listdir(ck) and "optimizer.safetensors" in storage.listdir(ck)
+    local = storage.download_dir(ck, str(tmp_path / "dl"))
+    loaded = load_checkpoint(local)
+    assert loaded.state["step"] == 2
+
+
+def test_bad_config_errors_before_cluster_work(data8, tmp_path):
+    good = _cfg(data8, tmp_path)
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        _cfg(data8, tmp_path, "optim.learning_rate=1")
+    with pytest.raises(ConfigError, match="smaller than one training step"):
+        validate_config(_cfg(data8, tmp_path, "budget_flops=1000"), check_mlflow=False)
+    with pytest.raises(ConfigError, match=r"model.in_channels=8 .*latent_channels=4"):
+        validate_config(_cfg(data8, tmp_path, "model.overrides.in_channels=8"), check_mlflow=False)
+    with pytest.raises(ConfigError, match=r"model.text_dim=32 .*text.dim=16"):
+        validate_config(_cfg(data8, tmp_path, "model.adapt_to_data=false"), check_mlflow=False)
+    with pytest.raises(ConfigError, match="class-conditional"):
+        validate_config(_cfg(data8, tmp_path, "model.preset=DiT-T/2"), check_mlflow=False)
+    port = free_port()
+    with pytest.raises(ConfigError, match="unreachable"):
+        validate_config(_cfg(data8, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}"))
+    with pytest.raises(ConfigError, match="not divisible"):
+        validate_config(_cfg(data8, tmp_path, "run.num_workers=3"), check_mlflow=False)
+    assert validate_config(good, check_mlflow=False).total_steps >= 1
+    # The CLI reports the error and exits 2 without starting Ray.
+    assert main([f"data.manifest={data8}", "budget_flops=10", f"checkpoint.storage={tmp_path}",
+                 f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert main([f"data.manifest={tmp_path / 'nope'}"]) == 2
+
+
+def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
+    cfg = _cfg(data8, tmp_path)
+    res = validate_config(load_train_config(None, [f"data.manifest={data8}", "data.batch_size=8", "model.preset=MMDiT-T",
+                                                   _budget(cfg, 10), "eval.fractions=[0.5, 0.2]",
+                                                   f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]),
+                          check_mlflow=False)
+    budget = res.cfg.budget_flops
+    assert res.point_steps == {10: budget, 5: pytest.approx(0.5 * budget), 2: pytest.approx(0.2 * budget)}
+    with pytest.raises(ConfigError, match=r"eval.fractions\[0\]"):
+        validate_config(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
+    with pytest.raises(ConfigError, match=r"eval.fractions\[0\].*less than one training step"):
+        validate_config(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
+
+
+def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
+    """FSDP2 over 2 workers (gloo, CPU) with a worker killed mid-run: the resumed run (model, EMA and the
+    sharded AdamW state restored) ends where one unsharded worker does with the same global batch."""
+    from ditcore.checkpoint import read_optimizer_state
+
+    cfg = _cfg(data8, tmp_path)
+    steps = _budget(cfg, 6)
+    fsdp = _cfg(data8, tmp_path, steps, "run.name=fsdp2", "run.fsdp=true", "run.num_workers=2", "run.cpus_per_worker=1",
+                "checkpoint.every_n_steps=2", "run.max_failures=1", 'run.inject_failure={"step": 3, "mode": "exit", "rank": 1}')
+    out = run_training(fsdp)
+    assert out["status"] == "finished" and out["steps"] == 6
+    run_dir = Path(out["run_dir"])
+    assert (run_dir / "_injected_failure_step3").exists()  # rank 1 really died once and the group restarted
+    ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
+    a_dir, b_dir = run_dir / "checkpoints" / "step_00000006", tmp_path / "local" / "checkpoints" / "step_00000006"
+    for name in ("model", "ema"):
+        a, b = load_file(str(a_dir / f"{name}.safetensors")), load_file(str(b_dir / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"{name} {k} differs")
+    # The optimizer state is written unsharded in the same layout as a DDP run's, and matches it.
+    oa, ob = read_optimizer_state(a_dir), read_optimizer_state(b_dir)
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["param_groups"]) == len(ob["param_groups"])
+    for i, st in ob["state"].items():
+        assert float(oa["state"][i]["step"]) == float(st["step"]) == 6.0
+        torch.testing.assert_close(oa["state"][i]["exp_avg_sq"], st["exp_avg_sq"], atol=1e-9, rtol=1e-4)
+    assert ref["step"] == 6
+
+
+def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, tmp_path):
+    """Two runs trained by one TorchTrainer, one after the other (how a sweep trial trains its budgets); a worker
+    killed in the second run: after the restart the first run is skipped (its result is kept) and the second
+    resumes from its own checkpoint, ending exactly where an uninterrupted run does."""
+    from jobs.train.driver import finish_run, prepare_run, train_runs
+
+    group = tmp_path / "group"
+    cfg = _cfg(data8, tmp_path)
+    common = [f"checkpoint.storage={group}", "checkpoint.every_n_steps=2", "run.max_failures=1"]
+    first = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common))
+    second = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=second", *common,
+                              'run.inject_failure={"step": 3, "mode": "exit"}'))
+    train_runs([first, second], str(group))
+    a, b = finish_run(first, evaluate=False), finish_run(second, evaluate=False)
+    assert (a["status"], a["steps"], b["status"], b["steps"]) == ("finished", 2, "finished", 6)
+    assert b["last_checkpoint"] == str(group / "second" / "checkpoints" / "step_00000006")
+    assert (group / "second" / "_injected_failure_step3").exists()  # the worker died inside the second run
+    # One Ray Train run for both: its snapshot and worker records sit in the group directory, not in the runs'.
+    assert (group / "workers" / "rank0.json").exists() and not (group / "first" / "workers").exists()
+    ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=ref"), str(tmp_path / "local"))
+    got = _weights(group / "second" / "checkpoints" / "step_00000006")
+    want = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
+    assert ref["step"] == 6 and all(torch.equal(got[k], want[k]) for k in want)
+    # A second call finds both results and trains nothing (a restarted sweep driver).
+    before = (group / "first" / "result.json").read_text()
+    train_runs([first, second], str(group))
+    assert (group / "first" / "result.json").read_text() == before

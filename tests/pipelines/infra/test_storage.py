@@ -1,0 +1,40 @@
+"""Storage URIs behave the same for local paths and s3:// on a real local S3 server."""
+from __future__ import annotations
+
+import pytest
+
+from pipelines.infra import storage
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_bucket") + "/prefix"
+
+
+def test_bytes_json_listing_and_dirs(root, tmp_path):
+    storage.makedirs(root)
+    storage.write_bytes(storage.join(root, "a.bin"), b"\x00\x01")
+    storage.write_json(storage.join(root, "sub", "m.json"), {"k": [1, 2]})
+    assert storage.read_bytes(storage.join(root, "a.bin")) == b"\x00\x01"
+    assert storage.read_json(storage.join(root, "sub", "m.json")) == {"k": [1, 2]}
+    assert storage.exists(storage.join(root, "a.bin"))
+    assert not storage.exists(storage.join(root, "missing.bin"))
+    assert storage.listdir(root) == ["a.bin", "sub"]
+    assert storage.listdir(storage.join(root, "nope")) == []
+
+    src = tmp_path / "tree"
+    (src / "x").mkdir(parents=True)
+    (src / "x" / "f.txt").write_text("hello")
+    storage.upload_dir(str(src), storage.join(root, "tree"))
+    back = storage.download_dir(storage.join(root, "tree"), str(tmp_path / "back"))
+    assert (tmp_path / "back" / "x" / "f.txt").read_text() == "hello" and back == str(tmp_path / "back")
+    storage.delete(storage.join(root, "tree"))
+    assert not storage.exists(storage.join(root, "tree", "x", "f.txt"))
+
+
+def test_local_write_is_atomic_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "d" / "f.json"
+    storage.write_json(str(target), {"a": 1})
+    storage.write_json(str(target), {"a": 2})
+    assert storage.read_json(str(target)) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["f.json"]
