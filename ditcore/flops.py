@@ -1,10 +1,11 @@
-"""Analytic parameter counts and forward cost of DiT / MM-DiT configs.
+"""Analytic parameter counts and forward cost of DiT / MM-DiT / U-Net configs.
 
 Conventions (every figure says which): MACs are multiply-accumulates of the matmuls (linears,
-attention QK^T and AV); FLOPs = 2 x MACs; training FLOPs per image = 3 x forward FLOPs
+convolutions, attention QK^T and AV); FLOPs = 2 x MACs; training FLOPs per image = 3 x forward FLOPs
 (forward + backward of activations + backward of weights). The DiT paper's "Gflops" column is
 forward MACs: DiT-XL/2 at 256 px (latent 32) is 118.6 G. Normalisations, activations, softmax and
-elementwise ops are not counted (the same convention as torch.utils.flop_counter and the paper).
+elementwise ops are not counted (the same convention as torch.utils.flop_counter and the paper);
+neither are biases, embedding lookups nor the U-Net's nearest-neighbour upsampling.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ditcore.models.dit import DiTConfig
 from ditcore.models.presets import ModelConfig, resolve_config
+from ditcore.models.unet import UNetConfig, unet_plan
 
 #: width of the sinusoidal timestep features fed to the timestep MLP
 FREQ_DIM = 256
@@ -31,9 +33,64 @@ def _linear(fan_in: int, fan_out: int) -> int:
     return fan_in * fan_out + fan_out
 
 
+def _conv(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def _unet_params(cfg: UNetConfig) -> int:
+    """Parameters of a U-Net: stem, per-stage ResBlock / attention / resample, output head, embedders."""
+    e, g = cfg.emb_dim, 2  # GroupNorm: gain and bias per channel
+    stem, down, middle, up = unet_plan(cfg)
+    total = _conv(cfg.in_channels, stem, 3) + g * stem + _conv(stem, cfg.out_channels, 3)  # stem, out norm + conv
+    total += _linear(cfg.hidden_size, e) + _linear(e, e)  # timestep MLP (frequency width = model_channels)
+    if cfg.text_dim:
+        total += _linear(cfg.pooled_dim, e) + _linear(e, e)  # pooled-text MLP
+    else:
+        total += (cfg.num_classes + 1) * e  # label table incl. the null class
+    for s in down + middle + up:
+        c = s.channels
+        if s.res_in:
+            total += g * s.res_in + _conv(s.res_in, c, 3) + _linear(e, 2 * c) + g * c + _conv(c, c, 3)
+            total += _conv(s.res_in, c, 1) if s.res_in != c else 0  # 1x1 skip when the width changes
+        if s.attn:
+            total += g * c + _linear(c, 3 * c) + _linear(c, c)  # self-attention
+            if cfg.text_dim:
+                total += g * c + _linear(c, c) + _linear(cfg.text_dim, 2 * c) + _linear(c, c)  # cross-attention
+        if s.resample:
+            total += _conv(c, c, 3)
+    return total
+
+
+def _unet_macs(cfg: UNetConfig, text_tokens: int) -> int:
+    """Forward MACs of a U-Net per image: convs (H W C_in C_out k^2), linears, attention QK^T and AV."""
+    e, s0 = cfg.emb_dim, cfg.input_size
+    stem, down, middle, up = unet_plan(cfg)
+    macs = s0 * s0 * 9 * (cfg.in_channels * stem + stem * cfg.out_channels)  # stem and output convs
+    macs += cfg.hidden_size * e + e * e  # timestep MLP
+    if cfg.text_dim:
+        macs += cfg.pooled_dim * e + e * e  # pooled-text MLP
+    for s in down + middle + up:
+        c, n = s.channels, (s0 // s.ds) ** 2  # positions at the stage's input resolution
+        if s.res_in:
+            macs += n * 9 * (s.res_in * c + c * c) + e * 2 * c  # two 3x3 convs, embedding projection
+            macs += n * s.res_in * c if s.res_in != c else 0  # 1x1 skip
+        if s.attn:
+            macs += n * 4 * c * c + 2 * n * n * c  # qkv + proj, QK^T + AV
+            if cfg.text_dim:
+                L = text_tokens
+                macs += n * 2 * c * c + L * cfg.text_dim * 2 * c + 2 * n * L * c  # q + proj, kv, QK^T + AV
+        if s.resample == "down":
+            macs += (n // 4) * 9 * c * c  # stride-2 conv
+        elif s.resample == "up":
+            macs += (4 * n) * 9 * c * c  # conv after 2x upsampling
+    return macs
+
+
 def count_params(cfg: ModelConfig | str | dict) -> int:
     """Exact number of parameters of the model built from cfg (preset name, config or dict)."""
     cfg = _cfg(cfg)
+    if isinstance(cfg, UNetConfig):
+        return _unet_params(cfg)
     d, m, p = cfg.hidden_size, cfg.mlp_hidden, cfg.patch_size
     head = d // cfg.num_heads
     qk = 2 * head if cfg.qk_norm else 0
@@ -60,6 +117,8 @@ def forward_macs(cfg: ModelConfig | str | dict, text_tokens: int | None = None, 
                  latent_size: int | None = None) -> int:
     """Forward multiply-accumulates per image (DiT-paper "Gflops" convention); text_tokens defaults to max_text_len."""
     cfg = _cfg(cfg, latent_size)
+    if isinstance(cfg, UNetConfig):
+        return _unet_macs(cfg, cfg.max_text_len if text_tokens is None else int(text_tokens))
     d, m, p = cfg.hidden_size, cfg.mlp_hidden, cfg.patch_size
     n = cfg.num_tokens
     macs = n * cfg.in_channels * p * p * d  # patch embed
@@ -110,7 +169,7 @@ def example_inputs(cfg: ModelConfig, batch_size: int = 1, text_tokens: int | Non
         "x": torch.randn(batch_size, cfg.in_channels, s, s, device=device),
         "t": torch.rand(batch_size, device=device),
     }
-    if isinstance(cfg, DiTConfig):
+    if isinstance(cfg, DiTConfig) or (isinstance(cfg, UNetConfig) and not cfg.text_dim):
         inputs["y"] = torch.zeros(batch_size, dtype=torch.long, device=device)
     else:
         L = cfg.max_text_len if text_tokens is None else int(text_tokens)

@@ -1,4 +1,4 @@
-"""Diffusion Transformer models: DiT (class-conditional) and MM-DiT (text-conditional), presets and factory."""
+"""Diffusion models: DiT (class-conditional), MM-DiT (text-conditional), the ADM U-Net baseline, presets, factory."""
 
 from ditcore.models.dit import DiT, DiTConfig
 from ditcore.models.mmdit import MMDiT, MMDiTConfig
@@ -10,14 +10,17 @@ from ditcore.models.presets import (
     config_to_dict,
     resolve_config,
 )
+from ditcore.models.unet import UNet, UNetConfig
 
 __all__ = [
+    "PRESETS",
     "DiT",
     "DiTConfig",
     "MMDiT",
     "MMDiTConfig",
     "ModelConfig",
-    "PRESETS",
+    "UNet",
+    "UNetConfig",
     "build_model",
     "config_from_dict",
     "config_to_dict",

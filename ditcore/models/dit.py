@@ -47,6 +47,8 @@ class DiTConfig:
     pos_embed: str = "sincos"
     mup: bool = False
     mup_base_width: int = 256
+    mup_depth: bool = False
+    mup_base_depth: int = 4
 
     def __post_init__(self) -> None:
         _validate_common(self)
@@ -92,22 +94,32 @@ def _validate_common(cfg) -> None:
         raise ValueError(f"{name}: head dim {cfg.hidden_size // cfg.num_heads} must be divisible by 4 for rope")
     if not cfg.mlp_ratio > 0:
         raise ValueError(f"{name}.mlp_ratio must be > 0, got {cfg.mlp_ratio!r}")
+    v = cfg.mup_base_depth
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name}.mup_base_depth must be a positive int, got {v!r}")
+    if cfg.mup_depth and not cfg.mup:
+        raise ValueError(f"{name}.mup_depth=True needs mup=True (depth-muP extends width muP)")
+    if cfg.mup_depth and cfg.depth + getattr(cfg, "num_single_blocks", 0) < 1:
+        raise ValueError(f"{name}.mup_depth=True needs at least one block")
 
 
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Figure 3): gates start at zero, so the block starts as the identity."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale: float | None):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale: float | None,
+                 branch_mult: float = 1.0):
         super().__init__()
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, scale=attn_scale)
         self.mlp = Mlp(hidden_size, mlp_hidden)
         self.adaLN_modulation = AdaLNModulation(hidden_size, 6)
+        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
 
     def forward(self, x: torch.Tensor, c_act: torch.Tensor, rope=None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c_act)  # 6 x [B, D]
-        x = gated_residual(x, gate_msa, self.attn(modulate(layer_norm(x), shift_msa, scale_msa), rope))  # [B, N, D]
-        x = gated_residual(x, gate_mlp, self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp)))  # [B, N, D]
-        return x
+        a = self.attn(modulate(layer_norm(x), shift_msa, scale_msa), rope)  # [B, N, D]
+        x = gated_residual(x, gate_msa, a, self.branch_mult)  # [B, N, D]
+        x = gated_residual(x, gate_mlp, self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp)), self.branch_mult)
+        return x  # [B, N, D]
 
 
 class DiT(nn.Module):
@@ -141,8 +153,10 @@ class DiT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)  # [N, d]
             self.register_buffer("rope_sin", sin, persistent=False)  # [N, d]
         attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
+        bmult = mup_lib.branch_mult(config.depth, config.mup_depth, config.mup_base_depth)
         self.blocks = nn.ModuleList(
-            DiTBlock(d, config.num_heads, config.mlp_hidden, config.qk_norm, attn_scale) for _ in range(config.depth)
+            DiTBlock(d, config.num_heads, config.mlp_hidden, config.qk_norm, attn_scale, bmult)
+            for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
         self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
@@ -209,4 +223,6 @@ class DiT(nn.Module):
             self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
             base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
             output_prefixes=self._output_prefixes, vector_prefixes=("y_embedder",),
+            mup_depth=self.config.mup_depth, depth=self.config.depth, base_depth=self.config.mup_base_depth,
+            block_prefixes=("blocks",),
         )

@@ -1,6 +1,7 @@
 """Shared Diffusion Transformer layers: patchify, positional embeddings, conditioning, attention, MLP.
 
-Pure PyTorch. Every layer here is used by both DiT (models/dit.py) and MM-DiT (models/mmdit.py).
+Pure PyTorch. Every layer here is used by both DiT (models/dit.py) and MM-DiT (models/mmdit.py); the U-Net
+(models/unet.py) reuses the conditioning embedders and the attention helpers.
 Performance notes (the CPU step is matmul-bound, so the rest must stay out of the way):
   * qkv is one fused Linear; heads are views of its output, never copies, until SDPA;
   * attention is `F.scaled_dot_product_attention` (flash kernel on CPU and GPU);
@@ -118,7 +119,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, rot, sin)  # [B, H, N, d]
 
 
-def grid_positions(grid_h: int, grid_w: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_positions(
+    grid_h: int, grid_w: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column index [N] of each token in row-major order."""
     ys, xs = torch.meshgrid(
         torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
@@ -187,9 +190,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift.unsqueeze(1), x, scale.unsqueeze(1) + 1.0)  # [B, N, D]
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """adaLN-Zero residual x + gate * y, gate [B, D] (zero at init, so the block starts as the identity)."""
-    return torch.addcmul(x, gate.unsqueeze(1), y)  # [B, N, D]
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, mult: float = 1.0) -> torch.Tensor:
+    """adaLN-Zero residual x + mult * gate * y, gate [B, D] (zero at init, so the block starts as the identity).
+
+    `mult` is the depth-muP branch multiplier (1 unless config.mup_depth); addcmul's `value` applies it in the
+    same kernel, and value=1 is addcmul's own default, so the result is unchanged when it is off.
+    """
+    return torch.addcmul(x, gate.unsqueeze(1), y, value=mult)  # [B, N, D]
 
 
 class AdaLNModulation(nn.Module):

@@ -26,12 +26,12 @@ from ditcore.models.layers import (
     PooledTextEmbedder,
     QKNorm,
     TimestepEmbedder,
+    apply_rope,
     attention,
     gated_residual,
     grid_positions,
     layer_norm,
     modulate,
-    apply_rope,
     rope_2d_freqs,
     sincos_pos_embed_2d,
     split_heads,
@@ -59,6 +59,8 @@ class MMDiTConfig:
     mlp_ratio: float = 4.0
     mup: bool = False
     mup_base_width: int = 256
+    mup_depth: bool = False
+    mup_base_depth: int = 4
 
     def __post_init__(self) -> None:
         _validate_common(self)
@@ -117,11 +119,13 @@ class JointBlock(nn.Module):
     never be used, so the text out-proj and MLP are not built.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, pre_only: bool):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, pre_only: bool,
+                 branch_mult: float = 1.0):
         super().__init__()
         self.num_heads = num_heads
         self.scale = attn_scale
         self.pre_only = pre_only
+        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
         d = hidden_size
         self.img_mod = AdaLNModulation(d, 6)
         self.img_qkv = nn.Linear(d, 3 * d)
@@ -147,24 +151,27 @@ class JointBlock(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # [B, H, N+L, d]
         out = attention(q, k, v, attn_mask, self.scale)  # [B, N+L, D]
-        img = gated_residual(img, i_gate, self.img_proj(out[:, :n]))  # [B, N, D]
-        img = gated_residual(img, i_gate2, self.img_mlp(modulate(layer_norm(img), i_shift2, i_scale2)))  # [B, N, D]
+        bm = self.branch_mult
+        img = gated_residual(img, i_gate, self.img_proj(out[:, :n]), bm)  # [B, N, D]
+        img = gated_residual(img, i_gate2, self.img_mlp(modulate(layer_norm(img), i_shift2, i_scale2)), bm)  # [B, N, D]
         if self.pre_only:
             return img, None
         _, _, t_gate, t_shift2, t_scale2, t_gate2 = t_mods
-        txt = gated_residual(txt, t_gate, self.txt_proj(out[:, n:]))  # [B, L, D]
-        txt = gated_residual(txt, t_gate2, self.txt_mlp(modulate(layer_norm(txt), t_shift2, t_scale2)))  # [B, L, D]
+        txt = gated_residual(txt, t_gate, self.txt_proj(out[:, n:]), bm)  # [B, L, D]
+        txt = gated_residual(txt, t_gate2, self.txt_mlp(modulate(layer_norm(txt), t_shift2, t_scale2)), bm)  # [B, L, D]
         return img, txt
 
 
 class SingleBlock(nn.Module):
     """FLUX single-stream parallel block: one Linear makes qkv and the MLP input, one Linear merges both."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale,
+                 branch_mult: float = 1.0):
         super().__init__()
         self.num_heads = num_heads
         self.hidden_size = hidden_size
         self.scale = attn_scale
+        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
         self.mod = AdaLNModulation(hidden_size, 3)
         self.linear1 = nn.Linear(hidden_size, 3 * hidden_size + mlp_hidden)
         self.linear2 = nn.Linear(hidden_size + mlp_hidden, hidden_size)
@@ -181,7 +188,7 @@ class SingleBlock(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # [B, H, N+L, d]
         attn = attention(q, k, v, attn_mask, self.scale)  # [B, N+L, D]
         out = self.linear2(torch.cat([attn, F.gelu(mlp_in, approximate="tanh")], dim=-1))  # [B, N+L, D]
-        return gated_residual(x, gate, out)  # [B, N+L, D]
+        return gated_residual(x, gate, out, self.branch_mult)  # [B, N+L, D]
 
 
 class MMDiT(nn.Module):
@@ -211,13 +218,16 @@ class MMDiT(nn.Module):
             self.pos_embed = None
         attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
         m = config.mlp_hidden
+        # Depth-muP counts joint and single-stream blocks alike: L = depth + num_single_blocks.
+        bmult = mup_lib.branch_mult(config.depth + config.num_single_blocks, config.mup_depth, config.mup_base_depth)
         self.joint_blocks = nn.ModuleList(
             JointBlock(d, config.num_heads, m, config.qk_norm, attn_scale,
-                       pre_only=(i == config.depth - 1 and config.num_single_blocks == 0))
+                       pre_only=(i == config.depth - 1 and config.num_single_blocks == 0), branch_mult=bmult)
             for i in range(config.depth)
         )
         self.single_blocks = nn.ModuleList(
-            SingleBlock(d, config.num_heads, m, config.qk_norm, attn_scale) for _ in range(config.num_single_blocks)
+            SingleBlock(d, config.num_heads, m, config.qk_norm, attn_scale, bmult)
+            for _ in range(config.num_single_blocks)
         )
         self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
         self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
@@ -285,7 +295,8 @@ class MMDiT(nn.Module):
             if h == w == self.config.input_size:
                 img = img + self.pos_embed  # [B, N, D]
             else:
-                img = img + sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=img.device).to(img.dtype)
+                pos = sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=img.device)  # [N, D]
+                img = img + pos.to(img.dtype)  # [B, N, D]
         else:
             rope = tuple(r.to(img.dtype) for r in self._rope(h // p, w // p, n_txt, img.device))  # ([N+L, d],) x 2
         c_act = F.silu(self.t_embedder(t) + self.pooled_embedder(text_pooled))  # [B, D]
@@ -304,5 +315,7 @@ class MMDiT(nn.Module):
         return mup_lib.param_groups(
             self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
             base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes,
+            output_prefixes=self._output_prefixes, mup_depth=self.config.mup_depth,
+            depth=self.config.depth + self.config.num_single_blocks, base_depth=self.config.mup_base_depth,
+            block_prefixes=("joint_blocks", "single_blocks"),
         )

@@ -54,7 +54,8 @@ def test_tiny_models_on_cpu_match_flop_counter():
     for name in ("DiT-T/2", "MMDiT-T", "MMDiT-T-flux"):
         cfg = PRESETS[name]
         model = build_model(cfg)
-        assert forward_macs(cfg, 16) == pytest.approx(measured_forward_macs(model, example_inputs(cfg, 2, 16)), rel=1e-9)
+        measured = measured_forward_macs(model, example_inputs(cfg, 2, 16))
+        assert forward_macs(cfg, 16) == pytest.approx(measured, rel=1e-9)
 
 
 def test_dit_paper_gflops_convention():
@@ -76,6 +77,23 @@ def test_flops_summary_conventions():
     assert forward_macs("MMDiT-d4", 10) < forward_macs("MMDiT-d4", 77)
     assert flops_summary("DiT-S/2", latent_size=64)["forward_macs"] > 4 * forward_macs("DiT-S/2")
     json.dumps(s)
+    u = flops_summary("UNet-B", latent_size=16)
+    assert u["train_flops_per_image"] == 3 * u["forward_flops"] == 6 * forward_macs("UNet-B", latent_size=16)
+    assert u["params"] == count_params("UNet-B")
+
+
+def test_unet_macs_by_hand():
+    """One level, one res block, 4x4 latent: every conv / linear / attention matmul written out."""
+    cfg = resolve_config("UNet-T", channel_mult=[1], attention_levels=[], input_size=4, num_classes=3)
+    n, c, e = 16, 32, 128  # positions, channels, embedding width (4 x 32)
+    convs = n * 9 * 4 * c + n * 9 * c * 4  # stem and output 3x3 convs
+    time_mlp = c * e + e * e  # sinusoid(32) -> 128 -> 128
+    res_same = n * 9 * c * c * 2 + e * 2 * c  # two 3x3 convs + the scale/shift projection
+    res_cat = n * 9 * 2 * c * c + n * 9 * c * c + e * 2 * c + n * 2 * c * c  # 64 -> 32 with a 1x1 skip conv
+    mid_attn = n * 3 * c * c + n * c * c + 2 * n * n * c  # qkv, proj, QK^T and AV
+    expected = convs + time_mlp + res_same + (2 * res_same + mid_attn) + 2 * res_cat  # down, middle, up
+    assert forward_macs(cfg) == expected
+    assert measured_forward_macs(build_model(cfg), example_inputs(cfg, batch_size=3)) == expected
 
 
 def test_cli_flops_and_models(capsys):
@@ -88,8 +106,11 @@ def test_cli_flops_and_models(capsys):
     assert main(["flops", "MMDiT-d4", "--latent-size", "16", "--text-tokens", "77"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["forward_macs"] == forward_macs(resolve_config("MMDiT-d4", input_size=16), 77)
+    assert main(["flops", "UNet-B", "--latent-size", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["forward_macs"] == forward_macs("UNet-B", latent_size=16)
     assert main(["models", "--latent-size", "64"]) == 0
     table = capsys.readouterr().out
-    assert "DiT-XL/2" in table and "MMDiT-d24" in table
+    assert "DiT-XL/2" in table and "MMDiT-d24" in table and "UNet-L-text" in table
     assert main(["flops", "DiT-Z/2"]) == 2
     assert "DiT-Z/2" in capsys.readouterr().err

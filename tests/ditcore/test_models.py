@@ -1,4 +1,4 @@
-"""DiT / MM-DiT: presets, shapes, adaLN-Zero init, layers, padding-mask invariance, configs."""
+"""DiT / MM-DiT: presets, shapes, adaLN-Zero init, layers, padding-mask invariance, configs (U-Net: test_unet.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ import dataclasses
 import pytest
 import torch
 
+from ditcore.flops import example_inputs
 from ditcore.models import (
     PRESETS,
     DiT,
     DiTConfig,
     MMDiT,
     MMDiTConfig,
+    UNet,
+    UNetConfig,
     build_model,
     config_from_dict,
     config_to_dict,
 )
 from ditcore.models.layers import apply_rope, patchify, rope_2d_freqs, sincos_pos_embed_2d, unpatchify
-from ditcore.flops import example_inputs
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -184,10 +187,10 @@ def test_mmdit_padding_never_changes_the_image_output(name):
 
 
 def test_config_round_trip_and_errors():
-    for name in ("DiT-XL/2", "MMDiT-d12", "MMDiT-T-flux"):
+    for name in ("DiT-XL/2", "MMDiT-d12", "MMDiT-T-flux", "UNet-B", "UNet-T-text"):
         cfg = PRESETS[name]
         d = config_to_dict(cfg)
-        assert d["arch"] in ("dit", "mmdit")
+        assert d["arch"] == {"DiT": "dit", "MMD": "mmdit", "UNe": "unet"}[name[:3]]
         assert config_from_dict(d) == cfg
     with pytest.raises(ValueError, match="hidden_sise"):
         config_from_dict({"arch": "dit", "hidden_sise": 3})
@@ -195,6 +198,10 @@ def test_config_round_trip_and_errors():
         config_from_dict({"arch": "dit", "depth": "12"})
     with pytest.raises(ValueError, match="arch"):
         config_from_dict({"depth": 2})
+    with pytest.raises(ValueError, match="'unet'"):
+        config_from_dict({"arch": "resnet"})  # the error lists the known archs
+    with pytest.raises(ValueError, match="mup_depth"):
+        config_from_dict({"arch": "mmdit", "mup_depth": 1})
     with pytest.raises(ValueError, match="DiT-Q/2"):
         build_model("DiT-Q/2")
     with pytest.raises(ValueError, match="num_heads"):
@@ -214,6 +221,12 @@ def test_build_model_accepts_name_config_and_dict():
     assert a.cond_keys == ("text_emb", "text_mask", "text_pooled")
     dit = build_model("DiT-T/2")
     assert isinstance(dit.config, DiTConfig) and dit.cond_keys == ("y",)
+    unet = build_model({**config_to_dict(PRESETS["UNet-T"]), "num_res_blocks": 2})
+    assert isinstance(unet, UNet) and isinstance(unet.config, UNetConfig) and unet.config.num_res_blocks == 2
+    assert unet.cond_keys == ("y",) and build_model("UNet-T-text").cond_keys == a.cond_keys
+    # Configs written before the depth-muP fields existed still load, with depth-muP off.
+    old = {k: v for k, v in config_to_dict(PRESETS["DiT-T/2"]).items() if not k.startswith("mup_")}
+    assert config_from_dict(old) == PRESETS["DiT-T/2"] and not PRESETS["DiT-T/2"].mup_depth
     # Presets are immutable: a derived config never changes the table.
     assert PRESETS["MMDiT-T"].depth == 2
 

@@ -1,3 +1,0 @@
-from serve.cli.main import main
-
-raise SystemExit(main())
