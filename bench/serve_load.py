@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from serve.app import make_app
-    from serve.cli.main import format_table, run_load
+    from serve.cli.loadtest import format_table, run_load
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     ckpt = tiny_checkpoint(tmp / "step_00000000", ns.input_size, ns.preset)

@@ -29,6 +29,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the bad key inside it
+            return _convert(options[0], value, where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -165,4 +168,15 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
             node = nxt
         node[parts[-1]] = parse_value(raw)
+    return out
+
+
+def merge(base: dict | None, update: dict | None) -> dict:
+    """Deep copy of `base` with `update` merged in: nested mappings merge key by key, anything else replaces."""
+    out = json.loads(json.dumps(base or {}))
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = json.loads(json.dumps(value)) if isinstance(value, (dict, list)) else value
     return out

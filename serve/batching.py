@@ -1,27 +1,28 @@
-"""Dynamic batching of generation requests: sampler settings, jobs, and grouping of compatible jobs.
+"""Dynamic batching of generation requests: the sampler deployment's run-time config, jobs, and grouping.
 
-`@serve.batch` (in serve/app.py) hands the sampler deployment whatever requests arrived together;
-only requests that share (steps, sampler, guidance) can run as one batched sampler call, so a
-batch is split into such groups here. Every image owns a `torch.Generator` seeded from its own
-seed, so the noise and any sampler stochasticity never depend on which other requests shared the
-batch: a request returns the same image alone or batched.
+`@serve.batch` (serve/sampler.py) hands the sampler whatever requests arrived together; only requests that share
+(steps, sampler, guidance) can run as one batched sampler call, so a batch is split into such groups here, and
+each group is cut so one forward pass holds at most `max_batch_images` images (a request for 16 images counts
+16, not 1). Every image owns its own seeds (pipelines.generation), so a request returns the same images alone
+or batched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ditcore.config import ConfigError, from_dict
 from ditcore.samplers import SAMPLERS
 
 
 @dataclass
-class SamplerSettings:
+class SamplerUserConfig:
     """Run-time settings of the sampler deployment (Serve `user_config`, applied in `reconfigure`)."""
 
     default_steps: int = 20
     default_sampler: str = "dpmpp-2m"
     default_guidance: float = 4.0
-    max_batch_size: int = 16
+    max_batch_size: int = 16  # requests @serve.batch collects
+    max_batch_images: int = 64  # images in one forward batch
     batch_wait_timeout_s: float = 0.01
 
     def __post_init__(self) -> None:
@@ -33,11 +34,13 @@ class SamplerSettings:
             raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, 100]")
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size: {self.max_batch_size} must be >= 1")
+        if self.max_batch_images < 1:
+            raise ConfigError(f"max_batch_images: {self.max_batch_images} must be >= 1")
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be >= 0")
 
     @classmethod
-    def from_user_config(cls, data: dict | None) -> "SamplerSettings":
+    def from_user_config(cls, data: dict | None) -> "SamplerUserConfig":
         """Settings from a user_config mapping; unknown keys or wrong types raise ConfigError naming the key."""
         return from_dict(cls, dict(data or {}), where="user_config")
 
@@ -50,10 +53,10 @@ class SampleJob:
     sampler: str
     guidance: float
     seeds: list[int]
+    request_id: str = ""
     label: int | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_images(self) -> int:
@@ -65,9 +68,13 @@ class SampleJob:
         return (self.steps, self.sampler, float(self.guidance))
 
 
-def group_compatible(jobs: list[SampleJob]) -> list[list[int]]:
-    """Indices of `jobs` grouped by batch key, groups in order of first arrival."""
-    groups: dict[tuple, list[int]] = {}
+def group_compatible(jobs: list[SampleJob], max_images: int | None = None) -> list[list[int]]:
+    """Indices of `jobs` grouped by batch key in order of first arrival, each group cut at `max_images` images."""
+    groups: dict[tuple, list[list[int]]] = {}
     for i, job in enumerate(jobs):
-        groups.setdefault(job.batch_key(), []).append(i)
-    return list(groups.values())
+        chunks = groups.setdefault(job.batch_key(), [[]])
+        held = sum(jobs[j].num_images for j in chunks[-1])
+        if chunks[-1] and max_images is not None and held + job.num_images > max_images:
+            chunks.append([])
+        chunks[-1].append(i)
+    return [chunk for chunks in groups.values() for chunk in chunks]

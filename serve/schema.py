@@ -120,6 +120,7 @@ class ErrorResponse(BaseModel):
 
     error: str
     detail: list[FieldError] = Field(default_factory=list)
+    request_id: str | None = Field(None, description="Id of the failed request in the service's logs (5xx only).")
 
 
 def field_name(loc: tuple | list) -> str:

@@ -111,6 +111,10 @@ class TextEncoder:
     revision: str | None = None
     extra: dict = field(default_factory=dict)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes (special tokens included) before padding / truncation to max_length."""
+        return [len(ids) for ids in self.tokenizer([str(t) for t in texts], truncation=False)["input_ids"]]
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Token states f16 [B,L,D], mask bool [B,L], pooled f16 [B,Dp] for `texts` (L = max_length)."""
@@ -172,8 +176,11 @@ def _load_model(cls: Any, path: str, **kwargs: Any) -> Any:
 
 
 def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device = "cpu",
-                      dtype: torch.dtype | str | None = None) -> TextEncoder:
-    """Load a text encoder from "minilm", a local directory or a hub id (see module docstring)."""
+                      dtype: torch.dtype | str | None = None, require_safetensors: bool = False) -> TextEncoder:
+    """Load a text encoder from "minilm", a local directory or a hub id (see module docstring).
+
+    `require_safetensors` (the serving path): weights load only from *.safetensors, never from a pickled .bin.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     spec = resolve_spec(spec)
@@ -200,6 +207,8 @@ def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device
         dtype = None if dtype == "auto" else getattr(torch, dtype)
     dtype = dtype or _auto_dtype(device, kind)
     load_kw = dict(kw, dtype=dtype)
+    if require_safetensors:
+        load_kw["use_safetensors"] = True
     if spec.encoder != MINILM and spec.subfolder:
         load_kw["subfolder"] = spec.subfolder
     if kind == "clip":

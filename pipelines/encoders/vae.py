@@ -30,14 +30,21 @@ def load_vae(
     *,
     revision: str | None = None,
     subfolder: str | None = None,
+    require_safetensors: bool = False,
 ):
-    """Load a diffusers AutoencoderKL (local dir, s3:// prefix or hub id) in eval mode on `device`/`dtype`."""
+    """Load a diffusers AutoencoderKL (local dir, s3:// prefix or hub id) in eval mode on `device`/`dtype`.
+
+    `require_safetensors` (the serving and evaluation paths): weights load only from *.safetensors, never from a
+    pickled .bin, for local directories and hub ids alike.
+    """
     from diffusers import AutoencoderKL
     from diffusers.utils import is_accelerate_available
 
     # Without `accelerate` diffusers falls back to low_cpu_mem_usage=False anyway, but only after printing an
     # install hint at every load; asking for it outright loads the same way without the hint.
-    load_kw = {} if is_accelerate_available() else {"low_cpu_mem_usage": False}
+    load_kw: dict = {} if is_accelerate_available() else {"low_cpu_mem_usage": False}
+    if require_safetensors:
+        load_kw["use_safetensors"] = True
     spec = str(path_or_id)
     if storage.is_s3(spec):
         spec = storage.local_copy(spec)
@@ -46,6 +53,8 @@ def load_vae(
         folder = local / subfolder if subfolder else local
         if not (folder / "config.json").is_file():
             raise VAELoadError(f"VAE directory {folder} has no config.json (expected a diffusers save_pretrained directory)")
+        if require_safetensors and not any(folder.glob("*.safetensors")):
+            raise VAELoadError(f"VAE directory {folder}: no *.safetensors weights (pickled weights are refused here)")
         try:
             vae = AutoencoderKL.from_pretrained(str(local), subfolder=subfolder, torch_dtype=dtype, **load_kw)
         except Exception as exc:  # diffusers raises many types; re-raise with the path in the message

@@ -1,10 +1,10 @@
-"""The one reader of latent data sets (DESIGN section 3), used by training, evaluation and serving.
+"""The one reader of latent data sets (docs/architecture.md, "Latent dataset"): training, evaluation, serving.
 
 On disk, tensor columns are flat fixed-size lists (so plain pyarrow, pandas and Ray all read them) and
 their shapes live in `manifest.json["columns"]` (and in each parquet field's metadata). These functions
 hide that: every tensor comes back with its real shape, e.g. latent_mean float16 [C,h,w].
 
-    read_manifest(uri)                  -> dict
+    read_manifest(uri)                  -> Manifest (typed, pipelines.latents.manifest)
     read_latents(uri, columns=None)     -> ray.data.Dataset   rows of numpy arrays with real shapes
     load_latents_numpy(uri, limit=None) -> dict[str, np.ndarray]  (no Ray; small sets / tests / eval)
     load_null_text(uri)                 -> {"text_emb" [L,D], "text_mask" [L], "text_pooled" [Dp]} torch or None
@@ -14,43 +14,32 @@ hide that: every tensor comes back with its real shape, e.g. latent_mean float16
 from __future__ import annotations
 
 import io
-import posixpath
 from typing import Any, Sequence
 
 import numpy as np
 
 from pipelines.infra import storage
-class LatentDatasetError(ValueError):
-    """The URI is not a complete latent data set (missing manifest, unknown schema version, missing file)."""
+from pipelines.latents.manifest import ColumnSpec, LatentDatasetError, Manifest, dataset_root
+def read_manifest(uri: str) -> Manifest:
+    """The data set's manifest (typed); a directory without one is an incomplete or foreign data set."""
+    return Manifest.read(uri)
 
 
-def read_manifest(uri: str) -> dict:
-    """The data set's manifest.json; a directory without one is an incomplete or foreign data set."""
-    path = storage.join(uri, "manifest.json")
-    if not storage.exists(path):
-        raise LatentDatasetError(f"{uri} is not a complete latent data set: no manifest.json "
-                                 "(an interrupted precompute? rerun it to resume)")
-    manifest = storage.read_json(path)
-    if manifest.get("schema_version") != 1:
-        raise LatentDatasetError(f"{path}: unsupported schema_version {manifest.get('schema_version')!r}")
-    return manifest
-
-
-def data_files(uri: str, manifest: dict | None = None) -> list[str]:
+def data_files(uri: str, manifest: Manifest | None = None) -> list[str]:
     """Sorted URIs of the parquet shards (the row order of every reader)."""
     manifest = manifest or read_manifest(uri)
-    d = storage.join(uri, manifest.get("data", "data"))
+    d = storage.join(dataset_root(uri), manifest.data)
     return [storage.join(d, n) for n in storage.listdir(d) if n.startswith("part-") and n.endswith(".parquet")]
 
 
-def _restore(table_or_batch: Any, shapes: dict[str, dict]) -> dict[str, np.ndarray]:
+def _restore(table_or_batch: Any, shapes: dict[str, ColumnSpec]) -> dict[str, np.ndarray]:
     """pyarrow Table -> dict of numpy with tensor columns reshaped to [N, *shape]."""
     out: dict[str, np.ndarray] = {}
     n = table_or_batch.num_rows
     for name in table_or_batch.column_names:
         col = table_or_batch.column(name)
         if name in shapes:
-            shape, dtype = shapes[name]["shape"], np.dtype(shapes[name]["dtype"])
+            shape, dtype = shapes[name].shape, np.dtype(shapes[name].dtype)
             col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
             flat = col.flatten().to_numpy(zero_copy_only=False)
             out[name] = np.asarray(flat, dtype=dtype).reshape(n, *shape)
@@ -59,10 +48,6 @@ def _restore(table_or_batch: Any, shapes: dict[str, dict]) -> dict[str, np.ndarr
         else:
             out[name] = np.asarray(col.to_pylist(), dtype=object)
     return out
-
-
-def _shapes(manifest: dict) -> dict[str, dict]:
-    return dict(manifest.get("columns") or {})
 
 
 def read_latents(uri: str, columns: Sequence[str] | None = None, **read_kwargs: Any):
@@ -76,7 +61,7 @@ def read_latents(uri: str, columns: Sequence[str] | None = None, **read_kwargs: 
     fs, _ = storage.get_fs(uri)
     paths = [storage.get_fs(f)[1] for f in files]
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(columns) if columns else None, **read_kwargs)
-    shapes = _shapes(manifest)
+    shapes = manifest.columns
     return ds.map_batches(_restore, batch_format="pyarrow", fn_kwargs={"shapes": shapes}, batch_size=None)
 
 
@@ -100,7 +85,7 @@ def load_latents_numpy(uri: str, limit: int | None = None, columns: Sequence[str
     table = pa.concat_tables(tables)
     if limit is not None:
         table = table.slice(0, limit)
-    return _restore(table, _shapes(manifest))
+    return _restore(table, manifest.columns)
 
 
 def _read_safetensors(uri: str) -> dict[str, np.ndarray]:
@@ -114,20 +99,18 @@ def load_null_text(uri: str) -> dict[str, Any] | None:
     import torch
 
     manifest = read_manifest(uri)
-    text = manifest.get("text")
-    if not text or not text.get("null"):
+    if manifest.text is None or not manifest.text.null:
         return None
-    arrays = _read_safetensors(storage.join(uri, text["null"]))
+    arrays = _read_safetensors(storage.join(dataset_root(uri), manifest.text.null))
     return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
 
 
 def load_fid_stats(uri: str) -> tuple[np.ndarray, np.ndarray]:
     """FID reference statistics of the data set: (mu float64 [F], sigma float64 [F,F])."""
     manifest = read_manifest(uri)
-    fid = manifest.get("fid") or {}
-    if not fid.get("stats"):
+    if manifest.fid is None or not manifest.fid.stats:
         raise LatentDatasetError(f"{uri}: the data set has no FID reference statistics (precompute ran with fid: null?)")
-    arrays = _read_safetensors(storage.join(uri, fid["stats"]))
+    arrays = _read_safetensors(storage.join(dataset_root(uri), manifest.fid.stats))
     return arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
 
 
@@ -135,7 +118,7 @@ def read_failures(uri: str):
     """failures.parquet as a pyarrow Table (id, source, reason, shard)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(uri, "failures.parquet"))))
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(dataset_root(uri), "failures.parquet"))))
 
 
 def to_model_space(mean: Any, std: Any, scaling_factor: float, shift_factor: float = 0.0, eps: Any = None) -> Any:
@@ -145,5 +128,4 @@ def to_model_space(mean: Any, std: Any, scaling_factor: float, shift_factor: flo
 
 
 __all__ = ["read_manifest", "read_latents", "load_latents_numpy", "load_null_text", "load_fid_stats", "read_failures",
-           "data_files", "to_model_space", "LatentDatasetError"]
-_ = posixpath  # kept for callers composing shard paths
+           "data_files", "to_model_space", "LatentDatasetError", "Manifest"]

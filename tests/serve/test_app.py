@@ -399,9 +399,9 @@ def test_killed_replica_is_replaced(server):
 
 
 def test_loadtest_cli_against_running_app(server, capsys):
-    from serve.cli.main import main
+    from serve.cli.loadtest import main
 
-    rc = main(["loadtest", "--url", f"{server['base']}/class", "--concurrency", "1,3", "--requests", "3",
+    rc = main(["--url", f"{server['base']}/class", "--concurrency", "1,3", "--requests", "3",
                "--steps", "2", "--warmup", "0"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -417,9 +417,10 @@ def test_config_yaml_loads_through_serve_schema():
     from ray.serve.schema import ServeDeploySchema
 
     from ditcore.config import ConfigError
-    from serve.app import IngressSettings, build_app, make_app
-    from serve.batching import SamplerSettings
-    from serve.cli.main import load_app_config
+    from serve.app import build_app, make_app
+    from serve.batching import SamplerUserConfig as SamplerSettings
+    from serve.deploy import load_app_config
+    from serve.ingress import IngressSettings
 
     raw = yaml.safe_load((REPO_ROOT / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)

@@ -46,34 +46,32 @@ def test_stochastic_sampler_and_guidance_interval(tmp_path):
     assert np.asarray(Image.open(out)).shape == (8, 16, 3)
 
 
-def test_latent_checkpoint_decodes_through_manifest_vae(tmp_path, monkeypatch):
-    pytest.importorskip("pipelines.encoders.vae")
+def test_latent_checkpoint_decodes_through_manifest_vae(tmp_path):
+    """A latent checkpoint decodes with the VAE its data manifest names, with the checkpoint's scale and shift."""
+    from pipelines.encoders.vae import decode_to_images, load_vae
+    from pipelines.generation import GenerationPipeline, SamplerSettings
+    from tests.pipelines._precompute_helpers import tiny_vae
+
+    vae_dir = tiny_vae(tmp_path / "vae")
     manifest_dir = tmp_path / "latents"
     manifest_dir.mkdir()
     (manifest_dir / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "vae": {"path": "/models/my-vae", "scaling_factor": 0.5, "shift_factor": 0.1,
-                                     "latent_channels": 4, "downsample": 2},
+        "schema_version": 1, "image_size": 32,
+        "vae": {"path": str(vae_dir), "scaling_factor": 0.5, "shift_factor": 0.1, "latent_channels": 4,
+                "downsample": 4, "latent_size": 8},
     }))
     ckpt = _save(tmp_path, in_channels=4, data={"manifest": str(manifest_dir), "scaling_factor": 0.5,
                                                "shift_factor": 0.1})
-    seen = {}
-
-    def fake_load_vae(path, device="cpu", dtype=torch.float32, **kw):
-        seen["path"] = path
-        return "vae"
-
-    def fake_decode(vae, z_model, scaling_factor, shift_factor=0.0):
-        seen["args"] = (vae, tuple(z_model.shape), scaling_factor, shift_factor)
-        return np.full((z_model.shape[0], 16, 16, 3), 7, dtype=np.uint8)
-
-    import pipelines.encoders.vae
-
-    monkeypatch.setattr(pipelines.encoders.vae, "load_vae", fake_load_vae)
-    monkeypatch.setattr(pipelines.encoders.vae, "decode_to_images", fake_decode)
     out = tmp_path / "latent.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--num", "3", "--out", str(out)]) == 0
-    assert seen["path"] == "/models/my-vae" and seen["args"] == ("vae", (3, 4, 8, 8), 0.5, 0.1)
-    assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--num", "3", "--guidance", "1",
+                            "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (64, 64, 3)  # 3 images of 32 px (8x8 latents, downsample 4) in a 2x2 grid
+    pipe = GenerationPipeline.from_checkpoint(str(ckpt))
+    z = pipe.latents(pipe.label_conditions([0, 1, 2])[0], [0, 1, 2], SamplerSettings(steps=3, guidance=1.0))
+    expected = decode_to_images(load_vae(str(vae_dir)), z, 0.5, 0.1)
+    np.testing.assert_array_equal(grid[:32, :32], expected[0])
+    np.testing.assert_array_equal(grid[32:, :32], expected[2])
 
 
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
