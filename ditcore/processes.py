@@ -1,13 +1,17 @@
 """Forward noising processes x_t = alpha_t * x_0 + sigma_t * eps on continuous time t in [0, 1].
 
-t = 0 is data, t = 1 is noise, the one time convention of models, losses and samplers. Every process exposes the same small
-interface used by the objectives (training targets) and the samplers (ODE/SDE coefficients):
+t = 0 is data, t = 1 is noise, the one time convention of models, losses and samplers. Every process exposes the same
+small interface used by the objectives (training targets) and the samplers (ODE/SDE coefficients):
 
     alpha(t), sigma(t), d_alpha(t), d_sigma(t), log_snr(t) = log(alpha_t / sigma_t), t_from_log_snr(lam),
     t_min, t_max, t_clean (the time where sigma = 0, which samplers end on), name.
 
 All coefficient functions take a float tensor of any shape and return a tensor of the same shape and
 dtype; internally they compute in float64 so that float32 callers do not lose the small-sigma end.
+
+PROCESS_NAMES are the interpolants that end at (near) pure noise, alpha_1 ~ 0; VP_PROCESS_NAMES are those with
+alpha^2 + sigma^2 = 1 (the ones with a DDPM chain, see ditcore.vlb). "edm-ve" is EDM's variance-exploding form:
+alpha = 1 and sigma runs from 0 to sigma_max = 80, so its t = 1 is noise of std ~80, not unit-variance noise.
 
 Prediction-type conversions (`to_x0_eps`, `prediction_target`) live here too because they are pure
 functions of (alpha_t, sigma_t, d_alpha_t, d_sigma_t) and are shared by the loss and every sampler.
@@ -20,7 +24,10 @@ import math
 import torch
 
 PREDICTIONS = ("eps", "v", "x0", "velocity")
-PROCESS_NAMES = ("vp-linear", "vp-cosine", "flow", "sit-linear", "sit-gvp")
+PROCESS_NAMES = ("vp-linear", "vp-cosine", "flow", "sit-linear", "sit-gvp")  # interpolants, data -> (near) noise
+VP_PROCESS_NAMES = ("vp-linear", "vp-cosine", "sit-gvp")  # alpha_t^2 + sigma_t^2 = 1
+VE_PROCESS_NAMES = ("edm-ve",)  # alpha_t = 1, sigma_t grows to sigma_max (EDM's formulation)
+ALL_PROCESS_NAMES = PROCESS_NAMES + VE_PROCESS_NAMES
 
 
 def _f64(t: torch.Tensor | float) -> torch.Tensor:
@@ -248,8 +255,38 @@ class GVPProcess(Process):
         return torch.atan(torch.exp(-lam)) * (2.0 / math.pi)
 
 
+class EDMVEProcess(Process):
+    """EDM's variance-exploding process (Karras et al. 2022, Table 1): alpha_t = 1, sigma_t = sigma_max * t.
+
+    EDM integrates in sigma itself (sigma(t) = t); here time is that sigma divided by sigma_max so that t stays in
+    [0, 1] like every other process. The map is linear, so Euler/Heun steps in t are exactly the EDM steps in sigma,
+    and the "edm" time grid (which places sigma/alpha = sigma) is EDM's rho-spaced grid.
+    """
+
+    def __init__(self, sigma_max: float = 80.0, name: str = "edm-ve") -> None:
+        if not sigma_max > 0:
+            raise ValueError(f"edm-ve: sigma_max must be > 0, got {sigma_max}")
+        self.name = name
+        self.sigma_max = float(sigma_max)
+
+    def _alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma_max * t
+
+    def _d_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(t)
+
+    def _d_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(t, self.sigma_max)
+
+    def _t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-lam) / self.sigma_max  # lambda = -log sigma
+
+
 def build_process(name: str | Process) -> Process:
-    """Process by name: "vp-linear", "vp-cosine", "flow", "sit-linear", "sit-gvp" (instances pass through)."""
+    """Process by name: "vp-linear", "vp-cosine", "flow", "sit-linear", "sit-gvp", "edm-ve" (instances pass through)."""
     if isinstance(name, Process):
         return name
     if name == "vp-linear":
@@ -262,7 +299,9 @@ def build_process(name: str | Process) -> Process:
         return FlowProcess("sit-linear")  # SiT's Linear path is the same interpolant as rectified flow
     if name == "sit-gvp":
         return GVPProcess()
-    raise ValueError(f"unknown process {name!r}; expected one of {', '.join(PROCESS_NAMES)}")
+    if name == "edm-ve":
+        return EDMVEProcess()
+    raise ValueError(f"unknown process {name!r}; expected one of {', '.join(ALL_PROCESS_NAMES)}")
 
 
 def _bcast(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,17 @@
-"""Training-time timestep samplers: uniform, logit-normal (SD3) and the resolution-dependent time shift."""
+"""Training-time timestep samplers: uniform, logit-normal (SD3), EDM's log-normal sigma, and the time shift."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-T_SAMPLERS = ("uniform", "logit-normal")
+if TYPE_CHECKING:
+    from ditcore.processes import Process
+
+T_SAMPLERS = ("uniform", "logit-normal", "log-normal")
+U_SAMPLERS = ("uniform", "logit-normal")  # the samplers that draw a quantile u in [0, 1] (see sample_u)
 
 
 def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -25,6 +30,40 @@ def resolution_shift(num_tokens: int, base_tokens: int = 256) -> float:
     return math.sqrt(num_tokens / base_tokens)
 
 
+def sample_u(
+    batch: int,
+    *,
+    kind: str = "uniform",
+    generator: torch.Generator | None = None,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    shift: float = 1.0,
+) -> torch.Tensor:
+    """Quantiles u [batch] in [0, 1] (float64, on the generator's device) from `kind`, then time-shifted."""
+    gen_device = generator.device if generator is not None else "cpu"
+    if kind == "uniform":
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=gen_device)
+    elif kind == "logit-normal":
+        if logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0, got {logit_std}")
+        n = torch.randn(batch, generator=generator, dtype=torch.float64, device=gen_device)
+        u = torch.sigmoid(logit_mean + logit_std * n)
+    else:
+        raise ValueError(f"unknown quantile sampler {kind!r}; expected one of {', '.join(U_SAMPLERS)}")
+    return time_shift(u, shift)
+
+
+def sample_log_sigma(
+    batch: int, *, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """EDM training noise levels: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1); float64 [batch]."""
+    if p_std <= 0:
+        raise ValueError(f"p_std must be > 0, got {p_std}")
+    gen_device = generator.device if generator is not None else "cpu"
+    n = torch.randn(batch, generator=generator, dtype=torch.float64, device=gen_device)
+    return p_mean + p_std * n
+
+
 def sample_t(
     batch: int,
     *,
@@ -36,18 +75,27 @@ def sample_t(
     t_min: float = 0.0,
     t_max: float = 1.0,
     device: torch.device | str | None = None,
+    process: Process | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ) -> torch.Tensor:
-    """Draw training times t [batch] (float32) from `kind`, then time-shift, then map into [t_min, t_max]."""
+    """Draw training times t [batch] (float32) from `kind`, then time-shift, then map into [t_min, t_max].
+
+    kind "log-normal" draws the noise-to-signal ratio sigma_t / alpha_t log-normally (EDM, `p_mean`, `p_std`)
+    and maps it to t through `process` (required), clamped to [t_min, t_max]; it takes no time shift.
+    """
     gen_device = generator.device if generator is not None else "cpu"
-    if kind == "uniform":
-        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=gen_device)
-    elif kind == "logit-normal":
-        if logit_std <= 0:
-            raise ValueError(f"logit_std must be > 0, got {logit_std}")
-        n = torch.randn(batch, generator=generator, dtype=torch.float64, device=gen_device)
-        u = torch.sigmoid(logit_mean + logit_std * n)
-    else:
+    out_device = device if device is not None else gen_device
+    if kind == "log-normal":
+        if process is None:
+            raise ValueError("t_sampler 'log-normal' draws sigma/alpha and needs the process to map it to t")
+        if shift != 1.0:
+            raise ValueError(f"t_sampler 'log-normal' takes no time shift (got shift={shift}); move p_mean instead")
+        log_sigma = sample_log_sigma(batch, p_mean=p_mean, p_std=p_std, generator=generator)
+        t = process.t_from_log_snr(-log_sigma).clamp(t_min, t_max)  # lambda = log(alpha/sigma) = -ln(sigma/alpha)
+        return t.to(dtype=torch.float32, device=out_device)
+    if kind not in U_SAMPLERS:
         raise ValueError(f"unknown t_sampler {kind!r}; expected one of {', '.join(T_SAMPLERS)}")
-    u = time_shift(u, shift)
+    u = sample_u(batch, kind=kind, generator=generator, logit_mean=logit_mean, logit_std=logit_std, shift=shift)
     t = t_min + (t_max - t_min) * u
-    return t.to(dtype=torch.float32, device=device if device is not None else gen_device)
+    return t.to(dtype=torch.float32, device=out_device)

@@ -140,3 +140,36 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="unknown process"):
         ObjectiveConfig(process="edm")
     assert math.isclose(ObjectiveConfig().cond_dropout, 0.1)
+
+
+def test_log_normal_t_sampler_draws_log_normal_noise_to_signal_on_any_process():
+    process = build_process("vp-linear")
+    g = torch.Generator().manual_seed(0)
+    t = sample_t(4000, kind="log-normal", generator=g, process=process, p_mean=-0.5, p_std=0.8)
+    assert t.dtype == torch.float32 and t.min() >= 0 and t.max() <= 1
+    log_ratio = -process.log_snr(t.double())  # ln(sigma_t / alpha_t)
+    inside = (log_ratio > math.log(0.0101)) & (log_ratio < math.log(150.0))  # away from vp-linear's clamped ends
+    assert inside.float().mean() > 0.99
+    assert log_ratio[inside].mean().item() == pytest.approx(-0.5, abs=0.05)  # 4 standard errors
+    assert log_ratio[inside].std().item() == pytest.approx(0.8, abs=0.05)
+
+
+@pytest.mark.parametrize("process, prediction", [("vp-linear", "eps"), ("flow", "velocity"), ("sit-gvp", "v")])
+def test_default_objective_is_the_plain_regression(process, prediction):
+    """New fields at their defaults: MSE at x_t = alpha x0 + sigma eps, drawing t then eps from the generator."""
+    cfg = ObjectiveConfig(process=process, prediction=prediction, t_sampler="logit-normal", cond_dropout=0.0)
+    assert not cfg.learn_sigma and cfg.preconditioning == "none"
+    x0 = torch.randn(8, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+
+    def model(x, t, **_):
+        return 0.7 * x + t.view(-1, 1, 1, 1)
+
+    got = loss(model, x0, {}, torch.Generator().manual_seed(4), cfg)
+    g = torch.Generator().manual_seed(4)
+    t = torch.sigmoid(torch.randn(8, generator=g, dtype=torch.float64)).float()
+    eps = torch.randn(x0.shape, generator=g)
+    p = build_process(process)
+    a, s = p.alpha(t).view(-1, 1, 1, 1), p.sigma(t).view(-1, 1, 1, 1)
+    da, ds = p.d_alpha(t).view(-1, 1, 1, 1), p.d_sigma(t).view(-1, 1, 1, 1)
+    target = {"eps": eps, "velocity": da * x0 + ds * eps, "v": a * eps - s * x0}[prediction]
+    assert got.item() == torch.mean((model(a * x0 + s * eps, t) - target) ** 2).item()

@@ -104,3 +104,44 @@ def test_bad_names_raise_clear_errors():
         prediction_target(build_process("flow"), "score", torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1))
     with pytest.raises(ValueError, match="alpha_t = 0"):
         to_x0_eps(build_process("flow"), "eps", torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1))
+
+
+def test_vp_process_names_are_variance_preserving():
+    from ditcore.processes import VP_PROCESS_NAMES
+
+    t = torch.linspace(0.0, 1.0, 21, dtype=torch.float64)
+    for name in VP_PROCESS_NAMES:
+        p = build_process(name)
+        torch.testing.assert_close(p.alpha(t) ** 2 + p.sigma(t) ** 2, torch.ones_like(t))
+
+
+def test_edm_ve_process_is_x0_plus_sigma_noise():
+    p = build_process("edm-ve")
+    t = torch.linspace(0.01, 0.99, 11, dtype=torch.float64)
+    assert bool((p.alpha(t) == 1).all())
+    torch.testing.assert_close(p.sigma(t), 80.0 * t)
+    assert (p.t_min, p.t_max, p.t_clean) == (0.0, 1.0, 0.0) and float(p.sigma(0.0)) == 0.0
+    h = 1e-6
+    torch.testing.assert_close(p.d_sigma(t), (p.sigma(t + h) - p.sigma(t - h)) / (2 * h))
+    torch.testing.assert_close(p.d_alpha(t), torch.zeros_like(t))
+    torch.testing.assert_close(p.log_snr(t), -torch.log(80.0 * t))  # lambda = -ln(sigma) when alpha = 1
+    torch.testing.assert_close(p.t_from_log_snr(p.log_snr(t)), t)
+    assert math.isinf(float(p.log_snr(p.t_clean)))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_edm_ve_prediction_conversions_invert(prediction):
+    p = build_process("edm-ve")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, 2, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(6, 3, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([1e-4, 0.001, 0.01, 0.1, 0.5, 1.0], dtype=torch.float64)
+    x_t = x0 + 80.0 * t.view(-1, 1, 1, 1) * eps
+    x0_hat, eps_hat = to_x0_eps(p, prediction, prediction_target(p, prediction, x0, eps, t), x_t, t)
+    torch.testing.assert_close(x0_hat, x0)
+    torch.testing.assert_close(eps_hat, eps)
+
+
+def test_unknown_process_lists_edm_ve():
+    with pytest.raises(ValueError, match="edm-ve"):
+        build_process("ve")
