@@ -21,8 +21,8 @@ import torch
 
 from ditcore.checkpoint import load_checkpoint
 from ditcore.config import from_dict
-from ditcore.objectives import ObjectiveConfig
-from ditcore.samplers import model_fn_from_model, sample
+from ditcore.objectives import ObjectiveConfig, sampling_fn
+from ditcore.samplers import sample
 from pipelines.infra import storage
 from pipelines.latents.manifest import Manifest
 
@@ -84,7 +84,9 @@ class GenerationPipeline:
             self.objective = from_dict(ObjectiveConfig, self.config.get("objective") or {}, where="objective")
         except ValueError as exc:
             raise GenerationError(f"{self.checkpoint_uri}/config.json: {exc}") from exc
-        self.model_fn = model_fn_from_model(self.model)
+        # The one place a checkpoint's model + objective become the denoiser the samplers integrate (EDM
+        # preconditioning, learn_sigma channels, the prediction type): ditcore.objectives.sampling_fn.
+        self.model_fn, self.prediction = sampling_fn(self.model, self.objective)
         mc = self.model.config
         self.latent_shape = (int(self.model.in_channels), int(mc.input_size), int(mc.input_size))
         self.conditioning = "text" if "text_emb" in tuple(self.model.cond_keys) else "class"
@@ -209,7 +211,7 @@ class GenerationPipeline:
         if guided and uncond is None:
             uncond = self.null_conditions(n)
         to_dev = lambda c: {k: v.to(self.device) for k, v in c.items()}  # noqa: E731
-        return sample(self.model_fn, noise, process=self.objective.process, prediction=self.objective.prediction,
+        return sample(self.model_fn, noise, process=self.objective.process, prediction=self.prediction,
                       sampler=settings.sampler, steps=settings.steps, time_grid=settings.time_grid, cond=to_dev(cond),
                       uncond=to_dev(uncond) if guided else None, guidance=settings.guidance,
                       guidance_interval=settings.guidance_interval, generators=generators, eta=settings.eta)

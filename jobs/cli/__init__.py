@@ -1,39 +1,58 @@
-"""`ditscale` command line: one entry point that dispatches to each component's own command module."""
+"""The `ditscale` command line: one entry point dispatching to the command modules of each package.
+
+Each command is one module with `main(argv) -> int` and its own argparse parser, living with the package it drives:
+pipelines/cli (data, precompute, sample, models, flops, export), serve/cli (serve, loadtest) and jobs/cli (train,
+sweep, evaluate, fit, report, promote, submit, jobs, quickstart). jobs is the top layer, so only it sees them all.
+"""
 from __future__ import annotations
 
 import importlib
 import os
 import sys
 
-# command -> (module, one-line help). Each module exposes `main(argv) -> int` with its own argparse parser.
+# command -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("pipelines.cli.models", "table of model presets: parameters and GFLOPs"),
-    "flops": ("pipelines.cli.models", "parameters, MACs and FLOPs of one model as JSON"),
+    "quickstart": ("jobs.cli.quickstart", "run the whole pipeline locally (built-in data or a real data set)"),
+    "data": ("pipelines.cli.data", "data sets, VAE / feature-net training, latent data set inspection"),
+    "precompute": ("pipelines.cli.precompute", "encode images/captions into a latent data set (Ray Data)"),
+    "train": ("jobs.cli.train", "train one model to a FLOPs budget on Ray Train"),
+    "sweep": ("jobs.cli.sweep", "run a models x budgets scaling grid on Ray Tune, tracked in MLflow"),
+    "evaluate": ("jobs.cli.evaluate", "FID (and attribute accuracy) of a checkpoint"),
+    "fit": ("jobs.cli.fit", "fit scaling laws to a sweep, with intervals and plots"),
+    "report": ("jobs.cli.report", "print the fitted laws and the point table of a sweep"),
+    "promote": ("jobs.cli.promote", "register the best checkpoint as the MLflow 'champion'"),
     "sample": ("pipelines.cli.sample", "sample an image grid from a checkpoint"),
-    "precompute": ("pipelines.precompute.job", "encode images/captions into a latent dataset (Ray Data)"),
-    "data": ("pipelines.cli.data", "built-in data set, VAE / feature-net training, dataset inspection"),
-    "train": ("jobs.train.driver", "train one model to a FLOPs budget on Ray Train"),
-    "sweep": ("jobs.sweep.driver", "run a models x budgets scaling grid on Ray Tune, tracked in MLflow"),
-    "evaluate": ("jobs.evaluation.fid", "FID (and attribute accuracy) of a checkpoint"),
-    "fit": ("jobs.scaling.fit", "fit scaling laws to a sweep, with intervals and plots"),
-    "promote": ("jobs.scaling.promote", "register the best checkpoint as the MLflow 'champion'"),
-    "report": ("jobs.scaling.report", "print the fitted laws and the trial table of a sweep"),
-    "serve": ("serve.cli.main", "serve a checkpoint over HTTP with Ray Serve"),
-    "loadtest": ("serve.cli.main", "load-test a running sampler service"),
-    "submit": ("jobs.cluster.submit", "submit precompute/sweep/fit/serve to a Ray cluster"),
-    "jobs": ("jobs.cluster.submit", "list, inspect, tail or stop submitted Ray jobs"),
-    "quickstart": ("jobs.quickstart.main", "run the whole pipeline locally on the built-in defaults"),
+    "serve": ("serve.cli.serve", "serve a checkpoint over HTTP with Ray Serve"),
+    "loadtest": ("serve.cli.loadtest", "load-test a running sampler service"),
+    "export": ("pipelines.cli.export", "export a checkpoint to diffusers"),
+    "models": ("pipelines.cli.models", "table of model presets: parameters and GFLOPs"),
+    "flops": ("pipelines.cli.flops", "parameters, MACs and FLOPs of one model as JSON"),
+    "submit": ("jobs.cli.submit", "submit precompute/sweep/fit/serve to a Ray cluster"),
+    "jobs": ("jobs.cli.jobs", "list, inspect, tail or stop submitted Ray jobs"),
 }
 
-# Commands whose module takes its own name as the first argument (modules serving several commands).
-_PASS_NAME = {"models", "flops", "serve", "loadtest", "submit", "jobs"}
+
+def version() -> str:
+    """The installed ditscale version (and the git revision of a checkout, when there is one)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        v = pkg_version("ditscale")
+    except PackageNotFoundError:
+        v = "unknown"
+    from pipelines.precompute.job import code_version
+
+    rev = code_version()
+    return f"ditscale {v}" + (f" ({rev})" if rev.startswith("git:") else "")
 
 
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
-    lines = ["usage: ditscale <command> [options]", "", "Diffusion Transformer scaling research on Ray.", "", "commands:"]
+    lines = ["usage: ditscale <command> [options]", "       ditscale --version", "",
+             "Diffusion Transformer scaling research on Ray.", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `ditscale <command> --help` for the options of a command."]
+    lines += ["", "Run `ditscale <command> --help` for the options of a command (config keys with their defaults)."]
     return "\n".join(lines)
 
 
@@ -43,16 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("--version", "-V"):
+        print(version())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"ditscale: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # Run-time defaults (not at import): no usage stats or MLflow telemetry; the user's own values win.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    module = importlib.import_module(COMMANDS[name][0])
-    rc = module.main([name, *rest] if name in _PASS_NAME else rest)
-    return int(rc or 0)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)

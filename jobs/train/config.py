@@ -1,5 +1,9 @@
 """Typed configuration of one training run (`ditscale train`): model, objective, data, optimiser, budget, eval,
-checkpoints, Ray resources and MLflow, composed from the components' own config dataclasses."""
+checkpoints, execution (Ray resources), MLflow and debug switches, composed from the components' own dataclasses.
+
+A TrainConfig is built once from YAML + overrides (pipelines.infra.config_files.load_config), checked once
+(jobs.train.plan.resolve_run) and then travels as itself: sweep -> trial -> Ray Train worker.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from ditcore.config import ConfigError, from_dict, to_dict
+from ditcore.config import ConfigError, to_dict
 from ditcore.objectives import ObjectiveConfig
 
 
@@ -82,8 +86,24 @@ class CheckpointConfig:
 
 
 @dataclass
-class RunConfig:
-    """Ray resources and execution switches."""
+class FaultSpec:
+    """A failure to inject once per run (tests of fault tolerance): at `step` on `rank`."""
+
+    step: int = 0
+    mode: Literal["raise", "exit", "nan"] = "raise"  # exception / os._exit(1) / a non-finite loss from `step` on
+    rank: int = 0
+
+
+@dataclass
+class DebugConfig:
+    """Switches for testing the system itself; never set in a real run."""
+
+    inject_failure: Optional[FaultSpec] = None
+
+
+@dataclass
+class ExecutionConfig:
+    """Ray resources and execution switches (the `run:` section)."""
 
     name: Optional[str] = None  # run name (storage dir + MLflow run name); default derived from the config hash
     num_workers: int = 1
@@ -98,8 +118,6 @@ class RunConfig:
     peak_flops: Optional[float] = None  # per-worker peak FLOP/s for MFU; None: table (GPU) or measured (CPU)
     num_threads: Optional[int] = None  # torch threads per worker; default int(cpus_per_worker) (>= 1)
     log_level: str = "INFO"  # Ray Train's own console logs (worker group start, each report); WARNING in sweeps
-    # Fault injection for tests: {"step": k, "mode": "raise"|"exit", "rank": 0}; fires once per run.
-    inject_failure: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -123,13 +141,9 @@ class TrainConfig:
     budget_flops: float = 1e12  # training FLOPs (3 x forward, multiply-add = 2 FLOPs)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: ExecutionConfig = field(default_factory=ExecutionConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-
-def train_config_from_dict(data: dict) -> TrainConfig:
-    """Build a TrainConfig; unknown keys / wrong types raise ConfigError naming the dotted key."""
-    return from_dict(TrainConfig, data)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -154,13 +168,16 @@ def model_display_name(spec: ModelSpec) -> str:
     if spec.name:
         return spec.name
     o = spec.overrides
-    if spec.preset and not any(k in o for k in ("depth", "hidden_size", "num_heads", "patch_size")):
+    if spec.preset and not any(k in o for k in ("depth", "hidden_size", "num_heads", "patch_size",
+                                                  "num_res_blocks", "channel_mult")):
         return spec.preset
     base = dict(o)
     if spec.preset:
         from ditcore.models import PRESETS, config_to_dict
 
         base = {**config_to_dict(PRESETS[spec.preset]), **o} if spec.preset in PRESETS else base
+    if base.get("arch") == "unet":
+        return f"UNet-w{base.get('hidden_size', '?')}-n{base.get('num_res_blocks', '?')}"
     arch = "MMDiT" if base.get("arch") == "mmdit" else "DiT"
     return f"{arch}-d{base.get('depth', '?')}-w{base.get('hidden_size', '?')}-p{base.get('patch_size', '?')}"
 
@@ -190,7 +207,7 @@ def wsd_decay_start(total_steps: int, o: OptimConfig) -> int:
 
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "MlflowConfig", "ModelSpec", "OptimConfig",
-    "RunConfig", "TrainConfig", "config_hash", "lr_factor", "model_display_name", "run_name",
-    "train_config_from_dict", "wsd_decay_start",
+    "CheckpointConfig", "ConfigError", "DataConfig", "DebugConfig", "EvalConfig", "ExecutionConfig", "FaultSpec",
+    "MlflowConfig", "ModelSpec", "OptimConfig", "TrainConfig", "config_hash", "lr_factor", "model_display_name",
+    "run_name", "wsd_decay_start",
 ]

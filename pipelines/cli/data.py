@@ -2,8 +2,8 @@
 
     ditscale data export-builtin --out DIR [--format folder|parquet] [--count N] [--image-size S]
     ditscale data inspect DIR [--preview PNG] [--rows N]
-    ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.train_vae)
-    ditscale data train-features [--config FILE] [k=v ...]   (pipelines.train_features)
+    ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.encoders.train_vae)
+    ditscale data train-features [--config FILE] [k=v ...]   (pipelines.encoders.train_features)
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import argparse
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pipelines.infra import storage
+
 ROWS_PER_PARQUET = 1000
 
 
@@ -87,9 +87,9 @@ def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dic
 
     m = read_manifest(uri)
     files = data_files(uri, m)
-    info: dict = {"uri": uri, "counts": m["counts"], "shards": len(files), "image_size": m["image_size"],
-                  "num_classes": m.get("num_classes"), "vae": m["vae"], "text": m.get("text"), "fid": m.get("fid"),
-                  "latent_stats": m.get("latent_stats"), "columns": m.get("columns")}
+    d = m.to_dict()
+    info: dict = {"uri": uri, "shards": len(files), **{k: d[k] for k in ("counts", "image_size", "num_classes", "vae",
+                                                                         "text", "fid", "latent_stats", "columns")}}
     if files:
         fs, path = storage.get_fs(files[0])
         with fs.open_input_file(path) as fh:
@@ -97,18 +97,18 @@ def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dic
     fails = read_failures(uri)
     reasons = collections.Counter(r.split(":")[0] for r in fails.column("reason").to_pylist())
     info["failure_reasons"] = dict(reasons.most_common(10))
-    if preview and m["counts"]["written"]:
+    if preview and m.counts.written:
         import torch
 
-        from pipelines.latents.reader import to_model_space
         from pipelines.encoders.vae import decode_to_images, load_vae
+        from pipelines.latents.reader import to_model_space
 
         data = load_latents_numpy(uri, limit=rows, columns=["id", "latent_mean"])
-        vae_rec = m["vae"]
-        vae = load_vae(vae_rec["path"], revision=vae_rec.get("revision"), subfolder=vae_rec.get("subfolder"))
-        z_model = to_model_space(torch.from_numpy(data["latent_mean"].astype(np.float32)), None,
-                                 vae_rec["scaling_factor"], vae_rec["shift_factor"])
-        images = decode_to_images(vae, z_model, vae_rec["scaling_factor"], vae_rec["shift_factor"])
+        v = m.vae
+        vae = load_vae(v.path, revision=v.revision, subfolder=v.subfolder)
+        z_model = to_model_space(torch.from_numpy(data["latent_mean"].astype(np.float32)), None, v.scaling_factor,
+                                 v.shift_factor)
+        images = decode_to_images(vae, z_model, v.scaling_factor, v.shift_factor)
         storage.write_bytes(preview, _png(_grid(images)))
         info["preview"] = preview
         info["preview_ids"] = [str(x) for x in data["id"]]
@@ -144,7 +144,12 @@ def _print_inspect(info: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `ditscale data` parser with its subcommands."""
-    p = argparse.ArgumentParser(prog="ditscale data", description="Built-in data set, offline encoders, latent data set inspection.")
+    from pipelines.cli.config_args import add_config_arguments
+    from pipelines.encoders.train_features import TrainFeaturesConfig
+    from pipelines.encoders.train_vae import TrainVAEConfig
+
+    p = argparse.ArgumentParser(prog="ditscale data",
+                                description="Data sets, offline encoders, latent data set inspection.")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export-builtin", help="write the built-in shapes set as an image folder or parquet")
     e.add_argument("--out", required=True, help="output directory (local or s3://)")
@@ -153,47 +158,54 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-objects", type=int, default=2)
-    i = sub.add_parser("inspect", help="schema, counts, latent stats and a VAE-decoded preview grid of a latent data set")
+    i = sub.add_parser("inspect", help="schema, counts, latent stats and a VAE-decoded preview grid of a latent set")
     i.add_argument("dir", help="latent data set directory (local or s3://)")
     i.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
     i.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
-    for name, help_ in (("train-vae", "train the small AutoencoderKL on the built-in data (pipelines.train_vae)"),
-                        ("train-features", "train the built-in FID feature net (pipelines.train_features)")):
-        s = sub.add_parser(name, help=help_, add_help=False)
-        s.add_argument("rest", nargs=argparse.REMAINDER)
+    v = sub.add_parser("train-vae", help="train the small AutoencoderKL (diffusers format)",
+                       description="Train the small default AutoencoderKL and save it in diffusers format.")
+    add_config_arguments(v, TrainVAEConfig, "ditscale data train-vae steps=200 out=outputs/vae")
+    f = sub.add_parser("train-features", help="train the FID feature / attribute network",
+                       description="Train the attribute network (FID features + shape/colour/size/position heads).")
+    add_config_arguments(f, TrainFeaturesConfig, "ditscale data train-features steps=300 out=outputs/feature_net")
     return p
+
+
+def _export_builtin(args: argparse.Namespace) -> int:
+    res = export_builtin(args.out, args.format, args.count, args.image_size, args.seed, args.max_objects)
+    print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    preview = None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
+    info = inspect_dataset(args.dir, preview, args.rows)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_inspect(info)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.cli.config_args import run_config_command
+
+    if args.cmd == "train-vae":
+        from pipelines.encoders.train_vae import TrainVAEConfig as cls
+        from pipelines.encoders.train_vae import train_vae as fn
+    else:
+        from pipelines.encoders.train_features import TrainFeaturesConfig as cls
+        from pipelines.encoders.train_features import train_feature_net as fn
+    return run_config_command(f"ditscale data {args.cmd}", cls, args, lambda cfg: (fn(cfg), 0)[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`ditscale data` entry point."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # train-* take their own arguments (including --help): hand everything after the subcommand over untouched.
-    if argv and argv[0] in ("train-vae", "train-features"):
-        if argv[0] == "train-vae":
-            from pipelines.encoders.train_vae import main as sub_main
-        else:
-            from pipelines.encoders.train_features import main as sub_main
-        return int(sub_main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    handlers = {"export-builtin": _export_builtin, "inspect": _inspect, "train-vae": _train, "train-features": _train}
     try:
-        if args.cmd == "export-builtin":
-            res = export_builtin(args.out, args.format, args.count, args.image_size, args.seed, args.max_objects)
-            print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
-            return 0
-        if args.cmd == "inspect":
-            preview = None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
-            info = inspect_dataset(args.dir, preview, args.rows)
-            if args.json:
-                print(json.dumps(info, indent=2, default=str))
-            else:
-                _print_inspect(info)
-            return 0
+        return handlers[args.cmd](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ditscale data {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,16 +1,21 @@
-"""`ditscale models` (preset table) and `ditscale flops MODEL` (parameter / FLOPs JSON)."""
-
+"""`ditscale models`: table of model presets with parameters and GFLOPs per image."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Optional, Sequence
 
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, resolve_config
 
 
-def _models_parser() -> argparse.ArgumentParser:
+def _text_tokens(cfg, tokens: int | None) -> int | None:
+    """Text tokens for the FLOPs of a text-conditioned model (MM-DiT, text U-Net), None for class models."""
+    return tokens if (cfg.arch == "mmdit" or int(getattr(cfg, "text_dim", 0) or 0) > 0) else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale models`."""
     p = argparse.ArgumentParser(
         prog="ditscale models",
         description="Table of model presets with parameter counts and forward GFLOPs. GFLOPs follow the DiT "
@@ -22,39 +27,15 @@ def _models_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flops_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ditscale flops",
-        description="Print params, forward_macs, forward_flops (= 2 MACs) and train_flops_per_image "
-        "(= 3 x forward FLOPs) of a preset as JSON.",
-    )
-    p.add_argument("model", help="preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
-    p.add_argument("--latent-size", type=int, default=None, help="latent height = width (default: the preset's)")
-    p.add_argument("--text-tokens", type=int, default=None, help="text tokens for MM-DiT (default: max_text_len)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set num_single_blocks=4 (repeatable)")
-    return p
-
-
-def _parse_override(item: str) -> tuple[str, object]:
-    if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-    key, raw = item.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
-def _models(argv: list[str]) -> int:
-    args = _models_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale models`."""
+    args = build_parser().parse_args(argv)
     rows = {}
     for name, cfg in PRESETS.items():
         cfg = resolve_config(cfg, input_size=args.latent_size) if args.latent_size % cfg.patch_size == 0 else None
         if cfg is None:
             continue
-        tt = args.text_tokens if cfg.arch == "mmdit" else None
+        tt = _text_tokens(cfg, args.text_tokens)
         rows[name] = {"arch": cfg.arch, "depth": cfg.depth + getattr(cfg, "num_single_blocks", 0),
                       "hidden": cfg.hidden_size, "heads": cfg.num_heads, "patch": cfg.patch_size,
                       "tokens": cfg.num_tokens, **flops_summary(cfg, tt)}
@@ -72,33 +53,3 @@ def _models(argv: list[str]) -> int:
               f"{r['tokens']:>6} {r['params'] / 1e6:>10.2f} {r['forward_macs'] / 1e9:>9.2f} "
               f"{r['train_flops_per_image'] / 1e12:>15.4f}")
     return 0
-
-
-def _flops(argv: list[str]) -> int:
-    args = _flops_parser().parse_args(argv)
-    try:
-        overrides = dict(_parse_override(s) for s in args.set)
-        if args.latent_size is not None:
-            overrides["input_size"] = args.latent_size
-        cfg = resolve_config(args.model, **overrides)
-    except (ValueError, TypeError) as e:
-        print(f"ditscale flops: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(flops_summary(cfg, args.text_tokens if cfg.arch == "mmdit" else None), indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: argv[0] is "models" or "flops" (the arguments after `ditscale`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "models":
-        return _models(argv[1:])
-    if argv and argv[0] == "flops":
-        return _flops(argv[1:])
-    print("usage: ditscale models [--latent-size N] | ditscale flops MODEL [--latent-size N] [--text-tokens L]",
-          file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

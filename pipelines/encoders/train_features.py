@@ -9,12 +9,9 @@ accuracy is printed and stored in config.json's "meta" next to the weights (`sav
 """
 from __future__ import annotations
 
-import argparse
 import math
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +28,7 @@ from ditcore.metrics.features import (
     save_feature_net,
 )
 from pipelines.infra import storage
+
 TRAIN_RANGE = 1_000_000_000
 HELDOUT_START = 2_000_000_000  # held-out images come from here on (disjoint from training indices)
 
@@ -168,39 +166,5 @@ def train_feature_net(cfg: TrainFeaturesConfig) -> str:
 
 
 def _save(net: BuiltinAttributeNet, out: str, meta: dict) -> str:
-    if storage.is_s3(out):
-        with tempfile.TemporaryDirectory(prefix="ditscale-features-") as tmp:
-            save_feature_net(net, tmp, metadata=meta)
-            storage.upload_dir(tmp, out)
-        return out
-    return str(save_feature_net(net, out, metadata=meta))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line parser: --config FILE plus key=value overrides of TrainFeaturesConfig."""
-    p = argparse.ArgumentParser(
-        prog="ditscale data train-features",
-        description="Train the built-in attribute network (FID features + shape/colour/size/position heads).",
-        epilog="Overrides: any TrainFeaturesConfig field, e.g. steps=300 out=outputs/feature_net",
-    )
-    p.add_argument("--config", help="YAML file with TrainFeaturesConfig fields")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    from pipelines.infra.config_files import load_config
-
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(TrainFeaturesConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"ditscale data train-features: config error: {exc}", flush=True)
-        return 2
-    train_feature_net(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    """The net (save_feature_net layout) published to `out` (local or s3://) in one step."""
+    return storage.publish_dir(out, lambda d: save_feature_net(net, d, metadata=meta))

@@ -10,16 +10,11 @@ so the precompute and the samplers read them like those of any pretrained VAE.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +23,7 @@ from ditcore.config import ConfigError, to_dict
 from ditcore.data.builtin import BACKGROUNDS, BuiltinSpec, render_batch
 from ditcore.preprocess import images_to_tensor
 from pipelines.infra import storage
+
 # Index ranges of the built-in set used here: training draws from [0, TRAIN_RANGE), held-out
 # evaluation images come from HELDOUT_START onwards, so the two never overlap.
 TRAIN_RANGE = 1_000_000_000
@@ -242,49 +238,10 @@ def train_vae(cfg: TrainVAEConfig) -> str:
 
 
 def _save(vae, out: str, summary: dict) -> str:
-    """save_pretrained into a temp dir, then move (local) or upload (s3://) it to `out` in one step."""
-    if storage.is_s3(out):
-        with tempfile.TemporaryDirectory(prefix="ditscale-vae-") as tmp:
-            vae.save_pretrained(tmp, safe_serialization=True)
-            Path(tmp, "train_summary.json").write_text(json.dumps(summary, indent=2))
-            storage.upload_dir(tmp, out)
-        return out
-    dst = Path(out).expanduser()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    vae.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-    return str(dst)
+    """save_pretrained + train_summary.json, published to `out` (local or s3://) in one step."""
 
+    def write(d: Path) -> None:
+        vae.save_pretrained(str(d), safe_serialization=True)
+        (d / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line parser: --config FILE plus key=value overrides of TrainVAEConfig."""
-    p = argparse.ArgumentParser(
-        prog="ditscale data train-vae",
-        description="Train the small default AutoencoderKL on the built-in shapes and save it in diffusers format.",
-        epilog="Overrides: any TrainVAEConfig field, e.g. steps=200 out=outputs/vae block_out_channels=[32,32,64]",
-    )
-    p.add_argument("--config", help="YAML file with TrainVAEConfig fields")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    from pipelines.infra.config_files import load_config
-
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(TrainVAEConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"ditscale data train-vae: config error: {exc}", flush=True)
-        return 2
-    train_vae(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return storage.publish_dir(out, write)

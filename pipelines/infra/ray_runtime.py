@@ -1,13 +1,26 @@
-"""The environment a local Ray instance started by ditscale gets (its worker processes inherit it).
+"""The Ray runtime: the environment ditscale's Ray processes get, connecting or starting Ray, and a local head.
 
-Offline model loading, no usage stats or MLflow telemetry, and Ray Data's per-execution INFO lines kept in the
-session log instead of the console. Values already set by the user win. On a cluster, set the same variables
-in the cluster's environment or the job's runtime_env.
+Every job reaches Ray through `init_ray`: it applies `RAY_ENV` (offline model loading, no usage stats or MLflow
+telemetry, Ray Data's per-execution INFO lines kept in the session log, Ray Train's health check at 0.1 s so a
+`ray.train.report` does not block for seconds) before `ray.init`, so worker processes inherit it. Values the user
+already set win. On a cluster, set the same variables in the cluster's environment or the job's runtime_env.
+
+`LocalRayHead` is the head the quickstart owns: `ray start --head --block` in its own session on free ports,
+stopped by signalling exactly its own processes (never a global `ray stop`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any, Mapping
 
 RAY_DATA_LOGGING_CONFIG = Path(__file__).with_name("ray_data_logging.yaml")
 
@@ -18,10 +31,162 @@ RAY_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING_CONFIG),
+    # Ray Train V2 polls its workers at this interval; at the 1 s+ default every report() blocks that long.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
 }
 
 
-def apply_ray_env() -> None:
-    """Set RAY_ENV in this process's environment (before ray.init / `ray start`) where not already set."""
-    for key, value in RAY_ENV.items():
+def apply_ray_env(extra: Mapping[str, str] | None = None) -> None:
+    """Set RAY_ENV (and `extra`) in this process's environment where not already set; call before Ray starts."""
+    for key, value in {**RAY_ENV, **(extra or {})}.items():
         os.environ.setdefault(key, value)
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster to connect to: `address`, else $RAY_ADDRESS, else None (a fresh local instance)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, runtime_env: dict | None = None,
+             include_dashboard: bool = False, logging_level: str | int | None = None) -> bool:
+    """Connect to the cluster (`address` / RAY_ADDRESS) or start a fresh local Ray; True if this call started it.
+
+    A local instance is always a new one (`address="local"`), never a `ray start` cluster left running on the
+    machine; `num_cpus` sizes it (ignored when connecting). Does nothing when Ray is already initialised.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    apply_ray_env()
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
+    if logging_level is not None:
+        kwargs["logging_level"] = logging_level
+    target = cluster_address(address)
+    if target:
+        kwargs["address"] = target
+    else:
+        kwargs.update(address="local", include_dashboard=include_dashboard)
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def num_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid` (a `ray start --block` leader and everything it spawned)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+class LocalRayHead:
+    """A Ray head on this machine owned by the caller: `ray start --head --block` in its own session.
+
+    Unlike a bare `ray.init()`, every process of this cluster (workers, Train/Tune internals, Serve's controller
+    and replicas) gets RAY_ADDRESS in its environment, so nothing has to guess which of several local Ray
+    instances is meant; every port is chosen free; and `stop` signals exactly its own processes.
+    """
+
+    def __init__(self, log_dir: Path, num_cpus: int | None = None) -> None:
+        self.num_cpus = num_cpus or max(2, num_cores())
+        self.log_dir = Path(log_dir)
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.proc: subprocess.Popen | None = None
+        self.temp_dir: str | None = None
+
+    def _command(self) -> list[str]:
+        ray_bin = Path(sys.executable).with_name("ray")
+        ports = {"port": self.gcs_port, "dashboard-port": self.dashboard_port, "ray-client-server-port": free_port(),
+                 "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
+                 "metrics-export-port": free_port(), "runtime-env-agent-port": free_port()}
+        return [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1", *(f"--{k}={v}" for k, v in ports.items())]
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start the head, connect this process to it, and export RAY_ADDRESS for everything started later."""
+        import ray
+
+        apply_ray_env()
+        # Ray's unix socket paths must stay short: /tmp/rayXXXX rather than a deep output directory.
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        os.environ["RAY_ADDRESS"] = self.address
+        cmd = self._command()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PATH=f"{Path(cmd[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        with open(self.log_dir / "ray-head.log", "w") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {self.proc.returncode}; see "
+                                   f"{self.log_dir / 'ray-head.log'}")
+            try:
+                ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
+                return
+            except (ConnectionError, TimeoutError, RuntimeError) as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: "
+                                       f"{exc}") from exc
+                time.sleep(1.0)  # the head is still starting: poll again
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Disconnect, SIGTERM `ray start --block`, and SIGKILL what is left of its session after `grace` s.
+
+        Callers stop the head only once everything they need is on disk, so nothing is worth waiting for: an idle
+        head is gone about 2-3 s after SIGTERM, while waiting for every process of a busy session took ~30 s.
+        """
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if os.environ.get("RAY_ADDRESS") == self.address:
+            del os.environ["RAY_ADDRESS"]
+        if self.proc is None:
+            return
+        sid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self._wait_gone(sid, grace)
+        for pid in _session_pids(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._wait_gone(sid, 10.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @staticmethod
+    def _wait_gone(sid: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and _session_pids(sid):
+            time.sleep(0.05)  # polling /proc: there is no event for "a process of this session exited"

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
@@ -153,3 +153,24 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
         return os.path.abspath(os.path.expanduser(uri))
     root = cache_root or tempfile.mkdtemp(prefix="ditscale-")
     return download_dir(uri, os.path.join(root, uri.rstrip("/").rsplit("/", 1)[-1]))
+
+
+def publish_dir(out: str, write: Callable[[Path], None]) -> str:
+    """Write a directory in one step: `write(tmp)` fills a temporary directory, which then replaces `out` (local:
+    a rename beside it, so readers never see half a directory) or is uploaded (s3://). Returns `out`."""
+    if is_s3(out):
+        with tempfile.TemporaryDirectory(prefix="ditscale-publish-") as tmp:
+            write(Path(tmp))
+            upload_dir(tmp, out)
+        return out
+    dst = Path(out).expanduser()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        write(tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dst)

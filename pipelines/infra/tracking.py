@@ -1,31 +1,47 @@
-"""MLflow helpers shared by the train/sweep/evaluate and fit/promote/report jobs.
+"""MLflow tracking and registry: the one owner of tracking URIs, experiments, runs, tags and the champion.
 
-Tracking URI resolution (explicit argument > MLFLOW_TRACKING_URI > embedded sqlite default), a
-fail-fast reachability check for tracking servers, experiment creation with predictable artifact
-locations, and readers for the experiment record of DESIGN §3 (parent sweep run, child trial runs,
-`points.json` artifacts).
+- URIs: explicit argument > $MLFLOW_TRACKING_URI > the embedded sqlite default `sqlite:///<cwd>/mlflow.db`
+  (artifacts beside it in `mlruns/`); relative sqlite paths become absolute so Ray workers with another cwd
+  write to the same file; a tracking server is probed before any work (`check_tracking_uri`).
+- Runs: `attach_run` re-attaches the run recorded in a marker file next to the job's outputs (a restarted driver
+  continues the same run) or creates one. Transient tracking errors are retried; only a run that the store says
+  is gone is replaced, so a restart never leaves two child runs for one trial.
+- The experiment record (docs/architecture.md, "Experiment record"): one experiment per sweep, a parent run
+  (tag ditscale.role=sweep), a child per trial (ditscale.role=trial, mlflow.parentRunId) holding `points.json`.
+- Registry: the promoted checkpoint is a registered model version with alias `champion`; `resolve_champion` reads
+  it back for serving.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+from pipelines.infra import storage
 
-# Experiment-record vocabulary (DESIGN §3 "Experiment record"); import these instead of retyping them.
+# Experiment-record vocabulary; import these instead of retyping them.
 ROLE_TAG = "ditscale.role"
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
+ROLE_TRAIN = "train"
+ROLE_QUICKSTART = "quickstart"
 PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+STATUS_TAG = "ditscale.status"
+FAILURE_REASON_TAG = "ditscale.failure_reason"
+TRIAL_ID_TAG = "ditscale.trial_id"
 POINTS_ARTIFACT = "points.json"
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlruns"
+DEFAULT_MODEL_NAME = "ditscale"
+CHAMPION_ALIAS = "champion"
+ATTACH_RETRIES = 4  # attempts at re-attaching a recorded run before a tracking error is raised
 
 
 class TrackingURIError(ConnectionError):
@@ -36,18 +52,21 @@ class ExperimentRecordError(LookupError):
     """An experiment, run or artifact the experiment record promises is missing or malformed."""
 
 
+class RegistryError(LookupError):
+    """The registered model or its alias does not exist, or the registry refused a version."""
+
+
+# ---- URIs -----------------------------------------------------------------------------------------------
+
+
 def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
-    """`sqlite:///<cwd>/mlflow.db` — the embedded default store (artifacts under <cwd>/mlruns)."""
+    """`sqlite:///<cwd>/mlflow.db`: the embedded default store (artifacts under <cwd>/mlruns)."""
     base = Path(cwd) if cwd is not None else Path.cwd()
     return f"sqlite:///{(base / DEFAULT_DB_NAME).resolve()}"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: `uri` if given, else $MLFLOW_TRACKING_URI, else the embedded sqlite default.
-
-    A bare filesystem path ending in `.db` becomes `sqlite:///<abs path>`; relative sqlite paths
-    are made absolute so Ray workers with another cwd write to the same file.
-    """
+    """`uri`, else $MLFLOW_TRACKING_URI, else the sqlite default; relative sqlite paths / bare *.db paths absolute."""
     uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
     if not uri:
         return default_tracking_uri()
@@ -61,51 +80,48 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
-def is_http_uri(uri: str) -> bool:
-    """True for an http(s) tracking-server URI."""
-    return urllib.parse.urlparse(uri).scheme in ("http", "https")
+def _probe_http(resolved: str, timeout: float) -> list[str]:
+    """Errors of GET /health and the experiments search (servers behind a proxy may lack /health); [] = reachable."""
+    base, errors = resolved.rstrip("/"), []
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(base + path, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
+                if 200 <= resp.status < 300:
+                    return []
+                errors.append(f"GET {path}: HTTP {resp.status}")
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # reachable, only authentication in the way: MLflow will use its creds
+                return []
+            errors.append(f"GET {path}: HTTP {e.code}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            errors.append(f"GET {path}: {reason}")
+            if isinstance(reason, (ConnectionRefusedError, TimeoutError)) or "timed out" in str(reason):
+                break  # nothing listens / nothing answers: the second probe would fail the same way
+    return errors
 
 
 def check_tracking_uri(uri: str | None = None, timeout: float = 3.0) -> str:
-    """Resolve `uri` and fail fast (TrackingURIError) when it cannot work; return the resolved URI.
+    """Resolve `uri` and fail fast (TrackingURIError) when it cannot work; returns the resolved URI.
 
-    http(s): GET /health, falling back to GET /api/2.0/mlflow/experiments/search (servers behind a
-    proxy may not expose /health), each with a short timeout. sqlite: the database's directory must
-    exist. Other schemes (databricks, postgresql, ...) are passed through unchecked.
+    http(s): the server must answer; sqlite: the database's directory must exist; other schemes pass unchecked.
     """
     resolved = resolve_tracking_uri(uri)
     parsed = urllib.parse.urlparse(resolved)
     if parsed.scheme in ("http", "https"):
         if not parsed.netloc:
             raise TrackingURIError(f"MLflow tracking URI {resolved!r} has no host")
-        base = resolved.rstrip("/")
-        errors = []
-        for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-            try:
-                with urllib.request.urlopen(base + path, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
-                    if 200 <= resp.status < 300:
-                        return resolved
-                    errors.append(f"GET {path}: HTTP {resp.status}")
-            except urllib.error.HTTPError as e:
-                if e.code in (401, 403):  # reachable, only authentication in the way: MLflow will use its creds
-                    return resolved
-                errors.append(f"GET {path}: HTTP {e.code}")
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", e)
-                errors.append(f"GET {path}: {reason}")
-                if isinstance(reason, (ConnectionRefusedError, TimeoutError)) or "timed out" in str(reason):
-                    break  # nothing listens / nothing answers: the second probe would fail the same way
-        raise TrackingURIError(
-            f"MLflow tracking server {resolved!r} is unreachable ({'; '.join(errors)}). Start it "
-            f"(`mlflow server --host ... --port ...`), fix --tracking-uri / MLFLOW_TRACKING_URI, or omit it "
-            f"to use the local sqlite store."
-        )
-    if parsed.scheme == "sqlite":
+        errors = _probe_http(resolved, timeout)
+        if errors:
+            raise TrackingURIError(
+                f"MLflow tracking server {resolved!r} is unreachable ({'; '.join(errors)}). Start it "
+                f"(`mlflow server --host ... --port ...`), fix --tracking-uri / MLFLOW_TRACKING_URI, or omit it "
+                f"to use the local sqlite store.")
+    elif parsed.scheme == "sqlite":
         path = resolved[len("sqlite:///"):] if resolved.startswith("sqlite:///") else ""
         if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise TrackingURIError(
-                f"MLflow tracking URI {resolved!r}: directory {str(Path(path).parent)!r} does not exist"
-            )
+            raise TrackingURIError(f"MLflow tracking URI {resolved!r}: directory {str(Path(path).parent)!r} "
+                                   "does not exist")
     return resolved
 
 
@@ -118,120 +134,189 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def configure_mlflow(tracking_uri: str | None = None, check: bool = True) -> str:
-    """Resolve (and check) the URI, point the mlflow module and registry at it, export it; return it.
-
-    Exporting MLFLOW_TRACKING_URI lets Ray workers and `setup_mlflow` inherit the same store.
-    """
-    import mlflow
-
-    uri = check_tracking_uri(tracking_uri) if check else resolve_tracking_uri(tracking_uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
-def get_client(tracking_uri: str | None = None, check: bool = True):
-    """An `MlflowClient` on the resolved tracking URI (tracking and registry on the same store)."""
+def client(tracking_uri: str | None = None, check: bool = True) -> Any:
+    """An `MlflowClient` on the resolved URI, tracking and registry on the same store (telemetry off)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
     uri = check_tracking_uri(tracking_uri) if check else resolve_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(client, name: str, artifact_location: str | None = None, tags: dict | None = None) -> str:
-    """Experiment id of `name`, creating it if missing.
+# ---- experiments and runs -------------------------------------------------------------------------------
 
-    For a sqlite store the artifacts go to `<db dir>/mlruns/<name>` (not the process cwd, which
-    MLflow would otherwise use); a tracking server keeps its own artifact root. Restores a deleted
-    experiment of the same name instead of failing.
-    """
-    exp = client.get_experiment_by_name(name)
+
+def ensure_experiment(mlflow_client: Any, name: str, artifact_location: str | None = None) -> str:
+    """Experiment id of `name`, created if missing (sqlite: artifacts in `<db dir>/mlruns/<name>`); a deleted one
+    of that name is restored rather than failing."""
+    exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
+            mlflow_client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     if artifact_location is None:
-        root = default_artifact_root(client.tracking_uri)
+        root = default_artifact_root(mlflow_client.tracking_uri)
         if root is not None:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            artifact_location = f"{root}/{safe}"
+            artifact_location = f"{root}/{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
     try:
-        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # a concurrent creator won the race: use theirs
-        exp = client.get_experiment_by_name(name)
+        exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
 
 
-def get_experiment_id(client, name: str) -> str:
+def get_experiment_id(mlflow_client: Any, name: str) -> str:
     """Id of an existing experiment; ExperimentRecordError listing the known names otherwise."""
-    exp = client.get_experiment_by_name(name)
+    exp = mlflow_client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments(max_results=50))
-        raise ExperimentRecordError(f"MLflow experiment {name!r} not found at {client.tracking_uri!r}; known: {names}")
+        names = sorted(e.name for e in mlflow_client.search_experiments(max_results=50))
+        raise ExperimentRecordError(f"MLflow experiment {name!r} not found at {mlflow_client.tracking_uri!r}; "
+                                    f"known: {names}")
     return exp.experiment_id
 
 
-def _search_all(client, experiment_ids: list[str], filter_string: str) -> list:
+def _is_gone(exc: Exception) -> bool:
+    """True when the tracking store says the run does not exist (not a transient failure)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def retry(fn: Callable[[], Any], *, attempts: int = ATTACH_RETRIES, what: str = "tracking call",
+          giveup: Callable[[Exception], bool] = _is_gone) -> Any:
+    """fn() retried with exponential back-off on errors `giveup` does not accept as final; the last error raises."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the classifier decides; the last attempt re-raises
+            if giveup(exc) or i == attempts - 1:
+                raise
+            time.sleep(0.5 * 2 ** i)  # back-off before the next attempt at a flaky tracking server
+
+
+def attach_run(mlflow_client: Any, marker: str, *, experiment: str, name: str, tags: dict[str, str] | None = None,
+               parent_run_id: str | None = None) -> tuple[str, bool]:
+    """(run id, created): the run recorded at `marker` (status back to RUNNING), else a new run recorded there.
+
+    `marker` is a JSON file URI (local or s3://) beside the job's outputs holding {"run_id", "tracking_uri"}. A
+    marker of another tracking store, or a run the store no longer has, gives a new run; any other error is
+    retried and finally raised, never answered with a duplicate run.
+    """
+    uri = mlflow_client.tracking_uri
+    if storage.exists(marker):
+        rec = storage.read_json(marker)
+        run_id = rec.get("run_id") or rec.get("parent_run_id")
+        if run_id and rec.get("tracking_uri", uri) == uri:
+            try:
+                retry(lambda: mlflow_client.update_run(run_id, status="RUNNING"), what=f"re-attach run {run_id}")
+                return run_id, False
+            except Exception as exc:  # noqa: BLE001
+                if not _is_gone(exc):
+                    raise
+    exp_id = ensure_experiment(mlflow_client, experiment)
+    run_tags = {RUN_NAME_TAG: name, **(tags or {})}
+    if parent_run_id:
+        run_tags[PARENT_TAG] = parent_run_id
+    run = mlflow_client.create_run(exp_id, run_name=name, tags=run_tags)
+    storage.write_json(marker, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment": experiment})
+    return run.info.run_id, True
+
+
+def log_params_once(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log the params not yet on the run (params are immutable; a resumed driver logs the same values again)."""
+    from mlflow.entities import Param
+
+    have = mlflow_client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), 100):
+        mlflow_client.log_batch(run_id, params=new[i:i + 100])
+
+
+def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int) -> None:
+    """Log the finite numeric values of `values` at `step` in one batch."""
+    import math
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    metrics = []
+    for key, value in values.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            metrics.append(Metric(key, v, ts, int(step)))
+    if metrics:
+        mlflow_client.log_batch(run_id, metrics=metrics)
+
+
+def end_run(mlflow_client: Any, run_id: str, status: str, reason: str | None = None) -> None:
+    """Mark a run finished / failed: tag ditscale.status (+ the failure reason) and set the MLflow run status."""
+    mlflow_client.set_tag(run_id, STATUS_TAG, status)
+    if reason:
+        mlflow_client.set_tag(run_id, FAILURE_REASON_TAG, reason[:5000])
+    mlflow_client.set_terminated(run_id, status="FINISHED" if status == "finished" else "FAILED")
+
+
+# ---- reading the experiment record ------------------------------------------------------------------------
+
+
+def _search_all(mlflow_client: Any, experiment_ids: list[str], filter_string: str) -> list:
     """All runs matching the filter (follows page tokens), newest first."""
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
+        page = mlflow_client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
+                                         order_by=["attributes.start_time DESC"], page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
             return runs
 
 
-def find_parent_run(client, experiment_name: str):
+def find_parent_run(mlflow_client: Any, experiment_name: str) -> Any:
     """The newest sweep (parent) run of an experiment: tag ditscale.role=sweep, else a run that has children."""
-    exp_id = get_experiment_id(client, experiment_name)
-    runs = _search_all(client, [exp_id], f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'")
+    exp_id = get_experiment_id(mlflow_client, experiment_name)
+    runs = _search_all(mlflow_client, [exp_id], f"tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'")
     if runs:
         return runs[0]
-    # Older/foreign records without the role tag: the newest run referenced as a parent.
-    children = _search_all(client, [exp_id], "")
+    children = _search_all(mlflow_client, [exp_id], "")
     parent_ids = [r.data.tags.get(PARENT_TAG) for r in children if r.data.tags.get(PARENT_TAG)]
     if parent_ids:
-        return client.get_run(parent_ids[0])
+        return mlflow_client.get_run(parent_ids[0])
     raise ExperimentRecordError(
-        f"experiment {experiment_name!r} has no sweep run (tag {ROLE_TAG}={ROLE_SWEEP}) and no child runs"
-    )
+        f"experiment {experiment_name!r} has no sweep run (tag {ROLE_TAG}={ROLE_SWEEP}) and no child runs")
 
 
-def child_runs(client, parent_run_id: str, experiment_id: str | None = None) -> list:
+def child_runs(mlflow_client: Any, parent_run_id: str, experiment_id: str | None = None) -> list:
     """Trial runs whose tag mlflow.parentRunId is `parent_run_id`, oldest first."""
     if experiment_id is None:
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = _search_all(client, [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs = _search_all(mlflow_client, [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
-def read_json_artifact(client, run_id: str, artifact_path: str) -> Any:
-    """One small JSON artifact of a run, parsed; read without MLflow's "Downloading artifacts" progress bar
-    (a bar per small file is noise; setting MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR yourself still wins)."""
+def read_json_artifact(mlflow_client: Any, run_id: str, artifact_path: str) -> Any:
+    """One small JSON artifact of a run, parsed (without MLflow's per-file download progress bar)."""
     quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
     if quiet:
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(client.download_artifacts(run_id, artifact_path, dst_path=tmp)).read_text())
+            local = mlflow_client.download_artifacts(run_id, artifact_path, dst_path=tmp)
+            return json.loads(Path(local).read_text())
     finally:
         if quiet:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
 
-def load_points(client, run_id: str, artifact_path: str = POINTS_ARTIFACT) -> list[dict[str, Any]]:
+def load_points(mlflow_client: Any, run_id: str, artifact_path: str = POINTS_ARTIFACT) -> list[dict[str, Any]]:
     """The `points.json` list of one trial run ([] when the run has not logged it yet)."""
-    names = {a.path for a in client.list_artifacts(run_id)}
+    names = {a.path for a in mlflow_client.list_artifacts(run_id)}
     if artifact_path not in names:
         return []
     try:
-        data = read_json_artifact(client, run_id, artifact_path)
+        data = read_json_artifact(mlflow_client, run_id, artifact_path)
     except json.JSONDecodeError as e:
         raise ExperimentRecordError(f"run {run_id}: artifact {artifact_path} is not valid JSON: {e}") from e
     if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
@@ -239,49 +324,51 @@ def load_points(client, run_id: str, artifact_path: str = POINTS_ARTIFACT) -> li
     return data
 
 
-def sweep_points(client, *, experiment: str | None = None, parent_run_id: str | None = None) -> tuple[Any, list[dict]]:
-    """(parent run, all points of its trials), each point tagged with its trial's `run_id`."""
+def sweep_points(mlflow_client: Any, *, experiment: str | None = None,
+                 parent_run_id: str | None = None) -> tuple[Any, list[dict]]:
+    """(parent run, the points of its trials as dicts, each with its trial's `run_id`)."""
     if (experiment is None) == (parent_run_id is None):
         raise ValueError("give exactly one of experiment= or parent_run_id=")
-    parent = find_parent_run(client, experiment) if experiment is not None else client.get_run(parent_run_id)
+    parent = (find_parent_run(mlflow_client, experiment) if experiment is not None
+              else mlflow_client.get_run(parent_run_id))
     points: list[dict] = []
-    for run in child_runs(client, parent.info.run_id, parent.info.experiment_id):
-        for p in load_points(client, run.info.run_id):
+    for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):
+        for p in load_points(mlflow_client, run.info.run_id):
             points.append({**p, "run_id": run.info.run_id})
     return parent, points
 
 
-def add_sweep_source_arguments(parser) -> None:
-    """The options naming a sweep's MLflow record, shared by `ditscale fit`, `report` and `promote`."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", help="MLflow experiment of the sweep (its newest sweep run is used)")
-    src.add_argument("--parent-run", dest="parent_run", help="id of the sweep's parent run")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+# ---- registry ---------------------------------------------------------------------------------------------
 
 
-# ---- registry (read side): the 'champion'
+def register_checkpoint(mlflow_client: Any, source: str, *, model_name: str = DEFAULT_MODEL_NAME,
+                        alias: str = CHAMPION_ALIAS, run_id: str | None = None, tags: dict[str, Any] | None = None,
+                        description: str = "") -> tuple[Any, bool]:
+    """(model version, created): register checkpoint directory `source` (reusing a version that already points at
+    it) and point `alias` at it."""
+    from mlflow.exceptions import MlflowException
 
-
-
-DEFAULT_MODEL_NAME = "ditscale"
-CHAMPION_ALIAS = "champion"
-
-
-class RegistryError(LookupError):
-    """The registered model or its alias does not exist (or the registry cannot be read)."""
-
-
-def _tracking_uri(uri: str | None) -> str:
-    """Explicit URI, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db (as jobs.mlflow_utils resolves it)."""
-    uri = (uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
-    if not uri:
-        return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.isabs(path):
-            return f"sqlite:///{Path(path).resolve()}"
-    return uri
+    try:
+        mlflow_client.get_registered_model(model_name)
+    except MlflowException:
+        mlflow_client.create_registered_model(model_name, description="ditscale checkpoints (safetensors dirs)")
+    existing = [mv for mv in mlflow_client.search_model_versions(f"name='{model_name}'")
+                if (mv.tags or {}).get("checkpoint") == source]
+    created = not existing
+    if existing:
+        mv = max(existing, key=lambda v: int(v.version))
+    else:
+        clean = {k: str(v) for k, v in {"checkpoint": source, **(tags or {})}.items() if v is not None}
+        try:
+            mv = mlflow_client.create_model_version(model_name, source=source, run_id=run_id, tags=clean,
+                                                    description=description)
+        except MlflowException as e:
+            raise RegistryError(
+                f"registry refused checkpoint source {source!r}: {e.message}. A tracking server only accepts "
+                f"sources in shared storage (e.g. s3://) or inside the run's artifact directory; write "
+                f"checkpoints to s3:// when tracking with a server.") from e
+    mlflow_client.set_registered_model_alias(model_name, alias, mv.version)
+    return mv, created
 
 
 def _number(v: Any) -> Any:
@@ -294,33 +381,23 @@ def _number(v: Any) -> Any:
 
 def resolve_champion(model_name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
                      alias: str = CHAMPION_ALIAS) -> dict[str, Any]:
-    """The version behind `model_name@alias`: {checkpoint, version, fid, train_flops, run_id, model_name, alias, source, tags, ...}.
+    """The version behind `model_name@alias`: {checkpoint, version, fid, train_flops, run_id, tags, ...}.
 
-    `checkpoint` is the checkpoint directory URI (local path or s3://); numeric tags (fid,
-    train_flops, params, val_loss, budget_flops) come back as floats. RegistryError if missing.
+    `checkpoint` is the checkpoint directory URI (local path or s3://); numeric tags (fid, train_flops, params,
+    val_loss, budget_flops, step) come back as floats. RegistryError if the model or alias is missing.
     """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    uri = _tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow_client = client(tracking_uri, check=False)
     try:
-        mv = client.get_model_version_by_alias(model_name, alias)
+        mv = mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
-        raise RegistryError(
-            f"no registered model version {model_name!r}@{alias} at {uri!r} (run `ditscale promote` first): {e.message}"
-        ) from e
+        raise RegistryError(f"no registered model version {model_name!r}@{alias} at {mlflow_client.tracking_uri!r} "
+                            f"(run `ditscale promote` first): {e.message}") from e
     tags = dict(mv.tags or {})
-    record: dict[str, Any] = {
-        "model_name": model_name,
-        "alias": alias,
-        "version": str(mv.version),
-        "checkpoint": tags.get("checkpoint") or mv.source,
-        "source": mv.source,
-        "run_id": mv.run_id,
-        "tags": tags,
-    }
+    record: dict[str, Any] = {"model_name": model_name, "alias": alias, "version": str(mv.version),
+                              "checkpoint": tags.get("checkpoint") or mv.source, "source": mv.source,
+                              "run_id": mv.run_id, "tags": tags}
     for key in ("fid", "train_flops", "params", "val_loss", "budget_flops", "step"):
         record[key] = _number(tags[key]) if key in tags else None
     for key in ("model", "experiment", "parent_run_id"):

@@ -1,3 +1,3 @@
-from pipelines.precompute.job import main
+from pipelines.cli.precompute import main
 
 raise SystemExit(main())

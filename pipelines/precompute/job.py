@@ -1,6 +1,6 @@
 """Precompute: images + captions -> VAE latents, text embeddings and FID reference statistics, on Ray Data.
 
-    ditscale precompute --config configs/precompute/builtin.yaml [key.sub=value ...]
+    ditscale precompute --config configs/precompute/builtin.yaml [key.sub=value ...]   (pipelines/cli/precompute.py)
     python -m pipelines.precompute --config ...        # the same, e.g. under `ray job submit`
 
 Pipeline (streaming, one Ray Data dataset):
@@ -23,7 +23,6 @@ the same names, so no row is ever duplicated and the final ids equal those of an
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -41,6 +40,7 @@ import numpy as np
 
 from ditcore.config import ConfigError, to_dict
 from pipelines.infra import storage
+from pipelines.latents.manifest import Manifest
 from pipelines.sources import SourceConfig, SourceError, SourcePlan, plan_source
 from pipelines.encoders.text import TextEncoderError, TextSpec, resolve_spec
 
@@ -377,7 +377,8 @@ def _clean_stale(output: str) -> None:
                     p.unlink(missing_ok=True)
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The code that ran: git:<short rev> in a checkout, else the installed package version."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
                              capture_output=True, text=True, timeout=5)
@@ -394,7 +395,7 @@ def _code_version() -> str:
 
 
 def _finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[int, dict],
-              null_text: dict[str, np.ndarray] | None, text_identity: dict | None) -> dict:
+              null_text: dict[str, np.ndarray] | None, text_identity: dict | None) -> Manifest:
     """Merge per-shard failures and statistics; write failures.parquet, stats files and manifest.json (last)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -465,7 +466,7 @@ def _finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[
     if num_classes is None and plan.has_labels:
         top = max((markers[s]["max_label"] for s in ids), default=-1)
         num_classes = top + 1 if top >= 0 else None
-    manifest = {
+    manifest = Manifest.from_dict({
         "schema_version": SCHEMA_VERSION,
         "source": plan.description,
         "image_size": cfg.image_size,
@@ -481,10 +482,10 @@ def _finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[
         "failures": "failures.parquet",
         "shards": len(ids),
         "config": to_dict(cfg),
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    storage.write_json(storage.join(out, "manifest.json"), manifest)
+    }, where=f"{out}/manifest.json")
+    manifest.write(out)
     return manifest
 
 
@@ -492,22 +493,9 @@ def _finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[
 
 def _init_ray(cfg: PrecomputeConfig) -> bool:
     """Connect to / start Ray; True when this call started it (and should shut it down)."""
-    import ray
+    from pipelines.infra.ray_runtime import init_ray
 
-    if ray.is_initialized():
-        return False
-    from pipelines.infra.ray_runtime import apply_ray_env
-
-    apply_ray_env()
-    address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if address:
-        kwargs["address"] = address
-    elif cfg.compute.num_cpus:
-        # A sized local Ray must be a new one (ray.init would otherwise join a `ray start` cluster and refuse num_cpus).
-        kwargs.update(address="local", num_cpus=cfg.compute.num_cpus)
-    ray.init(**kwargs)
-    return True
+    return init_ray(cfg.compute.ray_address, num_cpus=cfg.compute.num_cpus)
 
 
 def run_precompute(cfg: PrecomputeConfig) -> dict:
@@ -571,7 +559,7 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
             import ray
 
             ray.shutdown()
-    counts = manifest["counts"]
+    counts = to_dict(manifest.counts)
     total_s = time.monotonic() - t0
     summary = {
         "output": out, **counts, "shards": len(plan.shards), "shards_skipped": skipped,
@@ -652,34 +640,3 @@ def format_summary(s: dict) -> str:
             f"{s['shards_skipped']}/{s['shards']} shards already done -> {s['output']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `ditscale precompute` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="ditscale precompute",
-        description="Encode a source (built-in shapes, image folder, parquet, WebDataset; local or s3://) into a "
-                    "latent data set: VAE posterior mean/std (+ flip), text embeddings, FID reference statistics. "
-                    "Resumes an interrupted run in the same output.",
-    )
-    p.add_argument("--config", help="YAML config (e.g. configs/precompute/builtin.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, e.g. output=/tmp/lat source.count=256 compute.actors=2")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: validate the config, run, print the summary; non-zero exit on configuration errors."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from pipelines.infra.config_files import load_config
-
-    try:
-        cfg = load_config(PrecomputeConfig, args.config, args.overrides)
-        summary = run_precompute(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"ditscale precompute: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""`ditscale fit`: scaling-law fits of a sweep's MLflow record, with plots and a JSON report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from jobs.cli.common import add_sweep_source_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale fit`."""
+    p = argparse.ArgumentParser(prog="ditscale fit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
+                                "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
+                                "intervals and a held-out check; plots + fit_report.json, logged to the sweep's run.")
+    add_sweep_source_arguments(p)
+    p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
+    p.add_argument("--metric", default="fid", help="point metric to fit (a points.json key)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale fit`."""
+    args = build_parser().parse_args(argv)
+    from ditcore.scaling import FitError
+    from jobs.scaling.fit import PLOTS, REPORT_NAME, run_fit
+    from jobs.scaling.summary import format_laws
+    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
+
+    try:
+        report, out = run_fit(experiment=args.experiment, parent_run_id=args.parent_run, tracking_uri=args.tracking_uri,
+                              out_dir=args.out, metric=args.metric, n_boot=args.n_boot, seed=args.seed,
+                              log=not args.no_log)
+    except (FitError, ExperimentRecordError, TrackingURIError) as e:
+        print(f"ditscale fit: error: {e}", file=sys.stderr)
+        return 2
+    print(format_laws(report))
+    print(f"wrote {out / REPORT_NAME} and {len(PLOTS)} plots to {out}")
+    return 0

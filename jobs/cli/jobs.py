@@ -1,0 +1,87 @@
+"""`ditscale jobs`: list, inspect, tail or stop jobs on a Ray cluster."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from jobs.cli.submit import add_conn_args
+from jobs.cluster.submit import (
+    SubmitError,
+    follow_logs,
+    job_row,
+    make_client,
+    status_str,
+    wait_for_job,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ditscale jobs", description="List, inspect, tail or stop jobs on a Ray cluster.")
+    sub = p.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="all jobs with their status")
+    add_conn_args(ls)
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st = sub.add_parser("status", help="the status of one job")
+    add_conn_args(st)
+    st.add_argument("job_id")
+    st.add_argument("--json", action="store_true", help="print the full job info as JSON")
+    lg = sub.add_parser("logs", help="the logs of one job")
+    add_conn_args(lg)
+    lg.add_argument("job_id")
+    lg.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+    sp = sub.add_parser("stop", help="stop a running job")
+    add_conn_args(sp)
+    sp.add_argument("job_id")
+    sp.add_argument("--wait", action="store_true", help="wait until the job is stopped")
+    return p
+
+
+def _jobs(argv: list[str]) -> int:
+    opts = build_parser().parse_args(argv)
+    client = make_client(opts.address, opts.token)
+    if opts.action == "list":
+        rows = sorted((job_row(j) for j in client.list_jobs()), key=lambda r: r["start_time"] or 0)
+        if opts.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'SUBMISSION ID':<34} {'STATUS':<10} ENTRYPOINT")
+        for r in rows:
+            print(f"{r['submission_id']:<34} {r['status']:<10} {r['entrypoint']}")
+        return 0
+    if opts.action == "status":
+        try:
+            info = client.get_job_info(opts.job_id)
+        except RuntimeError as exc:
+            raise SubmitError(f"job {opts.job_id}: {exc}") from exc
+        if opts.json:
+            print(json.dumps({"submission_id": opts.job_id, **job_row(info)}, indent=2, default=str))
+        else:
+            msg = f" ({info.message})" if info.message else ""
+            print(f"{opts.job_id}: {status_str(info.status)}{msg}")
+        return 0
+    if opts.action == "logs":
+        if opts.follow:
+            follow_logs(client, opts.job_id)
+        else:
+            sys.stdout.write(client.get_job_logs(opts.job_id))
+        return 0
+    if opts.action == "stop":
+        client.stop_job(opts.job_id)
+        print(f"stop requested for {opts.job_id}")
+        if opts.wait:
+            print(f"{opts.job_id}: {wait_for_job(client, opts.job_id, timeout_s=120)}")
+        return 0
+    raise AssertionError(opts.action)
+
+
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale jobs`."""
+    try:
+        return _jobs(list(sys.argv[1:] if argv is None else argv))
+    except SubmitError as exc:
+        print(f"ditscale jobs: error: {exc}", file=sys.stderr)
+        return 2

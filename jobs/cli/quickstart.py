@@ -1,0 +1,26 @@
+"""`ditscale quickstart`: the whole pipeline locally, one command (see jobs/quickstart/run.py)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale quickstart`."""
+    p = argparse.ArgumentParser(
+        prog="ditscale quickstart",
+        description="Run the whole pipeline locally on the built-in defaults: data -> VAE -> feature net -> "
+                    "precompute -> sweep with FID -> scaling-law fit -> champion -> Ray Serve -> report.md + "
+                    "report.json. Re-running reuses finished stages.")
+    p.add_argument("--tiny", action="store_true", help="reduced sizes (about 3 minutes) for tests and a first look")
+    p.add_argument("--out", default="outputs/quickstart", help="output directory (default: outputs/quickstart)")
+    p.add_argument("--force", action="store_true", help="rerun every stage even if its marker matches")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale quickstart`."""
+    from jobs.quickstart.run import run_quickstart
+
+    args = build_parser().parse_args(argv)
+    return run_quickstart(args.out, tiny=args.tiny, force=args.force)

@@ -1,0 +1,70 @@
+"""`ditscale report`: the fitted scaling laws (with intervals) and the table of a sweep's points."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional, Sequence
+
+from jobs.cli.common import add_sweep_source_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale report`."""
+    p = argparse.ArgumentParser(prog="ditscale report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="The fitted scaling laws (with intervals) and the table of a sweep's "
+                                "points; uses the report `ditscale fit` stored, or fits now.")
+    add_sweep_source_arguments(p)
+    p.add_argument("--metric", default="fid", help="point metric of the laws and the table")
+    p.add_argument("--refit", action="store_true", help="fit now even if `ditscale fit` stored a report")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples when fitting here")
+    p.add_argument("--json", action="store_true", help="print the report and points as JSON instead of text")
+    return p
+
+
+def stored_report(mlflow_client: Any, parent_run_id: str) -> dict | None:
+    """The fit_report.json logged by `ditscale fit` on the parent run, or None."""
+    from jobs.scaling.fit import ARTIFACT_DIR, REPORT_NAME
+    from pipelines.infra.tracking import read_json_artifact
+
+    names = {a.path for a in mlflow_client.list_artifacts(parent_run_id, ARTIFACT_DIR)}
+    path = f"{ARTIFACT_DIR}/{REPORT_NAME}"
+    return read_json_artifact(mlflow_client, parent_run_id, path) if path in names else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale report`."""
+    args = build_parser().parse_args(argv)
+    from ditcore.scaling import FitError
+    from jobs.scaling.fit import fit_points
+    from jobs.scaling.points import read_points, to_dicts
+    from jobs.scaling.summary import format_laws, trial_table
+    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, client
+
+    try:
+        mlflow_client = client(args.tracking_uri)
+        parent, points = read_points(mlflow_client, experiment=args.experiment, parent_run_id=args.parent_run)
+    except (ExperimentRecordError, TrackingURIError) as e:
+        print(f"ditscale report: error: {e}", file=sys.stderr)
+        return 2
+    rows = to_dicts(points)
+    report, note = (None if args.refit else stored_report(mlflow_client, parent.info.run_id)), ""
+    if report is not None and report.get("metric") != args.metric:
+        report = None
+    if report is None:
+        try:
+            report = fit_points(rows, metric=args.metric, n_boot=args.n_boot)
+            note = "(fitted now; `ditscale fit` stores the report and plots on the sweep run)"
+        except FitError as e:
+            note = f"(no laws: {e})"
+    if args.json:
+        print(json.dumps({"parent_run_id": parent.info.run_id, "report": report, "points": rows}, indent=2,
+                         default=str))
+        return 0
+    print(f"sweep run {parent.info.run_id}: {len(points)} points from {len({p.run_id for p in points})} trials "
+          f"{note}".rstrip())
+    if report is not None:
+        print(format_laws(report))
+    print()
+    print(trial_table(rows, args.metric))
+    return 0

@@ -1,0 +1,50 @@
+"""FID of a training run's budget points, cached per evaluation setting and logged to the run's MLflow record.
+
+A point's FID is cached in <run dir>/eval/step_X-<key>.json where <key> hashes every setting that changes it
+(sample count, sampler, steps, guidance, seed, feature network), so re-evaluating with other settings never
+returns a stale number.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint
+from jobs.scaling.points import ScalingPoint
+from jobs.train.plan import RunPlan
+from pipelines.infra import storage
+
+
+def fid_settings(plan: RunPlan) -> FIDSettings:
+    """The evaluation settings of a run (its eval section)."""
+    e = plan.cfg.eval
+    return FIDSettings(num_samples=e.num_samples, sampler=e.sampler, steps=e.steps, guidance=e.guidance, seed=e.seed)
+
+
+def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPoint]:
+    """Each point with its FID (+ attribute accuracy) filled in, cached and logged to MLflow as `fid` by step."""
+    settings = fid_settings(plan)
+    network = plan.manifest.fid.feature_net if plan.manifest.fid is not None else ""
+    key = settings.key(network or "")
+    client = None
+    if plan.mlflow_run_id:
+        from pipelines.infra import tracking
+
+        client = tracking.client(plan.tracking_uri, check=False)
+    out = []
+    for p in points:
+        cache = storage.join(plan.run_dir, "eval", f"step_{p.step:08d}-{key}.json")
+        if storage.exists(cache):
+            ev = storage.read_json(cache)
+        else:
+            ev = evaluate_checkpoint(p.checkpoint, plan.cfg.data.manifest, settings,
+                                     num_actors=plan.cfg.eval.num_actors, cpus_per_actor=plan.cfg.run.cpus_per_worker)
+            storage.write_json(cache, ev)
+        p = dataclasses.replace(p, fid=ev["fid"], fid_network=ev.get("fid_network"), fid_samples=ev["num_samples"],
+                                eval_key=key, attr_acc=ev.get("attr_acc"), class_acc=ev.get("class_acc"))
+        if client is not None:
+            from pipelines.infra.tracking import log_metrics
+
+            log_metrics(client, plan.mlflow_run_id, {"fid": p.fid, "attr_acc": p.attr_acc, "class_acc": p.class_acc},
+                        p.step)
+        out.append(p)
+    return out

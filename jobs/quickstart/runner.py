@@ -1,0 +1,118 @@
+"""The quickstart's stage runner: banners with elapsed time, markers holding config hashes, reuse of finished stages.
+
+Each stage writes `<out>/stages/<stage>.json` holding the hash of its resolved config (which includes the results of
+the stages it depends on); a re-run reuses every stage whose marker matches and whose outputs still exist, and
+`force` reruns everything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jobs.quickstart.modes import Mode
+
+
+def fmt_seconds(seconds: float) -> str:
+    """m:ss."""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of a JSON-able value."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Context:
+    """Shared state of one quickstart run: output dir, mode, results of finished stages, the Ray head it owns."""
+
+    def __init__(self, out: Path, mode: Mode, t0: float) -> None:
+        self.out = out
+        self.mode = mode
+        self.t0 = t0
+        self.results: dict[str, dict] = {}
+        self.hashes: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self.ray: Any = None  # pipelines.infra.ray_runtime.LocalRayHead once started
+        self.serve_app: str | None = None  # the Serve application the serve stage runs
+
+    def path(self, *parts: str) -> Path:
+        """A path under the output directory."""
+        return self.out.joinpath(*parts)
+
+    def log(self, msg: str) -> None:
+        """A progress line under the current stage's banner."""
+        print(f"      {msg}", flush=True)
+
+    def elapsed(self) -> str:
+        """Time since the quickstart started (m:ss)."""
+        return fmt_seconds(time.monotonic() - self.t0)
+
+    def ensure_ray(self) -> None:
+        """Start (once) the local Ray head this quickstart owns and connect to it."""
+        if self.ray is None:
+            from pipelines.infra.ray_runtime import LocalRayHead
+
+            self.ray = LocalRayHead(self.path("logs"))
+            self.log(f"starting a local Ray head ({self.ray.num_cpus} CPUs); dashboard {self.ray.dashboard_url}")
+            self.ray.start()
+
+    def stop_ray(self) -> None:
+        """Disconnect from and stop the Ray head this quickstart started (nothing else)."""
+        if self.ray is not None:
+            self.ray.stop()
+            self.ray = None
+
+
+@dataclass
+class Stage:
+    """One step of the quickstart: `run(ctx) -> result` (JSON-able); `config(ctx)` is what its hash covers."""
+
+    name: str
+    title: str
+    config: Callable[[Context], dict]
+    run: Callable[[Context], dict]
+    outputs: Callable[[dict], list[str]] = field(default=lambda result: [])  # paths that must exist to reuse it
+
+
+def _reusable(ctx: Context, stage: Stage, digest: str, force: bool) -> dict | None:
+    marker = ctx.path("stages", f"{stage.name}.json")
+    prev = json.loads(marker.read_text()) if marker.is_file() else None
+    if force or prev is None or prev.get("config_hash") != digest:
+        return None
+    return prev if all(Path(p).exists() for p in stage.outputs(prev["result"])) else None
+
+
+def _write_marker(ctx: Context, stage: Stage, digest: str, cfg: dict, result: dict, seconds: float) -> None:
+    marker = ctx.path("stages", f"{stage.name}.json")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"stage": stage.name, "config_hash": digest, "config": cfg, "result": result,
+                               "seconds": seconds, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
+                              indent=2, default=str))
+    tmp.replace(marker)
+
+
+def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
+    """Run (or reuse) every stage in order, printing a banner with the elapsed time for each."""
+    for i, stage in enumerate(stages, 1):
+        cfg = stage.config(ctx)
+        digest = config_hash({"stage": stage.name, "config": cfg, "upstream": ctx.hashes})
+        prev = _reusable(ctx, stage, digest, force)
+        if prev is not None:
+            ctx.results[stage.name], ctx.hashes[stage.name] = prev["result"], digest
+            ctx.seconds[stage.name] = float(prev["seconds"])
+            print(f"==> [{i}/{len(stages)}] {stage.title}: reused (finished {prev['finished_at']}, took "
+                  f"{fmt_seconds(prev['seconds'])}, config {digest})   [{ctx.elapsed()}]", flush=True)
+            continue
+        print(f"\n==> [{i}/{len(stages)}] {stage.title}   [{ctx.elapsed()}]", flush=True)
+        t = time.monotonic()
+        result = json.loads(json.dumps(stage.run(ctx), default=str))
+        seconds = time.monotonic() - t
+        ctx.results[stage.name], ctx.hashes[stage.name], ctx.seconds[stage.name] = result, digest, seconds
+        _write_marker(ctx, stage, digest, cfg, result, seconds)
+        print(f"    done: {stage.title} in {fmt_seconds(seconds)}   [{ctx.elapsed()}]", flush=True)

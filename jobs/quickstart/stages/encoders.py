@@ -1,0 +1,65 @@
+"""Quickstart stages 1-3: the offline encoders (a small VAE, the FID feature net) and the precompute."""
+from __future__ import annotations
+
+import shutil
+
+from jobs.quickstart.runner import Context
+from pipelines.infra.config_files import REPO_ROOT, load_config
+from pipelines.infra.ray_runtime import num_cores
+
+PRECOMPUTE_YAML = REPO_ROOT / "configs" / "precompute" / "builtin.yaml"
+
+
+def _threads() -> int:
+    """torch threads for the in-process trainers: every core of the machine (they run alone)."""
+    return max(1, num_cores())
+
+
+def vae_config(ctx: Context) -> dict:
+    """TrainVAEConfig overrides of this mode."""
+    return {"out": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
+
+
+def vae_run(ctx: Context) -> dict:
+    """Train the small AutoencoderKL on the built-in data."""
+    from pipelines.encoders.train_vae import TrainVAEConfig, train_vae
+
+    return {"path": str(train_vae(load_config(TrainVAEConfig, base={**vae_config(ctx), "threads": _threads()})))}
+
+
+def features_config(ctx: Context) -> dict:
+    """TrainFeaturesConfig overrides of this mode."""
+    return {"out": str(ctx.path("features")), "image_size": ctx.mode.image_size, **ctx.mode.features}
+
+
+def features_run(ctx: Context) -> dict:
+    """Train the FID feature / attribute network."""
+    from pipelines.encoders.train_features import TrainFeaturesConfig, train_feature_net
+
+    cfg = load_config(TrainFeaturesConfig, base={**features_config(ctx), "threads": _threads()})
+    return {"path": str(train_feature_net(cfg))}
+
+
+def _precompute_overrides(ctx: Context) -> list[str]:
+    return [f"output={ctx.path('latents')}", f"image_size={ctx.mode.image_size}",
+            f"vae.path={ctx.results['vae']['path']}", f"fid.feature_net={ctx.results['features']['path']}",
+            "text.encoder=minilm", "source.kind=builtin", *ctx.mode.precompute]
+
+
+def precompute_config(ctx: Context) -> dict:
+    """The precompute YAML and this run's overrides."""
+    return {"yaml": PRECOMPUTE_YAML.read_text(), "overrides": _precompute_overrides(ctx)}
+
+
+def precompute_run(ctx: Context) -> dict:
+    """Encode the built-in images and captions into a latent data set on the quickstart's Ray."""
+    from pipelines.precompute.job import PrecomputeConfig, format_summary, run_precompute
+
+    out = ctx.path("latents")
+    if out.exists():
+        shutil.rmtree(out)  # a stale or different data set: this stage's marker did not match
+    cfg = load_config(PrecomputeConfig, PRECOMPUTE_YAML, _precompute_overrides(ctx))
+    ctx.ensure_ray()
+    summary = run_precompute(cfg)
+    ctx.log(format_summary(summary))
+    return {"path": str(out), "manifest": str(out / "manifest.json"), "summary": summary}

@@ -1,0 +1,74 @@
+"""Quickstart stages 4-6: the scaling sweep, the fitted laws, the promoted champion."""
+from __future__ import annotations
+
+import shutil
+
+from jobs.quickstart.runner import Context
+from pipelines.infra.config_files import REPO_ROOT
+
+SWEEP_YAML = REPO_ROOT / "configs" / "sweep" / "tiny.yaml"
+TRAIN_YAML = REPO_ROOT / "configs" / "train" / "tiny.yaml"
+EXPERIMENT = "ditscale-quickstart"
+
+
+def _sweep_overrides(ctx: Context) -> list[str]:
+    return [f"name={ctx.mode.name}", f"output={ctx.path('sweeps')}",
+            f"base.data.manifest={ctx.results['precompute']['path']}",
+            f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}", f"base_config={TRAIN_YAML}", *ctx.mode.sweep]
+
+
+def sweep_config(ctx: Context) -> dict:
+    """The sweep YAML and this run's overrides."""
+    return {"yaml": SWEEP_YAML.read_text(), "overrides": _sweep_overrides(ctx)}
+
+
+def sweep_run(ctx: Context) -> dict:
+    """Run the models x budgets grid on the quickstart's Ray; every trial must finish."""
+    from jobs.sweep.driver import format_table, load_sweep_config, run_sweep
+
+    sweep_root = ctx.path("sweeps", ctx.mode.name)
+    if sweep_root.exists():
+        shutil.rmtree(sweep_root)  # results of another config: start this sweep clean
+    cfg = load_sweep_config(str(SWEEP_YAML), _sweep_overrides(ctx))
+    ctx.log(f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"
+            f" FLOPs), mode={cfg.mode}, MLflow experiment {cfg.mlflow.experiment!r}")
+    ctx.ensure_ray()
+    out = run_sweep(cfg)
+    print(format_table(out), flush=True)
+    if not out["complete"]:
+        raise RuntimeError(f"sweep incomplete: trials not finished: {out['failed']} (see the errors above)")
+    return {"experiment": out["experiment"], "parent_run_id": out["parent_run_id"], "sweep_dir": out["sweep_dir"],
+            "num_points": sum(len(r["points"]) for r in out["trials"]), "wall_s": out["wall_s"]}
+
+
+def fit_config(ctx: Context) -> dict:
+    """Bootstrap resamples of this mode."""
+    return {"n_boot": ctx.mode.n_boot}
+
+
+def fit_run(ctx: Context) -> dict:
+    """Fit the laws to the sweep's record; plots and the report go to <out>/fit."""
+    from jobs.scaling.fit import REPORT_NAME, run_fit
+    from jobs.scaling.summary import format_laws
+
+    report, out = run_fit(parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")),
+                          n_boot=ctx.mode.n_boot)
+    laws = format_laws(report)
+    print(laws, flush=True)
+    return {"dir": str(out), "report": str(out / REPORT_NAME), "laws": laws,
+            "plots": sorted(str(p) for p in out.glob("*.png"))}
+
+
+def promote_run(ctx: Context) -> dict:
+    """Register the best checkpoint as `ditscale@champion`."""
+    from jobs.scaling.points import read_points
+    from jobs.scaling.promote import promote
+    from pipelines.infra import tracking
+
+    client = tracking.client()
+    parent, points = read_points(client, parent_run_id=ctx.results["sweep"]["parent_run_id"])
+    res = promote(client, points, extra_tags={"experiment": ctx.results["sweep"]["experiment"],
+                                              "parent_run_id": parent.info.run_id})
+    ctx.log(f"{'registered' if res['created'] else 'reused'} {res['model_name']} version {res['version']} -> "
+            f"alias '{res['alias']}': {res['model']}, FID {res['fid']:.3f}, checkpoint {res['checkpoint']}")
+    return res

@@ -1,0 +1,129 @@
+"""Plots of a fit report: metric and validation loss vs compute (per model, frontier fit with its band), isoFLOP
+curves with their minima, and the compute-optimal model size N*(C)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ditcore.scaling import PowerLawFit
+from ditcore.scaling.frontier import compute_of
+
+PLOTS = ("fid_vs_compute.png", "loss_vs_compute.png", "isoflop.png", "n_opt_vs_compute.png")
+XLABEL = "training FLOPs C (MAC = 2 FLOPs, train = 3 x forward)"
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_vs_compute(points: list[dict], models: dict[str, float | None], key: str, fit: PowerLawFit | None,
+                    front: list[dict], path: Path, ylabel: str) -> Path:
+    """`key` vs training compute: one curve per model, the frontier points, the fitted law and its band."""
+    plt = _pyplot()
+    names = sorted(models, key=lambda m: (models[m] or 0, m))
+    colors = {m: plt.cm.viridis(i / max(1, len(names) - 1)) for i, m in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in names:
+        mp = sorted((p for p in points if p["model"] == m and _finite(p.get(key)) is not None), key=compute_of)
+        if mp:
+            ax.plot([compute_of(p) for p in mp], [float(p[key]) for p in mp], "o-", color=colors[m], alpha=0.7,
+                    label=f"{m} (N={models[m]:.3g})" if models[m] else m)
+    if front:
+        ax.plot([compute_of(p) for p in front], [float(p[key]) for p in front], "k*", ms=12, label="frontier")
+    if fit is not None:
+        lo, hi = fit.compute_range
+        cs = np.logspace(np.log10(lo) - 0.2, np.log10(hi) + 0.5, 200)
+        if fit.ci:  # a band only where the bootstrap gave intervals
+            blo, bhi = fit.band(cs)
+            ax.fill_between(cs, blo, bhi, color="tab:red", alpha=0.2, label=f"{int(fit.ci_level * 100)}% bootstrap band")
+        form, _, params = fit.formula().partition("  with  ")
+        ax.plot(cs, fit.predict(cs), "r--", label=f"{form.strip()}\n{params.strip()}")
+    ax.set(xscale="log", yscale="log", xlabel=XLABEL, ylabel=ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_isoflop(iso: dict | None, path: Path) -> Path:
+    """Per-budget metric vs parameters with the fitted parabolas and their minima N*."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if iso is not None:
+        for i, b in enumerate(iso["budgets"]):
+            col = plt.cm.plasma(i / max(1, len(iso["budgets"]) - 1))
+            ns, ys = np.array(b["params"]), np.array(b[iso["metric"]])
+            ax.plot(ns, ys, "o", color=col, label=f"C={b['budget_flops']:.2e}")
+            xs = np.linspace(np.log(ns.min()), np.log(ns.max()), 100)
+            ax.plot(np.exp(xs), np.polyval(b["coef"], xs), "-", color=col, alpha=0.7)
+            ax.plot([b["n_opt"]], [b["metric_opt"]], "kx", ms=10)
+        ax.set_ylabel(iso["metric"])
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "isoFLOP analysis needs >= 2 budgets x >= 3 model sizes", ha="center", transform=ax.transAxes)
+    ax.set(xscale="log", xlabel="parameters N", title="isoFLOP curves (x: parabola minimum N*)")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_n_opt(iso: dict | None, path: Path) -> Path:
+    """The isoFLOP minima N* vs compute with the fitted N*(C) = k C^a and its bootstrap band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if iso is not None:
+        law = iso["n_opt_law"]
+        cs = np.array([b["budget_flops"] for b in iso["budgets"]])
+        ax.plot(cs, [b["n_opt"] for b in iso["budgets"]], "ko", label="isoFLOP minima N*")
+        grid = np.logspace(np.log10(cs.min()) - 0.2, np.log10(cs.max()) + 0.5, 100)
+        k, a = law["params"]["k"], law["params"]["a"]
+        ax.plot(grid, k * grid ** a, "r--", label=f"N* = {k:.3g} * C^{a:.3f}")
+        if law.get("ci") and law.get("samples") is not None:
+            s = np.array(law["samples"])
+            preds = s[:, :1] * grid[None, :] ** s[:, 1:2]
+            q = 100 * (1 - law["ci_level"]) / 2
+            lo, hi = np.percentile(preds, [q, 100 - q], axis=0)
+            ax.fill_between(grid, lo, hi, color="tab:red", alpha=0.2, label="bootstrap band")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no isoFLOP minima", ha="center", transform=ax.transAxes)
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal parameters N*")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Every plot of a fit report (PLOTS) into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metric, models = report["metric"], report["models"]
+    iso = objs["isoflop"].get(metric) or objs["isoflop"].get("val_loss")
+    return [
+        plot_vs_compute(objs["points"], models, metric, objs["fid"], objs["fid_front"], out / PLOTS[0],
+                        metric.upper()),
+        plot_vs_compute(objs["points"], models, "val_loss", objs["loss"], objs["loss_front"], out / PLOTS[1],
+                        "validation loss"),
+        plot_isoflop(iso, out / PLOTS[2]),
+        plot_n_opt(iso, out / PLOTS[3]),
+    ]

@@ -1,0 +1,101 @@
+"""Text views of a sweep's fit: the laws with their intervals and held-out checks, one-sentence law, the point table.
+
+Used by `ditscale fit`, `ditscale report` and the quickstart's report, so the same law reads the same everywhere.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.scaling.fit import CONVENTION
+
+
+def _fmt_ci(law: dict, name: str) -> str:
+    """'x [lo, hi]' for one parameter of a law dict."""
+    v = law["params"][name]
+    ci = law.get("ci", {}).get(name)
+    return f"{name} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else " [no interval]")
+
+
+def format_laws(report: dict) -> str:
+    """The fitted laws with their intervals and held-out checks, as printable text."""
+    metric = report["metric"]
+    lines = [f"# {report['n_points']} points, {len(report['models'])} models, {len(report['budgets'])} budgets; "
+             f"{CONVENTION}"]
+
+    def law_lines(title: str, law: dict) -> None:
+        if "error" in law:
+            lines.append(f"{title}: not fitted ({law['error']})")
+            return
+        level = int(round(law.get("ci_level", 0.95) * 100))
+        lines.append(f"{title}: {law['form']}   ({law['n_points']} points, {level}% bootstrap CI, "
+                     f"{law['n_boot_ok']}/{law['n_boot']} resamples)")
+        lines.append("    " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
+        if law.get("dof", 1) <= 0:
+            lines.append("    warning: exact fit (no degrees of freedom); intervals are not meaningful")
+        ho = law.get("held_out")
+        if ho and "skipped" not in ho:
+            lines.append(f"    held-out (fit without C={ho['compute']:.3g}): predicted {ho['predicted']:.4g}, "
+                         f"observed {ho['observed']:.4g}, error {ho['abs_error']:.4g} ({100 * ho['rel_error']:.1f}%)")
+        elif ho:
+            lines.append(f"    held-out: skipped ({ho['skipped']})")
+
+    law_lines(f"{metric.upper()} frontier", report[f"{metric}_law"])
+    law_lines("val-loss frontier", report["loss_law"])
+    for m in (metric, "val_loss"):
+        iso = report["isoflop"].get(m, {})
+        if "error" in iso:
+            lines.append(f"N*(C) from {m} isoFLOPs: not fitted ({iso['error']})")
+        else:
+            law = iso["n_opt_law"]
+            note = "" if law["all_interior"] else "  (some minima at the grid edge)"
+            lines.append(f"N*(C) from {m} isoFLOPs: {law['form']}   ({law['n_budgets']} budgets){note}")
+            lines.append("    " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
+    for name, pm in report["per_model"].items():
+        law = pm[f"{metric}_law"]
+        if "error" not in law:
+            lines.append(f"  {name}: {metric.upper()} = " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
+    return "\n".join(lines)
+
+
+
+def law_sentence(law: dict) -> str:
+    """'FID(C) = A * C^-beta + FID_inf with A = .. [lo, hi], ...' from a fitted law dict."""
+    parts = []
+    for name, v in law["params"].items():
+        ci = law.get("ci", {}).get(name)
+        parts.append(f"{name} = {v:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))
+    level = int(round(law.get("ci_level", 0.95) * 100))
+    form = law["form"] if "=" in law["form"] else f"FID(C) = {law['form']}"
+    if law.get("dof", 1) <= 0:
+        # 3 frontier points for 3 parameters: the fit is exact and a bootstrap has nothing to resample.
+        return (f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
+                "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)")
+    return f"{form} with " + ", ".join(parts) + f" ({level}% bootstrap intervals; C in training FLOPs)"
+
+
+
+COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")
+
+
+def _fmt(v: Any, spec: str) -> str:
+    """Format a number, or '-' for a missing value."""
+    if v is None:
+        return "-"
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def trial_table(points: list[dict], metric: str = "fid") -> str:
+    """Text table of points by model size, then compute: model, params, budget, FLOPs, FID, val loss, checkpoint."""
+    rows = [COLUMNS]
+    for p in sorted(points, key=lambda p: (float(p.get("params") or 0), str(p.get("model")),
+                                           float(p.get("budget_flops") or 0), float(p.get("flops") or 0))):
+        rows.append((str(p.get("model", "-")), _fmt(p.get("params"), ".3g"), _fmt(p.get("budget_flops"), ".3g"),
+                     _fmt(p.get("flops"), ".3g"), _fmt(p.get(metric), ".3f"), _fmt(p.get("val_loss"), ".4f"),
+                     str(p.get("checkpoint") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""The sweep's grid: trials (model x hyper-parameters, trained to every budget) and their validated run plans.
+
+Trial ids are deterministic (a hash of the trial's resolved config), so a restarted sweep finds its finished
+trials. Every training run of every trial is validated here, once, before any cluster work; the plans then
+travel to the trials as they are.
+
+Budget modes:
+  separate  one training run per budget (each with its own full LR schedule).
+  wsd       one warmup-stable-decay run to the largest budget; for each smaller budget B a short branch resumes
+            the main run's checkpoint at the START of B's decay phase (step (1 - decay_fraction) * S_B, still in
+            the shared stable phase, so its state is exactly what a run to B would have) and decays to S_B. Every
+            point is a properly decayed model (Hägele et al. 2024) at ~(1 + decay_fraction) x the cost of the
+            largest run alone, instead of the sum over budgets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ditcore.config import ConfigError, apply_overrides, from_dict, merge, to_dict
+from jobs.sweep.config import SweepConfig
+from jobs.train.config import TrainConfig, model_display_name, wsd_decay_start
+from jobs.train.plan import RunPlan, resolve_run, steps_for_budget
+from pipelines.infra import storage
+
+
+@dataclass
+class Trial:
+    """One grid cell: a model + hyper-parameters, trained to every budget."""
+
+    trial_id: str
+    name: str
+    train: TrainConfig  # the config of the LARGEST budget (per-budget runs derive from it)
+    budgets: list[float]
+    hparams: dict[str, Any]
+    arm: Optional[str] = None
+
+
+@dataclass
+class RunSpec:
+    """One training run of a trial: its plan, the budget it stands for and its role (main / branch / separate)."""
+
+    plan: RunPlan
+    budget: float
+    role: str
+
+
+@dataclass
+class TrialPlan:
+    """A trial with the validated plans of its training runs (the main run first)."""
+
+    trial: Trial
+    runs: list[RunSpec]
+    mode: str
+
+
+def sweep_dir(cfg: SweepConfig) -> str:
+    """<output>/<name> (absolute for local paths)."""
+    root = cfg.output if storage.is_s3(cfg.output) else os.path.abspath(os.path.expanduser(cfg.output))
+    return storage.join(root, cfg.name)
+
+
+def trial_storage(trial: Trial) -> str:
+    """<sweep>/runs/<trial id>: the trial's Ray Train run directory; its training runs are subdirectories."""
+    return storage.join(trial.train.checkpoint.storage, trial.trial_id)
+
+
+def _model_spec(entry: Any, base_model: dict) -> dict:
+    """A grid `models` entry -> ModelSpec dict (preset name, or fields overriding the base model)."""
+    if isinstance(entry, str):
+        return {**{k: v for k, v in base_model.items() if k in ("adapt_to_data",)}, "preset": entry,
+                "overrides": dict(base_model.get("overrides") or {})}
+    if isinstance(entry, dict):
+        if set(entry) & {"preset", "overrides", "name", "adapt_to_data"}:
+            return {**base_model, **entry}
+        if "arch" in entry:
+            return {**base_model, "preset": None, "overrides": dict(entry)}
+        return {**base_model, "overrides": {**(base_model.get("overrides") or {}), **entry}}
+    raise ConfigError(f"models: entries must be preset names or mappings, got {entry!r}")
+
+
+def _base(cfg: SweepConfig) -> dict:
+    from pipelines.infra.config_files import read_yaml
+
+    base = merge(read_yaml(cfg.base_config) if cfg.base_config else {}, cfg.base)
+    from_dict(TrainConfig, base, where="base")  # unknown keys in the base -> error naming base.<key>
+    return base
+
+
+def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
+    """(arm, model entry) pairs of the grid; errors name the bad key."""
+    if cfg.models and cfg.arms:
+        raise ConfigError("models / arms: give the models either as one list or grouped into arms, not both")
+    entries = [(None, m) for m in cfg.models] + [(arm, m) for arm, ms in cfg.arms.items() for m in ms]
+    if not entries:
+        raise ConfigError("models: the sweep needs at least one model")
+    if not cfg.budgets:
+        raise ConfigError("budgets: the sweep needs at least one budget (FLOPs)")
+    if any(b <= 0 for b in cfg.budgets):
+        raise ConfigError(f"budgets: must be positive FLOPs, got {cfg.budgets}")
+    for k, values in cfg.hparams.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"hparams.{k}: expected a non-empty list of values")
+    return entries
+
+
+def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dict, budgets: list[float]) -> Trial:
+    d = merge(base, {"model": _model_spec(entry, dict(base.get("model") or {})), "budget_flops": budgets[-1]})
+    d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in hp.items()])
+    d = merge(d, {"checkpoint": {"storage": storage.join(sweep_dir(cfg), "runs")},
+                  "mlflow": {"experiment": cfg.mlflow.experiment,
+                             **({"tracking_uri": cfg.mlflow.tracking_uri} if cfg.mlflow.tracking_uri else {})},
+                  **({"optim": {"schedule": "wsd"}} if cfg.mode == "wsd" else {})})
+    try:
+        tc = from_dict(TrainConfig, d)
+    except ConfigError as e:
+        raise ConfigError(f"trial {entry!r} {hp}: {e}") from e
+    ident = {"model": to_dict(tc.model), "hp": hp, "mode": cfg.mode, "budgets": budgets,
+             "train": {k: v for k, v in to_dict(tc).items() if k not in ("checkpoint", "mlflow", "run", "budget_flops",
+                                                                         "debug")},
+             "workers": tc.run.num_workers, "seed": tc.run.seed}
+    tid = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    label = model_display_name(tc.model).replace("/", "_")
+    hp_label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in hp.items())
+    return Trial(trial_id=f"{label}-{tid}", name=label + (f"[{hp_label}]" if hp_label else ""), train=tc,
+                 budgets=budgets, hparams=hp, arm=arm)
+
+
+def expand_grid(cfg: SweepConfig) -> list[Trial]:
+    """Trials of the grid with deterministic ids; every trial's TrainConfig is built (bad keys named)."""
+    entries = _check(cfg)
+    base = _base(cfg)
+    budgets = sorted(float(b) for b in cfg.budgets)
+    keys = sorted(cfg.hparams)
+    combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]
+    trials = [_trial(cfg, base, arm, entry, dict(zip(keys, combo)), budgets) for arm, entry in entries
+              for combo in combos]
+    if len({t.trial_id for t in trials}) != len(trials):
+        raise ConfigError("models/hparams: the grid contains duplicate trials")
+    return trials
+
+
+def _replace(cfg: TrainConfig, **sections: dict) -> TrainConfig:
+    """A copy of `cfg` with fields of its sections replaced (e.g. run={"name": ...}); budget_flops top level."""
+    top = {k: v for k, v in sections.items() if not isinstance(v, dict)}
+    nested = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items() if isinstance(v, dict)}
+    return dataclasses.replace(cfg, **top, **nested)
+
+
+def trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, float, str]]:
+    """(TrainConfig, budget, role) per training run of a trial; the first is the main (largest-budget) run."""
+    base = _replace(trial.train, checkpoint={"storage": trial_storage(trial)})
+    runs = [(_replace(base, run={"name": f"{trial.trial_id}-main"}), trial.budgets[-1], "main")]
+    for i, b in enumerate(trial.budgets[:-1]):
+        c = _replace(base, budget_flops=b, run={"name": f"{trial.trial_id}-b{i}"})
+        if mode == "wsd":  # a branch only trains its decay phase: learning-curve points before it would not exist
+            c = _replace(c, eval={"fractions": []})
+        runs.append((c, b, "branch" if mode == "wsd" else "separate"))
+    return runs
+
+
+def _wsd_branches(runs: list[RunSpec]) -> None:
+    """Point each WSD branch at the main run's checkpoint at the branch's decay start (kept by the main run)."""
+    from jobs.train.driver import run_dir
+
+    main = runs[0].plan
+    fpi, batch = main.train_flops_per_image, main.cfg.data.batch_size
+    starts = [wsd_decay_start(steps_for_budget(r.plan.cfg.budget_flops, fpi, batch), r.plan.cfg.optim)
+              for r in runs[1:]]
+    main.branch_steps = tuple(starts)
+    for r, start in zip(runs[1:], starts):
+        if start > 0:
+            init = storage.join(run_dir(main.cfg, main.run_name), "checkpoints", f"step_{start:08d}")
+            r.plan.cfg = _replace(r.plan.cfg, checkpoint={"init_from": init})
+
+
+def plan_trials(trials: list[Trial], mode: str) -> list[TrialPlan]:
+    """Validate every run of every trial (data set vs model, budgets, MLflow once) into trial plans."""
+    out, check_mlflow, manifests = [], True, {}
+    for t in trials:
+        runs = []
+        for c, budget, role in trial_configs(t, mode):
+            try:
+                plan = resolve_run(c, check_mlflow=check_mlflow, manifest=manifests.get(c.data.manifest))
+            except ConfigError as e:
+                raise ConfigError(f"trial {t.name} at budget {budget:.3g}: {e}") from e
+            manifests[c.data.manifest] = plan.manifest
+            check_mlflow = False
+            runs.append(RunSpec(plan=plan, budget=budget, role=role))
+        if mode == "wsd":
+            _wsd_branches(runs)
+        out.append(TrialPlan(trial=t, runs=runs, mode=mode))
+    return out

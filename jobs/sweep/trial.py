@@ -1,0 +1,131 @@
+"""One sweep trial: train its runs in one Ray Train run, evaluate its budget points, record them in MLflow.
+
+A trial is an MLflow child run of the sweep's parent (tags ditscale.role=trial, ditscale.trial_id) holding
+`points.json`; its training runs are grandchildren. It ends with <sweep>/trials/<id>/done.json when every run
+finished, or failed.json (and a FAILED MLflow run) when one did not: the next invocation of the sweep reruns it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from typing import Any, Optional
+
+from jobs.scaling.points import ScalingPoint
+from jobs.sweep.grid import TrialPlan, trial_storage
+from pipelines.infra import storage
+
+DONE, FAILED = "done.json", "failed.json"
+
+
+def trial_dir(sweep_dir: str, trial_id: str) -> str:
+    """<sweep>/trials/<trial id>."""
+    return storage.join(sweep_dir, "trials", trial_id)
+
+
+def _child_run(tp: TrialPlan, tdir: str, parent_run_id: Optional[str]) -> Optional[str]:
+    """The trial's MLflow child run (re-attached after a driver restart, never duplicated)."""
+    from pipelines.infra import tracking
+
+    main = tp.runs[0].plan
+    if main.tracking_uri is None:
+        return None
+    client = tracking.client(main.tracking_uri, check=False)
+    t = tp.trial
+    tags = {tracking.ROLE_TAG: tracking.ROLE_TRIAL, tracking.TRIAL_ID_TAG: t.trial_id}
+    run_id, _ = tracking.attach_run(client, storage.join(tdir, "child_run.json"), experiment=main.cfg.mlflow.experiment,
+                                    name=t.name, tags=tags, parent_run_id=parent_run_id)
+    o = main.cfg.optim
+    tracking.log_params_once(client, run_id, {
+        "model": t.name, "params": main.params, "train_flops_per_image": main.train_flops_per_image,
+        "budgets": json.dumps(t.budgets), "lr": o.lr, "batch_size": main.cfg.data.batch_size,
+        "data_manifest": main.cfg.data.manifest, "schedule": o.schedule, "hparams": json.dumps(t.hparams),
+        "trial_id": t.trial_id, "arm": t.arm or "", "model_config": json.dumps(main.model_config)})
+    return run_id
+
+
+def _preload_evaluation(tp: TrialPlan) -> None:
+    """In-process evaluation (eval.num_actors 0): load the VAE and feature net while the workers train."""
+    ev = tp.runs[0].plan.cfg.eval
+    if ev.num_samples <= 0 or ev.num_actors != 0:
+        return
+    from jobs.evaluation.fid import preload
+
+    def load() -> None:
+        try:
+            preload(tp.runs[0].plan.cfg.data.manifest)
+        except Exception:  # noqa: BLE001 - evaluation loads them again and reports the error with context
+            pass
+
+    threading.Thread(target=load, name="eval-preload", daemon=True).start()
+
+
+def _clear_failed(tp: TrialPlan) -> None:
+    """A rerun of a failed trial retrains its failed runs (from their last good checkpoint)."""
+    for spec in tp.runs:
+        result = storage.join(spec.plan.run_dir, "result.json")
+        if storage.exists(result) and storage.read_json(result).get("status") != "finished":
+            storage.delete(result)
+
+
+def _points(tp: TrialPlan, summaries: list[dict]) -> list[ScalingPoint]:
+    """The trial's points: every point of each run (separate), or each run's own budget (wsd)."""
+    points = []
+    for spec, out in zip(tp.runs, summaries):
+        for raw in out.get("points", []):
+            p = ScalingPoint.from_dict(raw)
+            # wsd: the main run's points at smaller budgets are undecayed; the branch of each budget replaces them.
+            if tp.mode == "separate" or abs(p.budget_flops - spec.budget) <= 1e-6 * spec.budget:
+                points.append(dataclasses.replace(p, mode=tp.mode, trial_id=tp.trial.trial_id, arm=tp.trial.arm,
+                                                  hparams=dict(tp.trial.hparams)))
+    return sorted(points, key=lambda p: p.budget_flops)
+
+
+def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str,
+            reasons: list[str]) -> None:
+    """points.json, the branch points' metrics and the status on the trial's MLflow run."""
+    if child is None:
+        return
+    from pipelines.infra import tracking
+
+    client = tracking.client(tp.runs[0].plan.tracking_uri, check=False)
+    main_run = tp.runs[0].plan.run_name
+    for p in points:
+        if p.run != main_run:  # the main run logged its own points into the child already
+            tracking.log_metrics(client, child, {"fid": p.fid, "val_loss_at_budget": p.val_loss}, p.step)
+    client.log_text(child, json.dumps([p.to_dict() for p in points], indent=2), tracking.POINTS_ARTIFACT)
+    tracking.end_run(client, child, status, "; ".join(reasons) or None)
+
+
+def run_trial(tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str],
+              callbacks: Optional[list] = None) -> dict[str, Any]:
+    """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
+    from jobs.train.driver import finish_run, prepare_run, train_runs
+
+    tdir = trial_dir(sweep_dir, tp.trial.trial_id)
+    if storage.exists(storage.join(tdir, DONE)):
+        return storage.read_json(storage.join(tdir, DONE))
+    t0 = time.time()
+    child = _child_run(tp, tdir, parent_run_id)
+    tags = {"ditscale.trial_id": tp.trial.trial_id}
+    prepared = []
+    for i, spec in enumerate(tp.runs):
+        if i == 0:
+            spec.plan.mlflow_run_id = child
+        prepared.append(prepare_run(spec.plan, parent_run_id=child, tags={**tags, "ditscale.budget_role": spec.role}))
+    _clear_failed(tp)
+    _preload_evaluation(tp)
+    train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
+    summaries = [finish_run(r) for r in prepared]
+    reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
+    status = "failed" if reasons else "finished"
+    points = _points(tp, summaries)
+    _record(tp, child, points, status, reasons)
+    record = {"trial_id": tp.trial.trial_id, "name": tp.trial.name, "arm": tp.trial.arm, "status": status,
+              "reasons": reasons, "points": [p.to_dict() for p in points], "mlflow_run_id": child,
+              "wall_s": time.time() - t0}
+    storage.write_json(storage.join(tdir, DONE if status == "finished" else FAILED), record)
+    if status == "finished" and storage.exists(storage.join(tdir, FAILED)):
+        storage.delete(storage.join(tdir, FAILED))
+    return record

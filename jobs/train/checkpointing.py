@@ -1,0 +1,166 @@
+"""Checkpoint save and restore for the training loop (layout and atomic writes: ditcore.checkpoint).
+
+A checkpoint holds model, EMA, optimizer, LR-schedule position, RNG scheme and data position, so a resumed run
+continues bit for bit (deterministic mode) or at least without a jump in the loss. Rank 0 writes; with FSDP2
+every rank takes part in gathering the full state first. Remote storage gets a local directory uploaded with
+its completeness manifest (checkpoint.json) last, so a half-uploaded checkpoint is never loadable. Periodic
+checkpoints beyond `checkpoint.keep` are pruned; budget points and WSD branch points always stay.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ditcore.checkpoint import load_model_weights, load_optimizer_state, read_optimizer_state, save_checkpoint
+from jobs.train.config import lr_factor
+from jobs.train.parallel import StateDictHolder, state_by_index, state_by_name, to_cpu_full
+from jobs.train.plan import RunPlan
+
+
+@dataclass
+class Progress:
+    """Where a run is: step, data position, images and FLOPs consumed (saved in state.json)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    images_seen: int = 0
+    train_flops: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)  # what the run last logged
+
+    def as_state(self) -> dict[str, Any]:
+        """The progress fields of state.json."""
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "images_seen": self.images_seen, "train_flops": self.train_flops}
+
+
+def restore_weights(restore: str, model: nn.Module, ema: nn.Module, plan: RunPlan, own: bool) -> Progress:
+    """Load weights (+ EMA) from a checkpoint directory into the full modules; the saved progress.
+
+    FLOPs and images follow the step count (a WSD branch starting from its main run's checkpoint changes nothing
+    else); metrics are kept only when resuming the run's own checkpoint.
+    """
+    load_model_weights(restore, model, which="model")
+    if (Path(restore) / "ema.safetensors").exists():
+        load_model_weights(restore, ema, which="ema")
+    else:
+        ema.load_state_dict(model.state_dict())
+    saved = json.loads((Path(restore) / "state.json").read_text())
+    p = Progress(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch") if k in saved})
+    p.images_seen = p.step * plan.cfg.data.batch_size
+    p.train_flops = p.step * plan.cfg.data.batch_size * plan.train_flops_per_image
+    if own:
+        p.metrics = dict(saved.get("metrics") or {})
+    return p
+
+
+def restore_optimizer(restore: str, raw: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                      fsdp: bool) -> None:
+    """Load the optimizer state of `restore` (if it has one); FSDP2 ranks each keep their shard of it."""
+    if not (Path(restore) / "optimizer.json").exists():
+        return
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        full = state_by_name(read_optimizer_state(restore), names)
+        set_optimizer_state_dict(raw, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
+    else:
+        load_optimizer_state(restore, optimizer)
+
+
+def _gather(raw: nn.Module, ema_params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+            names: list[str], fsdp: bool, ema: nn.Module, rank: int) -> tuple[Any, Any, Any]:
+    """(model, EMA, optimizer state) to save: the live objects, or full copies gathered on rank 0 (FSDP2)."""
+    if not fsdp:
+        return raw, ema, optimizer
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
+    model = StateDictHolder(get_model_state_dict(raw, options=full), raw)
+    ema_full = {n: to_cpu_full(p) for n, p in ema_params.items()}
+    opt = get_optimizer_state_dict(raw, optimizer, options=full)
+    return model, ema_full, (state_by_index(opt, names) if rank == 0 else None)
+
+
+def checkpoint_state(plan: RunPlan, progress: Progress, step: int, metrics: dict, point: bool,
+                     world: int) -> dict[str, Any]:
+    """state.json of a checkpoint at `step`."""
+    o = plan.cfg.optim
+    return {
+        **progress.as_state(), "total_steps": plan.total_steps, "global_batch": plan.cfg.data.batch_size,
+        "world_size": world,
+        "lr_schedule": {"schedule": o.schedule, "warmup_steps": o.warmup_steps, "decay_fraction": o.decay_fraction,
+                        "total_steps": plan.total_steps, "lr_factor": lr_factor(max(step - 1, 0), plan.total_steps, o)},
+        # The training RNG is re-seeded every step from (seed, rank, step) (per-sample (seed, epoch, id) in
+        # deterministic mode), so (seed, step) restores it exactly for any world size.
+        "rng": {"seed": plan.cfg.run.seed, "scheme": "reseed(seed, rank|sample, step|epoch)"},
+        "data_position": {"epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch},
+        "budget_point": point, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+
+
+def checkpoint_config(plan: RunPlan) -> dict[str, Any]:
+    """config.json of the run's checkpoints: enough to rebuild the model and sample from it."""
+    from ditcore.config import to_dict
+
+    m = plan.manifest.vae
+    return {"model": plan.model_config, "objective": to_dict(plan.cfg.objective),
+            "data": {"manifest": plan.cfg.data.manifest, "scaling_factor": float(m.scaling_factor),
+                     "shift_factor": float(m.shift_factor or 0.0)},
+            "train": to_dict(plan.cfg), "run_name": plan.run_name}
+
+
+def save(env: Any, plan: RunPlan, progress: Progress, step: int, metrics: dict, point: bool, *, raw: nn.Module,
+         ema: nn.Module, ema_params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, names: list[str],
+         fsdp: bool) -> Optional[str]:
+    """Write <run dir>/checkpoints/step_X (rank 0; every rank calls for the FSDP2 gather) and report it."""
+    model_src, ema_src, opt = _gather(raw, ema_params, optimizer, names, fsdp, ema, env.rank)
+    path = None
+    if env.rank == 0:
+        import pyarrow.fs as pafs
+
+        fs, path = env.checkpoint_location(step)
+        kw = dict(model=model_src, ema=ema_src, config=checkpoint_config(plan), optimizer=opt,
+                  state=checkpoint_state(plan, progress, step, metrics, point, env.world_size))
+        if isinstance(fs, pafs.LocalFileSystem):
+            save_checkpoint(path, **kw)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                upload_committed(save_checkpoint(os.path.join(tmp, "ckpt"), **kw), fs, path)
+        prune(fs, path, plan.cfg.checkpoint.keep, plan.keep_steps)
+    env.report({**metrics, "step": step}, path)
+    return path
+
+
+def upload_committed(local: Path, fs: Any, path: str) -> None:
+    """Upload a checkpoint dir with checkpoint.json (the completeness manifest) last."""
+    names = sorted(p.name for p in Path(local).iterdir())
+    names = [n for n in names if n != "checkpoint.json"] + ["checkpoint.json"]
+    fs.create_dir(path, recursive=True)
+    for n in names:
+        with open(Path(local) / n, "rb") as src, fs.open_output_stream(f"{path}/{n}") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+
+
+def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
+    """Delete periodic checkpoints beyond the newest `keep` (budget points / branch points always stay)."""
+    import pyarrow.fs as pafs
+
+    root = new_path.rsplit("/", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+    steps = sorted(int(i.base_name[5:]) for i in infos if i.base_name.startswith("step_") and i.base_name[5:].isdigit())
+    periodic = [s for s in steps if s not in keep_steps]
+    for s in periodic[:-max(1, keep)] if len(periodic) > max(1, keep) else []:
+        try:
+            fs.delete_dir(f"{root}/step_{s:08d}")
+        except OSError:
+            pass  # a concurrent prune or a vanished directory: nothing left to delete

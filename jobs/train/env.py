@@ -1,0 +1,181 @@
+"""Where a training loop runs: in-process over numpy rows (`LocalEnv`) or as a Ray Train worker (`RayTrainEnv`).
+
+An environment says which device to use, wraps the model for data parallelism, yields batches, says where
+checkpoints go and reports metrics; the loop (jobs/train/loop.py) is the same torch code in both. `RayTrainEnv` is
+the only place the loop touches Ray Train (get_context, prepare_model, get_dataset_shard, report, get_checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+RESULT_NAME = "result.json"  # <run dir>/result.json: how a training run ended (written by rank 0 at its end)
+
+
+@dataclass
+class LocalEnv:
+    """In-process single-worker environment over in-memory numpy rows (no Ray)."""
+
+    rows: dict[str, np.ndarray]
+    checkpoint_root: str  # local directory; checkpoints go to <root>/checkpoints/step_XXXXXXXX
+    resume_from: Optional[str] = None
+    reports: list = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def wrap_model(self, model: nn.Module, fsdp: bool) -> nn.Module:
+        return model
+
+    def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
+        n = len(next(iter(self.rows.values())))
+        order = np.arange(n)
+        if seed is not None and shuffle_buffer > 0:
+            order = np.random.default_rng(seed).permutation(n)
+        for start in range(0, n - local_batch + 1, local_batch):
+            idx = order[start:start + local_batch]
+            yield {k: v[idx] for k, v in self.rows.items()}
+
+    def checkpoint_location(self, step: int) -> tuple[Any, str]:
+        import pyarrow.fs as pafs
+
+        root = os.path.abspath(self.checkpoint_root)
+        return pafs.LocalFileSystem(), os.path.join(root, "checkpoints", f"step_{step:08d}")
+
+    def report(self, metrics: dict, checkpoint_path: Optional[str]) -> None:
+        self.reports.append((dict(metrics), checkpoint_path))
+
+    def restore_dir(self) -> Optional[str]:
+        return self.resume_from
+
+    def write_result(self, record: dict) -> None:
+        os.makedirs(self.checkpoint_root, exist_ok=True)
+        with open(os.path.join(self.checkpoint_root, RESULT_NAME), "w") as f:
+            json.dump(record, f)
+
+    def barrier(self) -> None:
+        pass
+
+
+
+class RayTrainEnv:
+    """The Ray Train environment: the only place the loop touches Ray.
+
+    One TorchTrainer may train several runs in sequence (a sweep trial's budgets): `set_run(subdir)` points
+    checkpoints and the result record at <experiment dir>/<subdir>, the run's own directory (Ray Train keeps
+    reported checkpoints inside its experiment directory).
+    """
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self._storage = ctx.get_storage()
+        self._restore: Optional[tuple[Optional[str]]] = None  # cached restore_dir() of the current run
+        self._base = self._storage.experiment_fs_path.rstrip("/")  # the current run's directory
+        self._record_placement()
+
+    @property
+    def fs(self) -> Any:
+        return self._storage.storage_filesystem
+
+    def set_run(self, subdir: str) -> None:
+        """Write the next run's checkpoints and result to <experiment dir>/<subdir> ("" : the experiment dir)."""
+        self._base = "/".join(x for x in (self._storage.experiment_fs_path.rstrip("/"), subdir.strip("/")) if x)
+        self._restore = None
+
+    def run_finished(self) -> bool:
+        """Did the current run already write its result (before a worker or driver restart)?"""
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(f"{self._base}/{RESULT_NAME}").type != pafs.FileType.NotFound
+
+    def _record_placement(self) -> None:
+        """<experiment>/workers/rank<r>.json: node id, host, pid of this worker (placement diagnostics)."""
+        import ray
+
+        fs, base = self.fs, self._storage.experiment_fs_path.rstrip("/")
+        rec = {"rank": self.rank, "world_size": self.world_size, "node_id": ray.get_runtime_context().get_node_id(),
+               "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        try:
+            fs.create_dir(f"{base}/workers", recursive=True)
+            with fs.open_output_stream(f"{base}/workers/rank{self.rank}.json") as f:
+                f.write(json.dumps(rec).encode())
+        except OSError:
+            pass  # diagnostics only
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # RAY: the worker's assigned device
+
+    def wrap_model(self, model: nn.Module, fsdp: bool) -> nn.Module:
+        if fsdp:
+            from jobs.train.parallel import fully_shard_blocks
+
+            return fully_shard_blocks(model)
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False)  # RAY: DDP wrap (no-op for 1 worker)
+
+    def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
+        shard = self._train.get_dataset_shard("train")  # RAY: this worker's streaming split of the dataset
+        kwargs: dict[str, Any] = {}
+        if seed is not None and shuffle_buffer > 0:
+            kwargs = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": seed}
+        yield from shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True, **kwargs)
+
+    def checkpoint_location(self, step: int) -> tuple[Any, str]:
+        return self.fs, f"{self._base}/checkpoints/step_{step:08d}"
+
+    def report(self, metrics: dict, checkpoint_path: Optional[str]) -> None:
+        from ray.train import Checkpoint, CheckpointUploadMode
+
+        ckpt = Checkpoint(path=checkpoint_path, filesystem=self.fs) if checkpoint_path else None
+        # RAY: register metrics (+ the already-persisted checkpoint, so no second upload) with the controller.
+        self._train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    def restore_dir(self) -> Optional[str]:
+        """Local directory of the current run's latest checkpoint after a worker/driver restart, else None."""
+        if self._restore is None:
+            self._restore = (self._find_restore(),)
+        return self._restore[0]
+
+    def _find_restore(self) -> Optional[str]:
+        ckpt = self._train.get_checkpoint()  # RAY: latest checkpoint after a worker/driver restart
+        if ckpt is None or not ckpt.path.startswith(f"{self._base}/checkpoints/"):
+            return None  # none yet, or the last checkpoint of an earlier run of this trainer: start fresh
+        import pyarrow.fs as pafs
+
+        if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+            return ckpt.path
+        tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
+        ckpt.to_directory(tmp)
+        return tmp
+
+    def write_result(self, record: dict) -> None:
+        """<run dir>/result.json: how the run ended (read by the driver; marks the run done on a restart)."""
+        self.fs.create_dir(self._base, recursive=True)
+        tmp = f"{self._base}/.{RESULT_NAME}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(record).encode())
+        self.fs.move(tmp, f"{self._base}/{RESULT_NAME}")
+
+    def barrier(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+

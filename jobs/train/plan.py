@@ -1,0 +1,235 @@
+"""The run plan: a TrainConfig checked against its data set and tracking store, with everything derived from it.
+
+`resolve_run(cfg)` is the one place a training config is validated (before any cluster work): model vs data set
+(latent size / channels, text dims, classes), budget >= one step, budget points, batch split, sampler names, MLflow
+reachable. It returns a typed `RunPlan` that the driver, the sweep and every Ray Train worker share;
+`attach_worker_data` adds the small arrays workers need (validation rows, the null text embedding).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ditcore.config import ConfigError
+from ditcore.flops import flops_summary
+from ditcore.models import PRESETS, config_to_dict, resolve_config
+from jobs.train.config import TrainConfig, model_display_name, run_name
+from pipelines.latents.manifest import Manifest
+
+
+def steps_for_budget(budget_flops: float, train_flops_per_image: float, global_batch: int) -> int:
+    """ceil(budget / (train FLOPs per image x global batch)): the number of optimizer steps of a budget."""
+    return int(math.ceil(budget_flops / (train_flops_per_image * global_batch) - 1e-9))
+
+
+@dataclass
+class RunPlan:
+    """A validated training run: its config, data set, model, compute and budget points, storage and tracking."""
+
+    cfg: TrainConfig
+    manifest: Manifest
+    model_config: dict[str, Any]
+    flops: dict[str, float]  # params, forward/train FLOPs per image (ditcore.flops.flops_summary)
+    text_tokens: Optional[int]
+    total_steps: int
+    point_steps: dict[int, float]  # step -> budget (FLOPs) of each evaluated budget point
+    tracking_uri: Optional[str]
+    run_name: str
+    run_dir: str = ""  # <checkpoint.storage>/<run name> (URI); set by the driver
+    run_subdir: str = ""  # run_dir relative to the Ray Train run that trains it
+    mlflow_run_id: Optional[str] = None
+    branch_steps: tuple[int, ...] = ()  # WSD: steps whose checkpoints a decay branch starts from
+    init_from_local: Optional[str] = None  # local copy of checkpoint.init_from (set on the worker)
+    null_text: Optional[dict[str, np.ndarray]] = None  # the data set's empty-prompt embedding (text models)
+    val: Optional[dict[str, np.ndarray]] = None  # validation rows (held out of training)
+    params_extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_flops_per_image(self) -> float:
+        """Training FLOPs per image (3 x forward, multiply-add = 2 FLOPs)."""
+        return float(self.flops["train_flops_per_image"])
+
+    @property
+    def params(self) -> int:
+        """Parameter count of the model."""
+        return int(self.flops["params"])
+
+    @property
+    def keep_steps(self) -> set[int]:
+        """Steps whose checkpoints are never pruned: budget points, the end, WSD branch points."""
+        return set(self.point_steps) | {self.total_steps} | set(self.branch_steps)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the model is text-conditioned."""
+        return _is_text(self.model_config)
+
+    @property
+    def model_name(self) -> str:
+        """Display name of the model."""
+        return model_display_name(self.cfg.model)
+
+
+def _is_text(model_config: dict) -> bool:
+    return model_config.get("arch") == "mmdit" or (model_config.get("arch") == "unet"
+                                                    and int(model_config.get("text_dim") or 0) > 0)
+
+
+def _data_values(cfg: TrainConfig, manifest: Manifest, base: dict) -> dict[str, Any]:
+    """The model fields the data set decides, checked against the model's conditioning."""
+    values: dict[str, Any] = {"input_size": manifest.vae.latent_size or None,
+                              "in_channels": manifest.vae.latent_channels}
+    name = model_display_name(cfg.model)
+    if _is_text(base):
+        if manifest.text is None:
+            raise ConfigError(f"data.manifest {cfg.data.manifest!r} has no text embeddings (manifest 'text' is null) "
+                              f"but model {name!r} is text-conditional")
+        values.update(text_dim=manifest.text.dim, pooled_dim=manifest.text.pooled_dim)
+        if manifest.text.max_length:
+            values["max_text_len"] = int(manifest.text.max_length)
+    else:
+        if manifest.num_classes is None:
+            raise ConfigError(f"data.manifest {cfg.data.manifest!r} has no class labels (num_classes null) but model "
+                              f"{name!r} is class-conditional")
+        values["num_classes"] = manifest.num_classes
+    return values
+
+
+def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:
+    """Model config dict from the spec, adapted to / checked against the data set (errors name keys)."""
+    spec = cfg.model
+    if spec.preset is not None and spec.preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {spec.preset!r}; known: {', '.join(PRESETS)}")
+    overrides = dict(spec.overrides)
+    if cfg.optim.mup:
+        overrides["mup"] = True
+    try:
+        base = config_to_dict(resolve_config(spec.preset)) if spec.preset else dict(overrides)
+        if base.get("arch") not in ("dit", "mmdit", "unet"):
+            raise ConfigError("model.overrides.arch: must be 'dit', 'mmdit' or 'unet' when model.preset is null")
+        data = _data_values(cfg, manifest, {**base, **overrides})
+        if spec.adapt_to_data:
+            overrides.update({k: v for k, v in data.items() if k not in overrides and v is not None})
+        mc = resolve_config(spec.preset, **overrides) if spec.preset else resolve_config(overrides)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from e
+    d = config_to_dict(mc)
+    for key, value in data.items():  # explicit values that disagree with the data are errors
+        if value is None or key == "num_classes" or key not in d:
+            continue
+        if key == "max_text_len":
+            if d[key] < value:
+                raise ConfigError(f"model.max_text_len={d[key]} is shorter than the data set's text.max_length="
+                                  f"{value} (manifest {cfg.data.manifest})")
+        elif d[key] != value:
+            raise ConfigError(f"model.{key}={d[key]} does not match the data set ({value} in {cfg.data.manifest}"
+                              "/manifest.json)")
+    if "num_classes" in data and d.get("num_classes", 0) < int(data["num_classes"]):
+        raise ConfigError(f"model.num_classes={d['num_classes']} < data set num_classes={data['num_classes']} "
+                          f"(manifest {cfg.data.manifest})")
+    patch = int(getattr(mc, "patch_size", 1))
+    if d["input_size"] % patch:
+        raise ConfigError(f"model.patch_size={patch} does not divide the latent size {d['input_size']}")
+    return d
+
+
+def _check_settings(cfg: TrainConfig) -> None:
+    """Checks of the config alone (no data set needed)."""
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest: required (the latent dataset directory, local or s3://)")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if not isinstance(logging.getLevelName(str(cfg.run.log_level).upper()), int):
+        raise ConfigError(f"run.log_level: {cfg.run.log_level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+    if cfg.run.num_workers < 1:
+        raise ConfigError(f"run.num_workers must be >= 1, got {cfg.run.num_workers}")
+    if cfg.data.batch_size % cfg.run.num_workers:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers="
+                          f"{cfg.run.num_workers}")
+    if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
+        raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
+    if cfg.eval.num_samples > 0:
+        from ditcore.samplers import SAMPLERS
+
+        if cfg.eval.sampler not in SAMPLERS:
+            raise ConfigError(f"eval.sampler: unknown sampler {cfg.eval.sampler!r}; known: {', '.join(SAMPLERS)}")
+
+
+def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
+    """(total steps, {step: budget}) of the run's end, eval.budgets and eval.fractions (each >= one step)."""
+    batch = cfg.data.batch_size
+    one_step = fpi * batch
+    if cfg.budget_flops < one_step:
+        raise ConfigError(f"budget_flops={cfg.budget_flops:.4g} is smaller than one training step: {one_step:.4g} "
+                          f"FLOPs (train_flops_per_image {fpi:.4g} x batch {batch}); raise the budget or lower "
+                          "data.batch_size")
+    total = steps_for_budget(cfg.budget_flops, fpi, batch)
+    points = {total: float(cfg.budget_flops)}
+    for b in cfg.eval.budgets:
+        if b > cfg.budget_flops * (1 + 1e-9):
+            raise ConfigError(f"eval.budgets: {b:.4g} exceeds budget_flops={cfg.budget_flops:.4g}")
+        if b < one_step:
+            raise ConfigError(f"eval.budgets: {b:.4g} is smaller than one training step ({one_step:.4g} FLOPs)")
+        points[steps_for_budget(b, fpi, batch)] = float(b)
+    for i, fr in enumerate(cfg.eval.fractions):
+        if not 0.0 < fr < 1.0:
+            raise ConfigError(f"eval.fractions[{i}]: {fr} must be strictly between 0 and 1")
+        if fr * cfg.budget_flops < one_step:
+            raise ConfigError(f"eval.fractions[{i}]: {fr} x budget_flops = {fr * cfg.budget_flops:.4g} FLOPs is less "
+                              f"than one training step ({one_step:.4g} FLOPs)")
+        points.setdefault(steps_for_budget(fr * cfg.budget_flops, fpi, batch), float(fr * cfg.budget_flops))
+    return total, points
+
+
+def _tracking(cfg: TrainConfig, check: bool) -> Optional[str]:
+    if not cfg.mlflow.enabled:
+        return None
+    from pipelines.infra.tracking import TrackingURIError, check_tracking_uri, resolve_tracking_uri
+
+    if not check:
+        return resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    try:
+        return check_tracking_uri(cfg.mlflow.tracking_uri)
+    except TrackingURIError as e:
+        raise ConfigError(f"mlflow.tracking_uri: {e}") from e
+
+
+def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Optional[Manifest] = None) -> RunPlan:
+    """Validate `cfg` against its data set (and MLflow) and derive the run plan; ConfigError names any problem."""
+    _check_settings(cfg)
+    if manifest is None:
+        try:
+            manifest = Manifest.read(cfg.data.manifest)
+        except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
+            raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
+    model_config = resolve_model_config(cfg, manifest)
+    text_tokens = int(manifest.text.max_length) if (_is_text(model_config) and manifest.text is not None
+                                                    and manifest.text.max_length) else None
+    flops = flops_summary(model_config, text_tokens)
+    total, points = budget_points(cfg, float(flops["train_flops_per_image"]))
+    return RunPlan(cfg=cfg, manifest=manifest, model_config=model_config, flops=dict(flops), text_tokens=text_tokens,
+                   total_steps=total, point_steps=points, tracking_uri=_tracking(cfg, check_mlflow),
+                   run_name=run_name(cfg))
+
+
+def attach_worker_data(plan: RunPlan) -> None:
+    """Load what every worker needs from the data set (validation rows, null text embedding) into the plan."""
+    from pipelines.latents.reader import load_latents_numpy, load_null_text
+
+    cfg = plan.cfg
+    if plan.is_text and plan.null_text is None:
+        nt = load_null_text(cfg.data.manifest)
+        plan.null_text = {k: np.asarray(v.float().numpy() if v.is_floating_point() else v.numpy())
+                          for k, v in nt.items()} if nt else None
+    if cfg.data.val_samples > 0 and plan.val is None:
+        val = load_latents_numpy(cfg.data.manifest, limit=cfg.data.val_samples)
+        val.pop("caption", None)
+        plan.val = val

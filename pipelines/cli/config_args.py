@@ -1,0 +1,85 @@
+"""Command-line options shared by every config-driven command: `--config FILE`, `key.sub=value` overrides,
+`--print-config`, and a `--help` that lists every config key with its default (generated from the dataclass)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Sequence
+
+from ditcore.config import ConfigError
+
+
+def _type_name(tp: Any) -> str:
+    name = getattr(tp, "__name__", None)
+    if name and not typing.get_args(tp):
+        return name
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_keys(cls: type, prefix: str = "") -> list[str]:
+    """`key: type = default` lines for every (nested) field of dataclass `cls`."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        nested = tp if dataclasses.is_dataclass(tp) else (inner[0] if len(inner) == 1 else None)
+        if nested is not None and isinstance(nested, type):
+            lines.extend(describe_keys(nested, key + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        lines.append(f"  {key}: {_type_name(tp)} = {default}")
+    return lines
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: str = "") -> None:
+    """--config, overrides and --print-config on `parser`; its epilog lists the keys of `cls` with defaults."""
+    parser.add_argument("--config", help="YAML file with the config (configs/...)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides (values parse as JSON, else as strings)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    keys = "\n".join(describe_keys(cls))
+    parser.epilog = ((f"example: {example}\n\n" if example else "") + f"config keys ({cls.__name__}):\n{keys}")
+
+
+def load_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config the parsed --config / overrides describe (ConfigError naming a bad key)."""
+    from pipelines.infra.config_files import load_config
+
+    return load_config(cls, args.config, args.overrides)
+
+
+def print_config(cfg: Any) -> None:
+    """The resolved config as YAML on stdout."""
+    from ditcore.config import to_dict
+    from pipelines.infra.config_files import to_yaml
+
+    print(to_yaml(to_dict(cfg)), end="")
+
+
+def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any) -> int:
+    """Load the config, honour --print-config, call `run(cfg)`; a ConfigError exits 2 with the key named."""
+    try:
+        cfg = load_from_args(cls, args)
+        if args.print_config:
+            print_config(cfg)
+            return 0
+        return int(run(cfg) or 0)
+    except ConfigError as e:
+        import sys
+
+        print(f"{prog}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+__all__: Sequence[str] = ["add_config_arguments", "describe_keys", "load_from_args", "print_config",
+                          "run_config_command"]

@@ -1,0 +1,57 @@
+"""`ditscale export --diffusers CKPT OUT`: a checkpoint as a diffusers model directory (+ pipeline with a VAE)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale export`."""
+    p = argparse.ArgumentParser(prog="ditscale export", description="Export a checkpoint to diffusers: a DiT becomes "
+                                "DiTTransformer2DModel (+ a DiTPipeline with --vae), an MM-DiT SD3Transformer2DModel. "
+                                "Options diffusers cannot express are refused by name. See docs/export.md.")
+    p.add_argument("--diffusers", nargs=2, metavar=("CKPT", "OUT"), required=True,
+                   help="checkpoint directory (local or s3://) and the output directory")
+    p.add_argument("--vae", default=None, help="VAE directory to bundle (default: the one the data manifest names)")
+    p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return p
+
+
+def _default_vae(ckpt: str) -> Optional[str]:
+    """The VAE the checkpoint's data manifest names, when it is a local directory."""
+    from pathlib import Path
+
+    from ditcore.checkpoint import read_checkpoint_config
+    from pipelines.latents.manifest import Manifest
+
+    manifest = (read_checkpoint_config(ckpt).get("data") or {}).get("manifest")
+    if not manifest:
+        return None
+    path = Manifest.read(manifest).vae.path
+    return path if path and Path(path).is_dir() else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale export`."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from ditcore.checkpoint import CheckpointError
+    from pipelines.export import ExportError, export_to_diffusers
+    from pipelines.infra import storage
+
+    ckpt, out = args.diffusers
+    try:
+        with tempfile.TemporaryDirectory(prefix="ditscale-export-") as tmp:
+            local = storage.local_copy(ckpt, cache_root=tmp)
+            record = export_to_diffusers(local, out, vae=args.vae or _default_vae(local), use_ema=not args.raw,
+                                         overwrite=args.overwrite)
+    except (ExportError, CheckpointError, FileExistsError, ValueError) as e:
+        print(f"ditscale export: error: {e}", file=sys.stderr)
+        return 2
+    for w in record.get("warnings", []):
+        print(f"ditscale export: warning: {w}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in record.items() if k != "warnings"}, indent=2, default=str))
+    return 0
