@@ -85,13 +85,13 @@ def test_override_commands_run(blocks):
 
 
 def test_submit_lines_resolve_to_their_entrypoints(blocks, monkeypatch, capsys):
-    from jobs.cluster import submit
+    from jobs.cli import main as ditscale
     monkeypatch.chdir(REPO)
     modules = {"precompute": "pipelines.precompute", "sweep": "jobs.sweep", "fit": "jobs.cli fit", "serve": "jobs.cli serve"}
     for cmd in blocks["submit"]:
         argv = shlex.split(cmd)
         assert argv[:2] == ["ditscale", "submit"], cmd
-        assert submit.main(argv[1:] + ["--dry-run"]) == 0, cmd
+        assert ditscale(argv[1:] + ["--dry-run"]) == 0, cmd
         plan = json.loads(capsys.readouterr().out)
         assert plan["entrypoint"].startswith(f"python -m {modules[argv[2]]}"), (cmd, plan["entrypoint"])
         for arg in argv[3:]:

@@ -74,6 +74,11 @@ class RunPlan:
         return model_display_name(self.cfg.model)
 
 
+# Model field -> the manifest field that decides it.
+_MANIFEST_KEYS = {"input_size": "vae.latent_size", "in_channels": "vae.latent_channels", "text_dim": "text.dim",
+                  "pooled_dim": "text.pooled_dim", "max_text_len": "text.max_length", "num_classes": "num_classes"}
+
+
 def _is_text(model_config: dict) -> bool:
     return model_config.get("arch") == "mmdit" or (model_config.get("arch") == "unet"
                                                     and int(model_config.get("text_dim") or 0) > 0)
@@ -128,8 +133,8 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]
                 raise ConfigError(f"model.max_text_len={d[key]} is shorter than the data set's text.max_length="
                                   f"{value} (manifest {cfg.data.manifest})")
         elif d[key] != value:
-            raise ConfigError(f"model.{key}={d[key]} does not match the data set ({value} in {cfg.data.manifest}"
-                              "/manifest.json)")
+            raise ConfigError(f"model.{key}={d[key]} does not match the data set ({_MANIFEST_KEYS[key]}={value} in "
+                              f"{cfg.data.manifest}/manifest.json)")
     if "num_classes" in data and d.get("num_classes", 0) < int(data["num_classes"]):
         raise ConfigError(f"model.num_classes={d['num_classes']} < data set num_classes={data['num_classes']} "
                           f"(manifest {cfg.data.manifest})")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.cli import main as ditscale
 from jobs.cluster import submit
 from tests.conftest import REPO_ROOT, free_port
 
@@ -35,7 +36,7 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     """The job runs `python -m <module> --config <repo-relative path> k=v ...` with the repo minus data/outputs."""
     monkeypatch.chdir(REPO_ROOT)
     cfg = "pyproject.toml"  # any file inside the repo stands in for a config here
-    rc = submit.main(["submit", "sweep", "--address", "http://127.0.0.1:1", "--config", cfg,
+    rc = ditscale(["submit", "sweep", "--address", "http://127.0.0.1:1", "--config", cfg,
                       "train.lr=0.001", "models=[\"MMDiT-d1\"]", "--env", "FOO=bar", "--dry-run"])
     assert rc == 0
     plan = json.loads(capsys.readouterr().out)
@@ -60,9 +61,9 @@ def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tm
     monkeypatch.chdir(REPO_ROOT)
     outside = tmp_path / "c.yaml"
     outside.write_text("a: 1\n")
-    assert submit.main(["submit", "precompute", "--config", str(outside), "--dry-run"]) == 2
+    assert ditscale(["submit", "precompute", "--config", str(outside), "--dry-run"]) == 2
     assert "must be inside the working dir" in capsys.readouterr().err
-    assert submit.main(["submit", "precompute", "--config", "configs/nope.yaml", "--dry-run"]) == 2
+    assert ditscale(["submit", "precompute", "--config", "configs/nope.yaml", "--dry-run"]) == 2
     assert "configs/nope.yaml: file not found" in capsys.readouterr().err
 
 
@@ -93,7 +94,7 @@ def test_token_lookup_follows_rays_order(monkeypatch, tmp_path):
 
 def test_unreachable_job_server_is_a_clear_error(capsys):
     port = free_port()
-    assert submit.main(["jobs", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
+    assert ditscale(["jobs", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
     assert f"cannot reach the Ray job server at http://127.0.0.1:{port}" in capsys.readouterr().err
 
 
@@ -227,9 +228,9 @@ def _submitted_id(out: str) -> str:
 @pytest.mark.slow
 def test_wrong_or_missing_token_is_rejected_with_a_clear_error(head_env, capsys, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
-    assert submit.main(["jobs", "list", "--address", head_env["address"]]) == 2
+    assert ditscale(["jobs", "list", "--address", head_env["address"]]) == 2
     assert "Invalid authentication token" in capsys.readouterr().err
-    assert submit.main(["jobs", "list", "--address", head_env["address"], "--token", head_env["token"]]) == 0
+    assert ditscale(["jobs", "list", "--address", head_env["address"], "--token", head_env["token"]]) == 0
 
 
 PRECOMPUTE_CONFIG = "configs/precompute/builtin.yaml"
@@ -261,20 +262,20 @@ def test_submitted_precompute_job_runs_and_is_listed(head_env, capsys, tmp_path)
         "compute.actors=1", "compute.batch_size=6", "compute.cpus_per_actor=0.5", "compute.decode_cpus=0.5",
     ]
     config = ["--config", PRECOMPUTE_CONFIG] if (REPO_ROOT / PRECOMPUTE_CONFIG).is_file() else []
-    rc = submit.main(["submit", "precompute", "--address", address, *config, *overrides])
+    rc = ditscale(["submit", "precompute", "--address", address, *config, *overrides])
     assert rc == 0
     job_id = _submitted_id(capsys.readouterr().out)
 
     assert _wait_status(address, job_id, {"SUCCEEDED"}, timeout=180) == "SUCCEEDED"
 
-    assert submit.main(["jobs", "status", job_id, "--address", address, "--json"]) == 0
+    assert ditscale(["jobs", "status", job_id, "--address", address, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["status"] == "SUCCEEDED" and "pipelines.precompute" in info["entrypoint"]
 
-    assert submit.main(["jobs", "list", "--address", address, "--json"]) == 0
+    assert ditscale(["jobs", "list", "--address", address, "--json"]) == 0
     assert job_id in {row["submission_id"] for row in json.loads(capsys.readouterr().out)}
 
-    assert submit.main(["jobs", "logs", job_id, "--address", address]) == 0
+    assert ditscale(["jobs", "logs", job_id, "--address", address]) == 0
     logs = capsys.readouterr().out
     assert "written" in logs
 
@@ -294,5 +295,5 @@ def test_stop_a_running_job(head_env, capsys):
     job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(600)'",
                                runtime_env={"env_vars": submit.JOB_ENV})
     _wait_status(address, job_id, {"RUNNING"}, timeout=60)
-    assert submit.main(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
+    assert ditscale(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
     assert "STOPPED" in capsys.readouterr().out

@@ -9,7 +9,8 @@ import torch
 
 from ditcore.checkpoint import save_checkpoint
 from ditcore.models import build_model, config_to_dict
-from jobs.evaluation.fid import evaluate_checkpoint, generate_features, main
+from jobs.cli.evaluate import main
+from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint, generate_features
 from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
 
 
@@ -52,12 +53,12 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
     assert here["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
     # FID is the Fréchet distance of the sample features against the manifest's reference stats.
     from ditcore.metrics.fid import feature_stats, frechet_distance_sqrtm
-    from jobs.evaluation.fid import _conditions
+    from jobs.evaluation.fid import conditions
     from pipelines.latents.reader import read_manifest
 
-    cond = _conditions(setup["data"], read_manifest(setup["data"]), "mmdit", 12, 0)
-    feats = generate_features(setup["ckpt"], setup["data"], list(range(12)), cond, sampler="euler", steps=3,
-                              guidance=1.0, seed=1)["features"]
+    cond = conditions(setup["data"], read_manifest(setup["data"]), "text", 12, 0)
+    feats = generate_features(setup["ckpt"], setup["data"], list(range(12)), cond,
+                              FIDSettings(num_samples=12, sampler="euler", steps=3, guidance=1.0, seed=1))["features"]
     mu, sigma = feature_stats(feats)
     ref_mu, ref_sigma = setup["assets"]["fid_stats"]
     assert one["fid"] == pytest.approx(frechet_distance_sqrtm(mu, sigma, ref_mu, ref_sigma), rel=1e-5)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.cli import fit as fit_cli
+from jobs.cli import promote as promote_job
+from jobs.cli import report as report_job
 from jobs.scaling import fit as fit_job
-from jobs.scaling import promote as promote_job
-from jobs.scaling import report as report_job
 from pipelines.infra.tracking import (
     PARENT_TAG,
     POINTS_ARTIFACT,
@@ -25,7 +26,7 @@ from pipelines.infra.tracking import (
     TrackingURIError,
     check_tracking_uri,
     ensure_experiment,
-    get_client,
+    client as get_client,
     resolve_tracking_uri,
     sweep_points,
 )
@@ -92,7 +93,7 @@ def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
     assert len(points) == len(MODELS) * len(BUDGETS) and all(p["run_id"] for p in points)
 
     out = tmp_path / "fit_out"
-    rc = fit_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--out", str(out), "--n-boot", N_BOOT])
+    rc = fit_cli.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--out", str(out), "--n-boot", N_BOOT])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "FID frontier: A * C^-beta + FID_inf" in printed and "held-out" in printed
@@ -142,9 +143,9 @@ def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys
 
     client = get_client(sqlite_uri)
     _log_sweep(client, "tiny", str(tmp_path / "ck"), models={"DiT-T/2": 1e6}, budgets=BUDGETS[:2])
-    assert fit_job.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "o")]) == 2
+    assert fit_cli.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "o")]) == 2
     assert "need 'fid' at >= 3 distinct compute budgets" in capsys.readouterr().err
-    assert fit_job.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
+    assert fit_cli.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
     with pytest.raises(RegistryError, match="ditscale"):
         resolve_champion("ditscale", tracking_uri=sqlite_uri)
@@ -163,7 +164,7 @@ def test_tracking_uri_resolution_and_fail_fast(tmp_path, monkeypatch):
     assert time.monotonic() - t0 < 30  # fails fast, no retry loop
     with pytest.raises(TrackingURIError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
-    assert fit_job.main(["--experiment", "e", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert fit_cli.main(["--experiment", "e", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
 
 
 # --- a real tracking server on loopback -------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
 
     _, points = sweep_points(client, parent_run_id=parent_id)  # search_runs + download_artifacts over REST
     assert len(points) == len(MODELS) * len(BUDGETS)
-    assert fit_job.main(["--parent-run", parent_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "f"),
+    assert fit_cli.main(["--parent-run", parent_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "f"),
                          "--n-boot", N_BOOT]) == 0
     assert {a.path for a in client.list_artifacts(parent_id, "fit")} >= {"fit/fit_report.json", "fit/isoflop.png"}
     assert report_job.main(["--experiment", "rest-grid", "--tracking-uri", mlflow_server]) == 0

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from ditcore.config import ConfigError
-from jobs.sweep.driver import expand_grid, load_sweep_config, main
+from jobs.cli.sweep import main
+from jobs.sweep.driver import load_sweep_config
+from jobs.sweep.grid import expand_grid
 from tests.conftest import REPO_ROOT
 from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
 
@@ -56,13 +58,10 @@ def _write_cfg(tmp_path: Path, dataset: str, **extra) -> Path:
 
 def _budgets(path: Path, steps: tuple[int, ...]) -> list[float]:
     """Budgets (FLOPs) giving `steps` optimizer steps for the LARGER model of the grid."""
-    from jobs.train.driver import validate_config
-    from ditcore.config import from_dict
-    from jobs.train.config import TrainConfig
+    from jobs.train.plan import resolve_run
 
     trials = expand_grid(load_sweep_config(str(path)))
-    res = validate_config(from_dict(TrainConfig, trials[-1].train), check_mlflow=False)
-    one = res.flops["train_flops_per_image"] * 8
+    one = resolve_run(trials[-1].train, check_mlflow=False).train_flops_per_image * 8
     return [one * s for s in steps]
 
 

@@ -11,7 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from ditcore.config import ConfigError
-from jobs.train.driver import load_train_config, main, run_local, run_training, validate_config
+from jobs.cli.train import main
+from jobs.train.config import TrainConfig
+from jobs.train.driver import run_local, run_training
+from jobs.train.plan import resolve_run
+from pipelines.infra.config_files import load_config
 from tests.conftest import free_port
 from tests.jobs._train_helpers import make_latent_dataset
 
@@ -38,11 +42,11 @@ def _cfg(manifest: str, tmp: Path, *extra: str):
             f"checkpoint.storage={tmp / 'runs'}", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
             "mlflow.experiment=test-train", "optim.warmup_steps=1", "optim.lr=0.003", "run.deterministic=true",
             "mlflow.log_every=1"]
-    return load_train_config(None, base + list(extra))
+    return load_config(TrainConfig, None, base + list(extra))
 
 
 def _budget(cfg, steps: int) -> str:
-    fpi = validate_config(cfg, check_mlflow=False).flops["train_flops_per_image"]
+    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
     return f"budget_flops={fpi * cfg.data.batch_size * steps}"
 
 
@@ -68,13 +72,13 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     steps = _budget(cfg, 6)
     faulty = _cfg(data8, tmp_path, steps, "run.name=faulty", "checkpoint.every_n_steps=2", "run.max_failures=1",
-                  'run.inject_failure={"step": 3, "mode": "exit"}')
+                  'debug.inject_failure={"step": 3, "mode": "exit"}')
     out = run_training(faulty)
     assert out["status"] == "finished" and out["steps"] == 6
     run_dir = Path(out["run_dir"])
     assert (run_dir / "_injected_failure_step3").exists()  # the worker really died once (os._exit) and was replaced
     ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
-    assert ref["step"] == 6
+    assert ref["steps"] == 6
     a = _weights(run_dir / "checkpoints" / "step_00000006")
     b = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
     for k in a:
@@ -98,7 +102,7 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
 def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     cfg = _cfg(data8, tmp_path, _budget(cfg, 5), "run.name=nanrun", "checkpoint.every_n_steps=1",
-               'run.inject_failure={"step": 2, "mode": "nan"}')
+               'debug.inject_failure={"step": 2, "mode": "nan"}')
     out = run_training(cfg)
     assert out["status"] == "failed" and "non-finite loss" in out["reason"]
     ckpts = sorted(p.name for p in (Path(out["run_dir"]) / "checkpoints").iterdir() if p.name.startswith("step_"))
@@ -131,19 +135,19 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
     with pytest.raises(ConfigError, match="optim.learning_rate"):
         _cfg(data8, tmp_path, "optim.learning_rate=1")
     with pytest.raises(ConfigError, match="smaller than one training step"):
-        validate_config(_cfg(data8, tmp_path, "budget_flops=1000"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, "budget_flops=1000"), check_mlflow=False)
     with pytest.raises(ConfigError, match=r"model.in_channels=8 .*latent_channels=4"):
-        validate_config(_cfg(data8, tmp_path, "model.overrides.in_channels=8"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, "model.overrides.in_channels=8"), check_mlflow=False)
     with pytest.raises(ConfigError, match=r"model.text_dim=32 .*text.dim=16"):
-        validate_config(_cfg(data8, tmp_path, "model.adapt_to_data=false"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, "model.adapt_to_data=false"), check_mlflow=False)
     with pytest.raises(ConfigError, match="class-conditional"):
-        validate_config(_cfg(data8, tmp_path, "model.preset=DiT-T/2"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, "model.preset=DiT-T/2"), check_mlflow=False)
     port = free_port()
     with pytest.raises(ConfigError, match="unreachable"):
-        validate_config(_cfg(data8, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}"))
+        resolve_run(_cfg(data8, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}"))
     with pytest.raises(ConfigError, match="not divisible"):
-        validate_config(_cfg(data8, tmp_path, "run.num_workers=3"), check_mlflow=False)
-    assert validate_config(good, check_mlflow=False).total_steps >= 1
+        resolve_run(_cfg(data8, tmp_path, "run.num_workers=3"), check_mlflow=False)
+    assert resolve_run(good, check_mlflow=False).total_steps >= 1
     # The CLI reports the error and exits 2 without starting Ray.
     assert main([f"data.manifest={data8}", "budget_flops=10", f"checkpoint.storage={tmp_path}",
                  f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}"]) == 2
@@ -152,16 +156,16 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
 
 def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    res = validate_config(load_train_config(None, [f"data.manifest={data8}", "data.batch_size=8", "model.preset=MMDiT-T",
+    res = resolve_run(load_config(TrainConfig, None, [f"data.manifest={data8}", "data.batch_size=8", "model.preset=MMDiT-T",
                                                    _budget(cfg, 10), "eval.fractions=[0.5, 0.2]",
                                                    f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]),
                           check_mlflow=False)
     budget = res.cfg.budget_flops
     assert res.point_steps == {10: budget, 5: pytest.approx(0.5 * budget), 2: pytest.approx(0.2 * budget)}
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\]"):
-        validate_config(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\].*less than one training step"):
-        validate_config(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
 
 
 def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
@@ -172,7 +176,7 @@ def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     steps = _budget(cfg, 6)
     fsdp = _cfg(data8, tmp_path, steps, "run.name=fsdp2", "run.fsdp=true", "run.num_workers=2", "run.cpus_per_worker=1",
-                "checkpoint.every_n_steps=2", "run.max_failures=1", 'run.inject_failure={"step": 3, "mode": "exit", "rank": 1}')
+                "checkpoint.every_n_steps=2", "run.max_failures=1", 'debug.inject_failure={"step": 3, "mode": "exit", "rank": 1}')
     out = run_training(fsdp)
     assert out["status"] == "finished" and out["steps"] == 6
     run_dir = Path(out["run_dir"])
@@ -190,7 +194,7 @@ def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
     for i, st in ob["state"].items():
         assert float(oa["state"][i]["step"]) == float(st["step"]) == 6.0
         torch.testing.assert_close(oa["state"][i]["exp_avg_sq"], st["exp_avg_sq"], atol=1e-9, rtol=1e-4)
-    assert ref["step"] == 6
+    assert ref["steps"] == 6
 
 
 def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, tmp_path):
@@ -202,9 +206,9 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     group = tmp_path / "group"
     cfg = _cfg(data8, tmp_path)
     common = [f"checkpoint.storage={group}", "checkpoint.every_n_steps=2", "run.max_failures=1"]
-    first = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common))
-    second = prepare_run(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=second", *common,
-                              'run.inject_failure={"step": 3, "mode": "exit"}'))
+    first = prepare_run(resolve_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common)))
+    second = prepare_run(resolve_run(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=second", *common,
+                                          'debug.inject_failure={"step": 3, "mode": "exit"}')))
     train_runs([first, second], str(group))
     a, b = finish_run(first, evaluate=False), finish_run(second, evaluate=False)
     assert (a["status"], a["steps"], b["status"], b["steps"]) == ("finished", 2, "finished", 6)
@@ -215,7 +219,7 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=ref"), str(tmp_path / "local"))
     got = _weights(group / "second" / "checkpoints" / "step_00000006")
     want = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
-    assert ref["step"] == 6 and all(torch.equal(got[k], want[k]) for k in want)
+    assert ref["steps"] == 6 and all(torch.equal(got[k], want[k]) for k in want)
     # A second call finds both results and trains nothing (a restarted sweep driver).
     before = (group / "first" / "result.json").read_text()
     train_runs([first, second], str(group))

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.train.driver import load_train_config, run_training, validate_config
+from jobs.train.config import TrainConfig
+from jobs.train.driver import run_training
+from jobs.train.plan import resolve_run
+from pipelines.infra.config_files import load_config
 from tests.jobs._train_helpers import make_latent_dataset
 
 
@@ -20,8 +23,8 @@ def test_ddp_across_two_nodes(tmp_path):
     overrides = [f"data.manifest={data}", "data.batch_size=8", "data.val_samples=0", "model.preset=MMDiT-T",
                  f"checkpoint.storage={tmp_path / 'runs'}", "mlflow.enabled=false", "run.num_workers=2",
                  "run.cpus_per_worker=2", "run.name=multinode"]
-    fpi = validate_config(load_train_config(None, overrides), check_mlflow=False).flops["train_flops_per_image"]
-    cfg = load_train_config(None, overrides + [f"budget_flops={fpi * 8 * 3}"])
+    fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
+    cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 3}"])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
     try:

@@ -9,7 +9,8 @@ import torch
 from ditcore.config import ConfigError, from_dict
 from ditcore.data.builtin import BuiltinSpec, render_batch
 from ditcore.metrics.features import BuiltinAttributeNet, load_feature_net
-from pipelines.encoders.train_features import TrainFeaturesConfig, _augment, main, train_feature_net
+from pipelines.cli.data import main as data_main
+from pipelines.encoders.train_features import TrainFeaturesConfig, _augment, train_feature_net
 
 TINY = {"steps": 3, "batch_size": 8, "width": 8, "cell_dim": 2, "eval_images": 16, "progress": False, "threads": 1}
 
@@ -30,10 +31,10 @@ def test_train_save_load(tmp_path, capsys):
 def test_cli_overrides_and_errors(tmp_path, capsys):
     out = tmp_path / "fn2"
     argv = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [f"output={out}", "steps=1", "image_size=48"]  # precompute-style alias
-    assert main(argv) == 0
+    assert data_main(["train-features", *argv]) == 0
     assert load_feature_net(out).image_size == 48
-    assert main(["widht=3"]) == 2
-    assert "widht" in capsys.readouterr().out
+    assert data_main(["train-features", "widht=3"]) == 2
+    assert "widht" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="background"):
         from_dict(TrainFeaturesConfig, {"background": "plaid"})
 

@@ -9,7 +9,8 @@ import torch
 
 from ditcore.config import ConfigError, from_dict
 from ditcore.data.builtin import BuiltinSpec
-from pipelines.encoders.train_vae import TrainVAEConfig, latent_statistics, main, train_vae
+from pipelines.cli.data import main as data_main
+from pipelines.encoders.train_vae import TrainVAEConfig, latent_statistics, train_vae
 from pipelines.encoders.vae import encode_images, load_vae, vae_identity
 
 TINY = {
@@ -40,7 +41,7 @@ def test_compute_shift_and_cli_overrides(tmp_path):
     cfg_file = tmp_path / "vae.yaml"
     cfg_file.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in TINY.items()) + "\n")
     out = tmp_path / "vae_shift"
-    assert main(["--config", str(cfg_file), f"out={out}", "compute_shift=true", "steps=1"]) == 0
+    assert data_main(["train-vae", "--config", str(cfg_file), f"out={out}", "compute_shift=true", "steps=1"]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["shift_factor"] == pytest.approx(summary["latent_mean"])
     ident = vae_identity(load_vae(out))
@@ -49,8 +50,8 @@ def test_compute_shift_and_cli_overrides(tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
-    assert main([f"out={tmp_path}", "stepz=3"]) == 2
-    assert "stepz" in capsys.readouterr().out
+    assert data_main(["train-vae", f"out={tmp_path}", "stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="block_out_channels"):
         from_dict(TrainVAEConfig, {"block_out_channels": [10, 20], "norm_num_groups": 8})
     with pytest.raises(ConfigError, match="image_size"):

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.latents.reader import load_latents_numpy, read_failures, read_manifest
-from pipelines.precompute.job import main
+from pipelines.cli.precompute import main
 from tests.pipelines._precompute_helpers import make_bad_folder, ray_module, tiny_clip, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.

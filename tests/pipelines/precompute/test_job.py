@@ -13,7 +13,8 @@ import torch
 from ditcore.config import from_dict
 from ditcore.data.builtin import BuiltinSpec, render_batch
 from pipelines.latents.reader import load_fid_stats, load_latents_numpy, load_null_text, read_manifest
-from pipelines.precompute.job import PrecomputeConfig, main, run_precompute
+from pipelines.cli.precompute import main
+from pipelines.precompute.job import PrecomputeConfig, run_precompute
 from tests.pipelines._precompute_helpers import feature_dim, make_folder, ray_module, tiny_clip, tiny_feature_net, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
