@@ -10,12 +10,13 @@ Used by the tests and by bench/samplers.py.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ditcore.processes import Process, build_process, prediction_target
+from ditcore.samplers.ems import EMS
 
 
 def _col(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,36 @@ class GaussianData:
         return self.mean + self.std * torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
 
 
+class CorrelatedGaussianData:
+    """x0 ~ N(mean, cov) on flat vectors [B, D], full covariance (worked in its eigenbasis cov = Q diag(e) Q^T)."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        self.cov = torch.as_tensor(cov, dtype=torch.float64)
+        self.evals, self.evecs = torch.linalg.eigh(self.cov)  # [D], [D, D]
+        if float(self.evals.min()) <= 0:
+            raise ValueError("covariance must be positive definite")
+
+    def x0_hat(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_t = x] = mu + alpha cov (alpha^2 cov + sigma^2 I)^-1 (x - alpha mu)."""
+        a, s = _col(alpha, x), _col(sigma, x)
+        q, e = self.evecs.to(x), self.evals.to(x)
+        w = (x - a * self.mean.to(x)) @ q  # eigen-coordinates [B, D]
+        return self.mean.to(x) + (w * (a * e / (a * a * e + s * s))) @ q.T
+
+    def exact_pf_ode(self, x_start: torch.Tensor, process: Process, t_start: float) -> torch.Tensor:
+        """Exact clean end point of the PF-ODE started at x_start at time t_start (each eigen-direction is 1-D)."""
+        a, s = process.coefficients(t_start)[:2]
+        q, e = self.evecs.to(x_start), self.evals.to(x_start)
+        z = ((x_start - a * self.mean.to(x_start)) @ q) / torch.sqrt(a * a * e + s * s)
+        return self.mean.to(x_start) + (torch.sqrt(e) * z) @ q.T
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples [n, D] (float64)."""
+        z = torch.randn(n, self.mean.numel(), generator=generator, dtype=torch.float64)
+        return self.mean + (torch.sqrt(self.evals) * z) @ self.evecs.T
+
+
 class GaussianMixtureData:
     """x0 ~ sum_k w_k N(mean_k, std_k^2 I) on flat vectors [B, D]."""
 
@@ -67,7 +98,8 @@ class GaussianMixtureData:
         v = a * a * var0 + s * s  # [B, K, 1]
         diff = x[:, None, :] - a * mu  # [B, K, D]
         dim = x.shape[-1]
-        logp = torch.log(self.weights.to(x))[None] - 0.5 * (diff**2).sum(-1) / v[..., 0] - 0.5 * dim * torch.log(v[..., 0])
+        logp = (torch.log(self.weights.to(x))[None] - 0.5 * (diff**2).sum(-1) / v[..., 0]
+                - 0.5 * dim * torch.log(v[..., 0]))
         resp = torch.softmax(logp, dim=1)[..., None]  # [B, K, 1]
         return (resp * (mu + a * var0 / v * diff)).sum(1)  # [B, D]
 
@@ -144,3 +176,39 @@ def reference_pf_ode(
         raise RuntimeError(f"reference integration (log-SNR phase) failed: {sol.message}")
     a_l, s_l = vp(lam_end)
     return data.x0_hat(torch.from_numpy(sol.y[:, -1]).reshape(shape) * a_l, a_l, s_l)
+
+
+def gaussian_ems(data: GaussianData | CorrelatedGaussianData, lambdas: torch.Tensor) -> EMS:
+    """Closed-form DPM-Solver-v3 statistics of the exact denoiser of Gaussian data (ditcore/samplers/ems.py).
+
+    With y = x/alpha ~ N(mu, P), P = cov + rho I, rho = e^{-2 lambda}: x0_hat = mu + K (y - mu), K = cov P^-1, so
+    l = diag(I - K) and, along the ODE (dy/dlambda = -(I - K)(y - mu), dK/dlambda = 2 rho cov P^-2 =: K'),
+    f = A (y - mu) - l mu and f^(1) = A1 (y - mu) - l' mu with A = (I - K) - diag(l),
+    A1 = -K' - (I - K)^2 - diag(l') + diag(l)(I - K), l' = -diag(K'). Then Var f = diag(A P A^T),
+    Cov(f^(1), f) = diag(A1 P A^T), s = Cov / Var (0 where f does not vary: any diagonal covariance),
+    b = E f^(1) - s E f.
+    """
+    lam = torch.as_tensor(lambdas, dtype=torch.float64)
+    if isinstance(data, GaussianData):  # diagonal: l = rho / (v + rho), l' = -2 rho v / (v + rho)^2, s = 0
+        rho, var = torch.exp(-2.0 * lam)[:, None], (data.std**2)[None]
+        l_lam, dl = rho / (var + rho), -2.0 * rho * var / (var + rho) ** 2
+        return EMS(lambdas=lam, l=l_lam, s=torch.zeros_like(l_lam), b=-dl * data.mean)
+    mean, cov = data.mean, data.cov
+    eye = torch.eye(mean.numel(), dtype=torch.float64)
+    ls, ss, bs = [], [], []
+    for rho in torch.exp(-2.0 * lam).tolist():
+        p_inv = torch.linalg.inv(cov + rho * eye)
+        i_k = rho * p_inv  # I - K
+        dk = 2.0 * rho * cov @ p_inv @ p_inv
+        l_lam, dl = torch.diagonal(i_k), -torch.diagonal(dk)
+        a = i_k - torch.diag(l_lam)
+        a1 = -dk - i_k @ i_k - torch.diag(dl) + torch.diag(l_lam) @ i_k
+        p = cov + rho * eye
+        var_f = torch.diagonal(a @ p @ a.T)
+        cov_f = torch.diagonal(a1 @ p @ a.T)
+        varies = var_f > 1e-12 * (var_f + (l_lam * mean) ** 2 + 1e-300)
+        s = torch.where(varies, cov_f / torch.where(varies, var_f, torch.ones_like(var_f)), torch.zeros_like(var_f))
+        ls.append(l_lam)
+        ss.append(s)
+        bs.append(-dl * mean + s * l_lam * mean)
+    return EMS(lambdas=lam, l=torch.stack(ls), s=torch.stack(ss), b=torch.stack(bs))

@@ -7,6 +7,7 @@ eta = 0 is the deterministic probability-flow sampler, eta = 1 matches DDPM's po
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -39,7 +40,7 @@ def sample_ddim(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in zip(points[:-1], points[1:]):
+    for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)
         if nxt.sigma == 0.0:
             x = x0  # last step lands on clean data

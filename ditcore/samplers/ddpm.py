@@ -4,17 +4,41 @@ For any process, with a = alpha_i / alpha_n and s^2 = sigma_i^2 - a^2 sigma_n^2 
 x_i | x_n), the Gaussian posterior is
     mean = (a sigma_n^2 / sigma_i^2) x_i + (alpha_n s^2 / sigma_i^2) x0,   var = s^2 sigma_n^2 / sigma_i^2
 (DDPM eq. 6-7 in (alpha, sigma) form). On the full 1000-step vp-linear grid this is the original sampler.
+
+Learned variance (improved DDPM, Nichol & Dhariwal 2021, Eq. 15; used by ADM and DiT): for a variance-preserving
+process s^2 is the step's beta and the posterior variance is beta_tilde; a learn_sigma network outputs v per
+dimension and the reverse step uses Sigma = exp(v log beta + (1 - v) log beta_tilde), with ADM's map v = (o + 1)/2
+of the raw output o in [-1, 1]. On a respaced grid beta and beta_tilde are those of the respaced step, as in ADM.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 
 from ditcore.processes import Process
-from ditcore.samplers.grids import grid_point
+from ditcore.samplers.grids import GridPoint, grid_point
 from ditcore.samplers.guidance import Denoiser, randn_per_sample
+
+
+def posterior(cur: GridPoint, nxt: GridPoint) -> tuple[float, float, float, float]:
+    """(coefficient of x_i, coefficient of x0, beta_tilde = posterior variance, beta = s^2) for the step cur -> nxt."""
+    a = cur.alpha / nxt.alpha
+    s2 = max(0.0, cur.sigma**2 - (a * nxt.sigma) ** 2)
+    coef_x = a * nxt.sigma**2 / cur.sigma**2
+    coef_x0 = nxt.alpha * s2 / cur.sigma**2
+    return coef_x, coef_x0, s2 * nxt.sigma**2 / cur.sigma**2, s2
+
+
+def learned_log_variance(cur: GridPoint, nxt: GridPoint, o: torch.Tensor) -> torch.Tensor:
+    """log Sigma = v log beta + (1 - v) log beta_tilde with v = (o + 1) / 2 (iDDPM Eq. 15, ADM's output map)."""
+    _, _, var_tilde, beta = posterior(cur, nxt)
+    if var_tilde <= 0.0 or beta <= 0.0:
+        raise ValueError(f"learned variance is undefined on the step t={cur.t} -> {nxt.t} (beta or beta_tilde = 0)")
+    v = (o.to(torch.float64) + 1.0) / 2.0
+    return v * math.log(beta) + (1.0 - v) * math.log(var_tilde)
 
 
 def sample_ddpm(
@@ -25,17 +49,38 @@ def sample_ddpm(
     *,
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling along the grid ts (decreasing, last = clean)."""
+    """Ancestral sampling along the grid ts (decreasing, last = clean) with the posterior variance beta_tilde."""
     points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in zip(points[:-1], points[1:]):
+    for cur, nxt in itertools.pairwise(points):
         x0, _ = denoise(x, cur.t)
         if nxt.sigma == 0.0:
             x = x0  # posterior at alpha_bar_prev = 1 is a point mass on x0
             continue
-        a = cur.alpha / nxt.alpha
-        s2 = max(0.0, cur.sigma**2 - (a * nxt.sigma) ** 2)
-        coef_x = a * nxt.sigma**2 / cur.sigma**2
-        coef_x0 = nxt.alpha * s2 / cur.sigma**2
-        std = math.sqrt(s2) * nxt.sigma / cur.sigma
+        coef_x, coef_x0, var, _ = posterior(cur, nxt)
+        x = coef_x * x + coef_x0 * x0 + math.sqrt(var) * randn_per_sample(x, generators)
+    return x
+
+
+def sample_ddpm_learned(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    ts: torch.Tensor,
+    process: Process,
+    *,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling with the network's variance: model_fn returns [prediction; o] (2C channels)."""
+    points = [grid_point(process, float(t)) for t in ts]
+    for p in points:
+        if abs(p.alpha**2 + p.sigma**2 - 1.0) > 1e-9:
+            raise ValueError(f"ddpm-learned needs a variance-preserving process (alpha^2 + sigma^2 = 1); "
+                             f"{process.name!r} has {p.alpha**2 + p.sigma**2:.6g} at t={p.t}")
+    for cur, nxt in itertools.pairwise(points):
+        x0, _, o = denoise.with_variance(x, cur.t)
+        if nxt.sigma == 0.0:
+            x = x0  # no noise on the last step (ADM's nonzero_mask)
+            continue
+        coef_x, coef_x0, _, _ = posterior(cur, nxt)
+        std = torch.exp(0.5 * learned_log_variance(cur, nxt, o)).to(x.dtype)
         x = coef_x * x + coef_x0 * x0 + std * randn_per_sample(x, generators)
     return x

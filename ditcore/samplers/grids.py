@@ -2,8 +2,9 @@
 
 A grid for `steps` steps is a float64 tensor of steps + 1 strictly decreasing times that starts at the
 start time (pure noise, normally process.t_max) and ends at process.t_clean (sigma = 0). Samplers evaluate
-the model at the first `steps` points; the last interval always ends on clean data, which every solver
-takes as the x0 prediction ("denoise to zero", as ADM's DDIM and EDM's sampler do).
+the model at the first `steps` points; the last interval always ends on clean data, which the ODE solvers
+take as the x0 prediction ("denoise to zero", as ADM's DDIM, EDM's sampler and diffusers' final_sigmas_type="zero"
+do; DPM-Solver-v3 and the SDE sampler have their own last steps).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from ditcore.processes import Process
 
 TIME_GRIDS = ("default", "uniform-t", "uniform-lambda", "edm", "sd3-shift")
+# Exponential-integrator samplers whose "default" grid is uniform in log-SNR where the log-SNR range is finite
+LOG_SNR_DEFAULT_SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "dpmpp-2s", "dpmsolver-v3")
 EDM_SIGMA_MIN = 0.002  # EDM (Karras et al. 2022) noise-to-signal range sigma/alpha
 EDM_SIGMA_MAX = 80.0
 
@@ -51,6 +54,36 @@ def _sigma_edm(process: Process, t: float) -> float:
     return math.exp(-lam) if lam > -math.inf else math.inf
 
 
+def default_grid_kind(process: Process, sampler: str) -> str:
+    """What time_grid="default" means for `sampler` on `process`: "uniform-lambda" or "uniform-t".
+
+    The DPM-Solver family integrates in log-SNR, so it gets the grid uniform in lambda (DPM-Solver's "logSNR"
+    steps, Lu et al. 2022) when lambda(t_max) is finite (vp-linear). On paths that start at pure noise
+    (alpha = 0: flow, sit-*, vp-cosine) a log-SNR grid needs the arbitrary EDM start sigma/alpha = 80, and
+    uniform-t is as good or better there (docs/samplers.md); every other sampler uses uniform-t.
+    """
+    lam_start = float(process.log_snr(torch.tensor(float(process.t_max), dtype=torch.float64)))
+    if sampler in LOG_SNR_DEFAULT_SAMPLERS and math.isfinite(lam_start):
+        return "uniform-lambda"
+    return "uniform-t"
+
+
+def custom_grid(process: Process, times: torch.Tensor | list[float], *, t_start: float | None = None) -> torch.Tensor:
+    """Validate explicit sampling times: strictly decreasing, from t_start (default the first time) to t_clean."""
+    ts = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if ts.numel() < 2:
+        raise ValueError(f"a custom time grid needs at least 2 times, got {ts.numel()}")
+    if not bool(torch.all(ts[1:] < ts[:-1])):
+        raise ValueError("a custom time grid must be strictly decreasing")
+    if t_start is not None and abs(float(ts[0]) - float(t_start)) > 1e-12:
+        raise ValueError(f"a custom time grid must start at t_start={t_start}, got {float(ts[0])}")
+    if float(ts[0]) > process.t_max or abs(float(ts[-1]) - process.t_clean) > 1e-12:
+        raise ValueError(f"a custom time grid must lie in [t_clean={process.t_clean}, t_max={process.t_max}] and end "
+                         f"at t_clean, got {float(ts[0])} .. {float(ts[-1])}")
+    ts[-1] = process.t_clean
+    return ts
+
+
 def time_grid(
     process: Process,
     steps: int,
@@ -61,10 +94,12 @@ def time_grid(
     rho: float = 7.0,
     sigma_min: float = EDM_SIGMA_MIN,
     sigma_max: float = EDM_SIGMA_MAX,
+    sampler: str | None = None,
 ) -> torch.Tensor:
     """Decreasing float64 times [steps + 1] from t_start (default process.t_max) to process.t_clean.
 
-    kinds: "uniform-t" (= "default"), "sd3-shift" (uniform then SD3 shift `shift`), "uniform-lambda"
+    kinds: "default" (= default_grid_kind(process, sampler); uniform-t without a sampler), "uniform-t",
+    "sd3-shift" (uniform then SD3 shift `shift`), "uniform-lambda"
     (uniform in log-SNR, DPM-Solver), "edm" (Karras rho-spacing of sigma/alpha, `rho`). The log-SNR grids
     span sigma/alpha from the level at t_start down to max(sigma_min, level at t_min); when the start is pure
     noise (alpha = 0, lambda = -inf) the start time is kept as an extra first point and the ramp starts at
@@ -78,7 +113,9 @@ def time_grid(
     t_end = float(process.t_clean)
     if not t_end < t_hi <= process.t_max:
         raise ValueError(f"t_start must be in ({t_end}, {process.t_max}], got {t_hi}")
-    if kind in ("default", "uniform-t"):
+    if kind == "default":
+        kind = default_grid_kind(process, sampler) if sampler is not None else "uniform-t"
+    if kind == "uniform-t":
         return torch.linspace(t_hi, t_end, steps + 1, dtype=torch.float64)
     if kind == "sd3-shift":
         if shift <= 0:

@@ -9,14 +9,14 @@ outside it the model runs on the conditional half only.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ditcore.processes import Process, check_prediction, to_x0_eps
 
 
-def _expand_like(value: torch.Tensor | int | float, ref: torch.Tensor, key: str) -> torch.Tensor:
+def _expand_like(value: torch.Tensor | float, ref: torch.Tensor, key: str) -> torch.Tensor:
     """Broadcast an unbatched (or batched) unconditional entry to the conditional entry's shape."""
     value = torch.as_tensor(value, device=ref.device)
     if value.dim() == ref.dim() - 1:
@@ -68,24 +68,52 @@ class Denoiser:
         lo, hi = self.guidance_interval
         return lo <= t <= hi
 
+    def predict(self, x: torch.Tensor, t: torch.Tensor, *, guided: bool | None = None) -> torch.Tensor:
+        """Raw (guided) model output at per-sample times t [B] (differentiable in x and t; no NFE count)."""
+        batch = x.shape[0]
+        if guided is None:
+            guided = self.uncond is not None
+        if guided:
+            cond_in = {k: torch.cat([v, self.uncond[k]]) for k, v in self.cond.items()}
+            out = self.model_fn(torch.cat([x, x]), torch.cat([t, t]), **cond_in)  # [2B, C(, ...)]
+            out_c, out_u = out[:batch], out[batch:]
+            if out.shape[1] != x.shape[1]:  # learn_sigma output: guide the prediction, keep the conditional variance
+                c = x.shape[1]
+                return torch.cat([out_u[:, :c] + self.guidance * (out_c[:, :c] - out_u[:, :c]), out_c[:, c:]], 1)
+            return out_u + self.guidance * (out_c - out_u)
+        return self.model_fn(x, t, **self.cond)
+
     def prediction_at(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Raw (guided) model prediction at scalar time t."""
-        batch = x.shape[0]
         self.nfe += 1
-        if self._guided_here(t):
-            t_in = torch.full((2 * batch,), t, dtype=x.dtype, device=x.device)  # [2B]
-            cond_in = {k: torch.cat([v, self.uncond[k]]) for k, v in self.cond.items()}
-            out = self.model_fn(torch.cat([x, x]), t_in, **cond_in)  # [2B, C, H, W]
-            pred_c, pred_u = out[:batch], out[batch:]
-            return pred_u + self.guidance * (pred_c - pred_u)
-        t_in = torch.full((batch,), t, dtype=x.dtype, device=x.device)  # [B]
-        return self.model_fn(x, t_in, **self.cond)
+        t_in = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)  # [B]
+        return self.predict(x, t_in, guided=self._guided_here(t))
+
+    def x0_eps(self, pred: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from a prediction at per-sample times t [B]."""
+        return to_x0_eps(self.process, self.prediction, pred, x, t)
 
     def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.prediction_at(x, t).to(x.dtype)
         t_vec = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
         x0, eps = to_x0_eps(self.process, self.prediction, pred, x, t_vec)
         return x0.to(x.dtype), eps.to(x.dtype)
+
+    def with_variance(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat, o) for a learn_sigma model_fn that returns [prediction; variance output] (2C channels).
+
+        o is the raw variance output (iDDPM, Nichol & Dhariwal 2021, Eq. 15 with v = (o + 1) / 2); with guidance
+        the prediction channels are guided and o comes from the conditional half, as DiT's forward_with_cfg does.
+        """
+        out = self.prediction_at(x, t).to(x.dtype)
+        c = x.shape[1]
+        if out.shape[1] != 2 * c:
+            raise ValueError(f"learned-variance sampling needs model_fn to return 2C = {2 * c} channels "
+                             f"(prediction, variance), got {out.shape[1]}; "
+                             "use model_fn_from_model(model, learn_sigma=True)")
+        t_vec = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+        x0, eps = to_x0_eps(self.process, self.prediction, out[:, :c], x, t_vec)
+        return x0.to(x.dtype), eps.to(x.dtype), out[:, c:]
 
 
 def randn_per_sample(x: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:

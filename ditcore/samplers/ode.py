@@ -7,6 +7,8 @@ prediction, as in EDM (Karras et al. 2022, Alg. 1 falls back to Euler on the las
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ditcore.processes import Process
@@ -21,7 +23,7 @@ def _velocity(p, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 def sample_euler(denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: Process, **_: object) -> torch.Tensor:
     """Explicit Euler along ts; one model evaluation per step."""
     points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in zip(points[:-1], points[1:]):
+    for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)
         if nxt.sigma == 0.0:
             x = x0
@@ -33,7 +35,7 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: 
 def sample_heun(denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: Process, **_: object) -> torch.Tensor:
     """Heun's method (trapezoidal predictor-corrector) along ts; two evaluations per step, one on the last."""
     points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in zip(points[:-1], points[1:]):
+    for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)
         if nxt.sigma == 0.0:
             x = x0

@@ -1,12 +1,13 @@
 """Samplers measured against exact answers: closed-form Gaussian PF-ODE and a reference-integrated mixture."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from ditcore.processes import build_process
-from ditcore.samplers import SAMPLERS, make_generators, noise_from_seeds, sample, time_grid
+from ditcore.samplers import EMS, SAMPLERS, ems_lambdas, make_generators, noise_from_seeds, sample, time_grid
 from ditcore.samplers.analytic import GaussianData, GaussianMixtureData, analytic_model_fn, reference_pf_ode
 
 ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp-2m", "dpmpp-3m", "dpmpp-2s")
@@ -27,7 +28,7 @@ def errors(data, exact, noise, process, sampler, grid, steps_list, prediction="v
 
 
 def ratios(errs):
-    return [a / b for a, b in zip(errs[:-1], errs[1:])]
+    return [a / b for a, b in itertools.pairwise(errs)]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,8 @@ def test_dpmpp_2m_at_10_steps_far_better_than_euler(gauss_noise, mix_case):
     assert e_2m < e_euler / 3
     # VP diffusion (DiT schedule), log-SNR grid as in the DPM-Solver++ paper
     exact = GAUSS.exact_pf_ode(gauss_noise, build_process("vp-linear"), 1.0)
-    e = {s: errors(GAUSS, exact, gauss_noise, "vp-linear", s, "uniform-lambda", [10])[0] for s in ("dpmpp-2m", "euler", "ddim")}
+    e = {s: errors(GAUSS, exact, gauss_noise, "vp-linear", s, "uniform-lambda", [10])[0]
+         for s in ("dpmpp-2m", "euler", "ddim")}
     assert e["dpmpp-2m"] < e["euler"] / 3 and e["dpmpp-2m"] < e["ddim"] / 5
 
 
@@ -178,13 +180,22 @@ class ClassGaussians:
 def test_per_seed_determinism_under_batch_composition(sampler):
     """Sample i depends only on its seed/label: alone, in a batch, at another position, with CFG."""
     data = ClassGaussians()
-    fn = data.model_fn("flow", "velocity")
+    process = "vp-cosine" if sampler == "ddpm-learned" else "flow"  # learned variance: variance-preserving only
+    fn = data.model_fn(process, "velocity")
+    extra = {}
+    if sampler == "ddpm-learned":
+        base = fn
+
+        def fn(x, t, y):  # [prediction; variance output o in [-1, 1]] depending on the sample
+            return torch.cat([base(x, t, y), torch.tanh(x)], 1)
+    if sampler == "dpmsolver-v3":
+        extra["ems"] = EMS.degenerate(ems_lambdas(process, 201), (2,))
     seeds, labels = [11, 12, 13, 14], torch.tensor([0, 1, 2, 1])
 
     def run(idx):
-        return sample(fn, noise_from_seeds([seeds[i] for i in idx], (2,), dtype=torch.float64), process="flow",
+        return sample(fn, noise_from_seeds([seeds[i] for i in idx], (2,), dtype=torch.float64), process=process,
                       prediction="velocity", sampler=sampler, steps=6, cond={"y": labels[idx]}, uncond={"y": 3},
-                      guidance=2.0, generators=make_generators([seeds[i] for i in idx]), eta=0.7)
+                      guidance=2.0, generators=make_generators([seeds[i] for i in idx]), eta=0.7, **extra)
 
     full = run([0, 1, 2, 3])
     single = run([2])
@@ -234,7 +245,8 @@ def test_time_grids_shape_and_endpoints():
             assert ts[0] == p.t_max and ts[-1] == p.t_clean
             assert torch.all(ts[1:] < ts[:-1]), (name, kind, ts)
     flow = build_process("flow")
-    torch.testing.assert_close(time_grid(flow, 4, "uniform-t"), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(time_grid(flow, 4, "uniform-t"),
+                               torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
     shifted = time_grid(flow, 4, "sd3-shift", shift=3.0)
     torch.testing.assert_close(shifted[2], torch.tensor(0.75, dtype=torch.float64))
     lam = flow.log_snr(time_grid(flow, 6, "uniform-lambda")[1:-1])
