@@ -13,17 +13,17 @@ pickled into the Ray tasks, which therefore do not depend on the workers' enviro
 """
 from __future__ import annotations
 
-import io
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.infra import storage
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 # Sidecar files that describe an image rather than being one; never counted as inputs of a folder.
 SIDECAR_EXTENSIONS = ("txt", "json", "cls", "md5")
@@ -38,11 +38,14 @@ class SourceConfig:
     kind: SourceKind = "builtin"
     path: str | None = None  # folder / parquet / webdataset root: local path or s3:// URI
     shard_size: int = 256  # items per shard (builtin, folder, parquet); a WebDataset shard is one tar
-    limit: int | None = None  # keep only the first `limit` items (builtin: count; others: first shards' items)
+    limit: int | None = None  # keep only the first `limit` items (builtin: count; others: of the shuffled order)
+    # Shard a seeded shuffled order of the inputs (files / parquet row groups / tars), so every shard and every
+    # `limit` prefix mixes the classes of a class-sorted folder (ImageNet-style) instead of holding one or two.
+    shuffle: bool = True
+    seed: int = 0  # the shuffle seed (and the built-in set's seed)
     # built-in synthetic set
     count: int = 1024
     max_objects: int = 2
-    seed: int = 0
     # image folders: `root/<class>/<name>.<ext>`, caption in `<name>.txt` beside the image
     caption_extension: str = "txt"
     labels_from_dirs: bool = True
@@ -116,6 +119,13 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _shuffled(items: list, cfg: SourceConfig) -> list:
+    """`items` in the seeded shuffled order (source.shuffle), else as listed (sorted)."""
+    if not cfg.shuffle:
+        return list(items)
+    return [items[i] for i in np.random.default_rng(cfg.seed).permutation(len(items))]
+
+
 def _apply_limit(shards: list[dict[str, Any]], limit: int | None, key: str) -> list[dict[str, Any]]:
     """Cut a shard list after `limit` items (shards keep their ids, so a smaller limit is a prefix)."""
     if limit is None:
@@ -186,6 +196,7 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
     if cfg.labels_from_dirs:
         dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r})
         classes = dirs or None
+    inputs = _shuffled(inputs, cfg)
     shards = [
         {"shard": i, "kind": "folder", "root": cfg.path, "files": chunk, "count": len(chunk)}
         for i, chunk in enumerate(_chunks(inputs, cfg.shard_size))
@@ -235,6 +246,7 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
         if group:
             shards.append({"shard": len(shards), "kind": "parquet", "root": cfg.path, "file": rel,
                            "row_groups": group, "first_row": first_row, "count": rows})
+    shards = [dict(s, shard=i) for i, s in enumerate(_shuffled(shards, cfg))]
     if cfg.limit is not None:
         out, left = [], cfg.limit
         for s in shards:
@@ -260,7 +272,7 @@ def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
         raise SourceError(f"no .tar files under {cfg.path}")
     # The sample count of a tar is only known once it is read, so a WebDataset shard is one tar file.
     shards = [{"shard": i, "kind": "webdataset", "root": cfg.path, "file": rel, "count": None}
-              for i, rel in enumerate(rels)]
+              for i, rel in enumerate(_shuffled(rels, cfg))]
     return SourcePlan(
         shards=shards,
         description={"kind": "webdataset", "path": cfg.path, "tars": len(rels)},
@@ -302,7 +314,7 @@ def read_shard(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | Non
     elif kind == "parquet":
         records = _read_parquet(desc, cfg, filesystem)
     elif kind == "webdataset":
-        records = _read_webdataset(desc, cfg, filesystem)
+        records = list(iter_webdataset(desc, cfg, filesystem))
     else:
         raise SourceError(f"unknown shard kind {kind!r}")
     return _rows(desc, records)
@@ -372,6 +384,17 @@ def _image_bytes(value: Any) -> bytes | None:
     raise TypeError(f"image cell of type {type(value).__name__} is not bytes")
 
 
+def _int_label(value: Any) -> int | None:
+    """An integer class label from a cell (ints, integral floats, digit strings); None when it is not one."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else None
+
+
 def _read_parquet(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
     fs, root = _fs(desc["root"], filesystem)
     rel = desc["file"]
@@ -403,58 +426,99 @@ def _read_parquet(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.File
             rec["caption"] = None if cap is None else str(cap)
         if cfg.label_column and cfg.label_column in data:
             lab = data[cfg.label_column][i]
-            rec["label"] = None if lab is None else int(lab)
+            label = _int_label(lab)
+            if label is None and lab is not None:
+                rec["error"] = rec.get("error") or f"label {lab!r} in column {cfg.label_column!r} is not an integer"
+            rec["label"] = label
         records.append(rec)
     return records
 
 
-def _read_webdataset(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: SourceConfig) -> dict[str, Any]:
+    """One WebDataset sample (its members by extension) as a record; problems become its error."""
+    image_keys = [k.lower() for k in cfg.image_keys]
+    rec: dict[str, Any] = {"id": f"{tar_id}/{key}", "source": f"{src}#{key}"}
+    img_ext = next((e for e in image_keys if e in parts), None)
+    if img_ext is None:
+        rec["error"] = (f"sample has no image member (looked for {', '.join(image_keys)}; found "
+                        f"{', '.join(sorted(parts))})")
+    else:
+        rec["data"] = parts[img_ext]
+    if cfg.caption_key in parts:
+        rec["caption"] = parts[cfg.caption_key].decode("utf-8", errors="replace").strip()
+    if cfg.label_key in parts:
+        label = _int_label(parts[cfg.label_key].decode("utf-8", errors="replace").strip())
+        if label is None:
+            rec["error"] = rec.get("error") or f"label {parts[cfg.label_key][:20]!r} is not an integer"
+        rec["label"] = label
+    return rec
+
+
+def iter_webdataset(desc: dict[str, Any], cfg: SourceConfig,
+                    filesystem: pafs.FileSystem | None = None) -> Iterator[dict[str, Any]]:
+    """The samples of one tar, streamed member by member (the tar is never held in memory whole).
+
+    WebDataset keeps a sample's members contiguous, so a sample is complete when the key changes. A tar that breaks
+    off (truncated or corrupt) ends with one failure record for its unread remainder, after every sample read before.
+    """
     fs, root = _fs(desc["root"], filesystem)
     rel = desc["file"]
     path = root if rel == "" else posixpath.join(root, rel)
     src = storage.join(desc["root"], rel) if rel else desc["root"]
     tar_id = rel or posixpath.basename(root)
-    image_keys = [k.lower() for k in cfg.image_keys]
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    tar_error = None
+    key, parts, n = None, {}, 0
     try:
-        raw = _read_file(fs, path)
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tf:
+        with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
             for member in tf:
-                if not member.isfile():
-                    continue
-                name = member.name
-                base = posixpath.basename(name)
-                if base.startswith(".") or "." not in base:
+                base = posixpath.basename(member.name)
+                if not member.isfile() or base.startswith(".") or "." not in base:
                     continue
                 # WebDataset convention: the key is the path up to the first dot of the file name.
-                key = posixpath.join(posixpath.dirname(name), base.split(".", 1)[0])
-                ext = base.split(".", 1)[1].lower()
+                k = posixpath.join(posixpath.dirname(member.name), base.split(".", 1)[0])
+                if key is not None and k != key:
+                    yield _wds_record(tar_id, src, key, parts, cfg)
+                    n, parts = n + 1, {}
+                key = k
                 f = tf.extractfile(member)
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][ext] = f.read() if f is not None else b""
-    except Exception as exc:  # truncated/corrupt tar: keep the samples read so far, record the rest as one failure
-        tar_error = f"unreadable or truncated tar: {exc}"
-    records = []
-    for key in order:
-        parts = samples[key]
-        rec: dict[str, Any] = {"id": f"{tar_id}/{key}", "source": f"{src}#{key}"}
-        img_ext = next((e for e in image_keys if e in parts), None)
-        if img_ext is None:
-            rec["error"] = f"sample has no image member (looked for {', '.join(image_keys)}; found {', '.join(sorted(parts))})"
-        else:
-            rec["data"] = parts[img_ext]
-        if cfg.caption_key in parts:
-            rec["caption"] = parts[cfg.caption_key].decode("utf-8", errors="replace").strip()
-        if cfg.label_key in parts:
-            try:
-                rec["label"] = int(parts[cfg.label_key].decode().strip())
-            except ValueError:
-                rec["error"] = rec.get("error") or f"label {parts[cfg.label_key][:20]!r} is not an integer"
-        records.append(rec)
-    if tar_error is not None:
-        records.append({"id": f"{tar_id}/<tar>", "source": src, "error": tar_error})
-    return records
+                parts[base.split(".", 1)[1].lower()] = f.read() if f is not None else b""
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt tar: the samples read so far stand
+        yield {"id": f"{tar_id}/<unread after {n} samples>", "source": src,
+               "error": f"unreadable or truncated tar: the members after sample {n} could not be read: {exc}"}
+        return
+    if key is not None:
+        yield _wds_record(tar_id, src, key, parts, cfg)
+
+
+def iter_shard_chunks(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
+                      filesystem: pafs.FileSystem | None, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of one shard in chunks of at most `chunk_rows` (order / shard_total set; -1 until the last chunk).
+
+    A WebDataset tar is streamed, so only one chunk of its samples is in memory at a time; other kinds are read
+    whole (a shard is at most shard_size items) and cut.
+    """
+    if desc["kind"] == "webdataset":
+        records_iter: Any = iter_webdataset(desc, cfg, filesystem)
+    else:
+        full = read_shard(desc, cfg, classes, filesystem)
+        n = len(full["id"])
+        for start in range(0, max(n, 1), chunk_rows):
+            chunk = {k: v[start:start + chunk_rows] for k, v in full.items()}
+            chunk["order"] = np.arange(start, start + len(chunk["id"]), dtype=np.int64)
+            chunk["shard_total"] = np.full(len(chunk["id"]), n if start + chunk_rows >= n else -1, dtype=np.int64)
+            yield chunk
+        return
+    buf: list[dict[str, Any]] = []
+    first = 0
+    for rec in records_iter:
+        if len(buf) == chunk_rows:  # emit only once the next record exists: the last chunk is never empty
+            yield _chunk(desc, buf, first, total=-1)
+            first, buf = first + len(buf), []
+        buf.append(rec)
+    yield _chunk(desc, buf, first, total=first + len(buf))
+
+
+def _chunk(desc: dict[str, Any], records: list[dict[str, Any]], first: int, total: int) -> dict[str, np.ndarray]:
+    chunk = _rows(desc, records)
+    chunk["order"] += first
+    chunk["shard_total"][:] = total
+    return chunk

@@ -106,8 +106,9 @@ class Encoder:
         self.feature_net = None
         if feature_net:
             from ditcore.metrics.features import load_feature_net
+            from pipelines.infra import storage
 
-            self.feature_net = load_feature_net(feature_net).to(self.device).eval()
+            self.feature_net = load_feature_net(storage.local_copy(feature_net)).to(self.device).eval()
         # One dry run fixes every output shape, so batches whose rows all failed still have typed columns.
         probe = self._encode(np.zeros((1, image_size, image_size, 3), np.uint8), [""])
         self.shapes = {k: v.shape[1:] for k, v in probe.items()}
@@ -144,8 +145,8 @@ class Encoder:
         all_idx = np.flatnonzero(good)
         captions_all = np.asarray(batch["caption"], dtype=object)
         images_all = np.asarray(batch["image"])
-        # Ray hands over whole shards (batch_size=None keeps one shard per call, see build_dataset);
-        # the models see `batch_size` images at a time.
+        # Ray hands over one block (a chunk of one shard, see build_dataset); the models see `batch_size` images
+        # at a time.
         for start in range(0, len(all_idx), self.batch_size):
             idx = all_idx[start:start + self.batch_size]
             enc = self._encode(images_all[idx], [str(c) for c in captions_all[idx]])

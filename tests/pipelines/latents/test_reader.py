@@ -39,7 +39,7 @@ def dataset(tmp_path_factory):
 
 
 def test_read_manifest_and_incomplete_dataset(dataset, tmp_path):
-    m = read_manifest(str(dataset))
+    m = read_manifest(str(dataset)).to_dict()
     assert m["counts"]["written"] == 12 and m["text"]["dim"] == 32 and m["text"]["max_length"] == 16
     assert m["columns"]["text_emb"] == {"dtype": "float16", "shape": [16, 32]}
     (tmp_path / "half").mkdir()

@@ -56,18 +56,19 @@ def test_builtin_counts_manifest_and_files(builtin_run, art):
     out, summary = builtin_run
     assert (summary["input"], summary["written"], summary["failed"]) == (20, 20, 0)
     assert summary["shards"] == 3 and summary["shards_skipped"] == 0 and summary["rows_this_run"] == 20
-    m = read_manifest(str(out))
+    m = read_manifest(str(out)).to_dict()
     assert m["counts"] == {"input": 20, "written": 20, "failed": 0}
     assert m["num_classes"] == 30 and m["image_size"] == S and m["source"]["kind"] == "builtin"
     assert m["vae"] == {"path": art["vae"], "revision": None, "scaling_factor": 0.5, "shift_factor": 0.1,
-                        "latent_channels": 4, "downsample": 4, "latent_size": 8}
+                        "latent_channels": 4, "downsample": 4, "latent_size": 8, "subfolder": None}
     assert m["text"]["encoder"] == "minilm" and (m["text"]["max_length"], m["text"]["dim"], m["text"]["pooled_dim"]) == (32, 384, 384)
     assert m["fid"]["feature_dim"] == feature_dim(art["fn"]) and m["fid"]["stats"] == "fid_stats.safetensors"
     assert len(m["latent_stats"]["mean"]) == 4 and all(s > 0 for s in m["latent_stats"]["std"])
     assert m["config"]["source"]["count"] == 20 and m["code_version"]
     for name in ("failures.parquet", "null_text.safetensors", "fid_stats.safetensors", "manifest.json"):
         assert (out / name).is_file()
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000-0000000.parquet", "part-00001-0000000.parquet",
+                                                                  "part-00002-0000000.parquet"]
     assert pq.read_table(out / "failures.parquet").num_rows == 0
 
 
@@ -144,7 +145,7 @@ def test_folder_source_with_tiny_clip_and_no_fid(art, tmp_path):
                text={"encoder": art["clip"]}, fid=None)
     s = run_precompute(cfg)
     assert (s["input"], s["written"], s["failed"]) == (4, 4, 0)
-    m = read_manifest(str(out))
+    m = read_manifest(str(out)).to_dict()
     assert m["classes"] == ["cat", "dog"] and m["num_classes"] == 2 and m["fid"] is None
     assert (m["text"]["max_length"], m["text"]["dim"], m["text"]["pooled_dim"]) == (77, 32, 16)
     rows = load_latents_numpy(str(out))

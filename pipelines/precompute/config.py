@@ -1,0 +1,66 @@
+"""Typed configuration of a precompute job (`ditscale precompute`): source, encoders, where and how wide to run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.encoders.text import TextSpec
+from pipelines.sources import SourceConfig
+
+
+@dataclass
+class VAEConfig:
+    """The image autoencoder: a diffusers AutoencoderKL directory (local / s3://) or hub id."""
+
+    path: str = "outputs/vae"
+    revision: str | None = None
+    subfolder: str | None = None  # e.g. "vae" inside a full Stable Diffusion repo
+
+
+@dataclass
+class FIDConfig:
+    """The FID feature network whose reference statistics are computed in the same pass."""
+
+    feature_net: str = "outputs/feature_net"  # directory (model.safetensors + config.json), local or s3://
+
+
+@dataclass
+class ComputeConfig:
+    """Where and how wide to run: Ray address, actor pool size, per-actor resources, batch size, precision."""
+
+    ray_address: str | None = None  # None: RAY_ADDRESS or a local Ray started for this job
+    num_cpus: int | None = None  # CPUs of a local Ray (ignored when connecting to a cluster)
+    actors: int = 1  # encoder actor pool size
+    batch_size: int = 32  # images per encoder call
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    decode_cpus: float = 1.0  # CPUs per read/decode task
+    chunk_rows: int = 128  # rows per block between the stages: bounds the memory a shard's images take in flight
+    device: str = "auto"  # auto: cuda when the actor has a GPU, else cpu
+    dtype: str = "auto"  # auto: bfloat16 (or float16) on GPU, float32 on CPU; or float32/float16/bfloat16
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ValueError(f"compute.actors must be >= 1, got {self.actors}")
+        if self.batch_size < 1:
+            raise ValueError(f"compute.batch_size must be >= 1, got {self.batch_size}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"compute.chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"compute.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"compute.device must be auto/cpu/cuda, got {self.device!r}")
+
+
+@dataclass
+class PrecomputeConfig:
+    """A precompute job: source -> (VAE, text encoder, FID net) -> latent data set at `output`."""
+
+    output: str = "outputs/latents/builtin"
+    image_size: int = 32
+    source: SourceConfig = field(default_factory=SourceConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextSpec | None = field(default_factory=TextSpec)  # null: class-conditional data set, no text columns
+    fid: FIDConfig | None = field(default_factory=FIDConfig)  # null: no FID reference statistics
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    overwrite: bool = False  # delete an existing output first (otherwise: resume it)
+    progress: bool = True  # Ray Data progress bars

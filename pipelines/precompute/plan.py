@@ -1,0 +1,111 @@
+"""Planning a precompute job: every check that needs no cluster, the shard plan, and the run's fingerprint.
+
+`validate(cfg)` fails before anything is written or started: the source must list, the VAE's config must load (local,
+s3:// or hub), the text encoder must resolve, the FID feature net must exist (local or s3://) and the output must be
+writable. `fingerprint` hashes everything that decides the rows, so a resume into the same output must match it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+from ditcore.config import ConfigError, to_dict
+from pipelines.encoders.text import TextEncoderError, resolve_spec
+from pipelines.infra import storage
+from pipelines.precompute.config import PrecomputeConfig, VAEConfig
+from pipelines.sources import SourceError, SourcePlan, plan_source
+
+PROGRESS_DIR = "_progress"
+
+
+def check_feature_net(uri: str) -> None:
+    """The FID feature net directory must hold config.json (local path or s3:// prefix)."""
+    if not storage.exists(storage.join(uri, "config.json")):
+        raise ConfigError(f"fid.feature_net: no feature network at {uri} (expected a directory with config.json; "
+                          "train one with `ditscale data train-features`, convert the standard one with "
+                          "`ditscale data inception`, or set fid: null)")
+
+
+def _vae_config(vae: VAEConfig) -> dict:
+    """The VAE's diffusers config.json (local, s3:// or hub), without loading weights."""
+    path = vae.path
+    if storage.is_s3(path) or Path(path).expanduser().exists():
+        uri = storage.join(path, vae.subfolder, "config.json") if vae.subfolder else storage.join(path, "config.json")
+        if storage.is_s3(path):
+            if not storage.exists(uri):
+                raise ConfigError(f"vae.path: {uri} does not exist (expected a diffusers AutoencoderKL directory)")
+        elif not Path(uri).expanduser().is_file():
+            raise ConfigError(f"vae.path: {uri} does not exist (expected a diffusers AutoencoderKL directory)")
+        return storage.read_json(uri)
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise ConfigError(f"vae.path: directory not found: {path} (train one with `ditscale data train-vae`)")
+    try:
+        from diffusers import AutoencoderKL
+
+        return dict(AutoencoderKL.load_config(path, subfolder=vae.subfolder, revision=vae.revision))
+    except Exception as exc:
+        raise ConfigError(f"vae.path: cannot load the config of hub VAE {path!r}: {exc}") from exc
+
+
+def vae_record(vae: VAEConfig, image_size: int) -> dict:
+    """The manifest's `vae` entry from the VAE config (scaling/shift, channels, downsample, latent size)."""
+    cfg = _vae_config(vae)
+    if cfg.get("_class_name") not in (None, "AutoencoderKL"):
+        raise ConfigError(f"vae.path: {vae.path} is a {cfg.get('_class_name')}, expected an AutoencoderKL")
+    down = 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+    if image_size % down:
+        raise ConfigError(f"image_size={image_size} is not a multiple of the VAE downsample factor {down}")
+    rec = {
+        "path": vae.path, "revision": vae.revision,
+        "scaling_factor": float(cfg.get("scaling_factor", 0.18215)),
+        "shift_factor": float(cfg.get("shift_factor") or 0.0),
+        "latent_channels": int(cfg.get("latent_channels", 4)),
+        "downsample": down, "latent_size": image_size // down,
+    }
+    if vae.subfolder:
+        rec["subfolder"] = vae.subfolder
+    return rec
+
+
+def _check_writable(output: str) -> None:
+    """Write and delete a probe object so an unwritable output fails before any work."""
+    probe = storage.join(output, PROGRESS_DIR, f".probe-{uuid.uuid4().hex}")
+    try:
+        storage.write_bytes(probe, b"ok")
+        storage.delete(probe)
+    except Exception as exc:
+        raise ConfigError(f"output: {output} is not writable: {exc}") from exc
+
+
+def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
+    """Check everything a run needs before starting work; returns (shard plan, vae record). Raises ConfigError."""
+    if cfg.image_size <= 0:
+        raise ConfigError(f"image_size must be positive, got {cfg.image_size}")
+    try:
+        plan = plan_source(cfg.source, cfg.image_size)
+    except SourceError as exc:
+        raise ConfigError(f"source: {exc}") from exc
+    vae = vae_record(cfg.vae, cfg.image_size)
+    if cfg.text is not None:
+        try:
+            resolve_spec(cfg.text)
+        except TextEncoderError as exc:
+            raise ConfigError(f"text.encoder: {exc}") from exc
+    if cfg.fid is not None:
+        check_feature_net(cfg.fid.feature_net)
+    _check_writable(cfg.output)
+    return plan, vae
+
+
+def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
+    """Hash of everything that decides the rows (not the compute layout): a resume must match it."""
+    content = {
+        "image_size": cfg.image_size, "source": to_dict(cfg.source), "vae": to_dict(cfg.vae),
+        "text": to_dict(cfg.text), "fid": to_dict(cfg.fid),
+        "shards": [[s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
+                   for s in plan.shards],
+    }
+    content["shards"] = hashlib.sha256(json.dumps(content.pop("shards")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
