@@ -1,6 +1,6 @@
 """Ray Train overhead: images/s and MFU of the training loop on Ray Train vs the same loop without Ray.
 
-Both runs execute jobs.train_loop.run_loop with the same model, batch, data and thread count; the baseline
+Both runs execute jobs.train.loop.Trainer with the same model, batch, data and thread count; the baseline
 (`LocalEnv`) feeds in-memory numpy batches in this process, the Ray run (`RayEnv`) goes through TorchTrainer,
 Ray Data (get_dataset_shard) and ray.train.report. Throughput is the median of the per-interval images/s the
 loop reports (wall time of data fetch + step, checkpoint/report time excluded), after dropping the first
@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from jobs.train.driver import load_train_config, run_training, validate_config
-    from jobs.train.loop import peak_flops_per_worker
+    from jobs.train.config import TrainConfig
+    from jobs.train.driver import run_training
+    from jobs.train.metrics import peak_flops_per_worker
+    from jobs.train.plan import resolve_run
+    from pipelines.infra.config_files import load_config
+
+    def load_train_config(_: None, overrides: list[str]) -> TrainConfig:
+        return load_config(TrainConfig, None, overrides)
 
     tmp = Path(tempfile.mkdtemp(prefix="ditscale-bench-"))
     data = args.data
@@ -63,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=100000",
                  f"data.shuffle_buffer={args.shuffle_buffer}"]
     cfg = load_train_config(None, overrides)
-    res = validate_config(cfg, check_mlflow=False)
-    fpi = res.flops["train_flops_per_image"]
+    res = resolve_run(cfg, check_mlflow=False)
+    fpi = res.train_flops_per_image
     cfg = load_train_config(None, overrides + [f"budget_flops={fpi * args.batch * args.steps}"])
     torch.set_num_threads(args.threads)
     peak = peak_flops_per_worker(cfg, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Layering (DESIGN section 2): imports only point down. Walks every import statement with ast."""
+"""Layering (docs/architecture.md, "Layers"): imports only point down. Walks every import statement with ast."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def test_checker_catches_a_violation(tmp_path):
     f.write_text("import os\ndef f():\n    import ray.data\n    from mlflow import log\n"
                  "    importlib.import_module('yaml')\nfrom . import sibling\n")
     assert [m for _, m in _imports(f)] == ["os", "ray", "mlflow", "yaml"]
+
+
+def _drawn_layers() -> dict[str, set[str]]:
+    """{package: project packages it may import} from the arrows of docs/architecture.md's layer drawing."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    allowed: dict[str, set[str]] = {}
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)/\s.*?(?:->\s*([\w, ]+))?\s*$", line)
+        if m:
+            allowed[m.group(1)] = {p.strip() for p in (m.group(2) or "").split(",") if p.strip()}
+    return allowed
+
+
+def test_the_drawn_layers_are_the_enforced_ones():
+    drawn = _drawn_layers()
+    packages = {"ditcore", "pipelines", "serve", "jobs"}
+    assert set(drawn) == packages
+    for pkg in packages:
+        enforced = packages - {pkg} - FORBIDDEN.get(pkg, set())
+        assert drawn[pkg] == enforced, f"{pkg}: drawn {sorted(drawn[pkg])}, enforced {sorted(enforced)}"

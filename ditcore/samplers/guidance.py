@@ -1,6 +1,6 @@
 """The denoiser the solvers call: model prediction -> (x0_hat, eps_hat), with classifier-free guidance.
 
-CFG lives here, not in the model (DESIGN §6): conditional and unconditional inputs go through the model in
+CFG lives here, not in the model (docs/architecture.md): conditional and unconditional inputs go through the model in
 one batched call, the guided prediction is uncond + w * (cond - uncond). All prediction types are affine in
 the prediction for a fixed x_t, so guiding the raw prediction equals guiding x0_hat or eps_hat.
 An optional guidance interval (Kynkaanniemi et al. 2024) applies guidance only for t in [lo, hi];
