@@ -17,6 +17,13 @@ square root: only its trace is needed, and tr((S1 S2)^{1/2}) = sum_i sqrt(lambda
   Re sqrt(lambda) exactly as the reference's real trace does.
 The reference's eps-offset fallback (add eps*I to both covariances when the square root is not
 finite) and its imaginary-component check are applied the same way.
+
+Sampling noise of one FID (`fid_bootstrap`): the generated samples are resampled with replacement against fixed
+reference statistics. With sigma_ref = R R^T factored once and the features projected once (Y = X_c R), a
+resample is one Gram product of the resampled rows (on whichever side of the [rows, F] matrix is smaller) and
+one symmetric eigenvalue solve; with 2048-d features one resample took about 0.2 s of single-thread CPU at
+N = 2048, 1.0 s at N = 5000 and 1.2 s at N = 10000 (setup 0.5-2.4 s). `few_samples_warning` gives the text a
+report prints when N is below the feature dimension (singular sample covariance).
 """
 from __future__ import annotations
 
@@ -64,7 +71,8 @@ def _sqrt_trace_from_eigs(lam: np.ndarray) -> float:
         return float("nan")
     roots = np.sqrt(lam.astype(np.complex128))
     if not np.allclose(roots.imag, 0, atol=_IMAG_ATOL):
-        raise ValueError(f"Imaginary component {np.max(np.abs(roots.imag))}: covariances are not positive semi-definite")
+        raise ValueError(
+            f"Imaginary component {np.max(np.abs(roots.imag))}: covariances are not positive semi-definite")
     return float(roots.real.sum())
 
 
@@ -191,5 +199,101 @@ class FeatureStats:
         """Rebuild an accumulator from `state_dict()` output."""
         acc = cls(state.get("dim"))
         if state["count"]:
-            acc._combine(int(state["count"]), np.asarray(state["mean"], np.float64), np.asarray(state["m2"], np.float64))
+            acc._combine(int(state["count"]), np.asarray(state["mean"], np.float64),
+                         np.asarray(state["m2"], np.float64))
         return acc
+
+
+def few_samples_warning(n_samples: int, dim: int) -> str | None:
+    """Printable warning when a FID comes from fewer samples than feature dimensions, else None."""
+    if int(n_samples) >= int(dim):
+        return None
+    return (f"FID computed from {int(n_samples)} samples in {int(dim)} feature dimensions: the sample covariance is "
+            f"singular (rank <= {max(int(n_samples) - 1, 0)} < {int(dim)}), so this FID is strongly biased upward "
+            f"(the bias of FID grows like 1/N) and is comparable only with FIDs from the same number of samples; "
+            f"use at least {int(dim)} samples, preferably several times more.")
+
+
+def _ref_factor(sigma_ref: np.ndarray) -> np.ndarray:
+    """R with R R^T = sigma_ref: Cholesky when positive definite, else the eigen factor V sqrt(max(lambda, 0))."""
+    try:
+        return scipy.linalg.cholesky(sigma_ref, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        lam, vec = scipy.linalg.eigh((sigma_ref + sigma_ref.T) / 2, check_finite=False)
+        return vec * np.sqrt(np.clip(lam, 0.0, None))[None, :]
+
+
+class _WeightedFID:
+    """FID of a reweighted (bootstrap) copy of generated features against fixed reference statistics.
+
+    With sigma_ref = R R^T, tr((S_b sigma_ref)^{1/2}) = sum sqrt(lambda(R^T S_b R)) (similar matrices), and for
+    multiplicity weights w (sum n) R^T S_b R = Z^T Z / (n - 1) with Z = sqrt(w) * (Y - ybar_w), Y = X_c R computed
+    once. So a resample costs one Gram product on the smaller side of Z and one symmetric eigenvalue solve; the
+    rounding-level eigenvalues that `frechet_distance` reproduces for singular products are clipped to 0 here.
+    """
+
+    def __init__(self, features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> None:
+        self.n = features.shape[0]
+        mean = features.mean(axis=0)
+        xc = features - mean  # centred once: resampled means are then small, and the Gram products well scaled
+        self.xc = xc
+        self.sq = np.einsum("ij,ij->i", xc, xc)  # ||x_i - mean||^2, for tr(S_b)
+        self.y = xc @ _ref_factor(sigma_ref)  # [n, F]
+        self.d0 = mean - mu_ref
+        self.tr_ref = float(np.trace(sigma_ref))
+
+    def __call__(self, w: np.ndarray) -> float:
+        """FID with sample i counted w[i] times (sum w = n)."""
+        n = self.n
+        use = np.flatnonzero(w)
+        wu = w[use].astype(np.float64)
+        m = wu @ self.xc[use] / n  # resampled mean - full mean
+        ybar = wu @ self.y[use] / n
+        z = np.sqrt(wu)[:, None] * (self.y[use] - ybar)
+        gram = z @ z.T if z.shape[0] < z.shape[1] else z.T @ z
+        lam = scipy.linalg.eigvalsh(gram, driver="evd", check_finite=False)
+        tr_sqrt = float(np.sqrt(np.clip(lam, 0.0, None)).sum() / np.sqrt(n - 1))
+        tr_s = float((wu @ self.sq[use] - n * m @ m) / (n - 1))
+        d = self.d0 + m
+        return float(d @ d + tr_s + self.tr_ref - 2.0 * tr_sqrt)
+
+
+def fid_bootstrap(features: Any, mu_ref: Any, sigma_ref: Any, *, n_boot: int = 50, ci_level: float = 0.95,
+                  seed: int = 0) -> dict[str, Any]:
+    """Bootstrap over generated samples of one FID against fixed reference statistics: SE and interval.
+
+    Resamples the N generated feature vectors with replacement (numpy Generator seeded by `seed`) and recomputes
+    the FID (reference statistics held fixed: they come from a much larger set). Returns {"fid" (exact, from
+    `frechet_distance`), "se" (sd of the resampled FIDs), "ci" [lo, hi] (percentile), "ci_level", "n_boot",
+    "n_samples", "dim", "boot_mean", "boot_shift" (boot_mean - fid: resampling duplicates samples, which shrinks
+    the covariance's rank and shifts FID up, the same small-sample bias in miniature), "few_samples_warning"
+    (text or None)}. The sd estimates the sampling sd of a FID from N samples; the interval inherits the shift,
+    so use "se" to propagate noise into fits.
+    """
+    x = _as_float64(features, "features", 2)
+    n, dim = x.shape
+    if n < 3:
+        raise ValueError(f"need at least 3 feature vectors to bootstrap a FID, got {n}")
+    mu_ref = _as_float64(mu_ref, "mu_ref", 1)
+    sigma_ref = _as_float64(sigma_ref, "sigma_ref", 2)
+    if mu_ref.shape != (dim,) or sigma_ref.shape != (dim, dim):
+        raise ValueError(f"reference statistics {mu_ref.shape}, {sigma_ref.shape} do not match features of dim {dim}")
+    mu, sigma = feature_stats(x)
+    fid = frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    fast = _WeightedFID(x, mu_ref, sigma_ref)
+    rng = np.random.default_rng(seed)
+    vals = np.array([fast(np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_boot)])
+    q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
+    ok = n_boot >= 2
+    return {
+        "fid": fid,
+        "se": float(np.std(vals, ddof=1)) if ok else None,
+        "ci": [float(v) for v in np.percentile(vals, q)] if ok else None,
+        "ci_level": ci_level,
+        "n_boot": int(n_boot),
+        "n_samples": int(n),
+        "dim": int(dim),
+        "boot_mean": float(vals.mean()) if n_boot else None,
+        "boot_shift": float(vals.mean() - fid) if n_boot else None,
+        "few_samples_warning": few_samples_warning(n, dim),
+    }

@@ -1,5 +1,14 @@
-"""Scaling-law fits: saturating power laws with bootstrap intervals, compute frontier, isoFLOP analysis."""
-from ditcore.scaling.frontier import compute_frontier, fit_parabola, isoflop_analysis
+"""Scaling-law fits: saturating power laws with profile intervals, compute frontier, isoFLOP N*/D*, L(N, D), arms."""
+from ditcore.scaling.arms import compare_arms
+from ditcore.scaling.diagnostics import fit_diagnostics
+from ditcore.scaling.frontier import (
+    compute_frontier,
+    fit_frontier_law,
+    fit_parabola,
+    images_of,
+    isoflop_analysis,
+)
+from ditcore.scaling.loss_surface import fit_loss_surface
 from ditcore.scaling.powerlaw import (
     FitError,
     PowerLawFit,
@@ -7,9 +16,11 @@ from ditcore.scaling.powerlaw import (
     fit_loss_law,
     fit_power_law,
     held_out_check,
+    profile_intervals,
 )
 
 __all__ = [
-    "FitError", "PowerLawFit", "compute_frontier", "fit_fid_law", "fit_loss_law", "fit_parabola",
-    "fit_power_law", "held_out_check", "isoflop_analysis",
+    "FitError", "PowerLawFit", "compare_arms", "compute_frontier", "fit_diagnostics", "fit_fid_law",
+    "fit_frontier_law", "fit_loss_law", "fit_loss_surface", "fit_parabola", "fit_power_law", "held_out_check",
+    "images_of", "isoflop_analysis", "profile_intervals",
 ]

@@ -2,7 +2,15 @@
 
 Points are dicts of the experiment record (`points.json`): "flops" (training FLOPs consumed at
 the eval point), "budget_flops" (the trial's compute budget), "params" (model size N), "model",
-and metrics such as "fid" / "val_loss".
+metrics such as "fid" / "val_loss", and for the data axis "images_seen" (or "train_flops_per_image",
+from which images = flops / train_flops_per_image).
+
+isoFLOP analysis (Hoffmann et al. 2022 approach 2): per budget, a parabola of the metric in log N gives the
+optimal size N*; the images seen at N* come from a line log D = u + v log N through that budget's points
+(D follows from N at fixed compute, D = C / flops_per_image(N)). N*(C) = k C^a and D*(C) = k_d C^b are lines in
+log-log space through the per-budget optima, with percentile-bootstrap intervals from resampling each budget's
+points. When flops_per_image is proportional to N (the C = 6 N D rule of Kaplan et al. 2020 with D counted in
+images), b = 1 - a.
 """
 from __future__ import annotations
 
@@ -10,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ditcore.scaling.powerlaw import MIN_BOOT_OK, FitError
+from ditcore.scaling.powerlaw import (
+    MIN_BOOT_OK,
+    FitError,
+    PowerLawFit,
+    fit_power_law,
+    noise_draw,
+    sampling_noise_block,
+)
 
 
 def _num(p: dict, key: str) -> float | None:
@@ -26,6 +41,15 @@ def _num(p: dict, key: str) -> float | None:
 def compute_of(p: dict) -> float | None:
     """Training FLOPs of a point: consumed "flops", else its "budget_flops"."""
     return _num(p, "flops") if _num(p, "flops") is not None else _num(p, "budget_flops")
+
+
+def images_of(p: dict) -> float | None:
+    """Training images seen at a point: "images_seen", else "flops" / "train_flops_per_image", else None."""
+    d = _num(p, "images_seen")
+    if d is not None and d > 0:
+        return d
+    c, fpi = _num(p, "flops"), _num(p, "train_flops_per_image")
+    return c / fpi if c is not None and fpi is not None and c > 0 and fpi > 0 else None
 
 
 def budget_of(p: dict) -> float | None:
@@ -46,7 +70,8 @@ def compute_frontier(points: list[dict], metric: str = "fid") -> list[dict]:
             continue
         cur = best.get(b)
         # Ties go to less compute, then to the smaller model.
-        if cur is None or (m, c, _num(p, "params") or 0) < (_num(cur, metric), compute_of(cur), _num(cur, "params") or 0):
+        key = (m, c, _num(p, "params") or 0)
+        if cur is None or key < (_num(cur, metric), compute_of(cur), _num(cur, "params") or 0):
             best[b] = p
     return [best[b] for b in sorted(best)]
 
@@ -79,57 +104,149 @@ def _loglog_line(c: np.ndarray, n: np.ndarray) -> tuple[float, float]:
     return float(np.exp(log_k)), float(a)
 
 
+def _line_law(c: np.ndarray, opt: np.ndarray, samples: list[tuple[float, float]], form: str, names: tuple[str, str],
+              ci_level: float, n_boot: int) -> dict[str, Any]:
+    """{form, params, ci, ci_level, n_boot, n_boot_ok, n_budgets} of opt = k * C^e fitted through the optima."""
+    k, e = _loglog_line(c, opt)
+    ci: dict[str, list[float]] = {}
+    if len(samples) >= MIN_BOOT_OK:
+        arr = np.array(samples)
+        q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
+        ci = {names[i]: [float(v) for v in np.percentile(arr[:, i], q)] for i in range(2)}
+    return {"form": form, "params": {names[0]: k, names[1]: e}, "ci": ci, "ci_level": ci_level, "n_boot": n_boot,
+            "n_boot_ok": len(samples), "n_budgets": int(c.size)}
+
+
 def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 200, ci_level: float = 0.95,
                      seed: int = 0, return_samples: bool = False) -> dict[str, Any]:
-    """Per-budget parabola of `metric` vs log N, its minimum N*, and N*(C) = k * C^a with bootstrap CIs.
+    """Per-budget parabola of `metric` vs log N, its minimum N*, N*(C) = k * C^a and D*(C) = k * C^b with CIs.
 
     Bootstrap: within each budget, resample that budget's points with replacement, refit the
-    parabolas and the line (resamples with < 3 distinct sizes in some budget are skipped; with only
+    parabolas and the lines (resamples with < 3 distinct sizes in some budget are skipped; with only
     3 sizes per budget few survive, and below MIN_BOOT_OK refits no interval is given).
-    Raises FitError when fewer than 2 budgets have >= 3 model sizes. `return_samples` adds the
-    bootstrap (k, a) rows as n_opt_law["samples"] (for plotting a band; not needed in reports).
+    Raises FitError when fewer than 2 budgets have >= 3 model sizes. D* (images seen at the optimum) needs
+    images for every point used (see `images_of`); otherwise d_opt_law is {"error": reason}.
+    Keys: metric, budgets [per budget: budget_flops, params, metric values, images (or None), parabola,
+    n_opt, d_opt, interior], n_opt_law, d_opt_law, n_opt_exponent, n_opt_exponent_ci, d_opt_exponent,
+    d_opt_exponent_ci ([lo, hi] or None), all_interior. `return_samples` adds the bootstrap (k, exponent) rows
+    as <law>["samples"] (for plotting a band; not needed in reports).
     """
-    groups: dict[float, list[tuple[float, float]]] = {}
+    groups: dict[float, list[tuple[float, float, float | None]]] = {}
     for p in points:
         m, b, n = _num(p, metric), budget_of(p), _num(p, "params")
         if m is None or b is None or n is None or n <= 0:
             continue
-        groups.setdefault(b, []).append((n, m))
+        groups.setdefault(b, []).append((n, m, images_of(p)))
     budgets = []
     for b in sorted(groups):
-        ns = np.array([n for n, _ in groups[b]])
+        ns = np.array([n for n, _, _ in groups[b]])
         if np.unique(ns).size < 3:
             continue
-        ms = np.array([m for _, m in groups[b]])
+        ms = np.array([m for _, m, _ in groups[b]])
+        ds = [d for _, _, d in groups[b]]
         par = fit_parabola(np.log(ns), ms)
-        budgets.append({"budget_flops": b, "params": ns.tolist(), metric: ms.tolist(), **par})
+        row = {"budget_flops": b, "params": ns.tolist(), metric: ms.tolist(),
+               "images": ds if all(d is not None for d in ds) else None, **par, "d_opt": None}
+        if row["images"] is not None:
+            # log D is (close to) linear in log N at fixed compute: D = C / flops_per_image(N).
+            row["log_d_coef"] = [float(v) for v in np.polyfit(np.log(ns), np.log(np.array(ds)), 1)]
+            row["d_opt"] = float(np.exp(np.polyval(row["log_d_coef"], par["log_n_opt"])))
+        budgets.append(row)
     if len(budgets) < 2:
         raise FitError(f"isoFLOP analysis needs >= 2 budgets with >= 3 model sizes each, got {len(budgets)} "
                        f"(budgets: {sorted(groups)})")
     c = np.array([r["budget_flops"] for r in budgets])
     n_opt = np.array([r["n_opt"] for r in budgets])
-    k, a = _loglog_line(c, n_opt)
+    has_d = all(r["d_opt"] is not None for r in budgets)
 
     rng = np.random.default_rng(seed)
-    samples = []
+    n_samples, d_samples = [], []
     for _ in range(n_boot):
-        nb = []
+        nb, db = [], []
         for r in budgets:
             ns, ms = np.log(np.array(r["params"])), np.array(r[metric])
             idx = rng.integers(0, ns.size, ns.size)
             if np.unique(ns[idx]).size < 3:
                 break
-            nb.append(fit_parabola(ns[idx], ms[idx])["n_opt"])
+            log_n = fit_parabola(ns[idx], ms[idx])["log_n_opt"]
+            nb.append(np.exp(log_n))
+            if has_d:
+                db.append(np.exp(np.polyval(r["log_d_coef"], log_n)))
         else:
-            samples.append(_loglog_line(c, np.array(nb)))
-    ci: dict[str, list[float]] = {}
-    if len(samples) >= MIN_BOOT_OK:
-        arr = np.array(samples)
-        q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
-        ci = {"k": [float(v) for v in np.percentile(arr[:, 0], q)], "a": [float(v) for v in np.percentile(arr[:, 1], q)]}
-    law = {"form": "N*(C) = k * C^a", "params": {"k": k, "a": a}, "ci": ci, "ci_level": ci_level,
-           "n_boot": n_boot, "n_boot_ok": len(samples), "n_budgets": len(budgets),
-           "all_interior": all(r["interior"] for r in budgets)}
+            n_samples.append(_loglog_line(c, np.array(nb)))
+            if has_d:
+                d_samples.append(_loglog_line(c, np.array(db)))
+    all_interior = all(r["interior"] for r in budgets)
+    law = _line_law(c, n_opt, n_samples, "N*(C) = k * C^a", ("k", "a"), ci_level, n_boot)
+    law["all_interior"] = all_interior
     if return_samples:
-        law["samples"] = [list(s) for s in samples]
-    return {"metric": metric, "budgets": budgets, "n_opt_law": law}
+        law["samples"] = [list(s) for s in n_samples]
+    out: dict[str, Any] = {"metric": metric, "budgets": budgets, "n_opt_law": law, "all_interior": all_interior,
+                           "n_opt_exponent": law["params"]["a"], "n_opt_exponent_ci": law["ci"].get("a")}
+    if has_d:
+        d_law = _line_law(c, np.array([r["d_opt"] for r in budgets]), d_samples, "D*(C) = k * C^b", ("k", "b"),
+                          ci_level, n_boot)
+        d_law["all_interior"] = all_interior
+        if return_samples:
+            d_law["samples"] = [list(s) for s in d_samples]
+        out.update(d_opt_law=d_law, d_opt_exponent=d_law["params"]["b"], d_opt_exponent_ci=d_law["ci"].get("b"))
+    else:
+        missing = sum(r["images"] is None for r in budgets)
+        out.update(d_opt_law={"error": f"images seen unknown at {missing} of {len(budgets)} budgets (points need "
+                                       f"'images_seen' or 'flops' and 'train_flops_per_image')"},
+                   d_opt_exponent=None, d_opt_exponent_ci=None)
+    return out
+
+
+def _floor_name(metric: str) -> str:
+    """Floor parameter name of a metric's law: FID_inf, L_inf for val_loss, else METRIC_inf."""
+    return {"fid": "FID_inf", "val_loss": "L_inf"}.get(metric, f"{metric.upper()}_inf")
+
+
+def fit_frontier_law(points: list[dict], metric: str = "fid", *, se_key: str | None = None, n_noise: int = 200,
+                     names: tuple[str, str, str] | None = None, **fit_kwargs: Any) -> tuple[PowerLawFit, list[dict]]:
+    """(law fitted on the compute frontier of `metric`, the frontier points); optional sampling-noise propagation.
+
+    With `se_key` (e.g. "fid_se", each point's FID standard error from `ditcore.metrics.fid.fid_bootstrap`),
+    every point's value is redrawn within its noise, the frontier is re-selected (the minimum over models at a
+    budget is biased low by noise and can switch model) and the law refitted; the fit's `sampling_noise` then
+    also has "frontier_change_rate" (share of redraws in which some budget's best model changed) and
+    "n_points_with_se". Points without a finite se count as noise-free. Other keywords go to fit_power_law.
+    """
+    names = names or ("A", "alpha" if metric == "val_loss" else "beta", _floor_name(metric))
+    front = compute_frontier(points, metric)
+    if not front:
+        raise FitError(f"no points with {metric!r} to build a frontier from")
+    c = np.array([compute_of(p) for p in front])
+    y = np.array([_num(p, metric) for p in front])
+    fit = fit_power_law(c, y, names=names, **fit_kwargs)
+    if se_key is None:
+        return fit, front
+    usable = [p for p in points if _num(p, metric) is not None and budget_of(p) is not None
+              and compute_of(p) is not None]
+    vals = np.array([_num(p, metric) for p in usable])
+    ses = np.array([max(_num(p, se_key) or 0.0, 0.0) for p in usable])
+    comp = np.array([compute_of(p) for p in usable])
+    budget = np.array([budget_of(p) for p in usable])
+    groups = [np.flatnonzero(budget == b) for b in np.unique(budget)]
+    base_choice = np.array([g[np.argmin(vals[g])] for g in groups])
+
+    changes = []
+
+    def draw(rng: np.random.Generator, resample: bool) -> tuple[np.ndarray, np.ndarray]:
+        v = noise_draw(vals, ses, rng)
+        choice = np.array([g[np.argmin(v[g])] for g in groups])
+        if not resample:
+            changes.append(bool((choice != base_choice).any()))
+        if resample:
+            choice = choice[rng.integers(0, choice.size, choice.size)]
+        return comp[choice], v[choice]
+
+    c_ref = float(np.exp(np.mean(np.log(c))))
+    start = np.array([np.log(fit.A) - fit.exponent * np.log(c_ref), fit.exponent, fit.floor])
+    seed = int(fit_kwargs.get("seed", 0))
+    fit.sampling_noise = sampling_noise_block(draw, fit, c_ref, start, n_rep=n_noise, seed=seed + 1)
+    fit.sampling_noise.update(frontier_change_rate=float(np.mean(changes)) if changes else 0.0,
+                              n_points_with_se=int((ses > 0).sum()),
+                              max_rel_se=float(np.max(ses / vals)) if vals.size else 0.0)
+    return fit, front
