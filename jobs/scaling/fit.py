@@ -12,7 +12,16 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from ditcore.scaling import FitError, PowerLawFit, compute_frontier, fit_loss_law, isoflop_analysis
+from ditcore.scaling import (
+    FitError,
+    PowerLawFit,
+    compare_arms,
+    compute_frontier,
+    fit_diagnostics,
+    fit_frontier_law,
+    fit_loss_law,
+    isoflop_analysis,
+)
 from ditcore.scaling.frontier import budget_of, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, write_plots
@@ -20,7 +29,8 @@ from jobs.scaling.plots import PLOTS, write_plots
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
 ARTIFACT_DIR = "fit"
-_FRONTIER_KEYS = ("model", "params", "flops", "budget_flops", "step", "fid", "val_loss", "checkpoint", "run_id")
+_FRONTIER_KEYS = ("model", "params", "flops", "budget_flops", "step", "fid", "fid_se", "fid_samples", "val_loss",
+                  "checkpoint", "run_id", "arm")
 
 
 def _finite(v: Any) -> float | None:
@@ -58,17 +68,21 @@ def _law(fit_fn: Callable, xs: list[float], ys: list[float], what: str, **kw: An
 
 
 def _frontier_law(pts: list[dict], metric: str, kw: dict) -> tuple[dict, PowerLawFit | None, list[dict]]:
-    front = compute_frontier(pts, metric)
+    """The law on the compute frontier, with each point's FID sampling noise propagated when points carry it."""
     with_metric = [p for p in pts if _finite(p.get(metric)) is not None]
+    front = compute_frontier(pts, metric)
     if len({budget_of(p) for p in front}) < 3:
         name = metric.upper()
         raise FitError(f"need {metric!r} at >= 3 distinct compute budgets to fit {name}(C) = A * C^-beta + {name}_inf; "
                        f"got {len(with_metric)} point(s) with {metric!r} at "
                        f"{len({budget_of(p) for p in with_metric})} budget(s) ({len(pts)} points in total)")
+    se_key = f"{metric}_se" if any(_finite(p.get(f"{metric}_se")) for p in pts) else None
     names = ("A", "beta", "FID_inf" if metric == "fid" else f"{metric.upper()}_inf")
-    law, obj = _law(lambda xs, ys, **k: fit_power_law(xs, ys, names=names, **k), [compute_of(p) for p in front],
-                    [float(p[metric]) for p in front], f"{metric} frontier", **kw)
-    return law, obj, front
+    try:
+        fit, front = fit_frontier_law(pts, metric, se_key=se_key, names=names, **kw)
+    except FitError as e:
+        return {"error": f"{metric} frontier: {e}"}, None, front
+    return fit.to_dict(), fit, front
 
 
 def _per_model(pts: list[dict], metric: str, models: dict, kw: dict) -> tuple[dict, dict]:
@@ -92,10 +106,25 @@ def _isoflop(pts: list[dict], metric: str, kw: dict) -> tuple[dict, dict]:
         try:
             res = isoflop_analysis(pts, m, return_samples=True, **kw)
             objs[m] = res
-            iso[m] = {**res, "n_opt_law": {k: v for k, v in res["n_opt_law"].items() if k != "samples"}}
+            iso[m] = {**res, **{law: {k: v for k, v in res[law].items() if k != "samples"}
+                                for law in ("n_opt_law", "d_opt_law") if isinstance(res.get(law), dict)}}
         except FitError as e:
             iso[m] = {"error": f"isoFLOP on {m}: {e}"}
     return iso, objs
+
+
+def _arms(pts: list[dict], metric: str, kw: dict) -> dict:
+    """Per-arm frontier laws and where one arm overtakes another, when the points come from >= 2 arms."""
+    by_arm: dict[str, list[dict]] = {}
+    for p in pts:
+        if p.get("arm"):
+            by_arm.setdefault(str(p["arm"]), []).append(p)
+    if len(by_arm) < 2:
+        return {}
+    try:
+        return compare_arms(by_arm, metric=metric, **kw)
+    except FitError as e:
+        return {"error": str(e)}
 
 
 def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
@@ -111,6 +140,7 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         models.setdefault(p["model"], _finite(p.get("params")))
     per_model, per_model_obj = _per_model(pts, metric, models, kw)
     iso, iso_obj = _isoflop(pts, metric, kw)
+    arms_report = _arms(pts, metric, kw)
     report = {
         "convention": CONVENTION, "metric": metric, "n_points": len(pts),
         "n_points_with_metric": sum(_finite(p.get(metric)) is not None for p in pts),
@@ -119,7 +149,14 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         "frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in front], f"{metric}_law": law,
         "loss_frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in loss_front], "loss_law": loss_law,
         "per_model": per_model, "isoflop": iso, "n_boot": n_boot, "seed": seed,
+        "n_opt_exponent": (iso.get(metric) or {}).get("n_opt_exponent"),
+        "n_opt_exponent_ci": (iso.get(metric) or {}).get("n_opt_exponent_ci"),
+        "d_opt_exponent": (iso.get(metric) or {}).get("d_opt_exponent"),
+        "d_opt_exponent_ci": (iso.get(metric) or {}).get("d_opt_exponent_ci"),
+        **({"arms": arms_report} if arms_report else {}),
     }
+    report["diagnostics"] = fit_diagnostics(law=law, frontier=report["frontier"], isoflop=iso.get(metric), points=pts,
+                                            arms=arms_report or None, metric=metric)
     objs = {"fid": law_obj, "loss": loss_obj, "per_model": per_model_obj, "isoflop": iso_obj, "points": pts,
             "fid_front": front, "loss_front": loss_front}
     return report, objs

@@ -27,8 +27,8 @@ def format_laws(report: dict) -> str:
             lines.append(f"{title}: not fitted ({law['error']})")
             return
         level = int(round(law.get("ci_level", 0.95) * 100))
-        lines.append(f"{title}: {law['form']}   ({law['n_points']} points, {level}% bootstrap CI, "
-                     f"{law['n_boot_ok']}/{law['n_boot']} resamples)")
+        method = {"profile": "profile-likelihood"}.get(law.get("ci_method"), "bootstrap")
+        lines.append(f"{title}: {law['form']}   ({law['n_points']} points, {level}% {method} CI)")
         lines.append("    " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
         if law.get("dof", 1) <= 0:
             lines.append("    warning: exact fit (no degrees of freedom); intervals are not meaningful")
@@ -50,10 +50,25 @@ def format_laws(report: dict) -> str:
             note = "" if law["all_interior"] else "  (some minima at the grid edge)"
             lines.append(f"N*(C) from {m} isoFLOPs: {law['form']}   ({law['n_budgets']} budgets){note}")
             lines.append("    " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
+            d_law = iso.get("d_opt_law") or {}
+            if "params" in d_law:
+                lines.append(f"D*(C) (images at the optimum) from {m} isoFLOPs: {d_law.get('form', 'D* = k * C^b')}")
+                lines.append("    " + ", ".join(_fmt_ci(d_law, n) for n in d_law["params"]))
     for name, pm in report["per_model"].items():
         law = pm[f"{metric}_law"]
         if "error" not in law:
             lines.append(f"  {name}: {metric.upper()} = " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
+    for arm, a in ((report.get("arms") or {}).get("arms") or {}).items():
+        if "error" not in a:
+            ci = a.get("beta_ci") or [float("nan")] * 2
+            lines.append(f"  arm {arm}: beta = {a['beta']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
+    crossing = (report.get("arms") or {}).get("crossing")
+    if crossing:
+        lines.append(f"  {crossing['statement']}")
+    diagnostics = report.get("diagnostics") or []
+    if diagnostics:
+        lines.append("What the data do not support:")
+        lines += [f"  - {d['message']}" for d in diagnostics]
     return "\n".join(lines)
 
 
