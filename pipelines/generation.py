@@ -100,8 +100,10 @@ class GenerationPipeline:
         self.text_encoder = None
         self.null_text: dict[str, torch.Tensor] | None = None
         self._text_cache: dict[str, dict[str, torch.Tensor]] = {}
-        if self.conditioning == "text" and text_encoder:
-            self._load_text()
+        if self.conditioning == "text":
+            self._load_null_text()  # guidance needs it even where prompts come pre-embedded (evaluation)
+            if text_encoder:
+                self._load_text()
 
     @classmethod
     def from_checkpoint(cls, uri: str, **kwargs: Any) -> "GenerationPipeline":
@@ -131,7 +133,6 @@ class GenerationPipeline:
 
     def _load_text(self) -> None:
         from pipelines.encoders.text import load_text_encoder
-        from pipelines.latents.reader import load_null_text
 
         if self.manifest is None or self.manifest.text is None:
             raise GenerationError(f"{self.checkpoint_uri}: a text-conditioned model but its data manifest has no text "
@@ -141,7 +142,11 @@ class GenerationPipeline:
                 "revision": rec.revision}
         # Default (auto) dtype, as in precompute, so prompts embed the way the training captions did.
         self.text_encoder = load_text_encoder(spec, device=self.device, require_safetensors=True)
-        null = load_null_text(self.manifest_uri)
+
+    def _load_null_text(self) -> None:
+        from pipelines.latents.reader import load_null_text
+
+        null = load_null_text(self.manifest_uri) if self.manifest_uri else None
         self.null_text = {k: v.float() if v.is_floating_point() else v for k, v in null.items()} if null else None
 
     # ---- conditions -----------------------------------------------------------------------------------

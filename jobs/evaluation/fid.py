@@ -100,8 +100,11 @@ def conditions(manifest_uri: str, manifest: Manifest, conditioning: str, num_sam
 
 
 def generate_features(ckpt: str, manifest_uri: str, indices: Sequence[int], cond: dict[str, np.ndarray],
-                      settings: FIDSettings, *, batch_size: int = 64, want_images: bool = False) -> dict[str, np.ndarray]:
+                      settings: FIDSettings, *, batch_size: int = 64, want_images: bool = False,
+                      progress: bool = False) -> dict[str, np.ndarray]:
     """Sample `indices` (cond rows aligned with them), featurise: {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
+    from tqdm.auto import tqdm
+
     from pipelines.generation import SamplerSettings
 
     torch.set_num_threads(max(1, int(os.environ.get("DITSCALE_EVAL_THREADS", "1"))))
@@ -113,6 +116,7 @@ def generate_features(ckpt: str, manifest_uri: str, indices: Sequence[int], cond
     sampler = SamplerSettings(sampler=settings.sampler, steps=settings.steps, guidance=settings.guidance)
     feats, imgs = [], []
     indices = list(indices)
+    bar = tqdm(total=len(indices), desc="FID samples", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         pos = np.arange(start, start + len(chunk))
@@ -122,6 +126,8 @@ def generate_features(ckpt: str, manifest_uri: str, indices: Sequence[int], cond
             feats.append(net.features(images).double().cpu().numpy())
         if want_images:
             imgs.append(images)
+        bar.update(len(chunk))
+    bar.close()
     out = {"features": np.concatenate(feats)}
     if want_images:
         out["images"] = np.concatenate(imgs)
@@ -140,7 +146,7 @@ def _builtin_objects(manifest: Manifest, ids: np.ndarray) -> Optional[list]:
 
 
 def _sample_parts(ckpt: str, manifest_uri: str, cond: dict, settings: FIDSettings, want_images: bool,
-                  num_actors: int, cpus_per_actor: float) -> tuple[list[list[int]], list[dict]]:
+                  num_actors: int, cpus_per_actor: float, progress: bool) -> tuple[list[list[int]], list[dict]]:
     """(index slice per part, generate_features result per part), in this process or on Ray actors."""
     n = settings.num_samples
     in_process = num_actors == 0  # no actor start-up: worth it for tiny models
@@ -148,7 +154,7 @@ def _sample_parts(ckpt: str, manifest_uri: str, cond: dict, settings: FIDSetting
     parts_idx = [list(range(n))[a::num_actors] for a in range(num_actors)]
     if in_process or (num_actors == 1 and not _ray_running()):
         return parts_idx[:1], [generate_features(ckpt, manifest_uri, parts_idx[0], cond, settings,
-                                                 want_images=want_images)]
+                                                 want_images=want_images, progress=progress)]
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -164,7 +170,7 @@ def _sample_parts(ckpt: str, manifest_uri: str, cond: dict, settings: FIDSetting
 
 
 def evaluate_checkpoint(ckpt: str, manifest_uri: str, settings: FIDSettings | None = None, *, num_actors: int = 1,
-                        cpus_per_actor: float = 1.0, **kwargs: Any) -> dict[str, Any]:
+                        cpus_per_actor: float = 1.0, progress: bool = False, **kwargs: Any) -> dict[str, Any]:
     """FID of `ckpt` (EMA weights) vs the data set's reference stats; + "attr_acc" for text models on built-in data.
 
     `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples.
@@ -186,7 +192,7 @@ def evaluate_checkpoint(ckpt: str, manifest_uri: str, settings: FIDSettings | No
     cond = conditions(manifest_uri, manifest, conditioning, settings.num_samples, int(model_cfg.get("num_classes") or 0))
     objects = _builtin_objects(manifest, cond["id"]) if "id" in cond else None
     parts_idx, parts = _sample_parts(ckpt, manifest_uri, cond, settings, objects is not None, num_actors,
-                                     cpus_per_actor)
+                                     cpus_per_actor, progress)
     order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts_idx])  # reassemble in index order
     feats = np.empty((settings.num_samples, parts[0]["features"].shape[1]))
     feats[order] = np.concatenate([p["features"] for p in parts])

@@ -75,12 +75,16 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     if not storage.is_s3(sdir):
         os.makedirs(fs_path, exist_ok=True)
     name_of = lambda trial: str(trial.config["trial_id"])  # noqa: E731 - Tune trial (dir) name = our trial id
+    import logging
+
+    # Tune's status table (verbosity 1) at INFO; silent when the runs log only warnings (the quickstart).
+    verbose = 1 if logging.getLevelName(str(run.log_level).upper()) <= logging.INFO else 0
     grid = tune.Tuner(
         trainable, param_space={"trial_id": tune.grid_search(sorted(plans))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, trial_name_creator=name_of,
                                     trial_dirname_creator=name_of),
         run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=fs_path, storage_filesystem=fs,
-                                  verbose=0),
+                                  verbose=verbose),
     ).fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:

@@ -257,6 +257,7 @@ class Trainer:
             if is_val or is_ckpt:
                 self.logged.update(self.validation())
             self.tracker.metrics(self.logged, step)
+            self._progress_line(step)
             self._window = [0.0, 0]
         elif is_val:
             self.tracker.metrics(self.validation(), step)
@@ -265,6 +266,19 @@ class Trainer:
                 self.env, self.plan, self.progress, step, self.logged, step in self.plan.keep_steps, raw=self.raw,
                 ema=self.ema, ema_params=self.ema_params, optimizer=self.optimizer, names=self.param_names,
                 fsdp=self.fsdp)
+
+    def _progress_line(self, step: int) -> None:
+        """Rank 0: step/total, loss, images/s, MFU and ETA on the console (silent under run.log_level WARNING+)."""
+        import logging
+
+        if self.rank != 0 or logging.getLevelName(str(self.cfg.run.log_level).upper()) > logging.INFO:
+            return
+        m, total = self.logged, self.plan.total_steps
+        ips = m.get("images_per_s") or 0.0
+        eta = (total - step) * self.global_batch / ips if ips > 0 else float("nan")
+        eta_s = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?"
+        print(f"[{self.plan.run_name}] step {step}/{total} loss {m['loss']:.4f} {ips:.1f} img/s "
+              f"MFU {m['mfu']:.1%} ETA {eta_s}", flush=True)
 
     # ---- the loop ------------------------------------------------------------------------------------
 

@@ -130,13 +130,16 @@ def test_attribute_net_shapes_save_load(tmp_path):
     feats = net.features(batch["image"])
     assert feats.shape == (6, 72)
     logits = net.attributes(batch["image"])
-    assert logits["shape"].shape == (6, 9, 6) and logits["colour"].shape == (6, 9, 6) and logits["size"].shape == (6, 9, 2)
+    assert logits["shape"].shape == (6, 9, 6) and logits["colour"].shape == (6, 9, 6)
+    assert logits["size"].shape == (6, 9, 2)
     # Larger images are resized to the net's input size.
     big = render_batch(0, 2, BuiltinSpec(image_size=64))["image"]
     assert net.features(big).shape == (2, 72)
     path = save_feature_net(net, tmp_path / "fn", metadata={"accuracy": {"shape": 0.5}})
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["arch"] == ATTR_ARCH and cfg["feature_dim"] == 72 and cfg["meta"]["accuracy"]["shape"] == 0.5
+    # Weights get the same (umask) permissions as the config, not owner-only.
+    assert (path / "model.safetensors").stat().st_mode & 0o777 == (path / "config.json").stat().st_mode & 0o777
     loaded = load_feature_net(path)
     assert isinstance(loaded, BuiltinAttributeNet) and not loaded.training
     torch.testing.assert_close(loaded.features(batch["image"]), feats)
@@ -194,3 +197,93 @@ def test_caption_attribute_accuracy_scoring():
     assert acc["caption"] == pytest.approx((3 + acc["colour"]) / 4)
     # List-of-dicts input works too.
     assert caption_attribute_accuracy(oracle, batch["image"], array_to_objects(batch["objects"])) == 1.0
+
+
+# ----------------------------------------------------------------------------------------- class classifier
+
+def _stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grey 28x28 images of 3 classes (horizontal stripes, vertical stripes, a bright disc) with random phase/noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.empty((n, 28, 28), np.uint8)
+    for i, c in enumerate(labels):
+        period, phase = rng.integers(4, 8), rng.integers(0, 8)
+        if c == 0:
+            img = ((yy + phase) // (period // 2)) % 2 * 200.0
+        elif c == 1:
+            img = ((xx + phase) // (period // 2)) % 2 * 200.0
+        else:
+            cy, cx, r = rng.integers(9, 19), rng.integers(9, 19), rng.integers(5, 9)
+            img = (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r) * 220.0
+        images[i] = np.clip(img + rng.normal(0, 25, (28, 28)), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets train fastest on one thread; more only add synchronisation on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_classifier_trains_scores_and_round_trips(tmp_path, one_thread):
+    from ditcore.metrics.classifier import ImageClassifier, classification_accuracy, train_classifier
+
+    x, y = _stripes(240, 0)
+    xt, yt = _stripes(60, 1)
+    net, report = train_classifier(x, y, classes=["h", "v", "disc"], test_images=xt, test_labels=yt, steps=60,
+                                   batch_size=32, width=8, feature_dim=16, lr=5e-3, eval_every=30)
+    assert isinstance(net, ImageClassifier) and not net.training and net.num_classes == 3
+    assert report["steps"] == 60 and [h[0] for h in report["history"]] == [30, 60]
+    assert report["test"]["accuracy"] >= 0.9 and report["test"]["count"] == 60
+    assert len(report["test"]["per_class"]) == 3 and np.sum(report["test"]["confusion"]) == 60
+    rgb = np.repeat(xt[..., None], 3, -1)  # generated samples arrive as uint8 RGB at the data set's size
+    assert net.features(rgb).shape == (60, 16)
+    path = save_feature_net(net, tmp_path / "cls", metadata={"accuracy": report["test"]["accuracy"]})
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["arch"] == "image-classifier" and cfg["classes"] == ["h", "v", "disc"] and cfg["feature_dim"] == 16
+    loaded = load_feature_net(path)
+    assert isinstance(loaded, ImageClassifier) and loaded.classes == ["h", "v", "disc"]
+    torch.testing.assert_close(loaded.logits(rgb), net.logits(rgb))
+    # Accuracy arithmetic: the net's own predictions score 1, shifted labels score 0.
+    pred = net.predict(rgb)
+    assert classification_accuracy(net, rgb, pred)["accuracy"] == 1.0
+    shifted = classification_accuracy(net, rgb, (pred + 1) % 3)
+    assert shifted["accuracy"] == 0.0 and all(v in (0.0, None) for v in shifted["per_class"])
+
+
+def test_classifier_input_errors():
+    from ditcore.metrics.classifier import ImageClassifier, train_classifier
+
+    x, y = _stripes(12, 0)
+    with pytest.raises(ValueError, match=r"labels: 1 label\(s\) outside \[0, 3\), e.g. 7"):
+        train_classifier(x, np.where(np.arange(12) == 5, 7, y), num_classes=3, steps=1)
+    with pytest.raises(ValueError, match="labels: expected 12 labels"):
+        train_classifier(x, y[:11], num_classes=3, steps=1)
+    with pytest.raises(ValueError, match="images: expected uint8 pixels, got dtype float32"):
+        train_classifier(x.astype(np.float32), y, steps=1)
+    with pytest.raises(ValueError, match="test_images and test_labels"):
+        train_classifier(x, y, test_images=x, steps=1)
+    with pytest.raises(ValueError, match="test_labels: expected 12 labels"):
+        train_classifier(x, y, test_images=x, test_labels=y[:3], steps=1)
+    with pytest.raises(ValueError, match="2 class names for num_classes=3"):
+        ImageClassifier(3, classes=["a", "b"])
+
+
+def test_inception_without_fc_and_older_configs(tmp_path):
+    net = FIDInceptionV3(with_fc=False)
+    assert sum(p.numel() for p in net.parameters()) == 23_850_960 - 2048 * 1008 - 1008
+    assert net.config["with_fc"] is False
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "nofc.pth")
+    assert not hasattr(load_feature_net(tmp_path / "nofc.pth"), "fc")  # a bare file without fc loads as such
+    # Directories written before "with_fc" existed hold pytorch-fid weights, fc included.
+    d = save_feature_net(FIDInceptionV3(), tmp_path / "old")
+    (d / "config.json").write_text(json.dumps({"arch": INCEPTION_ARCH, "feature_dim": 2048}))
+    assert load_feature_net(d).fc.weight.shape == (1008, 2048)
+    (d / "config.json").write_text(json.dumps({"arch": INCEPTION_ARCH, "with_fc": False}))
+    with pytest.raises(ValueError, match=r"unexpected \['fc.bias', 'fc.weight'\] \(2\), wrong shape \[\] \(0\)$"):
+        load_feature_net(d)
