@@ -6,6 +6,7 @@ absolute difference of the two distances.
 
     python bench/fid.py [--dim 2048] [--n 10000] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -69,8 +69,16 @@ def matmul_peak(device: str, dtype: torch.dtype, sizes: tuple[int, ...], min_sec
 class Stepper:
     """One optimizer step of a model on fixed inputs (MSE to a fixed target)."""
 
-    def __init__(self, name: str, model: torch.nn.Module, inputs: dict, target: torch.Tensor, device: str,
-                 dtype: torch.dtype, lr: float = 1e-4):
+    def __init__(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        inputs: dict,
+        target: torch.Tensor,
+        device: str,
+        dtype: torch.dtype,
+        lr: float = 1e-4,
+    ):
         self.name = name
         self.model = model.to(device).train()
         self.inputs = inputs
@@ -124,13 +132,17 @@ def run_pair(ours: Stepper, theirs: Stepper | None, warmup: int, iters: int, pro
     return probes
 
 
-def report(label: str, s: Stepper, batch: int, train_flops: int, peak: float, probes: list[float]) -> tuple[float, float]:
+def report(
+    label: str, s: Stepper, batch: int, train_flops: int, peak: float, probes: list[float]
+) -> tuple[float, float]:
     best, med = min(s.times), statistics.median(s.times)
     rate = train_flops * batch / best
     # Per-iteration fraction against the peak probed right before that step (robust to drifting load).
     local = max(train_flops * batch / t / p for t, p in zip(s.times, probes))
-    print(f"  {label:<34} step {best * 1e3:8.1f} ms (median {med * 1e3:8.1f})  {batch / best:7.2f} img/s  "
-          f"{rate / 1e9:7.1f} GFLOP/s  {rate / peak:6.3f} of peak  ({local:5.3f} of the adjacent probe)")
+    print(
+        f"  {label:<34} step {best * 1e3:8.1f} ms (median {med * 1e3:8.1f})  {batch / best:7.2f} img/s  "
+        f"{rate / 1e9:7.1f} GFLOP/s  {rate / peak:6.3f} of peak  ({local:5.3f} of the adjacent probe)"
+    )
     return best, med
 
 
@@ -149,18 +161,32 @@ def bench_dit(args, device, dtype, peak) -> None:
     if not args.skip_diffusers:
         from diffusers import DiTTransformer2DModel
 
-        dm = DiTTransformer2DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
-                                   in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,
-                                   sample_size=cfg.input_size, patch_size=cfg.patch_size,
-                                   num_embeds_ada_norm=cfg.num_classes)
+        dm = DiTTransformer2DModel(
+            num_attention_heads=cfg.num_heads,
+            attention_head_dim=cfg.hidden_size // cfg.num_heads,
+            in_channels=cfg.in_channels,
+            out_channels=cfg.out_channels,
+            num_layers=cfg.depth,
+            sample_size=cfg.input_size,
+            patch_size=cfg.patch_size,
+            num_embeds_ada_norm=cfg.num_classes,
+        )
         _nonzero_init(dm)
         # diffusers embeds the raw timestep; same sinusoidal input as our 1000 t.
-        theirs = Stepper("diffusers DiTTransformer2DModel", dm,
-                         {"hidden_states": x, "timestep": t * 1000, "class_labels": y}, target, device, dtype)
+        theirs = Stepper(
+            "diffusers DiTTransformer2DModel",
+            dm,
+            {"hidden_states": x, "timestep": t * 1000, "class_labels": y},
+            target,
+            device,
+            dtype,
+        )
         p_ours = sum(p.numel() for p in ours_model.parameters())
         p_theirs = sum(p.numel() for p in dm.parameters())
-        print(f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M "
-              "(diffusers repeats the timestep/label embedder in every block)")
+        print(
+            f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M "
+            "(diffusers repeats the timestep/label embedder in every block)"
+        )
     probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
     tf = flops_summary(cfg)["train_flops_per_image"]
     print(f"  train FLOPs/img (analytic, 6 x fwd MACs): {tf / 1e9:.2f} GFLOP, batch {b}")
@@ -171,8 +197,13 @@ def bench_dit(args, device, dtype, peak) -> None:
 
 
 def bench_mmdit(args, device, dtype, peak) -> None:
-    cfg = resolve_config(args.mmdit, input_size=args.latent_size, text_dim=args.text_dim, pooled_dim=args.text_dim,
-                         max_text_len=args.text_tokens)
+    cfg = resolve_config(
+        args.mmdit,
+        input_size=args.latent_size,
+        text_dim=args.text_dim,
+        pooled_dim=args.text_dim,
+        max_text_len=args.text_tokens,
+    )
     b, L = args.batch, args.text_tokens
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g).to(device)
@@ -183,22 +214,41 @@ def bench_mmdit(args, device, dtype, peak) -> None:
     target = torch.randn(x.shape, generator=g).to(device)
     ours_model = build_model(cfg)
     _nonzero_init(ours_model)
-    ours = Stepper(f"ours {args.mmdit}", ours_model,
-                   {"x": x, "t": t, "text_emb": emb, "text_mask": mask, "text_pooled": pooled}, target, device, dtype)
+    ours = Stepper(
+        f"ours {args.mmdit}",
+        ours_model,
+        {"x": x, "t": t, "text_emb": emb, "text_mask": mask, "text_pooled": pooled},
+        target,
+        device,
+        dtype,
+    )
     theirs = None
     if not args.skip_diffusers:
         from diffusers import SD3Transformer2DModel
 
-        dm = SD3Transformer2DModel(sample_size=cfg.input_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
-                                   num_layers=cfg.depth, attention_head_dim=cfg.hidden_size // cfg.num_heads,
-                                   num_attention_heads=cfg.num_heads, joint_attention_dim=cfg.text_dim,
-                                   caption_projection_dim=cfg.hidden_size, pooled_projection_dim=cfg.pooled_dim,
-                                   out_channels=cfg.out_channels, pos_embed_max_size=cfg.input_size // cfg.patch_size,
-                                   qk_norm="rms_norm")
+        dm = SD3Transformer2DModel(
+            sample_size=cfg.input_size,
+            patch_size=cfg.patch_size,
+            in_channels=cfg.in_channels,
+            num_layers=cfg.depth,
+            attention_head_dim=cfg.hidden_size // cfg.num_heads,
+            num_attention_heads=cfg.num_heads,
+            joint_attention_dim=cfg.text_dim,
+            caption_projection_dim=cfg.hidden_size,
+            pooled_projection_dim=cfg.pooled_dim,
+            out_channels=cfg.out_channels,
+            pos_embed_max_size=cfg.input_size // cfg.patch_size,
+            qk_norm="rms_norm",
+        )
         _nonzero_init(dm)
-        theirs = Stepper("diffusers SD3Transformer2DModel", dm,
-                         {"hidden_states": x, "encoder_hidden_states": emb, "pooled_projections": pooled,
-                          "timestep": t * 1000}, target, device, dtype)
+        theirs = Stepper(
+            "diffusers SD3Transformer2DModel",
+            dm,
+            {"hidden_states": x, "encoder_hidden_states": emb, "pooled_projections": pooled, "timestep": t * 1000},
+            target,
+            device,
+            dtype,
+        )
         p_ours = sum(p.numel() for p in ours_model.parameters())
         p_theirs = sum(p.numel() for p in dm.parameters())
         print(f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M")
@@ -225,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-sizes", default="1024,2048")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="use this peak instead of measuring (e.g. spec sheet)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="use this peak instead of measuring (e.g. spec sheet)"
+    )
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--skip-mmdit", action="store_true")
-    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
-                   help="wall: perf_counter; cpu: process CPU time (robust to other load; use with --threads 1)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall: perf_counter; cpu: process CPU time (robust to other load; use with --threads 1)",
+    )
     args = p.parse_args(argv)
     if args.clock == "cpu":
         CLOCK["fn"] = time.process_time
@@ -237,17 +293,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = args.device, DTYPES[args.dtype]
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"clock {args.clock}")
+    print(
+        f"torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+        f"clock {args.clock}"
+    )
     sizes = tuple(int(s) for s in args.peak_sizes.split(","))
-    args.probe = (lambda: args.peak_tflops * 1e12) if args.peak_tflops else (
-        lambda: matmul_peak(device, dtype, sizes[:1], min_seconds=0.3))
+    args.probe = (
+        (lambda: args.peak_tflops * 1e12)
+        if args.peak_tflops
+        else (lambda: matmul_peak(device, dtype, sizes[:1], min_seconds=0.3))
+    )
     if args.peak_tflops:
         peak = args.peak_tflops * 1e12
         print(f"(a) matmul peak (given): {peak / 1e9:.1f} GFLOP/s")
     else:
         peak = matmul_peak(device, dtype, tuple(int(s) for s in args.peak_sizes.split(",")))
-        print(f"(a) measured {args.dtype} matmul peak (best torch.mm over n={args.peak_sizes}): {peak / 1e9:.1f} GFLOP/s")
+        print(
+            f"(a) measured {args.dtype} matmul peak (best torch.mm over n={args.peak_sizes}): {peak / 1e9:.1f} GFLOP/s"
+        )
     print(f"(b,c) {args.dit} at latent {args.latent_size}: forward + backward + AdamW(fused) step")
     bench_dit(args, device, dtype, peak)
     if not args.skip_mmdit:
@@ -256,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.peak_tflops:
         # Re-measure: on a shared machine the peak seen at the start may have been depressed by other load.
         again = matmul_peak(device, dtype, tuple(int(s) for s in args.peak_sizes.split(",")))
-        print(f"(a') matmul peak re-measured after the runs: {again / 1e9:.1f} GFLOP/s "
-              f"(fractions above use the first, {peak / 1e9:.1f})")
+        print(
+            f"(a') matmul peak re-measured after the runs: {again / 1e9:.1f} GFLOP/s "
+            f"(fractions above use the first, {peak / 1e9:.1f})"
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ written by Ray Data write tasks, and only part markers reach the driver, so it s
 Throughput: rows/s of the encode+write phase with 1 and 2 actors at the larger size, and their ratio (baseline:
 1 actor, same run). Encoders: randomly initialised ones of the quickstart's architecture; MiniLM text.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,17 @@ def _moto(tmp: Path) -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     exe = str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_REGION="us-east-1",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -62,24 +69,37 @@ def _moto(tmp: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
-def run_driver(out: str, vae: str, fn: str, count: int, actors: int, args: argparse.Namespace,
-               address: str) -> dict:
+def run_driver(out: str, vae: str, fn: str, count: int, actors: int, args: argparse.Namespace, address: str) -> dict:
     """One precompute in its own driver process; its summary and the driver's peak RSS (MiB)."""
-    overrides = [f"output={out}", f"image_size={args.image_size}", "progress=false", "source.kind=builtin",
-                 f"source.count={count}", f"source.shard_size={args.shard_size}", f"vae.path={vae}",
-                 f"fid.feature_net={fn}", "text.encoder=minilm", f"compute.actors={actors}", "compute.cpus_per_actor=1",
-                 f"compute.batch_size={args.batch_size}", f"compute.ray_address={address}"]
-    code = ("import json, resource, sys\nfrom pipelines.precompute.job import run_precompute\n"
-            "from pipelines.infra.config_files import load_config\nfrom pipelines.precompute.config import "
-            "PrecomputeConfig\ns = run_precompute(load_config(PrecomputeConfig, None, sys.argv[1:]))\n"
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-            "print('RESULT ' + json.dumps({**s, 'driver_peak_mib': int(hwm) / 1024}))\n")
-    proc = subprocess.run([sys.executable, "-c", code, *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=3600)
+    overrides = [
+        f"output={out}",
+        f"image_size={args.image_size}",
+        "progress=false",
+        "source.kind=builtin",
+        f"source.count={count}",
+        f"source.shard_size={args.shard_size}",
+        f"vae.path={vae}",
+        f"fid.feature_net={fn}",
+        "text.encoder=minilm",
+        f"compute.actors={actors}",
+        "compute.cpus_per_actor=1",
+        f"compute.batch_size={args.batch_size}",
+        f"compute.ray_address={address}",
+    ]
+    code = (
+        "import json, resource, sys\nfrom pipelines.precompute.job import run_precompute\n"
+        "from pipelines.infra.config_files import load_config\nfrom pipelines.precompute.config import "
+        "PrecomputeConfig\ns = run_precompute(load_config(PrecomputeConfig, None, sys.argv[1:]))\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print('RESULT ' + json.dumps({**s, 'driver_peak_mib': int(hwm) / 1024}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *overrides], cwd=REPO, capture_output=True, text=True, timeout=3600
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"precompute failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> int:
@@ -106,26 +126,35 @@ def main() -> int:
         vae, fn = f"{root}/encoders/vae", f"{root}/encoders/fn"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
-    print(f"bench/precompute: built-in images at {args.image_size} px, shards of {args.shard_size}, batch "
-          f"{args.batch_size}; storage {'moto S3 (loopback)' if args.s3 else 'local'}; 2 CPUs, load "
-          f"{os.getloadavg()[0]:.1f}")
+    print(
+        f"bench/precompute: built-in images at {args.image_size} px, shards of {args.shard_size}, batch "
+        f"{args.batch_size}; storage {'moto S3 (loopback)' if args.s3 else 'local'}; 2 CPUs, load "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     rows = []
     try:
         for count, actors in ((args.count, 1), (4 * args.count, 1), (4 * args.count, 2)):
             s = run_driver(f"{root}/run-{count}-{actors}", vae, fn, count, actors, args, address)
             rows.append({"count": count, "actors": actors, **s})
-            print(f"  {count:6d} images, {actors} actor(s): driver peak {s['driver_peak_mib']:7.1f} MiB, "
-                  f"{s['rows_per_s']:7.1f} rows/s ({s['run_seconds']:.1f} s), written {s['written']}", flush=True)
+            print(
+                f"  {count:6d} images, {actors} actor(s): driver peak {s['driver_peak_mib']:7.1f} MiB, "
+                f"{s['rows_per_s']:7.1f} rows/s ({s['run_seconds']:.1f} s), written {s['written']}",
+                flush=True,
+            )
     finally:
         ray.shutdown()
         if moto is not None:
             moto.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
     small, big1, big2 = rows
-    print(f"driver peak memory, 4x the data: {big1['driver_peak_mib'] / small['driver_peak_mib']:.3f}x "
-          f"({small['driver_peak_mib']:.1f} -> {big1['driver_peak_mib']:.1f} MiB)")
-    print(f"throughput, 2 actors vs 1 (baseline) at {big1['count']} images: "
-          f"{big2['rows_per_s'] / big1['rows_per_s']:.2f}x ({big1['rows_per_s']:.1f} -> {big2['rows_per_s']:.1f} rows/s)")
+    print(
+        f"driver peak memory, 4x the data: {big1['driver_peak_mib'] / small['driver_peak_mib']:.3f}x "
+        f"({small['driver_peak_mib']:.1f} -> {big1['driver_peak_mib']:.1f} MiB)"
+    )
+    print(
+        f"throughput, 2 actors vs 1 (baseline) at {big1['count']} images: "
+        f"{big2['rows_per_s'] / big1['rows_per_s']:.2f}x ({big1['rows_per_s']:.1f} -> {big2['rows_per_s']:.1f} rows/s)"
+    )
     return 0
 
 

@@ -51,8 +51,16 @@ def run_at_budget(fn, noise, process, sampler, grid, budget):
     """(rmse-ready output, nfe) with the most steps whose NFE <= budget."""
     best = None
     for steps in range(1, budget + 1):
-        out, nfe = sample(fn, noise, process=process, prediction="velocity", sampler=sampler, steps=steps,
-                          time_grid=grid, return_nfe=True)
+        out, nfe = sample(
+            fn,
+            noise,
+            process=process,
+            prediction="velocity",
+            sampler=sampler,
+            steps=steps,
+            time_grid=grid,
+            return_nfe=True,
+        )
         if nfe > budget:
             break
         best = (out, nfe)
@@ -61,8 +69,10 @@ def run_at_budget(fn, noise, process, sampler, grid, budget):
 
 def table(name, data, exact_fn, noise, grid):
     """The main table: every ODE sampler on every process at NFE 5/10/20/50."""
-    print(f"\n### {name}: RMSE vs exact PF-ODE end point, grid={grid}, {noise.shape[0]} samples "
-          f"[ratio to baseline {BASELINE} at same NFE]\n")
+    print(
+        f"\n### {name}: RMSE vs exact PF-ODE end point, grid={grid}, {noise.shape[0]} samples "
+        f"[ratio to baseline {BASELINE} at same NFE]\n"
+    )
     header = "| process | sampler | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |"
     print(header)
     print("|" + "---|" * (2 + len(BUDGETS)))
@@ -87,8 +97,10 @@ def table(name, data, exact_fn, noise, grid):
 
 def v3_table(name, data, exact_fn, noise, closed_form: bool):
     """DPM-Solver-v3 (EMS estimated from data samples) vs DPM-Solver++ 2M/3M, each on its default grid."""
-    print(f"\n### {name}: DPM-Solver-v3 vs DPM-Solver++, RMSE vs exact PF-ODE end point, {noise.shape[0]} samples; "
-          f"EMS from {EMS_SAMPLES} data samples on {EMS_NODES} lambda nodes (finite differences)\n")
+    print(
+        f"\n### {name}: DPM-Solver-v3 vs DPM-Solver++, RMSE vs exact PF-ODE end point, {noise.shape[0]} samples; "
+        f"EMS from {EMS_SAMPLES} data samples on {EMS_NODES} lambda nodes (finite differences)\n"
+    )
     print("| process | grid | sampler | " + " | ".join(f"NFE {b}" for b in V3_BUDGETS) + " |")
     print("|" + "---|" * (3 + len(V3_BUDGETS)))
     for process in PROCESSES:
@@ -99,25 +111,42 @@ def v3_table(name, data, exact_fn, noise, closed_form: bool):
         gen = torch.Generator().manual_seed(0)
         lam = ems_lambdas(proc, EMS_NODES)
         batches = [data.sample(EMS_SAMPLES // 2, gen) for _ in range(2)]
-        estimated = estimate_ems(fn, batches, process=proc, prediction="velocity", lambdas=lam, method="fd",
-                                 generator=torch.Generator().manual_seed(1))
+        estimated = estimate_ems(
+            fn,
+            batches,
+            process=proc,
+            prediction="velocity",
+            lambdas=lam,
+            method="fd",
+            generator=torch.Generator().manual_seed(1),
+        )
         ems_time = time.time() - start
-        variants = [("dpmpp-2m", {}), ("dpmpp-3m", {}),
-                    ("dpmsolver-v3 (order 2)", {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 2}),
-                    ("dpmsolver-v3 (order 3)", {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 3}),
-                    ("dpmsolver-v3 (order 3, no corrector)",
-                     {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 3, "v3_corrector": False})]
+        variants = [
+            ("dpmpp-2m", {}),
+            ("dpmpp-3m", {}),
+            ("dpmsolver-v3 (order 2)", {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 2}),
+            ("dpmsolver-v3 (order 3)", {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 3}),
+            (
+                "dpmsolver-v3 (order 3, no corrector)",
+                {"sampler": "dpmsolver-v3", "ems": estimated, "v3_order": 3, "v3_corrector": False},
+            ),
+        ]
         if closed_form:
-            variants.append(("dpmsolver-v3 (closed-form EMS)",
-                             {"sampler": "dpmsolver-v3", "ems": gaussian_ems(data, lam), "v3_order": 3}))
+            variants.append(
+                (
+                    "dpmsolver-v3 (closed-form EMS)",
+                    {"sampler": "dpmsolver-v3", "ems": gaussian_ems(data, lam), "v3_order": 3},
+                )
+            )
         grid = default_grid_kind(proc, "dpmsolver-v3")
         for label, kw in variants:
             kw = dict(kw)
             sampler = kw.pop("sampler", label)
             cells = []
             for b in V3_BUDGETS:
-                out, nfe = sample(fn, noise, process=proc, prediction="velocity", sampler=sampler, steps=b,
-                                  return_nfe=True, **kw)
+                out, nfe = sample(
+                    fn, noise, process=proc, prediction="velocity", sampler=sampler, steps=b, return_nfe=True, **kw
+                )
                 cells.append(f"{rmse(out, exact):.2e}" + ("" if nfe == b else f" (nfe {nfe})"))
             print(f"| {process} | {grid} | {label} | " + " | ".join(cells) + " |")
         print(f"| {process} | | (EMS estimation {ems_time:.1f} s) | | | |")
@@ -140,8 +169,15 @@ def diffusers_table():
 
     def run(steps, **config):
         sched = diffusers.DPMSolverMultistepScheduler(
-            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
-            prediction_type="epsilon", algorithm_type="dpmsolver++", **config)
+            num_train_timesteps=1000,
+            beta_start=1e-4,
+            beta_end=0.02,
+            beta_schedule="linear",
+            solver_order=2,
+            prediction_type="epsilon",
+            algorithm_type="dpmsolver++",
+            **config,
+        )
         sched.set_timesteps(steps)
         x = noise.clone()
         for tau in sched.timesteps:
@@ -149,17 +185,29 @@ def diffusers_table():
             x = sched.step(eps, tau, x).prev_sample.to(torch.float64)
         return x
 
-    print("\n### DPM-Solver++ 2M vs diffusers DPMSolverMultistepScheduler: 64-D Gaussian, vp-linear, 128 samples, "
-          "RMSE vs exact PF-ODE end point\n")
+    print(
+        "\n### DPM-Solver++ 2M vs diffusers DPMSolverMultistepScheduler: 64-D Gaussian, vp-linear, 128 samples, "
+        "RMSE vs exact PF-ODE end point\n"
+    )
     print("| sampler | grid | " + " | ".join(f"NFE {b}" for b in BUDGETS) + " |")
     print("|" + "---|" * (2 + len(BUDGETS)))
-    rows = [("ditcore dpmpp-2m", "default (uniform-lambda)", lambda n: sample(
-                fn, noise, process=proc, prediction="eps", sampler="dpmpp-2m", steps=n)),
-            ("ditcore dpmpp-2m", "uniform-t", lambda n: sample(
-                fn, noise, process=proc, prediction="eps", sampler="dpmpp-2m", steps=n, time_grid="uniform-t")),
-            ("diffusers", "linspace (default)", lambda n: run(n)),
-            ("diffusers", "use_lu_lambdas", lambda n: run(n, use_lu_lambdas=True)),
-            ("diffusers", "use_karras_sigmas", lambda n: run(n, use_karras_sigmas=True))]
+    rows = [
+        (
+            "ditcore dpmpp-2m",
+            "default (uniform-lambda)",
+            lambda n: sample(fn, noise, process=proc, prediction="eps", sampler="dpmpp-2m", steps=n),
+        ),
+        (
+            "ditcore dpmpp-2m",
+            "uniform-t",
+            lambda n: sample(
+                fn, noise, process=proc, prediction="eps", sampler="dpmpp-2m", steps=n, time_grid="uniform-t"
+            ),
+        ),
+        ("diffusers", "linspace (default)", lambda n: run(n)),
+        ("diffusers", "use_lu_lambdas", lambda n: run(n, use_lu_lambdas=True)),
+        ("diffusers", "use_karras_sigmas", lambda n: run(n, use_karras_sigmas=True)),
+    ]
     for label, grid, fn_run in rows:
         print(f"| {label} | {grid} | " + " | ".join(f"{rmse(fn_run(b), exact):.2e}" for b in BUDGETS) + " |")
 
@@ -167,8 +215,11 @@ def diffusers_table():
 def main() -> None:
     """Print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", default="uniform-lambda",
-                    help="main table's time grid (default, uniform-t, uniform-lambda, edm, sd3-shift)")
+    ap.add_argument(
+        "--grid",
+        default="uniform-lambda",
+        help="main table's time grid (default, uniform-t, uniform-lambda, edm, sd3-shift)",
+    )
     ap.add_argument("--data", default="both", choices=("gaussian", "mixture", "both"))
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--sections", default="main,v3,diffusers", help="comma-separated: main, v3, diffusers")
@@ -181,13 +232,15 @@ def main() -> None:
     start = time.time()
     gauss = GaussianData(torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([0.3, 1.0, 0.5, 2.0]))
     g_noise = torch.randn(args.samples, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mix = GaussianMixtureData(torch.tensor([[1.5, 0.5], [-1.0, -0.5]]), torch.tensor([0.4, 0.6]),
-                              torch.tensor([0.3, 0.7]))
+    mix = GaussianMixtureData(
+        torch.tensor([[1.5, 0.5], [-1.0, -0.5]]), torch.tensor([0.4, 0.6]), torch.tensor([0.3, 0.7])
+    )
     m_noise = torch.randn(min(args.samples, 64), 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     cases = []
     if args.data in ("gaussian", "both"):
-        cases.append(("Gaussian N(mu, diag(s^2)), D=4", gauss, lambda n, p: gauss.exact_pf_ode(n, p, 1.0), g_noise,
-                      True))
+        cases.append(
+            ("Gaussian N(mu, diag(s^2)), D=4", gauss, lambda n, p: gauss.exact_pf_ode(n, p, 1.0), g_noise, True)
+        )
     if args.data in ("mixture", "both"):
         refs: dict[str, torch.Tensor] = {}
 

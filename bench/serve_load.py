@@ -8,6 +8,7 @@ ratio at concurrency 16 (goal >= 2x) with both p99 latencies.
     python bench/serve_load.py                       # CPU, tiny model
     python bench/serve_load.py --num-gpus 1          # one GPU per sampler replica
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}.items():
+for _k, _v in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--preset", default="DiT-T/4")
-    p.add_argument("--input-size", type=int, default=8, help="image size of the pixel-space model (8 = 4 tokens with DiT-T/4)")
+    p.add_argument(
+        "--input-size", type=int, default=8, help="image size of the pixel-space model (8 = 4 tokens with DiT-T/4)"
+    )
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per sampler replica")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per sampler replica (= torch threads)")
     p.add_argument("--batch-wait", type=float, default=0.02, help="batch_wait_timeout_s of the batched mode")
@@ -77,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     device = "cuda" if ns.num_gpus > 0 else "cpu"
-    print(f"# serve_load: {ns.preset} pixel {ns.input_size}x{ns.input_size}, {ns.steps} steps dpmpp-2m, guidance {ns.guidance} "
-          f"(CFG: 2 forward rows per image), device={device}, sampler replica num_cpus={ns.num_cpus} num_gpus={ns.num_gpus}, "
-          f"torch {torch.__version__}, ray {ray.__version__}, host cores={os.cpu_count()}", flush=True)
+    print(
+        f"# serve_load: {ns.preset} pixel {ns.input_size}x{ns.input_size}, {ns.steps} steps dpmpp-2m, "
+        f"guidance {ns.guidance} "
+        f"(CFG: 2 forward rows per image), device={device}, sampler replica num_cpus={ns.num_cpus} "
+        f"num_gpus={ns.num_gpus}, "
+        f"torch {torch.__version__}, ray {ray.__version__}, host cores={os.cpu_count()}",
+        flush=True,
+    )
     body = {"label": 3, "steps": ns.steps, "guidance": ns.guidance}
     results: dict[str, list[dict]] = {}
     try:
@@ -92,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                         "max_ongoing_requests": 32,
                         "max_queued_requests": 1024,
                         "ray_actor_options": {"num_cpus": ns.num_cpus, "num_gpus": ns.num_gpus},
-                        "user_config": {"default_steps": ns.steps, "max_batch_size": max_batch,
-                                        "batch_wait_timeout_s": ns.batch_wait if max_batch > 1 else 0.0},
+                        "user_config": {
+                            "default_steps": ns.steps,
+                            "max_batch_size": max_batch,
+                            "batch_wait_timeout_s": ns.batch_wait if max_batch > 1 else 0.0,
+                        },
                     },
                     "Ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256},
                 },
@@ -113,14 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     print("## batched vs unbatched (baseline: unbatched, same run)")
     for u, b in zip(results["unbatched"], results["batched"]):
         ratio = b["throughput_rps"] / u["throughput_rps"] if u["throughput_rps"] > 0 else float("nan")
-        print(f"concurrency {u['concurrency']:>3}: throughput {b['throughput_rps']:.2f} vs {u['throughput_rps']:.2f} req/s "
-              f"= {ratio:.2f}x ; p99 {b['p99_s'] * 1e3:.0f} ms vs {u['p99_s'] * 1e3:.0f} ms")
+        print(
+            f"concurrency {u['concurrency']:>3}: throughput {b['throughput_rps']:.2f} vs "
+            f"{u['throughput_rps']:.2f} req/s "
+            f"= {ratio:.2f}x ; p99 {b['p99_s'] * 1e3:.0f} ms vs {u['p99_s'] * 1e3:.0f} ms"
+        )
     c16 = [(u, b) for u, b in zip(results["unbatched"], results["batched"]) if u["concurrency"] == 16]
     if c16:
         u, b = c16[0]
         ratio = b["throughput_rps"] / u["throughput_rps"]
-        print(f"RESULT concurrency 16: batched/unbatched throughput = {ratio:.2f}x (goal >= 2x: {'met' if ratio >= 2 else 'NOT met'}); "
-              f"p99 batched {b['p99_s'] * 1e3:.0f} ms, unbatched {u['p99_s'] * 1e3:.0f} ms")
+        print(
+            f"RESULT concurrency 16: batched/unbatched throughput = {ratio:.2f}x (goal >= 2x: "
+            f"{'met' if ratio >= 2 else 'NOT met'}); "
+            f"p99 batched {b['p99_s'] * 1e3:.0f} ms, unbatched {u['p99_s'] * 1e3:.0f} ms"
+        )
     if ns.json_out:
         Path(ns.json_out).write_text(json.dumps(results, indent=2))
     return 0

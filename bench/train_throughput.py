@@ -9,6 +9,7 @@ measured fp32 matmul peak of one core (CPU) or the datasheet bf16 peak (GPU).
 
     python bench/train_throughput.py [--model MMDiT-d2] [--batch 32] [--steps 300] [--data DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shuffle-buffer", type=int, default=256, help="data.shuffle_buffer (0: no shuffling)")
     p.add_argument("--data", default=None, help="latent data set (default: a synthetic 8x8 text set, --rows rows)")
-    p.add_argument("--rows", type=int, default=4096, help="rows of the synthetic set (epochs long enough that the "
-                   "per-epoch data-pipeline start is amortised, as in real runs)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=4096,
+        help="rows of the synthetic set (epochs long enough that the "
+        "per-epoch data-pipeline start is amortised, as in real runs)",
+    )
     args = p.parse_args(argv)
 
     import ray
@@ -63,11 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         from tests.jobs._train_helpers import make_latent_dataset
 
         data = make_latent_dataset(tmp / "lat", n=args.rows, num_classes=None, text=(32, 384, 384), shards=4)
-    overrides = [f"data.manifest={data}", f"data.batch_size={args.batch}", "data.val_samples=0",
-                 f"model.preset={args.model}", f"checkpoint.storage={tmp / 'runs'}", "mlflow.enabled=false",
-                 f"checkpoint.every_n_steps={args.interval}", f"mlflow.log_every={args.interval}",
-                 f"run.num_threads={args.threads}", "run.cpus_per_worker=1", "checkpoint.keep=100000",
-                 f"data.shuffle_buffer={args.shuffle_buffer}"]
+    overrides = [
+        f"data.manifest={data}",
+        f"data.batch_size={args.batch}",
+        "data.val_samples=0",
+        f"model.preset={args.model}",
+        f"checkpoint.storage={tmp / 'runs'}",
+        "mlflow.enabled=false",
+        f"checkpoint.every_n_steps={args.interval}",
+        f"mlflow.log_every={args.interval}",
+        f"run.num_threads={args.threads}",
+        "run.cpus_per_worker=1",
+        "checkpoint.keep=100000",
+        f"data.shuffle_buffer={args.shuffle_buffer}",
+    ]
     cfg = load_train_config(None, overrides)
     res = resolve_run(cfg, check_mlflow=False)
     fpi = res.train_flops_per_image
@@ -86,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     # Ray Train: TorchTrainer, 1 worker, Ray Data shard, ray.train.report per interval.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
-    out = run_training(load_train_config(None, overrides + [f"budget_flops={fpi * args.batch * args.steps}",
-                                                            "run.name=bench-ray"]), evaluate=False)
+    out = run_training(
+        load_train_config(None, overrides + [f"budget_flops={fpi * args.batch * args.steps}", "run.name=bench-ray"]),
+        evaluate=False,
+    )
     ray_wall = time.perf_counter() - t0
     ray.shutdown()
     # Per-interval metrics as reported with each checkpoint (state.json "metrics"; all checkpoints are kept).
@@ -97,14 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     reports = [(json.loads((c / "state.json").read_text())["metrics"], None) for c in ckpts]
     ray_ips = _ips(reports)
     overhead = 1.0 - ray_ips / local_ips
-    print(f"model {args.model}: {res.flops['params']:,} params, {fpi:.3g} train FLOPs/image (3 x fwd, MAC = 2 FLOPs); "
-          f"batch {args.batch}; {args.steps} steps; {args.threads} torch thread(s); peak {peak:.3g} FLOP/s (measured "
-          f"fp32 matmul)")
+    print(
+        f"model {args.model}: {res.flops['params']:,} params, {fpi:.3g} train FLOPs/image (3 x fwd, MAC = 2 FLOPs); "
+        f"batch {args.batch}; {args.steps} steps; {args.threads} torch thread(s); peak {peak:.3g} FLOP/s (measured "
+        f"fp32 matmul)"
+    )
     print(f"{'loop':22s} {'images/s':>10s} {'MFU':>8s} {'wall s':>8s}")
     print(f"{'no Ray (baseline)':22s} {local_ips:10.1f} {local_ips * fpi / peak:8.2%} {local_wall:8.1f}")
     print(f"{'Ray Train (1 worker)':22s} {ray_ips:10.1f} {ray_ips * fpi / peak:8.2%} {ray_wall:8.1f}")
-    print(f"Ray/baseline throughput ratio {ray_ips / local_ips:.3f}  ->  Ray overhead {overhead:+.1%} at steady state "
-          f"(goal <= 5%); status {out['status']}")
+    print(
+        f"Ray/baseline throughput ratio {ray_ips / local_ips:.3f}  ->  Ray overhead {overhead:+.1%} at steady state "
+        f"(goal <= 5%); status {out['status']}"
+    )
     return 0
 
 

@@ -111,7 +111,7 @@ def _weights(obj: nn.Module | dict) -> dict[str, torch.Tensor]:
     sd = dict(obj)
     # A raw AveragedModel state dict prefixes "module." and adds n_averaged.
     if "n_averaged" in sd and any(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
+        sd = {k[len("module.") :]: v for k, v in sd.items() if k.startswith("module.")}
     return sd
 
 
@@ -258,14 +258,17 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -
         )
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, model expects "
-                                  f"{tuple(expected[k].shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}"
+            )
         if v.dtype != expected[k].dtype and not v.is_floating_point():
             raise CheckpointError(f"{path}: tensor {k!r} has dtype {v.dtype}, model expects {expected[k].dtype}")
     model.load_state_dict(tensors, strict=True)
 
 
-def load_checkpoint(directory: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    directory: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> Checkpoint:
     """Rebuild the model from config.json and load EMA (if present and use_ema) or model weights."""
     directory = _check_directory(directory)
     _manifest(directory)

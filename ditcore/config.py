@@ -3,6 +3,7 @@
 Pure Python on purpose (no yaml, no argparse): the YAML loading and the command line live in the
 layers above and hand plain dicts down to `from_dict`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,14 +66,20 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         if args:
-            return {_convert(args[0], k, f"{where}.{k}"): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+            return {
+                _convert(args[0], k, f"{where}.{k}"): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()
+            }
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -109,11 +116,14 @@ def from_dict(cls: type, data: dict | None, *, where: str = "") -> Any:
         key = f"{where}.{name}" if where else name
         kwargs[name] = _convert(hints[name], value, key)
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"missing required config key(s): {', '.join(f'{where}.{m}' if where else m for m in missing)}")
+        raise ConfigError(
+            f"missing required config key(s): {', '.join(f'{where}.{m}' if where else m for m in missing)}"
+        )
     try:
         obj = cls(**kwargs)
     except ConfigError:
@@ -165,7 +175,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if nxt is None:
                 nxt = node[part] = {}
             elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a mapping")
             node = nxt
         node[parts[-1]] = parse_value(raw)
     return out

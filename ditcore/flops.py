@@ -113,8 +113,9 @@ def count_params(cfg: ModelConfig | str | dict) -> int:
     return total + cfg.num_single_blocks * single
 
 
-def forward_macs(cfg: ModelConfig | str | dict, text_tokens: int | None = None, *,
-                 latent_size: int | None = None) -> int:
+def forward_macs(
+    cfg: ModelConfig | str | dict, text_tokens: int | None = None, *, latent_size: int | None = None
+) -> int:
     """Forward multiply-accumulates per image (DiT-paper "Gflops" convention); text_tokens defaults to max_text_len."""
     cfg = _cfg(cfg, latent_size)
     if isinstance(cfg, UNetConfig):
@@ -140,8 +141,9 @@ def forward_macs(cfg: ModelConfig | str | dict, text_tokens: int | None = None, 
     return macs + cfg.num_single_blocks * single
 
 
-def flops_summary(cfg: ModelConfig | str | dict, text_tokens: int | None = None, *,
-                  latent_size: int | None = None) -> dict[str, int]:
+def flops_summary(
+    cfg: ModelConfig | str | dict, text_tokens: int | None = None, *, latent_size: int | None = None
+) -> dict[str, int]:
     """{"params", "forward_macs", "forward_flops" (= 2 MACs), "train_flops_per_image" (= 3 x forward FLOPs)}."""
     cfg = _cfg(cfg, latent_size)
     macs = forward_macs(cfg, text_tokens)
@@ -161,8 +163,9 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
 
 
-def example_inputs(cfg: ModelConfig, batch_size: int = 1, text_tokens: int | None = None,
-                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def example_inputs(
+    cfg: ModelConfig, batch_size: int = 1, text_tokens: int | None = None, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Random forward inputs for a config (keyword arguments of model.forward)."""
     s = cfg.input_size
     inputs: dict[str, Any] = {

@@ -314,8 +314,14 @@ def hybrid_loss_terms(
     chain = _chain(cfg)
     steps = chain.num_steps
     batch = x0.shape[0]
-    u = sample_u(batch, kind=cfg.t_sampler, generator=generator, logit_mean=cfg.logit_mean,
-                 logit_std=cfg.logit_std, shift=cfg.time_shift)  # [B] float64
+    u = sample_u(
+        batch,
+        kind=cfg.t_sampler,
+        generator=generator,
+        logit_mean=cfg.logit_mean,
+        logit_std=cfg.logit_std,
+        shift=cfg.time_shift,
+    )  # [B] float64
     i = (torch.floor(u * steps).long() + 1).clamp(1, steps).to(x0.device)  # [B] chain step
     t = chain.t.to(x0.device)[i].to(x0.dtype)  # [B] process time of step i
     eps = _randn(x0.shape, generator, x0)  # [B, C, H, W]

@@ -5,6 +5,7 @@
 resize so the short side equals the target, then a center crop. Matching it exactly matters because FID
 reference statistics are computed on images prepared this way.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -77,7 +78,7 @@ def center_crop_arr(pil_image: Image.Image | np.ndarray, image_size: int) -> np.
     arr = np.array(pil_image)
     crop_y = (arr.shape[0] - image_size) // 2
     crop_x = (arr.shape[1] - image_size) // 2
-    return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
+    return arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size]
 
 
 def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -78,9 +78,7 @@ class DDPMChain:
         return self.alpha_bar.numel() - 1
 
     @classmethod
-    def from_process(
-        cls, process: str | Process, num_steps: int = 1000, max_beta: float = MAX_BETA
-    ) -> DDPMChain:
+    def from_process(cls, process: str | Process, num_steps: int = 1000, max_beta: float = MAX_BETA) -> DDPMChain:
         """The chain of `num_steps` equal steps in t of a VP process (module docstring)."""
         proc = build_process(process)
         if proc.name not in VP_PROCESS_NAMES:
@@ -137,9 +135,7 @@ class DDPMChain:
         raise ValueError(f"unknown fixed variance {variance!r}; expected 'fixed-small' or 'fixed-large'")
 
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 

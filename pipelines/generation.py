@@ -9,6 +9,7 @@ sampler (ddpm, ddim with eta > 0, sde ...) draws its per-step noise from a secon
 Callers choose the per-image seeds: the service and `ditscale sample` use `seed + i`, evaluation
 `eval_seed * 1_000_003 + i` (jobs/evaluation).
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,8 +73,14 @@ class GenerationError(ValueError):
 class GenerationPipeline:
     """A loaded checkpoint with everything needed to draw images from it; build with `from_checkpoint`."""
 
-    def __init__(self, checkpoint_uri: str, *, device: str | torch.device | None = None, use_ema: bool = True,
-                 text_encoder: bool = True) -> None:
+    def __init__(
+        self,
+        checkpoint_uri: str,
+        *,
+        device: str | torch.device | None = None,
+        use_ema: bool = True,
+        text_encoder: bool = True,
+    ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.checkpoint_uri = str(checkpoint_uri)
         ckpt = load_checkpoint(storage.local_copy(self.checkpoint_uri), use_ema=use_ema, device=str(self.device))
@@ -119,9 +126,11 @@ class GenerationPipeline:
 
     def _load_vae(self, data: dict) -> Any:
         if self.manifest is None or not self.manifest.vae.path:
-            raise GenerationError(f"{self.checkpoint_uri}: a latent model ({self.latent_shape[0]} channels) but its "
-                                  f"data manifest ({self.manifest_uri or 'none in config.json data.manifest'}) names "
-                                  "no VAE to decode latents")
+            raise GenerationError(
+                f"{self.checkpoint_uri}: a latent model ({self.latent_shape[0]} channels) but its "
+                f"data manifest ({self.manifest_uri or 'none in config.json data.manifest'}) names "
+                "no VAE to decode latents"
+            )
         rec = self.manifest.vae
         self.scaling_factor = float(data.get("scaling_factor", rec.scaling_factor))
         self.shift_factor = float(data.get("shift_factor", rec.shift_factor) or 0.0)
@@ -135,11 +144,16 @@ class GenerationPipeline:
         from pipelines.encoders.text import load_text_encoder
 
         if self.manifest is None or self.manifest.text is None:
-            raise GenerationError(f"{self.checkpoint_uri}: a text-conditioned model but its data manifest has no text "
-                                  "encoder record")
+            raise GenerationError(
+                f"{self.checkpoint_uri}: a text-conditioned model but its data manifest has no text encoder record"
+            )
         rec = self.manifest.text
-        spec = {"encoder": rec.encoder, "max_length": rec.max_length, "subfolder": rec.subfolder,
-                "revision": rec.revision}
+        spec = {
+            "encoder": rec.encoder,
+            "max_length": rec.max_length,
+            "subfolder": rec.subfolder,
+            "revision": rec.revision,
+        }
         # Default (auto) dtype, as in precompute, so prompts embed the way the training captions did.
         self.text_encoder = load_text_encoder(spec, device=self.device, require_safetensors=True)
 
@@ -170,8 +184,10 @@ class GenerationPipeline:
             n = self.text_encoder.token_counts([prompt])[0]
             if n > self.text_encoder.max_length:
                 # The model was trained on max_length tokens; a silently truncated prompt would draw something else.
-                raise GenerationError(f"prompt: {n} tokens, longer than the text encoder's window of "
-                                      f"{self.text_encoder.max_length} tokens; shorten it")
+                raise GenerationError(
+                    f"prompt: {n} tokens, longer than the text encoder's window of "
+                    f"{self.text_encoder.max_length} tokens; shorten it"
+                )
             with torch.inference_mode():
                 out = self.text_encoder.encode([prompt])
             hit = {k: torch.as_tensor(np.asarray(v))[0] for k, v in out.items()}
@@ -181,8 +197,9 @@ class GenerationPipeline:
             self._text_cache[prompt] = hit
         return hit
 
-    def prompt_conditions(self, prompts: Sequence[str],
-                          negative_prompts: Sequence[str | None] | None = None) -> tuple[dict, dict]:
+    def prompt_conditions(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str | None] | None = None
+    ) -> tuple[dict, dict]:
         """(cond, uncond) for prompts; uncond is each negative prompt, else the data set's null embedding."""
         conds = [self.encode_prompt(p) for p in prompts]
         null = self.null_text if self.null_text is not None else self.encode_prompt("")
@@ -204,8 +221,13 @@ class GenerationPipeline:
     # ---- generation -----------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def latents(self, cond: dict[str, torch.Tensor], seeds: Sequence[int], settings: SamplerSettings,
-                uncond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def latents(
+        self,
+        cond: dict[str, torch.Tensor],
+        seeds: Sequence[int],
+        settings: SamplerSettings,
+        uncond: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Model-space samples [B,C,h,w] for per-image `cond` rows and `seeds` (see the module's seeding rule)."""
         n = len(seeds)
         if any(v.shape[0] != n for v in cond.values()):
@@ -216,10 +238,21 @@ class GenerationPipeline:
         if guided and uncond is None:
             uncond = self.null_conditions(n)
         to_dev = lambda c: {k: v.to(self.device) for k, v in c.items()}  # noqa: E731
-        return sample(self.model_fn, noise, process=self.objective.process, prediction=self.prediction,
-                      sampler=settings.sampler, steps=settings.steps, time_grid=settings.time_grid, cond=to_dev(cond),
-                      uncond=to_dev(uncond) if guided else None, guidance=settings.guidance,
-                      guidance_interval=settings.guidance_interval, generators=generators, eta=settings.eta)
+        return sample(
+            self.model_fn,
+            noise,
+            process=self.objective.process,
+            prediction=self.prediction,
+            sampler=settings.sampler,
+            steps=settings.steps,
+            time_grid=settings.time_grid,
+            cond=to_dev(cond),
+            uncond=to_dev(uncond) if guided else None,
+            guidance=settings.guidance,
+            guidance_interval=settings.guidance_interval,
+            generators=generators,
+            eta=settings.eta,
+        )
 
     @torch.inference_mode()
     def decode(self, x0: torch.Tensor) -> np.ndarray:
@@ -233,8 +266,14 @@ class GenerationPipeline:
 
         return np.asarray(decode_to_images(self.vae, x0, self.scaling_factor, self.shift_factor))
 
-    def generate(self, cond: dict[str, torch.Tensor], seeds: Sequence[int], settings: SamplerSettings,
-                 uncond: dict[str, torch.Tensor] | None = None, batch_size: int | None = None) -> np.ndarray:
+    def generate(
+        self,
+        cond: dict[str, torch.Tensor],
+        seeds: Sequence[int],
+        settings: SamplerSettings,
+        uncond: dict[str, torch.Tensor] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
         """uint8 images [B,H,W,3] for per-image conditions and seeds, sampled `batch_size` at a time."""
         seeds = [int(s) for s in seeds]
         step = batch_size or max(1, len(seeds))
@@ -251,8 +290,13 @@ class GenerationPipeline:
         cond, uncond = self.label_conditions(labels)
         return self.generate(cond, seeds, settings, uncond)
 
-    def generate_prompts(self, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings,
-                         negative_prompts: Sequence[str | None] | None = None) -> np.ndarray:
+    def generate_prompts(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: SamplerSettings,
+        negative_prompts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
         """Images for text prompts (one per seed)."""
         cond, uncond = self.prompt_conditions(prompts, negative_prompts)
         return self.generate(cond, seeds, settings, uncond)
@@ -266,5 +310,5 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
     for i, img in enumerate(images):
         r, col = divmod(i, cols)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
     return grid

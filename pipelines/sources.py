@@ -11,6 +11,7 @@ for bad data: an unreadable file becomes a row whose `error` column says why, so
 (`pipelines.storage.get_fs`), so local paths and s3:// behave the same; the filesystem object is
 pickled into the Ray tasks, which therefore do not depend on the workers' environment.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -116,7 +117,7 @@ def _list_files(uri: str) -> list[str]:
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _shuffled(items: list, cfg: SourceConfig) -> list:
@@ -163,11 +164,18 @@ def _plan_builtin(cfg: SourceConfig, image_size: int) -> SourcePlan:
     # Validate the spec once here so a bad size fails before any Ray work.
     if not builtin.MIN_IMAGE_SIZE <= image_size <= builtin.MAX_IMAGE_SIZE:
         raise SourceError(
-            f"image_size={image_size}: the built-in set renders {builtin.MIN_IMAGE_SIZE}..{builtin.MAX_IMAGE_SIZE} px")
+            f"image_size={image_size}: the built-in set renders {builtin.MIN_IMAGE_SIZE}..{builtin.MAX_IMAGE_SIZE} px"
+        )
     spec = {"image_size": image_size, "max_objects": cfg.max_objects, "seed": cfg.seed}
     shards = [
-        {"shard": i, "kind": "builtin", "start": start, "stop": min(start + cfg.shard_size, count),
-         "count": min(start + cfg.shard_size, count) - start, "spec": spec}
+        {
+            "shard": i,
+            "kind": "builtin",
+            "start": start,
+            "stop": min(start + cfg.shard_size, count),
+            "count": min(start + cfg.shard_size, count) - start,
+            "spec": spec,
+        }
         for i, start in enumerate(range(0, count, cfg.shard_size))
     ]
     return SourcePlan(
@@ -204,8 +212,12 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
     shards = _apply_limit(shards, cfg.limit, "files")
     return SourcePlan(
         shards=shards,
-        description={"kind": "folder", "path": cfg.path, "files": sum(s["count"] for s in shards),
-                     "caption_extension": cap_ext},
+        description={
+            "kind": "folder",
+            "path": cfg.path,
+            "files": sum(s["count"] for s in shards),
+            "caption_extension": cap_ext,
+        },
         classes=classes,
         num_classes=len(classes) if classes else None,
         has_labels=bool(classes),
@@ -239,13 +251,31 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
             group.append(rg)
             rows += n
             if rows >= cfg.shard_size:
-                shards.append({"shard": len(shards), "kind": "parquet", "root": cfg.path, "file": rel,
-                               "row_groups": group, "first_row": first_row, "count": rows})
+                shards.append(
+                    {
+                        "shard": len(shards),
+                        "kind": "parquet",
+                        "root": cfg.path,
+                        "file": rel,
+                        "row_groups": group,
+                        "first_row": first_row,
+                        "count": rows,
+                    }
+                )
                 first_row += rows
                 group, rows = [], 0
         if group:
-            shards.append({"shard": len(shards), "kind": "parquet", "root": cfg.path, "file": rel,
-                           "row_groups": group, "first_row": first_row, "count": rows})
+            shards.append(
+                {
+                    "shard": len(shards),
+                    "kind": "parquet",
+                    "root": cfg.path,
+                    "file": rel,
+                    "row_groups": group,
+                    "first_row": first_row,
+                    "count": rows,
+                }
+            )
     shards = [dict(s, shard=i) for i, s in enumerate(_shuffled(shards, cfg))]
     if cfg.limit is not None:
         out, left = [], cfg.limit
@@ -259,8 +289,14 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
         shards = out
     return SourcePlan(
         shards=shards,
-        description={"kind": "parquet", "path": cfg.path, "files": len(rels), "image_column": cfg.image_column,
-                     "caption_column": cfg.caption_column, "label_column": cfg.label_column},
+        description={
+            "kind": "parquet",
+            "path": cfg.path,
+            "files": len(rels),
+            "image_column": cfg.image_column,
+            "caption_column": cfg.caption_column,
+            "label_column": cfg.label_column,
+        },
         has_labels=has_labels,
     )
 
@@ -271,8 +307,10 @@ def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
     if not rels:
         raise SourceError(f"no .tar files under {cfg.path}")
     # The sample count of a tar is only known once it is read, so a WebDataset shard is one tar file.
-    shards = [{"shard": i, "kind": "webdataset", "root": cfg.path, "file": rel, "count": None}
-              for i, rel in enumerate(_shuffled(rels, cfg))]
+    shards = [
+        {"shard": i, "kind": "webdataset", "root": cfg.path, "file": rel, "count": None}
+        for i, rel in enumerate(_shuffled(rels, cfg))
+    ]
     return SourcePlan(
         shards=shards,
         description={"kind": "webdataset", "path": cfg.path, "tars": len(rels)},
@@ -281,6 +319,7 @@ def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
 
 
 # ----------------------------------------------------------------------------- reading (inside Ray tasks)
+
 
 def _rows(desc: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Column batch for one shard; `shard_total` lets the driver know when a shard is complete."""
@@ -299,8 +338,9 @@ def _rows(desc: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, np.n
     }
 
 
-def read_shard(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
-               filesystem: pafs.FileSystem | None = None) -> dict[str, np.ndarray]:
+def read_shard(
+    desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None, filesystem: pafs.FileSystem | None = None
+) -> dict[str, np.ndarray]:
     """All rows of one shard: raw image bytes (or rendered pixels for builtin) plus caption/label/error.
 
     `filesystem` is the driver's pyarrow filesystem for the source root (pickled into the task), so S3
@@ -326,8 +366,15 @@ def _read_builtin(desc: dict[str, Any]) -> dict[str, np.ndarray]:
     spec = BuiltinSpec(**desc["spec"])
     batch = render_batch(desc["start"], desc["stop"], spec)
     n = len(batch["id"])
-    records = [{"id": str(batch["id"][i]), "source": f"builtin:{desc['start'] + i}", "caption": str(batch["caption"][i]),
-                "label": int(batch["label"][i])} for i in range(n)]
+    records = [
+        {
+            "id": str(batch["id"][i]),
+            "source": f"builtin:{desc['start'] + i}",
+            "caption": str(batch["caption"][i]),
+            "label": int(batch["label"][i]),
+        }
+        for i in range(n)
+    ]
     out = _rows(desc, records)
     out["image"] = batch["image"]  # already [N,S,S,3] uint8 at the target size: no decode needed
     return out
@@ -342,19 +389,23 @@ def _fs(root_uri: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSys
     if filesystem is None:
         return storage.get_fs(root_uri)
     if storage.is_s3(root_uri):
-        return filesystem, root_uri[len("s3://"):].rstrip("/")
+        return filesystem, root_uri[len("s3://") :].rstrip("/")
     return filesystem, storage.get_fs(root_uri)[1]
 
 
-def _read_folder(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
-                 filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+def _read_folder(
+    desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None, filesystem: pafs.FileSystem | None = None
+) -> list[dict[str, Any]]:
     fs, root = _fs(desc["root"], filesystem)
     class_index = {c: i for i, c in enumerate(classes or [])}
     cap_ext = cfg.caption_extension.lower().lstrip(".")
     records = []
     for rel in desc["files"]:
         path = posixpath.join(root, rel) if rel else root
-        rec: dict[str, Any] = {"id": rel or posixpath.basename(root), "source": storage.join(desc["root"], rel) if rel else desc["root"]}
+        rec: dict[str, Any] = {
+            "id": rel or posixpath.basename(root),
+            "source": storage.join(desc["root"], rel) if rel else desc["root"],
+        }
         if "/" in rel and class_index:
             rec["label"] = class_index.get(rel.split("/", 1)[0])
         try:
@@ -395,7 +446,9 @@ def _int_label(value: Any) -> int | None:
     return int(f) if f.is_integer() else None
 
 
-def _read_parquet(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None) -> list[dict[str, Any]]:
+def _read_parquet(
+    desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None
+) -> list[dict[str, Any]]:
     fs, root = _fs(desc["root"], filesystem)
     rel = desc["file"]
     path = root if rel == "" else posixpath.join(root, rel)
@@ -411,7 +464,11 @@ def _read_parquet(desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.File
     records = []
     for i in range(n):
         row = desc["first_row"] + i
-        rid = str(data[cfg.id_column][i]) if cfg.id_column and cfg.id_column in data else f"{rel or posixpath.basename(root)}:{row}"
+        rid = (
+            str(data[cfg.id_column][i])
+            if cfg.id_column and cfg.id_column in data
+            else f"{rel or posixpath.basename(root)}:{row}"
+        )
         rec: dict[str, Any] = {"id": rid, "source": f"{src}#row={row}"}
         try:
             b = _image_bytes(data[cfg.image_column][i]) if cfg.image_column in data else None
@@ -440,8 +497,9 @@ def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: S
     rec: dict[str, Any] = {"id": f"{tar_id}/{key}", "source": f"{src}#{key}"}
     img_ext = next((e for e in image_keys if e in parts), None)
     if img_ext is None:
-        rec["error"] = (f"sample has no image member (looked for {', '.join(image_keys)}; found "
-                        f"{', '.join(sorted(parts))})")
+        rec["error"] = (
+            f"sample has no image member (looked for {', '.join(image_keys)}; found {', '.join(sorted(parts))})"
+        )
     else:
         rec["data"] = parts[img_ext]
     if cfg.caption_key in parts:
@@ -454,8 +512,9 @@ def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: S
     return rec
 
 
-def iter_webdataset(desc: dict[str, Any], cfg: SourceConfig,
-                    filesystem: pafs.FileSystem | None = None) -> Iterator[dict[str, Any]]:
+def iter_webdataset(
+    desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None
+) -> Iterator[dict[str, Any]]:
     """The samples of one tar, streamed member by member (the tar is never held in memory whole).
 
     WebDataset keeps a sample's members contiguous, so a sample is complete when the key changes. A tar that breaks
@@ -482,15 +541,23 @@ def iter_webdataset(desc: dict[str, Any], cfg: SourceConfig,
                 f = tf.extractfile(member)
                 parts[base.split(".", 1)[1].lower()] = f.read() if f is not None else b""
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt tar: the samples read so far stand
-        yield {"id": f"{tar_id}/<unread after {n} samples>", "source": src,
-               "error": f"unreadable or truncated tar: the members after sample {n} could not be read: {exc}"}
+        yield {
+            "id": f"{tar_id}/<unread after {n} samples>",
+            "source": src,
+            "error": f"unreadable or truncated tar: the members after sample {n} could not be read: {exc}",
+        }
         return
     if key is not None:
         yield _wds_record(tar_id, src, key, parts, cfg)
 
 
-def iter_shard_chunks(desc: dict[str, Any], cfg: SourceConfig, classes: list[str] | None,
-                      filesystem: pafs.FileSystem | None, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
+def iter_shard_chunks(
+    desc: dict[str, Any],
+    cfg: SourceConfig,
+    classes: list[str] | None,
+    filesystem: pafs.FileSystem | None,
+    chunk_rows: int,
+) -> Iterator[dict[str, np.ndarray]]:
     """The rows of one shard in chunks of at most `chunk_rows` (order / shard_total set; -1 until the last chunk).
 
     A WebDataset tar is streamed, so only one chunk of its samples is in memory at a time; other kinds are read
@@ -502,7 +569,7 @@ def iter_shard_chunks(desc: dict[str, Any], cfg: SourceConfig, classes: list[str
         full = read_shard(desc, cfg, classes, filesystem)
         n = len(full["id"])
         for start in range(0, max(n, 1), chunk_rows):
-            chunk = {k: v[start:start + chunk_rows] for k, v in full.items()}
+            chunk = {k: v[start : start + chunk_rows] for k, v in full.items()}
             chunk["order"] = np.arange(start, start + len(chunk["id"]), dtype=np.int64)
             chunk["shard_total"] = np.full(len(chunk["id"]), n if start + chunk_rows >= n else -1, dtype=np.int64)
             yield chunk

@@ -10,6 +10,7 @@ before calling the builder. `make_app(args, deployments)` also applies per-deplo
 config file's `deployments:` entries), for `ditscale serve`, tests and benchmarks. Weights load only through
 safetensors; no request field is ever used as a path.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,7 +26,8 @@ from serve.sampler import SAMPLER_NAME, Sampler
 
 # Keys a config file's `deployments:` entry may set, i.e. the keyword options of Deployment.options().
 _DEPLOYMENT_OPTION_KEYS = {
-    p for p in inspect.signature(serve.Deployment.options).parameters
+    p
+    for p in inspect.signature(serve.Deployment.options).parameters
     if p not in ("self", "func_or_class", "version") and not p.startswith("_")
 }
 
@@ -39,8 +41,9 @@ def app_args(args: AppArgs | dict | None) -> AppArgs:
     try:
         return AppArgs.model_validate(dict(args or {}))
     except ValidationError as exc:
-        raise ConfigError("; ".join(f"args.{'.'.join(str(x) for x in e['loc']) or 'args'}: {e['msg']}"
-                                    for e in exc.errors())) from None
+        raise ConfigError(
+            "; ".join(f"args.{'.'.join(str(x) for x in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors())
+        ) from None
 
 
 def check_deployments(deployments: dict[str, dict] | None) -> dict[str, dict]:

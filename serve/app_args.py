@@ -4,6 +4,7 @@ Ray Serve validates an application's `args` mapping into this model before calli
 (`serve.app:build_app(args: AppArgs)`), so `serve run serve/config.yaml`, `serve run serve.app:build_app
 champion=true` and `ditscale serve` all get the same checks and coercions, and a bad key is named.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -1,4 +1,5 @@
 """Optional bearer-token auth: the token comes from an environment variable named in the config."""
+
 from __future__ import annotations
 
 import hmac
@@ -23,7 +24,10 @@ class BearerAuth:
         """Auth reading the token from `$env_name`; `required` fails closed when the variable is unset."""
         token = os.environ.get(env_name, "") if env_name else ""
         if required and not token:
-            raise ValueError(f"auth.required is true but the environment variable {env_name!r} that holds the API token is unset or empty")
+            raise ValueError(
+                f"auth.required is true but the environment variable {env_name!r} that holds the API "
+                f"token is unset or empty"
+            )
         return cls(token or None)
 
     @property

@@ -6,6 +6,7 @@ each group is cut so one forward pass holds at most `max_batch_images` images (a
 16, not 1). Every image owns its own seeds (pipelines.generation), so a request returns the same images alone
 or batched.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

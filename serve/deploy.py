@@ -6,6 +6,7 @@ non-loopback host needs a bearer token (the env var the Ingress reads) unless th
 `auth_disabled: true`. `deploy(plan)` runs it on the Ray cluster this process is connected to and returns its
 URL once /healthz answers. `ditscale serve` and the quickstart both go through these two functions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -96,16 +97,27 @@ def _fail_closed(deployments: dict[str, dict], host: str) -> None:
         return
     env = settings.auth_token_env or DEFAULT_TOKEN_ENV
     if not os.environ.get(env):
-        raise ConfigError(f"host {host!r} is reachable from other machines but ${env} (the bearer token clients must "
-                          f"send) is unset: export it, or set {INGRESS_NAME}.user_config.auth_disabled=true to serve "
-                          "without authentication")
+        raise ConfigError(
+            f"host {host!r} is reachable from other machines but ${env} (the bearer token clients must "
+            f"send) is unset: export it, or set {INGRESS_NAME}.user_config.auth_disabled=true to serve "
+            "without authentication"
+        )
     ingress["user_config"] = {**(ingress.get("user_config") or {}), "auth_token_env": env, "auth_required": True}
 
 
-def plan_deployment(config: str | Path = DEFAULT_CONFIG, *, app_name: str | None = None,
-                    checkpoint: str | None = None, champion: bool = False, model_name: str | None = None,
-                    tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                    overrides: dict[str, dict] | None = None, working_dir: str | None = None) -> DeploymentPlan:
+def plan_deployment(
+    config: str | Path = DEFAULT_CONFIG,
+    *,
+    app_name: str | None = None,
+    checkpoint: str | None = None,
+    champion: bool = False,
+    model_name: str | None = None,
+    tracking_uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    overrides: dict[str, dict] | None = None,
+    working_dir: str | None = None,
+) -> DeploymentPlan:
     """The deployment plan of application `app_name` of `config` with the given choices applied (see module doc)."""
     raw, app = load_app_config(config, app_name)
     args = dict(app.get("args") or {})
@@ -117,18 +129,23 @@ def plan_deployment(config: str | Path = DEFAULT_CONFIG, *, app_name: str | None
         if value:
             args[key] = value
     _resolve_tracking_uri(args)
-    deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"}
-                   for d in copy.deepcopy(app.get("deployments") or [])}
+    deployments = {
+        d["name"]: {k: v for k, v in d.items() if k != "name"} for d in copy.deepcopy(app.get("deployments") or [])
+    }
     deployments = check_deployments(merge(deployments, overrides))
     _fail_closed(deployments, host)
     runtime_env = dict(app.get("runtime_env") or {})
     if working_dir:
         runtime_env["working_dir"] = os.path.abspath(working_dir)
         runtime_env.setdefault("excludes", [".venv", ".git", "*.egg-info", "__pycache__", "runs", "mlruns", "*.db"])
-    return DeploymentPlan(args=app_args(args), deployments=deployments,
-                          http_options={**(raw.get("http_options") or {}), "host": host, "port": port},
-                          runtime_env=runtime_env, name=app.get("name") or "ditscale",
-                          route_prefix=app.get("route_prefix") or "/")
+    return DeploymentPlan(
+        args=app_args(args),
+        deployments=deployments,
+        http_options={**(raw.get("http_options") or {}), "host": host, "port": port},
+        runtime_env=runtime_env,
+        name=app.get("name") or "ditscale",
+        route_prefix=app.get("route_prefix") or "/",
+    )
 
 
 def fit_resources(plan: DeploymentPlan, num_gpus: float | None = None) -> None:
@@ -162,8 +179,13 @@ def wait_healthy(url: str, timeout: float, alive: Any = None) -> None:
     raise NotReadyError(f"{url}/healthz did not answer within {timeout:.0f}s ({last})")
 
 
-def deploy(plan: DeploymentPlan, *, num_gpus: float | None = None, ready_timeout: float = 300.0,
-           logging_config: dict | None = None) -> str:
+def deploy(
+    plan: DeploymentPlan,
+    *,
+    num_gpus: float | None = None,
+    ready_timeout: float = 300.0,
+    logging_config: dict | None = None,
+) -> str:
     """Run the planned app on the connected Ray cluster; its URL once /healthz answers (NotReadyError otherwise).
 
     Starts Serve with the plan's HTTP options (a Serve already running keeps its own); `logging_config` (Serve's
@@ -173,7 +195,11 @@ def deploy(plan: DeploymentPlan, *, num_gpus: float | None = None, ready_timeout
 
     fit_resources(plan, num_gpus)
     serve.start(http_options=plan.http_options, logging_config=logging_config)
-    serve.run(make_app(plan.args, plan.deployments), name=plan.name, route_prefix=plan.route_prefix,
-              logging_config=logging_config)
+    serve.run(
+        make_app(plan.args, plan.deployments),
+        name=plan.name,
+        route_prefix=plan.route_prefix,
+        logging_config=logging_config,
+    )
     wait_healthy(plan.url, ready_timeout)
     return plan.url

@@ -54,8 +54,13 @@ class IngressSettings:
 _BODY_LIMIT = {"max_body_bytes": DEFAULT_MAX_BODY_BYTES}
 
 
-def _error(status: int, error: str, detail: list[FieldError] | None = None, headers: dict | None = None,
-           request_id: str | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    error: str,
+    detail: list[FieldError] | None = None,
+    headers: dict | None = None,
+    request_id: str | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=error, detail=detail or [], request_id=request_id).model_dump(exclude_none=True)
     return JSONResponse(status_code=status, content=body, headers=headers)
 
@@ -72,12 +77,19 @@ class BodySizeLimit:
             return
         limit = int(_BODY_LIMIT["max_body_bytes"])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        too_big = _error(413, "request body too large",
-                         [FieldError(field="body", message=f"body: larger than the limit of {limit} bytes")])
+        too_big = _error(
+            413,
+            "request body too large",
+            [FieldError(field="body", message=f"body: larger than the limit of {limit} bytes")],
+        )
         length = headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
-                await _error(400, "invalid Content-Length", [FieldError(field="Content-Length", message="Content-Length: not an integer")])(scope, receive, send)
+                await _error(
+                    400,
+                    "invalid Content-Length",
+                    [FieldError(field="Content-Length", message="Content-Length: not an integer")],
+                )(scope, receive, send)
                 return
             if int(length) > limit:
                 await too_big(scope, receive, send)
@@ -160,10 +172,16 @@ class Ingress:
 
     def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> JSONResponse | None:
         try:
-            self.auth.check(credentials.scheme if credentials else None, credentials.credentials if credentials else None)
+            self.auth.check(
+                credentials.scheme if credentials else None, credentials.credentials if credentials else None
+            )
         except AuthError as exc:
-            return _error(401, str(exc), [FieldError(field="Authorization", message=f"Authorization: {exc}")],
-                          headers={"WWW-Authenticate": "Bearer"})
+            return _error(
+                401,
+                str(exc),
+                [FieldError(field="Authorization", message=f"Authorization: {exc}")],
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return None
 
     @api.get("/healthz", response_model=Health, summary="Liveness (never needs auth)")
@@ -171,8 +189,12 @@ class Ingress:
         """Liveness of the HTTP front; open even when auth is on."""
         return Health()
 
-    @api.get("/v1/model", response_model=ModelInfo, responses={k: _ERRORS[k] for k in (401, 503)},
-             summary="The served checkpoint: config, parameters, FLOPs, FID, training compute")
+    @api.get(
+        "/v1/model",
+        response_model=ModelInfo,
+        responses={k: _ERRORS[k] for k in (401, 503)},
+        summary="The served checkpoint: config, parameters, FLOPs, FID, training compute",
+    )
     async def model_info(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Any:
         """Describe the served model."""
         if (denied := self._authorize(credentials)) is not None:
@@ -188,14 +210,20 @@ class Ingress:
         summary="Generate images",
         responses={
             200: {
-                "description": "One PNG (format=png, num_images=1; settings in X-Ditscale-* headers) or JSON with base64 PNGs.",
-                "content": {"image/png": {}, "application/json": {"schema": {"$ref": "#/components/schemas/GenerateResponse"}}},
+                "description": "One PNG (format=png, num_images=1; settings in X-Ditscale-* headers) or "
+                "JSON with base64 PNGs.",
+                "content": {
+                    "image/png": {},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/GenerateResponse"}},
+                },
             },
             **_ERRORS,
         },
         response_model=GenerateResponse,
     )
-    async def generate(self, body: GenerateRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Any:
+    async def generate(
+        self, body: GenerateRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> Any:
         """Sample images for a prompt or class label; the response states the seeds and settings used."""
         if (denied := self._authorize(credentials)) is not None:
             return denied
@@ -212,8 +240,12 @@ class Ingress:
             return _error(422, "invalid request", [FieldError(**result["error"])])
         if "internal_error" in result:
             # The sampler logged the exception under this id; its text stays server-side.
-            return _error(500, "internal error: generation failed; quote the request id when reporting it",
-                          headers={"X-Request-Id": request_id}, request_id=request_id)
+            return _error(
+                500,
+                "internal error: generation failed; quote the request id when reporting it",
+                headers={"X-Request-Id": request_id},
+                request_id=request_id,
+            )
         settings = Settings(**result["settings"])
         pngs: list[bytes] = result["images"]
         if body.format == "png" and len(pngs) == 1:
@@ -232,8 +264,10 @@ class Ingress:
             headers["X-Request-Id"] = request_id
             return Response(content=pngs[0], media_type="image/png", headers=headers)
         response = GenerateResponse(
-            images=[GeneratedImage(seed=seed, png_base64=base64.b64encode(p).decode("ascii"))
-                    for seed, p in zip(settings.seeds, pngs)],
+            images=[
+                GeneratedImage(seed=seed, png_base64=base64.b64encode(p).decode("ascii"))
+                for seed, p in zip(settings.seeds, pngs)
+            ],
             seeds=settings.seeds,
             settings=settings,
         )

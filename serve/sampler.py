@@ -5,6 +5,7 @@ pipeline `ditscale sample` and evaluation use, so a served image equals theirs f
 Failures never leak exception text to clients: the replica logs the exception with the request id and the
 ingress answers 500 with that id only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,27 +66,34 @@ def model_info(pipe: Any, registry: dict | None) -> dict:
 
     text_tokens = pipe.manifest.text.max_length if pipe.manifest is not None and pipe.manifest.text else None
     try:
-        flops = dict(flops_summary(pipe.model.config, text_tokens=text_tokens) if text_tokens
-                     else flops_summary(pipe.model.config))
+        flops = dict(
+            flops_summary(pipe.model.config, text_tokens=text_tokens)
+            if text_tokens
+            else flops_summary(pipe.model.config)
+        )
     except Exception as exc:  # noqa: BLE001 - FLOPs are informative only; never block serving on them
         logger.warning("flops_summary failed: %s", exc)
         flops = {}
     reg = registry or {}
     tags = reg.get("tags") if isinstance(reg.get("tags"), dict) else {}
     return {
-        "checkpoint": pipe.checkpoint_uri, "conditioning": pipe.conditioning, "num_classes": pipe.num_classes,
-        "image_size": pipe.image_size, "config": pipe.config,
+        "checkpoint": pipe.checkpoint_uri,
+        "conditioning": pipe.conditioning,
+        "num_classes": pipe.num_classes,
+        "image_size": pipe.image_size,
+        "config": pipe.config,
         "params": int(flops.get("params") or sum(p.numel() for p in pipe.model.parameters())),
         "flops": flops or None,
         "fid": _first_number((reg, ("fid",)), (tags, ("fid",)), (pipe.state, ("fid", "best_fid"))),
-        "train_flops": _first_number((reg, ("train_flops",)), (tags, ("train_flops",)),
-                                     (pipe.state, ("train_flops", "flops"))),
-        "state": pipe.state, "registry": json.loads(json.dumps(registry, default=str)) if registry else None,
+        "train_flops": _first_number(
+            (reg, ("train_flops",)), (tags, ("train_flops",)), (pipe.state, ("train_flops", "flops"))
+        ),
+        "state": pipe.state,
+        "registry": json.loads(json.dumps(registry, default=str)) if registry else None,
     }
 
 
-@serve.deployment(name=SAMPLER_NAME, max_ongoing_requests=32, max_queued_requests=64,
-                  ray_actor_options={"num_cpus": 1})
+@serve.deployment(name=SAMPLER_NAME, max_ongoing_requests=32, max_queued_requests=64, ray_actor_options={"num_cpus": 1})
 class Sampler:
     """Holds the pipeline; groups concurrent requests into batched sampler calls with @serve.batch."""
 
@@ -98,8 +106,13 @@ class Sampler:
         self.pipe = GenerationPipeline.from_checkpoint(checkpoint, device=self.args.device, use_ema=self.args.use_ema)
         self.config = SamplerUserConfig()
         self._apply_batching()
-        logger.info("Sampler loaded %s (%s) in %.1fs on %s", checkpoint, self.pipe.conditioning,
-                    time.monotonic() - t0, self.pipe.device)
+        logger.info(
+            "Sampler loaded %s (%s) in %.1fs on %s",
+            checkpoint,
+            self.pipe.conditioning,
+            time.monotonic() - t0,
+            self.pipe.device,
+        )
 
     def reconfigure(self, config: dict) -> None:
         """Apply user_config: default steps/sampler/guidance and batching limits, without reloading the model."""
@@ -113,10 +126,17 @@ class Sampler:
     async def info(self) -> dict:
         """Model description for GET /v1/model, with the current defaults."""
         c = self.config
-        return {**model_info(self.pipe, self.registry),
-                "defaults": {"steps": c.default_steps, "sampler": c.default_sampler, "guidance": c.default_guidance,
-                             "max_batch_size": c.max_batch_size, "max_batch_images": c.max_batch_images,
-                             "batch_wait_timeout_s": c.batch_wait_timeout_s}}
+        return {
+            **model_info(self.pipe, self.registry),
+            "defaults": {
+                "steps": c.default_steps,
+                "sampler": c.default_sampler,
+                "guidance": c.default_guidance,
+                "max_batch_size": c.max_batch_size,
+                "max_batch_images": c.max_batch_images,
+                "batch_wait_timeout_s": c.batch_wait_timeout_s,
+            },
+        }
 
     def check(self, req: dict) -> dict | None:
         """{"field", "message"} when the request does not fit this model (prompt vs label, range, length)."""
@@ -133,8 +153,11 @@ class Sampler:
                     return {"field": key, "message": f"{key}: this model is class-conditioned; send 'label' instead"}
             label = req.get("label")
             if label is None or not 0 <= int(label) < int(self.pipe.num_classes):
-                return {"field": "label", "message": f"label: {'required' if label is None else label} - this "
-                        f"class-conditioned model takes a label in [0, {self.pipe.num_classes})"}
+                return {
+                    "field": "label",
+                    "message": f"label: {'required' if label is None else label} - this "
+                    f"class-conditioned model takes a label in [0, {self.pipe.num_classes})",
+                }
             return None
         for key in ("prompt", "negative_prompt"):
             if req.get(key):
@@ -152,19 +175,34 @@ class Sampler:
         c = self.config
         seed = req.get("seed")
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else int(seed)
-        job = SampleJob(steps=int(req.get("steps") or c.default_steps), sampler=req.get("sampler") or c.default_sampler,
-                        guidance=float(req["guidance"] if req.get("guidance") is not None else c.default_guidance),
-                        seeds=[seed + i for i in range(int(req.get("num_images") or 1))],
-                        request_id=str(req.get("request_id") or ""), label=req.get("label"), prompt=req.get("prompt"),
-                        negative_prompt=req.get("negative_prompt") or None)
+        job = SampleJob(
+            steps=int(req.get("steps") or c.default_steps),
+            sampler=req.get("sampler") or c.default_sampler,
+            guidance=float(req["guidance"] if req.get("guidance") is not None else c.default_guidance),
+            seeds=[seed + i for i in range(int(req.get("num_images") or 1))],
+            request_id=str(req.get("request_id") or ""),
+            label=req.get("label"),
+            prompt=req.get("prompt"),
+            negative_prompt=req.get("negative_prompt") or None,
+        )
         result = await self._batched(job)
         if "internal_error" in result:
             return result
-        settings = {"steps": job.steps, "sampler": job.sampler, "guidance": job.guidance, "seed": job.seeds[0],
-                    "seeds": job.seeds, "num_images": job.num_images, "prompt": job.prompt,
-                    "negative_prompt": job.negative_prompt, "label": job.label, "height": self.pipe.image_size,
-                    "width": self.pipe.image_size, "batch_images": result["batch_images"],
-                    "checkpoint": self.pipe.checkpoint_uri}
+        settings = {
+            "steps": job.steps,
+            "sampler": job.sampler,
+            "guidance": job.guidance,
+            "seed": job.seeds[0],
+            "seeds": job.seeds,
+            "num_images": job.num_images,
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "label": job.label,
+            "height": self.pipe.image_size,
+            "width": self.pipe.image_size,
+            "batch_images": result["batch_images"],
+            "checkpoint": self.pipe.checkpoint_uri,
+        }
         return {"images": result["images"], "settings": settings}
 
     def run_group(self, jobs: list[SampleJob]) -> list[list[bytes]]:
@@ -177,8 +215,12 @@ class Sampler:
         if self.pipe.conditioning == "class":
             images = self.pipe.generate_labels([j.label for j in jobs for _ in j.seeds], seeds, settings)
         else:
-            images = self.pipe.generate_prompts([j.prompt for j in jobs for _ in j.seeds], seeds, settings,
-                                                [j.negative_prompt for j in jobs for _ in j.seeds])
+            images = self.pipe.generate_prompts(
+                [j.prompt for j in jobs for _ in j.seeds],
+                seeds,
+                settings,
+                [j.negative_prompt for j in jobs for _ in j.seeds],
+            )
         out, i = [], 0
         for j in jobs:
             out.append([png_bytes(images[k]) for k in range(i, i + j.num_images)])

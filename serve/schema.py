@@ -5,6 +5,7 @@ seed or an unknown field is a 422 that names the field, never a silent coercion.
 depend on the loaded model (label < num_classes, prompt vs label) are checked by the sampler
 deployment, which knows the model, and reported the same way (see `FieldError`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -30,16 +31,25 @@ class GenerateRequest(BaseModel):
 
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="Text prompt (text-conditioned models).")
     negative_prompt: str | None = Field(
-        None, max_length=MAX_PROMPT_CHARS,
+        None,
+        max_length=MAX_PROMPT_CHARS,
         description="Prompt to guide away from; empty/omitted uses the dataset's null (empty-prompt) embedding.",
     )
     label: int | None = Field(None, ge=0, description="Class label in [0, num_classes) (class-conditioned models).")
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Sampler steps (default from the deployment config).")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Sampler steps (default from the deployment config)."
+    )
     sampler: str | None = Field(None, description=f"One of {list(SAMPLERS)} (default from the deployment config).")
-    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale; 1 = no guidance.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random when omitted.")
+    guidance: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale; 1 = no guidance."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random when omitted."
+    )
     num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
-    format: Literal["png", "json"] = Field("png", description="'png': raw PNG bytes when num_images == 1; 'json': base64 PNGs.")
+    format: Literal["png", "json"] = Field(
+        "png", description="'png': raw PNG bytes when num_images == 1; 'json': base64 PNGs."
+    )
 
     @field_validator("sampler")
     @classmethod
@@ -93,11 +103,15 @@ class ModelInfo(BaseModel):
     image_size: int
     config: dict[str, Any]
     params: int | None = None
-    flops: dict[str, Any] | None = Field(None, description="Analytic counts: 1 multiply-add = 2 FLOPs; train = 3 x forward.")
+    flops: dict[str, Any] | None = Field(
+        None, description="Analytic counts: 1 multiply-add = 2 FLOPs; train = 3 x forward."
+    )
     fid: float | None = None
     train_flops: float | None = Field(None, description="Training compute consumed by this checkpoint (FLOPs).")
     state: dict[str, Any] = Field(default_factory=dict)
-    registry: dict[str, Any] | None = Field(None, description="MLflow registered model version when served as 'champion'.")
+    registry: dict[str, Any] | None = Field(
+        None, description="MLflow registered model version when served as 'champion'."
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
     samplers: list[str] = Field(default_factory=lambda: list(SAMPLERS))
 

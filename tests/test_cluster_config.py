@@ -1,4 +1,5 @@
 """cluster.yaml is a valid Ray cluster-launcher config (Ray's own JSON schema and checks)."""
+
 from __future__ import annotations
 
 import copy

@@ -10,8 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "ditcore": {"ray", "mlflow", "boto3", "botocore", "yaml", "argparse", "pyarrow", "diffusers", "transformers",
-                "pipelines", "jobs", "serve"},
+    "ditcore": {
+        "ray",
+        "mlflow",
+        "boto3",
+        "botocore",
+        "yaml",
+        "argparse",
+        "pyarrow",
+        "diffusers",
+        "transformers",
+        "pipelines",
+        "jobs",
+        "serve",
+    },
     "pipelines": {"jobs", "serve"},
     "serve": {"jobs"},
 }
@@ -26,9 +38,13 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module.split(".")[0]))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
-            "import_module", "__import__"
-        ) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.lineno, node.args[0].value.split(".")[0]))
     return found
 
@@ -51,8 +67,10 @@ def test_imports_point_down(package):
 
 def test_checker_catches_a_violation(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import os\ndef f():\n    import ray.data\n    from mlflow import log\n"
-                 "    importlib.import_module('yaml')\nfrom . import sibling\n")
+    f.write_text(
+        "import os\ndef f():\n    import ray.data\n    from mlflow import log\n"
+        "    importlib.import_module('yaml')\nfrom . import sibling\n"
+    )
     assert [m for _, m in _imports(f)] == ["os", "ray", "mlflow", "yaml"]
 
 

@@ -10,6 +10,7 @@ Fenced blocks preceded by `<!-- test: NAME -->` are the ones checked here:
   http        every curl body is a valid `POST /v1/generate` request for the service's own schema
 Every relative link of the README must point at a file of the repository.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def _env() -> dict[str, str]:
 def test_relative_links_resolve():
     text = README.read_text()
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
-    missing = [l for l in links if "://" not in l and not (REPO / l).exists()]
+    missing = [lk for lk in links if "://" not in lk and not (REPO / lk).exists()]
     assert not missing, f"README links to files that do not exist: {missing}"
 
 
@@ -86,8 +87,14 @@ def test_override_commands_run(blocks):
 
 def test_submit_lines_resolve_to_their_entrypoints(blocks, monkeypatch, capsys):
     from jobs.cli import main as ditscale
+
     monkeypatch.chdir(REPO)
-    modules = {"precompute": "pipelines.precompute", "sweep": "jobs.sweep", "fit": "jobs.cli fit", "serve": "jobs.cli serve"}
+    modules = {
+        "precompute": "pipelines.precompute",
+        "sweep": "jobs.sweep",
+        "fit": "jobs.cli fit",
+        "serve": "jobs.cli serve",
+    }
     for cmd in blocks["submit"]:
         argv = shlex.split(cmd)
         assert argv[:2] == ["ditscale", "submit"], cmd
@@ -126,8 +133,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     out = tmp_path / "qs"
     argv[argv.index("--out") + 1] = str(out)
     t0 = time.monotonic()
-    proc = subprocess.run([str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
     wall = time.monotonic() - t0
     log = proc.stdout + proc.stderr
     (tmp_path / "quickstart.log").write_text(log)
@@ -138,9 +146,13 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     for section in ("## Scaling law", "## Samples per model", "## Served champion", "## Trials"):
         assert section in report
     # The law with its bootstrap intervals, and the held-out check.
-    assert re.search(r"FID\(C\) = .*C\^-.* with A = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\], beta = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\]",
-                     report), "the fitted law with intervals"
-    assert re.search(r"held-out \(fit without C=[-+.\de]+\): predicted [-+.\de]+, observed [-+.\de]+", report), "held-out check"
+    assert re.search(
+        r"FID\(C\) = .*C\^-.* with A = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\], beta = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\]",
+        report,
+    ), "the fitted law with intervals"
+    assert re.search(r"held-out \(fit without C=[-+.\de]+\): predicted [-+.\de]+, observed [-+.\de]+", report), (
+        "held-out check"
+    )
     # Every image the report shows exists (the scaling plot, one grid per model, the served images).
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(images) >= 1 + 3 + 1
@@ -163,8 +175,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
 
     # A second run reuses every finished stage.
-    proc2 = subprocess.run([str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=300)
+    proc2 = subprocess.run(
+        [str(BIN / "ditscale"), *argv[1:]], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc2.returncode == 0, (proc2.stdout + proc2.stderr)[-4000:]
-    banners = [l for l in proc2.stdout.splitlines() if l.startswith("==> [")]
-    assert banners and all("reused" in l for l in banners), banners
+    banners = [ln for ln in proc2.stdout.splitlines() if ln.startswith("==> [")]
+    assert banners and all("reused" in ln for ln in banners), banners

@@ -1,4 +1,5 @@
 """Data sets that need no files: the built-in synthetic shapes set (see `ditcore.data.builtin`)."""
+
 from ditcore.data.builtin import (
     BACKGROUNDS,
     CLASS_NAMES,
@@ -17,6 +18,18 @@ from ditcore.data.builtin import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "CLASS_NAMES", "COLOURS", "NUM_CLASSES", "POSITIONS", "SHAPES", "SIZES",
-    "BuiltinItem", "BuiltinSpec", "array_to_objects", "caption_for", "objects_to_array", "render", "render_batch",
+    "BACKGROUNDS",
+    "CLASS_NAMES",
+    "COLOURS",
+    "NUM_CLASSES",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "BuiltinItem",
+    "BuiltinSpec",
+    "array_to_objects",
+    "caption_for",
+    "objects_to_array",
+    "render",
+    "render_batch",
 ]

@@ -9,6 +9,7 @@ never two in the same cell. The caption comes from a small grammar
 ("a large red circle at the top left and a small blue square at the bottom right") and the class
 label is the (shape, colour) pair of the FIRST object: label = shape * len(COLOURS) + colour.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,9 +27,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
@@ -43,9 +50,15 @@ MAX_OBJECTS_LIMIT = 4
 
 # Caption phrase per grid cell (same order as POSITIONS); "at the top left" reads better than "at top left".
 _POSITION_PHRASES: tuple[str, ...] = (
-    "at the top left", "at the top", "at the top right",
-    "on the left", "in the center", "on the right",
-    "at the bottom left", "at the bottom", "at the bottom right",
+    "at the top left",
+    "at the top",
+    "at the top right",
+    "on the left",
+    "in the center",
+    "on the right",
+    "at the bottom left",
+    "at the bottom",
+    "at the bottom right",
 )
 # Object radius as a fraction of the image side, in percent: a large object nearly fills its grid cell
 # (cell = 33%), a small one stays ~6 px wide at 32 px so its shape is still recognisable.
@@ -64,8 +77,11 @@ class BuiltinSpec:
     background: str = "white"
 
     def __post_init__(self) -> None:
-        for name, lo, hi in (("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), ("max_objects", 1, MAX_OBJECTS_LIMIT),
-                             ("seed", 0, _MASK64)):
+        for name, lo, hi in (
+            ("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+            ("max_objects", 1, MAX_OBJECTS_LIMIT),
+            ("seed", 0, _MASK64),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -116,12 +132,14 @@ def sample_objects(index: int, spec: BuiltinSpec) -> list[dict[str, int]]:
     objects = []
     for _ in range(count):
         position = free.pop(draws.below(len(free)))
-        objects.append({
-            "shape": draws.below(len(SHAPES)),
-            "colour": draws.below(len(COLOURS)),
-            "size": draws.below(len(SIZES)),
-            "position": position,
-        })
+        objects.append(
+            {
+                "shape": draws.below(len(SHAPES)),
+                "colour": draws.below(len(COLOURS)),
+                "size": draws.below(len(SIZES)),
+                "position": position,
+            }
+        )
     return objects
 
 
@@ -217,10 +235,7 @@ def objects_to_array(objects_list: list[list[dict[str, int]]], max_objects: int)
 def array_to_objects(array: np.ndarray) -> list[list[dict[str, int]]]:
     """Inverse of objects_to_array: int [N, M, 4] with -1 padding -> list of object-dict lists."""
     keys = ("shape", "colour", "size", "position")
-    return [
-        [dict(zip(keys, (int(v) for v in row))) for row in item if row[0] >= 0]
-        for item in np.asarray(array)
-    ]
+    return [[dict(zip(keys, (int(v) for v in row))) for row in item if row[0] >= 0] for item in np.asarray(array)]
 
 
 def render_batch(start: int, stop: int, spec: BuiltinSpec) -> dict[str, np.ndarray]:

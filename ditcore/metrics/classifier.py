@@ -10,6 +10,7 @@ float [B,3,H,W] in [-1,1]; other sizes are resized (bilinear, antialiased) to `i
 prepared as the precompute prepares them (`ditcore.preprocess.to_rgb` + `center_crop_arr`), so that real and
 generated images reach the net at the same size and in the same colour space.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,14 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class ImageClassifier(nn.Module):
     """Conv trunk (two stride-2 stages) -> global average pool -> `feature_dim` features -> class logits."""
 
-    def __init__(self, num_classes: int, image_size: int = 32, width: int = 32, feature_dim: int = 128,
-                 classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        width: int = 32,
+        feature_dim: int = 128,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -46,9 +53,12 @@ class ImageClassifier(nn.Module):
         self.classes = list(classes) if classes is not None else None
         w = width
         self.trunk = nn.Sequential(
-            _conv_bn(3, w), _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w),
-            _conv_bn(2 * w, 4 * w, 2), _conv_bn(4 * w, 4 * w),
+            _conv_bn(3, w),
+            _conv_bn(w, w),
+            _conv_bn(w, 2 * w, 2),
+            _conv_bn(2 * w, 2 * w),
+            _conv_bn(2 * w, 4 * w, 2),
+            _conv_bn(4 * w, 4 * w),
         )
         self.embed = nn.Linear(4 * w, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
@@ -57,8 +67,13 @@ class ImageClassifier(nn.Module):
     @property
     def config(self) -> dict:
         """The config.json content that rebuilds this network."""
-        cfg = {"arch": CLASSIFIER_ARCH, "num_classes": self.num_classes, "image_size": self.image_size,
-               "width": self.width, "feature_dim": self.feature_dim}
+        cfg = {
+            "arch": CLASSIFIER_ARCH,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "width": self.width,
+            "feature_dim": self.feature_dim,
+        }
         if self.classes is not None:
             cfg["classes"] = list(self.classes)
         return cfg
@@ -66,8 +81,9 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: float [B,3,H,W] in [0,1] -> (features [B,feature_dim], logits [B,num_classes])."""
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         h = self.trunk(x * 2 - 1)  # [B,4w,s/4,s/4]
         feats = F.relu(self.embed(h.mean(dim=(2, 3))))  # [B,feature_dim]
         return feats, self.head(feats)  # [B,feature_dim], [B,num_classes]
@@ -84,11 +100,12 @@ class ImageClassifier(nn.Module):
 
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Predicted class index per image, int64 [B]."""
-        out = [self.logits(images[i:i + batch_size]).argmax(-1).numpy() for i in range(0, len(images), batch_size)]
+        out = [self.logits(images[i : i + batch_size]).argmax(-1).numpy() for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- arrays
+
 
 def as_rgb_uint8(images: np.ndarray, name: str = "images") -> np.ndarray:
     """uint8 [N,H,W], [N,H,W,1] or [N,H,W,3] -> uint8 [N,H,W,3] (grey replicated); ValueError naming `name`."""
@@ -118,8 +135,9 @@ def _as_labels(labels: np.ndarray | Sequence[int], n: int, num_classes: int, nam
     return lab.astype(np.int64)
 
 
-def classification_accuracy(net: ImageClassifier, images: np.ndarray | torch.Tensor,
-                            labels: np.ndarray | Sequence[int], batch_size: int = 512) -> dict:
+def classification_accuracy(
+    net: ImageClassifier, images: np.ndarray | torch.Tensor, labels: np.ndarray | Sequence[int], batch_size: int = 512
+) -> dict:
     """{"accuracy", "count", "per_class": [acc or None per class], "confusion": [[true x predicted counts]]}."""
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         images = as_rgb_uint8(images)
@@ -128,13 +146,19 @@ def classification_accuracy(net: ImageClassifier, images: np.ndarray | torch.Ten
     pred = net.predict(images, batch_size)
     confusion = np.zeros((net.num_classes, net.num_classes), np.int64)
     np.add.at(confusion, (lab, pred), 1)
-    per_class = [float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None
-                 for c in range(net.num_classes)]
-    return {"accuracy": float((pred == lab).mean()) if n else float("nan"), "count": int(n),
-            "per_class": per_class, "confusion": confusion.tolist()}
+    per_class = [
+        float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None for c in range(net.num_classes)
+    ]
+    return {
+        "accuracy": float((pred == lab).mean()) if n else float("nan"),
+        "count": int(n),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
 
 
 # --------------------------------------------------------------------------------------------- training
+
 
 def train_classifier(
     images: np.ndarray,
@@ -193,7 +217,7 @@ def train_classifier(
     for step in range(steps):
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(x_all)), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         x = images_to_unit(x_all[idx])  # [b,3,H,W] in [0,1]
         if flip:
@@ -216,8 +240,13 @@ def train_classifier(
             if log is not None:
                 log(f"step {step + 1}/{steps} loss {ema:.4f} test accuracy {acc:.4f}")
     net.eval()
-    report: dict = {"steps": steps, "train_seconds": round(time.monotonic() - t0 - eval_s, 2), "final_loss": ema,
-                    "batch_size": batch_size, "train_images": len(x_all)}
+    report: dict = {
+        "steps": steps,
+        "train_seconds": round(time.monotonic() - t0 - eval_s, 2),
+        "final_loss": ema,
+        "batch_size": batch_size,
+        "train_images": len(x_all),
+    }
     if test_images is not None:
         report["test"] = classification_accuracy(net, test_images, test_labels)
     if history:

@@ -17,6 +17,7 @@ in [-1, 1] (the VAE / `images_to_tensor` convention), and exposing `.features(im
 On disk a feature net is a directory with model.safetensors + config.json ("arch", the constructor arguments and
 an optional free-form "meta"); `load_feature_net` also reads a bare Inception weights file (.pth/.safetensors).
 """
+
 from __future__ import annotations
 
 import json
@@ -86,6 +87,7 @@ IGNORE_INDEX = -100
 
 # ------------------------------------------------------------------------------- built-in attribute net
 
+
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -113,8 +115,11 @@ class BuiltinAttributeNet(nn.Module):
         w = width
         # One stride-2 stage only: a small object is ~6 px at 32 px and must survive to the cell pooling.
         self.trunk = nn.Sequential(
-            _conv_bn(3, w), _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 4 * w),
+            _conv_bn(3, w),
+            _conv_bn(w, w),
+            _conv_bn(w, 2 * w, 2),
+            _conv_bn(2 * w, 2 * w),
+            _conv_bn(2 * w, 4 * w),
         )
         self.cell = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(), nn.Linear(4 * w, cell_dim), nn.ReLU())
         self.shape_head = nn.Linear(cell_dim, num_shapes + 1)  # last class = no object in the cell
@@ -126,8 +131,13 @@ class BuiltinAttributeNet(nn.Module):
     def config(self) -> dict:
         """The config.json content that rebuilds this network."""
         return {
-            "arch": ATTR_ARCH, "image_size": self.image_size, "width": self.width, "cell_dim": self.cell_dim,
-            "feature_dim": self.feature_dim, "num_shapes": self.num_shapes, "num_colours": self.num_colours,
+            "arch": ATTR_ARCH,
+            "image_size": self.image_size,
+            "width": self.width,
+            "cell_dim": self.cell_dim,
+            "feature_dim": self.feature_dim,
+            "num_shapes": self.num_shapes,
+            "num_colours": self.num_colours,
             "num_sizes": self.num_sizes,
         }
 
@@ -138,8 +148,9 @@ class BuiltinAttributeNet(nn.Module):
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -224,9 +235,9 @@ def attribute_accuracies(
     hits = {k: 0 for k in (*ATTRIBUTES, "object")}
     total, scenes_ok = 0, 0
     for start in range(0, len(objects), batch_size):
-        logits = net.attributes(images[start:start + batch_size])
+        logits = net.attributes(images[start : start + batch_size])
         pred = {k: v.argmax(-1).numpy() for k, v in logits.items()}  # each [b,9]
-        obj = objects[start:start + batch_size]
+        obj = objects[start : start + batch_size]
         tgt = cell_targets(obj, net.num_shapes)
         scenes_ok += int((pred["shape"] == tgt["shape"].numpy()).all(1).sum())
         for i in range(len(obj)):
@@ -266,11 +277,18 @@ def predict_objects(net: BuiltinAttributeNet, images: np.ndarray | torch.Tensor)
     pred = {k: v.argmax(-1) for k, v in logits.items()}
     out = []
     for i in range(pred["shape"].shape[0]):
-        out.append([
-            {"shape": int(pred["shape"][i, c]), "colour": int(pred["colour"][i, c]),
-             "size": int(pred["size"][i, c]), "position": c}
-            for c in range(NUM_CELLS) if int(pred["shape"][i, c]) != net.absent_class
-        ])
+        out.append(
+            [
+                {
+                    "shape": int(pred["shape"][i, c]),
+                    "colour": int(pred["colour"][i, c]),
+                    "size": int(pred["size"][i, c]),
+                    "position": c,
+                }
+                for c in range(NUM_CELLS)
+                if int(pred["shape"][i, c]) != net.absent_class
+            ]
+        )
     return out
 
 
@@ -312,8 +330,10 @@ def _build(config: dict, where: str) -> nn.Module:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: cannot build arch {arch!r}: {exc}") from exc
     if "feature_dim" in config and int(config["feature_dim"]) != net.feature_dim:
-        raise ValueError(f"{where}: feature_dim {config['feature_dim']} does not match arch {arch!r} with these "
-                         f"settings (which gives {net.feature_dim})")
+        raise ValueError(
+            f"{where}: feature_dim {config['feature_dim']} does not match arch {arch!r} with these "
+            f"settings (which gives {net.feature_dim})"
+        )
     return net
 
 
@@ -330,8 +350,11 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> N
     own = net.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
-    bad_shape = [f"{k}: {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
+    bad_shape = [
+        f"{k}: {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or bad_shape:
         arch = getattr(net, "config", {}).get("arch", type(net).__name__)
         looks = _guess_arch(state)
@@ -365,8 +388,10 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{file}: not a readable safetensors file: {exc}") from exc
     if file.suffix in (".pth", ".pt", ".bin"):
         if _is_torchscript(file):
-            raise ValueError(f"{file}: a TorchScript module, not a state dict; convert it first with "
-                             "ditcore.metrics.inception.convert_fid_inception(path, out_dir)")
+            raise ValueError(
+                f"{file}: a TorchScript module, not a state dict; convert it first with "
+                "ditcore.metrics.inception.convert_fid_inception(path, out_dir)"
+            )
         # weights_only: never unpickle arbitrary objects from a weights file.
         state = torch.load(str(file), map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -394,7 +419,8 @@ def load_feature_net(path: str | os.PathLike) -> nn.Module:
         return load_inception(p)
     if not p.is_dir():
         raise FileNotFoundError(
-            f"feature net not found: {p} (expected a directory with model.safetensors + config.json)")
+            f"feature net not found: {p} (expected a directory with model.safetensors + config.json)"
+        )
     cfg_file, weights = p / "config.json", p / "model.safetensors"
     for f in (cfg_file, weights):
         if not f.is_file():

@@ -25,6 +25,7 @@ one symmetric eigenvalue solve; with 2048-d features one resample took about 0.2
 N = 2048, 1.0 s at N = 5000 and 1.2 s at N = 10000 (setup 0.5-2.4 s). `few_samples_warning` gives the text a
 report prints when N is below the feature dimension (singular sample covariance).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -72,7 +73,8 @@ def _sqrt_trace_from_eigs(lam: np.ndarray) -> float:
     roots = np.sqrt(lam.astype(np.complex128))
     if not np.allclose(roots.imag, 0, atol=_IMAG_ATOL):
         raise ValueError(
-            f"Imaginary component {np.max(np.abs(roots.imag))}: covariances are not positive semi-definite")
+            f"Imaginary component {np.max(np.abs(roots.imag))}: covariances are not positive semi-definite"
+        )
     return float(roots.real.sum())
 
 
@@ -199,8 +201,9 @@ class FeatureStats:
         """Rebuild an accumulator from `state_dict()` output."""
         acc = cls(state.get("dim"))
         if state["count"]:
-            acc._combine(int(state["count"]), np.asarray(state["mean"], np.float64),
-                         np.asarray(state["m2"], np.float64))
+            acc._combine(
+                int(state["count"]), np.asarray(state["mean"], np.float64), np.asarray(state["m2"], np.float64)
+            )
         return acc
 
 
@@ -208,10 +211,12 @@ def few_samples_warning(n_samples: int, dim: int) -> str | None:
     """Printable warning when a FID comes from fewer samples than feature dimensions, else None."""
     if int(n_samples) >= int(dim):
         return None
-    return (f"FID computed from {int(n_samples)} samples in {int(dim)} feature dimensions: the sample covariance is "
-            f"singular (rank <= {max(int(n_samples) - 1, 0)} < {int(dim)}), so this FID is strongly biased upward "
-            f"(the bias of FID grows like 1/N) and is comparable only with FIDs from the same number of samples; "
-            f"use at least {int(dim)} samples, preferably several times more.")
+    return (
+        f"FID computed from {int(n_samples)} samples in {int(dim)} feature dimensions: the sample covariance is "
+        f"singular (rank <= {max(int(n_samples) - 1, 0)} < {int(dim)}), so this FID is strongly biased upward "
+        f"(the bias of FID grows like 1/N) and is comparable only with FIDs from the same number of samples; "
+        f"use at least {int(dim)} samples, preferably several times more."
+    )
 
 
 def _ref_factor(sigma_ref: np.ndarray) -> np.ndarray:
@@ -258,8 +263,9 @@ class _WeightedFID:
         return float(d @ d + tr_s + self.tr_ref - 2.0 * tr_sqrt)
 
 
-def fid_bootstrap(features: Any, mu_ref: Any, sigma_ref: Any, *, n_boot: int = 50, ci_level: float = 0.95,
-                  seed: int = 0) -> dict[str, Any]:
+def fid_bootstrap(
+    features: Any, mu_ref: Any, sigma_ref: Any, *, n_boot: int = 50, ci_level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
     """Bootstrap over generated samples of one FID against fixed reference statistics: SE and interval.
 
     Resamples the N generated feature vectors with replacement (numpy Generator seeded by `seed`) and recomputes

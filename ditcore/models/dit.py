@@ -106,8 +106,15 @@ def _validate_common(cfg) -> None:
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Figure 3): gates start at zero, so the block starts as the identity."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale: float | None,
-                 branch_mult: float = 1.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qk_norm: bool,
+        attn_scale: float | None,
+        branch_mult: float = 1.0,
+    ):
         super().__init__()
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, scale=attn_scale)
         self.mlp = Mlp(hidden_size, mlp_hidden)
@@ -213,16 +220,25 @@ class DiT(nn.Module):
         p = self.patch_size
         if h == w == self.config.input_size:
             return self.rope_cos, self.rope_sin
-        cos, sin = rope_2d_freqs(self.config.hidden_size // self.num_heads,
-                                 *grid_positions(h // p, w // p, device=self.rope_cos.device))
+        cos, sin = rope_2d_freqs(
+            self.config.hidden_size // self.num_heads, *grid_positions(h // p, w // p, device=self.rope_cos.device)
+        )
         return cos.to(self.rope_cos.dtype), sin.to(self.rope_sin.dtype)
 
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
         """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
         return mup_lib.param_groups(
-            self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
-            base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes, vector_prefixes=("y_embedder",),
-            mup_depth=self.config.mup_depth, depth=self.config.depth, base_depth=self.config.mup_base_depth,
+            self,
+            lr,
+            weight_decay,
+            mup=self.config.mup,
+            hidden_size=self.config.hidden_size,
+            base_width=self.config.mup_base_width,
+            input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes,
+            vector_prefixes=("y_embedder",),
+            mup_depth=self.config.mup_depth,
+            depth=self.config.depth,
+            base_depth=self.config.mup_base_depth,
             block_prefixes=("blocks",),
         )

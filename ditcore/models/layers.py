@@ -123,9 +123,7 @@ def grid_positions(
     grid_h: int, grid_w: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column index [N] of each token in row-major order."""
-    ys, xs = torch.meshgrid(
-        torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
     return ys.reshape(-1), xs.reshape(-1)
 
 

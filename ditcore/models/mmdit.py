@@ -119,8 +119,16 @@ class JointBlock(nn.Module):
     never be used, so the text out-proj and MLP are not built.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, pre_only: bool,
-                 branch_mult: float = 1.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qk_norm: bool,
+        attn_scale,
+        pre_only: bool,
+        branch_mult: float = 1.0,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.scale = attn_scale
@@ -165,8 +173,9 @@ class JointBlock(nn.Module):
 class SingleBlock(nn.Module):
     """FLUX single-stream parallel block: one Linear makes qkv and the MLP input, one Linear merges both."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale,
-                 branch_mult: float = 1.0):
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, branch_mult: float = 1.0
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.hidden_size = hidden_size
@@ -221,8 +230,15 @@ class MMDiT(nn.Module):
         # Depth-muP counts joint and single-stream blocks alike: L = depth + num_single_blocks.
         bmult = mup_lib.branch_mult(config.depth + config.num_single_blocks, config.mup_depth, config.mup_base_depth)
         self.joint_blocks = nn.ModuleList(
-            JointBlock(d, config.num_heads, m, config.qk_norm, attn_scale,
-                       pre_only=(i == config.depth - 1 and config.num_single_blocks == 0), branch_mult=bmult)
+            JointBlock(
+                d,
+                config.num_heads,
+                m,
+                config.qk_norm,
+                attn_scale,
+                pre_only=(i == config.depth - 1 and config.num_single_blocks == 0),
+                branch_mult=bmult,
+            )
             for i in range(config.depth)
         )
         self.single_blocks = nn.ModuleList(
@@ -283,8 +299,9 @@ class MMDiT(nn.Module):
                 raise ValueError(f"MMDiT: text_mask must be {tuple(text_emb.shape[:2])}, got {tuple(text_mask.shape)}")
             text_mask = text_mask.bool()
             # Zero padded embeddings so even non-finite padding cannot leak (0 * inf) through the masked keys.
-            text_emb = torch.where(text_mask[..., None], text_emb, torch.zeros((), dtype=text_emb.dtype,
-                                                                                device=text_emb.device))
+            text_emb = torch.where(
+                text_mask[..., None], text_emb, torch.zeros((), dtype=text_emb.dtype, device=text_emb.device)
+            )
             # An all-real mask is dropped so SDPA can take its unmasked fast path (meta tensors cannot be inspected).
             if text_mask.device.type == "meta" or not bool(text_mask.all()):
                 keep = torch.cat([text_mask.new_ones(b, n), text_mask], dim=1)  # [B, N+L]
@@ -313,9 +330,16 @@ class MMDiT(nn.Module):
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
         """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
         return mup_lib.param_groups(
-            self, lr, weight_decay, mup=self.config.mup, hidden_size=self.config.hidden_size,
-            base_width=self.config.mup_base_width, input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes, mup_depth=self.config.mup_depth,
-            depth=self.config.depth + self.config.num_single_blocks, base_depth=self.config.mup_base_depth,
+            self,
+            lr,
+            weight_decay,
+            mup=self.config.mup,
+            hidden_size=self.config.hidden_size,
+            base_width=self.config.mup_base_width,
+            input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes,
+            mup_depth=self.config.mup_depth,
+            depth=self.config.depth + self.config.num_single_blocks,
+            base_depth=self.config.mup_base_depth,
             block_prefixes=("joint_blocks", "single_blocks"),
         )

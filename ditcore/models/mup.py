@@ -65,8 +65,13 @@ def _matches(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def classify(name: str, param: torch.Tensor, input_prefixes: Iterable[str], output_prefixes: Iterable[str],
-             vector_prefixes: Iterable[str] = ()) -> str:
+def classify(
+    name: str,
+    param: torch.Tensor,
+    input_prefixes: Iterable[str],
+    output_prefixes: Iterable[str],
+    vector_prefixes: Iterable[str] = (),
+) -> str:
     """'input' | 'hidden' | 'output' | 'vector' for a parameter name (see module docstring)."""
     if param.ndim < 2 or _matches(name, vector_prefixes):
         return "vector"
@@ -77,8 +82,13 @@ def classify(name: str, param: torch.Tensor, input_prefixes: Iterable[str], outp
     return "hidden"
 
 
-def init_mup_(model: nn.Module, input_prefixes: Iterable[str], output_prefixes: Iterable[str],
-              vector_prefixes: Iterable[str] = (), keep_prefixes: Iterable[str] = ()) -> None:
+def init_mup_(
+    model: nn.Module,
+    input_prefixes: Iterable[str],
+    output_prefixes: Iterable[str],
+    vector_prefixes: Iterable[str] = (),
+    keep_prefixes: Iterable[str] = (),
+) -> None:
     """Re-initialise Linear weights with muP scales.
 
     Weights under keep_prefixes (zero-init adaLN-Zero, embedding tables) and output weights keep their init.
@@ -118,8 +128,14 @@ def param_groups(
     m = width_mult(hidden_size, mup, base_width)
     r = depth_mult(depth, mup_depth, base_depth)
     block_prefixes = tuple(block_prefixes) if mup_depth else ()
-    buckets: dict[str, list[torch.Tensor]] = {"hidden": [], "input": [], "output": [], "vector": [],
-                                              "block_hidden": [], "block_vector": []}
+    buckets: dict[str, list[torch.Tensor]] = {
+        "hidden": [],
+        "input": [],
+        "output": [],
+        "vector": [],
+        "block_hidden": [],
+        "block_vector": [],
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -142,6 +158,13 @@ def param_groups(
         if not params:
             continue
         lr_mult, wd_mult = spec[name]
-        groups.append({"params": params, "lr": lr * lr_mult, "weight_decay": weight_decay * wd_mult,
-                       "name": name, "lr_mult": lr_mult})
+        groups.append(
+            {
+                "params": params,
+                "lr": lr * lr_mult,
+                "weight_decay": weight_decay * wd_mult,
+                "name": name,
+                "lr_mult": lr_mult,
+            }
+        )
     return groups

@@ -13,8 +13,11 @@ from ditcore.models.unet import UNet, UNetConfig
 
 ModelConfig = DiTConfig | MMDiTConfig | UNetConfig
 
-_ARCHS: dict[str, tuple[type, type]] = {"dit": (DiTConfig, DiT), "mmdit": (MMDiTConfig, MMDiT),
-                                        "unet": (UNetConfig, UNet)}
+_ARCHS: dict[str, tuple[type, type]] = {
+    "dit": (DiTConfig, DiT),
+    "mmdit": (MMDiTConfig, MMDiT),
+    "unet": (UNetConfig, UNet),
+}
 _CONFIGS = tuple(cls for cls, _ in _ARCHS.values())
 
 # DiT paper Table 1: (depth, hidden size, heads) per size.
@@ -32,28 +35,57 @@ def _build_presets() -> dict[str, ModelConfig]:
     presets: dict[str, ModelConfig] = {}
     for size, (depth, hidden, heads) in _DIT_SIZES.items():
         for patch in (2, 4, 8):
-            presets[f"DiT-{size}/{patch}"] = DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads,
-                                                       patch_size=patch)
+            presets[f"DiT-{size}/{patch}"] = DiTConfig(
+                depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch
+            )
     # Tiny presets for tests and the CPU quickstart.
     presets["DiT-T/2"] = DiTConfig(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8)
     presets["DiT-T/4"] = DiTConfig(depth=2, hidden_size=64, num_heads=4, patch_size=4, input_size=8)
     # MM-DiT scaling grid: one number per model (SD3 section 5.1: hidden 64*depth, depth heads of dim 64).
     for depth in range(1, 25):
         presets[f"MMDiT-d{depth}"] = MMDiTConfig(depth=depth, hidden_size=64 * depth, num_heads=depth)
-    presets["MMDiT-T"] = MMDiTConfig(depth=2, hidden_size=64, num_heads=4, input_size=8, text_dim=32, pooled_dim=32,
-                                     max_text_len=16)
-    presets["MMDiT-T-flux"] = MMDiTConfig(depth=1, num_single_blocks=2, hidden_size=64, num_heads=4, input_size=8,
-                                          text_dim=32, pooled_dim=32, max_text_len=16, pos_embed="rope")
+    presets["MMDiT-T"] = MMDiTConfig(
+        depth=2, hidden_size=64, num_heads=4, input_size=8, text_dim=32, pooled_dim=32, max_text_len=16
+    )
+    presets["MMDiT-T-flux"] = MMDiTConfig(
+        depth=1,
+        num_single_blocks=2,
+        hidden_size=64,
+        num_heads=4,
+        input_size=8,
+        text_dim=32,
+        pooled_dim=32,
+        max_text_len=16,
+        pos_embed="rope",
+    )
     for size, (channels, blocks) in _UNET_SIZES.items():
         presets[f"UNet-{size}"] = UNetConfig(hidden_size=channels, num_res_blocks=blocks)
-        presets[f"UNet-{size}-text"] = UNetConfig(hidden_size=channels, num_res_blocks=blocks, num_classes=0,
-                                                  text_dim=384, pooled_dim=384, max_text_len=77)
+        presets[f"UNet-{size}-text"] = UNetConfig(
+            hidden_size=channels, num_res_blocks=blocks, num_classes=0, text_dim=384, pooled_dim=384, max_text_len=77
+        )
     # Tiny U-Nets for tests and the CPU quickstart: 2 levels (8x8 -> 4x4), attention at 4x4 and in the middle.
-    presets["UNet-T"] = UNetConfig(hidden_size=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                                   head_channels=32, num_groups=8, input_size=8)
-    presets["UNet-T-text"] = UNetConfig(hidden_size=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                                        head_channels=32, num_groups=8, input_size=8, num_classes=0, text_dim=32,
-                                        pooled_dim=32, max_text_len=16)
+    presets["UNet-T"] = UNetConfig(
+        hidden_size=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_channels=32,
+        num_groups=8,
+        input_size=8,
+    )
+    presets["UNet-T-text"] = UNetConfig(
+        hidden_size=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_channels=32,
+        num_groups=8,
+        input_size=8,
+        num_classes=0,
+        text_dim=32,
+        pooled_dim=32,
+        max_text_len=16,
+    )
     return presets
 
 

@@ -73,26 +73,34 @@ class UNetConfig:
         if bad:
             raise ValueError(f"UNetConfig.attention_levels {bad} out of range for {len(self.channel_mult)} levels")
         if self.hidden_size % self.num_groups:
-            raise ValueError(f"UNetConfig.hidden_size={self.hidden_size} is not divisible by num_groups="
-                             f"{self.num_groups}")
+            raise ValueError(
+                f"UNetConfig.hidden_size={self.hidden_size} is not divisible by num_groups={self.num_groups}"
+            )
         for lv in (*self.attention_levels, len(self.channel_mult) - 1):  # the middle block attends at the last
             ch = self.hidden_size * self.channel_mult[lv]
             if ch % self.head_channels:
-                raise ValueError(f"UNetConfig.head_channels={self.head_channels} does not divide the {ch} channels "
-                                 f"of level {lv}")
+                raise ValueError(
+                    f"UNetConfig.head_channels={self.head_channels} does not divide the {ch} channels of level {lv}"
+                )
         if self.input_size % self.downsample:
-            raise ValueError(f"UNetConfig.input_size={self.input_size} is not divisible by {self.downsample} "
-                             f"({len(self.channel_mult)} levels)")
+            raise ValueError(
+                f"UNetConfig.input_size={self.input_size} is not divisible by {self.downsample} "
+                f"({len(self.channel_mult)} levels)"
+            )
         if (self.num_classes > 0) == (self.text_dim > 0):
-            raise ValueError("UNetConfig: set exactly one of num_classes > 0 (class labels) or text_dim > 0 (text), "
-                             f"got num_classes={self.num_classes}, text_dim={self.text_dim}")
+            raise ValueError(
+                "UNetConfig: set exactly one of num_classes > 0 (class labels) or text_dim > 0 (text), "
+                f"got num_classes={self.num_classes}, text_dim={self.text_dim}"
+            )
         if self.text_dim and (self.pooled_dim < 1 or self.max_text_len < 1):
             raise ValueError("UNetConfig: a text model (text_dim > 0) needs pooled_dim >= 1 and max_text_len >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.mup:
-            raise ValueError("UNetConfig.mup: muP is not implemented for the U-Net (it has plain AdamW param groups); "
-                             "use a DiT / MM-DiT for muP runs")
+            raise ValueError(
+                "UNetConfig.mup: muP is not implemented for the U-Net (it has plain AdamW param groups); "
+                "use a DiT / MM-DiT for muP runs"
+            )
 
     @property
     def out_channels(self) -> int:
@@ -117,7 +125,7 @@ class UNetConfig:
     @property
     def num_tokens(self) -> int:
         """Spatial positions at the first level, input_size^2 (the token count of a patch-1 model)."""
-        return self.input_size ** 2
+        return self.input_size**2
 
     @property
     def depth(self) -> int:
@@ -274,13 +282,15 @@ class Stage(nn.Module):
         g = cfg.num_groups
         self.res = ResBlock(spec.res_in, spec.channels, cfg.emb_dim, g, cfg.dropout) if spec.res_in else None
         self.attn = SelfAttention(spec.channels, cfg.head_channels, g) if spec.attn else None
-        self.cross = (CrossAttention(spec.channels, cfg.head_channels, g, cfg.text_dim)
-                      if spec.attn and cfg.text_dim else None)
+        self.cross = (
+            CrossAttention(spec.channels, cfg.head_channels, g, cfg.text_dim) if spec.attn and cfg.text_dim else None
+        )
         resample = {"": None, "down": Downsample, "up": Upsample}[spec.resample]
         self.resample = resample(spec.channels) if resample is not None else None
 
-    def forward(self, h: torch.Tensor, emb_act: torch.Tensor, text: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, emb_act: torch.Tensor, text: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.res is not None:
             h = self.res(h, emb_act)  # [B, C, H, W]
         if self.attn is not None:
@@ -320,8 +330,9 @@ class UNet(nn.Module):
         self.out_conv = zero_(nn.Conv2d(stem, config.out_channels, 3, padding=1))
         # Everything else keeps PyTorch's default init, as ADM does (label table N(0, 1), convs / linears uniform).
 
-    def _text_inputs(self, text_emb: torch.Tensor | None, text_mask: torch.Tensor | None, b: int,
-                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _text_inputs(
+        self, text_emb: torch.Tensor | None, text_mask: torch.Tensor | None, b: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checked text tokens with padding zeroed, and the key mask [B, 1, 1, L] (None when nothing is padded)."""
         dt = self.config.text_dim
         if text_emb is None or text_emb.ndim != 3 or text_emb.shape[0] != b or text_emb.shape[-1] != dt:
@@ -356,8 +367,9 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
         ds = self.config.downsample
         if h % ds or w % ds:
-            raise ValueError(f"UNet: spatial size {h}x{w} is not divisible by {ds} ({len(self.config.channel_mult)} "
-                             "levels)")
+            raise ValueError(
+                f"UNet: spatial size {h}x{w} is not divisible by {ds} ({len(self.config.channel_mult)} levels)"
+            )
         if t.ndim == 0:
             t = t.expand(b)  # one shared time for the batch
         dtype = self.conv_in.weight.dtype
@@ -388,7 +400,13 @@ class UNet(nn.Module):
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
         """Plain AdamW param groups (no muP for the U-Net): lr everywhere, no weight decay on vectors/label table."""
         return mup_lib.param_groups(
-            self, lr, weight_decay, mup=False, hidden_size=self.config.hidden_size,
-            base_width=self.config.hidden_size, input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes, vector_prefixes=("label_embedder",),
+            self,
+            lr,
+            weight_decay,
+            mup=False,
+            hidden_size=self.config.hidden_size,
+            base_width=self.config.hidden_size,
+            input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes,
+            vector_prefixes=("label_embedder",),
         )

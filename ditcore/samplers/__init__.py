@@ -63,8 +63,9 @@ def model_fn_from_model(model: torch.nn.Module, learn_sigma: bool = False) -> Ca
         c = channels if channels is not None else x_t.shape[1]
         if learn_sigma:
             if out.shape[1] != 2 * c:
-                raise ValueError(f"learn_sigma=True needs a model with 2C = {2 * c} output channels, "
-                                 f"got {out.shape[1]}")
+                raise ValueError(
+                    f"learn_sigma=True needs a model with 2C = {2 * c} output channels, got {out.shape[1]}"
+                )
             return out
         return out[:, :c] if out.shape[1] != c else out  # learn_sigma: prediction is the first C channels
 
@@ -177,8 +178,16 @@ def sample(
         order = v3_order if v3_order is not None else (2 if denoise.uncond is not None else 3)
         out = sample_dpmsolver_v3(denoise, x, ts, proc, ems=stats, order=order, corrector=v3_corrector)
     elif sampler == "sde":
-        out = sample_sde(denoise, x, ts, proc, diffusion=sde_diffusion, diffusion_norm=sde_diffusion_norm,
-                         last_step=sde_last_step, generators=generators)
+        out = sample_sde(
+            denoise,
+            x,
+            ts,
+            proc,
+            diffusion=sde_diffusion,
+            diffusion_norm=sde_diffusion_norm,
+            last_step=sde_last_step,
+            generators=generators,
+        )
     else:
         out = sample_dpmpp_2s(denoise, x, ts, proc)
     return (out, denoise.nfe) if return_nfe else out

@@ -98,8 +98,9 @@ class GaussianMixtureData:
         v = a * a * var0 + s * s  # [B, K, 1]
         diff = x[:, None, :] - a * mu  # [B, K, D]
         dim = x.shape[-1]
-        logp = (torch.log(self.weights.to(x))[None] - 0.5 * (diff**2).sum(-1) / v[..., 0]
-                - 0.5 * dim * torch.log(v[..., 0]))
+        logp = (
+            torch.log(self.weights.to(x))[None] - 0.5 * (diff**2).sum(-1) / v[..., 0] - 0.5 * dim * torch.log(v[..., 0])
+        )
         resp = torch.softmax(logp, dim=1)[..., None]  # [B, K, 1]
         return (resp * (mu + a * var0 / v * diff)).sum(1)  # [B, D]
 

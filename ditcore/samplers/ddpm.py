@@ -73,8 +73,10 @@ def sample_ddpm_learned(
     points = [grid_point(process, float(t)) for t in ts]
     for p in points:
         if abs(p.alpha**2 + p.sigma**2 - 1.0) > 1e-9:
-            raise ValueError(f"ddpm-learned needs a variance-preserving process (alpha^2 + sigma^2 = 1); "
-                             f"{process.name!r} has {p.alpha**2 + p.sigma**2:.6g} at t={p.t}")
+            raise ValueError(
+                f"ddpm-learned needs a variance-preserving process (alpha^2 + sigma^2 = 1); "
+                f"{process.name!r} has {p.alpha**2 + p.sigma**2:.6g} at t={p.t}"
+            )
     for cur, nxt in itertools.pairwise(points):
         x0, _, o = denoise.with_variance(x, cur.t)
         if nxt.sigma == 0.0:

@@ -88,8 +88,8 @@ class V3Tables:
         """int_{lambda_s}^{lambda_t} e^{(L+S)(lambda) - (L+S)(lambda_s)} (lambda - lambda_s)^n / n! dlambda."""
         key = (k_s, k_t, n)
         if key not in self._coeffs:
-            a = self.L[k_s:k_t + 1] + self.S[k_s:k_t + 1] - self.L[k_s] - self.S[k_s]
-            dl = (self.lambdas[k_s:k_t + 1] - self.lambdas[k_s]).reshape(-1, *([1] * (a.dim() - 1)))
+            a = self.L[k_s : k_t + 1] + self.S[k_s : k_t + 1] - self.L[k_s] - self.S[k_s]
+            dl = (self.lambdas[k_s : k_t + 1] - self.lambdas[k_s]).reshape(-1, *([1] * (a.dim() - 1)))
             self._coeffs[key] = cumulative_integral(torch.exp(a) * dl**n / math.factorial(n), self.h)[-1]
         return self._coeffs[key]
 
@@ -112,8 +112,9 @@ def _derivatives(lams: list[float], gs: list[torch.Tensor], pseudo: bool) -> lis
             table.append([(prev[j] - prev[j + 1]) / (lams[j] - lams[i + j]) for j in range(n - i + 1)])
         return [table[i][0] * math.factorial(i) for i in range(1, n + 1)]
     # g_j - g_0 = sum_i g^(i)/i! (lambda_j - lambda_0)^i, j = 1..n: a small Vandermonde solve per dimension
-    r = torch.tensor([[(lams[j] - lams[0]) ** i for i in range(1, n + 1)] for j in range(1, n + 1)],
-                     dtype=torch.float64)
+    r = torch.tensor(
+        [[(lams[j] - lams[0]) ** i for i in range(1, n + 1)] for j in range(1, n + 1)], dtype=torch.float64
+    )
     rhs = torch.stack([g - gs[0] for g in gs[1:]]).reshape(n, -1)
     sol = torch.linalg.solve(r.to(rhs.device), rhs).reshape(n, *gs[0].shape)
     return [sol[i - 1] * math.factorial(i) for i in range(1, n + 1)]
@@ -130,8 +131,11 @@ def _update(
     gs = [torch.exp(cum_s[k_s] - cum_s[q.k]) * q.f - torch.exp(cum_s[k_s]) * (cum_b[q.k] - cum_b[k_s]) for q in pts]
     y_s = s.x / s.p.alpha
     d_i = tab.I[k_t] - tab.I[k_s]
-    y_t = (torch.exp(cum_l[k_s] - cum_l[k_t]) * y_s - torch.exp(-cum_l[k_t] - cum_s[k_s]) * d_i * gs[0]
-           - torch.exp(-cum_l[k_t]) * (cum_c[k_t] - cum_c[k_s] - cum_b[k_s] * d_i))
+    y_t = (
+        torch.exp(cum_l[k_s] - cum_l[k_t]) * y_s
+        - torch.exp(-cum_l[k_t] - cum_s[k_s]) * d_i * gs[0]
+        - torch.exp(-cum_l[k_t]) * (cum_c[k_t] - cum_c[k_s] - cum_b[k_s] * d_i)
+    )
     g_t = gs[0]
     if len(pts) > 1:
         lams = [float(tab.lambdas[q.k]) for q in pts]
@@ -228,7 +232,7 @@ def sample_dpmsolver_v3(
             c_order = min(p_order + (1 if pseudo_corrector else 0), len(cache))
             if c_order >= 2:
                 prev, new = cache[-2], cache[-1]
-                others = cache[-3:-(c_order + 1):-1] if c_order > 2 else []
+                others = cache[-3 : -(c_order + 1) : -1] if c_order > 2 else []
                 state = _update(tab, [prev, new, *others][:c_order], new.k, new.p, pseudo_corrector)[0]
                 cache[-1] = _Point(k=new.k, p=new.p, x=state, f=new.f)  # keep f: no extra evaluation (UniC)
         remaining = len(nodes) - 1 - j + int(extend)  # predictor steps left, this one included

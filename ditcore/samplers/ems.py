@@ -162,7 +162,7 @@ class EMSEstimator:
         self.model_fn = model_fn
         self.process = build_process(process)
         self.prediction = check_prediction(prediction)
-        self.lambdas = (ems_lambdas(self.process) if lambdas is None else torch.as_tensor(lambdas, dtype=torch.float64))
+        self.lambdas = ems_lambdas(self.process) if lambdas is None else torch.as_tensor(lambdas, dtype=torch.float64)
         EMS.degenerate(self.lambdas)  # validates the grid
         self.method = method
         self.fd_step = float(fd_step)
@@ -245,13 +245,19 @@ class EMSEstimator:
             for k in range(self.lambdas.numel()) if nodes is None else nodes:
                 q = self._node_moments(int(k), x0, eps, v, den)
                 q = {name: val.detach().to(torch.float64) for name, val in q.items()}
-                products = {"uu": q["u"] * q["u"], "yy": q["y"] * q["y"], "uy": q["u"] * q["y"],
-                            "duu": q["du"] * q["u"], "duy": q["du"] * q["y"]}
+                products = {
+                    "uu": q["u"] * q["u"],
+                    "yy": q["y"] * q["y"],
+                    "uy": q["u"] * q["y"],
+                    "duu": q["du"] * q["u"],
+                    "duy": q["du"] * q["y"],
+                }
                 for name in _MOMENTS:
                     value = (q[name] if name in q else products[name]).sum(0)
                     if name not in self.sums:
-                        self.sums[name] = torch.zeros(self.lambdas.numel(), *value.shape, dtype=torch.float64,
-                                                      device=value.device)
+                        self.sums[name] = torch.zeros(
+                            self.lambdas.numel(), *value.shape, dtype=torch.float64, device=value.device
+                        )
                     self.sums[name][k] += value
                 self.count[k] += x0.shape[0]
 
@@ -316,8 +322,16 @@ def estimate_ems(
     fd_step: float = 1e-3,
 ) -> EMS:
     """EMS of model_fn from batches of data: each item is x0 [B, *shape] or (x0, cond dict); one pass over the data."""
-    est = EMSEstimator(model_fn, process=process, prediction=prediction, lambdas=lambdas, method=method,
-                       fd_step=fd_step, uncond=uncond, guidance=guidance)
+    est = EMSEstimator(
+        model_fn,
+        process=process,
+        prediction=prediction,
+        lambdas=lambdas,
+        method=method,
+        fd_step=fd_step,
+        uncond=uncond,
+        guidance=guidance,
+    )
     for item in batches:
         x0, cond = (item, None) if isinstance(item, torch.Tensor) else item
         est.update(x0, cond=cond, generator=generator)

@@ -78,8 +78,10 @@ def custom_grid(process: Process, times: torch.Tensor | list[float], *, t_start:
     if t_start is not None and abs(float(ts[0]) - float(t_start)) > 1e-12:
         raise ValueError(f"a custom time grid must start at t_start={t_start}, got {float(ts[0])}")
     if float(ts[0]) > process.t_max or abs(float(ts[-1]) - process.t_clean) > 1e-12:
-        raise ValueError(f"a custom time grid must lie in [t_clean={process.t_clean}, t_max={process.t_max}] and end "
-                         f"at t_clean, got {float(ts[0])} .. {float(ts[-1])}")
+        raise ValueError(
+            f"a custom time grid must lie in [t_clean={process.t_clean}, t_max={process.t_max}] and end "
+            f"at t_clean, got {float(ts[0])} .. {float(ts[-1])}"
+        )
     ts[-1] = process.t_clean
     return ts
 

@@ -108,9 +108,11 @@ class Denoiser:
         out = self.prediction_at(x, t).to(x.dtype)
         c = x.shape[1]
         if out.shape[1] != 2 * c:
-            raise ValueError(f"learned-variance sampling needs model_fn to return 2C = {2 * c} channels "
-                             f"(prediction, variance), got {out.shape[1]}; "
-                             "use model_fn_from_model(model, learn_sigma=True)")
+            raise ValueError(
+                f"learned-variance sampling needs model_fn to return 2C = {2 * c} channels "
+                f"(prediction, variance), got {out.shape[1]}; "
+                "use model_fn_from_model(model, learn_sigma=True)"
+            )
         t_vec = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
         x0, eps = to_x0_eps(self.process, self.prediction, out[:, :c], x, t_vec)
         return x0.to(x.dtype), eps.to(x.dtype), out[:, c:]

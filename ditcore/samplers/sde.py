@@ -78,8 +78,10 @@ def sample_sde(
     points = [grid_point(process, float(t)) for t in ts]
     for p in points[:-1]:
         if not math.isfinite(diffusion_coefficient(p, diffusion, diffusion_norm)):
-            raise ValueError(f"SDE diffusion {diffusion!r} is infinite at t={p.t} (alpha = 0); start below t_max "
-                             "(t_start) or choose another form")
+            raise ValueError(
+                f"SDE diffusion {diffusion!r} is infinite at t={p.t} (alpha = 0); start below t_max "
+                "(t_start) or choose another form"
+            )
     for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)
         dt = nxt.t - cur.t  # < 0: integrating from noise to data

@@ -1,4 +1,5 @@
 """Scaling-law fits: saturating power laws with profile intervals, compute frontier, isoFLOP N*/D*, L(N, D), arms."""
+
 from ditcore.scaling.arms import compare_arms
 from ditcore.scaling.diagnostics import fit_diagnostics
 from ditcore.scaling.frontier import (
@@ -20,7 +21,19 @@ from ditcore.scaling.powerlaw import (
 )
 
 __all__ = [
-    "FitError", "PowerLawFit", "compare_arms", "compute_frontier", "fit_diagnostics", "fit_fid_law",
-    "fit_frontier_law", "fit_loss_law", "fit_loss_surface", "fit_parabola", "fit_power_law", "held_out_check",
-    "images_of", "isoflop_analysis", "profile_intervals",
+    "FitError",
+    "PowerLawFit",
+    "compare_arms",
+    "compute_frontier",
+    "fit_diagnostics",
+    "fit_fid_law",
+    "fit_frontier_law",
+    "fit_loss_law",
+    "fit_loss_surface",
+    "fit_parabola",
+    "fit_power_law",
+    "held_out_check",
+    "images_of",
+    "isoflop_analysis",
+    "profile_intervals",
 ]

@@ -11,6 +11,7 @@ arm). Its interval: for each pair of bootstrap rows of the two arms (percentile 
 the arms are independent), the crossing nearest the fitted one; `p_cross` is the share of pairs that cross in the
 window at all, and the interval is over those pairs only, so read it together with p_cross.
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -27,6 +28,7 @@ _GRID = 400
 
 def _crossings(p1: np.ndarray, p2: np.ndarray, lo: float, hi: float) -> list[float]:
     """Computes in [lo, hi] where A1 C^-b1 + f1 = A2 C^-b2 + f2, for parameter rows p = (A, b, f)."""
+
     def d(lc: float | np.ndarray) -> Any:
         c = np.exp(lc)
         return np.log(p1[0] * c ** -p1[1] + p1[2]) - np.log(p2[0] * c ** -p2[1] + p2[2])
@@ -45,11 +47,19 @@ def _row(fit: PowerLawFit) -> np.ndarray:
     return np.array([fit.A, fit.exponent, fit.floor])
 
 
-def _pair(name1: str, fit1: PowerLawFit, name2: str, fit2: PowerLawFit, near_decades: float, ci_level: float,
-          seed: int, metric: str) -> dict[str, Any]:
+def _pair(
+    name1: str,
+    fit1: PowerLawFit,
+    name2: str,
+    fit2: PowerLawFit,
+    near_decades: float,
+    ci_level: float,
+    seed: int,
+    metric: str,
+) -> dict[str, Any]:
     """Crossing info of two arms' fitted laws (see module doc)."""
     (lo1, hi1), (lo2, hi2) = fit1.compute_range, fit2.compute_range
-    w_lo, w_hi = min(lo1, lo2) / 10 ** near_decades, max(hi1, hi2) * 10 ** near_decades
+    w_lo, w_hi = min(lo1, lo2) / 10**near_decades, max(hi1, hi2) * 10**near_decades
     ov_lo, ov_hi = max(lo1, lo2), min(hi1, hi2)
     r1, r2 = _row(fit1), _row(fit2)
     xs = _crossings(r1, r2, w_lo, w_hi)
@@ -57,9 +67,14 @@ def _pair(name1: str, fit1: PowerLawFit, name2: str, fit2: PowerLawFit, near_dec
     def lower_at(c: float) -> str:
         return name1 if float(fit1.predict(c)) < float(fit2.predict(c)) else name2
 
-    out: dict[str, Any] = {"arms": [name1, name2], "window": [w_lo, w_hi], "overlap": [ov_lo, ov_hi] if ov_lo <= ov_hi
-                           else None, "crossings": xs, "lower_at_window_start": lower_at(w_lo),
-                           "lower_at_window_end": lower_at(w_hi)}
+    out: dict[str, Any] = {
+        "arms": [name1, name2],
+        "window": [w_lo, w_hi],
+        "overlap": [ov_lo, ov_hi] if ov_lo <= ov_hi else None,
+        "crossings": xs,
+        "lower_at_window_start": lower_at(w_lo),
+        "lower_at_window_end": lower_at(w_hi),
+    }
     s1, s2 = fit1.samples, fit2.samples
     boot: list[float] = []
     n_pairs = 0
@@ -71,8 +86,9 @@ def _pair(name1: str, fit1: PowerLawFit, name2: str, fit2: PowerLawFit, near_dec
         for a, b in zip(s1[:n_pairs], s2[j2]):
             found = _crossings(a, b, w_lo, w_hi)
             if found:
-                boot.append(found[int(np.argmin([abs(np.log(x) - target) for x in found]))] if target is not None
-                            else found[0])
+                boot.append(
+                    found[int(np.argmin([abs(np.log(x) - target) for x in found]))] if target is not None else found[0]
+                )
     out["n_boot_pairs"] = n_pairs
     out["p_cross"] = len(boot) / n_pairs if n_pairs else None
     q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
@@ -85,24 +101,38 @@ def _pair(name1: str, fit1: PowerLawFit, name2: str, fit2: PowerLawFit, near_dec
         out.update(exists=True, compute=cx, within_range=within, leader_before=before, leader_after=after)
         ci = out["compute_ci"]
         ci_txt = f" ({int(ci_level * 100)}% interval [{ci[0]:.3g}, {ci[1]:.3g}])" if ci else " (no interval)"
-        where = ("inside the compute range measured for both arms" if within else
-                 "outside the compute range measured for both arms, i.e. an extrapolation")
+        where = (
+            "inside the compute range measured for both arms"
+            if within
+            else "outside the compute range measured for both arms, i.e. an extrapolation"
+        )
         more = f"; the curves cross {len(xs)} times in the window" if len(xs) > 1 else ""
-        out["statement"] = (f"The fitted {after} curve overtakes {before} at C = {cx:.3g} FLOPs{ci_txt}, {where}"
-                            f"{pc}{more}.")
+        out["statement"] = (
+            f"The fitted {after} curve overtakes {before} at C = {cx:.3g} FLOPs{ci_txt}, {where}{pc}{more}."
+        )
     else:
         lead = lower_at(np.sqrt(w_lo * w_hi))
         out.update(exists=False, compute=None, within_range=False, leader_before=lead, leader_after=lead)
         caveat = ""
         if out["p_cross"] is not None and out["p_cross"] > 1 - ci_level:
             caveat = ", so the data do not exclude a crossing"
-        out["statement"] = (f"The fitted {name1} and {name2} curves do not cross between {w_lo:.3g} and {w_hi:.3g} "
-                            f"FLOPs: {lead} has the lower fitted {metric} throughout{pc}{caveat}.")
+        out["statement"] = (
+            f"The fitted {name1} and {name2} curves do not cross between {w_lo:.3g} and {w_hi:.3g} "
+            f"FLOPs: {lead} has the lower fitted {metric} throughout{pc}{caveat}."
+        )
     return out
 
 
-def compare_arms(arms: dict[str, list[dict]], metric: str = "fid", *, n_boot: int = 200, ci_level: float = 0.95,
-                 seed: int = 0, near_decades: float = 0.5, se_key: str | None = None) -> dict[str, Any]:
+def compare_arms(
+    arms: dict[str, list[dict]],
+    metric: str = "fid",
+    *,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    near_decades: float = 0.5,
+    se_key: str | None = None,
+) -> dict[str, Any]:
     """Fit each arm's frontier law and compare: {"metric", "arms": {arm: {...}}, "crossings": [...], "crossing"}.
 
     arms.<arm>: beta, beta_ci, beta_ci_open, law (PowerLawFit.to_dict()), n_frontier, frontier_models,
@@ -122,10 +152,14 @@ def compare_arms(arms: dict[str, list[dict]], metric: str = "fid", *, n_boot: in
         fits[name] = fit
         e = fit.names[1]
         out["arms"][name] = {
-            "beta": fit.exponent, "beta_ci": list(fit.ci[e]) if e in fit.ci else None,
-            "beta_ci_open": list(fit.ci_open[e]) if e in fit.ci_open else None, "law": fit.to_dict(),
-            "n_frontier": len(front), "frontier_models": sorted({str(p.get("model")) for p in front}),
-            "compute_range": list(fit.compute_range)}
+            "beta": fit.exponent,
+            "beta_ci": list(fit.ci[e]) if e in fit.ci else None,
+            "beta_ci_open": list(fit.ci_open[e]) if e in fit.ci_open else None,
+            "law": fit.to_dict(),
+            "n_frontier": len(front),
+            "frontier_models": sorted({str(p.get("model")) for p in front}),
+            "compute_range": list(fit.compute_range),
+        }
     for k, (a, b) in enumerate(combinations(fits, 2)):
         info = _pair(a, fits[a], b, fits[b], near_decades, ci_level, seed + 7919 * (k + 1), metric)
         sa, sb = fits[a].samples, fits[b].samples

@@ -30,6 +30,7 @@ parameters from 6-10 points), as does the large-sample chi-square profile; the p
 covers, but by being wide: a resample of 6 points has 3-4 distinct computes, an almost exact fit. The
 F-calibrated profile interval is close to nominal and 10-40% narrower, so it is the default.
 """
+
 from __future__ import annotations
 
 import sys
@@ -49,7 +50,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # FID 80 -> 27 over 1.5 decades, small floor.
     "mid8": dict(A=1.33e7, beta=0.35, floor=5.0, log10_c=(15.0, 16.5), n=8, noise=0.03),
     # 10 points over 2 decades, FID 100 -> 19.
-    "good10": dict(A=9.0e1 * 10 ** 7.5, beta=0.5, floor=10.0, log10_c=(15.0, 17.0), n=10, noise=0.02),
+    "good10": dict(A=9.0e1 * 10**7.5, beta=0.5, floor=10.0, log10_c=(15.0, 17.0), n=10, noise=0.02),
     # 6 points over 2 decades with 5% noise.
     "noisy6": dict(A=1.33e7, beta=0.35, floor=5.0, log10_c=(15.0, 17.0), n=6, noise=0.05),
 }
@@ -62,8 +63,9 @@ def synthetic_frontier(scenario: dict[str, Any], rng: np.random.Generator) -> tu
     return c, y * np.exp(rng.normal(0.0, scenario["noise"], c.size))
 
 
-def _boot_ci(c: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float,
-             rng: np.random.Generator) -> dict[str, tuple[float, float]]:
+def _boot_ci(
+    c: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float, rng: np.random.Generator
+) -> dict[str, tuple[float, float]]:
     """Percentile interval of (A, beta, floor) by the pairs, residual or parametric bootstrap."""
     lcref = float(np.mean(np.log(c)))
     x = c / np.exp(lcref)
@@ -82,16 +84,23 @@ def _boot_ci(c: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: floa
             if method == "residual":
                 e = rng.choice((r - r.mean()) * np.sqrt(n / (n - 3)), n)
             else:
-                e = rng.normal(0.0, np.sqrt(np.sum(r ** 2) / (n - 3)), n)
+                e = rng.normal(0.0, np.sqrt(np.sum(r**2) / (n - 3)), n)
             xb, yb = x, np.exp(fitted + e)
         t = _fit_theta(xb, yb, start=theta)
         rows.append((np.exp(t[0] + t[1] * lcref), t[1], t[2]))
     return _percentile_ci(np.array(rows).reshape(-1, 3), NAMES, level)
 
 
-def coverage_experiment(scenario: str | dict[str, Any], *, methods: tuple[str, ...] = METHODS, n_rep: int = 200,
-                        n_boot: int = 200, level: float = 0.95, seed: int = 0, param: str = "beta"
-                        ) -> dict[str, Any]:
+def coverage_experiment(
+    scenario: str | dict[str, Any],
+    *,
+    methods: tuple[str, ...] = METHODS,
+    n_rep: int = 200,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    param: str = "beta",
+) -> dict[str, Any]:
     """Coverage of each method's `level` interval of `param` over n_rep synthetic replicates.
 
     Returns {"scenario", "param", "truth", "level", "n_rep", "methods": {method: {"coverage", "n",
@@ -104,8 +113,14 @@ def coverage_experiment(scenario: str | dict[str, Any], *, methods: tuple[str, .
         c, y = synthetic_frontier(sc, np.random.default_rng(seed + r))
         for m in methods:
             if m in ("profile", "profile_chi2"):
-                ci = profile_intervals(c, y, names=NAMES, ci_level=level, which=(param,),
-                                       calibration="chi2" if m == "profile_chi2" else "F")[0]
+                ci = profile_intervals(
+                    c,
+                    y,
+                    names=NAMES,
+                    ci_level=level,
+                    which=(param,),
+                    calibration="chi2" if m == "profile_chi2" else "F",
+                )[0]
             else:
                 ci = _boot_ci(c, y, m, n_boot, level, np.random.default_rng(10_000 + seed + r))
             if param not in ci:
@@ -113,11 +128,23 @@ def coverage_experiment(scenario: str | dict[str, Any], *, methods: tuple[str, .
             lo, hi = ci[param]
             out[m]["covered"].append(bool(lo <= truth <= hi))
             out[m]["width"].append(float(hi - lo))
-    res = {m: {"coverage": float(np.mean(v["covered"])) if v["covered"] else float("nan"), "n": len(v["covered"]),
-               "median_width": float(np.median(v["width"])) if v["width"] else float("nan"),
-               "covered": v["covered"]} for m, v in out.items()}
-    return {"scenario": scenario if isinstance(scenario, str) else sc, "param": param, "truth": truth,
-            "level": level, "n_rep": n_rep, "methods": res}
+    res = {
+        m: {
+            "coverage": float(np.mean(v["covered"])) if v["covered"] else float("nan"),
+            "n": len(v["covered"]),
+            "median_width": float(np.median(v["width"])) if v["width"] else float("nan"),
+            "covered": v["covered"],
+        }
+        for m, v in out.items()
+    }
+    return {
+        "scenario": scenario if isinstance(scenario, str) else sc,
+        "param": param,
+        "truth": truth,
+        "level": level,
+        "n_rep": n_rep,
+        "methods": res,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -127,13 +154,17 @@ def main(argv: list[str]) -> None:
     names = [a for a in argv if "=" not in a] or list(SCENARIOS)
     n_rep, param, seed = int(kw.get("n_rep", 200)), kw.get("param", "beta"), int(kw.get("seed", 0))
     methods = tuple(kw["methods"].split(",")) if "methods" in kw else METHODS
-    print(f"coverage of the 95% interval of {param}; {n_rep} replicates from data seed {seed}; "
-          f"median width in brackets")
+    print(
+        f"coverage of the 95% interval of {param}; {n_rep} replicates from data seed {seed}; median width in brackets"
+    )
     print(f"{'scenario':10s} " + " ".join(f"{m:16s}" for m in methods))
     for name in names:
         res = coverage_experiment(name, methods=methods, n_rep=n_rep, param=param, seed=seed)["methods"]
-        print(f"{name:10s} " + " ".join(f"{res[m]['coverage']:.3f} ({res[m]['median_width']:.3g})".ljust(16)
-                                        for m in methods), flush=True)
+        print(
+            f"{name:10s} "
+            + " ".join(f"{res[m]['coverage']:.3f} ({res[m]['median_width']:.3g})".ljust(16) for m in methods),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

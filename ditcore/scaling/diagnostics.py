@@ -22,6 +22,7 @@ points, the result of `isoflop_analysis`, of `compare_arms`, and the raw points)
 * crossing_extrapolated / crossing_uncertain: an arm crossing outside the measured range, or found in too few
   bootstrap resamples to rely on.
 """
+
 from __future__ import annotations
 
 from ditcore.metrics.fid import few_samples_warning
@@ -36,8 +37,14 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _law_checks(law: dict, what: str, min_points: int, max_rel_ci_width: float, max_held_out_rel_error: float,
-                max_noise_share: float) -> list[dict[str, str]]:
+def _law_checks(
+    law: dict,
+    what: str,
+    min_points: int,
+    max_rel_ci_width: float,
+    max_held_out_rel_error: float,
+    max_noise_share: float,
+) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if "error" in law:
         return [_d("no_interval", f"The {what} could not be fitted: {law['error']}.")]
@@ -45,15 +52,30 @@ def _law_checks(law: dict, what: str, min_points: int, max_rel_ci_width: float, 
     params: dict[str, float] = law.get("params", {})
     names = list(params)
     if n <= 3:
-        out.append(_d("too_few_points", f"The {what} was fitted to {n} points, exactly as many as its 3 parameters: "
-                                        f"the curve passes through every point and has no meaningful interval."))
+        out.append(
+            _d(
+                "too_few_points",
+                f"The {what} was fitted to {n} points, exactly as many as its 3 parameters: "
+                f"the curve passes through every point and has no meaningful interval.",
+            )
+        )
     elif n < min_points:
-        out.append(_d("too_few_points", f"The {what} was fitted to only {n} points; a 3-parameter saturating law "
-                                        f"needs at least {min_points} to constrain its exponent."))
+        out.append(
+            _d(
+                "too_few_points",
+                f"The {what} was fitted to only {n} points; a 3-parameter saturating law "
+                f"needs at least {min_points} to constrain its exponent.",
+            )
+        )
     ci: dict[str, list[float]] = law.get("ci") or {}
     if not ci and n > 3:
-        out.append(_d("no_interval", f"No interval could be computed for the {what}, so its parameters come "
-                                     f"without any measure of uncertainty."))
+        out.append(
+            _d(
+                "no_interval",
+                f"No interval could be computed for the {what}, so its parameters come "
+                f"without any measure of uncertainty.",
+            )
+        )
     ci_open: dict[str, list[bool]] = law.get("ci_open") or {}
     level = int(round(100 * float(law.get("ci_level", 0.95))))
     exp_name = names[1] if len(names) > 1 else None
@@ -62,63 +84,127 @@ def _law_checks(law: dict, what: str, min_points: int, max_rel_ci_width: float, 
         v = params.get(name)
         op = ci_open.get(name, [False, False])
         if name == floor_name and op[1]:
-            out.append(_d("open_interval", f"The data do not exclude a floor {name} as high as the lowest value "
-                                           f"measured ({_fmt(float(law.get('min_value', hi)))}): they cannot tell "
-                                           f"whether the {what} is still improving with compute or has saturated."))
+            out.append(
+                _d(
+                    "open_interval",
+                    f"The data do not exclude a floor {name} as high as the lowest value "
+                    f"measured ({_fmt(float(law.get('min_value', hi)))}): they cannot tell "
+                    f"whether the {what} is still improving with compute or has saturated.",
+                )
+            )
         elif name == exp_name and op[1]:
-            out.append(_d("open_interval", f"The upper end of the {level}% interval of {name} is the search bound "
-                                           f"({_fmt(hi)}): the data do not bound {name} from above."))
+            out.append(
+                _d(
+                    "open_interval",
+                    f"The upper end of the {level}% interval of {name} is the search bound "
+                    f"({_fmt(hi)}): the data do not bound {name} from above.",
+                )
+            )
         elif name == exp_name and op[0]:
-            out.append(_d("open_interval", f"The {level}% interval of {name} reaches 0: the data do not show "
-                                           f"that the {what} improves with compute at all."))
+            out.append(
+                _d(
+                    "open_interval",
+                    f"The {level}% interval of {name} reaches 0: the data do not show "
+                    f"that the {what} improves with compute at all.",
+                )
+            )
         elif name not in (exp_name, floor_name) and (op[0] or op[1]):
-            out.append(_d("open_interval", f"The {level}% interval of {name} runs into the search range: the "
-                                           f"data do not bound {name}."))
+            out.append(
+                _d(
+                    "open_interval",
+                    f"The {level}% interval of {name} runs into the search range: the data do not bound {name}.",
+                )
+            )
         # A is the excess at C = 1 FLOP: its interval is wide whenever the exponent's is, so only the exponent
         # and the floor are judged by relative width.
         if name in (exp_name, floor_name) and v is not None and (hi - lo) > max_rel_ci_width * abs(v):
             ratio = (hi - lo) / abs(v) if v != 0 else float("inf")
-            size = (f"is {ratio:.1f} times as wide as the estimate {_fmt(v)}" if ratio < 100 else
-                    f"is wide while the estimate ({_fmt(v)}) is essentially 0")
-            out.append(_d("wide_interval", f"The {level}% interval of {name} in the {what}, [{_fmt(lo)}, {_fmt(hi)}], "
-                                           f"{size}: the data do not pin {name} down."))
+            size = (
+                f"is {ratio:.1f} times as wide as the estimate {_fmt(v)}"
+                if ratio < 100
+                else f"is wide while the estimate ({_fmt(v)}) is essentially 0"
+            )
+            out.append(
+                _d(
+                    "wide_interval",
+                    f"The {level}% interval of {name} in the {what}, [{_fmt(lo)}, {_fmt(hi)}], "
+                    f"{size}: the data do not pin {name} down.",
+                )
+            )
     ho = law.get("held_out")
     if ho and "skipped" in ho:
-        out.append(_d("held_out_skipped", f"The {what} has no held-out check ({ho['skipped']}), so nothing tests "
-                                          f"its predictions beyond the points it was fitted to."))
+        out.append(
+            _d(
+                "held_out_skipped",
+                f"The {what} has no held-out check ({ho['skipped']}), so nothing tests "
+                f"its predictions beyond the points it was fitted to.",
+            )
+        )
     elif ho and float(ho.get("rel_error", 0.0)) > max_held_out_rel_error:
-        out.append(_d("held_out_error", f"Refitted without the largest compute (C = {_fmt(ho['compute'])}), the "
-                                        f"{what} predicts {_fmt(ho['predicted'])} there but {_fmt(ho['observed'])} "
-                                        f"was measured ({100 * ho['rel_error']:.0f}% off, above the "
-                                        f"{100 * max_held_out_rel_error:.0f}% threshold): extrapolating it beyond "
-                                        f"the measured compute is not supported."))
+        out.append(
+            _d(
+                "held_out_error",
+                f"Refitted without the largest compute (C = {_fmt(ho['compute'])}), the "
+                f"{what} predicts {_fmt(ho['predicted'])} there but {_fmt(ho['observed'])} "
+                f"was measured ({100 * ho['rel_error']:.0f}% off, above the "
+                f"{100 * max_held_out_rel_error:.0f}% threshold): extrapolating it beyond "
+                f"the measured compute is not supported.",
+            )
+        )
     sn = law.get("sampling_noise")
     if sn and exp_name:
         share = (sn.get("sd_over_ci_width") or {}).get(exp_name)
         sd = (sn.get("param_sd") or {}).get(exp_name)
         if share is not None and sd is not None and share > max_noise_share:
-            out.append(_d("sampling_noise", f"Sampling noise of the measured values alone moves {exp_name} by "
-                                            f"+/-{_fmt(sd)} (one sd), {100 * share:.0f}% of the width of its "
-                                            f"interval: more generated samples per FID would tighten the law."))
+            out.append(
+                _d(
+                    "sampling_noise",
+                    f"Sampling noise of the measured values alone moves {exp_name} by "
+                    f"+/-{_fmt(sd)} (one sd), {100 * share:.0f}% of the width of its "
+                    f"interval: more generated samples per FID would tighten the law.",
+                )
+            )
     return out
 
 
-def fit_diagnostics(*, law: dict | None = None, frontier: list[dict] | None = None, isoflop: dict | None = None,
-                    arms: dict | None = None, points: list[dict] | None = None, metric: str = "fid",
-                    what: str | None = None, min_points: int = 6, min_budgets: int = 4, min_isoflop_budgets: int = 3,
-                    max_rel_ci_width: float = 1.0, max_held_out_rel_error: float = 0.10,
-                    max_noise_share: float = 0.25, min_p_cross: float = 0.9) -> list[dict[str, str]]:
+def fit_diagnostics(
+    *,
+    law: dict | None = None,
+    frontier: list[dict] | None = None,
+    isoflop: dict | None = None,
+    arms: dict | None = None,
+    points: list[dict] | None = None,
+    metric: str = "fid",
+    what: str | None = None,
+    min_points: int = 6,
+    min_budgets: int = 4,
+    min_isoflop_budgets: int = 3,
+    max_rel_ci_width: float = 1.0,
+    max_held_out_rel_error: float = 0.10,
+    max_noise_share: float = 0.25,
+    min_p_cross: float = 0.9,
+) -> list[dict[str, str]]:
     """Diagnostics [{"code", "message"}] for the given report pieces (any may be omitted); see module doc."""
     what = what or f"{metric.upper() if metric == 'fid' else metric} law"
     out: list[dict[str, str]] = []
     if points is not None:
         budgets = {budget_of(p) for p in points if _num(p, metric) is not None} - {None}
         if len(budgets) < min_budgets:
-            out.append(_d("too_few_budgets", f"The points have {metric} at only {len(budgets)} compute budget(s); "
-                                             f"at least {min_budgets} are needed to fit a 3-parameter law and "
-                                             f"hold one budget out to test it."))
-        few = [p for p in points if _num(p, "fid_num_samples") is not None and _num(p, "fid_feature_dim") is not None
-               and few_samples_warning(int(p["fid_num_samples"]), int(p["fid_feature_dim"]))]
+            out.append(
+                _d(
+                    "too_few_budgets",
+                    f"The points have {metric} at only {len(budgets)} compute budget(s); "
+                    f"at least {min_budgets} are needed to fit a 3-parameter law and "
+                    f"hold one budget out to test it.",
+                )
+            )
+        few = [
+            p
+            for p in points
+            if _num(p, "fid_num_samples") is not None
+            and _num(p, "fid_feature_dim") is not None
+            and few_samples_warning(int(p["fid_num_samples"]), int(p["fid_feature_dim"]))
+        ]
         if few:
             msg = few_samples_warning(int(few[0]["fid_num_samples"]), int(few[0]["fid_feature_dim"]))
             out.append(_d("few_fid_samples", f"{len(few)} of {len(points)} points: {msg}"))
@@ -127,24 +213,39 @@ def fit_diagnostics(*, law: dict | None = None, frontier: list[dict] | None = No
     if frontier:
         models = {str(p.get("model")) for p in frontier}
         if len(models) == 1 and len(frontier) > 1:
-            out.append(_d("single_model_frontier", f"Every frontier point comes from one model ({models.pop()}): the "
-                                                   f"'frontier' is that model's training curve, so the law describes "
-                                                   f"how this model improves with training, not how the best model "
-                                                   f"at each compute improves (no compute-optimal claim)."))
+            out.append(
+                _d(
+                    "single_model_frontier",
+                    f"Every frontier point comes from one model ({models.pop()}): the "
+                    f"'frontier' is that model's training curve, so the law describes "
+                    f"how this model improves with training, not how the best model "
+                    f"at each compute improves (no compute-optimal claim).",
+                )
+            )
     if isoflop is not None:
         out += _isoflop_checks(isoflop, min_isoflop_budgets)
     if arms is not None:
         for info in arms.get("crossings", []):
             a, b = info["arms"]
             if info.get("exists") and not info.get("within_range"):
-                out.append(_d("crossing_extrapolated", f"The {a} and {b} curves cross only at C = "
-                                                       f"{_fmt(info['compute'])}, outside the compute measured for "
-                                                       f"both arms: the crossing is an extrapolation."))
+                out.append(
+                    _d(
+                        "crossing_extrapolated",
+                        f"The {a} and {b} curves cross only at C = "
+                        f"{_fmt(info['compute'])}, outside the compute measured for "
+                        f"both arms: the crossing is an extrapolation.",
+                    )
+                )
             p = info.get("p_cross")
             if info.get("exists") and p is not None and p < min_p_cross:
-                out.append(_d("crossing_uncertain", f"The {a}/{b} crossing appears in only {100 * p:.0f}% of "
-                                                    f"bootstrap resamples: the data do not establish that one arm "
-                                                    f"overtakes the other."))
+                out.append(
+                    _d(
+                        "crossing_uncertain",
+                        f"The {a}/{b} crossing appears in only {100 * p:.0f}% of "
+                        f"bootstrap resamples: the data do not establish that one arm "
+                        f"overtakes the other.",
+                    )
+                )
     return out
 
 
@@ -154,25 +255,45 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
         return [_d("isoflop_unavailable", f"No isoFLOP estimate of the compute-optimal model size: {iso['error']}.")]
     budgets = iso.get("budgets", [])
     if len(budgets) < min_budgets:
-        out.append(_d("isoflop_too_few_budgets", f"N*(C) is a line through only {len(budgets)} isoFLOP minima; at "
-                                                 f"least {min_budgets} are needed before its exponent means much."))
+        out.append(
+            _d(
+                "isoflop_too_few_budgets",
+                f"N*(C) is a line through only {len(budgets)} isoFLOP minima; at "
+                f"least {min_budgets} are needed before its exponent means much.",
+            )
+        )
     edge = [b for b in budgets if not b.get("interior", True)]
     for side in ("smallest", "largest"):
         at = [b for b in edge if (b["n_opt"] >= max(b["params"])) == (side == "largest")]
         if not at:
             continue
         cs = sorted(b["budget_flops"] for b in at)
-        where = f"C = {_fmt(cs[0])}" if len(cs) == 1 else f"C = {', '.join(_fmt(c) for c in cs)}" if len(cs) <= 4 \
+        where = (
+            f"C = {_fmt(cs[0])}"
+            if len(cs) == 1
+            else f"C = {', '.join(_fmt(c) for c in cs)}"
+            if len(cs) <= 4
             else f"C from {_fmt(cs[0])} to {_fmt(cs[-1])}"
-        out.append(_d("isoflop_edge", f"At {len(at)} of {len(budgets)} budgets ({where}) the best model is the {side} "
-                                      f"size tried: there the isoFLOP curve has no interior minimum, N* is a bound "
-                                      f"rather than an estimate, and N*(C) and D*(C) are biased; add "
-                                      f"{'smaller' if side == 'smallest' else 'larger'} models."))
+        )
+        out.append(
+            _d(
+                "isoflop_edge",
+                f"At {len(at)} of {len(budgets)} budgets ({where}) the best model is the {side} "
+                f"size tried: there the isoFLOP curve has no interior minimum, N* is a bound "
+                f"rather than an estimate, and N*(C) and D*(C) are biased; add "
+                f"{'smaller' if side == 'smallest' else 'larger'} models.",
+            )
+        )
     law = iso.get("n_opt_law") or {}
     if law and not law.get("ci"):
-        out.append(_d("no_interval", f"N*(C) has no interval: only {law.get('n_boot_ok', 0)} of {law.get('n_boot', 0)} "
-                                     f"bootstrap resamples kept 3 distinct model sizes in every budget; use at least "
-                                     f"4 sizes per budget."))
+        out.append(
+            _d(
+                "no_interval",
+                f"N*(C) has no interval: only {law.get('n_boot_ok', 0)} of {law.get('n_boot', 0)} "
+                f"bootstrap resamples kept 3 distinct model sizes in every budget; use at least "
+                f"4 sizes per budget.",
+            )
+        )
     if iso.get("d_opt_exponent") is None and isinstance(iso.get("d_opt_law"), dict) and "error" in iso["d_opt_law"]:
         out.append(_d("isoflop_no_images", f"No compute-optimal data estimate D*(C): {iso['d_opt_law']['error']}."))
     return out

@@ -12,6 +12,7 @@ log-log space through the per-budget optima, with percentile-bootstrap intervals
 points. When flops_per_image is proportional to N (the C = 6 N D rule of Kaplan et al. 2020 with D counted in
 images), b = 1 - a.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -94,8 +95,13 @@ def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     else:
         i = int(np.argmin(y))
         x_opt, y_opt = x[i], y[i]
-    return {"coef": [float(a), float(b), float(c)], "log_n_opt": float(x_opt), "n_opt": float(np.exp(x_opt)),
-            "metric_opt": float(y_opt), "interior": interior}
+    return {
+        "coef": [float(a), float(b), float(c)],
+        "log_n_opt": float(x_opt),
+        "n_opt": float(np.exp(x_opt)),
+        "metric_opt": float(y_opt),
+        "interior": interior,
+    }
 
 
 def _loglog_line(c: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -104,8 +110,15 @@ def _loglog_line(c: np.ndarray, n: np.ndarray) -> tuple[float, float]:
     return float(np.exp(log_k)), float(a)
 
 
-def _line_law(c: np.ndarray, opt: np.ndarray, samples: list[tuple[float, float]], form: str, names: tuple[str, str],
-              ci_level: float, n_boot: int) -> dict[str, Any]:
+def _line_law(
+    c: np.ndarray,
+    opt: np.ndarray,
+    samples: list[tuple[float, float]],
+    form: str,
+    names: tuple[str, str],
+    ci_level: float,
+    n_boot: int,
+) -> dict[str, Any]:
     """{form, params, ci, ci_level, n_boot, n_boot_ok, n_budgets} of opt = k * C^e fitted through the optima."""
     k, e = _loglog_line(c, opt)
     ci: dict[str, list[float]] = {}
@@ -113,12 +126,26 @@ def _line_law(c: np.ndarray, opt: np.ndarray, samples: list[tuple[float, float]]
         arr = np.array(samples)
         q = [100 * (1 - ci_level) / 2, 100 * (1 + ci_level) / 2]
         ci = {names[i]: [float(v) for v in np.percentile(arr[:, i], q)] for i in range(2)}
-    return {"form": form, "params": {names[0]: k, names[1]: e}, "ci": ci, "ci_level": ci_level, "n_boot": n_boot,
-            "n_boot_ok": len(samples), "n_budgets": int(c.size)}
+    return {
+        "form": form,
+        "params": {names[0]: k, names[1]: e},
+        "ci": ci,
+        "ci_level": ci_level,
+        "n_boot": n_boot,
+        "n_boot_ok": len(samples),
+        "n_budgets": int(c.size),
+    }
 
 
-def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 200, ci_level: float = 0.95,
-                     seed: int = 0, return_samples: bool = False) -> dict[str, Any]:
+def isoflop_analysis(
+    points: list[dict],
+    metric: str = "fid",
+    *,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    return_samples: bool = False,
+) -> dict[str, Any]:
     """Per-budget parabola of `metric` vs log N, its minimum N*, N*(C) = k * C^a and D*(C) = k * C^b with CIs.
 
     Bootstrap: within each budget, resample that budget's points with replacement, refit the
@@ -145,16 +172,24 @@ def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 2
         ms = np.array([m for _, m, _ in groups[b]])
         ds = [d for _, _, d in groups[b]]
         par = fit_parabola(np.log(ns), ms)
-        row = {"budget_flops": b, "params": ns.tolist(), metric: ms.tolist(),
-               "images": ds if all(d is not None for d in ds) else None, **par, "d_opt": None}
+        row = {
+            "budget_flops": b,
+            "params": ns.tolist(),
+            metric: ms.tolist(),
+            "images": ds if all(d is not None for d in ds) else None,
+            **par,
+            "d_opt": None,
+        }
         if row["images"] is not None:
             # log D is (close to) linear in log N at fixed compute: D = C / flops_per_image(N).
             row["log_d_coef"] = [float(v) for v in np.polyfit(np.log(ns), np.log(np.array(ds)), 1)]
             row["d_opt"] = float(np.exp(np.polyval(row["log_d_coef"], par["log_n_opt"])))
         budgets.append(row)
     if len(budgets) < 2:
-        raise FitError(f"isoFLOP analysis needs >= 2 budgets with >= 3 model sizes each, got {len(budgets)} "
-                       f"(budgets: {sorted(groups)})")
+        raise FitError(
+            f"isoFLOP analysis needs >= 2 budgets with >= 3 model sizes each, got {len(budgets)} "
+            f"(budgets: {sorted(groups)})"
+        )
     c = np.array([r["budget_flops"] for r in budgets])
     n_opt = np.array([r["n_opt"] for r in budgets])
     has_d = all(r["d_opt"] is not None for r in budgets)
@@ -181,20 +216,32 @@ def isoflop_analysis(points: list[dict], metric: str = "fid", *, n_boot: int = 2
     law["all_interior"] = all_interior
     if return_samples:
         law["samples"] = [list(s) for s in n_samples]
-    out: dict[str, Any] = {"metric": metric, "budgets": budgets, "n_opt_law": law, "all_interior": all_interior,
-                           "n_opt_exponent": law["params"]["a"], "n_opt_exponent_ci": law["ci"].get("a")}
+    out: dict[str, Any] = {
+        "metric": metric,
+        "budgets": budgets,
+        "n_opt_law": law,
+        "all_interior": all_interior,
+        "n_opt_exponent": law["params"]["a"],
+        "n_opt_exponent_ci": law["ci"].get("a"),
+    }
     if has_d:
-        d_law = _line_law(c, np.array([r["d_opt"] for r in budgets]), d_samples, "D*(C) = k * C^b", ("k", "b"),
-                          ci_level, n_boot)
+        d_law = _line_law(
+            c, np.array([r["d_opt"] for r in budgets]), d_samples, "D*(C) = k * C^b", ("k", "b"), ci_level, n_boot
+        )
         d_law["all_interior"] = all_interior
         if return_samples:
             d_law["samples"] = [list(s) for s in d_samples]
         out.update(d_opt_law=d_law, d_opt_exponent=d_law["params"]["b"], d_opt_exponent_ci=d_law["ci"].get("b"))
     else:
         missing = sum(r["images"] is None for r in budgets)
-        out.update(d_opt_law={"error": f"images seen unknown at {missing} of {len(budgets)} budgets (points need "
-                                       f"'images_seen' or 'flops' and 'train_flops_per_image')"},
-                   d_opt_exponent=None, d_opt_exponent_ci=None)
+        out.update(
+            d_opt_law={
+                "error": f"images seen unknown at {missing} of {len(budgets)} budgets (points need "
+                f"'images_seen' or 'flops' and 'train_flops_per_image')"
+            },
+            d_opt_exponent=None,
+            d_opt_exponent_ci=None,
+        )
     return out
 
 
@@ -203,8 +250,15 @@ def _floor_name(metric: str) -> str:
     return {"fid": "FID_inf", "val_loss": "L_inf"}.get(metric, f"{metric.upper()}_inf")
 
 
-def fit_frontier_law(points: list[dict], metric: str = "fid", *, se_key: str | None = None, n_noise: int = 200,
-                     names: tuple[str, str, str] | None = None, **fit_kwargs: Any) -> tuple[PowerLawFit, list[dict]]:
+def fit_frontier_law(
+    points: list[dict],
+    metric: str = "fid",
+    *,
+    se_key: str | None = None,
+    n_noise: int = 200,
+    names: tuple[str, str, str] | None = None,
+    **fit_kwargs: Any,
+) -> tuple[PowerLawFit, list[dict]]:
     """(law fitted on the compute frontier of `metric`, the frontier points); optional sampling-noise propagation.
 
     With `se_key` (e.g. "fid_se", each point's FID standard error from `ditcore.metrics.fid.fid_bootstrap`),
@@ -222,8 +276,9 @@ def fit_frontier_law(points: list[dict], metric: str = "fid", *, se_key: str | N
     fit = fit_power_law(c, y, names=names, **fit_kwargs)
     if se_key is None:
         return fit, front
-    usable = [p for p in points if _num(p, metric) is not None and budget_of(p) is not None
-              and compute_of(p) is not None]
+    usable = [
+        p for p in points if _num(p, metric) is not None and budget_of(p) is not None and compute_of(p) is not None
+    ]
     vals = np.array([_num(p, metric) for p in usable])
     ses = np.array([max(_num(p, se_key) or 0.0, 0.0) for p in usable])
     comp = np.array([compute_of(p) for p in usable])
@@ -246,7 +301,9 @@ def fit_frontier_law(points: list[dict], metric: str = "fid", *, se_key: str | N
     start = np.array([np.log(fit.A) - fit.exponent * np.log(c_ref), fit.exponent, fit.floor])
     seed = int(fit_kwargs.get("seed", 0))
     fit.sampling_noise = sampling_noise_block(draw, fit, c_ref, start, n_rep=n_noise, seed=seed + 1)
-    fit.sampling_noise.update(frontier_change_rate=float(np.mean(changes)) if changes else 0.0,
-                              n_points_with_se=int((ses > 0).sum()),
-                              max_rel_se=float(np.max(ses / vals)) if vals.size else 0.0)
+    fit.sampling_noise.update(
+        frontier_change_rate=float(np.mean(changes)) if changes else 0.0,
+        n_points_with_se=int((ses > 0).sum()),
+        max_rel_se=float(np.max(ses / vals)) if vals.size else 0.0,
+    )
     return fit, front

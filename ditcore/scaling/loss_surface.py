@@ -12,6 +12,7 @@ Minimising L at fixed compute C proportional to N D (train FLOPs per image propo
 N*(C) ~ C^(beta / (alpha + beta)) and D*(C) ~ C^(alpha / (alpha + beta)) (Hoffmann et al. 2022 Eq. 4), reported
 as n_opt_exponent and d_opt_exponent next to the isoFLOP estimates of approach 2.
 """
+
 from __future__ import annotations
 
 from itertools import product
@@ -59,8 +60,9 @@ def _grid_starts(ln: np.ndarray, ld: np.ndarray, ly: np.ndarray, delta: float, k
     e_grid = [lmin + np.log(f) for f in (0.1, 0.5, 0.9)]
     ab_grid = [lmin + np.log(f) for f in (0.05, 0.2, 0.5, 1.0)]
     cand = np.array([(a, b, e, al, be) for al, be, e, a, b in product(exps, exps, e_grid, ab_grid, ab_grid)])
-    terms = np.stack([cand[:, :1] - cand[:, 3:4] * ln, cand[:, 1:2] - cand[:, 4:5] * ld,
-                      np.repeat(cand[:, 2:3], ln.size, axis=1)])  # [3, G, n]
+    terms = np.stack(
+        [cand[:, :1] - cand[:, 3:4] * ln, cand[:, 1:2] - cand[:, 4:5] * ld, np.repeat(cand[:, 2:3], ln.size, axis=1)]
+    )  # [3, G, n]
     loss = _huber(logsumexp(terms, axis=0) - ly, delta)[0].sum(axis=1)
     return [cand[i] for i in np.argsort(loss)[:k]]
 
@@ -76,8 +78,20 @@ def _minimise(ln: np.ndarray, ld: np.ndarray, ly: np.ndarray, delta: float, star
     best, best_f = starts[0], np.inf
     for s in starts:
         s = np.clip(s, lo + [0, 0, 0, 1e-9, 1e-9], hi - [0, 0, 0, 1e-9, 1e-9])
-        res = least_squares(_residuals, s, jac=_jacobian, args=(ln, ld, ly), bounds=(lo, hi), method="trf",
-                            loss="huber", f_scale=delta, x_scale="jac", max_nfev=2000, xtol=1e-12, ftol=1e-12)
+        res = least_squares(
+            _residuals,
+            s,
+            jac=_jacobian,
+            args=(ln, ld, ly),
+            bounds=(lo, hi),
+            method="trf",
+            loss="huber",
+            f_scale=delta,
+            x_scale="jac",
+            max_nfev=2000,
+            xtol=1e-12,
+            ftol=1e-12,
+        )
         if res.cost < best_f:
             best, best_f = res.x, float(res.cost)
     return best
@@ -89,8 +103,16 @@ def _to_params(theta: np.ndarray, ln0: float, ld0: float) -> np.ndarray:
     return np.array([np.exp(e), np.exp(a + al * ln0), np.exp(b + be * ld0), al, be])
 
 
-def fit_loss_surface(points: list[dict], metric: str = "val_loss", *, n_boot: int = 100, ci_level: float = 0.95,
-                     seed: int = 0, huber_delta: float = 1e-3, min_points: int = 8) -> dict[str, Any]:
+def fit_loss_surface(
+    points: list[dict],
+    metric: str = "val_loss",
+    *,
+    n_boot: int = 100,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    huber_delta: float = 1e-3,
+    min_points: int = 8,
+) -> dict[str, Any]:
     """Fit L(N, D) = E + A / N^alpha + B / D^beta to points with params, images and `metric` (see module doc).
 
     Returns {"form", "metric", "params": {E, A, B, alpha, beta}, "ci": {name: [lo, hi]}, "ci_level",
@@ -101,12 +123,15 @@ def fit_loss_surface(points: list[dict], metric: str = "val_loss", *, n_boot: in
     rows = [(_num(p, "params"), images_of(p), _num(p, metric)) for p in points]
     rows = [r for r in rows if all(v is not None and v > 0 for v in r)]
     if len(rows) < min_points:
-        raise FitError(f"L(N, D) fit needs >= {min_points} points with params, images seen and {metric!r}, "
-                       f"got {len(rows)}")
+        raise FitError(
+            f"L(N, D) fit needs >= {min_points} points with params, images seen and {metric!r}, got {len(rows)}"
+        )
     n, d, y = (np.array(col, dtype=np.float64) for col in zip(*rows))
     if np.unique(n).size < 3 or np.unique(d).size < 3:
-        raise FitError(f"L(N, D) fit needs >= 3 distinct model sizes and image counts, got {np.unique(n).size} "
-                       f"and {np.unique(d).size}")
+        raise FitError(
+            f"L(N, D) fit needs >= 3 distinct model sizes and image counts, got {np.unique(n).size} "
+            f"and {np.unique(d).size}"
+        )
     ln0, ld0 = float(np.mean(np.log(n))), float(np.mean(np.log(d)))
     ln, ld, ly = np.log(n) - ln0, np.log(d) - ld0, np.log(y)
     theta = _minimise(ln, ld, ly, huber_delta, _grid_starts(ln, ld, ly, huber_delta, _N_STARTS))
@@ -138,10 +163,20 @@ def fit_loss_surface(points: list[dict], metric: str = "val_loss", *, n_boot: in
             a_ci = [float(v) for v in np.percentile(ab[:, 0], q)]
             b_ci = [float(v) for v in np.percentile(ab[:, 1], q)]
     return {
-        "form": "L(N, D) = E + A / N^alpha + B / D^beta", "metric": metric,
-        "params": {name: float(v) for name, v in zip(NAMES, params)}, "ci": ci, "ci_level": ci_level,
-        "n_opt_exponent": a_opt, "n_opt_exponent_ci": a_ci, "d_opt_exponent": b_opt, "d_opt_exponent_ci": b_ci,
-        "n_points": int(n.size), "n_boot": n_boot, "n_boot_ok": len(samples),
-        "rmse_log": float(np.sqrt(np.mean(resid ** 2))), "huber_delta": huber_delta,
-        "params_range": [float(n.min()), float(n.max())], "images_range": [float(d.min()), float(d.max())],
+        "form": "L(N, D) = E + A / N^alpha + B / D^beta",
+        "metric": metric,
+        "params": {name: float(v) for name, v in zip(NAMES, params)},
+        "ci": ci,
+        "ci_level": ci_level,
+        "n_opt_exponent": a_opt,
+        "n_opt_exponent_ci": a_ci,
+        "d_opt_exponent": b_opt,
+        "d_opt_exponent_ci": b_ci,
+        "n_points": int(n.size),
+        "n_boot": n_boot,
+        "n_boot_ok": len(samples),
+        "rmse_log": float(np.sqrt(np.mean(resid**2))),
+        "huber_delta": huber_delta,
+        "params_range": [float(n.min()), float(n.max())],
+        "images_range": [float(d.min()), float(d.max())],
     }

@@ -27,6 +27,7 @@ samples, `ditcore.metrics.fid.fid_bootstrap`) is propagated by refitting on valu
 the width of `ci`) and an interval from a joint bootstrap over points and each point's noise. The residual
 scatter already contains the sampling noise, so the joint interval double-counts it: it is an upper bound.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -178,13 +179,22 @@ def _fit_theta(x: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) ->
     lo = np.array([-np.inf, 0.0, 0.0])
     hi = np.array([np.inf, _MAX_EXPONENT, ymin * (1 - 1e-9)])
     theta0 = np.clip(theta0, lo + [0, 1e-9, 0], hi - [0, 1e-9, 1e-9 * ymin])
-    res = least_squares(_residuals, theta0, jac=_jacobian, args=(x, np.log(y)), bounds=(lo, hi), method="trf",
-                        x_scale="jac", max_nfev=500)
+    res = least_squares(
+        _residuals,
+        theta0,
+        jac=_jacobian,
+        args=(x, np.log(y)),
+        bounds=(lo, hi),
+        method="trf",
+        x_scale="jac",
+        max_nfev=500,
+    )
     return res.x
 
 
-def profile_threshold(rss_min: float, n_points: int, level: float = 0.95, n_params: int = 3,
-                      calibration: str = "F") -> float:
+def profile_threshold(
+    rss_min: float, n_points: int, level: float = 0.95, n_params: int = 3, calibration: str = "F"
+) -> float:
     """RSS below which a fixed parameter value is inside the profile interval (1 constrained dof).
 
     "F": RSS_min (1 + F_{1, n-p}(level) / (n - p)), exact for linear least squares with unknown noise; "chi2":
@@ -277,13 +287,12 @@ class _Profile:
                 return np.stack([J[:, 1] - self.lcref * J[:, 0], J[:, 2]], axis=1)
             return J[:, [k for k in range(3) if k != j]]
 
-        starts = [np.clip(self._free(j, t), lo + eps, hi - eps) for t in (self.theta, *extra,
-                                                                          *self._data_starts(j, v))]
+        starts = [np.clip(self._free(j, t), lo + eps, hi - eps) for t in (self.theta, *extra, *self._data_starts(j, v))]
         costs = [float(np.sum(res(s) ** 2)) for s in starts]
         best, best_p = np.inf, starts[0]
         for i in np.argsort(costs)[:2]:
             r = least_squares(res, starts[i], jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=200)
-            cost = float(np.sum(r.fun ** 2))
+            cost = float(np.sum(r.fun**2))
             if cost < best:
                 best, best_p = cost, r.x
         return best, self._full(j, v, best_p)
@@ -325,9 +334,15 @@ class _Profile:
         return float(brentq(g, inner, outer, xtol=xtol)), False
 
 
-def profile_intervals(compute: Any, values: Any, *, names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
-                      ci_level: float = 0.95, which: tuple[str, ...] | None = None, calibration: str = "F"
-                      ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[bool, bool]]]:
+def profile_intervals(
+    compute: Any,
+    values: Any,
+    *,
+    names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
+    ci_level: float = 0.95,
+    which: tuple[str, ...] | None = None,
+    calibration: str = "F",
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[bool, bool]]]:
     """(ci, ci_open) profile-likelihood intervals of the named parameters (all by default); see module doc."""
     c, y = _validate(compute, values, 4, f"profile interval of {names[0]} * C^-{names[1]} + {names[2]}")
     lcref = float(np.mean(np.log(c)))
@@ -336,9 +351,16 @@ def profile_intervals(compute: Any, values: Any, *, names: tuple[str, str, str] 
     return _profile_cis(x, y, theta, lcref, names, ci_level, which, calibration)
 
 
-def _profile_cis(x: np.ndarray, y: np.ndarray, theta: np.ndarray, lcref: float, names: tuple[str, str, str],
-                 ci_level: float, which: tuple[str, ...] | None, calibration: str = "F"
-                 ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[bool, bool]]]:
+def _profile_cis(
+    x: np.ndarray,
+    y: np.ndarray,
+    theta: np.ndarray,
+    lcref: float,
+    names: tuple[str, str, str],
+    ci_level: float,
+    which: tuple[str, ...] | None,
+    calibration: str = "F",
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[bool, bool]]]:
     prof = _Profile(x, y, theta, lcref)
     thr = profile_threshold(prof.rss_min, y.size, ci_level, calibration=calibration)
     ci, ci_open = {}, {}
@@ -371,9 +393,15 @@ def noise_draw(values: np.ndarray, se: np.ndarray, rng: np.random.Generator) -> 
     return values * np.exp(rng.standard_normal(values.size) * se / values)
 
 
-def sampling_noise_block(draw: Callable[[np.random.Generator, bool], tuple[np.ndarray, np.ndarray]],
-                         fit: PowerLawFit, c_ref: float, start: np.ndarray, *, n_rep: int, seed: int
-                         ) -> dict[str, Any]:
+def sampling_noise_block(
+    draw: Callable[[np.random.Generator, bool], tuple[np.ndarray, np.ndarray]],
+    fit: PowerLawFit,
+    c_ref: float,
+    start: np.ndarray,
+    *,
+    n_rep: int,
+    seed: int,
+) -> dict[str, Any]:
     """Refits on values redrawn within their noise (draw(rng, False)), and jointly with a point bootstrap
     (draw(rng, True)): {n_rep, n_ok, param_sd, param_interval, sd_over_ci_width, ci_joint, n_joint_ok}."""
     rng = np.random.default_rng(seed)
@@ -390,20 +418,33 @@ def sampling_noise_block(draw: Callable[[np.random.Generator, bool], tuple[np.nd
     noise, joint = np.array(out["noise"]).reshape(-1, 3), np.array(out["joint"]).reshape(-1, 3)
     names = fit.names
     block: dict[str, Any] = {"n_rep": n_rep, "n_ok": len(noise), "n_joint_ok": len(joint)}
-    block["param_sd"] = {n: float(np.std(noise[:, i], ddof=1)) if len(noise) > 1 else None
-                         for i, n in enumerate(names)}
+    block["param_sd"] = {n: float(np.std(noise[:, i], ddof=1)) if len(noise) > 1 else None for i, n in enumerate(names)}
     block["param_interval"] = {k: list(v) for k, v in _percentile_ci(noise, names, fit.ci_level).items()}
     block["sd_over_ci_width"] = {
-        n: (block["param_sd"][n] / (fit.ci[n][1] - fit.ci[n][0])
-            if block["param_sd"][n] is not None and n in fit.ci and fit.ci[n][1] > fit.ci[n][0] else None)
-        for n in names}
+        n: (
+            block["param_sd"][n] / (fit.ci[n][1] - fit.ci[n][0])
+            if block["param_sd"][n] is not None and n in fit.ci and fit.ci[n][1] > fit.ci[n][0]
+            else None
+        )
+        for n in names
+    }
     block["ci_joint"] = {k: list(v) for k, v in _percentile_ci(joint, names, fit.ci_level).items()}
     return block
 
 
-def fit_power_law(compute: Any, values: Any, *, names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
-                  n_boot: int = 200, ci_level: float = 0.95, seed: int = 0, held_out: bool = True,
-                  interval: str | None = "profile", value_se: Any = None, n_noise: int = 200) -> PowerLawFit:
+def fit_power_law(
+    compute: Any,
+    values: Any,
+    *,
+    names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    held_out: bool = True,
+    interval: str | None = "profile",
+    value_se: Any = None,
+    n_noise: int = 200,
+) -> PowerLawFit:
     """Fit y = A * C^-exponent + floor (log-space least squares, robust init) with intervals.
 
     `interval`: "profile" (default; F-calibrated profile likelihood, see module doc) or "bootstrap" (percentile
@@ -446,11 +487,24 @@ def fit_power_law(compute: Any, values: Any, *, names: tuple[str, str, str] = ("
         ci = dict(ci_boot)
     elif interval == "profile" and c.size > 3:
         ci, ci_open = _profile_cis(x, y, theta, lcref, names, ci_level, None)
-    fit = PowerLawFit(A=A, exponent=b, floor=f, names=names, ci=ci, ci_level=ci_level, n_points=int(c.size),
-                      n_boot=n_boot, n_boot_ok=len(samples), rmse_log=rmse,
-                      compute_range=(float(c.min()), float(c.max())),
-                      samples=np.array(samples) if samples else None, ci_method=interval or "none",
-                      ci_bootstrap=ci_boot, ci_open=ci_open, min_value=float(y.min()))
+    fit = PowerLawFit(
+        A=A,
+        exponent=b,
+        floor=f,
+        names=names,
+        ci=ci,
+        ci_level=ci_level,
+        n_points=int(c.size),
+        n_boot=n_boot,
+        n_boot_ok=len(samples),
+        rmse_log=rmse,
+        compute_range=(float(c.min()), float(c.max())),
+        samples=np.array(samples) if samples else None,
+        ci_method=interval or "none",
+        ci_bootstrap=ci_boot,
+        ci_open=ci_open,
+        min_value=float(y.min()),
+    )
     if se_raw is not None:
         ok = np.isfinite(c_raw) & np.isfinite(np.asarray(values, dtype=np.float64).ravel())
         se = np.nan_to_num(se_raw[ok], nan=0.0).clip(min=0.0)
@@ -466,8 +520,9 @@ def fit_power_law(compute: Any, values: Any, *, names: tuple[str, str, str] = ("
     return fit
 
 
-def held_out_check(compute: Any, values: Any, *,
-                   names: tuple[str, str, str] = ("A", "beta", "FID_inf")) -> dict[str, Any]:
+def held_out_check(
+    compute: Any, values: Any, *, names: tuple[str, str, str] = ("A", "beta", "FID_inf")
+) -> dict[str, Any]:
     """Fit without the largest compute, predict it; {"compute","observed","predicted","abs_error","rel_error",...}.
 
     The observed value at the largest compute is the minimum there (the frontier convention).

@@ -4,6 +4,7 @@ Each command is one module with `main(argv) -> int` and its own argparse parser,
 pipelines/cli (data, precompute, sample, models, flops, export), serve/cli (serve, loadtest) and jobs/cli (train,
 sweep, evaluate, fit, report, promote, submit, jobs, quickstart). jobs is the top layer, so only it sees them all.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -49,8 +50,14 @@ def version() -> str:
 
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
-    lines = ["usage: ditscale <command> [options]", "       ditscale --version", "",
-             "Diffusion Transformer scaling research on Ray.", "", "commands:"]
+    lines = [
+        "usage: ditscale <command> [options]",
+        "       ditscale --version",
+        "",
+        "Diffusion Transformer scaling research on Ray.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `ditscale <command> --help` for the options of a command (config keys with their defaults)."]
     return "\n".join(lines)

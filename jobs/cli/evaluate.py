@@ -1,4 +1,5 @@
 """`ditscale evaluate`: FID (and attribute accuracy) of a checkpoint against its data set's reference statistics."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,11 @@ from typing import Optional, Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale evaluate`."""
-    p = argparse.ArgumentParser(prog="ditscale evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="FID (and attribute accuracy) of a checkpoint's EMA weights")
+    p = argparse.ArgumentParser(
+        prog="ditscale evaluate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="FID (and attribute accuracy) of a checkpoint's EMA weights",
+    )
     p.add_argument("checkpoint", help="checkpoint directory (local or s3://), e.g. runs/<run>/checkpoints/step_X")
     p.add_argument("--data", default=None, help="latent data set (default: the checkpoint's data.manifest)")
     p.add_argument("--num-samples", type=int, default=256)
@@ -18,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-actors", type=int, default=1,
-                   help="Ray tasks that sample in parallel (0: sample in this process, no Ray)")
+    p.add_argument(
+        "--num-actors",
+        type=int,
+        default=1,
+        help="Ray tasks that sample in parallel (0: sample in this process, no Ray)",
+    )
     return p
 
 
@@ -35,8 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = args.data or read_checkpoint_config(storage.local_copy(args.checkpoint)).get("data", {}).get("manifest")
         if not data:
             raise ValueError("--data is required (the checkpoint records no data.manifest)")
-        settings = FIDSettings(num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
-                               guidance=args.guidance, seed=args.seed)
+        settings = FIDSettings(
+            num_samples=args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed
+        )
         settings.check()
         if args.num_actors > 1:
             init_ray()

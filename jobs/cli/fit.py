@@ -1,4 +1,5 @@
 """`ditscale fit`: scaling-law fits of a sweep's MLflow record, with plots and a JSON report."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,13 @@ from jobs.cli.common import add_sweep_source_arguments
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale fit`."""
-    p = argparse.ArgumentParser(prog="ditscale fit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
-                                "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
-                                "intervals and a held-out check; plots + fit_report.json, logged to the sweep's run.")
+    p = argparse.ArgumentParser(
+        prog="ditscale fit",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
+        "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
+        "intervals and a held-out check; plots + fit_report.json, logged to the sweep's run.",
+    )
     add_sweep_source_arguments(p)
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
     p.add_argument("--metric", default="fid", help="point metric to fit (a points.json key)")
@@ -32,9 +36,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
 
     try:
-        report, out = run_fit(experiment=args.experiment, parent_run_id=args.parent_run, tracking_uri=args.tracking_uri,
-                              out_dir=args.out, metric=args.metric, n_boot=args.n_boot, seed=args.seed,
-                              log=not args.no_log)
+        report, out = run_fit(
+            experiment=args.experiment,
+            parent_run_id=args.parent_run,
+            tracking_uri=args.tracking_uri,
+            out_dir=args.out,
+            metric=args.metric,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            log=not args.no_log,
+        )
     except (FitError, ExperimentRecordError, TrackingURIError) as e:
         print(f"ditscale fit: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """`ditscale jobs`: list, inspect, tail or stop jobs on a Ray cluster."""
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,6 @@ def _jobs(argv: list[str]) -> int:
             print(f"{opts.job_id}: {wait_for_job(client, opts.job_id, timeout_s=120)}")
         return 0
     raise AssertionError(opts.action)
-
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,5 @@
 """`ditscale quickstart`: the whole pipeline locally, one command (see jobs/quickstart/run.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ditscale quickstart",
         description="Run the whole pipeline locally on the built-in defaults: data -> VAE -> feature net -> "
-                    "precompute -> sweep with FID -> scaling-law fit -> champion -> Ray Serve -> report.md + "
-                    "report.json. Re-running reuses finished stages.")
+        "precompute -> sweep with FID -> scaling-law fit -> champion -> Ray Serve -> report.md + "
+        "report.json. Re-running reuses finished stages.",
+    )
     p.add_argument("--tiny", action="store_true", help="reduced sizes (about 3 minutes) for tests and a first look")
     p.add_argument("--out", default="outputs/quickstart", help="output directory (default: outputs/quickstart)")
     p.add_argument("--force", action="store_true", help="rerun every stage even if its marker matches")

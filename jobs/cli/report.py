@@ -1,4 +1,5 @@
 """`ditscale report`: the fitted scaling laws (with intervals) and the table of a sweep's points."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,12 @@ from jobs.cli.common import add_sweep_source_arguments
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale report`."""
-    p = argparse.ArgumentParser(prog="ditscale report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="The fitted scaling laws (with intervals) and the table of a sweep's "
-                                "points; uses the report `ditscale fit` stored, or fits now.")
+    p = argparse.ArgumentParser(
+        prog="ditscale report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The fitted scaling laws (with intervals) and the table of a sweep's "
+        "points; uses the report `ditscale fit` stored, or fits now.",
+    )
     add_sweep_source_arguments(p)
     p.add_argument("--metric", default="fid", help="point metric of the laws and the table")
     p.add_argument("--refit", action="store_true", help="fit now even if `ditscale fit` stored a report")
@@ -58,11 +62,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except FitError as e:
             note = f"(no laws: {e})"
     if args.json:
-        print(json.dumps({"parent_run_id": parent.info.run_id, "report": report, "points": rows}, indent=2,
-                         default=str))
+        print(
+            json.dumps({"parent_run_id": parent.info.run_id, "report": report, "points": rows}, indent=2, default=str)
+        )
         return 0
-    print(f"sweep run {parent.info.run_id}: {len(points)} points from {len({p.run_id for p in points})} trials "
-          f"{note}".rstrip())
+    print(
+        f"sweep run {parent.info.run_id}: {len(points)} points from {len({p.run_id for p in points})} trials "
+        f"{note}".rstrip()
+    )
     if report is not None:
         print(format_laws(report))
     print()

@@ -1,4 +1,5 @@
 """`ditscale sweep`: a models x budgets (x hyper-parameters) scaling grid on Ray Tune, tracked in MLflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,12 @@ from pipelines.cli.config_args import add_config_arguments, run_config_command
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale sweep`."""
-    p = argparse.ArgumentParser(prog="ditscale sweep", description="models x budgets scaling grid on Ray Tune, "
-                                "tracked in MLflow (rerun the same command to finish an interrupted sweep or rerun "
-                                "its failed trials)")
+    p = argparse.ArgumentParser(
+        prog="ditscale sweep",
+        description="models x budgets scaling grid on Ray Tune, "
+        "tracked in MLflow (rerun the same command to finish an interrupted sweep or rerun "
+        "its failed trials)",
+    )
     add_config_arguments(p, SweepConfig, "ditscale sweep --config configs/sweep/tiny.yaml mode=wsd")
     p.add_argument("--validate-only", action="store_true", help="expand + validate the grid and exit")
     return p
@@ -29,8 +33,10 @@ def _run(cfg: SweepConfig, validate_only: bool) -> int:
     out = run_sweep(cfg)
     print(format_table(out))
     state = "complete" if out["complete"] else f"INCOMPLETE (not finished: {', '.join(out['failed'])})"
-    print(f"[ditscale] sweep {state} in {out['wall_s']:.1f} s; MLflow experiment {out['experiment']!r}, "
-          f"parent run {out['parent_run_id']}; dir {out['sweep_dir']}")
+    print(
+        f"[ditscale] sweep {state} in {out['wall_s']:.1f} s; MLflow experiment {out['experiment']!r}, "
+        f"parent run {out['parent_run_id']}; dir {out['sweep_dir']}"
+    )
     return 0 if out["complete"] else 1
 
 

@@ -1,4 +1,5 @@
 """`ditscale train`: train one model to a FLOPs budget on Ray Train, FID at its budget points."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,14 @@ from pipelines.cli.config_args import add_config_arguments, run_config_command
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale train`."""
-    p = argparse.ArgumentParser(prog="ditscale train", description="Train one model to a FLOPs budget on Ray Train "
-                                "(DDP or FSDP2, fault-tolerant), tracked in MLflow; FID at every budget point.")
-    add_config_arguments(p, TrainConfig, "ditscale train --config configs/train/tiny.yaml budget_flops=2e12 "
-                                         "run.num_workers=2")
+    p = argparse.ArgumentParser(
+        prog="ditscale train",
+        description="Train one model to a FLOPs budget on Ray Train "
+        "(DDP or FSDP2, fault-tolerant), tracked in MLflow; FID at every budget point.",
+    )
+    add_config_arguments(
+        p, TrainConfig, "ditscale train --config configs/train/tiny.yaml budget_flops=2e12 run.num_workers=2"
+    )
     p.add_argument("--validate-only", action="store_true", help="check the config against data/MLflow and exit")
     return p
 
@@ -26,9 +31,12 @@ def _run(cfg: TrainConfig, validate_only: bool) -> int:
     from jobs.train.plan import resolve_run
 
     plan = resolve_run(cfg)
-    print(f"[ditscale] run {plan.run_name}: {plan.model_name} ({plan.params:,} params, "
-          f"{plan.train_flops_per_image:.3g} train FLOPs/image), {plan.total_steps} steps to "
-          f"{cfg.budget_flops:.3g} FLOPs", flush=True)
+    print(
+        f"[ditscale] run {plan.run_name}: {plan.model_name} ({plan.params:,} params, "
+        f"{plan.train_flops_per_image:.3g} train FLOPs/image), {plan.total_steps} steps to "
+        f"{cfg.budget_flops:.3g} FLOPs",
+        flush=True,
+    )
     if validate_only:
         return 0
     out = run_training(cfg, plan=plan)

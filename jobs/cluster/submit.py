@@ -12,6 +12,7 @@ there is exactly the local checkout. Token auth (Ray >= 2.52): the token is read
 (`--token`, then RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token unless RAY_AUTH_MODE=disabled)
 and sent as an `Authorization: Bearer` header, so it works whether or not this process initialised Ray.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -7,6 +7,7 @@ actors. Images are featurised by the data set's feature network and compared wit
 (ditcore.metrics.fid.frechet_distance). For text models on the built-in data, the feature net's attribute heads
 also score whether the objects each caption names are visible (caption-attribute accuracy).
 """
+
 from __future__ import annotations
 
 import functools
@@ -83,8 +84,9 @@ def preload(manifest_uri: str) -> None:
         feature_net(manifest.fid.feature_net)
 
 
-def conditions(manifest_uri: str, manifest: Manifest, conditioning: str, num_samples: int,
-               num_classes: int) -> dict[str, np.ndarray]:
+def conditions(
+    manifest_uri: str, manifest: Manifest, conditioning: str, num_samples: int, num_classes: int
+) -> dict[str, np.ndarray]:
     """Per-sample conditioning: text of data set row i mod n (with its id), or class label i mod num_classes."""
     if conditioning == "class":
         return {"y": (np.arange(num_samples) % int(manifest.num_classes or num_classes)).astype(np.int64)}
@@ -95,13 +97,25 @@ def conditions(manifest_uri: str, manifest: Manifest, conditioning: str, num_sam
     if n == 0:
         raise ValueError(f"{manifest_uri}: empty data set, no captions to condition on")
     idx = np.arange(num_samples) % n
-    return {"text_emb": rows["text_emb"][idx].astype(np.float32), "text_mask": rows["text_mask"][idx].astype(bool),
-            "text_pooled": rows["text_pooled"][idx].astype(np.float32), "id": rows["id"][idx]}
+    return {
+        "text_emb": rows["text_emb"][idx].astype(np.float32),
+        "text_mask": rows["text_mask"][idx].astype(bool),
+        "text_pooled": rows["text_pooled"][idx].astype(np.float32),
+        "id": rows["id"][idx],
+    }
 
 
-def generate_features(ckpt: str, manifest_uri: str, indices: Sequence[int], cond: dict[str, np.ndarray],
-                      settings: FIDSettings, *, batch_size: int = 64, want_images: bool = False,
-                      progress: bool = False) -> dict[str, np.ndarray]:
+def generate_features(
+    ckpt: str,
+    manifest_uri: str,
+    indices: Sequence[int],
+    cond: dict[str, np.ndarray],
+    settings: FIDSettings,
+    *,
+    batch_size: int = 64,
+    want_images: bool = False,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Sample `indices` (cond rows aligned with them), featurise: {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
     from tqdm.auto import tqdm
 
@@ -118,7 +132,7 @@ def generate_features(ckpt: str, manifest_uri: str, indices: Sequence[int], cond
     indices = list(indices)
     bar = tqdm(total=len(indices), desc="FID samples", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
+        chunk = indices[start : start + batch_size]
         pos = np.arange(start, start + len(chunk))
         c = {k: torch.from_numpy(np.ascontiguousarray(v[pos])) for k, v in cond.items() if k != "id"}
         images = pipe.generate(c, [sample_seed(settings.seed, i) for i in chunk], sampler)  # uint8 [b,H,W,3]
@@ -145,16 +159,27 @@ def _builtin_objects(manifest: Manifest, ids: np.ndarray) -> Optional[list]:
     return [sample_objects(int(str(i).rsplit("-", 1)[-1]), spec) for i in ids]
 
 
-def _sample_parts(ckpt: str, manifest_uri: str, cond: dict, settings: FIDSettings, want_images: bool,
-                  num_actors: int, cpus_per_actor: float, progress: bool) -> tuple[list[list[int]], list[dict]]:
+def _sample_parts(
+    ckpt: str,
+    manifest_uri: str,
+    cond: dict,
+    settings: FIDSettings,
+    want_images: bool,
+    num_actors: int,
+    cpus_per_actor: float,
+    progress: bool,
+) -> tuple[list[list[int]], list[dict]]:
     """(index slice per part, generate_features result per part), in this process or on Ray actors."""
     n = settings.num_samples
     in_process = num_actors == 0  # no actor start-up: worth it for tiny models
     num_actors = max(1, min(num_actors, n))
     parts_idx = [list(range(n))[a::num_actors] for a in range(num_actors)]
     if in_process or (num_actors == 1 and not _ray_running()):
-        return parts_idx[:1], [generate_features(ckpt, manifest_uri, parts_idx[0], cond, settings,
-                                                 want_images=want_images, progress=progress)]
+        return parts_idx[:1], [
+            generate_features(
+                ckpt, manifest_uri, parts_idx[0], cond, settings, want_images=want_images, progress=progress
+            )
+        ]
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -164,13 +189,23 @@ def _sample_parts(ckpt: str, manifest_uri: str, cond: dict, settings: FIDSetting
 
     # Outside any enclosing placement group (a Tune trial's holds only the trial driver's fractional CPU).
     free = PlacementGroupSchedulingStrategy(placement_group=None)
-    refs = [sample_part.options(scheduling_strategy=free).remote(ckpt, manifest_uri, idx, cond, settings, want_images)
-            for idx in parts_idx]
+    refs = [
+        sample_part.options(scheduling_strategy=free).remote(ckpt, manifest_uri, idx, cond, settings, want_images)
+        for idx in parts_idx
+    ]
     return parts_idx, ray.get(refs)
 
 
-def evaluate_checkpoint(ckpt: str, manifest_uri: str, settings: FIDSettings | None = None, *, num_actors: int = 1,
-                        cpus_per_actor: float = 1.0, progress: bool = False, **kwargs: Any) -> dict[str, Any]:
+def evaluate_checkpoint(
+    ckpt: str,
+    manifest_uri: str,
+    settings: FIDSettings | None = None,
+    *,
+    num_actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    progress: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """FID of `ckpt` (EMA weights) vs the data set's reference stats; + "attr_acc" for text models on built-in data.
 
     `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples.
@@ -189,16 +224,23 @@ def evaluate_checkpoint(ckpt: str, manifest_uri: str, settings: FIDSettings | No
     mu_ref, sigma_ref = load_fid_stats(manifest_uri)
     model_cfg = read_checkpoint_config(storage.local_copy(ckpt))["model"]
     conditioning = "text" if model_cfg.get("text_dim") else "class"
-    cond = conditions(manifest_uri, manifest, conditioning, settings.num_samples, int(model_cfg.get("num_classes") or 0))
+    cond = conditions(
+        manifest_uri, manifest, conditioning, settings.num_samples, int(model_cfg.get("num_classes") or 0)
+    )
     objects = _builtin_objects(manifest, cond["id"]) if "id" in cond else None
-    parts_idx, parts = _sample_parts(ckpt, manifest_uri, cond, settings, objects is not None, num_actors,
-                                     cpus_per_actor, progress)
+    parts_idx, parts = _sample_parts(
+        ckpt, manifest_uri, cond, settings, objects is not None, num_actors, cpus_per_actor, progress
+    )
     order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts_idx])  # reassemble in index order
     feats = np.empty((settings.num_samples, parts[0]["features"].shape[1]))
     feats[order] = np.concatenate([p["features"] for p in parts])
     mu, sigma = feature_stats(feats)
-    out: dict[str, Any] = {"fid": float(frechet_distance(mu, sigma, mu_ref, sigma_ref)), **asdict(settings),
-                           "fid_network": manifest.fid.feature_net, "feature_dim": int(feats.shape[1])}
+    out: dict[str, Any] = {
+        "fid": float(frechet_distance(mu, sigma, mu_ref, sigma_ref)),
+        **asdict(settings),
+        "fid_network": manifest.fid.feature_net,
+        "feature_dim": int(feats.shape[1]),
+    }
     if objects is not None:
         from ditcore.metrics.features import caption_attribute_accuracy
 

@@ -4,6 +4,7 @@ A point's FID is cached in <run dir>/eval/step_X-<key>.json where <key> hashes e
 (sample count, sampler, steps, guidance, seed, feature network), so re-evaluating with other settings never
 returns a stale number.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,15 +37,28 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
         if storage.exists(cache):
             ev = storage.read_json(cache)
         else:
-            ev = evaluate_checkpoint(p.checkpoint, plan.cfg.data.manifest, settings,
-                                     num_actors=plan.cfg.eval.num_actors, cpus_per_actor=plan.cfg.run.cpus_per_worker)
+            ev = evaluate_checkpoint(
+                p.checkpoint,
+                plan.cfg.data.manifest,
+                settings,
+                num_actors=plan.cfg.eval.num_actors,
+                cpus_per_actor=plan.cfg.run.cpus_per_worker,
+            )
             storage.write_json(cache, ev)
-        p = dataclasses.replace(p, fid=ev["fid"], fid_network=ev.get("fid_network"), fid_samples=ev["num_samples"],
-                                eval_key=key, attr_acc=ev.get("attr_acc"), class_acc=ev.get("class_acc"))
+        p = dataclasses.replace(
+            p,
+            fid=ev["fid"],
+            fid_network=ev.get("fid_network"),
+            fid_samples=ev["num_samples"],
+            eval_key=key,
+            attr_acc=ev.get("attr_acc"),
+            class_acc=ev.get("class_acc"),
+        )
         if client is not None:
             from pipelines.infra.tracking import log_metrics
 
-            log_metrics(client, plan.mlflow_run_id, {"fid": p.fid, "attr_acc": p.attr_acc, "class_acc": p.class_acc},
-                        p.step)
+            log_metrics(
+                client, plan.mlflow_run_id, {"fid": p.fid, "attr_acc": p.attr_acc, "class_acc": p.class_acc}, p.step
+            )
         out.append(p)
     return out

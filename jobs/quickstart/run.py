@@ -5,6 +5,7 @@ built-in data -> small VAE -> FID feature net -> precompute (VAE latents + MiniL
 -> Ray Serve + HTTP -> sample grids -> report.md + report.json. Everything is tracked in a local MLflow store
 (`<out>/mlflow.db`, artifacts in `<out>/mlruns`); the local Ray head and the Serve app are stopped at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,10 @@ def print_summary(ctx: Context, seconds: float) -> None:
         print(f"fitted law: {law_sentence(law)}")
         ho = law.get("held_out") or {}
         if "rel_error" in ho:
-            print(f"held-out check (fit without C={ho['compute']:.3g}): predicted FID {ho['predicted']:.3f}, "
-                  f"observed {ho['observed']:.3f} ({100 * ho['rel_error']:.1f}% error)")
+            print(
+                f"held-out check (fit without C={ho['compute']:.3g}): predicted FID {ho['predicted']:.3f}, "
+                f"observed {ho['observed']:.3f} ({100 * ho['rel_error']:.1f}% error)"
+            )
     p = ctx.results["promote"]
     print(f"champion: {p['model_name']} v{p['version']} ({p.get('model')}, FID {float(p.get('fid')):.3g})")
     print(f"report:   {ctx.results['report']['path']} (+ {Path(ctx.results['report']['json']).name})")

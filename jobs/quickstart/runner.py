@@ -4,6 +4,7 @@ Each stage writes `<out>/stages/<stage>.json` holding the hash of its resolved c
 the stages it depends on); a re-run reuses every stage whose marker matches and whose outputs still exist, and
 `force` reruns everything.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,9 +92,20 @@ def _write_marker(ctx: Context, stage: Stage, digest: str, cfg: dict, result: di
     marker = ctx.path("stages", f"{stage.name}.json")
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"stage": stage.name, "config_hash": digest, "config": cfg, "result": result,
-                               "seconds": seconds, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")},
-                              indent=2, default=str))
+    tmp.write_text(
+        json.dumps(
+            {
+                "stage": stage.name,
+                "config_hash": digest,
+                "config": cfg,
+                "result": result,
+                "seconds": seconds,
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     tmp.replace(marker)
 
 
@@ -106,8 +118,11 @@ def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
         if prev is not None:
             ctx.results[stage.name], ctx.hashes[stage.name] = prev["result"], digest
             ctx.seconds[stage.name] = float(prev["seconds"])
-            print(f"==> [{i}/{len(stages)}] {stage.title}: reused (finished {prev['finished_at']}, took "
-                  f"{fmt_seconds(prev['seconds'])}, config {digest})   [{ctx.elapsed()}]", flush=True)
+            print(
+                f"==> [{i}/{len(stages)}] {stage.title}: reused (finished {prev['finished_at']}, took "
+                f"{fmt_seconds(prev['seconds'])}, config {digest})   [{ctx.elapsed()}]",
+                flush=True,
+            )
             continue
         print(f"\n==> [{i}/{len(stages)}] {stage.title}   [{ctx.elapsed()}]", flush=True)
         t = time.monotonic()

@@ -5,6 +5,7 @@ validation-loss law L(C) = A * C^-alpha + L_inf, and N*(C) = k * C^a from isoFLO
 intervals and a held-out check (ditcore.scaling). Compute C = training FLOPs (multiply-add = 2 FLOPs, training
 step = 3 x forward).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,20 @@ from jobs.scaling.plots import PLOTS, write_plots
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
 ARTIFACT_DIR = "fit"
-_FRONTIER_KEYS = ("model", "params", "flops", "budget_flops", "step", "fid", "fid_se", "fid_samples", "val_loss",
-                  "checkpoint", "run_id", "arm")
+_FRONTIER_KEYS = (
+    "model",
+    "params",
+    "flops",
+    "budget_flops",
+    "step",
+    "fid",
+    "fid_se",
+    "fid_samples",
+    "val_loss",
+    "checkpoint",
+    "run_id",
+    "arm",
+)
 
 
 def _finite(v: Any) -> float | None:
@@ -52,8 +65,10 @@ def clean_points(points: list[dict]) -> list[dict]:
         c = compute_of(p)
         if c is None or c <= 0:
             where = f"point {i}" + (f" (run {p['run_id']})" if p.get("run_id") else "")
-            raise FitError(f"{where}: needs a positive 'flops' or 'budget_flops', got flops={p.get('flops')!r} "
-                           f"budget_flops={p.get('budget_flops')!r}")
+            raise FitError(
+                f"{where}: needs a positive 'flops' or 'budget_flops', got flops={p.get('flops')!r} "
+                f"budget_flops={p.get('budget_flops')!r}"
+            )
         out.append({**p, "model": str(p.get("model") or f"N={p.get('params')}")})
     return out
 
@@ -73,9 +88,11 @@ def _frontier_law(pts: list[dict], metric: str, kw: dict) -> tuple[dict, PowerLa
     front = compute_frontier(pts, metric)
     if len({budget_of(p) for p in front}) < 3:
         name = metric.upper()
-        raise FitError(f"need {metric!r} at >= 3 distinct compute budgets to fit {name}(C) = A * C^-beta + {name}_inf; "
-                       f"got {len(with_metric)} point(s) with {metric!r} at "
-                       f"{len({budget_of(p) for p in with_metric})} budget(s) ({len(pts)} points in total)")
+        raise FitError(
+            f"need {metric!r} at >= 3 distinct compute budgets to fit {name}(C) = A * C^-beta + {name}_inf; "
+            f"got {len(with_metric)} point(s) with {metric!r} at "
+            f"{len({budget_of(p) for p in with_metric})} budget(s) ({len(pts)} points in total)"
+        )
     se_key = f"{metric}_se" if any(_finite(p.get(f"{metric}_se")) for p in pts) else None
     names = ("A", "beta", "FID_inf" if metric == "fid" else f"{metric.upper()}_inf")
     try:
@@ -92,10 +109,16 @@ def _per_model(pts: list[dict], metric: str, models: dict, kw: dict) -> tuple[di
         mp = [p for p in pts if p["model"] == name]
         fm = [p for p in mp if _finite(p.get(metric)) is not None]
         lm = [p for p in mp if _finite(p.get("val_loss")) is not None]
-        fl, objs[name] = _law(lambda xs, ys, **k: fit_power_law(xs, ys, names=names, **k), [compute_of(p) for p in fm],
-                              [float(p[metric]) for p in fm], f"{name} {metric}", **kw)
-        ll, _ = _law(fit_loss_law, [compute_of(p) for p in lm], [float(p["val_loss"]) for p in lm],
-                     f"{name} val_loss", **kw)
+        fl, objs[name] = _law(
+            lambda xs, ys, **k: fit_power_law(xs, ys, names=names, **k),
+            [compute_of(p) for p in fm],
+            [float(p[metric]) for p in fm],
+            f"{name} {metric}",
+            **kw,
+        )
+        ll, _ = _law(
+            fit_loss_law, [compute_of(p) for p in lm], [float(p["val_loss"]) for p in lm], f"{name} val_loss", **kw
+        )
         per_model[name] = {"params": models[name], "n_points": len(mp), f"{metric}_law": fl, "loss_law": ll}
     return per_model, objs
 
@@ -106,8 +129,14 @@ def _isoflop(pts: list[dict], metric: str, kw: dict) -> tuple[dict, dict]:
         try:
             res = isoflop_analysis(pts, m, return_samples=True, **kw)
             objs[m] = res
-            iso[m] = {**res, **{law: {k: v for k, v in res[law].items() if k != "samples"}
-                                for law in ("n_opt_law", "d_opt_law") if isinstance(res.get(law), dict)}}
+            iso[m] = {
+                **res,
+                **{
+                    law: {k: v for k, v in res[law].items() if k != "samples"}
+                    for law in ("n_opt_law", "d_opt_law")
+                    if isinstance(res.get(law), dict)
+                },
+            }
         except FitError as e:
             iso[m] = {"error": f"isoFLOP on {m}: {e}"}
     return iso, objs
@@ -133,8 +162,13 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
     kw = {"n_boot": n_boot, "seed": seed}
     law, law_obj, front = _frontier_law(pts, metric, kw)
     loss_front = compute_frontier(pts, "val_loss")
-    loss_law, loss_obj = _law(fit_loss_law, [compute_of(p) for p in loss_front],
-                              [float(p["val_loss"]) for p in loss_front], "val_loss frontier", **kw)
+    loss_law, loss_obj = _law(
+        fit_loss_law,
+        [compute_of(p) for p in loss_front],
+        [float(p["val_loss"]) for p in loss_front],
+        "val_loss frontier",
+        **kw,
+    )
     models: dict[str, float | None] = {}
     for p in pts:
         models.setdefault(p["model"], _finite(p.get("params")))
@@ -142,23 +176,44 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
     iso, iso_obj = _isoflop(pts, metric, kw)
     arms_report = _arms(pts, metric, kw)
     report = {
-        "convention": CONVENTION, "metric": metric, "n_points": len(pts),
+        "convention": CONVENTION,
+        "metric": metric,
+        "n_points": len(pts),
         "n_points_with_metric": sum(_finite(p.get(metric)) is not None for p in pts),
-        "n_trials": len({p.get("run_id") for p in pts if p.get("run_id")}), "models": models,
+        "n_trials": len({p.get("run_id") for p in pts if p.get("run_id")}),
+        "models": models,
         "budgets": sorted({budget_of(p) for p in pts}),
-        "frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in front], f"{metric}_law": law,
-        "loss_frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in loss_front], "loss_law": loss_law,
-        "per_model": per_model, "isoflop": iso, "n_boot": n_boot, "seed": seed,
+        "frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in front],
+        f"{metric}_law": law,
+        "loss_frontier": [{k: p.get(k) for k in _FRONTIER_KEYS if k in p} for p in loss_front],
+        "loss_law": loss_law,
+        "per_model": per_model,
+        "isoflop": iso,
+        "n_boot": n_boot,
+        "seed": seed,
         "n_opt_exponent": (iso.get(metric) or {}).get("n_opt_exponent"),
         "n_opt_exponent_ci": (iso.get(metric) or {}).get("n_opt_exponent_ci"),
         "d_opt_exponent": (iso.get(metric) or {}).get("d_opt_exponent"),
         "d_opt_exponent_ci": (iso.get(metric) or {}).get("d_opt_exponent_ci"),
         **({"arms": arms_report} if arms_report else {}),
     }
-    report["diagnostics"] = fit_diagnostics(law=law, frontier=report["frontier"], isoflop=iso.get(metric), points=pts,
-                                            arms=arms_report or None, metric=metric)
-    objs = {"fid": law_obj, "loss": loss_obj, "per_model": per_model_obj, "isoflop": iso_obj, "points": pts,
-            "fid_front": front, "loss_front": loss_front}
+    report["diagnostics"] = fit_diagnostics(
+        law=law,
+        frontier=report["frontier"],
+        isoflop=iso.get(metric),
+        points=pts,
+        arms=arms_report or None,
+        metric=metric,
+    )
+    objs = {
+        "fid": law_obj,
+        "loss": loss_obj,
+        "per_model": per_model_obj,
+        "isoflop": iso_obj,
+        "points": pts,
+        "fid_front": front,
+        "loss_front": loss_front,
+    }
     return report, objs
 
 
@@ -167,9 +222,17 @@ def fit_points(points: list[dict], *, metric: str = "fid", n_boot: int = 200, se
     return fit_all(points, metric=metric, n_boot=n_boot, seed=seed)[0]
 
 
-def run_fit(*, experiment: str | None = None, parent_run_id: str | None = None, tracking_uri: str | None = None,
-            out_dir: str | None = None, metric: str = "fid", n_boot: int = 200, seed: int = 0,
-            log: bool = True) -> tuple[dict, Path]:
+def run_fit(
+    *,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    out_dir: str | None = None,
+    metric: str = "fid",
+    n_boot: int = 200,
+    seed: int = 0,
+    log: bool = True,
+) -> tuple[dict, Path]:
     """Read the sweep from MLflow, fit, write plots + report to `out_dir`, log them to the parent run."""
     from jobs.scaling.points import read_points, to_dicts
     from pipelines.infra import tracking

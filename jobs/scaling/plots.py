@@ -1,5 +1,6 @@
 """Plots of a fit report: metric and validation loss vs compute (per model, frontier fit with its band), isoFLOP
 curves with their minima, and the compute-optimal model size N*(C)."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_vs_compute(points: list[dict], models: dict[str, float | None], key: str, fit: PowerLawFit | None,
-                    front: list[dict], path: Path, ylabel: str) -> Path:
+def plot_vs_compute(
+    points: list[dict],
+    models: dict[str, float | None],
+    key: str,
+    fit: PowerLawFit | None,
+    front: list[dict],
+    path: Path,
+    ylabel: str,
+) -> Path:
     """`key` vs training compute: one curve per model, the frontier points, the fitted law and its band."""
     plt = _pyplot()
     names = sorted(models, key=lambda m: (models[m] or 0, m))
@@ -49,8 +57,14 @@ def plot_vs_compute(points: list[dict], models: dict[str, float | None], key: st
     for m in names:
         mp = sorted((p for p in points if p["model"] == m and _finite(p.get(key)) is not None), key=compute_of)
         if mp:
-            ax.plot([compute_of(p) for p in mp], [float(p[key]) for p in mp], "o-", color=colors[m], alpha=0.7,
-                    label=f"{m} (N={models[m]:.3g})" if models[m] else m)
+            ax.plot(
+                [compute_of(p) for p in mp],
+                [float(p[key]) for p in mp],
+                "o-",
+                color=colors[m],
+                alpha=0.7,
+                label=f"{m} (N={models[m]:.3g})" if models[m] else m,
+            )
     if front:
         ax.plot([compute_of(p) for p in front], [float(p[key]) for p in front], "k*", ms=12, label="frontier")
     if fit is not None:
@@ -58,7 +72,9 @@ def plot_vs_compute(points: list[dict], models: dict[str, float | None], key: st
         cs = np.logspace(np.log10(lo) - 0.2, np.log10(hi) + 0.5, 200)
         if fit.ci:  # a band only where the bootstrap gave intervals
             blo, bhi = fit.band(cs)
-            ax.fill_between(cs, blo, bhi, color="tab:red", alpha=0.2, label=f"{int(fit.ci_level * 100)}% bootstrap band")
+            ax.fill_between(
+                cs, blo, bhi, color="tab:red", alpha=0.2, label=f"{int(fit.ci_level * 100)}% bootstrap band"
+            )
         form, _, params = fit.formula().partition("  with  ")
         ax.plot(cs, fit.predict(cs), "r--", label=f"{form.strip()}\n{params.strip()}")
     ax.set(xscale="log", yscale="log", xlabel=XLABEL, ylabel=ylabel)
@@ -98,7 +114,7 @@ def plot_n_opt(iso: dict | None, path: Path) -> Path:
         ax.plot(cs, [b["n_opt"] for b in iso["budgets"]], "ko", label="isoFLOP minima N*")
         grid = np.logspace(np.log10(cs.min()) - 0.2, np.log10(cs.max()) + 0.5, 100)
         k, a = law["params"]["k"], law["params"]["a"]
-        ax.plot(grid, k * grid ** a, "r--", label=f"N* = {k:.3g} * C^{a:.3f}")
+        ax.plot(grid, k * grid**a, "r--", label=f"N* = {k:.3g} * C^{a:.3f}")
         if law.get("ci") and law.get("samples") is not None:
             s = np.array(law["samples"])
             preds = s[:, :1] * grid[None, :] ** s[:, 1:2]
@@ -120,10 +136,10 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
     metric, models = report["metric"], report["models"]
     iso = objs["isoflop"].get(metric) or objs["isoflop"].get("val_loss")
     return [
-        plot_vs_compute(objs["points"], models, metric, objs["fid"], objs["fid_front"], out / PLOTS[0],
-                        metric.upper()),
-        plot_vs_compute(objs["points"], models, "val_loss", objs["loss"], objs["loss_front"], out / PLOTS[1],
-                        "validation loss"),
+        plot_vs_compute(objs["points"], models, metric, objs["fid"], objs["fid_front"], out / PLOTS[0], metric.upper()),
+        plot_vs_compute(
+            objs["points"], models, "val_loss", objs["loss"], objs["loss_front"], out / PLOTS[1], "validation loss"
+        ),
         plot_isoflop(iso, out / PLOTS[2]),
         plot_n_opt(iso, out / PLOTS[3]),
     ]

@@ -1,5 +1,6 @@
 """The scaling-point record: one (model, budget) measurement of a sweep, as training writes it and fit, promote,
 report and the quickstart read it (the `points.json` artifact of each trial's MLflow run)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,9 @@ def unique_points(points: list[ScalingPoint]) -> list[ScalingPoint]:
     return list(seen.values())
 
 
-def read_points(mlflow_client: Any, *, experiment: str | None = None,
-                parent_run_id: str | None = None) -> tuple[Any, list[ScalingPoint]]:
+def read_points(
+    mlflow_client: Any, *, experiment: str | None = None, parent_run_id: str | None = None
+) -> tuple[Any, list[ScalingPoint]]:
     """(parent run, typed points of all its trials, one per (trial, budget)) of a sweep's MLflow record."""
     from pipelines.infra.tracking import sweep_points
 

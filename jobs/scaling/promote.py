@@ -1,4 +1,5 @@
 """Promotion: the sweep's best checkpoint becomes an MLflow registered model version with alias 'champion'."""
+
 from __future__ import annotations
 
 import math
@@ -39,23 +40,54 @@ def checkpoint_source(checkpoint: str) -> str:
     return path
 
 
-def promote(mlflow_client: Any, points: list[ScalingPoint], *, model_name: str = DEFAULT_MODEL_NAME,
-            metric: str = "fid", alias: str = CHAMPION_ALIAS, extra_tags: dict[str, Any] | None = None) -> dict:
+def promote(
+    mlflow_client: Any,
+    points: list[ScalingPoint],
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    metric: str = "fid",
+    alias: str = CHAMPION_ALIAS,
+    extra_tags: dict[str, Any] | None = None,
+) -> dict:
     """Register the best point's checkpoint (reusing a version of the same checkpoint) and point the alias at it."""
     from pipelines.infra.tracking import register_checkpoint
 
     best = select_best(points, metric)
     source = checkpoint_source(best.checkpoint)
     value = getattr(best, metric)
-    tags = {metric: value, "train_flops": best.flops, "model": best.model, "params": best.params,
-            "budget_flops": best.budget_flops, "step": best.step, "val_loss": best.val_loss,
-            "fid_network": best.fid_network, "fid_samples": best.fid_samples, **(extra_tags or {})}
+    tags = {
+        metric: value,
+        "train_flops": best.flops,
+        "model": best.model,
+        "params": best.params,
+        "budget_flops": best.budget_flops,
+        "step": best.step,
+        "val_loss": best.val_loss,
+        "fid_network": best.fid_network,
+        "fid_samples": best.fid_samples,
+        **(extra_tags or {}),
+    }
     try:
-        mv, created = register_checkpoint(mlflow_client, source, model_name=model_name, alias=alias,
-                                          run_id=best.run_id, tags=tags,
-                                          description=f"best {metric} of the sweep: {value}")
+        mv, created = register_checkpoint(
+            mlflow_client,
+            source,
+            model_name=model_name,
+            alias=alias,
+            run_id=best.run_id,
+            tags=tags,
+            description=f"best {metric} of the sweep: {value}",
+        )
     except RegistryError as e:
         raise PromoteError(str(e)) from e
-    return {"model_name": model_name, "version": str(mv.version), "alias": alias, "created": created,
-            "checkpoint": source, "run_id": best.run_id, metric: value, "train_flops": best.flops,
-            "model": best.model, "point": best.to_dict()}
+    return {
+        "model_name": model_name,
+        "version": str(mv.version),
+        "alias": alias,
+        "created": created,
+        "checkpoint": source,
+        "run_id": best.run_id,
+        metric: value,
+        "train_flops": best.flops,
+        "model": best.model,
+        "point": best.to_dict(),
+    }

@@ -2,6 +2,7 @@
 
 Used by `ditscale fit`, `ditscale report` and the quickstart's report, so the same law reads the same everywhere.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,9 @@ def _fmt_ci(law: dict, name: str) -> str:
 def format_laws(report: dict) -> str:
     """The fitted laws with their intervals and held-out checks, as printable text."""
     metric = report["metric"]
-    lines = [f"# {report['n_points']} points, {len(report['models'])} models, {len(report['budgets'])} budgets; "
-             f"{CONVENTION}"]
+    lines = [
+        f"# {report['n_points']} points, {len(report['models'])} models, {len(report['budgets'])} budgets; {CONVENTION}"
+    ]
 
     def law_lines(title: str, law: dict) -> None:
         if "error" in law:
@@ -34,8 +36,10 @@ def format_laws(report: dict) -> str:
             lines.append("    warning: exact fit (no degrees of freedom); intervals are not meaningful")
         ho = law.get("held_out")
         if ho and "skipped" not in ho:
-            lines.append(f"    held-out (fit without C={ho['compute']:.3g}): predicted {ho['predicted']:.4g}, "
-                         f"observed {ho['observed']:.4g}, error {ho['abs_error']:.4g} ({100 * ho['rel_error']:.1f}%)")
+            lines.append(
+                f"    held-out (fit without C={ho['compute']:.3g}): predicted {ho['predicted']:.4g}, "
+                f"observed {ho['observed']:.4g}, error {ho['abs_error']:.4g} ({100 * ho['rel_error']:.1f}%)"
+            )
         elif ho:
             lines.append(f"    held-out: skipped ({ho['skipped']})")
 
@@ -72,7 +76,6 @@ def format_laws(report: dict) -> str:
     return "\n".join(lines)
 
 
-
 def law_sentence(law: dict) -> str:
     """'FID(C) = A * C^-beta + FID_inf with A = .. [lo, hi], ...' from a fitted law dict."""
     parts = []
@@ -83,10 +86,11 @@ def law_sentence(law: dict) -> str:
     form = law["form"] if "=" in law["form"] else f"FID(C) = {law['form']}"
     if law.get("dof", 1) <= 0:
         # 3 frontier points for 3 parameters: the fit is exact and a bootstrap has nothing to resample.
-        return (f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
-                "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)")
+        return (
+            f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
+            "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)"
+        )
     return f"{form} with " + ", ".join(parts) + f" ({level}% bootstrap intervals; C in training FLOPs)"
-
 
 
 COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")
@@ -105,11 +109,26 @@ def _fmt(v: Any, spec: str) -> str:
 def trial_table(points: list[dict], metric: str = "fid") -> str:
     """Text table of points by model size, then compute: model, params, budget, FLOPs, FID, val loss, checkpoint."""
     rows = [COLUMNS]
-    for p in sorted(points, key=lambda p: (float(p.get("params") or 0), str(p.get("model")),
-                                           float(p.get("budget_flops") or 0), float(p.get("flops") or 0))):
-        rows.append((str(p.get("model", "-")), _fmt(p.get("params"), ".3g"), _fmt(p.get("budget_flops"), ".3g"),
-                     _fmt(p.get("flops"), ".3g"), _fmt(p.get(metric), ".3f"), _fmt(p.get("val_loss"), ".4f"),
-                     str(p.get("checkpoint") or "-")))
+    for p in sorted(
+        points,
+        key=lambda p: (
+            float(p.get("params") or 0),
+            str(p.get("model")),
+            float(p.get("budget_flops") or 0),
+            float(p.get("flops") or 0),
+        ),
+    ):
+        rows.append(
+            (
+                str(p.get("model", "-")),
+                _fmt(p.get("params"), ".3g"),
+                _fmt(p.get("budget_flops"), ".3g"),
+                _fmt(p.get("flops"), ".3g"),
+                _fmt(p.get(metric), ".3f"),
+                _fmt(p.get("val_loss"), ".4f"),
+                str(p.get("checkpoint") or "-"),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

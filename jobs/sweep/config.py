@@ -1,4 +1,5 @@
 """Typed configuration of a scaling sweep (`ditscale sweep`): models x budgets x hyper-parameters."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -9,6 +9,7 @@ Restart: a finished trial has <sweep>/trials/<id>/done.json and is skipped; an i
 wrote result.json and resumes the others from their latest checkpoints; a failed one is rerun. Running the same
 command again therefore finishes only what is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,26 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
     from pipelines.infra import tracking
 
     client = tracking.client(tracking_uri, check=False)
-    rid, created = tracking.attach_run(client, storage.join(sdir, "sweep.json"), experiment=cfg.mlflow.experiment,
-                                       name=cfg.name, tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP})
-    tracking.log_params_once(client, rid, {
-        "mode": cfg.mode, "budgets": json.dumps(sorted(cfg.budgets)), "models": json.dumps(cfg.models),
-        "arms": json.dumps(cfg.arms), "hparams": json.dumps(cfg.hparams), "num_trials": n_trials, "sweep_dir": sdir})
+    rid, created = tracking.attach_run(
+        client,
+        storage.join(sdir, "sweep.json"),
+        experiment=cfg.mlflow.experiment,
+        name=cfg.name,
+        tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP},
+    )
+    tracking.log_params_once(
+        client,
+        rid,
+        {
+            "mode": cfg.mode,
+            "budgets": json.dumps(sorted(cfg.budgets)),
+            "models": json.dumps(cfg.models),
+            "arms": json.dumps(cfg.arms),
+            "hparams": json.dumps(cfg.hparams),
+            "num_trials": n_trials,
+            "sweep_dir": sdir,
+        },
+    )
     if created:
         client.log_text(rid, json.dumps(to_dict(cfg), indent=2), "config/sweep.json")
     return rid
@@ -53,8 +69,14 @@ def _tune_trainable(config: dict, plans: dict, sweep: str, parent: Optional[str]
 
     rec = run_trial(plans[config["trial_id"]], sweep, parent, callbacks=[TuneReportCallback()])
     fids = [p["fid"] for p in rec["points"] if p.get("fid") is not None]
-    tune.report({"done": 1, "status": rec["status"], "num_points": len(rec["points"]),
-                 "best_fid": min(fids) if fids else float("nan")})
+    tune.report(
+        {
+            "done": 1,
+            "status": rec["status"],
+            "num_points": len(rec["points"]),
+            "best_fid": min(fids) if fids else float("nan"),
+        }
+    )
 
 
 def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str) -> None:
@@ -69,8 +91,9 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     per_trial = run.num_workers * run.cpus_per_worker
     max_conc = cfg.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
     plans = {tp.trial.trial_id: tp for tp in pending}
-    trainable = tune.with_resources(tune.with_parameters(_tune_trainable, plans=plans, sweep=sdir, parent=parent),
-                                    {"cpu": cfg.trial_cpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trainable, plans=plans, sweep=sdir, parent=parent), {"cpu": cfg.trial_cpus}
+    )
     fs, fs_path = storage.get_fs(storage.join(sdir, "tune"))
     if not storage.is_s3(sdir):
         os.makedirs(fs_path, exist_ok=True)
@@ -80,11 +103,14 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     # Tune's status table (verbosity 1) at INFO; silent when the runs log only warnings (the quickstart).
     verbose = 1 if logging.getLevelName(str(run.log_level).upper()) <= logging.INFO else 0
     grid = tune.Tuner(
-        trainable, param_space={"trial_id": tune.grid_search(sorted(plans))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_conc, trial_name_creator=name_of,
-                                    trial_dirname_creator=name_of),
-        run_config=tune.RunConfig(name=f"tune-{int(time.time())}", storage_path=fs_path, storage_filesystem=fs,
-                                  verbose=verbose),
+        trainable,
+        param_space={"trial_id": tune.grid_search(sorted(plans))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_conc, trial_name_creator=name_of, trial_dirname_creator=name_of
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{int(time.time())}", storage_path=fs_path, storage_filesystem=fs, verbose=verbose
+        ),
     ).fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
@@ -120,8 +146,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     storage.makedirs(sdir)
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
-    print(f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
-          f"{len(pending)} to run (mode={cfg.mode})", flush=True)
+    print(
+        f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
+        f"{len(pending)} to run (mode={cfg.mode})",
+        flush=True,
+    )
     if pending:
         _run_tune(cfg, pending, sdir, parent)
     records = _records(sdir, plans)
@@ -132,8 +161,16 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     client.log_metric(parent, "wall_s", wall)
     if complete:
         tracking.end_run(client, parent, "finished")
-    return {"sweep_dir": sdir, "parent_run_id": parent, "experiment": cfg.mlflow.experiment, "trials": records,
-            "complete": complete, "failed": failed, "wall_s": wall, "tracking_uri": tracking_uri}
+    return {
+        "sweep_dir": sdir,
+        "parent_run_id": parent,
+        "experiment": cfg.mlflow.experiment,
+        "trials": records,
+        "complete": complete,
+        "failed": failed,
+        "wall_s": wall,
+        "tracking_uri": tracking_uri,
+    }
 
 
 def format_table(out: dict) -> str:
@@ -145,8 +182,9 @@ def format_table(out: dict) -> str:
         for p in r["points"]:
             vl = f"{p['val_loss']:.4f}" if p.get("val_loss") is not None else "-"
             fid = f"{p['fid']:.3f}" if p.get("fid") is not None else "-"
-            lines.append(f"{r['name'][:34]:34s} {p['budget_flops']:10.3g} {p['step']:6d} {vl:>9s} {fid:>9s}  "
-                         f"{r['status']}")
+            lines.append(
+                f"{r['name'][:34]:34s} {p['budget_flops']:10.3g} {p['step']:6d} {vl:>9s} {fid:>9s}  {r['status']}"
+            )
     return "\n".join(lines)
 
 

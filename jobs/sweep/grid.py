@@ -12,6 +12,7 @@ Budget modes:
             point is a properly decayed model (Hägele et al. 2024) at ~(1 + decay_fraction) x the cost of the
             largest run alone, instead of the sum over budgets.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,11 @@ def trial_storage(trial: Trial) -> str:
 def _model_spec(entry: Any, base_model: dict) -> dict:
     """A grid `models` entry -> ModelSpec dict (preset name, or fields overriding the base model)."""
     if isinstance(entry, str):
-        return {**{k: v for k, v in base_model.items() if k in ("adapt_to_data",)}, "preset": entry,
-                "overrides": dict(base_model.get("overrides") or {})}
+        return {
+            **{k: v for k, v in base_model.items() if k in ("adapt_to_data",)},
+            "preset": entry,
+            "overrides": dict(base_model.get("overrides") or {}),
+        }
     if isinstance(entry, dict):
         if set(entry) & {"preset", "overrides", "name", "adapt_to_data"}:
             return {**base_model, **entry}
@@ -112,23 +116,43 @@ def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
 def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dict, budgets: list[float]) -> Trial:
     d = merge(base, {"model": _model_spec(entry, dict(base.get("model") or {})), "budget_flops": budgets[-1]})
     d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in hp.items()])
-    d = merge(d, {"checkpoint": {"storage": storage.join(sweep_dir(cfg), "runs")},
-                  "mlflow": {"experiment": cfg.mlflow.experiment,
-                             **({"tracking_uri": cfg.mlflow.tracking_uri} if cfg.mlflow.tracking_uri else {})},
-                  **({"optim": {"schedule": "wsd"}} if cfg.mode == "wsd" else {})})
+    d = merge(
+        d,
+        {
+            "checkpoint": {"storage": storage.join(sweep_dir(cfg), "runs")},
+            "mlflow": {
+                "experiment": cfg.mlflow.experiment,
+                **({"tracking_uri": cfg.mlflow.tracking_uri} if cfg.mlflow.tracking_uri else {}),
+            },
+            **({"optim": {"schedule": "wsd"}} if cfg.mode == "wsd" else {}),
+        },
+    )
     try:
         tc = from_dict(TrainConfig, d)
     except ConfigError as e:
         raise ConfigError(f"trial {entry!r} {hp}: {e}") from e
-    ident = {"model": to_dict(tc.model), "hp": hp, "mode": cfg.mode, "budgets": budgets,
-             "train": {k: v for k, v in to_dict(tc).items() if k not in ("checkpoint", "mlflow", "run", "budget_flops",
-                                                                         "debug")},
-             "workers": tc.run.num_workers, "seed": tc.run.seed}
+    ident = {
+        "model": to_dict(tc.model),
+        "hp": hp,
+        "mode": cfg.mode,
+        "budgets": budgets,
+        "train": {
+            k: v for k, v in to_dict(tc).items() if k not in ("checkpoint", "mlflow", "run", "budget_flops", "debug")
+        },
+        "workers": tc.run.num_workers,
+        "seed": tc.run.seed,
+    }
     tid = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
     label = model_display_name(tc.model).replace("/", "_")
     hp_label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in hp.items())
-    return Trial(trial_id=f"{label}-{tid}", name=label + (f"[{hp_label}]" if hp_label else ""), train=tc,
-                 budgets=budgets, hparams=hp, arm=arm)
+    return Trial(
+        trial_id=f"{label}-{tid}",
+        name=label + (f"[{hp_label}]" if hp_label else ""),
+        train=tc,
+        budgets=budgets,
+        hparams=hp,
+        arm=arm,
+    )
 
 
 def expand_grid(cfg: SweepConfig) -> list[Trial]:
@@ -138,8 +162,9 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
     budgets = sorted(float(b) for b in cfg.budgets)
     keys = sorted(cfg.hparams)
     combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]
-    trials = [_trial(cfg, base, arm, entry, dict(zip(keys, combo)), budgets) for arm, entry in entries
-              for combo in combos]
+    trials = [
+        _trial(cfg, base, arm, entry, dict(zip(keys, combo)), budgets) for arm, entry in entries for combo in combos
+    ]
     if len({t.trial_id for t in trials}) != len(trials):
         raise ConfigError("models/hparams: the grid contains duplicate trials")
     return trials
@@ -170,8 +195,9 @@ def _wsd_branches(runs: list[RunSpec]) -> None:
 
     main = runs[0].plan
     fpi, batch = main.train_flops_per_image, main.cfg.data.batch_size
-    starts = [wsd_decay_start(steps_for_budget(r.plan.cfg.budget_flops, fpi, batch), r.plan.cfg.optim)
-              for r in runs[1:]]
+    starts = [
+        wsd_decay_start(steps_for_budget(r.plan.cfg.budget_flops, fpi, batch), r.plan.cfg.optim) for r in runs[1:]
+    ]
     main.branch_steps = tuple(starts)
     for r, start in zip(runs[1:], starts):
         if start > 0:

@@ -4,6 +4,7 @@ A trial is an MLflow child run of the sweep's parent (tags ditscale.role=trial, 
 `points.json`; its training runs are grandchildren. It ends with <sweep>/trials/<id>/done.json when every run
 finished, or failed.json (and a FAILED MLflow run) when one did not: the next invocation of the sweep reruns it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,33 @@ def _child_run(tp: TrialPlan, tdir: str, parent_run_id: Optional[str]) -> Option
     client = tracking.client(main.tracking_uri, check=False)
     t = tp.trial
     tags = {tracking.ROLE_TAG: tracking.ROLE_TRIAL, tracking.TRIAL_ID_TAG: t.trial_id}
-    run_id, _ = tracking.attach_run(client, storage.join(tdir, "child_run.json"), experiment=main.cfg.mlflow.experiment,
-                                    name=t.name, tags=tags, parent_run_id=parent_run_id)
+    run_id, _ = tracking.attach_run(
+        client,
+        storage.join(tdir, "child_run.json"),
+        experiment=main.cfg.mlflow.experiment,
+        name=t.name,
+        tags=tags,
+        parent_run_id=parent_run_id,
+    )
     o = main.cfg.optim
-    tracking.log_params_once(client, run_id, {
-        "model": t.name, "params": main.params, "train_flops_per_image": main.train_flops_per_image,
-        "budgets": json.dumps(t.budgets), "lr": o.lr, "batch_size": main.cfg.data.batch_size,
-        "data_manifest": main.cfg.data.manifest, "schedule": o.schedule, "hparams": json.dumps(t.hparams),
-        "trial_id": t.trial_id, "arm": t.arm or "", "model_config": json.dumps(main.model_config)})
+    tracking.log_params_once(
+        client,
+        run_id,
+        {
+            "model": t.name,
+            "params": main.params,
+            "train_flops_per_image": main.train_flops_per_image,
+            "budgets": json.dumps(t.budgets),
+            "lr": o.lr,
+            "batch_size": main.cfg.data.batch_size,
+            "data_manifest": main.cfg.data.manifest,
+            "schedule": o.schedule,
+            "hparams": json.dumps(t.hparams),
+            "trial_id": t.trial_id,
+            "arm": t.arm or "",
+            "model_config": json.dumps(main.model_config),
+        },
+    )
     return run_id
 
 
@@ -77,13 +97,15 @@ def _points(tp: TrialPlan, summaries: list[dict]) -> list[ScalingPoint]:
             p = ScalingPoint.from_dict(raw)
             # wsd: the main run's points at smaller budgets are undecayed; the branch of each budget replaces them.
             if tp.mode == "separate" or abs(p.budget_flops - spec.budget) <= 1e-6 * spec.budget:
-                points.append(dataclasses.replace(p, mode=tp.mode, trial_id=tp.trial.trial_id, arm=tp.trial.arm,
-                                                  hparams=dict(tp.trial.hparams)))
+                points.append(
+                    dataclasses.replace(
+                        p, mode=tp.mode, trial_id=tp.trial.trial_id, arm=tp.trial.arm, hparams=dict(tp.trial.hparams)
+                    )
+                )
     return sorted(points, key=lambda p: p.budget_flops)
 
 
-def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str,
-            reasons: list[str]) -> None:
+def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str, reasons: list[str]) -> None:
     """points.json, the branch points' metrics and the status on the trial's MLflow run."""
     if child is None:
         return
@@ -98,8 +120,9 @@ def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], sta
     tracking.end_run(client, child, status, "; ".join(reasons) or None)
 
 
-def run_trial(tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str],
-              callbacks: Optional[list] = None) -> dict[str, Any]:
+def run_trial(
+    tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str], callbacks: Optional[list] = None
+) -> dict[str, Any]:
     """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
     from jobs.train.driver import finish_run, prepare_run, train_runs
 
@@ -122,9 +145,16 @@ def run_trial(tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str],
     status = "failed" if reasons else "finished"
     points = _points(tp, summaries)
     _record(tp, child, points, status, reasons)
-    record = {"trial_id": tp.trial.trial_id, "name": tp.trial.name, "arm": tp.trial.arm, "status": status,
-              "reasons": reasons, "points": [p.to_dict() for p in points], "mlflow_run_id": child,
-              "wall_s": time.time() - t0}
+    record = {
+        "trial_id": tp.trial.trial_id,
+        "name": tp.trial.name,
+        "arm": tp.trial.arm,
+        "status": status,
+        "reasons": reasons,
+        "points": [p.to_dict() for p in points],
+        "mlflow_run_id": child,
+        "wall_s": time.time() - t0,
+    }
     storage.write_json(storage.join(tdir, DONE if status == "finished" else FAILED), record)
     if status == "finished" and storage.exists(storage.join(tdir, FAILED)):
         storage.delete(storage.join(tdir, FAILED))

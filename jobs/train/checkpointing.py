@@ -6,6 +6,7 @@ every rank takes part in gathering the full state first. Remote storage gets a l
 its completeness manifest (checkpoint.json) last, so a half-uploaded checkpoint is never loadable. Periodic
 checkpoints beyond `checkpoint.keep` are pruned; budget points and WSD branch points always stay.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ class Progress:
 
     def as_state(self) -> dict[str, Any]:
         """The progress fields of state.json."""
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "images_seen": self.images_seen, "train_flops": self.train_flops}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "images_seen": self.images_seen,
+            "train_flops": self.train_flops,
+        }
 
 
 def restore_weights(restore: str, model: nn.Module, ema: nn.Module, plan: RunPlan, own: bool) -> Progress:
@@ -62,8 +68,9 @@ def restore_weights(restore: str, model: nn.Module, ema: nn.Module, plan: RunPla
     return p
 
 
-def restore_optimizer(restore: str, raw: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
-                      fsdp: bool) -> None:
+def restore_optimizer(
+    restore: str, raw: nn.Module, optimizer: torch.optim.Optimizer, names: list[str], fsdp: bool
+) -> None:
     """Load the optimizer state of `restore` (if it has one); FSDP2 ranks each keep their shard of it."""
     if not (Path(restore) / "optimizer.json").exists():
         return
@@ -76,13 +83,19 @@ def restore_optimizer(restore: str, raw: nn.Module, optimizer: torch.optim.Optim
         load_optimizer_state(restore, optimizer)
 
 
-def _gather(raw: nn.Module, ema_params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-            names: list[str], fsdp: bool, ema: nn.Module, rank: int) -> tuple[Any, Any, Any]:
+def _gather(
+    raw: nn.Module,
+    ema_params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    fsdp: bool,
+    ema: nn.Module,
+    rank: int,
+) -> tuple[Any, Any, Any]:
     """(model, EMA, optimizer state) to save: the live objects, or full copies gathered on rank 0 (FSDP2)."""
     if not fsdp:
         return raw, ema, optimizer
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
     model = StateDictHolder(get_model_state_dict(raw, options=full), raw)
@@ -91,20 +104,29 @@ def _gather(raw: nn.Module, ema_params: dict[str, torch.Tensor], optimizer: torc
     return model, ema_full, (state_by_index(opt, names) if rank == 0 else None)
 
 
-def checkpoint_state(plan: RunPlan, progress: Progress, step: int, metrics: dict, point: bool,
-                     world: int) -> dict[str, Any]:
+def checkpoint_state(
+    plan: RunPlan, progress: Progress, step: int, metrics: dict, point: bool, world: int
+) -> dict[str, Any]:
     """state.json of a checkpoint at `step`."""
     o = plan.cfg.optim
     return {
-        **progress.as_state(), "total_steps": plan.total_steps, "global_batch": plan.cfg.data.batch_size,
+        **progress.as_state(),
+        "total_steps": plan.total_steps,
+        "global_batch": plan.cfg.data.batch_size,
         "world_size": world,
-        "lr_schedule": {"schedule": o.schedule, "warmup_steps": o.warmup_steps, "decay_fraction": o.decay_fraction,
-                        "total_steps": plan.total_steps, "lr_factor": lr_factor(max(step - 1, 0), plan.total_steps, o)},
+        "lr_schedule": {
+            "schedule": o.schedule,
+            "warmup_steps": o.warmup_steps,
+            "decay_fraction": o.decay_fraction,
+            "total_steps": plan.total_steps,
+            "lr_factor": lr_factor(max(step - 1, 0), plan.total_steps, o),
+        },
         # The training RNG is re-seeded every step from (seed, rank, step) (per-sample (seed, epoch, id) in
         # deterministic mode), so (seed, step) restores it exactly for any world size.
         "rng": {"seed": plan.cfg.run.seed, "scheme": "reseed(seed, rank|sample, step|epoch)"},
         "data_position": {"epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch},
-        "budget_point": point, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "budget_point": point,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
 
 
@@ -113,15 +135,34 @@ def checkpoint_config(plan: RunPlan) -> dict[str, Any]:
     from ditcore.config import to_dict
 
     m = plan.manifest.vae
-    return {"model": plan.model_config, "objective": to_dict(plan.cfg.objective),
-            "data": {"manifest": plan.cfg.data.manifest, "scaling_factor": float(m.scaling_factor),
-                     "shift_factor": float(m.shift_factor or 0.0)},
-            "train": to_dict(plan.cfg), "run_name": plan.run_name}
+    return {
+        "model": plan.model_config,
+        "objective": to_dict(plan.cfg.objective),
+        "data": {
+            "manifest": plan.cfg.data.manifest,
+            "scaling_factor": float(m.scaling_factor),
+            "shift_factor": float(m.shift_factor or 0.0),
+        },
+        "train": to_dict(plan.cfg),
+        "run_name": plan.run_name,
+    }
 
 
-def save(env: Any, plan: RunPlan, progress: Progress, step: int, metrics: dict, point: bool, *, raw: nn.Module,
-         ema: nn.Module, ema_params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, names: list[str],
-         fsdp: bool) -> Optional[str]:
+def save(
+    env: Any,
+    plan: RunPlan,
+    progress: Progress,
+    step: int,
+    metrics: dict,
+    point: bool,
+    *,
+    raw: nn.Module,
+    ema: nn.Module,
+    ema_params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    fsdp: bool,
+) -> Optional[str]:
     """Write <run dir>/checkpoints/step_X (rank 0; every rank calls for the FSDP2 gather) and report it."""
     model_src, ema_src, opt = _gather(raw, ema_params, optimizer, names, fsdp, ema, env.rank)
     path = None
@@ -129,8 +170,13 @@ def save(env: Any, plan: RunPlan, progress: Progress, step: int, metrics: dict, 
         import pyarrow.fs as pafs
 
         fs, path = env.checkpoint_location(step)
-        kw = dict(model=model_src, ema=ema_src, config=checkpoint_config(plan), optimizer=opt,
-                  state=checkpoint_state(plan, progress, step, metrics, point, env.world_size))
+        kw = dict(
+            model=model_src,
+            ema=ema_src,
+            config=checkpoint_config(plan),
+            optimizer=opt,
+            state=checkpoint_state(plan, progress, step, metrics, point, env.world_size),
+        )
         if isinstance(fs, pafs.LocalFileSystem):
             save_checkpoint(path, **kw)
         else:
@@ -159,7 +205,7 @@ def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
     steps = sorted(int(i.base_name[5:]) for i in infos if i.base_name.startswith("step_") and i.base_name[5:].isdigit())
     periodic = [s for s in steps if s not in keep_steps]
-    for s in periodic[:-max(1, keep)] if len(periodic) > max(1, keep) else []:
+    for s in periodic[: -max(1, keep)] if len(periodic) > max(1, keep) else []:
         try:
             fs.delete_dir(f"{root}/step_{s:08d}")
         except OSError:

@@ -4,6 +4,7 @@ checkpoints, execution (Ray resources), MLflow and debug switches, composed from
 A TrainConfig is built once from YAML + overrides (pipelines.infra.config_files.load_config), checked once
 (jobs.train.plan.resolve_run) and then travels as itself: sweep -> trial -> Ray Train worker.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -168,8 +169,9 @@ def model_display_name(spec: ModelSpec) -> str:
     if spec.name:
         return spec.name
     o = spec.overrides
-    if spec.preset and not any(k in o for k in ("depth", "hidden_size", "num_heads", "patch_size",
-                                                  "num_res_blocks", "channel_mult")):
+    if spec.preset and not any(
+        k in o for k in ("depth", "hidden_size", "num_heads", "patch_size", "num_res_blocks", "channel_mult")
+    ):
         return spec.preset
     base = dict(o)
     if spec.preset:
@@ -207,7 +209,20 @@ def wsd_decay_start(total_steps: int, o: OptimConfig) -> int:
 
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "DebugConfig", "EvalConfig", "ExecutionConfig", "FaultSpec",
-    "MlflowConfig", "ModelSpec", "OptimConfig", "TrainConfig", "config_hash", "lr_factor", "model_display_name",
-    "run_name", "wsd_decay_start",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "DebugConfig",
+    "EvalConfig",
+    "ExecutionConfig",
+    "FaultSpec",
+    "MlflowConfig",
+    "ModelSpec",
+    "OptimConfig",
+    "TrainConfig",
+    "config_hash",
+    "lr_factor",
+    "model_display_name",
+    "run_name",
+    "wsd_decay_start",
 ]

@@ -5,6 +5,7 @@ table; larger ones stream through pipelines.latents.read_latents (validation row
 materialised once in the object store). Each step draws z = mean + std * eps from the stored posterior of the
 image or its horizontal flip (chosen per sample at train time), then maps it to model space (z - shift) * scale.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -31,7 +32,7 @@ def row_bytes(manifest: Manifest) -> int:
 
 
 def loader_kind(plan: RunPlan) -> str:
-    """"driver" or "ray": data.loader, with auto choosing the driver read for sets under 512 MiB."""
+    """ "driver" or "ray": data.loader, with auto choosing the driver read for sets under 512 MiB."""
     loader = plan.cfg.data.loader
     if loader == "auto":
         n_rows = int(plan.manifest.counts.written or 0)
@@ -61,8 +62,16 @@ def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):
         if held:
             keep = ~np.isin(rows["id"].astype(str), np.asarray(sorted(held)))
             rows = {k: v[keep] for k, v in rows.items()}
-        table = pa.table({k: (ArrowTensorArray.from_numpy(np.ascontiguousarray(v)) if v.ndim > 1
-                              else pa.array(v.astype(str) if k == "id" else v)) for k, v in rows.items()})
+        table = pa.table(
+            {
+                k: (
+                    ArrowTensorArray.from_numpy(np.ascontiguousarray(v))
+                    if v.ndim > 1
+                    else pa.array(v.astype(str) if k == "id" else v)
+                )
+                for k, v in rows.items()
+            }
+        )
         return ray.data.from_arrow(table)
     ds = read_latents(cfg.data.manifest).select_columns(cols)
     if held:
@@ -73,7 +82,9 @@ def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):
     return ds
 
 
-def batch_to_torch(batch: dict[str, np.ndarray], keys: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+def batch_to_torch(
+    batch: dict[str, np.ndarray], keys: tuple[str, ...], device: torch.device
+) -> dict[str, torch.Tensor]:
     """The `keys` columns of a numpy batch as float32 / int64 / bool tensors on `device`."""
     out = {}
     for k in keys:
@@ -91,8 +102,9 @@ def batch_to_torch(batch: dict[str, np.ndarray], keys: tuple[str, ...], device: 
     return out
 
 
-def latents_to_model_space(batch: dict[str, torch.Tensor], gen: torch.Generator, scale: float, shift: float,
-                           flip: torch.Tensor) -> torch.Tensor:
+def latents_to_model_space(
+    batch: dict[str, torch.Tensor], gen: torch.Generator, scale: float, shift: float, flip: torch.Tensor
+) -> torch.Tensor:
     """z = mean + std * eps from the image or its flip (per-sample `flip` [B] bool), then (z - shift) * scale."""
     f = flip.view(-1, 1, 1, 1)
     mean = torch.where(f, batch["latent_mean_flip"], batch["latent_mean"])  # [B,C,h,w]

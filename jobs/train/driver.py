@@ -6,6 +6,7 @@ from the latest checkpoint (FailureConfig.max_failures), then measures FID at ev
 (jobs.evaluation). A restarted driver with the same config resumes the same run: same storage directory and run
 name (Ray Train restores its checkpoint list); the MLflow run id is kept next to the checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,14 +54,28 @@ def run_params(plan: RunPlan) -> dict[str, Any]:
     """The MLflow params of a training run."""
     cfg = plan.cfg
     o = cfg.optim
-    return {"model": plan.model_name, "params": plan.params, "train_flops_per_image": plan.train_flops_per_image,
-            "budget_flops": cfg.budget_flops, "budgets": json.dumps(sorted(plan.point_steps.values())),
-            "steps": plan.total_steps, "lr": o.lr, "batch_size": cfg.data.batch_size, "schedule": o.schedule,
-            "warmup_steps": o.warmup_steps, "weight_decay": o.weight_decay, "ema_decay": o.ema_decay,
-            "grad_clip": o.grad_clip, "mup": o.mup, "data_manifest": cfg.data.manifest,
-            "num_workers": cfg.run.num_workers, "objective": json.dumps(to_dict(cfg.objective)),
-            "model_config": json.dumps(plan.model_config), "checkpoint_dir": storage.join(plan.run_dir, "checkpoints"),
-            **plan.params_extra}
+    return {
+        "model": plan.model_name,
+        "params": plan.params,
+        "train_flops_per_image": plan.train_flops_per_image,
+        "budget_flops": cfg.budget_flops,
+        "budgets": json.dumps(sorted(plan.point_steps.values())),
+        "steps": plan.total_steps,
+        "lr": o.lr,
+        "batch_size": cfg.data.batch_size,
+        "schedule": o.schedule,
+        "warmup_steps": o.warmup_steps,
+        "weight_decay": o.weight_decay,
+        "ema_decay": o.ema_decay,
+        "grad_clip": o.grad_clip,
+        "mup": o.mup,
+        "data_manifest": cfg.data.manifest,
+        "num_workers": cfg.run.num_workers,
+        "objective": json.dumps(to_dict(cfg.objective)),
+        "model_config": json.dumps(plan.model_config),
+        "checkpoint_dir": storage.join(plan.run_dir, "checkpoints"),
+        **plan.params_extra,
+    }
 
 
 def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[dict]) -> bool:
@@ -73,9 +88,13 @@ def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[d
     owned = plan.mlflow_run_id is None
     if owned:
         plan.mlflow_run_id, _ = tracking.attach_run(
-            client, storage.join(plan.run_dir, "mlflow_run.json"), experiment=plan.cfg.mlflow.experiment,
-            name=plan.run_name, tags={tracking.ROLE_TAG: tracking.ROLE_TRAIN, **(tags or {})},
-            parent_run_id=parent_run_id)
+            client,
+            storage.join(plan.run_dir, "mlflow_run.json"),
+            experiment=plan.cfg.mlflow.experiment,
+            name=plan.run_name,
+            tags={tracking.ROLE_TAG: tracking.ROLE_TRAIN, **(tags or {})},
+            parent_run_id=parent_run_id,
+        )
     tracking.log_params_once(client, plan.mlflow_run_id, run_params(plan))
     client.log_text(plan.mlflow_run_id, json.dumps(to_dict(plan.cfg), indent=2), "config/train.json")
     return owned
@@ -90,8 +109,16 @@ def prepare_run(plan: RunPlan, *, parent_run_id: Optional[str] = None, tags: Opt
     return PreparedRun(plan=plan, owned=owned, t_start=t_start)
 
 
-_SHARED_KEYS = ("data", "run.num_workers", "run.cpus_per_worker", "run.use_gpu", "run.max_failures",
-                "run.deterministic", "run.log_level", "checkpoint.storage")
+_SHARED_KEYS = (
+    "data",
+    "run.num_workers",
+    "run.cpus_per_worker",
+    "run.use_gpu",
+    "run.max_failures",
+    "run.deterministic",
+    "run.log_level",
+    "checkpoint.storage",
+)
 
 
 def _dotted(cfg: TrainConfig, key: str) -> Any:
@@ -101,8 +128,9 @@ def _dotted(cfg: TrainConfig, key: str) -> Any:
     return to_dict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
-def train_runs(runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None, *,
-               callbacks: Optional[list] = None) -> None:
+def train_runs(
+    runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None, *, callbacks: Optional[list] = None
+) -> None:
     """Train, in order, every run that has no result yet, in ONE Ray Train run (one worker group).
 
     `experiment_dir` is the Ray Train run's directory and must contain every run's directory; None for a single
@@ -124,8 +152,9 @@ def train_runs(runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None
         for key in _SHARED_KEYS:
             a, b = _dotted(first.cfg, key), _dotted(r.plan.cfg, key)
             if a != b:
-                raise ConfigError(f"{key}: runs trained together must agree ({r.plan.run_name}: {b!r} vs "
-                                  f"{first.run_name}: {a!r})")
+                raise ConfigError(
+                    f"{key}: runs trained together must agree ({r.plan.run_name}: {b!r} vs {first.run_name}: {a!r})"
+                )
     _torch_trainer(todo, experiment_dir, callbacks)
     for r in todo:
         if not storage.exists(r.result_uri):
@@ -146,7 +175,7 @@ def _torch_trainer(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: 
     plans = []
     for r in runs:
         attach_worker_data(r.plan)
-        plans.append(dataclasses.replace(r.plan, run_subdir=r.plan.run_dir[len(experiment_dir):].strip("/")))
+        plans.append(dataclasses.replace(r.plan, run_subdir=r.plan.run_dir[len(experiment_dir) :].strip("/")))
     val_ids = plans[0].val["id"] if plans[0].val is not None else None
     root, name = experiment_dir.rstrip("/").rsplit("/", 1)
     fs, fs_path = storage.get_fs(root)
@@ -156,11 +185,17 @@ def _torch_trainer(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: 
     TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"runs": plans},
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=name, storage_path=fs_path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks,
-                             logging_config=LoggingConfig(log_level=cfg.run.log_level)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=fs_path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks,
+            logging_config=LoggingConfig(log_level=cfg.run.log_level),
+        ),
         datasets={"train": train_dataset(plans[0], val_ids)},
     ).fit()
 
@@ -178,9 +213,19 @@ def budget_point_records(plan: RunPlan) -> list[ScalingPoint]:
     out = []
     for step, budget in sorted(plan.point_steps.items()):
         ck = storage.join(plan.run_dir, "checkpoints", f"step_{step:08d}")
-        out.append(ScalingPoint(model=plan.model_name, params=plan.params, budget_flops=budget, flops=step * batch * fpi,
-                                step=step, checkpoint=ck, images_seen=step * batch, val_loss=_val_loss_of(ck),
-                                run=plan.run_name))
+        out.append(
+            ScalingPoint(
+                model=plan.model_name,
+                params=plan.params,
+                budget_flops=budget,
+                flops=step * batch * fpi,
+                step=step,
+                checkpoint=ck,
+                images_seen=step * batch,
+                val_loss=_val_loss_of(ck),
+                run=plan.run_name,
+            )
+        )
     return out
 
 
@@ -209,8 +254,9 @@ def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
     return summary
 
 
-def run_training(cfg: TrainConfig, *, plan: Optional[RunPlan] = None, callbacks: Optional[list] = None,
-                 evaluate: bool = True) -> dict:
+def run_training(
+    cfg: TrainConfig, *, plan: Optional[RunPlan] = None, callbacks: Optional[list] = None, evaluate: bool = True
+) -> dict:
     """Validate, train on Ray Train, evaluate the budget points; the run's summary (status, points, ...)."""
     run = prepare_run(plan or resolve_run(cfg))
     train_runs([run], callbacks=callbacks)

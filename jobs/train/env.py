@@ -4,6 +4,7 @@ An environment says which device to use, wraps the model for data parallelism, y
 checkpoints go and reports metrics; the loop (jobs/train/loop.py) is the same torch code in both. `RayTrainEnv` is
 the only place the loop touches Ray Train (get_context, prepare_model, get_dataset_shard, report, get_checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ class LocalEnv:
         if seed is not None and shuffle_buffer > 0:
             order = np.random.default_rng(seed).permutation(n)
         for start in range(0, n - local_batch + 1, local_batch):
-            idx = order[start:start + local_batch]
+            idx = order[start : start + local_batch]
             yield {k: v[idx] for k, v in self.rows.items()}
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:
@@ -66,7 +67,6 @@ class LocalEnv:
 
     def barrier(self) -> None:
         pass
-
 
 
 class RayTrainEnv:
@@ -109,8 +109,14 @@ class RayTrainEnv:
         import ray
 
         fs, base = self.fs, self._storage.experiment_fs_path.rstrip("/")
-        rec = {"rank": self.rank, "world_size": self.world_size, "node_id": ray.get_runtime_context().get_node_id(),
-               "hostname": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        rec = {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": time.time(),
+        }
         try:
             fs.create_dir(f"{base}/workers", recursive=True)
             with fs.open_output_stream(f"{base}/workers/rank{self.rank}.json") as f:
@@ -178,4 +184,3 @@ class RayTrainEnv:
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-

@@ -4,6 +4,7 @@ A failure fires once per run: a marker file beside the run's checkpoints records
 restarted worker (or driver) trains on. Modes: "raise" (an exception), "exit" (os._exit(1): a worker killed
 mid-epoch), "nan" (a non-finite loss from the step on: a diverged run).
 """
+
 from __future__ import annotations
 
 import os

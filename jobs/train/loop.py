@@ -11,6 +11,7 @@
 sweep trial's budgets) in order. `LocalEnv` runs the identical loop in-process (the bench's no-Ray baseline).
 The run stops after ceil(budget_flops / (train_flops_per_image x global batch)) steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -127,8 +128,9 @@ class Trainer:
         groups = self.raw.param_groups(o.lr, o.weight_decay)
         for g in groups:
             g["base_lr"] = g["lr"]
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
         self.param_names = optimizer_param_names(self.optimizer, self.raw)
         if self.restore_from:
             checkpointing.restore_optimizer(self.restore_from, self.raw, self.optimizer, self.param_names, self.fsdp)
@@ -179,10 +181,11 @@ class Trainer:
         for i in range(len(ids)):
             g = torch.Generator(device=self.device)
             g.manual_seed(mix_seed(self.cfg.run.seed, self.progress.epoch, zlib.crc32(str(ids[i]).encode())))
-            bi = {k: v[i:i + 1] for k, v in b.items()}
-            x0 = latents_to_model_space(bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device)
-                                        < 0.5)
-            ci = {k: v[i:i + 1] for k, v in cond.items()}
+            bi = {k: v[i : i + 1] for k, v in b.items()}
+            x0 = latents_to_model_space(
+                bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device) < 0.5
+            )
+            ci = {k: v[i : i + 1] for k, v in cond.items()}
             losses.append(objectives.loss(self.model, x0, ci, g, self.obj_cfg, self.null_cond))
         return torch.stack(losses).mean()
 
@@ -217,8 +220,9 @@ class Trainer:
         # EMA with the usual warm-up (decay <= (1+n)/(10+n)) so short runs are not dominated by the init.
         decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
         names = list(self.ema_params)
-        torch._foreach_lerp_([self.ema_params[n] for n in names], [self.model_params[n].detach() for n in names],
-                             1.0 - decay)
+        torch._foreach_lerp_(
+            [self.ema_params[n] for n in names], [self.model_params[n].detach() for n in names], 1.0 - decay
+        )
 
     # ---- after a step --------------------------------------------------------------------------------
 
@@ -243,15 +247,21 @@ class Trainer:
         cfg = self.cfg
         is_log = step % max(1, cfg.mlflow.log_every) == 0 or step == self.plan.total_steps
         is_val = cfg.eval.val_every > 0 and step % cfg.eval.val_every == 0
-        is_ckpt = step in self.plan.keep_steps or (cfg.checkpoint.every_n_steps > 0
-                                                  and step % cfg.checkpoint.every_n_steps == 0)
+        is_ckpt = step in self.plan.keep_steps or (
+            cfg.checkpoint.every_n_steps > 0 and step % cfg.checkpoint.every_n_steps == 0
+        )
         if is_log or is_ckpt:
             wall, images = self._window
             ips = images / max(wall, 1e-9)
-            self.logged = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
-                           "mfu": ips * self.plan.train_flops_per_image / self.peak,
-                           "train_flops": self.progress.train_flops, "images_seen": self.progress.images_seen,
-                           "epoch": epoch}
+            self.logged = {
+                "loss": loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": ips,
+                "mfu": ips * self.plan.train_flops_per_image / self.peak,
+                "train_flops": self.progress.train_flops,
+                "images_seen": self.progress.images_seen,
+                "epoch": epoch,
+            }
             if grad_norm is not None:
                 self.logged["grad_norm"] = grad_norm
             if is_val or is_ckpt:
@@ -263,9 +273,19 @@ class Trainer:
             self.tracker.metrics(self.validation(), step)
         if is_ckpt:
             self.last_ckpt = checkpointing.save(
-                self.env, self.plan, self.progress, step, self.logged, step in self.plan.keep_steps, raw=self.raw,
-                ema=self.ema, ema_params=self.ema_params, optimizer=self.optimizer, names=self.param_names,
-                fsdp=self.fsdp)
+                self.env,
+                self.plan,
+                self.progress,
+                step,
+                self.logged,
+                step in self.plan.keep_steps,
+                raw=self.raw,
+                ema=self.ema,
+                ema_params=self.ema_params,
+                optimizer=self.optimizer,
+                names=self.param_names,
+                fsdp=self.fsdp,
+            )
 
     def _progress_line(self, step: int) -> None:
         """Rank 0: step/total, loss, images/s, MFU and ETA on the console (silent under run.log_level WARNING+)."""
@@ -277,8 +297,11 @@ class Trainer:
         ips = m.get("images_per_s") or 0.0
         eta = (total - step) * self.global_batch / ips if ips > 0 else float("nan")
         eta_s = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?"
-        print(f"[{self.plan.run_name}] step {step}/{total} loss {m['loss']:.4f} {ips:.1f} img/s "
-              f"MFU {m['mfu']:.1%} ETA {eta_s}", flush=True)
+        print(
+            f"[{self.plan.run_name}] step {step}/{total} loss {m['loss']:.4f} {ips:.1f} img/s "
+            f"MFU {m['mfu']:.1%} ETA {eta_s}",
+            flush=True,
+        )
 
     # ---- the loop ------------------------------------------------------------------------------------
 
@@ -312,9 +335,11 @@ class Trainer:
             t_mark = time.perf_counter()
         if p.step < self.plan.total_steps:
             if produced == 0:
-                raise RuntimeError(f"data shard of rank {self.rank} yielded no batch of {self.local_batch} rows in "
-                                   f"epoch {epoch}: the data set is smaller than the global batch "
-                                   f"({self.global_batch}); lower data.batch_size")
+                raise RuntimeError(
+                    f"data shard of rank {self.rank} yielded no batch of {self.local_batch} rows in "
+                    f"epoch {epoch}: the data set is smaller than the global batch "
+                    f"({self.global_batch}); lower data.batch_size"
+                )
             p.epoch, p.batch_in_epoch = epoch + 1, 0
         return None
 
@@ -341,18 +366,39 @@ class Trainer:
         if last and self.plan.run_dir:  # storage path -> URI (s3://...) under the run's directory
             last = f"{self.plan.run_dir.rstrip('/')}/checkpoints/{last.rstrip('/').rsplit('/', 1)[-1]}"
         m = self.logged
-        return RunResult(status=status, reason=reason, steps=self.progress.step, total_steps=self.plan.total_steps,
-                         run_name=self.plan.run_name, train_flops=self.progress.train_flops, params=self.plan.params,
-                         loss=self.last_loss if math.isfinite(self.last_loss) else None, val_loss=m.get("val_loss"),
-                         images_per_s=m.get("images_per_s"), mfu=m.get("mfu"), last_checkpoint=last,
-                         images_seen=self.progress.images_seen)
+        return RunResult(
+            status=status,
+            reason=reason,
+            steps=self.progress.step,
+            total_steps=self.plan.total_steps,
+            run_name=self.plan.run_name,
+            train_flops=self.progress.train_flops,
+            params=self.plan.params,
+            loss=self.last_loss if math.isfinite(self.last_loss) else None,
+            val_loss=m.get("val_loss"),
+            images_per_s=m.get("images_per_s"),
+            mfu=m.get("mfu"),
+            last_checkpoint=last,
+            images_seen=self.progress.images_seen,
+        )
 
 
 def failed_result(plan: RunPlan, reason: str) -> RunResult:
     """The record of a run that could not start."""
-    return RunResult(status="failed", reason=reason, steps=0, total_steps=plan.total_steps, run_name=plan.run_name,
-                     train_flops=0.0, params=plan.params, loss=None, val_loss=None, images_per_s=None, mfu=None,
-                     last_checkpoint=None)
+    return RunResult(
+        status="failed",
+        reason=reason,
+        steps=0,
+        total_steps=plan.total_steps,
+        run_name=plan.run_name,
+        train_flops=0.0,
+        params=plan.params,
+        loss=None,
+        val_loss=None,
+        images_per_s=None,
+        mfu=None,
+        last_checkpoint=None,
+    )
 
 
 def _console_log_level(level: str) -> None:

@@ -3,6 +3,7 @@
 MFU = images/s x training FLOPs per image / peak FLOP/s of the workers (FLOPs counted analytically:
 multiply-add = 2 FLOPs, training step = 3 x forward). A CPU's peak is its measured fp32 matmul rate.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,16 @@ import torch
 from jobs.train.config import TrainConfig
 
 # Peak dense bf16 FLOP/s per device used for MFU when run.peak_flops is not given (vendor datasheets).
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
-                  "V100": 125e12, "T4": 65e12}
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
 
 def measure_cpu_peak_flops(n: int = 512, reps: int = 5) -> float:
@@ -25,7 +34,7 @@ def measure_cpu_peak_flops(n: int = 512, reps: int = 5) -> float:
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n ** 3 / max(time.perf_counter() - t0, 1e-9))
+        best = max(best, 2 * n**3 / max(time.perf_counter() - t0, 1e-9))
     return best
 
 

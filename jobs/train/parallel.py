@@ -6,6 +6,7 @@ exactly like the model so its update stays a local foreach on each rank, and gat
 validation. Optimizer state is saved index-keyed (torch's layout) and converted to the name-keyed layout
 torch.distributed.checkpoint uses when FSDP2 loads it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,14 +55,18 @@ def optimizer_param_names(optimizer: torch.optim.Optimizer, module: nn.Module) -
 def state_by_index(sd: dict, names: list[str]) -> dict:
     """Name-keyed optimizer state (torch.distributed.checkpoint) -> torch's index-keyed layout."""
     index = {n: i for i, n in enumerate(names)}
-    return {"state": {index[n]: v for n, v in sd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+    return {
+        "state": {index[n]: v for n, v in sd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]],
+    }
 
 
 def state_by_name(sd: dict, names: list[str]) -> dict:
     """Index-keyed optimizer state (checkpoint files) -> name-keyed (torch.distributed.checkpoint)."""
-    return {"state": {names[int(i)]: v for i, v in sd["state"].items()},
-            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in sd["param_groups"]]}
+    return {
+        "state": {names[int(i)]: v for i, v in sd["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in sd["param_groups"]],
+    }
 
 
 class StateDictHolder(nn.Module):

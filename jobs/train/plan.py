@@ -5,6 +5,7 @@
 reachable. It returns a typed `RunPlan` that the driver, the sweep and every Ray Train worker share;
 `attach_worker_data` adds the small arrays workers need (validation rows, the null text embedding).
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,31 +76,44 @@ class RunPlan:
 
 
 # Model field -> the manifest field that decides it.
-_MANIFEST_KEYS = {"input_size": "vae.latent_size", "in_channels": "vae.latent_channels", "text_dim": "text.dim",
-                  "pooled_dim": "text.pooled_dim", "max_text_len": "text.max_length", "num_classes": "num_classes"}
+_MANIFEST_KEYS = {
+    "input_size": "vae.latent_size",
+    "in_channels": "vae.latent_channels",
+    "text_dim": "text.dim",
+    "pooled_dim": "text.pooled_dim",
+    "max_text_len": "text.max_length",
+    "num_classes": "num_classes",
+}
 
 
 def _is_text(model_config: dict) -> bool:
-    return model_config.get("arch") == "mmdit" or (model_config.get("arch") == "unet"
-                                                    and int(model_config.get("text_dim") or 0) > 0)
+    return model_config.get("arch") == "mmdit" or (
+        model_config.get("arch") == "unet" and int(model_config.get("text_dim") or 0) > 0
+    )
 
 
 def _data_values(cfg: TrainConfig, manifest: Manifest, base: dict) -> dict[str, Any]:
     """The model fields the data set decides, checked against the model's conditioning."""
-    values: dict[str, Any] = {"input_size": manifest.vae.latent_size or None,
-                              "in_channels": manifest.vae.latent_channels}
+    values: dict[str, Any] = {
+        "input_size": manifest.vae.latent_size or None,
+        "in_channels": manifest.vae.latent_channels,
+    }
     name = model_display_name(cfg.model)
     if _is_text(base):
         if manifest.text is None:
-            raise ConfigError(f"data.manifest {cfg.data.manifest!r} has no text embeddings (manifest 'text' is null) "
-                              f"but model {name!r} is text-conditional")
+            raise ConfigError(
+                f"data.manifest {cfg.data.manifest!r} has no text embeddings (manifest 'text' is null) "
+                f"but model {name!r} is text-conditional"
+            )
         values.update(text_dim=manifest.text.dim, pooled_dim=manifest.text.pooled_dim)
         if manifest.text.max_length:
             values["max_text_len"] = int(manifest.text.max_length)
     else:
         if manifest.num_classes is None:
-            raise ConfigError(f"data.manifest {cfg.data.manifest!r} has no class labels (num_classes null) but model "
-                              f"{name!r} is class-conditional")
+            raise ConfigError(
+                f"data.manifest {cfg.data.manifest!r} has no class labels (num_classes null) but model "
+                f"{name!r} is class-conditional"
+            )
         values["num_classes"] = manifest.num_classes
     return values
 
@@ -130,14 +144,20 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]
             continue
         if key == "max_text_len":
             if d[key] < value:
-                raise ConfigError(f"model.max_text_len={d[key]} is shorter than the data set's text.max_length="
-                                  f"{value} (manifest {cfg.data.manifest})")
+                raise ConfigError(
+                    f"model.max_text_len={d[key]} is shorter than the data set's text.max_length="
+                    f"{value} (manifest {cfg.data.manifest})"
+                )
         elif d[key] != value:
-            raise ConfigError(f"model.{key}={d[key]} does not match the data set ({_MANIFEST_KEYS[key]}={value} in "
-                              f"{cfg.data.manifest}/manifest.json)")
+            raise ConfigError(
+                f"model.{key}={d[key]} does not match the data set ({_MANIFEST_KEYS[key]}={value} in "
+                f"{cfg.data.manifest}/manifest.json)"
+            )
     if "num_classes" in data and d.get("num_classes", 0) < int(data["num_classes"]):
-        raise ConfigError(f"model.num_classes={d['num_classes']} < data set num_classes={data['num_classes']} "
-                          f"(manifest {cfg.data.manifest})")
+        raise ConfigError(
+            f"model.num_classes={d['num_classes']} < data set num_classes={data['num_classes']} "
+            f"(manifest {cfg.data.manifest})"
+        )
     patch = int(getattr(mc, "patch_size", 1))
     if d["input_size"] % patch:
         raise ConfigError(f"model.patch_size={patch} does not divide the latent size {d['input_size']}")
@@ -155,8 +175,9 @@ def _check_settings(cfg: TrainConfig) -> None:
     if cfg.run.num_workers < 1:
         raise ConfigError(f"run.num_workers must be >= 1, got {cfg.run.num_workers}")
     if cfg.data.batch_size % cfg.run.num_workers:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers="
-                          f"{cfg.run.num_workers}")
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"
+        )
     if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
         raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -173,9 +194,11 @@ def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
     batch = cfg.data.batch_size
     one_step = fpi * batch
     if cfg.budget_flops < one_step:
-        raise ConfigError(f"budget_flops={cfg.budget_flops:.4g} is smaller than one training step: {one_step:.4g} "
-                          f"FLOPs (train_flops_per_image {fpi:.4g} x batch {batch}); raise the budget or lower "
-                          "data.batch_size")
+        raise ConfigError(
+            f"budget_flops={cfg.budget_flops:.4g} is smaller than one training step: {one_step:.4g} "
+            f"FLOPs (train_flops_per_image {fpi:.4g} x batch {batch}); raise the budget or lower "
+            "data.batch_size"
+        )
     total = steps_for_budget(cfg.budget_flops, fpi, batch)
     points = {total: float(cfg.budget_flops)}
     for b in cfg.eval.budgets:
@@ -188,8 +211,10 @@ def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
         if not 0.0 < fr < 1.0:
             raise ConfigError(f"eval.fractions[{i}]: {fr} must be strictly between 0 and 1")
         if fr * cfg.budget_flops < one_step:
-            raise ConfigError(f"eval.fractions[{i}]: {fr} x budget_flops = {fr * cfg.budget_flops:.4g} FLOPs is less "
-                              f"than one training step ({one_step:.4g} FLOPs)")
+            raise ConfigError(
+                f"eval.fractions[{i}]: {fr} x budget_flops = {fr * cfg.budget_flops:.4g} FLOPs is less "
+                f"than one training step ({one_step:.4g} FLOPs)"
+            )
         points.setdefault(steps_for_budget(fr * cfg.budget_flops, fpi, batch), float(fr * cfg.budget_flops))
     return total, points
 
@@ -216,13 +241,24 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
             raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
     model_config = resolve_model_config(cfg, manifest)
-    text_tokens = int(manifest.text.max_length) if (_is_text(model_config) and manifest.text is not None
-                                                    and manifest.text.max_length) else None
+    text_tokens = (
+        int(manifest.text.max_length)
+        if (_is_text(model_config) and manifest.text is not None and manifest.text.max_length)
+        else None
+    )
     flops = flops_summary(model_config, text_tokens)
     total, points = budget_points(cfg, float(flops["train_flops_per_image"]))
-    return RunPlan(cfg=cfg, manifest=manifest, model_config=model_config, flops=dict(flops), text_tokens=text_tokens,
-                   total_steps=total, point_steps=points, tracking_uri=_tracking(cfg, check_mlflow),
-                   run_name=run_name(cfg))
+    return RunPlan(
+        cfg=cfg,
+        manifest=manifest,
+        model_config=model_config,
+        flops=dict(flops),
+        text_tokens=text_tokens,
+        total_steps=total,
+        point_steps=points,
+        tracking_uri=_tracking(cfg, check_mlflow),
+        run_name=run_name(cfg),
+    )
 
 
 def attach_worker_data(plan: RunPlan) -> None:
@@ -232,8 +268,11 @@ def attach_worker_data(plan: RunPlan) -> None:
     cfg = plan.cfg
     if plan.is_text and plan.null_text is None:
         nt = load_null_text(cfg.data.manifest)
-        plan.null_text = {k: np.asarray(v.float().numpy() if v.is_floating_point() else v.numpy())
-                          for k, v in nt.items()} if nt else None
+        plan.null_text = (
+            {k: np.asarray(v.float().numpy() if v.is_floating_point() else v.numpy()) for k, v in nt.items()}
+            if nt
+            else None
+        )
     if cfg.data.val_samples > 0 and plan.val is None:
         val = load_latents_numpy(cfg.data.manifest, limit=cfg.data.val_samples)
         val.pop("caption", None)

@@ -1,5 +1,6 @@
 """Command-line options shared by every config-driven command: `--config FILE`, `key.sub=value` overrides,
 `--print-config`, and a `--help` that lists every config key with its default (generated from the dataclass)."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,13 @@ def describe_keys(cls: type, prefix: str = "") -> list[str]:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: str = "") -> None:
     """--config, overrides and --print-config on `parser`; its epilog lists the keys of `cls` with defaults."""
     parser.add_argument("--config", help="YAML file with the config (configs/...)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides (values parse as JSON, else as strings)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides (values parse as JSON, else as strings)"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     keys = "\n".join(describe_keys(cls))
-    parser.epilog = ((f"example: {example}\n\n" if example else "") + f"config keys ({cls.__name__}):\n{keys}")
+    parser.epilog = (f"example: {example}\n\n" if example else "") + f"config keys ({cls.__name__}):\n{keys}"
 
 
 def load_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -81,5 +82,10 @@ def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any)
         return 2
 
 
-__all__: Sequence[str] = ["add_config_arguments", "describe_keys", "load_from_args", "print_config",
-                          "run_config_command"]
+__all__: Sequence[str] = [
+    "add_config_arguments",
+    "describe_keys",
+    "load_from_args",
+    "print_config",
+    "run_config_command",
+]

@@ -1,10 +1,11 @@
 """`ditscale data ...`: export the built-in set, inspect a latent data set, train the offline VAE / feature net.
 
-    ditscale data export-builtin --out DIR [--format folder|parquet] [--count N] [--image-size S]
-    ditscale data inspect DIR [--preview PNG] [--rows N]
-    ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.encoders.train_vae)
-    ditscale data train-features [--config FILE] [k=v ...]   (pipelines.encoders.train_features)
+ditscale data export-builtin --out DIR [--format folder|parquet] [--count N] [--image-size S]
+ditscale data inspect DIR [--preview PNG] [--rows N]
+ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.encoders.train_vae)
+ditscale data train-features [--config FILE] [k=v ...]   (pipelines.encoders.train_features)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def export_builtin(out: str, fmt: str = "folder", count: int = 256, image_size: int = 64, seed: int = 0,
-                   max_objects: int = 2) -> dict:
+def export_builtin(
+    out: str, fmt: str = "folder", count: int = 256, image_size: int = 64, seed: int = 0, max_objects: int = 2
+) -> dict:
     """Write the built-in set as an image folder (DIR/<label>_<class>/<id>.png + .txt) or parquet shards."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -50,12 +52,14 @@ def export_builtin(out: str, fmt: str = "folder", count: int = 256, image_size: 
                 storage.write_bytes(base + ".png", _png(batch["image"][i]))
                 storage.write_bytes(base + ".txt", (str(batch["caption"][i]) + "\n").encode())
         elif fmt == "parquet":
-            table = pa.table({
-                "id": pa.array([str(x) for x in batch["id"]], pa.string()),
-                "image": pa.array([_png(im) for im in batch["image"]], pa.binary()),
-                "caption": pa.array([str(x) for x in batch["caption"]], pa.string()),
-                "label": pa.array(batch["label"].astype(np.int32), pa.int32()),
-            })
+            table = pa.table(
+                {
+                    "id": pa.array([str(x) for x in batch["id"]], pa.string()),
+                    "image": pa.array([_png(im) for im in batch["image"]], pa.binary()),
+                    "caption": pa.array([str(x) for x in batch["caption"]], pa.string()),
+                    "label": pa.array(batch["label"].astype(np.int32), pa.int32()),
+                }
+            )
             buf = io.BytesIO()
             pq.write_table(table, buf)
             storage.write_bytes(storage.join(out, f"part-{part:05d}.parquet"), buf.getvalue())
@@ -73,7 +77,7 @@ def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
     grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, cols)
-        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = images[i]
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = images[i]
     return grid
 
 
@@ -88,8 +92,11 @@ def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dic
     m = read_manifest(uri)
     files = data_files(uri, m)
     d = m.to_dict()
-    info: dict = {"uri": uri, "shards": len(files), **{k: d[k] for k in ("counts", "image_size", "num_classes", "vae",
-                                                                         "text", "fid", "latent_stats", "columns")}}
+    info: dict = {
+        "uri": uri,
+        "shards": len(files),
+        **{k: d[k] for k in ("counts", "image_size", "num_classes", "vae", "text", "fid", "latent_stats", "columns")},
+    }
     if files:
         fs, path = storage.get_fs(files[0])
         with fs.open_input_file(path) as fh:
@@ -106,8 +113,9 @@ def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dic
         data = load_latents_numpy(uri, limit=rows, columns=["id", "latent_mean"])
         v = m.vae
         vae = load_vae(v.path, revision=v.revision, subfolder=v.subfolder)
-        z_model = to_model_space(torch.from_numpy(data["latent_mean"].astype(np.float32)), None, v.scaling_factor,
-                                 v.shift_factor)
+        z_model = to_model_space(
+            torch.from_numpy(data["latent_mean"].astype(np.float32)), None, v.scaling_factor, v.shift_factor
+        )
         images = decode_to_images(vae, z_model, v.scaling_factor, v.shift_factor)
         storage.write_bytes(preview, _png(_grid(images)))
         info["preview"] = preview
@@ -120,8 +128,10 @@ def _print_inspect(info: dict) -> None:
     print(f"latent data set {info['uri']}")
     print(f"  rows: {c['written']} written, {c['failed']} failed, {c['input']} input; {info['shards']} parquet shards")
     v = info["vae"]
-    print(f"  image {info['image_size']} px -> latents {v['latent_channels']}x{v['latent_size']}x{v['latent_size']} "
-          f"(VAE {v['path']}, scale {v['scaling_factor']:.5g}, shift {v['shift_factor']:.5g})")
+    print(
+        f"  image {info['image_size']} px -> latents {v['latent_channels']}x{v['latent_size']}x{v['latent_size']} "
+        f"(VAE {v['path']}, scale {v['scaling_factor']:.5g}, shift {v['shift_factor']:.5g})"
+    )
     t = info.get("text")
     print(f"  text: {t['encoder']} L={t['max_length']} D={t['dim']} pooled={t['pooled_dim']}" if t else "  text: none")
     f = info.get("fid")
@@ -148,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.encoders.train_features import TrainFeaturesConfig
     from pipelines.encoders.train_vae import TrainVAEConfig
 
-    p = argparse.ArgumentParser(prog="ditscale data",
-                                description="Data sets, offline encoders, latent data set inspection.")
+    p = argparse.ArgumentParser(
+        prog="ditscale data", description="Data sets, offline encoders, latent data set inspection."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export-builtin", help="write the built-in shapes set as an image folder or parquet")
     e.add_argument("--out", required=True, help="output directory (local or s3://)")
@@ -163,11 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
     i.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
-    v = sub.add_parser("train-vae", help="train the small AutoencoderKL (diffusers format)",
-                       description="Train the small default AutoencoderKL and save it in diffusers format.")
+    v = sub.add_parser(
+        "train-vae",
+        help="train the small AutoencoderKL (diffusers format)",
+        description="Train the small default AutoencoderKL and save it in diffusers format.",
+    )
     add_config_arguments(v, TrainVAEConfig, "ditscale data train-vae steps=200 out=outputs/vae")
-    f = sub.add_parser("train-features", help="train the FID feature / attribute network",
-                       description="Train the attribute network (FID features + shape/colour/size/position heads).")
+    f = sub.add_parser(
+        "train-features",
+        help="train the FID feature / attribute network",
+        description="Train the attribute network (FID features + shape/colour/size/position heads).",
+    )
     add_config_arguments(f, TrainFeaturesConfig, "ditscale data train-features steps=300 out=outputs/feature_net")
     return p
 
@@ -179,7 +196,9 @@ def _export_builtin(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    preview = None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
+    preview = (
+        None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
+    )
     info = inspect_dataset(args.dir, preview, args.rows)
     if args.json:
         print(json.dumps(info, indent=2, default=str))

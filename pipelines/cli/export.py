@@ -1,4 +1,5 @@
 """`ditscale export --diffusers CKPT OUT`: a checkpoint as a diffusers model directory (+ pipeline with a VAE)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,11 +11,19 @@ from typing import Optional, Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale export`."""
-    p = argparse.ArgumentParser(prog="ditscale export", description="Export a checkpoint to diffusers: a DiT becomes "
-                                "DiTTransformer2DModel (+ a DiTPipeline with --vae), an MM-DiT SD3Transformer2DModel. "
-                                "Options diffusers cannot express are refused by name. See docs/export.md.")
-    p.add_argument("--diffusers", nargs=2, metavar=("CKPT", "OUT"), required=True,
-                   help="checkpoint directory (local or s3://) and the output directory")
+    p = argparse.ArgumentParser(
+        prog="ditscale export",
+        description="Export a checkpoint to diffusers: a DiT becomes "
+        "DiTTransformer2DModel (+ a DiTPipeline with --vae), an MM-DiT SD3Transformer2DModel. "
+        "Options diffusers cannot express are refused by name. See docs/export.md.",
+    )
+    p.add_argument(
+        "--diffusers",
+        nargs=2,
+        metavar=("CKPT", "OUT"),
+        required=True,
+        help="checkpoint directory (local or s3://) and the output directory",
+    )
     p.add_argument("--vae", default=None, help="VAE directory to bundle (default: the one the data manifest names)")
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -46,8 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="ditscale-export-") as tmp:
             local = storage.local_copy(ckpt, cache_root=tmp)
-            record = export_to_diffusers(local, out, vae=args.vae or _default_vae(local), use_ema=not args.raw,
-                                         overwrite=args.overwrite)
+            record = export_to_diffusers(
+                local, out, vae=args.vae or _default_vae(local), use_ema=not args.raw, overwrite=args.overwrite
+            )
     except (ExportError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"ditscale export: error: {e}", file=sys.stderr)
         return 2

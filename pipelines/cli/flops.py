@@ -1,4 +1,5 @@
 """`ditscale flops MODEL`: parameters, MACs and FLOPs of one model as JSON (1 multiply-add = 2 FLOPs)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
     p.add_argument("--latent-size", type=int, default=None, help="latent height = width (default: the preset's)")
     p.add_argument("--text-tokens", type=int, default=None, help="text tokens for MM-DiT (default: max_text_len)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set num_single_blocks=4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set num_single_blocks=4 (repeatable)",
+    )
     return p
 
 

@@ -1,4 +1,5 @@
 """`ditscale models`: table of model presets with parameters and GFLOPs per image."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cfg is None:
             continue
         tt = _text_tokens(cfg, args.text_tokens)
-        rows[name] = {"arch": cfg.arch, "depth": cfg.depth + getattr(cfg, "num_single_blocks", 0),
-                      "hidden": cfg.hidden_size, "heads": cfg.num_heads, "patch": cfg.patch_size,
-                      "tokens": cfg.num_tokens, **flops_summary(cfg, tt)}
+        rows[name] = {
+            "arch": cfg.arch,
+            "depth": cfg.depth + getattr(cfg, "num_single_blocks", 0),
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_heads,
+            "patch": cfg.patch_size,
+            "tokens": cfg.num_tokens,
+            **flops_summary(cfg, tt),
+        }
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"latent {args.latent_size}x{args.latent_size}; MM-DiT with {args.text_tokens} text tokens; "
-          "GFLOPs = forward multiply-adds per image (DiT paper convention)")
-    header = f"{'model':<14} {'arch':<6} {'depth':>5} {'hidden':>6} {'heads':>5} {'patch':>5} {'tokens':>6} " \
-             f"{'params(M)':>10} {'GFLOPs':>9} {'train TFLOP/img':>15}"
+    print(
+        f"latent {args.latent_size}x{args.latent_size}; MM-DiT with {args.text_tokens} text tokens; "
+        "GFLOPs = forward multiply-adds per image (DiT paper convention)"
+    )
+    header = (
+        f"{'model':<14} {'arch':<6} {'depth':>5} {'hidden':>6} {'heads':>5} {'patch':>5} {'tokens':>6} "
+        f"{'params(M)':>10} {'GFLOPs':>9} {'train TFLOP/img':>15}"
+    )
     print(header)
     print("-" * len(header))
     for name, r in rows.items():
-        print(f"{name:<14} {r['arch']:<6} {r['depth']:>5} {r['hidden']:>6} {r['heads']:>5} {r['patch']:>5} "
-              f"{r['tokens']:>6} {r['params'] / 1e6:>10.2f} {r['forward_macs'] / 1e9:>9.2f} "
-              f"{r['train_flops_per_image'] / 1e12:>15.4f}")
+        print(
+            f"{name:<14} {r['arch']:<6} {r['depth']:>5} {r['hidden']:>6} {r['heads']:>5} {r['patch']:>5} "
+            f"{r['tokens']:>6} {r['params'] / 1e6:>10.2f} {r['forward_macs'] / 1e9:>9.2f} "
+            f"{r['train_flops_per_image'] / 1e12:>15.4f}"
+        )
     return 0

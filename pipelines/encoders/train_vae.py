@@ -1,4 +1,5 @@
-"""Train the offline default VAE: a small diffusers `AutoencoderKL` on the built-in shapes, saved with `save_pretrained`.
+"""Train the offline default VAE: a small diffusers `AutoencoderKL` on the built-in shapes, saved with
+`save_pretrained`.
 
     ditscale data train-vae [--config FILE] [key=value ...]      (or: python -m pipelines.train_vae ...)
 
@@ -8,6 +9,7 @@ latent `scaling_factor` (1 / std of posterior samples over a batch of training i
 Sec. 4.3 / the SD VAE do) and optionally a `shift_factor` (their mean) are written into the diffusers config,
 so the precompute and the samplers read them like those of any pretrained VAE.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +81,9 @@ class TrainVAEConfig:
             )
         downsample = 2 ** (len(self.block_out_channels) - 1)
         if self.image_size % downsample:
-            raise ConfigError(f"image_size: {self.image_size} is not divisible by the VAE downsample factor {downsample}")
+            raise ConfigError(
+                f"image_size: {self.image_size} is not divisible by the VAE downsample factor {downsample}"
+            )
         try:
             BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
         except ValueError as exc:
@@ -198,7 +202,9 @@ def train_vae(cfg: TrainVAEConfig) -> str:
         rec = vae.decode(z).sample  # [B,3,H,W]
         # Objects cover ~10% of the pixels; up-weighting them keeps the background from dominating the
         # loss, which otherwise leaves colours (red / orange / yellow) merged long after PSNR looks good.
-        weight = 1.0 + cfg.foreground_weight * ((x - background).abs().amax(1, keepdim=True) > 0.02).float()  # [B,1,H,W]
+        weight = (
+            1.0 + cfg.foreground_weight * ((x - background).abs().amax(1, keepdim=True) > 0.02).float()
+        )  # [B,1,H,W]
         norm = weight.sum() * x.shape[1]
         l1 = (weight * (rec - x).abs()).sum() / norm
         mse = (weight * (rec - x).pow(2)).sum() / norm
@@ -219,21 +225,31 @@ def train_vae(cfg: TrainVAEConfig) -> str:
     mean, std = latent_statistics(vae, spec, cfg.scale_images, seed=cfg.seed)
     shift = mean if cfg.compute_shift else 0.0
     # Scale so that (z - shift) has unit std, the input scale diffusion noise schedules assume.
-    centred_std = std if cfg.compute_shift else math.sqrt(std ** 2 + mean ** 2)
+    centred_std = std if cfg.compute_shift else math.sqrt(std**2 + mean**2)
     scaling = 1.0 / max(centred_std, 1e-8)
     vae.register_to_config(scaling_factor=float(scaling), shift_factor=float(shift))
     quality = evaluate_reconstruction(vae, spec, cfg.eval_images)
     value = quality["psnr_db"]
 
     summary = {
-        **quality, "steps": cfg.steps, "train_seconds": round(train_s, 2), "latent_mean": mean,
-        "latent_std": std, "scaling_factor": scaling, "shift_factor": shift, "final_loss": ema_loss,
-        "params": sum(p.numel() for p in vae.parameters()), "config": to_dict(cfg),
+        **quality,
+        "steps": cfg.steps,
+        "train_seconds": round(train_s, 2),
+        "latent_mean": mean,
+        "latent_std": std,
+        "scaling_factor": scaling,
+        "shift_factor": shift,
+        "final_loss": ema_loss,
+        "params": sum(p.numel() for p in vae.parameters()),
+        "config": to_dict(cfg),
     }
     out = _save(vae, cfg.out, summary)
-    print(f"train-vae: {cfg.steps} steps in {train_s:.1f}s; scaling_factor={scaling:.4f} shift_factor={shift:.4f}; "
-          f"held-out reconstruction PSNR {value:.2f} dB (object pixels {quality['foreground_psnr_db']:.2f} dB) "
-          f"on {cfg.eval_images} images -> {out}", flush=True)
+    print(
+        f"train-vae: {cfg.steps} steps in {train_s:.1f}s; scaling_factor={scaling:.4f} shift_factor={shift:.4f}; "
+        f"held-out reconstruction PSNR {value:.2f} dB (object pixels {quality['foreground_psnr_db']:.2f} dB) "
+        f"on {cfg.eval_images} images -> {out}",
+        flush=True,
+    )
     return out
 
 

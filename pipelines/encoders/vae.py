@@ -4,6 +4,7 @@ One loader serves the project's own small VAE (trained by `pipelines.train_vae`,
 and pretrained SD / SDXL / FLUX VAEs, from a local directory, an `s3://` prefix or a Hugging Face hub id.
 Model-space latents are z_model = (z - shift_factor) * scaling_factor, as in the latent-dataset contract.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,8 @@ import torch
 
 from ditcore.preprocess import images_to_tensor, tensor_to_images
 from pipelines.infra import storage
+
+
 class VAELoadError(ValueError):
     """A VAE path/id could not be loaded; the message names it and says why."""
 
@@ -52,7 +55,9 @@ def load_vae(
     if local.exists():
         folder = local / subfolder if subfolder else local
         if not (folder / "config.json").is_file():
-            raise VAELoadError(f"VAE directory {folder} has no config.json (expected a diffusers save_pretrained directory)")
+            raise VAELoadError(
+                f"VAE directory {folder} has no config.json (expected a diffusers save_pretrained directory)"
+            )
         if require_safetensors and not any(folder.glob("*.safetensors")):
             raise VAELoadError(f"VAE directory {folder}: no *.safetensors weights (pickled weights are refused here)")
         try:
@@ -63,8 +68,9 @@ def load_vae(
         raise FileNotFoundError(f"VAE directory not found: {spec}")
     else:
         try:
-            vae = AutoencoderKL.from_pretrained(spec, subfolder=subfolder, revision=revision, torch_dtype=dtype,
-                                                **load_kw)
+            vae = AutoencoderKL.from_pretrained(
+                spec, subfolder=subfolder, revision=revision, torch_dtype=dtype, **load_kw
+            )
         except Exception as exc:
             raise VAELoadError(
                 f"VAE {spec!r} is not a local directory and could not be loaded from the Hugging Face hub "
@@ -92,9 +98,7 @@ def encode_images(vae, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def decode_to_images(
-    vae, z_model: torch.Tensor, scaling_factor: float, shift_factor: float | None = 0.0
-) -> np.ndarray:
+def decode_to_images(vae, z_model: torch.Tensor, scaling_factor: float, shift_factor: float | None = 0.0) -> np.ndarray:
     """Model-space latents [B,C,h,w] -> uint8 numpy [B,H,W,3]; z = z_model / scaling_factor + shift_factor."""
     z = z_model.to(device=vae.device, dtype=vae.dtype) / scaling_factor + (shift_factor or 0.0)  # [B,C,h,w]
     x = vae.decode(z).sample  # [B,3,H,W] in ~[-1,1]

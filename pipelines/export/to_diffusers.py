@@ -63,11 +63,15 @@ def unsupported_options(cfg: DiTConfig | MMDiTConfig) -> list[str]:
     target = "DiTTransformer2DModel" if isinstance(cfg, DiTConfig) else "SD3Transformer2DModel"
     bad = []
     if cfg.pos_embed != "sincos":
-        bad.append(f"{name}.pos_embed={cfg.pos_embed!r} (2D RoPE): {target} only adds a fixed sin-cos table "
-                   "to the patch tokens")
+        bad.append(
+            f"{name}.pos_embed={cfg.pos_embed!r} (2D RoPE): {target} only adds a fixed sin-cos table "
+            "to the patch tokens"
+        )
     if int(cfg.hidden_size * cfg.mlp_ratio) != DIFFUSERS_MLP_RATIO * cfg.hidden_size:
-        bad.append(f"{name}.mlp_ratio={cfg.mlp_ratio} (MLP width {cfg.mlp_hidden}): {target}'s FeedForward is "
-                   f"fixed at {DIFFUSERS_MLP_RATIO} x hidden_size = {DIFFUSERS_MLP_RATIO * cfg.hidden_size}")
+        bad.append(
+            f"{name}.mlp_ratio={cfg.mlp_ratio} (MLP width {cfg.mlp_hidden}): {target}'s FeedForward is "
+            f"fixed at {DIFFUSERS_MLP_RATIO} x hidden_size = {DIFFUSERS_MLP_RATIO * cfg.hidden_size}"
+        )
     if isinstance(cfg, DiTConfig):
         if cfg.qk_norm:
             bad.append(f"{name}.qk_norm=True: {target}'s attention (BasicTransformerBlock) has no QK-norm")
@@ -75,8 +79,10 @@ def unsupported_options(cfg: DiTConfig | MMDiTConfig) -> list[str]:
             bad.append(f"{name}.depth={cfg.depth}: {target} reads its final-layer conditioning from block 0")
     else:
         if cfg.num_single_blocks:
-            bad.append(f"{name}.num_single_blocks={cfg.num_single_blocks} (FLUX single-stream blocks): {target} "
-                       "has only dual-stream JointTransformerBlocks")
+            bad.append(
+                f"{name}.num_single_blocks={cfg.num_single_blocks} (FLUX single-stream blocks): {target} "
+                "has only dual-stream JointTransformerBlocks"
+            )
         if cfg.depth < 1:
             bad.append(f"{name}.depth={cfg.depth}: {target} needs at least one joint block")
     return bad
@@ -370,25 +376,37 @@ def scheduler_for(objective: ObjectiveConfig, arch: str):
         if isinstance(process, FlowProcess) and pred == "velocity":
             # Float timesteps 1000 * sigma = SD3Transformer2DModel's 1000 * t exactly; shift 1 = uniform-t grid.
             return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-        raise ExportError(f"{combo}: SD3Transformer2DModel's scheduler (FlowMatchEulerDiscreteScheduler) only "
-                          "samples flow velocity models")
+        raise ExportError(
+            f"{combo}: SD3Transformer2DModel's scheduler (FlowMatchEulerDiscreteScheduler) only "
+            "samples flow velocity models"
+        )
     if isinstance(process, FlowProcess):
         if pred not in _FLOW_PREDICTIONS:
-            raise ExportError(f"{combo}: diffusers' flow schedulers convert v-prediction with VP coefficients "
-                              "(alpha^2 + sigma^2 = 1), which the flow path does not satisfy")
+            raise ExportError(
+                f"{combo}: diffusers' flow schedulers convert v-prediction with VP coefficients "
+                "(alpha^2 + sigma^2 = 1), which the flow path does not satisfy"
+            )
         # FlowMatchEulerDiscreteScheduler has no scale_model_input, which DiTPipeline calls every step.
-        return DPMSolverMultistepScheduler(num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=1.0,
-                                           prediction_type=_FLOW_PREDICTIONS[pred])
+        return DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=1.0, prediction_type=_FLOW_PREDICTIONS[pred]
+        )
     if pred not in _VP_PREDICTIONS:
-        raise ExportError(f"{combo}: diffusers' VP schedulers take eps, v or x0 (sample) predictions; the "
-                          "probability-flow velocity of a VP path is not among them")
+        raise ExportError(
+            f"{combo}: diffusers' VP schedulers take eps, v or x0 (sample) predictions; the "
+            "probability-flow velocity of a VP path is not among them"
+        )
     if isinstance(process, VPLinearProcess):
-        return DPMSolverMultistepScheduler(num_train_timesteps=process.num_steps, beta_schedule="linear",
-                                           beta_start=process.beta_start, beta_end=process.beta_end,
-                                           prediction_type=_VP_PREDICTIONS[pred])
+        return DPMSolverMultistepScheduler(
+            num_train_timesteps=process.num_steps,
+            beta_schedule="linear",
+            beta_start=process.beta_start,
+            beta_end=process.beta_end,
+            prediction_type=_VP_PREDICTIONS[pred],
+        )
     # vp-cosine / sit-gvp: tabulate the process on ditcore's 1000-point VP grid (exact alphas_cumprod).
-    return DPMSolverMultistepScheduler(num_train_timesteps=1000, trained_betas=_vp_trained_betas(process),
-                                       prediction_type=_VP_PREDICTIONS[pred])
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=_vp_trained_betas(process), prediction_type=_VP_PREDICTIONS[pred]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,8 +449,10 @@ def _load_vae(path: str | os.PathLike, latent_channels: int, scaling: float, shi
     except Exception as e:  # diffusers raises many types; name the directory
         raise ExportError(f"VAE directory {folder}: cannot load an AutoencoderKL: {e}") from e
     if int(vae.config.latent_channels) != latent_channels:
-        raise ExportError(f"VAE {folder} has latent_channels={vae.config.latent_channels}, the model's "
-                          f"in_channels is {latent_channels}")
+        raise ExportError(
+            f"VAE {folder} has latent_channels={vae.config.latent_channels}, the model's "
+            f"in_channels is {latent_channels}"
+        )
     given = {"scaling_factor": vae.config.scaling_factor, "shift_factor": vae.config.shift_factor}
     # The model was trained on (z - shift) * scale with the checkpoint's data factors; pipelines read the VAE config.
     vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
@@ -489,8 +509,10 @@ def export_to_diffusers(
     shift = float(data.get("shift_factor") or 0.0)
     warnings: list[str] = []
     if not has_objective:
-        warnings.append("config.json has no 'objective': assumed the training defaults "
-                        f"(process={objective.process!r}, prediction={objective.prediction!r})")
+        warnings.append(
+            "config.json has no 'objective': assumed the training defaults "
+            f"(process={objective.process!r}, prediction={objective.prediction!r})"
+        )
 
     try:
         scheduler = scheduler_for(objective, arch)
@@ -502,11 +524,14 @@ def export_to_diffusers(
     if vae is not None and arch == "dit":
         pipeline_problems = []
         if shift != 0.0:
-            pipeline_problems.append(f"data.shift_factor={shift}: DiTPipeline decodes latents / scaling_factor "
-                                     "and never adds a shift")
+            pipeline_problems.append(
+                f"data.shift_factor={shift}: DiTPipeline decodes latents / scaling_factor and never adds a shift"
+            )
         if cfg.num_classes > DIT_PIPELINE_NULL_CLASS:
-            pipeline_problems.append(f"DiTConfig.num_classes={cfg.num_classes}: DiTPipeline's unconditional "
-                                     f"class id is {DIT_PIPELINE_NULL_CLASS}, a real class of this model")
+            pipeline_problems.append(
+                f"DiTConfig.num_classes={cfg.num_classes}: DiTPipeline's unconditional "
+                f"class id is {DIT_PIPELINE_NULL_CLASS}, a real class of this model"
+            )
         if pipeline_problems:
             raise ExportError("cannot build a DiTPipeline: " + "; ".join(pipeline_problems))
 
@@ -518,8 +543,11 @@ def export_to_diffusers(
     record: dict[str, Any] = {
         "format": "ditscale-diffusers-export",
         "format_version": EXPORT_FORMAT_VERSION,
-        "source": {"checkpoint": str(Path(checkpoint).resolve()), "weights": ckpt.weights,
-                   "step": ckpt.state.get("step") if isinstance(ckpt.state, dict) else None},
+        "source": {
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "weights": ckpt.weights,
+            "step": ckpt.state.get("step") if isinstance(ckpt.state, dict) else None,
+        },
         "arch": arch,
         "diffusers_class": type(transformer).__name__,
         "pipeline": "DiTPipeline" if (vae_module is not None and arch == "dit") else None,
@@ -556,13 +584,16 @@ def _timestep_record(arch: str, objective: ObjectiveConfig, cfg: DiTConfig | MMD
     if arch == "dit":
         scale = dit_timestep_scale(objective)
         # Ids num_classes..1000 all hold the null embedding when the table was padded (see dit_state_dict).
-        null_ids = sorted({cfg.num_classes, DIT_PIPELINE_NULL_CLASS}) if cfg.num_classes <= DIT_PIPELINE_NULL_CLASS \
+        null_ids = (
+            sorted({cfg.num_classes, DIT_PIPELINE_NULL_CLASS})
+            if cfg.num_classes <= DIT_PIPELINE_NULL_CLASS
             else [cfg.num_classes]
+        )
         return {
             "timestep_scale": scale,
             "t_from_timestep": "timestep / 1000" if scale == 1.0 else f"timestep / {1000.0 / scale:g}",
             "requires_alignment": "align_dit_time_embedding: per block norm1.emb.time_proj.downscale_freq_shift = 0 "
-                                  "and .scale = timestep_scale",
+            "and .scale = timestep_scale",
             "null_class_ids": null_ids,
         }
     return {"timestep_scale": 1.0, "t_from_timestep": "timestep / 1000", "requires_alignment": None}

@@ -4,6 +4,7 @@ The dict-level operations (`apply_overrides`, `merge`, `from_dict`) live in `dit
 this module adds the files. Every job builds its config through `load_config`, so a YAML key, a base mapping
 and a command-line override are checked by the same code and a bad key is named the same way everywhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,9 @@ def compose(path: str | Path | None = None, base: dict | None = None, overrides:
     return apply_overrides(merge(data, base), list(overrides))
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = (),
-                base: dict | None = None) -> Any:
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None
+) -> Any:
     """Build dataclass `cls` from a YAML file, a base mapping and `a.b=c` overrides; errors name the bad key."""
     return from_dict(cls, compose(path, base, overrides))
 

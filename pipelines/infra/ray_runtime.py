@@ -8,6 +8,7 @@ already set win. On a cluster, set the same variables in the cluster's environme
 `LocalRayHead` is the head the quickstart owns: `ray start --head --block` in its own session on free ports,
 stopped by signalling exactly its own processes (never a global `ray stop`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,14 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, runtime_env: dict | None = None,
-             include_dashboard: bool = False, logging_level: str | int | None = None) -> bool:
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    runtime_env: dict | None = None,
+    include_dashboard: bool = False,
+    logging_level: str | int | None = None,
+) -> bool:
     """Connect to the cluster (`address` / RAY_ADDRESS) or start a fresh local Ray; True if this call started it.
 
     A local instance is always a new one (`address="local"`), never a `ray start` cluster left running on the
@@ -122,12 +129,28 @@ class LocalRayHead:
 
     def _command(self) -> list[str]:
         ray_bin = Path(sys.executable).with_name("ray")
-        ports = {"port": self.gcs_port, "dashboard-port": self.dashboard_port, "ray-client-server-port": free_port(),
-                 "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
-                 "metrics-export-port": free_port(), "runtime-env-agent-port": free_port()}
-        return [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", *(f"--{k}={v}" for k, v in ports.items())]
+        ports = {
+            "port": self.gcs_port,
+            "dashboard-port": self.dashboard_port,
+            "ray-client-server-port": free_port(),
+            "dashboard-agent-listen-port": free_port(),
+            "dashboard-agent-grpc-port": free_port(),
+            "metrics-export-port": free_port(),
+            "runtime-env-agent-port": free_port(),
+        }
+        return [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            *(f"--{k}={v}" for k, v in ports.items()),
+        ]
 
     def start(self, timeout: float = 300.0) -> None:
         """Start the head, connect this process to it, and export RAY_ADDRESS for everything started later."""
@@ -141,20 +164,23 @@ class LocalRayHead:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PATH=f"{Path(cmd[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         with open(self.log_dir / "ray-head.log", "w") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"`ray start --head` exited with {self.proc.returncode}; see "
-                                   f"{self.log_dir / 'ray-head.log'}")
+                raise RuntimeError(
+                    f"`ray start --head` exited with {self.proc.returncode}; see {self.log_dir / 'ray-head.log'}"
+                )
             try:
                 ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
                 return
             except (ConnectionError, TimeoutError, RuntimeError) as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: "
-                                       f"{exc}") from exc
+                    raise RuntimeError(
+                        f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc}"
+                    ) from exc
                 time.sleep(1.0)  # the head is still starting: poll again
 
     def stop(self, grace: float = 2.0) -> None:

@@ -4,6 +4,7 @@ S3 endpoints, region and credentials come from the standard AWS environment vari
 (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY), so the same code talks to AWS, MinIO or a local moto server.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def get_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3:// URI."""
     uri = str(uri)
     if is_s3(uri):
-        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -136,14 +137,18 @@ def upload_dir(local_dir: str, uri: str) -> None:
         shutil.copytree(local_dir, dst)
         return
     fs, path = get_fs(uri)
-    pafs.copy_files(os.path.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(
+        os.path.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 def download_dir(uri: str, local_dir: str) -> str:
     """Copy the tree at `uri` into `local_dir` (created); returns `local_dir`."""
     Path(local_dir).mkdir(parents=True, exist_ok=True)
     fs, path = get_fs(uri)
-    pafs.copy_files(path, os.path.abspath(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        path, os.path.abspath(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
     return local_dir
 
 

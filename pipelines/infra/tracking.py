@@ -11,6 +11,7 @@
 - Registry: the promoted checkpoint is a registered model version with alias `champion`; `resolve_champion` reads
   it back for serving.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if not uri:
         return default_tracking_uri()
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path and path != ":memory:" and not os.path.isabs(path):
             return f"sqlite:///{Path(path).resolve()}"
         return uri
@@ -116,19 +117,21 @@ def check_tracking_uri(uri: str | None = None, timeout: float = 3.0) -> str:
             raise TrackingURIError(
                 f"MLflow tracking server {resolved!r} is unreachable ({'; '.join(errors)}). Start it "
                 f"(`mlflow server --host ... --port ...`), fix --tracking-uri / MLFLOW_TRACKING_URI, or omit it "
-                f"to use the local sqlite store.")
+                f"to use the local sqlite store."
+            )
     elif parsed.scheme == "sqlite":
-        path = resolved[len("sqlite:///"):] if resolved.startswith("sqlite:///") else ""
+        path = resolved[len("sqlite:///") :] if resolved.startswith("sqlite:///") else ""
         if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise TrackingURIError(f"MLflow tracking URI {resolved!r}: directory {str(Path(path).parent)!r} "
-                                   "does not exist")
+            raise TrackingURIError(
+                f"MLflow tracking URI {resolved!r}: directory {str(Path(path).parent)!r} does not exist"
+            )
     return resolved
 
 
 def default_artifact_root(tracking_uri: str) -> str | None:
     """Artifact root beside a sqlite database (`<db dir>/mlruns`), None for servers (they choose)."""
     if tracking_uri.startswith("sqlite:///"):
-        path = tracking_uri[len("sqlite:///"):]
+        path = tracking_uri[len("sqlite:///") :]
         if path and path != ":memory:":
             return (Path(path).parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
     return None
@@ -172,8 +175,9 @@ def get_experiment_id(mlflow_client: Any, name: str) -> str:
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in mlflow_client.search_experiments(max_results=50))
-        raise ExperimentRecordError(f"MLflow experiment {name!r} not found at {mlflow_client.tracking_uri!r}; "
-                                    f"known: {names}")
+        raise ExperimentRecordError(
+            f"MLflow experiment {name!r} not found at {mlflow_client.tracking_uri!r}; known: {names}"
+        )
     return exp.experiment_id
 
 
@@ -182,8 +186,13 @@ def _is_gone(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
-def retry(fn: Callable[[], Any], *, attempts: int = ATTACH_RETRIES, what: str = "tracking call",
-          giveup: Callable[[Exception], bool] = _is_gone) -> Any:
+def retry(
+    fn: Callable[[], Any],
+    *,
+    attempts: int = ATTACH_RETRIES,
+    what: str = "tracking call",
+    giveup: Callable[[Exception], bool] = _is_gone,
+) -> Any:
     """fn() retried with exponential back-off on errors `giveup` does not accept as final; the last error raises."""
     for i in range(attempts):
         try:
@@ -191,11 +200,18 @@ def retry(fn: Callable[[], Any], *, attempts: int = ATTACH_RETRIES, what: str = 
         except Exception as exc:  # noqa: BLE001 - the classifier decides; the last attempt re-raises
             if giveup(exc) or i == attempts - 1:
                 raise
-            time.sleep(0.5 * 2 ** i)  # back-off before the next attempt at a flaky tracking server
+            time.sleep(0.5 * 2**i)  # back-off before the next attempt at a flaky tracking server
 
 
-def attach_run(mlflow_client: Any, marker: str, *, experiment: str, name: str, tags: dict[str, str] | None = None,
-               parent_run_id: str | None = None) -> tuple[str, bool]:
+def attach_run(
+    mlflow_client: Any,
+    marker: str,
+    *,
+    experiment: str,
+    name: str,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[str, bool]:
     """(run id, created): the run recorded at `marker` (status back to RUNNING), else a new run recorded there.
 
     `marker` is a JSON file URI (local or s3://) beside the job's outputs holding {"run_id", "tracking_uri"}. A
@@ -229,7 +245,7 @@ def log_params_once(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> 
     have = mlflow_client.get_run(run_id).data.params
     new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
     for i in range(0, len(new), 100):
-        mlflow_client.log_batch(run_id, params=new[i:i + 100])
+        mlflow_client.log_batch(run_id, params=new[i : i + 100])
 
 
 def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int) -> None:
@@ -266,8 +282,13 @@ def _search_all(mlflow_client: Any, experiment_ids: list[str], filter_string: st
     """All runs matching the filter (follows page tokens), newest first."""
     runs, token = [], None
     while True:
-        page = mlflow_client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
-                                         order_by=["attributes.start_time DESC"], page_token=token)
+        page = mlflow_client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -285,7 +306,8 @@ def find_parent_run(mlflow_client: Any, experiment_name: str) -> Any:
     if parent_ids:
         return mlflow_client.get_run(parent_ids[0])
     raise ExperimentRecordError(
-        f"experiment {experiment_name!r} has no sweep run (tag {ROLE_TAG}={ROLE_SWEEP}) and no child runs")
+        f"experiment {experiment_name!r} has no sweep run (tag {ROLE_TAG}={ROLE_SWEEP}) and no child runs"
+    )
 
 
 def child_runs(mlflow_client: Any, parent_run_id: str, experiment_id: str | None = None) -> list:
@@ -324,13 +346,15 @@ def load_points(mlflow_client: Any, run_id: str, artifact_path: str = POINTS_ART
     return data
 
 
-def sweep_points(mlflow_client: Any, *, experiment: str | None = None,
-                 parent_run_id: str | None = None) -> tuple[Any, list[dict]]:
+def sweep_points(
+    mlflow_client: Any, *, experiment: str | None = None, parent_run_id: str | None = None
+) -> tuple[Any, list[dict]]:
     """(parent run, the points of its trials as dicts, each with its trial's `run_id`)."""
     if (experiment is None) == (parent_run_id is None):
         raise ValueError("give exactly one of experiment= or parent_run_id=")
-    parent = (find_parent_run(mlflow_client, experiment) if experiment is not None
-              else mlflow_client.get_run(parent_run_id))
+    parent = (
+        find_parent_run(mlflow_client, experiment) if experiment is not None else mlflow_client.get_run(parent_run_id)
+    )
     points: list[dict] = []
     for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):
         for p in load_points(mlflow_client, run.info.run_id):
@@ -341,9 +365,16 @@ def sweep_points(mlflow_client: Any, *, experiment: str | None = None,
 # ---- registry ---------------------------------------------------------------------------------------------
 
 
-def register_checkpoint(mlflow_client: Any, source: str, *, model_name: str = DEFAULT_MODEL_NAME,
-                        alias: str = CHAMPION_ALIAS, run_id: str | None = None, tags: dict[str, Any] | None = None,
-                        description: str = "") -> tuple[Any, bool]:
+def register_checkpoint(
+    mlflow_client: Any,
+    source: str,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    alias: str = CHAMPION_ALIAS,
+    run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    description: str = "",
+) -> tuple[Any, bool]:
     """(model version, created): register checkpoint directory `source` (reusing a version that already points at
     it) and point `alias` at it."""
     from mlflow.exceptions import MlflowException
@@ -352,21 +383,26 @@ def register_checkpoint(mlflow_client: Any, source: str, *, model_name: str = DE
         mlflow_client.get_registered_model(model_name)
     except MlflowException:
         mlflow_client.create_registered_model(model_name, description="ditscale checkpoints (safetensors dirs)")
-    existing = [mv for mv in mlflow_client.search_model_versions(f"name='{model_name}'")
-                if (mv.tags or {}).get("checkpoint") == source]
+    existing = [
+        mv
+        for mv in mlflow_client.search_model_versions(f"name='{model_name}'")
+        if (mv.tags or {}).get("checkpoint") == source
+    ]
     created = not existing
     if existing:
         mv = max(existing, key=lambda v: int(v.version))
     else:
         clean = {k: str(v) for k, v in {"checkpoint": source, **(tags or {})}.items() if v is not None}
         try:
-            mv = mlflow_client.create_model_version(model_name, source=source, run_id=run_id, tags=clean,
-                                                    description=description)
+            mv = mlflow_client.create_model_version(
+                model_name, source=source, run_id=run_id, tags=clean, description=description
+            )
         except MlflowException as e:
             raise RegistryError(
                 f"registry refused checkpoint source {source!r}: {e.message}. A tracking server only accepts "
                 f"sources in shared storage (e.g. s3://) or inside the run's artifact directory; write "
-                f"checkpoints to s3:// when tracking with a server.") from e
+                f"checkpoints to s3:// when tracking with a server."
+            ) from e
     mlflow_client.set_registered_model_alias(model_name, alias, mv.version)
     return mv, created
 
@@ -379,8 +415,9 @@ def _number(v: Any) -> Any:
         return v
 
 
-def resolve_champion(model_name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None,
-                     alias: str = CHAMPION_ALIAS) -> dict[str, Any]:
+def resolve_champion(
+    model_name: str = DEFAULT_MODEL_NAME, tracking_uri: str | None = None, alias: str = CHAMPION_ALIAS
+) -> dict[str, Any]:
     """The version behind `model_name@alias`: {checkpoint, version, fid, train_flops, run_id, tags, ...}.
 
     `checkpoint` is the checkpoint directory URI (local path or s3://); numeric tags (fid, train_flops, params,
@@ -392,12 +429,20 @@ def resolve_champion(model_name: str = DEFAULT_MODEL_NAME, tracking_uri: str | N
     try:
         mv = mlflow_client.get_model_version_by_alias(model_name, alias)
     except MlflowException as e:
-        raise RegistryError(f"no registered model version {model_name!r}@{alias} at {mlflow_client.tracking_uri!r} "
-                            f"(run `ditscale promote` first): {e.message}") from e
+        raise RegistryError(
+            f"no registered model version {model_name!r}@{alias} at {mlflow_client.tracking_uri!r} "
+            f"(run `ditscale promote` first): {e.message}"
+        ) from e
     tags = dict(mv.tags or {})
-    record: dict[str, Any] = {"model_name": model_name, "alias": alias, "version": str(mv.version),
-                              "checkpoint": tags.get("checkpoint") or mv.source, "source": mv.source,
-                              "run_id": mv.run_id, "tags": tags}
+    record: dict[str, Any] = {
+        "model_name": model_name,
+        "alias": alias,
+        "version": str(mv.version),
+        "checkpoint": tags.get("checkpoint") or mv.source,
+        "source": mv.source,
+        "run_id": mv.run_id,
+        "tags": tags,
+    }
     for key in ("fid", "train_flops", "params", "val_loss", "budget_flops", "step"):
         record[key] = _number(tags[key]) if key in tags else None
     for key in ("model", "experiment", "parent_run_id"):

@@ -5,6 +5,7 @@ presence means the set is complete. The records here are the one definition of t
 checks every key and type (an unknown or mistyped key is an error naming it) and every reader uses attributes,
 never `.get(...)` on raw JSON. docs/architecture.md, "Latent dataset", describes the whole contract.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -117,8 +118,10 @@ class Manifest:
     def from_dict(cls, data: dict, where: str = "manifest.json") -> "Manifest":
         """Parse and check a manifest document; errors name the bad key."""
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise LatentDatasetError(f"{where}: unsupported schema_version {data.get('schema_version')!r} "
-                                     f"(this version reads {SCHEMA_VERSION})")
+            raise LatentDatasetError(
+                f"{where}: unsupported schema_version {data.get('schema_version')!r} "
+                f"(this version reads {SCHEMA_VERSION})"
+            )
         try:
             return from_dict(cls, data)
         except ConfigError as exc:
@@ -129,8 +132,10 @@ class Manifest:
         """The manifest of the data set at `uri`; a directory without one is incomplete (or not a data set)."""
         path = storage.join(dataset_root(uri), MANIFEST_NAME)
         if not storage.exists(path):
-            raise LatentDatasetError(f"{uri} is not a complete latent data set: no {MANIFEST_NAME} "
-                                     "(an interrupted precompute? rerun it to resume)")
+            raise LatentDatasetError(
+                f"{uri} is not a complete latent data set: no {MANIFEST_NAME} "
+                "(an interrupted precompute? rerun it to resume)"
+            )
         return cls.from_dict(storage.read_json(path), where=path)
 
     def write(self, uri: str) -> None:

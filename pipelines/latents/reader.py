@@ -11,6 +11,7 @@ hide that: every tensor comes back with its real shape, e.g. latent_mean float16
     load_fid_stats(uri)                 -> (mu float64 [F], sigma float64 [F,F]) numpy
     to_model_space(mean, std, ...)      -> z_model = (mean + std * eps - shift) * scale (posterior sample)
 """
+
 from __future__ import annotations
 
 import io
@@ -20,6 +21,8 @@ import numpy as np
 
 from pipelines.infra import storage
 from pipelines.latents.manifest import ColumnSpec, LatentDatasetError, Manifest, dataset_root
+
+
 def read_manifest(uri: str) -> Manifest:
     """The data set's manifest (typed); a directory without one is an incomplete or foreign data set."""
     return Manifest.read(uri)
@@ -65,7 +68,9 @@ def read_latents(uri: str, columns: Sequence[str] | None = None, **read_kwargs: 
     return ds.map_batches(_restore, batch_format="pyarrow", fn_kwargs={"shapes": shapes}, batch_size=None)
 
 
-def load_latents_numpy(uri: str, limit: int | None = None, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def load_latents_numpy(
+    uri: str, limit: int | None = None, columns: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """All rows (or the first `limit`, in shard order) as numpy arrays with real shapes; no Ray needed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -95,7 +100,8 @@ def _read_safetensors(uri: str) -> dict[str, np.ndarray]:
 
 
 def load_null_text(uri: str) -> dict[str, Any] | None:
-    """The empty-prompt embedding {"text_emb" [L,D] f16, "text_mask" [L] bool, "text_pooled" [Dp] f16} as torch; None without text."""
+    """The empty-prompt embedding {"text_emb" [L,D] f16, "text_mask" [L] bool, "text_pooled" [Dp] f16}
+    as torch; None without text."""
     import torch
 
     manifest = read_manifest(uri)
@@ -109,7 +115,9 @@ def load_fid_stats(uri: str) -> tuple[np.ndarray, np.ndarray]:
     """FID reference statistics of the data set: (mu float64 [F], sigma float64 [F,F])."""
     manifest = read_manifest(uri)
     if manifest.fid is None or not manifest.fid.stats:
-        raise LatentDatasetError(f"{uri}: the data set has no FID reference statistics (precompute ran with fid: null?)")
+        raise LatentDatasetError(
+            f"{uri}: the data set has no FID reference statistics (precompute ran with fid: null?)"
+        )
     arrays = _read_safetensors(storage.join(dataset_root(uri), manifest.fid.stats))
     return arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
 
@@ -127,5 +135,15 @@ def to_model_space(mean: Any, std: Any, scaling_factor: float, shift_factor: flo
     return (z - shift_factor) * scaling_factor
 
 
-__all__ = ["read_manifest", "read_latents", "load_latents_numpy", "load_null_text", "load_fid_stats", "read_failures",
-           "data_files", "to_model_space", "LatentDatasetError", "Manifest"]
+__all__ = [
+    "read_manifest",
+    "read_latents",
+    "load_latents_numpy",
+    "load_null_text",
+    "load_fid_stats",
+    "read_failures",
+    "data_files",
+    "to_model_space",
+    "LatentDatasetError",
+    "Manifest",
+]

@@ -1,4 +1,5 @@
 """Typed configuration of a precompute job (`ditscale precompute`): source, encoders, where and how wide to run."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

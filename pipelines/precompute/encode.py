@@ -8,6 +8,7 @@ Two stages, so CPU work and accelerator work scale separately:
   that the driver folds into per-shard sums (mean/covariance need only sum x and sum x x^T).
 Rows that already failed pass through with zero-filled tensors so every column keeps one fixed shape.
 """
+
 from __future__ import annotations
 
 import io
@@ -73,7 +74,7 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, require_captions
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """"auto" -> cuda with bfloat16 (float16 without bf16 support) when a GPU is visible, else cpu float32."""
+    """ "auto" -> cuda with bfloat16 (float16 without bf16 support) when a GPU is visible, else cpu float32."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -87,9 +88,18 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 class Encoder:
     """Ray Data actor: images -> VAE posterior mean/std (+ flip), captions -> text states, images -> FID features."""
 
-    def __init__(self, *, vae: dict[str, Any], text: dict[str, Any] | None, feature_net: str | None,
-                 image_size: int, device: str = "auto", dtype: str = "auto", num_threads: int = 1,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        vae: dict[str, Any],
+        text: dict[str, Any] | None,
+        feature_net: str | None,
+        image_size: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        num_threads: int = 1,
+        batch_size: int = 32,
+    ) -> None:
         from pipelines.encoders import vae as vae_lib
 
         if num_threads > 0:
@@ -148,7 +158,7 @@ class Encoder:
         # Ray hands over one block (a chunk of one shard, see build_dataset); the models see `batch_size` images
         # at a time.
         for start in range(0, len(all_idx), self.batch_size):
-            idx = all_idx[start:start + self.batch_size]
+            idx = all_idx[start : start + self.batch_size]
             enc = self._encode(images_all[idx], [str(c) for c in captions_all[idx]])
             for k, v in enc.items():
                 cols[k][idx] = v

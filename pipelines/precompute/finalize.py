@@ -5,6 +5,7 @@ them carries the total. Incomplete shards of an interrupted run are cleared and 
 duplicated. The merge reads one part's statistics at a time (the driver's memory does not grow with the data) in
 shard and row order, so the merged statistics do not depend on which run, actor or task wrote which part.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,10 +52,12 @@ def clear_parts(output: str, parts: list[dict[str, Any]]) -> None:
     """Delete the files of a shard's parts (an incomplete shard about to be done again)."""
     for p in parts:
         name = p["part"]
-        for uri in (storage.join(output, PROGRESS_DIR, f"{name}.json"),
-                    storage.join(output, DATA_DIR, f"{name}.parquet"),
-                    storage.join(output, PROGRESS_DIR, f"{name}.failures.parquet"),
-                    storage.join(output, PROGRESS_DIR, f"{name}.stats.safetensors")):
+        for uri in (
+            storage.join(output, PROGRESS_DIR, f"{name}.json"),
+            storage.join(output, DATA_DIR, f"{name}.parquet"),
+            storage.join(output, PROGRESS_DIR, f"{name}.failures.parquet"),
+            storage.join(output, PROGRESS_DIR, f"{name}.stats.safetensors"),
+        ):
             storage.delete(uri)
 
 
@@ -68,8 +71,17 @@ def mark_empty(output: str, shard: int) -> dict[str, Any]:
     prog = storage.join(output, PROGRESS_DIR)
     storage.write_bytes(storage.join(prog, f"{name}.failures.parquet"), parquet_bytes(failures_schema().empty_table()))
     storage.write_bytes(storage.join(prog, f"{name}.stats.safetensors"), st_save({"count": np.zeros(1, np.int64)}))
-    marker = {"part": name, "shard": shard, "first": 0, "rows": 0, "written": 0, "failed": 0, "total": 0,
-              "max_label": -1, "columns": {}}
+    marker = {
+        "part": name,
+        "shard": shard,
+        "first": 0,
+        "rows": 0,
+        "written": 0,
+        "failed": 0,
+        "total": 0,
+        "max_label": -1,
+        "columns": {},
+    }
     storage.write_json(storage.join(prog, f"{name}.json"), marker)
     return marker
 
@@ -83,8 +95,9 @@ def _write_failures(output: str, parts: list[dict[str, Any]]) -> int:
     with pq.ParquetWriter(buf, failures_schema(), compression="zstd") as writer:
         for p in parts:
             if p["failed"]:
-                table = pq.read_table(io.BytesIO(storage.read_bytes(
-                    storage.join(output, PROGRESS_DIR, f"{p['part']}.failures.parquet"))))
+                table = pq.read_table(
+                    io.BytesIO(storage.read_bytes(storage.join(output, PROGRESS_DIR, f"{p['part']}.failures.parquet")))
+                )
                 writer.write_table(table)
                 n += table.num_rows
     storage.write_bytes(storage.join(output, "failures.parquet"), buf.getvalue())
@@ -108,7 +121,7 @@ def _merge_stats(output: str, parts: list[dict[str, Any]], channels: int) -> tup
         if "fid_mean" in st:
             fid._combine(int(st["count"][0]), st["fid_mean"], st["fid_m2"])
     mean = lat_sum / max(lat_n, 1)
-    std = np.sqrt(np.maximum(lat_sumsq / max(lat_n, 1) - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(lat_sumsq / max(lat_n, 1) - mean**2, 0.0))
     return {"mean": mean.tolist(), "std": std.tolist(), "of": "latent_mean"}, fid
 
 
@@ -119,28 +132,52 @@ def _fid_record(cfg: PrecomputeConfig, fid: Any) -> dict | None:
     from safetensors.numpy import save as st_save
 
     if fid.count < 2:
-        return {"feature_net": cfg.fid.feature_net, "feature_dim": None, "stats": None, "count": int(fid.count),
-                "note": "fewer than 2 rows written: no covariance"}
+        return {
+            "feature_net": cfg.fid.feature_net,
+            "feature_dim": None,
+            "stats": None,
+            "count": int(fid.count),
+            "note": "fewer than 2 rows written: no covariance",
+        }
     mu, sigma = fid.compute()
-    storage.write_bytes(storage.join(cfg.output, "fid_stats.safetensors"),
-                        st_save({"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)},
-                                metadata={"count": str(fid.count), "feature_net": cfg.fid.feature_net}))
-    return {"feature_net": cfg.fid.feature_net, "feature_dim": int(mu.shape[0]), "stats": "fid_stats.safetensors",
-            "count": int(fid.count)}
+    storage.write_bytes(
+        storage.join(cfg.output, "fid_stats.safetensors"),
+        st_save(
+            {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)},
+            metadata={"count": str(fid.count), "feature_net": cfg.fid.feature_net},
+        ),
+    )
+    return {
+        "feature_net": cfg.fid.feature_net,
+        "feature_dim": int(mu.shape[0]),
+        "stats": "fid_stats.safetensors",
+        "count": int(fid.count),
+    }
 
 
-def finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[int, list[dict]],
-             text_identity: dict | None, code_version: str) -> Manifest:
+def finalize(
+    cfg: PrecomputeConfig,
+    plan: SourcePlan,
+    vae: dict,
+    markers: dict[int, list[dict]],
+    text_identity: dict | None,
+    code_version: str,
+) -> Manifest:
     """Merge the parts' failures and statistics; write failures.parquet, fid_stats and manifest.json (last)."""
     ids = [s["shard"] for s in plan.shards]
     missing = [s for s in ids if not is_complete(markers.get(s, []))]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} were not committed; rerun to resume")
     parts = [p for s in ids for p in markers[s]]
-    counts = {"input": sum(p["rows"] for p in parts), "written": sum(p["written"] for p in parts),
-              "failed": sum(p["failed"] for p in parts)}
-    if counts["input"] != counts["written"] + counts["failed"] or _write_failures(cfg.output, parts) != \
-            counts["failed"]:
+    counts = {
+        "input": sum(p["rows"] for p in parts),
+        "written": sum(p["written"] for p in parts),
+        "failed": sum(p["failed"] for p in parts),
+    }
+    if (
+        counts["input"] != counts["written"] + counts["failed"]
+        or _write_failures(cfg.output, parts) != counts["failed"]
+    ):
         raise RuntimeError(f"{cfg.output}: the committed parts do not add up ({counts}); rerun with overwrite=true")
     latent_stats, fid = _merge_stats(cfg.output, parts, vae["latent_channels"])
     columns: dict[str, dict] = {}
@@ -150,13 +187,27 @@ def finalize(cfg: PrecomputeConfig, plan: SourcePlan, vae: dict, markers: dict[i
     if num_classes is None and plan.has_labels:
         top = max((p["max_label"] for p in parts), default=-1)
         num_classes = top + 1 if top >= 0 else None
-    manifest = Manifest.from_dict({
-        "schema_version": SCHEMA_VERSION, "source": plan.description, "image_size": cfg.image_size,
-        "num_classes": num_classes, "classes": plan.classes, "counts": counts, "vae": vae,
-        "text": {**text_identity, "null": NULL_TEXT_FILE} if text_identity is not None else None,
-        "latent_stats": latent_stats, "fid": _fid_record(cfg, fid), "columns": columns, "data": DATA_DIR,
-        "failures": "failures.parquet", "shards": len(ids), "config": to_dict(cfg), "code_version": code_version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, where=f"{cfg.output}/manifest.json")
+    manifest = Manifest.from_dict(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "source": plan.description,
+            "image_size": cfg.image_size,
+            "num_classes": num_classes,
+            "classes": plan.classes,
+            "counts": counts,
+            "vae": vae,
+            "text": {**text_identity, "null": NULL_TEXT_FILE} if text_identity is not None else None,
+            "latent_stats": latent_stats,
+            "fid": _fid_record(cfg, fid),
+            "columns": columns,
+            "data": DATA_DIR,
+            "failures": "failures.parquet",
+            "shards": len(ids),
+            "config": to_dict(cfg),
+            "code_version": code_version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        where=f"{cfg.output}/manifest.json",
+    )
     manifest.write(cfg.output)
     return manifest

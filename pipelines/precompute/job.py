@@ -20,6 +20,7 @@ Resume: the input is cut into deterministic shards before any work; a rerun (aft
 keeps every complete shard, clears the parts of incomplete ones and does those again, so no row is ever duplicated
 and the final ids equal those of an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,30 @@ from pipelines.precompute.plan import PROGRESS_DIR, fingerprint, validate
 from pipelines.precompute.sink import NULL_ID, NULL_SHARD, NULL_TEXT_FILE, PartSink
 from pipelines.sources import SourceConfig, SourcePlan
 
-__all__ = ["ComputeConfig", "FIDConfig", "PrecomputeConfig", "SourceConfig", "VAEConfig", "build_dataset",
-           "code_version", "format_summary", "read_dataset", "run_precompute"]
+__all__ = [
+    "ComputeConfig",
+    "FIDConfig",
+    "PrecomputeConfig",
+    "SourceConfig",
+    "VAEConfig",
+    "build_dataset",
+    "code_version",
+    "format_summary",
+    "read_dataset",
+    "run_precompute",
+]
 
 
 def code_version() -> str:
     """The code that ran: git:<short rev> in a checkout, else the installed package version."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-                             capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if rev.returncode == 0 and rev.stdout.strip():
             return f"git:{rev.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
@@ -63,8 +79,16 @@ def code_version() -> str:
 
 # ------------------------------------------------------------------------------------- ray data stages
 
-def _read_and_decode(batch: dict[str, np.ndarray], source: SourceConfig, classes: list[str] | None, image_size: int,
-                     require_captions: bool, chunk_rows: int, filesystem: Any = None):
+
+def _read_and_decode(
+    batch: dict[str, np.ndarray],
+    source: SourceConfig,
+    classes: list[str] | None,
+    image_size: int,
+    require_captions: bool,
+    chunk_rows: int,
+    filesystem: Any = None,
+):
     """Ray task: one shard descriptor -> decoded chunks (uint8 crops + metadata + error), yielded one by one."""
     from pipelines.precompute.encode import decode_batch
     from pipelines.sources import _rows, iter_shard_chunks
@@ -92,11 +116,18 @@ def read_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
     items = [{"desc": json.dumps(s)} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one block per shard
     return ds.map_batches(
-        _read_and_decode, batch_size=1, num_cpus=cfg.compute.decode_cpus,
-        fn_kwargs={"source": cfg.source, "classes": plan.classes, "image_size": cfg.image_size,
-                   "require_captions": cfg.text is not None, "chunk_rows": cfg.compute.chunk_rows,
-                   # The driver's filesystem (S3 endpoint + credentials) travels with the tasks.
-                   "filesystem": storage.get_fs(cfg.source.path)[0] if cfg.source.path else None},
+        _read_and_decode,
+        batch_size=1,
+        num_cpus=cfg.compute.decode_cpus,
+        fn_kwargs={
+            "source": cfg.source,
+            "classes": plan.classes,
+            "image_size": cfg.image_size,
+            "require_captions": cfg.text is not None,
+            "chunk_rows": cfg.compute.chunk_rows,
+            # The driver's filesystem (S3 endpoint + credentials) travels with the tasks.
+            "filesystem": storage.get_fs(cfg.source.path)[0] if cfg.source.path else None,
+        },
     )
 
 
@@ -113,18 +144,26 @@ def build_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
     c = cfg.compute
     # batch_size=None: one call per block (one chunk of one shard); the Encoder cuts it into model batches itself.
     return read_dataset(cfg, plan, shards).map_batches(
-        Encoder, batch_size=None, compute=ray.data.ActorPoolStrategy(size=c.actors), num_cpus=c.cpus_per_actor,
+        Encoder,
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=c.actors),
+        num_cpus=c.cpus_per_actor,
         num_gpus=c.gpus_per_actor,
         fn_constructor_kwargs={
-            "vae": to_dict(cfg.vae), "text": to_dict(cfg.text) if cfg.text is not None else None,
-            "feature_net": cfg.fid.feature_net if cfg.fid is not None else None, "image_size": cfg.image_size,
-            "device": c.device if c.gpus_per_actor > 0 or c.device != "auto" else "cpu", "dtype": c.dtype,
-            "num_threads": default_num_threads(c.cpus_per_actor), "batch_size": c.batch_size,
+            "vae": to_dict(cfg.vae),
+            "text": to_dict(cfg.text) if cfg.text is not None else None,
+            "feature_net": cfg.fid.feature_net if cfg.fid is not None else None,
+            "image_size": cfg.image_size,
+            "device": c.device if c.gpus_per_actor > 0 or c.device != "auto" else "cpu",
+            "dtype": c.dtype,
+            "num_threads": default_num_threads(c.cpus_per_actor),
+            "batch_size": c.batch_size,
         },
     )
 
 
 # ------------------------------------------------------------------------------------------------ run
+
 
 def _text_identity(cfg: PrecomputeConfig) -> dict | None:
     """Text encoder record for the manifest (dims read from the stored null embedding: no model loads here)."""
@@ -136,12 +175,18 @@ def _text_identity(cfg: PrecomputeConfig) -> dict | None:
 
     spec = resolve_spec(cfg.text)
     null = st_load(storage.read_bytes(storage.join(cfg.output, NULL_TEXT_FILE)))
-    rec = {"encoder": spec.encoder, "revision": spec.revision,
-           "max_length": spec.max_length or (DEFAULT_MAX_LENGTH["minilm"] if spec.encoder == MINILM else None)}
+    rec = {
+        "encoder": spec.encoder,
+        "revision": spec.revision,
+        "max_length": spec.max_length or (DEFAULT_MAX_LENGTH["minilm"] if spec.encoder == MINILM else None),
+    }
     if spec.subfolder:
         rec["subfolder"] = spec.subfolder
-    rec.update(max_length=int(null["text_emb"].shape[0]), dim=int(null["text_emb"].shape[1]),
-               pooled_dim=int(null["text_pooled"].shape[0]))
+    rec.update(
+        max_length=int(null["text_emb"].shape[0]),
+        dim=int(null["text_emb"].shape[1]),
+        pooled_dim=int(null["text_pooled"].shape[0]),
+    )
     return rec
 
 
@@ -155,8 +200,10 @@ def _prepare_output(cfg: PrecomputeConfig, plan: SourcePlan) -> None:
     if storage.exists(plan_uri):
         old = storage.read_json(plan_uri).get("fingerprint")
         if old != fp:
-            raise ConfigError(f"output {out} holds a run with a different source/encoder config (fingerprint {old} "
-                              f"!= {fp}); use a new output path or overwrite=true")
+            raise ConfigError(
+                f"output {out} holds a run with a different source/encoder config (fingerprint {old} "
+                f"!= {fp}); use a new output path or overwrite=true"
+            )
     else:
         storage.write_json(plan_uri, {"fingerprint": fp, "shards": len(plan.shards), "config": to_dict(cfg)})
 
@@ -202,14 +249,22 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
 
             ray.shutdown()
     rows, run_s = stats["rows_this_run"], stats["run_seconds"]
-    return {"output": cfg.output, **to_dict(manifest.counts), "shards": len(plan.shards), **stats,
-            "run_seconds": round(run_s, 3), "total_seconds": round(time.monotonic() - t0, 3),
-            "rows_per_s": round(rows / run_s, 2) if run_s > 0 and rows else 0.0,
-            "manifest": storage.join(cfg.output, "manifest.json")}
+    return {
+        "output": cfg.output,
+        **to_dict(manifest.counts),
+        "shards": len(plan.shards),
+        **stats,
+        "run_seconds": round(run_s, 3),
+        "total_seconds": round(time.monotonic() - t0, 3),
+        "rows_per_s": round(rows / run_s, 2) if run_s > 0 and rows else 0.0,
+        "manifest": storage.join(cfg.output, "manifest.json"),
+    }
 
 
 def format_summary(s: dict) -> str:
     """The one-line summary printed at the end of a run."""
-    return (f"precompute: {s['input']} input = {s['written']} written + {s['failed']} failed; "
-            f"{s['rows_this_run']} rows this run in {s['run_seconds']:.1f}s ({s['rows_per_s']:.1f} rows/s); "
-            f"{s['shards_skipped']}/{s['shards']} shards already done -> {s['output']}")
+    return (
+        f"precompute: {s['input']} input = {s['written']} written + {s['failed']} failed; "
+        f"{s['rows_this_run']} rows this run in {s['run_seconds']:.1f}s ({s['rows_per_s']:.1f} rows/s); "
+        f"{s['shards_skipped']}/{s['shards']} shards already done -> {s['output']}"
+    )

@@ -4,6 +4,7 @@
 s3:// or hub), the text encoder must resolve, the FID feature net must exist (local or s3://) and the output must be
 writable. `fingerprint` hashes everything that decides the rows, so a resume into the same output must match it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,11 @@ PROGRESS_DIR = "_progress"
 def check_feature_net(uri: str) -> None:
     """The FID feature net directory must hold config.json (local path or s3:// prefix)."""
     if not storage.exists(storage.join(uri, "config.json")):
-        raise ConfigError(f"fid.feature_net: no feature network at {uri} (expected a directory with config.json; "
-                          "train one with `ditscale data train-features`, convert the standard one with "
-                          "`ditscale data inception`, or set fid: null)")
+        raise ConfigError(
+            f"fid.feature_net: no feature network at {uri} (expected a directory with config.json; "
+            "train one with `ditscale data train-features`, convert the standard one with "
+            "`ditscale data inception`, or set fid: null)"
+        )
 
 
 def _vae_config(vae: VAEConfig) -> dict:
@@ -58,11 +61,13 @@ def vae_record(vae: VAEConfig, image_size: int) -> dict:
     if image_size % down:
         raise ConfigError(f"image_size={image_size} is not a multiple of the VAE downsample factor {down}")
     rec = {
-        "path": vae.path, "revision": vae.revision,
+        "path": vae.path,
+        "revision": vae.revision,
         "scaling_factor": float(cfg.get("scaling_factor", 0.18215)),
         "shift_factor": float(cfg.get("shift_factor") or 0.0),
         "latent_channels": int(cfg.get("latent_channels", 4)),
-        "downsample": down, "latent_size": image_size // down,
+        "downsample": down,
+        "latent_size": image_size // down,
     }
     if vae.subfolder:
         rec["subfolder"] = vae.subfolder
@@ -102,10 +107,15 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
 def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
     """Hash of everything that decides the rows (not the compute layout): a resume must match it."""
     content = {
-        "image_size": cfg.image_size, "source": to_dict(cfg.source), "vae": to_dict(cfg.vae),
-        "text": to_dict(cfg.text), "fid": to_dict(cfg.fid),
-        "shards": [[s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
-                   for s in plan.shards],
+        "image_size": cfg.image_size,
+        "source": to_dict(cfg.source),
+        "vae": to_dict(cfg.vae),
+        "text": to_dict(cfg.text),
+        "fid": to_dict(cfg.fid),
+        "shards": [
+            [s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
+            for s in plan.shards
+        ],
     }
     content["shards"] = hashlib.sha256(json.dumps(content.pop("shards")).encode()).hexdigest()
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ Each write task commits every part (a block's rows of one shard, starting at row
 and returns only that marker to the driver, so the driver's memory does not grow with the data. A shard is
 complete when its parts cover rows [0, total) and one of them is its last (pipelines/precompute/finalize.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,15 @@ PROGRESS_DIR = "_progress"
 NULL_SHARD = -1  # pseudo shard carrying the empty prompt through the encoder
 NULL_ID = "<null-text>"
 NULL_TEXT_FILE = "null_text.safetensors"
-TENSOR_COLUMNS = ("latent_mean", "latent_std", "latent_mean_flip", "latent_std_flip", "text_emb", "text_mask",
-                  "text_pooled")
+TENSOR_COLUMNS = (
+    "latent_mean",
+    "latent_std",
+    "latent_mean_flip",
+    "latent_std_flip",
+    "text_emb",
+    "text_mask",
+    "text_pooled",
+)
 
 
 def part_name(shard: int, first: int) -> str:
@@ -53,10 +61,15 @@ def _tensor_field(name: str, arr: np.ndarray) -> tuple[Any, Any]:
     import pyarrow as pa
 
     shape = list(arr.shape[1:])
-    col = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(arr).reshape(-1)),
-                                            int(np.prod(shape)) if shape else 1)
-    fld = pa.field(name, col.type, nullable=False, metadata={b"shape": json.dumps(shape).encode(),
-                                                             b"dtype": str(arr.dtype).encode()})
+    col = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(arr).reshape(-1)), int(np.prod(shape)) if shape else 1
+    )
+    fld = pa.field(
+        name,
+        col.type,
+        nullable=False,
+        metadata={b"shape": json.dumps(shape).encode(), b"dtype": str(arr.dtype).encode()},
+    )
     return fld, col
 
 
@@ -70,8 +83,9 @@ def _data_table(rows: dict[str, np.ndarray], good: np.ndarray, has_labels: bool)
         fields.append(pa.field("label", pa.int32()))
         cols.append(pa.array([None if v < 0 else int(v) for v in rows["label"][good]], pa.int32()))
     fields.append(pa.field("caption", pa.string()))
-    cols.append(pa.array([str(c) if h else None for c, h in zip(rows["caption"][good], rows["has_caption"][good])],
-                         pa.string()))
+    cols.append(
+        pa.array([str(c) if h else None for c, h in zip(rows["caption"][good], rows["has_caption"][good])], pa.string())
+    )
     specs = {}
     for name in TENSOR_COLUMNS:
         if name in rows:
@@ -92,7 +106,7 @@ def _stats(rows: dict[str, np.ndarray], good: np.ndarray, has_fid: bool) -> dict
     if written:
         lat = rows["latent_mean"][good].astype(np.float64)  # [N,C,h,w]
         stats["lat_sum"] = lat.sum(axis=(0, 2, 3))
-        stats["lat_sumsq"] = (lat ** 2).sum(axis=(0, 2, 3))
+        stats["lat_sumsq"] = (lat**2).sum(axis=(0, 2, 3))
         stats["lat_elems"] = np.array([lat.shape[0] * lat.shape[2] * lat.shape[3]], np.int64)
         if has_fid:
             fs = FeatureStats().update(rows["fid_feat"][good])
@@ -111,10 +125,15 @@ def commit_part(output: str, rows: dict[str, np.ndarray], has_labels: bool, has_
     errors = [str(e) for e in rows["error"]]
     good = np.array([not e for e in errors], dtype=bool)
     name, prog = part_name(shard, first), storage.join(output, PROGRESS_DIR)
-    failures = pa.table({"id": pa.array([str(x) for x in rows["id"][~good]], pa.string()),
-                         "source": pa.array([str(x) for x in rows["source"][~good]], pa.string()),
-                         "reason": pa.array([e for e in errors if e], pa.string()),
-                         "shard": pa.array([shard] * int((~good).sum()), pa.int32())}, schema=failures_schema())
+    failures = pa.table(
+        {
+            "id": pa.array([str(x) for x in rows["id"][~good]], pa.string()),
+            "source": pa.array([str(x) for x in rows["source"][~good]], pa.string()),
+            "reason": pa.array([e for e in errors if e], pa.string()),
+            "shard": pa.array([shard] * int((~good).sum()), pa.int32()),
+        },
+        schema=failures_schema(),
+    )
     storage.write_bytes(storage.join(prog, f"{name}.failures.parquet"), parquet_bytes(failures))
     storage.write_bytes(storage.join(prog, f"{name}.stats.safetensors"), st_save(_stats(rows, good, has_fid)))
     specs = {}
@@ -123,9 +142,17 @@ def commit_part(output: str, rows: dict[str, np.ndarray], has_labels: bool, has_
         storage.write_bytes(storage.join(output, DATA_DIR, f"{name}.parquet"), parquet_bytes(table))
     totals = rows["shard_total"][rows["shard_total"] >= 0]
     labels = rows["label"][good]
-    marker = {"part": name, "shard": shard, "first": first, "rows": n, "written": int(good.sum()),
-              "failed": int((~good).sum()), "total": int(totals[0]) if len(totals) else None,
-              "max_label": int(labels.max()) if len(labels) else -1, "columns": specs}
+    marker = {
+        "part": name,
+        "shard": shard,
+        "first": first,
+        "rows": n,
+        "written": int(good.sum()),
+        "failed": int((~good).sum()),
+        "total": int(totals[0]) if len(totals) else None,
+        "max_label": int(labels.max()) if len(labels) else -1,
+        "columns": specs,
+    }
     storage.write_json(storage.join(prog, f"{name}.json"), marker)
     return marker
 
@@ -171,8 +198,11 @@ class PartSink(_datasink_base()):  # type: ignore[misc]
                 _write_null_text(self.output, rows)
             for s in np.unique(shards[shards != NULL_SHARD]):
                 sel = shards == s
-                markers.append(commit_part(self.output, {k: np.asarray(v)[sel] for k, v in rows.items()},
-                                           self.has_labels, self.has_fid))
+                markers.append(
+                    commit_part(
+                        self.output, {k: np.asarray(v)[sel] for k, v in rows.items()}, self.has_labels, self.has_fid
+                    )
+                )
         return markers
 
     def on_write_complete(self, write_result: Any) -> None:

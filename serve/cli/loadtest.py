@@ -1,7 +1,8 @@
 """`ditscale loadtest`: throughput and latency percentiles of a running sampler service, per concurrency level.
 
-    ditscale loadtest --url http://127.0.0.1:8000 --concurrency 1,4,16 --requests 64
+ditscale loadtest --url http://127.0.0.1:8000 --concurrency 1,4,16 --requests 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,15 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale loadtest`."""
-    p = argparse.ArgumentParser(prog="ditscale loadtest",
-                                description="Load-test a running sampler service: throughput and p50/p95/p99 latency per concurrency.")
+    p = argparse.ArgumentParser(
+        prog="ditscale loadtest",
+        description="Load-test a running sampler service: throughput and p50/p95/p99 latency per concurrency.",
+    )
     p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels (default: %(default)s)")
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=None, help="unmeasured requests before each level (default: the concurrency)")
-    p.add_argument("--body", default=None, help="JSON request body (default: a label or prompt chosen from GET /v1/model)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="unmeasured requests before each level (default: the concurrency)"
+    )
+    p.add_argument(
+        "--body", default=None, help="JSON request body (default: a label or prompt chosen from GET /v1/model)"
+    )
     p.add_argument("--steps", type=int, default=None, help="steps per request (added to the body)")
-    p.add_argument("--token", default=os.environ.get("DITSCALE_API_TOKEN"), help="bearer token (default: $DITSCALE_API_TOKEN)")
+    p.add_argument(
+        "--token", default=os.environ.get("DITSCALE_API_TOKEN"), help="bearer token (default: $DITSCALE_API_TOKEN)"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
@@ -37,8 +46,16 @@ def default_body(url: str, token: str | None = None) -> dict:
     return {"prompt": "a red circle on a blue background"} if info.get("conditioning") == "text" else {"label": 0}
 
 
-def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: str | None = None,
-             timeout: float = 300.0, warmup: int | None = None) -> dict:
+def run_load(
+    url: str,
+    concurrency: int,
+    requests_n: int,
+    body: dict,
+    *,
+    token: str | None = None,
+    timeout: float = 300.0,
+    warmup: int | None = None,
+) -> dict:
     """Send `requests_n` generate requests with `concurrency` in flight; throughput and latency percentiles."""
     import numpy as np
     import requests
@@ -78,9 +95,16 @@ def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: 
     ok = int(lat.size)
     pct = (lambda q: float(np.percentile(lat, q))) if ok else (lambda q: float("nan"))
     return {
-        "concurrency": concurrency, "requests": requests_n, "ok": ok, "statuses": statuses, "wall_s": wall,
+        "concurrency": concurrency,
+        "requests": requests_n,
+        "ok": ok,
+        "statuses": statuses,
+        "wall_s": wall,
         "throughput_rps": ok / wall if wall > 0 else float("nan"),
-        "p50_s": pct(50), "p95_s": pct(95), "p99_s": pct(99), "mean_s": float(lat.mean()) if ok else float("nan"),
+        "p50_s": pct(50),
+        "p95_s": pct(95),
+        "p99_s": pct(99),
+        "mean_s": float(lat.mean()) if ok else float("nan"),
         # Images in the forward batch each request ran in (X-Ditscale-Batch-Images; PNG responses only).
         "mean_batch_images": float(np.mean(batches)) if batches else float("nan"),
     }
@@ -89,11 +113,16 @@ def run_load(url: str, concurrency: int, requests_n: int, body: dict, *, token: 
 def format_table(rows: list[dict], title: str | None = None) -> str:
     """Plain-text table of run_load results."""
     lines = [title] if title else []
-    lines.append(f"{'conc':>5} {'reqs':>5} {'ok':>5} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'batch':>6}  statuses")
+    lines.append(
+        f"{'conc':>5} {'reqs':>5} {'ok':>5} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
+        f"{'batch':>6}  statuses"
+    )
     for r in rows:
-        lines.append(f"{r['concurrency']:>5} {r['requests']:>5} {r['ok']:>5} {r['throughput_rps']:>8.2f} "
-                     f"{r['p50_s'] * 1e3:>9.1f} {r['p95_s'] * 1e3:>9.1f} {r['p99_s'] * 1e3:>9.1f} "
-                     f"{r.get('mean_batch_images', float('nan')):>6.1f}  {r['statuses']}")
+        lines.append(
+            f"{r['concurrency']:>5} {r['requests']:>5} {r['ok']:>5} {r['throughput_rps']:>8.2f} "
+            f"{r['p50_s'] * 1e3:>9.1f} {r['p95_s'] * 1e3:>9.1f} {r['p99_s'] * 1e3:>9.1f} "
+            f"{r.get('mean_batch_images', float('nan')):>6.1f}  {r['statuses']}"
+        )
     return "\n".join(lines)
 
 
@@ -112,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"ditscale loadtest: --body is not valid JSON: {exc}")
     if ns.steps is not None:
         body["steps"] = ns.steps
-    rows = [run_load(ns.url, c, ns.requests, body, token=ns.token, timeout=ns.timeout, warmup=ns.warmup) for c in levels]
+    rows = [
+        run_load(ns.url, c, ns.requests, body, token=ns.token, timeout=ns.timeout, warmup=ns.warmup) for c in levels
+    ]
     print(json.dumps(rows, indent=2) if ns.json else format_table(rows, f"loadtest {ns.url} body={json.dumps(body)}"))
     return 0 if all(r["ok"] == r["requests"] for r in rows) else 1
 

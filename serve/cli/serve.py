@@ -1,8 +1,9 @@
 """`ditscale serve`: start the sampler service on Ray Serve and keep it running (or detach).
 
-    ditscale serve --champion [--config serve/config.yaml] [--port 8000] [--host 127.0.0.1] [--detach]
-    ditscale serve --checkpoint runs/ckpt/step_00001000 --set Sampler.user_config.default_steps=10
+ditscale serve --champion [--config serve/config.yaml] [--port 8000] [--host 127.0.0.1] [--detach]
+ditscale serve --checkpoint runs/ckpt/step_00001000 --set Sampler.user_config.default_steps=10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,27 +22,46 @@ from serve.deploy import DEFAULT_CONFIG, DeploymentPlan, NotReadyError, deploy, 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale serve`."""
     p = argparse.ArgumentParser(
-        prog="ditscale serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="ditscale serve",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Serve a checkpoint over HTTP with Ray Serve (POST /v1/generate, GET /v1/model, GET /healthz, "
-                    "/docs). A non-loopback --host needs the bearer token in $DITSCALE_API_TOKEN (or "
-                    "--set Ingress.user_config.auth_disabled=true).")
+        "/docs). A non-loopback --host needs the bearer token in $DITSCALE_API_TOKEN (or "
+        "--set Ingress.user_config.auth_disabled=true).",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint directory or s3:// URI (overrides the config's args)")
-    src.add_argument("--champion", action="store_true", help="serve the MLflow registered version with alias 'champion'")
+    src.add_argument(
+        "--champion", action="store_true", help="serve the MLflow registered version with alias 'champion'"
+    )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML")
     p.add_argument("--app", default=None, help="application name in the config (default: the first)")
     p.add_argument("--model-name", default=None, help="registered model name for --champion (default: the config's)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --champion ($MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
-    p.add_argument("--num-gpus", type=float, default=None,
-                   help="GPUs per Sampler replica (default: the config's; 0 when the cluster has no GPU)")
-    p.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
-                   help="override a deployment option, e.g. Sampler.user_config.max_batch_size=8 (repeatable)")
-    p.add_argument("--working-dir", default=None,
-                   help="upload this directory as the replicas' working_dir (for a remote RAY_ADDRESS cluster)")
-    p.add_argument("--detach", action="store_true",
-                   help="start in a background process, wait until /healthz answers, print its PID and exit")
+    p.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        help="GPUs per Sampler replica (default: the config's; 0 when the cluster has no GPU)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DEPLOYMENT.KEY=VALUE",
+        help="override a deployment option, e.g. Sampler.user_config.max_batch_size=8 (repeatable)",
+    )
+    p.add_argument(
+        "--working-dir",
+        default=None,
+        help="upload this directory as the replicas' working_dir (for a remote RAY_ADDRESS cluster)",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="start in a background process, wait until /healthz answers, print its PID and exit",
+    )
     p.add_argument("--log-file", default=None, help="with --detach: log file of the background process")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the service to answer")
     return p
@@ -52,17 +72,31 @@ def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
     bad = [s for s in ns.set if "=" not in s or "." not in s.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: expected DEPLOYMENT.KEY=VALUE")
-    return plan_deployment(ns.config, app_name=ns.app, checkpoint=ns.checkpoint, champion=ns.champion,
-                           model_name=ns.model_name, tracking_uri=ns.tracking_uri, host=ns.host, port=ns.port,
-                           overrides=apply_overrides({}, ns.set), working_dir=ns.working_dir)
+    return plan_deployment(
+        ns.config,
+        app_name=ns.app,
+        checkpoint=ns.checkpoint,
+        champion=ns.champion,
+        model_name=ns.model_name,
+        tracking_uri=ns.tracking_uri,
+        host=ns.host,
+        port=ns.port,
+        overrides=apply_overrides({}, ns.set),
+        working_dir=ns.working_dir,
+    )
 
 
 def _detach(argv: list[str], ns: argparse.Namespace, plan: DeploymentPlan) -> int:
     """Re-run this command without --detach in a new session; return once it answers on /healthz."""
     log_path = ns.log_file or os.path.join(os.getcwd(), f"ditscale-serve-{ns.port}.log")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "serve.cli.serve", *[a for a in argv if a != "--detach"]],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serve.cli.serve", *[a for a in argv if a != "--detach"]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     wait_healthy(plan.url, ns.ready_timeout, alive=lambda: proc.poll() is None)
     print(json.dumps({"url": plan.url, "pid": proc.pid, "log": log_path, "stop": f"kill {proc.pid}"}))
     return 0
@@ -80,8 +114,11 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         url = deploy(plan, num_gpus=ns.num_gpus, ready_timeout=ns.ready_timeout)
-        print(f"ditscale serve: ready at {url}  (POST {url}/v1/generate, GET {url}/v1/model, docs {url}/docs); "
-              "Ctrl-C to stop", flush=True)
+        print(
+            f"ditscale serve: ready at {url}  (POST {url}/v1/generate, GET {url}/v1/model, docs {url}/docs); "
+            "Ctrl-C to stop",
+            flush=True,
+        )
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """The built-in synthetic shapes set: determinism, captions, labels, geometry, validation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -78,12 +79,12 @@ def test_object_is_drawn_in_its_cell_with_its_colour():
         item = render(i, spec)
         (obj,) = item.objects
         row, col = divmod(obj["position"], 3)
-        cell = item.image[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32].astype(int)
+        cell = item.image[row * 32 : (row + 1) * 32, col * 32 : (col + 1) * 32].astype(int)
         colour = np.array(COLOURS[list(COLOURS)[obj["colour"]]])
         exact = (np.abs(cell - colour).sum(-1) == 0).sum()
         assert exact > 20, (i, obj)  # solid interior pixels of the right colour
         outside = item.image.astype(int).copy()
-        outside[row * 32:(row + 1) * 32, col * 32:(col + 1) * 32] = 255
+        outside[row * 32 : (row + 1) * 32, col * 32 : (col + 1) * 32] = 255
         assert (outside == 255).all()  # nothing drawn outside the object's cell
 
 

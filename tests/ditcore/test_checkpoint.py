@@ -50,8 +50,15 @@ def _trained(name="DiT-T/2", steps=2):
 def _save(tmp_path, name="DiT-T/2", step=10, **kw):
     model, ema, opt, inputs = _trained(name)
     config = {"objective": {"process": "flow"}, "data": {"manifest": "s3://b/m"}}
-    path = save_checkpoint(step_dir(tmp_path / "ckpts", step), model=model, ema=ema, config=config,
-                           state={"step": step, "images_seen": 20}, optimizer=opt, **kw)
+    path = save_checkpoint(
+        step_dir(tmp_path / "ckpts", step),
+        model=model,
+        ema=ema,
+        config=config,
+        state={"step": step, "images_seen": 20},
+        optimizer=opt,
+        **kw,
+    )
     return path, model, ema, opt, inputs
 
 
@@ -59,8 +66,14 @@ def _save(tmp_path, name="DiT-T/2", step=10, **kw):
 def test_round_trip_model_ema_config_state(tmp_path, name):
     path, model, ema, _, inputs = _save(tmp_path, name)
     assert path.name == "step_00000010"
-    assert {p.name for p in path.iterdir()} >= {"model.safetensors", "ema.safetensors", "config.json", "state.json",
-                                                "optimizer.safetensors", "optimizer.json"}
+    assert {p.name for p in path.iterdir()} >= {
+        "model.safetensors",
+        "ema.safetensors",
+        "config.json",
+        "state.json",
+        "optimizer.safetensors",
+        "optimizer.json",
+    }
     ck = load_checkpoint(path)  # EMA by default
     assert ck.state == {"step": 10, "images_seen": 20}
     assert ck.config["model"] == config_to_dict(model.config)

@@ -1,4 +1,5 @@
 """Typed config: dataclasses from dicts, overrides, and errors that name the key."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ def test_errors_name_the_key(data, key):
 
 
 def test_overrides_parse_values_and_nest():
-    out = apply_overrides({"name": "a", "optim": {"lr": 1.0}}, ["optim.lr=3e-4", "steps=7", "tag=hello", "budgets=[1e15, 2e15]", "optim.schedule=cosine"])
+    out = apply_overrides(
+        {"name": "a", "optim": {"lr": 1.0}},
+        ["optim.lr=3e-4", "steps=7", "tag=hello", "budgets=[1e15, 2e15]", "optim.schedule=cosine"],
+    )
     job = from_dict(Job, out)
     assert job.optim.lr == 3e-4 and job.steps == 7 and job.tag == "hello" and job.budgets == [1e15, 2e15]
     assert job.optim.schedule == "cosine"

@@ -1,4 +1,5 @@
 """FID feature networks: Inception-v3 FID architecture (random weights), attribute net, save/load, scoring."""
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,16 @@ def test_inception_matches_pytorch_fid_shapes(inception):
     # (27,161,264 with aux + 1000 classes, minus the 3,326,696 aux parameters, plus 8 * 2049 for 1008 classes).
     assert sum(p.numel() for p in inception.parameters()) == 23_850_960
     keys = inception.state_dict().keys()
-    for k in ("Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.running_var", "Mixed_5b.branch5x5_1.conv.weight",
-              "Mixed_6e.branch7x7dbl_5.bn.bias", "Mixed_7a.branch7x7x3_4.conv.weight",
-              "Mixed_7c.branch3x3dbl_3b.conv.weight", "fc.weight", "fc.bias"):
+    for k in (
+        "Conv2d_1a_3x3.conv.weight",
+        "Conv2d_1a_3x3.bn.running_var",
+        "Mixed_5b.branch5x5_1.conv.weight",
+        "Mixed_6e.branch7x7dbl_5.bn.bias",
+        "Mixed_7a.branch7x7x3_4.conv.weight",
+        "Mixed_7c.branch3x3dbl_3b.conv.weight",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert k in keys
     assert inception.state_dict()["fc.weight"].shape == (1008, 2048)
     assert inception.Mixed_7b.pool == "avg" and inception.Mixed_7c.pool == "max"
@@ -201,6 +209,7 @@ def test_caption_attribute_accuracy_scoring():
 
 # ----------------------------------------------------------------------------------------- class classifier
 
+
 def _stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Grey 28x28 images of 3 classes (horizontal stripes, vertical stripes, a bright disc) with random phase/noise."""
     rng = np.random.default_rng(seed)
@@ -234,8 +243,19 @@ def test_classifier_trains_scores_and_round_trips(tmp_path, one_thread):
 
     x, y = _stripes(240, 0)
     xt, yt = _stripes(60, 1)
-    net, report = train_classifier(x, y, classes=["h", "v", "disc"], test_images=xt, test_labels=yt, steps=60,
-                                   batch_size=32, width=8, feature_dim=16, lr=5e-3, eval_every=30)
+    net, report = train_classifier(
+        x,
+        y,
+        classes=["h", "v", "disc"],
+        test_images=xt,
+        test_labels=yt,
+        steps=60,
+        batch_size=32,
+        width=8,
+        feature_dim=16,
+        lr=5e-3,
+        eval_every=30,
+    )
     assert isinstance(net, ImageClassifier) and not net.training and net.num_classes == 3
     assert report["steps"] == 60 and [h[0] for h in report["history"]] == [30, 60]
     assert report["test"]["accuracy"] >= 0.9 and report["test"]["count"] == 60

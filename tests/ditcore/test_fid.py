@@ -1,4 +1,5 @@
 """Fréchet distance: parity with the scipy sqrtm formulation (pytorch-fid / clean-fid / ADM), streaming stats."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,11 +86,14 @@ def test_accepts_torch_and_float32_inputs():
     assert got == pytest.approx(ref, abs=1e-12)
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (dict(mu2=np.zeros(5)), "different lengths"),
-    (dict(sigma1=np.eye(3)), "sigma1 has shape"),
-    (dict(sigma2=np.full((4, 4), np.nan)), "sigma2 contains NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (dict(mu2=np.zeros(5)), "different lengths"),
+        (dict(sigma1=np.eye(3)), "sigma1 has shape"),
+        (dict(sigma2=np.full((4, 4), np.nan)), "sigma2 contains NaN"),
+    ],
+)
 def test_bad_inputs_are_named(bad, msg):
     args = dict(mu1=np.zeros(4), sigma1=np.eye(4), mu2=np.zeros(4), sigma2=np.eye(4))
     args.update(bad)
@@ -160,8 +164,9 @@ def test_bootstrap_replicate_equals_exact_fid_of_the_resample(n, d):
     mu_g, mix_g, mu_r, sigma_r = _gaussian_setup(rng, d)
     x = rng.standard_normal((n, d)) @ mix_g.T + mu_g
     fast = _WeightedFID(x, mu_r, sigma_r)
-    assert fast(np.ones(n, dtype=np.int64)) == pytest.approx(frechet_distance(*feature_stats(x), mu_r, sigma_r),
-                                                              rel=1e-7 if n > d else 1e-5)
+    assert fast(np.ones(n, dtype=np.int64)) == pytest.approx(
+        frechet_distance(*feature_stats(x), mu_r, sigma_r), rel=1e-7 if n > d else 1e-5
+    )
     for _ in range(3):
         idx = rng.integers(0, n, n)
         exact = frechet_distance(*feature_stats(x[idx]), mu_r, sigma_r)

@@ -38,13 +38,16 @@ def test_dit_presets_match_flop_counter(name, latent):
     _check(resolve_config(name, input_size=latent))
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("MMDiT-d2", {}),
-    ("MMDiT-d8", {}),
-    ("MMDiT-d24", {}),
-    ("MMDiT-d4", {"num_single_blocks": 3, "pos_embed": "rope"}),
-    ("MMDiT-d6", {"text_dim": 4096, "pooled_dim": 2048, "input_size": 64}),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("MMDiT-d2", {}),
+        ("MMDiT-d8", {}),
+        ("MMDiT-d24", {}),
+        ("MMDiT-d4", {"num_single_blocks": 3, "pos_embed": "rope"}),
+        ("MMDiT-d6", {"text_dim": 4096, "pooled_dim": 2048, "input_size": 64}),
+    ],
+)
 def test_mmdit_configs_with_77_text_tokens_match_flop_counter(name, overrides):
     _check(resolve_config(name, **overrides), text_tokens=77)
 
@@ -60,8 +63,14 @@ def test_tiny_models_on_cpu_match_flop_counter():
 
 def test_dit_paper_gflops_convention():
     # DiT paper Table 4: forward Gflops (= multiply-adds) at 256x256 px (latent 32) and parameter counts.
-    paper = {"DiT-S/2": 6.06, "DiT-B/2": 23.01, "DiT-L/2": 80.71, "DiT-XL/2": 118.64,
-             "DiT-XL/4": 29.05, "DiT-XL/8": 7.39}
+    paper = {
+        "DiT-S/2": 6.06,
+        "DiT-B/2": 23.01,
+        "DiT-L/2": 80.71,
+        "DiT-XL/2": 118.64,
+        "DiT-XL/4": 29.05,
+        "DiT-XL/8": 7.39,
+    }
     for name, gflops in paper.items():
         assert forward_macs(name) / 1e9 == pytest.approx(gflops, rel=0.01), name
     assert count_params("DiT-XL/2") / 1e6 == pytest.approx(675, rel=0.01)

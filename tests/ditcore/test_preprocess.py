@@ -1,4 +1,5 @@
 """Preprocessing: RGB conversion of every common PIL mode, ADM center crop, tensor round trip."""
+
 from __future__ import annotations
 
 import io

@@ -106,16 +106,24 @@ def test_dpmpp_2m_at_10_steps_far_better_than_euler(gauss_noise, mix_case):
     assert e_2m < e_euler / 3
     # VP diffusion (DiT schedule), log-SNR grid as in the DPM-Solver++ paper
     exact = GAUSS.exact_pf_ode(gauss_noise, build_process("vp-linear"), 1.0)
-    e = {s: errors(GAUSS, exact, gauss_noise, "vp-linear", s, "uniform-lambda", [10])[0]
-         for s in ("dpmpp-2m", "euler", "ddim")}
+    e = {
+        s: errors(GAUSS, exact, gauss_noise, "vp-linear", s, "uniform-lambda", [10])[0]
+        for s in ("dpmpp-2m", "euler", "ddim")
+    }
     assert e["dpmpp-2m"] < e["euler"] / 3 and e["dpmpp-2m"] < e["ddim"] / 5
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m", "heun"])
 def test_prediction_types_give_the_same_samples(gauss_noise, sampler):
     outs = [
-        sample(analytic_model_fn(GAUSS, "vp-linear", pred), gauss_noise[:32], process="vp-linear", prediction=pred,
-               sampler=sampler, steps=12)
+        sample(
+            analytic_model_fn(GAUSS, "vp-linear", pred),
+            gauss_noise[:32],
+            process="vp-linear",
+            prediction=pred,
+            sampler=sampler,
+            steps=12,
+        )
         for pred in ("eps", "v", "x0", "velocity")
     ]
     for out in outs[1:]:
@@ -132,10 +140,25 @@ def test_eps_prediction_on_pure_noise_start_is_handled():
 def test_ddpm_equals_ddim_eta_one():
     noise = noise_from_seeds(range(16), (4,), dtype=torch.float64)
     fn = analytic_model_fn(GAUSS, "vp-linear", "eps")
-    a = sample(fn, noise, process="vp-linear", prediction="eps", sampler="ddpm", steps=25,
-               generators=make_generators(range(100, 116)))
-    b = sample(fn, noise, process="vp-linear", prediction="eps", sampler="ddim", eta=1.0, steps=25,
-               generators=make_generators(range(100, 116)))
+    a = sample(
+        fn,
+        noise,
+        process="vp-linear",
+        prediction="eps",
+        sampler="ddpm",
+        steps=25,
+        generators=make_generators(range(100, 116)),
+    )
+    b = sample(
+        fn,
+        noise,
+        process="vp-linear",
+        prediction="eps",
+        sampler="ddim",
+        eta=1.0,
+        steps=25,
+        generators=make_generators(range(100, 116)),
+    )
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
@@ -144,8 +167,17 @@ def test_samples_have_the_data_distribution(sampler, kwargs):
     n = 1500
     noise = torch.randn(n, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     gens = [torch.Generator().manual_seed(i) for i in range(n)] if sampler != "dpmpp-2m" else None
-    out = sample(analytic_model_fn(GAUSS, "vp-linear", "eps"), noise, process="vp-linear", prediction="eps",
-                 sampler=sampler, steps=50, time_grid="uniform-lambda", generators=gens, **kwargs)
+    out = sample(
+        analytic_model_fn(GAUSS, "vp-linear", "eps"),
+        noise,
+        process="vp-linear",
+        prediction="eps",
+        sampler=sampler,
+        steps=50,
+        time_grid="uniform-lambda",
+        generators=gens,
+        **kwargs,
+    )
     torch.testing.assert_close(out.mean(0), GAUSS.mean, atol=0.15, rtol=0)
     torch.testing.assert_close(out.std(0), GAUSS.std, atol=0, rtol=0.12)
 
@@ -188,14 +220,26 @@ def test_per_seed_determinism_under_batch_composition(sampler):
 
         def fn(x, t, y):  # [prediction; variance output o in [-1, 1]] depending on the sample
             return torch.cat([base(x, t, y), torch.tanh(x)], 1)
+
     if sampler == "dpmsolver-v3":
         extra["ems"] = EMS.degenerate(ems_lambdas(process, 201), (2,))
     seeds, labels = [11, 12, 13, 14], torch.tensor([0, 1, 2, 1])
 
     def run(idx):
-        return sample(fn, noise_from_seeds([seeds[i] for i in idx], (2,), dtype=torch.float64), process=process,
-                      prediction="velocity", sampler=sampler, steps=6, cond={"y": labels[idx]}, uncond={"y": 3},
-                      guidance=2.0, generators=make_generators([seeds[i] for i in idx]), eta=0.7, **extra)
+        return sample(
+            fn,
+            noise_from_seeds([seeds[i] for i in idx], (2,), dtype=torch.float64),
+            process=process,
+            prediction="velocity",
+            sampler=sampler,
+            steps=6,
+            cond={"y": labels[idx]},
+            uncond={"y": 3},
+            guidance=2.0,
+            generators=make_generators([seeds[i] for i in idx]),
+            eta=0.7,
+            **extra,
+        )
 
     full = run([0, 1, 2, 3])
     single = run([2])
@@ -230,8 +274,19 @@ def test_guidance_interval_limits_the_guided_steps():
     data = ClassGaussians()
     fn = data.model_fn("flow", "velocity")
     noise = noise_from_seeds(range(8), (2,), dtype=torch.float64)
-    sample(fn, noise, process="flow", prediction="velocity", sampler="euler", steps=10, time_grid="uniform-t",
-           cond={"y": torch.zeros(8, dtype=torch.long)}, uncond={"y": 3}, guidance=4.0, guidance_interval=(0.25, 0.65))
+    sample(
+        fn,
+        noise,
+        process="flow",
+        prediction="velocity",
+        sampler="euler",
+        steps=10,
+        time_grid="uniform-t",
+        cond={"y": torch.zeros(8, dtype=torch.long)},
+        uncond={"y": 3},
+        guidance=4.0,
+        guidance_interval=(0.25, 0.65),
+    )
     # grid t = 1.0, 0.9, ..., 0.1: guided (16-row batches) exactly at 0.6, 0.5, 0.4, 0.3
     assert data.calls == [8, 8, 8, 8, 16, 16, 16, 16, 8, 8]
 
@@ -245,8 +300,9 @@ def test_time_grids_shape_and_endpoints():
             assert ts[0] == p.t_max and ts[-1] == p.t_clean
             assert torch.all(ts[1:] < ts[:-1]), (name, kind, ts)
     flow = build_process("flow")
-    torch.testing.assert_close(time_grid(flow, 4, "uniform-t"),
-                               torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        time_grid(flow, 4, "uniform-t"), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
+    )
     shifted = time_grid(flow, 4, "sd3-shift", shift=3.0)
     torch.testing.assert_close(shifted[2], torch.tensor(0.75, dtype=torch.float64))
     lam = flow.log_snr(time_grid(flow, 6, "uniform-lambda")[1:-1])

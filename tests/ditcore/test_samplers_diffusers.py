@@ -31,8 +31,15 @@ def problem():
 
 def scheduler(order: int, **config):
     return diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=order,
-        prediction_type="epsilon", algorithm_type="dpmsolver++", **config)
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        solver_order=order,
+        prediction_type="epsilon",
+        algorithm_type="dpmsolver++",
+        **config,
+    )
 
 
 def run_diffusers(fn, noise, steps: int, order: int = 2, **config):
@@ -56,8 +63,9 @@ def test_same_solver_on_diffusers_timesteps(problem, order, steps):
     data, noise, _ = problem
     fn = analytic_model_fn(data, PROC, "eps")
     ref, times = run_diffusers(fn, noise, steps, order)
-    ours = sample(fn, noise, process=PROC, prediction="eps", sampler=f"dpmpp-{order}m",
-                  time_grid=times + [PROC.t_clean])
+    ours = sample(
+        fn, noise, process=PROC, prediction="eps", sampler=f"dpmpp-{order}m", time_grid=times + [PROC.t_clean]
+    )
     torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
 
 
@@ -73,6 +81,7 @@ def test_dpmpp_2m_at_least_as_accurate_as_diffusers(problem, steps):
     assert e_ours <= 1.02 * e_theirs, (e_ours, e_theirs)
     # the gain comes from the grid: on uniform-t (the old default, ~diffusers' linspace) the two are within a few %
     assert e_ours <= 0.6 * e_theirs, (e_ours, e_theirs)
-    uniform_t = sample(fn, noise, process=PROC, prediction="eps", sampler="dpmpp-2m", steps=steps,
-                       time_grid="uniform-t")
+    uniform_t = sample(
+        fn, noise, process=PROC, prediction="eps", sampler="dpmpp-2m", steps=steps, time_grid="uniform-t"
+    )
     assert abs(rmse(uniform_t, exact) / e_theirs - 1.0) < 0.1

@@ -25,10 +25,18 @@ def with_variance(fn, o_fn):
 def test_minus_one_is_the_fixed_posterior_variance_sampler():
     fn = analytic_model_fn(GAUSS, VP, "eps")
     noise = noise_from_seeds(range(16), (4,), dtype=torch.float64)
-    fixed = sample(fn, noise, process=VP, prediction="eps", sampler="ddpm", steps=25,
-                   generators=make_generators(range(100, 116)))
-    learned = sample(with_variance(fn, lambda x: -torch.ones_like(x)), noise, process=VP, prediction="eps",
-                     sampler="ddpm-learned", steps=25, generators=make_generators(range(100, 116)))
+    fixed = sample(
+        fn, noise, process=VP, prediction="eps", sampler="ddpm", steps=25, generators=make_generators(range(100, 116))
+    )
+    learned = sample(
+        with_variance(fn, lambda x: -torch.ones_like(x)),
+        noise,
+        process=VP,
+        prediction="eps",
+        sampler="ddpm-learned",
+        steps=25,
+        generators=make_generators(range(100, 116)),
+    )
     torch.testing.assert_close(learned, fixed, rtol=0, atol=1e-12)
 
 
@@ -37,8 +45,13 @@ def test_one_step_matches_the_discrete_schedule(o_fn):
     """One respaced step tau = 999 -> 500: mean from DDPM Eq. 7, variance exp(v log beta + (1 - v) log beta_tilde)."""
     fn = analytic_model_fn(GAUSS, VP, "eps")
     noise = noise_from_seeds(range(6), (4,), dtype=torch.float64)
-    out = sample_ddpm_learned(Denoiser(with_variance(fn, o_fn), VP, "eps"), noise, torch.tensor([1.0, 500 / 999]), VP,
-                              generators=make_generators(range(6)))
+    out = sample_ddpm_learned(
+        Denoiser(with_variance(fn, o_fn), VP, "eps"),
+        noise,
+        torch.tensor([1.0, 500 / 999]),
+        VP,
+        generators=make_generators(range(6)),
+    )
     ab_t, ab_prev = ALPHAS_CUMPROD[999], ALPHAS_CUMPROD[500]
     beta = 1.0 - ab_t / ab_prev  # the respaced step's beta
     beta_tilde = (1.0 - ab_prev) / (1.0 - ab_t) * beta
@@ -63,8 +76,9 @@ def test_guidance_keeps_the_conditional_variance():
         return torch.cat([fn(x, t), torch.where(y[:, None] == 0, 1.0, -1.0).expand_as(x).to(x)], 1)
 
     noise = noise_from_seeds(range(8), (4,), dtype=torch.float64)
-    kw = dict(process=VP, prediction="eps", sampler="ddpm-learned", steps=10,
-              cond={"y": torch.zeros(8, dtype=torch.long)})
+    kw = dict(
+        process=VP, prediction="eps", sampler="ddpm-learned", steps=10, cond={"y": torch.zeros(8, dtype=torch.long)}
+    )
     guided = sample(model, noise, uncond={"y": 1}, guidance=3.0, generators=make_generators(range(8)), **kw)
     plain = sample(model, noise, generators=make_generators(range(8)), **kw)
     torch.testing.assert_close(guided, plain, rtol=0, atol=1e-12)  # same eps for both halves: only o could differ

@@ -25,8 +25,17 @@ def moment_errors(out):
 def run(process, form, steps, last_step="mean", prediction="velocity", t_start=None):
     torch.manual_seed(0)  # the noise of the SDE steps (no per-sample generators: faster for 3000 samples)
     noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return sample(analytic_model_fn(DATA, process, prediction), noise, process=process, prediction=prediction,
-                  sampler="sde", steps=steps, sde_diffusion=form, sde_last_step=last_step, t_start=t_start)
+    return sample(
+        analytic_model_fn(DATA, process, prediction),
+        noise,
+        process=process,
+        prediction=prediction,
+        sampler="sde",
+        steps=steps,
+        sde_diffusion=form,
+        sde_last_step=last_step,
+        t_start=t_start,
+    )
 
 
 @pytest.mark.parametrize("process", ["flow", "sit-gvp"])
@@ -63,8 +72,16 @@ def test_last_step_rules():
     noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     outs = {}
     for last in ("mean", "tweedie", "euler"):
-        outs[last] = sample(fn, noise, process=proc, prediction="velocity", sampler="sde", steps=5,
-                            sde_last_step=last, generators=make_generators(range(8)))
+        outs[last] = sample(
+            fn,
+            noise,
+            process=proc,
+            prediction="velocity",
+            sampler="sde",
+            steps=5,
+            sde_last_step=last,
+            generators=make_generators(range(8)),
+        )
     # rebuild the state before the last step (same generators -> same noise) with a 4-step grid ending at t = 0.2
     gens = make_generators(range(8))
     from ditcore.samplers.sde import sample_sde

@@ -41,8 +41,14 @@ def test_estimator_matches_closed_form_for_diagonal_gaussian(process, prediction
     """x0_hat is affine with a diagonal Jacobian: l is exact, f is constant (s = 0) and b = -l' mu."""
     lam = torch.linspace(-5.0, 5.0, 101, dtype=torch.float64)
     x0 = GAUSS.sample(64, torch.Generator().manual_seed(0))
-    est = estimate_ems(analytic_model_fn(GAUSS, process, prediction), [x0], process=process, prediction=prediction,
-                       lambdas=lam, method=method)
+    est = estimate_ems(
+        analytic_model_fn(GAUSS, process, prediction),
+        [x0],
+        process=process,
+        prediction=prediction,
+        lambdas=lam,
+        method=method,
+    )
     ref = gaussian_ems(GAUSS, lam)
     torch.testing.assert_close(est.l, ref.l, rtol=0, atol=1e-7)
     assert float(est.s.abs().max()) == 0.0 and float(ref.s.abs().max()) == 0.0
@@ -54,8 +60,15 @@ def test_estimator_matches_closed_form_for_correlated_gaussian():
     """Off-diagonal covariance: f varies, so s and b are non-trivial; estimates converge like 1/sqrt(n)."""
     lam = torch.linspace(-4.0, 4.0, 41, dtype=torch.float64)
     fn = analytic_model_fn(CORR, "flow", "velocity")
-    est = estimate_ems(fn, [CORR.sample(8192, torch.Generator().manual_seed(0))], process="flow", prediction="velocity",
-                       lambdas=lam, method="fd", generator=torch.Generator().manual_seed(1))
+    est = estimate_ems(
+        fn,
+        [CORR.sample(8192, torch.Generator().manual_seed(0))],
+        process="flow",
+        prediction="velocity",
+        lambdas=lam,
+        method="fd",
+        generator=torch.Generator().manual_seed(1),
+    )
     ref = gaussian_ems(CORR, lam)
     assert float(ref.s.abs().max()) > 1.0 and float(ref.s.min()) < -1.0  # s is far from 0 somewhere
     torch.testing.assert_close(est.l, ref.l, rtol=0, atol=0.01)
@@ -67,8 +80,18 @@ def test_jvp_and_finite_differences_agree():
     lam = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)
     fn = analytic_model_fn(CORR, "vp-linear", "v")
     x0 = CORR.sample(512, torch.Generator().manual_seed(0))
-    out = {m: estimate_ems(fn, [x0], process="vp-linear", prediction="v", lambdas=lam, method=m,
-                           generator=torch.Generator().manual_seed(1)) for m in ("jvp", "fd")}
+    out = {
+        m: estimate_ems(
+            fn,
+            [x0],
+            process="vp-linear",
+            prediction="v",
+            lambdas=lam,
+            method=m,
+            generator=torch.Generator().manual_seed(1),
+        )
+        for m in ("jvp", "fd")
+    }
     for name in ("l", "s", "b"):
         torch.testing.assert_close(getattr(out["jvp"], name), getattr(out["fd"], name), rtol=0, atol=1e-4)
 
@@ -127,8 +150,9 @@ def test_v3_with_closed_form_ems_is_exact_on_gaussian(steps):
     noise = torch.randn(64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     fn = analytic_model_fn(data, VP, "eps")
     ems = gaussian_ems(data, ems_lambdas(VP))
-    out, nfe = sample(fn, noise, process=VP, prediction="eps", sampler="dpmsolver-v3", steps=steps, ems=ems,
-                      return_nfe=True)
+    out, nfe = sample(
+        fn, noise, process=VP, prediction="eps", sampler="dpmsolver-v3", steps=steps, ems=ems, return_nfe=True
+    )
     assert nfe == steps
     t_last = float(time_grid(VP, steps, "uniform-lambda")[-2])  # the default grid's last point is an EMS node
     ref = Denoiser(fn, VP, "eps")(exact_state(data, noise, t_last), t_last)[0]
@@ -156,8 +180,14 @@ def test_v3_with_estimated_ems_through_a_dict():
     """End to end: estimate from data samples, store as a plain dict, sample: far more accurate than DPM++ 2M."""
     data = big_gaussian(d=16, seed=3)
     fn = analytic_model_fn(data, VP, "eps")
-    ems = estimate_ems(fn, [data.sample(128, torch.Generator().manual_seed(0))], process=VP, prediction="eps",
-                       lambdas=ems_lambdas(VP, 241), method="fd")
+    ems = estimate_ems(
+        fn,
+        [data.sample(128, torch.Generator().manual_seed(0))],
+        process=VP,
+        prediction="eps",
+        lambdas=ems_lambdas(VP, 241),
+        method="fd",
+    )
     noise = torch.randn(64, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t_last = float(time_grid(VP, 5, "uniform-lambda")[-2])
     ref = Denoiser(fn, VP, "eps")(exact_state(data, noise, t_last), t_last)[0]
@@ -196,8 +226,13 @@ def test_degenerate_ems_is_dpm_solver_pp():
 
 def test_v3_needs_ems():
     with pytest.raises(ValueError, match="needs ems"):
-        sample(analytic_model_fn(GAUSS, VP, "eps"), torch.zeros(2, 4, dtype=torch.float64), process=VP,
-               prediction="eps", sampler="dpmsolver-v3")
+        sample(
+            analytic_model_fn(GAUSS, VP, "eps"),
+            torch.zeros(2, 4, dtype=torch.float64),
+            process=VP,
+            prediction="eps",
+            sampler="dpmsolver-v3",
+        )
 
 
 def test_quadrature_and_grid_derivative_orders():
@@ -210,7 +245,10 @@ def test_quadrature_and_grid_derivative_orders():
     antiderivative = x**4 / 4 - x**3 / 3 + 3 * x
     torch.testing.assert_close(cumulative_integral(x**3 - x**2 + 3, h), antiderivative - antiderivative[0])
     torch.testing.assert_close(grid_derivative(x**4 - 2 * x**3 + x, h), 4 * x**3 - 6 * x**2 + 1)
-    errs = [float((cumulative_integral(torch.exp(g), float(g[1] - g[0])) - torch.expm1(g - g[0]) * math.exp(-1)).abs()
-                  .max()) for g in (torch.linspace(-1.0, 1.0, 9, dtype=torch.float64),
-                                    torch.linspace(-1.0, 1.0, 17, dtype=torch.float64))]
+    errs = [
+        float(
+            (cumulative_integral(torch.exp(g), float(g[1] - g[0])) - torch.expm1(g - g[0]) * math.exp(-1)).abs().max()
+        )
+        for g in (torch.linspace(-1.0, 1.0, 9, dtype=torch.float64), torch.linspace(-1.0, 1.0, 17, dtype=torch.float64))
+    ]
     assert 12 < errs[0] / errs[1] < 20  # halving the spacing: ~16x

@@ -1,4 +1,5 @@
 """Scaling-law fits: power-law recovery within its intervals, held-out check, frontier, isoFLOP exponent."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def _noisy_fid(seed: int, n: int = 16, noise: float = 0.03) -> tuple[np.ndarray,
     """FID = A C^-beta + FID_inf on 1e14..1e18 FLOPs with multiplicative log-normal noise."""
     rng = np.random.default_rng(seed)
     c = np.logspace(14, 18, n)
-    y = (A_TRUE * c ** -BETA_TRUE + FLOOR_TRUE) * np.exp(rng.normal(0.0, noise, n))
+    y = (A_TRUE * c**-BETA_TRUE + FLOOR_TRUE) * np.exp(rng.normal(0.0, noise, n))
     return c, y
 
 
@@ -39,7 +40,7 @@ def test_fid_law_recovers_known_parameters_within_its_intervals():
     assert fit.floor == pytest.approx(FLOOR_TRUE, rel=0.25)
     assert fit.n_boot_ok >= 140
     # the fitted curve tracks the truth over the sampled range
-    np.testing.assert_allclose(fit.predict(c), A_TRUE * c ** -BETA_TRUE + FLOOR_TRUE, rtol=0.05)
+    np.testing.assert_allclose(fit.predict(c), A_TRUE * c**-BETA_TRUE + FLOOR_TRUE, rtol=0.05)
     lo, hi = fit.band(c)
     assert np.all(lo <= fit.predict(c) + 1e-9) and np.all(fit.predict(c) <= hi + 1e-9)
 
@@ -71,15 +72,18 @@ def test_loss_law_names_and_noise_free_recovery():
     assert set(fit.params) == {"A", "alpha", "L_inf"}
     assert fit.params["alpha"] == pytest.approx(0.2, rel=1e-4)
     assert fit.params["L_inf"] == pytest.approx(0.5, rel=1e-4)
-    assert fit.params["A"] == pytest.approx(2.0 * 1e15 ** 0.2, rel=1e-3)
+    assert fit.params["A"] == pytest.approx(2.0 * 1e15**0.2, rel=1e-3)
 
 
-@pytest.mark.parametrize("c, y, msg", [
-    ([1e15, 1e16], [10.0, 8.0], "at least 3 points"),
-    ([1e15, 1e15, 1e15, 1e15], [10.0, 9.0, 8.0, 7.0], "at least 3 points"),
-    ([1e15, 1e16, 1e17], [10.0, -1.0, 8.0], "must be > 0"),
-    ([1e15, 1e16], [10.0], "2 compute values but 1 metric"),
-])
+@pytest.mark.parametrize(
+    "c, y, msg",
+    [
+        ([1e15, 1e16], [10.0, 8.0], "at least 3 points"),
+        ([1e15, 1e15, 1e15, 1e15], [10.0, 9.0, 8.0, 7.0], "at least 3 points"),
+        ([1e15, 1e16, 1e17], [10.0, -1.0, 8.0], "must be > 0"),
+        ([1e15, 1e16], [10.0], "2 compute values but 1 metric"),
+    ],
+)
 def test_too_few_or_bad_points_raise_clear_errors(c, y, msg):
     with pytest.raises(FitError, match=msg):
         fit_fid_law(c, y)
@@ -112,9 +116,9 @@ def test_isoflop_recovers_known_optimal_size_exponent():
     rng = np.random.default_rng(0)
     pts = []
     for c in np.logspace(15, 19, 5):
-        n_star = k_true * c ** a_true
+        n_star = k_true * c**a_true
         for n in n_star * np.exp(np.linspace(-1.5, 1.5, 7)):
-            val = 20.0 * c ** -0.05 + 4.0 * (np.log(n) - np.log(n_star)) ** 2 + rng.normal(0, 0.05)
+            val = 20.0 * c**-0.05 + 4.0 * (np.log(n) - np.log(n_star)) ** 2 + rng.normal(0, 0.05)
             pts.append({"budget_flops": c, "flops": c, "params": n, "model": f"N{n:.3g}", "fid": val})
     res = isoflop_analysis(pts, "fid", n_boot=100, seed=0)
     law = res["n_opt_law"]

@@ -1,5 +1,6 @@
 """Architecture arms: exponents side by side and the compute where one arm's frontier law overtakes the other,
 on synthetic arms built to cross at a known compute and arms built not to cross."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from ditcore.scaling import compare_arms
 
-C_CROSS = 10 ** 16.5
+C_CROSS = 10**16.5
 
 
 def _arm(name: str, A: float, beta: float, floor: float, seed: int, noise: float = 0.01) -> list[dict]:
@@ -15,16 +16,23 @@ def _arm(name: str, A: float, beta: float, floor: float, seed: int, noise: float
     rng = np.random.default_rng(seed)
     pts = []
     for c in np.logspace(15, 18, 8):
-        true = A * c ** -beta + floor
+        true = A * c**-beta + floor
         for model, factor in ((f"{name}-B", 1.0), (f"{name}-S", 1.2)):
-            pts.append({"model": model, "params": 1e8 if factor == 1.0 else 3e7, "budget_flops": c, "flops": c,
-                        "fid": true * factor * np.exp(rng.normal(0, noise))})
+            pts.append(
+                {
+                    "model": model,
+                    "params": 1e8 if factor == 1.0 else 3e7,
+                    "budget_flops": c,
+                    "flops": c,
+                    "fid": true * factor * np.exp(rng.normal(0, noise)),
+                }
+            )
     return pts
 
 
 def _crossing_arms(seed: int) -> dict[str, list[dict]]:
     # DiT steeper (0.5) but worse at small compute; U-Net (0.3) chosen so the two laws meet at C_CROSS.
-    a_dit = 100.0 * 1e15 ** 0.5
+    a_dit = 100.0 * 1e15**0.5
     a_unet = a_dit * C_CROSS ** (0.3 - 0.5)
     return {"dit": _arm("dit", a_dit, 0.5, 5.0, seed), "unet": _arm("unet", a_unet, 0.3, 5.0, seed + 1)}
 
@@ -50,7 +58,7 @@ def test_arms_that_cross_at_a_known_compute():
 
 def test_arms_that_do_not_cross():
     # Same exponent, DiT's constant half of U-Net's: DiT is better everywhere.
-    a = 100.0 * 1e15 ** 0.4
+    a = 100.0 * 1e15**0.4
     res = compare_arms({"dit": _arm("dit", a / 2, 0.4, 5.0, 3), "unet": _arm("unet", a, 0.4, 5.0, 4)}, n_boot=100)
     x = res["crossing"]
     assert not x["exists"] and x["compute"] is None

@@ -1,4 +1,5 @@
 """Fit-report diagnostics: each fires on data built to trigger it and all stay silent on a clean grid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,19 +10,29 @@ from ditcore.scaling import fit_diagnostics, fit_fid_law, fit_frontier_law, isof
 SIZES = np.exp(np.linspace(np.log(3e6), np.log(3e8), 9))
 
 
-def _points(seed: int = 0, n_budgets: int = 10, noise: float = 0.01, n_star_at_1e16: float = 3e7,
-            fid_samples: int = 10000) -> list[dict]:
+def _points(
+    seed: int = 0, n_budgets: int = 10, noise: float = 0.01, n_star_at_1e16: float = 3e7, fid_samples: int = 10000
+) -> list[dict]:
     """A sweep grid: 9 model sizes x budgets over 1e15..1e17; FID = law(C) * (1 + 0.3 (ln N - ln N*(C))^2)."""
     rng = np.random.default_rng(seed)
     pts = []
     for c in np.logspace(15, 17, n_budgets):
         n_star = n_star_at_1e16 * (c / 1e16) ** 0.5
-        law = 90 * 10 ** 7.5 * c ** -0.5 + 10.0
+        law = 90 * 10**7.5 * c**-0.5 + 10.0
         for n in SIZES:
             fid = law * (1 + 0.3 * (np.log(n) - np.log(n_star)) ** 2) * np.exp(rng.normal(0, noise))
-            pts.append({"model": f"N{n:.2g}", "params": float(n), "budget_flops": float(c), "flops": float(c),
-                        "train_flops_per_image": 1536.0 * n, "fid": float(fid), "fid_num_samples": fid_samples,
-                        "fid_feature_dim": 2048})
+            pts.append(
+                {
+                    "model": f"N{n:.2g}",
+                    "params": float(n),
+                    "budget_flops": float(c),
+                    "flops": float(c),
+                    "train_flops_per_image": 1536.0 * n,
+                    "fid": float(fid),
+                    "fid_num_samples": fid_samples,
+                    "fid_feature_dim": 2048,
+                }
+            )
     return pts
 
 
@@ -61,21 +72,20 @@ def test_too_few_points_and_budgets():
 def test_wide_and_open_intervals_on_a_flat_frontier():
     rng = np.random.default_rng(0)
     c = np.logspace(15, 16.5, 7)
-    y = (2e3 * c ** -0.2 + 100.0) * np.exp(rng.normal(0, 0.03, c.size))
+    y = (2e3 * c**-0.2 + 100.0) * np.exp(rng.normal(0, 0.03, c.size))
     codes = _codes(fit_diagnostics(law=fit_fid_law(c, y, n_boot=20).to_dict()))
     assert {"wide_interval", "open_interval"} <= codes
 
 
 def test_held_out_error_when_the_largest_budget_breaks_the_trend():
     c = np.logspace(15, 17, 8)
-    y = 90 * 10 ** 7.5 * c ** -0.5 + 10.0
+    y = 90 * 10**7.5 * c**-0.5 + 10.0
     y[-1] *= 1.5  # the largest run got worse (e.g. diverged): the law fitted on the rest cannot predict it
     law = fit_fid_law(c, y, n_boot=20).to_dict()
     assert law["held_out"]["rel_error"] > 0.1
     diags = fit_diagnostics(law=law)
     assert "held_out_error" in _codes(diags)
-    assert fit_diagnostics(law=law, max_held_out_rel_error=0.9) == [
-        d for d in diags if d["code"] != "held_out_error"]
+    assert fit_diagnostics(law=law, max_held_out_rel_error=0.9) == [d for d in diags if d["code"] != "held_out_error"]
 
 
 def test_single_model_frontier():
@@ -91,8 +101,9 @@ def test_few_fid_samples_and_sampling_noise():
     fit, front = fit_frontier_law(pts, "fid", n_boot=20, se_key="fid_se", n_noise=40)
     diags = fit_diagnostics(law=fit.to_dict(), frontier=front, points=pts)
     assert {"few_fid_samples", "sampling_noise"} <= _codes(diags)
-    assert "64 samples in 2048 feature dimensions" in next(d["message"] for d in diags
-                                                           if d["code"] == "few_fid_samples")
+    assert "64 samples in 2048 feature dimensions" in next(
+        d["message"] for d in diags if d["code"] == "few_fid_samples"
+    )
 
 
 def test_missing_images_and_unavailable_isoflop():
@@ -108,12 +119,19 @@ def test_isoflop_without_interval_when_budgets_have_three_sizes():
     assert "no_interval" in _codes(fit_diagnostics(isoflop=iso))
 
 
-@pytest.mark.parametrize("info, code", [
-    ({"arms": ["dit", "unet"], "exists": True, "within_range": False, "compute": 1e19, "p_cross": 0.99},
-     "crossing_extrapolated"),
-    ({"arms": ["dit", "unet"], "exists": True, "within_range": True, "compute": 1e16, "p_cross": 0.6},
-     "crossing_uncertain"),
-])
+@pytest.mark.parametrize(
+    "info, code",
+    [
+        (
+            {"arms": ["dit", "unet"], "exists": True, "within_range": False, "compute": 1e19, "p_cross": 0.99},
+            "crossing_extrapolated",
+        ),
+        (
+            {"arms": ["dit", "unet"], "exists": True, "within_range": True, "compute": 1e16, "p_cross": 0.6},
+            "crossing_uncertain",
+        ),
+    ],
+)
 def test_arm_crossing_diagnostics(info, code):
     assert _codes(fit_diagnostics(arms={"crossings": [info]})) == {code}
     clean = {**info, "within_range": True, "p_cross": 0.99}

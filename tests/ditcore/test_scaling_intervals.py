@@ -1,5 +1,6 @@
 """Interval quality of the frontier law: coverage on synthetic frontiers with known parameters, open ends,
 and propagation of per-point sampling noise."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_flat_frontier_gets_open_ends_instead_of_a_made_up_bound():
     # Nearly flat FID (the curve is all floor): the data cannot bound the floor from above nor beta.
     rng = np.random.default_rng(0)
     c = np.logspace(15, 16.5, 6)
-    y = (2e3 * c ** -0.2 + 100.0) * np.exp(rng.normal(0, 0.03, c.size))
+    y = (2e3 * c**-0.2 + 100.0) * np.exp(rng.normal(0, 0.03, c.size))
     fit = fit_fid_law(c, y, n_boot=20)
     assert fit.ci_open["FID_inf"][1]  # upper end is min FID: saturation cannot be excluded
     assert fit.ci["FID_inf"][1] == pytest.approx(y.min(), rel=1e-6)
@@ -82,10 +83,18 @@ def test_frontier_noise_propagation_reselects_the_best_model_per_budget():
     rng = np.random.default_rng(2)
     pts = []
     for cc in np.logspace(15, 17, 6):
-        true = 5e5 * cc ** -0.3 + 8.0
+        true = 5e5 * cc**-0.3 + 8.0
         for m in ("S", "B"):
-            pts.append({"model": m, "params": 1e7 if m == "S" else 4e7, "budget_flops": cc, "flops": cc,
-                        "fid": true * np.exp(rng.normal(0, 0.02)), "fid_se": 0.02 * true})
+            pts.append(
+                {
+                    "model": m,
+                    "params": 1e7 if m == "S" else 4e7,
+                    "budget_flops": cc,
+                    "flops": cc,
+                    "fid": true * np.exp(rng.normal(0, 0.02)),
+                    "fid_se": 0.02 * true,
+                }
+            )
     fit, front = fit_frontier_law(pts, "fid", se_key="fid_se", n_boot=30, n_noise=40, seed=0)
     assert len(front) == 6
     sn = fit.sampling_noise

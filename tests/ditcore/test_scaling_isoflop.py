@@ -1,5 +1,6 @@
 """Compute-optimal data D*(C) from isoFLOP minima (Hoffmann et al. 2022 approach 2) and the parametric loss
 surface L(N, D) (approach 3), recovered from synthetic grids generated with known exponents."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ K = 1536.0  # train FLOPs per image per parameter (6 x 256 tokens)
 
 
 def _loss(n: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return E + A * n ** -ALPHA + B * d ** -BETA
+    return E + A * n**-ALPHA + B * d**-BETA
 
 
 def _grid(noise: float, seed: int = 0, images_key: str = "train_flops_per_image") -> list[dict]:
@@ -25,8 +26,13 @@ def _grid(noise: float, seed: int = 0, images_key: str = "train_flops_per_image"
     for c in np.logspace(15, 19, 5):
         n_star = search[np.argmin(_loss(search, c / (K * search)))]
         for n in n_star * np.exp(np.linspace(-1.5, 1.5, 7)):
-            p = {"budget_flops": c, "flops": c, "params": n, "model": f"N{n:.3g}",
-                 "val_loss": float(_loss(n, c / (K * n)) * np.exp(rng.normal(0, noise)))}
+            p = {
+                "budget_flops": c,
+                "flops": c,
+                "params": n,
+                "model": f"N{n:.3g}",
+                "val_loss": float(_loss(n, c / (K * n)) * np.exp(rng.normal(0, noise))),
+            }
             if images_key == "train_flops_per_image":
                 p["train_flops_per_image"] = K * n
             elif images_key == "images_seen":

@@ -50,9 +50,18 @@ def test_tiny_dit_learns_toy_latents(one_thread):
 
     n = 32
     labels = torch.arange(n) % 2
-    x = sample(model_fn_from_model(model), noise_from_seeds(range(n), SHAPE), process="flow", prediction="velocity",
-               sampler="dpmpp-2m", steps=20, cond={"y": labels}, uncond={"y": 2}, guidance=2.0,
-               generators=make_generators(range(n)))
+    x = sample(
+        model_fn_from_model(model),
+        noise_from_seeds(range(n), SHAPE),
+        process="flow",
+        prediction="velocity",
+        sampler="dpmpp-2m",
+        steps=20,
+        cond={"y": labels},
+        uncond={"y": 2},
+        guidance=2.0,
+        generators=make_generators(range(n)),
+    )
     dist = (x[:, None] - patterns[None]).flatten(2).pow(2).mean(-1).sqrt()  # [n, 2] RMS distance to each pattern
     nearest = dist.argmin(1)
     assert (nearest == labels).float().mean() >= 0.9  # right class

@@ -116,8 +116,11 @@ def test_text_conditioning_changes_the_output_and_padding_never_does():
     emb[1, 9] = float("inf")
     torch.testing.assert_close(model(**{**inputs, "text_emb": emb}), ref, rtol=0, atol=1e-6)
     # Extra padding tokens appended at the end change nothing either.
-    longer = {**inputs, "text_emb": torch.cat([inputs["text_emb"], torch.randn(2, 4, cfg.text_dim)], dim=1),
-              "text_mask": torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1)}
+    longer = {
+        **inputs,
+        "text_emb": torch.cat([inputs["text_emb"], torch.randn(2, 4, cfg.text_dim)], dim=1),
+        "text_mask": torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1),
+    }
     torch.testing.assert_close(model(**longer), ref, rtol=0, atol=1e-5)
     # A real token and the pooled embedding do change the output (cross-attention and the embedding path).
     emb2 = inputs["text_emb"].clone()
@@ -134,8 +137,11 @@ def test_text_prompt_with_no_real_token_is_finite_and_independent_of_its_padding
     inputs["text_mask"] = torch.tensor([[True] * 6, [False] * 6])
     out = model(**inputs)
     assert torch.isfinite(out).all()
-    inputs2 = {**inputs, "text_emb": torch.randn(2, 9, 32), "text_mask": torch.tensor([[True] * 6 + [False] * 3,
-                                                                                        [False] * 9])}
+    inputs2 = {
+        **inputs,
+        "text_emb": torch.randn(2, 9, 32),
+        "text_mask": torch.tensor([[True] * 6 + [False] * 3, [False] * 9]),
+    }
     inputs2["text_emb"][0, :6] = inputs["text_emb"][0]
     torch.testing.assert_close(model(**inputs2), out, rtol=0, atol=1e-5)
 
@@ -152,8 +158,13 @@ def test_other_sizes_channels_and_input_errors():
         model(torch.randn(1, 4, 16, 16), torch.rand(1), torch.tensor([2]))
     text = build_model("UNet-T-text")
     with pytest.raises(ValueError, match="text_emb"):
-        text(torch.randn(1, 4, 8, 8), torch.rand(1), text_emb=torch.randn(1, 3, 7), text_mask=None,
-             text_pooled=torch.randn(1, 32))
+        text(
+            torch.randn(1, 4, 8, 8),
+            torch.rand(1),
+            text_emb=torch.randn(1, 3, 7),
+            text_mask=None,
+            text_pooled=torch.randn(1, 32),
+        )
 
 
 def test_config_round_trip_and_errors():
@@ -187,10 +198,17 @@ def test_config_round_trip_and_errors():
         build_model("UNet-T", depth=3)  # a property of the U-Net, not a field
 
 
-@pytest.mark.parametrize("name,latents", [
-    ("UNet-S", (8, 16, 32)), ("UNet-S-text", (8, 16, 32)), ("UNet-B", (16,)), ("UNet-B-text", (8,)),
-    ("UNet-L", (32,)), ("UNet-L-text", (16,)),
-])
+@pytest.mark.parametrize(
+    "name,latents",
+    [
+        ("UNet-S", (8, 16, 32)),
+        ("UNet-S-text", (8, 16, 32)),
+        ("UNet-B", (16,)),
+        ("UNet-B-text", (8,)),
+        ("UNet-L", (32,)),
+        ("UNet-L-text", (16,)),
+    ],
+)
 def test_presets_at_project_latent_sizes_shapes_and_flops_match_flop_counter_exactly(name, latents):
     """Meta build (no memory, no compute; GroupNorm on meta costs ~0.5 s a forward, so every preset gets one or
     three of the project's latent sizes); the same weights run at every latent size."""

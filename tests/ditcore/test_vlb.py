@@ -47,8 +47,9 @@ def test_chain_steps_lie_on_the_process_and_match_the_gaussian_posterior(name):
     x0, x_t = torch.randn(3, 49, dtype=torch.float64), torch.randn(3, 49, dtype=torch.float64)
     i = torch.arange(2, 51)
     expected_mean = torch.sqrt(ab_prev) * x0 + cov / var_i * (x_t - torch.sqrt(ab) * x0)
-    got = torch.stack([chain.posterior_mean(x0[:, k:k + 1], x_t[:, k:k + 1], i[k].repeat(3))[:, 0]
-                       for k in range(49)], 1)
+    got = torch.stack(
+        [chain.posterior_mean(x0[:, k : k + 1], x_t[:, k : k + 1], i[k].repeat(3))[:, 0] for k in range(49)], 1
+    )
     torch.testing.assert_close(got, expected_mean)
 
 
@@ -110,16 +111,20 @@ def test_discretized_decoder_matches_integrated_gaussian(x, mean, std):
     lo = -math.inf if x == -1.0 else x - half  # the outermost bins reach to infinity (DDPM Eq. 13)
     hi = math.inf if x == 1.0 else x + half
     expected = _log_bin_probability(lo, hi, mean, std)
-    got = discretized_gaussian_log_likelihood(torch.tensor([x], dtype=torch.float64), torch.tensor([mean],
-                                              dtype=torch.float64), torch.tensor([math.log(std)], dtype=torch.float64))
+    got = discretized_gaussian_log_likelihood(
+        torch.tensor([x], dtype=torch.float64),
+        torch.tensor([mean], dtype=torch.float64),
+        torch.tensor([math.log(std)], dtype=torch.float64),
+    )
     assert got.item() == pytest.approx(expected, rel=1e-7, abs=1e-10)
 
 
 def test_discretized_decoder_sums_to_one_over_all_levels():
     levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
     for mean, std in ((0.1, 0.02), (0.99, 0.3), (-2.0, 0.5)):
-        ll = discretized_gaussian_log_likelihood(levels, torch.full_like(levels, mean), torch.full_like(levels,
-                                                 math.log(std)))
+        ll = discretized_gaussian_log_likelihood(
+            levels, torch.full_like(levels, mean), torch.full_like(levels, math.log(std))
+        )
         assert torch.exp(ll).sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
@@ -172,8 +177,9 @@ def test_vlb_term_does_not_train_the_mean():
     model = TwoScalarModel()
     x0 = torch.rand(32, 2, 2, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     terms = hybrid_loss_terms(model, x0, {}, torch.Generator().manual_seed(1), ObjectiveConfig(**HYBRID))
-    mean_grad, var_grad = torch.autograd.grad(terms["vlb"], [model.mean_scale, model.var_out], retain_graph=True,
-                                              allow_unused=True)
+    mean_grad, var_grad = torch.autograd.grad(
+        terms["vlb"], [model.mean_scale, model.var_out], retain_graph=True, allow_unused=True
+    )
     assert mean_grad is None or mean_grad.item() == 0.0
     assert var_grad.item() != 0.0
     assert torch.autograd.grad(terms["mse"], model.mean_scale)[0].item() != 0.0

@@ -4,6 +4,7 @@ Tensor columns are flat fixed-size lists with their shapes in manifest["columns"
 writes them; the real reader (pipelines.dataset) reads them back, so the jobs are tested through the same
 code a cluster run uses, without the cost of a VAE/text-encoder precompute.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 
 _COLUMNS: dict[str, dict] = {}
 
@@ -25,10 +25,21 @@ def _tensor_col(arr: np.ndarray, name: str = "") -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), int(np.prod(arr.shape[1:])))
 
 
-def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int = 8, num_classes: Optional[int] = 10,
-                        text: Optional[tuple[int, int, int]] = None, seed: int = 0, shards: int = 2,
-                        vae_path: Optional[str] = None, feature_net: Optional[str] = None,
-                        fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None, builtin: bool = False) -> str:
+def make_latent_dataset(
+    root: Path,
+    *,
+    n: int = 32,
+    channels: int = 4,
+    size: int = 8,
+    num_classes: Optional[int] = 10,
+    text: Optional[tuple[int, int, int]] = None,
+    seed: int = 0,
+    shards: int = 2,
+    vae_path: Optional[str] = None,
+    feature_net: Optional[str] = None,
+    fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    builtin: bool = False,
+) -> str:
     """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional. Returns its directory."""
     root = Path(root)
     _COLUMNS.clear()
@@ -70,8 +81,14 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
         L, D, Dp = text
         from safetensors.numpy import save_file
 
-        save_file({"text_emb": np.zeros((L, D), np.float16), "text_mask": np.eye(1, L, dtype=bool)[0],
-                   "text_pooled": np.zeros((Dp,), np.float16)}, str(root / "null_text.safetensors"))
+        save_file(
+            {
+                "text_emb": np.zeros((L, D), np.float16),
+                "text_mask": np.eye(1, L, dtype=bool)[0],
+                "text_pooled": np.zeros((Dp,), np.float16),
+            },
+            str(root / "null_text.safetensors"),
+        )
         text_meta = {"encoder": "test", "max_length": L, "dim": D, "pooled_dim": Dp, "null": "null_text.safetensors"}
     fid_meta = None
     if fid_stats is not None:
@@ -79,18 +96,33 @@ def make_latent_dataset(root: Path, *, n: int = 32, channels: int = 4, size: int
         from safetensors.torch import save_file as save_t
 
         mu, sigma = fid_stats
-        save_t({"mu": torch.from_numpy(np.asarray(mu, np.float64)), "sigma": torch.from_numpy(np.asarray(sigma, np.float64))},
-               str(root / "fid_stats.safetensors"))
+        save_t(
+            {
+                "mu": torch.from_numpy(np.asarray(mu, np.float64)),
+                "sigma": torch.from_numpy(np.asarray(sigma, np.float64)),
+            },
+            str(root / "fid_stats.safetensors"),
+        )
         fid_meta = {"feature_net": feature_net, "feature_dim": int(len(mu)), "stats": "fid_stats.safetensors"}
     manifest = {
         "schema_version": 1,
-        "source": ({"kind": "builtin", "count": n, "image_size": size * 4, "max_objects": 2, "seed": 0} if builtin
-                   else {"kind": "synthetic-test"}),
+        "source": (
+            {"kind": "builtin", "count": n, "image_size": size * 4, "max_objects": 2, "seed": 0}
+            if builtin
+            else {"kind": "synthetic-test"}
+        ),
         "image_size": size * 4,
         "num_classes": num_classes,
         "counts": {"input": n, "written": n, "failed": 0},
-        "vae": {"path": vae_path, "revision": None, "scaling_factor": 0.5, "shift_factor": 0.1,
-                "latent_channels": channels, "downsample": 4, "latent_size": size},
+        "vae": {
+            "path": vae_path,
+            "revision": None,
+            "scaling_factor": 0.5,
+            "shift_factor": 0.1,
+            "latent_channels": channels,
+            "downsample": 4,
+            "latent_size": size,
+        },
         "text": text_meta,
         "latent_stats": {"mean": [0.0] * channels, "std": [1.0] * channels},
         "fid": fid_meta,

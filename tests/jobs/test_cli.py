@@ -1,4 +1,5 @@
 """The `ditscale` entry point lists every command and rejects unknown ones."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -3,6 +3,7 @@
 Everything is built offline from small configs with random weights and saved with `save_pretrained`,
 so the tests load them back through the same loaders a cluster run uses for real checkpoints.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-WORDS = ["a", "the", "red", "green", "blue", "small", "large", "circle", "square", "top", "left", "and", "at",
-         "cat", "dog", "photo", "of"]
+WORDS = [
+    "a",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "large",
+    "circle",
+    "square",
+    "top",
+    "left",
+    "and",
+    "at",
+    "cat",
+    "dog",
+    "photo",
+    "of",
+]
 
 
 def tiny_vae(path: Path) -> Path:
@@ -27,9 +45,17 @@ def tiny_vae(path: Path) -> Path:
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 8), sample_size=32, scaling_factor=0.5, shift_factor=0.1,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 8, 8),
+        sample_size=32,
+        scaling_factor=0.5,
+        shift_factor=0.1,
     )
     vae.save_pretrained(path)
     return path
@@ -63,10 +89,18 @@ def tiny_clip(path: Path, with_projection: bool = True) -> Path:
     tok = CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
     tok.save_pretrained(path)
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"])
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
     model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
     model.save_pretrained(path)
     return path
@@ -83,8 +117,16 @@ def tiny_t5(path: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
     tok.save_pretrained(path)
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.pad_token_id)
+    cfg = T5Config(
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=tok.pad_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     T5EncoderModel(cfg).save_pretrained(path)
     return path
 
@@ -134,11 +176,13 @@ def make_folder(root: Path, n_per_class: int = 3, classes=("cat", "dog"), captio
 
 def make_parquet(path: Path, n: int = 6, rows_per_group: int = 2) -> Path:
     """A parquet file with columns img (PNG bytes), text, cls."""
-    table = pa.table({
-        "img": [png_bytes(random_image(100 + i)) for i in range(n)],
-        "text": [f"a small red circle {i}" for i in range(n)],
-        "cls": pa.array([i % 3 for i in range(n)], pa.int64()),
-    })
+    table = pa.table(
+        {
+            "img": [png_bytes(random_image(100 + i)) for i in range(n)],
+            "text": [f"a small red circle {i}" for i in range(n)],
+            "cls": pa.array([i % 3 for i in range(n)], pa.int64()),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=rows_per_group)
     return path
@@ -149,8 +193,11 @@ def make_tar(path: Path, start: int, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tf:
         for i in range(start, start + n):
-            for ext, data in (("png", png_bytes(random_image(200 + i))), ("txt", f"a blue square {i}".encode()),
-                              ("cls", str(i % 2).encode())):
+            for ext, data in (
+                ("png", png_bytes(random_image(200 + i))),
+                ("txt", f"a blue square {i}".encode()),
+                ("cls", str(i % 2).encode()),
+            ):
                 info = tarfile.TarInfo(f"sample{i:04d}.{ext}")
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
@@ -165,7 +212,7 @@ def make_bad_folder(root: Path, size: int = 32) -> dict[str, str]:
         (root / "good" / f"ok{i}.png").write_bytes(png_bytes(random_image(300 + i, size + 8)))
         (root / "good" / f"ok{i}.txt").write_text(f"good image {i}")
     # Mode conversions that must succeed: palette, alpha, CMYK (JPEG), 16-bit gray, gray.
-    modes = (root / "modes")
+    modes = root / "modes"
     modes.mkdir()
     arr = random_image(400, size + 8)
     (modes / "palette.png").write_bytes(png_bytes(arr, "P"))

@@ -1,4 +1,5 @@
 """Real-data fetchers (Fashion-MNIST IDX files, Noto emoji npm tarball) on small fixtures written here."""
+
 from __future__ import annotations
 
 import gzip
@@ -70,7 +71,11 @@ def test_fashion_mnist_layout_order_and_content(tmp_path):
     assert [p.name for p in sorted((out / "train").iterdir())] == [f"part-0000{i}.parquet" for i in range(3)]
     schema = pq.read_schema(out / "train" / "part-00000.parquet")
     assert [(f.name, str(f.type)) for f in schema] == [
-        ("id", "string"), ("image", "binary"), ("caption", "string"), ("label", "int32")]
+        ("id", "string"),
+        ("image", "binary"),
+        ("caption", "string"),
+        ("label", "int32"),
+    ]
     for split in ("train", "test"):
         images, labels = data[split]
         rows = _rows(out / split)
@@ -88,7 +93,7 @@ def test_fashion_mnist_layout_order_and_content(tmp_path):
         assert order != sorted(order)  # shuffled
         # Stratified: every block of 10 rows holds each of the 10 balanced classes once.
         lab = [r["label"] for r in rows]
-        assert all(sorted(lab[k:k + 10]) == list(range(10)) for k in range(0, len(lab), 10))
+        assert all(sorted(lab[k : k + 10]) == list(range(10)) for k in range(0, len(lab), 10))
     assert res["splits"]["train"]["per_class"]["Sneaker"] == 4 and fm.CAPTIONS[7] == "a photo of a sneaker"
     assert _leftovers(tmp_path) == []
 
@@ -188,8 +193,11 @@ def test_fashion_mnist_install_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(fm.os, "geteuid", lambda: 0)
     # apt-get that fails.
     _fake_tool(tmp_path / "bin", "apt-get", "echo 'E: Unable to locate package' >&2; exit 100", monkeypatch)
-    with pytest.raises(FetchError, match=r"`apt-get install -y dataset-fashion-mnist` failed with exit code 100: "
-                                         r"E: Unable to locate package\. Run `apt-get update && apt-get install"):
+    with pytest.raises(
+        FetchError,
+        match=r"`apt-get install -y dataset-fashion-mnist` failed with exit code 100: "
+        r"E: Unable to locate package\. Run `apt-get update && apt-get install",
+    ):
         fm.fetch_fashion_mnist(str(tmp_path / "o3"))
     # Not root: no attempt, the error names sudo.
     monkeypatch.setattr(fm.os, "geteuid", lambda: 1000)
@@ -199,9 +207,13 @@ def test_fashion_mnist_install_paths(tmp_path, monkeypatch):
     # apt-get that installs the files (here: copies the fixture into the package's folder).
     fixture = tmp_path / "fixture"
     _write_fmnist(fixture)
-    _fake_tool(tmp_path / "bin", "apt-get",
-               f'[ "$1 $2 $3" = "install -y dataset-fashion-mnist" ] || exit 9\n'
-               f'mkdir -p "{system_dir}" && cp "{fixture}"/* "{system_dir}"/', monkeypatch)
+    _fake_tool(
+        tmp_path / "bin",
+        "apt-get",
+        f'[ "$1 $2 $3" = "install -y dataset-fashion-mnist" ] || exit 9\n'
+        f'mkdir -p "{system_dir}" && cp "{fixture}"/* "{system_dir}"/',
+        monkeypatch,
+    )
     res = fm.fetch_fashion_mnist(str(tmp_path / "o5"))
     assert res["splits"]["train"]["count"] == 40 and (system_dir / fm.FILES["test"][0]).is_file()
     assert [p for p in ("o1", "o2", "o3", "o4") if (tmp_path / p).exists()] == []
@@ -230,19 +242,32 @@ def _emoji_png(colour: tuple[int, int, int], size: int = 64) -> bytes:
 
 
 def _entry(name, unified, category, order, short=None, img=True, **extra):
-    return {"name": name, "unified": unified, "image": f"{unified.lower()}.png", "category": category,
-            "sort_order": order, "short_names": short if short is not None else [unified.lower()],
-            "has_img_google": img, **extra}
+    return {
+        "name": name,
+        "unified": unified,
+        "image": f"{unified.lower()}.png",
+        "category": category,
+        "sort_order": order,
+        "short_names": short if short is not None else [unified.lower()],
+        "has_img_google": img,
+        **extra,
+    }
 
 
 EMOJI_ENTRIES = [
     _entry("FOX FACE", "1F98A", "Animals & Nature", 30),
     _entry("DOG FACE", "1F436", "Animals & Nature", 31),
     _entry("CAT FACE", "1F431", "Animals & Nature", 32),
-    _entry("WAVING HAND SIGN", "1F44B", "People & Body", 20, skin_variations={
-        "1F3FD": {"unified": "1F44B-1F3FD", "image": "1f44b-1f3fd.png", "has_img_google": True},
-        "1F3FB": {"unified": "1F44B-1F3FB", "image": "1f44b-1f3fb.png", "has_img_google": False},
-    }),
+    _entry(
+        "WAVING HAND SIGN",
+        "1F44B",
+        "People & Body",
+        20,
+        skin_variations={
+            "1F3FD": {"unified": "1F44B-1F3FD", "image": "1f44b-1f3fd.png", "has_img_google": True},
+            "1F3FB": {"unified": "1F44B-1F3FB", "image": "1f44b-1f3fb.png", "has_img_google": False},
+        },
+    ),
     _entry("", "1F600", "Smileys & Emotion", 1, short=["grinning_face"]),
     _entry("", "1F601", "Smileys & Emotion", 2, short=[]),  # no name at all: a recorded failure
     _entry("APPLE", "1F34E", "Food & Drink", 40, img=False),  # no Google image: skipped
@@ -253,8 +278,10 @@ EMOJI_ENTRIES = [
 
 
 def _write_emoji_package(path: Path, as_dir: bool = False) -> Path:
-    files = {"package/emoji.json": json.dumps(EMOJI_ENTRIES).encode(),
-             "package/package.json": json.dumps({"name": "emoji-datasource-google", "version": "16.0.0"}).encode()}
+    files = {
+        "package/emoji.json": json.dumps(EMOJI_ENTRIES).encode(),
+        "package/package.json": json.dumps({"name": "emoji-datasource-google", "version": "16.0.0"}).encode(),
+    }
     for k, name in enumerate(["1f98a", "1f436", "1f431", "1f44b", "1f44b-1f3fd", "1f600", "1f601", "1f347"]):
         files[f"package/img/google/64/{name}.png"] = _emoji_png((40 * k % 256, 200, 90))
     files["package/img/google/64/1f34c.png"] = b"\x89PNG\r\n\x1a\n broken"
@@ -280,14 +307,23 @@ def test_emoji_rows_captions_failures_and_rgba(tmp_path):
     assert res["per_class"] == {"Smileys & Emotion": 1, "People & Body": 2, "Animals & Nature": 3, "Food & Drink": 1}
     assert res["skipped_no_image"] == 2  # APPLE and the light-skin-tone variation
     assert sorted((f["id"], f["reason"].split(" ")[0]) for f in res["failures"]) == [
-        ("1F34C", "image"), ("1F350", "img/google/64/1f350.png"), ("1F601", "entry")]
+        ("1F34C", "image"),
+        ("1F350", "img/google/64/1f350.png"),
+        ("1F601", "entry"),
+    ]
     assert "neither a name nor a short name" in next(f["reason"] for f in res["failures"] if f["id"] == "1F601")
     assert json.loads((out / "metadata.json").read_text())["failures"] == res["failures"]
     assert "Apache" in (out / "LICENSE").read_text() and not (out / "test").exists()
     rows = {r["id"]: r for r in _rows(out / "train")}
     assert {k: v["caption"] for k, v in rows.items()} == {
-        "1F98A": "fox face", "1F436": "dog face", "1F431": "cat face", "1F44B": "waving hand sign",
-        "1F44B-1F3FD": "waving hand sign, medium skin tone", "1F600": "grinning face", "1F347": "grapes"}
+        "1F98A": "fox face",
+        "1F436": "dog face",
+        "1F431": "cat face",
+        "1F44B": "waving hand sign",
+        "1F44B-1F3FD": "waving hand sign, medium skin tone",
+        "1F600": "grinning face",
+        "1F347": "grapes",
+    }
     for r in rows.values():
         assert classes[r["label"]] == r["category"]
         img = Image.open(io.BytesIO(r["image"]))
@@ -321,13 +357,19 @@ def test_emoji_npm_paths(tmp_path, monkeypatch):
         emoji_mod.fetch_emoji(str(tmp_path / "o2"))
     monkeypatch.undo()
     _fake_tool(tmp_path / "bin", "npm", "echo 'npm error code E404' >&2; exit 1", monkeypatch)
-    with pytest.raises(FetchError, match=r"`npm pack emoji-datasource-google@16.0.0` failed \(exit code 1\): "
-                                         r"npm error code E404"):
+    with pytest.raises(
+        FetchError,
+        match=r"`npm pack emoji-datasource-google@16.0.0` failed \(exit code 1\): "
+        r"npm error code E404",
+    ):
         emoji_mod.fetch_emoji(str(tmp_path / "o3"))
     tgz = _write_emoji_package(tmp_path / "fixture.tgz")
-    _fake_tool(tmp_path / "bin", "npm",
-               f'[ "$1 $2" = "pack emoji-datasource-google@16.0.0" ] || exit 9\ncp "{tgz}" ./pkg-16.0.0.tgz',
-               monkeypatch)
+    _fake_tool(
+        tmp_path / "bin",
+        "npm",
+        f'[ "$1 $2" = "pack emoji-datasource-google@16.0.0" ] || exit 9\ncp "{tgz}" ./pkg-16.0.0.tgz',
+        monkeypatch,
+    )
     res = emoji_mod.fetch_emoji(str(tmp_path / "o4"))
     assert sum(res["per_class"].values()) == 7
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
@@ -338,7 +380,7 @@ def test_emoji_bad_packages(tmp_path):
     with pytest.raises(ValueError, match="junk.tgz: not a readable package tarball"):
         emoji_mod.fetch_emoji(str(tmp_path / "o"), str(tmp_path / "junk.tgz"))
     pkg = _write_emoji_package(tmp_path / "p", as_dir=True)
-    (pkg / "emoji.json").write_text("{\"not\": \"a list\"}")
+    (pkg / "emoji.json").write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="emoji.json must be a list of objects"):
         emoji_mod.fetch_emoji(str(tmp_path / "o"), str(pkg))
     with pytest.raises(ValueError, match="test_fraction"):

@@ -1,4 +1,5 @@
 """diffusers export: exported DiT / MM-DiT match the ditcore models, DiTPipeline samples, refusals name the option."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ def _checkpoint(root, name, preset, overrides=None, process="flow", prediction="
     overrides = overrides or {}
     raw = _randomize(build_model(preset, **overrides), 0)
     ema = _randomize(build_model(preset, **overrides), 1)
-    config = {"model": raw.config, "objective": {"process": process, "prediction": prediction},
-              "data": {"manifest": "unused", "scaling_factor": scale, "shift_factor": shift}}
+    config = {
+        "model": raw.config,
+        "objective": {"process": process, "prediction": prediction},
+        "data": {"manifest": "unused", "scaling_factor": scale, "shift_factor": shift},
+    }
     path = save_checkpoint(root / name, model=raw, ema=ema, config=config, state={"step": 7})
     return path, raw, ema
 
@@ -50,9 +54,15 @@ def vae_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
-        scaling_factor=0.18215, shift_factor=None,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.18215,
+        shift_factor=None,
     )
     path = tmp_path_factory.mktemp("vae") / "tiny"
     vae.save_pretrained(str(path))
@@ -68,8 +78,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [{}, {"learn_sigma": True, "mup": True, "num_classes": 10}],
-                         ids=["plain", "learn_sigma-mup-10classes"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"learn_sigma": True, "mup": True, "num_classes": 10}], ids=["plain", "learn_sigma-mup-10classes"]
+)
 def test_dit_transformer_matches_ditcore(tmp_path, overrides):
     ckpt, _, ema = _checkpoint(tmp_path, "ck", "DiT-T/2", overrides)
     record = export_to_diffusers(ckpt, tmp_path / "out")
@@ -112,8 +123,9 @@ def test_stock_dit_time_embedding_differs_without_alignment(tmp_path):
 
     ckpt, _, ema = _checkpoint(tmp_path, "ck", "DiT-T/2")
     export_to_diffusers(ckpt, tmp_path / "out")
-    stock = DiTTransformer2DModel.from_pretrained(str(tmp_path / "out"), subfolder="transformer",
-                                                  low_cpu_mem_usage=False)
+    stock = DiTTransformer2DModel.from_pretrained(
+        str(tmp_path / "out"), subfolder="transformer", low_cpu_mem_usage=False
+    )
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([0.3, 0.8])
     y = torch.tensor([1, 2])
@@ -135,11 +147,14 @@ def test_raw_weights_on_request(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("process,prediction,overrides,prediction_type", [
-    ("flow", "velocity", {}, "flow_prediction"),
-    ("vp-linear", "eps", {"learn_sigma": True, "num_classes": 10}, "epsilon"),
-    ("vp-cosine", "v", {}, "v_prediction"),
-])
+@pytest.mark.parametrize(
+    "process,prediction,overrides,prediction_type",
+    [
+        ("flow", "velocity", {}, "flow_prediction"),
+        ("vp-linear", "eps", {"learn_sigma": True, "num_classes": 10}, "epsilon"),
+        ("vp-cosine", "v", {}, "v_prediction"),
+    ],
+)
 def test_dit_pipeline_generates_like_ditcore(tmp_path, vae_dir, process, prediction, overrides, prediction_type):
     from diffusers import DiTPipeline
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -155,8 +170,9 @@ def test_dit_pipeline_generates_like_ditcore(tmp_path, vae_dir, process, predict
 
     def run() -> np.ndarray:
         g = torch.Generator().manual_seed(0)
-        return pipe(class_labels=[1, 2], guidance_scale=4.0, num_inference_steps=3, generator=g,
-                    output_type="np").images
+        return pipe(
+            class_labels=[1, 2], guidance_scale=4.0, num_inference_steps=3, generator=g, output_type="np"
+        ).images
 
     images = run()
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.float32
@@ -189,10 +205,13 @@ def test_flow_scheduler_for_dit_and_mmdit():
     assert type(mmdit).__name__ == "FlowMatchEulerDiscreteScheduler"
 
 
-@pytest.mark.parametrize("objective,match", [
-    ({"process": "vp-linear", "prediction": "velocity"}, "objective.prediction='velocity'"),
-    ({"process": "flow", "prediction": "v"}, "objective.prediction='v'"),
-])
+@pytest.mark.parametrize(
+    "objective,match",
+    [
+        ({"process": "vp-linear", "prediction": "velocity"}, "objective.prediction='velocity'"),
+        ({"process": "flow", "prediction": "v"}, "objective.prediction='v'"),
+    ],
+)
 def test_pipeline_refuses_inexpressible_objective(tmp_path, vae_dir, objective, match):
     ckpt, _, _ = _checkpoint(tmp_path, "ck", "DiT-T/2", **objective)
     with pytest.raises(ExportError, match=match):
@@ -228,8 +247,12 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 def _text(batch: int, seed: int, length: int = 16):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 4, 8, 8, generator=g), torch.rand(batch, generator=g),
-            torch.randn(batch, length, 32, generator=g), torch.randn(batch, 32, generator=g))
+    return (
+        torch.randn(batch, 4, 8, 8, generator=g),
+        torch.rand(batch, generator=g),
+        torch.randn(batch, length, 32, generator=g),
+        torch.randn(batch, 32, generator=g),
+    )
 
 
 @pytest.mark.parametrize("overrides", [{}, {"qk_norm": False, "mup": True}], ids=["qk_norm", "no-qk_norm-mup"])
@@ -263,9 +286,13 @@ def test_mmdit_padding_mask_equals_unpadded_prompt(tmp_path):
         expected = ema(x, t, padded, mask, pooled)
         for i, n in enumerate(lengths):
             # SD3Transformer2DModel has no text mask: the prompt is passed without its padding instead.
-            got = transformer(x[i:i + 1], encoder_hidden_states=text[i:i + 1, :n],
-                              pooled_projections=pooled[i:i + 1], timestep=1000.0 * t[i:i + 1]).sample
-            assert _max_diff(got, expected[i:i + 1]) <= TOL
+            got = transformer(
+                x[i : i + 1],
+                encoder_hidden_states=text[i : i + 1, :n],
+                pooled_projections=pooled[i : i + 1],
+                timestep=1000.0 * t[i : i + 1],
+            ).sample
+            assert _max_diff(got, expected[i : i + 1]) <= TOL
         unmasked = transformer(x, encoder_hidden_states=padded, pooled_projections=pooled, timestep=1000.0 * t).sample
     assert _max_diff(unmasked, expected) > 1e-3  # padding tokens are attended when they are passed
 
@@ -279,12 +306,15 @@ def test_flux_mmdit_is_refused_naming_the_options(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("preset,overrides,option", [
-    ("DiT-T/2", {"qk_norm": True}, "DiTConfig.qk_norm=True"),
-    ("DiT-T/2", {"pos_embed": "rope"}, "DiTConfig.pos_embed='rope'"),
-    ("DiT-T/2", {"mlp_ratio": 2.0}, "DiTConfig.mlp_ratio=2.0"),
-    ("MMDiT-T", {"mlp_ratio": 3.0}, "MMDiTConfig.mlp_ratio=3.0"),
-])
+@pytest.mark.parametrize(
+    "preset,overrides,option",
+    [
+        ("DiT-T/2", {"qk_norm": True}, "DiTConfig.qk_norm=True"),
+        ("DiT-T/2", {"pos_embed": "rope"}, "DiTConfig.pos_embed='rope'"),
+        ("DiT-T/2", {"mlp_ratio": 2.0}, "DiTConfig.mlp_ratio=2.0"),
+        ("MMDiT-T", {"mlp_ratio": 3.0}, "MMDiTConfig.mlp_ratio=3.0"),
+    ],
+)
 def test_inexpressible_options_are_named(preset, overrides, option):
     with pytest.raises(ExportError, match=option.replace("(", r"\(").replace(".", r"\.")):
         check_exportable(resolve_config(preset, **overrides))

@@ -1,4 +1,5 @@
 """Every source, planned on the driver and read + decoded inside Ray tasks (no encoders involved)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def ray_local():
 
 
 def _read(source: dict, text: bool = True) -> tuple[dict[str, list], object]:
-    cfg = from_dict(PrecomputeConfig, {"source": source, "image_size": S, "progress": False,
-                                       "text": {} if text else None})
+    cfg = from_dict(
+        PrecomputeConfig, {"source": source, "image_size": S, "progress": False, "text": {} if text else None}
+    )
     plan = plan_source(cfg.source, S)
     rows = read_dataset(cfg, plan, plan.shards).take_all()
     rows.sort(key=lambda r: (r["shard"], r["order"]))
@@ -57,8 +59,15 @@ def test_image_folder_labels_from_dirs_and_caption_files(tmp_path):
 def test_parquet_with_configurable_columns_and_row_group_shards(tmp_path):
     make_parquet(tmp_path / "pq" / "a.parquet", n=5, rows_per_group=2)
     make_parquet(tmp_path / "pq" / "b.parquet", n=3, rows_per_group=3)
-    src = {"kind": "parquet", "path": str(tmp_path / "pq"), "image_column": "img", "caption_column": "text",
-           "label_column": "cls", "shard_size": 4, "shuffle": False}
+    src = {
+        "kind": "parquet",
+        "path": str(tmp_path / "pq"),
+        "image_column": "img",
+        "caption_column": "text",
+        "label_column": "cls",
+        "shard_size": 4,
+        "shuffle": False,
+    }
     rows, plan = _read(src)
     # a.parquet: row groups [2,2] -> one shard of 4, then [1]; b.parquet: one group of 3.
     assert [s["count"] for s in plan.shards] == [4, 1, 3]
@@ -79,8 +88,9 @@ def test_webdataset_tars_one_shard_each_and_truncated_tar(tmp_path):
     rows, plan = _read({"kind": "webdataset", "path": str(tmp_path / "wds"), "shuffle": False})
     assert len(plan.shards) == 3
     ok = [r for r in rows if not r["error"]]
-    assert [r["id"] for r in ok][:5] == [f"shard-000.tar/sample{i:04d}" for i in range(3)] + \
-        [f"shard-001.tar/sample{i:04d}" for i in (3, 4)]
+    assert [r["id"] for r in ok][:5] == [f"shard-000.tar/sample{i:04d}" for i in range(3)] + [
+        f"shard-001.tar/sample{i:04d}" for i in (3, 4)
+    ]
     assert ok[0]["caption"] == "a blue square 0" and ok[1]["label"] == 1
     bad = [r for r in rows if r["error"]]
     assert bad and all(r["id"].startswith("shard-002.tar/") for r in bad)
@@ -97,8 +107,22 @@ def test_export_builtin_round_trips_through_folder_and_parquet_sources(tmp_path,
     from pipelines.cli.data import main as data_main
 
     assert data_main(["export-builtin", "--out", str(tmp_path / "f"), "--count", "6", "--image-size", str(S)]) == 0
-    assert data_main(["export-builtin", "--out", str(tmp_path / "p"), "--format", "parquet", "--count", "6",
-                      "--image-size", str(S)]) == 0
+    assert (
+        data_main(
+            [
+                "export-builtin",
+                "--out",
+                str(tmp_path / "p"),
+                "--format",
+                "parquet",
+                "--count",
+                "6",
+                "--image-size",
+                str(S),
+            ]
+        )
+        == 0
+    )
     assert "exported 6 built-in images" in capsys.readouterr().out
     ref = render_batch(0, 6, BuiltinSpec(image_size=S))
     rows, plan = _read({"kind": "folder", "path": str(tmp_path / "f")})

@@ -6,6 +6,7 @@ One Serve instance for the module, two applications on one port:
   /text   MMDiT + MiniLM + tiny AutoencoderKL, checkpoint loaded from s3:// (local moto server);
           bearer auth on, one request in flight and one queued (overload -> 503)
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,9 @@ def make_class_checkpoint(directory: Path) -> Path:
 
     model = _perturb(build_model("DiT-T/4", in_channels=3, input_size=16, num_classes=NUM_CLASSES), seed=0)
     config = {"model": config_to_dict(model.config), "objective": {"process": "flow", "prediction": "velocity"}}
-    return save_checkpoint(directory, model=model, config=config, state={"step": 100, "train_flops": 2.5e12, "fid": 99.0})
+    return save_checkpoint(
+        directory, model=model, config=config, state={"step": 100, "train_flops": 2.5e12, "fid": 99.0}
+    )
 
 
 def make_text_checkpoint(root: Path) -> Path:
@@ -66,9 +69,15 @@ def make_text_checkpoint(root: Path) -> Path:
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
     )
     vae.save_pretrained(root / "vae", safe_serialization=True)
     encoder = load_text_encoder("minilm")
@@ -77,19 +86,44 @@ def make_text_checkpoint(root: Path) -> Path:
     null = encoder.encode([""])
     save_file({k: np.ascontiguousarray(v[0]) for k, v in null.items()}, str(data / "null_text.safetensors"))
     manifest = {
-        "schema_version": 1, "source": {"kind": "test"}, "image_size": 16, "num_classes": None,
+        "schema_version": 1,
+        "source": {"kind": "test"},
+        "image_size": 16,
+        "num_classes": None,
         "counts": {"input": 0, "written": 0, "failed": 0},
-        "vae": {"path": str(root / "vae"), "revision": None, "scaling_factor": 0.5, "shift_factor": 0.0,
-                "latent_channels": 4, "downsample": 2, "latent_size": 8},
-        "text": {"encoder": "minilm", "max_length": encoder.max_length, "dim": encoder.dim,
-                 "pooled_dim": encoder.pooled_dim, "null": "null_text.safetensors"},
-        "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4}, "fid": None, "config": {}, "code_version": "test",
+        "vae": {
+            "path": str(root / "vae"),
+            "revision": None,
+            "scaling_factor": 0.5,
+            "shift_factor": 0.0,
+            "latent_channels": 4,
+            "downsample": 2,
+            "latent_size": 8,
+        },
+        "text": {
+            "encoder": "minilm",
+            "max_length": encoder.max_length,
+            "dim": encoder.dim,
+            "pooled_dim": encoder.pooled_dim,
+            "null": "null_text.safetensors",
+        },
+        "latent_stats": {"mean": [0.0] * 4, "std": [1.0] * 4},
+        "fid": None,
+        "config": {},
+        "code_version": "test",
     }
     (data / "manifest.json").write_text(json.dumps(manifest))
-    model = _perturb(build_model("MMDiT-T", depth=1, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
-                                 max_text_len=encoder.max_length), seed=1)
-    config = {"model": config_to_dict(model.config), "objective": {"process": "flow", "prediction": "velocity"},
-              "data": {"manifest": str(data)}}
+    model = _perturb(
+        build_model(
+            "MMDiT-T", depth=1, text_dim=encoder.dim, pooled_dim=encoder.pooled_dim, max_text_len=encoder.max_length
+        ),
+        seed=1,
+    )
+    config = {
+        "model": config_to_dict(model.config),
+        "objective": {"process": "flow", "prediction": "velocity"},
+        "data": {"manifest": str(data)},
+    }
     return save_checkpoint(root / "ckpt" / "step_00000010", model=model, config=config, state={"step": 10})
 
 
@@ -100,7 +134,8 @@ def register_champion(tracking_uri: str, checkpoint: Path) -> None:
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model("ditscale")
     mv = client.create_model_version(
-        "ditscale", source=str(checkpoint),
+        "ditscale",
+        source=str(checkpoint),
         tags={"checkpoint": str(checkpoint), "fid": "12.5", "train_flops": "3e12"},
     )
     client.set_registered_model_alias("ditscale", "champion", mv.version)
@@ -112,8 +147,7 @@ def register_champion(tracking_uri: str, checkpoint: Path) -> None:
 
 
 def _sampler_opts(user_config: dict, **extra) -> dict:
-    return {"ray_actor_options": {"num_cpus": 0.5}, "user_config": user_config, "health_check_period_s": 1,
-            **extra}
+    return {"ray_actor_options": {"num_cpus": 0.5}, "user_config": user_config, "health_check_period_s": 1, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -141,21 +175,33 @@ def server(tmp_path_factory, moto_s3):
         registered.result()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    fast = {"default_steps": 4, "default_sampler": "dpmpp-2m", "default_guidance": 2.0,
-            "max_batch_size": 8, "batch_wait_timeout_s": 0.25}
+    fast = {
+        "default_steps": 4,
+        "default_sampler": "dpmpp-2m",
+        "default_guidance": 2.0,
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.25,
+    }
     apps = {
         # Class model by MLflow champion alias; no auth; dynamic batching up to 8 requests.
         "class": make_app(
             {"champion": True, "tracking_uri": tracking_uri},
-            {"Sampler": _sampler_opts(fast),
-             "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}}},
+            {
+                "Sampler": _sampler_opts(fast),
+                "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}},
+            },
         ),
         # Text model from s3://; bearer auth on; one request in flight + one queued (overload -> 503).
         "text": make_app(
             {"checkpoint": text_uri},
-            {"Sampler": _sampler_opts({**fast, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-                                      max_ongoing_requests=1, max_queued_requests=1),
-             "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": TOKEN_ENV}}},
+            {
+                "Sampler": _sampler_opts(
+                    {**fast, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+                    max_ongoing_requests=1,
+                    max_queued_requests=1,
+                ),
+                "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": TOKEN_ENV}},
+            },
         ),
     }
     try:
@@ -264,8 +310,10 @@ def test_same_image_alone_or_batched(server):
     assert alone.status_code == 200 and alone_other.status_code == 200
     assert alone.headers["X-Ditscale-Batch-Images"] == "1"
 
-    bodies = [target, other_steps] + [{"label": i % NUM_CLASSES, "seed": 500 + i, "steps": 4, "guidance": 2.5,
-                                      "num_images": 1 + i % 2} for i in range(6)]
+    bodies = [target, other_steps] + [
+        {"label": i % NUM_CLASSES, "seed": 500 + i, "steps": 4, "guidance": 2.5, "num_images": 1 + i % 2}
+        for i in range(6)
+    ]
     deadline = time.monotonic() + 90
     while True:
         with ThreadPoolExecutor(len(bodies)) as pool:
@@ -329,8 +377,12 @@ def test_invalid_inputs_get_4xx_naming_the_field(server):
     big = json.dumps({"label": 1, "prompt": "z" * 200_000}).encode()
     r = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
-    r = requests.post(url, data=(big[i:i + 8192] for i in range(0, len(big), 8192)),
-                      headers={"Content-Type": "application/json"}, timeout=60)
+    r = requests.post(
+        url,
+        data=(big[i : i + 8192] for i in range(0, len(big), 8192)),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 413
     # Wrong method / unknown path are 4xx too.
     assert requests.get(url, timeout=60).status_code == 405
@@ -344,7 +396,12 @@ def test_bearer_auth(server):
     base = server["base"]
     body = {"prompt": "a cat", "steps": 2}
     assert requests.get(f"{base}/text/healthz", timeout=60).status_code == 200  # open
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+    ):
         r = _post(f"{base}/text/v1/generate", body, headers=headers)
         assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer", (headers, r.text)
         assert r.json()["detail"][0]["field"] == "Authorization"
@@ -377,8 +434,11 @@ def test_killed_replica_is_replaced(server):
     assert before.status_code == 200
 
     def sampler_replicas() -> set[str]:
-        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith("SERVE_REPLICA::class#Sampler#")}
+        return {
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::class#Sampler#")
+        }
 
     victims = sampler_replicas()
     assert len(victims) == 1, victims
@@ -401,8 +461,9 @@ def test_killed_replica_is_replaced(server):
 def test_loadtest_cli_against_running_app(server, capsys):
     from serve.cli.loadtest import main
 
-    rc = main(["--url", f"{server['base']}/class", "--concurrency", "1,3", "--requests", "3",
-               "--steps", "2", "--warmup", "0"])
+    rc = main(
+        ["--url", f"{server['base']}/class", "--concurrency", "1,3", "--requests", "3", "--steps", "2", "--warmup", "0"]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "p99 ms" in out and "{'200': 3}" in out
@@ -436,6 +497,7 @@ def test_config_yaml_loads_through_serve_schema():
     assert deps["Ingress"].max_queued_requests > 0
     SamplerSettings.from_user_config(sampler.user_config)
     from ditcore.config import from_dict
+
     from_dict(IngressSettings, deps["Ingress"].user_config)
     # The same file drives `ditscale serve`: builds an Application with the file's deployment options.
     _, app_raw = load_app_config(str(REPO_ROOT / "serve" / "config.yaml"))
@@ -443,6 +505,7 @@ def test_config_yaml_loads_through_serve_schema():
     make_app({"checkpoint": "/nonexistent/is/not/read/here"}, opts)
     # Serve calls an application builder with exactly one argument, the `args` mapping.
     import inspect
+
     assert len(inspect.signature(build_app).parameters) == 1
     build_app(app_raw["args"])
     # Typos fail early and name the key.

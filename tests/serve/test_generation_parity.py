@@ -1,5 +1,6 @@
 """One generation path: for the same checkpoint, condition, seed and sampler settings, the sampler service (HTTP),
 `ditscale sample` and FID evaluation return bit-identical images, for a deterministic and a stochastic sampler."""
+
 from __future__ import annotations
 
 import io
@@ -27,15 +28,24 @@ def checkpoint(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parity")
     assets = make_eval_assets(root / "assets")
-    data = make_latent_dataset(root / "lat", n=16, num_classes=10, vae_path=assets["vae_path"],
-                               feature_net=assets["feature_net"], fid_stats=assets["fid_stats"])
+    data = make_latent_dataset(
+        root / "lat",
+        n=16,
+        num_classes=10,
+        vae_path=assets["vae_path"],
+        feature_net=assets["feature_net"],
+        fid_stats=assets["fid_stats"],
+    )
     torch.manual_seed(0)
     model = build_model("DiT-T/2", num_classes=10, input_size=8)
     with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros: perturb it so images depend on seed and label
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    config = {"model": config_to_dict(model.config), "objective": {"process": "flow", "prediction": "velocity"},
-              "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1}}
+    config = {
+        "model": config_to_dict(model.config),
+        "objective": {"process": "flow", "prediction": "velocity"},
+        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1},
+    }
     return str(save_checkpoint(root / "ckpt", model=model, ema=model, config=config, state={"step": 1})), data
 
 
@@ -50,10 +60,17 @@ def service(checkpoint):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(make_app({"checkpoint": checkpoint[0]},
-                           {"Sampler": {"ray_actor_options": {"num_cpus": 0.5}},
-                            "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}}}),
-                  name="parity", route_prefix="/")
+        serve.run(
+            make_app(
+                {"checkpoint": checkpoint[0]},
+                {
+                    "Sampler": {"ray_actor_options": {"num_cpus": 0.5}},
+                    "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}},
+                },
+            ),
+            name="parity",
+            route_prefix="/",
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -71,18 +88,47 @@ def test_serve_sample_and_evaluation_draw_the_same_image(checkpoint, service, tm
 
     ckpt, data = checkpoint
     label, seed = 3, sample_seed(0, 3)  # evaluation sample 3 of eval seed 0 has seed 3 and (10 classes) label 3
-    r = requests.post(f"{service}/v1/generate", timeout=120, json={"label": label, "seed": seed, "steps": steps,
-                                                                    "sampler": sampler, "guidance": guidance})
+    r = requests.post(
+        f"{service}/v1/generate",
+        timeout=120,
+        json={"label": label, "seed": seed, "steps": steps, "sampler": sampler, "guidance": guidance},
+    )
     assert r.status_code == 200, r.text
     served = _png(r.content)
     out = tmp_path / "sample.png"
-    assert sample_main(["--checkpoint", ckpt, "--label", str(label), "--seed", str(seed), "--num", "1",
-                        "--sampler", sampler, "--steps", str(steps), "--guidance", str(guidance), "--out", str(out)]) == 0
+    assert (
+        sample_main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--label",
+                str(label),
+                "--seed",
+                str(seed),
+                "--num",
+                "1",
+                "--sampler",
+                sampler,
+                "--steps",
+                str(steps),
+                "--guidance",
+                str(guidance),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sampled = np.asarray(Image.open(out).convert("RGB"))
     cond = {"y": np.arange(4, dtype=np.int64)}  # evaluation's conditions: label i for sample i
-    evaluated = generate_features(ckpt, data, [0, 1, 2, 3], cond,
-                                  FIDSettings(num_samples=4, sampler=sampler, steps=steps, guidance=guidance, seed=0),
-                                  want_images=True)["images"][3]
+    evaluated = generate_features(
+        ckpt,
+        data,
+        [0, 1, 2, 3],
+        cond,
+        FIDSettings(num_samples=4, sampler=sampler, steps=steps, guidance=guidance, seed=0),
+        want_images=True,
+    )["images"][3]
     assert served.shape == sampled.shape == evaluated.shape == (32, 32, 3)
     assert served.std() > 0  # a real image, not a constant
     np.testing.assert_array_equal(served, sampled)

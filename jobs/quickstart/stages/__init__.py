@@ -1,4 +1,5 @@
 """The quickstart's stages, in order (each module holds a group: encoders, scaling, serving)."""
+
 from __future__ import annotations
 
 from jobs.quickstart import report
@@ -9,22 +10,61 @@ from jobs.quickstart.stages import encoders, scaling, serving
 def stage_list() -> list[Stage]:
     """vae -> features -> precompute -> sweep -> fit -> promote -> serve -> samples -> report."""
     return [
-        Stage("vae", "train a small VAE on the built-in data", encoders.vae_config, encoders.vae_run,
-              lambda r: [r["path"]]),
-        Stage("features", "train the FID feature network", encoders.features_config, encoders.features_run,
-              lambda r: [r["path"]]),
-        Stage("precompute", "precompute VAE latents + MiniLM text embeddings (Ray Data)", encoders.precompute_config,
-              encoders.precompute_run, lambda r: [r["manifest"]]),
-        Stage("sweep", "sweep: MM-DiT sizes x budgets, FID at every point (Ray Tune + Train)", scaling.sweep_config,
-              scaling.sweep_run, lambda r: [r["sweep_dir"]]),
-        Stage("fit", "fit the scaling law FID(C) = A * C^-beta + FID_inf", scaling.fit_config, scaling.fit_run,
-              lambda r: [r["report"], *r["plots"]]),
-        Stage("promote", "promote the champion in the MLflow registry", lambda ctx: {}, scaling.promote_run,
-              lambda r: [r["checkpoint"]] if "://" not in r["checkpoint"] else []),
-        Stage("serve", "deploy on Ray Serve and generate over HTTP", serving.serve_config, serving.serve_run,
-              lambda r: [i["path"] for i in r["images"]]),
-        Stage("samples", "a sample grid per model", serving.samples_config, serving.samples_run,
-              lambda r: [g["path"] for g in r["grids"]]),
-        Stage("report", "write the report", lambda ctx: {"v": 2}, report.report_run,
-              lambda r: [r["path"], r["json"]]),
+        Stage(
+            "vae",
+            "train a small VAE on the built-in data",
+            encoders.vae_config,
+            encoders.vae_run,
+            lambda r: [r["path"]],
+        ),
+        Stage(
+            "features",
+            "train the FID feature network",
+            encoders.features_config,
+            encoders.features_run,
+            lambda r: [r["path"]],
+        ),
+        Stage(
+            "precompute",
+            "precompute VAE latents + MiniLM text embeddings (Ray Data)",
+            encoders.precompute_config,
+            encoders.precompute_run,
+            lambda r: [r["manifest"]],
+        ),
+        Stage(
+            "sweep",
+            "sweep: MM-DiT sizes x budgets, FID at every point (Ray Tune + Train)",
+            scaling.sweep_config,
+            scaling.sweep_run,
+            lambda r: [r["sweep_dir"]],
+        ),
+        Stage(
+            "fit",
+            "fit the scaling law FID(C) = A * C^-beta + FID_inf",
+            scaling.fit_config,
+            scaling.fit_run,
+            lambda r: [r["report"], *r["plots"]],
+        ),
+        Stage(
+            "promote",
+            "promote the champion in the MLflow registry",
+            lambda ctx: {},
+            scaling.promote_run,
+            lambda r: [r["checkpoint"]] if "://" not in r["checkpoint"] else [],
+        ),
+        Stage(
+            "serve",
+            "deploy on Ray Serve and generate over HTTP",
+            serving.serve_config,
+            serving.serve_run,
+            lambda r: [i["path"] for i in r["images"]],
+        ),
+        Stage(
+            "samples",
+            "a sample grid per model",
+            serving.samples_config,
+            serving.samples_run,
+            lambda r: [g["path"] for g in r["grids"]],
+        ),
+        Stage("report", "write the report", lambda ctx: {"v": 2}, report.report_run, lambda r: [r["path"], r["json"]]),
     ]

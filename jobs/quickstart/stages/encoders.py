@@ -1,4 +1,5 @@
 """Quickstart stages 1-3: the offline encoders (a small VAE, the FID feature net) and the precompute."""
+
 from __future__ import annotations
 
 import shutil
@@ -41,9 +42,15 @@ def features_run(ctx: Context) -> dict:
 
 
 def _precompute_overrides(ctx: Context) -> list[str]:
-    return [f"output={ctx.path('latents')}", f"image_size={ctx.mode.image_size}",
-            f"vae.path={ctx.results['vae']['path']}", f"fid.feature_net={ctx.results['features']['path']}",
-            "text.encoder=minilm", "source.kind=builtin", *ctx.mode.precompute]
+    return [
+        f"output={ctx.path('latents')}",
+        f"image_size={ctx.mode.image_size}",
+        f"vae.path={ctx.results['vae']['path']}",
+        f"fid.feature_net={ctx.results['features']['path']}",
+        "text.encoder=minilm",
+        "source.kind=builtin",
+        *ctx.mode.precompute,
+    ]
 
 
 def precompute_config(ctx: Context) -> dict:

@@ -1,4 +1,5 @@
 """Quickstart stages 4-6: the scaling sweep, the fitted laws, the promoted champion."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,9 +13,14 @@ EXPERIMENT = "ditscale-quickstart"
 
 
 def _sweep_overrides(ctx: Context) -> list[str]:
-    return [f"name={ctx.mode.name}", f"output={ctx.path('sweeps')}",
-            f"base.data.manifest={ctx.results['precompute']['path']}",
-            f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}", f"base_config={TRAIN_YAML}", *ctx.mode.sweep]
+    return [
+        f"name={ctx.mode.name}",
+        f"output={ctx.path('sweeps')}",
+        f"base.data.manifest={ctx.results['precompute']['path']}",
+        f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}",
+        f"base_config={TRAIN_YAML}",
+        *ctx.mode.sweep,
+    ]
 
 
 def sweep_config(ctx: Context) -> dict:
@@ -30,15 +36,22 @@ def sweep_run(ctx: Context) -> dict:
     if sweep_root.exists():
         shutil.rmtree(sweep_root)  # results of another config: start this sweep clean
     cfg = load_sweep_config(str(SWEEP_YAML), _sweep_overrides(ctx))
-    ctx.log(f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"
-            f" FLOPs), mode={cfg.mode}, MLflow experiment {cfg.mlflow.experiment!r}")
+    ctx.log(
+        f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"
+        f" FLOPs), mode={cfg.mode}, MLflow experiment {cfg.mlflow.experiment!r}"
+    )
     ctx.ensure_ray()
     out = run_sweep(cfg)
     print(format_table(out), flush=True)
     if not out["complete"]:
         raise RuntimeError(f"sweep incomplete: trials not finished: {out['failed']} (see the errors above)")
-    return {"experiment": out["experiment"], "parent_run_id": out["parent_run_id"], "sweep_dir": out["sweep_dir"],
-            "num_points": sum(len(r["points"]) for r in out["trials"]), "wall_s": out["wall_s"]}
+    return {
+        "experiment": out["experiment"],
+        "parent_run_id": out["parent_run_id"],
+        "sweep_dir": out["sweep_dir"],
+        "num_points": sum(len(r["points"]) for r in out["trials"]),
+        "wall_s": out["wall_s"],
+    }
 
 
 def fit_config(ctx: Context) -> dict:
@@ -51,12 +64,17 @@ def fit_run(ctx: Context) -> dict:
     from jobs.scaling.fit import REPORT_NAME, run_fit
     from jobs.scaling.summary import format_laws
 
-    report, out = run_fit(parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")),
-                          n_boot=ctx.mode.n_boot)
+    report, out = run_fit(
+        parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")), n_boot=ctx.mode.n_boot
+    )
     laws = format_laws(report)
     print(laws, flush=True)
-    return {"dir": str(out), "report": str(out / REPORT_NAME), "laws": laws,
-            "plots": sorted(str(p) for p in out.glob("*.png"))}
+    return {
+        "dir": str(out),
+        "report": str(out / REPORT_NAME),
+        "laws": laws,
+        "plots": sorted(str(p) for p in out.glob("*.png")),
+    }
 
 
 def promote_run(ctx: Context) -> dict:
@@ -67,8 +85,13 @@ def promote_run(ctx: Context) -> dict:
 
     client = tracking.client()
     parent, points = read_points(client, parent_run_id=ctx.results["sweep"]["parent_run_id"])
-    res = promote(client, points, extra_tags={"experiment": ctx.results["sweep"]["experiment"],
-                                              "parent_run_id": parent.info.run_id})
-    ctx.log(f"{'registered' if res['created'] else 'reused'} {res['model_name']} version {res['version']} -> "
-            f"alias '{res['alias']}': {res['model']}, FID {res['fid']:.3f}, checkpoint {res['checkpoint']}")
+    res = promote(
+        client,
+        points,
+        extra_tags={"experiment": ctx.results["sweep"]["experiment"], "parent_run_id": parent.info.run_id},
+    )
+    ctx.log(
+        f"{'registered' if res['created'] else 'reused'} {res['model_name']} version {res['version']} -> "
+        f"alias '{res['alias']}': {res['model']}, FID {res['fid']:.3f}, checkpoint {res['checkpoint']}"
+    )
     return res

@@ -1,4 +1,5 @@
 """Quickstart stages 7-8: the champion served on Ray Serve (real HTTP calls), and a sample grid per model size."""
+
 from __future__ import annotations
 
 import base64
@@ -14,16 +15,25 @@ from jobs.quickstart.runner import Context
 
 def serve_config(ctx: Context) -> dict:
     """What the served images depend on."""
-    return {"prompts": PROMPTS, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE,
-            "version": ctx.results["promote"]["version"]}
+    return {
+        "prompts": PROMPTS,
+        "steps": ctx.mode.serve_steps,
+        "guidance": GUIDANCE,
+        "version": ctx.results["promote"]["version"],
+    }
 
 
 def _deployment_overrides(steps: int) -> dict:
     """One small CPU replica of each deployment, on a laptop; replicas stop at once when deleted."""
-    return {"Sampler": {"ray_actor_options": {"num_cpus": 1}, "autoscaling_config": {"min_replicas": 1,
-                                                                                     "max_replicas": 1},
-                        "user_config": {"default_steps": steps}, "graceful_shutdown_wait_loop_s": 0.1},
-            "Ingress": {"autoscaling_config": {"max_replicas": 1}, "graceful_shutdown_wait_loop_s": 0.1}}
+    return {
+        "Sampler": {
+            "ray_actor_options": {"num_cpus": 1},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+            "user_config": {"default_steps": steps},
+            "graceful_shutdown_wait_loop_s": 0.1,
+        },
+        "Ingress": {"autoscaling_config": {"max_replicas": 1}, "graceful_shutdown_wait_loop_s": 0.1},
+    }
 
 
 @contextlib.contextmanager
@@ -73,8 +83,9 @@ def _generate_over_http(ctx: Context, url: str, out: Path) -> list[dict]:
         (out / f"{i}.png").write_bytes(r.content)
         images.append({"prompt": prompt, "seed": i, "path": str(out / f"{i}.png")})
         ctx.log(f"POST /v1/generate {json.dumps(body)} -> {i}.png ({len(r.content)} bytes)")
-    r = requests.post(f"{url}/v1/generate", json={"prompt": PROMPTS[0], "num_images": 4, "seed": 100,
-                                                   "format": "json"}, timeout=300)
+    r = requests.post(
+        f"{url}/v1/generate", json={"prompt": PROMPTS[0], "num_images": 4, "seed": 100, "format": "json"}, timeout=300
+    )
     r.raise_for_status()
     for j, img in enumerate(r.json()["images"]):
         (out / f"multi_{j}.png").write_bytes(base64.b64decode(img["png_base64"]))
@@ -93,8 +104,9 @@ def serve_run(ctx: Context) -> dict:
     out = ctx.path("served")
     out.mkdir(parents=True, exist_ok=True)
     logs = ctx.path("logs", "serve")
-    plan = plan_deployment(champion=True, host="127.0.0.1", port=free_port(),
-                           overrides=_deployment_overrides(ctx.mode.serve_steps))
+    plan = plan_deployment(
+        champion=True, host="127.0.0.1", port=free_port(), overrides=_deployment_overrides(ctx.mode.serve_steps)
+    )
     ctx.ensure_ray()
     ctx.log(f"deploying the champion on Ray Serve at {plan.url} (Serve logs: {logs})")
     ctx.serve_app = plan.name
@@ -140,7 +152,15 @@ def samples_run(ctx: Context) -> dict:
         pipe = GenerationPipeline.from_checkpoint(p.checkpoint, device="cpu")
         path = out / f"{model.replace('/', '_')}.png"
         Image.fromarray(image_grid(pipe.generate_prompts(prompts, list(range(len(prompts))), settings))).save(path)
-        grids.append({"model": model, "params": p.params, "budget_flops": p.budget_flops, "fid": p.fid,
-                      "checkpoint": p.checkpoint, "path": str(path)})
+        grids.append(
+            {
+                "model": model,
+                "params": p.params,
+                "budget_flops": p.budget_flops,
+                "fid": p.fid,
+                "checkpoint": p.checkpoint,
+                "path": str(path),
+            }
+        )
         ctx.log(f"{model}: {path.name}")
     return {"grids": grids}

@@ -5,6 +5,7 @@ on (a token of its own in RAY_AUTH_TOKEN, so ~/.ray/auth_token is never touched)
 free, and is stopped by signalling exactly the processes of that session: never `ray stop`, which would
 stop every Ray instance on the machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,21 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     """The job runs `python -m <module> --config <repo-relative path> k=v ...` with the repo minus data/outputs."""
     monkeypatch.chdir(REPO_ROOT)
     cfg = "pyproject.toml"  # any file inside the repo stands in for a config here
-    rc = ditscale(["submit", "sweep", "--address", "http://127.0.0.1:1", "--config", cfg,
-                      "train.lr=0.001", "models=[\"MMDiT-d1\"]", "--env", "FOO=bar", "--dry-run"])
+    rc = ditscale(
+        [
+            "submit",
+            "sweep",
+            "--address",
+            "http://127.0.0.1:1",
+            "--config",
+            cfg,
+            "train.lr=0.001",
+            'models=["MMDiT-d1"]',
+            "--env",
+            "FOO=bar",
+            "--dry-run",
+        ]
+    )
     assert rc == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["entrypoint"] == "python -m jobs.sweep --config pyproject.toml train.lr=0.001 'models=[\"MMDiT-d1\"]'"
@@ -48,12 +62,15 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     assert env["env_vars"]["FOO"] == "bar" and env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
 
 
-@pytest.mark.parametrize("kind,module", [("precompute", "pipelines.precompute"), ("fit", "jobs.cli fit"),
-                                         ("serve", "jobs.cli serve")])
+@pytest.mark.parametrize(
+    "kind,module", [("precompute", "pipelines.precompute"), ("fit", "jobs.cli fit"), ("serve", "jobs.cli serve")]
+)
 def test_entrypoint_per_kind(kind, module):
     """Each kind runs its module; unknown flags after the overrides pass through to the job."""
-    assert submit.build_entrypoint(kind, "configs/x.yaml", ["a=1", "--experiment", "e"]) == \
-        f"python -m {module} --config configs/x.yaml a=1 --experiment e"
+    assert (
+        submit.build_entrypoint(kind, "configs/x.yaml", ["a=1", "--experiment", "e"])
+        == f"python -m {module} --config configs/x.yaml a=1 --experiment e"
+    )
 
 
 def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tmp_path):
@@ -120,7 +137,8 @@ def _session_pids(sid: int) -> list[int]:
 
 
 def _stop_session(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Stop the head we started: SIGTERM to `ray start --block` (it tears its processes down), then SIGKILL leftovers."""
+    """Stop the head we started: SIGTERM to `ray start --block` (it tears its processes down), then
+    SIGKILL leftovers."""
     sid = proc.pid
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -164,22 +182,33 @@ def ray_head():
     token = secrets.token_hex(16)
     dash_port = free_port()
     env = dict(os.environ)
-    env.update({
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # The job's `python` must be this venv's interpreter (it has the project's dependencies).
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # The job's `python` must be this venv's interpreter (it has the project's dependencies).
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-        "--num-cpus=2", f"--temp-dir={temp_dir}",
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash_port}",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
         # Every fixed default port moved to a free one, so other Ray instances on this machine never clash.
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
     ]
     log = Path(temp_dir) / "ray-start.log"
@@ -221,7 +250,7 @@ def _wait_status(address: str, job_id: str, statuses: set[str], timeout: float) 
 
 
 def _submitted_id(out: str) -> str:
-    line = next(l for l in out.splitlines() if l.startswith("submitted "))
+    line = next(ln for ln in out.splitlines() if ln.startswith("submitted "))
     return line.split()[3]
 
 
@@ -243,9 +272,15 @@ def _tiny_vae(path: Path) -> Path:
 
     torch.manual_seed(0)
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 8), sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 8, 8),
+        sample_size=32,
     ).save_pretrained(path)
     return path
 
@@ -257,9 +292,19 @@ def test_submitted_precompute_job_runs_and_is_listed(head_env, capsys, tmp_path)
     out_dir = tmp_path / "latents"
     vae_dir = _tiny_vae(tmp_path / "vae")
     overrides = [
-        f"output={out_dir}", f"vae.path={vae_dir}", "image_size=32", "text=null", "fid=null", "progress=false",
-        "source.kind=builtin", "source.count=12", "source.shard_size=6",
-        "compute.actors=1", "compute.batch_size=6", "compute.cpus_per_actor=0.5", "compute.decode_cpus=0.5",
+        f"output={out_dir}",
+        f"vae.path={vae_dir}",
+        "image_size=32",
+        "text=null",
+        "fid=null",
+        "progress=false",
+        "source.kind=builtin",
+        "source.count=12",
+        "source.shard_size=6",
+        "compute.actors=1",
+        "compute.batch_size=6",
+        "compute.cpus_per_actor=0.5",
+        "compute.decode_cpus=0.5",
     ]
     config = ["--config", PRECOMPUTE_CONFIG] if (REPO_ROOT / PRECOMPUTE_CONFIG).is_file() else []
     rc = ditscale(["submit", "precompute", "--address", address, *config, *overrides])
@@ -292,8 +337,9 @@ def test_stop_a_running_job(head_env, capsys):
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address, headers=submit.auth_headers())
-    job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(600)'",
-                               runtime_env={"env_vars": submit.JOB_ENV})
+    job_id = client.submit_job(
+        entrypoint="python -c 'import time; time.sleep(600)'", runtime_env={"env_vars": submit.JOB_ENV}
+    )
     _wait_status(address, job_id, {"RUNNING"}, timeout=60)
     assert ditscale(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
     assert "STOPPED" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """fit / report / promote against real MLflow records: a sqlite store, and a `mlflow server` on loopback (REST)."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,17 @@ from pipelines.infra.tracking import (
     ROLE_SWEEP,
     ROLE_TAG,
     ROLE_TRIAL,
+    RegistryError,
     TrackingURIError,
     check_tracking_uri,
     ensure_experiment,
-    client as get_client,
+    resolve_champion,
     resolve_tracking_uri,
     sweep_points,
 )
-from pipelines.infra.tracking import RegistryError, resolve_champion
+from pipelines.infra.tracking import (
+    client as get_client,
+)
 from tests.conftest import free_port
 
 MODELS = {"DiT-T/2": 1.0e6, "DiT-S/2": 4.0e6, "DiT-B/2": 1.6e7}
@@ -41,11 +45,12 @@ N_BOOT = "25"
 def _fid(n: float, c: float) -> float:
     """A synthetic, noise-free scaling surface: bigger models win at larger budgets."""
     d = c / (6 * n)
-    return 3.0 + 4.0e2 * n ** -0.3 + 3.0e3 * d ** -0.3
+    return 3.0 + 4.0e2 * n**-0.3 + 3.0e3 * d**-0.3
 
 
 def _log_sweep(client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS) -> tuple[str, dict]:
-    """Parent run + one child run per model with points.json (one point per budget) and metrics; (parent id, best point)."""
+    """Parent run + one child run per model with points.json (one point per budget) and metrics; (parent
+    id, best point)."""
     exp_id = ensure_experiment(client, exp_name)
     parent = client.create_run(exp_id, run_name="sweep", tags={ROLE_TAG: ROLE_SWEEP})
     best = None
@@ -64,8 +69,16 @@ def _log_sweep(client, exp_name: str, ckpt_root: str | None, models=MODELS, budg
                 (ck_dir / "model.safetensors").write_bytes(b"\0" * 8)
                 (ck_dir / "config.json").write_text("{}")
                 ck = str(ck_dir)
-            p = {"budget_flops": c, "flops": c * 1.01, "step": step * 100, "fid": _fid(n, c),
-                 "val_loss": 0.3 + 2.0 * c ** -0.1, "params": n, "model": model, "checkpoint": ck}
+            p = {
+                "budget_flops": c,
+                "flops": c * 1.01,
+                "step": step * 100,
+                "fid": _fid(n, c),
+                "val_loss": 0.3 + 2.0 * c**-0.1,
+                "params": n,
+                "model": model,
+                "checkpoint": ck,
+            }
             points.append(p)
             client.log_metric(rid, "fid", p["fid"], step=p["step"])
             if best is None or p["fid"] < best["fid"]:
@@ -131,8 +144,11 @@ def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
 
 
 def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys):
-    pts = [{"model": m, "params": n, "budget_flops": c, "flops": c, "fid": _fid(n, c), "val_loss": 1.0 + 1 / np.log(c)}
-           for m, n in MODELS.items() for c in BUDGETS]
+    pts = [
+        {"model": m, "params": n, "budget_flops": c, "flops": c, "fid": _fid(n, c), "val_loss": 1.0 + 1 / np.log(c)}
+        for m, n in MODELS.items()
+        for c in BUDGETS
+    ]
     rep = fit_job.fit_points(pts, n_boot=10)
     assert {"convention", "frontier", "fid_law", "loss_law", "per_model", "isoflop", "models", "budgets"} <= set(rep)
     json.dumps(rep)  # JSON-ready
@@ -176,8 +192,20 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     exe = str(Path(sys.executable).with_name("mlflow"))
-    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")]
+    cmd = [
+        exe,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
@@ -186,7 +214,9 @@ def mlflow_server(tmp_path_factory):
         deadline = time.monotonic() + 120
         while True:  # poll /health until the server answers (no fixed sleep)
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -217,12 +247,29 @@ def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
 
     _, points = sweep_points(client, parent_run_id=parent_id)  # search_runs + download_artifacts over REST
     assert len(points) == len(MODELS) * len(BUDGETS)
-    assert fit_cli.main(["--parent-run", parent_id, "--tracking-uri", mlflow_server, "--out", str(tmp_path / "f"),
-                         "--n-boot", N_BOOT]) == 0
+    assert (
+        fit_cli.main(
+            [
+                "--parent-run",
+                parent_id,
+                "--tracking-uri",
+                mlflow_server,
+                "--out",
+                str(tmp_path / "f"),
+                "--n-boot",
+                N_BOOT,
+            ]
+        )
+        == 0
+    )
     assert {a.path for a in client.list_artifacts(parent_id, "fit")} >= {"fit/fit_report.json", "fit/isoflop.png"}
     assert report_job.main(["--experiment", "rest-grid", "--tracking-uri", mlflow_server]) == 0
     assert "beta = " in capsys.readouterr().out
-    assert promote_job.main(["--experiment", "rest-grid", "--tracking-uri", mlflow_server,
-                             "--model-name", "ditscale-rest"]) == 0, capsys.readouterr()
+    assert (
+        promote_job.main(
+            ["--experiment", "rest-grid", "--tracking-uri", mlflow_server, "--model-name", "ditscale-rest"]
+        )
+        == 0
+    ), capsys.readouterr()
     champ = resolve_champion("ditscale-rest", tracking_uri=mlflow_server)
     assert champ["checkpoint"] == best["checkpoint"] and champ["fid"] == pytest.approx(best["fid"])

@@ -1,6 +1,7 @@
 """Sweep driver: a tiny 2-model x 2-budget WSD grid end to end (Ray Tune -> Ray Train -> FID -> MLflow), with the
 driver SIGKILLed after the first trial completes and restarted: only the missing trial runs, and the MLflow
 record (parent run, one child per trial, points.json) reads back through MlflowClient."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,16 @@ from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
 def dataset(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("sweepdata")
     assets = make_eval_assets(root / "assets")
-    return make_latent_dataset(root / "lat", n=16, num_classes=None, text=(8, 16, 16), builtin=True,
-                               vae_path=assets["vae_path"], feature_net=assets["feature_net"],
-                               fid_stats=assets["fid_stats"])
+    return make_latent_dataset(
+        root / "lat",
+        n=16,
+        num_classes=None,
+        text=(8, 16, 16),
+        builtin=True,
+        vae_path=assets["vae_path"],
+        feature_net=assets["feature_net"],
+        fid_stats=assets["fid_stats"],
+    )
 
 
 def _write_cfg(tmp_path: Path, dataset: str, **extra) -> Path:
@@ -107,8 +115,9 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     first_record = (tdir / done_first[0] / "done.json").read_text()
 
     # 2) Restart with the same config: only the missing trial runs.
-    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
-                         start_new_session=True)
+    out = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400, start_new_session=True
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{len(done_first)} already done, {len(trials) - len(done_first)} to run" in out.stdout
     assert (tdir / done_first[0] / "done.json").read_text() == first_record  # finished trial untouched

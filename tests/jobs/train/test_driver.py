@@ -1,9 +1,9 @@
 """Ray Train job: DDP equivalence, deterministic resume after an injected worker failure, NaN stop, bad config,
 checkpoints on S3. One local Ray instance per module; tiny MM-DiT on an 8x8 latent set, a handful of steps."""
+
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -38,10 +38,19 @@ def data8(tmp_path_factory) -> str:
 
 
 def _cfg(manifest: str, tmp: Path, *extra: str):
-    base = [f"data.manifest={manifest}", "data.batch_size=8", "data.val_samples=0", "model.preset=MMDiT-T",
-            f"checkpoint.storage={tmp / 'runs'}", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-            "mlflow.experiment=test-train", "optim.warmup_steps=1", "optim.lr=0.003", "run.deterministic=true",
-            "mlflow.log_every=1"]
+    base = [
+        f"data.manifest={manifest}",
+        "data.batch_size=8",
+        "data.val_samples=0",
+        "model.preset=MMDiT-T",
+        f"checkpoint.storage={tmp / 'runs'}",
+        f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+        "mlflow.experiment=test-train",
+        "optim.warmup_steps=1",
+        "optim.lr=0.003",
+        "run.deterministic=true",
+        "mlflow.log_every=1",
+    ]
     return load_config(TrainConfig, None, base + list(extra))
 
 
@@ -59,7 +68,7 @@ def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path, _budget(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
     out = run_training(cfg)
     assert out["status"] == "finished" and out["steps"] == 3
-    ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
+    run_local(_cfg(data8, tmp_path, _budget(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
     a = _weights(Path(out["run_dir"]) / "checkpoints" / "step_00000003")
     b = _weights(tmp_path / "local" / "checkpoints" / "step_00000003")
     moved = any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())
@@ -71,8 +80,15 @@ def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
 def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     steps = _budget(cfg, 6)
-    faulty = _cfg(data8, tmp_path, steps, "run.name=faulty", "checkpoint.every_n_steps=2", "run.max_failures=1",
-                  'debug.inject_failure={"step": 3, "mode": "exit"}')
+    faulty = _cfg(
+        data8,
+        tmp_path,
+        steps,
+        "run.name=faulty",
+        "checkpoint.every_n_steps=2",
+        "run.max_failures=1",
+        'debug.inject_failure={"step": 3, "mode": "exit"}',
+    )
     out = run_training(faulty)
     assert out["status"] == "finished" and out["steps"] == 6
     run_dir = Path(out["run_dir"])
@@ -101,8 +117,14 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
 
 def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(data8, tmp_path, _budget(cfg, 5), "run.name=nanrun", "checkpoint.every_n_steps=1",
-               'debug.inject_failure={"step": 2, "mode": "nan"}')
+    cfg = _cfg(
+        data8,
+        tmp_path,
+        _budget(cfg, 5),
+        "run.name=nanrun",
+        "checkpoint.every_n_steps=1",
+        'debug.inject_failure={"step": 2, "mode": "nan"}',
+    )
     out = run_training(cfg)
     assert out["status"] == "failed" and "non-finite loss" in out["reason"]
     ckpts = sorted(p.name for p in (Path(out["run_dir"]) / "checkpoints").iterdir() if p.name.startswith("step_"))
@@ -117,9 +139,16 @@ def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, t
 def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     from ditcore.checkpoint import load_checkpoint
     from pipelines.infra import storage
+
     cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(data8, tmp_path, _budget(cfg, 2), "run.name=s3run", f"checkpoint.storage={s3_bucket}/runs",
-               "mlflow.enabled=false")
+    cfg = _cfg(
+        data8,
+        tmp_path,
+        _budget(cfg, 2),
+        "run.name=s3run",
+        f"checkpoint.storage={s3_bucket}/runs",
+        "mlflow.enabled=false",
+    )
     out = run_training(cfg)
     assert out["status"] == "finished"
     ck = f"{s3_bucket}/runs/s3run/checkpoints/step_00000002"
@@ -149,17 +178,37 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         resolve_run(_cfg(data8, tmp_path, "run.num_workers=3"), check_mlflow=False)
     assert resolve_run(good, check_mlflow=False).total_steps >= 1
     # The CLI reports the error and exits 2 without starting Ray.
-    assert main([f"data.manifest={data8}", "budget_flops=10", f"checkpoint.storage={tmp_path}",
-                 f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert (
+        main(
+            [
+                f"data.manifest={data8}",
+                "budget_flops=10",
+                f"checkpoint.storage={tmp_path}",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}",
+            ]
+        )
+        == 2
+    )
     assert main([f"data.manifest={tmp_path / 'nope'}"]) == 2
 
 
 def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    res = resolve_run(load_config(TrainConfig, None, [f"data.manifest={data8}", "data.batch_size=8", "model.preset=MMDiT-T",
-                                                   _budget(cfg, 10), "eval.fractions=[0.5, 0.2]",
-                                                   f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]),
-                          check_mlflow=False)
+    res = resolve_run(
+        load_config(
+            TrainConfig,
+            None,
+            [
+                f"data.manifest={data8}",
+                "data.batch_size=8",
+                "model.preset=MMDiT-T",
+                _budget(cfg, 10),
+                "eval.fractions=[0.5, 0.2]",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+            ],
+        ),
+        check_mlflow=False,
+    )
     budget = res.cfg.budget_flops
     assert res.point_steps == {10: budget, 5: pytest.approx(0.5 * budget), 2: pytest.approx(0.2 * budget)}
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\]"):
@@ -175,8 +224,18 @@ def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
 
     cfg = _cfg(data8, tmp_path)
     steps = _budget(cfg, 6)
-    fsdp = _cfg(data8, tmp_path, steps, "run.name=fsdp2", "run.fsdp=true", "run.num_workers=2", "run.cpus_per_worker=1",
-                "checkpoint.every_n_steps=2", "run.max_failures=1", 'debug.inject_failure={"step": 3, "mode": "exit", "rank": 1}')
+    fsdp = _cfg(
+        data8,
+        tmp_path,
+        steps,
+        "run.name=fsdp2",
+        "run.fsdp=true",
+        "run.num_workers=2",
+        "run.cpus_per_worker=1",
+        "checkpoint.every_n_steps=2",
+        "run.max_failures=1",
+        'debug.inject_failure={"step": 3, "mode": "exit", "rank": 1}',
+    )
     out = run_training(fsdp)
     assert out["status"] == "finished" and out["steps"] == 6
     run_dir = Path(out["run_dir"])
@@ -207,8 +266,18 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     cfg = _cfg(data8, tmp_path)
     common = [f"checkpoint.storage={group}", "checkpoint.every_n_steps=2", "run.max_failures=1"]
     first = prepare_run(resolve_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common)))
-    second = prepare_run(resolve_run(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=second", *common,
-                                          'debug.inject_failure={"step": 3, "mode": "exit"}')))
+    second = prepare_run(
+        resolve_run(
+            _cfg(
+                data8,
+                tmp_path,
+                _budget(cfg, 6),
+                "run.name=second",
+                *common,
+                'debug.inject_failure={"step": 3, "mode": "exit"}',
+            )
+        )
+    )
     train_runs([first, second], str(group))
     a, b = finish_run(first, evaluate=False), finish_run(second, evaluate=False)
     assert (a["status"], a["steps"], b["status"], b["steps"]) == ("finished", 2, "finished", 6)

@@ -1,5 +1,6 @@
 """Training placed across a simulated multi-node cluster (ray.cluster_utils.Cluster): 2 nodes x 2 CPUs and
 2 workers x 2 CPUs, so DDP must span both nodes; each worker records its node id next to the checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,17 @@ def test_ddp_across_two_nodes(tmp_path):
     from ray.cluster_utils import Cluster
 
     data = make_latent_dataset(tmp_path / "lat", n=16, num_classes=None, text=(8, 16, 16))
-    overrides = [f"data.manifest={data}", "data.batch_size=8", "data.val_samples=0", "model.preset=MMDiT-T",
-                 f"checkpoint.storage={tmp_path / 'runs'}", "mlflow.enabled=false", "run.num_workers=2",
-                 "run.cpus_per_worker=2", "run.name=multinode"]
+    overrides = [
+        f"data.manifest={data}",
+        "data.batch_size=8",
+        "data.val_samples=0",
+        "model.preset=MMDiT-T",
+        f"checkpoint.storage={tmp_path / 'runs'}",
+        "mlflow.enabled=false",
+        "run.num_workers=2",
+        "run.cpus_per_worker=2",
+        "run.name=multinode",
+    ]
     fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
     cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 3}"])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

@@ -19,30 +19,71 @@ def _save(tmp_path, *, in_channels, data, seed=0, name="ckpt"):
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     objective = {"process": "flow", "prediction": "velocity", "t_sampler": "logit-normal", "cond_dropout": 0.1}
-    return save_checkpoint(tmp_path / name, model=model, ema=model, config={"objective": objective, "data": data},
-                           state={"step": 0})
+    return save_checkpoint(
+        tmp_path / name, model=model, ema=model, config={"objective": objective, "data": data}, state={"step": 0}
+    )
 
 
 def test_pixel_checkpoint_writes_grid(tmp_path, capsys):
     ckpt = _save(tmp_path, in_channels=3, data={"space": "pixel"})
     out = tmp_path / "grid.png"
-    rc = cmd_sample.main(["--checkpoint", str(ckpt), "--sampler", "dpmpp-2m", "--steps", "4", "--guidance", "4.0",
-                          "--seed", "0", "--label", "1", "--label", "3", "--num", "4", "--out", str(out)])
+    rc = cmd_sample.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--sampler",
+            "dpmpp-2m",
+            "--steps",
+            "4",
+            "--guidance",
+            "4.0",
+            "--seed",
+            "0",
+            "--label",
+            "1",
+            "--label",
+            "3",
+            "--num",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and "wrote" in capsys.readouterr().out
     img = np.asarray(Image.open(out))
     assert img.shape == (16, 16, 3) and img.dtype == np.uint8 and img.std() > 0
     # cell i depends only on seed + i and its label: sampling 1 image reproduces the first cell
     out1 = tmp_path / "one.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "4", "--label", "1", "--num", "1",
-                            "--out", str(out1)]) == 0
+    assert (
+        cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "4", "--label", "1", "--num", "1", "--out", str(out1)])
+        == 0
+    )
     np.testing.assert_array_equal(np.asarray(Image.open(out1)), img[:8, :8])
 
 
 def test_stochastic_sampler_and_guidance_interval(tmp_path):
     ckpt = _save(tmp_path, in_channels=3, data={"space": "pixel"})
     out = tmp_path / "ddpm.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--sampler", "ddpm", "--steps", "5", "--num", "2",
-                            "--guidance-interval", "0.2", "0.8", "--out", str(out)]) == 0
+    assert (
+        cmd_sample.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "5",
+                "--num",
+                "2",
+                "--guidance-interval",
+                "0.2",
+                "0.8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert np.asarray(Image.open(out)).shape == (8, 16, 3)
 
 
@@ -55,16 +96,30 @@ def test_latent_checkpoint_decodes_through_manifest_vae(tmp_path):
     vae_dir = tiny_vae(tmp_path / "vae")
     manifest_dir = tmp_path / "latents"
     manifest_dir.mkdir()
-    (manifest_dir / "manifest.json").write_text(json.dumps({
-        "schema_version": 1, "image_size": 32,
-        "vae": {"path": str(vae_dir), "scaling_factor": 0.5, "shift_factor": 0.1, "latent_channels": 4,
-                "downsample": 4, "latent_size": 8},
-    }))
-    ckpt = _save(tmp_path, in_channels=4, data={"manifest": str(manifest_dir), "scaling_factor": 0.5,
-                                               "shift_factor": 0.1})
+    (manifest_dir / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "image_size": 32,
+                "vae": {
+                    "path": str(vae_dir),
+                    "scaling_factor": 0.5,
+                    "shift_factor": 0.1,
+                    "latent_channels": 4,
+                    "downsample": 4,
+                    "latent_size": 8,
+                },
+            }
+        )
+    )
+    ckpt = _save(
+        tmp_path, in_channels=4, data={"manifest": str(manifest_dir), "scaling_factor": 0.5, "shift_factor": 0.1}
+    )
     out = tmp_path / "latent.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--num", "3", "--guidance", "1",
-                            "--out", str(out)]) == 0
+    assert (
+        cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--num", "3", "--guidance", "1", "--out", str(out)])
+        == 0
+    )
     grid = np.asarray(Image.open(out))
     assert grid.shape == (64, 64, 3)  # 3 images of 32 px (8x8 latents, downsample 4) in a 2x2 grid
     pipe = GenerationPipeline.from_checkpoint(str(ckpt))
@@ -100,26 +155,82 @@ def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
     latents.mkdir()
     save_file({k: v[0] for k, v in null.items()}, str(latents / "null_text.safetensors"))
     ident = encoder.identity()
-    (latents / "manifest.json").write_text(json.dumps({
-        "schema_version": 1,
-        "vae": {"path": str(vae_dir), "scaling_factor": 0.5, "shift_factor": 0.1, "latent_channels": 4, "downsample": 4},
-        "text": {**ident, "encoder": "minilm", "null": "null_text.safetensors"},
-    }))
+    (latents / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "vae": {
+                    "path": str(vae_dir),
+                    "scaling_factor": 0.5,
+                    "shift_factor": 0.1,
+                    "latent_channels": 4,
+                    "downsample": 4,
+                },
+                "text": {**ident, "encoder": "minilm", "null": "null_text.safetensors"},
+            }
+        )
+    )
     torch.manual_seed(0)
-    model = build_model("MMDiT-T", input_size=8, text_dim=int(ident["dim"]), pooled_dim=int(ident["pooled_dim"]),
-                        max_text_len=int(ident["max_length"]))
+    model = build_model(
+        "MMDiT-T",
+        input_size=8,
+        text_dim=int(ident["dim"]),
+        pooled_dim=int(ident["pooled_dim"]),
+        max_text_len=int(ident["max_length"]),
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, ema=model, state={"step": 0},
-                           config={"objective": {"process": "flow", "prediction": "velocity"},
-                                   "data": {"manifest": str(latents), "scaling_factor": 0.5, "shift_factor": 0.1}})
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt",
+        model=model,
+        ema=model,
+        state={"step": 0},
+        config={
+            "objective": {"process": "flow", "prediction": "velocity"},
+            "data": {"manifest": str(latents), "scaling_factor": 0.5, "shift_factor": 0.1},
+        },
+    )
     out = tmp_path / "text.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--guidance", "3.0", "--num", "2",
-                            "--prompt", "a large red circle at the top left", "--out", str(out)]) == 0
+    assert (
+        cmd_sample.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--steps",
+                "3",
+                "--guidance",
+                "3.0",
+                "--num",
+                "2",
+                "--prompt",
+                "a large red circle at the top left",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     grid = np.asarray(Image.open(out))
     assert grid.shape == (32, 64, 3) and grid.std() > 0
     other = tmp_path / "other.png"
-    assert cmd_sample.main(["--checkpoint", str(ckpt), "--steps", "3", "--guidance", "3.0", "--num", "2",
-                            "--prompt", "a small blue square", "--out", str(other)]) == 0
+    assert (
+        cmd_sample.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--steps",
+                "3",
+                "--guidance",
+                "3.0",
+                "--num",
+                "2",
+                "--prompt",
+                "a small blue square",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert not np.array_equal(np.asarray(Image.open(other)), grid)  # the prompt reaches the model

@@ -1,11 +1,12 @@
 """Text encoders through the real loader: the shipped MiniLM default, tiny CLIP (with/without projection), tiny T5."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.pipelines._precompute_helpers import tiny_clip, tiny_t5
 from pipelines.encoders.text import TextEncoderError, load_text_encoder, resolve_spec
+from tests.pipelines._precompute_helpers import tiny_clip, tiny_t5
 
 TEXTS = ["a large red circle at the top left", "", "a small blue square and a cat"]
 
@@ -19,7 +20,7 @@ def _check(out: dict, n: int, length: int, dim: int, pooled: int) -> None:
     lengths = out["text_mask"].sum(1)
     assert (lengths >= 1).all() and lengths[0] > lengths[1]
     for row in out["text_mask"]:
-        assert not row[row.argmin():].any() or row.all()
+        assert not row[row.argmin() :].any() or row.all()
 
 
 def test_minilm_default_encoder():

@@ -1,4 +1,5 @@
 """Attribute-net training job: a few steps, held-out accuracy reported and saved, reloadable feature net."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,11 @@ def test_train_save_load(tmp_path, capsys):
 
 def test_cli_overrides_and_errors(tmp_path, capsys):
     out = tmp_path / "fn2"
-    argv = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [f"output={out}", "steps=1", "image_size=48"]  # precompute-style alias
+    argv = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + [
+        f"output={out}",
+        "steps=1",
+        "image_size=48",
+    ]  # precompute-style alias
     assert data_main(["train-features", *argv]) == 0
     assert load_feature_net(out).image_size == 48
     assert data_main(["train-features", "widht=3"]) == 2

@@ -1,4 +1,5 @@
 """VAE training job: a few steps of a tiny AutoencoderKL, saved in diffusers format with its latent scale."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from pipelines.encoders.train_vae import TrainVAEConfig, latent_statistics, trai
 from pipelines.encoders.vae import encode_images, load_vae, vae_identity
 
 TINY = {
-    "steps": 3, "batch_size": 4, "block_out_channels": [8, 8, 16], "norm_num_groups": 8,
-    "scale_images": 8, "eval_images": 4, "progress": False, "threads": 1,
+    "steps": 3,
+    "batch_size": 4,
+    "block_out_channels": [8, 8, 16],
+    "norm_num_groups": 8,
+    "scale_images": 8,
+    "eval_images": 4,
+    "progress": False,
+    "threads": 1,
 }
 
 
@@ -32,7 +39,7 @@ def test_train_save_load(tmp_path, capsys):
     assert ident["scaling_factor"] == pytest.approx(summary["scaling_factor"])
     # The stored scale gives unit second moment of the latents it was measured on.
     mean, std = latent_statistics(vae, BuiltinSpec(), 8, seed=0)
-    assert math.sqrt(mean ** 2 + std ** 2) * ident["scaling_factor"] == pytest.approx(1.0, rel=1e-4)
+    assert math.sqrt(mean**2 + std**2) * ident["scaling_factor"] == pytest.approx(1.0, rel=1e-4)
     m, s = encode_images(vae, torch.zeros(1, 3, 32, 32))
     assert m.shape == (1, 4, 8, 8) and (s > 0).all()
 

@@ -1,4 +1,5 @@
 """VAE loader: a tiny random AutoencoderKL saved with save_pretrained and loaded back through load_vae."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,15 @@ def tiny_vae_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-        sample_size=16, scaling_factor=0.5, shift_factor=0.25,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        scaling_factor=0.5,
+        shift_factor=0.25,
     )
     path = tmp_path_factory.mktemp("vae") / "tiny"
     vae.save_pretrained(str(path))
@@ -49,8 +56,12 @@ def test_identity(tiny_vae_dir):
     vae = load_vae(str(tiny_vae_dir))
     ident = vae_identity(vae, tiny_vae_dir)
     assert ident == {
-        "path": str(tiny_vae_dir), "revision": None, "scaling_factor": 0.5, "shift_factor": 0.25,
-        "latent_channels": 4, "downsample": 4,
+        "path": str(tiny_vae_dir),
+        "revision": None,
+        "scaling_factor": 0.5,
+        "shift_factor": 0.25,
+        "latent_channels": 4,
+        "downsample": 4,
     }
     assert vae_identity(vae)["path"] == str(tiny_vae_dir)
 
@@ -78,6 +89,7 @@ def test_errors_name_the_path(tmp_path):
 
 def test_load_from_s3(tiny_vae_dir, s3_bucket):
     from pipelines.infra import storage
+
     uri = f"{s3_bucket}/models/vae"
     storage.upload_dir(str(tiny_vae_dir), uri)
     vae = load_vae(uri)
@@ -87,7 +99,8 @@ def test_load_from_s3(tiny_vae_dir, s3_bucket):
 
 
 def test_load_prints_no_accelerate_hint(tiny_vae_dir, capfd):
-    """Without `accelerate` diffusers would print an install hint at every load; load_vae loads the same way, quietly."""
+    """Without `accelerate` diffusers would print an install hint at every load; load_vae loads the same
+    way, quietly."""
     load_vae(tiny_vae_dir)
     out, err = capfd.readouterr()
     assert "accelerate" not in out + err

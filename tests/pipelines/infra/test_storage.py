@@ -1,9 +1,12 @@
 """Storage URIs behave the same for local paths and s3:// on a real local S3 server."""
+
 from __future__ import annotations
 
 import pytest
 
 from pipelines.infra import storage
+
+
 @pytest.fixture(params=["local", "s3"])
 def root(request, tmp_path):
     if request.param == "local":

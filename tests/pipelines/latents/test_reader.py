@@ -1,4 +1,6 @@
-"""The one reader used by training/serving: manifest, Ray Dataset with real shapes, numpy loader, null text, FID stats."""
+"""The one reader used by training/serving: manifest, Ray Dataset with real shapes, numpy loader, null
+text, FID stats."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +11,15 @@ import pytest
 import torch
 
 from ditcore.config import from_dict
-from pipelines.latents.reader import (LatentDatasetError, load_fid_stats, load_latents_numpy, load_null_text, read_latents,
-                               read_manifest, to_model_space)
+from pipelines.latents.reader import (
+    LatentDatasetError,
+    load_fid_stats,
+    load_latents_numpy,
+    load_null_text,
+    read_latents,
+    read_manifest,
+    to_model_space,
+)
 from pipelines.precompute.job import PrecomputeConfig, run_precompute
 from tests.pipelines._precompute_helpers import ray_module, tiny_feature_net, tiny_t5, tiny_vae
 
@@ -28,12 +37,19 @@ def ray_local():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("ds")
-    cfg = from_dict(PrecomputeConfig, {
-        "output": str(d / "out"), "image_size": S, "progress": False,
-        "source": {"kind": "builtin", "count": 12, "shard_size": 5},
-        "vae": {"path": str(tiny_vae(d / "vae"))}, "fid": {"feature_net": str(tiny_feature_net(d / "fn"))},
-        "text": {"encoder": str(tiny_t5(d / "t5")), "max_length": 16}, "compute": {"batch_size": 4},
-    })
+    cfg = from_dict(
+        PrecomputeConfig,
+        {
+            "output": str(d / "out"),
+            "image_size": S,
+            "progress": False,
+            "source": {"kind": "builtin", "count": 12, "shard_size": 5},
+            "vae": {"path": str(tiny_vae(d / "vae"))},
+            "fid": {"feature_net": str(tiny_feature_net(d / "fn"))},
+            "text": {"encoder": str(tiny_t5(d / "t5")), "max_length": 16},
+            "compute": {"batch_size": 4},
+        },
+    )
     run_precompute(cfg)
     return d / "out"
 

@@ -1,5 +1,6 @@
 """End-to-end precompute on a local Ray: built-in data with a tiny VAE, MiniLM and a feature net; a folder with
 tiny CLIP; the output read back three ways; idempotent rerun; configuration errors before any work."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,17 @@ import torch
 
 from ditcore.config import from_dict
 from ditcore.data.builtin import BuiltinSpec, render_batch
-from pipelines.latents.reader import load_fid_stats, load_latents_numpy, load_null_text, read_manifest
 from pipelines.cli.precompute import main
+from pipelines.latents.reader import load_fid_stats, load_latents_numpy, load_null_text, read_manifest
 from pipelines.precompute.job import PrecomputeConfig, run_precompute
-from tests.pipelines._precompute_helpers import feature_dim, make_folder, ray_module, tiny_clip, tiny_feature_net, tiny_vae
+from tests.pipelines._precompute_helpers import (
+    feature_dim,
+    make_folder,
+    ray_module,
+    tiny_clip,
+    tiny_feature_net,
+    tiny_vae,
+)
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
 pytestmark = pytest.mark.slow
@@ -31,15 +39,24 @@ def ray_local():
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     d = tmp_path_factory.mktemp("artefacts")
-    return {"vae": str(tiny_vae(d / "vae")), "fn": str(tiny_feature_net(d / "fn")), "clip": str(tiny_clip(d / "clip")),
-            "root": d}
+    return {
+        "vae": str(tiny_vae(d / "vae")),
+        "fn": str(tiny_feature_net(d / "fn")),
+        "clip": str(tiny_clip(d / "clip")),
+        "root": d,
+    }
 
 
 def _cfg(art, out, **extra) -> PrecomputeConfig:
-    data = {"output": str(out), "image_size": S, "progress": False,
-            "source": {"kind": "builtin", "count": 20, "shard_size": 8},
-            "vae": {"path": art["vae"]}, "fid": {"feature_net": art["fn"]},
-            "compute": {"batch_size": 8, "actors": 1}}
+    data = {
+        "output": str(out),
+        "image_size": S,
+        "progress": False,
+        "source": {"kind": "builtin", "count": 20, "shard_size": 8},
+        "vae": {"path": art["vae"]},
+        "fid": {"feature_net": art["fn"]},
+        "compute": {"batch_size": 8, "actors": 1},
+    }
     for k, v in extra.items():
         data[k] = v
     return from_dict(PrecomputeConfig, data)
@@ -59,16 +76,31 @@ def test_builtin_counts_manifest_and_files(builtin_run, art):
     m = read_manifest(str(out)).to_dict()
     assert m["counts"] == {"input": 20, "written": 20, "failed": 0}
     assert m["num_classes"] == 30 and m["image_size"] == S and m["source"]["kind"] == "builtin"
-    assert m["vae"] == {"path": art["vae"], "revision": None, "scaling_factor": 0.5, "shift_factor": 0.1,
-                        "latent_channels": 4, "downsample": 4, "latent_size": 8, "subfolder": None}
-    assert m["text"]["encoder"] == "minilm" and (m["text"]["max_length"], m["text"]["dim"], m["text"]["pooled_dim"]) == (32, 384, 384)
+    assert m["vae"] == {
+        "path": art["vae"],
+        "revision": None,
+        "scaling_factor": 0.5,
+        "shift_factor": 0.1,
+        "latent_channels": 4,
+        "downsample": 4,
+        "latent_size": 8,
+        "subfolder": None,
+    }
+    assert m["text"]["encoder"] == "minilm" and (
+        m["text"]["max_length"],
+        m["text"]["dim"],
+        m["text"]["pooled_dim"],
+    ) == (32, 384, 384)
     assert m["fid"]["feature_dim"] == feature_dim(art["fn"]) and m["fid"]["stats"] == "fid_stats.safetensors"
     assert len(m["latent_stats"]["mean"]) == 4 and all(s > 0 for s in m["latent_stats"]["std"])
     assert m["config"]["source"]["count"] == 20 and m["code_version"]
     for name in ("failures.parquet", "null_text.safetensors", "fid_stats.safetensors", "manifest.json"):
         assert (out / name).is_file()
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["part-00000-0000000.parquet", "part-00001-0000000.parquet",
-                                                                  "part-00002-0000000.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "part-00000-0000000.parquet",
+        "part-00001-0000000.parquet",
+        "part-00002-0000000.parquet",
+    ]
     assert pq.read_table(out / "failures.parquet").num_rows == 0
 
 
@@ -88,8 +120,8 @@ def test_schema_reads_back_three_ways(builtin_run):
 
 
 def test_latents_match_a_direct_encode_including_flip(builtin_run, art):
-    from pipelines.encoders.vae import encode_images, load_vae
     from ditcore.preprocess import images_to_tensor
+    from pipelines.encoders.vae import encode_images, load_vae
 
     out, _ = builtin_run
     rows = load_latents_numpy(str(out))
@@ -128,8 +160,18 @@ def test_fid_stats_and_null_text(builtin_run, art):
 def test_rerun_through_the_cli_skips_finished_shards(builtin_run, art, capsys):
     out, first = builtin_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
-    rc = main(["output=" + str(out), f"image_size={S}", "progress=false", "source.count=20", "source.shard_size=8",
-               f"vae.path={art['vae']}", f"fid.feature_net={art['fn']}", "compute.batch_size=8"])
+    rc = main(
+        [
+            "output=" + str(out),
+            f"image_size={S}",
+            "progress=false",
+            "source.count=20",
+            "source.shard_size=8",
+            f"vae.path={art['vae']}",
+            f"fid.feature_net={art['fn']}",
+            "compute.batch_size=8",
+        ]
+    )
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "20 input = 20 written + 0 failed" in line and "3/3 shards already done" in line and "rows/s" in line
@@ -141,8 +183,9 @@ def test_rerun_through_the_cli_skips_finished_shards(builtin_run, art, capsys):
 def test_folder_source_with_tiny_clip_and_no_fid(art, tmp_path):
     root = make_folder(tmp_path / "imgs", n_per_class=2, classes=("cat", "dog"))
     out = tmp_path / "out"
-    cfg = _cfg(art, out, source={"kind": "folder", "path": str(root), "shard_size": 3},
-               text={"encoder": art["clip"]}, fid=None)
+    cfg = _cfg(
+        art, out, source={"kind": "folder", "path": str(root), "shard_size": 3}, text={"encoder": art["clip"]}, fid=None
+    )
     s = run_precompute(cfg)
     assert (s["input"], s["written"], s["failed"]) == (4, 4, 0)
     m = read_manifest(str(out)).to_dict()

@@ -1,4 +1,5 @@
 """Resume: a run killed with SIGKILL mid-way and started again ends with exactly the rows of an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,17 @@ def ray_local():
 
 
 def _overrides(out: Path, vae: Path, fn: Path) -> list[str]:
-    return [f"output={out}", f"image_size={S}", "progress=false", f"source.count={COUNT}", f"source.shard_size={SHARD}",
-            f"vae.path={vae}", f"fid.feature_net={fn}", "text=null", f"compute.batch_size={SHARD}"]
+    return [
+        f"output={out}",
+        f"image_size={S}",
+        "progress=false",
+        f"source.count={COUNT}",
+        f"source.shard_size={SHARD}",
+        f"vae.path={vae}",
+        f"fid.feature_net={fn}",
+        "text=null",
+        f"compute.batch_size={SHARD}",
+    ]
 
 
 def _cfg(overrides: list[str]) -> PrecomputeConfig:
@@ -97,8 +107,16 @@ def test_changed_config_in_same_output_is_refused(tmp_path):
 
     vae, fn = tiny_vae(tmp_path / "vae"), tiny_feature_net(tmp_path / "fn")
     out = tmp_path / "out"
-    run_precompute(_cfg(_overrides(out, vae, fn)[:3] + ["source.count=4", "source.shard_size=4", f"vae.path={vae}",
-                                                        "fid=null", "text=null"]))
+    run_precompute(
+        _cfg(
+            _overrides(out, vae, fn)[:3]
+            + ["source.count=4", "source.shard_size=4", f"vae.path={vae}", "fid=null", "text=null"]
+        )
+    )
     with pytest.raises(ConfigError, match="different source/encoder config"):
-        run_precompute(_cfg(_overrides(out, vae, fn)[:3] + ["source.count=4", "source.shard_size=4", f"vae.path={vae}",
-                                                            "fid=null", "text=null", "source.seed=1"]))
+        run_precompute(
+            _cfg(
+                _overrides(out, vae, fn)[:3]
+                + ["source.count=4", "source.shard_size=4", f"vae.path={vae}", "fid=null", "text=null", "source.seed=1"]
+            )
+        )

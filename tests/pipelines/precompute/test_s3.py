@@ -1,4 +1,5 @@
 """s3:// input and output against a real moto_server on 127.0.0.1: parquet source on S3 -> latent data set on S3."""
+
 from __future__ import annotations
 
 import io
@@ -39,13 +40,26 @@ def test_parquet_on_s3_to_latents_on_s3(s3_bucket, tmp_path):
     pq.write_table(table, buf)
     storage.write_bytes(f"{s3_bucket}/raw/part-0.parquet", buf.getvalue())
     out = f"{s3_bucket}/latents/v1"
-    cfg = from_dict(PrecomputeConfig, {
-        "output": out, "image_size": S, "progress": False,
-        "source": {"kind": "parquet", "path": f"{s3_bucket}/raw", "image_column": "img", "caption_column": "text",
-                   "label_column": "cls", "shard_size": 3},
-        "vae": {"path": str(tiny_vae(tmp_path / "vae"))}, "fid": {"feature_net": str(tiny_feature_net(tmp_path / "fn"))},
-        "text": None, "compute": {"batch_size": 4},
-    })
+    cfg = from_dict(
+        PrecomputeConfig,
+        {
+            "output": out,
+            "image_size": S,
+            "progress": False,
+            "source": {
+                "kind": "parquet",
+                "path": f"{s3_bucket}/raw",
+                "image_column": "img",
+                "caption_column": "text",
+                "label_column": "cls",
+                "shard_size": 3,
+            },
+            "vae": {"path": str(tiny_vae(tmp_path / "vae"))},
+            "fid": {"feature_net": str(tiny_feature_net(tmp_path / "fn"))},
+            "text": None,
+            "compute": {"batch_size": 4},
+        },
+    )
     s = run_precompute(cfg)
     assert (s["input"], s["written"], s["failed"]) == (5, 4, 1)
     m = read_manifest(out).to_dict()
@@ -68,8 +82,10 @@ def test_webdataset_and_folder_read_from_s3(s3_bucket, tmp_path):
     tar = make_tar(tmp_path / "w" / "000.tar", 0, 3)
     _upload(tar, f"{s3_bucket}/wds/000.tar")
     src = SourceConfig(kind="webdataset", path=f"{s3_bucket}/wds")
-    cfg = from_dict(PrecomputeConfig, {"source": {"kind": "webdataset", "path": f"{s3_bucket}/wds"},
-                                       "image_size": S, "progress": False})
+    cfg = from_dict(
+        PrecomputeConfig,
+        {"source": {"kind": "webdataset", "path": f"{s3_bucket}/wds"}, "image_size": S, "progress": False},
+    )
     plan = plan_source(src, S)
     rows = sorted(read_dataset(cfg, plan, plan.shards).take_all(), key=lambda r: r["order"])
     assert [r["id"] for r in rows] == [f"000.tar/sample{i:04d}" for i in range(3)]
