@@ -496,8 +496,6 @@ def export_to_diffusers(
     (+ the VAE). EMA weights when present and `use_ema`, else model.safetensors. Raises ExportError naming every
     option or objective diffusers cannot express; without a VAE a missing scheduler is only a warning.
     """
-    from diffusers import DiTPipeline
-
     ckpt = load_checkpoint(checkpoint, use_ema=use_ema)
     model, config = ckpt.model, ckpt.config
     cfg = model.config
@@ -522,18 +520,7 @@ def export_to_diffusers(
         scheduler = None
         warnings.append(f"no scheduler written: {e}")
     if vae is not None and arch == "dit":
-        pipeline_problems = []
-        if shift != 0.0:
-            pipeline_problems.append(
-                f"data.shift_factor={shift}: DiTPipeline decodes latents / scaling_factor and never adds a shift"
-            )
-        if cfg.num_classes > DIT_PIPELINE_NULL_CLASS:
-            pipeline_problems.append(
-                f"DiTConfig.num_classes={cfg.num_classes}: DiTPipeline's unconditional "
-                f"class id is {DIT_PIPELINE_NULL_CLASS}, a real class of this model"
-            )
-        if pipeline_problems:
-            raise ExportError("cannot build a DiTPipeline: " + "; ".join(pipeline_problems))
+        _check_dit_pipeline(cfg, shift)
 
     transformer = convert_model(model)
     vae_module, vae_given = (None, None)
@@ -559,7 +546,30 @@ def export_to_diffusers(
         "timestep": _timestep_record(arch, objective, cfg),
         "warnings": warnings,
     }
-    out = Path(out)
+    _write_export(Path(out), overwrite, record, transformer, scheduler, vae_module)
+    return record
+
+
+def _check_dit_pipeline(cfg: DiTConfig, shift: float) -> None:
+    """ExportError naming every reason a DiTPipeline would not sample this model correctly."""
+    problems = []
+    if shift != 0.0:
+        problems.append(
+            f"data.shift_factor={shift}: DiTPipeline decodes latents / scaling_factor and never adds a shift"
+        )
+    if cfg.num_classes > DIT_PIPELINE_NULL_CLASS:
+        problems.append(
+            f"DiTConfig.num_classes={cfg.num_classes}: DiTPipeline's unconditional "
+            f"class id is {DIT_PIPELINE_NULL_CLASS}, a real class of this model"
+        )
+    if problems:
+        raise ExportError("cannot build a DiTPipeline: " + "; ".join(problems))
+
+
+def _write_export(out: Path, overwrite: bool, record: dict[str, Any], transformer, scheduler, vae_module) -> None:
+    """Save the pipeline (or its parts) and the export record under a temporary name, then commit it to `out`."""
+    from diffusers import DiTPipeline
+
     tmp = _prepare_out(out, overwrite)
     try:
         if record["pipeline"]:
@@ -576,7 +586,6 @@ def export_to_diffusers(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return record
 
 
 def _timestep_record(arch: str, objective: ObjectiveConfig, cfg: DiTConfig | MMDiTConfig) -> dict[str, Any]:
