@@ -49,6 +49,9 @@ class DiTConfig:
     mup_base_width: int = 256
     mup_depth: bool = False
     mup_base_depth: int = 4
+    guidance_embed: bool = (
+        False  # guidance-distilled student: the CFG scale w is an input (ditcore/guidance_distill.py)
+    )
 
     def __post_init__(self) -> None:
         _validate_common(self)
@@ -103,6 +106,35 @@ def _validate_common(cfg) -> None:
         raise ValueError(f"{name}.mup_depth=True needs at least one block")
 
 
+def init_guidance_embedder(g_embedder: nn.Module | None) -> None:
+    """Guidance embedder of a distilled student: N(0, .02) input layer, zero output layer, so the student's
+    conditioning (and output) equals the teacher's at initialisation whatever w is."""
+    if g_embedder is None:
+        return
+    nn.init.normal_(g_embedder.mlp[0].weight, std=0.02)
+    nn.init.zeros_(g_embedder.mlp[2].weight)
+    nn.init.zeros_(g_embedder.mlp[2].bias)
+
+
+def add_guidance_embedding(
+    g_embedder: nn.Module | None, c_emb: torch.Tensor, guidance: torch.Tensor | float | None
+) -> torch.Tensor:
+    """c_emb [B, D] + embedding of the guidance scale w (embedded like the timestep, FLUX.1-dev style).
+
+    Without a guidance embedder, `guidance` must be None (CFG of such a model is two forwards, ditcore.samplers).
+    With one, a missing w means w = 1 (the plain conditional prediction)."""
+    if g_embedder is None:
+        if guidance is not None:
+            raise ValueError("guidance= given to a model without guidance_embed (use classifier-free guidance)")
+        return c_emb
+    w = torch.as_tensor(1.0 if guidance is None else guidance, dtype=torch.float32, device=c_emb.device)
+    if w.ndim == 0:
+        w = w.expand(c_emb.shape[0])
+    if w.shape != (c_emb.shape[0],):
+        raise ValueError(f"guidance must be a scalar or [B={c_emb.shape[0]}], got shape {tuple(w.shape)}")
+    return c_emb + g_embedder(w).to(c_emb.dtype)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Figure 3): gates start at zero, so the block starts as the identity."""
 
@@ -148,6 +180,7 @@ class DiT(nn.Module):
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = LabelEmbedder(config.num_classes, d)
+        self.g_embedder = TimestepEmbedder(d) if config.guidance_embed else None
         grid = config.input_size // config.patch_size
         self.grid_size = grid
         if config.pos_embed == "sincos":
@@ -187,8 +220,11 @@ class DiT(nn.Module):
                 nn.init.zeros_(m.linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        init_guidance_embedder(self.g_embedder)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"DiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
@@ -201,7 +237,8 @@ class DiT(nn.Module):
             tokens = tokens + self._pos_embed_for(h, w)  # [B, N, D]
         else:
             rope = self._rope_for(h, w)  # ([N, d], [N, d])
-        c_act = F.silu(self.t_embedder(t) + self.y_embedder(y))  # [B, D]; SiLU shared by every adaLN
+        c_emb = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
+        c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]; SiLU shared by every adaLN
         for block in self.blocks:
             tokens = block(tokens, c_act, rope)  # [B, N, D]
         out = self.final_layer(tokens, c_act, self.output_mult)  # [B, N, p*p*C_out]

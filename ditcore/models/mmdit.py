@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditcore.models import mup as mup_lib
-from ditcore.models.dit import _validate_common
+from ditcore.models.dit import _validate_common, add_guidance_embedding, init_guidance_embedder
 from ditcore.models.layers import (
     AdaLNModulation,
     FinalLayer,
@@ -61,6 +61,9 @@ class MMDiTConfig:
     mup_base_width: int = 256
     mup_depth: bool = False
     mup_base_depth: int = 4
+    guidance_embed: bool = (
+        False  # guidance-distilled student: the CFG scale w is an input (ditcore/guidance_distill.py)
+    )
 
     def __post_init__(self) -> None:
         _validate_common(self)
@@ -220,6 +223,7 @@ class MMDiT(nn.Module):
         self.context_embedder = nn.Linear(config.text_dim, d)
         self.t_embedder = TimestepEmbedder(d)
         self.pooled_embedder = PooledTextEmbedder(config.pooled_dim, d)
+        self.g_embedder = TimestepEmbedder(d) if config.guidance_embed else None
         grid = config.input_size // config.patch_size
         if config.pos_embed == "sincos":
             self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
@@ -265,6 +269,7 @@ class MMDiT(nn.Module):
                 nn.init.zeros_(mod.linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        init_guidance_embedder(self.g_embedder)
 
     def _rope(self, gh: int, gw: int, n_txt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for [image tokens (row, col); text tokens at (0, 0)] -> ([N+L, d], [N+L, d])."""
@@ -279,6 +284,7 @@ class MMDiT(nn.Module):
         text_emb: torch.Tensor,
         text_mask: torch.Tensor | None,
         text_pooled: torch.Tensor,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, h, w = x.shape
         if c != self.in_channels:
@@ -316,7 +322,8 @@ class MMDiT(nn.Module):
                 img = img + pos.to(img.dtype)  # [B, N, D]
         else:
             rope = tuple(r.to(img.dtype) for r in self._rope(h // p, w // p, n_txt, img.device))  # ([N+L, d],) x 2
-        c_act = F.silu(self.t_embedder(t) + self.pooled_embedder(text_pooled))  # [B, D]
+        c_emb = self.t_embedder(t) + self.pooled_embedder(text_pooled)  # [B, D]
+        c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]
         for block in self.joint_blocks:
             img, txt = block(img, txt, c_act, rope, attn_mask)  # [B, N, D], [B, L, D] | None
         if len(self.single_blocks):
