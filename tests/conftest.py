@@ -95,3 +95,34 @@ def s3_bucket(moto_s3):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Keep the tiers honest: a test not marked `slow` fails when it runs with Ray started (by it or a fixture)."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    started = []
+    try:
+        import ray
+    except ImportError:
+        ray = None
+    real_init = getattr(ray, "init", None)
+    if real_init is not None:
+
+        def recording_init(*args, **kwargs):
+            started.append(True)
+            return real_init(*args, **kwargs)
+
+        ray.init = recording_init
+    try:
+        running = ray is not None and ray.is_initialized()
+        yield
+        ray = sys.modules.get("ray")
+        running = running or (ray is not None and ray.is_initialized())
+    finally:
+        if real_init is not None:
+            sys.modules["ray"].init = real_init
+    if running or started:
+        pytest.fail(f"{item.nodeid} starts Ray but is not marked slow (make test-fast must not start Ray)")

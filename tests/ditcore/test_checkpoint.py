@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from ditcore.checkpoint import (
     CheckpointError,
@@ -103,11 +105,52 @@ def test_optimizer_state_resumes_identically(tmp_path):
     assert opt2.param_groups[0]["name"] == opt.param_groups[0]["name"]
 
 
+def _pickle_free_format(f: Path) -> str | None:
+    """The format of a checkpoint file when it is one that cannot hold a pickle (JSON or safetensors), else None.
+
+    Decided by parsing, not by name or magic bytes: a pickle of any protocol (0-5) or a torch.save zip fails both."""
+    from safetensors import safe_open
+
+    data = f.read_bytes()
+    if f.suffix == ".json":
+        try:
+            json.loads(data.decode("utf-8"))
+            return "json"
+        except (UnicodeDecodeError, ValueError):
+            return None
+    if f.suffix == ".safetensors":
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                list(sf.keys())
+            return "safetensors"
+        except Exception:  # noqa: BLE001 - anything safetensors cannot parse is not a safetensors file
+            return None
+    return None
+
+
+def test_pickle_checker_rejects_every_protocol(tmp_path):
+    import pickle
+
+    obj = {"w": torch.ones(2)}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for name in (f"p{protocol}.bin", f"p{protocol}.json", f"p{protocol}.safetensors"):
+            (tmp_path / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+            assert _pickle_free_format(tmp_path / name) is None, (protocol, name)
+    for name, kw in (("zip.safetensors", {}), ("legacy.json", {"_use_new_zipfile_serialization": False})):
+        torch.save(obj, tmp_path / name, **kw)  # torch.save: a zip holding data.pkl, or a bare protocol-2 pickle
+        assert _pickle_free_format(tmp_path / name) is None, name
+    save_file({"w": torch.ones(2)}, str(tmp_path / "ok.safetensors"))
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert _pickle_free_format(tmp_path / "ok.safetensors") == "safetensors"
+    assert _pickle_free_format(tmp_path / "ok.json") == "json"
+
+
 def test_no_pickle_anywhere(tmp_path):
     path, *_ = _save(tmp_path)
-    for f in path.iterdir():
-        head = f.read_bytes()[:2]
-        assert head != b"\x80\x02" and not f.name.endswith((".pt", ".pth", ".bin", ".pkl")), f
+    files = [f for f in path.rglob("*") if f.is_file()]
+    assert {f.name for f in files} >= {"model.safetensors", "optimizer.safetensors", "config.json"}
+    for f in files:
+        assert _pickle_free_format(f) is not None, f"{f.name} is neither JSON nor safetensors"
 
 
 def test_without_ema_loads_model_weights(tmp_path):

@@ -12,6 +12,8 @@ from tests.pipelines._precompute_helpers import make_folder, make_parquet, make_
 
 S = 32
 
+pytestmark = pytest.mark.slow  # every test reads through Ray tasks on a local Ray
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():

@@ -47,6 +47,7 @@ def setup(tmp_path_factory):
     return {"data": data, "ckpt": str(ckpt), "assets": assets}
 
 
+@pytest.mark.slow
 def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
     import ray
 

@@ -63,6 +63,7 @@ def _weights(ckpt_dir) -> dict[str, torch.Tensor]:
     return load_file(str(Path(ckpt_dir) / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     cfg = _cfg(data8, tmp_path, _budget(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
@@ -77,6 +78,7 @@ def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=f"param {k} differs")
 
 
+@pytest.mark.slow
 def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     steps = _budget(cfg, 6)
@@ -115,6 +117,7 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
     assert state["data_position"] == {"epoch": 5, "batch_in_epoch": 1}  # 8 rows = 1 batch per epoch
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
     cfg = _cfg(
@@ -136,6 +139,7 @@ def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, t
     assert "non-finite loss" in run.data.tags["ditscale.failure_reason"]
 
 
+@pytest.mark.slow
 def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     from ditcore.checkpoint import load_checkpoint
     from pipelines.infra import storage
@@ -217,6 +221,7 @@ def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
         resolve_run(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
 
 
+@pytest.mark.slow
 def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
     """FSDP2 over 2 workers (gloo, CPU) with a worker killed mid-run: the resumed run (model, EMA and the
     sharded AdamW state restored) ends where one unsharded worker does with the same global batch."""
@@ -256,6 +261,7 @@ def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
     assert ref["steps"] == 6
 
 
+@pytest.mark.slow
 def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, tmp_path):
     """Two runs trained by one TorchTrainer, one after the other (how a sweep trial trains its budgets); a worker
     killed in the second run: after the restart the first run is skipped (its result is kept) and the second
