@@ -517,3 +517,48 @@ def test_config_yaml_loads_through_serve_schema():
         make_app({})
     with pytest.raises(ConfigError, match="Samplr"):
         make_app({"champion": True}, {"Samplr": {}})
+
+
+def _serve_log_lines(needle: str) -> list[str]:
+    """Lines of this Ray session's Serve logs (replicas, proxy) that contain `needle`."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [line for f in logs.glob("*.log") for line in f.read_text(errors="replace").splitlines() if needle in line]
+
+
+def test_internal_error_is_a_500_with_request_id_and_no_exception_text(server):
+    """A sampler that cannot run on this checkpoint (dpmsolver-v3 without its model statistics) raises inside the
+    replica: the client gets a 500 that carries the request id and none of the exception's text; the replica's
+    log holds the exception under that id."""
+    url = f"{server['base']}/class/v1/generate"
+    r = _post(url, {"label": 1, "steps": 2, "sampler": "dpmsolver-v3", "seed": 4})
+    assert r.status_code == 500, r.text
+    body = r.json()
+    rid = r.headers["X-Request-Id"]
+    assert body["request_id"] == rid and len(rid) == 32
+    assert "request id" in body["error"]
+    for leaked in ("ems", "ValueError", "Traceback", "estimate", "needs"):
+        assert leaked not in r.text, (leaked, r.text)
+    deadline = time.monotonic() + 60
+    while not (lines := _serve_log_lines(rid)) and time.monotonic() < deadline:  # the log file is flushed async
+        time.sleep(0.2)
+    assert any("generation failed" in line for line in lines), lines
+    assert any("needs ems=" in line for line in _serve_log_lines("sampler 'dpmsolver-v3' needs ems=")), "no traceback"
+    assert _post(url, {"label": 1, "steps": 2}).status_code == 200  # the replica still serves
+
+
+def test_over_long_prompt_is_a_4xx_naming_the_token_limit(server):
+    """MiniLM's window is 32 tokens: a longer prompt (well under the 1000-character body limit) is refused with
+    the limit named, never silently truncated; one that fits is served."""
+    url = f"{server['base']}/text/v1/generate"
+    long_prompt = "a red square next to a blue circle " * 8  # ~64 tokens, 288 characters
+    for field, body in (
+        ("prompt", {"prompt": long_prompt, "steps": 2}),
+        ("negative_prompt", {"prompt": "a cat", "negative_prompt": long_prompt, "steps": 2}),
+    ):
+        r = _post(url, body)
+        assert 400 <= r.status_code < 500, r.text
+        detail = r.json()["detail"]
+        assert any(d["field"] == field and "32 tokens" in d["message"] for d in detail), r.text
+    assert _post(url, {"prompt": "a red square next to a blue circle", "steps": 2}).status_code == 200

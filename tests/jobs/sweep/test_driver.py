@@ -1,6 +1,7 @@
 """Sweep driver: a tiny 2-model x 2-budget WSD grid end to end (Ray Tune -> Ray Train -> FID -> MLflow), with the
-driver SIGKILLed after the first trial completes and restarted: only the missing trial runs, and the MLflow
-record (parent run, one child per trial, points.json) reads back through MlflowClient."""
+driver SIGKILLed mid-trial (one trial done, the next half-way) and restarted: only the missing trial runs, resuming
+from its own checkpoints, and the MLflow record (parent run, one child per trial, points.json) reads back through
+MlflowClient."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def _write_cfg(tmp_path: Path, dataset: str, **extra) -> Path:
             "eval": {"num_samples": 8, "sampler": "euler", "steps": 2},
             "run": {"num_workers": 1, "cpus_per_worker": 1},
             "mlflow": {"log_every": 2},
+            # A checkpoint every step (all kept), so a driver killed mid-trial leaves checkpoints to resume from.
+            "checkpoint": {"every_n_steps": 1, "keep": 20},
         },
         "models": [{"depth": 1}, "MMDiT-T"],
         "budgets": [1.0e15],
@@ -73,6 +76,12 @@ def _budgets(path: Path, steps: tuple[int, ...]) -> list[float]:
     return [one * s for s in steps]
 
 
+def _checkpoint_files(trial_dir: Path) -> list[Path]:
+    """model.safetensors of every checkpoint of a trial's runs, in the order written (run, then step)."""
+    files = [f for f in trial_dir.glob("*/checkpoints/step_*/model.safetensors")]
+    return sorted(files, key=lambda f: (f.stat().st_mtime_ns, str(f)))
+
+
 def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     path = _write_cfg(tmp_path, dataset, budgets=[1e9])
     with pytest.raises(ConfigError, match="base.optim.learning_rate"):
@@ -90,19 +99,32 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     path.write_text(yaml.safe_dump(cfg))
     trials = expand_grid(load_sweep_config(str(path)))
     tdir = tmp_path / "sweeps" / "t" / "trials"
+    rdir = Path(trials[0].train.checkpoint.storage)  # <sweep>/runs: <trial id>/<run>/checkpoints/step_*
     cmd = [sys.executable, "-m", "jobs.sweep", "--config", str(path)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
-    # 1) Start the driver; SIGKILL it (and the local Ray it started) once the first trial is marked done.
+    # 1) Start the driver; SIGKILL it (and the local Ray it started) mid-run: once one trial is done and another
+    #    has written at least two checkpoints but is not done.
     log1 = open(tmp_path / "driver1.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 400
+    seen: dict[str, tuple[int, int, bytes]] = {}
+    interrupted = None
     try:
-        while time.monotonic() < deadline:
-            done = list(tdir.glob("*/done.json")) if tdir.exists() else []
-            if done or proc.poll() is not None:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = {p.parent.name for p in tdir.glob("*/done.json")} if tdir.exists() else set()
+            for t in trials:
+                ckpts = _checkpoint_files(rdir / t.trial_id)
+                if done and t.trial_id not in done and len(ckpts) >= 2:
+                    # Every checkpoint but the newest (which Ray Train may not have registered yet) is one the
+                    # restarted trial can resume from; a restart from scratch would rewrite them all.
+                    seen = {str(f): (f.stat().st_mtime_ns, f.stat().st_ino, f.read_bytes()) for f in ckpts[:-1]}
+                    interrupted = t.trial_id
+                    break
+            if interrupted:
                 break
             time.sleep(0.2)
+        alive_at_kill = proc.poll() is None
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -110,17 +132,27 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
             pass
         proc.wait(timeout=30)
         log1.close()
+    log_tail = (tmp_path / "driver1.log").read_text()[-3000:]
+    assert interrupted and alive_at_kill, log_tail  # killed while a trial was half-way through its runs
+    assert proc.returncode == -signal.SIGKILL, log_tail
     done_first = sorted(p.parent.name for p in tdir.glob("*/done.json"))
-    assert len(done_first) >= 1, (tmp_path / "driver1.log").read_text()[-3000:]
+    assert len(done_first) >= 1 and interrupted not in done_first, log_tail
     first_record = (tdir / done_first[0] / "done.json").read_text()
 
-    # 2) Restart with the same config: only the missing trial runs.
+    # 2) Restart with the same config: only the missing trial runs, and the interrupted one resumes from its own
+    #    checkpoints (left untouched: same inode, mtime and bytes) to the end of its budgets.
     out = subprocess.run(
         cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400, start_new_session=True
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{len(done_first)} already done, {len(trials) - len(done_first)} to run" in out.stdout
     assert (tdir / done_first[0] / "done.json").read_text() == first_record  # finished trial untouched
+    for name, (mtime, ino, data) in seen.items():
+        f = Path(name)
+        assert (f.stat().st_mtime_ns, f.stat().st_ino) == (mtime, ino) and f.read_bytes() == data, name
+    resumed = json.loads((tdir / interrupted / "done.json").read_text())
+    assert resumed["status"] == "finished" and len(resumed["points"]) == 2
+    assert len(_checkpoint_files(rdir / interrupted)) > len(seen)  # it trained on past the kept checkpoints
 
     # 3) The MLflow record, read back through the client.
     from mlflow import MlflowClient

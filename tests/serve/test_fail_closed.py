@@ -1,0 +1,74 @@
+"""Serving fails closed, checked without starting Ray: a non-loopback host needs the API token unless auth is
+explicitly disabled; the shipped config makes a replica without its token refuse to start; only safetensors weights
+load on the serving path (a directory holding only pickled .bin weights is refused)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ditcore.config import ConfigError
+from serve.auth import BearerAuth
+from serve.deploy import DEFAULT_CONFIG, plan_deployment
+from serve.ingress import INGRESS_NAME, IngressSettings
+from tests.conftest import REPO_ROOT
+
+TOKEN_ENV = "DITSCALE_FAIL_CLOSED_TEST_TOKEN"
+
+
+def _plan(host: str, **ingress_config):
+    user_config = {"auth_token_env": TOKEN_ENV, **ingress_config}
+    return plan_deployment(
+        DEFAULT_CONFIG,
+        checkpoint="/nonexistent/ckpt",
+        host=host,
+        overrides={INGRESS_NAME: {"user_config": user_config}},
+    )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "example.org"])
+def test_non_loopback_host_without_token_is_refused(host, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(ConfigError) as err:
+        _plan(host)
+    msg = str(err.value)
+    assert repr(host) in msg and f"${TOKEN_ENV}" in msg and "auth_disabled=true" in msg
+    monkeypatch.setenv(TOKEN_ENV, "")  # set but empty is no token either
+    with pytest.raises(ConfigError, match=TOKEN_ENV):
+        _plan(host)
+
+
+def test_non_loopback_host_with_token_requires_auth_on_the_replicas(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "t0ken")
+    plan = _plan("0.0.0.0")
+    cfg = plan.deployments[INGRESS_NAME]["user_config"]
+    assert cfg["auth_required"] is True and cfg["auth_token_env"] == TOKEN_ENV
+    assert plan.http_options["host"] == "0.0.0.0"
+
+
+def test_auth_explicitly_disabled_serves_open_anywhere(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    plan = _plan("0.0.0.0", auth_disabled=True)
+    settings = IngressSettings(**plan.deployments[INGRESS_NAME]["user_config"])
+    assert settings.auth_disabled and not BearerAuth(None).enabled
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_loopback_host_runs_without_a_token(host, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    plan = _plan(host)
+    assert plan.deployments[INGRESS_NAME]["user_config"]["auth_required"] is False
+
+
+def test_shipped_config_makes_a_replica_without_its_token_refuse_to_start(monkeypatch):
+    """`serve run serve/config.yaml` skips plan_deployment: the Ingress's own settings must fail closed."""
+    raw = yaml.safe_load((REPO_ROOT / "serve" / "config.yaml").read_text())
+    (app,) = raw["applications"]
+    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_NAME)
+    settings = IngressSettings(**ingress["user_config"])
+    assert raw["http_options"]["host"] == "0.0.0.0" and settings.auth_required and not settings.auth_disabled
+    monkeypatch.delenv(settings.auth_token_env, raising=False)
+    with pytest.raises(ValueError, match=settings.auth_token_env):
+        BearerAuth.from_env(settings.auth_token_env, required=settings.auth_required)
+    monkeypatch.setenv(settings.auth_token_env, "t0ken")
+    assert BearerAuth.from_env(settings.auth_token_env, required=True).enabled
