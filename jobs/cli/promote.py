@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="fid", help="point metric to minimise")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--alias", default=CHAMPION_ALIAS, help="alias to point at the new version")
+    p.add_argument(
+        "--no-pyfunc",
+        action="store_true",
+        help="register the bare checkpoint directory instead of an MLflow pyfunc model (and log no sample grid)",
+    )
+    p.add_argument("--no-sample-grid", action="store_true", help="do not log a grid of the champion's samples")
     return p
 
 
@@ -43,6 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             metric=args.metric,
             alias=args.alias,
             extra_tags={"experiment": exp_name, "parent_run_id": parent.info.run_id},
+            pyfunc=not args.no_pyfunc,
+            sample_grid=not args.no_sample_grid,
         )
     except (PromoteError, ExperimentRecordError, TrackingURIError) as e:
         print(f"ditscale promote: error: {e}", file=sys.stderr)
@@ -52,4 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{verb} {res['model_name']} version {res['version']} -> alias '{res['alias']}': model {res['model']}, "
         f"{args.metric}={res[args.metric]}, train FLOPs {res['train_flops']}, checkpoint {res['checkpoint']}"
     )
+    if res["pyfunc"]:
+        print(f"pyfunc model: mlflow.pyfunc.load_model({res['model_uri']!r})")
+    if res["sample_grid"]:
+        print(f"sample grid: run {res['run_id']} artifact {res['sample_grid']}")
     return 0

@@ -60,5 +60,10 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
             log_metrics(
                 client, plan.mlflow_run_id, {"fid": p.fid, "attr_acc": p.attr_acc, "class_acc": p.class_acc}, p.step
             )
+            from pipelines.infra.tracking import SAMPLES_DIR, log_checkpoint_grid
+
+            grid_kw = {k: getattr(settings, k) for k in ("sampler", "steps", "guidance", "seed")}
+            grid = f"{SAMPLES_DIR}/step_{p.step:08d}.png"  # a grid of the point's first FID samples
+            log_checkpoint_grid(client, plan.mlflow_run_id, p.checkpoint, grid, **grid_kw)
         out.append(p)
     return out

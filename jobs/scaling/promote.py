@@ -48,8 +48,16 @@ def promote(
     metric: str = "fid",
     alias: str = CHAMPION_ALIAS,
     extra_tags: dict[str, Any] | None = None,
+    pyfunc: bool = True,
+    sample_grid: bool = True,
 ) -> dict:
-    """Register the best point's checkpoint (reusing a version of the same checkpoint) and point the alias at it."""
+    """Register the best point (reusing a version of the same checkpoint) and point the alias at it.
+
+    `pyfunc` (default): the version is an MLflow pyfunc model carrying the checkpoint and what it needs
+    (pipelines/export/pyfunc.py), so `mlflow.pyfunc.load_model("models:/<name>@<alias>")` works; its tag
+    `checkpoint` still names the raw safetensors directory that Ray Serve loads. Otherwise the version is the bare
+    checkpoint directory. `sample_grid` (with `pyfunc`, which proves the checkpoint loads): a grid of the champion's
+    samples is logged to its run (samples/champion.png)."""
     from pipelines.infra.tracking import register_checkpoint
 
     best = select_best(points, metric)
@@ -67,19 +75,27 @@ def promote(
         "fid_samples": best.fid_samples,
         **(extra_tags or {}),
     }
+    description = f"best {metric} of the sweep: {value}"
     try:
-        mv, created = register_checkpoint(
-            mlflow_client,
-            source,
-            model_name=model_name,
-            alias=alias,
-            run_id=best.run_id,
-            tags=tags,
-            description=f"best {metric} of the sweep: {value}",
-        )
+        if pyfunc:
+            mv, created = register_pyfunc(mlflow_client, source, best.run_id, model_name, alias, tags, description)
+        else:
+            mv, created = register_checkpoint(
+                mlflow_client,
+                source,
+                model_name=model_name,
+                alias=alias,
+                run_id=best.run_id,
+                tags=tags,
+                description=description,
+            )
     except RegistryError as e:
         raise PromoteError(str(e)) from e
+    grid = champion_grid(mlflow_client, best.run_id, source) if pyfunc and sample_grid and best.run_id else None
     return {
+        "pyfunc": bool(pyfunc),
+        "model_uri": f"models:/{model_name}@{alias}",
+        "sample_grid": grid,
         "model_name": model_name,
         "version": str(mv.version),
         "alias": alias,
@@ -91,3 +107,69 @@ def promote(
         "model": best.model,
         "point": best.to_dict(),
     }
+
+
+def _pyfunc_versions(mlflow_client: Any, model_name: str, source: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.export.pyfunc import PYFUNC_FORMAT, PYFUNC_TAG
+
+    try:
+        versions = mlflow_client.search_model_versions(f"name='{model_name}'")
+    except MlflowException:
+        return []
+    return [
+        mv
+        for mv in versions
+        if (mv.tags or {}).get("checkpoint") == source and (mv.tags or {}).get(PYFUNC_TAG) == PYFUNC_FORMAT
+    ]
+
+
+def register_pyfunc(
+    mlflow_client: Any,
+    source: str,
+    run_id: str | None,
+    model_name: str,
+    alias: str,
+    tags: dict[str, Any],
+    description: str,
+) -> tuple[Any, bool]:
+    """(model version, created): a pyfunc version of checkpoint `source` (reused when one exists), tagged with the
+    checkpoint and `tags`, with `alias` pointing at it. PromoteError when the checkpoint cannot be packaged."""
+    from ditcore.checkpoint import CheckpointError
+    from pipelines.export.pyfunc import PYFUNC_FORMAT, PYFUNC_TAG, log_pyfunc_model
+    from pipelines.latents.manifest import LatentDatasetError
+
+    existing = _pyfunc_versions(mlflow_client, model_name, source)
+    if existing:
+        mv = max(existing, key=lambda v: int(v.version))
+    else:
+        try:
+            info = log_pyfunc_model(mlflow_client.tracking_uri, source, run_id=run_id, registered_model_name=model_name)
+        except (CheckpointError, LatentDatasetError, FileNotFoundError, ValueError) as e:
+            raise PromoteError(
+                f"cannot package checkpoint {source!r} as an MLflow model: {e} "
+                "(`ditscale promote --no-pyfunc` registers the bare checkpoint directory)"
+            ) from e
+        version = str(info.registered_model_version)
+        clean = {
+            k: str(v) for k, v in {"checkpoint": source, PYFUNC_TAG: PYFUNC_FORMAT, **tags}.items() if v is not None
+        }
+        for k, v in clean.items():
+            mlflow_client.set_model_version_tag(model_name, version, k, v)
+        mlflow_client.update_model_version(model_name, version, description=description)
+        mv = mlflow_client.get_model_version(model_name, version)
+    mlflow_client.set_registered_model_alias(model_name, alias, mv.version)
+    return mv, not existing
+
+
+def champion_grid(mlflow_client: Any, run_id: str, checkpoint: str) -> str | None:
+    """Log a grid of the champion's samples (its run's evaluation settings) to run `run_id` as
+    samples/champion.png, once; returns the artifact path (None when it was already there)."""
+    from ditcore.checkpoint import read_checkpoint_config
+    from pipelines.infra import storage
+    from pipelines.infra.tracking import SAMPLES_DIR, log_checkpoint_grid
+
+    ev = (read_checkpoint_config(storage.local_copy(checkpoint)).get("train") or {}).get("eval") or {}
+    kwargs = {k: ev[k] for k in ("sampler", "steps", "guidance", "seed") if ev.get(k) is not None}
+    return log_checkpoint_grid(mlflow_client, run_id, checkpoint, f"{SAMPLES_DIR}/champion.png", **kwargs)

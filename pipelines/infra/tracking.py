@@ -448,3 +448,95 @@ def resolve_champion(
     for key in ("model", "experiment", "parent_run_id"):
         record[key] = tags.get(key)
     return record
+
+
+# ---- images ---------------------------------------------------------------------------------------------
+
+SAMPLES_DIR = "samples"  # run artifact folder of sample grids
+GRID_SAMPLES = 16  # images in a budget point's / the champion's sample grid
+
+
+def _grid_png(images: Any, cols: int | None = None) -> bytes:
+    """PNG bytes of uint8 images [B,H,W,3] laid out as one grid (cols = ceil(sqrt(B)) by default)."""
+    import io
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.shape[0] == 0:
+        raise ValueError(f"sample grid: expected uint8 images [B,H,W,3] with B >= 1, got {arr.dtype} {arr.shape}")
+    b, h, w, _ = arr.shape
+    cols = max(1, min(int(cols or math.ceil(math.sqrt(b))), b))
+    rows = math.ceil(b / cols)
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def log_sample_grid(mlflow_client: Any, run_id: str, images: Any, artifact_file: str, cols: int | None = None) -> str:
+    """Log uint8 images [B,H,W,3] as one PNG grid artifact `artifact_file` (e.g. samples/step_00000100.png) of
+    run `run_id`; returns the artifact path. ValueError naming the shape of anything that is not such a batch."""
+    if not str(artifact_file).endswith(".png"):
+        raise ValueError(f"sample grid artifact {artifact_file!r}: the name must end in .png")
+    data = _grid_png(images, cols)
+    head, name = os.path.split(str(artifact_file))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        retry(lambda: mlflow_client.log_artifact(run_id, path, artifact_path=head or None), what="log sample grid")
+    return str(artifact_file)
+
+
+def has_artifact(mlflow_client: Any, run_id: str, artifact_file: str) -> bool:
+    """Whether run `run_id` already holds artifact `artifact_file`."""
+    head = os.path.dirname(str(artifact_file)) or None
+    return any(a.path == str(artifact_file) for a in mlflow_client.list_artifacts(run_id, head))
+
+
+def checkpoint_samples(
+    checkpoint: str,
+    *,
+    sampler: str = "euler",
+    steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+    n: int = GRID_SAMPLES,
+) -> Any:
+    """The first `n` evaluation samples of a checkpoint (uint8 [n,H,W,3]): class i mod num_classes, or the text of
+    data set row i, with seed `seed * 1_000_003 + i` (the evaluation rule, so the grid shows FID's own samples)."""
+    import numpy as np
+    import torch
+
+    from pipelines.generation import GenerationPipeline, SamplerSettings
+
+    pipe = GenerationPipeline.from_checkpoint(storage.local_copy(checkpoint), text_encoder=False)
+    seeds = [int(seed) * 1_000_003 + i for i in range(n)]
+    settings = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance)
+    if pipe.conditioning == "class":
+        return pipe.generate_labels([i % int(pipe.num_classes) for i in range(n)], seeds, settings)
+    from pipelines.latents.reader import load_latents_numpy
+
+    rows = load_latents_numpy(pipe.manifest_uri, limit=n, columns=["text_emb", "text_mask", "text_pooled"])
+    if len(rows.get("text_emb", [])) == 0:
+        raise ValueError(f"{pipe.manifest_uri}: empty data set, no captions to condition the sample grid on")
+    idx = np.arange(n) % len(rows["text_emb"])
+    cond = {k: torch.from_numpy(np.ascontiguousarray(rows[k][idx])) for k in ("text_emb", "text_mask", "text_pooled")}
+    cond = {k: v.float() if v.is_floating_point() else v.bool() for k, v in cond.items()}
+    return pipe.generate(cond, seeds, settings)
+
+
+def log_checkpoint_grid(
+    mlflow_client: Any, run_id: str, checkpoint: str, artifact_file: str, **sample_kwargs: Any
+) -> str | None:
+    """Sample a checkpoint (`checkpoint_samples`) and log the grid to `run_id` once: an artifact already there is
+    kept (a re-evaluated point logs nothing). Returns the artifact path, or None when it was already logged."""
+    if has_artifact(mlflow_client, run_id, artifact_file):
+        return None
+    return log_sample_grid(mlflow_client, run_id, checkpoint_samples(checkpoint, **sample_kwargs), artifact_file)

@@ -129,7 +129,7 @@ def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
     assert "beta = " in printed and "checkpoint" in printed.splitlines()[-len(points) - 2]
     assert sum(1 for line in printed.splitlines() if line.startswith("DiT-")) == len(points)
 
-    rc = promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri])
+    rc = promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--no-pyfunc"])
     assert rc == 0, capsys.readouterr()
     champ = resolve_champion("ditscale", tracking_uri=sqlite_uri)
     assert champ["checkpoint"] == best["checkpoint"] and champ["run_id"] == best["run_id"]
@@ -138,7 +138,7 @@ def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
     mv = client.get_model_version_by_alias("ditscale", "champion")
     assert mv.source == best["checkpoint"] and mv.tags["checkpoint"] == best["checkpoint"]
     # promoting again reuses the version of the same checkpoint
-    assert promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri]) == 0
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--no-pyfunc"]) == 0
     assert "reused ditscale version 1" in capsys.readouterr().out
     assert len(client.search_model_versions("name='ditscale'")) == 1
 
@@ -267,7 +267,15 @@ def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
     assert "beta = " in capsys.readouterr().out
     assert (
         promote_job.main(
-            ["--experiment", "rest-grid", "--tracking-uri", mlflow_server, "--model-name", "ditscale-rest"]
+            [
+                "--experiment",
+                "rest-grid",
+                "--tracking-uri",
+                mlflow_server,
+                "--model-name",
+                "ditscale-rest",
+                "--no-pyfunc",
+            ]
         )
         == 0
     ), capsys.readouterr()

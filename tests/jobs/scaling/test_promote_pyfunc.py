@@ -1,0 +1,156 @@
+"""promote logs the champion as an MLflow pyfunc model (sqlite store): `mlflow.pyfunc.load_model("models:/...@champion")`
+loads it after the data set and VAE it was trained on are gone, and its images equal the generation pipeline's for
+the same label, seed and settings; a grid of the champion's samples is readable back through the MLflow client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from jobs.cli import promote as promote_job
+from pipelines.infra.tracking import PARENT_TAG, POINTS_ARTIFACT, ROLE_SWEEP, ROLE_TAG, ROLE_TRIAL, ensure_experiment
+from pipelines.infra.tracking import client as get_client
+from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+
+
+@pytest.fixture
+def champion(tmp_path, monkeypatch):
+    """A sqlite MLflow store with one sweep whose best point is a real latent class-conditional DiT checkpoint."""
+    from ditcore.checkpoint import save_checkpoint
+    from ditcore.models import build_model, config_to_dict
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assets = make_eval_assets(tmp_path / "assets")
+    data = make_latent_dataset(
+        tmp_path / "lat", n=16, num_classes=10, vae_path=assets["vae_path"], feature_net=assets["feature_net"]
+    )
+    torch.manual_seed(0)
+    model = build_model("DiT-T/2", num_classes=10, input_size=8)
+    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros: perturb it so images depend on seed and label
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    config = {
+        "model": config_to_dict(model.config),
+        "objective": {"process": "flow", "prediction": "velocity"},
+        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1},
+        "train": {"eval": {"sampler": "euler", "steps": 3, "guidance": 1.0, "seed": 7}},
+    }
+    ckpt = str(save_checkpoint(tmp_path / "run" / "step_00000100", model=model, ema=model, config=config, state={}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = get_client(uri)
+    exp_id = ensure_experiment(client, "grid")
+    parent = client.create_run(exp_id, run_name="sweep", tags={ROLE_TAG: ROLE_SWEEP})
+    child = client.create_run(exp_id, run_name="t", tags={ROLE_TAG: ROLE_TRIAL, PARENT_TAG: parent.info.run_id})
+    points = [
+        {
+            "model": "DiT-T/2",
+            "params": 1e6,
+            "budget_flops": 1e12,
+            "flops": 1e12,
+            "step": 100,
+            "fid": 9.0,
+            "checkpoint": ckpt,
+        }
+    ]
+    client.log_text(child.info.run_id, json.dumps(points), POINTS_ARTIFACT)
+    client.set_terminated(child.info.run_id)
+    client.set_terminated(parent.info.run_id)
+    return {"uri": uri, "client": client, "ckpt": ckpt, "run_id": child.info.run_id, "tmp": tmp_path}
+
+
+def _png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def test_champion_pyfunc_loads_and_predicts(champion, capsys):
+    import mlflow
+
+    from pipelines.generation import GenerationPipeline, SamplerSettings
+    from pipelines.infra.tracking import resolve_champion
+
+    uri, client = champion["uri"], champion["client"]
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", uri]) == 0, capsys.readouterr().err
+    assert "mlflow.pyfunc.load_model('models:/ditscale@champion')" in capsys.readouterr().out
+    # Ray Serve's source of truth is unchanged: the alias still resolves to the raw checkpoint directory
+    champ = resolve_champion("ditscale", tracking_uri=uri)
+    assert champ["checkpoint"] == champion["ckpt"] and champ["tags"]["ditscale.format"] == "pyfunc"
+
+    pipe = GenerationPipeline.from_checkpoint(champion["ckpt"], device="cpu")
+    expected = pipe.generate_labels([3, 3, 8], [5, 6, 5], SamplerSettings(sampler="euler", steps=3, guidance=1.0))
+    expected_cfg = pipe.generate_labels([2], [11], SamplerSettings(sampler="ddpm", steps=4, guidance=2.5))
+    del pipe
+    # the model carries its checkpoint, data set record and VAE: the originals can go
+    shutil.rmtree(champion["tmp"] / "lat")
+    shutil.rmtree(champion["tmp"] / "assets")
+    shutil.rmtree(champion["tmp"] / "run")
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/ditscale@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    names = [c.name for c in model.metadata.get_input_schema().inputs]
+    assert names == ["prompt", "label", "seed", "steps", "sampler", "guidance"]
+    assert [c.name for c in model.metadata.get_output_schema().inputs] == ["png_base64"]
+    assert model.metadata.saved_input_example_info is not None
+
+    df = pd.DataFrame({"label": [3, 3, 8], "seed": [5, 6, 5], "steps": [3, 3, 3], "sampler": ["euler"] * 3})
+    out = model.predict(df)
+    assert list(out.columns) == ["png_base64"] and len(out) == 3
+    got = np.stack([_png(b) for b in out["png_base64"]])
+    np.testing.assert_array_equal(got, expected)  # bit-identical to the generation pipeline
+    assert not np.array_equal(got[0], got[1]) and not np.array_equal(got[0], got[2])  # seed and label matter
+
+    mixed = pd.DataFrame(
+        {"label": [3, 2], "seed": [5, 11], "steps": [3, 4], "sampler": ["euler", "ddpm"], "guidance": [1.0, 2.5]}
+    )
+    got = np.stack([_png(b) for b in model.predict(mixed)["png_base64"]])
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected_cfg[0])  # per-row sampler, steps and guidance
+
+    from pipelines.export.pyfunc import PyfuncInputError
+
+    with pytest.raises(PyfuncInputError, match="needs a 'label' column"):
+        model.predict(pd.DataFrame({"seed": [1]}))
+    with pytest.raises(PyfuncInputError, match="out of range"):
+        model.predict(pd.DataFrame({"label": [10]}))
+    with pytest.raises(PyfuncInputError, match="'sampler', row 1: 'plms'"):
+        model.predict(pd.DataFrame({"label": [1, 2], "sampler": ["euler", "plms"]}))
+
+
+def test_champion_grid_and_reuse(champion, capsys):
+    from pipelines.infra.tracking import checkpoint_samples
+
+    uri, client, run_id = champion["uri"], champion["client"], champion["run_id"]
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", uri]) == 0, capsys.readouterr().err
+    assert f"sample grid: run {run_id} artifact samples/champion.png" in capsys.readouterr().out
+    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/champion.png"}
+    grid = np.asarray(Image.open(client.download_artifacts(run_id, "samples/champion.png", str(champion["tmp"]))))
+    assert grid.shape == (4 * 32, 4 * 32, 3)  # 16 images of 32 px (8x8 latents, VAE downsample 4)
+    # the champion's evaluation settings (config.json train.eval: euler, 3 steps, seed 7), evaluation's seeding rule
+    first = checkpoint_samples(champion["ckpt"], sampler="euler", steps=3, guidance=1.0, seed=7, n=2)
+    np.testing.assert_array_equal(grid[:32, :32], first[0])
+    np.testing.assert_array_equal(grid[:32, 32:64], first[1])
+
+    # promoting again reuses the pyfunc version and logs no second grid
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", uri]) == 0
+    assert "reused ditscale version 1" in capsys.readouterr().out
+    assert len(client.search_model_versions("name='ditscale'")) == 1
+
+
+def test_unpackable_checkpoint_is_a_clear_error(champion, capsys):
+    (champion["tmp"] / "run" / "step_00000100" / "ema.safetensors").unlink()
+    (champion["tmp"] / "run" / "step_00000100" / "model.safetensors").unlink()
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", champion["uri"]]) == 2
+    err = capsys.readouterr().err
+    assert "cannot package checkpoint" in err and "model.safetensors: missing" in err and "--no-pyfunc" in err
+    assert champion["client"].search_model_versions("name='ditscale'") == []
