@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from typing import Optional, Sequence
 
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="Ray tasks that sample in parallel (0: sample in this process, no Ray)",
     )
+    from jobs.evaluation.fid import FIDSettings
+    from pipelines.cli.config_args import add_print_config
+
+    add_print_config(p, ("settings", FIDSettings))
     return p
 
 
@@ -47,6 +52,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             num_samples=args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed
         )
         settings.check()
+        if args.print_config:
+            from pipelines.cli.config_args import print_config
+
+            print_config(
+                {"checkpoint": args.checkpoint, "data": data, **asdict(settings), "num_actors": args.num_actors}
+            )
+            return 0
         if args.num_actors > 1:
             init_ray()
         out = evaluate_checkpoint(args.checkpoint, data, settings, num_actors=args.num_actors, progress=True)

@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="reduced sizes (about 3 minutes) for tests and a first look")
     p.add_argument("--out", default="outputs/quickstart", help="output directory (default: outputs/quickstart)")
     p.add_argument("--force", action="store_true", help="rerun every stage even if its marker matches")
+    from pipelines.cli.config_args import add_print_config
+
+    add_print_config(p)
     return p
 
 
@@ -25,4 +28,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jobs.quickstart.run import run_quickstart
 
     args = build_parser().parse_args(argv)
+    if args.print_config:
+        from dataclasses import asdict
+
+        from jobs.quickstart.modes import make_mode
+        from pipelines.cli.config_args import print_config
+
+        print_config({"out": args.out, "force": args.force, "mode": asdict(make_mode(args.tiny))})
+        return 0
     return run_quickstart(args.out, tiny=args.tiny, force=args.force)

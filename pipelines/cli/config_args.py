@@ -18,8 +18,19 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
+def _describe_pydantic(cls: type, prefix: str = "") -> list[str]:
+    lines = []
+    for name, f in cls.model_fields.items():  # type: ignore[attr-defined]
+        default = "(required)" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        note = f"  # {f.description}" if f.description else ""
+        lines.append(f"  {prefix}{name}: {_type_name(f.annotation)} = {default}{note}")
+    return lines
+
+
 def describe_keys(cls: type, prefix: str = "") -> list[str]:
-    """`key: type = default` lines for every (nested) field of dataclass `cls`."""
+    """`key: type = default` lines for every (nested) field of dataclass (or pydantic model) `cls`."""
+    if not dataclasses.is_dataclass(cls) and hasattr(cls, "model_fields"):
+        return _describe_pydantic(cls, prefix)
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -60,11 +71,23 @@ def load_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def print_config(cfg: Any) -> None:
-    """The resolved config as YAML on stdout."""
+    """The resolved config (a config dataclass or a plain dict) as YAML on stdout."""
     from ditcore.config import to_dict
     from pipelines.infra.config_files import to_yaml
 
-    print(to_yaml(to_dict(cfg)), end="")
+    print(to_yaml(cfg if isinstance(cfg, dict) else to_dict(cfg)), end="")
+
+
+class _DefaultsAndEpilogFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults in --help, the key listing kept as written."""
+
+
+def add_print_config(parser: argparse.ArgumentParser, *sections: tuple[str, type]) -> None:
+    """--print-config on a flag-driven command; the epilog lists the keys of each (title, dataclass) section."""
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    parser.formatter_class = _DefaultsAndEpilogFormatter
+    blocks = [f"{title} ({cls.__name__}):\n" + "\n".join(describe_keys(cls)) for title, cls in sections]
+    parser.epilog = "\n\n".join(blocks) if blocks else None
 
 
 def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any) -> int:
@@ -84,6 +107,7 @@ def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any)
 
 __all__: Sequence[str] = [
     "add_config_arguments",
+    "add_print_config",
     "describe_keys",
     "load_from_args",
     "print_config",

@@ -64,7 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-file", default=None, help="with --detach: log file of the background process")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the service to answer")
+    from pipelines.cli.config_args import add_print_config
+    from serve.app_args import AppArgs
+
+    add_print_config(p, ("application args (args: of the Serve config)", AppArgs))
     return p
+
+
+def plan_dict(plan: DeploymentPlan) -> dict:
+    """The resolved deployment plan as plain data (what --print-config prints)."""
+    return {
+        "name": plan.name,
+        "route_prefix": plan.route_prefix,
+        "args": plan.args.model_dump() if hasattr(plan.args, "model_dump") else plan.args,
+        "deployments": plan.deployments,
+        "http_options": plan.http_options,
+        "runtime_env": plan.runtime_env,
+    }
 
 
 def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
@@ -137,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         plan = plan_from_args(ns)
+        if ns.print_config:
+            from pipelines.cli.config_args import print_config
+
+            print_config(plan_dict(plan))
+            return 0
         if ns.detach:
             return _detach(argv, ns, plan)
         _run_until_stopped(plan, ns)

@@ -1,0 +1,122 @@
+"""CLI conveniences: `--print-config` prints the resolved config as YAML and exits without running anything; each
+job's `--help` lists its config keys with their defaults (from the dataclasses); `ditscale --version`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import yaml
+
+from ditcore.config import to_dict
+from jobs.cli import main
+from jobs.sweep.config import SweepConfig
+from jobs.train.config import TrainConfig
+from pipelines.cli.config_args import describe_keys
+from pipelines.infra.config_files import load_config
+from pipelines.precompute.job import PrecomputeConfig
+from tests.conftest import REPO_ROOT
+
+CONFIG_JOBS = [
+    ("train", TrainConfig, "configs/train/tiny.yaml", "optim.lr=0.0025", ("optim", "lr"), 0.0025),
+    ("sweep", SweepConfig, "configs/sweep/tiny.yaml", "base.optim.lr=0.0025", ("base", "optim", "lr"), 0.0025),
+    ("precompute", PrecomputeConfig, "configs/precompute/builtin.yaml", "source.count=77", ("source", "count"), 77),
+]
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("job,cls,config,override,path,value", CONFIG_JOBS, ids=[j[0] for j in CONFIG_JOBS])
+def test_print_config_is_the_resolved_config(cwd, capsys, job, cls, config, override, path, value):
+    cfg_path = str(REPO_ROOT / config)
+    assert main([job, "--config", cfg_path, override, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == to_dict(load_config(cls, cfg_path, [override]))
+    node = printed
+    for key in path:
+        node = node[key]
+    assert node == value  # the override is applied
+    assert os.listdir(cwd) == []  # nothing ran: no runs, no MLflow store, no output
+
+
+@pytest.mark.parametrize("job,cls", [(j[0], j[1]) for j in CONFIG_JOBS])
+def test_help_lists_every_config_key_with_its_default(capsys, job, cls):
+    with pytest.raises(SystemExit) as e:
+        main([job, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--print-config" in out
+    lines = describe_keys(cls)
+    assert len(lines) > 10 and all(line in out for line in lines)
+    # a nested default as the dataclass declares it (not written twice)
+    nested = [
+        (f.name, f.default_factory())  # type: ignore[misc]
+        for f in dataclasses.fields(cls)
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())  # type: ignore[misc]
+    ]
+    name, sub_obj = nested[0]
+    sub = dataclasses.fields(sub_obj)[0]
+    assert f"  {name}.{sub.name}: " in out and f"= {getattr(sub_obj, sub.name)!r}" in out
+
+
+def test_bad_override_is_named(cwd, capsys):
+    assert main(["train", "--config", str(REPO_ROOT / "configs/train/tiny.yaml"), "optim.lrr=1", "--print-config"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_evaluate_print_config(cwd, capsys):
+
+    from ditcore.checkpoint import save_checkpoint
+    from ditcore.models import build_model, config_to_dict
+
+    model = build_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3)
+    config = {"model": config_to_dict(model.config), "data": {"space": "pixel", "manifest": "/data/lat"}}
+    ckpt = str(save_checkpoint(cwd / "ckpt", model=model, config=config, state={}))
+    assert main(["evaluate", ckpt, "--steps", "7", "--sampler", "ddim", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == {
+        "checkpoint": ckpt,
+        "data": "/data/lat",  # resolved from the checkpoint's config.json
+        "num_samples": 256,
+        "sampler": "ddim",
+        "steps": 7,
+        "guidance": 1.0,
+        "seed": 0,
+        "num_actors": 1,
+    }
+    assert main(["evaluate", ckpt, "--sampler", "plms", "--print-config"]) == 2
+    assert "'plms'" in capsys.readouterr().err
+
+
+def test_serve_print_config_and_help(cwd, capsys):
+    argv = ["serve", "--checkpoint", "/ckpt/step_1", "--port", "8123", "--set", "Sampler.user_config.default_steps=7"]
+    assert main([*argv, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["args"]["checkpoint"] == "/ckpt/step_1" and printed["args"]["champion"] is False
+    assert printed["deployments"]["Sampler"]["user_config"]["default_steps"] == 7
+    assert printed["http_options"]["port"] == 8123
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "use_ema: bool = True" in out and "champion: bool = False" in out
+
+
+def test_quickstart_print_config(cwd, capsys):
+    assert main(["quickstart", "--tiny", "--out", str(cwd / "qs"), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["mode"]["name"] == "tiny" and printed["out"] == str(cwd / "qs")
+    assert not (cwd / "qs").exists()
+    assert main(["quickstart", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["mode"]["name"] != "tiny"
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("ditscale ") and out != "ditscale unknown"
