@@ -22,6 +22,7 @@ import torch
 
 from ditcore.checkpoint import load_checkpoint
 from ditcore.config import from_dict
+from ditcore.guidance_distill import GUIDANCE_KEY, is_distilled
 from ditcore.objectives import ObjectiveConfig, sampling_fn
 from ditcore.samplers import sample
 from pipelines.infra import storage
@@ -64,6 +65,7 @@ class SamplerSettings:
     time_grid: str = "default"
     guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0
+    steer: dict | None = None  # {"concept", "alpha", "layer"?}: concept steering (ditcore/steering.py)
 
 
 class GenerationError(ValueError):
@@ -80,8 +82,17 @@ class GenerationPipeline:
         device: str | torch.device | None = None,
         use_ema: bool = True,
         text_encoder: bool = True,
+        dtype: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # dtype "auto": bf16 autocast of the model on CUDA (TF32 matmuls for what stays fp32), fp32 elsewhere.
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise GenerationError(f"dtype must be 'auto', 'fp32' or 'bf16', got {dtype!r}")
+        self.bf16 = dtype == "bf16" or (dtype == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.checkpoint_uri = str(checkpoint_uri)
         ckpt = load_checkpoint(storage.local_copy(self.checkpoint_uri), use_ema=use_ema, device=str(self.device))
         self.model = ckpt.model.to(self.device).eval()
@@ -93,7 +104,10 @@ class GenerationPipeline:
             raise GenerationError(f"{self.checkpoint_uri}/config.json: {exc}") from exc
         # The one place a checkpoint's model + objective become the denoiser the samplers integrate (EDM
         # preconditioning, learn_sigma channels, the prediction type): ditcore.objectives.sampling_fn.
-        self.model_fn, self.prediction = sampling_fn(self.model, self.objective)
+        net = torch.compile(self.model) if compile else self.model  # compile: serving's optional torch.compile
+        self.model_fn, self.prediction = sampling_fn(net, self.objective)
+        # A guidance-distilled student takes w as an input: one model call per step, no unconditional half.
+        self.distilled = is_distilled(self.model)
         mc = self.model.config
         self.latent_shape = (int(self.model.in_channels), int(mc.input_size), int(mc.input_size))
         self.conditioning = "text" if "text_emb" in tuple(self.model.cond_keys) else "class"
@@ -234,10 +248,24 @@ class GenerationPipeline:
             raise GenerationError(f"conditions hold {[tuple(v.shape) for v in cond.values()]} rows for {n} seeds")
         noise = initial_noise(seeds, self.latent_shape).to(self.device)  # [B,C,h,w]
         generators = [torch.Generator(device=self.device).manual_seed(sampler_seed(s)) for s in seeds]
-        guided = settings.guidance != 1.0
+        guided = settings.guidance != 1.0 and not self.distilled
         if guided and uncond is None:
             uncond = self.null_conditions(n)
+        if self.distilled:
+            cond = {**cond, GUIDANCE_KEY: torch.full((n,), float(settings.guidance))}
         to_dev = lambda c: {k: v.to(self.device) for k, v in c.items()}  # noqa: E731
+        ems = self._ems(settings.guidance) if settings.sampler == "dpmsolver-v3" else None
+        with self._steering(settings.steer):
+            return self._sample(noise, settings, to_dev(cond), to_dev(uncond) if guided else None, generators, ems)
+
+    def _sample(self, noise, settings: SamplerSettings, cond, uncond, generators, ems) -> torch.Tensor:
+        guided = uncond is not None
+        # bf16 autocast covers the model calls; the solver's state and arithmetic stay fp32.
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            x0 = self._solve(noise, settings, cond, uncond, generators, ems, guided)
+        return x0.float()
+
+    def _solve(self, noise, settings: SamplerSettings, cond, uncond, generators, ems, guided: bool) -> torch.Tensor:
         return sample(
             self.model_fn,
             noise,
@@ -246,13 +274,61 @@ class GenerationPipeline:
             sampler=settings.sampler,
             steps=settings.steps,
             time_grid=settings.time_grid,
-            cond=to_dev(cond),
-            uncond=to_dev(uncond) if guided else None,
-            guidance=settings.guidance,
+            cond=cond,
+            uncond=uncond,
+            guidance=settings.guidance if guided else 1.0,
             guidance_interval=settings.guidance_interval,
             generators=generators,
             eta=settings.eta,
+            ems=ems,
         )
+
+    def _ems(self, guidance: float):
+        """DPM-Solver-v3 statistics stored beside the checkpoint (`ditscale ems`), loaded once per guidance."""
+        from pipelines.checkpoint_extras import load_ems
+
+        cache = self.__dict__.setdefault("_ems_cache", {})
+        if guidance not in cache:
+            try:
+                cache[guidance] = load_ems(self.checkpoint_uri, guidance)
+            except FileNotFoundError as exc:
+                raise GenerationError(str(exc)) from exc
+        return cache[guidance]
+
+    def concepts(self) -> tuple[dict[str, torch.Tensor], int] | None:
+        """(concept directions, their block) stored beside the checkpoint (`ditscale concepts`), or None."""
+        if "_concepts" not in self.__dict__:
+            from pipelines.checkpoint_extras import load_concepts
+
+            self._concepts = load_concepts(self.checkpoint_uri)
+        return self._concepts
+
+    def _steering(self, steer: dict | None):
+        """Context that adds alpha * v[concept] to a block's hidden state (a no-op without `steer`)."""
+        import contextlib
+
+        from ditcore.steering import MAX_ALPHA, Steer, steering, transformer_blocks
+
+        if not steer:
+            return contextlib.nullcontext()
+        try:
+            st = steer if isinstance(steer, Steer) else Steer.from_dict(dict(steer))
+        except (TypeError, ValueError) as exc:
+            raise GenerationError(f"steer: {exc}") from exc
+        found = self.concepts()
+        if found is None:
+            raise GenerationError(f"steer: {self.checkpoint_uri} has no concept directions; run `ditscale concepts`")
+        directions, layer = found
+        if st.concept not in directions:
+            raise GenerationError(
+                f"steer.concept: unknown concept {st.concept!r}; known: {', '.join(sorted(directions))}"
+            )
+        if not abs(st.alpha) <= MAX_ALPHA:
+            raise GenerationError(f"steer.alpha: {st.alpha} is outside [-{MAX_ALPHA:g}, {MAX_ALPHA:g}]")
+        n_blocks = len(transformer_blocks(self.model))
+        if st.layer is not None and not 0 <= st.layer < n_blocks:
+            raise GenerationError(f"steer.layer: {st.layer} is out of range [0, {n_blocks})")
+        return steering(self.model, directions[st.concept], st.alpha, layer if st.layer is None else st.layer)
 
     @torch.inference_mode()
     def decode(self, x0: torch.Tensor) -> np.ndarray:

@@ -58,15 +58,16 @@ class SampleJob:
     label: int | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
+    steer: tuple | None = None  # (concept, alpha, layer): steered jobs share a call only with the same steering
 
     @property
     def num_images(self) -> int:
         """Images this job asks for."""
         return len(self.seeds)
 
-    def batch_key(self) -> tuple[int, str, float]:
-        """Jobs with equal keys can share one sampler call (same time grid, solver and CFG scale)."""
-        return (self.steps, self.sampler, float(self.guidance))
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share one sampler call (same time grid, solver, CFG scale and steering)."""
+        return (self.steps, self.sampler, float(self.guidance)) + ((self.steer,) if self.steer else ())
 
 
 def group_compatible(jobs: list[SampleJob], max_images: int | None = None) -> list[list[int]]:

@@ -158,13 +158,27 @@ class Sampler:
                     "message": f"label: {'required' if label is None else label} - this "
                     f"class-conditioned model takes a label in [0, {self.pipe.num_classes})",
                 }
-            return None
+            return self.check_steer(req.get("steer"))
         for key in ("prompt", "negative_prompt"):
             if req.get(key):
                 try:
                     self.pipe.encode_prompt(req[key])  # cached: the batch reuses the embedding
                 except GenerationError as exc:
                     return {"field": key, "message": f"{key}: {str(exc).split(': ', 1)[-1]}"}
+        return self.check_steer(req.get("steer"))
+
+    def check_steer(self, steer: dict | None) -> dict | None:
+        """{"field", "message"} when `steer` names an unknown concept or layer, or alpha is out of range."""
+        from pipelines.generation import GenerationError
+
+        if not steer:
+            return None
+        try:
+            self.pipe._steering(steer)  # validates against the stored concepts; registers nothing
+        except GenerationError as exc:
+            msg = str(exc)
+            field = msg.split(":", 1)[0] if msg.startswith("steer.") else "steer"
+            return {"field": field, "message": msg}
         return None
 
     async def generate(self, req: dict) -> dict:
@@ -184,6 +198,7 @@ class Sampler:
             label=req.get("label"),
             prompt=req.get("prompt"),
             negative_prompt=req.get("negative_prompt") or None,
+            steer=tuple(req["steer"].get(k) for k in ("concept", "alpha", "layer")) if req.get("steer") else None,
         )
         result = await self._batched(job)
         if "internal_error" in result:
@@ -202,6 +217,7 @@ class Sampler:
             "width": self.pipe.image_size,
             "batch_images": result["batch_images"],
             "checkpoint": self.pipe.checkpoint_uri,
+            "steer": req.get("steer") or None,
         }
         return {"images": result["images"], "settings": settings}
 
@@ -209,8 +225,9 @@ class Sampler:
         """One sampler call for a group of compatible jobs; PNGs per job."""
         from pipelines.generation import SamplerSettings
 
-        steps, sampler, guidance = jobs[0].batch_key()
-        settings = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance)
+        steps, sampler, guidance = jobs[0].batch_key()[:3]
+        steer = dict(zip(("concept", "alpha", "layer"), jobs[0].steer)) if jobs[0].steer else None
+        settings = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance, steer=steer)
         seeds = [s for j in jobs for s in j.seeds]
         if self.pipe.conditioning == "class":
             images = self.pipe.generate_labels([j.label for j in jobs for _ in j.seeds], seeds, settings)

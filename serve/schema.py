@@ -21,7 +21,18 @@ MAX_GUIDANCE = 30.0
 MAX_IMAGES = 16
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000
+MAX_STEER_ALPHA = 20.0  # = ditcore.steering.MAX_ALPHA
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+class SteerRequest(BaseModel):
+    """Concept steering: add alpha x the concept's direction to a block's hidden state (docs/steering.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    concept: str = Field(..., min_length=1, max_length=64, description="A concept of `ditscale concepts`.")
+    alpha: float = Field(..., ge=-MAX_STEER_ALPHA, le=MAX_STEER_ALPHA, description="Strength (class-mean units).")
+    layer: int | None = Field(None, ge=0, description="Block index; default: the block the directions came from.")
 
 
 class GenerateRequest(BaseModel):
@@ -47,6 +58,7 @@ class GenerateRequest(BaseModel):
         None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random when omitted."
     )
     num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
+    steer: SteerRequest | None = Field(None, description="Concept steering {concept, alpha, layer?}.")
     format: Literal["png", "json"] = Field(
         "png", description="'png': raw PNG bytes when num_images == 1; 'json': base64 PNGs."
     )
@@ -75,6 +87,7 @@ class Settings(BaseModel):
     width: int
     batch_images: int = Field(description="Images in the forward batch this request ran in (dynamic batching).")
     checkpoint: str
+    steer: dict[str, Any] | None = None
 
 
 class GeneratedImage(BaseModel):

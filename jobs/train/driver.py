@@ -129,7 +129,11 @@ def _dotted(cfg: TrainConfig, key: str) -> Any:
 
 
 def train_runs(
-    runs: Sequence[PreparedRun], experiment_dir: Optional[str] = None, *, callbacks: Optional[list] = None
+    runs: Sequence[PreparedRun],
+    experiment_dir: Optional[str] = None,
+    *,
+    callbacks: Optional[list] = None,
+    trainer: Optional[type] = None,
 ) -> None:
     """Train, in order, every run that has no result yet, in ONE Ray Train run (one worker group).
 
@@ -155,14 +159,17 @@ def train_runs(
                 raise ConfigError(
                     f"{key}: runs trained together must agree ({r.plan.run_name}: {b!r} vs {first.run_name}: {a!r})"
                 )
-    _torch_trainer(todo, experiment_dir, callbacks)
+    _torch_trainer(todo, experiment_dir, callbacks, trainer)
     for r in todo:
         if not storage.exists(r.result_uri):
             raise RuntimeError(f"run {r.plan.run_name}: training ended without a result ({r.result_uri})")
 
 
-def _torch_trainer(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: Optional[list]) -> None:
-    """One TorchTrainer (run directory `experiment_dir`) that trains `runs` in order; each writes result.json."""
+def _torch_trainer(
+    runs: Sequence[PreparedRun], experiment_dir: str, callbacks: Optional[list], trainer: Optional[type] = None
+) -> None:
+    """One TorchTrainer (run directory `experiment_dir`) that trains `runs` in order; each writes result.json.
+    `trainer`: a jobs.train.loop.Trainer subclass to run instead (guidance distillation, jobs/distill)."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -184,7 +191,7 @@ def _torch_trainer(runs: Sequence[PreparedRun], experiment_dir: str, callbacks: 
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"runs": plans},
+        train_loop_config={"runs": plans, **({"trainer": trainer} if trainer is not None else {})},
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),

@@ -441,7 +441,7 @@ def train_loop_per_worker(config: dict) -> None:
                 env.barrier()
                 continue
             plan = dataclasses.replace(plan, init_from_local=storage.local_copy(init))
-        Trainer(plan, env).run()
+        config.get("trainer", Trainer)(plan, env).run()  # a Trainer subclass (jobs/distill) may replace the loss
 
 
 __all__ += ["RESULT_NAME", "failed_result", "null_condition"]

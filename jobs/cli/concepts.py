@@ -1,0 +1,111 @@
+"""`ditscale concepts CKPT`: concept directions (difference of class means) and the PCA of a checkpoint's mid-layer
+features, stored beside it; optionally the steering response curve of one colour (built-in data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `ditscale concepts`."""
+    p = argparse.ArgumentParser(
+        prog="ditscale concepts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Extract a block's features over the checkpoint's captioned / labelled latents, plot their 2-D "
+        "PCA coloured by concept (concepts_pca.png) and store the concept directions beside the checkpoint "
+        "(concepts.safetensors), which sample / serve use for steer={concept, alpha, layer}.",
+    )
+    p.add_argument("checkpoint", help="checkpoint directory (local or s3://)")
+    p.add_argument("--num-samples", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")
+    p.add_argument("--times", default="0.3,0.5,0.7", help="noise levels, fractions of the time range (1 = noise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="directory for the plot and JSON (default: the checkpoint, if local)")
+    p.add_argument("--response", default=None, metavar="COLOUR", help="also measure the steering response curve")
+    p.add_argument("--alphas", default="0,0.5,1,2,3", help="steering strengths of the response curve")
+    p.add_argument("--response-samples", type=int, default=64)
+    p.add_argument("--sampler", default="dpmpp-2m")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=1.0)
+    return p
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ValueError(f"--{name}: {text!r} is not a comma-separated list of numbers") from e
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import os
+
+    from ditcore.steering import pca_2d
+    from jobs.concepts.extract import ConceptSettings, class_separation, extract_features, pca_plot
+    from pipelines.checkpoint_extras import save_concepts
+    from pipelines.generation import GenerationPipeline
+    from pipelines.infra import storage
+
+    settings = ConceptSettings(
+        args.num_samples, args.batch_size, args.layer, tuple(_floats(args.times, "times")), args.seed
+    )
+    settings.check()
+    alphas = _floats(args.alphas, "alphas")
+    out_dir = args.out or (None if storage.is_s3(args.checkpoint) else args.checkpoint)
+    if out_dir is None:
+        raise ValueError("--out is required for an s3:// checkpoint (where to write the plot)")
+    pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device="cpu", text_encoder=False)
+    feats, labels, layer, times = extract_features(pipe, settings)
+    from ditcore.steering import concept_directions
+
+    found = concept_directions(feats, labels)
+    coords, _, explained = pca_2d(feats)
+    os.makedirs(out_dir, exist_ok=True)
+    plot = os.path.join(out_dir, "concepts_pca.png")
+    pca_plot(coords.numpy(), labels, plot, f"block {layer} features, PCA ({len(labels)} rows)")
+    info = {"layer": layer, "times": times, "rows": len(labels), "norm": found["norm"]}
+    uri = save_concepts(args.checkpoint, found["directions"], layer, info)
+    out = {
+        "concepts": uri,
+        "plot": plot,
+        **info,
+        "pca_explained": [float(v) for v in explained],
+        "pca_separation": class_separation(coords, labels),
+    }
+    if args.response:
+        from jobs.concepts.response import response_plot, steering_response
+
+        pipe.__dict__.pop("_concepts", None)  # re-read: the directions were just written
+        res = steering_response(
+            pipe,
+            args.response,
+            alphas,
+            num_samples=args.response_samples,
+            sampler=args.sampler,
+            steps=args.steps,
+            guidance=args.guidance,
+        )
+        res["plot"] = os.path.join(out_dir, f"steering_{args.response}.png")
+        response_plot(res, res["plot"])
+        out["response"] = res
+    with open(os.path.join(out_dir, "concepts.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of `ditscale concepts`."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from pipelines.generation import GenerationError
+
+    try:
+        out = _run(args)
+    except (GenerationError, ValueError, FileNotFoundError) as e:
+        print(f"ditscale concepts: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Concept directions and steering of a checkpoint (`ditscale concepts`)."""

@@ -1,0 +1,148 @@
+"""Driving a guidance distillation: plan from the teacher's run, train on Ray Train, record beside the teacher.
+
+The student's run is a training run (jobs.train.driver: storage directory, MLflow run, one TorchTrainer, result
+record) whose plan is derived from the teacher checkpoint's `train` config: same data set, objective and model
+with `guidance_embed=true`, the distillation's steps, batch and learning rate. Its MLflow run is nested under the
+teacher's run (the run id recorded in the teacher's run directory, `mlflow_run.json`), in the same experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from ditcore.config import ConfigError, from_dict, merge, to_dict
+from ditcore.guidance_distill import GuidanceRange, student_model_config
+from jobs.distill.config import DistillConfig
+from jobs.train.config import TrainConfig
+from jobs.train.plan import RunPlan, resolve_run
+from pipelines.infra import storage
+
+DISTILL_ROLE = "distill"
+
+
+def teacher_run_dir(teacher: str) -> str:
+    """<run dir> of a checkpoint <run dir>/checkpoints/step_X."""
+    parts = teacher.rstrip("/").rsplit("/", 2)
+    if len(parts) < 3 or parts[1] != "checkpoints":
+        raise ConfigError(f"teacher: {teacher!r} is not a checkpoint directory <run>/checkpoints/step_XXXXXXXX")
+    return parts[0]
+
+
+def _teacher_config(teacher: str) -> dict:
+    from ditcore.checkpoint import CheckpointError, read_checkpoint_config
+
+    try:
+        cfg = read_checkpoint_config(storage.local_copy(teacher))
+    except (CheckpointError, FileNotFoundError, OSError) as e:
+        raise ConfigError(f"teacher: cannot read checkpoint {teacher!r}: {e}") from e
+    if "train" not in cfg:
+        raise ConfigError(f"teacher: {teacher}/config.json has no 'train' config (not written by ditscale train)")
+    try:
+        student_model_config(cfg["model"])
+    except ValueError as e:
+        raise ConfigError(f"teacher: {e}") from e
+    return cfg
+
+
+def _check(cfg: DistillConfig) -> None:
+    if not cfg.teacher:
+        raise ConfigError("teacher: required (the teacher checkpoint directory)")
+    try:
+        GuidanceRange(cfg.w_min, cfg.w_max)
+    except ValueError as e:
+        raise ConfigError(f"w_min/w_max: {e}") from e
+    for key in ("steps", "batch_size", "num_workers"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+
+
+def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
+    """The student's TrainConfig: the teacher's, with guidance_embed and the distillation's schedule."""
+    teacher = cfg.teacher.rstrip("/")
+    base = teacher_cfg["train"]
+    tname = teacher_cfg.get("run_name") or teacher_run_dir(teacher).rsplit("/", 1)[-1]
+    overrides = {
+        "model.overrides.guidance_embed": True,
+        "model.name": f"{(base.get('model') or {}).get('preset') or tname}-distilled",
+        "budget_flops": 1e30,  # replaced by the step count below
+        "optim.lr": cfg.lr,
+        "optim.schedule": "constant",
+        "optim.warmup_steps": cfg.warmup_steps,
+        "optim.ema_decay": cfg.ema_decay,
+        "optim.mup": False,
+        "data.batch_size": cfg.batch_size,
+        "data.val_samples": cfg.val_samples,
+        "eval.num_samples": 0,
+        "eval.budgets": [],
+        "eval.fractions": [],
+        "checkpoint.storage": cfg.storage or storage.join(teacher_run_dir(teacher), "distill"),
+        "checkpoint.init_from": None,
+        "checkpoint.every_n_steps": 0,
+        "run.num_workers": cfg.num_workers,
+        "run.cpus_per_worker": cfg.cpus_per_worker,
+        "run.use_gpu": cfg.use_gpu,
+        "run.bf16": cfg.bf16,
+        "run.seed": cfg.seed,
+        "run.fsdp": False,
+        "run.name": cfg.name or f"{tname}-distill-w{cfg.w_min:g}-{cfg.w_max:g}",
+        "mlflow.enabled": cfg.mlflow,
+        "mlflow.log_every": cfg.log_every,
+    }
+    if cfg.tracking_uri is not None or not (base.get("mlflow") or {}).get("enabled", False):
+        overrides["mlflow.tracking_uri"] = cfg.tracking_uri
+    update: dict = {}
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = update
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return from_dict(TrainConfig, merge(to_dict(from_dict(TrainConfig, base, where="teacher.train")), update))
+
+
+def distill_plan(cfg: DistillConfig) -> RunPlan:
+    """Validate the distillation against the teacher and its data set; the student's run plan."""
+    _check(cfg)
+    teacher_cfg = _teacher_config(cfg.teacher)
+    tcfg = student_train_config(cfg, teacher_cfg)
+    plan = resolve_run(tcfg)
+    expected = student_model_config(teacher_cfg["model"])
+    if plan.model_config != expected:
+        diff = sorted(k for k in set(expected) | set(plan.model_config) if expected.get(k) != plan.model_config.get(k))
+        raise ConfigError(f"teacher: the student's model config differs from the teacher's in {diff}")
+    plan.total_steps = cfg.steps
+    plan.point_steps = {cfg.steps: float(cfg.steps * cfg.batch_size * plan.train_flops_per_image)}
+    plan.params_extra = {"teacher": cfg.teacher, "w_min": cfg.w_min, "w_max": cfg.w_max, "role": DISTILL_ROLE}
+    return plan
+
+
+def teacher_mlflow_run(teacher: str) -> Optional[dict]:
+    """{"run_id", "tracking_uri"} recorded in the teacher's run directory (mlflow_run.json), or None."""
+    marker = storage.join(teacher_run_dir(teacher.rstrip("/")), "mlflow_run.json")
+    return storage.read_json(marker) if storage.exists(marker) else None
+
+
+def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[str, Any]:
+    """Plan, train the student on Ray Train (DDP over cfg.num_workers), record it; the run's summary."""
+    from jobs.distill.loop import DistillTrainer
+    from jobs.train.driver import finish_run, prepare_run, train_runs
+    from pipelines.infra import tracking
+
+    plan = plan or distill_plan(cfg)
+    parent = teacher_mlflow_run(cfg.teacher) if plan.tracking_uri else None
+    parent_id = None
+    if parent and parent.get("tracking_uri", plan.tracking_uri) == plan.tracking_uri:
+        parent_id = parent.get("run_id") or parent.get("parent_run_id")
+        exp = tracking.client(plan.tracking_uri, check=False).get_run(parent_id).info.experiment_id
+        name = tracking.client(plan.tracking_uri, check=False).get_experiment(exp).name
+        plan.cfg = dataclasses.replace(plan.cfg, mlflow=dataclasses.replace(plan.cfg.mlflow, experiment=name))
+    tags = {tracking.ROLE_TAG: DISTILL_ROLE, "ditscale.teacher": cfg.teacher}
+    run = prepare_run(plan, parent_run_id=parent_id, tags=tags)
+    storage.write_json(storage.join(plan.run_dir, "distill.json"), {**to_dict(cfg), "parent_run_id": parent_id})
+    train_runs([run], trainer=DistillTrainer)
+    out = finish_run(run, evaluate=False)
+    out["parent_run_id"] = parent_id
+    return out

@@ -1,0 +1,125 @@
+"""EMS of a checkpoint on its latent data set: the lambda nodes split over Ray tasks, sums merged, stored beside it.
+
+Every task sees every data batch with the same per-batch noise (common random numbers: the estimator's
+finite-difference l^(1) needs estimates that vary smoothly across lambda) and accumulates only its share of the
+lambda nodes; the driver merges the sums (ditcore.samplers.EMSEstimator.merge) and finalises. The model is the
+checkpoint's EMA network as the generation pipeline samples it (sampling_fn, the guidance scale: EMS depend on it;
+a distilled student takes w as an input instead of a second forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class EMSSettings:
+    """How the EMS are estimated."""
+
+    guidance: float = 1.0
+    num_samples: int = 512  # data rows (posterior means, no flip)
+    batch_size: int = 128
+    num_nodes: int = 241  # uniform lambda nodes (the paper uses 1200; v3 interpolates between nodes)
+    method: str = "jvp"  # "jvp" (forward-mode AD) or "fd" (finite differences)
+    seed: int = 0
+    num_tasks: int = 2  # Ray tasks splitting the lambda nodes; 0: compute in this process, no Ray
+
+    def check(self) -> None:
+        """Errors name the bad value."""
+        for key in ("num_samples", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_nodes < 8:
+            raise ValueError(f"num_nodes must be >= 8, got {self.num_nodes}")
+        if self.num_tasks < 0:
+            raise ValueError(f"num_tasks must be >= 0, got {self.num_tasks}")
+        if self.method not in ("jvp", "fd"):
+            raise ValueError(f"method must be 'jvp' or 'fd', got {self.method!r}")
+
+
+def _data(pipe, settings: EMSSettings) -> list[tuple[torch.Tensor, dict]]:
+    """Batches (x0 in model space, cond) of the checkpoint's data set."""
+    from pipelines.latents.reader import load_latents_numpy
+
+    keys = ("label",) if pipe.conditioning == "class" else ("text_emb", "text_mask", "text_pooled")
+    rows = load_latents_numpy(pipe.manifest_uri, limit=settings.num_samples, columns=["latent_mean", *keys])
+    if not rows or len(rows["latent_mean"]) == 0:
+        raise ValueError(f"{pipe.manifest_uri}: no rows to estimate the EMS on")
+    x0 = (torch.from_numpy(rows["latent_mean"].astype(np.float32)) - pipe.shift_factor) * pipe.scaling_factor
+    cond = {("y" if k == "label" else k): torch.from_numpy(np.asarray(rows[k])) for k in keys}
+    cond = {k: v.long() if k == "y" else (v.bool() if k == "text_mask" else v.float()) for k, v in cond.items()}
+    out = []
+    for start in range(0, x0.shape[0], settings.batch_size):
+        sl = slice(start, start + settings.batch_size)
+        out.append((x0[sl], {k: v[sl] for k, v in cond.items()}))
+    return out
+
+
+def _estimator(pipe, settings: EMSSettings, batch: int):
+    from ditcore.guidance_distill import GUIDANCE_KEY
+    from ditcore.samplers import EMSEstimator, ems_lambdas
+
+    guided = settings.guidance != 1.0 and not pipe.distilled
+    model_fn = pipe.model_fn
+    if pipe.distilled:
+        base_fn = pipe.model_fn
+
+        def model_fn(x, t, **cond):
+            return base_fn(x, t, **cond, **{GUIDANCE_KEY: torch.full((x.shape[0],), float(settings.guidance))})
+
+    return EMSEstimator(
+        model_fn,
+        process=pipe.objective.process,
+        prediction=pipe.prediction,
+        lambdas=ems_lambdas(pipe.objective.process, settings.num_nodes),
+        method=settings.method,
+        uncond=pipe.null_conditions(1) if guided else None,
+        guidance=settings.guidance if guided else 1.0,
+    )
+
+
+def ems_part(checkpoint: str, settings: EMSSettings, nodes: list[int]) -> dict[str, torch.Tensor]:
+    """The estimator's sums over every data batch at lambda `nodes` (one Ray task, or the whole job locally)."""
+    from jobs.train.loop import mix_seed
+    from pipelines.generation import GenerationPipeline
+
+    torch.set_num_threads(1)
+    pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
+    batches = _data(pipe, settings)
+    est = _estimator(pipe, settings, batches[0][0].shape[0])
+    for i, (x0, cond) in enumerate(batches):
+        g = torch.Generator().manual_seed(mix_seed(settings.seed, i))  # same noise for this batch in every task
+        est.update(x0, cond=cond, generator=g, nodes=nodes)
+    return est.state_dict()
+
+
+def compute_ems(checkpoint: str, settings: EMSSettings) -> tuple[Any, dict]:
+    """(EMS, info) of `checkpoint`; Ray tasks when settings.num_tasks > 0 (Ray started here if needed)."""
+    settings.check()
+    from pipelines.generation import GenerationPipeline
+
+    t0 = time.time()
+    pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
+    merged = _estimator(pipe, settings, settings.batch_size)
+    nodes = list(range(settings.num_nodes))
+    if settings.num_tasks == 0:
+        parts = [ems_part(checkpoint, settings, nodes)]
+    else:
+        import ray
+
+        from pipelines.infra.ray_runtime import init_ray
+
+        init_ray()
+        task = ray.remote(num_cpus=1)(ems_part)
+        chunks = [nodes[i :: settings.num_tasks] for i in range(settings.num_tasks)]
+        parts = ray.get([task.remote(checkpoint, settings, c) for c in chunks if c])
+    for part in parts:
+        merged.merge(part)
+    ems = merged.finalize()
+    info = {**dataclasses.asdict(settings), "seconds": round(time.time() - t0, 1), "distilled": pipe.distilled}
+    return ems, info

@@ -1,0 +1,77 @@
+"""Files stored beside a checkpoint by later commands (never inside its weights): DPM-Solver-v3 EMS (`ditscale ems`)
+and concept directions (`ditscale concepts`). safetensors only; written under a temporary name, then renamed /
+uploaded, so a reader never sees half a file
+(pipelines.infra.storage.write_bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+from pipelines.infra import storage
+
+CONCEPTS_FILE = "concepts.safetensors"
+
+
+def ems_name(guidance: float) -> str:
+    """EMS depend on the guidance scale they were taken at: ems.safetensors (w = 1) or ems_w<w>.safetensors."""
+    return "ems.safetensors" if float(guidance) == 1.0 else f"ems_w{float(guidance):g}.safetensors"
+
+
+def _write(uri: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    storage.write_bytes(uri, save({k: v.contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
+
+
+def _read(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    data = storage.read_bytes(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "f.safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def save_ems(checkpoint: str, ems, guidance: float, info: dict) -> str:
+    """Store EMS (ditcore.samplers.EMS) beside `checkpoint`; returns the file's URI."""
+    uri = storage.join(checkpoint, ems_name(guidance))
+    _write(uri, ems.to_dict(), {"guidance": repr(float(guidance)), "info": json.dumps(info)})
+    return uri
+
+
+def load_ems(checkpoint: str, guidance: float):
+    """The EMS stored beside `checkpoint` for guidance scale `guidance`; FileNotFoundError says how to make them."""
+    from ditcore.samplers import EMS
+
+    uri = storage.join(checkpoint, ems_name(guidance))
+    if not storage.exists(uri):
+        raise FileNotFoundError(
+            f"sampler 'dpmsolver-v3' needs the model statistics {uri} (guidance {float(guidance):g}); compute them "
+            f"with `ditscale ems {checkpoint} --guidance {float(guidance):g}`"
+        )
+    tensors, _ = _read(uri)
+    return EMS.from_dict(tensors)
+
+
+def save_concepts(checkpoint: str, directions: dict[str, torch.Tensor], layer: int, info: dict) -> str:
+    """Store unit concept directions (name -> [D]) taken at block `layer` beside `checkpoint`."""
+    uri = storage.join(checkpoint, CONCEPTS_FILE)
+    _write(uri, dict(directions), {"layer": str(int(layer)), "info": json.dumps(info)})
+    return uri
+
+
+def load_concepts(checkpoint: str) -> tuple[dict[str, torch.Tensor], int] | None:
+    """(directions, layer) stored beside `checkpoint`, or None when there are none."""
+    uri = storage.join(checkpoint, CONCEPTS_FILE)
+    if not storage.exists(uri):
+        return None
+    tensors, meta = _read(uri)
+    return tensors, int(meta["layer"])

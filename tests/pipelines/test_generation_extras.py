@@ -1,0 +1,111 @@
+"""The generation pipeline with a guidance-distilled checkpoint (one model call per step), DPM-Solver-v3 statistics
+stored beside a checkpoint (`ditscale ems`), and concept steering (`ditscale concepts`, steer=...)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ditcore.checkpoint import save_checkpoint
+from ditcore.guidance_distill import load_teacher_weights, student_model_config
+from ditcore.models import build_model, config_from_dict, config_to_dict
+from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings
+from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A class-conditional DiT teacher and a distilled student (guidance embedder trained away from zero)."""
+    root = tmp_path_factory.mktemp("gen_extras")
+    assets = make_eval_assets(root / "assets")
+    data = make_latent_dataset(root / "lat", n=32, num_classes=4, vae_path=assets["vae_path"])
+    torch.manual_seed(0)
+    teacher = build_model("DiT-T/2", num_classes=4, input_size=8)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student = build_model(config_from_dict(student_model_config(config_to_dict(teacher.config))))
+    load_teacher_weights(student, teacher.state_dict())
+    with torch.no_grad():
+        student.g_embedder.mlp[2].weight.normal_(std=0.05)
+    out = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        config = {
+            "model": config_to_dict(model.config),
+            "objective": {"process": "flow", "prediction": "velocity"},
+            "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0},
+        }
+        out[name] = str(save_checkpoint(root / name, model=model, ema=model, config=config, state={"step": 1}))
+    return out
+
+
+def _calls(pipe: GenerationPipeline) -> list[int]:
+    batches: list[int] = []
+    pipe.model.register_forward_pre_hook(lambda _m, args: batches.append(int(args[0].shape[0])))
+    return batches
+
+
+def test_distilled_checkpoint_makes_one_model_call_per_step(ckpts):
+    labels, seeds = [0, 1, 2], [5, 6, 7]
+    teacher = GenerationPipeline.from_checkpoint(ckpts["teacher"], device="cpu")
+    student = GenerationPipeline.from_checkpoint(ckpts["student"], device="cpu")
+    assert student.distilled and not teacher.distilled
+    t_calls, s_calls = _calls(teacher), _calls(student)
+    guided = SamplerSettings(sampler="euler", steps=5, guidance=3.0)
+    teacher.generate_labels(labels, seeds, guided)
+    img_w3 = student.generate_labels(labels, seeds, guided)
+    assert t_calls == [6] * 5  # CFG: conditional and unconditional halves in each call
+    assert s_calls == [3] * 5  # guidance is an input: one forward of the batch per step
+    img_w1 = student.generate_labels(labels, seeds, SamplerSettings(sampler="euler", steps=5, guidance=1.0))
+    assert not np.array_equal(img_w3, img_w1)  # w reaches the model
+
+
+def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
+    from jobs.cli.ems import main
+
+    ckpt = ckpts["teacher"]
+    pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    v3 = SamplerSettings(sampler="dpmsolver-v3", steps=4, guidance=1.0)
+    with pytest.raises(GenerationError, match=r"ditscale ems .* --guidance 1"):
+        pipe.generate_labels([0], [0], v3)
+    args = [ckpt, "--num-samples", "16", "--batch-size", "8", "--num-nodes", "12", "--num-tasks", "0"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["nodes"] == 12 and out["shape"] == [4, 8, 8]
+    img = pipe.generate_labels([0, 1], [0, 1], v3)
+    assert img.shape == (2, 32, 32, 3)
+    with pytest.raises(GenerationError, match="ems_w2.safetensors"):  # EMS are per guidance scale
+        pipe.generate_labels([0], [0], SamplerSettings(sampler="dpmsolver-v3", steps=4, guidance=2.0))
+    assert main([ckpt, "--num-nodes", "3"]) == 2  # bad value: a clear error, nothing written
+
+
+def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
+    from jobs.cli.concepts import main
+
+    ckpt = ckpts["teacher"]
+    pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    with pytest.raises(GenerationError, match="no concept directions"):
+        pipe.generate_labels([0], [0], SamplerSettings(steer={"concept": "0", "alpha": 1.0}))
+    assert main([ckpt, "--num-samples", "32", "--times", "0.5", "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "concepts_pca.png").stat().st_size > 0
+    assert out["layer"] == 1 and set(out["norm"]) == {"0", "1", "2", "3"}
+    pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    base = dict(sampler="euler", steps=4)
+    plain = pipe.generate_labels([0, 1], [3, 4], SamplerSettings(**base))
+    zero = pipe.generate_labels([0, 1], [3, 4], SamplerSettings(**base, steer={"concept": "2", "alpha": 0.0}))
+    steered = pipe.generate_labels([0, 1], [3, 4], SamplerSettings(**base, steer={"concept": "2", "alpha": 3.0}))
+    assert np.array_equal(plain, zero)
+    assert not np.array_equal(plain, steered)
+    assert np.array_equal(plain, pipe.generate_labels([0, 1], [3, 4], SamplerSettings(**base)))  # hook removed
+    for steer, match in [
+        ({"concept": "purple", "alpha": 1.0}, "unknown concept 'purple'"),
+        ({"concept": "2", "alpha": 25.0}, r"steer.alpha: 25.0 is outside"),
+        ({"concept": "2", "alpha": 1.0, "layer": 9}, "steer.layer: 9 is out of range"),
+        ({"concept": "2"}, "steer must be"),
+    ]:
+        with pytest.raises(GenerationError, match=match):
+            pipe.generate_labels([0], [0], SamplerSettings(**base, steer=steer))
