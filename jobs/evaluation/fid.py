@@ -52,9 +52,10 @@ class FIDSettings:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
-    def key(self, feature_net: str = "") -> str:
-        """Short stable hash of these settings and the feature network."""
-        blob = json.dumps({**asdict(self), "feature_net": feature_net}, sort_keys=True)
+    def key(self, feature_net: str = "", classifier: Optional[str] = None) -> str:
+        """Short stable hash of these settings, the feature network (and the classifier scoring the samples)."""
+        extra = {"classifier": classifier} if classifier else {}
+        blob = json.dumps({**asdict(self), "feature_net": feature_net, **extra}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -70,7 +71,9 @@ def feature_net(uri: str) -> torch.nn.Module:
 def _pipeline(ckpt: str):
     from pipelines.generation import GenerationPipeline
 
-    return GenerationPipeline.from_checkpoint(ckpt, device="cpu", text_encoder=False)
+    # One load per process (a Ray worker keeps it for the next part); on a GPU: bf16 autocast + TF32 (dtype auto).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return GenerationPipeline.from_checkpoint(ckpt, device=device, text_encoder=False)
 
 
 def preload(manifest_uri: str) -> None:
@@ -115,8 +118,10 @@ def generate_features(
     batch_size: int = 64,
     want_images: bool = False,
     progress: bool = False,
+    feature_net_uri: Optional[str] = None,
 ) -> dict[str, np.ndarray]:
-    """Sample `indices` (cond rows aligned with them), featurise: {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
+    """Sample `indices` (cond rows aligned with them), featurise with the data set's feature net (or
+    `feature_net_uri`): {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
     from tqdm.auto import tqdm
 
     from pipelines.generation import SamplerSettings
@@ -124,9 +129,9 @@ def generate_features(
     torch.set_num_threads(max(1, int(os.environ.get("DITSCALE_EVAL_THREADS", "1"))))
     pipe = _pipeline(storage.local_copy(ckpt))
     manifest = pipe.manifest
-    if manifest is None or manifest.fid is None or not manifest.fid.feature_net:
+    if feature_net_uri is None and (manifest is None or manifest.fid is None or not manifest.fid.feature_net):
         raise ValueError(f"{manifest_uri}: the data set records no FID feature net (manifest fid.feature_net)")
-    net = feature_net(manifest.fid.feature_net)
+    net = feature_net(feature_net_uri or manifest.fid.feature_net)
     sampler = SamplerSettings(sampler=settings.sampler, steps=settings.steps, guidance=settings.guidance)
     feats, imgs = [], []
     indices = list(indices)
@@ -168,8 +173,10 @@ def _sample_parts(
     num_actors: int,
     cpus_per_actor: float,
     progress: bool,
+    num_gpus: Optional[float] = None,
 ) -> tuple[list[list[int]], list[dict]]:
-    """(index slice per part, generate_features result per part), in this process or on Ray actors."""
+    """(index slice per part, generate_features result per part), in this process or on Ray actors (one GPU each
+    when the cluster has GPUs: `num_gpus` None picks 1 then, else 0)."""
     n = settings.num_samples
     in_process = num_actors == 0  # no actor start-up: worth it for tiny models
     num_actors = max(1, min(num_actors, n))
@@ -183,7 +190,10 @@ def _sample_parts(
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    @ray.remote(num_cpus=cpus_per_actor)
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+    @ray.remote(num_cpus=cpus_per_actor, num_gpus=num_gpus)
     def sample_part(ck, uri, idx, c, s, images):
         return generate_features(ck, uri, idx, {k: v[idx] for k, v in c.items()}, s, want_images=images)
 
@@ -204,11 +214,17 @@ def evaluate_checkpoint(
     num_actors: int = 1,
     cpus_per_actor: float = 1.0,
     progress: bool = False,
+    classifier: Optional[str] = None,
+    n_boot: int = 50,
+    num_gpus: Optional[float] = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """FID of `ckpt` (EMA weights) vs the data set's reference stats; + "attr_acc" for text models on built-in data.
+    """FID of `ckpt` (EMA weights) vs the data set's reference stats, with its sampling noise; + "attr_acc" for text
+    models on built-in data; + "class_acc" when a `classifier` (ditcore.metrics.classifier net) is given.
 
-    `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples.
+    `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples. "fid_se"
+    and "fid_ci" come from `n_boot` bootstrap resamples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
+    a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed).
     """
     from ditcore.checkpoint import read_checkpoint_config
     from ditcore.metrics.fid import feature_stats, frechet_distance
@@ -228,8 +244,10 @@ def evaluate_checkpoint(
         manifest_uri, manifest, conditioning, settings.num_samples, int(model_cfg.get("num_classes") or 0)
     )
     objects = _builtin_objects(manifest, cond["id"]) if "id" in cond else None
+    labels = _class_labels(manifest_uri, cond, settings.num_samples) if classifier else None
+    want_images = objects is not None or labels is not None
     parts_idx, parts = _sample_parts(
-        ckpt, manifest_uri, cond, settings, objects is not None, num_actors, cpus_per_actor, progress
+        ckpt, manifest_uri, cond, settings, want_images, num_actors, cpus_per_actor, progress, num_gpus
     )
     order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts_idx])  # reassemble in index order
     feats = np.empty((settings.num_samples, parts[0]["features"].shape[1]))
@@ -240,15 +258,60 @@ def evaluate_checkpoint(
         **asdict(settings),
         "fid_network": manifest.fid.feature_net,
         "feature_dim": int(feats.shape[1]),
+        **_noise(feats, mu_ref, sigma_ref, n_boot, settings.seed),
     }
+    if want_images:
+        images = np.empty((settings.num_samples, *parts[0]["images"].shape[1:]), np.uint8)
+        images[order] = np.concatenate([p["images"] for p in parts])
+        out.update(_accuracies(manifest, images, objects, labels, classifier))
+    return out
+
+
+def _noise(feats: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """The FID's sampling noise (bootstrap over the generated samples) and the few-samples warning."""
+    import sys
+
+    from ditcore.metrics.fid import few_samples_warning, fid_bootstrap
+
+    warning = few_samples_warning(len(feats), feats.shape[1])
+    if warning:
+        print(f"[ditscale] WARNING: {warning}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"few_samples_warning": warning}
+    if n_boot > 1:
+        boot = fid_bootstrap(feats, mu_ref, sigma_ref, n_boot=n_boot, seed=seed)
+        out.update(fid_se=float(boot["se"]), fid_ci=[float(v) for v in boot["ci"]], fid_n_boot=int(n_boot))
+    return out
+
+
+def _class_labels(manifest_uri: str, cond: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """The class each sample should show: its class label, or the label of the data row whose caption it drew."""
+    if "y" in cond:
+        return np.asarray(cond["y"], dtype=np.int64)
+    from pipelines.latents.reader import load_latents_numpy
+
+    rows = load_latents_numpy(manifest_uri, limit=n, columns=["id", "label"])
+    if "label" not in rows or len(rows["label"]) == 0:
+        raise ValueError(f"{manifest_uri}: class accuracy needs a label column in the data set (none recorded)")
+    by_id = dict(zip(rows["id"].astype(str), rows["label"].astype(np.int64)))
+    return np.asarray([by_id[str(i)] for i in cond["id"]], dtype=np.int64)
+
+
+def _accuracies(
+    manifest: Manifest, images: np.ndarray, objects: Optional[list], labels: Optional[np.ndarray], classifier: Any
+) -> dict[str, Any]:
+    """Caption-attribute accuracy (built-in data's feature net) and class accuracy (a trained classifier)."""
+    out: dict[str, Any] = {}
     if objects is not None:
         from ditcore.metrics.features import caption_attribute_accuracy
 
-        images = np.empty((settings.num_samples, *parts[0]["images"].shape[1:]), np.uint8)
-        images[order] = np.concatenate([p["images"] for p in parts])
         net = feature_net(manifest.fid.feature_net)
         if hasattr(net, "attributes"):
             out["attr_acc"] = float(caption_attribute_accuracy(net, images, objects))
+    if labels is not None:
+        from ditcore.metrics.classifier import classification_accuracy
+
+        res = classification_accuracy(feature_net(str(classifier)), images, labels)
+        out.update(class_acc=float(res["accuracy"]), class_acc_per_class=res["per_class"], classifier=str(classifier))
     return out
 
 

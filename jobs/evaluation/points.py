@@ -25,7 +25,7 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
     """Each point with its FID (+ attribute accuracy) filled in, cached and logged to MLflow as `fid` by step."""
     settings = fid_settings(plan)
     network = plan.manifest.fid.feature_net if plan.manifest.fid is not None else ""
-    key = settings.key(network or "")
+    key = settings.key(network or "", plan.cfg.eval.classifier)
     client = None
     if plan.mlflow_run_id:
         from pipelines.infra import tracking
@@ -43,6 +43,8 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
                 settings,
                 num_actors=plan.cfg.eval.num_actors,
                 cpus_per_actor=plan.cfg.run.cpus_per_worker,
+                classifier=plan.cfg.eval.classifier,
+                num_gpus=plan.cfg.eval.num_gpus,
             )
             storage.write_json(cache, ev)
         p = dataclasses.replace(
@@ -50,6 +52,8 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
             fid=ev["fid"],
             fid_network=ev.get("fid_network"),
             fid_samples=ev["num_samples"],
+            fid_se=ev.get("fid_se"),
+            fid_ci=ev.get("fid_ci"),
             eval_key=key,
             attr_acc=ev.get("attr_acc"),
             class_acc=ev.get("class_acc"),

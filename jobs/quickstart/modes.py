@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Prompts the served champion draws over HTTP and the per-model sample grids use (the built-in grammar).
@@ -29,6 +30,26 @@ class Mode:
     grid_images: int  # images per model in the report's sample grids
     n_boot: int = 200  # bootstrap resamples of the fits
     notes: dict[str, Any] = field(default_factory=dict)
+    # Real data (`--data`): None for the built-in shapes.
+    data: "DataSpec | None" = None
+    sweep_yaml: str = "configs/sweep/tiny.yaml"
+    precompute_yaml: str = "configs/precompute/builtin.yaml"
+    prompts: list[str] = field(default_factory=lambda: list(PROMPTS))  # text models: served + grid prompts
+    labels: list[int] = field(default_factory=list)  # class models: served + grid labels
+    classifier: dict[str, Any] = field(default_factory=dict)  # train_source_classifier keywords
+    standard_fid: dict[str, Any] = field(default_factory=dict)  # n_samples, n_ref, steps, guidance of the champion
+
+
+@dataclass
+class DataSpec:
+    """A real data set of the quickstart: what to fetch (or a user's path) and how it conditions."""
+
+    name: str  # fashion-mnist | emoji | a user's path
+    kind: str  # fashion-mnist | emoji | path
+    conditioning: str  # class | text
+    path: str | None = None  # a user's source (folder with class sub-folders and/or .txt captions, or parquet)
+    source_kind: str = "parquet"
+    limit: int | None = None  # images precomputed (the first N of the seeded shuffled order)
 
 
 def make_mode(tiny: bool) -> Mode:
@@ -49,10 +70,11 @@ def make_mode(tiny: bool) -> Mode:
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
             sweep=[
+                'models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]',
                 "budgets=[2e10,5e10,1.2e11]",
                 "base.data.batch_size=16",
                 "base.eval.num_samples=64",
-                "base.eval.steps=8",
+                "base.eval.steps=4",
                 "base.data.val_samples=32",
                 "base.optim.warmup_steps=5",
             ],
@@ -65,9 +87,89 @@ def make_mode(tiny: bool) -> Mode:
         image_size=32,
         vae={"steps": 600, "scale_images": 256, "eval_images": 128},
         features={"steps": 600, "eval_images": 500},
-        precompute=["source.count=2048"],
+        precompute=["source.count=4096"],
         sweep=[],
         serve_steps=20,
         grid_images=8,
         n_boot=200,
     )
+
+
+# The real-data grids: 4 sizes x 5 budgets (1.5 decades, WSD) like the built-in grid; every point scored with the
+# data set's classifier features (128-d: 256 samples per point), the champion with the FID Inception.
+_REAL_BUDGETS = "budgets=[1.5e11,4e11,1e12,2.4e12,5e12]"
+_DIT_MODELS = (
+    'models=[{"depth":1,"hidden_size":64,"num_heads":1},{"depth":2,"hidden_size":96,"num_heads":2},'
+    '{"depth":2,"hidden_size":128,"num_heads":2},{"depth":3,"hidden_size":192,"num_heads":3}]'
+)
+_REAL_EVAL = [
+    "base.eval.num_samples=256",
+    "base.eval.sampler=dpmpp-2m",
+    "base.eval.steps=8",
+    "base.eval.guidance=2.0",
+    "base.eval.fractions=[]",
+    "base.eval.num_actors=0",
+]
+
+
+def make_data_mode(data: str, tiny: bool = False) -> Mode:
+    """The mode of `ditscale quickstart --data fashion-mnist|emoji|PATH`."""
+    if data == "fashion-mnist":
+        spec = DataSpec(name=data, kind=data, conditioning="class", limit=8192)
+    elif data == "emoji":
+        spec = DataSpec(name=data, kind=data, conditioning="text")
+    elif Path(data).exists():
+        spec = _path_spec(Path(data))
+    else:
+        raise ValueError(f"--data {data!r}: not 'fashion-mnist', 'emoji' or an existing folder / parquet path")
+    text = spec.conditioning == "text"
+    sweep = [_REAL_BUDGETS, *_REAL_EVAL, *([] if text else [_DIT_MODELS])]
+    mode = Mode(
+        name=f"{spec.name.replace('/', '_').strip('_')}" + ("-tiny" if tiny else ""),
+        image_size=32,
+        vae={"steps": 600, "scale_images": 256, "eval_images": 128},
+        features={},
+        precompute=[f"source.limit={spec.limit}"] if spec.limit else [],
+        sweep=sweep,
+        serve_steps=20,
+        grid_images=10 if not text else 8,
+        n_boot=200,
+        data=spec,
+        sweep_yaml="configs/sweep/tiny.yaml",
+        precompute_yaml=f"configs/precompute/{'emoji' if spec.kind == 'emoji' else 'fashion_mnist'}.yaml",
+        prompts=[] if not text else ["grinning face", "red apple", "fox face", "rocket"],
+        labels=list(range(10)) if not text else [],
+        classifier={"steps": 600, "width": 16, "batch_size": 128},
+        standard_fid={"n_samples": 2048, "n_ref": 4096, "steps": 20, "guidance": 2.0},
+    )
+    if tiny:  # plumbing only: every stage, small sizes
+        mode.vae.update(steps=40, eval_images=32)
+        mode.classifier.update(steps=40)
+        mode.precompute = ["source.limit=512"]
+        mode.sweep = [
+            "budgets=[2e10,5e10,1.2e11]",
+            "base.data.batch_size=16",
+            "base.eval.num_samples=64",
+            "base.eval.steps=4",
+            "base.data.val_samples=32",
+            "base.optim.warmup_steps=5",
+            *([] if text else [_DIT_MODELS.replace(',{"depth":3,"hidden_size":192,"num_heads":3}', "")]),
+            *([] if not text else ['models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]']),
+        ]
+        mode.standard_fid.update(n_samples=64, n_ref=128, steps=4)
+        mode.serve_steps, mode.grid_images, mode.n_boot = 4, 4, 50
+    return mode
+
+
+def _path_spec(path: Path) -> DataSpec:
+    """A user's source: parquet (a label column: class; else captions: text) or a folder (class sub-folders: class)."""
+    if path.suffix == ".parquet" or any(path.glob("*.parquet")):
+        import pyarrow.parquet as pq
+
+        first = path if path.is_file() else sorted(path.glob("*.parquet"))[0]
+        cols = set(pq.read_schema(first).names)
+        cond = "class" if "label" in cols else "text"
+        return DataSpec(name=path.name, kind="path", conditioning=cond, path=str(path), source_kind="parquet")
+    subdirs = [d for d in path.iterdir() if d.is_dir()]
+    cond = "class" if subdirs else "text"
+    return DataSpec(name=path.name, kind="path", conditioning=cond, path=str(path), source_kind="folder")

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jobs.quickstart.modes import PROMPTS
 from jobs.quickstart.runner import Context
 from jobs.scaling.summary import law_sentence
 
@@ -34,42 +33,106 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
     iso = (fit.get("isoflop") or {}).get("fid") or {}
     n_opt = iso.get("n_opt_law") or {}
     held = (law.get("held_out") or {}) if "error" not in law else {}
-    return {
-        "mode": ctx.mode.name,
-        "champion": {
-            "model": promo.get("model"),
-            "checkpoint": promo.get("checkpoint"),
-            "fid": promo.get("fid"),
-            "fid_network": point.get("fid_network"),
-            "fid_samples": point.get("fid_samples"),
-            "attr_accuracy": point.get("attr_acc"),
-            "class_accuracy": point.get("class_acc"),
-            "params": point.get("params"),
-            "train_flops": point.get("flops"),
-            "registered": f"{promo.get('model_name')}@{promo.get('alias')} v{promo.get('version')}",
+    good = ctx.results["sweep"].get("goodput")
+    return _with_real_data(
+        ctx,
+        point,
+        {
+            "mode": ctx.mode.name,
+            "champion": {
+                "model": promo.get("model"),
+                "checkpoint": promo.get("checkpoint"),
+                "fid": promo.get("fid"),
+                "fid_network": point.get("fid_network"),
+                "fid_samples": point.get("fid_samples"),
+                "fid_se": point.get("fid_se"),
+                "fid_ci": point.get("fid_ci"),
+                "attr_accuracy": point.get("attr_acc"),
+                "class_accuracy": point.get("class_acc"),
+                "params": point.get("params"),
+                "train_flops": point.get("flops"),
+                "registered": f"{promo.get('model_name')}@{promo.get('alias')} v{promo.get('version')}",
+            },
+            "law": (
+                {
+                    "form": law.get("form"),
+                    **{k: float(v) for k, v in law["params"].items()},
+                    "beta_ci": _ci(law, "beta"),
+                    "ci": law.get("ci"),
+                    "n_points": law.get("n_points"),
+                }
+                if "error" not in law
+                else {"error": law["error"]}
+            ),
+            "heldout_error": held.get("rel_error"),
+            "frontier_fid_first": front[0].get("fid") if front else None,
+            "frontier_fid_last": front[-1].get("fid") if front else None,
+            "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
+            "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
+            "goodput": (good or {}).get("goodput"),
+            "time_share": (good or {}).get("time_share"),
+            "fit_sensitivity": law.get("sampling_noise"),  # the law refitted with every FID redrawn within its noise
+            "stage_seconds": dict(ctx.seconds),
+            "sweep": {
+                "parent_run_id": ctx.results["sweep"]["parent_run_id"],
+                "experiment": ctx.results["sweep"]["experiment"],
+            },
         },
-        "law": (
-            {
-                "form": law.get("form"),
-                **{k: float(v) for k, v in law["params"].items()},
-                "beta_ci": _ci(law, "beta"),
-                "ci": law.get("ci"),
-                "n_points": law.get("n_points"),
-            }
-            if "error" not in law
-            else {"error": law["error"]}
-        ),
-        "heldout_error": held.get("rel_error"),
-        "frontier_fid_first": front[0].get("fid") if front else None,
-        "frontier_fid_last": front[-1].get("fid") if front else None,
-        "n_opt_exponent": (n_opt.get("params") or {}).get("a"),
-        "n_opt_exponent_ci": _ci(n_opt, "a") if n_opt else None,
-        "stage_seconds": dict(ctx.seconds),
-        "sweep": {
-            "parent_run_id": ctx.results["sweep"]["parent_run_id"],
-            "experiment": ctx.results["sweep"]["experiment"],
-        },
-    }
+    )
+
+
+def _with_real_data(ctx: Context, point: dict, rec: dict[str, Any]) -> dict[str, Any]:
+    """Real data: the champion's FID is the standard one (Inception, with its interval); the sweep's own FID
+    (data set's classifier features) stays as champion.sweep_fid; + the floor and the classifier's accuracy."""
+    std = ctx.results.get("standard_fid")
+    if ctx.mode.data is None or not std:
+        return rec
+    c = rec["champion"]
+    c.update(
+        sweep_fid=c["fid"],
+        sweep_fid_network=c["fid_network"],
+        sweep_fid_samples=c["fid_samples"],
+        fid=std["fid"],
+        fid_network=std["fid_network"],
+        fid_network_name=std["network"],
+        fid_samples=std["n_samples"],
+        fid_se=std["fid_se"],
+        fid_ci=std["fid_ci"],
+        fid_reference_count=std["reference_count"],
+    )
+    rec["fid_floor"] = std["floor"]["fid"]
+    rec["fid_floor_ci"] = std["floor"]["fid_ci"]
+    rec["fid_floor_samples"] = std["floor"]["n_samples"]
+    rec["classifier_test_accuracy"] = ctx.results["classifier"]["test_accuracy"]
+    rec["data"] = {"name": ctx.mode.data.name, "conditioning": ctx.mode.data.conditioning}
+    return rec
+
+
+def _data_name(ctx: Context) -> str:
+    return f"the {ctx.mode.data.name} data" if ctx.mode.data is not None else "the built-in shapes data"
+
+
+def _record_section(ctx: Context) -> list[str]:
+    """The headline numbers of report.json, in words."""
+    rec = json.loads(ctx.path("report.json").read_text()) if ctx.path("report.json").exists() else None
+    if not rec:
+        return []
+    c, lines = rec["champion"], ["## Headline numbers", ""]
+    fid = f"FID {_g(c.get('fid'))}"
+    if c.get("fid_ci"):
+        fid += f" [{_g(c['fid_ci'][0])}, {_g(c['fid_ci'][1])}]"
+    lines.append(f"- champion {c.get('model')}: {fid} ({c.get('fid_samples')} samples, network {c.get('fid_network')})")
+    for key, name in (("attr_accuracy", "caption-attribute accuracy"), ("class_accuracy", "class accuracy")):
+        if c.get(key) is not None:
+            lines.append(f"- {name} of the champion's samples: {c[key]:.1%}")
+    if rec.get("fid_floor") is not None:
+        lines.append(f"- the data's own floor (real test images, same N and network): FID {_g(rec['fid_floor'])}")
+    if rec.get("classifier_test_accuracy") is not None:
+        lines.append(f"- classifier accuracy on the real test split: {rec['classifier_test_accuracy']:.1%}")
+    if rec.get("goodput") is not None:
+        share = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in (rec.get("time_share") or {}).items())
+        lines.append(f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak; time: {share}")
+    return lines + [""]
 
 
 def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:
@@ -94,7 +157,11 @@ def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:
 
 def _samples_section(ctx: Context, rel: Any) -> list[str]:
     lines = ["## Samples per model", ""]
-    prompts = "; ".join(f'"{p}"' for p in PROMPTS)
+    prompts = (
+        "; ".join(f'"{p}"' for p in ctx.mode.prompts)
+        if not ctx.mode.labels
+        else "class labels " + ", ".join(map(str, ctx.mode.labels))
+    )
     for g in ctx.results["samples"]["grids"]:
         fid = f"FID {g['fid']:.2f}, " if g.get("fid") is not None else ""
         lines += [
@@ -131,10 +198,11 @@ def render_report(ctx: Context, fit: dict, n_points: int, table: str, tracking_u
     lines = [
         f"# ditscale quickstart report ({ctx.mode.name})",
         "",
-        f"{n_points} points: {len(fit.get('models', []))} MM-DiT sizes x {len(fit.get('budgets', []))} "
-        "compute budgets on the built-in shapes data, FID at every point. Compute C = training FLOPs "
-        "(multiply-add = 2 FLOPs, training step = 3 x forward).",
+        f"{n_points} points: {len(fit.get('models', []))} {'DiT' if ctx.mode.labels else 'MM-DiT'} sizes x "
+        f"{len(fit.get('budgets', []))} compute budgets on {_data_name(ctx)}, FID at every point. Compute C = "
+        "training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward).",
         "",
+        *_record_section(ctx),
     ]
     lines += _law_section(ctx, fit, rel) + _samples_section(ctx, rel) + _served_section(ctx, rel)
     lines += [
@@ -189,8 +257,8 @@ def report_run(ctx: Context) -> dict:
     _, points = read_points(tracking.client(), parent_run_id=ctx.results["sweep"]["parent_run_id"])
     fit = json.loads(Path(ctx.results["fit"]["report"]).read_text())
     md, js = ctx.path("report.md"), ctx.path("report.json")
+    js.write_text(json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n")  # report.md quotes it
     md.write_text(render_report(ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri()))
-    js.write_text(json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n")
     _log_run(ctx, [md, js])
     ctx.log(f"wrote {md} and {js.name}")
     return {"path": str(md), "json": str(js)}

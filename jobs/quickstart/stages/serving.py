@@ -9,14 +9,25 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from jobs.quickstart.modes import GUIDANCE, PROMPTS
+from jobs.quickstart.modes import GUIDANCE
 from jobs.quickstart.runner import Context
+
+
+def _conditions(ctx: Context) -> list[dict]:
+    """What the served requests and the grids ask for: {"prompt": ...} (text models) or {"label": ...} (class)."""
+    if ctx.mode.labels:
+        return [{"label": int(y)} for y in ctx.mode.labels]
+    return [{"prompt": p} for p in ctx.mode.prompts]
+
+
+def _name(c: dict) -> str:
+    return c.get("prompt") or f"label {c['label']}"
 
 
 def serve_config(ctx: Context) -> dict:
     """What the served images depend on."""
     return {
-        "prompts": PROMPTS,
+        "conditions": _conditions(ctx),
         "steps": ctx.mode.serve_steps,
         "guidance": GUIDANCE,
         "version": ctx.results["promote"]["version"],
@@ -75,21 +86,21 @@ def _generate_over_http(ctx: Context, url: str, out: Path) -> list[dict]:
     import requests
 
     images = []
-    for i, prompt in enumerate(PROMPTS):
-        body = {"prompt": prompt, "seed": i, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE}
+    conds = _conditions(ctx)
+    for i, c in enumerate(conds[:4]):
+        body = {**c, "seed": i, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE}
         r = requests.post(f"{url}/v1/generate", json=body, timeout=300)
         if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != "image/png":
             raise RuntimeError(f"POST /v1/generate {body} -> HTTP {r.status_code}: {r.text[:500]}")
         (out / f"{i}.png").write_bytes(r.content)
-        images.append({"prompt": prompt, "seed": i, "path": str(out / f"{i}.png")})
+        images.append({"prompt": _name(c), "seed": i, "path": str(out / f"{i}.png")})
         ctx.log(f"POST /v1/generate {json.dumps(body)} -> {i}.png ({len(r.content)} bytes)")
-    r = requests.post(
-        f"{url}/v1/generate", json={"prompt": PROMPTS[0], "num_images": 4, "seed": 100, "format": "json"}, timeout=300
-    )
+    body = {**conds[0], "num_images": 4, "seed": 100, "format": "json"}
+    r = requests.post(f"{url}/v1/generate", json=body, timeout=300)
     r.raise_for_status()
     for j, img in enumerate(r.json()["images"]):
         (out / f"multi_{j}.png").write_bytes(base64.b64decode(img["png_base64"]))
-        images.append({"prompt": PROMPTS[0], "seed": img["seed"], "path": str(out / f"multi_{j}.png")})
+        images.append({"prompt": _name(conds[0]), "seed": img["seed"], "path": str(out / f"multi_{j}.png")})
     ctx.log(f"POST /v1/generate num_images=4 format=json -> seeds {[i['seed'] for i in images[-4:]]}")
     return images
 
@@ -127,7 +138,12 @@ def serve_run(ctx: Context) -> dict:
 
 def samples_config(ctx: Context) -> dict:
     """What the grids depend on."""
-    return {"prompts": PROMPTS, "n": ctx.mode.grid_images, "steps": ctx.mode.serve_steps, "guidance": GUIDANCE}
+    return {
+        "conditions": _conditions(ctx),
+        "n": ctx.mode.grid_images,
+        "steps": ctx.mode.serve_steps,
+        "guidance": GUIDANCE,
+    }
 
 
 def samples_run(ctx: Context) -> dict:
@@ -147,11 +163,17 @@ def samples_run(ctx: Context) -> dict:
             best[p.model] = p
     grids = []
     settings = SamplerSettings(steps=ctx.mode.serve_steps, guidance=GUIDANCE)
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(ctx.mode.grid_images)]
+    conds = _conditions(ctx)
+    conds = [conds[i % len(conds)] for i in range(ctx.mode.grid_images)]
+    seeds = list(range(len(conds)))
     for model, p in sorted(best.items(), key=lambda kv: kv[1].params or 0):
         pipe = GenerationPipeline.from_checkpoint(p.checkpoint, device="cpu")
         path = out / f"{model.replace('/', '_')}.png"
-        Image.fromarray(image_grid(pipe.generate_prompts(prompts, list(range(len(prompts))), settings))).save(path)
+        if "label" in conds[0]:
+            images = pipe.generate_labels([c["label"] for c in conds], seeds, settings)
+        else:
+            images = pipe.generate_prompts([c["prompt"] for c in conds], seeds, settings)
+        Image.fromarray(image_grid(images)).save(path)
         grids.append(
             {
                 "model": model,

@@ -1,0 +1,108 @@
+"""Standard FID of a checkpoint: the FID Inception network on real reference images, with the data's own floor.
+
+The sweep scores every budget point with the data set's own feature net (cheap enough for every point on CPUs).
+For a result others can compare, the champion is also scored with the FID Inception-v3 (`ditscale data inception`:
+the TF "inception-2015-12-05" graph of pytorch-fid / clean-fid, 2048-d pool features) against reference statistics
+of real train images, and the same network scores real test images at the same sample count: the floor a perfect
+generator would reach at that N. Both carry bootstrap intervals over the scored images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from jobs.evaluation.fid import FIDSettings, conditions, feature_net, generate_features
+from pipelines.latents.manifest import Manifest
+
+
+def _features(uri: str, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    import torch
+
+    net = feature_net(uri)
+    with torch.no_grad():
+        return np.concatenate(
+            [net.features(images[i : i + batch_size]).double().numpy() for i in range(0, len(images), batch_size)]
+        )
+
+
+def reference_stats(
+    inception: str, train_source: Any, image_size: int, n_ref: int, cache_dir: Optional[str] = None
+) -> dict[str, Any]:
+    """Mean and covariance of the network's features of the first `n_ref` train images (cached in `cache_dir`)."""
+    from ditcore.metrics.fid import feature_stats
+    from pipelines.datasets.images import load_source_images
+
+    key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref]).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f"ref-{key}.npz") if cache_dir else None
+    if path and os.path.exists(path):
+        z = np.load(path)
+        return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"])}
+    images = load_source_images(train_source, image_size, limit=n_ref)["image"]
+    mu, sigma = feature_stats(_features(inception, images))
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.savez(path, mu=mu, sigma=sigma, count=len(images))
+    return {"mu": mu, "sigma": sigma, "count": len(images)}
+
+
+def _scored(feats: np.ndarray, ref: dict, n_boot: int, seed: int) -> dict[str, Any]:
+    from ditcore.metrics.fid import few_samples_warning, fid_bootstrap
+
+    boot = fid_bootstrap(feats, ref["mu"], ref["sigma"], n_boot=max(n_boot, 2), seed=seed)
+    return {
+        "fid": float(boot["fid"]),
+        "fid_se": float(boot["se"]),
+        "fid_ci": [float(v) for v in boot["ci"]],
+        "n_samples": int(len(feats)),
+        "few_samples_warning": few_samples_warning(len(feats), feats.shape[1]),
+    }
+
+
+def standard_fid(
+    ckpt: str,
+    manifest_uri: str,
+    *,
+    inception: str,
+    train_source: Any,
+    test_source: Any,
+    settings: FIDSettings,
+    n_ref: int = 4096,
+    n_boot: int = 10,
+    cache_dir: Optional[str] = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """{"fid", "fid_se", "fid_ci", "n_samples", "fid_network", "reference_count", "floor": {...}} of `ckpt`.
+
+    `settings.num_samples` generated images (conditioned as in `evaluate_checkpoint`) and as many real test images
+    (fewer if the test split is smaller: stated in the floor's "n_samples") are scored against the reference
+    statistics of `n_ref` train images.
+    """
+    from pipelines.datasets.images import load_source_images
+
+    manifest = Manifest.read(manifest_uri)
+    size = int(manifest.image_size)
+    ref = reference_stats(inception, train_source, size, n_ref, cache_dir)
+    test = load_source_images(test_source, size, limit=settings.num_samples)["image"]
+    floor = _scored(_features(inception, test), ref, n_boot, settings.seed)
+    from ditcore.checkpoint import read_checkpoint_config
+    from pipelines.infra import storage
+
+    model_cfg = read_checkpoint_config(storage.local_copy(ckpt))["model"]
+    kind = "text" if model_cfg.get("text_dim") else "class"
+    n = settings.num_samples
+    cond = conditions(manifest_uri, manifest, kind, n, int(model_cfg.get("num_classes") or 0))
+    gen = generate_features(ckpt, manifest_uri, range(n), cond, settings, progress=progress, feature_net_uri=inception)
+    out = _scored(gen["features"], ref, n_boot, settings.seed)
+    return {
+        **out,
+        "fid_network": inception,
+        "network": "FID Inception-v3 (TF inception-2015-12-05 weights, 2048-d pool features)",
+        "reference_count": ref["count"],
+        "settings": settings.__dict__,
+        "floor": {**floor, "source": str(test_source)},
+    }

@@ -1,0 +1,68 @@
+"""Goodput of a sweep: the share of the machine's compute that went into training steps, and where the rest went.
+
+    goodput = training FLOPs computed / (wall time x machine peak FLOP/s)
+
+The machine peak is measured in the same run (fp32 matmul rate of one thread, `measure_cpu_peak_flops`, times the
+cluster's CPUs; on GPUs the datasheet peak of each worker's device), so the figure is checkable on any machine.
+Wall time is divided, in CPU-seconds, into what every trial spent on start-up (Ray Train worker group and data set),
+setup (models, restores), data (waiting for batches), train steps, checkpoints (+ validation, logging) and
+evaluation; what no trial used is idle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+PHASES = ("startup_s", "setup_s", "data_s", "step_s", "checkpoint_s", "eval_s")
+
+
+def measure_machine_peak(num_cpus: float) -> float:
+    """Measured fp32 matmul FLOP/s of one thread x `num_cpus` (the CPU machine's peak)."""
+    import torch
+
+    from jobs.train.metrics import measure_cpu_peak_flops
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        per_core = max(measure_cpu_peak_flops() for _ in range(3))
+    finally:
+        torch.set_num_threads(threads)
+    return per_core * float(num_cpus)
+
+
+def sweep_goodput(
+    records: list[dict[str, Any]], *, wall_s: float, num_cpus: float, peak_flops: float
+) -> dict[str, Any]:
+    """{"goodput", "train_flops", "wall_s", "peak_flops", "num_cpus", "time": {phase: CPU-s, "idle_s"},
+    "time_share": {phase: fraction of wall x CPUs}} over the trials that ran (records with "timing")."""
+    ran = [r for r in records if r.get("timing")]
+    flops = float(sum(r.get("train_flops") or 0.0 for r in ran))
+    capacity = max(wall_s, 1e-9) * max(num_cpus, 1e-9)
+    time: dict[str, float] = {k: 0.0 for k in PHASES}
+    for r in ran:
+        cpus = float(r.get("cpus") or 1.0)
+        for k in PHASES:
+            time[k] += cpus * float(r["timing"].get(k, 0.0))
+    time["idle_s"] = max(0.0, capacity - sum(time.values()))
+    return {
+        "goodput": flops / (max(wall_s, 1e-9) * peak_flops) if peak_flops > 0 else None,
+        "train_flops": flops,
+        "wall_s": float(wall_s),
+        "peak_flops": float(peak_flops),
+        "num_cpus": float(num_cpus),
+        "trials": len(ran),
+        "time": {k: round(v, 2) for k, v in time.items()},
+        "time_share": {k: round(v / capacity, 4) for k, v in time.items()},
+    }
+
+
+def format_goodput(g: Optional[dict[str, Any]]) -> str:
+    """One human line: goodput and the shares of the wall time."""
+    if not g or g.get("goodput") is None:
+        return "goodput: not measured"
+    shares = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in g["time_share"].items())
+    return (
+        f"goodput {g['goodput']:.1%} ({g['train_flops']:.3g} training FLOPs in {g['wall_s']:.0f} s on "
+        f"{g['num_cpus']:g} CPUs x {g['peak_flops'] / g['num_cpus'] / 1e9:.0f} GFLOP/s measured); time: {shares}"
+    )

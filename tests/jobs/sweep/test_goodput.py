@@ -1,0 +1,33 @@
+"""Goodput arithmetic: training FLOPs over wall x peak, and the wall time divided into phases plus idle."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.sweep.goodput import format_goodput, sweep_goodput
+from jobs.sweep.trial import trial_timing
+
+
+def test_trial_timing_attributes_the_training_wall_not_spent_in_loops_to_startup():
+    runs = [
+        {"timing": {"setup_s": 1.0, "data_s": 0.5, "step_s": 20.0, "checkpoint_s": 1.5}},
+        {"timing": {"setup_s": 0.5, "data_s": 0.5, "step_s": 4.0, "checkpoint_s": 0.0}},
+    ]
+    t = trial_timing(runs, train_wall=30.0, eval_wall=6.0)
+    assert t["step_s"] == 24.0 and t["setup_s"] == 1.5 and t["checkpoint_s"] == 1.5
+    assert t["startup_s"] == pytest.approx(30.0 - 28.0) and t["eval_s"] == 6.0 and t["wall_s"] == 36.0
+
+
+def test_sweep_goodput_and_idle_share():
+    timing = {"startup_s": 5.0, "setup_s": 1.0, "data_s": 1.0, "step_s": 40.0, "checkpoint_s": 1.0, "eval_s": 12.0}
+    records = [
+        {"trial_id": "a", "train_flops": 2e12, "cpus": 1.0, "timing": timing},
+        {"trial_id": "b", "train_flops": 1e12, "cpus": 1.0, "timing": {**timing, "step_s": 20.0}},
+        {"trial_id": "c", "train_flops": 9e12, "status": "finished"},  # ran in an earlier invocation: not counted
+    ]
+    g = sweep_goodput(records, wall_s=60.0, num_cpus=2.0, peak_flops=1e11)
+    assert g["goodput"] == pytest.approx(3e12 / (60.0 * 1e11))
+    assert g["trials"] == 2 and g["time"]["step_s"] == 60.0
+    assert g["time"]["idle_s"] == pytest.approx(120.0 - sum(v for k, v in g["time"].items() if k != "idle_s"))
+    assert sum(g["time_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert "goodput 50.0%" in format_goodput(g)
