@@ -22,6 +22,7 @@ from ditcore.models.layers import (
     layer_norm,
     modulate,
     rope_2d_freqs,
+    run_block,
     sincos_pos_embed_2d,
     unpatchify,
 )
@@ -165,6 +166,7 @@ class DiT(nn.Module):
     """Class-conditional DiT: forward(x [B,C,H,W], t [B] in [0,1], y [B] long) -> [B, C_out, H, W]."""
 
     cond_keys = ("y",)
+    activation_checkpointing = False  # recompute each block in backward (layers.set_activation_checkpointing)
     _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "y_embedder")
     _output_prefixes = ("final_layer.linear",)
     _keep_prefixes = ("y_embedder", "t_embedder.mlp.0")  # DiT's N(0, 0.02) init is width independent already
@@ -240,7 +242,7 @@ class DiT(nn.Module):
         c_emb = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
         c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]; SiLU shared by every adaLN
         for block in self.blocks:
-            tokens = block(tokens, c_act, rope)  # [B, N, D]
+            tokens = run_block(block, self.activation_checkpointing, tokens, c_act, rope)  # [B, N, D]
         out = self.final_layer(tokens, c_act, self.output_mult)  # [B, N, p*p*C_out]
         return unpatchify(out, self.patch_size, self.out_channels, h, w)  # [B, C_out, H, W]
 

@@ -319,3 +319,30 @@ class FinalLayer(nn.Module):
             # muP readout multiplier (1/width_mult) applied to the input keeps the matmul count identical.
             h = h * output_mult  # [B, N, D]
         return self.linear(h)  # [B, N, p*p*C_out]
+
+
+# --------------------------------------------------------------------------------------------
+# Activation checkpointing
+# --------------------------------------------------------------------------------------------
+
+
+def run_block(block: nn.Module, checkpointed: bool, *args):
+    """block(*args), recomputed in the backward pass instead of keeping its activations when `checkpointed`.
+
+    Non-reentrant torch.utils.checkpoint: the forward and the gradients are the same as without it (the RNG state
+    is restored for the recomputation); only the activation memory of the block drops to its inputs. The block is
+    still called as a module, so FSDP2's per-block hooks run as usual (they skip the recomputation's unshard).
+    """
+    if checkpointed and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> nn.Module:
+    """Turn activation checkpointing of every transformer block of a DiT / MM-DiT on or off (in place)."""
+    if not hasattr(model, "activation_checkpointing"):
+        raise ValueError(f"{type(model).__name__} has no transformer blocks to checkpoint (DiT and MM-DiT do)")
+    model.activation_checkpointing = bool(enabled)
+    return model

@@ -33,6 +33,7 @@ from ditcore.models.layers import (
     layer_norm,
     modulate,
     rope_2d_freqs,
+    run_block,
     sincos_pos_embed_2d,
     split_heads,
     unpatchify,
@@ -207,6 +208,7 @@ class MMDiT(nn.Module):
     """forward(x [B,C,H,W], t [B], text_emb [B,L,Dt], text_mask [B,L] bool (True=real), text_pooled [B,Dp])."""
 
     cond_keys = ("text_emb", "text_mask", "text_pooled")
+    activation_checkpointing = False  # recompute each block in backward (layers.set_activation_checkpointing)
     _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "context_embedder", "pooled_embedder.mlp.0")
     _output_prefixes = ("final_layer.linear",)
     _keep_prefixes = ("t_embedder.mlp.0",)
@@ -325,11 +327,12 @@ class MMDiT(nn.Module):
         c_emb = self.t_embedder(t) + self.pooled_embedder(text_pooled)  # [B, D]
         c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]
         for block in self.joint_blocks:
-            img, txt = block(img, txt, c_act, rope, attn_mask)  # [B, N, D], [B, L, D] | None
+            # [B, N, D], [B, L, D] | None
+            img, txt = run_block(block, self.activation_checkpointing, img, txt, c_act, rope, attn_mask)
         if len(self.single_blocks):
             joint = torch.cat([img, txt], dim=1)  # [B, N+L, D]
             for block in self.single_blocks:
-                joint = block(joint, c_act, rope, attn_mask)  # [B, N+L, D]
+                joint = run_block(block, self.activation_checkpointing, joint, c_act, rope, attn_mask)  # [B, N+L, D]
             img = joint[:, :n]  # [B, N, D]
         out = self.final_layer(img, c_act, self.output_mult)  # [B, N, p*p*C]
         return unpatchify(out, p, self.out_channels, h, w)  # [B, C, H, W]

@@ -25,6 +25,8 @@ from jobs.train.config import lr_factor
 from jobs.train.parallel import StateDictHolder, state_by_index, state_by_name, to_cpu_full
 from jobs.train.plan import RunPlan
 
+SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a sharded checkpoint (checkpoint.sharded)
+
 
 @dataclass
 class Progress:
@@ -48,17 +50,21 @@ class Progress:
         }
 
 
-def restore_weights(restore: str, model: nn.Module, ema: nn.Module, plan: RunPlan, own: bool) -> Progress:
-    """Load weights (+ EMA) from a checkpoint directory into the full modules; the saved progress.
+def restore_weights(
+    restore: str, model: Optional[nn.Module], ema: nn.Module, plan: RunPlan, own: bool, weights: bool = True
+) -> Progress:
+    """Load weights (+ EMA) from a checkpoint directory into the full modules (unless `weights` is False: a
+    sharded checkpoint, loaded after wrapping by `restore_sharded`, or a rank without the host model); the progress.
 
     FLOPs and images follow the step count (a WSD branch starting from its main run's checkpoint changes nothing
     else); metrics are kept only when resuming the run's own checkpoint.
     """
-    load_model_weights(restore, model, which="model")
-    if (Path(restore) / "ema.safetensors").exists():
-        load_model_weights(restore, ema, which="ema")
-    else:
-        ema.load_state_dict(model.state_dict())
+    if weights:
+        load_model_weights(restore, model, which="model")
+        if (Path(restore) / "ema.safetensors").exists():
+            load_model_weights(restore, ema, which="ema")
+        else:
+            ema.load_state_dict(model.state_dict())
     saved = json.loads((Path(restore) / "state.json").read_text())
     p = Progress(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch") if k in saved})
     p.images_seen = p.step * plan.cfg.data.batch_size
@@ -81,6 +87,122 @@ def restore_optimizer(
         set_optimizer_state_dict(raw, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
     else:
         load_optimizer_state(restore, optimizer)
+
+
+def is_sharded(restore: str) -> bool:
+    """Whether a checkpoint directory holds a torch.distributed.checkpoint state (checkpoint.sharded)."""
+    return (Path(restore) / SHARDED_DIR / ".metadata").exists()
+
+
+def _sharded_state(raw: nn.Module, optimizer: torch.optim.Optimizer, ema_params: dict) -> dict[str, Any]:
+    """The state torch.distributed.checkpoint saves and loads: each rank's shards (plain tensors without FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {
+        "model": get_model_state_dict(raw),
+        "optim": get_optimizer_state_dict(raw, optimizer),  # creates the AdamW state first when it has none
+        "ema": dict(ema_params),
+    }
+
+
+def restore_sharded(restore: str, raw: nn.Module, optimizer: torch.optim.Optimizer, ema_params: dict) -> None:
+    """Load model, optimizer and EMA from a sharded checkpoint into this run's shards, whatever the worker count
+    that wrote it (torch.distributed.checkpoint reshards on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _sharded_state(raw, optimizer, ema_params)
+    dcp.load(state, checkpoint_id=str(Path(restore) / SHARDED_DIR))
+    set_model_state_dict(raw, state["model"])
+    set_optimizer_state_dict(raw, optimizer, state["optim"])
+
+
+def _full_weights(raw: nn.Module, ema_params: dict, fsdp: bool) -> tuple[Any, dict]:
+    """Whole model and EMA weights on the host (a collective gather under FSDP2; rank 0 keeps the model's)."""
+    if not fsdp:
+        return raw, {n: p.detach() for n, p in ema_params.items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model = StateDictHolder(
+        get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True)), raw
+    )
+    return model, {n: to_cpu_full(p) for n, p in ema_params.items()}
+
+
+def save_sharded(env: Any, plan: RunPlan, step: int, state_json: dict, *, raw, ema_params, optimizer, fsdp) -> str:
+    """A sharded checkpoint (checkpoint.sharded): every rank writes its shards of model, EMA and AdamW state with
+    torch.distributed.checkpoint under dcp/ (no gather); kept steps (budget points, the end) also get the whole
+    model and EMA weights for evaluation and serving. Local storage: the ranks write one staging directory that rank
+    0 renames into place; remote: each rank uploads what it wrote, rank 0 uploads checkpoint.json last."""
+    import pyarrow.fs as pafs
+    import torch.distributed.checkpoint as dcp
+
+    fs, path = env.checkpoint_location(step)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    stage = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial") if local else tempfile.mkdtemp()
+    if local and env.rank == 0:
+        shutil.rmtree(stage, ignore_errors=True)
+        os.makedirs(stage)
+    env.barrier()
+    dcp.save(_sharded_state(raw, optimizer, ema_params), checkpoint_id=os.path.join(stage, SHARDED_DIR))
+    weights = _full_weights(raw, ema_params, fsdp) if step in plan.keep_steps else None
+    if env.rank == 0:
+        _write_small_files(Path(stage), plan, state_json, weights)
+    if not local:
+        _upload_tree(Path(stage), fs, path, skip={"checkpoint.json"})
+    env.barrier()
+    if env.rank == 0:
+        _commit(Path(stage), fs, path, local)
+    env.barrier()
+    if not local:
+        shutil.rmtree(stage, ignore_errors=True)
+    return path
+
+
+def _write_small_files(stage: Path, plan: RunPlan, state_json: dict, weights: Optional[tuple]) -> None:
+    """config.json, state.json and (kept steps) model / EMA safetensors of a sharded checkpoint (rank 0)."""
+    from safetensors.torch import save_file
+
+    from ditcore.checkpoint import unwrap_model
+
+    (stage / "config.json").write_text(json.dumps(checkpoint_config(plan), indent=2, sort_keys=True, default=str))
+    (stage / "state.json").write_text(json.dumps({**state_json, "sharded": True}, indent=2, sort_keys=True))
+    if weights is not None:
+        model, ema = weights
+        sd = unwrap_model(model).state_dict() if not isinstance(model, StateDictHolder) else model.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(stage / "model.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, str(stage / "ema.safetensors"))
+
+
+def _upload_tree(stage: Path, fs: Any, path: str, skip: set[str]) -> None:
+    """Upload every file under `stage` to `path` (same relative names), except `skip`."""
+    for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+        rel = f.relative_to(stage).as_posix()
+        if rel in skip:
+            continue
+        fs.create_dir(f"{path}/{rel.rsplit('/', 1)[0]}" if "/" in rel else path, recursive=True)
+        with open(f, "rb") as src, fs.open_output_stream(f"{path}/{rel}") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+
+
+def _commit(stage: Path, fs: Any, path: str, local: bool) -> None:
+    """checkpoint.json (every file with its size, so a partial checkpoint is never loadable), then: rename the
+    staging directory into place (local) or upload checkpoint.json last (remote)."""
+    import pyarrow.fs as pafs
+
+    if local:
+        files = {p.relative_to(stage).as_posix(): p.stat().st_size for p in sorted(stage.rglob("*")) if p.is_file()}
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        files = {i.path[len(path) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+    (stage / "checkpoint.json").write_text(json.dumps({"format_version": 1, "files": files, "sharded": True}))
+    if not local:
+        with open(stage / "checkpoint.json", "rb") as src, fs.open_output_stream(f"{path}/checkpoint.json") as dst:
+            dst.write(src.read())
+        return
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(stage, path)
 
 
 def _gather(
@@ -164,6 +286,13 @@ def save(
     fsdp: bool,
 ) -> Optional[str]:
     """Write <run dir>/checkpoints/step_X (rank 0; every rank calls for the FSDP2 gather) and report it."""
+    if plan.cfg.checkpoint.sharded:
+        state_json = checkpoint_state(plan, progress, step, metrics, point, env.world_size)
+        path = save_sharded(env, plan, step, state_json, raw=raw, ema_params=ema_params, optimizer=optimizer, fsdp=fsdp)
+        if env.rank == 0:
+            prune(env.checkpoint_location(step)[0], path, plan.cfg.checkpoint.keep, plan.keep_steps)
+        env.report({**metrics, "step": step}, path if env.rank == 0 else None)
+        return path if env.rank == 0 else None
     model_src, ema_src, opt = _gather(raw, ema_params, optimizer, names, fsdp, ema, env.rank)
     path = None
     if env.rank == 0:

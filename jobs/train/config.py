@@ -73,7 +73,9 @@ class EvalConfig:
     fractions: list[float] = field(default_factory=list)
     seed: int = 0
     num_actors: int = 1  # Ray actors sampling in parallel; 0 samples inside the trial process (tiny models)
+    num_gpus: Optional[float] = None  # GPUs per sampling actor; None: 1 when the Ray cluster has GPUs, else 0
     val_every: int = 0  # validation loss every N steps (0: only at checkpoints and the end)
+    classifier: Optional[str] = None  # a classifier net dir (ditscale data classifier): class accuracy of samples
 
 
 @dataclass
@@ -84,6 +86,9 @@ class CheckpointConfig:
     every_n_steps: int = 0  # 0: only at budget points and the end
     keep: int = 2  # periodic checkpoints kept (budget points are always kept)
     init_from: Optional[str] = None  # start from this checkpoint's full state when the run has none of its own
+    # Model, EMA and optimizer saved with torch.distributed.checkpoint, one file per worker (no full gather; resumes
+    # on any worker count); budget points and the end also get full model/EMA weights for evaluation and serving.
+    sharded: bool = False
 
 
 @dataclass
@@ -110,11 +115,16 @@ class ExecutionConfig:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model: forward and backward of every train step run compiled
     bf16: bool = True  # bf16 autocast (GPU only; CPU runs stay fp32)
     deterministic: bool = False  # bit-reproducible CPU mode: per-sample RNG keyed by sample id, ordered data
     seed: int = 0
     fsdp: bool = False  # FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP
+    # Big-model levers (docs/train.md#big-models):
+    fsdp_mixed_precision: Literal["none", "bf16"] = "none"  # FSDP2 MixedPrecisionPolicy: bf16 compute, fp32 grads
+    activation_checkpointing: bool = False  # recompute each transformer block in backward (DiT, MM-DiT)
+    grad_accum: int = 1  # micro-batches per optimizer step: the same update as the whole batch, less memory
+    meta_init: bool = False  # FSDP2: ranks > 0 build the model on the meta device; rank 0's init is scattered
     max_failures: int = 1  # worker failures Ray Train recovers from (restart from the latest checkpoint)
     peak_flops: Optional[float] = None  # per-worker peak FLOP/s for MFU; None: table (GPU) or measured (CPU)
     num_threads: Optional[int] = None  # torch threads per worker; default int(cpus_per_worker) (>= 1)
@@ -147,12 +157,18 @@ class TrainConfig:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
 
+# The execution fields that change what a run computes (others only change where or how fast it runs).
+_RUN_KEYS = ("num_workers", "deterministic", "seed", "fsdp", "grad_accum", "fsdp_mixed_precision")
+_RUN_DEFAULTS = {"grad_accum": 1, "fsdp_mixed_precision": "none"}
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Short stable hash of the config parts that define the run (not where it is stored or logged)."""
     d = to_dict(cfg)
     for volatile in ("mlflow", "checkpoint"):
         d.pop(volatile, None)
-    d["run"] = {k: v for k, v in d["run"].items() if k in ("num_workers", "deterministic", "seed", "fsdp")}
+    # New levers enter the hash only when set, so the names of runs made before them stay the same.
+    d["run"] = {k: v for k, v in d["run"].items() if k in _RUN_KEYS and _RUN_DEFAULTS.get(k, object()) != v}
     d["eval"] = {}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -186,14 +202,22 @@ def model_display_name(spec: ModelSpec) -> str:
 
 def lr_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     """LR multiplier at `step` (0-based, the step about to be taken): warmup then constant / cosine / WSD."""
-    if o.warmup_steps > 0 and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
+    warm = (step + 1) / o.warmup_steps if o.warmup_steps > 0 and step < o.warmup_steps else 1.0
+    if o.schedule == "wsd":
+        # A run shorter than its warmup still decays over its last steps: every WSD point is a decayed model.
+        return min(warm, _wsd_factor(step, total_steps, o))
+    if warm < 1.0:
+        return warm
     if o.schedule == "constant":
         return 1.0
     if o.schedule == "cosine":
         span = max(1, total_steps - o.warmup_steps)
         progress = min(1.0, (step - o.warmup_steps) / span)
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return _wsd_factor(step, total_steps, o)
+
+
+def _wsd_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     # WSD (Hägele et al. 2024): stable until the last `decay_fraction` of the steps, then linear decay.
     decay_steps = max(1, int(round(o.decay_fraction * total_steps)))
     decay_start = total_steps - decay_steps

@@ -277,6 +277,10 @@ def run_local(cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan]
 
     plan = plan or resolve_run(cfg, check_mlflow=False)
     plan = dataclasses.replace(plan, mlflow_run_id=None, tracking_uri=None)
+    if cfg.checkpoint.init_from:
+        from pipelines.infra import storage
+
+        plan = dataclasses.replace(plan, init_from_local=storage.local_copy(cfg.checkpoint.init_from))
     attach_worker_data(plan)
     rows = load_latents_numpy(cfg.data.manifest)
     rows.pop("caption", None)

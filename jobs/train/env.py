@@ -36,7 +36,7 @@ class LocalEnv:
     def device(self) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def wrap_model(self, model: nn.Module, fsdp: bool) -> nn.Module:
+    def wrap_model(self, model: nn.Module, fsdp: bool, mixed_precision: str = "none") -> nn.Module:
         return model
 
     def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
@@ -129,11 +129,11 @@ class RayTrainEnv:
 
         return ray.train.torch.get_device()  # RAY: the worker's assigned device
 
-    def wrap_model(self, model: nn.Module, fsdp: bool) -> nn.Module:
+    def wrap_model(self, model: nn.Module, fsdp: bool, mixed_precision: str = "none") -> nn.Module:
         if fsdp:
             from jobs.train.parallel import fully_shard_blocks
 
-            return fully_shard_blocks(model)
+            return fully_shard_blocks(model, mixed_precision)
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model, move_to_device=False)  # RAY: DDP wrap (no-op for 1 worker)

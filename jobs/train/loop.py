@@ -14,6 +14,7 @@ The run stops after ceil(budget_flops / (train_flops_per_image x global batch)) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -28,13 +29,22 @@ from torch import nn
 
 from ditcore import objectives
 from ditcore.models import build_model, config_from_dict
+from ditcore.models.layers import set_activation_checkpointing
 from jobs.train import checkpointing
 from jobs.train.config import lr_factor
 from jobs.train.data import batch_to_torch, data_keys, latents_to_model_space
 from jobs.train.env import RESULT_NAME, LocalEnv, RayTrainEnv
 from jobs.train.faults import FaultInjector
 from jobs.train.metrics import RunTracker, peak_flops_per_worker
-from jobs.train.parallel import maybe_compile, optimizer_param_names, shard_like, to_cpu_full
+from jobs.train.parallel import (
+    grad_sync,
+    materialize_from_rank0,
+    maybe_compile,
+    optimizer_param_names,
+    shard_from_rank0,
+    shard_like,
+    to_cpu_full,
+)
 from jobs.train.plan import RunPlan
 
 __all__ = ["LocalEnv", "RayTrainEnv", "RunResult", "Trainer", "mix_seed", "train_loop_per_worker"]
@@ -75,6 +85,11 @@ class RunResult:
     mfu: Optional[float]
     last_checkpoint: Optional[str]
     images_seen: int = 0
+    # Where this worker's time went (s): setup (model, restore, peak), data (waiting for batches), step (forward,
+    # backward, update), checkpoint (checkpoints, validation, logging after steps): the sweep's goodput breakdown.
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)
+    peak_flops: Optional[float] = None  # the FLOP/s the MFU figures divide by
+    flops_run: float = 0.0  # training FLOPs computed by this process (not restored, not a branch's shared prefix)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
@@ -85,6 +100,7 @@ class Trainer:
     """One training run on one worker: `setup` in the constructor, then `run()` (train_step / after_step)."""
 
     def __init__(self, plan: RunPlan, env: Any) -> None:
+        t_init = time.perf_counter()
         self.plan, self.env, self.cfg = plan, env, plan.cfg
         self.rank, self.world = env.rank, env.world_size
         self.fsdp = bool(self.cfg.run.fsdp)
@@ -105,22 +121,50 @@ class Trainer:
         self.logged: dict[str, float] = dict(self.progress.metrics)
         self.last_ckpt = env.checkpoint_location(self.progress.step)[1] if self.own_restore else None
         self._window = [0.0, 0]  # wall time and images since the last log line
+        self.timing = {"setup_s": time.perf_counter() - t_init, "data_s": 0.0, "step_s": 0.0, "checkpoint_s": 0.0}
+        self._first_step = self.progress.step  # steps before this process (restored or a branch's shared prefix)
 
     # ---- setup ---------------------------------------------------------------------------------------
 
     def _setup_model(self) -> None:
-        """Model + EMA (identical init on every rank), restored before DDP/FSDP wrapping."""
-        torch.manual_seed(mix_seed(self.cfg.run.seed, 17))
-        self.raw = build_model(config_from_dict(self.plan.model_config)).to(self.device)
-        self.ema = copy.deepcopy(self.raw).requires_grad_(False).eval()
+        """Model + EMA (identical init on every rank), restored before DDP/FSDP wrapping (sharded: after it).
+
+        run.meta_init: every rank shards a model built on the meta device; rank 0 alone builds (and restores) the
+        whole model on the host, and its state is scattered shard by shard (parallel.materialize_from_rank0).
+        """
+        r = self.cfg.run
+        torch.manual_seed(mix_seed(r.seed, 17))
+        meta = bool(r.meta_init)
+        full = None
+        if not meta or self.rank == 0:
+            full = build_model(config_from_dict(self.plan.model_config))
+            full = full if meta else full.to(self.device)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            self.raw = build_model(config_from_dict(self.plan.model_config)) if meta else full
+        self.ema = copy.deepcopy(full if full is not None else self.raw).requires_grad_(False).eval()
         own = self.env.restore_dir()
         self.own_restore = bool(own)
         self.restore_from = own or self.plan.init_from_local
+        self.sharded_restore = bool(self.restore_from) and checkpointing.is_sharded(self.restore_from)
         self.progress = checkpointing.Progress()
         if self.restore_from:
-            self.progress = checkpointing.restore_weights(self.restore_from, self.raw, self.ema, self.plan, bool(own))
+            self.progress = checkpointing.restore_weights(
+                self.restore_from,
+                full,
+                self.ema,
+                self.plan,
+                bool(own),
+                weights=full is not None and not self.sharded_restore,
+            )
+        if r.activation_checkpointing:
+            set_activation_checkpointing(self.raw, True)
         # raw: the plain module (parameters, cond_keys, checkpoints); FSDP2 shards it in place, DDP wraps it.
-        self.model = maybe_compile(self.env.wrap_model(self.raw, self.fsdp), self.cfg.run.compile)
+        self.wrapped = self.env.wrap_model(self.raw, self.fsdp, r.fsdp_mixed_precision)
+        self._ema_full = None
+        if meta:
+            materialize_from_rank0(self.raw, full, self.device)
+            self._ema_full = self.ema if self.rank == 0 else None  # scattered into EMA shards in _setup_optimizer
+        self.model = maybe_compile(self.wrapped, r.compile)
 
     def _setup_optimizer(self) -> None:
         """AdamW over the model's (muP) parameter groups, built after sharding; EMA sharded like the model."""
@@ -132,11 +176,18 @@ class Trainer:
             groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
         self.param_names = optimizer_param_names(self.optimizer, self.raw)
-        if self.restore_from:
+        if self.restore_from and not self.sharded_restore:
             checkpointing.restore_optimizer(self.restore_from, self.raw, self.optimizer, self.param_names, self.fsdp)
         self.model_params = dict(self.raw.named_parameters())
-        ema_full = dict(self.ema.named_parameters())
-        self.ema_params = shard_like(ema_full, self.model_params) if self.fsdp else ema_full
+        if self.cfg.run.meta_init:
+            ema_full = dict(self._ema_full.named_parameters()) if self._ema_full is not None else None
+            self.ema_params = shard_from_rank0(ema_full, self.model_params)
+            self._ema_full = None
+        else:
+            ema_full = dict(self.ema.named_parameters())
+            self.ema_params = shard_like(ema_full, self.model_params) if self.fsdp else ema_full
+        if self.sharded_restore:
+            checkpointing.restore_sharded(self.restore_from, self.raw, self.optimizer, self.ema_params)
 
     def _setup_conditioning(self) -> None:
         """Objective (with data.cond_dropout), null condition, batch columns, validation batch."""
@@ -159,15 +210,15 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------------
 
-    def _loss(self, batch: dict[str, np.ndarray], step: int) -> torch.Tensor:
-        """The diffusion loss of one batch: latents drawn at train time, CFG dropout, ditcore.objectives.loss."""
+    def _loss(self, batch: dict[str, np.ndarray], step: int, micro: int = 0) -> torch.Tensor:
+        """The diffusion loss of one (micro-)batch: latents drawn at train time, CFG dropout, objectives.loss."""
         b = batch_to_torch(batch, self.data_keys, self.device)
         cond = self._cond(b)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.cfg.run.deterministic:
                 return self._per_sample_loss(b, cond, batch["id"])
-            self.gen.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step))
-            flip = torch.rand(self.local_batch, generator=self.gen, device=self.device) < 0.5
+            self.gen.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, *([micro] if micro else [])))
+            flip = torch.rand(len(batch["id"]), generator=self.gen, device=self.device) < 0.5
             x0 = latents_to_model_space(b, self.gen, self.scale, self.shift, flip)
             return objectives.loss(self.model, x0, cond, self.gen, self.obj_cfg, self.null_cond)
 
@@ -189,22 +240,29 @@ class Trainer:
             losses.append(objectives.loss(self.model, x0, ci, g, self.obj_cfg, self.null_cond))
         return torch.stack(losses).mean()
 
-    def train_step(self, batch: dict[str, np.ndarray], step: int) -> tuple[float, Optional[float]]:
-        """One optimizer step; (loss averaged over workers, grad norm). A non-finite loss takes no step."""
+    def train_step(self, batch: dict[str, np.ndarray], step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One optimizer step over run.grad_accum micro-batches; (this worker's mean loss, grad norm) as device
+        tensors: nothing waits for the device here (the loop reads them every mlflow.log_every steps).
+
+        Each micro-batch's loss is scaled by 1/grad_accum and gradients are synchronised only in the last backward,
+        so the update equals the one of the whole batch (exactly so in run.deterministic, whose randomness is per
+        sample). A non-finite loss is found at the next log step, which stops the run before any checkpoint.
+        """
         if self.cfg.run.deterministic:
             # Canonical row order inside the batch: the result then depends only on WHICH rows a step sees.
             order = np.argsort(np.asarray([str(i) for i in batch["id"]]), kind="stable")
             batch = {k: np.asarray(v)[order] for k, v in batch.items()}
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, self.plan.total_steps, self.cfg.optim)
-        loss = self.faults.corrupt_loss(self._loss(batch, step), step)
-        loss_avg = loss.detach().float().clone()
-        if self.world > 1:
-            torch.distributed.all_reduce(loss_avg, op=torch.distributed.ReduceOp.AVG)
-        loss_val = float(loss_avg)
-        if not math.isfinite(loss_val):
-            return loss_val, None
-        loss.backward()
+        n = self.cfg.run.grad_accum
+        rows = len(batch["id"]) // n
+        total = torch.zeros((), device=self.device)
+        for i in range(n):
+            micro = {k: np.asarray(v)[i * rows : (i + 1) * rows] for k, v in batch.items()} if n > 1 else batch
+            with grad_sync(self.wrapped, self.raw, self.fsdp, last=i == n - 1):
+                loss = self.faults.corrupt_loss(self._loss(micro, step, i), step)
+                (loss / n if n > 1 else loss).backward()
+            total += loss.detach().float()
         grad_norm = None
         if self.cfg.optim.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.optim.grad_clip)
@@ -213,7 +271,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema(step)
-        return loss_val, (float(grad_norm) if grad_norm is not None else None)
+        return total / n, grad_norm
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -231,6 +289,12 @@ class Trainer:
         if self.val is None:
             return {}
         if self.fsdp:  # gather the sharded EMA into the full EMA module (all ranks)
+            if any(p.is_meta for p in self.ema.parameters()):  # run.meta_init: the module gets storage when needed
+                self.ema.to_empty(device=self.device)
+                with torch.no_grad():
+                    for (_, b), (_, src) in zip(self.ema.named_buffers(), self.raw.named_buffers()):
+                        b.copy_(src)
+            self.ema.to(self.device)
             with torch.no_grad():
                 for n, p in self.ema.named_parameters():
                     p.copy_(to_cpu_full(self.ema_params[n]).to(p.device))
@@ -242,15 +306,35 @@ class Trainer:
             net.train(was_training)
         return out
 
-    def after_step(self, step: int, loss: float, grad_norm: Optional[float], epoch: int) -> None:
-        """Log every log_every steps, validate every val_every steps, checkpoint at kept steps / every N steps."""
+    def _step_kinds(self, step: int) -> tuple[bool, bool, bool]:
+        """(log, validate, checkpoint) after `step`."""
         cfg = self.cfg
         is_log = step % max(1, cfg.mlflow.log_every) == 0 or step == self.plan.total_steps
         is_val = cfg.eval.val_every > 0 and step % cfg.eval.val_every == 0
         is_ckpt = step in self.plan.keep_steps or (
             cfg.checkpoint.every_n_steps > 0 and step % cfg.checkpoint.every_n_steps == 0
         )
+        return is_log, is_val, is_ckpt
+
+    def _read_loss(self) -> float:
+        """Mean training loss of the steps since the last read, averaged over workers: the loop's one host read."""
+        if self._loss_sum is None:
+            return self.last_loss
+        t = (self._loss_sum / self._loss_count).detach().float().clone()
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.AVG)
+        self._loss_sum, self._loss_count = None, 0
+        self.last_loss = float(t)
+        return self.last_loss
+
+    def after_step(self, step: int, grad_norm: Optional[torch.Tensor], epoch: int) -> Optional[str]:
+        """Log every log_every steps, validate every val_every steps, checkpoint at kept steps / every N steps;
+        the failure reason when the loss read at a log or checkpoint step is not finite (no checkpoint then)."""
+        is_log, is_val, is_ckpt = self._step_kinds(step)
         if is_log or is_ckpt:
+            loss = self._read_loss()
+            if not math.isfinite(loss):
+                return f"non-finite loss ({loss}) in the steps up to {step}"
             wall, images = self._window
             ips = images / max(wall, 1e-9)
             self.logged = {
@@ -263,7 +347,7 @@ class Trainer:
                 "epoch": epoch,
             }
             if grad_norm is not None:
-                self.logged["grad_norm"] = grad_norm
+                self.logged["grad_norm"] = float(grad_norm)
             if is_val or is_ckpt:
                 self.logged.update(self.validation())
             self.tracker.metrics(self.logged, step)
@@ -318,21 +402,27 @@ class Trainer:
             if p.step >= self.plan.total_steps:
                 return None
             self.faults.before_step(p.step)
+            t_batch = time.perf_counter()
+            self.timing["data_s"] += t_batch - t_mark
             loss, grad_norm = self.train_step(batch, p.step)
-            if not math.isfinite(loss):
-                return f"non-finite loss ({loss}) at step {p.step}"
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss  # on the device: no sync
+            self._loss_count += 1
             p.step += 1
             p.batch_in_epoch = produced
             p.images_seen += self.global_batch
             p.train_flops += self.plan.train_flops_per_image * self.global_batch
-            self.last_loss = loss
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda" and any(self._step_kinds(p.step)):
+                torch.cuda.synchronize(self.device)  # once per log step: the window's time covers the device work
             # Data fetch + step time since the last step's bookkeeping (not checkpoint / validation / logging).
             self._window[0] += time.perf_counter() - t_mark
             self._window[1] += self.global_batch
-            self.after_step(p.step, loss, grad_norm, epoch)
+            t_after = time.perf_counter()
+            self.timing["step_s"] += t_after - t_batch
+            reason = self.after_step(p.step, grad_norm, epoch)
             t_mark = time.perf_counter()
+            self.timing["checkpoint_s"] += t_mark - t_after
+            if reason is not None:
+                return reason
         if p.step < self.plan.total_steps:
             if produced == 0:
                 raise RuntimeError(
@@ -347,6 +437,8 @@ class Trainer:
         """Train to the run's budget; write the result record (rank 0); the result."""
         self.model.train()
         self.last_loss = float("nan")
+        self._loss_sum: Optional[torch.Tensor] = None  # training loss summed on the device since the last read
+        self._loss_count = 0
         reason = None
         while self.progress.step < self.plan.total_steps and reason is None:
             reason = self._epoch()
@@ -380,6 +472,9 @@ class Trainer:
             mfu=m.get("mfu"),
             last_checkpoint=last,
             images_seen=self.progress.images_seen,
+            timing={k: round(v, 3) for k, v in self.timing.items()},
+            flops_run=(self.progress.step - self._first_step) * self.global_batch * self.plan.train_flops_per_image,
+            peak_flops=self.peak,
         )
 
 

@@ -9,22 +9,69 @@ torch.distributed.checkpoint uses when FSDP2 loads it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 
-def fully_shard_blocks(model: nn.Module) -> nn.Module:
-    """FSDP2: shard every block of every ModuleList, then the root (torch.distributed.fsdp.fully_shard)."""
-    from torch.distributed.fsdp import fully_shard
+def fully_shard_blocks(model: nn.Module, mixed_precision: str = "none") -> nn.Module:
+    """FSDP2: shard every block of every ModuleList, then the root (torch.distributed.fsdp.fully_shard).
 
+    mixed_precision="bf16": a MixedPrecisionPolicy that all-gathers and computes in bf16 and reduces gradients in
+    fp32 (the sharded parameters and the optimizer stay fp32). Blocks cast their inputs to bf16; the root does not
+    (the timestep stays fp32 up to its sinusoidal embedding) and returns fp32, so the loss is computed in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    block_mp = root_mp = MixedPrecisionPolicy()
+    if mixed_precision == "bf16":
+        block_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        root_mp = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16,
+            reduce_dtype=torch.float32,
+            output_dtype=torch.float32,
+            cast_forward_inputs=False,
+        )
+    elif mixed_precision != "none":
+        raise ValueError(f"run.fsdp_mixed_precision must be 'none' or 'bf16', got {mixed_precision!r}")
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
             for block in module:
-                fully_shard(block)
-    fully_shard(model)
+                fully_shard(block, mp_policy=block_mp)
+    fully_shard(model, mp_policy=root_mp)
     return model
+
+
+def materialize_from_rank0(model: nn.Module, full: Optional[nn.Module], device: torch.device) -> None:
+    """A sharded model built on the meta device gets storage on `device` and the state of rank 0's whole model
+    `full` (None on the other ranks): parameters scattered shard by shard, buffers (fixed tables such as positional
+    embeddings, not in the state dict) broadcast.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=device)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full.state_dict() if full is not None else {}, options=opts)
+    src = dict(full.named_buffers()) if full is not None else {}
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if full is not None:
+                buf.copy_(src[name])
+            torch.distributed.broadcast(buf, src=0)
+
+
+def shard_from_rank0(full: Optional[dict[str, torch.Tensor]], sharded: dict[str, torch.Tensor]) -> dict:
+    """Like `shard_like`, with the full tensors on rank 0 only (`full` None elsewhere): scattered from rank 0."""
+    from torch.distributed.tensor import distribute_tensor
+
+    out = {}
+    for n, p in sharded.items():
+        src = (
+            full[n].detach().to(p.device) if full is not None else torch.empty(p.shape, dtype=p.dtype, device=p.device)
+        )
+        out[n] = distribute_tensor(src, p.device_mesh, p.placements, src_data_rank=0)
+    return out
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
@@ -80,3 +127,16 @@ class StateDictHolder(nn.Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict:  # type: ignore[override]
         """The held tensors."""
         return dict(self._sd)
+
+
+def grad_sync(wrapped: nn.Module, raw: nn.Module, fsdp: bool, last: bool) -> Any:
+    """Context of one micro-batch's forward + backward: gradients are reduced across workers only when `last`
+    (DDP's no_sync, FSDP2's set_requires_gradient_sync), so accumulation costs one reduction per optimizer step."""
+    import contextlib
+
+    if fsdp:
+        raw.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if not last and hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    return contextlib.nullcontext()

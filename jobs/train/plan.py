@@ -189,6 +189,26 @@ def _check_settings(cfg: TrainConfig) -> None:
             raise ConfigError(f"eval.sampler: unknown sampler {cfg.eval.sampler!r}; known: {', '.join(SAMPLERS)}")
 
 
+def check_big_model(cfg: TrainConfig, model_config: dict[str, Any]) -> None:
+    """The big-model levers (run.grad_accum, activation_checkpointing, fsdp_mixed_precision, meta_init) fit the run."""
+    r = cfg.run
+    if r.grad_accum < 1:
+        raise ConfigError(f"run.grad_accum must be >= 1, got {r.grad_accum}")
+    if cfg.data.batch_size % (r.num_workers * r.grad_accum):
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers x run.grad_accum "
+            f"= {r.num_workers} x {r.grad_accum}: every micro-batch must hold the same number of rows"
+        )
+    if r.activation_checkpointing and model_config.get("arch") == "unet":
+        raise ConfigError("run.activation_checkpointing: supported for DiT and MM-DiT blocks, not the U-Net")
+    if r.fsdp_mixed_precision != "none" and not r.fsdp:
+        raise ConfigError(
+            f"run.fsdp_mixed_precision={r.fsdp_mixed_precision!r} needs run.fsdp=true (without FSDP2 use run.bf16)"
+        )
+    if r.meta_init and not r.fsdp:
+        raise ConfigError("run.meta_init=true needs run.fsdp=true (an unsharded model is whole on every rank anyway)")
+
+
 def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
     """(total steps, {step: budget}) of the run's end, eval.budgets and eval.fractions (each >= one step)."""
     batch = cfg.data.batch_size
@@ -241,6 +261,7 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
             raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
     model_config = resolve_model_config(cfg, manifest)
+    check_big_model(cfg, model_config)
     text_tokens = (
         int(manifest.text.max_length)
         if (_is_text(model_config) and manifest.text is not None and manifest.text.max_length)
