@@ -262,7 +262,8 @@ def train_source_classifier(
         test_desc = f"last {n_held} rows of {train['source'].path} (held out)"
     num_classes = max(int(train["num_classes"]), int(ty.max()) + 1)
     classes = train["classes"] if train["classes"] and len(train["classes"]) == num_classes else None
-    log(f"classifier: {len(y)} training images, {len(ty)} test images, {num_classes} classes")
+    if log is not None:
+        log(f"classifier: {len(y)} training images, {len(ty)} test images, {num_classes} classes")
     net, rep = train_classifier(
         x, y, num_classes=num_classes, classes=classes, test_images=tx, test_labels=ty, steps=steps,
         batch_size=batch_size, lr=lr, image_size=image_size, width=width, feature_dim=feature_dim, seed=seed,
