@@ -293,10 +293,13 @@ def log_pyfunc_model(
     from mlflow.models import Model
 
     previous = mlflow.get_tracking_uri()
+    previous_exp = os.environ.get("MLFLOW_EXPERIMENT_ID")
     with tempfile.TemporaryDirectory(prefix="ditscale-bundle-") as tmp:
         artifacts = bundle_checkpoint(checkpoint, tmp)
         conditioning = conditioning_of(artifacts["checkpoint"])
         mlflow.set_tracking_uri(tracking_uri)
+        if run_id:  # the logged model belongs to the run's experiment, not the default one
+            os.environ["MLFLOW_EXPERIMENT_ID"] = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
         try:
             return Model.log(
                 None,  # artifact_path (deprecated in favour of name)
@@ -312,6 +315,10 @@ def log_pyfunc_model(
             )
         finally:
             mlflow.set_tracking_uri(previous)
+            if previous_exp is None:
+                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+            else:
+                os.environ["MLFLOW_EXPERIMENT_ID"] = previous_exp
 
 
 __all__ = [

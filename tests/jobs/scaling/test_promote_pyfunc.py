@@ -1,4 +1,4 @@
-"""promote logs the champion as an MLflow pyfunc model (sqlite store): `mlflow.pyfunc.load_model("models:/...@champion")`
+"""promote logs the champion as an MLflow pyfunc model (sqlite store): `mlflow.pyfunc.load_model("models:/..")`
 loads it after the data set and VAE it was trained on are gone, and its images equal the generation pipeline's for
 the same label, seed and settings; a grid of the champion's samples is readable back through the MLflow client."""
 
@@ -83,6 +83,10 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
     # Ray Serve's source of truth is unchanged: the alias still resolves to the raw checkpoint directory
     champ = resolve_champion("ditscale", tracking_uri=uri)
     assert champ["checkpoint"] == champion["ckpt"] and champ["tags"]["ditscale.format"] == "pyfunc"
+    # the logged model sits in the sweep's experiment, linked to the champion's trial run
+    logged = client.get_logged_model(champ["source"].rsplit("/", 1)[-1])
+    assert logged.experiment_id == client.get_run(champion["run_id"]).info.experiment_id != "0"
+    assert logged.source_run_id == champion["run_id"]
 
     pipe = GenerationPipeline.from_checkpoint(champion["ckpt"], device="cpu")
     expected = pipe.generate_labels([3, 3, 8], [5, 6, 5], SamplerSettings(sampler="euler", steps=3, guidance=1.0))
