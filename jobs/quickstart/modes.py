@@ -144,7 +144,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
     )
     if tiny:  # plumbing only: every stage, small sizes
         mode.vae.update(steps=40, eval_images=32)
-        mode.classifier.update(steps=40)
+        mode.classifier.update(steps=40, limit=1024, test_limit=256)
         mode.precompute = ["source.limit=512"]
         mode.sweep = [
             "budgets=[2e10,5e10,1.2e11]",

@@ -26,6 +26,14 @@ def source_dict(ctx: Context, split: str = "train", limit: int | None = None) ->
     return src
 
 
+def source_config(ctx: Context, split: str = "train", limit: int | None = None) -> Any:
+    """`source_dict` as a pipelines.sources.SourceConfig (what the library functions take)."""
+    from ditcore.config import from_dict
+    from pipelines.sources import SourceConfig
+
+    return from_dict(SourceConfig, source_dict(ctx, split, limit), where="source")
+
+
 def data_config(ctx: Context) -> dict:
     """What is fetched (or which path is read)."""
     spec = ctx.mode.data
@@ -85,8 +93,8 @@ def classifier_run(ctx: Context) -> dict:
 
     data = ctx.results["data"]
     rep = train_source_classifier(
-        source_dict(ctx, "train"),
-        source_dict(ctx, "test") if data.get("test") else None,
+        source_config(ctx, "train"),
+        source_config(ctx, "test") if data.get("test") else None,
         str(ctx.path("classifier")),
         image_size=ctx.mode.image_size,
         log=ctx.log,
@@ -116,8 +124,8 @@ def standard_run(ctx: Context) -> dict:
         ctx.results["promote"]["checkpoint"],
         ctx.results["precompute"]["path"],
         inception=ctx.results["inception"]["path"],
-        train_source=source_dict(ctx, "train"),
-        test_source=source_dict(ctx, "test"),
+        train_source=source_config(ctx, "train"),
+        test_source=source_config(ctx, "test"),
         settings=settings,
         n_ref=int(cfg["n_ref"]),
         cache_dir=str(ctx.path("inception_stats")),

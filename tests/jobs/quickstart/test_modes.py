@@ -1,0 +1,47 @@
+"""Quickstart modes: the built-in grid can show a law (>= 4 sizes, >= 1.5 decades, decayed points, FID with more
+samples than feature dimensions); `--data` picks class or text conditioning from what the data has."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.quickstart.modes import make_data_mode, make_mode
+from jobs.sweep.driver import load_sweep_config
+from pipelines.infra.config_files import REPO_ROOT
+
+
+def test_full_grid_can_show_a_law():
+    mode = make_mode(tiny=False)
+    cfg = load_sweep_config(str(REPO_ROOT / mode.sweep_yaml), mode.sweep)
+    assert len(cfg.models) >= 4
+    assert math.log10(max(cfg.budgets) / min(cfg.budgets)) >= 1.5
+    assert cfg.mode == "wsd" and cfg.base["eval"]["fractions"] == []  # only decayed points
+    assert cfg.base["eval"]["num_samples"] >= 288  # the built-in feature net's dimension
+    assert cfg.base["eval"]["guidance"] > 1.0
+
+
+def test_data_modes_choose_conditioning(tmp_path):
+    assert make_data_mode("fashion-mnist").data.conditioning == "class"
+    assert make_data_mode("emoji").data.conditioning == "text"
+    folder = tmp_path / "imgs" / "train"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "dog").mkdir()
+    spec = make_data_mode(str(folder)).data
+    assert (spec.conditioning, spec.source_kind) == ("class", "folder")
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    pq.write_table(pa.table({"image": [b""], "caption": ["a cat"]}), pq_dir / "part-0.parquet")
+    spec = make_data_mode(str(pq_dir)).data
+    assert (spec.conditioning, spec.source_kind) == ("text", "parquet")
+    pq.write_table(pa.table({"image": [b""], "label": np.array([1])}), pq_dir / "part-0.parquet")
+    assert make_data_mode(str(pq_dir)).data.conditioning == "class"
+
+
+def test_unknown_data_names_the_value(tmp_path):
+    with pytest.raises(ValueError, match="no-such-set"):
+        make_data_mode(str(tmp_path / "no-such-set"))
