@@ -48,6 +48,7 @@ def _teacher_config(teacher: str) -> dict:
 def _check(cfg: DistillConfig) -> None:
     if not cfg.teacher:
         raise ConfigError("teacher: required (the teacher checkpoint directory)")
+    teacher_run_dir(cfg.teacher)  # a <run>/checkpoints/step_X path: the student's run goes beside the teacher's
     try:
         GuidanceRange(cfg.w_min, cfg.w_max)
     except ValueError as e:

@@ -1,0 +1,133 @@
+"""`ditscale distill`: a tiny guidance distillation on a local Ray reduces the distillation loss, its MLflow run is
+nested under the teacher's, and bad input is refused before any cluster work."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ditcore.checkpoint import load_checkpoint, save_checkpoint
+from ditcore.config import ConfigError
+from ditcore.guidance_distill import GuidanceRange, distillation_loss, load_teacher_weights
+from ditcore.models import build_model, config_from_dict
+from ditcore.objectives import ObjectiveConfig
+from jobs.distill.config import DistillConfig
+from jobs.distill.driver import distill_plan, run_distill
+from jobs.train.checkpointing import checkpoint_config
+from jobs.train.config import TrainConfig
+from jobs.train.plan import resolve_run
+from pipelines.infra import storage
+from pipelines.infra.config_files import load_config
+from tests.jobs._train_helpers import make_latent_dataset
+
+TEXT = (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> dict:
+    """A perturbed MMDiT-T teacher checkpoint as `ditscale train` lays it out, with a recorded MLflow run."""
+    from pipelines.infra import tracking
+
+    root = tmp_path_factory.mktemp("distill")
+    data = make_latent_dataset(root / "lat", n=16, num_classes=None, text=TEXT)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", "mlflow.experiment=teach"],
+    )
+    plan = resolve_run(cfg, check_mlflow=False)
+    torch.manual_seed(0)
+    model = build_model(config_from_dict(plan.model_config))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run_dir = root / "runs" / "teacher"
+    ckpt = save_checkpoint(
+        run_dir / "checkpoints" / "step_00000010", model=model, ema=model, config=checkpoint_config(plan), state={}
+    )
+    client = tracking.client(uri, check=False)
+    run_id, _ = tracking.attach_run(client, str(run_dir / "mlflow_run.json"), experiment="teach", name="teacher")
+    return {"ckpt": str(ckpt), "data": data, "uri": uri, "run_id": run_id, "root": root}
+
+
+def _loss(model, teacher_model, data: str, obj: ObjectiveConfig, null: dict) -> float:
+    from pipelines.latents.reader import load_latents_numpy
+
+    rows = load_latents_numpy(data)
+    x0 = torch.from_numpy(rows["latent_mean"].astype(np.float32)) * 0.5
+    cond = {
+        "text_emb": torch.from_numpy(rows["text_emb"].astype(np.float32)),
+        "text_mask": torch.from_numpy(rows["text_mask"].astype(bool)),
+        "text_pooled": torch.from_numpy(rows["text_pooled"].astype(np.float32)),
+    }
+    total = 0.0
+    with torch.no_grad():
+        for seed in range(4):
+            g = torch.Generator().manual_seed(seed)
+            total += float(distillation_loss(model, teacher_model, x0, cond, null, obj, g, GuidanceRange(2.0, 4.0)))
+    return total / 4
+
+
+@pytest.mark.slow
+def test_tiny_distillation_on_ray_reduces_the_loss_and_nests_under_the_teacher(teacher, tmp_path):
+    import ray
+
+    from pipelines.infra import tracking
+    from pipelines.latents.reader import load_null_text
+
+    cfg = DistillConfig(
+        teacher=teacher["ckpt"],
+        w_min=2.0,
+        w_max=4.0,
+        steps=40,
+        lr=2e-3,
+        warmup_steps=2,
+        batch_size=8,
+        val_samples=8,
+        tracking_uri=teacher["uri"],
+        log_every=10,
+    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        out = run_distill(cfg)
+    finally:
+        ray.shutdown()
+    assert out["status"] == "finished", out
+    assert out["parent_run_id"] == teacher["run_id"]
+    student_dir = out["last_checkpoint"]
+    assert Path(student_dir).parent.parent.parent == Path(teacher["ckpt"]).parent.parent / "distill"
+    t = load_checkpoint(teacher["ckpt"]).model
+    trained = load_checkpoint(student_dir, use_ema=False).model
+    assert trained.config.guidance_embed
+    fresh = build_model(trained.config)
+    load_teacher_weights(fresh, t.state_dict())
+    obj = ObjectiveConfig(**load_checkpoint(teacher["ckpt"]).config["objective"])
+    null = {k: v.float() if v.is_floating_point() else v for k, v in load_null_text(teacher["data"]).items()}
+    before, after = _loss(fresh, t, teacher["data"], obj, null), _loss(trained, t, teacher["data"], obj, null)
+    assert after < 0.8 * before, (before, after)
+    client = tracking.client(teacher["uri"], check=False)
+    run = client.get_run(out["mlflow_run_id"])
+    assert run.data.tags[tracking.PARENT_TAG] == teacher["run_id"]
+    assert run.data.tags[tracking.ROLE_TAG] == "distill"
+    assert run.info.experiment_id == client.get_run(teacher["run_id"]).info.experiment_id
+    assert float(run.data.params["w_max"]) == 4.0 and "val_loss" in run.data.metrics
+    assert storage.read_json(str(Path(student_dir).parent.parent / "distill.json"))["teacher"] == teacher["ckpt"]
+
+
+def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path):
+    base = DistillConfig(teacher=teacher["ckpt"], tracking_uri=teacher["uri"])
+    plan = distill_plan(base)
+    assert plan.model_config["guidance_embed"] is True and plan.total_steps == base.steps
+    with pytest.raises(ConfigError, match="w_min <= w_max"):
+        distill_plan(dataclasses.replace(base, w_min=5.0, w_max=2.0))
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        distill_plan(dataclasses.replace(base, steps=0))
+    with pytest.raises(ConfigError, match="not a checkpoint directory"):
+        distill_plan(dataclasses.replace(base, teacher=str(tmp_path)))
+    with pytest.raises(ConfigError, match="cannot read checkpoint"):
+        distill_plan(dataclasses.replace(base, teacher=str(tmp_path / "r" / "checkpoints" / "step_1")))
