@@ -7,6 +7,8 @@ champion=true` and `ditscale serve` all get the same checks and coercions, and a
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -21,6 +23,10 @@ class AppArgs(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
     device: str | None = Field(None, description="cuda / cpu; default: cuda when the replica has a GPU")
     use_ema: bool = Field(True, description="serve the EMA weights")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="model compute: bf16 autocast (+ TF32) on a GPU for auto, fp32 on a CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the model once per replica (slower start)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "AppArgs":

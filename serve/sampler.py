@@ -103,7 +103,13 @@ class Sampler:
         t0 = time.monotonic()
         self.args = AppArgs.model_validate(args)
         checkpoint, self.registry = resolve_checkpoint(self.args)
-        self.pipe = GenerationPipeline.from_checkpoint(checkpoint, device=self.args.device, use_ema=self.args.use_ema)
+        self.pipe = GenerationPipeline.from_checkpoint(
+            checkpoint,
+            device=self.args.device,
+            use_ema=self.args.use_ema,
+            dtype=self.args.dtype,
+            compile=self.args.compile,
+        )
         self.config = SamplerUserConfig()
         self._apply_batching()
         logger.info(
