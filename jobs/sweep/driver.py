@@ -84,6 +84,7 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     import ray
     from ray import tune
 
+    from jobs.cluster.shared_storage import check_shared_storage
     from jobs.sweep.goodput import measure_machine_peak
     from pipelines.infra.ray_runtime import init_ray
 
@@ -91,6 +92,9 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     cpus = float(ray.cluster_resources().get("CPU", 1))
     machine = {"num_cpus": cpus, "peak_flops": measure_machine_peak(cpus)}  # before any trial loads the machine
     run = pending[0].runs[0].plan.cfg.run
+    check_shared_storage(
+        cfg.output, key="output", override="base.run.shared_filesystem", shared_filesystem=run.shared_filesystem
+    )
     per_trial = run.num_workers * run.cpus_per_worker
     max_conc = cfg.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
     plans = {tp.trial.trial_id: tp for tp in pending}

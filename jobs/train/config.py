@@ -120,6 +120,7 @@ class ExecutionConfig:
     deterministic: bool = False  # bit-reproducible CPU mode: per-sample RNG keyed by sample id, ordered data
     seed: int = 0
     fsdp: bool = False  # FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP
+    shared_filesystem: bool = False  # a local checkpoint.storage is mounted on every node (multi-node clusters)
     # Big-model levers (docs/train.md#big-models):
     fsdp_mixed_precision: Literal["none", "bf16"] = "none"  # FSDP2 MixedPrecisionPolicy: bf16 compute, fp32 grads
     activation_checkpointing: bool = False  # recompute each transformer block in backward (DiT, MM-DiT)

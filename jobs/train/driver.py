@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ditcore.config import ConfigError, to_dict
+from jobs.cluster.shared_storage import check_run_storage
 from jobs.scaling.points import ScalingPoint
 from jobs.train.config import TrainConfig
 from jobs.train.env import RESULT_NAME
@@ -265,7 +266,9 @@ def run_training(
     cfg: TrainConfig, *, plan: Optional[RunPlan] = None, callbacks: Optional[list] = None, evaluate: bool = True
 ) -> dict:
     """Validate, train on Ray Train, evaluate the budget points; the run's summary (status, points, ...)."""
-    run = prepare_run(plan or resolve_run(cfg))
+    plan = plan or resolve_run(cfg)
+    check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
+    run = prepare_run(plan)
     train_runs([run], callbacks=callbacks)
     return finish_run(run, evaluate=evaluate)
 

@@ -31,6 +31,7 @@ def test_ddp_across_two_nodes(tmp_path):
         "run.num_workers=2",
         "run.cpus_per_worker=2",
         "run.name=multinode",
+        "run.shared_filesystem=true",  # both simulated nodes are this machine: the local path is shared
     ]
     fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
     cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 3}"])

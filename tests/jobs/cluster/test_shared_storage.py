@@ -1,0 +1,83 @@
+"""Local storage on a multi-node cluster (ray.cluster_utils.Cluster, 2 nodes): a local checkpoint.storage or sweep
+output is refused with an error naming the path, the node count and the override, before anything is written;
+s3:// and an explicit run.shared_filesystem=true pass."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ditcore.config import ConfigError
+from jobs.cluster.shared_storage import alive_nodes, check_shared_storage
+from jobs.train.config import TrainConfig
+from jobs.train.driver import run_training
+from jobs.train.plan import resolve_run
+from pipelines.infra.config_files import load_config
+from tests.jobs._train_helpers import make_latent_dataset
+
+pytestmark = pytest.mark.slow  # a 2-node Ray cluster
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_local_path_refused_on_two_nodes_unless_shared(two_nodes, tmp_path):
+    assert alive_nodes() == 2
+    local = str(tmp_path / "runs")
+    with pytest.raises(ConfigError) as err:
+        check_shared_storage(local, key="checkpoint.storage", override="run.shared_filesystem", shared_filesystem=False)
+    msg = str(err.value)
+    assert f"checkpoint.storage={local!r}" in msg and "2 nodes" in msg and "run.shared_filesystem=true" in msg
+    check_shared_storage(local, key="checkpoint.storage", override="run.shared_filesystem", shared_filesystem=True)
+    check_shared_storage("s3://bucket/runs", key="checkpoint.storage", override="x", shared_filesystem=False)
+
+
+def test_training_with_local_storage_is_refused_before_anything_is_written(two_nodes, tmp_path):
+    data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16))
+    overrides = [
+        f"data.manifest={data}",
+        "data.batch_size=8",
+        "data.val_samples=0",
+        "model.preset=MMDiT-T",
+        f"checkpoint.storage={tmp_path / 'runs'}",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
+    cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 2}"])
+    with pytest.raises(ConfigError, match=r"checkpoint.storage=.*2 nodes.*run.shared_filesystem=true"):
+        run_training(cfg)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sweep_with_local_output_is_refused(two_nodes, tmp_path, capsys):
+    from jobs.cli.sweep import main
+
+    data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16))
+    cfg = {
+        "name": "t",
+        "output": str(tmp_path / "sweeps"),
+        "base": {"model": {"preset": "MMDiT-T"}, "data": {"manifest": data, "batch_size": 8, "val_samples": 0}},
+        "models": ["MMDiT-T"],
+        "budgets": [1.0e13],
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "shared-storage"},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert f"output={str(tmp_path / 'sweeps')!r}" in text and "base.run.shared_filesystem=true" in text, text
+    assert not list((tmp_path / "sweeps").rglob("done.json"))  # no trial ran
