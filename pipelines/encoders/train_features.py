@@ -84,10 +84,11 @@ class TrainFeaturesConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.blur_prob <= 1.0:
             raise ConfigError(f"blur_prob: must be in [0, 1], got {self.blur_prob}")
-        try:
-            BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
+            try:
+                BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
 
 
 def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) -> torch.Tensor:

@@ -95,10 +95,11 @@ class TrainVAEConfig:
             raise ConfigError(
                 f"image_size: {self.image_size} is not divisible by the VAE downsample factor {downsample}"
             )
-        try:
-            BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
+            try:
+                BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
 
 
 def build_vae(cfg: TrainVAEConfig):
@@ -283,8 +284,8 @@ def train_vae(cfg: TrainVAEConfig) -> str:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background)
     data = _SourceImages(cfg) if cfg.source is not None else None
+    spec = BuiltinSpec(cfg.image_size, cfg.max_objects, cfg.data_seed, cfg.background) if data is None else None
     vae = build_vae(cfg).train()
     rng = np.random.default_rng(cfg.seed)
     if data is None:

@@ -49,3 +49,31 @@ def test_augment_keeps_range_and_shape():
     x = torch.rand(4, 3, 32, 32)
     y = _augment(x, cfg, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+
+
+def test_train_features_on_a_labelled_folder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from ditcore.metrics.classifier import ImageClassifier
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 6)):
+        for k, name in enumerate(("dark", "light")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 60, (32, 32, 3)) + 180 * k
+                Image.fromarray(arr.astype(np.uint8)).save(tmp_path / split / name / f"{i}.png")
+    cfg = {
+        "steps": 30, "batch_size": 8, "width": 4, "feature_dim": 8, "progress": False, "threads": 1,
+        "out": str(tmp_path / "fn"),
+        "source": {"kind": "folder", "path": str(tmp_path / "train")},
+        "test_source": {"kind": "folder", "path": str(tmp_path / "test")},
+    }  # fmt: skip
+    out = train_feature_net(from_dict(TrainFeaturesConfig, cfg))
+    assert "test accuracy" in capsys.readouterr().out
+    net = load_feature_net(out)
+    assert isinstance(net, ImageClassifier) and net.feature_dim == 8 and net.classes == ["dark", "light"]
+    report = json.loads((tmp_path / "fn" / "report.json").read_text())
+    assert report["test_count"] == 12 and report["train_images"] == 32 and report["test_accuracy"] == 1.0
+    assert json.loads((tmp_path / "fn" / "config.json").read_text())["meta"]["test_accuracy"] == 1.0
