@@ -71,7 +71,7 @@ def make_mode(tiny: bool) -> Mode:
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
             sweep=[
                 'models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]',
-                "budgets=[2e10,5e10,1.2e11]",
+                "budgets=[2e10,4e10,8e10,1.6e11]",
                 "base.data.batch_size=16",
                 "base.eval.num_samples=64",
                 "base.eval.steps=4",
@@ -147,7 +147,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         mode.classifier.update(steps=40, limit=1024, test_limit=256)
         mode.precompute = ["source.limit=512"]
         mode.sweep = [
-            "budgets=[2e10,5e10,1.2e11]",
+            "budgets=[2e10,4e10,8e10,1.6e11]",
             "base.data.batch_size=16",
             "base.eval.num_samples=64",
             "base.eval.steps=4",
