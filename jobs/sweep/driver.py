@@ -111,7 +111,7 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     verbose = 1 if logging.getLevelName(str(run.log_level).upper()) <= logging.INFO else 0
     grid = tune.Tuner(
         trainable,
-        param_space={"trial_id": tune.grid_search(sorted(plans))},
+        param_space={"trial_id": tune.grid_search(_longest_first(pending))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_conc, trial_name_creator=name_of, trial_dirname_creator=name_of
         ),
@@ -123,6 +123,17 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     if errors:
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
     return machine
+
+
+def _longest_first(pending: list[TrialPlan]) -> list[str]:
+    """Trial ids, the longest expected first (fewer idle cores at the end of the sweep): most training FLOPs, then
+    the smallest model (small models reach the lowest fraction of peak, so the same FLOPs take them longest)."""
+
+    def cost(tp: TrialPlan) -> tuple:
+        flops = sum(r.plan.cfg.budget_flops for r in tp.runs)
+        return (-flops, tp.runs[0].plan.params, tp.trial.trial_id)
+
+    return [tp.trial.trial_id for tp in sorted(pending, key=cost)]
 
 
 def _goodput(
