@@ -120,6 +120,13 @@ class TextEncoder:
         """Tokens each text takes (special tokens included) before padding / truncation to max_length."""
         return [len(ids) for ids in self.tokenizer([str(t) for t in texts], truncation=False)["input_ids"]]
 
+    def length_error(self, text: str) -> str | None:
+        """Why `text` does not fit the encoder's window (None when it fits)."""
+        n = self.token_counts([text])[0]
+        if n > self.max_length:
+            return f"{n} tokens, longer than the text encoder's window of {self.max_length} tokens"
+        return None
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Token states f16 [B,L,D], mask bool [B,L], pooled f16 [B,Dp] for `texts` (L = max_length)."""
@@ -269,3 +276,306 @@ def load_text_encoder(
         revision=spec.revision,
         extra={"subfolder": spec.subfolder} if spec.subfolder else {},
     )
+
+
+# --------------------------------------------------------------------------- several encoders, joined (SD3)
+#
+# SD3 (Esser et al. 2024, Sec. 5.2 and Fig. 2) conditions on three encoders: the CLIP-L and CLIP-G token states
+# concatenated on the feature axis (77 x 2048), zero-padded to T5's width and followed on the sequence axis by the
+# T5-XXL tokens; the pooled vector is the two CLIP pooled vectors concatenated. `TextPart.join` says how each encoder
+# joins the ones before it, so any list of encoders gives one `text_emb` [L,D], `text_mask` [L], `text_pooled` [Dp].
+
+JOINS = ("concat", "append")
+
+
+@dataclass
+class TextPart(TextSpec):
+    """One encoder of a joined text condition: a TextSpec plus its name, how it joins, and whether it is pooled.
+
+    join "concat": on the feature axis with the previous encoder's block (the block is as long as its longest member;
+    shorter members are zero-padded and masked off); "append": starts a new block after the previous ones on the
+    sequence axis (blocks are zero-padded on the feature axis to the widest one). The first encoder's join is moot.
+    """
+
+    name: str | None = None  # how data.text_dropout and drop_text refer to it; default: the directory's last part
+    join: str = "concat"
+    pooled: bool = True  # its pooled vector is part of text_pooled (SD3: the CLIPs yes, T5 no)
+
+
+def is_multi(spec: Any) -> bool:
+    """Whether a `text` config entry is a list of encoders (the joined path) rather than one encoder."""
+    return isinstance(spec, (list, tuple))
+
+
+def resolve_parts(specs: Any) -> list[TextPart]:
+    """Normalise a list of encoder specs (dicts / TextSpec / names): names filled and unique, joins known."""
+    if not is_multi(specs) or not specs:
+        raise TextEncoderError(f"text: a list of encoders needs at least one entry, got {specs!r}")
+    parts: list[TextPart] = []
+    for i, s in enumerate(specs):
+        if isinstance(s, str):
+            s = {"encoder": s}
+        if isinstance(s, TextSpec) and not isinstance(s, TextPart):
+            s = {f: getattr(s, f) for f in TextSpec.__dataclass_fields__}
+        if isinstance(s, dict):
+            try:
+                s = TextPart(**s)
+            except TypeError as exc:
+                raise TextEncoderError(f"text[{i}]: {exc}") from exc
+        if not isinstance(s, TextPart):
+            raise TextEncoderError(f"text[{i}]: expected a mapping with 'encoder', got {s!r}")
+        if s.join not in JOINS:
+            raise TextEncoderError(f"text[{i}].join: {s.join!r} is not one of {list(JOINS)}")
+        try:
+            resolve_spec(s)
+        except TextEncoderError as exc:
+            raise TextEncoderError(f"text[{i}].encoder: {exc}") from exc
+        name = s.name or (s.subfolder or s.encoder.rstrip("/").rsplit("/", 1)[-1])
+        parts.append(TextPart(**{**{f: getattr(s, f) for f in TextPart.__dataclass_fields__}, "name": name}))
+    names = [p.name for p in parts]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise TextEncoderError(f"text: encoder names must be unique, {dup} repeat; set text[i].name")
+    if not any(p.pooled for p in parts):
+        raise TextEncoderError("text: at least one encoder must have pooled: true (text_pooled would be empty)")
+    return parts
+
+
+def join_layout(parts: list[dict]) -> tuple[list[dict], dict]:
+    """Where each encoder's output goes in the joined tensors.
+
+    `parts`: dicts with name, join, pooled, max_length, dim, pooled_dim. Returns (one record per part with
+    `seq` [s0, s1), `feat` [f0, f1) and `pooled_slice` [p0, p1) or None, plus `block`), and the joined
+    {"max_length": L, "dim": D, "pooled_dim": Dp}.
+    """
+    blocks: list[list[int]] = []
+    for i, p in enumerate(parts):
+        if i == 0 or p["join"] == "append":
+            blocks.append([i])
+        else:
+            blocks[-1].append(i)
+    width = max(sum(int(parts[i]["dim"]) for i in b) for b in blocks)
+    records: list[dict] = [{} for _ in parts]
+    s0 = p0 = 0
+    for bi, block in enumerate(blocks):
+        f0 = 0
+        for i in block:
+            p = parts[i]
+            records[i] = {
+                **p,
+                "block": bi,
+                "seq": [s0, s0 + int(p["max_length"])],
+                "feat": [f0, f0 + int(p["dim"])],
+            }
+            f0 += int(p["dim"])
+        s0 += max(int(parts[i]["max_length"]) for i in block)
+    for rec in records:
+        if rec["pooled"]:
+            rec["pooled_slice"] = [p0, p0 + int(rec["pooled_dim"])]
+            p0 += int(rec["pooled_dim"])
+        else:
+            rec["pooled_slice"] = None
+    return records, {"max_length": s0, "dim": width, "pooled_dim": p0}
+
+
+def part_of(null: dict[str, Any], rec: dict) -> dict[str, Any]:
+    """One encoder's part of a joined (unbatched) embedding: its states, mask positions and pooled slice."""
+    (s0, s1), (f0, f1) = rec["seq"], rec["feat"]
+    out = {"text_emb": null["text_emb"][s0:s1, f0:f1], "text_mask": null["text_mask"][s0:s1]}
+    if rec["pooled_slice"] is not None:
+        a, b = rec["pooled_slice"]
+        out["text_pooled"] = null["text_pooled"][a:b]
+    return out
+
+
+@dataclass
+class MultiTextEncoder:
+    """Several loaded encoders whose outputs are joined as `layout` says; `.encode` has TextEncoder's contract.
+
+    An encoder in `dropped` is not run (not even loaded): its part is its slice of `null`, the joined empty-prompt
+    embedding of the data set (SD3's "T5 removed at inference"). A member of a concat block shares its positions'
+    mask with the other members: the mask is the union of the members' masks.
+    """
+
+    encoders: dict[str, TextEncoder]  # name -> loaded encoder (the dropped ones absent)
+    layout: list[dict]
+    joined: dict  # max_length, dim, pooled_dim
+    null: dict[str, np.ndarray] | None = None  # joined empty-prompt embedding, needed when something is dropped
+    dropped: tuple[str, ...] = ()
+    kind: str = "multi"
+
+    def __post_init__(self) -> None:
+        self.max_length = int(self.joined["max_length"])
+        self.dim = int(self.joined["dim"])
+        self.pooled_dim = int(self.joined["pooled_dim"])
+        self.name = "+".join(r["name"] for r in self.layout)
+        missing = [r["name"] for r in self.layout if r["name"] not in self.encoders and r["name"] not in self.dropped]
+        if missing:
+            raise TextEncoderError(f"text encoders {missing} are neither loaded nor dropped")
+        if self.dropped and self.null is None:
+            raise TextEncoderError(f"dropping text encoder(s) {list(self.dropped)} needs the null text embedding")
+
+    def length_error(self, text: str) -> str | None:
+        """Why `text` does not fit a loaded encoder's window (None when it fits every one)."""
+        for name, enc in self.encoders.items():
+            n = enc.token_counts([text])[0]
+            if n > enc.max_length:
+                return f"{n} tokens, longer than text encoder {name!r}'s window of {enc.max_length} tokens"
+        return None
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Joined token states f16 [B,L,D], mask bool [B,L], pooled f16 [B,Dp]."""
+        texts = [str(t) for t in texts]
+        b = len(texts)
+        emb = np.zeros((b, self.max_length, self.dim), np.float16)
+        mask = np.zeros((b, self.max_length), bool)
+        pooled = np.zeros((b, self.pooled_dim), np.float16)
+        for rec in self.layout:
+            name = rec["name"]
+            if name in self.dropped:
+                part = {k: np.broadcast_to(v, (b, *v.shape)) for k, v in part_of(self.null, rec).items()}
+            else:
+                part = self.encoders[name].encode(texts)
+            (s0, s1), (f0, f1) = rec["seq"], rec["feat"]
+            emb[:, s0:s1, f0:f1] = part["text_emb"]
+            mask[:, s0:s1] |= part["text_mask"]
+            if rec["pooled_slice"] is not None:
+                pooled[:, slice(*rec["pooled_slice"])] = part["text_pooled"]
+        return {"text_emb": emb, "text_mask": mask, "text_pooled": pooled}
+
+    def identity(self) -> dict:
+        """What the manifest records: the joined dims and, per encoder, its identity and slices."""
+        return {"encoder": self.name, "kind": "multi", "encoders": self.layout, **self.joined}
+
+
+def _part_identity(part: TextPart, enc: TextEncoder) -> dict:
+    ident = enc.identity()
+    ident.update(name=part.name, join=part.join, pooled=part.pooled)
+    if part.tokenizer_subfolder:
+        ident["tokenizer_subfolder"] = part.tokenizer_subfolder
+    return ident
+
+
+def load_text_encoders(
+    specs: Any,
+    *,
+    drop: tuple[str, ...] | list[str] = (),
+    layout: list[dict] | None = None,
+    null: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    require_safetensors: bool = False,
+) -> MultiTextEncoder:
+    """Load a list of encoders (TextPart specs) joined into one condition.
+
+    Precompute passes only `specs` (the layout follows from the loaded dims). Generation passes the manifest's
+    `layout` (so a dropped encoder's dims need no loading), `drop` (names not to load) and `null` (the data set's
+    joined null embedding, whose slices stand in for the dropped encoders).
+    """
+    parts = resolve_parts(specs)
+    names = [p.name for p in parts]
+    unknown = [d for d in drop if d not in names]
+    if unknown:
+        raise TextEncoderError(f"drop_text: unknown text encoder(s) {unknown}; this model's encoders: {names}")
+    loaded: dict[str, TextEncoder] = {}
+    for p in parts:
+        if p.name not in drop:
+            spec = TextSpec(**{f: getattr(p, f) for f in TextSpec.__dataclass_fields__})
+            loaded[p.name] = load_text_encoder(
+                spec, device=device, dtype=dtype, require_safetensors=require_safetensors
+            )
+    if layout is None:
+        if drop:
+            raise TextEncoderError("dropping an encoder needs the recorded layout (the data set manifest's text)")
+        layout, joined = join_layout([_part_identity(p, loaded[p.name]) for p in parts])
+    else:
+        joined = join_layout(layout)[1]
+        for rec in layout:
+            enc = loaded.get(rec["name"])
+            if enc is not None and (enc.dim, enc.pooled_dim, enc.max_length) != (
+                rec["dim"],
+                rec["pooled_dim"],
+                rec["max_length"],
+            ):
+                raise TextEncoderError(
+                    f"text encoder {rec['name']!r} now gives dim/pooled_dim/max_length "
+                    f"{(enc.dim, enc.pooled_dim, enc.max_length)}, the data set recorded "
+                    f"{(rec['dim'], rec['pooled_dim'], rec['max_length'])}"
+                )
+    if null is not None:
+        null = {k: np.asarray(v.float().numpy() if hasattr(v, "numpy") else v) for k, v in null.items()}
+        null["text_mask"] = null["text_mask"].astype(bool)
+    return MultiTextEncoder(encoders=loaded, layout=layout, joined=joined, null=null, dropped=tuple(drop))
+
+
+def drop_text_parts(
+    cond: dict[str, torch.Tensor],
+    null: dict[str, torch.Tensor],
+    layout: list[dict],
+    probs: dict[str, float],
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-encoder dropout (SD3 Sec. 5.2): each sample's part of encoder `name` becomes its slice of the null
+    embedding with probability probs[name], independently per encoder (one Bernoulli draw per sample and encoder,
+    in layout order). The mask positions of an encoder alone in its block become the null's; a member of a concat
+    block keeps the block's mask (the union). Nothing is drawn when no probability is set, so runs without
+    per-encoder dropout see the same random stream as before."""
+    active = [(r, float(probs.get(r["name"], 0.0))) for r in layout]
+    if not any(p > 0 for _, p in active):
+        return cond
+    emb, mask, pooled = (cond[k].clone() for k in ("text_emb", "text_mask", "text_pooled"))
+    block_size = {r["block"]: sum(q["block"] == r["block"] for q in layout) for r in layout}
+    gen_device = generator.device if generator is not None else "cpu"
+    for rec, p in active:
+        if p <= 0:
+            continue
+        drop = (torch.rand(emb.shape[0], generator=generator, device=gen_device) < p).to(emb.device)  # [B]
+        part = part_of(null, rec)
+        (s0, s1), (f0, f1) = rec["seq"], rec["feat"]
+        emb[drop, s0:s1, f0:f1] = part["text_emb"].to(emb.device, emb.dtype)
+        if block_size[rec["block"]] == 1:
+            mask[drop, s0:s1] = part["text_mask"].to(mask.device, mask.dtype)
+        if rec["pooled_slice"] is not None:
+            pooled[drop, slice(*rec["pooled_slice"])] = part["text_pooled"].to(pooled.device, pooled.dtype)
+    return {**cond, "text_emb": emb, "text_mask": mask, "text_pooled": pooled}
+
+
+def _config_dims(spec: TextSpec) -> dict:
+    """kind, dim, pooled_dim and max_length of an encoder from its config alone (no weights), as the loader sets."""
+    from transformers import AutoConfig
+
+    if spec.encoder == MINILM:
+        cfg, kind = AutoConfig.from_pretrained(str(minilm_path())), "minilm"
+    else:
+        local = Path(spec.encoder).expanduser()
+        path = str(local) if local.exists() else spec.encoder
+        kw = {k: v for k, v in (("subfolder", spec.subfolder), ("revision", spec.revision)) if v}
+        try:
+            cfg = AutoConfig.from_pretrained(path, **kw)
+        except Exception as exc:
+            raise TextEncoderError(f"cannot read the config of text encoder {spec.encoder!r}: {exc}") from exc
+        kind = _kind_of(cfg.model_type)
+    text_cfg = getattr(cfg, "text_config", cfg)
+    if kind == "clip":
+        archs = set(getattr(cfg, "architectures", None) or [])
+        has_projection = bool(archs & {"CLIPModel", "CLIPTextModelWithProjection"})
+        dim = text_cfg.hidden_size
+        pooled_dim = getattr(text_cfg, "projection_dim", dim) if has_projection else dim
+        if cfg.model_type == "clip":
+            pooled_dim = getattr(cfg, "projection_dim", pooled_dim)
+    elif kind == "t5":
+        dim = pooled_dim = cfg.d_model
+    else:
+        dim = pooled_dim = cfg.hidden_size
+    max_length = spec.max_length or DEFAULT_MAX_LENGTH[kind]
+    return {"kind": kind, "dim": int(dim), "pooled_dim": int(pooled_dim), "max_length": int(max_length)}
+
+
+def describe_parts(specs: Any) -> tuple[list[dict], dict]:
+    """(layout, joined dims) of a list of encoders from their configs alone: what the manifest records."""
+    records = []
+    for p in resolve_parts(specs):
+        rec = {"name": p.name, "encoder": p.encoder, "revision": p.revision, "join": p.join, "pooled": p.pooled}
+        rec.update({k: v for k, v in (("subfolder", p.subfolder), ("tokenizer_subfolder", p.tokenizer_subfolder)) if v})
+        records.append({**rec, **_config_dims(p)})
+    return join_layout(records)

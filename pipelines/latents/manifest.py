@@ -46,8 +46,37 @@ class VAERecord:
 
 
 @dataclass
+class TextPartRecord:
+    """One encoder of a joined (multi-encoder) text condition and where its output sits in the joined tensors."""
+
+    name: str = ""
+    encoder: str = ""
+    kind: Optional[str] = None
+    revision: Optional[str] = None
+    subfolder: Optional[str] = None
+    tokenizer_subfolder: Optional[str] = None
+    max_length: int = 0
+    dim: int = 0
+    pooled_dim: int = 0
+    join: str = "concat"  # concat: feature axis with the previous block; append: a new block on the sequence axis
+    pooled: bool = True  # its pooled vector is part of text_pooled
+    block: int = 0
+    seq: list[int] = field(default_factory=list)  # [s0, s1): its positions in text_emb / text_mask
+    feat: list[int] = field(default_factory=list)  # [f0, f1): its features in text_emb
+    pooled_slice: Optional[list[int]] = None  # [p0, p1) in text_pooled, None when not pooled
+
+    def layout(self) -> dict[str, Any]:
+        """The dict form pipelines.encoders.text's joining functions take."""
+        return to_dict(self)
+
+
+@dataclass
 class TextRecord:
-    """The caption encoder and where the empty-prompt (null) embedding for classifier-free guidance is."""
+    """The caption encoder(s) and where the empty-prompt (null) embedding for classifier-free guidance is.
+
+    One encoder: `encoder` names it. Several (SD3 style): `kind` is "multi", `encoder` joins their names with "+",
+    `encoders` lists each with its slices, and max_length / dim / pooled_dim are the joined tensors' sizes.
+    """
 
     encoder: str = "minilm"
     kind: Optional[str] = None  # minilm | clip | t5 | auto
@@ -57,6 +86,11 @@ class TextRecord:
     pooled_dim: Optional[int] = None
     null: Optional[str] = None  # file (relative to the data set) holding the null text embedding
     subfolder: Optional[str] = None
+    encoders: Optional[list[TextPartRecord]] = None  # several encoders joined; None: the one `encoder`
+
+    def layouts(self) -> list[dict[str, Any]]:
+        """The per-encoder layout records of a multi-encoder set ([] for a single encoder)."""
+        return [p.layout() for p in self.encoders or []]
 
 
 @dataclass

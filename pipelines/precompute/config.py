@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipelines.encoders.text import TextSpec
+from pipelines.encoders.text import TextPart, TextSpec
 from pipelines.sources import SourceConfig
 
 
@@ -60,7 +60,9 @@ class PrecomputeConfig:
     image_size: int = 32
     source: SourceConfig = field(default_factory=SourceConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
-    text: TextSpec | None = field(default_factory=TextSpec)  # null: class-conditional data set, no text columns
+    # One encoder, or a list of encoders joined SD3 style (docs/precompute.md, "Several text encoders");
+    # null: class-conditional data set, no text columns.
+    text: TextSpec | list[TextPart] | None = field(default_factory=TextSpec)
     fid: FIDConfig | None = field(default_factory=FIDConfig)  # null: no FID reference statistics
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     overwrite: bool = False  # delete an existing output first (otherwise: resume it)

@@ -92,7 +92,7 @@ class Encoder:
         self,
         *,
         vae: dict[str, Any],
-        text: dict[str, Any] | None,
+        text: dict[str, Any] | list[dict[str, Any]] | None,
         feature_net: str | None,
         image_size: int,
         device: str = "auto",
@@ -110,9 +110,10 @@ class Encoder:
         self.vae = vae_lib.load_vae(vae["path"], device=self.device, dtype=self.dtype, **_vae_kwargs(vae))
         self.text = None
         if text is not None:
-            from pipelines.encoders.text import load_text_encoder
+            from pipelines.encoders.text import is_multi, load_text_encoder, load_text_encoders
 
-            self.text = load_text_encoder(text, device=self.device, dtype=dtype)
+            load = load_text_encoders if is_multi(text) else load_text_encoder  # a list: joined (SD3 style)
+            self.text = load(text, device=self.device, dtype=dtype)
         self.feature_net = None
         if feature_net:
             from ditcore.metrics.features import load_feature_net

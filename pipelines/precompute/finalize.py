@@ -211,3 +211,19 @@ def finalize(
     )
     manifest.write(cfg.output)
     return manifest
+
+
+def multi_text_identity(specs: list, null: dict[str, np.ndarray]) -> dict:
+    """The manifest's text record of a multi-encoder set: the joined dims and each encoder's slices (from the
+    encoders' configs), checked against the null embedding the encoder actors actually wrote."""
+    from pipelines.encoders.text import describe_parts
+
+    layout, joined = describe_parts(specs)
+    written = {
+        "max_length": int(null["text_emb"].shape[0]),
+        "dim": int(null["text_emb"].shape[1]),
+        "pooled_dim": int(null["text_pooled"].shape[0]),
+    }
+    if written != joined:
+        raise RuntimeError(f"the joined text embedding has sizes {written}, the encoders' configs give {joined}")
+    return {"encoder": "+".join(r["name"] for r in layout), "kind": "multi", "encoders": layout, **joined}

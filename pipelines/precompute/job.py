@@ -173,8 +173,12 @@ def _text_identity(cfg: PrecomputeConfig) -> dict | None:
 
     from pipelines.encoders.text import DEFAULT_MAX_LENGTH, MINILM
 
-    spec = resolve_spec(cfg.text)
     null = st_load(storage.read_bytes(storage.join(cfg.output, NULL_TEXT_FILE)))
+    if isinstance(cfg.text, list):
+        from pipelines.precompute.finalize import multi_text_identity
+
+        return multi_text_identity(cfg.text, null)
+    spec = resolve_spec(cfg.text)
     rec = {
         "encoder": spec.encoder,
         "revision": spec.revision,

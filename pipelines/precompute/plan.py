@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from ditcore.config import ConfigError, to_dict
-from pipelines.encoders.text import TextEncoderError, resolve_spec
+from pipelines.encoders.text import TextEncoderError, is_multi, resolve_parts, resolve_spec
 from pipelines.infra import storage
 from pipelines.precompute.config import PrecomputeConfig, VAEConfig
 from pipelines.sources import SourceError, SourcePlan, plan_source
@@ -93,7 +93,12 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     except SourceError as exc:
         raise ConfigError(f"source: {exc}") from exc
     vae = vae_record(cfg.vae, cfg.image_size)
-    if cfg.text is not None:
+    if is_multi(cfg.text):
+        try:
+            resolve_parts(cfg.text)
+        except TextEncoderError as exc:
+            raise ConfigError(str(exc)) from exc
+    elif cfg.text is not None:
         try:
             resolve_spec(cfg.text)
         except TextEncoderError as exc:
