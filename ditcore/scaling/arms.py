@@ -132,6 +132,7 @@ def compare_arms(
     seed: int = 0,
     near_decades: float = 0.5,
     se_key: str | None = None,
+    fits_out: dict[str, tuple[PowerLawFit, list[dict]]] | None = None,
 ) -> dict[str, Any]:
     """Fit each arm's frontier law and compare: {"metric", "arms": {arm: {...}}, "crossings": [...], "crossing"}.
 
@@ -140,6 +141,7 @@ def compare_arms(
     arms with arms, exists, compute, compute_ci, p_cross, within_range, leader_before, leader_after, window,
     overlap, crossings (all found), statement (a sentence to print), and exponent_difference {value, ci}
     (bootstrap percentile of beta_1 - beta_2). "crossing" is crossings[0] when exactly two arms were fitted.
+    fits_out, when given, receives {arm: (PowerLawFit, frontier points)} of every fitted arm (for plots).
     """
     out: dict[str, Any] = {"metric": metric, "arms": {}, "crossings": []}
     fits: dict[str, PowerLawFit] = {}
@@ -150,6 +152,8 @@ def compare_arms(
             out["arms"][name] = {"error": f"arm {name}: {e}"}
             continue
         fits[name] = fit
+        if fits_out is not None:
+            fits_out[name] = (fit, front)
         e = fit.names[1]
         out["arms"][name] = {
             "beta": fit.exponent,
@@ -171,4 +175,19 @@ def compare_arms(
         info["exponent_difference"] = diff
         out["crossings"].append(info)
     out["crossing"] = out["crossings"][0] if len(fits) == 2 else None
+    return out
+
+
+ARM_KEYS = ("beta", "beta_ci", "beta_ci_open", "n_frontier", "frontier_models", "compute_range", "error")
+
+
+def flat_arms(comparison: dict[str, Any]) -> dict[str, Any]:
+    """{arm: {beta, beta_ci, beta_ci_open, params, n_frontier, frontier_models, compute_range} or {error}} of a
+    `compare_arms` result (the per-arm view a report exposes as arms.<arm>.beta / arms.<arm>.beta_ci)."""
+    out: dict[str, Any] = {}
+    for name, a in (comparison.get("arms") or {}).items():
+        row = {k: a[k] for k in ARM_KEYS if k in a}
+        if "law" in a:
+            row["params"] = a["law"].get("params")
+        out[name] = row
     return out

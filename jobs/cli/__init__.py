@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ems": ("jobs.cli.ems", "DPM-Solver-v3 model statistics of a checkpoint, stored beside it"),
     "concepts": ("jobs.cli.concepts", "concept directions and PCA of a checkpoint's mid-layer features"),
     "fit": ("jobs.cli.fit", "fit scaling laws to a sweep, with intervals and plots"),
+    "mup-report": ("jobs.cli.mup_report", "muP learning-rate transfer: best lr per width with and without muP"),
     "report": ("jobs.cli.report", "print the fitted laws and the point table of a sweep"),
     "promote": ("jobs.cli.promote", "register the best checkpoint as the MLflow 'champion'"),
     "sample": ("pipelines.cli.sample", "sample an image grid from a checkpoint"),

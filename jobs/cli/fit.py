@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
         "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
-        "intervals and a held-out check; plots + fit_report.json, logged to the sweep's run.",
+        "intervals and a held-out check; for a sweep with architecture arms also each arm's "
+        "frontier law (arms.<arm>.beta / beta_ci) and where the arms' fits cross; plots + "
+        "fit_report.json, logged to the sweep's run.",
     )
     add_sweep_source_arguments(p)
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
@@ -31,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale fit`."""
     args = build_parser().parse_args(argv)
     from ditcore.scaling import FitError
-    from jobs.scaling.fit import PLOTS, REPORT_NAME, run_fit
+    from jobs.scaling.fit import REPORT_NAME, run_fit
     from jobs.scaling.summary import format_laws
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
 
@@ -50,5 +52,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ditscale fit: error: {e}", file=sys.stderr)
         return 2
     print(format_laws(report))
-    print(f"wrote {out / REPORT_NAME} and {len(PLOTS)} plots to {out}")
+    plots = sorted(f.name for f in out.glob("*.png"))
+    print(f"wrote {out / REPORT_NAME} and {len(plots)} plots to {out}: {', '.join(plots)}")
     return 0

@@ -23,6 +23,7 @@ from ditcore.scaling import (
     fit_loss_law,
     isoflop_analysis,
 )
+from ditcore.scaling.arms import flat_arms
 from ditcore.scaling.frontier import budget_of, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, write_plots
@@ -142,7 +143,7 @@ def _isoflop(pts: list[dict], metric: str, kw: dict) -> tuple[dict, dict]:
     return iso, objs
 
 
-def _arms(pts: list[dict], metric: str, kw: dict) -> dict:
+def _arms(pts: list[dict], metric: str, kw: dict, fits_out: dict | None = None) -> dict:
     """Per-arm frontier laws and where one arm overtakes another, when the points come from >= 2 arms."""
     by_arm: dict[str, list[dict]] = {}
     for p in pts:
@@ -151,7 +152,7 @@ def _arms(pts: list[dict], metric: str, kw: dict) -> dict:
     if len(by_arm) < 2:
         return {}
     try:
-        return compare_arms(by_arm, metric=metric, **kw)
+        return compare_arms(by_arm, metric=metric, fits_out=fits_out, **kw)
     except FitError as e:
         return {"error": str(e)}
 
@@ -174,7 +175,8 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         models.setdefault(p["model"], _finite(p.get("params")))
     per_model, per_model_obj = _per_model(pts, metric, models, kw)
     iso, iso_obj = _isoflop(pts, metric, kw)
-    arms_report = _arms(pts, metric, kw)
+    arm_fits: dict = {}
+    arms_report = _arms(pts, metric, kw, arm_fits)
     report = {
         "convention": CONVENTION,
         "metric": metric,
@@ -195,7 +197,8 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         "n_opt_exponent_ci": (iso.get(metric) or {}).get("n_opt_exponent_ci"),
         "d_opt_exponent": (iso.get(metric) or {}).get("d_opt_exponent"),
         "d_opt_exponent_ci": (iso.get(metric) or {}).get("d_opt_exponent_ci"),
-        **({"arms": arms_report} if arms_report else {}),
+        # arms.<arm>.beta / beta_ci per arm; the pairwise crossings and statements in arm_comparison
+        **({"arms": flat_arms(arms_report) or arms_report, "arm_comparison": arms_report} if arms_report else {}),
     }
     report["diagnostics"] = fit_diagnostics(
         law=law,
@@ -213,6 +216,7 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         "points": pts,
         "fid_front": front,
         "loss_front": loss_front,
+        "arm_fits": arm_fits,
     }
     return report, objs
 

@@ -13,6 +13,7 @@ from ditcore.scaling import PowerLawFit
 from ditcore.scaling.frontier import compute_of
 
 PLOTS = ("fid_vs_compute.png", "loss_vs_compute.png", "isoflop.png", "n_opt_vs_compute.png")
+ARMS_PLOT = "arms_vs_compute.png"  # written when the points come from >= 2 architecture arms
 XLABEL = "training FLOPs C (MAC = 2 FLOPs, train = 3 x forward)"
 
 
@@ -129,13 +130,51 @@ def plot_n_opt(iso: dict | None, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_arms(points: list[dict], key: str, comparison: dict, fits: dict, path: Path) -> Path:
+    """Every arm's points, compute frontier and fitted law (with its band) on one set of axes, and the crossing."""
+    plt = _pyplot()
+    arms = sorted({str(p["arm"]) for p in points if p.get("arm")})
+    fig, ax = plt.subplots(figsize=(7, 5))
+    cs_all = [compute_of(p) for p in points if _finite(p.get(key)) is not None]
+    lo, hi = (min(cs_all), max(cs_all)) if cs_all else (1.0, 10.0)
+    grid = np.logspace(np.log10(lo) - 0.2, np.log10(hi) + 0.2, 200)
+    for i, arm in enumerate(arms):
+        col = plt.cm.tab10(i % 10)
+        mp = [p for p in points if p.get("arm") == arm and _finite(p.get(key)) is not None]
+        ax.plot([compute_of(p) for p in mp], [float(p[key]) for p in mp], "o", color=col, alpha=0.25, ms=4)
+        info = (comparison.get("arms") or {}).get(arm) or {}
+        if arm not in fits:
+            ax.plot([], [], "o", color=col, label=f"{arm}: not fitted ({info.get('error', 'no fit')})"[:90])
+            continue
+        fit, front = fits[arm]
+        ax.plot([compute_of(p) for p in front], [float(p[key]) for p in front], "*", color=col, ms=12)
+        if fit.samples is not None and fit.ci:
+            blo, bhi = fit.band(grid)
+            ax.fill_between(grid, blo, bhi, color=col, alpha=0.15)
+        ci = info.get("beta_ci")
+        ci_txt = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+        ax.plot(grid, fit.predict(grid), "--", color=col, label=f"{arm} frontier: beta = {fit.exponent:.3g}{ci_txt}")
+    for x in comparison.get("crossings") or []:
+        if x.get("exists") and x.get("compute") and grid[0] <= x["compute"] <= grid[-1]:
+            ax.axvline(x["compute"], color="k", ls=":", label=f"crossing C = {x['compute']:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel=XLABEL, ylabel=key.upper(), title="architecture arms (*: frontier)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Path]:
-    """Every plot of a fit report (PLOTS) into `out_dir`."""
+    """Every plot of a fit report (PLOTS, and ARMS_PLOT for an arms sweep) into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metric, models = report["metric"], report["models"]
     iso = objs["isoflop"].get(metric) or objs["isoflop"].get("val_loss")
-    return [
+    extra = []
+    if report.get("arm_comparison") and "error" not in report["arm_comparison"]:
+        extra.append(
+            plot_arms(objs["points"], metric, report["arm_comparison"], objs.get("arm_fits") or {}, out / ARMS_PLOT)
+        )
+    return extra + [
         plot_vs_compute(objs["points"], models, metric, objs["fid"], objs["fid_front"], out / PLOTS[0], metric.upper()),
         plot_vs_compute(
             objs["points"], models, "val_loss", objs["loss"], objs["loss_front"], out / PLOTS[1], "validation loss"

@@ -62,18 +62,41 @@ def format_laws(report: dict) -> str:
         law = pm[f"{metric}_law"]
         if "error" not in law:
             lines.append(f"  {name}: {metric.upper()} = " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
-    for arm, a in ((report.get("arms") or {}).get("arms") or {}).items():
-        if "error" not in a:
-            ci = a.get("beta_ci") or [float("nan")] * 2
-            lines.append(f"  arm {arm}: beta = {a['beta']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
-    crossing = (report.get("arms") or {}).get("crossing")
-    if crossing:
-        lines.append(f"  {crossing['statement']}")
+    lines += arms_lines(report)
     diagnostics = report.get("diagnostics") or []
     if diagnostics:
         lines.append("What the data do not support:")
         lines += [f"  - {d['message']}" for d in diagnostics]
     return "\n".join(lines)
+
+
+def arms_lines(report: dict) -> list[str]:
+    """Architecture arms side by side (exponent with its interval) and each pair's crossing sentence."""
+    comparison = report.get("arm_comparison") or {}
+    arms = comparison.get("arms") or {}
+    if not arms and "error" not in comparison:
+        return []
+    metric = report["metric"].upper()
+    lines = [f"Architecture arms: {metric}(C) = A * C^-beta + {metric}_inf on each arm's own compute frontier"]
+    if "error" in comparison:
+        return lines + [f"  not fitted ({comparison['error']})"]
+    for arm, a in arms.items():
+        if "error" in a:
+            lines.append(f"  {arm}: not fitted ({a['error']})")
+            continue
+        ci = a.get("beta_ci")
+        ci_txt = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else " [no interval]"
+        lo, hi = a["compute_range"]
+        lines.append(
+            f"  {arm}: beta = {a['beta']:.4g}{ci_txt}, {a['n_frontier']} frontier points, C in [{lo:.3g}, {hi:.3g}]"
+        )
+    for x in comparison.get("crossings") or []:
+        d = x.get("exponent_difference") or {}
+        if d.get("ci"):
+            a, b = x["arms"]
+            lines.append(f"  beta({a}) - beta({b}) = {d['value']:.4g} [{d['ci'][0]:.4g}, {d['ci'][1]:.4g}]")
+        lines.append(f"  {x['statement']}")
+    return lines
 
 
 def law_sentence(law: dict) -> str:

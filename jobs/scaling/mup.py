@@ -1,0 +1,174 @@
+"""muP learning-rate transfer, measured: the best learning rate per width with and without muP (`ditscale mup-report`).
+
+Input: a learning-rate x width sweep's points (configs/sweep/mup-transfer.yaml), each carrying its trial's
+hyper-parameters (`hparams["optim.lr"]`, `hparams["optim.mup"]`) and a final validation loss. The width of a point
+is its `width` key, else `hparams["model.overrides.hidden_size"]`, else the `-w<width>` suffix of its model name.
+Per (setting, width, lr) the point with the most training steps is the final loss; a missing or non-finite loss
+(a diverged run) counts as worse than any finite one.
+
+Per setting ("standard" / "mup"): the grid optimum per width (`optimal_lr`, a map width -> lr), a sub-grid estimate
+(a parabola in log lr through the optimum and its two neighbours; the grid value at an edge), how many grid steps
+the optimum moves across widths (`max_shift_steps`) and `within_one_step` (max_shift_steps <= 1), the transfer
+criterion of Yang et al. 2022 at this grid's resolution. `drift_per_doubling` is the least-squares slope of
+log2(sub-grid optimum) vs log2(width): 0 when the optimum stays put, about -1 when it falls like 1/width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ditcore.scaling import FitError
+
+REPORT_NAME = "mup_report.json"
+PLOT_NAME = "mup_lr_vs_loss.png"
+SETTINGS = ("standard", "mup")
+_WIDTH_RE = re.compile(r"(?:^|[-_])w(\d+)(?:$|[-_/\[])")
+
+
+def _width(p: dict) -> int:
+    hp = p.get("hparams") or {}
+    for v in (p.get("width"), hp.get("model.overrides.hidden_size"), hp.get("model.hidden_size")):
+        if v is not None:
+            return int(v)
+    m = _WIDTH_RE.search(str(p.get("model") or ""))
+    if m:
+        return int(m.group(1))
+    raise FitError(
+        f"point of model {p.get('model')!r} (run {p.get('run_id')}): no width; give a `width` key, "
+        "hparams['model.overrides.hidden_size'] or a model name ending in -w<width>"
+    )
+
+
+def _loss(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.inf
+    return f if math.isfinite(f) else math.inf
+
+
+def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
+    """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss)."""
+    if not isinstance(points, list) or not points:
+        raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
+    final: dict[tuple, tuple[int, float]] = {}
+    for i, p in enumerate(points):
+        hp = p.get("hparams") or {}
+        lr = hp.get("optim.lr", p.get("lr"))
+        if lr is None or not (float(lr) > 0):
+            raise FitError(f"point {i} (model {p.get('model')!r}): needs a positive hparams['optim.lr'], got {lr!r}")
+        setting = "mup" if bool(hp.get("optim.mup", p.get("mup", False))) else "standard"
+        key = (setting, _width(p), float(lr))
+        step = int(p.get("step") or 0)
+        if key not in final or step >= final[key][0]:
+            final[key] = (step, _loss(p.get("val_loss")))
+    table: dict[str, dict[int, dict[float, float]]] = {}
+    for (setting, width, lr), (_, loss) in sorted(final.items()):
+        table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
+    return table
+
+
+def _subgrid(lrs: list[float], losses: list[float], k: int) -> float:
+    """Vertex of the parabola in log lr through the grid optimum k and its neighbours (the grid value at an edge)."""
+    if k == 0 or k == len(lrs) - 1 or not all(math.isfinite(v) for v in losses[k - 1 : k + 2]):
+        return lrs[k]
+    x = np.log(lrs[k - 1 : k + 2])
+    a, b, _ = np.polyfit(x, losses[k - 1 : k + 2], 2)
+    return float(np.exp(np.clip(-b / (2 * a), x[0], x[2]))) if a > 0 else lrs[k]
+
+
+def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str) -> dict[str, Any]:
+    opt, sub, idx, losses = {}, {}, {}, {}
+    for w in sorted(widths):
+        lrs = sorted(widths[w])
+        vals = [widths[w][lr] for lr in lrs]
+        if not any(math.isfinite(v) for v in vals):
+            raise FitError(f"{name}, width {w}: every run diverged (no finite validation loss)")
+        k = int(np.argmin(vals))
+        opt[str(w)], sub[str(w)], idx[str(w)] = lrs[k], _subgrid(lrs, vals, k), grid.index(lrs[k])
+        losses[str(w)] = {f"{lr:g}": (v if math.isfinite(v) else None) for lr, v in zip(lrs, vals)}
+    shift = max(idx.values()) - min(idx.values())
+    ws = np.log2([int(w) for w in sub])
+    slope = float(np.polyfit(ws, np.log2(list(sub.values())), 1)[0]) if len(ws) >= 2 else None
+    at_edge = sorted(int(w) for w, i in idx.items() if i in (0, len(grid) - 1))
+    return {
+        "optimal_lr": opt,
+        "optimal_lr_subgrid": sub,
+        "optimal_lr_index": idx,
+        "max_shift_steps": shift,
+        "within_one_step": shift <= 1,
+        "drift_per_doubling": slope,
+        "optimum_at_grid_edge": at_edge,
+        "loss": losses,
+    }
+
+
+def _statement(name: str, s: dict, grid: list[float]) -> str:
+    opt = ", ".join(f"{w}: {lr:g}" for w, lr in s["optimal_lr"].items())
+    verdict = "stays within one grid step" if s["within_one_step"] else f"moves {s['max_shift_steps']} grid steps"
+    edge = ""
+    if s["optimum_at_grid_edge"]:
+        edge = f"; at widths {s['optimum_at_grid_edge']} the optimum is at the grid's edge, so the true one may lie out"
+    drift = "" if s["drift_per_doubling"] is None else f" (sub-grid drift {s['drift_per_doubling']:+.2f} log2/doubling)"
+    return f"{name}: best lr per width {{{opt}}}; the optimum {verdict} across widths{drift}{edge}."
+
+
+def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
+    """The transfer report of a learning-rate x width sweep (module doc): {"standard": {...}, "mup": {...}, ...}."""
+    table = loss_table(points)
+    grid = sorted({lr for ws in table.values() for w in ws.values() for lr in w})
+    widths = sorted({w for ws in table.values() for w in ws})
+    if len(widths) < 2 or len(grid) < 2:
+        raise FitError(f"need >= 2 widths and >= 2 learning rates, got widths {widths} and learning rates {grid}")
+    report: dict[str, Any] = {"widths": widths, "lr_grid": grid, "lr_step": grid[1] / grid[0], "statements": []}
+    for name in SETTINGS:
+        if name in table:
+            report[name] = _setting(table[name], grid, name)
+            report["statements"].append(_statement(name, report[name], grid))
+    missing = [s for s in SETTINGS if s not in table]
+    if missing:
+        report["statements"].append(f"no points for {', '.join(missing)} (hparams optim.mup); nothing to compare")
+    return report
+
+
+def plot_mup(report: dict, path: str | Path) -> Path:
+    """Validation loss vs learning rate, one curve per width, one panel per setting; the optimum marked."""
+    from jobs.scaling.plots import _pyplot, _save
+
+    plt = _pyplot()
+    names = [s for s in SETTINGS if s in report]
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), sharey=True, squeeze=False)
+    widths = report["widths"]
+    for ax, name in zip(axes[0], names):
+        s = report[name]
+        for i, w in enumerate(widths):
+            rows = s["loss"].get(str(w))
+            if not rows:
+                continue
+            col = plt.cm.viridis(i / max(1, len(widths) - 1))
+            pts = [(float(lr), v) for lr, v in rows.items() if v is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=col, label=f"width {w}")
+            best = s["optimal_lr"][str(w)]
+            ax.plot([best], [rows[f"{best:g}"]], "*", color=col, ms=14, mec="k")
+        verdict = "within one step" if s["within_one_step"] else f"moves {s['max_shift_steps']} steps"
+        ax.set(xscale="log", xlabel="learning rate", title=f"{name}: optimum {verdict}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("final validation loss")
+    return _save(fig, Path(path))
+
+
+def write_mup_report(points: list[dict], out_dir: str | Path) -> tuple[dict, list[Path]]:
+    """Report + plot into `out_dir` (the report is computed before anything is written)."""
+    report = mup_transfer_report(points)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_mup(report, out / PLOT_NAME)
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report, [out / REPORT_NAME, plot]

@@ -1,0 +1,92 @@
+"""muP transfer analysis (`ditscale mup-report`): the best learning rate per width with and without muP, whether it
+stays within one grid step, and the loss-vs-lr plot, on synthetic learning-rate x width points."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ditcore.scaling import FitError
+from jobs.cli.mup_report import main
+from jobs.scaling.mup import PLOT_NAME, REPORT_NAME, mup_transfer_report, write_mup_report
+
+LRS = [3.0e-4, 7.5e-4, 1.9e-3, 4.7e-3, 1.2e-2]
+WIDTHS = [64, 128, 256]
+
+
+def _loss(lr: float, best: float) -> float:
+    return 1.0 + 0.05 * math.log(lr / best) ** 2
+
+
+def _points() -> list[dict]:
+    """muP: optimum 1.9e-3 at every width; standard: optimum 4.7e-3 / 2.5 per width doubling (one step each)."""
+    pts = []
+    for mup in (False, True):
+        for i, w in enumerate(WIDTHS):
+            best = 1.9e-3 if mup else 4.7e-3 / 2.5**i
+            for lr in LRS:
+                hp = {"optim.lr": lr, "optim.mup": mup}
+                loss = _loss(lr, best)
+                if not mup and w == 256 and lr == LRS[-1]:
+                    loss = float("nan")  # a diverged run
+                pts.append({"model": f"MMDiT-d2-w{w}", "params": w * w, "step": 80, "val_loss": loss, "hparams": hp})
+                # an earlier point of the same run with a lower loss: only the final (most steps) point counts
+                pts.append({"model": f"MMDiT-d2-w{w}", "params": w * w, "step": 40, "val_loss": 0.1, "hparams": hp})
+    return pts
+
+
+def test_optimal_lr_per_width_and_transfer_verdict(tmp_path):
+    report, files = write_mup_report(_points(), tmp_path)
+    assert report["widths"] == WIDTHS and report["lr_grid"] == LRS
+    std, mup = report["standard"], report["mup"]
+    assert std["optimal_lr"] == {"64": 4.7e-3, "128": 1.9e-3, "256": 7.5e-4}
+    assert mup["optimal_lr"] == {"64": 1.9e-3, "128": 1.9e-3, "256": 1.9e-3}
+    assert std["max_shift_steps"] == 2 and std["within_one_step"] is False
+    assert mup["max_shift_steps"] == 0 and mup["within_one_step"] is True
+    # the sub-grid optimum of a parabola in log lr is exact here: drift -log2(2.5) per doubling vs none
+    assert std["drift_per_doubling"] == pytest.approx(-math.log2(2.5), abs=0.02)
+    assert mup["drift_per_doubling"] == pytest.approx(0.0, abs=0.02)
+    assert std["loss"]["256"]["0.012"] is None  # the diverged run
+    assert "moves 2 grid steps" in report["statements"][0] and "stays within one grid step" in report["statements"][1]
+    assert files == [tmp_path / REPORT_NAME, tmp_path / PLOT_NAME]
+    assert json.loads((tmp_path / REPORT_NAME).read_text())["mup"]["optimal_lr"]["256"] == 1.9e-3
+    assert (tmp_path / PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optimum_at_grid_edge_is_flagged():
+    pts = [p for p in _points() if p["hparams"]["optim.lr"] <= 1.9e-3]  # standard w64 best (4.7e-3) now off-grid
+    rep = mup_transfer_report(pts)
+    assert rep["standard"]["optimal_lr"]["64"] == 1.9e-3 and 64 in rep["standard"]["optimum_at_grid_edge"]
+    assert "grid's edge" in rep["statements"][0]
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda ps: [{**p, "hparams": {"optim.mup": False}} for p in ps], "optim.lr"),
+        (lambda ps: [{**p, "model": "MMDiT-d2"} for p in ps], "no width"),
+        (lambda ps: [p for p in ps if p["model"].endswith("w64")], "need >= 2 widths"),
+        (lambda ps: [], "no points"),
+        (
+            lambda ps: [{**p, "val_loss": None} if p["model"].endswith("w128") else p for p in ps],
+            "width 128: every run diverged",
+        ),
+    ],
+)
+def test_bad_points_are_named(mutate, needle, tmp_path):
+    with pytest.raises(FitError, match=needle):
+        write_mup_report(mutate(_points()), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written half
+
+
+def test_cli_reads_a_points_file(tmp_path, capsys):
+    src = tmp_path / "points.json"
+    src.write_text(json.dumps(_points()))
+    assert main(["--points", str(src), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert 'mup.optimal_lr = {"64": 0.0019, "128": 0.0019, "256": 0.0019}' in out
+    assert (tmp_path / "rep" / REPORT_NAME).is_file() and (tmp_path / "rep" / PLOT_NAME).is_file()
+    assert main(["--points", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
