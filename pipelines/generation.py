@@ -84,6 +84,7 @@ class GenerationPipeline:
         text_encoder: bool = True,
         dtype: str = "auto",
         compile: bool = False,
+        drop_text: Sequence[str] = (),
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # dtype "auto": bf16 autocast of the model on CUDA (TF32 matmuls for what stays fp32), fp32 elsewhere.
@@ -124,7 +125,7 @@ class GenerationPipeline:
         if self.conditioning == "text":
             self._load_null_text()  # guidance needs it even where prompts come pre-embedded (evaluation)
             if text_encoder:
-                self._load_text()
+                self._load_text(tuple(drop_text))
 
     @classmethod
     def from_checkpoint(cls, uri: str, **kwargs: Any) -> "GenerationPipeline":
@@ -154,14 +155,44 @@ class GenerationPipeline:
         assert self.manifest is not None
         return int(self.manifest.image_size or self.latent_shape[1] * self.manifest.vae.downsample)
 
-    def _load_text(self) -> None:
-        from pipelines.encoders.text import load_text_encoder
+    def _load_text(self, drop: tuple[str, ...] = ()) -> None:
+        from pipelines.encoders.text import TextEncoderError, load_text_encoder, load_text_encoders
 
         if self.manifest is None or self.manifest.text is None:
             raise GenerationError(
                 f"{self.checkpoint_uri}: a text-conditioned model but its data manifest has no text encoder record"
             )
         rec = self.manifest.text
+        if rec.encoders:  # several encoders joined; `drop` ones are not loaded, their part is their null slice
+            try:
+                self.text_encoder = load_text_encoders(
+                    [
+                        {
+                            k: r[k]
+                            for k in (
+                                "name",
+                                "encoder",
+                                "max_length",
+                                "subfolder",
+                                "tokenizer_subfolder",
+                                "revision",
+                                "join",
+                                "pooled",
+                            )
+                        }
+                        for r in rec.layouts()
+                    ],
+                    drop=drop,
+                    layout=rec.layouts(),
+                    null=self.null_text,
+                    device=self.device,
+                    require_safetensors=True,
+                )
+            except TextEncoderError as exc:
+                raise GenerationError(str(exc)) from exc
+            return
+        if drop:
+            raise GenerationError(f"drop_text: {list(drop)}: the data set has one text encoder, nothing to drop")
         spec = {
             "encoder": rec.encoder,
             "max_length": rec.max_length,
@@ -195,13 +226,10 @@ class GenerationPipeline:
             raise GenerationError("prompt: this model is class-conditioned (or loaded without its text encoder)")
         hit = self._text_cache.get(prompt)
         if hit is None:
-            n = self.text_encoder.token_counts([prompt])[0]
-            if n > self.text_encoder.max_length:
+            too_long = self.text_encoder.length_error(prompt)
+            if too_long:
                 # The model was trained on max_length tokens; a silently truncated prompt would draw something else.
-                raise GenerationError(
-                    f"prompt: {n} tokens, longer than the text encoder's window of "
-                    f"{self.text_encoder.max_length} tokens; shorten it"
-                )
+                raise GenerationError(f"prompt: {too_long}; shorten it")
             with torch.inference_mode():
                 out = self.text_encoder.encode([prompt])
             hit = {k: torch.as_tensor(np.asarray(v))[0] for k, v in out.items()}

@@ -36,6 +36,8 @@ class DataConfig:
     manifest: str = ""  # latent dataset directory (local or s3://) holding manifest.json
     batch_size: int = 32  # GLOBAL batch (split evenly over workers)
     cond_dropout: Optional[float] = None  # classifier-free-guidance dropout; None: objective.cond_dropout
+    # Per-encoder dropout of a multi-encoder text set (SD3): {encoder name: p}, each part -> its null embedding.
+    text_dropout: dict[str, float] = field(default_factory=dict)
     val_samples: int = 64  # rows held out (first rows of the set) for the deterministic validation loss
     shuffle_buffer: int = 256  # local shuffle buffer (rows) per worker; 0 disables shuffling
     loader: Literal["auto", "driver", "ray"] = "auto"  # auto: driver-side read for sets < 512 MiB, else streaming
@@ -171,6 +173,8 @@ def config_hash(cfg: TrainConfig) -> str:
     # New levers enter the hash only when set, so the names of runs made before them stay the same.
     d["run"] = {k: v for k, v in d["run"].items() if k in _RUN_KEYS and _RUN_DEFAULTS.get(k, object()) != v}
     d["eval"] = {}
+    if not d["data"].get("text_dropout"):
+        d["data"].pop("text_dropout", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

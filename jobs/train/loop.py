@@ -195,6 +195,8 @@ class Trainer:
         if self.cfg.data.cond_dropout is not None:
             self.obj_cfg = dataclasses.replace(self.obj_cfg, cond_dropout=self.cfg.data.cond_dropout)
         self.null_cond = null_condition(self.raw, self.plan.null_text, self.device)
+        text = self.plan.manifest.text  # per-encoder dropout of a multi-encoder text set (data.text_dropout)
+        self.text_parts = text.layouts() if text is not None and self.cfg.data.text_dropout else []
         self.cond_keys = tuple(self.raw.cond_keys)
         self.data_keys = data_keys(self.cond_keys)
         vae = self.plan.manifest.vae
@@ -220,7 +222,15 @@ class Trainer:
             self.gen.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, *([micro] if micro else [])))
             flip = torch.rand(len(batch["id"]), generator=self.gen, device=self.device) < 0.5
             x0 = latents_to_model_space(b, self.gen, self.scale, self.shift, flip)
+            cond = self._drop_text(cond, self.gen)
             return objectives.loss(self.model, x0, cond, self.gen, self.obj_cfg, self.null_cond)
+
+    def _drop_text(self, cond: dict, gen: torch.Generator) -> dict:
+        if not self.text_parts:
+            return cond
+        from pipelines.encoders.text import drop_text_parts
+
+        return drop_text_parts(cond, self.null_cond, self.text_parts, self.cfg.data.text_dropout, gen)
 
     def _per_sample_loss(self, b: dict, cond: dict, ids: np.ndarray) -> torch.Tensor:
         """Mean of per-sample losses, each with its own generator keyed by (seed, epoch, sample id).
@@ -236,7 +246,7 @@ class Trainer:
             x0 = latents_to_model_space(
                 bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device) < 0.5
             )
-            ci = {k: v[i : i + 1] for k, v in cond.items()}
+            ci = self._drop_text({k: v[i : i + 1] for k, v in cond.items()}, g)
             losses.append(objectives.loss(self.model, x0, ci, g, self.obj_cfg, self.null_cond))
         return torch.stack(losses).mean()
 

@@ -118,6 +118,21 @@ def _data_values(cfg: TrainConfig, manifest: Manifest, base: dict) -> dict[str, 
     return values
 
 
+def check_text_dropout(cfg: TrainConfig, manifest: Manifest) -> None:
+    """data.text_dropout names encoders of the data set's multi-encoder text record, with rates in [0, 1]."""
+    if not cfg.data.text_dropout:
+        return
+    names = [p.name for p in (manifest.text.encoders or [])] if manifest.text is not None else []
+    for name, p in cfg.data.text_dropout.items():
+        if name not in names:
+            raise ConfigError(
+                f"data.text_dropout.{name}: the data set {cfg.data.manifest!r} has no text encoder {name!r} "
+                f"(its encoders: {names or 'none: not a multi-encoder set'})"
+            )
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"data.text_dropout.{name}: {p} is not in [0, 1]")
+
+
 def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]:
     """Model config dict from the spec, adapted to / checked against the data set (errors name keys)."""
     spec = cfg.model
@@ -261,6 +276,7 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
             raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
     model_config = resolve_model_config(cfg, manifest)
+    check_text_dropout(cfg, manifest)
     check_big_model(cfg, model_config)
     text_tokens = (
         int(manifest.text.max_length)
