@@ -52,6 +52,7 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
             fid=ev["fid"],
             fid_network=ev.get("fid_network"),
             fid_samples=ev["num_samples"],
+            fid_feature_dim=ev.get("feature_dim"),
             fid_se=ev.get("fid_se"),
             fid_ci=ev.get("fid_ci"),
             eval_key=key,

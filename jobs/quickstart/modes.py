@@ -140,7 +140,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         prompts=[] if not text else ["grinning face", "red apple", "fox face", "rocket"],
         labels=list(range(10)) if not text else [],
         classifier={"steps": 600, "width": 16, "batch_size": 128},
-        standard_fid={"n_samples": 2048, "n_ref": 4096, "steps": 20, "guidance": 2.0},
+        standard_fid={"n_samples": 2048, "n_ref": 2048, "steps": 20, "guidance": 2.0},
     )
     if tiny:  # plumbing only: every stage, small sizes
         mode.vae.update(steps=40, eval_images=32)

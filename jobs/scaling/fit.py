@@ -70,7 +70,8 @@ def clean_points(points: list[dict]) -> list[dict]:
                 f"{where}: needs a positive 'flops' or 'budget_flops', got flops={p.get('flops')!r} "
                 f"budget_flops={p.get('budget_flops')!r}"
             )
-        out.append({**p, "model": str(p.get("model") or f"N={p.get('params')}")})
+        extra = {"fid_num_samples": p["fid_samples"]} if p.get("fid_samples") and "fid_num_samples" not in p else {}
+        out.append({**p, **extra, "model": str(p.get("model") or f"N={p.get('params')}")})
     return out
 
 

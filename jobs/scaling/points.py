@@ -25,6 +25,7 @@ class ScalingPoint:
     fid: Optional[float] = None
     fid_network: Optional[str] = None  # the feature network FID was computed with
     fid_samples: Optional[int] = None
+    fid_feature_dim: Optional[int] = None  # dimension of fid_network's features (FID wants samples >= it)
     fid_se: Optional[float] = None  # sampling sd of fid (bootstrap over the generated samples)
     fid_ci: Optional[list[float]] = None  # its bootstrap interval [lo, hi]
     eval_key: Optional[str] = None  # hash of every evaluation setting that changes fid (jobs.evaluation.fid)
