@@ -111,9 +111,17 @@ def standard_config(ctx: Context) -> dict:
 
 def standard_run(ctx: Context) -> dict:
     """The champion's FID with the FID Inception (+ bootstrap interval) and the data's floor at the same N."""
+    import os
+
+    import torch
+
     from jobs.evaluation.fid import FIDSettings
     from jobs.evaluation.standard import standard_fid
+    from pipelines.infra.ray_runtime import num_cores
 
+    # The stage runs alone (nothing else of the quickstart is working): Inception on every core.
+    os.environ["DITSCALE_EVAL_THREADS"] = str(num_cores())
+    torch.set_num_threads(num_cores())
     cfg, data = ctx.mode.standard_fid, ctx.results["data"]
     if not data.get("test"):
         raise RuntimeError(f"{data['train']}: no test split next to it (train/ + test/): the floor needs one")
