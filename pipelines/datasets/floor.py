@@ -52,7 +52,8 @@ def fid_floor(
         which uses all of them (the result's "n_samples" says how many).
     feature_net: None uses the manifest's; a path must name the same network (same feature dimension) or the
         comparison with the stored statistics would be meaningless (ValueError).
-    n_boot > 0 adds a bootstrap interval over the test images ("se", "ci", as `fid_bootstrap`).
+    n_boot > 0 adds a bootstrap over the test images ("se", "ci", "boot_shift", as `fid_bootstrap`: the interval
+        inherits the resampling shift, so quote "se").
 
     Returns {"fid", "n_samples", "requested_samples", "feature_net", "feature_dim", "reference_count",
     "test_source", "few_samples_warning", (+ "se", "ci", "ci_level", "n_boot")}.
@@ -95,5 +96,5 @@ def fid_floor(
     }
     if n_boot > 0:
         boot = fid_bootstrap(feats, mu_ref, sigma_ref, n_boot=n_boot, seed=seed)
-        out.update({k: boot[k] for k in ("se", "ci", "ci_level", "n_boot")})
+        out.update({k: boot[k] for k in ("se", "ci", "ci_level", "n_boot", "boot_shift")})
     return out
