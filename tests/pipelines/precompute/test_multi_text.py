@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ditcore.config import ConfigError, from_dict
 from jobs.train.config import TrainConfig
@@ -97,3 +98,48 @@ def test_bad_encoder_list_fails_before_any_work(run, tmp_path):
     with pytest.raises(ConfigError, match=r"text\[1\].join: 'side'"):
         validate(from_dict(PrecomputeConfig, bad))
     assert not (tmp_path / "never" / "manifest.json").exists()
+
+
+def test_train_with_per_encoder_dropout_then_sample_without_t5(run, tmp_path):
+    """A few MM-DiT steps with data.text_dropout (the train loop's path), then generation with T5 dropped: only the
+    T5 block of a prompt's embedding changes, to the null embedding's T5 block, and T5 is not loaded."""
+    from jobs.train.driver import run_local
+    from pipelines.generation import GenerationPipeline, SamplerSettings
+
+    _, cfg, _ = run
+    train = {
+        "model": {"preset": "MMDiT-T"},
+        "data": {
+            "manifest": cfg["output"],
+            "batch_size": 4,
+            "val_samples": 2,
+            "text_dropout": {"t5": 0.5, "clip": 0.5},
+        },
+        "budget_flops": 1e9,
+        "mlflow": {"enabled": False},
+        "eval": {"num_samples": 0},
+        "optim": {"warmup_steps": 1},
+        "checkpoint": {"every_n_steps": 1000},
+    }
+    tc = from_dict(TrainConfig, train)
+    steps_flops = resolve_run(tc, check_mlflow=False).flops["train_flops_per_image"] * 4 * 3
+    train["budget_flops"] = steps_flops
+    out = run_local(from_dict(TrainConfig, train), str(tmp_path / "ckpt"))
+    assert out["status"] == "finished" and out["steps"] == 3 and np.isfinite(out["loss"])
+    full = GenerationPipeline(out["last_checkpoint"], device="cpu")
+    no_t5 = GenerationPipeline(out["last_checkpoint"], device="cpu", drop_text=["t5"])
+    assert set(no_t5.text_encoder.encoders) == {"clip"}
+    prompt = "a small red circle"
+    a, b = full.encode_prompt(prompt), no_t5.encode_prompt(prompt)
+    null = full.null_text
+    assert torch.equal(a["text_emb"][:16], b["text_emb"][:16]) and torch.equal(a["text_pooled"], b["text_pooled"])
+    assert torch.equal(b["text_emb"][16:], null["text_emb"][16:]) and torch.equal(
+        b["text_mask"][16:], null["text_mask"][16:]
+    )
+    assert not torch.equal(a["text_emb"][16:], b["text_emb"][16:])
+    settings = SamplerSettings(sampler="euler", steps=2)
+    za = full.latents(full.prompt_conditions([prompt])[0], [0], settings)
+    zb = no_t5.latents(no_t5.prompt_conditions([prompt])[0], [0], settings)
+    assert za.shape == zb.shape and torch.isfinite(zb).all()
+    with pytest.raises(Exception, match="drop_text: unknown text encoder"):
+        GenerationPipeline(out["last_checkpoint"], device="cpu", drop_text=["t6"])
