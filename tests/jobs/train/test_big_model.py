@@ -172,3 +172,35 @@ def test_fsdp_bf16_policy_trains_with_fp32_parameters(ray_local, data8, tmp_path
     w = load_file(str(Path(out["run_dir"]) / "checkpoints" / "step_00000004" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in w.values())
     assert any(v.abs().sum() > 0 for k, v in w.items() if k.startswith("final_layer"))
+
+
+@pytest.mark.slow
+def test_sharded_checkpoints_on_s3_resume(ray_local, data8, tmp_path, s3_bucket):
+    """checkpoint.sharded with S3 storage: each rank uploads its dcp/ files and checkpoint.json comes last, listing
+    every file; the periodic step-1 checkpoint (no whole weights) resumes in another process to the run's end."""
+    from pipelines.infra import storage
+
+    cfg = _cfg(data8, tmp_path)
+    steps = _budget(cfg, 2)
+    out = run_training(
+        _cfg(
+            data8,
+            tmp_path,
+            steps,
+            "run.name=s3sharded",
+            f"checkpoint.storage={s3_bucket}/runs",
+            "checkpoint.sharded=true",
+            "checkpoint.every_n_steps=1",
+        )
+    )
+    assert out["status"] == "finished" and out["steps"] == 2
+    root = f"{s3_bucket}/runs/s3sharded/checkpoints"
+    one, two = f"{root}/step_00000001", f"{root}/step_00000002"
+    listed = storage.read_json(f"{one}/checkpoint.json")["files"]
+    assert ".metadata" in storage.listdir(f"{one}/dcp") and "dcp/.metadata" in listed
+    assert "model.safetensors" not in listed and "model.safetensors" in storage.listdir(two)
+    resumed = run_local(
+        _cfg(data8, tmp_path, steps, "run.name=s3res", f"checkpoint.init_from={one}"), str(tmp_path / "s3res")
+    )
+    assert resumed["steps"] == 2
+    _close(tmp_path / "s3res" / "checkpoints" / "step_00000002", Path(storage.download_dir(two, str(tmp_path / "d"))))
