@@ -17,6 +17,7 @@ from jobs.train.plan import RunPlan
 from pipelines.latents.manifest import Manifest
 
 DRIVER_LOADER_MAX_BYTES = 512 << 20
+EPOCH_BLOCK_ROWS = 256  # driver-loaded rows become blocks of this size, shuffled per epoch (epoch_block_order)
 
 
 def data_keys(cond_keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -72,14 +73,26 @@ def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):
                 for k, v in rows.items()
             }
         )
-        return ray.data.from_arrow(table)
+        blocks = [table.slice(s, EPOCH_BLOCK_ROWS) for s in range(0, table.num_rows, EPOCH_BLOCK_ROWS)] or [table]
+        return epoch_block_order(ray.data.from_arrow(blocks), cfg)
     ds = read_latents(cfg.data.manifest).select_columns(cols)
     if held:
         ds = ds.filter(lambda row: str(row["id"]) not in held)
     if cfg.data.materialize:
         # Latent sets are compact: read + filter once into the object store instead of re-reading every epoch.
         ds = ds.materialize()
+        return epoch_block_order(ds, cfg)
     return ds
+
+
+def epoch_block_order(ds, cfg):
+    """Blocks in a fresh seeded order every epoch (run.seed + the epoch's execution index; the same per run).
+    Deterministic runs keep one order: their bit-exact resume replays it."""
+    if cfg.run.deterministic:
+        return ds
+    from ray.data import RandomSeedConfig
+
+    return ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.run.seed, reseed_after_execution=True))
 
 
 def batch_to_torch(
