@@ -83,3 +83,18 @@ def test_arm_without_enough_budgets_is_named(tmp_path):
     assert report["arms"]["dit"]["beta"] == pytest.approx(0.5, abs=0.1)
     assert "  unet: not fitted (arm unet:" in format_laws(report)
     assert (tmp_path / ARMS_PLOT) in write_plots(report, objs, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["dit-vs-unet", "dit-vs-unet-fmnist"])
+def test_example_arms_configs_expand_to_two_arms(name):
+    from jobs.sweep.driver import load_sweep_config
+    from jobs.sweep.grid import expand_grid
+    from tests.conftest import REPO_ROOT
+
+    cfg = load_sweep_config(str(REPO_ROOT / "configs" / "sweep" / f"{name}.yaml"))
+    trials = expand_grid(cfg)
+    arms = {t.arm for t in trials}
+    assert len(arms) == 2 and len(trials) == 6 and len(cfg.budgets) == 4
+    assert max(cfg.budgets) / min(cfg.budgets) >= 10  # >= 1 decade of compute
+    assert {t.train.model.preset.split("-")[0] for t in trials} in ({"MMDiT", "UNet"}, {"DiT", "UNet"})
+    assert len({t.name for t in trials}) == 6  # every size has its own name in the points
