@@ -107,6 +107,10 @@ class GenerationPipeline:
         # preconditioning, learn_sigma channels, the prediction type): ditcore.objectives.sampling_fn.
         net = torch.compile(self.model) if compile else self.model  # compile: serving's optional torch.compile
         self.model_fn, self.prediction = sampling_fn(net, self.objective)
+        # sampler "ddpm-learned" integrates the learned variance: all 2C channels of a learn_sigma model.
+        self.variance_fn = (
+            sampling_fn(net, self.objective, keep_variance=True)[0] if self.objective.learn_sigma else None
+        )
         # A guidance-distilled student takes w as an input: one model call per step, no unconditional half.
         self.distilled = is_distilled(self.model)
         mc = self.model.config
@@ -294,8 +298,11 @@ class GenerationPipeline:
         return x0.float()
 
     def _solve(self, noise, settings: SamplerSettings, cond, uncond, generators, ems, guided: bool) -> torch.Tensor:
+        learned = settings.sampler == "ddpm-learned"
+        if learned and self.variance_fn is None:
+            raise GenerationError("sampler 'ddpm-learned' needs a checkpoint trained with objective.learn_sigma=true")
         return sample(
-            self.model_fn,
+            self.variance_fn if learned else self.model_fn,
             noise,
             process=self.objective.process,
             prediction=self.prediction,
