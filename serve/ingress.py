@@ -222,12 +222,18 @@ class Ingress:
         response_model=GenerateResponse,
     )
     async def generate(
-        self, body: GenerateRequest, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+        self,
+        body: GenerateRequest,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Any:
         """Sample images for a prompt or class label; the response states the seeds and settings used."""
         if (denied := self._authorize(credentials)) is not None:
             return denied
-        request_id = uuid.uuid4().hex
+        # Serve's proxy names every request (x-request-id, echoed on the response): use its id so the header and a
+        # 500's body agree; only without the proxy does the response need the header from here.
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        own = {} if request.headers.get("x-request-id") else {"X-Request-Id": request_id}
         try:
             result = await self.sampler.generate.remote({**body.model_dump(), "request_id": request_id})
         except BackPressureError:
@@ -243,7 +249,7 @@ class Ingress:
             return _error(
                 500,
                 "internal error: generation failed; quote the request id when reporting it",
-                headers={"X-Request-Id": request_id},
+                headers=own,
                 request_id=request_id,
             )
         settings = Settings(**result["settings"])
@@ -261,7 +267,7 @@ class Ingress:
             }
             if s.label is not None:
                 headers["X-Ditscale-Label"] = str(s.label)
-            headers["X-Request-Id"] = request_id
+            headers.update(own)
             return Response(content=pngs[0], media_type="image/png", headers=headers)
         response = GenerateResponse(
             images=[
@@ -271,4 +277,4 @@ class Ingress:
             seeds=settings.seeds,
             settings=settings,
         )
-        return JSONResponse(response.model_dump(mode="json"), headers={"X-Request-Id": request_id})
+        return JSONResponse(response.model_dump(mode="json"), headers=own)
