@@ -48,8 +48,9 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def mid_layer(model: nn.Module) -> int:
-    """Index of the middle block (the paper's choice for semantic features)."""
-    return len(transformer_blocks(model)) // 2
+    """Index of the middle block (the paper's choice for semantic features), never the last block of a model with
+    two or more: the last block's output only feeds the final layer's LayerNorm (docs/steering.md)."""
+    return (len(transformer_blocks(model)) - 1) // 2
 
 
 def _block(model: nn.Module, layer: int) -> nn.Module:

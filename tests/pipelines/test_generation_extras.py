@@ -92,7 +92,7 @@ def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
     assert main([ckpt, "--num-samples", "32", "--times", "0.5", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (tmp_path / "concepts_pca.png").stat().st_size > 0
-    assert out["layer"] == 1 and set(out["norm"]) == {"0", "1", "2", "3"}
+    assert out["layer"] == 0 and set(out["norm"]) == {"0", "1", "2", "3"}
     pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
     base = dict(sampler="euler", steps=4)
     plain = pipe.generate_labels([0, 1], [3, 4], SamplerSettings(**base))
