@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,46 @@ def publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_source(
+    out: Path,
+    overwrite: bool,
+    splits: Iterable[tuple[str, dict[str, list | np.ndarray]]],
+    schema: pa.Schema,
+    rows_per_file: int,
+    finish: Callable[[Path, dict[str, tuple[dict, list[str]]]], Any],
+) -> Any:
+    """Build a parquet source in a staging folder and publish it to `out`; nothing is left half-written.
+
+    `splits` yields (split name, columns in final row order); each is written with `write_split`. Then
+    `finish(staging folder, {split: (columns, file names)})` adds the documents (see `write_documents`), and
+    its return value is returned after the folder is moved into place.
+    """
+    tmp = staging_dir(out, overwrite)
+    try:
+        written = {
+            split: (columns, write_split(tmp / split, columns, schema, rows_per_file)) for split, columns in splits
+        }
+        result = finish(tmp, written)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def write_documents(
+    folder: Path, classes: Sequence[str], metadata: dict, license_text: str, readme: tuple[str, str], splits: dict
+) -> None:
+    """classes.json, metadata.json, LICENSE and README.md of a source; the README lists the splits' image counts
+
+    between its two parts: readme = (text before "Splits: ...", text after it).
+    """
+    write_json(folder / "classes.json", list(classes))
+    write_json(folder / "metadata.json", metadata)
+    (folder / "LICENSE").write_text(license_text)
+    listing = ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
+    (folder / "README.md").write_text(f"{readme[0]}Splits: {listing}{readme[1]}")
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipelines.datasets import FetchError, publish, staging_dir, stratified_order, write_json, write_split
+from pipelines.datasets import FetchError, stratified_order, write_documents, write_source
 
 NPM_PACKAGE = "emoji-datasource-google"
 NPM_VERSION = "16.0.0"
@@ -263,11 +263,8 @@ def _load_entries(pkg: _Package) -> tuple[list[dict[str, Any]], str | None]:
     return entries, version
 
 
-def _write(pkg: _Package, out: Path, test_fraction: float, seed: int, rows_per_file: int, overwrite: bool) -> dict:
-    entries, version = _load_entries(pkg)
-    categories = _categories(entries)
-    cat_index = {c: i for i, c in enumerate(categories)}
-    records, skipped = emoji_images(entries)
+def _usable(pkg: _Package, records: list[dict[str, Any]], cat_index: dict[str, int]) -> tuple[list, list]:
+    """(records with their PNG bytes under "png", failures [{"id", "reason"}]) in record order."""
     failures: list[dict[str, str]] = []
     good = []
     seen: set[str] = set()
@@ -292,77 +289,82 @@ def _write(pkg: _Package, out: Path, test_fraction: float, seed: int, rows_per_f
             continue
         seen.add(r["id"])
         good.append(r)
-    if not good:
-        raise ValueError(f"{pkg.path}: no usable Google emoji images ({skipped} without one, {len(failures)} failed)")
-    test_groups = _split_groups(good, categories, test_fraction, seed)
-    tmp = staging_dir(out, overwrite)
-    try:
-        splits = {}
-        for split in ("train", "test"):
-            rows = [r for r in good if (r["group"] in test_groups) == (split == "test")]
-            if not rows:
-                continue
-            labels = np.array([cat_index[r["category"]] for r in rows], np.int32)
-            order = stratified_order(labels, seed + (0 if split == "train" else 1))
-            rows = [rows[i] for i in order]
-            columns = {
+    return good, failures
+
+
+def _split_columns(good: list[dict[str, Any]], test_groups: set[str], cat_index: dict[str, int], seed: int):
+    """(split, parquet columns in stratified order) for train and test; an empty split is left out."""
+    for split in ("train", "test"):
+        rows = [r for r in good if (r["group"] in test_groups) == (split == "test")]
+        if not rows:
+            continue
+        labels = np.array([cat_index[r["category"]] for r in rows], np.int32)
+        order = stratified_order(labels, seed + (0 if split == "train" else 1))
+        rows = [rows[i] for i in order]
+        yield (
+            split,
+            {
                 "id": [r["id"] for r in rows],
                 "image": [r["png"] for r in rows],
                 "caption": [r["caption"] for r in rows],
                 "label": labels[order],
                 "category": [r["category"] for r in rows],
-            }
-            write_split(tmp / split, columns, SCHEMA, rows_per_file)
-            counts = Counter(r["category"] for r in rows)
-            splits[split] = {"count": len(rows), "per_class": {c: counts.get(c, 0) for c in categories}}
-        total = Counter(r["category"] for r in good)
-        per_class = {c: total.get(c, 0) for c in categories}
-        write_json(tmp / "classes.json", categories)
-        write_json(
-            tmp / "metadata.json",
-            {
-                "name": "noto-emoji",
-                "source": f"npm {NPM_PACKAGE}@{version or 'unknown'} ({IMAGE_DIR}/*.png, emoji.json)",
-                "license": "images Apache-2.0 (Google Noto Emoji); metadata MIT (emoji-data); see LICENSE",
-                "image": {
-                    "format": "PNG, RGBA as shipped",
-                    "size": 64,
-                    "rgba": "the precompute composites onto white (ditcore.preprocess.to_rgb)",
-                },
-                "columns": {
-                    "id": "unified code point string",
-                    "image": "PNG bytes",
-                    "caption": "lower-case name",
-                    "label": "int32 index into classes.json",
-                    "category": "category name",
-                },
-                "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test)",
-                "split": f"test_fraction {test_fraction} of the base emoji of each category (variations follow "
-                f"their base emoji), seed {seed}",
-                "classes": categories,
-                "splits": splits,
-                "per_class": per_class,
-                "skipped_no_image": skipped,
-                "failures": failures,
             },
         )
-        (tmp / "LICENSE").write_text(LICENSE_NOTE)
-        (tmp / "README.md").write_text(
+
+
+def _write(pkg: _Package, out: Path, test_fraction: float, seed: int, rows_per_file: int, overwrite: bool) -> dict:
+    entries, version = _load_entries(pkg)
+    categories = _categories(entries)
+    cat_index = {c: i for i, c in enumerate(categories)}
+    records, skipped = emoji_images(entries)
+    good, failures = _usable(pkg, records, cat_index)
+    if not good:
+        raise ValueError(f"{pkg.path}: no usable Google emoji images ({skipped} without one, {len(failures)} failed)")
+    test_groups = _split_groups(good, categories, test_fraction, seed)
+    total = Counter(r["category"] for r in good)
+    per_class = {c: total.get(c, 0) for c in categories}
+    summary = {"per_class": per_class, "skipped_no_image": skipped, "failures": failures}
+
+    def finish(tmp: Path, written: dict) -> dict:
+        splits = {}
+        for split, (cols, _) in written.items():
+            counts = Counter(cols["category"])
+            splits[split] = {"count": len(cols["id"]), "per_class": {c: counts.get(c, 0) for c in categories}}
+        metadata = {
+            "name": "noto-emoji",
+            "source": f"npm {NPM_PACKAGE}@{version or 'unknown'} ({IMAGE_DIR}/*.png, emoji.json)",
+            "license": "images Apache-2.0 (Google Noto Emoji); metadata MIT (emoji-data); see LICENSE",
+            "image": {
+                "format": "PNG, RGBA as shipped",
+                "size": 64,
+                "rgba": "the precompute composites onto white (ditcore.preprocess.to_rgb)",
+            },
+            "columns": {
+                "id": "unified code point string",
+                "image": "PNG bytes",
+                "caption": "lower-case name",
+                "label": "int32 index into classes.json",
+                "category": "category name",
+            },
+            "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test)",
+            "split": f"test_fraction {test_fraction} of the base emoji of each category (variations follow "
+            f"their base emoji), seed {seed}",
+            "classes": categories,
+            "splits": splits,
+            **summary,
+        }
+        readme = (
             "# Noto emoji (parquet source)\n\nGoogle Noto Emoji images (Apache-2.0) from the npm package "
-            f"`{NPM_PACKAGE}`; see LICENSE. Splits: "
-            + ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
-            + ". Images are 64x64 RGBA PNGs (composited onto white by the precompute); labels index classes.json "
+            f"`{NPM_PACKAGE}`; see LICENSE. ",
+            ". Images are 64x64 RGBA PNGs (composited onto white by the precompute); labels index classes.json "
             "(categories). Point the precompute at one split, e.g. source.path=<this folder>/train "
-            "source.id_column=id.\n"
+            "source.id_column=id.\n",
         )
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "out": str(out),
-        "classes": categories,
-        "splits": splits,
-        "per_class": per_class,
-        "skipped_no_image": skipped,
-        "failures": failures,
-    }
+        write_documents(tmp, categories, metadata, LICENSE_NOTE, readme, splits)
+        return splits
+
+    splits = write_source(
+        out, overwrite, _split_columns(good, test_groups, cat_index, seed), SCHEMA, rows_per_file, finish
+    )
+    return {"out": str(out), "classes": categories, "splits": splits, **summary}

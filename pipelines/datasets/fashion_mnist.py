@@ -27,11 +27,9 @@ import pyarrow as pa
 from pipelines.datasets import (
     FetchError,
     png_bytes,
-    publish,
-    staging_dir,
     stratified_order,
-    write_json,
-    write_split,
+    write_documents,
+    write_source,
 )
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
@@ -221,78 +219,80 @@ def fetch_fashion_mnist(
     data = read_fashion_mnist(source_dir, install)
     source = Path(source_dir) if source_dir is not None else Path(DEFAULT_SOURCE_DIR)
     out_path = Path(out)
-    tmp = staging_dir(out_path, overwrite)
-    try:
+    columns = (
+        (split, _split_columns(split, images, labels, image_size, seed)) for split, (images, labels) in data.items()
+    )
+
+    def finish(tmp: Path, written: dict) -> dict:
         splits = {}
-        for split, (images, labels) in data.items():
-            if images.shape[1:] != (28, 28):
-                raise ValueError(f"{split} images are {images.shape[1:]}, expected 28x28")
-            lo = (image_size - 28) // 2
-            order = stratified_order(labels, seed + (0 if split == "train" else 1))
-            canvas = np.zeros((image_size, image_size), np.uint8)  # black border = Fashion-MNIST background
-            pngs = []
-            for i in order:
-                canvas[lo : lo + 28, lo : lo + 28] = images[i]
-                pngs.append(png_bytes(canvas))
-            lab = labels[order].astype(np.int32)
-            columns = {
-                "id": [f"fmnist-{split}-{i:05d}" for i in order],
-                "image": pngs,
-                "caption": [CAPTIONS[c] for c in lab],
-                "label": lab,
-            }
-            files = write_split(tmp / split, columns, SCHEMA, rows_per_file)
-            counts = Counter(int(c) for c in lab)
+        for split, (cols, files) in written.items():
+            counts = Counter(int(c) for c in cols["label"])
             splits[split] = {
-                "count": len(lab),
+                "count": len(cols["label"]),
                 "files": len(files),
                 "per_class": {CLASSES[c]: counts.get(c, 0) for c in range(len(CLASSES))},
             }
-        write_json(tmp / "classes.json", list(CLASSES))
         inputs = {p.name: _sha256(p) for pair in FILES.values() for n in pair if (p := _locate(source, n))}
-        write_json(
-            tmp / "metadata.json",
-            {
-                "name": "fashion-mnist",
-                "source": f"Debian package {APT_PACKAGE} (Zalando Research, https://github.com/zalandoresearch/fashion-mnist)",
-                "license": "MIT (Copyright (c) 2017 Zalando SE); see LICENSE",
-                "input_files_sha256": inputs,
-                "image": {
-                    "format": "PNG, 8-bit grayscale (L)",
-                    "size": image_size,
-                    "original_size": 28,
-                    "padding": f"28x28 centred on a black {image_size}x{image_size} canvas"
-                    if image_size > 28
-                    else "none",
-                },
-                "columns": {
-                    "id": "fmnist-<split>-<index in the original IDX file>",
-                    "image": "PNG bytes",
-                    "caption": "a photo of a <class>",
-                    "label": "int32 index into classes.json",
-                },
-                "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test): every prefix holds every "
-                "class in about equal numbers",
-                "classes": list(CLASSES),
-                "captions": list(CAPTIONS),
-                "splits": splits,
-            },
-        )
-        (tmp / "LICENSE").write_text(LICENSE_TEXT)
-        (tmp / "README.md").write_text(
+        readme = (
             "# Fashion-MNIST (parquet source)\n\nZalando Research's Fashion-MNIST "
             "(https://github.com/zalandoresearch/fashion-mnist), MIT license (see LICENSE), from the Debian package "
-            f"`{APT_PACKAGE}`. Splits: "
-            + ", ".join(f"{s}/ ({v['count']} images)" for s, v in splits.items())
-            + f". Images are {image_size}x{image_size} grayscale PNGs; labels index classes.json. "
-            "Point the precompute at one split, e.g. source.path=<this folder>/train source.id_column=id.\n"
+            f"`{APT_PACKAGE}`. ",
+            f". Images are {image_size}x{image_size} grayscale PNGs; labels index classes.json. "
+            "Point the precompute at one split, e.g. source.path=<this folder>/train source.id_column=id.\n",
         )
-        publish(tmp, out_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_documents(tmp, CLASSES, _metadata(inputs, image_size, seed, splits), LICENSE_TEXT, readme, splits)
+        return splits
+
+    splits = write_source(out_path, overwrite, columns, SCHEMA, rows_per_file, finish)
     return {
         "out": str(out_path),
         "classes": list(CLASSES),
         "image_size": image_size,
         "splits": {s: {"count": v["count"], "per_class": v["per_class"]} for s, v in splits.items()},
+    }
+
+
+def _split_columns(split: str, images: np.ndarray, labels: np.ndarray, image_size: int, seed: int) -> dict:
+    """One split's parquet columns: images centred on a black canvas, in stratified order."""
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{split} images are {images.shape[1:]}, expected 28x28")
+    lo = (image_size - 28) // 2
+    order = stratified_order(labels, seed + (0 if split == "train" else 1))
+    canvas = np.zeros((image_size, image_size), np.uint8)  # black border = Fashion-MNIST background
+    pngs = []
+    for i in order:
+        canvas[lo : lo + 28, lo : lo + 28] = images[i]
+        pngs.append(png_bytes(canvas))
+    lab = labels[order].astype(np.int32)
+    return {
+        "id": [f"fmnist-{split}-{i:05d}" for i in order],
+        "image": pngs,
+        "caption": [CAPTIONS[c] for c in lab],
+        "label": lab,
+    }
+
+
+def _metadata(inputs: dict[str, str], image_size: int, seed: int, splits: dict) -> dict:
+    return {
+        "name": "fashion-mnist",
+        "source": f"Debian package {APT_PACKAGE} (Zalando Research, https://github.com/zalandoresearch/fashion-mnist)",
+        "license": "MIT (Copyright (c) 2017 Zalando SE); see LICENSE",
+        "input_files_sha256": inputs,
+        "image": {
+            "format": "PNG, 8-bit grayscale (L)",
+            "size": image_size,
+            "original_size": 28,
+            "padding": f"28x28 centred on a black {image_size}x{image_size} canvas" if image_size > 28 else "none",
+        },
+        "columns": {
+            "id": "fmnist-<split>-<index in the original IDX file>",
+            "image": "PNG bytes",
+            "caption": "a photo of a <class>",
+            "label": "int32 index into classes.json",
+        },
+        "order": f"stratified shuffle (seed {seed} for train, {seed + 1} for test): every prefix holds every "
+        "class in about equal numbers",
+        "classes": list(CLASSES),
+        "captions": list(CAPTIONS),
+        "splits": splits,
     }
