@@ -8,7 +8,8 @@ Per (setting, width, lr) the point with the most training steps is the final los
 
 Per setting ("standard" / "mup"): the grid optimum per width (`optimal_lr`, a map width -> lr), a sub-grid estimate
 (a parabola in log lr through the optimum and its two neighbours; the grid value at an edge), how many grid steps
-the optimum moves across widths (`max_shift_steps`) and `within_one_step` (max_shift_steps <= 1), the transfer
+the optimum moves across widths (`max_shift_steps`) and `within_one_step` (max_shift_steps <= 1; None with one
+width), `missing_lrs` (grid values a width has no run for: the verdict is then over the runs present), the transfer
 criterion of Yang et al. 2022 at this grid's resolution. `drift_per_doubling` is the least-squares slope of
 log2(sub-grid optimum) vs log2(width): 0 when the optimum stays put, about -1 when it falls like 1/width.
 """
@@ -93,7 +94,8 @@ def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str
         k = int(np.argmin(vals))
         opt[str(w)], sub[str(w)], idx[str(w)] = lrs[k], _subgrid(lrs, vals, k), grid.index(lrs[k])
         losses[str(w)] = {f"{lr:g}": (v if math.isfinite(v) else None) for lr, v in zip(lrs, vals)}
-    shift = max(idx.values()) - min(idx.values())
+    shift = max(idx.values()) - min(idx.values()) if len(idx) >= 2 else None
+    missing = {str(w): [lr for lr in grid if lr not in widths[w]] for w in sorted(widths)}
     ws = np.log2([int(w) for w in sub])
     slope = float(np.polyfit(ws, np.log2(list(sub.values())), 1)[0]) if len(ws) >= 2 else None
     at_edge = sorted(int(w) for w, i in idx.items() if i in (0, len(grid) - 1))
@@ -102,21 +104,28 @@ def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str
         "optimal_lr_subgrid": sub,
         "optimal_lr_index": idx,
         "max_shift_steps": shift,
-        "within_one_step": shift <= 1,
+        "within_one_step": None if shift is None else shift <= 1,
         "drift_per_doubling": slope,
         "optimum_at_grid_edge": at_edge,
         "loss": losses,
+        "missing_lrs": {w: m for w, m in missing.items() if m},
     }
 
 
 def _statement(name: str, s: dict, grid: list[float]) -> str:
     opt = ", ".join(f"{w}: {lr:g}" for w, lr in s["optimal_lr"].items())
-    verdict = "stays within one grid step" if s["within_one_step"] else f"moves {s['max_shift_steps']} grid steps"
+    if s["within_one_step"] is None:
+        verdict = "cannot be compared (one width only)"
+    else:
+        verdict = "stays within one grid step" if s["within_one_step"] else f"moves {s['max_shift_steps']} grid steps"
     edge = ""
     if s["optimum_at_grid_edge"]:
         edge = f"; at widths {s['optimum_at_grid_edge']} the optimum is at the grid's edge, so the true one may lie out"
     drift = "" if s["drift_per_doubling"] is None else f" (sub-grid drift {s['drift_per_doubling']:+.2f} log2/doubling)"
-    return f"{name}: best lr per width {{{opt}}}; the optimum {verdict} across widths{drift}{edge}."
+    gaps = ""
+    if s["missing_lrs"]:
+        gaps = "; runs missing (width: lrs) " + ", ".join(f"{w}: {m}" for w, m in s["missing_lrs"].items())
+    return f"{name}: best lr per width {{{opt}}}; the optimum {verdict} across widths{drift}{edge}{gaps}."
 
 
 def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
@@ -156,7 +165,9 @@ def plot_mup(report: dict, path: str | Path) -> Path:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=col, label=f"width {w}")
             best = s["optimal_lr"][str(w)]
             ax.plot([best], [rows[f"{best:g}"]], "*", color=col, ms=14, mec="k")
-        verdict = "within one step" if s["within_one_step"] else f"moves {s['max_shift_steps']} steps"
+        verdict = {None: "one width", True: "within one step"}.get(
+            s["within_one_step"], f"moves {s['max_shift_steps']} steps"
+        )
         ax.set(xscale="log", xlabel="learning rate", title=f"{name}: optimum {verdict}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)

@@ -90,3 +90,14 @@ def test_cli_reads_a_points_file(tmp_path, capsys):
     assert (tmp_path / "rep" / REPORT_NAME).is_file() and (tmp_path / "rep" / PLOT_NAME).is_file()
     assert main(["--points", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_missing_runs_and_single_width_are_stated():
+    pts = [p for p in _points() if not (p["model"].endswith("w64") and p["hparams"]["optim.lr"] == 3.0e-4)]
+    pts = [p for p in pts if p["hparams"]["optim.mup"] or p["model"].endswith("w128")]  # standard: one width
+    rep = mup_transfer_report(pts)
+    assert (
+        rep["mup"]["missing_lrs"] == {"64": [3.0e-4]}
+        and "runs missing (width: lrs) 64: [0.0003]" in rep["statements"][1]
+    )
+    assert rep["standard"]["within_one_step"] is None and "cannot be compared" in rep["statements"][0]
