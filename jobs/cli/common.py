@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.cli.parsers import command_parser
+
 
 def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--experiment | --parent-run, and --tracking-uri."""
@@ -15,3 +17,11 @@ def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
     )
+
+
+def sweep_command_parser(command: str, description: str, metric_help: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads a sweep's record: the sweep source options and --metric (default fid)."""
+    p = command_parser(command, description, show_defaults=True)
+    add_sweep_source_arguments(p)
+    p.add_argument("--metric", default="fid", help=metric_help)
+    return p

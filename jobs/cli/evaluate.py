@@ -8,14 +8,12 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import command_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale evaluate`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale evaluate",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="FID (and attribute accuracy) of a checkpoint's EMA weights",
-    )
+    p = command_parser("evaluate", "FID (and attribute accuracy) of a checkpoint's EMA weights", show_defaults=True)
     p.add_argument("checkpoint", help="checkpoint directory (local or s3://), e.g. runs/<run>/checkpoints/step_X")
     p.add_argument("--data", default=None, help="latent data set (default: the checkpoint's data.manifest)")
     p.add_argument("--num-samples", type=int, default=256)

@@ -6,23 +6,21 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from jobs.cli.common import add_sweep_source_arguments
+from jobs.cli.common import sweep_command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale fit`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale fit",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
+    p = sweep_command_parser(
+        "fit",
+        "Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
         "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
         "intervals and a held-out check; for a sweep with architecture arms also each arm's "
         "frontier law (arms.<arm>.beta / beta_ci) and where the arms' fits cross; plots + "
         "fit_report.json, logged to the sweep's run.",
+        "point metric to fit (a points.json key)",
     )
-    add_sweep_source_arguments(p)
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
-    p.add_argument("--metric", default="fid", help="point metric to fit (a points.json key)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from jobs.cli.submit import add_conn_args
+from jobs.cli.submit import add_conn_args, run_cluster_command
 from jobs.cluster.submit import (
     SubmitError,
     follow_logs,
@@ -16,10 +16,11 @@ from jobs.cluster.submit import (
     status_str,
     wait_for_job,
 )
+from pipelines.cli.parsers import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ditscale jobs", description="List, inspect, tail or stop jobs on a Ray cluster.")
+    p = command_parser("jobs", "List, inspect, tail or stop jobs on a Ray cluster.")
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="all jobs with their status")
     add_conn_args(ls)
@@ -79,8 +80,4 @@ def _jobs(argv: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale jobs`."""
-    try:
-        return _jobs(list(sys.argv[1:] if argv is None else argv))
-    except SubmitError as exc:
-        print(f"ditscale jobs: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cluster_command("jobs", _jobs, argv)

@@ -6,20 +6,18 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from jobs.cli.common import add_sweep_source_arguments
+from jobs.cli.common import sweep_command_parser
 from pipelines.infra.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale promote`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale promote",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Register the best checkpoint of a sweep (lowest metric; ties: less "
+    p = sweep_command_parser(
+        "promote",
+        "Register the best checkpoint of a sweep (lowest metric; ties: less "
         "compute, then fewer parameters) and point an alias at it.",
+        "point metric to minimise",
     )
-    add_sweep_source_arguments(p)
-    p.add_argument("--metric", default="fid", help="point metric to minimise")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--alias", default=CHAMPION_ALIAS, help="alias to point at the new version")
     p.add_argument(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import command_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale quickstart`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale quickstart",
-        description="Run the whole pipeline locally on the built-in defaults: data -> VAE -> feature net -> "
+    p = command_parser(
+        "quickstart",
+        "Run the whole pipeline locally on the built-in defaults: data -> VAE -> feature net -> "
         "precompute -> sweep with FID -> scaling-law fit -> champion -> Ray Serve -> report.md + "
         "report.json. Re-running reuses finished stages.",
     )

@@ -7,19 +7,17 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
-from jobs.cli.common import add_sweep_source_arguments
+from jobs.cli.common import sweep_command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale report`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="The fitted scaling laws (with intervals) and the table of a sweep's "
+    p = sweep_command_parser(
+        "report",
+        "The fitted scaling laws (with intervals) and the table of a sweep's "
         "points; uses the report `ditscale fit` stored, or fits now.",
+        "point metric of the laws and the table",
     )
-    add_sweep_source_arguments(p)
-    p.add_argument("--metric", default="fid", help="point metric of the laws and the table")
     p.add_argument("--refit", action="store_true", help="fit now even if `ditscale fit` stored a report")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples when fitting here")
     p.add_argument("--json", action="store_true", help="print the report and points as JSON instead of text")

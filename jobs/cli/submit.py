@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from jobs.cluster.submit import (
     ENTRYPOINTS,
@@ -21,6 +21,7 @@ from jobs.cluster.submit import (
     parse_env,
     wait_for_job,
 )
+from pipelines.cli.parsers import command_parser
 
 
 def add_conn_args(p: argparse.ArgumentParser) -> None:
@@ -37,11 +38,11 @@ def add_conn_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ditscale submit",
-        allow_abbrev=False,  # unknown flags pass through to the job, so never guess an abbreviation
-        description="Submit a ditscale job to a Ray cluster through the Ray Jobs API; the repository is "
+    p = command_parser(
+        "submit",
+        "Submit a ditscale job to a Ray cluster through the Ray Jobs API; the repository is "
         "uploaded as the job's working_dir (without data/, outputs/, .venv/, mlruns/).",
+        allow_abbrev=False,
         epilog="Example: ditscale submit precompute --address http://127.0.0.1:8265 "
         "--config configs/precompute/builtin.yaml output=s3://bucket/latents/builtin",
     )
@@ -106,10 +107,15 @@ def _submit(argv: list[str]) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+def run_cluster_command(command: str, run: Callable[[list[str]], int], argv: Optional[Sequence[str]]) -> int:
+    """run(argv) for `ditscale <command>`; a SubmitError is printed as the command's error, exit code 2."""
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except SubmitError as exc:
+        print(f"ditscale {command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale submit`."""
-    try:
-        return _submit(list(sys.argv[1:] if argv is None else argv))
-    except SubmitError as exc:
-        print(f"ditscale submit: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cluster_command("submit", _submit, argv)

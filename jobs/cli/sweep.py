@@ -8,13 +8,14 @@ from typing import Optional, Sequence
 
 from jobs.sweep.config import SweepConfig
 from pipelines.cli.config_args import add_config_arguments, run_config_command
+from pipelines.cli.parsers import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale sweep`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale sweep",
-        description="models x budgets scaling grid on Ray Tune, "
+    p = command_parser(
+        "sweep",
+        "models x budgets scaling grid on Ray Tune, "
         "tracked in MLflow (rerun the same command to finish an interrupted sweep or rerun "
         "its failed trials)",
     )

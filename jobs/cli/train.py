@@ -10,13 +10,14 @@ from typing import Optional, Sequence
 from ditcore.config import ConfigError
 from jobs.train.config import TrainConfig
 from pipelines.cli.config_args import add_config_arguments, run_config_command
+from pipelines.cli.parsers import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale train`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale train",
-        description="Train one model to a FLOPs budget on Ray Train "
+    p = command_parser(
+        "train",
+        "Train one model to a FLOPs budget on Ray Train "
         "(DDP or FSDP2, fault-tolerant), tracked in MLflow; FID at every budget point.",
     )
     add_config_arguments(

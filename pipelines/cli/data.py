@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipelines.cli.parsers import command_parser
 from pipelines.infra import storage
 
 ROWS_PER_PARQUET = 1000
@@ -165,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.encoders.train_features import TrainFeaturesConfig
     from pipelines.encoders.train_vae import TrainVAEConfig
 
-    p = argparse.ArgumentParser(
-        prog="ditscale data", description="Data sets, offline encoders, latent data set inspection."
-    )
+    p = command_parser("data", "Data sets, offline encoders, latent data set inspection.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_fetch(sub)
     _add_inception(sub)

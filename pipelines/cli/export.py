@@ -8,12 +8,14 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import command_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale export`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale export",
-        description="Export a checkpoint to diffusers: a DiT becomes "
+    p = command_parser(
+        "export",
+        "Export a checkpoint to diffusers: a DiT becomes "
         "DiTTransformer2DModel (+ a DiTPipeline with --vae), an MM-DiT SD3Transformer2DModel. "
         "Options diffusers cannot express are refused by name. See docs/export.md.",
     )

@@ -10,18 +10,19 @@ from typing import Optional, Sequence
 from ditcore.config import ConfigError, apply_overrides
 from ditcore.flops import flops_summary
 from ditcore.models import resolve_config
+from pipelines.cli.parsers import command_parser
 
 
-def _text_tokens(cfg, tokens: int | None) -> int | None:
+def text_tokens(cfg, tokens: int | None) -> int | None:
     """Text tokens for the FLOPs of a text-conditioned model (MM-DiT, text U-Net), None for class models."""
     return tokens if (cfg.arch == "mmdit" or int(getattr(cfg, "text_dim", 0) or 0) > 0) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale flops`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale flops",
-        description="Print params, forward_macs, forward_flops (= 2 MACs) and train_flops_per_image "
+    p = command_parser(
+        "flops",
+        "Print params, forward_macs, forward_flops (= 2 MACs) and train_flops_per_image "
         "(= 3 x forward FLOPs) of a preset as JSON.",
     )
     p.add_argument("model", help="preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
@@ -48,5 +49,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError, TypeError) as e:
         print(f"ditscale flops: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(flops_summary(cfg, _text_tokens(cfg, args.text_tokens)), indent=2))
+    print(json.dumps(flops_summary(cfg, text_tokens(cfg, args.text_tokens)), indent=2))
     return 0

@@ -8,18 +8,15 @@ from typing import Optional, Sequence
 
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, resolve_config
-
-
-def _text_tokens(cfg, tokens: int | None) -> int | None:
-    """Text tokens for the FLOPs of a text-conditioned model (MM-DiT, text U-Net), None for class models."""
-    return tokens if (cfg.arch == "mmdit" or int(getattr(cfg, "text_dim", 0) or 0) > 0) else None
+from pipelines.cli.flops import text_tokens
+from pipelines.cli.parsers import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale models`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale models",
-        description="Table of model presets with parameter counts and forward GFLOPs. GFLOPs follow the DiT "
+    p = command_parser(
+        "models",
+        "Table of model presets with parameter counts and forward GFLOPs. GFLOPs follow the DiT "
         "paper's convention: forward multiply-adds (MACs) per image; training FLOPs per image are 6 x MACs.",
     )
     p.add_argument("--latent-size", type=int, default=32, help="latent height = width (32 for 256 px with an f8 VAE)")
@@ -36,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = resolve_config(cfg, input_size=args.latent_size) if args.latent_size % cfg.patch_size == 0 else None
         if cfg is None:
             continue
-        tt = _text_tokens(cfg, args.text_tokens)
+        tt = text_tokens(cfg, args.text_tokens)
         rows[name] = {
             "arch": cfg.arch,
             "depth": cfg.depth + getattr(cfg, "num_single_blocks", 0),

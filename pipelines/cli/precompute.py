@@ -7,14 +7,15 @@ import sys
 from typing import Optional, Sequence
 
 from pipelines.cli.config_args import add_config_arguments, run_config_command
+from pipelines.cli.parsers import command_parser
 from pipelines.precompute.job import PrecomputeConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale precompute`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale precompute",
-        description="Encode a source (built-in shapes, image folder, parquet, WebDataset; local or "
+    p = command_parser(
+        "precompute",
+        "Encode a source (built-in shapes, image folder, parquet, WebDataset; local or "
         "s3://) into a latent "
         "data set: VAE posterior mean/std (+ flip), text embeddings, FID reference statistics, on Ray Data. "
         "Resumes an interrupted run in the same output.",

@@ -15,16 +15,13 @@ from pathlib import Path
 
 from ditcore.checkpoint import CheckpointError
 from ditcore.samplers import SAMPLERS, TIME_GRIDS
+from pipelines.cli.parsers import command_parser
 from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings, image_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale sample`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale sample",
-        description="Sample an image grid from a checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = command_parser("sample", "Sample an image grid from a checkpoint.", show_defaults=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://)")
     p.add_argument("--sampler", default="dpmpp-2m", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=20, help="solver steps (model evaluations for 1-eval samplers)")
