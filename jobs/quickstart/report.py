@@ -70,8 +70,8 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
             "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
             "d_opt_exponent": fit.get("d_opt_exponent"),
-        "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
-        "goodput": (good or {}).get("goodput"),
+            "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
+            "goodput": (good or {}).get("goodput"),
             "time_share": (good or {}).get("time_share"),
             "fit_sensitivity": law.get("sampling_noise"),  # the law refitted with every FID redrawn within its noise
             "stage_seconds": dict(ctx.seconds),
