@@ -34,6 +34,7 @@ from ditcore.processes import (
     PREDICTIONS,
     VE_PROCESS_NAMES,
     VP_PROCESS_NAMES,
+    Process,
     build_process,
     check_prediction,
     prediction_target,
@@ -172,6 +173,37 @@ def drop_conditions(
     return out
 
 
+def sample_training_noise(
+    cfg: ObjectiveConfig, process: Process, x0: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t [B] from cfg's time sampler within the process's range, eps like x0): one training draw, in this order."""
+    t = sample_t(
+        x0.shape[0],
+        kind=cfg.t_sampler,
+        generator=generator,
+        logit_mean=cfg.logit_mean,
+        logit_std=cfg.logit_std,
+        shift=cfg.time_shift,
+        t_min=process.t_min,
+        t_max=process.t_max,
+        device=x0.device,
+        process=process,
+        p_mean=cfg.p_mean,
+        p_std=cfg.p_std,
+    )
+    return t, _randn(x0.shape, generator, x0)
+
+
+def _training_conditions(
+    cond: dict | None, null_cond: dict | None, cfg: ObjectiveConfig, generator: torch.Generator | None
+) -> dict:
+    """A copy of cond with cfg.cond_dropout of the samples replaced by the null condition (when one is given)."""
+    cond = dict(cond or {})
+    if null_cond is not None and cfg.cond_dropout > 0:
+        cond = drop_conditions(cond, null_cond, cfg.cond_dropout, generator)
+    return cond
+
+
 def _predict(model: Callable, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
     """Model output restricted to the prediction channels (learn_sigma models output 2C, prediction first)."""
     out = model(x_t, t, **cond)
@@ -199,28 +231,11 @@ def loss(
         return hybrid_loss_terms(model, x0, cond, generator, cfg, null_cond)["loss"]
     process = build_process(cfg.process)
     check_prediction(cfg.prediction)
-    batch = x0.shape[0]
-    t = sample_t(
-        batch,
-        kind=cfg.t_sampler,
-        generator=generator,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        shift=cfg.time_shift,
-        t_min=process.t_min,
-        t_max=process.t_max,
-        device=x0.device,
-        process=process,
-        p_mean=cfg.p_mean,
-        p_std=cfg.p_std,
-    )  # [B]
-    eps = _randn(x0.shape, generator, x0)  # [B, C, H, W]
+    t, eps = sample_training_noise(cfg, process, x0, generator)  # [B], [B, C, H, W]
     a = _bshape(process.alpha(t), x0).to(x0.dtype)
     s = _bshape(process.sigma(t), x0).to(x0.dtype)
     x_t = a * x0 + s * eps  # [B, C, H, W]
-    cond = dict(cond or {})
-    if null_cond is not None and cfg.cond_dropout > 0:
-        cond = drop_conditions(cond, null_cond, cfg.cond_dropout, generator)
+    cond = _training_conditions(cond, null_cond, cfg, generator)
     target = prediction_target(process, cfg.prediction, x0, eps, t.to(x0.dtype))  # [B, C, H, W]
     pred = _predict(model, x_t, t.to(x0.dtype), cond)  # [B, C, H, W]
     return torch.mean((pred.float() - target.float()) ** 2)
@@ -326,9 +341,7 @@ def hybrid_loss_terms(
     t = chain.t.to(x0.device)[i].to(x0.dtype)  # [B] process time of step i
     eps = _randn(x0.shape, generator, x0)  # [B, C, H, W]
     x_t = chain.q_sample(x0, eps, i)  # [B, C, H, W]
-    cond = dict(cond or {})
-    if null_cond is not None and cfg.cond_dropout > 0:
-        cond = drop_conditions(cond, null_cond, cfg.cond_dropout, generator)
+    cond = _training_conditions(cond, null_cond, cfg, generator)
     pred, var_out = _split_learned(model(x_t, t, **cond), x_t)  # [B, C, H, W] each
     target = prediction_target(process, cfg.prediction, x0, eps, t)
     mse = torch.mean((pred.float() - target.float()) ** 2)
@@ -364,24 +377,8 @@ def edm_loss(
     choice); the mean is over batch and elements, like `loss`. The network sees (c_in x, c_noise) as (x_t, t).
     """
     process = build_process(cfg.process)
-    t = sample_t(
-        x0.shape[0],
-        kind=cfg.t_sampler,
-        generator=generator,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        shift=cfg.time_shift,
-        t_min=process.t_min,
-        t_max=process.t_max,
-        device=x0.device,
-        process=process,
-        p_mean=cfg.p_mean,
-        p_std=cfg.p_std,
-    )  # [B]
-    eps = _randn(x0.shape, generator, x0)  # [B, C, H, W]
-    cond = dict(cond or {})
-    if null_cond is not None and cfg.cond_dropout > 0:
-        cond = drop_conditions(cond, null_cond, cfg.cond_dropout, generator)
+    t, eps = sample_training_noise(cfg, process, x0, generator)  # [B], [B, C, H, W]
+    cond = _training_conditions(cond, null_cond, cfg, generator)
     sigma = process.sigma(t.to(torch.float64))  # [B]
     return _edm_mse(model, x0, eps, sigma, cond, cfg.sigma_data)
 

@@ -44,19 +44,10 @@ def _build_presets() -> dict[str, ModelConfig]:
     # MM-DiT scaling grid: one number per model (SD3 section 5.1: hidden 64*depth, depth heads of dim 64).
     for depth in range(1, 25):
         presets[f"MMDiT-d{depth}"] = MMDiTConfig(depth=depth, hidden_size=64 * depth, num_heads=depth)
-    presets["MMDiT-T"] = MMDiTConfig(
-        depth=2, hidden_size=64, num_heads=4, input_size=8, text_dim=32, pooled_dim=32, max_text_len=16
-    )
+    tiny_text = {"text_dim": 32, "pooled_dim": 32, "max_text_len": 16}
+    presets["MMDiT-T"] = MMDiTConfig(depth=2, hidden_size=64, num_heads=4, input_size=8, **tiny_text)
     presets["MMDiT-T-flux"] = MMDiTConfig(
-        depth=1,
-        num_single_blocks=2,
-        hidden_size=64,
-        num_heads=4,
-        input_size=8,
-        text_dim=32,
-        pooled_dim=32,
-        max_text_len=16,
-        pos_embed="rope",
+        depth=1, num_single_blocks=2, hidden_size=64, num_heads=4, input_size=8, pos_embed="rope", **tiny_text
     )
     for size, (channels, blocks) in _UNET_SIZES.items():
         presets[f"UNet-{size}"] = UNetConfig(hidden_size=channels, num_res_blocks=blocks)
@@ -64,28 +55,17 @@ def _build_presets() -> dict[str, ModelConfig]:
             hidden_size=channels, num_res_blocks=blocks, num_classes=0, text_dim=384, pooled_dim=384, max_text_len=77
         )
     # Tiny U-Nets for tests and the CPU quickstart: 2 levels (8x8 -> 4x4), attention at 4x4 and in the middle.
-    presets["UNet-T"] = UNetConfig(
-        hidden_size=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(1,),
-        head_channels=32,
-        num_groups=8,
-        input_size=8,
-    )
-    presets["UNet-T-text"] = UNetConfig(
-        hidden_size=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(1,),
-        head_channels=32,
-        num_groups=8,
-        input_size=8,
-        num_classes=0,
-        text_dim=32,
-        pooled_dim=32,
-        max_text_len=16,
-    )
+    tiny_unet = {
+        "hidden_size": 32,
+        "channel_mult": (1, 2),
+        "num_res_blocks": 1,
+        "attention_levels": (1,),
+        "head_channels": 32,
+        "num_groups": 8,
+        "input_size": 8,
+    }
+    presets["UNet-T"] = UNetConfig(**tiny_unet)
+    presets["UNet-T-text"] = UNetConfig(**tiny_unet, num_classes=0, **tiny_text)
     return presets
 
 

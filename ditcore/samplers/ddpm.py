@@ -13,14 +13,14 @@ of the raw output o in [-1, 1]. On a respaced grid beta and beta_tilde are those
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 
 from ditcore.processes import Process
-from ditcore.samplers.grids import GridPoint, grid_point
+from ditcore.samplers.grids import GridPoint
 from ditcore.samplers.guidance import Denoiser, randn_per_sample
+from ditcore.samplers.stepping import grid_points, walk_grid
 
 
 def posterior(cur: GridPoint, nxt: GridPoint) -> tuple[float, float, float, float]:
@@ -49,16 +49,15 @@ def sample_ddpm(
     *,
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling along the grid ts (decreasing, last = clean) with the posterior variance beta_tilde."""
-    points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in itertools.pairwise(points):
-        x0, _ = denoise(x, cur.t)
-        if nxt.sigma == 0.0:
-            x = x0  # posterior at alpha_bar_prev = 1 is a point mass on x0
-            continue
+    """Ancestral sampling along the grid ts (decreasing, last = clean) with the posterior variance beta_tilde.
+
+    The last step takes x0_hat: the posterior at alpha_bar_prev = 1 is a point mass on x0."""
+
+    def step(cur, nxt, x, x0, _):
         coef_x, coef_x0, var, _ = posterior(cur, nxt)
-        x = coef_x * x + coef_x0 * x0 + math.sqrt(var) * randn_per_sample(x, generators)
-    return x
+        return coef_x * x + coef_x0 * x0 + math.sqrt(var) * randn_per_sample(x, generators)
+
+    return walk_grid(denoise, x, grid_points(process, ts), step)
 
 
 def sample_ddpm_learned(
@@ -69,20 +68,20 @@ def sample_ddpm_learned(
     *,
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling with the network's variance: model_fn returns [prediction; o] (2C channels)."""
-    points = [grid_point(process, float(t)) for t in ts]
+    """Ancestral sampling with the network's variance: model_fn returns [prediction; o] (2C channels).
+
+    No noise on the last step (ADM's nonzero_mask): it takes x0_hat."""
+    points = grid_points(process, ts)
     for p in points:
         if abs(p.alpha**2 + p.sigma**2 - 1.0) > 1e-9:
             raise ValueError(
                 f"ddpm-learned needs a variance-preserving process (alpha^2 + sigma^2 = 1); "
                 f"{process.name!r} has {p.alpha**2 + p.sigma**2:.6g} at t={p.t}"
             )
-    for cur, nxt in itertools.pairwise(points):
-        x0, _, o = denoise.with_variance(x, cur.t)
-        if nxt.sigma == 0.0:
-            x = x0  # no noise on the last step (ADM's nonzero_mask)
-            continue
+
+    def step(cur, nxt, x, x0, _, o):
         coef_x, coef_x0, _, _ = posterior(cur, nxt)
         std = torch.exp(0.5 * learned_log_variance(cur, nxt, o)).to(x.dtype)
-        x = coef_x * x + coef_x0 * x0 + std * randn_per_sample(x, generators)
-    return x
+        return coef_x * x + coef_x0 * x0 + std * randn_per_sample(x, generators)
+
+    return walk_grid(denoise.with_variance, x, points, step)

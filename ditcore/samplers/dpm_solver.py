@@ -21,6 +21,7 @@ import torch
 from ditcore.processes import Process
 from ditcore.samplers.grids import GridPoint, grid_point
 from ditcore.samplers.guidance import Denoiser
+from ditcore.samplers.stepping import grid_points, walk_grid
 
 
 def first_order_step(cur: GridPoint, nxt: GridPoint, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def sample_dpmpp_multistep(
     """DPM-Solver++ 2M (order=2) or 3M (order=3) along ts; one evaluation per step."""
     if order not in (2, 3):
         raise ValueError(f"multistep order must be 2 or 3, got {order}")
-    points = [grid_point(process, float(t)) for t in ts]
+    points = grid_points(process, ts)
     history: list[tuple[float, torch.Tensor]] = []  # (lambda, x0_hat) at previous points, newest last
     steps = len(points) - 1
     for i, (cur, nxt) in enumerate(itertools.pairwise(points)):
@@ -77,12 +78,8 @@ def sample_dpmpp_2s(
     denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: Process, **_: object
 ) -> torch.Tensor:
     """DPM-Solver++(2S) singlestep with the log-SNR midpoint; two evaluations per step, one on the last."""
-    points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in itertools.pairwise(points):
-        x0, _ = denoise(x, cur.t)
-        if nxt.sigma == 0.0:
-            x = x0
-            continue
+
+    def step(cur, nxt, x, x0, _):
         if math.isfinite(cur.log_snr):
             lam_mid = cur.log_snr + 0.5 * (nxt.log_snr - cur.log_snr)
             t_mid = float(process.t_from_log_snr(torch.tensor(lam_mid, dtype=torch.float64)))
@@ -91,5 +88,6 @@ def sample_dpmpp_2s(
         mid = grid_point(process, t_mid)
         u = first_order_step(cur, mid, x, x0)
         x0_mid, _ = denoise(u, mid.t)
-        x = first_order_step(cur, nxt, x, x0_mid)  # r = 1/2: D = x0_hat at the midpoint
-    return x
+        return first_order_step(cur, nxt, x, x0_mid)  # r = 1/2: D = x0_hat at the midpoint
+
+    return walk_grid(denoise, x, grid_points(process, ts), step)

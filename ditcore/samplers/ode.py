@@ -7,13 +7,11 @@ prediction, as in EDM (Karras et al. 2022, Alg. 1 falls back to Euler on the las
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from ditcore.processes import Process
-from ditcore.samplers.grids import grid_point
 from ditcore.samplers.guidance import Denoiser
+from ditcore.samplers.stepping import grid_points, walk_grid
 
 
 def _velocity(p, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -22,27 +20,21 @@ def _velocity(p, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 def sample_euler(denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: Process, **_: object) -> torch.Tensor:
     """Explicit Euler along ts; one model evaluation per step."""
-    points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in itertools.pairwise(points):
-        x0, eps = denoise(x, cur.t)
-        if nxt.sigma == 0.0:
-            x = x0
-            continue
-        x = x + (nxt.t - cur.t) * _velocity(cur, x0, eps)
-    return x
+
+    def step(cur, nxt, x, x0, eps):
+        return x + (nxt.t - cur.t) * _velocity(cur, x0, eps)
+
+    return walk_grid(denoise, x, grid_points(process, ts), step)
 
 
 def sample_heun(denoise: Denoiser, x: torch.Tensor, ts: torch.Tensor, process: Process, **_: object) -> torch.Tensor:
     """Heun's method (trapezoidal predictor-corrector) along ts; two evaluations per step, one on the last."""
-    points = [grid_point(process, float(t)) for t in ts]
-    for cur, nxt in itertools.pairwise(points):
-        x0, eps = denoise(x, cur.t)
-        if nxt.sigma == 0.0:
-            x = x0
-            continue
+
+    def step(cur, nxt, x, x0, eps):
         dt = nxt.t - cur.t
         v_cur = _velocity(cur, x0, eps)
         x_pred = x + dt * v_cur
         x0_n, eps_n = denoise(x_pred, nxt.t)
-        x = x + dt * 0.5 * (v_cur + _velocity(nxt, x0_n, eps_n))
-    return x
+        return x + dt * 0.5 * (v_cur + _velocity(nxt, x0_n, eps_n))
+
+    return walk_grid(denoise, x, grid_points(process, ts), step)

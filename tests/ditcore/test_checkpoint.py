@@ -23,13 +23,7 @@ from ditcore.checkpoint import (
 from ditcore.flops import example_inputs
 from ditcore.models import build_model, config_to_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(name="DiT-T/2", steps=2):

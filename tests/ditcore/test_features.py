@@ -229,15 +229,6 @@ def _stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny nets train fastest on one thread; more only add synchronisation on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_classifier_trains_scores_and_round_trips(tmp_path, one_thread):
     from ditcore.metrics.classifier import ImageClassifier, classification_accuracy, train_classifier
 

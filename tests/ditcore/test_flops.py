@@ -13,12 +13,7 @@ from ditcore.models import PRESETS, build_model, resolve_config
 DIT_PRESETS = [n for n in PRESETS if n.startswith("DiT-") and not n.startswith("DiT-T")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(cfg, text_tokens=None):
@@ -106,7 +101,7 @@ def test_unet_macs_by_hand():
 
 
 def test_cli_flops_and_models(capsys):
-    from pipelines.cli.models import main
+    from jobs.cli import main  # the `ditscale` command
 
     assert main(["flops", "DiT-XL/2", "--latent-size", "32"]) == 0
     out = json.loads(capsys.readouterr().out)

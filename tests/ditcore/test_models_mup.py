@@ -12,13 +12,33 @@ from ditcore.models import build_model
 WIDTHS = (64, 128, 256)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: one thread is faster and immune to other processes competing for the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(arch: str, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """A batch of 8 8x8 latents with class labels (DiT) or a 6-token caption (MM-DiT), drawn from `g`."""
+    inputs = {"x": torch.randn(8, 4, 8, 8, generator=g), "t": torch.rand(8, generator=g)}
+    if arch == "dit":
+        inputs["y"] = torch.randint(0, 10, (8,), generator=g)
+    else:
+        inputs.update(
+            text_emb=torch.randn(8, 6, 32, generator=g),
+            text_mask=torch.ones(8, 6, dtype=torch.bool),
+            text_pooled=torch.randn(8, 32, generator=g),
+        )
+    return inputs
+
+
+def _adam_steps(model: torch.nn.Module, inputs: dict, target: torch.Tensor, lr: float, steps: int) -> None:
+    """`steps` AdamW steps on the squared error to `target`; the output after them must be finite."""
+    opt = torch.optim.AdamW(model.param_groups(lr, weight_decay=0.0))
+    for _ in range(steps):
+        loss = (model(**inputs) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs)).all()
 
 
 def _activation_update(arch: str, width: int, mup: bool, lr: float = 3e-3, steps: int = 4) -> float:
@@ -34,35 +54,14 @@ def _activation_update(arch: str, width: int, mup: bool, lr: float = 3e-3, steps
         )
         last = model.single_blocks[-1]
     g = torch.Generator().manual_seed(1)
-    if arch == "dit":
-        inputs = {
-            "x": torch.randn(8, 4, 8, 8, generator=g),
-            "t": torch.rand(8, generator=g),
-            "y": torch.randint(0, 10, (8,), generator=g),
-        }
-    else:
-        inputs = {
-            "x": torch.randn(8, 4, 8, 8, generator=g),
-            "t": torch.rand(8, generator=g),
-            "text_emb": torch.randn(8, 6, 32, generator=g),
-            "text_mask": torch.ones(8, 6, dtype=torch.bool),
-            "text_pooled": torch.randn(8, 32, generator=g),
-        }
+    inputs = _batch(arch, g)
     target = torch.randn(8, 4, 8, 8, generator=g)
     seen = {}
     last.register_forward_hook(lambda mod, args, out: seen.__setitem__("h", out[0] if isinstance(out, tuple) else out))
-    opt = torch.optim.AdamW(model.param_groups(lr, weight_decay=0.0))
     with torch.no_grad():
         model(**inputs)
     h0 = seen["h"].clone()
-    for _ in range(steps):
-        loss = (model(**inputs) - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        out = model(**inputs)
-    assert torch.isfinite(out).all()
+    _adam_steps(model, inputs, target, lr, steps)
     return (seen["h"] - h0).abs().mean().item()
 
 
@@ -92,35 +91,21 @@ def _block_update(arch: str, depth: int, mup_depth: bool, lr: float = 1e-3, step
         "mup_depth": mup_depth,
         "mup_base_depth": 2,
     }
-    g = torch.Generator().manual_seed(1)
-    inputs = {"x": torch.randn(8, 4, 8, 8, generator=g), "t": torch.rand(8, generator=g)}
     if arch == "dit":
         model = build_model("DiT-T/2", num_classes=10, **common)
         blocks = model.blocks
-        inputs["y"] = torch.randint(0, 10, (8,), generator=g)
     else:
         model = build_model("MMDiT-T", **common)
         blocks = model.joint_blocks
-        inputs.update(
-            text_emb=torch.randn(8, 6, 32, generator=g),
-            text_mask=torch.ones(8, 6, dtype=torch.bool),
-            text_pooled=torch.randn(8, 32, generator=g),
-        )
+    g = torch.Generator().manual_seed(1)
+    inputs = _batch(arch, g)
     target = torch.randn(8, 4, 8, 8, generator=g)
     seen = {}
     blocks[0].register_forward_pre_hook(lambda mod, args: seen.__setitem__("in", args[0]))
     blocks[-1].register_forward_hook(
         lambda mod, args, out: seen.__setitem__("out", out[0] if isinstance(out, tuple) else out)
     )
-    opt = torch.optim.AdamW(model.param_groups(lr, weight_decay=0.0))
-    for _ in range(steps):
-        loss = (model(**inputs) - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        out = model(**inputs)
-    assert torch.isfinite(out).all()
+    _adam_steps(model, inputs, target, lr, steps)
     # adaLN-Zero blocks start as the identity, so out - in is exactly the blocks' learned contribution.
     return (seen["out"] - seen["in"]).abs().mean().item()
 

@@ -25,15 +25,6 @@ EDM = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add spin-wait overhead."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def ideal_network(data: GaussianData, sigma_data: float):
     """The F whose preconditioned denoiser is E[x0 | x]: invert D = c_skip x + c_out F with Table 1's formulas."""
 

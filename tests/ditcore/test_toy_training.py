@@ -17,15 +17,6 @@ def toy_data(n, generator, patterns):
     return x0, labels
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add spin-wait overhead (and CPU time on a shared CI box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.slow
 def test_tiny_dit_learns_toy_latents(one_thread):
     torch.manual_seed(0)

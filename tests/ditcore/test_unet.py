@@ -13,26 +13,13 @@ from ditcore.models import PRESETS, UNet, UNetConfig, build_model, config_from_d
 from ditcore.models.unet import ResBlock, SelfAttention, unet_plan
 from ditcore.objectives import ObjectiveConfig, loss
 from ditcore.samplers import model_fn_from_model
+from tests.ditcore._models import assert_padding_changes_nothing, padded_text_inputs, randomize
 
 UNET_PRESETS = [n for n in PRESETS if n.startswith("UNet-")]
 TEXT_KEYS = ("text_emb", "text_mask", "text_pooled")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convs: one thread is faster and immune to other processes competing for the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every parameter (zero-initialised convs and projections included) non-zero values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_preset_table():
@@ -85,7 +72,7 @@ def test_fresh_model_outputs_exact_zeros_and_residual_blocks_are_identity(name):
 def test_class_conditioning_changes_the_output_and_null_class_works():
     torch.manual_seed(0)
     model = build_model("UNet-T", num_classes=10)
-    _randomize(model)
+    randomize(model)
     x, t = torch.randn(2, 4, 8, 8), torch.rand(2)
     ref = model(x, t, y=torch.tensor([0, 1]))
     assert torch.isfinite(ref).all() and ref.abs().max() > 0
@@ -101,27 +88,11 @@ def test_class_conditioning_changes_the_output_and_null_class_works():
 def test_text_conditioning_changes_the_output_and_padding_never_does():
     torch.manual_seed(0)
     model = build_model("UNet-T-text")
-    _randomize(model)
-    cfg = model.config
-    inputs = example_inputs(cfg, batch_size=2, text_tokens=10)
-    mask = torch.ones(2, 10, dtype=torch.bool)
-    mask[0, 6:] = False
-    mask[1, 3:] = False
-    inputs["text_mask"] = mask
+    randomize(model)
+    inputs = padded_text_inputs(model.config)
     ref = model(**inputs)
     assert torch.isfinite(ref).all()
-    # Padded positions: random or infinite values change nothing.
-    emb = inputs["text_emb"].clone()
-    emb[~mask] = torch.randn(int((~mask).sum()), cfg.text_dim) * 100.0
-    emb[1, 9] = float("inf")
-    torch.testing.assert_close(model(**{**inputs, "text_emb": emb}), ref, rtol=0, atol=1e-6)
-    # Extra padding tokens appended at the end change nothing either.
-    longer = {
-        **inputs,
-        "text_emb": torch.cat([inputs["text_emb"], torch.randn(2, 4, cfg.text_dim)], dim=1),
-        "text_mask": torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], dim=1),
-    }
-    torch.testing.assert_close(model(**longer), ref, rtol=0, atol=1e-5)
+    assert_padding_changes_nothing(model, inputs, ref)
     # A real token and the pooled embedding do change the output (cross-attention and the embedding path).
     emb2 = inputs["text_emb"].clone()
     emb2[0, 0] += 1.0
@@ -132,7 +103,7 @@ def test_text_conditioning_changes_the_output_and_padding_never_does():
 def test_text_prompt_with_no_real_token_is_finite_and_independent_of_its_padding():
     torch.manual_seed(0)
     model = build_model("UNet-T-text")
-    _randomize(model)
+    randomize(model)
     inputs = example_inputs(model.config, batch_size=2, text_tokens=6)
     inputs["text_mask"] = torch.tensor([[True] * 6, [False] * 6])
     out = model(**inputs)
@@ -148,7 +119,7 @@ def test_text_prompt_with_no_real_token_is_finite_and_independent_of_its_padding
 
 def test_other_sizes_channels_and_input_errors():
     model = build_model("UNet-T", in_channels=3, input_size=16)
-    _randomize(model)
+    randomize(model)
     assert model(torch.randn(1, 3, 16, 16), torch.rand(1), torch.tensor([2])).shape == (1, 3, 16, 16)
     # Sampling at another resolution than the config (any multiple of 2^(levels-1)) works without changes.
     assert model(torch.randn(1, 3, 24, 8), torch.rand(1), torch.tensor([2])).shape == (1, 3, 24, 8)
@@ -253,7 +224,7 @@ def test_param_groups_cover_every_parameter_once():
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model("UNet-T-text", learn_sigma=True)
-    _randomize(model)
+    randomize(model)
     path = save_checkpoint(step_dir(tmp_path, 3), model=model, config={"objective": {}}, state={"step": 3})
     ck = load_checkpoint(path)
     assert isinstance(ck.model, UNet) and ck.model.config == model.config

@@ -222,15 +222,6 @@ def test_learn_sigma_config_and_model_errors():
     assert not old.learn_sigma and old.preconditioning == "none"  # configs written before these fields still load
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add spin-wait overhead."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_tiny_learn_sigma_dit_moves_its_variance_off_beta_tilde_and_lowers_the_bound(one_thread):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
