@@ -19,7 +19,6 @@ accuracy is printed and stored in config.json's "meta" next to the weights (`sav
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 
@@ -37,27 +36,23 @@ from ditcore.metrics.features import (
     images_to_unit,
     save_feature_net,
 )
+from pipelines.encoders.training import HELDOUT_START, TRAIN_RANGE, EncoderTrainingConfig, warmup_cosine
 from pipelines.infra import storage
 from pipelines.sources import SourceConfig
 
-TRAIN_RANGE = 1_000_000_000
-HELDOUT_START = 2_000_000_000  # held-out images come from here on (disjoint from training indices)
-
 
 @dataclass
-class TrainFeaturesConfig:
-    """Attribute net on the built-in data; defaults finish in well under two minutes on 2 CPU cores."""
+class TrainFeaturesConfig(EncoderTrainingConfig):
+    """Attribute net on the built-in data; defaults finish in well under two minutes on 2 CPU cores.
+
+    With `source` (a labelled one) a class classifier is trained on it instead of the built-in attribute net.
+    """
+
+    POSITIVE = ("batch_size", "eval_images", "width", "cell_dim")
 
     out: str = "outputs/feature_net"  # local directory or s3:// prefix
-    output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
-    image_size: int = 32
-    # A labelled source: train a class classifier on it instead of the built-in attribute net.
-    source: SourceConfig | None = None
     test_source: SourceConfig | None = None  # its test split; None: hold out eval_images rows of `source`
     feature_dim: int = 128  # classifier feature size (source only)
-    max_objects: int = 2
-    background: str = "white"
-    data_seed: int = 0
     width: int = 32
     cell_dim: int = 32  # per-cell feature size; FID features are 9 * cell_dim = 288-d
     steps: int = 900
@@ -75,20 +70,9 @@ class TrainFeaturesConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.output is not None:
-            self.out, self.output = self.output, None
-        if self.steps < 0:
-            raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        for name in ("batch_size", "eval_images", "width", "cell_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
         if not 0.0 <= self.blur_prob <= 1.0:
             raise ConfigError(f"blur_prob: must be in [0, 1], got {self.blur_prob}")
-        if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
-            try:
-                BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
 
 
 def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) -> torch.Tensor:
@@ -138,15 +122,7 @@ def train_feature_net(cfg: TrainFeaturesConfig) -> str:
         num_sizes=len(SIZES),
     ).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(cfg.warmup_steps, 1)
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(cfg.steps - warm, 1)
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.steps, 0.02))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.monotonic()

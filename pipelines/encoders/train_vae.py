@@ -31,28 +31,17 @@ import torch
 from ditcore.config import ConfigError, to_dict
 from ditcore.data.builtin import BACKGROUNDS, BuiltinSpec, render_batch
 from ditcore.preprocess import images_to_tensor
+from pipelines.encoders.training import HELDOUT_START, TRAIN_RANGE, EncoderTrainingConfig, warmup_cosine
 from pipelines.infra import storage
-from pipelines.sources import SourceConfig
-
-# Index ranges of the built-in set used here: training draws from [0, TRAIN_RANGE), held-out
-# evaluation images come from HELDOUT_START onwards, so the two never overlap.
-TRAIN_RANGE = 1_000_000_000
-HELDOUT_START = 2_000_000_000
 
 
 @dataclass
-class TrainVAEConfig:
+class TrainVAEConfig(EncoderTrainingConfig):
     """Small KL autoencoder on the built-in data; defaults take about four minutes on 2 CPU cores."""
 
+    POSITIVE = ("batch_size", "scale_images", "eval_images", "latent_channels", "layers_per_block")
+
     out: str = "outputs/vae"  # local directory or s3:// prefix
-    output: str | None = None  # alias of `out` (the spelling precompute uses); wins when set
-    image_size: int = 32
-    # Train on this source instead of the built-in shapes (e.g. source.kind=parquet source.path=DIR/train);
-    # source.limit caps the images decoded into memory.
-    source: SourceConfig | None = None
-    max_objects: int = 2
-    background: str = "white"
-    data_seed: int = 0  # BuiltinSpec.seed of the images
     # Architecture: len(block_out_channels) - 1 stride-2 stages -> downsample 4 and 8x8x4 latents at 32 px.
     block_out_channels: list[int] = field(default_factory=lambda: [32, 32, 64])
     layers_per_block: int = 1
@@ -78,13 +67,7 @@ class TrainVAEConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.output is not None:
-            self.out, self.output = self.output, None
-        if self.steps < 0:
-            raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        for name in ("batch_size", "scale_images", "eval_images", "latent_channels", "layers_per_block"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(
                 f"block_out_channels: {self.block_out_channels} must be non-empty and divisible by "
@@ -95,11 +78,6 @@ class TrainVAEConfig:
             raise ConfigError(
                 f"image_size: {self.image_size} is not divisible by the VAE downsample factor {downsample}"
             )
-        if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
-            try:
-                BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
 
 
 def build_vae(cfg: TrainVAEConfig):
@@ -229,25 +207,12 @@ def _latent_stats(vae, batches, seed: int) -> tuple[float, float]:
     return float(z.mean()), float(z.std())
 
 
-def _lr_schedule(cfg: TrainVAEConfig):
-    warm = max(cfg.warmup_steps, 1)
-
-    def lr_at(step: int) -> float:
-        # Linear warm-up then cosine decay to 5% (short runs benefit from annealing the lr).
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(cfg.steps - warm, 1)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return lr_at
-
-
 def _fit(vae, cfg: TrainVAEConfig, next_batch) -> tuple[float | None, float]:
     """The optimisation loop; returns (EMA of the loss, seconds)."""
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_schedule(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, cfg.steps, 0.05))
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.monotonic()
     bar = tqdm(range(cfg.steps), desc="train-vae", disable=not cfg.progress or None, dynamic_ncols=True)

@@ -18,21 +18,11 @@ from pipelines.encoders.text import load_text_encoder
 from pipelines.encoders.vae import VAELoadError, load_vae
 from tests.conftest import REPO_ROOT
 from tests.pipelines._precompute_helpers import tiny_clip
+from tests.pipelines.encoders._tiny import tiny_autoencoder
 
 
 def _tiny_vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
+    return tiny_autoencoder((8, 8))
 
 
 def _bin_only_vae(path: Path) -> Path:

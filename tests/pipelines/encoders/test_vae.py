@@ -8,24 +8,12 @@ import torch
 
 from ditcore.preprocess import images_to_tensor, tensor_to_images
 from pipelines.encoders.vae import VAELoadError, decode_to_images, encode_images, load_vae, vae_identity
+from tests.pipelines.encoders._tiny import tiny_autoencoder
 
 
 @pytest.fixture(scope="module")
 def tiny_vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        scaling_factor=0.5,
-        shift_factor=0.25,
-    )
+    vae = tiny_autoencoder((8, 8, 16), scaling_factor=0.5, shift_factor=0.25)
     path = tmp_path_factory.mktemp("vae") / "tiny"
     vae.save_pretrained(str(path))
     return path
