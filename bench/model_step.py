@@ -146,6 +146,29 @@ def report(
     return best, med
 
 
+def _transformer_shape(cfg) -> dict:
+    """The size arguments diffusers' DiT and SD3 transformers share, from our config."""
+    return {
+        "num_attention_heads": cfg.num_heads,
+        "attention_head_dim": cfg.hidden_size // cfg.num_heads,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "num_layers": cfg.depth,
+        "sample_size": cfg.input_size,
+        "patch_size": cfg.patch_size,
+    }
+
+
+def _run_and_compare(args, ours, theirs, batch: int, train_flops: float, peak: float, flops_note: str) -> None:
+    """Time ours and theirs (None: ours only) alternately, report each and the step-time ratio."""
+    probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
+    print(f"  train FLOPs/img ({flops_note}): {train_flops / 1e9:.2f} GFLOP, batch {batch}")
+    o_best, o_med = report(ours.name, ours, batch, train_flops, peak, probes)
+    if theirs is not None:
+        d_best, d_med = report(theirs.name, theirs, batch, train_flops, peak, probes)
+        print(f"  step-time ratio ours/diffusers: {o_best / d_best:.3f} (best)  {o_med / d_med:.3f} (median)")
+
+
 def bench_dit(args, device, dtype, peak) -> None:
     cfg = resolve_config(args.dit, input_size=args.latent_size)
     b = args.batch
@@ -161,16 +184,7 @@ def bench_dit(args, device, dtype, peak) -> None:
     if not args.skip_diffusers:
         from diffusers import DiTTransformer2DModel
 
-        dm = DiTTransformer2DModel(
-            num_attention_heads=cfg.num_heads,
-            attention_head_dim=cfg.hidden_size // cfg.num_heads,
-            in_channels=cfg.in_channels,
-            out_channels=cfg.out_channels,
-            num_layers=cfg.depth,
-            sample_size=cfg.input_size,
-            patch_size=cfg.patch_size,
-            num_embeds_ada_norm=cfg.num_classes,
-        )
+        dm = DiTTransformer2DModel(**_transformer_shape(cfg), num_embeds_ada_norm=cfg.num_classes)
         _nonzero_init(dm)
         # diffusers embeds the raw timestep; same sinusoidal input as our 1000 t.
         theirs = Stepper(
@@ -187,13 +201,8 @@ def bench_dit(args, device, dtype, peak) -> None:
             f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M "
             "(diffusers repeats the timestep/label embedder in every block)"
         )
-    probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
     tf = flops_summary(cfg)["train_flops_per_image"]
-    print(f"  train FLOPs/img (analytic, 6 x fwd MACs): {tf / 1e9:.2f} GFLOP, batch {b}")
-    o_best, o_med = report(ours.name, ours, b, tf, peak, probes)
-    if theirs is not None:
-        d_best, d_med = report(theirs.name, theirs, b, tf, peak, probes)
-        print(f"  step-time ratio ours/diffusers: {o_best / d_best:.3f} (best)  {o_med / d_med:.3f} (median)")
+    _run_and_compare(args, ours, theirs, b, tf, peak, "analytic, 6 x fwd MACs")
 
 
 def bench_mmdit(args, device, dtype, peak) -> None:
@@ -227,16 +236,10 @@ def bench_mmdit(args, device, dtype, peak) -> None:
         from diffusers import SD3Transformer2DModel
 
         dm = SD3Transformer2DModel(
-            sample_size=cfg.input_size,
-            patch_size=cfg.patch_size,
-            in_channels=cfg.in_channels,
-            num_layers=cfg.depth,
-            attention_head_dim=cfg.hidden_size // cfg.num_heads,
-            num_attention_heads=cfg.num_heads,
+            **_transformer_shape(cfg),
             joint_attention_dim=cfg.text_dim,
             caption_projection_dim=cfg.hidden_size,
             pooled_projection_dim=cfg.pooled_dim,
-            out_channels=cfg.out_channels,
             pos_embed_max_size=cfg.input_size // cfg.patch_size,
             qk_norm="rms_norm",
         )
@@ -252,13 +255,8 @@ def bench_mmdit(args, device, dtype, peak) -> None:
         p_ours = sum(p.numel() for p in ours_model.parameters())
         p_theirs = sum(p.numel() for p in dm.parameters())
         print(f"  params: ours {p_ours / 1e6:.2f} M, diffusers {p_theirs / 1e6:.2f} M")
-    probes = run_pair(ours, theirs, args.warmup, args.iters, args.probe)
     tf = flops_summary(cfg, L)["train_flops_per_image"]
-    print(f"  train FLOPs/img (analytic, {L} text tokens): {tf / 1e9:.2f} GFLOP, batch {b}")
-    o_best, o_med = report(ours.name, ours, b, tf, peak, probes)
-    if theirs is not None:
-        d_best, d_med = report(theirs.name, theirs, b, tf, peak, probes)
-        print(f"  step-time ratio ours/diffusers: {o_best / d_best:.3f} (best)  {o_med / d_med:.3f} (median)")
+    _run_and_compare(args, ours, theirs, b, tf, peak, f"analytic, {L} text tokens")
 
 
 def main(argv: list[str] | None = None) -> int:
