@@ -31,6 +31,15 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
+def conv_trunk(width: int, layers: Sequence[tuple[int, int]]) -> nn.Sequential:
+    """3x3 conv-BN-ReLU layers from RGB: one per (channels as a multiple of `width`, stride)."""
+    blocks, cin = [], 3
+    for mult, stride in layers:
+        blocks.append(_conv_bn(cin, mult * width, stride))
+        cin = mult * width
+    return nn.Sequential(*blocks)
+
+
 class ImageClassifier(nn.Module):
     """Conv trunk (two stride-2 stages) -> global average pool -> `feature_dim` features -> class logits."""
 
@@ -52,14 +61,7 @@ class ImageClassifier(nn.Module):
         self.num_classes, self.image_size, self.width, self.feature_dim = num_classes, image_size, width, feature_dim
         self.classes = list(classes) if classes is not None else None
         w = width
-        self.trunk = nn.Sequential(
-            _conv_bn(3, w),
-            _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2),
-            _conv_bn(2 * w, 2 * w),
-            _conv_bn(2 * w, 4 * w, 2),
-            _conv_bn(4 * w, 4 * w),
-        )
+        self.trunk = conv_trunk(w, [(1, 1), (1, 1), (2, 2), (2, 1), (4, 2), (4, 1)])
         self.embed = nn.Linear(4 * w, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
         self.eval()

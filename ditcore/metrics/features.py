@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditcore.metrics.classifier import CLASSIFIER_ARCH, ImageClassifier
+from ditcore.metrics.classifier import CLASSIFIER_ARCH, ImageClassifier, conv_trunk
 from ditcore.metrics.inception import (
     FEATURE_DIM,
     INCEPTION_ARCH,
@@ -88,10 +88,6 @@ IGNORE_INDEX = -100
 # ------------------------------------------------------------------------------- built-in attribute net
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
 class BuiltinAttributeNet(nn.Module):
     """Small CNN for the built-in shapes: conv trunk -> 3x3 cell pooling -> per-cell features -> shared heads.
 
@@ -114,13 +110,7 @@ class BuiltinAttributeNet(nn.Module):
         self.feature_dim = NUM_CELLS * cell_dim
         w = width
         # One stride-2 stage only: a small object is ~6 px at 32 px and must survive to the cell pooling.
-        self.trunk = nn.Sequential(
-            _conv_bn(3, w),
-            _conv_bn(w, w),
-            _conv_bn(w, 2 * w, 2),
-            _conv_bn(2 * w, 2 * w),
-            _conv_bn(2 * w, 4 * w),
-        )
+        self.trunk = conv_trunk(w, [(1, 1), (1, 1), (2, 2), (2, 1), (4, 1)])
         self.cell = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU(), nn.Linear(4 * w, cell_dim), nn.ReLU())
         self.shape_head = nn.Linear(cell_dim, num_shapes + 1)  # last class = no object in the cell
         self.colour_head = nn.Linear(cell_dim, num_colours)

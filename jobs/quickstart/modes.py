@@ -52,6 +52,18 @@ class DataSpec:
     limit: int | None = None  # images precomputed (the first N of the seeded shuffled order)
 
 
+# The tiny runs' sweep: three small MM-DiTs (text data), four budgets, small batches and evaluations.
+_TINY_TEXT_MODELS = 'models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]'
+_TINY_SWEEP = [
+    "budgets=[2e10,4e10,8e10,1.6e11]",
+    "base.data.batch_size=16",
+    "base.eval.num_samples=64",
+    "base.eval.steps=4",
+    "base.data.val_samples=32",
+    "base.optim.warmup_steps=5",
+]
+
+
 def make_mode(tiny: bool) -> Mode:
     """The settings of the tiny or the full quickstart."""
     if tiny:
@@ -69,15 +81,7 @@ def make_mode(tiny: bool) -> Mode:
             features={"steps": 100, "batch_size": 32, "eval_images": 200},
             precompute=["source.count=256", "source.shard_size=128", "compute.batch_size=64"],
             # Batch 16 so that one step of the largest model (3.6e8 FLOPs/image) fits the smallest budget.
-            sweep=[
-                'models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]',
-                "budgets=[2e10,4e10,8e10,1.6e11]",
-                "base.data.batch_size=16",
-                "base.eval.num_samples=64",
-                "base.eval.steps=4",
-                "base.data.val_samples=32",
-                "base.optim.warmup_steps=5",
-            ],
+            sweep=[_TINY_TEXT_MODELS, *_TINY_SWEEP],
             serve_steps=8,
             grid_images=4,
             n_boot=50,
@@ -147,14 +151,9 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         mode.classifier.update(steps=40, limit=1024, test_limit=256)
         mode.precompute = ["source.limit=512"]
         mode.sweep = [
-            "budgets=[2e10,4e10,8e10,1.6e11]",
-            "base.data.batch_size=16",
-            "base.eval.num_samples=64",
-            "base.eval.steps=4",
-            "base.data.val_samples=32",
-            "base.optim.warmup_steps=5",
+            *_TINY_SWEEP,
             *([] if text else [_DIT_MODELS.replace(',{"depth":3,"hidden_size":192,"num_heads":3}', "")]),
-            *([] if not text else ['models=["MMDiT-d1",{"depth":2,"hidden_size":96,"num_heads":2},"MMDiT-d2"]']),
+            *([] if not text else [_TINY_TEXT_MODELS]),
         ]
         mode.standard_fid.update(n_samples=64, n_ref=128, steps=4)
         mode.serve_steps, mode.grid_images, mode.n_boot = 4, 4, 50

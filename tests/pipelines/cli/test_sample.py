@@ -12,6 +12,18 @@ from ditcore.models import build_model
 from pipelines.cli import sample as cmd_sample
 
 
+def _vae_record(vae_dir, **extra) -> dict:
+    """The manifest's "vae" entry for the tiny VAE (downsample 4, 4 latent channels) with a scale and a shift."""
+    return {
+        "path": str(vae_dir),
+        "scaling_factor": 0.5,
+        "shift_factor": 0.1,
+        "latent_channels": 4,
+        "downsample": 4,
+        **extra,
+    }
+
+
 def _save(tmp_path, *, in_channels, data, seed=0, name="ckpt"):
     torch.manual_seed(seed)
     model = build_model("DiT-T/2", in_channels=in_channels, num_classes=5, input_size=8)
@@ -101,14 +113,7 @@ def test_latent_checkpoint_decodes_through_manifest_vae(tmp_path):
             {
                 "schema_version": 1,
                 "image_size": 32,
-                "vae": {
-                    "path": str(vae_dir),
-                    "scaling_factor": 0.5,
-                    "shift_factor": 0.1,
-                    "latent_channels": 4,
-                    "downsample": 4,
-                    "latent_size": 8,
-                },
+                "vae": _vae_record(vae_dir, latent_size=8),
             }
         )
     )
@@ -159,13 +164,7 @@ def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
         json.dumps(
             {
                 "schema_version": 1,
-                "vae": {
-                    "path": str(vae_dir),
-                    "scaling_factor": 0.5,
-                    "shift_factor": 0.1,
-                    "latent_channels": 4,
-                    "downsample": 4,
-                },
+                "vae": _vae_record(vae_dir),
                 "text": {**ident, "encoder": "minilm", "null": "null_text.safetensors"},
             }
         )
@@ -192,45 +191,10 @@ def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
         },
     )
     out = tmp_path / "text.png"
-    assert (
-        cmd_sample.main(
-            [
-                "--checkpoint",
-                str(ckpt),
-                "--steps",
-                "3",
-                "--guidance",
-                "3.0",
-                "--num",
-                "2",
-                "--prompt",
-                "a large red circle at the top left",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    prompt_args = ["--checkpoint", str(ckpt), "--steps", "3", "--guidance", "3.0", "--num", "2", "--prompt"]
+    assert cmd_sample.main([*prompt_args, "a large red circle at the top left", "--out", str(out)]) == 0
     grid = np.asarray(Image.open(out))
     assert grid.shape == (32, 64, 3) and grid.std() > 0
     other = tmp_path / "other.png"
-    assert (
-        cmd_sample.main(
-            [
-                "--checkpoint",
-                str(ckpt),
-                "--steps",
-                "3",
-                "--guidance",
-                "3.0",
-                "--num",
-                "2",
-                "--prompt",
-                "a small blue square",
-                "--out",
-                str(other),
-            ]
-        )
-        == 0
-    )
+    assert cmd_sample.main([*prompt_args, "a small blue square", "--out", str(other)]) == 0
     assert not np.array_equal(np.asarray(Image.open(other)), grid)  # the prompt reaches the model
