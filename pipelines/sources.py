@@ -246,11 +246,12 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
                 raise SourceError(f"{path}: column {col!r} not found (columns: {', '.join(schema.names)})")
         # Group whole row groups into shards of about shard_size rows: each shard reads only its row groups.
         group, rows, first_row = [], 0, 0
+        last = meta.num_row_groups - 1
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
             group.append(rg)
             rows += n
-            if rows >= cfg.shard_size:
+            if rows >= cfg.shard_size or rg == last:  # the last row group closes the file's last shard
                 shards.append(
                     {
                         "shard": len(shards),
@@ -264,18 +265,6 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
                 )
                 first_row += rows
                 group, rows = [], 0
-        if group:
-            shards.append(
-                {
-                    "shard": len(shards),
-                    "kind": "parquet",
-                    "root": cfg.path,
-                    "file": rel,
-                    "row_groups": group,
-                    "first_row": first_row,
-                    "count": rows,
-                }
-            )
     shards = [dict(s, shard=i) for i, s in enumerate(_shuffled(shards, cfg))]
     if cfg.limit is not None:
         out, left = [], cfg.limit

@@ -1,0 +1,91 @@
+"""Standard FID and class accuracy: a checkpoint scored with another network against reference statistics of real
+train images, beside the floor of real test images at the same sample count; samples classified by a classifier."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ditcore.checkpoint import save_checkpoint
+from ditcore.metrics.classifier import train_classifier
+from ditcore.metrics.features import save_feature_net
+from ditcore.models import build_model, config_to_dict
+from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint
+from jobs.evaluation.standard import standard_fid
+from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]
+
+
+def _folder(root, n_per_class: int, seed: int) -> str:
+    """A 4-class image folder (class sub-folders): noisy discs of one colour per class."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    for c, colour in enumerate(COLOURS):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(n_per_class):
+            img = np.full((32, 32, 3), 255, np.uint8)
+            cy, cx, r = rng.integers(10, 22), rng.integers(10, 22), rng.integers(5, 9)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = colour
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"c{c}" / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standard")
+    assets = make_eval_assets(root / "assets")
+    train = _folder(root / "train", 24, 0)
+    test = _folder(root / "test", 8, 1)
+    data = make_latent_dataset(
+        root / "lat", n=16, num_classes=4, vae_path=assets["vae_path"], feature_net=assets["feature_net"],
+        fid_stats=assets["fid_stats"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("DiT-T/2", num_classes=4, input_size=8, in_channels=4)
+    for p in model.parameters():  # a fresh model outputs zeros; perturb it so samples depend on the weights
+        p.data.add_(0.02 * torch.randn_like(p))
+    ckpt = save_checkpoint(
+        root / "ckpt" / "step_00000001",
+        model=model,
+        ema=model,
+        config={
+            "model": config_to_dict(model.config),
+            "objective": {"process": "flow", "prediction": "velocity"},
+            "data": {"manifest": data},
+        },
+        state={"step": 1},
+    )
+    imgs = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "train").glob("*/*.png"))])
+    labels = np.repeat(np.arange(4), 24)
+    net, rep = train_classifier(imgs, labels, num_classes=4, steps=30, batch_size=32, width=8, feature_dim=16)
+    clf = save_feature_net(net, root / "classifier")
+    return {"data": data, "ckpt": str(ckpt), "assets": assets, "train": train, "test": test, "clf": str(clf)}
+
+
+def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
+    settings = FIDSettings(num_samples=24, sampler="euler", steps=2, guidance=2.0)
+    res = standard_fid(
+        setup["ckpt"], setup["data"], inception=setup["assets"]["feature_net"], train_source=setup["train"],
+        test_source=setup["test"], settings=settings, n_ref=96, n_boot=5, cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert res["n_samples"] == 24 and res["reference_count"] == 96 and res["fid_network"]
+    assert res["floor"]["n_samples"] == 24 and math.isfinite(res["floor"]["fid"])
+    assert res["fid_ci"][0] <= res["fid_ci"][1] and res["fid_se"] >= 0
+    # An untrained model's noise is farther from the real images than real test images are.
+    assert res["fid"] > res["floor"]["fid"]
+    assert list((tmp_path / "cache").glob("ref-*.npz"))  # the reference statistics are cached
+
+
+def test_class_accuracy_of_samples_under_a_classifier(setup):
+    settings = FIDSettings(num_samples=24, sampler="euler", steps=2, guidance=1.0)
+    res = evaluate_checkpoint(setup["ckpt"], setup["data"], settings, num_actors=0, classifier=setup["clf"])
+    assert 0.0 <= res["class_acc"] <= 1.0 and len(res["class_acc_per_class"]) == 4
+    assert res["fid_se"] >= 0 and res["fid_n_boot"] == 50 and res["few_samples_warning"] is None  # 24 >= 18 dims
+    with_clf = FIDSettings(**settings.__dict__).key("net", setup["clf"])
+    assert with_clf != settings.key("net")  # the classifier is part of the cache key
