@@ -8,17 +8,17 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import checkpoint_command_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale concepts`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale concepts",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Extract a block's features over the checkpoint's captioned / labelled latents, plot their 2-D "
+    p = checkpoint_command_parser(
+        "concepts",
+        "Extract a block's features over the checkpoint's captioned / labelled latents, plot their 2-D "
         "PCA coloured by concept (concepts_pca.png) and store the concept directions beside the checkpoint "
         "(concepts.safetensors), which sample / serve use for steer={concept, alpha, layer}.",
     )
-    p.add_argument("checkpoint", help="checkpoint directory (local or s3://)")
     p.add_argument("--num-samples", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")

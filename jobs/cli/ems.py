@@ -7,20 +7,20 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import checkpoint_command_parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale ems`."""
     from jobs.ems.compute import EMSSettings
 
     d = EMSSettings()
-    p = argparse.ArgumentParser(
-        prog="ditscale ems",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Estimate DPM-Solver-v3's empirical model statistics (EMS) of a checkpoint's EMA weights on its "
+    p = checkpoint_command_parser(
+        "ems",
+        "Estimate DPM-Solver-v3's empirical model statistics (EMS) of a checkpoint's EMA weights on its "
         "latent data set (lambda nodes split over Ray tasks) and store them beside it (ems[_w<w>].safetensors); "
         "`--sampler dpmsolver-v3` of sample / serve / evaluate then loads them.",
     )
-    p.add_argument("checkpoint", help="checkpoint directory (local or s3://)")
     p.add_argument("--guidance", type=float, default=d.guidance, help="CFG scale the EMS are for (they depend on it)")
     p.add_argument("--num-samples", type=int, default=d.num_samples)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -13,3 +13,10 @@ def command_parser(
     if show_defaults:
         kwargs["formatter_class"] = argparse.ArgumentDefaultsHelpFormatter
     return argparse.ArgumentParser(prog=f"ditscale {command}", description=description, **kwargs)
+
+
+def checkpoint_command_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `ditscale <command> CHECKPOINT`: option defaults in --help, the checkpoint as the positional."""
+    p = command_parser(command, description, show_defaults=True)
+    p.add_argument("checkpoint", help="checkpoint directory (local or s3://)")
+    return p

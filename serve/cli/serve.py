@@ -15,18 +15,19 @@ import sys
 import threading
 
 from ditcore.config import ConfigError, apply_overrides
+from pipelines.cli.parsers import command_parser
 from pipelines.infra.ray_runtime import init_ray
 from serve.deploy import DEFAULT_CONFIG, DeploymentPlan, NotReadyError, deploy, plan_deployment, wait_healthy
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale serve`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale serve",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Serve a checkpoint over HTTP with Ray Serve (POST /v1/generate, GET /v1/model, GET /healthz, "
+    p = command_parser(
+        "serve",
+        "Serve a checkpoint over HTTP with Ray Serve (POST /v1/generate, GET /v1/model, GET /healthz, "
         "/docs). A non-loopback --host needs the bearer token in $DITSCALE_API_TOKEN (or "
         "--set Ingress.user_config.auth_disabled=true).",
+        show_defaults=True,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint directory or s3:// URI (overrides the config's args)")
