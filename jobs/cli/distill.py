@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Optional, Sequence
 
+from jobs.cli.planned_run import add_planned_run_arguments, run_planned
 from jobs.distill.config import DistillConfig
-from pipelines.cli.config_args import add_config_arguments, run_config_command
+from pipelines.cli.config_args import run_config_command
+from pipelines.cli.parsers import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale distill`."""
-    p = argparse.ArgumentParser(
-        prog="ditscale distill",
-        description="Guidance distillation: a student that takes the CFG scale w as an input learns the teacher's "
+    p = command_parser(
+        "distill",
+        "Guidance distillation: a student that takes the CFG scale w as an input learns the teacher's "
         "guided prediction u + w (c - u) (w ~ U[w_min, w_max]); trained on Ray Train like `train`, tracked in MLflow "
         "under the teacher's run. Sample the student with one model call per step (guidance is an input).",
     )
     p.add_argument("teacher", help="teacher checkpoint directory (local or s3://): runs/<run>/checkpoints/step_X")
-    add_config_arguments(
-        p, DistillConfig, "ditscale distill runs/r/checkpoints/step_00001000 steps=300 w_min=1 w_max=6 lr=1e-4"
+    add_planned_run_arguments(
+        p,
+        DistillConfig,
+        "ditscale distill runs/r/checkpoints/step_00001000 steps=300 w_min=1 w_max=6 lr=1e-4",
+        "check the teacher, data set and MLflow, then exit",
     )
-    p.add_argument("--validate-only", action="store_true", help="check the teacher, data set and MLflow, then exit")
     return p
 
 
@@ -31,16 +34,11 @@ def _run(cfg: DistillConfig, validate_only: bool) -> int:
     from jobs.distill.driver import distill_plan, run_distill
 
     plan = distill_plan(cfg)
-    print(
-        f"[ditscale] distill {plan.run_name}: student {plan.model_name} ({plan.params:,} params) from {cfg.teacher}, "
-        f"w ~ U[{cfg.w_min:g}, {cfg.w_max:g}], {plan.total_steps} steps of {cfg.batch_size}",
-        flush=True,
+    summary = (
+        f"distill {plan.run_name}: student {plan.model_name} ({plan.params:,} params) from {cfg.teacher}, "
+        f"w ~ U[{cfg.w_min:g}, {cfg.w_max:g}], {plan.total_steps} steps of {cfg.batch_size}"
     )
-    if validate_only:
-        return 0
-    out = run_distill(cfg, plan=plan)
-    print(json.dumps({k: v for k, v in out.items() if k != "metrics"}, indent=2, default=str))
-    return 0 if out["status"] == "finished" else 1
+    return run_planned(summary, validate_only, lambda: run_distill(cfg, plan=plan))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Optional, Sequence
 
 from ditcore.config import ConfigError
+from jobs.cli.planned_run import add_planned_run_arguments, run_planned
 from jobs.train.config import TrainConfig
-from pipelines.cli.config_args import add_config_arguments, run_config_command
+from pipelines.cli.config_args import run_config_command
 from pipelines.cli.parsers import command_parser
 
 
@@ -20,10 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Train one model to a FLOPs budget on Ray Train "
         "(DDP or FSDP2, fault-tolerant), tracked in MLflow; FID at every budget point.",
     )
-    add_config_arguments(
-        p, TrainConfig, "ditscale train --config configs/train/tiny.yaml budget_flops=2e12 run.num_workers=2"
+    add_planned_run_arguments(
+        p,
+        TrainConfig,
+        "ditscale train --config configs/train/tiny.yaml budget_flops=2e12 run.num_workers=2",
+        "check the config against data/MLflow and exit",
     )
-    p.add_argument("--validate-only", action="store_true", help="check the config against data/MLflow and exit")
     return p
 
 
@@ -32,17 +34,12 @@ def _run(cfg: TrainConfig, validate_only: bool) -> int:
     from jobs.train.plan import resolve_run
 
     plan = resolve_run(cfg)
-    print(
-        f"[ditscale] run {plan.run_name}: {plan.model_name} ({plan.params:,} params, "
+    summary = (
+        f"run {plan.run_name}: {plan.model_name} ({plan.params:,} params, "
         f"{plan.train_flops_per_image:.3g} train FLOPs/image), {plan.total_steps} steps to "
-        f"{cfg.budget_flops:.3g} FLOPs",
-        flush=True,
+        f"{cfg.budget_flops:.3g} FLOPs"
     )
-    if validate_only:
-        return 0
-    out = run_training(cfg, plan=plan)
-    print(json.dumps({k: v for k, v in out.items() if k != "metrics"}, indent=2, default=str))
-    return 0 if out["status"] == "finished" else 1
+    return run_planned(summary, validate_only, lambda: run_training(cfg, plan=plan))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
