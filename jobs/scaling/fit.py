@@ -9,7 +9,6 @@ step = 3 x forward).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from ditcore.scaling import (
 from ditcore.scaling.arms import flat_arms
 from ditcore.scaling.frontier import budget_of, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
-from jobs.scaling.plots import PLOTS, write_plots
+from jobs.scaling.plots import PLOTS, finite_or_none, write_plots
 
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
@@ -45,14 +44,6 @@ _FRONTIER_KEYS = (
     "run_id",
     "arm",
 )
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def clean_points(points: list[dict]) -> list[dict]:
@@ -86,7 +77,7 @@ def _law(fit_fn: Callable, xs: list[float], ys: list[float], what: str, **kw: An
 
 def _frontier_law(pts: list[dict], metric: str, kw: dict) -> tuple[dict, PowerLawFit | None, list[dict]]:
     """The law on the compute frontier, with each point's FID sampling noise propagated when points carry it."""
-    with_metric = [p for p in pts if _finite(p.get(metric)) is not None]
+    with_metric = [p for p in pts if finite_or_none(p.get(metric)) is not None]
     front = compute_frontier(pts, metric)
     if len({budget_of(p) for p in front}) < 3:
         name = metric.upper()
@@ -95,7 +86,7 @@ def _frontier_law(pts: list[dict], metric: str, kw: dict) -> tuple[dict, PowerLa
             f"got {len(with_metric)} point(s) with {metric!r} at "
             f"{len({budget_of(p) for p in with_metric})} budget(s) ({len(pts)} points in total)"
         )
-    se_key = f"{metric}_se" if any(_finite(p.get(f"{metric}_se")) for p in pts) else None
+    se_key = f"{metric}_se" if any(finite_or_none(p.get(f"{metric}_se")) for p in pts) else None
     names = ("A", "beta", "FID_inf" if metric == "fid" else f"{metric.upper()}_inf")
     try:
         fit, front = fit_frontier_law(pts, metric, se_key=se_key, names=names, **kw)
@@ -109,8 +100,8 @@ def _per_model(pts: list[dict], metric: str, models: dict, kw: dict) -> tuple[di
     per_model, objs = {}, {}
     for name in sorted(models, key=lambda m: (models[m] or 0, m)):
         mp = [p for p in pts if p["model"] == name]
-        fm = [p for p in mp if _finite(p.get(metric)) is not None]
-        lm = [p for p in mp if _finite(p.get("val_loss")) is not None]
+        fm = [p for p in mp if finite_or_none(p.get(metric)) is not None]
+        lm = [p for p in mp if finite_or_none(p.get("val_loss")) is not None]
         fl, objs[name] = _law(
             lambda xs, ys, **k: fit_power_law(xs, ys, names=names, **k),
             [compute_of(p) for p in fm],
@@ -173,7 +164,7 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
     )
     models: dict[str, float | None] = {}
     for p in pts:
-        models.setdefault(p["model"], _finite(p.get("params")))
+        models.setdefault(p["model"], finite_or_none(p.get("params")))
     per_model, per_model_obj = _per_model(pts, metric, models, kw)
     iso, iso_obj = _isoflop(pts, metric, kw)
     arm_fits: dict = {}
@@ -182,7 +173,7 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         "convention": CONVENTION,
         "metric": metric,
         "n_points": len(pts),
-        "n_points_with_metric": sum(_finite(p.get(metric)) is not None for p in pts),
+        "n_points_with_metric": sum(finite_or_none(p.get(metric)) is not None for p in pts),
         "n_trials": len({p.get("run_id") for p in pts if p.get("run_id")}),
         "models": models,
         "budgets": sorted({budget_of(p) for p in pts}),

@@ -17,7 +17,8 @@ ARMS_PLOT = "arms_vs_compute.png"  # written when the points come from >= 2 arch
 XLABEL = "training FLOPs C (MAC = 2 FLOPs, train = 3 x forward)"
 
 
-def _finite(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
+    """`v` as a finite float, else None (missing, not a number, NaN or infinite)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -56,7 +57,7 @@ def plot_vs_compute(
     colors = {m: plt.cm.viridis(i / max(1, len(names) - 1)) for i, m in enumerate(names)}
     fig, ax = plt.subplots(figsize=(7, 5))
     for m in names:
-        mp = sorted((p for p in points if p["model"] == m and _finite(p.get(key)) is not None), key=compute_of)
+        mp = sorted((p for p in points if p["model"] == m and finite_or_none(p.get(key)) is not None), key=compute_of)
         if mp:
             ax.plot(
                 [compute_of(p) for p in mp],
@@ -135,12 +136,12 @@ def plot_arms(points: list[dict], key: str, comparison: dict, fits: dict, path: 
     plt = _pyplot()
     arms = sorted({str(p["arm"]) for p in points if p.get("arm")})
     fig, ax = plt.subplots(figsize=(7, 5))
-    cs_all = [compute_of(p) for p in points if _finite(p.get(key)) is not None]
+    cs_all = [compute_of(p) for p in points if finite_or_none(p.get(key)) is not None]
     lo, hi = (min(cs_all), max(cs_all)) if cs_all else (1.0, 10.0)
     grid = np.logspace(np.log10(lo) - 0.2, np.log10(hi) + 0.2, 200)
     for i, arm in enumerate(arms):
         col = plt.cm.tab10(i % 10)
-        mp = [p for p in points if p.get("arm") == arm and _finite(p.get(key)) is not None]
+        mp = [p for p in points if p.get("arm") == arm and finite_or_none(p.get(key)) is not None]
         ax.plot([compute_of(p) for p in mp], [float(p[key]) for p in mp], "o", color=col, alpha=0.25, ms=4)
         info = (comparison.get("arms") or {}).get(arm) or {}
         if arm not in fits:
