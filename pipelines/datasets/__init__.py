@@ -19,8 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from pipelines.infra.staging import staged_dir
 
 ROWS_PER_FILE = 5000
 # Small row groups: the parquet source plans one shard per ~256 rows from whole row groups.
@@ -103,27 +103,12 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def staging_dir(out: Path, overwrite: bool) -> Path:
-    """A fresh hidden folder beside `out` to build into; FileExistsError if `out` has content and not overwrite."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """FileExistsError if `out` is a file, or a folder with content and not `overwrite`."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {out} is not empty; remove it or pass overwrite=True")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    return tmp
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Move the finished staging folder to `out`, swapping out (then deleting) an existing `out`."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_source(
@@ -140,15 +125,12 @@ def write_source(
     `finish(staging folder, {split: (columns, file names)})` adds the documents (see `write_documents`), and
     its return value is returned after the folder is moved into place.
     """
-    tmp = staging_dir(out, overwrite)
-    try:
+    _check_out(out, overwrite)
+    with staged_dir(out) as tmp:
         written = {
             split: (columns, write_split(tmp / split, columns, schema, rows_per_file)) for split, columns in splits
         }
         result = finish(tmp, written)
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

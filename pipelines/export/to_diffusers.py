@@ -19,8 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from ditcore.checkpoint import load_checkpoint
 from ditcore.models import DiT, DiTConfig, MMDiT, MMDiTConfig, config_to_dict
 from ditcore.objectives import ObjectiveConfig
 from ditcore.processes import FlowProcess, VPLinearProcess, build_process
+from pipelines.infra.staging import staged_dir
 
 EXPORT_META = "ditscale_export.json"
 EXPORT_FORMAT_VERSION = 1
@@ -459,27 +458,9 @@ def _load_vae(path: str | os.PathLike, latent_channels: int, scaling: float, shi
     return vae.eval(), given
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """A fresh hidden sibling directory to build into (renamed onto `out` at the end)."""
+def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        if trash.is_dir():
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            trash.unlink()
-    else:
-        os.rename(tmp, out)
 
 
 def export_to_diffusers(
@@ -570,8 +551,8 @@ def _write_export(out: Path, overwrite: bool, record: dict[str, Any], transforme
     """Save the pipeline (or its parts) and the export record under a temporary name, then commit it to `out`."""
     from diffusers import DiTPipeline
 
-    tmp = _prepare_out(out, overwrite)
-    try:
+    _check_out(out, overwrite)
+    with staged_dir(out) as tmp:
         if record["pipeline"]:
             DiTPipeline(transformer=transformer, vae=vae_module, scheduler=scheduler).save_pretrained(str(tmp))
         else:
@@ -582,10 +563,6 @@ def _write_export(out: Path, overwrite: bool, record: dict[str, Any], transforme
                 vae_module.save_pretrained(str(tmp / "vae"))
         with open(tmp / EXPORT_META, "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _timestep_record(arch: str, objective: ObjectiveConfig, cfg: DiTConfig | MMDiTConfig) -> dict[str, Any]:
