@@ -30,8 +30,22 @@ from ditcore.models.layers import (
 POS_EMBEDS = ("sincos", "rope")
 
 
+class PatchTokenShape:
+    """Sizes DiTConfig and MMDiTConfig derive alike (a plain mixin: it adds no dataclass fields)."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Image tokens N = (input_size / patch_size)^2."""
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLPs."""
+        return int(self.hidden_size * self.mlp_ratio)
+
+
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(PatchTokenShape):
     """DiT architecture. input_size is the latent height = width; y == num_classes is the null class."""
 
     arch: str = "dit"
@@ -65,16 +79,6 @@ class DiTConfig:
     def out_channels(self) -> int:
         """Output channels: 2C with learned sigma (prediction first, then the variance interpolation)."""
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
-
-    @property
-    def num_tokens(self) -> int:
-        """Image tokens N = (input_size / patch_size)^2."""
-        return (self.input_size // self.patch_size) ** 2
-
-    @property
-    def mlp_hidden(self) -> int:
-        """Hidden width of the MLP."""
-        return int(self.hidden_size * self.mlp_ratio)
 
 
 def _validate_common(cfg) -> None:
@@ -162,24 +166,124 @@ class DiTBlock(nn.Module):
         return x  # [B, N, D]
 
 
-class DiT(nn.Module):
-    """Class-conditional DiT: forward(x [B,C,H,W], t [B] in [0,1], y [B] long) -> [B, C_out, H, W]."""
+class AdaLNTransformer(nn.Module):
+    """What DiT and MM-DiT share: patch embedding in, adaLN-Zero init, the conditioning vector, the zero-initialised
+    output layer (muP readout multiplier) and the muP param groups.
 
-    cond_keys = ("y",)
+    A subclass's __init__ calls `_init_input` first and `_init_output` last, so the state-dict keys keep their order
+    (x_embedder first, final_layer last) and the seeded init draws in the same order.
+    """
+
+    arch_name = "AdaLNTransformer"  # in error messages (the class name, which FSDP2 wrapping would change)
     activation_checkpointing = False  # recompute each block in backward (layers.set_activation_checkpointing)
-    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "y_embedder")
+    _input_prefixes: tuple[str, ...] = ()
     _output_prefixes = ("final_layer.linear",)
-    _keep_prefixes = ("y_embedder", "t_embedder.mlp.0")  # DiT's N(0, 0.02) init is width independent already
+    _keep_prefixes: tuple[str, ...] = ()
+    _vector_prefixes: tuple[str, ...] = ()  # muP "vector" parameters besides the biases and gains
+    _block_prefixes: tuple[str, ...] = ()  # the depth-muP blocks
+    _normal_init: tuple[str, ...] = ()  # parameters drawn from N(0, .02), in this order, after the xavier linears
 
-    def __init__(self, config: DiTConfig):
-        super().__init__()
+    def _init_input(self, config) -> None:
+        """config, the sizes the forward reads, and the patch embedding (the first module of the state dict)."""
         self.config = config
-        d = config.hidden_size
         self.in_channels = config.in_channels
         self.out_channels = config.out_channels
         self.patch_size = config.patch_size
         self.num_heads = config.num_heads
-        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, config.hidden_size)
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks that depth-muP counts: `depth` (+ MM-DiT's single-stream blocks)."""
+        return self.config.depth + getattr(self.config, "num_single_blocks", 0)
+
+    def _block_scales(self) -> tuple[float | None, float]:
+        """(attention scale, depth-muP branch multiplier) every block is built with."""
+        cfg = self.config
+        attn_scale = mup_lib.attention_scale(cfg.hidden_size // cfg.num_heads, cfg.mup)
+        return attn_scale, mup_lib.branch_mult(self.num_blocks, cfg.mup_depth, cfg.mup_base_depth)
+
+    def _init_output(self) -> None:
+        """The output layer (the last module of the state dict), the muP readout multiplier, then the init."""
+        d = self.config.hidden_size
+        self.final_layer = FinalLayer(d, self.patch_size, self.out_channels)
+        self.output_mult = 1.0 / mup_lib.width_mult(d, self.config.mup, self.config.mup_base_width)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DiT reference init (xavier linears, N(0, .02) embeddings), muP scales if configured, adaLN-Zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name in self._normal_init:
+            nn.init.normal_(self.get_parameter(name), std=0.02)
+        if self.config.mup:
+            mup_lib.init_mup_(self, self._input_prefixes, self._output_prefixes, keep_prefixes=self._keep_prefixes)
+        # adaLN-Zero: every modulation (hence every gate) and the final projection start at exactly zero.
+        for m in self.modules():
+            if isinstance(m, AdaLNModulation):
+                nn.init.zeros_(m.linear.weight)
+                nn.init.zeros_(m.linear.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+        init_guidance_embedder(self.g_embedder)
+
+    def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(t [B], H, W) of x [B, C, H, W], which must have in_channels channels; a 0-dim t is shared by the batch."""
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(
+                f"{self.arch_name}: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}"
+            )
+        return (t.expand(b) if t.ndim == 0 else t), h, w
+
+    def _conditioning(
+        self, t: torch.Tensor, cond_emb: torch.Tensor, guidance: torch.Tensor | float | None
+    ) -> torch.Tensor:
+        """SiLU(t embedding + cond_emb [B, D] (+ guidance embedding)) [B, D]: the SiLU shared by every adaLN."""
+        c_emb = self.t_embedder(t) + cond_emb  # [B, D]
+        return F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]
+
+    def _readout(self, tokens: torch.Tensor, c_act: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Image tokens [B, N, D] -> output layer -> [B, C_out, H, W]."""
+        out = self.final_layer(tokens, c_act, self.output_mult)  # [B, N, p*p*C_out]
+        return unpatchify(out, self.patch_size, self.out_channels, h, w)  # [B, C_out, H, W]
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
+        return mup_lib.param_groups(
+            self,
+            lr,
+            weight_decay,
+            mup=self.config.mup,
+            hidden_size=self.config.hidden_size,
+            base_width=self.config.mup_base_width,
+            input_prefixes=self._input_prefixes,
+            output_prefixes=self._output_prefixes,
+            vector_prefixes=self._vector_prefixes,
+            mup_depth=self.config.mup_depth,
+            depth=self.num_blocks,
+            base_depth=self.config.mup_base_depth,
+            block_prefixes=self._block_prefixes,
+        )
+
+
+class DiT(AdaLNTransformer):
+    """Class-conditional DiT: forward(x [B,C,H,W], t [B] in [0,1], y [B] long) -> [B, C_out, H, W]."""
+
+    arch_name = "DiT"
+    cond_keys = ("y",)
+    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "y_embedder")
+    _keep_prefixes = ("y_embedder", "t_embedder.mlp.0")  # DiT's N(0, 0.02) init is width independent already
+    _vector_prefixes = ("y_embedder",)
+    _block_prefixes = ("blocks",)
+    _normal_init = ("y_embedder.embedding_table.weight", "t_embedder.mlp.0.weight", "t_embedder.mlp.2.weight")
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self._init_input(config)
+        d = config.hidden_size
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = LabelEmbedder(config.num_classes, d)
         self.g_embedder = TimestepEmbedder(d) if config.guidance_embed else None
@@ -194,44 +298,17 @@ class DiT(nn.Module):
             cos, sin = rope_2d_freqs(d // config.num_heads, *grid_positions(grid, grid))
             self.register_buffer("rope_cos", cos, persistent=False)  # [N, d]
             self.register_buffer("rope_sin", sin, persistent=False)  # [N, d]
-        attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
-        bmult = mup_lib.branch_mult(config.depth, config.mup_depth, config.mup_base_depth)
+        attn_scale, bmult = self._block_scales()
         self.blocks = nn.ModuleList(
             DiTBlock(d, config.num_heads, config.mlp_hidden, config.qk_norm, attn_scale, bmult)
             for _ in range(config.depth)
         )
-        self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
-        self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """DiT reference init (xavier linears, N(0, .02) embeddings), muP scales if configured, adaLN-Zero."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.config.mup:
-            mup_lib.init_mup_(self, self._input_prefixes, self._output_prefixes, keep_prefixes=self._keep_prefixes)
-        # adaLN-Zero: every modulation (hence every gate) and the final projection start at exactly zero.
-        for m in self.modules():
-            if isinstance(m, AdaLNModulation):
-                nn.init.zeros_(m.linear.weight)
-                nn.init.zeros_(m.linear.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
-        init_guidance_embedder(self.g_embedder)
+        self._init_output()
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None
     ) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if c != self.in_channels:
-            raise ValueError(f"DiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
-        if t.ndim == 0:
-            t = t.expand(b)  # one shared time for the batch
+        t, h, w = self._check_input(x, t)  # [B]
         x = x.to(self.x_embedder.proj.weight.dtype)  # latents may arrive as float16 from the dataset
         tokens = self.x_embedder(x)  # [B, N, D]
         rope = None
@@ -239,12 +316,10 @@ class DiT(nn.Module):
             tokens = tokens + self._pos_embed_for(h, w)  # [B, N, D]
         else:
             rope = self._rope_for(h, w)  # ([N, d], [N, d])
-        c_emb = self.t_embedder(t) + self.y_embedder(y)  # [B, D]
-        c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]; SiLU shared by every adaLN
+        c_act = self._conditioning(t, self.y_embedder(y), guidance)  # [B, D]
         for block in self.blocks:
             tokens = run_block(block, self.activation_checkpointing, tokens, c_act, rope)  # [B, N, D]
-        out = self.final_layer(tokens, c_act, self.output_mult)  # [B, N, p*p*C_out]
-        return unpatchify(out, self.patch_size, self.out_channels, h, w)  # [B, C_out, H, W]
+        return self._readout(tokens, c_act, h, w)  # [B, C_out, H, W]
 
     def _pos_embed_for(self, h: int, w: int) -> torch.Tensor:
         p = self.patch_size
@@ -263,21 +338,3 @@ class DiT(nn.Module):
             self.config.hidden_size // self.num_heads, *grid_positions(h // p, w // p, device=self.rope_cos.device)
         )
         return cos.to(self.rope_cos.dtype), sin.to(self.rope_sin.dtype)
-
-    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
-        return mup_lib.param_groups(
-            self,
-            lr,
-            weight_decay,
-            mup=self.config.mup,
-            hidden_size=self.config.hidden_size,
-            base_width=self.config.mup_base_width,
-            input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes,
-            vector_prefixes=("y_embedder",),
-            mup_depth=self.config.mup_depth,
-            depth=self.config.depth,
-            base_depth=self.config.mup_base_depth,
-            block_prefixes=("blocks",),
-        )

@@ -16,13 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditcore.models import mup as mup_lib
-from ditcore.models.dit import _validate_common, add_guidance_embedding, init_guidance_embedder
+from ditcore.models.dit import AdaLNTransformer, PatchTokenShape, _validate_common
 from ditcore.models.layers import (
     AdaLNModulation,
-    FinalLayer,
     Mlp,
-    PatchEmbed,
     PooledTextEmbedder,
     QKNorm,
     TimestepEmbedder,
@@ -36,12 +33,11 @@ from ditcore.models.layers import (
     run_block,
     sincos_pos_embed_2d,
     split_heads,
-    unpatchify,
 )
 
 
 @dataclass(frozen=True)
-class MMDiTConfig:
+class MMDiTConfig(PatchTokenShape):
     """MM-DiT architecture: `depth` joint (dual-stream) blocks, then `num_single_blocks` single-stream blocks."""
 
     arch: str = "mmdit"
@@ -83,16 +79,6 @@ class MMDiTConfig:
     def out_channels(self) -> int:
         """Output channels (= in_channels; MM-DiT has no learned sigma)."""
         return self.in_channels
-
-    @property
-    def num_tokens(self) -> int:
-        """Image tokens N = (input_size / patch_size)^2."""
-        return (self.input_size // self.patch_size) ** 2
-
-    @property
-    def mlp_hidden(self) -> int:
-        """Hidden width of the MLPs."""
-        return int(self.hidden_size * self.mlp_ratio)
 
 
 class JointQKNorm(nn.Module):
@@ -204,24 +190,20 @@ class SingleBlock(nn.Module):
         return gated_residual(x, gate, out, self.branch_mult)  # [B, N+L, D]
 
 
-class MMDiT(nn.Module):
+class MMDiT(AdaLNTransformer):
     """forward(x [B,C,H,W], t [B], text_emb [B,L,Dt], text_mask [B,L] bool (True=real), text_pooled [B,Dp])."""
 
+    arch_name = "MMDiT"
     cond_keys = ("text_emb", "text_mask", "text_pooled")
-    activation_checkpointing = False  # recompute each block in backward (layers.set_activation_checkpointing)
     _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "context_embedder", "pooled_embedder.mlp.0")
-    _output_prefixes = ("final_layer.linear",)
     _keep_prefixes = ("t_embedder.mlp.0",)
+    _block_prefixes = ("joint_blocks", "single_blocks")  # depth-muP counts both: L = depth + num_single_blocks
+    _normal_init = ("t_embedder.mlp.0.weight", "t_embedder.mlp.2.weight")
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()
-        self.config = config
+        self._init_input(config)
         d = config.hidden_size
-        self.in_channels = config.in_channels
-        self.out_channels = config.out_channels
-        self.patch_size = config.patch_size
-        self.num_heads = config.num_heads
-        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.context_embedder = nn.Linear(config.text_dim, d)
         self.t_embedder = TimestepEmbedder(d)
         self.pooled_embedder = PooledTextEmbedder(config.pooled_dim, d)
@@ -231,10 +213,8 @@ class MMDiT(nn.Module):
             self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
         else:
             self.pos_embed = None
-        attn_scale = mup_lib.attention_scale(d // config.num_heads, config.mup)
+        attn_scale, bmult = self._block_scales()  # depth-muP counts joint and single-stream blocks alike
         m = config.mlp_hidden
-        # Depth-muP counts joint and single-stream blocks alike: L = depth + num_single_blocks.
-        bmult = mup_lib.branch_mult(config.depth + config.num_single_blocks, config.mup_depth, config.mup_base_depth)
         self.joint_blocks = nn.ModuleList(
             JointBlock(
                 d,
@@ -251,27 +231,7 @@ class MMDiT(nn.Module):
             SingleBlock(d, config.num_heads, m, config.qk_norm, attn_scale, bmult)
             for _ in range(config.num_single_blocks)
         )
-        self.final_layer = FinalLayer(d, config.patch_size, self.out_channels)
-        self.output_mult = 1.0 / mup_lib.width_mult(d, config.mup, config.mup_base_width)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Xavier linears, N(0, .02) timestep MLP, muP scales if configured, adaLN-Zero gates and output."""
-        for mod in self.modules():
-            if isinstance(mod, nn.Linear):
-                nn.init.xavier_uniform_(mod.weight)
-                nn.init.zeros_(mod.bias)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.config.mup:
-            mup_lib.init_mup_(self, self._input_prefixes, self._output_prefixes, keep_prefixes=self._keep_prefixes)
-        for mod in self.modules():
-            if isinstance(mod, AdaLNModulation):
-                nn.init.zeros_(mod.linear.weight)
-                nn.init.zeros_(mod.linear.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
-        init_guidance_embedder(self.g_embedder)
+        self._init_output()
 
     def _rope(self, gh: int, gw: int, n_txt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for [image tokens (row, col); text tokens at (0, 0)] -> ([N+L, d], [N+L, d])."""
@@ -288,14 +248,11 @@ class MMDiT(nn.Module):
         text_pooled: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if c != self.in_channels:
-            raise ValueError(f"MMDiT: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}")
+        t, h, w = self._check_input(x, t)  # [B]
+        b = x.shape[0]
         if text_emb.ndim != 3 or text_emb.shape[0] != b or text_emb.shape[-1] != self.config.text_dim:
             raise ValueError(f"MMDiT: text_emb must be [B={b}, L, {self.config.text_dim}], got {tuple(text_emb.shape)}")
         p = self.patch_size
-        if t.ndim == 0:
-            t = t.expand(b)  # one shared time for the batch
         # Latents / text features may arrive as float16 from the dataset; compute in the parameter dtype.
         dtype = self.x_embedder.proj.weight.dtype
         x, text_emb, text_pooled = x.to(dtype), text_emb.to(dtype), text_pooled.to(dtype)
@@ -324,8 +281,7 @@ class MMDiT(nn.Module):
                 img = img + pos.to(img.dtype)  # [B, N, D]
         else:
             rope = tuple(r.to(img.dtype) for r in self._rope(h // p, w // p, n_txt, img.device))  # ([N+L, d],) x 2
-        c_emb = self.t_embedder(t) + self.pooled_embedder(text_pooled)  # [B, D]
-        c_act = F.silu(add_guidance_embedding(self.g_embedder, c_emb, guidance))  # [B, D]
+        c_act = self._conditioning(t, self.pooled_embedder(text_pooled), guidance)  # [B, D]
         for block in self.joint_blocks:
             # [B, N, D], [B, L, D] | None
             img, txt = run_block(block, self.activation_checkpointing, img, txt, c_act, rope, attn_mask)
@@ -334,22 +290,4 @@ class MMDiT(nn.Module):
             for block in self.single_blocks:
                 joint = run_block(block, self.activation_checkpointing, joint, c_act, rope, attn_mask)  # [B, N+L, D]
             img = joint[:, :n]  # [B, N, D]
-        out = self.final_layer(img, c_act, self.output_mult)  # [B, N, p*p*C]
-        return unpatchify(out, p, self.out_channels, h, w)  # [B, C, H, W]
-
-    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer param groups (muP lr / weight-decay multipliers when config.mup; no decay on vectors)."""
-        return mup_lib.param_groups(
-            self,
-            lr,
-            weight_decay,
-            mup=self.config.mup,
-            hidden_size=self.config.hidden_size,
-            base_width=self.config.mup_base_width,
-            input_prefixes=self._input_prefixes,
-            output_prefixes=self._output_prefixes,
-            mup_depth=self.config.mup_depth,
-            depth=self.config.depth + self.config.num_single_blocks,
-            base_depth=self.config.mup_base_depth,
-            block_prefixes=("joint_blocks", "single_blocks"),
-        )
+        return self._readout(img, c_act, h, w)  # [B, C, H, W]
