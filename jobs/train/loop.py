@@ -65,7 +65,9 @@ def null_condition(model: nn.Module, null_text: Optional[dict], device: torch.de
         return {"y": torch.tensor(model.config.num_classes, dtype=torch.long, device=device)}
     if null_text is None:
         raise ValueError("text-conditional model but the data set has no null text embedding (null_text.safetensors)")
-    return {k: torch.as_tensor(v).to(device) for k, v in null_text.items()}
+    # A copy: the loaded arrays may be read-only (torch warns on non-writable numpy arrays).
+    copy = {k: v.clone() if torch.is_tensor(v) else torch.from_numpy(np.array(v)) for k, v in null_text.items()}
+    return {k: v.to(device) for k, v in copy.items()}
 
 
 @dataclass
