@@ -16,9 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ditcore.objectives import ObjectiveConfig, drop_conditions, sampling_fn
+from ditcore.objectives import ObjectiveConfig, drop_conditions, sample_training_noise, sampling_fn
 from ditcore.processes import build_process
-from ditcore.timesteps import sample_t
 
 GUIDANCE_KEY = "guidance"  # the model keyword (and generation `cond` entry) that carries w
 
@@ -99,22 +98,8 @@ def distillation_loss(
     """
     process = build_process(cfg.process)
     b = x0.shape[0]
-    t = sample_t(
-        b,
-        kind=cfg.t_sampler,
-        generator=generator,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        shift=cfg.time_shift,
-        t_min=process.t_min,
-        t_max=process.t_max,
-        device=x0.device,
-        process=process,
-        p_mean=cfg.p_mean,
-        p_std=cfg.p_std,
-    ).to(x0.dtype)  # [B]
-    gdev = generator.device if generator is not None else x0.device
-    eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=torch.float32).to(x0.device, x0.dtype)
+    t, eps = sample_training_noise(cfg, process, x0, generator)  # [B], [B, C, H, W]: the teacher's draws
+    t = t.to(x0.dtype)
     shape = (b,) + (1,) * (x0.dim() - 1)
     x_t = process.alpha(t).reshape(shape).to(x0.dtype) * x0 + process.sigma(t).reshape(shape).to(x0.dtype) * eps
     w = guidance.sample(b, generator, x0.device)  # [B]

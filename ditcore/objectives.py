@@ -15,9 +15,10 @@ Two paper recipes are options of the same loss (docs/recipes.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -204,6 +205,19 @@ def _training_conditions(
     return cond
 
 
+@contextlib.contextmanager
+def _eval_mode(model: Callable) -> Iterator[None]:
+    """The block runs with a training module in eval mode (dropout off); train mode is restored afterwards."""
+    was_training = getattr(model, "training", None)
+    if was_training:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
 def _predict(model: Callable, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
     """Model output restricted to the prediction channels (learn_sigma models output 2C, prediction first)."""
     out = model(x_t, t, **cond)
@@ -261,10 +275,7 @@ def validation_loss(
         raise ValueError(f"num_t must be >= 1, got {num_t}")
     process = build_process(cfg.process)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    was_training = getattr(model, "training", None)
-    if was_training:
-        model.eval()
-    try:
+    with _eval_mode(model):
         total = 0.0
         if cfg.preconditioning == "edm":
             log_lo = math.log(max(EDM_SIGMA_MIN, float(process.sigma(float(process.t_min)))))
@@ -287,9 +298,6 @@ def validation_loss(
             pred = _predict(model, x_t, t, dict(cond or {}))
             total += float(torch.mean((pred.float() - target.float()) ** 2))
         return total / num_t
-    finally:
-        if was_training:
-            model.train()
 
 
 def _chain(cfg: ObjectiveConfig) -> DDPMChain:
@@ -452,10 +460,7 @@ def vlb_bits_per_dim(
     process = build_process(cfg.process)
     chain = _chain(cfg)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    was_training = getattr(model, "training", None)
-    if was_training:
-        model.eval()
-    try:
+    with _eval_mode(model):
         x0f = x0.float()
         terms = {v: torch.zeros(chain.num_steps, dtype=torch.float64) for v in variances}
         for step in range(1, chain.num_steps + 1):
@@ -477,6 +482,3 @@ def vlb_bits_per_dim(
                 terms[v][step - 1] = float(vlb_terms_bpd(chain, x0f, x_t.float(), i, x0_hat, log_var).mean())
         prior = float(prior_bpd(chain, x0f).mean())
         return {v: VLBEstimate(total=float(terms[v].sum()) + prior, prior=prior, terms=terms[v]) for v in variances}
-    finally:
-        if was_training:
-            model.train()
