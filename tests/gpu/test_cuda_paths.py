@@ -123,28 +123,12 @@ def test_fid_on_a_gpu_actor_matches_the_cpu_path(tmp_path):
     CPU path within its sampling noise (bootstrap standard error)."""
     import ray
 
-    from ditcore.checkpoint import save_checkpoint
-    from ditcore.models import build_model, config_to_dict
     from jobs.evaluation.fid import evaluate_checkpoint
-    from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+    from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset, perturbed_model, save_model_checkpoint
 
-    assets = make_eval_assets(tmp_path / "assets")
-    data = make_latent_dataset(
-        tmp_path / "lat",
-        n=16,
-        num_classes=None,
-        text=(8, 16, 16),
-        builtin=True,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
-    torch.manual_seed(0)
-    model = build_model("MMDiT-T", text_dim=16, pooled_dim=16, max_text_len=8)
-    for p in model.parameters():
-        p.data.add_(0.02 * torch.randn_like(p))
-    cfg = {"model": config_to_dict(model.config), "objective": {}, "data": {"manifest": data}}
-    ckpt = str(save_checkpoint(tmp_path / "ck" / "step_00000001", model=model, ema=model, config=cfg, state={}))
+    data, _ = make_eval_dataset(tmp_path, n=16, **TEXT_BUILTIN)
+    model = perturbed_model("MMDiT-T", scale=0.02, text_dim=16, pooled_dim=16, max_text_len=8)
+    ckpt = save_model_checkpoint(tmp_path / "ck" / "step_00000001", model, {"manifest": data}, objective={})
     kw = dict(num_samples=64, sampler="euler", steps=4, seed=1, n_boot=20)
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
     try:

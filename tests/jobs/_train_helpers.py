@@ -158,3 +158,99 @@ def make_eval_assets(root: Path) -> dict:
     with torch.no_grad():
         mu, sigma = feature_stats(net.features(images).double().numpy())
     return {"vae_path": str(vae), "feature_net": str(fnet), "fid_stats": (mu, sigma)}
+
+
+# The text-conditional built-in set the evaluation / sweep tests share: (L, D, Dp) = (8, 16, 16), no class labels,
+# ids as pipelines.sources writes them for the built-in data (caption-attribute accuracy).
+TEXT_BUILTIN = {"num_classes": None, "text": (8, 16, 16), "builtin": True}
+
+FLOW_VELOCITY = {"process": "flow", "prediction": "velocity"}
+
+
+def make_eval_dataset(root: Path, *, fid: bool = True, **kwargs) -> tuple[str, dict]:
+    """make_eval_assets under root/assets and a latent data set under root/lat whose manifest names their VAE (and,
+    with fid=True, the feature net and FID reference stats); kwargs go to make_latent_dataset.
+
+    Returns (data set directory, assets)."""
+    root = Path(root)
+    assets = make_eval_assets(root / "assets")
+    refs = {"feature_net": assets["feature_net"], "fid_stats": assets["fid_stats"]} if fid else {}
+    return make_latent_dataset(root / "lat", vae_path=assets["vae_path"], **refs, **kwargs), assets
+
+
+def perturbed_model(preset: str, *, scale: float = 0.05, **kwargs):
+    """build_model(preset, **kwargs) after torch.manual_seed(0), every weight moved by scale * N(0, 1): a fresh
+    adaLN-Zero model outputs zeros, so its samples would depend neither on the weights, the seed nor the label."""
+    import torch
+
+    from ditcore.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+def save_model_checkpoint(
+    path: Path, model, data: dict, *, objective: dict = FLOW_VELOCITY, state: Optional[dict] = None, **sections
+) -> str:
+    """`model` saved as its own EMA, config {model, objective, data, **sections}; returns the checkpoint path."""
+    from ditcore.checkpoint import save_checkpoint
+    from ditcore.models import config_to_dict
+
+    config = {"model": config_to_dict(model.config), "objective": objective, "data": data, **sections}
+    return str(save_checkpoint(path, model=model, ema=model, config=config, state=state or {}))
+
+
+# The optimiser settings of the tiny training runs: one warm-up step, a learning rate that moves a tiny model.
+TINY_OPTIM = ("optim.warmup_steps=1", "optim.lr=0.003")
+
+
+def train_overrides(
+    manifest: str,
+    tmp: Path,
+    *extra: str,
+    preset: str = "MMDiT-T",
+    batch_size: int = 8,
+    val_samples: int = 0,
+    tracking: bool = True,
+) -> list[str]:
+    """Overrides of a tiny training run on `manifest`, checkpoints under tmp/runs (and, with tracking=True, an MLflow
+    sqlite store tmp/mlflow.db), then `extra`."""
+    tmp = Path(tmp)
+    return [
+        f"data.manifest={manifest}",
+        f"data.batch_size={batch_size}",
+        f"data.val_samples={val_samples}",
+        f"model.preset={preset}",
+        f"checkpoint.storage={tmp / 'runs'}",
+        *([f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}"] if tracking else []),
+        *extra,
+    ]
+
+
+def train_config(manifest: str, tmp: Path, *extra: str, **kwargs):
+    """TrainConfig of train_overrides(manifest, tmp, *extra, **kwargs)."""
+    from jobs.train.config import TrainConfig
+    from pipelines.infra.config_files import load_config
+
+    return load_config(TrainConfig, None, train_overrides(manifest, tmp, *extra, **kwargs))
+
+
+def budget_override(cfg, steps: int) -> str:
+    """The budget_flops override that makes `cfg` train `steps` steps of its global batch."""
+    from jobs.train.plan import resolve_run
+
+    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
+    return f"budget_flops={fpi * cfg.data.batch_size * steps}"
+
+
+def local_ray(num_cpus: int):
+    """Generator for a module-scoped fixture: a fresh private local Ray with `num_cpus` CPUs, no dashboard."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -6,45 +6,20 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from ditcore.checkpoint import save_checkpoint
-from ditcore.models import build_model, config_to_dict
 from jobs.cli.evaluate import main
 from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint, generate_features
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset, perturbed_model, save_model_checkpoint
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    assets = make_eval_assets(root / "assets")
-    data = make_latent_dataset(
-        root / "lat",
-        n=16,
-        num_classes=None,
-        text=(8, 16, 16),
-        builtin=True,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
-    torch.manual_seed(0)
-    model = build_model("MMDiT-T", text_dim=16, pooled_dim=16, max_text_len=8)
-    for p in model.parameters():  # a fresh model outputs zeros; perturb it so samples depend on the weights
-        p.data.add_(0.02 * torch.randn_like(p))
-    ckpt = save_checkpoint(
-        root / "ckpt" / "step_00000001",
-        model=model,
-        ema=model,
-        config={
-            "model": config_to_dict(model.config),
-            "objective": {"process": "flow", "prediction": "velocity"},
-            "data": {"manifest": data},
-        },
-        state={"step": 1},
-    )
-    return {"data": data, "ckpt": str(ckpt), "assets": assets}
+    data, assets = make_eval_dataset(root, n=16, **TEXT_BUILTIN)
+    # perturbed: samples depend on the weights
+    model = perturbed_model("MMDiT-T", scale=0.02, text_dim=16, pooled_dim=16, max_text_len=8)
+    ckpt = save_model_checkpoint(root / "ckpt" / "step_00000001", model, {"manifest": data}, state={"step": 1})
+    return {"data": data, "ckpt": ckpt, "assets": assets}
 
 
 @pytest.mark.slow

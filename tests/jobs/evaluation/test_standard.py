@@ -7,16 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from ditcore.checkpoint import save_checkpoint
 from ditcore.metrics.classifier import train_classifier
 from ditcore.metrics.features import save_feature_net
-from ditcore.models import build_model, config_to_dict
 from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint
 from jobs.evaluation.standard import standard_fid
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]
 
@@ -39,33 +36,17 @@ def _folder(root, n_per_class: int, seed: int) -> str:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("standard")
-    assets = make_eval_assets(root / "assets")
+    data, assets = make_eval_dataset(root, n=16, num_classes=4)
     train = _folder(root / "train", 24, 0)
     test = _folder(root / "test", 8, 1)
-    data = make_latent_dataset(
-        root / "lat", n=16, num_classes=4, vae_path=assets["vae_path"], feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = build_model("DiT-T/2", num_classes=4, input_size=8, in_channels=4)
-    for p in model.parameters():  # a fresh model outputs zeros; perturb it so samples depend on the weights
-        p.data.add_(0.02 * torch.randn_like(p))
-    ckpt = save_checkpoint(
-        root / "ckpt" / "step_00000001",
-        model=model,
-        ema=model,
-        config={
-            "model": config_to_dict(model.config),
-            "objective": {"process": "flow", "prediction": "velocity"},
-            "data": {"manifest": data},
-        },
-        state={"step": 1},
-    )
+    # perturbed: samples depend on the weights
+    model = perturbed_model("DiT-T/2", scale=0.02, num_classes=4, input_size=8, in_channels=4)
+    ckpt = save_model_checkpoint(root / "ckpt" / "step_00000001", model, {"manifest": data}, state={"step": 1})
     imgs = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "train").glob("*/*.png"))])
     labels = np.repeat(np.arange(4), 24)
     net, rep = train_classifier(imgs, labels, num_classes=4, steps=30, batch_size=32, width=8, feature_dim=16)
     clf = save_feature_net(net, root / "classifier")
-    return {"data": data, "ckpt": str(ckpt), "assets": assets, "train": train, "test": test, "clf": str(clf)}
+    return {"data": data, "ckpt": ckpt, "assets": assets, "train": train, "test": test, "clf": str(clf)}
 
 
 def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):

@@ -12,23 +12,12 @@ import yaml
 
 from jobs.cli.fit import main as fit_main
 from tests.conftest import REPO_ROOT
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("armsdata")
-    assets = make_eval_assets(root / "assets")
-    return make_latent_dataset(
-        root / "lat",
-        n=16,
-        num_classes=None,
-        text=(8, 16, 16),
-        builtin=True,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
+    return make_eval_dataset(tmp_path_factory.mktemp("armsdata"), n=16, **TEXT_BUILTIN)[0]
 
 
 @pytest.mark.slow

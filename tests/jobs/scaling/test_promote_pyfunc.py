@@ -12,39 +12,28 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from jobs.cli import promote as promote_job
 from pipelines.infra.tracking import PARENT_TAG, POINTS_ARTIFACT, ROLE_SWEEP, ROLE_TAG, ROLE_TRIAL, ensure_experiment
 from pipelines.infra.tracking import client as get_client
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
 
 
 @pytest.fixture
 def champion(tmp_path, monkeypatch):
     """A sqlite MLflow store with one sweep whose best point is a real latent class-conditional DiT checkpoint."""
-    from ditcore.checkpoint import save_checkpoint
-    from ditcore.models import build_model, config_to_dict
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assets = make_eval_assets(tmp_path / "assets")
-    data = make_latent_dataset(
-        tmp_path / "lat", n=16, num_classes=10, vae_path=assets["vae_path"], feature_net=assets["feature_net"]
+    # A manifest without FID statistics (it names the VAE only).
+    data, _ = make_eval_dataset(tmp_path, fid=False, n=16, num_classes=10)
+    model = perturbed_model("DiT-T/2", num_classes=10, input_size=8)  # perturbed: images depend on seed and label
+    ckpt = save_model_checkpoint(
+        tmp_path / "run" / "step_00000100",
+        model,
+        {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1},
+        train={"eval": {"sampler": "euler", "steps": 3, "guidance": 1.0, "seed": 7}},
     )
-    torch.manual_seed(0)
-    model = build_model("DiT-T/2", num_classes=10, input_size=8)
-    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros: perturb it so images depend on seed and label
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    config = {
-        "model": config_to_dict(model.config),
-        "objective": {"process": "flow", "prediction": "velocity"},
-        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1},
-        "train": {"eval": {"sampler": "euler", "steps": 3, "guidance": 1.0, "seed": 7}},
-    }
-    ckpt = str(save_checkpoint(tmp_path / "run" / "step_00000100", model=model, ema=model, config=config, state={}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = get_client(uri)
     exp_id = ensure_experiment(client, "grid")

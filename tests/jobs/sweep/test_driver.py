@@ -21,23 +21,12 @@ from jobs.cli.sweep import main
 from jobs.sweep.driver import load_sweep_config
 from jobs.sweep.grid import expand_grid
 from tests.conftest import REPO_ROOT
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("sweepdata")
-    assets = make_eval_assets(root / "assets")
-    return make_latent_dataset(
-        root / "lat",
-        n=16,
-        num_classes=None,
-        text=(8, 16, 16),
-        builtin=True,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
+    return make_eval_dataset(tmp_path_factory.mktemp("sweepdata"), n=16, **TEXT_BUILTIN)[0]
 
 
 def _write_cfg(tmp_path: Path, dataset: str, **extra) -> Path:
