@@ -270,11 +270,15 @@ def fid_bootstrap(
 
     Resamples the N generated feature vectors with replacement (numpy Generator seeded by `seed`) and recomputes
     the FID (reference statistics held fixed: they come from a much larger set). Returns {"fid" (exact, from
-    `frechet_distance`), "se" (sd of the resampled FIDs), "ci" [lo, hi] (percentile), "ci_level", "n_boot",
-    "n_samples", "dim", "boot_mean", "boot_shift" (boot_mean - fid: resampling duplicates samples, which shrinks
-    the covariance's rank and shifts FID up, the same small-sample bias in miniature), "few_samples_warning"
-    (text or None)}. The sd estimates the sampling sd of a FID from N samples; the interval inherits the shift,
-    so use "se" to propagate noise into fits.
+    `frechet_distance`), "se" (sd of the resampled FIDs), "ci" [lo, hi], "ci_percentile" (the raw percentile
+    interval of the resampled FIDs), "ci_level", "n_boot", "n_samples", "dim", "boot_mean", "boot_shift"
+    (boot_mean - fid: resampling duplicates samples, which shrinks the covariance's rank and shifts FID up, the
+    same small-sample bias in miniature), "few_samples_warning" (text or None)}.
+
+    The raw percentile interval inherits that upward shift and can lie wholly above the FID it describes, so
+    "ci" is the percentile interval recentred on the exact FID (boot_shift removed): its width and asymmetry come
+    from the resamples, its position from the estimate. The sd estimates the sampling sd of a FID from N samples;
+    use "se" to propagate noise into fits.
     """
     x = _as_float64(features, "features", 2)
     n, dim = x.shape
@@ -294,7 +298,8 @@ def fid_bootstrap(
     return {
         "fid": fid,
         "se": float(np.std(vals, ddof=1)) if ok else None,
-        "ci": [float(v) for v in np.percentile(vals, q)] if ok else None,
+        "ci": [float(v - vals.mean() + fid) for v in np.percentile(vals, q)] if ok else None,
+        "ci_percentile": [float(v) for v in np.percentile(vals, q)] if ok else None,
         "ci_level": ci_level,
         "n_boot": int(n_boot),
         "n_samples": int(n),

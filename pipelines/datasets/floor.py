@@ -53,7 +53,7 @@ def fid_floor(
     feature_net: None uses the manifest's; a path must name the same network (same feature dimension) or the
         comparison with the stored statistics would be meaningless (ValueError).
     n_boot > 0 adds a bootstrap over the test images ("se", "ci", "boot_shift", as `fid_bootstrap`: the interval
-        inherits the resampling shift, so quote "se").
+        is recentred on the estimate, the raw percentile one is "ci_percentile").
 
     Returns {"fid", "n_samples", "requested_samples", "feature_net", "feature_dim", "reference_count",
     "test_source", "few_samples_warning", (+ "se", "ci", "ci_level", "n_boot")}.
@@ -96,5 +96,5 @@ def fid_floor(
     }
     if n_boot > 0:
         boot = fid_bootstrap(feats, mu_ref, sigma_ref, n_boot=n_boot, seed=seed)
-        out.update({k: boot[k] for k in ("se", "ci", "ci_level", "n_boot", "boot_shift")})
+        out.update({k: boot[k] for k in ("se", "ci", "ci_percentile", "ci_level", "n_boot", "boot_shift")})
     return out
