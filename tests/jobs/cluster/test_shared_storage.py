@@ -9,11 +9,8 @@ import yaml
 
 from ditcore.config import ConfigError
 from jobs.cluster.shared_storage import alive_nodes, check_shared_storage
-from jobs.train.config import TrainConfig
 from jobs.train.driver import run_training
-from jobs.train.plan import resolve_run
-from pipelines.infra.config_files import load_config
-from tests.jobs._train_helpers import make_latent_dataset
+from tests.jobs._train_helpers import budget_override, make_latent_dataset, train_config
 
 pytestmark = pytest.mark.slow  # a 2-node Ray cluster
 
@@ -47,16 +44,7 @@ def test_local_path_refused_on_two_nodes_unless_shared(two_nodes, tmp_path):
 
 def test_training_with_local_storage_is_refused_before_anything_is_written(two_nodes, tmp_path):
     data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16))
-    overrides = [
-        f"data.manifest={data}",
-        "data.batch_size=8",
-        "data.val_samples=0",
-        "model.preset=MMDiT-T",
-        f"checkpoint.storage={tmp_path / 'runs'}",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-    ]
-    fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
-    cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 2}"])
+    cfg = train_config(data, tmp_path, budget_override(train_config(data, tmp_path), 2))
     with pytest.raises(ConfigError, match=r"checkpoint.storage=.*2 nodes.*run.shared_filesystem=true"):
         run_training(cfg)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -17,37 +17,19 @@ from ditcore.models.layers import set_activation_checkpointing
 from jobs.train.config import TrainConfig
 from jobs.train.driver import run_local, run_training
 from jobs.train.plan import resolve_run
-from pipelines.infra.config_files import load_config
-from tests.jobs._train_helpers import make_latent_dataset
-
-TEXT = (8, 16, 16)
-
-
-@pytest.fixture(scope="module")
-def data8(tmp_path_factory) -> str:
-    return make_latent_dataset(tmp_path_factory.mktemp("lat8"), n=8, num_classes=None, text=TEXT)
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, local_ray, train_config
 
 
 def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
-    base = [
-        f"data.manifest={manifest}",
-        "data.batch_size=8",
-        "data.val_samples=0",
-        "model.preset=MMDiT-T",
-        f"checkpoint.storage={tmp / 'runs'}",
-        f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+    return train_config(
+        manifest,
+        tmp,
         "mlflow.enabled=false",
-        "optim.warmup_steps=1",
-        "optim.lr=0.003",
+        *TINY_OPTIM,
         "run.deterministic=true",
         "mlflow.log_every=2",
-    ]
-    return load_config(TrainConfig, None, base + list(extra))
-
-
-def _budget(cfg: TrainConfig, steps: int) -> str:
-    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
-    return f"budget_flops={fpi * cfg.data.batch_size * steps}"
+        *extra,
+    )
 
 
 def _close(a_dir: Path, b_dir: Path, names=("model", "ema"), atol=2e-6) -> None:
@@ -93,7 +75,7 @@ def test_activation_checkpointing_gives_identical_gradients(preset):
 
 def test_grad_accumulation_equals_the_whole_batch(data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    steps = _budget(cfg, 3)
+    steps = budget_override(cfg, 3)
     run_local(_cfg(data8, tmp_path, steps, "run.name=whole"), str(tmp_path / "whole"))
     run_local(_cfg(data8, tmp_path, steps, "run.name=acc", "run.grad_accum=4"), str(tmp_path / "acc"))
     ck = "checkpoints/step_00000003"
@@ -114,12 +96,8 @@ def test_bad_lever_settings_are_named(data8, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+def ray_local():  # 2 CPUs here (the conftest's has 4)
+    yield from local_ray(2)
 
 
 @pytest.mark.slow
@@ -127,7 +105,7 @@ def test_fsdp_levers_and_sharded_checkpoint_resume_on_fewer_workers(ray_local, d
     """2 FSDP2 workers x 2 micro-batches, checkpointed blocks, meta-device init, sharded checkpoints: the run ends
     where one plain worker does; its step-2 checkpoint (dcp/, no full weights) resumes on 1 worker to the same end."""
     cfg = _cfg(data8, tmp_path)
-    steps = _budget(cfg, 4)
+    steps = budget_override(cfg, 4)
     levers = [
         "run.fsdp=true",
         "run.num_workers=2",
@@ -160,7 +138,7 @@ def test_fsdp_bf16_policy_trains_with_fp32_parameters(ray_local, data8, tmp_path
         _cfg(
             data8,
             tmp_path,
-            _budget(cfg, 4),
+            budget_override(cfg, 4),
             "run.name=bf16",
             "run.fsdp=true",
             "run.num_workers=2",
@@ -181,7 +159,7 @@ def test_sharded_checkpoints_on_s3_resume(ray_local, data8, tmp_path, s3_bucket)
     from pipelines.infra import storage
 
     cfg = _cfg(data8, tmp_path)
-    steps = _budget(cfg, 2)
+    steps = budget_override(cfg, 2)
     out = run_training(
         _cfg(
             data8,

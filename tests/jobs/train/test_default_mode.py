@@ -15,8 +15,7 @@ from jobs.train.config import TrainConfig
 from jobs.train.data import loader_kind
 from jobs.train.driver import run_training
 from jobs.train.plan import resolve_run
-from pipelines.infra.config_files import load_config
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, make_eval_dataset, train_config
 
 pytestmark = pytest.mark.slow  # Ray Train on a local Ray
 
@@ -24,53 +23,26 @@ BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def data40(tmp_path_factory) -> str:
     """40 class-labelled rows: 8 held out for validation, 32 train rows = 4 global batches per epoch."""
-    root = tmp_path_factory.mktemp("lat40")
-    assets = make_eval_assets(root / "assets")
-    return make_latent_dataset(
-        root / "lat",
-        n=40,
-        num_classes=4,
-        shards=4,
-        builtin=True,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
+    return make_eval_dataset(tmp_path_factory.mktemp("lat40"), n=40, num_classes=4, shards=4, builtin=True)[0]
 
 
 def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
-    base = [
-        f"data.manifest={manifest}",
-        f"data.batch_size={BATCH}",
-        "data.val_samples=8",
+    return train_config(
+        manifest,
+        tmp,
         "data.loader=ray",  # the streaming reader (read_latents + filter + materialize), not the driver read
         "data.shuffle_buffer=16",
-        "model.preset=DiT-T/2",
-        f"checkpoint.storage={tmp / 'runs'}",
-        f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
         "mlflow.experiment=test-default-mode",
         "mlflow.log_every=1",
-        "optim.warmup_steps=1",
-        "optim.lr=0.003",
+        *TINY_OPTIM,
         "run.cpus_per_worker=1",
-    ]
-    return load_config(TrainConfig, None, base + list(extra))
-
-
-def _budget(cfg: TrainConfig, steps: int) -> str:
-    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
-    return f"budget_flops={fpi * BATCH * steps}"
+        *extra,
+        preset="DiT-T/2",
+        batch_size=BATCH,
+        val_samples=8,
+    )
 
 
 def test_streaming_loader_is_what_the_default_mode_runs(data40, tmp_path):
@@ -87,7 +59,7 @@ def test_streaming_loader_trains_on_two_workers_and_evaluates(ray_local, data40,
     cfg = _cfg(
         data40,
         tmp_path,
-        _budget(cfg, 6),
+        budget_override(cfg, 6),
         "run.name=stream2",
         "run.num_workers=2",
         "eval.num_samples=8",
@@ -114,7 +86,7 @@ def _loss_history(tmp: Path, run_id: str) -> list[tuple[int, float]]:
 def test_worker_killed_mid_epoch_resumes_without_a_loss_jump(ray_local, data40, tmp_path):
     cfg = _cfg(data40, tmp_path)
     steps = 12  # 3 epochs of 4 batches; the worker dies at step 5 (second batch of epoch 1)
-    common = [_budget(cfg, steps), "checkpoint.every_n_steps=2", "checkpoint.keep=10", "run.max_failures=1"]
+    common = [budget_override(cfg, steps), "checkpoint.every_n_steps=2", "checkpoint.keep=10", "run.max_failures=1"]
     faulty = run_training(
         _cfg(data40, tmp_path, *common, "run.name=killed", 'debug.inject_failure={"step": 5, "mode": "exit"}'),
         evaluate=False,

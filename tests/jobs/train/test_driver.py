@@ -17,59 +17,46 @@ from jobs.train.driver import run_local, run_training
 from jobs.train.plan import resolve_run
 from pipelines.infra.config_files import load_config
 from tests.conftest import free_port
-from tests.jobs._train_helpers import make_latent_dataset
-
-TEXT = (8, 16, 16)  # (L, D, Dp) of the tiny text set
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, train_config
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def data8(tmp_path_factory) -> str:
-    """8 rows = one global batch per epoch, so every step sees the same rows whatever the worker split."""
-    return make_latent_dataset(tmp_path_factory.mktemp("lat8"), n=8, num_classes=None, text=TEXT)
-
-
-def _cfg(manifest: str, tmp: Path, *extra: str):
-    base = [
-        f"data.manifest={manifest}",
-        "data.batch_size=8",
-        "data.val_samples=0",
-        "model.preset=MMDiT-T",
-        f"checkpoint.storage={tmp / 'runs'}",
-        f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
+    return train_config(
+        manifest,
+        tmp,
         "mlflow.experiment=test-train",
-        "optim.warmup_steps=1",
-        "optim.lr=0.003",
+        *TINY_OPTIM,
         "run.deterministic=true",
         "mlflow.log_every=1",
-    ]
-    return load_config(TrainConfig, None, base + list(extra))
-
-
-def _budget(cfg, steps: int) -> str:
-    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
-    return f"budget_flops={fpi * cfg.data.batch_size * steps}"
+        *extra,
+    )
 
 
 def _weights(ckpt_dir) -> dict[str, torch.Tensor]:
     return load_file(str(Path(ckpt_dir) / "model.safetensors"))
 
 
+def _resumed_and_reference(manifest: str, tmp: Path, failure: str, *extra: str) -> tuple[dict, dict]:
+    """A 6-step run (`extra`) whose worker dies once at `failure` (checkpoints every 2 steps, one restart allowed)
+    and one uninterrupted local worker (tmp/local) with the same budget; both checked to end at step 6, the failure
+    checked to have really happened (its marker in the run directory). Returns (run_training's, run_local's)."""
+    steps = budget_override(_cfg(manifest, tmp), 6)
+    overrides = ["checkpoint.every_n_steps=2", "run.max_failures=1", f"debug.inject_failure={failure}"]
+    out = run_training(_cfg(manifest, tmp, steps, *extra, *overrides))
+    assert out["status"] == "finished" and out["steps"] == 6
+    assert (Path(out["run_dir"]) / "_injected_failure_step3").exists()  # a worker really died once and was replaced
+    ref = run_local(_cfg(manifest, tmp, steps, "run.name=ref"), str(tmp / "local"))
+    assert ref["steps"] == 6
+    return out, ref
+
+
 @pytest.mark.slow
 def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
     cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(data8, tmp_path, _budget(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
+    cfg = _cfg(data8, tmp_path, budget_override(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
     out = run_training(cfg)
     assert out["status"] == "finished" and out["steps"] == 3
-    run_local(_cfg(data8, tmp_path, _budget(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
+    run_local(_cfg(data8, tmp_path, budget_override(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
     a = _weights(Path(out["run_dir"]) / "checkpoints" / "step_00000003")
     b = _weights(tmp_path / "local" / "checkpoints" / "step_00000003")
     moved = any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())
@@ -80,23 +67,8 @@ def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
-    cfg = _cfg(data8, tmp_path)
-    steps = _budget(cfg, 6)
-    faulty = _cfg(
-        data8,
-        tmp_path,
-        steps,
-        "run.name=faulty",
-        "checkpoint.every_n_steps=2",
-        "run.max_failures=1",
-        'debug.inject_failure={"step": 3, "mode": "exit"}',
-    )
-    out = run_training(faulty)
-    assert out["status"] == "finished" and out["steps"] == 6
+    out, ref = _resumed_and_reference(data8, tmp_path, '{"step": 3, "mode": "exit"}', "run.name=faulty")
     run_dir = Path(out["run_dir"])
-    assert (run_dir / "_injected_failure_step3").exists()  # the worker really died once (os._exit) and was replaced
-    ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
-    assert ref["steps"] == 6
     a = _weights(run_dir / "checkpoints" / "step_00000006")
     b = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
     for k in a:
@@ -123,7 +95,7 @@ def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, t
     cfg = _cfg(
         data8,
         tmp_path,
-        _budget(cfg, 5),
+        budget_override(cfg, 5),
         "run.name=nanrun",
         "checkpoint.every_n_steps=1",
         'debug.inject_failure={"step": 2, "mode": "nan"}',
@@ -148,7 +120,7 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     cfg = _cfg(
         data8,
         tmp_path,
-        _budget(cfg, 2),
+        budget_override(cfg, 2),
         "run.name=s3run",
         f"checkpoint.storage={s3_bucket}/runs",
         "mlflow.enabled=false",
@@ -206,7 +178,7 @@ def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
                 f"data.manifest={data8}",
                 "data.batch_size=8",
                 "model.preset=MMDiT-T",
-                _budget(cfg, 10),
+                budget_override(cfg, 10),
                 "eval.fractions=[0.5, 0.2]",
                 f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
             ],
@@ -218,7 +190,7 @@ def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\]"):
         resolve_run(_cfg(data8, tmp_path, "eval.fractions=[1.5]"), check_mlflow=False)
     with pytest.raises(ConfigError, match=r"eval.fractions\[0\].*less than one training step"):
-        resolve_run(_cfg(data8, tmp_path, _budget(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
+        resolve_run(_cfg(data8, tmp_path, budget_override(cfg, 10), "eval.fractions=[0.01]"), check_mlflow=False)
 
 
 @pytest.mark.slow
@@ -227,25 +199,16 @@ def test_fsdp_two_workers_resume_matches_one_worker(ray_local, data8, tmp_path):
     sharded AdamW state restored) ends where one unsharded worker does with the same global batch."""
     from ditcore.checkpoint import read_optimizer_state
 
-    cfg = _cfg(data8, tmp_path)
-    steps = _budget(cfg, 6)
-    fsdp = _cfg(
+    out, ref = _resumed_and_reference(
         data8,
         tmp_path,
-        steps,
+        '{"step": 3, "mode": "exit", "rank": 1}',
         "run.name=fsdp2",
         "run.fsdp=true",
         "run.num_workers=2",
         "run.cpus_per_worker=1",
-        "checkpoint.every_n_steps=2",
-        "run.max_failures=1",
-        'debug.inject_failure={"step": 3, "mode": "exit", "rank": 1}',
     )
-    out = run_training(fsdp)
-    assert out["status"] == "finished" and out["steps"] == 6
     run_dir = Path(out["run_dir"])
-    assert (run_dir / "_injected_failure_step3").exists()  # rank 1 really died once and the group restarted
-    ref = run_local(_cfg(data8, tmp_path, steps, "run.name=ref"), str(tmp_path / "local"))
     a_dir, b_dir = run_dir / "checkpoints" / "step_00000006", tmp_path / "local" / "checkpoints" / "step_00000006"
     for name in ("model", "ema"):
         a, b = load_file(str(a_dir / f"{name}.safetensors")), load_file(str(b_dir / f"{name}.safetensors"))
@@ -276,13 +239,13 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     group = tmp_path / "group"
     cfg = _cfg(data8, tmp_path)
     common = [f"checkpoint.storage={group}", "checkpoint.every_n_steps=2", "run.max_failures=1"]
-    first = prepare_run(resolve_run(_cfg(data8, tmp_path, _budget(cfg, 2), "run.name=first", *common)))
+    first = prepare_run(resolve_run(_cfg(data8, tmp_path, budget_override(cfg, 2), "run.name=first", *common)))
     second = prepare_run(
         resolve_run(
             _cfg(
                 data8,
                 tmp_path,
-                _budget(cfg, 6),
+                budget_override(cfg, 6),
                 "run.name=second",
                 *common,
                 'debug.inject_failure={"step": 3, "mode": "exit"}',
@@ -296,7 +259,7 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     assert (group / "second" / "_injected_failure_step3").exists()  # the worker died inside the second run
     # One Ray Train run for both: its snapshot and worker records sit in the group directory, not in the runs'.
     assert (group / "workers" / "rank0.json").exists() and not (group / "first" / "workers").exists()
-    ref = run_local(_cfg(data8, tmp_path, _budget(cfg, 6), "run.name=ref"), str(tmp_path / "local"))
+    ref = run_local(_cfg(data8, tmp_path, budget_override(cfg, 6), "run.name=ref"), str(tmp_path / "local"))
     got = _weights(group / "second" / "checkpoints" / "step_00000006")
     want = _weights(tmp_path / "local" / "checkpoints" / "step_00000006")
     assert ref["steps"] == 6 and all(torch.equal(got[k], want[k]) for k in want)

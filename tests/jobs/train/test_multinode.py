@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.train.config import TrainConfig
 from jobs.train.driver import run_training
-from jobs.train.plan import resolve_run
-from pipelines.infra.config_files import load_config
-from tests.jobs._train_helpers import make_latent_dataset
+from tests.jobs._train_helpers import budget_override, make_latent_dataset, train_config
 
 
 @pytest.mark.slow
@@ -22,19 +19,14 @@ def test_ddp_across_two_nodes(tmp_path):
 
     data = make_latent_dataset(tmp_path / "lat", n=16, num_classes=None, text=(8, 16, 16))
     overrides = [
-        f"data.manifest={data}",
-        "data.batch_size=8",
-        "data.val_samples=0",
-        "model.preset=MMDiT-T",
-        f"checkpoint.storage={tmp_path / 'runs'}",
         "mlflow.enabled=false",
         "run.num_workers=2",
         "run.cpus_per_worker=2",
         "run.name=multinode",
         "run.shared_filesystem=true",  # both simulated nodes are this machine: the local path is shared
     ]
-    fpi = resolve_run(load_config(TrainConfig, None, overrides), check_mlflow=False).flops["train_flops_per_image"]
-    cfg = load_config(TrainConfig, None, overrides + [f"budget_flops={fpi * 8 * 3}"])
+    steps = budget_override(train_config(data, tmp_path, *overrides, tracking=False), 3)
+    cfg = train_config(data, tmp_path, *overrides, steps, tracking=False)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
     try:
