@@ -9,36 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from ditcore.checkpoint import save_checkpoint
 from ditcore.guidance_distill import load_teacher_weights, student_model_config
 from ditcore.models import build_model, config_from_dict, config_to_dict
 from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """A class-conditional DiT teacher and a distilled student (guidance embedder trained away from zero)."""
     root = tmp_path_factory.mktemp("gen_extras")
-    assets = make_eval_assets(root / "assets")
-    data = make_latent_dataset(root / "lat", n=32, num_classes=4, vae_path=assets["vae_path"])
-    torch.manual_seed(0)
-    teacher = build_model("DiT-T/2", num_classes=4, input_size=8)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    data, _ = make_eval_dataset(root, fid=False, n=32, num_classes=4)
+    teacher = perturbed_model("DiT-T/2", num_classes=4, input_size=8)
     student = build_model(config_from_dict(student_model_config(config_to_dict(teacher.config))))
     load_teacher_weights(student, teacher.state_dict())
     with torch.no_grad():
         student.g_embedder.mlp[2].weight.normal_(std=0.05)
     out = {}
+    data_cfg = {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0}
     for name, model in (("teacher", teacher), ("student", student)):
-        config = {
-            "model": config_to_dict(model.config),
-            "objective": {"process": "flow", "prediction": "velocity"},
-            "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0},
-        }
-        out[name] = str(save_checkpoint(root / name, model=model, ema=model, config=config, state={"step": 1}))
+        out[name] = save_model_checkpoint(root / name, model, data_cfg, state={"step": 1})
     return out
 
 

@@ -12,8 +12,8 @@ import requests
 import torch
 from PIL import Image
 
-from tests.conftest import free_port
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
+from tests.serve._helpers import serve_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -23,58 +23,17 @@ SETTINGS = [("euler", 4, 1.0), ("ddpm", 5, 3.0)]  # (sampler, steps, guidance): 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A latent class-conditional DiT over a tiny VAE, with a data set that names the VAE and a feature net."""
-    from ditcore.checkpoint import save_checkpoint
-    from ditcore.models import build_model, config_to_dict
-
     root = tmp_path_factory.mktemp("parity")
-    assets = make_eval_assets(root / "assets")
-    data = make_latent_dataset(
-        root / "lat",
-        n=16,
-        num_classes=10,
-        vae_path=assets["vae_path"],
-        feature_net=assets["feature_net"],
-        fid_stats=assets["fid_stats"],
-    )
-    torch.manual_seed(0)
-    model = build_model("DiT-T/2", num_classes=10, input_size=8)
-    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros: perturb it so images depend on seed and label
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    config = {
-        "model": config_to_dict(model.config),
-        "objective": {"process": "flow", "prediction": "velocity"},
-        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1},
-    }
-    return str(save_checkpoint(root / "ckpt", model=model, ema=model, config=config, state={"step": 1})), data
+    data, _ = make_eval_dataset(root, n=16, num_classes=10)
+    # perturbed: images depend on seed and label
+    model = perturbed_model("DiT-T/2", num_classes=10, input_size=8)
+    data_cfg = {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.1}
+    return save_model_checkpoint(root / "ckpt", model, data_cfg, state={"step": 1}), data
 
 
 @pytest.fixture(scope="module")
 def service(checkpoint):
-    import ray
-    from ray import serve
-
-    from serve.app import make_app
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(
-            make_app(
-                {"checkpoint": checkpoint[0]},
-                {
-                    "Sampler": {"ray_actor_options": {"num_cpus": 0.5}},
-                    "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}},
-                },
-            ),
-            name="parity",
-            route_prefix="/",
-        )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    yield from serve_checkpoint(checkpoint[0], "parity")
 
 
 def _png(data: bytes) -> np.ndarray:

@@ -9,56 +9,23 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import free_port
-from tests.jobs._train_helpers import make_eval_assets, make_latent_dataset
+from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
+from tests.serve._helpers import serve_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from ditcore.checkpoint import save_checkpoint
-    from ditcore.models import build_model, config_to_dict
     from pipelines.checkpoint_extras import save_concepts
-    from serve.app import make_app
 
     root = tmp_path_factory.mktemp("steer_http")
-    assets = make_eval_assets(root / "assets")
-    data = make_latent_dataset(root / "lat", n=16, num_classes=10, vae_path=assets["vae_path"])
-    torch.manual_seed(0)
-    model = build_model("DiT-T/2", num_classes=10, input_size=8)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    config = {
-        "model": config_to_dict(model.config),
-        "objective": {"process": "flow", "prediction": "velocity"},
-        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0},
-    }
-    ckpt = str(save_checkpoint(root / "ckpt", model=model, ema=model, config=config, state={"step": 1}))
+    data, _ = make_eval_dataset(root, fid=False, n=16, num_classes=10)
+    model = perturbed_model("DiT-T/2", num_classes=10, input_size=8)
+    data_cfg = {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0}
+    ckpt = save_model_checkpoint(root / "ckpt", model, data_cfg, state={"step": 1})
     save_concepts(ckpt, {"red": torch.randn(64), "blue": torch.randn(64)}, layer=1, info={})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(
-            make_app(
-                {"checkpoint": ckpt},
-                {
-                    "Sampler": {"ray_actor_options": {"num_cpus": 0.5}},
-                    "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}},
-                },
-            ),
-            name="steer",
-            route_prefix="/",
-        )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    yield from serve_checkpoint(ckpt, "steer")
 
 
 def _post(url: str, **body):

@@ -52,23 +52,11 @@ def test_bad_images_are_refused_before_anything_is_written(run):
 
 def test_checkpoint_grid_is_logged_once(run, tmp_path):
     """A budget point's grid: the checkpoint's first evaluation samples; a re-evaluated point logs nothing new."""
-    import torch
-
-    from ditcore.checkpoint import save_checkpoint
-    from ditcore.models import build_model, config_to_dict
+    from tests.jobs._train_helpers import perturbed_model, save_model_checkpoint
 
     client, run_id = run
-    torch.manual_seed(0)
-    model = build_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    config = {
-        "model": config_to_dict(model.config),
-        "objective": {"process": "flow", "prediction": "velocity"},
-        "data": {"space": "pixel"},
-    }
-    ckpt = str(save_checkpoint(tmp_path / "ckpt", model=model, ema=model, config=config, state={}))
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3)
+    ckpt = save_model_checkpoint(tmp_path / "ckpt", model, {"space": "pixel"})
     kw = {"sampler": "euler", "steps": 2, "seed": 3, "n": 6}
     assert log_checkpoint_grid(client, run_id, ckpt, "samples/step_00000001.png", **kw) == "samples/step_00000001.png"
     assert log_checkpoint_grid(client, run_id, ckpt, "samples/step_00000001.png", **kw) is None
