@@ -38,26 +38,13 @@ WORDS = [
 ]
 
 
-def tiny_vae(path: Path) -> Path:
-    """A randomly initialised 3-level AutoencoderKL (downsample 4, 4 latent channels) in diffusers format."""
-    import torch
-    from diffusers import AutoencoderKL
+def tiny_vae(path: Path, **kwargs) -> Path:
+    """A randomly initialised 3-level AutoencoderKL (downsample 4, 4 latent channels) in diffusers format; latent
+    scale 0.5 and shift 0.1 unless `kwargs` (to AutoencoderKL) say otherwise."""
+    from tests.pipelines.encoders._tiny import tiny_autoencoder
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 8),
-        sample_size=32,
-        scaling_factor=0.5,
-        shift_factor=0.1,
-    )
-    vae.save_pretrained(path)
+    scale = {"scaling_factor": 0.5, "shift_factor": 0.1, **kwargs}
+    tiny_autoencoder((8, 8, 8), norm_num_groups=4, sample_size=32, **scale).save_pretrained(path)
     return path
 
 

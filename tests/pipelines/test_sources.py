@@ -8,16 +8,12 @@ import pytest
 from ditcore.config import from_dict
 from pipelines.precompute.job import PrecomputeConfig, read_dataset
 from pipelines.sources import SourceConfig, SourceError, plan_source
-from tests.pipelines._precompute_helpers import make_folder, make_parquet, make_tar, ray_module
+from tests.pipelines._precompute_helpers import make_folder, make_parquet, make_tar
 
 S = 32
 
-pytestmark = pytest.mark.slow  # every test reads through Ray tasks on a local Ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
+# Every test reads through Ray tasks on a local Ray.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
 def _read(source: dict, text: bool = True) -> tuple[dict[str, list], object]:

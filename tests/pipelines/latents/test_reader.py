@@ -21,17 +21,12 @@ from pipelines.latents.reader import (
     to_model_space,
 )
 from pipelines.precompute.job import PrecomputeConfig, run_precompute
-from tests.pipelines._precompute_helpers import ray_module, tiny_feature_net, tiny_t5, tiny_vae
+from tests.pipelines._precompute_helpers import tiny_feature_net, tiny_t5, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,12 @@ import pytest
 
 from pipelines.cli.precompute import main
 from pipelines.latents.reader import load_latents_numpy, read_failures, read_manifest
-from tests.pipelines._precompute_helpers import make_bad_folder, ray_module, tiny_clip, tiny_vae
+from tests.pipelines._precompute_helpers import make_bad_folder, tiny_clip, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 def test_bad_file_corpus(tmp_path, capsys):

@@ -13,16 +13,12 @@ import pytest
 
 from pipelines.cli.precompute import main
 from pipelines.latents.reader import load_latents_numpy, read_failures, read_manifest
-from tests.pipelines._precompute_helpers import png_bytes, random_image, ray_module, tiny_clip, tiny_vae
+from tests.pipelines._precompute_helpers import png_bytes, random_image, tiny_clip, tiny_vae
 
-pytestmark = pytest.mark.slow  # end-to-end Ray Data runs with the tiny VAE and CLIP
+# End-to-end Ray Data runs with the tiny VAE and CLIP.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,15 @@ from pipelines.precompute.job import PrecomputeConfig, run_precompute
 from tests.pipelines._precompute_helpers import (
     feature_dim,
     make_folder,
-    ray_module,
     tiny_clip,
     tiny_feature_net,
     tiny_vae,
 )
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,13 @@ from ditcore.config import from_dict
 from pipelines.latents.reader import load_fid_stats, load_latents_numpy, read_manifest
 from pipelines.precompute.job import PrecomputeConfig, run_precompute
 from tests.conftest import REPO_ROOT
-from tests.pipelines._precompute_helpers import ray_module, tiny_feature_net, tiny_vae
+from tests.pipelines._precompute_helpers import tiny_feature_net, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
 COUNT, SHARD = 240, 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 def _overrides(out: Path, vae: Path, fn: Path) -> list[str]:

@@ -14,17 +14,12 @@ from pipelines.infra import storage
 from pipelines.latents.reader import load_fid_stats, load_latents_numpy, read_failures, read_latents, read_manifest
 from pipelines.precompute.job import PrecomputeConfig, SourceConfig, read_dataset, run_precompute
 from pipelines.sources import plan_source
-from tests.pipelines._precompute_helpers import make_parquet, make_tar, ray_module, tiny_feature_net, tiny_vae
+from tests.pipelines._precompute_helpers import make_parquet, make_tar, tiny_feature_net, tiny_vae
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 S = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    yield from ray_module()
 
 
 def _upload(local, uri):

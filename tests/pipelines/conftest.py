@@ -1,0 +1,14 @@
+"""Shared fixtures of the pipeline tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pipelines._precompute_helpers import ray_module
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local 2-CPU Ray shared by a module's tests (ray_module); a module that reads through Ray asks for it with
+    `pytestmark = [..., pytest.mark.usefixtures("ray_local")]`."""
+    yield from ray_module()
