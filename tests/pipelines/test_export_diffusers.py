@@ -20,6 +20,7 @@ from pipelines.export import (
     load_exported,
     scheduler_for,
 )
+from tests.pipelines.encoders._tiny import tiny_autoencoder
 
 TOL = 1e-5
 
@@ -50,20 +51,7 @@ def _checkpoint(root, name, preset, overrides=None, process="flow", prediction="
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A tiny random AutoencoderKL (downsample 2: 8x8 latents <-> 16x16 images) saved with save_pretrained."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.18215,
-        shift_factor=None,
-    )
+    vae = tiny_autoencoder((8, 8), norm_num_groups=4, sample_size=16, scaling_factor=0.18215, shift_factor=None)
     path = tmp_path_factory.mktemp("vae") / "tiny"
     vae.save_pretrained(str(path))
     return path

@@ -60,25 +60,14 @@ def make_class_checkpoint(directory: Path) -> Path:
 
 def make_text_checkpoint(root: Path) -> Path:
     """MMDiT over a tiny random AutoencoderKL's latents, MiniLM text, and a data manifest naming both."""
-    from diffusers import AutoencoderKL
     from safetensors.numpy import save_file
 
     from ditcore.checkpoint import save_checkpoint
     from ditcore.models import build_model, config_to_dict
     from pipelines.encoders.text import load_text_encoder
+    from tests.pipelines.encoders._tiny import tiny_autoencoder
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
+    vae = tiny_autoencoder((8, 16))
     vae.save_pretrained(root / "vae", safe_serialization=True)
     encoder = load_text_encoder("minilm")
     data = root / "data"

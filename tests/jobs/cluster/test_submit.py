@@ -24,7 +24,9 @@ import pytest
 
 from jobs.cli import main as ditscale
 from jobs.cluster import submit
+from pipelines.infra.ray_runtime import _session_pids
 from tests.conftest import REPO_ROOT, free_port
+from tests.pipelines._precompute_helpers import tiny_vae
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -117,23 +119,6 @@ def test_unreachable_job_server_is_a_clear_error(capsys):
 
 # ----------------------------------------------------------------------------------------------------------
 # A real head node on loopback.
-
-
-def _session_pids(sid: int) -> list[int]:
-    """PIDs of all live processes in session `sid` (the `ray start --block` leader and everything it spawned)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the ")" closing the command name: state ppid pgrp session ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def _stop_session(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -265,32 +250,12 @@ def test_wrong_or_missing_token_is_rejected_with_a_clear_error(head_env, capsys,
 PRECOMPUTE_CONFIG = "configs/precompute/builtin.yaml"
 
 
-def _tiny_vae(path: Path) -> Path:
-    """A randomly initialised 3-level AutoencoderKL (4 latent channels, downsample 4) in diffusers format."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 8),
-        sample_size=32,
-    ).save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_submitted_precompute_job_runs_and_is_listed(head_env, capsys, tmp_path):
     """A real precompute (built-in data, tiny random VAE, class labels only) runs as a Ray job to SUCCEEDED."""
     address = head_env["address"]
     out_dir = tmp_path / "latents"
-    vae_dir = _tiny_vae(tmp_path / "vae")
+    vae_dir = tiny_vae(tmp_path / "vae", scaling_factor=0.18215, shift_factor=None)  # diffusers' default scale
     overrides = [
         f"output={out_dir}",
         f"vae.path={vae_dir}",
