@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +44,54 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def loopback_mlflow_server(root: Path):
+    """`mlflow server` on 127.0.0.1:<free port> in its own process group (sqlite backend root/server.db, proxied
+    artifacts in root/artifacts, log in root/server.log); yields its URL once /health answers, then stops the group
+    (SIGTERM, SIGKILL after 10 s)."""
+    import urllib.request
+
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += [
+        "--backend-store-uri",
+        f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # poll /health until the server answers (no fixed sleep)
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mlflow server not healthy: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        # stop the server (and its uvicorn/gunicorn workers) by our own process group id
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +30,7 @@ from pipelines.infra.tracking import (
 from pipelines.infra.tracking import (
     client as get_client,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, loopback_mlflow_server
 
 MODELS = {"DiT-T/2": 1.0e6, "DiT-S/2": 4.0e6, "DiT-B/2": 1.6e7}
 BUDGETS = [1e14, 1e15, 1e16, 1e17]
@@ -189,53 +184,8 @@ def test_tracking_uri_resolution_and_fail_fast(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1:<free port>, sqlite backend, proxied artifacts in a temp dir; yields its URL."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("mlflow"))
-    cmd = [
-        exe,
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-    ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # poll /health until the server answers (no fixed sleep)
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server not healthy: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+    with loopback_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
         yield url
-    finally:
-        # stop the server (and its uvicorn/gunicorn workers) by our own process group id
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.slow

@@ -6,21 +6,17 @@ recorded twice (sqlite store)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from pipelines.infra import tracking
-from tests.conftest import free_port
+from tests.conftest import loopback_mlflow_server
 
 
 class FlakyProxy:
@@ -93,40 +89,12 @@ def _reset(s: socket.socket) -> None:
 @pytest.fixture(scope="module")
 def flaky_server(tmp_path_factory):
     """(proxy URL, proxy): a real `mlflow server` (sqlite) on loopback, reached through a FlakyProxy."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("mlflow"))
-    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")]
-    log = open(root / "server.log", "wb")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    proxy = None
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # poll /health until the server answers
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
-            time.sleep(0.2)
-        proxy = FlakyProxy(port)
-        yield f"http://127.0.0.1:{proxy.port}", proxy
-    finally:
-        if proxy is not None:
-            proxy.close()
+    with loopback_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        proxy = FlakyProxy(urllib.parse.urlsplit(url).port)
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+            yield f"http://127.0.0.1:{proxy.port}", proxy
+        finally:
+            proxy.close()
 
 
 def _runs_named(client, experiment: str, name: str) -> list:
