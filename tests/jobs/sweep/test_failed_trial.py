@@ -1,0 +1,52 @@
+"""A diverged trial fails the sweep: failed.json (never done.json), a FAILED MLflow trial run, a non-zero exit;
+the next invocation runs it again; `allow_failures=true` lets the sweep finish with the failure recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.jobs.sweep.test_driver import _budgets, _write_cfg, dataset  # noqa: F401 (module-scoped fixture)
+
+
+def _sweep(path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.sweep", "--config", str(path), *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_diverged_trial_is_failed_rerun_and_fails_the_sweep(tmp_path, dataset):  # noqa: F811
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["budgets"] = _budgets(path, (4,))
+    cfg["base"]["debug"] = {"inject_failure": {"step": 2, "mode": "nan"}}  # a non-finite loss from step 2 on
+    path.write_text(yaml.safe_dump(cfg))
+    tdir = tmp_path / "sweeps" / "t" / "trials"
+
+    first = _sweep(path)
+    log = first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode == 1, log
+    assert "1 to run" in first.stdout, log
+    assert not list(tdir.glob("*/done.json")), log
+    (failed,) = tdir.glob("*/failed.json")
+    record = json.loads(failed.read_text())
+    assert record["status"] == "failed" and record["reasons"] and "finite" in " ".join(record["reasons"]), record
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(record["mlflow_run_id"]).info.status == "FAILED"
+
+    # The next invocation does not take the failure for a result: it runs the trial again. With failures allowed
+    # the sweep then completes (exit 0) and the trial stays failed, not done.
+    second = _sweep(path, "allow_failures=true")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "0 already done, 1 to run" in second.stdout, second.stdout[-3000:]
+    assert list(tdir.glob("*/failed.json")) and not list(tdir.glob("*/done.json"))
