@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+_RAY_BEFORE = pytest.StashKey[bool]()
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,9 +149,25 @@ def s3_bucket(moto_s3):
     return f"s3://{name}"
 
 
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """Note whether Ray was already up before this test's fixtures ran (a module fixture of an earlier slow test)."""
+    item.stash[_RAY_BEFORE] = _ray_running()
+    yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    """Keep the tiers honest: a test not marked `slow` fails when it runs with Ray started (by it or a fixture)."""
+    """Keep the tiers honest: a test not marked `slow` fails when Ray starts for it (in it or in its fixtures).
+
+    A Ray left up by an earlier slow test's module fixture does not count: under `make test-fast` that test is
+    deselected, and the fast test runs without Ray.
+    """
     if item.get_closest_marker("slow") is not None:
         yield
         return
@@ -166,13 +184,13 @@ def pytest_runtest_call(item):
             return real_init(*args, **kwargs)
 
         ray.init = recording_init
+    before = item.stash.get(_RAY_BEFORE, False)
     try:
-        running = ray is not None and ray.is_initialized()
+        running = _ray_running()
         yield
-        ray = sys.modules.get("ray")
-        running = running or (ray is not None and ray.is_initialized())
+        running = running or _ray_running()
     finally:
         if real_init is not None:
             sys.modules["ray"].init = real_init
-    if running or started:
+    if (running and not before) or started:
         pytest.fail(f"{item.nodeid} starts Ray but is not marked slow (make test-fast must not start Ray)")
