@@ -162,16 +162,37 @@ class RayTrainEnv:
         return self._restore[0]
 
     def _find_restore(self) -> Optional[str]:
-        ckpt = self._train.get_checkpoint()  # RAY: latest checkpoint after a worker/driver restart
-        if ckpt is None or not ckpt.path.startswith(f"{self._base}/checkpoints/"):
-            return None  # none yet, or the last checkpoint of an earlier run of this trainer: start fresh
         import pyarrow.fs as pafs
+        from ray.train import Checkpoint
 
+        ckpt = self._train.get_checkpoint()  # RAY: latest checkpoint after a worker/driver restart
+        if ckpt is not None and not ckpt.path.startswith(f"{self._base}/checkpoints/"):
+            ckpt = None  # the last checkpoint of an earlier run of this trainer: not this run's
+        # A checkpoint is written (complete) before it is reported, and the controller registers reports
+        # asynchronously: a worker that dies right after writing one leaves it on storage but not in Ray's list.
+        # Resume from the newer of the two so those steps are not trained again.
+        newest = self._newest_complete_checkpoint()
+        if newest is not None and (ckpt is None or _step_of(newest) > _step_of(ckpt.path)):
+            ckpt = Checkpoint(path=newest, filesystem=self.fs)
+        if ckpt is None:
+            return None
         if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
             return ckpt.path
         tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
         ckpt.to_directory(tmp)
         return tmp
+
+    def _newest_complete_checkpoint(self) -> Optional[str]:
+        """This run's newest checkpoint on storage with its checkpoint.json (the manifest is written last)."""
+        import pyarrow.fs as pafs
+
+        root = f"{self._base}/checkpoints"
+        infos = self.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and _step_of(i.path) is not None]
+        for path in sorted(dirs, key=_step_of, reverse=True):
+            if self.fs.get_file_info(f"{path}/checkpoint.json").type == pafs.FileType.File:
+                return path
+        return None
 
     def write_result(self, record: dict) -> None:
         """<run dir>/result.json: how the run ended (read by the driver; marks the run done on a restart)."""
@@ -184,3 +205,9 @@ class RayTrainEnv:
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+
+def _step_of(path: str) -> Optional[int]:
+    """The step of a <...>/step_XXXXXXXX checkpoint path, else None."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
