@@ -141,7 +141,10 @@ class GenerationPipeline:
     def _is_pixel_space(self, data: dict) -> bool:
         if data.get("space") is not None:
             return data["space"] == "pixel"
-        return self.manifest is None and self.latent_shape[0] in (1, 3)
+        if self.manifest is not None:  # a pixel-space data set (precompute `vae: null`): no VAE, image channels
+            v = self.manifest.vae
+            return not v.path and v.downsample == 1 and v.latent_channels in (1, 3)
+        return self.latent_shape[0] in (1, 3)
 
     def _load_vae(self, data: dict) -> Any:
         if self.manifest is None or not self.manifest.vae.path:

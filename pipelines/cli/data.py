@@ -138,7 +138,7 @@ def _print_inspect(info: dict) -> None:
     v = info["vae"]
     print(
         f"  image {info['image_size']} px -> latents {v['latent_channels']}x{v['latent_size']}x{v['latent_size']} "
-        f"(VAE {v['path']}, scale {v['scaling_factor']:.5g}, shift {v['shift_factor']:.5g})"
+        f"(VAE {v['path'] or 'none: pixel space'}, scale {v['scaling_factor']:.5g}, shift {v['shift_factor']:.5g})"
     )
     t = info.get("text")
     print(f"  text: {t['encoder']} L={t['max_length']} D={t['dim']} pooled={t['pooled_dim']}" if t else "  text: none")

@@ -59,7 +59,8 @@ class PrecomputeConfig:
     output: str = "outputs/latents/builtin"
     image_size: int = 32
     source: SourceConfig = field(default_factory=SourceConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
+    # null: pixel space, no VAE: the rows hold the images themselves (C x S x S in [-1, 1]), for small images.
+    vae: VAEConfig | None = field(default_factory=VAEConfig)
     # One encoder, or a list of encoders joined SD3 style (docs/precompute.md, "Several text encoders");
     # null: class-conditional data set, no text columns.
     text: TextSpec | list[TextPart] | None = field(default_factory=TextSpec)

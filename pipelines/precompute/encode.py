@@ -86,12 +86,14 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 
 
 class Encoder:
-    """Ray Data actor: images -> VAE posterior mean/std (+ flip), captions -> text states, images -> FID features."""
+    """Ray Data actor: images -> VAE posterior mean/std (+ flip), captions -> text states, images -> FID features.
+
+    With `vae=None` (pixel space) the posterior mean is the image in [-1, 1] and its std is 0."""
 
     def __init__(
         self,
         *,
-        vae: dict[str, Any],
+        vae: dict[str, Any] | None,
         text: dict[str, Any] | list[dict[str, Any]] | None,
         feature_net: str | None,
         image_size: int,
@@ -107,7 +109,10 @@ class Encoder:
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.image_size = image_size
         self.batch_size = batch_size
-        self.vae = vae_lib.load_vae(vae["path"], device=self.device, dtype=self.dtype, **_vae_kwargs(vae))
+        # None: pixel space, the "latent" is the image itself (posterior std 0).
+        self.vae = None
+        if vae is not None:
+            self.vae = vae_lib.load_vae(vae["path"], device=self.device, dtype=self.dtype, **_vae_kwargs(vae))
         self.text = None
         if text is not None:
             from pipelines.encoders.text import is_multi, load_text_encoder, load_text_encoders
@@ -131,7 +136,10 @@ class Encoder:
 
         x = images_to_tensor(images).to(self.device, self.dtype)  # [B,3,S,S] in [-1,1]
         x2 = torch.cat([x, torch.flip(x, dims=[-1])])  # [2B,3,S,S]: image then its horizontal flip
-        mean, std = vae_lib.encode_images(self.vae, x2)  # [2B,C,h,w] each
+        if self.vae is None:  # pixel space
+            mean, std = x2.float(), torch.zeros_like(x2, dtype=torch.float32)
+        else:
+            mean, std = vae_lib.encode_images(self.vae, x2)  # [2B,C,h,w] each
         b = x.shape[0]
         out = {
             "latent_mean": mean[:b].float().cpu().numpy().astype(np.float16),

@@ -150,7 +150,7 @@ def build_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
         num_cpus=c.cpus_per_actor,
         num_gpus=c.gpus_per_actor,
         fn_constructor_kwargs={
-            "vae": to_dict(cfg.vae),
+            "vae": to_dict(cfg.vae) if cfg.vae is not None else None,  # None: pixel space
             "text": to_dict(cfg.text) if cfg.text is not None else None,
             "feature_net": cfg.fid.feature_net if cfg.fid is not None else None,
             "image_size": cfg.image_size,

@@ -52,8 +52,24 @@ def _vae_config(vae: VAEConfig) -> dict:
         raise ConfigError(f"vae.path: cannot load the config of hub VAE {path!r}: {exc}") from exc
 
 
-def vae_record(vae: VAEConfig, image_size: int) -> dict:
+def pixel_record(image_size: int) -> dict:
+    """The manifest's `vae` entry of a pixel-space data set (`vae: null`): no autoencoder, the rows are RGB images
+    in [-1, 1] (scale 1, no shift, 3 channels, no downsampling)."""
+    return {
+        "path": None,
+        "revision": None,
+        "scaling_factor": 1.0,
+        "shift_factor": 0.0,
+        "latent_channels": 3,
+        "downsample": 1,
+        "latent_size": image_size,
+    }
+
+
+def vae_record(vae: VAEConfig | None, image_size: int) -> dict:
     """The manifest's `vae` entry from the VAE config (scaling/shift, channels, downsample, latent size)."""
+    if vae is None:
+        return pixel_record(image_size)
     cfg = _vae_config(vae)
     if cfg.get("_class_name") not in (None, "AutoencoderKL"):
         raise ConfigError(f"vae.path: {vae.path} is a {cfg.get('_class_name')}, expected an AutoencoderKL")
