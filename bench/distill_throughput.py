@@ -45,7 +45,8 @@ def _http_rates(a) -> dict[str, float]:
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2), include_dashboard=False, logging_level="WARNING")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    body = {"prompt": a.prompt, "steps": a.steps, "guidance": a.guidance, "sampler": a.sampler}
+    cond = {"label": a.label} if a.label is not None else {"prompt": a.prompt}
+    body = {**cond, "steps": a.steps, "guidance": a.guidance, "sampler": a.sampler}
     rates = {}
     try:
         for name, ckpt in (("teacher", a.teacher), ("student", a.student)):
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16, help="--http: requests in flight")
     p.add_argument("--requests", type=int, default=64, help="--http: measured requests")
     p.add_argument("--prompt", default="a large red circle", help="--http: the prompt of every request")
+    p.add_argument("--label", type=int, default=None, help="--http: a class label instead (class-conditional models)")
     a = p.parse_args()
     if a.http:
         r = _http_rates(a)

@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--classifier",
+        default=None,
+        help="class classifier directory (`ditscale data classifier`): adds the class accuracy of the samples",
+    )
+    p.add_argument(
         "--num-actors",
         type=int,
         default=1,
@@ -50,16 +55,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             num_samples=args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed
         )
         settings.check()
+        if args.classifier and not storage.exists(storage.join(args.classifier, "config.json")):
+            raise FileNotFoundError(f"--classifier {args.classifier}: no classifier there (expected config.json)")
         if args.print_config:
             from pipelines.cli.config_args import print_config
 
             print_config(
-                {"checkpoint": args.checkpoint, "data": data, **asdict(settings), "num_actors": args.num_actors}
+                {
+                    "checkpoint": args.checkpoint,
+                    "data": data,
+                    **asdict(settings),
+                    "num_actors": args.num_actors,
+                    "classifier": args.classifier,
+                }
             )
             return 0
         if args.num_actors > 1:
             init_ray()
-        out = evaluate_checkpoint(args.checkpoint, data, settings, num_actors=args.num_actors, progress=True)
+        out = evaluate_checkpoint(
+            args.checkpoint, data, settings, num_actors=args.num_actors, progress=True, classifier=args.classifier
+        )
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"ditscale evaluate: {e}", file=sys.stderr)
         return 2

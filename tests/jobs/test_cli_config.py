@@ -89,9 +89,13 @@ def test_evaluate_print_config(cwd, capsys):
         "guidance": 1.0,
         "seed": 0,
         "num_actors": 1,
+        "classifier": None,
     }
     assert main(["evaluate", ckpt, "--sampler", "plms", "--print-config"]) == 2
     assert "'plms'" in capsys.readouterr().err
+    # A missing classifier is named before any sample is drawn.
+    assert main(["evaluate", ckpt, "--classifier", str(cwd / "no-classifier"), "--print-config"]) == 2
+    assert "--classifier" in capsys.readouterr().err
 
 
 def test_serve_print_config_and_help(cwd, capsys):
