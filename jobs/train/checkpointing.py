@@ -20,7 +20,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ditcore.checkpoint import load_model_weights, load_optimizer_state, read_optimizer_state, save_checkpoint
+from ditcore.checkpoint import (
+    STEP_DIR_RE,
+    load_model_weights,
+    load_optimizer_state,
+    read_optimizer_state,
+    save_checkpoint,
+)
 from jobs.train.config import lr_factor
 from jobs.train.parallel import StateDictHolder, state_by_index, state_by_name, to_cpu_full
 from jobs.train.plan import RunPlan
@@ -326,13 +332,19 @@ def upload_committed(local: Path, fs: Any, path: str) -> None:
             shutil.copyfileobj(src, dst, length=1 << 20)
 
 
-def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
-    """Delete periodic checkpoints beyond the newest `keep` (budget points / branch points always stay)."""
+def step_dirs(fs: Any, root: str) -> dict[int, str]:
+    """{step: path} of the step_XXXXXXXX checkpoint directories directly under `root` (none if it is missing)."""
     import pyarrow.fs as pafs
 
-    root = new_path.rsplit("/", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
-    steps = sorted(int(i.base_name[5:]) for i in infos if i.base_name.startswith("step_") and i.base_name[5:].isdigit())
+    matches = ((STEP_DIR_RE.match(i.base_name), i) for i in infos if i.type == pafs.FileType.Directory)
+    return {int(m.group(1)): i.path for m, i in matches if m}
+
+
+def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
+    """Delete periodic checkpoints beyond the newest `keep` (budget points / branch points always stay)."""
+    root = new_path.rsplit("/", 1)[0]
+    steps = sorted(step_dirs(fs, root))
     periodic = [s for s in steps if s not in keep_steps]
     for s in periodic[: -max(1, keep)] if len(periodic) > max(1, keep) else []:
         try:

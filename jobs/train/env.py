@@ -172,8 +172,8 @@ class RayTrainEnv:
         # asynchronously: a worker that dies right after writing one leaves it on storage but not in Ray's list.
         # Resume from the newer of the two so those steps are not trained again.
         newest = self._newest_complete_checkpoint()
-        if newest is not None and (ckpt is None or _step_of(newest) > _step_of(ckpt.path)):
-            ckpt = Checkpoint(path=newest, filesystem=self.fs)
+        if newest is not None and (ckpt is None or newest[0] > _registered_step(ckpt.path)):
+            ckpt = Checkpoint(path=newest[1], filesystem=self.fs)
         if ckpt is None:
             return None
         if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
@@ -182,16 +182,15 @@ class RayTrainEnv:
         ckpt.to_directory(tmp)
         return tmp
 
-    def _newest_complete_checkpoint(self) -> Optional[str]:
-        """This run's newest checkpoint on storage with its checkpoint.json (the manifest is written last)."""
+    def _newest_complete_checkpoint(self) -> Optional[tuple[int, str]]:
+        """(step, path) of this run's newest checkpoint on storage with its checkpoint.json (written last)."""
         import pyarrow.fs as pafs
 
-        root = f"{self._base}/checkpoints"
-        infos = self.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and _step_of(i.path) is not None]
-        for path in sorted(dirs, key=_step_of, reverse=True):
+        from jobs.train.checkpointing import step_dirs
+
+        for step, path in sorted(step_dirs(self.fs, f"{self._base}/checkpoints").items(), reverse=True):
             if self.fs.get_file_info(f"{path}/checkpoint.json").type == pafs.FileType.File:
-                return path
+                return step, path
         return None
 
     def write_result(self, record: dict) -> None:
@@ -207,7 +206,9 @@ class RayTrainEnv:
             torch.distributed.barrier()
 
 
-def _step_of(path: str) -> Optional[int]:
-    """The step of a <...>/step_XXXXXXXX checkpoint path, else None."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+def _registered_step(path: str) -> int:
+    """The step of a checkpoint path Ray registered (this run's <base>/checkpoints/step_XXXXXXXX)."""
+    from ditcore.checkpoint import STEP_DIR_RE
+
+    m = STEP_DIR_RE.match(path.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else -1
