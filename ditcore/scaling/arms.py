@@ -106,13 +106,25 @@ def _pair(
             if within
             else "outside the compute range measured for both arms, i.e. an extrapolation"
         )
-        more = f"; the curves cross {len(xs)} times in the window" if len(xs) > 1 else ""
+        # Two saturating laws can cross twice (a steep arm with a high floor overtakes, then is overtaken again):
+        # every later crossing is named with the arm that is lower after it.
+        later = [
+            {"compute": x, "leader_after": lower_at(x * 1.001), "within_range": ov_lo <= x <= ov_hi} for x in xs[1:]
+        ]
+        out["later_crossings"] = later
+        more = "".join(
+            f"; the fitted {lc['leader_after']} curve is lower again from C = {lc['compute']:.3g} FLOPs"
+            + (" (inside the measured range)" if lc["within_range"] else " (an extrapolation)")
+            for lc in later
+        )
         out["statement"] = (
             f"The fitted {after} curve overtakes {before} at C = {cx:.3g} FLOPs{ci_txt}, {where}{pc}{more}."
         )
     else:
         lead = lower_at(np.sqrt(w_lo * w_hi))
-        out.update(exists=False, compute=None, within_range=False, leader_before=lead, leader_after=lead)
+        out.update(
+            exists=False, compute=None, within_range=False, leader_before=lead, leader_after=lead, later_crossings=[]
+        )
         caveat = ""
         if out["p_cross"] is not None and out["p_cross"] > 1 - ci_level:
             caveat = ", so the data do not exclude a crossing"
@@ -139,7 +151,8 @@ def compare_arms(
     arms.<arm>: beta, beta_ci, beta_ci_open, law (PowerLawFit.to_dict()), n_frontier, frontier_models,
     compute_range; or {"error": reason} when the arm cannot be fitted. crossings: one entry per pair of fitted
     arms with arms, exists, compute, compute_ci, p_cross, within_range, leader_before, leader_after, window,
-    overlap, crossings (all found), statement (a sentence to print), and exponent_difference {value, ci}
+    overlap, crossings (all found), later_crossings ([{compute, leader_after, within_range}] after the first),
+    statement (a sentence to print, naming every crossing), and exponent_difference {value, ci}
     (bootstrap percentile of beta_1 - beta_2). "crossing" is crossings[0] when exactly two arms were fitted.
     fits_out, when given, receives {arm: (PowerLawFit, frontier points)} of every fitted arm (for plots).
     """

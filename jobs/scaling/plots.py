@@ -156,8 +156,13 @@ def plot_arms(points: list[dict], key: str, comparison: dict, fits: dict, path: 
         ci_txt = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
         ax.plot(grid, fit.predict(grid), "--", color=col, label=f"{arm} frontier: beta = {fit.exponent:.3g}{ci_txt}")
     for x in comparison.get("crossings") or []:
-        if x.get("exists") and x.get("compute") and grid[0] <= x["compute"] <= grid[-1]:
-            ax.axvline(x["compute"], color="k", ls=":", label=f"crossing C = {x['compute']:.3g}")
+        if not (x.get("exists") and x.get("compute")):
+            continue
+        later = x.get("later_crossings", [])
+        marks = [(x["compute"], x["leader_after"])] + [(c["compute"], c["leader_after"]) for c in later]
+        for c, leader in marks:
+            if grid[0] <= c <= grid[-1]:
+                ax.axvline(c, color="k", ls=":", label=f"crossing C = {c:.3g} ({leader} lower after)")
     ax.set(xscale="log", yscale="log", xlabel=XLABEL, ylabel=key.upper(), title="architecture arms (*: frontier)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

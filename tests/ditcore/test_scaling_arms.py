@@ -56,6 +56,24 @@ def test_arms_that_cross_at_a_known_compute():
     assert diff["value"] == pytest.approx(0.2, abs=0.07) and diff["ci"][0] > 0
 
 
+def test_arms_whose_laws_cross_twice_name_both_crossings():
+    # "steep": beta 1.0 with a high floor (60); "shallow": beta 0.3, floor 5. shallow is lower at 1e15, steep
+    # overtakes it before 1e16, and shallow is lower again at 1e18, where steep has saturated near its floor.
+    truth = {"steep": (340.0 * 1e15, 1.0, 60.0), "shallow": (195.0 * 1e15**0.3, 0.3, 5.0)}
+    from ditcore.scaling.arms import _crossings
+
+    c1, c2 = _crossings(np.array(truth["shallow"]), np.array(truth["steep"]), 1e15, 1e18)
+    arms = {name: _arm(name, *params, seed=i, noise=0.005) for i, (name, params) in enumerate(truth.items())}
+    x = compare_arms(arms, n_boot=50, seed=0)["crossing"]
+    assert x["exists"] and x["compute"] == pytest.approx(c1, rel=0.5)
+    assert (x["leader_before"], x["leader_after"]) == ("shallow", "steep")
+    (later,) = x["later_crossings"]
+    assert later["compute"] == pytest.approx(c2, rel=0.5) and later["leader_after"] == "shallow"
+    assert later["within_range"]
+    assert "steep curve overtakes shallow" in x["statement"]
+    assert f"shallow curve is lower again from C = {later['compute']:.3g} FLOPs" in x["statement"]
+
+
 def test_arms_that_do_not_cross():
     # Same exponent, DiT's constant half of U-Net's: DiT is better everywhere.
     a = 100.0 * 1e15**0.4
@@ -65,6 +83,7 @@ def test_arms_that_do_not_cross():
     assert x["leader_before"] == x["leader_after"] == "dit"
     assert x["p_cross"] < 0.05
     assert "do not cross" in x["statement"] and "dit has the lower fitted fid throughout" in x["statement"]
+    assert x["later_crossings"] == []
 
 
 def test_an_arm_that_cannot_be_fitted_is_reported_not_raised():
