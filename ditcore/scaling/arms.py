@@ -95,10 +95,14 @@ def _pair(
     out["compute_ci"] = [float(v) for v in np.percentile(boot, q)] if len(boot) >= MIN_BOOT_OK else None
     pc = "" if out["p_cross"] is None else f"; a crossing appears in {100 * out['p_cross']:.0f}% of bootstrap resamples"
     if xs:
-        cx = xs[0]
-        before, after = lower_at(cx / 1.001), lower_at(cx * 1.001)
-        within = ov_lo <= cx <= ov_hi
+        # Two saturating laws can cross twice (a steep arm with a high floor overtakes, then is overtaken again):
+        # each crossing with the arm that is lower after it; the first is the headline, the rest later_crossings.
+        found = [{"compute": x, "leader_after": lower_at(x * 1.001), "within_range": ov_lo <= x <= ov_hi} for x in xs]
+        first, later = found[0], found[1:]
+        cx, after, within = first["compute"], first["leader_after"], first["within_range"]
+        before = lower_at(cx / 1.001)
         out.update(exists=True, compute=cx, within_range=within, leader_before=before, leader_after=after)
+        out["later_crossings"] = later
         ci = out["compute_ci"]
         ci_txt = f" ({int(ci_level * 100)}% interval [{ci[0]:.3g}, {ci[1]:.3g}])" if ci else " (no interval)"
         where = (
@@ -106,12 +110,6 @@ def _pair(
             if within
             else "outside the compute range measured for both arms, i.e. an extrapolation"
         )
-        # Two saturating laws can cross twice (a steep arm with a high floor overtakes, then is overtaken again):
-        # every later crossing is named with the arm that is lower after it.
-        later = [
-            {"compute": x, "leader_after": lower_at(x * 1.001), "within_range": ov_lo <= x <= ov_hi} for x in xs[1:]
-        ]
-        out["later_crossings"] = later
         more = "".join(
             f"; the fitted {lc['leader_after']} curve is lower again from C = {lc['compute']:.3g} FLOPs"
             + (" (inside the measured range)" if lc["within_range"] else " (an extrapolation)")
