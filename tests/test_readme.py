@@ -145,7 +145,7 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     report = (out / "report.md").read_text()
     for section in ("## Scaling law", "## Samples per model", "## Served champion", "## Trials"):
         assert section in report
-    # The law with its bootstrap intervals, and the held-out check.
+    # The law with its intervals, and the held-out check.
     assert re.search(
         r"FID\(C\) = .*C\^-.* with A = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\], beta = [-+.\de]+ \[[-+.\de]+, [-+.\de]+\]",
         report,

@@ -29,7 +29,7 @@ def format_laws(report: dict) -> str:
             lines.append(f"{title}: not fitted ({law['error']})")
             return
         level = int(round(law.get("ci_level", 0.95) * 100))
-        method = {"profile": "profile-likelihood"}.get(law.get("ci_method"), "bootstrap")
+        method = ci_method_name(law)
         lines.append(f"{title}: {law['form']}   ({law['n_points']} points, {level}% {method} CI)")
         lines.append("    " + ", ".join(_fmt_ci(law, n) for n in law["params"]))
         if law.get("dof", 1) <= 0:
@@ -99,6 +99,11 @@ def arms_lines(report: dict) -> list[str]:
     return lines
 
 
+def ci_method_name(law: dict) -> str:
+    """How a fitted law's intervals were computed, in words ("profile-likelihood" or "bootstrap")."""
+    return {"profile": "profile-likelihood"}.get(law.get("ci_method"), "bootstrap")
+
+
 def law_sentence(law: dict) -> str:
     """'FID(C) = A * C^-beta + FID_inf with A = .. [lo, hi], ...' from a fitted law dict."""
     parts = []
@@ -113,7 +118,7 @@ def law_sentence(law: dict) -> str:
             f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
             "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)"
         )
-    return f"{form} with " + ", ".join(parts) + f" ({level}% bootstrap intervals; C in training FLOPs)"
+    return f"{form} with " + ", ".join(parts) + f" ({level}% {ci_method_name(law)} intervals; C in training FLOPs)"
 
 
 COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")
