@@ -41,7 +41,7 @@ from ditcore.processes import (
     prediction_target,
     to_x0_eps,
 )
-from ditcore.timesteps import T_SAMPLERS, U_SAMPLERS, sample_t, sample_u
+from ditcore.timesteps import T_SAMPLERS, U_SAMPLERS, TimeSampler
 from ditcore.vlb import VARIANCES, DDPMChain, prior_bpd, vlb_terms_bpd
 
 
@@ -65,6 +65,11 @@ class ObjectiveConfig:
     sigma_data: float = EDM_SIGMA_DATA
     p_mean: float = EDM_P_MEAN  # t_sampler "log-normal": ln(sigma/alpha) ~ N(p_mean, p_std^2)
     p_std: float = EDM_P_STD
+
+    @property
+    def time_sampler(self) -> TimeSampler:
+        """The training-time distribution t_sampler and its parameters name."""
+        return TimeSampler(self.t_sampler, self.logit_mean, self.logit_std, self.time_shift, self.p_mean, self.p_std)
 
     def __post_init__(self) -> None:
         build_process(self.process)  # raises naming the bad process
@@ -178,19 +183,8 @@ def sample_training_noise(
     cfg: ObjectiveConfig, process: Process, x0: torch.Tensor, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t [B] from cfg's time sampler within the process's range, eps like x0): one training draw, in this order."""
-    t = sample_t(
-        x0.shape[0],
-        kind=cfg.t_sampler,
-        generator=generator,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        shift=cfg.time_shift,
-        t_min=process.t_min,
-        t_max=process.t_max,
-        device=x0.device,
-        process=process,
-        p_mean=cfg.p_mean,
-        p_std=cfg.p_std,
+    t = cfg.time_sampler.times(
+        x0.shape[0], generator, t_min=process.t_min, t_max=process.t_max, device=x0.device, process=process
     )
     return t, _randn(x0.shape, generator, x0)
 
@@ -337,14 +331,7 @@ def hybrid_loss_terms(
     chain = _chain(cfg)
     steps = chain.num_steps
     batch = x0.shape[0]
-    u = sample_u(
-        batch,
-        kind=cfg.t_sampler,
-        generator=generator,
-        logit_mean=cfg.logit_mean,
-        logit_std=cfg.logit_std,
-        shift=cfg.time_shift,
-    )  # [B] float64
+    u = cfg.time_sampler.quantiles(batch, generator)  # [B] float64
     i = (torch.floor(u * steps).long() + 1).clamp(1, steps).to(x0.device)  # [B] chain step
     t = chain.t.to(x0.device)[i].to(x0.dtype)  # [B] process time of step i
     eps = _randn(x0.shape, generator, x0)  # [B, C, H, W]

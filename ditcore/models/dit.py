@@ -30,8 +30,29 @@ from ditcore.models.layers import (
 POS_EMBEDS = ("sincos", "rope")
 
 
-class PatchTokenShape:
-    """Sizes DiTConfig and MMDiTConfig derive alike (a plain mixin: it adds no dataclass fields)."""
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Fields, checks and sizes DiTConfig and MMDiTConfig share (same names, same defaults).
+
+    The subclasses add their architecture's fields and an `arch` field whose default names it.
+    """
+
+    patch_size: int = 2
+    input_size: int = 32
+    in_channels: int = 4
+    pos_embed: str = "sincos"
+    mlp_ratio: float = 4.0
+    mup: bool = False
+    mup_base_width: int = 256
+    mup_depth: bool = False
+    mup_base_depth: int = 4
+    guidance_embed: bool = False  # guidance-distilled student: the CFG scale w is an input (guidance_distill.py)
+
+    def __post_init__(self) -> None:
+        _validate_common(self)
+        name, arch = type(self).__name__, type(self).__dataclass_fields__["arch"].default
+        if self.arch != arch:
+            raise ValueError(f"{name}.arch must be {arch!r}, got {self.arch!r}")
 
     @property
     def num_tokens(self) -> int:
@@ -45,33 +66,19 @@ class PatchTokenShape:
 
 
 @dataclass(frozen=True)
-class DiTConfig(PatchTokenShape):
+class DiTConfig(TransformerConfig):
     """DiT architecture. input_size is the latent height = width; y == num_classes is the null class."""
 
     arch: str = "dit"
     depth: int = 12
     hidden_size: int = 384
     num_heads: int = 6
-    patch_size: int = 2
-    input_size: int = 32
-    in_channels: int = 4
     num_classes: int = 1000
     learn_sigma: bool = False
-    mlp_ratio: float = 4.0
     qk_norm: bool = False
-    pos_embed: str = "sincos"
-    mup: bool = False
-    mup_base_width: int = 256
-    mup_depth: bool = False
-    mup_base_depth: int = 4
-    guidance_embed: bool = (
-        False  # guidance-distilled student: the CFG scale w is an input (ditcore/guidance_distill.py)
-    )
 
     def __post_init__(self) -> None:
-        _validate_common(self)
-        if self.arch != "dit":
-            raise ValueError(f"DiTConfig.arch must be 'dit', got {self.arch!r}")
+        super().__post_init__()
         if self.num_classes < 1:
             raise ValueError(f"DiTConfig.num_classes must be >= 1, got {self.num_classes}")
 

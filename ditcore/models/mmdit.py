@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditcore.models.dit import AdaLNTransformer, PatchTokenShape, _validate_common
+from ditcore.models.dit import AdaLNTransformer, TransformerConfig
 from ditcore.models.layers import (
     AdaLNModulation,
     Mlp,
@@ -37,35 +37,21 @@ from ditcore.models.layers import (
 
 
 @dataclass(frozen=True)
-class MMDiTConfig(PatchTokenShape):
+class MMDiTConfig(TransformerConfig):
     """MM-DiT architecture: `depth` joint (dual-stream) blocks, then `num_single_blocks` single-stream blocks."""
 
     arch: str = "mmdit"
     depth: int = 2
     hidden_size: int = 128
     num_heads: int = 2
-    patch_size: int = 2
-    input_size: int = 32
-    in_channels: int = 4
     text_dim: int = 384
     pooled_dim: int = 384
     max_text_len: int = 77
     num_single_blocks: int = 0
-    pos_embed: str = "sincos"
     qk_norm: bool = True
-    mlp_ratio: float = 4.0
-    mup: bool = False
-    mup_base_width: int = 256
-    mup_depth: bool = False
-    mup_base_depth: int = 4
-    guidance_embed: bool = (
-        False  # guidance-distilled student: the CFG scale w is an input (ditcore/guidance_distill.py)
-    )
 
     def __post_init__(self) -> None:
-        _validate_common(self)
-        if self.arch != "mmdit":
-            raise ValueError(f"MMDiTConfig.arch must be 'mmdit', got {self.arch!r}")
+        super().__post_init__()
         for key in ("text_dim", "pooled_dim", "max_text_len"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

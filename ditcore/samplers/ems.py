@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -312,26 +313,15 @@ def estimate_ems(
     model_fn: Callable[..., torch.Tensor],
     batches: Iterable[torch.Tensor | tuple[torch.Tensor, dict]],
     *,
-    process: str | Process,
-    prediction: str,
-    lambdas: torch.Tensor | None = None,
-    method: str = "jvp",
     generator: torch.Generator | None = None,
-    uncond: dict | None = None,
-    guidance: float = 1.0,
-    fd_step: float = 1e-3,
+    **settings: Any,
 ) -> EMS:
-    """EMS of model_fn from batches of data: each item is x0 [B, *shape] or (x0, cond dict); one pass over the data."""
-    est = EMSEstimator(
-        model_fn,
-        process=process,
-        prediction=prediction,
-        lambdas=lambdas,
-        method=method,
-        fd_step=fd_step,
-        uncond=uncond,
-        guidance=guidance,
-    )
+    """EMS of model_fn from batches of data: each item is x0 [B, *shape] or (x0, cond dict); one pass over the data.
+
+    `settings` are EMSEstimator's keyword arguments (process and prediction required; lambdas, method, fd_step,
+    uncond, guidance); `generator` draws the noise of every batch.
+    """
+    est = EMSEstimator(model_fn, **settings)
     for item in batches:
         x0, cond = (item, None) if isinstance(item, torch.Tensor) else item
         est.update(x0, cond=cond, generator=generator)

@@ -1,7 +1,7 @@
 """Scaling-law fits: saturating power laws with profile intervals, compute frontier, isoFLOP N*/D*, L(N, D), arms."""
 
 from ditcore.scaling.arms import compare_arms
-from ditcore.scaling.diagnostics import fit_diagnostics
+from ditcore.scaling.diagnostics import SupportCriteria, fit_diagnostics
 from ditcore.scaling.frontier import (
     compute_frontier,
     fit_frontier_law,
@@ -25,6 +25,7 @@ __all__ = [
     "PowerLawFit",
     "compare_arms",
     "compute_frontier",
+    "SupportCriteria",
     "fit_diagnostics",
     "fit_fid_law",
     "fit_frontier_law",

@@ -2,7 +2,8 @@
 
 `fit_diagnostics` reads the JSON pieces of a fit report (a law from `PowerLawFit.to_dict()`, the frontier
 points, the result of `isoflop_analysis`, of `compare_arms`, and the raw points) and returns a list of
-{"code", "message"}; an empty list means none of the checks fired. Codes:
+{"code", "message"}; an empty list means none of the checks fired. The thresholds named below are the fields of
+`SupportCriteria`. Codes:
 
 * too_few_points: a 3-parameter law from fewer than `min_points` points (exact fit at 3);
 * too_few_budgets: fewer than `min_budgets` distinct compute budgets in the points;
@@ -25,8 +26,23 @@ points, the result of `isoflop_analysis`, of `compare_arms`, and the raw points)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ditcore.metrics.fid import few_samples_warning
 from ditcore.scaling.frontier import _num, budget_of
+
+
+@dataclass(frozen=True)
+class SupportCriteria:
+    """The thresholds behind the diagnostics (see the module doc for the code each one gates)."""
+
+    min_points: int = 6
+    min_budgets: int = 4
+    min_isoflop_budgets: int = 3
+    max_rel_ci_width: float = 1.0
+    max_held_out_rel_error: float = 0.10
+    max_noise_share: float = 0.25
+    min_p_cross: float = 0.9
 
 
 def _d(code: str, message: str) -> dict[str, str]:
@@ -37,14 +53,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _law_checks(
-    law: dict,
-    what: str,
-    min_points: int,
-    max_rel_ci_width: float,
-    max_held_out_rel_error: float,
-    max_noise_share: float,
-) -> list[dict[str, str]]:
+def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if "error" in law:
         return [_d("no_interval", f"The {what} could not be fitted: {law['error']}.")]
@@ -59,12 +68,12 @@ def _law_checks(
                 f"the curve passes through every point and has no meaningful interval.",
             )
         )
-    elif n < min_points:
+    elif n < criteria.min_points:
         out.append(
             _d(
                 "too_few_points",
                 f"The {what} was fitted to only {n} points; a 3-parameter saturating law "
-                f"needs at least {min_points} to constrain its exponent.",
+                f"needs at least {criteria.min_points} to constrain its exponent.",
             )
         )
     ci: dict[str, list[float]] = law.get("ci") or {}
@@ -117,7 +126,7 @@ def _law_checks(
             )
         # A is the excess at C = 1 FLOP: its interval is wide whenever the exponent's is, so only the exponent
         # and the floor are judged by relative width.
-        if name in (exp_name, floor_name) and v is not None and (hi - lo) > max_rel_ci_width * abs(v):
+        if name in (exp_name, floor_name) and v is not None and (hi - lo) > criteria.max_rel_ci_width * abs(v):
             ratio = (hi - lo) / abs(v) if v != 0 else float("inf")
             size = (
                 f"is {ratio:.1f} times as wide as the estimate {_fmt(v)}"
@@ -140,14 +149,14 @@ def _law_checks(
                 f"its predictions beyond the points it was fitted to.",
             )
         )
-    elif ho and float(ho.get("rel_error", 0.0)) > max_held_out_rel_error:
+    elif ho and float(ho.get("rel_error", 0.0)) > criteria.max_held_out_rel_error:
         out.append(
             _d(
                 "held_out_error",
                 f"Refitted without the largest compute (C = {_fmt(ho['compute'])}), the "
                 f"{what} predicts {_fmt(ho['predicted'])} there but {_fmt(ho['observed'])} "
                 f"was measured ({100 * ho['rel_error']:.0f}% off, above the "
-                f"{100 * max_held_out_rel_error:.0f}% threshold): extrapolating it beyond "
+                f"{100 * criteria.max_held_out_rel_error:.0f}% threshold): extrapolating it beyond "
                 f"the measured compute is not supported.",
             )
         )
@@ -155,7 +164,7 @@ def _law_checks(
     if sn and exp_name:
         share = (sn.get("sd_over_ci_width") or {}).get(exp_name)
         sd = (sn.get("param_sd") or {}).get(exp_name)
-        if share is not None and sd is not None and share > max_noise_share:
+        if share is not None and sd is not None and share > criteria.max_noise_share:
             out.append(
                 _d(
                     "sampling_noise",
@@ -176,25 +185,19 @@ def fit_diagnostics(
     points: list[dict] | None = None,
     metric: str = "fid",
     what: str | None = None,
-    min_points: int = 6,
-    min_budgets: int = 4,
-    min_isoflop_budgets: int = 3,
-    max_rel_ci_width: float = 1.0,
-    max_held_out_rel_error: float = 0.10,
-    max_noise_share: float = 0.25,
-    min_p_cross: float = 0.9,
+    criteria: SupportCriteria = SupportCriteria(),
 ) -> list[dict[str, str]]:
     """Diagnostics [{"code", "message"}] for the given report pieces (any may be omitted); see module doc."""
     what = what or f"{metric.upper() if metric == 'fid' else metric} law"
     out: list[dict[str, str]] = []
     if points is not None:
         budgets = {budget_of(p) for p in points if _num(p, metric) is not None} - {None}
-        if len(budgets) < min_budgets:
+        if len(budgets) < criteria.min_budgets:
             out.append(
                 _d(
                     "too_few_budgets",
                     f"The points have {metric} at only {len(budgets)} compute budget(s); "
-                    f"at least {min_budgets} are needed to fit a 3-parameter law and "
+                    f"at least {criteria.min_budgets} are needed to fit a 3-parameter law and "
                     f"hold one budget out to test it.",
                 )
             )
@@ -209,7 +212,7 @@ def fit_diagnostics(
             msg = few_samples_warning(int(few[0]["fid_num_samples"]), int(few[0]["fid_feature_dim"]))
             out.append(_d("few_fid_samples", f"{len(few)} of {len(points)} points: {msg}"))
     if law is not None:
-        out += _law_checks(law, what, min_points, max_rel_ci_width, max_held_out_rel_error, max_noise_share)
+        out += _law_checks(law, what, criteria)
     if frontier:
         models = {str(p.get("model")) for p in frontier}
         if len(models) == 1 and len(frontier) > 1:
@@ -223,7 +226,7 @@ def fit_diagnostics(
                 )
             )
     if isoflop is not None:
-        out += _isoflop_checks(isoflop, min_isoflop_budgets)
+        out += _isoflop_checks(isoflop, criteria.min_isoflop_budgets)
     if arms is not None:
         for info in arms.get("crossings", []):
             a, b = info["arms"]
@@ -237,7 +240,7 @@ def fit_diagnostics(
                     )
                 )
             p = info.get("p_cross")
-            if info.get("exists") and p is not None and p < min_p_cross:
+            if info.get("exists") and p is not None and p < criteria.min_p_cross:
                 out.append(
                     _d(
                         "crossing_uncertain",

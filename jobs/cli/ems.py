@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser
+from pipelines.cli.parsers import checkpoint_command_parser, options_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,15 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.checkpoint_extras import save_ems
     from pipelines.generation import GenerationError
 
-    settings = EMSSettings(
-        guidance=args.guidance,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        num_nodes=args.num_nodes,
-        method=args.method,
-        seed=args.seed,
-        num_tasks=args.num_tasks,
-    )
+    settings = EMSSettings(**options_for(EMSSettings, args))
     try:
         settings.check()
         ems, info = compute_ems(args.checkpoint, settings)

@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from jobs.cli.common import sweep_command_parser
+from pipelines.cli.parsers import options_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,16 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
 
     try:
-        report, out = run_fit(
-            experiment=args.experiment,
-            parent_run_id=args.parent_run,
-            tracking_uri=args.tracking_uri,
-            out_dir=args.out,
-            metric=args.metric,
-            n_boot=args.n_boot,
-            seed=args.seed,
-            log=not args.no_log,
-        )
+        options = options_for(run_fit, args, parent_run_id=args.parent_run, out_dir=args.out, log=not args.no_log)
+        report, out = run_fit(**options)
     except (FitError, ExperimentRecordError, TrackingURIError) as e:
         print(f"ditscale fit: error: {e}", file=sys.stderr)
         return 2

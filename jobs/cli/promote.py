@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from jobs.cli.common import sweep_command_parser
+from pipelines.cli.parsers import options_for
 from pipelines.infra.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
 
 
@@ -43,12 +44,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         res = promote(
             mlflow_client,
             points,
-            model_name=args.model_name,
-            metric=args.metric,
-            alias=args.alias,
-            extra_tags={"experiment": exp_name, "parent_run_id": parent.info.run_id},
-            pyfunc=not args.no_pyfunc,
-            sample_grid=not args.no_sample_grid,
+            **options_for(
+                promote,
+                args,
+                extra_tags={"experiment": exp_name, "parent_run_id": parent.info.run_id},
+                pyfunc=not args.no_pyfunc,
+                sample_grid=not args.no_sample_grid,
+            ),
         )
     except (PromoteError, ExperimentRecordError, TrackingURIError) as e:
         print(f"ditscale promote: error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from ditcore.config import ConfigError, apply_overrides
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, options_for
 from pipelines.infra.ray_runtime import init_ray
 from serve.deploy import DEFAULT_CONFIG, DeploymentPlan, NotReadyError, deploy, plan_deployment, wait_healthy
 
@@ -89,18 +89,7 @@ def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
     bad = [s for s in ns.set if "=" not in s or "." not in s.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: expected DEPLOYMENT.KEY=VALUE")
-    return plan_deployment(
-        ns.config,
-        app_name=ns.app,
-        checkpoint=ns.checkpoint,
-        champion=ns.champion,
-        model_name=ns.model_name,
-        tracking_uri=ns.tracking_uri,
-        host=ns.host,
-        port=ns.port,
-        overrides=apply_overrides({}, ns.set),
-        working_dir=ns.working_dir,
-    )
+    return plan_deployment(**options_for(plan_deployment, ns, app_name=ns.app, overrides=apply_overrides({}, ns.set)))
 
 
 def _detach(argv: list[str], ns: argparse.Namespace, plan: DeploymentPlan) -> int:

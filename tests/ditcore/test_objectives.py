@@ -8,7 +8,7 @@ import torch
 from ditcore.objectives import ObjectiveConfig, drop_conditions, loss, validation_loss
 from ditcore.processes import build_process
 from ditcore.samplers.analytic import GaussianData, analytic_model_fn
-from ditcore.timesteps import resolution_shift, sample_t, time_shift
+from ditcore.timesteps import TimeSampler, resolution_shift, time_shift
 
 
 def zero_model(x, t, **cond):
@@ -17,9 +17,9 @@ def zero_model(x, t, **cond):
 
 def test_uniform_and_logit_normal_statistics():
     g = torch.Generator().manual_seed(0)
-    u = sample_t(20000, kind="uniform", generator=g)
+    u = TimeSampler("uniform").times(20000, g)
     assert u.min() >= 0 and u.max() <= 1 and abs(u.mean().item() - 0.5) < 0.01
-    ln = sample_t(20000, kind="logit-normal", generator=g, logit_mean=0.5, logit_std=1.0)
+    ln = TimeSampler("logit-normal", logit_mean=0.5, logit_std=1.0).times(20000, g)
     logits = torch.log(ln / (1 - ln))
     assert abs(logits.mean().item() - 0.5) < 0.03 and abs(logits.std().item() - 1.0) < 0.03
 
@@ -30,7 +30,7 @@ def test_time_shift_moves_mass_to_noise_and_fixes_endpoints():
     assert shifted[0] == 0 and shifted[-1] == 1 and shifted[2] == pytest.approx(0.75)
     assert resolution_shift(1024, 256) == 2.0
     g = torch.Generator().manual_seed(1)
-    assert sample_t(5000, shift=3.0, generator=g).mean() > 0.6
+    assert TimeSampler(shift=3.0).times(5000, g).mean() > 0.6
 
 
 def test_loss_of_zero_model_is_mean_square_target():
@@ -150,7 +150,7 @@ def test_config_validation_names_the_field():
 def test_log_normal_t_sampler_draws_log_normal_noise_to_signal_on_any_process():
     process = build_process("vp-linear")
     g = torch.Generator().manual_seed(0)
-    t = sample_t(4000, kind="log-normal", generator=g, process=process, p_mean=-0.5, p_std=0.8)
+    t = TimeSampler("log-normal", p_mean=-0.5, p_std=0.8).times(4000, g, process=process)
     assert t.dtype == torch.float32 and t.min() >= 0 and t.max() <= 1
     log_ratio = -process.log_snr(t.double())  # ln(sigma_t / alpha_t)
     inside = (log_ratio > math.log(0.0101)) & (log_ratio < math.log(150.0))  # away from vp-linear's clamped ends

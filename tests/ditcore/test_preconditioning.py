@@ -14,7 +14,7 @@ from ditcore.preconditioning import edm_loss_weight, edm_scalings
 from ditcore.processes import build_process
 from ditcore.samplers import model_fn_from_model, noise_from_seeds, sample, time_grid
 from ditcore.samplers.analytic import GaussianData
-from ditcore.timesteps import sample_t
+from ditcore.timesteps import TimeSampler
 
 EDM = {
     "process": "edm-ve",
@@ -95,16 +95,15 @@ def test_loss_equals_lambda_weighted_denoiser_error():
 
 def test_log_normal_sigmas():
     process = build_process("edm-ve")
-    t = sample_t(
-        50_000, kind="log-normal", generator=torch.Generator().manual_seed(0), process=process, p_mean=-1.2, p_std=1.2
-    )
+    sampler = TimeSampler("log-normal", p_mean=-1.2, p_std=1.2)
+    t = sampler.times(50_000, torch.Generator().manual_seed(0), process=process)
     log_sigma = torch.log(process.sigma(t.double()))
     assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
     assert log_sigma.std().item() == pytest.approx(1.2, abs=0.02)
     with pytest.raises(ValueError, match="needs the process"):
-        sample_t(4, kind="log-normal")
+        TimeSampler("log-normal").times(4)
     with pytest.raises(ValueError, match="time shift"):
-        sample_t(4, kind="log-normal", process=process, shift=2.0)
+        TimeSampler("log-normal", shift=2.0).times(4, process=process)
 
 
 def test_ideal_network_gives_the_closed_form_posterior_mean():

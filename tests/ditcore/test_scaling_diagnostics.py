@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ditcore.scaling import fit_diagnostics, fit_fid_law, fit_frontier_law, isoflop_analysis
+from ditcore.scaling import SupportCriteria, fit_diagnostics, fit_fid_law, fit_frontier_law, isoflop_analysis
 
 SIZES = np.exp(np.linspace(np.log(3e6), np.log(3e8), 9))
 
@@ -85,7 +85,8 @@ def test_held_out_error_when_the_largest_budget_breaks_the_trend():
     assert law["held_out"]["rel_error"] > 0.1
     diags = fit_diagnostics(law=law)
     assert "held_out_error" in _codes(diags)
-    assert fit_diagnostics(law=law, max_held_out_rel_error=0.9) == [d for d in diags if d["code"] != "held_out_error"]
+    lenient = SupportCriteria(max_held_out_rel_error=0.9)
+    assert fit_diagnostics(law=law, criteria=lenient) == [d for d in diags if d["code"] != "held_out_error"]
 
 
 def test_single_model_frontier():

@@ -1,0 +1,38 @@
+"""options_for: the parsed options a command hands to the library function or settings dataclass it calls."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from pipelines.cli.parsers import options_for
+
+
+@dataclass
+class _Settings:
+    steps: int = 10
+    guidance: float = 1.0
+
+
+def _run(out_dir: str, *, steps: int = 1, log: bool = True, **extra: object) -> None:
+    """A library function: positional out_dir, keyword options, a **kwargs that must not swallow the namespace."""
+
+
+def test_takes_the_options_named_like_the_targets_parameters():
+    ns = argparse.Namespace(steps=20, guidance=4.0, port=8000)
+    assert options_for(_Settings, ns) == {"steps": 20, "guidance": 4.0}
+    assert _Settings(**options_for(_Settings, ns)) == _Settings(steps=20, guidance=4.0)
+
+
+def test_given_arguments_add_to_and_replace_the_options():
+    ns = argparse.Namespace(out_dir="a", steps=3, no_log=True, verbose=True)
+    got = options_for(_run, ns, log=not ns.no_log, steps=5)
+    assert got == {"out_dir": "a", "steps": 5, "log": False}  # **extra does not take `verbose` or `no_log`
+
+
+def test_an_option_the_namespace_lacks_keeps_the_targets_default():
+    assert options_for(_Settings, argparse.Namespace(steps=7)) == {"steps": 7}
+    with pytest.raises(TypeError):
+        _run(**options_for(_run, argparse.Namespace(steps=7)))  # out_dir has no default and no option
