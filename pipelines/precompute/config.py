@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pipelines.encoders.text import TextPart, TextSpec
 from pipelines.sources import SourceConfig
+from pipelines.validation import check_positive
 
 
 @dataclass
@@ -40,12 +41,7 @@ class ComputeConfig:
     dtype: str = "auto"  # auto: bfloat16 (or float16) on GPU, float32 on CPU; or float32/float16/bfloat16
 
     def __post_init__(self) -> None:
-        if self.actors < 1:
-            raise ValueError(f"compute.actors must be >= 1, got {self.actors}")
-        if self.batch_size < 1:
-            raise ValueError(f"compute.batch_size must be >= 1, got {self.batch_size}")
-        if self.chunk_rows < 1:
-            raise ValueError(f"compute.chunk_rows must be >= 1, got {self.chunk_rows}")
+        check_positive(self, ("actors", "batch_size", "chunk_rows"), "compute.{name} must be >= 1, got {value}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"compute.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

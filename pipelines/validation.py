@@ -1,0 +1,21 @@
+"""Checks that config dataclasses of several layers share. Standard library only: serve/ imports it too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def check_positive(
+    obj: object,
+    names: Iterable[str],
+    message: str = "{name} must be >= 1, got {value}",
+    error: type[Exception] = ValueError,
+) -> None:
+    """Raise `error` for the first attribute of `obj` named in `names` whose value is below 1.
+
+    `message` is formatted with the attribute's `name` and `value`, so each config keeps its own wording.
+    """
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise error(message.format(name=name, value=value))
