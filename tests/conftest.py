@@ -48,6 +48,16 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def assert_load_errors_name_the_path(load, tmp_path: Path, empty_error: type[Exception], empty_match: str) -> None:
+    """`load` of a saved-model folder: a path that does not exist raises FileNotFoundError naming it; an empty folder
+    (no config.json) raises `empty_error` matching `empty_match`."""
+    with pytest.raises(FileNotFoundError, match="missing_model"):
+        load(tmp_path / "missing_model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(empty_error, match=empty_match):
+        load(tmp_path / "empty")
+
+
 @contextlib.contextmanager
 def loopback_mlflow_server(root: Path):
     """`mlflow server` on 127.0.0.1:<free port> in its own process group (sqlite backend root/server.db, proxied

@@ -24,6 +24,7 @@ from ditcore.metrics.features import (
     predict_objects,
     save_feature_net,
 )
+from tests.conftest import assert_load_errors_name_the_path
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +157,7 @@ def test_attribute_net_shapes_save_load(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
-        load_feature_net(tmp_path / "nope")
-    (tmp_path / "d").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_feature_net(tmp_path / "d")
+    assert_load_errors_name_the_path(load_feature_net, tmp_path, FileNotFoundError, "config.json")
     save_feature_net(BuiltinAttributeNet(width=8, cell_dim=2), tmp_path / "e")
     (tmp_path / "e" / "config.json").write_text(json.dumps({"arch": "resnet-9000"}))
     with pytest.raises(ValueError, match="resnet-9000"):

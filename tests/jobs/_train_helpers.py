@@ -247,6 +247,19 @@ def budget_override(cfg, steps: int) -> str:
     return f"budget_flops={fpi * cfg.data.batch_size * steps}"
 
 
+def config_maker(*base: str, **kwargs):
+    """A module's config of tiny runs: `make(manifest, tmp, *extra, steps=None)` is
+    train_config(manifest, tmp, *base, *extra, **kwargs); with `steps`, the budget_override that trains that many steps
+    of the base config's global batch goes before `extra`."""
+
+    def make(manifest: str, tmp: Path, *extra: str, steps: Optional[int] = None):
+        if steps is not None:
+            extra = (budget_override(train_config(manifest, tmp, *base, **kwargs), steps), *extra)
+        return train_config(manifest, tmp, *base, *extra, **kwargs)
+
+    return make
+
+
 def local_ray(num_cpus: int):
     """Generator for a module-scoped fixture: a fresh private local Ray with `num_cpus` CPUs, no dashboard."""
     import ray

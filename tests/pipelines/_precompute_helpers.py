@@ -93,29 +93,39 @@ def tiny_clip(path: Path, with_projection: bool = True) -> Path:
     return path
 
 
-def tiny_t5(path: Path) -> Path:
-    """A 2-layer T5 encoder (d_model 32) with the MiniLM (BERT) tokenizer saved beside it (no sentencepiece needed)."""
+def with_minilm_tokenizer(path: Path, model_cls, make_config, seed: int = 0) -> Path:
+    """A randomly initialised `model_cls(make_config(tokenizer))` (after torch.manual_seed(seed)) saved at `path`, with
+    the MiniLM (BERT) tokenizer it is configured for saved beside it (no sentencepiece needed)."""
     import torch
-    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+    from transformers import AutoTokenizer
 
     from pipelines.encoders.text import minilm_path
 
     path.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
     tok.save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        pad_token_id=tok.pad_token_id,
-        decoder_start_token_id=tok.pad_token_id,
-    )
-    T5EncoderModel(cfg).save_pretrained(path)
+    torch.manual_seed(seed)
+    model_cls(make_config(tok)).save_pretrained(path)
     return path
+
+
+def tiny_t5(path: Path) -> Path:
+    """A 2-layer T5 encoder (d_model 32) with the MiniLM (BERT) tokenizer saved beside it (no sentencepiece needed)."""
+    from transformers import T5Config, T5EncoderModel
+
+    def config(tok) -> T5Config:
+        return T5Config(
+            vocab_size=tok.vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=tok.pad_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+
+    return with_minilm_tokenizer(path, T5EncoderModel, config)
 
 
 def tiny_feature_net(path: Path) -> Path:
@@ -126,6 +136,53 @@ def tiny_feature_net(path: Path) -> Path:
 
     torch.manual_seed(0)
     return save_feature_net(BuiltinAttributeNet(image_size=32, width=4, cell_dim=2), path)
+
+
+# The image size the tiny VAE and feature net are built for, and so the precompute tests' image_size.
+IMAGE_SIZE = 32
+
+
+class _BuiltOnFirstUse:
+    """A TinyModels attribute: the path (str) of `build(root / <attribute name>)`, built on first access and kept."""
+
+    def __init__(self, build):
+        self.build = build
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, models, owner=None):
+        if models is None:
+            return self
+        path = models.__dict__[self.name] = str(self.build(models.root / self.name))
+        return path
+
+
+class TinyModels:
+    """The tiny checkpoints above under `root`, each built on first use and then reused."""
+
+    vae = _BuiltOnFirstUse(tiny_vae)
+    feature_net = _BuiltOnFirstUse(tiny_feature_net)
+    clip = _BuiltOnFirstUse(tiny_clip)
+    t5 = _BuiltOnFirstUse(tiny_t5)
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+
+def precompute_config(out: Path, models: TinyModels, source: dict, **sections):
+    """PrecomputeConfig of a run of `source` into `out` at IMAGE_SIZE without progress bars, encoding with the tiny VAE
+    and FID stats from the tiny feature net; `sections` (text, compute, ...; vae or fid: None or another) are added or
+    replace those."""
+    from ditcore.config import from_dict
+    from pipelines.precompute.job import PrecomputeConfig
+
+    data = {"output": str(out), "image_size": IMAGE_SIZE, "progress": False, "source": source, **sections}
+    if "vae" not in data:  # built only when used
+        data["vae"] = {"path": models.vae}
+    if "fid" not in data:
+        data["fid"] = {"feature_net": models.feature_net}
+    return from_dict(PrecomputeConfig, data)
 
 
 def feature_dim(path: Path) -> int:

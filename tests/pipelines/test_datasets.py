@@ -177,28 +177,42 @@ def _fake_tool(bin_dir: Path, name: str, script: str, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
+def _install_tool_failures(fetch, module, tool: str, tmp_path: Path, monkeypatch, *, missing, absent, failing) -> None:
+    """The failures of a fetcher that installs its files with an external `tool` (apt-get, npm), writing to
+    tmp_path/o1..o3: with install=False the missing files raise FileNotFoundError matching `missing`; without the tool
+    on PATH, FetchError matching `absent`; with a `tool` that fails (`failing` = (script, expected error)), FetchError
+    matching that error."""
+    with pytest.raises(FileNotFoundError, match=missing):
+        fetch(str(tmp_path / "o1"), install=False)
+    with monkeypatch.context() as m:
+        m.setattr(module.shutil, "which", lambda name: None)
+        with pytest.raises(FetchError, match=absent):
+            fetch(str(tmp_path / "o2"))
+    script, error = failing
+    _fake_tool(tmp_path / "bin", tool, script, monkeypatch)
+    with pytest.raises(FetchError, match=error):
+        fetch(str(tmp_path / "o3"))
+
+
 def test_fashion_mnist_install_paths(tmp_path, monkeypatch):
     system_dir = tmp_path / "usr-share"
     monkeypatch.setattr(fm, "DEFAULT_SOURCE_DIR", str(system_dir))
     monkeypatch.setattr(fm.os, "geteuid", lambda: 0)
-    # Missing files without install: the error lists them and names the command.
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*apt-get install -y dataset-fashion-mnist"):
-        fm.fetch_fashion_mnist(str(tmp_path / "o1"), install=False)
-    # No apt-get at all.
-    monkeypatch.setattr(fm.shutil, "which", lambda name: None)
-    with pytest.raises(FetchError, match="sudo apt-get install -y dataset-fashion-mnist"):
-        fm.fetch_fashion_mnist(str(tmp_path / "o2"))
-    monkeypatch.undo()
-    monkeypatch.setattr(fm, "DEFAULT_SOURCE_DIR", str(system_dir))
-    monkeypatch.setattr(fm.os, "geteuid", lambda: 0)
-    # apt-get that fails.
-    _fake_tool(tmp_path / "bin", "apt-get", "echo 'E: Unable to locate package' >&2; exit 100", monkeypatch)
-    with pytest.raises(
-        FetchError,
-        match=r"`apt-get install -y dataset-fashion-mnist` failed with exit code 100: "
-        r"E: Unable to locate package\. Run `apt-get update && apt-get install",
-    ):
-        fm.fetch_fashion_mnist(str(tmp_path / "o3"))
+    # Missing files without install: the error lists them and names the command; no apt-get at all; apt-get that fails.
+    _install_tool_failures(
+        fm.fetch_fashion_mnist,
+        fm,
+        "apt-get",
+        tmp_path,
+        monkeypatch,
+        missing="train-images-idx3-ubyte.gz.*apt-get install -y dataset-fashion-mnist",
+        absent="sudo apt-get install -y dataset-fashion-mnist",
+        failing=(
+            "echo 'E: Unable to locate package' >&2; exit 100",
+            r"`apt-get install -y dataset-fashion-mnist` failed with exit code 100: "
+            r"E: Unable to locate package\. Run `apt-get update && apt-get install",
+        ),
+    )
     # Not root: no attempt, the error names sudo.
     monkeypatch.setattr(fm.os, "geteuid", lambda: 1000)
     with pytest.raises(FetchError, match="needs root: run `sudo apt-get install -y dataset-fashion-mnist`"):
@@ -350,19 +364,19 @@ def test_emoji_splits_keep_variations_with_their_base(tmp_path):
 
 
 def test_emoji_npm_paths(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="npm pack emoji-datasource-google@16.0.0"):
-        emoji_mod.fetch_emoji(str(tmp_path / "o1"), install=False)
-    monkeypatch.setattr(emoji_mod.shutil, "which", lambda name: None)
-    with pytest.raises(FetchError, match="npm is not available.*`npm pack emoji-datasource-google@16.0.0`"):
-        emoji_mod.fetch_emoji(str(tmp_path / "o2"))
-    monkeypatch.undo()
-    _fake_tool(tmp_path / "bin", "npm", "echo 'npm error code E404' >&2; exit 1", monkeypatch)
-    with pytest.raises(
-        FetchError,
-        match=r"`npm pack emoji-datasource-google@16.0.0` failed \(exit code 1\): "
-        r"npm error code E404",
-    ):
-        emoji_mod.fetch_emoji(str(tmp_path / "o3"))
+    _install_tool_failures(
+        emoji_mod.fetch_emoji,
+        emoji_mod,
+        "npm",
+        tmp_path,
+        monkeypatch,
+        missing="npm pack emoji-datasource-google@16.0.0",
+        absent="npm is not available.*`npm pack emoji-datasource-google@16.0.0`",
+        failing=(
+            "echo 'npm error code E404' >&2; exit 1",
+            r"`npm pack emoji-datasource-google@16.0.0` failed \(exit code 1\): npm error code E404",
+        ),
+    )
     tgz = _write_emoji_package(tmp_path / "fixture.tgz")
     _fake_tool(
         tmp_path / "bin",

@@ -14,22 +14,11 @@ from safetensors.torch import load_file
 from ditcore.config import ConfigError
 from ditcore.models import build_model, config_from_dict
 from ditcore.models.layers import set_activation_checkpointing
-from jobs.train.config import TrainConfig
 from jobs.train.driver import run_local, run_training
 from jobs.train.plan import resolve_run
-from tests.jobs._train_helpers import TINY_OPTIM, budget_override, local_ray, train_config
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, config_maker, local_ray
 
-
-def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
-    return train_config(
-        manifest,
-        tmp,
-        "mlflow.enabled=false",
-        *TINY_OPTIM,
-        "run.deterministic=true",
-        "mlflow.log_every=2",
-        *extra,
-    )
+_cfg = config_maker("mlflow.enabled=false", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=2")
 
 
 def _close(a_dir: Path, b_dir: Path, names=("model", "ema"), atol=2e-6) -> None:
@@ -133,19 +122,8 @@ def test_fsdp_levers_and_sharded_checkpoint_resume_on_fewer_workers(ray_local, d
 
 @pytest.mark.slow
 def test_fsdp_bf16_policy_trains_with_fp32_parameters(ray_local, data8, tmp_path):
-    cfg = _cfg(data8, tmp_path)
-    out = run_training(
-        _cfg(
-            data8,
-            tmp_path,
-            budget_override(cfg, 4),
-            "run.name=bf16",
-            "run.fsdp=true",
-            "run.num_workers=2",
-            "run.fsdp_mixed_precision=bf16",
-            "run.deterministic=false",
-        )
-    )
+    bf16 = ["run.fsdp=true", "run.num_workers=2", "run.fsdp_mixed_precision=bf16", "run.deterministic=false"]
+    out = run_training(_cfg(data8, tmp_path, "run.name=bf16", *bf16, steps=4))
     assert out["status"] == "finished" and out["steps"] == 4
     w = load_file(str(Path(out["run_dir"]) / "checkpoints" / "step_00000004" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in w.values())

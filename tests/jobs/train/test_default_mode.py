@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.train.config import TrainConfig
 from jobs.train.data import loader_kind
 from jobs.train.driver import run_training
 from jobs.train.plan import resolve_run
-from tests.jobs._train_helpers import TINY_OPTIM, budget_override, make_eval_dataset, train_config
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, config_maker, make_eval_dataset
 
 pytestmark = pytest.mark.slow  # Ray Train on a local Ray
 
@@ -28,21 +27,17 @@ def data40(tmp_path_factory) -> str:
     return make_eval_dataset(tmp_path_factory.mktemp("lat40"), n=40, num_classes=4, shards=4, builtin=True)[0]
 
 
-def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
-    return train_config(
-        manifest,
-        tmp,
-        "data.loader=ray",  # the streaming reader (read_latents + filter + materialize), not the driver read
-        "data.shuffle_buffer=16",
-        "mlflow.experiment=test-default-mode",
-        "mlflow.log_every=1",
-        *TINY_OPTIM,
-        "run.cpus_per_worker=1",
-        *extra,
-        preset="DiT-T/2",
-        batch_size=BATCH,
-        val_samples=8,
-    )
+_cfg = config_maker(
+    "data.loader=ray",  # the streaming reader (read_latents + filter + materialize), not the driver read
+    "data.shuffle_buffer=16",
+    "mlflow.experiment=test-default-mode",
+    "mlflow.log_every=1",
+    *TINY_OPTIM,
+    "run.cpus_per_worker=1",
+    preset="DiT-T/2",
+    batch_size=BATCH,
+    val_samples=8,
+)
 
 
 def test_streaming_loader_is_what_the_default_mode_runs(data40, tmp_path):
@@ -55,18 +50,8 @@ def test_streaming_loader_is_what_the_default_mode_runs(data40, tmp_path):
 
 
 def test_streaming_loader_trains_on_two_workers_and_evaluates(ray_local, data40, tmp_path):
-    cfg = _cfg(data40, tmp_path)
-    cfg = _cfg(
-        data40,
-        tmp_path,
-        budget_override(cfg, 6),
-        "run.name=stream2",
-        "run.num_workers=2",
-        "eval.num_samples=8",
-        "eval.steps=2",
-        "eval.num_actors=0",
-    )
-    out = run_training(cfg)
+    evaluation = ["eval.num_samples=8", "eval.steps=2", "eval.num_actors=0"]
+    out = run_training(_cfg(data40, tmp_path, "run.name=stream2", "run.num_workers=2", *evaluation, steps=6))
     assert out["status"] == "finished" and out["steps"] == 6, out
     (point,) = out["points"]
     assert point["step"] == 6 and point["images_seen"] == 6 * BATCH

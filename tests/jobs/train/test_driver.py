@@ -17,19 +17,9 @@ from jobs.train.driver import run_local, run_training
 from jobs.train.plan import resolve_run
 from pipelines.infra.config_files import load_config
 from tests.conftest import free_port
-from tests.jobs._train_helpers import TINY_OPTIM, budget_override, train_config
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, config_maker
 
-
-def _cfg(manifest: str, tmp: Path, *extra: str) -> TrainConfig:
-    return train_config(
-        manifest,
-        tmp,
-        "mlflow.experiment=test-train",
-        *TINY_OPTIM,
-        "run.deterministic=true",
-        "mlflow.log_every=1",
-        *extra,
-    )
+_cfg = config_maker("mlflow.experiment=test-train", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=1")
 
 
 def _weights(ckpt_dir) -> dict[str, torch.Tensor]:
@@ -52,11 +42,10 @@ def _resumed_and_reference(manifest: str, tmp: Path, failure: str, *extra: str) 
 
 @pytest.mark.slow
 def test_two_workers_ddp_equals_one_worker(ray_local, data8, tmp_path):
-    cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(data8, tmp_path, budget_override(cfg, 3), "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2")
+    cfg = _cfg(data8, tmp_path, "run.num_workers=2", "run.cpus_per_worker=1", "run.name=ddp2", steps=3)
     out = run_training(cfg)
     assert out["status"] == "finished" and out["steps"] == 3
-    run_local(_cfg(data8, tmp_path, budget_override(cfg, 3), "run.name=ref"), str(tmp_path / "local"))
+    run_local(_cfg(data8, tmp_path, "run.name=ref", steps=3), str(tmp_path / "local"))
     a = _weights(Path(out["run_dir"]) / "checkpoints" / "step_00000003")
     b = _weights(tmp_path / "local" / "checkpoints" / "step_00000003")
     moved = any(not torch.equal(v, torch.zeros_like(v)) for v in b.values())
@@ -91,16 +80,8 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, tmp_path):
-    cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(
-        data8,
-        tmp_path,
-        budget_override(cfg, 5),
-        "run.name=nanrun",
-        "checkpoint.every_n_steps=1",
-        'debug.inject_failure={"step": 2, "mode": "nan"}',
-    )
-    out = run_training(cfg)
+    nan_at_2 = 'debug.inject_failure={"step": 2, "mode": "nan"}'
+    out = run_training(_cfg(data8, tmp_path, "run.name=nanrun", "checkpoint.every_n_steps=1", nan_at_2, steps=5))
     assert out["status"] == "failed" and "non-finite loss" in out["reason"]
     ckpts = sorted(p.name for p in (Path(out["run_dir"]) / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts[-1] == "step_00000002"  # steps 0,1 done; the NaN at step index 2 is never applied
@@ -116,16 +97,8 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     from ditcore.checkpoint import load_checkpoint
     from pipelines.infra import storage
 
-    cfg = _cfg(data8, tmp_path)
-    cfg = _cfg(
-        data8,
-        tmp_path,
-        budget_override(cfg, 2),
-        "run.name=s3run",
-        f"checkpoint.storage={s3_bucket}/runs",
-        "mlflow.enabled=false",
-    )
-    out = run_training(cfg)
+    storage_s3 = f"checkpoint.storage={s3_bucket}/runs"
+    out = run_training(_cfg(data8, tmp_path, "run.name=s3run", storage_s3, "mlflow.enabled=false", steps=2))
     assert out["status"] == "finished"
     ck = f"{s3_bucket}/runs/s3run/checkpoints/step_00000002"
     assert out["points"][0]["checkpoint"] == ck

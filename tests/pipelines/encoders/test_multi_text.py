@@ -18,31 +18,26 @@ from pipelines.encoders.text import (
     load_text_encoders,
     resolve_parts,
 )
-from tests.pipelines._precompute_helpers import tiny_clip, tiny_t5
+from tests.pipelines._precompute_helpers import tiny_clip, tiny_t5, with_minilm_tokenizer
 
 TEXTS = ["a large red circle at the top left", "", "a small blue square and a cat", "the dog"]
 
 
 def tiny_bert(path: Path, hidden: int = 24) -> Path:
     """A 1-layer BertModel (hidden 24) with the MiniLM tokenizer saved beside it."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
-    from pipelines.encoders.text import minilm_path
+    def config(tok) -> BertConfig:
+        return BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=64,
+        )
 
-    path.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    tok.save_pretrained(path)
-    torch.manual_seed(1)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(path)
-    return path
+    return with_minilm_tokenizer(path, BertModel, config, seed=1)
 
 
 @pytest.fixture(scope="module")

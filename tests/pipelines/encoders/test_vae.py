@@ -8,6 +8,7 @@ import torch
 
 from ditcore.preprocess import images_to_tensor, tensor_to_images
 from pipelines.encoders.vae import VAELoadError, decode_to_images, encode_images, load_vae, vae_identity
+from tests.conftest import assert_load_errors_name_the_path
 from tests.pipelines.encoders._tiny import tiny_autoencoder
 
 
@@ -66,11 +67,7 @@ def test_dtype_and_subfolder(tiny_vae_dir, tmp_path):
 
 
 def test_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing_vae"):
-        load_vae(tmp_path / "missing_vae")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(VAELoadError, match="empty.*config.json"):
-        load_vae(tmp_path / "empty")
+    assert_load_errors_name_the_path(load_vae, tmp_path, VAELoadError, "empty.*config.json")
     with pytest.raises(VAELoadError, match="no-such-org/no-such-vae"):
         load_vae("no-such-org/no-such-vae")  # hub id; HF_HUB_OFFLINE=1 in tests
 

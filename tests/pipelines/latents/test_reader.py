@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from ditcore.config import from_dict
 from pipelines.latents.reader import (
     LatentDatasetError,
     load_fid_stats,
@@ -20,33 +19,20 @@ from pipelines.latents.reader import (
     read_manifest,
     to_model_space,
 )
-from pipelines.precompute.job import PrecomputeConfig, run_precompute
-from tests.pipelines._precompute_helpers import tiny_feature_net, tiny_t5, tiny_vae
+from pipelines.precompute.job import run_precompute
+from tests.pipelines._precompute_helpers import IMAGE_SIZE, precompute_config
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-S = 32
-
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ds")
-    cfg = from_dict(
-        PrecomputeConfig,
-        {
-            "output": str(d / "out"),
-            "image_size": S,
-            "progress": False,
-            "source": {"kind": "builtin", "count": 12, "shard_size": 5},
-            "vae": {"path": str(tiny_vae(d / "vae"))},
-            "fid": {"feature_net": str(tiny_feature_net(d / "fn"))},
-            "text": {"encoder": str(tiny_t5(d / "t5")), "max_length": 16},
-            "compute": {"batch_size": 4},
-        },
-    )
-    run_precompute(cfg)
-    return d / "out"
+def dataset(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("ds") / "out"
+    source = {"kind": "builtin", "count": 12, "shard_size": 5}
+    text = {"encoder": tiny.t5, "max_length": 16}
+    run_precompute(precompute_config(out, tiny, source, text=text, compute={"batch_size": 4}))
+    return out
 
 
 def test_read_manifest_and_incomplete_dataset(dataset, tmp_path):
@@ -114,5 +100,5 @@ def test_data_inspect_cli_prints_summary_and_writes_preview(dataset, tmp_path, c
     out = capsys.readouterr().out
     assert "12 written, 0 failed, 12 input" in out and "latents 4x8x8" in out and "latent_mean" in out
     img = Image.open(preview)
-    assert img.size == (6 * (S + 2) + 2, S + 4)  # one row of 6 decoded 32 px images
+    assert img.size == (6 * (IMAGE_SIZE + 2) + 2, IMAGE_SIZE + 4)  # one row of 6 decoded 32 px images
     assert data_main(["inspect", str(tmp_path / "nothing")]) == 2

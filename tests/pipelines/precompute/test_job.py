@@ -11,67 +11,38 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ditcore.config import from_dict
 from ditcore.data.builtin import BuiltinSpec, render_batch
 from pipelines.cli.precompute import main
 from pipelines.latents.reader import load_fid_stats, load_latents_numpy, load_null_text, read_manifest
 from pipelines.precompute.job import PrecomputeConfig, run_precompute
-from tests.pipelines._precompute_helpers import (
-    feature_dim,
-    make_folder,
-    tiny_clip,
-    tiny_feature_net,
-    tiny_vae,
-)
+from tests.pipelines._precompute_helpers import IMAGE_SIZE, TinyModels, feature_dim, make_folder, precompute_config
 
 # End-to-end Ray runs (actor start-up, model loading): > 10 s each on 2 cores.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-S = 32
+
+def _cfg(models: TinyModels, out, source: dict | None = None, **extra) -> PrecomputeConfig:
+    """20 built-in images in shards of 8 (unless `source`), batches of 8 on one actor; `extra` sections as given."""
+    source = source or {"kind": "builtin", "count": 20, "shard_size": 8}
+    return precompute_config(out, models, source, compute={"batch_size": 8, "actors": 1}, **extra)
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    d = tmp_path_factory.mktemp("artefacts")
-    return {
-        "vae": str(tiny_vae(d / "vae")),
-        "fn": str(tiny_feature_net(d / "fn")),
-        "clip": str(tiny_clip(d / "clip")),
-        "root": d,
-    }
-
-
-def _cfg(art, out, **extra) -> PrecomputeConfig:
-    data = {
-        "output": str(out),
-        "image_size": S,
-        "progress": False,
-        "source": {"kind": "builtin", "count": 20, "shard_size": 8},
-        "vae": {"path": art["vae"]},
-        "fid": {"feature_net": art["fn"]},
-        "compute": {"batch_size": 8, "actors": 1},
-    }
-    for k, v in extra.items():
-        data[k] = v
-    return from_dict(PrecomputeConfig, data)
-
-
-@pytest.fixture(scope="module")
-def builtin_run(art):
-    out = art["root"] / "builtin-out"
-    summary = run_precompute(_cfg(art, out))
+def builtin_run(tiny):
+    out = tiny.root / "builtin-out"
+    summary = run_precompute(_cfg(tiny, out))
     return out, summary
 
 
-def test_builtin_counts_manifest_and_files(builtin_run, art):
+def test_builtin_counts_manifest_and_files(builtin_run, tiny):
     out, summary = builtin_run
     assert (summary["input"], summary["written"], summary["failed"]) == (20, 20, 0)
     assert summary["shards"] == 3 and summary["shards_skipped"] == 0 and summary["rows_this_run"] == 20
     m = read_manifest(str(out)).to_dict()
     assert m["counts"] == {"input": 20, "written": 20, "failed": 0}
-    assert m["num_classes"] == 30 and m["image_size"] == S and m["source"]["kind"] == "builtin"
+    assert m["num_classes"] == 30 and m["image_size"] == IMAGE_SIZE and m["source"]["kind"] == "builtin"
     assert m["vae"] == {
-        "path": art["vae"],
+        "path": tiny.vae,
         "revision": None,
         "scaling_factor": 0.5,
         "shift_factor": 0.1,
@@ -85,7 +56,7 @@ def test_builtin_counts_manifest_and_files(builtin_run, art):
         m["text"]["dim"],
         m["text"]["pooled_dim"],
     ) == (32, 384, 384)
-    assert m["fid"]["feature_dim"] == feature_dim(art["fn"]) and m["fid"]["stats"] == "fid_stats.safetensors"
+    assert m["fid"]["feature_dim"] == feature_dim(tiny.feature_net) and m["fid"]["stats"] == "fid_stats.safetensors"
     assert len(m["latent_stats"]["mean"]) == 4 and all(s > 0 for s in m["latent_stats"]["std"])
     assert m["config"]["source"]["count"] == 20 and m["code_version"]
     for name in ("failures.parquet", "null_text.safetensors", "fid_stats.safetensors", "manifest.json"):
@@ -113,7 +84,7 @@ def test_schema_reads_back_three_ways(builtin_run):
     assert ds.count() == 20 and set(ds.schema().names) >= {"id", "latent_mean", "text_emb", "text_mask", "caption"}
 
 
-def test_latents_match_a_direct_encode_including_flip(builtin_run, art):
+def test_latents_match_a_direct_encode_including_flip(builtin_run, tiny):
     from ditcore.preprocess import images_to_tensor
     from pipelines.encoders.vae import encode_images, load_vae
 
@@ -122,10 +93,10 @@ def test_latents_match_a_direct_encode_including_flip(builtin_run, art):
     assert rows["latent_mean"].shape == (20, 4, 8, 8) and rows["latent_mean"].dtype == np.float16
     assert rows["text_emb"].shape == (20, 32, 384) and rows["text_mask"].dtype == bool
     order = np.argsort(rows["id"])
-    batch = render_batch(0, 20, BuiltinSpec(image_size=S))
+    batch = render_batch(0, 20, BuiltinSpec(image_size=IMAGE_SIZE))
     assert list(rows["id"][order]) == list(batch["id"])
     assert list(rows["caption"][order]) == list(batch["caption"]) and list(rows["label"][order]) == list(batch["label"])
-    vae = load_vae(art["vae"])
+    vae = load_vae(tiny.vae)
     x = images_to_tensor(batch["image"])
     mean, std = encode_images(vae, x)
     mean_f, _ = encode_images(vae, torch.flip(x, dims=[-1]))
@@ -134,15 +105,17 @@ def test_latents_match_a_direct_encode_including_flip(builtin_run, art):
     np.testing.assert_allclose(rows["latent_mean_flip"][order].astype(np.float32), mean_f.numpy(), atol=2e-3, rtol=2e-3)
 
 
-def test_fid_stats_and_null_text(builtin_run, art):
+def test_fid_stats_and_null_text(builtin_run, tiny):
     from ditcore.metrics.features import load_feature_net
     from ditcore.metrics.fid import feature_stats
 
     out, _ = builtin_run
     mu, sigma = load_fid_stats(str(out))
-    feats = load_feature_net(art["fn"]).features(render_batch(0, 20, BuiltinSpec(image_size=S))["image"])
+    feats = load_feature_net(tiny.feature_net).features(
+        render_batch(0, 20, BuiltinSpec(image_size=IMAGE_SIZE))["image"]
+    )
     mu_ref, sigma_ref = feature_stats(feats.numpy())
-    f = feature_dim(art["fn"])
+    f = feature_dim(tiny.feature_net)
     assert mu.dtype == np.float64 and sigma.shape == (f, f)
     np.testing.assert_allclose(mu, mu_ref, atol=1e-4)
     np.testing.assert_allclose(sigma, sigma_ref, atol=1e-4)
@@ -151,18 +124,18 @@ def test_fid_stats_and_null_text(builtin_run, art):
     assert int(null["text_mask"].sum()) == 2  # [CLS] [SEP]
 
 
-def test_rerun_through_the_cli_skips_finished_shards(builtin_run, art, capsys):
+def test_rerun_through_the_cli_skips_finished_shards(builtin_run, tiny, capsys):
     out, first = builtin_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
     rc = main(
         [
             "output=" + str(out),
-            f"image_size={S}",
+            f"image_size={IMAGE_SIZE}",
             "progress=false",
             "source.count=20",
             "source.shard_size=8",
-            f"vae.path={art['vae']}",
-            f"fid.feature_net={art['fn']}",
+            f"vae.path={tiny.vae}",
+            f"fid.feature_net={tiny.feature_net}",
             "compute.batch_size=8",
         ]
     )
@@ -174,11 +147,11 @@ def test_rerun_through_the_cli_skips_finished_shards(builtin_run, art, capsys):
     assert len(ids) == len(set(ids)) == 20
 
 
-def test_folder_source_with_tiny_clip_and_no_fid(art, tmp_path):
+def test_folder_source_with_tiny_clip_and_no_fid(tiny, tmp_path):
     root = make_folder(tmp_path / "imgs", n_per_class=2, classes=("cat", "dog"))
     out = tmp_path / "out"
     cfg = _cfg(
-        art, out, source={"kind": "folder", "path": str(root), "shard_size": 3}, text={"encoder": art["clip"]}, fid=None
+        tiny, out, source={"kind": "folder", "path": str(root), "shard_size": 3}, text={"encoder": tiny.clip}, fid=None
     )
     s = run_precompute(cfg)
     assert (s["input"], s["written"], s["failed"]) == (4, 4, 0)
@@ -192,9 +165,9 @@ def test_folder_source_with_tiny_clip_and_no_fid(art, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_path", "unknown_encoder", "unwritable_output", "bad_yaml_key", "bad_type"])
-def test_config_errors_exit_nonzero_before_any_work(case, art, tmp_path, capsys):
+def test_config_errors_exit_nonzero_before_any_work(case, tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [f"output={out}", f"vae.path={art['vae']}", f"fid.feature_net={art['fn']}", "progress=false"]
+    args = [f"output={out}", f"vae.path={tiny.vae}", f"fid.feature_net={tiny.feature_net}", "progress=false"]
     expect = ""
     if case == "missing_path":
         args += ["source.kind=folder", f"source.path={tmp_path / 'no-such-dir'}"]
