@@ -166,6 +166,7 @@ def isoflop_analysis(
         groups.setdefault(b, []).append((n, m, images_of(p)))
     budgets = []
     for b in sorted(groups):
+        groups[b].sort(key=lambda row: (row[0], row[1]))  # by size: the bootstrap then ignores the input order
         ns = np.array([n for n, _, _ in groups[b]])
         if np.unique(ns).size < 3:
             continue
@@ -279,6 +280,8 @@ def fit_frontier_law(
     usable = [
         p for p in points if _num(p, metric) is not None and budget_of(p) is not None and compute_of(p) is not None
     ]
+    # A fixed order, so the redraws do not depend on the order the points came in (MLflow lists runs by id).
+    usable.sort(key=lambda p: (budget_of(p), compute_of(p), str(p.get("model")), _num(p, metric), _num(p, se_key) or 0))
     vals = np.array([_num(p, metric) for p in usable])
     ses = np.array([max(_num(p, se_key) or 0.0, 0.0) for p in usable])
     comp = np.array([compute_of(p) for p in usable])

@@ -55,11 +55,16 @@ def to_dicts(points: list[ScalingPoint]) -> list[dict[str, Any]]:
 
 def unique_points(points: list[ScalingPoint]) -> list[ScalingPoint]:
     """One point per (trial, training run, budget, step): where a trial was recorded twice (a driver restarted
-    through a tracking outage by an older version), the newest record wins, so fits never count a point twice."""
+    through a tracking outage by an older version), the newest record wins, so fits never count a point twice.
+
+    The points come back ordered by what they measure (arm, model, size, budget, compute, step), not by the
+    MLflow run ids they were listed by, so bootstraps over them give the same report for the same results."""
     seen: dict[tuple, ScalingPoint] = {}
     for p in points:  # oldest run first: later records overwrite
         seen[(p.trial_id or p.run_id, p.run, p.budget_flops, p.step)] = p
-    return list(seen.values())
+    return sorted(
+        seen.values(), key=lambda p: (p.arm or "", p.model, p.params, p.budget_flops, p.flops, p.step, p.run or "")
+    )
 
 
 def read_points(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ditcore.scaling import fit_fid_law, fit_frontier_law, profile_intervals
+from ditcore.scaling import fit_fid_law, fit_frontier_law, isoflop_analysis, profile_intervals
 from ditcore.scaling.calibration import SCENARIOS, coverage_experiment, synthetic_frontier
 
 
@@ -102,3 +102,31 @@ def test_frontier_noise_propagation_reselects_the_best_model_per_budget():
     assert 0.5 < sn["frontier_change_rate"] <= 1.0  # with 6 coin-flip budgets almost every redraw changes one
     no_noise, _ = fit_frontier_law(pts, "fid", n_boot=30, seed=0)
     assert no_noise.sampling_noise is None and no_noise.params == fit.params
+
+
+def test_frontier_noise_propagation_does_not_depend_on_the_order_of_the_points():
+    # MLflow lists a sweep's runs by their random ids: the same points in another order give the same report.
+    rng = np.random.default_rng(3)
+    pts = [
+        {"model": m, "params": n, "budget_flops": cc, "flops": cc, "fid": f, "fid_se": 0.03 * f}
+        for cc in np.logspace(15, 17, 5)
+        for m, n in (("S", 1e7), ("B", 4e7))
+        for f in [(5e5 * cc**-0.3 + 8.0) * np.exp(rng.normal(0, 0.05))]
+    ]
+    shuffled = [pts[i] for i in np.random.default_rng(0).permutation(len(pts))]
+    a, _ = fit_frontier_law(pts, "fid", se_key="fid_se", n_boot=20, n_noise=30, seed=0)
+    b, _ = fit_frontier_law(shuffled, "fid", se_key="fid_se", n_boot=20, n_noise=30, seed=0)
+    assert a.params == b.params
+    assert a.sampling_noise == b.sampling_noise
+
+
+def test_isoflop_bootstrap_does_not_depend_on_the_order_of_the_points():
+    rng = np.random.default_rng(4)
+    pts = [
+        {"params": n, "budget_flops": cc, "flops": cc, "images_seen": cc / (6 * n), "fid": f}
+        for cc in np.logspace(15, 17, 4)
+        for n in (1e6, 3e6, 1e7, 3e7, 1e8)
+        for f in [(50 + (n * 1e3 / cc**0.5) ** 0.5 + (cc**0.5 / 1e3 / n) ** 0.5) * np.exp(rng.normal(0, 0.02))]
+    ]
+    shuffled = [pts[i] for i in np.random.default_rng(1).permutation(len(pts))]
+    assert isoflop_analysis(pts, "fid", n_boot=30) == isoflop_analysis(shuffled, "fid", n_boot=30)
