@@ -9,9 +9,16 @@ from jobs.scaling.points import ScalingPoint, unique_points
 
 def _point(model: str, params: int, budget: float, fid: float, trial: str) -> ScalingPoint:
     return ScalingPoint(
-        model=model, params=params, budget_flops=budget, flops=budget, step=int(budget / 1e9), checkpoint="c", fid=fid,
-        trial_id=trial, run=f"{model}-{trial}",
-    )  # fmt: skip
+        model=model,
+        params=params,
+        budget_flops=budget,
+        flops=budget,
+        step=int(budget / 1e9),
+        checkpoint="c",
+        fid=fid,
+        trial_id=trial,
+        run=f"{model}-{trial}",
+    )
 
 
 def test_points_come_back_in_one_order_whatever_order_they_were_listed_in():
