@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.quickstart.runner import Context
-from jobs.scaling.summary import law_sentence
+from jobs.scaling.summary import ci_method_name, law_sentence
 
 
 def _g(v: Any) -> str:
@@ -148,7 +148,8 @@ def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:
     lines += [f"![{Path(p).stem}]({rel(p)})" for p in ctx.results["fit"]["plots"]]
     return lines + [
         "",
-        "All fitted laws (bootstrap intervals, held-out check without the largest budget):",
+        f"All fitted laws (intervals: {ci_method_name(law)} for the power laws, bootstrap for N*(C) and D*(C); "
+        "held-out check without the largest budget):",
         "",
         "```",
         ctx.results["fit"]["laws"],

@@ -3,6 +3,7 @@ curves with their minima, and the compute-optimal model size N*(C)."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,21 @@ def _pyplot() -> Any:
     return plt
 
 
+def _minor_log_label(x: float, _pos: Any) -> str:
+    """2 x 10^k and 5 x 10^k; the other minor ticks unlabelled."""
+    e = math.floor(math.log10(x) + 1e-9)
+    m = round(x / 10**e)
+    return f"${m}\\times10^{{{e}}}$" if m in (2, 5) else ""
+
+
 def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.ticker import FuncFormatter
+
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        # Under two decades matplotlib labels the minor ticks 2, 3, 4 and 6 x 10^k, whose labels overlap.
+        if ax.get_xscale() == "log" and 0 < lo < hi < 100 * lo:
+            ax.xaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
