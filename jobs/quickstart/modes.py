@@ -106,13 +106,16 @@ _DIT_MODELS = (
     'models=[{"depth":1,"hidden_size":64,"num_heads":1},{"depth":2,"hidden_size":96,"num_heads":2},'
     '{"depth":2,"hidden_size":128,"num_heads":2},{"depth":3,"hidden_size":192,"num_heads":3}]'
 )
-_REAL_EVAL = [
+_REAL_SETTINGS = [
     "base.eval.num_samples=256",
     "base.eval.sampler=dpmpp-2m",
     "base.eval.steps=8",
     "base.eval.guidance=2.0",
     "base.eval.fractions=[]",
     "base.eval.num_actors=0",
+    # The grid file sets flip 0 for the built-in captions (they name sides); a mirrored garment or emoji keeps its
+    # class or name, so the real sets train on mirrored images too (DiT's augmentation).
+    "base.data.flip=0.5",
 ]
 
 
@@ -127,7 +130,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
     else:
         raise ValueError(f"--data {data!r}: not 'fashion-mnist', 'emoji' or an existing folder / parquet path")
     text = spec.conditioning == "text"
-    sweep = [_REAL_BUDGETS, *_REAL_EVAL, *([] if text else [_DIT_MODELS])]
+    sweep = [_REAL_BUDGETS, *_REAL_SETTINGS, *([] if text else [_DIT_MODELS])]
     mode = Mode(
         name=f"{spec.name.replace('/', '_').strip('_')}" + ("-tiny" if tiny else ""),
         image_size=32,
@@ -152,6 +155,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         mode.precompute = ["source.limit=512"]
         mode.sweep = [
             *_TINY_SWEEP,
+            "base.data.flip=0.5",
             *([] if text else [_DIT_MODELS.replace(',{"depth":3,"hidden_size":192,"num_heads":3}', "")]),
             *([] if not text else [_TINY_TEXT_MODELS]),
         ]

@@ -39,6 +39,9 @@ class DataConfig:
     # Per-encoder dropout of a multi-encoder text set (SD3): {encoder name: p}, each part -> its null embedding.
     text_dropout: dict[str, float] = field(default_factory=dict)
     val_samples: int = 64  # rows held out (first rows of the set) for the deterministic validation loss
+    # Probability of training on an image's horizontal mirror (DiT's ImageNet augmentation). Set 0 when conditions
+    # name left and right, as the built-in captions do: a mirrored "at the top left" image is drawn at the top right.
+    flip: float = 0.5
     shuffle_buffer: int = 256  # local shuffle buffer (rows) per worker; 0 disables shuffling
     loader: Literal["auto", "driver", "ray"] = "auto"  # auto: driver-side read for sets < 512 MiB, else streaming
     materialize: bool = True  # streaming reader: read once into the object store instead of per epoch
@@ -175,6 +178,8 @@ def config_hash(cfg: TrainConfig) -> str:
     d["eval"] = {}
     if not d["data"].get("text_dropout"):
         d["data"].pop("text_dropout", None)
+    if d["data"].get("flip") == 0.5:
+        d["data"].pop("flip", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

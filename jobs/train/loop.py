@@ -222,7 +222,7 @@ class Trainer:
             if self.cfg.run.deterministic:
                 return self._per_sample_loss(b, cond, batch["id"])
             self.gen.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, *([micro] if micro else [])))
-            flip = torch.rand(len(batch["id"]), generator=self.gen, device=self.device) < 0.5
+            flip = torch.rand(len(batch["id"]), generator=self.gen, device=self.device) < self.cfg.data.flip
             x0 = latents_to_model_space(b, self.gen, self.scale, self.shift, flip)
             cond = self._drop_text(cond, self.gen)
             return objectives.loss(self.model, x0, cond, self.gen, self.obj_cfg, self.null_cond)
@@ -246,7 +246,7 @@ class Trainer:
             g.manual_seed(mix_seed(self.cfg.run.seed, self.progress.epoch, zlib.crc32(str(ids[i]).encode())))
             bi = {k: v[i : i + 1] for k, v in b.items()}
             x0 = latents_to_model_space(
-                bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device) < 0.5
+                bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device) < self.cfg.data.flip
             )
             ci = self._drop_text({k: v[i : i + 1] for k, v in cond.items()}, g)
             losses.append(objectives.loss(self.model, x0, ci, g, self.obj_cfg, self.null_cond))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -193,6 +195,8 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"
         )
+    if isinstance(cfg.data.flip, bool) or not isinstance(cfg.data.flip, (int, float)) or not 0 <= cfg.data.flip <= 1:
+        raise ConfigError(f"data.flip must be a probability in [0, 1], got {cfg.data.flip!r}")
     if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
         raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -312,5 +316,22 @@ def attach_worker_data(plan: RunPlan) -> None:
         )
     if cfg.data.val_samples > 0 and plan.val is None:
         val = load_latents_numpy(cfg.data.manifest, limit=cfg.data.val_samples)
-        val.pop("caption", None)
+        sided = sided_caption(val.pop("caption", None)) if plan.is_text else None
+        if sided is not None and cfg.data.flip > 0:
+            warnings.warn(
+                f"data.flip={cfg.data.flip:g} mirrors images whose captions name a side (e.g. {sided!r}): a mirrored "
+                "image contradicts its caption; set data.flip=0 for such data",
+                stacklevel=2,
+            )
         plan.val = val
+
+
+_SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def sided_caption(captions: Any) -> str | None:
+    """The first caption that names a side (left / right), which a horizontal flip would contradict; else None."""
+    for caption in [] if captions is None else captions:
+        if isinstance(caption, str) and _SIDE_WORDS.search(caption):
+            return caption
+    return None

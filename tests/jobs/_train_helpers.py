@@ -39,8 +39,11 @@ def make_latent_dataset(
     feature_net: Optional[str] = None,
     fid_stats: Optional[tuple[np.ndarray, np.ndarray]] = None,
     builtin: bool = False,
+    mirror_nan: bool = False,
+    captions: Optional[list[str]] = None,
 ) -> str:
-    """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional. Returns its directory."""
+    """Write a small latent dataset; `text=(L, D, Dp)` makes it text-conditional (`captions`, default "caption i").
+    mirror_nan: NaN mirrored latents, so a run that trains on a mirror gets a non-finite loss. Returns its directory."""
     root = Path(root)
     _COLUMNS.clear()
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,9 @@ def make_latent_dataset(
             "id": pa.array(ids[sl]),
             "latent_mean": _tensor_col(name="latent_mean", arr=mean[sl].astype(np.float16)),
             "latent_std": _tensor_col(name="latent_std", arr=std[sl].astype(np.float16)),
-            "latent_mean_flip": _tensor_col(name="latent_mean_flip", arr=mean[sl, :, :, ::-1].astype(np.float16)),
+            "latent_mean_flip": _tensor_col(
+                name="latent_mean_flip", arr=((np.nan if mirror_nan else 1.0) * mean[sl, :, :, ::-1]).astype(np.float16)
+            ),
             "latent_std_flip": _tensor_col(name="latent_std_flip", arr=std[sl, :, :, ::-1].astype(np.float16)),
         }
         if num_classes is not None:
@@ -70,7 +75,7 @@ def make_latent_dataset(
             mask = np.zeros((n, L), bool)
             mask[:, : L // 2] = True
             pooled = rng.normal(size=(n, Dp)).astype(np.float16)
-            table["caption"] = pa.array([f"caption {i}" for i in range(n)][sl])
+            table["caption"] = pa.array((captions or [f"caption {i}" for i in range(n)])[sl])
             table["text_emb"] = _tensor_col(name="text_emb", arr=emb[sl])
             table["text_mask"] = _tensor_col(name="text_mask", arr=mask[sl])
             table["text_pooled"] = _tensor_col(name="text_pooled", arr=pooled[sl])

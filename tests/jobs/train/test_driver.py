@@ -17,7 +17,7 @@ from jobs.train.driver import run_local, run_training
 from jobs.train.plan import resolve_run
 from pipelines.infra.config_files import load_config
 from tests.conftest import free_port
-from tests.jobs._train_helpers import TINY_OPTIM, budget_override, config_maker
+from tests.jobs._train_helpers import TINY_OPTIM, budget_override, config_maker, make_latent_dataset
 
 _cfg = config_maker("mlflow.experiment=test-train", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=1")
 
@@ -240,3 +240,37 @@ def test_runs_share_one_trainer_and_resume_inside_the_second(ray_local, data8, t
     before = (group / "first" / "result.json").read_text()
     train_runs([first, second], str(group))
     assert (group / "first" / "result.json").read_text() == before
+
+
+def test_flip_is_the_probability_of_training_on_the_mirror(tmp_path):
+    # Mirrored latents are NaN here: a run that draws one gets a non-finite loss and fails.
+    data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16), mirror_nan=True)
+    for mode in ("run.deterministic=true", "run.deterministic=false"):
+        kept = run_local(_cfg(data, tmp_path, mode, "data.flip=0", steps=3), str(tmp_path / "never"))
+        assert kept["status"] == "finished" and kept["steps"] == 3
+        mirrored = run_local(_cfg(data, tmp_path, mode, "data.flip=1", steps=3), str(tmp_path / "always"))
+        assert mirrored["status"] == "failed" and "non-finite loss" in mirrored["reason"]
+    with pytest.raises(ConfigError, match=r"data.flip must be a probability in \[0, 1\], got 1.5"):
+        resolve_run(_cfg(data, tmp_path, "data.flip=1.5"), check_mlflow=False)
+
+
+def test_flip_warns_when_captions_name_a_side(tmp_path):
+    from jobs.train.plan import attach_worker_data
+
+    captions = ["a red circle in the center", "a small blue square at the top left"] * 4
+    data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16), captions=captions)
+    with pytest.warns(UserWarning, match=r"data.flip=0.5 .*'a small blue square at the top left'.*data.flip=0"):
+        attach_worker_data(resolve_run(_cfg(data, tmp_path, "data.val_samples=4"), check_mlflow=False))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attach_worker_data(resolve_run(_cfg(data, tmp_path, "data.val_samples=4", "data.flip=0"), check_mlflow=False))
+
+
+def test_runs_with_and_without_mirroring_have_different_names(tmp_path):
+    from jobs.train.config import config_hash
+
+    cfg = _cfg("m", tmp_path)
+    assert cfg.data.flip == 0.5  # DiT's augmentation stays the default
+    assert config_hash(cfg) != config_hash(_cfg("m", tmp_path, "data.flip=0"))
