@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--http", action="store_true", help="measure on the sampler service over HTTP (Ray Serve)")
     p.add_argument("--concurrency", type=int, default=16, help="--http: requests in flight")
     p.add_argument("--requests", type=int, default=64, help="--http: measured requests")
-    p.add_argument("--prompt", default="a large red circle", help="--http: the prompt of every request")
+    p.add_argument("--prompt", default="a large red circle in the center", help="--http: the prompt of every request")
     p.add_argument("--label", type=int, default=None, help="--http: a class label instead (class-conditional models)")
     a = p.parse_args()
     if a.http:

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Prompts the served champion draws over HTTP and the per-model sample grids use (the built-in grammar).
+# Prompts the served champion draws over HTTP and the per-model sample grids use: captions of the built-in grammar
+# (size, colour, shape and position of every object), so they ask for nothing the training captions never said.
 PROMPTS = [
-    "a large red circle",
+    "a large red circle in the center",
     "a small blue square at the top left",
-    "a green triangle at the bottom right",
-    "a large yellow square and a small red circle",
+    "a large green triangle at the bottom right",
+    "a large yellow square on the left and a small red circle on the right",
 ]
 GUIDANCE = 2.0  # classifier-free guidance of the served requests and the grids
 

@@ -25,6 +25,29 @@ def test_full_grid_can_show_a_law():
     assert cfg.base["eval"]["guidance"] > 1.0
 
 
+def test_built_in_grids_train_without_mirroring_and_ask_for_captions_of_the_grammar():
+    import itertools
+
+    from ditcore.data.builtin import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, describe_object
+
+    for tiny in (False, True):
+        mode = make_mode(tiny=tiny)
+        cfg = load_sweep_config(str(REPO_ROOT / mode.sweep_yaml), mode.sweep)
+        assert cfg.base["data"]["flip"] == 0  # the captions name left and right
+    # The real sets keep DiT's mirroring (a mirrored garment keeps its class).
+    real = make_data_mode("fashion-mnist")
+    assert load_sweep_config(str(REPO_ROOT / real.sweep_yaml), real.sweep).base["data"]["flip"] == 0.5
+    phrases = {
+        describe_object({"size": a, "colour": b, "shape": c, "position": d})
+        for a, b, c, d in itertools.product(
+            range(len(SIZES)), range(len(COLOUR_NAMES)), range(len(SHAPES)), range(len(POSITIONS))
+        )
+    }
+    for prompt in make_mode(tiny=False).prompts:
+        parts = prompt.replace(" and ", ", ").split(", ")
+        assert all(part in phrases for part in parts), prompt
+
+
 def test_data_modes_choose_conditioning(tmp_path):
     assert make_data_mode("fashion-mnist").data.conditioning == "class"
     assert make_data_mode("emoji").data.conditioning == "text"
