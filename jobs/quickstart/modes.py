@@ -107,6 +107,9 @@ _DIT_MODELS = (
     'models=[{"depth":1,"hidden_size":64,"num_heads":1},{"depth":2,"hidden_size":96,"num_heads":2},'
     '{"depth":2,"hidden_size":128,"num_heads":2},{"depth":3,"hidden_size":192,"num_heads":3}]'
 )
+# The grid file sets flip 0 for the built-in captions (they name sides); a mirrored garment or emoji keeps its class
+# or name, so the real sets train on mirrored images too (DiT's augmentation).
+_REAL_MIRRORING = "base.data.flip=0.5"
 _REAL_SETTINGS = [
     "base.eval.num_samples=256",
     "base.eval.sampler=dpmpp-2m",
@@ -114,9 +117,7 @@ _REAL_SETTINGS = [
     "base.eval.guidance=2.0",
     "base.eval.fractions=[]",
     "base.eval.num_actors=0",
-    # The grid file sets flip 0 for the built-in captions (they name sides); a mirrored garment or emoji keeps its
-    # class or name, so the real sets train on mirrored images too (DiT's augmentation).
-    "base.data.flip=0.5",
+    _REAL_MIRRORING,
     "base.data.batch_size=64",  # the real-data grids as measured (the built-in grid now trains at batch 32)
 ]
 
@@ -157,7 +158,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         mode.precompute = ["source.limit=512"]
         mode.sweep = [
             *_TINY_SWEEP,
-            "base.data.flip=0.5",
+            _REAL_MIRRORING,
             *([] if text else [_DIT_MODELS.replace(',{"depth":3,"hidden_size":192,"num_heads":3}', "")]),
             *([] if not text else [_TINY_TEXT_MODELS]),
         ]

@@ -195,7 +195,7 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"
         )
-    if isinstance(cfg.data.flip, bool) or not isinstance(cfg.data.flip, (int, float)) or not 0 <= cfg.data.flip <= 1:
+    if not 0.0 <= cfg.data.flip <= 1.0:  # the config loader has already refused what is not a number
         raise ConfigError(f"data.flip must be a probability in [0, 1], got {cfg.data.flip!r}")
     if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
         raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
