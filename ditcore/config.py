@@ -190,3 +190,12 @@ def merge(base: dict | None, update: dict | None) -> dict:
         else:
             out[key] = json.loads(json.dumps(value)) if isinstance(value, (dict, list)) else value
     return out
+
+
+def check_ints(cfg: Any, keys: tuple[str, ...] | list[str], minimum: int) -> None:
+    """Raise ValueError naming `<Class>.<key>` unless every field in `keys` is an int (not a bool) >= minimum."""
+    for key in keys:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{type(cfg).__name__}.{key} must be {bound}, got {v!r}")

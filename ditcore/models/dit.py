@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditcore.config import check_ints
 from ditcore.models import mup as mup_lib
 from ditcore.models.layers import (
     AdaLNModulation,
@@ -70,11 +71,11 @@ class DiTConfig(TransformerConfig):
     """DiT architecture. input_size is the latent height = width; y == num_classes is the null class."""
 
     arch: str = "dit"
-    depth: int = 12
-    hidden_size: int = 384
+    depth: int = 12  # DiT blocks
+    hidden_size: int = 384  # token width (DiT-S: 384, DiT-XL: 1152)
     num_heads: int = 6
-    num_classes: int = 1000
-    learn_sigma: bool = False
+    num_classes: int = 1000  # class labels 0..num_classes-1; the label num_classes is the null class
+    learn_sigma: bool = False  # output 2C channels: the prediction, then the variance interpolation (iDDPM)
     qk_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -91,12 +92,8 @@ class DiTConfig(TransformerConfig):
 def _validate_common(cfg) -> None:
     """Checks shared by DiTConfig and MMDiTConfig; errors name the field."""
     name = type(cfg).__name__
-    for key in ("hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "mup_base_width"):
-        v = getattr(cfg, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}.{key} must be a positive int, got {v!r}")
-    if isinstance(cfg.depth, bool) or not isinstance(cfg.depth, int) or cfg.depth < 0:
-        raise ValueError(f"{name}.depth must be an int >= 0, got {cfg.depth!r}")
+    check_ints(cfg, ("hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "mup_base_width"), 1)
+    check_ints(cfg, ("depth",), 0)
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"{name}.hidden_size={cfg.hidden_size} is not divisible by num_heads={cfg.num_heads}")
     if cfg.input_size % cfg.patch_size:
@@ -109,9 +106,7 @@ def _validate_common(cfg) -> None:
         raise ValueError(f"{name}: head dim {cfg.hidden_size // cfg.num_heads} must be divisible by 4 for rope")
     if not cfg.mlp_ratio > 0:
         raise ValueError(f"{name}.mlp_ratio must be > 0, got {cfg.mlp_ratio!r}")
-    v = cfg.mup_base_depth
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}.mup_base_depth must be a positive int, got {v!r}")
+    check_ints(cfg, ("mup_base_depth",), 1)
     if cfg.mup_depth and not cfg.mup:
         raise ValueError(f"{name}.mup_depth=True needs mup=True (depth-muP extends width muP)")
     if cfg.mup_depth and cfg.depth + getattr(cfg, "num_single_blocks", 0) < 1:
@@ -147,23 +142,28 @@ def add_guidance_embedding(
     return c_emb + g_embedder(w).to(c_emb.dtype)
 
 
+@dataclass(frozen=True)
+class BlockSpec:
+    """The sizes and scales every block of one model is built with (`AdaLNTransformer._block_spec`)."""
+
+    hidden_size: int
+    num_heads: int
+    mlp_hidden: int
+    qk_norm: bool
+    attn_scale: float | None  # muP's 1/d attention scale; None: SDPA's 1/sqrt(d)
+    branch_mult: float = 1.0  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block (DiT Figure 3): gates start at zero, so the block starts as the identity."""
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        mlp_hidden: int,
-        qk_norm: bool,
-        attn_scale: float | None,
-        branch_mult: float = 1.0,
-    ):
+    def __init__(self, spec: BlockSpec):
         super().__init__()
-        self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, scale=attn_scale)
-        self.mlp = Mlp(hidden_size, mlp_hidden)
-        self.adaLN_modulation = AdaLNModulation(hidden_size, 6)
-        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
+        d = spec.hidden_size
+        self.attn = Attention(d, spec.num_heads, qk_norm=spec.qk_norm, scale=spec.attn_scale)
+        self.mlp = Mlp(d, spec.mlp_hidden)
+        self.adaLN_modulation = AdaLNModulation(d, 6)
+        self.branch_mult = spec.branch_mult
 
     def forward(self, x: torch.Tensor, c_act: torch.Tensor, rope=None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c_act)  # 6 x [B, D]
@@ -204,11 +204,46 @@ class AdaLNTransformer(nn.Module):
         """Blocks that depth-muP counts: `depth` (+ MM-DiT's single-stream blocks)."""
         return self.config.depth + getattr(self.config, "num_single_blocks", 0)
 
-    def _block_scales(self) -> tuple[float | None, float]:
-        """(attention scale, depth-muP branch multiplier) every block is built with."""
+    def _init_pos_embed(self) -> None:
+        """pos_embed: the fixed 2-D sin-cos table [1, N, D] of the configured latent size, or None with RoPE.
+
+        A buffer recomputed from the config, so not part of the checkpoint."""
         cfg = self.config
-        attn_scale = mup_lib.attention_scale(cfg.hidden_size // cfg.num_heads, cfg.mup)
-        return attn_scale, mup_lib.branch_mult(self.num_blocks, cfg.mup_depth, cfg.mup_base_depth)
+        grid = cfg.input_size // cfg.patch_size
+        if cfg.pos_embed == "sincos":
+            self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.hidden_size, grid, grid)[None], persistent=False)
+        else:
+            self.pos_embed = None
+
+    def _pos_embed_for(self, h: int, w: int) -> torch.Tensor:
+        """The sin-cos table [1, N, D] for a latent of h x w (recomputed when that is not the configured size)."""
+        p = self.patch_size
+        if h == w == self.config.input_size:
+            return self.pos_embed
+        # Other latent sizes (e.g. sampling at another resolution): recompute the fixed table.
+        return sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=self.pos_embed.device)[None].to(
+            self.pos_embed.dtype
+        )
+
+    def _rope_tables(self, gh: int, gw: int, n_extra: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) [N + n_extra, head dim]: a gh x gw token grid (row, col), then n_extra tokens at (0, 0)."""
+        ys, xs = grid_positions(gh, gw, device=device)
+        if n_extra:
+            zeros = torch.zeros(n_extra, dtype=ys.dtype, device=device)
+            ys, xs = torch.cat([ys, zeros]), torch.cat([xs, zeros])
+        return rope_2d_freqs(self.config.hidden_size // self.num_heads, ys, xs)
+
+    def _block_spec(self) -> BlockSpec:
+        """What every block is built with: the config's sizes, muP's attention scale, depth-muP's multiplier."""
+        cfg = self.config
+        return BlockSpec(
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.mlp_hidden,
+            cfg.qk_norm,
+            attn_scale=mup_lib.attention_scale(cfg.hidden_size // cfg.num_heads, cfg.mup),
+            branch_mult=mup_lib.branch_mult(self.num_blocks, cfg.mup_depth, cfg.mup_base_depth),
+        )
 
     def _init_output(self) -> None:
         """The output layer (the last module of the state dict), the muP readout multiplier, then the init."""
@@ -294,22 +329,14 @@ class DiT(AdaLNTransformer):
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = LabelEmbedder(config.num_classes, d)
         self.g_embedder = TimestepEmbedder(d) if config.guidance_embed else None
-        grid = config.input_size // config.patch_size
-        self.grid_size = grid
-        if config.pos_embed == "sincos":
-            # Fixed, recomputed from the config, so not part of the checkpoint.
-            self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
-            self.rope = None
-        else:
-            self.pos_embed = None
-            cos, sin = rope_2d_freqs(d // config.num_heads, *grid_positions(grid, grid))
+        self._init_pos_embed()
+        if self.pos_embed is None:
+            grid = config.input_size // config.patch_size
+            cos, sin = self._rope_tables(grid, grid)
             self.register_buffer("rope_cos", cos, persistent=False)  # [N, d]
             self.register_buffer("rope_sin", sin, persistent=False)  # [N, d]
-        attn_scale, bmult = self._block_scales()
-        self.blocks = nn.ModuleList(
-            DiTBlock(d, config.num_heads, config.mlp_hidden, config.qk_norm, attn_scale, bmult)
-            for _ in range(config.depth)
-        )
+        spec = self._block_spec()
+        self.blocks = nn.ModuleList(DiTBlock(spec) for _ in range(config.depth))
         self._init_output()
 
     def forward(
@@ -328,20 +355,9 @@ class DiT(AdaLNTransformer):
             tokens = run_block(block, self.activation_checkpointing, tokens, c_act, rope)  # [B, N, D]
         return self._readout(tokens, c_act, h, w)  # [B, C_out, H, W]
 
-    def _pos_embed_for(self, h: int, w: int) -> torch.Tensor:
-        p = self.patch_size
-        if h == w == self.config.input_size:
-            return self.pos_embed
-        # Other latent sizes (e.g. sampling at another resolution): recompute the fixed table.
-        return sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=self.pos_embed.device)[None].to(
-            self.pos_embed.dtype
-        )
-
     def _rope_for(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.patch_size
         if h == w == self.config.input_size:
             return self.rope_cos, self.rope_sin
-        cos, sin = rope_2d_freqs(
-            self.config.hidden_size // self.num_heads, *grid_positions(h // p, w // p, device=self.rope_cos.device)
-        )
+        cos, sin = self._rope_tables(h // p, w // p, device=self.rope_cos.device)
         return cos.to(self.rope_cos.dtype), sin.to(self.rope_sin.dtype)

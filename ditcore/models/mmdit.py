@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ditcore.models.dit import AdaLNTransformer, TransformerConfig
+from ditcore.config import check_ints
+from ditcore.models.dit import AdaLNTransformer, BlockSpec, TransformerConfig
 from ditcore.models.layers import (
     AdaLNModulation,
     Mlp,
@@ -26,12 +27,9 @@ from ditcore.models.layers import (
     apply_rope,
     attention,
     gated_residual,
-    grid_positions,
     layer_norm,
     modulate,
-    rope_2d_freqs,
     run_block,
-    sincos_pos_embed_2d,
     split_heads,
 )
 
@@ -41,23 +39,19 @@ class MMDiTConfig(TransformerConfig):
     """MM-DiT architecture: `depth` joint (dual-stream) blocks, then `num_single_blocks` single-stream blocks."""
 
     arch: str = "mmdit"
-    depth: int = 2
-    hidden_size: int = 128
+    depth: int = 2  # joint blocks: image and text streams with their own weights, one attention over both
+    hidden_size: int = 128  # width of both streams
     num_heads: int = 2
-    text_dim: int = 384
-    pooled_dim: int = 384
-    max_text_len: int = 77
-    num_single_blocks: int = 0
-    qk_norm: bool = True
+    text_dim: int = 384  # width of the per-token text embeddings (all-MiniLM-L6-v2: 384)
+    pooled_dim: int = 384  # width of the pooled caption embedding, added to the timestep embedding
+    max_text_len: int = 77  # text tokens per caption (padded or cut)
+    num_single_blocks: int = 0  # single-stream blocks after the joint ones (FLUX's layout)
+    qk_norm: bool = True  # RMSNorm on queries and keys (SD3), which keeps the attention logits bounded
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("text_dim", "pooled_dim", "max_text_len"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MMDiTConfig.{key} must be a positive int, got {v!r}")
-        if not isinstance(self.num_single_blocks, int) or self.num_single_blocks < 0:
-            raise ValueError(f"MMDiTConfig.num_single_blocks must be an int >= 0, got {self.num_single_blocks!r}")
+        check_ints(self, ("text_dim", "pooled_dim", "max_text_len"), 1)
+        check_ints(self, ("num_single_blocks",), 0)
         if self.depth + self.num_single_blocks < 1:
             raise ValueError("MMDiTConfig: depth + num_single_blocks must be >= 1")
 
@@ -95,32 +89,23 @@ class JointBlock(nn.Module):
     never be used, so the text out-proj and MLP are not built.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        mlp_hidden: int,
-        qk_norm: bool,
-        attn_scale,
-        pre_only: bool,
-        branch_mult: float = 1.0,
-    ):
+    def __init__(self, spec: BlockSpec, pre_only: bool):
         super().__init__()
-        self.num_heads = num_heads
-        self.scale = attn_scale
+        self.num_heads = spec.num_heads
+        self.scale = spec.attn_scale
         self.pre_only = pre_only
-        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
-        d = hidden_size
+        self.branch_mult = spec.branch_mult
+        d = spec.hidden_size
         self.img_mod = AdaLNModulation(d, 6)
         self.img_qkv = nn.Linear(d, 3 * d)
         self.img_proj = nn.Linear(d, d)
-        self.img_mlp = Mlp(d, mlp_hidden)
+        self.img_mlp = Mlp(d, spec.mlp_hidden)
         self.txt_mod = AdaLNModulation(d, 2 if pre_only else 6)
         self.txt_qkv = nn.Linear(d, 3 * d)
         if not pre_only:
             self.txt_proj = nn.Linear(d, d)
-            self.txt_mlp = Mlp(d, mlp_hidden)
-        self.qk_norm = JointQKNorm(d // num_heads) if qk_norm else None
+            self.txt_mlp = Mlp(d, spec.mlp_hidden)
+        self.qk_norm = JointQKNorm(d // spec.num_heads) if spec.qk_norm else None
 
     def forward(self, img, txt, c_act, rope=None, attn_mask=None):
         n = img.shape[1]
@@ -149,18 +134,16 @@ class JointBlock(nn.Module):
 class SingleBlock(nn.Module):
     """FLUX single-stream parallel block: one Linear makes qkv and the MLP input, one Linear merges both."""
 
-    def __init__(
-        self, hidden_size: int, num_heads: int, mlp_hidden: int, qk_norm: bool, attn_scale, branch_mult: float = 1.0
-    ):
+    def __init__(self, spec: BlockSpec):
         super().__init__()
-        self.num_heads = num_heads
-        self.hidden_size = hidden_size
-        self.scale = attn_scale
-        self.branch_mult = branch_mult  # depth-muP 1/sqrt(L / L0); 1.0 unless config.mup_depth
-        self.mod = AdaLNModulation(hidden_size, 3)
-        self.linear1 = nn.Linear(hidden_size, 3 * hidden_size + mlp_hidden)
-        self.linear2 = nn.Linear(hidden_size + mlp_hidden, hidden_size)
-        self.qk_norm = QKNorm(hidden_size // num_heads) if qk_norm else None
+        self.num_heads = spec.num_heads
+        self.hidden_size = d = spec.hidden_size
+        self.scale = spec.attn_scale
+        self.branch_mult = spec.branch_mult
+        self.mod = AdaLNModulation(d, 3)
+        self.linear1 = nn.Linear(d, 3 * d + spec.mlp_hidden)
+        self.linear2 = nn.Linear(d + spec.mlp_hidden, d)
+        self.qk_norm = QKNorm(d // spec.num_heads) if spec.qk_norm else None
 
     def forward(self, x, c_act, rope=None, attn_mask=None):
         shift, scale, gate = self.mod(c_act)  # 3 x [B, D]
@@ -194,36 +177,12 @@ class MMDiT(AdaLNTransformer):
         self.t_embedder = TimestepEmbedder(d)
         self.pooled_embedder = PooledTextEmbedder(config.pooled_dim, d)
         self.g_embedder = TimestepEmbedder(d) if config.guidance_embed else None
-        grid = config.input_size // config.patch_size
-        if config.pos_embed == "sincos":
-            self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid)[None], persistent=False)  # [1, N, D]
-        else:
-            self.pos_embed = None
-        attn_scale, bmult = self._block_scales()  # depth-muP counts joint and single-stream blocks alike
-        m = config.mlp_hidden
-        self.joint_blocks = nn.ModuleList(
-            JointBlock(
-                d,
-                config.num_heads,
-                m,
-                config.qk_norm,
-                attn_scale,
-                pre_only=(i == config.depth - 1 and config.num_single_blocks == 0),
-                branch_mult=bmult,
-            )
-            for i in range(config.depth)
-        )
-        self.single_blocks = nn.ModuleList(
-            SingleBlock(d, config.num_heads, m, config.qk_norm, attn_scale, bmult)
-            for _ in range(config.num_single_blocks)
-        )
+        self._init_pos_embed()
+        spec = self._block_spec()  # depth-muP counts joint and single-stream blocks alike
+        last = config.depth - 1 if config.num_single_blocks == 0 else -1  # SD3: the last block is pre-only
+        self.joint_blocks = nn.ModuleList(JointBlock(spec, pre_only=(i == last)) for i in range(config.depth))
+        self.single_blocks = nn.ModuleList(SingleBlock(spec) for _ in range(config.num_single_blocks))
         self._init_output()
-
-    def _rope(self, gh: int, gw: int, n_txt: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables for [image tokens (row, col); text tokens at (0, 0)] -> ([N+L, d], [N+L, d])."""
-        ys, xs = grid_positions(gh, gw, device=device)
-        zeros = torch.zeros(n_txt, dtype=ys.dtype, device=device)
-        return rope_2d_freqs(self.config.hidden_size // self.num_heads, torch.cat([ys, zeros]), torch.cat([xs, zeros]))
 
     def forward(
         self,
@@ -260,13 +219,10 @@ class MMDiT(AdaLNTransformer):
         txt = self.context_embedder(text_emb)  # [B, L, D]
         rope = None
         if self.pos_embed is not None:
-            if h == w == self.config.input_size:
-                img = img + self.pos_embed  # [B, N, D]
-            else:
-                pos = sincos_pos_embed_2d(self.config.hidden_size, h // p, w // p, device=img.device)  # [N, D]
-                img = img + pos.to(img.dtype)  # [B, N, D]
+            img = img + self._pos_embed_for(h, w)  # [B, N, D]
         else:
-            rope = tuple(r.to(img.dtype) for r in self._rope(h // p, w // p, n_txt, img.device))  # ([N+L, d],) x 2
+            cos, sin = self._rope_tables(h // p, w // p, n_txt, img.device)  # [N+L, d] each
+            rope = (cos.to(img.dtype), sin.to(img.dtype))
         c_act = self._conditioning(t, self.pooled_embedder(text_pooled), guidance)  # [B, D]
         for block in self.joint_blocks:
             # [B, N, D], [B, L, D] | None

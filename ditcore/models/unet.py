@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ditcore.config import check_ints
 from ditcore.models import mup as mup_lib
 from ditcore.models.layers import LabelEmbedder, PooledTextEmbedder, TimestepEmbedder, attention, split_heads
 
@@ -35,16 +36,16 @@ class UNetConfig:
 
     arch: str = "unet"
     hidden_size: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_levels: tuple[int, ...] = (1, 2)
-    head_channels: int = 64
-    num_groups: int = 32
-    input_size: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # level l has hidden_size * channel_mult[l] channels
+    num_res_blocks: int = 2  # residual blocks per level (the decoder has one more)
+    attention_levels: tuple[int, ...] = (1, 2)  # levels with self-attention after their res blocks
+    head_channels: int = 64  # channels per attention head (ADM's num_head_channels)
+    num_groups: int = 32  # GroupNorm groups
+    input_size: int = 32  # latent height = width
     in_channels: int = 4
-    num_classes: int = 1000
-    text_dim: int = 0
-    pooled_dim: int = 0
+    num_classes: int = 1000  # class conditioning (when text_dim == 0); the label num_classes is the null class
+    text_dim: int = 0  # > 0: cross-attention to text tokens of this width
+    pooled_dim: int = 0  # pooled caption embedding added to the timestep embedding
     max_text_len: int = 77
     learn_sigma: bool = False
     dropout: float = 0.0
@@ -59,14 +60,10 @@ class UNetConfig:
             object.__setattr__(self, key, tuple(v))
         if self.arch != "unet":
             raise ValueError(f"UNetConfig.arch must be 'unet', got {self.arch!r}")
-        for key in ("hidden_size", "num_res_blocks", "head_channels", "num_groups", "input_size", "in_channels"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"UNetConfig.{key} must be a positive int, got {v!r}")
-        for key in ("num_classes", "text_dim", "pooled_dim", "max_text_len"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"UNetConfig.{key} must be an int >= 0, got {v!r}")
+        check_ints(
+            self, ("hidden_size", "num_res_blocks", "head_channels", "num_groups", "input_size", "in_channels"), 1
+        )
+        check_ints(self, ("num_classes", "text_dim", "pooled_dim", "max_text_len"), 0)
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError(f"UNetConfig.channel_mult must be a non-empty list of ints >= 1, got {self.channel_mult}")
         bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mult)]

@@ -15,7 +15,7 @@ import torch
 
 from ditcore.processes import Process, build_process, check_prediction
 from ditcore.samplers.ddim import sample_ddim
-from ditcore.samplers.ddpm import sample_ddpm, sample_ddpm_learned
+from ditcore.samplers.ddpm import sample_ddpm
 from ditcore.samplers.dpm_solver import sample_dpmpp_2s, sample_dpmpp_multistep
 from ditcore.samplers.dpm_solver_v3 import sample_dpmsolver_v3
 from ditcore.samplers.ems import EMS, EMSEstimator, ems_lambdas, estimate_ems
@@ -162,7 +162,7 @@ def sample(
     if sampler == "ddpm":
         out = sample_ddpm(denoise, x, ts, proc, generators=generators)
     elif sampler == "ddpm-learned":
-        out = sample_ddpm_learned(denoise, x, ts, proc, generators=generators)
+        out = sample_ddpm(denoise, x, ts, proc, generators=generators, learned_variance=True)
     elif sampler == "ddim":
         out = sample_ddim(denoise, x, ts, proc, eta=eta, generators=generators)
     elif sampler == "euler":

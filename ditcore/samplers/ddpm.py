@@ -48,30 +48,21 @@ def sample_ddpm(
     process: Process,
     *,
     generators: list[torch.Generator] | None = None,
+    learned_variance: bool = False,
 ) -> torch.Tensor:
-    """Ancestral sampling along the grid ts (decreasing, last = clean) with the posterior variance beta_tilde.
+    """Ancestral sampling along the grid ts (decreasing, last = clean).
 
-    The last step takes x0_hat: the posterior at alpha_bar_prev = 1 is a point mass on x0."""
-
-    def step(cur, nxt, x, x0, _):
-        coef_x, coef_x0, var, _ = posterior(cur, nxt)
-        return coef_x * x + coef_x0 * x0 + math.sqrt(var) * randn_per_sample(x, generators)
-
-    return walk_grid(denoise, x, grid_points(process, ts), step)
-
-
-def sample_ddpm_learned(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    process: Process,
-    *,
-    generators: list[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """Ancestral sampling with the network's variance: model_fn returns [prediction; o] (2C channels).
-
-    No noise on the last step (ADM's nonzero_mask): it takes x0_hat."""
+    The step's variance is the posterior's beta_tilde, or with `learned_variance` the network's (iDDPM Eq. 15:
+    `denoise.with_variance` returns [prediction; o], 2C channels; variance-preserving processes only). The last step
+    takes x0_hat: the posterior at alpha_bar_prev = 1 is a point mass on x0 (ADM's nonzero_mask)."""
     points = grid_points(process, ts)
+    if not learned_variance:
+
+        def step(cur, nxt, x, x0, _):
+            coef_x, coef_x0, var, _ = posterior(cur, nxt)
+            return coef_x * x + coef_x0 * x0 + math.sqrt(var) * randn_per_sample(x, generators)
+
+        return walk_grid(denoise, x, points, step)
     for p in points:
         if abs(p.alpha**2 + p.sigma**2 - 1.0) > 1e-9:
             raise ValueError(
@@ -79,9 +70,9 @@ def sample_ddpm_learned(
                 f"{process.name!r} has {p.alpha**2 + p.sigma**2:.6g} at t={p.t}"
             )
 
-    def step(cur, nxt, x, x0, _, o):
+    def learned_step(cur, nxt, x, x0, _, o):
         coef_x, coef_x0, _, _ = posterior(cur, nxt)
         std = torch.exp(0.5 * learned_log_variance(cur, nxt, o)).to(x.dtype)
         return coef_x * x + coef_x0 * x0 + std * randn_per_sample(x, generators)
 
-    return walk_grid(denoise.with_variance, x, points, step)
+    return walk_grid(denoise.with_variance, x, points, learned_step)

@@ -36,13 +36,13 @@ from ditcore.scaling.frontier import _num, budget_of
 class SupportCriteria:
     """The thresholds behind the diagnostics (see the module doc for the code each one gates)."""
 
-    min_points: int = 6
-    min_budgets: int = 4
-    min_isoflop_budgets: int = 3
-    max_rel_ci_width: float = 1.0
-    max_held_out_rel_error: float = 0.10
-    max_noise_share: float = 0.25
-    min_p_cross: float = 0.9
+    min_points: int = 6  # too_few_points
+    min_budgets: int = 4  # too_few_budgets
+    min_isoflop_budgets: int = 3  # isoflop_too_few_budgets
+    max_rel_ci_width: float = 1.0  # wide_interval
+    max_held_out_rel_error: float = 0.10  # held_out_error
+    max_noise_share: float = 0.25  # sampling_noise
+    min_p_cross: float = 0.9  # crossing_uncertain
 
 
 def _d(code: str, message: str) -> dict[str, str]:

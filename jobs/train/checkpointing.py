@@ -38,11 +38,11 @@ SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a sharded checkpoin
 class Progress:
     """Where a run is: step, data position, images and FLOPs consumed (saved in state.json)."""
 
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # passes over the training split begun
+    batch_in_epoch: int = 0  # batches of the current pass already consumed (where a resumed run continues)
     images_seen: int = 0
-    train_flops: float = 0.0
+    train_flops: float = 0.0  # training FLOPs spent (3 x forward per image, the budget's unit)
     metrics: dict[str, float] = field(default_factory=dict)  # what the run last logged
 
     def as_state(self) -> dict[str, Any]:

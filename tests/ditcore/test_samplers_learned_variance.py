@@ -9,7 +9,7 @@ import torch
 from ditcore.processes import build_process
 from ditcore.samplers import make_generators, model_fn_from_model, noise_from_seeds, sample
 from ditcore.samplers.analytic import GaussianData, analytic_model_fn
-from ditcore.samplers.ddpm import sample_ddpm_learned
+from ditcore.samplers.ddpm import sample_ddpm
 from ditcore.samplers.guidance import Denoiser
 
 GAUSS = GaussianData(torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([0.3, 1.0, 0.5, 2.0]))
@@ -45,12 +45,13 @@ def test_one_step_matches_the_discrete_schedule(o_fn):
     """One respaced step tau = 999 -> 500: mean from DDPM Eq. 7, variance exp(v log beta + (1 - v) log beta_tilde)."""
     fn = analytic_model_fn(GAUSS, VP, "eps")
     noise = noise_from_seeds(range(6), (4,), dtype=torch.float64)
-    out = sample_ddpm_learned(
+    out = sample_ddpm(
         Denoiser(with_variance(fn, o_fn), VP, "eps"),
         noise,
         torch.tensor([1.0, 500 / 999]),
         VP,
         generators=make_generators(range(6)),
+        learned_variance=True,
     )
     ab_t, ab_prev = ALPHAS_CUMPROD[999], ALPHAS_CUMPROD[500]
     beta = 1.0 - ab_t / ab_prev  # the respaced step's beta

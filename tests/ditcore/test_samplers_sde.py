@@ -25,17 +25,9 @@ def moment_errors(out):
 def run(process, form, steps, last_step="mean", prediction="velocity", t_start=None):
     torch.manual_seed(0)  # the noise of the SDE steps (no per-sample generators: faster for 3000 samples)
     noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return sample(
-        analytic_model_fn(DATA, process, prediction),
-        noise,
-        process=process,
-        prediction=prediction,
-        sampler="sde",
-        steps=steps,
-        sde_diffusion=form,
-        sde_last_step=last_step,
-        t_start=t_start,
-    )
+    sde = {"sde_diffusion": form, "sde_last_step": last_step}
+    fn = analytic_model_fn(DATA, process, prediction)
+    return sample(fn, noise, process=process, prediction=prediction, sampler="sde", steps=steps, t_start=t_start, **sde)
 
 
 @pytest.mark.parametrize("process", ["flow", "sit-gvp"])
