@@ -275,7 +275,7 @@ class GenerationPipeline:
         cond: dict[str, torch.Tensor],
         seeds: Sequence[int],
         settings: SamplerSettings,
-        uncond: dict[str, torch.Tensor] | None = None,
+        uncond: dict[str, torch.Tensor] | None = None,  # None: the null condition, when settings guide
     ) -> torch.Tensor:
         """Model-space samples [B,C,h,w] for per-image `cond` rows and `seeds` (see the module's seeding rule)."""
         n = len(seeds)

@@ -105,12 +105,12 @@ def _to_params(theta: np.ndarray, ln0: float, ld0: float) -> np.ndarray:
 
 def fit_loss_surface(
     points: list[dict],
-    metric: str = "val_loss",
+    metric: str = "val_loss",  # the points' key to fit: any positive metric, FID included
     *,
     n_boot: int = 100,
     ci_level: float = 0.95,
     seed: int = 0,
-    huber_delta: float = 1e-3,
+    huber_delta: float = 1e-3,  # of the log-space residuals (Hoffmann et al. 2022, Sec. 3.3)
     min_points: int = 8,
 ) -> dict[str, Any]:
     """Fit L(N, D) = E + A / N^alpha + B / D^beta to points with params, images and `metric` (see module doc).
