@@ -119,6 +119,7 @@ _REAL_SETTINGS = [
     "base.eval.num_actors=0",
     _REAL_MIRRORING,
     "base.data.batch_size=64",  # the real-data grids as measured (the built-in grid now trains at batch 32)
+    "base.optim.ema_decay=0.999",  # and with EMA weights (the built-in grid now scores raw weights)
 ]
 
 
