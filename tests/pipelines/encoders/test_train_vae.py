@@ -15,8 +15,16 @@ from pipelines.encoders.train_vae import TrainVAEConfig, latent_statistics, trai
 from pipelines.encoders.vae import encode_images, load_vae, vae_identity
 
 # A VAE that trains in a second: 3 steps of 4 images, 8-16 channels, one thread, no progress bar.
-TINY = dict(steps=3, batch_size=4, block_out_channels=[8, 8, 16], norm_num_groups=8, scale_images=8, eval_images=4)
-TINY.update(progress=False, threads=1)
+TINY = dict(
+    steps=3,
+    batch_size=4,
+    block_out_channels=[8, 8, 16],
+    norm_num_groups=8,
+    scale_images=8,
+    eval_images=4,
+    progress=False,
+    threads=1,
+)
 
 
 def test_train_save_load(tmp_path, capsys):
