@@ -174,8 +174,16 @@ class Trainer:
         groups = self.raw.param_groups(o.lr, o.weight_decay)
         for g in groups:
             g["base_lr"] = g["lr"]
+        # The fused kernel updates every parameter in one call: on CPU 2.5-4.4x faster than the per-tensor loop torch
+        # uses there by default, which saves 3-10% of the quickstart models' steps (bench/optimizer_step.py).
+        # Sharded (DTensor) parameters keep torch's default implementation.
         self.optimizer = torch.optim.AdamW(
-            groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            groups,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=True if not self.fsdp and self.device.type in ("cpu", "cuda") else None,
         )
         self.param_names = optimizer_param_names(self.optimizer, self.raw)
         if self.restore_from and not self.sharded_restore:
