@@ -274,3 +274,21 @@ def test_runs_with_and_without_mirroring_have_different_names(tmp_path):
     cfg = _cfg("m", tmp_path)
     assert cfg.data.flip == 0.5  # DiT's augmentation stays the default
     assert config_hash(cfg) != config_hash(_cfg("m", tmp_path, "data.flip=0"))
+
+
+def test_without_ema_the_ema_is_the_weights_and_reports_their_validation_loss(tmp_path):
+    """optim.ema_decay 0: the EMA saved with a checkpoint is exactly the weights, and its validation loss is theirs
+    (not computed twice); with a decay the EMA's loss is its own."""
+    data = make_latent_dataset(tmp_path / "lat", n=24, num_classes=None, text=(8, 16, 16))
+    metrics = {}
+    for decay in (0.0, 0.5):
+        run = tmp_path / f"decay{decay}"
+        out = run_local(_cfg(data, tmp_path, f"optim.ema_decay={decay}", "data.val_samples=8", steps=4), str(run))
+        assert out["status"] == "finished"
+        ckpt = run / "checkpoints" / "step_00000004"
+        model, ema = load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors"))
+        assert model.keys() == ema.keys()
+        assert all(torch.equal(model[k], ema[k]) for k in model) == (decay == 0.0)
+        metrics[decay] = json.loads((ckpt / "state.json").read_text())["metrics"]
+    assert metrics[0.0]["val_loss_ema"] == metrics[0.0]["val_loss"] > 0
+    assert metrics[0.5]["val_loss_ema"] != metrics[0.5]["val_loss"]
