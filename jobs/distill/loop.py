@@ -39,7 +39,8 @@ class DistillTrainer(Trainer):
         b = batch_to_torch(batch, self.data_keys, self.device)
         cond = self._cond(b)
         self.gen.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, *([micro] if micro else [])))
-        flip = torch.rand(b["latent_mean"].shape[0], generator=self.gen, device=self.device) < 0.5
+        # The teacher's data.flip: a set whose captions name left and right was trained without mirroring.
+        flip = torch.rand(b["latent_mean"].shape[0], generator=self.gen, device=self.device) < self.cfg.data.flip
         x0 = latents_to_model_space(b, self.gen, self.scale, self.shift, flip)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return distillation_loss(

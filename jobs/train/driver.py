@@ -273,8 +273,9 @@ def run_training(
     return finish_run(run, evaluate=evaluate)
 
 
-def run_local(cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan] = None) -> dict:
-    """The same loop in this process on in-memory rows, no Ray (baseline for the bench; reference in tests)."""
+def run_local(cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan] = None, trainer: Any = None) -> dict:
+    """The same loop (`trainer`: a Trainer subclass, default Trainer) in this process on in-memory rows, no Ray
+    (baseline for the bench; reference in tests)."""
     from jobs.train.loop import LocalEnv, Trainer
     from pipelines.latents.reader import load_latents_numpy
 
@@ -291,6 +292,6 @@ def run_local(cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan]
         keep = ~np.isin(rows["id"].astype(str), plan.val["id"].astype(str))
         rows = {k: v[keep] for k, v in rows.items()}
     env = LocalEnv(rows=rows, checkpoint_root=checkpoint_root)
-    out = Trainer(plan, env).run().to_dict()
+    out = (trainer or Trainer)(plan, env).run().to_dict()
     out["reports"] = env.reports
     return out

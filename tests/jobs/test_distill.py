@@ -131,3 +131,30 @@ def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path)))
     with pytest.raises(ConfigError, match="cannot read checkpoint"):
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path / "r" / "checkpoints" / "step_1")))
+
+
+def test_distillation_mirrors_latents_only_where_the_teacher_did(tmp_path):
+    """The student trains on mirrored latents with the teacher's data.flip probability: never for a teacher trained
+    without mirroring (captions that name left and right). Mirrored latents are NaN here, so drawing one fails."""
+    from jobs.distill.loop import DistillTrainer
+    from jobs.train.driver import run_local
+
+    data = make_latent_dataset(tmp_path / "lat", n=16, num_classes=None, text=TEXT, mirror_nan=True)
+    for flip in (0, 1):
+        cfg = load_config(
+            TrainConfig,
+            None,
+            [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", f"data.flip={flip}"],
+        )
+        plan = resolve_run(cfg, check_mlflow=False)
+        model = build_model(config_from_dict(plan.model_config))
+        run_dir = tmp_path / f"teacher{flip}"
+        ckpt = save_checkpoint(
+            run_dir / "checkpoints" / "step_00000010", model=model, ema=model, config=checkpoint_config(plan), state={}
+        )
+        student = distill_plan(DistillConfig(teacher=str(ckpt), steps=3, batch_size=8, val_samples=0, mlflow=False))
+        out = run_local(student.cfg, str(tmp_path / f"student{flip}"), plan=student, trainer=DistillTrainer)
+        if flip == 0:
+            assert out["status"] == "finished" and out["steps"] == 3, out
+        else:
+            assert out["status"] == "failed" and "non-finite loss" in out["reason"], out
