@@ -273,7 +273,9 @@ def run_training(
     return finish_run(run, evaluate=evaluate)
 
 
-def run_local(cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan] = None, trainer: Any = None) -> dict:
+def run_local(
+    cfg: TrainConfig, checkpoint_root: str, *, plan: Optional[RunPlan] = None, trainer: Optional[type] = None
+) -> dict:
     """The same loop (`trainer`: a Trainer subclass, default Trainer) in this process on in-memory rows, no Ray
     (baseline for the bench; reference in tests)."""
     from jobs.train.loop import LocalEnv, Trainer

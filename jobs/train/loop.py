@@ -308,31 +308,34 @@ class Trainer:
         """Deterministic validation loss of the model and its EMA on the held-out rows."""
         if self.val is None:
             return {}
-        if self.fsdp:  # gather the sharded EMA into the full EMA module (all ranks)
-            if any(p.is_meta for p in self.ema.parameters()):  # run.meta_init: the module gets storage when needed
-                self.ema.to_empty(device=self.device)
-                with torch.no_grad():
-                    for (_, b), (_, src) in zip(self.ema.named_buffers(), self.raw.named_buffers()):
-                        b.copy_(src)
-            self.ema.to(self.device)
-            with torch.no_grad():
-                for n, p in self.ema.named_parameters():
-                    p.copy_(to_cpu_full(self.ema_params[n]).to(p.device))
-        out = {}
+        loss = self._val_loss(self.raw)
         # ema_decay 0: the EMA is a copy of the weights (lerp with weight 1 returns them exactly), so its loss is
-        # the same number; not computing it halves validation, which is most of a small run's checkpoint time.
-        nets = (
-            (("val_loss", self.raw),)
-            if self.cfg.optim.ema_decay == 0
-            else (("val_loss", self.raw), ("val_loss_ema", self.ema))
-        )
-        for name, net in nets:
-            was_training = net.training
-            net.eval()
-            out[name] = float(objectives.validation_loss(net, self.val[0], self.val[1], self.obj_cfg))
-            net.train(was_training)
-        out.setdefault("val_loss_ema", out["val_loss"])
-        return out
+        # the same number; not computing it (nor gathering a sharded EMA) halves validation, which is most of a
+        # small run's checkpoint time.
+        if self.cfg.optim.ema_decay == 0:
+            return {"val_loss": loss, "val_loss_ema": loss}
+        if self.fsdp:
+            self._gather_ema()
+        return {"val_loss": loss, "val_loss_ema": self._val_loss(self.ema)}
+
+    def _val_loss(self, net: nn.Module) -> float:
+        was_training = net.training
+        net.eval()
+        loss = float(objectives.validation_loss(net, self.val[0], self.val[1], self.obj_cfg))
+        net.train(was_training)
+        return loss
+
+    def _gather_ema(self) -> None:
+        """Gather the sharded EMA into the full EMA module (a collective: all ranks)."""
+        if any(p.is_meta for p in self.ema.parameters()):  # run.meta_init: the module gets storage when needed
+            self.ema.to_empty(device=self.device)
+            with torch.no_grad():
+                for (_, b), (_, src) in zip(self.ema.named_buffers(), self.raw.named_buffers()):
+                    b.copy_(src)
+        self.ema.to(self.device)
+        with torch.no_grad():
+            for n, p in self.ema.named_parameters():
+                p.copy_(to_cpu_full(self.ema_params[n]).to(p.device))
 
     def _step_kinds(self, step: int) -> tuple[bool, bool, bool]:
         """(log, validate, checkpoint) after `step`."""
