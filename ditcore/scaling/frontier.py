@@ -80,15 +80,19 @@ def compute_frontier(points: list[dict], metric: str = "fid") -> list[dict]:
 def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     """Quadratic fit values ~ a (log N)^2 + b log N + c and its minimum N* (Chinchilla approach 2).
 
-    When the parabola is not convex or its vertex lies outside the sampled range, N* is the best
-    sampled size and "interior" is False (the grid does not bracket the optimum).
+    When the parabola is not convex, its vertex lies outside the sampled range, or the best sampled size is the
+    smallest or the largest, N* is the best sampled size and "interior" is False (the grid does not bracket the
+    optimum). The last case keeps a vertex that only the parabola's shape puts inside, e.g. one bent by a far-off
+    largest model while the smallest size is the best measured, from counting as an estimate.
     """
     x = np.asarray(log_n, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     if np.unique(x).size < 3:
         raise FitError(f"isoFLOP parabola needs >= 3 distinct model sizes, got {np.unique(x).size}")
     a, b, c = np.polyfit(x, y, 2)
-    interior = bool(a > 0 and x.min() <= -b / (2 * a) <= x.max())
+    best = x[int(np.argmin(y))]
+    bracketed = x.min() < best < x.max()
+    interior = bool(a > 0 and bracketed and x.min() <= -b / (2 * a) <= x.max())
     if interior:
         x_opt = -b / (2 * a)
         y_opt = c - b * b / (4 * a)

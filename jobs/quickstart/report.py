@@ -73,6 +73,8 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
             "goodput": (good or {}).get("goodput"),
             "time_share": (good or {}).get("time_share"),
+            "peak_flops": (good or {}).get("peak_flops"),  # what goodput divides by: the better of the readings below
+            "peak_flops_measured": (good or {}).get("peak_flops_measured"),  # before and after the sweep's trials
             "fit_sensitivity": law.get("sampling_noise"),  # the law refitted with every FID redrawn within its noise
             "stage_seconds": dict(ctx.seconds),
             "sweep": {
@@ -133,7 +135,8 @@ def _record_section(ctx: Context) -> list[str]:
         lines.append(f"- classifier accuracy on the real test split: {rec['classifier_test_accuracy']:.1%}")
     if rec.get("goodput") is not None:
         share = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in (rec.get("time_share") or {}).items())
-        lines.append(f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak; time: {share}")
+        peak = f" ({rec['peak_flops'] / 1e9:.0f} GFLOP/s)" if rec.get("peak_flops") else ""
+        lines.append(f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak{peak}; time: {share}")
     return lines + [""]
 
 

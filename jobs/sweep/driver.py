@@ -90,7 +90,7 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
 
     init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    machine = {"num_cpus": cpus, "peak_flops": measure_machine_peak(cpus)}  # before any trial loads the machine
+    peak_before = measure_machine_peak(cpus)  # before any trial loads the machine
     run = pending[0].runs[0].plan.cfg.run
     check_shared_storage(
         cfg.output, key="output", override="base.run.shared_filesystem", shared_filesystem=run.shared_filesystem
@@ -122,7 +122,10 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
-    return machine
+    # Measured again once the trials are done: the first reading can be taken while Ray's own processes are still
+    # starting, and the peak is the better of the two (both go into the report).
+    peaks = [peak_before, measure_machine_peak(cpus)]
+    return {"num_cpus": cpus, "peak_flops": max(peaks), "peak_flops_measured": peaks}
 
 
 def _longest_first(pending: list[TrialPlan]) -> list[str]:

@@ -108,6 +108,13 @@ def test_parabola_minimum_and_edge_flag():
     assert par["interior"] and par["n_opt"] == pytest.approx(4e6, rel=1e-6) and par["metric_opt"] == pytest.approx(3.0)
     par = fit_parabola(x, -x)  # monotone: optimum at the largest sampled size, flagged
     assert not par["interior"] and par["n_opt"] == pytest.approx(16e6)
+    # A convex parabola with its vertex inside the range, bent there by a far-off largest size, while the smallest
+    # size is the best measured (a quickstart budget): not bracketed, so N* is the smallest size, flagged.
+    x4, y4 = np.log(np.array([1.8e5, 6.9e5, 1.18e6, 3.87e6])), np.array([500.0, 692.0, 833.0, 3007.0])
+    a, b, _ = np.polyfit(x4, y4, 2)
+    assert a > 0 and x4.min() < -b / (2 * a) < x4.max()  # the vertex alone would call it interior
+    par = fit_parabola(x4, y4)
+    assert not par["interior"] and par["n_opt"] == pytest.approx(1.8e5) and par["metric_opt"] == 500.0
 
 
 def test_isoflop_recovers_known_optimal_size_exponent():

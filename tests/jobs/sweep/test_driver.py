@@ -157,6 +157,8 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     assert 0 < m["goodput"] < 1 and m["time_step_s"] > 0 and m["time_eval_s"] > 0
     good = json.loads(Path(client.download_artifacts(parent.info.run_id, "goodput.json", str(tmp_path))).read_text())
     assert good["trials"] == 1 and good["train_flops"] > 0
+    # The peak was measured before and after the trials; goodput divides by the better reading.
+    assert len(good["peak_flops_measured"]) == 2 and good["peak_flops"] == max(good["peak_flops_measured"]) > 0
     assert sum(good["time"].values()) == pytest.approx(good["wall_s"] * good["num_cpus"], rel=0.02)
     children = [r for r in child_runs(client, parent.info.run_id) if r.data.tags.get("ditscale.role") == "trial"]
     assert sorted(r.data.tags["ditscale.trial_id"] for r in children) == sorted(t.trial_id for t in trials)

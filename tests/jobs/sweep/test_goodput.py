@@ -31,3 +31,13 @@ def test_sweep_goodput_and_idle_share():
     assert g["time"]["idle_s"] == pytest.approx(120.0 - sum(v for k, v in g["time"].items() if k != "idle_s"))
     assert sum(g["time_share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert "goodput 50.0%" in format_goodput(g)
+
+
+def test_goodput_names_every_peak_reading_and_divides_by_the_one_it_was_given():
+    timing = {"startup_s": 1.0, "setup_s": 0.0, "data_s": 0.0, "step_s": 8.0, "checkpoint_s": 0.0, "eval_s": 1.0}
+    records = [{"trial_id": "a", "train_flops": 1e12, "cpus": 1.0, "timing": timing}]
+    g = sweep_goodput(records, wall_s=10.0, num_cpus=2.0, peak_flops=3e11, peak_flops_measured=[2.6e11, 3e11])
+    assert g["goodput"] == pytest.approx(1e12 / (10.0 * 3e11)) and g["peak_flops_measured"] == [2.6e11, 3e11]
+    assert "150 GFLOP/s measured, best of 130/150" in format_goodput(g)
+    one = sweep_goodput(records, wall_s=10.0, num_cpus=2.0, peak_flops=3e11)
+    assert one["peak_flops_measured"] == [3e11] and "150 GFLOP/s measured)" in format_goodput(one)
