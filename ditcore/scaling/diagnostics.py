@@ -271,12 +271,12 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
         if not at:
             continue
         cs = sorted(b["budget_flops"] for b in at)
+        all_cs = sorted(b["budget_flops"] for b in budgets)
+        run = all_cs[all_cs.index(cs[0]) : all_cs.index(cs[-1]) + 1] == cs  # consecutive budgets of the grid
         where = (
-            f"C = {_fmt(cs[0])}"
-            if len(cs) == 1
+            f"C from {_fmt(cs[0])} to {_fmt(cs[-1])}"
+            if len(cs) > 4 and run
             else f"C = {', '.join(_fmt(c) for c in cs)}"
-            if len(cs) <= 4
-            else f"C from {_fmt(cs[0])} to {_fmt(cs[-1])}"
         )
         out.append(
             _d(
@@ -293,8 +293,8 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
             _d(
                 "no_interval",
                 f"N*(C) has no interval: only {law.get('n_boot_ok', 0)} of {law.get('n_boot', 0)} "
-                f"bootstrap resamples kept 3 distinct model sizes in every budget; use at least "
-                f"4 sizes per budget.",
+                f"bootstrap resamples could be refitted (each needs >= 2 distinct budgets and >= 3 "
+                f"distinct sizes in every budget it draws); use more budgets and at least 4 sizes per budget.",
             )
         )
     if iso.get("d_opt_exponent") is None and isinstance(iso.get("d_opt_law"), dict) and "error" in iso["d_opt_law"]:

@@ -108,6 +108,20 @@ def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     }
 
 
+def _redrawn_log_n_opt(
+    rng: np.random.Generator, log_n: np.ndarray, values: np.ndarray, se: np.ndarray | None, tries: int = 50
+) -> float | None:
+    """One bootstrap draw of a budget's log N*: its values redrawn within their standard errors when known,
+    else its points resampled with replacement until >= 3 distinct sizes remain (None after `tries` draws)."""
+    if se is not None:
+        return fit_parabola(log_n, values + rng.normal(0.0, 1.0, values.size) * se)["log_n_opt"]
+    for _ in range(tries):
+        idx = rng.integers(0, log_n.size, log_n.size)
+        if np.unique(log_n[idx]).size >= 3:
+            return fit_parabola(log_n[idx], values[idx])["log_n_opt"]
+    return None
+
+
 def _loglog_line(c: np.ndarray, n: np.ndarray) -> tuple[float, float]:
     """(k, a) of N = k * C^a by least squares in log-log space."""
     a, log_k = np.polyfit(np.log(c), np.log(n), 1)
@@ -152,9 +166,11 @@ def isoflop_analysis(
 ) -> dict[str, Any]:
     """Per-budget parabola of `metric` vs log N, its minimum N*, N*(C) = k * C^a and D*(C) = k * C^b with CIs.
 
-    Bootstrap: within each budget, resample that budget's points with replacement, refit the
-    parabolas and the lines (resamples with < 3 distinct sizes in some budget are skipped; with only
-    3 sizes per budget few survive, and below MIN_BOOT_OK refits no interval is given).
+    Bootstrap, two levels: resample the budgets with replacement (the optima's scatter about the line), and
+    within each drawn budget redraw its values: from their sampling noise when every point carries
+    `<metric>_se` (e.g. fid_se), else by resampling its points with replacement, redrawn until >= 3 distinct
+    sizes remain (a budget with only 3 sizes has few such draws). Then refit the parabolas and the lines;
+    resamples with < 2 distinct budgets are skipped, and below MIN_BOOT_OK refits no interval is given.
     Raises FitError when fewer than 2 budgets have >= 3 model sizes. D* (images seen at the optimum) needs
     images for every point used (see `images_of`); otherwise d_opt_law is {"error": reason}.
     Keys: metric, budgets [per budget: budget_flops, params, metric values, images (or None), parabola,
@@ -167,15 +183,16 @@ def isoflop_analysis(
         m, b, n = _num(p, metric), budget_of(p), _num(p, "params")
         if m is None or b is None or n is None or n <= 0:
             continue
-        groups.setdefault(b, []).append((n, m, images_of(p)))
+        groups.setdefault(b, []).append((n, m, images_of(p), _num(p, f"{metric}_se")))
     budgets = []
     for b in sorted(groups):
         groups[b].sort(key=lambda row: (row[0], row[1]))  # by size: the bootstrap then ignores the input order
-        ns = np.array([n for n, _, _ in groups[b]])
+        ns = np.array([row[0] for row in groups[b]])
         if np.unique(ns).size < 3:
             continue
-        ms = np.array([m for _, m, _ in groups[b]])
-        ds = [d for _, _, d in groups[b]]
+        ms = np.array([row[1] for row in groups[b]])
+        ds = [row[2] for row in groups[b]]
+        ses = [row[3] for row in groups[b]]
         par = fit_parabola(np.log(ns), ms)
         row = {
             "budget_flops": b,
@@ -184,6 +201,7 @@ def isoflop_analysis(
             "images": ds if all(d is not None for d in ds) else None,
             **par,
             "d_opt": None,
+            "se": np.array(ses) if all(v is not None and v >= 0 for v in ses) else None,
         }
         if row["images"] is not None:
             # log D is (close to) linear in log N at fixed compute: D = C / flops_per_image(N).
@@ -202,20 +220,24 @@ def isoflop_analysis(
     rng = np.random.default_rng(seed)
     n_samples, d_samples = [], []
     for _ in range(n_boot):
+        pick = rng.integers(0, len(budgets), len(budgets))
+        if np.unique(c[pick]).size < 2:
+            continue
         nb, db = [], []
-        for r in budgets:
-            ns, ms = np.log(np.array(r["params"])), np.array(r[metric])
-            idx = rng.integers(0, ns.size, ns.size)
-            if np.unique(ns[idx]).size < 3:
+        for i in pick:
+            r = budgets[i]
+            log_n = _redrawn_log_n_opt(rng, np.log(np.array(r["params"])), np.array(r[metric]), r["se"])
+            if log_n is None:
                 break
-            log_n = fit_parabola(ns[idx], ms[idx])["log_n_opt"]
             nb.append(np.exp(log_n))
             if has_d:
                 db.append(np.exp(np.polyval(r["log_d_coef"], log_n)))
         else:
-            n_samples.append(_loglog_line(c, np.array(nb)))
+            n_samples.append(_loglog_line(c[pick], np.array(nb)))
             if has_d:
-                d_samples.append(_loglog_line(c, np.array(db)))
+                d_samples.append(_loglog_line(c[pick], np.array(db)))
+    for r in budgets:
+        del r["se"]
     all_interior = all(r["interior"] for r in budgets)
     law = _line_law(c, n_opt, n_samples, "N*(C) = k * C^a", ("k", "a"), ci_level, n_boot)
     law["all_interior"] = all_interior

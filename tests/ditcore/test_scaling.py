@@ -136,3 +136,30 @@ def test_isoflop_recovers_known_optimal_size_exponent():
     assert law["n_boot_ok"] >= 90
     with pytest.raises(FitError, match=">= 2 budgets"):
         isoflop_analysis([p for p in pts if p["budget_flops"] == pts[0]["budget_flops"]], "fid")
+
+
+def _four_size_grid(rel_se: float, seed: int = 0) -> list[dict]:
+    """10 budgets x 4 sizes (the quickstart's shape) around N*(C) = 2e-2 C^0.5, each FID with its standard error."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    for c in np.logspace(15, 17, 10):
+        n_star = 2e-2 * c**0.5
+        for n in n_star * np.exp(np.array([-1.2, -0.3, 0.5, 1.4])):
+            fid = 50.0 * (1 + 0.3 * (np.log(n) - np.log(n_star)) ** 2)
+            se = rel_se * fid
+            pts.append({"budget_flops": c, "params": n, "fid": fid + rng.normal(0, se), "fid_se": se})
+    return pts
+
+
+def test_isoflop_interval_with_four_sizes_redraws_values_within_their_noise():
+    # Resampling 4 sizes with replacement keeps 3 distinct ones in only ~2/3 of draws, so a bootstrap that needs
+    # that at all 10 budgets at once survived ~1 in 70 resamples: the quickstart's N*(C) had no interval.
+    quiet, noisy = (isoflop_analysis(_four_size_grid(s), "fid", n_boot=100, seed=0) for s in (0.01, 0.05))
+    for res in (quiet, noisy):
+        law = res["n_opt_law"]
+        assert law["n_boot_ok"] == 100
+        lo, hi = law["ci"]["a"]
+        assert lo <= 0.5 <= hi
+        assert all("se" not in r for r in res["budgets"])  # the redraw's noise stays out of the report
+    width = [r["n_opt_law"]["ci"]["a"][1] - r["n_opt_law"]["ci"]["a"][0] for r in (quiet, noisy)]
+    assert width[1] > 2 * width[0]  # the points' noise reaches the interval

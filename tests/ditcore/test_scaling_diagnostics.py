@@ -66,7 +66,8 @@ def test_too_few_points_and_budgets():
     codes = _codes(fit_diagnostics(law=fit.to_dict(), frontier=front, points=pts))
     assert {"too_few_points", "too_few_budgets", "held_out_skipped"} <= codes
     iso = isoflop_analysis([p for p in pts if p["budget_flops"] < 1e16], "fid", n_boot=10)  # 2 budgets
-    assert _codes(fit_diagnostics(isoflop=iso)) == {"isoflop_too_few_budgets"}
+    # half the budget resamples draw one budget twice: too few refits for an interval as well
+    assert _codes(fit_diagnostics(isoflop=iso)) == {"isoflop_too_few_budgets", "no_interval"}
 
 
 def test_wide_and_open_intervals_on_a_flat_frontier():
@@ -113,11 +114,29 @@ def test_missing_images_and_unavailable_isoflop():
     assert _codes(fit_diagnostics(isoflop={"error": "isoFLOP on fid: too few budgets"})) == {"isoflop_unavailable"}
 
 
-def test_isoflop_without_interval_when_budgets_have_three_sizes():
-    pts = [p for p in _points() if p["params"] in SIZES[3:6]]  # 3 sizes per budget: most resamples lose one
-    iso = isoflop_analysis(pts, "fid", n_boot=20)
-    assert iso["n_opt_law"]["ci"] == {}
-    assert "no_interval" in _codes(fit_diagnostics(isoflop=iso))
+def test_isoflop_without_interval_when_too_few_resamples_refit():
+    iso = isoflop_analysis(_points(), "fid", n_boot=6)  # fewer refits than an interval needs
+    assert iso["n_opt_law"]["ci"] == {} and iso["n_opt_law"]["n_boot_ok"] == 6
+    msg = next(d["message"] for d in fit_diagnostics(isoflop=iso) if d["code"] == "no_interval")
+    assert "only 6 of 6 bootstrap resamples" in msg
+
+
+def test_isoflop_edge_budgets_are_listed_unless_consecutive():
+    # the smallest size wins at every budget except the second: a range "from the first to the last" would
+    # name the second too, so the edge budgets are listed
+    pts = _points(n_budgets=7, n_star_at_1e16=1e5)
+    second = sorted({p["budget_flops"] for p in pts})[1]
+    for p in pts:
+        if p["budget_flops"] == second:  # best size inside the grid there
+            p["fid"] = 100.0 * (1 + 0.3 * (np.log(p["params"]) - np.log(SIZES[4])) ** 2)
+    iso = isoflop_analysis(pts, "fid", n_boot=10)
+    assert [r["interior"] for r in iso["budgets"]] == [False, True] + [False] * 5
+    msg = next(d["message"] for d in fit_diagnostics(isoflop=iso) if d["code"] == "isoflop_edge")
+    assert msg.startswith("At 6 of 7 budgets (C = ") and "from" not in msg.split(")")[0]
+    iso["budgets"][1]["interior"] = False
+    iso["budgets"][0]["interior"] = True
+    msg = next(d["message"] for d in fit_diagnostics(isoflop=iso) if d["code"] == "isoflop_edge")
+    assert msg.startswith("At 6 of 7 budgets (C from ")
 
 
 @pytest.mark.parametrize(
