@@ -8,6 +8,7 @@ from ditcore.scaling.frontier import (
     fit_parabola,
     images_of,
     isoflop_analysis,
+    minimum_kind,
 )
 from ditcore.scaling.loss_surface import fit_loss_surface
 from ditcore.scaling.powerlaw import (
@@ -36,5 +37,6 @@ __all__ = [
     "held_out_check",
     "images_of",
     "isoflop_analysis",
+    "minimum_kind",
     "profile_intervals",
 ]

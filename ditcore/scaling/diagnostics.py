@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ditcore.metrics.fid import few_samples_warning
-from ditcore.scaling.frontier import _num, budget_of
+from ditcore.scaling.frontier import _num, budget_of, minimum_kind
 
 
 @dataclass(frozen=True)
@@ -265,9 +265,8 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
                 f"least {min_budgets} are needed before its exponent means much.",
             )
         )
-    edge = [b for b in budgets if not b.get("interior", True)]
     for side in ("smallest", "largest"):
-        at = [b for b in edge if (b["n_opt"] >= max(b["params"])) == (side == "largest")]
+        at = [b for b in budgets if minimum_kind(b) == side]
         if not at:
             continue
         cs = sorted(b["budget_flops"] for b in at)

@@ -108,6 +108,14 @@ def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     }
 
 
+def minimum_kind(budget: dict) -> str:
+    """'interior' for an isoFLOP minimum the grid brackets, else the edge of the sampled sizes it sits at:
+    'smallest' (N* is an upper bound) or 'largest' (a lower bound). `budget`: a row of isoflop_analysis."""
+    if budget.get("interior", True):
+        return "interior"
+    return "largest" if budget["n_opt"] >= max(budget["params"]) else "smallest"
+
+
 def _redrawn_log_n_opt(
     rng: np.random.Generator, log_n: np.ndarray, values: np.ndarray, se: np.ndarray | None, tries: int = 50
 ) -> float | None:

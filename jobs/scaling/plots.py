@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ditcore.scaling import PowerLawFit
-from ditcore.scaling.frontier import compute_of
+from ditcore.scaling.frontier import compute_of, minimum_kind
 
 PLOTS = ("fid_vs_compute.png", "loss_vs_compute.png", "isoflop.png", "n_opt_vs_compute.png")
 ARMS_PLOT = "arms_vs_compute.png"  # written when the points come from >= 2 architecture arms
@@ -133,7 +133,22 @@ def plot_n_opt(iso: dict | None, path: Path) -> Path:
     if iso is not None:
         law = iso["n_opt_law"]
         cs = np.array([b["budget_flops"] for b in iso["budgets"]])
-        ax.plot(cs, [b["n_opt"] for b in iso["budgets"]], "ko", label="isoFLOP minima N*")
+        # interior minima are estimates; at the grid's edge N* is only a bound (the optimum may lie beyond)
+        kinds = {
+            "interior": ("ko", "isoFLOP minima N*"),
+            "smallest": ("kv", "bound: smallest size best (N* <=)"),
+            "largest": ("k^", "bound: largest size best (N* >=)"),
+        }
+        for kind, (style, label) in kinds.items():
+            rows = [b for b in iso["budgets"] if minimum_kind(b) == kind]
+            if rows:
+                ax.plot(
+                    [b["budget_flops"] for b in rows],
+                    [b["n_opt"] for b in rows],
+                    style,
+                    mfc="k" if kind == "interior" else "none",
+                    label=f"{label} ({len(rows)})",
+                )
         grid = np.logspace(np.log10(cs.min()) - 0.2, np.log10(cs.max()) + 0.5, 100)
         k, a = law["params"]["k"], law["params"]["a"]
         ax.plot(grid, k * grid**a, "r--", label=f"N* = {k:.3g} * C^{a:.3f}")

@@ -13,6 +13,7 @@ from ditcore.scaling import (
     fit_parabola,
     held_out_check,
     isoflop_analysis,
+    minimum_kind,
 )
 
 A_TRUE, BETA_TRUE, FLOOR_TRUE = 5.0e5, 0.35, 4.0
@@ -163,3 +164,15 @@ def test_isoflop_interval_with_four_sizes_redraws_values_within_their_noise():
         assert all("se" not in r for r in res["budgets"])  # the redraw's noise stays out of the report
     width = [r["n_opt_law"]["ci"]["a"][1] - r["n_opt_law"]["ci"]["a"][0] for r in (quiet, noisy)]
     assert width[1] > 2 * width[0]  # the points' noise reaches the interval
+
+
+def test_minimum_kind_names_the_edge_a_bound_sits_at():
+    # a 10-budget quickstart-like grid where the smallest size wins the small budgets: those minima are upper bounds
+    pts = _four_size_grid(0.01)
+    for p in pts:
+        if p["budget_flops"] < 1e16:
+            p["fid"] = 50.0 * (p["params"] / 1e5) ** 0.3
+    kinds = [minimum_kind(r) for r in isoflop_analysis(pts, "fid", n_boot=10)["budgets"]]
+    assert kinds == ["smallest"] * 5 + ["interior"] * 5
+    row = {"interior": False, "params": [1.0, 2.0, 4.0], "n_opt": 4.0}
+    assert minimum_kind(row) == "largest" and minimum_kind({**row, "n_opt": 1.0}) == "smallest"
