@@ -88,6 +88,21 @@ def _model_spec(entry: Any, base_model: dict) -> dict:
     raise ConfigError(f"models: entries must be preset names or mappings, got {entry!r}")
 
 
+def _split_settings(entry: Any) -> tuple[Any, dict[str, Any]]:
+    """A `models` entry -> (the model, its own settings): `{preset: MMDiT-d1, set: {optim.lr: 0.004}}` trains that
+    model with those dotted-key settings (e.g. a learning rate tuned per size); they are recorded with its trial's
+    hyper-parameters."""
+    if not (isinstance(entry, dict) and "set" in entry):
+        return entry, {}
+    fixed = entry["set"]
+    if not isinstance(fixed, dict) or not fixed or any(isinstance(v, list) for v in fixed.values()):
+        raise ConfigError(f"models: 'set' of {entry!r} must map dotted keys to single values, e.g. {{optim.lr: 0.004}}")
+    model = {k: v for k, v in entry.items() if k != "set"}
+    if set(model) == {"preset"}:
+        model = model["preset"]
+    return model, dict(fixed)
+
+
 def _base(cfg: SweepConfig) -> dict:
     from pipelines.infra.config_files import read_yaml
 
@@ -162,9 +177,16 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
     budgets = sorted(float(b) for b in cfg.budgets)
     keys = sorted(cfg.hparams)
     combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]
-    trials = [
-        _trial(cfg, base, arm, entry, dict(zip(keys, combo)), budgets) for arm, entry in entries for combo in combos
-    ]
+    trials = []
+    for arm, entry in entries:
+        model, fixed = _split_settings(entry)
+        for combo in combos:
+            hp = dict(zip(keys, combo))
+            if clash := sorted(set(hp) & set(fixed)):
+                raise ConfigError(
+                    f"models: {entry!r} sets {', '.join(clash)}, which hparams also sweeps; give it in one place"
+                )
+            trials.append(_trial(cfg, base, arm, model, {**hp, **fixed}, budgets))
     if len({t.trial_id for t in trials}) != len(trials):
         raise ConfigError("models/hparams: the grid contains duplicate trials")
     return trials

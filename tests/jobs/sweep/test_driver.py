@@ -80,6 +80,24 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     assert main(["--config", str(path), "budgets=[10]", "--validate-only"]) == 2  # < one step: named, exit 2
 
 
+def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
+    path = _write_cfg(tmp_path, dataset, budgets=[1e9])
+    per_model = '[{"preset": "MMDiT-T", "set": {"optim.lr": 0.004}}, {"depth": 1, "set": {"optim.lr": 0.001}}]'
+    trials = expand_grid(load_sweep_config(str(path), [f"models={per_model}"]))
+    assert [t.train.optim.lr for t in trials] == [0.004, 0.001]
+    assert [t.hparams for t in trials] == [{"optim.lr": 0.004}, {"optim.lr": 0.001}]  # recorded with every point
+    assert trials[0].train.model.preset == "MMDiT-T" and trials[1].train.model.overrides["depth"] == 1
+    # the same trial (same id, so a finished one is reused) as that model swept by hparams at that value
+    swept = expand_grid(load_sweep_config(str(path), ['models=["MMDiT-T"]', 'hparams={"optim.lr": [0.004]}']))
+    assert swept[0].trial_id == trials[0].trial_id
+    with pytest.raises(ConfigError, match="sets optim.lr, which hparams also sweeps"):
+        expand_grid(load_sweep_config(str(path), [f"models={per_model}", 'hparams={"optim.lr": [0.002]}']))
+    with pytest.raises(ConfigError, match="must map dotted keys to single values"):
+        expand_grid(load_sweep_config(str(path), ['models=[{"preset": "MMDiT-T", "set": {"optim.lr": [1, 2]}}]']))
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        expand_grid(load_sweep_config(str(path), ['models=[{"preset": "MMDiT-T", "set": {"optim.learning_rate": 1}}]']))
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     path = _write_cfg(tmp_path, dataset)
