@@ -265,12 +265,12 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
                 f"least {min_budgets} are needed before its exponent means much.",
             )
         )
+    all_cs = sorted(b["budget_flops"] for b in budgets)
     for side in ("smallest", "largest"):
         at = [b for b in budgets if minimum_kind(b) == side]
         if not at:
             continue
         cs = sorted(b["budget_flops"] for b in at)
-        all_cs = sorted(b["budget_flops"] for b in budgets)
         run = all_cs[all_cs.index(cs[0]) : all_cs.index(cs[-1]) + 1] == cs  # consecutive budgets of the grid
         where = (
             f"C from {_fmt(cs[0])} to {_fmt(cs[-1])}"

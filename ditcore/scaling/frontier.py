@@ -193,6 +193,7 @@ def isoflop_analysis(
             continue
         groups.setdefault(b, []).append((n, m, images_of(p), _num(p, f"{metric}_se")))
     budgets = []
+    draws = []  # per kept budget: (log N, values, standard errors or None), what the bootstrap redraws from
     for b in sorted(groups):
         groups[b].sort(key=lambda row: (row[0], row[1]))  # by size: the bootstrap then ignores the input order
         ns = np.array([row[0] for row in groups[b]])
@@ -209,8 +210,9 @@ def isoflop_analysis(
             "images": ds if all(d is not None for d in ds) else None,
             **par,
             "d_opt": None,
-            "se": np.array(ses) if all(v is not None and v >= 0 for v in ses) else None,
         }
+        se = np.array(ses) if all(v is not None and v >= 0 for v in ses) else None
+        draws.append((np.log(ns), ms, se))
         if row["images"] is not None:
             # log D is (close to) linear in log N at fixed compute: D = C / flops_per_image(N).
             row["log_d_coef"] = [float(v) for v in np.polyfit(np.log(ns), np.log(np.array(ds)), 1)]
@@ -233,19 +235,16 @@ def isoflop_analysis(
             continue
         nb, db = [], []
         for i in pick:
-            r = budgets[i]
-            log_n = _redrawn_log_n_opt(rng, np.log(np.array(r["params"])), np.array(r[metric]), r["se"])
+            log_n = _redrawn_log_n_opt(rng, *draws[i])
             if log_n is None:
                 break
             nb.append(np.exp(log_n))
             if has_d:
-                db.append(np.exp(np.polyval(r["log_d_coef"], log_n)))
+                db.append(np.exp(np.polyval(budgets[i]["log_d_coef"], log_n)))
         else:
             n_samples.append(_loglog_line(c[pick], np.array(nb)))
             if has_d:
                 d_samples.append(_loglog_line(c[pick], np.array(db)))
-    for r in budgets:
-        del r["se"]
     all_interior = all(r["interior"] for r in budgets)
     law = _line_law(c, n_opt, n_samples, "N*(C) = k * C^a", ("k", "a"), ci_level, n_boot)
     law["all_interior"] = all_interior

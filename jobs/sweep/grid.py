@@ -98,7 +98,7 @@ def _split_settings(entry: Any) -> tuple[Any, dict[str, Any]]:
     if not isinstance(fixed, dict) or not fixed or any(isinstance(v, list) for v in fixed.values()):
         raise ConfigError(f"models: 'set' of {entry!r} must map dotted keys to single values, e.g. {{optim.lr: 0.004}}")
     model = {k: v for k, v in entry.items() if k != "set"}
-    if set(model) == {"preset"}:
+    if set(model) == {"preset"}:  # as the plain name: the same trial (id) as that model without settings
         model = model["preset"]
     return model, dict(fixed)
 
