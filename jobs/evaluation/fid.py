@@ -108,6 +108,11 @@ def conditions(
     }
 
 
+def eval_threads() -> int:
+    """Torch threads of in-process sampling: DITSCALE_EVAL_THREADS, default 1 (one CPU share per trial)."""
+    return max(1, int(os.environ.get("DITSCALE_EVAL_THREADS", "1")))
+
+
 def generate_features(
     ckpt: str,
     manifest_uri: str,
@@ -119,14 +124,16 @@ def generate_features(
     want_images: bool = False,
     progress: bool = False,
     feature_net_uri: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> dict[str, np.ndarray]:
     """Sample `indices` (cond rows aligned with them), featurise with the data set's feature net (or
-    `feature_net_uri`): {"features" [n,F], ("images" uint8 [n,H,W,3])}."""
+    `feature_net_uri`): {"features" [n,F], ("images" uint8 [n,H,W,3])}. `threads`: torch threads (default
+    `eval_threads()`)."""
     from tqdm.auto import tqdm
 
     from pipelines.generation import SamplerSettings
 
-    torch.set_num_threads(max(1, int(os.environ.get("DITSCALE_EVAL_THREADS", "1"))))
+    torch.set_num_threads(max(1, threads or eval_threads()))
     pipe = _pipeline(storage.local_copy(ckpt))
     manifest = pipe.manifest
     if feature_net_uri is None and (manifest is None or manifest.fid is None or not manifest.fid.feature_net):
@@ -174,9 +181,10 @@ def _sample_parts(
     cpus_per_actor: float,
     progress: bool,
     num_gpus: Optional[float] = None,
+    threads: Optional[int] = None,
 ) -> tuple[list[list[int]], list[dict]]:
-    """(index slice per part, generate_features result per part), in this process or on Ray actors (one GPU each
-    when the cluster has GPUs: `num_gpus` None picks 1 then, else 0)."""
+    """(index slice per part, generate_features result per part), in this process (`threads` torch threads) or on
+    Ray actors (one GPU each when the cluster has GPUs: `num_gpus` None picks 1 then, else 0)."""
     n = settings.num_samples
     in_process = num_actors == 0  # no actor start-up: worth it for tiny models
     num_actors = max(1, min(num_actors, n))
@@ -184,7 +192,14 @@ def _sample_parts(
     if in_process or (num_actors == 1 and not _ray_running()):
         return parts_idx[:1], [
             generate_features(
-                ckpt, manifest_uri, parts_idx[0], cond, settings, want_images=want_images, progress=progress
+                ckpt,
+                manifest_uri,
+                parts_idx[0],
+                cond,
+                settings,
+                want_images=want_images,
+                progress=progress,
+                threads=threads,
             )
         ]
     import ray
@@ -217,6 +232,7 @@ def evaluate_checkpoint(
     classifier: Optional[str] = None,
     n_boot: int = 50,
     num_gpus: Optional[float] = None,
+    threads: Optional[int] = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """FID of `ckpt` (EMA weights) vs the data set's reference stats, with its sampling noise; + "attr_acc" for text
@@ -224,7 +240,8 @@ def evaluate_checkpoint(
 
     `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples. "fid_se"
     and "fid_ci" come from `n_boot` bootstrap resamples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
-    a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed).
+    a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed). `threads`: torch
+    threads when sampling in this process (num_actors 0; default `eval_threads()`).
     """
     from ditcore.checkpoint import read_checkpoint_config
     from ditcore.metrics.fid import feature_stats, frechet_distance
@@ -247,7 +264,7 @@ def evaluate_checkpoint(
     labels = _class_labels(manifest_uri, cond, settings.num_samples) if classifier else None
     want_images = objects is not None or labels is not None
     parts_idx, parts = _sample_parts(
-        ckpt, manifest_uri, cond, settings, want_images, num_actors, cpus_per_actor, progress, num_gpus
+        ckpt, manifest_uri, cond, settings, want_images, num_actors, cpus_per_actor, progress, num_gpus, threads
     )
     order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts_idx])  # reassemble in index order
     feats = np.empty((settings.num_samples, parts[0]["features"].shape[1]))

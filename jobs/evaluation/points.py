@@ -7,9 +7,13 @@ returns a stale number.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
+from typing import Optional
 
-from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint
+from jobs.evaluation.cpus import spare_cpus
+from jobs.evaluation.fid import FIDSettings, eval_threads, evaluate_checkpoint
 from jobs.scaling.points import ScalingPoint
 from jobs.train.plan import RunPlan
 from pipelines.infra import storage
@@ -21,8 +25,17 @@ def fid_settings(plan: RunPlan) -> FIDSettings:
     return FIDSettings(num_samples=e.num_samples, sampler=e.sampler, steps=e.steps, guidance=e.guidance, seed=e.seed)
 
 
-def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPoint]:
-    """Each point with its FID (+ attribute accuracy) filled in, cached and logged to MLflow as `fid` by step."""
+def evaluate_points(
+    plan: RunPlan, points: list[ScalingPoint], usage: Optional[dict[str, float]] = None
+) -> list[ScalingPoint]:
+    """Each point with its FID (+ attribute accuracy) filled in, cached and logged to MLflow as `fid` by step.
+
+    Sampling in this process (eval.num_actors 0) runs on the CPUs the run's workers released, plus, per point, the
+    idle CPUs of the node that `spare_cpus` reserves (eval.spare_cpus); `usage["eval_extra_cpu_s"]` adds up the
+    CPU-seconds of those extra CPUs (for the sweep's goodput breakdown)."""
+    ev_cfg = plan.cfg.eval
+    in_process = ev_cfg.num_actors == 0
+    own_cpus = plan.cfg.run.num_workers * plan.cfg.run.cpus_per_worker
     settings = fid_settings(plan)
     network = plan.manifest.fid.feature_net if plan.manifest.fid is not None else ""
     key = settings.key(network or "", plan.cfg.eval.classifier)
@@ -37,16 +50,22 @@ def evaluate_points(plan: RunPlan, points: list[ScalingPoint]) -> list[ScalingPo
         if storage.exists(cache):
             ev = storage.read_json(cache)
         else:
-            ev = evaluate_checkpoint(
-                p.checkpoint,
-                plan.cfg.data.manifest,
-                settings,
-                num_actors=plan.cfg.eval.num_actors,
-                cpus_per_actor=plan.cfg.run.cpus_per_worker,
-                classifier=plan.cfg.eval.classifier,
-                num_gpus=plan.cfg.eval.num_gpus,
-            )
-            storage.write_json(cache, ev)
+            lease = spare_cpus(own_cpus, enabled=ev_cfg.spare_cpus) if in_process else contextlib.nullcontext(0)
+            with lease as extra:
+                t0 = time.perf_counter()
+                ev = evaluate_checkpoint(
+                    p.checkpoint,
+                    plan.cfg.data.manifest,
+                    settings,
+                    num_actors=ev_cfg.num_actors,
+                    cpus_per_actor=plan.cfg.run.cpus_per_worker,
+                    classifier=ev_cfg.classifier,
+                    num_gpus=ev_cfg.num_gpus,
+                    threads=eval_threads() + extra if in_process else None,
+                )
+                if usage is not None:
+                    usage["eval_extra_cpu_s"] = usage.get("eval_extra_cpu_s", 0.0) + extra * (time.perf_counter() - t0)
+            storage.write_json(cache, {**ev, "extra_threads": extra} if in_process else ev)
         p = dataclasses.replace(
             p,
             fid=ev["fid"],

@@ -7,7 +7,7 @@ cluster's CPUs; on GPUs the datasheet peak of each worker's device), so the figu
 sweep measures it before and after its trials and divides by the higher reading (`peak_flops_measured` keeps both).
 Wall time is divided, in CPU-seconds, into what every trial spent on start-up (Ray Train worker group and data set),
 setup (models, restores), data (waiting for batches), train steps, checkpoints (+ validation, logging) and
-evaluation; what no trial used is idle.
+evaluation (with the CPU-seconds of idle CPUs it reserved, `eval_extra_cpu_s`); what no trial used is idle.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def sweep_goodput(
         cpus = float(r.get("cpus") or 1.0)
         for k in PHASES:
             time[k] += cpus * float(r["timing"].get(k, 0.0))
+        time["eval_s"] += float(r["timing"].get("eval_extra_cpu_s", 0.0))  # idle CPUs evaluation borrowed
     time["idle_s"] = max(0.0, capacity - sum(time.values()))
     return {
         "goodput": flops / (max(wall_s, 1e-9) * peak_flops) if peak_flops > 0 else None,

@@ -83,11 +83,19 @@ def _preload_evaluation(tp: TrialPlan) -> None:
 
 def trial_timing(summaries: list[dict], *, train_wall: float, eval_wall: float) -> dict[str, float]:
     """Where a trial's time went (s): start-up (Ray Train worker group, data set; the training wall not spent in a
-    run's loop), setup (models, restores), data, step, checkpoint (+ validation, logging) and evaluation."""
+    run's loop), setup (models, restores), data, step, checkpoint (+ validation, logging) and evaluation; plus
+    the CPU-seconds evaluation spent on idle CPUs beyond the trial's own (`eval_extra_cpu_s`, eval.spare_cpus)."""
     keys = ("setup_s", "data_s", "step_s", "checkpoint_s")
     loops = {k: float(sum((s.get("timing") or {}).get(k, 0.0) for s in summaries)) for k in keys}
     startup = max(0.0, train_wall - sum(loops.values()))
-    return {"startup_s": startup, **loops, "eval_s": eval_wall, "wall_s": train_wall + eval_wall}
+    extra = float(sum(s.get("eval_extra_cpu_s") or 0.0 for s in summaries))
+    return {
+        "startup_s": startup,
+        **loops,
+        "eval_s": eval_wall,
+        "wall_s": train_wall + eval_wall,
+        "eval_extra_cpu_s": extra,
+    }
 
 
 def _cpus(tp: TrialPlan) -> float:

@@ -78,6 +78,8 @@ class EvalConfig:
     fractions: list[float] = field(default_factory=list)
     seed: int = 0
     num_actors: int = 1  # Ray actors sampling in parallel; 0 samples inside the trial process (tiny models)
+    # num_actors 0: per point, also sample on the node's idle CPUs, reserved through Ray (jobs/evaluation/cpus.py)
+    spare_cpus: bool = True
     num_gpus: Optional[float] = None  # GPUs per sampling actor; None: 1 when the Ray cluster has GPUs, else 0
     val_every: int = 0  # validation loss every N steps (0: only at checkpoints and the end)
     classifier: Optional[str] = None  # a classifier net dir (ditscale data classifier): class accuracy of samples

@@ -248,7 +248,9 @@ def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
     if evaluate and plan.cfg.eval.num_samples > 0:
         from jobs.evaluation.points import evaluate_points
 
-        points = evaluate_points(plan, points)
+        usage: dict[str, float] = {}
+        points = evaluate_points(plan, points, usage)
+        summary["eval_extra_cpu_s"] = usage.get("eval_extra_cpu_s", 0.0)
     summary["points"] = [p.to_dict() for p in points]
     summary["wall_s"] = time.time() - run.t_start
     storage.write_json(storage.join(plan.run_dir, "points.json"), summary["points"])

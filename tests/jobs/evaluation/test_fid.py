@@ -40,11 +40,16 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
         here = evaluate_checkpoint(
             setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=1, num_actors=0
         )
+        # More torch threads in this process (the idle CPUs a sweep's last trial borrows) give the same FID.
+        threaded = evaluate_checkpoint(
+            setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=1, num_actors=0, threads=2
+        )
     finally:
         ray.shutdown()
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
     assert two["attr_acc"] == pytest.approx(one["attr_acc"])
     assert here["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
+    assert threaded["fid"] == pytest.approx(one["fid"], rel=1e-4, abs=1e-6)
     # FID is the Fréchet distance of the sample features against the manifest's reference stats.
     from ditcore.metrics.fid import feature_stats, frechet_distance_sqrtm
     from jobs.evaluation.fid import conditions

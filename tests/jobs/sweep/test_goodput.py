@@ -16,6 +16,21 @@ def test_trial_timing_attributes_the_training_wall_not_spent_in_loops_to_startup
     t = trial_timing(runs, train_wall=30.0, eval_wall=6.0)
     assert t["step_s"] == 24.0 and t["setup_s"] == 1.5 and t["checkpoint_s"] == 1.5
     assert t["startup_s"] == pytest.approx(30.0 - 28.0) and t["eval_s"] == 6.0 and t["wall_s"] == 36.0
+    assert t["eval_extra_cpu_s"] == 0.0
+    runs[1]["eval_extra_cpu_s"] = 2.5  # CPU-seconds its evaluation ran on idle CPUs it reserved
+    assert trial_timing(runs, train_wall=30.0, eval_wall=6.0)["eval_extra_cpu_s"] == 2.5
+
+
+def test_evaluation_on_borrowed_idle_cpus_counts_as_evaluation_not_idle():
+    timing = {"startup_s": 0.0, "setup_s": 0.0, "data_s": 0.0, "step_s": 40.0, "checkpoint_s": 0.0, "eval_s": 20.0}
+    plain = sweep_goodput([{"train_flops": 1e12, "cpus": 1.0, "timing": timing}], wall_s=60.0, num_cpus=2.0,
+                          peak_flops=1e11)  # fmt: skip
+    borrowed = {**timing, "eval_extra_cpu_s": 15.0}
+    g = sweep_goodput([{"train_flops": 1e12, "cpus": 1.0, "timing": borrowed}], wall_s=60.0, num_cpus=2.0,
+                      peak_flops=1e11)  # fmt: skip
+    assert g["time"]["eval_s"] == plain["time"]["eval_s"] + 15.0 == 35.0
+    assert g["time"]["idle_s"] == plain["time"]["idle_s"] - 15.0 == 45.0
+    assert g["goodput"] == plain["goodput"]
 
 
 def test_sweep_goodput_and_idle_share():
