@@ -33,13 +33,14 @@ def _node_cpus(ray, node_id: str) -> float:
 
 
 @contextlib.contextmanager
-def spare_cpus(own_cpus: float, *, enabled: bool = True) -> Iterator[int]:
+def spare_cpus(own_cpus: float, *, threads: int = 1, enabled: bool = True) -> Iterator[int]:
     """Whole CPUs reserved on this node for the `with` block (0 when Ray is not running, none is free, or disabled).
 
     `own_cpus`: CPUs this process already counts as its own although Ray shows them as free (the CPUs its trial's
-    workers released); only CPUs beyond those are reserved. Ray reports free CPUs for the whole cluster, so on a
-    multi-node cluster the request can name CPUs of another node: it is then not granted (within `_GRANT_WAIT_S`)
-    and the block gets 0.
+    workers released); only CPUs beyond those are reserved. `threads`: the sampler's threads without a reservation;
+    with it, threads + the reserved CPUs never exceed the node's CPUs. Ray reports free CPUs for the whole cluster,
+    so on a multi-node cluster the request can name CPUs of another node: it is then not granted (within
+    `_GRANT_WAIT_S`) and the block gets 0.
     """
     pg, extra = None, 0
     if enabled:
@@ -49,8 +50,8 @@ def spare_cpus(own_cpus: float, *, enabled: bool = True) -> Iterator[int]:
             from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
 
             node = ray.get_runtime_context().get_node_id()
-            # The sampler's own thread stays on own_cpus; at most the node's other CPUs are added.
-            limit = int(math.floor(_node_cpus(ray, node) - max(own_cpus, 1.0) + 1e-6))
+            # The sampler's own threads stay on own_cpus; at most the node's other CPUs are added.
+            limit = int(math.floor(_node_cpus(ray, node) - max(own_cpus, threads, 1) + 1e-6))
             want = min(limit, int(math.floor(_available_cpus(ray) - own_cpus + 1e-6)))
             if want >= 1:
                 pg = placement_group(

@@ -50,7 +50,11 @@ def evaluate_points(
         if storage.exists(cache):
             ev = storage.read_json(cache)
         else:
-            lease = spare_cpus(own_cpus, enabled=ev_cfg.spare_cpus) if in_process else contextlib.nullcontext(0)
+            lease = (
+                spare_cpus(own_cpus, threads=eval_threads(), enabled=ev_cfg.spare_cpus)
+                if in_process
+                else contextlib.nullcontext(0)
+            )
             with lease as extra:
                 t0 = time.perf_counter()
                 ev = evaluate_checkpoint(

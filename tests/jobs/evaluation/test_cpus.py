@@ -50,5 +50,7 @@ def test_spare_cpus_reserves_the_idle_cpus_beyond_its_own_and_frees_them():
         assert _free_cpus() == 3.0  # released before the block returns, so the next point sees them
         with spare_cpus(2.5) as few:
             assert few == 0  # less than one whole CPU beyond its own
+        with spare_cpus(1.0, threads=2) as capped:
+            assert capped == 1  # 2 threads of its own + 1 reserved = the node's 3 CPUs
     finally:
         ray.shutdown()
