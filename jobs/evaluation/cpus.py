@@ -42,31 +42,34 @@ def spare_cpus(own_cpus: float, *, threads: int = 1, enabled: bool = True) -> It
     so on a multi-node cluster the request can name CPUs of another node: it is then not granted (within
     `_GRANT_WAIT_S`) and the block gets 0.
     """
-    pg, extra = None, 0
-    if enabled:
-        import ray
-
-        if ray.is_initialized():
-            from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
-
-            node = ray.get_runtime_context().get_node_id()
-            # The sampler's own threads stay on own_cpus; at most the node's other CPUs are added.
-            limit = int(math.floor(_node_cpus(ray, node) - max(own_cpus, threads, 1) + 1e-6))
-            want = min(limit, int(math.floor(_available_cpus(ray) - own_cpus + 1e-6)))
-            if want >= 1:
-                pg = placement_group(
-                    [{"CPU": float(want)}], strategy="STRICT_PACK", bundle_label_selector=[{NODE_ID_LABEL_KEY: node}]
-                )
-                if pg.wait(timeout_seconds=_GRANT_WAIT_S):
-                    extra = want
-                else:
-                    remove_placement_group(pg)
-                    pg = None
+    pg, extra = _reserve(own_cpus, threads) if enabled else (None, 0)
     try:
         yield extra
     finally:
         if pg is not None:
             _release(pg, extra)
+
+
+def _reserve(own_cpus: float, threads: int) -> tuple[object | None, int]:
+    """(placement group, whole CPUs it holds) for the idle CPUs of this node, or (None, 0)."""
+    import ray
+    from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, remove_placement_group
+
+    if not ray.is_initialized():
+        return None, 0
+    node = ray.get_runtime_context().get_node_id()
+    # The sampler's own threads stay on own_cpus; at most the node's other CPUs are added.
+    limit = int(math.floor(_node_cpus(ray, node) - max(own_cpus, threads, 1) + 1e-6))
+    want = min(limit, int(math.floor(_available_cpus(ray) - own_cpus + 1e-6)))
+    if want < 1:
+        return None, 0
+    pg = placement_group(
+        [{"CPU": float(want)}], strategy="STRICT_PACK", bundle_label_selector=[{NODE_ID_LABEL_KEY: node}]
+    )
+    if pg.wait(timeout_seconds=_GRANT_WAIT_S):
+        return pg, want
+    remove_placement_group(pg)
+    return None, 0
 
 
 def _release(pg, cpus: int) -> None:

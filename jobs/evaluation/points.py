@@ -7,7 +7,6 @@ returns a stale number.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Optional
@@ -50,12 +49,8 @@ def evaluate_points(
         if storage.exists(cache):
             ev = storage.read_json(cache)
         else:
-            lease = (
-                spare_cpus(own_cpus, threads=eval_threads(), enabled=ev_cfg.spare_cpus)
-                if in_process
-                else contextlib.nullcontext(0)
-            )
-            with lease as extra:
+            threads = eval_threads()  # + the reserved CPUs; used only when sampling in this process
+            with spare_cpus(own_cpus, threads=threads, enabled=ev_cfg.spare_cpus and in_process) as extra:
                 t0 = time.perf_counter()
                 ev = evaluate_checkpoint(
                     p.checkpoint,
@@ -65,11 +60,11 @@ def evaluate_points(
                     cpus_per_actor=plan.cfg.run.cpus_per_worker,
                     classifier=ev_cfg.classifier,
                     num_gpus=ev_cfg.num_gpus,
-                    threads=eval_threads() + extra if in_process else None,
+                    threads=threads + extra,
                 )
                 if usage is not None:
                     usage["eval_extra_cpu_s"] = usage.get("eval_extra_cpu_s", 0.0) + extra * (time.perf_counter() - t0)
-            storage.write_json(cache, {**ev, "extra_threads": extra} if in_process else ev)
+            storage.write_json(cache, {**ev, "extra_threads": extra})
         p = dataclasses.replace(
             p,
             fid=ev["fid"],
