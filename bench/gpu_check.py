@@ -34,6 +34,7 @@ from ditcore.flops import flops_summary  # noqa: E402
 from ditcore.models import build_model, resolve_config  # noqa: E402
 
 DEVICE = {"name": "cuda", "tiny": False}  # --smoke-cpu: tiny models on the CPU (checks the script, measures nothing)
+PARTS = ("train", "mmdit", "sampling", "service")  # --parts names, in the order they run
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
@@ -180,8 +181,15 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--peak-flops", type=float, default=None)
+    ap.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated parts to run, in this order: {', '.join(PARTS)}"
+    )
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny models, one step each, on the CPU (no numbers)")
     args = ap.parse_args()
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown or not args.parts:
+        ap.error(f"--parts: unknown {unknown or 'empty'}; choose from {', '.join(PARTS)}")
     if args.smoke_cpu:
         DEVICE.update(name="cpu", tiny=True)
         args.batch = args.mmdit_batch = args.sample_batch = args.service_images = 2
@@ -198,17 +206,17 @@ def main() -> int:
 
 
 def run_parts(args: argparse.Namespace, peak: float) -> int:
-    """Run the four parts, one line each; 1 when any failed."""
+    """Run the chosen parts (`--parts`, default all four), one line each; 1 when any failed."""
     mm_over = {"input_size": 32, "max_text_len": 77}
     dit = "DiT-T/2" if DEVICE["tiny"] else "DiT-XL/2"
-    parts = [
-        ("DiT-XL/2 train", lambda: train_mfu(dit, {"input_size": 32}, args.batch, args, peak)),
-        ("MM-DiT train", lambda: train_mfu(args.mmdit, mm_over, args.mmdit_batch, args, peak)),
-        ("FID sampling", lambda: fid_sampling(args.sample_batch, args.sample_steps, args)),
-        ("service", lambda: service(args.service_images, args.sample_steps, args)),
-    ]
+    parts = {
+        "train": ("DiT-XL/2 train", lambda: train_mfu(dit, {"input_size": 32}, args.batch, args, peak)),
+        "mmdit": ("MM-DiT train", lambda: train_mfu(args.mmdit, mm_over, args.mmdit_batch, args, peak)),
+        "sampling": ("FID sampling", lambda: fid_sampling(args.sample_batch, args.sample_steps, args)),
+        "service": ("service", lambda: service(args.service_images, args.sample_steps, args)),
+    }
     failed = 0
-    for name, part in parts:
+    for name, part in (parts[p] for p in PARTS if p in args.parts):
         t0 = time.perf_counter()
         try:
             line = part()
