@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-KEYS = ("fid", "fid_se", "fid_ci", "attr_acc", "num_samples", "fid_network", "feature_dim")
+KEYS = ("fid", "fid_se", "fid_ci", "attr_acc", "num_samples", "fid_network", "feature_dim", "sampling_device")
 
 
 def one(args: argparse.Namespace) -> dict:
@@ -50,7 +50,7 @@ def one(args: argparse.Namespace) -> dict:
     return {
         **{k: r.get(k) for k in KEYS},
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "dtype": "bf16 autocast" if cuda else "fp32",
+        "dtype": "bf16 autocast" if r["sampling_device"].endswith("bf16") else "fp32",
         "torch": torch.__version__,
         "seconds": sec,
         "images_per_s": args.num_samples / sec,

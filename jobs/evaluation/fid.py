@@ -154,7 +154,7 @@ def generate_features(
             imgs.append(images)
         bar.update(len(chunk))
     bar.close()
-    out = {"features": np.concatenate(feats)}
+    out = {"features": np.concatenate(feats), "device": f"{pipe.device.type} {'bf16' if pipe.bf16 else 'fp32'}"}
     if want_images:
         out["images"] = np.concatenate(imgs)
     return out
@@ -210,7 +210,8 @@ def _sample_parts(
 
     @ray.remote(num_cpus=cpus_per_actor, num_gpus=num_gpus)
     def sample_part(ck, uri, idx, c, s, images):
-        return generate_features(ck, uri, idx, {k: v[idx] for k, v in c.items()}, s, want_images=images)
+        out = generate_features(ck, uri, idx, {k: v[idx] for k, v in c.items()}, s, want_images=images)
+        return {**out, "gpu_ids": list(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))}
 
     # Outside any enclosing placement group (a Tune trial's holds only the trial driver's fractional CPU).
     free = PlacementGroupSchedulingStrategy(placement_group=None)
@@ -241,7 +242,8 @@ def evaluate_checkpoint(
     `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples. "fid_se"
     and "fid_ci" come from `n_boot` bootstrap resamples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
     a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed). `threads`: torch
-    threads when sampling in this process (num_actors 0; default `eval_threads()`).
+    threads when sampling in this process (num_actors 0; default `eval_threads()`). "sampling_device" says where
+    the samples were drawn ("cuda bf16", "cpu fp32") and "sampling_gpus" how many Ray GPUs the sampling tasks held.
     """
     from ditcore.checkpoint import read_checkpoint_config
     from ditcore.metrics.fid import feature_stats, frechet_distance
@@ -276,6 +278,8 @@ def evaluate_checkpoint(
         "fid_network": manifest.fid.feature_net,
         "feature_dim": int(feats.shape[1]),
         **_noise(feats, mu_ref, sigma_ref, n_boot, settings.seed),
+        "sampling_device": ", ".join(sorted({p["device"] for p in parts})),  # e.g. "cuda bf16" or "cpu fp32"
+        "sampling_gpus": sum(len(p.get("gpu_ids", [])) for p in parts),  # Ray GPUs held by the sampling tasks
     }
     if want_images:
         images = np.empty((settings.num_samples, *parts[0]["images"].shape[1:]), np.uint8)

@@ -47,6 +47,7 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
     finally:
         ray.shutdown()
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
+    assert two["sampling_device"] == one["sampling_device"] == "cpu fp32" and two["sampling_gpus"] == 0
     assert two["attr_acc"] == pytest.approx(one["attr_acc"])
     assert here["fid"] == pytest.approx(one["fid"], rel=1e-6, abs=1e-8)
     assert threaded["fid"] == pytest.approx(one["fid"], rel=1e-4, abs=1e-6)
@@ -68,6 +69,25 @@ def test_fid_and_attribute_accuracy_independent_of_actor_split(setup):
     assert one["fid"] == pytest.approx(frechet_distance_sqrtm(mu, sigma, ref_mu, ref_sigma), rel=1e-5)
     other_seed = evaluate_checkpoint(setup["ckpt"], setup["data"], num_samples=12, sampler="euler", steps=3, seed=2)
     assert other_seed["fid"] != one["fid"]
+
+
+@pytest.mark.slow
+def test_sampling_tasks_take_a_gpu_when_the_cluster_has_them(setup):
+    """A cluster that lists GPUs (two logical GPUs here: Ray schedules by resource, torch still sees no CUDA): each
+    sampling task holds one unless num_gpus=0; the FID is the same either way and equals the in-process one."""
+    import ray
+
+    kw = dict(num_samples=12, sampler="euler", steps=3, seed=1)
+    here = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=0, **kw)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
+    try:
+        on_gpus = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=2, **kw)
+        cpu_only = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=2, num_gpus=0, **kw)
+    finally:
+        ray.shutdown()
+    assert on_gpus["sampling_gpus"] == 2 and cpu_only["sampling_gpus"] == 0 and here["sampling_gpus"] == 0
+    assert on_gpus["sampling_device"] == "cpu fp32"  # no CUDA behind the logical GPUs
+    assert on_gpus["fid"] == pytest.approx(here["fid"], rel=1e-6) and cpu_only["fid"] == pytest.approx(here["fid"])
 
 
 def test_cli_errors(setup, capsys):
