@@ -82,15 +82,15 @@ def _cond(cfg, batch: int, dev: torch.device) -> dict[str, torch.Tensor]:
     return {"y": torch.randint(0, cfg.num_classes, (batch,), device=dev)}
 
 
-def train_mfu(preset: str, overrides: dict, batch: int, args: argparse.Namespace, peak: float) -> str:
-    """One line: training images/s and MFU of `preset` (bf16 autocast, compile, fused AdamW)."""
+def train_step(preset: str, overrides: dict, batch: int, compile_model: bool) -> tuple[Callable[[], None], object]:
+    """(one training step of `preset` on the check's device as a closure, its model config): random latents and
+    conditioning, bf16 autocast, gradient clipping, fused AdamW, `torch.compile` when `compile_model`."""
     dev = torch.device(DEVICE["name"])
     cfg = resolve_config(preset, **({} if DEVICE["tiny"] else overrides))
-    fpi = float(flops_summary(cfg)["train_flops_per_image"])
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    net = torch.compile(model) if args.compile else model
+    net = torch.compile(model) if compile_model else model
     obj = objectives.ObjectiveConfig()
     x0 = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device=dev)
     cond = _cond(cfg, batch, dev)
@@ -104,6 +104,13 @@ def train_mfu(preset: str, overrides: dict, batch: int, args: argparse.Namespace
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step, cfg
+
+
+def train_mfu(preset: str, overrides: dict, batch: int, args: argparse.Namespace, peak: float) -> str:
+    """One line: training images/s and MFU of `preset` (bf16 autocast, compile, fused AdamW)."""
+    step, cfg = train_step(preset, overrides, batch, args.compile)
+    fpi = float(flops_summary(cfg)["train_flops_per_image"])
     sec = timed(step, args.warmup, args.iters)
     ips = batch / sec
     mfu = ips * fpi / peak

@@ -1,11 +1,11 @@
 """Where a DiT training step's GPU time goes: kernel time per step by kind, against the analytic FLOPs.
 
-The step of bench/gpu_check.py's training part (bf16 autocast, TF32, fused AdamW, gradient clipping,
-`torch.compile`), profiled with `torch.profiler` over a few steps after warm-up. Prints the GPU kernel time per step
-split into matrix multiplies (cuBLAS / CUTLASS / nvjet), attention (SDPA: cuDNN / flash / memory-efficient),
-Triton kernels (inductor's fused elementwise and normalisation code), optimizer and gradient-norm kernels, and the
-rest; the twelve longest kernels; and the rate the matrix multiplies reach if they did all of the analytic
-non-attention FLOPs. Needs CUDA (without it, says so and exits 0) and torch only.
+The step of bench/gpu_check.py's training part (`gpu_check.train_step`: bf16 autocast, TF32, fused AdamW,
+gradient clipping, `torch.compile`), profiled with `torch.profiler` over a few steps after warm-up. Prints the GPU
+kernel time per step split into matrix multiplies (cuBLAS / CUTLASS / nvjet), attention (SDPA: cuDNN / flash /
+memory-efficient), Triton kernels (inductor's fused elementwise and normalisation code), optimizer and gradient-norm
+kernels, and the rest; the twelve longest kernels; and the rate the matrix multiplies reach if they did all of the
+analytic non-attention FLOPs. Needs CUDA (without it, says so and exits 0) and torch only.
 
     python bench/gpu_profile.py [--preset DiT-XL/2] [--batch 256] [--steps 3] [--no-compile]
 """
@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ditcore import objectives  # noqa: E402
+from gpu_check import train_step  # noqa: E402  (this folder: the check's training step)
+
 from ditcore.flops import flops_summary  # noqa: E402
-from ditcore.models import build_model, resolve_config  # noqa: E402
 
 # First match wins: the cuDNN attention kernels' names also hold "sm90", like the matmuls'.
 KINDS = (
@@ -53,24 +53,9 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = resolve_config(args.preset, input_size=32)
+    step, cfg = train_step(args.preset, {"input_size": 32}, args.batch, args.compile)
     flops = flops_summary(cfg)
     step_flops = float(flops["train_flops_per_image"]) * args.batch
-    model = build_model(cfg).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    net = torch.compile(model) if args.compile else model
-    obj = objectives.ObjectiveConfig()
-    x0 = torch.randn(args.batch, cfg.in_channels, cfg.input_size, cfg.input_size, device="cuda")
-    cond = {"y": torch.randint(0, cfg.num_classes, (args.batch,), device="cuda")}
-    gen = torch.Generator(device="cuda").manual_seed(0)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = objectives.loss(net, x0, cond, gen, obj, None)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
     for _ in range(args.warmup):
         step()
