@@ -1,7 +1,8 @@
 """The GPU check (run by bench/gpu_check.sh): what one CUDA device does with the training and inference code paths.
 
 Needs torch and this repository only (no Ray, no data set, no VAE download):
-  1. DiT-XL/2 training step at 256 px (latent 32x32x4), bf16 autocast, TF32, fused AdamW, torch.compile:
+  1. DiT-XL/2 training step at 256 px (latent 32x32x4), bf16 autocast (or, with --precision fsdp-bf16, the
+     training job's FSDP2 bf16 policy on one rank), TF32, AdamW, torch.compile:
      images/s and MFU = images/s x analytic training FLOPs per image (ditcore.flops, 3 x forward, multiply-add =
      2 FLOPs) / the device's dense bf16 peak (jobs.train.metrics.GPU_PEAK_FLOPS, or --peak-flops);
   2. the same for an MM-DiT (SD3-style joint blocks, 77 text tokens);
@@ -82,14 +83,50 @@ def _cond(cfg, batch: int, dev: torch.device) -> dict[str, torch.Tensor]:
     return {"y": torch.randint(0, cfg.num_classes, (batch,), device=dev)}
 
 
-def train_step(preset: str, overrides: dict, batch: int, compile_model: bool) -> tuple[Callable[[], None], object]:
-    """(one training step of `preset` on the check's device as a closure, its model config): random latents and
-    conditioning, bf16 autocast, gradient clipping, fused AdamW, `torch.compile` when `compile_model`."""
+PRECISIONS = ("autocast", "fsdp-bf16")  # --precision: how the training parts run the step in bf16
+
+
+def _single_process_group(dev: torch.device) -> None:
+    """A one-rank process group on loopback (FSDP2 needs one even on a single device)."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def train_step(
+    preset: str, overrides: dict, batch: int, compile_model: bool, precision: str = "autocast"
+) -> tuple[Callable[[], None], object]:
+    """(one training step of `preset` on the check's device as a closure with `.model`, its model config): random
+    latents and
+    conditioning, gradient clipping, AdamW, `torch.compile` when `compile_model`, in bf16 one of two ways:
+
+    - "autocast": fp32 parameters under `torch.autocast(bf16)` (LayerNorm, softmax and reductions run in fp32),
+      fused AdamW;
+    - "fsdp-bf16": the training job's `run.fsdp=true run.fsdp_mixed_precision=bf16` path on one rank
+      (jobs.train.parallel.fully_shard_blocks): fp32 sharded parameters and optimizer, every block computing in
+      bf16 without autocast, gradients reduced in fp32; AdamW without `fused` (as the job runs it under FSDP2).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = torch.device(DEVICE["name"])
     cfg = resolve_config(preset, **({} if DEVICE["tiny"] else overrides))
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    fsdp = precision == "fsdp-bf16"
+    if fsdp:
+        from jobs.train.parallel import fully_shard_blocks
+
+        _single_process_group(dev)
+        model = fully_shard_blocks(model, "bf16")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=None if fsdp else True)
     net = torch.compile(model) if compile_model else model
     obj = objectives.ObjectiveConfig()
     x0 = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device=dev)
@@ -97,26 +134,28 @@ def train_step(preset: str, overrides: dict, batch: int, compile_model: bool) ->
     gen = torch.Generator(device=dev).manual_seed(0)
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not fsdp):
             loss = objectives.loss(net, x0, cond, gen, obj, None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    step.model = model  # the (sharded) model the step trains, for inspection
     return step, cfg
 
 
 def train_mfu(preset: str, overrides: dict, batch: int, args: argparse.Namespace, peak: float) -> str:
-    """One line: training images/s and MFU of `preset` (bf16 autocast, compile, fused AdamW)."""
-    step, cfg = train_step(preset, overrides, batch, args.compile)
+    """One line: training images/s and MFU of `preset` (bf16 as --precision says, compile, AdamW)."""
+    step, cfg = train_step(preset, overrides, batch, args.compile, args.precision)
     fpi = float(flops_summary(cfg)["train_flops_per_image"])
     sec = timed(step, args.warmup, args.iters)
     ips = batch / sec
     mfu = ips * fpi / peak
     return (
         f"train {preset:10s} batch {batch:4d}: {ips:8.1f} img/s  {ips * fpi / 1e12:7.1f} TFLOP/s  MFU {mfu:6.1%}  "
-        f"({fpi / 1e9:.1f} GFLOP/img analytic, peak {peak / 1e12:.0f} TFLOP/s, compile={args.compile})"
+        f"({fpi / 1e9:.1f} GFLOP/img analytic, peak {peak / 1e12:.0f} TFLOP/s, compile={args.compile}, "
+        f"{args.precision})"
     )
 
 
@@ -188,6 +227,13 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--peak-flops", type=float, default=None)
+    ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="autocast",
+        help="training parts: bf16 autocast over fp32 parameters (default), or the job's FSDP2 bf16 policy on one "
+        "rank (run.fsdp=true run.fsdp_mixed_precision=bf16: blocks compute in bf16, LayerNorm included)",
+    )
     ap.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated parts to run, in this order: {', '.join(PARTS)}"
     )

@@ -1,13 +1,14 @@
 """Where a DiT training step's GPU time goes: kernel time per step by kind, against the analytic FLOPs.
 
-The step of bench/gpu_check.py's training part (`gpu_check.train_step`: bf16 autocast, TF32, fused AdamW,
-gradient clipping, `torch.compile`), profiled with `torch.profiler` over a few steps after warm-up. Prints the GPU
-kernel time per step split into matrix multiplies (cuBLAS / CUTLASS / nvjet), attention (SDPA: cuDNN / flash /
-memory-efficient), Triton kernels (inductor's fused elementwise and normalisation code), optimizer and gradient-norm
-kernels, and the rest; the twelve longest kernels; and the rate the matrix multiplies reach if they did all of the
-analytic non-attention FLOPs. Needs CUDA (without it, says so and exits 0) and torch only.
+The step of bench/gpu_check.py's training part (`gpu_check.train_step`: bf16 autocast or, with --precision
+fsdp-bf16, the training job's FSDP2 bf16 policy on one rank; TF32, AdamW, gradient clipping, `torch.compile`),
+profiled with `torch.profiler` over a few steps after warm-up. Prints the GPU kernel time per step split into
+matrix multiplies (cuBLAS / CUTLASS / nvjet), attention (SDPA: cuDNN / flash / memory-efficient), Triton kernels
+(inductor's fused elementwise and normalisation code), optimizer and gradient-norm kernels, and the rest; the twelve
+longest kernels; and the rate the matrix multiplies reach if they did all of the analytic non-attention FLOPs.
+Needs CUDA (without it, says so and exits 0) and torch only.
 
-    python bench/gpu_profile.py [--preset DiT-XL/2] [--batch 256] [--steps 3] [--no-compile]
+    python bench/gpu_profile.py [--preset DiT-XL/2] [--batch 256] [--steps 3] [--precision fsdp-bf16] [--no-compile]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gpu_check import train_step  # noqa: E402  (this folder: the check's training step)
+from gpu_check import PRECISIONS, train_step  # noqa: E402  (this folder: the check's training step)
 
 from ditcore.flops import flops_summary  # noqa: E402
 
@@ -45,6 +46,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=4, help="steps before profiling (compile happens here)")
     ap.add_argument("--steps", type=int, default=3, help="profiled steps")
+    ap.add_argument("--precision", choices=PRECISIONS, default="autocast", help="as bench/gpu_check.py --precision")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -53,7 +55,7 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    step, cfg = train_step(args.preset, {"input_size": 32}, args.batch, args.compile)
+    step, cfg = train_step(args.preset, {"input_size": 32}, args.batch, args.compile, args.precision)
     flops = flops_summary(cfg)
     step_flops = float(flops["train_flops_per_image"]) * args.batch
 
@@ -73,7 +75,8 @@ def main() -> int:
             by_kernel[e.key[:100]] += t / args.steps / 1e3
     total = sum(by_kind.values())
     print(
-        f"{args.preset} batch {args.batch}, compile={args.compile}: GPU kernel time {total:.1f} ms per step "
+        f"{args.preset} batch {args.batch}, compile={args.compile}, {args.precision}: "
+        f"GPU kernel time {total:.1f} ms per step "
         f"({args.batch / total * 1e3:.0f} img/s if the GPU never idles); analytic {step_flops / 1e12:.1f} TFLOP/step"
     )
     for k, ms in by_kind.most_common():

@@ -66,3 +66,41 @@ def test_gpu_profile_sorts_kernels_into_kinds():
     assert kind("triton_poi_fused_gelu_gelu_backward_view_13") == "triton (fused elementwise, norms)"
     assert kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer / grad norm"
     assert kind("void at::native::vectorized_elementwise_kernel<4, FillFunctor>") == "other"
+
+
+_FSDP_STEP = """
+import sys, torch
+sys.path.insert(0, "bench")
+import gpu_check
+gpu_check.DEVICE.update(name="cpu", tiny=True)
+for precision in ("autocast", "fsdp-bf16"):
+    step, cfg = gpu_check.train_step("DiT-T/2", {}, 2, False, precision)
+    full = lambda p: p.full_tensor() if hasattr(p, "full_tensor") else p
+    before = {n: full(p.detach()).clone() for n, p in step.model.named_parameters()}
+    seen = []
+    lin = next(m for n, m in step.model.named_modules() if n.startswith("blocks.") and isinstance(m, torch.nn.Linear))
+    lin.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+    step()
+    after = {n: full(p.detach()) for n, p in step.model.named_parameters()}
+    print(f"{precision} param dtypes:", sorted({str(p.dtype) for p in after.values()}))
+    print(f"{precision} block linear:", seen[0])
+    print(f"{precision} changed:", sorted(n for n in before if not torch.equal(before[n], after[n])))
+try:
+    gpu_check.train_step("DiT-T/2", {}, 2, False, "fp8")
+except ValueError as e:
+    print("bad:", e)
+"""
+
+
+def test_gpu_check_fsdp_bf16_step_computes_blocks_in_bf16_and_updates_fp32_parameters():
+    out = subprocess.run([sys.executable, "-c", _FSDP_STEP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    for prec in ("autocast", "fsdp-bf16"):
+        assert said[f"{prec} param dtypes"] == "['torch.float32']"
+    # autocast: fp32 weights, bf16 output; FSDP2 bf16: the block's weight itself is bf16 during compute
+    assert said["autocast block linear"] == "(torch.float32, torch.bfloat16)"
+    assert said["fsdp-bf16 block linear"] == "(torch.bfloat16, torch.bfloat16)"
+    # the same parameters move in one step either way (adaLN-Zero's zero-initialised layers keep some still)
+    assert said["autocast changed"] == said["fsdp-bf16 changed"] != "[]", out.stdout
+    assert said["bad"] == "precision must be one of ('autocast', 'fsdp-bf16'), got 'fp8'"
