@@ -88,25 +88,20 @@ PRECISIONS = ("autocast", "fsdp-bf16")  # --precision: how the training parts ru
 
 def _single_process_group(dev: torch.device) -> None:
     """A one-rank process group on loopback (FSDP2 needs one even on a single device)."""
-    import socket
-
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from pipelines.infra.ray_runtime import free_port  # stdlib only at import: no Ray needed
+
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
 def train_step(
     preset: str, overrides: dict, batch: int, compile_model: bool, precision: str = "autocast"
 ) -> tuple[Callable[[], None], object]:
     """(one training step of `preset` on the check's device as a closure with `.model`, its model config): random
-    latents and
-    conditioning, gradient clipping, AdamW, `torch.compile` when `compile_model`, in bf16 one of two ways:
+    latents and conditioning, gradient clipping, AdamW, `torch.compile` when `compile_model`, in bf16 one of two ways:
 
     - "autocast": fp32 parameters under `torch.autocast(bf16)` (LayerNorm, softmax and reductions run in fp32),
       fused AdamW;
