@@ -9,8 +9,8 @@ Budget modes:
   wsd       one warmup-stable-decay run to the largest budget; for each smaller budget B a short branch resumes
             the main run's checkpoint at the START of B's decay phase (step (1 - decay_fraction) * S_B, still in
             the shared stable phase, so its state is exactly what a run to B would have) and decays to S_B. Every
-            point is a properly decayed model (Hägele et al. 2024) at ~(1 + decay_fraction) x the cost of the
-            largest run alone, instead of the sum over budgets.
+            point is a properly decayed model (Hägele et al. 2024) at the cost of the largest run plus
+            decay_fraction x the sum of the smaller budgets, instead of the sum over budgets.
 """
 
 from __future__ import annotations

@@ -71,11 +71,13 @@ def test_unknown_data_names_the_value(tmp_path):
 
 
 def test_real_data_grids_keep_the_settings_they_were_measured_with():
-    """The built-in grid scores raw weights at batch 32; the real-data grids (measured before) keep EMA and batch 64."""
+    """The built-in grid scores raw weights at batch 32, lr 4e-3; the real-data grids (measured before) keep EMA,
+    batch 64 and lr 2e-3."""
     built_in = make_mode(tiny=False)
     base = load_sweep_config(str(REPO_ROOT / built_in.sweep_yaml), built_in.sweep).base
-    assert base["optim"]["ema_decay"] == 0.0 and base["data"]["batch_size"] == 32
+    assert (base["optim"]["ema_decay"], base["data"]["batch_size"], base["optim"]["lr"]) == (0.0, 32, 0.004)
     for data in ("fashion-mnist", "emoji"):
         real = make_data_mode(data)
         base = load_sweep_config(str(REPO_ROOT / real.sweep_yaml), real.sweep).base
-        assert (base["optim"]["ema_decay"], base["data"]["batch_size"], base["data"]["flip"]) == (0.999, 64, 0.5)
+        got = (base["optim"]["ema_decay"], base["data"]["batch_size"], base["data"]["flip"], base["optim"]["lr"])
+        assert got == (0.999, 64, 0.5, 0.002)
