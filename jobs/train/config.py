@@ -42,8 +42,12 @@ class DataConfig:
     # Probability of training on an image's horizontal mirror (DiT's ImageNet augmentation). Set 0 when conditions
     # name left and right, as the built-in captions do: a mirrored "at the top left" image is drawn at the top right.
     flip: float = 0.5
-    shuffle_buffer: int = 256  # local shuffle buffer (rows) per worker; 0 disables shuffling
-    loader: Literal["auto", "driver", "ray"] = "auto"  # auto: driver-side read for sets < 512 MiB, else streaming
+    # 0 disables shuffling; else the driver loader shuffles the whole set each epoch and the streaming loader keeps a
+    # local shuffle buffer of this many rows per worker
+    shuffle_buffer: int = 256
+    # driver: read on the driver into the object store, batches drawn in each worker (sets < 512 MiB under auto);
+    # ray: a streaming Ray Dataset split over the workers
+    loader: Literal["auto", "driver", "ray"] = "auto"
     materialize: bool = True  # streaming reader: read once into the object store instead of per epoch
 
 

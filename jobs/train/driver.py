@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from ditcore.config import ConfigError, to_dict
 from jobs.cluster.shared_storage import check_run_storage
 from jobs.scaling.points import ScalingPoint
@@ -174,7 +172,7 @@ def _torch_trainer(
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.train.data import train_dataset
+    from jobs.train.data import driver_rows, loader_kind, train_dataset
     from jobs.train.loop import train_loop_per_worker
     from pipelines.infra.ray_runtime import init_ray
 
@@ -190,9 +188,19 @@ def _torch_trainer(
     if not storage.is_s3(root):
         os.makedirs(fs_path, exist_ok=True)
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    loop_config: dict[str, Any] = {"runs": plans, **({"trainer": trainer} if trainer is not None else {})}
+    datasets = {}
+    if loader_kind(plans[0]) == "driver":
+        import ray
+
+        # Small sets: read here once, put in the object store; every worker maps the arrays and draws its batches
+        # in-process (jobs.train.data.epoch_batches). This reference keeps them alive until fit() returns.
+        loop_config["rows"] = ray.put(driver_rows(plans[0], val_ids))
+    else:
+        datasets["train"] = train_dataset(plans[0], val_ids)
     TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"runs": plans, **({"trainer": trainer} if trainer is not None else {})},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),
@@ -204,7 +212,7 @@ def _torch_trainer(
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level=cfg.run.log_level),
         ),
-        datasets={"train": train_dataset(plans[0], val_ids)},
+        datasets=datasets,
     ).fit()
 
 
@@ -280,8 +288,8 @@ def run_local(
 ) -> dict:
     """The same loop (`trainer`: a Trainer subclass, default Trainer) in this process on in-memory rows, no Ray
     (baseline for the bench; reference in tests)."""
+    from jobs.train.data import driver_rows
     from jobs.train.loop import LocalEnv, Trainer
-    from pipelines.latents.reader import load_latents_numpy
 
     plan = plan or resolve_run(cfg, check_mlflow=False)
     plan = dataclasses.replace(plan, mlflow_run_id=None, tracking_uri=None)
@@ -290,11 +298,7 @@ def run_local(
 
         plan = dataclasses.replace(plan, init_from_local=storage.local_copy(cfg.checkpoint.init_from))
     attach_worker_data(plan)
-    rows = load_latents_numpy(cfg.data.manifest)
-    rows.pop("caption", None)
-    if plan.val is not None:
-        keep = ~np.isin(rows["id"].astype(str), plan.val["id"].astype(str))
-        rows = {k: v[keep] for k, v in rows.items()}
+    rows = driver_rows(plan, plan.val["id"] if plan.val is not None else None)
     env = LocalEnv(rows=rows, checkpoint_root=checkpoint_root)
     out = (trainer or Trainer)(plan, env).run().to_dict()
     out["reports"] = env.reports

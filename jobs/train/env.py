@@ -2,7 +2,8 @@
 
 An environment says which device to use, wraps the model for data parallelism, yields batches, says where
 checkpoints go and reports metrics; the loop (jobs/train/loop.py) is the same torch code in both. `RayTrainEnv` is
-the only place the loop touches Ray Train (get_context, prepare_model, get_dataset_shard, report, get_checkpoint).
+the only place the loop touches Ray Train (get_context, prepare_model, get_dataset_shard, report, get_checkpoint)
+and the object store (the driver loader's rows).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from torch import nn
+
+from jobs.train.data import epoch_batches, mix_seed
 
 RESULT_NAME = "result.json"  # <run dir>/result.json: how a training run ended (written by rank 0 at its end)
 
@@ -40,13 +43,7 @@ class LocalEnv:
         return model
 
     def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
-        n = len(next(iter(self.rows.values())))
-        order = np.arange(n)
-        if seed is not None and shuffle_buffer > 0:
-            order = np.random.default_rng(seed).permutation(n)
-        for start in range(0, n - local_batch + 1, local_batch):
-            idx = order[start : start + local_batch]
-            yield {k: v[idx] for k, v in self.rows.items()}
+        yield from epoch_batches(self.rows, local_batch, seed if shuffle_buffer > 0 else None)
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:
         import pyarrow.fs as pafs
@@ -77,8 +74,13 @@ class RayTrainEnv:
     reported checkpoints inside its experiment directory).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rows: Any = None) -> None:
+        """`rows`: an object ref of the training rows (dict of numpy arrays: the driver loader), mapped zero-copy
+        from the object store; None: batches come from this worker's shard of the Ray Dataset "train"."""
+        import ray
         import ray.train
+
+        self.rows: Optional[dict[str, np.ndarray]] = ray.get(rows) if rows is not None else None  # RAY
 
         self._train = ray.train
         ctx = ray.train.get_context()
@@ -139,10 +141,16 @@ class RayTrainEnv:
         return ray.train.torch.prepare_model(model, move_to_device=False)  # RAY: DDP wrap (no-op for 1 worker)
 
     def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
+        """This worker's batches of one epoch. `seed`: the epoch's seed, the same on every worker."""
+        if self.rows is not None:
+            shuffled = seed if shuffle_buffer > 0 else None
+            yield from epoch_batches(self.rows, local_batch, shuffled, self.rank, self.world_size)
+            return
         shard = self._train.get_dataset_shard("train")  # RAY: this worker's streaming split of the dataset
         kwargs: dict[str, Any] = {}
         if seed is not None and shuffle_buffer > 0:
-            kwargs = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": seed}
+            local_seed = mix_seed(seed, self.rank) & 0x7FFFFFFF  # each worker's buffer shuffles its own rows
+            kwargs = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": local_seed}
         yield from shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True, **kwargs)
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:

@@ -32,7 +32,7 @@ from ditcore.models import build_model, config_from_dict
 from ditcore.models.layers import set_activation_checkpointing
 from jobs.train import checkpointing
 from jobs.train.config import lr_factor
-from jobs.train.data import batch_to_torch, data_keys, latents_to_model_space
+from jobs.train.data import batch_to_torch, data_keys, latents_to_model_space, mix_seed
 from jobs.train.env import RESULT_NAME, LocalEnv, RayTrainEnv
 from jobs.train.faults import FaultInjector
 from jobs.train.metrics import RunTracker, peak_flops_per_worker
@@ -48,15 +48,6 @@ from jobs.train.parallel import (
 from jobs.train.plan import RunPlan
 
 __all__ = ["LocalEnv", "RayTrainEnv", "RunResult", "Trainer", "mix_seed", "train_loop_per_worker"]
-
-
-def mix_seed(*xs: int) -> int:
-    """Deterministic 63-bit seed from integers (splitmix-style; no Python hash randomisation)."""
-    h = 0x9E3779B97F4A7C15
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 def null_condition(model: nn.Module, null_text: Optional[dict], device: torch.device) -> dict[str, torch.Tensor]:
@@ -424,7 +415,7 @@ class Trainer:
         """Train through one epoch (or to the end of the run); the failure reason, or None."""
         p = self.progress
         epoch, skip, produced = p.epoch, p.batch_in_epoch, 0
-        shuffle_seed = mix_seed(self.cfg.run.seed, epoch, self.rank) & 0x7FFFFFFF
+        shuffle_seed = mix_seed(self.cfg.run.seed, epoch) & 0x7FFFFFFF  # the same on every worker
         t_mark = time.perf_counter()
         for batch in self.env.batches(self.local_batch, epoch, shuffle_seed, self.cfg.data.shuffle_buffer):
             produced += 1
@@ -550,7 +541,7 @@ def train_loop_per_worker(config: dict) -> None:
     """
     from pipelines.infra import storage
 
-    env = RayTrainEnv()
+    env = RayTrainEnv(rows=config.get("rows"))  # the driver loader's rows (an object ref), or None
     plans: list[RunPlan] = config["runs"]
     _console_log_level(plans[0].cfg.run.log_level)
     for plan in plans:

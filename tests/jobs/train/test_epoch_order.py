@@ -1,19 +1,43 @@
-"""Training reads its blocks in a fresh seeded order every epoch (jobs.train.data.epoch_block_order), from a data
-set built without a Ray task (jobs.train.data.blocks_dataset), so a trial never waits for a free CPU to start."""
+"""Every epoch reads its rows in a fresh seeded order: the driver loader's in-memory batches
+(jobs.train.data.epoch_batches: one permutation of the whole set, cut into global batches, one slice per worker) and
+the streaming loader's materialised blocks (jobs.train.data.epoch_block_order)."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.train.data import blocks_dataset, epoch_block_order
+from jobs.train.data import epoch_batches, epoch_block_order
 from tests.pipelines._precompute_helpers import ray_module
 
-pytestmark = pytest.mark.slow  # a local Ray
+ROWS = {"x": np.arange(66), "y": np.arange(66) * 10}
+
+
+def _ids(batches) -> list[list[int]]:
+    return [b["x"].tolist() for b in batches]
+
+
+def test_in_memory_epochs_are_fresh_seeded_permutations():
+    a, b = _ids(epoch_batches(ROWS, 8, seed=1)), _ids(epoch_batches(ROWS, 8, seed=2))
+    assert len(a) == 8 and all(len(x) == 8 for x in a)  # 66 rows: 8 full batches, 2 rows left for this epoch
+    flat = sum(a, [])
+    assert len(set(flat)) == 64 and flat != sorted(flat)  # no row twice, shuffled across the whole set
+    assert a == _ids(epoch_batches(ROWS, 8, seed=1)) and a != b  # reproducible per seed, another seed: other order
+    assert sum(_ids(epoch_batches(ROWS, 8, seed=None)), []) == list(range(64))  # no seed: the stored order
+    first = next(epoch_batches(ROWS, 8, seed=1))
+    assert (first["y"] == first["x"] * 10).all()  # columns stay aligned
+
+
+def test_workers_split_each_global_batch_so_any_worker_count_sees_the_same_rows():
+    one = _ids(epoch_batches(ROWS, 8, seed=3))
+    for world in (2, 4):
+        per_rank = [_ids(epoch_batches(ROWS, 8 // world, seed=3, rank=r, world=world)) for r in range(world)]
+        assert len({len(steps) for steps in per_rank}) == 1  # every worker takes the same number of steps
+        for step, rows in enumerate(one):
+            assert sum((per_rank[r][step] for r in range(world)), []) == rows
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +47,14 @@ def ray_local():
 
 def _epochs(ray, seed: int, deterministic: bool = False, n: int = 3) -> list[list[int]]:
     """First row of every 8-row batch, per epoch, read as a Ray Train worker reads its shard (streaming_split)."""
-    table = pa.table({"x": np.arange(64)})
-    ds = blocks_dataset([table.slice(s, 8) for s in range(0, 64, 8)])
+    ds = ray.data.from_blocks([pa.table({"x": np.arange(64)}).slice(s, 8) for s in range(0, 64, 8)])
     cfg = SimpleNamespace(run=SimpleNamespace(seed=seed, deterministic=deterministic))
     (shard,) = epoch_block_order(ds, cfg).streaming_split(1, equal=True)
     return [[int(b["x"][0]) for b in shard.iter_batches(batch_size=8, batch_format="numpy")] for _ in range(n)]
 
 
-def test_blocks_are_reordered_every_epoch_and_reproducibly(ray_local):
+@pytest.mark.slow  # a local Ray
+def test_streaming_blocks_are_reordered_every_epoch_and_reproducibly(ray_local):
     a = _epochs(ray_local, seed=0)
     assert all(sorted(e) == list(range(0, 64, 8)) for e in a)  # every block once per epoch
     assert a[0] != a[1] and a[1] != a[2] and a[0] != a[2]  # a fresh order each epoch
@@ -38,19 +62,3 @@ def test_blocks_are_reordered_every_epoch_and_reproducibly(ray_local):
     assert _epochs(ray_local, seed=1) != a  # another seed: other orders
     # Deterministic runs keep the stored order (their bit-exact resume replays it).
     assert _epochs(ray_local, seed=0, deterministic=True, n=2) == [list(range(0, 64, 8))] * 2
-
-
-def test_the_data_set_is_built_while_every_cpu_is_held(ray_local):
-    # A sweep's other trial holds its worker's CPUs for minutes; this trial's data set must not wait for them.
-    # ray.data.from_arrow would: its per-block metadata task needs a whole free CPU (and hangs here until the
-    # deadlock guard below gives up).
-    held = ray_local.util.placement_group([{"CPU": ray_local.cluster_resources()["CPU"] - 0.05}])
-    ray_local.get(held.ready())
-    pool = ThreadPoolExecutor(1)
-    try:
-        table = pa.table({"x": np.arange(64)})
-        ds = pool.submit(blocks_dataset, [table.slice(s, 8) for s in range(0, 64, 8)]).result(timeout=120)
-        assert ds.num_blocks() == 8 and ds.count() == 64
-    finally:
-        ray_local.util.remove_placement_group(held)  # first: a blocked call (the bug) can then finish
-        pool.shutdown(wait=True)
