@@ -1,11 +1,12 @@
 """Ray Train overhead: images/s and MFU of the training loop on Ray Train vs the same loop without Ray.
 
 Both runs execute jobs.train.loop.Trainer with the same model, batch, data and thread count; the baseline
-(`LocalEnv`) feeds in-memory numpy batches in this process, the Ray run (`RayEnv`) goes through TorchTrainer,
-Ray Data (get_dataset_shard) and ray.train.report. Throughput is the median of the per-interval images/s the
-loop reports (wall time of data fetch + step, checkpoint/report time excluded), after dropping the first
-interval as warm-up. FLOPs: analytic, multiply-add = 2 FLOPs, training = 3 x forward. MFU is relative to the
-measured fp32 matmul peak of one core (CPU) or the datasheet bf16 peak (GPU).
+(`LocalEnv`) feeds in-memory numpy batches in this process, the Ray run (`RayTrainEnv`) goes through TorchTrainer
+and ray.train.report, with its batches drawn from the rows in the object store (`--loader driver`, what a set under
+512 MiB gets) or from its Ray Data shard (`--loader ray`, the streaming loader). Throughput is the median of the
+per-interval images/s the loop reports (wall time of data fetch + step, checkpoint/report time excluded), after
+dropping the first interval as warm-up. FLOPs: analytic, multiply-add = 2 FLOPs, training = 3 x forward. MFU is
+relative to the measured fp32 matmul peak of one core (CPU) or the datasheet bf16 peak (GPU).
 
     python bench/train_throughput.py [--model MMDiT-d2] [--batch 32] [--steps 300] [--data DIR]
 """
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=25, help="steps per throughput interval (= report interval)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shuffle-buffer", type=int, default=256, help="data.shuffle_buffer (0: no shuffling)")
+    p.add_argument(
+        "--loader",
+        default="auto",
+        choices=["auto", "driver", "ray"],
+        help="data.loader of the Ray run (auto: driver for sets under 512 MiB); the baseline is always in-memory",
+    )
     p.add_argument("--data", default=None, help="latent data set (default: a synthetic 8x8 text set, --rows rows)")
     p.add_argument(
         "--rows",
@@ -82,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         "run.cpus_per_worker=1",
         "checkpoint.keep=100000",
         f"data.shuffle_buffer={args.shuffle_buffer}",
+        f"data.loader={args.loader}",
     ]
     cfg = load_train_config(None, overrides)
     res = resolve_run(cfg, check_mlflow=False)
+    from jobs.train.data import loader_kind
+
+    loader = loader_kind(res)
     fpi = res.train_flops_per_image
     cfg = load_train_config(None, overrides + [f"budget_flops={fpi * args.batch * args.steps}"])
     torch.set_num_threads(args.threads)
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {args.model}: {res.flops['params']:,} params, {fpi:.3g} train FLOPs/image (3 x fwd, MAC = 2 FLOPs); "
         f"batch {args.batch}; {args.steps} steps; {args.threads} torch thread(s); peak {peak:.3g} FLOP/s (measured "
-        f"fp32 matmul)"
+        f"fp32 matmul); Ray run's loader: {loader}"
     )
     print(f"{'loop':22s} {'images/s':>10s} {'MFU':>8s} {'wall s':>8s}")
     print(f"{'no Ray (baseline)':22s} {local_ips:10.1f} {local_ips * fpi / peak:8.2%} {local_wall:8.1f}")
