@@ -31,6 +31,11 @@ def mix_seed(*xs: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """The 31-bit shuffle seed of `epoch` of a run seeded `seed` (`more`: a worker's rank, for per-worker buffers)."""
+    return mix_seed(seed, epoch, *more) & 0x7FFFFFFF
+
+
 def data_keys(cond_keys: tuple[str, ...]) -> tuple[str, ...]:
     """Columns a step needs: the latent posteriors (+ flip) and the model's conditioning columns."""
     cols = ("latent_mean", "latent_std", "latent_mean_flip", "latent_std_flip")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jobs.train.data import epoch_batches, mix_seed
+from jobs.train.data import epoch_batches, epoch_seed
 
 RESULT_NAME = "result.json"  # <run dir>/result.json: how a training run ended (written by rank 0 at its end)
 
@@ -42,8 +42,9 @@ class LocalEnv:
     def wrap_model(self, model: nn.Module, fsdp: bool, mixed_precision: str = "none") -> nn.Module:
         return model
 
-    def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
-        yield from epoch_batches(self.rows, local_batch, seed if shuffle_buffer > 0 else None)
+    def batches(self, local_batch: int, epoch: int, seed: int, shuffle_buffer: int) -> Iterator[dict]:
+        """One epoch of batches; `seed`: the run's seed."""
+        yield from epoch_batches(self.rows, local_batch, epoch_seed(seed, epoch) if shuffle_buffer > 0 else None)
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:
         import pyarrow.fs as pafs
@@ -140,16 +141,16 @@ class RayTrainEnv:
 
         return ray.train.torch.prepare_model(model, move_to_device=False)  # RAY: DDP wrap (no-op for 1 worker)
 
-    def batches(self, local_batch: int, epoch: int, seed: Optional[int], shuffle_buffer: int) -> Iterator[dict]:
-        """This worker's batches of one epoch. `seed`: the epoch's seed, the same on every worker."""
-        if self.rows is not None:
-            shuffled = seed if shuffle_buffer > 0 else None
+    def batches(self, local_batch: int, epoch: int, seed: int, shuffle_buffer: int) -> Iterator[dict]:
+        """This worker's batches of one epoch; `seed`: the run's seed."""
+        if self.rows is not None:  # one permutation per epoch, the same on every worker; rank r takes its slice
+            shuffled = epoch_seed(seed, epoch) if shuffle_buffer > 0 else None
             yield from epoch_batches(self.rows, local_batch, shuffled, self.rank, self.world_size)
             return
         shard = self._train.get_dataset_shard("train")  # RAY: this worker's streaming split of the dataset
         kwargs: dict[str, Any] = {}
-        if seed is not None and shuffle_buffer > 0:
-            local_seed = mix_seed(seed, self.rank) & 0x7FFFFFFF  # each worker's buffer shuffles its own rows
+        if shuffle_buffer > 0:
+            local_seed = epoch_seed(seed, epoch, self.rank)  # each worker's buffer shuffles its own rows
             kwargs = {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": local_seed}
         yield from shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True, **kwargs)
 

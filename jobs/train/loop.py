@@ -415,9 +415,8 @@ class Trainer:
         """Train through one epoch (or to the end of the run); the failure reason, or None."""
         p = self.progress
         epoch, skip, produced = p.epoch, p.batch_in_epoch, 0
-        shuffle_seed = mix_seed(self.cfg.run.seed, epoch) & 0x7FFFFFFF  # the same on every worker
         t_mark = time.perf_counter()
-        for batch in self.env.batches(self.local_batch, epoch, shuffle_seed, self.cfg.data.shuffle_buffer):
+        for batch in self.env.batches(self.local_batch, epoch, self.cfg.run.seed, self.cfg.data.shuffle_buffer):
             produced += 1
             if produced <= skip:
                 continue  # data position restore: fast-forward within the epoch
