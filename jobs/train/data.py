@@ -91,6 +91,20 @@ def epoch_batches(
         yield {k: v[idx] for k, v in rows.items()}
 
 
+def run_epoch_batches(
+    rows: dict[str, np.ndarray],
+    local_batch: int,
+    epoch: int,
+    seed: int,
+    shuffle_buffer: int,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`epoch_batches` of epoch `epoch` of a run seeded `seed`: shuffled unless shuffle_buffer is 0."""
+    shuffled = epoch_seed(seed, epoch) if shuffle_buffer > 0 else None
+    return epoch_batches(rows, local_batch, shuffled, rank, world)
+
+
 def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):
     """Ray Dataset of the training rows for the streaming loader (`data.loader: ray`; validation rows held out),
     only the columns the model needs."""

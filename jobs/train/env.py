@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jobs.train.data import epoch_batches, epoch_seed
+from jobs.train.data import epoch_seed, run_epoch_batches
 
 RESULT_NAME = "result.json"  # <run dir>/result.json: how a training run ended (written by rank 0 at its end)
 
@@ -44,7 +44,7 @@ class LocalEnv:
 
     def batches(self, local_batch: int, epoch: int, seed: int, shuffle_buffer: int) -> Iterator[dict]:
         """One epoch of batches; `seed`: the run's seed."""
-        yield from epoch_batches(self.rows, local_batch, epoch_seed(seed, epoch) if shuffle_buffer > 0 else None)
+        yield from run_epoch_batches(self.rows, local_batch, epoch, seed, shuffle_buffer)
 
     def checkpoint_location(self, step: int) -> tuple[Any, str]:
         import pyarrow.fs as pafs
@@ -144,8 +144,9 @@ class RayTrainEnv:
     def batches(self, local_batch: int, epoch: int, seed: int, shuffle_buffer: int) -> Iterator[dict]:
         """This worker's batches of one epoch; `seed`: the run's seed."""
         if self.rows is not None:  # one permutation per epoch, the same on every worker; rank r takes its slice
-            shuffled = epoch_seed(seed, epoch) if shuffle_buffer > 0 else None
-            yield from epoch_batches(self.rows, local_batch, shuffled, self.rank, self.world_size)
+            yield from run_epoch_batches(
+                self.rows, local_batch, epoch, seed, shuffle_buffer, self.rank, self.world_size
+            )
             return
         shard = self._train.get_dataset_shard("train")  # RAY: this worker's streaming split of the dataset
         kwargs: dict[str, Any] = {}
