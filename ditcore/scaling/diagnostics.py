@@ -155,7 +155,7 @@ def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[st
                 "held_out_error",
                 f"Refitted without the largest compute (C = {_fmt(ho['compute'])}), the "
                 f"{what} predicts {_fmt(ho['predicted'])} there but {_fmt(ho['observed'])} "
-                f"was measured ({100 * ho['rel_error']:.0f}% off, above the "
+                f"was measured ({100 * ho['rel_error']:.1f}% off, above the "
                 f"{100 * criteria.max_held_out_rel_error:.0f}% threshold): extrapolating it beyond "
                 f"the measured compute is not supported.",
             )
