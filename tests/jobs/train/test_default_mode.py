@@ -101,9 +101,19 @@ def test_worker_killed_mid_epoch_resumes_without_a_loss_jump(ray_local, data40, 
     logged = [s for s, _ in hist]
     assert sorted(set(logged)) == list(range(1, steps + 1))
     assert logged.count(5) == 2 and all(logged.count(s) == 1 for s in range(1, steps + 1) if s != 5), logged
-    first5, again5 = [v for s, v in hist if s == 5]
-    untrained = ref_hist[1]
     print("loss curves", hist, ref_hist)
-    assert abs(again5 - first5) < 0.25 * (untrained - first5), (first5, again5, untrained)
-    after = [v for s, v in hist if s >= 5][1:]
-    assert max(after) < untrained and max(after) <= 1.5 * max(ref_hist[s] for s in range(5, steps + 1)), hist
+    # Single steps are noisy (the reference itself can log a loss above its step 1), so the yardstick is the
+    # drop of the reference's mean loss from steps 1..3 to steps 6..12.
+    ref_after = [ref_hist[s] for s in range(6, steps + 1)]
+    untrained_mean = sum(ref_hist[s] for s in (1, 2, 3)) / 3
+    mean_ref_after = sum(ref_after) / len(ref_after)
+    learned = untrained_mean - mean_ref_after
+    assert learned > 0, ref_hist  # the reference run learned at all
+    first5, again5 = [v for s, v in hist if s == 5]
+    assert abs(again5 - first5) < 0.25 * learned, (first5, again5, learned)
+    # After the resume the curve follows the uninterrupted run's, not its start: a restart from scratch would
+    # put steps 6..12 near the untrained level, far from the reference's mean over the same steps.
+    after = [v for s, v in hist if s >= 5][2:]
+    mean_after = sum(after) / len(after)
+    assert abs(mean_after - mean_ref_after) < 0.5 * learned, (hist, ref_hist)
+    assert max(after) <= 1.5 * max(ref_after), hist
