@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 RAY_DATA_LOGGING_CONFIG = Path(__file__).with_name("ray_data_logging.yaml")
+DASHBOARD_PORT = 8265  # Ray's default
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -53,13 +54,19 @@ def init_ray(
     *,
     num_cpus: int | None = None,
     runtime_env: dict | None = None,
-    include_dashboard: bool = False,
+    include_dashboard: bool = True,
     logging_level: str | int | None = None,
 ) -> bool:
     """Connect to the cluster (`address` / RAY_ADDRESS) or start a fresh local Ray; True if this call started it.
 
     A local instance is always a new one (`address="local"`), never a `ray start` cluster left running on the
     machine; `num_cpus` sizes it (ignored when connecting). Does nothing when Ray is already initialised.
+
+    A local instance runs the dashboard (on 127.0.0.1:8265, or a free port when that one is taken) unless
+    `include_dashboard` is False: it serves Ray's State API, which `ray list actors`, `ray.util.state` and Ray
+    Train's placement-group cleaner read. Without it the cleaner cannot tell whether a training controller died,
+    logs "Failed to query Ray Train Controller actor state" every few seconds, and never frees a dead run's
+    placement group.
     """
     import ray
 
@@ -76,6 +83,8 @@ def init_ray(
         kwargs["address"] = target
     else:
         kwargs.update(address="local", include_dashboard=include_dashboard)
+        if include_dashboard:
+            kwargs.update(dashboard_host="127.0.0.1", dashboard_port=_port_or_free(DASHBOARD_PORT))
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
@@ -87,6 +96,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_or_free(port: int) -> int:
+    """`port` if nothing on 127.0.0.1 holds it right now, else a free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def num_cores() -> int:
