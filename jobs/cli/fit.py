@@ -25,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    p.add_argument(
+        "--replicate",
+        dest="replicates",
+        action="append",
+        metavar="EXPERIMENT",
+        default=None,
+        help="MLflow experiment of another sweep of the same grid with another training seed (repeatable): the "
+        "fits take each point's mean over all the sweeps; the report is logged to the first sweep's run",
+    )
     return p
 
 

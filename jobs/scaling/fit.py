@@ -228,16 +228,37 @@ def run_fit(
     n_boot: int = 200,
     seed: int = 0,
     log: bool = True,
+    replicates: list[str] | None = None,
 ) -> tuple[dict, Path]:
-    """Read the sweep from MLflow, fit, write plots + report to `out_dir`, log them to the parent run."""
+    """Read the sweep from MLflow, fit, write plots + report to `out_dir`, log them to the parent run.
+
+    `replicates`: MLflow experiments of more sweeps of the same grid with other training seeds (each its newest
+    sweep run); the fits then take each point's mean over all the sweeps (`jobs.scaling.replicates`), and the
+    report's "replicates" says which sweeps and how many points were pooled."""
     from jobs.scaling.points import read_points, to_dicts
+    from jobs.scaling.replicates import pool_replicates
     from pipelines.infra import tracking
 
     client = tracking.client(tracking_uri)
     parent, points = read_points(client, experiment=experiment, parent_run_id=parent_run_id)
     if not points:
         raise FitError(f"sweep run {parent.info.run_id} has no trial points yet (no child run logged points.json)")
-    report, objs = fit_all(to_dicts(points), metric=metric, n_boot=n_boot, seed=seed)
+    dicts = to_dicts(points)
+    pooled = None
+    if replicates:
+        sweeps, names, runs = [dicts], [experiment or parent.info.run_id], [parent.info.run_id]
+        for exp in replicates:
+            rep_parent, rep_points = read_points(client, experiment=exp)
+            if rep_parent.info.run_id in runs:
+                raise FitError(f"replicate {exp!r}: sweep run {rep_parent.info.run_id} is already in the fit")
+            sweeps.append(to_dicts(rep_points))
+            names.append(exp)
+            runs.append(rep_parent.info.run_id)
+        dicts, pooled = pool_replicates(sweeps, names)
+        pooled["parent_run_ids"] = runs
+    report, objs = fit_all(dicts, metric=metric, n_boot=n_boot, seed=seed)
+    if pooled is not None:
+        report["replicates"] = pooled
     report.update(parent_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id)
     out = Path(out_dir or Path("fit_reports") / (experiment or parent.info.run_id)).resolve()
     out.mkdir(parents=True, exist_ok=True)

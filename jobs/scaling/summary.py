@@ -23,6 +23,12 @@ def format_laws(report: dict) -> str:
     lines = [
         f"# {report['n_points']} points, {len(report['models'])} models, {len(report['budgets'])} budgets; {CONVENTION}"
     ]
+    reps = report.get("replicates")
+    if reps:
+        left = f", {reps['points_dropped']} left out (not in every sweep)" if reps.get("points_dropped") else ""
+        lines.append(
+            f"# each point the mean over {reps['n_sweeps']} sweeps of the same grid ({', '.join(reps['sweeps'])}){left}"
+        )
 
     def law_lines(title: str, law: dict) -> None:
         if "error" in law:

@@ -43,9 +43,11 @@ def _fid(n: float, c: float) -> float:
     return 3.0 + 4.0e2 * n**-0.3 + 3.0e3 * d**-0.3
 
 
-def _log_sweep(client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS) -> tuple[str, dict]:
-    """Parent run + one child run per model with points.json (one point per budget) and metrics; (parent
-    id, best point)."""
+def _log_sweep(
+    client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS, fid=_fid, extra=None
+) -> tuple[str, dict]:
+    """Parent run + one child run per model with points.json (one point per budget, `fid(n, c)`, plus the `extra`
+    keys) and metrics; (parent id, best point)."""
     exp_id = ensure_experiment(client, exp_name)
     parent = client.create_run(exp_id, run_name="sweep", tags={ROLE_TAG: ROLE_SWEEP})
     best = None
@@ -68,11 +70,12 @@ def _log_sweep(client, exp_name: str, ckpt_root: str | None, models=MODELS, budg
                 "budget_flops": c,
                 "flops": c * 1.01,
                 "step": step * 100,
-                "fid": _fid(n, c),
+                "fid": fid(n, c),
                 "val_loss": 0.3 + 2.0 * c**-0.1,
                 "params": n,
                 "model": model,
                 "checkpoint": ck,
+                **(extra or {}),
             }
             points.append(p)
             client.log_metric(rid, "fid", p["fid"], step=p["step"])
@@ -231,3 +234,52 @@ def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
     ), capsys.readouterr()
     champ = resolve_champion("ditscale-rest", tracking_uri=mlflow_server)
     assert champ["checkpoint"] == best["checkpoint"] and champ["fid"] == pytest.approx(best["fid"])
+
+
+def _noisy(seed: int, rel: float = 0.15):
+    """The synthetic surface with a seeded multiplicative noise per point: one training seed's draw of it."""
+    rng = np.random.default_rng(seed)
+    draws = {}
+    return lambda n, c: _fid(n, c) * (1 + rel * draws.setdefault((n, c), float(rng.standard_normal())))
+
+
+def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
+    """`ditscale fit --replicate`: each point is the mean over the sweeps, with the spread as its standard error;
+    sweeps evaluated differently or not found are refused, naming why."""
+    client = get_client(sqlite_uri)
+    fids = {}
+    for seed in (0, 1, 2):
+        fid = _noisy(seed)
+        _log_sweep(client, f"grid-s{seed}", None, fid=fid, extra={"fid_samples": 320, "fid_se": 1.0})
+        fids[seed] = {(m, c): fid(n, c) for m, n in MODELS.items() for c in BUDGETS}
+    args = ["--experiment", "grid-s0", "--tracking-uri", sqlite_uri, "--n-boot", N_BOOT]
+    rc = fit_cli.main([*args, "--out", str(tmp_path / "one")])
+    assert rc == 0, capsys.readouterr()
+    one = json.loads((tmp_path / "one" / "fit_report.json").read_text())
+    assert "replicates" not in one
+    rc = fit_cli.main([*args, "--replicate", "grid-s1", "--replicate", "grid-s2", "--out", str(tmp_path / "pooled")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "each point the mean over 3 sweeps of the same grid (grid-s0, grid-s1, grid-s2)" in printed
+    pooled = json.loads((tmp_path / "pooled" / "fit_report.json").read_text())
+    reps = pooled["replicates"]
+    assert reps["n_sweeps"] == 3 and reps["points_pooled"] == len(MODELS) * len(BUDGETS)
+    assert reps["points_dropped"] == 0 and len(reps["parent_run_ids"]) == 3
+    assert pooled["n_points"] == len(MODELS) * len(BUDGETS)
+    for p in pooled["frontier"]:
+        vals = [fids[s][(p["model"], p["budget_flops"])] for s in (0, 1, 2)]
+        assert p["fid"] == pytest.approx(np.mean(vals))
+        # the spread across the seeds (sd 15% of FID here) dominates each sweep's sampling se of 1.0
+        assert p["fid_se"] == pytest.approx(max(np.std(vals, ddof=1), 1.0) / np.sqrt(3))
+    # The mean is a different data set from one draw: the law moves.
+    assert pooled["fid_law"]["params"]["beta"] != pytest.approx(one["fid_law"]["params"]["beta"])
+
+    # A replicate scored with another sample count is not the same measurement.
+    _log_sweep(client, "grid-640", None, fid=_noisy(3), extra={"fid_samples": 640, "fid_se": 1.0})
+    assert fit_cli.main([*args, "--replicate", "grid-640", "--no-log"]) == 2
+    err = capsys.readouterr().err
+    assert "fid_samples" in err and "320" in err and "640" in err
+    assert fit_cli.main([*args, "--replicate", "no-such-sweep", "--no-log"]) == 2
+    assert "no-such-sweep" in capsys.readouterr().err
+    assert fit_cli.main([*args, "--replicate", "grid-s0", "--no-log"]) == 2
+    assert "already in the fit" in capsys.readouterr().err

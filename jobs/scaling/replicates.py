@@ -1,0 +1,114 @@
+"""Seed replicates of one grid: sweeps of the same models and budgets trained with other seeds, pooled into one
+set of points for the fits (`ditscale fit --replicate ...`).
+
+One grid of tiny models is one draw: another training seed (initialisation, data order, noise) moves every FID by
+up to a standard error or two, and with it the fitted exponent and the held-out check. Fitting the mean over k
+replicates is the usual remedy; the points keep what each replicate measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ditcore.scaling import FitError
+
+# What makes two points the same measurement in two replicates of a grid.
+_KEY = ("arm", "model", "params", "budget_flops", "step")
+# Point metrics that are averaged over the replicates.
+_MEAN = ("fid", "val_loss", "attr_acc", "class_acc")
+# Evaluation settings every replicate must share for its FIDs to be averaged.
+_SAME = ("eval_key", "fid_network", "fid_samples")
+
+RULE = (
+    "each point is the mean over the sweeps of the (arm, model, params, budget, step) measured in all of them; "
+    "fid_se = max(sd across the sweeps, rms of their sampling se) / sqrt(number of sweeps); checkpoint and run_id "
+    "are those of the replicate with the lowest FID"
+)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _key(p: dict) -> tuple:
+    return tuple(p.get(k) for k in _KEY)
+
+
+def _mean(vals: list[float]) -> float:
+    return sum(vals) / len(vals)
+
+
+def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """(pooled points, summary) of >= 2 sweeps' points (plain dicts, as `to_dicts` gives them).
+
+    Points measured in every sweep are pooled (see RULE); points missing from some sweep are left out and counted
+    in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
+    they share no point, or when a pooled point was evaluated with different settings in two sweeps (eval_key,
+    feature network or sample count): their FIDs are not the same measurement."""
+    names = names or [f"sweep {i}" for i in range(len(sweeps))]
+    if len(sweeps) < 2:
+        raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")
+    by_sweep: list[dict[tuple, dict]] = []
+    for name, pts in zip(names, sweeps):
+        keyed: dict[tuple, dict] = {}
+        for p in pts:
+            k = _key(p)
+            if k in keyed:
+                raise FitError(
+                    f"{name}: two points for model {p.get('model')!r} at budget {p.get('budget_flops')!r}, "
+                    f"step {p.get('step')!r}"
+                )
+            keyed[k] = p
+        if not keyed:
+            raise FitError(f"{name}: no points")
+        by_sweep.append(keyed)
+    common = [k for k in by_sweep[0] if all(k in s for s in by_sweep[1:])]
+    everywhere = set(common)
+    dropped = sorted({k for s in by_sweep for k in s if k not in everywhere}, key=str)
+    if not common:
+        raise FitError(f"the {len(sweeps)} sweeps ({', '.join(names)}) share no (model, budget, step) point")
+    k_n = len(sweeps)
+    pooled = []
+    for key in common:
+        reps = [s[key] for s in by_sweep]
+        for field in _SAME:
+            seen = {str(r.get(field)) for r in reps}
+            if len(seen) > 1:
+                raise FitError(
+                    f"model {key[1]!r} at budget {key[3]!r}: the sweeps differ in {field} ({', '.join(sorted(seen))}); "
+                    "only FIDs from the same evaluation settings can be averaged"
+                )
+        out = dict(reps[0])
+        for field in _MEAN:
+            vals = [_num(r.get(field)) for r in reps]
+            out[field] = _mean(vals) if all(v is not None for v in vals) else None
+        fids = [_num(r.get("fid")) for r in reps]
+        if all(f is not None for f in fids):
+            best = reps[min(range(k_n), key=lambda i: fids[i])]
+            out.update(checkpoint=best.get("checkpoint"), run_id=best.get("run_id"), trial_id=best.get("trial_id"))
+            sd = math.sqrt(sum((f - out["fid"]) ** 2 for f in fids) / (k_n - 1))
+            ses = [_num(r.get("fid_se")) for r in reps]
+            rms_se = math.sqrt(_mean([s * s for s in ses])) if all(s is not None for s in ses) else 0.0
+            out["fid_se"] = max(sd, rms_se) / math.sqrt(k_n)
+            out["fid_ci"] = None  # a per-sample bootstrap interval of one replicate does not describe the mean
+            out["fid_replicates"] = fids
+            out["fid_replicate_sd"] = sd
+        out["replicates"] = k_n
+        pooled.append(out)
+    summary = {
+        "n_sweeps": k_n,
+        "sweeps": list(names),
+        "points_pooled": len(pooled),
+        "points_dropped": len(dropped),
+        "dropped_examples": [dict(zip(_KEY, k)) for k in dropped[:5]],
+        "rule": RULE,
+    }
+    return pooled, summary
+
+
+__all__ = ["RULE", "pool_replicates"]

@@ -1,0 +1,55 @@
+"""Pooling seed replicates of one grid (jobs.scaling.replicates)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ditcore.scaling import FitError
+from jobs.scaling.replicates import pool_replicates
+
+
+def _pt(model: str, budget: float, fid: float, **kw) -> dict:
+    return {
+        "model": model,
+        "params": 1000,
+        "budget_flops": budget,
+        "step": int(budget / 1e9),
+        "fid": fid,
+        "val_loss": fid / 1000,
+        "fid_se": 2.0,
+        "fid_samples": 320,
+        "checkpoint": f"{model}-{budget}-{fid}",
+        **kw,
+    }
+
+
+def test_points_in_every_sweep_are_averaged_the_rest_counted():
+    a = [_pt("m", 1e11, 100.0), _pt("m", 2e11, 80.0), _pt("big", 1e11, 300.0)]
+    b = [_pt("m", 1e11, 110.0), _pt("m", 2e11, 70.0)]  # "big" did not run in this replicate
+    pooled, summary = pool_replicates([a, b], ["s0", "s1"])
+    assert summary["points_pooled"] == 2 and summary["points_dropped"] == 1
+    assert summary["dropped_examples"][0]["model"] == "big"
+    by = {p["budget_flops"]: p for p in pooled}
+    assert by[1e11]["fid"] == pytest.approx(105.0) and by[1e11]["val_loss"] == pytest.approx(0.105)
+    assert by[1e11]["fid_replicates"] == [100.0, 110.0] and by[1e11]["replicates"] == 2
+    assert by[1e11]["fid_se"] == pytest.approx(math.sqrt(50.0) / math.sqrt(2))  # sd across seeds > se 2
+    assert by[1e11]["checkpoint"] == "m-100000000000.0-100.0"  # the better replicate's checkpoint
+    assert by[2e11]["checkpoint"] == "m-200000000000.0-70.0"
+
+
+def test_sampling_se_is_the_floor_when_the_seeds_agree():
+    pooled, _ = pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.5)]])
+    assert pooled[0]["fid_se"] == pytest.approx(2.0 / math.sqrt(2))
+
+
+def test_refusals_name_the_problem():
+    with pytest.raises(FitError, match="at least 2 sweeps"):
+        pool_replicates([[_pt("m", 1e11, 100.0)]])
+    with pytest.raises(FitError, match="share no"):
+        pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("n", 1e11, 100.0)]])
+    with pytest.raises(FitError, match="eval_key"):
+        pool_replicates([[_pt("m", 1e11, 100.0, eval_key="a")], [_pt("m", 1e11, 100.0, eval_key="b")]])
+    with pytest.raises(FitError, match="s1: two points"):
+        pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0), _pt("m", 1e11, 90.0)]], ["s0", "s1"])
