@@ -80,31 +80,48 @@ def compute_frontier(points: list[dict], metric: str = "fid") -> list[dict]:
 def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     """Quadratic fit values ~ a (log N)^2 + b log N + c and its minimum N* (Chinchilla approach 2).
 
-    When the parabola is not convex, its vertex lies outside the sampled range, or the best sampled size is the
-    smallest or the largest, N* is the best sampled size and "interior" is False (the grid does not bracket the
-    optimum). The last case keeps a vertex that only the parabola's shape puts inside, e.g. one bent by a far-off
-    largest model while the smallest size is the best measured, from counting as an estimate.
+    When the best sampled size is the smallest or the largest, N* is that size and "interior" is False (the grid
+    does not bracket the optimum), even if the parabola's vertex falls inside the range (e.g. bent there by a
+    far-off largest model while the smallest size is the best measured). When the best size is bracketed by worse
+    ones but the parabola over all sizes is not convex or puts its vertex outside the sampled range (a far-off size
+    can bend it either way), N* is the vertex of the parabola through the best size and its nearest sampled sizes on
+    either side (each at its lowest value), which lies between them. "method" says which: "parabola", "local" or
+    "edge"; "coef" are the coefficients of the parabola used and "fit_range" the log N range they describe.
     """
     x = np.asarray(log_n, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     if np.unique(x).size < 3:
         raise FitError(f"isoFLOP parabola needs >= 3 distinct model sizes, got {np.unique(x).size}")
     a, b, c = np.polyfit(x, y, 2)
-    best = x[int(np.argmin(y))]
-    bracketed = x.min() < best < x.max()
-    interior = bool(a > 0 and bracketed and x.min() <= -b / (2 * a) <= x.max())
-    if interior:
+    i = int(np.argmin(y))
+    best = x[i]
+    bracketed = bool(x.min() < best < x.max())
+    fit_range = [float(x.min()), float(x.max())]
+    method = "edge"
+    if a > 0 and bracketed and x.min() <= -b / (2 * a) <= x.max():
+        method = "parabola"
+    elif bracketed:
+        sizes = np.unique(x)
+        lows = np.array([y[x == s].min() for s in sizes])
+        k = int(np.searchsorted(sizes, best))
+        xs, ys = sizes[k - 1 : k + 2], lows[k - 1 : k + 2]
+        la, lb, lc = np.polyfit(xs, ys, 2)
+        if la > 0:  # the best size is no worse than its neighbours, so the vertex lies between them
+            a, b, c, method = la, lb, lc, "local"
+            fit_range = [float(xs[0]), float(xs[-1])]
+    if method == "edge":
+        x_opt, y_opt = best, y[i]
+    else:
         x_opt = -b / (2 * a)
         y_opt = c - b * b / (4 * a)
-    else:
-        i = int(np.argmin(y))
-        x_opt, y_opt = x[i], y[i]
     return {
         "coef": [float(a), float(b), float(c)],
         "log_n_opt": float(x_opt),
         "n_opt": float(np.exp(x_opt)),
         "metric_opt": float(y_opt),
-        "interior": interior,
+        "interior": method != "edge",
+        "method": method,
+        "fit_range": fit_range,
     }
 
 

@@ -114,7 +114,8 @@ def plot_isoflop(iso: dict | None, path: Path) -> Path:
             col = plt.cm.plasma(i / max(1, len(iso["budgets"]) - 1))
             ns, ys = np.array(b["params"]), np.array(b[iso["metric"]])
             ax.plot(ns, ys, "o", color=col, label=f"C={b['budget_flops']:.2e}")
-            xs = np.linspace(np.log(ns.min()), np.log(ns.max()), 100)
+            lo, hi = b.get("fit_range") or (np.log(ns.min()), np.log(ns.max()))  # "local": the best size's neighbours
+            xs = np.linspace(lo, hi, 100)
             ax.plot(np.exp(xs), np.polyval(b["coef"], xs), "-", color=col, alpha=0.7)
             ax.plot([b["n_opt"]], [b["metric_opt"]], "kx", ms=10)
         ax.set_ylabel(iso["metric"])

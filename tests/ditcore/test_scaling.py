@@ -116,6 +116,27 @@ def test_parabola_minimum_and_edge_flag():
     assert a > 0 and x4.min() < -b / (2 * a) < x4.max()  # the vertex alone would call it interior
     par = fit_parabola(x4, y4)
     assert not par["interior"] and par["n_opt"] == pytest.approx(1.8e5) and par["metric_opt"] == 500.0
+    assert par["method"] == "edge"
+
+
+def test_bracketed_minimum_stays_interior_when_far_sizes_bend_the_parabola():
+    """A quickstart budget with a smaller model added (FID at 4.8e11 FLOPs): the second-smallest size is the best
+    measured, worse sizes on both sides, but the parabola over all five sizes puts its vertex below the smallest.
+    The minimum is bracketed: N* comes from the parabola through the best size and its two neighbours."""
+    n = np.array([6.25e4, 1.8e5, 6.9e5, 1.18e6, 3.87e6])
+    y = np.array([220.2, 214.2, 615.1, 760.2, 970.6])
+    x = np.log(n)
+    a, b, _ = np.polyfit(x, y, 2)
+    assert not (a > 0 and x.min() <= -b / (2 * a) <= x.max())  # the all-size parabola alone would call it an edge
+    par = fit_parabola(x, y)
+    assert par["interior"] and par["method"] == "local"
+    assert 6.25e4 < par["n_opt"] < 6.9e5 and par["metric_opt"] <= 214.2
+    assert par["fit_range"] == pytest.approx([np.log(6.25e4), np.log(6.9e5)])
+    la, lb, lc = np.polyfit(x[:3], y[:3], 2)
+    assert par["coef"] == pytest.approx([la, lb, lc]) and par["log_n_opt"] == pytest.approx(-lb / (2 * la))
+    # Repeated sizes (two points of one size at a budget): each size at its lowest value.
+    par2 = fit_parabola(np.append(x, x[2]), np.append(y, 400.0))
+    assert par2["method"] == "local" and par2["coef"] == pytest.approx(np.polyfit(x[:3], [220.2, 214.2, 400.0], 2))
 
 
 def test_isoflop_recovers_known_optimal_size_exponent():
