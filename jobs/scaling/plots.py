@@ -114,8 +114,7 @@ def plot_isoflop(iso: dict | None, path: Path) -> Path:
             col = plt.cm.plasma(i / max(1, len(iso["budgets"]) - 1))
             ns, ys = np.array(b["params"]), np.array(b[iso["metric"]])
             ax.plot(ns, ys, "o", color=col, label=f"C={b['budget_flops']:.2e}")
-            lo, hi = b.get("fit_range") or (np.log(ns.min()), np.log(ns.max()))  # "local": the best size's neighbours
-            xs = np.linspace(lo, hi, 100)
+            xs = np.linspace(*b["fit_range"], 100)  # the sizes the parabola describes ("local": the best's neighbours)
             ax.plot(np.exp(xs), np.polyval(b["coef"], xs), "-", color=col, alpha=0.7)
             ax.plot([b["n_opt"]], [b["metric_opt"]], "kx", ms=10)
         ax.set_ylabel(iso["metric"])

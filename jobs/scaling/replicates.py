@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ditcore.scaling import FitError
+from jobs.scaling.plots import finite_or_none
 
 # What makes two points the same measurement in two replicates of a grid.
 _KEY = ("arm", "model", "params", "budget_flops", "step")
@@ -25,14 +26,6 @@ RULE = (
     "fid_se = max(sd across the sweeps, rms of their sampling se) / sqrt(number of sweeps); checkpoint and run_id "
     "are those of the replicate with the lowest FID"
 )
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _key(p: dict) -> tuple:
@@ -85,14 +78,14 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
                 )
         out = dict(reps[0])
         for field in _MEAN:
-            vals = [_num(r.get(field)) for r in reps]
+            vals = [finite_or_none(r.get(field)) for r in reps]
             out[field] = _mean(vals) if all(v is not None for v in vals) else None
-        fids = [_num(r.get("fid")) for r in reps]
+        fids = [finite_or_none(r.get("fid")) for r in reps]
         if all(f is not None for f in fids):
             best = reps[min(range(k_n), key=lambda i: fids[i])]
             out.update(checkpoint=best.get("checkpoint"), run_id=best.get("run_id"), trial_id=best.get("trial_id"))
             sd = math.sqrt(sum((f - out["fid"]) ** 2 for f in fids) / (k_n - 1))
-            ses = [_num(r.get("fid_se")) for r in reps]
+            ses = [finite_or_none(r.get("fid_se")) for r in reps]
             rms_se = math.sqrt(_mean([s * s for s in ses])) if all(s is not None for s in ses) else 0.0
             out["fid_se"] = max(sd, rms_se) / math.sqrt(k_n)
             out["fid_ci"] = None  # a per-sample bootstrap interval of one replicate does not describe the mean
