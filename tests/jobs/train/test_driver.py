@@ -292,3 +292,21 @@ def test_without_ema_the_ema_is_the_weights_and_reports_their_validation_loss(tm
         metrics[decay] = json.loads((ckpt / "state.json").read_text())["metrics"]
     assert metrics[0.0]["val_loss_ema"] == metrics[0.0]["val_loss"] > 0
     assert metrics[0.5]["val_loss_ema"] != metrics[0.5]["val_loss"]
+
+
+def test_a_wsd_branch_start_checkpoint_is_kept_without_a_validation_loss(tmp_path):
+    """A checkpoint kept only for a WSD branch to start from (an undecayed model, no point) skips the validation
+    loss; the run's budget point and a periodic checkpoint still have theirs."""
+    data = make_latent_dataset(tmp_path / "lat", n=24, num_classes=None, text=(8, 16, 16))
+    cfg = _cfg(data, tmp_path, "data.val_samples=8", "checkpoint.every_n_steps=3", steps=6)
+    plan = resolve_run(cfg, check_mlflow=False)
+    plan.branch_steps = (2, 3)  # step 3 is also a periodic checkpoint
+    out = run_local(cfg, str(tmp_path / "run"), plan=plan)
+    assert out["status"] == "finished"
+
+    def metrics(step: int) -> dict:
+        state = tmp_path / "run" / "checkpoints" / f"step_{step:08d}" / "state.json"
+        return json.loads(state.read_text())["metrics"]
+
+    assert "val_loss" not in metrics(2) and metrics(2)["loss"] > 0  # kept (a branch starts there), not validated
+    assert metrics(3)["val_loss"] > 0 and metrics(6)["val_loss"] > 0
