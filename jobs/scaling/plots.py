@@ -65,6 +65,7 @@ def plot_vs_compute(
     front: list[dict],
     path: Path,
     ylabel: str,
+    title: str | None = None,
 ) -> Path:
     """`key` vs training compute: one curve per model, the frontier points, the fitted law and its band."""
     plt = _pyplot()
@@ -95,9 +96,48 @@ def plot_vs_compute(
         form, _, params = fit.formula().partition("  with  ")
         ax.plot(cs, fit.predict(cs), "r--", label=f"{form.strip()}\n{params.strip()}")
     ax.set(xscale="log", yscale="log", xlabel=XLABEL, ylabel=ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _one(points: list[dict], field: str) -> Any:
+    """The value of `field` shared by every point that has it; None when they differ or none has it."""
+    seen = {str(p[field]) for p in points if p.get(field) not in (None, "")}
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
+def metric_label(points: list[dict], metric: str) -> str:
+    """The axis label of `metric`: for FID, the sample count and the feature network when every point shares them
+    (an FID states its network and sample count)."""
+    if metric != "fid":
+        return metric.upper()
+    samples, dim, net = (_one(points, f) for f in ("fid_samples", "fid_feature_dim", "fid_network"))
+    where = "/".join(Path(net.rstrip("/")).parts[-2:]) if net else None  # the network's name and its parent
+    network = ", ".join(x for x in (where, f"{dim}-d" if dim else None) if x)
+    parts = [f"{samples} samples" if samples else None, f"network: {network}" if network else None]
+    inner = "; ".join(p for p in parts if p)
+    return f"FID ({inner})" if inner else "FID"
+
+
+def law_title(law: dict | None, name: str, replicates: dict | None = None) -> str | None:
+    """`name = value [lo, hi] (95%)` of the law's exponent, its held-out error, and how many sweeps each point
+    averages; None without a fitted law."""
+    if not law or "error" in law or name not in (law.get("params") or {}):
+        return None
+    value = law["params"][name]
+    ci = (law.get("ci") or {}).get(name)
+    text = f"{name} = {value:.3g}"
+    if ci and all(finite_or_none(c) is not None for c in ci):
+        text += f" [{ci[0]:.3g}, {ci[1]:.3g}] ({int(round(100 * law.get('ci_level', 0.95)))}%)"
+    held = law.get("held_out") or {}
+    if finite_or_none(held.get("rel_error")) is not None:
+        text += f", held-out error {100 * held['rel_error']:.1f}% at C = {held['compute']:.3g}"
+    if replicates and replicates.get("n_sweeps", 1) > 1:
+        text += f"\neach point the mean of {replicates['n_sweeps']} sweeps (seed replicates)"
+    return text
 
 
 def plot_isoflop(iso: dict | None, path: Path) -> Path:
@@ -215,10 +255,27 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
         extra.append(
             plot_arms(objs["points"], metric, report["arm_comparison"], objs.get("arm_fits") or {}, out / ARMS_PLOT)
         )
+    reps = report.get("replicates")
     return extra + [
-        plot_vs_compute(objs["points"], models, metric, objs["fid"], objs["fid_front"], out / PLOTS[0], metric.upper()),
         plot_vs_compute(
-            objs["points"], models, "val_loss", objs["loss"], objs["loss_front"], out / PLOTS[1], "validation loss"
+            objs["points"],
+            models,
+            metric,
+            objs["fid"],
+            objs["fid_front"],
+            out / PLOTS[0],
+            metric_label(objs["points"], metric),
+            law_title(report.get(f"{metric}_law"), "beta", reps),
+        ),
+        plot_vs_compute(
+            objs["points"],
+            models,
+            "val_loss",
+            objs["loss"],
+            objs["loss_front"],
+            out / PLOTS[1],
+            "validation loss",
+            law_title(report.get("loss_law"), "alpha", reps),
         ),
         plot_isoflop(iso, out / PLOTS[2]),
         plot_n_opt(iso, out / PLOTS[3]),
