@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a real data set instead of the built-in shapes: 'fashion-mnist' (apt package, class-conditional DiT "
         "grid), 'emoji' (npm package, text-conditional MM-DiT grid) or PATH (an image folder with class "
         "sub-folders and/or .txt captions, or parquet; its train/ split with test/ beside it). Measured on 2 CPU "
-        "cores: emoji 24 minutes, fashion-mnist 55; the report adds the standard Inception FID of the champion "
+        "cores with the virtualenv in place: emoji 20 minutes, fashion-mnist 18; the report adds the standard "
+        "Inception FID of the champion "
         "and the data's floor",
     )
     p.add_argument("--out", default="outputs/quickstart", help="output directory (default: outputs/quickstart)")
