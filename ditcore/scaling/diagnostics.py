@@ -20,6 +20,9 @@ points, the result of `isoflop_analysis`, of `compare_arms`, and the raw points)
 * isoflop_too_few_budgets / isoflop_edge / isoflop_no_images / isoflop_unavailable: the isoFLOP estimate of N*
   (and D*) rests on too few budgets, on minima at the edge of the sizes tried (Hoffmann et al. 2022 approach 2
   needs each budget's curve to bracket its minimum), lacks images seen, or could not be made;
+* isoflop_bent_parabola: a bracketed minimum whose parabola bottoms out below `min_parabola_opt_ratio` times the
+  lowest value measured at that budget (sizes far from the optimum bend it), so its N* rests on the parabola's
+  shape, not on the measurements near the minimum;
 * crossing_extrapolated / crossing_uncertain: an arm crossing outside the measured range, or found in too few
   bootstrap resamples to rely on.
 """
@@ -42,6 +45,7 @@ class SupportCriteria:
     max_rel_ci_width: float = 1.0  # wide_interval
     max_held_out_rel_error: float = 0.10  # held_out_error
     max_noise_share: float = 0.25  # sampling_noise
+    min_parabola_opt_ratio: float = 0.5  # isoflop_bent_parabola
     min_p_cross: float = 0.9  # crossing_uncertain
 
 
@@ -226,7 +230,7 @@ def fit_diagnostics(
                 )
             )
     if isoflop is not None:
-        out += _isoflop_checks(isoflop, criteria.min_isoflop_budgets)
+        out += _isoflop_checks(isoflop, criteria.min_isoflop_budgets, criteria.min_parabola_opt_ratio)
     if arms is not None:
         for info in arms.get("crossings", []):
             a, b = info["arms"]
@@ -252,7 +256,28 @@ def fit_diagnostics(
     return out
 
 
-def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
+def _bent_parabolas(iso: dict, ratio: float) -> list[dict[str, str]]:
+    """isoflop_bent_parabola: interior minima whose parabola dips far below every measured value."""
+    key, bent = iso.get("metric"), []
+    for b in iso.get("budgets", []):
+        vals = [v for v in (_num({"v": x}, "v") for x in b.get(key) or []) if v is not None]
+        opt = _num(b, "metric_opt")
+        if b.get("interior") and vals and opt is not None and opt < ratio * min(vals):
+            bent.append(f"C = {_fmt(b['budget_flops'])} ({_fmt(opt)} against {_fmt(min(vals))})")
+    if not bent:
+        return []
+    return [
+        _d(
+            "isoflop_bent_parabola",
+            f"At {len(bent)} of {len(iso['budgets'])} budgets the isoFLOP parabola bottoms out far below every "
+            f"value measured there (minimum of the parabola against the lowest {key} measured: {'; '.join(bent)}): "
+            "sizes far from the optimum bend it, so N* there follows the parabola's shape rather than the "
+            "measurements near the minimum, and N*(C) leans on it.",
+        )
+    ]
+
+
+def _isoflop_checks(iso: dict, min_budgets: int, ratio: float = 0.5) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if "error" in iso:
         return [_d("isoflop_unavailable", f"No isoFLOP estimate of the compute-optimal model size: {iso['error']}.")]
@@ -286,6 +311,7 @@ def _isoflop_checks(iso: dict, min_budgets: int) -> list[dict[str, str]]:
                 f"{'smaller' if side == 'smallest' else 'larger'} models.",
             )
         )
+    out.extend(_bent_parabolas(iso, ratio))
     law = iso.get("n_opt_law") or {}
     if law and not law.get("ci"):
         out.append(
