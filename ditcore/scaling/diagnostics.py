@@ -260,7 +260,7 @@ def _bent_parabolas(iso: dict, ratio: float) -> list[dict[str, str]]:
     """isoflop_bent_parabola: interior minima whose parabola dips far below every measured value."""
     key, bent = iso.get("metric"), []
     for b in iso.get("budgets", []):
-        vals = [v for v in (_num({"v": x}, "v") for x in b.get(key) or []) if v is not None]
+        vals = b.get(key) or []  # isoflop_analysis keeps only finite values
         opt = _num(b, "metric_opt")
         if b.get("interior") and vals and opt is not None and opt < ratio * min(vals):
             bent.append(f"C = {_fmt(b['budget_flops'])} ({_fmt(opt)} against {_fmt(min(vals))})")

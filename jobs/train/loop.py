@@ -95,6 +95,7 @@ class Trainer:
     def __init__(self, plan: RunPlan, env: Any) -> None:
         t_init = time.perf_counter()
         self.plan, self.env, self.cfg = plan, env, plan.cfg
+        self._keep_steps, self._unvalidated_steps = plan.keep_steps, plan.branch_only_steps  # read every step
         self.rank, self.world = env.rank, env.world_size
         self.fsdp = bool(self.cfg.run.fsdp)
         torch.set_num_threads(self.cfg.run.num_threads or max(1, int(self.cfg.run.cpus_per_worker)))
@@ -332,15 +333,13 @@ class Trainer:
         """(log, validate, checkpoint) after `step`: validation at every val_every steps and at checkpoints, except a
         checkpoint kept only as a WSD branch start (an undecayed model no point is read from: skipping it halved
         MMDiT-d3's checkpoint time in the quickstart sweep, 47 -> 24 s)."""
-        cfg, plan = self.cfg, self.plan
-        is_log = step % max(1, cfg.mlflow.log_every) == 0 or step == plan.total_steps
+        cfg = self.cfg
+        is_log = step % max(1, cfg.mlflow.log_every) == 0 or step == self.plan.total_steps
         periodic = cfg.checkpoint.every_n_steps > 0 and step % cfg.checkpoint.every_n_steps == 0
-        is_ckpt = step in plan.keep_steps or periodic
-        branch_only = step in plan.branch_steps and step not in plan.point_steps and step != plan.total_steps
-        is_val = (cfg.eval.val_every > 0 and step % cfg.eval.val_every == 0) or (
-            is_ckpt and (periodic or not branch_only)
-        )
-        return is_log, is_val, is_ckpt
+        kept = step in self._keep_steps
+        is_val = (cfg.eval.val_every > 0 and step % cfg.eval.val_every == 0) or periodic
+        is_val = is_val or (kept and step not in self._unvalidated_steps)
+        return is_log, is_val, kept or periodic
 
     def _read_loss(self) -> float:
         """Mean training loss of the steps since the last read, averaged over workers: the loop's one host read."""

@@ -67,6 +67,11 @@ class RunPlan:
         return set(self.point_steps) | {self.total_steps} | set(self.branch_steps)
 
     @property
+    def branch_only_steps(self) -> set[int]:
+        """WSD branch starts that are neither a budget point nor the end: undecayed models no point is read from."""
+        return set(self.branch_steps) - set(self.point_steps) - {self.total_steps}
+
+    @property
     def is_text(self) -> bool:
         """Whether the model is text-conditioned."""
         return _is_text(self.model_config)
