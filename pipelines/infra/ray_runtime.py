@@ -113,6 +113,11 @@ def num_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def head_cpus() -> int:
+    """CPUs a LocalRayHead announces by default: the cores of this machine, at least 2 (a driver beside one task)."""
+    return max(2, num_cores())
+
+
 def _session_pids(sid: int) -> list[int]:
     """Live processes of session `sid` (a `ray start --block` leader and everything it spawned)."""
     pids = []
@@ -137,7 +142,7 @@ class LocalRayHead:
     """
 
     def __init__(self, log_dir: Path, num_cpus: int | None = None) -> None:
-        self.num_cpus = num_cpus or max(2, num_cores())
+        self.num_cpus = num_cpus or head_cpus()
         self.log_dir = Path(log_dir)
         self.gcs_port = free_port()
         self.dashboard_port = free_port()

@@ -6,7 +6,7 @@ import shutil
 
 from jobs.quickstart.runner import Context
 from pipelines.infra.config_files import REPO_ROOT, load_config
-from pipelines.infra.ray_runtime import num_cores
+from pipelines.infra.ray_runtime import head_cpus, num_cores
 
 PRECOMPUTE_YAML = REPO_ROOT / "configs" / "precompute" / "builtin.yaml"
 
@@ -46,6 +46,15 @@ def features_run(ctx: Context) -> dict:
     return {"path": str(train_feature_net(cfg))}
 
 
+def _encoder_actors() -> list[str]:
+    """One encoder actor per CPU of the quickstart's Ray head (the YAMLs' 1 is for a laptop shared with other work).
+
+    Each actor decodes and encodes its own shards with one torch thread; the rows written are the same for any
+    number of actors (measured on the built-in 4096 rows: every shard and the FID statistics equal; 46.8 s with
+    one actor against 34.3 s with two on 2 cores)."""
+    return [f"compute.actors={head_cpus()}"]
+
+
 def _precompute_overrides(ctx: Context) -> list[str]:
     if ctx.mode.data is not None:
         return _real_overrides(ctx)
@@ -56,6 +65,7 @@ def _precompute_overrides(ctx: Context) -> list[str]:
         f"fid.feature_net={ctx.results['features']['path']}",
         "text.encoder=minilm",
         "source.kind=builtin",
+        *_encoder_actors(),
         *ctx.mode.precompute,
     ]
 
@@ -73,6 +83,7 @@ def _real_overrides(ctx: Context) -> list[str]:
         f"vae.path={ctx.results['vae']['path']}",
         f"fid.feature_net={ctx.results['classifier']['path']}",
         f"source={json.dumps(src)}",
+        *_encoder_actors(),
         *ctx.mode.precompute,
     ]
 

@@ -21,10 +21,11 @@ from tests.pipelines._precompute_helpers import IMAGE_SIZE, TinyModels, feature_
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
-def _cfg(models: TinyModels, out, source: dict | None = None, **extra) -> PrecomputeConfig:
-    """20 built-in images in shards of 8 (unless `source`), batches of 8 on one actor; `extra` sections as given."""
+def _cfg(models: TinyModels, out, source: dict | None = None, actors: int = 1, **extra) -> PrecomputeConfig:
+    """20 built-in images in shards of 8 (unless `source`), batches of 8 on `actors` actors; `extra` sections as
+    given."""
     source = source or {"kind": "builtin", "count": 20, "shard_size": 8}
-    return precompute_config(out, models, source, compute={"batch_size": 8, "actors": 1}, **extra)
+    return precompute_config(out, models, source, compute={"batch_size": 8, "actors": actors}, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,26 @@ def test_fid_stats_and_null_text(builtin_run, tiny):
     null = load_null_text(str(out))
     assert null["text_emb"].shape == (32, 384) and null["text_mask"].dtype == torch.bool
     assert int(null["text_mask"].sum()) == 2  # [CLS] [SEP]
+
+
+def test_two_actors_write_the_same_rows_and_statistics_as_one(builtin_run, tiny, tmp_path):
+    """The quickstart runs one encoder actor per CPU: the data set must not depend on how many there are."""
+    one, _ = builtin_run
+    two = tmp_path / "two-actors"
+    summary = run_precompute(_cfg(tiny, two, actors=2))
+    assert (summary["written"], summary["failed"]) == (20, 0)
+    files = sorted(p.name for p in (one / "data").iterdir())
+    assert files == sorted(p.name for p in (two / "data").iterdir())
+    for name in files:
+        a, b = pq.read_table(one / "data" / name), pq.read_table(two / "data" / name)
+        assert a.column_names == b.column_names
+        for col in a.column_names:
+            assert a.column(col).equals(b.column(col)), f"{name}: column {col} differs between 1 and 2 actors"
+    for x, y in zip(load_fid_stats(str(one)), load_fid_stats(str(two))):
+        np.testing.assert_array_equal(x, y)
+    m1, m2 = read_manifest(str(one)).to_dict(), read_manifest(str(two)).to_dict()
+    assert m1["latent_stats"] == m2["latent_stats"] and m1["counts"] == m2["counts"]
+    assert m2["config"]["compute"]["actors"] == 2
 
 
 def test_rerun_through_the_cli_skips_finished_shards(builtin_run, tiny, capsys):
