@@ -140,8 +140,26 @@ def law_title(law: dict | None, name: str, replicates: dict | None = None) -> st
     return text
 
 
-def plot_isoflop(iso: dict | None, path: Path) -> Path:
-    """Per-budget metric vs parameters with the fitted parabolas and their minima N*."""
+def metric_axis(points: list[dict], metric: str) -> str:
+    """The axis label of a fitted metric: the FID's (metric_label), the validation loss by name."""
+    return "validation loss" if metric == "val_loss" else metric_label(points, metric)
+
+
+def n_opt_title(iso: dict) -> str:
+    """What the N*(C) plot shows: the exponent with its interval, the metric whose isoFLOP minima it fits, and how
+    many of those minima the grid brackets (the others are bounds)."""
+    law = iso.get("n_opt_law") or {}
+    name = "validation-loss" if iso["metric"] == "val_loss" else iso["metric"].upper()
+    exponent = law_title(law, "a") or "no N*(C) fit"
+    interior = sum(minimum_kind(b) == "interior" for b in iso["budgets"])
+    return (
+        f"N*(C) = k * C^a from {name} isoFLOP minima: {exponent}\n{interior} of {len(iso['budgets'])} minima interior"
+    )
+
+
+def plot_isoflop(iso: dict | None, path: Path, ylabel: str | None = None) -> Path:
+    """Per-budget metric vs parameters with the fitted parabolas and their minima N*; `ylabel` (default: the
+    metric's name) labels the metric axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     if iso is not None:
@@ -157,7 +175,7 @@ def plot_isoflop(iso: dict | None, path: Path) -> Path:
             xs = np.linspace(*b["fit_range"], 100)  # the sizes the parabola describes ("local": the best's neighbours)
             ax.plot(np.exp(xs), np.polyval(b["coef"], xs), "-", color=col, alpha=0.7)
             ax.plot([b["n_opt"]], [b["metric_opt"]], "kx", ms=10)
-        ax.set_ylabel(iso["metric"])
+        ax.set_ylabel(ylabel or iso["metric"])
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "isoFLOP analysis needs >= 2 budgets x >= 3 model sizes", ha="center", transform=ax.transAxes)
@@ -199,6 +217,7 @@ def plot_n_opt(iso: dict | None, path: Path) -> Path:
             lo, hi = np.percentile(preds, [q, 100 - q], axis=0)
             ax.fill_between(grid, lo, hi, color="tab:red", alpha=0.2, label="bootstrap band")
         ax.legend(fontsize=8)
+        ax.set_title(n_opt_title(iso), fontsize=9)
     else:
         ax.text(0.5, 0.5, "no isoFLOP minima", ha="center", transform=ax.transAxes)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal parameters N*")
@@ -277,6 +296,6 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
             "validation loss",
             law_title(report.get("loss_law"), "alpha", reps),
         ),
-        plot_isoflop(iso, out / PLOTS[2]),
+        plot_isoflop(iso, out / PLOTS[2], metric_axis(objs["points"], iso["metric"]) if iso else None),
         plot_n_opt(iso, out / PLOTS[3]),
     ]

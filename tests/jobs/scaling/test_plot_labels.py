@@ -1,9 +1,10 @@
 """The FID plot states its sample count and feature network, and its title the law's exponent with its interval,
-the held-out error and how many seed replicates each point averages."""
+the held-out error and how many seed replicates each point averages; the isoFLOP plot's metric axis says the same,
+and the N*(C) plot's title gives the exponent with its interval and how many minima are bounds."""
 
 from __future__ import annotations
 
-from jobs.scaling.plots import law_title, metric_label
+from jobs.scaling.plots import law_title, metric_axis, metric_label, n_opt_title
 
 _LAW = {
     "params": {"A": 6.4e17, "beta": 1.3443, "FID_inf": 121.3},
@@ -33,3 +34,26 @@ def test_law_title_gives_interval_held_out_error_and_replicates():
     assert law_title({**_LAW, "ci": {}}, "beta").startswith("beta = 1.34, held-out")  # no interval: none claimed
     assert law_title({"error": "too few points"}, "beta") is None and law_title(None, "beta") is None
     assert law_title(_LAW, "alpha") is None
+
+
+def _budget(n_opt: float, interior: bool) -> dict:
+    return {"params": [2e4, 6e4, 2e5], "n_opt": n_opt, "interior": interior}
+
+
+def test_isoflop_axis_and_n_opt_title_state_what_they_show():
+    assert metric_axis([_point()], "fid") == metric_label([_point()], "fid")
+    assert metric_axis([_point()], "val_loss") == "validation loss"
+    iso = {
+        "metric": "fid",
+        "budgets": [_budget(5e4, True), _budget(2e4, False), _budget(1e5, True)],
+        "n_opt_law": {
+            "params": {"k": 239.3, "a": 0.2233},
+            "ci": {"k": [0.1, 7e4], "a": [0.0074, 0.4897]},
+            "ci_level": 0.95,
+        },
+    }
+    assert n_opt_title(iso) == (
+        "N*(C) = k * C^a from FID isoFLOP minima: a = 0.223 [0.0074, 0.49] (95%)\n2 of 3 minima interior"
+    )
+    loss = {**iso, "metric": "val_loss", "n_opt_law": {"error": "fewer than 2 budgets"}}
+    assert n_opt_title(loss).startswith("N*(C) = k * C^a from validation-loss isoFLOP minima: no N*(C) fit\n")
