@@ -283,7 +283,7 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
             objs["fid"],
             objs["fid_front"],
             out / PLOTS[0],
-            metric_label(objs["points"], metric),
+            metric_axis(objs["points"], metric),
             law_title(report.get(f"{metric}_law"), "beta", reps),
         ),
         plot_vs_compute(
@@ -293,7 +293,7 @@ def write_plots(report: dict, objs: dict, out_dir: str | os.PathLike) -> list[Pa
             objs["loss"],
             objs["loss_front"],
             out / PLOTS[1],
-            "validation loss",
+            metric_axis(objs["points"], "val_loss"),
             law_title(report.get("loss_law"), "alpha", reps),
         ),
         plot_isoflop(iso, out / PLOTS[2], metric_axis(objs["points"], iso["metric"]) if iso else None),
