@@ -16,7 +16,7 @@ for path in sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["pla
 endef
 export COMPILE_SITE_PACKAGES
 
-.PHONY: venv test test-fast lint format quickstart bench clean
+.PHONY: venv test test-fast lint format quickstart encoders bench clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,12 @@ format: venv
 
 quickstart: venv
 	$(BIN)/ditscale quickstart $(QUICKSTART_ARGS)
+
+# Retrain the built-in data's VAE and FID feature net as the quickstart would and rewrite assets/encoders/builtin
+# (weights + manifest.json). Needed after a change to their configs, data generator or training code: a test
+# compares the manifest's fingerprints with the code's, and the quickstart trains in-run while they differ.
+encoders: venv
+	$(BIN)/ditscale quickstart --ship-encoders
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -159,6 +159,13 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     for rel in images:
         assert (out / rel).is_file(), rel
     assert (out / "fit" / "fit_report.json").is_file()
+    # The encoders every FID was measured with: the tiny sizes are not the shipped ones, so both were trained here.
+    from jobs.quickstart.shipped import sha256_file, weights_file
+
+    encoders = json.loads((out / "report.json").read_text())["encoders"]
+    for key, kind in (("vae", "vae"), ("feature_net", "features")):
+        assert encoders[key]["source"] == "trained"
+        assert encoders[key]["sha256"] == sha256_file(out / kind / weights_file(kind))
     served = list((out / "served").glob("*.png"))
     assert served and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in served)
 

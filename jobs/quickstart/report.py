@@ -77,6 +77,15 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "peak_flops_measured": (good or {}).get("peak_flops_measured"),  # before and after the sweep's trials
             "fit_sensitivity": law.get("sampling_noise"),  # the law refitted with every FID redrawn within its noise
             "stage_seconds": dict(ctx.seconds),
+            # The VAE and FID feature net: "shipped" (assets/encoders/builtin) or "trained" in this run, with the
+            # weights' sha256 (the network every FID of the run is measured with).
+            "encoders": {
+                ("feature_net" if k == "features" else k): {
+                    key: ctx.results[k].get(key) for key in ("source", "sha256", "shipped_sha256")
+                }
+                for k in ("vae", "features")
+                if k in ctx.results
+            },
             "sweep": {
                 "parent_run_id": ctx.results["sweep"]["parent_run_id"],
                 "experiment": ctx.results["sweep"]["experiment"],
@@ -133,6 +142,19 @@ def _record_section(ctx: Context) -> list[str]:
         lines.append(f"- the data's own floor (real test images, same N and network): FID {_g(rec['fid_floor'])}")
     if rec.get("classifier_test_accuracy") is not None:
         lines.append(f"- classifier accuracy on the real test split: {rec['classifier_test_accuracy']:.1%}")
+    enc = rec.get("encoders") or {}
+    if enc:
+        words = {"vae": "VAE", "feature_net": "FID feature net"}
+        lines.append(
+            "- encoders: "
+            + "; ".join(f"{words[k]} {e.get('source')} (sha256 {str(e.get('sha256'))[:12]})" for k, e in enc.items())
+            + (
+                " (shipped: assets/encoders/builtin, trained by `make encoders` with the config, data and code of "
+                "this run; `--train-encoders` trains them in the run)"
+                if any(e.get("source") == "shipped" for e in enc.values())
+                else ""
+            )
+        )
     if rec.get("goodput") is not None:
         share = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in (rec.get("time_share") or {}).items())
         peak = f" ({rec['peak_flops'] / 1e9:.0f} GFLOP/s)" if rec.get("peak_flops") else ""

@@ -80,16 +80,24 @@ def print_summary(ctx: Context, seconds: float) -> None:
     print(f"\nopen the MLflow UI:\n  mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
 
-def run_quickstart(out: str | Path, *, tiny: bool = False, force: bool = False, data: str | None = None) -> int:
+def run_quickstart(
+    out: str | Path,
+    *,
+    tiny: bool = False,
+    force: bool = False,
+    data: str | None = None,
+    train_encoders: bool = False,
+) -> int:
     """Run (or resume) every stage into `out`; 0 on success, 1 on a failed stage, 130 when interrupted.
 
-    `data`: None for the built-in shapes, else "fashion-mnist", "emoji" or a path (jobs.quickstart.modes)."""
+    `data`: None for the built-in shapes, else "fashion-mnist", "emoji" or a path (jobs.quickstart.modes).
+    `train_encoders`: train the built-in VAE and feature net here even where the shipped ones match."""
     mode = make_data_mode(data, tiny) if data else make_mode(tiny)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     set_environment(out)
     t0 = time.monotonic()
-    ctx = Context(out, mode, t0)
+    ctx = Context(out, mode, t0, train_encoders=train_encoders)
     print(f"ditscale quickstart ({mode.name}) -> {out}", flush=True)
     rc = 0
     try:

@@ -31,10 +31,14 @@ def config_hash(obj: Any) -> str:
 class Context:
     """Shared state of one quickstart run: output dir, mode, results of finished stages, the Ray head it owns."""
 
-    def __init__(self, out: Path, mode: Mode, t0: float) -> None:
+    def __init__(self, out: Path, mode: Mode, t0: float, *, train_encoders: bool = False, shipped_dir=None) -> None:
+        from jobs.quickstart.shipped import SHIPPED_DIR
+
         self.out = out
         self.mode = mode
         self.t0 = t0
+        self.train_encoders = train_encoders  # train the built-in VAE and feature net even where shipped ones match
+        self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else SHIPPED_DIR
         self.results: dict[str, dict] = {}
         self.hashes: dict[str, str] = {}
         self.seconds: dict[str, float] = {}

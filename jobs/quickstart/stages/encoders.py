@@ -1,9 +1,12 @@
-"""Quickstart stages 1-3: the offline encoders (a small VAE, the FID feature net) and the precompute."""
+"""Quickstart stages 1-3: the offline encoders (a small VAE, the FID feature net; shipped or trained here, see
+jobs/quickstart/shipped.py) and the precompute."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+from jobs.quickstart import shipped
 from jobs.quickstart.runner import Context
 from pipelines.infra.config_files import REPO_ROOT, load_config
 from pipelines.infra.ray_runtime import head_cpus, num_cores
@@ -16,7 +19,7 @@ def _threads() -> int:
     return max(1, num_cores())
 
 
-def vae_config(ctx: Context) -> dict:
+def _vae_overrides(ctx: Context) -> dict:
     """TrainVAEConfig overrides of this mode (real data: trained on its train split)."""
     cfg = {"out": str(ctx.path("vae")), "image_size": ctx.mode.image_size, **ctx.mode.vae}
     if ctx.mode.data is not None:
@@ -26,24 +29,108 @@ def vae_config(ctx: Context) -> dict:
     return cfg
 
 
-def vae_run(ctx: Context) -> dict:
-    """Train the small AutoencoderKL on the run's data (the built-in shapes, or the real train split)."""
-    from pipelines.encoders.train_vae import TrainVAEConfig, train_vae
-
-    return {"path": str(train_vae(load_config(TrainVAEConfig, base={**vae_config(ctx), "threads": _threads()})))}
-
-
-def features_config(ctx: Context) -> dict:
+def _features_overrides(ctx: Context) -> dict:
     """TrainFeaturesConfig overrides of this mode."""
     return {"out": str(ctx.path("features")), "image_size": ctx.mode.image_size, **ctx.mode.features}
 
 
-def features_run(ctx: Context) -> dict:
-    """Train the FID feature / attribute network."""
-    from pipelines.encoders.train_features import TrainFeaturesConfig, train_feature_net
+def _resolved(kind: str, overrides: dict):
+    from pipelines.encoders.train_features import TrainFeaturesConfig
+    from pipelines.encoders.train_vae import TrainVAEConfig
 
-    cfg = load_config(TrainFeaturesConfig, base={**features_config(ctx), "threads": _threads()})
-    return {"path": str(train_feature_net(cfg))}
+    cls = TrainVAEConfig if kind == "vae" else TrainFeaturesConfig
+    return load_config(cls, base={**overrides, "threads": _threads()})
+
+
+def _train(kind: str, cfg) -> str:
+    if kind == "vae":
+        from pipelines.encoders.train_vae import train_vae
+
+        return str(train_vae(cfg))
+    from pipelines.encoders.train_features import train_feature_net
+
+    return str(train_feature_net(cfg))
+
+
+def _shipping(ctx: Context, kind: str) -> dict:
+    """What the stage hash adds for the shipped encoders: whether this run may use them, and their sha256."""
+    if ctx.mode.data is not None:
+        return {}
+    entry = shipped.read_manifest(ctx.shipped_dir).get(kind) or {}
+    return {"train_in_run": ctx.train_encoders, "shipped": (entry.get("files") or {}).get(shipped.weights_file(kind))}
+
+
+def _encoder(ctx: Context, kind: str, overrides: dict) -> dict:
+    """The shipped encoder when it was trained exactly as this run would train it (and --train-encoders is not
+    given), else train it here; the result says which, with the weights' sha256."""
+    cfg = _resolved(kind, overrides)
+    entry, why = shipped.match(kind, cfg, ctx.shipped_dir) if ctx.mode.data is None else (None, "")
+    if entry is not None and not ctx.train_encoders:
+        rec = shipped.install(kind, entry, ctx.path(kind), ctx.shipped_dir)
+        ctx.log(
+            f"the shipped {kind} ({ctx.shipped_dir / kind}, sha256 {rec['sha256'][:12]}) was trained with this "
+            "run's config, data and code: using it (--train-encoders trains it here)"
+        )
+        return rec
+    if ctx.mode.data is None:
+        ctx.log(f"training the {kind} in this run: " + ("--train-encoders" if entry is not None else why))
+    rec = shipped.describe(kind, entry, "trained", Path(_train(kind, cfg)))
+    if entry is not None:
+        same = "the same as" if rec["sha256"] == rec["shipped_sha256"] else "different from"
+        ctx.log(f"its weights (sha256 {rec['sha256'][:12]}) are {same} the shipped ones")
+    return rec
+
+
+def vae_config(ctx: Context) -> dict:
+    """The VAE stage's hashed config: TrainVAEConfig overrides, and whether/which shipped weights may be used."""
+    return {**_vae_overrides(ctx), **_shipping(ctx, "vae")}
+
+
+def vae_run(ctx: Context) -> dict:
+    """The small AutoencoderKL of the run's data: shipped (built-in shapes), or trained here."""
+    return _encoder(ctx, "vae", _vae_overrides(ctx))
+
+
+def features_config(ctx: Context) -> dict:
+    """The feature net stage's hashed config: TrainFeaturesConfig overrides, and the shipped weights' use."""
+    return {**_features_overrides(ctx), **_shipping(ctx, "features")}
+
+
+def features_run(ctx: Context) -> dict:
+    """The FID feature / attribute network: shipped, or trained here."""
+    return _encoder(ctx, "features", _features_overrides(ctx))
+
+
+def ship_encoders(dest: Path = shipped.SHIPPED_DIR, tiny: bool = False) -> dict:
+    """Train the built-in VAE and feature net exactly as the (full or tiny) quickstart would, into `dest`, and write
+    their manifest; returns it. `make encoders` runs this for the shipped files."""
+    import os
+    import platform
+    import time
+
+    import torch
+
+    from jobs.quickstart.modes import make_mode
+
+    ctx = Context(Path(dest), make_mode(tiny), time.monotonic())
+    dest = Path(dest)
+    for kind, overrides in (("vae", _vae_overrides(ctx)), ("features", _features_overrides(ctx))):
+        out = dest / kind
+        # A path relative to the working directory where it lies below it (it is recorded in the saved configs).
+        rel = os.path.relpath(out) if out.resolve().is_relative_to(Path.cwd()) else str(out)
+        cfg = _resolved(kind, {**overrides, "out": rel})
+        t = time.monotonic()
+        _train(kind, cfg)
+        trained_with = {
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "seconds": round(time.monotonic() - t, 1),
+            "command": "make encoders" if not tiny else "ditscale quickstart --ship-encoders --tiny",
+        }
+        entry = shipped.write_entry(kind, cfg, out, trained_with, dest)
+        print(f"shipped {kind}: {out} (sha256 {entry['files'][shipped.weights_file(kind)][:12]})", flush=True)
+    return shipped.read_manifest(dest)
 
 
 def _encoder_actors() -> list[str]:
