@@ -40,14 +40,14 @@ def stage_list(mode: Mode | None = None) -> list[Stage]:
         else [
             Stage(
                 "vae",
-                "train a small VAE on the built-in data",
+                "the small VAE of the built-in data (shipped, else trained here)",
                 encoders.vae_config,
                 encoders.vae_run,
                 lambda r: [r["path"]],
             ),
             Stage(
                 "features",
-                "train the FID feature network",
+                "the FID feature network (shipped, else trained here)",
                 encoders.features_config,
                 encoders.features_run,
                 lambda r: [r["path"]],

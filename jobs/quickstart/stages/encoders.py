@@ -60,20 +60,24 @@ def _shipping(ctx: Context, kind: str) -> dict:
     return {"train_in_run": ctx.train_encoders, "shipped": (entry.get("files") or {}).get(shipped.weights_file(kind))}
 
 
+_NAMES = {"vae": "VAE", "features": "feature net"}
+
+
 def _encoder(ctx: Context, kind: str, overrides: dict) -> dict:
     """The shipped encoder when it was trained exactly as this run would train it (and --train-encoders is not
     given), else train it here; the result says which, with the weights' sha256."""
     cfg = _resolved(kind, overrides)
     entry, why = shipped.match(kind, cfg, ctx.shipped_dir) if ctx.mode.data is None else (None, "")
+    name = _NAMES[kind]
     if entry is not None and not ctx.train_encoders:
         rec = shipped.install(kind, entry, ctx.path(kind), ctx.shipped_dir)
         ctx.log(
-            f"the shipped {kind} ({ctx.shipped_dir / kind}, sha256 {rec['sha256'][:12]}) was trained with this "
+            f"the shipped {name} ({ctx.shipped_dir / kind}, sha256 {rec['sha256'][:12]}) was trained with this "
             "run's config, data and code: using it (--train-encoders trains it here)"
         )
         return rec
     if ctx.mode.data is None:
-        ctx.log(f"training the {kind} in this run: " + ("--train-encoders" if entry is not None else why))
+        ctx.log(f"training the {name} in this run: " + ("--train-encoders" if entry is not None else why))
     rec = shipped.describe(kind, entry, "trained", Path(_train(kind, cfg)))
     if entry is not None:
         same = "the same as" if rec["sha256"] == rec["shipped_sha256"] else "different from"

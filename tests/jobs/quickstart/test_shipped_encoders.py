@@ -95,3 +95,11 @@ def test_sources_other_than_the_built_in_data_are_never_shipped():
     cfg = load_config(TrainVAEConfig, base={"source": {"kind": "parquet", "path": "/data/train"}})
     assert shipped.fingerprint("vae", cfg) is None
     assert shipped.match("vae", cfg)[0] is None
+
+
+def test_only_the_full_quickstarts_encoders_are_shipped_from_the_command_line(capsys):
+    from jobs.cli.quickstart import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--ship-encoders", "--tiny"])
+    assert exc.value.code == 2 and "drop --tiny" in capsys.readouterr().err
