@@ -162,10 +162,19 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     # The encoders every FID was measured with: the tiny sizes are not the shipped ones, so both were trained here.
     from jobs.quickstart.shipped import sha256_file, weights_file
 
-    encoders = json.loads((out / "report.json").read_text())["encoders"]
+    record = json.loads((out / "report.json").read_text())
+    encoders = record["encoders"]
     for key, kind in (("vae", "vae"), ("feature_net", "features")):
         assert encoders[key]["source"] == "trained"
         assert encoders[key]["sha256"] == sha256_file(out / kind / weights_file(kind))
+    # Whether the law's floor sits at its bound (the lowest frontier FID), and if so the fit without the bound.
+    law = record["law"]
+    lowest = min(p["fid"] for p in json.loads((out / "fit" / "fit_report.json").read_text())["frontier"])
+    assert law["floor_at_bound"] is (law["FID_inf"] >= lowest * (1 - 1e-6))
+    if law["floor_at_bound"]:
+        assert law["free_floor"]["FID_inf"] >= law["FID_inf"] and law["free_floor"]["beta"] is not None
+    k, n = record["n_opt_interior"]
+    assert 0 <= k <= n >= 1
     served = list((out / "served").glob("*.png"))
     assert served and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in served)
 

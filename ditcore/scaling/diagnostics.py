@@ -11,6 +11,9 @@ points, the result of `isoflop_analysis`, of `compare_arms`, and the raw points)
   and says nothing about compute-optimal scaling (Kaplan et al. 2020 define the frontier over model sizes);
 * wide_interval: the exponent's or the floor's interval wider than `max_rel_ci_width` times its value;
 * open_interval: an interval that runs into the search bound (the data do not bound that side);
+* floor_at_bound: the floor estimate sits at its upper bound, the lowest value measured, and the fit with the floor
+  free puts it higher: the exponent, its interval and the held-out error are conditional on the bound (the
+  sentence gives the free fit's numbers, and whether the data reject the bound);
 * no_interval: no interval could be computed (for the law, or for N*(C));
 * held_out_error: the law refitted without the largest compute misses it by more than `max_held_out_rel_error`;
 * held_out_skipped: too few budgets for the held-out check;
@@ -144,6 +147,7 @@ def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[st
                     f"{size}: the data do not pin {name} down.",
                 )
             )
+    out.extend(_floor_bound_check(law, what, exp_name, floor_name, level))
     ho = law.get("held_out")
     if ho and "skipped" in ho:
         out.append(
@@ -178,6 +182,42 @@ def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[st
                 )
             )
     return out
+
+
+def _floor_bound_check(
+    law: dict, what: str, exp_name: str | None, floor_name: str | None, level: int
+) -> list[dict[str, str]]:
+    fb = law.get("floor_bound") or {}
+    free = fb.get("free") or {}
+    fp = free.get("params") or {}
+    if not fb.get("at_bound") or not exp_name or not floor_name or fp.get(floor_name) is None:
+        return []
+    bound = float(fb["bound"])
+    if float(fp[floor_name]) <= bound * (1 + 1e-6):
+        return []  # the free fit lands on the same floor: the bound changes nothing
+
+    def with_ci(name: str) -> str:
+        lo_hi = (free.get("ci") or {}).get(name)
+        return f"{name} = {_fmt(float(fp[name]))}" + (f" [{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else "")
+
+    parts = [with_ci(exp_name), with_ci(floor_name)]
+    if free.get("held_out_rel_error") is not None:
+        parts.append(f"held-out error {100 * float(free['held_out_rel_error']):.1f}%")
+    verdict = ""
+    if "F" in fb:
+        dof = int(law.get("n_points", 0)) - 3
+        verdict = (
+            f" The data {'reject' if fb.get('rejected') else 'do not reject'} the bound at the {level}% level "
+            f"(F = {float(fb['F']):.2f} on 1 and {dof} degrees of freedom)."
+        )
+    return [
+        _d(
+            "floor_at_bound",
+            f"The floor {floor_name} of the {what} sits at its bound, the lowest value measured "
+            f"({_fmt(bound)}): {exp_name}, its interval and the held-out error are conditional on that bound. "
+            f"With the floor free, the same points give {', '.join(parts)}.{verdict}",
+        )
+    ]
 
 
 def fit_diagnostics(

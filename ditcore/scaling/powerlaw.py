@@ -74,6 +74,7 @@ class PowerLawFit:
     ci_open: dict[str, tuple[bool, bool]] = field(default_factory=dict)
     sampling_noise: dict[str, Any] | None = None
     min_value: float = 0.0
+    floor_bound: dict[str, Any] | None = None  # the floor at its bound (min y) and the fit without it: `floor_bound`
 
     @property
     def params(self) -> dict[str, float]:
@@ -123,6 +124,8 @@ class PowerLawFit:
         }
         if self.sampling_noise is not None:
             out["sampling_noise"] = self.sampling_noise
+        if self.floor_bound is not None:
+            out["floor_bound"] = self.floor_bound
         return out
 
 
@@ -172,13 +175,16 @@ def _init(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best
 
 
-def _fit_theta(x: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares (log a, b, floor) in log space; floor in [0, min y), exponent in [0, 5]."""
+def _fit_theta(
+    x: np.ndarray, y: np.ndarray, start: np.ndarray | None = None, floor_max: float | None = None
+) -> np.ndarray:
+    """Least-squares (log a, b, floor) in log space; floor in [0, min y) (or [0, floor_max)), exponent in [0, 5]."""
     ymin = float(y.min())
+    fmax = ymin if floor_max is None else float(floor_max)
     theta0 = _init(x, y) if start is None else start.copy()
     lo = np.array([-np.inf, 0.0, 0.0])
-    hi = np.array([np.inf, _MAX_EXPONENT, ymin * (1 - 1e-9)])
-    theta0 = np.clip(theta0, lo + [0, 1e-9, 0], hi - [0, 1e-9, 1e-9 * ymin])
+    hi = np.array([np.inf, _MAX_EXPONENT, fmax * (1 - 1e-9)])
+    theta0 = np.clip(theta0, lo + [0, 1e-9, 0], hi - [0, 1e-9, 1e-9 * fmax])
     res = least_squares(
         _residuals,
         theta0,
@@ -217,10 +223,12 @@ class _Profile:
     Parameter index j: 0 = log A in original compute units (log a + b log c_ref), 1 = exponent b, 2 = floor f.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, theta: np.ndarray, log_c_ref: float) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, theta: np.ndarray, log_c_ref: float, floor_max: float | None = None
+    ) -> None:
         self.x, self.lx, self.ly = x, np.log(x), np.log(y)
         self.ymin = float(y.min())
-        self.fhi = self.ymin * (1 - 1e-9)
+        self.fhi = (self.ymin if floor_max is None else float(floor_max)) * (1 - 1e-9)
         self.lcref = log_c_ref
         self.theta = np.asarray(theta, dtype=np.float64)
         self.rss_min = float(np.sum(_residuals(self.theta, x, self.ly) ** 2))
@@ -261,7 +269,9 @@ class _Profile:
         out = []
         y = np.exp(self.ly)
         if j == 2:
-            slope, icpt = np.polyfit(self.lx, np.log(y - min(v, self.fhi)), 1)
+            if v >= self.ymin:  # a floor above a measured value (free-floor profile): start from the fits only
+                return []
+            slope, icpt = np.polyfit(self.lx, np.log(y - v), 1)
             return [np.array([icpt, float(np.clip(-slope, 0.0, _MAX_EXPONENT)), v])]
         for frac in (0.0, 0.5, 0.9):
             f = frac * self.ymin
@@ -360,8 +370,9 @@ def _profile_cis(
     ci_level: float,
     which: tuple[str, ...] | None,
     calibration: str = "F",
+    floor_max: float | None = None,
 ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[bool, bool]]]:
-    prof = _Profile(x, y, theta, lcref)
+    prof = _Profile(x, y, theta, lcref, floor_max)
     thr = profile_threshold(prof.rss_min, y.size, ci_level, calibration=calibration)
     ci, ci_open = {}, {}
     for j, name in enumerate(names):
@@ -517,7 +528,71 @@ def fit_power_law(
         fit.sampling_noise["max_rel_se"] = float(np.max(se / y))
     if held_out:
         fit.held_out = held_out_check(c, y, names=names)
+    fit.floor_bound = floor_bound(c, y, theta, names=names, ci_level=ci_level, intervals=interval == "profile")
     return fit
+
+
+def _free_floor_prediction(c: np.ndarray, y: np.ndarray, at: float) -> float:
+    """The law fitted with its floor free up to max y (not min y), evaluated at compute `at`."""
+    lcref = float(np.mean(np.log(c)))
+    t = _fit_theta(c / np.exp(lcref), y, floor_max=float(y.max()))
+    return float(np.exp(t[0] - t[1] * (np.log(at) - lcref)) + t[2])
+
+
+def floor_bound(
+    compute: Any,
+    values: Any,
+    theta: np.ndarray | None = None,
+    *,
+    names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
+    ci_level: float = 0.95,
+    intervals: bool = True,
+) -> dict[str, Any]:
+    """Does the fit's floor sit at its upper bound, the lowest value measured, and what does the bound change?
+
+    The floor of a law falling towards it cannot lie above a value the law passes through, so the fit keeps it
+    below min y. Measured values are noisy, and a frontier (the lowest value at each compute) is biased low, so
+    the bound can hold the floor down where the data alone would put it higher; the exponent and the held-out
+    prediction are then conditional on the bound. {"at_bound": False} when the floor is inside; else
+    {"at_bound": True, "bound", "free": the same law with the floor free up to max y (params, profile `ci` and
+    `ci_open` of the exponent and floor, `held_out_rel_error` of its refit without the largest compute), "F" (the
+    F statistic of the bound: (RSS_bound - RSS_free) / (RSS_free / (n - 3))), "rejected" (the bound fit lies
+    outside the free fit's `ci_level` profile region, i.e. the data reject the bound)}.
+    `theta`: the bound fit (log a, exponent, floor) with x = C / geometric mean of C, as `fit_power_law` makes it.
+    """
+    c, y = _validate(compute, values, 3, f"floor bound of {names[0]} * C^-{names[1]} + {names[2]}")
+    lcref = float(np.mean(np.log(c)))
+    x = c / np.exp(lcref)
+    theta = _fit_theta(x, y) if theta is None else np.asarray(theta, dtype=np.float64)
+    ymin = float(y.min())
+    if theta[2] < ymin * (1 - 1e-6):
+        return {"at_bound": False}
+    free = _fit_theta(x, y, floor_max=float(y.max()))
+    rss_bound = float(np.sum(_residuals(theta, x, np.log(y)) ** 2))
+    rss_free = min(float(np.sum(_residuals(free, x, np.log(y)) ** 2)), rss_bound)
+    dof = y.size - 3
+    out: dict[str, Any] = {"at_bound": True, "bound": ymin}
+    free_params = {
+        names[0]: float(np.exp(free[0] + free[1] * lcref)),
+        names[1]: float(free[1]),
+        names[2]: float(free[2]),
+    }
+    out["free"] = {"params": free_params, "rss": rss_free}
+    if dof > 0:
+        out["F"] = float((rss_bound - rss_free) / max(rss_free / dof, 1e-300))
+        out["rejected"] = bool(rss_bound > profile_threshold(rss_free, y.size, ci_level))
+        if intervals and y.size > 3:
+            ci, ci_open = _profile_cis(x, y, free, lcref, names, ci_level, names[1:], floor_max=float(y.max()))
+            out["free"]["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in ci.items()}
+            out["free"]["ci_open"] = {k: [bool(lo), bool(hi)] for k, (lo, hi) in ci_open.items()}
+    c_max = float(c.max())
+    keep = c < c_max
+    if np.unique(c[keep]).size >= 3:
+        observed = float(y[~keep].min())
+        predicted = _free_floor_prediction(c[keep], y[keep], c_max)
+        out["free"]["held_out_predicted"] = predicted
+        out["free"]["held_out_rel_error"] = abs(predicted - observed) / observed
+    return out
 
 
 def held_out_check(

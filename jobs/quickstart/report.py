@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ditcore.scaling.frontier import minimum_kind
 from jobs.quickstart.runner import Context
 from jobs.scaling.summary import ci_method_name, law_sentence
 
@@ -22,6 +23,28 @@ def _g(v: Any) -> str:
 def _ci(law: dict, name: str) -> list[float] | None:
     ci = (law.get("ci") or {}).get(name)
     return [float(ci[0]), float(ci[1])] if ci else None
+
+
+def _floor_bound(law: dict) -> dict[str, Any]:
+    """report.json's `law.floor_at_bound` and, when the floor sits at its bound (the lowest frontier FID),
+    `law.free_floor`: the same law with the floor free (beta, beta_ci, FID_inf, heldout_error, F, rejected)."""
+    fb = law.get("floor_bound")
+    if not fb:
+        return {}
+    out: dict[str, Any] = {"floor_at_bound": bool(fb.get("at_bound"))}
+    if fb.get("at_bound"):
+        free = fb.get("free") or {}
+        params = free.get("params") or {}
+        out["free_floor"] = {
+            "beta": params.get("beta"),
+            "beta_ci": (free.get("ci") or {}).get("beta"),
+            "FID_inf": params.get("FID_inf"),
+            "FID_inf_ci": (free.get("ci") or {}).get("FID_inf"),
+            "heldout_error": free.get("held_out_rel_error"),
+            "F": fb.get("F"),
+            "rejected": fb.get("rejected"),
+        }
+    return out
 
 
 def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
@@ -59,7 +82,9 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
                     **{k: float(v) for k, v in law["params"].items()},
                     "beta_ci": _ci(law, "beta"),
                     "ci": law.get("ci"),
+                    "ci_open": law.get("ci_open"),  # [lo, hi] ends that reached the search range, not the data
                     "n_points": law.get("n_points"),
+                    **_floor_bound(law),
                 }
                 if "error" not in law
                 else {"error": law["error"]}
@@ -69,6 +94,12 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "frontier_fid_last": front[-1].get("fid") if front else None,
             "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
             "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
+            # [minima bracketed by the sizes tried, budgets]: the rest are bounds (the best size is an edge one)
+            "n_opt_interior": (
+                [sum(minimum_kind(b) == "interior" for b in iso["budgets"]), len(iso["budgets"])]
+                if iso.get("budgets")
+                else None
+            ),
             "d_opt_exponent": fit.get("d_opt_exponent"),
             "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
             "goodput": (good or {}).get("goodput"),

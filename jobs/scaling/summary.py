@@ -124,7 +124,17 @@ def law_sentence(law: dict) -> str:
             f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
             "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)"
         )
-    return f"{form} with " + ", ".join(parts) + f" ({level}% {ci_method_name(law)} intervals; C in training FLOPs)"
+    fb = law.get("floor_bound") or {}
+    free_floor = ((fb.get("free") or {}).get("params") or {}).get(list(law["params"])[-1])
+    bound = (
+        f"; {list(law['params'])[-1]} at its bound, the lowest value measured, which the fit without that bound puts "
+        f"at {free_floor:.4g}"
+        if fb.get("at_bound") and free_floor is not None and free_floor > float(fb["bound"]) * (1 + 1e-6)
+        else ""
+    )
+    return (
+        f"{form} with " + ", ".join(parts) + f" ({level}% {ci_method_name(law)} intervals; C in training FLOPs{bound})"
+    )
 
 
 COLUMNS = ("model", "params", "budget", "FLOPs", "FID", "val loss", "checkpoint")

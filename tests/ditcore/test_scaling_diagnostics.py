@@ -178,3 +178,29 @@ def test_a_parabola_bent_far_below_the_measurements_is_named():
     assert "against 281)" in bent[0] and "1.5e+11" not in bent[0] and "5e+12" not in bent[0]
     loose = SupportCriteria(min_parabola_opt_ratio=0.05)  # a looser threshold lets it pass
     assert "isoflop_bent_parabola" not in _codes(fit_diagnostics(isoflop=iso, criteria=loose))
+
+
+def test_a_floor_held_at_its_bound_is_named_with_the_free_fit():
+    # A law with floor 140 whose largest budget measured 12% low (noise, or a frontier's lowest-value bias): the
+    # fit keeps its floor below every measured value, so the floor sits on the lowest one.
+    c = np.logspace(11.2, 12.7, 10)
+    y = 3e20 * c**-1.6 + 140.0
+    y[-1] *= 0.88
+    law = fit_fid_law(c, y, n_boot=20).to_dict()
+    assert law["params"]["FID_inf"] == pytest.approx(y.min(), rel=1e-6)
+    fb = law["floor_bound"]
+    assert fb["at_bound"] and fb["bound"] == pytest.approx(y.min())
+    free = fb["free"]["params"]
+    assert y.min() < free["FID_inf"] < 140.0 and free["beta"] > law["params"]["beta"]
+    assert fb["free"]["rss"] < 0.9 * float(
+        np.sum(np.log(y / (law["params"]["A"] * c ** -law["params"]["beta"] + law["params"]["FID_inf"])) ** 2)
+    )
+    lo, hi = fb["free"]["ci"]["beta"]
+    assert lo < free["beta"] < hi
+    msg = next(d["message"] for d in fit_diagnostics(law=law) if d["code"] == "floor_at_bound")
+    assert f"beta = {free['beta']:.3g} [{lo:.3g}, {hi:.3g}]" in msg and "conditional on that bound" in msg
+    assert f"F = {fb['F']:.2f} on 1 and 7 degrees of freedom" in msg
+    # The floor of a clean law is far below its lowest value: not at the bound, nothing said.
+    clean = fit_fid_law(c, 3e20 * c**-1.6 + 140.0, n_boot=20).to_dict()
+    assert clean["floor_bound"] == {"at_bound": False}
+    assert "floor_at_bound" not in _codes(fit_diagnostics(law=clean))
