@@ -41,11 +41,17 @@ def _points(args: argparse.Namespace) -> list[dict]:
         path = Path(args.points)
         if not path.is_file():
             raise FileNotFoundError(f"--points {args.points!r}: no such file")
-        return json.loads(path.read_text())
+        try:
+            points = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"--points {args.points!r}: not JSON ({e})") from e
+        if not isinstance(points, list):
+            raise ValueError(f"--points {args.points!r}: expected a JSON list of points, got {type(points).__name__}")
+        return points
     from jobs.scaling.points import read_points, to_dicts
     from pipelines.infra import tracking
 
-    client = tracking.client(args.tracking_uri)
+    client = tracking.client(args.tracking_uri, must_exist=True)
     out: list[dict] = []
     for run_id in args.parent_runs or _sweep_runs(client, args.experiment):
         out += to_dicts(read_points(client, parent_run_id=run_id)[1])

@@ -38,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, client
 
     try:
-        mlflow_client = client(args.tracking_uri)
+        mlflow_client = client(args.tracking_uri, must_exist=True)
         parent, points = read_points(mlflow_client, experiment=args.experiment, parent_run_id=args.parent_run)
         exp_name = args.experiment or mlflow_client.get_experiment(parent.info.experiment_id).name
         res = promote(

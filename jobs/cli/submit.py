@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -71,10 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Job kind -> the module whose build_parser() is the job's own command line (what its entrypoint parses).
+JOB_PARSERS = {
+    "precompute": "pipelines.cli.precompute",
+    "sweep": "jobs.cli.sweep",
+    "fit": "jobs.cli.fit",
+    "serve": "serve.cli.serve",
+}
+_FLAG = re.compile(r"^--?[A-Za-z]")
+
+
+def check_job_flags(kind: str, extra: list[str], own: argparse.ArgumentParser) -> None:
+    """Refuse a flag that neither `ditscale submit` nor the job's own command line takes (a typo such as `--dryrun`
+    would otherwise travel to the cluster and the job would really be submitted), suggesting the closest one."""
+    job = importlib.import_module(JOB_PARSERS[kind]).build_parser()
+    known = set(job._option_string_actions)
+    for arg in extra:
+        flag = arg.split("=", 1)[0]
+        if not _FLAG.match(flag) or flag in known:
+            continue
+        close = difflib.get_close_matches(flag, sorted(known | set(own._option_string_actions)), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SubmitError(f"unknown option {flag}: neither `ditscale submit` nor the {kind} job takes it{hint}")
+
+
 def _submit(argv: list[str]) -> int:
     parser = build_parser()
-    # Unknown flags (e.g. `--experiment NAME` for the fit) are passed on to the job, after the overrides.
+    # Unknown flags (e.g. `--experiment NAME` for the fit) are passed on to the job, after the overrides, when the
+    # job's own command line takes them.
     opts, extra = parser.parse_known_args(argv)
+    check_job_flags(opts.kind, extra, parser)
     args = list(opts.args) + list(extra)
     working_dir = Path(opts.working_dir)
     check_config_path(opts.config, working_dir)

@@ -239,7 +239,7 @@ def run_fit(
     from jobs.scaling.replicates import pool_replicates
     from pipelines.infra import tracking
 
-    client = tracking.client(tracking_uri)
+    client = tracking.client(tracking_uri, must_exist=True)
     parent, points = read_points(client, experiment=experiment, parent_run_id=parent_run_id)
     if not points:
         raise FitError(f"sweep run {parent.info.run_id} has no trial points yet (no child run logged points.json)")

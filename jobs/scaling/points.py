@@ -71,7 +71,14 @@ def read_points(
     mlflow_client: Any, *, experiment: str | None = None, parent_run_id: str | None = None
 ) -> tuple[Any, list[ScalingPoint]]:
     """(parent run, typed points of all its trials, one per (trial, budget)) of a sweep's MLflow record."""
-    from pipelines.infra.tracking import sweep_points
+    from ditcore.config import ConfigError
+    from pipelines.infra.tracking import POINTS_ARTIFACT, ExperimentRecordError, sweep_points
 
     parent, raw = sweep_points(mlflow_client, experiment=experiment, parent_run_id=parent_run_id)
-    return parent, unique_points([ScalingPoint.from_dict(p) for p in raw])
+    typed = []
+    for p in raw:
+        try:
+            typed.append(ScalingPoint.from_dict(p))
+        except ConfigError as e:  # a record written by another version, or edited by hand
+            raise ExperimentRecordError(f"run {p.get('run_id')}: artifact {POINTS_ARTIFACT}: {e}") from e
+    return parent, unique_points(typed)

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -120,8 +121,14 @@ def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
         raise ConfigError("models: the sweep needs at least one model")
     if not cfg.budgets:
         raise ConfigError("budgets: the sweep needs at least one budget (FLOPs)")
-    if any(b <= 0 for b in cfg.budgets):
-        raise ConfigError(f"budgets: must be positive FLOPs, got {cfg.budgets}")
+    if not all(isinstance(b, (int, float)) and math.isfinite(b) and b > 0 for b in cfg.budgets):
+        raise ConfigError(f"budgets: must be finite positive FLOPs, got {cfg.budgets}")
+    if cfg.max_concurrent < 0:
+        raise ConfigError(f"max_concurrent must be >= 0 (0: as many as the CPUs fit), got {cfg.max_concurrent}")
+    if not (math.isfinite(cfg.trial_cpus) and cfg.trial_cpus > 0):
+        raise ConfigError(f"trial_cpus must be a finite number > 0, got {cfg.trial_cpus}")
+    if cfg.num_cpus is not None and cfg.num_cpus < 1:
+        raise ConfigError(f"num_cpus must be >= 1 (or null: the machine's), got {cfg.num_cpus}")
     for k, values in cfg.hparams.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"hparams.{k}: expected a non-empty list of values")

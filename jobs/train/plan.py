@@ -202,6 +202,7 @@ def _check_settings(cfg: TrainConfig) -> None:
         )
     if not 0.0 <= cfg.data.flip <= 1.0:  # the config loader has already refused what is not a number
         raise ConfigError(f"data.flip must be a probability in [0, 1], got {cfg.data.flip!r}")
+    _check_numbers(cfg)
     if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
         raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -211,6 +212,44 @@ def _check_settings(cfg: TrainConfig) -> None:
 
         if cfg.eval.sampler not in SAMPLERS:
             raise ConfigError(f"eval.sampler: unknown sampler {cfg.eval.sampler!r}; known: {', '.join(SAMPLERS)}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Numbers a run cannot use: each error names the key and the value (NaN and inf included)."""
+    o, e, c, r = cfg.optim, cfg.eval, cfg.checkpoint, cfg.run
+
+    def need(key: str, value: Any, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    need("budget_flops", cfg.budget_flops, finite(cfg.budget_flops) and cfg.budget_flops > 0, "a finite number > 0")
+    for i, b in enumerate(e.budgets):
+        need(f"eval.budgets[{i}]", b, finite(b) and b > 0, "a finite number > 0")
+    need("optim.lr", o.lr, finite(o.lr) and o.lr > 0, "a finite number > 0")
+    need("optim.weight_decay", o.weight_decay, finite(o.weight_decay) and o.weight_decay >= 0, "a finite number >= 0")
+    need("optim.eps", o.eps, finite(o.eps) and o.eps > 0, "a finite number > 0")
+    need("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0")
+    need("optim.grad_clip", o.grad_clip, finite(o.grad_clip) and o.grad_clip >= 0, "a finite number >= 0 (0: off)")
+    need("optim.min_lr_ratio", o.min_lr_ratio, finite(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, "in [0, 1]")
+    for i, b in enumerate(o.betas):
+        need(f"optim.betas[{i}]", b, finite(b) and 0 <= b < 1, "in [0, 1)")
+    need("eval.num_samples", e.num_samples, e.num_samples >= 0, ">= 0 (0: no FID)")
+    if e.num_samples > 0:
+        need("eval.steps", e.steps, e.steps >= 1, ">= 1")
+        need("eval.guidance", e.guidance, finite(e.guidance) and e.guidance >= 0, "a finite number >= 0")
+        need("eval.num_actors", e.num_actors, e.num_actors >= 0, ">= 0 (0: sample in the trial process)")
+    need("eval.val_every", e.val_every, e.val_every >= 0, ">= 0 (0: only at checkpoints)")
+    need("checkpoint.every_n_steps", c.every_n_steps, c.every_n_steps >= 0, ">= 0 (0: only at budget points)")
+    need("checkpoint.keep", c.keep, c.keep >= 0, ">= 0")
+    need("run.cpus_per_worker", r.cpus_per_worker, finite(r.cpus_per_worker) and r.cpus_per_worker > 0, "> 0")
+    need("run.max_failures", r.max_failures, r.max_failures >= -1, ">= 0, or -1 for no limit")
+    if r.num_threads is not None:
+        need("run.num_threads", r.num_threads, r.num_threads >= 1, ">= 1 (or null: from run.cpus_per_worker)")
+    need("data.val_samples", cfg.data.val_samples, cfg.data.val_samples >= 0, ">= 0")
+    need("mlflow.log_every", cfg.mlflow.log_every, cfg.mlflow.log_every >= 1, ">= 1")
 
 
 def check_big_model(cfg: TrainConfig, model_config: dict[str, Any]) -> None:

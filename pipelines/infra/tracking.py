@@ -102,10 +102,12 @@ def _probe_http(resolved: str, timeout: float) -> list[str]:
     return errors
 
 
-def check_tracking_uri(uri: str | None = None, timeout: float = 3.0) -> str:
+def check_tracking_uri(uri: str | None = None, timeout: float = 3.0, must_exist: bool = False) -> str:
     """Resolve `uri` and fail fast (TrackingURIError) when it cannot work; returns the resolved URI.
 
-    http(s): the server must answer; sqlite: the database's directory must exist; other schemes pass unchecked.
+    http(s): the server must answer; sqlite: the database's directory must exist, and with `must_exist` (commands
+    that read what a sweep recorded) the database itself, so a lookup never creates an empty store; other schemes
+    pass unchecked.
     """
     resolved = resolve_tracking_uri(uri)
     parsed = urllib.parse.urlparse(resolved)
@@ -125,6 +127,11 @@ def check_tracking_uri(uri: str | None = None, timeout: float = 3.0) -> str:
             raise TrackingURIError(
                 f"MLflow tracking URI {resolved!r}: directory {str(Path(path).parent)!r} does not exist"
             )
+        if must_exist and path and path != ":memory:" and not Path(path).is_file():
+            raise TrackingURIError(
+                f"no MLflow store at {path!r} (nothing has been tracked there): give the sweep's store with "
+                f"--tracking-uri or MLFLOW_TRACKING_URI"
+            )
     return resolved
 
 
@@ -137,12 +144,13 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def client(tracking_uri: str | None = None, check: bool = True) -> Any:
-    """An `MlflowClient` on the resolved URI, tracking and registry on the same store (telemetry off)."""
+def client(tracking_uri: str | None = None, check: bool = True, must_exist: bool = False) -> Any:
+    """An `MlflowClient` on the resolved URI, tracking and registry on the same store (telemetry off);
+    `must_exist`: a sqlite store must already exist (see `check_tracking_uri`)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    uri = check_tracking_uri(tracking_uri) if check else resolve_tracking_uri(tracking_uri)
+    uri = check_tracking_uri(tracking_uri, must_exist=must_exist) if check else resolve_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -346,6 +354,16 @@ def load_points(mlflow_client: Any, run_id: str, artifact_path: str = POINTS_ART
     return data
 
 
+def _run(mlflow_client: Any, run_id: str) -> Any:
+    """The run with this id; ExperimentRecordError naming it when the store has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_run(run_id)
+    except MlflowException as e:
+        raise ExperimentRecordError(f"no run with id {run_id!r} in {mlflow_client.tracking_uri}") from e
+
+
 def sweep_points(
     mlflow_client: Any, *, experiment: str | None = None, parent_run_id: str | None = None
 ) -> tuple[Any, list[dict]]:
@@ -353,7 +371,7 @@ def sweep_points(
     if (experiment is None) == (parent_run_id is None):
         raise ValueError("give exactly one of experiment= or parent_run_id=")
     parent = (
-        find_parent_run(mlflow_client, experiment) if experiment is not None else mlflow_client.get_run(parent_run_id)
+        find_parent_run(mlflow_client, experiment) if experiment is not None else _run(mlflow_client, parent_run_id)
     )
     points: list[dict] = []
     for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):

@@ -86,6 +86,23 @@ def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tm
     assert "configs/nope.yaml: file not found" in capsys.readouterr().err
 
 
+def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_sent(capsys, monkeypatch):
+    """A typo such as --dryrun would travel to the job and the job would be submitted: refuse it, naming the flag."""
+    monkeypatch.chdir(REPO_ROOT)
+    port = free_port()  # nothing listens there: a submission attempt would fail differently
+    rc = ditscale(
+        ["submit", "sweep", "--config", "pyproject.toml", "--dryrun", "--address", f"http://127.0.0.1:{port}"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown option --dryrun" in err and "did you mean --dry-run?" in err and "cannot reach" not in err
+    assert ditscale(["submit", "fit", "--experimnt", "e", "--dry-run"]) == 2
+    assert "did you mean --experiment?" in capsys.readouterr().err
+    # The job's own flags still pass through.
+    assert ditscale(["submit", "fit", "--experiment", "e", "--n-boot", "50", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["entrypoint"].endswith("fit --experiment e --n-boot 50")
+
+
 def test_token_lookup_follows_rays_order(monkeypatch, tmp_path):
     """--token > RAY_AUTH_TOKEN > RAY_AUTH_TOKEN_PATH > ~/.ray/auth_token; nothing when auth is disabled."""
     monkeypatch.setenv("HOME", str(tmp_path))

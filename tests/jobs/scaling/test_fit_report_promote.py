@@ -163,6 +163,27 @@ def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys
     assert "experiment 'nope' not found" in capsys.readouterr().err
     with pytest.raises(RegistryError, match="ditscale"):
         resolve_champion("ditscale", tracking_uri=sqlite_uri)
+    # An unknown parent run and a points record with a key this version does not know: one line, exit 2.
+    for cmd in (fit_cli, report_job, promote_job):
+        assert cmd.main(["--parent-run", "deadbeef", "--tracking-uri", sqlite_uri]) == 2
+        assert "no run with id 'deadbeef'" in capsys.readouterr().err
+    _log_sweep(client, "odd", str(tmp_path / "odd"), extra={"bogus_key": 1})
+    assert fit_cli.main(["--experiment", "odd", "--tracking-uri", sqlite_uri, "--no-log"]) == 2
+    err = capsys.readouterr().err
+    assert f"artifact {POINTS_ARTIFACT}: unknown config key(s): point.bogus_key" in err
+
+
+def test_commands_that_read_a_sweep_never_create_an_empty_store(tmp_path, monkeypatch, capsys):
+    """fit / report / promote / mup-report on a store that does not exist: a clear error, and no mlflow.db."""
+    from jobs.cli import mup_report
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for cmd, name in ((fit_cli, "fit"), (report_job, "report"), (promote_job, "promote"), (mup_report, "mup-report")):
+        assert cmd.main(["--experiment", "grid"]) == 2
+        err = capsys.readouterr().err
+        assert f"ditscale {name}: error: no MLflow store at '{tmp_path / 'mlflow.db'}'" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_tracking_uri_resolution_and_fail_fast(tmp_path, monkeypatch):

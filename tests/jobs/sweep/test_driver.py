@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,14 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     with pytest.raises(ConfigError, match="unknown config key"):
         load_sweep_config(str(path), ["bogus=1"])
     assert main(["--config", str(path), "budgets=[10]", "--validate-only"]) == 2  # < one step: named, exit 2
+    for override, message in (
+        ("budgets=[NaN]", "budgets: must be finite positive FLOPs, got [nan]"),
+        ("max_concurrent=-3", "max_concurrent must be >= 0"),
+        ("trial_cpus=0", "trial_cpus must be a finite number > 0, got 0.0"),
+        ("num_cpus=0", "num_cpus must be >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            expand_grid(load_sweep_config(str(path), [override]))
 
 
 def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):

@@ -4,6 +4,7 @@ checkpoints on S3. One local Ray instance per module; tiny MM-DiT on an 8x8 late
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,23 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         resolve_run(_cfg(data8, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}"))
     with pytest.raises(ConfigError, match="not divisible"):
         resolve_run(_cfg(data8, tmp_path, "run.num_workers=3"), check_mlflow=False)
+    # Numbers a run cannot use, NaN and inf included: each error names the key and the value.
+    for override, message in (
+        ("budget_flops=NaN", "budget_flops must be a finite number > 0, got nan"),
+        ("budget_flops=inf", "budget_flops must be a finite number > 0, got inf"),
+        ("optim.lr=-1", "optim.lr must be a finite number > 0, got -1.0"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
+        ("eval.num_samples=-5", "eval.num_samples must be >= 0"),
+        ("checkpoint.keep=-1", "checkpoint.keep must be >= 0, got -1"),
+        ("run.max_failures=-2", "run.max_failures must be >= 0, or -1 for no limit, got -2"),
+        ("run.num_threads=0", "run.num_threads must be >= 1"),
+        ("mlflow.log_every=0", "mlflow.log_every must be >= 1, got 0"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve_run(_cfg(data8, tmp_path, override), check_mlflow=False)
+    with pytest.raises(ConfigError, match=re.escape("eval.steps must be >= 1, got 0")):
+        resolve_run(_cfg(data8, tmp_path, "eval.num_samples=16", "eval.steps=0"), check_mlflow=False)
+    assert resolve_run(_cfg(data8, tmp_path, "run.max_failures=-1"), check_mlflow=False).cfg.run.max_failures == -1
     assert resolve_run(good, check_mlflow=False).total_steps >= 1
     # The CLI reports the error and exits 2 without starting Ray.
     assert (
