@@ -414,7 +414,8 @@ def sampling_noise_block(
     seed: int,
 ) -> dict[str, Any]:
     """Refits on values redrawn within their noise (draw(rng, False)), and jointly with a point bootstrap
-    (draw(rng, True)): {n_rep, n_ok, param_sd, param_interval, sd_over_ci_width, ci_joint, n_joint_ok}."""
+    (draw(rng, True)): {n_rep, n_ok, param_sd, param_sd_log (of log A), param_interval, sd_over_ci_width (for A on
+    the log scale: sd of log A over the width of log A's interval), ci_joint, n_joint_ok}."""
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {"noise": [], "joint": []}
     for kind, resample in (("noise", False), ("joint", True)):
@@ -437,8 +438,17 @@ def sampling_noise_block(
             if block["param_sd"][n] is not None and n in fit.ci and fit.ci[n][1] > fit.ci[n][0]
             else None
         )
-        for n in names
+        for n in names[1:]
     }
+    # A spans orders of magnitude (its interval is wide whenever the exponent's is): its spread is on log A.
+    a, ci_a = names[0], fit.ci.get(names[0])
+    log_a = np.log(noise[:, 0][noise[:, 0] > 0]) if len(noise) else np.array([])
+    block["param_sd_log"] = {a: float(np.std(log_a, ddof=1)) if log_a.size > 1 else None}
+    block["sd_over_ci_width"][a] = (
+        block["param_sd_log"][a] / float(np.log(ci_a[1] / ci_a[0]))
+        if block["param_sd_log"][a] is not None and ci_a and ci_a[0] > 0 and ci_a[1] > ci_a[0]
+        else None
+    )
     block["ci_joint"] = {k: list(v) for k, v in _percentile_ci(joint, names, fit.ci_level).items()}
     return block
 

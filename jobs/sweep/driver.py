@@ -90,8 +90,9 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
 
     init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    peak_before = measure_machine_peak(cpus)  # before any trial loads the machine
     run = pending[0].runs[0].plan.cfg.run
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if run.use_gpu else 0.0
+    peak_before = measure_machine_peak(cpus) if not gpus else None  # before any trial loads the machine
     check_shared_storage(
         cfg.output, key="output", override="base.run.shared_filesystem", shared_filesystem=run.shared_filesystem
     )
@@ -124,6 +125,9 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
     # Measured again once the trials are done: the first reading can be taken while Ray's own processes are still
     # starting, and the peak is the better of the two (both go into the report).
+    if gpus:  # the GPUs' peak comes from the trials' records (jobs.sweep.goodput.gpu_peak)
+        source = f"run.peak_flops {run.peak_flops:.3g} per GPU" if run.peak_flops else "datasheet bf16 peak"
+        return {"num_cpus": cpus, "num_gpus": gpus, "peak_flops": None, "peak_source": source}
     peaks = [peak_before, measure_machine_peak(cpus)]
     return {"num_cpus": cpus, "peak_flops": max(peaks), "peak_flops_measured": peaks}
 
@@ -143,14 +147,20 @@ def _goodput(
     client: Any, parent: str, records: list[dict], pending: list[TrialPlan], wall: float, machine: Optional[dict]
 ) -> Optional[dict]:
     """Goodput and time breakdown of the trials this invocation ran; logged to the parent run; None if none ran."""
-    from jobs.sweep.goodput import format_goodput, sweep_goodput
+    from jobs.sweep.goodput import format_goodput, gpu_peak, sweep_goodput
     from pipelines.infra import tracking
 
     ran = {tp.trial.trial_id for tp in pending}
     if not machine or not ran:
         return None
-    g = sweep_goodput([r for r in records if r["trial_id"] in ran], wall_s=wall, **machine)
-    metrics = {"goodput": g["goodput"], **{f"time_{k}": v for k, v in g["time"].items()}}
+    ran_records = [r for r in records if r["trial_id"] in ran]
+    if machine.get("num_gpus"):
+        machine = {**machine, "peak_flops": gpu_peak(ran_records, machine["num_gpus"])}
+    g = sweep_goodput(ran_records, wall_s=wall, **machine)
+    metrics = {
+        **({"goodput": g["goodput"]} if g["goodput"] is not None else {}),
+        **{f"time_{k}": v for k, v in g["time"].items()},
+    }
     tracking.log_metrics(client, parent, metrics, 0)
     client.log_text(parent, json.dumps(g, indent=2), "goodput.json")
     print(f"[ditscale] {format_goodput(g)}", flush=True)

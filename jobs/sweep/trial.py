@@ -104,6 +104,12 @@ def _cpus(tp: TrialPlan) -> float:
     return float(run.num_workers * (run.num_threads or run.cpus_per_worker))
 
 
+def _gpus(tp: TrialPlan) -> int:
+    """GPUs a trial's workers hold (one each with run.use_gpu, else none)."""
+    run = tp.runs[0].plan.cfg.run
+    return int(run.num_workers) if run.use_gpu else 0
+
+
 def _clear_failed(tp: TrialPlan) -> None:
     """A rerun of a failed trial retrains its failed runs (from their last good checkpoint)."""
     for spec in tp.runs:
@@ -183,6 +189,7 @@ def run_trial(
         "train_flops": float(sum(s.get("flops_run") or 0.0 for s in summaries)),
         "peak_flops": next((s["peak_flops"] for s in summaries if s.get("peak_flops")), None),
         "cpus": _cpus(tp),
+        "gpus": _gpus(tp),
         "timing": timing,
     }
     storage.write_json(storage.join(tdir, DONE if status == "finished" else FAILED), record)

@@ -76,6 +76,10 @@ def test_sampling_noise_sensitivity_scales_with_the_per_point_noise():
     assert large["n_ok"] == 60 and set(large["ci_joint"]) == {"A", "beta", "FID_inf"}
     assert large["max_rel_se"] == pytest.approx(0.04)
     assert large["sd_over_ci_width"]["beta"] > small["sd_over_ci_width"]["beta"]
+    # A spans decades: its share of the interval is taken on log A, a fraction like the exponent's, not ~1e5
+    for block in (small, large):
+        assert block["param_sd_log"]["A"] > 0 and 0 < block["sd_over_ci_width"]["A"] < 1
+    assert large["sd_over_ci_width"]["A"] > small["sd_over_ci_width"]["A"]
 
 
 def test_frontier_noise_propagation_reselects_the_best_model_per_budget():

@@ -56,3 +56,25 @@ def test_goodput_names_every_peak_reading_and_divides_by_the_one_it_was_given():
     assert "150 GFLOP/s measured, best of 130/150" in format_goodput(g)
     one = sweep_goodput(records, wall_s=10.0, num_cpus=2.0, peak_flops=3e11)
     assert one["peak_flops_measured"] == [3e11] and "150 GFLOP/s measured)" in format_goodput(one)
+
+
+def test_a_gpu_sweep_divides_by_its_gpus_peak_and_counts_gpu_seconds():
+    from jobs.sweep.goodput import gpu_peak
+
+    timing = {"startup_s": 2.0, "setup_s": 0.0, "data_s": 0.0, "step_s": 30.0, "checkpoint_s": 2.0, "eval_s": 6.0}
+    records = [  # two trials of 2 workers (one GPU each) whose MFU divided by 2 x 989 TFLOP/s
+        {"trial_id": "a", "train_flops": 4e16, "cpus": 2.0, "gpus": 2, "peak_flops": 2 * 989e12, "timing": timing},
+        {"trial_id": "b", "train_flops": 2e16, "cpus": 2.0, "gpus": 2, "peak_flops": 2 * 989e12, "timing": timing},
+    ]
+    peak = gpu_peak(records, num_gpus=4)
+    assert peak == pytest.approx(4 * 989e12)
+    assert gpu_peak([{"trial_id": "c", "timing": timing}], num_gpus=4) is None  # no trial recorded a peak
+    g = sweep_goodput(records, wall_s=50.0, num_cpus=64.0, peak_flops=peak, num_gpus=4, peak_source="datasheet")
+    assert g["goodput"] == pytest.approx(6e16 / (50.0 * 4 * 989e12)) and g["device"] == "GPU"
+    # GPU-seconds: 2 trials x 2 GPUs x 40 s busy out of 4 GPUs x 50 s; the 64 CPUs do not enter
+    assert g["time"]["step_s"] == 120.0 and g["time"]["idle_s"] == pytest.approx(200.0 - 160.0)
+    assert sum(g["time_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert "on 4 GPUs x 989 TFLOP/s, datasheet" in format_goodput(g)
+    # A CPU sweep is unchanged by the new fields.
+    cpu = sweep_goodput([{**records[0], "gpus": 0}], wall_s=50.0, num_cpus=2.0, peak_flops=2e11)
+    assert cpu["device"] == "CPU" and cpu["time"]["step_s"] == 60.0 and "GFLOP/s measured" in format_goodput(cpu)
