@@ -54,6 +54,8 @@ def load_app_config(path: str | Path, app_name: str | None = None) -> tuple[dict
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: config file not found")
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if "applications" not in raw:
         raw = {"applications": [raw]}  # a single ServeApplicationSchema

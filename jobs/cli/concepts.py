@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser
+from pipelines.cli.parsers import checkpoint_command_parser, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,17 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
         "PCA coloured by concept (concepts_pca.png) and store the concept directions beside the checkpoint "
         "(concepts.safetensors), which sample / serve use for steer={concept, alpha, layer}.",
     )
-    p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-samples", type=positive_int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")
     p.add_argument("--times", default="0.3,0.5,0.7", help="noise levels, fractions of the time range (1 = noise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for the plot and JSON (default: the checkpoint, if local)")
     p.add_argument("--response", default=None, metavar="COLOUR", help="also measure the steering response curve")
     p.add_argument("--alphas", default="0,0.5,1,2,3", help="steering strengths of the response curve")
-    p.add_argument("--response-samples", type=int, default=64)
+    p.add_argument("--response-samples", type=positive_int, default=64)
     p.add_argument("--sampler", default="dpmpp-2m")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
     return p
 

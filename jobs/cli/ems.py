@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, options_for
+from pipelines.cli.parsers import checkpoint_command_parser, nonneg_int, options_for, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`--sampler dpmsolver-v3` of sample / serve / evaluate then loads them.",
     )
     p.add_argument("--guidance", type=float, default=d.guidance, help="CFG scale the EMS are for (they depend on it)")
-    p.add_argument("--num-samples", type=int, default=d.num_samples)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--num-nodes", type=int, default=d.num_nodes, help="uniform lambda nodes")
+    p.add_argument("--num-samples", type=positive_int, default=d.num_samples)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--num-nodes", type=positive_int, default=d.num_nodes, help="uniform lambda nodes")
     p.add_argument("--method", choices=("jvp", "fd"), default=d.method)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-tasks", type=int, default=d.num_tasks, help="Ray tasks (0: in this process, no Ray)")
+    p.add_argument("--num-tasks", type=nonneg_int, default=d.num_tasks, help="Ray tasks (0: in this process, no Ray)")
     return p
 
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,9 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser("evaluate", "FID (and attribute accuracy) of a checkpoint's EMA weights", show_defaults=True)
     p.add_argument("checkpoint", help="checkpoint directory (local or s3://), e.g. runs/<run>/checkpoints/step_X")
     p.add_argument("--data", default=None, help="latent data set (default: the checkpoint's data.manifest)")
-    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--num-samples", type=positive_int, default=256)
     p.add_argument("--sampler", default="euler")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from jobs.cli.common import sweep_command_parser
-from pipelines.cli.parsers import options_for
+from pipelines.cli.parsers import options_for, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "point metric to fit (a points.json key)",
     )
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")
+    p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples per fit")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     p.add_argument(
@@ -45,6 +46,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jobs.scaling.summary import format_laws
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
 
+    if args.out:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # checked before the fit, not after it
+            print(f"ditscale fit: error: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         options = options_for(run_fit, args, parent_run_id=args.parent_run, out_dir=args.out, log=not args.no_log)
         report, out = run_fit(**options)

@@ -54,6 +54,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jobs.quickstart.run import run_quickstart
 
     args = build_parser().parse_args(argv)
+    if args.data:
+        from jobs.quickstart.modes import make_data_mode
+
+        try:
+            make_data_mode(args.data, args.tiny)
+        except ValueError as e:  # an unknown name or a missing folder: nothing has been written
+            build_parser().error(str(e))
     if args.print_config:
         from dataclasses import asdict
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from jobs.cli.common import sweep_command_parser
+from pipelines.cli.parsers import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "point metric of the laws and the table",
     )
     p.add_argument("--refit", action="store_true", help="fit now even if `ditscale fit` stored a report")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples when fitting here")
+    p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples when fitting here")
     p.add_argument("--json", action="store_true", help="print the report and points as JSON instead of text")
     return p
 

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, nonneg_int, positive_int
 from pipelines.infra import storage
 
 ROWS_PER_PARQUET = 1000
@@ -182,31 +182,31 @@ def _classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="the training split: parquet folder or image folder")
     p.add_argument("--test", help="the test split (default: a sibling 'test' folder of a '.../train' source)")
     p.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/classifier/<data set folder name>)")
-    p.add_argument("--steps", type=int, default=1200, help="optimisation steps (default 1200)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=positive_int, default=1200, help="optimisation steps (default 1200)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
-    p.add_argument("--width", type=int, default=32, help="conv width (default 32)")
+    p.add_argument("--width", type=positive_int, default=32, help="conv width (default 32)")
     p.add_argument("--limit", type=int, help="use only the first N training images of the shuffled order")
     p.add_argument("--test-limit", type=int, help="use only the first N test images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _export_builtin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
     p.add_argument("--format", choices=["folder", "parquet"], default="folder")
-    p.add_argument("--count", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--count", type=positive_int, default=256)
+    p.add_argument("--image-size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-objects", type=int, default=2)
+    p.add_argument("--max-objects", type=positive_int, default=2)
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="latent data set directory (local or s3://)")
     p.add_argument("--preview", help="preview grid PNG path (default: DIR/preview.png; 'none' to skip)")
-    p.add_argument("--rows", type=int, default=16, help="rows in the preview grid")
+    p.add_argument("--rows", type=positive_int, default=16, help="rows in the preview grid")
     p.add_argument("--json", action="store_true", help="print the inspection as JSON")
 
 

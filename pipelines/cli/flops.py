@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from ditcore.config import ConfigError, apply_overrides
 from ditcore.flops import flops_summary
 from ditcore.models import resolve_config
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, positive_int
 
 
 def text_tokens(cfg, tokens: int | None) -> int | None:
@@ -26,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(= 3 x forward FLOPs) of a preset as JSON.",
     )
     p.add_argument("model", help="preset name, e.g. DiT-XL/2 or MMDiT-d12 (see `ditscale models`)")
-    p.add_argument("--latent-size", type=int, default=None, help="latent height = width (default: the preset's)")
-    p.add_argument("--text-tokens", type=int, default=None, help="text tokens for MM-DiT (default: max_text_len)")
+    p.add_argument(
+        "--latent-size", type=positive_int, default=None, help="latent height = width (default: the preset's)"
+    )
+    p.add_argument(
+        "--text-tokens", type=positive_int, default=None, help="text tokens for MM-DiT (default: max_text_len)"
+    )
     p.add_argument(
         "--set",
         action="append",

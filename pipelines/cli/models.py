@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, resolve_config
 from pipelines.cli.flops import text_tokens
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Table of model presets with parameter counts and forward GFLOPs. GFLOPs follow the DiT "
         "paper's convention: forward multiply-adds (MACs) per image; training FLOPs per image are 6 x MACs.",
     )
-    p.add_argument("--latent-size", type=int, default=32, help="latent height = width (32 for 256 px with an f8 VAE)")
-    p.add_argument("--text-tokens", type=int, default=77, help="text tokens for MM-DiT presets (default 77)")
+    p.add_argument(
+        "--latent-size", type=positive_int, default=32, help="latent height = width (32 for 256 px with an f8 VAE)"
+    )
+    p.add_argument("--text-tokens", type=positive_int, default=77, help="text tokens for MM-DiT presets (default 77)")
     p.add_argument("--json", action="store_true", help="print a JSON object name -> summary instead of a table")
     return p
 
@@ -30,7 +32,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     rows = {}
     for name, cfg in PRESETS.items():
-        cfg = resolve_config(cfg, input_size=args.latent_size) if args.latent_size % cfg.patch_size == 0 else None
+        try:
+            cfg = resolve_config(cfg, input_size=args.latent_size) if args.latent_size % cfg.patch_size == 0 else None
+        except ValueError:  # e.g. a U-Net needs a latent size divisible by its downsampling: not at this size
+            cfg = None
         if cfg is None:
             continue
         tt = text_tokens(cfg, args.text_tokens)
@@ -43,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "tokens": cfg.num_tokens,
             **flops_summary(cfg, tt),
         }
+    if not rows:
+        build_parser().error(f"--latent-size {args.latent_size}: no preset's patch size divides it")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -7,6 +7,34 @@ import inspect
 from typing import Any, Callable
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names the value; argparse adds the option and exits 2)."""
+    return _int_at_least(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    v = _int_at_least(text, 1)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {v}")
+    return v
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+    return v
+
+
 def command_parser(
     command: str, description: str, *, show_defaults: bool = False, **kwargs: Any
 ) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ditcore.checkpoint import CheckpointError
 from ditcore.samplers import SAMPLERS, TIME_GRIDS
-from pipelines.cli.parsers import command_parser
+from pipelines.cli.parsers import command_parser, positive_int
 from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings, image_grid
 
 
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser("sample", "Sample an image grid from a checkpoint.", show_defaults=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://)")
     p.add_argument("--sampler", default="dpmpp-2m", choices=SAMPLERS)
-    p.add_argument("--steps", type=int, default=20, help="solver steps (model evaluations for 1-eval samplers)")
+    p.add_argument(
+        "--steps", type=positive_int, default=20, help="solver steps (model evaluations for 1-eval samplers)"
+    )
     p.add_argument("--time-grid", default="default", choices=TIME_GRIDS)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument(
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--num", type=int, default=4, help="number of images")
+    p.add_argument("--num", type=positive_int, default=4, help="number of images")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument(
         "--prompt",
@@ -74,6 +76,13 @@ def run(args: argparse.Namespace) -> Path:
     """Sample and write the grid; returns the output path."""
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError as e:
+            raise ValueError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:N)") from e
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device=args.device, use_ema=not args.no_ema)
     seeds = [args.seed + i for i in range(args.num)]
     if pipe.conditioning == "class":

@@ -12,6 +12,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pipelines.cli.parsers import positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale loadtest`."""
@@ -21,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels (default: %(default)s)")
-    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level (default: %(default)s)")
+    p.add_argument(
+        "--requests", type=positive_int, default=64, help="requests per concurrency level (default: %(default)s)"
+    )
     p.add_argument(
         "--warmup", type=int, default=None, help="unmeasured requests before each level (default: the concurrency)"
     )

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from ditcore.config import ConfigError, apply_overrides
-from pipelines.cli.parsers import command_parser, options_for
+from pipelines.cli.parsers import command_parser, options_for, port_number
 from pipelines.infra.ray_runtime import init_ray
 from serve.deploy import DEFAULT_CONFIG, DeploymentPlan, NotReadyError, deploy, plan_deployment, wait_healthy
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="registered model name for --champion (default: the config's)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --champion ($MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--port", type=port_number, default=8000, help="HTTP port")
     p.add_argument(
         "--num-gpus",
         type=float,

@@ -124,3 +124,35 @@ def test_version(capsys):
     assert main(["--version"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("ditscale ") and out != "ditscale unknown"
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main(argv)'s exit code, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["models", "--latent-size", "0"], "argument --latent-size: must be >= 1, got 0"),
+        (["models", "--latent-size", "7"], "--latent-size 7: no preset's patch size divides it"),
+        (["flops", "MMDiT-d2", "--text-tokens", "-5"], "argument --text-tokens: must be >= 1, got -5"),
+        (["data", "export-builtin", "--out", "x", "--count", "-1"], "argument --count: must be >= 1, got -1"),
+        (["fit", "--experiment", "e", "--n-boot", "0"], "argument --n-boot: must be >= 1, got 0"),
+        (["serve", "--port", "99999", "--print-config"], "must be a port number in 1..65535, got 99999"),
+        (["serve", "--config", "nope.yaml", "--checkpoint", "x", "--print-config"], "nope.yaml: config file not found"),
+        (["sample", "--checkpoint", "x", "--device", "tpu"], "--device 'tpu': not a torch device"),
+        (["quickstart", "--data", "nodata"], "--data 'nodata': not 'fashion-mnist', 'emoji' or an existing folder"),
+        (["fit", "--experiment", "e", "--out", "afile/sub"], "--out 'afile/sub': Not a directory"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_values_are_one_line_errors_that_name_them_and_write_nothing(cwd, capsys, argv, message):
+    (cwd / "afile").write_text("")
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in cwd.iterdir()) == ["afile"]  # no output directory, no mlflow.db
