@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipelines.cli.parsers import DefaultsHelpFormatter
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale mup-report`."""
     p = argparse.ArgumentParser(
         prog="ditscale mup-report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Best learning rate per width with and without muP from a learning-rate x width sweep "
         "(configs/sweep/mup-transfer.yaml): loss-vs-lr plot per setting and mup_report.json.",
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 import typing
 from typing import Any, Sequence
 
 from ditcore.config import ConfigError
+from pipelines.cli.parsers import DefaultsRawDescriptionFormatter
 
 
 def _type_name(tp: Any) -> str:
@@ -51,6 +53,13 @@ def describe_keys(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
+def _wrap_description(parser: argparse.ArgumentParser, width: int = 100) -> None:
+    """The raw-description formatter (kept for the key listing) prints the description as given: wrap its
+    paragraphs here."""
+    if parser.description and "\n" not in parser.description:
+        parser.description = textwrap.fill(parser.description, width)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: str = "") -> None:
     """--config, overrides and --print-config on `parser`; its epilog lists the keys of `cls` with defaults."""
     parser.add_argument("--config", help="YAML file with the config (configs/...)")
@@ -58,7 +67,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: st
         "overrides", nargs="*", metavar="key.sub=value", help="config overrides (values parse as JSON, else as strings)"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = DefaultsRawDescriptionFormatter
+    _wrap_description(parser)
     keys = "\n".join(describe_keys(cls))
     parser.epilog = (f"example: {example}\n\n" if example else "") + f"config keys ({cls.__name__}):\n{keys}"
 
@@ -78,14 +88,11 @@ def print_config(cfg: Any) -> None:
     print(to_yaml(cfg if isinstance(cfg, dict) else to_dict(cfg)), end="")
 
 
-class _DefaultsAndEpilogFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Option defaults in --help, the key listing kept as written."""
-
-
 def add_print_config(parser: argparse.ArgumentParser, *sections: tuple[str, type]) -> None:
     """--print-config on a flag-driven command; the epilog lists the keys of each (title, dataclass) section."""
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-    parser.formatter_class = _DefaultsAndEpilogFormatter
+    parser.formatter_class = DefaultsRawDescriptionFormatter
+    _wrap_description(parser)
     blocks = [f"{title} ({cls.__name__}):\n" + "\n".join(describe_keys(cls)) for title, cls in sections]
     parser.epilog = "\n\n".join(blocks) if blocks else None
 

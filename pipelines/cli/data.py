@@ -22,7 +22,13 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from pipelines.cli.parsers import command_parser, nonneg_int, positive_int
+from pipelines.cli.parsers import (
+    DefaultsHelpFormatter,
+    DefaultsRawDescriptionFormatter,
+    command_parser,
+    nonneg_int,
+    positive_int,
+)
 from pipelines.infra import storage
 
 ROWS_PER_PARQUET = 1000
@@ -162,7 +168,7 @@ def _print_inspect(info: dict) -> None:
 
 
 def _fetch_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter  # the description's table keeps its line breaks
+    p.formatter_class = DefaultsRawDescriptionFormatter  # the description's table keeps its line breaks
     p.add_argument("dataset", choices=DATASETS, help="which data set")
     p.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/<dataset>)")
     p.add_argument("--source-dir", help="fashion-mnist: a folder with the four IDX .gz files (no apt-get)")
@@ -196,11 +202,17 @@ def _classifier_arguments(p: argparse.ArgumentParser) -> None:
 
 def _export_builtin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (local or s3://)")
-    p.add_argument("--format", choices=["folder", "parquet"], default="folder")
-    p.add_argument("--count", type=positive_int, default=256)
-    p.add_argument("--image-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-objects", type=positive_int, default=2)
+    p.add_argument(
+        "--format",
+        choices=["folder", "parquet"],
+        default="folder",
+        help="folder: <label>_<class>/<id>.png with its caption in <id>.txt; "
+        "parquet: id, image (PNG bytes), caption and label columns",
+    )
+    p.add_argument("--count", type=positive_int, default=256, help="images to write (the first N of the set)")
+    p.add_argument("--image-size", type=positive_int, default=64, help="image height = width in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in set (the same seed, the same images)")
+    p.add_argument("--max-objects", type=positive_int, default=2, help="shapes per image at most")
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -335,6 +347,8 @@ def _classifier(args: argparse.Namespace) -> int:
 
 
 def _export_builtin(args: argparse.Namespace) -> int:
+    """Write the built-in shapes data set (images + captions) as an image folder or parquet, to look at it or to
+    feed it to the folder / parquet readers of `ditscale precompute`."""
     res = export_builtin(args.out, args.format, args.count, args.image_size, args.seed, args.max_objects)
     print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
     return 0
@@ -415,7 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser("data", "Data sets, offline encoders, latent data set inspection.")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, command in _COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=inspect.getdoc(command.run)))
+        command.add_arguments(
+            sub.add_parser(
+                name,
+                help=command.help,
+                description=inspect.getdoc(command.run) or command.help[:1].upper() + command.help[1:] + ".",
+                formatter_class=DefaultsHelpFormatter,
+            )
+        )
     return p
 
 

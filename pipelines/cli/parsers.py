@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 from typing import Any, Callable
 
@@ -35,12 +36,48 @@ def _int_at_least(text: str, low: int) -> int:
     return v
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help lists each option's default once: appended to its help ("(default: 256)") unless the help already says
+    what the default is; options without help text show their default alone. Flags (default False), required options
+    and options whose default is None or empty show none (their help says what happens without them)."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        d = action.default
+        return (
+            bool(action.option_strings)
+            and not action.required
+            and d is not argparse.SUPPRESS
+            and d is not None
+            and d is not False
+            and d != []
+            and d != ""
+        )
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not self._shows_default(action):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class DefaultsRawDescriptionFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """DefaultsHelpFormatter that keeps the description's and epilog's line breaks (tables, key listings)."""
+
+
 def command_parser(
-    command: str, description: str, *, show_defaults: bool = False, **kwargs: Any
+    command: str, description: str, *, show_defaults: bool = True, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    """ArgumentParser(prog="ditscale <command>"); `show_defaults` appends each option's default to its help."""
+    """ArgumentParser(prog="ditscale <command>"); with `show_defaults` (the default) --help gives each option's
+    default once (`DefaultsHelpFormatter`)."""
     if show_defaults:
-        kwargs["formatter_class"] = argparse.ArgumentDefaultsHelpFormatter
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
     return argparse.ArgumentParser(prog=f"ditscale {command}", description=description, **kwargs)
 
 

@@ -12,13 +12,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pipelines.cli.parsers import positive_int
+from pipelines.cli.parsers import DefaultsHelpFormatter, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale loadtest`."""
     p = argparse.ArgumentParser(
         prog="ditscale loadtest",
+        formatter_class=DefaultsHelpFormatter,
         description="Load-test a running sampler service: throughput and p50/p95/p99 latency per concurrency.",
     )
     p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
