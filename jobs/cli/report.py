@@ -35,6 +35,9 @@ def stored_report(mlflow_client: Any, parent_run_id: str) -> dict | None:
     return read_json_artifact(mlflow_client, parent_run_id, path) if path in names else None
 
 
+_NOT_METRICS = ("flops", "budget_flops", "params", "step", "images_seen")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale report`."""
     args = build_parser().parse_args(argv)
@@ -51,6 +54,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ditscale report: error: {e}", file=sys.stderr)
         return 2
     rows = to_dicts(points)
+    if rows and not any(isinstance(r.get(args.metric), (int, float)) for r in rows):
+        known = sorted({k for r in rows for k, v in r.items() if isinstance(v, float) and k not in _NOT_METRICS})
+        print(
+            f"ditscale report: error: --metric {args.metric!r}: no point has it ({len(rows)} points; "
+            f"their metrics: {', '.join(known)})",
+            file=sys.stderr,
+        )
+        return 2
     report, note = (None if args.refit else stored_report(mlflow_client, parent.info.run_id)), ""
     if report is not None and report.get("metric") != args.metric:
         report = None

@@ -17,9 +17,9 @@ from jobs.cluster.submit import (
     SubmitError,
     build_entrypoint,
     build_runtime_env,
-    check_config_path,
     default_address,
     follow_logs,
+    job_config_path,
     make_client,
     parse_env,
     wait_for_job,
@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("kind", choices=sorted(ENTRYPOINTS), help="which job to run")
     add_conn_args(p)
-    p.add_argument("--config", default=None, help="YAML config (path inside the repository, relative to it)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config inside the uploaded directory: a path from here, or relative to that directory",
+    )
     p.add_argument(
         "--working-dir", default=str(REPO_ROOT), help="directory uploaded as the job's working_dir (default: the repo)"
     )
@@ -106,11 +110,7 @@ def _submit(argv: list[str]) -> int:
     check_job_flags(opts.kind, extra, parser)
     args = list(opts.args) + list(extra)
     working_dir = Path(opts.working_dir)
-    check_config_path(opts.config, working_dir)
-    config = opts.config
-    if config and "://" not in config:
-        # The job runs from the root of the uploaded working_dir, so hand it the path relative to that root.
-        config = str((Path.cwd() / config).resolve().relative_to(working_dir.resolve()))
+    config = job_config_path(opts.config, working_dir)  # relative to the working dir's root, where the job runs
     entrypoint = build_entrypoint(opts.kind, config, args)
     runtime_env = build_runtime_env(working_dir, parse_env(opts.env), opts.pip)
     if opts.dry_run:

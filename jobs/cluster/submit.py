@@ -138,16 +138,21 @@ def build_runtime_env(working_dir: str | Path, env: dict[str, str] | None = None
     return runtime_env
 
 
-def check_config_path(config: str | None, working_dir: Path) -> None:
-    """A local config path must exist and be inside the uploaded working dir (remote URIs pass as they are)."""
+def job_config_path(config: str | None, working_dir: Path) -> str | None:
+    """The --config path the job is given: relative to the uploaded working dir's root, where the job runs.
+
+    A relative local path is looked up from the current directory, else inside the working dir (so
+    `--config configs/sweep/tiny.yaml` works from anywhere); it must exist and lie inside the working dir. Remote
+    URIs pass as they are."""
     if not config or "://" in config:
-        return
+        return config
     p = Path(config)
-    full = p if p.is_absolute() else (Path.cwd() / p)
-    if not full.is_file():
-        raise SubmitError(f"--config {config}: file not found")
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, working_dir / p]
+    full = next((c for c in candidates if c.is_file()), None)
+    if full is None:
+        raise SubmitError(f"--config {config}: file not found (looked in {', '.join(str(c) for c in candidates)})")
     try:
-        full.resolve().relative_to(working_dir.resolve())
+        return str(full.resolve().relative_to(working_dir.resolve()))
     except ValueError as exc:
         raise SubmitError(f"--config {config}: must be inside the working dir {working_dir} that is uploaded") from exc
 

@@ -26,10 +26,27 @@ from pipelines.infra import storage
 
 
 def load_sweep_config(path: Optional[str], overrides: Sequence[str] = ()) -> SweepConfig:
-    """YAML + k=v overrides -> SweepConfig (errors name the key)."""
-    from pipelines.infra.config_files import load_config
+    """YAML + k=v overrides -> SweepConfig (errors name the key). `hparams` keys are dotted TrainConfig keys, so an
+    override `hparams.optim.lr=[...]` (which nests as {optim: {lr: [...]}}) means hparams {"optim.lr": [...]}."""
+    from ditcore.config import from_dict
+    from pipelines.infra.config_files import compose
 
-    return load_config(SweepConfig, path, overrides)
+    raw = compose(path, None, overrides)
+    if isinstance(raw.get("hparams"), dict):
+        raw["hparams"] = _dotted(raw["hparams"])
+    return from_dict(SweepConfig, raw)
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": [..]}, "data.batch_size": [..]} -> {"optim.lr": [..], "data.batch_size": [..]}."""
+    out: dict = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_dotted(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -> str:

@@ -84,6 +84,10 @@ def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tm
     assert "must be inside the working dir" in capsys.readouterr().err
     assert ditscale(["submit", "precompute", "--config", "configs/nope.yaml", "--dry-run"]) == 2
     assert "configs/nope.yaml: file not found" in capsys.readouterr().err
+    # From outside the repository a repository-relative path is found inside the uploaded directory.
+    monkeypatch.chdir(tmp_path)
+    assert ditscale(["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["entrypoint"] == "python -m jobs.sweep --config configs/sweep/tiny.yaml"
 
 
 def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_sent(capsys, monkeypatch):

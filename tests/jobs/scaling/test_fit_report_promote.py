@@ -159,6 +159,8 @@ def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys
     _log_sweep(client, "tiny", str(tmp_path / "ck"), models={"DiT-T/2": 1e6}, budgets=BUDGETS[:2])
     assert fit_cli.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "o")]) == 2
     assert "need 'fid' at >= 3 distinct compute budgets" in capsys.readouterr().err
+    assert report_job.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--metric", "bogus"]) == 2
+    assert "--metric 'bogus': no point has it (2 points; their metrics: fid, val_loss)" in capsys.readouterr().err
     assert fit_cli.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
     with pytest.raises(RegistryError, match="ditscale"):

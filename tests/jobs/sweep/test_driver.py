@@ -79,6 +79,10 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     with pytest.raises(ConfigError, match="unknown config key"):
         load_sweep_config(str(path), ["bogus=1"])
     assert main(["--config", str(path), "budgets=[10]", "--validate-only"]) == 2  # < one step: named, exit 2
+    # A dotted hparams key given as an override nests like any other; it means the same dotted TrainConfig key.
+    cfg = load_sweep_config(str(path), ["hparams.optim.lr=[0.001, 0.002]"])
+    assert cfg.hparams == {"optim.lr": [0.001, 0.002]}
+    assert sorted(t.train.optim.lr for t in expand_grid(cfg)) == sorted([0.001, 0.002] * len(cfg.models))
     for override, message in (
         ("budgets=[NaN]", "budgets: must be finite positive FLOPs, got [nan]"),
         ("max_concurrent=-3", "max_concurrent must be >= 0"),
