@@ -25,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--times", default="0.3,0.5,0.7", help="noise levels, fractions of the time range (1 = noise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for the plot and JSON (default: the checkpoint, if local)")
-    p.add_argument("--response", default=None, metavar="COLOUR", help="also measure the steering response curve")
+    p.add_argument(
+        "--response", default=None, metavar="COLOUR", help="also measure the steering response curve of this colour"
+    )
     p.add_argument("--alphas", default="0,0.5,1,2,3", help="steering strengths of the response curve")
     p.add_argument("--response-samples", type=positive_int, default=64)
-    p.add_argument("--sampler", default="dpmpp-2m")
+    p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the response curve's images")
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
     return p
@@ -55,6 +57,14 @@ def _run(args: argparse.Namespace) -> dict:
     )
     settings.check()
     alphas = _floats(args.alphas, "alphas")
+    if args.response:  # checked before the features are extracted and the directions written
+        from ditcore.data.builtin import COLOUR_NAMES
+        from ditcore.samplers import SAMPLERS
+
+        if args.response not in COLOUR_NAMES:
+            raise ValueError(f"--response {args.response!r}: one of the built-in colours {', '.join(COLOUR_NAMES)}")
+        if args.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {args.sampler!r}: one of {', '.join(SAMPLERS)}")
     out_dir = args.out or (None if storage.is_s3(args.checkpoint) else args.checkpoint)
     if out_dir is None:
         raise ValueError("--out is required for an s3:// checkpoint (where to write the plot)")
@@ -104,8 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         out = _run(args)
-    except (GenerationError, ValueError, FileNotFoundError) as e:
-        print(f"ditscale concepts: {e}", file=sys.stderr)
+    except (GenerationError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
+        print(f"ditscale concepts: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2))
     return 0

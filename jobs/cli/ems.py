@@ -42,9 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         settings.check()
         ems, info = compute_ems(args.checkpoint, settings)
-    except (GenerationError, ValueError, FileNotFoundError) as e:
-        print(f"ditscale ems: {e}", file=sys.stderr)
+        uri = save_ems(args.checkpoint, ems, args.guidance, info)
+    except (GenerationError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
+        print(f"ditscale ems: error: {e}", file=sys.stderr)
         return 2
-    uri = save_ems(args.checkpoint, ems, args.guidance, info)
     print(json.dumps({"ems": uri, "nodes": int(ems.lambdas.numel()), "shape": list(ems.shape), **info}, indent=2))
     return 0

@@ -48,7 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.ray_runtime import init_ray
 
     try:
-        data = args.data or read_checkpoint_config(storage.local_copy(args.checkpoint)).get("data", {}).get("manifest")
+        # The checkpoint first: a missing one is named before anything about the data set is said.
+        recorded = read_checkpoint_config(storage.local_copy(args.checkpoint)).get("data", {}).get("manifest")
+        data = args.data or recorded
         if not data:
             raise ValueError("--data is required (the checkpoint records no data.manifest)")
         settings = FIDSettings(
@@ -75,8 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = evaluate_checkpoint(
             args.checkpoint, data, settings, num_actors=args.num_actors, progress=True, classifier=args.classifier
         )
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"ditscale evaluate: {e}", file=sys.stderr)
+    except (CheckpointError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
+        print(f"ditscale evaluate: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2))
     return 0

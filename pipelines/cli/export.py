@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             record = export_to_diffusers(
                 local, out, vae=args.vae or _default_vae(local), use_ema=not args.raw, overwrite=args.overwrite
             )
-    except (ExportError, CheckpointError, FileExistsError, ValueError) as e:
+    except (ExportError, CheckpointError, ValueError, OSError) as e:  # OSError: exists, missing, unreachable s3
         print(f"ditscale export: error: {e}", file=sys.stderr)
         return 2
     for w in record.get("warnings", []):

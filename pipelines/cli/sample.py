@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = run(args)
-    except (CheckpointError, GenerationError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, GenerationError, ValueError, OSError) as e:  # OSError: missing file, unreachable s3
         print(f"ditscale sample: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -147,6 +147,9 @@ def _exit_code(argv: list[str]) -> int:
         (["sample", "--checkpoint", "x", "--device", "tpu"], "--device 'tpu': not a torch device"),
         (["quickstart", "--data", "nodata"], "--data 'nodata': not 'fashion-mnist', 'emoji' or an existing folder"),
         (["fit", "--experiment", "e", "--out", "afile/sub"], "--out 'afile/sub': Not a directory"),
+        (["evaluate", "missing", "--data", "afile"], "missing: checkpoint directory does not exist"),
+        (["concepts", "missing", "--response", "red", "--sampler", "bogus"], "--sampler 'bogus': one of ddpm"),
+        (["concepts", "missing", "--response", "teal"], "--response 'teal': one of the built-in colours"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
