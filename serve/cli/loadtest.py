@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -133,17 +134,25 @@ def format_table(rows: list[dict], title: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`ditscale loadtest`: run each concurrency level in turn and print the table."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
     try:
         levels = [int(c) for c in ns.concurrency.split(",") if c.strip()]
     except ValueError:
-        raise SystemExit(f"ditscale loadtest: --concurrency {ns.concurrency!r}: expected integers like 1,4,16")
-    if not levels or min(levels) < 1 or ns.requests < 1:
-        raise SystemExit("ditscale loadtest: --concurrency levels and --requests must be >= 1")
+        parser.error(f"--concurrency {ns.concurrency!r}: expected integers like 1,4,16")
+    if not levels or min(levels) < 1:
+        parser.error(f"--concurrency {ns.concurrency!r}: every level must be >= 1")
+    if not ns.url.startswith(("http://", "https://")):
+        parser.error(f"--url {ns.url!r}: expected an http(s) URL such as http://127.0.0.1:8000")
+    import requests
+
     try:
         body = json.loads(ns.body) if ns.body else default_body(ns.url, ns.token)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"ditscale loadtest: --body is not valid JSON: {exc}")
+        parser.error(f"--body is not valid JSON: {exc}")
+    except (requests.RequestException, ValueError) as exc:  # nothing listens, or not a sampler service
+        print(f"ditscale loadtest: error: cannot reach the sampler service at {ns.url}: {exc}", file=sys.stderr)
+        return 2
     if ns.steps is not None:
         body["steps"] = ns.steps
     rows = [

@@ -150,6 +150,8 @@ def _exit_code(argv: list[str]) -> int:
         (["evaluate", "missing", "--data", "afile"], "missing: checkpoint directory does not exist"),
         (["concepts", "missing", "--response", "red", "--sampler", "bogus"], "--sampler 'bogus': one of ddpm"),
         (["concepts", "missing", "--response", "teal"], "--response 'teal': one of the built-in colours"),
+        (["loadtest", "--url", "not-a-url"], "--url 'not-a-url': expected an http(s) URL"),
+        (["loadtest", "--url", "http://127.0.0.1:9", "--concurrency", "0"], "every level must be >= 1"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
