@@ -21,6 +21,12 @@ Residual and parametric bootstraps under-cover (0.90-0.93), the percentile boots
 covers 0.96-0.97 and is narrower; see that module for the table. The percentile bootstrap over points is still
 computed (`ci_bootstrap`); its rows (`samples`) give the prediction band and arm-crossing intervals.
 
+The floor's bound (`floor_bound`): the floor is kept below the lowest value, so on a frontier whose lowest point
+is low (noise, or the frontier's lowest-value selection) the estimate can sit on that bound, and the exponent's
+interval and the held-out error then hold only given it. Every fit records whether it does and, if so, the same law
+with the floor free (up to the highest value): its parameters, profile intervals, held-out error and an F test of
+the bound.
+
 Sampling noise (`value_se`): each value's own standard error (e.g. the bootstrap SE of one FID over its generated
 samples, `ditcore.metrics.fid.fid_bootstrap`) is propagated by refitting on values redrawn within that noise
 (log-normal, log-sd = se / y). `sampling_noise` reports how far the parameters move (sd, interval, sd relative to
