@@ -102,6 +102,32 @@ def check_job_flags(kind: str, extra: list[str], own: argparse.ArgumentParser) -
         raise SubmitError(f"unknown option {flag}: neither `ditscale submit` nor the {kind} job takes it{hint}")
 
 
+def check_job_config(kind: str, config: Optional[Path], overrides: list[str], working_dir: Path) -> None:
+    """The config file + overrides of a precompute or sweep job, checked here as the job would check them first
+    (unknown keys, wrong types; a sweep's `base` too), so a typo fails before the upload and not on the cluster."""
+    import dataclasses
+
+    from ditcore.config import ConfigError
+
+    try:
+        if kind == "sweep":
+            from jobs.sweep.driver import load_sweep_config
+            from jobs.sweep.grid import sweep_base
+
+            cfg = load_sweep_config(str(config) if config else None, overrides)
+            base_config = cfg.base_config
+            if base_config and "://" not in base_config and not Path(base_config).is_absolute():
+                base_config = str(working_dir / base_config)  # the job reads it from the working dir's root
+            sweep_base(dataclasses.replace(cfg, base_config=base_config))
+        elif kind == "precompute":
+            from pipelines.infra.config_files import load_config
+            from pipelines.precompute.job import PrecomputeConfig
+
+            load_config(PrecomputeConfig, str(config) if config else None, overrides)
+    except ConfigError as e:
+        raise SubmitError(f"the {kind} job's config: {e}") from e
+
+
 def _submit(argv: list[str]) -> int:
     parser = build_parser()
     # Unknown flags (e.g. `--experiment NAME` for the fit) are passed on to the job, after the overrides, when the
@@ -111,6 +137,9 @@ def _submit(argv: list[str]) -> int:
     args = list(opts.args) + list(extra)
     working_dir = Path(opts.working_dir)
     config = job_config_path(opts.config, working_dir)  # relative to the working dir's root, where the job runs
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]  # the rest are flags and their values
+    local_config = None if config is None or "://" in config else working_dir / config
+    check_job_config(opts.kind, local_config, overrides, working_dir)
     entrypoint = build_entrypoint(opts.kind, config, args)
     runtime_env = build_runtime_env(working_dir, parse_env(opts.env), opts.pip)
     if opts.dry_run:

@@ -104,7 +104,8 @@ def _split_settings(entry: Any) -> tuple[Any, dict[str, Any]]:
     return model, dict(fixed)
 
 
-def _base(cfg: SweepConfig) -> dict:
+def sweep_base(cfg: SweepConfig) -> dict:
+    """The TrainConfig mapping every trial starts from: `base_config` (a train YAML) with `base` over it, checked."""
     from pipelines.infra.config_files import read_yaml
 
     base = merge(read_yaml(cfg.base_config) if cfg.base_config else {}, cfg.base)
@@ -180,7 +181,7 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
 def expand_grid(cfg: SweepConfig) -> list[Trial]:
     """Trials of the grid with deterministic ids; every trial's TrainConfig is built (bad keys named)."""
     entries = _check(cfg)
-    base = _base(cfg)
+    base = sweep_base(cfg)
     budgets = sorted(float(b) for b in cfg.budgets)
     keys = sorted(cfg.hparams)
     combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
+import re
 import textwrap
+import tokenize
 import typing
 from typing import Any, Sequence
 
@@ -49,8 +54,28 @@ def describe_keys(cls: type, prefix: str = "") -> list[str]:
             default = repr(f.default_factory())  # type: ignore[misc]
         else:
             default = "(required)"
-        lines.append(f"  {key}: {_type_name(tp)} = {default}")
+        note = _field_comments(cls).get(f.name)
+        lines.append(f"  {key}: {_type_name(tp)} = {default}" + (f"  # {note}" if note else ""))
     return lines
+
+
+@functools.lru_cache(maxsize=None)
+def _field_comments(cls: type) -> dict[str, str]:
+    """{field: the comment that ends its line in the class's source} (what `0` or `None` means, units, ...)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (built in a REPL, frozen)
+        return {}
+    out: dict[str, str] = {}
+    field_line = re.compile(r"^\s+(\w+)\s*:")
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type != tokenize.COMMENT or not tok.line[: tok.start[1]].strip():
+            continue  # a comment alone on its line
+        text = tok.string.lstrip("#").strip()
+        m = field_line.match(tok.line)
+        if m and m.group(1) not in out and not text.startswith(("noqa", "type:", "fmt:", "pragma")):
+            out[m.group(1)] = text
+    return out
 
 
 def _wrap_description(parser: argparse.ArgumentParser, width: int = 100) -> None:

@@ -60,6 +60,10 @@ def test_help_lists_every_config_key_with_its_default(capsys, job, cls):
         for f in dataclasses.fields(cls)
         if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())  # type: ignore[misc]
     ]
+    # what a value means, from the comment beside the field in the dataclass's source
+    if cls is TrainConfig:
+        assert "  eval.num_samples: int = 0  # 0 disables FID" in out
+        assert "  checkpoint.every_n_steps: int = 0  # 0: only at budget points and the end" in out
     name, sub_obj = nested[0]
     sub = dataclasses.fields(sub_obj)[0]
     assert f"  {name}.{sub.name}: " in out and f"= {getattr(sub_obj, sub.name)!r}" in out

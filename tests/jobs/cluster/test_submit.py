@@ -38,7 +38,7 @@ VENV_BIN = Path(sys.executable).parent
 def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     """The job runs `python -m <module> --config <repo-relative path> k=v ...` with the repo minus data/outputs."""
     monkeypatch.chdir(REPO_ROOT)
-    cfg = "pyproject.toml"  # any file inside the repo stands in for a config here
+    cfg = "configs/sweep/tiny.yaml"
     rc = ditscale(
         [
             "submit",
@@ -47,7 +47,7 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
             "http://127.0.0.1:1",
             "--config",
             cfg,
-            "train.lr=0.001",
+            "base.optim.lr=0.001",
             'models=["MMDiT-d1"]',
             "--env",
             "FOO=bar",
@@ -56,7 +56,10 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     )
     assert rc == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["entrypoint"] == "python -m jobs.sweep --config pyproject.toml train.lr=0.001 'models=[\"MMDiT-d1\"]'"
+    assert (
+        plan["entrypoint"]
+        == "python -m jobs.sweep --config configs/sweep/tiny.yaml base.optim.lr=0.001 'models=[\"MMDiT-d1\"]'"
+    )
     env = plan["runtime_env"]
     assert Path(env["working_dir"]) == REPO_ROOT
     for excluded in ("data/", "outputs/", ".venv/", "mlruns/"):
@@ -105,6 +108,20 @@ def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_s
     # The job's own flags still pass through.
     assert ditscale(["submit", "fit", "--experiment", "e", "--n-boot", "50", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["entrypoint"].endswith("fit --experiment e --n-boot 50")
+
+
+def test_the_jobs_config_is_checked_before_anything_is_sent(capsys, monkeypatch):
+    """A misspelt key or a wrong type in a sweep's or precompute's overrides fails here, not on the cluster."""
+    monkeypatch.chdir(REPO_ROOT)
+    sweep = ["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run"]
+    assert ditscale([*sweep, "base.optim.lrr=1"]) == 2
+    assert "the sweep job's config: unknown config key(s): base.optim.lrr" in capsys.readouterr().err
+    assert ditscale([*sweep, "max_concurrent=abc"]) == 2
+    assert "max_concurrent: expected an integer, got 'abc'" in capsys.readouterr().err
+    pre = ["submit", "precompute", "--config", "configs/precompute/builtin.yaml", "--dry-run", "source.cuont=3"]
+    assert ditscale(pre) == 2
+    assert "the precompute job's config: unknown config key(s): source.cuont" in capsys.readouterr().err
+    assert ditscale([*sweep, "max_concurrent=2"]) == 0
 
 
 def test_token_lookup_follows_rays_order(monkeypatch, tmp_path):
