@@ -188,13 +188,11 @@ def _floor_bound_check(
     law: dict, what: str, exp_name: str | None, floor_name: str | None, level: int
 ) -> list[dict[str, str]]:
     fb = law.get("floor_bound") or {}
-    free = fb.get("free") or {}
-    fp = free.get("params") or {}
-    if not fb.get("at_bound") or not exp_name or not floor_name or fp.get(floor_name) is None:
-        return []
+    if not fb.get("binds") or not exp_name or not floor_name:
+        return []  # inside its bound, or the free fit lands on the same floor: the bound changes nothing
+    free = fb["free"]
+    fp = free["params"]
     bound = float(fb["bound"])
-    if float(fp[floor_name]) <= bound * (1 + 1e-6):
-        return []  # the free fit lands on the same floor: the bound changes nothing
 
     def with_ci(name: str) -> str:
         lo_hi = (free.get("ci") or {}).get(name)

@@ -399,10 +399,14 @@ def _percentile_ci(arr: np.ndarray, names: tuple[str, ...], level: float) -> dic
     return {n: tuple(float(v) for v in np.percentile(arr[:, i], q)) for i, n in enumerate(names)}
 
 
+def _params(theta: np.ndarray, log_c_ref: float) -> tuple[float, float, float]:
+    """(A, exponent, floor) in original compute units of a fit theta = (log a, exponent, floor) made on C / c_ref."""
+    return float(np.exp(theta[0] + theta[1] * log_c_ref)), float(theta[1]), float(theta[2])
+
+
 def _refit_params(c: np.ndarray, y: np.ndarray, c_ref: float, start: np.ndarray | None) -> tuple[float, float, float]:
     """(A, exponent, floor) of a refit on (c, y), x normalised by c_ref."""
-    t = _fit_theta(c / c_ref, y, start=start)
-    return float(np.exp(t[0] + t[1] * np.log(c_ref))), float(t[1]), float(t[2])
+    return _params(_fit_theta(c / c_ref, y, start=start), float(np.log(c_ref)))
 
 
 def noise_draw(values: np.ndarray, se: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -495,7 +499,7 @@ def fit_power_law(
     x = c / c_ref
     theta = _fit_theta(x, y)
     rmse = float(np.sqrt(np.mean(_residuals(theta, x, np.log(y)) ** 2)))
-    A, b, f = float(np.exp(theta[0] + theta[1] * lcref)), float(theta[1]), float(theta[2])
+    A, b, f = _params(theta, lcref)
 
     rng = np.random.default_rng(seed)
     samples = []
@@ -570,7 +574,8 @@ def floor_bound(
     below min y. Measured values are noisy, and a frontier (the lowest value at each compute) is biased low, so
     the bound can hold the floor down where the data alone would put it higher; the exponent and the held-out
     prediction are then conditional on the bound. {"at_bound": False} when the floor is inside; else
-    {"at_bound": True, "bound", "free": the same law with the floor free up to max y (params, profile `ci` and
+    {"at_bound": True, "bound", "binds" (the free fit's floor lies above the bound: the bound changes the answer),
+    "free": the same law with the floor free up to max y (params, profile `ci` and
     `ci_open` of the exponent and floor, `held_out_rel_error` of its refit without the largest compute), "F" (the
     F statistic of the bound: (RSS_bound - RSS_free) / (RSS_free / (n - 3))), "rejected" (the bound fit lies
     outside the free fit's `ci_level` profile region, i.e. the data reject the bound)}.
@@ -587,13 +592,9 @@ def floor_bound(
     rss_bound = float(np.sum(_residuals(theta, x, np.log(y)) ** 2))
     rss_free = min(float(np.sum(_residuals(free, x, np.log(y)) ** 2)), rss_bound)
     dof = y.size - 3
-    out: dict[str, Any] = {"at_bound": True, "bound": ymin}
-    free_params = {
-        names[0]: float(np.exp(free[0] + free[1] * lcref)),
-        names[1]: float(free[1]),
-        names[2]: float(free[2]),
-    }
-    out["free"] = {"params": free_params, "rss": rss_free}
+    # "binds": the free fit puts the floor above the bound, so the bound changes the answer
+    out: dict[str, Any] = {"at_bound": True, "bound": ymin, "binds": bool(free[2] > ymin * (1 + 1e-6))}
+    out["free"] = {"params": dict(zip(names, _params(free, lcref))), "rss": rss_free}
     if dof > 0:
         out["F"] = float((rss_bound - rss_free) / max(rss_free / dof, 1e-300))
         out["rejected"] = bool(rss_bound > profile_threshold(rss_free, y.size, ci_level))

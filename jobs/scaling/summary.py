@@ -124,12 +124,11 @@ def law_sentence(law: dict) -> str:
             f"{form} with " + ", ".join(parts) + f" (exact fit through {law.get('n_points')} frontier points: "
             "no interval; intervals need >= 4 distinct budgets; C in training FLOPs)"
         )
-    fb = law.get("floor_bound") or {}
-    free_floor = ((fb.get("free") or {}).get("params") or {}).get(list(law["params"])[-1])
+    fb, floor = law.get("floor_bound") or {}, list(law["params"])[-1]
     bound = (
-        f"; {list(law['params'])[-1]} at its bound, the lowest value measured, which the fit without that bound puts "
-        f"at {free_floor:.4g}"
-        if fb.get("at_bound") and free_floor is not None and free_floor > float(fb["bound"]) * (1 + 1e-6)
+        f"; {floor} at its bound, the lowest value measured, which the fit without that bound puts "
+        f"at {fb['free']['params'][floor]:.4g}"
+        if fb.get("binds")
         else ""
     )
     return (
