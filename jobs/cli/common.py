@@ -21,7 +21,7 @@ def add_sweep_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sweep_command_parser(command: str, description: str, metric_help: str) -> argparse.ArgumentParser:
     """The parser of a command that reads a sweep's record: the sweep source options and --metric (default fid)."""
-    p = command_parser(command, description, show_defaults=True)
+    p = command_parser(command, description)
     add_sweep_source_arguments(p)
     p.add_argument("--metric", default="fid", help=metric_help)
     return p

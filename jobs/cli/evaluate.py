@@ -13,7 +13,7 @@ from pipelines.cli.parsers import command_parser, positive_int
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale evaluate`."""
-    p = command_parser("evaluate", "FID (and attribute accuracy) of a checkpoint's EMA weights", show_defaults=True)
+    p = command_parser("evaluate", "FID (and attribute accuracy) of a checkpoint's EMA weights")
     p.add_argument("checkpoint", help="checkpoint directory (local or s3://), e.g. runs/<run>/checkpoints/step_X")
     p.add_argument("--data", default=None, help="latent data set (default: the checkpoint's data.manifest)")
     p.add_argument("--num-samples", type=positive_int, default=256)

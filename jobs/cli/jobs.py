@@ -16,38 +16,24 @@ from jobs.cluster.submit import (
     status_str,
     wait_for_job,
 )
-from pipelines.cli.parsers import DefaultsHelpFormatter, command_parser
+from pipelines.cli.parsers import add_subcommand, command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser("jobs", "List, inspect, tail or stop jobs on a Ray cluster.")
     sub = p.add_subparsers(dest="action", required=True)
-    ls = sub.add_parser(
-        "list",
-        help="all jobs with their status",
-        description="All jobs with their status.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+    ls = add_subcommand(sub, "list", "all jobs with their status")
     add_conn_args(ls)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    st = sub.add_parser(
-        "status",
-        help="the status of one job",
-        description="The status of one job.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+    st = add_subcommand(sub, "status", "the status of one job")
     add_conn_args(st)
     st.add_argument("job_id", help="the job's submission id (`ditscale jobs list`)")
     st.add_argument("--json", action="store_true", help="print the full job info as JSON")
-    lg = sub.add_parser(
-        "logs", help="the logs of one job", description="The logs of one job.", formatter_class=DefaultsHelpFormatter
-    )
+    lg = add_subcommand(sub, "logs", "the logs of one job")
     add_conn_args(lg)
     lg.add_argument("job_id", help="the job's submission id (`ditscale jobs list`)")
     lg.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-    sp = sub.add_parser(
-        "stop", help="stop a running job", description="Stop a running job.", formatter_class=DefaultsHelpFormatter
-    )
+    sp = add_subcommand(sub, "stop", "stop a running job")
     add_conn_args(sp)
     sp.add_argument("job_id", help="the job's submission id (`ditscale jobs list`)")
     sp.add_argument("--wait", action="store_true", help="wait until the job is stopped")

@@ -54,20 +54,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jobs.quickstart.run import run_quickstart
 
     args = build_parser().parse_args(argv)
-    if args.data:
-        from jobs.quickstart.modes import make_data_mode
+    from jobs.quickstart.modes import make_data_mode, make_mode
 
-        try:
-            make_data_mode(args.data, args.tiny)
-        except ValueError as e:  # an unknown name or a missing folder: nothing has been written
-            build_parser().error(str(e))
+    try:
+        mode = make_data_mode(args.data, args.tiny) if args.data else make_mode(args.tiny)
+    except ValueError as e:  # an unknown --data name or a missing folder: nothing has been written
+        build_parser().error(str(e))
     if args.print_config:
         from dataclasses import asdict
 
-        from jobs.quickstart.modes import make_data_mode, make_mode
         from pipelines.cli.config_args import print_config
 
-        mode = make_data_mode(args.data, args.tiny) if args.data else make_mode(args.tiny)
         print_config(
             {"out": args.out, "force": args.force, "train_encoders": args.train_encoders, "mode": asdict(mode)}
         )

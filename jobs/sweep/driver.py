@@ -140,11 +140,11 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
-    # Measured again once the trials are done: the first reading can be taken while Ray's own processes are still
-    # starting, and the peak is the better of the two (both go into the report).
     if gpus:  # the GPUs' peak comes from the trials' records (jobs.sweep.goodput.gpu_peak)
         source = f"run.peak_flops {run.peak_flops:.3g} per GPU" if run.peak_flops else "datasheet bf16 peak"
         return {"num_cpus": cpus, "num_gpus": gpus, "peak_flops": None, "peak_source": source}
+    # Measured again once the trials are done: the first reading can be taken while Ray's own processes are still
+    # starting, and the peak is the better of the two (both go into the report).
     peaks = [peak_before, measure_machine_peak(cpus)]
     return {"num_cpus": cpus, "peak_flops": max(peaks), "peak_flops_measured": peaks}
 

@@ -190,23 +190,13 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Checks of the config alone (no data set needed)."""
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: required (the latent dataset directory, local or s3://)")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    _check_numbers(cfg)
     if not isinstance(logging.getLevelName(str(cfg.run.log_level).upper()), int):
         raise ConfigError(f"run.log_level: {cfg.run.log_level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
-    if cfg.run.num_workers < 1:
-        raise ConfigError(f"run.num_workers must be >= 1, got {cfg.run.num_workers}")
     if cfg.data.batch_size % cfg.run.num_workers:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is not divisible by run.num_workers={cfg.run.num_workers}"
         )
-    if not 0.0 <= cfg.data.flip <= 1.0:  # the config loader has already refused what is not a number
-        raise ConfigError(f"data.flip must be a probability in [0, 1], got {cfg.data.flip!r}")
-    _check_numbers(cfg)
-    if not 0.0 <= cfg.optim.decay_fraction <= 1.0:
-        raise ConfigError(f"optim.decay_fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
-    if not 0.0 <= cfg.optim.ema_decay < 1.0:
-        raise ConfigError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
     if cfg.eval.num_samples > 0:
         from ditcore.samplers import SAMPLERS
 
@@ -225,6 +215,12 @@ def _check_numbers(cfg: TrainConfig) -> None:
     def finite(v: Any) -> bool:
         return isinstance(v, (int, float)) and math.isfinite(v)
 
+    # the config loader has already refused what is not a number; NaN fails every comparison below
+    need("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1")
+    need("run.num_workers", r.num_workers, r.num_workers >= 1, ">= 1")
+    need("data.flip", cfg.data.flip, 0.0 <= cfg.data.flip <= 1.0, "a probability in [0, 1]")
+    need("optim.decay_fraction", o.decay_fraction, 0.0 <= o.decay_fraction <= 1.0, "in [0, 1]")
+    need("optim.ema_decay", o.ema_decay, 0.0 <= o.ema_decay < 1.0, "in [0, 1)")
     need("budget_flops", cfg.budget_flops, finite(cfg.budget_flops) and cfg.budget_flops > 0, "a finite number > 0")
     for i, b in enumerate(e.budgets):
         need(f"eval.budgets[{i}]", b, finite(b) and b > 0, "a finite number > 0")

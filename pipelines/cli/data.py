@@ -23,8 +23,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from pipelines.cli.parsers import (
-    DefaultsHelpFormatter,
     DefaultsRawDescriptionFormatter,
+    add_subcommand,
     command_parser,
     nonneg_int,
     positive_int,
@@ -429,14 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser("data", "Data sets, offline encoders, latent data set inspection.")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, command in _COMMANDS.items():
-        command.add_arguments(
-            sub.add_parser(
-                name,
-                help=command.help,
-                description=inspect.getdoc(command.run) or command.help[:1].upper() + command.help[1:] + ".",
-                formatter_class=DefaultsHelpFormatter,
-            )
-        )
+        command.add_arguments(add_subcommand(sub, name, command.help, inspect.getdoc(command.run)))
     return p
 
 

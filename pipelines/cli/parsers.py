@@ -71,19 +71,27 @@ class DefaultsRawDescriptionFormatter(DefaultsHelpFormatter, argparse.RawDescrip
     """DefaultsHelpFormatter that keeps the description's and epilog's line breaks (tables, key listings)."""
 
 
-def command_parser(
-    command: str, description: str, *, show_defaults: bool = True, **kwargs: Any
-) -> argparse.ArgumentParser:
-    """ArgumentParser(prog="ditscale <command>"); with `show_defaults` (the default) --help gives each option's
-    default once (`DefaultsHelpFormatter`)."""
-    if show_defaults:
-        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+def command_parser(command: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """ArgumentParser(prog="ditscale <command>") whose --help gives each option's default once
+    (`DefaultsHelpFormatter`, unless `formatter_class` is given)."""
+    kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
     return argparse.ArgumentParser(prog=f"ditscale {command}", description=description, **kwargs)
+
+
+def add_subcommand(sub: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand parser (`sub` from add_subparsers) with the same --help as `command_parser`; its description is
+    `description`, else the one-line `help` as a sentence."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[:1].upper() + help[1:] + ".",
+        formatter_class=DefaultsHelpFormatter,
+    )
 
 
 def checkpoint_command_parser(command: str, description: str) -> argparse.ArgumentParser:
     """The parser of `ditscale <command> CHECKPOINT`: option defaults in --help, the checkpoint as the positional."""
-    p = command_parser(command, description, show_defaults=True)
+    p = command_parser(command, description)
     p.add_argument("checkpoint", help="checkpoint directory (local or s3://)")
     return p
 

@@ -21,7 +21,7 @@ from pipelines.generation import GenerationError, GenerationPipeline, SamplerSet
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `ditscale sample`."""
-    p = command_parser("sample", "Sample an image grid from a checkpoint.", show_defaults=True)
+    p = command_parser("sample", "Sample an image grid from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or s3://)")
     p.add_argument("--sampler", default="dpmpp-2m", choices=SAMPLERS)
     p.add_argument(

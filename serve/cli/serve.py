@@ -27,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a checkpoint over HTTP with Ray Serve (POST /v1/generate, GET /v1/model, GET /healthz, "
         "/docs). A non-loopback --host needs the bearer token in $DITSCALE_API_TOKEN (or "
         "--set Ingress.user_config.auth_disabled=true).",
-        show_defaults=True,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint directory or s3:// URI (overrides the config's args)")
