@@ -123,8 +123,8 @@ def metric_label(points: list[dict], metric: str) -> str:
 
 
 def law_title(law: dict | None, name: str, replicates: dict | None = None) -> str | None:
-    """`name = value [lo, hi] (95%)` of the law's exponent, its held-out error, and how many sweeps each point
-    averages; None without a fitted law."""
+    """`name = value [lo, hi] (95%)` of the law's exponent, its held-out error, the same with the floor free when
+    the floor's bound binds, and how many sweeps each point averages; None without a fitted law."""
     if not law or "error" in law or name not in (law.get("params") or {}):
         return None
     value = law["params"][name]
@@ -135,6 +135,14 @@ def law_title(law: dict | None, name: str, replicates: dict | None = None) -> st
     held = law.get("held_out") or {}
     if finite_or_none(held.get("rel_error")) is not None:
         text += f", held-out error {100 * held['rel_error']:.1f}% at C = {held['compute']:.3g}"
+    fb = law.get("floor_bound") or {}
+    if fb.get("binds"):  # the plot says what the docs and report say: these numbers rest on the floor's bound
+        floor, free = list(law["params"])[-1], fb["free"]
+        free_ci = (free.get("ci") or {}).get(name)
+        text += f"\n{floor} at its bound (the lowest value); floor free: {name} = {free['params'][name]:.3g}"
+        text += f" [{free_ci[0]:.3g}, {free_ci[1]:.3g}]" if free_ci else ""
+        if free.get("held_out_rel_error") is not None:
+            text += f", held-out error {100 * free['held_out_rel_error']:.1f}%"
     if replicates and replicates.get("n_sweeps", 1) > 1:
         text += f"\neach point the mean of {replicates['n_sweeps']} sweeps (seed replicates)"
     return text

@@ -33,6 +33,14 @@ def test_law_title_gives_interval_held_out_error_and_replicates():
     assert pooled.startswith(title) and pooled.endswith("each point the mean of 3 sweeps (seed replicates)")
     assert law_title({**_LAW, "ci": {}}, "beta").startswith("beta = 1.34, held-out")  # no interval: none claimed
     assert law_title({"error": "too few points"}, "beta") is None and law_title(None, "beta") is None
+    bound = {
+        "binds": True,
+        "free": {"params": {"beta": 1.636}, "ci": {"beta": [1.105, 2.319]}, "held_out_rel_error": 0.238},
+    }
+    assert law_title({**_LAW, "floor_bound": bound}, "beta") == (
+        title + "\nFID_inf at its bound (the lowest value); floor free: beta = 1.64 [1.1, 2.32], held-out error 23.8%"
+    )
+    assert law_title({**_LAW, "floor_bound": {**bound, "binds": False}}, "beta") == title
     assert law_title(_LAW, "alpha") is None
 
 
