@@ -15,13 +15,14 @@ The kind is read from the checkpoint's config (`model_type`), so no flag has to 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pipelines.infra import hub
 
 MINILM = "minilm"
 DEFAULT_MAX_LENGTH = {"minilm": 32, "clip": 77, "t5": 77, "auto": 64}
@@ -54,11 +55,6 @@ def minilm_path() -> Path:
     return path
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and not os.path.isabs(name)
-
-
 def resolve_spec(spec: str | dict | TextSpec) -> TextSpec:
     """Normalise a spec and check it names something loadable; raises TextEncoderError naming the problem."""
     if isinstance(spec, str):
@@ -75,16 +71,10 @@ def resolve_spec(spec: str | dict | TextSpec) -> TextSpec:
         if not (cfg_dir / "config.json").is_file():
             raise TextEncoderError(f"text encoder directory {cfg_dir} has no config.json")
         return spec
-    if _looks_like_hub_id(name):
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-            from huggingface_hub import try_to_load_from_cache
-
-            fname = f"{spec.subfolder}/config.json" if spec.subfolder else "config.json"
-            cached = try_to_load_from_cache(name, fname, revision=spec.revision)
-            if not isinstance(cached, str):
-                raise TextEncoderError(
-                    f"text encoder {name!r} is a hub id but HF_HUB_OFFLINE is set and it is not cached"
-                )
+    if "/" in name and hub.looks_like_hub_id(name):
+        hub.check_hub_id(
+            name, what="text encoder", error=TextEncoderError, subfolder=spec.subfolder, revision=spec.revision
+        )
         return spec
     raise TextEncoderError(
         f"unknown text encoder {name!r}: use 'minilm', a local model directory, or a hub id like "

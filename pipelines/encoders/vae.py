@@ -14,16 +14,11 @@ import numpy as np
 import torch
 
 from ditcore.preprocess import images_to_tensor, tensor_to_images
-from pipelines.infra import storage
+from pipelines.infra import hub, storage
 
 
 class VAELoadError(ValueError):
     """A VAE path/id could not be loaded; the message names it and says why."""
-
-
-def _looks_local(spec: str) -> bool:
-    """Hub ids are 'name' or 'org/name'; anything else (absolute, ./, ~, deeper paths) is meant as a path."""
-    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
 def load_vae(
@@ -64,9 +59,10 @@ def load_vae(
             vae = AutoencoderKL.from_pretrained(str(local), subfolder=subfolder, torch_dtype=dtype, **load_kw)
         except Exception as exc:  # diffusers raises many types; re-raise with the path in the message
             raise VAELoadError(f"could not load VAE from {folder}: {exc}") from exc
-    elif _looks_local(spec):
+    elif not hub.looks_like_hub_id(spec):
         raise FileNotFoundError(f"VAE directory not found: {spec}")
     else:
+        hub.check_hub_id(spec, what="VAE", error=VAELoadError, subfolder=subfolder, revision=revision)
         try:
             vae = AutoencoderKL.from_pretrained(
                 spec, subfolder=subfolder, revision=revision, torch_dtype=dtype, **load_kw
