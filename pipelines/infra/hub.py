@@ -61,16 +61,11 @@ def check_hub_id(
 ) -> None:
     """Raise `error` at once, naming `what` and `name`, unless `name` can be loaded from the hub cache or the hub.
 
-    Checks, in order: `name`'s first part is an existing local directory (then `name` is a missing local path);
-    `name`'s config.json is in the hub cache (fine); offline mode is on (fail); the hub's host accepts a TCP
-    connection within `timeout_s` (fine, the hub client takes over; otherwise fail).
+    Fine when `name`'s config.json is in the hub cache, or when offline mode is off and the hub's host accepts a
+    TCP connection within `timeout_s` (the hub client takes over). Otherwise the error says which of the two
+    failed, and, when `name`'s first part is a local directory (`outputs/vae` with `outputs/` present), that
+    `name` is also no local directory: most likely a local path that is missing.
     """
-    first = name.split("/")[0]
-    if "/" in name and Path(first).is_dir():
-        raise error(
-            f"{what} {name!r}: no such directory ({first}/ exists here, so {name!r} is read as a local path, "
-            f"not a Hugging Face hub id)"
-        )
     from huggingface_hub import constants, try_to_load_from_cache
 
     filename = f"{subfolder}/config.json" if subfolder else "config.json"
@@ -81,13 +76,16 @@ def check_hub_id(
         cached = None
     if isinstance(cached, str):
         return
+    first = name.split("/")[0]
+    if "/" in name and Path(first).is_dir():
+        head = f"{what} {name!r}: no such directory ({first}/ exists here); as a Hugging Face hub id it is"
+    else:
+        head = f"{what} {name!r} is not a local directory, and"
     if offline():
-        raise error(
-            f"{what} {name!r} is not a local directory and not in the hub cache ({cache}), and HF_HUB_OFFLINE is set"
-        )
+        raise error(f"{head} not in the hub cache ({cache}), and HF_HUB_OFFLINE is set")
     ok, where = _hub_reachable(timeout_s)
     if not ok:
         raise error(
-            f"{what} {name!r} is not a local directory, not in the hub cache ({cache}), and the Hugging Face hub "
-            f"cannot be reached at {where}; give a local directory, or download it where there is network"
+            f"{head} not in the hub cache ({cache}), and the Hugging Face hub cannot be reached at {where}; "
+            f"give a local directory, or download it where there is network"
         )

@@ -29,12 +29,13 @@ def test_hub_id_shapes():
         assert not hub.looks_like_hub_id(path), path
 
 
-def test_a_missing_dir_under_an_existing_one_is_a_local_path(tmp_path, monkeypatch, online_but_unreachable):
+def test_a_missing_dir_under_an_existing_one_is_named_as_such(tmp_path, monkeypatch, online_but_unreachable):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
-    with pytest.raises(VAELoadError, match=r"'outputs/vae': no such directory \(outputs/ exists here"):
+    with pytest.raises(VAELoadError, match=r"'outputs/vae': no such directory \(outputs/ exists here\); .*reached"):
         load_vae("outputs/vae")
-    with pytest.raises(TextEncoderError, match="'outputs/enc': no such directory"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TextEncoderError, match=r"'outputs/enc': no such directory .*HF_HUB_OFFLINE is set"):
         resolve_spec("outputs/enc")
 
 
@@ -58,6 +59,8 @@ def test_a_cached_id_passes(tmp_path, monkeypatch, online_but_unreachable):
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some-org").mkdir()  # a local directory named like the org does not hide the cached id
     hub.check_hub_id("some-org/cached-vae", what="VAE")  # no error although the hub cannot be reached
     with pytest.raises(ValueError, match="cannot be reached"):
         hub.check_hub_id("some-org/other-vae", what="VAE")
