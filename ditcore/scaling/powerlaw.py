@@ -552,13 +552,6 @@ def fit_power_law(
     return fit
 
 
-def _free_floor_prediction(c: np.ndarray, y: np.ndarray, at: float) -> float:
-    """The law fitted with its floor free up to max y (not min y), evaluated at compute `at`."""
-    lcref = float(np.mean(np.log(c)))
-    t = _fit_theta(c / np.exp(lcref), y, floor_max=float(y.max()))
-    return float(np.exp(t[0] - t[1] * (np.log(at) - lcref)) + t[2])
-
-
 def floor_bound(
     compute: Any,
     values: Any,
@@ -602,23 +595,25 @@ def floor_bound(
             ci, ci_open = _profile_cis(x, y, free, lcref, names, ci_level, names[1:], floor_max=float(y.max()))
             out["free"]["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in ci.items()}
             out["free"]["ci_open"] = {k: [bool(lo), bool(hi)] for k, (lo, hi) in ci_open.items()}
-    c_max = float(c.max())
-    keep = c < c_max
-    if np.unique(c[keep]).size >= 3:
-        observed = float(y[~keep].min())
-        predicted = _free_floor_prediction(c[keep], y[keep], c_max)
-        out["free"]["held_out_predicted"] = predicted
-        out["free"]["held_out_rel_error"] = abs(predicted - observed) / observed
+    held = held_out_check(c, y, names=names, floor_free=True)
+    if "skipped" not in held:
+        out["free"]["held_out_predicted"] = held["predicted"]
+        out["free"]["held_out_rel_error"] = held["rel_error"]
     return out
 
 
 def held_out_check(
-    compute: Any, values: Any, *, names: tuple[str, str, str] = ("A", "beta", "FID_inf")
+    compute: Any,
+    values: Any,
+    *,
+    names: tuple[str, str, str] = ("A", "beta", "FID_inf"),
+    floor_free: bool = False,
 ) -> dict[str, Any]:
     """Fit without the largest compute, predict it; {"compute","observed","predicted","abs_error","rel_error",...}.
 
     The observed value at the largest compute is the minimum there (the frontier convention).
     Returns {"skipped": reason} when fewer than 3 distinct computes remain.
+    `floor_free`: the refit's floor may rise to the largest value it is fitted to, not only the lowest (`floor_bound`).
     """
     c = np.asarray(compute, dtype=np.float64).ravel()
     y = np.asarray(values, dtype=np.float64).ravel()
@@ -626,9 +621,15 @@ def held_out_check(
     keep = c < c_max
     if np.unique(c[keep]).size < 3:
         return {"skipped": f"need >= 4 distinct computes for a held-out check, got {np.unique(c).size}"}
-    fit = fit_power_law(c[keep], y[keep], names=names, n_boot=0, held_out=False, interval=None)
+    if floor_free:
+        lcref = float(np.mean(np.log(c[keep])))
+        t = _fit_theta(c[keep] / np.exp(lcref), y[keep], floor_max=float(y[keep].max()))
+        params = dict(zip(names, _params(t, lcref)))
+        predicted = float(np.exp(t[0] - t[1] * (np.log(c_max) - lcref)) + t[2])
+    else:
+        fit = fit_power_law(c[keep], y[keep], names=names, n_boot=0, held_out=False, interval=None)
+        params, predicted = fit.params, float(fit.predict(c_max))
     observed = float(y[~keep].min())
-    predicted = float(fit.predict(c_max))
     return {
         "compute": c_max,
         "observed": observed,
@@ -636,7 +637,7 @@ def held_out_check(
         "abs_error": abs(predicted - observed),
         "rel_error": abs(predicted - observed) / abs(observed),
         "n_fit": int(keep.sum()),
-        "params": fit.params,
+        "params": params,
     }
 
 
