@@ -175,6 +175,17 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
         assert law["free_floor"]["FID_inf"] >= law["FID_inf"] and law["free_floor"]["beta"] is not None
     k, n = record["n_opt_interior"]
     assert 0 <= k <= n >= 1
+    # Sample grids: one column per prompt (the report names them left to right), one row per round of seeds.
+    from PIL import Image
+
+    from jobs.quickstart.modes import make_mode
+
+    mode = make_mode(tiny=True)
+    for grid in (out / "samples").glob("*.png"):
+        w, h = Image.open(grid).size
+        cols = min(len(mode.prompts), mode.grid_images)
+        assert w % cols == 0 and h == w // cols * -(-mode.grid_images // cols), (grid.name, w, h)
+    assert "one column per prompt, left to right" in report
     served = list((out / "served").glob("*.png"))
     assert served and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in served)
 

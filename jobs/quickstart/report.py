@@ -227,7 +227,8 @@ def _samples_section(ctx: Context, rel: Any) -> list[str]:
             f"### {g['model']}",
             "",
             f"{fid}{_g(g.get('params'))} parameters, trained to "
-            f"{_g(g.get('budget_flops'))} FLOPs; prompts, left to right: {prompts}",
+            f"{_g(g.get('budget_flops'))} FLOPs; one column per {'label' if ctx.mode.labels else 'prompt'}, "
+            f"left to right: {prompts}; each row other seeds",
             "",
             f"![{g['model']}]({rel(g['path'])})",
             "",

@@ -141,6 +141,7 @@ def samples_config(ctx: Context) -> dict:
     return {
         "conditions": _conditions(ctx),
         "n": ctx.mode.grid_images,
+        "layout": "one column per condition",
         "steps": ctx.mode.serve_steps,
         "guidance": GUIDANCE,
     }
@@ -163,9 +164,10 @@ def samples_run(ctx: Context) -> dict:
             best[p.model] = p
     grids = []
     settings = SamplerSettings(steps=ctx.mode.serve_steps, guidance=GUIDANCE)
-    conds = _conditions(ctx)
-    conds = [conds[i % len(conds)] for i in range(ctx.mode.grid_images)]
+    distinct = _conditions(ctx)
+    conds = [distinct[i % len(distinct)] for i in range(ctx.mode.grid_images)]
     seeds = list(range(len(conds)))
+    cols = min(len(distinct), len(conds))  # one column per prompt (or label), one row per round of seeds
     for model, p in sorted(best.items(), key=lambda kv: kv[1].params or 0):
         pipe = GenerationPipeline.from_checkpoint(p.checkpoint, device="cpu")
         path = out / f"{model.replace('/', '_')}.png"
@@ -173,7 +175,7 @@ def samples_run(ctx: Context) -> dict:
             images = pipe.generate_labels([c["label"] for c in conds], seeds, settings)
         else:
             images = pipe.generate_prompts([c["prompt"] for c in conds], seeds, settings)
-        Image.fromarray(image_grid(images)).save(path)
+        Image.fromarray(image_grid(images, cols=cols)).save(path)
         grids.append(
             {
                 "model": model,
