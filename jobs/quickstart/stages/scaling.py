@@ -7,7 +7,6 @@ import shutil
 from jobs.quickstart.runner import Context
 from pipelines.infra.config_files import REPO_ROOT
 
-SWEEP_YAML = REPO_ROOT / "configs" / "sweep" / "tiny.yaml"
 TRAIN_YAML = REPO_ROOT / "configs" / "train" / "tiny.yaml"
 EXPERIMENT = "ditscale-quickstart"
 
@@ -29,8 +28,14 @@ def _sweep_overrides(ctx: Context) -> list[str]:
 
 
 def sweep_config(ctx: Context) -> dict:
-    """The sweep YAML and this run's overrides."""
-    return {"yaml": (REPO_ROOT / ctx.mode.sweep_yaml).read_text(), "overrides": _sweep_overrides(ctx)}
+    """The sweep YAML, this run's overrides and the train config every trial starts from (`base_config`'s YAML with
+    `base` over it), so an edit of configs/train/tiny.yaml reruns the sweep as an edit of the sweep YAML does."""
+    from jobs.sweep.driver import load_sweep_config
+    from jobs.sweep.grid import sweep_base
+
+    overrides = _sweep_overrides(ctx)
+    base = sweep_base(load_sweep_config(str(REPO_ROOT / ctx.mode.sweep_yaml), overrides))
+    return {"yaml": (REPO_ROOT / ctx.mode.sweep_yaml).read_text(), "overrides": overrides, "base": base}
 
 
 def sweep_run(ctx: Context) -> dict:

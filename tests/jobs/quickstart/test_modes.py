@@ -81,3 +81,20 @@ def test_real_data_grids_keep_the_settings_they_were_measured_with():
         base = load_sweep_config(str(REPO_ROOT / real.sweep_yaml), real.sweep).base
         got = (base["optim"]["ema_decay"], base["data"]["batch_size"], base["data"]["flip"], base["optim"]["lr"])
         assert got == (0.999, 64, 0.5, 0.002)
+
+
+def test_an_edit_of_the_train_config_the_sweep_starts_from_reruns_the_sweep_stage(tmp_path, monkeypatch):
+    """The sweep stage's hash covers configs/train/tiny.yaml's content, not only its path."""
+    from jobs.quickstart.runner import Context, config_hash
+    from jobs.quickstart.stages import scaling
+
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(scaling.TRAIN_YAML.read_text())
+    monkeypatch.setattr(scaling, "TRAIN_YAML", train_yaml)
+    ctx = Context(tmp_path / "qs", make_mode(tiny=False), 0.0)
+    ctx.results["precompute"] = {"path": str(tmp_path / "latents")}
+    before = config_hash(scaling.sweep_config(ctx))
+    assert config_hash(scaling.sweep_config(ctx)) == before  # the same files, the same hash
+    assert "weight_decay: 0.0\n" in train_yaml.read_text()  # a key the sweep YAML does not set
+    train_yaml.write_text(train_yaml.read_text().replace("weight_decay: 0.0\n", "weight_decay: 0.05\n"))
+    assert config_hash(scaling.sweep_config(ctx)) != before
