@@ -281,6 +281,7 @@ class GenerationPipeline:
         n = len(seeds)
         if any(v.shape[0] != n for v in cond.values()):
             raise GenerationError(f"conditions hold {[tuple(v.shape) for v in cond.values()]} rows for {n} seeds")
+        self.check_sampler(settings.sampler, settings.guidance)
         noise = initial_noise(seeds, self.latent_shape).to(self.device)  # [B,C,h,w]
         generators = [torch.Generator(device=self.device).manual_seed(sampler_seed(s)) for s in seeds]
         guided = settings.guidance != 1.0 and not self.distilled
@@ -300,10 +301,15 @@ class GenerationPipeline:
             x0 = self._solve(noise, settings, cond, uncond, generators, ems, guided)
         return x0.float()
 
+    def check_sampler(self, sampler: str, guidance: float) -> None:
+        """Raise GenerationError when this checkpoint cannot run `sampler` (at `guidance`), before any sampling."""
+        if sampler == "ddpm-learned" and self.variance_fn is None:
+            raise GenerationError("sampler 'ddpm-learned' needs a checkpoint trained with objective.learn_sigma=true")
+        if sampler == "dpmsolver-v3":
+            self._ems(guidance)
+
     def _solve(self, noise, settings: SamplerSettings, cond, uncond, generators, ems, guided: bool) -> torch.Tensor:
         learned = settings.sampler == "ddpm-learned"
-        if learned and self.variance_fn is None:
-            raise GenerationError("sampler 'ddpm-learned' needs a checkpoint trained with objective.learn_sigma=true")
         return sample(
             self.variance_fn if learned else self.model_fn,
             noise,
@@ -399,10 +405,12 @@ class GenerationPipeline:
             out.append(self.decode(self.latents(c, seeds[sl], settings, u)))
         return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
-    def generate_labels(self, labels: Sequence[int], seeds: Sequence[int], settings: SamplerSettings) -> np.ndarray:
-        """Images for class labels (one per seed)."""
+    def generate_labels(
+        self, labels: Sequence[int], seeds: Sequence[int], settings: SamplerSettings, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Images for class labels (one per seed), sampled `batch_size` at a time (all at once by default)."""
         cond, uncond = self.label_conditions(labels)
-        return self.generate(cond, seeds, settings, uncond)
+        return self.generate(cond, seeds, settings, uncond, batch_size)
 
     def generate_prompts(
         self,
@@ -410,10 +418,11 @@ class GenerationPipeline:
         seeds: Sequence[int],
         settings: SamplerSettings,
         negative_prompts: Sequence[str | None] | None = None,
+        batch_size: int | None = None,
     ) -> np.ndarray:
-        """Images for text prompts (one per seed)."""
+        """Images for text prompts (one per seed), sampled `batch_size` at a time (all at once by default)."""
         cond, uncond = self.prompt_conditions(prompts, negative_prompts)
-        return self.generate(cond, seeds, settings, uncond)
+        return self.generate(cond, seeds, settings, uncond, batch_size)
 
 
 def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ditcore.config import ConfigError, from_dict
 from ditcore.samplers import SAMPLERS
 from pipelines.validation import check_positive
+from serve.schema import MAX_GUIDANCE, MAX_STEPS
 
 
 @dataclass
@@ -30,10 +31,11 @@ class SamplerUserConfig:
     def __post_init__(self) -> None:
         if self.default_sampler not in SAMPLERS:
             raise ConfigError(f"default_sampler: {self.default_sampler!r} is not one of {list(SAMPLERS)}")
-        if not 1 <= self.default_steps <= 1000:
-            raise ConfigError(f"default_steps: {self.default_steps} is outside [1, 1000]")
-        if not 0.0 <= self.default_guidance <= 100.0:
-            raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, 100]")
+        # The request limits (serve/schema.py): a default must be a value a request could ask for.
+        if not 1 <= self.default_steps <= MAX_STEPS:
+            raise ConfigError(f"default_steps: {self.default_steps} is outside [1, {MAX_STEPS}]")
+        if not 0.0 <= self.default_guidance <= MAX_GUIDANCE:
+            raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, {MAX_GUIDANCE:g}]")
         check_positive(self, ("max_batch_size", "max_batch_images"), "{name}: {value} must be >= 1", ConfigError)
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be >= 0")
@@ -69,7 +71,10 @@ class SampleJob:
 
 
 def group_compatible(jobs: list[SampleJob], max_images: int | None = None) -> list[list[int]]:
-    """Indices of `jobs` grouped by batch key in order of first arrival, each group cut at `max_images` images."""
+    """Indices of `jobs` grouped by batch key in order of first arrival, each group cut at `max_images` images.
+
+    A job larger than `max_images` is a group of its own; the sampler runs it `max_images` images at a time.
+    """
     groups: dict[tuple, list[list[int]]] = {}
     for i, job in enumerate(jobs):
         chunks = groups.setdefault(job.batch_key(), [[]])

@@ -46,6 +46,8 @@ class DeploymentPlan:
         """Base URL clients use (a wildcard bind address is reached through loopback)."""
         host = self.http_options.get("host", "127.0.0.1")
         h = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        if ":" in h and not h.startswith("["):
+            h = f"[{h}]"  # an IPv6 literal: a URL needs it in brackets
         return f"http://{h}:{self.http_options.get('port', 8000)}{self.route_prefix.rstrip('/')}"
 
 

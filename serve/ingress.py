@@ -22,7 +22,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ditcore.config import from_dict
+from ditcore.config import ConfigError, from_dict
 from serve.auth import DEFAULT_TOKEN_ENV, AuthError, BearerAuth
 from serve.schema import (
     DEFAULT_MAX_BODY_BYTES,
@@ -49,9 +49,29 @@ class IngressSettings:
     auth_disabled: bool = False  # explicitly serve without auth (ignores the token; refused nowhere)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes: {self.max_body_bytes} must be >= 1 (every request would get 413)")
 
-# Per-process limit read by the body-size middleware; each ingress replica sets it in reconfigure.
+
+# Per-process state read by the middlewares; each ingress replica sets it in reconfigure, through `set_gates`.
 _BODY_LIMIT = {"max_body_bytes": DEFAULT_MAX_BODY_BYTES}
+_AUTH = {"auth": BearerAuth(None)}
+
+
+def set_gates(auth: BearerAuth, max_body_bytes: int) -> None:
+    """Set what the middlewares enforce in this process.
+
+    Serve ships the Ingress class to its replica by value, with copies of the module globals its methods name; the
+    middlewares are imported there by reference and read this module's own dicts. A module-level function is also
+    pickled by reference, so calling it from `reconfigure` updates the dicts the middlewares read.
+    """
+    _AUTH["auth"] = auth
+    _BODY_LIMIT["max_body_bytes"] = int(max_body_bytes)
+
+
+# Routes that need the bearer token when auth is on; /healthz and the API docs stay open.
+PROTECTED_PATHS = ("/v1/generate", "/v1/model")
 
 
 def _error(
@@ -63,6 +83,39 @@ def _error(
 ) -> JSONResponse:
     body = ErrorResponse(error=error, detail=detail or [], request_id=request_id).model_dump(exclude_none=True)
     return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def _unauthorized(exc: AuthError) -> JSONResponse:
+    return _error(
+        401,
+        str(exc),
+        [FieldError(field="Authorization", message=f"Authorization: {exc}")],
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+class BearerGate:
+    """ASGI middleware: 401 for a protected route without the right bearer token, before its body is read.
+
+    Checking here rather than in the route means an unauthenticated client learns nothing about the request schema:
+    a malformed or oversized body without a token is a 401, not a 422 or 413.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        auth: BearerAuth = _AUTH["auth"]
+        if scope["type"] == "http" and auth.enabled and scope.get("path", "").rstrip("/").endswith(PROTECTED_PATHS):
+            headers = scope.get("headers", [])
+            value = next((v.decode("latin-1") for k, v in headers if k.lower() == b"authorization"), "")
+            scheme, _, credentials = value.strip().partition(" ")
+            try:
+                auth.check(scheme, credentials.strip() or None)
+            except AuthError as exc:
+                await _unauthorized(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -125,16 +178,23 @@ api = FastAPI(
     description="Diffusion Transformer sampler service (Ray Serve): POST /v1/generate, GET /v1/model, GET /healthz.",
 )
 api.add_middleware(BodySizeLimit)
+api.add_middleware(BearerGate)  # added last = runs first: no body is read for a request without the token
+# Documents the bearer scheme in the OpenAPI schema; BearerGate enforces it.
 bearer = HTTPBearer(auto_error=False, description="Required when the deployment's API token env var is set.")
 
 
 @api.exception_handler(RequestValidationError)
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(422, "invalid request", validation_errors(list(exc.errors())))
+    return _error(422, "invalid request", validation_errors(list(exc.errors()), request.headers.get("content-type")))
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI's "There was an error parsing the body": bytes that are not UTF-8, or a number too long to convert.
+        why = str(exc.__cause__).split(";")[0]
+        message = f"body: could not be read as JSON ({why})"
+        return _error(422, "invalid request", [FieldError(field="body", message=message)])
     return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
@@ -167,22 +227,8 @@ class Ingress:
             self.auth = BearerAuth(None)
         else:
             self.auth = BearerAuth.from_env(settings.auth_token_env, required=settings.auth_required)
-        _BODY_LIMIT["max_body_bytes"] = int(settings.max_body_bytes)
+        set_gates(self.auth, settings.max_body_bytes)
         self.settings = settings
-
-    def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> JSONResponse | None:
-        try:
-            self.auth.check(
-                credentials.scheme if credentials else None, credentials.credentials if credentials else None
-            )
-        except AuthError as exc:
-            return _error(
-                401,
-                str(exc),
-                [FieldError(field="Authorization", message=f"Authorization: {exc}")],
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return None
 
     @api.get("/healthz", response_model=Health, summary="Liveness (never needs auth)")
     async def healthz(self) -> Health:
@@ -196,9 +242,7 @@ class Ingress:
         summary="The served checkpoint: config, parameters, FLOPs, FID, training compute",
     )
     async def model_info(self, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Any:
-        """Describe the served model."""
-        if (denied := self._authorize(credentials)) is not None:
-            return denied
+        """Describe the served model (BearerGate has checked the token)."""
         try:
             info = await self.sampler.info.remote()
         except (RayServeException, RayActorError, ActorUnavailableError) as exc:
@@ -227,9 +271,8 @@ class Ingress:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Any:
-        """Sample images for a prompt or class label; the response states the seeds and settings used."""
-        if (denied := self._authorize(credentials)) is not None:
-            return denied
+        """Sample images for a prompt or class label; the response states the seeds and settings used (BearerGate has
+        checked the token)."""
         # Serve's proxy names every request (x-request-id, echoed on the response): use its id so the header and a
         # 500's body agree; only without the proxy does the response need the header from here.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex

@@ -145,7 +145,34 @@ class Sampler:
         }
 
     def check(self, req: dict) -> dict | None:
-        """{"field", "message"} when the request does not fit this model (prompt vs label, range, length)."""
+        """{"field", "message"} when the request does not fit this model (prompt vs label, range, length, sampler,
+        seeds)."""
+        error = self.check_conditions(req) or self.check_steer(req.get("steer")) or self.check_sampler(req)
+        if error is None and req.get("seed") is not None:
+            last = int(req["seed"]) + int(req.get("num_images") or 1) - 1
+            if last > MAX_SEED:
+                error = {
+                    "field": "seed",
+                    "message": f"seed: {req['seed']} + num_images - 1 = {last} is past the largest seed {MAX_SEED}",
+                }
+        return error
+
+    def check_sampler(self, req: dict) -> dict | None:
+        """{"field", "message"} when this checkpoint cannot run the requested (or default) sampler."""
+        from pipelines.generation import GenerationError
+
+        c = self.config
+        sampler = req.get("sampler") or c.default_sampler
+        guidance = float(req["guidance"] if req.get("guidance") is not None else c.default_guidance)
+        try:
+            self.pipe.check_sampler(sampler, guidance)
+        except GenerationError as exc:
+            default = "" if req.get("sampler") else " (the deployment's default_sampler)"
+            return {"field": "sampler", "message": f"sampler: {sampler!r}{default}: {exc}"}
+        return None
+
+    def check_conditions(self, req: dict) -> dict | None:
+        """{"field", "message"} when the prompt or label does not fit this model."""
         from pipelines.generation import GenerationError
 
         text = self.pipe.conditioning == "text"
@@ -153,6 +180,12 @@ class Sampler:
             return {"field": "label", "message": "label: this model is text-conditioned; send 'prompt' instead"}
         if text and req.get("prompt") is None:
             return {"field": "prompt", "message": "prompt: required for this text-conditioned model"}
+        if text and not req["prompt"].strip():
+            return {
+                "field": "prompt",
+                "message": "prompt: empty; this text-conditioned model needs a caption (the empty prompt is its "
+                "unconditional input, which guidance compares against)",
+            }
         if not text:
             for key in ("prompt", "negative_prompt"):
                 if req.get(key):
@@ -164,14 +197,14 @@ class Sampler:
                     "message": f"label: {'required' if label is None else label} - this "
                     f"class-conditioned model takes a label in [0, {self.pipe.num_classes})",
                 }
-            return self.check_steer(req.get("steer"))
+            return None
         for key in ("prompt", "negative_prompt"):
             if req.get(key):
                 try:
                     self.pipe.encode_prompt(req[key])  # cached: the batch reuses the embedding
                 except GenerationError as exc:
                     return {"field": key, "message": f"{key}: {str(exc).split(': ', 1)[-1]}"}
-        return self.check_steer(req.get("steer"))
+        return None
 
     def check_steer(self, steer: dict | None) -> dict | None:
         """{"field", "message"} when `steer` names an unknown concept or layer, or alpha is out of range."""
@@ -189,17 +222,22 @@ class Sampler:
 
     async def generate(self, req: dict) -> dict:
         """Validated request dict -> {"images": [png], "settings": {...}} | {"error": {...}} | {"internal_error"}."""
-        error = self.check(req)
+        try:
+            error = self.check(req)
+        except Exception:  # e.g. unreadable model statistics: a 500 with the request id, the replica keeps serving
+            logger.exception("generation failed for request(s) %s", [req.get("request_id")])
+            return {"internal_error": req.get("request_id")}
         if error is not None:
             return {"error": error}
         c = self.config
         seed = req.get("seed")
-        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else int(seed)
+        n = int(req.get("num_images") or 1)
+        seed = secrets.randbelow(MAX_SEED + 2 - n) if seed is None else int(seed)  # every seed + i stays <= MAX_SEED
         job = SampleJob(
             steps=int(req.get("steps") or c.default_steps),
             sampler=req.get("sampler") or c.default_sampler,
             guidance=float(req["guidance"] if req.get("guidance") is not None else c.default_guidance),
-            seeds=[seed + i for i in range(int(req.get("num_images") or 1))],
+            seeds=[seed + i for i in range(n)],
             request_id=str(req.get("request_id") or ""),
             label=req.get("label"),
             prompt=req.get("prompt"),
@@ -228,21 +266,23 @@ class Sampler:
         return {"images": result["images"], "settings": settings}
 
     def run_group(self, jobs: list[SampleJob]) -> list[list[bytes]]:
-        """One sampler call for a group of compatible jobs; PNGs per job."""
+        """Sampler calls of at most `max_batch_images` images for a group of compatible jobs; PNGs per job."""
         from pipelines.generation import SamplerSettings
 
         steps, sampler, guidance = jobs[0].batch_key()[:3]
         steer = dict(zip(("concept", "alpha", "layer"), jobs[0].steer)) if jobs[0].steer else None
         settings = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance, steer=steer)
         seeds = [s for j in jobs for s in j.seeds]
+        per_call = self.config.max_batch_images
         if self.pipe.conditioning == "class":
-            images = self.pipe.generate_labels([j.label for j in jobs for _ in j.seeds], seeds, settings)
+            images = self.pipe.generate_labels([j.label for j in jobs for _ in j.seeds], seeds, settings, per_call)
         else:
             images = self.pipe.generate_prompts(
                 [j.prompt for j in jobs for _ in j.seeds],
                 seeds,
                 settings,
                 [j.negative_prompt for j in jobs for _ in j.seeds],
+                per_call,
             )
         out, i = [], 0
         for j in jobs:
@@ -265,7 +305,7 @@ class Sampler:
                 for i in group:
                     results[i] = {"internal_error": jobs[i].request_id}
                 continue
-            total = sum(j.num_images for j in members)
+            total = min(sum(j.num_images for j in members), self.config.max_batch_images)
             for i, p in zip(group, pngs):
                 results[i] = {"images": p, "batch_images": total}
         return results  # type: ignore[return-value]

@@ -156,8 +156,12 @@ def field_name(loc: tuple | list) -> str:
     return ".".join(parts) if parts else "body"
 
 
-def validation_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
-    """FastAPI/pydantic error dicts -> FieldErrors whose message starts with the field name."""
+def validation_errors(errors: list[dict[str, Any]], content_type: str | None = "application/json") -> list[FieldError]:
+    """FastAPI/pydantic error dicts -> FieldErrors whose message starts with the field name.
+
+    `content_type` is the request's Content-Type header: a body sent without a JSON type is never parsed, and the
+    error says so instead of calling the body not an object.
+    """
     out = []
     for err in errors:
         name = field_name(err.get("loc", ()))
@@ -166,7 +170,17 @@ def validation_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
             name, msg = "body", f"request body is not valid JSON ({err.get('ctx', {}).get('error', msg)})"
         elif err.get("type") == "extra_forbidden":
             msg = "unknown field"
+        elif err.get("type") == "model_attributes_type" and name != "body":
+            msg = "must be a JSON object"
+        elif err.get("type") == "model_attributes_type" and not is_json_type(content_type):
+            msg = f"Content-Type must be application/json, got {content_type or 'none'!r}"
         elif err.get("type") == "model_attributes_type":
-            name, msg = "body", "request body must be a JSON object"
+            msg = "request body must be a JSON object"
         out.append(FieldError(field=name, message=f"{name}: {msg}"))
     return out
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header names JSON (application/json or a +json type), as FastAPI decides to parse."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))

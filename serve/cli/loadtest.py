@@ -48,7 +48,15 @@ def default_body(url: str, token: str | None = None) -> dict:
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    info = requests.get(f"{url.rstrip('/')}/v1/model", headers=headers, timeout=60).json()
+    r = requests.get(f"{url.rstrip('/')}/v1/model", headers=headers, timeout=60)
+    if r.status_code == 401:
+        raise PermissionError(
+            f"{url}/v1/model answered 401: the service wants a bearer token; pass --token or set $DITSCALE_API_TOKEN"
+            if not token
+            else f"{url}/v1/model answered 401: the service refused the token given"
+        )
+    r.raise_for_status()
+    info = r.json()
     return {"prompt": "a red circle on a blue background"} if info.get("conditioning") == "text" else {"label": 0}
 
 
@@ -150,15 +158,26 @@ def main(argv: list[str] | None = None) -> int:
         body = json.loads(ns.body) if ns.body else default_body(ns.url, ns.token)
     except json.JSONDecodeError as exc:
         parser.error(f"--body is not valid JSON: {exc}")
+    except PermissionError as exc:
+        print(f"ditscale loadtest: error: {exc}", file=sys.stderr)
+        return 2
     except (requests.RequestException, ValueError) as exc:  # nothing listens, or not a sampler service
         print(f"ditscale loadtest: error: cannot reach the sampler service at {ns.url}: {exc}", file=sys.stderr)
         return 2
+    if not isinstance(body, dict):
+        parser.error(f"--body {ns.body!r}: expected a JSON object such as '{{\"label\": 0}}'")
     if ns.steps is not None:
         body["steps"] = ns.steps
     rows = [
         run_load(ns.url, c, ns.requests, body, token=ns.token, timeout=ns.timeout, warmup=ns.warmup) for c in levels
     ]
     print(json.dumps(rows, indent=2) if ns.json else format_table(rows, f"loadtest {ns.url} body={json.dumps(body)}"))
+    if any("401" in r["statuses"] for r in rows):
+        print(
+            "ditscale loadtest: requests were refused with 401: pass --token (or set $DITSCALE_API_TOKEN) to the "
+            "service's bearer token",
+            file=sys.stderr,
+        )
     return 0 if all(r["ok"] == r["requests"] for r in rows) else 1
 
 

@@ -102,7 +102,18 @@ def _detach(argv: list[str], ns: argparse.Namespace, plan: DeploymentPlan) -> in
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    wait_healthy(plan.url, ns.ready_timeout, alive=lambda: proc.poll() is None)
+    try:
+        wait_healthy(plan.url, ns.ready_timeout, alive=lambda: proc.poll() is None)
+    except NotReadyError as exc:
+        # Never leave a service running that this command did not report: stop it (SIGTERM shuts Serve down).
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the Ray it started goes with it
+            exc = NotReadyError(f"{exc}; stopped it (pid {proc.pid}); raise --ready-timeout if loading takes longer")
+        raise NotReadyError(f"{exc}; its log: {log_path}") from None
     print(json.dumps({"url": plan.url, "pid": proc.pid, "log": log_path, "stop": f"kill {proc.pid}"}))
     return 0
 

@@ -176,7 +176,7 @@ def server(tmp_path_factory, moto_s3):
         "class": make_app(
             {"champion": True, "tracking_uri": tracking_uri},
             {
-                "Sampler": _sampler_opts(fast),
+                "Sampler": _sampler_opts({**fast, "max_batch_images": 4}),
                 "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": None}},
             },
         ),
@@ -189,7 +189,10 @@ def server(tmp_path_factory, moto_s3):
                     max_ongoing_requests=1,
                     max_queued_requests=1,
                 ),
-                "Ingress": {"ray_actor_options": {"num_cpus": 0}, "user_config": {"auth_token_env": TOKEN_ENV}},
+                "Ingress": {
+                    "ray_actor_options": {"num_cpus": 0},
+                    "user_config": {"auth_token_env": TOKEN_ENV, "max_body_bytes": 20_000},
+                },
             },
         ),
     }
@@ -242,6 +245,10 @@ def test_generate_by_label(server):
     assert body["settings"]["num_images"] == 3 and body["settings"]["steps"] == 4
     assert base64.b64decode(body["images"][1]["png_base64"]) == r.content
     assert base64.b64decode(body["images"][0]["png_base64"]) != r.content
+    # More images than max_batch_images (4) run 4 at a time: the same images, forward batches of 4.
+    r6 = _post(url, {"label": 3, "seed": 6, "steps": 4, "sampler": "euler", "guidance": 3.0, "num_images": 6})
+    assert r6.status_code == 200 and r6.json()["settings"]["batch_images"] == 4, r6.text
+    assert [im["png_base64"] for im in r6.json()["images"][:3]] == [im["png_base64"] for im in body["images"]]
 
     # Defaults come from the Sampler's user_config (applied in reconfigure); a random seed is reported.
     rd = _post(url, {"label": 5, "format": "json"})
@@ -339,6 +346,10 @@ INVALID_CLASS = [
     ({"prompt": "a cat"}, "prompt"),
     ({"label": 1, "checkpoint": "/etc/passwd"}, "checkpoint"),
     ({"label": 1, "prompt": 5}, "prompt"),
+    ({"label": 1, "steer": "red"}, "steer"),
+    ({"label": 1, "seed": 2**32 - 1, "num_images": 2}, "seed"),  # image 2 would need seed 2**32
+    ({"label": 1, "sampler": "ddpm-learned"}, "sampler"),  # no learned variance in this checkpoint
+    ({"label": 1, "sampler": "dpmsolver-v3", "guidance": 3.5}, "sampler"),  # no model statistics for guidance 3.5
 ]
 INVALID_TEXT = [
     ({"prompt": "x" * 5000}, "prompt"),
@@ -346,6 +357,8 @@ INVALID_TEXT = [
     ({}, "prompt"),
     ({"prompt": "ok", "label": 3}, "label"),
     ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
 ]
 
 
@@ -359,9 +372,15 @@ def test_invalid_inputs_get_4xx_naming_the_field(server):
             assert any(d["field"] == field and field in d["message"] for d in detail), (app, body, r.text)
     url = f"{base}/class/v1/generate"
     # Not JSON / not an object.
-    for raw in (b"{not json", b"[1, 2]", b'"label"'):
+    not_utf8, long_number = b'{"label": 1, "prompt": "\xff\xfe"}', b'{"seed": ' + b"9" * 5000 + b"}"
+    for raw in (b"{not json", b"[1, 2]", b'"label"', not_utf8, long_number):
         r = requests.post(url, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body", r.text
+    # A JSON object sent without a JSON Content-Type is never parsed: the error says which header to send.
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        r = requests.post(url, data=b'{"label": 1}', headers=headers, timeout=60)
+        detail = r.json()["detail"][0]
+        assert r.status_code == 422 and detail["field"] == "body" and "Content-Type" in detail["message"], r.text
     # Oversized bodies: by Content-Length, and streamed (chunked, no Content-Length).
     big = json.dumps({"label": 1, "prompt": "z" * 200_000}).encode()
     r = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=60)
@@ -394,9 +413,16 @@ def test_bearer_auth(server):
         r = _post(f"{base}/text/v1/generate", body, headers=headers)
         assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer", (headers, r.text)
         assert r.json()["detail"][0]["field"] == "Authorization"
+        # The token is checked before the body: a malformed body tells an unauthenticated client nothing.
+        assert _post(f"{base}/text/v1/generate", {"prompt": 5}, headers=headers).status_code == 401
+        raw = requests.post(f"{base}/text/v1/generate", data=b"{bad", headers=headers, timeout=60)
+        assert raw.status_code == 401, raw.text
         assert requests.get(f"{base}/text/v1/model", headers=headers, timeout=60).status_code == 401
     r = _post(f"{base}/text/v1/generate", {**body, "seed": 3}, headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    # This app's ingress user_config lowers max_body_bytes to 20,000: a 30 kB body (under the default) is a 413.
+    r = _post(f"{base}/text/v1/generate", {**body, "negative_prompt": "z" * 30_000}, headers=AUTH)
+    assert r.status_code == 413 and "20000 bytes" in r.text, r.text
     assert requests.get(f"{base}/text/v1/model", headers=AUTH, timeout=60).status_code == 200
     # Auth off on the class app: no token needed.
     assert _post(f"{base}/class/v1/generate", {"label": 1, "steps": 2}).status_code == 200
@@ -456,6 +482,9 @@ def test_loadtest_cli_against_running_app(server, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "p99 ms" in out and "{'200': 3}" in out
+    # Without the text app's token the default body cannot be chosen: exit 2 naming --token, before any load.
+    assert main(["--url", f"{server['base']}/text", "--requests", "1", "--token", ""]) == 2
+    assert "--token" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,6 +514,12 @@ def test_config_yaml_loads_through_serve_schema():
     assert sampler.max_queued_requests > 0 and sampler.max_ongoing_requests >= sampler.user_config["max_batch_size"]
     assert deps["Ingress"].max_queued_requests > 0
     SamplerSettings.from_user_config(sampler.user_config)
+    # Defaults a request could not ask for, and a body limit that refuses every request, name the key.
+    for bad, key in (({"default_steps": 500}, "default_steps"), ({"default_guidance": 50.0}, "default_guidance")):
+        with pytest.raises(ConfigError, match=key):
+            SamplerSettings.from_user_config({**sampler.user_config, **bad})
+    with pytest.raises(ConfigError, match="max_body_bytes: 0"):
+        IngressSettings(max_body_bytes=0)
     from ditcore.config import from_dict
 
     from_dict(IngressSettings, deps["Ingress"].user_config)
@@ -526,11 +561,14 @@ def _logged_with_traceback(request_id: str) -> list[str]:
 
 
 def test_internal_error_is_a_500_with_request_id_and_no_exception_text(server):
-    """A sampler that cannot run on this checkpoint (dpmsolver-v3 without its model statistics) fails inside the
+    """Model statistics that cannot be read (a corrupt dpmsolver-v3 file beside the checkpoint) fail inside the
     replica: the client gets a 500 that carries the request id and none of the exception's text (no paths, no
     exception type); the replica's log holds the exception and its traceback under that id."""
+    from pipelines.checkpoint_extras import ems_name
+
+    (Path(server["class_ckpt"]) / ems_name(2.75)).write_bytes(b"not a safetensors file")
     url = f"{server['base']}/class/v1/generate"
-    r = _post(url, {"label": 1, "steps": 2, "sampler": "dpmsolver-v3", "seed": 4})
+    r = _post(url, {"label": 1, "steps": 2, "sampler": "dpmsolver-v3", "guidance": 2.75, "seed": 4})
     assert r.status_code == 500, r.text
     body = r.json()
     rid = r.headers["X-Request-Id"]
@@ -542,7 +580,7 @@ def test_internal_error_is_a_500_with_request_id_and_no_exception_text(server):
     while not (record := _logged_with_traceback(rid)) and time.monotonic() < deadline:  # log files flush async
         time.sleep(0.2)
     assert record and record[1].startswith("Traceback"), record[:3]
-    assert any("dpmsolver-v3" in line and "Error" in line for line in record), record  # the exception, server-side
+    assert any("Error" in line and "Traceback" not in line for line in record[1:]), record  # the exception
     assert _post(url, {"label": 1, "steps": 2}).status_code == 200  # the replica still serves
 
 

@@ -4,6 +4,8 @@ load on the serving path (a directory holding only pickled .bin weights is refus
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 import yaml
 
@@ -58,6 +60,7 @@ def test_loopback_host_runs_without_a_token(host, monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     plan = _plan(host)
     assert plan.deployments[INGRESS_NAME]["user_config"]["auth_required"] is False
+    assert urlsplit(plan.url).hostname == host  # an IPv6 literal is bracketed in the URL clients and --detach use
 
 
 def test_shipped_config_makes_a_replica_without_its_token_refuse_to_start(monkeypatch):
