@@ -104,15 +104,20 @@ def _list_files(uri: str) -> list[str]:
         raise SourceError(f"source path does not exist: {uri}")
     if info.type == pafs.FileType.File:
         return [""]
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     rels = []
-    for i in infos:
-        if i.type != pafs.FileType.File:
-            continue
-        rel = posixpath.relpath(i.path.replace("\\", "/"), root.replace("\\", "/"))
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        rels.append(rel)
+    try:
+        for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            if i.type != pafs.FileType.File:
+                continue
+            rel = posixpath.relpath(i.path.replace("\\", "/"), root.replace("\\", "/"))
+            if any(part.startswith((".", "_")) for part in rel.split("/")):
+                continue
+            rels.append(rel)
+    except UnicodeDecodeError as exc:  # pyarrow decodes each path as UTF-8
+        around = exc.object[max(0, exc.start - 40) : exc.end + 40] if isinstance(exc.object, bytes) else b""
+        raise SourceError(
+            f"{uri}: a file name under it is not UTF-8 ({around!r}); rename it (e.g. `convmv -f latin1 -t utf8`)"
+        ) from exc
     return sorted(rels)
 
 
@@ -395,8 +400,15 @@ def _read_folder(
             "id": rel or posixpath.basename(root),
             "source": storage.join(desc["root"], rel) if rel else desc["root"],
         }
-        if "/" in rel and class_index:
-            rec["label"] = class_index.get(rel.split("/", 1)[0])
+        if class_index:
+            rec["label"] = class_index.get(rel.split("/", 1)[0]) if "/" in rel else None
+            if rec["label"] is None:
+                rec["error"] = (
+                    f"not in a class folder (labels_from_dirs: the classes are the top-level folders "
+                    f"{', '.join(classes or [])}); move it into one, or set source.labels_from_dirs=false"
+                )
+                records.append(rec)
+                continue
         try:
             rec["data"] = _read_file(fs, path)
         except Exception as exc:  # a vanished or unreadable file is a per-item failure, not a crash
@@ -404,10 +416,17 @@ def _read_folder(
             records.append(rec)
             continue
         stem = path.rsplit(".", 1)[0] if "." in posixpath.basename(path) else path
-        try:
-            rec["caption"] = _read_file(fs, f"{stem}.{cap_ext}").decode("utf-8", errors="replace").strip()
-        except (FileNotFoundError, OSError):
-            rec["caption"] = None
+        rec["caption"] = None
+        shouting = posixpath.basename(path).rsplit(".", 1)[-1].isupper()  # IMG.PNG + IMG.TXT (skipped as sidecar)
+        for cap_path in [f"{stem}.{cap_ext}"] + ([f"{stem}.{cap_ext.upper()}"] if shouting else []):
+            try:
+                caption_bytes = _read_file(fs, cap_path)
+            except (FileNotFoundError, OSError):
+                continue
+            rec["caption"], error = _caption(caption_bytes, f"file {posixpath.basename(cap_path)}")
+            if error:
+                rec["error"] = error
+            break
         records.append(rec)
     return records
 
@@ -424,6 +443,9 @@ def _image_bytes(value: Any) -> bytes | None:
     raise TypeError(f"image cell of type {type(value).__name__} is not bytes")
 
 
+MAX_LABEL = 2**31 - 1  # labels are stored as int32
+
+
 def _int_label(value: Any) -> int | None:
     """An integer class label from a cell (ints, integral floats, digit strings); None when it is not one."""
     if value is None or isinstance(value, bool):
@@ -435,30 +457,64 @@ def _int_label(value: Any) -> int | None:
     return int(f) if f.is_integer() else None
 
 
+def _label_error(raw: Any, label: int | None, where: str) -> str | None:
+    """Why a label cell is unusable (not an integer, negative, past int32), or None when it is fine or absent."""
+    if raw is None:
+        return None
+    if label is None:
+        return f"label {raw!r}{where} is not an integer"
+    if not 0 <= label <= MAX_LABEL:
+        return f"label {label}{where} is outside [0, {MAX_LABEL}]"
+    return None
+
+
+def _caption(data: bytes, where: str) -> tuple[str | None, str | None]:
+    """(caption, error) of a caption file's bytes, which must be UTF-8 text (a blank one is judged where captions
+    are encoded: it fails only a text-conditioned data set)."""
+    try:
+        return data.decode("utf-8").strip(), None
+    except UnicodeDecodeError as exc:
+        return None, f"caption {where} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+
+
 def _read_parquet(
     desc: dict[str, Any], cfg: SourceConfig, filesystem: pafs.FileSystem | None = None
 ) -> list[dict[str, Any]]:
     fs, root = _fs(desc["root"], filesystem)
     rel = desc["file"]
     path = root if rel == "" else posixpath.join(root, rel)
-    pf = pq.ParquetFile(fs.open_input_file(path))
-    names = pf.schema_arrow.names
-    columns = [c for c in (cfg.image_column, cfg.caption_column, cfg.label_column, cfg.id_column) if c and c in names]
-    table = pf.read_row_groups(desc["row_groups"], columns=columns)
+    src = storage.join(desc["root"], rel) if rel else desc["root"]
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        names = pf.schema_arrow.names
+        wanted = (cfg.image_column, cfg.caption_column, cfg.label_column, cfg.id_column)
+        columns = [c for c in wanted if c and c in names]
+        table = pf.read_row_groups(desc["row_groups"], columns=columns)
+    except Exception as exc:  # noqa: BLE001 - a corrupt page fails its rows, not the job
+        first, count = desc["first_row"], desc["count"]
+        return [
+            {
+                "id": f"{rel or posixpath.basename(root)}:{first + i}",
+                "source": f"{src}#row={first + i}",
+                "error": f"unreadable parquet row groups {desc['row_groups']} of {src}: {exc}",
+            }
+            for i in range(count)
+        ]
     if "take" in desc:
         table = table.slice(0, desc["take"])
     data = table.to_pydict()
     n = table.num_rows
-    src = storage.join(desc["root"], rel) if rel else desc["root"]
     records = []
     for i in range(n):
         row = desc["first_row"] + i
         rid = (
-            str(data[cfg.id_column][i])
+            data[cfg.id_column][i]
             if cfg.id_column and cfg.id_column in data
             else f"{rel or posixpath.basename(root)}:{row}"
         )
-        rec: dict[str, Any] = {"id": rid, "source": f"{src}#row={row}"}
+        rec: dict[str, Any] = {"id": str(rid), "source": f"{src}#row={row}"}
+        if rid is None:
+            rec.update(id=f"{rel or posixpath.basename(root)}:{row}", error=f"null id in column {cfg.id_column!r}")
         try:
             b = _image_bytes(data[cfg.image_column][i]) if cfg.image_column in data else None
             if b is None:
@@ -473,9 +529,10 @@ def _read_parquet(
         if cfg.label_column and cfg.label_column in data:
             lab = data[cfg.label_column][i]
             label = _int_label(lab)
-            if label is None and lab is not None:
-                rec["error"] = rec.get("error") or f"label {lab!r} in column {cfg.label_column!r} is not an integer"
-            rec["label"] = label
+            error = _label_error(lab, label, f" in column {cfg.label_column!r}")
+            if error:
+                rec["error"] = rec.get("error") or error
+            rec["label"] = label if error is None else None
         records.append(rec)
     return records
 
@@ -492,12 +549,16 @@ def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: S
     else:
         rec["data"] = parts[img_ext]
     if cfg.caption_key in parts:
-        rec["caption"] = parts[cfg.caption_key].decode("utf-8", errors="replace").strip()
+        rec["caption"], error = _caption(parts[cfg.caption_key], f"member .{cfg.caption_key}")
+        if error:
+            rec["error"] = rec.get("error") or error
     if cfg.label_key in parts:
-        label = _int_label(parts[cfg.label_key].decode("utf-8", errors="replace").strip())
-        if label is None:
-            rec["error"] = rec.get("error") or f"label {parts[cfg.label_key][:20]!r} is not an integer"
-        rec["label"] = label
+        raw = parts[cfg.label_key].decode("utf-8", errors="replace").strip()
+        label = _int_label(raw)
+        error = _label_error(raw[:20], label, "")
+        if error:
+            rec["error"] = rec.get("error") or error
+        rec["label"] = label if error is None else None
     return rec
 
 

@@ -38,6 +38,13 @@ def _run(cfg: PrecomputeConfig) -> int:
         print(f"ditscale precompute: error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary), flush=True)
+    if summary["input"] and not summary["written"]:
+        print(
+            f"ditscale precompute: error: every one of the {summary['input']} inputs failed; each one's source and "
+            f"reason are in {summary['output']}/failures.parquet",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -209,6 +209,13 @@ def _prepare_output(cfg: PrecomputeConfig, plan: SourcePlan) -> None:
                 f"!= {fp}); use a new output path or overwrite=true"
             )
     else:
+        held = [n for n in ("manifest.json", "data") if storage.exists(storage.join(out, n))]
+        if held:
+            # Rows of an unknown run would be read beside the new ones (every reader lists data/).
+            raise ConfigError(
+                f"output {out} already holds {' and '.join(held)} but no {PROGRESS_DIR}/plan.json, so the run that "
+                "wrote them cannot be checked; use a new output path or overwrite=true"
+            )
         storage.write_json(plan_uri, {"fingerprint": fp, "shards": len(plan.shards), "config": to_dict(cfg)})
 
 

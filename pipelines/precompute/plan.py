@@ -100,14 +100,41 @@ def _check_writable(output: str) -> None:
         raise ConfigError(f"output: {output} is not writable: {exc}") from exc
 
 
+def _location(uri: str) -> str:
+    """`uri` as a comparable location: s3://bucket/key without a trailing slash, or an absolute local path."""
+    if storage.is_s3(uri):
+        return uri.rstrip("/")
+    return str(Path(uri).expanduser().resolve())
+
+
+def check_apart(source: str, output: str) -> None:
+    """The output must be neither the source nor inside it nor around it: a rerun would read its own rows as input,
+    and overwrite=true would delete the images."""
+    src, out = _location(source), _location(output)
+    if out == src or out.startswith(src + "/"):
+        raise ConfigError(
+            f"output: {output} is {'the source folder' if out == src else 'inside the source'} {source}; "
+            "write the data set somewhere else (its files would be read as input, and overwrite=true deletes them)"
+        )
+    if src.startswith(out + "/"):
+        raise ConfigError(
+            f"output: {output} holds the source {source}; write the data set somewhere else "
+            "(overwrite=true would delete the source)"
+        )
+
+
 def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     """Check everything a run needs before starting work; returns (shard plan, vae record). Raises ConfigError."""
     if cfg.image_size <= 0:
         raise ConfigError(f"image_size must be positive, got {cfg.image_size}")
+    if cfg.source.path is not None and cfg.source.kind != "builtin":
+        check_apart(cfg.source.path, cfg.output)
     try:
         plan = plan_source(cfg.source, cfg.image_size)
     except SourceError as exc:
         raise ConfigError(f"source: {exc}") from exc
+    if not plan.shards:
+        raise ConfigError(f"source: no input files under {cfg.source.path} (kind {cfg.source.kind})")
     vae = vae_record(cfg.vae, cfg.image_size)
     if is_multi(cfg.text):
         try:
@@ -126,13 +153,15 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
 
 
 def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
-    """Hash of everything that decides the rows (not the compute layout): a resume must match it."""
+    """Hash of everything that decides the rows (not the compute layout, but an explicit compute.dtype): a resume
+    must match it."""
     content = {
         "image_size": cfg.image_size,
         "source": to_dict(cfg.source),
         "vae": to_dict(cfg.vae),
         "text": to_dict(cfg.text),
         "fid": to_dict(cfg.fid),
+        **({"dtype": cfg.compute.dtype} if cfg.compute.dtype != "auto" else {}),  # absent: fingerprints of old runs
         "shards": [
             [s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
             for s in plan.shards

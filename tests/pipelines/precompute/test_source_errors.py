@@ -1,0 +1,166 @@
+"""Bad data a real corpus holds becomes a counted failure naming the item, or a configuration error before any work;
+never a crash, a silent null label or a mangled caption. And an output that overlaps its source is refused before
+anything is written or deleted."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ditcore.config import ConfigError, from_dict
+from pipelines.cli.precompute import main
+from pipelines.precompute.job import PrecomputeConfig, _prepare_output, read_dataset
+from pipelines.precompute.plan import fingerprint, validate
+from pipelines.sources import plan_source
+from tests.pipelines._precompute_helpers import make_folder, png_bytes, random_image
+
+S = 32
+
+
+def _cfg(tmp_path, source: dict, text: bool = True, **extra) -> PrecomputeConfig:
+    return from_dict(
+        PrecomputeConfig,
+        {
+            "source": source,
+            "image_size": S,
+            "progress": False,
+            "text": {} if text else None,
+            "vae": None,
+            "fid": None,
+            "output": str(tmp_path / "out"),
+            **extra,
+        },
+    )
+
+
+def _rows(cfg: PrecomputeConfig) -> dict[str, dict]:
+    plan = plan_source(cfg.source, S)
+    return {r["id"]: r for r in read_dataset(cfg, plan, plan.shards).take_all()}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_bad_labels_captions_and_stray_images_are_failures_that_say_why(tmp_path):
+    # Parquet: a negative label and one past int32 (which crashed the writer) fail; the others stand.
+    (tmp_path / "pq").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "img": [png_bytes(random_image(i)) for i in range(4)],
+                "text": ["a cat", "a dog", "a cow", "   "],
+                "cls": pa.array([0, -1, 2**40, 1], pa.int64()),
+            }
+        ),
+        tmp_path / "pq" / "a.parquet",
+    )
+    src = {"kind": "parquet", "path": str(tmp_path / "pq"), "image_column": "img", "caption_column": "text"}
+    src["label_column"] = "cls"
+    rows = _rows(_cfg(tmp_path, src))
+    assert rows["a.parquet:0"]["error"] == "" and rows["a.parquet:0"]["label"] == 0
+    assert "label -1 in column 'cls' is outside [0, 2147483647]" in rows["a.parquet:1"]["error"]
+    assert f"label {2**40}" in rows["a.parquet:2"]["error"]
+    assert rows["a.parquet:3"]["error"].startswith("empty caption")  # a blank caption is not the null prompt
+    assert _rows(_cfg(tmp_path, src, text=False))["a.parquet:3"]["error"] == ""  # ... unless captions are unused
+
+    # Folder: an image beside the class folders has no class; a Latin-1 caption is not silently mangled; an
+    # upper-case IMG.PNG takes its IMG.TXT.
+    root = make_folder(tmp_path / "imgs", n_per_class=1, classes=("cat", "dog"))
+    (root / "stray.png").write_bytes(png_bytes(random_image(7)))
+    (root / "stray.txt").write_text("a stray")
+    (root / "cat" / "000.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (root / "dog" / "LOUD.PNG").write_bytes(png_bytes(random_image(8)))
+    (root / "dog" / "LOUD.TXT").write_text("a loud dog")
+    rows = _rows(_cfg(tmp_path, {"kind": "folder", "path": str(root)}))
+    assert "not in a class folder" in rows["stray.png"]["error"] and "cat, dog" in rows["stray.png"]["error"]
+    assert "000.txt is not UTF-8" in rows["cat/000.png"]["error"]
+    assert rows["dog/LOUD.PNG"]["error"] == "" and rows["dog/LOUD.PNG"]["caption"] == "a loud dog"
+    assert rows["dog/000.png"]["error"] == "" and rows["dog/000.png"]["label"] == 1
+
+    # WebDataset: a negative .cls fails like the parquet label.
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "s.tar", "w") as tf:
+        for name, data in (("k.png", png_bytes(random_image(9))), ("k.txt", b"a bird"), ("k.cls", b"-3")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    rows = _rows(_cfg(tmp_path, {"kind": "webdataset", "path": str(tmp_path / "wds")}))
+    assert "label -3 is outside" in rows["s.tar/k"]["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_corrupt_parquet_row_group_fails_its_rows_not_the_job(tmp_path):
+    path = tmp_path / "pq" / "a.parquet"
+    path.parent.mkdir()
+    table = pa.table({"img": [png_bytes(random_image(i)) for i in range(4)], "text": [f"c{i}" for i in range(4)]})
+    pq.write_table(table, path, row_group_size=2, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 64] = b"\xff" * 64  # the second row group's first page header; the footer is intact
+    path.write_bytes(bytes(raw))
+    src = {"kind": "parquet", "path": str(path.parent), "image_column": "img", "caption_column": "text"}
+    rows = _rows(_cfg(tmp_path, dict(src, shard_size=2, shuffle=False, label_column=None)))
+    assert [rows[f"a.parquet:{i}"]["error"] for i in (0, 1)] == ["", ""]
+    for i in (2, 3):
+        assert rows[f"a.parquet:{i}"]["error"].startswith("unreadable parquet row groups [1] of "), rows
+
+
+def test_an_output_that_is_inside_or_around_the_source_is_refused_before_anything_is_written(tmp_path):
+    root = make_folder(tmp_path / "imgs", n_per_class=1)
+    before = sorted(p.name for p in root.rglob("*"))
+    for output, words in (
+        (root, "is the source folder"),
+        (root / "latents", "is inside the source"),
+        (tmp_path, "holds the source"),
+    ):
+        cfg = _cfg(tmp_path, {"kind": "folder", "path": str(root)}, output=str(output), overwrite=True)
+        with pytest.raises(ConfigError, match=words):
+            validate(cfg)
+    assert sorted(p.name for p in root.rglob("*")) == before  # nothing written into the source, nothing deleted
+    validate(_cfg(tmp_path, {"kind": "folder", "path": str(root)}, output=str(tmp_path / "elsewhere")))
+
+
+def test_an_empty_source_and_a_file_name_that_is_not_utf8_are_config_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no input files under"):
+        validate(_cfg(tmp_path, {"kind": "folder", "path": str(tmp_path / "empty")}))
+    root = make_folder(tmp_path / "imgs", n_per_class=1)
+    with open(os.fsencode(root / "cat") + b"/caf\xe9.png", "wb") as f:
+        f.write(png_bytes(random_image(1)))
+    with pytest.raises(ConfigError, match=r"not UTF-8 .*caf\\xe9\.png"):
+        validate(_cfg(tmp_path, {"kind": "folder", "path": str(root)}))
+
+
+def test_an_output_holding_rows_of_an_unknown_run_is_refused_and_dtype_is_part_of_the_fingerprint(tmp_path):
+    root = make_folder(tmp_path / "imgs", n_per_class=1)
+    cfg = _cfg(tmp_path, {"kind": "folder", "path": str(root)})
+    plan, _ = validate(cfg)
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "part-00000.parquet").write_bytes(b"rows of another run")
+    with pytest.raises(ConfigError, match="already holds data but no _progress/plan.json"):
+        _prepare_output(cfg, plan)
+    assert (tmp_path / "out" / "data" / "part-00000.parquet").exists()  # nothing deleted without overwrite=true
+    prints = {
+        d: fingerprint(_cfg(tmp_path, {"kind": "folder", "path": str(root)}, compute={"dtype": d}), plan)
+        for d in ("auto", "float32", "bfloat16")
+    }
+    assert len(set(prints.values())) == 3
+    assert prints["auto"] == fingerprint(cfg, plan)  # runs that never set a dtype keep their fingerprint
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_where_every_input_failed_exits_non_zero(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    for i in range(2):
+        (tmp_path / "src" / f"x{i}.png").write_bytes(b"not an image")
+    argv = [f"output={tmp_path / 'out'}", f"image_size={S}", "progress=false", "vae=null", "fid=null", "text=null"]
+    rc = main(argv + ["source.kind=folder", f"source.path={tmp_path / 'src'}", "source.labels_from_dirs=false"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "2 input = 0 written + 2 failed" in captured.out
+    assert "every one of the 2 inputs failed" in captured.err and "failures.parquet" in captured.err
