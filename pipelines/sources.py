@@ -28,6 +28,7 @@ from pipelines.infra import storage
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 # Sidecar files that describe an image rather than being one; never counted as inputs of a folder.
 SIDECAR_EXTENSIONS = ("txt", "json", "cls", "md5")
+MAX_LABEL = 2**31 - 1  # labels are stored as int32
 
 SourceKind = Literal["builtin", "folder", "parquet", "webdataset"]
 
@@ -56,6 +57,9 @@ class SourceConfig:
     caption_column: str | None = "caption"
     label_column: str | None = "label"
     id_column: str | None = None
+    # parquet / WebDataset labels: the class count, when known; a label at or past it is a failure. None: the
+    # largest label seen + 1 (one stray label then sets it)
+    num_classes: int | None = None
     # WebDataset tars: samples grouped by key, one member per extension
     image_keys: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     caption_key: str = "txt"
@@ -68,6 +72,8 @@ class SourceConfig:
             raise ValueError(f"count must be >= 0, got {self.count}")
         if self.kind != "builtin" and not self.path:
             raise ValueError(f"source.path is required for source.kind={self.kind!r}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_LABEL + 1:
+            raise ValueError(f"num_classes must be in [1, 2^31], got {self.num_classes}")
 
 
 class SourceError(ValueError):
@@ -292,6 +298,7 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
             "label_column": cfg.label_column,
         },
         has_labels=has_labels,
+        num_classes=cfg.num_classes if has_labels else None,
     )
 
 
@@ -309,6 +316,7 @@ def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
         shards=shards,
         description={"kind": "webdataset", "path": cfg.path, "tars": len(rels)},
         has_labels=True,
+        num_classes=cfg.num_classes,
     )
 
 
@@ -443,9 +451,6 @@ def _image_bytes(value: Any) -> bytes | None:
     raise TypeError(f"image cell of type {type(value).__name__} is not bytes")
 
 
-MAX_LABEL = 2**31 - 1  # labels are stored as int32
-
-
 def _int_label(value: Any) -> int | None:
     """An integer class label from a cell (ints, integral floats, digit strings); None when it is not one."""
     if value is None or isinstance(value, bool):
@@ -457,14 +462,17 @@ def _int_label(value: Any) -> int | None:
     return int(f) if f.is_integer() else None
 
 
-def _label_error(raw: Any, label: int | None, where: str) -> str | None:
-    """Why a label cell is unusable (not an integer, negative, past int32), or None when it is fine or absent."""
+def _label_error(raw: Any, label: int | None, where: str, num_classes: int | None) -> str | None:
+    """Why a label cell is unusable (not an integer, negative, past int32 or `num_classes`), or None when it is fine
+    or absent."""
     if raw is None:
         return None
     if label is None:
         return f"label {raw!r}{where} is not an integer"
     if not 0 <= label <= MAX_LABEL:
         return f"label {label}{where} is outside [0, {MAX_LABEL}]"
+    if num_classes is not None and label >= num_classes:
+        return f"label {label}{where} is not below source.num_classes={num_classes}"
     return None
 
 
@@ -529,7 +537,7 @@ def _read_parquet(
         if cfg.label_column and cfg.label_column in data:
             lab = data[cfg.label_column][i]
             label = _int_label(lab)
-            error = _label_error(lab, label, f" in column {cfg.label_column!r}")
+            error = _label_error(lab, label, f" in column {cfg.label_column!r}", cfg.num_classes)
             if error:
                 rec["error"] = rec.get("error") or error
             rec["label"] = label if error is None else None
@@ -555,7 +563,7 @@ def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: S
     if cfg.label_key in parts:
         raw = parts[cfg.label_key].decode("utf-8", errors="replace").strip()
         label = _int_label(raw)
-        error = _label_error(raw[:20], label, "")
+        error = _label_error(raw[:20], label, "", cfg.num_classes)
         if error:
             rec["error"] = rec.get("error") or error
         rec["label"] = label if error is None else None

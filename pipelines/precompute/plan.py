@@ -157,7 +157,8 @@ def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
     must match it."""
     content = {
         "image_size": cfg.image_size,
-        "source": to_dict(cfg.source),
+        # Fields added with their default left out, so outputs written before they existed still resume.
+        "source": {k: v for k, v in to_dict(cfg.source).items() if not (k == "num_classes" and v is None)},
         "vae": to_dict(cfg.vae),
         "text": to_dict(cfg.text),
         "fid": to_dict(cfg.fid),

@@ -66,6 +66,11 @@ def test_bad_labels_captions_and_stray_images_are_failures_that_say_why(tmp_path
     assert f"label {2**40}" in rows["a.parquet:2"]["error"]
     assert rows["a.parquet:3"]["error"].startswith("empty caption")  # a blank caption is not the null prompt
     assert _rows(_cfg(tmp_path, src, text=False))["a.parquet:3"]["error"] == ""  # ... unless captions are unused
+    # With the class count known, a label at or past it fails instead of widening the classes.
+    plan = plan_source(_cfg(tmp_path, dict(src, num_classes=1)).source, S)
+    rows = _rows(_cfg(tmp_path, dict(src, num_classes=1)))
+    assert plan.num_classes == 1 and rows["a.parquet:0"]["error"] == ""
+    assert "label 1 in column 'cls' is not below source.num_classes=1" in rows["a.parquet:3"]["error"]
 
     # Folder: an image beside the class folders has no class; a Latin-1 caption is not silently mangled; an
     # upper-case IMG.PNG takes its IMG.TXT.
