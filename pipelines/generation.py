@@ -28,6 +28,9 @@ from ditcore.samplers import sample
 from pipelines.infra import storage
 from pipelines.latents.manifest import Manifest
 
+# Seeds every entry point accepts (sample, the HTTP service, the pyfunc): image i of a request uses seed + i.
+MAX_SEED = 2**32 - 1
+
 # splitmix64 increment: maps a seed to a far-away seed, so the sampler's noise stream is not the x_T stream.
 _SAMPLER_STREAM = 0x9E3779B97F4A7C15
 

@@ -13,13 +13,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ditcore.samplers import SAMPLERS
+from pipelines.generation import MAX_SEED
 
 # Bounds of the public API. Wide enough for real use, tight enough that one request cannot
 # monopolise a replica (steps x num_images bounds the work of a request).
 MAX_STEPS = 250
 MAX_GUIDANCE = 30.0
 MAX_IMAGES = 16
-MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000
 MAX_STEER_ALPHA = 20.0  # = ditcore.steering.MAX_ALPHA
 DEFAULT_MAX_BODY_BYTES = 64 * 1024

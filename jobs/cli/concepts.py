@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, positive_int
+from pipelines.cli.parsers import checkpoint_command_parser, nonneg_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--response-samples", type=positive_int, default=64)
     p.add_argument("--sampler", default="dpmpp-2m", help="sampler of the response curve's images")
     p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=nonneg_float, default=1.0)
     return p
 
 

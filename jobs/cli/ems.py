@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, nonneg_int, options_for, positive_int
+from pipelines.cli.parsers import checkpoint_command_parser, nonneg_float, nonneg_int, options_for, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         "latent data set (lambda nodes split over Ray tasks) and store them beside it (ems[_w<w>].safetensors); "
         "`--sampler dpmsolver-v3` of sample / serve / evaluate then loads them.",
     )
-    p.add_argument("--guidance", type=float, default=d.guidance, help="CFG scale the EMS are for (they depend on it)")
+    p.add_argument(
+        "--guidance", type=nonneg_float, default=d.guidance, help="CFG scale the EMS are for (they depend on it)"
+    )
     p.add_argument("--num-samples", type=positive_int, default=d.num_samples)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--num-nodes", type=positive_int, default=d.num_nodes, help="uniform lambda nodes")

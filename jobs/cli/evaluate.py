@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import command_parser, positive_int
+from pipelines.cli.parsers import command_parser, nonneg_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=positive_int, default=256)
     p.add_argument("--sampler", default="euler")
     p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance", type=nonneg_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--classifier",

@@ -64,4 +64,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"pyfunc model: mlflow.pyfunc.load_model({res['model_uri']!r})")
     if res["sample_grid"]:
         print(f"sample grid: run {res['run_id']} artifact {res['sample_grid']}")
+    if res.get("sample_grid_error"):
+        print(f"ditscale promote: warning: no sample grid logged: {res['sample_grid_error']}", file=sys.stderr)
     return 0

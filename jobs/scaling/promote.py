@@ -91,8 +91,14 @@ def promote(
             )
     except RegistryError as e:
         raise PromoteError(str(e)) from e
-    grid = champion_grid(mlflow_client, best.run_id, source) if pyfunc and sample_grid and best.run_id else None
+    grid, grid_error = None, None
+    if pyfunc and sample_grid and best.run_id:
+        try:
+            grid = champion_grid(mlflow_client, best.run_id, source)
+        except Exception as e:  # noqa: BLE001 - the version and alias stand; the picture is an extra
+            grid_error = f"{type(e).__name__}: {e}"
     return {
+        "sample_grid_error": grid_error,
         "pyfunc": bool(pyfunc),
         "model_uri": f"models:/{model_name}@{alias}",
         "sample_grid": grid,
@@ -141,8 +147,12 @@ def register_pyfunc(
     from pipelines.latents.manifest import LatentDatasetError
 
     existing = _pyfunc_versions(mlflow_client, model_name, source)
+    clean = {k: str(v) for k, v in {"checkpoint": source, PYFUNC_TAG: PYFUNC_FORMAT, **tags}.items() if v is not None}
     if existing:
         mv = max(existing, key=lambda v: int(v.version))
+        for k, v in clean.items():  # a re-evaluated FID or another sweep's tags replace the stale ones
+            mlflow_client.set_model_version_tag(model_name, mv.version, k, v)
+        mlflow_client.update_model_version(model_name, mv.version, description=description)
     else:
         try:
             info = log_pyfunc_model(mlflow_client.tracking_uri, source, run_id=run_id, registered_model_name=model_name)
@@ -152,9 +162,6 @@ def register_pyfunc(
                 "(`ditscale promote --no-pyfunc` registers the bare checkpoint directory)"
             ) from e
         version = str(info.registered_model_version)
-        clean = {
-            k: str(v) for k, v in {"checkpoint": source, PYFUNC_TAG: PYFUNC_FORMAT, **tags}.items() if v is not None
-        }
         for k, v in clean.items():
             mlflow_client.set_model_version_tag(model_name, version, k, v)
         mlflow_client.update_model_version(model_name, version, description=description)

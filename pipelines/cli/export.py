@@ -24,9 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("CKPT", "OUT"),
         required=True,
-        help="checkpoint directory (local or s3://) and the output directory",
+        help="checkpoint directory (local or s3://) and the output directory (local)",
     )
-    p.add_argument("--vae", default=None, help="VAE directory to bundle (default: the one the data manifest names)")
+    vae = p.add_mutually_exclusive_group()
+    vae.add_argument("--vae", default=None, help="VAE directory to bundle (default: the one the data manifest names)")
+    vae.add_argument(
+        "--no-vae",
+        action="store_true",
+        help="export the transformer (and scheduler) only, without a VAE or DiTPipeline",
+    )
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return p
@@ -54,11 +60,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra import storage
 
     ckpt, out = args.diffusers
+    if "://" in out:
+        print(f"ditscale export: error: OUT {out!r}: must be a local directory (upload it afterwards)", file=sys.stderr)
+        return 2
+    if not storage.is_s3(ckpt) and storage.overlap(ckpt, out):
+        print(
+            f"ditscale export: error: OUT {out!r} overlaps the checkpoint {ckpt!r}: write the export elsewhere "
+            "(--overwrite would replace the checkpoint)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with tempfile.TemporaryDirectory(prefix="ditscale-export-") as tmp:
             local = storage.local_copy(ckpt, cache_root=tmp)
+            vae = None if args.no_vae else (args.vae or _default_vae(local))
             record = export_to_diffusers(
-                local, out, vae=args.vae or _default_vae(local), use_ema=not args.raw, overwrite=args.overwrite
+                local, out, vae=vae, use_ema=not args.raw, overwrite=args.overwrite, source_uri=ckpt
             )
     except (ExportError, CheckpointError, ValueError, OSError) as e:  # OSError: exists, missing, unreachable s3
         print(f"ditscale export: error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import math
 from typing import Any, Callable
 
 
@@ -23,6 +24,17 @@ def port_number(text: str) -> int:
     v = _int_at_least(text, 1)
     if v > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (guidance scales, eta, learning rates)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return v
 
 

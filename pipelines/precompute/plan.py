@@ -100,23 +100,16 @@ def _check_writable(output: str) -> None:
         raise ConfigError(f"output: {output} is not writable: {exc}") from exc
 
 
-def _location(uri: str) -> str:
-    """`uri` as a comparable location: s3://bucket/key without a trailing slash, or an absolute local path."""
-    if storage.is_s3(uri):
-        return uri.rstrip("/")
-    return str(Path(uri).expanduser().resolve())
-
-
 def check_apart(source: str, output: str) -> None:
     """The output must be neither the source nor inside it nor around it: a rerun would read its own rows as input,
     and overwrite=true would delete the images."""
-    src, out = _location(source), _location(output)
-    if out == src or out.startswith(src + "/"):
+    where = storage.overlap(source, output)
+    if where in ("same", "inside"):
         raise ConfigError(
-            f"output: {output} is {'the source folder' if out == src else 'inside the source'} {source}; "
+            f"output: {output} is {'the source folder' if where == 'same' else 'inside the source'} {source}; "
             "write the data set somewhere else (its files would be read as input, and overwrite=true deletes them)"
         )
-    if src.startswith(out + "/"):
+    if where == "contains":
         raise ConfigError(
             f"output: {output} holds the source {source}; write the data set somewhere else "
             "(overwrite=true would delete the source)"

@@ -306,3 +306,21 @@ def test_flux_mmdit_is_refused_naming_the_options(tmp_path):
 def test_inexpressible_options_are_named(preset, overrides, option):
     with pytest.raises(ExportError, match=option.replace("(", r"\(").replace(".", r"\.")):
         check_exportable(resolve_config(preset, **overrides))
+
+
+def test_cli_refuses_an_output_over_the_checkpoint_or_on_s3_and_exports_without_a_vae(tmp_path, capsys):
+    """`--overwrite` into the checkpoint (or its run folder) would delete it; an s3:// OUT would become a local
+    folder named 's3:'. Both are refused before anything is written. `--no-vae` exports the transformer alone."""
+    from pipelines.cli.export import main
+
+    ckpt, _, _ = _checkpoint(tmp_path, "ck", "DiT-T/2", shift=0.1)  # shift: no DiTPipeline possible
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for out in (ckpt, tmp_path / "ck", str(tmp_path / "ck" / "sub")):
+        assert main(["--diffusers", str(ckpt), str(out), "--overwrite"]) == 2
+        assert "overlaps the checkpoint" in capsys.readouterr().err
+    assert main(["--diffusers", str(ckpt), "s3://bucket/exp"]) == 2
+    assert "must be a local directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and not (tmp_path / "s3:").exists()
+    assert main(["--diffusers", str(ckpt), str(tmp_path / "out"), "--no-vae"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / EXPORT_META).read_text())
+    assert record["pipeline"] is None and record["vae"] is None and (tmp_path / "out" / "transformer").is_dir()

@@ -147,3 +147,33 @@ def test_unpackable_checkpoint_is_a_clear_error(champion, capsys):
     err = capsys.readouterr().err
     assert "cannot package checkpoint" in err and "model.safetensors: missing" in err and "--no-pyfunc" in err
     assert champion["client"].search_model_versions("name='ditscale'") == []
+
+
+def test_a_checkpoint_whose_vae_is_gone_is_refused_before_anything_is_registered(champion, capsys):
+    """The data set's VAE folder deleted: the model could never load, so no version is registered and the alias does
+    not move (it used to register the version, move the alias, then crash drawing the grid)."""
+    from pipelines.latents.manifest import Manifest
+
+    ckpt_config = json.loads((champion["tmp"] / "run" / "step_00000100" / "config.json").read_text())
+    vae = Manifest.read(ckpt_config["data"]["manifest"]).vae.path
+    shutil.rmtree(vae)
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", champion["uri"]]) == 2
+    err = capsys.readouterr().err
+    assert "cannot package checkpoint" in err and f"VAE {vae}: no such directory" in err, err
+    assert champion["client"].search_model_versions("name='ditscale'") == []
+
+
+def test_repromoting_refreshes_the_versions_tags_and_bundles_the_sampler_statistics(champion, capsys):
+    from pipelines.checkpoint_extras import ems_name
+    from pipelines.export.pyfunc import bundle_checkpoint
+
+    uri, client = champion["uri"], champion["client"]
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", uri, "--no-sample-grid"]) == 0
+    client.set_model_version_tag("ditscale", "1", "fid", "stale")
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", uri, "--no-sample-grid"]) == 0
+    assert "reused ditscale version 1" in capsys.readouterr().out
+    assert client.get_model_version("ditscale", "1").tags["fid"] == "9.0"
+    # dpmsolver-v3 statistics beside the checkpoint travel with the pyfunc bundle.
+    (champion["tmp"] / "run" / "step_00000100" / ems_name(2.0)).write_bytes(b"stats")
+    bundle_checkpoint(str(champion["ckpt"]), champion["tmp"] / "bundle")
+    assert (champion["tmp"] / "bundle" / "checkpoint" / ems_name(2.0)).read_bytes() == b"stats"

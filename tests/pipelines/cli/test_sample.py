@@ -144,6 +144,20 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert "--prompt given" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cmd_sample.main(["--checkpoint", str(ckpt), "--sampler", "plms"])
+    # Values the service refuses are refused here too, before any sampling (NaN guidance drew a black grid).
+    for bad in (["--guidance", "nan"], ["--guidance", "-3"], ["--eta", "inf"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit):
+            cmd_sample.main(["--checkpoint", str(ckpt), *bad])
+        assert bad[0] in capsys.readouterr().err
+    out = str(tmp_path / "y.png")
+    for bad, words in (
+        (["--seed", str(2**32 - 1), "--num", "2"], "the last seed is past"),
+        (["--prompt", " "], "--prompt: empty"),
+        (["--out", str(tmp_path)], "is a directory"),
+    ):
+        assert cmd_sample.main(["--checkpoint", str(ckpt), "--out", out, *bad]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "y.png").exists()
 
 
 def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
