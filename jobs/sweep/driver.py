@@ -228,8 +228,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     wall = time.time() - t_start
     client.log_metric(parent, "wall_s", wall)
     goodput = _goodput(client, parent, records, pending, wall, machine)
-    if complete:
-        tracking.end_run(client, parent, "finished")
+    # An incomplete sweep is FAILED with the trials that did not finish (the next invocation re-opens it).
+    tracking.end_run(client, parent, *(("finished",) if complete else ("failed", f"not finished: {', '.join(failed)}")))
     return {
         "sweep_dir": sdir,
         "parent_run_id": parent,

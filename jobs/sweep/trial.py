@@ -110,14 +110,6 @@ def _gpus(tp: TrialPlan) -> int:
     return int(run.num_workers) if run.use_gpu else 0
 
 
-def _clear_failed(tp: TrialPlan) -> None:
-    """A rerun of a failed trial retrains its failed runs (from their last good checkpoint)."""
-    for spec in tp.runs:
-        result = storage.join(spec.plan.run_dir, "result.json")
-        if storage.exists(result) and storage.read_json(result).get("status") != "finished":
-            storage.delete(result)
-
-
 def _points(tp: TrialPlan, summaries: list[dict]) -> list[ScalingPoint]:
     """The trial's points: every point of each run (separate), or each run's own budget (wsd)."""
     points = []
@@ -153,7 +145,7 @@ def run_trial(
     tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str], callbacks: Optional[list] = None
 ) -> dict[str, Any]:
     """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
-    from jobs.train.driver import finish_run, prepare_run, train_runs
+    from jobs.train.driver import abandon_runs, clear_failed, failure_reason, finish_run, prepare_run, train_runs
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
@@ -166,12 +158,20 @@ def run_trial(
         if i == 0:
             spec.plan.mlflow_run_id = child
         prepared.append(prepare_run(spec.plan, parent_run_id=child, tags={**tags, "ditscale.budget_role": spec.role}))
-    _clear_failed(tp)
+    clear_failed(prepared)  # a rerun of a failed trial retrains its failed runs (from their last good checkpoint)
     _preload_evaluation(tp)
     t_train = time.time()
-    train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
-    t_eval = time.time()
-    summaries = [finish_run(r) for r in prepared]
+    try:
+        train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
+    except Exception as exc:  # noqa: BLE001 - the trial is FAILED (failed.json, MLflow) with the reason; others go on
+        import traceback
+
+        traceback.print_exc()
+        t_eval = time.time()
+        summaries = abandon_runs(prepared, failure_reason(exc))
+    else:
+        t_eval = time.time()
+        summaries = [finish_run(r) for r in prepared]
     timing = trial_timing(summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval)
     reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
     status = "failed" if reasons else "finished"

@@ -4,7 +4,9 @@
 (jobs.train.plan.resolve_run), trains on `run.num_workers` workers (DDP, or FSDP2) recovering from worker failures
 from the latest checkpoint (FailureConfig.max_failures), then measures FID at every budget point
 (jobs.evaluation). A restarted driver with the same config resumes the same run: same storage directory and run
-name (Ray Train restores its checkpoint list); the MLflow run id is kept next to the checkpoints.
+name, from the run's newest complete checkpoint on storage; the MLflow run id is kept next to the checkpoints. A
+different config under the same run name is refused (`RUN_CONFIG`), and a run whose training raised is FAILED in
+MLflow with the reason, then retried by the next invocation.
 """
 
 from __future__ import annotations
@@ -77,6 +79,91 @@ def run_params(plan: RunPlan) -> dict[str, Any]:
     }
 
 
+RUN_CONFIG = "run_config.json"  # beside the checkpoints: the settings that decide the run's weights
+# Ray Train's record of the checkpoints it was told about; resuming reads the run's own newest complete checkpoint
+# (jobs.train.env), and this list names periodic checkpoints that `checkpoint.keep` has pruned since.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that decide a run's weights: a rerun under the same run name must repeat them. Evaluation,
+    tracking, checkpoint cadence and the execution layout may change between invocations."""
+    return {
+        "model": to_dict(cfg.model),
+        "objective": to_dict(cfg.objective),
+        "data": to_dict(cfg.data),
+        "optim": to_dict(cfg.optim),
+        "budget_flops": cfg.budget_flops,
+        "seed": cfg.run.seed,
+        "deterministic": cfg.run.deterministic,
+        "init_from": cfg.checkpoint.init_from,
+    }
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_same_run(plan: RunPlan) -> None:
+    """ConfigError when the run directory holds a run of other settings (`run_identity`); records them otherwise."""
+    uri = storage.join(plan.run_dir, RUN_CONFIG)
+    now = json.loads(json.dumps(run_identity(plan.cfg), default=str))
+    if storage.exists(uri):
+        old, new = _flat(storage.read_json(uri)), _flat(now)
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+            raise ConfigError(
+                f"run {plan.run_name!r} at {plan.run_dir} was trained with other settings ({shown}"
+                f"{'; ...' if len(diff) > 5 else ''}); give this config another run.name, or delete that directory"
+            )
+        return
+    storage.write_json(uri, now)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a run's failure: the exception type and the last line of its message (for a Ray error, the
+    worker's own exception)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:1000]
+
+
+def clear_failed(runs: Sequence["PreparedRun"]) -> None:
+    """A rerun of a failed run trains it again (from its last good checkpoint): its failed result is removed."""
+    for r in runs:
+        if storage.exists(r.result_uri) and storage.read_json(r.result_uri).get("status") != "finished":
+            storage.delete(r.result_uri)
+
+
+def abandon_runs(runs: Sequence["PreparedRun"], reason: str) -> list[dict]:
+    """Training raised: every unfinished run is FAILED in MLflow (those this driver owns) with `reason`; their
+    summaries."""
+    from pipelines.infra import tracking
+
+    out = []
+    for r in runs:
+        if storage.exists(r.result_uri) and storage.read_json(r.result_uri).get("status") == "finished":
+            out.append(finish_run(r))
+            continue
+        if r.owned and r.plan.mlflow_run_id:
+            tracking.end_run(tracking.client(r.plan.tracking_uri, check=False), r.plan.mlflow_run_id, "failed", reason)
+        out.append(
+            {
+                "run_name": r.plan.run_name,
+                "run_dir": r.plan.run_dir,
+                "mlflow_run_id": r.plan.mlflow_run_id,
+                "status": "failed",
+                "reason": reason,
+            }
+        )
+    return out
+
+
 def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[dict]) -> bool:
     """Set plan.mlflow_run_id (the caller's, the run recorded beside the checkpoints, or a new one); True if ours."""
     from pipelines.infra import tracking
@@ -103,6 +190,7 @@ def prepare_run(plan: RunPlan, *, parent_run_id: Optional[str] = None, tags: Opt
     """Give a validated plan its storage directory and MLflow run; no cluster work."""
     if not plan.run_dir:
         plan.run_dir = run_dir(plan.cfg, plan.run_name)
+    check_same_run(plan)  # before the MLflow run is touched
     t_start = time.time()
     owned = _attach_mlflow(plan, parent_run_id, tags)
     return PreparedRun(plan=plan, owned=owned, t_start=t_start)
@@ -187,6 +275,8 @@ def _torch_trainer(
     fs, fs_path = storage.get_fs(root)
     if not storage.is_s3(root):
         os.makedirs(fs_path, exist_ok=True)
+    if storage.exists(storage.join(experiment_dir, RAY_SNAPSHOT)):
+        storage.delete(storage.join(experiment_dir, RAY_SNAPSHOT))
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     loop_config: dict[str, Any] = {"runs": plans, **({"trainer": trainer} if trainer is not None else {})}
     datasets = {}
@@ -251,7 +341,12 @@ def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
     summary = storage.read_json(run.result_uri)
     summary.update(run_dir=plan.run_dir, mlflow_run_id=plan.mlflow_run_id)
     if summary["status"] != "finished":
-        return summary  # the worker already marked the MLflow run FAILED with the reason tag
+        if run.owned and plan.mlflow_run_id:  # the worker marked it FAILED; a rerun's attach set it RUNNING again
+            from pipelines.infra import tracking
+
+            client = tracking.client(plan.tracking_uri, check=False)
+            tracking.end_run(client, plan.mlflow_run_id, "failed", summary.get("reason"))
+        return summary
     points = budget_point_records(plan)
     if evaluate and plan.cfg.eval.num_samples > 0:
         from jobs.evaluation.points import evaluate_points
@@ -279,7 +374,14 @@ def run_training(
     plan = plan or resolve_run(cfg)
     check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
     run = prepare_run(plan)
-    train_runs([run], callbacks=callbacks)
+    clear_failed([run])
+    try:
+        train_runs([run], callbacks=callbacks)
+    except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
+        import traceback
+
+        traceback.print_exc()
+        return abandon_runs([run], failure_reason(exc))[0]
     return finish_run(run, evaluate=evaluate)
 
 

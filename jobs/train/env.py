@@ -182,6 +182,8 @@ class RayTrainEnv:
         # asynchronously: a worker that dies right after writing one leaves it on storage but not in Ray's list.
         # Resume from the newer of the two so those steps are not trained again.
         newest = self._newest_complete_checkpoint()
+        if ckpt is not None and not _intact(self.fs, ckpt.path):
+            ckpt = None  # Ray's latest is truncated or damaged: the newest intact one on storage instead
         if newest is not None and (ckpt is None or newest[0] > _registered_step(ckpt.path)):
             ckpt = Checkpoint(path=newest[1], filesystem=self.fs)
         if ckpt is None:
@@ -193,13 +195,13 @@ class RayTrainEnv:
         return tmp
 
     def _newest_complete_checkpoint(self) -> Optional[tuple[int, str]]:
-        """(step, path) of this run's newest checkpoint on storage with its checkpoint.json (written last)."""
-        import pyarrow.fs as pafs
-
+        """(step, path) of this run's newest intact checkpoint on storage: its checkpoint.json (written last) lists
+        every file with its size, and each is there with that size. A damaged newest one is skipped, with a
+        warning, for the one before."""
         from jobs.train.checkpointing import step_dirs
 
         for step, path in sorted(step_dirs(self.fs, f"{self._base}/checkpoints").items(), reverse=True):
-            if self.fs.get_file_info(f"{path}/checkpoint.json").type == pafs.FileType.File:
+            if _intact(self.fs, path):
                 return step, path
         return None
 
@@ -214,6 +216,35 @@ class RayTrainEnv:
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+
+def _intact(fs: Any, path: str) -> bool:
+    """Whether the checkpoint at `path` has its checkpoint.json and every file it lists, at the listed size."""
+    import logging
+
+    import pyarrow.fs as pafs
+
+    try:
+        with fs.open_input_stream(f"{path}/checkpoint.json") as f:
+            files = json.loads(f.read().decode()).get("files")
+        infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    except (OSError, ValueError, AttributeError, TypeError):  # absent, unreadable or not a manifest
+        return False
+    bad = [
+        (name, info.size, size)
+        for (name, size), info in zip(files.items(), infos)
+        if info.type != pafs.FileType.File or info.size != size
+    ]
+    if bad:
+        name, actual, size = bad[0]
+        logging.getLogger(__name__).warning(
+            "checkpoint %s is damaged (%s: %s bytes, checkpoint.json lists %s); resuming from an earlier one",
+            path,
+            name,
+            actual,
+            size,
+        )
+    return not bad
 
 
 def _registered_step(path: str) -> int:

@@ -360,6 +360,8 @@ class Trainer:
             loss = self._read_loss()
             if not math.isfinite(loss):
                 return f"non-finite loss ({loss}) in the steps up to {step}"
+            if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                return f"non-finite gradient norm ({float(grad_norm)}) at step {step} (loss {loss:.4g}): diverged"
             wall, images = self._window
             ips = images / max(wall, 1e-9)
             self.logged = {

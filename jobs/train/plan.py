@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ditcore.config import ConfigError
+from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
 from jobs.train.config import TrainConfig, model_display_name, run_name
@@ -239,7 +239,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         need("eval.num_actors", e.num_actors, e.num_actors >= 0, ">= 0 (0: sample in the trial process)")
     need("eval.val_every", e.val_every, e.val_every >= 0, ">= 0 (0: only at checkpoints)")
     need("checkpoint.every_n_steps", c.every_n_steps, c.every_n_steps >= 0, ">= 0 (0: only at budget points)")
-    need("checkpoint.keep", c.keep, c.keep >= 0, ">= 0")
+    need("checkpoint.keep", c.keep, c.keep >= 1, ">= 1 (the newest periodic checkpoint is what a restart resumes)")
     need("run.cpus_per_worker", r.cpus_per_worker, finite(r.cpus_per_worker) and r.cpus_per_worker > 0, "> 0")
     need("run.max_failures", r.max_failures, r.max_failures >= -1, ">= 0, or -1 for no limit")
     if r.num_threads is not None:
@@ -319,6 +319,7 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
             manifest = Manifest.read(cfg.data.manifest)
         except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
             raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
+    check_rows(cfg, manifest)
     model_config = resolve_model_config(cfg, manifest)
     check_text_dropout(cfg, manifest)
     check_big_model(cfg, model_config)
@@ -329,6 +330,12 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
     )
     flops = flops_summary(model_config, text_tokens)
     total, points = budget_points(cfg, float(flops["train_flops_per_image"]))
+    if cfg.optim.warmup_steps >= total:
+        warnings.warn(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} is not below the run's {total} steps: the learning rate "
+            f"never reaches optim.lr={cfg.optim.lr:g} (and a {cfg.optim.schedule} schedule never decays)",
+            stacklevel=2,
+        )
     return RunPlan(
         cfg=cfg,
         manifest=manifest,
@@ -340,6 +347,20 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         tracking_uri=_tracking(cfg, check_mlflow),
         run_name=run_name(cfg),
     )
+
+
+def check_rows(cfg: TrainConfig, manifest: Manifest) -> None:
+    """The data set must hold the validation rows plus at least one batch (checked here, before any cluster work)."""
+    rows, val, batch = int(manifest.counts.written), cfg.data.val_samples, cfg.data.batch_size
+    if rows <= 0:
+        raise ConfigError(f"data.manifest: {cfg.data.manifest} holds no rows (counts: {to_dict(manifest.counts)})")
+    if val >= rows:
+        raise ConfigError(f"data.val_samples: {val} rows held out for validation leave none of the {rows} to train on")
+    if batch > rows - val:
+        raise ConfigError(
+            f"data.batch_size: {batch} is more than the {rows - val} training rows ({rows} in the data set, "
+            f"{val} held out by data.val_samples)"
+        )
 
 
 def attach_worker_data(plan: RunPlan) -> None:

@@ -38,7 +38,8 @@ def teacher(tmp_path_factory) -> dict:
     cfg = load_config(
         TrainConfig,
         None,
-        [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", "mlflow.experiment=teach"],
+        [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", "data.val_samples=0"]
+        + ["mlflow.experiment=teach"],
     )
     plan = resolve_run(cfg, check_mlflow=False)
     torch.manual_seed(0)
@@ -120,7 +121,7 @@ def test_tiny_distillation_on_ray_reduces_the_loss_and_nests_under_the_teacher(t
 
 
 def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path):
-    base = DistillConfig(teacher=teacher["ckpt"], tracking_uri=teacher["uri"])
+    base = DistillConfig(teacher=teacher["ckpt"], tracking_uri=teacher["uri"], batch_size=8, val_samples=4)
     plan = distill_plan(base)
     assert plan.model_config["guidance_embed"] is True and plan.total_steps == base.steps
     with pytest.raises(ConfigError, match="w_min <= w_max"):
@@ -144,7 +145,13 @@ def test_distillation_mirrors_latents_only_where_the_teacher_did(tmp_path):
         cfg = load_config(
             TrainConfig,
             None,
-            [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", f"data.flip={flip}"],
+            [
+                f"data.manifest={data}",
+                "model.preset=MMDiT-T",
+                "data.batch_size=8",
+                "data.val_samples=0",
+                f"data.flip={flip}",
+            ],
         )
         plan = resolve_run(cfg, check_mlflow=False)
         model = build_model(config_from_dict(plan.model_config))

@@ -50,3 +50,29 @@ def test_diverged_trial_is_failed_rerun_and_fails_the_sweep(tmp_path, dataset): 
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "0 already done, 1 to run" in second.stdout, second.stdout[-3000:]
     assert list(tdir.glob("*/failed.json")) and not list(tdir.glob("*/done.json"))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_training_raises_is_failed_with_its_reason_not_missing(tmp_path, dataset):  # noqa: F811
+    """An exception that exhausts run.max_failures used to escape run_trial: no failed.json, the trial listed as
+    missing, its MLflow runs left RUNNING."""
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["budgets"] = _budgets(path, (4,))
+    cfg["base"]["debug"] = {"inject_failure": {"step": 2, "mode": "raise"}}
+    cfg["base"].setdefault("run", {})["max_failures"] = 0
+    path.write_text(yaml.safe_dump(cfg))
+    result = _sweep(path)
+    log = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 1, log
+    (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
+    record = json.loads(failed.read_text())
+    assert record["status"] == "failed" and "injected failure at step 2" in " ".join(record["reasons"]), record
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trial = client.get_run(record["mlflow_run_id"])
+    assert trial.info.status == "FAILED" and "injected failure" in trial.data.tags["ditscale.failure_reason"]
+    runs = client.search_runs([trial.info.experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

@@ -133,7 +133,10 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         ("optim.lr=-1", "optim.lr must be a finite number > 0, got -1.0"),
         ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
         ("eval.num_samples=-5", "eval.num_samples must be >= 0"),
-        ("checkpoint.keep=-1", "checkpoint.keep must be >= 0, got -1"),
+        (
+            "checkpoint.keep=0",
+            "checkpoint.keep must be >= 1 (the newest periodic checkpoint is what a restart resumes), got 0",
+        ),
         ("run.max_failures=-2", "run.max_failures must be >= 0, or -1 for no limit, got -2"),
         ("run.num_threads=0", "run.num_threads must be >= 1"),
         ("mlflow.log_every=0", "mlflow.log_every must be >= 1, got 0"),
@@ -168,6 +171,7 @@ def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
             [
                 f"data.manifest={data8}",
                 "data.batch_size=8",
+                "data.val_samples=0",
                 "model.preset=MMDiT-T",
                 budget_override(cfg, 10),
                 "eval.fractions=[0.5, 0.2]",
@@ -278,12 +282,15 @@ def test_flip_warns_when_captions_name_a_side(tmp_path):
     captions = ["a red circle in the center", "a small blue square at the top left"] * 4
     data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16), captions=captions)
     with pytest.warns(UserWarning, match=r"data.flip=0.5 .*'a small blue square at the top left'.*data.flip=0"):
-        attach_worker_data(resolve_run(_cfg(data, tmp_path, "data.val_samples=4"), check_mlflow=False))
+        attach_worker_data(
+            resolve_run(_cfg(data, tmp_path, "data.val_samples=4", "data.batch_size=4"), check_mlflow=False)
+        )
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        attach_worker_data(resolve_run(_cfg(data, tmp_path, "data.val_samples=4", "data.flip=0"), check_mlflow=False))
+        cfg = _cfg(data, tmp_path, "data.val_samples=4", "data.batch_size=4", "data.flip=0")
+        attach_worker_data(resolve_run(cfg, check_mlflow=False))
 
 
 def test_runs_with_and_without_mirroring_have_different_names(tmp_path):

@@ -1,0 +1,75 @@
+"""A rerun of `ditscale train` under a run name resumes what that run was, or is refused: it resumes after Ray's
+checkpoint list names periodic checkpoints `checkpoint.keep` pruned (the shipped keep=2 could not resume) and skips a
+damaged newest checkpoint; other settings under the same name are refused; a run whose training raised is FAILED in
+MLflow with the reason and trained again by the next invocation; data too small for a batch is a config error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ditcore.config import ConfigError
+from jobs.train.driver import RAY_SNAPSHOT, run_local, run_training
+from jobs.train.plan import resolve_run
+from tests.jobs._train_helpers import TINY_OPTIM, config_maker
+
+_cfg = config_maker("mlflow.experiment=test-rerun", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=1")
+
+
+def _status(tmp: Path, run_id: str) -> tuple[str, dict]:
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}").get_run(run_id)
+    return run.info.status, run.data.tags
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_past_pruned_and_damaged_checkpoints_to_the_same_weights(ray_local, data8, tmp_path):
+    periodic = ("checkpoint.every_n_steps=1", "checkpoint.keep=2", "run.name=kept2")
+    out = run_training(_cfg(data8, tmp_path, *periodic, steps=6))
+    assert out["status"] == "finished"
+    run_dir = Path(out["run_dir"])
+    assert (run_dir / RAY_SNAPSHOT).exists()  # Ray's list names step_1..6; keep=2 pruned steps 1-3
+    # The state a driver killed after step 5 leaves: no result, no step 6. And step 5 damaged (truncated weights).
+    (run_dir / "result.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
+    weights = run_dir / "checkpoints" / "step_00000005" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    again = run_training(_cfg(data8, tmp_path, *periodic, steps=6))
+    assert again["status"] == "finished" and again["steps"] == 6, again
+    ref = run_local(_cfg(data8, tmp_path, "run.name=ref", steps=6), str(tmp_path / "local"))
+    a = load_file(str(run_dir / "checkpoints" / "step_00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "local" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert ref["steps"] == 6 and all(torch.equal(a[k], b[k]) for k in a)  # resumed from step 4: the same weights
+    assert _status(tmp_path, again["mlflow_run_id"])[0] == "FINISHED"
+
+    # Other settings under the same run name are refused before anything is touched.
+    with pytest.raises(ConfigError, match=r"run 'kept2' .* other settings \(optim\.lr: 0\.003 -> 0\.0001"):
+        run_training(_cfg(data8, tmp_path, *periodic, "optim.lr=0.0001", steps=6))
+    assert _status(tmp_path, again["mlflow_run_id"])[0] == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_time(ray_local, data8, tmp_path):
+    fail = ('debug.inject_failure={"step": 2, "mode": "raise"}', "run.max_failures=0")
+    base = ("checkpoint.every_n_steps=1", "run.name=raises")
+    out = run_training(_cfg(data8, tmp_path, *base, *fail, steps=4))
+    assert out["status"] == "failed" and "injected failure at step 2" in out["reason"], out
+    status, tags = _status(tmp_path, out["mlflow_run_id"])
+    assert status == "FAILED" and "injected failure" in tags["ditscale.failure_reason"]
+    again = run_training(_cfg(data8, tmp_path, *base, steps=4))  # the injection is not part of the run's settings
+    assert again["status"] == "finished" and again["steps"] == 4
+    assert _status(tmp_path, again["mlflow_run_id"])[0] == "FINISHED"
+
+
+def test_a_data_set_too_small_for_its_batch_is_a_config_error(data8, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.batch_size: 16 is more than the 8 training rows"):
+        resolve_run(_cfg(data8, tmp_path, "data.batch_size=16", "data.val_samples=0"))
+    with pytest.raises(ConfigError, match=r"data\.val_samples: 8 rows held out .* none of the 8"):
+        resolve_run(_cfg(data8, tmp_path, "data.val_samples=8"))
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep"):
+        resolve_run(_cfg(data8, tmp_path, "checkpoint.keep=0"))
