@@ -77,7 +77,7 @@ def test_mmdit_fields_and_text_dropout_come_from_the_manifest(run):
     _, cfg, _ = run
     base = {
         "model": {"preset": "MMDiT-T"},
-        "data": {"manifest": cfg["output"], "batch_size": 4, "text_dropout": {"t5": 0.5}},
+        "data": {"manifest": cfg["output"], "batch_size": 4, "val_samples": 0, "text_dropout": {"t5": 0.5}},
         "budget_flops": 1e9,
         "mlflow": {"enabled": False},
     }
