@@ -20,7 +20,7 @@ import numpy as np
 from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
-from jobs.train.config import TrainConfig, model_display_name, run_name
+from jobs.train.config import TrainConfig, lr_factor, model_display_name, run_name
 from pipelines.latents.manifest import Manifest
 
 
@@ -331,9 +331,10 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
     flops = flops_summary(model_config, text_tokens)
     total, points = budget_points(cfg, float(flops["train_flops_per_image"]))
     if cfg.optim.warmup_steps >= total:
+        peak = max(lr_factor(step, total, cfg.optim) for step in range(total))
         warnings.warn(
             f"optim.warmup_steps={cfg.optim.warmup_steps} is not below the run's {total} steps: the learning rate "
-            f"never reaches optim.lr={cfg.optim.lr:g} (and a {cfg.optim.schedule} schedule never decays)",
+            f"peaks at {peak:.0%} of optim.lr={cfg.optim.lr:g}",
             stacklevel=2,
         )
     return RunPlan(

@@ -73,3 +73,8 @@ def test_a_data_set_too_small_for_its_batch_is_a_config_error(data8, tmp_path):
         resolve_run(_cfg(data8, tmp_path, "data.val_samples=8"))
     with pytest.raises(ConfigError, match=r"checkpoint\.keep"):
         resolve_run(_cfg(data8, tmp_path, "checkpoint.keep=0"))
+
+
+def test_a_warmup_longer_than_the_run_is_a_warning_with_the_peak_learning_rate(data8, tmp_path):
+    with pytest.warns(UserWarning, match=r"warmup_steps=100 is not below the run's 4 steps: .* peaks at 4% of optim"):
+        resolve_run(_cfg(data8, tmp_path, "optim.warmup_steps=100", steps=4), check_mlflow=False)
