@@ -369,6 +369,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "images_per_s": ips,
                 "mfu": ips * self.plan.train_flops_per_image / self.peak,
+                "peak_flops": self.peak,  # what mfu divides by (all workers; a CPU's is measured at each start)
                 "train_flops": self.progress.train_flops,
                 "images_seen": self.progress.images_seen,
                 "epoch": epoch,

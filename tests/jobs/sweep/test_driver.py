@@ -197,7 +197,7 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
         assert run.info.status == "FINISHED"
         for key in ("model", "params", "train_flops_per_image", "budgets", "lr", "batch_size", "data_manifest"):
             assert key in run.data.params
-        assert {"loss", "val_loss", "images_per_s", "mfu", "train_flops", "fid"} <= set(run.data.metrics)
+        assert {"loss", "val_loss", "images_per_s", "mfu", "peak_flops", "train_flops", "fid"} <= set(run.data.metrics)
         points = load_points(client, run.info.run_id)
         assert [p["budget_flops"] for p in points] == pytest.approx(cfg["budgets"])
         for p in points:
