@@ -181,6 +181,18 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Human-readable `dotted.key: a -> b` lines for every leaf where two nested dicts differ, in key order."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
 def merge(base: dict | None, update: dict | None) -> dict:
     """Deep copy of `base` with `update` merged in: nested mappings merge key by key, anything else replaces."""
     out = json.loads(json.dumps(base or {}))

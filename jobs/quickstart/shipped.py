@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ditcore.config import differences
 from ditcore.files import file_digest as sha256_file
 from pipelines.infra.config_files import REPO_ROOT
 
@@ -107,18 +108,6 @@ def fingerprint(kind: str, cfg: Any) -> dict | None:
 def read_manifest(shipped_dir: Path = SHIPPED_DIR) -> dict:
     path = Path(shipped_dir) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Human-readable `key: shipped -> this run` lines between two fingerprints."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
 
 
 def match(kind: str, cfg: Any, shipped_dir: Path = SHIPPED_DIR) -> tuple[dict | None, str]:

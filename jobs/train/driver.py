@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from ditcore.config import ConfigError, to_dict
+from ditcore.config import ConfigError, differences, to_dict
 from jobs.cluster.shared_storage import check_run_storage
 from jobs.scaling.points import ScalingPoint
 from jobs.train.config import TrainConfig
@@ -100,24 +100,14 @@ def run_identity(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def check_same_run(plan: RunPlan) -> None:
     """ConfigError when the run directory holds a run of other settings (`run_identity`); records them otherwise."""
     uri = storage.join(plan.run_dir, RUN_CONFIG)
     now = json.loads(json.dumps(run_identity(plan.cfg), default=str))
     if storage.exists(uri):
-        old, new = _flat(storage.read_json(uri)), _flat(now)
-        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        diff = differences(storage.read_json(uri), now)
         if diff:
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+            shown = "; ".join(diff[:5])
             raise ConfigError(
                 f"run {plan.run_name!r} at {plan.run_dir} was trained with other settings ({shown}"
                 f"{'; ...' if len(diff) > 5 else ''}); give this config another run.name, or delete that directory"
