@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from ditcore.config import ConfigError, apply_overrides
 from pipelines.cli.parsers import command_parser, options_for, port_number
@@ -128,8 +129,10 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     init_ray(runtime_env=plan.runtime_env or None, num_cpus=max(os.cpu_count() or 1, 8))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deployed = False
     try:
         url = deploy(plan, num_gpus=ns.num_gpus, ready_timeout=ns.ready_timeout)
+        deployed = True
         print(
             f"ditscale serve: ready at {url}  (POST {url}/v1/generate, GET {url}/v1/model, docs {url}/docs); "
             "Ctrl-C to stop",
@@ -140,11 +143,32 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        print("ditscale serve: shutting down", file=sys.stderr, flush=True)
         try:
-            serve.shutdown()
+            if deployed:
+                drain(plan.name)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            print("ditscale serve: stopping without waiting", file=sys.stderr, flush=True)
         finally:
-            ray.shutdown()
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+
+
+def drain(app_name: str) -> None:
+    """Finish the requests in flight, then return: deleting the application first makes every replica wait for its
+    ongoing requests (up to its `graceful_shutdown_timeout_s`) while the HTTP proxies, still up, send the responses.
+    `serve.shutdown()` alone stops the proxies at once, so clients lose their connections mid-request."""
+    from ray import serve
+
+    print(
+        "ditscale serve: shutting down: finishing requests in flight (Ctrl-C again to stop now)",
+        file=sys.stderr,
+        flush=True,
+    )
+    started = time.monotonic()
+    serve.delete(app_name)
+    print(f"ditscale serve: drained in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
