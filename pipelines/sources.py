@@ -102,8 +102,9 @@ def _ext(name: str) -> str:
     return base.rsplit(".", 1)[-1].lower() if "." in base else ""
 
 
-def _list_files(uri: str) -> list[str]:
-    """Sorted paths (relative to `uri`, '/'-separated) of all regular files below `uri`, hidden ones excluded."""
+def _list_files(uri: str, skipped: list[str] | None = None) -> list[str]:
+    """Sorted paths (relative to `uri`, '/'-separated) of all regular files below `uri`, except those under a name
+    starting with '.' or '_' (hidden files, Spark/Hadoop markers such as `_SUCCESS`), which go to `skipped`."""
     fs, root = storage.get_fs(uri)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -117,6 +118,8 @@ def _list_files(uri: str) -> list[str]:
                 continue
             rel = posixpath.relpath(i.path.replace("\\", "/"), root.replace("\\", "/"))
             if any(part.startswith((".", "_")) for part in rel.split("/")):
+                if skipped is not None:
+                    skipped.append(rel)
                 continue
             rels.append(rel)
     except UnicodeDecodeError as exc:  # pyarrow decodes each path as UTF-8
@@ -125,6 +128,18 @@ def _list_files(uri: str) -> list[str]:
             f"{uri}: a file name under it is not UTF-8 ({around!r}); rename it (e.g. `convmv -f latin1 -t utf8`)"
         ) from exc
     return sorted(rels)
+
+
+def _skipped_record(skipped: list[str], readable) -> dict[str, Any]:
+    """The description's record of files left out for their names: `skipped_files` (how many), and
+    `skipped_inputs`, those of them the source would otherwise have read (`readable(rel)`), a few named."""
+    if not skipped:
+        return {}
+    inputs = sorted(r for r in skipped if readable(r))
+    return {
+        "skipped_files": len(skipped),
+        **({"skipped_inputs": {"count": len(inputs), "examples": inputs[:5]}} if inputs else {}),
+    }
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -200,9 +215,11 @@ def _plan_builtin(cfg: SourceConfig, image_size: int) -> SourcePlan:
 
 def _plan_folder(cfg: SourceConfig) -> SourcePlan:
     assert cfg.path
-    rels = _list_files(cfg.path)
+    skipped: list[str] = []
+    rels = _list_files(cfg.path, skipped)
     cap_ext = cfg.caption_extension.lower().lstrip(".")
     allowed = [e.lower().lstrip(".") for e in cfg.extensions] if cfg.extensions else None
+
     inputs = []
     for rel in rels:
         ext = _ext(rel)
@@ -211,6 +228,10 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
         if allowed is not None and ext not in allowed:
             continue
         inputs.append(rel)
+
+    def is_image(rel: str) -> bool:  # a skipped file worth a warning: one this source would read as an image
+        return _ext(rel) in (allowed if allowed is not None else IMAGE_EXTENSIONS) and _ext(rel) != cap_ext
+
     classes = None
     if cfg.labels_from_dirs:
         dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r})
@@ -228,6 +249,7 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
             "path": cfg.path,
             "files": sum(s["count"] for s in shards),
             "caption_extension": cap_ext,
+            **_skipped_record(skipped, is_image),
         },
         classes=classes,
         num_classes=len(classes) if classes else None,
@@ -237,7 +259,8 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
 
 def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
     assert cfg.path
-    rels = [r for r in _list_files(cfg.path) if r == "" or _ext(r) == "parquet"]
+    skipped: list[str] = []
+    rels = [r for r in _list_files(cfg.path, skipped) if r == "" or _ext(r) == "parquet"]
     if not rels:
         raise SourceError(f"no .parquet files under {cfg.path}")
     fs, root = storage.get_fs(cfg.path)
@@ -296,6 +319,7 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
             "image_column": cfg.image_column,
             "caption_column": cfg.caption_column,
             "label_column": cfg.label_column,
+            **_skipped_record(skipped, lambda r: _ext(r) == "parquet"),
         },
         has_labels=has_labels,
         num_classes=cfg.num_classes if has_labels else None,
@@ -304,7 +328,8 @@ def _plan_parquet(cfg: SourceConfig) -> SourcePlan:
 
 def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
     assert cfg.path
-    rels = [r for r in _list_files(cfg.path) if r == "" or _ext(r) == "tar"]
+    skipped: list[str] = []
+    rels = [r for r in _list_files(cfg.path, skipped) if r == "" or _ext(r) == "tar"]
     if not rels:
         raise SourceError(f"no .tar files under {cfg.path}")
     # The sample count of a tar is only known once it is read, so a WebDataset shard is one tar file.
@@ -314,7 +339,12 @@ def _plan_webdataset(cfg: SourceConfig) -> SourcePlan:
     ]
     return SourcePlan(
         shards=shards,
-        description={"kind": "webdataset", "path": cfg.path, "tars": len(rels)},
+        description={
+            "kind": "webdataset",
+            "path": cfg.path,
+            "tars": len(rels),
+            **_skipped_record(skipped, lambda r: _ext(r) == "tar"),
+        },
         has_labels=True,
         num_classes=cfg.num_classes,
     )
@@ -492,6 +522,10 @@ def _read_parquet(
     rel = desc["file"]
     path = root if rel == "" else posixpath.join(root, rel)
     src = storage.join(desc["root"], rel) if rel else desc["root"]
+
+    def row_id(row: int) -> str:  # a row's id without source.id_column (or where its value is null)
+        return f"{rel or posixpath.basename(root)}:{row}"
+
     try:
         pf = pq.ParquetFile(fs.open_input_file(path))
         names = pf.schema_arrow.names
@@ -502,7 +536,7 @@ def _read_parquet(
         first, count = desc["first_row"], desc["count"]
         return [
             {
-                "id": f"{rel or posixpath.basename(root)}:{first + i}",
+                "id": row_id(first + i),
                 "source": f"{src}#row={first + i}",
                 "error": f"unreadable parquet row groups {desc['row_groups']} of {src}: {exc}",
             }
@@ -515,14 +549,10 @@ def _read_parquet(
     records = []
     for i in range(n):
         row = desc["first_row"] + i
-        rid = (
-            data[cfg.id_column][i]
-            if cfg.id_column and cfg.id_column in data
-            else f"{rel or posixpath.basename(root)}:{row}"
-        )
+        rid = data[cfg.id_column][i] if cfg.id_column and cfg.id_column in data else row_id(row)
         rec: dict[str, Any] = {"id": str(rid), "source": f"{src}#row={row}"}
         if rid is None:
-            rec.update(id=f"{rel or posixpath.basename(root)}:{row}", error=f"null id in column {cfg.id_column!r}")
+            rec.update(id=row_id(row), error=f"null id in column {cfg.id_column!r}")
         try:
             b = _image_bytes(data[cfg.image_column][i]) if cfg.image_column in data else None
             if b is None:

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(cfg: PrecomputeConfig) -> int:
-    from pipelines.precompute.job import format_summary, run_precompute
+    from pipelines.precompute.job import format_summary, run_precompute, summary_warnings
 
     try:
         summary = run_precompute(cfg)
@@ -38,6 +38,8 @@ def _run(cfg: PrecomputeConfig) -> int:
         print(f"ditscale precompute: error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary), flush=True)
+    for warning in summary_warnings(summary):
+        print(f"ditscale precompute: warning: {warning}", file=sys.stderr, flush=True)
     if summary["input"] and not summary["written"]:
         print(
             f"ditscale precompute: error: every one of the {summary['input']} inputs failed; each one's source and "

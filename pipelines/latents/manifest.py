@@ -24,11 +24,13 @@ class LatentDatasetError(ValueError):
 
 @dataclass
 class Counts:
-    """Inputs seen, rows written and inputs failed; `input == written + failed` always holds."""
+    """Inputs seen, rows written and inputs failed; `input == written + failed` always holds. `duplicate_ids`:
+    written rows whose id an earlier row already has (written all the same; the source names a few)."""
 
     input: int = 0
     written: int = 0
     failed: int = 0
+    duplicate_ids: int = 0
 
 
 @dataclass

@@ -125,6 +125,40 @@ def _merge_stats(output: str, parts: list[dict[str, Any]], channels: int) -> tup
     return {"mean": mean.tolist(), "std": std.tolist(), "of": "latent_mean"}, fid
 
 
+def _read_ids(output: str, part: dict[str, Any]) -> np.ndarray:
+    """The id column of one written part (object array of str)."""
+    import pyarrow.parquet as pq
+
+    data = storage.read_bytes(storage.join(output, DATA_DIR, f"{part['part']}.parquet"))
+    return np.asarray(pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_pylist(), dtype=object)
+
+
+def duplicate_ids(output: str, parts: list[dict[str, Any]], examples: int = 5) -> tuple[int, list[str]]:
+    """(rows whose id an earlier row already has, up to `examples` such ids). Training holds out validation rows
+    and orders per-sample losses by id, so ids should be unique; a repeat is counted and named, not dropped.
+
+    Two passes over the id columns: 64-bit hashes of every id (8 bytes a row in memory), then the exact ids of the
+    rows whose hash repeats, so a hash collision is never reported as a duplicate."""
+    import pandas as pd
+
+    written = [p for p in parts if p["written"]]
+    hashes = [pd.util.hash_array(_read_ids(output, p)) for p in written]
+    if not hashes:
+        return 0, []
+    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
+        return 0, []
+    seen: dict[str, int] = {}
+    for p, h in zip(written, hashes):
+        hit = np.isin(h, repeated)
+        if hit.any():
+            for i in _read_ids(output, p)[hit]:
+                seen[i] = seen.get(i, 0) + 1
+    dups = [i for i, c in seen.items() if c > 1]
+    return sum(seen[i] - 1 for i in dups), dups[:examples]
+
+
 def _fid_record(cfg: PrecomputeConfig, fid: Any) -> dict | None:
     """Write fid_stats.safetensors (mu, sigma over all written rows); the manifest's fid entry."""
     if cfg.fid is None:
@@ -179,6 +213,7 @@ def finalize(
         or _write_failures(cfg.output, parts) != counts["failed"]
     ):
         raise RuntimeError(f"{cfg.output}: the committed parts do not add up ({counts}); rerun with overwrite=true")
+    counts["duplicate_ids"], dup_examples = duplicate_ids(cfg.output, parts)
     latent_stats, fid = _merge_stats(cfg.output, parts, vae["latent_channels"])
     columns: dict[str, dict] = {}
     for p in parts:
@@ -190,7 +225,7 @@ def finalize(
     manifest = Manifest.from_dict(
         {
             "schema_version": SCHEMA_VERSION,
-            "source": plan.description,
+            "source": {**plan.description, **({"duplicate_id_examples": dup_examples} if dup_examples else {})},
             "image_size": cfg.image_size,
             "num_classes": num_classes,
             "classes": plan.classes,

@@ -269,7 +269,26 @@ def run_precompute(cfg: PrecomputeConfig) -> dict:
         "total_seconds": round(time.monotonic() - t0, 3),
         "rows_per_s": round(rows / run_s, 2) if run_s > 0 and rows else 0.0,
         "manifest": storage.join(cfg.output, "manifest.json"),
+        "duplicate_id_examples": manifest.source.get("duplicate_id_examples", []),
+        "skipped_inputs": plan.description.get("skipped_inputs"),
     }
+
+
+def summary_warnings(s: dict) -> list[str]:
+    """What a finished run wrote but should be looked at: repeated ids, and inputs left out for their names."""
+    out = []
+    if s.get("duplicate_ids"):
+        out.append(
+            f"{s['duplicate_ids']} written rows repeat the id of an earlier row (e.g. {s['duplicate_id_examples']}); "
+            "training holds out validation rows by id, so give every input a unique id (source.id_column)"
+        )
+    skipped = s.get("skipped_inputs")
+    if skipped:
+        out.append(
+            f"{skipped['count']} inputs were left out because a part of their path starts with '.' or '_' "
+            f"(hidden files, Spark/Hadoop markers), e.g. {skipped['examples']}; rename them to include them"
+        )
+    return out
 
 
 def format_summary(s: dict) -> str:

@@ -39,7 +39,7 @@ def test_bad_file_corpus(tmp_path, capsys):
     # 3 good + 5 mode conversions (palette, alpha, CMYK, 16-bit, gray) + 6 bad.
     assert "14 input = 8 written + 6 failed" in summary, summary
     m = read_manifest(str(out)).to_dict()
-    assert m["counts"] == {"input": 14, "written": 8, "failed": 6}
+    assert m["counts"] == {"input": 14, "written": 8, "failed": 6, "duplicate_ids": 0}
     fails = read_failures(str(out)).to_pylist()
     reasons = {f["id"]: f["reason"] for f in fails}
     assert set(reasons) == set(expected)

@@ -58,6 +58,7 @@ def _counts_add_up(out) -> tuple[dict, dict[str, str], list[str]]:
     written = sorted(load_latents_numpy(str(out), columns=["id"])["id"].astype(str))
     assert m["input"] == m["written"] + m["failed"], m
     assert (m["written"], m["failed"]) == (len(written), len(fails)) and not set(written) & set(fails)
+    assert m.pop("duplicate_ids") == len(written) - len(set(written)), m
     return m, fails, written
 
 

@@ -40,7 +40,7 @@ def test_builtin_counts_manifest_and_files(builtin_run, tiny):
     assert (summary["input"], summary["written"], summary["failed"]) == (20, 20, 0)
     assert summary["shards"] == 3 and summary["shards_skipped"] == 0 and summary["rows_this_run"] == 20
     m = read_manifest(str(out)).to_dict()
-    assert m["counts"] == {"input": 20, "written": 20, "failed": 0}
+    assert m["counts"] == {"input": 20, "written": 20, "failed": 0, "duplicate_ids": 0}
     assert m["num_classes"] == 30 and m["image_size"] == IMAGE_SIZE and m["source"]["kind"] == "builtin"
     assert m["vae"] == {
         "path": tiny.vae,

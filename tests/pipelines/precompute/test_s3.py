@@ -58,7 +58,7 @@ def test_parquet_on_s3_to_latents_on_s3(s3_bucket, tmp_path):
     s = run_precompute(cfg)
     assert (s["input"], s["written"], s["failed"]) == (5, 4, 1)
     m = read_manifest(out).to_dict()
-    assert m["counts"] == {"input": 5, "written": 4, "failed": 1} and m["num_classes"] == 3
+    assert m["counts"] == {"input": 5, "written": 4, "failed": 1, "duplicate_ids": 0} and m["num_classes"] == 3
     names = storage.listdir(out)
     assert {"manifest.json", "failures.parquet", "fid_stats.safetensors", "data"} <= set(names)
     fails = read_failures(out).to_pylist()

@@ -169,3 +169,28 @@ def test_a_run_where_every_input_failed_exits_non_zero(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1 and "2 input = 0 written + 2 failed" in captured.out
     assert "every one of the 2 inputs failed" in captured.err and "failures.parquet" in captured.err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_repeated_ids_and_inputs_left_out_for_their_names_are_counted_and_named(tmp_path, capsys):
+    import json
+
+    src = tmp_path / "pq"
+    src.mkdir()
+    table = pa.table({"img": [png_bytes(random_image(i)) for i in range(4)], "key": ["a", "b", "a", "c"]})
+    pq.write_table(table, src / "part-0.parquet")
+    pq.write_table(table.slice(0, 1), src / "_held_back.parquet")  # '_' names are skipped like hidden files ...
+    (src / "_SUCCESS").write_bytes(b"")  # ... which is right for Spark's markers
+    argv = [f"output={tmp_path / 'out'}", f"image_size={S}", "progress=false", "vae=null", "fid=null", "text=null"]
+    argv += ["source.kind=parquet", f"source.path={src}", "source.image_column=img", "source.id_column=key"]
+    assert main(argv + ["source.caption_column=null", "source.label_column=null"]) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"input": 4, "written": 4, "failed": 0, "duplicate_ids": 1}
+    assert manifest["source"]["duplicate_id_examples"] == ["a"]
+    assert "1 written rows repeat the id of an earlier row (e.g. ['a'])" in err
+    assert manifest["source"]["skipped_files"] == 2
+    assert manifest["source"]["skipped_inputs"] == {"count": 1, "examples": ["_held_back.parquet"]}
+    assert "1 inputs were left out because a part of their path starts with '.' or '_'" in err
+    assert "_held_back.parquet" in err and "_SUCCESS" not in err
