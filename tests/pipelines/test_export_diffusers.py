@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,20 @@ def test_cli_refuses_an_output_over_the_checkpoint_or_on_s3_and_exports_without_
     assert main(["--diffusers", str(ckpt), str(tmp_path / "out"), "--no-vae"]) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "out" / EXPORT_META).read_text())
     assert record["pipeline"] is None and record["vae"] is None and (tmp_path / "out" / "transformer").is_dir()
+
+
+def test_an_s3_checkpoint_is_recorded_by_its_uri_not_the_temporary_copy(tmp_path, s3_bucket, capsys):
+    from pipelines.cli.export import main
+    from pipelines.infra import storage
+
+    ckpt, _, _ = _checkpoint(tmp_path, "ck", "DiT-T/2", shift=0.1)
+    uri = f"{s3_bucket}/runs/r1/checkpoints/{Path(ckpt).name}"
+    storage.upload_dir(str(ckpt), uri)
+    assert main(["--diffusers", uri, str(tmp_path / "out"), "--no-vae"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / EXPORT_META).read_text())
+    assert record["source"]["checkpoint"] == uri  # not the ditscale-export-* copy deleted on exit
+    # A local checkpoint is recorded by its resolved path.
+    assert main(["--diffusers", str(ckpt), str(tmp_path / "out2"), "--no-vae"]) == 0
+    assert json.loads((tmp_path / "out2" / EXPORT_META).read_text())["source"]["checkpoint"] == str(
+        Path(ckpt).resolve()
+    )

@@ -93,6 +93,14 @@ def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, t
     assert "non-finite loss" in run.data.tags["ditscale.failure_reason"]
 
 
+def test_an_infinite_gradient_norm_with_a_finite_loss_is_divergence(data8, tmp_path):
+    # lr 1e6: by step 3 the loss is huge but finite (4e28) while the gradient norm is inf. Before this check the run
+    # "finished" (optim.lr=1e6 reached a loss of 1.45e31 on the quickstart data).
+    out = run_local(_cfg(data8, tmp_path, "optim.lr=1e6", "run.name=blowup", steps=8), str(tmp_path / "local"))
+    assert out["status"] == "failed", out
+    assert re.fullmatch(r"non-finite gradient norm \(inf\) at step \d+ \(loss [0-9.e+]+\): diverged", out["reason"])
+
+
 @pytest.mark.slow
 def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     from ditcore.checkpoint import load_checkpoint
