@@ -22,7 +22,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -212,14 +212,25 @@ def _manifest(directory: Path) -> dict | None:
     files = man.get("files") if isinstance(man, dict) else None
     if not isinstance(files, dict):
         raise CheckpointError(f"{path}: missing 'files' table")
-    for name, size in files.items():
-        f = directory / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing (listed in checkpoint.json)")
-        actual = f.stat().st_size
-        if actual != size:
-            raise CheckpointError(f"{f}: size {actual} bytes, expected {size} (truncated or modified)")
+    problem = files_problem(
+        files, lambda name: (directory / name).stat().st_size if (directory / name).is_file() else None
+    )
+    if problem:
+        raise CheckpointError(f"{directory}/{problem}")
     return man
+
+
+def files_problem(files: dict[str, int], size_of: Callable[[str], Optional[int]]) -> Optional[str]:
+    """The first file of a checkpoint.json `files` table that is missing or not at its listed size, as
+    "<name>: <what is wrong>"; None when all are intact. `size_of(name)` is the file's size, None when it is absent
+    (a local stat here, a pyarrow filesystem's file info where checkpoints live on S3)."""
+    for name, size in files.items():
+        actual = size_of(name)
+        if actual is None:
+            return f"{name}: missing (listed in checkpoint.json)"
+        if actual != size:
+            return f"{name}: size {actual} bytes, expected {size} (truncated or modified)"
+    return None
 
 
 def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -224,27 +224,21 @@ def _intact(fs: Any, path: str) -> bool:
 
     import pyarrow.fs as pafs
 
+    from ditcore.checkpoint import files_problem
+
     try:
         with fs.open_input_stream(f"{path}/checkpoint.json") as f:
             files = json.loads(f.read().decode()).get("files")
         infos = fs.get_file_info([f"{path}/{name}" for name in files])
+        sizes = {name: info.size if info.type == pafs.FileType.File else None for name, info in zip(files, infos)}
+        problem = files_problem(files, sizes.get)
     except (OSError, ValueError, AttributeError, TypeError):  # absent, unreadable or not a manifest
         return False
-    bad = [
-        (name, info.size, size)
-        for (name, size), info in zip(files.items(), infos)
-        if info.type != pafs.FileType.File or info.size != size
-    ]
-    if bad:
-        name, actual, size = bad[0]
+    if problem:
         logging.getLogger(__name__).warning(
-            "checkpoint %s is damaged (%s: %s bytes, checkpoint.json lists %s); resuming from an earlier one",
-            path,
-            name,
-            actual,
-            size,
+            "checkpoint %s is damaged (%s); resuming from an earlier one", path, problem
         )
-    return not bad
+    return problem is None
 
 
 def _registered_step(path: str) -> int:
