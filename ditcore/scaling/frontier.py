@@ -130,7 +130,11 @@ def minimum_kind(budget: dict) -> str:
     'smallest' (N* is an upper bound) or 'largest' (a lower bound). `budget`: a row of isoflop_analysis."""
     if budget.get("interior", True):
         return "interior"
-    return "largest" if budget["n_opt"] >= max(budget["params"]) else "smallest"
+    # An edge minimum is one of the sizes, up to exp(log N) rounding (which can land just below the largest):
+    # the nearer edge in log space is the one it sits at.
+    log_n = np.log(budget["n_opt"])
+    lo, hi = np.log(min(budget["params"])), np.log(max(budget["params"]))
+    return "largest" if abs(log_n - hi) <= abs(log_n - lo) else "smallest"
 
 
 def _redrawn_log_n_opt(

@@ -197,3 +197,15 @@ def test_minimum_kind_names_the_edge_a_bound_sits_at():
     assert kinds == ["smallest"] * 5 + ["interior"] * 5
     row = {"interior": False, "params": [1.0, 2.0, 4.0], "n_opt": 4.0}
     assert minimum_kind(row) == "largest" and minimum_kind({**row, "n_opt": 1.0}) == "smallest"
+
+
+def test_an_edge_minimum_at_the_largest_size_is_largest_though_exp_log_rounds_below_it():
+    # exp(log 1.6e7) = 15999999.999999998: the largest size, which a `n_opt >= max(params)` test called "smallest"
+    pts = [
+        {"params": n, "budget_flops": c, "train_flops": c, "fid": 100.0 / (n / 1e6) ** 0.2 / (c / 1e15) ** 0.1}
+        for n in (1e6, 4e6, 1.6e7)
+        for c in (1e15, 1e16, 1e17)
+    ]
+    rows = isoflop_analysis(pts, "fid", n_boot=10)["budgets"]
+    assert [r["n_opt"] < 1.6e7 for r in rows] == [True] * 3  # the rounding this guards against
+    assert [minimum_kind(r) for r in rows] == ["largest"] * 3
