@@ -243,6 +243,17 @@ def fit_diagnostics(
                     f"hold one budget out to test it.",
                 )
             )
+        broken = [p for p in points if p.get(metric) is not None and _num(p, metric) is None]
+        if broken:
+            named = ", ".join(f"{p.get('model')} at {budget_of(p) or float('nan'):.3g}" for p in broken[:5])
+            out.append(
+                _d(
+                    "non_finite_metric",
+                    f"{len(broken)} point(s) have a non-finite {metric} and are left out of every fit ({named}"
+                    f"{', ...' if len(broken) > 5 else ''}); the frontier at their budgets is the best of the other "
+                    "sizes, so re-evaluate them before trusting it.",
+                )
+            )
         few = [
             p
             for p in points

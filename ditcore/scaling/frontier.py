@@ -39,6 +39,20 @@ def _num(p: dict, key: str) -> float | None:
     return v if np.isfinite(v) else None
 
 
+# Point metrics that grow as models improve: a law A * C^-b + floor, an isoFLOP minimum and a champion all want a
+# metric that falls with compute (fid, val_loss).
+HIGHER_IS_BETTER = ("attr_acc", "class_acc")
+
+
+def check_metric(metric: str) -> None:
+    """FitError when `metric` is one that grows as models improve (the fits and the champion minimise it)."""
+    if metric in HIGHER_IS_BETTER or metric.endswith("_acc"):
+        raise FitError(
+            f"metric {metric!r} grows as models improve; the laws, isoFLOP minima and the champion minimise a "
+            "metric that falls with compute (fid, val_loss)"
+        )
+
+
 def compute_of(p: dict) -> float | None:
     """Training FLOPs of a point: consumed "flops", else its "budget_flops"."""
     return _num(p, "flops") if _num(p, "flops") is not None else _num(p, "budget_flops")

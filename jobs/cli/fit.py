@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fit_report.json, logged to the sweep's run.",
         "point metric to fit (a points.json key)",
     )
-    p.add_argument("--out", default=None, help="output directory (default: fit_reports/<experiment or run id>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: fit_reports/<experiment or run id>, with -pooled for a --replicate fit)",
+    )
     p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples per fit")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
@@ -33,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EXPERIMENT",
         default=None,
         help="MLflow experiment of another sweep of the same grid with another training seed (repeatable): the "
-        "fits take each point's mean over all the sweeps; the report is logged to the first sweep's run",
+        "fits take each point's mean over all the sweeps; the report is logged to the first sweep's run under "
+        "fit_replicates/ (metrics fit.pooled.*), beside its own fit",
     )
     return p
 
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale fit`."""
     args = build_parser().parse_args(argv)
+    from ditcore.config import ConfigError
     from ditcore.scaling import FitError
     from jobs.scaling.fit import REPORT_NAME, run_fit
     from jobs.scaling.summary import format_laws
@@ -54,11 +60,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
     try:
         options = options_for(run_fit, args, parent_run_id=args.parent_run, out_dir=args.out, log=not args.no_log)
-        report, out = run_fit(**options)
-    except (FitError, ExperimentRecordError, TrackingURIError) as e:
+        report, out, written = run_fit(**options)
+    except (FitError, ExperimentRecordError, TrackingURIError, ConfigError) as e:
         print(f"ditscale fit: error: {e}", file=sys.stderr)
         return 2
     print(format_laws(report))
-    plots = sorted(f.name for f in out.glob("*.png"))
+    plots = sorted(f.name for f in written)
     print(f"wrote {out / REPORT_NAME} and {len(plots)} plots to {out}: {', '.join(plots)}")
     return 0

@@ -65,14 +65,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ditcore.scaling import FitError
     from jobs.scaling.mup import write_mup_report
-    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
+    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, folder_name
 
     name = args.experiment or (args.parent_runs[0] if args.parent_runs else Path(args.points).stem)
-    out = Path(args.out or Path("fit_reports") / f"mup-{name}")
+    out = Path(args.out or Path("fit_reports") / f"mup-{folder_name(name)}")
     try:
         report, files = write_mup_report(_points(args), out)
-    except (FitError, ExperimentRecordError, TrackingURIError, FileNotFoundError, ValueError) as e:
+    except (FitError, ExperimentRecordError, TrackingURIError, ValueError) as e:
         print(f"ditscale mup-report: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a --points file that is missing, an output directory that cannot be made
+        msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"ditscale mup-report: error: {msg}", file=sys.stderr)
         return 2
     for s in ("standard", "mup"):
         if s in report:

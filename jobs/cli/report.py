@@ -35,6 +35,16 @@ def stored_report(mlflow_client: Any, parent_run_id: str) -> dict | None:
     return read_json_artifact(mlflow_client, parent_run_id, path) if path in names else None
 
 
+def stored_is_stale(report: dict, rows: list[dict]) -> bool:
+    """Whether a stored fit report no longer matches the sweep's points (a trial or an evaluation added or
+    changed since `ditscale fit`). Reports written before the digest existed are compared by point count."""
+    from jobs.scaling.fit import points_digest
+
+    if report.get("points_digest"):
+        return report["points_digest"] != points_digest(rows)
+    return report.get("n_points") != len(rows)
+
+
 _NOT_METRICS = ("flops", "budget_flops", "params", "step", "images_seen")
 
 
@@ -42,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale report`."""
     args = build_parser().parse_args(argv)
     from ditcore.scaling import FitError
-    from jobs.scaling.fit import fit_points
+    from jobs.scaling.fit import fit_points, json_safe
     from jobs.scaling.points import read_points, to_dicts
     from jobs.scaling.summary import format_laws, trial_table
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, client
@@ -62,19 +72,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    report, note = (None if args.refit else stored_report(mlflow_client, parent.info.run_id)), ""
+    report, stale = (None if args.refit else stored_report(mlflow_client, parent.info.run_id)), ""
     if report is not None and report.get("metric") != args.metric:
         report = None
+    elif report is not None and stored_is_stale(report, rows):
+        report, stale = None, "the stored fit is out of date (the sweep's points changed since `ditscale fit`); "
+    note = ""
     if report is None:
         try:
             report = fit_points(rows, metric=args.metric, n_boot=args.n_boot)
-            note = "(fitted now; `ditscale fit` stores the report and plots on the sweep run)"
+            note = f"({stale}fitted now; `ditscale fit` stores the report and plots on the sweep run)"
         except FitError as e:
-            note = f"(no laws: {e})"
+            note = f"({stale}no laws: {e})"
     if args.json:
-        print(
-            json.dumps({"parent_run_id": parent.info.run_id, "report": report, "points": rows}, indent=2, default=str)
-        )
+        doc = {"parent_run_id": parent.info.run_id, "report": report, "points": rows}
+        print(json.dumps(json_safe(doc), indent=2, default=str, allow_nan=False))
         return 0
     print(
         f"sweep run {parent.info.run_id}: {len(points)} points from {len({p.run_id for p in points})} trials "

@@ -9,6 +9,7 @@ step = 3 x forward).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,13 +24,14 @@ from ditcore.scaling import (
     isoflop_analysis,
 )
 from ditcore.scaling.arms import flat_arms
-from ditcore.scaling.frontier import budget_of, compute_of
+from ditcore.scaling.frontier import budget_of, check_metric, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, finite_or_none, write_plots
 
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
 ARTIFACT_DIR = "fit"
+POOLED_ARTIFACT_DIR = "fit_replicates"  # a --replicate fit's, so it never replaces the sweep's own fit
 _FRONTIER_KEYS = (
     "model",
     "params",
@@ -46,8 +48,11 @@ _FRONTIER_KEYS = (
 )
 
 
-def clean_points(points: list[dict]) -> list[dict]:
-    """Check points: each needs a positive compute ("flops" or "budget_flops"); a model name is filled in."""
+def clean_points(points: list[dict], metric: str = "fid") -> list[dict]:
+    """Check points: each needs a positive compute ("flops" or "budget_flops"), and a finite `metric` or val_loss
+    must be > 0 (the laws are fitted in log space; a zero FID is a broken evaluation); a model name is filled in.
+    `metric` must be one that falls as models improve."""
+    check_metric(metric)
     if not isinstance(points, list):
         raise FitError(f"points must be a list of dicts, got {type(points).__name__}")
     out = []
@@ -61,6 +66,14 @@ def clean_points(points: list[dict]) -> list[dict]:
                 f"{where}: needs a positive 'flops' or 'budget_flops', got flops={p.get('flops')!r} "
                 f"budget_flops={p.get('budget_flops')!r}"
             )
+        for key in dict.fromkeys((metric, "val_loss")):
+            v = finite_or_none(p.get(key))
+            if v is not None and v <= 0:
+                where = f"point {i}" + (f" (run {p['run_id']})" if p.get("run_id") else "")
+                raise FitError(
+                    f"{where}: {key}={v!r} for model {p.get('model')!r} at budget {p.get('budget_flops')!r}; "
+                    f"the laws need {key} > 0 (fix or drop this point's evaluation)"
+                )
         extra = {"fid_num_samples": p["fid_samples"]} if p.get("fid_samples") and "fid_num_samples" not in p else {}
         out.append({**p, **extra, "model": str(p.get("model") or f"N={p.get('params')}")})
     return out
@@ -151,7 +164,7 @@ def _arms(pts: list[dict], metric: str, kw: dict, fits_out: dict | None = None) 
 
 def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
     """(JSON report, fit objects for plotting) of a sweep's points; FitError when too few budgets carry `metric`."""
-    pts = clean_points(points)
+    pts = clean_points(points, metric)
     kw = {"n_boot": n_boot, "seed": seed}
     law, law_obj, front = _frontier_law(pts, metric, kw)
     loss_front = compute_frontier(pts, "val_loss")
@@ -218,6 +231,27 @@ def fit_points(points: list[dict], *, metric: str = "fid", n_boot: int = 200, se
     return fit_all(points, metric=metric, n_boot=n_boot, seed=seed)[0]
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as None, so its JSON is standard (no NaN / Infinity tokens)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def points_digest(points: list[dict]) -> str:
+    """A short hash of a sweep's points (trial, budget, step and every measured value): a stored fit whose digest
+    differs from the sweep's points now is out of date."""
+    import hashlib
+
+    keys = ("run_id", "model", "params", "budget_flops", "flops", "step", "fid", "val_loss", "checkpoint")
+    rows = sorted(json.dumps([p.get(k) for k in keys], default=str) for p in points)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
 def run_fit(
     *,
     experiment: str | None = None,
@@ -229,21 +263,32 @@ def run_fit(
     seed: int = 0,
     log: bool = True,
     replicates: list[str] | None = None,
-) -> tuple[dict, Path]:
-    """Read the sweep from MLflow, fit, write plots + report to `out_dir`, log them to the parent run.
+) -> tuple[dict, Path, list[Path]]:
+    """Read the sweep from MLflow, fit, write plots + report to `out_dir`, log them to the parent run; (report,
+    output directory, the plots written).
 
     `replicates`: MLflow experiments of more sweeps of the same grid with other training seeds (each its newest
     sweep run); the fits then take each point's mean over all the sweeps (`jobs.scaling.replicates`), and the
-    report's "replicates" says which sweeps and how many points were pooled."""
+    report's "replicates" says which sweeps and how many points were pooled. A pooled fit goes to its own
+    places (`<experiment>-pooled` by default, artifacts under fit_replicates/, metrics fit.pooled.*), never over
+    the sweep's own fit."""
+    from ditcore.config import ConfigError
     from jobs.scaling.points import read_points, to_dicts
     from jobs.scaling.replicates import pool_replicates
     from pipelines.infra import tracking
 
+    default = tracking.folder_name(experiment or parent_run_id or "sweep") + ("-pooled" if replicates else "")
+    out = Path(out_dir or Path("fit_reports") / default).resolve()
+    try:  # before the fit, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output directory {str(out)!r}: {e.strerror or e}") from None
     client = tracking.client(tracking_uri, must_exist=True)
     parent, points = read_points(client, experiment=experiment, parent_run_id=parent_run_id)
     if not points:
         raise FitError(f"sweep run {parent.info.run_id} has no trial points yet (no child run logged points.json)")
     dicts = to_dicts(points)
+    digest = points_digest(dicts)
     pooled = None
     if replicates:
         sweeps, names, runs = [dicts], [experiment or parent.info.run_id], [parent.info.run_id]
@@ -259,20 +304,32 @@ def run_fit(
     report, objs = fit_all(dicts, metric=metric, n_boot=n_boot, seed=seed)
     if pooled is not None:
         report["replicates"] = pooled
-    report.update(parent_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id)
-    out = Path(out_dir or Path("fit_reports") / (experiment or parent.info.run_id)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    report.update(parent_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id, points_digest=digest)
     plots = write_plots(report, objs, out)
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2, default=float))
+    (out / REPORT_NAME).write_text(json.dumps(json_safe(report), indent=2, default=float, allow_nan=False))
     if log:
         for f in [*plots, out / REPORT_NAME]:
-            client.log_artifact(parent.info.run_id, str(f), artifact_path=ARTIFACT_DIR)
+            client.log_artifact(
+                parent.info.run_id, str(f), artifact_path=POOLED_ARTIFACT_DIR if pooled else ARTIFACT_DIR
+            )
         law = report[f"{metric}_law"]
         if "error" not in law:
-            values = {f"fit.{metric}.{k}": v for k, v in law["params"].items()}
-            values[f"fit.{metric}.held_out_rel_error"] = (law.get("held_out") or {}).get("rel_error")
+            prefix = f"fit.pooled.{metric}" if pooled else f"fit.{metric}"
+            values = {f"{prefix}.{k}": v for k, v in law["params"].items()}
+            values[f"{prefix}.held_out_rel_error"] = (law.get("held_out") or {}).get("rel_error")
             tracking.log_metrics(client, parent.info.run_id, values, 0)
-    return report, out
+    return report, out, plots
 
 
-__all__ = ["ARTIFACT_DIR", "CONVENTION", "PLOTS", "REPORT_NAME", "fit_all", "fit_points", "run_fit"]
+__all__ = [
+    "ARTIFACT_DIR",
+    "CONVENTION",
+    "PLOTS",
+    "POOLED_ARTIFACT_DIR",
+    "REPORT_NAME",
+    "fit_all",
+    "fit_points",
+    "json_safe",
+    "points_digest",
+    "run_fit",
+]

@@ -54,17 +54,37 @@ def _loss(v: Any) -> float:
     return f if math.isfinite(f) else math.inf
 
 
+def _flag(v: Any, i: int) -> bool:
+    """A point's muP flag: a bool, 0/1, or the strings true/false (a YAML or CLI value); anything else is an error
+    (`bool("false")` is True)."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise FitError(f"point {i}: hparams['optim.mup'] must be true or false, got {v!r}")
+
+
 def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
     """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
     final: dict[tuple, tuple[int, float]] = {}
     for i, p in enumerate(points):
+        if not isinstance(p, dict):
+            raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
         hp = p.get("hparams") or {}
+        if not isinstance(hp, dict):
+            raise FitError(f"point {i}: 'hparams' must be an object, got {type(hp).__name__} {hp!r}")
         lr = hp.get("optim.lr", p.get("lr"))
-        if lr is None or not (float(lr) > 0):
+        try:
+            ok = lr is not None and not isinstance(lr, bool) and float(lr) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise FitError(f"point {i} (model {p.get('model')!r}): needs a positive hparams['optim.lr'], got {lr!r}")
-        setting = "mup" if bool(hp.get("optim.mup", p.get("mup", False))) else "standard"
+        setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
         key = (setting, _width(p), float(lr))
         step = int(p.get("step") or 0)
         if key not in final or step >= final[key][0]:

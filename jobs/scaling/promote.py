@@ -6,6 +6,7 @@ import math
 import os
 from typing import Any
 
+from ditcore.scaling.frontier import FitError, check_metric
 from jobs.scaling.points import ScalingPoint
 from pipelines.infra.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, RegistryError
 
@@ -24,6 +25,10 @@ def _value(p: ScalingPoint, key: str) -> float | None:
 
 def select_best(points: list[ScalingPoint], metric: str = "fid") -> ScalingPoint:
     """Point with the lowest `metric` that has a checkpoint; ties -> less compute, then smaller model."""
+    try:
+        check_metric(metric)
+    except FitError as e:
+        raise PromoteError(str(e)) from None
     cands = [p for p in points if _value(p, metric) is not None and p.checkpoint]
     if not cands:
         raise PromoteError(f"no point has both a finite {metric!r} and a 'checkpoint' ({len(points)} points)")

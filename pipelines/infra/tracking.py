@@ -151,10 +151,33 @@ def client(tracking_uri: str | None = None, check: bool = True, must_exist: bool
     from mlflow import MlflowClient
 
     uri = check_tracking_uri(tracking_uri, must_exist=must_exist) if check else resolve_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not check or urllib.parse.urlparse(uri).scheme in ("http", "https", "sqlite"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # Other stores (a file:// or plain directory store, postgresql://, ...) fail when built or first used, deep
+    # inside MLflow: build it and try one cheap read now, and name the URI.
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c.search_experiments(max_results=1)
+    except (MlflowException, ImportError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrackingURIError(
+            f"MLflow tracking URI {uri!r} cannot be used: {first[:300]} (use sqlite:///path/mlflow.db or an "
+            "http(s) server)"
+        ) from None
+    return c
 
 
 # ---- experiments and runs -------------------------------------------------------------------------------
+
+
+def folder_name(name: str) -> str:
+    """`name` (an experiment's, a run's) as one safe folder name: letters, digits, '-', '_' and '.' kept, anything
+    else '_', and never '', '.' or '..' or a leading '.' (so 'team/sweep', '/Users/me/x' or '..' stay inside the
+    folder they are put in)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return safe if safe and not safe.startswith(".") else f"_{safe}"
 
 
 def ensure_experiment(mlflow_client: Any, name: str, artifact_location: str | None = None) -> str:
@@ -168,7 +191,7 @@ def ensure_experiment(mlflow_client: Any, name: str, artifact_location: str | No
     if artifact_location is None:
         root = default_artifact_root(mlflow_client.tracking_uri)
         if root is not None:
-            artifact_location = f"{root}/{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
+            artifact_location = f"{root}/{folder_name(name)}"
     try:
         return mlflow_client.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # a concurrent creator won the race: use theirs

@@ -75,7 +75,7 @@ def fit_run(ctx: Context) -> dict:
     from jobs.scaling.fit import REPORT_NAME, run_fit
     from jobs.scaling.summary import format_laws
 
-    report, out = run_fit(
+    report, out, written = run_fit(
         parent_run_id=ctx.results["sweep"]["parent_run_id"], out_dir=str(ctx.path("fit")), n_boot=ctx.mode.n_boot
     )
     laws = format_laws(report)
@@ -84,7 +84,7 @@ def fit_run(ctx: Context) -> dict:
         "dir": str(out),
         "report": str(out / REPORT_NAME),
         "laws": laws,
-        "plots": sorted(str(p) for p in out.glob("*.png")),
+        "plots": sorted(str(p) for p in written),
     }
 
 

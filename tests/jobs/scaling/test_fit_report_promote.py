@@ -296,6 +296,16 @@ def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
         assert p["fid_se"] == pytest.approx(max(np.std(vals, ddof=1), 1.0) / np.sqrt(3))
     # The mean is a different data set from one draw: the law moves.
     assert pooled["fid_law"]["params"]["beta"] != pytest.approx(one["fid_law"]["params"]["beta"])
+    # Both are kept on grid-s0's run: the pooled fit beside the sweep's own, never over it.
+    from pipelines.infra.tracking import read_json_artifact
+
+    run = one["parent_run_id"]
+    assert pooled["parent_run_id"] == run
+    assert "replicates" not in read_json_artifact(client, run, "fit/fit_report.json")
+    assert read_json_artifact(client, run, "fit_replicates/fit_report.json")["replicates"]["n_sweeps"] == 3
+    metrics = client.get_run(run).data.metrics
+    assert metrics["fit.fid.beta"] == pytest.approx(one["fid_law"]["params"]["beta"])
+    assert metrics["fit.pooled.fid.beta"] == pytest.approx(pooled["fid_law"]["params"]["beta"])
 
     # A replicate scored with another sample count is not the same measurement.
     _log_sweep(client, "grid-640", None, fid=_noisy(3), extra={"fid_samples": 640, "fid_se": 1.0})
@@ -306,3 +316,56 @@ def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
     assert "no-such-sweep" in capsys.readouterr().err
     assert fit_cli.main([*args, "--replicate", "grid-s0", "--no-log"]) == 2
     assert "already in the fit" in capsys.readouterr().err
+
+
+def test_fit_and_report_refuse_what_they_cannot_fit_and_never_show_a_stale_law(tmp_path, sqlite_uri, capsys):
+    pts = [
+        {"model": m, "params": n, "budget_flops": c, "flops": c, "fid": _fid(n, c), "val_loss": 1.0 + 1 / np.log(c)}
+        for m, n in MODELS.items()
+        for c in BUDGETS
+    ]
+    # A metric that grows as models improve would fit the worst model at each budget.
+    with pytest.raises(fit_job.FitError, match="'attr_acc' grows as models improve"):
+        fit_job.fit_points([{**p, "attr_acc": 0.5} for p in pts], metric="attr_acc")
+    # A zero or negative FID is a broken evaluation, named; it used to become a budget's frontier point.
+    bad = [dict(p) for p in pts]
+    bad[3].update(fid=-5.0, run_id="r3")
+    with pytest.raises(fit_job.FitError, match=r"point 3 \(run r3\): fid=-5.0 for model 'DiT-T/2' at budget 1e\+17"):
+        fit_job.fit_points(bad, n_boot=5)
+    # A NaN FID is left out, and the diagnostics say which point and what that does to the frontier.
+    nan = [dict(p) for p in pts]
+    nan[0]["fid"] = float("nan")
+    codes = {d["code"]: d["message"] for d in fit_job.fit_points(nan, n_boot=5)["diagnostics"]}
+    assert (
+        "1 point(s) have a non-finite fid and are left out of every fit (DiT-T/2 at 1e+14)"
+        in codes["non_finite_metric"]
+    )
+
+    client = get_client(sqlite_uri)
+    parent, _ = _log_sweep(client, "team/sweep", None)
+    args = ["--experiment", "team/sweep", "--tracking-uri", sqlite_uri, "--n-boot", N_BOOT]
+    assert fit_cli.main(args) == 0, capsys.readouterr().err
+    assert "wrote " + str(tmp_path / "fit_reports" / "team_sweep" / "fit_report.json") in capsys.readouterr().out
+    assert fit_cli.main(["--experiment", "team/sweep", "--tracking-uri", "file:///nowhere/mlruns"]) == 2
+    assert "MLflow tracking URI 'file:///nowhere/mlruns' cannot be used" in capsys.readouterr().err
+
+    # One more trial after the fit: the stored law no longer describes the sweep, so report fits again.
+    exp_id = client.get_experiment_by_name("team/sweep").experiment_id
+    child = client.create_run(exp_id, run_name="late", tags={ROLE_TAG: ROLE_TRIAL, PARENT_TAG: parent})
+    late = [
+        {**p, "model": "DiT-L/2", "params": 6.4e7, "step": 100 * (i + 1), "checkpoint": f"s3://b/late/{i}"}
+        for i, p in enumerate(pts[:4])
+    ]
+    client.log_text(child.info.run_id, json.dumps(late), POINTS_ARTIFACT)
+    client.set_terminated(child.info.run_id)
+    assert report_job.main(["--experiment", "team/sweep", "--tracking-uri", sqlite_uri, "--n-boot", N_BOOT]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "16 points from 4 trials (the stored fit is out of date" in header and "fitted now" in header
+    # --json is standard JSON, a NaN included.
+    late_nan = [{**late[0], "fid": float("nan")}]
+    child = client.create_run(exp_id, run_name="nan", tags={ROLE_TAG: ROLE_TRIAL, PARENT_TAG: parent})
+    client.log_text(child.info.run_id, json.dumps(late_nan), POINTS_ARTIFACT)
+    client.set_terminated(child.info.run_id)
+    assert report_job.main(["--experiment", "team/sweep", "--tracking-uri", sqlite_uri, "--json", "--n-boot", "5"]) == 0
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert any(p["fid"] is None for p in doc["points"])

@@ -69,6 +69,16 @@ def test_optimum_at_grid_edge_is_flagged():
         (lambda ps: [{**p, "model": "MMDiT-d2"} for p in ps], "no width"),
         (lambda ps: [p for p in ps if p["model"].endswith("w64")], "need >= 2 widths"),
         (lambda ps: [], "no points"),
+        (lambda ps: [*ps, 7], r"point \d+: not an object \(int 7\)"),
+        (lambda ps: [{**ps[0], "hparams": "lr=1"}, *ps], "point 0: 'hparams' must be an object"),
+        (
+            lambda ps: [{**ps[0], "hparams": {"optim.lr": "abc"}}, *ps],
+            r"point 0 .*positive hparams\['optim.lr'\], got 'abc'",
+        ),
+        (
+            lambda ps: [{**ps[0], "hparams": {"optim.lr": 1e-3, "optim.mup": "no"}}, *ps],
+            "must be true or false, got 'no'",
+        ),
         (
             lambda ps: [{**p, "val_loss": None} if p["model"].endswith("w128") else p for p in ps],
             "width 128: every run diverged",
@@ -81,6 +91,14 @@ def test_bad_points_are_named(mutate, needle, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written half
 
 
+def test_string_mup_flags_read_as_written():
+    # bool("false") is True: "false" points used to be counted as muP runs
+    as_text = [
+        {**p, "hparams": {**p["hparams"], "optim.mup": str(p["hparams"]["optim.mup"]).lower()}} for p in _points()
+    ]
+    assert mup_transfer_report(as_text)["standard"] == mup_transfer_report(_points())["standard"]
+
+
 def test_cli_reads_a_points_file(tmp_path, capsys):
     src = tmp_path / "points.json"
     src.write_text(json.dumps(_points()))
@@ -90,6 +108,9 @@ def test_cli_reads_a_points_file(tmp_path, capsys):
     assert (tmp_path / "rep" / REPORT_NAME).is_file() and (tmp_path / "rep" / PLOT_NAME).is_file()
     assert main(["--points", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["--points", str(src), "--out", str(tmp_path / "afile")]) == 2  # was a FileExistsError traceback
+    assert "afile: File exists" in capsys.readouterr().err
 
 
 def test_missing_runs_and_single_width_are_stated():
