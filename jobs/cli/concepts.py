@@ -68,6 +68,8 @@ def _run(args: argparse.Namespace) -> dict:
     out_dir = args.out or (None if storage.is_s3(args.checkpoint) else args.checkpoint)
     if out_dir is None:
         raise ValueError("--out is required for an s3:// checkpoint (where to write the plot)")
+    if "://" in out_dir:
+        raise ValueError(f"--out {out_dir!r}: must be a local directory (the plot and concepts.json are written there)")
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device="cpu", text_encoder=False)
     feats, labels, layer, times = extract_features(pipe, settings)
     from ditcore.steering import concept_directions

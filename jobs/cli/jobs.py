@@ -52,11 +52,12 @@ def _jobs(argv: list[str]) -> int:
         for r in rows:
             print(f"{r['submission_id']:<34} {r['status']:<10} {r['entrypoint']}")
         return 0
-    if opts.action == "status":
+    if opts.action in ("status", "logs", "stop"):  # an unknown id: one line naming it, not a traceback
         try:
             info = client.get_job_info(opts.job_id)
         except RuntimeError as exc:
             raise SubmitError(f"job {opts.job_id}: {exc}") from exc
+    if opts.action == "status":
         if opts.json:
             print(json.dumps({"submission_id": opts.job_id, **job_row(info)}, indent=2, default=str))
         else:

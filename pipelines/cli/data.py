@@ -45,15 +45,32 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def export_builtin(
-    out: str, fmt: str = "folder", count: int = 256, image_size: int = 64, seed: int = 0, max_objects: int = 2
+    out: str,
+    fmt: str = "folder",
+    count: int = 256,
+    image_size: int = 64,
+    seed: int = 0,
+    max_objects: int = 2,
+    overwrite: bool = False,
 ) -> dict:
-    """Write the built-in set as an image folder (DIR/<label>_<class>/<id>.png + .txt) or parquet shards."""
+    """Write the built-in set as an image folder (DIR/<label>_<class>/<id>.png + .txt) or parquet shards into a
+    new or empty `out`; `overwrite` empties an `out` with content first (old shards would mix with the new)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ditcore.data.builtin import CLASS_NAMES, BuiltinSpec, render_batch
 
+    if fmt not in ("folder", "parquet"):
+        raise ValueError(f"--format must be folder or parquet, got {fmt!r}")
     spec = BuiltinSpec(image_size=image_size, max_objects=max_objects, seed=seed)
+    if storage.exists(out):
+        if not storage.is_dir(out):
+            raise ValueError(f"--out {out!r} exists and is not a directory")
+        if storage.listdir(out):
+            if not overwrite:
+                raise ValueError(f"--out {out!r} is not empty (its files would mix with these); pass --overwrite")
+            storage.refuse_working_dir(out, "export")
+            storage.delete(out)
     written = 0
     for part, start in enumerate(range(0, count, ROWS_PER_PARQUET)):
         batch = render_batch(start, min(start + ROWS_PER_PARQUET, count), spec)
@@ -127,11 +144,14 @@ def inspect_dataset(uri: str, preview: str | None = None, rows: int = 16) -> dic
 
         data = load_latents_numpy(uri, limit=rows, columns=["id", "latent_mean"])
         v = m.vae
-        vae = load_vae(v.path, revision=v.revision, subfolder=v.subfolder)
-        z_model = to_model_space(
-            torch.from_numpy(data["latent_mean"].astype(np.float32)), None, v.scaling_factor, v.shift_factor
-        )
-        images = decode_to_images(vae, z_model, v.scaling_factor, v.shift_factor)
+        z = torch.from_numpy(data["latent_mean"].astype(np.float32))
+        if not v.path:  # a pixel-space set (precompute `vae: null`): the rows are the images, in [-1, 1]
+            px = ((z.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            images = np.repeat(px, 3, axis=-1) if px.shape[-1] == 1 else px
+        else:
+            vae = load_vae(v.path, revision=v.revision, subfolder=v.subfolder)
+            z_model = to_model_space(z, None, v.scaling_factor, v.shift_factor)
+            images = decode_to_images(vae, z_model, v.scaling_factor, v.shift_factor)
         storage.write_bytes(preview, _png(_grid(images)))
         info["preview"] = preview
         info["preview_ids"] = [str(x) for x in data["id"]]
@@ -213,6 +233,7 @@ def _export_builtin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=positive_int, default=64, help="image height = width in pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in set (the same seed, the same images)")
     p.add_argument("--max-objects", type=positive_int, default=2, help="shapes per image at most")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
@@ -252,6 +273,13 @@ def _fetch(args: argparse.Namespace) -> int:
     from pipelines.datasets import FetchError
 
     out = args.out or f"{DATA_ROOT}/{args.dataset}"
+    if "://" in out:
+        raise ValueError(f"--out {out!r}: must be a local directory (upload the data set afterwards)")
+    flag, src = ("--source-dir", args.source_dir) if args.dataset == "fashion-mnist" else ("--tarball", args.tarball)
+    if src and storage.overlap(src, out):
+        raise ValueError(f"--out {out!r} overlaps {flag} {src!r}: the output is replaced whole; write it elsewhere")
+    if args.overwrite:
+        storage.refuse_working_dir(out, "data set")
     try:
         if args.dataset == "fashion-mnist":
             if args.tarball:
@@ -323,6 +351,7 @@ def _classifier(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     test = args.test or _default_test(args.source)
     src = args.source.rstrip("/")
+    src = src if storage.is_s3(src) else str(Path(src).resolve())  # `.` or `..` name the folder they are
     name = src.rsplit("/", 2)[-2] if src.rsplit("/", 1)[-1] in ("train", "test") and "/" in src else src
     out = args.out or f"{DATA_ROOT}/classifier/{name.rsplit('/', 1)[-1]}"
     rep = train_source_classifier(
@@ -349,7 +378,9 @@ def _classifier(args: argparse.Namespace) -> int:
 def _export_builtin(args: argparse.Namespace) -> int:
     """Write the built-in shapes data set (images + captions) as an image folder or parquet, to look at it or to
     feed it to the folder / parquet readers of `ditscale precompute`."""
-    res = export_builtin(args.out, args.format, args.count, args.image_size, args.seed, args.max_objects)
+    res = export_builtin(
+        args.out, args.format, args.count, args.image_size, args.seed, args.max_objects, overwrite=args.overwrite
+    )
     print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
     return 0
 
@@ -358,12 +389,27 @@ def _inspect(args: argparse.Namespace) -> int:
     preview = (
         None if (args.preview or "").lower() == "none" else (args.preview or storage.join(args.dir, "preview.png"))
     )
+    if preview is not None:
+        _check_preview(preview, args.dir)
     info = inspect_dataset(args.dir, preview, args.rows)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
         _print_inspect(info)
     return 0
+
+
+def _check_preview(preview: str, dataset: str) -> None:
+    """ValueError unless writing the preview PNG to `preview` destroys nothing: inside the data set only its own
+    preview.png, and elsewhere no existing file that is not a PNG."""
+    name = preview.rstrip("/").rsplit("/", 1)[-1]
+    if storage.overlap(dataset, preview) in ("inside", "same") and name != "preview.png":
+        raise ValueError(f"--preview {preview!r} is inside the data set {dataset!r}; only preview.png may go there")
+    if storage.exists(preview):
+        if storage.is_dir(preview):
+            raise ValueError(f"--preview {preview!r} is a directory; give a .png file path")
+        if storage.read_bytes(preview)[:8] != b"\x89PNG\r\n\x1a\n":
+            raise ValueError(f"--preview {preview!r} exists and is not a PNG; refusing to overwrite it")
 
 
 def _run_config(args: argparse.Namespace, cls: type, train) -> int:
@@ -441,3 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"ditscale data {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write or read that failed at run time (a full disk, an unreachable s3 endpoint)
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        print(f"ditscale data {args.cmd}: error: {msg}", file=sys.stderr)
+        return 1

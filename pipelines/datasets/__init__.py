@@ -108,7 +108,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} is not empty; remove it or pass overwrite=True")
+        raise FileExistsError(f"output directory {out} is not empty; remove it or pass --overwrite")
 
 
 def write_source(

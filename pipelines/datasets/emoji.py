@@ -79,7 +79,7 @@ def npm_pack(dest: Path) -> Path:
     if npm is None:
         raise FetchError(
             f"npm is not available to download {NPM_PACKAGE}. Install Node.js/npm, or run "
-            f"`{PACK_COMMAND}` elsewhere and pass tarball=<the .tgz file>"
+            f"`{PACK_COMMAND}` elsewhere and pass --tarball <the .tgz file>"
         )
     try:
         proc = subprocess.run(
@@ -91,13 +91,15 @@ def npm_pack(dest: Path) -> Path:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FetchError(f"`{PACK_COMMAND}` could not run ({exc}); run it yourself and pass tarball=") from exc
+        raise FetchError(
+            f"`{PACK_COMMAND}` could not run ({exc}); run it yourself and pass --tarball <the .tgz file>"
+        ) from exc
     tgz = sorted(dest.glob("*.tgz"))
     if proc.returncode != 0 or not tgz:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
         what = f"exit code {proc.returncode}" if proc.returncode != 0 else "it wrote no .tgz"
         raise FetchError(
-            f"`{PACK_COMMAND}` failed ({what}): {' | '.join(tail)}. Run it yourself and pass tarball=<the .tgz file>"
+            f"`{PACK_COMMAND}` failed ({what}): {' | '.join(tail)}. Run it yourself and pass --tarball <the .tgz file>"
         )
     return tgz[0]
 
@@ -233,7 +235,7 @@ def fetch_emoji(
     download = None
     if tarball is None:
         if not install:
-            raise FileNotFoundError(f"no emoji package given: run `{PACK_COMMAND}` and pass tarball=<the .tgz file>")
+            raise FileNotFoundError(f"no emoji package given: run `{PACK_COMMAND}` and pass --tarball <the .tgz file>")
         download = Path(tempfile.mkdtemp(prefix="ditscale-emoji-"))
     try:
         pkg = _Package(npm_pack(download) if download is not None else Path(tarball))

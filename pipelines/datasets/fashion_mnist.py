@@ -138,7 +138,7 @@ def install_package() -> None:
         raise FetchError(
             f"apt-get is not available to install {APT_PACKAGE}. On Debian/Ubuntu run `sudo {INSTALL_COMMAND}`; "
             "elsewhere put the four IDX .gz files of https://github.com/zalandoresearch/fashion-mnist in a folder "
-            "and pass source_dir=<folder>"
+            "and pass --source-dir <folder>"
         )
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         raise FetchError(f"installing {APT_PACKAGE} needs root: run `sudo {INSTALL_COMMAND}`, then fetch again")
@@ -171,7 +171,7 @@ def read_fashion_mnist(
         missing = _missing(source)
     if missing:
         hint = (
-            f"install the package (`{INSTALL_COMMAND}`) or pass source_dir"
+            f"install the package (`{INSTALL_COMMAND}`) or pass --source-dir <folder>"
             if source_dir is None
             else "expected the four original IDX files there"
         )

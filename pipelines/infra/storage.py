@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pyarrow.fs as pafs
 
@@ -178,9 +178,45 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     return download_dir(uri, os.path.join(root, uri.rstrip("/").rsplit("/", 1)[-1]))
 
 
+def refuse_working_dir(out: str, kind: str) -> None:
+    """ValueError when `out`, a directory about to be replaced or emptied, is empty, '.' or '..', or (local) the
+    working directory or a folder holding it."""
+    text = str(out).strip()
+    if text in ("", ".", ".."):
+        raise ValueError(f"out {out!r}: give the {kind}'s own directory (it is replaced whole)")
+    if not is_s3(text):
+        cwd = Path.cwd().resolve()
+        if cwd.is_relative_to(Path(text).expanduser().resolve()):
+            raise ValueError(f"out {out!r} is the working directory or holds it; it would be replaced by the {kind}")
+
+
+def check_output_dir(out: str, *, kind: str, replaces: Sequence[str] = (), inputs: Sequence[str] = ()) -> None:
+    """ValueError, naming `out`, unless a command may write the directory `out` whole (replacing what is there):
+    `out` is not empty, '.' or '..', not the working directory or a folder holding it, not a file, apart from every
+    input (`storage.overlap`), and, when it is a local directory with content, a previous output of the same
+    `kind`: it holds every file in `replaces`. Call it before the work, so a bad `out` costs nothing."""
+    text = str(out).strip()
+    refuse_working_dir(text, kind)
+    for src in inputs:
+        if src and overlap(src, text):
+            raise ValueError(f"out {out!r} overlaps the input {src!r}: write the {kind} elsewhere")
+    if is_s3(text):
+        return
+    dst = Path(text).expanduser().resolve()
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"out {out!r} exists and is not a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not (replaces and all((dst / f).is_file() for f in replaces)):
+        raise ValueError(
+            f"out {out!r} is a directory with other content (not a {kind}: no {' + '.join(replaces) or 'marker'}); "
+            "it would be replaced: choose an empty or new directory, or remove it first"
+        )
+
+
 def publish_dir(out: str, write: Callable[[Path], None]) -> str:
     """Write a directory in one step: `write(tmp)` fills a temporary directory, which then replaces `out` (local:
-    a rename beside it, so readers never see half a directory) or is uploaded (s3://). Returns `out`."""
+    a rename beside it, so readers never see half a directory) or is uploaded (s3://). Returns `out`. Callers check
+    `out` first with `check_output_dir`; the working directory and the folders above it are refused here too."""
+    refuse_working_dir(out, "output")
     if is_s3(out):
         with tempfile.TemporaryDirectory(prefix="ditscale-publish-") as tmp:
             write(Path(tmp))

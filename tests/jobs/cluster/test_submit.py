@@ -346,3 +346,7 @@ def test_stop_a_running_job(head_env, capsys):
     _wait_status(address, job_id, {"RUNNING"}, timeout=60)
     assert ditscale(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
     assert "STOPPED" in capsys.readouterr().out
+    # An id the cluster does not know: one line naming it from every action (logs and stop were tracebacks).
+    for action in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
+        assert ditscale(["jobs", action[0], "raysubmit_nope", *action[1:], "--address", address]) == 2
+        assert "job raysubmit_nope:" in capsys.readouterr().err
