@@ -44,4 +44,13 @@ def _run(cfg: SweepConfig, validate_only: bool) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale sweep`."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run_config_command("ditscale sweep", SweepConfig, args, lambda cfg: _run(cfg, args.validate_only))
+    from jobs.sweep.driver import load_sweep_config
+
+    # load_sweep_config: an override hparams.optim.lr=[...] means the dotted TrainConfig key, as documented
+    return run_config_command(
+        "ditscale sweep",
+        SweepConfig,
+        args,
+        lambda cfg: _run(cfg, args.validate_only),
+        load=lambda a: load_sweep_config(a.config, a.overrides),
+    )

@@ -51,6 +51,8 @@ class FIDSettings:
             raise ValueError(f"num_samples must be >= 2 for a covariance, got {self.num_samples}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def key(self, feature_net: str = "", classifier: Optional[str] = None) -> str:
         """Short stable hash of these settings, the feature network (and the classifier scoring the samples)."""
@@ -135,7 +137,9 @@ def generate_features(
 
     torch.set_num_threads(max(1, threads or eval_threads()))
     pipe = _pipeline(storage.local_copy(ckpt))
-    manifest = pipe.manifest
+    # The features of the data set the FID is scored against (`manifest_uri`, e.g. `evaluate --data`), which need
+    # not be the one the checkpoint was trained on.
+    manifest = Manifest.read(manifest_uri) if manifest_uri else pipe.manifest
     if feature_net_uri is None and (manifest is None or manifest.fid is None or not manifest.fid.feature_net):
         raise ValueError(f"{manifest_uri}: the data set records no FID feature net (manifest fid.feature_net)")
     net = feature_net(feature_net_uri or manifest.fid.feature_net)

@@ -205,6 +205,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     t_start = time.time()
     try:
         tracking_uri = tracking.check_tracking_uri(cfg.mlflow.tracking_uri)
+        tracking.client(tracking_uri)  # a store MLflow cannot use (file://, a missing driver) is named here
     except tracking.TrackingURIError as e:
         raise ConfigError(f"mlflow.tracking_uri: {e}") from e
     cfg.mlflow.tracking_uri = tracking_uri
@@ -212,6 +213,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sdir = sweep_dir(cfg)
     storage.makedirs(sdir)
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
+    from pipelines.infra import tracking
+
+    tracking.client(tracking_uri, check=False).log_text(
+        parent, json.dumps({"trial_ids": [tp.trial.trial_id for tp in plans]}, indent=2), tracking.GRID_ARTIFACT
+    )
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "

@@ -124,6 +124,15 @@ def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
         raise ConfigError("budgets: the sweep needs at least one budget (FLOPs)")
     if not all(isinstance(b, (int, float)) and math.isfinite(b) and b > 0 for b in cfg.budgets):
         raise ConfigError(f"budgets: must be finite positive FLOPs, got {cfg.budgets}")
+    if len({float(b) for b in cfg.budgets}) != len(cfg.budgets):
+        dup = sorted({float(b) for b in cfg.budgets if [float(x) for x in cfg.budgets].count(float(b)) > 1})
+        raise ConfigError(f"budgets: {dup} given more than once (each budget is trained once)")
+    if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
+        raise ConfigError(f"name: {cfg.name!r} must be one folder name (the sweep's directory under output)")
+    if not str(cfg.mlflow.experiment or "").strip():
+        raise ConfigError("mlflow.experiment: must be a non-empty experiment name")
+    if not storage.is_s3(cfg.output) and os.path.isfile(os.path.expanduser(cfg.output)):
+        raise ConfigError(f"output: {cfg.output!r} is a file, not a directory")
     if cfg.max_concurrent < 0:
         raise ConfigError(f"max_concurrent must be >= 0 (0: as many as the CPUs fit), got {cfg.max_concurrent}")
     if not (math.isfinite(cfg.trial_cpus) and cfg.trial_cpus > 0):
@@ -182,6 +191,13 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
     """Trials of the grid with deterministic ids; every trial's TrainConfig is built (bad keys named)."""
     entries = _check(cfg)
     base = sweep_base(cfg)
+    if cfg.mode == "wsd" and (base.get("eval") or {}).get("budgets"):
+        raise ConfigError(
+            "base.eval.budgets: not used with mode: wsd (a point inside the stable phase is undecayed; every budget is "
+            "its own decayed branch): list the budgets in `budgets`"
+        )
+    if "budget_flops" in cfg.hparams:
+        raise ConfigError("hparams.budget_flops: the budgets are the grid's `budgets`, not a hyper-parameter")
     budgets = sorted(float(b) for b in cfg.budgets)
     keys = sorted(cfg.hparams)
     combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]
@@ -214,7 +230,7 @@ def trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, float, str
     for i, b in enumerate(trial.budgets[:-1]):
         c = _replace(base, budget_flops=b, run={"name": f"{trial.trial_id}-b{i}"})
         if mode == "wsd":  # a branch only trains its decay phase: learning-curve points before it would not exist
-            c = _replace(c, eval={"fractions": []})
+            c = _replace(c, eval={"fractions": [], "budgets": []})
         runs.append((c, b, "branch" if mode == "wsd" else "separate"))
     return runs
 

@@ -145,33 +145,55 @@ def run_trial(
     tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str], callbacks: Optional[list] = None
 ) -> dict[str, Any]:
     """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
-    from jobs.train.driver import abandon_runs, clear_failed, failure_reason, finish_run, prepare_run, train_runs
+    import traceback
+
+    from jobs.train.driver import (
+        abandon_runs,
+        clear_failed,
+        fail_run,
+        failure_reason,
+        finish_run,
+        prepare_run,
+        train_runs,
+    )
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
         return storage.read_json(storage.join(tdir, DONE))
     t0 = time.time()
-    child = _child_run(tp, tdir, parent_run_id)
-    tags = {"ditscale.trial_id": tp.trial.trial_id}
-    prepared = []
-    for i, spec in enumerate(tp.runs):
-        if i == 0:
-            spec.plan.mlflow_run_id = child
-        prepared.append(prepare_run(spec.plan, parent_run_id=child, tags={**tags, "ditscale.budget_role": spec.role}))
-    clear_failed(prepared)  # a rerun of a failed trial retrains its failed runs (from their last good checkpoint)
-    _preload_evaluation(tp)
-    t_train = time.time()
+    child: Optional[str] = None
+    prepared: list = []
+    t_train = t0
+    # Whatever raises, from setting the runs up to evaluating them, ends as a FAILED trial with its reason
+    # (failed.json, MLflow), never as a trial missing from the sweep with its run left RUNNING.
     try:
+        child = _child_run(tp, tdir, parent_run_id)
+        tags = {"ditscale.trial_id": tp.trial.trial_id}
+        for i, spec in enumerate(tp.runs):
+            if i == 0:
+                spec.plan.mlflow_run_id = child
+            role = {**tags, "ditscale.budget_role": spec.role}
+            prepared.append(prepare_run(spec.plan, parent_run_id=child, tags=role))
+        clear_failed(prepared)  # a rerun of a failed trial retrains its failed runs (from their last good checkpoint)
+        _preload_evaluation(tp)
+        t_train = time.time()
         train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - the trial is FAILED (failed.json, MLflow) with the reason; others go on
-        import traceback
-
         traceback.print_exc()
         t_eval = time.time()
-        summaries = abandon_runs(prepared, failure_reason(exc))
+        reason = failure_reason(exc)
+        summaries = abandon_runs(prepared, reason) or [{"run_name": tp.runs[0].plan.run_name, "status": "failed"}]
+        for s in summaries:
+            s.setdefault("reason", reason)
     else:
         t_eval = time.time()
-        summaries = [finish_run(r) for r in prepared]
+        summaries = []
+        for r in prepared:
+            try:
+                summaries.append(finish_run(r))
+            except Exception as exc:  # noqa: BLE001 - trained, but its evaluation failed: a rerun evaluates again
+                traceback.print_exc()
+                summaries.append(fail_run(r, f"evaluation: {failure_reason(exc)}"))
     timing = trial_timing(summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval)
     reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
     status = "failed" if reasons else "finished"

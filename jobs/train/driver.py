@@ -133,25 +133,33 @@ def clear_failed(runs: Sequence["PreparedRun"]) -> None:
 def abandon_runs(runs: Sequence["PreparedRun"], reason: str) -> list[dict]:
     """Training raised: every unfinished run is FAILED in MLflow (those this driver owns) with `reason`; their
     summaries."""
-    from pipelines.infra import tracking
 
     out = []
     for r in runs:
         if storage.exists(r.result_uri) and storage.read_json(r.result_uri).get("status") == "finished":
             out.append(finish_run(r))
             continue
-        if r.owned and r.plan.mlflow_run_id:
-            tracking.end_run(tracking.client(r.plan.tracking_uri, check=False), r.plan.mlflow_run_id, "failed", reason)
-        out.append(
-            {
-                "run_name": r.plan.run_name,
-                "run_dir": r.plan.run_dir,
-                "mlflow_run_id": r.plan.mlflow_run_id,
-                "status": "failed",
-                "reason": reason,
-            }
-        )
+        out.append(fail_run(r, reason))
     return out
+
+
+def fail_run(r: "PreparedRun", reason: str) -> dict:
+    """Mark one run FAILED in MLflow (when this driver owns it) with `reason`; its summary, keeping what its
+    result.json recorded (a run that trained but could not be evaluated keeps its training FLOPs)."""
+    from pipelines.infra import tracking
+
+    if r.owned and r.plan.mlflow_run_id:
+        tracking.end_run(tracking.client(r.plan.tracking_uri, check=False), r.plan.mlflow_run_id, "failed", reason)
+    done = storage.read_json(r.result_uri) if storage.exists(r.result_uri) else {}
+    return {
+        **done,
+        "run_name": r.plan.run_name,
+        "run_dir": r.plan.run_dir,
+        "mlflow_run_id": r.plan.mlflow_run_id,
+        "status": "failed",
+        "reason": reason,
+        "points": [],
+    }
 
 
 def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[dict]) -> bool:

@@ -13,6 +13,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -234,6 +235,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         need(f"optim.betas[{i}]", b, finite(b) and 0 <= b < 1, "in [0, 1)")
     need("eval.num_samples", e.num_samples, e.num_samples >= 0, ">= 0 (0: no FID)")
     if e.num_samples > 0:
+        need("eval.num_samples", e.num_samples, e.num_samples >= 2, ">= 2 (a FID needs a covariance; 0: no FID)")
+        need("eval.seed", e.seed, e.seed >= 0, ">= 0")
         need("eval.steps", e.steps, e.steps >= 1, ">= 1")
         need("eval.guidance", e.guidance, finite(e.guidance) and e.guidance >= 0, "a finite number >= 0")
         need("eval.num_actors", e.num_actors, e.num_actors >= 0, ">= 0 (0: sample in the trial process)")
@@ -320,6 +323,7 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         except Exception as e:  # noqa: BLE001 - any reader failure is a config problem naming the file
             raise ConfigError(f"data.manifest: cannot read {cfg.data.manifest!r}: {e}") from e
     check_rows(cfg, manifest)
+    check_evaluation(cfg, manifest)
     model_config = resolve_model_config(cfg, manifest)
     check_text_dropout(cfg, manifest)
     check_big_model(cfg, model_config)
@@ -348,6 +352,22 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         tracking_uri=_tracking(cfg, check_mlflow),
         run_name=run_name(cfg),
     )
+
+
+def check_evaluation(cfg: TrainConfig, manifest: Manifest) -> None:
+    """What FID at the budget points needs from the data set, checked before training (it used to fail only after
+    the whole run): the set's FID feature net, and a local eval.classifier that exists."""
+    if cfg.eval.num_samples <= 0:
+        return
+    if manifest.fid is None or not manifest.fid.feature_net:
+        raise ConfigError(
+            f"eval.num_samples={cfg.eval.num_samples}: data.manifest {cfg.data.manifest!r} records no FID feature net "
+            "(manifest fid.feature_net; precompute it with fid: set), so there is nothing to score; set "
+            "eval.num_samples=0 to train without FID"
+        )
+    c = cfg.eval.classifier
+    if c and "://" not in c and not Path(c).expanduser().is_dir():
+        raise ConfigError(f"eval.classifier: {c!r} is not a directory (a `ditscale data classifier` output)")
 
 
 def check_rows(cfg: TrainConfig, manifest: Manifest) -> None:

@@ -122,10 +122,11 @@ def add_print_config(parser: argparse.ArgumentParser, *sections: tuple[str, type
     parser.epilog = "\n\n".join(blocks) if blocks else None
 
 
-def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any) -> int:
-    """Load the config, honour --print-config, call `run(cfg)`; a ConfigError exits 2 with the key named."""
+def run_config_command(prog: str, cls: type, args: argparse.Namespace, run: Any, load: Any = None) -> int:
+    """Load the config (`load(args)`, default `load_from_args`), honour --print-config, call `run(cfg)`; a
+    ConfigError exits 2 with the key named."""
     try:
-        cfg = load_from_args(cls, args)
+        cfg = load(args) if load is not None else load_from_args(cls, args)
         if args.print_config:
             print_config(cfg)
             return 0

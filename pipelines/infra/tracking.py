@@ -396,11 +396,27 @@ def sweep_points(
     parent = (
         find_parent_run(mlflow_client, experiment) if experiment is not None else _run(mlflow_client, parent_run_id)
     )
+    grid = current_grid(mlflow_client, parent.info.run_id)
     points: list[dict] = []
     for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):
+        trial = (run.data.tags or {}).get(TRIAL_ID_TAG)
+        if grid is not None and trial is not None and trial not in grid:
+            continue  # a trial of an earlier grid of this sweep (other models, budgets or evaluation settings)
         for p in load_points(mlflow_client, run.info.run_id):
             points.append({**p, "run_id": run.info.run_id})
     return parent, points
+
+
+GRID_ARTIFACT = "config/grid.json"  # {"trial_ids": [...]}: the trials of the sweep's latest invocation
+
+
+def current_grid(mlflow_client: Any, parent_run_id: str) -> set[str] | None:
+    """The trial ids of the grid a sweep ran last (None for a record without one): a rerun with another grid or
+    other evaluation settings makes new trials, and the old ones' points stay out of the fits."""
+    names = {a.path for a in mlflow_client.list_artifacts(parent_run_id, GRID_ARTIFACT.rsplit("/", 1)[0])}
+    if GRID_ARTIFACT not in names:
+        return None
+    return set(read_json_artifact(mlflow_client, parent_run_id, GRID_ARTIFACT).get("trial_ids") or [])
 
 
 # ---- registry ---------------------------------------------------------------------------------------------

@@ -83,7 +83,18 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     cfg = load_sweep_config(str(path), ["hparams.optim.lr=[0.001, 0.002]"])
     assert cfg.hparams == {"optim.lr": [0.001, 0.002]}
     assert sorted(t.train.optim.lr for t in expand_grid(cfg)) == sorted([0.001, 0.002] * len(cfg.models))
+    # The command line takes the documented dotted form too (it went through a loader that refused it).
+    assert main(["--config", str(path), "hparams.optim.lr=[0.001, 0.0003]", "--validate-only"]) == 0
+    # What would fail only after training (or train twice) is refused up front, naming the key.
+    for override in ("base.eval.num_samples=1", "base.eval.seed=-5", "base.eval.classifier=/nonexistent"):
+        assert main(["--config", str(path), override, "--validate-only"]) == 2, override
     for override, message in (
+        ("budgets=[1e9, 1e9]", "budgets: [1000000000.0] given more than once"),
+        ("base.eval.budgets=[1e8]", "base.eval.budgets: not used with mode: wsd"),
+        ('hparams={"budget_flops": [1e9]}', "hparams.budget_flops: the budgets are the grid's `budgets`"),
+        ("name=../x", "name: '../x' must be one folder name"),
+        ("mlflow.experiment=", "mlflow.experiment: must be a non-empty experiment name"),
+        (f"output={path}", f"output: '{path}' is a file"),
         ("budgets=[NaN]", "budgets: must be finite positive FLOPs, got [nan]"),
         ("max_concurrent=-3", "max_concurrent must be >= 0"),
         ("trial_cpus=0", "trial_cpus must be a finite number > 0, got 0.0"),

@@ -76,3 +76,35 @@ def test_a_trial_whose_training_raises_is_failed_with_its_reason_not_missing(tmp
     assert trial.info.status == "FAILED" and "injected failure" in trial.data.tags["ditscale.failure_reason"]
     runs = client.search_runs([trial.info.experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_settings_change(tmp_path, dataset):  # noqa: F811
+    """An exception in evaluation (here a sampler the model cannot run) used to escape run_trial after training:
+    the trial listed as missing with no reason, its run left RUNNING."""
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["budgets"] = _budgets(path, (4,))
+    cfg["base"]["eval"]["sampler"] = "ddpm-learned"  # needs a learned variance this model does not have
+    path.write_text(yaml.safe_dump(cfg))
+    result = _sweep(path)
+    log = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 1, log
+    (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
+    record = json.loads(failed.read_text())
+    assert record["status"] == "failed" and "-main: evaluation: " in " ".join(record["reasons"]), record
+    assert record["train_flops"] > 0  # the training it did is counted (goodput)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trial = client.get_run(record["mlflow_run_id"])
+    assert trial.info.status == "FAILED" and "evaluation" in trial.data.tags["ditscale.failure_reason"]
+    assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
+    # Fixed evaluation settings make a new trial (its id hashes them); the old trial's points stay out of the fits.
+    second = _sweep(path, "base.eval.sampler=euler")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    from jobs.scaling.points import read_points
+
+    _, points = read_points(client, experiment="sweep-test")
+    assert points and {p.trial_id for p in points} != {record["trial_id"]}
