@@ -97,3 +97,22 @@ def test_cli_errors(setup, capsys):
     assert main(["/does/not/exist"]) == 2
     assert main([setup["ckpt"], "--num-actors", "-1", "--num-samples", "4"]) == 2
     assert "num_actors must be >= 0" in capsys.readouterr().err
+    assert main([setup["ckpt"], "--seed", "-5", "--num-samples", "4", "--num-actors", "0"]) == 2  # before sampling
+    assert "seed must be >= 0, got -5" in capsys.readouterr().err
+
+
+def test_data_scores_with_its_own_feature_net(setup, tmp_path, capsys):
+    """`--data X` compares with X's reference statistics, so the samples' features must come from X's network
+    (they came from the checkpoint's data set, while the result named X's network)."""
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(setup["data"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["fid"]["feature_net"] = str(tmp_path / "no-such-net")
+    manifest["source"] = {"kind": "folder"}  # no attribute accuracy: only the FID features use the net
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    argv = [setup["ckpt"], "--data", str(other), "--num-samples", "4", "--steps", "2", "--num-actors", "0"]
+    assert main(argv) == 2
+    assert "no-such-net" in capsys.readouterr().err
