@@ -54,9 +54,19 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
     from pipelines.infra import tracking
 
     client = tracking.client(tracking_uri, check=False)
+    marker = storage.join(sdir, "sweep.json")
+    if storage.exists(marker):  # its finished trials are recorded there: a new parent elsewhere would have none
+        rec = storage.read_json(marker)
+        was = (rec.get("tracking_uri", tracking_uri), rec.get("experiment", cfg.mlflow.experiment))
+        if was != (tracking_uri, cfg.mlflow.experiment):
+            raise ConfigError(
+                f"sweep {cfg.name!r} ({sdir}) is recorded in MLflow experiment {was[1]!r} at {was[0]!r} (parent run "
+                f"{rec.get('run_id')}), not {cfg.mlflow.experiment!r} at {tracking_uri!r}: rerun it with "
+                f"mlflow.tracking_uri={was[0]} mlflow.experiment={was[1]}, or give the new sweep another name"
+            )
     rid, created = tracking.attach_run(
         client,
-        storage.join(sdir, "sweep.json"),
+        marker,
         experiment=cfg.mlflow.experiment,
         name=cfg.name,
         tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP},

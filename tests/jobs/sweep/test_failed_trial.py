@@ -108,3 +108,8 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
 
     _, points = read_points(client, experiment="sweep-test")
     assert points and {p.trial_id for p in points} != {record["trial_id"]}
+    # The same sweep pointed at another experiment (or store) would start an empty parent run there, and the
+    # finished trials (skipped by their done.json) would never be recorded in it: refused, naming where it is.
+    moved = _sweep(path, "base.eval.sampler=euler", "mlflow.experiment=elsewhere")
+    assert moved.returncode == 2, moved.stdout[-3000:] + moved.stderr[-3000:]
+    assert "is recorded in MLflow experiment 'sweep-test'" in moved.stderr
