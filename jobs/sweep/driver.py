@@ -115,9 +115,18 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     from jobs.sweep.goodput import measure_machine_peak
     from pipelines.infra.ray_runtime import init_ray
 
-    init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
+    started = init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
     cpus = float(ray.cluster_resources().get("CPU", 1))
     run = pending[0].runs[0].plan.cfg.run
+    need = cfg.trial_cpus + run.num_workers * run.cpus_per_worker
+    if need > cpus:
+        msg = (
+            f"a trial needs {need:g} CPUs (trial_cpus {cfg.trial_cpus:g} + run.num_workers {run.num_workers} x "
+            f"run.cpus_per_worker {run.cpus_per_worker:g}) but the Ray cluster has {cpus:g}"
+        )
+        if started:  # a local instance never grows: Tune would wait for resources forever
+            raise ConfigError(f"{msg}; lower them or raise num_cpus")
+        print(f"[ditscale] warning: {msg}; the trials wait until the cluster grows", file=sys.stderr, flush=True)
     gpus = float(ray.cluster_resources().get("GPU", 0)) if run.use_gpu else 0.0
     peak_before = measure_machine_peak(cpus) if not gpus else None  # before any trial loads the machine
     check_shared_storage(
@@ -236,7 +245,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     )
     machine = None
     if pending:
-        machine = _run_tune(cfg, pending, sdir, parent)
+        try:
+            machine = _run_tune(cfg, pending, sdir, parent)
+        except ConfigError as e:  # found once Ray is up (the cluster's size): the parent run does not stay RUNNING
+            tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", str(e))
+            raise
     records = _records(sdir, plans)
     failed = [r["name"] for r in records if r["status"] != "finished"]
     complete = not failed or (cfg.allow_failures and all(r["status"] != "missing" for r in records))

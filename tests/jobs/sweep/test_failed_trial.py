@@ -113,3 +113,11 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     moved = _sweep(path, "base.eval.sampler=euler", "mlflow.experiment=elsewhere")
     assert moved.returncode == 2, moved.stdout[-3000:] + moved.stderr[-3000:]
     assert "is recorded in MLflow experiment 'sweep-test'" in moved.stderr
+
+
+def test_a_trial_larger_than_the_local_cluster_is_refused_not_left_waiting(tmp_path, dataset):  # noqa: F811
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], num_cpus=2)
+    result = _sweep(path, "trial_cpus=3")  # Tune used to wait for a 3-CPU slot on the 2-CPU instance forever
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "a trial needs 4 CPUs (trial_cpus 3 + run.num_workers 1 x run.cpus_per_worker 1)" in result.stderr
+    assert "the Ray cluster has 2" in result.stderr
