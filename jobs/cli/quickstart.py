@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         default=None,
         help="a real data set instead of the built-in shapes: 'fashion-mnist' (apt package, class-conditional DiT "
-        "grid), 'emoji' (npm package, text-conditional MM-DiT grid) or PATH (an image folder with class "
-        "sub-folders and/or .txt captions, or parquet; its train/ split with test/ beside it). Measured on 2 CPU "
+        "grid), 'emoji' (npm package, text-conditional MM-DiT grid) or PATH (class-labelled: an image folder "
+        "with one sub-folder per class, or parquet with a label column; its train/ split with test/ beside it, "
+        "or a `ditscale data fetch` folder). Measured on 2 CPU "
         "cores with the virtualenv in place: emoji 20 minutes, fashion-mnist 18; the report adds the standard "
         "Inception FID of the champion "
         "and the data's floor",

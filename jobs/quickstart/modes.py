@@ -48,9 +48,10 @@ class DataSpec:
     name: str  # fashion-mnist | emoji | a user's path
     kind: str  # fashion-mnist | emoji | path
     conditioning: str  # class | text
-    path: str | None = None  # a user's source (folder with class sub-folders and/or .txt captions, or parquet)
+    path: str | None = None  # a user's class-labelled source (folder of class sub-folders, or parquet with labels)
     source_kind: str = "parquet"
     limit: int | None = None  # images precomputed (the first N of the seeded shuffled order)
+    num_classes: int | None = None  # a user's path: its classes (None: the set's own, 10 for Fashion-MNIST)
 
 
 # The tiny runs' sweep: three small MM-DiTs (text data), four budgets, small batches and evaluations.
@@ -150,7 +151,7 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
         sweep_yaml="configs/sweep/tiny.yaml",
         precompute_yaml=f"configs/precompute/{'emoji' if spec.kind == 'emoji' else 'fashion_mnist'}.yaml",
         prompts=[] if not text else ["grinning face", "red apple", "fox face", "rocket"],
-        labels=list(range(10)) if not text else [],
+        labels=list(range(min(10, spec.num_classes or 10))) if not text else [],
         classifier={"steps": 600, "width": 16, "batch_size": 128},
         standard_fid={"n_samples": 2048, "n_ref": 2048, "steps": 20, "guidance": 2.0},
     )
@@ -170,14 +171,33 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
 
 
 def _path_spec(path: Path) -> DataSpec:
-    """A user's source: parquet (a label column: class; else captions: text) or a folder (class sub-folders: class)."""
+    """A user's class-labelled source: parquet with a `label` column, or a folder of class sub-folders; the folder
+    `ditscale data fetch` writes (train/ and test/ splits) stands for its train/ split."""
+    if path.is_file() and path.suffix != ".parquet":
+        raise ValueError(f"--data {str(path)!r}: a file that is not .parquet (give a parquet file or an image folder)")
+    if path.is_dir() and (path / "train").is_dir() and path.name != "train":
+        path = path / "train"  # a `data fetch` output: the test/ beside it is the test split
     if path.suffix == ".parquet" or any(path.glob("*.parquet")):
         import pyarrow.parquet as pq
 
-        first = path if path.is_file() else sorted(path.glob("*.parquet"))[0]
-        cols = set(pq.read_schema(first).names)
-        cond = "class" if "label" in cols else "text"
-        return DataSpec(name=path.name, kind="path", conditioning=cond, path=str(path), source_kind="parquet")
-    subdirs = [d for d in path.iterdir() if d.is_dir()]
-    cond = "class" if subdirs else "text"
-    return DataSpec(name=path.name, kind="path", conditioning=cond, path=str(path), source_kind="folder")
+        files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+        labelled = "label" in set(pq.read_schema(files[0]).names)
+        top = -1
+        if labelled:
+            for f in files:
+                found = [v for v in pq.read_table(f, columns=["label"]).column("label").to_pylist() if v is not None]
+                top = max([top, *found])
+        spec = DataSpec(name=path.name, kind="path", conditioning="class", path=str(path), source_kind="parquet")
+        spec.num_classes = int(top) + 1 if top >= 0 else None
+    else:
+        subdirs = [d for d in path.iterdir() if d.is_dir()]
+        labelled = bool(subdirs)
+        spec = DataSpec(name=path.name, kind="path", conditioning="class", path=str(path), source_kind="folder")
+        spec.num_classes = len(subdirs) or None
+    if not labelled or not spec.num_classes:
+        raise ValueError(
+            f"--data {str(path)!r}: no class labels (a parquet `label` column, or one sub-folder per class). "
+            "PATH trains class-conditional models and scores them with a classifier trained on the labels; for "
+            "captioned data run `ditscale precompute` and `ditscale sweep` with a text config (docs/precompute.md)"
+        )
+    return spec

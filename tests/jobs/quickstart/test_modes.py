@@ -59,10 +59,19 @@ def test_data_modes_choose_conditioning(tmp_path):
     pq_dir = tmp_path / "pq"
     pq_dir.mkdir()
     pq.write_table(pa.table({"image": [b""], "caption": ["a cat"]}), pq_dir / "part-0.parquet")
-    spec = make_data_mode(str(pq_dir)).data
-    assert (spec.conditioning, spec.source_kind) == ("text", "parquet")
-    pq.write_table(pa.table({"image": [b""], "label": np.array([1])}), pq_dir / "part-0.parquet")
-    assert make_data_mode(str(pq_dir)).data.conditioning == "class"
+    # Captions only: PATH trains class-conditional models scored by a classifier of the labels (a text PATH used
+    # to get the class precompute config and emoji's prompts, and failed at the classifier stage).
+    with pytest.raises(ValueError, match="no class labels"):
+        make_data_mode(str(pq_dir))
+    pq.write_table(pa.table({"image": [b"", b""], "label": np.array([1, 3])}), pq_dir / "part-0.parquet")
+    mode = make_data_mode(str(pq_dir))
+    assert (mode.data.conditioning, mode.data.source_kind, mode.data.num_classes) == ("class", "parquet", 4)
+    assert mode.labels == [0, 1, 2, 3]  # the sample grid asks only for classes the model has (it asked for 0..9)
+    # A `data fetch` folder stands for its train/ split; a file that is not parquet is named.
+    assert make_data_mode(str(tmp_path / "imgs")).data.path == str(folder)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="a file that is not .parquet"):
+        make_data_mode(str(tmp_path / "notes.txt"))
 
 
 def test_unknown_data_names_the_value(tmp_path):
