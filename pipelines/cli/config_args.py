@@ -85,6 +85,25 @@ def _wrap_description(parser: argparse.ArgumentParser, width: int = 100) -> None
         parser.description = textwrap.fill(parser.description, width)
 
 
+def _overrides_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let `key=value` overrides come before, between and after the options (`distill CKPT --validate-only steps=3`):
+    argparse's intermixed parsing, also when `parser` is a sub-command's (argparse calls its parse_known_args)."""
+    plain = parser.parse_known_args
+    busy = False
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        nonlocal busy
+        if busy:  # the intermixed parser's own passes
+            return plain(args, namespace)
+        busy = True
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            busy = False
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: str = "") -> None:
     """--config, overrides and --print-config on `parser`; its epilog lists the keys of `cls` with defaults."""
     parser.add_argument("--config", help="YAML file with the config (configs/...)")
@@ -92,6 +111,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, example: st
         "overrides", nargs="*", metavar="key.sub=value", help="config overrides (values parse as JSON, else as strings)"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    _overrides_anywhere(parser)
     parser.formatter_class = DefaultsRawDescriptionFormatter
     _wrap_description(parser)
     keys = "\n".join(describe_keys(cls))

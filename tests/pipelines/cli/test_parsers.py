@@ -36,3 +36,13 @@ def test_an_option_the_namespace_lacks_keeps_the_targets_default():
     assert options_for(_Settings, argparse.Namespace(steps=7)) == {"steps": 7}
     with pytest.raises(TypeError):
         _run(**options_for(_run, argparse.Namespace(steps=7)))  # out_dir has no default and no option
+
+
+def test_config_overrides_may_follow_the_options(capsys):
+    # `ditscale data train-vae steps=3 --print-config out=x` ("unrecognized arguments: out=x" before), a
+    # sub-command's parser included
+    from pipelines.cli.data import main as data_main
+
+    assert data_main(["train-vae", "steps=3", "--print-config", "out=xdir"]) == 0
+    printed = capsys.readouterr().out
+    assert "out: xdir" in printed.splitlines() and "steps: 3" in printed.splitlines()
