@@ -141,6 +141,15 @@ class GenerationPipeline:
 
     # ---- loading --------------------------------------------------------------------------------------
 
+    def data_uri(self, what: str) -> str:
+        """The checkpoint's data set (config.json data.manifest); GenerationError naming `what` needs it when the
+        checkpoint records none."""
+        if not self.manifest_uri:
+            raise GenerationError(
+                f"{self.checkpoint_uri}: records no data set (config.json data.manifest); {what} needs its latents"
+            )
+        return self.manifest_uri
+
     def _is_pixel_space(self, data: dict) -> bool:
         if data.get("space") is not None:
             return data["space"] == "pixel"

@@ -48,7 +48,8 @@ def _rows(pipe, settings: ConceptSettings) -> tuple[dict[str, np.ndarray], list[
 
     text = pipe.conditioning == "text"
     keys = ["text_emb", "text_mask", "text_pooled", "caption"] if text else ["label"]
-    rows = load_latents_numpy(pipe.manifest_uri, limit=settings.num_samples, columns=["latent_mean", *keys])
+    uri = pipe.data_uri("concept extraction")
+    rows = load_latents_numpy(uri, limit=settings.num_samples, columns=["latent_mean", *keys])
     if not rows:
         raise ValueError(f"{pipe.manifest_uri}: no rows")
     if text:

@@ -47,7 +47,7 @@ def _data(pipe, settings: EMSSettings) -> list[tuple[torch.Tensor, dict]]:
     from pipelines.latents.reader import load_latents_numpy
 
     keys = ("label",) if pipe.conditioning == "class" else ("text_emb", "text_mask", "text_pooled")
-    rows = load_latents_numpy(pipe.manifest_uri, limit=settings.num_samples, columns=["latent_mean", *keys])
+    rows = load_latents_numpy(pipe.data_uri("the EMS"), limit=settings.num_samples, columns=["latent_mean", *keys])
     if not rows or len(rows["latent_mean"]) == 0:
         raise ValueError(f"{pipe.manifest_uri}: no rows to estimate the EMS on")
     x0 = (torch.from_numpy(rows["latent_mean"].astype(np.float32)) - pipe.shift_factor) * pipe.scaling_factor

@@ -92,3 +92,15 @@ def test_concepts_refuses_a_remote_out(tmp_path, capsys):
 
     assert concepts_main([str(tmp_path / "ck"), "--out", "s3://bucket/plots"]) == 2  # wrote './s3:/bucket/plots'
     assert "--out 's3://bucket/plots': must be a local directory" in capsys.readouterr().err
+
+
+def test_ems_and_concepts_name_a_checkpoint_without_a_data_set(tmp_path, capsys):
+    from jobs.cli.concepts import main as concepts_main
+    from jobs.cli.ems import main as ems_main
+    from tests.serve.test_app import make_class_checkpoint
+
+    ckpt = str(make_class_checkpoint(tmp_path / "ck"))  # pixel space, no config.json data.manifest
+    assert ems_main([ckpt, "--num-tasks", "0"]) == 2  # said "None is not a complete latent data set"
+    assert "records no data set (config.json data.manifest); the EMS needs its latents" in capsys.readouterr().err
+    assert concepts_main([ckpt, "--out", str(tmp_path / "plots")]) == 2
+    assert "records no data set" in capsys.readouterr().err
