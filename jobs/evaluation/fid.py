@@ -54,9 +54,13 @@ class FIDSettings:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
-    def key(self, feature_net: str = "", classifier: Optional[str] = None) -> str:
-        """Short stable hash of these settings, the feature network (and the classifier scoring the samples)."""
+    def key(self, feature_net: str = "", classifier: Optional[str] = None, compute: str = "cpu") -> str:
+        """Short stable hash of these settings, the feature network (and the classifier scoring the samples) and
+        where the samples are drawn (`sampling_compute`: a GPU samples in bf16, so its FID differs a little from a
+        CPU's fp32 one; "cpu" leaves the key as it was before this was part of it)."""
         extra = {"classifier": classifier} if classifier else {}
+        if compute != "cpu":
+            extra["compute"] = compute
         blob = json.dumps({**asdict(self), "feature_net": feature_net, **extra}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -70,6 +74,20 @@ def feature_net(uri: str) -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=8)
+def sampling_compute(num_actors: int, num_gpus: Optional[float] = None) -> str:
+    """Where evaluation samples ("cuda-bf16" or "cpu"), by the rule `_sample_parts` and `_pipeline` follow: in this
+    process on its own device, or on actors with a GPU each when `num_gpus` (None: the cluster has GPUs) says so."""
+    if num_actors == 0 or (num_actors == 1 and not _ray_running()):
+        on_gpu = torch.cuda.is_available()
+    elif num_gpus is None:
+        import ray
+
+        on_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    else:
+        on_gpu = num_gpus > 0
+    return "cuda-bf16" if on_gpu else "cpu"
+
+
 def _pipeline(ckpt: str):
     from pipelines.generation import GenerationPipeline
 

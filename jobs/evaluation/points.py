@@ -12,7 +12,7 @@ import time
 from typing import Optional
 
 from jobs.evaluation.cpus import spare_cpus
-from jobs.evaluation.fid import FIDSettings, eval_threads, evaluate_checkpoint
+from jobs.evaluation.fid import FIDSettings, eval_threads, evaluate_checkpoint, sampling_compute
 from jobs.scaling.points import ScalingPoint
 from jobs.train.plan import RunPlan
 from pipelines.infra import storage
@@ -37,7 +37,8 @@ def evaluate_points(
     own_cpus = plan.cfg.run.num_workers * plan.cfg.run.cpus_per_worker
     settings = fid_settings(plan)
     network = plan.manifest.fid.feature_net if plan.manifest.fid is not None else ""
-    key = settings.key(network or "", plan.cfg.eval.classifier)
+    compute = sampling_compute(ev_cfg.num_actors, ev_cfg.num_gpus)
+    key = settings.key(network or "", plan.cfg.eval.classifier, compute)
     client = None
     if plan.mlflow_run_id:
         from pipelines.infra import tracking

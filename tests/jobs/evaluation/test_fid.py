@@ -116,3 +116,13 @@ def test_data_scores_with_its_own_feature_net(setup, tmp_path, capsys):
     argv = [setup["ckpt"], "--data", str(other), "--num-samples", "4", "--steps", "2", "--num-actors", "0"]
     assert main(argv) == 2
     assert "no-such-net" in capsys.readouterr().err
+
+
+def test_the_cache_key_names_gpu_sampling_and_keeps_cpu_keys():
+    from jobs.evaluation.fid import sampling_compute
+
+    s = FIDSettings(num_samples=320, sampler="euler", steps=12, guidance=2.0)
+    # CPU fp32 keys are the ones cached before the device was part of the key; bf16 GPU samples get their own
+    assert s.key("net", compute="cpu") == s.key("net") != s.key("net", compute="cuda-bf16")
+    assert sampling_compute(0) == "cpu"  # in this process, on this CPU-only machine
+    assert sampling_compute(4, num_gpus=1) == "cuda-bf16" and sampling_compute(4, num_gpus=0) == "cpu"
