@@ -143,8 +143,13 @@ def _validate(compute: Any, values: Any, min_points: int, what: str) -> tuple[np
         raise FitError(f"{what}: {c.size} compute values but {y.size} metric values")
     ok = np.isfinite(c) & np.isfinite(y)
     c, y = c[ok], y[ok]
-    if (c <= 0).any() or (y <= 0).any():
-        raise FitError(f"{what}: compute and metric values must be > 0 for a log-space fit")
+    bad = np.flatnonzero((c <= 0) | (y <= 0))
+    if bad.size:
+        i = int(bad[0])
+        raise FitError(
+            f"{what}: compute and metric values must be > 0 for a log-space fit; {bad.size} are not "
+            f"(e.g. compute {c[i]:.4g}, value {y[i]:.4g})"
+        )
     n_distinct = np.unique(c).size
     if n_distinct < min_points:
         raise FitError(f"{what}: need at least {min_points} points at distinct compute, got {n_distinct}")
@@ -154,7 +159,8 @@ def _validate(compute: Any, values: Any, min_points: int, what: str) -> tuple[np
 def _residuals(theta: np.ndarray, x: np.ndarray, logy: np.ndarray) -> np.ndarray:
     """log y - log(a * x^-b + f) for theta = (log a, b, f); x is compute / reference compute."""
     log_a, b, f = theta
-    return logy - np.log(np.exp(log_a - b * np.log(x)) + f)
+    with np.errstate(over="ignore"):  # a trial step far off the optimum: inf gives an inf residual, rejected
+        return logy - np.log(np.exp(log_a - b * np.log(x)) + f)
 
 
 def _jacobian(theta: np.ndarray, x: np.ndarray, logy: np.ndarray) -> np.ndarray:
@@ -488,6 +494,8 @@ def fit_power_law(
     """
     if interval not in (*INTERVAL_METHODS, None):
         raise ValueError(f"interval must be one of {INTERVAL_METHODS} or None, got {interval!r}")
+    if not 0.0 < ci_level < 1.0:
+        raise FitError(f"ci_level must be in (0, 1), got {ci_level!r}")
     what = f"fit of {names[0]} * C^-{names[1]} + {names[2]}"
     c_raw = np.asarray(compute, dtype=np.float64).ravel()
     se_raw = None if value_se is None else np.asarray(value_se, dtype=np.float64).ravel()
@@ -615,8 +623,7 @@ def held_out_check(
     Returns {"skipped": reason} when fewer than 3 distinct computes remain.
     `floor_free`: the refit's floor may rise to the largest value it is fitted to, not only the lowest (`floor_bound`).
     """
-    c = np.asarray(compute, dtype=np.float64).ravel()
-    y = np.asarray(values, dtype=np.float64).ravel()
+    c, y = _validate(compute, values, 1, "held-out check")  # finite and positive, as the fits take them
     c_max = float(c.max())
     keep = c < c_max
     if np.unique(c[keep]).size < 3:

@@ -209,3 +209,17 @@ def test_an_edge_minimum_at_the_largest_size_is_largest_though_exp_log_rounds_be
     rows = isoflop_analysis(pts, "fid", n_boot=10)["budgets"]
     assert [r["n_opt"] < 1.6e7 for r in rows] == [True] * 3  # the rounding this guards against
     assert [minimum_kind(r) for r in rows] == ["largest"] * 3
+
+
+def test_held_out_check_and_interval_level_take_bad_input_like_the_fits():
+    from ditcore.scaling import FitError
+    from ditcore.scaling.powerlaw import fit_power_law, held_out_check
+
+    c, y = [1e11, 1e12, 1e13, 1e14, 1e15], [9.0, 6.0, 4.5, 3.8, 3.5]
+    # a NaN point is left out as fit_power_law leaves it out (it used to turn the check off, miscounting)
+    nan = held_out_check([*c[:3], float("nan"), *c[3:]], [*y[:3], 2.0, *y[3:]])
+    assert nan == held_out_check(c, y) and "skipped" not in nan
+    with pytest.raises(FitError, match=r"must be > 0 for a log-space fit; 1 are not \(e.g. compute 1e\+15, value 0\)"):
+        held_out_check(c, [*y[:4], 0.0])  # was a ZeroDivisionError
+    with pytest.raises(FitError, match=r"ci_level must be in \(0, 1\), got 1.5"):
+        fit_power_law(c, y, ci_level=1.5)  # was a brentq "is NaN" ValueError

@@ -133,7 +133,7 @@ def test_isoflop_edge_budgets_are_listed_unless_consecutive():
     assert [r["interior"] for r in iso["budgets"]] == [False, True] + [False] * 5
     msg = next(d["message"] for d in fit_diagnostics(isoflop=iso) if d["code"] == "isoflop_edge")
     assert msg.startswith("At 6 of 7 budgets (C = ") and "from" not in msg.split(")")[0]
-    iso["budgets"][1]["interior"] = False
+    iso["budgets"][1].update(interior=False, n_opt=min(iso["budgets"][1]["params"]))  # an edge minimum sits at a size
     iso["budgets"][0]["interior"] = True
     msg = next(d["message"] for d in fit_diagnostics(isoflop=iso) if d["code"] == "isoflop_edge")
     assert msg.startswith("At 6 of 7 budgets (C from ")
