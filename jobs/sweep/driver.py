@@ -222,8 +222,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from pipelines.infra import tracking
 
     t_start = time.time()
+    from jobs.sweep.grid import sweep_base
+
+    # The sweep's own mlflow.tracking_uri, else the base's (what --validate-only checks), else the default store
+    base_uri = (sweep_base(cfg).get("mlflow") or {}).get("tracking_uri")
     try:
-        tracking_uri = tracking.check_tracking_uri(cfg.mlflow.tracking_uri)
+        tracking_uri = tracking.check_tracking_uri(cfg.mlflow.tracking_uri or base_uri)
         tracking.client(tracking_uri)  # a store MLflow cannot use (file://, a missing driver) is named here
     except tracking.TrackingURIError as e:
         raise ConfigError(f"mlflow.tracking_uri: {e}") from e
