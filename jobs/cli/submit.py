@@ -7,6 +7,7 @@ import difflib
 import importlib
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -102,6 +103,23 @@ def check_job_flags(kind: str, extra: list[str], own: argparse.ArgumentParser) -
         raise SubmitError(f"unknown option {flag}: neither `ditscale submit` nor the {kind} job takes it{hint}")
 
 
+def check_job_command(kind: str, job_argv: list[str]) -> None:
+    """The job's whole command line, parsed here by the job's own parser (required options, options it does not
+    take, such as `--config` for a fit), so a job that could only fail on the cluster is never submitted."""
+    import contextlib
+    import io
+
+    job = importlib.import_module(JOB_PARSERS[kind]).build_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            job.parse_args(job_argv)
+    except SystemExit as e:
+        if e.code:  # --help exits 0
+            last = (err.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
+            raise SubmitError(f"the {kind} job's command line `{shlex.join(job_argv)}`: {last}") from None
+
+
 def check_job_config(kind: str, config: Optional[Path], overrides: list[str], working_dir: Path) -> None:
     """The config file + overrides of a precompute or sweep job, checked here as the job would check them first
     (unknown keys, wrong types; a sweep's `base` too), so a typo fails before the upload and not on the cluster."""
@@ -135,11 +153,29 @@ def _submit(argv: list[str]) -> int:
     opts, extra = parser.parse_known_args(argv)
     check_job_flags(opts.kind, extra, parser)
     args = list(opts.args) + list(extra)
+    if "--" in args:  # the separator before the job's own flags is not one of them
+        args.remove("--")
     working_dir = Path(opts.working_dir)
     config = job_config_path(opts.config, working_dir)  # relative to the working dir's root, where the job runs
     overrides = [a for a in args if "=" in a and not a.startswith("-")]  # the rest are flags and their values
     local_config = None if config is None or "://" in config else working_dir / config
     check_job_config(opts.kind, local_config, overrides, working_dir)
+    check_job_command(opts.kind, (["--config", config] if config else []) + args)
+    for flag in ("--num-cpus", "--num-gpus"):
+        value = getattr(opts, flag[2:].replace("-", "_"))
+        if value is not None and not value >= 0:
+            raise SubmitError(f"{flag} must be >= 0, got {value}")
+    # Flags both commands take go to `ditscale submit` (serve's --num-gpus reserves the job driver's GPUs, not the
+    # replicas'): say so; the job's own goes after `--`.
+    job_flags = set(importlib.import_module(JOB_PARSERS[opts.kind]).build_parser()._option_string_actions)
+    given = {a.split("=", 1)[0] for a in (argv[: argv.index("--")] if "--" in argv else argv) if a.startswith("--")}
+    for flag in sorted(given & job_flags & {"--num-gpus", "--num-cpus", "--working-dir"}):
+        what = parser._option_string_actions[flag].help
+        print(
+            f"ditscale submit: note: {flag} is taken as `ditscale submit`'s ({what}); to pass the {opts.kind} job's "
+            f"own {flag}, put it after `--`",
+            file=sys.stderr,
+        )
     entrypoint = build_entrypoint(opts.kind, config, args)
     runtime_env = build_runtime_env(working_dir, parse_env(opts.env), opts.pip)
     if opts.dry_run:

@@ -2,7 +2,7 @@
 
     ditscale submit precompute --address http://127.0.0.1:8265 --config configs/precompute/builtin.yaml out=s3://b/x
     ditscale submit sweep      --address URL --config configs/sweep/tiny.yaml [k=v ...] [--wait]
-    ditscale submit fit        --address URL --config ...   (extra flags after the overrides pass through)
+    ditscale submit fit        --address URL --experiment NAME   (the job's own flags pass through; after `--` too)
     ditscale submit serve      --address URL --config serve/config.yaml
     ditscale jobs list|status ID|logs ID [--follow]|stop ID --address URL
 

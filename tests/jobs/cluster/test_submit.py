@@ -122,6 +122,23 @@ def test_the_jobs_config_is_checked_before_anything_is_sent(capsys, monkeypatch)
     assert ditscale(pre) == 2
     assert "the precompute job's config: unknown config key(s): source.cuont" in capsys.readouterr().err
     assert ditscale([*sweep, "max_concurrent=2"]) == 0
+    capsys.readouterr()
+    # The job's whole command line is parsed by its own parser: a fit needs its sweep and takes no --config (the
+    # docs showed one), and would only have failed on the cluster.
+    assert ditscale(["submit", "fit", "--dry-run", "--config", "configs/sweep/tiny.yaml"]) == 2
+    assert "the fit job's command line" in capsys.readouterr().err
+    assert ditscale(["submit", "fit", "--dry-run", "--experiment", "e", "--config", "configs/sweep/tiny.yaml"]) == 2
+    assert "unrecognized arguments: --config configs/sweep/tiny.yaml" in capsys.readouterr().err
+    assert ditscale([*sweep, "--num-cpus", "-3"]) == 2
+    assert "--num-cpus must be >= 0, got -3.0" in capsys.readouterr().err
+    # A flag both take is submit's (with a note); the job's own goes after `--`.
+    serve = ["submit", "serve", "--dry-run", "--checkpoint", "s3://b/ck"]
+    assert ditscale([*serve, "--num-gpus", "1"]) == 0
+    out = capsys.readouterr()
+    assert "--num-gpus is taken as `ditscale submit`'s" in out.err
+    assert json.loads(out.out)["entrypoint"].endswith("serve --checkpoint s3://b/ck")
+    assert ditscale([*serve, "--", "--num-gpus", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["entrypoint"].endswith("serve --checkpoint s3://b/ck --num-gpus 1")
 
 
 def test_token_lookup_follows_rays_order(monkeypatch, tmp_path):
