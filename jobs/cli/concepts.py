@@ -71,6 +71,10 @@ def _run(args: argparse.Namespace) -> dict:
     if "://" in out_dir:
         raise ValueError(f"--out {out_dir!r}: must be a local directory (the plot and concepts.json are written there)")
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device="cpu", text_encoder=False)
+    if args.response:  # what the curve needs from the checkpoint, before anything is extracted or written
+        from jobs.concepts.response import response_net
+
+        response_net(pipe)
     feats, labels, layer, times = extract_features(pipe, settings)
     from ditcore.steering import concept_directions
 

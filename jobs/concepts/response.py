@@ -36,6 +36,24 @@ def _prompts(pipe, concept: str, num_samples: int, with_concept: bool) -> dict[s
     }
 
 
+def response_net(pipe) -> Any:
+    """The built-in attribute net that scores the response curve; ValueError when the checkpoint cannot have one
+    (not text-conditioned: the curve compares prompts with and without the colour; no attribute net). `ditscale
+    concepts --response` calls it before extracting anything."""
+    from ditcore.metrics.features import load_feature_net
+    from pipelines.infra import storage
+
+    if pipe.conditioning != "text":
+        raise ValueError("--response needs a text-conditioned checkpoint (it prompts with and without the colour)")
+    m = pipe.manifest
+    if m is None or m.fid is None or not m.fid.feature_net:
+        raise ValueError("the data set records no attribute net (manifest fid.feature_net)")
+    net = load_feature_net(storage.local_copy(m.fid.feature_net)).eval()
+    if not hasattr(net, "attributes"):
+        raise ValueError(f"{m.fid.feature_net} is not the built-in attribute net")
+    return net
+
+
 def steering_response(
     pipe,
     concept: str,
@@ -50,18 +68,11 @@ def steering_response(
 ) -> dict[str, Any]:
     """{"curve": [{"alpha", "share"}], "prompted_share", ...} for a text checkpoint on built-in data."""
     from ditcore.data.builtin import COLOUR_NAMES
-    from ditcore.metrics.features import load_feature_net
     from pipelines.generation import SamplerSettings
-    from pipelines.infra import storage
 
     if concept not in COLOUR_NAMES:
         raise ValueError(f"the response curve is measured for built-in colours {COLOUR_NAMES}, got {concept!r}")
-    m = pipe.manifest
-    if m is None or m.fid is None or not m.fid.feature_net:
-        raise ValueError("the data set records no attribute net (manifest fid.feature_net)")
-    net = load_feature_net(storage.local_copy(m.fid.feature_net)).eval()
-    if not hasattr(net, "attributes"):
-        raise ValueError(f"{m.fid.feature_net} is not the built-in attribute net")
+    net = response_net(pipe)
     colour = COLOUR_NAMES.index(concept)
     seeds = list(range(seed, seed + num_samples))
     base = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance)

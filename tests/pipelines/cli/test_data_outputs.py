@@ -104,3 +104,17 @@ def test_ems_and_concepts_name_a_checkpoint_without_a_data_set(tmp_path, capsys)
     assert "records no data set (config.json data.manifest); the EMS needs its latents" in capsys.readouterr().err
     assert concepts_main([ckpt, "--out", str(tmp_path / "plots")]) == 2
     assert "records no data set" in capsys.readouterr().err
+
+
+def test_concepts_response_checks_the_checkpoint_before_writing_anything(tmp_path, capsys):
+    from jobs.cli.concepts import main as concepts_main
+    from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
+
+    data, _ = make_eval_dataset(tmp_path / "ev", n=8, num_classes=4)  # a class set with its VAE and feature net
+    model = perturbed_model("DiT-T/4", in_channels=4, input_size=8, num_classes=4)
+    ckpt = save_model_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001", model, {"manifest": data})
+    argv = [ckpt, "--num-samples", "8", "--batch-size", "8", "--response", "red", "--out", str(tmp_path / "k")]
+    assert concepts_main(argv) == 2
+    assert "--response needs a text-conditioned checkpoint" in capsys.readouterr().err
+    # the directions and the plot used to be written before the curve found it could not be measured
+    assert not (tmp_path / "k").exists() and not list((tmp_path / "run").rglob("concepts*"))
