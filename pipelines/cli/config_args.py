@@ -46,6 +46,12 @@ def describe_keys(cls: type, prefix: str = "") -> list[str]:
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         nested = tp if dataclasses.is_dataclass(tp) else (inner[0] if len(inner) == 1 else None)
         if nested is not None and isinstance(nested, type):
+            if f.default is None:  # optional: absent unless a key of it is given, then with these defaults
+                note = _field_comments(cls).get(f.name)
+                lines.append(
+                    f"  {key}: {nested.__name__} | None = None  # none unless a {key}.* key is set; then these"
+                    + (f"; {note}" if note else "")
+                )
             lines.extend(describe_keys(nested, key + "."))
             continue
         if f.default is not dataclasses.MISSING:

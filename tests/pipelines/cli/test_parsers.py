@@ -46,3 +46,14 @@ def test_config_overrides_may_follow_the_options(capsys):
     assert data_main(["train-vae", "steps=3", "--print-config", "out=xdir"]) == 0
     printed = capsys.readouterr().out
     assert "out: xdir" in printed.splitlines() and "steps: 3" in printed.splitlines()
+
+
+def test_help_says_an_optional_section_is_absent_until_one_of_its_keys_is_set():
+    from pipelines.cli.config_args import describe_keys
+    from pipelines.encoders.train_vae import TrainVAEConfig
+
+    lines = describe_keys(TrainVAEConfig)
+    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("source"))
+    # it listed `source.kind = 'builtin'` as if a source were the default (it is None: the built-in shapes)
+    assert lines[at].strip().startswith("source: SourceConfig | None = None  # none unless a source.* key is set")
+    assert lines[at + 1].strip().startswith("source.kind:")
