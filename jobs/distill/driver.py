@@ -9,6 +9,7 @@ teacher's run (the run id recorded in the teacher's run directory, `mlflow_run.j
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional
 
 from ditcore.config import ConfigError, from_dict, merge, to_dict
@@ -60,6 +61,23 @@ def _check(cfg: DistillConfig) -> None:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
 
 
+# The student's TrainConfig keys that a distill key sets (student_train_config): errors name the distill key.
+_DISTILL_KEYS = {
+    "optim.lr": "lr",
+    "optim.warmup_steps": "warmup_steps",
+    "optim.ema_decay": "ema_decay",
+    "data.batch_size": "batch_size",
+    "data.val_samples": "val_samples",
+    "run.num_workers": "num_workers",
+    "run.cpus_per_worker": "cpus_per_worker",
+    "run.seed": "seed",
+    "run.name": "name",
+    "checkpoint.storage": "storage",
+    "mlflow.log_every": "log_every",
+    "mlflow.tracking_uri": "tracking_uri",
+}
+
+
 def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
     """The student's TrainConfig: the teacher's, with guidance_embed and the distillation's schedule."""
     teacher = cfg.teacher.rstrip("/")
@@ -108,8 +126,13 @@ def distill_plan(cfg: DistillConfig) -> RunPlan:
     """Validate the distillation against the teacher and its data set; the student's run plan."""
     _check(cfg)
     teacher_cfg = _teacher_config(cfg.teacher)
-    tcfg = student_train_config(cfg, teacher_cfg)
-    plan = resolve_run(tcfg)
+    try:
+        plan = resolve_run(student_train_config(cfg, teacher_cfg))
+    except ConfigError as e:  # in distill's own words: `cpus_per_worker`, not the student's `run.cpus_per_worker`
+        msg = str(e)
+        for train_key, key in sorted(_DISTILL_KEYS.items(), key=lambda kv: -len(kv[0])):
+            msg = re.sub(rf"(?<![\w.]){re.escape(train_key)}(?![\w])", key, msg)
+        raise ConfigError(msg) from None
     expected = student_model_config(teacher_cfg["model"])
     if plan.model_config != expected:
         diff = sorted(k for k in set(expected) | set(plan.model_config) if expected.get(k) != plan.model_config.get(k))

@@ -132,6 +132,12 @@ def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path)))
     with pytest.raises(ConfigError, match="cannot read checkpoint"):
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path / "r" / "checkpoints" / "step_1")))
+    # Errors found in the student's TrainConfig name distill's own keys (they named run.cpus_per_worker, a key
+    # distill refuses)
+    with pytest.raises(ConfigError, match=r"^cpus_per_worker must be > 0, got 0"):
+        distill_plan(dataclasses.replace(base, cpus_per_worker=0))
+    with pytest.raises(ConfigError, match=r"^val_samples: 64 rows held out"):
+        distill_plan(dataclasses.replace(base, val_samples=64))
 
 
 def test_distillation_mirrors_latents_only_where_the_teacher_did(tmp_path):
