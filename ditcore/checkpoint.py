@@ -249,6 +249,12 @@ def _check_directory(directory: str | os.PathLike) -> Path:
     return directory
 
 
+def verify_checkpoint_files(directory: str | os.PathLike) -> None:
+    """CheckpointError naming the first file checkpoint.json lists that is missing or not at its size (a truncated
+    copy), without reading any weights; nothing to check for a checkpoint without checkpoint.json."""
+    _manifest(_check_directory(directory))
+
+
 def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     """config.json of a checkpoint directory (no weights are read)."""
     directory = _check_directory(directory)

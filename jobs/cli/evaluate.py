@@ -42,14 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale evaluate`."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from ditcore.checkpoint import CheckpointError, read_checkpoint_config
+    from ditcore.checkpoint import CheckpointError, read_checkpoint_config, verify_checkpoint_files
     from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint
     from pipelines.infra import storage
     from pipelines.infra.ray_runtime import init_ray
 
     try:
         # The checkpoint first: a missing one is named before anything about the data set is said.
-        recorded = read_checkpoint_config(storage.local_copy(args.checkpoint)).get("data", {}).get("manifest")
+        local = storage.local_copy(args.checkpoint)
+        recorded = read_checkpoint_config(local).get("data", {}).get("manifest")
+        verify_checkpoint_files(local)  # here, before sampling tasks each find it truncated
         data = args.data or recorded
         if not data:
             raise ValueError("--data is required (the checkpoint records no data.manifest)")

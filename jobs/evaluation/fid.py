@@ -73,7 +73,23 @@ def feature_net(uri: str) -> torch.nn.Module:
     return load_feature_net(storage.local_copy(uri)).eval()
 
 
-@functools.lru_cache(maxsize=8)
+def check_model_fits_data(model_cfg: dict, conditioning: str, manifest: Manifest, manifest_uri: str) -> None:
+    """ValueError naming the mismatch when the checkpoint's model cannot be scored against `manifest_uri` (another
+    conditioning, or latents of another shape), before any sampling."""
+    if conditioning == "text" and manifest.text is None:
+        raise ValueError(f"a text-conditioned checkpoint, but {manifest_uri} has no text embeddings (a class data set)")
+    if conditioning == "class" and manifest.text is not None and not manifest.num_classes:
+        raise ValueError(f"a class-conditional checkpoint, but {manifest_uri} has captions, not class labels")
+    v = manifest.vae
+    want = (model_cfg.get("in_channels"), model_cfg.get("input_size"))
+    have = (v.latent_channels, v.latent_size or (manifest.image_size // max(v.downsample, 1)))
+    if None not in want and have[1] and tuple(want) != tuple(have):
+        raise ValueError(
+            f"the checkpoint's model takes {want[0]}x{want[1]}x{want[1]} inputs, but {manifest_uri} holds "
+            f"{have[0]}x{have[1]}x{have[1]} latents"
+        )
+
+
 def sampling_compute(num_actors: int, num_gpus: Optional[float] = None) -> str:
     """Where evaluation samples ("cuda-bf16" or "cpu"), by the rule `_sample_parts` and `_pipeline` follow: in this
     process on its own device, or on actors with a GPU each when `num_gpus` (None: the cluster has GPUs) says so."""
@@ -88,6 +104,7 @@ def sampling_compute(num_actors: int, num_gpus: Optional[float] = None) -> str:
     return "cuda-bf16" if on_gpu else "cpu"
 
 
+@functools.lru_cache(maxsize=8)
 def _pipeline(ckpt: str):
     from pipelines.generation import GenerationPipeline
 
@@ -281,6 +298,7 @@ def evaluate_checkpoint(
     mu_ref, sigma_ref = load_fid_stats(manifest_uri)
     model_cfg = read_checkpoint_config(storage.local_copy(ckpt))["model"]
     conditioning = "text" if model_cfg.get("text_dim") else "class"
+    check_model_fits_data(model_cfg, conditioning, manifest, manifest_uri)
     cond = conditions(
         manifest_uri, manifest, conditioning, settings.num_samples, int(model_cfg.get("num_classes") or 0)
     )

@@ -126,3 +126,21 @@ def test_the_cache_key_names_gpu_sampling_and_keeps_cpu_keys():
     assert s.key("net", compute="cpu") == s.key("net") != s.key("net", compute="cuda-bf16")
     assert sampling_compute(0) == "cpu"  # in this process, on this CPU-only machine
     assert sampling_compute(4, num_gpus=1) == "cuda-bf16" and sampling_compute(4, num_gpus=0) == "cpu"
+
+
+def test_a_checkpoint_that_cannot_be_scored_on_the_data_is_named_before_sampling(setup, tmp_path, capsys):
+    import shutil
+
+    # A text model against a class data set ended in a multi-line pyarrow error; a class model against a captioned
+    # set returned a FID.
+    classes, _ = make_eval_dataset(tmp_path / "cls", n=8, num_classes=4)
+    assert main([setup["ckpt"], "--data", classes, "--num-samples", "4", "--num-actors", "0"]) == 2
+    assert "a text-conditioned checkpoint, but" in capsys.readouterr().err
+    # A truncated weights file is found before any sampling task loads it (with actors, each printed a traceback).
+    bad = tmp_path / "bad" / "step_00000001"
+    shutil.copytree(setup["ckpt"], bad)
+    ema = bad / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])
+    assert main([str(bad), "--num-samples", "4", "--num-actors", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "ema.safetensors: size 100 bytes, expected" in err and "ray::" not in err
