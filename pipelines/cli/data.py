@@ -18,7 +18,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -354,6 +354,7 @@ def _classifier(args: argparse.Namespace) -> int:
     src = src if storage.is_s3(src) else str(Path(src).resolve())  # `.` or `..` name the folder they are
     name = src.rsplit("/", 2)[-2] if src.rsplit("/", 1)[-1] in ("train", "test") and "/" in src else src
     out = args.out or f"{DATA_ROOT}/classifier/{name.rsplit('/', 1)[-1]}"
+    storage.check_output_dir(out, kind="classifier", replaces=CLASSIFIER_FILES, inputs=[args.source, test or ""])
     rep = train_source_classifier(
         args.source, test, out, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, width=args.width, limit=args.limit, test_limit=args.test_limit, seed=args.seed,
@@ -418,18 +419,44 @@ def _run_config(args: argparse.Namespace, cls: type, train) -> int:
     return run_config_command(f"ditscale data {args.cmd}", cls, args, lambda cfg: (train(cfg), 0)[1])
 
 
+# What each encoder command writes (its earlier output, which a rerun may replace).
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # diffusers save_pretrained
+FEATURE_NET_FILES = ("config.json", "model.safetensors")  # ditcore.metrics.features.save_feature_net
+CLASSIFIER_FILES = (*FEATURE_NET_FILES, "report.json")
+
+
+def _checked(train: Callable, kind: str) -> Callable:
+    """`train(cfg)` after the checks of its output and threads, before any work. Here in the command rather than
+    in the training code, whose source is part of the shipped encoders' fingerprint."""
+    from ditcore.config import ConfigError
+
+    def run(cfg: Any) -> Any:
+        if cfg.threads < 0:
+            raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {cfg.threads}")
+        test = getattr(cfg, "test_source", None)
+        inputs = [s.path for s in (cfg.source, test) if s is not None and s.path]
+        if kind == "feature net" and cfg.source is not None:  # a source trains the class classifier
+            storage.check_output_dir(cfg.out, kind="classifier", replaces=CLASSIFIER_FILES, inputs=inputs)
+        else:
+            files = VAE_FILES if kind == "VAE" else FEATURE_NET_FILES
+            storage.check_output_dir(cfg.out, kind=kind, replaces=files, inputs=inputs)
+        return train(cfg)
+
+    return run
+
+
 def _train_vae(args: argparse.Namespace) -> int:
     """Train the small default AutoencoderKL and save it in diffusers format."""
     from pipelines.encoders.train_vae import TrainVAEConfig, train_vae
 
-    return _run_config(args, TrainVAEConfig, train_vae)
+    return _run_config(args, TrainVAEConfig, _checked(train_vae, "VAE"))
 
 
 def _train_features(args: argparse.Namespace) -> int:
     """Train the attribute network (FID features + shape/colour/size/position heads)."""
     from pipelines.encoders.train_features import TrainFeaturesConfig, train_feature_net
 
-    return _run_config(args, TrainFeaturesConfig, train_feature_net)
+    return _run_config(args, TrainFeaturesConfig, _checked(train_feature_net, "feature net"))
 
 
 class _Command(NamedTuple):

@@ -40,8 +40,6 @@ from pipelines.encoders.training import HELDOUT_START, TRAIN_RANGE, EncoderTrain
 from pipelines.infra import storage
 from pipelines.sources import SourceConfig
 
-FEATURE_NET_FILES = ("config.json", "model.safetensors")  # what save_feature_net writes
-
 
 @dataclass
 class TrainFeaturesConfig(EncoderTrainingConfig):
@@ -108,9 +106,6 @@ def _augment(x: torch.Tensor, cfg: TrainFeaturesConfig, gen: torch.Generator) ->
 def train_feature_net(cfg: TrainFeaturesConfig) -> str:
     """Train the attribute net, report held-out accuracy, save with `save_feature_net`; returns the output path."""
     from tqdm.auto import tqdm
-
-    if cfg.source is None:  # (a source run is checked by train_source_classifier)
-        storage.check_output_dir(cfg.out, kind="feature net", replaces=FEATURE_NET_FILES)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -226,8 +221,6 @@ def train_source_classifier(
     """
     from ditcore.metrics.classifier import train_classifier
 
-    paths = [x if isinstance(x, str) else x.path for x in (source, test) if x is not None]
-    storage.check_output_dir(out, kind="classifier", replaces=(*FEATURE_NET_FILES, "report.json"), inputs=paths)
     train = _labelled(source, image_size, limit, "source")
     if test is not None:
         held = _labelled(test, image_size, test_limit, "test source")

@@ -246,12 +246,6 @@ def _fit(vae, cfg: TrainVAEConfig, next_batch) -> tuple[float | None, float]:
 
 def train_vae(cfg: TrainVAEConfig) -> str:
     """Train, measure the latent scale, save with `save_pretrained` to `cfg.out`; returns the output path/URI."""
-    storage.check_output_dir(
-        cfg.out,
-        kind="VAE",
-        replaces=("config.json", "diffusion_pytorch_model.safetensors"),
-        inputs=[cfg.source.path] if cfg.source is not None and cfg.source.path else [],
-    )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

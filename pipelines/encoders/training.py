@@ -41,8 +41,6 @@ class EncoderTrainingConfig:
             self.out, self.output = self.output, None
         if self.steps < 0:
             raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        if getattr(self, "threads", 0) < 0:
-            raise ConfigError(f"threads: must be >= 0 (0 = torch's default), got {self.threads}")
         check_positive(self, self.POSITIVE, "{name}: must be >= 1, got {value}", ConfigError)
         if self.source is None:  # the built-in spec's limits (sizes 32..256) apply to built-in images only
             try:
