@@ -182,7 +182,12 @@ def run_trial(
         traceback.print_exc()
         t_eval = time.time()
         reason = failure_reason(exc)
-        summaries = abandon_runs(prepared, reason) or [{"run_name": tp.runs[0].plan.run_name, "status": "failed"}]
+        try:  # (abandon_runs evaluates the runs that did finish, which may raise too)
+            summaries = abandon_runs(prepared, reason)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            summaries = [fail_run(r, reason) for r in prepared]
+        summaries = summaries or [{"run_name": tp.runs[0].plan.run_name, "status": "failed"}]
         for s in summaries:
             s.setdefault("reason", reason)
     else:
