@@ -141,21 +141,61 @@ def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], sta
     tracking.end_run(client, child, status, "; ".join(reasons) or None)
 
 
+def _prepare_runs(tp: TrialPlan, child: Optional[str], prepared: list) -> None:
+    """Prepare the trial's runs into `prepared` (so a failure part-way leaves the ones made, to be FAILED) under its
+    child run (the main run records into it); failed results cleared, so a rerun of a failed trial retrains its
+    failed runs from their last good checkpoint."""
+    from jobs.train.driver import clear_failed, prepare_run
+
+    tags = {"ditscale.trial_id": tp.trial.trial_id}
+    for i, spec in enumerate(tp.runs):
+        if i == 0:
+            spec.plan.mlflow_run_id = child
+        role = {**tags, "ditscale.budget_role": spec.role}
+        prepared.append(prepare_run(spec.plan, parent_run_id=child, tags=role))
+    clear_failed(prepared)
+
+
+def _failed_summaries(tp: TrialPlan, prepared: list, reason: str) -> list[dict]:
+    """Summaries of a trial whose set-up or training raised: its finished runs evaluated, the others FAILED."""
+    import traceback
+
+    from jobs.train.driver import abandon_runs, fail_run
+
+    try:  # (abandon_runs evaluates the runs that did finish, which may raise too)
+        summaries = abandon_runs(prepared, reason)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        summaries = [fail_run(r, reason) for r in prepared]
+    summaries = summaries or [{"run_name": tp.runs[0].plan.run_name, "status": "failed"}]
+    for s in summaries:
+        s.setdefault("reason", reason)
+    return summaries
+
+
+def _finished_summaries(prepared: list) -> list[dict]:
+    """Summaries of trained runs, each evaluated; a run whose evaluation raises is FAILED (a rerun evaluates it)."""
+    import traceback
+
+    from jobs.train.driver import fail_run, failure_reason, finish_run
+
+    summaries = []
+    for r in prepared:
+        try:
+            summaries.append(finish_run(r))
+        except Exception as exc:  # noqa: BLE001 - trained, but its evaluation failed
+            traceback.print_exc()
+            summaries.append(fail_run(r, f"evaluation: {failure_reason(exc)}"))
+    return summaries
+
+
 def run_trial(
     tp: TrialPlan, sweep_dir: str, parent_run_id: Optional[str], callbacks: Optional[list] = None
 ) -> dict[str, Any]:
     """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
     import traceback
 
-    from jobs.train.driver import (
-        abandon_runs,
-        clear_failed,
-        fail_run,
-        failure_reason,
-        finish_run,
-        prepare_run,
-        train_runs,
-    )
+    from jobs.train.driver import failure_reason, train_runs
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
@@ -168,37 +208,17 @@ def run_trial(
     # (failed.json, MLflow), never as a trial missing from the sweep with its run left RUNNING.
     try:
         child = _child_run(tp, tdir, parent_run_id)
-        tags = {"ditscale.trial_id": tp.trial.trial_id}
-        for i, spec in enumerate(tp.runs):
-            if i == 0:
-                spec.plan.mlflow_run_id = child
-            role = {**tags, "ditscale.budget_role": spec.role}
-            prepared.append(prepare_run(spec.plan, parent_run_id=child, tags=role))
-        clear_failed(prepared)  # a rerun of a failed trial retrains its failed runs (from their last good checkpoint)
+        _prepare_runs(tp, child, prepared)
         _preload_evaluation(tp)
         t_train = time.time()
         train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - the trial is FAILED (failed.json, MLflow) with the reason; others go on
         traceback.print_exc()
         t_eval = time.time()
-        reason = failure_reason(exc)
-        try:  # (abandon_runs evaluates the runs that did finish, which may raise too)
-            summaries = abandon_runs(prepared, reason)
-        except Exception:  # noqa: BLE001
-            traceback.print_exc()
-            summaries = [fail_run(r, reason) for r in prepared]
-        summaries = summaries or [{"run_name": tp.runs[0].plan.run_name, "status": "failed"}]
-        for s in summaries:
-            s.setdefault("reason", reason)
+        summaries = _failed_summaries(tp, prepared, failure_reason(exc))
     else:
         t_eval = time.time()
-        summaries = []
-        for r in prepared:
-            try:
-                summaries.append(finish_run(r))
-            except Exception as exc:  # noqa: BLE001 - trained, but its evaluation failed: a rerun evaluates again
-                traceback.print_exc()
-                summaries.append(fail_run(r, f"evaluation: {failure_reason(exc)}"))
+        summaries = _finished_summaries(prepared)
     timing = trial_timing(summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval)
     reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
     status = "failed" if reasons else "finished"

@@ -21,6 +21,16 @@ def _sweep(path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+def _one_failed_trial(path, tmp_path):
+    """Run the sweep, which must exit 1 with exactly one failed.json: (its record, an MlflowClient on the store)."""
+    from mlflow import MlflowClient
+
+    result = _sweep(path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
+    return json.loads(failed.read_text()), MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
 @pytest.mark.slow
 def test_diverged_trial_is_failed_rerun_and_fails_the_sweep(tmp_path, dataset):  # noqa: F811
     path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
@@ -62,16 +72,8 @@ def test_a_trial_whose_training_raises_is_failed_with_its_reason_not_missing(tmp
     cfg["base"]["debug"] = {"inject_failure": {"step": 2, "mode": "raise"}}
     cfg["base"].setdefault("run", {})["max_failures"] = 0
     path.write_text(yaml.safe_dump(cfg))
-    result = _sweep(path)
-    log = result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.returncode == 1, log
-    (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
-    record = json.loads(failed.read_text())
+    record, client = _one_failed_trial(path, tmp_path)
     assert record["status"] == "failed" and "injected failure at step 2" in " ".join(record["reasons"]), record
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     trial = client.get_run(record["mlflow_run_id"])
     assert trial.info.status == "FAILED" and "injected failure" in trial.data.tags["ditscale.failure_reason"]
     runs = client.search_runs([trial.info.experiment_id])
@@ -87,17 +89,9 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     cfg["budgets"] = _budgets(path, (4,))
     cfg["base"]["eval"]["sampler"] = "ddpm-learned"  # needs a learned variance this model does not have
     path.write_text(yaml.safe_dump(cfg))
-    result = _sweep(path)
-    log = result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.returncode == 1, log
-    (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
-    record = json.loads(failed.read_text())
+    record, client = _one_failed_trial(path, tmp_path)
     assert record["status"] == "failed" and "-main: evaluation: " in " ".join(record["reasons"]), record
     assert record["train_flops"] > 0  # the training it did is counted (goodput)
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     trial = client.get_run(record["mlflow_run_id"])
     assert trial.info.status == "FAILED" and "evaluation" in trial.data.tags["ditscale.failure_reason"]
     assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
