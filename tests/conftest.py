@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.infra.ray_runtime import free_port  # noqa: F401  (tests take their ports from here)
+
 _RAY_BEFORE = pytest.StashKey[bool]()
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -26,13 +28,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

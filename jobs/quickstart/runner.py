@@ -63,8 +63,9 @@ class Context:
             from pipelines.infra.ray_runtime import LocalRayHead
 
             self.ray = LocalRayHead(self.path("logs"))
-            self.log(f"starting a local Ray head ({self.ray.num_cpus} CPUs); dashboard {self.ray.dashboard_url}")
+            self.log(f"starting a local Ray head ({self.ray.num_cpus} CPUs)")
             self.ray.start()
+            self.log(f"Ray head up at {self.ray.address}; dashboard {self.ray.dashboard_url}")
 
     def stop_ray(self) -> None:
         """Disconnect from and stop the Ray head this quickstart started (nothing else)."""

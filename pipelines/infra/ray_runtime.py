@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 RAY_DATA_LOGGING_CONFIG = Path(__file__).with_name("ray_data_logging.yaml")
 DASHBOARD_PORT = 8265  # Ray's default
@@ -91,21 +92,58 @@ def init_ray(
     return True
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ray's workers bind ports in 10002-19999 (`ray start`'s --min/--max-worker-port defaults).
+_RAY_WORKER_PORTS_END = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def _port_or_free(port: int) -> int:
-    """`port` if nothing on 127.0.0.1 holds it right now, else a free port."""
+def _quiet_port_range() -> range | None:
+    """Ports that neither the kernel hands out (bind to port 0, outgoing connections) nor Ray's workers take.
+
+    A port the kernel picked with bind(0) is free only until the next outgoing connection or bind(0) on the machine
+    takes it; a process that starts many others (`ray start`) does both while it comes up. Ports below the kernel's
+    ephemeral range and above Ray's worker ports are taken only by explicit binds. None where there is no such gap
+    (or the kernel's range cannot be read).
+    """
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(_RAY_WORKER_PORTS_END, low) if low - _RAY_WORKER_PORTS_END >= 1000 else None
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
-            return free_port()
-    return port
+            return False
+    return True
+
+
+def free_port(exclude: Container[int] = ()) -> int:
+    """A TCP port on 127.0.0.1 that is free right now, outside the kernel's ephemeral range where there is room.
+
+    `exclude`: ports already chosen for something that has not bound them yet.
+    """
+    quiet = _quiet_port_range()
+    if quiet is not None:
+        rng = random.Random()  # independent of the caller's seeded `random`: two processes must not pick alike
+        for _ in range(200):
+            port = rng.choice(quiet)
+            if port not in exclude and _bindable(port):
+                return port
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
+
+
+def _port_or_free(port: int) -> int:
+    """`port` if nothing on 127.0.0.1 holds it right now, else a free port."""
+    return port if _bindable(port) else free_port()
 
 
 def num_cores() -> int:
@@ -133,6 +171,46 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+# The listeners of a `ray start --head`, by flag; each gets a port chosen free.
+_HEAD_PORTS = (
+    "port",
+    "dashboard-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+)
+
+
+class _PortTaken(Exception):
+    """`ray start --head` exited because a port chosen for it was bound by someone else first."""
+
+
+def _log_lines(log_path: Path) -> list[str]:
+    try:
+        return log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _says_started(log_path: Path) -> bool:
+    """Whether `ray start`'s log says the head is up."""
+    return any("Ray runtime started" in line for line in _log_lines(log_path))
+
+
+# How `ray start` and its dashboard say that a port is taken (the dashboard's log is quoted in `ray start`'s).
+_PORT_TAKEN = ("address already in use", "already occupied")
+
+
+def _port_taken_line(log_path: Path) -> str | None:
+    """The line of a failed `ray start`'s log that says a port was already in use, if there is one."""
+    for line in reversed(_log_lines(log_path)):
+        if any(marker in line.lower() for marker in _PORT_TAKEN):
+            return line.strip()[-300:]
+    return None
+
+
 class LocalRayHead:
     """A Ray head on this machine owned by the caller: `ray start --head --block` in its own session.
 
@@ -144,24 +222,24 @@ class LocalRayHead:
     def __init__(self, log_dir: Path, num_cpus: int | None = None) -> None:
         self.num_cpus = num_cpus or head_cpus()
         self.log_dir = Path(log_dir)
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.proc: subprocess.Popen | None = None
         self.temp_dir: str | None = None
+        self.choose_ports()
+
+    def choose_ports(self) -> None:
+        """Pick a distinct free port for each listener of the head (again after a port was taken meanwhile)."""
+        chosen: list[int] = []
+        for _ in _HEAD_PORTS:
+            chosen.append(free_port(exclude=chosen))
+        self.ports = dict(zip(_HEAD_PORTS, chosen))
+        self.gcs_port = self.ports["port"]
+        self.dashboard_port = self.ports["dashboard-port"]
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
 
     def _command(self) -> list[str]:
         ray_bin = Path(sys.executable).with_name("ray")
-        ports = {
-            "port": self.gcs_port,
-            "dashboard-port": self.dashboard_port,
-            "ray-client-server-port": free_port(),
-            "dashboard-agent-listen-port": free_port(),
-            "dashboard-agent-grpc-port": free_port(),
-            "metrics-export-port": free_port(),
-            "runtime-env-agent-port": free_port(),
-        }
+        ports = self.ports
         return [
             str(ray_bin),
             "start",
@@ -176,8 +254,33 @@ class LocalRayHead:
             *(f"--{k}={v}" for k, v in ports.items()),
         ]
 
-    def start(self, timeout: float = 300.0) -> None:
-        """Start the head, connect this process to it, and export RAY_ADDRESS for everything started later."""
+    def start(self, timeout: float = 300.0, attempts: int = 3) -> None:
+        """Start the head, connect this process to it, and export RAY_ADDRESS for everything started later.
+
+        A port chosen free can be taken by another process before the head binds it; `ray start` then exits saying
+        so, and the head is started again on newly chosen ports, up to `attempts` times in all.
+        """
+        for attempt in range(1, attempts + 1):
+            log_path = self.log_dir / ("ray-head.log" if attempt == 1 else f"ray-head.{attempt}.log")
+            try:
+                self._start_once(log_path, timeout)
+                return
+            except _PortTaken as exc:
+                self._discard_failed_start()
+                if attempt == attempts:
+                    raise RuntimeError(
+                        f"`ray start --head` found a chosen port taken {attempts} times in a row; "
+                        f"the last time: {exc} (see {log_path})"
+                    ) from None
+                print(
+                    f"      a port chosen for the Ray head was taken before it bound it ({exc}); "
+                    "starting it again on other ports",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.choose_ports()
+
+    def _start_once(self, log_path: Path, timeout: float) -> None:
         import ray
 
         apply_ray_env()
@@ -187,25 +290,51 @@ class LocalRayHead:
         cmd = self._command()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PATH=f"{Path(cmd[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        with open(self.log_dir / "ray-head.log", "w") as log:
+        with open(log_path, "w") as log:
             self.proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while True:
+        # Connect only once `ray start` says the head is up: a driver connected to a GCS whose `ray start` then
+        # fails (a port taken) waits a minute or more for that GCS to come back.
+        while not _says_started(log_path):
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"`ray start --head` exited with {self.proc.returncode}; see {self.log_dir / 'ray-head.log'}"
-                )
+                taken = _port_taken_line(log_path)
+                if taken:
+                    raise _PortTaken(taken)
+                raise RuntimeError(f"`ray start --head` exited with {self.proc.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                break  # try to connect anyway: the error below says what is wrong
+            time.sleep(0.2)  # polling the log: `ray start --block` signals nothing else when it is up
+        while True:
             try:
                 ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
                 return
             except (ConnectionError, TimeoutError, RuntimeError) as exc:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError(
-                        f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc}"
+                        f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc} "
+                        f"(see {log_path})"
                     ) from exc
                 time.sleep(1.0)  # the head is still starting: poll again
+
+    def _discard_failed_start(self) -> None:
+        """What is left of a `ray start` that exited: its other processes, its temp dir, RAY_ADDRESS."""
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if self.proc is not None:
+            for pid in _session_pids(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self._wait_gone(self.proc.pid, 10.0)
+            self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+        if os.environ.get("RAY_ADDRESS") == self.address:
+            del os.environ["RAY_ADDRESS"]
 
     def stop(self, grace: float = 2.0) -> None:
         """Disconnect, SIGTERM `ray start --block`, and SIGKILL what is left of its session after `grace` s.

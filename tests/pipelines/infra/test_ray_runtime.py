@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import sys
 
@@ -47,3 +49,64 @@ def test_local_ray_serves_the_state_api():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["started"] is True
     assert "Probe" in res["alive"], res
+
+
+def test_free_ports_are_bindable_distinct_and_outside_the_kernels_ephemeral_range():
+    """A port the kernel hands out (bind to port 0, outgoing connections) can be taken again before a server binds
+    it; free_port picks from the quiet range between Ray's worker ports and the kernel's ephemeral range."""
+    from pipelines.infra.ray_runtime import _bindable, _quiet_port_range, free_port
+
+    chosen: list[int] = []
+    for _ in range(20):
+        chosen.append(free_port(exclude=chosen))
+    assert len(set(chosen)) == len(chosen)
+    assert all(_bindable(p) for p in chosen)
+    quiet = _quiet_port_range()
+    if quiet is not None:
+        assert all(p in quiet for p in chosen), (chosen, quiet)
+
+
+# The head's dashboard port is taken between choosing it and `ray start` binding it.
+_TAKEN_PORT_SCRIPT = """
+import json, socket, sys, tempfile
+from pathlib import Path
+import ray
+from pipelines.infra.ray_runtime import LocalRayHead
+
+logs = Path(tempfile.mkdtemp())
+head = LocalRayHead(logs, num_cpus=1)
+first = head.dashboard_port
+thief = socket.socket()
+thief.bind(("127.0.0.1", first))
+thief.listen()
+try:
+    head.start(timeout=240)
+    res = {"first": first, "now": head.dashboard_port, "cpus": ray.cluster_resources().get("CPU"),
+           "logs": sorted(p.name for p in logs.iterdir()),
+           "first_log": (logs / "ray-head.log").read_text(errors="replace")}
+finally:
+    head.stop()
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.slow
+def test_the_local_head_starts_again_on_other_ports_when_a_chosen_port_was_taken():
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _TAKEN_PORT_SCRIPT],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["cpus"] == 1.0
+    assert res["now"] != res["first"]
+    assert res["logs"] == ["ray-head.2.log", "ray-head.log"]  # the failed start's log is kept
+    assert "already occupied" in res["first_log"] or "already in use" in res["first_log"].lower()
+    assert "starting it again on other ports" in out.stderr
