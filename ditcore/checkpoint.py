@@ -244,6 +244,8 @@ def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, t
 
 def _check_directory(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(f"{directory}: is a file, not a checkpoint directory")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
     return directory

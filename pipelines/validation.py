@@ -19,3 +19,15 @@ def check_positive(
         value = getattr(obj, name)
         if value < 1:
             raise error(message.format(name=name, value=value))
+
+
+# Why a blank caption or prompt is refused: to a text model the empty prompt is its unconditional input.
+BLANK_PROMPT = (
+    "a text-conditioned model needs a caption (the empty prompt is its unconditional input, which guidance "
+    "compares against)"
+)
+
+
+def is_blank_prompt(text: object) -> bool:
+    """Whether a caption or prompt is empty or whitespace only (the HTTP API, `sample` and the precompute refuse it)."""
+    return not str(text).strip()

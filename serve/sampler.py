@@ -174,18 +174,15 @@ class Sampler:
     def check_conditions(self, req: dict) -> dict | None:
         """{"field", "message"} when the prompt or label does not fit this model."""
         from pipelines.generation import GenerationError
+        from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
         text = self.pipe.conditioning == "text"
         if text and req.get("label") is not None:
             return {"field": "label", "message": "label: this model is text-conditioned; send 'prompt' instead"}
         if text and req.get("prompt") is None:
             return {"field": "prompt", "message": "prompt: required for this text-conditioned model"}
-        if text and not req["prompt"].strip():
-            return {
-                "field": "prompt",
-                "message": "prompt: empty; this text-conditioned model needs a caption (the empty prompt is its "
-                "unconditional input, which guidance compares against)",
-            }
+        if text and is_blank_prompt(req["prompt"]):
+            return {"field": "prompt", "message": f"prompt: empty; {BLANK_PROMPT}"}
         if not text:
             for key in ("prompt", "negative_prompt"):
                 if req.get(key):

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, nonneg_float, positive_int
+from pipelines.cli.parsers import checkpoint_command_parser, command_error, nonneg_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,8 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         out = _run(args)
-    except (GenerationError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
-        print(f"ditscale concepts: error: {e}", file=sys.stderr)
-        return 2
+    except (GenerationError, ValueError, OSError) as e:  # exit 2 for a bad value or path, 1 at run time
+        return command_error("concepts", e)
     print(json.dumps(out, indent=2))
     return 0

@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, nonneg_float, nonneg_int, options_for, positive_int
+from pipelines.cli.parsers import (
+    checkpoint_command_parser,
+    command_error,
+    nonneg_float,
+    nonneg_int,
+    options_for,
+    positive_int,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings.check()
         ems, info = compute_ems(args.checkpoint, settings)
         uri = save_ems(args.checkpoint, ems, args.guidance, info)
-    except (GenerationError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
-        print(f"ditscale ems: error: {e}", file=sys.stderr)
-        return 2
+    except (GenerationError, ValueError, OSError) as e:  # exit 2 for a bad value or path, 1 at run time
+        return command_error("ems", e)
     print(json.dumps({"ems": uri, "nodes": int(ems.lambdas.numel()), "shape": list(ems.shape), **info}, indent=2))
     return 0

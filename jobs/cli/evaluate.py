@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import command_parser, nonneg_float, positive_int
+from pipelines.cli.parsers import command_error, command_parser, nonneg_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = evaluate_checkpoint(
             args.checkpoint, data, settings, num_actors=args.num_actors, progress=True, classifier=args.classifier
         )
-    except (CheckpointError, ValueError, OSError) as e:  # OSError: a missing file, an unreachable s3 endpoint
-        print(f"ditscale evaluate: error: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ValueError, OSError) as e:  # exit 2 for a bad value or path, 1 at run time
+        return command_error("evaluate", e)
     print(json.dumps(out, indent=2))
     return 0

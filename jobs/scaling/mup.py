@@ -70,7 +70,7 @@ def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
     """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
-    final: dict[tuple, tuple[int, float]] = {}
+    final: dict[tuple, tuple[int, float, tuple]] = {}
     for i, p in enumerate(points):
         if not isinstance(p, dict):
             raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
@@ -87,10 +87,17 @@ def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
         setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
         key = (setting, _width(p), float(lr))
         step = int(p.get("step") or 0)
+        source = (p.get("model"), p.get("trial_id"))  # one trial's points differ only in step
+        if key in final and final[key][2] != source:
+            raise FitError(
+                f"point {i}: model {source[0]!r} (trial {source[1]}) and model {final[key][2][0]!r} (trial "
+                f"{final[key][2][1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the report "
+                "needs one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
+            )
         if key not in final or step >= final[key][0]:
-            final[key] = (step, _loss(p.get("val_loss")))
+            final[key] = (step, _loss(p.get("val_loss")), source)
     table: dict[str, dict[int, dict[float, float]]] = {}
-    for (setting, width, lr), (_, loss) in sorted(final.items()):
+    for (setting, width, lr), (_, loss, _) in sorted(final.items()):
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
     return table
 

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from ditcore.config import ConfigError, to_dict
 from jobs.sweep.config import SweepConfig
-from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_dir
+from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
 
@@ -217,27 +217,30 @@ def _records(sdir: str, plans: list[TrialPlan]) -> list[dict[str, Any]]:
     return out
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """Validate the whole grid, then run the missing (or failed) trials; {"trials": [...], "complete", ...}."""
+def sweep_tracking_uri(cfg: SweepConfig) -> str:
+    """The sweep's MLflow store, checked: its own mlflow.tracking_uri, else its base config's (the store every trial
+    is validated against, also by --validate-only), else the default store."""
     from pipelines.infra import tracking
 
-    t_start = time.time()
-    from jobs.sweep.grid import sweep_base
-
-    # The sweep's own mlflow.tracking_uri, else the base's (what --validate-only checks), else the default store
     base_uri = (sweep_base(cfg).get("mlflow") or {}).get("tracking_uri")
     try:
         tracking_uri = tracking.check_tracking_uri(cfg.mlflow.tracking_uri or base_uri)
         tracking.client(tracking_uri)  # a store MLflow cannot use (file://, a missing driver) is named here
     except tracking.TrackingURIError as e:
         raise ConfigError(f"mlflow.tracking_uri: {e}") from e
-    cfg.mlflow.tracking_uri = tracking_uri
+    return tracking_uri
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Validate the whole grid, then run the missing (or failed) trials; {"trials": [...], "complete", ...}."""
+    from pipelines.infra import tracking
+
+    t_start = time.time()
+    tracking_uri = cfg.mlflow.tracking_uri = sweep_tracking_uri(cfg)
     plans = plan_trials(expand_grid(cfg), cfg.mode)
     sdir = sweep_dir(cfg)
     storage.makedirs(sdir)
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
-    from pipelines.infra import tracking
-
     tracking.client(tracking_uri, check=False).log_text(
         parent, json.dumps({"trial_ids": [tp.trial.trial_id for tp in plans]}, indent=2), tracking.GRID_ARTIFACT
     )

@@ -251,6 +251,22 @@ def _wsd_branches(runs: list[RunSpec]) -> None:
             r.plan.cfg = _replace(r.plan.cfg, checkpoint={"init_from": init})
 
 
+def _refuse_budgets_of_one_length(trial: Trial, runs: list[RunSpec]) -> None:
+    """Two budgets less than one step apart train the same number of steps: the same run, twice, at two labels."""
+    by_steps: dict[int, float] = {}
+    for r in runs:
+        steps = r.plan.total_steps
+        if steps in by_steps:
+            one_step = r.plan.train_flops_per_image * r.plan.cfg.data.batch_size
+            low, high = sorted((by_steps[steps], r.budget))
+            raise ConfigError(
+                f"budgets: {low:.4g} and {high:.4g} both train {trial.name} for {steps} steps (one step is "
+                f"{one_step:.4g} FLOPs: {r.plan.train_flops_per_image:.4g} per image x batch "
+                f"{r.plan.cfg.data.batch_size}), so they would be the same run twice; spread them or drop one"
+            )
+        by_steps[steps] = r.budget
+
+
 def plan_trials(trials: list[Trial], mode: str) -> list[TrialPlan]:
     """Validate every run of every trial (data set vs model, budgets, MLflow once) into trial plans."""
     out, check_mlflow, manifests = [], True, {}
@@ -264,6 +280,7 @@ def plan_trials(trials: list[Trial], mode: str) -> list[TrialPlan]:
             manifests[c.data.manifest] = plan.manifest
             check_mlflow = False
             runs.append(RunSpec(plan=plan, budget=budget, role=role))
+        _refuse_budgets_of_one_length(t, runs)
         if mode == "wsd":
             _wsd_branches(runs)
         out.append(TrialPlan(trial=t, runs=runs, mode=mode))

@@ -25,6 +25,7 @@ import numpy as np
 from pipelines.cli.parsers import (
     DefaultsRawDescriptionFormatter,
     add_subcommand,
+    command_error,
     command_parser,
     nonneg_int,
     positive_int,
@@ -213,8 +214,8 @@ def _classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
     p.add_argument("--width", type=positive_int, default=32, help="conv width (default 32)")
-    p.add_argument("--limit", type=int, help="use only the first N training images of the shuffled order")
-    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images of the shuffled order")
+    p.add_argument("--test-limit", type=positive_int, help="use only the first N test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -511,10 +512,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return _COMMANDS[args.cmd].run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ditscale data {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a write or read that failed at run time (a full disk, an unreachable s3 endpoint)
-        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
-        print(f"ditscale data {args.cmd}: error: {msg}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as exc:
+        return command_error(f"data {args.cmd}", exc)

@@ -6,6 +6,7 @@ import argparse
 import copy
 import inspect
 import math
+import sys
 from typing import Any, Callable
 
 
@@ -120,3 +121,19 @@ def options_for(target: Callable[..., Any], ns: argparse.Namespace, **given: Any
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and hasattr(ns, n)
     ]
     return {**{n: getattr(ns, n) for n in names}, **given}
+
+
+# OSErrors that mean the path given was wrong (bad input) rather than that a read or write failed at run time.
+_BAD_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def command_error(command: str, exc: Exception) -> int:
+    """Print `ditscale <command>: error: ...` on stderr and return the exit code the error calls for.
+
+    2 for bad input, before or during the work: a bad value (ValueError) or a path that is not there or is the wrong
+    kind. 1 for a failure at run time: any other OSError (a full disk, a permission, an unreachable s3 endpoint).
+    """
+    runtime = isinstance(exc, OSError) and not isinstance(exc, _BAD_PATH_ERRORS)
+    msg = f"{exc.filename}: {exc.strerror}" if runtime and exc.filename and exc.strerror else str(exc)
+    print(f"ditscale {command}: error: {msg}", file=sys.stderr)
+    return 1 if runtime else 2

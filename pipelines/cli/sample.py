@@ -18,6 +18,7 @@ from ditcore.checkpoint import CheckpointError
 from ditcore.samplers import SAMPLERS, TIME_GRIDS
 from pipelines.cli.parsers import command_parser, nonneg_float, nonneg_int, positive_int
 from pipelines.generation import MAX_SEED, GenerationError, GenerationPipeline, SamplerSettings, image_grid
+from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     if args.seed + args.num - 1 > MAX_SEED:
         raise ValueError(f"--seed {args.seed} with --num {args.num}: the last seed is past {MAX_SEED}")
-    if args.prompt is not None and not all(p.strip() for p in args.prompt):
-        raise ValueError("--prompt: empty; a text model needs a caption (the empty prompt is its unconditional input)")
+    if args.prompt is not None and any(is_blank_prompt(p) for p in args.prompt):
+        raise ValueError(f"--prompt: empty; {BLANK_PROMPT}")
     if args.device is not None:
         import torch
 

@@ -121,8 +121,14 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def read_json(uri: str) -> Any:
-    """Parse the JSON file at `uri`."""
-    return json.loads(read_bytes(uri).decode("utf-8"))
+    """Parse the JSON file at `uri`; a file that is not JSON is a ValueError naming it."""
+    data = read_bytes(uri)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{uri}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:  # the same type, with the file named: JSON's own message says only where
+        raise json.JSONDecodeError(f"{uri}: not valid JSON: {exc.msg}", exc.doc, exc.pos) from exc
 
 
 def write_json(uri: str, obj: Any) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from ditcore.preprocess import center_crop_arr, images_to_tensor, to_rgb
 from pipelines.precompute.sink import NULL_SHARD
+from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 
 def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
@@ -68,8 +69,8 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, require_captions
         for i in range(n):
             if not errors[i] and not bool(batch["has_caption"][i]):
                 errors[i] = "missing caption"
-            elif not errors[i] and not str(batch["caption"][i]).strip() and int(batch["shard"][i]) != NULL_SHARD:
-                errors[i] = "empty caption (the empty prompt is the unconditional input, not a caption)"
+            elif not errors[i] and is_blank_prompt(batch["caption"][i]) and int(batch["shard"][i]) != NULL_SHARD:
+                errors[i] = f"empty caption; {BLANK_PROMPT}"
     out = {k: v for k, v in batch.items() if k not in ("data", "image")}
     out["image"] = images
     out["error"] = np.array(errors, dtype=object)

@@ -145,6 +145,7 @@ def _exit_code(argv: list[str]) -> int:
         (["models", "--latent-size", "7"], "--latent-size 7: no preset's patch size divides it"),
         (["flops", "MMDiT-d2", "--text-tokens", "-5"], "argument --text-tokens: must be >= 1, got -5"),
         (["data", "export-builtin", "--out", "x", "--count", "-1"], "argument --count: must be >= 1, got -1"),
+        (["data", "classifier", "--source", "x", "--test-limit", "-1"], "argument --test-limit: must be >= 1, got -1"),
         (["fit", "--experiment", "e", "--n-boot", "0"], "argument --n-boot: must be >= 1, got 0"),
         (["serve", "--port", "99999", "--print-config"], "must be a port number in 1..65535, got 99999"),
         (["serve", "--config", "nope.yaml", "--checkpoint", "x", "--print-config"], "nope.yaml: config file not found"),
@@ -152,6 +153,7 @@ def _exit_code(argv: list[str]) -> int:
         (["quickstart", "--data", "nodata"], "--data 'nodata': not 'fashion-mnist', 'emoji' or an existing folder"),
         (["fit", "--experiment", "e", "--out", "afile/sub"], "--out 'afile/sub': Not a directory"),
         (["evaluate", "missing", "--data", "afile"], "missing: checkpoint directory does not exist"),
+        (["evaluate", "afile", "--data", "afile"], "afile: is a file, not a checkpoint directory"),
         (["concepts", "missing", "--response", "red", "--sampler", "bogus"], "--sampler 'bogus': one of ddpm"),
         (["concepts", "missing", "--response", "teal"], "--response 'teal': one of the built-in colours"),
         (["loadtest", "--url", "not-a-url"], "--url 'not-a-url': expected an http(s) URL"),
@@ -165,3 +167,25 @@ def test_bad_values_are_one_line_errors_that_name_them_and_write_nothing(cwd, ca
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert sorted(p.name for p in cwd.iterdir()) == ["afile"]  # no output directory, no mlflow.db
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "s3://bucket/ckpt", "--data", "afile"],
+        ["ems", "s3://bucket/ckpt"],
+        ["concepts", "s3://bucket/ckpt", "--response", "red", "--out", "plots"],
+    ],
+    ids=lambda v: v[0],
+)
+def test_a_failure_at_run_time_exits_1_not_2(cwd, capsys, monkeypatch, argv):
+    """Exit 2 says "your input is wrong"; an s3 endpoint that does not answer is not the user's input."""
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for var, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(var, value)
+    (cwd / "afile").write_text("")
+    assert _exit_code(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ditscale {argv[0]}: error: ") and "Traceback" not in err, err

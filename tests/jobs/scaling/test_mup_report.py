@@ -83,6 +83,15 @@ def test_optimum_at_grid_edge_is_flagged():
             lambda ps: [{**p, "val_loss": None} if p["model"].endswith("w128") else p for p in ps],
             "width 128: every run diverged",
         ),
+        (  # two models of one width at one lr: the later step used to replace the other silently
+            lambda ps: [*ps, {**ps[0], "model": "MMDiT-d3-w64", "val_loss": 0.5}],
+            r"model 'MMDiT-d3-w64' \(trial None\) and model 'MMDiT-d2-w64' \(trial None\) both give the standard "
+            r"setting at width 64 and lr 0.0003",
+        ),
+        (  # one model, two trials (another hyper-parameter differs)
+            lambda ps: [*ps, {**ps[0], "trial_id": "other", "step": 10}],
+            r"\(trial other\) and model 'MMDiT-d2-w64' \(trial None\) both give",
+        ),
     ],
 )
 def test_bad_points_are_named(mutate, needle, tmp_path):

@@ -20,7 +20,7 @@ import yaml
 from ditcore.config import ConfigError
 from jobs.cli.sweep import main
 from jobs.sweep.driver import load_sweep_config
-from jobs.sweep.grid import expand_grid
+from jobs.sweep.grid import expand_grid, plan_trials
 from tests.conftest import REPO_ROOT
 from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset
 
@@ -102,6 +102,33 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             expand_grid(load_sweep_config(str(path), [override]))
+
+
+def test_budgets_less_than_one_step_apart_are_refused_naming_both(tmp_path, dataset, capsys):
+    """Two budgets that round to the same step count would train the same run twice under two labels."""
+    path = _write_cfg(tmp_path, dataset, models=["MMDiT-T"])
+    one = _budgets(path, (1,))[0]
+    close = f"budgets=[{2.5 * one!r}, {3.0 * one!r}]"
+    with pytest.raises(ConfigError, match=r"budgets: .* both train MMDiT-T.* for 3 steps \(one step is"):
+        plan_trials(expand_grid(load_sweep_config(str(path), [close])), "wsd")
+    assert main(["--config", str(path), close, "--validate-only"]) == 2
+    assert "both train" in capsys.readouterr().err
+    # a step apart they are two runs
+    assert main(["--config", str(path), f"budgets=[{2.0 * one!r}, {3.0 * one!r}]", "--validate-only"]) == 0
+
+
+def test_a_sweep_without_its_own_store_uses_its_bases(tmp_path, dataset, monkeypatch):
+    """Every trial is validated against (and logs to) the base config's store; the sweep's parent run used to go to
+    the default store instead."""
+    from jobs.sweep.driver import sweep_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'default.db'}")
+    base_db, own_db = f"sqlite:///{tmp_path / 'base.db'}", f"sqlite:///{tmp_path / 'own.db'}"
+    path = _write_cfg(tmp_path, dataset, mlflow={"experiment": "sweep-test"})
+    assert sweep_tracking_uri(load_sweep_config(str(path), [f"base.mlflow.tracking_uri={base_db}"])) == base_db
+    both = [f"base.mlflow.tracking_uri={base_db}", f"mlflow.tracking_uri={own_db}"]
+    assert sweep_tracking_uri(load_sweep_config(str(path), both)) == own_db  # the sweep's own comes first
+    assert sweep_tracking_uri(load_sweep_config(str(path))) == f"sqlite:///{tmp_path / 'default.db'}"
 
 
 def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):

@@ -1,4 +1,5 @@
-"""options_for: the parsed options a command hands to the library function or settings dataclass it calls."""
+"""options_for: the parsed options a command hands to the library function or settings dataclass it calls;
+command_error: the one-line error and the exit code (2 bad input, 1 a failure at run time)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipelines.cli.parsers import options_for
+from pipelines.cli.parsers import command_error, options_for
 
 
 @dataclass
@@ -57,3 +58,20 @@ def test_help_says_an_optional_section_is_absent_until_one_of_its_keys_is_set():
     # it listed `source.kind = 'builtin'` as if a source were the default (it is None: the built-in shapes)
     assert lines[at].strip().startswith("source: SourceConfig | None = None  # none unless a source.* key is set")
     assert lines[at + 1].strip().startswith("source.kind:")
+
+
+@pytest.mark.parametrize(
+    "exc, code, line",
+    [
+        (ValueError("--steps 0: must be >= 1"), 2, "ditscale x: error: --steps 0: must be >= 1"),
+        (FileNotFoundError(2, "No such file or directory", "ckpt"), 2, "No such file or directory: 'ckpt'"),
+        (NotADirectoryError(20, "Not a directory", "afile/sub"), 2, "Not a directory: 'afile/sub'"),
+        (PermissionError(13, "Permission denied", "/out"), 1, "ditscale x: error: /out: Permission denied"),
+        (OSError(28, "No space left on device", "/out/a.parquet"), 1, "/out/a.parquet: No space left on device"),
+        (OSError("AWS Error NETWORK_CONNECTION"), 1, "ditscale x: error: AWS Error NETWORK_CONNECTION"),
+    ],
+)
+def test_command_errors_say_what_and_exit_2_for_bad_input_1_at_run_time(capsys, exc, code, line):
+    assert command_error("x", exc) == code
+    err = capsys.readouterr().err
+    assert line in err and err.count("\n") == 1

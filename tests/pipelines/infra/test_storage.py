@@ -41,3 +41,19 @@ def test_local_write_is_atomic_and_leaves_no_temp(tmp_path):
     storage.write_json(str(target), {"a": 2})
     assert storage.read_json(str(target)) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
+def test_a_file_that_is_not_json_is_named(tmp_path):
+    """A corrupt manifest.json (or state.json) used to be a bare 'Expecting value: line 1 column 1'."""
+    import json
+
+    from pipelines.latents.manifest import Manifest
+
+    data = tmp_path / "latents"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"schema_version": 1, ')
+    with pytest.raises(json.JSONDecodeError, match=rf"{data / 'manifest.json'}: not valid JSON: Expecting"):
+        Manifest.read(str(data))
+    (data / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(not UTF-8 text: invalid start byte"):
+        Manifest.read(str(data))
