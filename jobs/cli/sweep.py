@@ -38,6 +38,12 @@ def _run(cfg: SweepConfig, validate_only: bool) -> int:
         f"[ditscale] sweep {state} in {out['wall_s']:.1f} s; MLflow experiment {out['experiment']!r}, "
         f"parent run {out['parent_run_id']}; dir {out['sweep_dir']}"
     )
+    if not out["complete"]:
+        # After Ctrl-C, Tune prints "Resume experiment with: Tuner.restore(...)"; the sweep resumes its own way.
+        print(
+            "[ditscale] to finish it, rerun the same command: finished trials are kept, failed and unfinished ones "
+            "run again from their last checkpoints"
+        )
     return 0 if out["complete"] else 1
 
 

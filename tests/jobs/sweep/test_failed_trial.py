@@ -27,6 +27,7 @@ def _one_failed_trial(path, tmp_path):
 
     result = _sweep(path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[ditscale] to finish it, rerun the same command" in result.stdout
     (failed,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/failed.json")
     return json.loads(failed.read_text()), MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
