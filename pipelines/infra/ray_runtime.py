@@ -266,7 +266,7 @@ class LocalRayHead:
                 self._start_once(log_path, timeout)
                 return
             except _PortTaken as exc:
-                self._discard_failed_start()
+                self.stop(grace=0.0)  # what is left of the failed start: its session, temp dir, RAY_ADDRESS
                 if attempt == attempts:
                     raise RuntimeError(
                         f"`ray start --head` found a chosen port taken {attempts} times in a row; "
@@ -317,24 +317,6 @@ class LocalRayHead:
                         f"(see {log_path})"
                     ) from exc
                 time.sleep(1.0)  # the head is still starting: poll again
-
-    def _discard_failed_start(self) -> None:
-        """What is left of a `ray start` that exited: its other processes, its temp dir, RAY_ADDRESS."""
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        if self.proc is not None:
-            for pid in _session_pids(self.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            self._wait_gone(self.proc.pid, 10.0)
-            self.proc = None
-        if self.temp_dir:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-            self.temp_dir = None
-        if os.environ.get("RAY_ADDRESS") == self.address:
-            del os.environ["RAY_ADDRESS"]
 
     def stop(self, grace: float = 2.0) -> None:
         """Disconnect, SIGTERM `ray start --block`, and SIGKILL what is left of its session after `grace` s.

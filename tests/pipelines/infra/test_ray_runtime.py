@@ -38,15 +38,20 @@ ray.shutdown()
 """
 
 
+def _run_script(script: str, env: dict | None = None) -> tuple[dict, str]:
+    """Run `script` in a fresh interpreter, which must exit 0: (the JSON of its last stdout line, its stderr)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
 @pytest.mark.slow
 def test_local_ray_serves_the_state_api():
     """Ray Train's placement-group cleaner, `ray list actors` and ray.util.state read the State API, which the
     dashboard serves: a local Ray started by init_ray answers it."""
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res, _ = _run_script(_SCRIPT)
     assert res["started"] is True
     assert "Probe" in res["alive"], res
 
@@ -94,19 +99,9 @@ print(json.dumps(res))
 def test_the_local_head_starts_again_on_other_ports_when_a_chosen_port_was_taken():
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(
-        [sys.executable, "-c", _TAKEN_PORT_SCRIPT],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res, stderr = _run_script(_TAKEN_PORT_SCRIPT, env)
     assert res["cpus"] == 1.0
     assert res["now"] != res["first"]
     assert res["logs"] == ["ray-head.2.log", "ray-head.log"]  # the failed start's log is kept
     assert "already occupied" in res["first_log"] or "already in use" in res["first_log"].lower()
-    assert "starting it again on other ports" in out.stderr
+    assert "starting it again on other ports" in stderr
