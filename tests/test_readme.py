@@ -3,7 +3,8 @@
 Fenced blocks preceded by `<!-- test: NAME -->` are the ones checked here:
   setup       `make quickstart` / `make test` exist as Makefile targets
   quickstart  `ditscale quickstart --tiny --out DIR` really runs (in a temp dir) and leaves the report,
-              the scaling plot, the registered champion and images generated over HTTP; then the
+              the scaling plot, every report.json key the README lists as stable, the registered champion
+              and images generated over HTTP; then the
               `mlflow ui` line names the store the run printed
   overrides   every command exits 0
   submit      every `ditscale submit ...` line resolves (with --dry-run) to the entrypoint it promises
@@ -55,6 +56,31 @@ def blocks() -> dict[str, list[str]]:
     for tag in ("setup", "quickstart", "overrides", "submit", "http"):
         assert found.get(tag), f"README has no commands in a block marked <!-- test: {tag} -->"
     return found
+
+
+def _expand(key: str) -> list[str]:
+    """`champion.{model, fid}` -> ["champion.model", "champion.fid"]; several brace groups multiply out."""
+    m = re.search(r"\{([^{}]*)\}", key)
+    if not m:
+        return [key]
+    return [e for part in m.group(1).split(",") for e in _expand(key[: m.start()] + part.strip() + key[m.end() :])]
+
+
+def stable_report_keys(text: str) -> list[str]:
+    """The dotted report.json keys the README promises every run (its "keys stay stable" sentence, up to the keys
+    it names for real data only)."""
+    m = re.search(r"its keys stay stable:(.*?)and for real data also", text, re.S)
+    assert m, "README no longer lists report.json's stable keys"
+    return [k for span in re.findall(r"`([^`]+)`", m.group(1)) for k in _expand(span)]
+
+
+def _dotted(record: dict, key: str) -> tuple[bool, object]:
+    value: object = record
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
 
 
 def _env() -> dict[str, str]:
@@ -163,6 +189,17 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     from jobs.quickstart.shipped import sha256_file, weights_file
 
     record = json.loads((out / "report.json").read_text())
+    # Every key the README promises is there; the headline ones hold numbers of the right shape.
+    keys = stable_report_keys(README.read_text())
+    assert {"goodput", "law.beta", "law.beta_ci", "heldout_error", "champion.attr_accuracy"} <= set(keys), keys
+    missing = [k for k in keys if not _dotted(record, k)[0]]
+    assert not missing, f"report.json lacks {missing}"
+    num = {k: _dotted(record, k)[1] for k in keys}
+    assert 0 < num["goodput"] <= 1 and abs(sum(record["time_share"].values()) - 1) < 0.02, record["time_share"]
+    lo, hi = num["law.beta_ci"]
+    assert lo <= num["law.beta"] <= hi
+    assert num["heldout_error"] >= 0 and num["frontier_fid_first"] > 0 and num["frontier_fid_last"] > 0
+    assert 0 <= num["champion.attr_accuracy"] <= 1 and num["champion.fid_samples"] >= 2
     encoders = record["encoders"]
     for key, kind in (("vae", "vae"), ("feature_net", "features")):
         assert encoders[key]["source"] == "trained"

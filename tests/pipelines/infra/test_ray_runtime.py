@@ -105,3 +105,32 @@ def test_the_local_head_starts_again_on_other_ports_when_a_chosen_port_was_taken
     assert res["logs"] == ["ray-head.2.log", "ray-head.log"]  # the failed start's log is kept
     assert "already occupied" in res["first_log"] or "already in use" in res["first_log"].lower()
     assert "starting it again on other ports" in stderr
+
+
+# `ray start` says the head is up and then exits: the start names its exit code at once.
+_EXITED_SCRIPT = """
+import json, tempfile
+from pathlib import Path
+from pipelines.infra.ray_runtime import LocalRayHead
+
+class Gone(LocalRayHead):
+    def _command(self):
+        return ["sh", "-c", "echo 'Ray runtime started.'; exit 3"]
+
+head = Gone(Path(tempfile.mkdtemp()), num_cpus=1)
+try:
+    head.start(timeout=60)
+    res = {"error": None}
+except RuntimeError as exc:
+    res = {"error": str(exc)}
+finally:
+    head.stop(grace=0.0)
+print(json.dumps(res))
+"""
+
+
+def test_a_head_that_exits_after_saying_it_is_up_is_named_with_its_exit_code():
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    env.pop("RAY_ADDRESS", None)
+    res, _ = _run_script(_EXITED_SCRIPT, env)
+    assert res["error"] and "exited with 3" in res["error"], res
