@@ -110,6 +110,29 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert "is recorded in MLflow experiment 'sweep-test'" in moved.stderr
 
 
+@pytest.mark.slow
+def test_a_trial_whose_training_and_then_evaluation_raise_is_failed_with_the_training_reason(tmp_path, dataset):  # noqa: F811
+    """The main run fails once after step 2 and finishes after Ray Train restarts it; its WSD branch, which starts
+    from that step, fails there too, past run.max_failures, so training raises with the main run finished.
+    Evaluating that run (the points a failed trial keeps) raises as well: the trial is still FAILED with the
+    training's reason, every run ended, instead of the second exception escaping the trial."""
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
+    cfg = yaml.safe_load(path.read_text())
+    cfg["budgets"] = _budgets(path, (4, 8))  # the 4-step branch starts from the main run's step 2 (decay 0.5)
+    cfg["base"]["debug"] = {"inject_failure": {"step": 2, "mode": "raise"}}  # before step 3, once in each run
+    cfg["base"]["run"]["max_failures"] = 1
+    cfg["base"]["eval"]["sampler"] = "ddpm-learned"  # needs a learned variance this model does not have
+    path.write_text(yaml.safe_dump(cfg))
+    record, client = _one_failed_trial(path, tmp_path)
+    (main_result,) = (tmp_path / "sweeps" / "t" / "runs").glob("*/*-main/result.json")
+    assert json.loads(main_result.read_text())["status"] == "finished"  # trained: only its evaluation raised
+    assert len(record["reasons"]) == 2, record
+    assert all("injected failure at step 2" in r for r in record["reasons"]), record["reasons"]
+    trial = client.get_run(record["mlflow_run_id"])
+    assert trial.info.status == "FAILED" and "injected failure" in trial.data.tags["ditscale.failure_reason"]
+    assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
+
+
 def test_a_trial_larger_than_the_local_cluster_is_refused_not_left_waiting(tmp_path, dataset):  # noqa: F811
     path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], num_cpus=2)
     result = _sweep(path, "trial_cpus=3")  # Tune used to wait for a 3-CPU slot on the 2-CPU instance forever
