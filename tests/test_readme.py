@@ -192,9 +192,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     # Every key the README promises is there; the headline ones hold numbers of the right shape.
     keys = stable_report_keys(README.read_text())
     assert {"goodput", "law.beta", "law.beta_ci", "heldout_error", "champion.attr_accuracy"} <= set(keys), keys
-    missing = [k for k in keys if not _dotted(record, k)[0]]
-    assert not missing, f"report.json lacks {missing}"
-    num = {k: _dotted(record, k)[1] for k in keys}
+    found = {k: _dotted(record, k) for k in keys}
+    assert all(ok for ok, _ in found.values()), f"report.json lacks {[k for k, (ok, _) in found.items() if not ok]}"
+    num = {k: value for k, (_, value) in found.items()}
     assert 0 < num["goodput"] <= 1 and abs(sum(record["time_share"].values()) - 1) < 0.02, record["time_share"]
     lo, hi = num["law.beta_ci"]
     assert lo <= num["law.beta"] <= hi

@@ -306,20 +306,16 @@ class LocalRayHead:
             if time.monotonic() > deadline:
                 break  # try to connect anyway: the error below says what is wrong
             time.sleep(0.2)  # polling the log: `ray start --block` signals nothing else when it is up
-        if self.proc.poll() is not None:  # up, then gone: connecting to its address would wait minutes
-            raise RuntimeError(
-                f"`ray start --head` exited with {self.proc.returncode} after saying the head was up; see {log_path}"
-            )
         while True:
+            if self.proc.poll() is not None:  # gone: connecting to its address would retry for minutes
+                raise RuntimeError(
+                    f"`ray start --head` exited with {self.proc.returncode} before this process connected to "
+                    f"{self.address}; see {log_path}"
+                )
             try:
                 ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
                 return
             except (ConnectionError, TimeoutError, RuntimeError) as exc:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"`ray start --head` exited with {self.proc.returncode} before this process could connect "
-                        f"to {self.address}: {exc} (see {log_path})"
-                    ) from exc
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"the local Ray head at {self.address} did not come up in {timeout:.0f}s: {exc} "
