@@ -1,8 +1,10 @@
 """The sweep's grid: trials (model x hyper-parameters, trained to every budget) and their validated run plans.
 
 Trial ids are deterministic (a hash of the trial's resolved config), so a restarted sweep finds its finished
-trials. Every training run of every trial is validated here, once, before any cluster work; the plans then
-travel to the trials as they are.
+trials. A trial's training runs live under its training id, the same hash without the evaluation settings that
+change no weights (`EVAL_ONLY`): a sweep rerun with another sampler, guidance or sample count makes new trials that
+evaluate the runs already trained instead of training them again. Every training run of every trial is validated
+here, once, before any cluster work; the plans then travel to the trials as they are.
 
 Budget modes:
   separate  one training run per budget (each with its own full LR schedule).
@@ -30,6 +32,20 @@ from jobs.train.config import TrainConfig, model_display_name, wsd_decay_start
 from jobs.train.plan import RunPlan, resolve_run, steps_for_budget
 from pipelines.infra import storage
 
+# Evaluation settings that change no weights: trials that differ only in these share their training runs. (The
+# budget points, `eval.fractions` and `eval.val_every` decide which checkpoints training keeps, so they stay.)
+EVAL_ONLY = (
+    "num_samples",
+    "sampler",
+    "steps",
+    "guidance",
+    "seed",
+    "num_actors",
+    "spare_cpus",
+    "num_gpus",
+    "classifier",
+)
+
 
 @dataclass
 class Trial:
@@ -41,6 +57,12 @@ class Trial:
     budgets: list[float]
     hparams: dict[str, Any]
     arm: Optional[str] = None
+    train_id: str = ""  # names the training runs: the trial id without EVAL_ONLY (the trial id when empty)
+
+    @property
+    def runs_id(self) -> str:
+        """The id its training runs are stored and named under."""
+        return self.train_id or self.trial_id
 
 
 @dataclass
@@ -68,8 +90,8 @@ def sweep_dir(cfg: SweepConfig) -> str:
 
 
 def trial_storage(trial: Trial) -> str:
-    """<sweep>/runs/<trial id>: the trial's Ray Train run directory; its training runs are subdirectories."""
-    return storage.join(trial.train.checkpoint.storage, trial.trial_id)
+    """<sweep>/runs/<training id>: the trial's Ray Train run directory; its training runs are subdirectories."""
+    return storage.join(trial.train.checkpoint.storage, trial.runs_id)
 
 
 def _model_spec(entry: Any, base_model: dict) -> dict:
@@ -174,7 +196,11 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
         "workers": tc.run.num_workers,
         "seed": tc.run.seed,
     }
-    tid = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    train_eval = {k: v for k, v in ident["train"]["eval"].items() if k not in EVAL_ONLY}
+    train_ident = {**ident, "train": {**ident["train"], "eval": train_eval}}
+    tid, train_tid = (
+        hashlib.sha1(json.dumps(i, sort_keys=True, default=str).encode()).hexdigest()[:10] for i in (ident, train_ident)
+    )
     label = model_display_name(tc.model).replace("/", "_")
     hp_label = ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in hp.items())
     return Trial(
@@ -184,6 +210,7 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
         budgets=budgets,
         hparams=hp,
         arm=arm,
+        train_id=f"{label}-{train_tid}",
     )
 
 
@@ -213,6 +240,10 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
             trials.append(_trial(cfg, base, arm, model, {**hp, **fixed}, budgets))
     if len({t.trial_id for t in trials}) != len(trials):
         raise ConfigError("models/hparams: the grid contains duplicate trials")
+    # Trials differ in their hyper-parameters (evaluation ones included), so two trials of one grid never share
+    # training runs (they would train into one directory at once): only a rerun with other evaluation settings does.
+    if len({t.runs_id for t in trials}) != len(trials):
+        raise ConfigError("models/hparams: two trials of the grid would share their training runs")
     return trials
 
 
@@ -226,9 +257,9 @@ def _replace(cfg: TrainConfig, **sections: dict) -> TrainConfig:
 def trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, float, str]]:
     """(TrainConfig, budget, role) per training run of a trial; the first is the main (largest-budget) run."""
     base = _replace(trial.train, checkpoint={"storage": trial_storage(trial)})
-    runs = [(_replace(base, run={"name": f"{trial.trial_id}-main"}), trial.budgets[-1], "main")]
+    runs = [(_replace(base, run={"name": f"{trial.runs_id}-main"}), trial.budgets[-1], "main")]
     for i, b in enumerate(trial.budgets[:-1]):
-        c = _replace(base, budget_flops=b, run={"name": f"{trial.trial_id}-b{i}"})
+        c = _replace(base, budget_flops=b, run={"name": f"{trial.runs_id}-b{i}"})
         if mode == "wsd":  # a branch only trains its decay phase: learning-curve points before it would not exist
             c = _replace(c, eval={"fractions": [], "budgets": []})
         runs.append((c, b, "branch" if mode == "wsd" else "separate"))

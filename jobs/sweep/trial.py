@@ -3,6 +3,11 @@
 A trial is an MLflow child run of the sweep's parent (tags ditscale.role=trial, ditscale.trial_id) holding
 `points.json`; its training runs are grandchildren. It ends with <sweep>/trials/<id>/done.json when every run
 finished, or failed.json (and a FAILED MLflow run) when one did not: the next invocation of the sweep reruns it.
+
+Training runs are stored under the trial's training id (jobs.sweep.grid.EVAL_ONLY), so a trial that differs from an
+earlier one only in evaluation settings finds its runs trained: it evaluates them, records them in MLflow runs of
+its own (`mlflow_run-<trial id>.json`; the training curves stay in the runs of the trial that trained them, named in
+the run directory's `trial.json`), and counts none of their training in its FLOPs or time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from jobs.sweep.grid import TrialPlan, trial_storage
 from pipelines.infra import storage
 
 DONE, FAILED = "done.json", "failed.json"
+TRIAL_OF_RUN = "trial.json"  # in a training run's directory: {"trial_id"} of the trial that trained it
 
 
 def trial_dir(sweep_dir: str, trial_id: str) -> str:
@@ -81,12 +87,16 @@ def _preload_evaluation(tp: TrialPlan) -> None:
     threading.Thread(target=load, name="eval-preload", daemon=True).start()
 
 
-def trial_timing(summaries: list[dict], *, train_wall: float, eval_wall: float) -> dict[str, float]:
+def trial_timing(
+    summaries: list[dict], *, train_wall: float, eval_wall: float, trained_before: frozenset[str] = frozenset()
+) -> dict[str, float]:
     """Where a trial's time went (s): start-up (Ray Train worker group, data set; the training wall not spent in a
     run's loop), setup (models, restores), data, step, checkpoint (+ validation, logging) and evaluation; plus
-    the CPU-seconds evaluation spent on idle CPUs beyond the trial's own (`eval_extra_cpu_s`, eval.spare_cpus)."""
+    the CPU-seconds evaluation spent on idle CPUs beyond the trial's own (`eval_extra_cpu_s`, eval.spare_cpus).
+    The loops of the runs in `trained_before` (trained by an earlier invocation) are not this trial's time."""
     keys = ("setup_s", "data_s", "step_s", "checkpoint_s")
-    loops = {k: float(sum((s.get("timing") or {}).get(k, 0.0) for s in summaries)) for k in keys}
+    trained_now = [s for s in summaries if s.get("run_name") not in trained_before]
+    loops = {k: float(sum((s.get("timing") or {}).get(k, 0.0) for s in trained_now)) for k in keys}
     startup = max(0.0, train_wall - sum(loops.values()))
     extra = float(sum(s.get("eval_extra_cpu_s") or 0.0 for s in summaries))
     return {
@@ -145,12 +155,20 @@ def _prepare_runs(tp: TrialPlan, child: Optional[str], prepared: list) -> None:
     """Prepare the trial's runs into `prepared` (so a failure part-way leaves the ones made, to be FAILED) under its
     child run (the main run records into it); failed results cleared, so a rerun of a failed trial retrains its
     failed runs from their last good checkpoint."""
-    from jobs.train.driver import clear_failed, prepare_run
+    from jobs.train.driver import clear_failed, prepare_run, run_dir
 
-    tags = {"ditscale.trial_id": tp.trial.trial_id}
+    tid = tp.trial.trial_id
+    tags = {"ditscale.trial_id": tid}
     for i, spec in enumerate(tp.runs):
+        plan = spec.plan
+        plan.run_dir = plan.run_dir or run_dir(plan.cfg, plan.run_name)
+        owner_uri = storage.join(plan.run_dir, TRIAL_OF_RUN)
+        if not storage.exists(owner_uri):
+            storage.write_json(owner_uri, {"trial_id": tid})
         if i == 0:
-            spec.plan.mlflow_run_id = child
+            plan.mlflow_run_id = child
+        elif storage.read_json(owner_uri).get("trial_id") != tid:  # trained by a trial with other evaluation settings
+            plan.mlflow_marker = f"mlflow_run-{tid}.json"
         role = {**tags, "ditscale.budget_role": spec.role}
         prepared.append(prepare_run(spec.plan, parent_run_id=child, tags=role))
     clear_failed(prepared)
@@ -204,11 +222,13 @@ def run_trial(
     child: Optional[str] = None
     prepared: list = []
     t_train = t0
+    trained_before: frozenset[str] = frozenset()
     # Whatever raises, from setting the runs up to evaluating them, ends as a FAILED trial with its reason
     # (failed.json, MLflow), never as a trial missing from the sweep with its run left RUNNING.
     try:
         child = _child_run(tp, tdir, parent_run_id)
         _prepare_runs(tp, child, prepared)
+        trained_before = frozenset(r.plan.run_name for r in prepared if storage.exists(r.result_uri))
         _preload_evaluation(tp)
         t_train = time.time()
         train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
@@ -219,7 +239,10 @@ def run_trial(
     else:
         t_eval = time.time()
         summaries = _finished_summaries(prepared)
-    timing = trial_timing(summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval)
+    # Runs trained by an earlier invocation (another trial's, or this one's before a restart) cost this one nothing.
+    timing = trial_timing(
+        summaries, train_wall=t_eval - t_train, eval_wall=time.time() - t_eval, trained_before=trained_before
+    )
     reasons = [f"{s.get('run_name')}: {s.get('reason')}" for s in summaries if s["status"] != "finished"]
     status = "failed" if reasons else "finished"
     points = _points(tp, summaries)
@@ -233,7 +256,10 @@ def run_trial(
         "points": [p.to_dict() for p in points],
         "mlflow_run_id": child,
         "wall_s": time.time() - t0,
-        "train_flops": float(sum(s.get("flops_run") or 0.0 for s in summaries)),
+        "train_flops": float(
+            sum(s.get("flops_run") or 0.0 for s in summaries if s.get("run_name") not in trained_before)
+        ),
+        "trained_before": sorted(trained_before),
         "peak_flops": next((s["peak_flops"] for s in summaries if s.get("peak_flops")), None),
         "cpus": _cpus(tp),
         "gpus": _gpus(tp),

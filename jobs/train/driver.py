@@ -173,7 +173,7 @@ def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[d
     if owned:
         plan.mlflow_run_id, _ = tracking.attach_run(
             client,
-            storage.join(plan.run_dir, "mlflow_run.json"),
+            storage.join(plan.run_dir, plan.mlflow_marker),
             experiment=plan.cfg.mlflow.experiment,
             name=plan.run_name,
             tags={tracking.ROLE_TAG: tracking.ROLE_TRAIN, **(tags or {})},

@@ -46,6 +46,7 @@ class RunPlan:
     run_dir: str = ""  # <checkpoint.storage>/<run name> (URI); set by the driver
     run_subdir: str = ""  # run_dir relative to the Ray Train run that trains it
     mlflow_run_id: Optional[str] = None
+    mlflow_marker: str = "mlflow_run.json"  # in run_dir: the MLflow run that records this run (tracking.attach_run)
     branch_steps: tuple[int, ...] = ()  # WSD: steps whose checkpoints a decay branch starts from
     init_from_local: Optional[str] = None  # local copy of checkpoint.init_from (set on the worker)
     null_text: Optional[dict[str, np.ndarray]] = None  # the data set's empty-prompt embedding (text models)

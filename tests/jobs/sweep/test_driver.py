@@ -20,7 +20,7 @@ import yaml
 from ditcore.config import ConfigError
 from jobs.cli.sweep import main
 from jobs.sweep.driver import load_sweep_config
-from jobs.sweep.grid import expand_grid, plan_trials
+from jobs.sweep.grid import expand_grid, plan_trials, trial_configs
 from tests.conftest import REPO_ROOT
 from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset
 
@@ -149,6 +149,31 @@ def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
         expand_grid(load_sweep_config(str(path), ['models=[{"preset": "MMDiT-T", "set": {"optim.learning_rate": 1}}]']))
 
 
+def test_evaluation_settings_make_new_trials_of_the_same_training_runs(tmp_path, dataset):
+    """A trial id hashes every setting; its training id leaves out those that change no weights, so a rerun with
+    another sampler, guidance, sample count or evaluation seed evaluates the runs already trained."""
+    path = _write_cfg(tmp_path, dataset, budgets=[1e9, 2e9])
+
+    def grid(*overrides: str) -> list:
+        return expand_grid(load_sweep_config(str(path), list(overrides)))
+
+    before = grid()
+    evaluation = ("base.eval.sampler=dpmpp-2m", "base.eval.guidance=4", "base.eval.num_samples=16", "base.eval.seed=3")
+    for override in evaluation:
+        after = grid(override)
+        assert [t.trial_id for t in after] != [t.trial_id for t in before], override
+        assert [t.runs_id for t in after] == [t.runs_id for t in before], override
+        assert [t.train.checkpoint.storage for t in after] == [t.train.checkpoint.storage for t in before]
+    # What training keeps or does (learning-curve checkpoints, the optimizer) gives other training runs.
+    for override in ("base.eval.val_every=2", "base.optim.lr=0.001", "base.run.seed=1"):
+        assert not {t.runs_id for t in grid(override)} & {t.runs_id for t in before}, override
+    # Trials of one grid that differ only in evaluation train apart (never two writers in one run directory).
+    swept = grid('hparams={"eval.guidance": [1.0, 4.0]}')
+    assert len({t.runs_id for t in swept}) == len(swept) == 2 * len(before)
+    (run_names,) = {tuple(c.run.name for c, _, _ in trial_configs(t, "wsd")) for t in before[:1]}
+    assert run_names == (f"{before[0].runs_id}-main", f"{before[0].runs_id}-b0")
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     path = _write_cfg(tmp_path, dataset)
@@ -157,27 +182,27 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     path.write_text(yaml.safe_dump(cfg))
     trials = expand_grid(load_sweep_config(str(path)))
     tdir = tmp_path / "sweeps" / "t" / "trials"
-    rdir = Path(trials[0].train.checkpoint.storage)  # <sweep>/runs: <trial id>/<run>/checkpoints/step_*
+    rdir = Path(trials[0].train.checkpoint.storage)  # <sweep>/runs: <training id>/<run>/checkpoints/step_*
     cmd = [sys.executable, "-m", "jobs.sweep", "--config", str(path)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
     # 1) Start the driver; SIGKILL it (and the local Ray it started) mid-run: once one trial is done and another
-    #    has written at least two checkpoints but is not done.
+    #    has written at least two checkpoints but not finished its main run.
     log1 = open(tmp_path / "driver1.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 900  # generous: the first trial alone can take minutes on a loaded 2-core machine
-    seen: dict[str, tuple[int, int, bytes]] = {}
-    interrupted = None
+    kept: list[Path] = []
+    interrupted = interrupted_runs = None
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             done = {p.parent.name for p in tdir.glob("*/done.json")} if tdir.exists() else set()
             for t in trials:
-                ckpts = _checkpoint_files(rdir / t.trial_id)
-                if done and t.trial_id not in done and len(ckpts) >= 2:
+                ckpts = _checkpoint_files(rdir / t.runs_id)
+                main_done = (rdir / t.runs_id / f"{t.runs_id}-main" / "result.json").exists()
+                if done and t.trial_id not in done and len(ckpts) >= 2 and not main_done:
                     # Every checkpoint but the newest (which Ray Train may not have registered yet) is one the
                     # restarted trial can resume from; a restart from scratch would rewrite them all.
-                    seen = {str(f): (f.stat().st_mtime_ns, f.stat().st_ino, f.read_bytes()) for f in ckpts[:-1]}
-                    interrupted = t.trial_id
+                    kept, interrupted, interrupted_runs = ckpts[:-1], t.trial_id, t.runs_id
                     break
             if interrupted:
                 break
@@ -190,6 +215,7 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
             pass
         proc.wait(timeout=30)
         log1.close()
+    seen = {str(f): (f.stat().st_mtime_ns, f.stat().st_ino, f.read_bytes()) for f in kept}
     log_tail = (tmp_path / "driver1.log").read_text()[-3000:]
     assert interrupted and alive_at_kill, log_tail  # killed while a trial was half-way through its runs
     assert proc.returncode == -signal.SIGKILL, log_tail
@@ -210,7 +236,14 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
         assert (f.stat().st_mtime_ns, f.stat().st_ino) == (mtime, ino) and f.read_bytes() == data, name
     resumed = json.loads((tdir / interrupted / "done.json").read_text())
     assert resumed["status"] == "finished" and len(resumed["points"]) == 2
-    assert len(_checkpoint_files(rdir / interrupted)) > len(seen)  # it trained on past the kept checkpoints
+    assert len(_checkpoint_files(rdir / interrupted_runs)) > len(seen)  # it trained on past the kept checkpoints
+    # What the restart trained is what it counts: the runs without a result when it started, none of those trained
+    # before. (The killed driver's Ray workers can outlive it by the few seconds this tiny trial needs to finish
+    # its runs, so the restart may find all of them trained: then it counts nothing.)
+    results = [json.loads(f.read_text()) for f in (rdir / interrupted_runs).glob("*/result.json")]
+    assert len(results) == 2 and set(resumed["trained_before"]) <= {r["run_name"] for r in results}
+    trained_now = sum(r["flops_run"] for r in results if r["run_name"] not in resumed["trained_before"])
+    assert resumed["train_flops"] == pytest.approx(trained_now)
 
     # 3) The MLflow record, read back through the client.
     from mlflow import MlflowClient
@@ -223,9 +256,10 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     # Goodput of the restarted invocation (the trial it ran): training FLOPs over wall x measured peak, and the
     # CPU-seconds of every phase, which with idle add up to wall x CPUs.
     m = parent.data.metrics
-    assert 0 < m["goodput"] < 1 and m["time_step_s"] > 0 and m["time_eval_s"] > 0
+    assert m["time_eval_s"] > 0 and (m["goodput"] > 0) == (m["time_step_s"] > 0) == (trained_now > 0)
     good = json.loads(Path(client.download_artifacts(parent.info.run_id, "goodput.json", str(tmp_path))).read_text())
-    assert good["trials"] == 1 and good["train_flops"] > 0
+    assert good["trials"] == 1 and good["train_flops"] == pytest.approx(trained_now)
+    assert m["goodput"] == pytest.approx(trained_now / (good["wall_s"] * good["peak_flops"])) and m["goodput"] < 1
     # The peak was measured before and after the trials; goodput divides by the better reading.
     assert len(good["peak_flops_measured"]) == 2 and good["peak_flops"] == max(good["peak_flops_measured"]) > 0
     assert sum(good["time"].values()) == pytest.approx(good["wall_s"] * good["num_cpus"], rel=0.02)

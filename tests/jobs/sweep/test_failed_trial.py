@@ -87,7 +87,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     the trial listed as missing with no reason, its run left RUNNING."""
     path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}])
     cfg = yaml.safe_load(path.read_text())
-    cfg["budgets"] = _budgets(path, (4,))
+    cfg["budgets"] = _budgets(path, (2, 4))  # a WSD main run and one branch
     cfg["base"]["eval"]["sampler"] = "ddpm-learned"  # needs a learned variance this model does not have
     path.write_text(yaml.safe_dump(cfg))
     record, client = _one_failed_trial(path, tmp_path)
@@ -96,13 +96,37 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     trial = client.get_run(record["mlflow_run_id"])
     assert trial.info.status == "FAILED" and "evaluation" in trial.data.tags["ditscale.failure_reason"]
     assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
+    runs = tmp_path / "sweeps" / "t" / "runs"
+    trained = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in runs.glob("*/*/*.json")}
+    trained.update({f: (f.stat().st_mtime_ns, b"") for f in runs.glob("*/*/checkpoints/step_*/model.safetensors")})
+    assert len(list(runs.glob("*/*/result.json"))) == 2
+
     # Fixed evaluation settings make a new trial (its id hashes them); the old trial's points stay out of the fits.
+    # Its runs are the ones already trained (training ids leave evaluation out): evaluated, not trained again.
     second = _sweep(path, "base.eval.sampler=euler")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     from jobs.scaling.points import read_points
 
     _, points = read_points(client, experiment="sweep-test")
     assert points and {p.trial_id for p in points} != {record["trial_id"]}
+    assert len(points) == 2 and all(p.fid is not None for p in points)
+    for f, (mtime, data) in trained.items():  # no run trained again, no checkpoint rewritten
+        assert f.stat().st_mtime_ns == mtime and (not data or f.read_bytes() == data), f
+    (done,) = (tmp_path / "sweeps" / "t" / "trials").glob("*/done.json")
+    new = json.loads(done.read_text())
+    assert new["train_flops"] == 0 and len(new["trained_before"]) == 2  # this invocation trained nothing
+    assert new["timing"]["step_s"] == 0 and new["timing"]["eval_s"] > 0
+    parent = client.get_run(client.get_run(new["mlflow_run_id"]).data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["goodput"] == 0
+    # The branch is recorded in an MLflow run of the new trial; the run that holds its training is left as it was.
+    (branch,) = [d for d in runs.glob("*/*-b0")]
+    new_marker = json.loads((branch / f"mlflow_run-{new['trial_id']}.json").read_text())
+    old_marker = json.loads((branch / "mlflow_run.json").read_text())
+    assert json.loads((branch / "trial.json").read_text()) == {"trial_id": record["trial_id"]}
+    evaluated, trained_run = client.get_run(new_marker["run_id"]), client.get_run(old_marker["run_id"])
+    assert evaluated.data.tags["mlflow.parentRunId"] == new["mlflow_run_id"] != record["mlflow_run_id"]
+    assert evaluated.data.tags["ditscale.trial_id"] == new["trial_id"] and "fid" in evaluated.data.metrics
+    assert trained_run.data.tags["ditscale.trial_id"] == record["trial_id"] and "fid" not in trained_run.data.metrics
     # The same sweep pointed at another experiment (or store) would start an empty parent run there, and the
     # finished trials (skipped by their done.json) would never be recorded in it: refused, naming where it is.
     moved = _sweep(path, "base.eval.sampler=euler", "mlflow.experiment=elsewhere")

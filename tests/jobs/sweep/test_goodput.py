@@ -19,6 +19,15 @@ def test_trial_timing_attributes_the_training_wall_not_spent_in_loops_to_startup
     assert t["eval_extra_cpu_s"] == 0.0
     runs[1]["eval_extra_cpu_s"] = 2.5  # CPU-seconds its evaluation ran on idle CPUs it reserved
     assert trial_timing(runs, train_wall=30.0, eval_wall=6.0)["eval_extra_cpu_s"] == 2.5
+    # A run trained by an earlier invocation (only evaluated by this one): its loops are not this trial's time,
+    # its evaluation is.
+    runs[0]["run_name"], runs[1]["run_name"] = "t-main", "t-b0"
+    t = trial_timing(runs, train_wall=6.0, eval_wall=6.0, trained_before=frozenset({"t-main"}))
+    assert t["step_s"] == 4.0 and t["setup_s"] == 0.5 and t["startup_s"] == pytest.approx(1.0)
+    assert t["eval_extra_cpu_s"] == 2.5
+    runs[0]["eval_extra_cpu_s"] = 1.0
+    t = trial_timing(runs, train_wall=0.1, eval_wall=6.0, trained_before=frozenset({"t-main", "t-b0"}))
+    assert t["step_s"] == 0.0 and t["startup_s"] == pytest.approx(0.1) and t["eval_extra_cpu_s"] == 3.5
 
 
 def test_evaluation_on_borrowed_idle_cpus_counts_as_evaluation_not_idle():
