@@ -217,6 +217,18 @@ def _records(sdir: str, plans: list[TrialPlan]) -> list[dict[str, Any]]:
     return out
 
 
+def _all_trained(tp: TrialPlan) -> bool:
+    """Every training run of the trial finished before (by a trial with other evaluation settings, or this one)."""
+    from jobs.train.driver import run_dir
+    from jobs.train.env import RESULT_NAME
+
+    for spec in tp.runs:
+        uri = storage.join(spec.plan.run_dir or run_dir(spec.plan.cfg, spec.plan.run_name), RESULT_NAME)
+        if not storage.exists(uri) or storage.read_json(uri).get("status") != "finished":
+            return False
+    return True
+
+
 def sweep_tracking_uri(cfg: SweepConfig) -> str:
     """The sweep's MLflow store, checked: its own mlflow.tracking_uri, else its base config's (the store every trial
     is validated against, also by --validate-only), else the default store."""
@@ -245,9 +257,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         parent, json.dumps({"trial_ids": [tp.trial.trial_id for tp in plans]}, indent=2), tracking.GRID_ARTIFACT
     )
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
+    evaluate_only = sum(_all_trained(tp) for tp in pending)
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
-        f"{len(pending)} to run (mode={cfg.mode})",
+        f"{len(pending)} to run"
+        + (f" ({evaluate_only} of them only to evaluate runs trained before)" if evaluate_only else "")
+        + f" (mode={cfg.mode})",
         flush=True,
     )
     machine = None

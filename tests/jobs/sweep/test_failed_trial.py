@@ -105,6 +105,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     # Its runs are the ones already trained (training ids leave evaluation out): evaluated, not trained again.
     second = _sweep(path, "base.eval.sampler=euler")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 to run (1 of them only to evaluate runs trained before)" in second.stdout
     from jobs.scaling.points import read_points
 
     _, points = read_points(client, experiment="sweep-test")
