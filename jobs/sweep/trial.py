@@ -71,11 +71,13 @@ def _child_run(tp: TrialPlan, tdir: str, parent_run_id: Optional[str]) -> Option
     return run_id
 
 
-def _preload_evaluation(tp: TrialPlan) -> None:
-    """In-process evaluation (eval.num_actors 0): load the VAE and feature net while the workers train."""
+def _preload_evaluation(tp: TrialPlan) -> Optional[threading.Thread]:
+    """In-process evaluation (eval.num_actors 0): load the VAE and feature net while the workers train. The thread
+    must be joined before evaluating: two threads importing diffusers at once can fail ("cannot import name
+    'AutoencoderKL'"), as they did for trials with nothing to train."""
     ev = tp.runs[0].plan.cfg.eval
     if ev.num_samples <= 0 or ev.num_actors != 0:
-        return
+        return None
     from jobs.evaluation.fid import preload
 
     def load() -> None:
@@ -84,7 +86,14 @@ def _preload_evaluation(tp: TrialPlan) -> None:
         except Exception:  # noqa: BLE001 - evaluation loads them again and reports the error with context
             pass
 
-    threading.Thread(target=load, name="eval-preload", daemon=True).start()
+    thread = threading.Thread(target=load, name="eval-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _join(thread: Optional[threading.Thread]) -> None:
+    if thread is not None:
+        thread.join()
 
 
 def trial_timing(
@@ -223,21 +232,24 @@ def run_trial(
     prepared: list = []
     t_train = t0
     trained_before: frozenset[str] = frozenset()
+    preloading: Optional[threading.Thread] = None
     # Whatever raises, from setting the runs up to evaluating them, ends as a FAILED trial with its reason
     # (failed.json, MLflow), never as a trial missing from the sweep with its run left RUNNING.
     try:
         child = _child_run(tp, tdir, parent_run_id)
         _prepare_runs(tp, child, prepared)
         trained_before = frozenset(r.plan.run_name for r in prepared if storage.exists(r.result_uri))
-        _preload_evaluation(tp)
+        preloading = _preload_evaluation(tp)
         t_train = time.time()
         train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - the trial is FAILED (failed.json, MLflow) with the reason; others go on
         traceback.print_exc()
         t_eval = time.time()
+        _join(preloading)
         summaries = _failed_summaries(tp, prepared, failure_reason(exc))
     else:
         t_eval = time.time()
+        _join(preloading)
         summaries = _finished_summaries(prepared)
     # Runs trained by an earlier invocation (another trial's, or this one's before a restart) cost this one nothing.
     timing = trial_timing(

@@ -103,7 +103,9 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
 
     # Fixed evaluation settings make a new trial (its id hashes them); the old trial's points stay out of the fits.
     # Its runs are the ones already trained (training ids leave evaluation out): evaluated, not trained again.
-    second = _sweep(path, "base.eval.sampler=euler")
+    # (In-process evaluation, as the quickstart's: its VAE preload thread and the evaluation used to import diffusers
+    # at once when there was nothing to train, and the main run's evaluation failed with "cannot import name".)
+    second = _sweep(path, "base.eval.sampler=euler", "base.eval.num_actors=0")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 to run (1 of them only to evaluate runs trained before)" in second.stdout
     from jobs.scaling.points import read_points
