@@ -219,14 +219,9 @@ def _records(sdir: str, plans: list[TrialPlan]) -> list[dict[str, Any]]:
 
 def _all_trained(tp: TrialPlan) -> bool:
     """Every training run of the trial finished before (by a trial with other evaluation settings, or this one)."""
-    from jobs.train.driver import run_dir
-    from jobs.train.env import RESULT_NAME
+    from jobs.train.driver import trained
 
-    for spec in tp.runs:
-        uri = storage.join(spec.plan.run_dir or run_dir(spec.plan.cfg, spec.plan.run_name), RESULT_NAME)
-        if not storage.exists(uri) or storage.read_json(uri).get("status") != "finished":
-            return False
-    return True
+    return all(trained(spec.plan.run_dir) for spec in tp.runs)
 
 
 def sweep_tracking_uri(cfg: SweepConfig) -> str:

@@ -240,10 +240,8 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
             trials.append(_trial(cfg, base, arm, model, {**hp, **fixed}, budgets))
     if len({t.trial_id for t in trials}) != len(trials):
         raise ConfigError("models/hparams: the grid contains duplicate trials")
-    # Trials differ in their hyper-parameters (evaluation ones included), so two trials of one grid never share
-    # training runs (they would train into one directory at once): only a rerun with other evaluation settings does.
-    if len({t.runs_id for t in trials}) != len(trials):
-        raise ConfigError("models/hparams: two trials of the grid would share their training runs")
+    # Trials of one grid differ in their hyper-parameters (evaluation ones included), which the training id keeps, so
+    # they never share training runs (never two writers in one directory): only a rerun with other evaluation settings.
     return trials
 
 
@@ -268,8 +266,6 @@ def trial_configs(trial: Trial, mode: str) -> list[tuple[TrainConfig, float, str
 
 def _wsd_branches(runs: list[RunSpec]) -> None:
     """Point each WSD branch at the main run's checkpoint at the branch's decay start (kept by the main run)."""
-    from jobs.train.driver import run_dir
-
     main = runs[0].plan
     fpi, batch = main.train_flops_per_image, main.cfg.data.batch_size
     starts = [
@@ -278,7 +274,7 @@ def _wsd_branches(runs: list[RunSpec]) -> None:
     main.branch_steps = tuple(starts)
     for r, start in zip(runs[1:], starts):
         if start > 0:
-            init = storage.join(run_dir(main.cfg, main.run_name), "checkpoints", f"step_{start:08d}")
+            init = storage.join(main.run_dir, "checkpoints", f"step_{start:08d}")
             r.plan.cfg = _replace(r.plan.cfg, checkpoint={"init_from": init})
 
 
@@ -299,7 +295,10 @@ def _refuse_budgets_of_one_length(trial: Trial, runs: list[RunSpec]) -> None:
 
 
 def plan_trials(trials: list[Trial], mode: str) -> list[TrialPlan]:
-    """Validate every run of every trial (data set vs model, budgets, MLflow once) into trial plans."""
+    """Validate every run of every trial (data set vs model, budgets, MLflow once) into trial plans, each run with
+    its directory."""
+    from jobs.train.driver import run_dir
+
     out, check_mlflow, manifests = [], True, {}
     for t in trials:
         runs = []
@@ -308,6 +307,7 @@ def plan_trials(trials: list[Trial], mode: str) -> list[TrialPlan]:
                 plan = resolve_run(c, check_mlflow=check_mlflow, manifest=manifests.get(c.data.manifest))
             except ConfigError as e:
                 raise ConfigError(f"trial {t.name} at budget {budget:.3g}: {e}") from e
+            plan.run_dir = run_dir(c, plan.run_name)
             manifests[c.data.manifest] = plan.manifest
             check_mlflow = False
             runs.append(RunSpec(plan=plan, budget=budget, role=role))

@@ -164,19 +164,19 @@ def _prepare_runs(tp: TrialPlan, child: Optional[str], prepared: list) -> None:
     """Prepare the trial's runs into `prepared` (so a failure part-way leaves the ones made, to be FAILED) under its
     child run (the main run records into it); failed results cleared, so a rerun of a failed trial retrains its
     failed runs from their last good checkpoint."""
-    from jobs.train.driver import clear_failed, prepare_run, run_dir
+    from jobs.train.driver import clear_failed, prepare_run
 
     tid = tp.trial.trial_id
     tags = {"ditscale.trial_id": tid}
     for i, spec in enumerate(tp.runs):
         plan = spec.plan
-        plan.run_dir = plan.run_dir or run_dir(plan.cfg, plan.run_name)
         owner_uri = storage.join(plan.run_dir, TRIAL_OF_RUN)
-        if not storage.exists(owner_uri):
+        owner = storage.read_json(owner_uri).get("trial_id") if storage.exists(owner_uri) else None
+        if owner is None:
             storage.write_json(owner_uri, {"trial_id": tid})
         if i == 0:
             plan.mlflow_run_id = child
-        elif storage.read_json(owner_uri).get("trial_id") != tid:  # trained by a trial with other evaluation settings
+        elif owner not in (None, tid):  # trained by a trial with other evaluation settings
             plan.mlflow_marker = f"mlflow_run-{tid}.json"
         role = {**tags, "ditscale.budget_role": spec.role}
         prepared.append(prepare_run(spec.plan, parent_run_id=child, tags=role))

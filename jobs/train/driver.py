@@ -123,6 +123,12 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:1000]
 
 
+def trained(run_dir_uri: str) -> bool:
+    """The run in this directory finished training (its result.json says so)."""
+    uri = storage.join(run_dir_uri, RESULT_NAME)
+    return storage.exists(uri) and storage.read_json(uri).get("status") == "finished"
+
+
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
     """A rerun of a failed run trains it again (from its last good checkpoint): its failed result is removed."""
     for r in runs:
@@ -136,7 +142,7 @@ def abandon_runs(runs: Sequence["PreparedRun"], reason: str) -> list[dict]:
 
     out = []
     for r in runs:
-        if storage.exists(r.result_uri) and storage.read_json(r.result_uri).get("status") == "finished":
+        if trained(r.plan.run_dir):
             out.append(finish_run(r))
             continue
         out.append(fail_run(r, reason))
