@@ -210,6 +210,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     assert law["floor_at_bound"] is (law["FID_inf"] >= lowest * (1 - 1e-6))
     if law["floor_at_bound"]:
         assert law["free_floor"]["FID_inf"] >= law["FID_inf"] and law["free_floor"]["beta"] is not None
+    sweep = record["sweep"]  # the first run trained every trial
+    assert sweep["trials_run"] >= 3 and sweep["trials_evaluate_only"] == sweep["trials_done_before"] == 0, sweep
+    assert "resumed an earlier one" not in report
     k, n = record["n_opt_interior"]
     assert 0 <= k <= n >= 1
     # Sample grids: one column per prompt (the report names them left to right), one row per round of seeds.
@@ -245,3 +248,26 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     assert proc2.returncode == 0, (proc2.stdout + proc2.stderr)[-4000:]
     banners = [ln for ln in proc2.stdout.splitlines() if ln.startswith("==> [")]
     assert banners and all("reused" in ln for ln in banners), banners
+
+    # Another guidance: the sweep stage reruns on the kept sweep directory and evaluates the runs trained above,
+    # training none of them again (every run's result.json as it was), under the same MLflow parent run.
+    results = {p: p.read_bytes() for p in (out / "sweeps" / "tiny" / "runs").rglob("result.json")}
+    assert results
+    proc3 = subprocess.run(
+        [str(BIN / "ditscale"), *argv[1:], "--sweep-set", "base.eval.guidance=1.5"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log3 = proc3.stdout + proc3.stderr
+    assert proc3.returncode == 0, log3[-4000:]
+    assert "finished trials and trained runs are reused" in proc3.stdout, log3[-4000:]
+    record3 = json.loads((out / "report.json").read_text())
+    n = record3["sweep"]["trials_run"]
+    assert n >= 3 and record3["sweep"]["trials_evaluate_only"] == n and record3["sweep"]["trials_done_before"] == 0
+    assert f"{n} to run ({n} of them only to evaluate runs trained before)" in proc3.stdout
+    assert record3["sweep"]["parent_run_id"] == record["sweep"]["parent_run_id"] and record3["goodput"] == 0
+    assert {p: p.read_bytes() for p in (out / "sweeps" / "tiny" / "runs").rglob("result.json")} == results
+    assert "only evaluated runs trained before" in (out / "report.md").read_text()

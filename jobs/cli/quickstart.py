@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(config, data and code fingerprints, sha256 of every file) to assets/encoders/builtin, then exit (about 3 "
         "minutes on 2 cores); `make encoders` runs it",
     )
+    p.add_argument(
+        "--sweep-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep config (configs/sweep/tiny.yaml, as `ditscale sweep` takes them), after "
+        "the mode's own; repeatable. E.g. `--sweep-set base.eval.guidance=3` on a finished quickstart evaluates "
+        "the runs it trained with guidance 3 and refits, without training again (evaluation settings: "
+        "base.eval.{num_samples,sampler,steps,guidance,seed}); a change of anything that shapes the weights "
+        "trains those trials anew. An interrupted sweep resumes either way (finished trials are kept)",
+    )
     p.add_argument("--out", default="outputs/quickstart", help="output directory")
     p.add_argument("--force", action="store_true", help="rerun every stage even if its marker matches")
     from pipelines.cli.config_args import add_print_config
@@ -55,10 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jobs.quickstart.run import run_quickstart
 
     args = build_parser().parse_args(argv)
-    from jobs.quickstart.modes import make_data_mode, make_mode
+    from jobs.quickstart.modes import make_data_mode, make_mode, with_sweep_overrides
 
     try:
         mode = make_data_mode(args.data, args.tiny) if args.data else make_mode(args.tiny)
+        mode = with_sweep_overrides(mode, args.sweep_set)
     except ValueError as e:  # an unknown --data name or a missing folder: nothing has been written
         build_parser().error(str(e))
     if args.print_config:
@@ -82,5 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ship_encoders(tiny=args.tiny)
         return 0
     return run_quickstart(
-        args.out, tiny=args.tiny, force=args.force, data=args.data, train_encoders=args.train_encoders
+        args.out,
+        tiny=args.tiny,
+        force=args.force,
+        data=args.data,
+        train_encoders=args.train_encoders,
+        sweep_set=args.sweep_set,
     )

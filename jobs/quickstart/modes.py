@@ -201,3 +201,45 @@ def _path_spec(path: Path) -> DataSpec:
             "captioned data run `ditscale precompute` and `ditscale sweep` with a text config (docs/precompute.md)"
         )
     return spec
+
+
+# Keys of the sweep config the quickstart sets itself (where the sweep lands, its data, its MLflow store).
+_OWN_SWEEP_KEYS = (
+    "name",
+    "output",
+    "base_config",
+    "mlflow",
+    "base.mlflow",
+    "base.data.manifest",
+    "base.eval.classifier",
+)
+
+
+def with_sweep_overrides(mode: Mode, overrides: list[str]) -> Mode:
+    """`mode` with `ditscale quickstart --sweep-set KEY=VALUE` overrides of its sweep config after its own, checked
+    against the sweep config's keys; ValueError naming a bad one (nothing has run yet)."""
+    if not overrides:
+        return mode
+    from dataclasses import replace
+
+    from ditcore.config import ConfigError
+    from jobs.sweep.driver import load_sweep_config
+    from jobs.sweep.grid import expand_grid
+    from pipelines.infra.config_files import REPO_ROOT
+
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key:
+            raise ValueError(f"--sweep-set {item!r}: expected KEY=VALUE, e.g. base.eval.guidance=3")
+        if any(key == own or key.startswith(own + ".") for own in _OWN_SWEEP_KEYS):
+            raise ValueError(
+                f"--sweep-set {item!r}: the quickstart sets {key} itself (its output folder, data and MLflow store); "
+                "run `ditscale sweep` for a sweep of your own"
+            )
+    out = replace(mode, sweep=[*mode.sweep, *overrides])
+    train_yaml = REPO_ROOT / "configs" / "train" / "tiny.yaml"
+    try:
+        expand_grid(load_sweep_config(str(REPO_ROOT / out.sweep_yaml), [f"base_config={train_yaml}", *out.sweep]))
+    except ConfigError as e:
+        raise ValueError(f"--sweep-set: {e}") from e
+    return out

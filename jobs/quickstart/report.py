@@ -120,6 +120,11 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "sweep": {
                 "parent_run_id": ctx.results["sweep"]["parent_run_id"],
                 "experiment": ctx.results["sweep"]["experiment"],
+                # What the sweep stage ran this time (goodput and time_share cover only these trials): a rerun
+                # skips trials already done and evaluates, without training, runs trained before.
+                **{
+                    k: ctx.results["sweep"].get(k) for k in ("trials_run", "trials_evaluate_only", "trials_done_before")
+                },
             },
         },
     )
@@ -156,6 +161,20 @@ def _data_name(ctx: Context) -> str:
     return f"the {ctx.mode.data.name} data" if ctx.mode.data is not None else "the built-in shapes data"
 
 
+def _reuse_words(sweep: dict[str, Any]) -> str:
+    """'' for a sweep stage that trained its whole grid, else what it reused (its goodput covers the rest)."""
+    done, evaluate_only = sweep.get("trials_done_before") or 0, sweep.get("trials_evaluate_only") or 0
+    if not done and not evaluate_only:
+        return ""
+    ran = sweep.get("trials_run") or 0
+    parts = [f"{ran - evaluate_only} trial(s) trained"]
+    if evaluate_only:
+        parts.append(f"{evaluate_only} only evaluated runs trained before")
+    if done:
+        parts.append(f"{done} finished before and skipped")
+    return "this sweep stage resumed an earlier one: " + ", ".join(parts)
+
+
 def _record_section(ctx: Context) -> list[str]:
     """The headline numbers of report.json, in words."""
     rec = json.loads(ctx.path("report.json").read_text()) if ctx.path("report.json").exists() else None
@@ -186,10 +205,16 @@ def _record_section(ctx: Context) -> list[str]:
                 else ""
             )
         )
+    reuse = _reuse_words(rec.get("sweep") or {})
     if rec.get("goodput") is not None:
         share = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in (rec.get("time_share") or {}).items())
         peak = f" ({rec['peak_flops'] / 1e9:.0f} GFLOP/s)" if rec.get("peak_flops") else ""
-        lines.append(f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak{peak}; time: {share}")
+        lines.append(
+            f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak{peak}; time: {share}"
+            + (f" ({reuse})" if reuse else "")
+        )
+    elif reuse:
+        lines.append(f"- sweep goodput not measured: {reuse}")
     return lines + [""]
 
 

@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from jobs.quickstart.modes import make_data_mode, make_mode
+from jobs.quickstart.modes import make_data_mode, make_mode, with_sweep_overrides
 from jobs.quickstart.runner import Context, fmt_seconds, run_stages
 from jobs.quickstart.stages import stage_list
 from jobs.scaling.summary import law_sentence
@@ -87,12 +87,14 @@ def run_quickstart(
     force: bool = False,
     data: str | None = None,
     train_encoders: bool = False,
+    sweep_set: list[str] | None = None,
 ) -> int:
     """Run (or resume) every stage into `out`; 0 on success, 1 on a failed stage, 130 when interrupted.
 
     `data`: None for the built-in shapes, else "fashion-mnist", "emoji" or a path (jobs.quickstart.modes).
-    `train_encoders`: train the built-in VAE and feature net here even where the shipped ones match."""
-    mode = make_data_mode(data, tiny) if data else make_mode(tiny)
+    `train_encoders`: train the built-in VAE and feature net here even where the shipped ones match.
+    `sweep_set`: KEY=VALUE overrides of the sweep config (`with_sweep_overrides`)."""
+    mode = with_sweep_overrides(make_data_mode(data, tiny) if data else make_mode(tiny), list(sweep_set or []))
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     set_environment(out)

@@ -44,6 +44,7 @@ class Context:
         self.seconds: dict[str, float] = {}
         self.ray: Any = None  # pipelines.infra.ray_runtime.LocalRayHead once started
         self.serve_app: str | None = None  # the Serve application the serve stage runs
+        self.force = False  # every stage reruns (`run_stages(..., force=True)`)
 
     def path(self, *parts: str) -> Path:
         """A path under the output directory."""
@@ -116,6 +117,7 @@ def _write_marker(ctx: Context, stage: Stage, digest: str, cfg: dict, result: di
 
 def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
     """Run (or reuse) every stage in order, printing a banner with the elapsed time for each."""
+    ctx.force = force
     for i, stage in enumerate(stages, 1):
         cfg = stage.config(ctx)
         digest = config_hash({"stage": stage.name, "config": cfg, "upstream": ctx.hashes})

@@ -286,6 +286,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "wall_s": wall,
         "tracking_uri": tracking_uri,
         "goodput": goodput,
+        # What this invocation ran: trials already done are skipped; evaluate-only trials trained nothing.
+        "trials_run": len(pending),
+        "trials_evaluate_only": evaluate_only,
+        "trials_done_before": len(plans) - len(pending),
     }
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
-from jobs.quickstart.runner import Context
+from jobs.quickstart.runner import Context, config_hash
 from pipelines.infra.config_files import REPO_ROOT
 
 TRAIN_YAML = REPO_ROOT / "configs" / "train" / "tiny.yaml"
 EXPERIMENT = "ditscale-quickstart"
+# Beside the sweep's own records: the hash of the stages it was run after (data, encoders, precompute).
+UPSTREAM_MARKER = "quickstart_upstream.json"
 
 
 def _sweep_overrides(ctx: Context) -> list[str]:
@@ -38,13 +42,62 @@ def sweep_config(ctx: Context) -> dict:
     return {"yaml": (REPO_ROOT / ctx.mode.sweep_yaml).read_text(), "overrides": overrides, "base": base}
 
 
+def upstream_fingerprint(ctx: Context) -> str:
+    """The stages run before the sweep, each by its config hash and when its outputs were made: an upstream stage
+    rerun with the same config (its outputs were missing, or --force) may have written other data."""
+    made = {}
+    for name, digest in ctx.hashes.items():
+        marker = ctx.path("stages", f"{name}.json")
+        made[name] = [digest, json.loads(marker.read_text()).get("finished_at") if marker.is_file() else None]
+    return config_hash(made)
+
+
+def keep_sweep_dir(sweep_root: Path, upstream: str) -> str | None:
+    """Why `sweep_root` must be cleared before this sweep, or None to keep it.
+
+    A sweep directory is kept only when it was made after the same upstream stages (data, encoders, precompute:
+    `upstream`, `upstream_fingerprint`) and its MLflow parent run is still in the store. The sweep then finishes
+    an interrupted grid, skips the trials already done and evaluates the runs it trained before where only
+    evaluation settings changed (training ids; docs/train.md). Trial ids hash the manifest's path, not its content:
+    after other data the old trials would pass as this data's, so the directory goes."""
+    if not sweep_root.exists():
+        return None
+    marker = sweep_root / UPSTREAM_MARKER
+    try:
+        was = json.loads(marker.read_text()).get("upstream")
+    except (OSError, ValueError):
+        return "it has no record of the data it was run on"
+    if was != upstream:
+        return "it was run on other data or encoders (an upstream stage changed)"
+    sweep_json = sweep_root / "sweep.json"
+    if sweep_json.is_file():
+        from pipelines.infra import tracking
+
+        run_id = json.loads(sweep_json.read_text()).get("run_id")
+        try:
+            tracking.client(check=False).get_run(run_id)
+        except Exception:  # noqa: BLE001 - a store without the run: its finished trials would be recorded nowhere
+            return f"its MLflow parent run {run_id} is not in the store"
+    return None
+
+
 def sweep_run(ctx: Context) -> dict:
-    """Run the models x budgets grid on the quickstart's Ray; every trial must finish."""
+    """Run the models x budgets grid on the quickstart's Ray; every trial must finish.
+
+    The sweep directory of an earlier run on the same data is kept (`keep_sweep_dir`), so an interrupted sweep
+    resumes and a change of evaluation settings evaluates the runs already trained."""
     from jobs.sweep.driver import format_table, load_sweep_config, run_sweep
 
     sweep_root = ctx.path("sweeps", ctx.mode.name)
-    if sweep_root.exists():
-        shutil.rmtree(sweep_root)  # results of another config: start this sweep clean
+    upstream = upstream_fingerprint(ctx)
+    why = "--force reruns every stage" if ctx.force and sweep_root.exists() else keep_sweep_dir(sweep_root, upstream)
+    if why is not None:
+        ctx.log(f"clearing {sweep_root}: {why}")
+        shutil.rmtree(sweep_root)
+    elif sweep_root.exists():
+        ctx.log(f"keeping {sweep_root} (same data): finished trials and trained runs are reused")
+    sweep_root.mkdir(parents=True, exist_ok=True)
+    (sweep_root / UPSTREAM_MARKER).write_text(json.dumps({"upstream": upstream, "stages": ctx.hashes}, indent=2))
     cfg = load_sweep_config(str(REPO_ROOT / ctx.mode.sweep_yaml), _sweep_overrides(ctx))
     ctx.log(
         f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"
@@ -62,6 +115,7 @@ def sweep_run(ctx: Context) -> dict:
         "num_points": sum(len(r["points"]) for r in out["trials"]),
         "wall_s": out["wall_s"],
         "goodput": out.get("goodput"),
+        **{k: out[k] for k in ("trials_run", "trials_evaluate_only", "trials_done_before")},
     }
 
 

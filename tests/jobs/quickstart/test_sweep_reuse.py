@@ -1,0 +1,94 @@
+"""The quickstart's sweep stage keeps the sweep directory of an earlier run on the same data (an interrupted sweep
+resumes; new evaluation settings evaluate the runs trained before) and clears it after other data, a missing MLflow
+parent run or --force; `--sweep-set` overrides are checked before anything runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.quickstart.modes import make_mode, with_sweep_overrides
+from jobs.quickstart.runner import Context
+from jobs.quickstart.stages import scaling
+
+
+def _ctx(tmp_path, hashes):
+    ctx = Context(tmp_path / "qs", make_mode(tiny=True), 0.0)
+    ctx.hashes.update(hashes)
+    stages = ctx.path("stages")
+    stages.mkdir(parents=True, exist_ok=True)
+    for name, digest in hashes.items():
+        (stages / f"{name}.json").write_text(json.dumps({"config_hash": digest, "finished_at": "2026-12-06 10:00:00"}))
+    return ctx
+
+
+def _sweep_dir(ctx, upstream, run_id=None):
+    root = ctx.path("sweeps", ctx.mode.name)
+    (root / "trials" / "t1").mkdir(parents=True)
+    (root / "trials" / "t1" / "done.json").write_text("{}")
+    (root / scaling.UPSTREAM_MARKER).write_text(json.dumps({"upstream": upstream}))
+    if run_id is not None:
+        (root / "sweep.json").write_text(json.dumps({"run_id": run_id}))
+    return root
+
+
+def test_a_sweep_dir_is_kept_only_after_the_same_upstream_stages_with_its_parent_run(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+
+    ctx = _ctx(tmp_path, {"vae": "a1", "features": "b2", "precompute": "c3"})
+    upstream = scaling.upstream_fingerprint(ctx)
+    root = _sweep_dir(ctx, upstream, run_id)
+    assert scaling.keep_sweep_dir(root, upstream) is None
+
+    # Another data set (a changed upstream hash), or the same config rerun (its outputs made anew): cleared.
+    other = _ctx(tmp_path / "b", {"vae": "a1", "features": "b2", "precompute": "c4"})
+    assert scaling.upstream_fingerprint(other) != upstream
+    marker = ctx.path("stages", "precompute.json")
+    marker.write_text(json.dumps({"config_hash": "c3", "finished_at": "2026-12-06 11:00:00"}))
+    rerun = scaling.upstream_fingerprint(ctx)
+    assert rerun != upstream
+    assert "other data" in scaling.keep_sweep_dir(root, rerun)
+
+    # No record of its data (a sweep directory of an older quickstart): cleared.
+    (root / scaling.UPSTREAM_MARKER).unlink()
+    assert "no record" in scaling.keep_sweep_dir(root, upstream)
+
+    # Its parent run is not in the store (the store was removed): its finished trials would be recorded nowhere.
+    (root / scaling.UPSTREAM_MARKER).write_text(json.dumps({"upstream": upstream}))
+    (root / "sweep.json").write_text(json.dumps({"run_id": "0" * 32}))
+    assert "0" * 32 in scaling.keep_sweep_dir(root, upstream)
+
+    assert scaling.keep_sweep_dir(tmp_path / "none", upstream) is None  # nothing to keep or clear
+
+
+def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, capsys):
+    mode = make_mode(tiny=True)
+    got = with_sweep_overrides(mode, ["base.eval.guidance=3"])
+    assert got.sweep == [*mode.sweep, "base.eval.guidance=3"] and mode.sweep[-1] != "base.eval.guidance=3"
+    assert with_sweep_overrides(mode, []) is mode
+    for bad, words in (
+        ("base.eval.guidanse=3", "base.eval.guidanse"),
+        ("base.eval.guidance=abc", "expected a number"),
+        ("guidance", "expected KEY=VALUE"),
+        ("output=/tmp/elsewhere", "sets output itself"),
+        ("mlflow.experiment=x", "sets mlflow.experiment itself"),
+        ("base.data.manifest=/data", "sets base.data.manifest itself"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            with_sweep_overrides(mode, [bad])
+
+    from jobs.cli.quickstart import main
+
+    out = tmp_path / "qs"
+    with pytest.raises(SystemExit) as exc:
+        main(["--tiny", "--out", str(out), "--sweep-set", "base.eval.stepz=4"])
+    assert exc.value.code == 2 and "base.eval.stepz" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+    assert main(["--tiny", "--sweep-set", "base.eval.steps=6", "--print-config"]) == 0
+    assert "base.eval.steps=6" in capsys.readouterr().out
