@@ -107,7 +107,10 @@ def sweep_run(ctx: Context) -> dict:
     out = run_sweep(cfg)
     print(format_table(out), flush=True)
     if not out["complete"]:
-        raise RuntimeError(f"sweep incomplete: trials not finished: {out['failed']} (see the errors above)")
+        raise RuntimeError(
+            f"sweep incomplete: trials not finished: {out['failed']} (failed or interrupted: see above); rerun the "
+            "same command to finish it: finished trials are kept"
+        )
     return {
         "experiment": out["experiment"],
         "parent_run_id": out["parent_run_id"],
