@@ -166,13 +166,13 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
     done, evaluate_only = sweep.get("trials_done_before") or 0, sweep.get("trials_evaluate_only") or 0
     if not done and not evaluate_only:
         return ""
-    ran = sweep.get("trials_run") or 0
-    parts = [f"{ran - evaluate_only} trial(s) trained"]
+    trained = (sweep.get("trials_run") or 0) - evaluate_only
+    parts = [f"{trained} trial(s) trained"] if trained else []
     if evaluate_only:
-        parts.append(f"{evaluate_only} only evaluated runs trained before")
+        parts.append(f"{evaluate_only} evaluated runs trained before, training nothing")
     if done:
         parts.append(f"{done} finished before and skipped")
-    return "this sweep stage resumed an earlier one: " + ", ".join(parts)
+    return "goodput and time cover this invocation only: " + "; ".join(parts)
 
 
 def _record_section(ctx: Context) -> list[str]:
