@@ -71,18 +71,21 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
         name=cfg.name,
         tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP},
     )
-    tracking.log_params_once(
+    grid = {
+        "mode": cfg.mode,
+        "budgets": json.dumps(sorted(cfg.budgets)),
+        "models": json.dumps(cfg.models),
+        "arms": json.dumps(cfg.arms),
+        "hparams": json.dumps(cfg.hparams),
+        "num_trials": n_trials,
+    }
+    # MLflow params cannot change: they keep the first invocation's grid. The `grid.*` tags hold this invocation's
+    # (with its evaluation settings), as `config/grid.json` holds its trial ids.
+    tracking.log_params_once(client, rid, {**grid, "sweep_dir": sdir})
+    tracking.set_tags(
         client,
         rid,
-        {
-            "mode": cfg.mode,
-            "budgets": json.dumps(sorted(cfg.budgets)),
-            "models": json.dumps(cfg.models),
-            "arms": json.dumps(cfg.arms),
-            "hparams": json.dumps(cfg.hparams),
-            "num_trials": n_trials,
-            "sweep_dir": sdir,
-        },
+        {f"grid.{k}": v for k, v in {**grid, "eval": json.dumps(sweep_base(cfg).get("eval") or {})}.items()},
     )
     if created:
         client.log_text(rid, json.dumps(to_dict(cfg), indent=2), "config/sweep.json")

@@ -279,6 +279,13 @@ def log_params_once(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> 
         mlflow_client.log_batch(run_id, params=new[i : i + 100])
 
 
+def set_tags(mlflow_client: Any, run_id: str, tags: dict[str, Any]) -> None:
+    """Set (or replace) the run's tags in one call; values as strings, cut to MLflow's 5000 characters."""
+    from mlflow.entities import RunTag
+
+    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
 def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int) -> None:
     """Log the finite numeric values of `values` at `step` in one batch."""
     import math

@@ -121,6 +121,10 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert new["timing"]["step_s"] == 0 and new["timing"]["eval_s"] > 0
     parent = client.get_run(client.get_run(new["mlflow_run_id"]).data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["goodput"] == 0
+    # Its params keep the first invocation's grid (MLflow params are immutable); the grid.* tags are this one's.
+    tags = parent.data.tags
+    assert json.loads(tags["grid.eval"])["sampler"] == "euler" and tags["grid.num_trials"] == "1"
+    assert parent.data.params["num_trials"] == "1" and "grid.eval" not in parent.data.params
     # The branch is recorded in an MLflow run of the new trial; the run that holds its training is left as it was.
     (branch,) = [d for d in runs.glob("*/*-b0")]
     new_marker = json.loads((branch / f"mlflow_run-{new['trial_id']}.json").read_text())
