@@ -236,6 +236,12 @@ def with_sweep_overrides(mode: Mode, overrides: list[str]) -> Mode:
                 f"--sweep-set {item!r}: the quickstart sets {key} itself (its output folder, data and MLflow store); "
                 "run `ditscale sweep` for a sweep of your own"
             )
+        inside = [own for own in _OWN_SWEEP_KEYS if own.startswith(key + ".")]
+        if inside:  # a whole mapping replaces the quickstart's own keys in it
+            raise ValueError(
+                f"--sweep-set {item!r}: {key} holds {', '.join(inside)}, which the quickstart sets itself; set the "
+                f"keys under it one by one, e.g. {key}.<key>=VALUE"
+            )
     out = replace(mode, sweep=[*mode.sweep, *overrides])
     train_yaml = REPO_ROOT / "configs" / "train" / "tiny.yaml"
     try:

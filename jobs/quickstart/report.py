@@ -169,10 +169,10 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
     trained = (sweep.get("trials_run") or 0) - evaluate_only
     parts = [f"{trained} trial(s) trained"] if trained else []
     if evaluate_only:
-        parts.append(f"{evaluate_only} evaluated runs trained before, training nothing")
+        parts.append(f"{evaluate_only} trial(s) only evaluated runs trained before")
     if done:
-        parts.append(f"{done} finished before and skipped")
-    return "goodput and time cover this invocation only: " + "; ".join(parts)
+        parts.append(f"{done} trial(s) finished before and skipped")
+    return "this invocation: " + "; ".join(parts)
 
 
 def _record_section(ctx: Context) -> list[str]:
@@ -211,10 +211,10 @@ def _record_section(ctx: Context) -> list[str]:
         peak = f" ({rec['peak_flops'] / 1e9:.0f} GFLOP/s)" if rec.get("peak_flops") else ""
         lines.append(
             f"- sweep goodput {rec['goodput']:.1%} of the measured machine peak{peak}; time: {share}"
-            + (f" ({reuse})" if reuse else "")
+            + (f" (goodput and time cover {reuse})" if reuse else "")
         )
     elif reuse:
-        lines.append(f"- sweep goodput not measured: {reuse}")
+        lines.append(f"- sweep goodput not measured: nothing to run ({reuse})")
     return lines + [""]
 
 

@@ -49,6 +49,19 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _grid(cfg: SweepConfig, n_trials: int) -> dict[str, Any]:
+    """What an invocation runs, as the parent run's params (first invocation) and grid.* tags (every one) show it."""
+    return {
+        "mode": cfg.mode,
+        "budgets": json.dumps(sorted(cfg.budgets)),
+        "models": json.dumps(cfg.models),
+        "arms": json.dumps(cfg.arms),
+        "hparams": json.dumps(cfg.hparams),
+        "num_trials": n_trials,
+        "eval": json.dumps(sweep_base(cfg).get("eval") or {}),
+    }
+
+
 def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -> str:
     """The sweep's MLflow parent run (re-attached after a restart)."""
     from pipelines.infra import tracking
@@ -71,21 +84,15 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
         name=cfg.name,
         tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP},
     )
-    grid = {
-        "mode": cfg.mode,
-        "budgets": json.dumps(sorted(cfg.budgets)),
-        "models": json.dumps(cfg.models),
-        "arms": json.dumps(cfg.arms),
-        "hparams": json.dumps(cfg.hparams),
-        "num_trials": n_trials,
-    }
+    grid = _grid(cfg, n_trials)
     # MLflow params cannot change: they keep the first invocation's grid. The `grid.*` tags hold this invocation's
-    # (with its evaluation settings), as `config/grid.json` holds its trial ids.
-    tracking.log_params_once(client, rid, {**grid, "sweep_dir": sdir})
+    # (with its evaluation settings), as `config/grid.json` holds its trial ids and grid.
+    tracking.log_params_once(client, rid, {k: v for k, v in {**grid, "sweep_dir": sdir}.items() if k != "eval"})
     tracking.set_tags(
         client,
         rid,
-        {f"grid.{k}": v for k, v in {**grid, "eval": json.dumps(sweep_base(cfg).get("eval") or {})}.items()},
+        {f"grid.{k}": v for k, v in grid.items()},
+        too_long=f"(too long for a tag: {tracking.GRID_ARTIFACT})",
     )
     if created:
         client.log_text(rid, json.dumps(to_dict(cfg), indent=2), "config/sweep.json")
@@ -251,9 +258,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sdir = sweep_dir(cfg)
     storage.makedirs(sdir)
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
-    tracking.client(tracking_uri, check=False).log_text(
-        parent, json.dumps({"trial_ids": [tp.trial.trial_id for tp in plans]}, indent=2), tracking.GRID_ARTIFACT
-    )
+    grid = {"trial_ids": [tp.trial.trial_id for tp in plans], "grid": _grid(cfg, len(plans))}
+    tracking.client(tracking_uri, check=False).log_text(parent, json.dumps(grid, indent=2), tracking.GRID_ARTIFACT)
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     print(

@@ -212,7 +212,7 @@ def get_experiment_id(mlflow_client: Any, name: str) -> str:
     return exp.experiment_id
 
 
-def _is_gone(exc: Exception) -> bool:
+def is_gone(exc: Exception) -> bool:
     """True when the tracking store says the run does not exist (not a transient failure)."""
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
@@ -222,7 +222,7 @@ def retry(
     *,
     attempts: int = ATTACH_RETRIES,
     what: str = "tracking call",
-    giveup: Callable[[Exception], bool] = _is_gone,
+    giveup: Callable[[Exception], bool] = is_gone,
 ) -> Any:
     """fn() retried with exponential back-off on errors `giveup` does not accept as final; the last error raises."""
     for i in range(attempts):
@@ -258,7 +258,7 @@ def attach_run(
                 retry(lambda: mlflow_client.update_run(run_id, status="RUNNING"), what=f"re-attach run {run_id}")
                 return run_id, False
             except Exception as exc:  # noqa: BLE001
-                if not _is_gone(exc):
+                if not is_gone(exc):
                     raise
     exp_id = ensure_experiment(mlflow_client, experiment)
     run_tags = {RUN_NAME_TAG: name, **(tags or {})}
@@ -279,11 +279,16 @@ def log_params_once(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> 
         mlflow_client.log_batch(run_id, params=new[i : i + 100])
 
 
-def set_tags(mlflow_client: Any, run_id: str, tags: dict[str, Any]) -> None:
-    """Set (or replace) the run's tags in one call; values as strings, cut to MLflow's 5000 characters."""
+def set_tags(mlflow_client: Any, run_id: str, tags: dict[str, Any], too_long: str = "(too long for a tag)") -> None:
+    """Set (or replace) the run's tags in one call, as strings; a value over MLflow's tag length is replaced by
+    `too_long` (never cut: a cut JSON value would not parse)."""
     from mlflow.entities import RunTag
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    values = {k: str(v) for k, v in tags.items()}
+    mlflow_client.log_batch(
+        run_id, tags=[RunTag(k, v if len(v) <= MAX_TAG_VAL_LENGTH else too_long) for k, v in values.items()]
+    )
 
 
 def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int) -> None:

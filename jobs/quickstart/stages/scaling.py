@@ -13,6 +13,8 @@ TRAIN_YAML = REPO_ROOT / "configs" / "train" / "tiny.yaml"
 EXPERIMENT = "ditscale-quickstart"
 # Beside the sweep's own records: the hash of the stages it was run after (data, encoders, precompute).
 UPSTREAM_MARKER = "quickstart_upstream.json"
+# Upstream stages whose outputs no trial reads (the FID Inception serves the champion's standard FID, after the sweep).
+_NOT_SWEEP_INPUTS = {"inception"}
 
 
 def _sweep_overrides(ctx: Context) -> list[str]:
@@ -47,6 +49,8 @@ def upstream_fingerprint(ctx: Context) -> str:
     rerun with the same config (its outputs were missing, or --force) may have written other data."""
     made = {}
     for name, digest in ctx.hashes.items():
+        if name in _NOT_SWEEP_INPUTS:
+            continue
         marker = ctx.path("stages", f"{name}.json")
         made[name] = [digest, json.loads(marker.read_text()).get("finished_at") if marker.is_file() else None]
     return config_hash(made)
@@ -74,10 +78,16 @@ def keep_sweep_dir(sweep_root: Path, upstream: str) -> str | None:
         from pipelines.infra import tracking
 
         run_id = json.loads(sweep_json.read_text()).get("run_id")
+        if not run_id:
+            return "it names no MLflow parent run"
         try:
-            tracking.client(check=False).get_run(run_id)
-        except Exception:  # noqa: BLE001 - a store without the run: its finished trials would be recorded nowhere
+            run = tracking.client(check=False).get_run(run_id)
+        except Exception as e:  # a store without the run: its finished trials would be recorded nowhere
+            if not tracking.is_gone(e):
+                raise  # the store itself failed (locked, needs an upgrade): keep everything, say what
             return f"its MLflow parent run {run_id} is not in the store"
+        if run.info.lifecycle_stage != "active":  # deleted in the UI (with its experiment): it cannot be re-opened
+            return f"its MLflow parent run {run_id} was deleted"
     return None
 
 

@@ -64,6 +64,25 @@ def test_a_sweep_dir_is_kept_only_after_the_same_upstream_stages_with_its_parent
     (root / "sweep.json").write_text(json.dumps({"run_id": "0" * 32}))
     assert "0" * 32 in scaling.keep_sweep_dir(root, upstream)
 
+    # Deleted (with its experiment, in the UI): it cannot be re-opened, so the sweep could not record its trials.
+    (root / "sweep.json").write_text(json.dumps({"run_id": run_id}))
+    assert scaling.keep_sweep_dir(root, upstream) is None
+    client.delete_experiment(client.get_run(run_id).info.experiment_id)
+    assert "was deleted" in scaling.keep_sweep_dir(root, upstream)
+
+    # A store that fails (not a database) keeps everything and says so, rather than clearing trained runs.
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_text("not sqlite")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{bad}")
+    with pytest.raises(Exception, match="not a database"):
+        scaling.keep_sweep_dir(root, upstream)
+    assert root.is_dir() and (root / "trials" / "t1" / "done.json").is_file()
+
+    # The FID Inception of a real data set serves only the champion's standard FID: a new one keeps the sweep.
+    assert scaling.upstream_fingerprint(_ctx(tmp_path / "c", {"data": "d", "inception": "i1", "vae": "v"})) == (
+        scaling.upstream_fingerprint(_ctx(tmp_path / "d", {"data": "d", "inception": "i2", "vae": "v"}))
+    )
+
     assert scaling.keep_sweep_dir(tmp_path / "none", upstream) is None  # nothing to keep or clear
 
 
@@ -79,6 +98,10 @@ def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, c
         ("output=/tmp/elsewhere", "sets output itself"),
         ("mlflow.experiment=x", "sets mlflow.experiment itself"),
         ("base.data.manifest=/data", "sets base.data.manifest itself"),
+        # A whole mapping would replace the quickstart's own keys in it (and the mode's evaluation settings).
+        ('base.eval={"guidance": 3}', "base.eval holds base.eval.classifier"),
+        ('base.data={"batch_size": 16}', "base.data holds base.data.manifest"),
+        ("base={}", "set the keys under it one by one"),
     ):
         with pytest.raises(ValueError, match=words):
             with_sweep_overrides(mode, [bad])

@@ -128,7 +128,7 @@ def test_reattach_retries_transient_errors_and_never_duplicates(flaky_server, tm
     with pytest.raises(Exception) as err:
         tracking.attach_run(client, marker, **kw)
     # Every attempt failed: on the reset pooled connection (the first) or on a refused new one (the others).
-    assert proxy.refused >= tracking.ATTACH_RETRIES - 1 and not tracking._is_gone(err.value)
+    assert proxy.refused >= tracking.ATTACH_RETRIES - 1 and not tracking.is_gone(err.value)
     proxy.fail(0)
     assert Path(marker).read_text() == before
     assert [r.info.run_id for r in _runs_named(client, "reattach", "trial-a")] == [run_id]
@@ -174,3 +174,17 @@ def test_read_points_keeps_one_point_per_trial_and_budget(tmp_path):
     assert sorted(keys) == [("a", 1e12), ("a", 2e12), ("b", 1e12), ("b", 2e12)]
     a = {p.budget_flops: p for p in points if p.trial_id == "a"}
     assert (a[1e12].fid, a[2e12].fid) == (49.0, 39.0) and a[1e12].run_id == newest_a
+
+
+def test_set_tags_replaces_values_and_never_cuts_one(tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    tracking.set_tags(client, run_id, {"grid.eval": '{"guidance": 2}', "grid.num_trials": 4})
+    long = json.dumps(list(range(MAX_TAG_VAL_LENGTH)))
+    tracking.set_tags(client, run_id, {"grid.eval": '{"guidance": 3}', "grid.models": long}, too_long="(see grid.json)")
+    tags = client.get_run(run_id).data.tags
+    assert json.loads(tags["grid.eval"]) == {"guidance": 3} and tags["grid.num_trials"] == "4"
+    assert tags["grid.models"] == "(see grid.json)"
