@@ -47,87 +47,97 @@ def _floor_bound(law: dict) -> dict[str, Any]:
     return out
 
 
-def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
-    """report.json: the champion, the fitted laws with intervals, the held-out error, stage timings."""
+def _champion_record(promo: dict, point: dict) -> dict[str, Any]:
+    """report.json's champion: the promoted checkpoint and its budget point's FID, accuracy and size."""
+    return {
+        "model": promo.get("model"),
+        "checkpoint": promo.get("checkpoint"),
+        "fid": promo.get("fid"),
+        "fid_network": point.get("fid_network"),
+        "fid_samples": point.get("fid_samples"),
+        "fid_se": point.get("fid_se"),
+        "fid_ci": point.get("fid_ci"),
+        "attr_accuracy": point.get("attr_acc"),
+        "class_accuracy": point.get("class_acc"),
+        "params": point.get("params"),
+        "train_flops": point.get("flops"),
+        "registered": f"{promo.get('model_name')}@{promo.get('alias')} v{promo.get('version')}",
+    }
+
+
+def _law_record(fit: dict) -> dict[str, Any]:
+    """report.json's law and what the grid shows: the frontier law, held-out error, frontier ends, N*(C) / D*(C)."""
     law = fit.get("fid_law", {})
     front = fit.get("frontier") or []
-    promo = ctx.results["promote"]
-    point = promo.get("point") or {}
     iso = (fit.get("isoflop") or {}).get("fid") or {}
     n_opt = iso.get("n_opt_law") or {}
     held = (law.get("held_out") or {}) if "error" not in law else {}
-    good = ctx.results["sweep"].get("goodput")
-    return _with_real_data(
-        ctx,
-        point,
-        {
-            "mode": ctx.mode.name,
-            "champion": {
-                "model": promo.get("model"),
-                "checkpoint": promo.get("checkpoint"),
-                "fid": promo.get("fid"),
-                "fid_network": point.get("fid_network"),
-                "fid_samples": point.get("fid_samples"),
-                "fid_se": point.get("fid_se"),
-                "fid_ci": point.get("fid_ci"),
-                "attr_accuracy": point.get("attr_acc"),
-                "class_accuracy": point.get("class_acc"),
-                "params": point.get("params"),
-                "train_flops": point.get("flops"),
-                "registered": f"{promo.get('model_name')}@{promo.get('alias')} v{promo.get('version')}",
-            },
-            "law": (
-                {
-                    "form": law.get("form"),
-                    **{k: float(v) for k, v in law["params"].items()},
-                    "beta_ci": _ci(law, "beta"),
-                    "ci": law.get("ci"),
-                    "ci_open": law.get("ci_open"),  # [lo, hi] ends that reached the search range, not the data
-                    "n_points": law.get("n_points"),
-                    **_floor_bound(law),
-                }
-                if "error" not in law
-                else {"error": law["error"]}
-            ),
-            "heldout_error": held.get("rel_error"),
-            "frontier_fid_first": front[0].get("fid") if front else None,
-            "frontier_fid_last": front[-1].get("fid") if front else None,
-            "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
-            "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
-            # [minima bracketed by the sizes tried, budgets]: the rest are bounds (the best size is an edge one)
-            "n_opt_interior": (
-                [sum(minimum_kind(b) == "interior" for b in iso["budgets"]), len(iso["budgets"])]
-                if iso.get("budgets")
-                else None
-            ),
-            "d_opt_exponent": fit.get("d_opt_exponent"),
-            "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
-            "goodput": (good or {}).get("goodput"),
-            "time_share": (good or {}).get("time_share"),
-            "peak_flops": (good or {}).get("peak_flops"),  # what goodput divides by: the better of the readings below
-            "peak_flops_measured": (good or {}).get("peak_flops_measured"),  # before and after the sweep's trials
-            "fit_sensitivity": law.get("sampling_noise"),  # the law refitted with every FID redrawn within its noise
-            "stage_seconds": dict(ctx.seconds),
-            # The VAE and FID feature net: "shipped" (assets/encoders/builtin) or "trained" in this run, with the
-            # weights' sha256 (the network every FID of the run is measured with).
-            "encoders": {
-                ("feature_net" if k == "features" else k): {
-                    key: ctx.results[k].get(key) for key in ("source", "sha256", "shipped_sha256")
-                }
-                for k in ("vae", "features")
-                if k in ctx.results
-            },
-            "sweep": {
-                "parent_run_id": ctx.results["sweep"]["parent_run_id"],
-                "experiment": ctx.results["sweep"]["experiment"],
-                # What the sweep stage ran this time (goodput and time_share cover only these trials): a rerun
-                # skips trials already done and evaluates, without training, runs trained before.
-                **{
-                    k: ctx.results["sweep"].get(k) for k in ("trials_run", "trials_evaluate_only", "trials_done_before")
-                },
-            },
+    return {
+        "law": (
+            {
+                "form": law.get("form"),
+                **{k: float(v) for k, v in law["params"].items()},
+                "beta_ci": _ci(law, "beta"),
+                "ci": law.get("ci"),
+                "ci_open": law.get("ci_open"),  # [lo, hi] ends that reached the search range, not the data
+                "n_points": law.get("n_points"),
+                **_floor_bound(law),
+            }
+            if "error" not in law
+            else {"error": law["error"]}
+        ),
+        "heldout_error": held.get("rel_error"),
+        "frontier_fid_first": front[0].get("fid") if front else None,
+        "frontier_fid_last": front[-1].get("fid") if front else None,
+        "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
+        "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
+        # [minima bracketed by the sizes tried, budgets]: the rest are bounds (the best size is an edge one)
+        "n_opt_interior": (
+            [sum(minimum_kind(b) == "interior" for b in iso["budgets"]), len(iso["budgets"])]
+            if iso.get("budgets")
+            else None
+        ),
+        "d_opt_exponent": fit.get("d_opt_exponent"),
+        "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
+    }
+
+
+def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
+    """report.json's record of the run itself: goodput and time, stage seconds, encoders, the sweep stage."""
+    good = ctx.results["sweep"].get("goodput") or {}
+    sweep = ctx.results["sweep"]
+    return {
+        "goodput": good.get("goodput"),
+        "time_share": good.get("time_share"),
+        "peak_flops": good.get("peak_flops"),  # what goodput divides by: the better of the readings below
+        "peak_flops_measured": good.get("peak_flops_measured"),  # before and after the sweep's trials
+        "fit_sensitivity": fit.get("fid_law", {}).get("sampling_noise"),  # the law refitted, FIDs redrawn in noise
+        "stage_seconds": dict(ctx.seconds),
+        # The VAE and FID feature net: "shipped" (assets/encoders/builtin) or "trained" in this run, with the
+        # weights' sha256 (the network every FID of the run is measured with).
+        "encoders": {
+            ("feature_net" if k == "features" else k): {
+                key: ctx.results[k].get(key) for key in ("source", "sha256", "shipped_sha256")
+            }
+            for k in ("vae", "features")
+            if k in ctx.results
         },
-    )
+        "sweep": {
+            "parent_run_id": sweep["parent_run_id"],
+            "experiment": sweep["experiment"],
+            # What the sweep stage ran this time (goodput and time_share cover only these trials): a rerun skips
+            # trials already done and evaluates, without training, runs trained before.
+            **{k: sweep.get(k) for k in ("trials_run", "trials_evaluate_only", "trials_done_before")},
+        },
+    }
+
+
+def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
+    """report.json: the champion, the fitted laws with intervals, the held-out error, stage timings."""
+    promo = ctx.results["promote"]
+    point = promo.get("point") or {}
+    rec = {"mode": ctx.mode.name, "champion": _champion_record(promo, point), **_law_record(fit)}
+    return _with_real_data(ctx, point, {**rec, **_run_record(ctx, fit)})
 
 
 def _with_real_data(ctx: Context, point: dict, rec: dict[str, Any]) -> dict[str, Any]:
