@@ -223,6 +223,7 @@ def with_sweep_overrides(mode: Mode, overrides: list[str]) -> Mode:
     from dataclasses import replace
 
     from ditcore.config import ConfigError
+    from jobs.quickstart.stages.scaling import TRAIN_YAML
     from jobs.sweep.driver import load_sweep_config
     from jobs.sweep.grid import expand_grid
     from pipelines.infra.config_files import REPO_ROOT
@@ -243,9 +244,8 @@ def with_sweep_overrides(mode: Mode, overrides: list[str]) -> Mode:
                 f"keys under it one by one, e.g. {key}.<key>=VALUE"
             )
     out = replace(mode, sweep=[*mode.sweep, *overrides])
-    train_yaml = REPO_ROOT / "configs" / "train" / "tiny.yaml"
     try:
-        expand_grid(load_sweep_config(str(REPO_ROOT / out.sweep_yaml), [f"base_config={train_yaml}", *out.sweep]))
+        expand_grid(load_sweep_config(str(REPO_ROOT / out.sweep_yaml), [f"base_config={TRAIN_YAML}", *out.sweep]))
     except ConfigError as e:
         raise ValueError(f"--sweep-set: {e}") from e
     return out

@@ -222,7 +222,7 @@ def run_trial(
     """Train + evaluate one trial at every budget (idempotent via done.json); its record."""
     import traceback
 
-    from jobs.train.driver import failure_reason, train_runs
+    from jobs.train.driver import failure_reason, train_runs, trained
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
@@ -238,7 +238,7 @@ def run_trial(
     try:
         child = _child_run(tp, tdir, parent_run_id)
         _prepare_runs(tp, child, prepared)
-        trained_before = frozenset(r.plan.run_name for r in prepared if storage.exists(r.result_uri))
+        trained_before = frozenset(r.plan.run_name for r in prepared if trained(r.plan.run_dir))
         preloading = _preload_evaluation(tp)
         t_train = time.time()
         train_runs(prepared, trial_storage(tp.trial), callbacks=callbacks)
