@@ -56,16 +56,19 @@ def upstream_fingerprint(ctx: Context) -> str:
     return config_hash(made)
 
 
-def keep_sweep_dir(sweep_root: Path, upstream: str) -> str | None:
+def keep_sweep_dir(sweep_root: Path, upstream: str, force: bool = False) -> str | None:
     """Why `sweep_root` must be cleared before this sweep, or None to keep it.
 
-    A sweep directory is kept only when it was made after the same upstream stages (data, encoders, precompute:
-    `upstream`, `upstream_fingerprint`) and its MLflow parent run is still in the store. The sweep then finishes
-    an interrupted grid, skips the trials already done and evaluates the runs it trained before where only
-    evaluation settings changed (training ids; docs/train.md). Trial ids hash the manifest's path, not its content:
-    after other data the old trials would pass as this data's, so the directory goes."""
+    `force` (the quickstart's --force) clears any sweep directory: every trial trains again. Otherwise a sweep
+    directory is kept only when it was made after the same upstream stages (data, encoders, precompute: `upstream`,
+    `upstream_fingerprint`) and its MLflow parent run is still in the store. The sweep then finishes an interrupted
+    grid, skips the trials already done and evaluates the runs it trained before where only evaluation settings
+    changed (training ids; docs/train.md). Trial ids hash the manifest's path, not its content: after other data the
+    old trials would pass as this data's, so the directory goes."""
     if not sweep_root.exists():
         return None
+    if force:
+        return "--force reruns every stage"
     marker = sweep_root / UPSTREAM_MARKER
     try:
         was = json.loads(marker.read_text()).get("upstream")
@@ -100,7 +103,7 @@ def sweep_run(ctx: Context) -> dict:
 
     sweep_root = ctx.path("sweeps", ctx.mode.name)
     upstream = upstream_fingerprint(ctx)
-    why = "--force reruns every stage" if ctx.force and sweep_root.exists() else keep_sweep_dir(sweep_root, upstream)
+    why = keep_sweep_dir(sweep_root, upstream, force=ctx.force)
     if why is not None:
         ctx.log(f"clearing {sweep_root}: {why}")
         shutil.rmtree(sweep_root)

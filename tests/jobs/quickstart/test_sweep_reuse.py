@@ -45,6 +45,8 @@ def test_a_sweep_dir_is_kept_only_after_the_same_upstream_stages_with_its_parent
     upstream = scaling.upstream_fingerprint(ctx)
     root = _sweep_dir(ctx, upstream, run_id)
     assert scaling.keep_sweep_dir(root, upstream) is None
+    # --force clears even a directory that would be kept: every trial trains again.
+    assert "--force" in scaling.keep_sweep_dir(root, upstream, force=True)
 
     # Another data set (a changed upstream hash), or the same config rerun (its outputs made anew): cleared.
     other = _ctx(tmp_path / "b", {"vae": "a1", "features": "b2", "precompute": "c4"})
@@ -84,6 +86,7 @@ def test_a_sweep_dir_is_kept_only_after_the_same_upstream_stages_with_its_parent
     )
 
     assert scaling.keep_sweep_dir(tmp_path / "none", upstream) is None  # nothing to keep or clear
+    assert scaling.keep_sweep_dir(tmp_path / "none", upstream, force=True) is None
 
 
 def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, capsys):
