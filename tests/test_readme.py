@@ -212,6 +212,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
         assert law["free_floor"]["FID_inf"] >= law["FID_inf"] and law["free_floor"]["beta"] is not None
     sweep = record["sweep"]  # the first run trained every trial
     assert sweep["trials_run"] >= 3 and sweep["trials_evaluate_only"] == sweep["trials_done_before"] == 0, sweep
+    from pipelines.infra.code import training_code_fingerprint
+
+    assert sweep["code_fingerprint"] == training_code_fingerprint() and sweep["runs_from_other_code"] == 0, sweep
     assert "this invocation:" not in report
     k, n = record["n_opt_interior"]
     assert 0 <= k <= n >= 1
@@ -269,6 +272,7 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     assert n >= 3 and record3["sweep"]["trials_evaluate_only"] == n and record3["sweep"]["trials_done_before"] == 0
     assert f"{n} to run ({n} of them only to evaluate runs trained before)" in proc3.stdout
     assert record3["sweep"]["parent_run_id"] == record["sweep"]["parent_run_id"] and record3["goodput"] == 0
+    assert record3["sweep"]["runs_from_other_code"] == 0  # the same code trained them
     assert {p: p.read_bytes() for p in (out / "sweeps" / "tiny" / "runs").rglob("result.json")} == results
     assert (
         f"(goodput and time cover this invocation: {n} trial(s) only evaluated runs trained before)"

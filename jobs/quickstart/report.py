@@ -10,6 +10,7 @@ from typing import Any
 
 from ditcore.scaling.frontier import minimum_kind
 from jobs.quickstart.runner import Context
+from jobs.quickstart.stages.scaling import SWEEP_RECORD_KEYS
 from jobs.scaling.summary import ci_method_name, law_sentence
 
 
@@ -127,7 +128,7 @@ def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             "experiment": sweep["experiment"],
             # What the sweep stage ran this time (goodput and time_share cover only these trials): a rerun skips
             # trials already done and evaluates, without training, runs trained before.
-            **{k: sweep.get(k) for k in ("trials_run", "trials_evaluate_only", "trials_done_before")},
+            **{k: sweep.get(k) for k in SWEEP_RECORD_KEYS},
         },
     }
 
@@ -174,7 +175,7 @@ def _data_name(ctx: Context) -> str:
 def _reuse_words(sweep: dict[str, Any]) -> str:
     """'' for a sweep stage that trained its whole grid, else what it reused (its goodput covers the rest)."""
     done, evaluate_only = sweep.get("trials_done_before") or 0, sweep.get("trials_evaluate_only") or 0
-    if not done and not evaluate_only:
+    if not done and not evaluate_only and not sweep.get("runs_from_other_code"):
         return ""
     trained = (sweep.get("trials_run") or 0) - evaluate_only
     parts = [f"{trained} trial(s) trained"] if trained else []
@@ -182,6 +183,8 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
         parts.append(f"{evaluate_only} trial(s) only evaluated runs trained before")
     if done:
         parts.append(f"{done} trial(s) finished before and skipped")
+    if sweep.get("runs_from_other_code"):
+        parts.append(f"{sweep['runs_from_other_code']} reused run(s) were trained by other training code")
     return "this invocation: " + "; ".join(parts)
 
 

@@ -18,7 +18,6 @@ copy; a mismatch is an error that names the file.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import shutil
@@ -29,6 +28,7 @@ import numpy as np
 
 from ditcore.config import differences
 from ditcore.files import file_digest as sha256_file
+from pipelines.infra.code import source_fingerprint
 from pipelines.infra.config_files import REPO_ROOT
 
 SHIPPED_DIR = REPO_ROOT / "assets" / "encoders" / "builtin"
@@ -58,23 +58,9 @@ class ShippedEncoderError(RuntimeError):
     """A shipped encoder file is missing or differs from its manifest's sha256."""
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
 def code_fingerprint(kind: str, root: Path = REPO_ROOT) -> str:
     """Hash of the syntax trees (no docstrings, no comments, no formatting) of the code that trains `kind`."""
-    h = hashlib.sha256()
-    for rel in _CODE[kind]:
-        tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
-        h.update(rel.encode() + b"\0" + ast.dump(tree, annotate_fields=False).encode() + b"\0")
-    return h.hexdigest()[:16]
+    return source_fingerprint(_CODE[kind], root)
 
 
 def data_fingerprint(cfg: Any) -> str:

@@ -23,6 +23,7 @@ from jobs.sweep.config import SweepConfig
 from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
+from pipelines.infra.code import training_code_fingerprint
 
 
 def load_sweep_config(path: Optional[str], overrides: Sequence[str] = ()) -> SweepConfig:
@@ -86,12 +87,13 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
     )
     grid = _grid(cfg, n_trials)
     # MLflow params cannot change: they keep the first invocation's grid. The `grid.*` tags hold this invocation's
-    # (with its evaluation settings), as `config/grid.json` holds its trial ids and grid.
+    # (with its evaluation settings), as `config/grid.json` holds its trial ids and grid; `code.fingerprint` the
+    # training code this invocation ran (pipelines/infra/code.py).
     tracking.log_params_once(client, rid, {k: v for k, v in {**grid, "sweep_dir": sdir}.items() if k != "eval"})
     tracking.set_tags(
         client,
         rid,
-        {f"grid.{k}": v for k, v in grid.items()},
+        {**{f"grid.{k}": v for k, v in grid.items()}, "code.fingerprint": training_code_fingerprint()},
         too_long=f"(too long for a tag: {tracking.GRID_ARTIFACT})",
     )
     if created:
@@ -234,6 +236,19 @@ def _all_trained(tp: TrialPlan) -> bool:
     return all(trained(spec.plan.run_dir) for spec in tp.runs)
 
 
+def _reused_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
+    """Finished runs of the grid trained by other training code: run name -> that code's fingerprint."""
+    from jobs.train.driver import trained_by_other_code
+
+    out = {}
+    for tp in plans:
+        for spec in tp.runs:
+            code = trained_by_other_code(spec.plan)
+            if code:
+                out[spec.plan.run_name] = code
+    return out
+
+
 def sweep_tracking_uri(cfg: SweepConfig) -> str:
     """The sweep's MLflow store, checked: its own mlflow.tracking_uri, else its base config's (the store every trial
     is validated against, also by --validate-only), else the default store."""
@@ -262,6 +277,16 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     tracking.client(tracking_uri, check=False).log_text(parent, json.dumps(grid, indent=2), tracking.GRID_ARTIFACT)
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
     evaluate_only = sum(_all_trained(tp) for tp in pending)
+    code = training_code_fingerprint()
+    other = _reused_from_other_code(plans)
+    if other:
+        print(
+            f"[ditscale] sweep {cfg.name}: {len(other)} finished training run(s) it reuses were trained by other "
+            f"training code (fingerprint {', '.join(sorted(set(other.values())))}; this code {code}), e.g. "
+            f"{sorted(other)[0]}. Runs are matched by their settings, not their code: if the change alters training "
+            "or evaluation, start afresh (another sweep name or output; `ditscale quickstart --force`).",
+            flush=True,
+        )
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
         f"{len(pending)} to run"
@@ -298,6 +323,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         # What this invocation ran: trials already done are skipped; evaluate-only trials trained nothing.
         "trials_run": len(pending),
         "trials_evaluate_only": evaluate_only,
+        "code_fingerprint": code,  # the training code this invocation ran (pipelines/infra/code.py)
+        "runs_from_other_code": len(other),  # finished runs it reused that another training code trained
         "trials_done_before": len(plans) - len(pending),
     }
 

@@ -129,6 +129,18 @@ def trained(run_dir_uri: str) -> bool:
     return storage.exists(uri) and storage.read_json(uri).get("status") == "finished"
 
 
+def trained_by_other_code(plan: RunPlan) -> Optional[str]:
+    """The fingerprint of the code that trained this finished run when it is not `plan.code` (runs are matched by
+    their settings, so a run trained before a change to the training code is reused as it is); else None. Runs
+    recorded before result.json had a fingerprint give None."""
+    uri = storage.join(plan.run_dir, RESULT_NAME)
+    if not plan.code or not storage.exists(uri):
+        return None
+    result = storage.read_json(uri)
+    code = result.get("code")
+    return code if result.get("status") == "finished" and code and code != plan.code else None
+
+
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
     """A rerun of a failed run trains it again (from its last good checkpoint): its failed result is removed."""
     for r in runs:
@@ -379,6 +391,14 @@ def run_training(
     check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
     run = prepare_run(plan)
     clear_failed([run])
+    other = trained_by_other_code(plan)
+    if other:
+        print(
+            f"[ditscale] {plan.run_name}: already trained, by other training code (fingerprint {other}, this code "
+            f"{plan.code}); it is evaluated as it is. To train it with this code, use another checkpoint.storage "
+            "or remove its directory.",
+            flush=True,
+        )
     try:
         train_runs([run], callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING

@@ -83,6 +83,7 @@ class RunResult:
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     peak_flops: Optional[float] = None  # the FLOP/s the MFU figures divide by
     flops_run: float = 0.0  # training FLOPs computed by this process (not restored, not a branch's shared prefix)
+    code: Optional[str] = None  # fingerprint of the training code that ran (RunPlan.code; pipelines/infra/code.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
@@ -502,6 +503,7 @@ class Trainer:
             timing={k: round(v, 3) for k, v in self.timing.items()},
             flops_run=(self.progress.step - self._first_step) * self.global_batch * self.plan.train_flops_per_image,
             peak_flops=self.peak,
+            code=self.plan.code or None,
         )
 
 
@@ -520,6 +522,7 @@ def failed_result(plan: RunPlan, reason: str) -> RunResult:
         images_per_s=None,
         mfu=None,
         last_checkpoint=None,
+        code=plan.code or None,
     )
 
 

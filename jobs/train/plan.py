@@ -22,6 +22,7 @@ from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
 from jobs.train.config import TrainConfig, lr_factor, model_display_name, run_name
+from pipelines.infra.code import training_code_fingerprint
 from pipelines.latents.manifest import Manifest
 
 
@@ -52,6 +53,7 @@ class RunPlan:
     null_text: Optional[dict[str, np.ndarray]] = None  # the data set's empty-prompt embedding (text models)
     val: Optional[dict[str, np.ndarray]] = None  # validation rows (held out of training)
     params_extra: dict[str, Any] = field(default_factory=dict)
+    code: str = ""  # fingerprint of the training code that resolved it (result.json "code"; pipelines/infra/code.py)
 
     @property
     def train_flops_per_image(self) -> float:
@@ -352,6 +354,7 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
         point_steps=points,
         tracking_uri=_tracking(cfg, check_mlflow),
         run_name=run_name(cfg),
+        code=training_code_fingerprint(),
     )
 
 

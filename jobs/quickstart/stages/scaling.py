@@ -15,6 +15,15 @@ EXPERIMENT = "ditscale-quickstart"
 UPSTREAM_MARKER = "quickstart_upstream.json"
 # Upstream stages whose outputs no trial reads (the FID Inception serves the champion's standard FID, after the sweep).
 _NOT_SWEEP_INPUTS = {"inception"}
+# What the sweep stage ran this time (report.json `sweep.*`): trials run, only evaluated, skipped; the fingerprint
+# of the training code it ran and how many finished runs it reused that other training code trained.
+SWEEP_RECORD_KEYS = (
+    "trials_run",
+    "trials_evaluate_only",
+    "trials_done_before",
+    "code_fingerprint",
+    "runs_from_other_code",
+)
 
 
 def _sweep_overrides(ctx: Context) -> list[str]:
@@ -131,7 +140,7 @@ def sweep_run(ctx: Context) -> dict:
         "num_points": sum(len(r["points"]) for r in out["trials"]),
         "wall_s": out["wall_s"],
         "goodput": out.get("goodput"),
-        **{k: out[k] for k in ("trials_run", "trials_evaluate_only", "trials_done_before")},
+        **{k: out[k] for k in SWEEP_RECORD_KEYS},
     }
 
 

@@ -118,3 +118,19 @@ def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, c
     assert not out.exists()  # refused before anything was written
     assert main(["--tiny", "--sweep-set", "base.eval.steps=6", "--print-config"]) == 0
     assert "base.eval.steps=6" in capsys.readouterr().out
+
+
+def test_report_md_names_what_the_sweep_stage_reused():
+    from jobs.quickstart.report import _reuse_words
+
+    assert _reuse_words({"trials_run": 4, "trials_evaluate_only": 0, "trials_done_before": 0}) == ""
+    words = _reuse_words({"trials_run": 4, "trials_evaluate_only": 1, "trials_done_before": 2})
+    assert words == (
+        "this invocation: 3 trial(s) trained; 1 trial(s) only evaluated runs trained before; "
+        "2 trial(s) finished before and skipped"
+    )
+    # An interrupted trial resumed: nothing skipped or only evaluated, but runs trained by other code are reused.
+    words = _reuse_words(
+        {"trials_run": 4, "trials_evaluate_only": 0, "trials_done_before": 0, "runs_from_other_code": 2}
+    )
+    assert words == "this invocation: 4 trial(s) trained; 2 reused run(s) were trained by other training code"

@@ -97,6 +97,14 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert trial.info.status == "FAILED" and "evaluation" in trial.data.tags["ditscale.failure_reason"]
     assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
     runs = tmp_path / "sweeps" / "t" / "runs"
+    # Every run records the training code that trained it; say the main run was trained by an older code.
+    from pipelines.infra.code import training_code_fingerprint
+
+    code = training_code_fingerprint()
+    results = sorted(runs.glob("*/*/result.json"))
+    assert [json.loads(f.read_text())["code"] for f in results] == [code, code]
+    (main_result,) = [f for f in results if f.parent.name.endswith("-main")]
+    main_result.write_text(json.dumps({**json.loads(main_result.read_text()), "code": "0123456789abcdef"}))
     trained = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in runs.glob("*/*/*.json")}
     trained.update({f: (f.stat().st_mtime_ns, b"") for f in runs.glob("*/*/checkpoints/step_*/model.safetensors")})
     assert len(list(runs.glob("*/*/result.json"))) == 2
@@ -108,6 +116,10 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     second = _sweep(path, "base.eval.sampler=euler", "base.eval.num_actors=0")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 to run (1 of them only to evaluate runs trained before)" in second.stdout
+    # The run trained by other code is reused as it is (runs are matched by settings), and the sweep says so.
+    other = "1 finished training run(s) it reuses were trained by other training code"
+    other += f" (fingerprint 0123456789abcdef; this code {code})"
+    assert other in second.stdout, second.stdout[-3000:]
     from jobs.scaling.points import read_points
 
     _, points = read_points(client, experiment="sweep-test")
@@ -124,6 +136,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     # Its params keep the first invocation's grid (MLflow params are immutable); the grid.* tags are this one's.
     tags = parent.data.tags
     assert json.loads(tags["grid.eval"])["sampler"] == "euler" and tags["grid.num_trials"] == "1"
+    assert tags["code.fingerprint"] == code
     assert parent.data.params["num_trials"] == "1" and "grid.eval" not in parent.data.params
     # The branch is recorded in an MLflow run of the new trial; the run that holds its training is left as it was.
     (branch,) = [d for d in runs.glob("*/*-b0")]

@@ -102,12 +102,14 @@ def test_an_infinite_gradient_norm_with_a_finite_loss_is_divergence(data8, tmp_p
 
 
 @pytest.mark.slow
-def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
+def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
     from ditcore.checkpoint import load_checkpoint
     from pipelines.infra import storage
+    from pipelines.infra.code import training_code_fingerprint
 
     storage_s3 = f"checkpoint.storage={s3_bucket}/runs"
-    out = run_training(_cfg(data8, tmp_path, "run.name=s3run", storage_s3, "mlflow.enabled=false", steps=2))
+    cfg = _cfg(data8, tmp_path, "run.name=s3run", storage_s3, "mlflow.enabled=false", steps=2)
+    out = run_training(cfg)
     assert out["status"] == "finished"
     ck = f"{s3_bucket}/runs/s3run/checkpoints/step_00000002"
     assert out["points"][0]["checkpoint"] == ck
@@ -115,6 +117,21 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket):
     local = storage.download_dir(ck, str(tmp_path / "dl"))
     loaded = load_checkpoint(local)
     assert loaded.state["step"] == 2
+
+    # result.json names the training code that ran; the same run asked for again by other code is reused as it
+    # is (runs are matched by their settings), and the rerun says so, naming both fingerprints.
+    result_uri = f"{s3_bucket}/runs/s3run/result.json"
+    result = storage.read_json(result_uri)
+    assert result["code"] == training_code_fingerprint() and out["code"] == result["code"]
+    capsys.readouterr()
+    assert run_training(cfg)["steps"] == 2  # already trained: not trained again
+    assert "other training code" not in capsys.readouterr().out
+    storage.write_json(result_uri, {**result, "code": "0123456789abcdef"})
+    again = run_training(cfg)
+    assert again["status"] == "finished" and again["steps"] == 2 and again["code"] == "0123456789abcdef"
+    said = capsys.readouterr().out
+    fingerprints = f"(fingerprint 0123456789abcdef, this code {result['code']})"
+    assert f"s3run: already trained, by other training code {fingerprints}" in said
 
 
 def test_bad_config_errors_before_cluster_work(data8, tmp_path):
