@@ -175,7 +175,7 @@ def _data_name(ctx: Context) -> str:
 def _reuse_words(sweep: dict[str, Any]) -> str:
     """'' for a sweep stage that trained its whole grid, else what it reused (its goodput covers the rest)."""
     done, evaluate_only = sweep.get("trials_done_before") or 0, sweep.get("trials_evaluate_only") or 0
-    if not done and not evaluate_only and not sweep.get("runs_from_other_code"):
+    if not done and not evaluate_only:
         return ""
     trained = (sweep.get("trials_run") or 0) - evaluate_only
     parts = [f"{trained} trial(s) trained"] if trained else []
@@ -183,9 +183,20 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
         parts.append(f"{evaluate_only} trial(s) only evaluated runs trained before")
     if done:
         parts.append(f"{done} trial(s) finished before and skipped")
-    if sweep.get("runs_from_other_code"):
-        parts.append(f"{sweep['runs_from_other_code']} reused run(s) were trained by other training code")
     return "this invocation: " + "; ".join(parts)
+
+
+def _code_words(sweep: dict[str, Any]) -> str:
+    """'' unless runs the sweep reused were trained (in part) by other training code: then a caveat naming it."""
+    n = sweep.get("runs_from_other_code") or 0
+    if not n:
+        return ""
+    return (
+        f"- **{n} training run(s) of this grid were trained, in part or whole, by other training code** than this "
+        f"run's (fingerprint {sweep.get('code_fingerprint')}; the sweep's log names the others): runs are matched by "
+        "their settings, so they were reused as they were. If that change alters training or evaluation, rerun with "
+        "`--force`."
+    )
 
 
 def _record_section(ctx: Context) -> list[str]:
@@ -228,7 +239,8 @@ def _record_section(ctx: Context) -> list[str]:
         )
     elif reuse:
         lines.append(f"- sweep goodput not measured: nothing to run ({reuse})")
-    return lines + [""]
+    code = _code_words(rec.get("sweep") or {})
+    return lines + ([code] if code else []) + [""]
 
 
 def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:

@@ -236,17 +236,28 @@ def _all_trained(tp: TrialPlan) -> bool:
     return all(trained(spec.plan.run_dir) for spec in tp.runs)
 
 
-def _reused_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
-    """Finished runs of the grid trained by other training code: run name -> that code's fingerprint."""
+def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
+    """Finished runs of the grid that other training code trained, in part or whole: run name -> those codes."""
     from jobs.train.driver import trained_by_other_code
 
     out = {}
     for tp in plans:
         for spec in tp.runs:
-            code = trained_by_other_code(spec.plan)
-            if code:
-                out[spec.plan.run_name] = code
+            other = trained_by_other_code(spec.plan)
+            if other:
+                out[spec.plan.run_name] = other
     return out
+
+
+def _say_other_code(cfg: SweepConfig, runs: dict[str, str], code: str, which: str) -> None:
+    codes = sorted({c for v in runs.values() for c in v.split(", ")})
+    print(
+        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which} were trained, in part or whole, "
+        f"by other training code (fingerprint {', '.join(codes)}; this code {code}), e.g. {sorted(runs)[0]}. Runs "
+        "are matched by their settings, not their code: if the change alters training or evaluation, start afresh "
+        "(another sweep name or output; `ditscale quickstart --force`).",
+        flush=True,
+    )
 
 
 def sweep_tracking_uri(cfg: SweepConfig) -> str:
@@ -278,15 +289,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     code = training_code_fingerprint()
-    other = _reused_from_other_code(plans)
+    other = _runs_from_other_code(plans)
     if other:
-        print(
-            f"[ditscale] sweep {cfg.name}: {len(other)} finished training run(s) it reuses were trained by other "
-            f"training code (fingerprint {', '.join(sorted(set(other.values())))}; this code {code}), e.g. "
-            f"{sorted(other)[0]}. Runs are matched by their settings, not their code: if the change alters training "
-            "or evaluation, start afresh (another sweep name or output; `ditscale quickstart --force`).",
-            flush=True,
-        )
+        _say_other_code(cfg, other, code, "it reuses")
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
         f"{len(pending)} to run"
@@ -302,6 +307,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", str(e))
             raise
     records = _records(sdir, plans)
+    if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained
+        now = _runs_from_other_code(plans)
+        if len(now) > len(other):
+            _say_other_code(cfg, now, code, "of the grid")
+        other = now
     failed = [r["name"] for r in records if r["status"] != "finished"]
     complete = not failed or (cfg.allow_failures and all(r["status"] != "missing" for r in records))
     client = tracking.client(tracking_uri, check=False)

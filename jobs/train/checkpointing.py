@@ -44,6 +44,9 @@ class Progress:
     images_seen: int = 0
     train_flops: float = 0.0  # training FLOPs spent (3 x forward per image, the budget's unit)
     metrics: dict[str, float] = field(default_factory=dict)  # what the run last logged
+    # Fingerprints of the training code that took these steps (pipelines/infra/code.py), the restored checkpoint's
+    # included: a run resumed, or a WSD branch started, under changed code names both codes.
+    codes: list[str] = field(default_factory=list)
 
     def as_state(self) -> dict[str, Any]:
         """The progress fields of state.json."""
@@ -53,6 +56,7 @@ class Progress:
             "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen,
             "train_flops": self.train_flops,
+            "codes": self.codes,
         }
 
 
@@ -63,7 +67,8 @@ def restore_weights(
     sharded checkpoint, loaded after wrapping by `restore_sharded`, or a rank without the host model); the progress.
 
     FLOPs and images follow the step count (a WSD branch starting from its main run's checkpoint changes nothing
-    else); metrics are kept only when resuming the run's own checkpoint.
+    else); metrics are kept only when resuming the run's own checkpoint. The codes that trained the checkpoint carry
+    over, with this plan's code added.
     """
     if weights:
         load_model_weights(restore, model, which="model")
@@ -75,9 +80,15 @@ def restore_weights(
     p = Progress(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch") if k in saved})
     p.images_seen = p.step * plan.cfg.data.batch_size
     p.train_flops = p.step * plan.cfg.data.batch_size * plan.train_flops_per_image
+    p.codes = with_code(saved.get("codes") or [], plan.code)
     if own:
         p.metrics = dict(saved.get("metrics") or {})
     return p
+
+
+def with_code(codes: list[str], code: str) -> list[str]:
+    """`codes` with `code` appended (once; an empty fingerprint is not recorded)."""
+    return list(codes) + ([code] if code and code not in codes else [])
 
 
 def restore_optimizer(

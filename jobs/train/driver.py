@@ -130,15 +130,17 @@ def trained(run_dir_uri: str) -> bool:
 
 
 def trained_by_other_code(plan: RunPlan) -> Optional[str]:
-    """The fingerprint of the code that trained this finished run when it is not `plan.code` (runs are matched by
-    their settings, so a run trained before a change to the training code is reused as it is); else None. Runs
-    recorded before result.json had a fingerprint give None."""
+    """The fingerprints (comma-separated) of the other code that trained part or all of this finished run, when any
+    is not `plan.code`: a run resumed or a WSD branch started under changed code counts too (result.json `codes`).
+    Runs are matched by their settings, so such a run is reused as it is; else None. Runs recorded before result.json
+    had fingerprints give None."""
     uri = storage.join(plan.run_dir, RESULT_NAME)
     if not plan.code or not storage.exists(uri):
         return None
     result = storage.read_json(uri)
-    code = result.get("code")
-    return code if result.get("status") == "finished" and code and code != plan.code else None
+    codes = result.get("codes") or [result.get("code")]
+    other = [c for c in codes if c and c != plan.code]
+    return ", ".join(other) if result.get("status") == "finished" and other else None
 
 
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
@@ -393,12 +395,7 @@ def run_training(
     clear_failed([run])
     other = trained_by_other_code(plan)
     if other:
-        print(
-            f"[ditscale] {plan.run_name}: already trained, by other training code (fingerprint {other}, this code "
-            f"{plan.code}); it is evaluated as it is. To train it with this code, use another checkpoint.storage "
-            "or remove its directory.",
-            flush=True,
-        )
+        _say_other_code(plan, other, "already trained")
     try:
         train_runs([run], callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
@@ -406,7 +403,18 @@ def run_training(
 
         traceback.print_exc()
         return abandon_runs([run], failure_reason(exc))[0]
+    if not other and trained_by_other_code(plan):  # resumed from a checkpoint that other code wrote
+        _say_other_code(plan, trained_by_other_code(plan), "resumed from a checkpoint")
     return finish_run(run, evaluate=evaluate)
+
+
+def _say_other_code(plan: RunPlan, other: str, how: str) -> None:
+    print(
+        f"[ditscale] {plan.run_name}: {how}, trained in part or whole by other training code (fingerprint {other}; "
+        f"this code {plan.code}); it is evaluated as it is. To train it with this code alone, use another "
+        "checkpoint.storage or remove its directory.",
+        flush=True,
+    )
 
 
 def run_local(

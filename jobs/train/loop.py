@@ -84,6 +84,8 @@ class RunResult:
     peak_flops: Optional[float] = None  # the FLOP/s the MFU figures divide by
     flops_run: float = 0.0  # training FLOPs computed by this process (not restored, not a branch's shared prefix)
     code: Optional[str] = None  # fingerprint of the training code that ran (RunPlan.code; pipelines/infra/code.py)
+    # Every code that trained its weights: the checkpoint it resumed or branched from included (Progress.codes).
+    codes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""
@@ -141,7 +143,7 @@ class Trainer:
         self.own_restore = bool(own)
         self.restore_from = own or self.plan.init_from_local
         self.sharded_restore = bool(self.restore_from) and checkpointing.is_sharded(self.restore_from)
-        self.progress = checkpointing.Progress()
+        self.progress = checkpointing.Progress(codes=checkpointing.with_code([], self.plan.code))
         if self.restore_from:
             self.progress = checkpointing.restore_weights(
                 self.restore_from,
@@ -504,6 +506,7 @@ class Trainer:
             flops_run=(self.progress.step - self._first_step) * self.global_batch * self.plan.train_flops_per_image,
             peak_flops=self.peak,
             code=self.plan.code or None,
+            codes=list(self.progress.codes),
         )
 
 
@@ -523,6 +526,7 @@ def failed_result(plan: RunPlan, reason: str) -> RunResult:
         mfu=None,
         last_checkpoint=None,
         code=plan.code or None,
+        codes=[plan.code] if plan.code else [],
     )
 
 

@@ -15,8 +15,20 @@ from pathlib import Path
 from pipelines.infra.config_files import REPO_ROOT
 
 # The code that decides what a training run learns and how its budget points are scored: the models, objectives,
-# samplers and metrics (ditcore), the training loop and plan (jobs/train), the evaluation of points (jobs/evaluation).
-TRAINING_CODE = ("ditcore", "jobs/train", "jobs/evaluation")
+# samplers and metrics (ditcore), the training loop and plan (jobs/train, jobs/distill), the evaluation of points
+# (jobs/evaluation, jobs/scaling/points.py), and what they call to read latents, drop text and sample. Storage,
+# tracking and Ray plumbing are left out: they move bytes, they do not change them.
+TRAINING_CODE = (
+    "ditcore",
+    "jobs/train",
+    "jobs/distill",
+    "jobs/evaluation",
+    "jobs/scaling/points.py",
+    "pipelines/latents",
+    "pipelines/generation.py",
+    "pipelines/encoders/text.py",
+    "pipelines/datasets/images.py",
+)
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -31,7 +43,8 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 
 def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT) -> str:
     """16 hex digits over the syntax trees (no docstrings, comments or formatting) of `files`, paths relative to
-    `root`, in the order given."""
+    `root`, in the order given, as `ast.dump` writes them (which differs between Python versions: the shipped
+    encoders' fingerprint, jobs/quickstart/shipped.py)."""
     h = hashlib.sha256()
     for rel in files:
         tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
@@ -39,10 +52,40 @@ def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT) -> str:
     return h.hexdigest()[:16]
 
 
+def _stable_dump(node: object) -> str:
+    """A syntax tree as text the same on every Python the project supports: fields that are empty (None, []) are
+    left out, since newer versions add such fields (3.12's `type_params`) and print them differently (3.13)."""
+    if isinstance(node, ast.AST):
+        fields = [f"{k}={_stable_dump(v)}" for k, v in ast.iter_fields(node) if v is not None and v != []]
+        return f"{type(node).__name__}({','.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ",".join(_stable_dump(v) for v in node) + "]"
+    return repr(node)
+
+
+def _training_files(root: Path) -> list[str]:
+    files = []
+    for entry in TRAINING_CODE:
+        path = root / entry
+        if not path.exists():
+            raise FileNotFoundError(f"training code fingerprint: {path} does not exist (TRAINING_CODE under {root})")
+        found = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        files += [str(p.relative_to(root)) for p in found]
+    return files
+
+
 @functools.lru_cache(maxsize=None)
-def training_code_fingerprint(root: Path = REPO_ROOT) -> str:
-    """The fingerprint of TRAINING_CODE's Python files under `root`: recorded in every training run's result.json
-    (`code`), so a run reused by a later invocation can be told apart from one this code would train. Computed once
-    per process (the code a process runs is the code it imported)."""
-    files = sorted(str(p.relative_to(root)) for d in TRAINING_CODE for p in (root / d).rglob("*.py"))
-    return source_fingerprint(files, root)
+def training_code_fingerprint(root: Path | None = None) -> str:
+    """The fingerprint of TRAINING_CODE's Python files under `root` (default: where the imported `ditcore` package
+    lives), hashed the same on every supported Python: recorded in every training run's result.json (`code`), so a
+    run reused by a later invocation can be told apart from one this code would train. Computed once per process
+    (the code a process runs is the code it imported)."""
+    if root is None:
+        import ditcore
+
+        root = Path(ditcore.__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in _training_files(root):
+        tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
+        h.update(rel.encode() + b"\0" + _stable_dump(tree).encode() + b"\0")
+    return h.hexdigest()[:16]

@@ -121,7 +121,7 @@ def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, c
 
 
 def test_report_md_names_what_the_sweep_stage_reused():
-    from jobs.quickstart.report import _reuse_words
+    from jobs.quickstart.report import _code_words, _reuse_words
 
     assert _reuse_words({"trials_run": 4, "trials_evaluate_only": 0, "trials_done_before": 0}) == ""
     words = _reuse_words({"trials_run": 4, "trials_evaluate_only": 1, "trials_done_before": 2})
@@ -129,8 +129,8 @@ def test_report_md_names_what_the_sweep_stage_reused():
         "this invocation: 3 trial(s) trained; 1 trial(s) only evaluated runs trained before; "
         "2 trial(s) finished before and skipped"
     )
-    # An interrupted trial resumed: nothing skipped or only evaluated, but runs trained by other code are reused.
-    words = _reuse_words(
-        {"trials_run": 4, "trials_evaluate_only": 0, "trials_done_before": 0, "runs_from_other_code": 2}
-    )
-    assert words == "this invocation: 4 trial(s) trained; 2 reused run(s) were trained by other training code"
+    # Runs trained by other code: a caveat of its own (goodput does not cover reused runs), naming this code.
+    assert _code_words({"runs_from_other_code": 0, "code_fingerprint": "abc"}) == ""
+    words = _code_words({"runs_from_other_code": 2, "code_fingerprint": "9be099e05a172b89"})
+    assert words.startswith("- **2 training run(s) of this grid were trained, in part or whole, by other training code")
+    assert "(fingerprint 9be099e05a172b89;" in words and "`--force`" in words

@@ -103,8 +103,10 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     code = training_code_fingerprint()
     results = sorted(runs.glob("*/*/result.json"))
     assert [json.loads(f.read_text())["code"] for f in results] == [code, code]
+    assert [json.loads(f.read_text())["codes"] for f in results] == [[code], [code]]  # the branch: its main run's
     (main_result,) = [f for f in results if f.parent.name.endswith("-main")]
-    main_result.write_text(json.dumps({**json.loads(main_result.read_text()), "code": "0123456789abcdef"}))
+    old = {"code": "0123456789abcdef", "codes": ["0123456789abcdef"]}
+    main_result.write_text(json.dumps({**json.loads(main_result.read_text()), **old}))
     trained = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in runs.glob("*/*/*.json")}
     trained.update({f: (f.stat().st_mtime_ns, b"") for f in runs.glob("*/*/checkpoints/step_*/model.safetensors")})
     assert len(list(runs.glob("*/*/result.json"))) == 2
@@ -117,7 +119,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 to run (1 of them only to evaluate runs trained before)" in second.stdout
     # The run trained by other code is reused as it is (runs are matched by settings), and the sweep says so.
-    other = "1 finished training run(s) it reuses were trained by other training code"
+    other = "1 finished training run(s) it reuses were trained, in part or whole, by other training code"
     other += f" (fingerprint 0123456789abcdef; this code {code})"
     assert other in second.stdout, second.stdout[-3000:]
     from jobs.scaling.points import read_points

@@ -3,6 +3,7 @@ checkpoints on S3. One local Ray instance per module; tiny MM-DiT on an 8x8 late
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
         assert hist[step] == pytest.approx(value, rel=1e-6)
     state = json.loads((run_dir / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert state["step"] == 6 and state["images_seen"] == 48
+    from pipelines.infra.code import training_code_fingerprint
+
+    # Resumed by the same code: one fingerprint, recorded once.
+    assert state["codes"] == [training_code_fingerprint()] == json.loads((run_dir / "result.json").read_text())["codes"]
     assert state["data_position"] == {"epoch": 5, "batch_in_epoch": 1}  # 8 rows = 1 batch per epoch
 
 
@@ -109,7 +114,9 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
 
     storage_s3 = f"checkpoint.storage={s3_bucket}/runs"
     cfg = _cfg(data8, tmp_path, "run.name=s3run", storage_s3, "mlflow.enabled=false", steps=2)
-    out = run_training(cfg)
+    # Trained by "other code": the driver's plan names it, and the worker records what the driver computed.
+    other = "feedfacefeedface"
+    out = run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code=other))
     assert out["status"] == "finished"
     ck = f"{s3_bucket}/runs/s3run/checkpoints/step_00000002"
     assert out["points"][0]["checkpoint"] == ck
@@ -118,20 +125,21 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
     loaded = load_checkpoint(local)
     assert loaded.state["step"] == 2
 
-    # result.json names the training code that ran; the same run asked for again by other code is reused as it
-    # is (runs are matched by their settings), and the rerun says so, naming both fingerprints.
-    result_uri = f"{s3_bucket}/runs/s3run/result.json"
-    result = storage.read_json(result_uri)
-    assert result["code"] == training_code_fingerprint() and out["code"] == result["code"]
+    # result.json and the checkpoint name the training code that ran. The same run asked for again by this code is
+    # reused as it is (runs are matched by their settings), and the rerun says so, naming both fingerprints.
+    result = storage.read_json(f"{s3_bucket}/runs/s3run/result.json")
+    assert result["code"] == other and result["codes"] == [other] and out["codes"] == [other]
+    assert storage.read_json(f"{ck}/state.json")["codes"] == [other]
     capsys.readouterr()
-    assert run_training(cfg)["steps"] == 2  # already trained: not trained again
-    assert "other training code" not in capsys.readouterr().out
-    storage.write_json(result_uri, {**result, "code": "0123456789abcdef"})
     again = run_training(cfg)
-    assert again["status"] == "finished" and again["steps"] == 2 and again["code"] == "0123456789abcdef"
-    said = capsys.readouterr().out
-    fingerprints = f"(fingerprint 0123456789abcdef, this code {result['code']})"
-    assert f"s3run: already trained, by other training code {fingerprints}" in said
+    assert again["status"] == "finished" and again["steps"] == 2 and again["code"] == other  # not trained again
+    fingerprints = f"(fingerprint {other}; this code {training_code_fingerprint()})"
+    assert f"s3run: already trained, trained in part or whole by other training code {fingerprints}" in (
+        capsys.readouterr().out
+    )
+    capsys.readouterr()
+    run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code=other))
+    assert "other training code" not in capsys.readouterr().out  # the code that trained it
 
 
 def test_bad_config_errors_before_cluster_work(data8, tmp_path):

@@ -5,6 +5,7 @@ MLflow with the reason and trained again by the next invocation; data too small 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from ditcore.config import ConfigError
 from jobs.train.driver import RAY_SNAPSHOT, run_local, run_training
 from jobs.train.plan import resolve_run
+from pipelines.infra.code import training_code_fingerprint
 from tests.jobs._train_helpers import TINY_OPTIM, config_maker
 
 _cfg = config_maker("mlflow.experiment=test-rerun", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=1")
@@ -54,16 +56,27 @@ def test_a_killed_run_resumes_past_pruned_and_damaged_checkpoints_to_the_same_we
 
 
 @pytest.mark.slow
-def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_time(ray_local, data8, tmp_path):
+def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_time(
+    ray_local, data8, tmp_path, capsys
+):
     fail = ('debug.inject_failure={"step": 2, "mode": "raise"}', "run.max_failures=0")
     base = ("checkpoint.every_n_steps=1", "run.name=raises")
-    out = run_training(_cfg(data8, tmp_path, *base, *fail, steps=4))
+    # The first attempt runs "older" training code (its plan's fingerprint): the run it resumes says so.
+    cfg = _cfg(data8, tmp_path, *base, *fail, steps=4)
+    out = run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code="0ld0ld0ld0ld0ld0"))
     assert out["status"] == "failed" and "injected failure at step 2" in out["reason"], out
     status, tags = _status(tmp_path, out["mlflow_run_id"])
     assert status == "FAILED" and "injected failure" in tags["ditscale.failure_reason"]
+    capsys.readouterr()
     again = run_training(_cfg(data8, tmp_path, *base, steps=4))  # the injection is not part of the run's settings
     assert again["status"] == "finished" and again["steps"] == 4
     assert _status(tmp_path, again["mlflow_run_id"])[0] == "FINISHED"
+    # Resumed from the old code's checkpoint at step 2: both codes trained it, and the rerun says so.
+    code = training_code_fingerprint()
+    assert again["code"] == code and again["codes"] == ["0ld0ld0ld0ld0ld0", code]
+    said = capsys.readouterr().out
+    assert "raises: resumed from a checkpoint, trained in part or whole by other training code" in said
+    assert f"(fingerprint 0ld0ld0ld0ld0ld0; this code {code})" in said
 
 
 def test_a_data_set_too_small_for_its_batch_is_a_config_error(data8, tmp_path):

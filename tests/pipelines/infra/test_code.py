@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from pipelines.infra.code import TRAINING_CODE, source_fingerprint, training_code_fingerprint
+import ast
+
+import pytest
+
+from pipelines.infra.code import TRAINING_CODE, _stable_dump, source_fingerprint, training_code_fingerprint
 
 
 def _tree(root, body: str) -> None:
-    for d in TRAINING_CODE:
-        (root / d).mkdir(parents=True, exist_ok=True)
+    """A project with every TRAINING_CODE entry; `body` is ditcore/m.py."""
+    for entry in TRAINING_CODE:
+        path = root / entry
+        if entry.endswith(".py"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"NAME = {entry!r}\n")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
     (root / "ditcore" / "m.py").write_text(body)
     (root / "jobs" / "train" / "loop.py").write_text("def step(x):\n    return x - 1\n")
 
@@ -16,7 +26,7 @@ def test_a_fingerprint_follows_the_code_not_its_documentation(tmp_path):
     code = 'def f(x):\n    """Double."""\n    return 2 * x\n'
     (tmp_path / "a.py").write_text(code)
     first = source_fingerprint(["a.py"], tmp_path)
-    assert len(first) == 16 and int(first, 16) >= 0
+    assert len(first) == 16
     (tmp_path / "a.py").write_text('"""A module."""\n\n\ndef f(x):  # twice\n    """Twice x."""\n    return 2*x\n')
     assert source_fingerprint(["a.py"], tmp_path) == first  # docstrings, comments and formatting
     (tmp_path / "a.py").write_text(code.replace("2 * x", "3 * x"))
@@ -24,15 +34,31 @@ def test_a_fingerprint_follows_the_code_not_its_documentation(tmp_path):
 
 
 def test_the_training_code_fingerprint_covers_every_training_module(tmp_path):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    _tree(a, "K = 1\n")
-    _tree(b, "K = 1\n")
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    for root in (a, b, d):
+        _tree(root, "K = 1\n")
     _tree(c, "K = 2\n")
     (b / "jobs" / "evaluation" / "new.py").write_text("X = 0\n")  # a new module under jobs/evaluation
+    (d / "pipelines" / "generation.py").write_text("NAME = 'changed'\n")  # one file named in TRAINING_CODE
     (a / "jobs" / "sweep").mkdir()
     (a / "jobs" / "sweep" / "driver.py").write_text("Y = 0\n")
-    fp = {r: training_code_fingerprint(r) for r in (a, b, c)}
-    assert len(set(fp.values())) == 3
+    fp = {r: training_code_fingerprint(r) for r in (a, b, c, d)}
+    assert len(set(fp.values())) == 4 and all(len(v) == 16 for v in fp.values())
     (a / "jobs" / "sweep" / "driver.py").write_text("Y = 1\n")
+    (a / "ditcore" / "m.py").write_text('"""Documented now."""\nK = 1  # one\n')
     training_code_fingerprint.cache_clear()
-    assert training_code_fingerprint(a) == fp[a]  # the sweep's own code is not training code
+    assert training_code_fingerprint(a) == fp[a]  # the sweep's own code is not training code; docs do not count
+    # A root without the training code is an error that names the missing path, not the hash of nothing.
+    (a / "pipelines" / "encoders" / "text.py").unlink()
+    training_code_fingerprint.cache_clear()
+    with pytest.raises(FileNotFoundError, match="encoders/text.py does not exist"):
+        training_code_fingerprint(a)
+    # Without a root: the code this process imported (the repository's), which has every entry.
+    assert len(training_code_fingerprint()) == 16
+
+
+def test_the_training_fingerprint_leaves_out_the_empty_fields_newer_pythons_add():
+    dumped = _stable_dump(ast.parse("def f(x):\n    return x\n"))
+    # 3.12 adds an empty `type_params` to every function and class; 3.13 prints empty fields differently.
+    assert "type_params" not in dumped and "=[]" not in dumped and "=None" not in dumped
+    assert dumped.startswith("Module(body=[FunctionDef(name='f',args=arguments(args=[arg(arg='x')])")
