@@ -41,14 +41,16 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT) -> str:
+def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT, *, stable: bool = False) -> str:
     """16 hex digits over the syntax trees (no docstrings, comments or formatting) of `files`, paths relative to
-    `root`, in the order given, as `ast.dump` writes them (which differs between Python versions: the shipped
-    encoders' fingerprint, jobs/quickstart/shipped.py)."""
+    `root`, in the order given. `stable`: trees written out the same on every supported Python (`_stable_dump`);
+    otherwise as `ast.dump` writes them, which differs between versions (the shipped encoders' fingerprint,
+    jobs/quickstart/shipped.py, kept as it was made)."""
     h = hashlib.sha256()
     for rel in files:
         tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
-        h.update(rel.encode() + b"\0" + ast.dump(tree, annotate_fields=False).encode() + b"\0")
+        text = _stable_dump(tree) if stable else ast.dump(tree, annotate_fields=False)
+        h.update(rel.encode() + b"\0" + text.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -84,8 +86,4 @@ def training_code_fingerprint(root: Path | None = None) -> str:
         import ditcore
 
         root = Path(ditcore.__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for rel in _training_files(root):
-        tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
-        h.update(rel.encode() + b"\0" + _stable_dump(tree).encode() + b"\0")
-    return h.hexdigest()[:16]
+    return source_fingerprint(_training_files(root), root, stable=True)
