@@ -187,15 +187,15 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
 
 
 def _code_words(sweep: dict[str, Any]) -> str:
-    """'' unless runs the sweep reused were trained (in part) by other training code: then a caveat naming it."""
+    """'' unless runs of the grid were trained (in part) by other training code: then a caveat naming it."""
     n = sweep.get("runs_from_other_code") or 0
     if not n:
         return ""
     return (
         f"- **{n} training run(s) of this grid were trained, in part or whole, by other training code** than this "
         f"run's (fingerprint {sweep.get('code_fingerprint')}; the sweep's log names the others): runs are matched by "
-        "their settings, so they were reused as they were. If that change alters training or evaluation, rerun with "
-        "`--force`."
+        "their settings, so they were reused or resumed as they were. If that change alters training or evaluation, "
+        "rerun with `--force`."
     )
 
 

@@ -59,7 +59,8 @@ class ShippedEncoderError(RuntimeError):
 
 
 def code_fingerprint(kind: str, root: Path = REPO_ROOT) -> str:
-    """Hash of the syntax trees (no docstrings, no comments, no formatting) of the code that trains `kind`."""
+    """Hash of the syntax trees (no docstrings, no comments, no formatting) of the code that trains `kind`, the same
+    on every supported Python."""
     return source_fingerprint(_CODE[kind], root)
 
 

@@ -252,7 +252,7 @@ def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
 def _say_other_code(cfg: SweepConfig, runs: dict[str, str], code: str, which: str) -> None:
     codes = sorted({c for v in runs.values() for c in v.split(", ")})
     print(
-        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which} were trained, in part or whole, "
+        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which}: trained, in part or whole, "
         f"by other training code (fingerprint {', '.join(codes)}; this code {code}), e.g. {sorted(runs)[0]}. Runs "
         "are matched by their settings, not their code: if the change alters training or evaluation, start afresh "
         "(another sweep name or output; `ditscale quickstart --force`).",
@@ -291,7 +291,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     code = training_code_fingerprint()
     other = _runs_from_other_code(plans)
     if other:
-        _say_other_code(cfg, other, code, "it reuses")
+        _say_other_code(cfg, other, code, "it reuses")  # finished before this invocation
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
         f"{len(pending)} to run"
@@ -309,8 +309,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     records = _records(sdir, plans)
     if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained
         now = _runs_from_other_code(plans)
-        if len(now) > len(other):
-            _say_other_code(cfg, now, code, "of the grid")
+        new = {k: v for k, v in now.items() if k not in other}
+        if new:
+            _say_other_code(cfg, new, code, "this invocation resumed or started from another code's checkpoints")
         other = now
     failed = [r["name"] for r in records if r["status"] != "finished"]
     complete = not failed or (cfg.allow_failures and all(r["status"] != "missing" for r in records))
@@ -334,7 +335,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "trials_run": len(pending),
         "trials_evaluate_only": evaluate_only,
         "code_fingerprint": code,  # the training code this invocation ran (pipelines/infra/code.py)
-        "runs_from_other_code": len(other),  # finished runs it reused that another training code trained
+        "runs_from_other_code": len(other),  # runs of the grid another training code trained, in part or whole
         "trials_done_before": len(plans) - len(pending),
     }
 

@@ -80,15 +80,25 @@ def restore_weights(
     p = Progress(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch") if k in saved})
     p.images_seen = p.step * plan.cfg.data.batch_size
     p.train_flops = p.step * plan.cfg.data.batch_size * plan.train_flops_per_image
-    p.codes = with_code(saved.get("codes") or [], plan.code)
+    p.codes = with_code(recorded_codes(saved), plan.code)
     if own:
         p.metrics = dict(saved.get("metrics") or {})
     return p
 
 
+# The code of a checkpoint written before state.json recorded codes: unknown, so never taken for this code's.
+UNRECORDED = "unrecorded"
+
+
 def with_code(codes: list[str], code: str) -> list[str]:
     """`codes` with `code` appended (once; an empty fingerprint is not recorded)."""
     return list(codes) + ([code] if code and code not in codes else [])
+
+
+def recorded_codes(state: dict) -> list[str]:
+    """The codes that trained a checkpoint (its state.json, read); [UNRECORDED] for one written before they were
+    recorded."""
+    return list(state.get("codes") or [UNRECORDED])
 
 
 def restore_optimizer(

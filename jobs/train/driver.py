@@ -393,9 +393,7 @@ def run_training(
     check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
     run = prepare_run(plan)
     clear_failed([run])
-    other = trained_by_other_code(plan)
-    if other:
-        _say_other_code(plan, other, "already trained")
+    before = say_other_code(plan, "already trained")
     try:
         train_runs([run], callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
@@ -403,18 +401,26 @@ def run_training(
 
         traceback.print_exc()
         return abandon_runs([run], failure_reason(exc))[0]
-    if not other and trained_by_other_code(plan):  # resumed from a checkpoint that other code wrote
-        _say_other_code(plan, trained_by_other_code(plan), "resumed from a checkpoint")
+    say_other_code(plan, RESUMED_FROM_OTHER_CODE, before)
     return finish_run(run, evaluate=evaluate)
 
 
-def _say_other_code(plan: RunPlan, other: str, how: str) -> None:
-    print(
-        f"[ditscale] {plan.run_name}: {how}, trained in part or whole by other training code (fingerprint {other}; "
-        f"this code {plan.code}); it is evaluated as it is. To train it with this code alone, use another "
-        "checkpoint.storage or remove its directory.",
-        flush=True,
-    )
+RESUMED_FROM_OTHER_CODE = "resumed or started from a checkpoint"
+
+
+def say_other_code(plan: RunPlan, how: str, before: Optional[str] = None) -> Optional[str]:
+    """Say that other training code trained this finished run, in part or whole; the other codes, or None. Called
+    before training ("already trained") and after it with what that call returned (`before`), so a run resumed or
+    started from a checkpoint that other code wrote is said once too."""
+    other = trained_by_other_code(plan)
+    if other and other != before:
+        print(
+            f"[ditscale] {plan.run_name}: {how}, trained in part or whole by other training code (fingerprint "
+            f"{other}; this code {plan.code}); it is used as it is. To train it with this code alone, use another "
+            "checkpoint.storage or remove its directory.",
+            flush=True,
+        )
+    return other
 
 
 def run_local(

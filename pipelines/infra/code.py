@@ -16,8 +16,8 @@ from pipelines.infra.config_files import REPO_ROOT
 
 # The code that decides what a training run learns and how its budget points are scored: the models, objectives,
 # samplers and metrics (ditcore), the training loop and plan (jobs/train, jobs/distill), the evaluation of points
-# (jobs/evaluation, jobs/scaling/points.py), and what they call to read latents, drop text and sample. Storage,
-# tracking and Ray plumbing are left out: they move bytes, they do not change them.
+# (jobs/evaluation, jobs/scaling/points.py), and what they call to read latents, drop text, sample and decode.
+# Storage, tracking and Ray plumbing are left out: they move bytes, they do not change them.
 TRAINING_CODE = (
     "ditcore",
     "jobs/train",
@@ -28,6 +28,9 @@ TRAINING_CODE = (
     "pipelines/generation.py",
     "pipelines/encoders/text.py",
     "pipelines/datasets/images.py",
+    "pipelines/encoders/vae.py",
+    "pipelines/precompute/encode.py",
+    "pipelines/checkpoint_extras.py",
 )
 
 
@@ -41,16 +44,14 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT, *, stable: bool = False) -> str:
+def source_fingerprint(files: Iterable[str], root: Path = REPO_ROOT) -> str:
     """16 hex digits over the syntax trees (no docstrings, comments or formatting) of `files`, paths relative to
-    `root`, in the order given. `stable`: trees written out the same on every supported Python (`_stable_dump`);
-    otherwise as `ast.dump` writes them, which differs between versions (the shipped encoders' fingerprint,
-    jobs/quickstart/shipped.py, kept as it was made)."""
+    `root`, in the order given, written out the same on every supported Python (`_stable_dump`; `ast.dump`'s text
+    differs between versions)."""
     h = hashlib.sha256()
     for rel in files:
         tree = _strip_docstrings(ast.parse((root / rel).read_text(), filename=rel))
-        text = _stable_dump(tree) if stable else ast.dump(tree, annotate_fields=False)
-        h.update(rel.encode() + b"\0" + text.encode() + b"\0")
+        h.update(rel.encode() + b"\0" + _stable_dump(tree).encode() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -79,11 +80,11 @@ def _training_files(root: Path) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def training_code_fingerprint(root: Path | None = None) -> str:
     """The fingerprint of TRAINING_CODE's Python files under `root` (default: where the imported `ditcore` package
-    lives), hashed the same on every supported Python: recorded in every training run's result.json (`code`), so a
+    lives): recorded in every training run's result.json (`code`), so a
     run reused by a later invocation can be told apart from one this code would train. Computed once per process
     (the code a process runs is the code it imported)."""
     if root is None:
         import ditcore
 
         root = Path(ditcore.__file__).resolve().parents[1]
-    return source_fingerprint(_training_files(root), root, stable=True)
+    return source_fingerprint(_training_files(root), root)

@@ -75,7 +75,7 @@ def _loss(model, teacher_model, data: str, obj: ObjectiveConfig, null: dict) -> 
 
 
 @pytest.mark.slow
-def test_tiny_distillation_on_ray_reduces_the_loss_and_nests_under_the_teacher(teacher, tmp_path):
+def test_tiny_distillation_on_ray_reduces_the_loss_and_nests_under_the_teacher(teacher, tmp_path, capsys):
     import ray
 
     from pipelines.infra import tracking
@@ -100,6 +100,13 @@ def test_tiny_distillation_on_ray_reduces_the_loss_and_nests_under_the_teacher(t
         ray.shutdown()
     assert out["status"] == "finished", out
     assert out["parent_run_id"] == teacher["run_id"]
+    # The student starts from the teacher's weights: the teacher's codes are its too. This teacher's state.json
+    # records none (a checkpoint from before codes were recorded), so its code is unknown, and the run says so.
+    from pipelines.infra.code import training_code_fingerprint
+
+    assert out["codes"] == ["unrecorded", training_code_fingerprint()], out["codes"]
+    said = capsys.readouterr().out
+    assert "started from a checkpoint, trained in part or whole by other training code (fingerprint unrecorded;" in said
     student_dir = out["last_checkpoint"]
     assert Path(student_dir).parent.parent.parent == Path(teacher["ckpt"]).parent.parent / "distill"
     t = load_checkpoint(teacher["ckpt"]).model

@@ -119,7 +119,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 to run (1 of them only to evaluate runs trained before)" in second.stdout
     # The run trained by other code is reused as it is (runs are matched by settings), and the sweep says so.
-    other = "1 finished training run(s) it reuses were trained, in part or whole, by other training code"
+    other = "1 finished training run(s) it reuses: trained, in part or whole, by other training code"
     other += f" (fingerprint 0123456789abcdef; this code {code})"
     assert other in second.stdout, second.stdout[-3000:]
     from jobs.scaling.points import read_points

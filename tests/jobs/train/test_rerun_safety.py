@@ -75,7 +75,7 @@ def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_
     code = training_code_fingerprint()
     assert again["code"] == code and again["codes"] == ["0ld0ld0ld0ld0ld0", code]
     said = capsys.readouterr().out
-    assert "raises: resumed from a checkpoint, trained in part or whole by other training code" in said
+    assert "raises: resumed or started from a checkpoint, trained in part or whole by other training code" in said
     assert f"(fingerprint 0ld0ld0ld0ld0ld0; this code {code})" in said
 
 
