@@ -6,9 +6,6 @@ differ from training; data, optimizer, EMA, logging, checkpoints and fault recov
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from ditcore.checkpoint import load_checkpoint
@@ -31,18 +28,15 @@ class DistillTrainer(Trainer):
 
         extra = self.plan.params_extra
         self.guidance = GuidanceRange(float(extra["w_min"]), float(extra["w_max"]))
-        teacher_dir = storage.local_copy(extra[TEACHER_KEY])
-        teacher = load_checkpoint(teacher_dir, use_ema=True, device=str(self.device))
+        teacher = load_checkpoint(storage.local_copy(extra[TEACHER_KEY]), use_ema=True, device=str(self.device))
         self.teacher = teacher.model.requires_grad_(False).eval()
         super()._setup_model()  # the student (plan.model_config), restored from its own checkpoint when resuming
         if not self.own_restore:  # a fresh run starts from the teacher's (EMA) weights, identical on every rank
             with torch.no_grad():
                 load_teacher_weights(self.raw, self.teacher.state_dict())
                 self.ema.load_state_dict(self.raw.state_dict())
-            # The codes that trained the teacher trained the student's starting weights too.
-            state = Path(teacher_dir) / "state.json"
-            saved = json.loads(state.read_text()) if state.is_file() else {}
-            self.progress.codes = with_code(recorded_codes(saved), self.plan.code)
+            # The codes that trained the teacher (its state.json) trained the student's starting weights too.
+            self.progress.codes = with_code(recorded_codes(teacher.state), self.plan.code)
 
     def _loss(self, batch, step: int, micro: int = 0) -> torch.Tensor:
         b = batch_to_torch(batch, self.data_keys, self.device)

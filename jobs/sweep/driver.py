@@ -236,7 +236,7 @@ def _all_trained(tp: TrialPlan) -> bool:
     return all(trained(spec.plan.run_dir) for spec in tp.runs)
 
 
-def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
+def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, list[str]]:
     """Finished runs of the grid that other training code trained, in part or whole: run name -> those codes."""
     from jobs.train.driver import trained_by_other_code
 
@@ -249,8 +249,8 @@ def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, str]:
     return out
 
 
-def _say_other_code(cfg: SweepConfig, runs: dict[str, str], code: str, which: str) -> None:
-    codes = sorted({c for v in runs.values() for c in v.split(", ")})
+def _say_other_code(cfg: SweepConfig, runs: dict[str, list[str]], code: str, which: str) -> None:
+    codes = sorted({c for v in runs.values() for c in v})
     print(
         f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which}: trained, in part or whole, "
         f"by other training code (fingerprint {', '.join(codes)}; this code {code}), e.g. {sorted(runs)[0]}. Runs "

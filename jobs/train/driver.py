@@ -129,18 +129,18 @@ def trained(run_dir_uri: str) -> bool:
     return storage.exists(uri) and storage.read_json(uri).get("status") == "finished"
 
 
-def trained_by_other_code(plan: RunPlan) -> Optional[str]:
-    """The fingerprints (comma-separated) of the other code that trained part or all of this finished run, when any
-    is not `plan.code`: a run resumed or a WSD branch started under changed code counts too (result.json `codes`).
-    Runs are matched by their settings, so such a run is reused as it is; else None. Runs recorded before result.json
-    had fingerprints give None."""
+def trained_by_other_code(plan: RunPlan) -> list[str]:
+    """The fingerprints of the other code that trained part or all of this finished run (not `plan.code`): a run
+    resumed or a WSD branch started under changed code counts too (result.json `codes`). Runs are matched by their
+    settings, so such a run is reused as it is. [] for an unfinished run and for one recorded before result.json had
+    fingerprints."""
     uri = storage.join(plan.run_dir, RESULT_NAME)
     if not plan.code or not storage.exists(uri):
-        return None
+        return []
     result = storage.read_json(uri)
-    codes = result.get("codes") or [result.get("code")]
-    other = [c for c in codes if c and c != plan.code]
-    return ", ".join(other) if result.get("status") == "finished" and other else None
+    if result.get("status") != "finished":
+        return []
+    return [c for c in result.get("codes") or [result.get("code")] if c and c != plan.code]
 
 
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
@@ -408,16 +408,16 @@ def run_training(
 RESUMED_FROM_OTHER_CODE = "resumed or started from a checkpoint"
 
 
-def say_other_code(plan: RunPlan, how: str, before: Optional[str] = None) -> Optional[str]:
-    """Say that other training code trained this finished run, in part or whole; the other codes, or None. Called
-    before training ("already trained") and after it with what that call returned (`before`), so a run resumed or
-    started from a checkpoint that other code wrote is said once too."""
+def say_other_code(plan: RunPlan, how: str, before: Sequence[str] = ()) -> list[str]:
+    """Say that other training code trained this finished run, in part or whole; the other codes. Called before
+    training ("already trained") and after it with what that call returned (`before`), so a run resumed or started
+    from a checkpoint that other code wrote is said once too."""
     other = trained_by_other_code(plan)
-    if other and other != before:
+    if other and other != list(before):
         print(
             f"[ditscale] {plan.run_name}: {how}, trained in part or whole by other training code (fingerprint "
-            f"{other}; this code {plan.code}); it is used as it is. To train it with this code alone, use another "
-            "checkpoint.storage or remove its directory.",
+            f"{', '.join(other)}; this code {plan.code}); it is used as it is. To train it with this code alone, use "
+            "another checkpoint.storage or remove its directory.",
             flush=True,
         )
     return other

@@ -80,9 +80,9 @@ def _training_files(root: Path) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def training_code_fingerprint(root: Path | None = None) -> str:
     """The fingerprint of TRAINING_CODE's Python files under `root` (default: where the imported `ditcore` package
-    lives): recorded in every training run's result.json (`code`), so a
-    run reused by a later invocation can be told apart from one this code would train. Computed once per process
-    (the code a process runs is the code it imported)."""
+    lives): recorded in every training run's result.json (`code`), so a run reused by a later invocation can be told
+    apart from one this code would train. Computed once per process (the code a process runs is the code it
+    imported)."""
     if root is None:
         import ditcore
 
