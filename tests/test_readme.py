@@ -216,6 +216,12 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
 
     assert sweep["code_fingerprint"] == training_code_fingerprint() and sweep["runs_from_other_code"] == 0, sweep
     assert "this invocation:" not in report
+    # Where it ran, in report.json and report.md, and as the sweep's MLflow tags.
+    import torch
+
+    from pipelines.infra.code import environment_words
+
+    assert record["env"]["torch"] == torch.__version__ and f"- ran on: {environment_words(record['env'])}" in report
     k, n = record["n_opt_interior"]
     assert 0 <= k <= n >= 1
     # Sample grids: one column per prompt (the report names them left to right), one row per round of seeds.
@@ -238,6 +244,8 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     uri = f"sqlite:///{out / 'mlflow.db'}"
     mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("ditscale", "champion")
     assert Path(mv.tags["checkpoint"]).is_dir()
+    tags = MlflowClient(tracking_uri=uri).get_run(sweep["parent_run_id"]).data.tags
+    assert tags["env.torch"] == torch.__version__ and tags["env.cpu"] == record["env"]["cpu"], tags
 
     # It ends with the command to open the MLflow UI on that store, in the README's form.
     ui = [c for c in blocks["quickstart"] if c.startswith("mlflow ui")]

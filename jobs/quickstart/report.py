@@ -12,6 +12,7 @@ from ditcore.scaling.frontier import minimum_kind
 from jobs.quickstart.runner import Context
 from jobs.quickstart.stages.scaling import SWEEP_RECORD_KEYS
 from jobs.scaling.summary import ci_method_name, law_sentence
+from pipelines.infra.code import environment, environment_words
 
 
 def _g(v: Any) -> str:
@@ -114,6 +115,9 @@ def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
         "peak_flops_measured": good.get("peak_flops_measured"),  # before and after the sweep's trials
         "fit_sensitivity": fit.get("fid_law", {}).get("sampling_noise"),  # the law refitted, FIDs redrawn in noise
         "stage_seconds": dict(ctx.seconds),
+        # The software and machine that ran it: the same code and settings can round differently on another CPU,
+        # GPU or torch, so every number above is checked against a run on the same environment.
+        "env": environment(),
         # The VAE and FID feature net: "shipped" (assets/encoders/builtin) or "trained" in this run, with the
         # weights' sha256 (the network every FID of the run is measured with).
         "encoders": {
@@ -240,6 +244,8 @@ def _record_section(ctx: Context) -> list[str]:
     elif reuse:
         lines.append(f"- sweep goodput not measured: nothing to run ({reuse})")
     code = _code_words(rec.get("sweep") or {})
+    if rec.get("env"):
+        lines.append(f"- ran on: {environment_words(rec['env'])}")
     return lines + ([code] if code else []) + [""]
 
 

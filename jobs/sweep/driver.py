@@ -23,7 +23,7 @@ from jobs.sweep.config import SweepConfig
 from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
-from pipelines.infra.code import training_code_fingerprint
+from pipelines.infra.code import env_tags, environment, training_code_fingerprint
 
 
 def load_sweep_config(path: Optional[str], overrides: Sequence[str] = ()) -> SweepConfig:
@@ -88,12 +88,17 @@ def _parent_run(cfg: SweepConfig, sdir: str, tracking_uri: str, n_trials: int) -
     grid = _grid(cfg, n_trials)
     # MLflow params cannot change: they keep the first invocation's grid. The `grid.*` tags hold this invocation's
     # (with its evaluation settings), as `config/grid.json` holds its trial ids and grid; `code.fingerprint` the
-    # training code this invocation ran (pipelines/infra/code.py).
+    # training code this invocation ran and `env.*` the driver's software and machine (pipelines/infra/code.py; each
+    # training run is tagged with its worker's).
     tracking.log_params_once(client, rid, {k: v for k, v in {**grid, "sweep_dir": sdir}.items() if k != "eval"})
     tracking.set_tags(
         client,
         rid,
-        {**{f"grid.{k}": v for k, v in grid.items()}, "code.fingerprint": training_code_fingerprint()},
+        {
+            **{f"grid.{k}": v for k, v in grid.items()},
+            "code.fingerprint": training_code_fingerprint(),
+            **env_tags(environment()),
+        },
         too_long=f"(too long for a tag: {tracking.GRID_ARTIFACT})",
     )
     if created:

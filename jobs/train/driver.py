@@ -21,10 +21,12 @@ from typing import Any, Optional, Sequence
 from ditcore.config import ConfigError, differences, to_dict
 from jobs.cluster.shared_storage import check_run_storage
 from jobs.scaling.points import ScalingPoint
+from jobs.train.checkpointing import UNRECORDED
 from jobs.train.config import TrainConfig
 from jobs.train.env import RESULT_NAME
 from jobs.train.plan import RunPlan, attach_worker_data, resolve_run
 from pipelines.infra import storage
+from pipelines.infra.code import env_tags
 
 
 def storage_root(uri: str) -> str:
@@ -132,15 +134,15 @@ def trained(run_dir_uri: str) -> bool:
 def trained_by_other_code(plan: RunPlan) -> list[str]:
     """The fingerprints of the other code that trained part or all of this finished run (not `plan.code`): a run
     resumed or a WSD branch started under changed code counts too (result.json `codes`). Runs are matched by their
-    settings, so such a run is reused as it is. [] for an unfinished run and for one recorded before result.json had
-    fingerprints."""
+    settings, so such a run is reused as it is. [] for an unfinished run; [UNRECORDED] for one recorded before
+    result.json had fingerprints (its code is unknown, so never taken for this code's)."""
     uri = storage.join(plan.run_dir, RESULT_NAME)
     if not plan.code or not storage.exists(uri):
         return []
     result = storage.read_json(uri)
     if result.get("status") != "finished":
         return []
-    return [c for c in result.get("codes") or [result.get("code")] if c and c != plan.code]
+    return [c for c in result.get("codes") or [result.get("code") or UNRECORDED] if c and c != plan.code]
 
 
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
@@ -358,6 +360,11 @@ def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
     plan = run.plan
     summary = storage.read_json(run.result_uri)
     summary.update(run_dir=plan.run_dir, mlflow_run_id=plan.mlflow_run_id)
+    if run.owned and plan.mlflow_run_id and summary.get("env"):  # where the worker that wrote it ran
+        from pipelines.infra import tracking
+
+        client = tracking.client(plan.tracking_uri, check=False)
+        tracking.set_tags(client, plan.mlflow_run_id, env_tags(summary["env"]))
     if summary["status"] != "finished":
         if run.owned and plan.mlflow_run_id:  # the worker marked it FAILED; a rerun's attach set it RUNNING again
             from pipelines.infra import tracking

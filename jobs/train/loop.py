@@ -46,6 +46,7 @@ from jobs.train.parallel import (
     to_cpu_full,
 )
 from jobs.train.plan import RunPlan
+from pipelines.infra.code import environment
 
 __all__ = ["LocalEnv", "RayTrainEnv", "RunResult", "Trainer", "mix_seed", "train_loop_per_worker"]
 
@@ -86,6 +87,8 @@ class RunResult:
     code: Optional[str] = None  # fingerprint of the training code that ran (RunPlan.code; pipelines/infra/code.py)
     # Every code that trained its weights: the checkpoint it resumed or branched from included (Progress.codes).
     codes: list[str] = dataclasses.field(default_factory=list)
+    # The software and machine of the process that wrote this record (pipelines/infra/code.py `environment`).
+    env: dict[str, Any] = dataclasses.field(default_factory=environment)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record."""

@@ -1,4 +1,5 @@
-"""Fingerprints of source code: what a record says about the code that made it.
+"""What a record says about the code that made it and where it ran: fingerprints of source code, and the software
+and machine of a process (`environment`).
 
 A fingerprint hashes the files' syntax trees with docstrings dropped (comments and formatting never reach the
 tree), so an edit of the documentation leaves it alone while any change to what the code does changes it.
@@ -9,6 +10,9 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.metadata
+import os
+import platform
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -88,3 +92,60 @@ def training_code_fingerprint(root: Path | None = None) -> str:
 
         root = Path(ditcore.__file__).resolve().parents[1]
     return source_fingerprint(_training_files(root), root)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows of it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, object]:
+    """The software and machine of this process: Python, torch, numpy and Ray versions, the CPU model and count, and
+    the GPU (None without one; the device's name once this process has used CUDA, else a count, so that asking starts no
+    CUDA context). Recorded beside the numbers a run produced (result.json and report.json `env`, MLflow
+    `env.*` tags): the same code and settings can round differently on another CPU, GPU or torch, so a number is
+    checked against a run on the same environment."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{gpus} CUDA device(s)" if gpus else None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "ray": _version("ray"),
+        "cpu": _cpu_model(),
+        "cpus": cpus,
+        "gpu": gpu,
+    }
+
+
+def env_tags(env: dict) -> dict[str, object]:
+    """MLflow tags for an `environment()` record: `env.torch`, `env.cpu`, ... (a None value is left out)."""
+    return {f"env.{k}": v for k, v in env.items() if v is not None}
+
+
+def environment_words(env: dict) -> str:
+    """`environment()` in one line: 'AMD EPYC 7B13, 2 CPUs, no GPU; Python 3.11.7, torch 2.13.0+cpu, ...'."""
+    gpu = env.get("gpu") or "no GPU"
+    software = ", ".join(
+        f"{name} {env[key]}"
+        for key, name in (("python", "Python"), ("torch", "torch"), ("numpy", "numpy"), ("ray", "Ray"))
+        if env.get(key)
+    )
+    return f"{env.get('cpu')}, {env.get('cpus')} CPUs, {gpu}; {software}"

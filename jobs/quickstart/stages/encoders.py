@@ -109,12 +109,10 @@ def ship_encoders(dest: Path = shipped.SHIPPED_DIR, tiny: bool = False) -> dict:
     """Train the built-in VAE and feature net exactly as the (full or tiny) quickstart would, into `dest`, and write
     their manifest; returns it. `make encoders` runs this for the shipped files."""
     import os
-    import platform
     import time
 
-    import torch
-
     from jobs.quickstart.modes import make_mode
+    from pipelines.infra.code import environment
 
     ctx = Context(Path(dest), make_mode(tiny), time.monotonic())
     dest = Path(dest)
@@ -127,8 +125,7 @@ def ship_encoders(dest: Path = shipped.SHIPPED_DIR, tiny: bool = False) -> dict:
         _train(kind, cfg)
         trained_with = {
             "threads": cfg.threads,
-            "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            **environment(),  # python, torch, numpy, ray, cpu, cpus, gpu
             "seconds": round(time.monotonic() - t, 1),
             "command": "make encoders" if not tiny else "ditscale quickstart --ship-encoders --tiny",
         }

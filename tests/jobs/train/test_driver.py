@@ -82,6 +82,21 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
     # Resumed by the same code: one fingerprint, recorded once.
     assert state["codes"] == [training_code_fingerprint()] == json.loads((run_dir / "result.json").read_text())["codes"]
     assert state["data_position"] == {"epoch": 5, "batch_in_epoch": 1}  # 8 rows = 1 batch per epoch
+    # Where it ran: the worker's software and machine, in result.json and as the MLflow run's env.* tags.
+    from pipelines.infra.code import environment
+
+    env = json.loads((run_dir / "result.json").read_text())["env"]
+    here = environment()
+    assert {k: env[k] for k in ("python", "torch", "numpy", "ray", "cpu")} == {
+        k: here[k] for k in ("python", "torch", "numpy", "ray", "cpu")
+    }
+    assert env["torch"] == torch.__version__ and env["cpus"] >= 1
+    tags = client.get_run(out["mlflow_run_id"]).data.tags
+    assert (
+        tags["env.torch"] == torch.__version__
+        and tags["env.cpu"] == env["cpu"]
+        and tags["env.cpus"] == str(env["cpus"])
+    )
 
 
 @pytest.mark.slow
@@ -140,6 +155,12 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
     capsys.readouterr()
     run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code=other))
     assert "other training code" not in capsys.readouterr().out  # the code that trained it
+    # A run recorded before result.json named its code: unknown code, never taken for this code's.
+    old = {k: v for k, v in result.items() if k not in ("code", "codes")}
+    storage.write_json(f"{s3_bucket}/runs/s3run/result.json", old)
+    capsys.readouterr()
+    assert run_training(cfg)["steps"] == 2
+    assert f"(fingerprint unrecorded; this code {training_code_fingerprint()})" in capsys.readouterr().out
 
 
 def test_bad_config_errors_before_cluster_work(data8, tmp_path):

@@ -1,4 +1,5 @@
-"""Code fingerprints: documentation edits leave them alone, any change to what the code does changes them."""
+"""Code fingerprints: documentation edits leave them alone, any change to what the code does changes them. And the
+environment record: the software and machine beside a run's numbers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import ast
 
 import pytest
 
-from pipelines.infra.code import TRAINING_CODE, _stable_dump, source_fingerprint, training_code_fingerprint
+from pipelines.infra.code import (
+    TRAINING_CODE,
+    _stable_dump,
+    env_tags,
+    environment,
+    environment_words,
+    source_fingerprint,
+    training_code_fingerprint,
+)
 
 
 def _tree(root, body: str) -> None:
@@ -95,3 +104,22 @@ def test_the_fingerprint_is_the_one_every_supported_python_gives(tmp_path):
     sweep."""
     (tmp_path / "s.py").write_text(_SNIPPET)
     assert source_fingerprint(["s.py"], tmp_path) == "d065cba2413dd02d"
+
+
+def test_the_environment_names_the_software_and_machine_of_this_process():
+    import importlib.metadata
+    import platform
+
+    import numpy
+    import torch
+
+    env = environment()
+    assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
+    assert env["numpy"] == numpy.__version__ and env["ray"] == importlib.metadata.version("ray")
+    assert env["cpu"] and env["cpu"] != "unknown" and env["cpus"] >= 1
+    if not torch.cuda.is_available():
+        assert env["gpu"] is None and ", no GPU; " in environment_words(env)
+    words = environment_words(env)
+    assert words.startswith(f"{env['cpu']}, {env['cpus']} CPUs, ") and f"torch {torch.__version__}" in words
+    tags = env_tags({**env, "gpu": None})
+    assert tags["env.torch"] == torch.__version__ and "env.gpu" not in tags  # no tag for what is not there
