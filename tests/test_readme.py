@@ -83,6 +83,13 @@ def _dotted(record: dict, key: str) -> tuple[bool, object]:
     return True, value
 
 
+def _quickstart_run(client) -> str:
+    """The id of the quickstart's own MLflow run (the only one in its experiment)."""
+    exp = client.get_experiment_by_name("ditscale-quickstart-runs")
+    (run,) = client.search_runs([exp.experiment_id])
+    return run.info.run_id
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -244,8 +251,10 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     uri = f"sqlite:///{out / 'mlflow.db'}"
     mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("ditscale", "champion")
     assert Path(mv.tags["checkpoint"]).is_dir()
-    tags = MlflowClient(tracking_uri=uri).get_run(sweep["parent_run_id"]).data.tags
-    assert tags["env.torch"] == torch.__version__ and tags["env.cpu"] == record["env"]["cpu"], tags
+    client = MlflowClient(tracking_uri=uri)
+    for run_id in (sweep["parent_run_id"], _quickstart_run(client)):
+        tags = client.get_run(run_id).data.tags
+        assert tags["env.torch"] == torch.__version__ and tags["env.cpu"] == record["env"]["cpu"], tags
 
     # It ends with the command to open the MLflow UI on that store, in the README's form.
     ui = [c for c in blocks["quickstart"] if c.startswith("mlflow ui")]

@@ -12,7 +12,7 @@ from ditcore.scaling.frontier import minimum_kind
 from jobs.quickstart.runner import Context
 from jobs.quickstart.stages.scaling import SWEEP_RECORD_KEYS
 from jobs.scaling.summary import ci_method_name, law_sentence
-from pipelines.infra.code import environment, environment_words
+from pipelines.infra.code import env_tags, environment, environment_words
 
 
 def _g(v: Any) -> str:
@@ -352,6 +352,7 @@ def _log_run(ctx: Context, files: list[Path]) -> None:
         tags={
             tracking.ROLE_TAG: tracking.ROLE_QUICKSTART,
             "ditscale.sweep_parent_run": ctx.results["sweep"]["parent_run_id"],
+            **{k: str(v) for k, v in env_tags(environment()).items()},  # where it ran
         },
     ).info.run_id
     client.log_param(rid, "mode", ctx.mode.name)
