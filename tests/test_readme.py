@@ -289,7 +289,7 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     assert n >= 3 and record3["sweep"]["trials_evaluate_only"] == n and record3["sweep"]["trials_done_before"] == 0
     assert f"{n} to run ({n} of them only to evaluate runs trained before)" in proc3.stdout
     assert record3["sweep"]["parent_run_id"] == record["sweep"]["parent_run_id"] and record3["goodput"] == 0
-    assert record3["sweep"]["runs_from_other_code"] == 0  # the same code trained them
+    assert record3["sweep"]["runs_from_other_code"] == record3["sweep"]["runs_on_other_software"] == 0  # same code
     assert {p: p.read_bytes() for p in (out / "sweeps" / "tiny" / "runs").rglob("result.json")} == results
     assert (
         f"(goodput and time cover this invocation: {n} trial(s) only evaluated runs trained before)"

@@ -152,7 +152,14 @@ def teacher_mlflow_run(teacher: str) -> Optional[dict]:
 def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[str, Any]:
     """Plan, train the student on Ray Train (DDP over cfg.num_workers), record it; the run's summary."""
     from jobs.distill.loop import DistillTrainer
-    from jobs.train.driver import RESUMED_FROM_OTHER_CODE, finish_run, prepare_run, say_other_code, train_runs
+    from jobs.train.driver import (
+        RESUMED_FROM_OTHER_CODE,
+        finish_run,
+        prepare_run,
+        say_other_code,
+        say_other_software,
+        train_runs,
+    )
     from pipelines.infra import tracking
 
     plan = plan or distill_plan(cfg)
@@ -167,6 +174,7 @@ def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[s
     run = prepare_run(plan, parent_run_id=parent_id, tags=tags)
     storage.write_json(storage.join(plan.run_dir, "distill.json"), {**to_dict(cfg), "parent_run_id": parent_id})
     before = say_other_code(plan, "already trained")
+    say_other_software(plan)
     train_runs([run], trainer=DistillTrainer)
     say_other_code(plan, RESUMED_FROM_OTHER_CODE, before)
     out = finish_run(run, evaluate=False)

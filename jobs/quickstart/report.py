@@ -190,17 +190,24 @@ def _reuse_words(sweep: dict[str, Any]) -> str:
     return "this invocation: " + "; ".join(parts)
 
 
-def _code_words(sweep: dict[str, Any]) -> str:
-    """'' unless runs of the grid were trained (in part) by other training code: then a caveat naming it."""
-    n = sweep.get("runs_from_other_code") or 0
-    if not n:
-        return ""
-    return (
-        f"- **{n} training run(s) of this grid were trained, in part or whole, by other training code** than this "
-        f"run's (fingerprint {sweep.get('code_fingerprint')}; the sweep's log names the others): runs are matched by "
-        "their settings, so they were reused or resumed as they were. If that change alters training or evaluation, "
-        "rerun with `--force`."
-    )
+def _code_words(sweep: dict[str, Any]) -> list[str]:
+    """[] unless runs of the grid were trained (in part) by other training code or on other software: then a caveat
+    for each."""
+    lines, n, soft = [], sweep.get("runs_from_other_code") or 0, sweep.get("runs_on_other_software") or 0
+    if n:
+        lines.append(
+            f"- **{n} training run(s) of this grid were trained, in part or whole, by other training code** than this "
+            f"run's (fingerprint {sweep.get('code_fingerprint')}; the sweep's log names the others): runs are matched "
+            "by their settings, so they were reused or resumed as they were. If that change alters training or "
+            "evaluation, rerun with `--force`."
+        )
+    if soft:
+        lines.append(
+            f"- **{soft} training run(s) this run reused were trained on other software** (Python, torch or numpy "
+            "versions; the sweep's log names them, their result.json `env` records them): the same code and settings "
+            "can round differently there. To retrain them here, rerun with `--force`."
+        )
+    return lines
 
 
 def _record_section(ctx: Context) -> list[str]:
@@ -243,10 +250,9 @@ def _record_section(ctx: Context) -> list[str]:
         )
     elif reuse:
         lines.append(f"- sweep goodput not measured: nothing to run ({reuse})")
-    code = _code_words(rec.get("sweep") or {})
     if rec.get("env"):
         lines.append(f"- ran on: {environment_words(rec['env'])}")
-    return lines + ([code] if code else []) + [""]
+    return lines + _code_words(rec.get("sweep") or {}) + [""]
 
 
 def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:

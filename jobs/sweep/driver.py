@@ -23,7 +23,7 @@ from jobs.sweep.config import SweepConfig
 from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
-from pipelines.infra.code import env_tags, environment, training_code_fingerprint
+from pipelines.infra.code import SOFTWARE, env_tags, environment, software_words, training_code_fingerprint
 
 
 def load_sweep_config(path: Optional[str], overrides: Sequence[str] = ()) -> SweepConfig:
@@ -245,13 +245,33 @@ def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, list[str]]:
     """Finished runs of the grid that other training code trained, in part or whole: run name -> those codes."""
     from jobs.train.driver import trained_by_other_code
 
-    out = {}
-    for tp in plans:
-        for spec in tp.runs:
-            other = trained_by_other_code(spec.plan)
-            if other:
-                out[spec.plan.run_name] = other
-    return out
+    return _finished_runs_where(plans, trained_by_other_code)
+
+
+def _runs_on_other_software(plans: list[TrialPlan]) -> dict[str, dict[str, str]]:
+    """Finished runs of the grid trained on other Python, torch or numpy versions: run name -> those versions."""
+    from jobs.train.driver import trained_on_other_software
+
+    return _finished_runs_where(plans, trained_on_other_software)
+
+
+def _finished_runs_where(plans: list[TrialPlan], other: Any) -> dict[str, Any]:
+    """Run name -> `other(plan)` for every run of the grid where it is not empty."""
+    found = {spec.plan.run_name: other(spec.plan) for tp in plans for spec in tp.runs}
+    return {name: v for name, v in found.items() if v}
+
+
+def _say_other_software(cfg: SweepConfig, runs: dict[str, dict[str, str]]) -> None:
+    recorded = {k: " / ".join(sorted({v[k] for v in runs.values() if k in v})) for k in SOFTWARE}
+    recorded = {k: v for k, v in recorded.items() if v}
+    here = environment()
+    print(
+        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) it reuses were trained on other software "
+        f"({software_words(recorded)}; here {software_words({k: here[k] for k in recorded})}), e.g. "
+        f"{sorted(runs)[0]}: the same code and settings can round differently there. To retrain them here, start "
+        "afresh (another sweep name or output; `ditscale quickstart --force`).",
+        flush=True,
+    )
 
 
 def _say_other_code(cfg: SweepConfig, runs: dict[str, list[str]], code: str, which: str) -> None:
@@ -297,6 +317,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     other = _runs_from_other_code(plans)
     if other:
         _say_other_code(cfg, other, code, "it reuses")  # finished before this invocation
+    other_software = _runs_on_other_software(plans)
+    if other_software:
+        _say_other_software(cfg, other_software)
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
         f"{len(pending)} to run"
@@ -341,6 +364,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "trials_evaluate_only": evaluate_only,
         "code_fingerprint": code,  # the training code this invocation ran (pipelines/infra/code.py)
         "runs_from_other_code": len(other),  # runs of the grid another training code trained, in part or whole
+        "runs_on_other_software": len(other_software),  # runs it reused that other Python / torch / numpy trained
         "trials_done_before": len(plans) - len(pending),
     }
 

@@ -26,7 +26,7 @@ from jobs.train.config import TrainConfig
 from jobs.train.env import RESULT_NAME
 from jobs.train.plan import RunPlan, attach_worker_data, resolve_run
 from pipelines.infra import storage
-from pipelines.infra.code import env_tags
+from pipelines.infra.code import env_tags, environment, other_software, software_words
 
 
 def storage_root(uri: str) -> str:
@@ -136,13 +136,26 @@ def trained_by_other_code(plan: RunPlan) -> list[str]:
     resumed or a WSD branch started under changed code counts too (result.json `codes`). Runs are matched by their
     settings, so such a run is reused as it is. [] for an unfinished run; [UNRECORDED] for one recorded before
     result.json had fingerprints (its code is unknown, so never taken for this code's)."""
-    uri = storage.join(plan.run_dir, RESULT_NAME)
-    if not plan.code or not storage.exists(uri):
-        return []
-    result = storage.read_json(uri)
-    if result.get("status") != "finished":
+    result = _finished_result(plan)
+    if not plan.code or not result:
         return []
     return [c for c in result.get("codes") or [result.get("code") or UNRECORDED] if c and c != plan.code]
+
+
+def trained_on_other_software(plan: RunPlan) -> dict[str, str]:
+    """The Python, torch and numpy versions of this finished run's record (result.json `env`, its last worker's) that
+    differ from this process's: name -> recorded version. {} for an unfinished run or one recorded without `env`."""
+    result = _finished_result(plan)
+    return other_software(result.get("env"), environment()) if result else {}
+
+
+def _finished_result(plan: RunPlan) -> dict:
+    """The run's result.json when it says finished, else {}."""
+    uri = storage.join(plan.run_dir, RESULT_NAME)
+    if not storage.exists(uri):
+        return {}
+    result = storage.read_json(uri)
+    return result if result.get("status") == "finished" else {}
 
 
 def clear_failed(runs: Sequence["PreparedRun"]) -> None:
@@ -401,6 +414,7 @@ def run_training(
     run = prepare_run(plan)
     clear_failed([run])
     before = say_other_code(plan, "already trained")
+    say_other_software(plan)
     try:
         train_runs([run], callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
@@ -425,6 +439,21 @@ def say_other_code(plan: RunPlan, how: str, before: Sequence[str] = ()) -> list[
             f"[ditscale] {plan.run_name}: {how}, trained in part or whole by other training code (fingerprint "
             f"{', '.join(other)}; this code {plan.code}); it is used as it is. To train it with this code alone, use "
             "another checkpoint.storage or remove its directory.",
+            flush=True,
+        )
+    return other
+
+
+def say_other_software(plan: RunPlan) -> dict[str, str]:
+    """Say that this finished run was trained on other software than this process's (`trained_on_other_software`);
+    those versions."""
+    other = trained_on_other_software(plan)
+    if other:
+        here = environment()
+        print(
+            f"[ditscale] {plan.run_name}: already trained, on other software ({software_words(other)}; here "
+            f"{software_words({k: here[k] for k in other})}); it is used as it is, though the same code and settings "
+            "can round differently there. To train it here, use another checkpoint.storage or remove its directory.",
             flush=True,
         )
     return other

@@ -135,6 +135,23 @@ def environment() -> dict[str, object]:
     }
 
 
+# The software in an `environment()` record that can change a run's numbers besides its code (Ray moves data, it does
+# not compute); the CPU and GPU can too, but a cluster's nodes may differ in them, so they are recorded, not compared.
+SOFTWARE = ("python", "torch", "numpy")
+
+
+def other_software(recorded: dict | None, here: dict) -> dict[str, str]:
+    """The SOFTWARE versions in a recorded `env` that differ from `here`'s, as recorded ({} for a record without
+    one)."""
+    rec = recorded or {}
+    return {k: rec[k] for k in SOFTWARE if rec.get(k) and rec[k] != here.get(k)}
+
+
+def software_words(versions: dict) -> str:
+    """'torch 2.12.0, numpy 1.26.4' for {'torch': '2.12.0', 'numpy': '1.26.4'}."""
+    return ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
 def env_tags(env: dict) -> dict[str, object]:
     """MLflow tags for an `environment()` record: `env.torch`, `env.cpu`, ... (a None value is left out)."""
     return {f"env.{k}": v for k, v in env.items() if v is not None}

@@ -16,13 +16,15 @@ UPSTREAM_MARKER = "quickstart_upstream.json"
 # Upstream stages whose outputs no trial reads (the FID Inception serves the champion's standard FID, after the sweep).
 _NOT_SWEEP_INPUTS = {"inception"}
 # What the sweep stage ran this time (report.json `sweep.*`): trials run, only evaluated, skipped; the fingerprint
-# of the training code it ran and how many finished runs it reused that other training code trained.
+# of the training code it ran and how many finished runs it reused that other training code, or other Python /
+# torch / numpy versions, trained.
 SWEEP_RECORD_KEYS = (
     "trials_run",
     "trials_evaluate_only",
     "trials_done_before",
     "code_fingerprint",
     "runs_from_other_code",
+    "runs_on_other_software",
 )
 
 

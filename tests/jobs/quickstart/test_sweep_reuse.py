@@ -130,7 +130,11 @@ def test_report_md_names_what_the_sweep_stage_reused():
         "2 trial(s) finished before and skipped"
     )
     # Runs trained by other code: a caveat of its own (goodput does not cover reused runs), naming this code.
-    assert _code_words({"runs_from_other_code": 0, "code_fingerprint": "abc"}) == ""
-    words = _code_words({"runs_from_other_code": 2, "code_fingerprint": "9be099e05a172b89"})
+    assert _code_words({"runs_from_other_code": 0, "runs_on_other_software": 0, "code_fingerprint": "abc"}) == []
+    (words,) = _code_words({"runs_from_other_code": 2, "code_fingerprint": "9be099e05a172b89"})
     assert words.startswith("- **2 training run(s) of this grid were trained, in part or whole, by other training code")
     assert "(fingerprint 9be099e05a172b89;" in words and "`--force`" in words
+    # Runs trained on other Python / torch / numpy versions: a caveat of their own.
+    code, software = _code_words({"runs_from_other_code": 2, "runs_on_other_software": 3, "code_fingerprint": "ab"})
+    assert code == words.replace("9be099e05a172b89", "ab")
+    assert software.startswith("- **3 training run(s) this run reused were trained on other software** (Python, torch")

@@ -155,12 +155,15 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
     capsys.readouterr()
     run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code=other))
     assert "other training code" not in capsys.readouterr().out  # the code that trained it
-    # A run recorded before result.json named its code: unknown code, never taken for this code's.
+    # A run recorded before result.json named its code: unknown code, never taken for this code's. One trained on
+    # another torch (its record's `env`) is said too.
     old = {k: v for k, v in result.items() if k not in ("code", "codes")}
-    storage.write_json(f"{s3_bucket}/runs/s3run/result.json", old)
+    storage.write_json(f"{s3_bucket}/runs/s3run/result.json", {**old, "env": {**old["env"], "torch": "2.0.1"}})
     capsys.readouterr()
     assert run_training(cfg)["steps"] == 2
-    assert f"(fingerprint unrecorded; this code {training_code_fingerprint()})" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"(fingerprint unrecorded; this code {training_code_fingerprint()})" in said
+    assert f"s3run: already trained, on other software (torch 2.0.1; here torch {torch.__version__})" in said
 
 
 def test_bad_config_errors_before_cluster_work(data8, tmp_path):

@@ -13,6 +13,7 @@ from pipelines.infra.code import (
     env_tags,
     environment,
     environment_words,
+    other_software,
     source_fingerprint,
     training_code_fingerprint,
 )
@@ -123,3 +124,13 @@ def test_the_environment_names_the_software_and_machine_of_this_process():
     assert words.startswith(f"{env['cpu']}, {env['cpus']} CPUs, ") and f"torch {torch.__version__}" in words
     tags = env_tags({**env, "gpu": None})
     assert tags["env.torch"] == torch.__version__ and "env.gpu" not in tags  # no tag for what is not there
+
+
+def test_other_software_names_the_recorded_versions_that_differ_from_here():
+    here = {"python": "3.11.7", "torch": "2.13.0", "numpy": "2.4.6", "ray": "2.60.0", "cpu": "A"}
+    assert other_software({**here, "ray": "2.50.0", "cpu": "B"}, here) == {}  # Ray and the machine are not compared
+    assert other_software({**here, "torch": "2.12.0", "numpy": "1.26.4"}, here) == {
+        "torch": "2.12.0",
+        "numpy": "1.26.4",
+    }
+    assert other_software(None, here) == {} and other_software({"torch": None}, here) == {}  # nothing recorded
