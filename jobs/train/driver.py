@@ -146,7 +146,7 @@ def trained_on_other_software(plan: RunPlan) -> dict[str, str]:
     """The Python, torch and numpy versions of this finished run's record (result.json `env`, its last worker's) that
     differ from this process's: name -> recorded version. {} for an unfinished run or one recorded without `env`."""
     result = _finished_result(plan)
-    return other_software(result.get("env"), environment()) if result else {}
+    return other_software(result.get("env")) if result else {}
 
 
 def _finished_result(plan: RunPlan) -> dict:

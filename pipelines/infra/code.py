@@ -113,6 +113,19 @@ def _version(package: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict[str, str | None]:
+    """Python, torch, numpy and Ray versions of this process (they do not change while it runs)."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "ray": _version("ray"),
+    }
+
+
 def environment() -> dict[str, object]:
     """The software and machine of this process: Python, torch, numpy and Ray versions, the CPU model and count, and
     the GPU (None without one; the device's name once this process has used CUDA, else a count, so that asking starts no
@@ -124,15 +137,7 @@ def environment() -> dict[str, object]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpu = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{gpus} CUDA device(s)" if gpus else None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": _version("numpy"),
-        "ray": _version("ray"),
-        "cpu": _cpu_model(),
-        "cpus": cpus,
-        "gpu": gpu,
-    }
+    return {**_versions(), "cpu": _cpu_model(), "cpus": cpus, "gpu": gpu}
 
 
 # The software in an `environment()` record that can change a run's numbers besides its code (Ray moves data, it does
@@ -140,10 +145,10 @@ def environment() -> dict[str, object]:
 SOFTWARE = ("python", "torch", "numpy")
 
 
-def other_software(recorded: dict | None, here: dict) -> dict[str, str]:
-    """The SOFTWARE versions in a recorded `env` that differ from `here`'s, as recorded ({} for a record without
-    one)."""
-    rec = recorded or {}
+def other_software(recorded: dict | None, here: dict | None = None) -> dict[str, str]:
+    """The SOFTWARE versions in a recorded `env` that differ from `here`'s (default: this process's), as recorded ({}
+    for a record without one)."""
+    rec, here = recorded or {}, here or _versions()
     return {k: rec[k] for k in SOFTWARE if rec.get(k) and rec[k] != here.get(k)}
 
 
