@@ -204,8 +204,8 @@ def _code_words(sweep: dict[str, Any]) -> list[str]:
     if soft:
         lines.append(
             f"- **{soft} training run(s) this run reused were trained on other software** (Python, torch or numpy "
-            "versions; the sweep's log names them, their result.json `env` records them): the same code and settings "
-            "can round differently there. To retrain them here, rerun with `--force`."
+            "versions; the sweep's log names the versions, each run's result.json `env` records its own): the same "
+            "code and settings can round differently there. To retrain them here, rerun with `--force`."
         )
     return lines
 

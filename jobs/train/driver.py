@@ -373,7 +373,7 @@ def finish_run(run: PreparedRun, *, evaluate: bool = True) -> dict:
     plan = run.plan
     summary = storage.read_json(run.result_uri)
     summary.update(run_dir=plan.run_dir, mlflow_run_id=plan.mlflow_run_id)
-    if run.owned and plan.mlflow_run_id and summary.get("env"):  # where the worker that wrote it ran
+    if plan.mlflow_run_id and summary.get("env"):  # where the worker that wrote it ran (a sweep trial's run too)
         from pipelines.infra import tracking
 
         client = tracking.client(plan.tracking_uri, check=False)

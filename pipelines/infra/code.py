@@ -135,7 +135,7 @@ def environment() -> dict[str, object]:
     import torch
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = torch.cuda.device_count()  # NVML first: no CUDA initialisation, so a later fork stays safe
     gpu = torch.cuda.get_device_name() if torch.cuda.is_initialized() else f"{gpus} CUDA device(s)" if gpus else None
     return {**_versions(), "cpu": _cpu_model(), "cpus": cpus, "gpu": gpu}
 
@@ -147,9 +147,16 @@ SOFTWARE = ("python", "torch", "numpy")
 
 def other_software(recorded: dict | None, here: dict | None = None) -> dict[str, str]:
     """The SOFTWARE versions in a recorded `env` that differ from `here`'s (default: this process's), as recorded ({}
-    for a record without one)."""
-    rec, here = recorded or {}, here or _versions()
-    return {k: rec[k] for k in SOFTWARE if rec.get(k) and rec[k] != here.get(k)}
+    for a record without one). Versions are compared without their local build label (torch `2.13.0+cpu` and
+    `2.13.0+cu126` are one release): a driver without GPUs may well run the CPU build of its workers' torch, and the
+    hardware is recorded, not compared."""
+    rec = recorded or {}
+    here = _versions() if here is None else here
+    return {k: rec[k] for k in SOFTWARE if rec.get(k) and _release(rec[k]) != _release(here.get(k))}
+
+
+def _release(version: object) -> str:
+    return str(version).split("+", 1)[0]
 
 
 def software_words(versions: dict) -> str:

@@ -96,6 +96,7 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert record["train_flops"] > 0  # the training it did is counted (goodput)
     trial = client.get_run(record["mlflow_run_id"])
     assert trial.info.status == "FAILED" and "evaluation" in trial.data.tags["ditscale.failure_reason"]
+    assert trial.data.tags["env.torch"] == torch.__version__  # where its main run trained (the trial's own run)
     assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
     runs = tmp_path / "sweeps" / "t" / "runs"
     # Every run records the training code that trained it; say the main run was trained by an older code.

@@ -114,7 +114,9 @@ def test_the_environment_names_the_software_and_machine_of_this_process():
     import numpy
     import torch
 
+    initialised = torch.cuda.is_initialized()
     env = environment()
+    assert torch.cuda.is_initialized() == initialised  # asking does not initialise CUDA
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["numpy"] == numpy.__version__ and env["ray"] == importlib.metadata.version("ray")
     assert env["cpu"] and env["cpu"] != "unknown" and env["cpus"] >= 1
@@ -134,3 +136,8 @@ def test_other_software_names_the_recorded_versions_that_differ_from_here():
         "numpy": "1.26.4",
     }
     assert other_software(None, here) == {} and other_software({"torch": None}, here) == {}  # nothing recorded
+    assert other_software({**here, "torch": "2.13.0+cu126"}, {**here, "torch": "2.13.0+cpu"}) == {}  # one release
+    assert other_software({"torch": "2.12.0"}) == {"torch": "2.12.0"}  # default: this process's versions
+    import torch
+
+    assert other_software({"torch": torch.__version__}) == {}
