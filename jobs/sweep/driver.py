@@ -23,7 +23,14 @@ from jobs.sweep.config import SweepConfig
 from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
-from pipelines.infra.code import SOFTWARE, env_tags, environment, software_words, training_code_fingerprint
+from pipelines.infra.code import (
+    SOFTWARE,
+    env_tags,
+    environment,
+    other_software,
+    software_words,
+    training_code_fingerprint,
+)
 
 
 def load_sweep_config(path: Optional[str], overrides: Sequence[str] = ()) -> SweepConfig:
@@ -241,35 +248,29 @@ def _all_trained(tp: TrialPlan) -> bool:
     return all(trained(spec.plan.run_dir) for spec in tp.runs)
 
 
-def _runs_from_other_code(plans: list[TrialPlan]) -> dict[str, list[str]]:
-    """Finished runs of the grid that other training code trained, in part or whole: run name -> those codes."""
-    from jobs.train.driver import trained_by_other_code
+def _reused_runs(plans: list[TrialPlan]) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
+    """Finished runs of the grid that other training code trained, in part or whole (run name -> those codes), and
+    those trained on other Python, torch or numpy versions (run name -> those versions); each result.json read once."""
+    from jobs.train.driver import codes_besides, finished_result
 
-    return _finished_runs_where(plans, trained_by_other_code)
-
-
-def _runs_on_other_software(plans: list[TrialPlan]) -> dict[str, dict[str, str]]:
-    """Finished runs of the grid trained on other Python, torch or numpy versions: run name -> those versions."""
-    from jobs.train.driver import trained_on_other_software
-
-    return _finished_runs_where(plans, trained_on_other_software)
-
-
-def _finished_runs_where(plans: list[TrialPlan], other: Any) -> dict[str, Any]:
-    """Run name -> `other(plan)` for every run of the grid where it is not empty."""
-    found = {spec.plan.run_name: other(spec.plan) for tp in plans for spec in tp.runs}
-    return {name: v for name, v in found.items() if v}
+    codes, software = {}, {}
+    for tp in plans:
+        for spec in tp.runs:
+            result = finished_result(spec.plan)
+            if other := codes_besides(result, spec.plan.code):
+                codes[spec.plan.run_name] = other
+            if versions := other_software(result.get("env")):
+                software[spec.plan.run_name] = versions
+    return codes, software
 
 
 def _say_other_software(cfg: SweepConfig, runs: dict[str, dict[str, str]]) -> None:
     recorded = {k: " / ".join(sorted({v[k] for v in runs.values() if k in v})) for k in SOFTWARE}
-    recorded = {k: v for k, v in recorded.items() if v}
-    here = environment()
     print(
         f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) it reuses were trained on other software "
-        f"({software_words(recorded)}; here {software_words({k: here[k] for k in recorded})}), e.g. "
-        f"{sorted(runs)[0]}: the same code and settings can round differently there. To retrain them here, start "
-        "afresh (another sweep name or output; `ditscale quickstart --force`).",
+        f"({software_words({k: v for k, v in recorded.items() if v})}), e.g. {sorted(runs)[0]}: the same code and "
+        "settings can round differently there. To retrain them here, start afresh (another sweep name or output; "
+        "`ditscale quickstart --force`).",
         flush=True,
     )
 
@@ -314,10 +315,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     code = training_code_fingerprint()
-    other = _runs_from_other_code(plans)
+    other, other_software = _reused_runs(plans)
     if other:
         _say_other_code(cfg, other, code, "it reuses")  # finished before this invocation
-    other_software = _runs_on_other_software(plans)
     if other_software:
         _say_other_software(cfg, other_software)
     print(
@@ -336,7 +336,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             raise
     records = _records(sdir, plans)
     if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained
-        now = _runs_from_other_code(plans)
+        now = _reused_runs(plans)[0]
         new = {k: v for k, v in now.items() if k not in other}
         if new:
             _say_other_code(cfg, new, code, "this invocation resumed or started from another code's checkpoints")

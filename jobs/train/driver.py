@@ -26,7 +26,7 @@ from jobs.train.config import TrainConfig
 from jobs.train.env import RESULT_NAME
 from jobs.train.plan import RunPlan, attach_worker_data, resolve_run
 from pipelines.infra import storage
-from pipelines.infra.code import env_tags, environment, other_software, software_words
+from pipelines.infra.code import env_tags, other_software, software_words
 
 
 def storage_root(uri: str) -> str:
@@ -132,24 +132,27 @@ def trained(run_dir_uri: str) -> bool:
 
 
 def trained_by_other_code(plan: RunPlan) -> list[str]:
-    """The fingerprints of the other code that trained part or all of this finished run (not `plan.code`): a run
-    resumed or a WSD branch started under changed code counts too (result.json `codes`). Runs are matched by their
-    settings, so such a run is reused as it is. [] for an unfinished run; [UNRECORDED] for one recorded before
-    result.json had fingerprints (its code is unknown, so never taken for this code's)."""
-    result = _finished_result(plan)
-    if not plan.code or not result:
+    """The fingerprints of the other code that trained part or all of this finished run (`codes_besides`)."""
+    return codes_besides(finished_result(plan), plan.code)
+
+
+def codes_besides(result: dict, code: str) -> list[str]:
+    """The fingerprints in a finished run's `result` (result.json) other than `code`: a run resumed or a WSD branch
+    started under changed code counts too (`codes`). Runs are matched by their settings, so such a run is reused as
+    it is. [] for an unfinished run ({}); [UNRECORDED] for one recorded before result.json had fingerprints (its code
+    is unknown, so never taken for this code's)."""
+    if not code or not result:
         return []
-    return [c for c in result.get("codes") or [result.get("code") or UNRECORDED] if c and c != plan.code]
+    return [c for c in result.get("codes") or [result.get("code") or UNRECORDED] if c and c != code]
 
 
 def trained_on_other_software(plan: RunPlan) -> dict[str, str]:
     """The Python, torch and numpy versions of this finished run's record (result.json `env`, its last worker's) that
     differ from this process's: name -> recorded version. {} for an unfinished run or one recorded without `env`."""
-    result = _finished_result(plan)
-    return other_software(result.get("env")) if result else {}
+    return other_software(finished_result(plan).get("env"))
 
 
-def _finished_result(plan: RunPlan) -> dict:
+def finished_result(plan: RunPlan) -> dict:
     """The run's result.json when it says finished, else {}."""
     uri = storage.join(plan.run_dir, RESULT_NAME)
     if not storage.exists(uri):
@@ -449,11 +452,10 @@ def say_other_software(plan: RunPlan) -> dict[str, str]:
     those versions."""
     other = trained_on_other_software(plan)
     if other:
-        here = environment()
         print(
-            f"[ditscale] {plan.run_name}: already trained, on other software ({software_words(other)}; here "
-            f"{software_words({k: here[k] for k in other})}); it is used as it is, though the same code and settings "
-            "can round differently there. To train it here, use another checkpoint.storage or remove its directory.",
+            f"[ditscale] {plan.run_name}: already trained, on other software ({software_words(other)}); it is used as "
+            "it is, though the same code and settings can round differently there. To train it here, use another "
+            "checkpoint.storage or remove its directory.",
             flush=True,
         )
     return other

@@ -160,8 +160,9 @@ def _release(version: object) -> str:
 
 
 def software_words(versions: dict) -> str:
-    """'torch 2.12.0, numpy 1.26.4' for {'torch': '2.12.0', 'numpy': '1.26.4'}."""
-    return ", ".join(f"{k} {v}" for k, v in versions.items())
+    """'torch 2.12.0; here torch 2.13.0+cpu' for {'torch': '2.12.0'}: recorded versions against this process's."""
+    here = _versions()
+    return f"{', '.join(f'{k} {v}' for k, v in versions.items())}; here {', '.join(f'{k} {here[k]}' for k in versions)}"
 
 
 def env_tags(env: dict) -> dict[str, object]:
