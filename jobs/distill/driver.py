@@ -174,9 +174,10 @@ def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[s
     run = prepare_run(plan, parent_run_id=parent_id, tags=tags)
     storage.write_json(storage.join(plan.run_dir, "distill.json"), {**to_dict(cfg), "parent_run_id": parent_id})
     before = say_other_code(plan, "already trained")
-    say_other_software(plan)
+    software_before = say_other_software(plan, "already trained")
     train_runs([run], trainer=DistillTrainer)
     say_other_code(plan, RESUMED_FROM_OTHER_CODE, before)
+    say_other_software(plan, RESUMED_FROM_OTHER_CODE, software_before)
     out = finish_run(run, evaluate=False)
     out["parent_run_id"] = parent_id
     return out

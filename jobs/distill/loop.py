@@ -10,7 +10,7 @@ import torch
 
 from ditcore.checkpoint import load_checkpoint
 from ditcore.guidance_distill import GuidanceRange, distillation_loss, load_teacher_weights
-from jobs.train.checkpointing import recorded_codes, with_code
+from jobs.train.checkpointing import recorded_codes, with_code, with_software
 from jobs.train.data import batch_to_torch, latents_to_model_space
 from jobs.train.loop import Trainer, mix_seed
 
@@ -37,6 +37,7 @@ class DistillTrainer(Trainer):
                 self.ema.load_state_dict(self.raw.state_dict())
             # The codes that trained the teacher (its state.json) trained the student's starting weights too.
             self.progress.codes = with_code(recorded_codes(teacher.state), self.plan.code)
+            self.progress.software = with_software(teacher.state.get("software") or [])
 
     def _loss(self, batch, step: int, micro: int = 0) -> torch.Tensor:
         b = batch_to_torch(batch, self.data_keys, self.device)

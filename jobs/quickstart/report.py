@@ -203,9 +203,10 @@ def _code_words(sweep: dict[str, Any]) -> list[str]:
         )
     if soft:
         lines.append(
-            f"- **{soft} training run(s) this run reused were trained on other software** (Python, torch or numpy "
-            "versions; the sweep's log names the versions, each run's result.json `env` records its own): the same "
-            "code and settings can round differently there. To retrain them here, rerun with `--force`."
+            f"- **{soft} training run(s) of this grid were trained, in part or whole, on other software** (Python, "
+            "torch or numpy versions; the sweep's log names the versions, each run's result.json `software` lists "
+            "its own): reused or resumed as they were, the same code and settings can round differently there. To "
+            "retrain them here, rerun with `--force`."
         )
     return lines
 

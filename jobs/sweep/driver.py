@@ -27,7 +27,7 @@ from pipelines.infra.code import (
     SOFTWARE,
     env_tags,
     environment,
-    other_software,
+    software_besides,
     software_words,
     training_code_fingerprint,
 )
@@ -259,18 +259,20 @@ def _reused_runs(plans: list[TrialPlan]) -> tuple[dict[str, list[str]], dict[str
             result = finished_result(spec.plan)
             if other := codes_besides(result, spec.plan.code):
                 codes[spec.plan.run_name] = other
-            if versions := other_software(result.get("env")):
+            if versions := software_besides(result):
                 software[spec.plan.run_name] = versions
     return codes, software
 
 
-def _say_other_software(cfg: SweepConfig, runs: dict[str, dict[str, str]]) -> None:
-    recorded = {k: " / ".join(sorted({v[k] for v in runs.values() if k in v})) for k in SOFTWARE}
+def _say_other_software(cfg: SweepConfig, runs: dict[str, dict[str, str]], which: str) -> None:
+    recorded = {
+        k: " / ".join(sorted({x for v in runs.values() if k in v for x in v[k].split(" / ")})) for k in SOFTWARE
+    }
+    words = software_words({k: v for k, v in recorded.items() if v})
     print(
-        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) it reuses were trained on other software "
-        f"({software_words({k: v for k, v in recorded.items() if v})}), e.g. {sorted(runs)[0]}: the same code and "
-        "settings can round differently there. To retrain them here, start afresh (another sweep name or output; "
-        "`ditscale quickstart --force`).",
+        f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which}: trained, in part or whole, on "
+        f"other software ({words}), e.g. {sorted(runs)[0]}: the same code and settings can round differently "
+        "there. To retrain them here, start afresh (another sweep name or output; `ditscale quickstart --force`).",
         flush=True,
     )
 
@@ -319,7 +321,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     if other:
         _say_other_code(cfg, other, code, "it reuses")  # finished before this invocation
     if other_software:
-        _say_other_software(cfg, other_software)
+        _say_other_software(cfg, other_software, "it reuses")
     print(
         f"[ditscale] sweep {cfg.name}: {len(plans)} trials, {len(plans) - len(pending)} already done, "
         f"{len(pending)} to run"
@@ -336,11 +338,16 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             raise
     records = _records(sdir, plans)
     if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained
-        now = _reused_runs(plans)[0]
+        now, now_software = _reused_runs(plans)
         new = {k: v for k, v in now.items() if k not in other}
         if new:
             _say_other_code(cfg, new, code, "this invocation resumed or started from another code's checkpoints")
-        other = now
+        new_software = {k: v for k, v in now_software.items() if k not in other_software}
+        if new_software:
+            _say_other_software(
+                cfg, new_software, "this invocation resumed or started from checkpoints other software wrote"
+            )
+        other, other_software = now, now_software
     failed = [r["name"] for r in records if r["status"] != "finished"]
     complete = not failed or (cfg.allow_failures and all(r["status"] != "missing" for r in records))
     client = tracking.client(tracking_uri, check=False)
@@ -364,7 +371,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         "trials_evaluate_only": evaluate_only,
         "code_fingerprint": code,  # the training code this invocation ran (pipelines/infra/code.py)
         "runs_from_other_code": len(other),  # runs of the grid another training code trained, in part or whole
-        "runs_on_other_software": len(other_software),  # runs it reused that other Python / torch / numpy trained
+        "runs_on_other_software": len(other_software),  # runs of the grid other Python / torch / numpy trained, in part
         "trials_done_before": len(plans) - len(pending),
     }
 

@@ -30,6 +30,7 @@ from ditcore.checkpoint import (
 from jobs.train.config import lr_factor
 from jobs.train.parallel import StateDictHolder, state_by_index, state_by_name, to_cpu_full
 from jobs.train.plan import RunPlan
+from pipelines.infra.code import software_versions
 
 SHARDED_DIR = "dcp"  # torch.distributed.checkpoint files of a sharded checkpoint (checkpoint.sharded)
 
@@ -47,6 +48,9 @@ class Progress:
     # Fingerprints of the training code that took these steps (pipelines/infra/code.py), the restored checkpoint's
     # included: a run resumed, or a WSD branch started, under changed code names both codes.
     codes: list[str] = field(default_factory=list)
+    # The Python / torch / numpy versions that took these steps (pipelines/infra/code.py `software_versions`), the
+    # restored checkpoint's included: a run resumed under another torch names both.
+    software: list[dict[str, Any]] = field(default_factory=list)
 
     def as_state(self) -> dict[str, Any]:
         """The progress fields of state.json."""
@@ -57,6 +61,7 @@ class Progress:
             "images_seen": self.images_seen,
             "train_flops": self.train_flops,
             "codes": self.codes,
+            "software": self.software,
         }
 
 
@@ -81,6 +86,7 @@ def restore_weights(
     p.images_seen = p.step * plan.cfg.data.batch_size
     p.train_flops = p.step * plan.cfg.data.batch_size * plan.train_flops_per_image
     p.codes = with_code(recorded_codes(saved), plan.code)
+    p.software = with_software(saved.get("software") or [])
     if own:
         p.metrics = dict(saved.get("metrics") or {})
     return p
@@ -93,6 +99,13 @@ UNRECORDED = "unrecorded"
 def with_code(codes: list[str], code: str) -> list[str]:
     """`codes` with `code` appended (once; an empty fingerprint is not recorded)."""
     return list(codes) + ([code] if code and code not in codes else [])
+
+
+def with_software(records: list[dict]) -> list[dict]:
+    """`records` (the software that trained a checkpoint) with this process's appended (once). A checkpoint written
+    before state.json recorded software adds nothing: unknown, it is not taken for other software."""
+    here = software_versions()
+    return list(records) + ([here] if here not in records else [])
 
 
 def recorded_codes(state: dict) -> list[str]:

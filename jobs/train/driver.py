@@ -26,7 +26,7 @@ from jobs.train.config import TrainConfig
 from jobs.train.env import RESULT_NAME
 from jobs.train.plan import RunPlan, attach_worker_data, resolve_run
 from pipelines.infra import storage
-from pipelines.infra.code import env_tags, other_software, software_words
+from pipelines.infra.code import env_tags, software_besides, software_words
 
 
 def storage_root(uri: str) -> str:
@@ -147,9 +147,10 @@ def codes_besides(result: dict, code: str) -> list[str]:
 
 
 def trained_on_other_software(plan: RunPlan) -> dict[str, str]:
-    """The Python, torch and numpy versions of this finished run's record (result.json `env`, its last worker's) that
-    differ from this process's: name -> recorded version. {} for an unfinished run or one recorded without `env`."""
-    return other_software(finished_result(plan).get("env"))
+    """The Python, torch and numpy versions other than this process's that trained part or all of this finished run
+    (`software_besides`: a run resumed, or a WSD branch started, from a checkpoint another torch wrote counts too):
+    name -> the recorded versions. {} for an unfinished run or one recorded without them."""
+    return software_besides(finished_result(plan))
 
 
 def finished_result(plan: RunPlan) -> dict:
@@ -417,7 +418,7 @@ def run_training(
     run = prepare_run(plan)
     clear_failed([run])
     before = say_other_code(plan, "already trained")
-    say_other_software(plan)
+    software_before = say_other_software(plan, "already trained")
     try:
         train_runs([run], callbacks=callbacks)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
@@ -426,6 +427,7 @@ def run_training(
         traceback.print_exc()
         return abandon_runs([run], failure_reason(exc))[0]
     say_other_code(plan, RESUMED_FROM_OTHER_CODE, before)
+    say_other_software(plan, RESUMED_FROM_OTHER_CODE, software_before)
     return finish_run(run, evaluate=evaluate)
 
 
@@ -447,15 +449,17 @@ def say_other_code(plan: RunPlan, how: str, before: Sequence[str] = ()) -> list[
     return other
 
 
-def say_other_software(plan: RunPlan) -> dict[str, str]:
-    """Say that this finished run was trained on other software than this process's (`trained_on_other_software`);
-    those versions."""
+def say_other_software(plan: RunPlan, how: str, before: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Say that other software than this process's trained this finished run, in part or whole
+    (`trained_on_other_software`); those versions. Called before training ("already trained") and after it with what
+    that call returned (`before`), so a run resumed or started from a checkpoint another torch wrote is said once
+    too."""
     other = trained_on_other_software(plan)
-    if other:
+    if other and other != before:
         print(
-            f"[ditscale] {plan.run_name}: already trained, on other software ({software_words(other)}); it is used as "
-            "it is, though the same code and settings can round differently there. To train it here, use another "
-            "checkpoint.storage or remove its directory.",
+            f"[ditscale] {plan.run_name}: {how}, trained in part or whole on other software ({software_words(other)}); "
+            "it is used as it is, though the same code and settings can round differently there. To train it here "
+            "alone, use another checkpoint.storage or remove its directory.",
             flush=True,
         )
     return other

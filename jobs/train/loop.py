@@ -46,7 +46,7 @@ from jobs.train.parallel import (
     to_cpu_full,
 )
 from jobs.train.plan import RunPlan
-from pipelines.infra.code import environment
+from pipelines.infra.code import environment, software_versions
 
 __all__ = ["LocalEnv", "RayTrainEnv", "RunResult", "Trainer", "mix_seed", "train_loop_per_worker"]
 
@@ -87,6 +87,9 @@ class RunResult:
     code: Optional[str] = None  # fingerprint of the training code that ran (RunPlan.code; pipelines/infra/code.py)
     # Every code that trained its weights: the checkpoint it resumed or branched from included (Progress.codes).
     codes: list[str] = dataclasses.field(default_factory=list)
+    # Every Python / torch / numpy that trained its weights, the checkpoint it resumed or branched from included
+    # (Progress.software); `env` is the process that wrote this record.
+    software: list[dict[str, Any]] = dataclasses.field(default_factory=lambda: [software_versions()])
     # The software and machine of the process that wrote this record (pipelines/infra/code.py `environment`).
     env: dict[str, Any] = dataclasses.field(default_factory=environment)
 
@@ -146,7 +149,9 @@ class Trainer:
         self.own_restore = bool(own)
         self.restore_from = own or self.plan.init_from_local
         self.sharded_restore = bool(self.restore_from) and checkpointing.is_sharded(self.restore_from)
-        self.progress = checkpointing.Progress(codes=checkpointing.with_code([], self.plan.code))
+        self.progress = checkpointing.Progress(
+            codes=checkpointing.with_code([], self.plan.code), software=checkpointing.with_software([])
+        )
         if self.restore_from:
             self.progress = checkpointing.restore_weights(
                 self.restore_from,
@@ -510,6 +515,7 @@ class Trainer:
             peak_flops=self.peak,
             code=self.plan.code or None,
             codes=list(self.progress.codes),
+            software=list(self.progress.software),
         )
 
 

@@ -155,6 +155,25 @@ def other_software(recorded: dict | None, here: dict | None = None) -> dict[str,
     return {k: rec[k] for k in SOFTWARE if rec.get(k) and _release(rec[k]) != _release(here.get(k))}
 
 
+def software_versions() -> dict[str, str | None]:
+    """This process's SOFTWARE versions: the entry a training process adds to the software that trained a run's
+    weights (result.json and state.json `software`)."""
+    here = _versions()
+    return {k: here[k] for k in SOFTWARE}
+
+
+def software_besides(result: dict) -> dict[str, str]:
+    """The SOFTWARE versions other than this process's among everything that trained a finished run: its
+    result.json `software` (every process that took its steps, the checkpoint it resumed or branched from included),
+    else its `env` (a record written before that list); name -> the versions, ' / '-joined. {} for {}."""
+    records = result.get("software") or ([result["env"]] if result.get("env") else [])
+    found: dict[str, set[str]] = {}
+    for rec in records:
+        for k, v in other_software(rec).items():
+            found.setdefault(k, set()).add(str(v))
+    return {k: " / ".join(sorted(found[k])) for k in SOFTWARE if k in found}
+
+
 def _release(version: object) -> str:
     return str(version).split("+", 1)[0]
 

@@ -137,4 +137,4 @@ def test_report_md_names_what_the_sweep_stage_reused():
     # Runs trained on other Python / torch / numpy versions: a caveat of their own.
     code, software = _code_words({"runs_from_other_code": 2, "runs_on_other_software": 3, "code_fingerprint": "ab"})
     assert code == words.replace("9be099e05a172b89", "ab")
-    assert software.startswith("- **3 training run(s) this run reused were trained on other software** (Python, torch")
+    assert software.startswith("- **3 training run(s) of this grid were trained, in part or whole, on other software**")

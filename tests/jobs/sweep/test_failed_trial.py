@@ -107,11 +107,12 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     assert [json.loads(f.read_text())["code"] for f in results] == [code, code]
     assert [json.loads(f.read_text())["codes"] for f in results] == [[code], [code]]  # the branch: its main run's
     (main_result,) = [f for f in results if f.parent.name.endswith("-main")]
-    # ... and on an older torch (its record's `env`, the worker's software and machine).
+    # ... and on an older torch (its record's `software`: every Python / torch / numpy that trained it).
     recorded = json.loads(main_result.read_text())
     assert recorded["env"]["torch"] == torch.__version__
-    env = {**recorded["env"], "torch": "2.0.1"}
-    old = {"code": "0123456789abcdef", "codes": ["0123456789abcdef"], "env": env}
+    assert recorded["software"] == [{k: recorded["env"][k] for k in ("python", "torch", "numpy")}]
+    software = [{**recorded["software"][0], "torch": "2.0.1"}]
+    old = {"code": "0123456789abcdef", "codes": ["0123456789abcdef"], "software": software}
     main_result.write_text(json.dumps({**recorded, **old}))
     trained = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in runs.glob("*/*/*.json")}
     trained.update({f: (f.stat().st_mtime_ns, b"") for f in runs.glob("*/*/checkpoints/step_*/model.safetensors")})
@@ -128,8 +129,8 @@ def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_setting
     other = "1 finished training run(s) it reuses: trained, in part or whole, by other training code"
     other += f" (fingerprint 0123456789abcdef; this code {code})"
     assert other in second.stdout, second.stdout[-3000:]
-    software = "1 finished training run(s) it reuses were trained on other software (torch 2.0.1; here torch "
-    assert f"{software}{torch.__version__}), e.g. " in second.stdout, second.stdout[-3000:]
+    said = "1 finished training run(s) it reuses: trained, in part or whole, on other software (torch 2.0.1; here "
+    assert f"{said}torch {torch.__version__}), e.g. " in second.stdout, second.stdout[-3000:]
     from jobs.scaling.points import read_points
 
     _, points = read_points(client, experiment="sweep-test")

@@ -81,6 +81,11 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
 
     # Resumed by the same code: one fingerprint, recorded once.
     assert state["codes"] == [training_code_fingerprint()] == json.loads((run_dir / "result.json").read_text())["codes"]
+    # ... and by the same software: one Python / torch / numpy record, carried over from the checkpoint once.
+    from pipelines.infra.code import software_versions
+
+    assert [software_versions()] == state["software"] == json.loads((run_dir / "result.json").read_text())["software"]
+    assert state["software"][0]["torch"] == torch.__version__
     assert state["data_position"] == {"epoch": 5, "batch_in_epoch": 1}  # 8 rows = 1 batch per epoch
     # Where it ran: the worker's software and machine, in result.json and as the MLflow run's env.* tags.
     from pipelines.infra.code import environment
@@ -156,14 +161,15 @@ def test_checkpoints_to_s3(ray_local, data8, tmp_path, s3_bucket, capsys):
     run_training(cfg, plan=dataclasses.replace(resolve_run(cfg), code=other))
     assert "other training code" not in capsys.readouterr().out  # the code that trained it
     # A run recorded before result.json named its code: unknown code, never taken for this code's. One trained on
-    # another torch (its record's `env`) is said too.
-    old = {k: v for k, v in result.items() if k not in ("code", "codes")}
+    # another torch is said too: a record from before result.json listed its `software` names it in its `env`.
+    old = {k: v for k, v in result.items() if k not in ("code", "codes", "software")}
     storage.write_json(f"{s3_bucket}/runs/s3run/result.json", {**old, "env": {**old["env"], "torch": "2.0.1"}})
     capsys.readouterr()
     assert run_training(cfg)["steps"] == 2
     said = capsys.readouterr().out
     assert f"(fingerprint unrecorded; this code {training_code_fingerprint()})" in said
-    assert f"s3run: already trained, on other software (torch 2.0.1; here torch {torch.__version__})" in said
+    versions = f"(torch 2.0.1; here torch {torch.__version__})"
+    assert f"s3run: already trained, trained in part or whole on other software {versions}" in said
 
 
 def test_bad_config_errors_before_cluster_work(data8, tmp_path):

@@ -6,6 +6,7 @@ MLflow with the reason and trained again by the next invocation; data too small 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from ditcore.config import ConfigError
 from jobs.train.driver import RAY_SNAPSHOT, run_local, run_training
 from jobs.train.plan import resolve_run
-from pipelines.infra.code import training_code_fingerprint
+from pipelines.infra.code import software_versions, training_code_fingerprint
 from tests.jobs._train_helpers import TINY_OPTIM, config_maker
 
 _cfg = config_maker("mlflow.experiment=test-rerun", *TINY_OPTIM, "run.deterministic=true", "mlflow.log_every=1")
@@ -67,6 +68,15 @@ def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_
     assert out["status"] == "failed" and "injected failure at step 2" in out["reason"], out
     status, tags = _status(tmp_path, out["mlflow_run_id"])
     assert status == "FAILED" and "injected failure" in tags["ditscale.failure_reason"]
+    # ... and on an older torch: its checkpoints' state.json say so.
+    old = {**software_versions(), "torch": "2.0.1"}
+    states = list(Path(out["run_dir"]).glob("checkpoints/step_*/state.json"))
+    assert states and all(json.loads(f.read_text())["software"] == [software_versions()] for f in states)
+    for f in states:  # rewritten, with its new size in the checkpoint's manifest (else it counts as damaged)
+        f.write_text(json.dumps({**json.loads(f.read_text()), "software": [old]}))
+        manifest = json.loads((f.parent / "checkpoint.json").read_text())
+        manifest["files"]["state.json"] = f.stat().st_size
+        (f.parent / "checkpoint.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     again = run_training(_cfg(data8, tmp_path, *base, steps=4))  # the injection is not part of the run's settings
     assert again["status"] == "finished" and again["steps"] == 4
@@ -77,6 +87,12 @@ def test_a_run_whose_training_raises_is_failed_in_mlflow_and_trained_again_next_
     said = capsys.readouterr().out
     assert "raises: resumed or started from a checkpoint, trained in part or whole by other training code" in said
     assert f"(fingerprint 0ld0ld0ld0ld0ld0; this code {code})" in said
+    # Both torches trained it: result.json lists them, and the rerun says so once (nothing was said before training).
+    assert again["software"] == [old, software_versions()], again["software"]
+    assert json.loads((Path(again["run_dir"]) / "result.json").read_text())["software"] == again["software"]
+    other = "raises: resumed or started from a checkpoint, trained in part or whole on other software (torch 2.0.1; "
+    assert said.count(f"{other}here torch {torch.__version__})") == 1, said
+    assert "already trained" not in said
 
 
 def test_a_data_set_too_small_for_its_batch_is_a_config_error(data8, tmp_path):

@@ -14,6 +14,8 @@ from pipelines.infra.code import (
     environment,
     environment_words,
     other_software,
+    software_besides,
+    software_versions,
     source_fingerprint,
     training_code_fingerprint,
 )
@@ -141,3 +143,18 @@ def test_other_software_names_the_recorded_versions_that_differ_from_here():
     import torch
 
     assert other_software({"torch": torch.__version__}) == {}
+
+
+def test_software_besides_names_every_other_version_that_trained_a_run():
+    import torch
+
+    here = software_versions()
+    assert here == {k: environment()[k] for k in ("python", "torch", "numpy")} and here["torch"] == torch.__version__
+    assert software_besides({}) == {} and software_besides({"software": [here], "env": here}) == {}
+    # Resumed under this torch from checkpoints two older ones wrote: both named, once each, in order.
+    older = [{**here, "torch": "2.1.0"}, {**here, "torch": "2.0.1"}, {**here, "torch": "2.1.0+cu121"}, here]
+    assert software_besides({"software": older}) == {"torch": "2.0.1 / 2.1.0 / 2.1.0+cu121"}
+    # `software` is what trained the weights; `env` only the process that wrote the record.
+    assert software_besides({"software": [here], "env": {**here, "torch": "2.0.1"}}) == {}
+    # A record from before result.json listed `software`: its `env` says.
+    assert software_besides({"env": {**here, "numpy": "1.26.4"}}) == {"numpy": "1.26.4"}
