@@ -81,6 +81,29 @@ def test_a_trial_whose_training_raises_is_failed_with_its_reason_not_missing(tmp
     runs = client.search_runs([trial.info.experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
+    # Say its checkpoints were written on an older torch (state.json `software`; the manifest keeps their sizes, else
+    # they count as damaged). The next invocation, the failure gone, resumes them and names the run at its end.
+    states = list((tmp_path / "sweeps" / "t" / "runs").glob("*/*/checkpoints/step_*/state.json"))
+    assert states, "no checkpoint before the failure"
+    for f in states:
+        state = json.loads(f.read_text())
+        f.write_text(json.dumps({**state, "software": [{**state["software"][0], "torch": "2.0.1"}]}))
+        manifest = json.loads((f.parent / "checkpoint.json").read_text())
+        (f.parent / "checkpoint.json").write_text(
+            json.dumps({**manifest, "files": {**manifest["files"], "state.json": f.stat().st_size}})
+        )
+    del cfg["base"]["debug"]  # not part of the trial's settings: the same trial
+    path.write_text(yaml.safe_dump(cfg))
+    again = _sweep(path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "0 already done, 1 to run" in again.stdout and "it reuses" not in again.stdout, again.stdout[-3000:]
+    said = "finished training run(s) this invocation resumed or started from checkpoints other software wrote: "
+    assert f"{said}trained, in part or whole, on other software (torch 2.0.1; here torch {torch.__version__})" in (
+        again.stdout
+    ), again.stdout[-3000:]
+    (result,) = [json.loads(f.read_text()) for f in (tmp_path / "sweeps" / "t" / "runs").glob("*/*-main/result.json")]
+    assert [r["torch"] for r in result["software"]] == ["2.0.1", torch.__version__], result["software"]
+
 
 @pytest.mark.slow
 def test_a_trial_whose_evaluation_raises_is_failed_and_left_out_once_its_settings_change(tmp_path, dataset):  # noqa: F811
