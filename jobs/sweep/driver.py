@@ -24,9 +24,9 @@ from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, swe
 from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
 from pipelines.infra import storage
 from pipelines.infra.code import (
-    SOFTWARE,
     env_tags,
     environment,
+    merged_versions,
     software_besides,
     software_words,
     training_code_fingerprint,
@@ -265,10 +265,7 @@ def _reused_runs(plans: list[TrialPlan]) -> tuple[dict[str, list[str]], dict[str
 
 
 def _say_other_software(cfg: SweepConfig, runs: dict[str, dict[str, str]], which: str) -> None:
-    recorded = {
-        k: " / ".join(sorted({x for v in runs.values() if k in v for x in v[k].split(" / ")})) for k in SOFTWARE
-    }
-    words = software_words({k: v for k, v in recorded.items() if v})
+    words = software_words(merged_versions(runs.values()))
     print(
         f"[ditscale] sweep {cfg.name}: {len(runs)} finished training run(s) {which}: trained, in part or whole, on "
         f"other software ({words}), e.g. {sorted(runs)[0]}: the same code and settings can round differently "

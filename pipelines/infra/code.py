@@ -167,10 +167,16 @@ def software_besides(result: dict) -> dict[str, str]:
     result.json `software` (every process that took its steps, the checkpoint it resumed or branched from included),
     else its `env` (a record written before that list); name -> the versions, ' / '-joined. {} for {}."""
     records = result.get("software") or ([result["env"]] if result.get("env") else [])
+    return merged_versions(other_software(rec) for rec in records)
+
+
+def merged_versions(versions: Iterable[dict]) -> dict[str, str]:
+    """Name -> every distinct version among `versions` (each name -> a version, or several ' / '-joined, as
+    `software_besides` gives), sorted and ' / '-joined; SOFTWARE order."""
     found: dict[str, set[str]] = {}
-    for rec in records:
-        for k, v in other_software(rec).items():
-            found.setdefault(k, set()).add(str(v))
+    for one in versions:
+        for k, v in one.items():
+            found.setdefault(k, set()).update(str(v).split(" / "))
     return {k: " / ".join(sorted(found[k])) for k in SOFTWARE if k in found}
 
 
