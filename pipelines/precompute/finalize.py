@@ -48,17 +48,21 @@ def is_complete(parts: list[dict[str, Any]]) -> bool:
     return nxt == totals.pop()
 
 
-def clear_parts(output: str, parts: list[dict[str, Any]]) -> None:
-    """Delete the files of a shard's parts (an incomplete shard about to be done again)."""
-    for p in parts:
-        name = p["part"]
-        for uri in (
-            storage.join(output, PROGRESS_DIR, f"{name}.json"),
-            storage.join(output, DATA_DIR, f"{name}.parquet"),
-            storage.join(output, PROGRESS_DIR, f"{name}.failures.parquet"),
-            storage.join(output, PROGRESS_DIR, f"{name}.stats.safetensors"),
-        ):
-            storage.delete(uri)
+def clear_shards(output: str, shards: list[int]) -> None:
+    """Delete every file of these shards' parts (incomplete shards about to be done again).
+
+    Found by listing, not from the markers: a part killed between its data file and its marker has no marker, and a
+    resume with another `compute.chunk_rows` cuts the shard into parts of other names, so that data file would
+    otherwise stay beside the new rows and every reader (which lists data/) would see its rows twice.
+    """
+    prefixes = tuple(f"part-{s:05d}-" for s in shards)
+    if not prefixes:
+        return
+    for sub in (PROGRESS_DIR, DATA_DIR):
+        d = storage.join(output, sub)
+        for name in storage.listdir(d):
+            if name.startswith(prefixes):
+                storage.delete(storage.join(d, name))
 
 
 def mark_empty(output: str, shard: int) -> dict[str, Any]:

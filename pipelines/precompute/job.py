@@ -36,7 +36,7 @@ from pipelines.encoders.text import resolve_spec
 from pipelines.infra import storage
 from pipelines.latents.manifest import Manifest
 from pipelines.precompute.config import ComputeConfig, FIDConfig, PrecomputeConfig, VAEConfig
-from pipelines.precompute.finalize import clear_parts, finalize, is_complete, mark_empty, read_markers
+from pipelines.precompute.finalize import clear_shards, finalize, is_complete, mark_empty, read_markers
 from pipelines.precompute.plan import PROGRESS_DIR, fingerprint, validate
 from pipelines.precompute.sink import NULL_ID, NULL_SHARD, NULL_TEXT_FILE, PartSink
 from pipelines.sources import SourceConfig, SourcePlan
@@ -225,7 +225,8 @@ def _run_pending(cfg: PrecomputeConfig, plan: SourcePlan) -> tuple[dict[int, lis
     done = {s["shard"] for s in plan.shards if is_complete(markers.get(s["shard"], []))}
     todo = [s for s in plan.shards if s["shard"] not in done]
     for s in todo:  # parts of an interrupted run: cleared, the shard is done again as a whole
-        clear_parts(cfg.output, markers.pop(s["shard"], []))
+        markers.pop(s["shard"], None)
+    clear_shards(cfg.output, [s["shard"] for s in todo])
     need_null = cfg.text is not None and not storage.exists(storage.join(cfg.output, NULL_TEXT_FILE))
     work = ([{"shard": NULL_SHARD, "kind": "null"}] if need_null else []) + todo
     stats = {"shards_skipped": len(done), "rows_this_run": 0, "run_seconds": 0.0}

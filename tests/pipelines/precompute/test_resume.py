@@ -115,3 +115,27 @@ def test_changed_config_in_same_output_is_refused(tmp_path):
                 + ["source.count=4", "source.shard_size=4", f"vae.path={vae}", "fid=null", "text=null", "source.seed=1"]
             )
         )
+
+
+def test_resume_clears_a_shard_part_that_no_marker_names(tmp_path):
+    """A part killed after its data file but before its marker leaves a file no marker names (and a resume with
+    another compute.chunk_rows cuts the shard into parts of other names): redoing the shard must still clear it,
+    else every reader, which lists data/, sees its rows twice."""
+    import shutil
+
+    vae, fn = tiny_vae(tmp_path / "vae"), tiny_feature_net(tmp_path / "fn")
+    out = tmp_path / "out"
+    base = _overrides(out, vae, fn)[:3] + ["source.count=8", "source.shard_size=4", f"vae.path={vae}", "fid=null"]
+    base += ["text=null"]
+    run_precompute(_cfg(base))
+    data, prog = out / "data", out / "_progress"
+    # Shard 0 as a killed run leaves it: a data file without a marker, and no marker for the shard at all.
+    shutil.copy(data / "part-00000-0000000.parquet", data / "part-00000-0000002.parquet")
+    (prog / "part-00000-0000000.json").unlink()
+    resumed = run_precompute(_cfg(base + ["compute.chunk_rows=4"]))
+    assert resumed["shards_skipped"] == 1 and resumed["rows_this_run"] == 4
+    assert not (data / "part-00000-0000002.parquet").exists()
+    ids = pq.read_table(data, columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 8
+    assert resumed["input"] == resumed["written"] == 8
+    assert (data / "part-00001-0000000.parquet").exists()  # the complete shard's files are kept
