@@ -14,6 +14,7 @@ pickled into the Ray tasks, which therefore do not depend on the workers' enviro
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ class SourceConfig:
     kind: SourceKind = "builtin"
     path: str | None = None  # folder / parquet / webdataset root: local path or s3:// URI
     shard_size: int = 256  # items per shard (builtin, folder, parquet); a WebDataset shard is one tar
-    limit: int | None = None  # keep only the first `limit` items (builtin: count; others: of the shuffled order)
+    # keep only the first `limit` items (builtin: count; others: of the shuffled order). WebDataset: in
+    # load_source_images (train-vae, train-features) only; precompute refuses it (a tar's count is known once read).
+    limit: int | None = None
     # Shard a seeded shuffled order of the inputs (files / parquet row groups / tars), so every shard and every
     # `limit` prefix mixes the classes of a class-sorted folder (ImageNet-style) instead of holding one or two.
     shuffle: bool = True
@@ -386,7 +389,8 @@ def read_shard(
     elif kind == "parquet":
         records = _read_parquet(desc, cfg, filesystem)
     elif kind == "webdataset":
-        records = list(iter_webdataset(desc, cfg, filesystem))
+        # `take`: the samples wanted of this tar (a `limit` met part-way through it); None: all.
+        records = list(itertools.islice(iter_webdataset(desc, cfg, filesystem), desc.get("take")))
     else:
         raise SourceError(f"unknown shard kind {kind!r}")
     return _rows(desc, records)
@@ -550,9 +554,16 @@ def _read_parquet(
     for i in range(n):
         row = desc["first_row"] + i
         rid = data[cfg.id_column][i] if cfg.id_column and cfg.id_column in data else row_id(row)
+        bad_id = None
+        if isinstance(rid, (bytes, bytearray)):  # a binary id column: its text, not the repr "b'...'"
+            try:
+                rid = bytes(rid).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad_id = f"id in column {cfg.id_column!r} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+                rid = None
         rec: dict[str, Any] = {"id": str(rid), "source": f"{src}#row={row}"}
         if rid is None:
-            rec.update(id=row_id(row), error=f"null id in column {cfg.id_column!r}")
+            rec.update(id=row_id(row), error=bad_id or f"null id in column {cfg.id_column!r}")
         try:
             b = _image_bytes(data[cfg.image_column][i]) if cfg.image_column in data else None
             if b is None:
@@ -563,7 +574,16 @@ def _read_parquet(
             rec["error"] = str(exc)
         if cfg.caption_column and cfg.caption_column in data:
             cap = data[cfg.caption_column][i]
-            rec["caption"] = None if cap is None else str(cap)
+            if isinstance(cap, (bytes, bytearray)):  # a binary column: UTF-8 text like a caption file's bytes
+                cap, error = _caption(bytes(cap), f"in column {cfg.caption_column!r}")
+                if error:
+                    rec["error"] = rec.get("error") or error
+            elif cap is not None and not isinstance(cap, str):
+                rec["error"] = rec.get("error") or (
+                    f"caption in column {cfg.caption_column!r} is {type(cap).__name__} {cap!r:.60}, not text"
+                )
+                cap = None
+            rec["caption"] = cap
         if cfg.label_column and cfg.label_column in data:
             lab = data[cfg.label_column][i]
             label = _int_label(lab)

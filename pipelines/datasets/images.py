@@ -79,8 +79,16 @@ def load_source_images(
     plan = plan_source(cfg, image_size)
     images, labels, ids, captions, failures = [], [], [], [], []
     failed = 0
+    # A WebDataset plan is one shard per tar, its sample count unknown until read: the limit is met while reading.
+    left = cfg.limit if cfg.kind == "webdataset" else None
     for desc in plan.shards:
+        if left is not None:
+            if left <= 0:
+                break
+            desc = dict(desc, take=left)
         rows = decode_batch(read_shard(desc, cfg, plan.classes), image_size, require_captions=False)
+        if left is not None:
+            left -= len(rows["id"])
         ok = np.array([not e for e in rows["error"]], dtype=bool)
         failed += int((~ok).sum())
         failures += [(str(i), str(e)) for i, e in zip(rows["id"][~ok], rows["error"][~ok])][: 5 - len(failures)]

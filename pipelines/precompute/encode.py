@@ -25,14 +25,15 @@ from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
     """(uint8 [S,S,3], "") or (None, reason) for one encoded image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if len(data) == 0:
         return None, "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: truncated files fail here, not later inside the crop
-            rgb = to_rgb(img)
+            # Upright as displayed: a camera's EXIF Orientation otherwise leaves the photo (and its crop) sideways.
+            rgb = to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
         return None, "not an image: no image format recognises these bytes"
     except Image.DecompressionBombError as exc:

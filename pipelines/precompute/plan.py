@@ -15,7 +15,7 @@ from pathlib import Path
 from ditcore.config import ConfigError, to_dict
 from pipelines.encoders.text import TextEncoderError, is_multi, resolve_parts, resolve_spec
 from pipelines.infra import storage
-from pipelines.precompute.config import PrecomputeConfig, VAEConfig
+from pipelines.precompute.config import ComputeConfig, PrecomputeConfig, VAEConfig
 from pipelines.sources import SourceError, SourcePlan, plan_source
 
 PROGRESS_DIR = "_progress"
@@ -122,6 +122,12 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
         raise ConfigError(f"image_size must be positive, got {cfg.image_size}")
     if cfg.source.path is not None and cfg.source.kind != "builtin":
         check_apart(cfg.source.path, cfg.output)
+    if cfg.source.kind == "webdataset" and cfg.source.limit is not None:
+        raise ConfigError(
+            f"source.limit={cfg.source.limit} cannot apply to a WebDataset precompute: a tar's sample count is only "
+            "known once it is read, and the tars are encoded in parallel; point source.path at a folder (or one .tar) "
+            "holding the tars wanted, or leave source.limit unset"
+        )
     try:
         plan = plan_source(cfg.source, cfg.image_size)
     except SourceError as exc:
@@ -145,6 +151,17 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     return plan, vae
 
 
+def _dtype_record(c: ComputeConfig) -> dict[str, str]:
+    """The fingerprint's dtype entry: an explicit compute.dtype, or "auto" resolved as far as the driver can.
+
+    "auto" is float32 on CPU but bfloat16 / float16 on a GPU, so an auto run resumed with GPUs (or without) would
+    mix rows of two precisions: on a GPU it is "auto-gpu". Absent for auto on CPU, so old runs keep their print."""
+    if c.dtype != "auto":
+        return {"dtype": c.dtype}
+    on_gpu = c.device.startswith("cuda") or (c.gpus_per_actor > 0 and c.device == "auto")
+    return {"dtype": "auto-gpu"} if on_gpu else {}
+
+
 def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
     """Hash of everything that decides the rows (not the compute layout, but an explicit compute.dtype): a resume
     must match it."""
@@ -155,7 +172,7 @@ def fingerprint(cfg: PrecomputeConfig, plan: SourcePlan) -> str:
         "vae": to_dict(cfg.vae),
         "text": to_dict(cfg.text),
         "fid": to_dict(cfg.fid),
-        **({"dtype": cfg.compute.dtype} if cfg.compute.dtype != "auto" else {}),  # absent: fingerprints of old runs
+        **_dtype_record(cfg.compute),
         "shards": [
             [s["shard"], s.get("count"), s.get("file"), s.get("start"), (s.get("files") or [None])[0]]
             for s in plan.shards

@@ -156,6 +156,29 @@ def test_an_output_holding_rows_of_an_unknown_run_is_refused_and_dtype_is_part_o
     }
     assert len(set(prints.values())) == 3
     assert prints["auto"] == fingerprint(cfg, plan)  # runs that never set a dtype keep their fingerprint
+    # "auto" is float32 on CPU but bf16 / fp16 on a GPU: a resume that moves between them would mix precisions.
+    on_gpu = [{"gpus_per_actor": 1}, {"device": "cuda"}, {"device": "cuda:0", "gpus_per_actor": 1}]
+    gpu_prints = {fingerprint(_cfg(tmp_path, {"kind": "folder", "path": str(root)}, compute=c), plan) for c in on_gpu}
+    assert len(gpu_prints) == 1 and gpu_prints.isdisjoint(prints.values())
+    cpu = _cfg(tmp_path, {"kind": "folder", "path": str(root)}, compute={"device": "cpu", "gpus_per_actor": 1})
+    assert fingerprint(cpu, plan) == prints["auto"]
+
+
+def test_source_limit_of_a_webdataset_is_met_by_reading_or_refused_by_precompute(tmp_path):
+    from pipelines.datasets.images import load_source_images
+    from tests.pipelines._precompute_helpers import make_tar
+
+    make_tar(tmp_path / "wds" / "shard-000.tar", 0, 3)
+    make_tar(tmp_path / "wds" / "shard-001.tar", 3, 3)
+    src = {"kind": "webdataset", "path": str(tmp_path / "wds"), "shuffle": False}
+    from pipelines.sources import SourceConfig
+
+    got = load_source_images(SourceConfig(**src), S, limit=4)
+    assert got["id"] == [f"shard-000.tar/sample{i:04d}" for i in range(3)] + ["shard-001.tar/sample0003"]
+    assert len(load_source_images(SourceConfig(**src), S)["id"]) == 6
+    with pytest.raises(ConfigError, match=r"source.limit=4 cannot apply to a WebDataset precompute"):
+        validate(_cfg(tmp_path, dict(src, limit=4)))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -194,3 +217,51 @@ def test_repeated_ids_and_inputs_left_out_for_their_names_are_counted_and_named(
     assert manifest["source"]["skipped_inputs"] == {"count": 1, "examples": ["_held_back.parquet"]}
     assert "1 inputs were left out because a part of their path starts with '.' or '_'" in err
     assert "_held_back.parquet" in err and "_SUCCESS" not in err
+
+
+def test_binary_parquet_captions_and_ids_are_read_as_text_and_other_types_fail_their_row(tmp_path):
+    from pipelines.sources import SourceConfig, read_shard
+
+    img = png_bytes(random_image(1))
+    table = pa.table(
+        {
+            "image": pa.array([img] * 4, pa.binary()),
+            "caption": pa.array([b"a photo of a cat", b"caf\xe9", b"a dog", b"a bird"], pa.binary()),
+            "key": pa.array([b"img-1", b"img-2", b"\xff", b"img-4"], pa.binary()),
+        }
+    )
+    (tmp_path / "pq").mkdir()
+    pq.write_table(table, tmp_path / "pq" / "a.parquet")
+    src = SourceConfig(kind="parquet", path=str(tmp_path / "pq"), id_column="key", label_column=None, shuffle=False)
+    plan = plan_source(src, S)
+    rows = read_shard(plan.shards[0], src, None)
+    assert list(rows["id"][[0, 1, 3]]) == ["img-1", "img-2", "img-4"]
+    assert rows["caption"][0] == "a photo of a cat" and rows["error"][0] == ""
+    assert "caption in column 'caption' is not UTF-8 text" in rows["error"][1]
+    assert rows["id"][2] == "a.parquet:2" and "id in column 'key' is not UTF-8 text" in rows["error"][2]
+    # A caption column of numbers is not text either: the row fails and says what it holds.
+    pq.write_table(table.set_column(1, "caption", pa.array([1, 2, 3, 4])), tmp_path / "pq" / "a.parquet")
+    rows = read_shard(plan_source(src, S).shards[0], src, None)
+    assert rows["error"][0] == "caption in column 'caption' is int 1, not text"
+    assert [e.startswith("caption in column 'caption' is int") for e in rows["error"]] == [True, True, False, True]
+
+
+def test_a_photo_with_exif_orientation_is_decoded_upright_as_it_displays():
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.precompute.encode import _decode_one
+
+    # Stored landscape (left half red, right half blue) with Orientation 6: displayed rotated 90 degrees clockwise,
+    # a portrait whose top half is red and bottom half blue.
+    a = np.zeros((S, 2 * S, 3), np.uint8)
+    a[:, :S] = (255, 0, 0)
+    a[:, S:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG", exif=exif.tobytes())
+    crop, reason = _decode_one(buf.getvalue(), S)
+    assert reason == "" and crop.shape == (S, S, 3)
+    assert tuple(crop[0, 0]) == (255, 0, 0) and tuple(crop[0, -1]) == (255, 0, 0)  # top row: red across
+    assert tuple(crop[-1, 0]) == (0, 0, 255) and tuple(crop[-1, -1]) == (0, 0, 255)  # bottom row: blue across
