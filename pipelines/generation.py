@@ -341,15 +341,17 @@ class GenerationPipeline:
 
     def _ems(self, guidance: float):
         """DPM-Solver-v3 statistics stored beside the checkpoint (`ditscale ems`), loaded once per guidance."""
-        from pipelines.checkpoint_extras import load_ems
+        from pipelines.checkpoint_extras import ems_name, load_ems
 
-        cache = self.__dict__.setdefault("_ems_cache", {})
-        if guidance not in cache:
+        # Keyed by the file, not the float: guidances 4.0, 4.000001, ... read the same statistics, and a server must
+        # not hold one copy per distinct value a client sends (the cache holds at most one per file on disk).
+        cache, key = self.__dict__.setdefault("_ems_cache", {}), ems_name(guidance)
+        if key not in cache:
             try:
-                cache[guidance] = load_ems(self.checkpoint_uri, guidance)
+                cache[key] = load_ems(self.checkpoint_uri, guidance)
             except FileNotFoundError as exc:
                 raise GenerationError(str(exc)) from exc
-        return cache[guidance]
+        return cache[key]
 
     def concepts(self) -> tuple[dict[str, torch.Tensor], int] | None:
         """(concept directions, their block) stored beside the checkpoint (`ditscale concepts`), or None."""

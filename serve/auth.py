@@ -22,7 +22,9 @@ class BearerAuth:
     @classmethod
     def from_env(cls, env_name: str | None = DEFAULT_TOKEN_ENV, *, required: bool = False) -> "BearerAuth":
         """Auth reading the token from `$env_name`; `required` fails closed when the variable is unset."""
-        token = os.environ.get(env_name, "") if env_name else ""
+        # Stripped: a token mounted from a file (a Kubernetes secret, `echo > file`) usually ends in a newline no
+        # client sends, and would turn every request into a 401.
+        token = os.environ.get(env_name, "").strip() if env_name else ""
         if required and not token:
             raise ValueError(
                 f"auth.required is true but the environment variable {env_name!r} that holds the API "
@@ -35,12 +37,16 @@ class BearerAuth:
         """Whether requests must carry the token."""
         return self._token is not None
 
-    def check(self, scheme: str | None, credentials: str | None) -> None:
-        """Raise AuthError unless auth is disabled or (scheme, credentials) is the right bearer token."""
+    def check(self, scheme: str | None, credentials: str | bytes | None) -> None:
+        """Raise AuthError unless auth is disabled or (scheme, credentials) is the right bearer token.
+
+        `credentials` as the header's raw bytes (what an HTTP client sends: a non-ASCII token as UTF-8), or as text.
+        """
         if self._token is None:
             return
         if not credentials or (scheme or "").lower() != "bearer":
             raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+        given = credentials if isinstance(credentials, bytes) else credentials.encode("utf-8")
         # Constant-time comparison so the response time does not leak how much of the token matched.
-        if not hmac.compare_digest(credentials.encode("utf-8"), self._token):
+        if not hmac.compare_digest(given, self._token):
             raise AuthError("invalid bearer token")

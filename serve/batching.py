@@ -1,14 +1,15 @@
 """Dynamic batching of generation requests: the sampler deployment's run-time config, jobs, and grouping.
 
 `@serve.batch` (serve/sampler.py) hands the sampler whatever requests arrived together; only requests that share
-(steps, sampler, guidance) can run as one batched sampler call, so a batch is split into such groups here, and
-each group is cut so one forward pass holds at most `max_batch_images` images (a request for 16 images counts
-16, not 1). Every image owns its own seeds (pipelines.generation), so a request returns the same images alone
+(steps, sampler, guidance) and steering can run as one batched sampler call, so a batch is split into such groups
+here, and each group is cut so one forward pass holds at most `max_batch_images` images (a request for 16 images
+counts 16, not 1). Every image owns its own seeds (pipelines.generation), so a request returns the same images alone
 or batched.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ditcore.config import ConfigError, from_dict
@@ -37,8 +38,9 @@ class SamplerUserConfig:
         if not 0.0 <= self.default_guidance <= MAX_GUIDANCE:
             raise ConfigError(f"default_guidance: {self.default_guidance} is outside [0, {MAX_GUIDANCE:g}]")
         check_positive(self, ("max_batch_size", "max_batch_images"), "{name}: {value} must be >= 1", ConfigError)
-        if self.batch_wait_timeout_s < 0:
-            raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be >= 0")
+        if not (math.isfinite(self.batch_wait_timeout_s) and self.batch_wait_timeout_s >= 0):
+            # inf would hold a lone request until max_batch_size others arrive (or the request times out)
+            raise ConfigError(f"batch_wait_timeout_s: {self.batch_wait_timeout_s} must be a finite number >= 0")
 
     @classmethod
     def from_user_config(cls, data: dict | None) -> "SamplerUserConfig":

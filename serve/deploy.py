@@ -100,7 +100,7 @@ def _fail_closed(deployments: dict[str, dict], host: str) -> None:
         ingress["user_config"] = {**(ingress.get("user_config") or {}), "auth_required": False}
         return
     env = settings.auth_token_env or DEFAULT_TOKEN_ENV
-    if not os.environ.get(env):
+    if not os.environ.get(env, "").strip():  # blank is no token (serve.auth strips it)
         raise ConfigError(
             f"host {host!r} is reachable from other machines but ${env} (the bearer token clients must "
             f"send) is unset: export it, or set {INGRESS_NAME}.user_config.auth_disabled=true to serve "
@@ -183,6 +183,35 @@ def wait_healthy(url: str, timeout: float, alive: Any = None) -> None:
     raise NotReadyError(f"{url}/healthz did not answer within {timeout:.0f}s ({last})")
 
 
+def _running_http() -> tuple[str, int] | None:
+    """(host, port) the cluster's Serve really listens on; None where Ray does not say."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        cfg = _get_global_client().http_config
+        return str(cfg.host), int(cfg.port)
+    except Exception:  # noqa: BLE001 - a Ray without this accessor: the planned options stand
+        return None
+
+
+def adopt_running_http(plan: DeploymentPlan, host: str, port: int) -> None:
+    """Judge and address the service by where Serve really listens, not by where it was asked to.
+
+    A Serve already running on the cluster keeps its own HTTP options (Ray only logs that the new ones are ignored).
+    One bound to another interface than the plan's loopback host is reachable from other machines, so it needs the
+    token as any public host does (ConfigError before anything is deployed); its port gives the URL.
+    """
+    planned = plan.http_options.get("host", "127.0.0.1")
+    if host != planned and not is_loopback(host):
+        try:
+            _fail_closed(plan.deployments, host)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"Serve already runs on this cluster bound to {host}:{port} (not the {planned!r} asked for); {exc}"
+            ) from None
+    plan.http_options = {**plan.http_options, "host": host, "port": port}
+
+
 def deploy(
     plan: DeploymentPlan,
     *,
@@ -199,6 +228,9 @@ def deploy(
 
     fit_resources(plan, num_gpus)
     serve.start(http_options=plan.http_options, logging_config=logging_config)
+    running = _running_http()
+    if running is not None:
+        adopt_running_http(plan, *running)
     serve.run(
         make_app(plan.args, plan.deployments),
         name=plan.name,

@@ -111,7 +111,8 @@ class BearerGate:
             value = next((v.decode("latin-1") for k, v in headers if k.lower() == b"authorization"), "")
             scheme, _, credentials = value.strip().partition(" ")
             try:
-                auth.check(scheme, credentials.strip() or None)
+                # latin-1 maps bytes 1:1, so this is the header's bytes again: a UTF-8 token compares as sent.
+                auth.check(scheme, credentials.strip().encode("latin-1") or None)
             except AuthError as exc:
                 await _unauthorized(exc)(scope, receive, send)
                 return
@@ -190,9 +191,10 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 @api.exception_handler(StarletteHTTPException)
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-        # FastAPI's "There was an error parsing the body": bytes that are not UTF-8, or a number too long to convert.
-        why = str(exc.__cause__).split(";")[0]
+    if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI's "There was an error parsing the body": bytes that are not UTF-8, a number too long to convert,
+        # or JSON nested deeper than the parser recurses.
+        why = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else str(exc.__cause__).split(";")[0]
         message = f"body: could not be read as JSON ({why})"
         return _error(422, "invalid request", [FieldError(field="body", message=message)])
     return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))

@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import secrets
 import time
 from typing import Any
@@ -50,14 +51,28 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def _first_number(*sources: tuple[dict | None, tuple[str, ...]]) -> float | None:
-    """First value among (mapping, keys) pairs that parses as a float."""
+    """First value among (mapping, keys) pairs that parses as a finite float."""
     for mapping, keys in sources:
         for key in keys:
             try:
-                return float((mapping or {})[key])
+                value = float((mapping or {})[key])
             except (KeyError, TypeError, ValueError):
                 continue
+            if math.isfinite(value):
+                return value
     return None
+
+
+def _json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (a NaN metric in state.json or a registry tag) as None: JSON has no NaN,
+    and Starlette refuses to send one, which would turn GET /v1/model into a 500."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def model_info(pipe: Any, registry: dict | None) -> dict:
@@ -88,8 +103,8 @@ def model_info(pipe: Any, registry: dict | None) -> dict:
         "train_flops": _first_number(
             (reg, ("train_flops",)), (tags, ("train_flops",)), (pipe.state, ("train_flops", "flops"))
         ),
-        "state": pipe.state,
-        "registry": json.loads(json.dumps(registry, default=str)) if registry else None,
+        "state": _json_safe(pipe.state),
+        "registry": _json_safe(json.loads(json.dumps(registry, default=str))) if registry else None,
     }
 
 

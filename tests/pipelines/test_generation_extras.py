@@ -70,6 +70,13 @@ def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
     with pytest.raises(GenerationError, match="ems_w2.safetensors"):  # EMS are per guidance scale
         pipe.generate_labels([0], [0], SamplerSettings(sampler="dpmsolver-v3", steps=4, guidance=2.0))
     assert main([ckpt, "--num-nodes", "3"]) == 2  # bad value: a clear error, nothing written
+    # Guidances that read the same statistics file share one loaded copy: a server keeps one per file, not one per
+    # distinct float a client sends.
+    assert main([*args, "--guidance", "2"]) == 0
+    capsys.readouterr()
+    first = pipe._ems(2.0)
+    assert all(pipe._ems(2.0 + k * 1e-12) is first for k in range(1, 4))
+    assert sorted(pipe.__dict__["_ems_cache"]) == ["ems.safetensors", "ems_w2.safetensors"]
 
 
 def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):

@@ -373,7 +373,8 @@ def test_invalid_inputs_get_4xx_naming_the_field(server):
     url = f"{base}/class/v1/generate"
     # Not JSON / not an object.
     not_utf8, long_number = b'{"label": 1, "prompt": "\xff\xfe"}', b'{"seed": ' + b"9" * 5000 + b"}"
-    for raw in (b"{not json", b"[1, 2]", b'"label"', not_utf8, long_number):
+    deep = b"[" * 60_000  # under the body limit, deeper than the JSON parser recurses
+    for raw in (b"{not json", b"[1, 2]", b'"label"', not_utf8, long_number, deep):
         r = requests.post(url, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "body", r.text
     # A JSON object sent without a JSON Content-Type is never parsed: the error says which header to send.

@@ -35,9 +35,10 @@ def test_non_loopback_host_without_token_is_refused(host, monkeypatch):
         _plan(host)
     msg = str(err.value)
     assert repr(host) in msg and f"${TOKEN_ENV}" in msg and "auth_disabled=true" in msg
-    monkeypatch.setenv(TOKEN_ENV, "")  # set but empty is no token either
-    with pytest.raises(ConfigError, match=TOKEN_ENV):
-        _plan(host)
+    for blank in ("", " \n"):  # set but empty (or blank) is no token either
+        monkeypatch.setenv(TOKEN_ENV, blank)
+        with pytest.raises(ConfigError, match=TOKEN_ENV):
+            _plan(host)
 
 
 def test_non_loopback_host_with_token_requires_auth_on_the_replicas(monkeypatch):
@@ -61,6 +62,27 @@ def test_loopback_host_runs_without_a_token(host, monkeypatch):
     plan = _plan(host)
     assert plan.deployments[INGRESS_NAME]["user_config"]["auth_required"] is False
     assert urlsplit(plan.url).hostname == host  # an IPv6 literal is bracketed in the URL clients and --detach use
+
+
+def test_a_serve_already_running_on_a_public_interface_is_judged_by_where_it_listens(monkeypatch):
+    from serve.deploy import adopt_running_http
+
+    # Asked for loopback (no token needed), but the cluster's Serve already listens on every interface.
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    plan = _plan("127.0.0.1")
+    with pytest.raises(ConfigError) as err:
+        adopt_running_http(plan, "0.0.0.0", 8000)
+    assert "already runs on this cluster bound to 0.0.0.0:8000" in str(err.value) and f"${TOKEN_ENV}" in str(err.value)
+    monkeypatch.setenv(TOKEN_ENV, "t0ken")
+    plan = _plan("127.0.0.1")
+    adopt_running_http(plan, "0.0.0.0", 8000)
+    assert plan.deployments[INGRESS_NAME]["user_config"]["auth_required"] is True
+    # Another loopback port: no token needed, and the URL clients get is where it really listens.
+    monkeypatch.delenv(TOKEN_ENV)
+    plan = _plan("127.0.0.1")
+    adopt_running_http(plan, "127.0.0.1", 8123)
+    assert plan.deployments[INGRESS_NAME]["user_config"]["auth_required"] is False
+    assert urlsplit(plan.url).port == 8123
 
 
 def test_shipped_config_makes_a_replica_without_its_token_refuse_to_start(monkeypatch):

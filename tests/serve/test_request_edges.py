@@ -1,0 +1,81 @@
+"""Edges of the serving path checked without starting Ray: the bearer gate against the header bytes a client sends,
+a token read from a file, run-time batching settings that would stall requests, and model metadata that JSON
+cannot carry."""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+
+import pytest
+import torch
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from ditcore.config import ConfigError
+from serve import ingress
+from serve.auth import BearerAuth
+from serve.batching import SamplerUserConfig
+
+
+def _gated(token: str) -> TestClient:
+    inner = Starlette(routes=[Route("/v1/model", lambda _r: PlainTextResponse("ok"))])
+    ingress._AUTH["auth"] = BearerAuth(token)
+    return TestClient(ingress.BearerGate(inner))
+
+
+@pytest.fixture(autouse=True)
+def _restore_auth():
+    saved = ingress._AUTH["auth"]
+    yield
+    ingress._AUTH["auth"] = saved
+
+
+@pytest.mark.parametrize("token", ["s3cret", "pässwörd", "トークン-1"])
+def test_a_token_is_compared_as_the_bytes_a_client_sends(token):
+    client = _gated(token)
+    sent = {"Authorization": b"Bearer " + token.encode("utf-8")}  # what curl / requests put on the wire
+    assert client.get("/v1/model", headers=sent).status_code == 200
+    assert client.get("/v1/model", headers={"Authorization": b"Bearer " + token.encode() + b"x"}).status_code == 401
+    assert client.get("/v1/model").status_code == 401
+
+
+def test_a_token_read_from_a_file_loses_its_trailing_newline(monkeypatch):
+    monkeypatch.setenv("DITSCALE_EDGE_TOKEN", "s3cret\n")
+    auth = BearerAuth.from_env("DITSCALE_EDGE_TOKEN", required=True)
+    auth.check("Bearer", "s3cret")
+    monkeypatch.setenv("DITSCALE_EDGE_TOKEN", " \n")  # blank is unset: a required token still fails closed
+    with pytest.raises(ValueError, match="DITSCALE_EDGE_TOKEN"):
+        BearerAuth.from_env("DITSCALE_EDGE_TOKEN", required=True)
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, -0.5])
+def test_a_batch_wait_that_is_not_a_finite_number_is_refused_naming_it(bad):
+    with pytest.raises(ConfigError, match="batch_wait_timeout_s"):
+        SamplerUserConfig.from_user_config({"batch_wait_timeout_s": bad})
+    assert SamplerUserConfig.from_user_config({"batch_wait_timeout_s": 0.0}).batch_wait_timeout_s == 0.0
+
+
+def test_model_info_turns_non_finite_metadata_into_null():
+    from serve.sampler import model_info
+
+    pipe = types.SimpleNamespace(
+        checkpoint_uri="/ckpt",
+        conditioning="class",
+        num_classes=4,
+        image_size=32,
+        config={"name": "tiny"},
+        model=types.SimpleNamespace(config=None, parameters=lambda: [torch.zeros(3)]),
+        manifest=None,
+        state={"fid": float("nan"), "best_fid": 12.5, "history": [1.0, float("inf")], "step": 3},
+    )
+    registry = {"fid": "nan", "tags": {"train_flops": "inf"}, "note": float("-inf")}
+    info = model_info(pipe, registry)
+    json.dumps(info, allow_nan=False)  # raises on any NaN / inf left
+    assert info["fid"] == 12.5  # the first finite value: state's best_fid after the NaNs
+    assert info["train_flops"] is None
+    assert info["state"]["fid"] is None and info["state"]["history"] == [1.0, None] and info["state"]["step"] == 3
+    assert info["registry"]["note"] is None
