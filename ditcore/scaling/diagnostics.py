@@ -45,7 +45,7 @@ class SupportCriteria:
     min_points: int = 6  # too_few_points
     min_budgets: int = 4  # too_few_budgets
     min_isoflop_budgets: int = 3  # isoflop_too_few_budgets
-    max_rel_ci_width: float = 1.0  # wide_interval
+    max_rel_ci_width: float = 0.6  # wide_interval: an interval wider than +-30% of the estimate
     max_held_out_rel_error: float = 0.10  # held_out_error
     max_noise_share: float = 0.25  # sampling_noise
     min_parabola_opt_ratio: float = 0.5  # isoflop_bent_parabola
@@ -136,7 +136,8 @@ def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[st
         if name in (exp_name, floor_name) and v is not None and (hi - lo) > criteria.max_rel_ci_width * abs(v):
             ratio = (hi - lo) / abs(v) if v != 0 else float("inf")
             size = (
-                f"is {ratio:.1f} times as wide as the estimate {_fmt(v)}"
+                f"is {ratio:.2g} times as wide as the estimate {_fmt(v)} (wider than "
+                f"+-{50 * criteria.max_rel_ci_width:.0f}% of it)"
                 if ratio < 100
                 else f"is wide while the estimate ({_fmt(v)}) is essentially 0"
             )

@@ -104,6 +104,10 @@ def fit_parabola(log_n: Any, values: Any) -> dict[str, Any]:
     """
     x = np.asarray(log_n, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))
+    if bad.size:  # np.argmin would pick a NaN as the optimum, and polyfit return NaN coefficients
+        i = int(bad[0])
+        raise FitError(f"isoFLOP parabola: point {i} is not finite (log N {x[i]:.4g}, value {y[i]:.4g})")
     if np.unique(x).size < 3:
         raise FitError(f"isoFLOP parabola needs >= 3 distinct model sizes, got {np.unique(x).size}")
     a, b, c = np.polyfit(x, y, 2)

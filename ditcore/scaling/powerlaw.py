@@ -17,9 +17,9 @@ marked in `ci_open`: there the data do not bound the parameter, only the search 
 Why profile: `ditcore.scaling.calibration` measures the coverage of the 95% interval of the exponent on synthetic
 frontiers with known parameters and a few percent of multiplicative noise (6-10 points over 1.5-2 decades).
 Residual and parametric bootstraps under-cover (0.90-0.93), the percentile bootstrap over points covers
-(0.96-0.98) but is 10-40% wider and erratic (it refits resamples with 3-4 distinct points), the profile interval
-covers 0.96-0.97 and is narrower; see that module for the table. The percentile bootstrap over points is still
-computed (`ci_bootstrap`); its rows (`samples`) give the prediction band and arm-crossing intervals.
+(0.96-0.98) but is 11-65% wider (median widths) and erratic (it refits resamples with 3-4 distinct points), the
+profile interval covers 0.96-0.97 and is narrower; see that module for the table. The percentile bootstrap over
+points is still computed (`ci_bootstrap`); its rows (`samples`) give the prediction band and arm-crossing intervals.
 
 The floor's bound (`floor_bound`): the floor is kept below the lowest value, so on a frontier whose lowest point
 is low (noise, or the frontier's lowest-value selection) the estimate can sit on that bound, and the exponent's
@@ -136,13 +136,21 @@ class PowerLawFit:
 
 
 def _validate(compute: Any, values: Any, min_points: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 arrays of positive, finite compute and values with at least `min_points` distinct computes."""
+    """Float64 arrays of positive, finite compute and values with at least `min_points` distinct computes; any
+    other input is a FitError naming a bad point."""
     c = np.asarray(compute, dtype=np.float64).ravel()
     y = np.asarray(values, dtype=np.float64).ravel()
     if c.shape != y.shape:
         raise FitError(f"{what}: {c.size} compute values but {y.size} metric values")
-    ok = np.isfinite(c) & np.isfinite(y)
-    c, y = c[ok], y[ok]
+    nonfinite = np.flatnonzero(~(np.isfinite(c) & np.isfinite(y)))
+    if nonfinite.size:
+        # Never dropped silently: a fit on the points that are left would answer another question (the sweep
+        # leaves such points out itself, and its report names them).
+        i = int(nonfinite[0])
+        raise FitError(
+            f"{what}: {nonfinite.size} point(s) are not finite (e.g. point {i}: compute {c[i]:.4g}, value {y[i]:.4g}); "
+            "leave them out before fitting"
+        )
     bad = np.flatnonzero((c <= 0) | (y <= 0))
     if bad.size:
         i = int(bad[0])

@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sweep_command_parser(
         "fit",
         "Fit FID(C) = A * C^-beta + FID_inf (frontier and per model), the "
-        "validation-loss law and N*(C) from isoFLOP minima to a sweep, with bootstrap "
-        "intervals and a held-out check; for a sweep with architecture arms also each arm's "
+        "validation-loss law and N*(C) from isoFLOP minima to a sweep, with 95% intervals "
+        "(profile likelihood; bootstrap for N*) and a held-out check; for a sweep with architecture arms "
+        "also each arm's "
         "frontier law (arms.<arm>.beta / beta_ci) and where the arms' fits cross; plots + "
         "fit_report.json, logged to the sweep's run.",
         "point metric to fit (a points.json key)",

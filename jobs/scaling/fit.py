@@ -1,9 +1,9 @@
 """Scaling-law fits of a sweep (`ditscale fit`), with plots and a JSON report logged to the sweep's parent run.
 
 From every trial's points: FID(C) = A * C^-beta + FID_inf on the compute-efficient frontier and per model, the
-validation-loss law L(C) = A * C^-alpha + L_inf, and N*(C) = k * C^a from isoFLOP minima, all with bootstrap
-intervals and a held-out check (ditcore.scaling). Compute C = training FLOPs (multiply-add = 2 FLOPs, training
-step = 3 x forward).
+validation-loss law L(C) = A * C^-alpha + L_inf, and N*(C) = k * C^a from isoFLOP minima, the laws with
+profile-likelihood intervals, N* with a bootstrap interval, and a held-out check (ditcore.scaling). Compute C =
+training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward).
 """
 
 from __future__ import annotations

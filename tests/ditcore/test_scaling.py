@@ -83,11 +83,21 @@ def test_loss_law_names_and_noise_free_recovery():
         ([1e15, 1e15, 1e15, 1e15], [10.0, 9.0, 8.0, 7.0], "at least 3 points"),
         ([1e15, 1e16, 1e17], [10.0, -1.0, 8.0], "must be > 0"),
         ([1e15, 1e16], [10.0], "2 compute values but 1 metric"),
+        # Not dropped silently: a fit of the rest would be exact on 3 points and say nothing of the NaNs.
+        ([1e15, 1e16, 1e17, 1e18, 1e19], [10.0, float("nan"), 8.0, 7.0, 6.5], r"1 point\(s\) are not finite.*point 1"),
+        ([1e15, float("inf"), 1e17, 1e18], [10.0, 9.0, 8.0, 7.0], r"not finite \(e.g. point 1: compute inf"),
     ],
 )
 def test_too_few_or_bad_points_raise_clear_errors(c, y, msg):
     with pytest.raises(FitError, match=msg):
         fit_fid_law(c, y)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_parabola_through_a_non_finite_value_is_a_clear_error_not_an_optimum(bad):
+    x = np.log([1e5, 1e6, 1e7, 1e8])
+    with pytest.raises(FitError, match=r"isoFLOP parabola: point 2 is not finite"):
+        fit_parabola(x, [5.0, 2.0, bad, 6.0])
 
 
 def test_frontier_is_min_over_models_per_budget_with_tie_to_less_compute():
@@ -216,9 +226,10 @@ def test_held_out_check_and_interval_level_take_bad_input_like_the_fits():
     from ditcore.scaling.powerlaw import fit_power_law, held_out_check
 
     c, y = [1e11, 1e12, 1e13, 1e14, 1e15], [9.0, 6.0, 4.5, 3.8, 3.5]
-    # a NaN point is left out as fit_power_law leaves it out (it used to turn the check off, miscounting)
-    nan = held_out_check([*c[:3], float("nan"), *c[3:]], [*y[:3], 2.0, *y[3:]])
-    assert nan == held_out_check(c, y) and "skipped" not in nan
+    # a NaN point is refused, naming it, as fit_power_law refuses it (callers leave such points out themselves)
+    with pytest.raises(FitError, match=r"held-out check: 1 point\(s\) are not finite \(e.g. point 3: compute nan"):
+        held_out_check([*c[:3], float("nan"), *c[3:]], [*y[:3], 2.0, *y[3:]])
+    assert "skipped" not in held_out_check(c, y)
     with pytest.raises(FitError, match=r"must be > 0 for a log-space fit; 1 are not \(e.g. compute 1e\+15, value 0\)"):
         held_out_check(c, [*y[:4], 0.0])  # was a ZeroDivisionError
     with pytest.raises(FitError, match=r"ci_level must be in \(0, 1\), got 1.5"):
