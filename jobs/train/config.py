@@ -107,7 +107,8 @@ class FaultSpec:
     """A failure to inject once per run (tests of fault tolerance): at `step` on `rank`."""
 
     step: int = 0
-    mode: Literal["raise", "exit", "nan"] = "raise"  # exception / os._exit(1) / a non-finite loss from `step` on
+    # exception / os._exit(1) / a non-finite loss from `step` on / an infinite gradient at `step`, its loss finite
+    mode: Literal["raise", "exit", "nan", "inf_grad"] = "raise"
     rank: int = 0
 
 

@@ -2,8 +2,8 @@
 
 A failure fires once per run: a marker file beside the run's checkpoints records that it happened, so the
 restarted worker (or driver) trains on. Modes: "raise" (an exception), "exit" (os._exit(1): a worker killed
-mid-epoch), "nan" (a non-finite loss from the step on: a diverged run).
-"""
+mid-epoch), "nan" (a non-finite loss from the step on: a diverged run), "inf_grad" (an infinite gradient at the
+step while its loss stays finite: a divergence the loss read at that step does not show)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class FaultInjector:
     def before_step(self, step: int) -> None:
         """Raise / exit at the configured step on the configured rank (once per run)."""
         s = self.spec
-        if s is None or s.mode == "nan" or s.step != step or self.env.rank != s.rank:
+        if s is None or s.mode in ("nan", "inf_grad") or s.step != step or self.env.rank != s.rank:
             return
         if self._mark_fired():
             if s.mode == "exit":
@@ -36,6 +36,9 @@ class FaultInjector:
         """A non-finite loss from the configured step on ("nan" mode), else the loss itself."""
         if self.spec is not None and self.spec.mode == "nan" and step >= self.spec.step:
             return loss * float("nan")
+        if self.spec is not None and self.spec.mode == "inf_grad" and step == self.spec.step:
+            loss = loss * 1.0  # a node of its own: the hook scales only this step's gradient
+            loss.register_hook(lambda g: g * float("inf"))
         return loss
 
     def _mark_fired(self) -> bool:

@@ -189,6 +189,10 @@ class Trainer:
             fused=True if not self.fsdp and self.device.type in ("cpu", "cuda") else None,
         )
         self.param_names = optimizer_param_names(self.optimizer, self.raw)
+        # torch's load_state_dict replaces each group's hyper-parameters with the checkpoint's: a run started from
+        # another run's checkpoint (checkpoint.init_from) with its own optim.lr / betas / eps / weight_decay keeps
+        # those, and only the moment estimates and step counts come from the checkpoint.
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         if self.restore_from and not self.sharded_restore:
             checkpointing.restore_optimizer(self.restore_from, self.raw, self.optimizer, self.param_names, self.fsdp)
         self.model_params = dict(self.raw.named_parameters())
@@ -201,6 +205,8 @@ class Trainer:
             self.ema_params = shard_like(ema_full, self.model_params) if self.fsdp else ema_full
         if self.sharded_restore:
             checkpointing.restore_sharded(self.restore_from, self.raw, self.optimizer, self.ema_params)
+        for group, hparams in zip(self.optimizer.param_groups, configured):
+            group.update(hparams)
 
     def _setup_conditioning(self) -> None:
         """Objective (with data.cond_dropout), null condition, batch columns, validation batch."""
@@ -395,6 +401,10 @@ class Trainer:
         elif is_val:
             self.tracker.metrics(self.validation(), step)
         if is_ckpt:
+            if not self._weights_finite():
+                # The loss read here is that of the batch before the update: an infinite gradient (not caught
+                # by a gradient norm when grad_clip is 0) turns the weights to NaN with the loss still finite.
+                return f"non-finite weights after the update of step {step} (loss {loss:.4g}): diverged"
             self.last_ckpt = checkpointing.save(
                 self.env,
                 self.plan,
@@ -409,6 +419,19 @@ class Trainer:
                 names=self.param_names,
                 fsdp=self.fsdp,
             )
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """Whether every weight is finite on every worker (checked before a checkpoint keeps them)."""
+        ok = torch.ones((), device=self.device)
+        for p in self.raw.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2: this worker's shard
+            if not bool(torch.isfinite(local).all()):
+                ok.zero_()
+                break
+        if self.world > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok)
 
     def _progress_line(self, step: int) -> None:
         """Rank 0: step/total, loss, images/s, MFU and ETA on the console (silent under run.log_level WARNING+)."""

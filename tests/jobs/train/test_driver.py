@@ -110,7 +110,7 @@ def test_nan_loss_stops_trial_and_keeps_last_good_checkpoint(ray_local, data8, t
     out = run_training(_cfg(data8, tmp_path, "run.name=nanrun", "checkpoint.every_n_steps=1", nan_at_2, steps=5))
     assert out["status"] == "failed" and "non-finite loss" in out["reason"]
     ckpts = sorted(p.name for p in (Path(out["run_dir"]) / "checkpoints").iterdir() if p.name.startswith("step_"))
-    assert ckpts[-1] == "step_00000002"  # steps 0,1 done; the NaN at step index 2 is never applied
+    assert ckpts[-1] == "step_00000002"  # steps 0,1 done; the NaN update (step index 2) is never checkpointed
     from mlflow import MlflowClient
 
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(out["mlflow_run_id"])
@@ -124,6 +124,40 @@ def test_an_infinite_gradient_norm_with_a_finite_loss_is_divergence(data8, tmp_p
     out = run_local(_cfg(data8, tmp_path, "optim.lr=1e6", "run.name=blowup", steps=8), str(tmp_path / "local"))
     assert out["status"] == "failed", out
     assert re.fullmatch(r"non-finite gradient norm \(inf\) at step \d+ \(loss [0-9.e+]+\): diverged", out["reason"])
+
+
+def test_without_gradient_clipping_diverged_weights_are_never_checkpointed(data8, tmp_path):
+    # grad_clip 0 computes no gradient norm: an infinite gradient turns the weights to NaN while the loss read at
+    # that step (the batch before the update) is finite. A checkpoint there kept NaN weights as the "last good" one,
+    # which every rerun resumed from.
+    inf_at_2 = 'debug.inject_failure={"step": 2, "mode": "inf_grad"}'
+    cfg = _cfg(data8, tmp_path, "optim.grad_clip=0", "checkpoint.every_n_steps=1", "run.name=noclip", inf_at_2, steps=5)
+    out = run_local(cfg, str(tmp_path / "local"))
+    assert out["status"] == "failed", out
+    assert re.fullmatch(r"non-finite weights after the update of step 3 \(loss [0-9.e+-]+\): diverged", out["reason"])
+    ckpts = sorted(p.name for p in (tmp_path / "local" / "checkpoints").glob("step_*"))
+    assert ckpts[-1] == "step_00000002", ckpts
+    for name in ckpts:
+        weights = load_file(str(tmp_path / "local" / "checkpoints" / name / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values()), name
+
+
+def test_a_run_started_from_another_runs_checkpoint_keeps_its_own_optimizer_settings(data8, tmp_path):
+    src = run_local(_cfg(data8, tmp_path, "run.name=src", steps=2), str(tmp_path / "src"))
+    assert src["status"] == "finished", src
+    ck = tmp_path / "src" / "checkpoints" / "step_00000002"
+    hp = ["optim.lr=0.0005", "optim.betas=[0.8,0.95]", "optim.weight_decay=0.01", "optim.eps=1e-6"]
+    out = run_local(
+        _cfg(data8, tmp_path, "run.name=dst", f"checkpoint.init_from={ck}", *hp, steps=3), str(tmp_path / "dst")
+    )
+    assert out["status"] == "finished", out
+    saved = json.loads((tmp_path / "dst" / "checkpoints" / "step_00000003" / "optimizer.json").read_text())
+    source = json.loads((ck / "optimizer.json").read_text())
+    # torch's load_state_dict had put the source run's settings (lr 0.003, betas 0.9/0.999, eps 1e-8) back
+    assert max(g["base_lr"] for g in source["param_groups"]) == pytest.approx(0.003)
+    assert max(g["base_lr"] for g in saved["param_groups"]) == pytest.approx(0.0005)
+    assert all(list(g["betas"]) == [0.8, 0.95] and g["eps"] == 1e-6 for g in saved["param_groups"])
+    assert source["state"] and saved["state"]  # the moment estimates came along and trained on
 
 
 @pytest.mark.slow
