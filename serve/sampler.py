@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from pipelines.infra.storage import json_safe
 from serve.app_args import AppArgs
 from serve.batching import SampleJob, SamplerUserConfig, group_compatible
 from serve.schema import MAX_SEED
@@ -63,18 +64,6 @@ def _first_number(*sources: tuple[dict | None, tuple[str, ...]]) -> float | None
     return None
 
 
-def _json_safe(obj: Any) -> Any:
-    """`obj` with every non-finite float (a NaN metric in state.json or a registry tag) as None: JSON has no NaN,
-    and Starlette refuses to send one, which would turn GET /v1/model into a 500."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def model_info(pipe: Any, registry: dict | None) -> dict:
     """Content of GET /v1/model (without the run-time defaults): what is served and what it cost to train."""
     from ditcore.flops import flops_summary
@@ -103,8 +92,9 @@ def model_info(pipe: Any, registry: dict | None) -> dict:
         "train_flops": _first_number(
             (reg, ("train_flops",)), (tags, ("train_flops",)), (pipe.state, ("train_flops", "flops"))
         ),
-        "state": _json_safe(pipe.state),
-        "registry": _json_safe(json.loads(json.dumps(registry, default=str))) if registry else None,
+        # JSON has no NaN: Starlette refuses to send one, which would turn GET /v1/model into a 500
+        "state": json_safe(pipe.state),
+        "registry": json_safe(json.loads(json.dumps(registry, default=str))) if registry else None,
     }
 
 

@@ -9,7 +9,6 @@ training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ from ditcore.scaling.arms import flat_arms
 from ditcore.scaling.frontier import budget_of, check_metric, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, finite_or_none, write_plots
+from pipelines.infra.storage import json_safe
 
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
 REPORT_NAME = "fit_report.json"
@@ -229,17 +229,6 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
 def fit_points(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
     """All fits of a sweep's points (no MLflow needed), as the JSON report; FitError if too few points."""
     return fit_all(points, metric=metric, n_boot=n_boot, seed=seed)[0]
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float as None, so its JSON is standard (no NaN / Infinity tokens)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def points_digest(points: list[dict]) -> str:

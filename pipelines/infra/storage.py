@@ -8,6 +8,7 @@ AWS_SECRET_ACCESS_KEY), so the same code talks to AWS, MinIO or a local moto ser
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -129,6 +130,17 @@ def read_json(uri: str) -> Any:
         raise ValueError(f"{uri}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:  # the same type, with the file named: JSON's own message says only where
         raise json.JSONDecodeError(f"{uri}: not valid JSON: {exc.msg}", exc.doc, exc.pos) from exc
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as None, so its JSON is standard (no NaN / Infinity tokens)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(uri: str, obj: Any) -> None:
