@@ -13,7 +13,9 @@ interval when the best fit with that parameter held at v (the other two re-optim
 RSS <= RSS_min * (1 + F_{1, n-3}(level) / (n - 3)), the small-sample calibration that is exact for linear least
 squares. The interval is the outermost crossing found on a scan from the estimate to the search bound, refined by
 root finding; an end that reaches the search bound (exponent 0 or 5, floor 0 or min y, |log A| very large) is
-marked in `ci_open`: there the data do not bound the parameter, only the search range does.
+marked in `ci_open`: there the data do not bound the parameter, only the search range does. So is an end of A's
+or the floor's interval where the re-optimised exponent sits on its bound (0 or 5): that end is set by the
+exponent's search range, not by the data.
 Why profile: `ditcore.scaling.calibration` measures the coverage of the 95% interval of the exponent on synthetic
 frontiers with known parameters and a few percent of multiplicative noise (6-10 points over 1.5-2 decades).
 Residual and parametric bootstraps under-cover (0.90-0.93), the percentile bootstrap over points covers
@@ -359,9 +361,20 @@ class _Profile:
             return self.rss(j, v, hints)[0] - thr
 
         if g(inner) > 0:  # the warm starts found a worse optimum at the inner end; keep the scan's value
-            return inner, False
+            return inner, self._exponent_pinned(j, inner, hints)
         xtol = 1e-6 * max(1.0, abs(v_hat)) if j != 2 else 1e-6 * self.ymin
-        return float(brentq(g, inner, outer, xtol=xtol)), False
+        end = float(brentq(g, inner, outer, xtol=xtol))
+        return end, self._exponent_pinned(j, end, hints)
+
+    def _exponent_pinned(self, j: int, v: float, hints: tuple[np.ndarray, ...]) -> bool:
+        """With parameter j (not the exponent) held at v, does the re-optimised exponent sit on its search bound?
+
+        Then the RSS there, and so this end of j's interval, is set by the exponent's range, not by the data."""
+        if j == 1:
+            return False
+        b = float(self.rss(j, v, hints)[1][1])
+        tol = 1e-6 * _MAX_EXPONENT
+        return b <= tol or b >= _MAX_EXPONENT - tol
 
 
 def profile_intervals(

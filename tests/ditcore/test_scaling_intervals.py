@@ -63,6 +63,14 @@ def test_flat_frontier_gets_open_ends_instead_of_a_made_up_bound():
     assert fit.ci_open["FID_inf"][1]  # upper end is min FID: saturation cannot be excluded
     assert fit.ci["FID_inf"][1] == pytest.approx(y.min(), rel=1e-6)
     assert fit.ci_open["beta"][0] or fit.ci_open["beta"][1]
+    # A's ends are where the re-optimised beta sits on its search bounds (0 and 5): set by that range, not the data
+    assert fit.ci_open["A"] == (True, True), fit.ci["A"]
+
+
+def test_a_frontier_that_bounds_beta_keeps_a_closed():
+    c, y = synthetic_frontier(SCENARIOS["mid8"], np.random.default_rng(11))
+    ci, ci_open = profile_intervals(c, y)
+    assert ci_open["beta"] == (False, False) and ci_open["A"] == (False, False), (ci, ci_open)
 
 
 def test_sampling_noise_sensitivity_scales_with_the_per_point_noise():
