@@ -67,5 +67,11 @@ def test_cuda_image_env_and_project_install(cluster):
         assert var in run_options, var
     assert any("pip install" in c and "ditscale" in c for c in cluster["setup_commands"])
     assert cluster["file_mounts"]["~/ditscale"] == "."
-    for excluded in ("data/", "outputs/", "mlruns/"):
+    for excluded in ("/data/", "/outputs/", "/mlruns/"):
         assert excluded in cluster["rsync_exclude"]
+    # rsync matches an unanchored folder pattern at any depth: "data/" would drop the package ditcore/data.
+    packages = {p.name for p in REPO.glob("*/*/") if p.parent.name in ("ditcore", "pipelines", "jobs", "serve")}
+    for pattern in cluster["rsync_exclude"]:
+        if not pattern.startswith(("/", "**/")):
+            assert pattern.rstrip("/") not in packages, pattern
+    assert any("ditcore.data.builtin" in c for c in cluster["setup_commands"])

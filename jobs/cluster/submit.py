@@ -33,19 +33,21 @@ ENTRYPOINTS: dict[str, list[str]] = {
 }
 
 # Never uploaded with the working directory: data and results belong in storage (s3://), not in the package.
+# Gitignore patterns: the leading "/" anchors a folder at the working directory's top ("data/" alone would drop
+# every folder named data, the package ditcore/data among them).
 WORKING_DIR_EXCLUDES: list[str] = [
-    "data/",
-    "outputs/",
-    ".venv/",
-    "mlruns/",
-    "mlflow.db",
-    "runs/",
-    ".git/",
+    "/data/",
+    "/outputs/",
+    "/.venv/",
+    "/mlruns/",
+    "/mlflow.db",
+    "/runs/",
+    "/.git/",
     "**/__pycache__/",
     "*.egg-info/",
-    ".pytest_cache/",
-    "build/",
-    "dist/",
+    "/.pytest_cache/",
+    "/build/",
+    "/dist/",
 ]
 
 # Environment every submitted job gets (the cluster's own env, e.g. MLFLOW_TRACKING_URI, is inherited).

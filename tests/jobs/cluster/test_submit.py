@@ -62,9 +62,39 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     )
     env = plan["runtime_env"]
     assert Path(env["working_dir"]) == REPO_ROOT
-    for excluded in ("data/", "outputs/", ".venv/", "mlruns/"):
+    for excluded in ("/data/", "/outputs/", "/.venv/", "/mlruns/"):
         assert excluded in env["excludes"]
     assert env["env_vars"]["FOO"] == "bar" and env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+def test_the_uploaded_working_dir_holds_every_module_and_none_of_the_data(tmp_path):
+    """Ray zips the working dir with these excludes (its own packaging code): every tracked module of the four
+    packages goes to the cluster (an unanchored "data/" dropped ditcore/data), the top-level data and outputs
+    do not."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "ditcore", "pipelines", "jobs", "serve"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    modules = [p for p in tracked if p.endswith(".py")]
+    assert "ditcore/data/builtin.py" in modules
+    tree = tmp_path / "repo"
+    junk = ["data/raw/img.png", "outputs/sweeps/x.json", ".venv/bin/python", "mlruns/0/meta.yaml", "runs/r/a.bin"]
+    for rel in modules + junk:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text("x")
+    out = tmp_path / "pkg.zip"
+    _zip_files(str(tree), submit.WORKING_DIR_EXCLUDES, str(out), include_gitignore=False)
+    names = set(zipfile.ZipFile(out).namelist())
+    missing = [m for m in modules if m not in names]
+    assert not missing, f"left out of the job's code: {missing[:5]}"
+    assert not [j for j in junk if j in names]
 
 
 @pytest.mark.parametrize(
