@@ -91,7 +91,6 @@ def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
         "optim.schedule": "constant",
         "optim.warmup_steps": cfg.warmup_steps,
         "optim.ema_decay": cfg.ema_decay,
-        "optim.mup": False,
         "data.batch_size": cfg.batch_size,
         "data.val_samples": cfg.val_samples,
         "eval.num_samples": 0,
@@ -105,8 +104,11 @@ def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
         "run.use_gpu": cfg.use_gpu,
         "run.bf16": cfg.bf16,
         "run.seed": cfg.seed,
-        "run.fsdp": False,
-        "run.name": cfg.name or f"{tname}-distill-w{cfg.w_min:g}-{cfg.w_max:g}",
+        "run.fsdp": False,  # the student is small next to its teacher: DDP; so none of FSDP's settings either
+        "run.meta_init": False,
+        "run.fsdp_mixed_precision": "none",
+        "run.grad_accum": 1,
+        "run.name": cfg.name or f"{tname}-{teacher.rsplit('/', 1)[-1]}-distill-w{cfg.w_min:g}-{cfg.w_max:g}",
         "mlflow.enabled": cfg.mlflow,
         "mlflow.log_every": cfg.log_every,
     }
@@ -149,20 +151,37 @@ def teacher_mlflow_run(teacher: str) -> Optional[dict]:
     return storage.read_json(marker) if storage.exists(marker) else None
 
 
+# distill.json keys that decide the student's weights beyond its TrainConfig (whose own are checked by
+# jobs.train.driver.check_same_run): a rerun into the same run directory must repeat them.
+_DISTILL_IDENTITY = ("teacher", "steps", "w_min", "w_max")
+
+
+def check_same_distillation(cfg: DistillConfig, run_dir: str) -> None:
+    """ConfigError when `run_dir` holds a distillation of another teacher, step count or guidance range: its
+    result would otherwise be returned as this one's (the run is done)."""
+    uri = storage.join(run_dir, "distill.json")
+    if not storage.exists(uri):
+        return
+    was = storage.read_json(uri)
+    now = to_dict(cfg)
+    diff = [f"{k}: {was.get(k)!r} -> {now[k]!r}" for k in _DISTILL_IDENTITY if k in was and was[k] != now[k]]
+    if diff:
+        raise ConfigError(
+            f"the distillation at {run_dir} was run with other settings ({'; '.join(diff)}); give this one "
+            f"another name, or delete that directory"
+        )
+
+
 def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[str, Any]:
     """Plan, train the student on Ray Train (DDP over cfg.num_workers), record it; the run's summary."""
+    from jobs.cluster.shared_storage import check_run_storage
     from jobs.distill.loop import DistillTrainer
-    from jobs.train.driver import (
-        RESUMED_FROM_OTHER_CODE,
-        finish_run,
-        prepare_run,
-        say_other_code,
-        say_other_software,
-        train_runs,
-    )
+    from jobs.train.driver import prepare_run, run_dir, train_prepared
     from pipelines.infra import tracking
 
     plan = plan or distill_plan(cfg)
+    check_same_distillation(cfg, plan.run_dir or run_dir(plan.cfg, plan.run_name))
+    check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
     parent = teacher_mlflow_run(cfg.teacher) if plan.tracking_uri else None
     parent_id = None
     if parent and parent.get("tracking_uri", plan.tracking_uri) == plan.tracking_uri:
@@ -173,11 +192,6 @@ def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[s
     tags = {tracking.ROLE_TAG: DISTILL_ROLE, "ditscale.teacher": cfg.teacher}
     run = prepare_run(plan, parent_run_id=parent_id, tags=tags)
     storage.write_json(storage.join(plan.run_dir, "distill.json"), {**to_dict(cfg), "parent_run_id": parent_id})
-    before = say_other_code(plan, "already trained")
-    software_before = say_other_software(plan, "already trained")
-    train_runs([run], trainer=DistillTrainer)
-    say_other_code(plan, RESUMED_FROM_OTHER_CODE, before)
-    say_other_software(plan, RESUMED_FROM_OTHER_CODE, software_before)
-    out = finish_run(run, evaluate=False)
+    out = train_prepared(run, evaluate=False, trainer=DistillTrainer)
     out["parent_run_id"] = parent_id
     return out

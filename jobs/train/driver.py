@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -316,6 +317,7 @@ def _torch_trainer(
         storage.delete(storage.join(experiment_dir, RAY_SNAPSHOT))
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
     loop_config: dict[str, Any] = {"runs": plans, **({"trainer": trainer} if trainer is not None else {})}
+    loop_config["fit_id"] = uuid.uuid4().hex  # one per fit, kept by the worker groups that replace failed ones
     datasets = {}
     if loader_kind(plans[0]) == "driver":
         import ray
@@ -415,12 +417,25 @@ def run_training(
     """Validate, train on Ray Train, evaluate the budget points; the run's summary (status, points, ...)."""
     plan = plan or resolve_run(cfg)
     check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
-    run = prepare_run(plan)
+    return train_prepared(prepare_run(plan), callbacks=callbacks, evaluate=evaluate)
+
+
+def train_prepared(
+    run: "PreparedRun",
+    *,
+    callbacks: Optional[list] = None,
+    evaluate: bool = True,
+    trainer: Optional[type] = None,
+) -> dict:
+    """Train one prepared run (a failed result is cleared first: a rerun trains it again from its last good
+    checkpoint), then finish it; an exception ends it FAILED in MLflow with the reason, never left RUNNING.
+    `trainer`: a jobs.train.loop.Trainer subclass (jobs/distill)."""
+    plan = run.plan
     clear_failed([run])
     before = say_other_code(plan, "already trained")
     software_before = say_other_software(plan, "already trained")
     try:
-        train_runs([run], callbacks=callbacks)
+        train_runs([run], callbacks=callbacks, trainer=trainer)
     except Exception as exc:  # noqa: BLE001 - FAILED in MLflow with the reason, never left RUNNING
         import traceback
 

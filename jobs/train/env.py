@@ -58,6 +58,10 @@ class LocalEnv:
     def restore_dir(self) -> Optional[str]:
         return self.resume_from
 
+    def fit_start_step(self, step: int) -> int:
+        """One process, no worker restarts: the step it starts at."""
+        return step
+
     def write_result(self, record: dict) -> None:
         os.makedirs(self.checkpoint_root, exist_ok=True)
         with open(os.path.join(self.checkpoint_root, RESULT_NAME), "w") as f:
@@ -75,13 +79,16 @@ class RayTrainEnv:
     reported checkpoints inside its experiment directory).
     """
 
-    def __init__(self, rows: Any = None) -> None:
+    def __init__(self, rows: Any = None, fit_id: str = "") -> None:
         """`rows`: an object ref of the training rows (dict of numpy arrays: the driver loader), mapped zero-copy
-        from the object store; None: batches come from this worker's shard of the Ray Dataset "train"."""
+        from the object store; None: batches come from this worker's shard of the Ray Dataset "train".
+        `fit_id`: names this TorchTrainer.fit, the same for the worker groups that replace failed ones
+        (`fit_start_step`); "" when the caller gives none."""
         import ray
         import ray.train
 
         self.rows: Optional[dict[str, np.ndarray]] = ray.get(rows) if rows is not None else None  # RAY
+        self.fit_id = fit_id
 
         self._train = ray.train
         ctx = ray.train.get_context()
@@ -205,13 +212,46 @@ class RayTrainEnv:
                 return step, path
         return None
 
+    def _fit_marker(self) -> str:
+        return f"{self._base}/.fit-{self.fit_id}.json"
+
+    def fit_start_step(self, step: int) -> int:
+        """The step the current run stood at when this fit first started it: `step` in its first worker group; in
+        one that Ray Train started after a worker failure, the step its first group started at (read from
+        <run dir>/.fit-<fit_id>.json, which the first writes). So the run's `flops_run` counts the steps this fit
+        trained and kept before the failure too, not only those since the restore. Rank 0 (the result's writer)
+        reads and writes the marker; the other ranks, and a fit without an id, get `step`."""
+        import pyarrow.fs as pafs
+
+        if not self.fit_id or self.rank != 0:
+            return step
+        marker = self._fit_marker()
+        if self.fs.get_file_info(marker).type != pafs.FileType.NotFound:
+            with self.fs.open_input_stream(marker) as f:
+                return min(step, int(json.loads(f.read().decode())["step"]))
+        self.fs.create_dir(self._base, recursive=True)
+        with self.fs.open_output_stream(marker) as f:
+            f.write(json.dumps({"step": step}).encode())
+        return step
+
     def write_result(self, record: dict) -> None:
-        """<run dir>/result.json: how the run ended (read by the driver; marks the run done on a restart)."""
+        """<run dir>/result.json: how the run ended (read by the driver; marks the run done on a restart). The
+        fits' start markers (`fit_start_step`) go with it: a run with a result is not trained again in any fit."""
         self.fs.create_dir(self._base, recursive=True)
         tmp = f"{self._base}/.{RESULT_NAME}.tmp"
         with self.fs.open_output_stream(tmp) as f:
             f.write(json.dumps(record).encode())
         self.fs.move(tmp, f"{self._base}/{RESULT_NAME}")
+        import pyarrow.fs as pafs
+
+        # This fit's marker, and any an interrupted earlier fit left (its driver killed): none is read again.
+        for info in self.fs.get_file_info(pafs.FileSelector(self._base)):
+            name = info.path.rsplit("/", 1)[-1]
+            if name.startswith(".fit-") and name.endswith(".json"):
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    pass  # already gone
 
     def barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -83,7 +83,9 @@ class RunResult:
     # backward, update), checkpoint (checkpoints, validation, logging after steps): the sweep's goodput breakdown.
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
     peak_flops: Optional[float] = None  # the FLOP/s the MFU figures divide by
-    flops_run: float = 0.0  # training FLOPs computed by this process (not restored, not a branch's shared prefix)
+    # Training FLOPs this fit computed and kept: a worker group's that Ray Train replaced after a failure included
+    # (up to the checkpoint resumed from), not restored from an earlier fit, not a branch's shared prefix.
+    flops_run: float = 0.0
     code: Optional[str] = None  # fingerprint of the training code that ran (RunPlan.code; pipelines/infra/code.py)
     # Every code that trained its weights: the checkpoint it resumed or branched from included (Progress.codes).
     codes: list[str] = dataclasses.field(default_factory=list)
@@ -125,7 +127,9 @@ class Trainer:
         self.last_ckpt = env.checkpoint_location(self.progress.step)[1] if self.own_restore else None
         self._window = [0.0, 0]  # wall time and images since the last log line
         self.timing = {"setup_s": time.perf_counter() - t_init, "data_s": 0.0, "step_s": 0.0, "checkpoint_s": 0.0}
-        self._first_step = self.progress.step  # steps before this process (restored or a branch's shared prefix)
+        # Steps before this fit: restored from an earlier one, or a branch's shared prefix. A worker group Ray Train
+        # started after a failure counts the steps its predecessor trained and checkpointed (env.fit_start_step).
+        self._first_step = env.fit_start_step(self.progress.step)
 
     # ---- setup ---------------------------------------------------------------------------------------
 
@@ -585,7 +589,8 @@ def train_loop_per_worker(config: dict) -> None:
     """
     from pipelines.infra import storage
 
-    env = RayTrainEnv(rows=config.get("rows"))  # the driver loader's rows (an object ref), or None
+    # the driver loader's rows (an object ref), or None; the fit's id, the same in every worker group of this fit
+    env = RayTrainEnv(rows=config.get("rows"), fit_id=config.get("fit_id", ""))
     plans: list[RunPlan] = config["runs"]
     _console_log_level(plans[0].cfg.run.log_level)
     for plan in plans:

@@ -178,3 +178,50 @@ def test_distillation_mirrors_latents_only_where_the_teacher_did(tmp_path):
             assert out["status"] == "finished" and out["steps"] == 3, out
         else:
             assert out["status"] == "failed" and "non-finite loss" in out["reason"], out
+
+
+def _teacher_checkpoint(data: str, run_dir: Path, *overrides: str) -> str:
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"data.manifest={data}", "model.preset=MMDiT-T", "data.batch_size=8", "data.val_samples=0", *overrides],
+    )
+    plan = resolve_run(cfg, check_mlflow=False)
+    model = build_model(config_from_dict(plan.model_config))
+    ckpt = save_checkpoint(
+        run_dir / "checkpoints" / "step_00000010", model=model, ema=model, config=checkpoint_config(plan), state={}
+    )
+    return str(ckpt)
+
+
+def test_teachers_trained_with_mup_or_micro_batches_can_be_distilled(teacher, tmp_path):
+    """The student keeps the teacher's muP parameterisation (forcing it off made the student's model config differ
+    from the teacher's) and none of its FSDP / micro-batch settings (the student trains with DDP)."""
+    for overrides, mup in ((("optim.mup=true",), True), (("run.grad_accum=2",), False)):
+        ckpt = _teacher_checkpoint(teacher["data"], tmp_path / overrides[0].split("=")[0], *overrides)
+        plan = distill_plan(DistillConfig(teacher=ckpt, batch_size=8, val_samples=0, mlflow=False))
+        assert plan.model_config["guidance_embed"] is True
+        assert bool(plan.model_config.get("mup")) is mup and plan.cfg.optim.mup is mup
+        assert plan.cfg.run.grad_accum == 1 and not plan.cfg.run.fsdp and not plan.cfg.run.meta_init
+
+
+def test_a_distillation_of_another_teacher_or_length_is_not_answered_by_an_earlier_one(teacher, tmp_path):
+    """The default run name names the teacher's step, so two teacher checkpoints get two students; a run directory
+    that holds another teacher's, step count's or guidance range's student is refused (its finished result was
+    returned as the new one's), before any cluster work."""
+    from jobs.train.driver import run_dir
+
+    base = DistillConfig(teacher=teacher["ckpt"], batch_size=8, val_samples=0, mlflow=False, steps=5)
+    plan = distill_plan(base)
+    assert "step_00000010" in plan.run_name
+    later = Path(teacher["ckpt"]).parent / "step_00000020"
+    later.mkdir(exist_ok=True)
+    for f in Path(teacher["ckpt"]).iterdir():
+        (later / f.name).write_bytes(f.read_bytes())
+    assert distill_plan(dataclasses.replace(base, teacher=str(later))).run_name != plan.run_name
+    named = dataclasses.replace(base, name="student", storage=str(tmp_path / "students"))
+    d = run_dir(distill_plan(named).cfg, "student")
+    storage.write_json(storage.join(d, "distill.json"), {**dataclasses.asdict(named), "parent_run_id": None})
+    for changed, key in (({"steps": 9}, "steps"), ({"teacher": str(later)}, "teacher"), ({"w_max": 5.0}, "w_max")):
+        with pytest.raises(ConfigError, match=rf"other settings \({key}: "):
+            run_distill(dataclasses.replace(named, **changed))

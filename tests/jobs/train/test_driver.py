@@ -77,6 +77,10 @@ def test_resume_after_worker_failure_is_exact(ray_local, data8, tmp_path):
         assert hist[step] == pytest.approx(value, rel=1e-6)
     state = json.loads((run_dir / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert state["step"] == 6 and state["images_seen"] == 48
+    # The replaced worker's steps 1-2 (checkpointed, resumed from) were trained by this run too: its FLOPs count
+    # all 6 steps, as the sweep's goodput reads them; the fit's start marker is gone with the result.
+    assert out["flops_run"] == pytest.approx(out["train_flops"]) and out["train_flops"] > 0
+    assert not list(run_dir.glob(".fit-*.json"))
     from pipelines.infra.code import training_code_fingerprint
 
     # Resumed by the same code: one fingerprint, recorded once.
