@@ -27,7 +27,8 @@ class SweepConfig:
     budgets: list[float] = field(default_factory=list)  # training FLOPs per point
     hparams: dict[str, list[Any]] = field(default_factory=dict)  # dotted TrainConfig key -> values (grid)
     mode: Literal["separate", "wsd"] = "separate"
-    max_concurrent: int = 0  # 0: as many as the cluster's CPUs fit (workers x cpus_per_worker per trial)
+    # 0: as many as the cluster fits (trial_cpus + workers x cpus_per_worker per trial; one GPU per worker)
+    max_concurrent: int = 0
     trial_cpus: float = 0.1  # CPU of the trial driver itself (fractional so it never blocks its own workers)
     num_cpus: Optional[int] = None  # local ray.init(num_cpus=...) when no cluster address is set
     allow_failures: bool = False  # a failed trial makes the sweep exit non-zero unless this is true

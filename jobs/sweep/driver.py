@@ -142,22 +142,47 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     started = init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
     cpus = float(ray.cluster_resources().get("CPU", 1))
     run = pending[0].runs[0].plan.cfg.run
-    need = cfg.trial_cpus + run.num_workers * run.cpus_per_worker
-    if need > cpus:
-        msg = (
-            f"a trial needs {need:g} CPUs (trial_cpus {cfg.trial_cpus:g} + run.num_workers {run.num_workers} x "
-            f"run.cpus_per_worker {run.cpus_per_worker:g}) but the Ray cluster has {cpus:g}"
+    # The largest trial decides (a model's `set` may give it more workers than the base's).
+    big = max(pending, key=lambda tp: _worker_cpus(tp.runs[0].plan.cfg.run))
+    big_run = big.runs[0].plan.cfg.run
+    per_trial = _worker_cpus(big_run)
+    per_trial_gpus = (
+        max(tp.runs[0].plan.cfg.run.num_workers for tp in pending if tp.runs[0].plan.cfg.run.use_gpu)
+        if any(tp.runs[0].plan.cfg.run.use_gpu for tp in pending)
+        else 0
+    )
+    gpus_now = float(ray.cluster_resources().get("GPU", 0))
+    problems = []
+    if cfg.trial_cpus + per_trial > cpus:
+        problems.append(
+            f"trial {big.trial.name} needs {cfg.trial_cpus + per_trial:g} CPUs (trial_cpus {cfg.trial_cpus:g} + "
+            f"run.num_workers {big_run.num_workers} x run.cpus_per_worker {big_run.cpus_per_worker:g}) but the Ray "
+            f"cluster has {cpus:g}"
         )
+    if per_trial_gpus > gpus_now:
+        problems.append(
+            f"a trial needs {per_trial_gpus} GPUs (run.use_gpu, one per worker) but the Ray cluster has {gpus_now:g}"
+        )
+    for msg in problems:
         if started:  # a local instance never grows: Tune would wait for resources forever
             raise ConfigError(f"{msg}; lower them or raise num_cpus")
         print(f"[ditscale] warning: {msg}; the trials wait until the cluster grows", file=sys.stderr, flush=True)
-    gpus = float(ray.cluster_resources().get("GPU", 0)) if run.use_gpu else 0.0
-    peak_before = measure_machine_peak(cpus) if not gpus else None  # before any trial loads the machine
+    if started and cfg.max_concurrent and cfg.max_concurrent * cfg.trial_cpus + per_trial > cpus:
+        # every CPU held by a waiting trial driver, none left for a worker group: Tune would wait forever
+        raise ConfigError(
+            f"max_concurrent {cfg.max_concurrent} trial drivers x trial_cpus {cfg.trial_cpus:g} leave less than the "
+            f"{per_trial:g} CPUs a trial's workers need on a {cpus:g}-CPU Ray instance; lower max_concurrent or "
+            f"trial_cpus"
+        )
+    # GPU accounting by the config, not by the GPUs present now: an autoscaling cluster may have none yet.
+    use_gpu = bool(per_trial_gpus)
+    peak_before = measure_machine_peak(cpus) if not use_gpu else None  # before any trial loads the machine
     check_shared_storage(
         cfg.output, key="output", override="base.run.shared_filesystem", shared_filesystem=run.shared_filesystem
     )
-    per_trial = run.num_workers * run.cpus_per_worker
-    max_conc = cfg.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
+    max_conc = cfg.max_concurrent or _fitting_trials(
+        _cluster_size(started, cpus, gpus_now), cfg.trial_cpus, per_trial, per_trial_gpus
+    )
     plans = {tp.trial.trial_id: tp for tp in pending}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trainable, plans=plans, sweep=sdir, parent=parent), {"cpu": cfg.trial_cpus}
@@ -183,13 +208,44 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         print(f"[ditscale] {len(errors)} trial(s) errored; first: {errors[0]}", file=sys.stderr)
-    if gpus:  # the GPUs' peak comes from the trials' records (jobs.sweep.goodput.gpu_peak)
+    if use_gpu:  # the GPUs' peak comes from the trials' records (jobs.sweep.goodput.gpu_peak)
+        # the cluster's GPUs now that the trials ran (an autoscaling cluster may have started with none)
+        gpus = max(gpus_now, float(ray.cluster_resources().get("GPU", 0)), float(per_trial_gpus))
         source = f"run.peak_flops {run.peak_flops:.3g} per GPU" if run.peak_flops else "datasheet bf16 peak"
         return {"num_cpus": cpus, "num_gpus": gpus, "peak_flops": None, "peak_source": source}
     # Measured again once the trials are done: the first reading can be taken while Ray's own processes are still
     # starting, and the peak is the better of the two (both go into the report).
     peaks = [peak_before, measure_machine_peak(cpus)]
     return {"num_cpus": cpus, "peak_flops": max(peaks), "peak_flops_measured": peaks}
+
+
+def _worker_cpus(run: Any) -> float:
+    """CPUs one trial's worker group takes."""
+    return float(run.num_workers * run.cpus_per_worker)
+
+
+def _cluster_size(started: bool, cpus: float, gpus: float) -> tuple[float, float]:
+    """(CPUs, GPUs) the sweep may plan for: the local instance's; for a cluster it connected to, the most its
+    autoscaler may start (Ray's own reading of the cluster config, as Ray Train takes it) when larger than now."""
+    if started:
+        return cpus, gpus
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - no autoscaler config (a fixed cluster): what is there now
+        most = {}
+    return max(cpus, float(most.get("CPU", 0) or 0)), max(gpus, float(most.get("GPU", 0) or 0))
+
+
+def _fitting_trials(size: tuple[float, float], trial_cpus: float, worker_cpus: float, worker_gpus: float) -> int:
+    """How many trials run at once (max_concurrent 0): each holds its driver's CPU and its workers' CPUs (and one
+    GPU per worker), so a driver never waits on CPUs other drivers hold."""
+    cpus, gpus = size
+    n = int(cpus / max(trial_cpus + worker_cpus, 1e-9) + 1e-9)
+    if worker_gpus:
+        n = min(n, int(gpus // worker_gpus))
+    return max(1, n)
 
 
 def _longest_first(pending: list[TrialPlan]) -> list[str]:

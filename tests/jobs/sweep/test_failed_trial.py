@@ -215,5 +215,25 @@ def test_a_trial_larger_than_the_local_cluster_is_refused_not_left_waiting(tmp_p
     path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], num_cpus=2)
     result = _sweep(path, "trial_cpus=3")  # Tune used to wait for a 3-CPU slot on the 2-CPU instance forever
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "a trial needs 4 CPUs (trial_cpus 3 + run.num_workers 1 x run.cpus_per_worker 1)" in result.stderr
+    assert "needs 4 CPUs (trial_cpus 3 + run.num_workers 1 x run.cpus_per_worker 1)" in result.stderr
     assert "the Ray cluster has 2" in result.stderr
+    # Not only the first trial: a later one with more workers (its own `set`) waited forever the same way.
+    big = {"preset": "MMDiT-T", "set": {"run.num_workers": 2}}
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}, big], num_cpus=2, trial_cpus=0.05)
+    result = _sweep(path)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "needs 2.05 CPUs (trial_cpus 0.05 + run.num_workers 2 x run.cpus_per_worker 1)" in result.stderr
+    # Trial drivers that hold every CPU a worker group needs: 3 x 0.5 + 1 > 2 CPUs.
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], num_cpus=2, trial_cpus=0.5, max_concurrent=3)
+    result = _sweep(path)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "max_concurrent 3 trial drivers x trial_cpus 0.5 leave less than the 1 CPUs" in result.stderr
+
+
+def test_max_concurrent_0_runs_as_many_trials_as_fit_with_their_drivers_and_gpus():
+    from jobs.sweep.driver import _fitting_trials
+
+    assert _fitting_trials((2, 0), 0.05, 0.95, 0) == 2  # the quickstart's layout: one trial per core
+    assert _fitting_trials((4, 0), 1, 1, 0) == 2  # the drivers' CPUs count: 4 trials would hold all 4 CPUs
+    assert _fitting_trials((1, 0), 0.1, 4, 0) == 1
+    assert _fitting_trials((96, 8), 0.1, 8, 4) == 2  # GPU trials: as many as the GPUs take, not the CPUs
