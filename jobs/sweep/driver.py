@@ -283,6 +283,21 @@ def _goodput(
     return g
 
 
+PREVIOUS_FAILURE = "failed.previous.json"  # a rerun trial's earlier failed.json, kept for the record
+
+
+def _set_aside_failures(sdir: str, pending: list[TrialPlan]) -> None:
+    """A trial about to run again has its earlier failed.json renamed failed.previous.json: one that dies without
+    a record this time (its process killed) then reads as missing, not as that old failure with its reasons and
+    its training FLOPs counted in this invocation's goodput."""
+    for tp in pending:
+        tdir = trial_dir(sdir, tp.trial.trial_id)
+        failed = storage.join(tdir, FAILED)
+        if storage.exists(failed):
+            storage.write_json(storage.join(tdir, PREVIOUS_FAILURE), storage.read_json(failed))
+            storage.delete(failed)
+
+
 def _records(sdir: str, plans: list[TrialPlan]) -> list[dict[str, Any]]:
     """Each trial's record: done.json, else failed.json, else "missing"."""
     out = []
@@ -384,10 +399,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     )
     machine = None
     if pending:
+        _set_aside_failures(sdir, pending)
         try:
             machine = _run_tune(cfg, pending, sdir, parent)
-        except ConfigError as e:  # found once Ray is up (the cluster's size): the parent run does not stay RUNNING
-            tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", str(e))
+        except BaseException as e:  # a config error found once Ray is up, Ray or Tune failing, Ctrl-C: the parent
+            reason = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"  # run is not left RUNNING
+            tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", reason)
             raise
     records = _records(sdir, plans)
     if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from ditcore.config import ConfigError, apply_overrides, from_dict, merge, to_dict
 from jobs.sweep.config import SweepConfig
-from jobs.train.config import TrainConfig, model_display_name, wsd_decay_start
+from jobs.train.config import ExecutionConfig, TrainConfig, model_display_name, wsd_decay_start
 from jobs.train.plan import RunPlan, resolve_run, steps_for_budget
 from pipelines.infra import storage
 
@@ -45,6 +45,10 @@ EVAL_ONLY = (
     "num_gpus",
     "classifier",
 )
+
+
+# Execution settings that change what a run computes (besides workers and seed), in the trial id when set.
+_WEIGHT_RUN_KEYS = ("deterministic", "fsdp", "grad_accum", "fsdp_mixed_precision", "bf16")
 
 
 @dataclass
@@ -196,6 +200,15 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
         "workers": tc.run.num_workers,
         "seed": tc.run.seed,
     }
+    # Further settings that change the weights, each only when set, so the ids of trials without them stay.
+    if tc.checkpoint.init_from:
+        ident["init_from"] = tc.checkpoint.init_from
+    default_run = ExecutionConfig()
+    for key in _WEIGHT_RUN_KEYS:
+        if key == "bf16" and not tc.run.use_gpu:
+            continue  # bf16 autocast is for GPUs only: on CPUs it changes nothing
+        if getattr(tc.run, key) != getattr(default_run, key):
+            ident[f"run.{key}"] = getattr(tc.run, key)
     train_eval = {k: v for k, v in ident["train"]["eval"].items() if k not in EVAL_ONLY}
     train_ident = {**ident, "train": {**ident["train"], "eval": train_eval}}
     tid, train_tid = (
@@ -214,6 +227,20 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
     )
 
 
+def _refuse_controlled(where: str, key: str, mode: str) -> None:
+    """A key the sweep sets itself may not be swept or set per model: it would be overwritten (two trials, one
+    training under two labels) or break the grid's points."""
+    reason = None
+    if key == "budget_flops":
+        reason = "the budgets are the grid's `budgets`"
+    elif key in ("run.name", "checkpoint.storage") or key == "mlflow" or key.startswith("mlflow."):
+        reason = "the sweep names, stores and records its runs itself (name, output, mlflow)"
+    elif mode == "wsd" and key in ("optim.schedule", "eval.budgets", "eval.fractions"):
+        reason = "mode: wsd trains every trial with the wsd schedule, one decayed branch per budget in `budgets`"
+    if reason:
+        raise ConfigError(f"{where}: not a hyper-parameter of a sweep ({reason})")
+
+
 def expand_grid(cfg: SweepConfig) -> list[Trial]:
     """Trials of the grid with deterministic ids; every trial's TrainConfig is built (bad keys named)."""
     entries = _check(cfg)
@@ -223,14 +250,22 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
             "base.eval.budgets: not used with mode: wsd (a point inside the stable phase is undecayed; every budget is "
             "its own decayed branch): list the budgets in `budgets`"
         )
-    if "budget_flops" in cfg.hparams:
-        raise ConfigError("hparams.budget_flops: the budgets are the grid's `budgets`, not a hyper-parameter")
+    if cfg.mode == "wsd" and (base.get("eval") or {}).get("fractions"):
+        raise ConfigError(
+            "base.eval.fractions: not used with mode: wsd (a point part-way through the main run is undecayed and "
+            "would be evaluated, then left out of the grid): list more budgets in `budgets` instead, or set "
+            "base.eval.fractions=[]"
+        )
+    for key in cfg.hparams:
+        _refuse_controlled(f"hparams.{key}", key, cfg.mode)
     budgets = sorted(float(b) for b in cfg.budgets)
     keys = sorted(cfg.hparams)
     combos = list(itertools.product(*(cfg.hparams[k] for k in keys))) or [()]
     trials = []
     for arm, entry in entries:
         model, fixed = _split_settings(entry)
+        for key in fixed:
+            _refuse_controlled(f"models: {entry!r} set {key}", key, cfg.mode)
         for combo in combos:
             hp = dict(zip(keys, combo))
             if clash := sorted(set(hp) & set(fixed)):

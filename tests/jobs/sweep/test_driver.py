@@ -91,7 +91,10 @@ def test_bad_sweep_config_names_the_key(tmp_path, dataset):
     for override, message in (
         ("budgets=[1e9, 1e9]", "budgets: [1000000000.0] given more than once"),
         ("base.eval.budgets=[1e8]", "base.eval.budgets: not used with mode: wsd"),
-        ('hparams={"budget_flops": [1e9]}', "hparams.budget_flops: the budgets are the grid's `budgets`"),
+        (
+            'hparams={"budget_flops": [1e9]}',
+            "hparams.budget_flops: not a hyper-parameter of a sweep (the budgets are the grid's `budgets`",
+        ),
         ("name=../x", "name: '../x' must be one folder name"),
         ("mlflow.experiment=", "mlflow.experiment: must be a non-empty experiment name"),
         (f"output={path}", f"output: '{path}' is a file"),
@@ -165,7 +168,8 @@ def test_evaluation_settings_make_new_trials_of_the_same_training_runs(tmp_path,
         assert [t.runs_id for t in after] == [t.runs_id for t in before], override
         assert [t.train.checkpoint.storage for t in after] == [t.train.checkpoint.storage for t in before]
     # What training keeps or does (learning-curve checkpoints, the optimizer) gives other training runs.
-    for override in ("base.eval.val_every=2", "base.optim.lr=0.001", "base.run.seed=1"):
+    changes_weights = ("base.run.deterministic=true", "base.run.grad_accum=2", "base.checkpoint.init_from=/r/ck/step_1")
+    for override in ("base.eval.val_every=2", "base.optim.lr=0.001", "base.run.seed=1", *changes_weights):
         assert not {t.runs_id for t in grid(override)} & {t.runs_id for t in before}, override
     # Trials of one grid that differ only in evaluation train apart (never two writers in one run directory).
     swept = grid('hparams={"eval.guidance": [1.0, 4.0]}')
@@ -279,3 +283,25 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
         assert points[0]["run"].endswith("-b0") and points[1]["run"].endswith("-main")
     record = json.loads(first_record)
     assert record["status"] == "finished" and len(record["points"]) == 2
+
+
+def test_keys_the_sweep_sets_itself_are_refused_as_hyper_parameters(tmp_path, dataset):
+    """Swept or set per model, they were overwritten: two trials of one training under two labels (a cosine trial
+    trained with wsd), a main run shorter than its largest budget, learning-curve points evaluated then dropped."""
+    path = _write_cfg(tmp_path, dataset, budgets=[1e9, 2e9])
+    refused = [
+        ('hparams={"optim.schedule": ["cosine", "wsd"]}', "hparams.optim.schedule: not a hyper-parameter"),
+        ('hparams={"eval.budgets": [[1e9]]}', "hparams.eval.budgets: not a hyper-parameter"),
+        ('hparams={"run.name": ["a", "b"]}', "hparams.run.name: not a hyper-parameter"),
+        ('hparams={"mlflow.experiment": ["a", "b"]}', "hparams.mlflow.experiment: not a hyper-parameter"),
+        ('models=[{"preset": "MMDiT-T", "set": {"budget_flops": 5e8}}]', "set budget_flops: not a hyper-parameter"),
+        ("base.eval.fractions=[0.5]", "base.eval.fractions: not used with mode: wsd"),
+    ]
+    for override, message in refused:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            expand_grid(load_sweep_config(str(path), [override]))
+    # In mode: separate the schedule is a hyper-parameter like any other.
+    trials = expand_grid(
+        load_sweep_config(str(path), ["mode=separate", 'hparams={"optim.schedule": ["cosine", "wsd"]}'])
+    )
+    assert {t.train.optim.schedule for t in trials} == {"cosine", "wsd"}

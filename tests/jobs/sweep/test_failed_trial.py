@@ -237,3 +237,47 @@ def test_max_concurrent_0_runs_as_many_trials_as_fit_with_their_drivers_and_gpus
     assert _fitting_trials((4, 0), 1, 1, 0) == 2  # the drivers' CPUs count: 4 trials would hold all 4 CPUs
     assert _fitting_trials((1, 0), 0.1, 4, 0) == 1
     assert _fitting_trials((96, 8), 0.1, 8, 4) == 2  # GPU trials: as many as the GPUs take, not the CPUs
+
+
+def test_a_rerun_trial_that_leaves_no_record_is_missing_not_its_old_failure(tmp_path, dataset, monkeypatch):  # noqa: F811
+    """A trial killed without a record this time (here: Tune runs nothing) used to be reported from the earlier
+    invocation's failed.json: its old reasons, its old FLOPs in this goodput, and with allow_failures a complete
+    sweep. The old record is kept as failed.previous.json. And an error from Ray / Tune ends the parent FAILED."""
+    from mlflow import MlflowClient
+
+    from jobs.sweep import driver
+    from jobs.sweep.config import SweepConfig
+    from pipelines.infra.config_files import load_config
+
+    path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], allow_failures=True)
+    cfg = load_config(SweepConfig, str(path), [])
+    (tp,) = driver.plan_trials(driver.expand_grid(cfg), cfg.mode)
+    tdir = tmp_path / "sweeps" / "t" / "trials" / tp.trial.trial_id
+    tdir.mkdir(parents=True)
+    old = {
+        "trial_id": tp.trial.trial_id,
+        "name": tp.trial.name,
+        "status": "failed",
+        "reasons": ["old"],
+        "points": [],
+        "train_flops": 1e12,
+        "timing": {"step_s": 5.0},
+    }
+    (tdir / "failed.json").write_text(json.dumps(old))
+    ran = {"num_cpus": 2.0, "peak_flops": 2e11, "peak_flops_measured": [2e11, 2e11]}
+    monkeypatch.setattr(driver, "_run_tune", lambda *a, **k: ran)
+    out = driver.run_sweep(load_config(SweepConfig, str(path), []))
+    assert [r["status"] for r in out["trials"]] == ["missing"] and out["complete"] is False
+    assert json.loads((tdir / "failed.previous.json").read_text())["reasons"] == ["old"]
+    assert not (tdir / "failed.json").exists()
+    assert out["goodput"]["train_flops"] == 0 and out["goodput"]["trials"] == 0, out["goodput"]
+
+    def broken(*a, **k):
+        raise RuntimeError("could not reach the cluster")
+
+    monkeypatch.setattr(driver, "_run_tune", broken)
+    with pytest.raises(RuntimeError, match="could not reach"):
+        driver.run_sweep(load_config(SweepConfig, str(path), []))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
