@@ -273,8 +273,16 @@ def expand_grid(cfg: SweepConfig) -> list[Trial]:
                     f"models: {entry!r} sets {', '.join(clash)}, which hparams also sweeps; give it in one place"
                 )
             trials.append(_trial(cfg, base, arm, model, {**hp, **fixed}, budgets))
-    if len({t.trial_id for t in trials}) != len(trials):
-        raise ConfigError("models/hparams: the grid contains duplicate trials")
+    seen: dict[str, Trial] = {}
+    for t in trials:
+        if t.trial_id in seen:
+            first = seen[t.trial_id]
+            where = f" (arms {first.arm!r} and {t.arm!r})" if first.arm != t.arm else ""
+            raise ConfigError(
+                f"models/hparams: the grid contains the trial {t.name} twice{where}: two entries give the same "
+                f"model and settings"
+            )
+        seen[t.trial_id] = t
     # Trials of one grid differ in their hyper-parameters (evaluation ones included), which the training id keeps, so
     # they never share training runs (never two writers in one directory): only a rerun with other evaluation settings.
     return trials

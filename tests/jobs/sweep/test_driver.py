@@ -300,6 +300,9 @@ def test_keys_the_sweep_sets_itself_are_refused_as_hyper_parameters(tmp_path, da
     for override, message in refused:
         with pytest.raises(ConfigError, match=re.escape(message)):
             expand_grid(load_sweep_config(str(path), [override]))
+    # A duplicate trial is named.
+    with pytest.raises(ConfigError, match=r"the trial MMDiT-T\[lr=0.001\] twice"):
+        expand_grid(load_sweep_config(str(path), ['models=["MMDiT-T"]', 'hparams={"optim.lr": [1e-3, 0.001]}']))
     # In mode: separate the schedule is a hyper-parameter like any other.
     trials = expand_grid(
         load_sweep_config(str(path), ["mode=separate", 'hparams={"optim.schedule": ["cosine", "wsd"]}'])
