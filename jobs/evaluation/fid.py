@@ -47,8 +47,11 @@ class FIDSettings:
 
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: unknown {self.sampler!r}; known: {', '.join(SAMPLERS)}")
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2 for a covariance, got {self.num_samples}")
+        if self.num_samples < 3:
+            raise ValueError(
+                f"num_samples must be >= 3 (a covariance, and the FID's bootstrap standard error), "
+                f"got {self.num_samples}"
+            )
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.seed < 0:
@@ -80,6 +83,20 @@ def check_model_fits_data(model_cfg: dict, conditioning: str, manifest: Manifest
         raise ValueError(f"a text-conditioned checkpoint, but {manifest_uri} has no text embeddings (a class data set)")
     if conditioning == "class" and manifest.text is not None and not manifest.num_classes:
         raise ValueError(f"a class-conditional checkpoint, but {manifest_uri} has captions, not class labels")
+    classes = model_cfg.get("num_classes")
+    if conditioning == "class" and classes and manifest.num_classes and manifest.num_classes > int(classes):
+        # label num_classes is the model's null class (unconditional samples), larger labels are out of range
+        raise ValueError(
+            f"the checkpoint's model knows {classes} classes, but {manifest_uri} has {manifest.num_classes}"
+        )
+    if conditioning == "text" and manifest.text is not None:
+        for key in ("dim", "pooled_dim"):
+            have_dim, want_dim = getattr(manifest.text, key), model_cfg.get("text_dim" if key == "dim" else key)
+            if have_dim and want_dim and int(have_dim) != int(want_dim):
+                raise ValueError(
+                    f"the checkpoint's model takes {key.replace('dim', 'width')} {want_dim} text embeddings, but "
+                    f"{manifest_uri} holds {have_dim} ({manifest.text.encoder}): embedded by another text encoder"
+                )
     v = manifest.vae
     want = (model_cfg.get("in_channels"), model_cfg.get("input_size"))
     have = (v.latent_channels, v.latent_size or (manifest.image_size // max(v.downsample, 1)))
@@ -194,6 +211,7 @@ def generate_features(
         bar.update(len(chunk))
     bar.close()
     out = {"features": np.concatenate(feats), "device": f"{pipe.device.type} {'bf16' if pipe.bf16 else 'fp32'}"}
+    out["threads"] = torch.get_num_threads()
     if want_images:
         out["images"] = np.concatenate(imgs)
     return out
@@ -247,9 +265,12 @@ def _sample_parts(
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
+    task_threads = max(1, int(cpus_per_actor))  # the CPUs each task holds, not eval_threads()'s in-process default
+
     @ray.remote(num_cpus=cpus_per_actor, num_gpus=num_gpus)
     def sample_part(ck, uri, idx, c, s, images):
-        out = generate_features(ck, uri, idx, {k: v[idx] for k, v in c.items()}, s, want_images=images)
+        c = {k: v[idx] for k, v in c.items()}
+        out = generate_features(ck, uri, idx, c, s, want_images=images, threads=task_threads)
         return {**out, "gpu_ids": list(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))}
 
     # Outside any enclosing placement group (a Tune trial's holds only the trial driver's fractional CPU).
@@ -282,7 +303,8 @@ def evaluate_checkpoint(
     and "fid_ci" come from `n_boot` bootstrap resamples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
     a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed). `threads`: torch
     threads when sampling in this process (num_actors 0; default `eval_threads()`). "sampling_device" says where
-    the samples were drawn ("cuda bf16", "cpu fp32") and "sampling_gpus" how many Ray GPUs the sampling tasks held.
+    the samples were drawn ("cuda bf16", "cpu fp32"), "sampling_gpus" how many Ray GPUs the sampling tasks held and
+    "sampling_threads" the torch threads of each (a Ray task as many as the CPUs it holds, `cpus_per_actor`).
     """
     from ditcore.checkpoint import read_checkpoint_config
     from ditcore.metrics.fid import feature_stats, frechet_distance
@@ -320,6 +342,7 @@ def evaluate_checkpoint(
         **_noise(feats, mu_ref, sigma_ref, n_boot, settings.seed),
         "sampling_device": ", ".join(sorted({p["device"] for p in parts})),  # e.g. "cuda bf16" or "cpu fp32"
         "sampling_gpus": sum(len(p.get("gpu_ids", [])) for p in parts),  # Ray GPUs held by the sampling tasks
+        "sampling_threads": max(int(p.get("threads", 1)) for p in parts),  # torch threads per sampling part
     }
     if want_images:
         images = np.empty((settings.num_samples, *parts[0]["images"].shape[1:]), np.uint8)
@@ -348,8 +371,10 @@ def _class_labels(manifest_uri: str, cond: dict[str, np.ndarray], n: int) -> np.
     """The class each sample should show: its class label, or the label of the data row whose caption it drew."""
     if "y" in cond:
         return np.asarray(cond["y"], dtype=np.int64)
-    from pipelines.latents.reader import load_latents_numpy
+    from pipelines.latents.reader import load_latents_numpy, read_manifest
 
+    if "label" not in read_manifest(manifest_uri).columns:  # before reading: the reader would name no column
+        raise ValueError(f"{manifest_uri}: class accuracy needs a label column in the data set (none recorded)")
     rows = load_latents_numpy(manifest_uri, limit=n, columns=["id", "label"])
     if "label" not in rows or len(rows["label"]) == 0:
         raise ValueError(f"{manifest_uri}: class accuracy needs a label column in the data set (none recorded)")

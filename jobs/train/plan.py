@@ -238,7 +238,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         need(f"optim.betas[{i}]", b, finite(b) and 0 <= b < 1, "in [0, 1)")
     need("eval.num_samples", e.num_samples, e.num_samples >= 0, ">= 0 (0: no FID)")
     if e.num_samples > 0:
-        need("eval.num_samples", e.num_samples, e.num_samples >= 2, ">= 2 (a FID needs a covariance; 0: no FID)")
+        need("eval.num_samples", e.num_samples, e.num_samples >= 3, ">= 3 (a FID and its bootstrap; 0: no FID)")
         need("eval.seed", e.seed, e.seed >= 0, ">= 0")
         need("eval.steps", e.steps, e.steps >= 1, ">= 1")
         need("eval.guidance", e.guidance, finite(e.guidance) and e.guidance >= 0, "a finite number >= 0")

@@ -83,9 +83,16 @@ def test_sampling_tasks_take_a_gpu_when_the_cluster_has_them(setup):
     try:
         on_gpus = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=2, **kw)
         cpu_only = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=2, num_gpus=0, **kw)
+        wide = evaluate_checkpoint(setup["ckpt"], setup["data"], num_actors=1, num_gpus=0, cpus_per_actor=2, **kw)
     finally:
         ray.shutdown()
     assert on_gpus["sampling_gpus"] == 2 and cpu_only["sampling_gpus"] == 0 and here["sampling_gpus"] == 0
+    # A task uses the CPUs it holds (it ran one thread whatever it held)
+    assert (
+        here["sampling_threads"] == 1
+        and wide["sampling_threads"] == 2
+        and wide["fid"] == pytest.approx(here["fid"], rel=1e-3)
+    )
     assert on_gpus["sampling_device"] == "cpu fp32"  # no CUDA behind the logical GPUs
     assert on_gpus["fid"] == pytest.approx(here["fid"], rel=1e-6) and cpu_only["fid"] == pytest.approx(here["fid"])
 
@@ -144,3 +151,36 @@ def test_a_checkpoint_that_cannot_be_scored_on_the_data_is_named_before_sampling
     assert main([str(bad), "--num-samples", "4", "--num-actors", "2"]) == 2
     err = capsys.readouterr().err
     assert "ema.safetensors: size 100 bytes, expected" in err and "ray::" not in err
+
+
+def test_too_few_samples_and_a_data_set_without_labels_are_named_before_sampling(setup):
+    """2 samples passed the checks, then the FID's bootstrap failed after all the sampling (or after training);
+    class accuracy on captioned data without labels failed with the reader's schema dump."""
+    import numpy as np
+
+    from jobs.evaluation.fid import _class_labels
+
+    with pytest.raises(ValueError, match=r"num_samples must be >= 3 .* got 2"):
+        FIDSettings(num_samples=2).check()
+    FIDSettings(num_samples=3).check()
+    with pytest.raises(ValueError, match="class accuracy needs a label column"):
+        _class_labels(setup["data"], {"id": np.array(["0", "1"])}, 2)
+
+
+def test_a_model_of_fewer_classes_or_another_text_encoder_than_the_data_is_refused(setup, tmp_path):
+    """Label num_classes is the model's null class: an 11-class data set drew unconditional samples for class 10
+    of a 10-class model (a skewed FID), larger labels failed deep in the embedding; captions of another encoder
+    width ended in a shape error."""
+    from jobs.evaluation.fid import check_model_fits_data
+    from pipelines.latents.manifest import Manifest
+
+    data, _ = make_eval_dataset(tmp_path / "cls", n=8, num_classes=4)
+    m = Manifest.read(data)
+    with pytest.raises(ValueError, match=f"knows 3 classes, but {data} has 4"):
+        check_model_fits_data({"num_classes": 3}, "class", m, data)
+    check_model_fits_data({"num_classes": 4}, "class", m, data)
+    text = Manifest.read(setup["data"])
+    assert text.text.dim
+    check_model_fits_data({"text_dim": text.text.dim, "pooled_dim": text.text.pooled_dim}, "text", text, "d")
+    with pytest.raises(ValueError, match=f"width 999 text embeddings, but d holds {text.text.dim}"):
+        check_model_fits_data({"text_dim": 999}, "text", text, "d")

@@ -234,6 +234,7 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         ("optim.lr=-1", "optim.lr must be a finite number > 0, got -1.0"),
         ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
         ("eval.num_samples=-5", "eval.num_samples must be >= 0"),
+        ("eval.num_samples=2", "eval.num_samples must be >= 3"),
         (
             "checkpoint.keep=0",
             "checkpoint.keep must be >= 1 (the newest periodic checkpoint is what a restart resumes), got 0",
