@@ -125,7 +125,7 @@ def check_job_config(kind: str, config: Optional[Path], overrides: list[str], wo
     (unknown keys, wrong types; a sweep's `base` too), so a typo fails before the upload and not on the cluster."""
     import dataclasses
 
-    from ditcore.config import ConfigError
+    from ditcore.config import ConfigError, to_dict
 
     try:
         if kind == "sweep":
@@ -136,14 +136,48 @@ def check_job_config(kind: str, config: Optional[Path], overrides: list[str], wo
             base_config = cfg.base_config
             if base_config and "://" not in base_config and not Path(base_config).is_absolute():
                 base_config = str(working_dir / base_config)  # the job reads it from the working dir's root
-            sweep_base(dataclasses.replace(cfg, base_config=base_config))
+            base = sweep_base(dataclasses.replace(cfg, base_config=base_config))
+            check_job_paths(kind, {**to_dict(cfg), "base": base})
         elif kind == "precompute":
             from pipelines.infra.config_files import load_config
             from pipelines.precompute.job import PrecomputeConfig
 
-            load_config(PrecomputeConfig, str(config) if config else None, overrides)
+            check_job_paths(kind, to_dict(load_config(PrecomputeConfig, str(config) if config else None, overrides)))
     except ConfigError as e:
         raise SubmitError(f"the {kind} job's config: {e}") from e
+
+
+# Top-level folders of the working dir that are never uploaded (jobs.cluster.submit.WORKING_DIR_EXCLUDES).
+_NOT_UPLOADED = ("data/", "outputs/", "runs/", "mlruns/")
+
+
+# Replaced per trial by the sweep (<output>/<name>/runs/...): what the base says there is never used.
+_SET_BY_THE_SWEEP = ("base.checkpoint.storage",)
+
+
+def check_job_paths(kind: str, cfg: dict, where: str = "") -> None:
+    """A submitted job runs in Ray's temporary copy of the working dir: a relative `output` would be written there
+    (lost with it, and elsewhere after every code change), and a relative path into data/, outputs/, runs/ or
+    mlruns/ names a folder that is not uploaded. SubmitError naming the key; absolute paths and URIs pass."""
+    for key, value in cfg.items():
+        name = f"{where}{key}"
+        if name in _SET_BY_THE_SWEEP:
+            continue
+        if isinstance(value, dict):
+            check_job_paths(kind, value, f"{name}.")
+        elif isinstance(value, str) and value and "://" not in value and not value.startswith(("/", "~")):
+            if name == "output":
+                raise SubmitError(
+                    f"the {kind} job's config: output={value!r} is a relative path: the job would write it into "
+                    f"Ray's temporary copy of the working dir; give s3://... or an absolute path on storage every "
+                    f"node sees"
+                )
+            if value.startswith(_NOT_UPLOADED) or value.startswith(tuple("./" + f for f in _NOT_UPLOADED)):
+                raise SubmitError(
+                    f"the {kind} job's config: {name}={value!r} is a relative path into a folder that is not uploaded "
+                    f"with the job's code ({', '.join(_NOT_UPLOADED)}); give s3://... or an absolute path on "
+                    f"storage every node sees"
+                )
 
 
 def _submit(argv: list[str]) -> int:

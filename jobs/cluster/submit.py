@@ -1,6 +1,7 @@
 """Running the project's jobs on a Ray cluster through the Ray Jobs API (`ditscale submit`, `ditscale jobs`).
 
-    ditscale submit precompute --address http://127.0.0.1:8265 --config configs/precompute/builtin.yaml out=s3://b/x
+    ditscale submit precompute --address http://127.0.0.1:8265 --config configs/precompute/builtin.yaml \
+        output=s3://b/latents vae.path=s3://b/vae fid.feature_net=s3://b/feature_net
     ditscale submit sweep      --address URL --config configs/sweep/tiny.yaml [k=v ...] [--wait]
     ditscale submit fit        --address URL --experiment NAME   (the job's own flags pass through; after `--` too)
     ditscale submit serve      --address URL --config serve/config.yaml

@@ -46,8 +46,22 @@ def apply_ray_env(extra: Mapping[str, str] | None = None) -> None:
 
 
 def cluster_address(address: str | None = None) -> str | None:
-    """The cluster to connect to: `address`, else $RAY_ADDRESS, else None (a fresh local instance)."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    """The cluster to connect to: `address`, else $RAY_ADDRESS, else None (a fresh local instance).
+
+    An http(s) RAY_ADDRESS is a job server's (what `ditscale submit` and `ray job submit` read), which ray.init
+    cannot connect to: it is passed over, with a note, and this process runs on a local Ray."""
+    if address:
+        return address
+    env = os.environ.get("RAY_ADDRESS") or None
+    if env and env.startswith(("http://", "https://")):
+        print(
+            f"[ditscale] RAY_ADDRESS={env} is a job server's address (for `ditscale submit`): this command runs on a "
+            f"local Ray; to run it on that cluster, submit it",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return env
 
 
 def init_ray(

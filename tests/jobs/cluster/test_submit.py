@@ -49,6 +49,8 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
             cfg,
             "base.optim.lr=0.001",
             'models=["MMDiT-d1"]',
+            "output=s3://b/sweeps",
+            "base.data.manifest=s3://b/latents",
             "--env",
             "FOO=bar",
             "--dry-run",
@@ -58,7 +60,8 @@ def test_dry_run_builds_entrypoint_and_runtime_env(capsys, monkeypatch):
     plan = json.loads(capsys.readouterr().out)
     assert (
         plan["entrypoint"]
-        == "python -m jobs.sweep --config configs/sweep/tiny.yaml base.optim.lr=0.001 'models=[\"MMDiT-d1\"]'"
+        == "python -m jobs.sweep --config configs/sweep/tiny.yaml base.optim.lr=0.001 'models=[\"MMDiT-d1\"]' "
+        "output=s3://b/sweeps base.data.manifest=s3://b/latents"
     )
     env = plan["runtime_env"]
     assert Path(env["working_dir"]) == REPO_ROOT
@@ -119,8 +122,27 @@ def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tm
     assert "configs/nope.yaml: file not found" in capsys.readouterr().err
     # From outside the repository a repository-relative path is found inside the uploaded directory.
     monkeypatch.chdir(tmp_path)
-    assert ditscale(["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["entrypoint"] == "python -m jobs.sweep --config configs/sweep/tiny.yaml"
+    assert ditscale(["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run", *ON_S3]) == 0
+    entry = json.loads(capsys.readouterr().out)["entrypoint"]
+    assert entry == f"python -m jobs.sweep --config configs/sweep/tiny.yaml {' '.join(ON_S3)}"
+
+
+ON_S3 = ["output=s3://b/sweeps", "base.data.manifest=s3://b/latents"]
+
+
+def test_paths_the_job_would_write_into_or_miss_in_rays_copy_of_the_code_are_refused(capsys, monkeypatch):
+    """The job runs in Ray's temporary copy of the working dir: the tiny config's own output (outputs/sweeps) was
+    written there and lost, and its manifest (outputs/latents/builtin) is a folder never uploaded."""
+    monkeypatch.chdir(REPO_ROOT)
+    sweep = ["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run"]
+    assert ditscale(sweep) == 2
+    assert "output='outputs/sweeps' is a relative path" in capsys.readouterr().err
+    assert ditscale([*sweep, "output=s3://b/sweeps"]) == 2
+    assert "base.data.manifest='outputs/latents/builtin' is a relative path into a folder" in capsys.readouterr().err
+    pre = ["submit", "precompute", "--config", "configs/precompute/builtin.yaml", "--dry-run", "output=/shared/lat"]
+    assert ditscale(pre) == 2
+    assert "vae.path='outputs/vae'" in capsys.readouterr().err
+    assert ditscale([*pre, "vae.path=/shared/vae", "fid.feature_net=s3://b/net"]) == 0
 
 
 def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_sent(capsys, monkeypatch):
@@ -143,7 +165,7 @@ def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_s
 def test_the_jobs_config_is_checked_before_anything_is_sent(capsys, monkeypatch):
     """A misspelt key or a wrong type in a sweep's or precompute's overrides fails here, not on the cluster."""
     monkeypatch.chdir(REPO_ROOT)
-    sweep = ["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run"]
+    sweep = ["submit", "sweep", "--config", "configs/sweep/tiny.yaml", "--dry-run", *ON_S3]
     assert ditscale([*sweep, "base.optim.lrr=1"]) == 2
     assert "the sweep job's config: unknown config key(s): base.optim.lrr" in capsys.readouterr().err
     assert ditscale([*sweep, "max_concurrent=abc"]) == 2

@@ -134,3 +134,16 @@ def test_a_head_that_exits_after_saying_it_is_up_is_named_with_its_exit_code():
     env.pop("RAY_ADDRESS", None)
     res, _ = _run_script(_EXITED_SCRIPT, env)
     assert res["error"] and "exited with 3" in res["error"], res
+
+
+def test_a_job_servers_http_ray_address_is_passed_over_for_a_local_ray(monkeypatch, capsys):
+    """The docs export RAY_ADDRESS=http://...:8265 for `ditscale submit`; ray.init refused it ("Invalid Ray
+    address") in every later local command."""
+    from pipelines.infra.ray_runtime import cluster_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert cluster_address() is None
+    assert "is a job server's address" in capsys.readouterr().err
+    assert cluster_address("ray://h:10001") == "ray://h:10001"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert cluster_address() == "10.0.0.1:6379"
