@@ -16,15 +16,25 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
+def autoscales() -> bool:
+    """Whether the connected cluster has an autoscaler config with node groups: it may add nodes after any check
+    of the nodes alive now."""
+    from pipelines.infra.ray_runtime import autoscaler_max_resources
+
+    return bool(autoscaler_max_resources())
+
+
 def check_shared_storage(path: str, *, key: str, override: str, shared_filesystem: bool) -> None:
-    """ConfigError when `path` (config key `key`) is local and the cluster has more than one node, unless the
-    `override` switch (`shared_filesystem`) says the path is mounted on every node. s3:// paths always pass."""
+    """ConfigError when `path` (config key `key`) is local and the cluster has more than one node, or may add
+    nodes (an autoscaling cluster that has only its head now: the trials would run on nodes added later), unless
+    the `override` switch (`shared_filesystem`) says the path is mounted on every node. s3:// paths always pass."""
     if storage.is_s3(path) or shared_filesystem:
         return
     n = alive_nodes()
-    if n > 1:
+    if n > 1 or autoscales():
+        nodes = f"has {n} nodes" if n > 1 else "autoscales (it adds nodes for the work)"
         raise ConfigError(
-            f"{key}={path!r} is a local path but the Ray cluster has {n} nodes: workers, restore and evaluation "
+            f"{key}={path!r} is a local path but the Ray cluster {nodes}: workers, restore and evaluation "
             f"on other nodes would not see it. Use an s3:// location, or set {override}=true if {path!r} is a "
             "shared filesystem mounted at the same path on every node"
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -83,12 +83,16 @@ def _estimator(pipe, settings: EMSSettings, batch: int):
     )
 
 
-def ems_part(checkpoint: str, settings: EMSSettings, nodes: list[int]) -> dict[str, torch.Tensor]:
-    """The estimator's sums over every data batch at lambda `nodes` (one Ray task, or the whole job locally)."""
+def ems_part(
+    checkpoint: str, settings: EMSSettings, nodes: list[int], threads: Optional[int] = 1
+) -> dict[str, torch.Tensor]:
+    """The estimator's sums over every data batch at lambda `nodes` (one Ray task, or the whole job locally).
+    `threads`: torch threads (1 in a one-CPU Ray task; None: the process's, for the job run in this process)."""
     from jobs.train.loop import mix_seed
     from pipelines.generation import GenerationPipeline
 
-    torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
     batches = _data(pipe, settings)
     est = _estimator(pipe, settings, batches[0][0].shape[0])
@@ -108,7 +112,7 @@ def compute_ems(checkpoint: str, settings: EMSSettings) -> tuple[Any, dict]:
     merged = _estimator(pipe, settings, settings.batch_size)
     nodes = list(range(settings.num_nodes))
     if settings.num_tasks == 0:
-        parts = [ems_part(checkpoint, settings, nodes)]
+        parts = [ems_part(checkpoint, settings, nodes, threads=None)]  # every core of this process, not one
     else:
         import ray
 

@@ -227,14 +227,11 @@ def _worker_cpus(run: Any) -> float:
 def _cluster_size(started: bool, cpus: float, gpus: float) -> tuple[float, float]:
     """(CPUs, GPUs) the sweep may plan for: the local instance's; for a cluster it connected to, the most its
     autoscaler may start (Ray's own reading of the cluster config, as Ray Train takes it) when larger than now."""
+    from pipelines.infra.ray_runtime import autoscaler_max_resources
+
     if started:
         return cpus, gpus
-    try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # noqa: BLE001 - no autoscaler config (a fixed cluster): what is there now
-        most = {}
+    most = autoscaler_max_resources()  # {} for a fixed cluster: what is there now
     return max(cpus, float(most.get("CPU", 0) or 0)), max(gpus, float(most.get("GPU", 0) or 0))
 
 

@@ -370,3 +370,14 @@ class LocalRayHead:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and _session_pids(sid):
             time.sleep(0.05)  # polling /proc: there is no event for "a process of this session exited"
+
+
+def autoscaler_max_resources() -> dict:
+    """{resource: the most the connected cluster's autoscaler may provide} from its cluster config (Ray's own
+    reading, as Ray Train takes it); {} without one (a local instance, a fixed `ray start` cluster)."""
+    try:
+        from ray._private.state import state
+
+        return dict(state.get_max_resources_from_cluster_config() or {})
+    except Exception:  # noqa: BLE001 - not connected, or no autoscaler config
+        return {}

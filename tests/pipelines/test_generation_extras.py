@@ -62,7 +62,13 @@ def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
     with pytest.raises(GenerationError, match=r"ditscale ems .* --guidance 1"):
         pipe.generate_labels([0], [0], v3)
     args = [ckpt, "--num-samples", "16", "--batch-size", "8", "--num-nodes", "12", "--num-tasks", "0"]
-    assert main(args) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(args) == 0
+        assert torch.get_num_threads() == 2  # in this process: its cores, not one (the Ray task's setting)
+    finally:
+        torch.set_num_threads(threads)
     out = json.loads(capsys.readouterr().out)
     assert out["nodes"] == 12 and out["shape"] == [4, 8, 8]
     img = pipe.generate_labels([0, 1], [0, 1], v3)
