@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from jobs.cli.submit import add_conn_args, run_cluster_command
+from jobs.cli.submit import add_conn_args, run_cluster_command, server_reason
 from jobs.cluster.submit import (
     SubmitError,
     follow_logs,
@@ -44,7 +44,11 @@ def _jobs(argv: list[str]) -> int:
     opts = build_parser().parse_args(argv)
     client = make_client(opts.address, opts.token)
     if opts.action == "list":
-        rows = sorted((job_row(j) for j in client.list_jobs()), key=lambda r: r["start_time"] or 0)
+        try:
+            jobs = client.list_jobs()
+        except RuntimeError as exc:  # the job server's HTTP error: one line, not a traceback
+            raise SubmitError(f"listing the jobs at {opts.address}: {server_reason(exc)}") from exc
+        rows = sorted((job_row(j) for j in jobs), key=lambda r: r["start_time"] or 0)
         if opts.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -71,7 +75,9 @@ def _jobs(argv: list[str]) -> int:
             sys.stdout.write(client.get_job_logs(opts.job_id))
         return 0
     if opts.action == "stop":
-        client.stop_job(opts.job_id)
+        if not client.stop_job(opts.job_id):  # False: the job had already ended
+            print(f"{opts.job_id}: already {status_str(client.get_job_status(opts.job_id))}; nothing to stop")
+            return 0
         print(f"stop requested for {opts.job_id}")
         if opts.wait:
             print(f"{opts.job_id}: {wait_for_job(client, opts.job_id, timeout_s=120)}")

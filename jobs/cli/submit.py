@@ -216,14 +216,19 @@ def _submit(argv: list[str]) -> int:
         print(json.dumps({"address": opts.address, "entrypoint": entrypoint, "runtime_env": runtime_env}, indent=2))
         return 0
     client = make_client(opts.address, opts.token)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        submission_id=opts.submission_id,
-        entrypoint_num_cpus=opts.num_cpus,
-        entrypoint_num_gpus=opts.num_gpus,
-        metadata={"ditscale.kind": opts.kind},
-    )
+    try:
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=opts.submission_id,
+            entrypoint_num_cpus=opts.num_cpus,
+            entrypoint_num_gpus=opts.num_gpus,
+            metadata={"ditscale.kind": opts.kind},
+        )
+    except RuntimeError as exc:  # the job server refused it (a submission id in use, a package too large, a 5xx)
+        raise SubmitError(
+            f"the job server at {opts.address} did not take the {opts.kind} job: {server_reason(exc)}"
+        ) from exc
     print(f"submitted {opts.kind} job {job_id} to {opts.address}")
     print(f"  entrypoint: {entrypoint}")
     print(f"  follow: ditscale jobs logs {job_id} --follow --address {opts.address}")
@@ -233,6 +238,19 @@ def _submit(argv: list[str]) -> int:
     status = wait_for_job(client, job_id)
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def server_reason(exc: BaseException) -> str:
+    """The job server's reason in one line: an HTTP error's message carries the server's traceback, whose last
+    line is the error itself."""
+    import re
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip().strip(".")]
+    first = lines[0].split(": Traceback", 1)[0] if lines else ""
+    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b: ", line)]
+    if not errors:
+        return first if len(lines) < 2 or first != lines[0] else " ".join(lines)
+    return f"{first}: {errors[-1]}"  # the innermost error of a traceback the server sent back
 
 
 def run_cluster_command(command: str, run: Callable[[list[str]], int], argv: Optional[Sequence[str]]) -> int:

@@ -415,6 +415,13 @@ def test_stop_a_running_job(head_env, capsys):
     _wait_status(address, job_id, {"RUNNING"}, timeout=60)
     assert ditscale(["jobs", "stop", job_id, "--address", address, "--wait"]) == 0
     assert "STOPPED" in capsys.readouterr().out
+    # Stopping it again: it says so (it printed "stop requested" for a job that had ended).
+    assert ditscale(["jobs", "stop", job_id, "--address", address]) == 0
+    assert f"{job_id}: already STOPPED; nothing to stop" in capsys.readouterr().out
+    # A submission the server refuses (its id in use): one line naming the server's reason, not a traceback.
+    rc = ditscale(["submit", "fit", "--experiment", "e", "--submission-id", job_id, "--address", address])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did not take the fit job" in err and job_id in err and "Traceback" not in err, err
     # An id the cluster does not know: one line naming it from every action (logs and stop were tracebacks).
     for action in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
         assert ditscale(["jobs", action[0], "raysubmit_nope", *action[1:], "--address", address]) == 2
