@@ -16,7 +16,7 @@ for path in sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["pla
 endef
 export COMPILE_SITE_PACKAGES
 
-.PHONY: venv test test-fast lint format quickstart encoders bench clean
+.PHONY: venv test test-fast lint format quickstart encoders clean
 
 venv: $(STAMP)
 

@@ -19,6 +19,24 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
     assert "MFU" not in out.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_gpu_check_fails_where_the_machine_has_gpus_torch_cannot_use(tmp_path):
+    """A CPU-only torch on a GPU machine measured nothing and exited 0: a check gate passed. A stand-in
+    nvidia-smi on PATH lists a GPU here."""
+    import os
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", "bench/gpu_check.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "nvidia-smi lists GPUs but torch" in out.stderr and "sees no CUDA device" in out.stderr
+
+
 def test_gpu_check_parts_run_on_tiny_models():
     out = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--smoke-cpu"],
