@@ -60,6 +60,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{verb} {res['model_name']} version {res['version']} -> alias '{res['alias']}': model {res['model']}, "
         f"{args.metric}={res[args.metric]}, train FLOPs {res['train_flops']}, checkpoint {res['checkpoint']}"
     )
+    was = res.get("replaced")
+    if was:  # the alias is shared (serve --champion follows it): say which version it no longer names
+        print(
+            f"alias '{res['alias']}' moved from version {was['version']} ({args.metric}={was.get(args.metric, '?')}"
+            f", experiment {was.get('experiment', '?')}, FID network {was.get('fid_network', '?')}, checkpoint "
+            f"{was.get('checkpoint', '?')})"
+        )
     if res["pyfunc"]:
         print(f"pyfunc model: mlflow.pyfunc.load_model({res['model_uri']!r})")
     if res["sample_grid"]:

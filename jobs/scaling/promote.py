@@ -81,6 +81,7 @@ def promote(
         **(extra_tags or {}),
     }
     description = f"best {metric} of the sweep: {value}"
+    previous = alias_version(mlflow_client, model_name, alias)
     try:
         if pyfunc:
             mv, created = register_pyfunc(mlflow_client, source, best.run_id, model_name, alias, tags, description)
@@ -117,7 +118,21 @@ def promote(
         "train_flops": best.flops,
         "model": best.model,
         "point": best.to_dict(),
+        # The version the alias pointed at before (None: none, or this one): {version, checkpoint, <metric>, ...}
+        "replaced": previous if previous and previous["version"] != str(mv.version) else None,
     }
+
+
+def alias_version(mlflow_client: Any, model_name: str, alias: str) -> dict | None:
+    """{version, checkpoint, experiment, fid_network, <tags>} of the version `model_name@alias` points at now, or
+    None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = mlflow_client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return {**(mv.tags or {}), "version": str(mv.version)}
 
 
 def _pyfunc_versions(mlflow_client: Any, model_name: str, source: str) -> list:

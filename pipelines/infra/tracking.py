@@ -452,16 +452,21 @@ def register_checkpoint(
         mlflow_client.get_registered_model(model_name)
     except MlflowException:
         mlflow_client.create_registered_model(model_name, description="ditscale checkpoints (safetensors dirs)")
+    from pipelines.export.pyfunc import PYFUNC_TAG
+
     existing = [
         mv
         for mv in mlflow_client.search_model_versions(f"name='{model_name}'")
-        if (mv.tags or {}).get("checkpoint") == source
+        if (mv.tags or {}).get("checkpoint") == source and PYFUNC_TAG not in (mv.tags or {})  # a bare version
     ]
     created = not existing
+    clean = {k: str(v) for k, v in {"checkpoint": source, **(tags or {})}.items() if v is not None}
     if existing:
         mv = max(existing, key=lambda v: int(v.version))
+        for k, v in clean.items():  # a re-evaluated FID or another sweep's tags replace the stale ones
+            mlflow_client.set_model_version_tag(model_name, mv.version, k, v)
+        mlflow_client.update_model_version(model_name, mv.version, description=description)
     else:
-        clean = {k: str(v) for k, v in {"checkpoint": source, **(tags or {})}.items() if v is not None}
         try:
             mv = mlflow_client.create_model_version(
                 model_name, source=source, run_id=run_id, tags=clean, description=description

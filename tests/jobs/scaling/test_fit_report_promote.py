@@ -139,6 +139,17 @@ def test_fit_report_promote_on_sqlite(tmp_path, sqlite_uri, capsys):
     assert promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--no-pyfunc"]) == 0
     assert "reused ditscale version 1" in capsys.readouterr().out
     assert len(client.search_model_versions("name='ditscale'")) == 1
+    # A reused bare version gets the promotion's tags again (it kept stale ones, which resolve_champion returned).
+    client.set_model_version_tag("ditscale", "1", "fid", "999")
+    assert promote_job.main(["--experiment", "grid", "--tracking-uri", sqlite_uri, "--no-pyfunc"]) == 0
+    assert "moved from" not in capsys.readouterr().out  # the alias stays where it was
+    assert resolve_champion("ditscale", tracking_uri=sqlite_uri)["fid"] == pytest.approx(best["fid"])
+    # Another sweep's champion takes the shared alias: the promotion names the version it replaced.
+    _, best2 = _log_sweep(client, "grid2", str(tmp_path / "ckpt2"))
+    assert promote_job.main(["--experiment", "grid2", "--tracking-uri", sqlite_uri, "--no-pyfunc"]) == 0
+    out = capsys.readouterr().out
+    assert f"alias 'champion' moved from version 1 (fid={best['fid']}" in out and "experiment grid," in out, out
+    assert resolve_champion("ditscale", tracking_uri=sqlite_uri)["checkpoint"] == best2["checkpoint"]
 
 
 def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys):
