@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -50,6 +51,16 @@ def reference_stats(
     return {"mu": mu, "sigma": sigma, "count": len(images)}
 
 
+def network_name(uri: str) -> str:
+    """What network `uri` holds: the standard FID Inception, or which other feature net (stated, never assumed)."""
+    from ditcore.metrics.inception import FIDInceptionV3
+
+    net = feature_net(uri)
+    if isinstance(net, FIDInceptionV3):
+        return "FID Inception-v3 (TF inception-2015-12-05 weights, 2048-d pool features)"
+    return f"{type(net).__name__} at {uri} (not the standard FID Inception: its FIDs compare only with its own)"
+
+
 def _scored(feats: np.ndarray, ref: dict, n_boot: int, seed: int) -> dict[str, Any]:
     from ditcore.metrics.fid import few_samples_warning, fid_bootstrap
 
@@ -82,11 +93,19 @@ def standard_fid(
     (fewer if the test split is smaller: stated in the floor's "n_samples") are scored against the reference
     statistics of `n_ref` train images.
     """
+    from ditcore.metrics.fid import few_samples_warning
     from pipelines.datasets.images import load_source_images
 
+    try:
+        settings.check()
+    except ValueError as e:
+        raise ValueError(f"standard FID: {e}") from e
     manifest = Manifest.read(manifest_uri)
     size = int(manifest.image_size)
     ref = reference_stats(inception, train_source, size, n_ref, cache_dir)
+    ref_warning = few_samples_warning(ref["count"], ref["mu"].shape[0])
+    if ref_warning:
+        print(f"[ditscale] WARNING: reference statistics: {ref_warning}", file=sys.stderr, flush=True)
     test = load_source_images(test_source, size, limit=settings.num_samples)["image"]
     floor = _scored(_features(inception, test), ref, n_boot, settings.seed)
     from ditcore.checkpoint import read_checkpoint_config
@@ -101,8 +120,10 @@ def standard_fid(
     return {
         **out,
         "fid_network": inception,
-        "network": "FID Inception-v3 (TF inception-2015-12-05 weights, 2048-d pool features)",
+        "network": network_name(inception),
         "reference_count": ref["count"],
+        "reference_few_samples_warning": ref_warning,
+        "feature_dim": int(ref["mu"].shape[0]),
         "settings": settings.__dict__,
         "floor": {**floor, "source": str(test_source)},
     }

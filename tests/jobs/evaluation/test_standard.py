@@ -61,6 +61,15 @@ def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
     # An untrained model's noise is farther from the real images than real test images are.
     assert res["fid"] > res["floor"]["fid"]
     assert list((tmp_path / "cache").glob("ref-*.npz"))  # the reference statistics are cached
+    # The network is the one that ran (this data set's small feature net), not always "FID Inception-v3".
+    assert "not the standard FID Inception" in res["network"] and "Inception-v3 (TF" not in res["network"]
+    assert res["reference_few_samples_warning"] is None and res["feature_dim"] < 96
+    # Fewer reference images than feature dimensions: a singular reference covariance, said (as for the samples).
+    few = standard_fid(
+        setup["ckpt"], setup["data"], inception=setup["assets"]["feature_net"], train_source=setup["train"],
+        test_source=setup["test"], settings=settings, n_ref=res["feature_dim"] - 1, n_boot=2,
+    )  # fmt: skip
+    assert few["reference_count"] == res["feature_dim"] - 1 and few["reference_few_samples_warning"]
 
 
 def test_class_accuracy_of_samples_under_a_classifier(setup):
