@@ -139,6 +139,17 @@ def distill_plan(cfg: DistillConfig) -> RunPlan:
     if plan.model_config != expected:
         diff = sorted(k for k in set(expected) | set(plan.model_config) if expected.get(k) != plan.model_config.get(k))
         raise ConfigError(f"teacher: the student's model config differs from the teacher's in {diff}")
+    # Each image costs the student's training step and the teacher's two forward passes (its conditional and
+    # unconditional predictions, combined at w): budget, FLOPs and MFU count both.
+    from ditcore.flops import flops_summary
+
+    teacher_forward = float(flops_summary(teacher_cfg["model"], plan.text_tokens)["forward_flops"])
+    plan.flops = {
+        **plan.flops,
+        "student_train_flops_per_image": plan.flops["train_flops_per_image"],
+        "teacher_forward_flops": teacher_forward,
+        "train_flops_per_image": plan.flops["train_flops_per_image"] + 2 * teacher_forward,
+    }
     plan.total_steps = cfg.steps
     plan.point_steps = {cfg.steps: float(cfg.steps * cfg.batch_size * plan.train_flops_per_image)}
     plan.params_extra = {"teacher": cfg.teacher, "w_min": cfg.w_min, "w_max": cfg.w_max, "role": DISTILL_ROLE}

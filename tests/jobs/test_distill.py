@@ -131,6 +131,11 @@ def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path
     base = DistillConfig(teacher=teacher["ckpt"], tracking_uri=teacher["uri"], batch_size=8, val_samples=4)
     plan = distill_plan(base)
     assert plan.model_config["guidance_embed"] is True and plan.total_steps == base.steps
+    # An image costs the student's step (3 forwards) and the teacher's conditional + unconditional forwards.
+    f = plan.flops
+    assert f["train_flops_per_image"] == f["student_train_flops_per_image"] + 2 * f["teacher_forward_flops"]
+    assert 0.9 < f["teacher_forward_flops"] / f["forward_flops"] <= 1.0  # the teacher has no guidance embedder
+    assert plan.point_steps[base.steps] == base.steps * base.batch_size * f["train_flops_per_image"]
     with pytest.raises(ConfigError, match="w_min <= w_max"):
         distill_plan(dataclasses.replace(base, w_min=5.0, w_max=2.0))
     with pytest.raises(ConfigError, match="steps must be >= 1"):
