@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-actors",
         type=int,
         default=1,
-        help="Ray tasks that sample in parallel (0: sample in this process, no Ray)",
+        help="Ray tasks that sample in parallel, each holding one CPU (or a GPU where the cluster has them); 0, or 1 "
+        "with no Ray running (the default), samples in this process without Ray",
     )
     from jobs.evaluation.fid import FIDSettings
     from pipelines.cli.config_args import add_print_config
