@@ -131,6 +131,12 @@ def build_runtime_env(working_dir: str | Path, env: dict[str, str] | None = None
     wd = Path(working_dir).resolve()
     if not wd.is_dir():
         raise SubmitError(f"--working-dir {working_dir}: not a directory")
+    if not (wd / "pyproject.toml").is_file() or not all((wd / pkg).is_dir() for pkg in ("ditcore", "jobs")):
+        # e.g. a non-editable install, whose default is site-packages: gigabytes, and no project to run
+        raise SubmitError(
+            f"--working-dir {working_dir}: not a ditscale checkout (no pyproject.toml beside ditcore/ and jobs/); "
+            f"give the repository's directory"
+        )
     runtime_env: dict[str, Any] = {
         "working_dir": str(wd),
         "excludes": list(WORKING_DIR_EXCLUDES),

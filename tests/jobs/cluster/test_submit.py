@@ -130,6 +130,16 @@ def test_config_outside_repo_or_missing_is_a_clear_error(capsys, monkeypatch, tm
 ON_S3 = ["output=s3://b/sweeps", "base.data.manifest=s3://b/latents"]
 
 
+def test_a_working_dir_that_is_not_a_checkout_is_refused(capsys, monkeypatch, tmp_path):
+    """After a non-editable install the default working dir is site-packages (gigabytes, no project): refused."""
+    monkeypatch.chdir(REPO_ROOT)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "f.yaml").write_text("{}\n")
+    args = ["submit", "fit", "--experiment", "e", "--working-dir", str(tmp_path), "--dry-run"]
+    assert ditscale(args) == 2
+    assert f"--working-dir {tmp_path}: not a ditscale checkout" in capsys.readouterr().err
+
+
 def test_paths_the_job_would_write_into_or_miss_in_rays_copy_of_the_code_are_refused(capsys, monkeypatch):
     """The job runs in Ray's temporary copy of the working dir: the tiny config's own output (outputs/sweeps) was
     written there and lost, and its manifest (outputs/latents/builtin) is a folder never uploaded."""
