@@ -96,6 +96,8 @@ def count_params(cfg: ModelConfig | str | dict) -> int:
     qk = 2 * head if cfg.qk_norm else 0
     total = _linear(cfg.in_channels * p * p, d)  # patch embed
     total += _linear(FREQ_DIM, d) + _linear(d, d)  # timestep MLP
+    if getattr(cfg, "guidance_embed", False):
+        total += _linear(FREQ_DIM, d) + _linear(d, d)  # guidance-scale MLP (distilled students)
     total += _linear(d, 2 * d) + _linear(d, p * p * cfg.out_channels)  # final layer
     mlp = _linear(d, m) + _linear(m, d)
     if isinstance(cfg, DiTConfig):
@@ -124,6 +126,8 @@ def forward_macs(
     n = cfg.num_tokens
     macs = n * cfg.in_channels * p * p * d  # patch embed
     macs += FREQ_DIM * d + d * d  # timestep MLP
+    if getattr(cfg, "guidance_embed", False):
+        macs += FREQ_DIM * d + d * d  # guidance-scale MLP (distilled students)
     macs += 2 * d * d + n * d * p * p * cfg.out_channels  # final adaLN + projection
     mlp = 2 * d * m  # per token
     if isinstance(cfg, DiTConfig):

@@ -163,13 +163,16 @@ def drop_conditions(
         raise KeyError(f"null_cond has no entry for condition key(s) {missing}; got keys {sorted(null_cond)}")
     batch = next(iter(cond.values())).shape[0]
     gen_device = generator.device if generator is not None else "cpu"
-    drop = torch.rand(batch, generator=generator, device=gen_device) < p  # [B]
+    if p >= 1.0:  # every row: no draw (none is needed, and one without a generator would move the global RNG)
+        drop = torch.ones(batch, dtype=torch.bool, device=gen_device)
+    else:
+        drop = torch.rand(batch, generator=generator, device=gen_device) < p  # [B]
     out = {}
     for key, value in cond.items():
         null = torch.as_tensor(null_cond[key], device=value.device).to(value.dtype)
         if null.dim() == value.dim() - 1:
             null = null.unsqueeze(0)
-        if null.dim() != value.dim():
+        if null.dim() != value.dim() or any(a not in (1, b) for a, b in zip(null.shape[1:], value.shape[1:])):
             raise ValueError(
                 f"null_cond[{key!r}] has shape {tuple(null.shape)}, "
                 f"incompatible with condition shape {tuple(value.shape)}"

@@ -278,6 +278,8 @@ class AdaLNTransformer(nn.Module):
             raise ValueError(
                 f"{self.arch_name}: expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}"
             )
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != b):
+            raise ValueError(f"{self.arch_name}: t must be [B={b}] or a scalar, got shape {tuple(t.shape)}")
         return (t.expand(b) if t.ndim == 0 else t), h, w
 
     def _conditioning(
@@ -316,7 +318,7 @@ class DiT(AdaLNTransformer):
 
     arch_name = "DiT"
     cond_keys = ("y",)
-    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "y_embedder")
+    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "g_embedder.mlp.0", "y_embedder")
     _keep_prefixes = ("y_embedder", "t_embedder.mlp.0")  # DiT's N(0, 0.02) init is width independent already
     _vector_prefixes = ("y_embedder",)
     _block_prefixes = ("blocks",)

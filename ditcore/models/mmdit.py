@@ -164,7 +164,13 @@ class MMDiT(AdaLNTransformer):
 
     arch_name = "MMDiT"
     cond_keys = ("text_emb", "text_mask", "text_pooled")
-    _input_prefixes = ("x_embedder", "t_embedder.mlp.0", "context_embedder", "pooled_embedder.mlp.0")
+    _input_prefixes = (
+        "x_embedder",
+        "t_embedder.mlp.0",
+        "g_embedder.mlp.0",  # a guidance embedder (distilled students): its input width is fixed too
+        "context_embedder",
+        "pooled_embedder.mlp.0",
+    )
     _keep_prefixes = ("t_embedder.mlp.0",)
     _block_prefixes = ("joint_blocks", "single_blocks")  # depth-muP counts both: L = depth + num_single_blocks
     _normal_init = ("t_embedder.mlp.0.weight", "t_embedder.mlp.2.weight")

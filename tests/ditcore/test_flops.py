@@ -56,6 +56,18 @@ def test_tiny_models_on_cpu_match_flop_counter():
         assert forward_macs(cfg, 16) == pytest.approx(measured, rel=1e-9)
 
 
+def test_guidance_embedded_students_match_flop_counter():
+    """A distilled student's guidance-scale MLP is counted (it was left out of parameters and MACs)."""
+    for name in ("DiT-T/2", "MMDiT-T"):
+        cfg = resolve_config(name, guidance_embed=True)
+        model = build_model(cfg)
+        assert count_params(cfg) == sum(p.numel() for p in model.parameters())
+        inputs = example_inputs(cfg, 2, 16)
+        measured = measured_forward_macs(model, {**inputs, "guidance": torch.full((2,), 3.0)})
+        assert forward_macs(cfg, 16) == pytest.approx(measured, rel=1e-9), name
+        assert forward_macs(cfg, 16) > forward_macs(name, 16)
+
+
 def test_dit_paper_gflops_convention():
     # DiT paper Table 4: forward Gflops (= multiply-adds) at 256x256 px (latent 32) and parameter counts.
     paper = {

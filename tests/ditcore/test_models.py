@@ -97,6 +97,12 @@ def test_wrong_channel_count_names_the_shape():
     model = build_model("DiT-T/2")
     with pytest.raises(ValueError, match="input channels"):
         model(torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([0]))
+    # A t of another batch size (it broadcast into a bare RuntimeError, or silently for t of size 1).
+    with pytest.raises(ValueError, match=r"t must be \[B=2\] or a scalar, got shape \(3,\)"):
+        model(torch.randn(2, 4, 8, 8), torch.rand(3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"got shape \(1,\)"):
+        model(torch.randn(2, 4, 8, 8), torch.rand(1), torch.tensor([0, 1]))
+    assert model(torch.randn(2, 4, 8, 8), torch.tensor(0.5), torch.tensor([0, 1])).shape[0] == 2
 
 
 def test_patchify_unpatchify_round_trip():

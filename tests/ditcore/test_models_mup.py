@@ -164,3 +164,12 @@ def test_depth_mup_changes_the_model_only_away_from_the_base_depth(name):
 
     assert torch.equal(out(2, True), out(2, False))
     assert (out(4, True) - out(4, False)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["DiT-T/2", "MMDiT-T"])
+def test_a_guidance_embedders_first_layer_is_an_input_weight(name):
+    """Its input width (the sinusoid's 256) is fixed: an input weight at the base lr, not a hidden one at lr / m."""
+    model = build_model(name, mup=True, mup_base_width=32, guidance_embed=True)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(1e-3, 0.1)}
+    weight = model.g_embedder.mlp[0].weight
+    assert id(weight) in groups["input"] and id(weight) not in groups["hidden"]

@@ -117,6 +117,19 @@ def test_text_dropout_replaces_embedding_mask_and_pooled_together():
 def test_dropout_missing_null_key_names_it():
     with pytest.raises(KeyError, match="text_pooled"):
         drop_conditions({"text_pooled": torch.ones(2, 3)}, {"text_emb": torch.zeros(3)}, 0.5)
+    # A null embedding of another length (encoded at another max_length) is named, not a bare expand error.
+    with pytest.raises(ValueError, match=r"null_cond\['text_emb'\] has shape \(1, 77, 32\).*\(2, 16, 32\)"):
+        drop_conditions({"text_emb": torch.ones(2, 16, 32)}, {"text_emb": torch.zeros(77, 32)}, 0.5)
+
+
+def test_dropping_every_row_draws_nothing_from_the_global_rng():
+    """Guidance distillation builds its unconditional input with p=1 and no generator: it moved the global RNG
+    every step."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    out = drop_conditions({"y": torch.zeros(4, dtype=torch.long)}, {"y": 10}, 1.0)
+    assert bool((out["y"] == 10).all()) and torch.equal(torch.rand(3), expected)
 
 
 def test_validation_loss_is_deterministic_and_uses_fixed_t():
