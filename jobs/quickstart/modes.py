@@ -200,6 +200,13 @@ def _path_spec(path: Path) -> DataSpec:
             "PATH trains class-conditional models and scores them with a classifier trained on the labels; for "
             "captioned data run `ditscale precompute` and `ditscale sweep` with a text config (docs/precompute.md)"
         )
+    # The standard FID's floor scores real test images: found here, not after the whole sweep (stages/realdata.py
+    # looks for the same folders).
+    if path.name != "train" or not any((path.parent / n).exists() for n in ("test", "val")):
+        raise ValueError(
+            f"--data {str(path)!r}: no test split beside it. Give a folder holding train/ and test/ (or val/), as "
+            "`ditscale data fetch` writes, or the train/ inside one: the standard FID's floor scores the test images"
+        )
     return spec
 
 

@@ -1,8 +1,9 @@
 """The quickstart's stage runner: banners with elapsed time, markers holding config hashes, reuse of finished stages.
 
-Each stage writes `<out>/stages/<stage>.json` holding the hash of its resolved config (which includes the results of
-the stages it depends on); a re-run reuses every stage whose marker matches and whose outputs still exist, and
-`force` reruns everything.
+Each stage writes `<out>/stages/<stage>.json` holding the hash of its resolved config and of the stages before it,
+each of those by its config and its result; a re-run reuses every stage whose marker matches and whose outputs still
+exist, and `force` reruns everything. A stage that runs again (its outputs were missing) makes a new result, so every
+stage after it runs again too. A stage's marker is removed when it starts: one interrupted part-way is run again.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def _write_marker(ctx: Context, stage: Stage, digest: str, cfg: dict, result: di
     tmp.replace(marker)
 
 
+def _state(digest: str, result: dict) -> str:
+    """What the stages after this one depend on: its config hash and its result."""
+    return config_hash({"config_hash": digest, "result": result})
+
+
 def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
     """Run (or reuse) every stage in order, printing a banner with the elapsed time for each."""
     ctx.force = force
@@ -123,7 +129,7 @@ def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
         digest = config_hash({"stage": stage.name, "config": cfg, "upstream": ctx.hashes})
         prev = _reusable(ctx, stage, digest, force)
         if prev is not None:
-            ctx.results[stage.name], ctx.hashes[stage.name] = prev["result"], digest
+            ctx.results[stage.name], ctx.hashes[stage.name] = prev["result"], _state(digest, prev["result"])
             ctx.seconds[stage.name] = float(prev["seconds"])
             print(
                 f"==> [{i}/{len(stages)}] {stage.title}: reused (finished {prev['finished_at']}, took "
@@ -132,9 +138,16 @@ def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
             )
             continue
         print(f"\n==> [{i}/{len(stages)}] {stage.title}   [{ctx.elapsed()}]", flush=True)
+        # An interrupted stage may have changed what its old marker describes (a sweep re-attached to its parent
+        # run): without the marker the next run does it again instead of reusing it.
+        ctx.path("stages", f"{stage.name}.json").unlink(missing_ok=True)
         t = time.monotonic()
         result = json.loads(json.dumps(stage.run(ctx), default=str))
         seconds = time.monotonic() - t
-        ctx.results[stage.name], ctx.hashes[stage.name], ctx.seconds[stage.name] = result, digest, seconds
+        ctx.results[stage.name], ctx.hashes[stage.name], ctx.seconds[stage.name] = (
+            result,
+            _state(digest, result),
+            seconds,
+        )
         _write_marker(ctx, stage, digest, cfg, result, seconds)
         print(f"    done: {stage.title} in {fmt_seconds(seconds)}   [{ctx.elapsed()}]", flush=True)

@@ -54,10 +54,15 @@ def test_data_modes_choose_conditioning(tmp_path):
     folder = tmp_path / "imgs" / "train"
     (folder / "cat").mkdir(parents=True)
     (folder / "dog").mkdir()
+    # No test split beside it: named up front (the standard FID's floor needs one; it failed after the sweep).
+    with pytest.raises(ValueError, match="no test split beside it"):
+        make_data_mode(str(folder))
+    (tmp_path / "imgs" / "test").mkdir()
     spec = make_data_mode(str(folder)).data
     assert (spec.conditioning, spec.source_kind) == ("class", "folder")
-    pq_dir = tmp_path / "pq"
-    pq_dir.mkdir()
+    pq_dir = tmp_path / "pq" / "train"
+    pq_dir.mkdir(parents=True)
+    (tmp_path / "pq" / "test").mkdir()
     pq.write_table(pa.table({"image": [b""], "caption": ["a cat"]}), pq_dir / "part-0.parquet")
     # Captions only: PATH trains class-conditional models scored by a classifier of the labels (a text PATH used
     # to get the class precompute config and emoji's prompts, and failed at the classifier stage).

@@ -1,0 +1,56 @@
+"""The quickstart's stage runner: a stage that runs again makes the stages after it run again (they were reused on
+its old result), and a stage interrupted part-way is not reused from its earlier marker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jobs.quickstart.modes import make_mode
+from jobs.quickstart.runner import Context, Stage, run_stages
+
+
+def _stages(out, calls: list, fail_b: bool = False) -> list[Stage]:
+    def run_a(ctx):
+        calls.append("a")
+        (out / "a.txt").write_text(str(len(calls)))
+        return {"id": len(calls), "path": str(out / "a.txt")}
+
+    def run_b(ctx):
+        calls.append("b")
+        if fail_b:
+            raise RuntimeError("interrupted")
+        return {"saw": ctx.results["a"]["id"]}
+
+    return [
+        Stage("a", "A", lambda ctx: {"k": 1}, run_a, outputs=lambda r: [r["path"]]),
+        Stage("b", "B", lambda ctx: {"k": 2 if fail_b else 1}, run_b),
+    ]
+
+
+def _run(out, stages) -> Context:
+    ctx = Context(out, make_mode(tiny=True), time.monotonic())
+    run_stages(ctx, stages, force=False)
+    return ctx
+
+
+def test_a_stage_that_runs_again_reruns_the_stages_after_it(tmp_path):
+    calls: list = []
+    first = _run(tmp_path, _stages(tmp_path, calls))
+    assert calls == ["a", "b"] and first.results["b"] == {"saw": 1}
+    _run(tmp_path, _stages(tmp_path, calls))
+    assert calls == ["a", "b"]  # everything reused
+    (tmp_path / "a.txt").unlink()  # A's output is gone: A runs again with the same config, and makes a new result
+    again = _run(tmp_path, _stages(tmp_path, calls))
+    assert calls == ["a", "b", "a", "b"], calls  # B was reused on A's old result
+    assert again.results["b"] == {"saw": 3}
+
+
+def test_a_stage_interrupted_part_way_is_run_again_not_reused(tmp_path):
+    calls: list = []
+    _run(tmp_path, _stages(tmp_path, calls))
+    with pytest.raises(RuntimeError, match="interrupted"):  # B with other settings dies part-way
+        _run(tmp_path, _stages(tmp_path, calls, fail_b=True))
+    _run(tmp_path, _stages(tmp_path, calls))  # back to the first settings: B's old marker described its state
+    assert calls == ["a", "b", "b", "b"], calls
