@@ -120,13 +120,7 @@ def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
         "env": environment(),
         # The VAE and FID feature net: "shipped" (assets/encoders/builtin) or "trained" in this run, with the
         # weights' sha256 (the network every FID of the run is measured with).
-        "encoders": {
-            ("feature_net" if k == "features" else k): {
-                key: ctx.results[k].get(key) for key in ("source", "sha256", "shipped_sha256")
-            }
-            for k in ("vae", "features")
-            if k in ctx.results
-        },
+        "encoders": _encoders(ctx),
         "sweep": {
             "parent_run_id": sweep["parent_run_id"],
             "experiment": sweep["experiment"],
@@ -135,6 +129,31 @@ def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
             **{k: sweep.get(k) for k in SWEEP_RECORD_KEYS},
         },
     }
+
+
+def _encoders(ctx: Context) -> dict[str, dict]:
+    """report.json `encoders`: the VAE and the sweep's FID feature net, each {source, sha256, shipped_sha256}. With
+    real data the feature net is the classifier trained on its labels in this run (the network of the sweep's
+    FIDs; the standard FID's Inception is named with that FID)."""
+    out = {
+        ("feature_net" if k == "features" else k): {
+            key: ctx.results[k].get(key) for key in ("source", "sha256", "shipped_sha256")
+        }
+        for k in ("vae", "features")
+        if k in ctx.results
+    }
+    clf = ctx.results.get("classifier")
+    if "feature_net" not in out and clf and clf.get("path"):
+        from ditcore.files import file_digest
+
+        weights = Path(clf["path"]) / "model.safetensors"
+        out["feature_net"] = {
+            "source": "trained",
+            "sha256": file_digest(weights) if weights.is_file() else None,
+            "shipped_sha256": None,
+            "role": "the classifier trained on the data's labels",
+        }
+    return out
 
 
 def run_record(ctx: Context, fit: dict) -> dict[str, Any]:

@@ -54,3 +54,22 @@ def test_a_stage_interrupted_part_way_is_run_again_not_reused(tmp_path):
         _run(tmp_path, _stages(tmp_path, calls, fail_b=True))
     _run(tmp_path, _stages(tmp_path, calls))  # back to the first settings: B's old marker described its state
     assert calls == ["a", "b", "b", "b"], calls
+
+
+def test_real_data_records_its_classifier_as_the_feature_net(tmp_path):
+    """report.json's stable `encoders.feature_net.{source,sha256}` was missing for --data runs (no features stage):
+    their sweep's FIDs are measured with the classifier trained on the labels."""
+    import hashlib
+
+    from jobs.quickstart.report import _encoders
+
+    clf = tmp_path / "classifier"
+    clf.mkdir()
+    (clf / "model.safetensors").write_bytes(b"weights")
+    ctx = Context(tmp_path, make_mode(tiny=True), time.monotonic())
+    ctx.results["vae"] = {"source": "trained", "sha256": "v", "path": "x"}
+    ctx.results["classifier"] = {"path": str(clf), "test_accuracy": 0.9}
+    enc = _encoders(ctx)
+    assert enc["feature_net"]["source"] == "trained"
+    assert enc["feature_net"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert enc["vae"] == {"source": "trained", "sha256": "v", "shipped_sha256": None}
