@@ -318,13 +318,23 @@ def _samples_section(ctx: Context, rel: Any) -> list[str]:
     return lines
 
 
+def sweep_fid_words(promo: dict) -> str:
+    """The promoted point's FID as the sweep measured it, with its network and sample count (with real data the
+    report's headline FID is another one: the standard Inception FID)."""
+    point = promo.get("point") or {}
+    net = point.get("fid_network")
+    n = point.get("fid_samples")
+    where = ", ".join(x for x in (f"network {net}" if net else "", f"{n} samples" if n else "") if x)
+    return f"sweep FID {_g(promo.get('fid'))}" + (f" ({where})" if where else "")
+
+
 def _served_section(ctx: Context, rel: Any) -> list[str]:
     promo = ctx.results["promote"]
     lines = [
         "## Served champion",
         "",
         f"Registered model `{promo['model_name']}` version {promo['version']} (alias `{promo['alias']}`): "
-        f"{promo.get('model')}, FID {_g(promo.get('fid'))}, checkpoint `{promo['checkpoint']}`.",
+        f"{promo.get('model')}, {sweep_fid_words(promo)}, checkpoint `{promo['checkpoint']}`.",
         "",
         "Images returned by `POST /v1/generate` on the Ray Serve deployment:",
         "",

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from jobs.quickstart.modes import make_data_mode, make_mode, with_sweep_overrides
+from jobs.quickstart.report import sweep_fid_words
 from jobs.quickstart.runner import Context, fmt_seconds, run_stages
 from jobs.quickstart.stages import stage_list
 from jobs.scaling.summary import law_sentence
@@ -73,7 +74,7 @@ def print_summary(ctx: Context, seconds: float) -> None:
                 f"observed {ho['observed']:.3f} ({100 * ho['rel_error']:.1f}% error)"
             )
     p = ctx.results["promote"]
-    print(f"champion: {p['model_name']} v{p['version']} ({p.get('model')}, FID {float(p.get('fid')):.3g})")
+    print(f"champion: {p['model_name']} v{p['version']} ({p.get('model')}, {sweep_fid_words(p)})")
     print(f"report:   {ctx.results['report']['path']} (+ {Path(ctx.results['report']['json']).name})")
     print(f"plots:    {ctx.results['fit']['dir']}")
     print(f"served:   {len(ctx.results['serve']['images'])} images in {ctx.path('served')}")
