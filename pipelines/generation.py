@@ -58,6 +58,10 @@ def cached_vae(path: str, device: str = "cpu", revision: str | None = None, subf
     return load_vae(path, device=device, revision=revision, subfolder=subfolder, require_safetensors=True)
 
 
+# The guidance scale `ditscale sample`, the HTTP service and the MLflow model use when a request gives none.
+DEFAULT_GUIDANCE = 4.0
+
+
 @dataclass
 class SamplerSettings:
     """How to integrate: sampler name, steps, classifier-free guidance scale and the sampler's options."""

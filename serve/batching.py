@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ditcore.config import ConfigError, from_dict
 from ditcore.samplers import SAMPLERS
+from pipelines.generation import DEFAULT_GUIDANCE
 from pipelines.validation import check_positive
 from serve.schema import MAX_GUIDANCE, MAX_STEPS
 
@@ -24,7 +25,7 @@ class SamplerUserConfig:
 
     default_steps: int = 20
     default_sampler: str = "dpmpp-2m"
-    default_guidance: float = 4.0
+    default_guidance: float = DEFAULT_GUIDANCE
     max_batch_size: int = 16  # requests @serve.batch collects
     max_batch_images: int = 64  # images in one forward batch
     batch_wait_timeout_s: float = 0.01

@@ -17,7 +17,14 @@ from pathlib import Path
 from ditcore.checkpoint import CheckpointError
 from ditcore.samplers import SAMPLERS, TIME_GRIDS
 from pipelines.cli.parsers import command_parser, nonneg_float, nonneg_int, positive_int
-from pipelines.generation import MAX_SEED, GenerationError, GenerationPipeline, SamplerSettings, image_grid
+from pipelines.generation import (
+    DEFAULT_GUIDANCE,
+    MAX_SEED,
+    GenerationError,
+    GenerationPipeline,
+    SamplerSettings,
+    image_grid,
+)
 from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 
@@ -30,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=positive_int, default=20, help="solver steps (model evaluations for 1-eval samplers)"
     )
     p.add_argument("--time-grid", default="default", choices=TIME_GRIDS)
-    p.add_argument("--guidance", type=nonneg_float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--guidance", type=nonneg_float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale (1 = off)"
+    )
     p.add_argument(
         "--guidance-interval",
         type=float,

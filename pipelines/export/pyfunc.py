@@ -14,7 +14,8 @@ The model's artifacts carry what generation needs, so it loads without the train
 same condition, seed and settings. The raw safetensors checkpoint stays the source of truth for Ray Serve.
 
 predict input (a DataFrame, one image per row): `prompt` (text models) or `label` (class models), and optional
-`seed` (default: the row index), `steps`, `sampler`, `guidance` (defaults: `SamplerSettings`). Output: a DataFrame
+`seed` (default: the row index), `steps`, `sampler` (defaults: `SamplerSettings`), `guidance` (default 4, as
+`ditscale sample` and the HTTP service). Output: a DataFrame
 with one column `png_base64`.
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 
 ARTIFACT_NAME = "champion_model"  # name of the logged model
 INPUT_COLUMNS = ("prompt", "label", "seed", "steps", "sampler", "guidance")
@@ -140,14 +142,38 @@ def materialize(artifacts: dict[str, str], work: str | os.PathLike) -> str:
 # ---- the model -------------------------------------------------------------------------------------------------
 
 
+def _listy(v: Any) -> bool:
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
 def _cell(df: Any, col: str, i: int) -> Any:
-    """Row i of column `col`, None when the column is absent or the cell is empty (NaN / None)."""
+    """Row i of column `col`, None when the column is absent or the cell is empty (NaN / None / pd.NA)."""
+    import pandas as pd
+
     if col not in df.columns:
         return None
     v = df[col].iloc[i]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (not _listy(v) and bool(pd.isna(v))):
         return None
     return v
+
+
+def explode_lists(df: Any) -> Any:
+    """A frame whose cells hold lists (MLflow makes `{"prompt": ["a", "b"]}` one row of lists) -> one row per item;
+    a column of single values is repeated. PyfuncInputError when the lists differ in length."""
+    import pandas as pd
+
+    listy = [c for c in df.columns if any(_listy(v) for v in df[c])]
+    if not listy:
+        return df
+    out = []
+    for i in range(len(df)):
+        lengths = {len(df[c].iloc[i]) for c in listy if _listy(df[c].iloc[i])}
+        if len(lengths) > 1:
+            raise PyfuncInputError(f"row {i}: the list columns {listy} have different lengths {sorted(lengths)}")
+        for k in range(lengths.pop() if lengths else 1):
+            out.append({c: (df[c].iloc[i][k] if _listy(df[c].iloc[i]) else df[c].iloc[i]) for c in df.columns})
+    return pd.DataFrame(out, columns=list(df.columns))
 
 
 def _int(df: Any, col: str, i: int, default: int) -> int:
@@ -166,19 +192,23 @@ def _int(df: Any, col: str, i: int, default: int) -> int:
 def parse_rows(df: Any, conditioning: str) -> list[dict[str, Any]]:
     """One request per row: {"prompt" | "label", "seed", "settings"}; PyfuncInputError names a bad cell."""
     from ditcore.samplers import SAMPLERS
-    from pipelines.generation import SamplerSettings
+    from pipelines.generation import DEFAULT_GUIDANCE, MAX_SEED, SamplerSettings
+    from pipelines.validation import is_blank_prompt
 
     key = "prompt" if conditioning == "text" else "label"
     if key not in df.columns:
         raise PyfuncInputError(
             f"this {conditioning}-conditioned model needs a {key!r} column; got columns {list(df.columns)}"
         )
-    base = SamplerSettings()
+    base = SamplerSettings(guidance=DEFAULT_GUIDANCE)  # as `ditscale sample` and the HTTP service
     rows = []
     for i in range(len(df)):
         cond = _cell(df, key, i)
-        if cond is None:
+        if cond is None or (key == "prompt" and is_blank_prompt(cond)):
             raise PyfuncInputError(f"column {key!r}, row {i}: empty")
+        seed = _int(df, "seed", i, i)
+        if not 0 <= seed <= MAX_SEED:
+            raise PyfuncInputError(f"column 'seed', row {i}: {seed} is outside [0, {MAX_SEED}]")
         sampler = str(_cell(df, "sampler", i) or base.sampler)
         if sampler not in SAMPLERS:
             raise PyfuncInputError(f"column 'sampler', row {i}: {sampler!r} is not one of {sorted(SAMPLERS)}")
@@ -192,7 +222,7 @@ def parse_rows(df: Any, conditioning: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 key: str(cond) if key == "prompt" else _int(df, "label", i, 0),
-                "seed": _int(df, "seed", i, i),
+                "seed": seed,
                 "settings": SamplerSettings(sampler=sampler, steps=steps, guidance=guidance),
             }
         )
@@ -226,7 +256,7 @@ class DitscaleImageModel(mlflow.pyfunc.PythonModel):
         from pipelines.generation import GenerationError
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        rows = parse_rows(df, self.pipe.conditioning)
+        rows = parse_rows(explode_lists(df), self.pipe.conditioning)
         out: list[str | None] = [None] * len(rows)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(rows):

@@ -77,8 +77,13 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
     assert logged.experiment_id == client.get_run(champion["run_id"]).info.experiment_id != "0"
     assert logged.source_run_id == champion["run_id"]
 
+    from pipelines.generation import DEFAULT_GUIDANCE
+
     pipe = GenerationPipeline.from_checkpoint(champion["ckpt"], device="cpu")
-    expected = pipe.generate_labels([3, 3, 8], [5, 6, 5], SamplerSettings(sampler="euler", steps=3, guidance=1.0))
+    # A row without guidance gets `ditscale sample`'s and the service's default (it got 1.0: other images)
+    euler3 = SamplerSettings(sampler="euler", steps=3, guidance=DEFAULT_GUIDANCE)
+    expected = pipe.generate_labels([3, 3, 8], [5, 6, 5], euler3)
+    expected_g1 = pipe.generate_labels([3], [5], SamplerSettings(sampler="euler", steps=3, guidance=1.0))
     expected_cfg = pipe.generate_labels([2], [11], SamplerSettings(sampler="ddpm", steps=4, guidance=2.5))
     del pipe
     # the model carries its checkpoint, data set record and VAE: the originals can go
@@ -107,7 +112,7 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
         {"label": [3, 2], "seed": [5, 11], "steps": [3, 4], "sampler": ["euler", "ddpm"], "guidance": [1.0, 2.5]}
     )
     got = np.stack([_png(b) for b in model.predict(mixed)["png_base64"]])
-    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[0], expected_g1[0])
     np.testing.assert_array_equal(got[1], expected_cfg[0])  # per-row sampler, steps and guidance
 
     from pipelines.export.pyfunc import PyfuncInputError
@@ -118,6 +123,23 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
         model.predict(pd.DataFrame({"label": [10]}))
     with pytest.raises(PyfuncInputError, match="'sampler', row 1: 'plms'"):
         model.predict(pd.DataFrame({"label": [1, 2], "sampler": ["euler", "plms"]}))
+    with pytest.raises(PyfuncInputError, match=r"'seed', row 0: 1099511627776 is outside"):
+        model.predict(pd.DataFrame({"label": [1], "seed": [2**40]}))
+
+
+def test_pyfunc_rows_from_lists_and_empty_cells():
+    """MLflow turns {"prompt": ["a", "b"]} into ONE row holding the list, which became the prompt "['a', 'b']";
+    a blank prompt and pd.NA were taken as prompts ("<NA>")."""
+    from pipelines.export.pyfunc import PyfuncInputError, explode_lists, parse_rows
+
+    one = pd.DataFrame({"prompt": [["a cat", "a dog"]], "seed": [[3, 4]], "steps": [5]})
+    rows = parse_rows(explode_lists(one), "text")
+    assert [(r["prompt"], r["seed"], r["settings"].steps) for r in rows] == [("a cat", 3, 5), ("a dog", 4, 5)]
+    with pytest.raises(PyfuncInputError, match="different lengths"):
+        explode_lists(pd.DataFrame({"prompt": [["a", "b"]], "seed": [[1, 2, 3]]}))
+    for bad in ("  ", pd.NA):
+        with pytest.raises(PyfuncInputError, match="column 'prompt', row 1: empty"):
+            parse_rows(pd.DataFrame({"prompt": pd.array(["a", bad], dtype="string")}), "text")
 
 
 def test_champion_grid_and_reuse(champion, capsys):
