@@ -71,6 +71,16 @@ def unsupported_options(cfg: DiTConfig | MMDiTConfig) -> list[str]:
             f"{name}.mlp_ratio={cfg.mlp_ratio} (MLP width {cfg.mlp_hidden}): {target}'s FeedForward is "
             f"fixed at {DIFFUSERS_MLP_RATIO} x hidden_size = {DIFFUSERS_MLP_RATIO * cfg.hidden_size}"
         )
+    if getattr(cfg, "guidance_embed", False):
+        bad.append(
+            f"{name}.guidance_embed=True (a guidance-distilled student): {target} has no guidance-scale embedder, "
+            "so its weights would be dropped"
+        )
+    if getattr(cfg, "mup_depth", False):
+        bad.append(
+            f"{name}.mup_depth=True: each block scales its residual branches by 1/sqrt(depth / mup_base_depth), "
+            f"which {target} does not"
+        )
     if isinstance(cfg, DiTConfig):
         if cfg.qk_norm:
             bad.append(f"{name}.qk_norm=True: {target}'s attention (BasicTransformerBlock) has no QK-norm")

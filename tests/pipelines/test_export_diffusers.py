@@ -302,6 +302,10 @@ def test_flux_mmdit_is_refused_naming_the_options(tmp_path):
         ("DiT-T/2", {"pos_embed": "rope"}, "DiTConfig.pos_embed='rope'"),
         ("DiT-T/2", {"mlp_ratio": 2.0}, "DiTConfig.mlp_ratio=2.0"),
         ("MMDiT-T", {"mlp_ratio": 3.0}, "MMDiTConfig.mlp_ratio=3.0"),
+        # Exported without a word before: a student's guidance embedder dropped, depth-muP's branch scale lost.
+        ("DiT-T/2", {"guidance_embed": True}, "DiTConfig.guidance_embed=True"),
+        ("MMDiT-T", {"guidance_embed": True}, "MMDiTConfig.guidance_embed=True"),
+        ("DiT-T/2", {"mup": True, "mup_depth": True}, "DiTConfig.mup_depth=True"),
     ],
 )
 def test_inexpressible_options_are_named(preset, overrides, option):
