@@ -359,7 +359,7 @@ class GenerationPipeline:
 
     def concepts(self) -> tuple[dict[str, torch.Tensor], int] | None:
         """(concept directions, their block) stored beside the checkpoint (`ditscale concepts`), or None."""
-        if "_concepts" not in self.__dict__:
+        if self.__dict__.get("_concepts") is None:  # none yet is asked again: `ditscale concepts` may write them
             from pipelines.checkpoint_extras import load_concepts
 
             self._concepts = load_concepts(self.checkpoint_uri)

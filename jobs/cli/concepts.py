@@ -60,6 +60,10 @@ def _run(args: argparse.Namespace) -> dict:
     if args.response:  # checked before the features are extracted and the directions written
         from ditcore.data.builtin import COLOUR_NAMES
         from ditcore.samplers import SAMPLERS
+        from ditcore.steering import MAX_ALPHA
+
+        if bad := [a for a in alphas if not abs(a) <= MAX_ALPHA]:
+            raise ValueError(f"--alphas {args.alphas!r}: {bad} outside [-{MAX_ALPHA:g}, {MAX_ALPHA:g}]")
 
         if args.response not in COLOUR_NAMES:
             raise ValueError(f"--response {args.response!r}: one of the built-in colours {', '.join(COLOUR_NAMES)}")

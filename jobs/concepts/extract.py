@@ -85,7 +85,9 @@ def extract_features(pipe, settings: ConceptSettings) -> tuple[torch.Tensor, lis
     layer = mid_layer(pipe.model) if settings.layer is None else int(settings.layer)
     proc = build_process(pipe.objective.process)
     times = [float(proc.t_min) + f * (float(proc.t_max) - float(proc.t_min)) for f in settings.times]
-    x0_all = (torch.from_numpy(rows["latent_mean"].astype(np.float32)) - pipe.shift_factor) * pipe.scaling_factor
+    # Pixel-space data (no VAE: the pipeline sets no factors) is used as stored, like training does.
+    shift, scale = getattr(pipe, "shift_factor", 0.0), getattr(pipe, "scaling_factor", 1.0)
+    x0_all = (torch.from_numpy(rows["latent_mean"].astype(np.float32)) - shift) * scale
     g = torch.Generator().manual_seed(settings.seed)
     eps_all = torch.randn(x0_all.shape, generator=g)
     feats, out_labels = [], []
@@ -96,7 +98,9 @@ def extract_features(pipe, settings: ConceptSettings) -> tuple[torch.Tensor, lis
                 sl = slice(start, start + settings.batch_size)
                 x_t = (a * x0_all[sl] + s * eps_all[sl]).to(pipe.device)
                 cond = {k: v.to(pipe.device) for k, v in _cond(rows, sl).items()}
-                pipe.model(x_t, torch.full((x_t.shape[0],), t, device=pipe.device), **cond)
+                # Through the denoiser the samplers call (EDM preconditioning's c_in / c_noise, as in training and
+                # sampling), so the features are those of inputs the network sees.
+                pipe.model_fn(x_t, torch.full((x_t.shape[0],), t, device=pipe.device), **cond)
                 out_labels += labels[sl]
         feats = torch.cat([f.cpu() for f in captured])
     return feats, out_labels, layer, times

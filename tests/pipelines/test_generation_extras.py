@@ -92,8 +92,14 @@ def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
     pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
     with pytest.raises(GenerationError, match="no concept directions"):
         pipe.generate_labels([0], [0], SamplerSettings(steer={"concept": "0", "alpha": 1.0}))
+    # A steering strength out of range is named before any extraction (it came after, with the directions written).
+    assert main([ckpt, "--num-samples", "32", "--response", "red", "--alphas", "0,25", "--out", str(tmp_path)]) == 2
+    assert "--alphas '0,25': [25.0] outside [-20, 20]" in capsys.readouterr().err
+    assert not (tmp_path / "concepts_pca.png").exists()
     assert main([ckpt, "--num-samples", "32", "--times", "0.5", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
+    # The pipeline that found none before (a running service) finds them now: "none" was cached for good.
+    assert pipe.concepts() is not None
     assert (tmp_path / "concepts_pca.png").stat().st_size > 0
     assert out["layer"] == 0 and set(out["norm"]) == {"0", "1", "2", "3"}
     pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
@@ -112,3 +118,31 @@ def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
     ]:
         with pytest.raises(GenerationError, match=match):
             pipe.generate_labels([0], [0], SamplerSettings(**base, steer=steer))
+
+
+def test_concept_features_come_through_the_denoiser_the_network_was_trained_behind(tmp_path):
+    """With EDM preconditioning the network sees c_in * x and c_noise(sigma), in training and sampling; the concept
+    features were taken from the raw x_t and t (inputs of std up to ~56 it never saw)."""
+    from ditcore.steering import capture_features
+    from jobs.concepts.extract import ConceptSettings, extract_features
+
+    data, _ = make_eval_dataset(tmp_path, fid=False, n=8, num_classes=4)
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8)
+    edm = {"process": "edm-ve", "prediction": "x0", "preconditioning": "edm"}
+    ckpt = save_model_checkpoint(
+        tmp_path / "edm", model, {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0}, objective=edm
+    )
+    pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    settings = ConceptSettings(num_samples=4, batch_size=4, times=(0.5,), layer=0)
+    feats, _, layer, (t,) = extract_features(pipe, settings)
+    # The same first batch by hand, through the pipeline's denoiser.
+    from ditcore.processes import build_process
+    from pipelines.latents.reader import load_latents_numpy
+
+    rows = load_latents_numpy(data, limit=4)
+    x0 = (torch.from_numpy(rows["latent_mean"][:4].astype(np.float32)) - 0.0) * 0.5
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(settings.seed))
+    a, s = (float(v) for v in build_process(pipe.objective.process).coefficients(t)[:2])
+    with torch.no_grad(), capture_features(pipe.model, layer) as captured:
+        pipe.model_fn(a * x0 + s * eps, torch.full((4,), t), y=torch.from_numpy(rows["label"][:4].astype(np.int64)))
+    torch.testing.assert_close(feats[: captured[0].shape[0]], captured[0].cpu())
