@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         action="append",
         default=None,
-        help="class label (class models; repeatable; default: labels 0, 1, 2, ...)",
+        help="class label (class models; repeatable; default: labels 0, 1, 2, ... in turn)",
     )
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> Path:
     if pipe.conditioning == "class":
         if args.prompt:
             raise ValueError("--prompt given but this checkpoint is a class-conditional model; use --label")
-        labels = args.label or list(range(args.num))
+        labels = args.label or [i % pipe.num_classes for i in range(args.num)]  # the classes in turn
         bad = [y for y in labels if not 0 <= y < pipe.num_classes]
         if bad:
             raise ValueError(f"--label {bad[0]} out of range [0, {pipe.num_classes})")

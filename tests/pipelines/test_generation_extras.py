@@ -146,3 +146,15 @@ def test_concept_features_come_through_the_denoiser_the_network_was_trained_behi
     with torch.no_grad(), capture_features(pipe.model, layer) as captured:
         pipe.model_fn(a * x0 + s * eps, torch.full((4,), t), y=torch.from_numpy(rows["label"][:4].astype(np.int64)))
     torch.testing.assert_close(feats[: captured[0].shape[0]], captured[0].cpu())
+
+
+def test_sample_draws_more_images_than_classes_without_labels(ckpts, tmp_path):
+    """`ditscale sample --num 6` on a 4-class model failed with "--label 4 out of range", a flag not given."""
+    from PIL import Image
+
+    from pipelines.cli.sample import main as sample_main
+
+    out = tmp_path / "grid.png"
+    args = ["--checkpoint", ckpts["teacher"], "--num", "6", "--sampler", "euler", "--steps", "2", "--out", str(out)]
+    assert sample_main(args) == 0
+    assert Image.open(out).size[0] > 0
