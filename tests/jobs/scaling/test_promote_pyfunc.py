@@ -199,3 +199,37 @@ def test_repromoting_refreshes_the_versions_tags_and_bundles_the_sampler_statist
     (champion["tmp"] / "run" / "step_00000100" / ems_name(2.0)).write_bytes(b"stats")
     bundle_checkpoint(str(champion["ckpt"]), champion["tmp"] / "bundle")
     assert (champion["tmp"] / "bundle" / "checkpoint" / ems_name(2.0)).read_bytes() == b"stats"
+
+
+def test_the_bundle_carries_every_local_encoder_of_a_multi_encoder_set(tmp_path):
+    """An SD3-style set (two encoders joined): neither local encoder was copied nor its path rewritten, so the
+    promoted model failed to load once those folders were gone."""
+    import json
+    from pathlib import Path
+
+    from ditcore.models import build_model
+    from pipelines.export.pyfunc import bundle_checkpoint, materialize
+    from tests.jobs._train_helpers import make_latent_dataset, save_model_checkpoint
+
+    data = make_latent_dataset(tmp_path / "lat", n=8, num_classes=None, text=(8, 16, 16))
+    encoders = []
+    for name in ("clip", "t5"):
+        d = tmp_path / "enc" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"name": name}))
+        encoders.append({"name": name, "encoder": str(d), "kind": name, "max_length": 4, "dim": 8, "pooled_dim": 8})
+    mpath = tmp_path / "lat" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["text"].update(kind="multi", encoder="clip+t5", encoders=encoders)
+    mpath.write_text(json.dumps(manifest))
+    model = build_model("MMDiT-T", text_dim=16, pooled_dim=16, max_text_len=8)
+    ckpt = save_model_checkpoint(tmp_path / "ck" / "step_00000001", model, {"manifest": data}, state={"step": 1})
+    artifacts = bundle_checkpoint(ckpt, tmp_path / "bundle")
+    assert {"text_encoder_0", "text_encoder_1"} <= set(artifacts)
+    shutil.rmtree(tmp_path / "enc")  # the originals go: the model must carry its own
+    ck = materialize(artifacts, tmp_path / "work")
+    used = json.loads(
+        (Path(json.loads((Path(ck) / "config.json").read_text())["data"]["manifest"]) / "manifest.json").read_text()
+    )
+    for i, part in enumerate(used["text"]["encoders"]):
+        assert json.loads((Path(part["encoder"]) / "config.json").read_text())["name"] == ("clip", "t5")[i]
