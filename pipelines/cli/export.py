@@ -39,17 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_vae(ckpt: str) -> Optional[str]:
-    """The VAE the checkpoint's data manifest names, when it is a local directory."""
+    """The VAE the checkpoint's data manifest names (an s3:// one fetched), None for a model without one (pixel
+    space, no manifest). ValueError when it names one that cannot be bundled (a hub id, a folder that is gone): the
+    export said nothing and wrote no DiTPipeline."""
     from pathlib import Path
 
     from ditcore.checkpoint import read_checkpoint_config
+    from pipelines.infra import storage
     from pipelines.latents.manifest import Manifest
 
     manifest = (read_checkpoint_config(ckpt).get("data") or {}).get("manifest")
     if not manifest:
         return None
     path = Manifest.read(manifest).vae.path
-    return path if path and Path(path).is_dir() else None
+    if not path:
+        return None
+    if storage.is_s3(path):
+        return storage.local_copy(path)
+    if Path(path).expanduser().is_dir():
+        return str(Path(path).expanduser())
+    raise ValueError(
+        f"the data manifest's VAE {path!r} is not a local or s3:// directory, so it cannot be bundled: give --vae DIR, "
+        "or --no-vae to export the transformer alone"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

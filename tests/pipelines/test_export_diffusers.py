@@ -346,3 +346,23 @@ def test_an_s3_checkpoint_is_recorded_by_its_uri_not_the_temporary_copy(tmp_path
     assert json.loads((tmp_path / "out2" / EXPORT_META).read_text())["source"]["checkpoint"] == str(
         Path(ckpt).resolve()
     )
+
+
+def test_a_manifest_vae_that_cannot_be_bundled_is_named_not_dropped(tmp_path, capsys):
+    """Without --vae the manifest's VAE is bundled; one whose folder is gone (or a hub id) was dropped without a
+    word: the export exited 0 with no DiTPipeline."""
+    from pipelines.cli.export import main
+    from tests.jobs._train_helpers import make_latent_dataset
+
+    data = make_latent_dataset(tmp_path / "lat", n=4, num_classes=4, vae_path=str(tmp_path / "gone-vae"))
+    raw = _randomize(build_model("DiT-T/2"), 0)
+    config = {
+        "model": raw.config,
+        "objective": {"process": "flow", "prediction": "velocity"},
+        "data": {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0},
+    }
+    ckpt = save_checkpoint(tmp_path / "ck", model=raw, ema=raw, config=config, state={"step": 1})
+    assert main(["--diffusers", str(ckpt), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"the data manifest's VAE {str(tmp_path / 'gone-vae')!r} is not a local or s3:// directory" in err, err
+    assert "--no-vae" in err and not (tmp_path / "out").exists()
