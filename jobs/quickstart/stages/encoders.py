@@ -53,11 +53,16 @@ def _train(kind: str, cfg) -> str:
 
 
 def _shipping(ctx: Context, kind: str) -> dict:
-    """What the stage hash adds for the shipped encoders: whether this run may use them, and their sha256."""
+    """What the stage hash adds for the shipped encoders: whether this run may use them, their sha256, and the code
+    that trains them (an edit of it makes the shipped weights stale: the stage runs again and trains its own)."""
     if ctx.mode.data is not None:
         return {}
     entry = shipped.read_manifest(ctx.shipped_dir).get(kind) or {}
-    return {"train_in_run": ctx.train_encoders, "shipped": (entry.get("files") or {}).get(shipped.weights_file(kind))}
+    return {
+        "train_in_run": ctx.train_encoders,
+        "shipped": (entry.get("files") or {}).get(shipped.weights_file(kind)),
+        "code": shipped.code_fingerprint(kind),
+    }
 
 
 _NAMES = {"vae": "VAE", "features": "feature net"}

@@ -67,6 +67,20 @@ def test_ship_use_retrain_and_refuse_a_changed_file(tmp_path):
     rec = encoders.vae_run(retrain)
     assert rec["source"] == "trained" and rec["sha256"] == rec["shipped_sha256"]
     assert encoders.vae_config(retrain)["train_in_run"] and not encoders.vae_config(ctx)["train_in_run"]
+    # The stage hash covers the code that trains the encoder: after an edit of it a rerun trains (it reused the
+    # stage, still reporting "shipped").
+    import shutil
+
+    from jobs.quickstart.shipped import REPO_ROOT, _CODE
+
+    assert encoders.vae_config(ctx)["code"] == shipped.code_fingerprint("vae")
+    edited = tmp_path / "edited"
+    for rel in _CODE["vae"]:
+        (edited / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / rel, edited / rel)
+    first = edited / _CODE["vae"][0]
+    first.write_text(first.read_text() + "\n_EDITED = 1\n")
+    assert shipped.code_fingerprint("vae", edited) != shipped.code_fingerprint("vae")
 
     # A changed shipped file is an error naming it and both hashes; the run's earlier copy is left as it was.
     weights = ship / "vae" / "diffusion_pytorch_model.safetensors"
