@@ -71,7 +71,7 @@ def test_ship_use_retrain_and_refuse_a_changed_file(tmp_path):
     # stage, still reporting "shipped").
     import shutil
 
-    from jobs.quickstart.shipped import REPO_ROOT, _CODE
+    from jobs.quickstart.shipped import _CODE, REPO_ROOT
 
     assert encoders.vae_config(ctx)["code"] == shipped.code_fingerprint("vae")
     edited = tmp_path / "edited"
