@@ -79,7 +79,10 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
         out = dict(reps[0])
         for field in _MEAN:
             vals = [finite_or_none(r.get(field)) for r in reps]
-            out[field] = _mean(vals) if all(v is not None for v in vals) else None
+            broken = any(r.get(field) is not None and v is None for r, v in zip(reps, vals))
+            # A replicate's NaN keeps the pooled value NaN (named by the fit's non_finite_metric diagnostic and left
+            # out of the fits), not None (a point silently without that metric).
+            out[field] = _mean(vals) if all(v is not None for v in vals) else (float("nan") if broken else None)
         fids = [finite_or_none(r.get("fid")) for r in reps]
         if all(f is not None for f in fids):
             best = reps[min(range(k_n), key=lambda i: fids[i])]

@@ -53,3 +53,15 @@ def test_refusals_name_the_problem():
         pool_replicates([[_pt("m", 1e11, 100.0, eval_key="a")], [_pt("m", 1e11, 100.0, eval_key="b")]])
     with pytest.raises(FitError, match="s1: two points"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0), _pt("m", 1e11, 90.0)]], ["s0", "s1"])
+
+
+def test_a_replicates_nan_keeps_the_pooled_point_nan_for_the_diagnostic():
+    """A NaN FID in one replicate made the pooled FID None: the point fell out of every fit with no
+    non_finite_metric sentence. NaN keeps it named; a metric no replicate has stays None."""
+    from ditcore.scaling.diagnostics import fit_diagnostics
+
+    pooled, _ = pool_replicates([[_pt("m", 1e11, float("nan"))], [_pt("m", 1e11, 100.0)]])
+    assert math.isnan(pooled[0]["fid"])
+    assert "non_finite_metric" in [d["code"] for d in fit_diagnostics(points=pooled)]
+    pooled, _ = pool_replicates([[_pt("m", 1e11, 90.0, val_loss=None)], [_pt("m", 1e11, 100.0, val_loss=None)]])
+    assert pooled[0]["val_loss"] is None
