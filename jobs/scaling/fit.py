@@ -213,6 +213,27 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         arms=arms_report or None,
         metric=metric,
     )
+    arm_names = sorted({str(p["arm"]) for p in pts if p.get("arm")})
+    if len(arm_names) >= 2:
+        # One parabola per budget through both families' sizes mixes models of other FLOPs per parameter: the
+        # pooled N*(C) stays (its plots), named as such, and each arm gets its own isoFLOP fit.
+        by_arm = {}
+        for arm in arm_names:
+            one = (_isoflop([p for p in pts if str(p.get("arm")) == arm], metric, kw)[0]).get(metric) or {}
+            by_arm[arm] = {
+                k: one.get(k) for k in ("n_opt_exponent", "n_opt_exponent_ci", "n_opt_interior", "error") if k in one
+            }
+        report["isoflop_by_arm"] = by_arm
+        report["diagnostics"].append(
+            {
+                "code": "isoflop_across_arms",
+                "message": (
+                    f"The isoFLOP analysis and N*(C) pool the {len(arm_names)} architecture arms "
+                    f"({', '.join(arm_names)}), whose models differ in FLOPs per parameter: read the compute-optimal "
+                    "size per arm (isoflop_by_arm), not from the pooled fit."
+                ),
+            }
+        )
     objs = {
         "fid": law_obj,
         "loss": loss_obj,

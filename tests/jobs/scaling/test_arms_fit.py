@@ -53,6 +53,10 @@ def test_two_arm_fit_reports_exponents_plot_and_crossing(tmp_path, laws, crosses
     assert abs(report["arms"]["dit"]["beta"] - report["arms"]["unet"]["beta"]) > 0.15
     x = report["arm_comparison"]["crossing"]
     assert x["exists"] is crosses
+    # The pooled isoFLOP fit mixes both families' sizes: said, and each arm gets its own (2 sizes here: an error
+    # naming what it needs, per arm).
+    assert "isoflop_across_arms" in [d["code"] for d in report["diagnostics"]]
+    assert set(report["isoflop_by_arm"]) == {"dit", "unet"}
     files = write_plots(report, objs, tmp_path)
     assert (tmp_path / ARMS_PLOT) in files and (tmp_path / ARMS_PLOT).read_bytes()[:4] == b"\x89PNG"
     assert all((tmp_path / p).is_file() for p in PLOTS)
@@ -70,7 +74,7 @@ def test_two_arm_fit_reports_exponents_plot_and_crossing(tmp_path, laws, crosses
 def test_single_arm_sweep_has_no_arms_section(tmp_path):
     pts = [p for p in _points({"dit": (100.0, 0.5, 5.0)}) if p["arm"] == "dit"]
     report, objs = fit_all(pts, n_boot=20)
-    assert "arms" not in report and "arm_comparison" not in report
+    assert "arms" not in report and "arm_comparison" not in report and "isoflop_by_arm" not in report
     assert (tmp_path / ARMS_PLOT) not in write_plots(report, objs, tmp_path)
     assert "Architecture arms" not in format_laws(report)
 
