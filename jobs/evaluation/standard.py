@@ -36,14 +36,14 @@ def reference_stats(
 ) -> dict[str, Any]:
     """Mean and covariance of the network's features of the first `n_ref` train images (cached in `cache_dir`)."""
     from ditcore.metrics.fid import feature_stats
-    from pipelines.datasets.images import load_source_images
+    from pipelines.datasets.images import load_readable_images
 
     key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"ref-{key}.npz") if cache_dir else None
     if path and os.path.exists(path):
         z = np.load(path)
         return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"])}
-    images = load_source_images(train_source, image_size, limit=n_ref)["image"]
+    images = load_readable_images(train_source, image_size, n_ref)["image"]
     mu, sigma = feature_stats(_features(inception, images))
     if path:
         os.makedirs(cache_dir, exist_ok=True)
@@ -94,7 +94,7 @@ def standard_fid(
     statistics of `n_ref` train images.
     """
     from ditcore.metrics.fid import few_samples_warning
-    from pipelines.datasets.images import load_source_images
+    from pipelines.datasets.images import load_readable_images
 
     try:
         settings.check()
@@ -106,7 +106,7 @@ def standard_fid(
     ref_warning = few_samples_warning(ref["count"], ref["mu"].shape[0])
     if ref_warning:
         print(f"[ditscale] WARNING: reference statistics: {ref_warning}", file=sys.stderr, flush=True)
-    test = load_source_images(test_source, size, limit=settings.num_samples)["image"]
+    test = load_readable_images(test_source, size, settings.num_samples)["image"]
     floor = _scored(_features(inception, test), ref, n_boot, settings.seed)
     from ditcore.checkpoint import read_checkpoint_config
     from pipelines.infra import storage

@@ -47,7 +47,7 @@ def fid_floor(
 
     manifest_uri: the latent data set (its manifest records the feature net and the reference statistics).
     test_split: a held-out source (folder / parquet path or SourceConfig) of the same data, decoded like the
-        precompute decodes (`load_source_images`: its shuffled order, the first `n_samples` images).
+        precompute decodes (`load_source_images`: its shuffled order, the first `n_samples` images that decode).
     n_samples: the evaluation's sample count; fewer test images than that is a ValueError unless `allow_fewer`,
         which uses all of them (the result's "n_samples" says how many).
     feature_net: None uses the manifest's; a path must name the same network (same feature dimension) or the
@@ -59,7 +59,7 @@ def fid_floor(
     "test_source", "few_samples_warning", (+ "se", "ci", "ci_level", "n_boot")}.
     """
     from ditcore.metrics.fid import feature_stats, few_samples_warning, fid_bootstrap, frechet_distance
-    from pipelines.datasets.images import load_source_images
+    from pipelines.datasets.images import load_readable_images
     from pipelines.latents.reader import load_fid_stats, read_manifest
 
     if int(n_samples) < 2:
@@ -70,7 +70,7 @@ def fid_floor(
         raise ValueError(f"{manifest_uri}: the data set records no FID feature net (manifest fid.feature_net)")
     mu_ref, sigma_ref = load_fid_stats(manifest_uri)
     net_uri = feature_net or fid.feature_net
-    data = load_source_images(test_split, manifest.image_size, limit=int(n_samples))
+    data = load_readable_images(test_split, manifest.image_size, int(n_samples))
     n = len(data["id"])
     if n < n_samples and not allow_fewer:
         raise ValueError(

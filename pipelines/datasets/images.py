@@ -113,3 +113,17 @@ def load_source_images(
         "failures": failures,
         "source": cfg,
     }
+
+
+def load_readable_images(source: SourceConfig | str | os.PathLike, image_size: int, n: int) -> dict[str, Any]:
+    """`load_source_images` of the first `n` items that decode: a few more are read (5%, at least 16) so that an
+    unreadable or too-small image among the first n does not leave fewer than n when readable ones follow."""
+    data = load_source_images(source, image_size, limit=int(n) + max(16, int(n) // 20))
+    keep = min(int(n), len(data["id"]))
+    return {
+        **data,
+        "image": data["image"][:keep],
+        "label": data["label"][:keep],
+        "id": data["id"][:keep],
+        "caption": data["caption"][:keep],
+    }

@@ -111,3 +111,18 @@ def test_floor_bad_inputs_name_the_problem(data, tmp_path):
     uri = _dataset(no_fid, data["net"], data["train"], fid=False)
     with pytest.raises(ValueError, match="records no FID feature net"):
         fid_floor(uri, str(data["test"]), 10)
+
+
+def test_unreadable_images_among_the_first_n_are_replaced_by_later_ones(data, tmp_path):
+    """The limit was applied before decoding: three too-small images among the first n left fewer than n, and the
+    floor refused a split whose readable images were enough."""
+    import shutil
+
+    split = tmp_path / "with-small"
+    shutil.copytree(data["test"], split)
+    for rel in ("a/000.png", "b/000.png", "a/001.png"):
+        (split / rel).write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))  # below image_size 32: not readable
+    res = fid_floor(data["uri"], str(split), 37)
+    assert res["n_samples"] == 37
+    with pytest.raises(ValueError, match=r"37 readable images, fewer than n_samples=38"):
+        fid_floor(data["uri"], str(split), 38)
