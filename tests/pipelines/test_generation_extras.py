@@ -12,7 +12,7 @@ import torch
 from ditcore.guidance_distill import load_teacher_weights, student_model_config
 from ditcore.models import build_model, config_from_dict, config_to_dict
 from pipelines.generation import GenerationError, GenerationPipeline, SamplerSettings
-from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
+from tests.jobs._train_helpers import make_eval_dataset, make_latent_dataset, perturbed_model, save_model_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,22 @@ def test_sample_draws_more_images_than_classes_without_labels(ckpts, tmp_path):
     args = ["--checkpoint", ckpts["teacher"], "--num", "6", "--sampler", "euler", "--steps", "2", "--out", str(out)]
     assert sample_main(args) == 0
     assert Image.open(out).size[0] > 0
+
+
+def test_concepts_of_a_pixel_space_checkpoint(tmp_path):
+    """A model trained on images themselves (no VAE): extraction read the VAE's scale factors, which a pixel-space
+    pipeline never sets (AttributeError)."""
+    from jobs.concepts.extract import ConceptSettings, extract_features
+
+    data = make_latent_dataset(tmp_path / "px", n=8, channels=3, size=8, num_classes=4)
+    mpath = tmp_path / "px" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["image_size"] = 8
+    manifest["vae"].update(path=None, downsample=1, latent_channels=3, latent_size=8, scaling_factor=1.0)
+    manifest["vae"]["shift_factor"] = 0.0
+    mpath.write_text(json.dumps(manifest))
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3)
+    ckpt = save_model_checkpoint(tmp_path / "ck", model, {"manifest": data}, state={"step": 1})
+    pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    feats, labels, _, _ = extract_features(pipe, ConceptSettings(num_samples=4, batch_size=4, times=(0.5,)))
+    assert feats.shape[0] == len(labels) == 4 and torch.isfinite(feats).all()
