@@ -322,13 +322,21 @@ def run_fit(
             client.log_artifact(
                 parent.info.run_id, str(f), artifact_path=POOLED_ARTIFACT_DIR if pooled else ARTIFACT_DIR
             )
-        law = report[f"{metric}_law"]
-        if "error" not in law:
-            prefix = f"fit.pooled.{metric}" if pooled else f"fit.{metric}"
-            values = {f"{prefix}.{k}": v for k, v in law["params"].items()}
-            values[f"{prefix}.held_out_rel_error"] = (law.get("held_out") or {}).get("rel_error")
-            tracking.log_metrics(client, parent.info.run_id, values, 0)
+        log_law_metrics(
+            client, parent.info.run_id, report[f"{metric}_law"], f"fit.pooled.{metric}" if pooled else f"fit.{metric}"
+        )
     return report, out, plots
+
+
+def log_law_metrics(client: Any, run_id: str, law: dict, prefix: str) -> None:
+    """The law's parameters and held-out error as metrics `<prefix>.<name>`. A value this fit has not (its law
+    failed, its held-out check was skipped) is logged as NaN, so the run's latest value is never an earlier fit's."""
+    from pipelines.infra import tracking
+
+    names = list(law.get("params") or (("A", "beta", "FID_inf") if prefix.endswith(".fid") else ()))
+    values = {f"{prefix}.{k}": (law.get("params") or {}).get(k, float("nan")) for k in names}
+    values[f"{prefix}.held_out_rel_error"] = (law.get("held_out") or {}).get("rel_error", float("nan"))
+    tracking.log_metrics(client, run_id, {k: float("nan") if v is None else v for k, v in values.items()}, 0, nan=True)
 
 
 __all__ = [

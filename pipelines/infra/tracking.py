@@ -291,8 +291,9 @@ def set_tags(mlflow_client: Any, run_id: str, tags: dict[str, Any], too_long: st
     )
 
 
-def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int) -> None:
-    """Log the finite numeric values of `values` at `step` in one batch."""
+def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: int, nan: bool = False) -> None:
+    """Log the finite numeric values of `values` at `step` in one batch (`nan`: NaN values too, where a metric
+    must say "none now" rather than keep an earlier value)."""
     import math
 
     from mlflow.entities import Metric
@@ -304,7 +305,7 @@ def log_metrics(mlflow_client: Any, run_id: str, values: dict[str, Any], step: i
             v = float(value)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(v):
+        if math.isfinite(v) or (nan and math.isnan(v)):
             metrics.append(Metric(key, v, ts, int(step)))
     if metrics:
         mlflow_client.log_batch(run_id, metrics=metrics)

@@ -380,3 +380,25 @@ def test_fit_and_report_refuse_what_they_cannot_fit_and_never_show_a_stale_law(t
     assert report_job.main(["--experiment", "team/sweep", "--tracking-uri", sqlite_uri, "--json", "--n-boot", "5"]) == 0
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     assert any(p["fid"] is None for p in doc["points"])
+
+
+def test_a_refit_without_a_value_does_not_leave_the_earlier_fits_as_the_latest(sqlite_uri):
+    """A refit whose held-out check is skipped (or whose law fails) logged nothing for it, so the sweep run kept
+    the earlier fit's held-out error beside the new beta."""
+    import math
+
+    from jobs.scaling.fit import log_law_metrics
+
+    client = get_client(sqlite_uri)
+    run = client.create_run(ensure_experiment(client, "refit")).info.run_id
+    log_law_metrics(
+        client, run, {"params": {"A": 5.0, "beta": 0.4, "FID_inf": 9.0}, "held_out": {"rel_error": 0.1}}, "fit.fid"
+    )
+    assert client.get_run(run).data.metrics["fit.fid.held_out_rel_error"] == pytest.approx(0.1)
+    log_law_metrics(
+        client, run, {"params": {"A": 6.0, "beta": 0.5, "FID_inf": 8.0}, "held_out": {"skipped": "3"}}, "fit.fid"
+    )
+    metrics = client.get_run(run).data.metrics
+    assert metrics["fit.fid.beta"] == pytest.approx(0.5) and math.isnan(metrics["fit.fid.held_out_rel_error"])
+    log_law_metrics(client, run, {"error": "too few budgets"}, "fit.fid")
+    assert all(math.isnan(client.get_run(run).data.metrics[f"fit.fid.{k}"]) for k in ("A", "beta", "FID_inf"))
