@@ -73,3 +73,13 @@ def test_real_data_records_its_classifier_as_the_feature_net(tmp_path):
     assert enc["feature_net"]["source"] == "trained"
     assert enc["feature_net"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
     assert enc["vae"] == {"source": "trained", "sha256": "v", "shipped_sha256": None}
+
+
+def test_the_served_champions_fid_is_labelled_with_its_network_and_samples():
+    """report.md's served section and the console called the sweep's FID "FID" where, with real data, the headline
+    FID is the standard Inception one: it names the sweep, its network and its sample count."""
+    from jobs.quickstart.report import sweep_fid_words
+
+    promo = {"fid": 123.347, "point": {"fid_network": "outputs/quickstart/features", "fid_samples": 320}}
+    assert sweep_fid_words(promo) == "sweep FID 123 (network outputs/quickstart/features, 320 samples)"
+    assert sweep_fid_words({"fid": 5.0}) == "sweep FID 5"
