@@ -162,6 +162,31 @@ def _arms(pts: list[dict], metric: str, kw: dict, fits_out: dict | None = None) 
         return {"error": str(e)}
 
 
+def _isoflop_by_arm(pts: list[dict], metric: str, kw: dict, report: dict) -> None:
+    """With >= 2 architecture arms: one parabola per budget through both families' sizes mixes models of other
+    FLOPs per parameter. The pooled N*(C) stays (its plots), named as such in the report's diagnostics, and each
+    arm gets its own isoFLOP fit (`isoflop_by_arm`)."""
+    arm_names = sorted({str(p["arm"]) for p in pts if p.get("arm")})
+    if len(arm_names) < 2:
+        return
+    by_arm = {}
+    for arm in arm_names:
+        one = (_isoflop([p for p in pts if str(p.get("arm")) == arm], metric, kw)[0]).get(metric) or {}
+        keys = ("n_opt_exponent", "n_opt_exponent_ci", "n_opt_interior", "error")
+        by_arm[arm] = {k: one.get(k) for k in keys if k in one}
+    report["isoflop_by_arm"] = by_arm
+    report["diagnostics"].append(
+        {
+            "code": "isoflop_across_arms",
+            "message": (
+                f"The isoFLOP analysis and N*(C) pool the {len(arm_names)} architecture arms "
+                f"({', '.join(arm_names)}), whose models differ in FLOPs per parameter: read the compute-optimal "
+                "size per arm (isoflop_by_arm), not from the pooled fit."
+            ),
+        }
+    )
+
+
 def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
     """(JSON report, fit objects for plotting) of a sweep's points; FitError when too few budgets carry `metric`."""
     pts = clean_points(points, metric)
@@ -213,27 +238,7 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         arms=arms_report or None,
         metric=metric,
     )
-    arm_names = sorted({str(p["arm"]) for p in pts if p.get("arm")})
-    if len(arm_names) >= 2:
-        # One parabola per budget through both families' sizes mixes models of other FLOPs per parameter: the
-        # pooled N*(C) stays (its plots), named as such, and each arm gets its own isoFLOP fit.
-        by_arm = {}
-        for arm in arm_names:
-            one = (_isoflop([p for p in pts if str(p.get("arm")) == arm], metric, kw)[0]).get(metric) or {}
-            by_arm[arm] = {
-                k: one.get(k) for k in ("n_opt_exponent", "n_opt_exponent_ci", "n_opt_interior", "error") if k in one
-            }
-        report["isoflop_by_arm"] = by_arm
-        report["diagnostics"].append(
-            {
-                "code": "isoflop_across_arms",
-                "message": (
-                    f"The isoFLOP analysis and N*(C) pool the {len(arm_names)} architecture arms "
-                    f"({', '.join(arm_names)}), whose models differ in FLOPs per parameter: read the compute-optimal "
-                    "size per arm (isoflop_by_arm), not from the pooled fit."
-                ),
-            }
-        )
+    _isoflop_by_arm(pts, metric, kw, report)
     objs = {
         "fid": law_obj,
         "loss": loss_obj,

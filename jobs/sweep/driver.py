@@ -130,27 +130,17 @@ def _tune_trainable(config: dict, plans: dict, sweep: str, parent: Optional[str]
     )
 
 
-def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str) -> dict[str, float]:
-    """Run the pending trials on Ray Tune, as many at once as the cluster's CPUs fit; the machine's size + peak."""
+def _check_fits(cfg: SweepConfig, pending: list[TrialPlan], started: bool, cpus: float) -> tuple[float, int, float]:
+    """(CPUs, GPUs of the largest trial's workers, GPUs the cluster has now). On a local instance (`started`), which
+    never grows, a sweep that would wait forever is a ConfigError; on a cluster, a warning."""
     import ray
-    from ray import tune
 
-    from jobs.cluster.shared_storage import check_shared_storage
-    from jobs.sweep.goodput import measure_machine_peak
-    from pipelines.infra.ray_runtime import init_ray
-
-    started = init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    run = pending[0].runs[0].plan.cfg.run
+    runs = [tp.runs[0].plan.cfg.run for tp in pending]
     # The largest trial decides (a model's `set` may give it more workers than the base's).
     big = max(pending, key=lambda tp: _worker_cpus(tp.runs[0].plan.cfg.run))
     big_run = big.runs[0].plan.cfg.run
     per_trial = _worker_cpus(big_run)
-    per_trial_gpus = (
-        max(tp.runs[0].plan.cfg.run.num_workers for tp in pending if tp.runs[0].plan.cfg.run.use_gpu)
-        if any(tp.runs[0].plan.cfg.run.use_gpu for tp in pending)
-        else 0
-    )
+    per_trial_gpus = max((r.num_workers for r in runs if r.use_gpu), default=0)
     gpus_now = float(ray.cluster_resources().get("GPU", 0))
     problems = []
     if cfg.trial_cpus + per_trial > cpus:
@@ -174,6 +164,22 @@ def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str
             f"{per_trial:g} CPUs a trial's workers need on a {cpus:g}-CPU Ray instance; lower max_concurrent or "
             f"trial_cpus"
         )
+    return per_trial, per_trial_gpus, gpus_now
+
+
+def _run_tune(cfg: SweepConfig, pending: list[TrialPlan], sdir: str, parent: str) -> dict[str, float]:
+    """Run the pending trials on Ray Tune, as many at once as the cluster's CPUs fit; the machine's size + peak."""
+    import ray
+    from ray import tune
+
+    from jobs.cluster.shared_storage import check_shared_storage
+    from jobs.sweep.goodput import measure_machine_peak
+    from pipelines.infra.ray_runtime import init_ray
+
+    started = init_ray(num_cpus=cfg.num_cpus)  # a fresh local instance of that size when no cluster address is set
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    run = pending[0].runs[0].plan.cfg.run
+    per_trial, per_trial_gpus, gpus_now = _check_fits(cfg, pending, started, cpus)
     # GPU accounting by the config, not by the GPUs present now: an autoscaling cluster may have none yet.
     use_gpu = bool(per_trial_gpus)
     peak_before = measure_machine_peak(cpus) if not use_gpu else None  # before any trial loads the machine
