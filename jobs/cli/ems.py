@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("jvp", "fd"), default=d.method)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-tasks", type=nonneg_int, default=d.num_tasks, help="Ray tasks (0: in this process, no Ray)")
+    p.add_argument(
+        "--shared-filesystem",
+        action="store_true",
+        help="the checkpoint and its data set are on a filesystem mounted at the same path on every node (a local "
+        "path is refused on a multi-node or autoscaling cluster without it; s3:// always works)",
+    )
     return p
 
 
@@ -50,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = EMSSettings(**options_for(EMSSettings, args))
     try:
         settings.check()
-        ems, info = compute_ems(args.checkpoint, settings)
+        ems, info = compute_ems(args.checkpoint, settings, shared_filesystem=args.shared_filesystem)
         uri = save_ems(args.checkpoint, ems, args.guidance, info)
     except (GenerationError, ValueError, OSError) as e:  # exit 2 for a bad value or path, 1 at run time
         return command_error("ems", e)

@@ -24,18 +24,23 @@ def autoscales() -> bool:
     return bool(autoscaler_max_resources())
 
 
-def check_shared_storage(path: str, *, key: str, override: str, shared_filesystem: bool) -> None:
+def check_shared_storage(
+    path: str, *, key: str, override: str, shared_filesystem: bool, readers: str = "workers, restore and evaluation"
+) -> None:
     """ConfigError when `path` (config key `key`) is local and the cluster has more than one node, or may add
     nodes (an autoscaling cluster that has only its head now: the trials would run on nodes added later), unless
-    the `override` switch (`shared_filesystem`) says the path is mounted on every node. s3:// paths always pass."""
+    the `override` switch (`shared_filesystem`) says the path is mounted on every node. s3:// paths always pass.
+    `override` is a config key (`set KEY=true`) or a command-line flag starting with `--` (`pass --FLAG`);
+    `readers` names what runs on the other nodes."""
     if storage.is_s3(path) or shared_filesystem:
         return
     n = alive_nodes()
     if n > 1 or autoscales():
         nodes = f"has {n} nodes" if n > 1 else "autoscales (it adds nodes for the work)"
+        switch = f"pass {override}" if override.startswith("--") else f"set {override}=true"
         raise ConfigError(
-            f"{key}={path!r} is a local path but the Ray cluster {nodes}: workers, restore and evaluation "
-            f"on other nodes would not see it. Use an s3:// location, or set {override}=true if {path!r} is a "
+            f"{key}={path!r} is a local path but the Ray cluster {nodes}: {readers} "
+            f"on other nodes would not see it. Use an s3:// location, or {switch} if {path!r} is a "
             "shared filesystem mounted at the same path on every node"
         )
 

@@ -102,13 +102,32 @@ def ems_part(
     return est.state_dict()
 
 
-def compute_ems(checkpoint: str, settings: EMSSettings) -> tuple[Any, dict]:
-    """(EMS, info) of `checkpoint`; Ray tasks when settings.num_tasks > 0 (Ray started here if needed)."""
+def _check_shared(path: str, what: str, shared_filesystem: bool) -> None:
+    """The Ray tasks on other nodes must see `path` (Ray started or joined here first)."""
+    from jobs.cluster.shared_storage import check_shared_storage
+    from pipelines.infra.ray_runtime import init_ray
+
+    init_ray()
+    check_shared_storage(
+        path, key=what, override="--shared-filesystem", shared_filesystem=shared_filesystem, readers="the EMS tasks"
+    )
+
+
+def compute_ems(checkpoint: str, settings: EMSSettings, *, shared_filesystem: bool = False) -> tuple[Any, dict]:
+    """(EMS, info) of `checkpoint`; Ray tasks when settings.num_tasks > 0 (Ray started here if needed).
+
+    The tasks read the checkpoint and its latent data set themselves: on a cluster of several nodes (or one that
+    autoscales) a local path of either is refused (ConfigError) unless `shared_filesystem` says it is mounted at the
+    same path on every node."""
     settings.check()
     from pipelines.generation import GenerationPipeline
 
     t0 = time.time()
+    if settings.num_tasks > 0:
+        _check_shared(checkpoint, "checkpoint", shared_filesystem)
     pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
+    if settings.num_tasks > 0:
+        _check_shared(pipe.data_uri("the EMS"), "data.manifest", shared_filesystem)
     merged = _estimator(pipe, settings, settings.batch_size)
     nodes = list(range(settings.num_nodes))
     if settings.num_tasks == 0:
@@ -116,9 +135,6 @@ def compute_ems(checkpoint: str, settings: EMSSettings) -> tuple[Any, dict]:
     else:
         import ray
 
-        from pipelines.infra.ray_runtime import init_ray
-
-        init_ray()
         task = ray.remote(num_cpus=1)(ems_part)
         chunks = [nodes[i :: settings.num_tasks] for i in range(settings.num_tasks)]
         parts = ray.get([task.remote(checkpoint, settings, c) for c in chunks if c])

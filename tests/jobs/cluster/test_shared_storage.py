@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from ditcore.checkpoint import CheckpointError
 from ditcore.config import ConfigError
 from jobs.cluster.shared_storage import alive_nodes, check_shared_storage
 from jobs.train.driver import run_training
@@ -69,3 +70,24 @@ def test_sweep_with_local_output_is_refused(two_nodes, tmp_path, capsys):
     text = err.out + err.err
     assert f"output={str(tmp_path / 'sweeps')!r}" in text and "base.run.shared_filesystem=true" in text, text
     assert not list((tmp_path / "sweeps").rglob("done.json"))  # no trial ran
+
+
+def test_ems_tasks_refuse_a_local_checkpoint_unless_shared(two_nodes, tmp_path, capsys):
+    """The EMS tasks load the checkpoint on whichever node they land: a local path is refused before any work (the
+    CLI exits 2 naming the path and --shared-filesystem); with the flag, or in-process (--num-tasks 0), the check
+    passes and the missing checkpoint is what fails."""
+    from jobs.cli.ems import main
+    from jobs.ems.compute import EMSSettings, compute_ems
+
+    ckpt = str(tmp_path / "runs" / "r" / "checkpoints" / "step_2")
+    with pytest.raises(ConfigError) as err:
+        compute_ems(ckpt, EMSSettings(num_tasks=2))
+    msg = str(err.value)
+    assert f"checkpoint={ckpt!r}" in msg and "2 nodes" in msg and "the EMS tasks" in msg, msg
+    assert "pass --shared-filesystem" in msg, msg
+    assert main([ckpt, "--num-tasks", "2"]) == 2
+    assert "pass --shared-filesystem" in capsys.readouterr().err
+    for settings, shared in ((EMSSettings(num_tasks=2), True), (EMSSettings(num_tasks=0), False)):
+        with pytest.raises(CheckpointError, match="checkpoint directory does not exist"):
+            compute_ems(ckpt, settings, shared_filesystem=shared)
+    assert not (tmp_path / "runs").exists()
