@@ -237,7 +237,9 @@ def test_quickstart_tiny_from_the_readme(blocks, tmp_path):
     from jobs.quickstart.modes import make_mode
 
     mode = make_mode(tiny=True)
-    for grid in (out / "samples").glob("*.png"):
+    grids = sorted((out / "samples").glob("*.png"))
+    assert grids, "no sample grids"
+    for grid in grids:
         w, h = Image.open(grid).size
         cols = min(len(mode.prompts), mode.grid_images)
         assert w % cols == 0 and h == w // cols * -(-mode.grid_images // cols), (grid.name, w, h)

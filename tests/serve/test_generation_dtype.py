@@ -50,13 +50,11 @@ def test_bad_dtype_is_named(pixel_ckpt):
         GenerationPipeline.from_checkpoint(pixel_ckpt, device="cpu", dtype="fp16")
 
 
-def test_app_args_dtype_and_compile():
+def test_app_args_dtype_defaults_to_auto_and_refuses_fp16():
     from pydantic import ValidationError
 
     from serve.app_args import AppArgs
 
-    a = AppArgs(checkpoint="/x", dtype="bf16", compile=True)
-    assert a.dtype == "bf16" and a.compile
     assert AppArgs(checkpoint="/x").dtype == "auto"
     with pytest.raises(ValidationError, match="dtype"):
         AppArgs(checkpoint="/x", dtype="fp16")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from jobs.cli.evaluate import main
 from jobs.evaluation.fid import FIDSettings, evaluate_checkpoint, generate_features
@@ -131,7 +132,7 @@ def test_the_cache_key_names_gpu_sampling_and_keeps_cpu_keys():
     s = FIDSettings(num_samples=320, sampler="euler", steps=12, guidance=2.0)
     # CPU fp32 keys are the ones cached before the device was part of the key; bf16 GPU samples get their own
     assert s.key("net", compute="cpu") == s.key("net") != s.key("net", compute="cuda-bf16")
-    assert sampling_compute(0) == "cpu"  # in this process, on this CPU-only machine
+    assert sampling_compute(0) == ("cuda-bf16" if torch.cuda.is_available() else "cpu")  # in this process
     assert sampling_compute(4, num_gpus=1) == "cuda-bf16" and sampling_compute(4, num_gpus=0) == "cpu"
 
 

@@ -72,7 +72,7 @@ def test_real_data_records_its_classifier_as_the_feature_net(tmp_path):
     enc = _encoders(ctx)
     assert enc["feature_net"]["source"] == "trained"
     assert enc["feature_net"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
-    assert enc["vae"] == {"source": "trained", "sha256": "v", "shipped_sha256": None}
+    assert enc["vae"]["shipped_sha256"] is None and "path" not in enc["vae"], enc["vae"]  # derived, not echoed
 
 
 def test_the_served_champions_fid_is_labelled_with_its_network_and_samples():
@@ -83,3 +83,25 @@ def test_the_served_champions_fid_is_labelled_with_its_network_and_samples():
     promo = {"fid": 123.347, "point": {"fid_network": "outputs/quickstart/features", "fid_samples": 320}}
     assert sweep_fid_words(promo) == "sweep FID 123 (network outputs/quickstart/features, 320 samples)"
     assert sweep_fid_words({"fid": 5.0}) == "sweep FID 5"
+
+
+def test_report_json_gives_the_free_floor_fit_only_when_the_floor_sits_at_its_bound():
+    """`law.floor_at_bound` and `law.free_floor` of report.json, from a fit whose floor the lowest (12% low) point
+    holds at its bound, and from a clean law whose floor is free."""
+    import numpy as np
+
+    from ditcore.scaling import fit_fid_law
+    from jobs.quickstart.report import _floor_bound
+
+    c = np.logspace(11.2, 12.7, 10)
+    y = 3e20 * c**-1.6 + 140.0
+    y[-1] *= 0.88
+    law = fit_fid_law(c, y, n_boot=20).to_dict()
+    out = _floor_bound(law)
+    free = law["floor_bound"]["free"]
+    assert out["floor_at_bound"] is True
+    assert out["free_floor"]["beta"] == free["params"]["beta"] and out["free_floor"]["beta_ci"] == free["ci"]["beta"]
+    assert out["free_floor"]["FID_inf"] == free["params"]["FID_inf"] > law["params"]["FID_inf"]  # above the bound
+    assert out["free_floor"]["F"] == law["floor_bound"]["F"] and "heldout_error" in out["free_floor"]
+    clean = _floor_bound(fit_fid_law(c, 3e20 * c**-1.6 + 140.0, n_boot=20).to_dict())
+    assert clean == {"floor_at_bound": False}

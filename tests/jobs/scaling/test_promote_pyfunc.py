@@ -231,5 +231,6 @@ def test_the_bundle_carries_every_local_encoder_of_a_multi_encoder_set(tmp_path)
     used = json.loads(
         (Path(json.loads((Path(ck) / "config.json").read_text())["data"]["manifest"]) / "manifest.json").read_text()
     )
+    assert len(used["text"]["encoders"]) == 2, used["text"]
     for i, part in enumerate(used["text"]["encoders"]):
         assert json.loads((Path(part["encoder"]) / "config.json").read_text())["name"] == ("clip", "t5")[i]

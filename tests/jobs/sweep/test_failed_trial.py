@@ -211,6 +211,7 @@ def test_a_trial_whose_training_and_then_evaluation_raise_is_failed_with_the_tra
     assert not [r for r in client.search_runs([trial.info.experiment_id]) if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow  # each sweep subprocess starts a local Ray before it refuses the trial
 def test_a_trial_larger_than_the_local_cluster_is_refused_not_left_waiting(tmp_path, dataset):  # noqa: F811
     path = _write_cfg(tmp_path, dataset, models=[{"depth": 1}], num_cpus=2)
     result = _sweep(path, "trial_cpus=3")  # Tune used to wait for a 3-CPU slot on the 2-CPU instance forever
@@ -240,9 +241,10 @@ def test_max_concurrent_0_runs_as_many_trials_as_fit_with_their_drivers_and_gpus
 
 
 def test_a_rerun_trial_that_leaves_no_record_is_missing_not_its_old_failure(tmp_path, dataset, monkeypatch):  # noqa: F811
-    """A trial killed without a record this time (here: Tune runs nothing) used to be reported from the earlier
-    invocation's failed.json: its old reasons, its old FLOPs in this goodput, and with allow_failures a complete
-    sweep. The old record is kept as failed.previous.json. And an error from Ray / Tune ends the parent FAILED."""
+    """A trial killed without a record this time used to be reported from the earlier invocation's failed.json: its
+    old reasons, its old FLOPs in this goodput, and with allow_failures a complete sweep. The sweep sets the old
+    record aside as failed.previous.json before it runs the trial; with no new record the trial reads as missing.
+    And an error from Ray / Tune (injected where Tune would raise it) ends the parent FAILED."""
     from mlflow import MlflowClient
 
     from jobs.sweep import driver
@@ -264,20 +266,23 @@ def test_a_rerun_trial_that_leaves_no_record_is_missing_not_its_old_failure(tmp_
         "timing": {"step_s": 5.0},
     }
     (tdir / "failed.json").write_text(json.dumps(old))
-    ran = {"num_cpus": 2.0, "peak_flops": 2e11, "peak_flops_measured": [2e11, 2e11]}
-    monkeypatch.setattr(driver, "_run_tune", lambda *a, **k: ran)
-    out = driver.run_sweep(load_config(SweepConfig, str(path), []))
-    assert [r["status"] for r in out["trials"]] == ["missing"] and out["complete"] is False
+    sdir = driver.sweep_dir(cfg)
+    assert driver._records(sdir, [tp])[0]["reasons"] == ["old"]  # before: the old failure is the trial's record
+    driver._set_aside_failures(sdir, [tp])  # what run_sweep does before it runs the pending trials
+    (record,) = driver._records(sdir, [tp])  # the trial died leaving no record this time
+    assert record["status"] == "missing" and "train_flops" not in record and "reasons" not in record, record
     assert json.loads((tdir / "failed.previous.json").read_text())["reasons"] == ["old"]
     assert not (tdir / "failed.json").exists()
-    assert out["goodput"]["train_flops"] == 0 and out["goodput"]["trials"] == 0, out["goodput"]
 
     def broken(*a, **k):
         raise RuntimeError("could not reach the cluster")
 
+    (tdir / "failed.previous.json").unlink()
+    (tdir / "failed.json").write_text(json.dumps(old))
     monkeypatch.setattr(driver, "_run_tune", broken)
     with pytest.raises(RuntimeError, match="could not reach"):
         driver.run_sweep(load_config(SweepConfig, str(path), []))
+    assert not (tdir / "failed.json").exists() and (tdir / "failed.previous.json").exists()  # set aside first
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]

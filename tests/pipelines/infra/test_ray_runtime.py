@@ -56,19 +56,26 @@ def test_local_ray_serves_the_state_api():
     assert "Probe" in res["alive"], res
 
 
-def test_free_ports_are_bindable_distinct_and_outside_the_kernels_ephemeral_range():
+@pytest.mark.parametrize("ephemeral", ["32768\t60999\n", "20500\t60999\n"])
+def test_free_ports_are_bindable_distinct_and_outside_the_kernels_ephemeral_range(ephemeral, tmp_path, monkeypatch):
     """A port the kernel hands out (bind to port 0, outgoing connections) can be taken again before a server binds
-    it; free_port picks from the quiet range between Ray's worker ports and the kernel's ephemeral range."""
+    it; free_port picks from the quiet range between Ray's worker ports and the kernel's ephemeral range (here a
+    kernel range read from a file: Linux's default, then one that leaves no room: any free port then)."""
+    from pipelines.infra import ray_runtime
     from pipelines.infra.ray_runtime import _bindable, _quiet_port_range, free_port
 
+    (tmp_path / "range").write_text(ephemeral)
+    monkeypatch.setattr(ray_runtime, "_EPHEMERAL_RANGE", tmp_path / "range")
     chosen: list[int] = []
     for _ in range(20):
         chosen.append(free_port(exclude=chosen))
     assert len(set(chosen)) == len(chosen)
     assert all(_bindable(p) for p in chosen)
     quiet = _quiet_port_range()
-    if quiet is not None:
-        assert all(p in quiet for p in chosen), (chosen, quiet)
+    if ephemeral.startswith("32768"):
+        assert quiet == range(20000, 32768) and all(p in quiet for p in chosen), (chosen, quiet)
+    else:
+        assert quiet is None
 
 
 # The head's dashboard port is taken between choosing it and `ray start` binding it.

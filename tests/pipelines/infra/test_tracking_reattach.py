@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 
 from pipelines.infra import tracking
 from tests.conftest import loopback_mlflow_server
@@ -125,7 +126,7 @@ def test_reattach_retries_transient_errors_and_never_duplicates(flaky_server, tm
     # An outage longer than the retries: the error is raised, no new run is created, the marker is unchanged.
     before = Path(marker).read_text()
     proxy.fail(tracking.ATTACH_RETRIES + 10)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(MlflowException) as err:  # the REST client's error once its retries are spent
         tracking.attach_run(client, marker, **kw)
     # Every attempt failed: on the reset pooled connection (the first) or on a refused new one (the others).
     assert proxy.refused >= tracking.ATTACH_RETRIES - 1 and not tracking.is_gone(err.value)
