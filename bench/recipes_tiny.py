@@ -1,6 +1,7 @@
 """Tiny runs of the paper-recipe configs (docs/recipes.md) and baselines on the built-in latent set + FID.
 
-python bench/recipes_tiny.py 600      # steps per run; needs the built-in latent set at /tmp/exp/assets/latents
+python bench/recipes_tiny.py 600 [LATENTS]  # steps per run; LATENTS: the built-in latent set (default
+#   outputs/latents/builtin: what `ditscale precompute --config configs/precompute/builtin.yaml` writes)
 """
 
 import json
@@ -18,7 +19,7 @@ from pipelines.infra.config_files import load_config
 
 torch.set_num_threads(1)
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 600
-M = sys.argv[2] if len(sys.argv) > 2 else "/tmp/exp/assets/latents"
+M = sys.argv[2] if len(sys.argv) > 2 else "outputs/latents/builtin"
 common = [
     f"data.manifest={M}",
     "mlflow.enabled=false",

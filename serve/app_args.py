@@ -18,8 +18,11 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     checkpoint: str | None = Field(None, description="checkpoint directory: local path or s3:// URI")
-    champion: bool = Field(False, description="serve the MLflow registered model version with alias 'champion'")
+    champion: bool = Field(False, description="serve the MLflow registered model version with alias `alias`")
     model_name: str = Field("ditscale", description="registered model name used with champion")
+    alias: str = Field(
+        "champion", min_length=1, description="registered model alias used with champion (`ditscale promote --alias`)"
+    )
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
     device: str | None = Field(None, description="cuda / cpu; default: cuda when the replica has a GPU")
     use_ema: bool = Field(True, description="serve the EMA weights")

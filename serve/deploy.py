@@ -116,6 +116,7 @@ def plan_deployment(
     checkpoint: str | None = None,
     champion: bool = False,
     model_name: str | None = None,
+    alias: str | None = None,
     tracking_uri: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -129,7 +130,7 @@ def plan_deployment(
         args.update(checkpoint=checkpoint, champion=False)
     elif champion:
         args.update(checkpoint=None, champion=True)
-    for key, value in (("model_name", model_name), ("tracking_uri", tracking_uri)):
+    for key, value in (("model_name", model_name), ("alias", alias), ("tracking_uri", tracking_uri)):
         if value:
             args[key] = value
     _resolve_tracking_uri(args)

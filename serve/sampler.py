@@ -31,14 +31,14 @@ SAMPLER_NAME = "Sampler"
 
 
 def resolve_checkpoint(args: AppArgs) -> tuple[str, dict | None]:
-    """(checkpoint URI, registry record or None) for a path/URI or the MLflow 'champion' alias."""
+    """(checkpoint URI, registry record or None) for a path/URI or the MLflow alias (`champion` by default)."""
     if not args.champion:
         return str(args.checkpoint), None
     from pipelines.infra.tracking import resolve_champion
 
-    record = dict(resolve_champion(model_name=args.model_name, tracking_uri=args.tracking_uri))
+    record = dict(resolve_champion(model_name=args.model_name, tracking_uri=args.tracking_uri, alias=args.alias))
     if not record.get("checkpoint"):
-        raise RuntimeError(f"registered model {args.model_name!r}@champion has no checkpoint URI: {record}")
+        raise RuntimeError(f"registered model {args.model_name!r}@{args.alias} has no checkpoint URI: {record}")
     return str(record["checkpoint"]), record
 
 

@@ -63,7 +63,11 @@ def _usage() -> str:
         "commands:",
     ]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `ditscale <command> --help` for the options of a command (config keys with their defaults)."]
+    lines += [
+        "",
+        "Run `ditscale <command> --help` for the options of a command (config-driven ones: their config keys "
+        "with their defaults).",
+    ]
     return "\n".join(lines)
 
 

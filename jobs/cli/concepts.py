@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         "concepts",
         "Extract a block's features over the checkpoint's captioned / labelled latents, plot their 2-D "
         "PCA coloured by concept (concepts_pca.png) and store the concept directions beside the checkpoint "
-        "(concepts.safetensors), which sample / serve use for steer={concept, alpha, layer}.",
+        "(concepts.safetensors), which the generation pipeline and the HTTP API (POST /v1/generate) use for "
+        "steer={concept, alpha, layer}.",
     )
     p.add_argument("--num-samples", type=positive_int, default=1024)
     p.add_argument("--batch-size", type=positive_int, default=128)

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "submit",
         "Submit a ditscale job to a Ray cluster through the Ray Jobs API; the repository is "
-        "uploaded as the job's working_dir (without data/, outputs/, .venv/, mlruns/).",
+        "uploaded as the job's working_dir (without data/, outputs/, .venv/, mlruns/, mlflow.db, runs/, .git/ and "
+        "caches).",
         allow_abbrev=False,
         epilog="Example: ditscale submit precompute --address http://127.0.0.1:8265 "
         "--config configs/precompute/builtin.yaml output=s3://bucket/latents/builtin",

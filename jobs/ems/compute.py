@@ -123,10 +123,9 @@ def compute_ems(checkpoint: str, settings: EMSSettings, *, shared_filesystem: bo
     from pipelines.generation import GenerationPipeline
 
     t0 = time.time()
+    pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)  # a bad path: no Ray
     if settings.num_tasks > 0:
         _check_shared(checkpoint, "checkpoint", shared_filesystem)
-    pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
-    if settings.num_tasks > 0:
         _check_shared(pipe.data_uri("the EMS"), "data.manifest", shared_filesystem)
     merged = _estimator(pipe, settings, settings.batch_size)
     nodes = list(range(settings.num_nodes))

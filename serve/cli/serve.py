@@ -1,6 +1,6 @@
 """`ditscale serve`: start the sampler service on Ray Serve and keep it running (or detach).
 
-ditscale serve --champion [--config serve/config.yaml] [--port 8000] [--host 127.0.0.1] [--detach]
+ditscale serve --champion [--alias champion] [--config serve/config.yaml] [--port 8000] [--host 127.0.0.1] [--detach]
 ditscale serve --checkpoint runs/ckpt/step_00001000 --set Sampler.user_config.default_steps=10
 """
 
@@ -32,11 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint directory or s3:// URI (overrides the config's args)")
     src.add_argument(
-        "--champion", action="store_true", help="serve the MLflow registered version with alias 'champion'"
+        "--champion", action="store_true", help="serve the MLflow registered version with alias 'champion' (--alias)"
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML")
     p.add_argument("--app", default=None, help="application name in the config (default: the first)")
     p.add_argument("--model-name", default=None, help="registered model name for --champion (default: the config's)")
+    p.add_argument(
+        "--alias",
+        default=None,
+        help="registered model alias for --champion (default: the config's, else 'champion'; a sweep promoted with "
+        "`ditscale promote --alias NAME`)",
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --champion ($MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     p.add_argument("--port", type=port_number, default=8000, help="HTTP port")
@@ -89,6 +95,9 @@ def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
     bad = [s for s in ns.set if "=" not in s or "." not in s.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: expected DEPLOYMENT.KEY=VALUE")
+    if ns.checkpoint and (ns.alias or ns.model_name):
+        flag = "--alias" if ns.alias else "--model-name"
+        raise ConfigError(f"{flag} picks a registered model version: give it with --champion, not --checkpoint")
     return plan_deployment(**options_for(plan_deployment, ns, app_name=ns.app, overrides=apply_overrides({}, ns.set)))
 
 

@@ -189,3 +189,30 @@ def test_a_failure_at_run_time_exits_1_not_2(cwd, capsys, monkeypatch, argv):
     assert _exit_code(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"ditscale {argv[0]}: error: ") and "Traceback" not in err, err
+
+
+def test_serve_champion_follows_the_alias_given(cwd, capsys, monkeypatch):
+    """`ditscale promote --alias NAME` keeps a sweep's champion apart; `serve --champion --alias NAME` serves it
+    (the replicas resolve the alias the same way: resolve_checkpoint). --alias with --checkpoint is refused."""
+    from mlflow import MlflowClient
+
+    from serve.app_args import AppArgs
+    from serve.sampler import resolve_checkpoint
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("ditscale")
+    for alias, ckpt in (("champion", "/runs/a/step_1"), ("sweep-b", "/runs/b/step_2")):
+        mv = client.create_model_version("ditscale", source=ckpt, tags={"checkpoint": ckpt})
+        client.set_registered_model_alias("ditscale", alias, mv.version)
+    argv = ["serve", "--champion", "--tracking-uri", uri, "--print-config"]
+    assert main([*argv, "--alias", "sweep-b"]) == 0
+    args = yaml.safe_load(capsys.readouterr().out)["args"]
+    assert args["alias"] == "sweep-b" and args["champion"] is True
+    assert resolve_checkpoint(AppArgs(**args))[0] == "/runs/b/step_2"
+    assert main(argv) == 0
+    args = yaml.safe_load(capsys.readouterr().out)["args"]
+    assert args["alias"] == "champion" and resolve_checkpoint(AppArgs(**args))[0] == "/runs/a/step_1"
+    assert main(["serve", "--checkpoint", "/runs/a/step_1", "--alias", "sweep-b", "--print-config"]) == 2
+    assert "--alias picks a registered model version" in capsys.readouterr().err

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ditcore.checkpoint import CheckpointError
 from ditcore.config import ConfigError
 from jobs.cluster.shared_storage import alive_nodes, check_shared_storage
 from jobs.train.driver import run_training
@@ -73,21 +72,25 @@ def test_sweep_with_local_output_is_refused(two_nodes, tmp_path, capsys):
 
 
 def test_ems_tasks_refuse_a_local_checkpoint_unless_shared(two_nodes, tmp_path, capsys):
-    """The EMS tasks load the checkpoint on whichever node they land: a local path is refused before any work (the
-    CLI exits 2 naming the path and --shared-filesystem); with the flag, or in-process (--num-tasks 0), the check
-    passes and the missing checkpoint is what fails."""
+    """The EMS tasks load the checkpoint and its latents on whichever node they land: a local path is refused
+    before any task runs (the CLI exits 2 naming the path and --shared-filesystem, nothing written beside the
+    checkpoint); with the flag the tasks run on the two nodes and the EMS come back."""
     from jobs.cli.ems import main
     from jobs.ems.compute import EMSSettings, compute_ems
+    from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
 
-    ckpt = str(tmp_path / "runs" / "r" / "checkpoints" / "step_2")
+    data, _ = make_eval_dataset(tmp_path, fid=False, n=8, num_classes=4)
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8)
+    ckpt = save_model_checkpoint(tmp_path / "ck", model, {"manifest": data}, state={"step": 1})
+    small = dict(num_samples=8, batch_size=8, num_nodes=8, num_tasks=2)
     with pytest.raises(ConfigError) as err:
-        compute_ems(ckpt, EMSSettings(num_tasks=2))
+        compute_ems(ckpt, EMSSettings(**small))
     msg = str(err.value)
     assert f"checkpoint={ckpt!r}" in msg and "2 nodes" in msg and "the EMS tasks" in msg, msg
     assert "pass --shared-filesystem" in msg, msg
-    assert main([ckpt, "--num-tasks", "2"]) == 2
+    args = [ckpt, "--num-samples", "8", "--batch-size", "8", "--num-nodes", "8", "--num-tasks", "2"]
+    assert main(args) == 2
     assert "pass --shared-filesystem" in capsys.readouterr().err
-    for settings, shared in ((EMSSettings(num_tasks=2), True), (EMSSettings(num_tasks=0), False)):
-        with pytest.raises(CheckpointError, match="checkpoint directory does not exist"):
-            compute_ems(ckpt, settings, shared_filesystem=shared)
-    assert not (tmp_path / "runs").exists()
+    assert not list((tmp_path / "ck").glob("ems*"))
+    ems, info = compute_ems(ckpt, EMSSettings(**small), shared_filesystem=True)
+    assert int(ems.lambdas.numel()) == 8 and info["num_tasks"] == 2
