@@ -195,8 +195,8 @@ def _int(df: Any, col: str, i: int, default: int) -> int:
         f = float(v)
     except (TypeError, ValueError):
         raise PyfuncInputError(f"column {col!r}, row {i}: {v!r} is not an integer") from None
-    if f != int(f):
-        raise PyfuncInputError(f"column {col!r}, row {i}: {v!r} is not an integer")
+    if not math.isfinite(f) or f != int(f):
+        raise PyfuncInputError(f"column {col!r}, row {i}: {f:g} is not an integer")  # numpy's repr names its type
     return int(f)
 
 
@@ -291,15 +291,21 @@ class DitscaleImageModel(mlflow.pyfunc.PythonModel):
 
 
 def signature() -> Any:
-    """Input: optional prompt/label/seed/steps/sampler/guidance columns; output: png_base64."""
+    """Input: optional prompt/label/seed/steps/sampler/guidance columns; output: png_base64.
+
+    The integer columns are `Any` to MLflow: pandas stores an integer column with a gap (a row that takes the
+    default seed or steps) as float64 with NaN, which a `long` column refuses, and a `double` one refuses plain
+    int64 columns. `parse_rows` checks every cell (an integer value, or empty for the default) and names a bad one.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType
 
     types = {
         "prompt": DataType.string,
-        "label": DataType.long,
-        "seed": DataType.long,
-        "steps": DataType.long,
+        "label": AnyType(),
+        "seed": AnyType(),
+        "steps": AnyType(),
         "sampler": DataType.string,
         "guidance": DataType.double,
     }

@@ -125,6 +125,16 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
         model.predict(pd.DataFrame({"label": [1, 2], "sampler": ["euler", "plms"]}))
     with pytest.raises(PyfuncInputError, match=r"'seed', row 0: 1099511627776 is outside"):
         model.predict(pd.DataFrame({"label": [1], "seed": [2**40]}))
+    # A seed column with a gap (pandas: float64 with NaN) passes MLflow's schema; the empty cell takes the default
+    # seed, its row index, as an absent column does. Non-integer and infinite cells are named.
+    gap = pd.DataFrame({"label": [3, 3], "seed": [5, None], "steps": [3, 3], "sampler": ["euler"] * 2})
+    assert gap["seed"].dtype == "float64"
+    got = np.stack([_png(b) for b in model.predict(gap)["png_base64"]])
+    explicit = pd.DataFrame({"label": [3, 3], "seed": [5, 1], "steps": [3, 3], "sampler": ["euler"] * 2})
+    np.testing.assert_array_equal(got, np.stack([_png(b) for b in model.predict(explicit)["png_base64"]]))
+    for bad, word in ((2.5, "2.5 is not an integer"), (float("inf"), "inf is not an integer")):
+        with pytest.raises(PyfuncInputError, match=rf"'seed', row 0: {word}"):
+            model.predict(pd.DataFrame({"label": [1], "seed": [bad]}))
 
 
 def test_pyfunc_rows_from_lists_and_empty_cells():
