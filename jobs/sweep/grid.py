@@ -189,14 +189,17 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
         tc = from_dict(TrainConfig, d)
     except ConfigError as e:
         raise ConfigError(f"trial {entry!r} {hp}: {e}") from e
+    train = {k: v for k, v in to_dict(tc).items() if k not in ("checkpoint", "mlflow", "run", "budget_flops", "debug")}
+    # A swept key the resolved training config holds is in the id through that config: a value equal to the base
+    # setting is the same trial (and training) as the base, and adding an axis at the base value keeps the ids.
+    # Others (run.* keys that change no weights) stay in the id by name, so trials of one grid stay apart.
+    held = {k for k in hp if k.split(".", 1)[0] in train}
     ident = {
         "model": to_dict(tc.model),
-        "hp": hp,
+        "hp": {k: v for k, v in hp.items() if k not in held},
         "mode": cfg.mode,
         "budgets": budgets,
-        "train": {
-            k: v for k, v in to_dict(tc).items() if k not in ("checkpoint", "mlflow", "run", "budget_flops", "debug")
-        },
+        "train": train,
         "workers": tc.run.num_workers,
         "seed": tc.run.seed,
     }
@@ -210,7 +213,10 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
         if getattr(tc.run, key) != getattr(default_run, key):
             ident[f"run.{key}"] = getattr(tc.run, key)
     train_eval = {k: v for k, v in ident["train"]["eval"].items() if k not in EVAL_ONLY}
-    train_ident = {**ident, "train": {**ident["train"], "eval": train_eval}}
+    # Trials of one grid that differ only in an evaluation setting keep apart training runs (never two writers in
+    # one run directory): their swept evaluation keys stay in the training id by name.
+    eval_hp = {k: v for k, v in hp.items() if k.startswith("eval.") and k.split(".", 1)[1] in EVAL_ONLY}
+    train_ident = {**ident, "hp": {**ident["hp"], **eval_hp}, "train": {**ident["train"], "eval": train_eval}}
     tid, train_tid = (
         hashlib.sha1(json.dumps(i, sort_keys=True, default=str).encode()).hexdigest()[:10] for i in (ident, train_ident)
     )

@@ -144,6 +144,20 @@ def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
     # the same trial (same id, so a finished one is reused) as that model swept by hparams at that value
     swept = expand_grid(load_sweep_config(str(path), ['models=["MMDiT-T"]', 'hparams={"optim.lr": [0.004]}']))
     assert swept[0].trial_id == trials[0].trial_id
+    # ... and as that model trained at that learning rate by the base config, with no sweep axis at all: a swept
+    # value equal to the base is the same trial and the same training runs (it retrained before).
+    plain = expand_grid(load_sweep_config(str(path), ['models=["MMDiT-T"]', "base.optim.lr=0.004"]))
+    assert (plain[0].trial_id, plain[0].runs_id) == (swept[0].trial_id, swept[0].runs_id)
+    # Adding an axis whose only value is the base setting keeps every id; another value is another trial.
+    base_wd = plain[0].train.optim.weight_decay
+    axes = expand_grid(
+        load_sweep_config(
+            str(path),
+            ['models=["MMDiT-T"]', "base.optim.lr=0.004", f'hparams={{"optim.weight_decay": [{base_wd}, 0.5]}}'],
+        )
+    )
+    assert axes[0].trial_id == plain[0].trial_id and axes[0].runs_id == plain[0].runs_id
+    assert axes[1].trial_id != plain[0].trial_id and axes[1].runs_id != plain[0].runs_id
     with pytest.raises(ConfigError, match="sets optim.lr, which hparams also sweeps"):
         expand_grid(load_sweep_config(str(path), [f"models={per_model}", 'hparams={"optim.lr": [0.002]}']))
     with pytest.raises(ConfigError, match="must map dotted keys to single values"):
