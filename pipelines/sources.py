@@ -75,6 +75,8 @@ class SourceConfig:
             raise ValueError(f"count must be >= 0, got {self.count}")
         if self.kind != "builtin" and not self.path:
             raise ValueError(f"source.path is required for source.kind={self.kind!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or null: every item), got {self.limit}")
         if self.num_classes is not None and not 1 <= self.num_classes <= MAX_LABEL + 1:
             raise ValueError(f"num_classes must be in [1, 2^31], got {self.num_classes}")
 
@@ -196,6 +198,10 @@ def _plan_builtin(cfg: SourceConfig, image_size: int) -> SourcePlan:
             f"image_size={image_size}: the built-in set renders {builtin.MIN_IMAGE_SIZE}..{builtin.MAX_IMAGE_SIZE} px"
         )
     spec = {"image_size": image_size, "max_objects": cfg.max_objects, "seed": cfg.seed}
+    try:
+        builtin.BuiltinSpec(**spec)  # here, not first in a Ray read task
+    except ValueError as e:
+        raise SourceError(str(e)) from None
     shards = [
         {
             "shard": i,

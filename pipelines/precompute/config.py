@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pipelines.encoders.text import TextPart, TextSpec
@@ -42,6 +43,13 @@ class ComputeConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, ("actors", "batch_size", "chunk_rows"), "compute.{name} must be >= 1, got {value}")
+        for name, low in (("cpus_per_actor", 0.0), ("decode_cpus", 0.0), ("gpus_per_actor", None)):
+            v = getattr(self, name)
+            ok = math.isfinite(v) and (v >= 0 if low is None else v > low)
+            if not ok:
+                raise ValueError(f"compute.{name} must be a finite number {'>= 0' if low is None else '> 0'}, got {v}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"compute.num_cpus must be >= 1 (or null: the machine's), got {self.num_cpus}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"compute.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

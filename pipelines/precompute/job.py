@@ -37,7 +37,7 @@ from pipelines.infra import storage
 from pipelines.latents.manifest import Manifest
 from pipelines.precompute.config import ComputeConfig, FIDConfig, PrecomputeConfig, VAEConfig
 from pipelines.precompute.finalize import clear_shards, finalize, is_complete, mark_empty, read_markers
-from pipelines.precompute.plan import PROGRESS_DIR, fingerprint, validate
+from pipelines.precompute.plan import PROGRESS_DIR, check_replaceable, fingerprint, validate
 from pipelines.precompute.sink import NULL_ID, NULL_SHARD, NULL_TEXT_FILE, PartSink
 from pipelines.sources import SourceConfig, SourcePlan
 
@@ -198,6 +198,7 @@ def _prepare_output(cfg: PrecomputeConfig, plan: SourcePlan) -> None:
     """Overwrite, or check that a resumed output holds a run of the same config (fingerprint)."""
     out = cfg.output
     if cfg.overwrite and storage.exists(out):
+        check_replaceable(out)  # validate() did; the directory may have changed since
         storage.delete(out)
     fp = fingerprint(cfg, plan)
     plan_uri = storage.join(out, PROGRESS_DIR, "plan.json")

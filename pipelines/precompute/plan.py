@@ -116,12 +116,33 @@ def check_apart(source: str, output: str) -> None:
         )
 
 
+def check_replaceable(output: str) -> None:
+    """overwrite=true deletes `output` whole: only a latent data set (or a run that started one) may be there, never
+    the working directory, a folder holding it, or a directory of other files (a typo'd `output=outputs`)."""
+    try:
+        storage.refuse_working_dir(output, "latent data set")
+    except ValueError as e:
+        raise ConfigError(f"output: {e}") from None
+    if not storage.exists(output):
+        return
+    if not storage.is_dir(output):
+        raise ConfigError(f"output: {output} exists and is not a directory")
+    names = storage.listdir(output)
+    if names and not {"manifest.json", PROGRESS_DIR} & set(names):
+        raise ConfigError(
+            f"output: {output} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, not a latent data set "
+            f"(no manifest.json or {PROGRESS_DIR}/): overwrite=true would delete it; choose a new or empty directory"
+        )
+
+
 def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     """Check everything a run needs before starting work; returns (shard plan, vae record). Raises ConfigError."""
     if cfg.image_size <= 0:
         raise ConfigError(f"image_size must be positive, got {cfg.image_size}")
     if cfg.source.path is not None and cfg.source.kind != "builtin":
         check_apart(cfg.source.path, cfg.output)
+    if cfg.overwrite:
+        check_replaceable(cfg.output)
     if cfg.source.kind == "webdataset" and cfg.source.limit is not None:
         raise ConfigError(
             f"source.limit={cfg.source.limit} cannot apply to a WebDataset precompute: a tar's sample count is only "
@@ -133,6 +154,8 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     except SourceError as exc:
         raise ConfigError(f"source: {exc}") from exc
     if not plan.shards:
+        if cfg.source.kind == "builtin":
+            raise ConfigError(f"source.count: {cfg.source.count} leaves the built-in set without images (>= 1)")
         raise ConfigError(f"source: no input files under {cfg.source.path} (kind {cfg.source.kind})")
     vae = vae_record(cfg.vae, cfg.image_size)
     if is_multi(cfg.text):

@@ -265,3 +265,48 @@ def test_a_photo_with_exif_orientation_is_decoded_upright_as_it_displays():
     assert reason == "" and crop.shape == (S, S, 3)
     assert tuple(crop[0, 0]) == (255, 0, 0) and tuple(crop[0, -1]) == (255, 0, 0)  # top row: red across
     assert tuple(crop[-1, 0]) == (0, 0, 255) and tuple(crop[-1, -1]) == (0, 0, 255)  # bottom row: blue across
+
+
+def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_before_ray(tmp_path, monkeypatch):
+    """overwrite=true deleted whatever `output` named: the working directory (output=.), or a whole outputs/
+    folder of sweeps and MLflow stores. Only a latent data set (or a started run) may be replaced; the built-in
+    set's spec and the compute resources are checked here, not first inside Ray tasks."""
+    work = tmp_path / "work"
+    (work / "outputs" / "sweeps").mkdir(parents=True)
+    (work / "outputs" / "mlflow.db").write_text("store")
+    monkeypatch.chdir(work)
+    builtin = {"kind": "builtin", "count": 8}
+    for output, words in (
+        (".", "give the latent data set's own directory"),
+        (str(tmp_path), "is the working directory or holds it"),
+        ("outputs", r"holds mlflow.db, sweeps, not a latent data set"),
+    ):
+        cfg = _cfg(tmp_path, builtin, output=output, overwrite=True)
+        with pytest.raises(ConfigError, match=words):
+            validate(cfg)
+        with pytest.raises(ConfigError, match=words):  # the job's own delete checks again
+            _prepare_output(cfg, plan_source(cfg.source, S))
+    assert (work / "outputs" / "mlflow.db").read_text() == "store" and (work / "outputs" / "sweeps").is_dir()
+    # A latent data set (here: a run that started one) is replaced as before; so is an empty directory.
+    (work / "outputs" / "lat" / "_progress").mkdir(parents=True)
+    (work / "outputs" / "empty").mkdir()
+    for output in ("outputs/lat", "outputs/empty", "outputs/new"):
+        validate(_cfg(tmp_path, builtin, output=output, overwrite=True))
+    # Values the built-in renderer or Ray would refuse later are named now.
+    for source, words in (
+        ({**builtin, "max_objects": 0}, r"source: max_objects must be an integer in \[1"),
+        ({**builtin, "seed": -1}, r"source: seed must be an integer in \[0"),
+        ({**builtin, "count": 0}, "source.count: 0 leaves the built-in set without images"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            validate(_cfg(tmp_path, source, output="outputs/x"))
+    for key, value, words in (
+        ("cpus_per_actor", -1, "compute.cpus_per_actor must be a finite number > 0, got -1"),
+        ("gpus_per_actor", -1, "compute.gpus_per_actor must be a finite number >= 0, got -1"),
+        ("decode_cpus", 0, "compute.decode_cpus must be a finite number > 0, got 0"),
+        ("num_cpus", 0, "compute.num_cpus must be >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            _cfg(tmp_path, builtin, compute={key: value})
+    with pytest.raises(ConfigError, match="limit must be >= 1"):
+        _cfg(tmp_path, {**builtin, "limit": -1})
