@@ -469,8 +469,13 @@ def _load_vae(path: str | os.PathLike, latent_channels: int, scaling: float, shi
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    """`out` is replaced whole: refused when it holds anything but an earlier export (with overwrite), or is the
+    working directory or a folder holding it (ValueError naming it)."""
+    from pipelines.infra import storage
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+    storage.check_output_dir(str(out), kind="diffusers export", replaces=(EXPORT_META,))
 
 
 def export_to_diffusers(

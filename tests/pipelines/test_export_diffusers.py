@@ -218,15 +218,27 @@ def test_pipeline_refuses_shift_factor(tmp_path, vae_dir):
         export_to_diffusers(ckpt, tmp_path / "out", vae=vae_dir)
 
 
-def test_existing_output_needs_overwrite(tmp_path):
+def test_existing_output_needs_overwrite_and_only_an_export_is_replaced(tmp_path, monkeypatch):
+    """--overwrite replaced any directory: one of other files, or the one holding the working directory."""
     ckpt, _, _ = _checkpoint(tmp_path, "ck", "DiT-T/2")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError):
         export_to_diffusers(ckpt, tmp_path / "out")
-    export_to_diffusers(ckpt, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
+    with pytest.raises(ValueError, match=r"other content \(not a diffusers export: no ditscale_export.json\)"):
+        export_to_diffusers(ckpt, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+    (tmp_path / "out" / "keep.txt").unlink()
+    export_to_diffusers(ckpt, tmp_path / "out")  # an empty directory is written
+    (tmp_path / "out" / "extra.txt").write_text("from the last export")
+    export_to_diffusers(ckpt, tmp_path / "out", overwrite=True)  # an earlier export is replaced whole
+    assert not (tmp_path / "out" / "extra.txt").exists()
     assert json.loads((tmp_path / "out" / EXPORT_META).read_text())["arch"] == "dit"
+    (tmp_path / "out" / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "out" / "work")
+    with pytest.raises(ValueError, match="is the working directory or holds it"):
+        export_to_diffusers(ckpt, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "work").is_dir()
 
 
 # --------------------------------------------------------------------------------------------
