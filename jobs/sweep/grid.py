@@ -157,6 +157,7 @@ def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
         raise ConfigError(f"name: {cfg.name!r} must be one folder name (the sweep's directory under output)")
     if not str(cfg.mlflow.experiment or "").strip():
         raise ConfigError("mlflow.experiment: must be a non-empty experiment name")
+    storage.check_location(cfg.output, "output")
     if not storage.is_s3(cfg.output) and os.path.isfile(os.path.expanduser(cfg.output)):
         raise ConfigError(f"output: {cfg.output!r} is a file, not a directory")
     if cfg.max_concurrent < 0:

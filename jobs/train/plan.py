@@ -22,6 +22,7 @@ from ditcore.config import ConfigError, to_dict
 from ditcore.flops import flops_summary
 from ditcore.models import PRESETS, config_to_dict, resolve_config
 from jobs.train.config import TrainConfig, lr_factor, model_display_name, run_name
+from pipelines.infra import storage
 from pipelines.infra.code import training_code_fingerprint
 from pipelines.latents.manifest import Manifest
 
@@ -194,6 +195,13 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Checks of the config alone (no data set needed)."""
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: required (the latent dataset directory, local or s3://)")
+    for key, uri in (
+        ("data.manifest", cfg.data.manifest),
+        ("checkpoint.storage", cfg.checkpoint.storage),
+        ("checkpoint.init_from", cfg.checkpoint.init_from),
+    ):
+        if uri:
+            storage.check_location(uri, key)
     _check_numbers(cfg)
     if not isinstance(logging.getLevelName(str(cfg.run.log_level).upper()), int):
         raise ConfigError(f"run.log_level: {cfg.run.log_level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")

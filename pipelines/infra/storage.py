@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -18,10 +19,25 @@ from typing import Any, Callable, Sequence
 
 import pyarrow.fs as pafs
 
+from ditcore.config import ConfigError
+
 
 def is_s3(uri: str) -> bool:
     """True for `s3://` URIs."""
     return str(uri).startswith("s3://")
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
+
+
+def check_location(uri: str, key: str = "path") -> None:
+    """ConfigError naming `key` when `uri` has a scheme other than s3:// (gs://, S3://, s3:/...): it would
+    otherwise be taken for a local folder named `gs:`."""
+    m = _SCHEME.match(str(uri))
+    if m and not is_s3(uri):
+        raise ConfigError(
+            f"{key}: {uri!r} has the scheme {m.group(1)!r}; ditscale reads and writes local paths and s3:// URIs only"
+        )
 
 
 def overlap(source: str, output: str) -> str | None:
@@ -65,6 +81,7 @@ def get_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     uri = str(uri)
     if is_s3(uri):
         return s3_filesystem(), uri[len("s3://") :].rstrip("/")
+    check_location(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -191,6 +208,7 @@ def download_dir(uri: str, local_dir: str) -> str:
 def local_copy(uri: str, cache_root: str | None = None) -> str:
     """A local directory with the content of `uri`: the path itself when local, else a fresh download."""
     if not is_s3(uri):
+        check_location(uri)
         return os.path.abspath(os.path.expanduser(uri))
     root = cache_root or tempfile.mkdtemp(prefix="ditscale-")
     return download_dir(uri, os.path.join(root, uri.rstrip("/").rsplit("/", 1)[-1]))

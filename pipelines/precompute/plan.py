@@ -139,7 +139,9 @@ def validate(cfg: PrecomputeConfig) -> tuple[SourcePlan, dict]:
     """Check everything a run needs before starting work; returns (shard plan, vae record). Raises ConfigError."""
     if cfg.image_size <= 0:
         raise ConfigError(f"image_size must be positive, got {cfg.image_size}")
+    storage.check_location(cfg.output, "output")
     if cfg.source.path is not None and cfg.source.kind != "builtin":
+        storage.check_location(cfg.source.path, "source.path")
         check_apart(cfg.source.path, cfg.output)
     if cfg.overwrite:
         check_replaceable(cfg.output)

@@ -216,3 +216,24 @@ def test_serve_champion_follows_the_alias_given(cwd, capsys, monkeypatch):
     assert args["alias"] == "champion" and resolve_checkpoint(AppArgs(**args))[0] == "/runs/a/step_1"
     assert main(["serve", "--checkpoint", "/runs/a/step_1", "--alias", "sweep-b", "--print-config"]) == 2
     assert "--alias picks a registered model version" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,key",
+    [
+        (
+            ["train", "--config", "configs/train/tiny.yaml", "checkpoint.storage=gs://bucket/runs", "--validate-only"],
+            "checkpoint.storage",
+        ),
+        (["sweep", "--config", "configs/sweep/tiny.yaml", "output=S3://bucket/sweeps", "--validate-only"], "output"),
+        (["precompute", "--config", "configs/precompute/builtin.yaml", "output=s3:/bucket/latents"], "output"),
+    ],
+    ids=["train", "sweep", "precompute"],
+)
+def test_a_storage_scheme_other_than_s3_is_refused_not_made_a_local_folder(cwd, capsys, argv, key):
+    """gs://, S3:// and s3:/ were taken for local folders named `gs:` (precompute created ./gs:/bucket/...)."""
+    argv = [str(REPO_ROOT / a) if a.startswith("configs/") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{key}: '" in err and "has the scheme" in err and "local paths and s3:// URIs only" in err, err
+    assert not list(cwd.iterdir())  # nothing written here

@@ -57,3 +57,14 @@ def test_a_file_that_is_not_json_is_named(tmp_path):
     (data / "manifest.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(not UTF-8 text: invalid start byte"):
         Manifest.read(str(data))
+
+
+def test_a_scheme_other_than_s3_is_refused_where_storage_is_touched(tmp_path):
+    from ditcore.config import ConfigError
+
+    for uri in ("gs://bucket/x", "S3://bucket/x", "s3:/bucket/x", "hdfs://nn/x"):
+        for call in (storage.exists, storage.local_copy, lambda u: storage.check_location(u, "output")):
+            with pytest.raises(ConfigError, match="has the scheme"):
+                call(uri)
+    for fine in (str(tmp_path / "a:b"), "relative/dir", "s3://bucket/x"):
+        storage.check_location(fine, "output")
