@@ -53,15 +53,25 @@ class DeploymentPlan:
 
 def load_app_config(path: str | Path, app_name: str | None = None) -> tuple[dict, dict]:
     """(whole config, the chosen application) of a Serve config file, validated by Serve's schema."""
-    import yaml
+    from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
+
+    from pipelines.infra.config_files import parse_yaml
 
     if not Path(path).is_file():
         raise ConfigError(f"{path}: config file not found")
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = parse_yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     if "applications" not in raw:
         raw = {"applications": [raw]}  # a single ServeApplicationSchema
-    ServeDeploySchema.model_validate(raw)  # errors name the bad key, in Serve's words
+    try:
+        ServeDeploySchema.model_validate(raw)  # errors name the bad key, in Serve's words
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
+        )
+        raise ConfigError(f"{path}: not a Serve config: {problems}") from None
     apps = raw["applications"]
     if app_name is None:
         return raw, apps[0]

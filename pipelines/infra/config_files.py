@@ -25,15 +25,45 @@ def resolve_path(path: str | Path) -> Path:
     return REPO_ROOT / p if (REPO_ROOT / p).exists() else p
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: YAML keeps the last one silently, so
+    `optim: {lr: 0.01}` followed later by `optim: {warmup_steps: 5}` lost the learning rate without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice in one mapping (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML document `text` (from `where`, for the error); invalid YAML or a key given twice in one mapping
+    is a ConfigError naming `where`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:  # one line: where and what, without YAML's excerpt of the text
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{where}: invalid YAML{at}: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file or a non-mapping document is a ConfigError naming the file."""
     p = resolve_path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    data = parse_yaml(p.read_text(), str(p)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
     return data

@@ -237,3 +237,23 @@ def test_a_storage_scheme_other_than_s3_is_refused_not_made_a_local_folder(cwd, 
     err = capsys.readouterr().err
     assert f"{key}: '" in err and "has the scheme" in err and "local paths and s3:// URIs only" in err, err
     assert not list(cwd.iterdir())  # nothing written here
+
+
+def test_a_key_given_twice_and_broken_yaml_are_one_line_errors(cwd, capsys):
+    """YAML keeps the last of two equal keys silently (`optim: {lr: 0.01}`, then `optim: {warmup_steps: 5}` lost
+    the learning rate); a Serve config with a bad value or broken YAML gave a pydantic or YAML traceback."""
+    (cwd / "t.yaml").write_text("optim:\n  lr: 0.01\ndata:\n  batch_size: 8\noptim:\n  warmup_steps: 5\n")
+    assert main(["train", "--config", str(cwd / "t.yaml"), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'optim' given twice in one mapping (lines 1 and 5)" in err and len(err.strip().splitlines()) == 1
+    serve_cfg = (REPO_ROOT / "serve" / "config.yaml").read_text()
+    assert "proxy_location: EveryNode" in serve_cfg
+    (cwd / "bad.yaml").write_text(serve_cfg.replace("proxy_location: EveryNode", "proxy_location: Everywhere"))
+    (cwd / "broken.yaml").write_text("applications: [\n")
+    for name, words in (
+        ("bad.yaml", "not a Serve config: proxy_location: Input should be"),
+        ("broken.yaml", "invalid YAML at line 2, column 1"),
+    ):
+        assert main(["serve", "--config", str(cwd / name), "--checkpoint", "/ckpt/step_1", "--print-config"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
