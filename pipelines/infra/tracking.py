@@ -132,7 +132,21 @@ def check_tracking_uri(uri: str | None = None, timeout: float = 3.0, must_exist:
                 f"no MLflow store at {path!r} (nothing has been tracked there): give the sweep's store with "
                 f"--tracking-uri or MLFLOW_TRACKING_URI"
             )
+        if path and path != ":memory:" and Path(path).exists() and not _is_sqlite_file(Path(path)):
+            raise TrackingURIError(
+                f"MLflow tracking URI {resolved!r}: {path!r} is not an SQLite database (a store is one file "
+                f"starting 'SQLite format 3'); give the sweep's store, or a new file name for a new store"
+            )
     return resolved
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """An SQLite database file (its header), or an empty file (SQLite makes it a database on first write)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head == b"" or head == b"SQLite format 3\x00"
 
 
 def default_artifact_root(tracking_uri: str) -> str | None:

@@ -228,6 +228,13 @@ def test_tracking_uri_resolution_and_fail_fast(tmp_path, monkeypatch):
     assert attempts == 1, attempts
     with pytest.raises(TrackingURIError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    # A file that is not a database (a typo'd path) was a 27-frame SQLAlchemy traceback; an empty file is fine.
+    (tmp_path / "notes.db").write_text("hello")
+    with pytest.raises(TrackingURIError, match=r"notes.db' is not an SQLite database"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'notes.db'}")
+    assert fit_cli.main(["--experiment", "e", "--tracking-uri", str(tmp_path / "notes.db")]) == 2
+    (tmp_path / "empty.db").write_text("")
+    check_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
     assert fit_cli.main(["--experiment", "e", "--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
 
 
