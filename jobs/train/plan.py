@@ -259,6 +259,12 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if r.num_threads is not None:
         need("run.num_threads", r.num_threads, r.num_threads >= 1, ">= 1 (or null: from run.cpus_per_worker)")
     need("data.val_samples", cfg.data.val_samples, cfg.data.val_samples >= 0, ">= 0")
+    cd = cfg.data.cond_dropout
+    need("data.cond_dropout", cd, cd is None or (finite(cd) and 0 <= cd <= 1), "in [0, 1] (or null: the objective's)")
+    pk = r.peak_flops
+    need("run.peak_flops", pk, pk is None or (finite(pk) and pk > 0), "a finite FLOP/s > 0 (or null: measured)")
+    if e.num_gpus is not None:
+        need("eval.num_gpus", e.num_gpus, finite(e.num_gpus) and e.num_gpus >= 0, "a finite number >= 0 (or null)")
     need("mlflow.log_every", cfg.mlflow.log_every, cfg.mlflow.log_every >= 1, ">= 1")
 
 

@@ -242,6 +242,13 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         ("run.max_failures=-2", "run.max_failures must be >= 0, or -1 for no limit, got -2"),
         ("run.num_threads=0", "run.num_threads must be >= 1"),
         ("mlflow.log_every=0", "mlflow.log_every must be >= 1, got 0"),
+        # these failed only inside the Ray Train worker, or gave a negative MFU
+        ("data.cond_dropout=5", "data.cond_dropout must be in [0, 1] (or null: the objective's), got 5.0"),
+        ("data.cond_dropout=nan", "data.cond_dropout must be in [0, 1]"),
+        ("run.peak_flops=-1", "run.peak_flops must be a finite FLOP/s > 0 (or null: measured), got -1.0"),
+        ("run.peak_flops=0", "run.peak_flops must be a finite FLOP/s > 0"),
+        ("eval.num_gpus=-1", "eval.num_gpus must be a finite number >= 0 (or null), got -1.0"),
+        ("checkpoint.storage=gs://bucket/runs", "checkpoint.storage: 'gs://bucket/runs' has the scheme 'gs'"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_run(_cfg(data8, tmp_path, override), check_mlflow=False)
