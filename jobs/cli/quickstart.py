@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from pipelines.cli.parsers import command_parser
@@ -93,6 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         ship_encoders(tiny=args.tiny)
         return 0
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        build_parser().error(f"--out {args.out!r} is a file, not a directory")
     return run_quickstart(
         args.out,
         tiny=args.tiny,

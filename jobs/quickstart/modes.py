@@ -251,8 +251,14 @@ def with_sweep_overrides(mode: Mode, overrides: list[str]) -> Mode:
                 f"keys under it one by one, e.g. {key}.<key>=VALUE"
             )
     out = replace(mode, sweep=[*mode.sweep, *overrides])
+    from jobs.train.plan import check_settings
+
     try:
-        expand_grid(load_sweep_config(str(REPO_ROOT / out.sweep_yaml), [f"base_config={TRAIN_YAML}", *out.sweep]))
+        trials = expand_grid(
+            load_sweep_config(str(REPO_ROOT / out.sweep_yaml), [f"base_config={TRAIN_YAML}", *out.sweep])
+        )
+        for trial in trials:  # values too (a negative lr), not only keys and types: before any stage runs
+            check_settings(trial.train)
     except ConfigError as e:
         raise ValueError(f"--sweep-set: {e}") from e
     return out

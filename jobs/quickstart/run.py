@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ditcore.config import ConfigError
 from jobs.quickstart.modes import make_data_mode, make_mode, with_sweep_overrides
 from jobs.quickstart.report import sweep_fid_words
 from jobs.quickstart.runner import Context, fmt_seconds, run_stages
@@ -97,6 +98,8 @@ def run_quickstart(
     `sweep_set`: KEY=VALUE overrides of the sweep config (`with_sweep_overrides`)."""
     mode = with_sweep_overrides(make_data_mode(data, tiny) if data else make_mode(tiny), list(sweep_set or []))
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     set_environment(out)
     t0 = time.monotonic()
@@ -109,7 +112,8 @@ def run_quickstart(
         print("\ninterrupted; finished stages are kept and reused on the next run", file=sys.stderr)
         rc = 130
     except Exception as exc:  # noqa: BLE001 - report which stage failed, keep the finished ones
-        traceback.print_exc()
+        if not isinstance(exc, ConfigError):  # a bad setting is said in one line; anything else with its stack
+            traceback.print_exc()
         print(f"\nquickstart failed after {ctx.elapsed()}: {exc}", file=sys.stderr)
         rc = 1
     finally:

@@ -191,7 +191,7 @@ def resolve_model_config(cfg: TrainConfig, manifest: Manifest) -> dict[str, Any]
     return d
 
 
-def _check_settings(cfg: TrainConfig) -> None:
+def check_settings(cfg: TrainConfig) -> None:
     """Checks of the config alone (no data set needed)."""
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: required (the latent dataset directory, local or s3://)")
@@ -333,7 +333,7 @@ def _tracking(cfg: TrainConfig, check: bool) -> Optional[str]:
 
 def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Optional[Manifest] = None) -> RunPlan:
     """Validate `cfg` against its data set (and MLflow) and derive the run plan; ConfigError names any problem."""
-    _check_settings(cfg)
+    check_settings(cfg)
     if manifest is None:
         try:
             manifest = Manifest.read(cfg.data.manifest)

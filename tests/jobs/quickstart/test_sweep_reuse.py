@@ -105,6 +105,9 @@ def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, c
         ('base.eval={"guidance": 3}', "base.eval holds base.eval.classifier"),
         ('base.data={"batch_size": 16}', "base.data holds base.data.manifest"),
         ("base={}", "set the keys under it one by one"),
+        # values, not only keys and types: these failed at the sweep stage, after the data stages
+        ("base.optim.lr=-1", "optim.lr must be a finite number > 0, got -1"),
+        ("base.data.batch_size=0", "data.batch_size must be >= 1, got 0"),
     ):
         with pytest.raises(ValueError, match=words):
             with_sweep_overrides(mode, [bad])
@@ -116,6 +119,10 @@ def test_sweep_set_overrides_follow_the_modes_and_bad_ones_are_named(tmp_path, c
         main(["--tiny", "--out", str(out), "--sweep-set", "base.eval.stepz=4"])
     assert exc.value.code == 2 and "base.eval.stepz" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["--tiny", "--out", str(tmp_path / "afile")])
+    assert exc.value.code == 2 and "is a file, not a directory" in capsys.readouterr().err
     assert main(["--tiny", "--sweep-set", "base.eval.steps=6", "--print-config"]) == 0
     assert "base.eval.steps=6" in capsys.readouterr().out
 
