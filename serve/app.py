@@ -62,7 +62,29 @@ def check_deployments(deployments: dict[str, dict] | None) -> dict[str, dict]:
                 SamplerUserConfig.from_user_config(o["user_config"])
             else:
                 from_dict(IngressSettings, o["user_config"] or {}, where="user_config")
+        _check_with_serve_schema(name, o)
     return opts
+
+
+def _check_with_serve_schema(name: str, options: dict) -> None:
+    """Serve's own deployment schema on the options (num_replicas -2, a negative num_cpus, ...), here rather than
+    once Ray and Serve are up; ConfigError naming the option. An autoscaling max_replicas below its min and above
+    0 is Serve's to judge; 0 it accepts, so it is refused here."""
+    from pydantic import ValidationError
+    from ray.serve.schema import DeploymentSchema
+
+    try:
+        DeploymentSchema.model_validate({"name": name, **{k: v for k, v in options.items() if k != "user_config"}})
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("constrained", "function-")))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not where:  # a rule across options: Serve's words say which
+            raise ConfigError(f"deployments.{name}: {msg}") from None
+        raise ConfigError(f"deployments.{name}.{where}: {msg} (got {err.get('input')!r})") from None
+    auto = options.get("autoscaling_config")
+    if isinstance(auto, dict) and auto.get("max_replicas") is not None and auto["max_replicas"] < 1:
+        raise ConfigError(f"deployments.{name}.autoscaling_config.max_replicas must be >= 1, got {auto['max_replicas']}")
 
 
 def make_app(args: AppArgs | dict | None = None, deployments: dict[str, dict] | None = None) -> serve.Application:

@@ -16,7 +16,7 @@ import threading
 import time
 
 from ditcore.config import ConfigError, apply_overrides
-from pipelines.cli.parsers import command_parser, options_for, port_number
+from pipelines.cli.parsers import command_parser, nonneg_float, options_for, port_number, positive_float
 from pipelines.infra.ray_runtime import init_ray
 from serve.deploy import DEFAULT_CONFIG, DeploymentPlan, NotReadyError, deploy, plan_deployment, wait_healthy
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=8000, help="HTTP port")
     p.add_argument(
         "--num-gpus",
-        type=float,
+        type=nonneg_float,
         default=None,
         help="GPUs per Sampler replica (default: the config's; 0 when the cluster has no GPU)",
     )
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start in a background process, wait until /healthz answers, print its PID and exit",
     )
     p.add_argument("--log-file", default=None, help="with --detach: log file of the background process")
-    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the service to answer")
+    p.add_argument("--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for the service to answer")
     from pipelines.cli.config_args import add_print_config
     from serve.app_args import AppArgs
 
@@ -88,6 +88,21 @@ def plan_dict(plan: DeploymentPlan) -> dict:
         "http_options": plan.http_options,
         "runtime_env": plan.runtime_env,
     }
+
+
+def _check_local_checkpoint(checkpoint: str | None) -> None:
+    """On a local Ray the replicas read --checkpoint from this machine: a missing one is named now, not after Ray
+    and Serve are up. (On a cluster, RAY_ADDRESS set to a Ray address, the path is the cluster's.)"""
+    from pipelines.infra import storage
+
+    if not checkpoint or storage.is_s3(checkpoint):
+        return
+    storage.check_location(checkpoint, "--checkpoint")
+    address = (os.environ.get("RAY_ADDRESS") or "").strip()
+    if address and not address.startswith(("http://", "https://")):
+        return
+    if not os.path.isdir(os.path.expanduser(checkpoint)):
+        raise ConfigError(f"--checkpoint {checkpoint!r}: no such checkpoint directory")
 
 
 def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
@@ -191,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print_config(plan_dict(plan))
             return 0
+        _check_local_checkpoint(ns.checkpoint)
         if ns.detach:
             return _detach(argv, ns, plan)
         _run_until_stopped(plan, ns)

@@ -257,3 +257,33 @@ def test_a_key_given_twice_and_broken_yaml_are_one_line_errors(cwd, capsys):
         assert main(["serve", "--config", str(cwd / name), "--checkpoint", "/ckpt/step_1", "--print-config"]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_serve_numbers_and_a_missing_local_checkpoint_are_named_before_ray(cwd, capsys, monkeypatch):
+    """These were accepted and failed (or waited "-5 s") only once Ray and Serve were up."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for argv, words in (
+        (["--checkpoint", str(cwd / "nope")], "no such checkpoint directory"),
+        (["--checkpoint", "gs://b/ck"], "has the scheme 'gs'"),
+        (["--checkpoint", "/x", "--ready-timeout", "-5"], "--ready-timeout: must be a finite number > 0"),
+        (["--checkpoint", "/x", "--num-gpus", "-1"], "--num-gpus: must be a finite number >= 0"),
+        (
+            ["--checkpoint", "/x", "--set", "Sampler.ray_actor_options.num_cpus=-1", "--print-config"],
+            "deployments.Sampler.ray_actor_options.num_cpus: Input should be greater than or equal to 0",
+        ),
+        (
+            ["--checkpoint", "/x", "--set", "Sampler.autoscaling_config.max_replicas=0", "--print-config"],
+            "deployments.Sampler.autoscaling_config.max_replicas must be >= 1, got 0",
+        ),
+        (
+            ["--checkpoint", "/x", "--set", "Sampler.num_replicas=-2", "--print-config"],
+            "deployments.Sampler: Manually setting num_replicas is not allowed when autoscaling_config is provided",
+        ),
+    ):
+        try:
+            code = main(["serve", *argv])
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, (argv, err)
+    assert not list(cwd.iterdir())
