@@ -84,7 +84,8 @@ def _check_with_serve_schema(name: str, options: dict) -> None:
         raise ConfigError(f"deployments.{name}.{where}: {msg} (got {err.get('input')!r})") from None
     auto = options.get("autoscaling_config")
     if isinstance(auto, dict) and auto.get("max_replicas") is not None and auto["max_replicas"] < 1:
-        raise ConfigError(f"deployments.{name}.autoscaling_config.max_replicas must be >= 1, got {auto['max_replicas']}")
+        got = auto["max_replicas"]
+        raise ConfigError(f"deployments.{name}.autoscaling_config.max_replicas must be >= 1, got {got}")
 
 
 def make_app(args: AppArgs | dict | None = None, deployments: dict[str, dict] | None = None) -> serve.Application:

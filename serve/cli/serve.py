@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start in a background process, wait until /healthz answers, print its PID and exit",
     )
     p.add_argument("--log-file", default=None, help="with --detach: log file of the background process")
-    p.add_argument("--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for the service to answer")
+    p.add_argument(
+        "--ready-timeout", type=positive_float, default=300.0, help="seconds to wait for the service to answer"
+    )
     from pipelines.cli.config_args import add_print_config
     from serve.app_args import AppArgs
 
