@@ -93,6 +93,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (bool, int, float)):  # run.name=0001 or =2024 on the command line reads as a number
+            raise ConfigError(
+                f"{where}: expected a string, got the number or boolean {value!r}; to give text that reads as one, "
+                f'quote it: {where}=\'"..."\' on the command line, {where.rsplit(".", 1)[-1]}: "..." in YAML'
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value

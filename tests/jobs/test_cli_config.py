@@ -72,6 +72,12 @@ def test_help_lists_every_config_key_with_its_default(capsys, job, cls):
 def test_bad_override_is_named(cwd, capsys):
     assert main(["train", "--config", str(REPO_ROOT / "configs/train/tiny.yaml"), "optim.lrr=1", "--print-config"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
+    # A text field given a value that reads as a number: the error says how to quote it, and quoting works.
+    tiny = ["train", "--config", str(REPO_ROOT / "configs/train/tiny.yaml")]
+    assert main([*tiny, "run.name=0001", "--print-config"]) == 2
+    assert "run.name: expected a string, got the number or boolean 1.0; " in capsys.readouterr().err
+    assert main([*tiny, 'run.name="0001"', "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["run"]["name"] == "0001"
 
 
 def test_evaluate_print_config(cwd, capsys):
