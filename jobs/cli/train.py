@@ -34,6 +34,13 @@ def _run(cfg: TrainConfig, validate_only: bool) -> int:
     from jobs.train.plan import resolve_run
 
     plan = resolve_run(cfg)
+    init = cfg.checkpoint.init_from
+    if init:  # the user's own path (a sweep's WSD branches start from checkpoints their main run writes later)
+        from ditcore.config import ConfigError
+        from pipelines.infra import storage
+
+        if not storage.exists(storage.join(init, "checkpoint.json")):
+            raise ConfigError(f"checkpoint.init_from: {init!r} is not a checkpoint (no checkpoint.json there)")
     summary = (
         f"run {plan.run_name}: {plan.model_name} ({plan.params:,} params, "
         f"{plan.train_flops_per_image:.3g} train FLOPs/image), {plan.total_steps} steps to "

@@ -269,6 +269,11 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         == 2
     )
     assert main([f"data.manifest={tmp_path / 'nope'}"]) == 2
+    # A mistyped checkpoint.init_from failed inside the Ray Train worker ("not started"); now before any work.
+    from jobs.cli.train import _run
+
+    with pytest.raises(ConfigError, match=r"checkpoint.init_from: '.*nope' is not a checkpoint"):
+        _run(_cfg(data8, tmp_path, f"checkpoint.init_from={tmp_path / 'nope'}"), validate_only=True)
 
 
 def test_eval_fractions_add_learning_curve_points(data8, tmp_path):
