@@ -294,14 +294,14 @@ def run_fit(
 
     default = tracking.folder_name(experiment or parent_run_id or "sweep") + ("-pooled" if replicates else "")
     out = Path(out_dir or Path("fit_reports") / default).resolve()
-    try:  # before the fit, not after it
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"output directory {str(out)!r}: {e.strerror or e}") from None
     client = tracking.client(tracking_uri, must_exist=True)
     parent, points = read_points(client, experiment=experiment, parent_run_id=parent_run_id)
     if not points:
         raise FitError(f"sweep run {parent.info.run_id} has no trial points yet (no child run logged points.json)")
+    try:  # once the sweep is found (a mistyped experiment leaves no folder), before the fit, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output directory {str(out)!r}: {e.strerror or e}") from None
     dicts = to_dicts(points)
     digest = points_digest(dicts)
     pooled = None

@@ -195,7 +195,9 @@ def _fetch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-dir", help="fashion-mnist: a folder with the four IDX .gz files (no apt-get)")
     p.add_argument("--tarball", help="emoji: the .tgz from `npm pack emoji-datasource-google@16.0.0` (no npm)")
     p.add_argument("--no-install", action="store_true", help="never run apt-get / npm; fail naming the command")
-    p.add_argument("--image-size", type=int, default=32, help="fashion-mnist: padded size (28 keeps the originals)")
+    p.add_argument(
+        "--image-size", type=positive_int, default=32, help="fashion-mnist: padded size (28 keeps the originals)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the class-balanced row order (and emoji split)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
 
@@ -212,7 +214,7 @@ def _classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=1200, help="optimisation steps (default 1200)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--image-size", type=int, default=32, help="crop size, as in the precompute (default 32)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="crop size, as in the precompute (default 32)")
     p.add_argument("--width", type=positive_int, default=32, help="conv width (default 32)")
     p.add_argument("--limit", type=positive_int, help="use only the first N training images of the shuffled order")
     p.add_argument("--test-limit", type=positive_int, help="use only the first N test images")

@@ -173,6 +173,7 @@ def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys
     assert "--metric 'bogus': no point has it (2 points; their metrics: fid, val_loss)" in capsys.readouterr().err
     assert fit_cli.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
+    assert not (tmp_path / "fit_reports" / "nope").exists()  # a mistyped experiment left an empty folder
     with pytest.raises(RegistryError, match="ditscale"):
         resolve_champion("ditscale", tracking_uri=sqlite_uri)
     # An unknown parent run and a points record with a key this version does not know: one line, exit 2.
