@@ -63,6 +63,7 @@ def run_on(device: str, args: argparse.Namespace) -> dict:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [sys.executable, os.path.abspath(__file__), "--_one", *sys.argv[1:]]
+    cmd += ["--checkpoint", args.checkpoint, "--data", args.data]  # resolved here (the last occurrence wins)
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{device} evaluation failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
@@ -92,6 +93,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results here as JSON")
     ap.add_argument("--_one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.n_boot < 2:
+        ap.error(f"--n-boot: at least 2 resamples give a standard error, got {args.n_boot}")
+    # the per-device runs are child processes started in the repository root: local paths as given from here
+    args.checkpoint, args.data = (p if "://" in p else os.path.abspath(p) for p in (args.checkpoint, args.data))
     if args._one:
         print(json.dumps(one(args)))
         return 0

@@ -2,10 +2,14 @@
 
 python bench/recipes_tiny.py 600 [LATENTS]  # steps per run; LATENTS: the built-in latent set (default
 #   outputs/latents/builtin: what `ditscale precompute --config configs/precompute/builtin.yaml` writes)
+
+Each option is trained beside a baseline that changes only that option, in the same run; the last lines give
+each option's FID minus its baseline's, in standard errors of that difference.
 """
 
+import argparse
 import json
-import sys
+import math
 import tempfile
 import time
 
@@ -17,11 +21,7 @@ from jobs.train.driver import run_local
 from jobs.train.plan import resolve_run
 from pipelines.infra.config_files import load_config
 
-torch.set_num_threads(1)
-STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 600
-M = sys.argv[2] if len(sys.argv) > 2 else "outputs/latents/builtin"
-common = [
-    f"data.manifest={M}",
+COMMON = [
     "mlflow.enabled=false",
     "eval.num_samples=0",
     "checkpoint.every_n_steps=100000",
@@ -29,7 +29,7 @@ common = [
     "optim.warmup_steps=10",
     "run.seed=0",
 ]
-runs = [
+RUNS = [
     ("dit-learned-sigma", "configs/train/dit-learned-sigma.yaml", [], [("ddpm-learned", 100)]),
     (
         "dit fixed sigma (baseline)",
@@ -46,24 +46,50 @@ runs = [
         [("heun", 18)],
     ),
 ]
-for name, path, ov, samplers in runs:
-    cfg = load_config(TrainConfig, path, common + ov)
-    fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
-    cfg = load_config(TrainConfig, path, common + ov + [f"budget_flops={fpi * cfg.data.batch_size * STEPS}"])
-    t0 = time.time()
-    out = run_local(cfg, tempfile.mkdtemp())
-    res = {
-        "run": name,
-        "steps": out["steps"],
-        "val_loss": round(out["val_loss"], 4),
-        "train_s": round(time.time() - t0, 1),
-    }
-    for sampler, steps in samplers:
-        t1 = time.time()
-        r = evaluate_checkpoint(
-            out["last_checkpoint"], M, num_samples=256, sampler=sampler, steps=steps, num_actors=0, n_boot=20
-        )
-        res[f"fid[{sampler},{steps}]"] = (
-            f"{r['fid']:.2f} +- {r.get('fid_se', float('nan')):.2f} ({time.time() - t1:.0f}s)"
-        )
-    print(json.dumps(res), flush=True)
+# (option, its baseline): the first sampler of each
+PAIRS = [("dit-learned-sigma", "dit fixed sigma (baseline)"), ("edm", "edm-ve x0 no precond (baseline)")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("steps", type=int, nargs="?", default=600, help="training steps per run")
+    p.add_argument("latents", nargs="?", default="outputs/latents/builtin", help="the built-in latent set")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    first: dict[str, tuple[float, float]] = {}
+    for name, path, ov, samplers in RUNS:
+        common = [f"data.manifest={args.latents}", *COMMON, *ov]
+        cfg = load_config(TrainConfig, path, common)
+        fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
+        cfg = load_config(TrainConfig, path, [*common, f"budget_flops={fpi * cfg.data.batch_size * args.steps}"])
+        t0 = time.time()
+        out = run_local(cfg, tempfile.mkdtemp())
+        res = {
+            "run": name,
+            "steps": out["steps"],
+            "val_loss": round(out["val_loss"], 4),
+            "train_s": round(time.time() - t0, 1),
+        }
+        for sampler, steps in samplers:
+            t1 = time.time()
+            r = evaluate_checkpoint(
+                out["last_checkpoint"],
+                args.latents,
+                num_samples=256,
+                sampler=sampler,
+                steps=steps,
+                num_actors=0,
+                n_boot=20,
+            )
+            se = r.get("fid_se") or float("nan")
+            first.setdefault(name, (r["fid"], se))
+            res[f"fid[{sampler},{steps}]"] = f"{r['fid']:.2f} +- {se:.2f} ({time.time() - t1:.0f}s)"
+        print(json.dumps(res), flush=True)
+    for option, base in PAIRS:
+        (f1, s1), (f0, s0) = first[option], first[base]
+        d = f1 - f0
+        print(f"{option} - {base}: FID {d:+.2f} ({d / math.hypot(s1, s0):+.1f} standard errors)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

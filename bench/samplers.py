@@ -11,7 +11,7 @@ Sections (--sections, comma-separated; all by default):
   v3         DPM-Solver-v3 against DPM-Solver++ 2M/3M at NFE 5, 10, 20 on each sampler's default grid, with EMS
              estimated from data samples (and, for the Gaussian, the closed-form EMS).
   diffusers  DPM-Solver++ 2M against diffusers' DPMSolverMultistepScheduler on a 64-D Gaussian (vp-linear,
-             DiT betas); needs diffusers installed (a bench-only dependency, never imported by ditcore).
+             DiT betas); diffusers is a dependency of ditscale (pipelines/export), never imported by ditcore.
 
     .venv/bin/python bench/samplers.py [--grid uniform-lambda] [--data both] [--samples 256] [--sections main,v3]
 """

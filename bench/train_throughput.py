@@ -6,7 +6,7 @@ and ray.train.report, with its batches drawn from the rows in the object store (
 512 MiB gets) or from its Ray Data shard (`--loader ray`, the streaming loader). Throughput is the median of the
 per-interval images/s the loop reports (wall time of data fetch + step, checkpoint/report time excluded), after
 dropping the first interval as warm-up. FLOPs: analytic, multiply-add = 2 FLOPs, training = 3 x forward. MFU is
-relative to the measured fp32 matmul peak of one core (CPU) or the datasheet bf16 peak (GPU).
+relative to the measured fp32 matmul peak of one core: the runs are on the CPU (a GPU's MFU: bench/gpu_check.py).
 
     python bench/train_throughput.py [--model MMDiT-d2] [--batch 32] [--steps 300] [--data DIR]
 """
