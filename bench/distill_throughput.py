@@ -98,13 +98,16 @@ def main() -> None:
 
     teacher = GenerationPipeline.from_checkpoint(a.teacher, device="cpu", text_encoder=False)
     student = GenerationPipeline.from_checkpoint(a.student, device="cpu", text_encoder=False)
-    rows = load_latents_numpy(teacher.manifest_uri, limit=a.num, columns=["text_emb", "text_mask", "text_pooled"])
-    cond = {
-        "text_emb": torch.from_numpy(rows["text_emb"].astype(np.float32)),
-        "text_mask": torch.from_numpy(rows["text_mask"].astype(bool)),
-        "text_pooled": torch.from_numpy(rows["text_pooled"].astype(np.float32)),
-    }
-    seeds = list(range(len(rows["text_emb"])))
+    if teacher.conditioning == "class":  # labels 0, 1, ... wrapping around the class count
+        cond, _ = teacher.label_conditions([i % int(teacher.num_classes) for i in range(a.num)])
+    else:  # the data set's first captions
+        rows = load_latents_numpy(teacher.manifest_uri, limit=a.num, columns=["text_emb", "text_mask", "text_pooled"])
+        cond = {
+            "text_emb": torch.from_numpy(rows["text_emb"].astype(np.float32)),
+            "text_mask": torch.from_numpy(rows["text_mask"].astype(bool)),
+            "text_pooled": torch.from_numpy(rows["text_pooled"].astype(np.float32)),
+        }
+    seeds = list(range(len(next(iter(cond.values())))))
     s = SamplerSettings(sampler=a.sampler, steps=a.steps, guidance=a.guidance)
     rt = _rate(teacher, cond, seeds, s, a.repeats)
     rs = _rate(student, cond, seeds, s, a.repeats)
