@@ -116,6 +116,35 @@ def _write_marker(ctx: Context, stage: Stage, digest: str, cfg: dict, result: di
     tmp.replace(marker)
 
 
+def upstream_fingerprint(ctx: Context, skip: frozenset[str] = frozenset()) -> str:
+    """The stages run so far (but `skip`), each by its config hash and when its outputs were made: an upstream stage
+    rerun with the same config (its outputs were missing, or --force) may have written other data."""
+    made = {}
+    for name, digest in ctx.hashes.items():
+        if name in skip:
+            continue
+        marker = ctx.path("stages", f"{name}.json")
+        made[name] = [digest, json.loads(marker.read_text()).get("finished_at") if marker.is_file() else None]
+    return config_hash(made)
+
+
+def recorded_upstream(path: Path) -> str | None:
+    """The `upstream` a stage recorded beside its outputs (`record_upstream`), None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text()).get("upstream")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_upstream(path: Path, upstream: str, **extra: Any) -> None:
+    """Say what a stage's outputs in progress were made from, atomically (a torn record would read as other data
+    and clear the outputs on the next run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"upstream": upstream, **extra}, indent=2))
+    tmp.replace(path)
+
+
 def _state(digest: str, result: dict) -> str:
     """What the stages after this one depend on: its config hash and its result."""
     return config_hash({"config_hash": digest, "result": result})

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from jobs.quickstart import shipped
-from jobs.quickstart.runner import Context
+from jobs.quickstart.runner import Context, config_hash, record_upstream, recorded_upstream, upstream_fingerprint
 from pipelines.infra.config_files import REPO_ROOT, load_config
 from pipelines.infra.ray_runtime import head_cpus, num_cores
 
@@ -190,13 +190,41 @@ def precompute_config(ctx: Context) -> dict:
     return {"yaml": _precompute_yaml(ctx).read_text(), "overrides": _precompute_overrides(ctx)}
 
 
+LATENTS_RECORD = "latents.upstream.json"  # beside latents/: what the data set in progress is made from
+
+
+def latents_upstream(ctx: Context) -> str:
+    """The precompute's config and the stages before it (their hashes and when their outputs were made)."""
+    return config_hash({"config": precompute_config(ctx), "upstream": upstream_fingerprint(ctx)})
+
+
+def clear_latents(ctx: Context, upstream: str) -> str | None:
+    """Why latents/ must go before this precompute, or None to resume it: an interrupted precompute of the same
+    encoders and config keeps its finished parts (the job resumes them; it re-encoded everything before). Another
+    config, encoders retrained at the same paths, a folder with no record, or --force: cleared."""
+    if not ctx.path("latents").exists():
+        return None
+    if ctx.force:
+        return "--force reruns every stage"
+    was = recorded_upstream(ctx.path(LATENTS_RECORD))
+    if was is None:
+        return "it has no record of the encoders and config it was made with"
+    return None if was == upstream else "it was made with other encoders or another config"
+
+
 def precompute_run(ctx: Context) -> dict:
     """Encode the built-in images and captions into a latent data set on the quickstart's Ray."""
     from pipelines.precompute.job import PrecomputeConfig, format_summary, run_precompute
 
     out = ctx.path("latents")
-    if out.exists():
-        shutil.rmtree(out)  # a stale or different data set: this stage's marker did not match
+    upstream = latents_upstream(ctx)
+    why = clear_latents(ctx, upstream)
+    if why is not None:
+        ctx.log(f"clearing {out}: {why}")
+        shutil.rmtree(out)
+    elif out.exists():
+        ctx.log(f"resuming the precompute in {out}: its finished parts are kept (same encoders and config)")
+    record_upstream(ctx.path(LATENTS_RECORD), upstream)
     cfg = load_config(PrecomputeConfig, _precompute_yaml(ctx), _precompute_overrides(ctx))
     ctx.ensure_ray()
     summary = run_precompute(cfg)

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from jobs.quickstart.runner import Context, config_hash
+from jobs.quickstart.runner import Context, record_upstream, recorded_upstream
+from jobs.quickstart.runner import upstream_fingerprint as runner_upstream
 from pipelines.infra.config_files import REPO_ROOT
 
 TRAIN_YAML = REPO_ROOT / "configs" / "train" / "tiny.yaml"
@@ -56,15 +57,8 @@ def sweep_config(ctx: Context) -> dict:
 
 
 def upstream_fingerprint(ctx: Context) -> str:
-    """The stages run before the sweep, each by its config hash and when its outputs were made: an upstream stage
-    rerun with the same config (its outputs were missing, or --force) may have written other data."""
-    made = {}
-    for name, digest in ctx.hashes.items():
-        if name in _NOT_SWEEP_INPUTS:
-            continue
-        marker = ctx.path("stages", f"{name}.json")
-        made[name] = [digest, json.loads(marker.read_text()).get("finished_at") if marker.is_file() else None]
-    return config_hash(made)
+    """The stages run before the sweep that it reads (runner.upstream_fingerprint)."""
+    return runner_upstream(ctx, skip=frozenset(_NOT_SWEEP_INPUTS))
 
 
 def keep_sweep_dir(sweep_root: Path, upstream: str, force: bool = False) -> str | None:
@@ -80,10 +74,8 @@ def keep_sweep_dir(sweep_root: Path, upstream: str, force: bool = False) -> str 
         return None
     if force:
         return "--force reruns every stage"
-    marker = sweep_root / UPSTREAM_MARKER
-    try:
-        was = json.loads(marker.read_text()).get("upstream")
-    except (OSError, ValueError):
+    was = recorded_upstream(sweep_root / UPSTREAM_MARKER)
+    if was is None:
         return "it has no record of the data it was run on"
     if was != upstream:
         return "it was run on other data or encoders (an upstream stage changed)"
@@ -121,7 +113,7 @@ def sweep_run(ctx: Context) -> dict:
     elif sweep_root.exists():
         ctx.log(f"keeping {sweep_root} (same data): finished trials and trained runs are reused")
     sweep_root.mkdir(parents=True, exist_ok=True)
-    (sweep_root / UPSTREAM_MARKER).write_text(json.dumps({"upstream": upstream, "stages": ctx.hashes}, indent=2))
+    record_upstream(sweep_root / UPSTREAM_MARKER, upstream, stages=ctx.hashes)
     cfg = load_sweep_config(str(REPO_ROOT / ctx.mode.sweep_yaml), _sweep_overrides(ctx))
     ctx.log(
         f"{len(cfg.models)} models x {len(cfg.budgets)} budgets ({', '.join(f'{b:.2g}' for b in sorted(cfg.budgets))}"

@@ -145,3 +145,29 @@ def test_report_md_names_what_the_sweep_stage_reused():
     code, software = _code_words({"runs_from_other_code": 2, "runs_on_other_software": 3, "code_fingerprint": "ab"})
     assert code == words.replace("9be099e05a172b89", "ab")
     assert software.startswith("- **3 training run(s) of this grid were trained, in part or whole, on other software**")
+
+
+def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp_path):
+    """The precompute stage deleted latents/ whenever it ran, so every interruption re-encoded the whole set; the
+    job itself resumes finished parts. It now keeps a data set in progress made from the same encoders and config."""
+    from jobs.quickstart.runner import record_upstream
+    from jobs.quickstart.stages import encoders
+
+    ctx = _ctx(tmp_path, {"vae": "a1", "features": "b2"})
+    ctx.results.update(vae={"path": str(tmp_path / "vae")}, features={"path": str(tmp_path / "features")})
+    ctx.force = False
+    assert encoders.clear_latents(ctx, encoders.latents_upstream(ctx)) is None  # nothing there yet
+    (ctx.path("latents") / "_progress").mkdir(parents=True)
+    upstream = encoders.latents_upstream(ctx)
+    assert "no record" in encoders.clear_latents(ctx, upstream)
+    record_upstream(ctx.path(encoders.LATENTS_RECORD), upstream)
+    assert encoders.clear_latents(ctx, upstream) is None  # interrupted, same inputs: resumed
+    # The VAE trained again at the same path (its marker's time changes): the rows are stale.
+    ctx.path("stages", "vae.json").write_text(json.dumps({"config_hash": "a1", "finished_at": "2026-12-07 09:00:00"}))
+    assert "other encoders" in encoders.clear_latents(ctx, encoders.latents_upstream(ctx))
+    ctx.force = True
+    assert "--force" in encoders.clear_latents(ctx, upstream)
+    # A torn record (a kill while it was written) reads as no record, never as a match.
+    ctx.force = False
+    ctx.path(encoders.LATENTS_RECORD).write_text('{"upstr')
+    assert "no record" in encoders.clear_latents(ctx, upstream)
