@@ -256,16 +256,15 @@ def publish_dir(out: str, write: Callable[[Path], None]) -> str:
     if is_s3(out):
         with tempfile.TemporaryDirectory(prefix="ditscale-publish-") as tmp:
             write(Path(tmp))
+            # S3 has no rename: the old objects go first, so a crash mid-upload leaves files missing (a loud load
+            # error), never a new config.json beside old weights
+            if exists(out):
+                delete(out)
             upload_dir(tmp, out)
         return out
+    from pipelines.infra.staging import staged_dir
+
     dst = Path(out).expanduser()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with staged_dir(dst) as tmp:  # the old directory is moved aside, not deleted, until the new one is in place
         write(tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(dst)

@@ -68,3 +68,26 @@ def test_a_scheme_other_than_s3_is_refused_where_storage_is_touched(tmp_path):
                 call(uri)
     for fine in (str(tmp_path / "a:b"), "relative/dir", "s3://bucket/x"):
         storage.check_location(fine, "output")
+
+
+def test_publish_dir_swaps_a_local_directory_and_clears_an_s3_prefix(tmp_path, s3_bucket):
+    """publish_dir deleted the old local directory before renaming the new one in (a crash between left neither),
+    and uploaded into an S3 prefix over its old objects (a crash mid-upload mixed old and new files)."""
+    out = tmp_path / "vae"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def fails(d):
+        (d / "new.txt").write_text("new")
+        raise RuntimeError("training failed")
+
+    with pytest.raises(RuntimeError):
+        storage.publish_dir(str(out), fails)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]  # a failed write leaves the old directory whole
+    assert storage.publish_dir(str(out), lambda d: (d / "new.txt").write_text("new")) == str(out)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    uri = f"{s3_bucket}/vae"
+    storage.write_bytes(f"{uri}/stale.safetensors", b"old weights")
+    storage.publish_dir(uri, lambda d: (d / "config.json").write_text("{}"))
+    assert storage.listdir(uri) == ["config.json"]
