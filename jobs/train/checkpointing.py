@@ -240,9 +240,14 @@ def _commit(stage: Path, fs: Any, path: str, local: bool) -> None:
         with open(stage / "checkpoint.json", "rb") as src, fs.open_output_stream(f"{path}/checkpoint.json") as dst:
             dst.write(src.read())
         return
-    if os.path.exists(path):
-        shutil.rmtree(path)
+    old = None
+    if os.path.exists(path):  # moved aside, not deleted first: a kill in between leaves one whole checkpoint
+        head, name = os.path.split(path)
+        old = os.path.join(head, f".{name}.old-{os.getpid()}")
+        os.replace(path, old)
     os.replace(stage, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _gather(
@@ -376,12 +381,24 @@ def step_dirs(fs: Any, root: str) -> dict[int, str]:
 
 
 def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
-    """Delete periodic checkpoints beyond the newest `keep` (budget points / branch points always stay)."""
-    root = new_path.rsplit("/", 1)[0]
-    steps = sorted(step_dirs(fs, root))
-    periodic = [s for s in steps if s not in keep_steps]
-    for s in periodic[: -max(1, keep)] if len(periodic) > max(1, keep) else []:
+    """Delete periodic checkpoints beyond the newest `keep` complete ones (budget points / branch points always stay).
+
+    Only complete checkpoints (with their checkpoint.json, written last) count: a step directory an upload or a
+    delete left torn, at a later step than the ones being saved now (the checkpoint cadence changed on a resume),
+    would otherwise hold a keep slot and get the checkpoint just written deleted. Such torn periodic directories are
+    deleted (a resume never restores them); the one just written never is."""
+    import pyarrow.fs as pafs
+
+    root, new_name = new_path.rsplit("/", 1)
+    dirs = step_dirs(fs, root)
+    new_step = next((s for s, p in dirs.items() if p.rsplit("/", 1)[-1] == new_name), None)
+    periodic = sorted(s for s in dirs if s not in keep_steps and s != new_step)
+    manifests = fs.get_file_info([f"{dirs[s]}/checkpoint.json" for s in periodic])
+    complete = [s for s, info in zip(periodic, manifests) if info.type == pafs.FileType.File]
+    torn = [s for s in periodic if s not in complete]
+    slots = max(1, keep) - (1 if new_step is not None and new_step not in keep_steps else 0)
+    for s in [*torn, *(complete[:-slots] if slots > 0 else complete)]:
         try:
-            fs.delete_dir(f"{root}/step_{s:08d}")
+            fs.delete_dir(dirs[s])
         except OSError:
             pass  # a concurrent prune or a vanished directory: nothing left to delete

@@ -107,3 +107,25 @@ def test_a_data_set_too_small_for_its_batch_is_a_config_error(data8, tmp_path):
 def test_a_warmup_longer_than_the_run_is_a_warning_with_the_peak_learning_rate(data8, tmp_path):
     with pytest.warns(UserWarning, match=r"warmup_steps=100 is not below the run's 4 steps: .* peaks at 4% of optim"):
         resolve_run(_cfg(data8, tmp_path, "optim.warmup_steps=100", steps=4), check_mlflow=False)
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_pruning_counts_complete_checkpoints_only_and_never_the_one_just_written(tmp_path, keep):
+    """A torn step directory (an S3 upload killed before its checkpoint.json) at a later step than the ones saved
+    after a resume with another cadence held a keep slot: with keep=1 the checkpoint just written was deleted."""
+    import pyarrow.fs as pafs
+
+    from jobs.train.checkpointing import prune
+
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30, 100):
+        d = root / f"step_{step:08d}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"w")
+        if step != 100:  # step 100 is torn
+            (d / "checkpoint.json").write_text("{}")
+    (root / "step_00000005").mkdir()
+    (root / "step_00000005" / "checkpoint.json").write_text("{}")  # a budget point: always kept
+    prune(pafs.LocalFileSystem(), str(root / "step_00000030"), keep, keep_steps={5})
+    left = sorted(p.name for p in root.iterdir())
+    assert left == ["step_00000005", *(["step_00000020"] if keep == 2 else []), "step_00000030"], left
