@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from typing import Any, Optional
 
 import numpy as np
@@ -41,13 +42,19 @@ def reference_stats(
     key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"ref-{key}.npz") if cache_dir else None
     if path and os.path.exists(path):
-        z = np.load(path)
-        return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"])}
+        try:
+            with np.load(path) as z:
+                return {"mu": z["mu"], "sigma": z["sigma"], "count": int(z["count"])}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # torn by a kill mid-write (written atomically since): computed again
     images = load_readable_images(train_source, image_size, n_ref)["image"]
     mu, sigma = feature_stats(_features(inception, images))
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        np.savez(path, mu=mu, sigma=sigma, count=len(images))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, mu=mu, sigma=sigma, count=len(images))
+        os.replace(tmp, path)
     return {"mu": mu, "sigma": sigma, "count": len(images)}
 
 

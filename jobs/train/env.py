@@ -227,11 +227,16 @@ class RayTrainEnv:
             return step
         marker = self._fit_marker()
         if self.fs.get_file_info(marker).type != pafs.FileType.NotFound:
-            with self.fs.open_input_stream(marker) as f:
-                return min(step, int(json.loads(f.read().decode())["step"]))
+            try:
+                with self.fs.open_input_stream(marker) as f:
+                    return min(step, int(json.loads(f.read().decode())["step"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # torn by a kill mid-write (written atomically since): counted from here, written again
         self.fs.create_dir(self._base, recursive=True)
-        with self.fs.open_output_stream(marker) as f:
+        tmp = f"{marker}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
             f.write(json.dumps({"step": step}).encode())
+        self.fs.move(tmp, marker)
         return step
 
     def write_result(self, record: dict) -> None:

@@ -60,7 +60,18 @@ def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
     assert res["fid_ci"][0] <= res["fid_ci"][1] and res["fid_se"] >= 0
     # An untrained model's noise is farther from the real images than real test images are.
     assert res["fid"] > res["floor"]["fid"]
-    assert list((tmp_path / "cache").glob("ref-*.npz"))  # the reference statistics are cached
+    (cached,) = list((tmp_path / "cache").glob("ref-*.npz"))  # the reference statistics are cached
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+    # A cache file torn by a kill mid-write was a BadZipFile on every rerun: it is computed (and written) again.
+    from jobs.evaluation.standard import reference_stats
+    from pipelines.latents.manifest import Manifest
+
+    args = (setup["assets"]["feature_net"], setup["train"], int(Manifest.read(setup["data"]).image_size), 96)
+    good = reference_stats(*args, cache_dir=str(tmp_path / "cache"))  # read from the cache
+    cached.write_bytes(cached.read_bytes()[:100])
+    again = reference_stats(*args, cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(again["mu"], good["mu"]) and again["count"] == good["count"] == 96
+    assert cached.stat().st_size > 100
     # The network is the one that ran (this data set's small feature net), not always "FID Inception-v3".
     assert "not the standard FID Inception" in res["network"] and "Inception-v3 (TF" not in res["network"]
     assert res["reference_few_samples_warning"] is None and res["feature_dim"] < 96

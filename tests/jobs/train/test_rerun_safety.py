@@ -129,3 +129,25 @@ def test_pruning_counts_complete_checkpoints_only_and_never_the_one_just_written
     prune(pafs.LocalFileSystem(), str(root / "step_00000030"), keep, keep_steps={5})
     left = sorted(p.name for p in root.iterdir())
     assert left == ["step_00000005", *(["step_00000020"] if keep == 2 else []), "step_00000030"], left
+
+
+def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path):
+    """A worker killed while writing .fit-<id>.json left it empty: every replacement worker group then failed on
+    its JSON until max_failures was spent. (The environment is built without a Ray Train context: only its storage
+    and rank matter here.)"""
+    import types
+
+    import pyarrow.fs as pafs
+
+    from jobs.train.env import RayTrainEnv
+
+    env = RayTrainEnv.__new__(RayTrainEnv)
+    env.fit_id, env.rank, env._base = "f1", 0, str(tmp_path / "run")
+    env._storage = types.SimpleNamespace(storage_filesystem=pafs.LocalFileSystem())
+    assert env.fit_start_step(4) == 4  # the first group writes the marker
+    assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 4}
+    assert env.fit_start_step(6) == 4  # a replacement group, restored at step 6, counts from 4
+    (tmp_path / "run" / ".fit-f1.json").write_text("")  # torn
+    assert env.fit_start_step(6) == 6
+    assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 6}
+    assert not list((tmp_path / "run").glob("*.tmp"))
