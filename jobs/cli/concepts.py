@@ -113,8 +113,9 @@ def _run(args: argparse.Namespace) -> dict:
         res["plot"] = os.path.join(out_dir, f"steering_{args.response}.png")
         response_plot(res, res["plot"])
         out["response"] = res
-    with open(os.path.join(out_dir, "concepts.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    from pipelines.infra import storage
+
+    storage.write_bytes(os.path.join(out_dir, "concepts.json"), json.dumps(out, indent=2).encode())
     return out
 
 

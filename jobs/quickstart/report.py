@@ -410,8 +410,12 @@ def report_run(ctx: Context) -> dict:
     _, points = read_points(tracking.client(), parent_run_id=ctx.results["sweep"]["parent_run_id"])
     fit = json.loads(Path(ctx.results["fit"]["report"]).read_text())
     md, js = ctx.path("report.md"), ctx.path("report.json")
-    js.write_text(json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n")  # report.md quotes it
-    md.write_text(render_report(ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri()))
+    from pipelines.infra import storage
+
+    record = json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n"  # report.md quotes it
+    text = render_report(ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri())
+    storage.write_bytes(str(js), record.encode())  # each whole or not at all
+    storage.write_bytes(str(md), text.encode())
     _log_run(ctx, [md, js])
     ctx.log(f"wrote {md} and {js.name}")
     return {"path": str(md), "json": str(js)}

@@ -167,5 +167,7 @@ def write_entry(kind: str, cfg: Any, directory: Path, trained_with: dict, shippe
     manifest[kind] = entry
     path = Path(shipped_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # whole or not at all: every quickstart reads it
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
     return entry

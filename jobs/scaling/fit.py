@@ -26,6 +26,7 @@ from ditcore.scaling.arms import flat_arms
 from ditcore.scaling.frontier import budget_of, check_metric, compute_of
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, finite_or_none, write_plots
+from pipelines.infra import storage
 from pipelines.infra.storage import json_safe
 
 CONVENTION = "compute C = training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward FLOPs)"
@@ -321,7 +322,8 @@ def run_fit(
         report["replicates"] = pooled
     report.update(parent_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id, points_digest=digest)
     plots = write_plots(report, objs, out)
-    (out / REPORT_NAME).write_text(json.dumps(json_safe(report), indent=2, default=float, allow_nan=False))
+    text = json.dumps(json_safe(report), indent=2, default=float, allow_nan=False)
+    storage.write_bytes(str(out / REPORT_NAME), text.encode())  # whole or not at all
     if log:
         for f in [*plots, out / REPORT_NAME]:
             client.log_artifact(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ditcore.scaling import FitError
+from pipelines.infra import storage
 
 REPORT_NAME = "mup_report.json"
 PLOT_NAME = "mup_lr_vs_loss.png"
@@ -208,5 +209,5 @@ def write_mup_report(points: list[dict], out_dir: str | Path) -> tuple[dict, lis
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_mup(report, out / PLOT_NAME)
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    storage.write_bytes(str(out / REPORT_NAME), json.dumps(report, indent=2).encode())  # whole or not at all
     return report, [out / REPORT_NAME, plot]
