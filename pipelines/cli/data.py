@@ -55,11 +55,10 @@ def export_builtin(
     overwrite: bool = False,
 ) -> dict:
     """Write the built-in set as an image folder (DIR/<label>_<class>/<id>.png + .txt) or parquet shards into a
-    new or empty `out`; `overwrite` empties an `out` with content first (old shards would mix with the new)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ditcore.data.builtin import CLASS_NAMES, BuiltinSpec, render_batch
+    new or empty `out`; `overwrite` replaces an earlier export (old shards would mix with the new), never a folder
+    of other files. The set is built aside and put in place whole, with `EXPORT_RECORD` (count, format, seed), so a
+    crash never leaves a smaller set that looks complete."""
+    from ditcore.data.builtin import BuiltinSpec
 
     if fmt not in ("folder", "parquet"):
         raise ValueError(f"--format must be folder or parquet, got {fmt!r}")
@@ -71,7 +70,26 @@ def export_builtin(
             if not overwrite:
                 raise ValueError(f"--out {out!r} is not empty (its files would mix with these); pass --overwrite")
             storage.refuse_working_dir(out, "export")
-            storage.delete(out)
+            if EXPORT_RECORD not in storage.listdir(out):
+                raise ValueError(
+                    f"--out {out!r} holds other files, not an earlier export (no {EXPORT_RECORD}): --overwrite "
+                    "replaces only an export; choose a new or empty directory"
+                )
+    storage.refuse_working_dir(out, "export")
+    record = {"format": fmt, "count": count, "image_size": image_size, "seed": seed, "max_objects": max_objects}
+    storage.publish_dir(out, lambda d: _write_builtin(str(d), fmt, count, spec, record))
+    return {"out": out, **record}
+
+
+EXPORT_RECORD = "_builtin_export.json"  # written last: the export is complete (a folder source skips .json files)
+
+
+def _write_builtin(out: str, fmt: str, count: int, spec: Any, record: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ditcore.data.builtin import CLASS_NAMES, render_batch
+
     written = 0
     for part, start in enumerate(range(0, count, ROWS_PER_PARQUET)):
         batch = render_batch(start, min(start + ROWS_PER_PARQUET, count), spec)
@@ -99,7 +117,7 @@ def export_builtin(
         else:
             raise ValueError(f"--format must be folder or parquet, got {fmt!r}")
         written += n
-    return {"out": out, "format": fmt, "count": written, "image_size": image_size, "seed": seed}
+    storage.write_json(storage.join(out, EXPORT_RECORD), {**record, "count": written})
 
 
 def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:

@@ -65,6 +65,11 @@ def test_fetch_and_export_never_mix_or_delete_their_inputs(tmp_path, monkeypatch
     assert len(ids) == 10 and all(i.startswith("builtin-3-") for i in ids)
     assert data_main(["export-builtin", "--out", ".", "--count", "2", "--overwrite"]) == 2
     assert (tmp_path / "idx").is_dir()
+    assert json.loads((tmp_path / "ebp" / "_builtin_export.json").read_text())["count"] == 10  # written last
+    # --overwrite replaced any folder with content: only an earlier export now.
+    capsys.readouterr()
+    assert data_main(["export-builtin", "--out", "idx", "--count", "2", "--overwrite"]) == 2
+    assert "not an earlier export" in capsys.readouterr().err and len(list((tmp_path / "idx").iterdir())) == 4
 
 
 def test_inspect_writes_only_a_png_and_previews_pixel_space_sets(tmp_path, capsys):
