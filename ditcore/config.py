@@ -133,8 +133,10 @@ def from_dict(cls: type, data: dict | None, *, where: str = "") -> Any:
         obj = cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+    except (TypeError, ValueError, ArithmeticError) as exc:  # ArithmeticError: a check dividing by a zero setting
+        raise ConfigError(
+            f"{where or cls.__name__}: {type(exc).__name__ + ': ' if isinstance(exc, ArithmeticError) else ''}{exc}"
+        ) from exc
     return obj
 
 

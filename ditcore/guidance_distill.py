@@ -11,6 +11,7 @@ w ~ U[w_min, w_max] per sample; the target is the teacher's guided prediction in
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -30,8 +31,8 @@ class GuidanceRange:
     w_max: float = 7.0
 
     def __post_init__(self) -> None:
-        if not (self.w_min >= 0.0 and self.w_max >= self.w_min):
-            raise ValueError(f"guidance range must satisfy 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
+        if not (self.w_min >= 0.0 and self.w_max >= self.w_min and math.isfinite(self.w_max)):
+            raise ValueError(f"guidance range must satisfy 0 <= w_min <= w_max < inf, got [{self.w_min}, {self.w_max}]")
 
     def sample(self, n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
         """[n] scales drawn uniformly (on the generator's device, moved to `device`)."""

@@ -75,6 +75,8 @@ def _run(args: argparse.Namespace) -> dict:
         raise ValueError("--out is required for an s3:// checkpoint (where to write the plot)")
     if "://" in out_dir:
         raise ValueError(f"--out {out_dir!r}: must be a local directory (the plot and concepts.json are written there)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # found after the extraction, as "File exists"
+        raise ValueError(f"--out {out_dir!r}: is a file, not a directory")
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device="cpu", text_encoder=False)
     if args.response:  # what the curve needs from the checkpoint, before anything is extracted or written
         from jobs.concepts.response import response_net

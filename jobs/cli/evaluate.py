@@ -40,6 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_before_sampling(args, local: str, data: str, settings) -> None:  # noqa: ANN001
+    """What the sampling tasks or the scoring at the end would fail on, named before Ray starts or any sample is
+    drawn: a sampler the checkpoint cannot run, and a --classifier that is not an image classifier of the data
+    set's classes."""
+    from ditcore.checkpoint import read_checkpoint_config
+    from pipelines.checkpoint_extras import ems_name
+    from pipelines.infra import storage
+
+    cfg = read_checkpoint_config(local)
+    if settings.sampler == "ddpm-learned" and not (cfg.get("objective") or {}).get("learn_sigma"):
+        raise ValueError("--sampler ddpm-learned needs a checkpoint trained with objective.learn_sigma=true")
+    if settings.sampler == "dpmsolver-v3":
+        name = ems_name(settings.guidance)
+        if not storage.exists(storage.join(args.checkpoint, name)):
+            raise ValueError(
+                f"--sampler dpmsolver-v3: no {name} beside the checkpoint; make it with `ditscale ems "
+                f"{args.checkpoint} --guidance {settings.guidance:g}`"
+            )
+    if args.classifier:
+        from ditcore.metrics.features import load_feature_net
+        from pipelines.latents.manifest import Manifest
+
+        net = load_feature_net(storage.local_copy(args.classifier))
+        classes = getattr(net, "num_classes", None)
+        if classes is None:
+            raise ValueError(f"--classifier {args.classifier}: {type(net).__name__} is not an image classifier")
+        have = Manifest.read(data).num_classes
+        if have and int(classes) != int(have):
+            raise ValueError(f"--classifier {args.classifier}: knows {classes} classes, the data set {data} has {have}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale evaluate`."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -62,6 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings.check()
         if args.classifier and not storage.exists(storage.join(args.classifier, "config.json")):
             raise FileNotFoundError(f"--classifier {args.classifier}: no classifier there (expected config.json)")
+        _check_before_sampling(args, local, data, settings)
         if args.print_config:
             from pipelines.cli.config_args import print_config
 

@@ -54,10 +54,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError
 
     if args.out:
+        from jobs.scaling.fit import check_output_folder
+
         try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as e:  # checked before the fit, not after it
-            print(f"ditscale fit: error: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+            check_output_folder(Path(args.out))  # before the fit; made once there is a report to write
+        except ConfigError as e:
+            print(f"ditscale fit: error: --out {args.out!r}: {e}", file=sys.stderr)
             return 2
     try:
         options = options_for(run_fit, args, parent_run_id=args.parent_run, out_dir=args.out, log=not args.no_log)

@@ -35,8 +35,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from jobs.scaling.points import read_points
     from jobs.scaling.promote import PromoteError, promote
-    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, client
+    from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, check_registry_names, client
 
+    try:
+        check_registry_names(args.model_name, args.alias)
+    except ValueError as e:
+        print(f"ditscale promote: error: {e}", file=sys.stderr)
+        return 2
     try:
         mlflow_client = client(args.tracking_uri, must_exist=True)
         parent, points = read_points(mlflow_client, experiment=args.experiment, parent_run_id=args.parent_run)

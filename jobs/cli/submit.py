@@ -6,6 +6,7 @@ import argparse
 import difflib
 import importlib
 import json
+import math
 import re
 import shlex
 import sys
@@ -198,8 +199,9 @@ def _submit(argv: list[str]) -> int:
     check_job_command(opts.kind, (["--config", config] if config else []) + args)
     for flag in ("--num-cpus", "--num-gpus"):
         value = getattr(opts, flag[2:].replace("-", "_"))
-        if value is not None and not value >= 0:
-            raise SubmitError(f"{flag} must be >= 0, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise SubmitError(f"{flag} must be a finite number >= 0, got {value}")
+
     # Flags both commands take go to `ditscale submit` (serve's --num-gpus reserves the job driver's GPUs, not the
     # replicas'): say so; the job's own goes after `--`.
     job_flags = set(importlib.import_module(JOB_PARSERS[opts.kind]).build_parser()._option_string_actions)

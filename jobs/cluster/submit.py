@@ -107,6 +107,10 @@ def make_client(address: str, token: str | None = None) -> Any:
     """A JobSubmissionClient for `address` with the auth header; a clear error when the server is unreachable."""
     from ray.job_submission import JobSubmissionClient
 
+    if not str(address).startswith(("http://", "https://")):  # Ray would take it for a GCS and retry for a while
+        raise SubmitError(
+            f"--address {address!r}: the Ray job server's URL, http(s)://HOST:8265 (not a GCS address HOST:6379)"
+        )
     try:
         return JobSubmissionClient(address, headers=auth_headers(token))
     except SubmitError:

@@ -124,9 +124,14 @@ def compute_ems(checkpoint: str, settings: EMSSettings, *, shared_filesystem: bo
 
     t0 = time.time()
     pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)  # a bad path: no Ray
+    from jobs.evaluation.fid import check_model_fits_data
+
+    uri = pipe.data_uri("the EMS")
+    # a class model over a caption set (or latents of another shape) failed inside the Ray tasks, on their columns
+    check_model_fits_data(pipe.config.get("model") or {}, pipe.conditioning, pipe.manifest, uri)
     if settings.num_tasks > 0:
         _check_shared(checkpoint, "checkpoint", shared_filesystem)
-        _check_shared(pipe.data_uri("the EMS"), "data.manifest", shared_filesystem)
+        _check_shared(uri, "data.manifest", shared_filesystem)
     merged = _estimator(pipe, settings, settings.batch_size)
     nodes = list(range(settings.num_nodes))
     if settings.num_tasks == 0:

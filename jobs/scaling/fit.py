@@ -268,6 +268,22 @@ def points_digest(points: list[dict]) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
+def check_output_folder(out: Path) -> None:
+    """ConfigError unless folder `out` exists or could be made: its nearest existing ancestor is a writable
+    directory (checked without making anything)."""
+    import os
+
+    from ditcore.config import ConfigError
+
+    p = Path(out).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"output directory {str(out)!r}: {str(p)!r} is a file")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {str(out)!r}: {str(p)!r} is not writable")
+
+
 def run_fit(
     *,
     experiment: str | None = None,
@@ -299,10 +315,7 @@ def run_fit(
     parent, points = read_points(client, experiment=experiment, parent_run_id=parent_run_id)
     if not points:
         raise FitError(f"sweep run {parent.info.run_id} has no trial points yet (no child run logged points.json)")
-    try:  # once the sweep is found (a mistyped experiment leaves no folder), before the fit, not after it
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"output directory {str(out)!r}: {e.strerror or e}") from None
+    check_output_folder(out)  # before the fit, not after it; made only once there is a report to write
     dicts = to_dicts(points)
     digest = points_digest(dicts)
     pooled = None
@@ -318,6 +331,10 @@ def run_fit(
         dicts, pooled = pool_replicates(sweeps, names)
         pooled["parent_run_ids"] = runs
     report, objs = fit_all(dicts, metric=metric, n_boot=n_boot, seed=seed)
+    try:  # a mistyped experiment, metric or replicate leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output directory {str(out)!r}: {e.strerror or e}") from None
     if pooled is not None:
         report["replicates"] = pooled
     report.update(parent_run_id=parent.info.run_id, experiment_id=parent.info.experiment_id, points_digest=digest)

@@ -37,14 +37,24 @@ def _width(p: dict) -> int:
     hp = p.get("hparams") or {}
     for v in (p.get("width"), hp.get("model.overrides.hidden_size"), hp.get("model.hidden_size")):
         if v is not None:
-            return int(v)
+            return _positive_width(v, p)
     m = _WIDTH_RE.search(str(p.get("model") or ""))
     if m:
-        return int(m.group(1))
+        return _positive_width(m.group(1), p)
     raise FitError(
         f"point of model {p.get('model')!r} (run {p.get('run_id')}): no width; give a `width` key, "
         "hparams['model.overrides.hidden_size'] or a model name ending in -w<width>"
     )
+
+
+def _positive_width(v: Any, p: dict) -> int:
+    try:
+        w = int(v)
+    except (TypeError, ValueError):
+        w = 0
+    if w < 1 or isinstance(v, bool):
+        raise FitError(f"point of model {p.get('model')!r} (run {p.get('run_id')}): width {v!r} is not a size >= 1")
+    return w
 
 
 def _loss(v: Any) -> float:
@@ -80,11 +90,13 @@ def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
             raise FitError(f"point {i}: 'hparams' must be an object, got {type(hp).__name__} {hp!r}")
         lr = hp.get("optim.lr", p.get("lr"))
         try:
-            ok = lr is not None and not isinstance(lr, bool) and float(lr) > 0
+            ok = lr is not None and not isinstance(lr, bool) and math.isfinite(float(lr)) and float(lr) > 0
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise FitError(f"point {i} (model {p.get('model')!r}): needs a positive hparams['optim.lr'], got {lr!r}")
+            raise FitError(
+                f"point {i} (model {p.get('model')!r}): needs a finite positive hparams['optim.lr'], got {lr!r}"
+            )
         setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
         key = (setting, _width(p), float(lr))
         step = int(p.get("step") or 0)

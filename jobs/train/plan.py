@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -202,6 +203,12 @@ def check_settings(cfg: TrainConfig) -> None:
     ):
         if uri:
             storage.check_location(uri, key)
+    where = cfg.checkpoint.storage
+    if where and not storage.is_s3(where) and os.path.isfile(os.path.expanduser(where)):
+        raise ConfigError(f"checkpoint.storage: {where!r} is a file, not a directory")
+    name = cfg.run.name
+    if name is not None and (name.strip() in ("", ".", "..") or "/" in name or "\\" in name):
+        raise ConfigError(f"run.name: {name!r} must be one folder name (the run's directory under checkpoint.storage)")
     _check_numbers(cfg)
     if not isinstance(logging.getLevelName(str(cfg.run.log_level).upper()), int):
         raise ConfigError(f"run.log_level: {cfg.run.log_level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")

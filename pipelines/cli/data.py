@@ -13,9 +13,11 @@ ditscale data train-features [--config FILE] [k=v ...]   (pipelines.encoders.tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -28,6 +30,7 @@ from pipelines.cli.parsers import (
     command_error,
     command_parser,
     nonneg_int,
+    positive_float,
     positive_int,
 )
 from pipelines.infra import storage
@@ -231,7 +234,7 @@ def _classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help=f"output directory (default: {DATA_ROOT}/classifier/<data set folder name>)")
     p.add_argument("--steps", type=positive_int, default=1200, help="optimisation steps (default 1200)")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
     p.add_argument("--image-size", type=positive_int, default=32, help="crop size, as in the precompute (default 32)")
     p.add_argument("--width", type=positive_int, default=32, help="conv width (default 32)")
     p.add_argument("--limit", type=positive_int, help="use only the first N training images of the shuffled order")
@@ -376,6 +379,7 @@ def _classifier(args: argparse.Namespace) -> int:
     name = src.rsplit("/", 2)[-2] if src.rsplit("/", 1)[-1] in ("train", "test") and "/" in src else src
     out = args.out or f"{DATA_ROOT}/classifier/{name.rsplit('/', 1)[-1]}"
     storage.check_output_dir(out, kind="classifier", replaces=CLASSIFIER_FILES, inputs=[args.source, test or ""])
+    _check_own_output(out, "classifier")
     rep = train_source_classifier(
         args.source, test, out, image_size=args.image_size, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, width=args.width, limit=args.limit, test_limit=args.test_limit, seed=args.seed,
@@ -446,6 +450,55 @@ FEATURE_NET_FILES = ("config.json", "model.safetensors")  # ditcore.metrics.feat
 CLASSIFIER_FILES = (*FEATURE_NET_FILES, "report.json")
 
 
+def _check_own_output(out: str, kind: str) -> None:
+    """ValueError unless a local `out` with content is an earlier output of this kind: the marker files alone
+    (config.json + model.safetensors) are also what a training checkpoint or a diffusers export folder holds, which
+    the encoder training replaced whole. Read from config.json: a VAE is diffusers' AutoencoderKL, a feature net or
+    classifier names its `arch`; a folder holding checkpoint.json is a ditscale checkpoint."""
+    if storage.is_s3(out):
+        return
+    p = Path(out).expanduser()
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    if (p / "checkpoint.json").exists():
+        raise ValueError(f"out {out!r} is a training checkpoint; it would be replaced by the {kind}")
+    try:
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    ok = config.get("_class_name") == "AutoencoderKL" if kind == "VAE" else "arch" in config
+    if not ok:
+        what = config.get("_class_name") or "no feature net"
+        raise ValueError(f"out {out!r} holds {what}, not an earlier {kind}; it would be replaced: choose another")
+
+
+def _check_training_numbers(cfg: Any) -> None:
+    """Settings the encoder training takes without a word but cannot use (lr=inf saved a NaN model with exit 0;
+    norm_num_groups=0 divided by zero): named here, before any image is loaded."""
+    from ditcore.config import ConfigError
+
+    def number(name: str) -> float | None:
+        v = getattr(cfg, name, None)
+        return None if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) else float(v)
+
+    lr = number("lr")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr: must be a finite number > 0, got {lr}")
+    for name in (f.name for f in dataclasses.fields(cfg)):
+        v = number(name)
+        if v is not None and (name.endswith("_weight") or name in ("weight_decay", "noise_std", "blur_prob")):
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name}: must be a finite number >= 0, got {v}")
+    groups = getattr(cfg, "norm_num_groups", None)
+    if groups is not None and groups < 1:
+        raise ConfigError(f"norm_num_groups: must be >= 1, got {groups}")
+    channels = getattr(cfg, "block_out_channels", None)
+    if channels is not None and (not channels or any(c < 1 for c in channels)):
+        raise ConfigError(f"block_out_channels: must be a non-empty list of sizes >= 1, got {channels}")
+    if groups is not None and channels and any(c % groups for c in channels):
+        raise ConfigError(f"block_out_channels {channels}: each must be a multiple of norm_num_groups={groups}")
+
+
 def _checked(train: Callable, kind: str) -> Callable:
     """`train(cfg)` after the checks of its output and threads, before any work. Here in the command rather than
     in the training code, whose source is part of the shipped encoders' fingerprint."""
@@ -461,6 +514,8 @@ def _checked(train: Callable, kind: str) -> Callable:
         else:
             files = VAE_FILES if kind == "VAE" else FEATURE_NET_FILES
             storage.check_output_dir(cfg.out, kind=kind, replaces=files, inputs=inputs)
+        _check_own_output(cfg.out, kind)
+        _check_training_numbers(cfg)
         return train(cfg)
 
     return run

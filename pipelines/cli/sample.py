@@ -103,6 +103,12 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out}: is a directory; give a .png file path")
+    if not str(args.checkpoint).startswith("s3://") and out.resolve().is_relative_to(
+        Path(args.checkpoint).expanduser().resolve()
+    ):
+        raise ValueError(f"--out {out}: inside the checkpoint {args.checkpoint}; write the grid elsewhere")
+    if out.is_file() and out.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":  # an earlier grid may be replaced
+        raise ValueError(f"--out {out}: exists and is not a PNG; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"--out {out}: {out.parent} is not writable")

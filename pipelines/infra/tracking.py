@@ -423,6 +423,14 @@ def sweep_points(
     parent = (
         find_parent_run(mlflow_client, experiment) if experiment is not None else _run(mlflow_client, parent_run_id)
     )
+    tags = parent.data.tags or {}
+    role = tags.get(ROLE_TAG) or ("trial" if TRIAL_ID_TAG in tags else None)
+    if role and role != ROLE_SWEEP:  # `report` printed "0 points" with exit 0 for a trial's run id
+        up = tags.get("mlflow.parentRunId")
+        raise ExperimentRecordError(
+            f"run {parent.info.run_id} is a {role} run{f' of sweep run {up}' if up else ''}, not a sweep's: give "
+            "the sweep's (parent) run id, or --experiment"
+        )
     grid = current_grid(mlflow_client, parent.info.run_id)
     points: list[dict] = []
     for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):
@@ -502,6 +510,22 @@ def _number(v: Any) -> Any:
         return float(v)
     except (TypeError, ValueError):
         return v
+
+
+def check_registry_names(model_name: str, alias: str | None = None) -> None:
+    """ValueError naming a registered-model name or alias the registry would refuse, checked before anything is
+    registered (a promotion registered its version, then failed on the alias and left it unnamed): a name is
+    non-empty without '/' or ':'; an alias is letters, digits, '_' and '-', and not 'latest' or 'v<number>',
+    which name versions."""
+    import re
+
+    if not str(model_name or "").strip() or "/" in model_name or ":" in model_name:
+        raise ValueError(f"--model-name {model_name!r}: a registered model name is non-empty, without '/' or ':'")
+    if alias is not None:
+        if not re.fullmatch(r"[\w-]+", alias):
+            raise ValueError(f"--alias {alias!r}: an alias is letters, digits, '_' and '-'")
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(f"--alias {alias!r}: reserved by the registry ('latest' and v<number> name versions)")
 
 
 def resolve_champion(

@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pipelines.cli.parsers import DefaultsHelpFormatter, positive_int
+from pipelines.cli.parsers import DefaultsHelpFormatter, positive_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token", default=os.environ.get("DITSCALE_API_TOKEN"), help="bearer token (default: $DITSCALE_API_TOKEN)"
     )
-    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="per-request timeout in seconds")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
 

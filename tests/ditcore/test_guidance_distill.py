@@ -66,6 +66,8 @@ def test_guidance_input_is_validated():
         student_model_config(config_to_dict(student.config))
     with pytest.raises(ValueError, match="w_min <= w_max"):
         GuidanceRange(3.0, 2.0)
+    with pytest.raises(ValueError, match="w_max < inf"):  # w ~ U[1, inf] passed `distill --validate-only`
+        GuidanceRange(1.0, float("inf"))
 
 
 def test_guided_prediction_is_cfg_per_sample():

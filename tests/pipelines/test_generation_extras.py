@@ -177,3 +177,14 @@ def test_concepts_of_a_pixel_space_checkpoint(tmp_path):
     pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
     feats, labels, _, _ = extract_features(pipe, ConceptSettings(num_samples=4, batch_size=4, times=(0.5,)))
     assert feats.shape[0] == len(labels) == 4 and torch.isfinite(feats).all()
+
+
+def test_ems_names_a_model_that_does_not_fit_its_data_before_starting_ray(tmp_path, capsys):
+    """A class model whose data set holds captions failed inside the Ray tasks, with a pyarrow schema dump."""
+    from jobs.cli.ems import main
+
+    text_data, _ = make_eval_dataset(tmp_path, fid=False, n=8, num_classes=None, text=(8, 16, 16))
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8)
+    ckpt = save_model_checkpoint(tmp_path / "ck", model, {"manifest": text_data}, state={"step": 1})
+    assert main([ckpt, "--num-samples", "4", "--num-nodes", "8", "--num-tasks", "2"]) == 2
+    assert "a class-conditional checkpoint, but" in capsys.readouterr().err  # and no Ray (conftest checks)

@@ -170,6 +170,8 @@ def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_s
     # The job's own flags still pass through.
     assert ditscale(["submit", "fit", "--experiment", "e", "--n-boot", "50", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["entrypoint"].endswith("fit --experiment e --n-boot 50")
+    assert ditscale(["submit", "fit", "--num-cpus", "inf", "--experiment", "e", "--dry-run"]) == 2
+    assert "--num-cpus must be a finite number >= 0, got inf" in capsys.readouterr().err
 
 
 def test_the_jobs_config_is_checked_before_anything_is_sent(capsys, monkeypatch):
@@ -192,7 +194,7 @@ def test_the_jobs_config_is_checked_before_anything_is_sent(capsys, monkeypatch)
     assert ditscale(["submit", "fit", "--dry-run", "--experiment", "e", "--config", "configs/sweep/tiny.yaml"]) == 2
     assert "unrecognized arguments: --config configs/sweep/tiny.yaml" in capsys.readouterr().err
     assert ditscale([*sweep, "--num-cpus", "-3"]) == 2
-    assert "--num-cpus must be >= 0, got -3.0" in capsys.readouterr().err
+    assert "--num-cpus must be a finite number >= 0, got -3.0" in capsys.readouterr().err
     # A flag both take is submit's (with a note); the job's own goes after `--`.
     serve = ["submit", "serve", "--dry-run", "--checkpoint", "s3://b/ck"]
     assert ditscale([*serve, "--num-gpus", "1"]) == 0
@@ -232,6 +234,9 @@ def test_unreachable_job_server_is_a_clear_error(capsys):
     port = free_port()
     assert ditscale(["jobs", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
     assert f"cannot reach the Ray job server at http://127.0.0.1:{port}" in capsys.readouterr().err
+    # A GCS-style address was taken by Ray for a cluster to connect to (35 s of retries and C++ warnings).
+    assert ditscale(["jobs", "list", "--address", f"127.0.0.1:{port}"]) == 2
+    assert "the Ray job server's URL, http(s)://HOST:8265" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------

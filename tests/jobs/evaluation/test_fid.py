@@ -107,6 +107,15 @@ def test_cli_errors(setup, capsys):
     assert "num_actors must be >= 0" in capsys.readouterr().err
     assert main([setup["ckpt"], "--seed", "-5", "--num-samples", "4", "--num-actors", "0"]) == 2  # before sampling
     assert "seed must be >= 0, got -5" in capsys.readouterr().err
+    # What the sampling tasks or the final scoring failed on (after starting Ray, or after all the sampling): named
+    # first. (No Ray here: the test would be refused by conftest if one started.)
+    many = ["--num-samples", "4", "--steps", "1", "--num-actors", "2"]
+    assert main([setup["ckpt"], *many, "--sampler", "dpmsolver-v3"]) == 2
+    assert "no ems.safetensors beside the checkpoint; make it with `ditscale ems" in capsys.readouterr().err
+    assert main([setup["ckpt"], *many, "--sampler", "ddpm-learned"]) == 2
+    assert "needs a checkpoint trained with objective.learn_sigma=true" in capsys.readouterr().err
+    assert main([setup["ckpt"], *many, "--classifier", setup["assets"]["feature_net"]]) == 2
+    assert "is not an image classifier" in capsys.readouterr().err
 
 
 def test_data_scores_with_its_own_feature_net(setup, tmp_path, capsys):

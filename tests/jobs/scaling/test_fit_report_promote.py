@@ -169,17 +169,28 @@ def test_fit_points_without_mlflow_and_clear_errors(tmp_path, sqlite_uri, capsys
     _log_sweep(client, "tiny", str(tmp_path / "ck"), models={"DiT-T/2": 1e6}, budgets=BUDGETS[:2])
     assert fit_cli.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "o")]) == 2
     assert "need 'fid' at >= 3 distinct compute budgets" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a fit that fails leaves no empty --out folder
     assert report_job.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--metric", "bogus"]) == 2
     assert "--metric 'bogus': no point has it (2 points; their metrics: fid, val_loss)" in capsys.readouterr().err
     assert fit_cli.main(["--experiment", "nope", "--tracking-uri", sqlite_uri]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
     assert not (tmp_path / "fit_reports" / "nope").exists()  # a mistyped experiment left an empty folder
+    assert fit_cli.main(["--experiment", "nope", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "n" / "s")]) == 2
+    assert not (tmp_path / "n").exists()
+    (tmp_path / "afile").write_text("x")
+    assert fit_cli.main(["--experiment", "tiny", "--tracking-uri", sqlite_uri, "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
     with pytest.raises(RegistryError, match="ditscale"):
         resolve_champion("ditscale", tracking_uri=sqlite_uri)
     # An unknown parent run and a points record with a key this version does not know: one line, exit 2.
     for cmd in (fit_cli, report_job, promote_job):
         assert cmd.main(["--parent-run", "deadbeef", "--tracking-uri", sqlite_uri]) == 2
         assert "no run with id 'deadbeef'" in capsys.readouterr().err
+    # A trial's run id: `report` printed "0 points" and exited 0, fit and promote said "no trial points yet".
+    parent_id, best = _log_sweep(client, "trial-id", str(tmp_path / "t"))
+    for cmd in (fit_cli, report_job, promote_job):
+        assert cmd.main(["--parent-run", best["run_id"], "--tracking-uri", sqlite_uri]) == 2
+        assert f"is a trial run of sweep run {parent_id}, not a sweep's" in capsys.readouterr().err
     _log_sweep(client, "odd", str(tmp_path / "odd"), extra={"bogus_key": 1})
     assert fit_cli.main(["--experiment", "odd", "--tracking-uri", sqlite_uri, "--no-log"]) == 2
     err = capsys.readouterr().err

@@ -79,6 +79,9 @@ def test_optimum_at_grid_edge_is_flagged():
             lambda ps: [{**ps[0], "hparams": {"optim.lr": 1e-3, "optim.mup": "no"}}, *ps],
             "must be true or false, got 'no'",
         ),
+        # an infinite lr was written into mup_report.json as Infinity (not JSON); a width of 0 crashed LAPACK
+        (lambda ps: [{**ps[0], "hparams": {"optim.lr": float("inf")}}, *ps], r"finite positive .*got inf"),
+        (lambda ps: [{**ps[0], "width": 0}, *ps], "width 0 is not a size >= 1"),
         (
             lambda ps: [{**p, "val_loss": None} if p["model"].endswith("w128") else p for p in ps],
             "width 128: every run diverged",

@@ -249,6 +249,8 @@ def test_bad_config_errors_before_cluster_work(data8, tmp_path):
         ("run.peak_flops=0", "run.peak_flops must be a finite FLOP/s > 0"),
         ("eval.num_gpus=-1", "eval.num_gpus must be a finite number >= 0 (or null), got -1.0"),
         ("checkpoint.storage=gs://bucket/runs", "checkpoint.storage: 'gs://bucket/runs' has the scheme 'gs'"),
+        ("run.name=..", "run.name: '..' must be one folder name"),  # the run went into storage's parent
+        ("run.name=a/b", "run.name: 'a/b' must be one folder name"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_run(_cfg(data8, tmp_path, override), check_mlflow=False)

@@ -31,6 +31,18 @@ def test_encoder_outputs_that_would_replace_something_else_are_refused_before_tr
         assert needle in capsys.readouterr().err
     assert data_main([*VAE, "threads=-1", "out=v"]) == 2
     assert "threads: must be >= 0" in capsys.readouterr().err
+    # A training checkpoint or a diffusers model folder holds the marker files too (config.json + weights): it was
+    # replaced whole by the VAE or feature net.
+    (tmp_path / "ck").mkdir()
+    for name in ("config.json", "model.safetensors", "diffusion_pytorch_model.safetensors", "checkpoint.json"):
+        (tmp_path / "ck" / name).write_text("{}")
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "config.json").write_text('{"_class_name": "DiTTransformer2DModel"}')
+    (tmp_path / "dit" / "diffusion_pytorch_model.safetensors").write_text("w")
+    for out, needle in (("ck", "is a training checkpoint"), ("dit", "holds DiTTransformer2DModel, not an earlier VAE")):
+        assert data_main([*VAE, f"out={out}"]) == 2
+        assert needle in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir())[0] == "checkpoint.json"
     assert (tmp_path / "mine.txt").read_text() == "keep" and (tmp_path / "precious" / "notes.txt").is_file()
 
     # A classifier written over its own source (or the folder holding it) is refused; the data stays.

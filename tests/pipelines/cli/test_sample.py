@@ -1,6 +1,7 @@
 """`ditscale sample` on checkpoints saved by ditcore.checkpoint: pixel space directly, latents via the VAE."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,10 +155,14 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
         (["--seed", str(2**32 - 1), "--num", "2"], "the last seed is past"),
         (["--prompt", " "], "--prompt: empty"),
         (["--out", str(tmp_path)], "is a directory"),
+        # it wrote its PNG over any file: the checkpoint's own weights among them
+        (["--out", str(Path(ckpt) / "ema.safetensors")], "inside the checkpoint"),
+        (["--out", str(tmp_path / "notes.txt")], "exists and is not a PNG"),
     ):
+        (tmp_path / "notes.txt").write_text("keep me")
         assert cmd_sample.main(["--checkpoint", str(ckpt), "--out", out, *bad]) == 2
         assert words in capsys.readouterr().err
-    assert not (tmp_path / "y.png").exists()
+    assert not (tmp_path / "y.png").exists() and (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_text_checkpoint_with_real_vae_and_text_encoder(tmp_path):
