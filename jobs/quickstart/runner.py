@@ -139,10 +139,10 @@ def recorded_upstream(path: Path) -> str | None:
 def record_upstream(path: Path, upstream: str, **extra: Any) -> None:
     """Say what a stage's outputs in progress were made from, atomically (a torn record would read as other data
     and clear the outputs on the next run)."""
+    from pipelines.infra import storage
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"upstream": upstream, **extra}, indent=2))
-    tmp.replace(path)
+    storage.write_json(str(path), {"upstream": upstream, **extra})  # temp file + rename
 
 
 def _state(digest: str, result: dict) -> str:
