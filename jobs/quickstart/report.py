@@ -230,9 +230,8 @@ def _code_words(sweep: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _record_section(ctx: Context) -> list[str]:
-    """The headline numbers of report.json, in words."""
-    rec = json.loads(ctx.path("report.json").read_text()) if ctx.path("report.json").exists() else None
+def _record_section(rec: dict | None) -> list[str]:
+    """The headline numbers of report.json (the record this run writes, not a file a past run left), in words."""
     if not rec:
         return []
     c, lines = rec["champion"], ["## Headline numbers", ""]
@@ -344,8 +343,9 @@ def _served_section(ctx: Context, rel: Any) -> list[str]:
     return lines + [f"| {i['prompt']} | {i['seed']} | ![]({rel(i['path'])}) |" for i in ctx.results["serve"]["images"]]
 
 
-def render_report(ctx: Context, fit: dict, n_points: int, table: str, tracking_uri: str) -> str:
-    """The Markdown report: scaling plot, fitted law with intervals, sample grids, served images, point table."""
+def render_report(ctx: Context, fit: dict, n_points: int, table: str, tracking_uri: str, record: dict) -> str:
+    """The Markdown report: headline numbers of `record` (report.json's), scaling plot, fitted law with intervals,
+    sample grids, served images, point table."""
     rel = lambda p: os.path.relpath(p, ctx.out)  # noqa: E731 - links relative to the report
     lines = [
         f"# ditscale quickstart report ({ctx.mode.name})",
@@ -354,7 +354,7 @@ def render_report(ctx: Context, fit: dict, n_points: int, table: str, tracking_u
         f"{len(fit.get('budgets', []))} compute budgets on {_data_name(ctx)}, FID at every point. Compute C = "
         "training FLOPs (multiply-add = 2 FLOPs, training step = 3 x forward).",
         "",
-        *_record_section(ctx),
+        *_record_section(record),
     ]
     lines += _law_section(ctx, fit, rel) + _samples_section(ctx, rel) + _served_section(ctx, rel)
     lines += [
@@ -412,8 +412,11 @@ def report_run(ctx: Context) -> dict:
     md, js = ctx.path("report.md"), ctx.path("report.json")
     from pipelines.infra import storage
 
-    record = json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n"  # report.md quotes it
-    text = render_report(ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri())
+    record = json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n"
+    # report.md quotes this run's record as report.json will hold it (not a report.json a past run left).
+    text = render_report(
+        ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri(), json.loads(record)
+    )
     storage.write_bytes(str(js), record.encode())  # each whole or not at all
     storage.write_bytes(str(md), text.encode())
     _log_run(ctx, [md, js])
