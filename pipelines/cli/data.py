@@ -441,7 +441,22 @@ def _check_preview(preview: str, dataset: str) -> None:
 def _run_config(args: argparse.Namespace, cls: type, train) -> int:
     from pipelines.cli.config_args import run_config_command
 
-    return run_config_command(f"ditscale data {args.cmd}", cls, args, lambda cfg: (train(cfg), 0)[1])
+    return run_config_command(
+        f"ditscale data {args.cmd}", cls, args, lambda cfg: (train(cfg), 0)[1], load=lambda a: _load_checked(cls, a)
+    )
+
+
+def _load_checked(cls: type, args: argparse.Namespace) -> Any:
+    """The config, with the group count named before the config class divides by it (its own check, in training
+    code that the shipped encoders' fingerprint covers, raised "ZeroDivisionError" for norm_num_groups=0)."""
+    from ditcore.config import ConfigError, from_dict
+    from pipelines.infra.config_files import compose
+
+    raw = compose(args.config, None, args.overrides)
+    groups = raw.get("norm_num_groups") if isinstance(raw, dict) else None
+    if isinstance(groups, (int, float)) and not isinstance(groups, bool) and groups < 1:
+        raise ConfigError(f"norm_num_groups: must be >= 1, got {groups}")
+    return from_dict(cls, raw)
 
 
 # What each encoder command writes (its earlier output, which a rerun may replace).

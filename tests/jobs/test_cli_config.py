@@ -169,7 +169,7 @@ def _exit_code(argv: list[str]) -> int:
         (["data", "classifier", "--source", "x", "--lr", "inf"], "argument --lr: must be a finite number > 0"),
         (["data", "train-vae", "lr=inf"], "lr: must be a finite number > 0, got inf"),
         (["data", "train-vae", "kl_weight=nan"], "kl_weight: must be a finite number >= 0, got nan"),
-        (["data", "train-vae", "norm_num_groups=0"], "TrainVAEConfig: ZeroDivisionError"),
+        (["data", "train-vae", "norm_num_groups=0"], "norm_num_groups: must be >= 1, got 0"),
         (["data", "train-features", "lr=-1"], "lr: must be a finite number > 0, got -1.0"),
         (["loadtest", "--url", "not-a-url"], "--url 'not-a-url': expected an http(s) URL"),
         (["loadtest", "--url", "http://127.0.0.1:9", "--concurrency", "0"], "every level must be >= 1"),
