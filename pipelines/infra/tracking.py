@@ -37,6 +37,7 @@ RUN_NAME_TAG = "mlflow.runName"
 STATUS_TAG = "ditscale.status"
 FAILURE_REASON_TAG = "ditscale.failure_reason"
 TRIAL_ID_TAG = "ditscale.trial_id"
+MARKER_TAG = "ditscale.marker"  # the marker file that records the run (attach_run)
 POINTS_ARTIFACT = "points.json"
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlruns"
@@ -275,12 +276,34 @@ def attach_run(
                 if not is_gone(exc):
                     raise
     exp_id = ensure_experiment(mlflow_client, experiment)
-    run_tags = {RUN_NAME_TAG: name, **(tags or {})}
+    run_tags = {RUN_NAME_TAG: name, MARKER_TAG: marker, **(tags or {})}
     if parent_run_id:
         run_tags[PARENT_TAG] = parent_run_id
     run = mlflow_client.create_run(exp_id, run_name=name, tags=run_tags)
     storage.write_json(marker, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment": experiment})
+    close_abandoned(mlflow_client, exp_id, marker, keep=run.info.run_id)
     return run.info.run_id, True
+
+
+def close_abandoned(mlflow_client: Any, experiment_id: str, marker: str, keep: str) -> list[str]:
+    """KILLED, with the reason, for the RUNNING runs recorded by `marker` other than `keep`: runs of an earlier
+    attempt that never wrote the marker (a crash between creating the run and writing it) or whose marker went
+    (the outputs deleted while the run was open). Without this they stayed RUNNING for ever. Returns their ids."""
+    if "'" in marker and '"' in marker:
+        return []  # not expressible in a search filter; nothing is closed
+    quote = '"' if "'" in marker else "'"
+    found = _search_all(
+        mlflow_client, [experiment_id], f"tags.`{MARKER_TAG}` = {quote}{marker}{quote} and attributes.status = 'RUNNING'"
+    )
+    closed = [r.info.run_id for r in found if r.info.run_id != keep]
+    for run_id in closed:
+        set_tags(
+            mlflow_client,
+            run_id,
+            {STATUS_TAG: "abandoned", FAILURE_REASON_TAG: f"abandoned: run {keep} was started for {marker} after it"},
+        )
+        mlflow_client.set_terminated(run_id, status="KILLED")
+    return closed
 
 
 def log_params_once(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> None:

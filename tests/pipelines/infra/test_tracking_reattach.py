@@ -147,6 +147,29 @@ def test_run_gone_from_the_store_gives_a_new_run(tmp_path):
     assert json.loads(Path(marker).read_text())["run_id"] == new_id
 
 
+@pytest.mark.parametrize("folder", ["plain", "it's"])
+def test_a_run_left_without_its_marker_is_closed_when_the_next_attempt_starts(tmp_path, folder):
+    """A crash between creating the run and writing its marker (or outputs deleted while the run was open) left
+    the run RUNNING for ever beside the next attempt's. The next attempt now closes it: KILLED, with the reason."""
+    client = tracking.client(f"sqlite:///{tmp_path / 'a.db'}", check=False)
+    (tmp_path / folder).mkdir()
+    marker, other = str(tmp_path / folder / "run.json"), str(tmp_path / "other.json")
+    first, _ = tracking.attach_run(client, marker, experiment="e", name="r")
+    neighbour, _ = tracking.attach_run(client, other, experiment="e", name="r2")
+    Path(marker).unlink()  # the marker was never written
+    second, created = tracking.attach_run(client, marker, experiment="e", name="r")
+    assert created and second != first and json.loads(Path(marker).read_text())["run_id"] == second
+    old = client.get_run(first)
+    assert old.info.status == "KILLED" and old.data.tags[tracking.STATUS_TAG] == "abandoned"
+    assert second in old.data.tags[tracking.FAILURE_REASON_TAG] and marker in old.data.tags[tracking.FAILURE_REASON_TAG]
+    assert client.get_run(second).info.status == client.get_run(neighbour).info.status == "RUNNING"
+    # A finished run of the same marker is history, not an abandoned attempt: it stays FINISHED.
+    tracking.end_run(client, second, "finished")
+    Path(marker).unlink()
+    third, _ = tracking.attach_run(client, marker, experiment="e", name="r")
+    assert client.get_run(second).info.status == "FINISHED" and client.get_run(third).info.status == "RUNNING"
+
+
 def test_read_points_keeps_one_point_per_trial_and_budget(tmp_path):
     """A trial recorded twice (a duplicate child run left by an older driver restart): fit, report and promote
     read each (trial, budget) once, the newest record winning."""
