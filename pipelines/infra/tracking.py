@@ -292,9 +292,8 @@ def close_abandoned(mlflow_client: Any, experiment_id: str, marker: str, keep: s
     if "'" in marker and '"' in marker:
         return []  # not expressible in a search filter; nothing is closed
     quote = '"' if "'" in marker else "'"
-    found = _search_all(
-        mlflow_client, [experiment_id], f"tags.`{MARKER_TAG}` = {quote}{marker}{quote} and attributes.status = 'RUNNING'"
-    )
+    query = f"tags.`{MARKER_TAG}` = {quote}{marker}{quote} and attributes.status = 'RUNNING'"
+    found = _search_all(mlflow_client, [experiment_id], query)
     closed = [r.info.run_id for r in found if r.info.run_id != keep]
     for run_id in closed:
         set_tags(
