@@ -466,21 +466,20 @@ CLASSIFIER_FILES = (*FEATURE_NET_FILES, "report.json")
 
 
 def _check_own_output(out: str, kind: str) -> None:
-    """ValueError unless a local `out` with content is an earlier output of this kind: the marker files alone
+    """ValueError unless an `out` with content (local or s3://) is an earlier output of this kind: the marker files alone
     (config.json + model.safetensors) are also what a training checkpoint or a diffusers export folder holds, which
     the encoder training replaced whole. Read from config.json: a VAE is diffusers' AutoencoderKL, a feature net or
     classifier names its `arch`; a folder holding checkpoint.json is a ditscale checkpoint."""
-    if storage.is_s3(out):
+    names = storage.listdir(out)  # local or s3:// (an S3 publish deletes the prefix before its upload)
+    if not names:
         return
-    p = Path(out).expanduser()
-    if not p.is_dir() or not any(p.iterdir()):
-        return
-    if (p / "checkpoint.json").exists():
+    if "checkpoint.json" in names:
         raise ValueError(f"out {out!r} is a training checkpoint; it would be replaced by the {kind}")
     try:
-        config = json.loads((p / "config.json").read_text())
+        config = storage.read_json(storage.join(out, "config.json")) if "config.json" in names else {}
     except (OSError, ValueError):
         config = {}
+    config = config if isinstance(config, dict) else {}
     ok = config.get("_class_name") == "AutoencoderKL" if kind == "VAE" else "arch" in config
     if not ok:
         what = config.get("_class_name") or "no feature net"

@@ -237,6 +237,7 @@ def check_output_dir(out: str, *, kind: str, replaces: Sequence[str] = (), input
         if src and overlap(src, text):
             raise ValueError(f"out {out!r} overlaps the input {src!r}: write the {kind} elsewhere")
     if is_s3(text):
+        _check_s3_output(text, kind, replaces)
         return
     dst = Path(text).expanduser().resolve()
     if dst.exists() and not dst.is_dir():
@@ -248,12 +249,27 @@ def check_output_dir(out: str, *, kind: str, replaces: Sequence[str] = (), input
         )
 
 
+def _check_s3_output(out: str, kind: str, replaces: Sequence[str]) -> None:
+    """The S3 side of `check_output_dir`: a folder inside a bucket, empty or an earlier output of `kind` (its
+    publish deletes the prefix first, so a prefix of other objects, or a whole bucket, would be emptied)."""
+    if "/" not in out[len("s3://") :].strip("/"):
+        raise ValueError(f"out {out!r} is a bucket, not a folder in one: write the {kind} to s3://bucket/folder")
+    names = listdir(out)
+    if names and not (replaces and all(f in names for f in replaces)):
+        raise ValueError(
+            f"out {out!r} is an S3 folder with other content (not a {kind}: no {' + '.join(replaces) or 'marker'}); "
+            "it would be replaced: choose an empty or new folder, or remove it first"
+        )
+
+
 def publish_dir(out: str, write: Callable[[Path], None]) -> str:
     """Write a directory in one step: `write(tmp)` fills a temporary directory, which then replaces `out` (local:
     a rename beside it, so readers never see half a directory) or is uploaded (s3://). Returns `out`. Callers check
     `out` first with `check_output_dir`; the working directory and the folders above it are refused here too."""
     refuse_working_dir(out, "output")
     if is_s3(out):
+        if "/" not in out[len("s3://") :].strip("/"):
+            raise ValueError(f"out {out!r} is a bucket, not a folder in one: its objects would be deleted")
         with tempfile.TemporaryDirectory(prefix="ditscale-publish-") as tmp:
             write(Path(tmp))
             # S3 has no rename: the old objects go first, so a crash mid-upload leaves files missing (a loud load

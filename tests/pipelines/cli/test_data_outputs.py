@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.cli.data import main as data_main
+from pipelines.infra import storage
 from tests.jobs._train_helpers import make_latent_dataset
 from tests.pipelines.cli.test_data_cli import _colour_folder
 from tests.pipelines.test_datasets import _write_fmnist
@@ -16,7 +17,9 @@ from tests.pipelines.test_datasets import _write_fmnist
 VAE = ["train-vae", "steps=1", "batch_size=2", "scale_images=2", "eval_images=2", "progress=false"]
 
 
-def test_encoder_outputs_that_would_replace_something_else_are_refused_before_training(tmp_path, monkeypatch, capsys):
+def test_encoder_outputs_that_would_replace_something_else_are_refused_before_training(
+    tmp_path, monkeypatch, capsys, s3_bucket
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text("keep")
     (tmp_path / "precious").mkdir()
@@ -44,6 +47,20 @@ def test_encoder_outputs_that_would_replace_something_else_are_refused_before_tr
         assert needle in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "ck").iterdir())[0] == "checkpoint.json"
     assert (tmp_path / "mine.txt").read_text() == "keep" and (tmp_path / "precious" / "notes.txt").is_file()
+
+    # The same on S3 (an S3 publish clears the prefix first): other objects, a bucket, a checkpoint are refused.
+    bucket = s3_bucket
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "checkpoint.json"):
+        storage.write_bytes(f"{bucket}/ck/{name}", b"{}")
+    storage.write_bytes(f"{bucket}/shared/keep.parquet", b"keep")
+    for out, needle in (
+        (bucket, "is a bucket, not a folder in one"),
+        (f"{bucket}/shared", "is an S3 folder with other content"),
+        (f"{bucket}/ck", "is a training checkpoint"),
+    ):
+        assert data_main([*VAE, f"out={out}"]) == 2
+        assert needle in capsys.readouterr().err
+    assert storage.listdir(f"{bucket}/shared") == ["keep.parquet"] and len(storage.listdir(f"{bucket}/ck")) == 3
 
     # A classifier written over its own source (or the folder holding it) is refused; the data stays.
     data = _colour_folder(tmp_path / "colours" / "train", 4, 0)

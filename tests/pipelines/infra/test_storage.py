@@ -91,3 +91,22 @@ def test_publish_dir_swaps_a_local_directory_and_clears_an_s3_prefix(tmp_path, s
     storage.write_bytes(f"{uri}/stale.safetensors", b"old weights")
     storage.publish_dir(uri, lambda d: (d / "config.json").write_text("{}"))
     assert storage.listdir(uri) == ["config.json"]
+
+
+def test_an_s3_output_is_checked_like_a_local_one_before_its_prefix_is_cleared(s3_bucket):
+    """An S3 publish deletes the prefix before its upload, and the checks that guard a local folder returned early
+    for s3://: `out=s3://bkt/shared` deleted everything under shared/, `out=s3://bkt` emptied the bucket."""
+    other = f"{s3_bucket}/shared/keep.parquet"
+    storage.write_bytes(other, b"someone's data")
+    for out, words in ((s3_bucket, "is a bucket, not a folder"), (f"{s3_bucket}/shared", "S3 folder with other")):
+        with pytest.raises(ValueError, match=words):
+            storage.check_output_dir(out, kind="VAE", replaces=("config.json", "w.safetensors"))
+    with pytest.raises(ValueError, match="is a bucket, not a folder"):
+        storage.publish_dir(s3_bucket + "/", lambda d: (d / "config.json").write_text("{}"))
+    assert storage.read_bytes(other) == b"someone's data"
+    # An earlier output of the same kind, or an empty folder, may be replaced.
+    storage.write_bytes(f"{s3_bucket}/vae/config.json", b"{}")
+    storage.write_bytes(f"{s3_bucket}/vae/w.safetensors", b"old")
+    for out in (f"{s3_bucket}/vae", f"{s3_bucket}/new"):
+        storage.check_output_dir(out, kind="VAE", replaces=("config.json", "w.safetensors"))
+
