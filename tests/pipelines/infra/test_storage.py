@@ -109,4 +109,3 @@ def test_an_s3_output_is_checked_like_a_local_one_before_its_prefix_is_cleared(s
     storage.write_bytes(f"{s3_bucket}/vae/w.safetensors", b"old")
     for out in (f"{s3_bucket}/vae", f"{s3_bucket}/new"):
         storage.check_output_dir(out, kind="VAE", replaces=("config.json", "w.safetensors"))
-
