@@ -468,8 +468,8 @@ CLASSIFIER_FILES = (*FEATURE_NET_FILES, "report.json")
 def _check_own_output(out: str, kind: str) -> None:
     """ValueError unless an `out` with content (local or s3://) is an earlier output of this kind: the marker files
     alone (config.json + model.safetensors) are also what a training checkpoint or a diffusers export folder holds,
-    which the encoder training replaced whole. Read from config.json: a VAE is diffusers' AutoencoderKL, a feature net or
-    classifier names its `arch`; a folder holding checkpoint.json is a ditscale checkpoint."""
+    which the encoder training replaced whole. Read from config.json: a VAE is diffusers' AutoencoderKL, a feature
+    net or classifier names its `arch`; a folder holding checkpoint.json is a ditscale checkpoint."""
     names = storage.listdir(out)  # local or s3:// (an S3 publish deletes the prefix before its upload)
     if not names:
         return
