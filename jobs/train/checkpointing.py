@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -243,7 +244,7 @@ def _commit(stage: Path, fs: Any, path: str, local: bool) -> None:
     old = None
     if os.path.exists(path):  # moved aside, not deleted first: a kill in between leaves one whole checkpoint
         head, name = os.path.split(path)
-        old = os.path.join(head, f".{name}.old-{os.getpid()}")
+        old = os.path.join(head, f".{name}.old-{uuid.uuid4().hex}")  # a pid repeats across containers
         os.replace(path, old)
     os.replace(stage, path)
     if old is not None:

@@ -230,8 +230,9 @@ class RayTrainEnv:
             try:
                 with self.fs.open_input_stream(marker) as f:
                     return min(step, int(json.loads(f.read().decode())["step"]))
-            except (OSError, ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 pass  # torn by a kill mid-write (written atomically since): counted from here, written again
+            # an OSError (S3 throttled, a network error) raises: Ray Train restarts the group, which reads it again
         self.fs.create_dir(self._base, recursive=True)
         tmp = f"{marker}.tmp"
         with self.fs.open_output_stream(tmp) as f:

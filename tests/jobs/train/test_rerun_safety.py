@@ -151,3 +151,44 @@ def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path
     assert env.fit_start_step(6) == 6
     assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 6}
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+    # A marker that cannot be read now (S3 throttled, a network error) is not torn: the error raises (Ray Train
+    # restarts the group, which reads it again); it was taken for torn and overwritten, losing the earlier steps.
+    class Unreadable:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def open_input_stream(self, path):
+            raise OSError("SlowDown: please reduce your request rate")
+
+    env._storage = types.SimpleNamespace(storage_filesystem=Unreadable(pafs.LocalFileSystem()))
+    with pytest.raises(OSError, match="SlowDown"):
+        env.fit_start_step(8)
+    assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 6}
+
+
+def test_a_resaved_sharded_step_commits_beside_a_leftover_of_an_earlier_kill(tmp_path):
+    """The old step directory is moved aside before the new one goes in. Its aside name held only the pid, so the
+    leftover of a kill before the clean-up made a later re-save by a process with the same pid (in containers, pids
+    repeat) fail on the rename, and the training with it."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from jobs.train.checkpointing import _commit
+
+    path = tmp_path / "step_00000004"
+    path.mkdir()
+    (path / "model.safetensors").write_text("old")
+    leftover = tmp_path / f".step_00000004.old-{os.getpid()}"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_text("older")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "model.safetensors").write_text("new")
+    _commit(stage, pafs.LocalFileSystem(), str(path), local=True)
+    assert (path / "model.safetensors").read_text() == "new" and (path / "checkpoint.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [leftover.name, "step_00000004"]
