@@ -131,11 +131,15 @@ def write_bytes(uri: str, data: bytes) -> None:
     path = Path(uri).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no stray temp file beside the outputs
+        raise
 
 
 def read_json(uri: str) -> Any:
@@ -281,6 +285,8 @@ def publish_dir(out: str, write: Callable[[Path], None]) -> str:
     from pipelines.infra.staging import staged_dir
 
     dst = Path(out).expanduser()
+    if dst.is_symlink():  # the folder it points to is replaced, not the link (which would be moved aside)
+        dst = dst.resolve()
     with staged_dir(dst) as tmp:  # the old directory is moved aside, not deleted, until the new one is in place
         write(tmp)
     return str(dst)

@@ -276,30 +276,47 @@ def attach_run(
                 if not is_gone(exc):
                     raise
     exp_id = ensure_experiment(mlflow_client, experiment)
-    run_tags = {RUN_NAME_TAG: name, MARKER_TAG: marker, **(tags or {})}
+    where = marker_place(marker)
+    run_tags = {RUN_NAME_TAG: name, MARKER_TAG: where, **(tags or {})}
     if parent_run_id:
         run_tags[PARENT_TAG] = parent_run_id
     run = mlflow_client.create_run(exp_id, run_name=name, tags=run_tags)
     storage.write_json(marker, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment": experiment})
-    close_abandoned(mlflow_client, exp_id, marker, keep=run.info.run_id)
+    try:
+        retry(lambda: close_abandoned(mlflow_client, exp_id, where, keep=run.info.run_id), what="close abandoned runs")
+    except Exception as exc:  # noqa: BLE001 - tidying an earlier attempt's run must not fail this one
+        import sys
+
+        print(f"warning: runs an earlier attempt at {marker} left RUNNING were not closed: {exc}", file=sys.stderr)
     return run.info.run_id, True
 
 
-def close_abandoned(mlflow_client: Any, experiment_id: str, marker: str, keep: str) -> list[str]:
-    """KILLED, with the reason, for the RUNNING runs recorded by `marker` other than `keep`: runs of an earlier
-    attempt that never wrote the marker (a crash between creating the run and writing it) or whose marker went
-    (the outputs deleted while the run was open). Without this they stayed RUNNING for ever. Returns their ids."""
-    if "'" in marker and '"' in marker:
+def marker_place(marker: str) -> str:
+    """The `ditscale.marker` tag of a run recorded by `marker`: the s3:// URI, or host:absolute path for a local
+    file (the same local path on two machines is two places; runs of one are never closed by the other)."""
+    if storage.is_s3(marker):
+        return marker
+    import socket
+
+    return f"{socket.gethostname()}:{os.path.abspath(os.path.expanduser(marker))}"
+
+
+def close_abandoned(mlflow_client: Any, experiment_id: str, where: str, keep: str) -> list[str]:
+    """KILLED, with the reason, for the RUNNING runs tagged `ditscale.marker=where` (`marker_place`) other than
+    `keep`: runs of an earlier attempt that never wrote the marker (a crash between creating the run and writing
+    it) or whose marker went (the outputs deleted while the run was open). Without this they stayed RUNNING for
+    ever. Returns their ids."""
+    if "'" in where and '"' in where:
         return []  # not expressible in a search filter; nothing is closed
-    quote = '"' if "'" in marker else "'"
-    query = f"tags.`{MARKER_TAG}` = {quote}{marker}{quote} and attributes.status = 'RUNNING'"
+    quote = '"' if "'" in where else "'"
+    query = f"tags.`{MARKER_TAG}` = {quote}{where}{quote} and attributes.status = 'RUNNING'"
     found = _search_all(mlflow_client, [experiment_id], query)
     closed = [r.info.run_id for r in found if r.info.run_id != keep]
     for run_id in closed:
         set_tags(
             mlflow_client,
             run_id,
-            {STATUS_TAG: "abandoned", FAILURE_REASON_TAG: f"abandoned: run {keep} was started for {marker} after it"},
+            {STATUS_TAG: "abandoned", FAILURE_REASON_TAG: f"abandoned: run {keep} was started for {where} after it"},
         )
         mlflow_client.set_terminated(run_id, status="KILLED")
     return closed

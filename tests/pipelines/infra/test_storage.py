@@ -109,3 +109,19 @@ def test_an_s3_output_is_checked_like_a_local_one_before_its_prefix_is_cleared(s
     storage.write_bytes(f"{s3_bucket}/vae/w.safetensors", b"old")
     for out in (f"{s3_bucket}/vae", f"{s3_bucket}/new"):
         storage.check_output_dir(out, kind="VAE", replaces=("config.json", "w.safetensors"))
+
+
+def test_publish_through_a_symlink_replaces_its_target_and_a_failed_write_leaves_no_temp_file(tmp_path):
+    """A symlinked output folder: the link was moved aside and a new folder put in its place, so the folder it
+    pointed to kept the old files and a hidden link was left behind. A write that raises left its temp file."""
+    target = tmp_path / "disk" / "vae"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("old")
+    (tmp_path / "vae").symlink_to(target)
+    storage.publish_dir(str(tmp_path / "vae"), lambda d: (d / "new.txt").write_text("new"))
+    assert (tmp_path / "vae").is_symlink() and [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "vae"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["vae"]
+    with pytest.raises(TypeError):
+        storage.write_bytes(str(tmp_path / "r.json"), "text, not bytes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "vae"]

@@ -156,13 +156,19 @@ def test_a_run_left_without_its_marker_is_closed_when_the_next_attempt_starts(tm
     marker, other = str(tmp_path / folder / "run.json"), str(tmp_path / "other.json")
     first, _ = tracking.attach_run(client, marker, experiment="e", name="r")
     neighbour, _ = tracking.attach_run(client, other, experiment="e", name="r2")
+    # The same path on another machine (a job of its own, sharing the tracking server) is another place.
+    exp_id = client.get_experiment_by_name("e").experiment_id
+    elsewhere = client.create_run(exp_id, tags={tracking.MARKER_TAG: "otherhost:" + marker}).info.run_id
     Path(marker).unlink()  # the marker was never written
     second, created = tracking.attach_run(client, marker, experiment="e", name="r")
     assert created and second != first and json.loads(Path(marker).read_text())["run_id"] == second
     old = client.get_run(first)
     assert old.info.status == "KILLED" and old.data.tags[tracking.STATUS_TAG] == "abandoned"
     assert second in old.data.tags[tracking.FAILURE_REASON_TAG] and marker in old.data.tags[tracking.FAILURE_REASON_TAG]
-    assert client.get_run(second).info.status == client.get_run(neighbour).info.status == "RUNNING"
+    assert {client.get_run(r).info.status for r in (second, neighbour, elsewhere)} == {"RUNNING"}
+    import socket
+
+    assert client.get_run(second).data.tags[tracking.MARKER_TAG] == f"{socket.gethostname()}:{marker}"
     # A finished run of the same marker is history, not an abandoned attempt: it stays FINISHED.
     tracking.end_run(client, second, "finished")
     Path(marker).unlink()
