@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from ditcore.config import ConfigError, apply_overrides, from_dict, merge, to_dict
 from jobs.sweep.config import SweepConfig
-from jobs.train.config import ExecutionConfig, TrainConfig, model_display_name, wsd_decay_start
+from jobs.train.config import EvalConfig, ExecutionConfig, TrainConfig, model_display_name, wsd_decay_start
 from jobs.train.plan import RunPlan, resolve_run, steps_for_budget
 from pipelines.infra import storage
 
@@ -172,6 +172,11 @@ def _check(cfg: SweepConfig) -> list[tuple[Optional[str], Any]]:
     return entries
 
 
+def _base_eval(base: dict) -> dict:
+    """The base training config's evaluation settings, defaults filled in (a swept evaluation key's base value)."""
+    return {**to_dict(EvalConfig()), **dict(base.get("eval") or {})}
+
+
 def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dict, budgets: list[float]) -> Trial:
     d = merge(base, {"model": _model_spec(entry, dict(base.get("model") or {})), "budget_flops": budgets[-1]})
     d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in hp.items()])
@@ -216,7 +221,12 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
     train_eval = {k: v for k, v in ident["train"]["eval"].items() if k not in EVAL_ONLY}
     # Trials of one grid that differ only in an evaluation setting keep apart training runs (never two writers in
     # one run directory): their swept evaluation keys stay in the training id by name.
-    eval_hp = {k: v for k, v in hp.items() if k.startswith("eval.") and k.split(".", 1)[1] in EVAL_ONLY}
+    # A value equal to the base setting is the base's training (adding the axis at the base value keeps its runs).
+    eval_hp = {
+        k: v
+        for k, v in hp.items()
+        if k.startswith("eval.") and k.split(".", 1)[1] in EVAL_ONLY and v != _base_eval(base).get(k.split(".", 1)[1])
+    }
     train_ident = {**ident, "hp": {**ident["hp"], **eval_hp}, "train": {**ident["train"], "eval": train_eval}}
     tid, train_tid = (
         hashlib.sha1(json.dumps(i, sort_keys=True, default=str).encode()).hexdigest()[:10] for i in (ident, train_ident)

@@ -19,7 +19,7 @@ import time
 from typing import Any, Optional
 
 from jobs.scaling.points import ScalingPoint
-from jobs.sweep.grid import TrialPlan, trial_storage
+from jobs.sweep.grid import Trial, TrialPlan, trial_storage
 from pipelines.infra import storage
 
 DONE, FAILED = "done.json", "failed.json"
@@ -145,6 +145,33 @@ def _points(tp: TrialPlan, summaries: list[dict]) -> list[ScalingPoint]:
     return sorted(points, key=lambda p: p.budget_flops)
 
 
+def restamped(trial: Trial, tdir: str, record: dict, tracking_uri: Optional[str]) -> dict:
+    """A finished trial's record as this sweep names it. The trial id covers what was trained and measured, not
+    how the grid that first ran it named it: a sweep that adds an axis at the base value reuses the base's finished
+    trial, whose points carried that grid's hyper-parameters (none), so `mup-report` found no `optim.lr` and a new
+    `optim.mup` axis classed the reused point as standard. The record, its points and the trial's MLflow
+    points.json (with tags `ditscale.hparams` and its name) are stamped with this sweep's; nothing else changes."""
+    want = dict(trial.hparams)
+    same = json.dumps(want, sort_keys=True, default=str)
+    if (
+        record.get("name") == trial.name
+        and record.get("arm") == trial.arm
+        and all(json.dumps(p.get("hparams") or {}, sort_keys=True, default=str) == same for p in record["points"])
+    ):
+        return record
+    points = [dataclasses.replace(ScalingPoint.from_dict(p), arm=trial.arm, hparams=want) for p in record["points"]]
+    record = {**record, "name": trial.name, "arm": trial.arm, "points": [p.to_dict() for p in points]}
+    child = record.get("mlflow_run_id")
+    if child and tracking_uri:
+        from pipelines.infra import tracking
+
+        client = tracking.client(tracking_uri, check=False)
+        client.log_text(child, json.dumps(record["points"], indent=2), tracking.POINTS_ARTIFACT)
+        tracking.set_tags(client, child, {"ditscale.hparams": same, tracking.RUN_NAME_TAG: trial.name})
+    storage.write_json(storage.join(tdir, DONE), record)
+    return record
+
+
 def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str, reasons: list[str]) -> None:
     """points.json, the branch points' metrics and the status on the trial's MLflow run."""
     if child is None:
@@ -226,7 +253,7 @@ def run_trial(
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
-        return storage.read_json(storage.join(tdir, DONE))
+        return restamped(tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri)
     t0 = time.time()
     child: Optional[str] = None
     prepared: list = []

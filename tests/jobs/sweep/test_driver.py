@@ -158,6 +158,43 @@ def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
     )
     assert axes[0].trial_id == plain[0].trial_id and axes[0].runs_id == plain[0].runs_id
     assert axes[1].trial_id != plain[0].trial_id and axes[1].runs_id != plain[0].runs_id
+    # The same for an evaluation axis: at the base value the base's trial and training runs (its training id held
+    # the axis by name, so the runs were trained again); another value is another trial of the same training.
+    steps = plain[0].train.eval.steps
+    ev = expand_grid(
+        load_sweep_config(
+            str(path),
+            ['models=["MMDiT-T"]', "base.optim.lr=0.004", f'hparams={{"eval.steps": [{steps}, {steps + 7}]}}'],
+        )
+    )
+    assert (ev[0].trial_id, ev[0].runs_id) == (plain[0].trial_id, plain[0].runs_id)
+    assert ev[1].trial_id != plain[0].trial_id and ev[1].runs_id not in (plain[0].runs_id, ev[1].trial_id)
+
+    # A finished trial reused by a grid that names it otherwise (the axis added at the base value) is recorded with
+    # this grid's settings: its points carried the first grid's (none), which mup-report and the fit's labels read.
+    from jobs.scaling.points import ScalingPoint, read_points
+    from jobs.sweep.trial import DONE, restamped
+    from pipelines.infra import tracking
+
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    client = tracking.client(uri, check=False)
+    parent, _ = tracking.attach_run(client, str(tmp_path / "p.json"), experiment="x", name="sweep")
+    client.set_tag(parent, tracking.ROLE_TAG, tracking.ROLE_SWEEP)
+    tags = {tracking.ROLE_TAG: tracking.ROLE_TRIAL}
+    child, _ = tracking.attach_run(
+        client, str(tmp_path / "c.json"), experiment="x", name="t", tags=tags, parent_run_id=parent
+    )
+    point = ScalingPoint("MMDiT-T", 1, 1e9, 1e9, 3, str(tmp_path / "ck"), fid=9.0, trial_id="a")
+    client.log_text(child, json.dumps([point.to_dict()]), tracking.POINTS_ARTIFACT)
+    tracking.end_run(client, child, "finished")
+    (tmp_path / "trial").mkdir()
+    record = {"trial_id": "a", "name": plain[0].name, "arm": None, "points": [point.to_dict()], "mlflow_run_id": child}
+    assert restamped(plain[0], str(tmp_path / "trial"), record, uri) is record  # named the same: untouched
+    now = restamped(axes[0], str(tmp_path / "trial"), record, uri)
+    assert [p["hparams"] for p in now["points"]] == [{"optim.weight_decay": base_wd}]
+    assert json.loads((tmp_path / "trial" / DONE).read_text()) == now and now["name"] == axes[0].name
+    (read,) = read_points(client, parent_run_id=parent)[1]
+    assert read.hparams == {"optim.weight_decay": base_wd} and read.fid == 9.0
     with pytest.raises(ConfigError, match="sets optim.lr, which hparams also sweeps"):
         expand_grid(load_sweep_config(str(path), [f"models={per_model}", 'hparams={"optim.lr": [0.002]}']))
     with pytest.raises(ConfigError, match="must map dotted keys to single values"):
