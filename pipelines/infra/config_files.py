@@ -36,8 +36,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: its keys may be set again here (that is what a merge is for)
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # SafeLoader's own error names it ("found unhashable key")
             if key in seen:
                 raise _DuplicateKey(f"key {key!r} given twice in one mapping (lines {seen[key]} and {line})")
             seen[key] = line

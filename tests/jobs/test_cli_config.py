@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from ditcore.config import to_dict
+from ditcore.config import ConfigError, to_dict
 from jobs.cli import main
 from jobs.sweep.config import SweepConfig
 from jobs.train.config import TrainConfig
@@ -261,6 +261,18 @@ def test_a_key_given_twice_and_broken_yaml_are_one_line_errors(cwd, capsys):
     assert main(["train", "--config", str(cwd / "t.yaml"), "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "key 'optim' given twice in one mapping (lines 1 and 5)" in err and len(err.strip().splitlines()) == 1
+    # A YAML merge (`<<: *anchor`) and a key set again over it are not a key given twice (they were refused).
+    (cwd / "m.yaml").write_text(
+        "optim: &o {lr: 0.01, warmup_steps: 5}\nx: &d {batch_size: 8}\ndata: {<<: *d, batch_size: 4}\n"
+    )
+    from pipelines.infra.config_files import read_yaml
+
+    assert read_yaml(cwd / "m.yaml")["data"] == {"batch_size": 4}
+    (cwd / "u.yaml").write_text("? [1, 2]\n: 3\n")
+    with pytest.raises(
+        ConfigError, match="invalid YAML at line 1, column 3: while constructing a mapping found unhashable"
+    ):
+        read_yaml(cwd / "u.yaml")
     serve_cfg = (REPO_ROOT / "serve" / "config.yaml").read_text()
     assert "proxy_location: EveryNode" in serve_cfg
     (cwd / "bad.yaml").write_text(serve_cfg.replace("proxy_location: EveryNode", "proxy_location: Everywhere"))
