@@ -114,6 +114,10 @@ def test_champion_pyfunc_loads_and_predicts(champion, capsys):
     got = np.stack([_png(b) for b in model.predict(mixed)["png_base64"]])
     np.testing.assert_array_equal(got[0], expected_g1[0])
     np.testing.assert_array_equal(got[1], expected_cfg[0])  # per-row sampler, steps and guidance
+    # An integer guidance column (JSON `"guidance": 1` gives int64) is a guidance, not a schema error.
+    as_int = pd.DataFrame({"label": [3], "seed": [5], "steps": [3], "sampler": ["euler"], "guidance": [1]})
+    assert as_int["guidance"].dtype == "int64"
+    np.testing.assert_array_equal(_png(model.predict(as_int)["png_base64"][0]), expected_g1[0])
 
     from pipelines.export.pyfunc import PyfuncInputError
 
