@@ -43,7 +43,8 @@ class ComputeConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, ("actors", "batch_size", "chunk_rows"), "compute.{name} must be >= 1, got {value}")
-        for name, low in (("cpus_per_actor", 0.0), ("decode_cpus", 0.0), ("gpus_per_actor", None)):
+        # cpus_per_actor 0 is Ray's num_cpus=0 (common for GPU actors; the actor's torch then uses every CPU)
+        for name, low in (("cpus_per_actor", None), ("decode_cpus", 0.0), ("gpus_per_actor", None)):
             v = getattr(self, name)
             ok = math.isfinite(v) and (v >= 0 if low is None else v > low)
             if not ok:

@@ -116,6 +116,16 @@ def check_apart(source: str, output: str) -> None:
         )
 
 
+def _latent_manifest(output: str) -> bool:
+    """Whether `output`/manifest.json reads as a latent data set's (a manifest.json of anything else, such as the
+    shipped encoders' folder, does not make a folder replaceable)."""
+    try:
+        m = storage.read_json(storage.join(output, "manifest.json"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"schema_version", "vae", "counts", "columns"} <= set(m)
+
+
 def check_replaceable(output: str) -> None:
     """overwrite=true deletes `output` whole: only a latent data set (or a run that started one) may be there, never
     the working directory, a folder holding it, or a directory of other files (a typo'd `output=outputs`)."""
@@ -123,11 +133,18 @@ def check_replaceable(output: str) -> None:
         storage.refuse_working_dir(output, "latent data set")
     except ValueError as e:
         raise ConfigError(f"output: {e}") from None
+    if storage.is_s3(output) and "/" not in output[len("s3://") :].strip("/"):
+        raise ConfigError(f"output: {output} is a bucket, not a folder in one: overwrite=true would empty it")
     if not storage.exists(output):
         return
     if not storage.is_dir(output):
         raise ConfigError(f"output: {output} exists and is not a directory")
     names = storage.listdir(output)
+    if names and PROGRESS_DIR not in names and "manifest.json" in names and not _latent_manifest(output):
+        raise ConfigError(
+            f"output: {output} holds a manifest.json that is not a latent data set's (no schema_version, vae, "
+            "counts and columns): overwrite=true would delete the folder; choose a new or empty directory"
+        )
     if names and not {"manifest.json", PROGRESS_DIR} & set(names):
         raise ConfigError(
             f"output: {output} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, not a latent data set "

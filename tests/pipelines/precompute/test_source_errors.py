@@ -287,6 +287,14 @@ def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_befor
         with pytest.raises(ConfigError, match=words):  # the job's own delete checks again
             _prepare_output(cfg, plan_source(cfg.source, S))
     assert (work / "outputs" / "mlflow.db").read_text() == "store" and (work / "outputs" / "sweeps").is_dir()
+    # A manifest.json is a common name: the shipped encoders' folder holds one, and was taken for a data set.
+    (work / "enc" / "vae").mkdir(parents=True)
+    (work / "enc" / "manifest.json").write_text('{"vae": {"sha256": "ab"}, "features": {}}')
+    with pytest.raises(ConfigError, match="holds a manifest.json that is not a latent data set's"):
+        validate(_cfg(tmp_path, builtin, output="enc", overwrite=True))
+    assert (work / "enc" / "vae").is_dir()
+    with pytest.raises(ConfigError, match="s3://bkt/ is a bucket, not a folder in one"):  # named before any request
+        validate(_cfg(tmp_path, builtin, output="s3://bkt/", overwrite=True))
     # A latent data set (here: a run that started one) is replaced as before; so is an empty directory.
     (work / "outputs" / "lat" / "_progress").mkdir(parents=True)
     (work / "outputs" / "empty").mkdir()
@@ -301,7 +309,7 @@ def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_befor
         with pytest.raises(ConfigError, match=words):
             validate(_cfg(tmp_path, source, output="outputs/x"))
     for key, value, words in (
-        ("cpus_per_actor", -1, "compute.cpus_per_actor must be a finite number > 0, got -1"),
+        ("cpus_per_actor", -1, "compute.cpus_per_actor must be a finite number >= 0, got -1"),
         ("gpus_per_actor", -1, "compute.gpus_per_actor must be a finite number >= 0, got -1"),
         ("decode_cpus", 0, "compute.decode_cpus must be a finite number > 0, got 0"),
         ("num_cpus", 0, "compute.num_cpus must be >= 1"),
@@ -310,3 +318,4 @@ def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_befor
             _cfg(tmp_path, builtin, compute={key: value})
     with pytest.raises(ConfigError, match="limit must be >= 1"):
         _cfg(tmp_path, {**builtin, "limit": -1})
+    assert _cfg(tmp_path, builtin, compute={"cpus_per_actor": 0}).compute.cpus_per_actor == 0  # Ray's num_cpus=0
