@@ -67,8 +67,10 @@ def _check_before_sampling(args, local: str, data: str, settings) -> None:  # no
         if classes is None:
             raise ValueError(f"--classifier {args.classifier}: {type(net).__name__} is not an image classifier")
         have = Manifest.read(data).num_classes
-        if have and int(classes) != int(have):
-            raise ValueError(f"--classifier {args.classifier}: knows {classes} classes, the data set {data} has {have}")
+        if have and int(classes) < int(have):  # more classes than the data's is fine: a label is scored as given
+            raise ValueError(
+                f"--classifier {args.classifier}: knows only {classes} classes, the data set {data} has {have}"
+            )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -90,3 +90,24 @@ def test_class_accuracy_of_samples_under_a_classifier(setup):
     assert res["fid_se"] >= 0 and res["fid_n_boot"] == 50 and res["few_samples_warning"] is None  # 24 >= 18 dims
     with_clf = FIDSettings(**settings.__dict__).key("net", setup["clf"])
     assert with_clf != settings.key("net")  # the classifier is part of the cache key
+
+
+def test_evaluate_takes_a_classifier_of_at_least_the_data_sets_classes(setup, tmp_path):
+    """Scoring needs every label of the data set among the classifier's classes; one of more classes is fine (it
+    was refused, as train's eval.classifier takes it)."""
+    import argparse
+
+    from ditcore.metrics.classifier import ImageClassifier
+    from jobs.cli.evaluate import _check_before_sampling
+    from pipelines.generation import SamplerSettings
+
+    for classes in (3, 6):
+        path = str(save_feature_net(ImageClassifier(classes, image_size=8), tmp_path / f"c{classes}"))
+        args = argparse.Namespace(classifier=path, checkpoint=setup["ckpt"])
+        check = lambda: _check_before_sampling(args, setup["ckpt"], setup["data"], SamplerSettings())  # noqa: E731
+        if classes < 4:
+            with pytest.raises(ValueError, match="knows only 3 classes, the data set .* has 4"):
+                check()
+        else:
+            check()
+
