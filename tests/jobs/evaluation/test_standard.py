@@ -110,4 +110,3 @@ def test_evaluate_takes_a_classifier_of_at_least_the_data_sets_classes(setup, tm
                 check()
         else:
             check()
-
