@@ -28,6 +28,7 @@ import numpy as np
 
 from ditcore.config import differences
 from ditcore.files import file_digest as sha256_file
+from pipelines.infra import storage
 from pipelines.infra.code import source_fingerprint
 from pipelines.infra.config_files import REPO_ROOT
 
@@ -165,9 +166,6 @@ def write_entry(kind: str, cfg: Any, directory: Path, trained_with: dict, shippe
     entry = {"fingerprint": fp, "files": files, "trained_with": trained_with}
     manifest = read_manifest(shipped_dir)
     manifest[kind] = entry
-    path = Path(shipped_dir) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # whole or not at all: every quickstart reads it
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    storage.write_bytes(str(Path(shipped_dir) / MANIFEST), text.encode())  # whole or not at all: every run reads it
     return entry
