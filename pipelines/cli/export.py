@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 from pipelines.cli.parsers import command_parser
@@ -69,6 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from ditcore.checkpoint import CheckpointError
     from pipelines.export import ExportError, export_to_diffusers
+    from pipelines.export.to_diffusers import check_export_out
     from pipelines.infra import storage
 
     ckpt, out = args.diffusers
@@ -83,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         return 2
     try:
+        check_export_out(Path(out), args.overwrite)  # before an s3:// checkpoint is downloaded
         with tempfile.TemporaryDirectory(prefix="ditscale-export-") as tmp:
             local = storage.local_copy(ckpt, cache_root=tmp)
             vae = None if args.no_vae else (args.vae or _default_vae(local))

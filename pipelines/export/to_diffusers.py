@@ -468,7 +468,7 @@ def _load_vae(path: str | os.PathLike, latent_channels: int, scaling: float, shi
     return vae.eval(), given
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_export_out(out: Path, overwrite: bool) -> None:
     """`out` is replaced whole: refused when it holds anything but an earlier export (with overwrite), or is the
     working directory or a folder holding it (ValueError naming it)."""
     from pipelines.infra import storage
@@ -496,6 +496,7 @@ def export_to_diffusers(
     (+ the VAE). EMA weights when present and `use_ema`, else model.safetensors. Raises ExportError naming every
     option or objective diffusers cannot express; without a VAE a missing scheduler is only a warning.
     """
+    check_export_out(Path(out), overwrite)  # before the load and conversion (checked again before the write)
     ckpt = load_checkpoint(checkpoint, use_ema=use_ema)
     model, config = ckpt.model, ckpt.config
     cfg = model.config
@@ -570,7 +571,7 @@ def _write_export(out: Path, overwrite: bool, record: dict[str, Any], transforme
     """Save the pipeline (or its parts) and the export record under a temporary name, then commit it to `out`."""
     from diffusers import DiTPipeline
 
-    _check_out(out, overwrite)
+    check_export_out(out, overwrite)
     with staged_dir(out) as tmp:
         if record["pipeline"]:
             DiTPipeline(transformer=transformer, vae=vae_module, scheduler=scheduler).save_pretrained(str(tmp))

@@ -218,7 +218,7 @@ def test_pipeline_refuses_shift_factor(tmp_path, vae_dir):
         export_to_diffusers(ckpt, tmp_path / "out", vae=vae_dir)
 
 
-def test_existing_output_needs_overwrite_and_only_an_export_is_replaced(tmp_path, monkeypatch):
+def test_existing_output_needs_overwrite_and_only_an_export_is_replaced(tmp_path, monkeypatch, capsys):
     """--overwrite replaced any directory: one of other files, or the one holding the working directory."""
     ckpt, _, _ = _checkpoint(tmp_path, "ck", "DiT-T/2")
     (tmp_path / "out").mkdir()
@@ -239,6 +239,15 @@ def test_existing_output_needs_overwrite_and_only_an_export_is_replaced(tmp_path
     with pytest.raises(ValueError, match="is the working directory or holds it"):
         export_to_diffusers(ckpt, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "work").is_dir()
+    # The command checks OUT before an s3:// checkpoint is downloaded (the download, or its error, came first).
+    from pipelines.cli.export import main as export_main
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    assert export_main(["--diffusers", "s3://bucket/ck", str(tmp_path / "other"), "--overwrite"]) == 2
+    assert "other content (not a diffusers export" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
