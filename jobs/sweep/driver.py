@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 from ditcore.config import ConfigError, to_dict
 from jobs.sweep.config import SweepConfig
 from jobs.sweep.grid import TrialPlan, expand_grid, plan_trials, sweep_base, sweep_dir
-from jobs.sweep.trial import DONE, FAILED, run_trial, trial_dir
+from jobs.sweep.trial import DONE, FAILED, restamped, run_trial, trial_dir
 from pipelines.infra import storage
 from pipelines.infra.code import (
     env_tags,
@@ -386,6 +386,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     grid = {"trial_ids": [tp.trial.trial_id for tp in plans], "grid": _grid(cfg, len(plans))}
     tracking.client(tracking_uri, check=False).log_text(parent, json.dumps(grid, indent=2), tracking.GRID_ARTIFACT)
     pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
+    for tp in plans:  # finished trials keep their record, named and labelled as this grid names them
+        if tp not in pending:
+            tdir = trial_dir(sdir, tp.trial.trial_id)
+            restamped(tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri)
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     code = training_code_fingerprint()
     other, other_software = _reused_runs(plans)

@@ -335,6 +335,27 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     record = json.loads(first_record)
     assert record["status"] == "finished" and len(record["points"]) == 2
 
+    # 4) The same grid with an axis at the base value: every trial is done (same ids), nothing runs, and the
+    #    trials' records and MLflow points carry this grid's hyper-parameters (they kept the first grid's: none).
+    wd = trials[0].train.optim.weight_decay
+    again = subprocess.run(
+        [*cmd, f'hparams={{"optim.weight_decay": [{wd}]}}'],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        start_new_session=True,
+    )
+    assert again.returncode == 0 and f"{len(trials)} already done, 0 to run" in again.stdout, again.stdout[-3000:]
+    for run in children:
+        assert {p["hparams"]["optim.weight_decay"] for p in load_points(client, run.info.run_id)} == {wd}
+    for t in trials:
+        assert {
+            p["hparams"]["optim.weight_decay"]
+            for p in json.loads((tdir / t.trial_id / "done.json").read_text())["points"]
+        } == {wd}
+
 
 def test_keys_the_sweep_sets_itself_are_refused_as_hyper_parameters(tmp_path, dataset):
     """Swept or set per model, they were overwritten: two trials of one training under two labels (a cosine trial
