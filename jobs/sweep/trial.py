@@ -166,10 +166,26 @@ def restamped(trial: Trial, tdir: str, record: dict, tracking_uri: Optional[str]
         from pipelines.infra import tracking
 
         client = tracking.client(tracking_uri, check=False)
-        client.log_text(child, json.dumps(record["points"], indent=2), tracking.POINTS_ARTIFACT)
-        tracking.set_tags(client, child, {"ditscale.hparams": same, tracking.RUN_NAME_TAG: trial.name})
+        try:
+            tracking.retry(lambda: _stamp_child(client, child, record["points"], same, trial.name), what="restamp")
+        except Exception as exc:  # noqa: BLE001 - a deleted child run or a store that errors must not stop the sweep
+            import sys
+
+            print(
+                f"[ditscale] warning: trial {trial.trial_id}: its MLflow run {child} keeps the hyper-parameters of the "
+                f"grid that ran it ({exc}); done.json too, so the next invocation tries again",
+                file=sys.stderr,
+            )
+            return record
     storage.write_json(storage.join(tdir, DONE), record)
     return record
+
+
+def _stamp_child(client: Any, child: str, points: list[dict], hparams: str, name: str) -> None:
+    from pipelines.infra import tracking
+
+    client.log_text(child, json.dumps(points, indent=2), tracking.POINTS_ARTIFACT)
+    tracking.set_tags(client, child, {"ditscale.hparams": hparams, tracking.RUN_NAME_TAG: name})
 
 
 def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str, reasons: list[str]) -> None:

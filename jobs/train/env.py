@@ -227,12 +227,16 @@ class RayTrainEnv:
             return step
         marker = self._fit_marker()
         if self.fs.get_file_info(marker).type != pafs.FileType.NotFound:
-            try:
-                with self.fs.open_input_stream(marker) as f:
-                    return min(step, int(json.loads(f.read().decode())["step"]))
-            except (ValueError, KeyError, TypeError):
-                pass  # torn by a kill mid-write (written atomically since): counted from here, written again
-            # an OSError (S3 throttled, a network error) raises: Ray Train restarts the group, which reads it again
+            for attempt in range(3):  # an OSError (S3 throttled, a network error) is tried again, then raises
+                try:
+                    with self.fs.open_input_stream(marker) as f:
+                        return min(step, int(json.loads(f.read().decode())["step"]))
+                except (ValueError, KeyError, TypeError):
+                    break  # torn by a kill mid-write (written atomically since): counted from here, written again
+                except OSError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.5 * 2**attempt)
         self.fs.create_dir(self._base, recursive=True)
         tmp = f"{marker}.tmp"
         with self.fs.open_output_stream(tmp) as f:

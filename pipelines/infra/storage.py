@@ -284,9 +284,8 @@ def publish_dir(out: str, write: Callable[[Path], None]) -> str:
         return out
     from pipelines.infra.staging import staged_dir
 
-    dst = Path(out).expanduser()
-    if dst.is_symlink():  # the folder it points to is replaced, not the link (which would be moved aside)
-        dst = dst.resolve()
+    given = Path(out).expanduser()
+    dst = given.resolve() if given.is_symlink() else given  # through a link: its folder is replaced, not the link
     with staged_dir(dst) as tmp:  # the old directory is moved aside, not deleted, until the new one is in place
         write(tmp)
-    return str(dst)
+    return str(given)

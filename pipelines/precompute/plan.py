@@ -121,7 +121,7 @@ def _latent_manifest(output: str) -> bool:
     shipped encoders' folder, does not make a folder replaceable)."""
     try:
         m = storage.read_json(storage.join(output, "manifest.json"))
-    except (OSError, ValueError):
+    except ValueError:  # not JSON; a read error (S3 throttled) raises as itself
         return False
     return isinstance(m, dict) and {"schema_version", "vae", "counts", "columns"} <= set(m)
 

@@ -134,7 +134,7 @@ def test_a_sweep_without_its_own_store_uses_its_bases(tmp_path, dataset, monkeyp
     assert sweep_tracking_uri(load_sweep_config(str(path))) == f"sqlite:///{tmp_path / 'default.db'}"
 
 
-def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
+def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset, capsys):
     path = _write_cfg(tmp_path, dataset, budgets=[1e9])
     per_model = '[{"preset": "MMDiT-T", "set": {"optim.lr": 0.004}}, {"depth": 1, "set": {"optim.lr": 0.001}}]'
     trials = expand_grid(load_sweep_config(str(path), [f"models={per_model}"]))
@@ -195,6 +195,12 @@ def test_a_model_entry_sets_its_own_hyper_parameters(tmp_path, dataset):
     assert json.loads((tmp_path / "trial" / DONE).read_text()) == now and now["name"] == axes[0].name
     (read,) = read_points(client, parent_run_id=parent)[1]
     assert read.hparams == {"optim.weight_decay": base_wd} and read.fid == 9.0
+    # A child run deleted in the UI cannot be restamped: a warning, and done.json is left to try again next time.
+    client.delete_run(child)
+    before = (tmp_path / "trial" / DONE).read_text()
+    later = restamped(axes[1], str(tmp_path / "trial"), now, uri)
+    assert later["name"] == axes[1].name and (tmp_path / "trial" / DONE).read_text() == before
+    assert "keeps the hyper-parameters of the grid that ran it" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="sets optim.lr, which hparams also sweeps"):
         expand_grid(load_sweep_config(str(path), [f"models={per_model}", 'hparams={"optim.lr": [0.002]}']))
     with pytest.raises(ConfigError, match="must map dotted keys to single values"):

@@ -155,16 +155,21 @@ def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path
     # A marker that cannot be read now (S3 throttled, a network error) is not torn: the error raises (Ray Train
     # restarts the group, which reads it again); it was taken for torn and overwritten, losing the earlier steps.
     class Unreadable:
-        def __init__(self, fs):
-            self.fs = fs
+        def __init__(self, fs, failures):
+            self.fs, self.failures = fs, failures
 
         def __getattr__(self, name):
             return getattr(self.fs, name)
 
         def open_input_stream(self, path):
-            raise OSError("SlowDown: please reduce your request rate")
+            if self.failures > 0:
+                self.failures -= 1
+                raise OSError("SlowDown: please reduce your request rate")
+            return self.fs.open_input_stream(path)
 
-    env._storage = types.SimpleNamespace(storage_filesystem=Unreadable(pafs.LocalFileSystem()))
+    env._storage = types.SimpleNamespace(storage_filesystem=Unreadable(pafs.LocalFileSystem(), 1))
+    assert env.fit_start_step(8) == 6  # one failed read is tried again
+    env._storage = types.SimpleNamespace(storage_filesystem=Unreadable(pafs.LocalFileSystem(), 10))
     with pytest.raises(OSError, match="SlowDown"):
         env.fit_start_step(8)
     assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 6}

@@ -118,7 +118,9 @@ def test_publish_through_a_symlink_replaces_its_target_and_a_failed_write_leaves
     target.mkdir(parents=True)
     (target / "old.txt").write_text("old")
     (tmp_path / "vae").symlink_to(target)
-    storage.publish_dir(str(tmp_path / "vae"), lambda d: (d / "new.txt").write_text("new"))
+    assert storage.publish_dir(str(tmp_path / "vae"), lambda d: (d / "new.txt").write_text("new")) == str(
+        tmp_path / "vae"
+    )  # the path given, as recorded and printed
     assert (tmp_path / "vae").is_symlink() and [p.name for p in target.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "vae"]
     assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["vae"]
