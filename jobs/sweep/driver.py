@@ -385,10 +385,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
     grid = {"trial_ids": [tp.trial.trial_id for tp in plans], "grid": _grid(cfg, len(plans))}
     tracking.client(tracking_uri, check=False).log_text(parent, json.dumps(grid, indent=2), tracking.GRID_ARTIFACT)
-    pending = [tp for tp in plans if not storage.exists(storage.join(trial_dir(sdir, tp.trial.trial_id), DONE))]
-    for tp in plans:  # finished trials keep their record, named and labelled as this grid names them
-        if tp not in pending:
-            tdir = trial_dir(sdir, tp.trial.trial_id)
+    pending = []
+    for tp in plans:
+        tdir = trial_dir(sdir, tp.trial.trial_id)
+        if not storage.exists(storage.join(tdir, DONE)):
+            pending.append(tp)
+        else:  # a finished trial keeps its record, named and labelled as this grid names it
             restamped(tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri)
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     code = training_code_fingerprint()

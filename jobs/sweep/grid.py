@@ -222,10 +222,11 @@ def _trial(cfg: SweepConfig, base: dict, arm: Optional[str], entry: Any, hp: dic
     # Trials of one grid that differ only in an evaluation setting keep apart training runs (never two writers in
     # one run directory): their swept evaluation keys stay in the training id by name.
     # A value equal to the base setting is the base's training (adding the axis at the base value keeps its runs).
+    base_eval = _base_eval(base)
     eval_hp = {
         k: v
         for k, v in hp.items()
-        if k.startswith("eval.") and k.split(".", 1)[1] in EVAL_ONLY and v != _base_eval(base).get(k.split(".", 1)[1])
+        if k.startswith("eval.") and k.split(".", 1)[1] in EVAL_ONLY and v != base_eval.get(k.split(".", 1)[1])
     }
     train_ident = {**ident, "hp": {**ident["hp"], **eval_hp}, "train": {**ident["train"], "eval": train_eval}}
     tid, train_tid = (

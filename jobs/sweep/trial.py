@@ -269,7 +269,7 @@ def run_trial(
 
     tdir = trial_dir(sweep_dir, tp.trial.trial_id)
     if storage.exists(storage.join(tdir, DONE)):
-        return restamped(tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri)
+        return storage.read_json(storage.join(tdir, DONE))
     t0 = time.time()
     child: Optional[str] = None
     prepared: list = []

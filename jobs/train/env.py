@@ -227,16 +227,16 @@ class RayTrainEnv:
             return step
         marker = self._fit_marker()
         if self.fs.get_file_info(marker).type != pafs.FileType.NotFound:
-            for attempt in range(3):  # an OSError (S3 throttled, a network error) is tried again, then raises
-                try:
-                    with self.fs.open_input_stream(marker) as f:
-                        return min(step, int(json.loads(f.read().decode())["step"]))
-                except (ValueError, KeyError, TypeError):
-                    break  # torn by a kill mid-write (written atomically since): counted from here, written again
-                except OSError:
-                    if attempt == 2:
-                        raise
-                    time.sleep(0.5 * 2**attempt)
+            from pipelines.infra.tracking import retry
+
+            def read() -> int:
+                with self.fs.open_input_stream(marker) as f:
+                    return int(json.loads(f.read().decode())["step"])
+
+            try:  # an OSError (S3 throttled, a network error) is tried again, then raises
+                return min(step, retry(read, attempts=3, what="fit-start marker", giveup=_not_os_error))
+            except (ValueError, KeyError, TypeError):
+                pass  # torn by a kill mid-write (written atomically since): counted from here, written again
         self.fs.create_dir(self._base, recursive=True)
         tmp = f"{marker}.tmp"
         with self.fs.open_output_stream(tmp) as f:
@@ -297,3 +297,7 @@ def _registered_step(path: str) -> int:
 
     m = STEP_DIR_RE.match(path.rstrip("/").rsplit("/", 1)[-1])
     return int(m.group(1)) if m else -1
+
+
+def _not_os_error(exc: Exception) -> bool:
+    return not isinstance(exc, OSError)

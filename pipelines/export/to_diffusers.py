@@ -496,7 +496,7 @@ def export_to_diffusers(
     (+ the VAE). EMA weights when present and `use_ema`, else model.safetensors. Raises ExportError naming every
     option or objective diffusers cannot express; without a VAE a missing scheduler is only a warning.
     """
-    check_export_out(Path(out), overwrite)  # before the load and conversion (checked again before the write)
+    check_export_out(Path(out), overwrite)  # before the load and conversion
     ckpt = load_checkpoint(checkpoint, use_ema=use_ema)
     model, config = ckpt.model, ckpt.config
     cfg = model.config
@@ -547,7 +547,7 @@ def export_to_diffusers(
         "timestep": _timestep_record(arch, objective, cfg),
         "warnings": warnings,
     }
-    _write_export(Path(out), overwrite, record, transformer, scheduler, vae_module)
+    _write_export(Path(out), record, transformer, scheduler, vae_module)
     return record
 
 
@@ -567,11 +567,10 @@ def _check_dit_pipeline(cfg: DiTConfig, shift: float) -> None:
         raise ExportError("cannot build a DiTPipeline: " + "; ".join(problems))
 
 
-def _write_export(out: Path, overwrite: bool, record: dict[str, Any], transformer, scheduler, vae_module) -> None:
+def _write_export(out: Path, record: dict[str, Any], transformer, scheduler, vae_module) -> None:
     """Save the pipeline (or its parts) and the export record under a temporary name, then commit it to `out`."""
     from diffusers import DiTPipeline
 
-    check_export_out(out, overwrite)
     with staged_dir(out) as tmp:
         if record["pipeline"]:
             DiTPipeline(transformer=transformer, vae=vae_module, scheduler=scheduler).save_pretrained(str(tmp))

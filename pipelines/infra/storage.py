@@ -30,6 +30,11 @@ def is_s3(uri: str) -> bool:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
 
 
+def is_bucket_root(uri: str) -> bool:
+    """Whether an s3:// URI names a whole bucket (`s3://bkt`, `s3://bkt/`) rather than a folder in one."""
+    return is_s3(uri) and "/" not in str(uri)[len("s3://") :].strip("/")
+
+
 def check_location(uri: str, key: str = "path") -> None:
     """ConfigError naming `key` when `uri` has a scheme other than s3:// (gs://, S3://, s3:/...): it would
     otherwise be taken for a local folder named `gs:`."""
@@ -256,7 +261,7 @@ def check_output_dir(out: str, *, kind: str, replaces: Sequence[str] = (), input
 def _check_s3_output(out: str, kind: str, replaces: Sequence[str]) -> None:
     """The S3 side of `check_output_dir`: a folder inside a bucket, empty or an earlier output of `kind` (its
     publish deletes the prefix first, so a prefix of other objects, or a whole bucket, would be emptied)."""
-    if "/" not in out[len("s3://") :].strip("/"):
+    if is_bucket_root(out):
         raise ValueError(f"out {out!r} is a bucket, not a folder in one: write the {kind} to s3://bucket/folder")
     names = listdir(out)
     if names and not (replaces and all(f in names for f in replaces)):
@@ -272,7 +277,7 @@ def publish_dir(out: str, write: Callable[[Path], None]) -> str:
     `out` first with `check_output_dir`; the working directory and the folders above it are refused here too."""
     refuse_working_dir(out, "output")
     if is_s3(out):
-        if "/" not in out[len("s3://") :].strip("/"):
+        if is_bucket_root(out):
             raise ValueError(f"out {out!r} is a bucket, not a folder in one: its objects would be deleted")
         with tempfile.TemporaryDirectory(prefix="ditscale-publish-") as tmp:
             write(Path(tmp))

@@ -133,7 +133,7 @@ def check_replaceable(output: str) -> None:
         storage.refuse_working_dir(output, "latent data set")
     except ValueError as e:
         raise ConfigError(f"output: {e}") from None
-    if storage.is_s3(output) and "/" not in output[len("s3://") :].strip("/"):
+    if storage.is_bucket_root(output):
         raise ConfigError(f"output: {output} is a bucket, not a folder in one: overwrite=true would empty it")
     if not storage.exists(output):
         return

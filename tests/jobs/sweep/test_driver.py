@@ -286,9 +286,12 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
 
     # 2) Restart with the same config: only the missing trial runs, and the interrupted one resumes from its own
     #    checkpoints (left untouched: same inode, mtime and bytes) to the end of its budgets.
-    out = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
-    )
+    def rerun(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*cmd, *extra], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
+        )
+
+    out = rerun()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{len(done_first)} already done, {len(trials) - len(done_first)} to run" in out.stdout
     assert (tdir / done_first[0] / "done.json").read_text() == first_record  # finished trial untouched
@@ -344,15 +347,7 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     # 4) The same grid with an axis at the base value: every trial is done (same ids), nothing runs, and the
     #    trials' records and MLflow points carry this grid's hyper-parameters (they kept the first grid's: none).
     wd = trials[0].train.optim.weight_decay
-    again = subprocess.run(
-        [*cmd, f'hparams={{"optim.weight_decay": [{wd}]}}'],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        start_new_session=True,
-    )
+    again = rerun(f'hparams={{"optim.weight_decay": [{wd}]}}')
     assert again.returncode == 0 and f"{len(trials)} already done, 0 to run" in again.stdout, again.stdout[-3000:]
     for run in children:
         assert {p["hparams"]["optim.weight_decay"] for p in load_points(client, run.info.run_id)} == {wd}
