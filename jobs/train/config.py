@@ -107,8 +107,9 @@ class FaultSpec:
     """A failure to inject once per run (tests of fault tolerance): at `step` on `rank`."""
 
     step: int = 0
-    # exception / os._exit(1) / a non-finite loss from `step` on / an infinite gradient at `step`, its loss finite
-    mode: Literal["raise", "exit", "nan", "inf_grad"] = "raise"
+    # exception / os._exit(1) / a hung worker (until killed) / a non-finite loss from `step` on / an infinite
+    # gradient at `step`, its loss finite
+    mode: Literal["raise", "exit", "hang", "nan", "inf_grad"] = "raise"
     rank: int = 0
 
 

@@ -240,6 +240,10 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     path = _write_cfg(tmp_path, dataset)
     cfg = yaml.safe_load(path.read_text())
     cfg["budgets"] = _budgets(path, (2, 4))
+    # The second trial (the larger model: of equal FLOPs the smallest model runs first) hangs before step 3 of its
+    # main run, once: the driver is killed in that state, however fast the machine (polling alone missed it).
+    hang = {"debug.inject_failure": {"step": 3, "mode": "hang"}}
+    cfg["models"] = [cfg["models"][0], {"preset": cfg["models"][1], "set": hang}]
     path.write_text(yaml.safe_dump(cfg))
     trials = expand_grid(load_sweep_config(str(path)))
     tdir = tmp_path / "sweeps" / "t" / "trials"
@@ -248,7 +252,7 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
     # 1) Start the driver; SIGKILL it (and the local Ray it started) mid-run: once one trial is done and another
-    #    has written at least two checkpoints but not finished its main run.
+    #    has written at least two checkpoints, not finished its main run, and hangs (its marker written).
     log1 = open(tmp_path / "driver1.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 900  # generous: the first trial alone can take minutes on a loaded 2-core machine
@@ -259,8 +263,10 @@ def test_sweep_end_to_end_with_killed_driver_resume(tmp_path, dataset):
             done = {p.parent.name for p in tdir.glob("*/done.json")} if tdir.exists() else set()
             for t in trials:
                 ckpts = _checkpoint_files(rdir / t.runs_id)
-                main_done = (rdir / t.runs_id / f"{t.runs_id}-main" / "result.json").exists()
-                if done and t.trial_id not in done and len(ckpts) >= 2 and not main_done:
+                main = rdir / t.runs_id / f"{t.runs_id}-main"
+                main_done, hung = (main / "result.json").exists(), (main / "_injected_failure_step3").exists()
+                assert not hung or done, "the hanging trial ran first: nothing is done to resume around"
+                if hung and done and t.trial_id not in done and len(ckpts) >= 2 and not main_done:
                     # Every checkpoint but the newest (which Ray Train may not have registered yet) is one the
                     # restarted trial can resume from; a restart from scratch would rewrite them all.
                     kept, interrupted, interrupted_runs = ckpts[:-1], t.trial_id, t.runs_id
