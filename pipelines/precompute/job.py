@@ -194,29 +194,38 @@ def _text_identity(cfg: PrecomputeConfig) -> dict | None:
     return rec
 
 
+def resume_conflict(cfg: PrecomputeConfig, plan: SourcePlan) -> str | None:
+    """Why `cfg.output` holds work a run of this config must not resume, or None (nothing there, or the same run:
+    the fingerprint of its source, encoders and dtype matches, which another ditscale version may compute apart)."""
+    out = cfg.output
+    plan_uri = storage.join(out, PROGRESS_DIR, "plan.json")
+    if storage.exists(plan_uri):
+        old, fp = storage.read_json(plan_uri).get("fingerprint"), fingerprint(cfg, plan)
+        if old == fp:
+            return None
+        return f"output {out} holds a run with a different source/encoder config (fingerprint {old} != {fp})"
+    held = [n for n in ("manifest.json", "data") if storage.exists(storage.join(out, n))]
+    if held:
+        # Rows of an unknown run would be read beside the new ones (every reader lists data/).
+        return (
+            f"output {out} already holds {' and '.join(held)} but no {PROGRESS_DIR}/plan.json, so the run that "
+            "wrote them cannot be checked"
+        )
+    return None
+
+
 def _prepare_output(cfg: PrecomputeConfig, plan: SourcePlan) -> None:
     """Overwrite, or check that a resumed output holds a run of the same config (fingerprint)."""
     out = cfg.output
     if cfg.overwrite and storage.exists(out):
         check_replaceable(out)  # validate() did; the directory may have changed since
         storage.delete(out)
-    fp = fingerprint(cfg, plan)
+    why = resume_conflict(cfg, plan)
+    if why is not None:
+        raise ConfigError(f"{why}; use a new output path or overwrite=true")
     plan_uri = storage.join(out, PROGRESS_DIR, "plan.json")
-    if storage.exists(plan_uri):
-        old = storage.read_json(plan_uri).get("fingerprint")
-        if old != fp:
-            raise ConfigError(
-                f"output {out} holds a run with a different source/encoder config (fingerprint {old} "
-                f"!= {fp}); use a new output path or overwrite=true"
-            )
-    else:
-        held = [n for n in ("manifest.json", "data") if storage.exists(storage.join(out, n))]
-        if held:
-            # Rows of an unknown run would be read beside the new ones (every reader lists data/).
-            raise ConfigError(
-                f"output {out} already holds {' and '.join(held)} but no {PROGRESS_DIR}/plan.json, so the run that "
-                "wrote them cannot be checked; use a new output path or overwrite=true"
-            )
+    if not storage.exists(plan_uri):
+        fp = fingerprint(cfg, plan)
         storage.write_json(plan_uri, {"fingerprint": fp, "shards": len(plan.shards), "config": to_dict(cfg)})
 
 

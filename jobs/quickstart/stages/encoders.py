@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.quickstart import shipped
 from jobs.quickstart.runner import Context, config_hash, record_upstream, recorded_upstream, upstream_fingerprint
 from pipelines.infra.config_files import REPO_ROOT, load_config
 from pipelines.infra.ray_runtime import head_cpus, num_cores
+
+if TYPE_CHECKING:
+    from pipelines.precompute.config import PrecomputeConfig
 
 PRECOMPUTE_YAML = REPO_ROOT / "configs" / "precompute" / "builtin.yaml"
 
@@ -198,10 +202,11 @@ def latents_upstream(ctx: Context) -> str:
     return config_hash({"config": precompute_config(ctx), "upstream": upstream_fingerprint(ctx)})
 
 
-def clear_latents(ctx: Context, upstream: str) -> str | None:
+def clear_latents(ctx: Context, upstream: str, cfg: PrecomputeConfig | None = None) -> str | None:
     """Why latents/ must go before this precompute, or None to resume it: an interrupted precompute of the same
     encoders and config keeps its finished parts (the job resumes them; it re-encoded everything before). Another
-    config, encoders retrained at the same paths, a folder with no record, or --force: cleared."""
+    config, encoders retrained at the same paths, a folder with no record, rows the precompute `cfg` (this
+    version's) would not resume (another version's fingerprint), or --force: cleared."""
     if not ctx.path("latents").exists():
         return None
     if ctx.force:
@@ -209,7 +214,20 @@ def clear_latents(ctx: Context, upstream: str) -> str | None:
     was = recorded_upstream(ctx.path(LATENTS_RECORD))
     if was is None:
         return "it has no record of the encoders and config it was made with"
-    return None if was == upstream else "it was made with other encoders or another config"
+    if was != upstream:
+        return "it was made with other encoders or another config"
+    if cfg is not None:
+        from pipelines.precompute.job import resume_conflict
+        from pipelines.sources import SourceError, plan_source
+
+        try:
+            plan = plan_source(cfg.source, cfg.image_size)
+        except SourceError:
+            return None  # the precompute names the source's error
+        conflict = resume_conflict(cfg, plan)
+        if conflict is not None:
+            return f"this version's precompute cannot resume it: {conflict}"
+    return None
 
 
 def precompute_run(ctx: Context) -> dict:
@@ -218,14 +236,14 @@ def precompute_run(ctx: Context) -> dict:
 
     out = ctx.path("latents")
     upstream = latents_upstream(ctx)
-    why = clear_latents(ctx, upstream)
+    cfg = load_config(PrecomputeConfig, _precompute_yaml(ctx), _precompute_overrides(ctx))
+    why = clear_latents(ctx, upstream, cfg)
     if why is not None:
         ctx.log(f"clearing {out}: {why}")
         shutil.rmtree(out)
     elif out.exists():
         ctx.log(f"resuming the precompute in {out}: its finished parts are kept (same encoders and config)")
     record_upstream(ctx.path(LATENTS_RECORD), upstream)
-    cfg = load_config(PrecomputeConfig, _precompute_yaml(ctx), _precompute_overrides(ctx))
     ctx.ensure_ray()
     summary = run_precompute(cfg)
     ctx.log(format_summary(summary))

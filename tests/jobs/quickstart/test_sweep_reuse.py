@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ditcore.config import ConfigError
 from jobs.quickstart.modes import make_mode, with_sweep_overrides
 from jobs.quickstart.runner import Context
 from jobs.quickstart.stages import scaling
@@ -162,6 +163,22 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     assert "no record" in encoders.clear_latents(ctx, upstream)
     record_upstream(ctx.path(encoders.LATENTS_RECORD), upstream)
     assert encoders.clear_latents(ctx, upstream) is None  # interrupted, same inputs: resumed
+    # Rows planned by another ditscale version's precompute (another fingerprint for the same config) are cleared:
+    # the job would refuse to resume them and the stage would stop at "use a new output path or overwrite=true".
+    from pipelines.infra.config_files import load_config
+    from pipelines.precompute.job import PrecomputeConfig, _prepare_output
+    from pipelines.precompute.plan import fingerprint
+    from pipelines.sources import plan_source
+
+    cfg = load_config(PrecomputeConfig, encoders._precompute_yaml(ctx), encoders._precompute_overrides(ctx))
+    plan_json = ctx.path("latents") / "_progress" / "plan.json"
+    plan_json.write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
+    with pytest.raises(ConfigError, match="fingerprint 0123456789abcdef != .*; use a new output path"):
+        _prepare_output(cfg, plan_source(cfg.source, cfg.image_size))
+    assert "cannot resume it: output" in encoders.clear_latents(ctx, upstream, cfg)
+    plan_json.write_text(json.dumps({"fingerprint": fingerprint(cfg, plan_source(cfg.source, cfg.image_size))}))
+    assert encoders.clear_latents(ctx, upstream, cfg) is None  # this version's own: resumed
+    plan_json.unlink()
     # The VAE trained again at the same path (its marker's time changes): the rows are stale.
     ctx.path("stages", "vae.json").write_text(json.dumps({"config_hash": "a1", "finished_at": "2026-12-07 09:00:00"}))
     assert "other encoders" in encoders.clear_latents(ctx, encoders.latents_upstream(ctx))
