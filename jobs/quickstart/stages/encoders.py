@@ -218,13 +218,17 @@ def clear_latents(ctx: Context, upstream: str, cfg: PrecomputeConfig | None = No
         return "it was made with other encoders or another config"
     if cfg is not None:
         from pipelines.precompute.job import resume_conflict
+        from pipelines.precompute.plan import PROGRESS_DIR
         from pipelines.sources import SourceError, plan_source
 
         try:
             plan = plan_source(cfg.source, cfg.image_size)
         except SourceError:
             return None  # the precompute names the source's error
-        conflict = resume_conflict(cfg, plan)
+        try:
+            conflict = resume_conflict(cfg, plan)
+        except (OSError, ValueError, AttributeError) as exc:  # a _progress/plan.json that is not a JSON object
+            return f"its {PROGRESS_DIR}/plan.json cannot be read ({exc})"
         if conflict is not None:
             return f"this version's precompute cannot resume it: {conflict}"
     return None

@@ -178,6 +178,9 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     assert "cannot resume it: output" in encoders.clear_latents(ctx, upstream, cfg)
     plan_json.write_text(json.dumps({"fingerprint": fingerprint(cfg, plan_source(cfg.source, cfg.image_size))}))
     assert encoders.clear_latents(ctx, upstream, cfg) is None  # this version's own: resumed
+    for torn in ('{"finger', "[1, 2]"):  # a torn or foreign plan.json: cleared, not a traceback
+        plan_json.write_text(torn)
+        assert "_progress/plan.json cannot be read" in encoders.clear_latents(ctx, upstream, cfg)
     plan_json.unlink()
     # The VAE trained again at the same path (its marker's time changes): the rows are stale.
     ctx.path("stages", "vae.json").write_text(json.dumps({"config_hash": "a1", "finished_at": "2026-12-07 09:00:00"}))
