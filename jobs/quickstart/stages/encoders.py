@@ -202,7 +202,7 @@ def latents_upstream(ctx: Context) -> str:
     return config_hash({"config": precompute_config(ctx), "upstream": upstream_fingerprint(ctx)})
 
 
-def clear_latents(ctx: Context, upstream: str, cfg: PrecomputeConfig | None = None) -> str | None:
+def clear_latents(ctx: Context, upstream: str, cfg: PrecomputeConfig) -> str | None:
     """Why latents/ must go before this precompute, or None to resume it: an interrupted precompute of the same
     encoders and config keeps its finished parts (the job resumes them; it re-encoded everything before). Another
     config, encoders retrained at the same paths, a folder with no record, rows the precompute `cfg` (this
@@ -216,22 +216,19 @@ def clear_latents(ctx: Context, upstream: str, cfg: PrecomputeConfig | None = No
         return "it has no record of the encoders and config it was made with"
     if was != upstream:
         return "it was made with other encoders or another config"
-    if cfg is not None:
-        from pipelines.precompute.job import resume_conflict
-        from pipelines.precompute.plan import PROGRESS_DIR
-        from pipelines.sources import SourceError, plan_source
+    from pipelines.precompute.job import resume_conflict
+    from pipelines.precompute.plan import PROGRESS_DIR
+    from pipelines.sources import SourceError, plan_source
 
-        try:
-            plan = plan_source(cfg.source, cfg.image_size)
-        except SourceError:
-            return None  # the precompute names the source's error
-        try:
-            conflict = resume_conflict(cfg, plan)
-        except (OSError, ValueError, AttributeError) as exc:  # a _progress/plan.json that is not a JSON object
-            return f"its {PROGRESS_DIR}/plan.json cannot be read ({exc})"
-        if conflict is not None:
-            return f"this version's precompute cannot resume it: {conflict}"
-    return None
+    try:
+        plan = plan_source(cfg.source, cfg.image_size)
+    except SourceError:
+        return None  # the precompute names the source's error
+    try:
+        conflict = resume_conflict(cfg, plan)
+    except (OSError, ValueError, AttributeError) as exc:  # a _progress/plan.json that is not a JSON object
+        return f"its {PROGRESS_DIR}/plan.json cannot be read ({exc})"
+    return None if conflict is None else f"this version's precompute cannot resume it: {conflict}"
 
 
 def precompute_run(ctx: Context) -> dict:

@@ -157,20 +157,20 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     ctx = _ctx(tmp_path, {"vae": "a1", "features": "b2"})
     ctx.results.update(vae={"path": str(tmp_path / "vae")}, features={"path": str(tmp_path / "features")})
     ctx.force = False
-    assert encoders.clear_latents(ctx, encoders.latents_upstream(ctx)) is None  # nothing there yet
-    (ctx.path("latents") / "_progress").mkdir(parents=True)
-    upstream = encoders.latents_upstream(ctx)
-    assert "no record" in encoders.clear_latents(ctx, upstream)
-    record_upstream(ctx.path(encoders.LATENTS_RECORD), upstream)
-    assert encoders.clear_latents(ctx, upstream) is None  # interrupted, same inputs: resumed
-    # Rows planned by another ditscale version's precompute (another fingerprint for the same config) are cleared:
-    # the job would refuse to resume them and the stage would stop at "use a new output path or overwrite=true".
     from pipelines.infra.config_files import load_config
     from pipelines.precompute.job import PrecomputeConfig, _prepare_output
     from pipelines.precompute.plan import fingerprint
     from pipelines.sources import plan_source
 
     cfg = load_config(PrecomputeConfig, encoders._precompute_yaml(ctx), encoders._precompute_overrides(ctx))
+    assert encoders.clear_latents(ctx, encoders.latents_upstream(ctx), cfg) is None  # nothing there yet
+    (ctx.path("latents") / "_progress").mkdir(parents=True)
+    upstream = encoders.latents_upstream(ctx)
+    assert "no record" in encoders.clear_latents(ctx, upstream, cfg)
+    record_upstream(ctx.path(encoders.LATENTS_RECORD), upstream)
+    assert encoders.clear_latents(ctx, upstream, cfg) is None  # interrupted, same inputs: resumed
+    # Rows planned by another ditscale version's precompute (another fingerprint for the same config) are cleared:
+    # the job would refuse to resume them and the stage would stop at "use a new output path or overwrite=true".
     plan_json = ctx.path("latents") / "_progress" / "plan.json"
     plan_json.write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
     with pytest.raises(ConfigError, match="fingerprint 0123456789abcdef != .*; use a new output path"):
@@ -184,10 +184,10 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     plan_json.unlink()
     # The VAE trained again at the same path (its marker's time changes): the rows are stale.
     ctx.path("stages", "vae.json").write_text(json.dumps({"config_hash": "a1", "finished_at": "2026-12-07 09:00:00"}))
-    assert "other encoders" in encoders.clear_latents(ctx, encoders.latents_upstream(ctx))
+    assert "other encoders" in encoders.clear_latents(ctx, encoders.latents_upstream(ctx), cfg)
     ctx.force = True
-    assert "--force" in encoders.clear_latents(ctx, upstream)
+    assert "--force" in encoders.clear_latents(ctx, upstream, cfg)
     # A torn record (a kill while it was written) reads as no record, never as a match.
     ctx.force = False
     ctx.path(encoders.LATENTS_RECORD).write_text('{"upstr')
-    assert "no record" in encoders.clear_latents(ctx, upstream)
+    assert "no record" in encoders.clear_latents(ctx, upstream, cfg)
