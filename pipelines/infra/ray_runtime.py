@@ -155,6 +155,14 @@ def free_port(exclude: Container[int] = ()) -> int:
             return port
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports from `free_port`, for listeners that will all be bound later (one process's flags)."""
+    chosen: list[int] = []
+    for _ in range(n):
+        chosen.append(free_port(exclude=chosen))
+    return chosen
+
+
 def _port_or_free(port: int) -> int:
     """`port` if nothing on 127.0.0.1 holds it right now, else a free port."""
     return port if _bindable(port) else free_port()
@@ -242,10 +250,7 @@ class LocalRayHead:
 
     def choose_ports(self) -> None:
         """Pick a distinct free port for each listener of the head (again after a port was taken meanwhile)."""
-        chosen: list[int] = []
-        for _ in _HEAD_PORTS:
-            chosen.append(free_port(exclude=chosen))
-        self.ports = dict(zip(_HEAD_PORTS, chosen))
+        self.ports = dict(zip(_HEAD_PORTS, free_ports(len(_HEAD_PORTS))))
         self.gcs_port = self.ports["port"]
         self.dashboard_port = self.ports["dashboard-port"]
         self.address = f"127.0.0.1:{self.gcs_port}"

@@ -24,7 +24,7 @@ import pytest
 
 from jobs.cli import main as ditscale
 from jobs.cluster import submit
-from pipelines.infra.ray_runtime import _session_pids
+from pipelines.infra.ray_runtime import _session_pids, free_ports
 from tests.conftest import REPO_ROOT, free_port
 from tests.pipelines._precompute_helpers import tiny_vae
 
@@ -287,7 +287,8 @@ def ray_head():
     # Ray's unix socket paths must stay short: a /tmp/rayXXXX temp dir, not pytest's deep tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     token = secrets.token_hex(16)
-    dash_port = free_port()
+    # Seven listeners on distinct ports: separate free_port() calls may pick one twice, and Ray then refuses to start.
+    gcs_port, dash_port, client_port, agent_port, agent_grpc_port, metrics_port, runtime_env_port = free_ports(7)
     env = dict(os.environ)
     env.update(
         {
@@ -306,17 +307,17 @@ def ray_head():
         "--block",
         "--disable-usage-stats",
         "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}",
+        f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash_port}",
         "--num-cpus=2",
         f"--temp-dir={temp_dir}",
         # Every fixed default port moved to a free one, so other Ray instances on this machine never clash.
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={client_port}",
+        f"--dashboard-agent-listen-port={agent_port}",
+        f"--dashboard-agent-grpc-port={agent_grpc_port}",
+        f"--metrics-export-port={metrics_port}",
+        f"--runtime-env-agent-port={runtime_env_port}",
     ]
     log = Path(temp_dir) / "ray-start.log"
     with open(log, "w") as log_file:

@@ -62,13 +62,11 @@ def test_free_ports_are_bindable_distinct_and_outside_the_kernels_ephemeral_rang
     it; free_port picks from the quiet range between Ray's worker ports and the kernel's ephemeral range (here a
     kernel range read from a file: Linux's default, then one that leaves no room: any free port then)."""
     from pipelines.infra import ray_runtime
-    from pipelines.infra.ray_runtime import _bindable, _quiet_port_range, free_port
+    from pipelines.infra.ray_runtime import _bindable, _quiet_port_range, free_ports
 
     (tmp_path / "range").write_text(ephemeral)
     monkeypatch.setattr(ray_runtime, "_EPHEMERAL_RANGE", tmp_path / "range")
-    chosen: list[int] = []
-    for _ in range(20):
-        chosen.append(free_port(exclude=chosen))
+    chosen = free_ports(20)
     assert len(set(chosen)) == len(chosen)
     assert all(_bindable(p) for p in chosen)
     quiet = _quiet_port_range()
