@@ -381,24 +381,60 @@ def step_dirs(fs: Any, root: str) -> dict[int, str]:
     return {int(m.group(1)): i.path for m, i in matches if m}
 
 
-def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
-    """Delete periodic checkpoints beyond the newest `keep` complete ones (budget points / branch points always stay).
-
-    Only complete checkpoints (with their checkpoint.json, written last) count: a step directory an upload or a
-    delete left torn, at a later step than the ones being saved now (the checkpoint cadence changed on a resume),
-    would otherwise hold a keep slot and get the checkpoint just written deleted. Such torn periodic directories are
-    deleted (a resume never restores them); the one just written never is."""
+def checkpoint_problem(fs: Any, path: str) -> Optional[str]:
+    """What makes the checkpoint at `path` one a resume never restores, or None when it is intact: no
+    checkpoint.json (written last, so an upload or a delete left it torn), a checkpoint.json that is not a manifest,
+    or a file it lists missing or not at its listed size. An OSError reading storage raises: unreadable now is not
+    damaged."""
     import pyarrow.fs as pafs
+
+    from ditcore.checkpoint import files_problem
+
+    manifest = f"{path}/checkpoint.json"
+    if fs.get_file_info(manifest).type != pafs.FileType.File:
+        return "no checkpoint.json (torn)"
+    with fs.open_input_stream(manifest) as f:
+        raw = f.read()
+    try:
+        files = json.loads(raw.decode()).get("files")
+    except (ValueError, AttributeError):  # not JSON (UnicodeDecodeError is a ValueError) or not an object
+        return "checkpoint.json is not a checkpoint manifest"
+    if not isinstance(files, dict):
+        return "checkpoint.json has no 'files' table"
+    infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    sizes = {name: info.size if info.type == pafs.FileType.File else None for name, info in zip(files, infos)}
+    return files_problem(files, sizes.get)
+
+
+def prune(fs: Any, new_path: str, keep: int, keep_steps: set[int]) -> None:
+    """Delete periodic checkpoints beyond the newest `keep` intact ones (budget points / branch points always stay).
+
+    Only intact checkpoints (`checkpoint_problem` is None) count: a step directory an upload or a delete left torn,
+    or one whose files are damaged, at a later step than the ones being saved now (the checkpoint cadence changed on
+    a resume) would otherwise hold a keep slot and get the checkpoint just written, or the last intact one before
+    it, deleted. Such periodic directories are deleted (a resume never restores them); one that cannot be read now
+    (an OSError) is neither counted nor deleted; the one just written never is deleted."""
+    import logging
 
     root, new_name = new_path.rsplit("/", 1)
     dirs = step_dirs(fs, root)
     new_step = next((s for s, p in dirs.items() if p.rsplit("/", 1)[-1] == new_name), None)
     periodic = sorted(s for s in dirs if s not in keep_steps and s != new_step)
-    manifests = fs.get_file_info([f"{dirs[s]}/checkpoint.json" for s in periodic])
-    complete = [s for s, info in zip(periodic, manifests) if info.type == pafs.FileType.File]
-    torn = [s for s in periodic if s not in complete]
+    complete, damaged = [], []
+    for s in periodic:
+        try:
+            problem = checkpoint_problem(fs, dirs[s])
+        except OSError:
+            continue  # unreadable now (S3 throttled, a network error): left alone, checked again at the next save
+        if problem is None:
+            complete.append(s)
+        else:
+            damaged.append(s)
+            logging.getLogger(__name__).warning(
+                "deleting checkpoint %s, which no resume restores: %s", dirs[s], problem
+            )
     slots = max(1, keep) - (1 if new_step is not None and new_step not in keep_steps else 0)
-    for s in [*torn, *(complete[:-slots] if slots > 0 else complete)]:
+    for s in [*damaged, *(complete[:-slots] if slots > 0 else complete)]:
         try:
             fs.delete_dir(dirs[s])
         except OSError:

@@ -269,20 +269,15 @@ class RayTrainEnv:
 
 
 def _intact(fs: Any, path: str) -> bool:
-    """Whether the checkpoint at `path` has its checkpoint.json and every file it lists, at the listed size."""
+    """Whether the checkpoint at `path` has its checkpoint.json and every file it lists, at the listed size (a
+    damaged one is named in a warning; one that cannot be read now counts as not intact)."""
     import logging
 
-    import pyarrow.fs as pafs
-
-    from ditcore.checkpoint import files_problem
+    from jobs.train.checkpointing import checkpoint_problem
 
     try:
-        with fs.open_input_stream(f"{path}/checkpoint.json") as f:
-            files = json.loads(f.read().decode()).get("files")
-        infos = fs.get_file_info([f"{path}/{name}" for name in files])
-        sizes = {name: info.size if info.type == pafs.FileType.File else None for name, info in zip(files, infos)}
-        problem = files_problem(files, sizes.get)
-    except (OSError, ValueError, AttributeError, TypeError):  # absent, unreadable or not a manifest
+        problem = checkpoint_problem(fs, path)
+    except OSError:
         return False
     if problem:
         logging.getLogger(__name__).warning(

@@ -109,26 +109,55 @@ def test_a_warmup_longer_than_the_run_is_a_warning_with_the_peak_learning_rate(d
         resolve_run(_cfg(data8, tmp_path, "optim.warmup_steps=100", steps=4), check_mlflow=False)
 
 
+def _checkpoint(root, step: int, manifest: bool = True) -> Path:
+    """A step directory with one file and (unless `manifest` is False: torn) its checkpoint.json listing it."""
+    d = root / f"step_{step:08d}"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights")
+    if manifest:
+        (d / "checkpoint.json").write_text(json.dumps({"format_version": 1, "files": {"model.safetensors": 7}}))
+    return d
+
+
 @pytest.mark.parametrize("keep", [1, 2])
-def test_pruning_counts_complete_checkpoints_only_and_never_the_one_just_written(tmp_path, keep):
-    """A torn step directory (an S3 upload killed before its checkpoint.json) at a later step than the ones saved
-    after a resume with another cadence held a keep slot: with keep=1 the checkpoint just written was deleted."""
+def test_pruning_counts_intact_checkpoints_only_and_never_the_one_just_written(tmp_path, keep):
+    """A torn step directory (an S3 upload killed before its checkpoint.json), or one whose checkpoint.json lists a
+    file that is truncated, at a later step than the ones saved after a resume with another cadence, held a keep
+    slot: with keep=1 the checkpoint just written was deleted; with keep=2 the last intact one before it."""
     import pyarrow.fs as pafs
 
     from jobs.train.checkpointing import prune
 
     root = tmp_path / "checkpoints"
-    for step in (10, 20, 30, 100):
-        d = root / f"step_{step:08d}"
-        d.mkdir(parents=True)
-        (d / "model.safetensors").write_bytes(b"w")
-        if step != 100:  # step 100 is torn
-            (d / "checkpoint.json").write_text("{}")
-    (root / "step_00000005").mkdir()
-    (root / "step_00000005" / "checkpoint.json").write_text("{}")  # a budget point: always kept
+    for step in (10, 20, 30):
+        _checkpoint(root, step)
+    _checkpoint(root, 100, manifest=False)  # torn
+    (_checkpoint(root, 200) / "model.safetensors").write_bytes(b"wei")  # damaged: truncated
+    (_checkpoint(root, 300) / "checkpoint.json").write_text("[1, 2]")  # damaged: not a manifest
+    _checkpoint(root, 5, manifest=False)  # a budget point: always kept
     prune(pafs.LocalFileSystem(), str(root / "step_00000030"), keep, keep_steps={5})
     left = sorted(p.name for p in root.iterdir())
     assert left == ["step_00000005", *(["step_00000020"] if keep == 2 else []), "step_00000030"], left
+
+
+def test_pruning_leaves_a_checkpoint_it_cannot_read_now(tmp_path):
+    """An OSError reading a checkpoint's manifest (S3 throttled) is not damage: that checkpoint is neither deleted
+    nor counted, and the intact ones are pruned as if it were not there."""
+    import pyarrow.fs as pafs
+
+    from jobs.train.checkpointing import prune
+
+    class Throttled(pafs.LocalFileSystem):
+        def open_input_stream(self, path, *args, **kwargs):
+            if "step_00000040" in path:
+                raise OSError("SlowDown: please reduce your request rate")
+            return super().open_input_stream(path, *args, **kwargs)
+
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30, 40):
+        _checkpoint(root, step)
+    prune(Throttled(), str(root / "step_00000030"), 2, keep_steps=set())
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000020", "step_00000030", "step_00000040"]
 
 
 def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path):
