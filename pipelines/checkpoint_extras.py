@@ -47,17 +47,26 @@ def save_ems(checkpoint: str, ems, guidance: float, info: dict) -> str:
     return uri
 
 
+def missing_ems(checkpoint: str, guidance: float) -> str | None:
+    """What is missing for sampler 'dpmsolver-v3' at `guidance` beside `checkpoint`, and how to make it; None when
+    its statistics file is there."""
+    uri = storage.join(checkpoint, ems_name(guidance))
+    if storage.exists(uri):
+        return None
+    return (
+        f"sampler 'dpmsolver-v3' needs the model statistics {uri} (guidance {float(guidance):g}); compute them "
+        f"with `ditscale ems {checkpoint} --guidance {float(guidance):g}`"
+    )
+
+
 def load_ems(checkpoint: str, guidance: float):
     """The EMS stored beside `checkpoint` for guidance scale `guidance`; FileNotFoundError says how to make them."""
     from ditcore.samplers import EMS
 
-    uri = storage.join(checkpoint, ems_name(guidance))
-    if not storage.exists(uri):
-        raise FileNotFoundError(
-            f"sampler 'dpmsolver-v3' needs the model statistics {uri} (guidance {float(guidance):g}); compute them "
-            f"with `ditscale ems {checkpoint} --guidance {float(guidance):g}`"
-        )
-    tensors, _ = _read(uri)
+    missing = missing_ems(checkpoint, guidance)
+    if missing:
+        raise FileNotFoundError(missing)
+    tensors, _ = _read(storage.join(checkpoint, ems_name(guidance)))
     return EMS.from_dict(tensors)
 
 

@@ -79,6 +79,22 @@ class GenerationError(ValueError):
     """The request does not fit the loaded model (prompt for a class model, label out of range, ...)."""
 
 
+NEEDS_LEARNED_VARIANCE = "sampler 'ddpm-learned' needs a checkpoint trained with objective.learn_sigma=true"
+
+
+def sampler_problem(checkpoint_uri: str, config: dict, sampler: str, guidance: float) -> str | None:
+    """Why the checkpoint at `checkpoint_uri`, whose config.json is `config`, cannot run `sampler` at `guidance`, or
+    None: what `GenerationPipeline.check_sampler` refuses, found without loading the weights (for commands that
+    check before starting sampling tasks)."""
+    if sampler == "ddpm-learned" and not (config.get("objective") or {}).get("learn_sigma"):
+        return NEEDS_LEARNED_VARIANCE
+    if sampler == "dpmsolver-v3":
+        from pipelines.checkpoint_extras import missing_ems
+
+        return missing_ems(checkpoint_uri, guidance)
+    return None
+
+
 class GenerationPipeline:
     """A loaded checkpoint with everything needed to draw images from it; build with `from_checkpoint`."""
 
@@ -318,9 +334,11 @@ class GenerationPipeline:
         return x0.float()
 
     def check_sampler(self, sampler: str, guidance: float) -> None:
-        """Raise GenerationError when this checkpoint cannot run `sampler` (at `guidance`), before any sampling."""
+        """Raise GenerationError when this checkpoint cannot run `sampler` (at `guidance`), before any sampling: the
+        checks of `sampler_problem`, and the dpmsolver-v3 statistics loaded (once per file) so a corrupt file is
+        named too."""
         if sampler == "ddpm-learned" and self.variance_fn is None:
-            raise GenerationError("sampler 'ddpm-learned' needs a checkpoint trained with objective.learn_sigma=true")
+            raise GenerationError(NEEDS_LEARNED_VARIANCE)
         if sampler == "dpmsolver-v3":
             self._ems(guidance)
 

@@ -45,19 +45,12 @@ def _check_before_sampling(args, local: str, data: str, settings) -> None:  # no
     drawn: a sampler the checkpoint cannot run, and a --classifier that is not an image classifier of the data
     set's classes."""
     from ditcore.checkpoint import read_checkpoint_config
-    from pipelines.checkpoint_extras import ems_name
+    from pipelines.generation import sampler_problem
     from pipelines.infra import storage
 
-    cfg = read_checkpoint_config(local)
-    if settings.sampler == "ddpm-learned" and not (cfg.get("objective") or {}).get("learn_sigma"):
-        raise ValueError("--sampler ddpm-learned needs a checkpoint trained with objective.learn_sigma=true")
-    if settings.sampler == "dpmsolver-v3":
-        name = ems_name(settings.guidance)
-        if not storage.exists(storage.join(args.checkpoint, name)):
-            raise ValueError(
-                f"--sampler dpmsolver-v3: no {name} beside the checkpoint; make it with `ditscale ems "
-                f"{args.checkpoint} --guidance {settings.guidance:g}`"
-            )
+    problem = sampler_problem(args.checkpoint, read_checkpoint_config(local), settings.sampler, settings.guidance)
+    if problem:
+        raise ValueError(f"--sampler {settings.sampler}: {problem}")
     if args.classifier:
         from ditcore.metrics.features import load_feature_net
         from pipelines.latents.manifest import Manifest

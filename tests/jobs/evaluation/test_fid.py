@@ -111,7 +111,7 @@ def test_cli_errors(setup, capsys):
     # first. (No Ray here: the test would be refused by conftest if one started.)
     many = ["--num-samples", "4", "--steps", "1", "--num-actors", "2"]
     assert main([setup["ckpt"], *many, "--sampler", "dpmsolver-v3"]) == 2
-    assert "no ems.safetensors beside the checkpoint; make it with `ditscale ems" in capsys.readouterr().err
+    assert "needs the model statistics" in (err := capsys.readouterr().err) and f"`ditscale ems {setup['ckpt']}" in err
     assert main([setup["ckpt"], *many, "--sampler", "ddpm-learned"]) == 2
     assert "needs a checkpoint trained with objective.learn_sigma=true" in capsys.readouterr().err
     assert main([setup["ckpt"], *many, "--classifier", setup["assets"]["feature_net"]]) == 2
