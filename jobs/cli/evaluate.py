@@ -50,7 +50,7 @@ def _check_before_sampling(args, local: str, data: str, settings) -> None:  # no
 
     problem = sampler_problem(args.checkpoint, read_checkpoint_config(local), settings.sampler, settings.guidance)
     if problem:
-        raise ValueError(f"--sampler {settings.sampler}: {problem}")
+        raise ValueError(problem)
     if args.classifier:
         from ditcore.metrics.features import load_feature_net
         from pipelines.latents.manifest import Manifest

@@ -184,6 +184,8 @@ def save_sharded(env: Any, plan: RunPlan, step: int, state_json: dict, *, raw, e
     if local and env.rank == 0:
         shutil.rmtree(stage, ignore_errors=True)
         os.makedirs(stage)
+    if not local and env.rank == 0:
+        clear_remote(fs, path)
     env.barrier()
     dcp.save(_sharded_state(raw, optimizer, ema_params), checkpoint_id=os.path.join(stage, SHARDED_DIR))
     weights = _full_weights(raw, ema_params, fsdp) if step in plan.keep_steps else None
@@ -236,6 +238,7 @@ def _commit(stage: Path, fs: Any, path: str, local: bool) -> None:
     else:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         files = {i.path[len(path) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+        files.pop("checkpoint.json", None)  # never its own entry (clear_remote removed an older one anyway)
     (stage / "checkpoint.json").write_text(json.dumps({"format_version": 1, "files": files, "sharded": True}))
     if not local:
         with open(stage / "checkpoint.json", "rb") as src, fs.open_output_stream(f"{path}/checkpoint.json") as dst:
@@ -362,10 +365,18 @@ def save(
     return path
 
 
+def clear_remote(fs: Any, path: str) -> None:
+    """Empty a remote step directory before a checkpoint is uploaded into it. A re-save of a step (a resume from an
+    earlier checkpoint) would otherwise upload under the old checkpoint.json, so a kill mid-upload left a directory
+    that looked complete with old and new files mixed, and files of the old save the new one does not write."""
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
 def upload_committed(local: Path, fs: Any, path: str) -> None:
-    """Upload a checkpoint dir with checkpoint.json (the completeness manifest) last."""
+    """Upload a checkpoint dir with checkpoint.json (the completeness manifest) last, into an emptied `path`."""
     names = sorted(p.name for p in Path(local).iterdir())
     names = [n for n in names if n != "checkpoint.json"] + ["checkpoint.json"]
+    clear_remote(fs, path)
     fs.create_dir(path, recursive=True)
     for n in names:
         with open(Path(local) / n, "rb") as src, fs.open_output_stream(f"{path}/{n}") as dst:
@@ -401,7 +412,10 @@ def checkpoint_problem(fs: Any, path: str) -> Optional[str]:
         return "checkpoint.json is not a checkpoint manifest"
     if not isinstance(files, dict):
         return "checkpoint.json has no 'files' table"
-    infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    try:
+        infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    except (ValueError, TypeError) as exc:  # a name storage refuses (pyarrow's ArrowInvalid is a ValueError)
+        return f"checkpoint.json lists a file storage cannot look up: {exc}"
     sizes = {name: info.size if info.type == pafs.FileType.File else None for name, info in zip(files, infos)}
     return files_problem(files, sizes.get)
 

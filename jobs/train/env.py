@@ -269,20 +269,19 @@ class RayTrainEnv:
 
 
 def _intact(fs: Any, path: str) -> bool:
-    """Whether the checkpoint at `path` has its checkpoint.json and every file it lists, at the listed size (a
-    damaged one is named in a warning; one that cannot be read now counts as not intact)."""
+    """Whether the checkpoint at `path` has its checkpoint.json and every file it lists, at the listed size. A
+    damaged one, or one storage still fails to read after 3 tries (an OSError), is skipped with a warning."""
     import logging
 
     from jobs.train.checkpointing import checkpoint_problem
+    from pipelines.infra.tracking import retry
 
     try:
-        problem = checkpoint_problem(fs, path)
-    except OSError:
-        return False
+        problem = retry(lambda: checkpoint_problem(fs, path), attempts=3, what="checkpoint", giveup=_not_os_error)
+    except OSError as exc:
+        problem = f"storage cannot read it: {exc}"
     if problem:
-        logging.getLogger(__name__).warning(
-            "checkpoint %s is damaged (%s); resuming from an earlier one", path, problem
-        )
+        logging.getLogger(__name__).warning("checkpoint %s cannot be restored (%s); skipping it", path, problem)
     return problem is None
 
 

@@ -143,21 +143,83 @@ def test_pruning_counts_intact_checkpoints_only_and_never_the_one_just_written(t
 def test_pruning_leaves_a_checkpoint_it_cannot_read_now(tmp_path):
     """An OSError reading a checkpoint's manifest (S3 throttled) is not damage: that checkpoint is neither deleted
     nor counted, and the intact ones are pruned as if it were not there."""
-    import pyarrow.fs as pafs
 
     from jobs.train.checkpointing import prune
-
-    class Throttled(pafs.LocalFileSystem):
-        def open_input_stream(self, path, *args, **kwargs):
-            if "step_00000040" in path:
-                raise OSError("SlowDown: please reduce your request rate")
-            return super().open_input_stream(path, *args, **kwargs)
 
     root = tmp_path / "checkpoints"
     for step in (10, 20, 30, 40):
         _checkpoint(root, step)
-    prune(Throttled(), str(root / "step_00000030"), 2, keep_steps=set())
+    prune(_Flaky("step_00000040", failures=10), str(root / "step_00000030"), 2, keep_steps=set())
     assert sorted(p.name for p in root.iterdir()) == ["step_00000020", "step_00000030", "step_00000040"]
+
+
+class _Flaky:
+    """A local filesystem whose reads of paths containing `needle` raise OSError (S3 throttling) `failures` times."""
+
+    def __new__(cls, needle: str, failures: int):
+        import pyarrow.fs as pafs
+
+        class Flaky(pafs.LocalFileSystem):
+            def open_input_stream(self, path, *args, **kwargs):
+                if needle in path and self.failures > 0:
+                    self.failures -= 1
+                    raise OSError("SlowDown: please reduce your request rate")
+                return super().open_input_stream(path, *args, **kwargs)
+
+        fs = Flaky()
+        fs.failures = failures
+        return fs
+
+
+def test_resume_reads_a_checkpoint_again_after_a_storage_error_and_skips_one_it_cannot_read(tmp_path, caplog):
+    """One throttled read of the newest checkpoint's manifest sent the resume back to an older checkpoint (its steps
+    trained again); it is read again. A checkpoint storage never reads is skipped with a warning naming why."""
+    from jobs.train.env import _intact
+
+    path = str(_checkpoint(tmp_path, 40))
+    assert _intact(_Flaky("step_00000040", failures=1), path)
+    assert not _intact(_Flaky("step_00000040", failures=10), path)
+    assert "storage cannot read it: SlowDown" in caplog.text
+
+
+def test_a_remote_re_save_of_a_step_uploads_into_an_emptied_directory_and_never_lists_its_manifest(tmp_path):
+    """A step saved again (a resume from an earlier checkpoint) was uploaded under the old save's checkpoint.json: a
+    kill mid-upload left old and new files mixed under a manifest that passed, and a sharded save listed that old
+    checkpoint.json (at its old size) in the new manifest, so the checkpoint read as damaged for good. The local
+    filesystem stands in for S3 here (the remote branch is taken by the flag)."""
+    import pyarrow.fs as pafs
+
+    from jobs.train.checkpointing import _commit, checkpoint_problem, upload_committed
+
+    fs = pafs.LocalFileSystem()
+    new = _checkpoint(tmp_path / "new", 7)
+    for commit in ("upload", "sharded"):
+        old = _checkpoint(tmp_path / commit, 7)
+        (old / "checkpoint.json").write_text(json.dumps({"files": {"model.safetensors": 7, "stale.bin": 3}}) + " " * 9)
+        (old / "stale.bin").write_bytes(b"old")
+        if commit == "upload":
+            upload_committed(new, fs, str(old))
+        else:  # the ranks uploaded their files into the step directory; rank 0 commits
+            (old / "stale.bin").unlink()
+            _commit(new, fs, str(old), local=False)
+        manifest = json.loads((old / "checkpoint.json").read_text())
+        assert sorted(manifest["files"]) == ["model.safetensors"], (commit, manifest)
+        assert sorted(p.name for p in old.iterdir()) == ["checkpoint.json", "model.safetensors"], commit
+        assert checkpoint_problem(fs, str(old)) is None
+
+
+def test_a_manifest_listing_itself_reads_as_intact(tmp_path):
+    """Sharded checkpoints re-saved on S3 before the fix above list checkpoint.json in their own manifest, at a size
+    it can never have again: those checkpoints are restorable, not damaged."""
+    import pyarrow.fs as pafs
+
+    from jobs.train.checkpointing import checkpoint_problem
+
+    d = _checkpoint(tmp_path, 9)
+    (d / "checkpoint.json").write_text(json.dumps({"files": {"model.safetensors": 7, "checkpoint.json": 1}}))
+    assert checkpoint_problem(pafs.LocalFileSystem(), str(d)) is None
+    (d / "model.safetensors").write_bytes(b"w")
+    assert "model.safetensors: size 1 bytes, expected 7" in checkpoint_problem(pafs.LocalFileSystem(), str(d))
 
 
 def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path):
