@@ -149,26 +149,24 @@ def test_pruning_leaves_a_checkpoint_it_cannot_read_now(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (10, 20, 30, 40):
         _checkpoint(root, step)
-    prune(_Flaky("step_00000040", failures=10), str(root / "step_00000030"), 2, keep_steps=set())
+    prune(_flaky("step_00000040", failures=10), str(root / "step_00000030"), 2, keep_steps=set())
     assert sorted(p.name for p in root.iterdir()) == ["step_00000020", "step_00000030", "step_00000040"]
 
 
-class _Flaky:
+def _flaky(needle: str, failures: int):
     """A local filesystem whose reads of paths containing `needle` raise OSError (S3 throttling) `failures` times."""
+    import pyarrow.fs as pafs
 
-    def __new__(cls, needle: str, failures: int):
-        import pyarrow.fs as pafs
+    left = [failures]
 
-        class Flaky(pafs.LocalFileSystem):
-            def open_input_stream(self, path, *args, **kwargs):
-                if needle in path and self.failures > 0:
-                    self.failures -= 1
-                    raise OSError("SlowDown: please reduce your request rate")
-                return super().open_input_stream(path, *args, **kwargs)
+    class Flaky(pafs.LocalFileSystem):
+        def open_input_stream(self, path, *args, **kwargs):
+            if needle in path and left[0] > 0:
+                left[0] -= 1
+                raise OSError("SlowDown: please reduce your request rate")
+            return super().open_input_stream(path, *args, **kwargs)
 
-        fs = Flaky()
-        fs.failures = failures
-        return fs
+    return Flaky()
 
 
 def test_resume_reads_a_checkpoint_again_after_a_storage_error_and_skips_one_it_cannot_read(tmp_path, caplog):
@@ -177,8 +175,8 @@ def test_resume_reads_a_checkpoint_again_after_a_storage_error_and_skips_one_it_
     from jobs.train.env import _intact
 
     path = str(_checkpoint(tmp_path, 40))
-    assert _intact(_Flaky("step_00000040", failures=1), path)
-    assert not _intact(_Flaky("step_00000040", failures=10), path)
+    assert _intact(_flaky("step_00000040", failures=1), path)
+    assert not _intact(_flaky("step_00000040", failures=10), path)
     assert "storage cannot read it: SlowDown" in caplog.text
 
 
