@@ -91,8 +91,10 @@ def vae_record(vae: VAEConfig | None, image_size: int) -> dict:
 
 
 def _check_writable(output: str) -> None:
-    """Write and delete a probe object so an unwritable output fails before any work."""
-    probe = storage.join(output, PROGRESS_DIR, f".probe-{uuid.uuid4().hex}")
+    """Write and delete a probe object so an unwritable output fails before any work. It goes in `output` itself: a
+    probe in a `_progress/` folder left that folder behind on local disk, which marked a folder of other files as a
+    run that started a data set (so a later overwrite=true deleted it)."""
+    probe = storage.join(output, f".probe-{uuid.uuid4().hex}")
     try:
         storage.write_bytes(probe, b"ok")
         storage.delete(probe)
@@ -140,6 +142,8 @@ def check_replaceable(output: str) -> None:
     if not storage.is_dir(output):
         raise ConfigError(f"output: {output} exists and is not a directory")
     names = storage.listdir(output)
+    if PROGRESS_DIR in names and not storage.exists(storage.join(output, PROGRESS_DIR, "plan.json")):
+        names.remove(PROGRESS_DIR)  # a started run writes its plan.json first: a bare _progress/ marks nothing
     if names and PROGRESS_DIR not in names and "manifest.json" in names and not _latent_manifest(output):
         raise ConfigError(
             f"output: {output} holds a manifest.json that is not a latent data set's (no schema_version, vae, "
@@ -148,7 +152,7 @@ def check_replaceable(output: str) -> None:
     if names and not {"manifest.json", PROGRESS_DIR} & set(names):
         raise ConfigError(
             f"output: {output} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, not a latent data set "
-            f"(no manifest.json or {PROGRESS_DIR}/): overwrite=true would delete it; choose a new or empty directory"
+            f"(no manifest.json or {PROGRESS_DIR}/plan.json): overwrite=true would delete it; choose a new or empty directory"
         )
 
 

@@ -297,6 +297,7 @@ def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_befor
         validate(_cfg(tmp_path, builtin, output="s3://bkt/", overwrite=True))
     # A latent data set (here: a run that started one) is replaced as before; so is an empty directory.
     (work / "outputs" / "lat" / "_progress").mkdir(parents=True)
+    (work / "outputs" / "lat" / "_progress" / "plan.json").write_text("{}")
     (work / "outputs" / "empty").mkdir()
     for output in ("outputs/lat", "outputs/empty", "outputs/new"):
         validate(_cfg(tmp_path, builtin, output=output, overwrite=True))
@@ -319,3 +320,24 @@ def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_befor
     with pytest.raises(ConfigError, match="limit must be >= 1"):
         _cfg(tmp_path, {**builtin, "limit": -1})
     assert _cfg(tmp_path, builtin, compute={"cpus_per_actor": 0}).compute.cpus_per_actor == 0  # Ray's num_cpus=0
+
+
+def test_a_refused_run_leaves_nothing_that_makes_a_folder_of_other_files_replaceable(tmp_path, monkeypatch):
+    """validate()'s write probe went in output/_progress/ and left that folder behind on local disk; a run refused
+    for the folder's contents ("already holds data ...; use a new output path or overwrite=true") then read as a
+    started run, and following the advice deleted the folder, MLflow store and all."""
+    work = tmp_path / "work"
+    (work / "outputs" / "data").mkdir(parents=True)
+    (work / "outputs" / "mlflow.db").write_text("store")
+    monkeypatch.chdir(work)
+    cfg = _cfg(tmp_path, {"kind": "builtin", "count": 8}, output="outputs")
+    plan, _ = validate(cfg)
+    with pytest.raises(ConfigError, match="already holds data but no _progress/plan.json"):
+        _prepare_output(cfg, plan)
+    assert sorted(os.listdir(work / "outputs")) == ["data", "mlflow.db"]  # the probe left nothing behind
+    (work / "outputs" / "_progress").mkdir()  # nor does a bare _progress/ (no plan.json) mark a started run
+    over = _cfg(tmp_path, {"kind": "builtin", "count": 8}, output="outputs", overwrite=True)
+    for check in (lambda: validate(over), lambda: _prepare_output(over, plan)):
+        with pytest.raises(ConfigError, match=r"holds data, mlflow.db, not a latent data set"):
+            check()
+    assert (work / "outputs" / "mlflow.db").read_text() == "store"
