@@ -520,7 +520,7 @@ def _caption(data: bytes, where: str) -> tuple[str | None, str | None]:
     """(caption, error) of a caption file's bytes, which must be UTF-8 text (a blank one is judged where captions
     are encoded: it fails only a text-conditioned data set)."""
     try:
-        return data.decode("utf-8").strip(), None
+        return data.decode("utf-8-sig").strip(), None  # -sig: a leading byte-order mark is not caption text
     except UnicodeDecodeError as exc:
         return None, f"caption {where} is not UTF-8 text ({exc.reason} at byte {exc.start})"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -29,5 +30,7 @@ BLANK_PROMPT = (
 
 
 def is_blank_prompt(text: object) -> bool:
-    """Whether a caption or prompt is empty or whitespace only (the HTTP API, `sample` and the precompute refuse it)."""
-    return not str(text).strip()
+    """Whether a caption or prompt is empty or whitespace only (the HTTP API, `sample` and the precompute refuse it).
+    Control and format characters count as blank too: a byte-order mark or a zero-width space is dropped by the
+    text encoder's tokenizer, so such a caption is the empty prompt to the model."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in str(text))

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from ditcore.config import ConfigError
 from jobs.train.plan import RunPlan
 from pipelines.latents.manifest import Manifest
 
@@ -68,10 +69,26 @@ def driver_rows(plan: RunPlan, val_ids: Optional[np.ndarray]) -> dict[str, np.nd
     from pipelines.latents.reader import load_latents_numpy
 
     rows = load_latents_numpy(plan.cfg.data.manifest, columns=training_columns(plan))
+    check_labels(rows, plan.cfg.data.manifest)
     if val_ids is not None and len(val_ids):
         keep = ~np.isin(rows["id"].astype(str), np.asarray(sorted(set(str(i) for i in val_ids))))
         rows = {k: v[keep] for k, v in rows.items()}
     return rows
+
+
+def check_labels(rows: dict[str, np.ndarray], manifest: str) -> None:
+    """A class-conditional run's rows all carry a label: a null one reads as -1, which no class embedding has (the
+    precompute now fails such rows; a data set written before may hold them)."""
+    if "label" not in rows:
+        return
+    bad = np.flatnonzero(np.asarray(rows["label"]) < 0)
+    if len(bad):
+        ids = [str(i) for i in rows["id"][bad[:5]]]
+        raise ConfigError(
+            f"{len(bad)} of {len(rows['label'])} training rows have no class label in data.manifest {manifest!r} "
+            f"(first: {ids}); precompute the data set again (rows without a label now fail there) or train a "
+            "text-conditional model"
+        )
 
 
 def epoch_batches(

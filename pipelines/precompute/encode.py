@@ -33,7 +33,12 @@ def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: truncated files fail here, not later inside the crop
             # Upright as displayed: a camera's EXIF Orientation otherwise leaves the photo (and its crop) sideways.
-            rgb = to_rgb(ImageOps.exif_transpose(img))
+            up = ImageOps.exif_transpose(img)
+            if "transparency" in up.info and up.mode in ("RGB", "L"):
+                # A colour-key transparency (PNG tRNS on an RGB or grayscale image) is alpha too: composited on
+                # white below, like an alpha channel, instead of showing the keyed colour.
+                up = up.convert("RGBA")
+            rgb = to_rgb(up)
     except UnidentifiedImageError:
         return None, "not an image: no image format recognises these bytes"
     except Image.DecompressionBombError as exc:
@@ -50,8 +55,12 @@ def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
     return center_crop_arr(rgb, image_size), ""
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int, require_captions: bool) -> dict[str, np.ndarray]:
-    """Decode/convert/crop every row's bytes into `image` uint8 [N,S,S,3]; failures go to `error`."""
+def decode_batch(
+    batch: dict[str, np.ndarray], image_size: int, require_captions: bool, require_labels: bool = False
+) -> dict[str, np.ndarray]:
+    """Decode/convert/crop every row's bytes into `image` uint8 [N,S,S,3]; failures go to `error`. With
+    `require_labels` (a class-conditional set: labelled source, no text) a row without a label fails: stored as
+    null, it reads back as label -1, which no class embedding has."""
     n = len(batch["id"])
     errors = [str(e) for e in batch["error"]]
     if "image" in batch and len(batch["image"]) == n:
@@ -72,6 +81,10 @@ def decode_batch(batch: dict[str, np.ndarray], image_size: int, require_captions
                 errors[i] = "missing caption"
             elif not errors[i] and is_blank_prompt(batch["caption"][i]) and int(batch["shard"][i]) != NULL_SHARD:
                 errors[i] = f"empty caption; {BLANK_PROMPT}"
+    if require_labels:
+        for i in range(n):
+            if not errors[i] and int(batch["label"][i]) < 0 and int(batch["shard"][i]) != NULL_SHARD:
+                errors[i] = "missing label (a class-conditional data set: text is null and the source has labels)"
     out = {k: v for k, v in batch.items() if k not in ("data", "image")}
     out["image"] = images
     out["error"] = np.array(errors, dtype=object)

@@ -86,6 +86,7 @@ def _read_and_decode(
     classes: list[str] | None,
     image_size: int,
     require_captions: bool,
+    require_labels: bool,
     chunk_rows: int,
     filesystem: Any = None,
 ):
@@ -100,11 +101,11 @@ def _read_and_decode(
             # no separate model load; the sink writes it and never counts it.
             rows = _rows(desc, [{"id": NULL_ID, "source": "null-text", "caption": ""}])
             rows["image"] = np.zeros((1, image_size, image_size, 3), np.uint8)
-            yield decode_batch(rows, image_size, require_captions)
+            yield decode_batch(rows, image_size, require_captions, require_labels)
             continue
         for chunk in iter_shard_chunks(desc, source, classes, filesystem, chunk_rows):
             if len(chunk["id"]):
-                yield decode_batch(chunk, image_size, require_captions)
+                yield decode_batch(chunk, image_size, require_captions, require_labels)
 
 
 def read_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
@@ -124,6 +125,7 @@ def read_dataset(cfg: PrecomputeConfig, plan: SourcePlan, shards: list[dict]):
             "classes": plan.classes,
             "image_size": cfg.image_size,
             "require_captions": cfg.text is not None,
+            "require_labels": cfg.text is None and plan.has_labels,
             "chunk_rows": cfg.compute.chunk_rows,
             # The driver's filesystem (S3 endpoint + credentials) travels with the tasks.
             "filesystem": storage.get_fs(cfg.source.path)[0] if cfg.source.path else None,

@@ -341,3 +341,78 @@ def test_a_refused_run_leaves_nothing_that_makes_a_folder_of_other_files_replace
         with pytest.raises(ConfigError, match=r"holds data, mlflow.db, not a latent data set"):
             check()
     assert (work / "outputs" / "mlflow.db").read_text() == "store"
+
+
+def test_a_row_without_a_label_fails_in_a_class_conditional_set_and_training_refuses_one(tmp_path):
+    """A missing label cell (or .cls member) was stored as null and counted as written; it read back as label -1
+    and the class embedding failed on it in the middle of training ("index out of range in self")."""
+    import json
+
+    import numpy as np
+
+    from pipelines.precompute.job import _read_and_decode
+
+    (tmp_path / "pq").mkdir()
+    table = pa.table(
+        {"image": [png_bytes(random_image(i)) for i in range(3)], "label": pa.array([0, None, 1], pa.int64())}
+    )
+    pq.write_table(table, tmp_path / "pq" / "a.parquet")
+    for text, missing in ((False, "missing label"), (True, "")):
+        cfg = _cfg(tmp_path, {"kind": "parquet", "path": str(tmp_path / "pq"), "shuffle": False}, text=text)
+        plan = plan_source(cfg.source, S)
+        assert plan.has_labels
+        kwargs = {
+            "require_captions": False,  # the rows have no captions: only the label rule is under test
+            "require_labels": cfg.text is None and plan.has_labels,
+        }
+        (rows,) = _read_and_decode(
+            {"desc": [json.dumps(plan.shards[0])]}, cfg.source, plan.classes, S, chunk_rows=64, **kwargs
+        )
+        assert list(rows["label"]) == [0, -1, 1]
+        assert rows["error"][0] == rows["error"][2] == ""
+        assert rows["error"][1].startswith(missing)  # with text the label is extra: a null one is no failure
+    # A data set written before holds such rows: training names them instead of failing inside the embedding.
+    from jobs.train.data import check_labels
+
+    with pytest.raises(ConfigError, match=r"1 of 3 training rows have no class label .*\['b'\]"):
+        check_labels({"id": np.array(["a", "b", "c"], object), "label": np.array([0, -1, 1], np.int32)}, "m.json")
+    check_labels({"id": np.array(["a"], object), "label": np.array([0], np.int32)}, "m.json")
+
+
+def test_a_caption_of_only_a_byte_order_mark_or_zero_width_characters_is_blank():
+    """Notepad's empty UTF-8 file is a BOM; the tokenizer drops it and zero-width characters, so such a caption
+    was written as the unconditional (empty) prompt while the blank-caption check passed it."""
+    from pipelines.sources import _caption
+    from pipelines.validation import is_blank_prompt
+
+    assert _caption(b"\xef\xbb\xbfa red circle\n", "file x.txt") == ("a red circle", None)
+    for text in ("", "  \n\t", "\ufeff", "\u200b\ufeff ", "\u200d\u00a0", "\x00"):
+        assert is_blank_prompt(text), repr(text)
+    for text in ("a", " a ", "\u200ba", "0", "\u00e9"):
+        assert not is_blank_prompt(text), repr(text)
+    # The text encoder agrees: such a caption tokenizes to the empty prompt's ids.
+    from pipelines.encoders.text import load_text_encoder
+
+    tok = load_text_encoder("minilm").tokenizer
+    assert tok("\ufeff\u200b")["input_ids"] == tok("")["input_ids"]
+
+
+@pytest.mark.parametrize("mode,key", [("RGB", (0, 0, 0)), ("L", 0)])
+def test_a_colour_key_transparency_is_composited_on_white_like_an_alpha_channel(mode, key):
+    """A PNG's tRNS colour key on an RGB or grayscale image was dropped: its transparent pixels kept the keyed
+    colour (black here) where alpha and palette transparency come out white."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.precompute.encode import _decode_one
+
+    img = Image.new(mode, (S, S), key)
+    for x in range(S // 2, S):  # right half opaque grey
+        for y in range(S):
+            img.putpixel((x, y), (90, 90, 90) if mode == "RGB" else 90)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=key)
+    crop, reason = _decode_one(buf.getvalue(), S)
+    assert reason == ""
+    assert tuple(crop[S // 2, 2]) == (255, 255, 255)  # the keyed (transparent) half: white
+    assert tuple(crop[S // 2, -3]) == (90, 90, 90)  # opaque pixels keep their colour
