@@ -155,18 +155,20 @@ def minimum_kind(budget: dict) -> str:
     return "largest" if abs(log_n - hi) <= abs(log_n - lo) else "smallest"
 
 
-def _redrawn_log_n_opt(
-    rng: np.random.Generator, log_n: np.ndarray, values: np.ndarray, se: np.ndarray | None, tries: int = 50
-) -> float | None:
-    """One bootstrap draw of a budget's log N*: its values redrawn within their standard errors when known,
-    else its points resampled with replacement until >= 3 distinct sizes remain (None after `tries` draws)."""
+def _redrawn_log_n_opt(rng: np.random.Generator, log_n: np.ndarray, values: np.ndarray, se: np.ndarray | None) -> float:
+    """One bootstrap draw of a budget's log N*: its values redrawn within their standard errors when known, else
+    about the budget's parabola (a residual bootstrap: the fitted values plus its residuals drawn with replacement,
+    scaled by sqrt(n / (n - 3)) for the 3 fitted coefficients). The sizes stay the ones measured: resampling the
+    points themselves dropped sizes, and a draw without every size on one side of the optimum put N* on the edge
+    of what was left, so the spread measured which sizes were drawn, not the noise of the values."""
     if se is not None:
         return fit_parabola(log_n, values + rng.normal(0.0, 1.0, values.size) * se)["log_n_opt"]
-    for _ in range(tries):
-        idx = rng.integers(0, log_n.size, log_n.size)
-        if np.unique(log_n[idx]).size >= 3:
-            return fit_parabola(log_n[idx], values[idx])["log_n_opt"]
-    return None
+    fitted = np.polyval(np.polyfit(log_n, values, 2), log_n)
+    dof = values.size - 3
+    if dof <= 0:  # three points fit exactly: no residual left to say how noisy they are
+        return fit_parabola(log_n, values)["log_n_opt"]
+    resid = (values - fitted) * np.sqrt(values.size / dof)
+    return fit_parabola(log_n, fitted + rng.choice(resid, values.size, replace=True))["log_n_opt"]
 
 
 def _loglog_line(c: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -215,9 +217,9 @@ def isoflop_analysis(
 
     Bootstrap, two levels: resample the budgets with replacement (the optima's scatter about the line), and
     within each drawn budget redraw its values: from their sampling noise when every point carries
-    `<metric>_se` (e.g. fid_se), else by resampling its points with replacement, redrawn until >= 3 distinct
-    sizes remain (a budget with only 3 sizes has few such draws). Then refit the parabolas and the lines;
-    resamples with < 2 distinct budgets are skipped, and below MIN_BOOT_OK refits no interval is given.
+    `<metric>_se` (e.g. fid_se), else by a residual bootstrap about the budget's parabola (the sizes stay those
+    measured; a budget of exactly 3 points contributes no within-budget noise). Then refit the parabolas and the
+    lines; resamples with < 2 distinct budgets are skipped, and below MIN_BOOT_OK refits no interval is given.
     Raises FitError when fewer than 2 budgets have >= 3 model sizes. D* (images seen at the optimum) needs
     images for every point used (see `images_of`); otherwise d_opt_law is {"error": reason}.
     Keys: metric, budgets [per budget: budget_flops, params, metric values, images (or None), parabola,
@@ -275,15 +277,12 @@ def isoflop_analysis(
         nb, db = [], []
         for i in pick:
             log_n = _redrawn_log_n_opt(rng, *draws[i])
-            if log_n is None:
-                break
             nb.append(np.exp(log_n))
             if has_d:
                 db.append(np.exp(np.polyval(budgets[i]["log_d_coef"], log_n)))
-        else:
-            n_samples.append(_loglog_line(c[pick], np.array(nb)))
-            if has_d:
-                d_samples.append(_loglog_line(c[pick], np.array(db)))
+        n_samples.append(_loglog_line(c[pick], np.array(nb)))
+        if has_d:
+            d_samples.append(_loglog_line(c[pick], np.array(db)))
     all_interior = all(r["interior"] for r in budgets)
     law = _line_law(c, n_opt, n_samples, "N*(C) = k * C^a", ("k", "a"), ci_level, n_boot)
     law["all_interior"] = all_interior

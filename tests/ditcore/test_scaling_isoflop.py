@@ -88,3 +88,27 @@ def test_loss_surface_recovers_known_parameters():
 def test_loss_surface_needs_enough_points():
     with pytest.raises(FitError, match=">= 8 points"):
         fit_loss_surface(_grid(noise=0.0)[:5], "val_loss")
+
+
+def test_n_star_interval_without_standard_errors_measures_the_values_noise_not_which_sizes_were_drawn():
+    """Without `<metric>_se` a budget's points were resampled with replacement: a draw that lost every size on one
+    side of the optimum put N* on the edge of what was left, so even noise-free parabolas gave an exponent interval
+    of [0.25, 0.84] around 0.5. The residual bootstrap keeps the sizes and agrees with the known-noise redraw."""
+    budgets = [1e12 * 10 ** (k / 3) for k in range(7)]
+    sizes = [1e5 * 10 ** (k / 2) for k in range(6)]
+    widths = {}
+    for noise in (0.0, 0.02):
+        rng = np.random.default_rng(1)
+        pts = []
+        for n in sizes:
+            for c in budgets:
+                n_opt = 3e5 * (c / 1e12) ** 0.5
+                v = 100 * (c / 1e12) ** -0.3 * (1 + 0.2 * np.log(n / n_opt) ** 2) * (1 + noise * rng.standard_normal())
+                pts.append({"params": n, "budget_flops": c, "val_loss": v, "fid": v, "fid_se": noise * v})
+        for metric in ("val_loss", "fid"):  # no standard errors / known standard errors
+            res = isoflop_analysis(pts, metric, n_boot=200, seed=0)
+            lo, hi = res["n_opt_exponent_ci"]
+            assert lo <= 0.5 <= hi, (noise, metric, lo, hi)
+            widths[noise, metric] = hi - lo
+    assert widths[0.0, "val_loss"] < 0.01  # exact parabolas: no noise to speak of
+    assert 0.5 < widths[0.02, "val_loss"] / widths[0.02, "fid"] < 2.0, widths
