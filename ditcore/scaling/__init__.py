@@ -7,6 +7,7 @@ from ditcore.scaling.frontier import (
     fit_frontier_law,
     fit_parabola,
     images_of,
+    interior_count,
     isoflop_analysis,
     minimum_kind,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "held_out_check",
     "images_of",
     "isoflop_analysis",
+    "interior_count",
     "minimum_kind",
     "profile_intervals",
 ]

@@ -155,6 +155,11 @@ def minimum_kind(budget: dict) -> str:
     return "largest" if abs(log_n - hi) <= abs(log_n - lo) else "smallest"
 
 
+def interior_count(budgets: list[dict]) -> list[int]:
+    """[budgets whose isoFLOP minimum the sizes tried bracket, budgets]: at the rest N* is a bound (`minimum_kind`)."""
+    return [sum(minimum_kind(b) == "interior" for b in budgets), len(budgets)]
+
+
 def _redrawn_log_n_opt(rng: np.random.Generator, log_n: np.ndarray, values: np.ndarray, se: np.ndarray | None) -> float:
     """One bootstrap draw of a budget's log N*: its values redrawn within their standard errors when known, else
     about the budget's parabola (a residual bootstrap: the fitted values plus its residuals drawn with replacement,

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ditcore.scaling.frontier import minimum_kind
+from ditcore.scaling.frontier import interior_count
 from jobs.quickstart.runner import Context
 from jobs.quickstart.stages.scaling import SWEEP_RECORD_KEYS
 from jobs.scaling.summary import ci_method_name, law_sentence
@@ -94,11 +94,7 @@ def _law_record(fit: dict) -> dict[str, Any]:
         "n_opt_exponent": fit.get("n_opt_exponent", (n_opt.get("params") or {}).get("a")),
         "n_opt_exponent_ci": fit.get("n_opt_exponent_ci", _ci(n_opt, "a") if n_opt else None),
         # [minima bracketed by the sizes tried, budgets]: the rest are bounds (the best size is an edge one)
-        "n_opt_interior": (
-            [sum(minimum_kind(b) == "interior" for b in iso["budgets"]), len(iso["budgets"])]
-            if iso.get("budgets")
-            else None
-        ),
+        "n_opt_interior": interior_count(iso["budgets"]) if iso.get("budgets") else None,
         "d_opt_exponent": fit.get("d_opt_exponent"),
         "d_opt_exponent_ci": fit.get("d_opt_exponent_ci"),
     }

@@ -23,7 +23,7 @@ from ditcore.scaling import (
     isoflop_analysis,
 )
 from ditcore.scaling.arms import flat_arms
-from ditcore.scaling.frontier import budget_of, check_metric, compute_of
+from ditcore.scaling.frontier import budget_of, check_metric, compute_of, interior_count
 from ditcore.scaling.powerlaw import fit_power_law
 from jobs.scaling.plots import PLOTS, finite_or_none, write_plots
 from pipelines.infra import storage
@@ -173,8 +173,10 @@ def _isoflop_by_arm(pts: list[dict], metric: str, kw: dict, report: dict) -> Non
     by_arm = {}
     for arm in arm_names:
         one = (_isoflop([p for p in pts if str(p.get("arm")) == arm], metric, kw)[0]).get(metric) or {}
-        keys = ("n_opt_exponent", "n_opt_exponent_ci", "n_opt_interior", "error")
+        keys = ("n_opt_exponent", "n_opt_exponent_ci", "error")
         by_arm[arm] = {k: one.get(k) for k in keys if k in one}
+        if one.get("budgets"):  # which N* are estimates and which bounds, as the quickstart report gives it
+            by_arm[arm]["n_opt_interior"] = interior_count(one["budgets"])
     report["isoflop_by_arm"] = by_arm
     report["diagnostics"].append(
         {

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ditcore.scaling import PowerLawFit
-from ditcore.scaling.frontier import compute_of, minimum_kind
+from ditcore.scaling.frontier import compute_of, interior_count, minimum_kind
 
 PLOTS = ("fid_vs_compute.png", "loss_vs_compute.png", "isoflop.png", "n_opt_vs_compute.png")
 ARMS_PLOT = "arms_vs_compute.png"  # written when the points come from >= 2 architecture arms
@@ -159,7 +159,7 @@ def n_opt_title(iso: dict) -> str:
     law = iso.get("n_opt_law") or {}
     name = "validation-loss" if iso["metric"] == "val_loss" else iso["metric"].upper()
     exponent = law_title(law, "a") or "no N*(C) fit"
-    interior = sum(minimum_kind(b) == "interior" for b in iso["budgets"])
+    interior = interior_count(iso["budgets"])[0]
     return (
         f"N*(C) = k * C^a from {name} isoFLOP minima: {exponent}\n{interior} of {len(iso['budgets'])} minima interior"
     )

@@ -104,3 +104,26 @@ def test_example_arms_configs_expand_to_two_arms(name):
     assert max(cfg.budgets) / min(cfg.budgets) >= 10  # >= 1 decade of compute
     assert {t.train.model.preset.split("-")[0] for t in trials} in ({"MMDiT", "UNet"}, {"DiT", "UNet"})
     assert len({t.name for t in trials}) == n_models  # every size has its own name in the points
+
+
+def test_each_arms_isoflop_fit_says_how_many_minima_are_bracketed():
+    """docs/fit.md promised isoflop_by_arm.<arm>.n_opt_interior; the key was copied from a fit that never had it,
+    so an arm's N*(C) gave no hint whether its optima were estimates or bounds at the grid's edge."""
+    rng = np.random.default_rng(0)
+    budgets = [1e12 * 10 ** (k / 4) for k in range(6)]
+    pts = []
+    for arm, sizes in (("dit", (1e5, 3e5, 1e6, 3e6)), ("unet", (1e6, 3e6, 1e7, 3e7))):  # unet: best at its smallest
+        for i, n in enumerate(sizes):
+            for b in budgets:
+                n_opt = 3e5 * (b / 1e12) ** 0.5
+                fid = (100 * (b / 1e12) ** -0.5 + 5) * (1 + 0.3 * np.log(n / n_opt) ** 2)
+                fid *= 1 + 0.01 * rng.standard_normal()
+                pts.append(
+                    {"model": f"{arm}-{i}", "params": n, "budget_flops": b, "flops": b, "step": 1, "arm": arm}
+                    | {"fid": fid, "val_loss": 0.5 + fid / 1000}
+                )
+    report, _ = fit_all(pts, n_boot=20)
+    by_arm = report["isoflop_by_arm"]
+    assert by_arm["dit"]["n_opt_interior"][1] == by_arm["unet"]["n_opt_interior"][1] == 6
+    assert by_arm["dit"]["n_opt_interior"][0] >= 4  # N* 3e5..1.8e6 inside 1e5..3e6: bracketed at most budgets
+    assert by_arm["unet"]["n_opt_interior"][0] <= 1  # the smallest unet size is the best nearly everywhere: bounds
