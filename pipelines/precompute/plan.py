@@ -152,7 +152,8 @@ def check_replaceable(output: str) -> None:
     if names and not {"manifest.json", PROGRESS_DIR} & set(names):
         raise ConfigError(
             f"output: {output} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, not a latent data set "
-            f"(no manifest.json or {PROGRESS_DIR}/plan.json): overwrite=true would delete it; choose a new or empty directory"
+            f"(no manifest.json or {PROGRESS_DIR}/plan.json): overwrite=true would delete it; choose a new or empty "
+            "directory"
         )
 
 

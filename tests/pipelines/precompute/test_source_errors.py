@@ -401,7 +401,6 @@ def test_a_caption_of_only_a_byte_order_mark_or_zero_width_characters_is_blank()
 def test_a_colour_key_transparency_is_composited_on_white_like_an_alpha_channel(mode, key):
     """A PNG's tRNS colour key on an RGB or grayscale image was dropped: its transparent pixels kept the keyed
     colour (black here) where alpha and palette transparency come out white."""
-    import numpy as np
     from PIL import Image
 
     from pipelines.precompute.encode import _decode_one
