@@ -190,6 +190,21 @@ def _isoflop_by_arm(pts: list[dict], metric: str, kw: dict, report: dict) -> Non
     )
 
 
+def _loss_diagnostics(loss_law: dict, loss_iso: dict | None) -> list[dict]:
+    """The validation-loss law's and N*(C)'s own checks (a bound pinning alpha, an interval that is the search
+    range, a held-out miss, minima at the grid's edge), each marked "about": "val_loss"; the isoFLOP sentences,
+    which do not name their metric, say it."""
+    out = []
+    for d in fit_diagnostics(law=loss_law, isoflop=loss_iso, metric="val_loss", what="validation-loss law"):
+        if d["code"] == "isoflop_no_images":
+            continue  # the same points, so the same sentence as the main metric's
+        iso = d["code"].startswith("isoflop") or (d["code"] == "no_interval" and d["message"].startswith("N*(C)"))
+        if iso or "validation-loss" not in d["message"]:
+            d = {**d, "message": f"Validation-loss {'isoFLOPs' if iso else 'law'}: {d['message']}"}
+        out.append({**d, "about": "val_loss"})
+    return out
+
+
 def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
     """(JSON report, fit objects for plotting) of a sweep's points; FitError when too few budgets carry `metric`."""
     pts = clean_points(points, metric)
@@ -241,6 +256,8 @@ def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed:
         arms=arms_report or None,
         metric=metric,
     )
+    if metric != "val_loss":
+        report["diagnostics"] += _loss_diagnostics(loss_law, iso.get("val_loss"))
     _isoflop_by_arm(pts, metric, kw, report)
     objs = {
         "fid": law_obj,
