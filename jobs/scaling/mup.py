@@ -125,7 +125,7 @@ def _subgrid(lrs: list[float], losses: list[float], k: int) -> float:
 
 
 def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str) -> dict[str, Any]:
-    opt, sub, idx, losses = {}, {}, {}, {}
+    opt, sub, idx, losses, at_edge = {}, {}, {}, {}, []
     for w in sorted(widths):
         lrs = sorted(widths[w])
         vals = [widths[w][lr] for lr in lrs]
@@ -134,11 +134,12 @@ def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str
         k = int(np.argmin(vals))
         opt[str(w)], sub[str(w)], idx[str(w)] = lrs[k], _subgrid(lrs, vals, k), grid.index(lrs[k])
         losses[str(w)] = {f"{lr:g}": (v if math.isfinite(v) else None) for lr, v in zip(lrs, vals)}
+        if k in (0, len(lrs) - 1):  # the edge of the rates this width ran (a width that skipped some has its own)
+            at_edge.append(int(w))
     shift = max(idx.values()) - min(idx.values()) if len(idx) >= 2 else None
     missing = {str(w): [lr for lr in grid if lr not in widths[w]] for w in sorted(widths)}
     ws = np.log2([int(w) for w in sub])
     slope = float(np.polyfit(ws, np.log2(list(sub.values())), 1)[0]) if len(ws) >= 2 else None
-    at_edge = sorted(int(w) for w, i in idx.items() if i in (0, len(grid) - 1))
     return {
         "optimal_lr": opt,
         "optimal_lr_subgrid": sub,
