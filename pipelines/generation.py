@@ -134,6 +134,15 @@ class GenerationPipeline:
         self.variance_fn = (
             sampling_fn(net, self.objective, keep_variance=True)[0] if self.objective.learn_sigma else None
         )
+        # Steering hooks a block of the eager model; a compiled graph never looks at hooks added after it was
+        # traced (dynamo skips nn.Module hook guards), so a steered request would come back unsteered. Steered
+        # requests run these eager functions.
+        self._eager_fns = (self.model_fn, self.variance_fn)
+        if compile:
+            self._eager_fns = (
+                sampling_fn(self.model, self.objective)[0],
+                sampling_fn(self.model, self.objective, keep_variance=True)[0] if self.objective.learn_sigma else None,
+            )
         # A guidance-distilled student takes w as an input: one model call per step, no unconditional half.
         self.distilled = is_distilled(self.model)
         mc = self.model.config
@@ -343,9 +352,9 @@ class GenerationPipeline:
             self._ems(guidance)
 
     def _solve(self, noise, settings: SamplerSettings, cond, uncond, generators, ems, guided: bool) -> torch.Tensor:
-        learned = settings.sampler == "ddpm-learned"
+        model_fn, variance_fn = self._eager_fns if settings.steer else (self.model_fn, self.variance_fn)
         return sample(
-            self.variance_fn if learned else self.model_fn,
+            variance_fn if settings.sampler == "ddpm-learned" else model_fn,
             noise,
             process=self.objective.process,
             prediction=self.prediction,

@@ -4,7 +4,7 @@
 (steps, sampler, guidance) and steering can run as one batched sampler call, so a batch is split into such groups
 here, and each group is cut so one forward pass holds at most `max_batch_images` images (a request for 16 images
 counts 16, not 1). Every image owns its own seeds (pipelines.generation), so a request returns the same images alone
-or batched.
+or batched, up to float rounding (a batched matmul can move a pixel by one level; docs/serve.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The Sampler deployment: one loaded generation pipeline per replica, requests batched with `@serve.batch`.
 
 The checkpoint (a path / s3:// URI, or the MLflow `champion`) loads through pipelines.generation, the same
-pipeline `ditscale sample` and evaluation use, so a served image equals theirs for the same seed and settings.
+pipeline `ditscale sample` and evaluation use, so a served image equals theirs for the same seed and settings, up
+to the float rounding of a batched forward pass (a pixel one level apart; docs/serve.md).
 Failures never leak exception text to clients: the replica logs the exception with the request id and the
 ingress answers 500 with that id only.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from ditcore.config import ConfigError
 from pipelines.infra.storage import json_safe
 from serve.app_args import AppArgs
 from serve.batching import SampleJob, SamplerUserConfig, group_compatible
@@ -126,8 +128,20 @@ class Sampler:
         )
 
     def reconfigure(self, config: dict) -> None:
-        """Apply user_config: default steps/sampler/guidance and batching limits, without reloading the model."""
-        self.config = SamplerUserConfig.from_user_config(config)
+        """Apply user_config: default steps/sampler/guidance and batching limits, without reloading the model. A
+        default sampler this checkpoint cannot run fails the update (ConfigError naming it): accepted, it made every
+        request without a sampler a 422 that blamed the client."""
+        from pipelines.generation import GenerationError
+
+        new = SamplerUserConfig.from_user_config(config)
+        try:
+            self.pipe.check_sampler(new.default_sampler, new.default_guidance)
+        except GenerationError as exc:
+            raise ConfigError(
+                f"default_sampler: {new.default_sampler!r} (at default_guidance {new.default_guidance:g}) cannot run "
+                f"on {self.pipe.checkpoint_uri}: {exc}"
+            ) from None
+        self.config = new
         self._apply_batching()
 
     def _apply_batching(self) -> None:
@@ -235,15 +249,19 @@ class Sampler:
         seed = req.get("seed")
         n = int(req.get("num_images") or 1)
         seed = secrets.randbelow(MAX_SEED + 2 - n) if seed is None else int(seed)  # every seed + i stays <= MAX_SEED
+        guidance = float(req["guidance"] if req.get("guidance") is not None else c.default_guidance)
+        # Unguided sampling (guidance 1, or a guidance-distilled model) has no unconditional half for a negative
+        # prompt to replace: it is dropped, and the settings echo null rather than claim it was used.
+        guided = guidance != 1.0 and not self.pipe.distilled
         job = SampleJob(
             steps=int(req.get("steps") or c.default_steps),
             sampler=req.get("sampler") or c.default_sampler,
-            guidance=float(req["guidance"] if req.get("guidance") is not None else c.default_guidance),
+            guidance=guidance,
             seeds=[seed + i for i in range(n)],
             request_id=str(req.get("request_id") or ""),
             label=req.get("label"),
             prompt=req.get("prompt"),
-            negative_prompt=req.get("negative_prompt") or None,
+            negative_prompt=(req.get("negative_prompt") or None) if guided else None,
             steer=tuple(req["steer"].get(k) for k in ("concept", "alpha", "layer")) if req.get("steer") else None,
         )
         result = await self._batched(job)

@@ -93,14 +93,16 @@ def _write_builtin(out: str, fmt: str, count: int, spec: Any, record: dict) -> N
 
     from ditcore.data.builtin import CLASS_NAMES, render_batch
 
-    written = 0
+    written, seen = 0, set()
     for part, start in enumerate(range(0, count, ROWS_PER_PARQUET)):
         batch = render_batch(start, min(start + ROWS_PER_PARQUET, count), spec)
         n = len(batch["id"])
+        seen.update(int(v) for v in batch["label"])
         if fmt == "folder":
             for i in range(n):
                 label = int(batch["label"][i])
-                # "07_green square": sorted directory names keep the built-in label order when re-ingested.
+                # "07_green_square": sorted directory names keep the built-in label order when re-ingested, as long
+                # as every class has an image (a folder source numbers the class folders it finds).
                 cls = f"{label:02d}_{CLASS_NAMES[label].replace(' ', '_')}"
                 base = storage.join(out, cls, str(batch["id"][i]))
                 storage.write_bytes(base + ".png", _png(batch["image"][i]))
@@ -120,7 +122,8 @@ def _write_builtin(out: str, fmt: str, count: int, spec: Any, record: dict) -> N
         else:
             raise ValueError(f"--format must be folder or parquet, got {fmt!r}")
         written += n
-    storage.write_json(storage.join(out, EXPORT_RECORD), {**record, "count": written})
+    record.update(count=written, classes_present=len(seen), classes=len(CLASS_NAMES))  # the caller reports them
+    storage.write_json(storage.join(out, EXPORT_RECORD), record)
 
 
 def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
@@ -408,6 +411,13 @@ def _export_builtin(args: argparse.Namespace) -> int:
         args.out, args.format, args.count, args.image_size, args.seed, args.max_objects, overwrite=args.overwrite
     )
     print(f"exported {res['count']} built-in images ({res['image_size']} px) as {res['format']} -> {res['out']}")
+    if res["format"] == "folder" and res["classes_present"] < res["classes"]:
+        print(
+            f"note: only {res['classes_present']} of the {res['classes']} classes have an image; a folder source "
+            "numbers the class folders it finds, so re-ingested labels are not the built-in ones (the parquet "
+            "export keeps them; or raise --count)",
+            file=sys.stderr,
+        )
     return 0
 
 

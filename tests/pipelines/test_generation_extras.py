@@ -120,6 +120,28 @@ def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
             pipe.generate_labels([0], [0], SamplerSettings(**base, steer=steer))
 
 
+def test_a_compiled_pipeline_steers_after_serving_unsteered_requests(ckpts, tmp_path, monkeypatch):
+    """Serving's compile=true: dynamo does not guard on nn.Module hooks, so once the model was traced for an
+    unsteered request the steering hook never ran and steered requests came back unsteered (HTTP 200)."""
+    import functools
+
+    from jobs.cli.concepts import main
+
+    ckpt = ckpts["teacher"]
+    if GenerationPipeline.from_checkpoint(ckpt, device="cpu").concepts() is None:
+        assert main([ckpt, "--num-samples", "32", "--times", "0.5", "--out", str(tmp_path)]) == 0
+    # dynamo's tracing is what skips the hooks; the eager backend keeps the test free of a C compiler
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    base = dict(sampler="euler", steps=4)
+    steer = SamplerSettings(**base, steer={"concept": "2", "alpha": 3.0})
+    eager = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    compiled = GenerationPipeline.from_checkpoint(ckpt, device="cpu", compile=True)
+    plain = compiled.generate_labels([0, 1], [3, 4], SamplerSettings(**base))  # traced unsteered first
+    steered = compiled.generate_labels([0, 1], [3, 4], steer)
+    assert not np.array_equal(plain, steered)
+    assert np.array_equal(steered, eager.generate_labels([0, 1], [3, 4], steer))
+
+
 def test_concept_features_come_through_the_denoiser_the_network_was_trained_behind(tmp_path):
     """With EDM preconditioning the network sees c_in * x and c_noise(sigma), in training and sampling; the concept
     features were taken from the raw x_t and t (inputs of std up to ~56 it never saw)."""

@@ -270,6 +270,13 @@ def test_generate_by_prompt_from_s3_checkpoint(server):
     assert _post(url, {**body, "prompt": "a green cat"}).content != a.content
     neg = _post(url, {**body, "negative_prompt": "blurry"})
     assert neg.status_code == 200 and neg.content != a.content
+    assert json.loads(neg.headers["X-Ditscale-Settings"])["negative_prompt"] == "blurry"
+    # Unguided (guidance 1) there is no unconditional half to replace: the negative prompt is dropped, and the
+    # settings say so instead of echoing it as if it had been used.
+    plain = _post(url, {**body, "guidance": 1.0})
+    unguided = _post(url, {**body, "guidance": 1.0, "negative_prompt": "blurry"})
+    assert unguided.status_code == 200 and unguided.content == plain.content
+    assert json.loads(unguided.headers["X-Ditscale-Settings"])["negative_prompt"] is None
     # Unicode prompts are fine; the settings header stays ASCII.
     u = _post(url, {**body, "prompt": "ein grüner Würfel \u2603"})
     assert u.status_code == 200 and "\\u2603" in u.headers["X-Ditscale-Settings"]

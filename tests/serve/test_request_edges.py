@@ -79,3 +79,24 @@ def test_model_info_turns_non_finite_metadata_into_null():
     assert info["train_flops"] is None
     assert info["state"]["fid"] is None and info["state"]["history"] == [1.0, None] and info["state"]["step"] == 3
     assert info["registry"]["note"] is None
+
+
+def test_a_default_sampler_the_checkpoint_cannot_run_fails_the_update_not_every_request(tmp_path):
+    """user_config default_sampler was checked against the sampler names only: "ddpm-learned" on a model without
+    learned variance was accepted, the replica reported healthy, and every request that left `sampler` out got a
+    422 on field `sampler`, blaming the client."""
+    from pipelines.generation import GenerationPipeline
+    from serve.sampler import Sampler
+    from tests.jobs._train_helpers import perturbed_model, save_model_checkpoint
+
+    ckpt = save_model_checkpoint(
+        tmp_path, perturbed_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3), {}, state={}
+    )
+    sampler = object.__new__(Sampler.func_or_class)  # the deployment's class, its model loaded as __init__ does
+    sampler.pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    sampler.reconfigure({"default_sampler": "euler", "max_batch_size": 3})
+    with pytest.raises(ConfigError, match=r"default_sampler: 'ddpm-learned' .* needs a checkpoint trained with"):
+        sampler.reconfigure({"default_sampler": "ddpm-learned"})
+    with pytest.raises(ConfigError, match=r"default_sampler: 'dpmsolver-v3' \(at default_guidance 2\)"):
+        sampler.reconfigure({"default_sampler": "dpmsolver-v3", "default_guidance": 2.0})  # no statistics stored
+    assert sampler.config.default_sampler == "euler" and sampler.config.max_batch_size == 3  # the old one stands
