@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,19 @@ def _g(v: Any) -> str:
         return "-"
 
 
+def _num(v: Any) -> float | None:
+    """A finite float, else None (a NaN the fit wrote as null, or never measured)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _ci(law: dict, name: str) -> list[float] | None:
     ci = (law.get("ci") or {}).get(name)
-    return [float(ci[0]), float(ci[1])] if ci else None
+    ends = [_num(v) for v in ci] if ci else []
+    return ends if len(ends) == 2 and None not in ends else None
 
 
 def _floor_bound(law: dict) -> dict[str, Any]:
@@ -78,7 +89,7 @@ def _law_record(fit: dict) -> dict[str, Any]:
         "law": (
             {
                 "form": law.get("form"),
-                **{k: float(v) for k, v in law["params"].items()},
+                **{k: _num(v) for k, v in law["params"].items()},
                 "beta_ci": _ci(law, "beta"),
                 "ci": law.get("ci"),
                 "ci_open": law.get("ci_open"),  # [lo, hi] ends that reached the search range, not the data
@@ -86,7 +97,8 @@ def _law_record(fit: dict) -> dict[str, Any]:
                 **_floor_bound(law),
             }
             if "error" not in law
-            else {"error": law["error"]}
+            # not fitted: the stable keys stay, null, beside the reason
+            else {**dict.fromkeys(("form", "A", "beta", "FID_inf", "beta_ci", "ci", "n_points")), "error": law["error"]}
         ),
         "heldout_error": held.get("rel_error"),
         "frontier_fid_first": front[0].get("fid") if front else None,
@@ -157,7 +169,110 @@ def run_record(ctx: Context, fit: dict) -> dict[str, Any]:
     promo = ctx.results["promote"]
     point = promo.get("point") or {}
     rec = {"mode": ctx.mode.name, "champion": _champion_record(promo, point), **_law_record(fit)}
-    return _with_real_data(ctx, point, {**rec, **_run_record(ctx, fit)})
+    rec = _with_real_data(ctx, point, {**rec, **_run_record(ctx, fit)})
+    rec["goals"] = goals(rec, fit, builtin=ctx.mode.data is None)
+    return rec
+
+
+# The quickstart's goals on the built-in data (docs/fit.md, "Goals"): (comparison, threshold).
+GOALS: dict[str, tuple[str, float]] = {
+    "goodput": (">=", 0.5),  # training FLOPs / (sweep wall x measured peak)
+    "attr_accuracy": (">=", 0.8),  # the champion's caption-attribute accuracy (built-in data)
+    "frontier_drop": ("<=", 0.25),  # frontier FID at the largest budget / at the smallest
+    "beta_ci": ("<=", 0.30),  # the farther end of beta's 95% interval, as a share of beta
+    "heldout_error": ("<=", 0.10),  # relative error of the law refitted without the largest budget
+    "wall": ("<=", 900.0),  # seconds, install included
+}
+
+
+def _verdict(value: float | None, goal: str) -> bool | None:
+    if value is None:
+        return None
+    op, threshold = GOALS[goal]
+    return value >= threshold if op == ">=" else value <= threshold
+
+
+def goals(rec: dict[str, Any], fit: dict, builtin: bool = True) -> dict[str, dict[str, Any]]:
+    """report.json `goals`: per goal {value, threshold, met, note}; `met` is true / false, or null when the run
+    cannot say (a value not measured, or the install time the wall goal counts). A law goal that holds only because
+    the floor sits at its bound says so, with the free floor's number."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(goal: str, value: float | None, note: str = "", judge: bool = True) -> None:
+        verdict = _verdict(value, goal) if judge else None
+        out[goal] = {
+            "value": value,
+            "threshold": GOALS[goal][1] if goal in GOALS else None,
+            "met": verdict,
+            "note": note or (None if value is not None else "not measured in this run"),
+        }
+
+    put("goodput", _num(rec.get("goodput")))
+    if builtin:
+        put("attr_accuracy", _num((rec.get("champion") or {}).get("attr_accuracy")))
+    first, last = _num(rec.get("frontier_fid_first")), _num(rec.get("frontier_fid_last"))
+    put("frontier_drop", last / first if first and last is not None else None)
+    law = rec.get("law") or {}
+    beta, ci = _num(law.get("beta")), law.get("beta_ci")
+    free = law.get("free_floor") or {}
+    bound = "conditional on FID_inf at its bound, the lowest frontier FID" if law.get("floor_at_bound") else ""
+
+    def spread(b: float | None, interval: Any) -> float | None:
+        if not b or not interval or None in interval:
+            return None
+        return max(b - interval[0], interval[1] - b) / abs(b)
+
+    free_spread = spread(_num(free.get("beta")), free.get("beta_ci"))
+    put(
+        "beta_ci",
+        spread(beta, ci),
+        f"{bound}; with the floor free: {free_spread:.1%}" if bound and free_spread is not None else bound,
+    )
+    free_held = _num(free.get("heldout_error"))
+    put(
+        "heldout_error",
+        _num(rec.get("heldout_error")),
+        f"{bound}; with the floor free: {free_held:.1%}" if bound and free_held is not None else bound,
+    )
+    out["champion"] = _champion_goal(rec, fit)
+    run_s = sum(v for v in (rec.get("stage_seconds") or {}).values() if _num(v) is not None) or None
+    # The stages alone: over the limit is a miss; under it the run cannot say, the install being outside it.
+    put(
+        "wall",
+        run_s,
+        "the stages' seconds, a reused stage counting the time it took when it ran; the goal counts the install "
+        "too: time `make quickstart` from a fresh clone",
+        judge=run_s is not None and run_s > GOALS["wall"][1],
+    )
+    return out
+
+
+def _champion_goal(rec: dict[str, Any], fit: dict) -> dict[str, Any]:
+    """Not the smallest model, unless the isoFLOP data put the optimum there (the smallest size is the best one at
+    the largest budget)."""
+    from ditcore.scaling.frontier import minimum_kind
+
+    sizes = [v for v in (_num(p) for p in (fit.get("models") or {}).values()) if v is not None]
+    params = _num((rec.get("champion") or {}).get("params"))
+    goal = {"value": (rec.get("champion") or {}).get("model"), "threshold": None, "met": None, "note": None}
+    if params is None or not sizes:
+        goal["note"] = "not measured in this run"
+    elif params > min(sizes):
+        goal.update(met=True, note="not the smallest size tried")
+    else:
+        budgets = ((fit.get("isoflop") or {}).get("fid") or {}).get("budgets") or []
+        last = max(budgets, key=lambda b: b["budget_flops"]) if budgets else None
+        smallest_best = last is not None and minimum_kind(last) == "smallest"
+        goal.update(
+            met=smallest_best,
+            note=(
+                "the smallest size, and the isoFLOP minimum at the largest budget is the smallest size too, a "
+                "bound since no smaller model was tried"
+                if smallest_best
+                else "the smallest size, though the isoFLOP data do not put the optimum there"
+            ),
+        )
+    return goal
 
 
 def _with_real_data(ctx: Context, point: dict, rec: dict[str, Any]) -> dict[str, Any]:
@@ -265,9 +380,37 @@ def _record_section(rec: dict | None) -> list[str]:
         )
     elif reuse:
         lines.append(f"- sweep goodput not measured: nothing to run ({reuse})")
+    else:
+        lines.append("- sweep goodput not measured (no training FLOPs or no machine peak in the sweep's record)")
     if rec.get("env"):
         lines.append(f"- ran on: {environment_words(rec['env'])}")
-    return lines + _code_words(rec.get("sweep") or {}) + [""]
+    return lines + _code_words(rec.get("sweep") or {}) + [""] + _goals_section(rec.get("goals") or {})
+
+
+_GOAL_WORDS = {
+    "goodput": ("sweep goodput", lambda v: f"{v:.1%}", "at least {:.0%}"),
+    "attr_accuracy": ("champion's caption-attribute accuracy", lambda v: f"{v:.1%}", "at least {:.0%}"),
+    "frontier_drop": ("frontier FID, largest budget / smallest", lambda v: f"{v:.3f}", "at most {:g}"),
+    "beta_ci": ("beta's 95% interval, farther end from beta", lambda v: f"{v:.1%} of beta", "at most {:.0%}"),
+    "heldout_error": ("held-out error of the law", lambda v: f"{v:.1%}", "at most {:.0%}"),
+    "champion": ("champion", str, "not the smallest size unless the isoFLOP data put the optimum there"),
+    "wall": ("quickstart wall time", lambda v: f"{v:.0f} s", "at most {:.0f} s with the install"),
+}
+
+
+def _goals_section(goals: dict[str, dict]) -> list[str]:
+    """report.md's goals table: each goal's value, threshold and verdict (met / missed / cannot say), with notes."""
+    if not goals:
+        return []
+    lines = ["## Goals", "", "| goal | value | threshold | verdict |", "|---|---|---|---|"]
+    for name, g in goals.items():
+        label, fmt, want = _GOAL_WORDS.get(name, (name, str, "{}"))
+        value = "not measured" if g.get("value") is None else fmt(g["value"])
+        verdict = {True: "met", False: "**missed**", None: "cannot say"}[g.get("met")]
+        threshold = want.format(g["threshold"]) if g.get("threshold") is not None else want
+        note = f" ({g['note']})" if g.get("note") else ""
+        lines.append(f"| {label} | {value} | {threshold} | {verdict}{note} |")
+    return lines + [""]
 
 
 def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:
@@ -281,7 +424,8 @@ def _law_section(ctx: Context, fit: dict, rel: Any) -> list[str]:
     lines += [f"![{Path(p).stem}]({rel(p)})" for p in ctx.results["fit"]["plots"]]
     return lines + [
         "",
-        f"All fitted laws (intervals: {ci_method_name(law)} for the power laws, bootstrap for N*(C) and D*(C); "
+        f"All fitted laws (intervals: {ci_method_name(law) if 'error' not in law else 'as each law says'} for the "
+        "power laws, bootstrap for N*(C) and D*(C); "
         "held-out check without the largest budget):",
         "",
         "```",
@@ -408,7 +552,8 @@ def report_run(ctx: Context) -> dict:
     md, js = ctx.path("report.md"), ctx.path("report.json")
     from pipelines.infra import storage
 
-    record = json.dumps(run_record(ctx, fit), indent=2, default=float) + "\n"
+    # Standard JSON: a NaN anywhere (an accuracy never measured) is null, never a NaN token readers reject.
+    record = json.dumps(storage.json_safe(run_record(ctx, fit)), indent=2, default=float, allow_nan=False) + "\n"
     # report.md quotes this run's record as report.json will hold it (not a report.json a past run left).
     text = render_report(
         ctx, fit, len(points), trial_table(to_dicts(points)), tracking.resolve_tracking_uri(), json.loads(record)

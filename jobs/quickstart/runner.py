@@ -85,6 +85,9 @@ class Stage:
     config: Callable[[Context], dict]
     run: Callable[[Context], dict]
     outputs: Callable[[dict], list[str]] = field(default=lambda result: [])  # paths that must exist to reuse it
+    # The run's record (report.md / report.json): set aside as <name>.previous<suffix> as soon as any stage runs
+    # again, so a rerun that fails part-way never leaves the last run's record looking like this one's.
+    record: bool = False
 
 
 def _reusable(ctx: Context, stage: Stage, digest: str, force: bool) -> dict | None:
@@ -150,9 +153,28 @@ def _state(digest: str, result: dict) -> str:
     return config_hash({"config_hash": digest, "result": result})
 
 
+def _retire_records(ctx: Context, stages: list[Stage]) -> None:
+    """Set the record stages' outputs aside (`Stage.record`) and drop their markers: a stage is about to run again."""
+    for stage in stages:
+        marker = ctx.path("stages", f"{stage.name}.json")
+        if not stage.record or not marker.is_file():
+            continue
+        try:
+            outputs = stage.outputs(json.loads(marker.read_text())["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            outputs = []
+        for p in map(Path, outputs):
+            if p.is_file():
+                old = p.with_name(f"{p.stem}.previous{p.suffix}")
+                p.replace(old)
+                ctx.log(f"the last run's {p.name} is now {old.name} (this run writes its own at the end)")
+        marker.unlink(missing_ok=True)
+
+
 def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
     """Run (or reuse) every stage in order, printing a banner with the elapsed time for each."""
     ctx.force = force
+    retired = False
     for i, stage in enumerate(stages, 1):
         cfg = stage.config(ctx)
         digest = config_hash({"stage": stage.name, "config": cfg, "upstream": ctx.hashes})
@@ -167,6 +189,9 @@ def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:
             )
             continue
         print(f"\n==> [{i}/{len(stages)}] {stage.title}   [{ctx.elapsed()}]", flush=True)
+        if not retired:
+            _retire_records(ctx, stages[i - 1 :])
+            retired = True
         # An interrupted stage may have changed what its old marker describes (a sweep re-attached to its parent
         # run): without the marker the next run does it again instead of reusing it.
         ctx.path("stages", f"{stage.name}.json").unlink(missing_ok=True)

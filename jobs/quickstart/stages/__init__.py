@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ditcore.files import file_digest
 from jobs.quickstart import report
 from jobs.quickstart.modes import Mode
 from jobs.quickstart.runner import Stage
@@ -107,5 +108,13 @@ def stage_list(mode: Mode | None = None) -> list[Stage]:
             serving.samples_run,
             lambda r: [g["path"] for g in r["grids"]],
         ),
-        Stage("report", "write the report", lambda ctx: {"v": 2}, report.report_run, lambda r: [r["path"], r["json"]]),
+        Stage(
+            "report",
+            "write the report",
+            # the report's own code: a rerun after an upgrade writes the record the new code promises (its keys)
+            lambda ctx: {"v": 2, "code": file_digest(report.__file__)},
+            report.report_run,
+            lambda r: [r["path"], r["json"]],
+            record=True,
+        ),
     ]

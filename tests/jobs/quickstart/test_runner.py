@@ -105,3 +105,93 @@ def test_report_json_gives_the_free_floor_fit_only_when_the_floor_sits_at_its_bo
     assert out["free_floor"]["F"] == law["floor_bound"]["F"] and "heldout_error" in out["free_floor"]
     clean = _floor_bound(fit_fid_law(c, 3e20 * c**-1.6 + 140.0, n_boot=20).to_dict())
     assert clean == {"floor_at_bound": False}
+
+
+def test_a_rerun_sets_the_last_record_aside_before_any_stage_runs(tmp_path):
+    """A rerun that failed part-way left the last run's report.json in place, nothing marking it stale; the record
+    stage's outputs now move to report.previous.* as soon as any stage runs again, and a full reuse keeps them."""
+    calls: list = []
+
+    def run_report(ctx):
+        (tmp_path / "report.json").write_text(f'{{"saw": {ctx.results["a"]["id"]}}}')
+        return {"json": str(tmp_path / "report.json")}
+
+    def stages(fail_b=False):
+        return [
+            *_stages(tmp_path, calls, fail_b),
+            Stage("r", "R", lambda ctx: {}, run_report, lambda r: [r["json"]], True),
+        ]
+
+    _run(tmp_path, stages())
+    _run(tmp_path, stages())  # all reused: the record stays
+    assert (tmp_path / "report.json").read_text() == '{"saw": 1}' and not (tmp_path / "report.previous.json").exists()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _run(tmp_path, stages(fail_b=True))
+    assert not (tmp_path / "report.json").exists()  # no record that looks like this run's
+    assert (tmp_path / "report.previous.json").read_text() == '{"saw": 1}'
+    _run(tmp_path, stages())
+    assert (tmp_path / "report.json").read_text() == '{"saw": 1}' and calls == ["a", "b", "b", "b"]
+
+
+def _record(**over):
+    rec = {
+        "goodput": 0.6,
+        "champion": {"model": "big", "params": 4e5, "attr_accuracy": 0.9},
+        "frontier_fid_first": 800.0,
+        "frontier_fid_last": 120.0,
+        "law": {"beta": 1.0, "beta_ci": [0.8, 1.25], "floor_at_bound": False},
+        "heldout_error": 0.05,
+        "stage_seconds": {"sweep": 700.0, "fit": 10.0},
+    }
+    return {**rec, **over}
+
+
+def test_goals_give_each_verdict_and_never_count_a_missing_value_as_met():
+    from jobs.quickstart.report import goals
+
+    fit = {"models": {"small": 1e5, "big": 4e5}, "isoflop": {"fid": {"budgets": []}}}
+    g = goals(_record(), fit)
+    assert {k: v["met"] for k, v in g.items()} == {
+        "goodput": True,
+        "attr_accuracy": True,
+        "frontier_drop": True,  # 120 / 800 = 0.15
+        "beta_ci": True,  # 0.25 above beta: the farther end
+        "heldout_error": True,
+        "champion": True,  # not the smallest
+        "wall": None,  # 710 s of stages: the install is outside the run
+    }
+    assert g["beta_ci"]["value"] == pytest.approx(0.25) and g["frontier_drop"]["value"] == pytest.approx(0.15)
+    g = goals(
+        _record(
+            goodput=None,
+            champion={"model": "small", "params": 1e5, "attr_accuracy": float("nan")},
+            law={"beta": 1.0, "beta_ci": [0.6, 1.35], "floor_at_bound": True, "free_floor": {"heldout_error": 0.2}},
+            heldout_error=0.11,
+            stage_seconds={"sweep": 950.0},
+        ),
+        {"models": {"small": 1e5, "big": 4e5}, "isoflop": {"fid": {"budgets": []}}},
+    )
+    assert g["goodput"] == {"value": None, "threshold": 0.5, "met": None, "note": "not measured in this run"}
+    assert g["attr_accuracy"]["met"] is None  # NaN is not measured, never met
+    assert g["beta_ci"]["met"] is False and "conditional on FID_inf at its bound" in g["beta_ci"]["note"]
+    assert g["heldout_error"]["met"] is False and g["heldout_error"]["note"].endswith("with the floor free: 20.0%")
+    assert g["champion"]["met"] is False  # the smallest, with no isoFLOP data putting the optimum there
+    assert g["wall"]["met"] is False  # the stages alone took longer than the goal
+    # The smallest size that the isoFLOP minimum at the largest budget also picks meets the rule.
+    iso = {"budgets": [{"budget_flops": c, "params": [1e5, 4e5], "n_opt": 1e5, "interior": False} for c in (1, 2)]}
+    g = goals(
+        _record(champion={"model": "small", "params": 1e5}), {"models": {"a": 1e5, "b": 4e5}, "isoflop": {"fid": iso}}
+    )
+    assert g["champion"]["met"] is True
+
+
+def test_a_law_that_was_not_fitted_keeps_its_stable_keys_as_null():
+    from jobs.quickstart.report import _law_record
+
+    rec = _law_record({"fid_law": {"error": "too few budgets"}, "frontier": []})
+    assert rec["law"]["error"] == "too few budgets"
+    assert all(rec["law"][k] is None for k in ("A", "beta", "FID_inf", "beta_ci", "ci"))
+    # an interval end written as null (a NaN in the fit) is no interval, not a crash
+    law = {"params": {"A": 1.0, "beta": None, "FID_inf": 2.0}, "ci": {"beta": [None, 1.0]}, "form": "f"}
+    rec = _law_record({"fid_law": law, "frontier": []})
+    assert rec["law"]["beta"] is None and rec["law"]["beta_ci"] is None
