@@ -10,6 +10,7 @@ ingress answers 500 with that id only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -118,6 +119,8 @@ class Sampler:
             compile=self.args.compile,
         )
         self.config = SamplerUserConfig()
+        self.config_error: str | None = None  # a refused user_config update, until a good one (GET /v1/model)
+        self._configured = False  # a user_config was applied: later bad ones are refused without stopping
         self._apply_batching()
         logger.info(
             "Sampler loaded %s (%s) in %.1fs on %s",
@@ -128,21 +131,47 @@ class Sampler:
         )
 
     def reconfigure(self, config: dict) -> None:
-        """Apply user_config: default steps/sampler/guidance and batching limits, without reloading the model. A
-        default sampler this checkpoint cannot run fails the update (ConfigError naming it): accepted, it made every
-        request without a sampler a 422 that blamed the client."""
+        """Apply user_config: default steps/sampler/guidance and batching limits, without reloading the model.
+
+        An unknown key or a wrong type raises ConfigError naming it at the replica's first user_config (it does not
+        start) and is refused later (Serve stops a replica whose reconfigure raises, and restarts it with the same
+        config). A default sampler this checkpoint cannot run (accepted, it made every request without `sampler` a
+        422 blaming the client) is never raised: the rest applies, the previous default sampler stays (the built-in
+        one on a new replica), the error is logged and GET /v1/model reports it as `config_error` until an update
+        without one. A new version whose replicas all fail to start stalls the application, so only what a
+        replica cannot run with at all stops it."""
+        try:
+            new = SamplerUserConfig.from_user_config(config)
+        except ConfigError as exc:
+            if not self._configured:
+                raise
+            self._refuse(f"user_config update refused, the previous settings stay: {exc}")
+            return
+        problem = self._defaults_problem(new)
+        if problem is not None:
+            new = dataclasses.replace(new, default_sampler=self.config.default_sampler)
+        self.config, self._configured = new, True
+        self._apply_batching()
+        if problem is not None:
+            self._refuse(f"{problem}; the default sampler stays {new.default_sampler!r}")
+        else:
+            self.config_error = None
+
+    def _refuse(self, message: str) -> None:
+        self.config_error = message
+        logger.error("%s", message)
+
+    def _defaults_problem(self, cfg: SamplerUserConfig) -> str | None:
         from pipelines.generation import GenerationError
 
-        new = SamplerUserConfig.from_user_config(config)
         try:
-            self.pipe.check_sampler(new.default_sampler, new.default_guidance)
+            self.pipe.check_sampler(cfg.default_sampler, cfg.default_guidance)
         except GenerationError as exc:
-            raise ConfigError(
-                f"default_sampler: {new.default_sampler!r} (at default_guidance {new.default_guidance:g}) cannot run "
+            return (
+                f"default_sampler: {cfg.default_sampler!r} (at default_guidance {cfg.default_guidance:g}) cannot run "
                 f"on {self.pipe.checkpoint_uri}: {exc}"
-            ) from None
-        self.config = new
-        self._apply_batching()
+            )
+        return None
 
     def _apply_batching(self) -> None:
         self._batched.set_max_batch_size(self.config.max_batch_size)
@@ -153,6 +182,7 @@ class Sampler:
         c = self.config
         return {
             **model_info(self.pipe, self.registry),
+            "config_error": self.config_error,
             "defaults": {
                 "steps": c.default_steps,
                 "sampler": c.default_sampler,

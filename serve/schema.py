@@ -44,7 +44,10 @@ class GenerateRequest(BaseModel):
     negative_prompt: str | None = Field(
         None,
         max_length=MAX_PROMPT_CHARS,
-        description="Prompt to guide away from; empty/omitted uses the dataset's null (empty-prompt) embedding.",
+        description=(
+            "Prompt to guide away from; empty/omitted uses the dataset's null (empty-prompt) embedding. Used only "
+            "with guidance != 1 on a model that is not guidance-distilled; else dropped and echoed as null."
+        ),
     )
     label: int | None = Field(None, ge=0, description="Class label in [0, num_classes) (class-conditioned models).")
     steps: int | None = Field(
@@ -126,6 +129,9 @@ class ModelInfo(BaseModel):
         None, description="MLflow registered model version when served as 'champion'."
     )
     defaults: dict[str, Any] = Field(default_factory=dict)
+    config_error: str | None = Field(
+        None, description="Why the last user_config update was refused (the settings in `defaults` stayed); null."
+    )
     samplers: list[str] = Field(default_factory=lambda: list(SAMPLERS))
 
 

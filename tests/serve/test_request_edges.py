@@ -81,22 +81,37 @@ def test_model_info_turns_non_finite_metadata_into_null():
     assert info["registry"]["note"] is None
 
 
-def test_a_default_sampler_the_checkpoint_cannot_run_fails_the_update_not_every_request(tmp_path):
+def test_a_default_sampler_the_checkpoint_cannot_run_is_refused_and_the_replica_keeps_serving(tmp_path):
     """user_config default_sampler was checked against the sampler names only: "ddpm-learned" on a model without
     learned variance was accepted, the replica reported healthy, and every request that left `sampler` out got a
-    422 on field `sampler`, blaming the client."""
+    422 on field `sampler`, blaming the client. It is refused without raising (Serve stops a replica whose
+    reconfigure raises, and a new version whose replicas fail to start stalls the application): the rest of the
+    update applies, the previous default sampler stays, and GET /v1/model says why. A schema error (unknown key)
+    still fails a replica's first user_config and is refused on a running one."""
+    import asyncio
+
     from pipelines.generation import GenerationPipeline
+    from serve.batching import SamplerUserConfig
     from serve.sampler import Sampler
     from tests.jobs._train_helpers import perturbed_model, save_model_checkpoint
 
-    ckpt = save_model_checkpoint(
-        tmp_path, perturbed_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3), {}, state={}
-    )
-    sampler = object.__new__(Sampler.func_or_class)  # the deployment's class, its model loaded as __init__ does
+    model = perturbed_model("DiT-T/2", num_classes=4, input_size=8, in_channels=3)
+    ckpt = save_model_checkpoint(tmp_path, model, {}, state={})
+    sampler = object.__new__(Sampler.func_or_class)  # the deployment's class, its state set as __init__ does
     sampler.pipe = GenerationPipeline.from_checkpoint(ckpt, device="cpu")
+    sampler.registry, sampler.config, sampler.config_error, sampler._configured = None, SamplerUserConfig(), None, False
+    with pytest.raises(ConfigError, match="default_stepz"):
+        sampler.reconfigure({"default_stepz": 3})  # a new replica's first: it does not start
+    sampler.reconfigure({"default_sampler": "ddpm-learned", "default_steps": 7})  # a new replica: built-in default
+    assert (sampler.config.default_sampler, sampler.config.default_steps) == ("dpmpp-2m", 7)
+    assert "default_sampler: 'ddpm-learned' (at default_guidance 4)" in asyncio.run(sampler.info())["config_error"]
     sampler.reconfigure({"default_sampler": "euler", "max_batch_size": 3})
-    with pytest.raises(ConfigError, match=r"default_sampler: 'ddpm-learned' .* needs a checkpoint trained with"):
-        sampler.reconfigure({"default_sampler": "ddpm-learned"})
-    with pytest.raises(ConfigError, match=r"default_sampler: 'dpmsolver-v3' \(at default_guidance 2\)"):
-        sampler.reconfigure({"default_sampler": "dpmsolver-v3", "default_guidance": 2.0})  # no statistics stored
-    assert sampler.config.default_sampler == "euler" and sampler.config.max_batch_size == 3  # the old one stands
+    assert sampler.config.default_sampler == "euler" and asyncio.run(sampler.info())["config_error"] is None
+    for bad, words in (
+        ({"default_sampler": "ddpm-learned", "max_batch_size": 3}, "needs a checkpoint trained with"),
+        ({"default_sampler": "dpmsolver-v3", "default_guidance": 2.0, "max_batch_size": 3}, "at default_guidance 2"),
+        ({"default_stepz": 3}, "user_config update refused, the previous settings stay: "),
+    ):
+        sampler.reconfigure(bad)  # a running replica: refused, not raised
+        assert sampler.config.default_sampler == "euler" and sampler.config.max_batch_size == 3
+        assert words in asyncio.run(sampler.info())["config_error"]
