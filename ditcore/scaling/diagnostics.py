@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from ditcore.metrics.fid import few_samples_warning
 from ditcore.scaling.frontier import _num, budget_of, minimum_kind
+from ditcore.scaling.powerlaw import MIN_BOOT_OK
 
 
 @dataclass(frozen=True)
@@ -368,8 +369,8 @@ def _isoflop_checks(iso: dict, min_budgets: int, ratio: float = 0.5) -> list[dic
             _d(
                 "no_interval",
                 f"N*(C) has no interval: only {law.get('n_boot_ok', 0)} of {law.get('n_boot', 0)} "
-                f"bootstrap resamples could be refitted (each needs >= 2 distinct budgets and >= 3 "
-                f"distinct sizes in every budget it draws); use more budgets and at least 4 sizes per budget.",
+                f"bootstrap resamples were refitted, fewer than the {MIN_BOOT_OK} an interval needs (a resample "
+                f"needs >= 2 distinct budgets among those it draws): raise n_boot, or use more budgets.",
             )
         )
     if iso.get("d_opt_exponent") is None and isinstance(iso.get("d_opt_law"), dict) and "error" in iso["d_opt_law"]:

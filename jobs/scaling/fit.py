@@ -194,7 +194,11 @@ def _loss_diagnostics(loss_law: dict, loss_iso: dict | None) -> list[dict]:
     """The validation-loss law's and N*(C)'s own checks (a bound pinning alpha, an interval that is the search
     range, a held-out miss, minima at the grid's edge), each marked "about": "val_loss"; the isoFLOP sentences,
     which do not name their metric, say it."""
-    out = []
+    out: list[dict] = []
+    if "error" in loss_law:  # not fitted (no validation loss at enough budgets): format_laws says so already
+        return out
+    if loss_iso is not None and "error" in loss_iso:
+        loss_iso = None
     for d in fit_diagnostics(law=loss_law, isoflop=loss_iso, metric="val_loss", what="validation-loss law"):
         if d["code"] == "isoflop_no_images":
             continue  # the same points, so the same sentence as the main metric's

@@ -161,7 +161,10 @@ def _statement(name: str, s: dict, grid: list[float]) -> str:
         verdict = "stays within one grid step" if s["within_one_step"] else f"moves {s['max_shift_steps']} grid steps"
     edge = ""
     if s["optimum_at_grid_edge"]:
-        edge = f"; at widths {s['optimum_at_grid_edge']} the optimum is at the grid's edge, so the true one may lie out"
+        edge = (
+            f"; at widths {s['optimum_at_grid_edge']} the optimum is the lowest or highest rate that width ran, so "
+            "the true one may lie out"
+        )
     drift = "" if s["drift_per_doubling"] is None else f" (sub-grid drift {s['drift_per_doubling']:+.2f} log2/doubling)"
     gaps = ""
     if s["missing_lrs"]:

@@ -41,3 +41,12 @@ def test_a_flat_validation_loss_gets_its_own_sentences_and_a_clean_one_none():
     law_codes = {d["code"] for d in clean["diagnostics"] if d.get("about") == "val_loss"}
     assert law_codes <= {"isoflop_edge"}, clean["diagnostics"]
     assert clean["loss_law"]["params"]["alpha"] > 0.1
+
+
+def test_points_without_a_validation_loss_get_no_loss_sentences():
+    """FID-only points (or val_samples: 0): the laws' text says the loss law was not fitted; the diagnostics did
+    not repeat it under nested prefixes."""
+    pts = [{k: v for k, v in p.items() if k != "val_loss"} for p in _points(loss_trend=True)]
+    report, _ = fit_all(pts, n_boot=20)
+    assert "error" in report["loss_law"]
+    assert not [d for d in report["diagnostics"] if d.get("about") == "val_loss"]

@@ -59,13 +59,13 @@ def test_optimum_at_grid_edge_is_flagged():
     pts = [p for p in _points() if p["hparams"]["optim.lr"] <= 1.9e-3]  # standard w64 best (4.7e-3) now off-grid
     rep = mup_transfer_report(pts)
     assert rep["standard"]["optimal_lr"]["64"] == 1.9e-3 and 64 in rep["standard"]["optimum_at_grid_edge"]
-    assert "grid's edge" in rep["statements"][0]
+    assert "the lowest or highest rate that width ran" in rep["statements"][0]
     # A width that never ran the higher rates and did best at the highest it ran is at the edge of its own runs,
     # though not of the whole grid: its optimum may lie above, and "within one step" then claims too much.
     pts = [p for p in _points() if not (p["model"].endswith("w128") and p["hparams"]["optim.lr"] > 1.9e-3)]
     rep = mup_transfer_report(pts)
     assert rep["mup"]["optimal_lr"]["128"] == 1.9e-3 and rep["mup"]["optimum_at_grid_edge"] == [128]
-    assert "at widths [128] the optimum is at the grid's edge" in rep["statements"][1]
+    assert "at widths [128] the optimum is the lowest or highest rate that width ran" in rep["statements"][1]
 
 
 @pytest.mark.parametrize(
