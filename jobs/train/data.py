@@ -135,6 +135,10 @@ def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):
     if cfg.run.deterministic:
         ctx.execution_options.preserve_order = True  # reproducible row order for bit-exact resume
     held = set(str(i) for i in val_ids) if val_ids is not None and len(val_ids) else set()
+    if "label" in training_columns(plan):  # the ids and labels only: cheap beside the latents the stream reads
+        from pipelines.latents.reader import load_latents_numpy
+
+        check_labels(load_latents_numpy(cfg.data.manifest, columns=["id", "label"]), cfg.data.manifest)
     ds = read_latents(cfg.data.manifest).select_columns(training_columns(plan))
     if held:
         ds = ds.filter(lambda row: str(row["id"]) not in held)
