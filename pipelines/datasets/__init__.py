@@ -157,7 +157,8 @@ def read_split(folder: str | os.PathLike, image_size: int, limit: int | None = N
     Returns {"image": uint8 [N,S,S,3], "label": int64 [N], "id": list, "caption": list}; files in sorted
     order, rows in file order, first `limit` rows only if given. For training the class classifier.
     """
-    from ditcore.preprocess import center_crop_arr, to_rgb
+    from ditcore.preprocess import center_crop_arr
+    from pipelines.imaging import display_rgb
 
     files = sorted(Path(folder).glob("*.parquet"))
     if not files:
@@ -170,7 +171,7 @@ def read_split(folder: str | os.PathLike, image_size: int, limit: int | None = N
                 break
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                rgb = to_rgb(img)
+                rgb = display_rgb(img)  # as the precompute decodes
             if min(rgb.size) < image_size:
                 raise ValueError(
                     f"{f}: image {rid} is {rgb.size[0]}x{rgb.size[1]}, below image_size {image_size} "

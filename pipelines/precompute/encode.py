@@ -1,7 +1,7 @@
 """The per-batch work of precompute, as callables for Ray Data `map_batches`.
 
 Two stages, so CPU work and accelerator work scale separately:
-- `decode_batch` (plain Ray tasks, fused with the shard read): bytes -> PIL -> `to_rgb` -> size check ->
+- `decode_batch` (plain Ray tasks, fused with the shard read): bytes -> PIL -> `display_rgb` -> size check ->
   ADM `center_crop_arr` -> uint8 [N,S,S,3]. Bad bytes become an `error` on the row, never an exception.
 - `Encoder` (an actor pool: the models load once per actor): VAE posterior mean/std of the image AND of
   its horizontal flip (one forward over 2N images), text states/mask/pooled, and per-row FID features
@@ -18,27 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditcore.preprocess import center_crop_arr, images_to_tensor, to_rgb
+from ditcore.preprocess import center_crop_arr, images_to_tensor
+from pipelines.imaging import display_rgb
 from pipelines.precompute.sink import NULL_SHARD
 from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 
 def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
     """(uint8 [S,S,3], "") or (None, reason) for one encoded image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
         return None, "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now: truncated files fail here, not later inside the crop
-            # Upright as displayed: a camera's EXIF Orientation otherwise leaves the photo (and its crop) sideways.
-            up = ImageOps.exif_transpose(img)
-            if "transparency" in up.info and up.mode in ("RGB", "L"):
-                # A colour-key transparency (PNG tRNS on an RGB or grayscale image) is alpha too: composited on
-                # white below, like an alpha channel, instead of showing the keyed colour.
-                up = up.convert("RGBA")
-            rgb = to_rgb(up)
+            # Upright as displayed (EXIF Orientation), any mode to RGB, alpha and colour keys on white.
+            rgb = display_rgb(img)
     except UnidentifiedImageError:
         return None, "not an image: no image format recognises these bytes"
     except Image.DecompressionBombError as exc:

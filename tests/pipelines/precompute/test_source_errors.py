@@ -397,21 +397,26 @@ def test_a_caption_of_only_a_byte_order_mark_or_zero_width_characters_is_blank()
     assert tok("\ufeff\u200b")["input_ids"] == tok("")["input_ids"]
 
 
-@pytest.mark.parametrize("mode,key", [("RGB", (0, 0, 0)), ("L", 0)])
-def test_a_colour_key_transparency_is_composited_on_white_like_an_alpha_channel(mode, key):
-    """A PNG's tRNS colour key on an RGB or grayscale image was dropped: its transparent pixels kept the keyed
-    colour (black here) where alpha and palette transparency come out white."""
+@pytest.mark.parametrize("mode,key,grey", [("RGB", (0, 0, 0), (90, 90, 90)), ("L", 0, 90), ("I;16", 0, 90 * 257)])
+def test_a_colour_key_transparency_is_composited_on_white_like_an_alpha_channel(mode, key, grey):
+    """A PNG's tRNS colour key on an RGB, grayscale or 16-bit grayscale image was dropped: its transparent pixels
+    kept the keyed colour (black here) where alpha and palette transparency come out white. The real-data reader
+    decodes the same way."""
+    import numpy as np
     from PIL import Image
 
+    from pipelines.imaging import display_rgb
     from pipelines.precompute.encode import _decode_one
 
     img = Image.new(mode, (S, S), key)
     for x in range(S // 2, S):  # right half opaque grey
         for y in range(S):
-            img.putpixel((x, y), (90, 90, 90) if mode == "RGB" else 90)
+            img.putpixel((x, y), grey)
     buf = io.BytesIO()
     img.save(buf, "PNG", transparency=key)
     crop, reason = _decode_one(buf.getvalue(), S)
     assert reason == ""
     assert tuple(crop[S // 2, 2]) == (255, 255, 255)  # the keyed (transparent) half: white
     assert tuple(crop[S // 2, -3]) == (90, 90, 90)  # opaque pixels keep their colour
+    with Image.open(io.BytesIO(buf.getvalue())) as again:
+        assert np.array_equal(np.asarray(display_rgb(again)), crop)  # crop is the identity at this size
