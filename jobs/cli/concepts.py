@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import checkpoint_command_parser, command_error, nonneg_float, positive_int
+from pipelines.cli.parsers import checkpoint_command_parser, command_error, nonneg_float, positive_int, seed_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")
     p.add_argument("--times", default="0.3,0.5,0.7", help="noise levels, fractions of the time range (1 = noise)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None, help="directory for the plot and JSON (default: the checkpoint, if local)")
     p.add_argument(
         "--response", default=None, metavar="COLOUR", help="also measure the steering response curve of this colour"
@@ -73,8 +73,7 @@ def _run(args: argparse.Namespace) -> dict:
     out_dir = args.out or (None if storage.is_s3(args.checkpoint) else args.checkpoint)
     if out_dir is None:
         raise ValueError("--out is required for an s3:// checkpoint (where to write the plot)")
-    if "://" in out_dir:
-        raise ValueError(f"--out {out_dir!r}: must be a local directory (the plot and concepts.json are written there)")
+    storage.refuse_remote(out_dir, "--out", "the plot")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # found after the extraction, as "File exists"
         raise ValueError(f"--out {out_dir!r}: is a file, not a directory")
     pipe = GenerationPipeline.from_checkpoint(args.checkpoint, device="cpu", text_encoder=False)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from pipelines.cli.parsers import command_error, command_parser, nonneg_float, positive_int
+from pipelines.cli.parsers import command_error, command_parser, nonneg_float, nonneg_int, positive_int, seed_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="euler")
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--guidance", type=nonneg_float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--classifier",
         default=None,
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num-actors",
-        type=int,
+        type=nonneg_int,
         default=1,
         help="Ray tasks that sample in parallel, each holding one CPU (or a GPU where the cluster has them); 0, or 1 "
         "with no Ray running (the default), samples in this process without Ray",

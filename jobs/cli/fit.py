@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from jobs.cli.common import sweep_command_parser
-from pipelines.cli.parsers import options_for, positive_int
+from pipelines.cli.parsers import options_for, positive_int, seed_int
+from pipelines.infra import storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default: fit_reports/<experiment or run id>, with -pooled for a --replicate fit)",
     )
     p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples per fit")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     p.add_argument(
         "--replicate",
@@ -57,8 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from jobs.scaling.fit import check_output_folder
 
         try:
+            storage.refuse_remote(args.out, "--out", "the fit report and its plots")
             check_output_folder(Path(args.out))  # before the fit; made once there is a report to write
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             print(f"ditscale fit: error: --out {args.out!r}: {e}", file=sys.stderr)
             return 2
     try:

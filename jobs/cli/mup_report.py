@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipelines.cli.parsers import DefaultsHelpFormatter
+from pipelines.infra import storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.infra.tracking import ExperimentRecordError, TrackingURIError, folder_name
 
     name = args.experiment or (args.parent_runs[0] if args.parent_runs else Path(args.points).stem)
-    out = Path(args.out or Path("fit_reports") / f"mup-{folder_name(name)}")
     try:
+        storage.refuse_remote(args.out or "", "--out", "the report and its plot")
+        out = Path(args.out or Path("fit_reports") / f"mup-{folder_name(name)}")
         report, files = write_mup_report(_points(args), out)
     except (FitError, ExperimentRecordError, TrackingURIError, ValueError) as e:
         print(f"ditscale mup-report: error: {e}", file=sys.stderr)

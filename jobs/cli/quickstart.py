@@ -7,6 +7,7 @@ import os
 from typing import Optional, Sequence
 
 from pipelines.cli.parsers import command_parser
+from pipelines.infra import storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         build_parser().error(f"--out {args.out!r} is a file, not a directory")
+    try:
+        storage.refuse_remote(args.out, "--out", "the quickstart's outputs, MLflow store and report")
+    except ValueError as e:
+        build_parser().error(str(e))
     return run_quickstart(
         args.out,
         tiny=args.tiny,

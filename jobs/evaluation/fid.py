@@ -54,8 +54,8 @@ class FIDSettings:
             )
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= 2**32 - 1:  # sample seeds seed * 1_000_003 + i stay inside int64
+            raise ValueError(f"seed must be in [0, {2**32 - 1}], got {self.seed}")
 
     def key(self, feature_net: str = "", classifier: Optional[str] = None, compute: str = "cpu") -> str:
         """Short stable hash of these settings, the feature network (and the classifier scoring the samples) and

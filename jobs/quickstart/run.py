@@ -23,6 +23,7 @@ from jobs.quickstart.report import sweep_fid_words
 from jobs.quickstart.runner import Context, fmt_seconds, run_stages
 from jobs.quickstart.stages import stage_list
 from jobs.scaling.summary import law_sentence
+from pipelines.infra import storage
 
 # Quickstart-only process settings: its Ray head and everything started from it inherit them.
 QUICKSTART_ENV = {
@@ -97,6 +98,7 @@ def run_quickstart(
     `train_encoders`: train the built-in VAE and feature net here even where the shipped ones match.
     `sweep_set`: KEY=VALUE overrides of the sweep config (`with_sweep_overrides`)."""
     mode = with_sweep_overrides(make_data_mode(data, tiny) if data else make_mode(tiny), list(sweep_set or []))
+    storage.refuse_remote(out, "--out", "the quickstart's outputs, MLflow store and report")
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a directory")

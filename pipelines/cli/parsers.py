@@ -20,6 +20,17 @@ def nonneg_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+SEED_MAX = 2**32 - 1  # the generation seeds' range (pipelines.generation.MAX_SEED; evaluation derives more from it)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed in 0..2**32-1 (a larger one overflowed the int64 seeds derived from it, late)."""
+    v = _int_at_least(text, 0)
+    if v > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SEED_MAX}, got {v}")
+    return v
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1..65535."""
     v = _int_at_least(text, 1)

@@ -25,6 +25,7 @@ from pipelines.generation import (
     SamplerSettings,
     image_grid,
 )
+from pipelines.infra import storage
 from pipelines.validation import BLANK_PROMPT, is_blank_prompt
 
 
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> Path:
             raise ValueError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:N)") from e
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device!r}: this torch has no usable CUDA device (use --device cpu)")
+    storage.refuse_remote(args.out, "--out", "the grid")
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out}: is a directory; give a .png file path")

@@ -27,6 +27,13 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def refuse_remote(path: Any, flag: str, what: str) -> None:
+    """ValueError for an output that must be a local path but is a URI: `Path("s3://b/x")` is the local folder
+    `s3:/b/x`, so such an output was written beside the working directory while the command reported success."""
+    if "://" in str(path):
+        raise ValueError(f"{flag} {str(path)!r}: must be a local path ({what} is written there); copy it afterwards")
+
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
 
 

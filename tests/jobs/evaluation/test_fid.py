@@ -103,10 +103,16 @@ def test_cli_errors(setup, capsys):
     assert "unknown 'nope'" in capsys.readouterr().err
     assert main([setup["ckpt"], "--num-samples", "1"]) == 2
     assert main(["/does/not/exist"]) == 2
-    assert main([setup["ckpt"], "--num-actors", "-1", "--num-samples", "4"]) == 2
-    assert "num_actors must be >= 0" in capsys.readouterr().err
-    assert main([setup["ckpt"], "--seed", "-5", "--num-samples", "4", "--num-actors", "0"]) == 2  # before sampling
-    assert "seed must be >= 0, got -5" in capsys.readouterr().err
+    # Named by the parser, before anything loads: a negative count, and seeds outside 0..2**32-1 (a huge one
+    # overflowed the derived sample seeds part-way through sampling, "Overflow when unpacking long long").
+    for flag, value, words in (
+        ("--num-actors", "-1", "argument --num-actors: must be >= 0, got -1"),
+        ("--seed", "-5", "argument --seed: must be >= 0, got -5"),
+        ("--seed", "99999999999999", "argument --seed: must be at most 4294967295, got 99999999999999"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([setup["ckpt"], flag, value, "--num-samples", "4"])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
     # What the sampling tasks or the final scoring failed on (after starting Ray, or after all the sampling): named
     # first. (No Ray here: the test would be refused by conftest if one started.)
     many = ["--num-samples", "4", "--steps", "1", "--num-actors", "2"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipelines.cli.data import main as data_main
@@ -125,7 +126,32 @@ def test_concepts_refuses_a_remote_out(tmp_path, capsys):
     from jobs.cli.concepts import main as concepts_main
 
     assert concepts_main([str(tmp_path / "ck"), "--out", "s3://bucket/plots"]) == 2  # wrote './s3:/bucket/plots'
-    assert "--out 's3://bucket/plots': must be a local directory" in capsys.readouterr().err
+    assert "--out 's3://bucket/plots': must be a local path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pipelines.cli.sample", "--checkpoint", "{ck}", "--out", "s3://bucket/grid.png"],
+        ["jobs.cli.fit", "--experiment", "x", "--out", "s3://bucket/fits"],
+        ["jobs.cli.mup_report", "--points", "{ck}/points.json", "--out", "s3://bucket/mup"],
+        ["jobs.cli.quickstart", "--tiny", "--out", "s3://bucket/qs"],
+    ],
+)
+def test_local_only_outputs_refuse_a_uri_instead_of_writing_a_folder_named_s3(tmp_path, monkeypatch, capsys, command):
+    """Path("s3://bucket/x") is the local folder s3:/bucket/x: these commands wrote there and reported success."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module, *argv = command
+    argv = [a.format(ck=tmp_path / "ck") for a in argv]
+    try:
+        rc = importlib.import_module(module).main(argv)
+    except SystemExit as e:  # argparse's error(): exit 2
+        rc = e.code
+    assert rc == 2
+    assert "must be a local path" in capsys.readouterr().err
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_ems_and_concepts_name_a_checkpoint_without_a_data_set(tmp_path, capsys):
