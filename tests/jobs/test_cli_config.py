@@ -153,7 +153,7 @@ def _exit_code(argv: list[str]) -> int:
         (["data", "export-builtin", "--out", "x", "--count", "-1"], "argument --count: must be >= 1, got -1"),
         (["data", "classifier", "--source", "x", "--test-limit", "-1"], "argument --test-limit: must be >= 1, got -1"),
         (["fit", "--experiment", "e", "--n-boot", "0"], "argument --n-boot: must be >= 1, got 0"),
-        (["fit", "--experiment", "e", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),  # was numpy's traceback
+        (["fit", "--experiment", "e", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
         (["concepts", "missing", "--seed", str(2**80)], "argument --seed: must be at most 4294967295"),
         (["serve", "--port", "99999", "--print-config"], "must be a port number in 1..65535, got 99999"),
         (["serve", "--config", "nope.yaml", "--checkpoint", "x", "--print-config"], "nope.yaml: config file not found"),
