@@ -18,8 +18,12 @@ CONCEPTS_FILE = "concepts.safetensors"
 
 
 def ems_name(guidance: float) -> str:
-    """EMS depend on the guidance scale they were taken at: ems.safetensors (w = 1) or ems_w<w>.safetensors."""
-    return "ems.safetensors" if float(guidance) == 1.0 else f"ems_w{float(guidance):g}.safetensors"
+    """EMS depend on the guidance scale they were taken at: ems.safetensors (w = 1) or ems_w<w>.safetensors, w to 6
+    significant digits (guidances that agree that far share statistics). The w = 1 test is on those digits too: a
+    guidance of 1.0000001 looked for ems_w1.safetensors, which `ditscale ems --guidance 1` (ems.safetensors) never
+    writes."""
+    w = f"{float(guidance):g}"
+    return "ems.safetensors" if float(w) == 1.0 else f"ems_w{w}.safetensors"
 
 
 def _write(uri: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -43,6 +43,13 @@ def _run(cfg: DistillConfig, validate_only: bool) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ditscale distill`."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    # The positional is the teacher: a teacher= override that names another one silently won (it came later).
+    others = [
+        o.split("=", 1)[1] for o in args.overrides if o.startswith("teacher=") and o.split("=", 1)[1] != args.teacher
+    ]
+    if others:
+        parser.error(f"teacher={others[0]!r} contradicts the teacher argument {args.teacher!r}: give it once")
     args.overrides = [f"teacher={args.teacher}", *args.overrides]
     return run_config_command("ditscale distill", DistillConfig, args, lambda cfg: _run(cfg, args.validate_only))

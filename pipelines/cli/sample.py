@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="apply guidance only for t in [T_LO, T_HI]",
     )
-    p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=nonneg_float, default=0.0, help="DDIM eta in [0, 1] (0 = deterministic; ddim only)")
     p.add_argument("--seed", type=nonneg_int, default=0, help=f"image i uses seed + i, at most {MAX_SEED}")
     p.add_argument("--num", type=positive_int, default=4, help="number of images")
     cond = p.add_mutually_exclusive_group()
@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--seed {args.seed} with --num {args.num}: the last seed is past {MAX_SEED}")
     if args.prompt is not None and any(is_blank_prompt(p) for p in args.prompt):
         raise ValueError(f"--prompt: empty; {BLANK_PROMPT}")
+    if args.eta > 1:  # past 1 DDIM's noise outgrows the step's sigma: a NaN (black) grid
+        raise ValueError(f"--eta {args.eta:g}: DDIM's eta is in [0, 1] (1: as much noise as DDPM)")
+    if args.eta and args.sampler != "ddim":
+        raise ValueError(f"--eta {args.eta:g}: only --sampler ddim uses it (got --sampler {args.sampler})")
     if args.device is not None:
         import torch
 
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> Path:
             device = torch.device(args.device)
         except RuntimeError as e:
             raise ValueError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:N)") from e
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {args.device!r}: sampling runs on cpu or cuda[:N]")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device!r}: this torch has no usable CUDA device (use --device cpu)")
     storage.refuse_remote(args.out, "--out", "the grid")

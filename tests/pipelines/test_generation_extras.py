@@ -83,6 +83,9 @@ def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
     first = pipe._ems(2.0)
     assert all(pipe._ems(2.0 + k * 1e-12) is first for k in range(1, 4))
     assert sorted(pipe.__dict__["_ems_cache"]) == ["ems.safetensors", "ems_w2.safetensors"]
+    # 1.0000001 reads as 1 to 6 digits: the w = 1 file `ditscale ems --guidance 1` wrote (it asked for
+    # ems_w1.safetensors, which that command never writes, so its own hint could not be followed).
+    assert pipe._ems(1.0000001) is pipe._ems(1.0)
 
 
 def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
