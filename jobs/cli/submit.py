@@ -120,6 +120,15 @@ def check_job_command(kind: str, job_argv: list[str]) -> None:
         if e.code:  # --help exits 0
             last = (err.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
             raise SubmitError(f"the {kind} job's command line `{shlex.join(job_argv)}`: {last}") from None
+        return
+    out = getattr(job.parse_args(job_argv), "out", None) if kind == "fit" else None
+    if out and ("://" in out or not out.startswith(("/", "~"))):
+        # A relative --out lands in Ray's temporary copy of the working dir (lost with it); fit writes locally only.
+        raise SubmitError(
+            f"the fit job's --out {out!r}: give an absolute path on storage every node sees (a relative one is "
+            "written into Ray's temporary copy of the working dir, and fit writes no s3://); without --out the report "
+            "and plots are logged to the sweep's MLflow run"
+        )
 
 
 def check_job_config(kind: str, config: Optional[Path], overrides: list[str], working_dir: Path) -> None:

@@ -153,6 +153,12 @@ def test_paths_the_job_would_write_into_or_miss_in_rays_copy_of_the_code_are_ref
     assert ditscale(pre) == 2
     assert "vae.path='outputs/vae'" in capsys.readouterr().err
     assert ditscale([*pre, "vae.path=/shared/vae", "fid.feature_net=s3://b/net"]) == 0
+    # A fit's --out too: a relative one was written into that copy and lost, an s3:// one is not a local path.
+    fit = ["submit", "fit", "--experiment", "e", "--dry-run"]
+    for out in ("fits", "s3://b/fits"):
+        assert ditscale([*fit, "--out", out]) == 2
+        assert f"the fit job's --out {out!r}: give an absolute path" in capsys.readouterr().err
+    assert ditscale([*fit, "--out", "/shared/fits"]) == 0 and ditscale(fit) == 0
 
 
 def test_a_flag_neither_submit_nor_the_job_takes_is_refused_before_anything_is_sent(capsys, monkeypatch):
