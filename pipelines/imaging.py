@@ -20,11 +20,14 @@ def display_rgb(img: Image.Image) -> Image.Image:
     if key is None or up.mode in ("P", "PA", "RGBA", "LA", "RGBa", "La"):  # to_rgb composites these itself
         return rgb
     src = np.asarray(up)
-    if src.ndim == 3:  # a colour key (r, g, b) matches all of a pixel's channels
-        keyed = np.all(src[..., : len(key)] == np.asarray(key, dtype=src.dtype), axis=-1) if np.ndim(key) else None
-    else:
-        keyed = src == key if np.ndim(key) == 0 else None
-    if keyed is None or not keyed.any():
+    k = np.asarray(key)
+    if not np.issubdtype(k.dtype, np.integer) or k.ndim != (1 if src.ndim == 3 else 0):
+        return rgb  # a key of a shape or kind this image cannot carry: nothing to composite
+    if src.dtype == np.uint8 and int(k.max()) > 255:  # a 16-bit file's key; Pillow reads its pixels as 8-bit
+        k = k >> 8
+    k = k.astype(src.dtype)
+    keyed = np.all(src[..., : k.size] == k, axis=-1) if src.ndim == 3 else src == k
+    if not keyed.any():
         return rgb
     out = np.asarray(rgb).copy()
     out[keyed] = WHITE

@@ -149,11 +149,27 @@ class Sampler:
             return
         problem = self._defaults_problem(new)
         if problem is not None:
-            new = dataclasses.replace(new, default_sampler=self.config.default_sampler)
+            # The previous default sampler, at the previous guidance where the new one is not runnable with it
+            # (dpmsolver-v3 needs statistics per guidance), else the built-in defaults.
+            keep = dataclasses.replace(new, default_sampler=self.config.default_sampler)
+            for fallback in (
+                keep,
+                dataclasses.replace(keep, default_guidance=self.config.default_guidance),
+                dataclasses.replace(
+                    new,
+                    default_sampler=SamplerUserConfig().default_sampler,
+                    default_guidance=SamplerUserConfig().default_guidance,
+                ),
+            ):
+                if self._defaults_problem(fallback) is None:
+                    new = fallback
+                    break
         self.config, self._configured = new, True
         self._apply_batching()
         if problem is not None:
-            self._refuse(f"{problem}; the default sampler stays {new.default_sampler!r}")
+            self._refuse(
+                f"{problem}; the default sampler stays {new.default_sampler!r} at guidance {new.default_guidance:g}"
+            )
         else:
             self.config_error = None
 

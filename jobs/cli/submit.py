@@ -122,7 +122,7 @@ def check_job_command(kind: str, job_argv: list[str]) -> None:
             raise SubmitError(f"the {kind} job's command line `{shlex.join(job_argv)}`: {last}") from None
         return
     out = getattr(job.parse_args(job_argv), "out", None) if kind == "fit" else None
-    if out and ("://" in out or not out.startswith(("/", "~"))):
+    if out and ("://" in out or not out.startswith("/")):  # fit does not expand ~ either
         # A relative --out lands in Ray's temporary copy of the working dir (lost with it); fit writes locally only.
         raise SubmitError(
             f"the fit job's --out {out!r}: give an absolute path on storage every node sees (a relative one is "

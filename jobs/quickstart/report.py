@@ -261,8 +261,11 @@ def _champion_goal(rec: dict[str, Any], fit: dict) -> dict[str, Any]:
         goal.update(met=True, note="not the smallest size tried")
     else:
         budgets = ((fit.get("isoflop") or {}).get("fid") or {}).get("budgets") or []
-        last = max(budgets, key=lambda b: b["budget_flops"]) if budgets else None
-        smallest_best = last is not None and minimum_kind(last) == "smallest"
+        if not budgets:  # no isoFLOP fit to say where the optimum lies
+            goal["note"] = "the smallest size; no isoFLOP data to say whether the optimum lies there"
+            return goal
+        last = max(budgets, key=lambda b: b["budget_flops"])
+        smallest_best = minimum_kind(last) == "smallest"
         goal.update(
             met=smallest_best,
             note=(

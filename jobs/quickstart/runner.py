@@ -85,9 +85,10 @@ class Stage:
     config: Callable[[Context], dict]
     run: Callable[[Context], dict]
     outputs: Callable[[dict], list[str]] = field(default=lambda result: [])  # paths that must exist to reuse it
-    # The run's record (report.md / report.json): set aside as <name>.previous<suffix> as soon as any stage runs
-    # again, so a rerun that fails part-way never leaves the last run's record looking like this one's.
-    record: bool = False
+    # The run's record (files under the output directory, e.g. report.md / report.json): set aside as
+    # <name>.previous<suffix> as soon as any stage runs again, so a rerun that fails part-way never leaves the last
+    # run's record looking like this one's (by name: a marker may be missing or name a moved folder).
+    record: tuple[str, ...] = ()
 
 
 def _reusable(ctx: Context, stage: Stage, digest: str, force: bool) -> dict | None:
@@ -154,21 +155,16 @@ def _state(digest: str, result: dict) -> str:
 
 
 def _retire_records(ctx: Context, stages: list[Stage]) -> None:
-    """Set the record stages' outputs aside (`Stage.record`) and drop their markers: a stage is about to run again."""
+    """Set the record stages' files aside (`Stage.record`) and drop their markers: a stage is about to run again."""
     for stage in stages:
-        marker = ctx.path("stages", f"{stage.name}.json")
-        if not stage.record or not marker.is_file():
-            continue
-        try:
-            outputs = stage.outputs(json.loads(marker.read_text())["result"])
-        except (OSError, ValueError, KeyError, TypeError):
-            outputs = []
-        for p in map(Path, outputs):
+        for name in stage.record:
+            p = ctx.path(name)
             if p.is_file():
                 old = p.with_name(f"{p.stem}.previous{p.suffix}")
                 p.replace(old)
                 ctx.log(f"the last run's {p.name} is now {old.name} (this run writes its own at the end)")
-        marker.unlink(missing_ok=True)
+        if stage.record:
+            ctx.path("stages", f"{stage.name}.json").unlink(missing_ok=True)
 
 
 def run_stages(ctx: Context, stages: list[Stage], force: bool) -> None:

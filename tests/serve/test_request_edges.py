@@ -115,3 +115,28 @@ def test_a_default_sampler_the_checkpoint_cannot_run_is_refused_and_the_replica_
         sampler.reconfigure(bad)  # a running replica: refused, not raised
         assert sampler.config.default_sampler == "euler" and sampler.config.max_batch_size == 3
         assert words in asyncio.run(sampler.info())["config_error"]
+    # dpmsolver-v3 has statistics for guidance 1.5 only: a new guidance alone keeps the sampler, so the previous
+    # guidance stays with it (keeping only the sampler left a default that 422'd every request without `sampler`).
+    import torch
+
+    from ditcore.samplers import EMS
+    from pipelines.checkpoint_extras import save_ems
+
+    shape = (4, 3, 8, 8)
+    save_ems(
+        ckpt,
+        EMS(
+            torch.linspace(-4.0, 4.0, 4, dtype=torch.float64),
+            torch.zeros(shape),
+            torch.zeros(shape),
+            torch.zeros(shape),
+        ),
+        1.5,
+        {},
+    )
+    sampler.reconfigure({"default_sampler": "dpmsolver-v3", "default_guidance": 1.5})
+    assert asyncio.run(sampler.info())["config_error"] is None
+    sampler.reconfigure({"default_sampler": "dpmsolver-v3", "default_guidance": 3.0})
+    assert (sampler.config.default_sampler, sampler.config.default_guidance) == ("dpmsolver-v3", 1.5)
+    assert "stays 'dpmsolver-v3' at guidance 1.5" in asyncio.run(sampler.info())["config_error"]
+    assert sampler.check_sampler({}) is None  # a request without sampler or guidance runs

@@ -115,6 +115,6 @@ def stage_list(mode: Mode | None = None) -> list[Stage]:
             lambda ctx: {"v": 2, "code": file_digest(report.__file__)},
             report.report_run,
             lambda r: [r["path"], r["json"]],
-            record=True,
+            record=("report.md", "report.json"),
         ),
     ]

@@ -155,7 +155,7 @@ def test_paths_the_job_would_write_into_or_miss_in_rays_copy_of_the_code_are_ref
     assert ditscale([*pre, "vae.path=/shared/vae", "fid.feature_net=s3://b/net"]) == 0
     # A fit's --out too: a relative one was written into that copy and lost, an s3:// one is not a local path.
     fit = ["submit", "fit", "--experiment", "e", "--dry-run"]
-    for out in ("fits", "s3://b/fits"):
+    for out in ("fits", "s3://b/fits", "~/fits"):
         assert ditscale([*fit, "--out", out]) == 2
         assert f"the fit job's --out {out!r}: give an absolute path" in capsys.readouterr().err
     assert ditscale([*fit, "--out", "/shared/fits"]) == 0 and ditscale(fit) == 0

@@ -119,7 +119,7 @@ def test_a_rerun_sets_the_last_record_aside_before_any_stage_runs(tmp_path):
     def stages(fail_b=False):
         return [
             *_stages(tmp_path, calls, fail_b),
-            Stage("r", "R", lambda ctx: {}, run_report, lambda r: [r["json"]], True),
+            Stage("r", "R", lambda ctx: {}, run_report, lambda r: [r["json"]], ("report.json",)),
         ]
 
     _run(tmp_path, stages())
@@ -131,6 +131,11 @@ def test_a_rerun_sets_the_last_record_aside_before_any_stage_runs(tmp_path):
     assert (tmp_path / "report.previous.json").read_text() == '{"saw": 1}'
     _run(tmp_path, stages())
     assert (tmp_path / "report.json").read_text() == '{"saw": 1}' and calls == ["a", "b", "b", "b"]
+    # By name, not by the marker: a record whose marker is gone (the MLflow logging after it failed) goes aside too.
+    (tmp_path / "stages" / "r.json").unlink()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _run(tmp_path, stages(fail_b=True))
+    assert not (tmp_path / "report.json").exists()
 
 
 def _record(**over):
@@ -175,7 +180,7 @@ def test_goals_give_each_verdict_and_never_count_a_missing_value_as_met():
     assert g["attr_accuracy"]["met"] is None  # NaN is not measured, never met
     assert g["beta_ci"]["met"] is False and "conditional on FID_inf at its bound" in g["beta_ci"]["note"]
     assert g["heldout_error"]["met"] is False and g["heldout_error"]["note"].endswith("with the floor free: 20.0%")
-    assert g["champion"]["met"] is False  # the smallest, with no isoFLOP data putting the optimum there
+    assert g["champion"]["met"] is None  # the smallest, with no isoFLOP data to say where the optimum lies
     assert g["wall"]["met"] is False  # the stages alone took longer than the goal
     # The smallest size that the isoFLOP minimum at the largest budget also picks meets the rule.
     iso = {"budgets": [{"budget_flops": c, "params": [1e5, 4e5], "n_opt": 1e5, "interior": False} for c in (1, 2)]}
@@ -183,6 +188,11 @@ def test_goals_give_each_verdict_and_never_count_a_missing_value_as_met():
         _record(champion={"model": "small", "params": 1e5}), {"models": {"a": 1e5, "b": 4e5}, "isoflop": {"fid": iso}}
     )
     assert g["champion"]["met"] is True
+    iso["budgets"][-1] = {"budget_flops": 2, "params": [1e5, 4e5], "n_opt": 4e5, "interior": False}  # largest best
+    g = goals(
+        _record(champion={"model": "small", "params": 1e5}), {"models": {"a": 1e5, "b": 4e5}, "isoflop": {"fid": iso}}
+    )
+    assert g["champion"]["met"] is False
 
 
 def test_a_law_that_was_not_fitted_keeps_its_stable_keys_as_null():

@@ -420,3 +420,18 @@ def test_a_colour_key_transparency_is_composited_on_white_like_an_alpha_channel(
     assert tuple(crop[S // 2, -3]) == (90, 90, 90)  # opaque pixels keep their colour
     with Image.open(io.BytesIO(buf.getvalue())) as again:
         assert np.array_equal(np.asarray(display_rgb(again)), crop)  # crop is the identity at this size
+
+
+def test_a_16_bit_colour_key_on_an_image_read_as_8_bit_is_matched_not_an_overflow():
+    """Pillow reads a 16-bit RGB PNG's pixels as 8-bit but keeps its tRNS key in 16 bits: comparing the two raised
+    OverflowError, which failed the whole decode batch."""
+    from PIL import Image
+
+    from pipelines.precompute.encode import _decode_one
+
+    img = Image.new("RGB", (S, S), (255, 0, 0))
+    img.putpixel((S - 1, S - 1), (0, 0, 255))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=(65535, 0, 0))
+    crop, reason = _decode_one(buf.getvalue(), S)
+    assert reason == "" and tuple(crop[0, 0]) == (255, 255, 255) and tuple(crop[-1, -1]) == (0, 0, 255)
