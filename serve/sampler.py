@@ -260,8 +260,10 @@ class Sampler:
                     f"class-conditioned model takes a label in [0, {self.pipe.num_classes})",
                 }
             return None
+        guidance = float(req["guidance"] if req.get("guidance") is not None else self.config.default_guidance)
+        unguided = guidance == 1.0 or self.pipe.distilled  # a negative prompt is dropped there (generate), not read
         for key in ("prompt", "negative_prompt"):
-            if req.get(key):
+            if req.get(key) and not (key == "negative_prompt" and unguided):
                 try:
                     self.pipe.encode_prompt(req[key])  # cached: the batch reuses the embedding
                 except GenerationError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ def _run_record(ctx: Context, fit: dict) -> dict[str, Any]:
     good = ctx.results["sweep"].get("goodput") or {}
     sweep = ctx.results["sweep"]
     return {
+        # when this record was written (UTC): a report.json older than the run's last stage is not this run's
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "goodput": good.get("goodput"),
         "time_share": good.get("time_share"),
         "peak_flops": good.get("peak_flops"),  # what goodput divides by: the better of the readings below

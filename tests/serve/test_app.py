@@ -606,3 +606,6 @@ def test_over_long_prompt_is_a_4xx_naming_the_token_limit(server):
         detail = r.json()["detail"]
         assert any(d["field"] == field and "32 tokens" in d["message"] for d in detail), r.text
     assert _post(url, {"prompt": "a red square next to a blue circle", "steps": 2}).status_code == 200
+    # Unguided, the negative prompt is dropped, not read: its length is no reason to refuse the request.
+    r = _post(url, {"prompt": "a cat", "negative_prompt": long_prompt, "steps": 2, "guidance": 1.0})
+    assert r.status_code == 200 and json.loads(r.headers["X-Ditscale-Settings"])["negative_prompt"] is None
