@@ -31,40 +31,29 @@ def _real_data_stages() -> list[Stage]:
     ]
 
 
-def stage_list(mode: Mode | None = None) -> list[Stage]:
-    """vae -> features -> precompute -> sweep -> fit -> promote -> serve -> samples -> report (built-in data);
-    data -> inception -> classifier -> vae -> precompute -> ... -> promote -> standard FID -> ... (real data)."""
-    real = mode is not None and mode.data is not None
-    first = (
-        _real_data_stages()
-        if real
-        else [
-            Stage(
-                "vae",
-                "the small VAE of the built-in data (shipped, else trained here)",
-                encoders.vae_config,
-                encoders.vae_run,
-                lambda r: [r["path"]],
-            ),
-            Stage(
-                "features",
-                "the FID feature network (shipped, else trained here)",
-                encoders.features_config,
-                encoders.features_run,
-                lambda r: [r["path"]],
-            ),
-        ]
-    )
-    standard = [
-        Stage(
-            "standard_fid",
-            "the champion's standard FID (Inception) and the data's floor",
-            realdata.standard_config,
-            realdata.standard_run,
-        )
-    ]
+def _builtin_encoder_stages() -> list[Stage]:
+    """vae -> features: the built-in data's encoders (shipped, else trained here)."""
     return [
-        *first,
+        Stage(
+            "vae",
+            "the small VAE of the built-in data (shipped, else trained here)",
+            encoders.vae_config,
+            encoders.vae_run,
+            lambda r: [r["path"]],
+        ),
+        Stage(
+            "features",
+            "the FID feature network (shipped, else trained here)",
+            encoders.features_config,
+            encoders.features_run,
+            lambda r: [r["path"]],
+        ),
+    ]
+
+
+def _scaling_stages() -> list[Stage]:
+    """precompute -> sweep -> fit -> promote: the data's latents, the grid, the law and its champion."""
+    return [
         Stage(
             "precompute",
             "precompute VAE latents (+ MiniLM text embeddings) (Ray Data)",
@@ -93,7 +82,12 @@ def stage_list(mode: Mode | None = None) -> list[Stage]:
             scaling.promote_run,
             lambda r: [r["checkpoint"]] if "://" not in r["checkpoint"] else [],
         ),
-        *(standard if real else []),
+    ]
+
+
+def _output_stages() -> list[Stage]:
+    """serve -> samples -> report: what a user looks at."""
+    return [
         Stage(
             "serve",
             "deploy on Ray Serve and generate over HTTP",
@@ -118,3 +112,17 @@ def stage_list(mode: Mode | None = None) -> list[Stage]:
             record=("report.md", "report.json"),
         ),
     ]
+
+
+def stage_list(mode: Mode | None = None) -> list[Stage]:
+    """vae -> features -> precompute -> sweep -> fit -> promote -> serve -> samples -> report (built-in data);
+    data -> inception -> classifier -> vae -> precompute -> ... -> promote -> standard FID -> ... (real data)."""
+    if mode is None or mode.data is None:
+        return [*_builtin_encoder_stages(), *_scaling_stages(), *_output_stages()]
+    standard = Stage(
+        "standard_fid",
+        "the champion's standard FID (Inception) and the data's floor",
+        realdata.standard_config,
+        realdata.standard_run,
+    )
+    return [*_real_data_stages(), *_scaling_stages(), standard, *_output_stages()]
