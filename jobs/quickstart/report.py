@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from ditcore.scaling.frontier import interior_count
 from jobs.quickstart.runner import Context
 from jobs.quickstart.stages.scaling import SWEEP_RECORD_KEYS
+from jobs.scaling.plots import finite_or_none
 from jobs.scaling.summary import ci_method_name, law_sentence
 from pipelines.infra.code import env_tags, environment, environment_words
 
@@ -24,18 +24,9 @@ def _g(v: Any) -> str:
         return "-"
 
 
-def _num(v: Any) -> float | None:
-    """A finite float, else None (a NaN the fit wrote as null, or never measured)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _ci(law: dict, name: str) -> list[float] | None:
     ci = (law.get("ci") or {}).get(name)
-    ends = [_num(v) for v in ci] if ci else []
+    ends = [finite_or_none(v) for v in ci] if ci else []
     return ends if len(ends) == 2 and None not in ends else None
 
 
@@ -90,7 +81,7 @@ def _law_record(fit: dict) -> dict[str, Any]:
         "law": (
             {
                 "form": law.get("form"),
-                **{k: _num(v) for k, v in law["params"].items()},
+                **{k: finite_or_none(v) for k, v in law["params"].items()},
                 "beta_ci": _ci(law, "beta"),
                 "ci": law.get("ci"),
                 "ci_open": law.get("ci_open"),  # [lo, hi] ends that reached the search range, not the data
@@ -210,13 +201,13 @@ def goals(rec: dict[str, Any], fit: dict, builtin: bool = True) -> dict[str, dic
             "note": note or (None if value is not None else "not measured in this run"),
         }
 
-    put("goodput", _num(rec.get("goodput")))
+    put("goodput", finite_or_none(rec.get("goodput")))
     if builtin:
-        put("attr_accuracy", _num((rec.get("champion") or {}).get("attr_accuracy")))
-    first, last = _num(rec.get("frontier_fid_first")), _num(rec.get("frontier_fid_last"))
+        put("attr_accuracy", finite_or_none((rec.get("champion") or {}).get("attr_accuracy")))
+    first, last = finite_or_none(rec.get("frontier_fid_first")), finite_or_none(rec.get("frontier_fid_last"))
     put("frontier_drop", last / first if first and last is not None else None)
     law = rec.get("law") or {}
-    beta, ci = _num(law.get("beta")), law.get("beta_ci")
+    beta, ci = finite_or_none(law.get("beta")), law.get("beta_ci")
     free = law.get("free_floor") or {}
     bound = "conditional on FID_inf at its bound, the lowest frontier FID" if law.get("floor_at_bound") else ""
 
@@ -225,20 +216,20 @@ def goals(rec: dict[str, Any], fit: dict, builtin: bool = True) -> dict[str, dic
             return None
         return max(b - interval[0], interval[1] - b) / abs(b)
 
-    free_spread = spread(_num(free.get("beta")), free.get("beta_ci"))
+    free_spread = spread(finite_or_none(free.get("beta")), free.get("beta_ci"))
     put(
         "beta_ci",
         spread(beta, ci),
         f"{bound}; with the floor free: {free_spread:.1%}" if bound and free_spread is not None else bound,
     )
-    free_held = _num(free.get("heldout_error"))
+    free_held = finite_or_none(free.get("heldout_error"))
     put(
         "heldout_error",
-        _num(rec.get("heldout_error")),
+        finite_or_none(rec.get("heldout_error")),
         f"{bound}; with the floor free: {free_held:.1%}" if bound and free_held is not None else bound,
     )
     out["champion"] = _champion_goal(rec, fit)
-    run_s = sum(v for v in (rec.get("stage_seconds") or {}).values() if _num(v) is not None) or None
+    run_s = sum(v for v in (rec.get("stage_seconds") or {}).values() if finite_or_none(v) is not None) or None
     # The stages alone: over the limit is a miss; under it the run cannot say, the install being outside it.
     put(
         "wall",
@@ -255,8 +246,8 @@ def _champion_goal(rec: dict[str, Any], fit: dict) -> dict[str, Any]:
     the largest budget)."""
     from ditcore.scaling.frontier import minimum_kind
 
-    sizes = [v for v in (_num(p) for p in (fit.get("models") or {}).values()) if v is not None]
-    params = _num((rec.get("champion") or {}).get("params"))
+    sizes = [v for v in (finite_or_none(p) for p in (fit.get("models") or {}).values()) if v is not None]
+    params = finite_or_none((rec.get("champion") or {}).get("params"))
     goal = {"value": (rec.get("champion") or {}).get("model"), "threshold": None, "met": None, "note": None}
     if params is None or not sizes:
         goal["note"] = "not measured in this run"

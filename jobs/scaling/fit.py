@@ -194,19 +194,20 @@ def _loss_diagnostics(loss_law: dict, loss_iso: dict | None) -> list[dict]:
     """The validation-loss law's and N*(C)'s own checks (a bound pinning alpha, an interval that is the search
     range, a held-out miss, minima at the grid's edge), each marked "about": "val_loss"; the isoFLOP sentences,
     which do not name their metric, say it."""
-    out: list[dict] = []
     if "error" in loss_law:  # not fitted (no validation loss at enough budgets): format_laws says so already
-        return out
-    if loss_iso is not None and "error" in loss_iso:
-        loss_iso = None
-    for d in fit_diagnostics(law=loss_law, isoflop=loss_iso, metric="val_loss", what="validation-loss law"):
-        if d["code"] == "isoflop_no_images":
-            continue  # the same points, so the same sentence as the main metric's
-        iso = d["code"].startswith("isoflop") or (d["code"] == "no_interval" and d["message"].startswith("N*(C)"))
-        if iso or "validation-loss" not in d["message"]:
-            d = {**d, "message": f"Validation-loss {'isoFLOPs' if iso else 'law'}: {d['message']}"}
-        out.append({**d, "about": "val_loss"})
-    return out
+        return []
+    law = fit_diagnostics(law=loss_law, metric="val_loss", what="validation-loss law")
+    iso = fit_diagnostics(isoflop=loss_iso, metric="val_loss") if loss_iso and "error" not in loss_iso else []
+    out = [
+        d if "validation-loss" in d["message"] else {**d, "message": f"Validation-loss law: {d['message']}"}
+        for d in law
+    ]
+    out += [
+        {**d, "message": f"Validation-loss isoFLOPs: {d['message']}"}
+        for d in iso
+        if d["code"] != "isoflop_no_images"  # the same points, so the same sentence as the main metric's
+    ]
+    return [{**d, "about": "val_loss"} for d in out]
 
 
 def fit_all(points: list[dict], *, metric: str = "fid", n_boot: int = 200, seed: int = 0) -> tuple[dict, dict]:
