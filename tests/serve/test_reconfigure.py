@@ -7,19 +7,14 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
-from tests.serve._helpers import serve_checkpoint
+from tests.serve._helpers import class_checkpoint, serve_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reconfigure")
-    data, _ = make_eval_dataset(root, fid=False, n=16, num_classes=10)
-    model = perturbed_model("DiT-T/2", num_classes=10, input_size=8)
-    data_cfg = {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0}
-    ckpt = save_model_checkpoint(root / "ckpt", model, data_cfg, state={"step": 1})
+    ckpt = class_checkpoint(tmp_path_factory.mktemp("reconfigure"))
     for url in serve_checkpoint(ckpt, "reconfigure"):
         yield url, ckpt
 

@@ -9,8 +9,7 @@ import pytest
 import requests
 import torch
 
-from tests.jobs._train_helpers import make_eval_dataset, perturbed_model, save_model_checkpoint
-from tests.serve._helpers import serve_checkpoint
+from tests.serve._helpers import class_checkpoint, serve_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +18,7 @@ pytestmark = pytest.mark.slow
 def service(tmp_path_factory):
     from pipelines.checkpoint_extras import save_concepts
 
-    root = tmp_path_factory.mktemp("steer_http")
-    data, _ = make_eval_dataset(root, fid=False, n=16, num_classes=10)
-    model = perturbed_model("DiT-T/2", num_classes=10, input_size=8)
-    data_cfg = {"manifest": data, "scaling_factor": 0.5, "shift_factor": 0.0}
-    ckpt = save_model_checkpoint(root / "ckpt", model, data_cfg, state={"step": 1})
+    ckpt = class_checkpoint(tmp_path_factory.mktemp("steer_http"))
     save_concepts(ckpt, {"red": torch.randn(64), "blue": torch.randn(64)}, layer=1, info={})
     yield from serve_checkpoint(ckpt, "steer")
 
