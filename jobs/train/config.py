@@ -61,7 +61,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine", "wsd"] = "constant"
-    decay_fraction: float = 0.2  # wsd: last fraction of the steps decays linearly to min_lr_ratio * lr
+    decay_fraction: float = 0.2  # wsd: the last fraction of the steps (>= 1) decays linearly towards min_lr_ratio
     min_lr_ratio: float = 0.0  # cosine / wsd floor
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999
@@ -224,7 +224,7 @@ def lr_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     if o.schedule == "wsd":
         # A run shorter than its warmup still decays over its last steps: every WSD point is a decayed model.
         return min(warm, _wsd_factor(step, total_steps, o))
-    if warm < 1.0:
+    if o.warmup_steps > 0 and step < o.warmup_steps:
         return warm
     if o.schedule == "constant":
         return 1.0
@@ -241,7 +241,9 @@ def _wsd_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     decay_start = total_steps - decay_steps
     if step < decay_start:
         return 1.0
-    progress = min(1.0, (step - decay_start + 1) / decay_steps)
+    # The decay's d steps take the factors 1 - k/(d+1), k = 1..d: every step moves the weights (a last factor of
+    # 0 would spend a step's FLOPs on nothing, and a one-step decay would leave the point undecayed).
+    progress = min(1.0, (step - decay_start + 1) / (decay_steps + 1))
     return 1.0 - (1.0 - o.min_lr_ratio) * progress
 
 

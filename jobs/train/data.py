@@ -92,17 +92,27 @@ def check_labels(rows: dict[str, np.ndarray], manifest: str) -> None:
 
 
 def epoch_batches(
-    rows: dict[str, np.ndarray], local_batch: int, seed: Optional[int], rank: int = 0, world: int = 1
+    rows: dict[str, np.ndarray],
+    local_batch: int,
+    seed: Optional[int],
+    rank: int = 0,
+    world: int = 1,
+    epoch: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of in-memory batches for `rank` of `world` workers.
 
-    The rows are taken in one permutation per epoch (seeded by `seed`; stored order when None), cut into global
-    batches of local_batch x world rows, and rank r gets the r-th slice of each: every worker yields the same number
-    of batches (DDP steps together), and a global batch holds the same rows for any number of workers. The rows
-    that do not fill a last global batch are left out of this epoch (the next permutation mixes them back in)."""
+    The rows are taken in one permutation per epoch (seeded by `seed`), cut into global batches of local_batch x
+    world rows, and rank r gets the r-th slice of each: every worker yields the same number of batches (DDP steps
+    together), and a global batch holds the same rows for any number of workers. The rows that do not fill a last
+    global batch are left out of this epoch (the next permutation mixes them back in). With `seed` None the rows
+    go in stored order, continued across epochs: epoch `epoch` starts where the batches of the epoch before it
+    stopped, so the left-over rows lead the next epoch instead of never being trained."""
     n = len(next(iter(rows.values())))
-    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
     step = local_batch * world
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(n)
+    else:
+        order = np.roll(np.arange(n), -((epoch * (n - n % step)) % n) if n else 0)
     for start in range(0, n - step + 1, step):
         idx = order[start + rank * local_batch : start + (rank + 1) * local_batch]
         yield {k: v[idx] for k, v in rows.items()}
@@ -117,9 +127,10 @@ def run_epoch_batches(
     rank: int = 0,
     world: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """`epoch_batches` of epoch `epoch` of a run seeded `seed`: shuffled unless shuffle_buffer is 0."""
+    """`epoch_batches` of epoch `epoch` of a run seeded `seed`: shuffled unless shuffle_buffer is 0 (then the
+    stored order, continued across epochs)."""
     shuffled = epoch_seed(seed, epoch) if shuffle_buffer > 0 else None
-    return epoch_batches(rows, local_batch, shuffled, rank, world)
+    return epoch_batches(rows, local_batch, shuffled, rank, world, epoch)
 
 
 def train_dataset(plan: RunPlan, val_ids: Optional[np.ndarray]):

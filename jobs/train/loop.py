@@ -239,6 +239,9 @@ class Trainer:
         """The diffusion loss of one (micro-)batch: latents drawn at train time, CFG dropout, objectives.loss."""
         b = batch_to_torch(batch, self.data_keys, self.device)
         cond = self._cond(b)
+        # Layers that draw from the global generator (a U-Net's dropout) draw per step too, so a resumed run and a
+        # WSD branch repeat the masks of an uninterrupted run, and each rank draws its own.
+        torch.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, micro, 31))
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.cfg.run.deterministic:
                 return self._per_sample_loss(b, cond, batch["id"])

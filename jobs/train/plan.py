@@ -237,6 +237,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     # the config loader has already refused what is not a number; NaN fails every comparison below
     need("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1")
     need("run.num_workers", r.num_workers, r.num_workers >= 1, ">= 1")
+    need("data.shuffle_buffer", cfg.data.shuffle_buffer, cfg.data.shuffle_buffer >= 0, ">= 0 (0: no shuffling)")
     need("data.flip", cfg.data.flip, 0.0 <= cfg.data.flip <= 1.0, "a probability in [0, 1]")
     need("optim.decay_fraction", o.decay_fraction, 0.0 <= o.decay_fraction <= 1.0, "in [0, 1]")
     need("optim.ema_decay", o.ema_decay, 0.0 <= o.ema_decay < 1.0, "in [0, 1)")
@@ -254,7 +255,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     need("eval.num_samples", e.num_samples, e.num_samples >= 0, ">= 0 (0: no FID)")
     if e.num_samples > 0:
         need("eval.num_samples", e.num_samples, e.num_samples >= 3, ">= 3 (a FID and its bootstrap; 0: no FID)")
-        need("eval.seed", e.seed, e.seed >= 0, ">= 0")
+        need("eval.seed", e.seed, 0 <= e.seed <= 2**32 - 1, "in [0, 2**32 - 1]")
         need("eval.steps", e.steps, e.steps >= 1, ">= 1")
         need("eval.guidance", e.guidance, finite(e.guidance) and e.guidance >= 0, "a finite number >= 0")
         need("eval.num_actors", e.num_actors, e.num_actors >= 0, ">= 0 (0: sample in the trial process)")
@@ -307,12 +308,20 @@ def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
         )
     total = steps_for_budget(cfg.budget_flops, fpi, batch)
     points = {total: float(cfg.budget_flops)}
+    named = {total: f"budget_flops={cfg.budget_flops:.4g}"}
     for b in cfg.eval.budgets:
         if b > cfg.budget_flops * (1 + 1e-9):
             raise ConfigError(f"eval.budgets: {b:.4g} exceeds budget_flops={cfg.budget_flops:.4g}")
         if b < one_step:
             raise ConfigError(f"eval.budgets: {b:.4g} is smaller than one training step ({one_step:.4g} FLOPs)")
-        points[steps_for_budget(b, fpi, batch)] = float(b)
+        at = steps_for_budget(b, fpi, batch)
+        if at in named:  # one step count cannot stand for two budgets: the point would be filed under one of them
+            raise ConfigError(
+                f"eval.budgets: {b:.4g} rounds to step {at}, the step of {named[at]} too (one step is "
+                f"{one_step:.4g} FLOPs); drop one of them or space them at least one step apart"
+            )
+        named[at] = f"eval.budgets entry {b:.4g}"
+        points[at] = float(b)
     for i, fr in enumerate(cfg.eval.fractions):
         if not 0.0 < fr < 1.0:
             raise ConfigError(f"eval.fractions[{i}]: {fr} must be strictly between 0 and 1")

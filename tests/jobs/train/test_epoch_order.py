@@ -62,3 +62,11 @@ def test_streaming_blocks_are_reordered_every_epoch_and_reproducibly(ray_local):
     assert _epochs(ray_local, seed=1) != a  # another seed: other orders
     # Deterministic runs keep the stored order (their bit-exact resume replays it).
     assert _epochs(ray_local, seed=0, deterministic=True, n=2) == [list(range(0, 64, 8))] * 2
+
+
+def test_the_stored_order_continues_across_epochs_so_no_row_is_left_out_for_good():
+    # shuffle_buffer 0: no permutation; 66 rows in batches of 8 leave 2 rows over, which lead the next epoch.
+    epochs = [_ids(epoch_batches(ROWS, 8, seed=None, epoch=e)) for e in range(3)]
+    assert sum(epochs[0], []) == list(range(64))
+    assert epochs[1][0] == [64, 65, 0, 1, 2, 3, 4, 5] and sum(epochs[1], []) == [64, 65, *range(62)]
+    assert {r for e in epochs for b in e for r in b} == set(range(66))
