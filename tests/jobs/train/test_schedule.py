@@ -51,7 +51,8 @@ def test_an_eval_budget_on_the_final_step_cannot_relabel_the_run():
     assert budget_points(_cfg(1e8, [4e7]), fpi) == (10, {10: 1e8, 4: 4e7})
     with pytest.raises(ConfigError, match=r"eval.budgets: 9.5e\+07 rounds to step 10, the step of budget_flops=1e\+08"):
         budget_points(_cfg(1e8, [9.5e7]), fpi)
-    with pytest.raises(ConfigError, match=r"eval.budgets: 4.8e\+07 rounds to step 5, the step of eval.budgets entry 4.2e\+07"):
+    same = r"eval.budgets: 4.8e\+07 rounds to step 5, the step of eval.budgets entry 4.2e\+07"
+    with pytest.raises(ConfigError, match=same):
         budget_points(_cfg(1e8, [4.2e7, 4.8e7]), fpi)
 
 
