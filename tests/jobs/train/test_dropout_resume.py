@@ -25,8 +25,15 @@ def _train(cfg, root, resume=None):
 def test_a_resumed_run_with_dropout_draws_the_masks_of_the_uninterrupted_one(tmp_path):
     man = make_latent_dataset(tmp_path / "lat", n=16, num_classes=10)
     cfg = train_config(
-        man, tmp_path, "model.preset=UNet-T", "model.overrides.dropout=0.3", "optim.warmup_steps=1",
-        "mlflow.enabled=false", "checkpoint.every_n_steps=2", "run.name=u", tracking=False,
+        man,
+        tmp_path,
+        "model.preset=UNet-T",
+        "model.overrides.dropout=0.3",
+        "optim.warmup_steps=1",
+        "mlflow.enabled=false",
+        "checkpoint.every_n_steps=2",
+        "run.name=u",
+        tracking=False,
     )
     fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
     cfg = dataclasses.replace(cfg, budget_flops=fpi * cfg.data.batch_size * 4)  # 4 steps
