@@ -77,20 +77,20 @@ class ObjectiveConfig:
             raise ValueError(f"objective.prediction: unknown {self.prediction!r}; expected one of {PREDICTIONS}")
         if self.t_sampler not in T_SAMPLERS:
             raise ValueError(f"objective.t_sampler: unknown {self.t_sampler!r}; expected one of {T_SAMPLERS}")
-        if not 0.0 <= self.cond_dropout <= 1.0:
+        if not 0.0 <= self.cond_dropout <= 1.0:  # NaN fails this too
             raise ValueError(f"objective.cond_dropout must be in [0, 1], got {self.cond_dropout}")
-        if self.time_shift <= 0:
-            raise ValueError(f"objective.time_shift must be > 0, got {self.time_shift}")
-        if self.logit_std <= 0:
-            raise ValueError(f"objective.logit_std must be > 0, got {self.logit_std}")
+        if not (math.isfinite(self.time_shift) and self.time_shift > 0):
+            raise ValueError(f"objective.time_shift must be a finite number > 0, got {self.time_shift!r}")
+        if not (math.isfinite(self.logit_std) and self.logit_std > 0):
+            raise ValueError(f"objective.logit_std must be a finite number > 0, got {self.logit_std!r}")
         if self.t_sampler == "log-normal" and self.time_shift != 1.0:
             raise ValueError("objective.time_shift: t_sampler 'log-normal' takes no time shift; move p_mean instead")
-        if self.p_std <= 0:
-            raise ValueError(f"objective.p_std must be > 0, got {self.p_std}")
-        if self.sigma_data <= 0:
-            raise ValueError(f"objective.sigma_data must be > 0, got {self.sigma_data}")
-        if self.vlb_weight < 0:
-            raise ValueError(f"objective.vlb_weight must be >= 0, got {self.vlb_weight}")
+        if not (math.isfinite(self.p_std) and self.p_std > 0):
+            raise ValueError(f"objective.p_std must be a finite number > 0, got {self.p_std!r}")
+        if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
+            raise ValueError(f"objective.sigma_data must be a finite number > 0, got {self.sigma_data!r}")
+        if not (math.isfinite(self.vlb_weight) and self.vlb_weight >= 0):
+            raise ValueError(f"objective.vlb_weight must be a finite number >= 0, got {self.vlb_weight!r}")
         if self.vlb_steps < 2:
             raise ValueError(f"objective.vlb_steps must be >= 2, got {self.vlb_steps}")
         if self.preconditioning not in PRECONDITIONINGS:

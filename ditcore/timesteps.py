@@ -17,8 +17,8 @@ U_SAMPLERS = ("uniform", "logit-normal")  # the samplers that draw a quantile u 
 
 def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3 eq. 23 shift t' = s t / (1 + (s - 1) t): s > 1 moves mass toward noise (t = 1); fixes 0 and 1."""
-    if shift <= 0:
-        raise ValueError(f"time_shift must be > 0, got {shift}")
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"time_shift must be a finite number > 0, got {shift!r}")
     if shift == 1.0:
         return t
     return shift * t / (1.0 + (shift - 1.0) * t)
@@ -35,8 +35,8 @@ def sample_log_sigma(
     batch: int, *, p_mean: float = -1.2, p_std: float = 1.2, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """EDM training noise levels: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1); float64 [batch]."""
-    if p_std <= 0:
-        raise ValueError(f"p_std must be > 0, got {p_std}")
+    if not (math.isfinite(p_std) and p_std > 0):
+        raise ValueError(f"p_std must be a finite number > 0, got {p_std!r}")
     gen_device = generator.device if generator is not None else "cpu"
     n = torch.randn(batch, generator=generator, dtype=torch.float64, device=gen_device)
     return p_mean + p_std * n
@@ -63,8 +63,8 @@ class TimeSampler:
         if self.kind == "uniform":
             u = torch.rand(batch, generator=generator, dtype=torch.float64, device=gen_device)
         elif self.kind == "logit-normal":
-            if self.logit_std <= 0:
-                raise ValueError(f"logit_std must be > 0, got {self.logit_std}")
+            if not (math.isfinite(self.logit_std) and self.logit_std > 0):
+                raise ValueError(f"logit_std must be a finite number > 0, got {self.logit_std!r}")
             n = torch.randn(batch, generator=generator, dtype=torch.float64, device=gen_device)
             u = torch.sigmoid(self.logit_mean + self.logit_std * n)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +105,13 @@ def _validate_common(cfg) -> None:
         raise ValueError(f"{name}.hidden_size={cfg.hidden_size} must be divisible by 4 for sincos pos_embed")
     if cfg.pos_embed == "rope" and (cfg.hidden_size // cfg.num_heads) % 4:
         raise ValueError(f"{name}: head dim {cfg.hidden_size // cfg.num_heads} must be divisible by 4 for rope")
-    if not cfg.mlp_ratio > 0:
-        raise ValueError(f"{name}.mlp_ratio must be > 0, got {cfg.mlp_ratio!r}")
+    if not (math.isfinite(cfg.mlp_ratio) and cfg.mlp_ratio > 0):
+        raise ValueError(f"{name}.mlp_ratio must be a finite number > 0, got {cfg.mlp_ratio!r}")
+    if cfg.mlp_hidden < 1:
+        raise ValueError(
+            f"{name}.mlp_ratio={cfg.mlp_ratio!r} x hidden_size={cfg.hidden_size} gives an MLP of width "
+            f"{cfg.mlp_hidden}; it must be at least 1"
+        )
     check_ints(cfg, ("mup_base_depth",), 1)
     if cfg.mup_depth and not cfg.mup:
         raise ValueError(f"{name}.mup_depth=True needs mup=True (depth-muP extends width muP)")

@@ -123,15 +123,15 @@ def sample(
 ) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Integrate from noise (standard normal [B, ...]) at t_start to clean data; returns x0 [B, ...].
 
-    sampler: one of SAMPLERS ("ddim" uses `eta`; "ddpm" is ancestral). time_grid: "default"
-    (= default_grid_kind(process, sampler): "uniform-lambda" for the DPM-Solver family on vp-linear and edm-ve, else
-    "uniform-t"), "uniform-t", "uniform-lambda", "edm" (`rho`), "sd3-shift" (`grid_shift`), or explicit times
-    (decreasing, t_start .. t_clean; `steps` is then ignored). Classifier-free guidance with scale `guidance` uses
-    `uncond` (same keys as cond, batched or unbatched), optionally only for t inside `guidance_interval` = (lo, hi).
-    `generators`: one per sample for stochastic samplers, so a sample depends only on its own noise row and
-    generator. The state starts as sqrt(alpha^2 + sigma^2) * noise at t_start (= noise at t_max on the
-    variance-preserving and interpolant paths; EDM's sigma_max-scaled prior on edm-ve). With return_nfe, also
-    returns the model-call count.
+    sampler: one of SAMPLERS ("ddim" uses `eta`; "ddpm" is ancestral). time_grid: "default" (=
+    default_grid_kind(process, sampler): "uniform-lambda" for the DPM-Solver family on vp-linear and edm-ve, "edm"
+    for the other samplers on edm-ve, else "uniform-t"), "uniform-t", "uniform-lambda", "edm" (`rho`), "sd3-shift"
+    (`grid_shift`), or explicit times (decreasing, t_start .. t_clean; `steps` is then ignored). Classifier-free
+    guidance with scale `guidance` uses `uncond` (same keys as cond, batched or unbatched), optionally only for t
+    inside `guidance_interval` = (lo, hi). `generators`: one per sample for stochastic samplers, so a sample depends
+    only on its own noise row and generator. The state starts as sqrt(alpha^2 + sigma^2) * noise at t_start (= noise
+    at t_max on the variance-preserving and interpolant paths; EDM's sigma_max-scaled prior on edm-ve). With
+    return_nfe, also returns the model-call count.
 
     "dpmsolver-v3" needs `ems` (EMS or its dict, ditcore/samplers/ems.py); `v3_order` (default 3 without
     guidance, 2 with it, the paper's recommendation) and `v3_corrector`. "sde": SiT's reverse SDE with

@@ -37,8 +37,8 @@ def sample_ddim(
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Run DDIM(eta) along the time grid ts (decreasing, last = clean)."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     points = [grid_point(process, float(t)) for t in ts]
     for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)

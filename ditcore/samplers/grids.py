@@ -55,16 +55,21 @@ def _sigma_edm(process: Process, t: float) -> float:
 
 
 def default_grid_kind(process: Process, sampler: str) -> str:
-    """What time_grid="default" means for `sampler` on `process`: "uniform-lambda" or "uniform-t".
+    """What time_grid="default" means for `sampler` on `process`: "uniform-lambda", "edm" or "uniform-t".
 
     The DPM-Solver family integrates in log-SNR, so it gets the grid uniform in lambda (DPM-Solver's "logSNR"
-    steps, Lu et al. 2022) when lambda(t_max) is finite (vp-linear). On paths that start at pure noise
+    steps, Lu et al. 2022) when lambda(t_max) is finite (vp-linear, edm-ve). On paths that start at pure noise
     (alpha = 0: flow, sit-*, vp-cosine) a log-SNR grid needs the arbitrary EDM start sigma/alpha = 80, and
-    uniform-t is as good or better there (docs/samplers.md); every other sampler uses uniform-t.
+    uniform-t is as good or better there (docs/samplers.md). Every other sampler uses uniform-t, except on a
+    variance-exploding path (alpha = 1 throughout: edm-ve), where uniform t is uniform sigma: its last step would
+    jump from sigma = sigma_max/steps (4.4 at 18 steps) straight to the denoised mean, and every sample would
+    shrink towards the data mean. There they get EDM's own Karras grid ("edm", rho = 7).
     """
     lam_start = float(process.log_snr(torch.tensor(float(process.t_max), dtype=torch.float64)))
     if sampler in LOG_SNR_DEFAULT_SAMPLERS and math.isfinite(lam_start):
         return "uniform-lambda"
+    if process.coefficients(float(process.t_max))[0] == 1.0:  # alpha = 1 at the noisiest time: variance exploding
+        return "edm"
     return "uniform-t"
 
 
@@ -120,8 +125,8 @@ def time_grid(
     if kind == "uniform-t":
         return torch.linspace(t_hi, t_end, steps + 1, dtype=torch.float64)
     if kind == "sd3-shift":
-        if shift <= 0:
-            raise ValueError(f"grid shift must be > 0, got {shift}")
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"grid shift must be a finite number > 0, got {shift!r}")
         u = time_shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
         return t_end + u * (t_hi - t_end)
     # log-SNR based grids ("uniform-lambda", "edm")

@@ -9,6 +9,7 @@ outside it the model runs on the conditional half only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -45,10 +46,12 @@ class Denoiser:
         self.prediction = prediction
         self.cond = dict(cond or {})
         self.guidance = float(guidance)
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
         self.guidance_interval = guidance_interval
         if guidance_interval is not None:
             lo, hi = guidance_interval
-            if not lo <= hi:
+            if not lo <= hi:  # NaN fails this too
                 raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {guidance_interval}")
         self.uncond = None
         if self.guidance != 1.0:

@@ -234,3 +234,15 @@ def test_model_trains_a_step_and_backprops_everywhere():
         loss.backward()
         opt.step()
     assert torch.count_nonzero(model(**inputs)) > 0
+
+
+@pytest.mark.parametrize(
+    ("ratio", "message"),
+    [
+        (0.001, r"mlp_ratio=0.001 x hidden_size=64 gives an MLP of width 0"),
+        (float("nan"), r"mlp_ratio must be a finite number > 0, got nan"),
+    ],
+)
+def test_an_mlp_ratio_that_leaves_no_mlp_is_refused(ratio, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("DiT-T/2", mlp_ratio=ratio)

@@ -191,3 +191,15 @@ def test_default_objective_is_the_plain_regression(process, prediction):
     da, ds = p.d_alpha(t).view(-1, 1, 1, 1), p.d_sigma(t).view(-1, 1, 1, 1)
     target = {"eps": eps, "velocity": da * x0 + ds * eps, "v": a * eps - s * x0}[prediction]
     assert got.item() == torch.mean((model(a * x0 + s * eps, t) - target) ** 2).item()
+
+
+@pytest.mark.parametrize("field", ["time_shift", "logit_std", "p_std", "sigma_data", "vlb_weight", "cond_dropout"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_objective_numbers_that_are_not_finite_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=rf"objective\.{field} must be"):
+        ObjectiveConfig(**{field: value})
+
+
+def test_time_samplers_refuse_nan_spreads():
+    with pytest.raises(ValueError, match="time_shift must be a finite number > 0, got nan"):
+        time_shift(torch.tensor([0.5]), float("nan"))
