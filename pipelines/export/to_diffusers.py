@@ -239,8 +239,8 @@ def dit_timestep_scale(objective: ObjectiveConfig) -> float:
     (ditcore's VP time grid), so the factor is 1000 / 999. Flow-type processes: timestep = 1000 * t, factor 1.
     """
     process = build_process(objective.process)
-    if isinstance(process, FlowProcess):
-        return 1.0
+    if isinstance(process, FlowProcess) or not _variance_preserving(process):
+        return 1.0  # flow, and edm-ve (no diffusers scheduler; its continuous t goes in as 1000 t)
     steps = process.num_steps if isinstance(process, VPLinearProcess) else 1000
     return 1000.0 / (steps - 1)
 
@@ -369,6 +369,12 @@ def _vp_trained_betas(process, num_steps: int = 1000) -> list[float]:
     return (1.0 - alpha_bar / prev).clamp(MIN_BETA, MAX_BETA).tolist()
 
 
+def _variance_preserving(process) -> bool:
+    """alpha^2 + sigma^2 = 1 along the path (the VP processes), which diffusers' beta schedulers assume."""
+    t = torch.linspace(0.0, float(process.t_max), 11, dtype=torch.float64)
+    return bool(torch.allclose(process.alpha(t) ** 2 + process.sigma(t) ** 2, torch.ones_like(t), atol=1e-6))
+
+
 def scheduler_for(objective: ObjectiveConfig, arch: str):
     """A diffusers scheduler that samples the objective's process/prediction as the transformer expects.
 
@@ -398,6 +404,12 @@ def scheduler_for(objective: ObjectiveConfig, arch: str):
         # FlowMatchEulerDiscreteScheduler has no scale_model_input, which DiTPipeline calls every step.
         return DPMSolverMultistepScheduler(
             num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=1.0, prediction_type=_FLOW_PREDICTIONS[pred]
+        )
+    if not _variance_preserving(process):
+        raise ExportError(
+            f"objective.process={objective.process!r}: a variance-exploding path (alpha = 1, sigma up to "
+            f"{float(process.sigma(torch.tensor(float(process.t_max), dtype=torch.float64))):g}); diffusers' beta "
+            "schedulers assume alpha^2 + sigma^2 = 1"
         )
     if pred not in _VP_PREDICTIONS:
         raise ExportError(
@@ -503,6 +515,12 @@ def export_to_diffusers(
     arch = cfg.arch
     check_exportable(cfg)
     objective, has_objective = _objective(config)
+    if objective.preconditioning != "none":
+        raise ExportError(
+            f"objective.preconditioning={objective.preconditioning!r}: the weights are EDM's raw network F; the "
+            "denoiser D = c_skip x + c_out F(c_in x, c_noise) wraps it with scalings of sigma that neither diffusers "
+            "transformer applies"
+        )
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     scaling = float(data.get("scaling_factor") or 1.0)
     shift = float(data.get("shift_factor") or 0.0)

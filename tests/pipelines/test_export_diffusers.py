@@ -35,14 +35,17 @@ def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def _checkpoint(root, name, preset, overrides=None, process="flow", prediction="velocity", shift=0.0, scale=0.5):
-    """A checkpoint directory with random raw weights and different random EMA weights; returns (dir, raw, ema)."""
+def _checkpoint(
+    root, name, preset, overrides=None, process="flow", prediction="velocity", shift=0.0, scale=0.5, **objective
+):
+    """A checkpoint directory with random raw weights and different random EMA weights; returns (dir, raw, ema).
+    `objective`: more objective fields (preconditioning, t_sampler, ...)."""
     overrides = overrides or {}
     raw = _randomize(build_model(preset, **overrides), 0)
     ema = _randomize(build_model(preset, **overrides), 1)
     config = {
         "model": raw.config,
-        "objective": {"process": process, "prediction": prediction},
+        "objective": {"process": process, "prediction": prediction, **objective},
         "data": {"manifest": "unused", "scaling_factor": scale, "shift_factor": shift},
     }
     path = save_checkpoint(root / name, model=raw, ema=ema, config=config, state={"step": 7})
@@ -199,6 +202,7 @@ def test_flow_scheduler_for_dit_and_mmdit():
     [
         ({"process": "vp-linear", "prediction": "velocity"}, "objective.prediction='velocity'"),
         ({"process": "flow", "prediction": "v"}, "objective.prediction='v'"),
+        ({"process": "edm-ve", "prediction": "x0"}, "objective.process='edm-ve': a variance-exploding path"),
     ],
 )
 def test_pipeline_refuses_inexpressible_objective(tmp_path, vae_dir, objective, match):
@@ -210,6 +214,16 @@ def test_pipeline_refuses_inexpressible_objective(tmp_path, vae_dir, objective, 
     record = export_to_diffusers(ckpt, tmp_path / "out")
     assert record["scheduler"] is None and any(match in w for w in record["warnings"])
     assert (tmp_path / "out" / "transformer").is_dir() and not (tmp_path / "out" / "scheduler").exists()
+
+
+def test_an_edm_preconditioned_checkpoint_is_refused_with_or_without_a_vae(tmp_path):
+    # Its weights are EDM's raw F: without c_skip / c_out / c_in / c_noise no diffusers model samples with them.
+    ckpt, _, _ = _checkpoint(
+        tmp_path, "ck", "DiT-T/2", process="edm-ve", prediction="x0", preconditioning="edm", t_sampler="log-normal"
+    )
+    with pytest.raises(ExportError, match="objective.preconditioning='edm': the weights are EDM's raw network F"):
+        export_to_diffusers(ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_pipeline_refuses_shift_factor(tmp_path, vae_dir):
