@@ -63,15 +63,40 @@ def missing_ems(checkpoint: str, guidance: float) -> str | None:
     )
 
 
-def load_ems(checkpoint: str, guidance: float):
-    """The EMS stored beside `checkpoint` for guidance scale `guidance`; FileNotFoundError says how to make them."""
+def _read_checked(uri: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`_read`, with a file that is not safetensors named (ValueError) instead of a bare parser error."""
+    try:
+        return _read(uri)
+    except OSError:  # storage errors (a missing file included) pass as they are
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, a truncated header, ...
+        raise ValueError(f"{uri}: not a readable {what} file ({type(exc).__name__}: {exc}); compute it again") from exc
+
+
+def load_ems(checkpoint: str, guidance: float, latent_shape: tuple[int, ...] | None = None):
+    """The EMS stored beside `checkpoint` for guidance scale `guidance`; FileNotFoundError says how to make them.
+    A damaged file, or statistics whose shape does not broadcast to `latent_shape` (the model's [C, H, W]), is a
+    ValueError naming the file."""
     from ditcore.samplers import EMS
 
     missing = missing_ems(checkpoint, guidance)
     if missing:
         raise FileNotFoundError(missing)
-    tensors, _ = _read(storage.join(checkpoint, ems_name(guidance)))
-    return EMS.from_dict(tensors)
+    uri = storage.join(checkpoint, ems_name(guidance))
+    tensors, _ = _read_checked(uri, "DPM-Solver-v3 statistics")
+    try:
+        ems = EMS.from_dict(tensors)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{uri}: damaged DPM-Solver-v3 statistics ({exc}); compute them again") from exc
+    if latent_shape is not None:
+        shape, target = tuple(ems.shape), tuple(int(x) for x in latent_shape)
+        fits = len(shape) <= len(target) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
+        if not fits:
+            raise ValueError(
+                f"{uri}: statistics of shape {list(shape)} do not fit this model's samples {list(target)}; they were "
+                "computed for another model: compute them again for this checkpoint"
+            )
+    return ems
 
 
 def save_concepts(checkpoint: str, directions: dict[str, torch.Tensor], layer: int, info: dict) -> str:
@@ -86,5 +111,8 @@ def load_concepts(checkpoint: str) -> tuple[dict[str, torch.Tensor], int] | None
     uri = storage.join(checkpoint, CONCEPTS_FILE)
     if not storage.exists(uri):
         return None
-    tensors, meta = _read(uri)
-    return tensors, int(meta["layer"])
+    tensors, meta = _read_checked(uri, "concept directions")
+    try:
+        return tensors, int(meta["layer"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{uri}: no valid 'layer' in its metadata ({exc!r}); run `ditscale concepts` again") from exc

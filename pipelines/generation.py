@@ -379,8 +379,8 @@ class GenerationPipeline:
         cache, key = self.__dict__.setdefault("_ems_cache", {}), ems_name(guidance)
         if key not in cache:
             try:
-                cache[key] = load_ems(self.checkpoint_uri, guidance)
-            except FileNotFoundError as exc:
+                cache[key] = load_ems(self.checkpoint_uri, guidance, self.latent_shape)
+            except (FileNotFoundError, ValueError) as exc:
                 raise GenerationError(str(exc)) from exc
         return cache[key]
 
@@ -389,7 +389,10 @@ class GenerationPipeline:
         if self.__dict__.get("_concepts") is None:  # none yet is asked again: `ditscale concepts` may write them
             from pipelines.checkpoint_extras import load_concepts
 
-            self._concepts = load_concepts(self.checkpoint_uri)
+            try:
+                self._concepts = load_concepts(self.checkpoint_uri)
+            except ValueError as exc:
+                raise GenerationError(f"steer: {exc}") from exc
         return self._concepts
 
     def _steering(self, steer: dict | None):
@@ -417,6 +420,17 @@ class GenerationPipeline:
         n_blocks = len(transformer_blocks(self.model))
         if st.layer is not None and not 0 <= st.layer < n_blocks:
             raise GenerationError(f"steer.layer: {st.layer} is out of range [0, {n_blocks})")
+        from pipelines.checkpoint_extras import CONCEPTS_FILE
+
+        stored = f"{CONCEPTS_FILE} beside {self.checkpoint_uri}"
+        if st.layer is None and not 0 <= layer < n_blocks:
+            raise GenerationError(f"{stored}: its layer {layer} is out of range [0, {n_blocks}) for this model")
+        width, direction = int(self.model.config.hidden_size), directions[st.concept]
+        if tuple(direction.shape) != (width,):
+            raise GenerationError(
+                f"{stored}: concept {st.concept!r} has shape {list(direction.shape)}, this model's width is {width}; "
+                "run `ditscale concepts` again for this checkpoint"
+            )
         return steering(self.model, directions[st.concept], st.alpha, layer if st.layer is None else st.layer)
 
     @torch.inference_mode()
