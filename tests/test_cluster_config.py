@@ -63,8 +63,13 @@ def test_cuda_image_env_and_project_install(cluster):
     docker = cluster["docker"]
     assert "gpu" in docker["image"] or "cuda" in docker["image"]
     run_options = " ".join(docker["run_options"])
-    for var in ("MLFLOW_TRACKING_URI=", "DITSCALE_STORAGE=s3://", "RAY_AUTH_MODE=token", "RAY_USAGE_STATS_ENABLED=0"):
+    for var in ("MLFLOW_TRACKING_URI=", "AWS_REGION=", "RAY_AUTH_MODE=token", "RAY_USAGE_STATS_ENABLED=0"):
         assert var in run_options, var
+    # every variable the image sets is one the code or its libraries read (DITSCALE_STORAGE was read by nothing)
+    assert "DITSCALE_STORAGE" not in run_options
+    # both worker types write to the bucket (checkpoints, precompute shards): each is offered the instance profile
+    text = (REPO / "cluster.yaml").read_text()
+    assert text.count("# IamInstanceProfile:") == 2
     assert any("pip install" in c and "ditscale" in c for c in cluster["setup_commands"])
     assert cluster["file_mounts"]["~/ditscale"] == "."
     for excluded in ("/data/", "/outputs/", "/mlruns/"):
