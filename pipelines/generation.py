@@ -326,6 +326,12 @@ class GenerationPipeline:
         noise = initial_noise(seeds, self.latent_shape).to(self.device)  # [B,C,h,w]
         generators = [torch.Generator(device=self.device).manual_seed(sampler_seed(s)) for s in seeds]
         guided = settings.guidance != 1.0 and not self.distilled
+        if self.distilled and settings.guidance_interval is not None:
+            raise GenerationError(
+                f"guidance_interval: {list(settings.guidance_interval)} cannot apply to a guidance-distilled "
+                "checkpoint: it takes the guidance scale as an input at every step, with no unguided half to fall "
+                "back on; leave guidance_interval out"
+            )
         if guided and uncond is None:
             uncond = self.null_conditions(n)
         if self.distilled:

@@ -51,6 +51,10 @@ def test_distilled_checkpoint_makes_one_model_call_per_step(ckpts):
     assert s_calls == [3] * 5  # guidance is an input: one forward of the batch per step
     img_w1 = student.generate_labels(labels, seeds, SamplerSettings(sampler="euler", steps=5, guidance=1.0))
     assert not np.array_equal(img_w3, img_w1)  # w reaches the model
+    # It has no unguided half to switch to outside an interval: the interval was silently ignored.
+    interval = SamplerSettings(sampler="euler", steps=5, guidance=3.0, guidance_interval=(0.2, 0.8))
+    with pytest.raises(GenerationError, match=r"guidance_interval: \[0.2, 0.8\] cannot apply to a guidance-distilled"):
+        student.generate_labels(labels, seeds, interval)
 
 
 def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
@@ -69,8 +73,10 @@ def test_dpmsolver_v3_needs_stored_ems_and_uses_them(ckpts, capsys):
         assert torch.get_num_threads() == 2  # in this process: its cores, not one (the Ray task's setting)
     finally:
         torch.set_num_threads(threads)
-    out = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
     assert out["nodes"] == 12 and out["shape"] == [4, 8, 8]
+    assert "[ditscale ems] batch 2/2 over 12 nodes" in cap.err  # progress on stderr, the result alone on stdout
     img = pipe.generate_labels([0, 1], [0, 1], v3)
     assert img.shape == (2, 32, 32, 3)
     with pytest.raises(GenerationError, match="ems_w2.safetensors"):  # EMS are per guidance scale
@@ -100,7 +106,9 @@ def test_concepts_are_stored_and_steer_generation(ckpts, tmp_path, capsys):
     assert "--alphas '0,25': [25.0] outside [-20, 20]" in capsys.readouterr().err
     assert not (tmp_path / "concepts_pca.png").exists()
     assert main([ckpt, "--num-samples", "32", "--times", "0.5", "--out", str(tmp_path)]) == 0
-    out = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert "[ditscale concepts] features at t=0.5 (1/1): 32 rows" in cap.err
     # The pipeline that found none before (a running service) finds them now: "none" was cached for good.
     assert pipe.concepts() is not None
     assert (tmp_path / "concepts_pca.png").stat().st_size > 0
