@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Any
 
 import numpy as np
 import torch
+
+from jobs.progress import progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +94,9 @@ def extract_features(pipe, settings: ConceptSettings) -> tuple[torch.Tensor, lis
     g = torch.Generator().manual_seed(settings.seed)
     eps_all = torch.randn(x0_all.shape, generator=g)
     feats, out_labels = [], []
+    t0 = time.time()
     with capture_features(pipe.model, layer) as captured:
-        for t in times:
+        for k, t in enumerate(times):
             a, s = (float(v) for v in proc.coefficients(t)[:2])
             for start in range(0, x0_all.shape[0], settings.batch_size):
                 sl = slice(start, start + settings.batch_size)
@@ -102,6 +106,10 @@ def extract_features(pipe, settings: ConceptSettings) -> tuple[torch.Tensor, lis
                 # sampling), so the features are those of inputs the network sees.
                 pipe.model_fn(x_t, torch.full((x_t.shape[0],), t, device=pipe.device), **cond)
                 out_labels += labels[sl]
+            progress(
+                "concepts",
+                f"features at t={t:.3g} ({k + 1}/{len(times)}): {x0_all.shape[0]} rows, {time.time() - t0:.0f}s",
+            )
         feats = torch.cat([f.cpu() for f in captured])
     return feats, out_labels, layer, times
 

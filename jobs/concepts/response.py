@@ -5,10 +5,13 @@ at every alpha). The rate on captions that DO name the colour (unsteered) is the
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from jobs.progress import progress
 
 
 def _colour_share(net, images: np.ndarray, colour: int) -> float:
@@ -78,11 +81,17 @@ def steering_response(
     base = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance)
     cond = _prompts(pipe, concept, num_samples, with_concept=False)
     curve = []
-    for alpha in alphas:
+    t0 = time.time()
+    for k, alpha in enumerate(alphas):
         steer = {"concept": concept, "alpha": float(alpha), "layer": layer} if alpha else None
         s = SamplerSettings(**{**base.__dict__, "steer": steer})
         images = pipe.generate(cond, seeds[: cond["text_emb"].shape[0]], s, batch_size=64)
         curve.append({"alpha": float(alpha), "share": _colour_share(net, images, colour)})
+        share = curve[-1]["share"]
+        progress(
+            "concepts",
+            f"response alpha={alpha:g} ({k + 1}/{len(alphas)}): {concept} share {share:.3f}, {time.time() - t0:.0f}s",
+        )
     prompted = _prompts(pipe, concept, num_samples, with_concept=True)
     ref = pipe.generate(prompted, seeds[: prompted["text_emb"].shape[0]], base, batch_size=64)
     return {

@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from jobs.progress import progress
+
 
 @dataclasses.dataclass(frozen=True)
 class EMSSettings:
@@ -96,9 +98,12 @@ def ems_part(
     pipe = GenerationPipeline.from_checkpoint(checkpoint, device="cpu", text_encoder=False)
     batches = _data(pipe, settings)
     est = _estimator(pipe, settings, batches[0][0].shape[0])
+    t0 = time.time()
     for i, (x0, cond) in enumerate(batches):
         g = torch.Generator().manual_seed(mix_seed(settings.seed, i))  # same noise for this batch in every task
         est.update(x0, cond=cond, generator=g, nodes=nodes)
+        if threads is None:  # in this process (a Ray task's lines would interleave; the driver counts tasks)
+            progress("ems", f"batch {i + 1}/{len(batches)} over {len(nodes)} nodes, {time.time() - t0:.0f}s")
     return est.state_dict()
 
 
@@ -141,7 +146,13 @@ def compute_ems(checkpoint: str, settings: EMSSettings, *, shared_filesystem: bo
 
         task = ray.remote(num_cpus=1)(ems_part)
         chunks = [nodes[i :: settings.num_tasks] for i in range(settings.num_tasks)]
-        parts = ray.get([task.remote(checkpoint, settings, c) for c in chunks if c])
+        pending = [task.remote(checkpoint, settings, c) for c in chunks if c]
+        order, parts = list(pending), {}
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            parts[done[0]] = ray.get(done[0])
+            progress("ems", f"{len(parts)}/{len(order)} tasks done, {time.time() - t0:.0f}s")
+        parts = [parts[ref] for ref in order]  # merged in task order: the same sums whatever finished first
     for part in parts:
         merged.merge(part)
     ems = merged.finalize()
