@@ -25,6 +25,7 @@ class DistillConfig:
     bf16: bool = True  # GPU only
     seed: int = 0
     storage: Optional[str] = None  # default: <teacher run dir>/distill
+    shared_filesystem: bool = False  # a local teacher / storage is mounted at the same path on every node
     name: Optional[str] = None  # run name; default <teacher run>-<teacher step dir>-distill-w<w_min>-<w_max>
     log_every: int = 10
     mlflow: bool = True  # nested under the teacher's MLflow run when its run directory records one

@@ -37,6 +37,12 @@ def _teacher_config(teacher: str) -> dict:
         cfg = read_checkpoint_config(storage.local_copy(teacher))
     except (CheckpointError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"teacher: cannot read checkpoint {teacher!r}: {e}") from e
+    weights = ("ema.safetensors", "model.safetensors")
+    if not any(storage.exists(storage.join(teacher, w)) for w in weights):  # a sharded run's intermediate step
+        raise ConfigError(
+            f"teacher: {teacher!r} holds no whole weights ({' or '.join(weights)}); a sharded run writes them only at "
+            "its kept steps: pick one of those"
+        )
     if "train" not in cfg:
         raise ConfigError(f"teacher: {teacher}/config.json has no 'train' config (not written by ditscale train)")
     try:
@@ -73,9 +79,22 @@ _DISTILL_KEYS = {
     "run.seed": "seed",
     "run.name": "name",
     "checkpoint.storage": "storage",
+    "run.shared_filesystem": "shared_filesystem",
     "mlflow.log_every": "log_every",
     "mlflow.tracking_uri": "tracking_uri",
 }
+
+
+def _teacher_shared(teacher_train: dict) -> bool:
+    """The teacher's run said its local checkpoint storage is mounted on every node (run.shared_filesystem)."""
+    return bool((teacher_train.get("run") or {}).get("shared_filesystem"))
+
+
+def _in_distill_words(msg: str) -> str:
+    """A training error in distill's own words: `cpus_per_worker`, not the student's `run.cpus_per_worker`."""
+    for train_key, key in sorted(_DISTILL_KEYS.items(), key=lambda kv: -len(kv[0])):
+        msg = re.sub(rf"(?<![\w.]){re.escape(train_key)}(?![\w])", key, msg)
+    return msg
 
 
 def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
@@ -104,6 +123,9 @@ def student_train_config(cfg: DistillConfig, teacher_cfg: dict) -> TrainConfig:
         "run.use_gpu": cfg.use_gpu,
         "run.bf16": cfg.bf16,
         "run.seed": cfg.seed,
+        # this command says the storage is shared, or the teacher's run said so of the filesystem the default
+        # storage (beside the teacher's run) is on
+        "run.shared_filesystem": bool(cfg.shared_filesystem or (cfg.storage is None and _teacher_shared(base))),
         "run.fsdp": False,  # the student is small next to its teacher: DDP; so none of FSDP's settings either
         "run.meta_init": False,
         "run.fsdp_mixed_precision": "none",
@@ -130,11 +152,8 @@ def distill_plan(cfg: DistillConfig) -> RunPlan:
     teacher_cfg = _teacher_config(cfg.teacher)
     try:
         plan = resolve_run(student_train_config(cfg, teacher_cfg))
-    except ConfigError as e:  # in distill's own words: `cpus_per_worker`, not the student's `run.cpus_per_worker`
-        msg = str(e)
-        for train_key, key in sorted(_DISTILL_KEYS.items(), key=lambda kv: -len(kv[0])):
-            msg = re.sub(rf"(?<![\w.]){re.escape(train_key)}(?![\w])", key, msg)
-        raise ConfigError(msg) from None
+    except ConfigError as e:
+        raise ConfigError(_in_distill_words(str(e))) from None
     expected = student_model_config(teacher_cfg["model"])
     if plan.model_config != expected:
         diff = sorted(k for k in set(expected) | set(plan.model_config) if expected.get(k) != plan.model_config.get(k))
@@ -185,14 +204,25 @@ def check_same_distillation(cfg: DistillConfig, run_dir: str) -> None:
 
 def run_distill(cfg: DistillConfig, *, plan: Optional[RunPlan] = None) -> dict[str, Any]:
     """Plan, train the student on Ray Train (DDP over cfg.num_workers), record it; the run's summary."""
-    from jobs.cluster.shared_storage import check_run_storage
+    from jobs.cluster.shared_storage import check_run_storage, check_shared_storage
     from jobs.distill.loop import DistillTrainer
     from jobs.train.driver import prepare_run, run_dir, train_prepared
     from pipelines.infra import tracking
 
     plan = plan or distill_plan(cfg)
     check_same_distillation(cfg, plan.run_dir or run_dir(plan.cfg, plan.run_name))
-    check_run_storage(plan.cfg)  # before anything is written: a local path on a multi-node cluster is refused
+    try:  # before anything is written: a local path on a multi-node cluster is refused
+        check_run_storage(plan.cfg)
+        # every Ray Train worker loads the teacher itself
+        check_shared_storage(
+            cfg.teacher,
+            key="teacher",
+            override="shared_filesystem",
+            shared_filesystem=bool(cfg.shared_filesystem or _teacher_shared(_teacher_config(cfg.teacher)["train"])),
+            readers="the training workers that load the teacher",
+        )
+    except ConfigError as e:
+        raise ConfigError(_in_distill_words(str(e))) from None
     parent = teacher_mlflow_run(cfg.teacher) if plan.tracking_uri else None
     parent_id = None
     if parent and parent.get("tracking_uri", plan.tracking_uri) == plan.tracking_uri:

@@ -29,10 +29,13 @@ TEXT = (8, 16, 16)
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> dict:
+    return make_teacher(tmp_path_factory.mktemp("distill"))
+
+
+def make_teacher(root) -> dict:
     """A perturbed MMDiT-T teacher checkpoint as `ditscale train` lays it out, with a recorded MLflow run."""
     from pipelines.infra import tracking
 
-    root = tmp_path_factory.mktemp("distill")
     data = make_latent_dataset(root / "lat", n=16, num_classes=None, text=TEXT)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = load_config(
@@ -144,6 +147,16 @@ def test_bad_distillation_input_is_refused_before_cluster_work(teacher, tmp_path
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path)))
     with pytest.raises(ConfigError, match="cannot read checkpoint"):
         distill_plan(dataclasses.replace(base, teacher=str(tmp_path / "r" / "checkpoints" / "step_1")))
+    # A sharded run's intermediate step holds config.json and dcp/ but no whole weights: found here, not in every
+    # worker after the cluster work started.
+    import shutil
+
+    bare = tmp_path / "r2" / "checkpoints" / "step_00000010"
+    shutil.copytree(teacher["ckpt"], bare)
+    for f in bare.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ConfigError, match=r"teacher: .*step_00000010' holds no whole weights \(ema.safetensors or"):
+        distill_plan(dataclasses.replace(base, teacher=str(bare)))
     # Errors found in the student's TrainConfig name distill's own keys (they named run.cpus_per_worker, a key
     # distill refuses)
     with pytest.raises(ConfigError, match=r"^cpus_per_worker must be > 0, got 0"):

@@ -4,6 +4,8 @@ s3:// and an explicit run.shared_filesystem=true pass."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +13,7 @@ from ditcore.config import ConfigError
 from jobs.cluster.shared_storage import alive_nodes, check_shared_storage
 from jobs.train.driver import run_training
 from tests.jobs._train_helpers import budget_override, make_latent_dataset, train_config
+from tests.jobs.test_distill import make_teacher
 
 pytestmark = pytest.mark.slow  # a 2-node Ray cluster
 
@@ -94,3 +97,24 @@ def test_ems_tasks_refuse_a_local_checkpoint_unless_shared(two_nodes, tmp_path, 
     assert not list((tmp_path / "ck").glob("ems*"))
     ems, info = compute_ems(ckpt, EMSSettings(**small), shared_filesystem=True)
     assert int(ems.lambdas.numel()) == 8 and info["num_tasks"] == 2
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> dict:
+    return make_teacher(tmp_path_factory.mktemp("distill"))
+
+
+def test_distillation_refuses_a_local_teacher_or_storage_unless_shared(two_nodes, teacher, s3_bucket):
+    """Every distillation worker loads the teacher itself: a local teacher (or student storage) is refused in
+    distill's own words, `shared_filesystem=true` (a key distill now has) lets it through."""
+    import dataclasses
+
+    from jobs.distill.config import DistillConfig
+    from jobs.distill.driver import run_distill
+
+    base = DistillConfig(teacher=teacher["ckpt"], tracking_uri=teacher["uri"], batch_size=8, val_samples=4, steps=1)
+    with pytest.raises(ConfigError, match=r"^storage='.*/distill' is a local path .* set shared_filesystem=true"):
+        run_distill(base)
+    with pytest.raises(ConfigError, match=r"^teacher='.*' is a local path .*2 nodes.* set shared_filesystem=true"):
+        run_distill(dataclasses.replace(base, storage=f"{s3_bucket}/distill"))
+    assert not list(Path(teacher["ckpt"]).parents[2].rglob("distill.json"))  # refused before anything was written
