@@ -17,6 +17,11 @@ from pipelines.infra import storage
 CONCEPTS_FILE = "concepts.safetensors"
 
 
+class StoredFileError(ValueError):
+    """A file stored beside a checkpoint (EMS, concept directions) that is damaged or belongs to another model: the
+    deployment's fault, not a request's (the HTTP service answers 500 and logs it; the CLIs name it and exit 2)."""
+
+
 def ems_name(guidance: float) -> str:
     """EMS depend on the guidance scale they were taken at: ems.safetensors (w = 1) or ems_w<w>.safetensors, w to 6
     significant digits (guidances that agree that far share statistics). The w = 1 test is on those digits too: a
@@ -64,19 +69,20 @@ def missing_ems(checkpoint: str, guidance: float) -> str | None:
 
 
 def _read_checked(uri: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """`_read`, with a file that is not safetensors named (ValueError) instead of a bare parser error."""
+    """`_read`, with a file that is not safetensors named (StoredFileError) instead of a bare parser error."""
     try:
         return _read(uri)
     except OSError:  # storage errors (a missing file included) pass as they are
         raise
     except Exception as exc:  # safetensors' SafetensorError, a truncated header, ...
-        raise ValueError(f"{uri}: not a readable {what} file ({type(exc).__name__}: {exc}); compute it again") from exc
+        problem = f"{type(exc).__name__}: {exc}"
+        raise StoredFileError(f"{uri}: not a readable {what} file ({problem}); compute it again") from exc
 
 
 def load_ems(checkpoint: str, guidance: float, latent_shape: tuple[int, ...] | None = None):
     """The EMS stored beside `checkpoint` for guidance scale `guidance`; FileNotFoundError says how to make them.
     A damaged file, or statistics whose shape does not broadcast to `latent_shape` (the model's [C, H, W]), is a
-    ValueError naming the file."""
+    StoredFileError naming the file."""
     from ditcore.samplers import EMS
 
     missing = missing_ems(checkpoint, guidance)
@@ -87,12 +93,12 @@ def load_ems(checkpoint: str, guidance: float, latent_shape: tuple[int, ...] | N
     try:
         ems = EMS.from_dict(tensors)
     except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"{uri}: damaged DPM-Solver-v3 statistics ({exc}); compute them again") from exc
+        raise StoredFileError(f"{uri}: damaged DPM-Solver-v3 statistics ({exc}); compute them again") from exc
     if latent_shape is not None:
         shape, target = tuple(ems.shape), tuple(int(x) for x in latent_shape)
         fits = len(shape) <= len(target) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
         if not fits:
-            raise ValueError(
+            raise StoredFileError(
                 f"{uri}: statistics of shape {list(shape)} do not fit this model's samples {list(target)}; they were "
                 "computed for another model: compute them again for this checkpoint"
             )
@@ -115,4 +121,6 @@ def load_concepts(checkpoint: str) -> tuple[dict[str, torch.Tensor], int] | None
     try:
         return tensors, int(meta["layer"])
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"{uri}: no valid 'layer' in its metadata ({exc!r}); run `ditscale concepts` again") from exc
+        raise StoredFileError(
+            f"{uri}: no valid 'layer' in its metadata ({exc!r}); run `ditscale concepts` again"
+        ) from exc

@@ -386,8 +386,9 @@ class GenerationPipeline:
         if key not in cache:
             try:
                 cache[key] = load_ems(self.checkpoint_uri, guidance, self.latent_shape)
-            except (FileNotFoundError, ValueError) as exc:
+            except FileNotFoundError as exc:  # a request for statistics nobody computed: say how to make them
                 raise GenerationError(str(exc)) from exc
+            # a damaged or misfitting file (StoredFileError) passes on: the deployment's fault, not the request's
         return cache[key]
 
     def concepts(self) -> tuple[dict[str, torch.Tensor], int] | None:
@@ -395,10 +396,7 @@ class GenerationPipeline:
         if self.__dict__.get("_concepts") is None:  # none yet is asked again: `ditscale concepts` may write them
             from pipelines.checkpoint_extras import load_concepts
 
-            try:
-                self._concepts = load_concepts(self.checkpoint_uri)
-            except ValueError as exc:
-                raise GenerationError(f"steer: {exc}") from exc
+            self._concepts = load_concepts(self.checkpoint_uri)  # a damaged file: StoredFileError
         return self._concepts
 
     def _steering(self, steer: dict | None):
@@ -426,14 +424,15 @@ class GenerationPipeline:
         n_blocks = len(transformer_blocks(self.model))
         if st.layer is not None and not 0 <= st.layer < n_blocks:
             raise GenerationError(f"steer.layer: {st.layer} is out of range [0, {n_blocks})")
-        from pipelines.checkpoint_extras import CONCEPTS_FILE
+        from pipelines.checkpoint_extras import CONCEPTS_FILE, StoredFileError
 
+        # directions of another model: the deployment's fault (StoredFileError), not the request's
         stored = f"{CONCEPTS_FILE} beside {self.checkpoint_uri}"
         if st.layer is None and not 0 <= layer < n_blocks:
-            raise GenerationError(f"{stored}: its layer {layer} is out of range [0, {n_blocks}) for this model")
+            raise StoredFileError(f"{stored}: its layer {layer} is out of range [0, {n_blocks}) for this model")
         width, direction = int(self.model.config.hidden_size), directions[st.concept]
         if tuple(direction.shape) != (width,):
-            raise GenerationError(
+            raise StoredFileError(
                 f"{stored}: concept {st.concept!r} has shape {list(direction.shape)}, this model's width is {width}; "
                 "run `ditscale concepts` again for this checkpoint"
             )

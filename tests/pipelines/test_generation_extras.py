@@ -224,29 +224,30 @@ def test_ems_names_a_model_that_does_not_fit_its_data_before_starting_ray(tmp_pa
 
 
 def test_stored_statistics_and_directions_that_do_not_fit_the_model_are_named(ckpts, tmp_path):
-    # A damaged file, or one written for another model, was a bare parser or tensor-shape error mid-sampling.
+    # A damaged file, or one written for another model, was a bare parser or tensor-shape error mid-sampling. It is
+    # the deployment's fault, not the request's: a StoredFileError (HTTP 500, logged; the CLIs name it, exit 2).
     import shutil
 
-    from pipelines.checkpoint_extras import _write, ems_name, save_concepts
+    from pipelines.checkpoint_extras import StoredFileError, _write, ems_name, save_concepts
 
     ckpt = tmp_path / "ck"
     shutil.copytree(ckpts["teacher"], ckpt)
     pipe = GenerationPipeline.from_checkpoint(str(ckpt), device="cpu")  # latents [4, 8, 8], width 64, 2 blocks
     (ckpt / ems_name(3.0)).write_bytes(b"not a safetensors file")
-    with pytest.raises(GenerationError, match=r"ems_w3.safetensors: not a readable DPM-Solver-v3 statistics file"):
+    with pytest.raises(StoredFileError, match=r"ems_w3.safetensors: not a readable DPM-Solver-v3 statistics file"):
         pipe.check_sampler("dpmsolver-v3", 3.0)
     lam = torch.linspace(-3, 3, 8, dtype=torch.float64)
     other = {"lambdas": lam, **{k: torch.zeros(8, 3, 2, 2) for k in ("l", "s", "b")}}
     _write(str(ckpt / ems_name(5.0)), other, {})
-    with pytest.raises(GenerationError, match=r"statistics of shape \[3, 2, 2\] do not fit this model's samples"):
+    with pytest.raises(StoredFileError, match=r"statistics of shape \[3, 2, 2\] do not fit this model's samples"):
         pipe.check_sampler("dpmsolver-v3", 5.0)
     _write(str(ckpt / ems_name(6.0)), {"lambdas": lam}, {})
-    with pytest.raises(GenerationError, match=r"ems_w6.safetensors: damaged DPM-Solver-v3 statistics"):
+    with pytest.raises(StoredFileError, match=r"ems_w6.safetensors: damaged DPM-Solver-v3 statistics"):
         pipe.check_sampler("dpmsolver-v3", 6.0)
     steer = SamplerSettings(sampler="euler", steps=2, steer={"concept": "a", "alpha": 1.0})
     save_concepts(str(ckpt), {"a": torch.ones(64)}, layer=7, info={})
-    with pytest.raises(GenerationError, match=r"its layer 7 is out of range \[0, 2\) for this model"):
+    with pytest.raises(StoredFileError, match=r"its layer 7 is out of range \[0, 2\) for this model"):
         GenerationPipeline.from_checkpoint(str(ckpt), device="cpu").generate_labels([0], [0], steer)
     save_concepts(str(ckpt), {"a": torch.ones(65)}, layer=0, info={})
-    with pytest.raises(GenerationError, match=r"concept 'a' has shape \[65\], this model's width is 64"):
+    with pytest.raises(StoredFileError, match=r"concept 'a' has shape \[65\], this model's width is 64"):
         GenerationPipeline.from_checkpoint(str(ckpt), device="cpu").generate_labels([0], [0], steer)
