@@ -62,7 +62,7 @@ class OptimConfig:
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine", "wsd"] = "constant"
     decay_fraction: float = 0.2  # wsd: the last fraction of the steps (>= 1) decays linearly towards min_lr_ratio
-    min_lr_ratio: float = 0.0  # cosine / wsd floor
+    min_lr_ratio: float = 0.0  # cosine / wsd floor (approached: the last step's factor is just above it)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999
     mup: bool = False  # muP parameter groups (sets the model's `mup` flag; lr multipliers from param_groups)
@@ -229,8 +229,10 @@ def lr_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     if o.schedule == "constant":
         return 1.0
     if o.schedule == "cosine":
-        span = max(1, total_steps - o.warmup_steps)
-        progress = min(1.0, (step - o.warmup_steps) / span)
+        # The d steps after warmup take k/(d+1) of the way, k = 1..d (as WSD's decay): the peak is the last warmup
+        # step's alone, and the last step still moves the weights.
+        span = max(1, total_steps - o.warmup_steps) + 1
+        progress = min(1.0, (step - o.warmup_steps + 1) / span)
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return _wsd_factor(step, total_steps, o)
 
@@ -241,8 +243,9 @@ def _wsd_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     decay_start = total_steps - decay_steps
     if step < decay_start:
         return 1.0
-    # The decay's d steps take the factors 1 - k/(d+1), k = 1..d: every step moves the weights (a last factor of
-    # 0 would spend a step's FLOPs on nothing, and a one-step decay would leave the point undecayed).
+    # The decay's d steps go k/(d+1) of the way to the floor, k = 1..d: factor 1 - (1 - min_lr_ratio) k/(d+1). Every
+    # step moves the weights (a last factor of 0 would spend a step's FLOPs on nothing, and a one-step decay would
+    # leave the point undecayed); the floor is approached, not reached.
     progress = min(1.0, (step - decay_start + 1) / (decay_steps + 1))
     return 1.0 - (1.0 - o.min_lr_ratio) * progress
 

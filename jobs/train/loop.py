@@ -240,7 +240,8 @@ class Trainer:
         b = batch_to_torch(batch, self.data_keys, self.device)
         cond = self._cond(b)
         # Layers that draw from the global generator (a U-Net's dropout) draw per step too, so a resumed run and a
-        # WSD branch repeat the masks of an uninterrupted run, and each rank draws its own.
+        # WSD branch repeat the masks of an uninterrupted run, and each rank draws its own (run.deterministic: per
+        # sample, in _per_sample_loss).
         torch.manual_seed(mix_seed(self.cfg.run.seed, self.rank, step, micro, 31))
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.cfg.run.deterministic:
@@ -266,8 +267,10 @@ class Trainer:
         """
         losses = []
         for i in range(len(ids)):
+            key = (self.cfg.run.seed, self.progress.epoch, zlib.crc32(str(ids[i]).encode()))
             g = torch.Generator(device=self.device)
-            g.manual_seed(mix_seed(self.cfg.run.seed, self.progress.epoch, zlib.crc32(str(ids[i]).encode())))
+            g.manual_seed(mix_seed(*key))
+            torch.manual_seed(mix_seed(*key, 31))  # a dropout mask per sample too, wherever the sample lands
             bi = {k: v[i : i + 1] for k, v in b.items()}
             x0 = latents_to_model_space(
                 bi, g, self.scale, self.shift, torch.rand(1, generator=g, device=self.device) < self.cfg.data.flip

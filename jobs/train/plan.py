@@ -315,6 +315,8 @@ def budget_points(cfg: TrainConfig, fpi: float) -> tuple[int, dict[int, float]]:
         if b < one_step:
             raise ConfigError(f"eval.budgets: {b:.4g} is smaller than one training step ({one_step:.4g} FLOPs)")
         at = steps_for_budget(b, fpi, batch)
+        if at in points and abs(points[at] - b) <= 1e-9 * b:
+            continue  # the same budget listed again (or the run's own): one point
         if at in named:  # one step count cannot stand for two budgets: the point would be filed under one of them
             raise ConfigError(
                 f"eval.budgets: {b:.4g} rounds to step {at}, the step of {named[at]} too (one step is "
@@ -367,8 +369,8 @@ def resolve_run(cfg: TrainConfig, *, check_mlflow: bool = True, manifest: Option
     )
     flops = flops_summary(model_config, text_tokens)
     total, points = budget_points(cfg, float(flops["train_flops_per_image"]))
-    if cfg.optim.warmup_steps >= total:
-        peak = max(lr_factor(step, total, cfg.optim) for step in range(total))
+    peak = max(lr_factor(step, total, cfg.optim) for step in range(total)) if cfg.optim.warmup_steps >= total else 1.0
+    if peak < 1.0:
         warnings.warn(
             f"optim.warmup_steps={cfg.optim.warmup_steps} is not below the run's {total} steps: the learning rate "
             f"peaks at {peak:.0%} of optim.lr={cfg.optim.lr:g}",

@@ -44,3 +44,28 @@ def test_a_resumed_run_with_dropout_draws_the_masks_of_the_uninterrupted_one(tmp
     b = load_file(str(tmp_path / "resumed/checkpoints/step_00000004/model.safetensors"))
     assert not all(torch.equal(a[k], load_file(str(tmp_path / "at2/model.safetensors"))[k]) for k in a)  # it trained
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_runs_draw_one_dropout_mask_per_sample_whatever_the_micro_batching(tmp_path):
+    # run.deterministic: a sample's randomness follows the sample, so grad_accum 1 and 2 take the same steps.
+    man = make_latent_dataset(tmp_path / "lat", n=16, num_classes=10)
+    weights = []
+    for accum in (1, 2):
+        cfg = train_config(
+            man,
+            tmp_path / f"a{accum}",
+            "model.preset=UNet-T",
+            "model.overrides.dropout=0.3",
+            "optim.warmup_steps=1",
+            "mlflow.enabled=false",
+            "run.deterministic=true",
+            f"run.grad_accum={accum}",
+            "run.name=u",
+            tracking=False,
+        )
+        fpi = resolve_run(cfg, check_mlflow=False).flops["train_flops_per_image"]
+        cfg = dataclasses.replace(cfg, budget_flops=fpi * cfg.data.batch_size * 2)  # 2 steps
+        _train(cfg, tmp_path / f"a{accum}" / "out")
+        weights.append(load_file(str(tmp_path / f"a{accum}/out/checkpoints/step_00000002/model.safetensors")))
+    a, b = weights
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)

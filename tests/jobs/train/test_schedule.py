@@ -34,8 +34,9 @@ def test_wsd_decays_towards_its_floor():
 
 def test_cosine_peaks_at_the_end_of_warmup_and_then_only_falls():
     f = _factors(10, schedule="cosine", warmup_steps=2, min_lr_ratio=0.0)
-    assert f[:2] == [0.5, 1.0]  # the last warmup step reaches the peak ...
-    assert max(f) == 1.0 and all(a >= b for a, b in zip(f[1:], f[2:]))  # ... and no step after it is higher
+    assert f[:2] == [0.5, 1.0]  # the last warmup step reaches the peak, alone ...
+    assert all(a > b for a, b in zip(f[1:], f[2:]))  # ... and every step after it is lower than the one before
+    assert f[-1] > 0.0  # the last step still moves the weights
 
 
 def _cfg(budget: float, budgets: list[float]) -> TrainConfig:
@@ -49,6 +50,7 @@ def _cfg(budget: float, budgets: list[float]) -> TrainConfig:
 def test_an_eval_budget_on_the_final_step_cannot_relabel_the_run():
     fpi = 1e6  # one step: 1e7 FLOPs
     assert budget_points(_cfg(1e8, [4e7]), fpi) == (10, {10: 1e8, 4: 4e7})
+    assert budget_points(_cfg(1e8, [4e7, 1e8, 4e7]), fpi) == (10, {10: 1e8, 4: 4e7})  # listed again: one point
     with pytest.raises(ConfigError, match=r"eval.budgets: 9.5e\+07 rounds to step 10, the step of budget_flops=1e\+08"):
         budget_points(_cfg(1e8, [9.5e7]), fpi)
     same = r"eval.budgets: 4.8e\+07 rounds to step 5, the step of eval.budgets entry 4.2e\+07"
