@@ -79,6 +79,9 @@ class ObjectiveConfig:
             raise ValueError(f"objective.t_sampler: unknown {self.t_sampler!r}; expected one of {T_SAMPLERS}")
         if not 0.0 <= self.cond_dropout <= 1.0:  # NaN fails this too
             raise ValueError(f"objective.cond_dropout must be in [0, 1], got {self.cond_dropout}")
+        for key in ("logit_mean", "p_mean"):  # any finite value
+            if not math.isfinite(getattr(self, key)):
+                raise ValueError(f"objective.{key} must be a finite number, got {getattr(self, key)!r}")
         if not (math.isfinite(self.time_shift) and self.time_shift > 0):
             raise ValueError(f"objective.time_shift must be a finite number > 0, got {self.time_shift!r}")
         if not (math.isfinite(self.logit_std) and self.logit_std > 0):

@@ -143,8 +143,8 @@ def time_grid(
     if kind == "uniform-lambda":
         lam = torch.linspace(-math.log(s_hi), -math.log(s_lo), count, dtype=torch.float64)
     else:
-        if rho <= 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
         ramp = torch.linspace(0.0, 1.0, count, dtype=torch.float64)
         sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
         lam = -torch.log(sig)

@@ -193,7 +193,9 @@ def test_default_objective_is_the_plain_regression(process, prediction):
     assert got.item() == torch.mean((model(a * x0 + s * eps, t) - target) ** 2).item()
 
 
-@pytest.mark.parametrize("field", ["time_shift", "logit_std", "p_std", "sigma_data", "vlb_weight", "cond_dropout"])
+@pytest.mark.parametrize(
+    "field", ["time_shift", "logit_std", "p_std", "sigma_data", "vlb_weight", "cond_dropout", "logit_mean", "p_mean"]
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_objective_numbers_that_are_not_finite_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"objective\.{field} must be"):

@@ -334,6 +334,8 @@ def test_bad_arguments_name_the_value():
         sample(fn, noise, process="flow", prediction="velocity", cond=cond, uncond=uncond, guidance=nan)
     with pytest.raises(ValueError, match="eta must be a finite number >= 0, got nan"):
         sample(fn, noise, process="flow", prediction="velocity", sampler="ddim", eta=nan)
+    with pytest.raises(ValueError, match="rho must be a finite number > 0, got nan"):
+        sample(fn, noise, process="flow", prediction="velocity", time_grid="edm", rho=nan)
     with pytest.raises(ValueError, match="grid shift must be a finite number > 0, got nan"):
         sample(fn, noise, process="flow", prediction="velocity", time_grid="sd3-shift", grid_shift=nan)
 
