@@ -4,9 +4,32 @@ white. The precompute's decoding and the real-data readers (`pipelines.datasets.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ditcore.preprocess import WHITE, to_rgb
+
+# EXIF Orientation (tag 0x0112) -> the transpose that shows the image upright (as ImageOps.exif_transpose does)
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` turned by its EXIF Orientation. Unlike ImageOps.exif_transpose this never writes the EXIF block back,
+    which raised struct.error / TypeError on malformed entries of an otherwise readable photo; an orientation that
+    cannot be read leaves the image as stored."""
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels are still the image
+        return img
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 def display_rgb(img: Image.Image) -> Image.Image:
@@ -14,7 +37,7 @@ def display_rgb(img: Image.Image) -> Image.Image:
     `ditcore.preprocess.to_rgb` for the mode (palette, alpha on white, CMYK, 16-bit, float), and a colour-key
     transparency (a PNG tRNS chunk on an RGB, grayscale or 16-bit grayscale image, which `to_rgb` does not see)
     composited on white like an alpha channel."""
-    up = ImageOps.exif_transpose(img)
+    up = upright(img)
     key = up.info.get("transparency")
     rgb = to_rgb(up)
     if key is None or up.mode in ("P", "PA", "RGBA", "LA", "RGBa", "La"):  # to_rgb composites these itself

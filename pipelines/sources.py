@@ -243,7 +243,9 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
 
     classes = None
     if cfg.labels_from_dirs:
-        dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r})
+        # A class is a top-level folder holding images: one of only other files (annotations/boxes.xml) is not
+        # (it shifted every later class's index and took a share of the class-conditional FID samples).
+        dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r and is_image(r)})
         classes = dirs or None
     inputs = _shuffled(inputs, cfg)
     shards = [
@@ -422,6 +424,14 @@ def _read_builtin(desc: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def _absent(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether `path` does not exist (a store whose missing-file error is a plain OSError); False when unsure."""
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.NotFound
+    except OSError:
+        return False
+
+
 def _read_file(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
@@ -469,8 +479,12 @@ def _read_folder(
         for cap_path in [f"{stem}.{cap_ext}"] + ([f"{stem}.{cap_ext.upper()}"] if shouting else []):
             try:
                 caption_bytes = _read_file(fs, cap_path)
-            except (FileNotFoundError, OSError):
-                continue
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError) or _absent(fs, cap_path):
+                    continue  # no caption file: a row without a caption
+                # a caption file that is there but cannot be read: the row fails naming it (it was "no caption")
+                rec["error"] = f"unreadable caption file {posixpath.basename(cap_path)}: {exc}"
+                break
             rec["caption"], error = _caption(caption_bytes, f"file {posixpath.basename(cap_path)}")
             if error:
                 rec["error"] = error
@@ -612,12 +626,13 @@ def _wds_record(tar_id: str, src: str, key: str, parts: dict[str, bytes], cfg: S
         )
     else:
         rec["data"] = parts[img_ext]
-    if cfg.caption_key in parts:
-        rec["caption"], error = _caption(parts[cfg.caption_key], f"member .{cfg.caption_key}")
+    caption_key, label_key = cfg.caption_key.lower(), cfg.label_key.lower()  # members' extensions are lowercased
+    if caption_key in parts:
+        rec["caption"], error = _caption(parts[caption_key], f"member .{caption_key}")
         if error:
             rec["error"] = rec.get("error") or error
-    if cfg.label_key in parts:
-        raw = parts[cfg.label_key].decode("utf-8", errors="replace").strip()
+    if label_key in parts:
+        raw = parts[label_key].decode("utf-8", errors="replace").strip()
         label = _int_label(raw)
         error = _label_error(raw[:20], label, "", cfg.num_classes)
         if error:

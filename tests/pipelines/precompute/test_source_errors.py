@@ -267,6 +267,27 @@ def test_a_photo_with_exif_orientation_is_decoded_upright_as_it_displays():
     assert tuple(crop[-1, 0]) == (0, 0, 255) and tuple(crop[-1, -1]) == (0, 0, 255)  # bottom row: blue across
 
 
+def test_a_photo_whose_exif_block_is_malformed_decodes_as_stored_and_never_fails_the_job():
+    # ImageOps.exif_transpose writes the EXIF block back and raised struct.error on these three bytes, which escaped
+    # the row's decode and failed the whole Ray task (and every command reading the images).
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.precompute.encode import _decode_one
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x8769] = 6, "cam", {0x9003: "2020:01:01 00:00:00"}
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "JPEG", exif=exif)
+    data = bytearray(buf.getvalue())
+    assert data[24:28] == b"Exif"
+    data[41], data[51], data[72] = 33, 192, 79  # three bytes of the EXIF entries, found by fuzzing
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        im.load()  # a readable image
+    crop, reason = _decode_one(bytes(data), S)
+    assert reason == "" and crop.shape == (S, S, 3)
+
+
 def test_overwrite_deletes_only_a_latent_data_set_and_settings_are_checked_before_ray(tmp_path, monkeypatch):
     """overwrite=true deleted whatever `output` named: the working directory (output=.), or a whole outputs/
     folder of sweeps and MLflow stores. Only a latent data set (or a started run) may be replaced; the built-in
@@ -435,3 +456,36 @@ def test_a_16_bit_colour_key_on_an_image_read_as_8_bit_is_matched_not_an_overflo
     img.save(buf, "PNG", transparency=(65535, 0, 0))
     crop, reason = _decode_one(buf.getvalue(), S)
     assert reason == "" and tuple(crop[0, 0]) == (255, 255, 255) and tuple(crop[-1, -1]) == (0, 0, 255)
+
+
+def test_folder_classes_are_folders_of_images_and_an_unreadable_caption_is_named(tmp_path):
+    from pipelines.sources import SourceConfig, read_shard
+
+    root = make_folder(tmp_path / "imgs", n_per_class=2, classes=("cat", "dog"))
+    (root / "annotations").mkdir()
+    (root / "annotations" / "boxes.xml").write_text("<boxes/>")  # no image: it was class 0, shifting cat and dog
+    src = SourceConfig(kind="folder", path=str(root), shard_size=100, shuffle=False)
+    plan = plan_source(src, S)
+    assert plan.classes == ["cat", "dog"] and plan.num_classes == 2
+    # A caption file that exists but cannot be read (here a folder of that name) fails the row naming it; it was
+    # taken for "no caption".
+    (root / "dog" / "001.txt").unlink()
+    (root / "dog" / "001.txt").mkdir()
+    rows = read_shard(plan.shards[0], src, plan.classes)
+    by_id = dict(zip(rows["id"], rows["error"]))
+    assert [int(x) for x in rows["label"][1:]] == [0, 0, 1, 1]  # cat 0, dog 1
+    assert by_id["dog/001.png"].startswith("unreadable caption file 001.txt:"), by_id["dog/001.png"]
+    assert by_id["cat/000.png"] == "" and by_id["dog/000.png"] == ""
+    assert by_id["annotations/boxes.xml"].startswith("not in a class folder")
+
+
+def test_webdataset_caption_and_label_keys_match_members_in_any_case(tmp_path):
+    from pipelines.sources import SourceConfig, read_shard
+    from tests.pipelines._precompute_helpers import make_tar
+
+    make_tar(tmp_path / "wds" / "a.tar", 0, 2)  # members sample0000.png / .txt / .cls
+    for keys in ({}, {"caption_key": "TXT", "label_key": "CLS"}):
+        src = SourceConfig(kind="webdataset", path=str(tmp_path / "wds"), **keys)
+        rows = read_shard(plan_source(src, S).shards[0], src, None)
+        assert list(rows["caption"]) == ["a blue square 0", "a blue square 1"], keys
+        assert list(rows["label"]) == [0, 1] and list(rows["error"]) == ["", ""], keys
