@@ -3,8 +3,9 @@
 The sweep scores every budget point with the data set's own feature net (cheap enough for every point on CPUs).
 For a result others can compare, the champion is also scored with the FID Inception-v3 (`ditscale data inception`:
 the TF "inception-2015-12-05" graph of pytorch-fid / clean-fid, 2048-d pool features) against reference statistics
-of real train images, and the same network scores real test images at the same sample count: the floor a perfect
-generator would reach at that N. Both carry bootstrap intervals over the scored images.
+of real train images, and the same network scores real test images at the same sample count (or all of them when
+the test split is smaller: `floor.n_samples` says how many; FID's small-sample bias then raises the floor): the floor
+a perfect generator would reach at that N. Both carry bootstrap intervals over the scored images.
 """
 
 from __future__ import annotations

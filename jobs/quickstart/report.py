@@ -346,12 +346,19 @@ def _record_section(rec: dict | None) -> list[str]:
     fid = f"FID {_g(c.get('fid'))}"
     if c.get("fid_ci"):
         fid += f" [{_g(c['fid_ci'][0])}, {_g(c['fid_ci'][1])}]"
-    lines.append(f"- champion {c.get('model')}: {fid} ({c.get('fid_samples')} samples, network {c.get('fid_network')})")
+    network = c.get("fid_network_name") or c.get("fid_network")  # the standard network by its name, else the path
+    lines.append(f"- champion {c.get('model')}: {fid} ({c.get('fid_samples')} samples, network {network})")
     for key, name in (("attr_accuracy", "caption-attribute accuracy"), ("class_accuracy", "class accuracy")):
         if c.get(key) is not None:
             lines.append(f"- {name} of the champion's samples: {c[key]:.1%}")
     if rec.get("fid_floor") is not None:
-        lines.append(f"- the data's own floor (real test images, same N and network): FID {_g(rec['fid_floor'])}")
+        n_floor, n_model = rec.get("fid_floor_samples"), c.get("fid_samples")
+        same = "the same N" if n_floor == n_model else f"N = {n_floor}: the test split is smaller"
+        same += "" if n_floor == n_model else ", so the floor is biased up"
+        lines.append(
+            f"- the data's own floor (real test images, {n_floor} of them, same network; {same}): "
+            f"FID {_g(rec['fid_floor'])}"
+        )
     if rec.get("classifier_test_accuracy") is not None:
         lines.append(f"- classifier accuracy on the real test split: {rec['classifier_test_accuracy']:.1%}")
     enc = rec.get("encoders") or {}

@@ -205,3 +205,17 @@ def test_a_law_that_was_not_fitted_keeps_its_stable_keys_as_null():
     law = {"params": {"A": 1.0, "beta": None, "FID_inf": 2.0}, "ci": {"beta": [None, 1.0]}, "form": "f"}
     rec = _law_record({"fid_law": law, "frontier": []})
     assert rec["law"]["beta"] is None and rec["law"]["beta_ci"] is None
+
+
+def test_the_headline_names_the_standard_network_and_the_floor_s_own_sample_count():
+    # The floor line said "same N" when the test split held fewer images than the model was scored on (emoji:
+    # 350 against 2048), and the network was given as a file path.
+    from jobs.quickstart.report import _record_section
+
+    champ = {"model": "m", "fid": 80.0, "fid_samples": 2048, "fid_network": "/x/inception.pt"}
+    champ["fid_network_name"] = "FID Inception-v3 (pytorch-fid weights)"
+    text = "\n".join(_record_section({"champion": champ, "fid_floor": 30.0, "fid_floor_samples": 350}))
+    assert "2048 samples, network FID Inception-v3 (pytorch-fid weights)" in text
+    assert "real test images, 350 of them, same network; N = 350: the test split is smaller" in text
+    text = "\n".join(_record_section({"champion": champ, "fid_floor": 30.0, "fid_floor_samples": 2048}))
+    assert "2048 of them, same network; the same N" in text
