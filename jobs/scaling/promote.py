@@ -81,6 +81,7 @@ def promote(
         **(extra_tags or {}),
     }
     description = f"best {metric} of the sweep: {value}"
+    check_loads(source)  # before anything is registered: the alias must never move to a model that cannot load
     previous = alias_version(mlflow_client, model_name, alias)
     try:
         if pyfunc:
@@ -121,6 +122,20 @@ def promote(
         # The version the alias pointed at before (None: none, or this one): {version, checkpoint, <metric>, ...}
         "replaced": previous if previous and previous["version"] != str(mv.version) else None,
     }
+
+
+def check_loads(source: str) -> None:
+    """PromoteError unless the local checkpoint at `source` loads (its files at their recorded sizes, weights
+    readable into the model its config.json names). A remote (s3://) checkpoint is not downloaded here: the pyfunc
+    packaging reads it, and a bare registration (--no-pyfunc) leaves it to the first load."""
+    from ditcore.checkpoint import CheckpointError, load_checkpoint
+
+    if "://" in source:
+        return
+    try:
+        load_checkpoint(source)
+    except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as e:
+        raise PromoteError(f"the best point's checkpoint {source!r} does not load: {e}") from e
 
 
 def alias_version(mlflow_client: Any, model_name: str, alias: str) -> dict | None:

@@ -181,7 +181,19 @@ def test_unpackable_checkpoint_is_a_clear_error(champion, capsys):
     (champion["tmp"] / "run" / "step_00000100" / "model.safetensors").unlink()
     assert promote_job.main(["--experiment", "grid", "--tracking-uri", champion["uri"]]) == 2
     err = capsys.readouterr().err
-    assert "cannot package checkpoint" in err and "model.safetensors: missing" in err and "--no-pyfunc" in err
+    assert "does not load" in err and "ema.safetensors: missing (listed in checkpoint.json)" in err, err
+    assert champion["client"].search_model_versions("name='ditscale'") == []
+
+
+@pytest.mark.parametrize("pyfunc", [True, False])
+def test_a_checkpoint_whose_weights_are_damaged_is_never_registered(champion, capsys, pyfunc):
+    # The alias moved to it (exit 0) and only the sample grid, drawn afterwards, warned; --no-pyfunc checked nothing.
+    for name in ("ema.safetensors", "model.safetensors"):
+        (champion["tmp"] / "run" / "step_00000100" / name).write_bytes(b"not a safetensors file")
+    args = ["--experiment", "grid", "--tracking-uri", champion["uri"], *([] if pyfunc else ["--no-pyfunc"])]
+    assert promote_job.main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not load" in err and "ema.safetensors" in err, err
     assert champion["client"].search_model_versions("name='ditscale'") == []
 
 
