@@ -36,13 +36,37 @@ def _mean(vals: list[float]) -> float:
     return sum(vals) / len(vals)
 
 
+def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
+    """FitError when two sweeps' points at `key` are one training run (a trial id or checkpoint in both: the same
+    sweep logged twice, or a seed rerun whose FIDs repeat bit for bit) or runs of other hyper-parameters."""
+    for field, what in (("trial_id", "trial"), ("checkpoint", "checkpoint")):
+        seen: dict[str, str] = {}
+        for name, r in zip(names, reps):
+            v = r.get(field)
+            if v and str(v) in seen:
+                raise FitError(
+                    f"{seen[str(v)]} and {name} both hold {what} {v!r} (model {key[1]!r} at budget {key[3]!r}): the "
+                    "same training run, not a replicate; pool sweeps trained with other seeds (base.run.seed)"
+                )
+            if v:
+                seen[str(v)] = name
+    hp = {name: r.get("hparams") or {} for name, r in zip(names, reps)}
+    if len({repr(sorted(h.items())) for h in hp.values()}) > 1:
+        shown = "; ".join(f"{n}: {h}" for n, h in hp.items())
+        raise FitError(
+            f"model {key[1]!r} at budget {key[3]!r}: the sweeps trained it with other hyper-parameters ({shown}); "
+            "replicates differ in the seed only"
+        )
+
+
 def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """(pooled points, summary) of >= 2 sweeps' points (plain dicts, as `to_dicts` gives them).
 
     Points measured in every sweep are pooled (see RULE); points missing from some sweep are left out and counted
     in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
-    they share no point, or when a pooled point was evaluated with different settings in two sweeps (eval_key,
-    feature network or sample count): their FIDs are not the same measurement."""
+    they share no point, when a pooled point was evaluated with different settings in two sweeps (eval_key,
+    feature network or sample count): their FIDs are not the same measurement, or when two sweeps hold the same
+    training run (trial id or checkpoint) or trained the point with other hyper-parameters: not seed replicates."""
     names = names or [f"sweep {i}" for i in range(len(sweeps))]
     if len(sweeps) < 2:
         raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")
@@ -69,6 +93,7 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
     pooled = []
     for key in common:
         reps = [s[key] for s in by_sweep]
+        _check_independent(key, reps, names)
         for field in _SAME:
             seen = {str(r.get(field)) for r in reps}
             if len(seen) > 1:

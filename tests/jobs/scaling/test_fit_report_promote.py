@@ -324,7 +324,9 @@ def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
     fids = {}
     for seed in (0, 1, 2):
         fid = _noisy(seed)
-        _log_sweep(client, f"grid-s{seed}", None, fid=fid, extra={"fid_samples": 320, "fid_se": 1.0})
+        # each seed's sweep writes its own checkpoints (one checkpoint in two sweeps is one run, not two replicates)
+        root = f"s3://bucket/grid-s{seed}"
+        _log_sweep(client, f"grid-s{seed}", root, fid=fid, extra={"fid_samples": 320, "fid_se": 1.0})
         fids[seed] = {(m, c): fid(n, c) for m, n in MODELS.items() for c in BUDGETS}
     args = ["--experiment", "grid-s0", "--tracking-uri", sqlite_uri, "--n-boot", N_BOOT]
     rc = fit_cli.main([*args, "--out", str(tmp_path / "one")])
@@ -359,7 +361,7 @@ def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
     assert metrics["fit.pooled.fid.beta"] == pytest.approx(pooled["fid_law"]["params"]["beta"])
 
     # A replicate scored with another sample count is not the same measurement.
-    _log_sweep(client, "grid-640", None, fid=_noisy(3), extra={"fid_samples": 640, "fid_se": 1.0})
+    _log_sweep(client, "grid-640", "s3://bucket/grid-640", fid=_noisy(3), extra={"fid_samples": 640, "fid_se": 1.0})
     assert fit_cli.main([*args, "--replicate", "grid-640", "--no-log"]) == 2
     err = capsys.readouterr().err
     assert "fid_samples" in err and "320" in err and "640" in err

@@ -50,7 +50,7 @@ def test_refusals_name_the_problem():
     with pytest.raises(FitError, match="share no"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("n", 1e11, 100.0)]])
     with pytest.raises(FitError, match="eval_key"):
-        pool_replicates([[_pt("m", 1e11, 100.0, eval_key="a")], [_pt("m", 1e11, 100.0, eval_key="b")]])
+        pool_replicates([[_pt("m", 1e11, 100.0, eval_key="a")], [_pt("m", 1e11, 101.0, eval_key="b")]])
     with pytest.raises(FitError, match="s1: two points"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0), _pt("m", 1e11, 90.0)]], ["s0", "s1"])
 
@@ -65,3 +65,18 @@ def test_a_replicates_nan_keeps_the_pooled_point_nan_for_the_diagnostic():
     assert "non_finite_metric" in [d["code"] for d in fit_diagnostics(points=pooled)]
     pooled, _ = pool_replicates([[_pt("m", 1e11, 90.0, val_loss=None)], [_pt("m", 1e11, 100.0, val_loss=None)]])
     assert pooled[0]["val_loss"] is None
+
+
+def test_sweeps_that_are_not_seed_replicates_are_refused():
+    # The same sweep logged twice (or a seed rerun, bit-identical) pooled as two seeds: sd 0, fid_se / sqrt(2).
+    same = [_pt("m", 1e11, 100.0, trial_id="m-seed0")]
+    with pytest.raises(FitError, match=r"s0 and s1 both hold trial 'm-seed0' .*the same training run, not a replicate"):
+        pool_replicates([same, [_pt("m", 1e11, 100.0, trial_id="m-seed0", checkpoint="elsewhere")]], ["s0", "s1"])
+    with pytest.raises(FitError, match=r"s0 and s1 both hold checkpoint 'm-100000000000.0-100.0'"):
+        pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0)]], ["s0", "s1"])
+    # Another learning rate is another experiment, not another draw of this one.
+    lr = [[_pt("m", 1e11, 100.0, hparams={"optim.lr": 0.004})], [_pt("m", 1e11, 120.0, hparams={"optim.lr": 0.002})]]
+    with pytest.raises(
+        FitError, match=r"other hyper-parameters \(s0: \{'optim.lr': 0.004\}; s1: \{'optim.lr': 0.002\}"
+    ):
+        pool_replicates(lr, ["s0", "s1"])
