@@ -204,3 +204,19 @@ def test_a_floor_held_at_its_bound_is_named_with_the_free_fit():
     clean = fit_fid_law(c, 3e20 * c**-1.6 + 140.0, n_boot=20).to_dict()
     assert clean["floor_bound"] == {"at_bound": False}
     assert "floor_at_bound" not in _codes(fit_diagnostics(law=clean))
+
+
+def test_an_interval_is_wide_when_either_end_reaches_past_30_percent():
+    # [0.957, 1.758] about 1.344 is 60% of beta wide in all (it passed a whole-width test) but reaches +31%: the
+    # quickstart's goal misses it, and so must the diagnostic.
+    from ditcore.scaling.diagnostics import fit_diagnostics
+
+    def law(lo, hi):
+        return {"params": {"A": 1e6, "beta": 1.344, "FID_inf": 100.0}, "ci": {"beta": [lo, hi]}, "n_points": 10}
+
+    def codes(lo, hi):
+        return {d["code"] for d in fit_diagnostics(law=law(lo, hi))}
+
+    assert "wide_interval" in codes(0.957, 1.758)
+    assert "wide_interval" in codes(1.30, 1.75)
+    assert "wide_interval" not in codes(0.981, 1.701)  # -27% / +27%
