@@ -150,8 +150,10 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def trial_table(points: list[dict], metric: str = "fid") -> str:
-    """Text table of points by model size, then compute: model, params, budget, FLOPs, FID, val loss, checkpoint."""
-    rows = [COLUMNS]
+    """Text table of points by model size, then compute: model, params, budget, FLOPs, FID, val loss, checkpoint;
+    another `metric` gets its own column after them (it was printed under the FID header)."""
+    extra = metric not in ("fid", "val_loss")
+    rows = [COLUMNS[:-1] + ((metric,) if extra else ()) + COLUMNS[-1:]]
     for p in sorted(
         points,
         key=lambda p: (
@@ -167,12 +169,13 @@ def trial_table(points: list[dict], metric: str = "fid") -> str:
                 _fmt(p.get("params"), ".3g"),
                 _fmt(p.get("budget_flops"), ".3g"),
                 _fmt(p.get("flops"), ".3g"),
-                _fmt(p.get(metric), ".3f"),
+                _fmt(p.get("fid"), ".3f"),
                 _fmt(p.get("val_loss"), ".4f"),
+                *((_fmt(p.get(metric), ".4g"),) if extra else ()),
                 str(p.get("checkpoint") or "-"),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
