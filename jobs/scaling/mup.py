@@ -3,8 +3,9 @@
 Input: a learning-rate x width sweep's points (configs/sweep/mup-transfer.yaml), each carrying its trial's
 hyper-parameters (`hparams["optim.lr"]`, `hparams["optim.mup"]`) and a final validation loss. The width of a point
 is its `width` key, else `hparams["model.overrides.hidden_size"]`, else the `-w<width>` suffix of its model name.
-Per (setting, width, lr) the point with the most training steps is the final loss; a missing or non-finite loss
-(a diverged run) counts as worse than any finite one.
+Per (setting, width, lr) the point with the most training steps is the final loss, and every lr of a width must end
+at the same step (FitError otherwise); a missing or non-finite loss counts as worse than any finite one. A run that
+diverged in the pipeline ends FAILED with no points: its lr is then missing (`missing_lrs`), not counted as worse.
 
 Per setting ("standard" / "mup"): the grid optimum per width (`optimal_lr`, a map width -> lr), a sub-grid estimate
 (a parabola in log lr through the optimum and its two neighbours; the grid value at an edge), how many grid steps
@@ -109,6 +110,18 @@ def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
             )
         if key not in final or step >= final[key][0]:
             final[key] = (step, _loss(p.get("val_loss")), source)
+    # The optimum of a width compares losses at one length: a run that stopped early (its longer run FAILED) or a
+    # sweep of the same width at another budget would be compared at another step.
+    steps: dict[tuple, dict[float, int]] = {}
+    for (setting, width, lr), (step, _, _) in final.items():
+        steps.setdefault((setting, width), {})[lr] = step
+    for (setting, width), by_lr in sorted(steps.items()):
+        if len(set(by_lr.values())) > 1:
+            shown = ", ".join(f"lr {lr:g}: step {st}" for lr, st in sorted(by_lr.items()))
+            raise FitError(
+                f"{setting} setting at width {width}: the runs end at different steps ({shown}); their final losses "
+                "are not comparable: pass the points of one sweep, whose runs all train to the same budget"
+            )
     table: dict[str, dict[int, dict[float, float]]] = {}
     for (setting, width, lr), (_, loss, _) in sorted(final.items()):
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss

@@ -140,3 +140,16 @@ def test_missing_runs_and_single_width_are_stated():
         and "runs missing (width: lrs) 64: [0.0003]" in rep["statements"][1]
     )
     assert rep["standard"]["within_one_step"] is None and "cannot be compared" in rep["statements"][0]
+
+
+def test_runs_of_one_width_that_end_at_different_steps_are_refused():
+    # A run whose longer run FAILED (or a sweep of the same width at another budget) gave its short run's loss as the
+    # "final" one, beside the others' losses at step 80, and moved the optimum without a word.
+    pts = [p for p in _points() if p["step"] == 80]
+    for p in pts:
+        if p["model"] == "MMDiT-d2-w128" and p["hparams"]["optim.lr"] in (1.2e-2, 4.7e-3) and p["hparams"]["optim.mup"]:
+            p["step"] = 320
+    with pytest.raises(
+        FitError, match=r"mup setting at width 128: the runs end at different steps \(lr 0.0003: step 80"
+    ):
+        mup_transfer_report(pts)
