@@ -62,7 +62,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[str, str]]:
+def _law_checks(law: dict, what: str, criteria: SupportCriteria, pooled: bool = False) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if "error" in law:
         return [_d("no_interval", f"The {what} could not be fitted: {law['error']}.")]
@@ -179,12 +179,20 @@ def _law_checks(law: dict, what: str, criteria: SupportCriteria) -> list[dict[st
         share = (sn.get("sd_over_ci_width") or {}).get(exp_name)
         sd = (sn.get("param_sd") or {}).get(exp_name)
         if share is not None and sd is not None and share > criteria.max_noise_share:
+            # Pooled replicates: each point's fid_se holds the spread across the seeds too, not sampling alone.
+            source, remedy = (
+                (
+                    "Seed and sampling noise of the pooled values (their fid_se holds the spread across seeds)",
+                    "more seeds",
+                )
+                if pooled
+                else ("Sampling noise of the measured values alone", "more generated samples per FID")
+            )
             out.append(
                 _d(
                     "sampling_noise",
-                    f"Sampling noise of the measured values alone moves {exp_name} by "
-                    f"+/-{_fmt(sd)} (one sd), {100 * share:.0f}% of the width of its "
-                    f"interval: more generated samples per FID would tighten the law.",
+                    f"{source} moves {exp_name} by +/-{_fmt(sd)} (one sd), {100 * share:.0f}% of the width of its "
+                    f"interval: {remedy} would tighten the law.",
                 )
             )
     return out
@@ -271,7 +279,8 @@ def fit_diagnostics(
             msg = few_samples_warning(int(few[0]["fid_num_samples"]), int(few[0]["fid_feature_dim"]))
             out.append(_d("few_fid_samples", f"{len(few)} of {len(points)} points: {msg}"))
     if law is not None:
-        out += _law_checks(law, what, criteria)
+        pooled = any(int(p.get("replicates") or 1) > 1 for p in points or [])
+        out += _law_checks(law, what, criteria, pooled=pooled)
     if frontier:
         models = {str(p.get("model")) for p in frontier}
         if len(models) == 1 and len(frontier) > 1:

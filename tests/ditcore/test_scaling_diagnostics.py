@@ -106,6 +106,16 @@ def test_few_fid_samples_and_sampling_noise():
     assert "64 samples in 2048 feature dimensions" in next(
         d["message"] for d in diags if d["code"] == "few_fid_samples"
     )
+    noise = next(d["message"] for d in diags if d["code"] == "sampling_noise")
+    assert noise.startswith("Sampling noise of the measured values alone") and "more generated samples" in noise
+    # Pooled replicates' fid_se holds the seeds' spread: not "sampling alone", and more samples would not fix it.
+    pooled = [{**p, "replicates": 3} for p in pts]
+    noise = next(
+        d["message"] for d in fit_diagnostics(law=fit.to_dict(), points=pooled) if d["code"] == "sampling_noise"
+    )
+    assert noise.startswith("Seed and sampling noise of the pooled values") and noise.endswith(
+        "more seeds would tighten the law."
+    )
 
 
 def test_missing_images_and_unavailable_isoflop():
