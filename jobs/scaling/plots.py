@@ -182,12 +182,17 @@ def plot_isoflop(iso: dict | None, path: Path, ylabel: str | None = None) -> Pat
             ax.plot(ns, ys, "o", color=col, label=f"C={b['budget_flops']:.2e}")
             xs = np.linspace(*b["fit_range"], 100)  # the sizes the parabola describes ("local": the best's neighbours)
             ax.plot(np.exp(xs), np.polyval(b["coef"], xs), "-", color=col, alpha=0.7)
-            ax.plot([b["n_opt"]], [b["metric_opt"]], "kx", ms=10)
+            edge = b.get("method") == "edge"  # the best measured size at the grid's edge: a bound, not a vertex
+            ax.plot([b["n_opt"]], [b["metric_opt"]], "k^" if edge else "kx", ms=9 if edge else 10, mfc="none")
         ax.set_ylabel(ylabel or iso["metric"])
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "isoFLOP analysis needs >= 2 budgets x >= 3 model sizes", ha="center", transform=ax.transAxes)
-    ax.set(xscale="log", xlabel="parameters N", title="isoFLOP curves (x: parabola minimum N*)")
+    ax.set(
+        xscale="log",
+        xlabel="parameters N",
+        title="isoFLOP curves\nx: parabola minimum N*; open triangle: best size at the grid's edge (a bound)",
+    )
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
 

@@ -65,3 +65,42 @@ def test_isoflop_axis_and_n_opt_title_state_what_they_show():
     )
     loss = {**iso, "metric": "val_loss", "n_opt_law": {"error": "fewer than 2 budgets"}}
     assert n_opt_title(loss).startswith("N*(C) = k * C^a from validation-loss isoFLOP minima: no N*(C) fit\n")
+
+
+def test_isoflop_plot_marks_edge_minima_apart_from_parabola_vertices(tmp_path, monkeypatch):
+    # An edge "minimum" is the best measured size, not the drawn parabola's vertex: it was marked with the same x.
+    from jobs.scaling import plots
+
+    calls = []
+    real = plots._pyplot
+
+    def spy():
+        plt = real()
+        fig, ax = plt.subplots()
+        ax_plot = ax.plot
+
+        def plot(*a, **k):
+            calls.append((a, k))
+            return ax_plot(*a, **k)
+
+        ax.plot = plot
+        plt.subplots = lambda *a, **k: (fig, ax)
+        return plt
+
+    monkeypatch.setattr(plots, "_pyplot", spy)
+    budget = {
+        "params": [1e5, 1e6, 1e7],
+        "fid": [100.0, 120.0, 150.0],
+        "budget_flops": 1e12,
+        "coef": [1.0, -30.0, 300.0],
+    }
+    iso = {
+        "metric": "fid",
+        "budgets": [
+            {**budget, "fit_range": [11.5, 16.1], "n_opt": 1e5, "metric_opt": 100.0, "method": "edge"},
+            {**budget, "fit_range": [11.5, 16.1], "n_opt": 3e6, "metric_opt": 90.0, "method": "parabola"},
+        ],
+    }
+    plots.plot_isoflop(iso, tmp_path / "iso.png")
+    markers = [a[2] for a, _ in calls if len(a) == 3 and isinstance(a[2], str) and a[2].startswith("k")]
+    assert markers == ["k^", "kx"]
