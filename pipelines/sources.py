@@ -29,6 +29,8 @@ from pipelines.infra import storage
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 # Sidecar files that describe an image rather than being one; never counted as inputs of a folder.
 SIDECAR_EXTENSIONS = ("txt", "json", "cls", "md5")
+# Files that are never images: a top-level folder holding only these is not a class (annotations/, metadata/).
+NOT_IMAGE_EXTENSIONS = ("xml", "csv", "tsv", "yaml", "yml", "md", "html", "pdf", "npy", "npz", "pkl", "pt", "py")
 MAX_LABEL = 2**31 - 1  # labels are stored as int32
 
 SourceKind = Literal["builtin", "folder", "parquet", "webdataset"]
@@ -243,9 +245,10 @@ def _plan_folder(cfg: SourceConfig) -> SourcePlan:
 
     classes = None
     if cfg.labels_from_dirs:
-        # A class is a top-level folder holding images: one of only other files (annotations/boxes.xml) is not
-        # (it shifted every later class's index and took a share of the class-conditional FID samples).
-        dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r and is_image(r)})
+        # A class is a top-level folder with a file that may be an image (any extension but the known non-image
+        # ones: .pgm or .jfif faces are images): one of annotations only (boxes.xml) is not, which shifted every later
+        # class's index and took a share of the class-conditional FID samples.
+        dirs = sorted({r.split("/", 1)[0] for r in inputs if "/" in r and _ext(r) not in NOT_IMAGE_EXTENSIONS})
         classes = dirs or None
     inputs = _shuffled(inputs, cfg)
     shards = [

@@ -3,8 +3,9 @@
 Input: a learning-rate x width sweep's points (configs/sweep/mup-transfer.yaml), each carrying its trial's
 hyper-parameters (`hparams["optim.lr"]`, `hparams["optim.mup"]`) and a final validation loss. The width of a point
 is its `width` key, else `hparams["model.overrides.hidden_size"]`, else the `-w<width>` suffix of its model name.
-Per (setting, width, lr) the point with the most training steps is the final loss, and every lr of a width must end
-at the same step (FitError otherwise); a missing or non-finite loss counts as worse than any finite one. A run that
+Per (setting, width, lr) the point with the most training steps is the final loss; a width is judged at its longest
+run's step, and an lr whose run ended earlier (its longer run FAILED, e.g. diverged) is left out and named
+(`stopped_early`, and `missing_lrs`); a missing or non-finite loss counts as worse than any finite one. A run that
 diverged in the pipeline ends FAILED with no points: its lr is then missing (`missing_lrs`), not counted as worse.
 
 Per setting ("standard" / "mup"): the grid optimum per width (`optimal_lr`, a map width -> lr), a sub-grid estimate
@@ -78,7 +79,7 @@ def _flag(v: Any, i: int) -> bool:
     raise FitError(f"point {i}: hparams['optim.mup'] must be true or false, got {v!r}")
 
 
-def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
+def loss_table(points: list[dict], stopped: dict | None = None) -> dict[str, dict[int, dict[float, float]]]:
     """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
@@ -110,20 +111,17 @@ def loss_table(points: list[dict]) -> dict[str, dict[int, dict[float, float]]]:
             )
         if key not in final or step >= final[key][0]:
             final[key] = (step, _loss(p.get("val_loss")), source)
-    # The optimum of a width compares losses at one length: a run that stopped early (its longer run FAILED) or a
-    # sweep of the same width at another budget would be compared at another step.
-    steps: dict[tuple, dict[float, int]] = {}
-    for (setting, width, lr), (step, _, _) in final.items():
-        steps.setdefault((setting, width), {})[lr] = step
-    for (setting, width), by_lr in sorted(steps.items()):
-        if len(set(by_lr.values())) > 1:
-            shown = ", ".join(f"lr {lr:g}: step {st}" for lr, st in sorted(by_lr.items()))
-            raise FitError(
-                f"{setting} setting at width {width}: the runs end at different steps ({shown}); their final losses "
-                "are not comparable: pass the points of one sweep, whose runs all train to the same budget"
-            )
+    # The optimum of a width compares losses at one length, the width's longest: a run that ended earlier (its
+    # longer run FAILED, e.g. diverged) is left out and named (`stopped`), not compared at another step.
+    longest: dict[tuple, int] = {}
+    for (setting, width, _), (step, _, _) in final.items():
+        longest[(setting, width)] = max(step, longest.get((setting, width), step))
     table: dict[str, dict[int, dict[float, float]]] = {}
-    for (setting, width, lr), (_, loss, _) in sorted(final.items()):
+    for (setting, width, lr), (step, loss, _) in sorted(final.items()):
+        if step < longest[(setting, width)]:
+            if stopped is not None:
+                stopped.setdefault(setting, {}).setdefault(str(width), []).append(lr)
+            continue
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
     return table
 
@@ -187,7 +185,8 @@ def _statement(name: str, s: dict, grid: list[float]) -> str:
 
 def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
     """The transfer report of a learning-rate x width sweep (module doc): {"standard": {...}, "mup": {...}, ...}."""
-    table = loss_table(points)
+    stopped: dict[str, dict[str, list[float]]] = {}
+    table = loss_table(points, stopped)
     grid = sorted({lr for ws in table.values() for w in ws.values() for lr in w})
     widths = sorted({w for ws in table.values() for w in ws})
     if len(widths) < 2 or len(grid) < 2:
@@ -197,6 +196,13 @@ def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
         if name in table:
             report[name] = _setting(table[name], grid, name)
             report["statements"].append(_statement(name, report[name], grid))
+    if stopped:
+        report["stopped_early"] = stopped
+        for name, by_width in stopped.items():
+            shown = ", ".join(f"{w}: {[f'{lr:g}' for lr in lrs]}" for w, lrs in by_width.items())
+            report["statements"].append(
+                f"{name}: runs that ended before their width's longest run (left out; diverged or stopped): {shown}"
+            )
     missing = [s for s in SETTINGS if s not in table]
     if missing:
         report["statements"].append(f"no points for {', '.join(missing)} (hparams optim.mup); nothing to compare")

@@ -125,9 +125,10 @@ def promote(
 
 
 def check_loads(source: str) -> None:
-    """PromoteError unless the local checkpoint at `source` loads (its files at their recorded sizes, weights
-    readable into the model its config.json names). A remote (s3://) checkpoint is not downloaded here: the pyfunc
-    packaging reads it, and a bare registration (--no-pyfunc) leaves it to the first load."""
+    """PromoteError unless the local checkpoint at `source` loads (its files at their recorded sizes, the weights it is
+    served with, EMA when present, readable into the model its config.json names). A remote (s3://) checkpoint is
+    not downloaded here: the pyfunc packaging reads it, and a bare registration (--no-pyfunc) leaves it to the
+    first load."""
     from ditcore.checkpoint import CheckpointError, load_checkpoint
 
     if "://" in source:

@@ -38,7 +38,8 @@ def _mean(vals: list[float]) -> float:
 
 def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
     """FitError when two sweeps' points at `key` are one training run (a trial id or checkpoint in both: the same
-    sweep logged twice, or a seed rerun whose FIDs repeat bit for bit) or runs of other hyper-parameters."""
+    sweep logged twice, or a seed rerun whose FIDs repeat bit for bit). Sweeps of other hyper-parameters are not
+    told apart here (a point's `hparams` holds only the keys its sweep listed): pool sweeps of one config."""
     for field, what in (("trial_id", "trial"), ("checkpoint", "checkpoint")):
         seen: dict[str, str] = {}
         for name, r in zip(names, reps):
@@ -50,13 +51,6 @@ def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
                 )
             if v:
                 seen[str(v)] = name
-    hp = {name: r.get("hparams") or {} for name, r in zip(names, reps)}
-    if len({repr(sorted(h.items())) for h in hp.values()}) > 1:
-        shown = "; ".join(f"{n}: {h}" for n, h in hp.items())
-        raise FitError(
-            f"model {key[1]!r} at budget {key[3]!r}: the sweeps trained it with other hyper-parameters ({shown}); "
-            "replicates differ in the seed only"
-        )
 
 
 def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) -> tuple[list[dict], dict[str, Any]]:
@@ -66,7 +60,7 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
     in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
     they share no point, when a pooled point was evaluated with different settings in two sweeps (eval_key,
     feature network or sample count): their FIDs are not the same measurement, or when two sweeps hold the same
-    training run (trial id or checkpoint) or trained the point with other hyper-parameters: not seed replicates."""
+    training run (trial id or checkpoint): not seed replicates."""
     names = names or [f"sweep {i}" for i in range(len(sweeps))]
     if len(sweeps) < 2:
         raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")

@@ -62,7 +62,7 @@ class OptimConfig:
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine", "wsd"] = "constant"
     decay_fraction: float = 0.2  # wsd: the last fraction of the steps (>= 1) decays linearly towards min_lr_ratio
-    min_lr_ratio: float = 0.0  # cosine / wsd floor (approached: the last step's factor is just above it)
+    min_lr_ratio: float = 0.0  # cosine / wsd floor (approached, not reached: the last step's factor is above it)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999
     mup: bool = False  # muP parameter groups (sets the model's `mup` flag; lr multipliers from param_groups)
@@ -229,10 +229,12 @@ def lr_factor(step: int, total_steps: int, o: OptimConfig) -> float:
     if o.schedule == "constant":
         return 1.0
     if o.schedule == "cosine":
-        # The d steps after warmup take k/(d+1) of the way, k = 1..d (as WSD's decay): the peak is the last warmup
-        # step's alone, and the last step still moves the weights.
-        span = max(1, total_steps - o.warmup_steps) + 1
-        progress = min(1.0, (step - o.warmup_steps + 1) / span)
+        # After a warmup (which ends at the peak) the d remaining steps take k/(d+1) of the way, k = 1..d (as WSD's
+        # decay); without one the first step is the peak and step k takes k/d. Either way one step runs at the peak
+        # and the last still moves the weights.
+        d = max(1, total_steps - o.warmup_steps)
+        progress = (step - o.warmup_steps + 1) / (d + 1) if o.warmup_steps > 0 else step / d
+        progress = min(1.0, progress)
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return _wsd_factor(step, total_steps, o)
 

@@ -39,6 +39,8 @@ def _decode_one(data: bytes, image_size: int) -> tuple[np.ndarray | None, str]:
         return None, "not an image: no image format recognises these bytes"
     except Image.DecompressionBombError as exc:
         return None, f"image too large to decode safely: {exc}"
+    except MemoryError:  # the worker's state, not the image's: the task fails and Ray retries it
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder error is this row's failure, never the job's
         msg = str(exc)
         if "truncated" in msg.lower():

@@ -110,7 +110,8 @@ def standard_config(ctx: Context) -> dict:
 
 
 def standard_run(ctx: Context) -> dict:
-    """The champion's FID with the FID Inception (+ bootstrap interval) and the data's floor at the same N."""
+    """The champion's FID with the FID Inception (+ bootstrap interval) and the data's floor (at the same N, or
+    every test image when the split is smaller: its own N)."""
     import os
 
     import torch

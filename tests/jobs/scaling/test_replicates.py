@@ -74,9 +74,3 @@ def test_sweeps_that_are_not_seed_replicates_are_refused():
         pool_replicates([same, [_pt("m", 1e11, 100.0, trial_id="m-seed0", checkpoint="elsewhere")]], ["s0", "s1"])
     with pytest.raises(FitError, match=r"s0 and s1 both hold checkpoint 'm-100000000000.0-100.0'"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0)]], ["s0", "s1"])
-    # Another learning rate is another experiment, not another draw of this one.
-    lr = [[_pt("m", 1e11, 100.0, hparams={"optim.lr": 0.004})], [_pt("m", 1e11, 120.0, hparams={"optim.lr": 0.002})]]
-    with pytest.raises(
-        FitError, match=r"other hyper-parameters \(s0: \{'optim.lr': 0.004\}; s1: \{'optim.lr': 0.002\}"
-    ):
-        pool_replicates(lr, ["s0", "s1"])

@@ -37,6 +37,9 @@ def test_cosine_peaks_at_the_end_of_warmup_and_then_only_falls():
     assert f[:2] == [0.5, 1.0]  # the last warmup step reaches the peak, alone ...
     assert all(a > b for a, b in zip(f[1:], f[2:]))  # ... and every step after it is lower than the one before
     assert f[-1] > 0.0  # the last step still moves the weights
+    g = _factors(3, schedule="cosine", warmup_steps=0, min_lr_ratio=0.0)
+    assert g[0] == 1.0 and g[0] > g[1] > g[2] > 0.0  # no warmup: the first step is the peak
+    assert _factors(1, schedule="cosine", warmup_steps=0) == [1.0]
 
 
 def _cfg(budget: float, budgets: list[float]) -> TrainConfig:

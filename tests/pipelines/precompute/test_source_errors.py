@@ -489,3 +489,13 @@ def test_webdataset_caption_and_label_keys_match_members_in_any_case(tmp_path):
         rows = read_shard(plan_source(src, S).shards[0], src, None)
         assert list(rows["caption"]) == ["a blue square 0", "a blue square 1"], keys
         assert list(rows["label"]) == [0, 1] and list(rows["error"]) == ["", ""], keys
+
+
+def test_folders_of_images_under_other_extensions_stay_classes(tmp_path):
+    from pipelines.sources import SourceConfig
+
+    root = tmp_path / "imgs"
+    for cls, name in (("faces", "a.pgm"), ("photos", "b.jfif"), ("zcats", "c.png"), ("meta", "d.csv")):
+        (root / cls).mkdir(parents=True)
+        (root / cls / name).write_bytes(b"x")
+    assert plan_source(SourceConfig(kind="folder", path=str(root)), S).classes == ["faces", "photos", "zcats"]
