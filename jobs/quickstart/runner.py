@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,15 +157,48 @@ def _state(digest: str, result: dict) -> str:
     return config_hash({"config_hash": digest, "result": result})
 
 
+_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def keep_linked_images(md: Path, folder: Path) -> int:
+    """Copy the local images a markdown file links to into `folder` (emptied first) and point its links there: the
+    run about to start rewrites the plots and grids in place, and the set-aside record should keep showing its own.
+    Links to files that are gone, or to URLs, stay as they are. Returns how many images were kept."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    copied: dict[str, str] = {}
+
+    def keep(m: re.Match) -> str:
+        link = m.group(2)
+        src = md.parent / link
+        if "://" in link or not src.is_file():
+            return m.group(0)
+        if link not in copied:
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = folder / f"{len(copied):02d}-{src.name}"
+            shutil.copy2(src, dest)
+            copied[link] = os.path.relpath(dest, md.parent)
+        return m.group(1) + copied[link] + m.group(3)
+
+    text = _IMAGE_LINK.sub(keep, md.read_text())
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(md)
+    return len(copied)
+
+
 def _retire_records(ctx: Context, stages: list[Stage]) -> None:
-    """Set the record stages' files aside (`Stage.record`) and drop their markers: a stage is about to run again."""
+    """Set the record stages' files aside (`Stage.record`) and drop their markers: a stage is about to run again. A
+    markdown record keeps copies of the images it links to, in `<stem>.previous_files/`."""
     for stage in stages:
         for name in stage.record:
             p = ctx.path(name)
             if p.is_file():
                 old = p.with_name(f"{p.stem}.previous{p.suffix}")
                 p.replace(old)
-                ctx.log(f"the last run's {p.name} is now {old.name} (this run writes its own at the end)")
+                kept = keep_linked_images(old, old.with_name(f"{p.stem}.previous_files")) if p.suffix == ".md" else 0
+                also = f", with its {kept} images in {p.stem}.previous_files/" if kept else ""
+                ctx.log(f"the last run's {p.name} is now {old.name}{also} (this run writes its own at the end)")
         if stage.record:
             ctx.path("stages", f"{stage.name}.json").unlink(missing_ok=True)
 

@@ -138,6 +138,39 @@ def test_a_rerun_sets_the_last_record_aside_before_any_stage_runs(tmp_path):
     assert not (tmp_path / "report.json").exists()
 
 
+
+def test_the_set_aside_report_keeps_its_own_images(tmp_path):
+    """report.previous.md linked the plots and grids by path, which the rerun rewrites in place: it showed the new
+    run's pictures beside the old run's numbers. Its images are now copied beside it and its links point there."""
+    plots = tmp_path / "fit"
+    plots.mkdir()
+
+    def run_report(ctx):
+        n = ctx.results["a"]["id"]
+        (plots / "law.png").write_bytes(b"plot of run %d" % n)
+        (tmp_path / "report.md").write_text(
+            f"# run {n}\n![law](fit/law.png) and again ![law](fit/law.png), ![gone](fit/gone.png), "
+            "![web](https://example.org/x.png)\n"
+        )
+        return {"md": str(tmp_path / "report.md")}
+
+    def stages(k):
+        a = Stage("a", "A", lambda ctx: {"k": k}, lambda ctx: {"id": k})
+        return [a, Stage("r", "R", lambda ctx: {}, run_report, lambda r: [r["md"]], ("report.md",))]
+
+    _run(tmp_path, stages(1))
+    _run(tmp_path, stages(2))  # A runs again: the report of run 1 goes aside, then run 2 rewrites fit/law.png
+    assert (plots / "law.png").read_bytes() == b"plot of run 2"
+    old = (tmp_path / "report.previous.md").read_text()
+    assert old.startswith("# run 1") and "fit/law.png" not in old
+    kept = sorted((tmp_path / "report.previous_files").iterdir())
+    assert [p.name for p in kept] == ["00-law.png"] and kept[0].read_bytes() == b"plot of run 1"
+    assert old.count("](report.previous_files/00-law.png)") == 2  # one copy for both links
+    assert "![gone](fit/gone.png)" in old and "![web](https://example.org/x.png)" in old  # left as they were
+    _run(tmp_path, stages(3))  # the next rerun replaces the kept images with run 2's
+    assert [p.read_bytes() for p in (tmp_path / "report.previous_files").iterdir()] == [b"plot of run 2"]
+
+
 def _record(**over):
     rec = {
         "goodput": 0.6,
