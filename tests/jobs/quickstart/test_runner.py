@@ -138,7 +138,6 @@ def test_a_rerun_sets_the_last_record_aside_before_any_stage_runs(tmp_path):
     assert not (tmp_path / "report.json").exists()
 
 
-
 def test_the_set_aside_report_keeps_its_own_images(tmp_path):
     """report.previous.md linked the plots and grids by path, which the rerun rewrites in place: it showed the new
     run's pictures beside the old run's numbers. Its images are now copied beside it and its links point there."""
