@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--experiment", help="MLflow experiment: the points of EVERY sweep run in it (one per width)")
     src.add_argument("--parent-run", dest="parent_runs", action="append", help="a sweep's parent run id (repeatable)")
-    src.add_argument("--points", help="a JSON file holding a list of points (no MLflow)")
+    src.add_argument(
+        "--points",
+        help="a JSON file holding a list of points (no MLflow); a FAILED run is an entry with its model, hparams and "
+        "a `failed` reason (one that says 'diverged' or 'non-finite loss' counts as worse than any finite loss)",
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--out", default=None, help="output directory (default: fit_reports/mup-<experiment or run>)")
     return p
@@ -58,6 +62,7 @@ def _points(args: argparse.Namespace) -> list[dict]:
     out: list[dict] = []
     for run_id in args.parent_runs or _sweep_runs(client, args.experiment):
         out += to_dicts(read_points(client, parent_run_id=run_id)[1])
+        out += tracking.failed_trials(client, run_id)  # FAILED trials have no points: their lrs and reasons
     return out
 
 

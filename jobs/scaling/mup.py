@@ -6,7 +6,9 @@ is its `width` key, else `hparams["model.overrides.hidden_size"]`, else the `-w<
 Per (setting, width, lr) the point with the most training steps is the final loss; a width is judged at its longest
 run's step, and an lr whose run ended earlier (its longer run FAILED, e.g. diverged) is left out and named
 (`stopped_early`, and `missing_lrs`); a missing or non-finite loss counts as worse than any finite one. A run that
-diverged in the pipeline ends FAILED with no points: its lr is then missing (`missing_lrs`), not counted as worse.
+diverged in the pipeline ends FAILED with no points: given as an entry with a `failed` reason (the CLI reads the
+sweep's FAILED trials from MLflow), one that diverged counts as worse than any finite loss and one that failed for
+another reason is left out (`missing_lrs`); both are named with their reasons (`failed_runs`).
 
 Per setting ("standard" / "mup"): the grid optimum per width (`optimal_lr`, a map width -> lr), a sub-grid estimate
 (a parabola in log lr through the optimum and its two neighbours; the grid value at an edge), how many grid steps
@@ -32,6 +34,7 @@ from pipelines.infra import storage
 REPORT_NAME = "mup_report.json"
 PLOT_NAME = "mup_lr_vs_loss.png"
 SETTINGS = ("standard", "mup")
+_DIVERGED = ("diverged", "non-finite loss")  # the training loop's reasons for a run it stopped as diverged
 _WIDTH_RE = re.compile(r"(?:^|[-_])w(\d+)(?:$|[-_/\[])")
 
 
@@ -79,11 +82,17 @@ def _flag(v: Any, i: int) -> bool:
     raise FitError(f"point {i}: hparams['optim.mup'] must be true or false, got {v!r}")
 
 
-def loss_table(points: list[dict], stopped: dict | None = None) -> dict[str, dict[int, dict[float, float]]]:
-    """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss)."""
+def loss_table(
+    points: list[dict], stopped: dict | None = None, failed: dict | None = None
+) -> dict[str, dict[int, dict[float, float]]]:
+    """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss). Entries with a `failed`
+    key (a FAILED trial: no points) give no loss; one whose reason says it diverged (or names a non-finite loss) counts as inf, the others are
+    left out; both are named in `failed` ({setting: {width: [{"lr", "reason", "diverged"}]}}) unless a finished run
+    gives that (setting, width, lr)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
     final: dict[tuple, tuple[int, float, tuple]] = {}
+    failures: dict[tuple, str] = {}
     for i, p in enumerate(points):
         if not isinstance(p, dict):
             raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
@@ -101,6 +110,9 @@ def loss_table(points: list[dict], stopped: dict | None = None) -> dict[str, dic
             )
         setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
         key = (setting, _width(p), float(lr))
+        if "failed" in p:
+            failures.setdefault(key, str(p["failed"]))
+            continue
         step = int(p.get("step") or 0)
         source = (p.get("model"), p.get("trial_id"))  # one trial's points differ only in step
         if key in final and final[key][2] != source:
@@ -123,6 +135,15 @@ def loss_table(points: list[dict], stopped: dict | None = None) -> dict[str, dic
                 stopped.setdefault(setting, {}).setdefault(str(width), []).append(lr)
             continue
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
+    for (setting, width, lr), reason in sorted(failures.items()):
+        if (setting, width, lr) in final:
+            continue  # the trial failed in part (a branch, its evaluation); a finished run gives this lr's loss
+        diverged = any(w in reason for w in _DIVERGED)
+        if diverged:  # a divergence is a loss worse than any finite one, at any length
+            table.setdefault(setting, {}).setdefault(width, {})[lr] = math.inf
+        if failed is not None:
+            entry = {"lr": lr, "reason": reason, "diverged": diverged}
+            failed.setdefault(setting, {}).setdefault(str(width), []).append(entry)
     return table
 
 
@@ -186,8 +207,10 @@ def _statement(name: str, s: dict, grid: list[float]) -> str:
 def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
     """The transfer report of a learning-rate x width sweep (module doc): {"standard": {...}, "mup": {...}, ...}."""
     stopped: dict[str, dict[str, list[float]]] = {}
-    table = loss_table(points, stopped)
-    grid = sorted({lr for ws in table.values() for w in ws.values() for lr in w})
+    failed: dict[str, dict[str, list[dict]]] = {}
+    table = loss_table(points, stopped, failed)
+    ran = {e["lr"] for by_width in failed.values() for entries in by_width.values() for e in entries}
+    grid = sorted({lr for ws in table.values() for w in ws.values() for lr in w} | ran)
     widths = sorted({w for ws in table.values() for w in ws})
     if len(widths) < 2 or len(grid) < 2:
         raise FitError(f"need >= 2 widths and >= 2 learning rates, got widths {widths} and learning rates {grid}")
@@ -203,10 +226,25 @@ def mup_transfer_report(points: list[dict]) -> dict[str, Any]:
             report["statements"].append(
                 f"{name}: runs that ended before their width's longest run (left out; diverged or stopped): {shown}"
             )
+    if failed:
+        report["failed_runs"] = failed
+        for name, by_width in failed.items():
+            shown = "; ".join(
+                f"{w}: {e['lr']:g} "
+                + ("diverged, counted as worse than any finite loss" if e["diverged"] else "left out")
+                + f" ({_short(e['reason'])})"
+                for w, entries in by_width.items()
+                for e in entries
+            )
+            report["statements"].append(f"{name}: FAILED runs (width: lr): {shown}")
     missing = [s for s in SETTINGS if s not in table]
     if missing:
         report["statements"].append(f"no points for {', '.join(missing)} (hparams optim.mup); nothing to compare")
     return report
+
+
+def _short(reason: str, n: int = 160) -> str:
+    return reason if len(reason) <= n else reason[: n - 3] + "..."
 
 
 def plot_mup(report: dict, path: str | Path) -> Path:

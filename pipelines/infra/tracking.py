@@ -470,15 +470,46 @@ def sweep_points(
             f"run {parent.info.run_id} is a {role} run{f' of sweep run {up}' if up else ''}, not a sweep's: give "
             "the sweep's (parent) run id, or --experiment"
         )
-    grid = current_grid(mlflow_client, parent.info.run_id)
     points: list[dict] = []
-    for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id):
-        trial = (run.data.tags or {}).get(TRIAL_ID_TAG)
-        if grid is not None and trial is not None and trial not in grid:
-            continue  # a trial of an earlier grid of this sweep (other models, budgets or evaluation settings)
+    for run in grid_trial_runs(mlflow_client, parent):
         for p in load_points(mlflow_client, run.info.run_id):
             points.append({**p, "run_id": run.info.run_id})
     return parent, points
+
+
+def grid_trial_runs(mlflow_client: Any, parent: Any) -> list:
+    """The trial runs of the grid a sweep (its parent run) ran last, oldest first: a trial of an earlier grid of the
+    sweep (other models, budgets or evaluation settings) is left out."""
+    grid = current_grid(mlflow_client, parent.info.run_id)
+    return [
+        run
+        for run in child_runs(mlflow_client, parent.info.run_id, parent.info.experiment_id)
+        if grid is None or (run.data.tags or {}).get(TRIAL_ID_TAG) is None or run.data.tags[TRIAL_ID_TAG] in grid
+    ]
+
+
+def failed_trials(mlflow_client: Any, parent_run_id: str) -> list[dict]:
+    """The trials of a sweep's current grid whose MLflow run ended FAILED, each as {"model", "hparams", "trial_id",
+    "run_id", "failed": the recorded reason}: a trial that failed (say, diverged) has no points to show it by."""
+    out = []
+    for run in grid_trial_runs(mlflow_client, _run(mlflow_client, parent_run_id)):
+        tags, params = run.data.tags or {}, run.data.params or {}
+        if tags.get(STATUS_TAG) != "failed":
+            continue
+        try:
+            hparams = json.loads(params.get("hparams") or "{}")
+        except ValueError:
+            hparams = {}
+        out.append(
+            {
+                "model": params.get("model"),
+                "hparams": hparams if isinstance(hparams, dict) else {},
+                "trial_id": tags.get(TRIAL_ID_TAG) or params.get("trial_id"),
+                "run_id": run.info.run_id,
+                "failed": tags.get(FAILURE_REASON_TAG) or "failed (no reason recorded)",
+            }
+        )
+    return out
 
 
 GRID_ARTIFACT = "config/grid.json"  # {"trial_ids": [...]}: the trials of the sweep's latest invocation

@@ -14,6 +14,7 @@ from jobs.scaling.mup import PLOT_NAME, REPORT_NAME, mup_transfer_report, write_
 
 LRS = [3.0e-4, 7.5e-4, 1.9e-3, 4.7e-3, 1.2e-2]
 WIDTHS = [64, 128, 256]
+POINT_KEYS = {"budget_flops": 1e12, "flops": 1e12, "checkpoint": "s3://b/ck"}  # what a sweep's points.json holds
 
 
 def _loss(lr: float, best: float) -> float:
@@ -153,3 +154,78 @@ def test_a_run_that_ended_before_its_width_s_longest_is_left_out_and_named():
     assert report["stopped_early"] == {"mup": {"128": [1.2e-2]}}
     assert report["mup"]["missing_lrs"] == {"128": [1.2e-2]}
     assert any("ended before their width's longest run" in s and "128: ['0.012']" in s for s in report["statements"])
+
+
+def test_failed_runs_are_named_and_a_divergence_counts_as_worse():
+    """A run the pipeline stopped for divergence ends FAILED with no points: its lr showed as merely missing, and
+    the optimum next to it as 'at the edge of the rates that width ran'. FAILED trials now come as entries with a
+    `failed` reason: a divergence counts as worse than any finite loss, another failure is left out, both named."""
+    pts = [p for p in _points() if p["step"] == 80]
+    top = [
+        p for p in pts if p["model"].endswith("w64") and p["hparams"]["optim.mup"] and p["hparams"]["optim.lr"] > 2e-3
+    ]
+    assert [p["hparams"]["optim.lr"] for p in top] == [4.7e-3, 1.2e-2]
+    pts = [p for p in pts if p not in top]
+    pts += [
+        {**top[0], "failed": "MMDiT-d2-w64: non-finite loss (nan) in the steps up to 40"},
+        {**top[1], "failed": "MMDiT-d2-w64: worker died (OOM)"},
+    ]
+    before = mup_transfer_report([p for p in pts if "failed" not in p])
+    assert 64 in before["mup"]["optimum_at_grid_edge"] and before["mup"]["missing_lrs"] == {"64": [4.7e-3, 1.2e-2]}
+    rep = mup_transfer_report(pts)
+    m = rep["mup"]
+    assert m["optimal_lr"]["64"] == 1.9e-3 and 64 not in m["optimum_at_grid_edge"]  # bounded by the diverged rate
+    assert m["loss"]["64"]["0.0047"] is None and m["missing_lrs"] == {"64": [1.2e-2]}
+    assert rep["failed_runs"] == {
+        "mup": {
+            "64": [
+                {"lr": 4.7e-3, "reason": "MMDiT-d2-w64: non-finite loss (nan) in the steps up to 40", "diverged": True},
+                {"lr": 1.2e-2, "reason": "MMDiT-d2-w64: worker died (OOM)", "diverged": False},
+            ]
+        }
+    }
+    (said,) = [s for s in rep["statements"] if "FAILED" in s]
+    assert "64: 0.0047 diverged, counted as worse" in said and "64: 0.012 left out (MMDiT-d2-w64: worker died" in said
+    # A trial that failed in part (a branch) beside a finished run of the same rate: the finished run's loss counts.
+    partial = mup_transfer_report(pts + [{**top[0], "val_loss": 1.2}])
+    assert partial["mup"]["loss"]["64"]["0.0047"] == 1.2
+    assert [e["lr"] for e in partial["failed_runs"]["mup"]["64"]] == [1.2e-2]
+
+
+def test_the_cli_reads_failed_trials_from_the_sweep_record(tmp_path, capsys):
+    """`--experiment` reads the sweep's FAILED trial runs (as the sweep records them: params model / hparams, the
+    ditscale status and failure-reason tags) beside its points; trials of an earlier grid stay out."""
+    from mlflow import MlflowClient
+
+    from pipelines.infra import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = tracking.ensure_experiment(client, "mup")
+    parent = client.create_run(exp, tags={tracking.ROLE_TAG: tracking.ROLE_SWEEP}).info.run_id
+    pts = [p for p in _points() if p["step"] == 80 and p["hparams"]["optim.mup"]]
+    trials = []
+    for i, p in enumerate(pts):
+        tid = f"t{i}"
+        tags = {tracking.ROLE_TAG: tracking.ROLE_TRIAL, tracking.TRIAL_ID_TAG: tid, tracking.PARENT_TAG: parent}
+        run = client.create_run(exp, tags=tags).info.run_id
+        tracking.log_params_once(client, run, {"model": p["model"], "hparams": json.dumps(p["hparams"])})
+        diverges = p["model"].endswith("w256") and p["hparams"]["optim.lr"] == 1.2e-2
+        client.log_text(run, json.dumps([] if diverges else [{**p, "trial_id": tid, **POINT_KEYS}]), tracking.POINTS_ARTIFACT)
+        reason = "MMDiT-d2-w256-main: non-finite gradient norm (nan) at step 7 (loss 3.1): diverged"
+        tracking.end_run(client, run, "failed" if diverges else "finished", reason if diverges else None)
+        trials.append(tid)
+    old = client.create_run(exp, tags={tracking.ROLE_TAG: tracking.ROLE_TRIAL, tracking.TRIAL_ID_TAG: "old"})
+    client.set_tag(old.info.run_id, tracking.PARENT_TAG, parent)
+    tracking.log_params_once(client, old.info.run_id, {"model": "MMDiT-d2-w64", "hparams": '{"optim.lr": 9.9}'})
+    tracking.end_run(client, old.info.run_id, "failed", "an earlier grid's trial")
+    client.log_text(parent, json.dumps({"trial_ids": trials}), tracking.GRID_ARTIFACT)
+
+    assert [f["trial_id"] for f in tracking.failed_trials(client, parent)] == [f"t{len(trials) - 1}"]
+    out = tmp_path / "rep"
+    assert main(["--experiment", "mup", "--tracking-uri", uri, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "mup: FAILED runs (width: lr): 256: 0.012 diverged, counted as worse than any finite loss" in said
+    rep = json.loads((out / REPORT_NAME).read_text())
+    assert rep["mup"]["loss"]["256"]["0.012"] is None and rep["mup"]["missing_lrs"] == {}
+    assert 9.9 not in rep["lr_grid"]

@@ -55,6 +55,13 @@ def test_diverged_trial_is_failed_rerun_and_fails_the_sweep(tmp_path, dataset): 
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(record["mlflow_run_id"]).info.status == "FAILED"
+    # What mup-report reads of it (it has no points): its model, hparams and the divergence as the reason.
+    from pipelines.infra.tracking import failed_trials
+
+    parent = client.get_run(record["mlflow_run_id"]).data.tags["mlflow.parentRunId"]
+    (seen,) = failed_trials(client, parent)
+    assert seen["trial_id"] == record["trial_id"] and seen["model"] == record["name"], seen
+    assert "non-finite loss" in seen["failed"] and isinstance(seen["hparams"], dict), seen
 
     # The next invocation does not take the failure for a result: it runs the trial again. With failures allowed
     # the sweep then completes (exit 0) and the trial stays failed, not done.
