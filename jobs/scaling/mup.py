@@ -85,10 +85,10 @@ def _flag(v: Any, i: int) -> bool:
 def loss_table(
     points: list[dict], stopped: dict | None = None, failed: dict | None = None
 ) -> dict[str, dict[int, dict[float, float]]]:
-    """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss). Entries with a `failed`
-    key (a FAILED trial: no points) give no loss; one whose reason says it diverged (or names a non-finite loss) counts as inf, the others are
-    left out; both are named in `failed` ({setting: {width: [{"lr", "reason", "diverged"}]}}) unless a finished run
-    gives that (setting, width, lr)."""
+    """{setting: {width: {lr: final validation loss}}} (inf for a diverged or missing loss). Entries with a
+    `failed` key (a FAILED trial: no points) give no loss: one whose reason says it diverged (or names a non-finite
+    loss) counts as inf, the others are left out; both are named in `failed` ({setting: {width: [{"lr", "reason",
+    "diverged"}]}}) unless a finished run gives that (setting, width, lr)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
     final: dict[tuple, tuple[int, float, tuple]] = {}

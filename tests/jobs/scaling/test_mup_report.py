@@ -211,7 +211,8 @@ def test_the_cli_reads_failed_trials_from_the_sweep_record(tmp_path, capsys):
         run = client.create_run(exp, tags=tags).info.run_id
         tracking.log_params_once(client, run, {"model": p["model"], "hparams": json.dumps(p["hparams"])})
         diverges = p["model"].endswith("w256") and p["hparams"]["optim.lr"] == 1.2e-2
-        client.log_text(run, json.dumps([] if diverges else [{**p, "trial_id": tid, **POINT_KEYS}]), tracking.POINTS_ARTIFACT)
+        points = [] if diverges else [{**p, "trial_id": tid, **POINT_KEYS}]
+        client.log_text(run, json.dumps(points), tracking.POINTS_ARTIFACT)
         reason = "MMDiT-d2-w256-main: non-finite gradient norm (nan) at step 7 (loss 3.1): diverged"
         tracking.end_run(client, run, "failed" if diverges else "finished", reason if diverges else None)
         trials.append(tid)
