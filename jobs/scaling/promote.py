@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import Any
 
 from ditcore.scaling.frontier import FitError, check_metric
@@ -125,18 +126,23 @@ def promote(
 
 
 def check_loads(source: str) -> None:
-    """PromoteError unless the local checkpoint at `source` loads (its files at their recorded sizes, the weights it is
+    """PromoteError unless the checkpoint at `source` loads (its files at their recorded sizes, the weights it is
     served with, EMA when present, readable into the model its config.json names). A remote (s3://) checkpoint is
-    not downloaded here: the pyfunc packaging reads it, and a bare registration (--no-pyfunc) leaves it to the
-    first load."""
+    downloaded into a temporary directory first (deleted after the check)."""
     from ditcore.checkpoint import CheckpointError, load_checkpoint
+    from pipelines.infra import storage
 
-    if "://" in source:
-        return
-    try:
-        load_checkpoint(source)
-    except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as e:
-        raise PromoteError(f"the best point's checkpoint {source!r} does not load: {e}") from e
+    with tempfile.TemporaryDirectory(prefix="ditscale-promote-") as tmp:
+        local = source
+        if storage.is_s3(source):
+            try:
+                local = storage.download_dir(source, os.path.join(tmp, "checkpoint"))
+            except Exception as e:  # noqa: BLE001 - any storage error: the checkpoint cannot be read, say which
+                raise PromoteError(f"the best point's checkpoint {source!r} cannot be read: {e}") from e
+        try:
+            load_checkpoint(local)
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as e:
+            raise PromoteError(f"the best point's checkpoint {source!r} does not load: {e}") from e
 
 
 def alias_version(mlflow_client: Any, model_name: str, alias: str) -> dict | None:

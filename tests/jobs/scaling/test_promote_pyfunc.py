@@ -260,3 +260,26 @@ def test_the_bundle_carries_every_local_encoder_of_a_multi_encoder_set(tmp_path)
     assert len(used["text"]["encoders"]) == 2, used["text"]
     for i, part in enumerate(used["text"]["encoders"]):
         assert json.loads((Path(part["encoder"]) / "config.json").read_text())["name"] == ("clip", "t5")[i]
+
+
+def test_a_remote_checkpoint_is_loaded_before_it_is_registered(champion, capsys, s3_bucket):
+    """An s3:// champion was registered unchecked with --no-pyfunc (the alias moved to weights that never load); it
+    is now downloaded and loaded first, like a local one."""
+    from pipelines.infra import storage
+    from pipelines.infra.tracking import read_json_artifact
+
+    ckpt = f"{s3_bucket}/run/step_00000100"
+    storage.upload_dir(champion["ckpt"], ckpt)
+    client = champion["client"]
+    (point,) = read_json_artifact(client, champion["run_id"], POINTS_ARTIFACT)
+    client.log_text(champion["run_id"], json.dumps([{**point, "checkpoint": ckpt}]), POINTS_ARTIFACT)
+    args = ["--experiment", "grid", "--tracking-uri", champion["uri"], "--no-pyfunc"]
+    storage.write_bytes(f"{ckpt}/ema.safetensors", b"not a safetensors file")
+    assert promote_job.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt!r} does not load" in err and "ema.safetensors" in err, err
+    assert client.search_model_versions("name='ditscale'") == []
+    storage.upload_dir(champion["ckpt"], ckpt)  # the intact weights again
+    assert promote_job.main(args) == 0, capsys.readouterr().err
+    (mv,) = client.search_model_versions("name='ditscale'")
+    assert mv.source == ckpt
