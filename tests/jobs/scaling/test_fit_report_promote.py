@@ -266,11 +266,14 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch):
+def test_records_over_rest_server(mlflow_server, tmp_path, capsys, monkeypatch, s3_bucket):
+    from pipelines.infra import storage
+
     monkeypatch.chdir(tmp_path)
     assert check_tracking_uri(mlflow_server) == mlflow_server
     client = get_client(mlflow_server)
-    parent_id, best = _log_sweep(client, "rest-grid", "s3://ckpt-bucket/sweep")
+    parent_id, best = _log_sweep(client, "rest-grid", f"{s3_bucket}/sweep")
+    storage.upload_dir(_loadable_checkpoint(tmp_path / "best"), best["checkpoint"])  # promote loads it first
 
     _, points = sweep_points(client, parent_run_id=parent_id)  # search_runs + download_artifacts over REST
     assert len(points) == len(MODELS) * len(BUDGETS)
