@@ -308,6 +308,22 @@ def check_output_folder(out: Path) -> None:
         raise ConfigError(f"output directory {str(out)!r}: {str(p)!r} is not writable")
 
 
+def _run_settings(client: Any, points: list[dict]) -> dict[str, dict]:
+    """run_id -> `training_settings` of the config/train.json its training logged, for the runs of `points` that
+    have one (older records do not, and are not compared)."""
+    from jobs.scaling.replicates import training_settings
+    from pipelines.infra import tracking
+
+    out: dict[str, dict] = {}
+    for rid in sorted({p["run_id"] for p in points if p.get("run_id")}):
+        if "config/train.json" not in {a.path for a in client.list_artifacts(rid, "config")}:
+            continue
+        cfg = tracking.read_json_artifact(client, rid, "config/train.json")
+        if isinstance(cfg, dict):
+            out[rid] = training_settings(cfg)
+    return out
+
+
 def run_fit(
     *,
     experiment: str | None = None,
@@ -352,7 +368,7 @@ def run_fit(
             sweeps.append(to_dicts(rep_points))
             names.append(exp)
             runs.append(rep_parent.info.run_id)
-        dicts, pooled = pool_replicates(sweeps, names)
+        dicts, pooled = pool_replicates(sweeps, names, [_run_settings(client, pts) for pts in sweeps])
         pooled["parent_run_ids"] = runs
     report, objs = fit_all(dicts, metric=metric, n_boot=n_boot, seed=seed)
     try:  # a mistyped experiment, metric or replicate leaves no empty folder behind

@@ -21,6 +21,15 @@ _MEAN = ("fid", "val_loss", "attr_acc", "class_acc")
 # Evaluation settings every replicate must share for its FIDs to be averaged.
 _SAME = ("eval_key", "fid_network", "fid_samples")
 
+# The training settings (config/train.json of a trial's run, dotted) that may differ between replicates: the
+# seed, where and how it ran (run.*, checkpoint storage, the data's path and loader), tracking and evaluation (the
+# evaluation settings are compared through `_SAME`). Any other difference is another experiment, not a replicate.
+_FREE_PREFIXES = ("run.", "mlflow.", "eval.", "debug.")
+_FREE_KEYS = frozenset(
+    {"checkpoint.storage", "checkpoint.every_n_steps", "checkpoint.keep", "checkpoint.sharded", "data.manifest"}
+    | {"data.loader", "data.materialize", "data.val_samples"}
+)
+
 RULE = (
     "each point is the mean over the sweeps of the (arm, model, params, budget, step) measured in all of them; "
     "fid_se = max(sd across the sweeps, rms of their sampling se) / sqrt(number of sweeps); checkpoint and run_id "
@@ -36,10 +45,47 @@ def _mean(vals: list[float]) -> float:
     return sum(vals) / len(vals)
 
 
+def training_settings(config: dict) -> dict[str, Any]:
+    """The settings of a training config (as config/train.json holds it) that replicates must share, dotted."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                walk(v, key + ".")
+            elif not key.startswith(_FREE_PREFIXES) and key not in _FREE_KEYS:
+                flat[key] = v
+
+    walk(config, "")
+    return flat
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else repr(v)
+
+
+def _check_settings(key: tuple, reps: list[dict], names: list[str], settings: list[dict]) -> None:
+    """FitError when two sweeps trained the point at `key` with other settings (learning rate, batch, schedule,
+    model, objective, ...): pooling those averages two experiments. Runs without a recorded config are not compared."""
+    known = [(n, settings[i].get(r.get("run_id"))) for i, (n, r) in enumerate(zip(names, reps))]
+    known = [(n, s) for n, s in known if s is not None]
+    for name, s in known[1:]:
+        first, ref = known[0]
+        diff = sorted(k for k in set(ref) | set(s) if ref.get(k) != s.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {ref.get(k)!r} vs {s.get(k)!r}" for k in diff[:4])
+            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise FitError(
+                f"{first} and {name} trained model {key[1]!r} at budget {_num(key[3])} with other settings ({shown}{more}): "
+                "not seed replicates; pool sweeps of one config that differ in base.run.seed only"
+            )
+
+
 def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
     """FitError when two sweeps' points at `key` are one training run (a trial id or checkpoint in both: the same
     sweep logged twice, or a seed rerun whose FIDs repeat bit for bit). Sweeps of other hyper-parameters are not
-    told apart here (a point's `hparams` holds only the keys its sweep listed): pool sweeps of one config."""
+    told apart here (a point's `hparams` holds only the keys its sweep listed): `_check_settings` does that."""
     for field, what in (("trial_id", "trial"), ("checkpoint", "checkpoint")):
         seen: dict[str, str] = {}
         for name, r in zip(names, reps):
@@ -53,14 +99,17 @@ def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
                 seen[str(v)] = name
 
 
-def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) -> tuple[list[dict], dict[str, Any]]:
+def pool_replicates(
+    sweeps: list[list[dict]], names: list[str] | None = None, settings: list[dict[str, dict]] | None = None
+) -> tuple[list[dict], dict[str, Any]]:
     """(pooled points, summary) of >= 2 sweeps' points (plain dicts, as `to_dicts` gives them).
 
     Points measured in every sweep are pooled (see RULE); points missing from some sweep are left out and counted
     in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
     they share no point, when a pooled point was evaluated with different settings in two sweeps (eval_key,
     feature network or sample count): their FIDs are not the same measurement, or when two sweeps hold the same
-    training run (trial id or checkpoint): not seed replicates."""
+    training run (trial id or checkpoint): not seed replicates. `settings` (one map per sweep, run_id ->
+    `training_settings` of that run's config) refuses points trained with other settings."""
     names = names or [f"sweep {i}" for i in range(len(sweeps))]
     if len(sweeps) < 2:
         raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")
@@ -88,6 +137,8 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
     for key in common:
         reps = [s[key] for s in by_sweep]
         _check_independent(key, reps, names)
+        if settings is not None:
+            _check_settings(key, reps, names, settings)
         for field in _SAME:
             seen = {str(r.get(field)) for r in reps}
             if len(seen) > 1:
@@ -126,4 +177,4 @@ def pool_replicates(sweeps: list[list[dict]], names: list[str] | None = None) ->
     return pooled, summary
 
 
-__all__ = ["RULE", "pool_replicates"]
+__all__ = ["RULE", "pool_replicates", "training_settings"]

@@ -51,10 +51,11 @@ def _loadable_checkpoint(path: Path) -> str:
 
 
 def _log_sweep(
-    client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS, fid=_fid, extra=None
+    client, exp_name: str, ckpt_root: str | None, models=MODELS, budgets=BUDGETS, fid=_fid, extra=None, train=None
 ) -> tuple[str, dict]:
     """Parent run + one child run per model with points.json (one point per budget, `fid(n, c)`, plus the `extra`
-    keys) and metrics; (parent id, best point)."""
+    keys) and metrics, and config/train.json when `train` (a training config as a dict) is given, as a sweep's
+    trial runs log them; (parent id, best point)."""
     exp_id = ensure_experiment(client, exp_name)
     parent = client.create_run(exp_id, run_name="sweep", tags={ROLE_TAG: ROLE_SWEEP})
     best = None
@@ -86,6 +87,8 @@ def _log_sweep(
             if best is None or p["fid"] < best["fid"]:
                 best = {**p, "run_id": rid}
         client.log_text(rid, json.dumps(points), POINTS_ARTIFACT)
+        if train is not None:
+            client.log_text(rid, json.dumps(train), "config/train.json")
         client.set_terminated(rid)
     client.set_terminated(parent.info.run_id)
     return parent.info.run_id, best
@@ -323,13 +326,23 @@ def _noisy(seed: int, rel: float = 0.15):
 def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
     """`ditscale fit --replicate`: each point is the mean over the sweeps, with the spread as its standard error;
     sweeps evaluated differently or not found are refused, naming why."""
+    from ditcore.config import to_dict
+    from jobs.train.config import TrainConfig
+
     client = get_client(sqlite_uri)
     fids = {}
+
+    def train(seed: int, lr: float = 4e-3) -> dict:
+        cfg = to_dict(TrainConfig())
+        cfg["run"]["seed"], cfg["optim"]["lr"] = seed, lr
+        return cfg
+
     for seed in (0, 1, 2):
         fid = _noisy(seed)
         # each seed's sweep writes its own checkpoints (one checkpoint in two sweeps is one run, not two replicates)
         root = f"s3://bucket/grid-s{seed}"
-        _log_sweep(client, f"grid-s{seed}", root, fid=fid, extra={"fid_samples": 320, "fid_se": 1.0})
+        extra = {"fid_samples": 320, "fid_se": 1.0}
+        _log_sweep(client, f"grid-s{seed}", root, fid=fid, extra=extra, train=train(seed))
         fids[seed] = {(m, c): fid(n, c) for m, n in MODELS.items() for c in BUDGETS}
     args = ["--experiment", "grid-s0", "--tracking-uri", sqlite_uri, "--n-boot", N_BOOT]
     rc = fit_cli.main([*args, "--out", str(tmp_path / "one")])
@@ -368,6 +381,11 @@ def test_fit_pools_seed_replicates(tmp_path, sqlite_uri, capsys):
     assert fit_cli.main([*args, "--replicate", "grid-640", "--no-log"]) == 2
     err = capsys.readouterr().err
     assert "fid_samples" in err and "320" in err and "640" in err
+    # Another learning rate is another experiment, whatever its seed.
+    _log_sweep(client, "grid-lr", "s3://bucket/grid-lr", fid=_noisy(4), extra=extra, train=train(4, lr=2e-3))
+    assert fit_cli.main([*args, "--replicate", "grid-lr", "--no-log"]) == 2
+    err = capsys.readouterr().err
+    assert "grid-s0 and grid-lr trained model" in err and "(optim.lr: 0.004 vs 0.002): not seed replicates" in err
     assert fit_cli.main([*args, "--replicate", "no-such-sweep", "--no-log"]) == 2
     assert "no-such-sweep" in capsys.readouterr().err
     assert fit_cli.main([*args, "--replicate", "grid-s0", "--no-log"]) == 2

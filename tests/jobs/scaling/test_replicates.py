@@ -74,3 +74,34 @@ def test_sweeps_that_are_not_seed_replicates_are_refused():
         pool_replicates([same, [_pt("m", 1e11, 100.0, trial_id="m-seed0", checkpoint="elsewhere")]], ["s0", "s1"])
     with pytest.raises(FitError, match=r"s0 and s1 both hold checkpoint 'm-100000000000.0-100.0'"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0)]], ["s0", "s1"])
+
+
+def test_sweeps_trained_with_other_settings_are_refused_but_another_seed_or_place_is_not():
+    """Pooling told sweeps of other hyper-parameters apart by nothing (a point's hparams hold only the keys its sweep
+    listed): two sweeps at lr 4e-3 and 2e-3 averaged into one law. The runs' logged training configs now must agree
+    but for the seed, where it ran and what is compared elsewhere (evaluation)."""
+    from ditcore.config import to_dict
+    from jobs.scaling.replicates import training_settings
+    from jobs.train.config import TrainConfig
+
+    base = to_dict(TrainConfig())
+    seed1 = to_dict(TrainConfig())
+    seed1["run"].update(seed=1, num_workers=2)
+    seed1["data"]["manifest"] = "s3://elsewhere/manifest.json"
+    seed1["eval"]["seed"] = 5
+    lr = to_dict(TrainConfig())
+    lr["optim"]["lr"] = 2e-3
+    a, b = [_pt("m", 1e11, 100.0, run_id="ra")], [_pt("m", 1e11, 104.0, run_id="rb")]
+    pooled, _ = pool_replicates(
+        [a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {"rb": training_settings(seed1)}]
+    )
+    assert pooled[0]["fid"] == pytest.approx(102.0)
+    with pytest.raises(
+        FitError,
+        match=r"s0 and s1 trained model 'm' at budget 1e\+11 with other settings \(optim.lr: "
+        r"0.001 vs 0.002\): not seed replicates",
+    ):
+        pool_replicates([a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {"rb": training_settings(lr)}])
+    # A run without a logged config (an older record) is not compared.
+    pooled, _ = pool_replicates([a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {}])
+    assert pooled[0]["replicates"] == 2
