@@ -77,8 +77,8 @@ def _check_settings(key: tuple, reps: list[dict], names: list[str], settings: li
             shown = "; ".join(f"{k}: {ref.get(k)!r} vs {s.get(k)!r}" for k in diff[:4])
             more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
             raise FitError(
-                f"{first} and {name} trained model {key[1]!r} at budget {_num(key[3])} with other settings ({shown}{more}): "
-                "not seed replicates; pool sweeps of one config that differ in base.run.seed only"
+                f"{first} and {name} trained model {key[1]!r} at budget {_num(key[3])} with other settings "
+                f"({shown}{more}): not seed replicates; pool sweeps of one config that differ in base.run.seed only"
             )
 
 
