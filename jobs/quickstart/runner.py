@@ -157,32 +157,38 @@ def _state(digest: str, result: dict) -> str:
     return config_hash({"config_hash": digest, "result": result})
 
 
-_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
+# ![alt](path) or ![alt](<path with spaces>), with an optional "title"
+_IMAGE_LINK = re.compile(r'(!\[[^\]]*\]\()(<[^>\n]+>|[^)\s]+)((?:\s+"[^"\n]*")?\))')
 
 
 def keep_linked_images(md: Path, folder: Path) -> int:
     """Copy the local images a markdown file links to into `folder` (emptied first) and point its links there: the
     run about to start rewrites the plots and grids in place, and the set-aside record should keep showing its own.
     Links to files that are gone, or to URLs, stay as they are. Returns how many images were kept."""
-    if folder.is_dir():
+    if folder.is_dir() and not folder.is_symlink():
         shutil.rmtree(folder)
+    elif folder.exists() or folder.is_symlink():  # a file (or link) in the way: it is this function's name
+        folder.unlink()
     copied: dict[str, str] = {}
 
     def keep(m: re.Match) -> str:
         link = m.group(2)
-        src = md.parent / link
+        bracketed = link.startswith("<")
+        src = md.parent / (link[1:-1] if bracketed else link)
         if "://" in link or not src.is_file():
             return m.group(0)
         if link not in copied:
             folder.mkdir(parents=True, exist_ok=True)
             dest = folder / f"{len(copied):02d}-{src.name}"
             shutil.copy2(src, dest)
-            copied[link] = os.path.relpath(dest, md.parent)
+            rel = os.path.relpath(dest, md.parent)
+            copied[link] = f"<{rel}>" if bracketed or any(c in rel for c in " ()<>") else rel
         return m.group(1) + copied[link] + m.group(3)
 
-    text = _IMAGE_LINK.sub(keep, md.read_text())
+    # The bytes as written (report.py writes UTF-8; anything else passes through unchanged).
+    text = _IMAGE_LINK.sub(keep, md.read_text(encoding="utf-8", errors="surrogateescape"))
     tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     tmp.replace(md)
     return len(copied)
 

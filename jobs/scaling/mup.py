@@ -129,16 +129,20 @@ def loss_table(
     for (setting, width, _), (step, _, _) in final.items():
         longest[(setting, width)] = max(step, longest.get((setting, width), step))
     table: dict[str, dict[int, dict[float, float]]] = {}
-    for (setting, width, lr), (step, loss, _) in sorted(final.items()):
+    diverged_keys = {k for k, reason in failures.items() if any(w in reason for w in _DIVERGED)}
+    for key, (step, loss, _) in sorted(final.items()):
+        setting, width, lr = key
         if step < longest[(setting, width)]:
+            if key in diverged_keys:  # its longer run diverged (a shorter one finished): worse, not just shorter
+                continue
             if stopped is not None:
                 stopped.setdefault(setting, {}).setdefault(str(width), []).append(lr)
             continue
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
     for (setting, width, lr), reason in sorted(failures.items()):
-        if (setting, width, lr) in final:
-            continue  # the trial failed in part (a branch, its evaluation); a finished run gives this lr's loss
-        diverged = any(w in reason for w in _DIVERGED)
+        if lr in table.get(setting, {}).get(width, {}):
+            continue  # the trial failed in part (a branch, its evaluation); its longest run gives this lr's loss
+        diverged = (setting, width, lr) in diverged_keys
         if diverged:  # a divergence is a loss worse than any finite one, at any length
             table.setdefault(setting, {}).setdefault(width, {})[lr] = math.inf
         if failed is not None:
@@ -157,17 +161,20 @@ def _subgrid(lrs: list[float], losses: list[float], k: int) -> float:
 
 
 def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str) -> dict[str, Any]:
-    opt, sub, idx, losses, at_edge = {}, {}, {}, {}, []
+    opt, sub, idx, losses, at_edge, lost = {}, {}, {}, {}, [], []
     for w in sorted(widths):
         lrs = sorted(widths[w])
         vals = [widths[w][lr] for lr in lrs]
         if not any(math.isfinite(v) for v in vals):
-            raise FitError(f"{name}, width {w}: every run diverged (no finite validation loss)")
+            lost.append(int(w))  # no optimum to compare: named, the other widths still are
+            continue
         k = int(np.argmin(vals))
         opt[str(w)], sub[str(w)], idx[str(w)] = lrs[k], _subgrid(lrs, vals, k), grid.index(lrs[k])
         losses[str(w)] = {f"{lr:g}": (v if math.isfinite(v) else None) for lr, v in zip(lrs, vals)}
         if k in (0, len(lrs) - 1):  # the edge of the rates this width ran (a width that skipped some has its own)
             at_edge.append(int(w))
+    if not opt:
+        raise FitError(f"{name}: every run diverged at every width {lost} (no finite validation loss)")
     shift = max(idx.values()) - min(idx.values()) if len(idx) >= 2 else None
     missing = {str(w): [lr for lr in grid if lr not in widths[w]] for w in sorted(widths)}
     ws = np.log2([int(w) for w in sub])
@@ -182,6 +189,7 @@ def _setting(widths: dict[int, dict[float, float]], grid: list[float], name: str
         "optimum_at_grid_edge": at_edge,
         "loss": losses,
         "missing_lrs": {w: m for w, m in missing.items() if m},
+        "every_run_diverged": lost,
     }
 
 
@@ -199,8 +207,10 @@ def _statement(name: str, s: dict, grid: list[float]) -> str:
         )
     drift = "" if s["drift_per_doubling"] is None else f" (sub-grid drift {s['drift_per_doubling']:+.2f} log2/doubling)"
     gaps = ""
+    if s["every_run_diverged"]:
+        gaps += f"; at widths {s['every_run_diverged']} every run diverged (no optimum)"
     if s["missing_lrs"]:
-        gaps = "; runs missing (width: lrs) " + ", ".join(f"{w}: {m}" for w, m in s["missing_lrs"].items())
+        gaps += "; runs missing (width: lrs) " + ", ".join(f"{w}: {m}" for w, m in s["missing_lrs"].items())
     return f"{name}: best lr per width {{{opt}}}; the optimum {verdict} across widths{drift}{edge}{gaps}."
 
 

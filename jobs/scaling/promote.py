@@ -132,6 +132,8 @@ def check_loads(source: str) -> None:
     from ditcore.checkpoint import CheckpointError, load_checkpoint
     from pipelines.infra import storage
 
+    if "://" in source and not storage.is_s3(source):
+        raise PromoteError(f"the best point's checkpoint {source!r}: only local paths and s3:// URIs can be read")
     with tempfile.TemporaryDirectory(prefix="ditscale-promote-") as tmp:
         local = source
         if storage.is_s3(source):

@@ -23,11 +23,13 @@ _SAME = ("eval_key", "fid_network", "fid_samples")
 
 # The training settings (config/train.json of a trial's run, dotted) that may differ between replicates: the
 # seed, where and how it ran (run.*, checkpoint storage, the data's path and loader), tracking and evaluation (the
-# evaluation settings are compared through `_SAME`). Any other difference is another experiment, not a replicate.
+# evaluation settings are compared through `_SAME`), and the logged run's own budget (a trial's main run trains to
+# the largest budget its sweep lists; a replicate of some of the budgets is still one; each point's budget is part
+# of what it is matched by). Any other difference is another experiment, not a replicate.
 _FREE_PREFIXES = ("run.", "mlflow.", "eval.", "debug.")
 _FREE_KEYS = frozenset(
     {"checkpoint.storage", "checkpoint.every_n_steps", "checkpoint.keep", "checkpoint.sharded", "data.manifest"}
-    | {"data.loader", "data.materialize", "data.val_samples"}
+    | {"data.loader", "data.materialize", "budget_flops"}
 )
 
 RULE = (
@@ -72,7 +74,8 @@ def _check_settings(key: tuple, reps: list[dict], names: list[str], settings: li
     known = [(n, s) for n, s in known if s is not None]
     for name, s in known[1:]:
         first, ref = known[0]
-        diff = sorted(k for k in set(ref) | set(s) if ref.get(k) != s.get(k))
+        # Keys one config lacks are not compared: a config logged before a setting existed ran at its default.
+        diff = sorted(k for k in set(ref) & set(s) if ref[k] != s[k])
         if diff:
             shown = "; ".join(f"{k}: {ref.get(k)!r} vs {s.get(k)!r}" for k in diff[:4])
             more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""

@@ -68,6 +68,9 @@ def _child_run(tp: TrialPlan, tdir: str, parent_run_id: Optional[str]) -> Option
             "model_config": json.dumps(main.model_config),
         },
     )
+    # Params keep the first invocation's values: a trial rerun under a grid with another axis at its base value (same
+    # id) has this grid's hyper-parameters and name here (what `failed_trials` reads of a trial with no points).
+    tracking.set_tags(client, run_id, {"ditscale.hparams": json.dumps(t.hparams), tracking.RUN_NAME_TAG: t.name})
     return run_id
 
 

@@ -496,13 +496,14 @@ def failed_trials(mlflow_client: Any, parent_run_id: str) -> list[dict]:
         tags, params = run.data.tags or {}, run.data.params or {}
         if tags.get(STATUS_TAG) != "failed":
             continue
-        try:
-            hparams = json.loads(params.get("hparams") or "{}")
+        try:  # the tags hold the latest grid's (params keep the first invocation's)
+            hparams = json.loads(tags.get("ditscale.hparams") or params.get("hparams") or "{}")
         except ValueError:
             hparams = {}
         out.append(
             {
-                "model": params.get("model"),
+                "model": tags.get(RUN_NAME_TAG) or params.get("model"),
+                "lr": params.get("lr"),
                 "hparams": hparams if isinstance(hparams, dict) else {},
                 "trial_id": tags.get(TRIAL_ID_TAG) or params.get("trial_id"),
                 "run_id": run.info.run_id,

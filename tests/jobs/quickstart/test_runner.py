@@ -170,6 +170,25 @@ def test_the_set_aside_report_keeps_its_own_images(tmp_path):
     assert [p.read_bytes() for p in (tmp_path / "report.previous_files").iterdir()] == [b"plot of run 2"]
 
 
+def test_keeping_a_reports_images_takes_odd_links_and_bytes(tmp_path):
+    """A file where the folder goes, a report that is not UTF-8, titles and <bracketed> paths with spaces: the rerun
+    crashed (FileExistsError, UnicodeDecodeError) after setting the report aside, or left links to the live files."""
+    from jobs.quickstart.runner import keep_linked_images
+
+    (tmp_path / "my plots").mkdir()
+    (tmp_path / "my plots" / "a (1).png").write_bytes(b"A")
+    (tmp_path / "b.png").write_bytes(b"B")
+    md = tmp_path / "report.previous.md"
+    md.write_bytes(b'caf\xe9 \xff\n![a](<my plots/a (1).png>) ![b](b.png "the title") ![b again](b.png)\n')
+    (tmp_path / "kept").write_text("a file in the way")
+    assert keep_linked_images(md, tmp_path / "kept") == 2
+    out = md.read_bytes()
+    assert out.startswith(b"caf\xe9 \xff\n")  # the bytes it had, untouched
+    assert b"![a](<kept/00-a (1).png>)" in out and b'![b](kept/01-b.png "the title")' in out
+    assert b"![b again](kept/01-b.png)" in out
+    assert (tmp_path / "kept" / "00-a (1).png").read_bytes() == b"A"
+
+
 def _record(**over):
     rec = {
         "goodput": 0.6,

@@ -89,9 +89,9 @@ def test_optimum_at_grid_edge_is_flagged():
         # an infinite lr was written into mup_report.json as Infinity (not JSON); a width of 0 crashed LAPACK
         (lambda ps: [{**ps[0], "hparams": {"optim.lr": float("inf")}}, *ps], r"finite positive .*got inf"),
         (lambda ps: [{**ps[0], "width": 0}, *ps], "width 0 is not a size >= 1"),
-        (
-            lambda ps: [{**p, "val_loss": None} if p["model"].endswith("w128") else p for p in ps],
-            "width 128: every run diverged",
+        (  # (a width whose every run diverged is named and left out: test_a_divergence_after_...)
+            lambda ps: [{**p, "val_loss": None} for p in ps],
+            r"every run diverged at every width \[64, 128, 256\]",
         ),
         (  # two models of one width at one lr: the later step used to replace the other silently
             lambda ps: [*ps, {**ps[0], "model": "MMDiT-d3-w64", "val_loss": 0.5}],
@@ -209,8 +209,14 @@ def test_the_cli_reads_failed_trials_from_the_sweep_record(tmp_path, capsys):
         tid = f"t{i}"
         tags = {tracking.ROLE_TAG: tracking.ROLE_TRIAL, tracking.TRIAL_ID_TAG: tid, tracking.PARENT_TAG: parent}
         run = client.create_run(exp, tags=tags).info.run_id
-        tracking.log_params_once(client, run, {"model": p["model"], "hparams": json.dumps(p["hparams"])})
         diverges = p["model"].endswith("w256") and p["hparams"]["optim.lr"] == 1.2e-2
+        # The diverged trial was first run by a grid without the lr axis: its params keep that grid's hparams (no
+        # lr); the tags the sweep sets at every invocation hold this grid's.
+        first = {"optim.mup": True} if diverges else p["hparams"]
+        tracking.log_params_once(client, run, {"model": p["model"], "hparams": json.dumps(first)})
+        tracking.set_tags(
+            client, run, {"ditscale.hparams": json.dumps(p["hparams"]), tracking.RUN_NAME_TAG: p["model"]}
+        )
         points = [] if diverges else [{**p, "trial_id": tid, **POINT_KEYS}]
         client.log_text(run, json.dumps(points), tracking.POINTS_ARTIFACT)
         reason = "MMDiT-d2-w256-main: non-finite gradient norm (nan) at step 7 (loss 3.1): diverged"
@@ -230,3 +236,29 @@ def test_the_cli_reads_failed_trials_from_the_sweep_record(tmp_path, capsys):
     rep = json.loads((out / REPORT_NAME).read_text())
     assert rep["mup"]["loss"]["256"]["0.012"] is None and rep["mup"]["missing_lrs"] == {}
     assert 9.9 not in rep["lr_grid"]
+
+
+def test_a_divergence_after_a_shorter_run_finished_counts_as_worse_and_a_width_that_only_diverged_is_named():
+    """A trial whose longest run diverged after a shorter run of it finished has points (the shorter run's): its lr
+    was 'stopped early' and missing, not worse. And a width whose every run diverged stopped the whole report."""
+    pts = [p for p in _points() if p["step"] == 80 and p["hparams"]["optim.mup"]]
+    for p in pts:
+        p["step"] = 320  # every run reached step 320
+    top = next(p for p in pts if p["model"].endswith("w64") and p["hparams"]["optim.lr"] == 4.7e-3)
+    top["step"] = 160  # but lr 4.7e-3's: its run to 320 diverged after the run to 160 finished
+    failed = {**top, "failed": "MMDiT-d2-w64-main: non-finite loss (nan) in the steps up to 200"}
+    rep = mup_transfer_report([*pts, failed])
+    assert "stopped_early" not in rep and rep["mup"]["loss"]["64"]["0.0047"] is None
+    assert [e["lr"] for e in rep["failed_runs"]["mup"]["64"]] == [4.7e-3] and rep["mup"]["optimal_lr"]["64"] == 1.9e-3
+    # A longest run that finished keeps its loss though a shorter run (a branch) of its trial diverged.
+    fine = mup_transfer_report([*pts, {**top, "step": 320}, failed])
+    assert fine["mup"]["loss"]["64"]["0.0047"] == pytest.approx(_loss(4.7e-3, 1.9e-3)) and "failed_runs" not in fine
+    # Every run of width 256 diverged: named, and the other widths are still compared.
+    lost = [
+        {**p, "failed": "non-finite loss (nan) in the steps up to 9"} if p["model"].endswith("w256") else p
+        for p in pts
+        if p is not top
+    ]
+    rep = mup_transfer_report(lost)
+    assert rep["mup"]["every_run_diverged"] == [256] and set(rep["mup"]["optimal_lr"]) == {"64", "128"}
+    assert "at widths [256] every run diverged (no optimum)" in rep["statements"][0]

@@ -102,6 +102,19 @@ def test_sweeps_trained_with_other_settings_are_refused_but_another_seed_or_plac
         r"0.001 vs 0.002\): not seed replicates",
     ):
         pool_replicates([a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {"rb": training_settings(lr)}])
+    # The logged run's own budget (a replicate of the first budgets only trains its main run less far) and a key
+    # an older config lacks are not compared; the validation split is (it changes what training sees).
+    short = to_dict(TrainConfig())
+    short["budget_flops"] = 3.3e11
+    del short["data"]["flip"]
+    pooled, _ = pool_replicates(
+        [a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {"rb": training_settings(short)}]
+    )
+    assert pooled[0]["replicates"] == 2
+    val = to_dict(TrainConfig())
+    val["data"]["val_samples"] = 128
+    with pytest.raises(FitError, match=r"data.val_samples: 64 vs 128"):
+        pool_replicates([a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {"rb": training_settings(val)}])
     # A run without a logged config (an older record) is not compared.
     pooled, _ = pool_replicates([a, b], ["s0", "s1"], [{"ra": training_settings(base)}, {}])
     assert pooled[0]["replicates"] == 2
