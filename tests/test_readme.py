@@ -122,6 +122,7 @@ def test_submit_lines_resolve_to_their_entrypoints(blocks, monkeypatch, capsys):
     from jobs.cli import main as ditscale
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("DITSCALE_API_TOKEN", "t0ken")  # the serve line passes it on (--env), as the README says
     modules = {
         "precompute": "pipelines.precompute",
         "sweep": "jobs.sweep",

@@ -383,6 +383,24 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sdir = sweep_dir(cfg)
     storage.makedirs(sdir)
     parent = _parent_run(cfg, sdir, tracking_uri, len(plans))
+    try:
+        return _run_grid(cfg, plans, sdir, parent, tracking_uri, t_start)
+    except BaseException as e:  # whatever stops it (a config error found once Ray is up, Ray or Tune failing, a
+        # record that cannot be read, Ctrl-C), the parent run is not left RUNNING
+        reason = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        try:
+            tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", reason)
+        except Exception as store_error:  # noqa: BLE001 - the store failing too must not hide why the sweep stopped
+            print(f"[ditscale] warning: sweep run {parent} not marked FAILED: {store_error}", file=sys.stderr)
+        raise
+
+
+def _run_grid(
+    cfg: SweepConfig, plans: list, sdir: str, parent: str, tracking_uri: str, t_start: float
+) -> dict[str, Any]:
+    """run_sweep after its parent run is attached: record the grid, run the pending trials, end the parent run."""
+    from pipelines.infra import tracking
+
     grid = {"trial_ids": [tp.trial.trial_id for tp in plans], "grid": _grid(cfg, len(plans))}
     tracking.client(tracking_uri, check=False).log_text(parent, json.dumps(grid, indent=2), tracking.GRID_ARTIFACT)
     pending = []
@@ -409,12 +427,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     machine = None
     if pending:
         _set_aside_failures(sdir, pending)
-        try:
-            machine = _run_tune(cfg, pending, sdir, parent)
-        except BaseException as e:  # a config error found once Ray is up, Ray or Tune failing, Ctrl-C: the parent
-            reason = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"  # run is not left RUNNING
-            tracking.end_run(tracking.client(tracking_uri, check=False), parent, "failed", reason)
-            raise
+        machine = _run_tune(cfg, pending, sdir, parent)
     records = _records(sdir, plans)
     if pending:  # runs resumed (or WSD branches started) from checkpoints of other code are known once trained
         now, now_software = _reused_runs(plans)

@@ -1,3 +1,3 @@
-from jobs.train.driver import main
+from jobs.cli.train import main
 
 raise SystemExit(main())

@@ -211,14 +211,17 @@ def _attach_mlflow(plan: RunPlan, parent_run_id: Optional[str], tags: Optional[d
     client = tracking.client(plan.tracking_uri, check=False)
     owned = plan.mlflow_run_id is None
     if owned:
-        plan.mlflow_run_id, _ = tracking.attach_run(
-            client,
-            storage.join(plan.run_dir, plan.mlflow_marker),
-            experiment=plan.cfg.mlflow.experiment,
-            name=plan.run_name,
-            tags={tracking.ROLE_TAG: tracking.ROLE_TRAIN, **(tags or {})},
-            parent_run_id=parent_run_id,
-        )
+        try:
+            plan.mlflow_run_id, _ = tracking.attach_run(
+                client,
+                storage.join(plan.run_dir, plan.mlflow_marker),
+                experiment=plan.cfg.mlflow.experiment,
+                name=plan.run_name,
+                tags={tracking.ROLE_TAG: tracking.ROLE_TRAIN, **(tags or {})},
+                parent_run_id=parent_run_id,
+            )
+        except tracking.ExperimentRecordError as e:  # the run's record is in another experiment
+            raise ConfigError(f"mlflow.experiment: {e}") from e
     tracking.log_params_once(client, plan.mlflow_run_id, run_params(plan))
     client.log_text(plan.mlflow_run_id, json.dumps(to_dict(plan.cfg), indent=2), "config/train.json")
     return owned

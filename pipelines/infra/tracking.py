@@ -260,17 +260,27 @@ def attach_run(
 ) -> tuple[str, bool]:
     """(run id, created): the run recorded at `marker` (status back to RUNNING), else a new run recorded there.
 
-    `marker` is a JSON file URI (local or s3://) beside the job's outputs holding {"run_id", "tracking_uri"}. A
-    marker of another tracking store, or a run the store no longer has, gives a new run; any other error is
-    retried and finally raised, never answered with a duplicate run.
+    `marker` is a JSON file URI (local or s3://) beside the job's outputs holding {"run_id", "tracking_uri",
+    "experiment"}. A marker of another tracking store, or a run the store no longer has or that was deleted (the UI's
+    "delete run", or its experiment deleted), gives a new run; a marker of another experiment is an
+    ExperimentRecordError (the run records there); any other error is retried and finally raised, never answered
+    with a duplicate run. A re-attached run is put under `parent_run_id` (its parent may have been replaced).
     """
     uri = mlflow_client.tracking_uri
     if storage.exists(marker):
         rec = storage.read_json(marker)
         run_id = rec.get("run_id") or rec.get("parent_run_id")
-        if run_id and rec.get("tracking_uri", uri) == uri:
+        if run_id and rec.get("tracking_uri", uri) == uri and _live(mlflow_client, run_id, marker):
+            was = rec.get("experiment")
+            if was and was != experiment:
+                raise ExperimentRecordError(
+                    f"{marker} records MLflow run {run_id} in experiment {was!r}, not {experiment!r}: rerun with "
+                    f"mlflow.experiment={was}, or give the run another name or output"
+                )
             try:
                 retry(lambda: mlflow_client.update_run(run_id, status="RUNNING"), what=f"re-attach run {run_id}")
+                if parent_run_id:
+                    mlflow_client.set_tag(run_id, PARENT_TAG, parent_run_id)
                 return run_id, False
             except Exception as exc:  # noqa: BLE001
                 if not is_gone(exc):
@@ -289,6 +299,22 @@ def attach_run(
 
         print(f"warning: runs an earlier attempt at {marker} left RUNNING were not closed: {exc}", file=sys.stderr)
     return run.info.run_id, True
+
+
+def _live(mlflow_client: Any, run_id: str, marker: str) -> bool:
+    """False when the store has no run `run_id` or it was deleted (a new run replaces it, said on stderr)."""
+    try:
+        run = retry(lambda: mlflow_client.get_run(run_id), what=f"read run {run_id}")
+    except Exception as exc:  # noqa: BLE001
+        if is_gone(exc):
+            return False
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        import sys
+
+        print(f"[ditscale] MLflow run {run_id} ({marker}) was deleted: recording into a new run", file=sys.stderr)
+        return False
+    return True
 
 
 def marker_place(marker: str) -> str:
@@ -369,6 +395,8 @@ def end_run(mlflow_client: Any, run_id: str, status: str, reason: str | None = N
     mlflow_client.set_tag(run_id, STATUS_TAG, status)
     if reason:
         mlflow_client.set_tag(run_id, FAILURE_REASON_TAG, reason[:5000])
+    elif status == "finished" and FAILURE_REASON_TAG in (mlflow_client.get_run(run_id).data.tags or {}):
+        mlflow_client.delete_tag(run_id, FAILURE_REASON_TAG)  # an earlier attempt's reason is not this run's
     mlflow_client.set_terminated(run_id, status="FINISHED" if status == "finished" else "FAILED")
 
 
@@ -586,12 +614,15 @@ def _number(v: Any) -> Any:
 def check_registry_names(model_name: str, alias: str | None = None) -> None:
     """ValueError naming a registered-model name or alias the registry would refuse, checked before anything is
     registered (a promotion registered its version, then failed on the alias and left it unnamed): a name is
-    non-empty without '/' or ':'; an alias is letters, digits, '_' and '-', and not 'latest' or 'v<number>',
-    which name versions."""
+    non-empty without '/', ':', quotes or backslashes; an alias is letters, digits, '_' and '-', and not 'latest'
+    or 'v<number>', which name versions."""
     import re
 
-    if not str(model_name or "").strip() or "/" in model_name or ":" in model_name:
-        raise ValueError(f"--model-name {model_name!r}: a registered model name is non-empty, without '/' or ':'")
+    if not str(model_name or "").strip() or any(c in model_name for c in "/:'\"\\"):
+        raise ValueError(
+            f"--model-name {model_name!r}: a registered model name is non-empty, without '/', ':', quotes or '\\' "
+            "(the registry's search filters cannot hold them)"
+        )
     if alias is not None:
         if not re.fullmatch(r"[\w-]+", alias):
             raise ValueError(f"--alias {alias!r}: an alias is letters, digits, '_' and '-'")

@@ -320,3 +320,16 @@ def test_serve_numbers_and_a_missing_local_checkpoint_are_named_before_ray(cwd, 
         err = capsys.readouterr().err
         assert code == 2 and words in err and "Traceback" not in err, (argv, err)
     assert not list(cwd.iterdir())
+
+
+@pytest.mark.parametrize("module", ["jobs.cli", "jobs.train", "jobs.sweep", "pipelines.precompute"])
+def test_every_python_dash_m_entry_point_runs(module, tmp_path):
+    """`python -m jobs.train` (docs/train.md) imported a `main` the redesign had moved: an ImportError."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
