@@ -39,8 +39,12 @@ def reference_stats(
     """Mean and covariance of the network's features of the first `n_ref` train images (cached in `cache_dir`)."""
     from ditcore.metrics.fid import feature_stats
     from pipelines.datasets.images import load_readable_images
+    from pipelines.infra.storage import tree_stamp
 
-    key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref]).encode()).hexdigest()[:12]
+    # What the images are, not only where (a folder whose images were replaced is other data).
+    where = train_source if isinstance(train_source, str) else getattr(train_source, "path", None)
+    stamp = tree_stamp(where) if where else None
+    key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref, stamp]).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"ref-{key}.npz") if cache_dir else None
     if path and os.path.exists(path):
         try:

@@ -171,30 +171,32 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
 
 
 def _path_spec(path: Path) -> DataSpec:
-    """A user's class-labelled source: parquet with a `label` column, or a folder of class sub-folders; the folder
-    `ditscale data fetch` writes (train/ and test/ splits) stands for its train/ split."""
-    if path.is_file() and path.suffix != ".parquet":
-        raise ValueError(f"--data {str(path)!r}: a file that is not .parquet (give a parquet file or an image folder)")
+    """A user's class-labelled source: a folder holding train/ and test/ (or val/) splits, each of class sub-folders
+    or of parquet files with a `label` column (`ditscale data fetch` writes such a folder), or the train/ inside one.
+    The data is named by the folder that holds the splits. Classes are counted as the precompute will read them."""
+    from pipelines.infra.tracking import folder_name
+
+    if path.is_file():
+        raise ValueError(
+            f"--data {str(path)!r}: a file; give a folder holding train/ and test/ (image class folders or parquet "
+            "files with a `label` column), as `ditscale data fetch` writes"
+        )
+    path = path.expanduser().resolve()  # the Ray workers of the precompute may run elsewhere than this directory
     if path.is_dir() and (path / "train").is_dir() and path.name != "train":
         path = path / "train"  # a `data fetch` output: the test/ beside it is the test split
-    if path.suffix == ".parquet" or any(path.glob("*.parquet")):
-        import pyarrow.parquet as pq
-
-        files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
-        labelled = "label" in set(pq.read_schema(files[0]).names)
-        top = -1
-        if labelled:
-            for f in files:
-                found = [v for v in pq.read_table(f, columns=["label"]).column("label").to_pylist() if v is not None]
-                top = max([top, *found])
-        spec = DataSpec(name=path.name, kind="path", conditioning="class", path=str(path), source_kind="parquet")
-        spec.num_classes = int(top) + 1 if top >= 0 else None
+    name = folder_name(path.parent.name if path.name == "train" and path.parent.name else path.name)
+    if any(path.glob("*.parquet")):
+        spec = DataSpec(name=name, kind="path", conditioning="class", path=str(path), source_kind="parquet")
+        spec.num_classes = _parquet_classes(path)
     else:
-        subdirs = [d for d in path.iterdir() if d.is_dir()]
-        labelled = bool(subdirs)
-        spec = DataSpec(name=path.name, kind="path", conditioning="class", path=str(path), source_kind="folder")
-        spec.num_classes = len(subdirs) or None
-    if not labelled or not spec.num_classes:
+        from pipelines.sources import SourceConfig, plan_source
+
+        # The precompute's own rule (hidden, '_' and annotation-only folders are no class): the model gets the
+        # classes the grids, the served labels and the classifier ask for.
+        plan = plan_source(SourceConfig(kind="folder", path=str(path), labels_from_dirs=True), image_size=32)
+        spec = DataSpec(name=name, kind="path", conditioning="class", path=str(path), source_kind="folder")
+        spec.num_classes = len(plan.classes) if plan.classes else None
+    if not spec.num_classes:
         raise ValueError(
             f"--data {str(path)!r}: no class labels (a parquet `label` column, or one sub-folder per class). "
             "PATH trains class-conditional models and scores them with a classifier trained on the labels; for "
@@ -208,6 +210,35 @@ def _path_spec(path: Path) -> DataSpec:
             "`ditscale data fetch` writes, or the train/ inside one: the standard FID's floor scores the test images"
         )
     return spec
+
+
+def _parquet_classes(path: Path) -> int | None:
+    """1 + the largest label of the parquet files in `path` (labels as the precompute reads them: integers,
+    integral floats or digit strings); None without labels. ValueError naming a file without a `label` column or
+    a label that is not a class index."""
+    import pyarrow.parquet as pq
+
+    from pipelines.sources import _int_label
+
+    files = sorted(path.glob("*.parquet"))
+    unlabelled = [f for f in files if "label" not in set(pq.read_schema(f).names)]
+    if len(unlabelled) == len(files):
+        return None  # captions only, say: no class labels
+    top = -1
+    for f in files:
+        if f in unlabelled:
+            raise ValueError(
+                f"--data {str(path)!r}: {f.name} has no `label` column (columns: "
+                f"{', '.join(pq.read_schema(f).names)}); every parquet file of a class-labelled source needs one"
+            )
+        for v in pq.read_table(f, columns=["label"]).column("label").to_pylist():
+            if v is None:
+                continue
+            label = _int_label(v)
+            if label is None or label < 0:
+                raise ValueError(f"--data {str(path)!r}: {f.name}: label {v!r} is not a class index (0, 1, 2, ...)")
+            top = max(top, label)
+    return top + 1 if top >= 0 else None
 
 
 # Keys of the sweep config the quickstart sets itself (where the sweep lands, its data, its MLflow store).

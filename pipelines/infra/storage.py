@@ -181,6 +181,36 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
+def tree_stamp(*uris: str) -> str | None:
+    """A short hash of what the local files under `uris` are (relative path, size, modification time; names that
+    start with '.' left out): it changes when a file is added, removed, replaced or rewritten. None when a uri is
+    remote (s3://: not listed here)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for uri in uris:
+        if is_s3(uri):
+            return None
+        root = Path(uri).expanduser()
+        h.update(f"{root}\0".encode())
+        if root.is_file():
+            st = root.stat()
+            h.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                h.update(f"{os.path.relpath(full, root)}\0{st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def makedirs(uri: str) -> None:
     """Create a directory (no-op on S3, where prefixes need no creation)."""
     if not is_s3(uri):

@@ -37,7 +37,13 @@ def source_config(ctx: Context, split: str = "train", limit: int | None = None) 
 def data_config(ctx: Context) -> dict:
     """What is fetched (or which path is read)."""
     spec = ctx.mode.data
-    return {"name": spec.name, "kind": spec.kind, "path": spec.path}
+    cfg = {"name": spec.name, "kind": spec.kind, "path": spec.path}
+    if spec.kind == "path":  # what the files are, not only where: changed images rerun every stage after this one
+        from pipelines.infra.storage import tree_stamp
+
+        root = Path(spec.path)
+        cfg["files"] = tree_stamp(*[str(d) for d in (root, root.parent / "test", root.parent / "val") if d.exists()])
+    return cfg
 
 
 def data_run(ctx: Context) -> dict:

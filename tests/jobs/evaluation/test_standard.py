@@ -72,6 +72,17 @@ def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
     again = reference_stats(*args, cache_dir=str(tmp_path / "cache"))
     assert np.array_equal(again["mu"], good["mu"]) and again["count"] == good["count"] == 96
     assert cached.stat().st_size > 100
+    # Images replaced at the same path are other data: their statistics are computed, not read from the cache.
+    import shutil
+
+    moved = tmp_path / "train"
+    shutil.copytree(setup["train"], moved)
+    first = reference_stats(args[0], str(moved), *args[2:], cache_dir=str(tmp_path / "cache"))
+    shutil.rmtree(moved)
+    _folder(moved, 24, 5)  # other discs at the same path
+    second = reference_stats(args[0], str(moved), *args[2:], cache_dir=str(tmp_path / "cache"))
+    fresh = reference_stats(args[0], str(moved), *args[2:], cache_dir=None)
+    assert np.array_equal(second["mu"], fresh["mu"]) and not np.array_equal(second["mu"], first["mu"])
     # The network is the one that ran (this data set's small feature net), not always "FID Inception-v3".
     assert "not the standard FID Inception" in res["network"] and "Inception-v3 (TF" not in res["network"]
     assert res["reference_few_samples_warning"] is None and res["feature_dim"] < 96

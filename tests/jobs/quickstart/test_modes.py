@@ -52,14 +52,24 @@ def test_data_modes_choose_conditioning(tmp_path):
     assert make_data_mode("fashion-mnist").data.conditioning == "class"
     assert make_data_mode("emoji").data.conditioning == "text"
     folder = tmp_path / "imgs" / "train"
-    (folder / "cat").mkdir(parents=True)
-    (folder / "dog").mkdir()
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / "0.png").write_bytes(b"")
+    # Folders the precompute does not read as classes (hidden, '_', empty) are not counted: the grids and served
+    # labels asked for classes the model did not have, and the serve stage failed after the whole sweep.
+    for junk in (".ipynb_checkpoints", "__MACOSX", "empty"):
+        (folder / junk).mkdir()
+    (folder / ".ipynb_checkpoints" / "x.png").write_bytes(b"")
+    (folder / "__MACOSX" / "x.png").write_bytes(b"")
     # No test split beside it: named up front (the standard FID's floor needs one; it failed after the sweep).
     with pytest.raises(ValueError, match="no test split beside it"):
         make_data_mode(str(folder))
     (tmp_path / "imgs" / "test").mkdir()
-    spec = make_data_mode(str(folder)).data
-    assert (spec.conditioning, spec.source_kind) == ("class", "folder")
+    mode = make_data_mode(str(folder))
+    spec = mode.data
+    assert (spec.conditioning, spec.source_kind, spec.num_classes) == ("class", "folder", 2)
+    assert mode.labels == [0, 1]
+    assert spec.name == "imgs" and mode.name == "imgs"  # named by the folder holding the splits, not "train"
     pq_dir = tmp_path / "pq" / "train"
     pq_dir.mkdir(parents=True)
     (tmp_path / "pq" / "test").mkdir()
@@ -72,10 +82,21 @@ def test_data_modes_choose_conditioning(tmp_path):
     mode = make_data_mode(str(pq_dir))
     assert (mode.data.conditioning, mode.data.source_kind, mode.data.num_classes) == ("class", "parquet", 4)
     assert mode.labels == [0, 1, 2, 3]  # the sample grid asks only for classes the model has (it asked for 0..9)
+    # Digit-string labels read as the precompute reads them (a TypeError traceback before); a file without the
+    # column is named (a pyarrow schema dump before); a label that is no class index is named.
+    pq.write_table(pa.table({"image": [b"", b""], "label": ["0", "5"]}), pq_dir / "part-0.parquet")
+    assert make_data_mode(str(pq_dir)).data.num_classes == 6
+    pq.write_table(pa.table({"image": [b""], "caption": ["a cat"]}), pq_dir / "part-1.parquet")
+    with pytest.raises(ValueError, match="part-1.parquet has no `label` column"):
+        make_data_mode(str(pq_dir))
+    pq.write_table(pa.table({"image": [b""], "label": ["cat"]}), pq_dir / "part-1.parquet")
+    with pytest.raises(ValueError, match="part-1.parquet: label 'cat' is not a class index"):
+        make_data_mode(str(pq_dir))
+    (pq_dir / "part-1.parquet").unlink()
     # A `data fetch` folder stands for its train/ split; a file that is not parquet is named.
     assert make_data_mode(str(tmp_path / "imgs")).data.path == str(folder)
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match="a file that is not .parquet"):
+    with pytest.raises(ValueError, match="a file; give a folder holding train/ and test/"):
         make_data_mode(str(tmp_path / "notes.txt"))
 
 
@@ -112,3 +133,36 @@ def test_an_edit_of_the_train_config_the_sweep_starts_from_reruns_the_sweep_stag
     assert "weight_decay: 0.0\n" in train_yaml.read_text()  # a key the sweep YAML does not set
     train_yaml.write_text(train_yaml.read_text().replace("weight_decay: 0.0\n", "weight_decay: 0.05\n"))
     assert config_hash(scaling.sweep_config(ctx)) != before
+
+
+def test_a_data_path_whose_images_change_reruns_the_stages_after_it(tmp_path):
+    """The data stage of `--data PATH` hashed only the path: after the images changed, a rerun reused the
+    classifier, VAE, precompute, sweep and standard FID made from the old ones."""
+    import time
+
+    from PIL import Image
+
+    from jobs.quickstart.runner import Context, run_stages
+    from jobs.quickstart.stages import stage_list
+
+    def write(n: int, value: int) -> None:
+        for split in ("train", "test"):
+            for c in ("a", "b"):
+                d = tmp_path / "data" / split / c
+                d.mkdir(parents=True, exist_ok=True)
+                for f in d.iterdir():
+                    f.unlink()
+                for i in range(n):
+                    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(d / f"{i}.png")
+
+    def data_stage_hash() -> str:
+        mode = make_data_mode(str(tmp_path / "data"))
+        ctx = Context(tmp_path / "out", mode, time.monotonic())
+        run_stages(ctx, stage_list(mode)[:1], force=False)
+        return ctx.hashes["data"]
+
+    write(4, 0)
+    first = data_stage_hash()
+    assert data_stage_hash() == first  # nothing changed: reused
+    write(6, 255)  # other images in the same folders
+    assert data_stage_hash() != first
