@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "export",
         "Export a checkpoint to diffusers: a DiT becomes "
-        "DiTTransformer2DModel (+ a DiTPipeline with --vae), an MM-DiT SD3Transformer2DModel. "
+        "DiTTransformer2DModel in a DiTPipeline with the manifest's VAE (or --vae; --no-vae: the model only), an "
+        "MM-DiT SD3Transformer2DModel. "
         "Options diffusers cannot express are refused by name. See docs/export.md.",
     )
     p.add_argument(
