@@ -93,6 +93,7 @@ def loss_table(
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
     final: dict[tuple, tuple[int, float, tuple]] = {}
     failures: dict[tuple, str] = {}
+    owners: dict[tuple, tuple] = {}  # the first (model, trial) seen at a key, failed or not
     for i, p in enumerate(points):
         if not isinstance(p, dict):
             raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
@@ -110,11 +111,25 @@ def loss_table(
             )
         setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
         key = (setting, _width(p), float(lr))
+        source = (p.get("model"), p.get("trial_id"))  # one trial's points differ only in step
         if "failed" in p:
+            other = owners.setdefault(key, source)
+            if (other[1] or other[0]) != (source[1] or source[0]):  # a failed trial is named by its id, or model
+                raise FitError(
+                    f"point {i}: a FAILED run of model {source[0]!r} (trial {source[1]}) and model {other[0]!r} "
+                    f"(trial {other[1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the "
+                    "report needs one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
+                )
             failures.setdefault(key, str(p["failed"]))
             continue
+        other = owners.setdefault(key, source)
+        if key in failures and (other[1] or other[0]) != (source[1] or source[0]):
+            raise FitError(
+                f"point {i}: model {source[0]!r} (trial {source[1]}) and a FAILED run of model {other[0]!r} (trial "
+                f"{other[1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the report needs "
+                "one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
+            )
         step = int(p.get("step") or 0)
-        source = (p.get("model"), p.get("trial_id"))  # one trial's points differ only in step
         if key in final and final[key][2] != source:
             raise FitError(
                 f"point {i}: model {source[0]!r} (trial {source[1]}) and model {final[key][2][0]!r} (trial "

@@ -186,6 +186,9 @@ def test_failed_runs_are_named_and_a_divergence_counts_as_worse():
     }
     (said,) = [s for s in rep["statements"] if "FAILED" in s]
     assert "64: 0.0047 diverged, counted as worse" in said and "64: 0.012 left out (MMDiT-d2-w64: worker died" in said
+    # A FAILED run of another model at a rate a point gives was kept silently: refused, as two points are.
+    with pytest.raises(FitError, match=r"a FAILED run of model 'MMDiT-d3-w64' \(trial None\) and model 'MMDiT-d2-w64'"):
+        mup_transfer_report([*pts, {**pts[0], "model": "MMDiT-d3-w64", "failed": "worker died"}])
     # A trial that failed in part (a branch) beside a finished run of the same rate: the finished run's loss counts.
     partial = mup_transfer_report(pts + [{**top[0], "val_loss": 1.2}])
     assert partial["mup"]["loss"]["64"]["0.0047"] == 1.2
