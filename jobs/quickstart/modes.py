@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,9 @@ def make_data_mode(data: str, tiny: bool = False) -> Mode:
     return mode
 
 
+_BUILTIN_NAMES = ("tiny", "full", "fashion-mnist", "emoji")  # the modes' own names
+
+
 def _path_spec(path: Path) -> DataSpec:
     """A user's class-labelled source: a folder holding train/ and test/ (or val/) splits, each of class sub-folders
     or of parquet files with a `label` column (`ditscale data fetch` writes such a folder), or the train/ inside one.
@@ -181,10 +185,14 @@ def _path_spec(path: Path) -> DataSpec:
             f"--data {str(path)!r}: a file; give a folder holding train/ and test/ (image class folders or parquet "
             "files with a `label` column), as `ditscale data fetch` writes"
         )
-    path = path.expanduser().resolve()  # the Ray workers of the precompute may run elsewhere than this directory
+    # Absolute (the precompute's Ray workers may run elsewhere than this directory), links kept: a train/ that links
+    # elsewhere still has its test/ beside the link.
+    path = Path(os.path.abspath(path.expanduser()))
     if path.is_dir() and (path / "train").is_dir() and path.name != "train":
         path = path / "train"  # a `data fetch` output: the test/ beside it is the test split
     name = folder_name(path.parent.name if path.name == "train" and path.parent.name else path.name)
+    if name.removesuffix("-tiny") in _BUILTIN_NAMES:  # its own sweep folder and experiment, not the built-in's
+        name = f"{name}-data"
     if any(path.glob("*.parquet")):
         spec = DataSpec(name=name, kind="path", conditioning="class", path=str(path), source_kind="parquet")
         spec.num_classes = _parquet_classes(path)

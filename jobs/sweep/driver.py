@@ -395,6 +395,23 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         raise
 
 
+def _adopt(tracking_uri: str, child: str | None, parent: str) -> None:
+    """Put a finished trial's MLflow run under this sweep's parent run: a parent deleted in the UI is replaced by a
+    new one, and the fits read the trials under it (the finished trials, never re-attached, stayed under the old)."""
+    if not child:
+        return
+    from pipelines.infra import tracking
+
+    client = tracking.client(tracking_uri, check=False)
+    try:
+        if (client.get_run(child).data.tags or {}).get(tracking.PARENT_TAG) != parent:
+            client.set_tag(child, tracking.PARENT_TAG, parent)
+    except Exception as exc:  # noqa: BLE001 - a trial run deleted too: its done.json still holds its points
+        print(
+            f"[ditscale] warning: trial run {child} could not be put under sweep run {parent}: {exc}", file=sys.stderr
+        )
+
+
 def _run_grid(
     cfg: SweepConfig, plans: list, sdir: str, parent: str, tracking_uri: str, t_start: float
 ) -> dict[str, Any]:
@@ -409,7 +426,10 @@ def _run_grid(
         if not storage.exists(storage.join(tdir, DONE)):
             pending.append(tp)
         else:  # a finished trial keeps its record, named and labelled as this grid names it
-            restamped(tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri)
+            record = restamped(
+                tp.trial, tdir, storage.read_json(storage.join(tdir, DONE)), tp.runs[0].plan.tracking_uri
+            )
+            _adopt(tracking_uri, record.get("mlflow_run_id"), parent)
     evaluate_only = sum(_all_trained(tp) for tp in pending)
     code = training_code_fingerprint()
     other, other_software = _reused_runs(plans)

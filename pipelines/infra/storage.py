@@ -192,12 +192,12 @@ def tree_stamp(*uris: str) -> str | None:
         if is_s3(uri):
             return None
         root = Path(uri).expanduser()
-        h.update(f"{root}\0".encode())
+        h.update(f"{root}\0".encode("utf-8", "surrogateescape"))  # any file name (the listing names odd ones)
         if root.is_file():
             st = root.stat()
             h.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
             continue
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # as the source listing reads them
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith("."):
@@ -207,7 +207,9 @@ def tree_stamp(*uris: str) -> str | None:
                     st = os.stat(full)
                 except OSError:
                     continue
-                h.update(f"{os.path.relpath(full, root)}\0{st.st_size} {st.st_mtime_ns}\n".encode())
+                h.update(
+                    f"{os.path.relpath(full, root)}\0{st.st_size} {st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
+                )
     return h.hexdigest()[:12]
 
 

@@ -162,7 +162,24 @@ def test_a_data_path_whose_images_change_reruns_the_stages_after_it(tmp_path):
         return ctx.hashes["data"]
 
     write(4, 0)
+    (tmp_path / "data" / "test" / "caf\udce9.png").write_bytes(b"")  # a name that is not UTF-8 (a traceback)
     first = data_stage_hash()
     assert data_stage_hash() == first  # nothing changed: reused
     write(6, 255)  # other images in the same folders
     assert data_stage_hash() != first
+
+
+def test_a_train_split_that_is_a_link_keeps_its_test_split_beside_it(tmp_path):
+    """`--data ds/train` with train/ a link to a big disk: resolving the link lost the test/ beside it."""
+    disk = tmp_path / "bigdisk" / "fashion_train_v3"
+    for cls in ("a", "b"):
+        (disk / cls).mkdir(parents=True)
+        (disk / cls / "0.png").write_bytes(b"")
+    (tmp_path / "ds" / "test").mkdir(parents=True)
+    (tmp_path / "ds" / "train").symlink_to(disk, target_is_directory=True)
+    for given in ("ds/train", "ds"):
+        spec = make_data_mode(str(tmp_path / given)).data
+        assert (spec.name, spec.path, spec.num_classes) == ("ds", str(tmp_path / "ds" / "train"), 2)
+    # A user folder named like a built-in data set gets its own sweep folder and experiment.
+    (tmp_path / "emoji").symlink_to(tmp_path / "ds", target_is_directory=True)
+    assert make_data_mode(str(tmp_path / "emoji")).name == "emoji-data"

@@ -101,3 +101,52 @@ def test_a_sweep_stopped_before_its_trials_run_does_not_leave_its_run_running(st
     run = tracking.find_parent_run(tracking.client(uri), "e")
     assert run.info.status == "FAILED" and run.data.tags[tracking.STATUS_TAG] == "failed"
     assert "KeyboardInterrupt: Ctrl-C while" in run.data.tags[tracking.FAILURE_REASON_TAG]
+
+
+def test_a_sweep_whose_run_was_deleted_puts_its_finished_trials_under_the_new_one(store, tmp_path):
+    """The rerun made a new parent run, but finished trials are never re-attached: their runs stayed under the
+    deleted parent and fit / report / promote read none of their points from the new one."""
+    import yaml
+
+    from jobs.sweep import driver
+    from jobs.sweep.trial import DONE, _child_run, trial_dir
+    from pipelines.infra import storage
+    from tests.jobs._train_helpers import TEXT_BUILTIN, make_eval_dataset
+
+    client, uri = store
+    data = make_eval_dataset(tmp_path / "data", n=16, **TEXT_BUILTIN)[0]
+    path = tmp_path / "sweep.yaml"
+    base = {"model": {"preset": "MMDiT-T"}, "data": {"manifest": data, "batch_size": 8, "val_samples": 4}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "output": str(tmp_path / "sweeps"),
+                "base": {**base, "eval": {"num_samples": 8, "sampler": "euler", "steps": 2}},
+                "models": [{"depth": 1}, "MMDiT-T"],
+                "budgets": [1.0e15],
+                "mlflow": {"tracking_uri": uri, "experiment": "e"},
+            }
+        )
+    )
+    cfg = driver.load_sweep_config(str(path), [])
+    plans = driver.plan_trials(driver.expand_grid(cfg), cfg.mode)
+    sdir = driver.sweep_dir(cfg)
+    storage.makedirs(sdir)
+    first = driver._parent_run(cfg, sdir, uri, len(plans))
+    for tp in plans:  # as a finished sweep leaves them: a child run with points, done.json
+        tdir = trial_dir(sdir, tp.trial.trial_id)
+        child = _child_run(tp, tdir, first)
+        point = {"model": tp.trial.name, "params": 1000, "budget_flops": 1e15, "flops": 1e15, "step": 4, "fid": 10.0}
+        point.update(trial_id=tp.trial.trial_id, hparams=dict(tp.trial.hparams), arm=tp.trial.arm)
+        client.log_text(child, json.dumps([point]), tracking.POINTS_ARTIFACT)
+        tracking.end_run(client, child, "finished")
+        record = {"trial_id": tp.trial.trial_id, "name": tp.trial.name, "arm": tp.trial.arm, "status": "finished"}
+        storage.write_json(
+            storage.join(tdir, DONE), {**record, "reasons": [], "points": [point], "mlflow_run_id": child}
+        )
+    client.delete_run(first)  # the MLflow UI's "delete run"
+    out = driver.run_sweep(driver.load_sweep_config(str(path), []))
+    assert out["parent_run_id"] != first and out["complete"]
+    assert len(tracking.child_runs(client, out["parent_run_id"])) == 2
+    assert len(tracking.sweep_points(client, experiment="e")[1]) == 2
