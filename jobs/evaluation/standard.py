@@ -95,11 +95,12 @@ def standard_fid(
     test_source: Any,
     settings: FIDSettings,
     n_ref: int = 4096,
-    n_boot: int = 10,
+    n_boot: int = 50,
     cache_dir: Optional[str] = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """{"fid", "fid_se", "fid_ci", "n_samples", "fid_network", "reference_count", "floor": {...}} of `ckpt`.
+    """{"fid", "fid_se", "fid_ci", "n_boot", "n_samples", "fid_network", "reference_count", "floor": {...}} of
+    `ckpt` (`n_boot`: the bootstrap resamples behind both intervals).
 
     `settings.num_samples` generated images (conditioned as in `evaluate_checkpoint`) and as many real test images
     (fewer if the test split is smaller: stated in the floor's "n_samples") are scored against the reference
@@ -131,6 +132,7 @@ def standard_fid(
     out = _scored(gen["features"], ref, n_boot, settings.seed)
     return {
         **out,
+        "n_boot": max(n_boot, 2),
         "fid_network": inception,
         "network": network_name(inception),
         "reference_count": ref["count"],

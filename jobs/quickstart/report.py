@@ -289,6 +289,7 @@ def _with_real_data(ctx: Context, point: dict, rec: dict[str, Any]) -> dict[str,
         fid_samples=std["n_samples"],
         fid_se=std["fid_se"],
         fid_ci=std["fid_ci"],
+        fid_ci_resamples=std.get("n_boot"),  # the bootstrap behind fid_ci and fid_floor_ci
         fid_reference_count=std["reference_count"],
     )
     rec["fid_floor"] = std["floor"]["fid"]
@@ -346,6 +347,8 @@ def _record_section(rec: dict | None) -> list[str]:
     fid = f"FID {_g(c.get('fid'))}"
     if c.get("fid_ci"):
         fid += f" [{_g(c['fid_ci'][0])}, {_g(c['fid_ci'][1])}]"
+        if c.get("fid_ci_resamples"):
+            fid += f" (95% bootstrap, {c['fid_ci_resamples']} resamples)"
     network = c.get("fid_network_name") or c.get("fid_network")  # the standard network by its name, else the path
     lines.append(f"- champion {c.get('model')}: {fid} ({c.get('fid_samples')} samples, network {network})")
     for key, name in (("attr_accuracy", "caption-attribute accuracy"), ("class_accuracy", "class accuracy")):

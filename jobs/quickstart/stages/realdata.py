@@ -143,6 +143,7 @@ def standard_run(ctx: Context) -> dict:
         test_source=source_config(ctx, "test"),
         settings=settings,
         n_ref=int(cfg["n_ref"]),
+        n_boot=int(cfg.get("n_boot", 50)),
         cache_dir=str(ctx.path("inception_stats")),
         progress=True,
     )

@@ -55,7 +55,7 @@ def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
         setup["ckpt"], setup["data"], inception=setup["assets"]["feature_net"], train_source=setup["train"],
         test_source=setup["test"], settings=settings, n_ref=96, n_boot=5, cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
-    assert res["n_samples"] == 24 and res["reference_count"] == 96 and res["fid_network"]
+    assert res["n_samples"] == 24 and res["reference_count"] == 96 and res["fid_network"] and res["n_boot"] == 5
     assert res["floor"]["n_samples"] == 24 and math.isfinite(res["floor"]["fid"])
     assert res["fid_ci"][0] <= res["fid_ci"][1] and res["fid_se"] >= 0
     # An untrained model's noise is farther from the real images than real test images are.

@@ -4,6 +4,7 @@ its old result), and a stage interrupted part-way is not reused from its earlier
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,23 @@ def test_the_headline_names_the_standard_network_and_the_floor_s_own_sample_coun
     assert "real test images, 350 of them, same network; N = 350: the test split is smaller" in text
     text = "\n".join(_record_section({"champion": champ, "fid_floor": 30.0, "fid_floor_samples": 2048}))
     assert "2048 of them, same network; the same N" in text
+
+
+def test_the_standard_fid_states_its_bootstrap_resamples():
+    """The real-data champion's FID and floor intervals came from 10 resamples (a 95% interval little more than
+    their range), unsaid: 50 now, recorded as champion.fid_ci_resamples and written beside the interval."""
+    from jobs.quickstart.modes import make_data_mode
+    from jobs.quickstart.report import _record_section, _with_real_data
+
+    assert make_data_mode("fashion-mnist").standard_fid["n_boot"] == 50
+    ctx = Context(Path("/tmp"), make_data_mode("fashion-mnist"), time.monotonic())
+    ctx.results["standard_fid"] = {
+        "fid": 77.0, "fid_network": "inc", "network": "FID Inception-v3", "n_samples": 2048, "fid_se": 0.5,
+        "fid_ci": [76.1, 78.0], "n_boot": 50, "reference_count": 2048,
+        "floor": {"fid": 11.6, "fid_ci": [11.2, 11.9], "n_samples": 2048},
+    }  # fmt: skip
+    ctx.results["classifier"] = {"test_accuracy": 0.9}
+    champion = {"model": "m", "fid": 30.0, "fid_network": "clf", "fid_samples": 256}
+    rec = _with_real_data(ctx, {}, {"champion": champion})
+    assert rec["champion"]["fid_ci_resamples"] == 50
+    assert "FID 77 [76.1, 78] (95% bootstrap, 50 resamples)" in "\n".join(_record_section(rec))
