@@ -91,79 +91,91 @@ def loss_table(
     "diverged"}]}}) unless a finished run gives that (setting, width, lr)."""
     if not isinstance(points, list) or not points:
         raise FitError("no points: the muP report needs the points of a learning-rate x width sweep")
-    final: dict[tuple, tuple[int, float, tuple]] = {}
+    final, failures = _final_points(points)
+    diverged = {k for k, reason in failures.items() if any(w in reason for w in _DIVERGED)}
+    table = _longest_runs(final, diverged, stopped)
+    _add_failures(table, failures, diverged, failed)
+    return table
+
+
+def _point_key(p: Any, i: int) -> tuple[str, int, float]:
+    """(setting, width, lr) of point `i`, each checked."""
+    if not isinstance(p, dict):
+        raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
+    hp = p.get("hparams") or {}
+    if not isinstance(hp, dict):
+        raise FitError(f"point {i}: 'hparams' must be an object, got {type(hp).__name__} {hp!r}")
+    lr = hp.get("optim.lr", p.get("lr"))
+    try:
+        ok = lr is not None and not isinstance(lr, bool) and math.isfinite(float(lr)) and float(lr) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise FitError(f"point {i} (model {p.get('model')!r}): needs a finite positive hparams['optim.lr'], got {lr!r}")
+    setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
+    return setting, _width(p), float(lr)
+
+
+def _final_points(points: list) -> tuple[dict[tuple, tuple[int, float]], dict[tuple, str]]:
+    """({key: (step, loss) of its point with the most steps}, {key: failure reason}) by (setting, width, lr); an
+    error when two runs (trials, or models without one; FAILED or not) give one key."""
+    final: dict[tuple, tuple[int, float]] = {}
     failures: dict[tuple, str] = {}
-    owners: dict[tuple, tuple] = {}  # the first (model, trial) seen at a key, failed or not
+    owners: dict[tuple, tuple] = {}  # key -> (model, trial, failed) of the first entry seen there
     for i, p in enumerate(points):
-        if not isinstance(p, dict):
-            raise FitError(f"point {i}: not an object ({type(p).__name__} {p!r})")
-        hp = p.get("hparams") or {}
-        if not isinstance(hp, dict):
-            raise FitError(f"point {i}: 'hparams' must be an object, got {type(hp).__name__} {hp!r}")
-        lr = hp.get("optim.lr", p.get("lr"))
-        try:
-            ok = lr is not None and not isinstance(lr, bool) and math.isfinite(float(lr)) and float(lr) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        key = _point_key(p, i)
+        here = (p.get("model"), p.get("trial_id"), "failed" in p)
+        first = owners.setdefault(key, here)
+        if (first[1] or first[0]) != (here[1] or here[0]):  # one run: its trial id (points and its FAILED record
+            # name the model differently), or its model
             raise FitError(
-                f"point {i} (model {p.get('model')!r}): needs a finite positive hparams['optim.lr'], got {lr!r}"
+                f"point {i}: {_run_words(here)} and {_run_words(first)} both give the {key[0]} setting at width "
+                f"{key[1]} and lr {key[2]:g}; the report needs one run per (setting, width, lr): pass the points of "
+                "one learning-rate x width sweep"
             )
-        setting = "mup" if _flag(hp.get("optim.mup", p.get("mup", False)), i) else "standard"
-        key = (setting, _width(p), float(lr))
-        source = (p.get("model"), p.get("trial_id"))  # one trial's points differ only in step
         if "failed" in p:
-            other = owners.setdefault(key, source)
-            if (other[1] or other[0]) != (source[1] or source[0]):  # a failed trial is named by its id, or model
-                raise FitError(
-                    f"point {i}: a FAILED run of model {source[0]!r} (trial {source[1]}) and model {other[0]!r} "
-                    f"(trial {other[1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the "
-                    "report needs one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
-                )
             failures.setdefault(key, str(p["failed"]))
             continue
-        other = owners.setdefault(key, source)
-        if key in failures and (other[1] or other[0]) != (source[1] or source[0]):
-            raise FitError(
-                f"point {i}: model {source[0]!r} (trial {source[1]}) and a FAILED run of model {other[0]!r} (trial "
-                f"{other[1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the report needs "
-                "one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
-            )
         step = int(p.get("step") or 0)
-        if key in final and final[key][2] != source:
-            raise FitError(
-                f"point {i}: model {source[0]!r} (trial {source[1]}) and model {final[key][2][0]!r} (trial "
-                f"{final[key][2][1]}) both give the {setting} setting at width {key[1]} and lr {key[2]:g}; the report "
-                "needs one run per (setting, width, lr): pass the points of one learning-rate x width sweep"
-            )
         if key not in final or step >= final[key][0]:
-            final[key] = (step, _loss(p.get("val_loss")), source)
-    # The optimum of a width compares losses at one length, the width's longest: a run that ended earlier (its
-    # longer run FAILED, e.g. diverged) is left out and named (`stopped`), not compared at another step.
+            final[key] = (step, _loss(p.get("val_loss")))
+    return final, failures
+
+
+def _run_words(run: tuple) -> str:
+    model, trial, failed = run
+    return f"{'a FAILED run of ' if failed else ''}model {model!r} (trial {trial})"
+
+
+def _longest_runs(final: dict, diverged: set, stopped: dict | None) -> dict[str, dict[int, dict[float, float]]]:
+    """The table of the points at each width's longest run's step: the optimum of a width compares losses at one
+    length. A run that ended earlier (its longer run FAILED) is left out and named in `stopped`, unless that longer
+    run diverged (`_add_failures` counts it as worse)."""
     longest: dict[tuple, int] = {}
-    for (setting, width, _), (step, _, _) in final.items():
+    for (setting, width, _), (step, _) in final.items():
         longest[(setting, width)] = max(step, longest.get((setting, width), step))
     table: dict[str, dict[int, dict[float, float]]] = {}
-    diverged_keys = {k for k, reason in failures.items() if any(w in reason for w in _DIVERGED)}
-    for key, (step, loss, _) in sorted(final.items()):
+    for key, (step, loss) in sorted(final.items()):
         setting, width, lr = key
         if step < longest[(setting, width)]:
-            if key in diverged_keys:  # its longer run diverged (a shorter one finished): worse, not just shorter
-                continue
-            if stopped is not None:
+            if key not in diverged and stopped is not None:
                 stopped.setdefault(setting, {}).setdefault(str(width), []).append(lr)
             continue
         table.setdefault(setting, {}).setdefault(width, {})[lr] = loss
+    return table
+
+
+def _add_failures(table: dict, failures: dict, diverged: set, failed: dict | None) -> None:
+    """FAILED runs into `table` (a divergence: inf, worse than any finite loss at any length) and `failed`, unless
+    the width's longest run gives that lr's loss (the trial failed in part: a branch, its evaluation)."""
     for (setting, width, lr), reason in sorted(failures.items()):
         if lr in table.get(setting, {}).get(width, {}):
-            continue  # the trial failed in part (a branch, its evaluation); its longest run gives this lr's loss
-        diverged = (setting, width, lr) in diverged_keys
-        if diverged:  # a divergence is a loss worse than any finite one, at any length
+            continue
+        if (setting, width, lr) in diverged:
             table.setdefault(setting, {}).setdefault(width, {})[lr] = math.inf
         if failed is not None:
-            entry = {"lr": lr, "reason": reason, "diverged": diverged}
+            entry = {"lr": lr, "reason": reason, "diverged": (setting, width, lr) in diverged}
             failed.setdefault(setting, {}).setdefault(str(width), []).append(entry)
-    return table
 
 
 def _subgrid(lrs: list[float], losses: list[float], k: int) -> float:
