@@ -72,12 +72,14 @@ def _check_settings(key: tuple, reps: list[dict], names: list[str], settings: li
     model, objective, ...): pooling those averages two experiments. Runs without a recorded config are not compared."""
     known = [(n, settings[i].get(r.get("run_id"))) for i, (n, r) in enumerate(zip(names, reps))]
     known = [(n, s) for n, s in known if s is not None]
+    if not known:
+        return
+    first, ref = known[0]
     for name, s in known[1:]:
-        first, ref = known[0]
         # Keys one config lacks are not compared: a config logged before a setting existed ran at its default.
         diff = sorted(k for k in set(ref) & set(s) if ref[k] != s[k])
         if diff:
-            shown = "; ".join(f"{k}: {ref.get(k)!r} vs {s.get(k)!r}" for k in diff[:4])
+            shown = "; ".join(f"{k}: {ref[k]!r} vs {s[k]!r}" for k in diff[:4])
             more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
             raise FitError(
                 f"{first} and {name} trained model {key[1]!r} at budget {_num(key[3])} with other settings "

@@ -402,10 +402,8 @@ def _adopt(tracking_uri: str, child: str | None, parent: str) -> None:
         return
     from pipelines.infra import tracking
 
-    client = tracking.client(tracking_uri, check=False)
     try:
-        if (client.get_run(child).data.tags or {}).get(tracking.PARENT_TAG) != parent:
-            client.set_tag(child, tracking.PARENT_TAG, parent)
+        tracking.client(tracking_uri, check=False).set_tag(child, tracking.PARENT_TAG, parent)
     except Exception as exc:  # noqa: BLE001 - a trial run deleted too: its done.json still holds its points
         print(
             f"[ditscale] warning: trial run {child} could not be put under sweep run {parent}: {exc}", file=sys.stderr

@@ -70,7 +70,7 @@ def _child_run(tp: TrialPlan, tdir: str, parent_run_id: Optional[str]) -> Option
     )
     # Params keep the first invocation's values: a trial rerun under a grid with another axis at its base value (same
     # id) has this grid's hyper-parameters and name here (what `failed_trials` reads of a trial with no points).
-    tracking.set_tags(client, run_id, {"ditscale.hparams": json.dumps(t.hparams), tracking.RUN_NAME_TAG: t.name})
+    tracking.set_tags(client, run_id, {tracking.HPARAMS_TAG: json.dumps(t.hparams), tracking.RUN_NAME_TAG: t.name})
     return run_id
 
 
@@ -188,7 +188,7 @@ def _stamp_child(client: Any, child: str, points: list[dict], hparams: str, name
     from pipelines.infra import tracking
 
     client.log_text(child, json.dumps(points, indent=2), tracking.POINTS_ARTIFACT)
-    tracking.set_tags(client, child, {"ditscale.hparams": hparams, tracking.RUN_NAME_TAG: name})
+    tracking.set_tags(client, child, {tracking.HPARAMS_TAG: hparams, tracking.RUN_NAME_TAG: name})
 
 
 def _record(tp: TrialPlan, child: Optional[str], points: list[ScalingPoint], status: str, reasons: list[str]) -> None:

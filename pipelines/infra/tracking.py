@@ -36,6 +36,7 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 STATUS_TAG = "ditscale.status"
 FAILURE_REASON_TAG = "ditscale.failure_reason"
+HPARAMS_TAG = "ditscale.hparams"  # a trial run's hyper-parameters as the latest grid names them (params keep the first)
 TRIAL_ID_TAG = "ditscale.trial_id"
 MARKER_TAG = "ditscale.marker"  # the marker file that records the run (attach_run)
 POINTS_ARTIFACT = "points.json"
@@ -525,7 +526,7 @@ def failed_trials(mlflow_client: Any, parent_run_id: str) -> list[dict]:
         if tags.get(STATUS_TAG) != "failed":
             continue
         try:  # the tags hold the latest grid's (params keep the first invocation's)
-            hparams = json.loads(tags.get("ditscale.hparams") or params.get("hparams") or "{}")
+            hparams = json.loads(tags.get(HPARAMS_TAG) or params.get("hparams") or "{}")
         except ValueError:
             hparams = {}
         out.append(
