@@ -169,7 +169,7 @@ def plot_isoflop(iso: dict | None, path: Path, ylabel: str | None = None) -> Pat
     """Per-budget metric vs parameters with the fitted parabolas and their minima N*; `ylabel` (default: the
     metric's name) labels the metric axis."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8.2, 5))
     if iso is not None:
         values = np.concatenate([np.asarray(b[iso["metric"]], float) for b in iso["budgets"]])
         if values.min() > 0 and values.max() > 10 * values.min():
@@ -185,7 +185,8 @@ def plot_isoflop(iso: dict | None, path: Path, ylabel: str | None = None) -> Pat
             edge = b.get("method") == "edge"  # the best measured size at the grid's edge: a bound, not a vertex
             ax.plot([b["n_opt"]], [b["metric_opt"]], "k^" if edge else "kx", ms=9 if edge else 10, mfc="none")
         ax.set_ylabel(ylabel or iso["metric"])
-        ax.legend(fontsize=7)
+        # Beside the axes: inside, it covered the smallest size's points, where the edge minima lie.
+        ax.legend(fontsize=7, title="budget", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(0.5, 0.5, "isoFLOP analysis needs >= 2 budgets x >= 3 model sizes", ha="center", transform=ax.transAxes)
     ax.set(

@@ -84,7 +84,7 @@ def test_isoflop_plot_marks_edge_minima_apart_from_parabola_vertices(tmp_path, m
             return ax_plot(*a, **k)
 
         ax.plot = plot
-        plt.subplots = lambda *a, **k: (fig, ax)
+        monkeypatch.setattr(plt, "subplots", lambda *a, **k: (fig, ax))  # undone after the test
         return plt
 
     monkeypatch.setattr(plots, "_pyplot", spy)
@@ -104,3 +104,50 @@ def test_isoflop_plot_marks_edge_minima_apart_from_parabola_vertices(tmp_path, m
     plots.plot_isoflop(iso, tmp_path / "iso.png")
     markers = [a[2] for a, _ in calls if len(a) == 3 and isinstance(a[2], str) and a[2].startswith("k")]
     assert markers == ["k^", "kx"]
+
+
+# One quickstart run's FID isoFLOP data (parabola coefficients in log N; the minimum is the vertex or, at the edge,
+# the best measured size).
+_QUICKSTART_ISO = [
+    (1.5e11, [788.6, 855.3, 920.7, 2016.3], [237.687, -6090.884, 39702.123], None),
+    (2.2e11, [479.3, 721.1, 737.6, 2353.3], [318.846, -8102.794, 51867.393], None),
+    (3.3e11, [334.2, 669.0, 808.8, 1910.5], [183.928, -4510.192, 27990.218], None),
+    (4.8e11, [211.9, 618.0, 755.4, 982.3], [-31.19, 1102.059, -8557.562], None),
+    (7.1e11, [188.5, 409.8, 803.3, 747.6], [-52.208, 1622.751, -11826.777], None),
+    (1.05e12, [182.2, 298.2, 564.2, 666.6], [3.797, 64.46, -1167.973], None),
+    (1.55e12, [181.9, 180.7, 369.9, 755.7], [91.915, -2314.946, 14729.327], (294443, 153.5)),
+    (2.3e12, [159.2, 152.5, 241.1, 637.6], [93.698, -2399.38, 15473.811], (363581, 113.3)),
+    (3.4e12, [130.6, 148.6, 183.4, 392.4], [44.646, -1132.962, 7304.103], None),
+    (5.0e12, [123.1, 125.2, 143.6, 219.3], [17.187, -437.307, 2898.107], None),
+]
+
+
+def test_isoflop_legend_covers_no_point(tmp_path, monkeypatch):
+    # The smallest size's points climb the left edge, where the edge minima lie: the legend, inside the axes, covered
+    # the smallest budget's.
+    from jobs.scaling import plots
+
+    figs = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), real_save(fig, path))[1])
+    params = [180240.0, 687952.0, 1175312.0, 3869968.0]
+    budgets = [
+        {
+            "params": params,
+            "fid": fid,
+            "budget_flops": c,
+            "coef": coef,
+            "fit_range": [12.1, 15.17],
+            "n_opt": vertex[0] if vertex else params[0],
+            "metric_opt": vertex[1] if vertex else fid[0],
+            "method": "parabola" if vertex else "edge",
+        }
+        for c, fid, coef, vertex in _QUICKSTART_ISO
+    ]
+    plots.plot_isoflop({"metric": "fid", "budgets": budgets}, tmp_path / "iso.png", "FID")
+    (fig,) = figs
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    points = [(n, y) for b in budgets for n, y in [*zip(b["params"], b["fid"]), (b["n_opt"], b["metric_opt"])]]
+    assert [p for p in points if box.contains(*ax.transData.transform(p))] == []
