@@ -118,7 +118,8 @@ class GenerationPipeline:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.checkpoint_uri = str(checkpoint_uri)
-        ckpt = load_checkpoint(storage.local_copy(self.checkpoint_uri), use_ema=use_ema, device=str(self.device))
+        with storage.local_copy_scope(self.checkpoint_uri) as local:  # a download is removed once loaded
+            ckpt = load_checkpoint(local, use_ema=use_ema, device=str(self.device))
         self.model = ckpt.model.to(self.device).eval()
         self.config: dict = ckpt.config
         self.state: dict = ckpt.state or {}

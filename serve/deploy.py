@@ -141,6 +141,12 @@ def plan_deployment(
     elif champion:
         args.update(checkpoint=None, champion=True)
     for key, value in (("model_name", model_name), ("alias", alias), ("tracking_uri", tracking_uri)):
+        if value and not args.get("champion") and args.get("checkpoint"):
+            # Accepted and never read: the app loads the checkpoint, not a registered version.
+            raise ConfigError(
+                f"--{key.replace('_', '-')} picks a registered model version: give it with --champion, not with a "
+                f"checkpoint (this app serves {args['checkpoint']})"
+            )
         if value:
             args[key] = value
     _resolve_tracking_uri(args)
@@ -223,6 +229,23 @@ def adopt_running_http(plan: DeploymentPlan, host: str, port: int) -> None:
     plan.http_options = {**plan.http_options, "host": host, "port": port}
 
 
+def deployments_with_runtime_env(plan: DeploymentPlan) -> dict[str, dict]:
+    """The plan's deployment options with the application's runtime_env given to each deployment's actors (their own
+    keys win; env_vars are merged), as `serve deploy` applies an application's runtime_env. `deploy()` on a Ray that
+    was already running (the quickstart's) dropped it: only a fresh `init_ray` had taken it. The code keys
+    (working_dir, py_modules, excludes) stay with the Ray job (`init_ray`): Serve takes no local path for an actor."""
+    out = copy.deepcopy(plan.deployments)
+    app = {k: v for k, v in (plan.runtime_env or {}).items() if k not in ("working_dir", "py_modules", "excludes")}
+    if not app:
+        return out
+    for name in (INGRESS_NAME, SAMPLER_NAME):
+        actor = out.setdefault(name, {}).setdefault("ray_actor_options", {})
+        own = dict(actor.get("runtime_env") or {})
+        env_vars = {**(app.get("env_vars") or {}), **(own.get("env_vars") or {})}
+        actor["runtime_env"] = {**app, **own, **({"env_vars": env_vars} if env_vars else {})}
+    return out
+
+
 def deploy(
     plan: DeploymentPlan,
     *,
@@ -243,7 +266,7 @@ def deploy(
     if running is not None:
         adopt_running_http(plan, *running)
     serve.run(
-        make_app(plan.args, plan.deployments),
+        make_app(plan.args, deployments_with_runtime_env(plan)),
         name=plan.name,
         route_prefix=plan.route_prefix,
         logging_config=logging_config,

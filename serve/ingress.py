@@ -138,11 +138,11 @@ class BodySizeLimit:
         )
         length = headers.get("content-length")
         if length is not None:
-            if not length.strip().isdigit():
+            if not (length.strip().isascii() and length.strip().isdigit()):  # "²" is a digit to str.isdigit
                 await _error(
                     400,
                     "invalid Content-Length",
-                    [FieldError(field="Content-Length", message="Content-Length: not an integer")],
+                    [FieldError(field="Content-Length", message=f"Content-Length: not an integer, got {length!r}")],
                 )(scope, receive, send)
                 return
             if int(length) > limit:

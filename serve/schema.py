@@ -182,8 +182,24 @@ def validation_errors(errors: list[dict[str, Any]], content_type: str | None = "
             msg = f"Content-Type must be application/json, got {content_type or 'none'!r}"
         elif err.get("type") == "model_attributes_type":
             msg = "request body must be a JSON object"
+        elif err.get("type") != "missing" and "input" in err:
+            # The value sent, as the sampler's own checks say it: {"steps": 500} read "Input should be less than or
+            # equal to 250" alone. A validator's ValueError loses pydantic's "Value error, " prefix.
+            msg, got = msg.removeprefix("Value error, "), _shown(err["input"])
+            msg = msg if got in msg or repr(err["input"]) in msg else f"{msg} (got {got})"
         out.append(FieldError(field=name, message=f"{name}: {msg}"))
     return out
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A JSON-ish rendering of a request value, cut to `limit` characters."""
+    import json
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_json_type(content_type: str | None) -> bool:

@@ -55,7 +55,8 @@ def _check_before_sampling(args, local: str, data: str, settings) -> None:  # no
         from ditcore.metrics.features import load_feature_net
         from pipelines.latents.manifest import Manifest
 
-        net = load_feature_net(storage.local_copy(args.classifier))
+        with storage.local_copy_scope(args.classifier) as local:
+            net = load_feature_net(local)
         classes = getattr(net, "num_classes", None)
         if classes is None:
             raise ValueError(f"--classifier {args.classifier}: {type(net).__name__} is not an image classifier")
@@ -76,19 +77,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         # The checkpoint first: a missing one is named before anything about the data set is said.
-        local = storage.local_copy(args.checkpoint)
-        recorded = read_checkpoint_config(local).get("data", {}).get("manifest")
-        verify_checkpoint_files(local)  # here, before sampling tasks each find it truncated
-        data = args.data or recorded
-        if not data:
-            raise ValueError("--data is required (the checkpoint records no data.manifest)")
-        settings = FIDSettings(
-            num_samples=args.num_samples, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed
-        )
-        settings.check()
-        if args.classifier and not storage.exists(storage.join(args.classifier, "config.json")):
-            raise FileNotFoundError(f"--classifier {args.classifier}: no classifier there (expected config.json)")
-        _check_before_sampling(args, local, data, settings)
+        with storage.local_copy_scope(args.checkpoint) as local:  # an s3:// download: removed after the checks
+            recorded = read_checkpoint_config(local).get("data", {}).get("manifest")
+            verify_checkpoint_files(local)  # here, before sampling tasks each find it truncated
+            data = args.data or recorded
+            if not data:
+                raise ValueError("--data is required (the checkpoint records no data.manifest)")
+            settings = FIDSettings(
+                num_samples=args.num_samples,
+                sampler=args.sampler,
+                steps=args.steps,
+                guidance=args.guidance,
+                seed=args.seed,
+            )
+            settings.check()
+            if args.classifier and not storage.exists(storage.join(args.classifier, "config.json")):
+                raise FileNotFoundError(f"--classifier {args.classifier}: no classifier there (expected config.json)")
+            _check_before_sampling(args, local, data, settings)
         if args.print_config:
             from pipelines.cli.config_args import print_config
 

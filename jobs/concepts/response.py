@@ -51,7 +51,8 @@ def response_net(pipe) -> Any:
     m = pipe.manifest
     if m is None or m.fid is None or not m.fid.feature_net:
         raise ValueError("the data set records no attribute net (manifest fid.feature_net)")
-    net = load_feature_net(storage.local_copy(m.fid.feature_net)).eval()
+    with storage.local_copy_scope(m.fid.feature_net) as local:
+        net = load_feature_net(local).eval()
     if not hasattr(net, "attributes"):
         raise ValueError(f"{m.fid.feature_net} is not the built-in attribute net")
     return net

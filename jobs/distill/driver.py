@@ -31,10 +31,10 @@ def teacher_run_dir(teacher: str) -> str:
 
 
 def _teacher_config(teacher: str) -> dict:
-    from ditcore.checkpoint import CheckpointError, read_checkpoint_config
+    from ditcore.checkpoint import CheckpointError
 
     try:
-        cfg = read_checkpoint_config(storage.local_copy(teacher))
+        cfg = storage.checkpoint_config(teacher)
     except (CheckpointError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"teacher: cannot read checkpoint {teacher!r}: {e}") from e
     weights = ("ema.safetensors", "model.safetensors")

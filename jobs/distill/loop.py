@@ -28,7 +28,8 @@ class DistillTrainer(Trainer):
 
         extra = self.plan.params_extra
         self.guidance = GuidanceRange(float(extra["w_min"]), float(extra["w_max"]))
-        teacher = load_checkpoint(storage.local_copy(extra[TEACHER_KEY]), use_ema=True, device=str(self.device))
+        with storage.local_copy_scope(extra[TEACHER_KEY]) as local:
+            teacher = load_checkpoint(local, use_ema=True, device=str(self.device))
         self.teacher = teacher.model.requires_grad_(False).eval()
         super()._setup_model()  # the student (plan.model_config), restored from its own checkpoint when resuming
         if not self.own_restore:  # a fresh run starts from the teacher's (EMA) weights, identical on every rank

@@ -73,7 +73,8 @@ def feature_net(uri: str) -> torch.nn.Module:
     """The data set's feature network, loaded once per process."""
     from ditcore.metrics.features import load_feature_net
 
-    return load_feature_net(storage.local_copy(uri)).eval()
+    with storage.local_copy_scope(uri) as local:
+        return load_feature_net(local).eval()
 
 
 def check_model_fits_data(model_cfg: dict, conditioning: str, manifest: Manifest, manifest_uri: str) -> None:
@@ -188,7 +189,7 @@ def generate_features(
     from pipelines.generation import SamplerSettings
 
     torch.set_num_threads(max(1, threads or eval_threads()))
-    pipe = _pipeline(storage.local_copy(ckpt))
+    pipe = _pipeline(ckpt)  # one load (and, from s3://, one download) per process and checkpoint
     # The features of the data set the FID is scored against (`manifest_uri`, e.g. `evaluate --data`), which need
     # not be the one the checkpoint was trained on.
     manifest = Manifest.read(manifest_uri) if manifest_uri else pipe.manifest
@@ -306,7 +307,6 @@ def evaluate_checkpoint(
     the samples were drawn ("cuda bf16", "cpu fp32"), "sampling_gpus" how many Ray GPUs the sampling tasks held and
     "sampling_threads" the torch threads of each (a Ray task as many as the CPUs it holds, `cpus_per_actor`).
     """
-    from ditcore.checkpoint import read_checkpoint_config
     from ditcore.metrics.fid import feature_stats, frechet_distance
     from pipelines.latents.reader import load_fid_stats
 
@@ -318,7 +318,7 @@ def evaluate_checkpoint(
     if manifest.fid is None or not manifest.fid.feature_net:
         raise ValueError(f"{manifest_uri}: the data set records no FID feature net (manifest fid.feature_net)")
     mu_ref, sigma_ref = load_fid_stats(manifest_uri)
-    model_cfg = read_checkpoint_config(storage.local_copy(ckpt))["model"]
+    model_cfg = storage.checkpoint_config(ckpt)["model"]
     conditioning = "text" if model_cfg.get("text_dim") else "class"
     check_model_fits_data(model_cfg, conditioning, manifest, manifest_uri)
     cond = conditions(

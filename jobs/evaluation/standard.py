@@ -121,10 +121,9 @@ def standard_fid(
         print(f"[ditscale] WARNING: reference statistics: {ref_warning}", file=sys.stderr, flush=True)
     test = load_readable_images(test_source, size, settings.num_samples)["image"]
     floor = _scored(_features(inception, test), ref, n_boot, settings.seed)
-    from ditcore.checkpoint import read_checkpoint_config
     from pipelines.infra import storage
 
-    model_cfg = read_checkpoint_config(storage.local_copy(ckpt))["model"]
+    model_cfg = storage.checkpoint_config(ckpt)["model"]
     kind = "text" if model_cfg.get("text_dim") else "class"
     n = settings.num_samples
     cond = conditions(manifest_uri, manifest, kind, n, int(model_cfg.get("num_classes") or 0))

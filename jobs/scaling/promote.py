@@ -217,10 +217,9 @@ def register_pyfunc(
 def champion_grid(mlflow_client: Any, run_id: str, checkpoint: str) -> str | None:
     """Log a grid of the champion's samples (its run's evaluation settings) to run `run_id` as
     samples/champion.png, once; returns the artifact path (None when it was already there)."""
-    from ditcore.checkpoint import read_checkpoint_config
     from pipelines.infra import storage
     from pipelines.infra.tracking import SAMPLES_DIR, log_checkpoint_grid
 
-    ev = (read_checkpoint_config(storage.local_copy(checkpoint)).get("train") or {}).get("eval") or {}
+    ev = (storage.checkpoint_config(checkpoint).get("train") or {}).get("eval") or {}
     kwargs = {k: ev[k] for k in ("sampler", "steps", "guidance", "seed") if ev.get(k) is not None}
     return log_checkpoint_grid(mlflow_client, run_id, checkpoint, f"{SAMPLES_DIR}/champion.png", **kwargs)

@@ -11,6 +11,7 @@ MLflow with the reason, then retried by the next invocation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -493,13 +494,13 @@ def run_local(
 
     plan = plan or resolve_run(cfg, check_mlflow=False)
     plan = dataclasses.replace(plan, mlflow_run_id=None, tracking_uri=None)
-    if cfg.checkpoint.init_from:
-        from pipelines.infra import storage
-
-        plan = dataclasses.replace(plan, init_from_local=storage.local_copy(cfg.checkpoint.init_from))
-    attach_worker_data(plan)
-    rows = driver_rows(plan, plan.val["id"] if plan.val is not None else None)
-    env = LocalEnv(rows=rows, checkpoint_root=checkpoint_root)
-    out = (trainer or Trainer)(plan, env).run().to_dict()
+    with contextlib.ExitStack() as downloads:  # a remote init_from's download: deleted after the run
+        if cfg.checkpoint.init_from:
+            local = downloads.enter_context(storage.local_copy_scope(cfg.checkpoint.init_from))
+            plan = dataclasses.replace(plan, init_from_local=local)
+        attach_worker_data(plan)
+        rows = driver_rows(plan, plan.val["id"] if plan.val is not None else None)
+        env = LocalEnv(rows=rows, checkpoint_root=checkpoint_root)
+        out = (trainer or Trainer)(plan, env).run().to_dict()
     out["reports"] = env.reports
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -96,6 +97,7 @@ class RayTrainEnv:
         self.world_size = ctx.get_world_size()
         self._storage = ctx.get_storage()
         self._restore: Optional[tuple[Optional[str]]] = None  # cached restore_dir() of the current run
+        self._restore_download: Optional[str] = None  # the temp folder a remote restore_dir() was downloaded to
         self._base = self._storage.experiment_fs_path.rstrip("/")  # the current run's directory
         self._record_placement()
 
@@ -106,7 +108,14 @@ class RayTrainEnv:
     def set_run(self, subdir: str) -> None:
         """Write the next run's checkpoints and result to <experiment dir>/<subdir> ("" : the experiment dir)."""
         self._base = "/".join(x for x in (self._storage.experiment_fs_path.rstrip("/"), subdir.strip("/")) if x)
-        self._restore = None
+        self.release_restore()
+
+    def release_restore(self) -> None:
+        """Forget the current run's restore_dir(), deleting it when it was a download from remote storage (the
+        trainer has read it by then): one worker restoring run after run filled its temp folder otherwise."""
+        if self._restore_download is not None:
+            shutil.rmtree(self._restore_download, ignore_errors=True)
+        self._restore, self._restore_download = None, None
 
     def run_finished(self) -> bool:
         """Did the current run already write its result (before a worker or driver restart)?"""
@@ -197,7 +206,7 @@ class RayTrainEnv:
             return None
         if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
             return ckpt.path
-        tmp = tempfile.mkdtemp(prefix="ditscale-restore-")
+        tmp = self._restore_download = tempfile.mkdtemp(prefix="ditscale-restore-")
         ckpt.to_directory(tmp)
         return tmp
 

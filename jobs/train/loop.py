@@ -604,16 +604,21 @@ def train_loop_per_worker(config: dict) -> None:
         if env.run_finished():
             continue
         init = plan.cfg.checkpoint.init_from
-        if init and env.restore_dir() is None:
-            if not storage.exists(storage.join(init, "checkpoint.json")):
-                reason = f"checkpoint.init_from {init} does not exist (the run that writes it did not reach it)"
-                if env.rank == 0:
-                    print(f"[ditscale] run {plan.run_name} not started: {reason}", flush=True)
-                    env.write_result(failed_result(plan, reason).to_dict())
-                env.barrier()
-                continue
-            plan = dataclasses.replace(plan, init_from_local=storage.local_copy(init))
-        config.get("trainer", Trainer)(plan, env).run()  # a Trainer subclass (jobs/distill) may replace the loss
+        # Downloads (a remote init_from, a remote restore) are deleted once the run is over: a worker group trains
+        # many runs, each starting from a checkpoint.
+        with contextlib.ExitStack() as downloads:
+            downloads.callback(env.release_restore)
+            if init and env.restore_dir() is None:
+                if not storage.exists(storage.join(init, "checkpoint.json")):
+                    reason = f"checkpoint.init_from {init} does not exist (the run that writes it did not reach it)"
+                    if env.rank == 0:
+                        print(f"[ditscale] run {plan.run_name} not started: {reason}", flush=True)
+                        env.write_result(failed_result(plan, reason).to_dict())
+                    env.barrier()
+                    continue
+                local = downloads.enter_context(storage.local_copy_scope(init))
+                plan = dataclasses.replace(plan, init_from_local=local)
+            config.get("trainer", Trainer)(plan, env).run()  # a Trainer subclass (jobs/distill) may replace the loss
 
 
 __all__ += ["RESULT_NAME", "failed_result", "null_condition"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_vae(ckpt: str) -> Optional[str]:
+def _default_vae(ckpt: str, cache_root: Optional[str] = None) -> Optional[str]:
     """The VAE the checkpoint's data manifest names (an s3:// one fetched), None for a model without one (pixel
     space, no manifest). ValueError when it names one that cannot be bundled (a hub id, a folder that is gone): the
     export said nothing and wrote no DiTPipeline."""
@@ -57,7 +58,8 @@ def _default_vae(ckpt: str) -> Optional[str]:
     if not path:
         return None
     if storage.is_s3(path):
-        return storage.local_copy(path)
+        # into the command's temp folder (removed after the export), apart from the checkpoint's copy there
+        return storage.local_copy(path, os.path.join(cache_root, "vae") if cache_root else None)
     if Path(path).expanduser().is_dir():
         return str(Path(path).expanduser())
     raise ValueError(
@@ -89,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_export_out(Path(out), args.overwrite)  # before an s3:// checkpoint is downloaded
         with tempfile.TemporaryDirectory(prefix="ditscale-export-") as tmp:
             local = storage.local_copy(ckpt, cache_root=tmp)
-            vae = None if args.no_vae else (args.vae or _default_vae(local))
+            vae = None if args.no_vae else (args.vae or _default_vae(local, tmp))
             record = export_to_diffusers(
                 local, out, vae=vae, use_ema=not args.raw, overwrite=args.overwrite, source_uri=ckpt
             )

@@ -21,7 +21,8 @@ from pipelines.sources import SourceConfig
 def _net(uri: str):
     from ditcore.metrics.features import load_feature_net
 
-    return load_feature_net(storage.local_copy(uri)).eval()
+    with storage.local_copy_scope(uri) as local:
+        return load_feature_net(local).eval()
 
 
 def _features(net, images: np.ndarray, batch_size: int) -> np.ndarray:

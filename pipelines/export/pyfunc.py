@@ -82,11 +82,12 @@ def bundle_checkpoint(checkpoint: str, dest: str | os.PathLike) -> dict[str, str
     from pipelines.infra import storage
     from pipelines.latents.manifest import Manifest, dataset_root
 
-    src = Path(storage.local_copy(checkpoint))
     dest = Path(dest)
-    _copy_weights(src, dest / "checkpoint")
+    with storage.local_copy_scope(checkpoint) as local:  # an s3:// download is removed once copied
+        _copy_weights(Path(local), dest / "checkpoint")
+        config = json.loads((Path(local) / "config.json").read_text())
     artifacts = {"checkpoint": str(dest / "checkpoint")}
-    manifest_uri = (json.loads((src / "config.json").read_text()).get("data") or {}).get("manifest")
+    manifest_uri = (config.get("data") or {}).get("manifest")
     if not manifest_uri:
         return artifacts  # a pixel-space model: the checkpoint is all it needs
     manifest = Manifest.read(manifest_uri)
@@ -101,7 +102,10 @@ def bundle_checkpoint(checkpoint: str, dest: str | os.PathLike) -> dict[str, str
             f.write(storage.read_bytes(storage.join(dataset_root(manifest_uri), manifest.text.null)))
     vae = manifest.vae.path
     if vae and (storage.is_s3(vae) or Path(vae).expanduser().is_dir()):
-        shutil.copytree(storage.local_copy(vae), dest / "vae")
+        if storage.is_s3(vae):
+            storage.download_dir(vae, str(dest / "vae"))
+        else:
+            shutil.copytree(storage.local_copy(vae), dest / "vae")
         artifacts["vae"] = str(dest / "vae")
     elif vae:
         _check_reference(vae, "VAE")

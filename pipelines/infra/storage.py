@@ -7,6 +7,7 @@ AWS_SECRET_ACCESS_KEY), so the same code talks to AWS, MinIO or a local moto ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow.fs as pafs
 
@@ -260,6 +261,35 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
         return os.path.abspath(os.path.expanduser(uri))
     root = cache_root or tempfile.mkdtemp(prefix="ditscale-")
     return download_dir(uri, os.path.join(root, uri.rstrip("/").rsplit("/", 1)[-1]))
+
+
+@contextlib.contextmanager
+def local_copy_scope(uri: str) -> Iterator[str]:
+    """`local_copy(uri)` for a with-block: a download (s3://) is deleted when the block ends (a worker reading one
+    checkpoint after another filled its temp folder otherwise); a local path is used in place, left as it is."""
+    if not is_s3(uri):
+        yield local_copy(uri)
+        return
+    root = tempfile.mkdtemp(prefix="ditscale-")
+    try:
+        yield local_copy(uri, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def checkpoint_config(uri: str) -> dict:
+    """config.json of the checkpoint directory at `uri` (local or s3://); of a remote one only that file is read,
+    not its weights."""
+    from ditcore.checkpoint import CheckpointError, read_checkpoint_config
+
+    if not is_s3(uri):
+        return read_checkpoint_config(local_copy(uri))
+    config = join(uri, "config.json")
+    if not exists(config):
+        raise CheckpointError(f"{uri}: checkpoint directory does not exist (no config.json there)")
+    with tempfile.TemporaryDirectory(prefix="ditscale-") as tmp:
+        Path(tmp, "config.json").write_bytes(read_bytes(config))
+        return read_checkpoint_config(tmp)
 
 
 def refuse_working_dir(out: str, kind: str) -> None:

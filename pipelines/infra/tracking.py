@@ -732,7 +732,7 @@ def checkpoint_samples(
 
     from pipelines.generation import GenerationPipeline, SamplerSettings
 
-    pipe = GenerationPipeline.from_checkpoint(storage.local_copy(checkpoint), text_encoder=False)
+    pipe = GenerationPipeline.from_checkpoint(checkpoint, text_encoder=False)
     seeds = [int(seed) * 1_000_003 + i for i in range(n)]
     settings = SamplerSettings(sampler=sampler, steps=steps, guidance=guidance)
     if pipe.conditioning == "class":

@@ -140,7 +140,8 @@ class Encoder:
             from ditcore.metrics.features import load_feature_net
             from pipelines.infra import storage
 
-            self.feature_net = load_feature_net(storage.local_copy(feature_net)).to(self.device).eval()
+            with storage.local_copy_scope(feature_net) as local:
+                self.feature_net = load_feature_net(local).to(self.device).eval()
         # One dry run fixes every output shape, so batches whose rows all failed still have typed columns.
         probe = self._encode(np.zeros((1, image_size, image_size, 3), np.uint8), [""])
         self.shapes = {k: v.shape[1:] for k, v in probe.items()}

@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from pipelines.cli.parsers import DefaultsHelpFormatter, positive_float, positive_int
+from pipelines.cli.parsers import DefaultsHelpFormatter, nonneg_int, positive_float, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,18 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=positive_int, default=64, help="requests per concurrency level (default: %(default)s)"
     )
     p.add_argument(
-        "--warmup", type=int, default=None, help="unmeasured requests before each level (default: the concurrency)"
+        "--warmup",
+        type=nonneg_int,
+        default=None,
+        help="unmeasured requests before each level (default: the concurrency)",
     )
     p.add_argument(
         "--body", default=None, help="JSON request body (default: a label or prompt chosen from GET /v1/model)"
     )
-    p.add_argument("--steps", type=int, default=None, help="steps per request (added to the body)")
+    p.add_argument("--steps", type=positive_int, default=None, help="steps per request (added to the body)")
     p.add_argument(
         "--token", default=os.environ.get("DITSCALE_API_TOKEN"), help="bearer token (default: $DITSCALE_API_TOKEN)"
     )
     p.add_argument("--timeout", type=positive_float, default=300.0, help="per-request timeout in seconds")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
+
+
+def batch_images(response: Any) -> int:
+    """Images in the forward batch a generate response ran in: its X-Ditscale-Batch-Images header (one PNG), else
+    the JSON body's settings.batch_images (several images, format json); 0 where neither says."""
+    header = response.headers.get("X-Ditscale-Batch-Images")
+    if header:
+        return int(header)
+    if response.status_code == 200 and "json" in response.headers.get("Content-Type", ""):
+        try:
+            return int(response.json()["settings"]["batch_images"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+    return 0
 
 
 def default_body(url: str, token: str | None = None) -> dict:
@@ -88,8 +106,7 @@ def run_load(
         try:
             r = session.post(endpoint, json=payload, headers=headers, timeout=timeout)
             status = r.status_code
-            _ = r.content
-            batch = int(r.headers.get("X-Ditscale-Batch-Images", 0) or 0)
+            batch = batch_images(r)
         except requests.RequestException:
             status = -1
         return time.perf_counter() - t0, status, batch
@@ -166,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not isinstance(body, dict):
         parser.error(f"--body {ns.body!r}: expected a JSON object such as '{{\"label\": 0}}'")
+    if "seed" in body:  # it was replaced without a word
+        parser.error(f"--body {ns.body!r}: leave 'seed' out; each request gets its own (distinct seeds: real work)")
     if ns.steps is not None:
         body["steps"] = ns.steps
     rows = [

@@ -112,18 +112,40 @@ def plan_from_args(ns: argparse.Namespace) -> DeploymentPlan:
     bad = [s for s in ns.set if "=" not in s or "." not in s.split("=", 1)[0]]
     if bad:
         raise ConfigError(f"--set {bad[0]!r}: expected DEPLOYMENT.KEY=VALUE")
-    if ns.checkpoint and (ns.alias or ns.model_name):
-        flag = "--alias" if ns.alias else "--model-name"
-        raise ConfigError(f"{flag} picks a registered model version: give it with --champion, not --checkpoint")
     return plan_deployment(**options_for(plan_deployment, ns, app_name=ns.app, overrides=apply_overrides({}, ns.set)))
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """`argv` without --detach, also where it was abbreviated (argparse takes --det): a child given --det detached
+    again, and again, each in a session of its own that a timeout's clean-up never reached."""
+    return [a for a in argv if not (len(a) > 2 and a.startswith("--") and "--detach".startswith(a))]
+
+
+def refuse_busy_port(plan: DeploymentPlan) -> None:
+    """ConfigError when something already listens where the service would: its /healthz (an earlier `ditscale
+    serve`) would be taken for the new service's, which cannot bind the port."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(plan.url)
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=2):
+            pass
+    except OSError:
+        return  # nothing there
+    raise ConfigError(
+        f"--port {url.port}: {url.hostname}:{url.port} is already in use (an earlier `ditscale serve`?); stop it or "
+        "pick another --port"
+    )
 
 
 def _detach(argv: list[str], ns: argparse.Namespace, plan: DeploymentPlan) -> int:
     """Re-run this command without --detach in a new session; return once it answers on /healthz."""
+    refuse_busy_port(plan)
     log_path = ns.log_file or os.path.join(os.getcwd(), f"ditscale-serve-{ns.port}.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli.serve", *[a for a in argv if a != "--detach"]],
+            [sys.executable, "-m", "serve.cli.serve", *child_argv(argv)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -179,6 +179,9 @@ def _exit_code(argv: list[str]) -> int:
         (["data", "train-features", "lr=-1"], "lr: must be a finite number > 0, got -1.0"),
         (["loadtest", "--url", "not-a-url"], "--url 'not-a-url': expected an http(s) URL"),
         (["loadtest", "--url", "http://127.0.0.1:9", "--concurrency", "0"], "every level must be >= 1"),
+        (["loadtest", "--url", "http://127.0.0.1:9", "--warmup", "-5"], "--warmup: must be >= 0, got -5"),
+        (["loadtest", "--url", "http://127.0.0.1:9", "--steps", "0"], "--steps: must be >= 1, got 0"),
+        (["loadtest", "--url", "http://127.0.0.1:9", "--body", '{"seed": 3}'], "leave 'seed' out"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
@@ -237,6 +240,20 @@ def test_serve_champion_follows_the_alias_given(cwd, capsys, monkeypatch):
     assert args["alias"] == "champion" and resolve_checkpoint(AppArgs(**args))[0] == "/runs/a/step_1"
     assert main(["serve", "--checkpoint", "/runs/a/step_1", "--alias", "sweep-b", "--print-config"]) == 2
     assert "--alias picks a registered model version" in capsys.readouterr().err
+    # The same where the checkpoint comes from the config's args, and for --tracking-uri: each was accepted and
+    # never read (the app loads the checkpoint).
+    assert main(["serve", "--checkpoint", "/runs/a/step_1", "--tracking-uri", uri, "--print-config"]) == 2
+    assert "--tracking-uri picks a registered model version" in capsys.readouterr().err
+    from serve.deploy import DEFAULT_CONFIG
+
+    cfg = yaml.safe_load(open(DEFAULT_CONFIG))
+    cfg["applications"][0]["args"] = {"checkpoint": "/runs/a/step_1"}
+    (cwd / "serve.yaml").write_text(yaml.safe_dump(cfg))
+    conf = ["serve", "--config", str(cwd / "serve.yaml"), "--print-config"]
+    assert main([*conf, "--model-name", "other"]) == 2
+    assert "--model-name picks a registered model version" in capsys.readouterr().err
+    assert "(this app serves /runs/a/step_1)" in (main([*conf, "--alias", "b"]), capsys.readouterr().err)[1]
+    assert main(conf) == 0
 
 
 @pytest.mark.parametrize(

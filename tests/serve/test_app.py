@@ -490,6 +490,13 @@ def test_loadtest_cli_against_running_app(server, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "p99 ms" in out and "{'200': 3}" in out
+    # Two images a request come back as JSON, without the PNG's batch header: the batch size is read from the body
+    # (it was NaN).
+    body = '{"label": 1, "num_images": 2}'
+    argv = ["--url", f"{server['base']}/class", "--concurrency", "1", "--requests", "2", "--steps", "2"]
+    assert main([*argv, "--warmup", "0", "--body", body, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["mean_batch_images"] >= 2
     # Without the text app's token the default body cannot be chosen: exit 2 naming --token, before any load.
     assert main(["--url", f"{server['base']}/text", "--requests", "1", "--token", ""]) == 2
     assert "--token" in capsys.readouterr().err

@@ -97,3 +97,33 @@ def test_shipped_config_makes_a_replica_without_its_token_refuse_to_start(monkey
         BearerAuth.from_env(settings.auth_token_env, required=settings.auth_required)
     monkeypatch.setenv(settings.auth_token_env, "t0ken")
     assert BearerAuth.from_env(settings.auth_token_env, required=True).enabled
+
+
+def test_the_application_runtime_env_reaches_every_deployment_actor(tmp_path):
+    # deploy() on a Ray already running (the quickstart's) used the plan's runtime_env nowhere: only a fresh init_ray
+    # took it. Each deployment now gets it, its own keys winning and env_vars merged, as `serve deploy` does.
+    from serve.app import make_app
+    from serve.deploy import deployments_with_runtime_env
+    from serve.sampler import SAMPLER_NAME
+
+    plan = plan_deployment(
+        DEFAULT_CONFIG,
+        checkpoint="/nonexistent/ckpt",
+        working_dir=str(tmp_path),
+        overrides={
+            SAMPLER_NAME: {"ray_actor_options": {"runtime_env": {"env_vars": {"OWN": "1", "HF_HUB_OFFLINE": "0"}}}}
+        },
+    )
+    app_env = plan.runtime_env
+    assert app_env["env_vars"]["HF_HUB_OFFLINE"] == "1" and app_env["working_dir"] == str(tmp_path)
+    options = deployments_with_runtime_env(plan)
+    ingress = options[INGRESS_NAME]["ray_actor_options"]["runtime_env"]
+    sampler = options[SAMPLER_NAME]["ray_actor_options"]["runtime_env"]
+    assert ingress == {"env_vars": app_env["env_vars"]}  # the code (working_dir) stays with the Ray job: init_ray
+    assert "working_dir" not in sampler and sampler["env_vars"] == {
+        **app_env["env_vars"],
+        "OWN": "1",
+        "HF_HUB_OFFLINE": "0",
+    }
+    assert "runtime_env" not in plan.deployments.get(INGRESS_NAME, {}).get("ray_actor_options", {})  # plan untouched
+    make_app(plan.args, options)  # Serve takes them

@@ -140,3 +140,34 @@ def test_a_default_sampler_the_checkpoint_cannot_run_is_refused_and_the_replica_
     assert (sampler.config.default_sampler, sampler.config.default_guidance) == ("dpmsolver-v3", 1.5)
     assert "stays 'dpmsolver-v3' at guidance 1.5" in asyncio.run(sampler.info())["config_error"]
     assert sampler.check_sampler({}) is None  # a request without sampler or guidance runs
+
+
+def test_a_field_error_names_the_value_sent():
+    # {"steps": 500} came back as "steps: Input should be less than or equal to 250", the value left out.
+    from pydantic import ValidationError
+
+    from serve.schema import GenerateRequest, validation_errors
+
+    def messages(body):
+        with pytest.raises(ValidationError) as e:
+            GenerateRequest.model_validate(body)
+        return [f.message for f in validation_errors(e.value.errors())]
+
+    assert messages({"steps": 500}) == ["steps: Input should be less than or equal to 250 (got 500)"]
+    assert messages({"seed": -1}) == ["seed: Input should be greater than or equal to 0 (got -1)"]
+    assert messages({"guidance": "4"}) == ['guidance: Input should be a valid number (got "4")']
+    assert messages({"prompt": "a" * 500, "steps": 0})[-1].endswith("(got 0)")
+    long = messages({"guidance": "x" * 500})[0]
+    assert long.endswith("xxx...)") and len(long) < 120  # a long value is cut
+    (sampler,) = messages({"sampler": "foo"})
+    assert sampler.startswith("sampler: unknown sampler 'foo'") and "Value error" not in sampler
+    assert "(got" not in sampler  # the check's own message names it already
+    assert messages({"bogus": 1}) == ["bogus: unknown field"]
+
+
+def test_a_content_length_of_non_ascii_digits_is_a_400_naming_it():
+    # "²".isdigit() is true and int("²") raised: the body-size middleware crashed instead of answering.
+    client = TestClient(ingress.BodySizeLimit(Starlette(routes=[Route("/", lambda _r: PlainTextResponse("ok"))])))
+    r = client.post("/", content=b"x", headers={"Content-Length": "²".encode("latin-1")})
+    assert r.status_code == 400 and "Content-Length: not an integer, got '" in r.text and "²" in r.text
+    assert client.post("/", content=b"x").status_code == 405  # a well-formed one reaches the app

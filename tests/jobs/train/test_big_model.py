@@ -5,6 +5,7 @@ by 2 workers resumes on 1; the bf16 FSDP2 policy trains with fp32 parameters; ba
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_fsdp_bf16_policy_trains_with_fp32_parameters(ray_local, data8, tmp_path
 
 
 @pytest.mark.slow
-def test_sharded_checkpoints_on_s3_resume(ray_local, data8, tmp_path, s3_bucket):
+def test_sharded_checkpoints_on_s3_resume(ray_local, data8, tmp_path, s3_bucket, monkeypatch):
     """checkpoint.sharded with S3 storage: each rank uploads its dcp/ files and checkpoint.json comes last, listing
     every file; the periodic step-1 checkpoint (no whole weights) resumes in another process to the run's end."""
     from pipelines.infra import storage
@@ -155,8 +156,12 @@ def test_sharded_checkpoints_on_s3_resume(ray_local, data8, tmp_path, s3_bucket)
     listed = storage.read_json(f"{one}/checkpoint.json")["files"]
     assert ".metadata" in storage.listdir(f"{one}/dcp") and "dcp/.metadata" in listed
     assert "model.safetensors" not in listed and "model.safetensors" in storage.listdir(two)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     resumed = run_local(
         _cfg(data8, tmp_path, steps, "run.name=s3res", f"checkpoint.init_from={one}"), str(tmp_path / "s3res")
     )
     assert resumed["steps"] == 2
+    assert list(temp.glob("ditscale-*")) == []  # the init_from download is deleted after the run
     _close(tmp_path / "s3res" / "checkpoints" / "step_00000002", Path(storage.download_dir(two, str(tmp_path / "d"))))

@@ -264,6 +264,36 @@ def test_a_torn_fit_start_marker_reads_as_absent_and_is_rewritten_whole(tmp_path
     assert json.loads((tmp_path / "run" / ".fit-f1.json").read_text()) == {"step": 6}
 
 
+def test_a_remote_restore_download_is_deleted_when_the_worker_moves_on(tmp_path, s3_bucket, monkeypatch):
+    """A worker restored from an s3:// checkpoint downloaded it into a temp folder that was never removed: a worker
+    group training a sweep trial's runs one after another kept one full copy (optimizer state too) per run. (The
+    environment is built without a Ray Train context: only its storage matters here.)"""
+    import tempfile
+    import types
+
+    from jobs.train.env import RayTrainEnv
+    from pipelines.infra import storage
+    from tests.serve._helpers import class_checkpoint
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    storage.upload_dir(class_checkpoint(tmp_path), f"{s3_bucket}/exp/run1/checkpoints/step_00000002")
+    env = RayTrainEnv.__new__(RayTrainEnv)
+    env._storage = types.SimpleNamespace(
+        experiment_fs_path=f"{s3_bucket.removeprefix('s3://')}/exp", storage_filesystem=storage.s3_filesystem()
+    )
+    env._train = types.SimpleNamespace(get_checkpoint=lambda: None)  # Ray registered none: the newest on storage
+    env._restore_download = None
+    env.set_run("run1")
+    restored = env.restore_dir()
+    assert Path(restored, "config.json").is_file() and Path(restored).parent == temp
+    assert env.restore_dir() == restored  # one download per run
+    env.set_run("run2")  # the next run of the worker group
+    assert not Path(restored).exists() and list(temp.glob("ditscale-*")) == []
+    assert env.restore_dir() is None
+
+
 def test_a_resaved_sharded_step_commits_beside_a_leftover_of_an_earlier_kill(tmp_path):
     """The old step directory is moved aside before the new one goes in. Its aside name held only the pid, so the
     leftover of a kill before the clean-up made a later re-save by a process with the same pid (in containers, pids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipelines.infra import storage
@@ -127,3 +129,40 @@ def test_publish_through_a_symlink_replaces_its_target_and_a_failed_write_leaves
     with pytest.raises(TypeError):
         storage.write_bytes(str(tmp_path / "r.json"), "text, not bytes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "vae"]
+
+
+def _downloads(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("ditscale-"))
+
+
+def test_remote_checkpoints_read_in_a_scope_leave_no_download(tmp_path, s3_bucket, monkeypatch):
+    """Every read of an s3:// checkpoint (a pipeline load, a config read, a worker's restore or init_from) downloaded
+    it into a fresh temp folder that was never removed: evaluation, run after run, filled the disk."""
+    import tempfile
+
+    from ditcore.checkpoint import CheckpointError
+    from pipelines.generation import GenerationPipeline
+    from tests.serve._helpers import class_checkpoint
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    ckpt = class_checkpoint(tmp_path)
+    remote = f"{s3_bucket}/ckpt"
+    storage.upload_dir(ckpt, remote)
+    with storage.local_copy_scope(remote) as local:
+        assert (Path(local) / "config.json").is_file() and _downloads(temp)
+    assert _downloads(temp) == []
+    with storage.local_copy_scope(ckpt) as local:  # a local checkpoint is read in place and left
+        assert local == ckpt
+    assert (Path(ckpt) / "config.json").is_file()
+    pipe = GenerationPipeline.from_checkpoint(remote, text_encoder=False)
+    assert pipe.checkpoint_uri == remote and _downloads(temp) == []
+    # The config alone: no weights are fetched (a checkpoint without them still answers), and none is named.
+    storage.write_bytes(f"{s3_bucket}/bare/config.json", storage.read_bytes(f"{remote}/config.json"))
+    assert (
+        storage.checkpoint_config(f"{s3_bucket}/bare")["model"] == storage.read_json(f"{remote}/config.json")["model"]
+    )
+    assert _downloads(temp) == []
+    with pytest.raises(CheckpointError, match=f"{s3_bucket}/nothing: checkpoint directory does not exist"):
+        storage.checkpoint_config(f"{s3_bucket}/nothing")
