@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from ditcore.config import ConfigError, apply_overrides
 from pipelines.cli.parsers import command_parser, nonneg_float, options_for, port_number, positive_float
@@ -176,9 +177,21 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     # GPU-box config still schedule.
     init_ray(runtime_env=plan.runtime_env or None, num_cpus=max(os.cpu_count() or 1, 8))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deployed = False
+
+    def on_sigterm(*_: Any) -> None:
+        if deployed:
+            stop.set()  # the serving loop drains, then shuts down
+        else:
+            # deploy() blocks (serve.run, /healthz polls) up to --ready-timeout: stop it as Ctrl-C does. The event
+            # alone was read only once it returned, so a stopped `--detach` start always ran into its SIGKILL.
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        print(
+            f"ditscale serve: deploying {plan.name} (ready within --ready-timeout {ns.ready_timeout:g} s)", flush=True
+        )
         url = deploy(plan, num_gpus=ns.num_gpus, ready_timeout=ns.ready_timeout)
         deployed = True
         print(

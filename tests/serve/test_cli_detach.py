@@ -45,3 +45,43 @@ def test_detach_refuses_a_port_something_already_answers_on(tmp_path, monkeypatc
     assert code == 2
     assert f"--port {port}: 127.0.0.1:{port} is already in use" in capsys.readouterr().err
     assert list(tmp_path.glob("ditscale-serve-*.log")) == []  # no background process was started
+
+
+@pytest.mark.slow
+def test_sigterm_while_deploying_stops_the_command(tmp_path):
+    # SIGTERM only set an event that was read after deploy() returned: a service stopped while starting (a --detach
+    # start past its --ready-timeout) came up anyway and was killed with SIGKILL a minute later, Ray and all.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, free_port
+    from tests.serve._helpers import class_checkpoint
+
+    ckpt = class_checkpoint(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve.cli.serve", "--checkpoint", ckpt, "--port", str(free_port())],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    said = []
+    try:
+        for line in proc.stdout:  # the command's own progress line is the signal to stop it
+            said.append(line)
+            if line.startswith("ditscale serve: deploying"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        said.extend(proc.stdout)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(said)
+    assert code == 0, out
+    assert "ditscale serve: deploying" in out and "ready at" not in out, out  # stopped before it came up
