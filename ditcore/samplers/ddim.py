@@ -37,8 +37,9 @@ def sample_ddim(
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Run DDIM(eta) along the time grid ts (decreasing, last = clean)."""
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if not (math.isfinite(eta) and 0 <= eta <= 1):
+        # Above 1 the noise std c passes sigma_n: the eps term is clamped to 0 and the samples' variance is wrong.
+        raise ValueError(f"eta must be a finite number in [0, 1] (1: as much noise as DDPM), got {eta!r}")
     points = [grid_point(process, float(t)) for t in ts]
     for cur, nxt in itertools.pairwise(points):
         x0, eps = denoise(x, cur.t)

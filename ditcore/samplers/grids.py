@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import torch
 
@@ -112,8 +113,9 @@ def time_grid(
     noise (alpha = 0, lambda = -inf) the start time is kept as an extra first point and the ramp starts at
     sigma_max.
     """
-    if not isinstance(steps, int) or steps < 1:
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:  # np.int64 is one; True not
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
     if kind not in TIME_GRIDS:
         raise ValueError(f"unknown time_grid {kind!r}; expected one of {', '.join(TIME_GRIDS)}")
     t_hi = float(process.t_max if t_start is None else t_start)

@@ -46,8 +46,9 @@ class Denoiser:
         self.prediction = prediction
         self.cond = dict(cond or {})
         self.guidance = float(guidance)
-        if not math.isfinite(self.guidance):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            # 0: the unconditional model, 1: the conditional one; below 0 is nothing the project trains or serves for.
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
         self.guidance_interval = guidance_interval
         if guidance_interval is not None:
             lo, hi = guidance_interval

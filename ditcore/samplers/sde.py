@@ -75,6 +75,8 @@ def sample_sde(
     """Euler-Maruyama on the reverse SDE along ts (decreasing, last = clean); one model evaluation per step."""
     if last_step not in LAST_STEPS:
         raise ValueError(f"unknown SDE last step {last_step!r}; expected one of {', '.join(LAST_STEPS)}")
+    if not math.isfinite(diffusion_norm):  # else named below as an infinite diffusion at t_max
+        raise ValueError(f"sde_diffusion_norm must be a finite number, got {diffusion_norm!r}")
     points = [grid_point(process, float(t)) for t in ts]
     for p in points[:-1]:
         if not math.isfinite(diffusion_coefficient(p, diffusion, diffusion_norm)):

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -330,10 +331,24 @@ def test_bad_arguments_name_the_value():
         sample(fn, noise, process="flow", prediction="velocity", sampler="ddpm", generators=make_generators([1]))
     nan = float("nan")  # NaN fails every comparison: the checks must not let it through
     cond, uncond = {"y": torch.zeros(2)}, {"y": torch.ones(2)}
-    with pytest.raises(ValueError, match="guidance must be a finite number, got nan"):
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0, got nan"):
         sample(fn, noise, process="flow", prediction="velocity", cond=cond, uncond=uncond, guidance=nan)
-    with pytest.raises(ValueError, match="eta must be a finite number >= 0, got nan"):
+    # Below 0 was run without a word (serving refuses it).
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0, got -2"):
+        sample(fn, noise, process="flow", prediction="velocity", cond=cond, uncond=uncond, guidance=-2.0)
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\] .*, got nan"):
         sample(fn, noise, process="flow", prediction="velocity", sampler="ddim", eta=nan)
+    # Above 1 the eps coefficient was clamped to 0 and the samples' variance came out wrong without an error.
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0, 1\] .*, got 3.0"):
+        sample(fn, noise, process="flow", prediction="velocity", sampler="ddim", eta=3.0)
+    # A non-finite SDE norm was reported as an infinite diffusion at t_max, "alpha = 0", on a path where it is not.
+    with pytest.raises(ValueError, match="sde_diffusion_norm must be a finite number, got nan"):
+        sample(fn, noise, process="vp-linear", prediction="eps", sampler="sde", sde_diffusion_norm=nan)
+    # steps: numpy's integers are integers (a value read from an array), a bool is not one step.
+    out = sample(fn, noise, process="flow", prediction="velocity", steps=np.int64(3))
+    assert torch.equal(out, sample(fn, noise, process="flow", prediction="velocity", steps=3))
+    with pytest.raises(ValueError, match="steps must be a positive integer, got True"):
+        sample(fn, noise, process="flow", prediction="velocity", steps=True)
     with pytest.raises(ValueError, match="rho must be a finite number > 0, got nan"):
         sample(fn, noise, process="flow", prediction="velocity", time_grid="edm", rho=nan)
     with pytest.raises(ValueError, match="grid shift must be a finite number > 0, got nan"):
