@@ -96,7 +96,7 @@ class PowerLawFit:
 
     def band(self, compute: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise bootstrap interval (lo, hi) of the prediction at compute C; the fit itself if no samples."""
-        c = np.asarray(compute, dtype=np.float64)
+        c = np.atleast_1d(np.asarray(compute, dtype=np.float64))  # one compute value too: [1]
         if self.samples is None or len(self.samples) < MIN_BOOT_OK:
             y = self.predict(c)
             return y, y
@@ -510,8 +510,9 @@ def fit_power_law(
     (n_boot resamples, numpy Generator seeded by `seed`; resamples with < 3 distinct computes skipped; no
     interval below MIN_BOOT_OK refits) always fills `ci_bootstrap` and `samples`. With 3 points (no degrees of
     freedom) there is no profile interval. `value_se`: per-point standard errors of the values; adds
-    `sampling_noise` (n_noise redraws). With `held_out`, also fit without the largest compute and report the
-    prediction error there.
+    `sampling_noise` (n_noise redraws); a NaN one is a point without a measured error (redrawn as exact), a
+    negative one a FitError. With `held_out`, also fit without the largest compute and report the prediction error
+    there.
     """
     if interval not in (*INTERVAL_METHODS, None):
         raise ValueError(f"interval must be one of {INTERVAL_METHODS} or None, got {interval!r}")
@@ -522,6 +523,8 @@ def fit_power_law(
     se_raw = None if value_se is None else np.asarray(value_se, dtype=np.float64).ravel()
     if se_raw is not None and se_raw.shape != c_raw.shape:
         raise FitError(f"{what}: {c_raw.size} compute values but {se_raw.size} standard errors")
+    if se_raw is not None and bool((se_raw < 0).any()):  # clipped to 0, it read as "no sampling noise"
+        raise FitError(f"{what}: standard errors must be >= 0, got {float(se_raw[se_raw < 0][0])!r}")
     c, y = _validate(compute, values, 3, what)
     lcref = float(np.mean(np.log(c)))
     c_ref = float(np.exp(lcref))  # normalise C (~1e15) so log a is O(1)

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ditcore.metrics.fid import FID_SE_METHOD
 from pipelines.infra import storage
 from pipelines.latents.manifest import Manifest
 
@@ -60,8 +61,11 @@ class FIDSettings:
     def key(self, feature_net: str = "", classifier: Optional[str] = None, compute: str = "cpu") -> str:
         """Short stable hash of these settings, the feature network (and the classifier scoring the samples) and
         where the samples are drawn (`sampling_compute`: a GPU samples in bf16, so its FID differs a little from a
-        CPU's fp32 one; "cpu" leaves the key as it was before this was part of it)."""
+        CPU's fp32 one; "cpu" adds nothing to the key). The key also names how the
+        FID's standard error is resampled (`fid_se`: half-samples since they replaced a bootstrap that overstated
+        it), so a cached result never carries the other method's."""
         extra = {"classifier": classifier} if classifier else {}
+        extra["fid_se"] = FID_SE_METHOD  # ditcore.metrics.fid
         if compute != "cpu":
             extra["compute"] = compute
         blob = json.dumps({**asdict(self), "feature_net": feature_net, **extra}, sort_keys=True)
@@ -301,7 +305,7 @@ def evaluate_checkpoint(
     models on built-in data; + "class_acc" when a `classifier` (ditcore.metrics.classifier net) is given.
 
     `settings` (or its fields as keywords: num_samples, sampler, steps, guidance, seed) fixes the samples. "fid_se"
-    and "fid_ci" come from `n_boot` bootstrap resamples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
+    and "fid_ci" come from `n_boot` half-samples of the generated samples (ditcore.metrics.fid.fid_bootstrap);
     a FID from fewer samples than feature dimensions carries "few_samples_warning" (also printed). `threads`: torch
     threads when sampling in this process (num_actors 0; default `eval_threads()`). "sampling_device" says where
     the samples were drawn ("cuda bf16", "cpu fp32"), "sampling_gpus" how many Ray GPUs the sampling tasks held and
@@ -352,7 +356,7 @@ def evaluate_checkpoint(
 
 
 def _noise(feats: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """The FID's sampling noise (bootstrap over the generated samples) and the few-samples warning."""
+    """The FID's sampling noise (half-samples of the generated samples) and the few-samples warning."""
     import sys
 
     from ditcore.metrics.fid import few_samples_warning, fid_bootstrap

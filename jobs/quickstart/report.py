@@ -348,7 +348,7 @@ def _record_section(rec: dict | None) -> list[str]:
     if c.get("fid_ci"):
         fid += f" [{_g(c['fid_ci'][0])}, {_g(c['fid_ci'][1])}]"
         if c.get("fid_ci_resamples"):
-            fid += f" (95% bootstrap, {c['fid_ci_resamples']} resamples)"
+            fid += f" (95%, {c['fid_ci_resamples']} half-samples)"
     network = c.get("fid_network_name") or c.get("fid_network")  # the standard network by its name, else the path
     lines.append(f"- champion {c.get('model')}: {fid} ({c.get('fid_samples')} samples, network {network})")
     for key, name in (("attr_accuracy", "caption-attribute accuracy"), ("class_accuracy", "class accuracy")):

@@ -234,3 +234,16 @@ def test_held_out_check_and_interval_level_take_bad_input_like_the_fits():
         held_out_check(c, [*y[:4], 0.0])  # was a ZeroDivisionError
     with pytest.raises(FitError, match=r"ci_level must be in \(0, 1\), got 1.5"):
         fit_power_law(c, y, ci_level=1.5)  # was a brentq "is NaN" ValueError
+
+
+def test_negative_standard_errors_are_refused_and_one_compute_has_a_band():
+    # A negative se was clipped to 0 and read as "no sampling noise"; band() of one compute value raised IndexError.
+    from ditcore.scaling.powerlaw import FitError, fit_power_law
+
+    c = np.geomspace(1e11, 5e12, 8)
+    y = 3e5 * c**-0.3 + 50.0
+    with pytest.raises(FitError, match="standard errors must be >= 0, got -"):
+        fit_power_law(c, y, n_boot=20, value_se=-0.05 * y)
+    fit = fit_power_law(c, y * (1 + 0.01 * np.sin(np.arange(8))), n_boot=40)
+    lo, hi = fit.band(1e13)
+    assert lo.shape == hi.shape == (1,) and lo[0] <= fit.predict(1e13) <= hi[0]

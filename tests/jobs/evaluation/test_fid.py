@@ -141,11 +141,22 @@ def test_data_scores_with_its_own_feature_net(setup, tmp_path, capsys):
     assert "no-such-net" in capsys.readouterr().err
 
 
+def test_the_cache_key_names_how_the_fid_se_is_resampled(monkeypatch):
+    # fid_se came from a bootstrap that overstated it where samples barely outnumber dimensions; a result cached
+    # with it must not be read as a half-sampling one.
+    from jobs.evaluation import fid
+
+    s = FIDSettings(num_samples=320, sampler="euler", steps=12, guidance=2.0)
+    now = s.key("net")
+    monkeypatch.setattr(fid, "FID_SE_METHOD", "bootstrap")
+    assert s.key("net") != now
+
+
 def test_the_cache_key_names_gpu_sampling_and_keeps_cpu_keys():
     from jobs.evaluation.fid import sampling_compute
 
     s = FIDSettings(num_samples=320, sampler="euler", steps=12, guidance=2.0)
-    # CPU fp32 keys are the ones cached before the device was part of the key; bf16 GPU samples get their own
+    # CPU fp32 is the default; bf16 GPU samples get their own
     assert s.key("net", compute="cpu") == s.key("net") != s.key("net", compute="cuda-bf16")
     assert sampling_compute(0) == ("cuda-bf16" if torch.cuda.is_available() else "cpu")  # in this process
     assert sampling_compute(4, num_gpus=1) == "cuda-bf16" and sampling_compute(4, num_gpus=0) == "cpu"

@@ -290,4 +290,4 @@ def test_the_standard_fid_states_its_bootstrap_resamples():
     champion = {"model": "m", "fid": 30.0, "fid_network": "clf", "fid_samples": 256}
     rec = _with_real_data(ctx, {}, {"champion": champion})
     assert rec["champion"]["fid_ci_resamples"] == 50
-    assert "FID 77 [76.1, 78] (95% bootstrap, 50 resamples)" in "\n".join(_record_section(rec))
+    assert "FID 77 [76.1, 78] (95%, 50 half-samples)" in "\n".join(_record_section(rec))
