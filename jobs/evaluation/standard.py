@@ -5,7 +5,7 @@ For a result others can compare, the champion is also scored with the FID Incept
 the TF "inception-2015-12-05" graph of pytorch-fid / clean-fid, 2048-d pool features) against reference statistics
 of real train images, and the same network scores real test images at the same sample count (or all of them when
 the test split is smaller: `floor.n_samples` says how many; FID's small-sample bias then raises the floor): the floor
-a perfect generator would reach at that N. Both carry bootstrap intervals over the scored images.
+a perfect generator would reach at that N. Both carry intervals from half-samples of the scored images.
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def reference_stats(
     from pipelines.datasets.images import load_readable_images
     from pipelines.infra.storage import tree_stamp
 
-    # What the images are, not only where (a folder whose images were replaced is other data).
+    # What the images are, not only where (a folder whose images were replaced is other data), and what the network
+    # is (a reconverted Inception at the same path is another network: its statistics were reused).
     where = train_source if isinstance(train_source, str) else getattr(train_source, "path", None)
     stamp = tree_stamp(where) if where else None
-    key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref, stamp]).encode()).hexdigest()[:12]
+    net = tree_stamp(inception)
+    key = hashlib.sha1(json.dumps([inception, str(train_source), image_size, n_ref, stamp, net]).encode()).hexdigest()
+    key = key[:12]
     path = os.path.join(cache_dir, f"ref-{key}.npz") if cache_dir else None
     if path and os.path.exists(path):
         try:
@@ -100,7 +103,7 @@ def standard_fid(
     progress: bool = False,
 ) -> dict[str, Any]:
     """{"fid", "fid_se", "fid_ci", "n_boot", "n_samples", "fid_network", "reference_count", "floor": {...}} of
-    `ckpt` (`n_boot`: the bootstrap resamples behind both intervals).
+    `ckpt` (`n_boot`: the half-samples behind both intervals).
 
     `settings.num_samples` generated images (conditioned as in `evaluate_checkpoint`) and as many real test images
     (fewer if the test split is smaller: stated in the floor's "n_samples") are scored against the reference

@@ -289,7 +289,7 @@ def _with_real_data(ctx: Context, point: dict, rec: dict[str, Any]) -> dict[str,
         fid_samples=std["n_samples"],
         fid_se=std["fid_se"],
         fid_ci=std["fid_ci"],
-        fid_ci_resamples=std.get("n_boot"),  # the bootstrap behind fid_ci and fid_floor_ci
+        fid_ci_resamples=std.get("n_boot"),  # the half-samples behind fid_ci and fid_floor_ci
         fid_reference_count=std["reference_count"],
     )
     rec["fid_floor"] = std["floor"]["fid"]

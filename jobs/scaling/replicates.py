@@ -147,9 +147,15 @@ def pool_replicates(
         for field in _SAME:
             seen = {str(r.get(field)) for r in reps}
             if len(seen) > 1:
+                why = (
+                    " (the key also names how fid_se is resampled: a sweep evaluated before FID standard errors came "
+                    "from half-samples has another; run it again to evaluate its checkpoints anew)"
+                    if field == "eval_key"
+                    else ""
+                )
                 raise FitError(
                     f"model {key[1]!r} at budget {key[3]!r}: the sweeps differ in {field} ({', '.join(sorted(seen))}); "
-                    "only FIDs from the same evaluation settings can be averaged"
+                    f"only FIDs from the same evaluation settings can be averaged{why}"
                 )
         out = dict(reps[0])
         for field in _MEAN:

@@ -53,7 +53,7 @@ def fid_floor(
         which uses all of them (the result's "n_samples" says how many).
     feature_net: None uses the manifest's; a path must name the same network (same feature dimension) or the
         comparison with the stored statistics would be meaningless (ValueError).
-    n_boot > 0 adds a bootstrap over the test images ("se", "ci", "boot_shift", as `fid_bootstrap`: the interval
+    n_boot > 0 adds half-samples of the test images ("se", "ci", "boot_shift", as `fid_bootstrap`: the interval
         is recentred on the estimate, the raw percentile one is "ci_percentile").
 
     Returns {"fid", "n_samples", "requested_samples", "feature_net", "feature_dim", "reference_count",

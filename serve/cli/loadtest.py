@@ -105,11 +105,12 @@ def run_load(
         batch = 0
         try:
             r = session.post(endpoint, json=payload, headers=headers, timeout=timeout)
+            elapsed = time.perf_counter() - t0  # the response's arrival, before this client parses its body
             status = r.status_code
             batch = batch_images(r)
         except requests.RequestException:
-            status = -1
-        return time.perf_counter() - t0, status, batch
+            status, elapsed = -1, time.perf_counter() - t0
+        return elapsed, status, batch
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         n_warm = concurrency if warmup is None else warmup

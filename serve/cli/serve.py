@@ -176,12 +176,14 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     # A fresh local cluster unless RAY_ADDRESS names one; logical CPUs may exceed cores so replica num_cpus from a
     # GPU-box config still schedule.
     init_ray(runtime_env=plan.runtime_env or None, num_cpus=max(os.cpu_count() or 1, 8))
-    stop = threading.Event()
+    stop, stopping = threading.Event(), threading.Event()
     deployed = False
 
     def on_sigterm(*_: Any) -> None:
-        if deployed:
-            stop.set()  # the serving loop drains, then shuts down
+        if deployed or stopping.is_set():
+            # the serving loop drains, then shuts down; during the shutdown itself a signal must not cut
+            # serve.shutdown() / ray.shutdown() short with a traceback
+            stop.set()
         else:
             # deploy() blocks (serve.run, /healthz polls) up to --ready-timeout: stop it as Ctrl-C does. The event
             # alone was read only once it returned, so a stopped `--detach` start always ran into its SIGKILL.
@@ -204,6 +206,7 @@ def _run_until_stopped(plan: DeploymentPlan, ns: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        stopping.set()
         try:
             if deployed:
                 drain(plan.name)

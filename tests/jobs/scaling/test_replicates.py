@@ -49,8 +49,11 @@ def test_refusals_name_the_problem():
         pool_replicates([[_pt("m", 1e11, 100.0)]])
     with pytest.raises(FitError, match="share no"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("n", 1e11, 100.0)]])
-    with pytest.raises(FitError, match="eval_key"):
+    # The message says the key also names the fid_se method (a sweep evaluated before half-samples has another).
+    with pytest.raises(FitError, match=r"differ in eval_key \(a, b\).*how fid_se is resampled"):
         pool_replicates([[_pt("m", 1e11, 100.0, eval_key="a")], [_pt("m", 1e11, 101.0, eval_key="b")]])
+    with pytest.raises(FitError, match=r"differ in fid_samples \(320, 640\); only FIDs .* can be averaged$"):
+        pool_replicates([[_pt("m", 1e11, 100.0, fid_samples=320)], [_pt("m", 1e11, 101.0, fid_samples=640)]])
     with pytest.raises(FitError, match="s1: two points"):
         pool_replicates([[_pt("m", 1e11, 100.0)], [_pt("m", 1e11, 100.0), _pt("m", 1e11, 90.0)]], ["s0", "s1"])
 
