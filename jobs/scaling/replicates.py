@@ -104,20 +104,9 @@ def _check_independent(key: tuple, reps: list[dict], names: list[str]) -> None:
                 seen[str(v)] = name
 
 
-def pool_replicates(
-    sweeps: list[list[dict]], names: list[str] | None = None, settings: list[dict[str, dict]] | None = None
-) -> tuple[list[dict], dict[str, Any]]:
-    """(pooled points, summary) of >= 2 sweeps' points (plain dicts, as `to_dicts` gives them).
-
-    Points measured in every sweep are pooled (see RULE); points missing from some sweep are left out and counted
-    in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
-    they share no point, when a pooled point was evaluated with different settings in two sweeps (eval_key,
-    feature network or sample count): their FIDs are not the same measurement, or when two sweeps hold the same
-    training run (trial id or checkpoint): not seed replicates. `settings` (one map per sweep, run_id ->
-    `training_settings` of that run's config) refuses points trained with other settings."""
-    names = names or [f"sweep {i}" for i in range(len(sweeps))]
-    if len(sweeps) < 2:
-        raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")
+def _keyed_sweeps(sweeps: list[list[dict]], names: list[str]) -> list[dict[tuple, dict]]:
+    """Each sweep's points by (arm, model, params, budget, step); FitError for a sweep with two points at one key or
+    none at all."""
     by_sweep: list[dict[tuple, dict]] = []
     for name, pts in zip(names, sweeps):
         keyed: dict[tuple, dict] = {}
@@ -132,53 +121,82 @@ def pool_replicates(
         if not keyed:
             raise FitError(f"{name}: no points")
         by_sweep.append(keyed)
+    return by_sweep
+
+
+def _check_same_evaluation(key: tuple, reps: list[dict]) -> None:
+    """FitError when the replicates of one point were evaluated with different settings (`_SAME`)."""
+    for field in _SAME:
+        seen = {str(r.get(field)) for r in reps}
+        if len(seen) > 1:
+            why = (
+                " (the key also names how fid_se is resampled: a sweep evaluated before FID standard errors came "
+                "from half-samples has another; run it again to evaluate its checkpoints anew)"
+                if field == "eval_key"
+                else ""
+            )
+            raise FitError(
+                f"model {key[1]!r} at budget {key[3]!r}: the sweeps differ in {field} ({', '.join(sorted(seen))}); "
+                f"only FIDs from the same evaluation settings can be averaged{why}"
+            )
+
+
+def _pooled_point(reps: list[dict]) -> dict:
+    """One point from its replicates (see RULE): the metrics' means, the FID's spread and standard error, and the
+    checkpoint of the best replicate."""
+    k_n = len(reps)
+    out = dict(reps[0])
+    for field in _MEAN:
+        vals = [finite_or_none(r.get(field)) for r in reps]
+        broken = any(r.get(field) is not None and v is None for r, v in zip(reps, vals))
+        # A replicate's NaN keeps the pooled value NaN (named by the fit's non_finite_metric diagnostic and left
+        # out of the fits), not None (a point silently without that metric).
+        out[field] = _mean(vals) if all(v is not None for v in vals) else (float("nan") if broken else None)
+    fids = [finite_or_none(r.get("fid")) for r in reps]
+    if all(f is not None for f in fids):
+        best = reps[min(range(k_n), key=lambda i: fids[i])]
+        out.update(checkpoint=best.get("checkpoint"), run_id=best.get("run_id"), trial_id=best.get("trial_id"))
+        sd = math.sqrt(sum((f - out["fid"]) ** 2 for f in fids) / (k_n - 1))
+        ses = [finite_or_none(r.get("fid_se")) for r in reps]
+        rms_se = math.sqrt(_mean([s * s for s in ses])) if all(s is not None for s in ses) else 0.0
+        out["fid_se"] = max(sd, rms_se) / math.sqrt(k_n)
+        out["fid_ci"] = None  # a per-sample interval of one replicate does not describe the mean
+        out["fid_replicates"] = fids
+        out["fid_replicate_sd"] = sd
+    out["replicates"] = k_n
+    return out
+
+
+def pool_replicates(
+    sweeps: list[list[dict]], names: list[str] | None = None, settings: list[dict[str, dict]] | None = None
+) -> tuple[list[dict], dict[str, Any]]:
+    """(pooled points, summary) of >= 2 sweeps' points (plain dicts, as `to_dicts` gives them).
+
+    Points measured in every sweep are pooled (see RULE); points missing from some sweep are left out and counted
+    in the summary ("points_dropped", with up to 5 examples). FitError when fewer than 2 sweeps are given, when
+    they share no point, when a pooled point was evaluated with different settings in two sweeps (eval_key,
+    feature network or sample count): their FIDs are not the same measurement, or when two sweeps hold the same
+    training run (trial id or checkpoint): not seed replicates. `settings` (one map per sweep, run_id ->
+    `training_settings` of that run's config) refuses points trained with other settings."""
+    names = names or [f"sweep {i}" for i in range(len(sweeps))]
+    if len(sweeps) < 2:
+        raise FitError(f"pooling replicates needs at least 2 sweeps, got {len(sweeps)}")
+    by_sweep = _keyed_sweeps(sweeps, names)
     common = [k for k in by_sweep[0] if all(k in s for s in by_sweep[1:])]
     everywhere = set(common)
     dropped = sorted({k for s in by_sweep for k in s if k not in everywhere}, key=str)
     if not common:
         raise FitError(f"the {len(sweeps)} sweeps ({', '.join(names)}) share no (model, budget, step) point")
-    k_n = len(sweeps)
     pooled = []
     for key in common:
         reps = [s[key] for s in by_sweep]
         _check_independent(key, reps, names)
         if settings is not None:
             _check_settings(key, reps, names, settings)
-        for field in _SAME:
-            seen = {str(r.get(field)) for r in reps}
-            if len(seen) > 1:
-                why = (
-                    " (the key also names how fid_se is resampled: a sweep evaluated before FID standard errors came "
-                    "from half-samples has another; run it again to evaluate its checkpoints anew)"
-                    if field == "eval_key"
-                    else ""
-                )
-                raise FitError(
-                    f"model {key[1]!r} at budget {key[3]!r}: the sweeps differ in {field} ({', '.join(sorted(seen))}); "
-                    f"only FIDs from the same evaluation settings can be averaged{why}"
-                )
-        out = dict(reps[0])
-        for field in _MEAN:
-            vals = [finite_or_none(r.get(field)) for r in reps]
-            broken = any(r.get(field) is not None and v is None for r, v in zip(reps, vals))
-            # A replicate's NaN keeps the pooled value NaN (named by the fit's non_finite_metric diagnostic and left
-            # out of the fits), not None (a point silently without that metric).
-            out[field] = _mean(vals) if all(v is not None for v in vals) else (float("nan") if broken else None)
-        fids = [finite_or_none(r.get("fid")) for r in reps]
-        if all(f is not None for f in fids):
-            best = reps[min(range(k_n), key=lambda i: fids[i])]
-            out.update(checkpoint=best.get("checkpoint"), run_id=best.get("run_id"), trial_id=best.get("trial_id"))
-            sd = math.sqrt(sum((f - out["fid"]) ** 2 for f in fids) / (k_n - 1))
-            ses = [finite_or_none(r.get("fid_se")) for r in reps]
-            rms_se = math.sqrt(_mean([s * s for s in ses])) if all(s is not None for s in ses) else 0.0
-            out["fid_se"] = max(sd, rms_se) / math.sqrt(k_n)
-            out["fid_ci"] = None  # a per-sample bootstrap interval of one replicate does not describe the mean
-            out["fid_replicates"] = fids
-            out["fid_replicate_sd"] = sd
-        out["replicates"] = k_n
-        pooled.append(out)
+        _check_same_evaluation(key, reps)
+        pooled.append(_pooled_point(reps))
     summary = {
-        "n_sweeps": k_n,
+        "n_sweeps": len(sweeps),
         "sweeps": list(names),
         "points_pooled": len(pooled),
         "points_dropped": len(dropped),
