@@ -234,16 +234,11 @@ def deployments_with_runtime_env(plan: DeploymentPlan) -> dict[str, dict]:
     keys win; env_vars are merged), as `serve deploy` applies an application's runtime_env. `deploy()` on a Ray that
     was already running (the quickstart's) dropped it: only a fresh `init_ray` had taken it. The code keys
     (working_dir, py_modules, excludes) stay with the Ray job (`init_ray`): Serve takes no local path for an actor."""
-    out = copy.deepcopy(plan.deployments)
     app = {k: v for k, v in (plan.runtime_env or {}).items() if k not in ("working_dir", "py_modules", "excludes")}
     if not app:
-        return out
-    for name in (INGRESS_NAME, SAMPLER_NAME):
-        actor = out.setdefault(name, {}).setdefault("ray_actor_options", {})
-        own = dict(actor.get("runtime_env") or {})
-        env_vars = {**(app.get("env_vars") or {}), **(own.get("env_vars") or {})}
-        actor["runtime_env"] = {**app, **own, **({"env_vars": env_vars} if env_vars else {})}
-    return out
+        return copy.deepcopy(plan.deployments)
+    inherited = {name: {"ray_actor_options": {"runtime_env": app}} for name in (INGRESS_NAME, SAMPLER_NAME)}
+    return merge(inherited, plan.deployments)
 
 
 def deploy(
